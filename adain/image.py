@@ -1,0 +1,140 @@
+"""Image I/O: bytes or paths -> RGB PIL images -> tensors, and back to encoded bytes.
+
+Every problem with an input image raises :class:`adain.errors.InvalidInputError` naming the field.
+Decoding is guarded: the header is checked (format, zero size, pixel limit) before any pixel is
+decoded, so a decompression bomb costs nothing; truncated data is an error, never a grey half-image.
+Alpha is composited onto white (a transparent PNG looks as it does in a viewer on a white page).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from adain.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
+
+ImageSource = bytes | bytearray | memoryview | str | Path | Image.Image
+
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: a 6000 x 6000 photo is fine, a 50k x 50k bomb is not
+
+# We check the pixel count ourselves, before decoding, with our own limit and message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def _open(source: ImageSource, field: str) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise InvalidInputError(field, "image data is empty")
+        fp: io.BytesIO | Path = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, Path)):
+        fp = Path(source)
+        if not fp.is_file():
+            raise InvalidInputError(field, f"no such image file: {fp}")
+        if fp.stat().st_size == 0:
+            raise InvalidInputError(field, f"image file is empty: {fp}")
+    else:
+        raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns on odd EXIF/TIFF tags; errors still raise
+            return Image.open(fp, formats=INPUT_FORMATS)
+    except Image.UnidentifiedImageError as e:
+        raise InvalidInputError(field, f"not a decodable image (supported: {', '.join(INPUT_FORMATS)})") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidInputError(field, f"cannot read image header: {e}") from e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB: 16-bit and float scaled down, CMYK converted, alpha onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(
+    source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB"
+) -> Image.Image:
+    """Decode ``source`` to an upright 8-bit image in ``mode`` ("RGB", or "L" for masks).
+
+    Raises InvalidInputError for empty, undecodable, truncated, zero-size or over-limit images.
+    """
+    img = _open(source, field)
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise InvalidInputError(field, f"image has zero size ({w} x {h})")
+    if w * h > max_pixels:
+        raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of {max_pixels}")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InvalidInputError(field, f"image data is truncated or corrupt: {e}") from e
+    if mode == "L":
+        return img.convert("L") if img.mode in ("L", "RGB", "CMYK", "1", "P") else _to_rgb(img).convert("L")
+    return _to_rgb(img)
+
+
+def resize_longest(img: Image.Image, limit: int | None) -> Image.Image:
+    """Downscale (never upscale) so that the longest side is at most ``limit``; keeps the aspect ratio."""
+    if limit is None or max(img.size) <= limit:
+        return img
+    scale = limit / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB (or L) PIL image -> float32 tensor 1 x C x H x W in [0, 1]."""
+    import torch
+
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """Tensor (1 x) 3 x H x W in [0, 1] -> RGB PIL image (clamped, rounded)."""
+    t = tensor.detach().float().squeeze(0).clamp(0, 1).mul(255).round().to("cpu")
+    arr = t.byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def encode_image(img: Image.Image, fmt: str = "png", quality: int = 90) -> bytes:
+    """Encode to PNG, JPEG or WebP bytes; ``quality`` (1-100) applies to JPEG and WebP."""
+    key = fmt.lower()
+    if key not in OUTPUT_FORMATS:
+        raise InvalidInputError("format", f"unsupported output format {fmt!r} (png, jpeg, webp)")
+    if not 1 <= quality <= 100:
+        raise InvalidInputError("quality", f"must be in [1, 100], got {quality}")
+    buf = io.BytesIO()
+    pil_fmt = OUTPUT_FORMATS[key]
+    if pil_fmt == "PNG":
+        img.save(buf, "PNG", compress_level=6)
+    else:
+        img.save(buf, pil_fmt, quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,61 @@
+"""The AdaIN op and the colour transfer it is used with (after pytorch-AdaIN's function.py)."""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-5
+
+
+def mean_std(feat: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over H x W of an N x C x H x W map, each N x C x 1 x 1 (eps in the sqrt)."""
+    n, c = feat.shape[:2]
+    flat = feat.reshape(n, c, -1).float()
+    var = flat.var(dim=2, unbiased=False) + eps
+    return flat.mean(dim=2).view(n, c, 1, 1), var.sqrt().view(n, c, 1, 1)
+
+
+def adain(content: torch.Tensor, style_mean: torch.Tensor, style_std: torch.Tensor) -> torch.Tensor:
+    """Renormalise content features to the style's per-channel mean and std."""
+    c_mean, c_std = mean_std(content)
+    return ((content.float() - c_mean) / c_std * style_std + style_mean).to(content.dtype)
+
+
+def coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Match the colour mean and covariance of ``source`` (3 x H x W, [0, 1]) to ``target``'s.
+
+    The AdaIN paper's colour preservation: applied to a style image before encoding, with the content
+    as target. Done in float64 through symmetric eigendecompositions (stable on flat images).
+    """
+
+    def stats(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = img.reshape(3, -1).double()
+        mu = flat.mean(dim=1, keepdim=True)
+        centred = flat - mu
+        cov = centred @ centred.T / centred.shape[1] + 1e-5 * torch.eye(3, dtype=torch.float64)
+        return mu, cov
+
+    def matrix_power(cov: torch.Tensor, p: float) -> torch.Tensor:
+        vals, vecs = torch.linalg.eigh(cov)
+        return vecs @ torch.diag(vals.clamp_min(1e-8) ** p) @ vecs.T
+
+    s_mu, s_cov = stats(source)
+    t_mu, t_cov = stats(target)
+    transform = matrix_power(t_cov, 0.5) @ matrix_power(s_cov, -0.5)
+    out = transform @ (source.reshape(3, -1).double() - s_mu) + t_mu
+    return out.reshape(source.shape).clamp(0, 1).to(source.dtype)
+
+
+def weighted_mean_std(feat: torch.Tensor, weight: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of ``feat`` (N x C x H x W) weighted by a soft mask (N x 1 x H x W).
+
+    For spatial control: each region is normalised by its own statistics. A region with (almost) no
+    weight falls back to the whole map's statistics instead of dividing by zero.
+    """
+    total = weight.sum(dim=(2, 3), keepdim=True)
+    if float(total.min()) < 1e-3 * weight[0, 0].numel():
+        return mean_std(feat, eps)
+    f = feat.float()
+    mean = (f * weight).sum(dim=(2, 3), keepdim=True) / total
+    var = ((f - mean) ** 2 * weight).sum(dim=(2, 3), keepdim=True) / total + eps
+    return mean, var.sqrt()

@@ -1,0 +1,300 @@
+"""Train the AdaIN decoder (Huang & Belongie, 2017) against the frozen, normalised VGG19 encoder.
+
+    adain-train --content DIR --style DIR --out runs/x [--steps 20000] [--resume]
+    torchrun --nproc_per_node N -m adain.train --content DIR --style DIR --out runs/x
+    adain-train export runs/x/checkpoint.pt adain/assets/decoder.pt --data "what it was trained on"
+
+loss = content + style_weight * style, where content is the MSE between relu4_1 of the output and the
+AdaIN target, and style sums, over relu1_1..relu4_1, the MSE of channel means plus that of channel stds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from adain.train.data import ImageFolder, InfiniteSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from adain.decoder import Decoder, load_decoder, save_decoder
+from adain.encoder import Encoder
+from adain.image import to_image
+from adain.ops import adain, mean_std
+
+log = logging.getLogger("adain.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="adain-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--content", type=Path, required=True, help="folder of content photos (recursive)")
+    p.add_argument("--style", type=Path, required=True, help="folder of style images (recursive)")
+    p.add_argument("--out", type=Path, default=Path("runs/decoder"), help="checkpoint, log and samples go here")
+    p.add_argument("--steps", type=int, default=160_000, help="train until this many steps in all")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
+    p.add_argument("--crop", type=int, default=256, help="random crop size (pixels)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-decay", type=float, default=5e-5, help="lr / (1 + lr_decay * step)")
+    p.add_argument("--style-weight", type=float, default=10.0)
+    p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and on exit)")
+    p.add_argument("--log-every", type=int, default=10, help="JSONL loss record every N steps")
+    p.add_argument("--sample-every", type=int, default=500, help="sample grid and loss plot every N steps")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (and checkpoint) after this long; 0 = no limit")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    return p.parse_args(argv)
+
+
+def style_loss(out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    total = torch.zeros((), device=out_feats[0].device)
+    for o, s in zip(out_feats, style_feats):
+        o_mean, o_std = mean_std(o)
+        s_mean, s_std = mean_std(s)
+        total = total + F.mse_loss(o_mean, s_mean) + F.mse_loss(o_std, s_std)
+    return total
+
+
+class Trainer:
+    """One process of a (possibly distributed) run; rank 0 writes checkpoints, logs and samples."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        want_cuda = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
+        if self.world > 1:
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+        if want_cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        self.cuda = self.device.type == "cuda"
+        self.main = self.rank == 0
+        args.out.mkdir(parents=True, exist_ok=True)
+
+        random.seed(args.seed + self.rank)
+        torch.manual_seed(args.seed)  # same decoder init on every rank
+        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        self.encoder = Encoder().to(self.device, memory_format=fmt)
+        self.decoder = Decoder().to(self.device, memory_format=fmt)
+        self.opt = torch.optim.Adam(self.decoder.parameters(), lr=args.lr)
+        self.step = 0
+        self.last_losses: dict[str, float] = {}
+        self.ckpt_path = args.out / "checkpoint.pt"
+        if args.resume and self.ckpt_path.exists():
+            self._load(self.ckpt_path)
+        self.model = DistributedDataParallel(self.decoder) if self.world > 1 else self.decoder
+
+        start = self.step * args.batch_size  # draws already consumed by this rank
+        self.content = self._loader(args.content, args.seed, start)
+        self.style = self._loader(args.style, args.seed + 1, start)
+
+    def _loader(self, folder: Path, seed: int, start: int) -> Any:
+        ds = ImageFolder(folder, crop=self.args.crop, seed=seed)
+        dl = DataLoader(
+            ds,
+            batch_size=self.args.batch_size,
+            sampler=InfiniteSampler(start, self.rank, self.world),
+            num_workers=self.args.workers,
+            pin_memory=self.cuda,
+            drop_last=True,
+            persistent_workers=self.args.workers > 0,
+        )
+        return iter(dl)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _save(self) -> None:
+        if not self.main:
+            return
+        state = {
+            "decoder": self.decoder.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "losses": self.last_losses,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.cuda else [],
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+        }
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.ckpt_path)  # atomic: a crash mid-write never leaves a broken checkpoint
+
+    def _load(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.decoder.load_state_dict(state["decoder"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.last_losses = state.get("losses", {})
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if self.cuda and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        if self.main:
+            log.info("resumed from %s at step %d", path, self.step)
+
+    # --- one step ----------------------------------------------------------------------------
+    def _batch(self, it: Any) -> torch.Tensor:
+        x = next(it).to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def train_step(self) -> dict[str, float]:
+        args = self.args
+        for group in self.opt.param_groups:
+            group["lr"] = args.lr / (1.0 + args.lr_decay * self.step)
+        content, style = self._batch(self.content), self._batch(self.style)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            with torch.no_grad():
+                c4 = self.encoder(content).relu4_1
+                s_feats = self.encoder(style)
+                s_mean, s_std = mean_std(s_feats.relu4_1)
+                target = adain(c4, s_mean, s_std)
+            out = self.model(target)
+            o_feats = self.encoder(out)
+            loss_c = F.mse_loss(o_feats.relu4_1.float(), target.float())
+            loss_s = style_loss(o_feats, s_feats)
+            loss = args.content_weight * loss_c + args.style_weight * loss_s
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self._last_batch = (content, style, out)
+        return {"loss": loss.item(), "content": loss_c.item(), "style": loss_s.item()}
+
+    # --- outputs people look at --------------------------------------------------------------
+    def _write_samples(self) -> None:
+        content, style, out = (t[:4].detach().float().cpu() for t in self._last_batch)
+        rows = torch.cat([torch.cat(list(t), dim=2) for t in (content, style, out.clamp(0, 1))], dim=1)
+        (self.args.out / "samples").mkdir(exist_ok=True)
+        to_image(rows).save(self.args.out / "samples" / f"step_{self.step:07d}.png")
+        plot_losses(self.args.out / "log.jsonl", self.args.out / "loss.png")
+
+    def run(self) -> None:
+        args = self.args
+        deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes > 0 else math.inf
+        stop = {"flag": False}
+
+        def on_term(signum: int, frame: Any) -> None:  # SIGTERM: finish the step, checkpoint, exit
+            stop["flag"] = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        bar = tqdm(total=args.steps, initial=self.step, disable=not self.main, unit="step", dynamic_ncols=True)
+        logf = (args.out / "log.jsonl").open("a") if self.main else None
+        sums: dict[str, float] = {}
+        n = 0
+        try:
+            while self.step < args.steps and not stop["flag"] and time.monotonic() < deadline:
+                losses = self.train_step()
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
+                self.step += 1
+                n += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                if self.step % args.log_every == 0 and logf:
+                    self.last_losses = {k: v / n for k, v in sums.items()}
+                    lr = self.opt.param_groups[0]["lr"]
+                    logf.write(
+                        json.dumps({"step": self.step, "time": time.time(), "lr": lr, **self.last_losses}) + "\n"
+                    )
+                    logf.flush()
+                    sums, n = {}, 0
+                if self.step % args.sample_every == 0 and self.main:
+                    self._write_samples()
+                if self.step % args.save_every == 0:
+                    self._save()
+        except KeyboardInterrupt:
+            if self.main:
+                log.warning("interrupted at step %d: saving checkpoint", self.step)
+        finally:
+            if n:  # the losses of the steps since the last log line
+                self.last_losses = {k: v / n for k, v in sums.items()}
+            self._save()
+            bar.close()
+            if logf:
+                logf.close()
+            if self.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def plot_losses(log_path: Path, png: Path) -> None:
+    """Loss curves (content, style, total) from the JSONL log, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    for key in ("loss", "content", "style"):
+        ax.plot(steps, [r[key] for r in rows], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log scale)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def export(argv: list[str] | None = None) -> None:
+    """Checkpoint -> the product's decoder file (fp16) with its metadata record."""
+    p = argparse.ArgumentParser(prog="adain-train export", description=export.__doc__)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--data", default="", help="what the decoder was trained on (goes into the metadata)")
+    p.add_argument("--note", default="", help="free text for the metadata, e.g. 'CPU interim decoder'")
+    p.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16, half the size)")
+    args = p.parse_args(argv)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    decoder = Decoder()
+    decoder.load_state_dict(state["decoder"])
+    targs = state.get("args", {})
+    meta = {
+        "data": args.data or f"content={targs.get('content')} style={targs.get('style')}",
+        "steps": int(state["step"]),
+        "batch_size": targs.get("batch_size"),
+        "crop": targs.get("crop"),
+        "style_weight": targs.get("style_weight"),
+        "final_losses": {k: round(float(v), 5) for k, v in state.get("losses", {}).items()},
+        "note": args.note,
+        "exported": time.strftime("%Y-%m-%d"),
+    }
+    save_decoder(decoder, args.output, meta, half=not args.fp32)
+    load_decoder(args.output)  # refuse to leave behind a file the Stylizer would not load
+    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB): {json.dumps(meta)}")
+
+
+def train(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    Trainer(parse_args(argv)).run()

@@ -1,0 +1,58 @@
+"""Compute the per-filter scales of Gatys et al.'s normalised VGG and write adain/assets/vgg_norm.pt.
+
+Each conv filter's ReLU output is scaled to mean activation 1 over natural images (here: photos and
+paintings of the training data, resized so the longest side is 256). Run once; the result ships:
+
+    python -m adain.train.vgg_norm ../shared/data/train --limit 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from adain.train.data import list_images
+from tqdm import tqdm
+
+from adain.encoder import NORM_FILE, POOL_BEFORE, Encoder
+from adain.image import load_image, resize_longest, to_tensor
+
+
+@torch.inference_mode()
+def filter_means(paths: list[Path], size: int = 256) -> dict[str, torch.Tensor]:
+    """Mean ReLU activation of every filter of the raw (unnormalised) encoder over ``paths``."""
+    enc = Encoder(normalised=False)
+    sums = {name: torch.zeros(conv.out_channels, dtype=torch.float64) for name, conv in enc.convs.items()}
+    for path in tqdm(paths, desc="vgg norm", unit="img"):
+        x = to_tensor(resize_longest(load_image(path), size))
+        for name, conv in enc.convs.items():
+            if name in POOL_BEFORE:
+                x = F.max_pool2d(x, 2, 2)
+            x = F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="reflect")))
+            sums[name] += x.mean(dim=(0, 2, 3)).double()
+    # A filter that never fires keeps scale 1 rather than blowing up.
+    return {name: torch.where(s > 0, s / len(paths), torch.ones_like(s)).float() for name, s in sums.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, help="folder with content/ and style/ image folders")
+    p.add_argument("--limit", type=int, default=300, help="images taken from each of content/ and style/")
+    p.add_argument("--out", type=Path, default=NORM_FILE)
+    args = p.parse_args()
+    rng = random.Random(0)
+    paths = []
+    for sub in ("content", "style"):
+        found = list_images(args.data / sub)
+        paths += rng.sample(found, min(args.limit, len(found)))
+    scales = filter_means(paths)
+    torch.save(scales, args.out)
+    for name, s in scales.items():
+        print(f"{name}: mean scale {s.mean():.2f}")
+
+
+if __name__ == "__main__":
+    main()
