@@ -1,0 +1,409 @@
+"""Content and style losses of AdaIN (ours) against simple baselines and Gatys et al.'s optimisation.
+
+    python benchmarks/quality.py [--content DIR] [--style DIR] [--decoder PATH] [--size 512]
+        [--eval-size 256] [--gatys-size 256] [--gatys-steps 100] [--gatys-pairs 6] [--save-samples DIR]
+
+Methods, per (content, style) pair:
+
+* ours: ``Stylizer.stylize`` at alpha 1, content at ``--size`` px (longest side), style at ``--style-size``
+  (default: the same as the content's);
+* content: the content image itself (what alpha 0 would give);
+* style: the style image scaled and centre-cropped to the content's size (``ImageOps.fit``);
+* Gatys et al.: L-BFGS on the pixels (``torch.optim.LBFGS``, lr 1, no line search, ``--gatys-steps``
+  iterations, one loss evaluation each), initialised from the content, pixels clamped to [0, 1] after
+  every iteration; loss = content_weight * MSE(relu4_1, content's) + style_weight * style term, where the
+  style term is the mean/std loss below (default) or a Gram-matrix loss (``--gatys-style-loss gram``).
+  It runs at ``--gatys-size`` px on a seeded subset of ``--gatys-pairs`` pairs.
+
+Evaluation, the same for every method: each output is resized to the content reference, i.e. the content
+image at ``--eval-size`` px longest side, and encoded by the normalised VGG19 (``adain.encoder.Encoder``):
+
+* content loss: MSE between relu4_1 of the output and relu4_1 of the content reference;
+* style loss: sum over relu1_1..relu4_1 of MSE(channel means) + MSE(channel stds) between the output and
+  the style image at ``--eval-size`` px (``adain.train.train.style_loss``, the decoder's training loss).
+
+Every image is first downscaled (never upscaled) to ``--size`` px; that is the input of ours and of the
+baselines, and what the smaller Gatys inputs and the references are made from. s/image is the wall time
+of making one output (ours: a ``stylize`` call with the style cache off, so the style is encoded every
+time; files are decoded beforehand and not timed), evaluation excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from adain.train.data import list_images
+from adain.train.train import style_loss
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from adain import InvalidInputError, NoDecoderError, Stylizer
+from adain.encoder import Encoder, Features
+from adain.image import load_image, resize_longest, to_image, to_tensor
+from adain.ops import mean_std
+
+SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
+REPO = Path(__file__).resolve().parents[1]
+MIN_SIDE = 16  # the encoder reflects by one pixel at relu4_1 (1/8 scale): smaller images cannot be encoded
+
+
+def warn(msg: str) -> None:
+    tqdm.write(f"warning: {msg}", file=sys.stderr)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--content", type=Path, default=SHARED_EVAL / "content", help="folder of content images")
+    p.add_argument("--style", type=Path, default=SHARED_EVAL / "style", help="folder of style images")
+    p.add_argument("--decoder", default=None, help="decoder file (default: the shipped adain/assets/decoder.pt)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--size", type=int, default=512, help="content longest side for ours and the baselines")
+    p.add_argument("--style-size", type=int, default=None, help="style longest side (default: the content's)")
+    p.add_argument("--eval-size", type=int, default=256, help="longest side every output is evaluated at")
+    p.add_argument("--pairs", type=int, default=0, help="seeded subset of N pairs for ours/baselines (0: all)")
+    p.add_argument("--gatys-pairs", type=int, default=6, help="seeded subset of N pairs for Gatys (0: skip Gatys)")
+    p.add_argument("--gatys-size", type=int, default=256, help="content (and style) longest side for Gatys")
+    p.add_argument("--gatys-steps", type=int, default=100, help="L-BFGS iterations")
+    p.add_argument("--gatys-style-loss", choices=("meanstd", "gram"), default="meanstd")
+    p.add_argument("--gatys-content-weight", type=float, default=1.0)
+    p.add_argument("--gatys-style-weight", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=0, help="for the pair subsets")
+    p.add_argument("--csv", type=Path, default=None, help="write per-pair losses and times here")
+    p.add_argument("--save-samples", type=Path, default=None, help="write a few outputs here (for eyes only)")
+    p.add_argument("--num-samples", type=int, default=6, help="how many pairs --save-samples writes")
+    args = p.parse_args(argv)
+    for name in ("size", "eval_size", "gatys_size", "gatys_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.style_size is not None and args.style_size < 1:
+        p.error("--style-size must be >= 1")
+    return args
+
+
+# --- images -----------------------------------------------------------------------------------
+def load_folder(folder: Path, kind: str, size: int, min_size: int) -> dict[str, Image.Image]:
+    """Every readable image in ``folder``, downscaled to ``size`` px; unreadable or tiny ones are skipped."""
+    if not folder.is_dir():
+        raise SystemExit(f"error: {kind} folder not found: {folder}")
+    images: dict[str, Image.Image] = {}
+    for path in list_images(folder):
+        name = str(path.relative_to(folder))
+        try:
+            img = resize_longest(load_image(path, field=kind), size)
+        except (InvalidInputError, OSError) as e:
+            warn(f"skipping {kind} image {path}: {e}")
+            continue
+        small = resize_longest(img, min_size)
+        if min(small.size) < MIN_SIDE:
+            warn(f"skipping {kind} image {path}: {img.width} x {img.height} is too thin at {min_size} px")
+            continue
+        images[name] = img
+    return images
+
+
+def fit_to(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize ``img`` to exactly ``size`` (W, H); aspect changes are at most a rounding pixel here."""
+    return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+class Evaluator:
+    """Content and style losses at a common size, against cached references."""
+
+    def __init__(self, encoder: Encoder, device: torch.device, eval_size: int) -> None:
+        self.encoder, self.device, self.eval_size = encoder, device, eval_size
+        self._content: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
+        self._style: dict[str, Features] = {}
+
+    @torch.inference_mode()
+    def features(self, img: Image.Image) -> Features:
+        return self.encoder(to_tensor(img).to(self.device))
+
+    def content_ref(self, name: str, img: Image.Image) -> tuple[tuple[int, int], torch.Tensor]:
+        if name not in self._content:
+            ref = resize_longest(img, self.eval_size)
+            self._content[name] = (ref.size, self.features(ref).relu4_1)
+        return self._content[name]
+
+    def style_ref(self, name: str, img: Image.Image) -> Features:
+        if name not in self._style:
+            self._style[name] = self.features(resize_longest(img, self.eval_size))
+        return self._style[name]
+
+    def losses(self, out: Image.Image, content: tuple[str, Image.Image], style: tuple[str, Image.Image]) -> tuple:
+        size, c4 = self.content_ref(*content)
+        feats = self.features(fit_to(out, size))
+        return F.mse_loss(feats.relu4_1, c4).item(), style_loss(feats, self.style_ref(*style)).item()
+
+
+# --- Gatys et al. ---------------------------------------------------------------------------------
+def gram(feat: torch.Tensor) -> torch.Tensor:
+    """C x C second moments of an N x C x H x W map, averaged over positions."""
+    n, c = feat.shape[:2]
+    flat = feat.reshape(n, c, -1)
+    return flat @ flat.transpose(1, 2) / flat.shape[2]
+
+
+def gatys(
+    encoder: Encoder,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    steps: int,
+    content_weight: float,
+    style_weight: float,
+    kind: str,
+) -> torch.Tensor:
+    """L-BFGS on the pixels from the content image; returns the 1 x 3 x H x W result in [0, 1]."""
+    with torch.no_grad():
+        c4 = encoder(content).relu4_1
+        s_feats = encoder(style)
+        targets = [gram(s) if kind == "gram" else mean_std(s) for s in s_feats]
+
+    def style_term(feats: Features) -> torch.Tensor:
+        total = torch.zeros((), device=content.device)
+        for f, t in zip(feats, targets):
+            if kind == "gram":
+                total = total + F.mse_loss(gram(f), t)
+            else:
+                mean, std = mean_std(f)
+                total = total + F.mse_loss(mean, t[0]) + F.mse_loss(std, t[1])
+        return total
+
+    x = content.clone(memory_format=torch.contiguous_format).requires_grad_(True)  # LBFGS views the grad flat
+    # max_iter=1: one iteration (one loss evaluation) per step() call; the optimizer keeps its history
+    # between calls, so ``steps`` calls are ``steps`` L-BFGS iterations with a clamp to [0, 1] after each.
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=100)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        feats = encoder(x)
+        loss = content_weight * F.mse_loss(feats.relu4_1, c4) + style_weight * style_term(feats)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    return x.detach()
+
+
+# --- bookkeeping ------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    content: float
+    style: float
+    seconds: float
+
+
+@dataclass
+class Method:
+    label: str
+    results: dict[tuple[str, str], Result] = field(default_factory=dict)
+
+    def row(self, pairs: list[tuple[str, str]], label: str | None = None) -> str:
+        rs = [self.results[p] for p in pairs if p in self.results]
+        if not rs:
+            return f"| {label or self.label} | 0 | – | – | – |"
+        c, s, t = (statistics.fmean(getattr(r, k) for r in rs) for k in ("content", "style", "seconds"))
+        secs = "<0.001" if t < 0.001 else f"{t:.3g}"
+        return f"| {label or self.label} | {len(rs)} | {c:.4g} | {s:.4g} | {secs} |"
+
+
+def timed(fn: Callable[[], Image.Image]) -> tuple[Image.Image, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def stem(name: str) -> str:
+    return Path(name).with_suffix("").as_posix().replace("/", "_")
+
+
+def save_samples(
+    folder: Path,
+    pairs: list[tuple[str, str]],
+    contents: dict[str, Image.Image],
+    styles: dict[str, Image.Image],
+    outputs: dict[tuple[str, str], dict[str, Image.Image]],
+    eval_size: int,
+) -> None:
+    """Per pair: each output as is, and a strip content | style | outputs at the evaluation size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, pair in enumerate(pairs):
+        base = f"{i:02d}_{stem(pair[0])}__{stem(pair[1])}"
+        c = resize_longest(contents[pair[0]], eval_size)
+        panels = [c, ImageOps.contain(resize_longest(styles[pair[1]], eval_size), (eval_size, c.height))]
+        for method, img in outputs.get(pair, {}).items():
+            img.save(folder / f"{base}_{method}.png")
+            panels.append(fit_to(img, c.size))
+        strip = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), c.height), "white")
+        x = 0
+        for p in panels:
+            strip.paste(p, (x, 0))
+            x += p.width + 4
+        strip.save(folder / f"{base}_strip.png")
+
+
+# --- main ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        stylizer = Stylizer(args.decoder, args.device, cache_size=0)  # no cache: every call encodes its style
+    except NoDecoderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    device = stylizer.device
+    encoder = stylizer.encoder
+    ours_style_size = args.style_size or args.size
+    gatys_style_size = args.style_size or args.gatys_size
+    run_gatys = args.gatys_pairs > 0
+    smallest = min(args.size, args.eval_size, args.gatys_size if run_gatys else args.size)
+
+    load_size = max(args.size, args.style_size or 0)
+    contents = load_folder(args.content, "content", args.size, smallest)
+    styles = load_folder(args.style, "style", load_size, smallest)
+    if not contents or not styles:
+        print(f"error: no usable images ({len(contents)} contents, {len(styles)} styles)", file=sys.stderr)
+        return 1
+    all_pairs = [(c, s) for c in contents for s in styles]
+    pairs = all_pairs
+    if 0 < args.pairs < len(all_pairs):
+        pairs = sorted(random.Random(args.seed).sample(all_pairs, args.pairs))
+    gatys_pairs = sorted(random.Random(args.seed + 1).sample(pairs, min(args.gatys_pairs, len(pairs))))
+
+    ours = Method(f"AdaIN (ours), {args.size} px")
+    content_m = Method("content image")
+    style_m = Method("style image, fit to the content")
+    gatys_m = Method(f"Gatys et al., L-BFGS {args.gatys_steps} steps, {args.gatys_size} px")
+    ev = Evaluator(encoder, device, args.eval_size)
+    sample_pairs = set((gatys_pairs if run_gatys else pairs)[: args.num_samples]) if args.save_samples else set()
+    outputs: dict[tuple[str, str], dict[str, Image.Image]] = {}
+
+    # Untimed warm-up: the first call pays one-off costs (allocator, kernels).
+    c0, s0 = pairs[0]
+    stylizer.stylize(contents[c0], styles[s0], content_size=args.size, style_size=ours_style_size)
+
+    for pair in tqdm(pairs, desc="ours + baselines", unit="pair", dynamic_ncols=True):
+        c, s = (pair[0], contents[pair[0]]), (pair[1], styles[pair[1]])
+        out, t = timed(
+            lambda c=c, s=s: stylizer.stylize(c[1], s[1], content_size=args.size, style_size=ours_style_size)
+        )
+        ours.results[pair] = Result(*ev.losses(out, c, s), t)
+        if pair in sample_pairs:
+            outputs.setdefault(pair, {})["ours"] = out
+        out, t = timed(lambda c=c: resize_longest(c[1], args.size))
+        content_m.results[pair] = Result(*ev.losses(out, c, s), t)
+        out, t = timed(lambda c=c, s=s: ImageOps.fit(s[1], resize_longest(c[1], args.size).size))
+        style_m.results[pair] = Result(*ev.losses(out, c, s), t)
+
+    if run_gatys:
+        # Untimed warm-up of the autograd path: one iteration.
+        wc, ws = (to_tensor(resize_longest(img, args.gatys_size)).to(device) for img in (contents[c0], styles[s0]))
+        gatys(encoder, wc, ws, 1, 1.0, 1.0, args.gatys_style_loss)
+        bar = tqdm(gatys_pairs, desc="gatys", unit="pair", dynamic_ncols=True)
+        for pair in bar:
+            c, s = (pair[0], contents[pair[0]]), (pair[1], styles[pair[1]])
+            ct = to_tensor(resize_longest(c[1], args.gatys_size)).to(device)
+            st = to_tensor(resize_longest(s[1], gatys_style_size)).to(device)
+            t0 = time.perf_counter()
+            x = gatys(
+                encoder,
+                ct,
+                st,
+                args.gatys_steps,
+                args.gatys_content_weight,
+                args.gatys_style_weight,
+                args.gatys_style_loss,
+            )
+            out = to_image(x)  # .cpu() inside: waits for the GPU
+            t = time.perf_counter() - t0
+            if not math.isfinite(x.sum().item()):
+                warn(f"Gatys diverged on {pair}; skipped")
+                continue
+            gatys_m.results[pair] = Result(*ev.losses(out, c, s), t)
+            if pair in sample_pairs:
+                outputs.setdefault(pair, {})["gatys"] = out
+
+    # --- report --------------------------------------------------------------------------------
+    dev = str(device) + (f" ({torch.cuda.get_device_name(device)})" if stylizer.cuda else "")
+    print()
+    print(
+        f"Decoder: {args.decoder or 'shipped (adain/assets/decoder.pt)'}; device {dev}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads."
+    )
+    print(f"Data: {len(contents)} contents ({args.content}) x {len(styles)} styles ({args.style}).")
+    print()
+    print(
+        f"Losses at a common evaluation size: every output resized to the content at {args.eval_size} px "
+        f"(longest side), normalised VGG19; means over pairs."
+    )
+    print()
+    print("| method | pairs | content loss | style loss | s/image |")
+    print("|---|---:|---:|---:|---:|")
+    for m in (ours, content_m, style_m):
+        print(m.row(pairs))
+    if run_gatys:
+        suffix = " (Gatys subset)" if len(gatys_pairs) < len(pairs) else ""
+        if suffix:
+            for m in (ours, content_m, style_m):
+                print(m.row(gatys_pairs, m.label + suffix))
+        print(gatys_m.row(gatys_pairs))
+    print()
+    print(
+        f"- content loss: MSE(relu4_1(output), relu4_1(content)); style loss: sum over relu1_1..relu4_1 of "
+        f"MSE(channel means) + MSE(channel stds) against the style at {args.eval_size} px "
+        "(the decoder's training style loss)."
+    )
+    print(
+        f"- ours: alpha 1, content {args.size} px, style {ours_style_size} px, style cache off (s/image includes "
+        "encoding the style); baselines: the content image, and the style image scaled and centre-cropped to it."
+    )
+    if run_gatys:
+        style_desc = (
+            "Gram-matrix loss (C x C second moments / positions)"
+            if args.gatys_style_loss == "gram"
+            else ("the same mean/std style loss as the evaluation")
+        )
+        print(
+            f"- Gatys et al.: torch.optim.LBFGS (lr 1, no line search), {args.gatys_steps} iterations from the "
+            f"content image, pixels clamped to [0, 1] after each; loss = {args.gatys_content_weight:g} x content "
+            f"+ {args.gatys_style_weight:g} x style, style term = {style_desc}; content {args.gatys_size} px, style "
+            f"{gatys_style_size} px; {len(gatys_pairs)} of the pairs, seeded (seed {args.seed})."
+        )
+    if len(pairs) < len(all_pairs):
+        print(f"- ours and baselines: a seeded subset of {len(pairs)} of the {len(all_pairs)} pairs.")
+
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["content", "style", "method", "content_loss", "style_loss", "seconds"])
+            for key, m in (("ours", ours), ("content", content_m), ("style", style_m), ("gatys", gatys_m)):
+                for (c, s), r in sorted(m.results.items()):
+                    w.writerow([c, s, key, f"{r.content:.6g}", f"{r.style:.6g}", f"{r.seconds:.4g}"])
+        print(f"\nper-pair results: {args.csv}")
+    if args.save_samples:
+        save_samples(args.save_samples, sorted(sample_pairs), contents, styles, outputs, args.eval_size)
+        print(f"samples: {args.save_samples}")
+        if args.save_samples.resolve().is_relative_to(REPO):
+            warn(f"{args.save_samples} is inside the repository: do not commit samples made from real images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The main job: set up, start the gRPC server with the shipped decoder (CPU here, GPU where present),
+# stylize the bundled examples through the CLI (two styles blended, an alpha sweep, a folder run),
+# stop the server and say where the results are.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+OUT=out/demo
+rm -rf "$OUT" && mkdir -p "$OUT"
+BIN=.venv/bin
+
+"$BIN/adain-server" --host 127.0.0.1 --port 0 > "$OUT/server.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  grep -q "listening on" "$OUT/server.log" && break
+  kill -0 "$SERVER" 2>/dev/null || { echo "the server did not start:"; cat "$OUT/server.log"; exit 1; }
+  sleep 0.5
+done
+ADDR=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$OUT/server.log" | head -1)
+[ -n "$ADDR" ] || { echo "the server did not start:"; cat "$OUT/server.log"; exit 1; }
+# Health goes SERVING once the model is loaded and warmed up.
+"$BIN/python" - "$ADDR" <<'PY'
+import sys, time, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(sys.argv[1]))
+for _ in range(240):
+    try:
+        if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+            sys.exit(0)
+    except grpc.RpcError:
+        pass
+    time.sleep(0.5)
+sys.exit("the server never became SERVING")
+PY
+echo "server SERVING on $ADDR"
+
+S=examples/style C=examples/content
+run() { "$BIN/adain-stylize" --server "$ADDR" "$@"; }
+echo "two styles blended (mosaic 1 : waves 0.5):"
+run "$C/cat.jpg" --style "$S/mosaic.png" --style "$S/waves.png:0.5" -o "$OUT/cat_mosaic+waves.png"
+echo "alpha sweep (coffee x strokes):"
+for a in 0 0.25 0.5 0.75 1; do
+  run "$C/coffee.jpg" --style "$S/strokes.png" --alpha "$a" -o "$OUT/coffee_strokes_alpha$a.png"
+done
+echo "colour preserved (astronaut x mosaic):"
+run "$C/astronaut.jpg" --style "$S/mosaic.png" --preserve-color -o "$OUT/astronaut_mosaic_colour.png"
+echo "every example content x every style:"
+run "$C" --style "$S/mosaic.png" --style "$S/strokes.png" --style "$S/waves.png" -o "$OUT/all"
+
+echo
+echo "Done. Results are in $(pwd)/$OUT/ ($(find "$OUT" -name '*.png' | wc -l) images; server log: $OUT/server.log)"
