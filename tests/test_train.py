@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from synth import synth_image
 
 from adain import Stylizer
+from synth import synth_image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adain.train.data import list_images
-from adain.train.train import plot_losses
 from PIL import Image
 
 from adain.stylizer import Stylizer
+from adain.train.data import list_images
+from adain.train.train import plot_losses
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from adain.train.data import ImageFolder, InfiniteSampler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
 from adain.image import to_image
 from adain.ops import adain, mean_std
+from adain.train.data import ImageFolder, InfiniteSampler
 
 log = logging.getLogger("adain.train")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from adain.train.data import list_images
 from tqdm import tqdm
 
 from adain.encoder import NORM_FILE, POOL_BEFORE, Encoder
 from adain.image import load_image, resize_longest, to_tensor
+from adain.train.data import list_images
 
 
 @torch.inference_mode()

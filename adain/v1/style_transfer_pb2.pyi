@@ -1,0 +1,160 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PreserveColor(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRESERVE_COLOR_NONE: _ClassVar[PreserveColor]
+    PRESERVE_COLOR_CORAL: _ClassVar[PreserveColor]
+    PRESERVE_COLOR_LUMINANCE: _ClassVar[PreserveColor]
+
+class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+PRESERVE_COLOR_NONE: PreserveColor
+PRESERVE_COLOR_CORAL: PreserveColor
+PRESERVE_COLOR_LUMINANCE: PreserveColor
+IMAGE_FORMAT_PNG: ImageFormat
+IMAGE_FORMAT_JPEG: ImageFormat
+IMAGE_FORMAT_WEBP: ImageFormat
+
+class Style(_message.Message):
+    __slots__ = ("image", "style_id", "weight")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    STYLE_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    style_id: str
+    weight: float
+    def __init__(self, image: _Optional[bytes] = ..., style_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class StylizeRequest(_message.Message):
+    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    STYLES_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    PRESERVE_COLOR_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    content: bytes
+    styles: _containers.RepeatedCompositeFieldContainer[Style]
+    alpha: float
+    preserve_color: PreserveColor
+    mask: bytes
+    content_size: int
+    style_size: int
+    format: ImageFormat
+    quality: int
+    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("queue_ms", "inference_ms", "prepare_ms", "encode_ms", "batch_size")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_MS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
+    inference_ms: float
+    prepare_ms: float
+    encode_ms: float
+    batch_size: int
+    def __init__(self, queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., prepare_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class StylizeResponse(_message.Message):
+    __slots__ = ("image", "width", "height", "format", "timings", "request_id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    width: int
+    height: int
+    format: ImageFormat
+    timings: Timings
+    request_id: str
+    def __init__(self, image: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RegisterStyleRequest(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    def __init__(self, image: _Optional[bytes] = ...) -> None: ...
+
+class RegisterStyleResponse(_message.Message):
+    __slots__ = ("style_id", "width", "height")
+    STYLE_ID_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    style_id: str
+    width: int
+    height: int
+    def __init__(self, style_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_pixels", "max_content_side", "default_style_size", "max_styles", "max_message_bytes", "style_registry_size")
+    MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTENT_SIDE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STYLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STYLE_REGISTRY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    max_pixels: int
+    max_content_side: int
+    default_style_size: int
+    max_styles: int
+    max_message_bytes: int
+    style_registry_size: int
+    def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ...) -> None: ...
+
+class Batching(_message.Message):
+    __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue", "prepare_workers")
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue: int
+    prepare_workers: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., prepare_workers: _Optional[int] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ARCH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECODER_META_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_STYLES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    arch_version: int
+    weights_version: str
+    decoder_meta_json: str
+    device: str
+    dtype: str
+    limits: Limits
+    batching: Batching
+    server_version: str
+    registered_styles: int
+    def __init__(self, model: _Optional[str] = ..., arch_version: _Optional[int] = ..., weights_version: _Optional[str] = ..., decoder_meta_json: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., server_version: _Optional[str] = ..., registered_styles: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,227 @@
+"""End-to-end gRPC latency vs the in-process Stylizer, and throughput with concurrent clients.
+
+    python benchmarks/grpc_latency.py                        # the shipped decoder, device auto
+    python benchmarks/grpc_latency.py --decoder runs/decoder.pt --size 512 --runs 5 --clients 8
+    python benchmarks/grpc_latency.py --random-decoder       # no trained decoder: pipeline timing only
+
+It starts its own ``adain-server`` subprocess on a free port (metrics off) and, in this process, a
+Stylizer with the same decoder and device. Latency: the median of ``--runs`` one-at-a-time calls of a
+``--size`` px content with a ``--size`` px style (the style's features are cached after the first call
+on both sides, as in steady state). In process, a call is ``Stylizer.stylize`` + PNG encoding, timed on
+the main thread and on a worker thread (as the server renders); the ratio gRPC / worker-thread shows what
+gRPC, (de)serialisation, queueing and batching add. Local and remote calls alternate, so that a drifting
+load (another job on the machine) hits both alike. Throughput: images per second with 1 client and with
+``--clients`` concurrent clients sending ``--requests`` requests in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic(size: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    chans = [0.5 + 0.4 * np.sin(6 * x + 4 * y * (c + 1) + phase[c]) for c in range(3)]
+    arr = np.clip(np.stack(chans, -1) + rng.normal(0, 0.08, (size, size, 3)), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((arr * 255).astype(np.uint8), "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def load_or_make(path: str | None, size: int, seed: int) -> bytes:
+    if path is None:
+        return synthetic(size, seed)
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def median_ms(fn, runs: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), times
+
+
+class Server:
+    def __init__(self, decoder: str, device: str, extra: list[str]) -> None:
+        cmd = [sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0", "--decoder", decoder,
+               "--device", device, "--log-level", "WARNING", *extra]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.err: list[str] = []
+        threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (\S+):(\d+)", line)
+        if not m:
+            self.proc.wait(30)
+            raise SystemExit(f"grpc_latency: error: the server did not start: {''.join(self.err)[-1500:]}")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self.target = f"127.0.0.1:{m.group(2)}"
+
+    def wait_serving(self, timeout: float = 300) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        end = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"grpc_latency: error: the server exited: {''.join(self.err)[-1500:]}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise SystemExit("grpc_latency: error: the server never became SERVING")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--decoder", help="decoder file (default: the one shipped in the package)")
+    p.add_argument("--random-decoder", action="store_true",
+                   help="no trained decoder: time the pipeline with an untrained one (results are noise)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--size", type=int, default=512, help="content and style size, px (default 512)")
+    p.add_argument("--runs", type=int, default=3, help="one-at-a-time calls for each latency median (default 3)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput (default 8)")
+    p.add_argument("--requests", type=int, default=8, help="requests in all for each throughput run (default 8)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="the server's --max-batch-size (default 8)")
+    p.add_argument("--content", help="content image (default: synthetic)")
+    p.add_argument("--style", help="style image (default: synthetic)")
+    args = p.parse_args(argv)
+
+    from adain.decoder import DEFAULT_DECODER
+
+    label = "trained decoder"
+    tmp = None
+    if args.random_decoder:
+        import torch
+
+        from adain.decoder import Decoder, save_decoder
+
+        tmp = tempfile.TemporaryDirectory()
+        decoder = os.path.join(tmp.name, "random-decoder.pt")
+        torch.manual_seed(0)
+        save_decoder(Decoder(), decoder, {"note": "random, for benchmarking only"})
+        label = "RANDOM decoder: pipeline timing only, outputs are meaningless"
+    else:
+        decoder = args.decoder or str(DEFAULT_DECODER)
+        if not Path(decoder).is_file():
+            print(f"grpc_latency: error: no decoder at {decoder}: train and export one (adain-train), pass "
+                  "--decoder PATH, or use --random-decoder for a pipeline-only timing", file=sys.stderr)
+            return 2
+
+    content = load_or_make(args.content, args.size, 1)
+    style = load_or_make(args.style, args.size, 2)
+    import torch
+
+    from adain.client import StyleTransferClient
+    from adain.image import encode_image
+    from adain.stylizer import Stylizer
+
+    device = None if args.device == "auto" else args.device
+    print(f"# {label}; {args.size} px content and style; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    # The server loads while this process does; latencies are then measured alternately (local, remote),
+    # so that a load that drifts (another job on the machine) hits both alike.
+    server = Server(decoder, args.device, ["--max-batch-size", str(args.max_batch_size)])
+    try:
+        st = Stylizer(decoder=decoder, device=device)
+        dev = str(st.device)
+        if st.cuda:
+            print(f"# GPU: {torch.cuda.get_device_name(st.device)}")
+
+        def local() -> None:
+            img = st.stylize(content, [style])
+            if st.cuda:
+                torch.cuda.synchronize()
+            encode_image(img, "png")
+
+        server.wait_serving()
+        with StyleTransferClient(server.target, timeout=600, retries=0) as client:
+            info = client.server_info()
+            local()  # warm up, and cache the style
+            client.stylize(content, style)
+            # torch is measurably faster on a worker thread than on the main thread here (OpenMP), and the
+            # server renders on a worker thread: time the library both ways, compare with the worker one.
+            worker = ThreadPoolExecutor(1)
+            local_ms, main_ms, remote_ms, inference_ms = [], [], [], []
+            for _ in range(args.runs):
+                main_ms.append(median_ms(local, 1)[0])
+                local_ms.append(worker.submit(median_ms, local, 1).result()[0])
+                t0 = time.perf_counter()
+                r = client.stylize(content, style)
+                remote_ms.append((time.perf_counter() - t0) * 1000)
+                inference_ms.append(r.timings.inference_ms)
+            worker.shutdown()
+            local_med, remote_med = statistics.median(local_ms), statistics.median(remote_ms)
+            main_med = statistics.median(main_ms)
+            server_inf = statistics.median(inference_ms)
+
+            def throughput(clients: int) -> tuple[float, float]:
+                batches: list[int] = []
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(clients) as pool:
+                    for r in pool.map(lambda _: client.stylize(content, style), range(args.requests)):
+                        batches.append(r.timings.batch_size)
+                return args.requests / (time.perf_counter() - t0), statistics.mean(batches)
+
+            one_ips, one_batch = throughput(1)
+            many_ips, many_batch = throughput(args.clients)
+    finally:
+        server.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+    rows = [
+        ("in-process Stylizer + PNG encode, main thread", f"{main_med:9.1f} ms"),
+        ("in-process Stylizer + PNG encode, worker thread", f"{local_med:9.1f} ms"),
+        ("gRPC end-to-end latency (median)", f"{remote_med:9.1f} ms  (server inference {server_inf:.1f} ms)"),
+        ("ratio gRPC / in-process (worker thread)", f"{remote_med / local_med:9.2f} x"),
+        ("throughput, 1 client", f"{one_ips:9.2f} img/s  (mean batch {one_batch:.1f})"),
+        (f"throughput, {args.clients} clients", f"{many_ips:9.2f} img/s  (mean batch {many_batch:.1f})"),
+    ]
+    print(f"# device {dev} (server: {info['device']}, {info['dtype']}); {args.runs} runs per median, "
+          f"{args.requests} requests per throughput run; max batch {args.max_batch_size}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  value")
+    print(f"{'-' * width}  {'-' * 30}")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

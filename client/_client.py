@@ -1,0 +1,384 @@
+"""The thin client: no torch, only grpcio, protobuf and Pillow."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from PIL import Image
+
+from adain.v1 import style_transfer_pb2 as pb
+from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_MAX_MESSAGE_MB = 32
+REQUEST_ID_KEY = "x-request-id"
+STYLE_ID_PREFIX = "id:"
+SERVICE_NAME = "adain.v1.StyleTransfer"
+
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
+
+_FORMATS = {"png": pb.IMAGE_FORMAT_PNG, "jpeg": pb.IMAGE_FORMAT_JPEG, "jpg": pb.IMAGE_FORMAT_JPEG,
+            "webp": pb.IMAGE_FORMAT_WEBP}
+_FORMAT_NAMES = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_FORMAT_WEBP: "webp"}
+_COLOR = {None: pb.PRESERVE_COLOR_NONE, "none": pb.PRESERVE_COLOR_NONE, "coral": pb.PRESERVE_COLOR_CORAL,
+          "luminance": pb.PRESERVE_COLOR_LUMINANCE}
+
+
+class StyleTransferError(Exception):
+    """Every failure of a client call: an RPC that failed, or an input that could not be read.
+
+    ``code`` is the ``grpc.StatusCode`` (INVALID_ARGUMENT for a local input that cannot be read);
+    ``details`` is the server's message (``"styles[1].weight: must be ..."``); ``violations`` lists the
+    (field, description) pairs of a google.rpc.BadRequest when the server sent one (and
+    googleapis-common-protos is installed); ``request_id`` is the call's x-request-id when known.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        request_id: str | None = None,
+        violations: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.request_id = request_id
+        self.violations = list(violations)
+
+
+@dataclass(frozen=True)
+class StyleRef:
+    """A style registered on the server (``StyleTransferClient.register_style`` returns its id).
+
+    A plain string style is a file path, unless it starts with ``"id:"``: ``"id:<sha256 hex>"`` is the
+    same as ``StyleRef("<sha256 hex>")``.
+    """
+
+    id: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_ms: float
+    inference_ms: float
+    prepare_ms: float
+    encode_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class StylizeResult:
+    """A stylized image as the server encoded it (``format``: "png", "jpeg" or "webp")."""
+
+    image: bytes
+    width: int
+    height: int
+    format: str
+    timings: Timings
+    request_id: str
+
+    def to_pil(self) -> Image.Image:
+        img = Image.open(io.BytesIO(self.image))
+        img.load()
+        return img
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the encoded bytes as they are (use a file extension that matches ``format``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.image)
+        return path
+
+
+def _local_error(field: str, message: str) -> StyleTransferError:
+    return StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}")
+
+
+def image_bytes(image: ImageInput, field: str = "image") -> bytes:
+    """Bytes to send for an image: a file's bytes, the bytes themselves, or a PIL image as PNG."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, Image.Image):
+        img = image if image.mode in ("1", "L", "LA", "I;16", "P", "RGB", "RGBA") else image.convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, "PNG", compress_level=1)
+        return buf.getvalue()
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise _local_error(field, f"no such file: {path}") from None
+        except OSError as e:
+            raise _local_error(field, f"cannot read {path}: {e.strerror or e}") from None
+    raise _local_error(field, f"expected a path, bytes or a PIL image, got {type(image).__name__}")
+
+
+def _style_message(style: Any, weight: float | None, i: int) -> pb.Style:
+    msg = pb.Style()
+    if isinstance(style, StyleRef):
+        msg.style_id = style.id
+    elif isinstance(style, str) and style.startswith(STYLE_ID_PREFIX):
+        msg.style_id = style[len(STYLE_ID_PREFIX) :]
+    else:
+        msg.image = image_bytes(style, f"styles[{i}]")
+    if weight is not None:
+        try:
+            msg.weight = float(weight)
+        except (TypeError, ValueError):
+            raise _local_error(f"styles[{i}].weight", f"not a number: {weight!r}") from None
+    return msg
+
+
+def _styles(styles: Any, weights: Sequence[float] | None) -> list[pb.Style]:
+    if isinstance(styles, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, StyleRef, tuple)):
+        styles = [styles]
+    items = list(styles)
+    if weights is not None and len(weights) != len(items):
+        raise _local_error("weights", f"{len(weights)} weights for {len(items)} styles")
+    out = []
+    for i, item in enumerate(items):
+        weight = None if weights is None else weights[i]
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise _local_error(f"styles[{i}]", "a tuple style must be (style, weight)")
+            if weights is not None:
+                raise _local_error(f"styles[{i}]", "give weights either in (style, weight) tuples or in weights=")
+            item, weight = item
+        out.append(_style_message(item, weight, i))
+    return out
+
+
+def _parse_violations(metadata: Iterable[tuple[str, Any]] | None) -> list[tuple[str, str]]:
+    try:
+        from google.rpc import error_details_pb2, status_pb2
+    except ImportError:  # googleapis-common-protos is optional for the client
+        return []
+    out: list[tuple[str, str]] = []
+    for key, value in metadata or ():
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:
+            return []
+        for detail in status.details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
+                out.extend((v.field, v.description) for v in bad.field_violations)
+    return out
+
+
+def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
+    for k, v in metadata or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode(errors="replace")
+    return None
+
+
+def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
+    code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = (e.details() if callable(getattr(e, "details", None)) else None) or str(code.name)
+    trailing = e.trailing_metadata() if callable(getattr(e, "trailing_metadata", None)) else None
+    rid = _metadata_value(trailing, REQUEST_ID_KEY) or request_id
+    return StyleTransferError(code, " ".join(details.split()), request_id=rid, violations=_parse_violations(trailing))
+
+
+def service_config(retries: int) -> str | None:
+    """The channel's service config: retry UNAVAILABLE up to ``retries`` times (gRPC caps at 4 retries)."""
+    if retries <= 0:
+        return None
+    policy = {
+        "maxAttempts": min(retries, 4) + 1,
+        "initialBackoff": "0.1s",
+        "maxBackoff": "2s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps({"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]})
+
+
+class StyleTransferClient:
+    """A blocking client of ``adain.v1.StyleTransfer``; thread-safe (share one across threads).
+
+    ``target`` is ``host:port``. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
+    (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
+    many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy
+    (0 disables; at most 4). Message size limits default to 32 MiB each way, like the server's.
+
+    Every failure raises :class:`StyleTransferError`. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        tls: bool = False,
+        root_certificates: bytes | str | os.PathLike | None = None,
+        retries: int = 3,
+        max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        limit = int(max_message_mb * 1024 * 1024)
+        opts: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.enable_retries", 1 if retries > 0 else 0),
+            # A request bigger than the retry buffer is never retried: let whole images be retried.
+            ("grpc.per_rpc_retry_buffer_size", limit),
+        ]
+        config = service_config(retries)
+        if config is not None:
+            opts.append(("grpc.service_config", config))
+        opts.extend(options)
+        if tls or root_certificates is not None:
+            if root_certificates is not None and not isinstance(root_certificates, bytes):
+                root_certificates = Path(root_certificates).read_bytes()
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, creds, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        self._stub = pb_grpc.StyleTransferStub(self._channel)
+
+    # -- context manager ---------------------------------------------------------------------
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> StyleTransferClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls -------------------------------------------------------------------------------
+    def _call(self, method: Any, request: Any, timeout: float | None, request_id: str | None) -> tuple[Any, str | None]:
+        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
+        try:
+            reply, call = method.with_call(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+            )
+        except grpc.RpcError as e:
+            raise _rpc_error(e, request_id) from None
+        rid = _metadata_value(call.trailing_metadata(), REQUEST_ID_KEY) or _metadata_value(
+            call.initial_metadata(), REQUEST_ID_KEY
+        )
+        return reply, rid or request_id
+
+    def stylize(
+        self,
+        content: ImageInput,
+        styles: Any,
+        *,
+        weights: Sequence[float] | None = None,
+        alpha: float | None = 1.0,
+        preserve_color: str | bool | None = None,
+        mask: ImageInput | None = None,
+        content_size: int = 0,
+        style_size: int = 0,
+        format: str = "png",
+        quality: int = 90,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> StylizeResult:
+        """Stylize ``content`` (a path, bytes or a PIL image) with one or more styles.
+
+        ``styles`` is one style or a list. A style is an image (path, bytes or PIL image), a registered
+        style (``StyleRef(id)`` or the string ``"id:<id>"``; any other string is a file path), or a
+        ``(style, weight)`` tuple; alternatively give ``weights=[...]``, one per style. Weights are
+        relative (normalised by the server); default 1 each.
+
+        ``alpha`` in [0, 1] (None: the server's default, 1). ``preserve_color``: None, "coral" (the AdaIN
+        paper's colour-statistics matching; True means this) or "luminance". ``mask``: an image of the
+        content's size, with exactly 2 styles (white takes styles[0], black styles[1]).
+        ``content_size``: longest side the content is rendered at (0 keeps it); ``style_size``: longest
+        side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
+        ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
+        """
+        fmt = _FORMATS.get(str(format).lower())
+        if fmt is None:
+            raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
+        color = "coral" if preserve_color is True else None if preserve_color is False else preserve_color
+        if color not in _COLOR:
+            raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
+        request = pb.StylizeRequest(
+            content=image_bytes(content, "content"),
+            styles=_styles(styles, weights),
+            preserve_color=_COLOR[color],
+            content_size=_uint(content_size, "content_size"),
+            style_size=_uint(style_size, "style_size"),
+            format=fmt,
+            quality=_uint(quality, "quality"),
+        )
+        if alpha is not None:
+            try:
+                request.alpha = float(alpha)
+            except (TypeError, ValueError):
+                raise _local_error("alpha", f"not a number: {alpha!r}") from None
+        if mask is not None:
+            request.mask = image_bytes(mask, "mask")
+        reply, rid = self._call(self._stub.Stylize, request, timeout, request_id)
+        t = reply.timings
+        return StylizeResult(
+            image=reply.image,
+            width=reply.width,
+            height=reply.height,
+            format=_FORMAT_NAMES.get(reply.format, "png"),
+            timings=Timings(t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size),
+            request_id=reply.request_id or rid or "",
+        )
+
+    def register_style(
+        self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None
+    ) -> str:
+        """Store a style image on the server; returns its id (sha256 hex of the bytes sent).
+
+        Use it as ``StyleRef(id)`` or ``"id:" + id``. The server keeps a bounded number of styles (least
+        recently used dropped first): an unknown id is answered INVALID_ARGUMENT, so register again then.
+        """
+        reply, _ = self._call(
+            self._stub.RegisterStyle, pb.RegisterStyleRequest(image=image_bytes(image, "image")), timeout, request_id
+        )
+        return reply.style_id
+
+    def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The server's model, weights version, device, dtype, limits and batching settings, as a dict."""
+        from google.protobuf import json_format
+
+        reply, _ = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
+        info = json_format.MessageToDict(
+            reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        meta = info.pop("decoder_meta_json", "") or "{}"
+        try:
+            info["decoder_meta"] = json.loads(meta)
+        except ValueError:
+            info["decoder_meta"] = {"raw": meta}
+        for group in ("limits", "batching"):
+            for key, value in list(info.get(group, {}).items()):
+                if isinstance(value, str) and value.isdigit():  # uint64 fields come as strings in JSON form
+                    info[group][key] = int(value)
+        return info
+
+
+def _uint(value: Any, field: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _local_error(field, f"not a number: {value!r}") from None
+    if not math.isfinite(number) or number < 0 or number != int(number) or number >= 2**32:
+        raise _local_error(field, f"must be a whole number >= 0, got {value!r}")
+    return int(number)

@@ -1,0 +1,316 @@
+"""``adain-stylize``: stylize an image (or a folder of images) with a running ``adain-server``.
+
+    adain-stylize photo.jpg --style starry.jpg --style mosaic.jpg:0.3 --alpha 0.8 -o out.png
+    adain-stylize photos/ --style starry.jpg --style mosaic.jpg -o stylized/ --format jpeg
+
+A style is ``PATH`` or ``PATH:WEIGHT`` (the part after the last ``:`` is a weight only if it reads as a
+number; default 1), or ``id:STYLE_ID[:WEIGHT]`` for a style registered on the server. With one content
+file, the styles are blended by weight and the output format comes from the ``-o`` extension. With a
+folder, every content image is stylized with each style separately and written to the ``-o`` folder as
+``<content-stem>_stylized_<style-stem>.<ext>`` (``--format``, default png).
+
+Every failure prints one line ``adain-stylize: error: ...`` to stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+
+from ._client import STYLE_ID_PREFIX, StyleRef, StyleTransferClient, StyleTransferError
+
+PROG = "adain-stylize"
+DEFAULT_SERVER = "127.0.0.1:50051"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+FORMAT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
+
+
+class CliError(Exception):
+    """A failure to report as one line and exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _quality(text: str) -> int:
+    value = _non_negative_int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be in [1, 100], got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Stylize images with a running adain-server (AdaIN arbitrary style transfer).",
+        epilog="Examples:\n"
+        "  adain-stylize photo.jpg --style starry.jpg --style mosaic.jpg:0.3 --alpha 0.8 -o out.png\n"
+        "  adain-stylize photos/ --style a.jpg --style b.jpg -o stylized/ --format jpeg",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("content", metavar="CONTENT", help="content image, or a folder of them (every image x every style)")
+    p.add_argument(
+        "-s", "--style", action="append", required=True, metavar="STYLE[:WEIGHT]",
+        help="style image path, optionally with a weight after the last ':' (default 1); or id:STYLE_ID[:WEIGHT] "
+        "for a registered style. Repeat to blend several (one content) or to run each (folder).",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file (format from its extension: .png, .jpg/.jpeg, .webp); a folder for a folder")
+    p.add_argument("--alpha", type=_unit_interval, default=1.0, help="style strength in [0, 1] (default 1)")
+    p.add_argument("--preserve-color", nargs="?", const="coral", choices=("coral", "luminance"), default=None,
+                   help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
+                   "luminance")
+    p.add_argument("--mask", metavar="MASK", help="mask image of the content's size (2 styles: white takes the "
+                   "first, black the second)")
+    p.add_argument("--size", type=_non_negative_int, default=0, metavar="N",
+                   help="longest side the content is rendered at (0: as it is; default 0)")
+    p.add_argument("--style-size", type=_non_negative_int, default=0, metavar="N",
+                   help="longest side of the styles (0: the server's default, 512)")
+    p.add_argument("--quality", type=_quality, default=90, metavar="Q", help="JPEG/WebP quality 1-100 (default 90)")
+    p.add_argument("--format", choices=("png", "jpeg", "jpg", "webp"), default=None,
+                   help="output format in folder mode (default png); a single output takes its extension's")
+    p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_SERVER), metavar="HOST:PORT",
+                   help="server address (default: $ADAIN_SERVER or 127.0.0.1:50051)")
+    p.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
+                   help="deadline of each request, seconds (default 120)")
+    p.add_argument("--retries", type=_non_negative_int, default=2, metavar="N",
+                   help="retries of a request the server answers UNAVAILABLE (default 2)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
+    p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
+    p.add_argument("-j", "--jobs", type=_non_negative_int, default=4, metavar="N",
+                   help="requests in flight at once in folder mode (default 4)")
+    return p
+
+
+def parse_style(text: str) -> tuple[str, float]:
+    """``"a.jpg:0.3"`` -> ("a.jpg", 0.3); the suffix is a weight only if it parses as a float."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return text, 1.0
+        if not (math.isfinite(weight) and weight >= 0):
+            raise CliError(f"--style {text}: the weight must be a finite number >= 0, got {tail}")
+        return head, weight
+    return text, 1.0
+
+
+def _style_source(spec: str, source: str) -> StyleRef | Path:
+    if source.startswith(STYLE_ID_PREFIX):
+        sid = source[len(STYLE_ID_PREFIX) :]
+        if not sid:
+            raise CliError(f"--style {spec}: empty style id")
+        return StyleRef(sid)
+    path = Path(source)
+    if not path.is_file():
+        hint = ""
+        if ":" in spec:
+            hint = f" (the part after the last ':', {spec.rpartition(':')[2]!r}, is not a number, so it is no weight)"
+        raise CliError(f"--style {spec}: no such file: {source}{hint}")
+    _check_readable(path, f"--style {spec}")
+    return path
+
+
+def _check_readable(path: Path, what: str) -> None:
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise CliError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+
+
+def _describe(e: StyleTransferError, server: str) -> str:
+    if e.code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}"
+    if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED; see --timeout)"
+    if e.code == grpc.StatusCode.INVALID_ARGUMENT:
+        return e.details
+    return f"{e.code.name}: {e.details}"
+
+
+def _output_format(path: Path) -> str:
+    fmt = EXTENSION_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise CliError(f"-o {path}: cannot tell the output format from {path.suffix or 'no extension'!r} "
+                       "(use .png, .jpg, .jpeg or .webp)")
+    return fmt
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    mask = None
+    if args.mask is not None:
+        mask = Path(args.mask)
+        if not mask.is_file():
+            raise CliError(f"--mask: no such file: {mask}")
+        _check_readable(mask, "--mask")
+    return {
+        "alpha": args.alpha,
+        "preserve_color": args.preserve_color,
+        "mask": mask,
+        "content_size": args.size,
+        "style_size": args.style_size,
+        "quality": args.quality,
+    }
+
+
+def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
+    content = Path(args.content)
+    _check_readable(content, "CONTENT")
+    out = Path(args.output)
+    fmt = _output_format(out)
+    try:
+        result = client.stylize(content, [(s, w) for s, w in styles], format=fmt, **_options(args))
+    except StyleTransferError as e:
+        raise CliError(_describe(e, args.server)) from None
+    try:
+        result.save(out)
+    except OSError as e:
+        raise CliError(f"-o {out}: cannot write: {e.strerror or e}") from None
+    print(f"{out} ({result.width} x {result.height})")
+    return 0
+
+
+def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
+    from tqdm import tqdm
+
+    folder = Path(args.content)
+    if args.mask is not None:
+        raise CliError("--mask needs one content file and 2 styles; a folder runs each style alone")
+    contents = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not contents:
+        raise CliError(f"{folder}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"-o {out_dir}: a content folder needs an output folder, and this is a file")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"-o {out_dir}: cannot create the folder: {e.strerror or e}") from None
+    fmt = {"jpg": "jpeg"}.get(args.format, args.format) or "png"
+    ext = FORMAT_EXTENSIONS[fmt]
+    options = _options(args)
+    # Send each style image once, then refer to it by id.
+    refs: list[tuple[Any, str]] = []
+    for source, _weight in styles:
+        if isinstance(source, StyleRef):
+            refs.append((source, source.id[:12]))
+            continue
+        try:
+            refs.append((StyleRef(client.register_style(source)), source.stem))
+        except StyleTransferError as e:
+            raise CliError(f"style {source}: {_describe(e, args.server)}") from None
+    tasks = [(c, ref, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for ref, stem in refs]
+
+    def one(content: Path, ref: StyleRef, out: Path) -> None:
+        result = client.stylize(content, ref, format=fmt, **options)
+        result.save(out)
+
+    failed = 0
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
+        futures = {pool.submit(one, *t): t for t in tasks}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                content, _, out = futures[f]
+                bar.update(1)
+                err = f.exception()
+                if err is None:
+                    continue
+                if isinstance(err, StyleTransferError) and err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                    failed += 1  # a bad content image: say so and go on with the others
+                    bar.write(f"{PROG}: error: {content}: {err.details}", file=sys.stderr)
+                    continue
+                for p in pending:
+                    p.cancel()
+                if isinstance(err, StyleTransferError):
+                    raise CliError(f"{content}: {_describe(err, args.server)}")
+                if isinstance(err, OSError):
+                    raise CliError(f"{out}: cannot write: {err.strerror or err}")
+                raise err
+    print(f"{len(tasks) - failed} of {len(tasks)} images written to {out_dir}")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error (already printed as one line)
+        return int(e.code or 0)
+    try:
+        content = Path(args.content)
+        if not content.exists():
+            raise CliError(f"CONTENT: no such file or folder: {content}")
+        styles: list[tuple[Any, float]] = []
+        for spec in args.style:
+            source, weight = parse_style(spec)
+            styles.append((_style_source(spec, source), weight))
+        if content.is_file() and sum(w for _, w in styles) <= 0:
+            raise CliError("--style: all weights are 0; at least one must be > 0")
+        with StyleTransferClient(
+            args.server, timeout=args.timeout, tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
+            retries=args.retries,
+        ) as client:
+            if content.is_dir():
+                return _run_folder(client, args, styles)
+            return _run_single(client, args, styles)
+    except CliError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except StyleTransferError as e:
+        print(f"{PROG}: error: {e.details}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``adain-server`` / ``python -m adain.server``: run the AdaIN style-transfer gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import parse_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the model loads, or a second one during shutdown
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("adain.server")
+
+    import torch
+
+    from adain.errors import NoDecoderError
+    from adain.stylizer import Stylizer
+
+    from .app import serve
+
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    device = None if settings.device == "auto" else settings.device
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"adain-server: error: --device {device}: CUDA is not available here", file=sys.stderr, flush=True)
+        return 2
+    try:
+        stylizer = Stylizer(
+            decoder=settings.decoder,
+            device=device,
+            max_pixels=settings.max_pixels,
+            max_content_side=settings.max_content_side,
+            style_size=settings.style_size,
+            max_styles=settings.max_styles,
+            cache_size=settings.style_cache_size,
+        )
+    except NoDecoderError as e:
+        print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    log.info("model loaded: %s", stylizer.info)
+    return asyncio.run(serve(settings, stylizer))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The server's lifecycle: build, listen, warm up, serve, drain.
+
+Start-up: the model loads first (a missing decoder fails here), then the gRPC server listens with
+health NOT_SERVING, then one dummy stylization warms the model up, and only then is health SERVING.
+Shutdown (SIGTERM, Ctrl-C): health goes NOT_SERVING, new calls get UNAVAILABLE, calls in flight finish
+(up to ``grace_seconds``), then the gRPC server, the render thread and the metrics endpoint stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from PIL import Image
+
+from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from .batcher import Batcher
+from .config import Settings
+from .metrics import Metrics
+from .registry import StyleRegistry
+from .service import SERVICE_NAME, StyleTransferServicer
+
+log = logging.getLogger("adain.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("adain")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _weights_version(meta: dict[str, Any], path: Path | None) -> str:
+    """A short version string for the weights: the metadata's version, else the file's sha256 prefix."""
+    for key in ("version", "weights_version"):
+        if meta.get(key):
+            return str(meta[key])
+    if path is not None and path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return f"sha256:{digest[:16]}"
+    return "unknown"
+
+
+def _warmup_images() -> tuple[Image.Image, Image.Image]:
+    g = Image.linear_gradient("L").resize((64, 64))
+    r = Image.radial_gradient("L").resize((64, 64))
+    return Image.merge("RGB", (g, r, g.transpose(Image.Transpose.ROTATE_90))), Image.merge("RGB", (r, g, r))
+
+
+class StyleTransferServer:
+    """One grpc.aio server around a Stylizer; see the module docstring for the lifecycle."""
+
+    def __init__(self, settings: Settings, stylizer: Any) -> None:
+        self.settings = settings
+        self.stylizer = stylizer
+        self.metrics = Metrics(settings.max_batch_size)
+        self.registry = StyleRegistry(settings.style_registry_size, int(settings.style_registry_mb * 1024 * 1024))
+        self.batcher = Batcher(
+            stylizer.render,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000.0,
+            max_queue=settings.max_queue,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="adain-prepare")
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.draining = False
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+        from adain.decoder import ARCH_VERSION, DEFAULT_DECODER
+
+        info = dict(getattr(stylizer, "info", {}) or {})
+        decoder_path = Path(settings.decoder) if settings.decoder else DEFAULT_DECODER
+        info.setdefault("arch_version", ARCH_VERSION)
+        info.setdefault("weights_version", _weights_version(info.get("decoder_meta") or {}, decoder_path))
+        info.setdefault("server_version", _package_version())
+        self.model_info = info
+
+    # -- in-flight accounting (used by the rpc wrapper) -----------------------------------------
+    def call_started(self) -> None:
+        self._inflight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def call_finished(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    def encode(self, image: Image.Image, fmt: str, quality: int) -> bytes:
+        from adain.image import encode_image
+
+        return encode_image(image, fmt, quality)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Listen (health NOT_SERVING) and start the metrics endpoint; returns the bound port."""
+        s = self.settings
+        self._idle = asyncio.Event()
+        self._idle.set()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, NOT_SERVING)
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_StyleTransferServicer_to_server(StyleTransferServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        # Metrics first: a busy metrics port fails the start before anything listens.
+        self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
+        address = f"{s.host}:{s.port}"
+        try:
+            if s.tls_cert and s.tls_key:
+                creds = grpc.ssl_server_credentials([(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())])
+                port = server.add_secure_port(address, creds)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as e:
+            port = 0
+            reason = f": {e}"
+        else:
+            reason = ""
+        if not port:
+            self.metrics.close()
+            raise OSError(f"cannot listen on {address}{reason}")
+        await server.start()
+        self.server = server
+        self.port = port
+        return port
+
+    def _warmup_sync(self) -> None:
+        content, style = _warmup_images()
+        self.stylizer.stylize(content, [style])
+
+    async def warm_up(self) -> None:
+        """Start batching, run one dummy stylization off the event loop, then report SERVING."""
+        self.batcher.start()  # requests that come early are served (clients should wait for SERVING)
+        await asyncio.get_running_loop().run_in_executor(self.pool, self._warmup_sync)
+        if not self.draining:
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, SERVING)
+        log.info("model warmed up; serving")
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new calls, let calls in flight finish (up to ``grace`` s), stop everything."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+        if self._idle is not None and self._inflight:
+            log.info("draining %d call(s) in flight (up to %.1f s)", self._inflight, grace)
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            except (asyncio.TimeoutError, TimeoutError):
+                log.warning("%d call(s) still in flight after %.1f s; cancelling them", self._inflight, grace)
+        if self.server is not None:
+            # What is left are streams that never end by themselves (health Watch): cut them short.
+            await self.server.stop(0.2)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.batcher.close, 5.0)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings, stylizer: Any, out=None) -> int:
+    """Run until SIGTERM/SIGINT; print the 'listening on' line to ``out`` (stdout). Returns the exit code."""
+    out = out or sys.stdout
+    app = StyleTransferServer(settings, stylizer)
+    try:
+        port = await app.start()
+    except OSError as e:
+        print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    host = settings.host
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    print(f"adain-server listening on {shown}:{port}", file=out, flush=True)
+    if app.metrics_port:
+        log.info("metrics on http://%s:%d/metrics", shown, app.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    warm = asyncio.ensure_future(app.warm_up())
+    stopped = asyncio.ensure_future(stop.wait())
+    code = 0
+    await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if warm.done() and warm.exception() is not None:
+        log.error("warm-up failed: %s", warm.exception(), exc_info=warm.exception())
+        code = 1
+    else:
+        await stopped
+        log.info("signal received: shutting down")
+    if not warm.done():
+        warm.cancel()
+    stopped.cancel()
+    await app.shutdown()
+    return code

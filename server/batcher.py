@@ -1,0 +1,236 @@
+"""Dynamic batching on a worker thread, fed from the asyncio event loop.
+
+Requests are *admitted* first (a bounded count: when ``max_queue`` requests are preparing or waiting,
+the next one is refused), then *submitted* once prepared. The render thread takes the oldest waiting
+request and every other waiting request with the same ``batch_key`` (up to ``max_batch_size``); when
+fewer are there, it waits for more until the oldest has waited ``max_delay_s``. The model runs on that
+thread, off the event loop (torch releases the GIL), and results go back with ``call_soon_threadsafe``.
+
+A request whose handler was cancelled (client cancel, deadline) is taken out of the queue; one whose
+deadline has passed when its batch is formed is dropped with :class:`DeadlineDropped`, unrendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("adain.server.batcher")
+
+
+class QueueFullError(Exception):
+    """``max_queue`` requests are already admitted."""
+
+
+class ClosedError(Exception):
+    """The batcher is shutting down."""
+
+
+class DeadlineDropped(Exception):
+    """The request's deadline passed while it waited; it was not rendered."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    output: Any
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+class Ticket:
+    """One admitted request's place in the queue bound; :meth:`release` is idempotent."""
+
+    __slots__ = ("_batcher", "_released")
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._released = False
+
+    def release(self) -> None:
+        self._batcher._release(self)
+
+
+@dataclass(eq=False)
+class Item:
+    prepared: Any
+    key: Hashable
+    ticket: Ticket
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    deadline: float | None
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+RenderFn = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+class Batcher:
+    def __init__(
+        self,
+        render: RenderFn,
+        *,
+        max_batch_size: int = 8,
+        max_delay_s: float = 0.01,
+        max_queue: int = 64,
+        on_batch: Callable[[int, float, Sequence[float]], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError("max_batch_size and max_queue must be >= 1")
+        self._render = render
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max(0.0, max_delay_s)
+        self.max_queue = max_queue
+        self._on_batch = on_batch  # (batch size, inference seconds, queue seconds of each)
+        self._cond = threading.Condition()
+        self._pending: deque[Item] = deque()
+        self._admitted = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- event-loop side ------------------------------------------------------------------------
+    def admit(self) -> Ticket:
+        """Take a place in the queue bound, or raise QueueFullError / ClosedError."""
+        with self._cond:
+            if self._closed:
+                raise ClosedError("the server is shutting down")
+            if self._admitted >= self.max_queue:
+                raise QueueFullError(f"the request queue is full (max_queue={self.max_queue})")
+            self._admitted += 1
+            return Ticket(self)
+
+    def _release(self, ticket: Ticket) -> None:
+        with self._cond:
+            if not ticket._released:
+                ticket._released = True
+                self._admitted -= 1
+
+    @property
+    def depth(self) -> int:
+        """Requests admitted and not yet rendering (preparing or waiting)."""
+        return self._admitted
+
+    def submit(self, ticket: Ticket, prepared: Any, key: Hashable, deadline: float | None) -> Item:
+        """Queue a prepared request; await ``item.future`` for a :class:`BatchResult`.
+
+        ``deadline`` is a ``time.monotonic()`` instant or None.
+        """
+        loop = asyncio.get_running_loop()
+        item = Item(prepared, key, ticket, loop, loop.create_future(), deadline)
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                raise ClosedError("the render thread is not running")
+            self._pending.append(item)
+            self._cond.notify_all()
+        return item
+
+    def withdraw(self, item: Item) -> None:
+        """Take a (cancelled) request out of the queue, if it is still waiting, and free its place."""
+        with self._cond:
+            try:
+                self._pending.remove(item)
+            except ValueError:
+                pass
+            self._cond.notify_all()
+        item.ticket.release()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="adain-render", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new admissions, render what is queued, and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    # -- render thread ---------------------------------------------------------------------------
+    def _next_batch(self) -> list[Item] | None:
+        with self._cond:
+            while True:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return None  # closed and drained
+                head = self._pending[0]
+                while True:
+                    same = [it for it in self._pending if it.key == head.key]
+                    if len(same) >= self.max_batch_size or self._closed:
+                        break
+                    remaining = head.enqueued + self.max_delay_s - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                    if not self._pending or self._pending[0] is not head:
+                        break  # head withdrawn: start over
+                if not self._pending or self._pending[0] is not head:
+                    continue
+                batch = same[: self.max_batch_size]
+                for it in batch:
+                    self._pending.remove(it)
+                    it.ticket.release()
+                return batch
+
+    @staticmethod
+    def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _post(self, item: Item, result: Any = None, error: BaseException | None = None) -> None:
+        try:
+            item.loop.call_soon_threadsafe(self._resolve, item.future, result, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            now = time.monotonic()
+            live = []
+            for it in batch:
+                if it.future.done():  # cancelled by its handler in the meantime
+                    continue
+                if it.deadline is not None and now >= it.deadline:
+                    self._post(it, error=DeadlineDropped("the deadline passed while the request was queued"))
+                    continue
+                live.append(it)
+            if not live:
+                continue
+            t0 = time.monotonic()
+            try:
+                outputs = self._render([it.prepared for it in live])
+                if len(outputs) != len(live):
+                    raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
+            except Exception as e:  # every waiter must hear about it
+                log.exception("render failed for a batch of %d", len(live))
+                for it in live:
+                    self._post(it, error=e)
+                continue
+            inference_s = time.monotonic() - t0
+            queue_s = [t0 - it.enqueued for it in live]
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(len(live), inference_s, queue_s)
+                except Exception:  # metrics must not break serving
+                    log.exception("batch metrics callback failed")
+            for it, out, q in zip(live, outputs, queue_s):
+                self._post(it, BatchResult(out, q * 1000.0, inference_s * 1000.0, len(live)))

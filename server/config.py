@@ -1,0 +1,174 @@
+"""Server settings: every one is a command-line flag and an environment variable.
+
+The variable is ``ADAIN_`` + the flag name in upper case with ``-`` as ``_`` (``--max-batch-size`` is
+``ADAIN_MAX_BATCH_SIZE``). A flag given on the command line wins over the variable, which wins over the
+default. This module imports no torch, so ``adain-server --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "ADAIN_"
+DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the server is started with (see ``adain-server --help`` for the meaning of each)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464
+    decoder: str | None = None
+    device: str = "auto"
+    torch_threads: int = 0
+    max_batch_size: int = 8
+    max_batch_delay_ms: float = 10
+    max_queue: int = 64
+    workers: int = 2
+    max_message_mb: float = 32
+    max_pixels: int = 40_000_000
+    max_content_side: int = 4096
+    style_size: int = 512
+    max_styles: int = 8
+    style_registry_size: int = 256
+    style_registry_mb: float = 1024
+    style_cache_size: int = 64
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    grace_seconds: float = 10
+    log_level: str = "INFO"
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * 1024 * 1024)
+
+    def replace(self, **changes: Any) -> Settings:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {value}")
+    return value
+
+
+def _optional_path(text: str) -> str | None:
+    return text or None
+
+
+def _log_level(text: str) -> str:
+    value = text.upper()
+    if value not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    value = text.lower()
+    if value not in DEVICES and not value.startswith("cuda:"):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return value
+
+
+# flag name -> (type, help). The default comes from Settings.
+_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "host": (str, "address to listen on (0.0.0.0 or [::] for every interface)"),
+    "port": (_port, "gRPC port; 0 picks a free port (the 'listening on' line shows it)"),
+    "metrics-port": (int, "Prometheus metrics HTTP port (on --host); 0 or negative disables"),
+    "decoder": (_optional_path, "decoder weights file (adain.decoder.save_decoder format)"),
+    "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
+    "torch-threads": (_non_negative_int, "torch intra-op threads; 0 keeps torch's default"),
+    "max-batch-size": (_positive_int, "most requests rendered in one batch"),
+    "max-batch-delay-ms": (_non_negative_float, "longest time the oldest request waits for a batch to fill"),
+    "max-queue": (_positive_int, "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
+    "workers": (_positive_int, "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
+    "max-message-mb": (_positive_float, "largest gRPC message received or sent, MiB"),
+    "max-pixels": (_positive_int, "largest content, style or mask image, in pixels (width x height)"),
+    "max-content-side": (_positive_int, "longest side a content is rendered at; also the limit of content_size and "
+                         "style_size"),
+    "style-size": (_positive_int, "longest side styles are scaled to when a request leaves style_size at 0"),
+    "max-styles": (_positive_int, "most styles in one request"),
+    "style-registry-size": (_positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
+    "style-registry-mb": (_positive_float, "most bytes of style images kept by RegisterStyle, MiB"),
+    "style-cache-size": (_positive_int, "style feature cache entries (by image hash and size)"),
+    "tls-cert": (_optional_path, "PEM certificate chain file; with --tls-key, serve TLS"),
+    "tls-key": (_optional_path, "PEM private key file; with --tls-cert, serve TLS"),
+    "grace-seconds": (_non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
+    "log-level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
+}
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    environ = os.environ if environ is None else environ
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="adain-server",
+        description="AdaIN style-transfer gRPC server (service adain.v1.StyleTransfer, health, reflection, "
+        "Prometheus metrics). Every flag can also be set with an environment variable, shown in its help; "
+        "a flag on the command line wins.",
+    )
+    for flag, (kind, help_text) in _OPTIONS.items():
+        attr = flag.replace("-", "_")
+        default = getattr(defaults, attr)
+        env = env_name(flag)
+        shown = "the decoder shipped in the package" if flag == "decoder" else ("none" if default is None else default)
+        # argparse runs `type` on string defaults, so a bad variable is reported like a bad flag.
+        parser.add_argument(
+            f"--{flag}",
+            dest=attr,
+            type=kind,
+            default=environ.get(env, default),
+            metavar=attr.upper(),
+            help=f"{help_text} (default: {shown}; env {env})",
+        )
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    parser = build_parser(environ)
+    ns = parser.parse_args(argv)
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    return Settings(**vars(ns))

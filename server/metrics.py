@@ -1,0 +1,67 @@
+"""Prometheus metrics, one CollectorRegistry per server instance (so a process can hold several)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("adain.server.metrics")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self, max_batch_size: int = 8) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "adain_requests", "gRPC requests handled, by method and status code", ["method", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "adain_request_seconds", "Server time per request, by method", ["method"], buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prepare_seconds = Histogram(
+            "adain_prepare_seconds", "Decoding, validation and style features per request (Stylizer.prepare)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "adain_queue_seconds", "Time a prepared request waited for its batch to start rendering",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "adain_inference_seconds", "Model time per batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        sizes = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
+        self.batch_size = Histogram(
+            "adain_batch_size", "Requests per rendered batch", buckets=[float(s) for s in sizes], registry=r
+        )
+        self.queue_depth = Gauge("adain_queue_depth", "Stylize requests admitted and not yet rendering", registry=r)
+        self.registered_styles = Gauge("adain_registered_styles", "Styles held by the style registry", registry=r)
+        self._http = None
+
+    def observe_batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(inference_s)
+        for q in queue_s:
+            self.queue_seconds.observe(q)
+
+    def serve(self, host: str, port: int) -> int | None:
+        """Start the HTTP exporter on ``port`` (0 or negative: disabled); returns the port or None."""
+        if port <= 0:
+            return None
+        addr = host.strip("[]")
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
+        self._http = server
+        return server.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

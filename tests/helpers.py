@@ -1,0 +1,164 @@
+"""Test helpers: synthetic images, a test decoder, and a real ``adain-server`` subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+LISTEN_RE = re.compile(r"adain-server listening on (\S+):(\d+)")
+
+
+def make_image(w: int = 64, h: int = 48, seed: int = 0, fmt: str = "PNG", kind: str = "mix", **save: object) -> bytes:
+    """A small synthetic RGB image (gradient + noise), encoded."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, w)[None, :, None]
+    y = np.linspace(0, 1, h)[:, None, None]
+    phase = rng.random(3)[None, None, :]
+    grad = 0.5 + 0.5 * np.sin(2 * np.pi * (x * (1 + 2 * phase) + y * (2 - phase) + phase))
+    noise = rng.random((h, w, 3))
+    arr = grad if kind == "gradient" else noise if kind == "noise" else 0.7 * grad + 0.3 * noise
+    img = Image.fromarray((arr * 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def make_mask(w: int = 64, h: int = 48) -> bytes:
+    arr = np.zeros((h, w), np.uint8)
+    arr[:, : w // 2] = 255
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_test_decoder(path: Path, seed: int = 0) -> Path:
+    """An untrained decoder (there is no trained one in tests).
+
+    PyTorch's default initialisation shrinks the signal layer by layer, so a fresh ``Decoder()`` paints
+    every input the same flat near-black image and no test could tell two outputs apart. Kaiming
+    initialisation keeps the signal; the last layer is then scaled into a visible range around grey.
+    """
+    import torch
+
+    from adain.decoder import Decoder, save_decoder
+
+    torch.manual_seed(seed)
+    decoder = Decoder()
+    with torch.no_grad():
+        for conv in decoder.convs:
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            conv.bias.zero_()
+        decoder.convs[-1].weight.mul_(0.08)
+        decoder.convs[-1].bias.copy_(torch.tensor([0.65, 0.65, 0.15]))
+    save_decoder(decoder, path, {"note": "test"})
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def health_status(target: str, service: str = "", timeout: float = 2.0, credentials=None) -> int | None:
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return None
+        return reply.status
+
+
+class ServerProcess:
+    """``python -m adain.server --port 0 ...`` with torch on 1 thread; reads the port from stdout."""
+
+    def __init__(self, decoder: Path, *args: str, env: dict[str, str] | None = None, credentials=None) -> None:
+        cmd = [
+            sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder), "--device", "cpu",
+            "--torch-threads", "1", "--log-level", "WARNING", *args,
+        ]
+        if "--metrics-port" not in args:
+            cmd += ["--metrics-port", "0"]
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
+        )
+        self.stderr_lines: list[str] = []
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
+        self.credentials = credentials
+        self.port = self._read_port(timeout=90)
+        self.target = f"127.0.0.1:{self.port}"
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def _read_port(self, timeout: float) -> int:
+        assert self.proc.stdout is not None
+        result: list[str] = []
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            result.append(self.proc.stdout.readline())
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(timeout)
+        line = result[0] if result else ""
+        m = LISTEN_RE.search(line)
+        if not m:
+            self.kill()
+            raise RuntimeError(f"server did not start: stdout={line!r} stderr={''.join(self.stderr_lines)[-2000:]}")
+        # Keep draining stdout so that the server never blocks on a full pipe.
+        threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()
+        return int(m.group(2))
+
+    def wait_serving(self, timeout: float = 90.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {''.join(self.stderr_lines)[-2000:]}")
+            if health_status(self.target, credentials=self.credentials) == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.1)
+        raise TimeoutError("server never reported SERVING")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None

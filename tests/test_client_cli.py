@@ -1,0 +1,257 @@
+"""The thin client and ``adain-stylize`` against the real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from PIL import Image
+
+from adain.client import StyleRef, StyleTransferClient, StyleTransferError
+from adain.client.cli import main, parse_style
+from helpers import REPO, ServerProcess, free_port, make_image, make_mask, pixels
+
+CONTENT = make_image(64, 48, seed=21)
+STYLE_A = make_image(40, 40, seed=22, kind="noise")
+STYLE_B = make_image(48, 32, seed=23, kind="gradient")
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for name, data in {"content.png": CONTENT, "a.png": STYLE_A, "b.jpg": make_image(48, 32, seed=23, fmt="JPEG"),
+                       "mask.png": make_mask(64, 48), "broken.png": b"\x89PNG\r\n\x1a\nbroken"}.items():
+        (tmp_path / name).write_bytes(data)
+        out[name] = tmp_path / name
+    return out
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("adain-stylize: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --- import hygiene -----------------------------------------------------------------------------
+
+
+def test_client_imports_no_torch() -> None:
+    code = (
+        "import sys\n"
+        "import adain.client, adain.client.cli\n"
+        "from adain.client import StyleTransferClient, StyleRef, StyleTransferError\n"
+        "assert 'torch' not in sys.modules, 'adain.client imported torch'\n"
+        "assert 'numpy' not in sys.modules, 'adain.client imported numpy'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+# --- the client library -------------------------------------------------------------------------
+
+
+def test_client_accepts_paths_bytes_pil_and_tuples(client: StyleTransferClient, files: dict[str, Path]) -> None:
+    pil = Image.open(files["content.png"])
+    by_bytes = client.stylize(CONTENT, [STYLE_A, (STYLE_B, 0.5)])
+    by_path = client.stylize(files["content.png"], [str(files["a.png"]), (files["b.jpg"], 0.5)])
+    by_pil = client.stylize(pil, [Image.open(files["a.png"]), (STYLE_B, 0.5)])
+    by_weights = client.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[1, 0.5])
+    assert by_bytes.image == by_pil.image == by_weights.image
+    assert (by_path.width, by_path.height) == (64, 48)  # b.jpg is a JPEG: close, not equal
+    saved = by_bytes.save(files["content.png"].parent / "sub" / "out.png")
+    assert Image.open(saved).size == (64, 48)
+    assert by_bytes.to_pil().mode == "RGB"
+
+
+def test_register_style_and_refer_to_it(client: StyleTransferClient) -> None:
+    sid = client.register_style(STYLE_A)
+    assert len(sid) == 64
+    direct = client.stylize(CONTENT, STYLE_A)
+    assert client.stylize(CONTENT, StyleRef(sid)).image == direct.image
+    assert client.stylize(CONTENT, "id:" + sid).image == direct.image
+
+
+def test_local_input_errors_are_style_transfer_errors(client: StyleTransferClient, tmp_path: Path) -> None:
+    with pytest.raises(StyleTransferError) as info:
+        client.stylize(tmp_path / "missing.png", STYLE_A)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "no such file" in info.value.details
+    with pytest.raises(StyleTransferError) as info:
+        client.stylize(CONTENT, STYLE_A, format="gif")
+    assert info.value.details.startswith("format:")
+    with pytest.raises(StyleTransferError) as info:
+        client.stylize(CONTENT, STYLE_A, preserve_color="sepia")
+    assert info.value.details.startswith("preserve_color:")
+
+
+def test_server_errors_carry_code_details_and_violations(client: StyleTransferClient) -> None:
+    with pytest.raises(StyleTransferError) as info:
+        client.stylize(CONTENT, [STYLE_A, (STYLE_B, -1)])
+    e = info.value
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.details.startswith("styles[1].weight:")
+    assert e.violations and e.violations[0][0] == "styles[1].weight"
+    assert e.request_id
+
+
+def test_unreachable_server_fails_fast_with_unavailable() -> None:
+    port = free_port()  # nothing listens there
+    with StyleTransferClient(f"127.0.0.1:{port}", timeout=20, retries=2) as c:
+        with pytest.raises(StyleTransferError) as info:
+            c.stylize(CONTENT, STYLE_A)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls(decoder_path: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, timeout=60,
+    ) if _has_openssl() else None
+    if made is None or made.returncode != 0:
+        pytest.skip("openssl is not available to make a test certificate")
+    creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    srv = ServerProcess(decoder_path, "--tls-cert", str(cert), "--tls-key", str(key), credentials=creds)
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, tls=True, root_certificates=cert, timeout=60) as c:
+            assert (c.stylize(CONTENT, STYLE_A).width, c.server_info()["device"]) == (64, "cpu")
+        with StyleTransferClient(srv.target, timeout=10, retries=0) as plain:  # plaintext to a TLS port fails
+            with pytest.raises(StyleTransferError) as info:
+                plain.stylize(CONTENT, STYLE_A)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert srv.terminate() == 0
+    finally:
+        srv.kill()
+
+
+def _has_openssl() -> bool:
+    from shutil import which
+
+    return which("openssl") is not None
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def test_parse_style() -> None:
+    assert parse_style("a.png") == ("a.png", 1.0)
+    assert parse_style("a.png:0.3") == ("a.png", 0.3)
+    assert parse_style("dir:x/a.png:2") == ("dir:x/a.png", 2.0)
+    assert parse_style("a.png:abc") == ("a.png:abc", 1.0)  # not a number: part of the name
+    assert parse_style("id:abc:0.5") == ("id:abc", 0.5)
+
+
+def test_cli_single_blend(server: ServerProcess, files: dict[str, Path], capsys) -> None:
+    out = files["content.png"].parent / "out.png"
+    code = main([str(files["content.png"]), "--style", str(files["a.png"]), "--style", f"{files['b.jpg']}:0.3",
+                 "--alpha", "0.8", "-o", str(out), "--server", server.target])
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(out).size == (64, 48) and Image.open(out).format == "PNG"
+    out_jpg = out.with_suffix(".jpg")
+    code = main([str(files["content.png"]), "-s", str(files["a.png"]), "-s", str(files["b.jpg"]),
+                 "--mask", str(files["mask.png"]), "--preserve-color", "--quality", "80", "--size", "32",
+                 "-o", str(out_jpg), "--server", server.target])
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(out_jpg).format == "JPEG"
+
+
+def test_cli_weights_change_the_result(server: ServerProcess, files: dict[str, Path], capsys) -> None:
+    d = files["content.png"].parent
+    outs = []
+    for i, w in enumerate(("0.1", "3")):
+        out = d / f"w{i}.png"
+        assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-s", f"{files['b.jpg']}:{w}",
+                     "-o", str(out), "--server", server.target]) == 0
+        outs.append(pixels(out.read_bytes()))
+    assert abs(outs[0] - outs[1]).max() > 5
+
+
+def test_cli_folder_mode(server: ServerProcess, tmp_path: Path, files: dict[str, Path], capsys) -> None:
+    contents = tmp_path / "photos"
+    contents.mkdir()
+    for i, stem in enumerate(["cat", "dog", "tree"]):
+        (contents / f"{stem}.png").write_bytes(make_image(64, 48, seed=40 + i))
+    (contents / "notes.txt").write_text("not an image")
+    out = tmp_path / "stylized"
+    code = main([str(contents), "--style", str(files["a.png"]), "--style", f"{files['b.jpg']}:0.5", "-o", str(out),
+                 "--server", server.target])
+    assert code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{c}_stylized_{s}.png" for c in ("cat", "dog", "tree") for s in ("a", "b"))
+    for p in out.iterdir():
+        assert Image.open(p).size == (64, 48)
+    # Each style alone, not blended: cat x a equals a single-style run.
+    single = tmp_path / "single.png"
+    assert main([str(contents / "cat.png"), "-s", str(files["a.png"]), "-o", str(single),
+                 "--server", server.target]) == 0
+    assert (out / "cat_stylized_a.png").read_bytes() == single.read_bytes()
+    # --format picks the folder's output format.
+    out2 = tmp_path / "jpegs"
+    assert main([str(contents), "-s", str(files["a.png"]), "-o", str(out2), "--format", "jpeg",
+                 "--server", server.target]) == 0
+    assert sorted(p.name for p in out2.iterdir()) == [f"{c}_stylized_a.jpg" for c in ("cat", "dog", "tree")]
+
+
+def test_cli_folder_reports_a_bad_image_and_goes_on(server: ServerProcess, tmp_path: Path, files, capsys) -> None:
+    contents = tmp_path / "mixed"
+    contents.mkdir()
+    (contents / "good.png").write_bytes(CONTENT)
+    (contents / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    out = tmp_path / "o"
+    code = main([str(contents), "-s", str(files["a.png"]), "-o", str(out), "--server", server.target])
+    assert code == 1
+    line = _one_error_line(capsys)
+    assert "bad.png" in line and "content:" in line
+    assert [p.name for p in out.iterdir()] == ["good_stylized_a.png"]
+
+
+def _cli_failure(argv: list[str], capsys) -> str:
+    code = main(argv)
+    assert code != 0
+    return _one_error_line(capsys)
+
+
+def test_cli_failures_are_one_line(server: ServerProcess, files: dict[str, Path], capsys) -> None:
+    c, a, o, srv = str(files["content.png"]), str(files["a.png"]), str(files["content.png"].parent / "x.png"), [
+        "--server", server.target]
+    assert "no such file" in _cli_failure([c + ".missing", "-s", a, "-o", o, *srv], capsys)
+    assert "no such file" in _cli_failure([c, "-s", a + ".missing", "-o", o, *srv], capsys)
+    line = _cli_failure([c, "-s", f"{a}:abc", "-o", o, *srv], capsys)
+    assert "'abc'" in line and "not a number" in line
+    assert "weight" in _cli_failure([c, "-s", f"{a}:-0.5", "-o", o, *srv], capsys)
+    assert "weight" in _cli_failure([c, "-s", f"{a}:nan", "-o", o, *srv], capsys)
+    assert "--alpha" in _cli_failure([c, "-s", a, "--alpha", "1.5", "-o", o, *srv], capsys)
+    assert "--alpha" in _cli_failure([c, "-s", a, "--alpha", "x", "-o", o, *srv], capsys)
+    assert "output format" in _cli_failure([c, "-s", a, "-o", o + ".gif", *srv], capsys)
+    # The server says no: corrupt content, a mask of the wrong size, an unknown style id.
+    assert "content:" in _cli_failure([str(files["broken.png"]), "-s", a, "-o", o, *srv], capsys)
+    assert "mask:" in _cli_failure([c, "-s", a, "-s", a, "--mask", a, "-o", o, *srv], capsys)
+    assert "unknown style id" in _cli_failure([c, "-s", "id:" + "f" * 64, "-o", o, *srv], capsys)
+    assert not Path(o).exists()
+
+
+def test_cli_server_down_in_a_real_process(files: dict[str, Path]) -> None:
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "--style", str(files["a.png"]),
+         "-o", str(files["content.png"].parent / "x.png"), "--server", f"127.0.0.1:{port}", "--timeout", "20"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adain-stylize: error: cannot reach the server"), proc.stderr
+    # The same through ADAIN_SERVER, with the console script when it is installed.
+    script = Path(sys.executable).with_name("adain-stylize")
+    if script.exists():
+        env = {"ADAIN_SERVER": f"127.0.0.1:{port}", "PATH": str(script.parent)}
+        proc = subprocess.run([str(script), str(files["content.png"]), "-s", str(files["a.png"]), "-o",
+                               str(files["content.png"].parent / "y.png")], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"127.0.0.1:{port}" in proc.stderr

@@ -1,0 +1,82 @@
+"""The contract: committed stubs match the .proto, and the fields the service relies on are there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import descriptor
+
+from adain.v1 import style_transfer_pb2 as pb
+
+REPO = Path(__file__).resolve().parents[1]
+PROTO = "proto/adain/v1/style_transfer.proto"
+STUBS = ("style_transfer_pb2.py", "style_transfer_pb2.pyi", "style_transfer_pb2_grpc.py")
+
+
+def test_committed_stubs_are_up_to_date(tmp_path: Path) -> None:
+    """Regenerate the stubs as proto/generate.sh does, into a temp dir: no byte may differ."""
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", "-I", "proto", f"--python_out={tmp_path}",
+           f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", PROTO]
+    subprocess.run(cmd, cwd=REPO, check=True, timeout=120)
+    for name in STUBS:
+        fresh = (tmp_path / "adain" / "v1" / name).read_bytes()
+        committed = (REPO / "adain" / "v1" / name).read_bytes()
+        assert fresh == committed, f"adain/v1/{name} is stale: run proto/generate.sh"
+
+
+def test_generate_script(tmp_path: Path) -> None:
+    script = REPO / "proto" / "generate.sh"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    assert "grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. " + PROTO in text
+    # Run it on a copy of the repository's proto folder: it writes the same three files.
+    if shutil.which("sh") is None:
+        pytest.skip("no sh")
+    (tmp_path / "proto").mkdir()
+    shutil.copytree(REPO / "proto", tmp_path / "proto", dirs_exist_ok=True)
+    subprocess.run(["sh", str(tmp_path / "proto" / "generate.sh")], check=True, timeout=120,
+                   env={**os.environ, "PYTHON": sys.executable})
+    for name in STUBS:
+        assert (tmp_path / "adain" / "v1" / name).read_bytes() == (REPO / "adain" / "v1" / name).read_bytes()
+
+
+def test_imports_are_package_absolute() -> None:
+    text = (REPO / "adain" / "v1" / "style_transfer_pb2_grpc.py").read_text()
+    assert "from adain.v1 import style_transfer_pb2" in text
+
+
+def test_service_and_messages() -> None:
+    assert pb.DESCRIPTOR.package == "adain.v1"
+    service = pb.DESCRIPTOR.services_by_name["StyleTransfer"]
+    assert service.full_name == "adain.v1.StyleTransfer"
+    methods = {m.name: (m.input_type.name, m.output_type.name) for m in service.methods}
+    assert methods == {
+        "Stylize": ("StylizeRequest", "StylizeResponse"),
+        "RegisterStyle": ("RegisterStyleRequest", "RegisterStyleResponse"),
+        "GetServerInfo": ("GetServerInfoRequest", "ServerInfo"),
+    }
+    req = pb.StylizeRequest.DESCRIPTOR.fields_by_name
+    assert req["alpha"].has_presence and req["alpha"].type == descriptor.FieldDescriptor.TYPE_FLOAT
+    assert req["styles"].message_type.name == "Style"
+    for name in ("content", "mask", "content_size", "style_size", "format", "quality", "preserve_color"):
+        assert name in req
+    style = pb.Style.DESCRIPTOR
+    assert [f.name for f in style.oneofs_by_name["source"].fields] == ["image", "style_id"]
+    assert style.fields_by_name["weight"].has_presence
+    assert set(pb.PreserveColor.keys()) == {"PRESERVE_COLOR_NONE", "PRESERVE_COLOR_CORAL", "PRESERVE_COLOR_LUMINANCE"}
+    assert set(pb.ImageFormat.keys()) == {"IMAGE_FORMAT_PNG", "IMAGE_FORMAT_JPEG", "IMAGE_FORMAT_WEBP"}
+    reply = pb.StylizeResponse.DESCRIPTOR.fields_by_name
+    assert {"image", "width", "height", "format", "timings", "request_id"} <= set(reply)
+    assert {"queue_ms", "inference_ms"} <= set(pb.Timings.DESCRIPTOR.fields_by_name)
+
+
+def test_alpha_presence_distinguishes_zero() -> None:
+    unset = pb.StylizeRequest()
+    zero = pb.StylizeRequest(alpha=0.0)
+    assert not unset.HasField("alpha") and zero.HasField("alpha")
+    assert pb.StylizeRequest.FromString(zero.SerializeToString()).HasField("alpha")

@@ -1,0 +1,447 @@
+"""The real server process, through the real client: results, batching, bad input, limits, shutdown."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from adain.client import StyleRef, StyleTransferClient, StyleTransferError
+from adain.v1 import style_transfer_pb2 as pb
+from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+from helpers import ServerProcess, health_status, make_image, make_mask, pixels
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+CONTENT = make_image(64, 48, seed=1)
+STYLE_A = make_image(40, 40, seed=2, kind="noise")
+STYLE_B = make_image(48, 32, seed=3, kind="gradient")
+STYLE_C = make_image(32, 48, seed=4)
+
+
+def _close(a: bytes, b: bytes, tol: int = 2) -> bool:
+    return int(np.abs(pixels(a) - pixels(b)).max()) <= tol
+
+
+def _expect(code: grpc.StatusCode, fn, *args, **kwargs) -> StyleTransferError:
+    with pytest.raises(StyleTransferError) as info:
+        fn(*args, **kwargs)
+    assert info.value.code == code, info.value.details
+    return info.value
+
+
+def _good_call(client: StyleTransferClient) -> None:
+    result = client.stylize(CONTENT, STYLE_A)
+    assert (result.width, result.height) == (64, 48)
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def test_health_serving_and_reflection(server: ServerProcess) -> None:
+    assert health_status(server.target) == SERVING
+    assert health_status(server.target, "adain.v1.StyleTransfer") == SERVING
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = stub.ServerReflectionInfo(iter([ask]), timeout=10)
+        names = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"adain.v1.StyleTransfer", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize("styles", [[STYLE_A], [STYLE_A, (STYLE_B, 0.5), (STYLE_C, 0.25)]], ids=["1-style", "3-styles"])
+def test_stylize_keeps_content_size(client: StyleTransferClient, styles: list) -> None:
+    result = client.stylize(CONTENT, styles)
+    assert (result.width, result.height) == (64, 48)
+    assert result.format == "png" and result.image[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.to_pil().size == (64, 48)
+    assert result.timings.inference_ms > 0 and result.timings.queue_ms >= 0 and result.timings.batch_size >= 1
+
+
+def test_three_styles_differ_from_one(client: StyleTransferClient) -> None:
+    one = client.stylize(CONTENT, STYLE_A)
+    three = client.stylize(CONTENT, [STYLE_A, STYLE_B, STYLE_C])
+    assert not _close(one.image, three.image, tol=0)
+
+
+def test_alpha_0_half_1(client: StyleTransferClient, decoder_path: Path) -> None:
+    out = {a: client.stylize(CONTENT, STYLE_A, alpha=a) for a in (0.0, 0.5, 1.0)}
+    for result in out.values():
+        assert (result.width, result.height) == (64, 48)
+    assert not _close(out[0.0].image, out[1.0].image, tol=0)
+    assert not _close(out[0.0].image, out[0.5].image, tol=0)
+    # Unset alpha means 1 (and an explicit 0 is not taken for "unset").
+    assert _close(client.stylize(CONTENT, STYLE_A, alpha=None).image, out[1.0].image, tol=0)
+    # alpha 0 is the decoder's reconstruction of the content: the library, in process, agrees.
+    import torch
+
+    from adain.stylizer import Stylizer
+
+    torch.set_num_threads(1)
+    st = Stylizer(decoder=str(decoder_path), device="cpu")
+    for a in (0.0, 1.0):
+        local = st.stylize(CONTENT, [STYLE_A], alpha=a)
+        buf = io.BytesIO()
+        local.save(buf, "PNG")
+        assert _close(out[a].image, buf.getvalue()), f"alpha={a}: server and library differ"
+
+
+def test_output_formats(client: StyleTransferClient) -> None:
+    jpeg = client.stylize(CONTENT, STYLE_A, format="jpeg", quality=70)
+    webp = client.stylize(CONTENT, STYLE_A, format="webp")
+    assert jpeg.format == "jpeg" and jpeg.image[:2] == b"\xff\xd8"
+    assert webp.format == "webp" and webp.image[8:12] == b"WEBP"
+    assert jpeg.to_pil().size == webp.to_pil().size == (64, 48)
+
+
+def test_content_size_and_options(client: StyleTransferClient) -> None:
+    small = client.stylize(CONTENT, STYLE_A, content_size=32, style_size=64)
+    assert (small.width, small.height) == (32, 24)
+    for mode in ("coral", "luminance"):
+        result = client.stylize(CONTENT, STYLE_A, preserve_color=mode)
+        assert (result.width, result.height) == (64, 48)
+    masked = client.stylize(CONTENT, [STYLE_A, STYLE_B], mask=make_mask(64, 48))
+    assert (masked.width, masked.height) == (64, 48)
+
+
+def test_registered_style_gives_the_same_result(client: StyleTransferClient) -> None:
+    import hashlib
+
+    sid = client.register_style(STYLE_B)
+    assert sid == hashlib.sha256(STYLE_B).hexdigest()
+    by_bytes = client.stylize(CONTENT, [STYLE_A, (STYLE_B, 0.5)])
+    by_ref = client.stylize(CONTENT, [STYLE_A, (StyleRef(sid), 0.5)])
+    by_text = client.stylize(CONTENT, [STYLE_A, ("id:" + sid, 0.5)])
+    assert _close(by_bytes.image, by_ref.image) and _close(by_bytes.image, by_text.image)
+    assert client.register_style(STYLE_B) == sid  # registering again is harmless
+
+
+def test_style_registry_is_bounded_lru(client: StyleTransferClient) -> None:
+    # The session server keeps --style-registry-size 16 styles.
+    ids = [client.register_style(make_image(16, 16, seed=1000 + i)) for i in range(17)]
+    _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, StyleRef(ids[0]))  # the oldest went
+    assert (client.stylize(CONTENT, StyleRef(ids[-1])).width, client.server_info()["registered_styles"]) == (64, 16)
+
+
+def test_concurrent_clients_get_their_own_answers(server: ServerProcess, client: StyleTransferClient) -> None:
+    styles = [STYLE_A, STYLE_B, STYLE_C]
+    jobs = [(make_image(64, 48, seed=100 + i), styles[i % 3], [1.0, 0.6, 0.3][i % 3]) for i in range(8)]
+    reference = [client.stylize(c, s, alpha=a).image for c, s, a in jobs]  # one at a time
+    barrier = threading.Barrier(8)
+
+    def run(job):
+        barrier.wait()
+        c, s, a = job
+        return client.stylize(c, s, alpha=a)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, jobs))
+    for i, (ref, got) in enumerate(zip(reference, results)):
+        assert (got.width, got.height) == (64, 48)
+        assert _close(ref, got.image), f"job {i}: the concurrent answer differs from the sequential one"
+    assert max(r.timings.batch_size for r in results) >= 2, "8 simultaneous same-size requests were never batched"
+    # The batch-size histogram counts it, too.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'adain_requests_total{code="OK",method="Stylize"}' in text
+    assert "adain_batch_size_bucket" in text and "adain_queue_seconds_bucket" in text
+    assert "adain_inference_seconds_count" in text
+
+
+def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient) -> None:
+    assert client.stylize(CONTENT, STYLE_A, request_id="req-123").request_id == "req-123"
+    generated = client.stylize(CONTENT, STYLE_A).request_id
+    assert len(generated) == 36 and generated.count("-") == 4  # a uuid4
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A)])
+        reply, call = stub.Stylize.with_call(request, metadata=(("x-request-id", "abc"),), timeout=30)
+        assert reply.request_id == "abc"
+        assert ("x-request-id", "abc") in tuple(call.initial_metadata())
+        assert ("x-request-id", "abc") in tuple(call.trailing_metadata())
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, STYLE_A, alpha=2.0, request_id="bad-1")
+    assert err.request_id == "bad-1"
+
+
+def test_server_info(client: StyleTransferClient) -> None:
+    info = client.server_info()
+    assert info["model"] and info["arch_version"] == 1
+    assert info["decoder_meta"] == {"note": "test"}
+    assert info["weights_version"]
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["limits"]["max_styles"] == 8 and info["limits"]["default_style_size"] == 512
+    assert info["limits"]["max_message_bytes"] == 32 * 1024 * 1024
+    assert info["limits"]["max_pixels"] == 40_000_000
+    assert info["batching"] == {"max_batch_size": 8, "max_batch_delay_ms": 50.0, "max_queue": 64, "prepare_workers": 2}
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def _truncated_jpeg() -> bytes:
+    data = make_image(64, 48, seed=5, fmt="JPEG", kind="noise", quality=95)
+    return data[: int(len(data) * 0.6)]
+
+
+def _zero_width_bmp() -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, 0, 10, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return struct.pack("<2sIHHI", b"BM", 54, 0, 0, 54) + info
+
+
+BAD = {
+    "corrupt-bytes": (dict(content=b"this is not an image at all"), "content"),
+    "truncated-jpeg": (dict(content=_truncated_jpeg()), "content"),
+    "zero-size": (dict(content=_zero_width_bmp()), "content"),
+    "empty-content": (dict(content=b""), "content"),
+    "corrupt-style": (dict(styles=[b"\x89PNG\r\n\x1a\nnope"]), "styles[0].image"),
+    "all-zero-weights": (dict(styles=[(STYLE_A, 0.0), (STYLE_B, 0.0)]), "styles.weight"),
+    "negative-weight": (dict(styles=[STYLE_A, (STYLE_B, -0.5)]), "styles[1].weight"),
+    "nan-weight": (dict(styles=[(STYLE_A, math.nan)]), "styles[0].weight"),
+    "alpha-1.5": (dict(alpha=1.5), "alpha"),
+    "alpha-nan": (dict(alpha=math.nan), "alpha"),
+    "alpha-negative": (dict(alpha=-0.1), "alpha"),
+    "mask-wrong-size": (dict(styles=[STYLE_A, STYLE_B], mask=make_mask(32, 32)), "mask"),
+    "unknown-style-id": (dict(styles=[STYLE_A, StyleRef("0" * 64)]), "styles[1].style_id"),
+    "no-styles": (dict(styles=[]), "styles"),
+    "too-many-styles": (dict(styles=[STYLE_A] * 9), "styles"),
+    "quality-101": (dict(quality=101, format="jpeg"), "quality"),
+    "content-size-over-limit": (dict(content_size=5000), "content_size"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_is_invalid_argument(client: StyleTransferClient, case: str) -> None:
+    kwargs, field = BAD[case]
+    kwargs = {"content": CONTENT, "styles": [STYLE_A], **kwargs}
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, kwargs.pop("content"), kwargs.pop("styles"),
+                  **kwargs)
+    assert err.details.startswith(field + ":"), err.details
+    assert field in dict(err.violations), err.violations
+    _good_call(client)
+
+
+def test_limits_are_named_in_messages(client: StyleTransferClient) -> None:
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, [STYLE_A] * 9)
+    assert "max_styles=8" in err.details
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, STYLE_A, content_size=5000)
+    assert "4096" in err.details
+
+
+def test_bad_request_details_are_google_rpc(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A, weight=-1)], alpha=3)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Stylize(request, timeout=30)
+    md = dict(info.value.trailing_metadata())
+    status = status_pb2.Status.FromString(md["grpc-status-details-bin"])
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    assert {v.field for v in bad.field_violations} == {"styles[0].weight", "alpha"}
+
+
+def test_register_bad_style(client: StyleTransferClient) -> None:
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.register_style, b"junk")
+    assert err.details.startswith("image:")
+    _good_call(client)
+
+
+def test_deadline_and_cancel_leave_the_server_healthy(server: ServerProcess, client: StyleTransferClient) -> None:
+    big = make_image(256, 256, seed=9)
+    _expect(grpc.StatusCode.DEADLINE_EXCEEDED, client.stylize, big, STYLE_A, timeout=0.05)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        futures = [stub.Stylize.future(pb.StylizeRequest(content=big, styles=[pb.Style(image=STYLE_A)]), timeout=60)
+                   for _ in range(2)]
+        time.sleep(0.2)
+        for f in futures:
+            f.cancel()
+        for f in futures:
+            assert f.cancelled() or f.exception() is None or f.code() == grpc.StatusCode.CANCELLED
+    time.sleep(0.2)
+    assert health_status(server.target) == SERVING
+    _good_call(client)
+    assert server.alive()
+
+
+# --- limits: pixels, message size, queue bound ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited(decoder_path: Path):
+    srv = ServerProcess(
+        decoder_path, "--max-pixels", "5000", "--max-message-mb", "1", "--max-queue", "2", "--max-batch-size", "1",
+        "--max-batch-delay-ms", "0", "--workers", "1",
+    )
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60, retries=0) as c:
+            yield srv, c
+    finally:
+        srv.terminate()
+
+
+def test_too_many_pixels(limited) -> None:
+    _, client = limited
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, make_image(100, 100), STYLE_A)
+    assert err.details.startswith("content:") and "5000" in err.details
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, make_image(80, 80))
+    assert err.details.startswith("styles[0].image:") and "5000" in err.details
+    _good_call(client)
+
+
+def test_message_over_the_limit(limited) -> None:
+    _, client = limited
+    huge = make_image(16, 16) + b"\0" * (1536 * 1024)  # 1.5 MiB: over --max-message-mb 1
+    _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, client.stylize, huge, STYLE_A)
+    _good_call(client)
+
+
+def test_queue_bound(limited) -> None:
+    srv, client = limited
+    content = make_image(70, 70, seed=11)  # under --max-pixels 5000
+    start = time.monotonic()
+
+    def call(i: int) -> grpc.StatusCode:
+        try:
+            client.stylize(content, STYLE_A, timeout=60)
+            return grpc.StatusCode.OK
+        except StyleTransferError as e:
+            return e.code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(call, range(16)))
+    assert time.monotonic() - start < 60
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1, codes
+    assert codes.count(grpc.StatusCode.OK) >= 1, codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, _burst_one, client, content)
+    assert "max_queue=2" in err.details
+    assert srv.alive()
+    _good_call(client)
+
+
+def _burst_one(client: StyleTransferClient, content: bytes) -> None:
+    """Raise the first error of a burst of 12 (there is one: the queue holds 2)."""
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(client.stylize, content, STYLE_A) for _ in range(12)]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+
+
+def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
+    # A long batching window keeps a request in flight while SIGTERM arrives.
+    srv = ServerProcess(decoder_path, "--max-batch-delay-ms", "2000", "--max-batch-size", "8", "--grace-seconds", "20")
+    try:
+        srv.wait_serving()
+        seen: list[int] = []
+        channel = grpc.insecure_channel(srv.target)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+
+        def watch_all() -> None:
+            try:
+                for reply in watch:
+                    seen.append(reply.status)
+            except grpc.RpcError:
+                pass  # the stream ends when the server stops
+
+        watcher = threading.Thread(target=watch_all, daemon=True)
+        watcher.start()
+        with StyleTransferClient(srv.target, timeout=60, retries=0) as client:
+            with ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(client.stylize, CONTENT, STYLE_A)
+                time.sleep(0.7)  # admitted, waiting for its batch
+                srv.proc.send_signal(15)
+                deadline = time.monotonic() + 10
+                while NOT_SERVING not in seen and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert seen[:1] == [SERVING] and NOT_SERVING in seen, seen
+                _expect(grpc.StatusCode.UNAVAILABLE, client.stylize, CONTENT, STYLE_A)
+                result = in_flight.result(timeout=30)  # the call in flight still finishes
+                assert (result.width, result.height) == (64, 48)
+        assert srv.proc.wait(30) == 0
+        watcher.join(10)
+        channel.close()
+        log = "".join(srv.stderr_lines)
+        assert "Traceback" not in log, log
+    finally:
+        srv.kill()
+
+
+def test_missing_decoder_exits_with_a_clear_message(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(missing),
+         "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "decoder file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_installed_decoder_exits_with_the_library_message() -> None:
+    from adain.decoder import DEFAULT_DECODER
+
+    if DEFAULT_DECODER.is_file():
+        pytest.skip("a decoder is installed")
+    proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "no trained decoder is installed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_busy_port_is_a_clear_error(server: ServerProcess, decoder_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "adain.server", "--port", str(server.port), "--decoder", str(decoder_path),
+         "--metrics-port", "0", "--torch-threads", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "adain-server: error: cannot listen on" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder_path),
+         "--metrics-port", str(server.metrics_port), "--torch-threads", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "cannot serve metrics on" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_lists_flags_env_and_defaults() -> None:
+    proc = subprocess.run([sys.executable, "-m", "adain.server", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for flag, env, default in [("--max-batch-size", "ADAIN_MAX_BATCH_SIZE", "8"), ("--port", "ADAIN_PORT", "50051"),
+                               ("--max-queue", "ADAIN_MAX_QUEUE", "64"), ("--max-message-mb", "ADAIN_MAX_MESSAGE_MB",
+                                                                          "32")]:
+        assert flag in text and env in text
+        assert f"default: {default}" in text
+
+
+def test_settings_from_environment() -> None:
+    from adain.server.config import parse_settings
+
+    s = parse_settings(["--max-queue", "5"], environ={"ADAIN_MAX_QUEUE": "7", "ADAIN_PORT": "1234",
+                                                      "ADAIN_DEVICE": "cpu"})
+    assert (s.max_queue, s.port, s.device, s.max_batch_size) == (5, 1234, "cpu", 8)
+    with pytest.raises(SystemExit):
+        parse_settings([], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})
