@@ -1,0 +1,38 @@
+"""The base install is the thin client: a fresh virtual environment without torch can use it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(os.environ.get("ADAIN_SKIP_VENV_TEST") == "1", reason="ADAIN_SKIP_VENV_TEST=1 (offline)")
+def test_base_install_imports_the_client_without_torch(tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)]
+    proc = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check = (
+        "import importlib.util, sys\n"
+        "assert importlib.util.find_spec('torch') is None, 'torch is installed'\n"
+        "import adain, adain.client, adain.client.cli\n"
+        "from adain.client import StyleTransferClient\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([str(py), "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    cli = subprocess.run([str(env_dir / "bin" / "adain-stylize"), "--help"], capture_output=True, text=True)
+    assert cli.returncode == 0 and "--style" in cli.stdout
+    # The model needs the extras: it says so instead of failing obscurely.
+    model = subprocess.run(
+        [str(py), "-c", "import adain; adain.Stylizer"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert model.returncode != 0 and "torch" in model.stderr
