@@ -9,7 +9,7 @@ OUT=out/demo
 rm -rf "$OUT" && mkdir -p "$OUT"
 BIN=.venv/bin
 
-"$BIN/adain-server" --host 127.0.0.1 --port 0 > "$OUT/server.log" 2>&1 &
+"$BIN/adain-server" --host 127.0.0.1 --port 0 --metrics-port 0 > "$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
