@@ -63,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _worker_ignores_signals(worker_id: int) -> None:
+    """Ctrl-C and SIGTERM often reach the whole process group: only the main process handles them
+    (it finishes the step and checkpoints); a worker that died of them would break that checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def style_loss(out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
     total = torch.zeros((), device=out_feats[0].device)
     for o, s in zip(out_feats, style_feats):
@@ -119,6 +126,7 @@ class Trainer:
             pin_memory=self.cuda,
             drop_last=True,
             persistent_workers=self.args.workers > 0,
+            worker_init_fn=_worker_ignores_signals,
         )
         return iter(dl)
 
