@@ -114,3 +114,28 @@ def test_torchrun_two_processes_gloo(data: Path, tmp_path: Path) -> None:
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2
     assert all(math.isfinite(r["loss"]) for r in logged(out))
+
+
+def test_sigterm_to_the_process_group_checkpoints_and_exits_0(data: Path, tmp_path: Path) -> None:
+    """Like Ctrl-C in a terminal or a container stop: every process gets the signal, workers included."""
+    import signal
+    import time
+
+    out = tmp_path / "stop"
+    cmd = [sys.executable, "-m", "adain.train", "--content", str(data / "content"), "--style", str(data / "style")]
+    cmd += ["--out", str(out), "--steps", "100000", "--batch-size", "2", "--crop", "32", "--workers", "1"]
+    cmd += ["--log-every", "1", "--save-every", "1000", "--sample-every", "1000"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert step == logged(out)[-1]["step"] >= 2
