@@ -397,13 +397,16 @@ def test_missing_decoder_exits_with_a_clear_message(tmp_path: Path) -> None:
     assert "decoder file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_no_installed_decoder_exits_with_the_library_message() -> None:
-    from adain.decoder import DEFAULT_DECODER
-
-    if DEFAULT_DECODER.is_file():
-        pytest.skip("a decoder is installed")
-    proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0"],
-                          capture_output=True, text=True, timeout=120)
+def test_no_installed_decoder_exits_with_the_library_message(tmp_path: Path) -> None:
+    # As on a checkout without adain/assets/decoder.pt: point the default at a file that is not there.
+    code = (
+        "import pathlib, sys\n"
+        "import adain.decoder as d\n"
+        f"d.DEFAULT_DECODER = pathlib.Path({str(tmp_path / 'decoder.pt')!r})\n"
+        "from adain.server.__main__ import main\n"
+        "sys.exit(main(['--port', '0', '--metrics-port', '0']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "no trained decoder is installed" in proc.stderr and "Traceback" not in proc.stderr
 
