@@ -9,6 +9,7 @@ the training losses then weigh relu1_1..relu4_1 evenly instead of being ~99% rel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -93,12 +94,13 @@ class Encoder(nn.Module):
     def train(self, mode: bool = True) -> Encoder:
         return super().train(False)  # always eval: frozen
 
-    def forward(self, x: torch.Tensor) -> Features:
-        out = []
+    def activations(self, x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """(conv name, its ReLU output) for every conv in order; the normalisation scales need them all."""
         for name, conv in self.convs.items():
             if name in POOL_BEFORE:
                 x = F.max_pool2d(x, 2, 2)
             x = F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="reflect")))
-            if name in OUTPUTS:
-                out.append(x)
-        return Features(*out)
+            yield name, x
+
+    def forward(self, x: torch.Tensor) -> Features:
+        return Features(*(a for name, a in self.activations(x) if name in OUTPUTS))

@@ -66,6 +66,11 @@ def _padded(n: int) -> int:
     return max(16, -(-n // 8) * 8)
 
 
+def _feature_size(h: int, w: int) -> tuple[int, int]:
+    """Size of the part of the relu4_1 map that covers an h x w image (the rest covers padding)."""
+    return -(-h // 8), -(-w // 8)
+
+
 def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Pad bottom/right to h x w by reflection (replicate where the image is too small to reflect)."""
     ph, pw = h - x.shape[2], w - x.shape[3]
@@ -287,7 +292,7 @@ class Stylizer:
             x = _pad_to(style, _padded(style.shape[2]), _padded(style.shape[3]))
             feat = self.encoder(x.to(self.device, memory_format=self.memory_format)).relu4_1
             # Statistics over the image only, not its padding.
-            fh, fw = -(-style.shape[2] // 8), -(-style.shape[3] // 8)
+            fh, fw = _feature_size(*style.shape[2:])
             stats = mean_std(feat[:, :, :fh, :fw])
         self.cache.put(key, stats)
         return stats
@@ -324,7 +329,7 @@ class Stylizer:
                 targets = []
                 for k, i in enumerate(idx):
                     h, w = jobs[i].content.shape[2:]
-                    fh, fw = -(-h // 8), -(-w // 8)
+                    fh, fw = _feature_size(h, w)
                     t = self._target(feats[k : k + 1, :, :fh, :fw], jobs[i])
                     targets.append(_pad_to(t, ph // 8, pw // 8))
                 y = self.decoder(torch.cat(targets).to(feats.dtype).contiguous(memory_format=self.memory_format))

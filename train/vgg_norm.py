@@ -13,10 +13,9 @@ import random
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from adain.encoder import NORM_FILE, POOL_BEFORE, Encoder
+from adain.encoder import NORM_FILE, Encoder
 from adain.image import load_image, resize_longest, to_tensor
 from adain.train.data import list_images
 
@@ -28,11 +27,8 @@ def filter_means(paths: list[Path], size: int = 256) -> dict[str, torch.Tensor]:
     sums = {name: torch.zeros(conv.out_channels, dtype=torch.float64) for name, conv in enc.convs.items()}
     for path in tqdm(paths, desc="vgg norm", unit="img"):
         x = to_tensor(resize_longest(load_image(path), size))
-        for name, conv in enc.convs.items():
-            if name in POOL_BEFORE:
-                x = F.max_pool2d(x, 2, 2)
-            x = F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="reflect")))
-            sums[name] += x.mean(dim=(0, 2, 3)).double()
+        for name, a in enc.activations(x):
+            sums[name] += a.mean(dim=(0, 2, 3)).double()
     # A filter that never fires keeps scale 1 rather than blowing up.
     return {name: torch.where(s > 0, s / len(paths), torch.ones_like(s)).float() for name, s in sums.items()}
 
