@@ -107,6 +107,25 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path) -> None:
     assert [r["loss"] for r in logged(straight)] == pytest.approx([r["loss"] for r in logged(split)], rel=1e-5)
 
 
+def test_resume_drops_log_lines_past_the_checkpoint(data: Path, tmp_path: Path) -> None:
+    """A run killed between a log line and its checkpoint: the resumed run logs those steps again, once."""
+    out = tmp_path / "killed"
+    train(data, out, 2, "--workers", "0")
+    with (out / "log.jsonl").open("a") as f:  # written by the killed run, never checkpointed
+        f.write(json.dumps({"step": 3, "time": 0.0, "lr": 0.0, "loss": 1.0, "content": 1.0, "style": 1.0}) + "\n")
+    train(data, out, 4, "--workers", "0", "--resume")
+    rows = logged(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[2]["time"] > 0  # the real step 3, not the stale line
+
+
+def test_bf16_autocast_on_cpu(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    train(data, out, 2, "--workers", "0", "--precision", "bf16")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert all(math.isfinite(r[k]) for r in logged(out) for k in ("loss", "content", "style"))
+
+
 def test_torchrun_two_processes_gloo(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]

@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and checkpoint) after this long; 0 = no limit")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="autocast dtype; auto = bf16 on GPU, fp32 on CPU (bf16 also pays on CPUs with AVX512-BF16 or AMX)",
+    )
     return p.parse_args(argv)
 
 
@@ -97,6 +103,7 @@ class Trainer:
             self.device = torch.device("cpu")
         self.cuda = self.device.type == "cuda"
         self.main = self.rank == 0
+        self.bf16 = args.precision == "bf16" or (args.precision == "auto" and self.cuda)
         args.out.mkdir(parents=True, exist_ok=True)
 
         random.seed(args.seed + self.rank)
@@ -176,7 +183,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = args.lr / (1.0 + args.lr_decay * self.step)
         content, style = self._batch(self.content), self._batch(self.style)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad():
                 c4 = self.encoder(content).relu4_1
                 s_feats = self.encoder(style)
@@ -201,6 +208,20 @@ class Trainer:
         to_image(rows).save(self.args.out / "samples" / f"step_{self.step:07d}.png")
         plot_losses(self.args.out / "log.jsonl", self.args.out / "loss.png")
 
+    def _open_log(self) -> Any:
+        """The JSONL log for appending, without lines past the checkpoint's step.
+
+        A run killed between a log line and the next checkpoint leaves lines that the resumed run
+        will write again; dropping them keeps one line per step in the log and the loss plot.
+        """
+        path = self.args.out / "log.jsonl"
+        if path.exists():
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
+            if len(kept) != len(lines):
+                path.write_text("".join(kept))
+        return path.open("a")
+
     def run(self) -> None:
         args = self.args
         deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes > 0 else math.inf
@@ -211,7 +232,7 @@ class Trainer:
 
         signal.signal(signal.SIGTERM, on_term)
         bar = tqdm(total=args.steps, initial=self.step, disable=not self.main, unit="step", dynamic_ncols=True)
-        logf = (args.out / "log.jsonl").open("a") if self.main else None
+        logf = self._open_log() if self.main else None
         sums: dict[str, float] = {}
         n = 0
         try:
