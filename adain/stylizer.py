@@ -29,6 +29,7 @@ from adain.encoder import Encoder
 from adain.errors import InvalidInputError
 from adain.image import DEFAULT_MAX_PIXELS, ImageSource, load_image, resize_longest, to_image, to_tensor
 from adain.ops import adain, coral, mean_std, weighted_mean_std
+from adain.precision import wants_bf16
 
 COLOR_MODES = ("coral", "luminance")
 # BT.601 full-range RGB <-> YCbCr (the JPEG convention), for the luminance-only mode.
@@ -141,6 +142,7 @@ class Stylizer:
     """AdaIN style transfer with the shipped decoder (or ``decoder=path``). Thread-safe.
 
     CUDA when present (bf16 autocast, channels_last), else CPU float32; always inference mode.
+    ``precision="bf16"`` autocasts on a CPU too (see ``adain.precision``).
     """
 
     def __init__(
@@ -153,10 +155,11 @@ class Stylizer:
         style_size: int = 512,
         max_styles: int = 8,
         cache_size: int = 64,
+        precision: str = "auto",
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.dtype = torch.bfloat16 if wants_bf16(precision, self.cuda) else torch.float32
         self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
         dec, self.decoder_meta = load_decoder(decoder)
         self.decoder = dec.to(self.device, memory_format=self.memory_format)
@@ -180,6 +183,9 @@ class Stylizer:
             "max_styles": self.max_styles,
             "style_cache_size": self.cache.size,
         }
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32)
 
     # --- the public one-call API -------------------------------------------------------------
     def stylize(self, content: ImageSource, styles: ImageSource | Sequence[ImageSource], **options: Any) -> Image.Image:
@@ -288,7 +294,7 @@ class Stylizer:
             style = coral(style[0], content[0]).unsqueeze(0)
         elif mode == "luminance":
             style = _luminance(style).expand(-1, 3, -1, -1)
-        with torch.inference_mode(), torch.autocast("cuda", self.dtype, enabled=self.cuda):
+        with torch.inference_mode(), self._autocast():
             x = _pad_to(style, _padded(style.shape[2]), _padded(style.shape[3]))
             feat = self.encoder(x.to(self.device, memory_format=self.memory_format)).relu4_1
             # Statistics over the image only, not its padding.
@@ -322,7 +328,7 @@ class Stylizer:
         for i, job in enumerate(jobs):
             groups.setdefault(job.batch_key, []).append(i)
         for (ph, pw), idx in groups.items():
-            with torch.inference_mode(), torch.autocast("cuda", self.dtype, enabled=self.cuda):
+            with torch.inference_mode(), self._autocast():
                 x = torch.cat([_pad_to(jobs[i].content, ph, pw) for i in idx])
                 feats = self.encoder(x.contiguous(memory_format=self.memory_format)).relu4_1
                 # Each content's own statistics: cut its padding out of the feature map first.

@@ -43,6 +43,7 @@ def _main(argv: Sequence[str] | None) -> int:
         stylizer = Stylizer(
             decoder=settings.decoder,
             device=device,
+            precision=settings.precision,
             max_pixels=settings.max_pixels,
             max_content_side=settings.max_content_side,
             style_size=settings.style_size,

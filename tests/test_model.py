@@ -138,6 +138,16 @@ def test_batch_equals_one_by_one(stylizer: Stylizer) -> None:
         assert diff(stylizer.stylize(c, [STYLE_A]), b) <= 2 / 255
 
 
+def test_bf16_on_cpu_is_close_to_float32(stylizer: Stylizer, decoder_path: str) -> None:
+    bf16 = Stylizer(decoder_path, device="cpu", precision="bf16")
+    assert bf16.info["dtype"] == "bfloat16" and stylizer.info["dtype"] == "float32"
+    a, b = stylizer.stylize(CONTENT, [STYLE_A]), bf16.stylize(CONTENT, [STYLE_A])
+    assert a.size == b.size == CONTENT.size
+    assert (to_tensor(a) - to_tensor(b)).abs().mean().item() < 3 / 255
+    with pytest.raises(ValueError, match="precision"):
+        Stylizer(decoder_path, device="cpu", precision="fp8")
+
+
 def test_cache_hit_skips_the_style_encoder(decoder_path: str) -> None:
     st = Stylizer(decoder_path, device="cpu")
     calls = []

@@ -448,3 +448,6 @@ def test_settings_from_environment() -> None:
     assert (s.max_queue, s.port, s.device, s.max_batch_size) == (5, 1234, "cpu", 8)
     with pytest.raises(SystemExit):
         parse_settings([], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})
+    assert parse_settings(["--precision", "BF16"], environ={}).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parse_settings(["--precision", "fp8"], environ={})
