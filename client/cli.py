@@ -25,6 +25,8 @@ from typing import Any, NoReturn
 
 import grpc
 
+from adain.argtypes import int_in_range, non_negative_int, positive_float, unit_interval
+
 from ._client import STYLE_ID_PREFIX, StyleRef, StyleTransferClient, StyleTransferError
 
 PROG = "adain-stylize"
@@ -41,43 +43,6 @@ class CliError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, no usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _quality(text: str) -> int:
-    value = _non_negative_int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be in [1, 100], got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,28 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (format from its extension: .png, .jpg/.jpeg, .webp); a folder for a folder")
-    p.add_argument("--alpha", type=_unit_interval, default=1.0, help="style strength in [0, 1] (default 1)")
+    p.add_argument("--alpha", type=unit_interval, default=1.0, help="style strength in [0, 1] (default 1)")
     p.add_argument("--preserve-color", nargs="?", const="coral", choices=("coral", "luminance"), default=None,
                    help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
                    "luminance")
     p.add_argument("--mask", metavar="MASK", help="mask image of the content's size (2 styles: white takes the "
                    "first, black the second)")
-    p.add_argument("--size", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("--size", type=non_negative_int, default=0, metavar="N",
                    help="longest side the content is rendered at (0: as it is; default 0)")
-    p.add_argument("--style-size", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("--style-size", type=non_negative_int, default=0, metavar="N",
                    help="longest side of the styles (0: the server's default, 512)")
-    p.add_argument("--quality", type=_quality, default=90, metavar="Q", help="JPEG/WebP quality 1-100 (default 90)")
+    p.add_argument("--quality", type=int_in_range(1, 100), default=90, metavar="Q",
+                   help="JPEG/WebP quality 1-100 (default 90)")
     p.add_argument("--format", choices=("png", "jpeg", "jpg", "webp"), default=None,
                    help="output format in folder mode (default png); a single output takes its extension's")
     p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_SERVER), metavar="HOST:PORT",
                    help="server address (default: $ADAIN_SERVER or 127.0.0.1:50051)")
-    p.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
                    help="deadline of each request, seconds (default 120)")
-    p.add_argument("--retries", type=_non_negative_int, default=2, metavar="N",
+    p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
                    help="retries of a request the server answers UNAVAILABLE (default 2)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
-    p.add_argument("-j", "--jobs", type=_non_negative_int, default=4, metavar="N",
+    p.add_argument("-j", "--jobs", type=non_negative_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
     return p
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from adain.argtypes import int_in_range, non_negative_float, non_negative_int, one_of, positive_float, positive_int
 from adain.precision import PRECISIONS
 
 ENV_PREFIX = "ADAIN_"
@@ -58,57 +59,8 @@ class Settings:
         return Settings(**values)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {value}")
-    return value
-
-
 def _optional_path(text: str) -> str | None:
     return text or None
-
-
-def _log_level(text: str) -> str:
-    value = text.upper()
-    if value not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-    return value
-
-
-def _precision(text: str) -> str:
-    value = text.lower()
-    if value not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(PRECISIONS)}, got {text!r}")
-    return value
 
 
 def _device(text: str) -> str:
@@ -121,30 +73,30 @@ def _device(text: str) -> str:
 # flag name -> (type, help). The default comes from Settings.
 _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "host": (str, "address to listen on (0.0.0.0 or [::] for every interface)"),
-    "port": (_port, "gRPC port; 0 picks a free port (the 'listening on' line shows it)"),
+    "port": (int_in_range(0, 65535), "gRPC port; 0 picks a free port (the 'listening on' line shows it)"),
     "metrics-port": (int, "Prometheus metrics HTTP port (on --host); 0 or negative disables"),
     "decoder": (_optional_path, "decoder weights file (adain.decoder.save_decoder format)"),
     "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
-    "precision": (_precision, "auto (bf16 autocast on GPU, float32 on CPU), bf16 or fp32; bf16 is about 2x "
+    "precision": (one_of(PRECISIONS), "auto (bf16 autocast on GPU, float32 on CPU), bf16 or fp32; bf16 is about 2x "
                   "faster on CPUs with AVX512-BF16 or AMX"),
-    "torch-threads": (_non_negative_int, "torch intra-op threads; 0 keeps torch's default"),
-    "max-batch-size": (_positive_int, "most requests rendered in one batch"),
-    "max-batch-delay-ms": (_non_negative_float, "longest time the oldest request waits for a batch to fill"),
-    "max-queue": (_positive_int, "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
-    "workers": (_positive_int, "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
-    "max-message-mb": (_positive_float, "largest gRPC message received or sent, MiB"),
-    "max-pixels": (_positive_int, "largest content, style or mask image, in pixels (width x height)"),
-    "max-content-side": (_positive_int, "longest side a content is rendered at; also the limit of content_size and "
+    "torch-threads": (non_negative_int, "torch intra-op threads; 0 keeps torch's default"),
+    "max-batch-size": (positive_int, "most requests rendered in one batch"),
+    "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill"),
+    "max-queue": (positive_int, "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
+    "workers": (positive_int, "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
+    "max-message-mb": (positive_float, "largest gRPC message received or sent, MiB"),
+    "max-pixels": (positive_int, "largest content, style or mask image, in pixels (width x height)"),
+    "max-content-side": (positive_int, "longest side a content is rendered at; also the limit of content_size and "
                          "style_size"),
-    "style-size": (_positive_int, "longest side styles are scaled to when a request leaves style_size at 0"),
-    "max-styles": (_positive_int, "most styles in one request"),
-    "style-registry-size": (_positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
-    "style-registry-mb": (_positive_float, "most bytes of style images kept by RegisterStyle, MiB"),
-    "style-cache-size": (_positive_int, "style feature cache entries (by image hash and size)"),
+    "style-size": (positive_int, "longest side styles are scaled to when a request leaves style_size at 0"),
+    "max-styles": (positive_int, "most styles in one request"),
+    "style-registry-size": (positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
+    "style-registry-mb": (positive_float, "most bytes of style images kept by RegisterStyle, MiB"),
+    "style-cache-size": (positive_int, "style feature cache entries (by image hash and size)"),
     "tls-cert": (_optional_path, "PEM certificate chain file; with --tls-key, serve TLS"),
     "tls-key": (_optional_path, "PEM private key file; with --tls-cert, serve TLS"),
-    "grace-seconds": (_non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
-    "log-level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
+    "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
+    "log-level": (one_of(LOG_LEVELS, str.upper), "DEBUG, INFO, WARNING or ERROR"),
 }
 
 
