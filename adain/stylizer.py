@@ -62,6 +62,11 @@ class Prepared:
     batch_key: tuple[int, int] = field(default=(0, 0))  # padded (H, W): equal keys share a batch
 
 
+def _color_mode(value: str | bool | None) -> str | None:
+    """Job.preserve_color as a mode name: True is "coral"; False, None, "none" and "" are None."""
+    return "coral" if value is True else None if value in (False, None, "none", "") else value  # type: ignore[return-value]
+
+
 def _padded(n: int) -> int:
     """Size the encoder works at: a multiple of 8 (three poolings), at least 16 (reflection at relu4_1)."""
     return max(16, -(-n // 8) * 8)
@@ -203,42 +208,53 @@ class Stylizer:
         return self.render([self.prepare(Job(c, styles, **options)) for c in contents])
 
     # --- step 1: validate, decode, style statistics -----------------------------------------
-    def _check_size(self, name: str, value: int | None, limit: int) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-            raise InvalidInputError(name, f"must be an integer in [1, {limit}], got {value!r}")
+    def check(self, job: Job) -> list[InvalidInputError]:
+        """Every problem with a job's arguments that needs no decoding; empty when there is none.
 
-    def _validate(self, job: Job) -> tuple[list[float], str | None]:
-        """Argument checks that need no decoding; returns normalised weights and the colour mode."""
+        ``prepare`` raises the first; the server reports them all in one INVALID_ARGUMENT.
+        """
+        bad: list[InvalidInputError] = []
         n = len(job.styles) if isinstance(job.styles, (list, tuple)) else 0
-        if not 1 <= n <= self.max_styles:
-            raise InvalidInputError("styles", f"give 1 to {self.max_styles} style images, got {n}")
+        if n == 0:
+            bad.append(InvalidInputError("styles", "at least 1 style is required"))
+        elif n > self.max_styles:
+            bad.append(InvalidInputError("styles", f"{n} styles, over the limit of max_styles={self.max_styles}"))
         weights = [1.0] * n if job.weights is None else list(job.weights)
         if len(weights) != n:
-            raise InvalidInputError("weights", f"{len(weights)} weights for {n} styles")
+            bad.append(InvalidInputError("weights", f"{len(weights)} weights for {n} styles"))
+        finite = True
         for i, w in enumerate(weights):
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise InvalidInputError(f"styles[{i}].weight", f"must be a finite number >= 0, got {w!r}")
-        total = float(sum(weights))
-        if total <= 0:
-            raise InvalidInputError("weights", "all style weights are zero; at least one must be > 0")
+                bad.append(InvalidInputError(f"styles[{i}].weight", f"must be a finite number >= 0, got {w!r}"))
+                finite = False
+        if weights and finite and sum(weights) <= 0:
+            bad.append(InvalidInputError("styles.weight", "all style weights are zero; at least one must be > 0"))
         a = job.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0 <= a <= 1:
-            raise InvalidInputError("alpha", f"must be a number in [0, 1], got {a!r}")
-        mode = job.preserve_color
-        mode = "coral" if mode is True else None if mode in (False, None, "none", "") else mode
-        if mode is not None and mode not in COLOR_MODES:
-            raise InvalidInputError("preserve_color", f"must be one of none, coral, luminance; got {mode!r}")
-        self._check_size("content_size", job.content_size, self.max_content_side)
-        self._check_size("style_size", job.style_size, self.max_content_side)
+            bad.append(InvalidInputError("alpha", f"must be a number in [0, 1], got {a!r}"))
+        if _color_mode(job.preserve_color) not in (None, *COLOR_MODES):
+            modes = ", ".join(("none", *COLOR_MODES))
+            bad.append(InvalidInputError("preserve_color", f"must be one of {modes}; got {job.preserve_color!r}"))
+        for name in ("content_size", "style_size"):
+            value = getattr(job, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value):
+                bad.append(InvalidInputError(name, f"must be an integer >= 1, got {value!r}"))
+            elif value is not None and value > self.max_content_side:
+                bad.append(
+                    InvalidInputError(name, f"{value} is over the limit of max_content_side={self.max_content_side}")
+                )
         if job.mask is not None and n != 2:
-            raise InvalidInputError("mask", f"a mask needs exactly 2 styles (white, black), got {n}")
-        return [w / total for w in weights], mode
+            bad.append(InvalidInputError("mask", f"a mask needs exactly 2 styles (white, black), got {n}"))
+        return bad
 
     def prepare(self, job: Job) -> Prepared:
         """Validate and decode a job; look up (or compute) its style statistics. Raises InvalidInputError."""
-        weights, mode = self._validate(job)
+        bad = self.check(job)
+        if bad:
+            raise bad[0]
+        weights = [1.0] * len(job.styles) if job.weights is None else list(job.weights)
+        weights = [w / sum(weights) for w in weights]
+        mode = _color_mode(job.preserve_color)
         img = load_image(job.content, field="content", max_pixels=self.max_pixels)
         mask_img = None
         if job.mask is not None:

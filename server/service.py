@@ -25,6 +25,8 @@ from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from .batcher import ClosedError, DeadlineDropped, QueueFullError
 
 if TYPE_CHECKING:
+    from adain.stylizer import Job
+
     from .app import StyleTransferServer
 
 log = logging.getLogger("adain.server")
@@ -156,32 +158,29 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.app = app
 
     # -- validation ------------------------------------------------------------------------------
-    def _check(self, request: pb.StylizeRequest) -> tuple[dict[str, Any], list[str]]:
-        """Validate what needs no decoding; returns the Job's keyword arguments and each style's source field."""
+    def _check(self, request: pb.StylizeRequest) -> tuple[Job, list[str]]:
+        """Validate what needs no decoding, all at once; returns the Job and each style's source field.
+
+        The protocol's own fields (sources, enums, quality) are checked here; the job's arguments
+        (style count, weights, alpha, sizes, mask) by ``Stylizer.check``, the library's one copy.
+        """
+        from adain.stylizer import Job  # noqa: F811 - torch loads with the model, not with this module
+
         s = self.app.settings
         bad: list[Violation] = []
         if not request.content:
             bad.append(Violation("content", "image data is empty (a content image is required)"))
-        n = len(request.styles)
-        if n == 0:
-            bad.append(Violation("styles", "at least 1 style is required"))
-        elif n > s.max_styles:
-            bad.append(Violation("styles", f"{n} styles, over the limit of max_styles={s.max_styles}"))
-        weights: list[float] = []
         styles: list[bytes] = []
         sources: list[str] = []
-        for i, style in enumerate(request.styles[: s.max_styles]):
-            w = style.weight if style.HasField("weight") else 1.0
-            if not math.isfinite(w) or w < 0:
-                bad.append(Violation(f"styles[{i}].weight", f"must be a finite number >= 0, got {w}"))
-            weights.append(w)
+        for i, style in enumerate(request.styles):
             which = style.WhichOneof("source")
             sources.append(which or "image")
+            data = b""
             if which == "image":
-                styles.append(style.image)
+                data = style.image
             elif which == "style_id":
-                data = self.app.registry.get(style.style_id)
-                if data is None:
+                data = self.app.registry.get(style.style_id) or b""
+                if not data:
                     bad.append(
                         Violation(
                             f"styles[{i}].style_id",
@@ -189,46 +188,35 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                             f"{s.style_registry_size}); register it with RegisterStyle",
                         )
                     )
-                else:
-                    styles.append(data)
             else:
                 bad.append(Violation(f"styles[{i}]", "set image or style_id"))
-        if n and len(weights) == n and all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) <= 0:
-            bad.append(Violation("styles.weight", "all style weights are 0; at least one must be > 0"))
-        alpha = request.alpha if request.HasField("alpha") else 1.0
-        if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-            bad.append(Violation("alpha", f"must be in [0, 1], got {alpha}"))
+            styles.append(data)
         if request.preserve_color not in COLOR_MODES:
             bad.append(Violation("preserve_color", f"unknown value {request.preserve_color}"))
         if request.format not in FORMATS:
             bad.append(Violation("format", f"unknown value {request.format} (PNG, JPEG or WEBP)"))
         if request.quality > 100:
             bad.append(Violation("quality", f"must be in [1, 100] (0 means {DEFAULT_QUALITY}), got {request.quality}"))
-        for name in ("content_size", "style_size"):
-            value = getattr(request, name)
-            if value > s.max_content_side:
-                bad.append(Violation(name, f"{value} is over the limit of max_content_side={s.max_content_side}"))
+        job = Job(
+            content=request.content,
+            styles=styles,
+            weights=[style.weight if style.HasField("weight") else 1.0 for style in request.styles],
+            alpha=request.alpha if request.HasField("alpha") else 1.0,
+            preserve_color=COLOR_MODES.get(request.preserve_color),
+            mask=request.mask or None,
+            content_size=request.content_size or None,
+            style_size=request.style_size or None,
+        )
+        bad += [Violation(e.field, e.description) for e in self.app.stylizer.check(job)]
         if bad:
             raise ServiceError.invalid(bad)
-        job = {
-            "content": request.content,
-            "styles": styles,
-            "weights": weights,
-            "alpha": float(alpha),
-            "preserve_color": COLOR_MODES[request.preserve_color],
-            "mask": request.mask or None,
-            "content_size": request.content_size or None,
-            "style_size": request.style_size or None,
-        }
         return job, sources
 
     # -- RPCs ------------------------------------------------------------------------------------
     @rpc("Stylize")
     async def Stylize(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
-        from adain.stylizer import Job
-
         app = self.app
-        job_args, sources = self._check(request)
+        job, sources = self._check(request)
         try:
             ticket = app.batcher.admit()
         except QueueFullError as e:
@@ -242,7 +230,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         try:
             t0 = time.perf_counter()
             try:
-                prepared = await loop.run_in_executor(app.pool, app.stylizer.prepare, Job(**job_args))
+                prepared = await loop.run_in_executor(app.pool, app.stylizer.prepare, job)
             except InvalidInputError as e:
                 raise ServiceError.invalid([Violation(_map_field(e.field, sources), e.description)]) from e
             prepare_ms = (time.perf_counter() - t0) * 1000

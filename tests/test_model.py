@@ -223,7 +223,7 @@ def test_mask_assigns_styles_to_regions(stylizer: Stylizer) -> None:
 
 
 BAD_ARGS = [
-    ({"weights": [0, 0]}, "weights"),
+    ({"weights": [0, 0]}, "styles.weight"),
     ({"weights": [-1, 1]}, "styles[0].weight"),
     ({"weights": [1, math.nan]}, "styles[1].weight"),
     ({"weights": [1]}, "weights"),
