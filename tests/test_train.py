@@ -64,6 +64,7 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     rows = logged(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "content", "style"))
+    assert all(r["style_weight"] == 10.0 for r in rows)  # the plot marks where a resumed run changed it
     assert (out / "samples" / "step_0000002.png").is_file() and (out / "loss.png").is_file()
 
     before = {k: v.clone() for k, v in ckpt["decoder"].items()}

@@ -33,6 +33,7 @@ from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
 from adain.image import to_image
 from adain.ops import adain, mean_std
+from adain.precision import PRECISIONS, wants_bf16
 from adain.train.data import ImageFolder, InfiniteSampler
 
 log = logging.getLogger("adain.train")
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument(
         "--precision",
-        choices=("auto", "bf16", "fp32"),
+        choices=PRECISIONS,
         default="auto",
         help="autocast dtype; auto = bf16 on GPU, fp32 on CPU (bf16 also pays on CPUs with AVX512-BF16 or AMX)",
     )
@@ -103,7 +104,7 @@ class Trainer:
             self.device = torch.device("cpu")
         self.cuda = self.device.type == "cuda"
         self.main = self.rank == 0
-        self.bf16 = args.precision == "bf16" or (args.precision == "auto" and self.cuda)
+        self.bf16 = wants_bf16(args.precision, self.cuda)
         args.out.mkdir(parents=True, exist_ok=True)
 
         random.seed(args.seed + self.rank)
@@ -250,7 +251,16 @@ class Trainer:
                     self.last_losses = {k: v / n for k, v in sums.items()}
                     lr = self.opt.param_groups[0]["lr"]
                     logf.write(
-                        json.dumps({"step": self.step, "time": time.time(), "lr": lr, **self.last_losses}) + "\n"
+                        json.dumps(
+                            {
+                                "step": self.step,
+                                "time": time.time(),
+                                "lr": lr,
+                                "style_weight": args.style_weight,
+                                **self.last_losses,
+                            }
+                        )
+                        + "\n"
                     )
                     logf.flush()
                     sums, n = {}, 0
@@ -286,6 +296,19 @@ def plot_losses(log_path: Path, png: Path) -> None:
     steps = [r["step"] for r in rows]
     for key in ("loss", "content", "style"):
         ax.plot(steps, [r[key] for r in rows], label=key)
+    # A resumed run may change the style weight; the total loss then jumps, so mark where.
+    for prev, row in zip(rows, rows[1:]):
+        if "style_weight" in prev and prev.get("style_weight") != row.get("style_weight"):
+            ax.axvline(row["step"], color="grey", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"style weight {prev['style_weight']:g} -> {row.get('style_weight', '?'):g}",
+                (row["step"], 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(4, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color="grey",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (log scale)")
