@@ -223,7 +223,7 @@ class Stylizer:
         if len(weights) != n:
             bad.append(InvalidInputError("weights", f"{len(weights)} weights for {n} styles"))
         finite = True
-        for i, w in enumerate(weights):
+        for i, w in enumerate(weights[: self.max_styles]):  # beyond the limit only the count is reported
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
                 bad.append(InvalidInputError(f"styles[{i}].weight", f"must be a finite number >= 0, got {w!r}"))
                 finite = False

@@ -172,7 +172,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             bad.append(Violation("content", "image data is empty (a content image is required)"))
         styles: list[bytes] = []
         sources: list[str] = []
-        for i, style in enumerate(request.styles):
+        kept = request.styles[: s.max_styles]  # one violation per style at most max_styles times
+        for i, style in enumerate(kept):
             which = style.WhichOneof("source")
             sources.append(which or "image")
             data = b""
@@ -197,10 +198,11 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             bad.append(Violation("format", f"unknown value {request.format} (PNG, JPEG or WEBP)"))
         if request.quality > 100:
             bad.append(Violation("quality", f"must be in [1, 100] (0 means {DEFAULT_QUALITY}), got {request.quality}"))
+        over = len(request.styles) - len(kept)  # only counted: the request fails on the count
         job = Job(
             content=request.content,
-            styles=styles,
-            weights=[style.weight if style.HasField("weight") else 1.0 for style in request.styles],
+            styles=styles + [b""] * over,
+            weights=[style.weight if style.HasField("weight") else 1.0 for style in kept] + [1.0] * over,
             alpha=request.alpha if request.HasField("alpha") else 1.0,
             preserve_color=COLOR_MODES.get(request.preserve_color),
             mask=request.mask or None,

@@ -240,6 +240,13 @@ def test_limits_are_named_in_messages(client: StyleTransferClient) -> None:
     assert "4096" in err.details
 
 
+def test_many_bad_styles_give_one_bounded_error(client: StyleTransferClient) -> None:
+    """Violations stop at max_styles (8), so the status details fit the client's metadata limit."""
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, [StyleRef("0" * 64)] * 500)
+    assert "max_styles=8" in err.details
+    assert len(err.violations) <= 8 + 1, err.violations
+
+
 def test_bad_request_details_are_google_rpc(server: ServerProcess) -> None:
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.StyleTransferStub(channel)
