@@ -137,7 +137,7 @@ def test_torchrun_two_processes_gloo(data: Path, tmp_path: Path) -> None:
 
 
 def test_sigterm_to_the_process_group_checkpoints_and_exits_0(data: Path, tmp_path: Path) -> None:
-    """Like Ctrl-C in a terminal or a container stop: every process gets the signal, workers included."""
+    """Like Ctrl-C in a terminal: the whole process group gets the signal; no DataLoader worker is left behind."""
     import signal
     import time
 
@@ -151,11 +151,16 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_0(data: Path, tmp_pa
         while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 2):
             assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
             time.sleep(0.2)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [int(pid) for pid in children]  # the two DataLoader workers
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err.decode()[-2000:]
+    assert len(workers) == 2
+    for pid in workers:  # the main process stopped its workers: none is left behind
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
     assert step == logged(out)[-1]["step"] >= 2

@@ -70,11 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _worker_ignores_signals(worker_id: int) -> None:
-    """Ctrl-C and SIGTERM often reach the whole process group: only the main process handles them
-    (it finishes the step and checkpoints); a worker that died of them would break that checkpoint."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _worker_leaves_process_group(worker_id: int) -> None:
+    """Ctrl-C and SIGTERM often reach the whole process group; only the main process should get them
+    (it finishes the step and checkpoints; a worker that died of them would break that). So a worker
+    leaves the group rather than ignoring the signals: the DataLoader stops a worker that is slow to
+    exit with SIGTERM, and multiprocessing joins it at exit without a timeout, so a worker that
+    ignored SIGTERM hung the exit for good once it was busy when the run ended."""
+    os.setpgrp()
 
 
 def style_loss(out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -134,7 +136,7 @@ class Trainer:
             pin_memory=self.cuda,
             drop_last=True,
             persistent_workers=self.args.workers > 0,
-            worker_init_fn=_worker_ignores_signals,
+            worker_init_fn=_worker_leaves_process_group,
         )
         return iter(dl)
 
