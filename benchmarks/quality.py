@@ -21,6 +21,8 @@ image at ``--eval-size`` px longest side, and encoded by the normalised VGG19 (`
 * content loss: MSE between relu4_1 of the output and relu4_1 of the content reference;
 * style loss: sum over relu1_1..relu4_1 of MSE(channel means) + MSE(channel stds) between the output and
   the style image at ``--eval-size`` px (``adain.train.train.style_loss``, the decoder's training loss).
+* for reference, the content loss of AdaIN's target itself (relu4_1 of the content with the style's
+  channel statistics, no image): what a decoder that inverted the encoder exactly would score at alpha 1.
 
 Every image is first downscaled (never upscaled) to ``--size`` px; that is the input of ours and of the
 baselines, and what the smaller Gatys inputs and the references are made from. s/image is the wall time
@@ -49,7 +51,7 @@ from tqdm import tqdm
 from adain import InvalidInputError, NoDecoderError, Stylizer
 from adain.encoder import Encoder, Features
 from adain.image import load_image, resize_longest, to_image, to_tensor
-from adain.ops import mean_std
+from adain.ops import adain, mean_std
 from adain.train.data import list_images
 from adain.train.train import style_loss
 
@@ -146,6 +148,13 @@ class Evaluator:
         size, c4 = self.content_ref(*content)
         feats = self.features(fit_to(out, size))
         return F.mse_loss(feats.relu4_1, c4).item(), style_loss(feats, self.style_ref(*style)).item()
+
+    def target_content_loss(self, content: tuple[str, Image.Image], style: tuple[str, Image.Image]) -> float:
+        """Content loss of the AdaIN target itself (alpha 1): what a decoder that inverted the encoder
+        exactly would score, so the gap between it and ours is the decoder's own error."""
+        _, c4 = self.content_ref(*content)
+        t = adain(c4, *mean_std(self.style_ref(*style).relu4_1))
+        return F.mse_loss(t, c4).item()
 
 
 # --- Gatys et al. ---------------------------------------------------------------------------------
@@ -293,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = Evaluator(encoder, device, args.eval_size)
     sample_pairs = set((gatys_pairs if run_gatys else pairs)[: args.num_samples]) if args.save_samples else set()
     outputs: dict[tuple[str, str], dict[str, Image.Image]] = {}
+    target_content: dict[tuple[str, str], float] = {}
 
     # Untimed warm-up: the first call pays one-off costs (allocator, kernels).
     c0, s0 = pairs[0]
@@ -304,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda c=c, s=s: stylizer.stylize(c[1], s[1], content_size=args.size, style_size=ours_style_size)
         )
         ours.results[pair] = Result(*ev.losses(out, c, s), t)
+        target_content[pair] = ev.target_content_loss(c, s)
         if pair in sample_pairs:
             outputs.setdefault(pair, {})["ours"] = out
         out, t = timed(lambda c=c: resize_longest(c[1], args.size))
@@ -385,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
             f"+ {args.gatys_style_weight:g} x style, style term = {style_desc}; content {args.gatys_size} px, style "
             f"{gatys_style_size} px; {len(gatys_pairs)} of the pairs, seeded (seed {args.seed})."
         )
+    print(
+        f"- AdaIN's own target (relu4_1 of the content with the style's channel means and stds), against the "
+        f"content: {statistics.fmean(target_content[p] for p in pairs):.4g} on the same pairs; an exact decoder "
+        "would score that content loss at alpha 1, so ours minus it is the decoder's error."
+    )
     if len(pairs) < len(all_pairs):
         print(f"- ours and baselines: a seeded subset of {len(pairs)} of the {len(all_pairs)} pairs.")
 
