@@ -277,6 +277,9 @@ class Trainer:
             if n:  # the losses of the steps since the last log line
                 self.last_losses = {k: v / n for k, v in sums.items()}
             self._save()
+            # Stop the DataLoader workers now: left to garbage collection, they may outlive the
+            # interpreter's shutdown, where torch skips its orderly stop of them.
+            self.content = self.style = None
             bar.close()
             if logf:
                 logf.close()
