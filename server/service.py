@@ -198,11 +198,11 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             bad.append(Violation("format", f"unknown value {request.format} (PNG, JPEG or WEBP)"))
         if request.quality > 100:
             bad.append(Violation("quality", f"must be in [1, 100] (0 means {DEFAULT_QUALITY}), got {request.quality}"))
-        over = len(request.styles) - len(kept)  # only counted: the request fails on the count
+        over = len(request.styles) - len(kept)  # not looked up: the request fails on the count
         job = Job(
             content=request.content,
             styles=styles + [b""] * over,
-            weights=[style.weight if style.HasField("weight") else 1.0 for style in kept] + [1.0] * over,
+            weights=[style.weight if style.HasField("weight") else 1.0 for style in request.styles],
             alpha=request.alpha if request.HasField("alpha") else 1.0,
             preserve_color=COLOR_MODES.get(request.preserve_color),
             mask=request.mask or None,
