@@ -300,19 +300,24 @@ def plot_losses(log_path: Path, png: Path) -> None:
     steps = [r["step"] for r in rows]
     for key in ("loss", "content", "style"):
         ax.plot(steps, [r[key] for r in rows], label=key)
-    # A resumed run may change the style weight; the total loss then jumps, so mark where.
-    for prev, row in zip(rows, rows[1:]):
-        if "style_weight" in prev and prev.get("style_weight") != row.get("style_weight"):
-            ax.axvline(row["step"], color="grey", linestyle="--", linewidth=1)
-            ax.annotate(
-                f"style weight {prev['style_weight']:g} -> {row.get('style_weight', '?'):g}",
-                (row["step"], 1),
-                xycoords=("data", "axes fraction"),
-                xytext=(4, -12),
-                textcoords="offset points",
-                fontsize=8,
-                color="grey",
-            )
+    # A resumed run may change the style weight; the total loss then jumps, so mark where
+    # (labels stepped down one line each, so that close changes do not print over each other).
+    changes = [
+        (prev, row)
+        for prev, row in zip(rows, rows[1:])
+        if "style_weight" in prev and prev.get("style_weight") != row.get("style_weight")
+    ]
+    for k, (prev, row) in enumerate(changes):
+        ax.axvline(row["step"], color="grey", linestyle="--", linewidth=1)
+        ax.annotate(
+            f"style weight {prev['style_weight']:g} -> {row.get('style_weight', '?'):g}",
+            (row["step"], 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -12 - 11 * k),
+            textcoords="offset points",
+            fontsize=8,
+            color="grey",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (log scale)")
