@@ -166,10 +166,9 @@ class Stylizer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
         self.dtype = torch.bfloat16 if wants_bf16(precision, self.cuda) else torch.float32
-        self.memory_format = torch.channels_last
         dec, self.decoder_meta = load_decoder(decoder)
-        self.decoder = dec.to(self.device, memory_format=self.memory_format)
-        self.encoder = Encoder().to(self.device, memory_format=self.memory_format)
+        self.decoder = dec.to(self.device, memory_format=torch.channels_last)
+        self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)
         self.max_pixels = max_pixels
         self.max_content_side = max_content_side
         self.style_size = style_size
@@ -313,7 +312,7 @@ class Stylizer:
             style = _luminance(style).expand(-1, 3, -1, -1)
         with torch.inference_mode(), self._autocast():
             x = _pad_to(style, _padded(style.shape[2]), _padded(style.shape[3]))
-            feat = self.encoder(x.to(self.device, memory_format=self.memory_format)).relu4_1
+            feat = self.encoder(x.to(self.device, memory_format=torch.channels_last)).relu4_1
             # Statistics over the image only, not its padding.
             fh, fw = _feature_size(*style.shape[2:])
             stats = mean_std(feat[:, :, :fh, :fw])
@@ -347,7 +346,7 @@ class Stylizer:
         for (ph, pw), idx in groups.items():
             with torch.inference_mode(), self._autocast():
                 x = torch.cat([_pad_to(jobs[i].content, ph, pw) for i in idx])
-                feats = self.encoder(x.contiguous(memory_format=self.memory_format)).relu4_1
+                feats = self.encoder(x.contiguous(memory_format=torch.channels_last)).relu4_1
                 # Each content's own statistics: cut its padding out of the feature map first.
                 targets = []
                 for k, i in enumerate(idx):
@@ -355,7 +354,7 @@ class Stylizer:
                     fh, fw = _feature_size(h, w)
                     t = self._target(feats[k : k + 1, :, :fh, :fw], jobs[i])
                     targets.append(_pad_to(t, ph // 8, pw // 8))
-                y = self.decoder(torch.cat(targets).to(feats.dtype).contiguous(memory_format=self.memory_format))
+                y = self.decoder(torch.cat(targets).to(feats.dtype, memory_format=torch.channels_last))
             for k, i in enumerate(idx):
                 job = jobs[i]
                 h, w = job.content.shape[2:]

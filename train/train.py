@@ -178,7 +178,7 @@ class Trainer:
 
     # --- one step ----------------------------------------------------------------------------
     def _batch(self, it: Any) -> torch.Tensor:
-        return next(it).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return next(it).to(self.device, memory_format=torch.channels_last, non_blocking=True)
 
     def train_step(self) -> dict[str, float]:
         args = self.args
@@ -305,12 +305,12 @@ def plot_losses(log_path: Path, png: Path) -> None:
     changes = [
         (prev, row)
         for prev, row in zip(rows, rows[1:])
-        if "style_weight" in prev and prev.get("style_weight") != row.get("style_weight")
+        if "style_weight" in prev and "style_weight" in row and prev["style_weight"] != row["style_weight"]
     ]
     for k, (prev, row) in enumerate(changes):
         ax.axvline(row["step"], color="grey", linestyle="--", linewidth=1)
         ax.annotate(
-            f"style weight {prev['style_weight']:g} -> {row.get('style_weight', '?'):g}",
+            f"style weight {prev['style_weight']:g} -> {row['style_weight']:g}",
             (row["step"], 1),
             xycoords=("data", "axes fraction"),
             xytext=(4, -12 - 11 * k),
