@@ -12,6 +12,9 @@ A weights file is ``torch.save`` of a plain dict, loadable with ``weights_only=T
 
 from __future__ import annotations
 
+import hashlib
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,16 @@ _CONVS: tuple[tuple[int, int, bool], ...] = (
     (64, 64, False),
     (64, 3, False),
 )
+
+
+@dataclass(frozen=True)
+class DecoderFile:
+    """Where a loaded decoder came from: its path, metadata, and a short version of its weights (the
+    metadata's ``version`` when it has one, else the sha256 prefix of the bytes that were loaded)."""
+
+    path: Path
+    version: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Decoder(nn.Module):
@@ -66,8 +79,8 @@ def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half:
     torch.save(record, path)
 
 
-def load_decoder(path: str | Path | None = None) -> tuple[Decoder, dict[str, Any]]:
-    """Load a decoder file (the shipped one by default) in float32; returns (decoder, meta).
+def load_decoder(path: str | Path | None = None) -> tuple[Decoder, DecoderFile]:
+    """Load a decoder file (the shipped one by default) in float32; returns (decoder, its DecoderFile).
 
     Raises NoDecoderError when the file is missing or is not a decoder of this architecture.
     """
@@ -79,8 +92,9 @@ def load_decoder(path: str | Path | None = None) -> tuple[Decoder, dict[str, Any
                 "and export it, or pass the path of a decoder file"
             )
         raise NoDecoderError(f"decoder file not found: {path}")
+    data = path.read_bytes()  # read once: loaded and hashed from the same bytes
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         raise NoDecoderError(f"{path} is not a readable decoder file: {e}") from e
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -101,4 +115,6 @@ def load_decoder(path: str | Path | None = None) -> tuple[Decoder, dict[str, Any
             )
     decoder.load_state_dict({k: v.float() for k, v in got.items()})
     decoder.eval().requires_grad_(False)
-    return decoder, dict(record.get("meta", {}))
+    meta = dict(record.get("meta", {}))
+    version = next((str(meta[k]) for k in ("version", "weights_version") if meta.get(k)), "")
+    return decoder, DecoderFile(path, version or f"sha256:{hashlib.sha256(data).hexdigest()[:16]}", meta)

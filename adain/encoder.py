@@ -9,7 +9,7 @@ the training losses then weigh relu1_1..relu4_1 evenly instead of being ~99% rel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +34,25 @@ POOL_BEFORE = {"block2_conv1", "block3_conv1", "block4_conv1"}
 OUTPUTS = {"block1_conv1": "relu1_1", "block2_conv1": "relu2_1", "block3_conv1": "relu3_1", "block4_conv1": "relu4_1"}
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 NORM_FILE = Path(__file__).with_name("assets") / "vgg_norm.pt"
+
+
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """Size the encoder works at: multiples of 8 (three poolings), at least 16 (reflection at relu4_1)."""
+    return max(16, -(-h // 8) * 8), max(16, -(-w // 8) * 8)
+
+
+def feature_size(h: int, w: int) -> tuple[int, int]:
+    """Size of the part of the relu4_1 map that covers an h x w image (the rest covers padding)."""
+    return -(-h // 8), -(-w // 8)
+
+
+def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Pad bottom/right to h x w by reflection (replicate where the map is too small to reflect)."""
+    ph, pw = h - x.shape[2], w - x.shape[3]
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < x.shape[2] and pw < x.shape[3] else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 class Features(NamedTuple):
@@ -104,3 +123,20 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Features:
         return Features(*(a for name, a in self.activations(x) if name in OUTPUTS))
+
+    def encode(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """relu4_1 of each image (1 x 3 x h x w; all of one padded size), cropped to its own pixels.
+
+        The images are padded by reflection to their common padded size and encoded as one batch; each
+        map is then cut to the part that covers its image, so statistics never count the padding and a
+        decoder given the map back (padded the same way) reproduces the image's exact size.
+        """
+        ph, pw = padded_size(*images[0].shape[2:])
+        weight = self.convs["block1_conv1"].weight
+        x = torch.cat([pad_to(img, ph, pw) for img in images]).to(weight.device)
+        feats = self(x.contiguous(memory_format=torch.channels_last)).relu4_1
+        out = []
+        for k, img in enumerate(images):
+            fh, fw = feature_size(*img.shape[2:])
+            out.append(feats[k : k + 1, :, :fh, :fw])
+        return out

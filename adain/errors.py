@@ -2,10 +2,13 @@
 
 Every rejected image or argument raises :class:`InvalidInputError` (a ``ValueError``).
 ``field`` names what was wrong (``"content"``, ``"styles[1].weight"``, ``"alpha"``...), so that
-the server can turn it into an INVALID_ARGUMENT status that names the field and the limit.
+the server can turn it into an INVALID_ARGUMENT status that names the field and the limit. A job with
+several problems raises one error for the first that lists them all in ``problems``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class InvalidInputError(ValueError):
@@ -15,6 +18,14 @@ class InvalidInputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.description = message
+        self.problems: tuple[InvalidInputError, ...] = (self,)
+
+    @classmethod
+    def of(cls, problems: Sequence[InvalidInputError]) -> InvalidInputError:
+        """One error to raise for several: the first, carrying all of them in ``problems``."""
+        first = problems[0]
+        first.problems = tuple(problems)
+        return first
 
 
 class NoDecoderError(RuntimeError):

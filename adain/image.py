@@ -8,32 +8,65 @@ Alpha is composited onto white (a transparent PNG looks as it does in a viewer o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
+from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from adain.errors import InvalidInputError
+from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_name
 
 if TYPE_CHECKING:
     import torch
 
-ImageSource = bytes | bytearray | memoryview | str | Path | Image.Image
 
-INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
-OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
-DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: a 6000 x 6000 photo is fine, a 50k x 50k bomb is not
+class KeyedImage(NamedTuple):
+    """Encoded image bytes whose key (the sha256 hex of the bytes) the caller already knows, such as a
+    style registered with the server: its id is its cache key, so its bytes are not hashed again."""
+
+    key: str
+    data: bytes
+
+
+ImageSource = bytes | bytearray | memoryview | str | Path | Image.Image | KeyedImage
+
+DEFAULT_MAX_PIXELS = Limits.max_pixels  # 40 MP: a 6000 x 6000 photo is fine, a 50k x 50k bomb is not
 
 # We check the pixel count ourselves, before decoding, with our own limit and message.
 Image.MAX_IMAGE_PIXELS = None
 
 
+def image_key(source: ImageSource, field: str) -> str:
+    """sha256 hex of an image's encoded bytes (of a PIL image's mode, size and pixels): a cache key."""
+    if isinstance(source, KeyedImage):
+        return source.key
+    h = hashlib.sha256()
+    if isinstance(source, Image.Image):
+        h.update(f"{source.mode}{source.size}".encode())
+        h.update(source.tobytes())
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        h.update(source)
+    elif isinstance(source, (str, PathLike)):
+        try:
+            with open(source, "rb") as f:
+                h.update(f.read())
+        except OSError as e:
+            raise InvalidInputError(field, f"cannot read image file {source}: {e.strerror}") from e
+    else:
+        raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
+    return h.hexdigest()
+
+
 def _open(source: ImageSource, field: str) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
+    if isinstance(source, KeyedImage):
+        source = source.data
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise InvalidInputError(field, "image data is empty")
@@ -124,17 +157,16 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def encode_image(img: Image.Image, fmt: str = "png", quality: int = 90) -> bytes:
+def encode_image(img: Image.Image, fmt: str = "png", quality: int = DEFAULT_QUALITY) -> bytes:
     """Encode to PNG, JPEG or WebP bytes; ``quality`` (1-100) applies to JPEG and WebP."""
-    key = fmt.lower()
-    if key not in OUTPUT_FORMATS:
+    name = format_name(fmt)
+    if name is None:
         raise InvalidInputError("format", f"unsupported output format {fmt!r} (png, jpeg, webp)")
     if not 1 <= quality <= 100:
         raise InvalidInputError("quality", f"must be in [1, 100], got {quality}")
     buf = io.BytesIO()
-    pil_fmt = OUTPUT_FORMATS[key]
-    if pil_fmt == "PNG":
+    if name == "png":
         img.save(buf, "PNG", compress_level=6)
     else:
-        img.save(buf, pil_fmt, quality=quality)
+        img.save(buf, name.upper(), quality=quality)
     return buf.getvalue()

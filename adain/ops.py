@@ -1,10 +1,14 @@
-"""The AdaIN op and the colour transfer it is used with (after pytorch-AdaIN's function.py)."""
+"""The AdaIN op, its masked form, the colour operations it is used with, and the style loss that
+measures it (after pytorch-AdaIN's function.py)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 EPS = 1e-5
+# BT.601 full-range RGB -> Y (the JPEG convention), for the luminance-only colour mode.
+_RGB_TO_Y = (0.299, 0.587, 0.114)
 
 
 def mean_std(feat: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,3 +63,33 @@ def weighted_mean_std(feat: torch.Tensor, weight: torch.Tensor, eps: float = EPS
     mean = (f * weight).sum(dim=(2, 3), keepdim=True) / total
     var = ((f - mean) ** 2 * weight).sum(dim=(2, 3), keepdim=True) / total + eps
     return mean, var.sqrt()
+
+
+def masked_adain(
+    content: torch.Tensor, weight: torch.Tensor, style_mean: torch.Tensor, style_std: torch.Tensor
+) -> torch.Tensor:
+    """AdaIN of one region: normalised by the content's statistics under the soft mask ``weight``
+    (N x 1 x H x W), so each region of a masked request keeps its own contrast; float32 out."""
+    c_mean, c_std = weighted_mean_std(content, weight)
+    return (content.float() - c_mean) / c_std * style_std + style_mean
+
+
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W RGB -> N x 1 x H x W luminance (BT.601)."""
+    return (rgb * torch.tensor(_RGB_TO_Y, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def with_luminance(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Replace the luminance of ``rgb`` by ``y`` and keep its chroma (Cb, Cr); clamped to [0, 1]."""
+    return (rgb + (y - luminance(rgb))).clamp(0, 1)
+
+
+def style_loss(out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Sum over the layers of MSE(channel means) + MSE(channel stds): the decoder's training style loss
+    and the quality benchmark's yardstick."""
+    total = torch.zeros((), device=out_feats[0].device)
+    for o, s in zip(out_feats, style_feats):
+        o_mean, o_std = mean_std(o)
+        s_mean, s_std = mean_std(s)
+        total = total + F.mse_loss(o_mean, s_mean) + F.mse_loss(o_std, s_std)
+    return total

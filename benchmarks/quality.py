@@ -20,7 +20,7 @@ image at ``--eval-size`` px longest side, and encoded by the normalised VGG19 (`
 
 * content loss: MSE between relu4_1 of the output and relu4_1 of the content reference;
 * style loss: sum over relu1_1..relu4_1 of MSE(channel means) + MSE(channel stds) between the output and
-  the style image at ``--eval-size`` px (``adain.train.train.style_loss``, the decoder's training loss).
+  the style image at ``--eval-size`` px (``adain.ops.style_loss``, the decoder's training loss).
 * for reference, the content loss of AdaIN's target itself (relu4_1 of the content with the style's
   channel statistics, no image): what a decoder that inverted the encoder exactly would score at alpha 1.
 
@@ -51,9 +51,8 @@ from tqdm import tqdm
 from adain import InvalidInputError, NoDecoderError, Stylizer
 from adain.encoder import Encoder, Features
 from adain.image import load_image, resize_longest, to_image, to_tensor
-from adain.ops import adain, mean_std
+from adain.ops import adain, mean_std, style_loss
 from adain.train.data import list_images
-from adain.train.train import style_loss
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 REPO = Path(__file__).resolve().parents[1]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adain import NoDecoderError, Stylizer
+from adain import Limits, NoDecoderError, Stylizer
 from adain.encoder import Encoder
 from adain.precision import PRECISIONS
 
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         stylizers = [
-            Stylizer(args.decoder, args.device, style_size=args.style_size, precision=p) for p in args.precision
+            Stylizer(args.decoder, args.device, limits=Limits(style_size=args.style_size), precision=p)
+            for p in args.precision
         ]
     except NoDecoderError as e:
         print(f"error: {e}", file=sys.stderr)

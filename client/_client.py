@@ -16,21 +16,24 @@ from PIL import Image
 
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+from adain.wire import (
+    COLOR_ENUM,
+    DEFAULT_ADDRESS,
+    DEFAULT_QUALITY,
+    FORMAT_BY_ENUM,
+    FORMAT_ENUM,
+    REQUEST_ID_KEY,
+    SERVICE_NAME,
+    STYLE_ID_PREFIX,
+    color_mode,
+    format_name,
+)
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_MESSAGE_MB = 32
-REQUEST_ID_KEY = "x-request-id"
-STYLE_ID_PREFIX = "id:"
-SERVICE_NAME = "adain.v1.StyleTransfer"
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
-
-_FORMATS = {"png": pb.IMAGE_FORMAT_PNG, "jpeg": pb.IMAGE_FORMAT_JPEG, "jpg": pb.IMAGE_FORMAT_JPEG,
-            "webp": pb.IMAGE_FORMAT_WEBP}
-_FORMAT_NAMES = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_FORMAT_WEBP: "webp"}
-_COLOR = {None: pb.PRESERVE_COLOR_NONE, "none": pb.PRESERVE_COLOR_NONE, "coral": pb.PRESERVE_COLOR_CORAL,
-          "luminance": pb.PRESERVE_COLOR_LUMINANCE}
 
 
 class StyleTransferError(Exception):
@@ -290,7 +293,7 @@ class StyleTransferClient:
         content_size: int = 0,
         style_size: int = 0,
         format: str = "png",
-        quality: int = 90,
+        quality: int = DEFAULT_QUALITY,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> StylizeResult:
@@ -308,19 +311,19 @@ class StyleTransferClient:
         side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
         ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
         """
-        fmt = _FORMATS.get(str(format).lower())
+        fmt = format_name(format)
         if fmt is None:
             raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
-        color = "coral" if preserve_color is True else None if preserve_color is False else preserve_color
-        if color not in _COLOR:
+        color = color_mode(preserve_color)
+        if color not in COLOR_ENUM:
             raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
         request = pb.StylizeRequest(
             content=image_bytes(content, "content"),
             styles=_styles(styles, weights),
-            preserve_color=_COLOR[color],
+            preserve_color=COLOR_ENUM[color],
             content_size=_uint(content_size, "content_size"),
             style_size=_uint(style_size, "style_size"),
-            format=fmt,
+            format=FORMAT_ENUM[fmt],
             quality=_uint(quality, "quality"),
         )
         if alpha is not None:
@@ -336,7 +339,7 @@ class StyleTransferClient:
             image=reply.image,
             width=reply.width,
             height=reply.height,
-            format=_FORMAT_NAMES.get(reply.format, "png"),
+            format=FORMAT_BY_ENUM.get(reply.format, "png"),
             timings=Timings(t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size),
             request_id=reply.request_id or rid or "",
         )

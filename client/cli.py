@@ -25,15 +25,22 @@ from typing import Any, NoReturn
 
 import grpc
 
-from adain.argtypes import int_in_range, non_negative_int, positive_float, unit_interval
+from adain.argtypes import int_in_range, non_negative_int, one_of, positive_float, unit_interval
+from adain.wire import (
+    COLOR_MODES,
+    DEFAULT_ADDRESS,
+    DEFAULT_QUALITY,
+    FORMAT_SUFFIXES,
+    FORMATS,
+    INPUT_SUFFIXES,
+    STYLE_ID_PREFIX,
+    format_from_suffix,
+    format_name,
+)
 
-from ._client import STYLE_ID_PREFIX, StyleRef, StyleTransferClient, StyleTransferError
+from ._client import StyleRef, StyleTransferClient, StyleTransferError
 
 PROG = "adain-stylize"
-DEFAULT_SERVER = "127.0.0.1:50051"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-FORMAT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
 
 
 class CliError(Exception):
@@ -63,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (format from its extension: .png, .jpg/.jpeg, .webp); a folder for a folder")
     p.add_argument("--alpha", type=unit_interval, default=1.0, help="style strength in [0, 1] (default 1)")
-    p.add_argument("--preserve-color", nargs="?", const="coral", choices=("coral", "luminance"), default=None,
+    p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_MODES, default=None,
                    help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
                    "luminance")
     p.add_argument("--mask", metavar="MASK", help="mask image of the content's size (2 styles: white takes the "
@@ -72,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest side the content is rendered at (0: as it is; default 0)")
     p.add_argument("--style-size", type=non_negative_int, default=0, metavar="N",
                    help="longest side of the styles (0: the server's default, 512)")
-    p.add_argument("--quality", type=int_in_range(1, 100), default=90, metavar="Q",
-                   help="JPEG/WebP quality 1-100 (default 90)")
-    p.add_argument("--format", choices=("png", "jpeg", "jpg", "webp"), default=None,
-                   help="output format in folder mode (default png); a single output takes its extension's")
-    p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_SERVER), metavar="HOST:PORT",
-                   help="server address (default: $ADAIN_SERVER or 127.0.0.1:50051)")
+    p.add_argument("--quality", type=int_in_range(1, 100), default=DEFAULT_QUALITY, metavar="Q",
+                   help=f"JPEG/WebP quality 1-100 (default {DEFAULT_QUALITY})")
+    p.add_argument("--format", type=one_of(FORMATS, _format), default=None, metavar="FORMAT",
+                   help=f"output format in folder mode: {', '.join(FORMATS)} (default png); a single output takes "
+                   "its extension's")
+    p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_ADDRESS), metavar="HOST:PORT",
+                   help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS})")
     p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
                    help="deadline of each request, seconds (default 120)")
     p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
@@ -137,8 +145,12 @@ def _describe(e: StyleTransferError, server: str) -> str:
     return f"{e.code.name}: {e.details}"
 
 
+def _format(text: str) -> str:
+    return format_name(text) or text
+
+
 def _output_format(path: Path) -> str:
-    fmt = EXTENSION_FORMATS.get(path.suffix.lower())
+    fmt = format_from_suffix(path.suffix)
     if fmt is None:
         raise CliError(f"-o {path}: cannot tell the output format from {path.suffix or 'no extension'!r} "
                        "(use .png, .jpg, .jpeg or .webp)")
@@ -185,9 +197,9 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     folder = Path(args.content)
     if args.mask is not None:
         raise CliError("--mask needs one content file and 2 styles; a folder runs each style alone")
-    contents = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    contents = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
     if not contents:
-        raise CliError(f"{folder}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise CliError(f"{folder}: no images in this folder ({', '.join(INPUT_SUFFIXES)})")
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"-o {out_dir}: a content folder needs an output folder, and this is a file")
@@ -195,8 +207,8 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"-o {out_dir}: cannot create the folder: {e.strerror or e}") from None
-    fmt = {"jpg": "jpeg"}.get(args.format, args.format) or "png"
-    ext = FORMAT_EXTENSIONS[fmt]
+    fmt = args.format or "png"
+    ext = FORMAT_SUFFIXES[fmt]
     options = _options(args)
     # Send each style image once, then refer to it by id.
     refs: list[tuple[Any, str]] = []

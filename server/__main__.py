@@ -44,10 +44,7 @@ def _main(argv: Sequence[str] | None) -> int:
             decoder=settings.decoder,
             device=device,
             precision=settings.precision,
-            max_pixels=settings.max_pixels,
-            max_content_side=settings.max_content_side,
-            style_size=settings.style_size,
-            max_styles=settings.max_styles,
+            limits=settings.limits,
             cache_size=settings.style_cache_size,
         )
     except NoDecoderError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import json
 import logging
 import signal
 import sys
@@ -24,13 +24,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
+from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+from adain.wire import SERVICE_NAME
 
 from .batcher import Batcher
 from .config import Settings
+from .drain import Drain
 from .metrics import Metrics
 from .registry import StyleRegistry
-from .service import SERVICE_NAME, StyleTransferServicer
+from .service import StyleTransferServicer
 
 log = logging.getLogger("adain.server")
 
@@ -45,15 +48,33 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _weights_version(meta: dict[str, Any], path: Path | None) -> str:
-    """A short version string for the weights: the metadata's version, else the file's sha256 prefix."""
-    for key in ("version", "weights_version"):
-        if meta.get(key):
-            return str(meta[key])
-    if path is not None and path.is_file():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return f"sha256:{digest[:16]}"
-    return "unknown"
+def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
+    """GetServerInfo's reply: the model as the Stylizer reports it (limits included: what it enforces),
+    the server's own limits and batching settings."""
+    limits = model["limits"]
+    return pb.ServerInfo(
+        model=model["model"],
+        arch_version=model["arch_version"],
+        weights_version=model["weights_version"],
+        decoder_meta_json=json.dumps(model["decoder_meta"], sort_keys=True, default=str),
+        device=model["device"],
+        dtype=model["dtype"],
+        server_version=_package_version(),
+        limits=pb.Limits(
+            max_pixels=limits["max_pixels"],
+            max_content_side=limits["max_content_side"],
+            default_style_size=limits["style_size"],
+            max_styles=limits["max_styles"],
+            max_message_bytes=settings.max_message_bytes,
+            style_registry_size=settings.style_registry_size,
+        ),
+        batching=pb.Batching(
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms,
+            max_queue=settings.max_queue,
+            prepare_workers=settings.workers,
+        ),
+    )
 
 
 def _warmup_images() -> tuple[Image.Image, Image.Image]:
@@ -78,44 +99,26 @@ class StyleTransferServer:
             on_batch=self.metrics.observe_batch,
         )
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="adain-prepare")
+        self.drain = Drain()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
-        self.draining = False
-        self._inflight = 0
-        self._idle: asyncio.Event | None = None
-        from adain.decoder import ARCH_VERSION, DEFAULT_DECODER
-
-        info = dict(getattr(stylizer, "info", {}) or {})
-        decoder_path = Path(settings.decoder) if settings.decoder else DEFAULT_DECODER
-        info.setdefault("arch_version", ARCH_VERSION)
-        info.setdefault("weights_version", _weights_version(info.get("decoder_meta") or {}, decoder_path))
-        info.setdefault("server_version", _package_version())
-        self.model_info = info
-
-    # -- in-flight accounting (used by the rpc wrapper) -----------------------------------------
-    def call_started(self) -> None:
-        self._inflight += 1
-        if self._idle is not None:
-            self._idle.clear()
-
-    def call_finished(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0 and self._idle is not None:
-            self._idle.set()
-
-    def encode(self, image: Image.Image, fmt: str, quality: int) -> bytes:
-        from adain.image import encode_image
-
-        return encode_image(image, fmt, quality)
+        self.servicer = StyleTransferServicer(
+            stylizer=stylizer,
+            batcher=self.batcher,
+            registry=self.registry,
+            metrics=self.metrics,
+            pool=self.pool,
+            limits=stylizer.limits,
+            info=server_info(settings, stylizer.info),
+            drain=self.drain,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> int:
         """Listen (health NOT_SERVING) and start the metrics endpoint; returns the bound port."""
         s = self.settings
-        self._idle = asyncio.Event()
-        self._idle.set()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
         options = [
@@ -124,7 +127,7 @@ class StyleTransferServer:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options)
-        pb_grpc.add_StyleTransferServicer_to_server(StyleTransferServicer(self), server)
+        pb_grpc.add_StyleTransferServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -160,7 +163,7 @@ class StyleTransferServer:
         """Start batching, run one dummy stylization off the event loop, then report SERVING."""
         self.batcher.start()  # requests that come early are served (clients should wait for SERVING)
         await asyncio.get_running_loop().run_in_executor(self.pool, self._warmup_sync)
-        if not self.draining:
+        if not self.drain.draining:
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, SERVING)
         log.info("model warmed up; serving")
@@ -168,14 +171,13 @@ class StyleTransferServer:
     async def shutdown(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let calls in flight finish (up to ``grace`` s), stop everything."""
         grace = self.settings.grace_seconds if grace is None else grace
-        self.draining = True
+        self.drain.draining = True
         await self.health.enter_graceful_shutdown()
-        if self._idle is not None and self._inflight:
-            log.info("draining %d call(s) in flight (up to %.1f s)", self._inflight, grace)
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=grace)
-            except (asyncio.TimeoutError, TimeoutError):
-                log.warning("%d call(s) still in flight after %.1f s; cancelling them", self._inflight, grace)
+        if self.drain.inflight:
+            log.info("draining %d call(s) in flight (up to %.1f s)", self.drain.inflight, grace)
+            left = await self.drain.wait(grace)
+            if left:
+                log.warning("%d call(s) still in flight after %.1f s; cancelling them", left, grace)
         if self.server is not None:
             # What is left are streams that never end by themselves (health Watch): cut them short.
             await self.server.stop(0.2)

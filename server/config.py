@@ -15,6 +15,7 @@ from typing import Any
 
 from adain.argtypes import int_in_range, non_negative_float, non_negative_int, one_of, positive_float, positive_int
 from adain.precision import PRECISIONS
+from adain.wire import DEFAULT_HOST, DEFAULT_PORT, Limits
 
 ENV_PREFIX = "ADAIN_"
 DEVICES = ("auto", "cpu", "cuda")
@@ -25,8 +26,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class Settings:
     """What the server is started with (see ``adain-server --help`` for the meaning of each)."""
 
-    host: str = "127.0.0.1"
-    port: int = 50051
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     metrics_port: int = 9464
     decoder: str | None = None
     device: str = "auto"
@@ -37,10 +38,10 @@ class Settings:
     max_queue: int = 64
     workers: int = 2
     max_message_mb: float = 32
-    max_pixels: int = 40_000_000
-    max_content_side: int = 4096
-    style_size: int = 512
-    max_styles: int = 8
+    max_pixels: int = Limits.max_pixels
+    max_content_side: int = Limits.max_content_side
+    style_size: int = Limits.style_size
+    max_styles: int = Limits.max_styles
     style_registry_size: int = 256
     style_registry_mb: float = 1024
     style_cache_size: int = 64
@@ -48,6 +49,16 @@ class Settings:
     tls_key: str | None = None
     grace_seconds: float = 10
     log_level: str = "INFO"
+
+    @property
+    def limits(self) -> Limits:
+        """The limits the Stylizer enforces (and GetServerInfo reports)."""
+        return Limits(
+            max_pixels=self.max_pixels,
+            max_content_side=self.max_content_side,
+            style_size=self.style_size,
+            max_styles=self.max_styles,
+        )
 
     @property
     def max_message_bytes(self) -> int:

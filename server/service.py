@@ -1,15 +1,21 @@
-"""The ``adain.v1.StyleTransfer`` servicer (grpc.aio): validation, error mapping, request ids, metrics."""
+"""The ``adain.v1.StyleTransfer`` servicer (grpc.aio): request -> Job, error mapping, request ids, metrics.
+
+The servicer is given its collaborators (the Stylizer, the batcher, the style registry, the metrics,
+the prepare pool, the limits, the static server info and the drain); it knows nothing of the app that
+built them. Requests are checked once, by ``Job.check``, on the event loop (no decoding there); the
+servicer adds only what the protocol itself brings (style ids, enum values, output quality).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,23 +25,21 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from adain.errors import InvalidInputError
+from adain.image import KeyedImage, encode_image, load_image
+from adain.job import CheckedJob, Job
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+from adain.wire import COLOR_BY_ENUM, DEFAULT_QUALITY, FORMAT_BY_ENUM, REQUEST_ID_KEY, Limits
 
-from .batcher import ClosedError, DeadlineDropped, QueueFullError
+from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
+from .drain import Drain
+from .metrics import Metrics
+from .registry import StyleRegistry
 
 if TYPE_CHECKING:
-    from adain.stylizer import Job
-
-    from .app import StyleTransferServer
+    from adain.stylizer import Stylizer
 
 log = logging.getLogger("adain.server")
-
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
-REQUEST_ID_KEY = "x-request-id"
-DEFAULT_QUALITY = 90
-FORMATS = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_FORMAT_WEBP: "webp"}
-COLOR_MODES = {pb.PRESERVE_COLOR_NONE: None, pb.PRESERVE_COLOR_CORAL: "coral", pb.PRESERVE_COLOR_LUMINANCE: "luminance"}
 
 
 @dataclass
@@ -95,20 +99,19 @@ def rpc(method: str) -> Callable[[Handler], Callable[..., Awaitable[Any]]]:
     def wrap(fn: Handler) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
         async def handler(self: StyleTransferServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            app = self.app
             rid = _request_id(context)
             rid_md = ((REQUEST_ID_KEY, rid),)
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             detail = ""
-            app.call_started()
             try:
-                await context.send_initial_metadata(rid_md)
-                if app.draining:
-                    raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-                reply = await fn(self, request, context, rid)
-                context.set_trailing_metadata(rid_md)
-                return reply
+                with self.drain.track():
+                    await context.send_initial_metadata(rid_md)
+                    if self.drain.draining:
+                        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+                    reply = await fn(self, request, context, rid)
+                    context.set_trailing_metadata(rid_md)
+                    return reply
             except ServiceError as e:
                 code, detail = e.code, e.message
                 await context.abort(e.code, e.message, trailing_metadata=rid_md + _status_trailers(e))
@@ -127,9 +130,8 @@ def rpc(method: str) -> Callable[[Handler], Callable[..., Awaitable[Any]]]:
                 await context.abort(code, detail, trailing_metadata=rid_md)
             finally:
                 elapsed = time.perf_counter() - start
-                app.call_finished()
-                app.metrics.requests.labels(method, code.name).inc()
-                app.metrics.request_seconds.labels(method).observe(elapsed)
+                self.metrics.requests.labels(method, code.name).inc()
+                self.metrics.request_seconds.labels(method).observe(elapsed)
                 quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
                 level = logging.INFO if quiet else logging.WARNING
                 log.log(level, "request_id=%s method=%s code=%s ms=%.1f%s", rid, method, code.name, elapsed * 1000,
@@ -140,87 +142,85 @@ def rpc(method: str) -> Callable[[Handler], Callable[..., Awaitable[Any]]]:
     return wrap
 
 
-def _map_field(field: str, sources: list[str]) -> str:
-    """Stylizer field names -> proto field paths ("styles[1]" -> "styles[1].image" or ".style_id")."""
-    if field.startswith("styles[") and field.endswith("]"):
-        try:
-            i = int(field[len("styles[") : -1])
-        except ValueError:
-            return field
-        return f"{field}.{sources[i] if 0 <= i < len(sources) else 'image'}"
-    if field == "weights":
-        return "styles.weight"
-    return field
-
 
 class StyleTransferServicer(pb_grpc.StyleTransferServicer):
-    def __init__(self, app: StyleTransferServer) -> None:
-        self.app = app
+    def __init__(
+        self,
+        *,
+        stylizer: Stylizer,
+        batcher: Batcher,
+        registry: StyleRegistry,
+        metrics: Metrics,
+        pool: Executor,
+        limits: Limits,
+        info: pb.ServerInfo,
+        drain: Drain,
+    ) -> None:
+        self.stylizer = stylizer
+        self.batcher = batcher
+        self.registry = registry
+        self.metrics = metrics
+        self.pool = pool
+        self.limits = limits
+        self.info = info  # GetServerInfo's reply, less what changes (registered_styles)
+        self.drain = drain
 
-    # -- validation ------------------------------------------------------------------------------
-    def _check(self, request: pb.StylizeRequest) -> tuple[Job, list[str]]:
-        """Validate what needs no decoding, all at once; returns the Job and each style's source field.
+    # -- request -> checked job ------------------------------------------------------------------
+    def _style(self, style: pb.Style, i: int, bad: list[Violation]) -> Any:
+        """A request's style as an image source; a registered id becomes its bytes, keyed by the id."""
+        which = style.WhichOneof("source")
+        if which == "image":
+            return style.image
+        if i >= self.limits.max_styles:  # the request fails on the count: no lookups, no violations
+            return b""
+        if which != "style_id":
+            bad.append(Violation(f"styles[{i}]", "set image or style_id"))
+            return b""
+        data = self.registry.get(style.style_id)
+        if data is None:
+            bad.append(
+                Violation(
+                    f"styles[{i}].style_id",
+                    f"unknown style id {style.style_id!r} (never registered, or dropped from the registry of "
+                    f"{self.registry.max_count}); register it with RegisterStyle",
+                )
+            )
+            return b""
+        return KeyedImage(style.style_id, data)
 
-        The protocol's own fields (sources, enums, quality) are checked here; the job's arguments
-        (style count, weights, alpha, sizes, mask) by ``Stylizer.check``, the library's one copy.
-        """
-        from adain.stylizer import Job  # noqa: F811 - torch loads with the model, not with this module
-
-        s = self.app.settings
+    def _check(self, request: pb.StylizeRequest) -> CheckedJob:
+        """The request as a checked Job, or one INVALID_ARGUMENT listing every problem."""
         bad: list[Violation] = []
-        if not request.content:
-            bad.append(Violation("content", "image data is empty (a content image is required)"))
-        styles: list[bytes] = []
-        sources: list[str] = []
-        kept = request.styles[: s.max_styles]  # one violation per style at most max_styles times
-        for i, style in enumerate(kept):
-            which = style.WhichOneof("source")
-            sources.append(which or "image")
-            data = b""
-            if which == "image":
-                data = style.image
-            elif which == "style_id":
-                data = self.app.registry.get(style.style_id) or b""
-                if not data:
-                    bad.append(
-                        Violation(
-                            f"styles[{i}].style_id",
-                            f"unknown style id {style.style_id!r} (never registered, or dropped from the registry of "
-                            f"{s.style_registry_size}); register it with RegisterStyle",
-                        )
-                    )
-            else:
-                bad.append(Violation(f"styles[{i}]", "set image or style_id"))
-            styles.append(data)
-        if request.preserve_color not in COLOR_MODES:
-            bad.append(Violation("preserve_color", f"unknown value {request.preserve_color}"))
-        if request.format not in FORMATS:
-            bad.append(Violation("format", f"unknown value {request.format} (PNG, JPEG or WEBP)"))
-        if request.quality > 100:
-            bad.append(Violation("quality", f"must be in [1, 100] (0 means {DEFAULT_QUALITY}), got {request.quality}"))
-        over = len(request.styles) - len(kept)  # not looked up: the request fails on the count
         job = Job(
             content=request.content,
-            styles=styles + [b""] * over,
+            styles=[self._style(style, i, bad) for i, style in enumerate(request.styles)],
             weights=[style.weight if style.HasField("weight") else 1.0 for style in request.styles],
             alpha=request.alpha if request.HasField("alpha") else 1.0,
-            preserve_color=COLOR_MODES.get(request.preserve_color),
+            preserve_color=COLOR_BY_ENUM.get(request.preserve_color, "none"),
             mask=request.mask or None,
             content_size=request.content_size or None,
             style_size=request.style_size or None,
         )
-        bad += [Violation(e.field, e.description) for e in self.app.stylizer.check(job)]
+        if request.preserve_color not in COLOR_BY_ENUM:
+            bad.append(Violation("preserve_color", f"unknown value {request.preserve_color}"))
+        if request.format not in FORMAT_BY_ENUM:
+            bad.append(Violation("format", f"unknown value {request.format} (PNG, JPEG or WEBP)"))
+        if request.quality > 100:
+            bad.append(Violation("quality", f"must be in [1, 100] (0 means {DEFAULT_QUALITY}), got {request.quality}"))
+        try:
+            checked = job.check(self.limits)
+        except InvalidInputError as e:
+            bad += [Violation(_proto_field(p.field, request), p.description) for p in e.problems]
         if bad:
             raise ServiceError.invalid(bad)
-        return job, sources
+        return checked
 
     # -- RPCs ------------------------------------------------------------------------------------
     @rpc("Stylize")
     async def Stylize(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
-        app = self.app
-        job, sources = self._check(request)
+        job = self._check(request)
         try:
-            ticket = app.batcher.admit()
+            ticket = self.batcher.admit()
         except QueueFullError as e:
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
         except ClosedError as e:
@@ -228,23 +228,23 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
-        app.metrics.queue_depth.set(app.batcher.depth)
+        self.metrics.queue_depth.set(self.batcher.depth)
         try:
             t0 = time.perf_counter()
             try:
-                prepared = await loop.run_in_executor(app.pool, app.stylizer.prepare, job)
+                prepared = await loop.run_in_executor(self.pool, self.stylizer.prepare, job)
             except InvalidInputError as e:
-                raise ServiceError.invalid([Violation(_map_field(e.field, sources), e.description)]) from e
+                raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
             prepare_ms = (time.perf_counter() - t0) * 1000
-            app.metrics.prepare_seconds.observe(prepare_ms / 1000)
+            self.metrics.prepare_seconds.observe(prepare_ms / 1000)
             try:
-                item = app.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
+                item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
             except ClosedError as e:
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
             try:
                 result = await item.future
             except asyncio.CancelledError:
-                app.batcher.withdraw(item)
+                self.batcher.withdraw(item)
                 raise
             except DeadlineDropped as e:
                 raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
@@ -255,15 +255,14 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                     ) from e
                 raise
             image = result.output
-            fmt = FORMATS[request.format]
             t1 = time.perf_counter()
             data = await loop.run_in_executor(
-                app.pool, app.encode, image, fmt, request.quality or DEFAULT_QUALITY
+                self.pool, encode_image, image, FORMAT_BY_ENUM[request.format], request.quality or DEFAULT_QUALITY
             )
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
             ticket.release()
-            app.metrics.queue_depth.set(app.batcher.depth)
+            self.metrics.queue_depth.set(self.batcher.depth)
         return pb.StylizeResponse(
             image=data,
             width=image.width,
@@ -281,49 +280,32 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
 
     @rpc("RegisterStyle")
     async def RegisterStyle(self, request: pb.RegisterStyleRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
-        from adain.image import load_image
-
-        app = self.app
         data = request.image
         if not data:
             raise ServiceError.invalid([Violation("image", "image data is empty")])
         loop = asyncio.get_running_loop()
+        decode = functools.partial(load_image, data, field="image", max_pixels=self.limits.max_pixels)
         try:
-            img = await loop.run_in_executor(
-                app.pool, functools.partial(load_image, data, field="image", max_pixels=app.settings.max_pixels)
-            )
+            img = await loop.run_in_executor(self.pool, decode)
         except InvalidInputError as e:
             raise ServiceError.invalid([Violation(e.field, e.description)]) from e
-        key = app.registry.add(data)
-        app.metrics.registered_styles.set(len(app.registry))
+        key = self.registry.add(data)
+        self.metrics.registered_styles.set(len(self.registry))
         return pb.RegisterStyleResponse(style_id=key, width=img.width, height=img.height)
 
     @rpc("GetServerInfo")
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
-        app = self.app
-        s = app.settings
-        info = app.model_info
-        return pb.ServerInfo(
-            model=str(info.get("model", "")),
-            arch_version=int(info.get("arch_version", 0)),
-            weights_version=str(info.get("weights_version", "")),
-            decoder_meta_json=json.dumps(info.get("decoder_meta", {}), sort_keys=True, default=str),
-            device=str(info.get("device", "")),
-            dtype=str(info.get("dtype", "")),
-            server_version=str(info.get("server_version", "")),
-            registered_styles=len(app.registry),
-            limits=pb.Limits(
-                max_pixels=s.max_pixels,
-                max_content_side=s.max_content_side,
-                default_style_size=s.style_size,
-                max_styles=s.max_styles,
-                max_message_bytes=s.max_message_bytes,
-                style_registry_size=s.style_registry_size,
-            ),
-            batching=pb.Batching(
-                max_batch_size=s.max_batch_size,
-                max_batch_delay_ms=s.max_batch_delay_ms,
-                max_queue=s.max_queue,
-                prepare_workers=s.workers,
-            ),
-        )
+        reply = pb.ServerInfo()
+        reply.CopyFrom(self.info)
+        reply.registered_styles = len(self.registry)
+        return reply
+
+
+def _proto_field(field: str, request: pb.StylizeRequest) -> str:
+    """A Job field as the request's field path: what the proto adds is the style's source
+    ("styles[1]" -> "styles[1].image" or "styles[1].style_id")."""
+    if field.startswith("styles[") and field.endswith("]"):
+        i = int(field[len("styles[") : -1])
+        which = request.styles[i].WhichOneof("source") if i < len(request.styles) else None
+        return f"{field}.{which or 'image'}"
+    return field

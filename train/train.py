@@ -32,7 +32,7 @@ from tqdm import tqdm
 from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
 from adain.image import to_image
-from adain.ops import adain, mean_std
+from adain.ops import adain, mean_std, style_loss
 from adain.precision import PRECISIONS, wants_bf16
 from adain.train.data import ImageFolder, InfiniteSampler
 
@@ -77,15 +77,6 @@ def _worker_leaves_process_group(worker_id: int) -> None:
     exit with SIGTERM, and multiprocessing joins it at exit without a timeout, so a worker that
     ignored SIGTERM hung the exit for good once it was busy when the run ended."""
     os.setpgrp()
-
-
-def style_loss(out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    total = torch.zeros((), device=out_feats[0].device)
-    for o, s in zip(out_feats, style_feats):
-        o_mean, o_std = mean_std(o)
-        s_mean, s_std = mean_std(s)
-        total = total + F.mse_loss(o_mean, s_mean) + F.mse_loss(o_std, s_std)
-    return total
 
 
 class Trainer:

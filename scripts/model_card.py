@@ -1,6 +1,8 @@
 """Images for the model card: the loss curve of a run and a sample grid from the bundled examples.
 
-    python -m adain.train.report --log runs/cpu/log.jsonl --out docs/model_card
+    python scripts/model_card.py --log runs/cpu/log.jsonl --out docs/model_card
+
+A maintainer's script (not installed with the package): it needs the training extra for the plot.
 
 The sample grid uses only images the project ships (examples/, with their licences), never ../shared.
 """

@@ -1,0 +1,105 @@
+"""One stylization request and its one check (no torch, so the server checks requests before any model).
+
+``Job`` is what a caller asks for; ``Job.check(limits)`` finds every problem that needs no decoding and
+either raises one :class:`InvalidInputError` listing them all, or returns a :class:`CheckedJob` whose
+values are resolved (weights normalised, colour mode named, sizes bounded). ``Stylizer.prepare`` takes
+either; a CheckedJob is not checked again. Field names in errors are the Job's, which are the proto's
+(``styles[1].weight``, ``alpha``...) except ``weights``, the Python keyword the proto has no list for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adain.errors import InvalidInputError
+from adain.image import ImageSource
+from adain.wire import COLOR_MODES, Limits, color_mode
+
+
+@dataclass
+class Job:
+    """One stylization request. Styles are images; ``weights`` (one per style) default to equal."""
+
+    content: ImageSource
+    styles: Sequence[ImageSource]
+    weights: Sequence[float] | None = None
+    alpha: float = 1.0
+    preserve_color: str | bool | None = None  # None, "coral" (True) or "luminance"
+    mask: ImageSource | None = None  # white: styles[0], black: styles[1]; grey blends
+    content_size: int | None = None  # longest side of the content; None keeps it (up to the limit)
+    style_size: int | None = None  # longest side of the styles; None = the limits' default (512)
+
+    def problems(self, limits: Limits) -> list[InvalidInputError]:
+        """Every problem with the arguments that needs no decoding; empty when there is none."""
+        bad: list[InvalidInputError] = []
+        if self.content is None or (isinstance(self.content, (bytes, bytearray, memoryview)) and not self.content):
+            bad.append(InvalidInputError("content", "image data is empty (a content image is required)"))
+        n = len(self.styles) if isinstance(self.styles, (list, tuple)) else 0
+        if n == 0:
+            bad.append(InvalidInputError("styles", "at least 1 style is required"))
+        elif n > limits.max_styles:
+            bad.append(InvalidInputError("styles", f"{n} styles, over the limit of max_styles={limits.max_styles}"))
+        weights = [1.0] * n if self.weights is None else list(self.weights)
+        if len(weights) != n:
+            bad.append(InvalidInputError("weights", f"{len(weights)} weights for {n} styles"))
+        finite = True
+        for i, w in enumerate(weights[: limits.max_styles]):  # beyond the limit only the count is reported
+            if not _is_number(w) or w < 0:
+                bad.append(InvalidInputError(f"styles[{i}].weight", f"must be a finite number >= 0, got {w!r}"))
+                finite = False
+        if weights and finite and sum(weights) <= 0:
+            bad.append(InvalidInputError("styles.weight", "all style weights are zero; at least one must be > 0"))
+        if not _is_number(self.alpha) or not 0 <= self.alpha <= 1:
+            bad.append(InvalidInputError("alpha", f"must be a number in [0, 1], got {self.alpha!r}"))
+        if color_mode(self.preserve_color) not in (None, *COLOR_MODES):
+            modes = ", ".join(("none", *COLOR_MODES))
+            bad.append(InvalidInputError("preserve_color", f"must be one of {modes}; got {self.preserve_color!r}"))
+        for name in ("content_size", "style_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                bad.append(InvalidInputError(name, f"must be an integer >= 1, got {value!r}"))
+            elif value is not None and value > limits.max_content_side:
+                bad.append(
+                    InvalidInputError(name, f"{value} is over the limit of max_content_side={limits.max_content_side}")
+                )
+        if self.mask is not None and n != 2:
+            bad.append(InvalidInputError("mask", f"a mask needs exactly 2 styles (white, black), got {n}"))
+        return bad
+
+    def check(self, limits: Limits) -> CheckedJob:
+        """The job with its values resolved; raises InvalidInputError (all problems in ``.problems``)."""
+        bad = self.problems(limits)
+        if bad:
+            raise InvalidInputError.of(bad)
+        weights = [1.0] * len(self.styles) if self.weights is None else [float(w) for w in self.weights]
+        total = sum(weights)
+        return CheckedJob(
+            content=self.content,
+            styles=tuple(self.styles),
+            weights=tuple(w / total for w in weights),
+            alpha=float(self.alpha),
+            color=color_mode(self.preserve_color),
+            mask=self.mask,
+            content_side=min(self.content_size or limits.max_content_side, limits.max_content_side),
+            style_size=self.style_size or limits.style_size,
+        )
+
+
+@dataclass(frozen=True)
+class CheckedJob:
+    """A job that passed its check: weights sum to 1, ``color`` is None or a mode name, sizes are bounded."""
+
+    content: ImageSource
+    styles: tuple[ImageSource, ...]
+    weights: tuple[float, ...]
+    alpha: float
+    color: str | None
+    mask: ImageSource | None
+    content_side: int  # the content is downscaled (never up) to this longest side
+    style_size: int  # the styles' longest side
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,71 @@
+"""The service's vocabulary, once: output formats, colour modes, defaults and limits (no torch).
+
+The library, the server, the thin client and the CLI all take their names from here, and the proto's
+enums are mapped onto these names by their naming convention (``IMAGE_FORMAT_<NAME>``,
+``PRESERVE_COLOR_<NAME>``), so adding a value to the .proto and to a tuple below is all it takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adain.v1 import style_transfer_pb2 as pb
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
+REQUEST_ID_KEY = "x-request-id"
+DEFAULT_HOST = "127.0.0.1"  # the server listens on loopback unless told otherwise
+DEFAULT_PORT = 50051
+DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+DEFAULT_QUALITY = 90
+STYLE_ID_PREFIX = "id:"  # "id:<sha256>" names a registered style where a path could stand
+
+# --- output formats -------------------------------------------------------------------------------
+FORMATS = ("png", "jpeg", "webp")
+_FORMAT_ALIASES = {"jpg": "jpeg"}
+FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}  # what a written file is named
+_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+FORMAT_ENUM = {name: pb.ImageFormat.Value(f"IMAGE_FORMAT_{name.upper()}") for name in FORMATS}
+FORMAT_BY_ENUM = {value: name for name, value in FORMAT_ENUM.items()}
+
+# --- inputs ---------------------------------------------------------------------------------------
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # PIL's names of what is decoded
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+# --- colour modes ---------------------------------------------------------------------------------
+COLOR_MODES = ("coral", "luminance")  # besides None: the output takes the style's colours
+COLOR_ENUM: dict[str | None, int] = {None: pb.PRESERVE_COLOR_NONE}
+COLOR_ENUM.update({name: pb.PreserveColor.Value(f"PRESERVE_COLOR_{name.upper()}") for name in COLOR_MODES})
+COLOR_BY_ENUM = {value: name for name, value in COLOR_ENUM.items()}
+
+
+def format_name(text: str) -> str | None:
+    """An output format's canonical name ("JPG" -> "jpeg"), or None when it is not one."""
+    key = str(text).lower()
+    key = _FORMAT_ALIASES.get(key, key)
+    return key if key in FORMATS else None
+
+
+def format_from_suffix(suffix: str) -> str | None:
+    """The output format a file suffix (".jpeg") asks for, or None."""
+    return _SUFFIX_FORMATS.get(suffix.lower())
+
+
+def color_mode(value: str | bool | None) -> str | None:
+    """A preserve_color value as a mode name: True means "coral" (the AdaIN paper's way); False, None,
+    "none" and "" mean None. Anything else is returned as given, for the caller's check to refuse."""
+    if value is True:
+        return "coral"
+    if value in (False, None, "none", ""):
+        return None
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one stylization may ask for: enforced by the Stylizer, set by the server's flags and
+    reported by GetServerInfo, all from this one value."""
+
+    max_pixels: int = 40_000_000  # any input image, checked from its header before decoding
+    max_content_side: int = 4096  # the content is downscaled to this; also bounds content_size, style_size
+    style_size: int = 512  # longest side of the styles when a request does not say
+    max_styles: int = 8
