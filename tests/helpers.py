@@ -1,8 +1,7 @@
-"""Test helpers: synthetic images, a test decoder, and a real ``adain-server`` subprocess."""
+"""Test helpers: the test decoder and a real ``adain-server`` subprocess (images: ``synth``)."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
@@ -14,35 +13,10 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 LISTEN_RE = re.compile(r"adain-server listening on (\S+):(\d+)")
-
-
-def make_image(w: int = 64, h: int = 48, seed: int = 0, fmt: str = "PNG", kind: str = "mix", **save: object) -> bytes:
-    """A small synthetic RGB image (gradient + noise), encoded."""
-    rng = np.random.default_rng(seed)
-    x = np.linspace(0, 1, w)[None, :, None]
-    y = np.linspace(0, 1, h)[:, None, None]
-    phase = rng.random(3)[None, None, :]
-    grad = 0.5 + 0.5 * np.sin(2 * np.pi * (x * (1 + 2 * phase) + y * (2 - phase) + phase))
-    noise = rng.random((h, w, 3))
-    arr = grad if kind == "gradient" else noise if kind == "noise" else 0.7 * grad + 0.3 * noise
-    img = Image.fromarray((arr * 255).astype(np.uint8), "RGB")
-    buf = io.BytesIO()
-    img.save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-def make_mask(w: int = 64, h: int = 48) -> bytes:
-    arr = np.zeros((h, w), np.uint8)
-    arr[:, : w // 2] = 255
-    buf = io.BytesIO()
-    Image.fromarray(arr, "L").save(buf, "PNG")
-    return buf.getvalue()
 
 
 def write_test_decoder(path: Path, seed: int = 0) -> Path:
@@ -72,10 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def health_status(target: str, service: str = "", timeout: float = 2.0, credentials=None) -> int | None:

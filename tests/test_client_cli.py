@@ -12,7 +12,8 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import main, parse_style
-from helpers import REPO, ServerProcess, free_port, make_image, make_mask, pixels
+from helpers import REPO, ServerProcess, free_port
+from synth import make_image, make_mask, pixels
 
 CONTENT = make_image(64, 48, seed=21)
 STYLE_A = make_image(40, 40, seed=22, kind="noise")

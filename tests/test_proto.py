@@ -8,46 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from google.protobuf import descriptor
 
 from adain.v1 import style_transfer_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
-PROTO = "proto/adain/v1/style_transfer.proto"
 STUBS = ("style_transfer_pb2.py", "style_transfer_pb2.pyi", "style_transfer_pb2_grpc.py")
 
 
-def test_committed_stubs_are_up_to_date(tmp_path: Path) -> None:
-    """Regenerate the stubs as proto/generate.sh does, into a temp dir: no byte may differ."""
-    cmd = [sys.executable, "-m", "grpc_tools.protoc", "-I", "proto", f"--python_out={tmp_path}",
-           f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", PROTO]
-    subprocess.run(cmd, cwd=REPO, check=True, timeout=120)
-    for name in STUBS:
-        fresh = (tmp_path / "adain" / "v1" / name).read_bytes()
-        committed = (REPO / "adain" / "v1" / name).read_bytes()
-        assert fresh == committed, f"adain/v1/{name} is stale: run proto/generate.sh"
-
-
-def test_generate_script(tmp_path: Path) -> None:
+def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
+    """proto/generate.sh, run on a copy of proto/, writes exactly the committed stubs."""
     script = REPO / "proto" / "generate.sh"
     assert os.access(script, os.X_OK)
-    text = script.read_text()
-    assert "grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. " + PROTO in text
-    # Run it on a copy of the repository's proto folder: it writes the same three files.
-    if shutil.which("sh") is None:
-        pytest.skip("no sh")
-    (tmp_path / "proto").mkdir()
-    shutil.copytree(REPO / "proto", tmp_path / "proto", dirs_exist_ok=True)
+    shutil.copytree(REPO / "proto", tmp_path / "proto")
     subprocess.run(["sh", str(tmp_path / "proto" / "generate.sh")], check=True, timeout=120,
                    env={**os.environ, "PYTHON": sys.executable})
     for name in STUBS:
-        assert (tmp_path / "adain" / "v1" / name).read_bytes() == (REPO / "adain" / "v1" / name).read_bytes()
-
-
-def test_imports_are_package_absolute() -> None:
-    text = (REPO / "adain" / "v1" / "style_transfer_pb2_grpc.py").read_text()
-    assert "from adain.v1 import style_transfer_pb2" in text
+        fresh = (tmp_path / "adain" / "v1" / name).read_bytes()
+        assert fresh == (REPO / "adain" / "v1" / name).read_bytes(), f"adain/v1/{name} is stale: run proto/generate.sh"
 
 
 def test_service_and_messages() -> None:

@@ -23,7 +23,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import ServerProcess, health_status, make_image, make_mask, pixels
+from helpers import ServerProcess, free_port, health_status
+from synth import make_image, make_mask, pixels
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -47,6 +48,16 @@ def _expect(code: grpc.StatusCode, fn, *args, **kwargs) -> StyleTransferError:
 def _good_call(client: StyleTransferClient) -> None:
     result = client.stylize(CONTENT, STYLE_A)
     assert (result.width, result.height) == (64, 48)
+
+
+def test_servicer_and_job_check_import_no_torch() -> None:
+    """Requests are checked before any model: the servicer, the Job and the vocabulary need no torch."""
+    code = (
+        "import sys\n"
+        "import adain.server.service, adain.job, adain.wire\n"
+        "assert 'torch' not in sys.modules, 'checking a request imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -78,7 +89,24 @@ def test_three_styles_differ_from_one(client: StyleTransferClient) -> None:
     assert not _close(one.image, three.image, tol=0)
 
 
-def test_alpha_0_half_1(client: StyleTransferClient, decoder_path: Path) -> None:
+@pytest.fixture(scope="module")
+def library(decoder_path: Path):
+    """The library in this process with the server's decoder: what the server must reproduce."""
+    import torch
+
+    from adain import Stylizer
+
+    torch.set_num_threads(1)
+    return Stylizer(decoder=str(decoder_path), device="cpu")
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_alpha_0_half_1(client: StyleTransferClient, library) -> None:
     out = {a: client.stylize(CONTENT, STYLE_A, alpha=a) for a in (0.0, 0.5, 1.0)}
     for result in out.values():
         assert (result.width, result.height) == (64, 48)
@@ -87,17 +115,8 @@ def test_alpha_0_half_1(client: StyleTransferClient, decoder_path: Path) -> None
     # Unset alpha means 1 (and an explicit 0 is not taken for "unset").
     assert _close(client.stylize(CONTENT, STYLE_A, alpha=None).image, out[1.0].image, tol=0)
     # alpha 0 is the decoder's reconstruction of the content: the library, in process, agrees.
-    import torch
-
-    from adain.stylizer import Stylizer
-
-    torch.set_num_threads(1)
-    st = Stylizer(decoder=str(decoder_path), device="cpu")
     for a in (0.0, 1.0):
-        local = st.stylize(CONTENT, [STYLE_A], alpha=a)
-        buf = io.BytesIO()
-        local.save(buf, "PNG")
-        assert _close(out[a].image, buf.getvalue()), f"alpha={a}: server and library differ"
+        assert _close(out[a].image, _png(library.stylize(CONTENT, [STYLE_A], alpha=a))), f"alpha={a}"
 
 
 def test_output_formats(client: StyleTransferClient) -> None:
@@ -108,14 +127,24 @@ def test_output_formats(client: StyleTransferClient) -> None:
     assert jpeg.to_pil().size == webp.to_pil().size == (64, 48)
 
 
-def test_content_size_and_options(client: StyleTransferClient) -> None:
-    small = client.stylize(CONTENT, STYLE_A, content_size=32, style_size=64)
-    assert (small.width, small.height) == (32, 24)
-    for mode in ("coral", "luminance"):
-        result = client.stylize(CONTENT, STYLE_A, preserve_color=mode)
-        assert (result.width, result.height) == (64, 48)
-    masked = client.stylize(CONTENT, [STYLE_A, STYLE_B], mask=make_mask(64, 48))
-    assert (masked.width, masked.height) == (64, 48)
+OPTIONS = {
+    "coral": ([STYLE_A], dict(preserve_color="coral")),
+    "luminance": ([STYLE_A], dict(preserve_color="luminance")),
+    "mask": ([STYLE_A, STYLE_B], dict(mask=make_mask(64, 48))),
+    "sizes": ([STYLE_A], dict(content_size=32, style_size=24)),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIONS), ids=list(OPTIONS))
+def test_options_give_the_librarys_result(client: StyleTransferClient, library, case: str) -> None:
+    """Each option through the server: the library's own result, and not the plain one."""
+    styles, options = OPTIONS[case]
+    result = client.stylize(CONTENT, styles, **options)
+    local = library.stylize(CONTENT, styles, **options)
+    assert (result.width, result.height) == local.size
+    assert _close(result.image, _png(local)), f"{case}: the server's result differs from the library's"
+    plain = client.stylize(CONTENT, styles, content_size=options.get("content_size", 0))
+    assert not _close(result.image, plain.image, tol=4), f"{case}: the option changed nothing"
 
 
 def test_registered_style_gives_the_same_result(client: StyleTransferClient) -> None:
@@ -267,22 +296,52 @@ def test_register_bad_style(client: StyleTransferClient) -> None:
     _good_call(client)
 
 
-def test_deadline_and_cancel_leave_the_server_healthy(server: ServerProcess, client: StyleTransferClient) -> None:
-    big = make_image(256, 256, seed=9)
-    _expect(grpc.StatusCode.DEADLINE_EXCEEDED, client.stylize, big, STYLE_A, timeout=0.05)
-    with grpc.insecure_channel(server.target) as channel:
-        stub = pb_grpc.StyleTransferStub(channel)
-        futures = [stub.Stylize.future(pb.StylizeRequest(content=big, styles=[pb.Style(image=STYLE_A)]), timeout=60)
-                   for _ in range(2)]
-        time.sleep(0.2)
-        for f in futures:
-            f.cancel()
-        for f in futures:
-            assert f.cancelled() or f.exception() is None or f.code() == grpc.StatusCode.CANCELLED
-    time.sleep(0.2)
-    assert health_status(server.target) == SERVING
-    _good_call(client)
-    assert server.alive()
+@pytest.fixture(scope="module")
+def slow(decoder_path: Path):
+    """A server whose batch window (3 s) keeps every request queued long enough to cancel it for sure."""
+    metrics_port = free_port()
+    srv = ServerProcess(decoder_path, "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port))
+    srv.metrics_port = metrics_port
+    try:
+        srv.wait_serving()
+        yield srv
+    finally:
+        srv.terminate()
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert values, f"no metric {name}"
+    return values[0]
+
+
+def test_cancel_and_deadline_free_the_request(slow: ServerProcess) -> None:
+    """Cancelled and expired calls end as such, leave the queue at once, are never rendered, and the
+    server answers the next call."""
+    with StyleTransferClient(slow.target, timeout=60, retries=0) as client:
+        _expect(grpc.StatusCode.DEADLINE_EXCEEDED, client.stylize, CONTENT, STYLE_A, timeout=0.3)
+        with grpc.insecure_channel(slow.target) as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A)])
+            futures = [stub.Stylize.future(request, timeout=60) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while _metric(slow, "adain_queue_depth") < 2:  # both admitted and waiting for their batch
+                assert time.monotonic() < deadline, "the requests never reached the queue"
+                time.sleep(0.05)
+            for f in futures:
+                assert f.cancel()
+            for f in futures:
+                assert f.cancelled() and f.code() == grpc.StatusCode.CANCELLED
+            deadline = time.monotonic() + 10
+            while _metric(slow, "adain_queue_depth") > 0:
+                assert time.monotonic() < deadline, "cancelled requests still hold their places"
+                time.sleep(0.05)
+        time.sleep(3.2)  # past the batch window: a request left in the queue would have been rendered by now
+        assert _metric(slow, "adain_inference_seconds_count") == 0, "a cancelled or expired request was rendered"
+        assert health_status(slow.target) == SERVING
+        _good_call(client)
+        assert _metric(slow, "adain_inference_seconds_count") == 1
 
 
 # --- limits: pixels, message size, queue bound ----------------------------------------------------

@@ -91,8 +91,9 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
         capture_output=True,
     )
     st = Stylizer(str(exported), device="cpu")
-    assert st.decoder_meta["steps"] == 3 and st.decoder_meta["data"] == "synthetic"
-    assert st.decoder_meta["crop"] == 32 and st.decoder_meta["batch_size"] == 2
+    meta = st.info["decoder_meta"]
+    assert meta["steps"] == 3 and meta["data"] == "synthetic"
+    assert meta["crop"] == 32 and meta["batch_size"] == 2
     assert st.stylize(synth_image(33, 21), [synth_image(20, 20, seed=5)]).size == (33, 21)
 
 
