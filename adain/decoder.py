@@ -1,11 +1,15 @@
 """The decoder (relu4_1 -> RGB) and its weights file.
 
 The architecture mirrors the encoder as in the AdaIN paper: 3x3 convs with reflection padding, ReLU
-after all but the last, nearest-neighbour x2 upsampling, no normalisation layers.
+after all but the last, nearest-neighbour x2 upsampling, no normalisation layers. Version 1 takes the
+relu4_1 target alone; version 2 also takes the alpha it was mixed with, as one more input channel (a map,
+so that it may vary over the image), so one decoder can both paint (alpha 1) and reconstruct (alpha 0)
+without guessing which is asked from the features' statistics. A version-1 decoder becomes a version-2
+one with the same outputs by adding that channel with zero weights (:meth:`Decoder.with_alpha_input`).
 
 A weights file is ``torch.save`` of a plain dict, loadable with ``weights_only=True``::
 
-    {"format": "adain-decoder", "arch_version": 1, "meta": {...}, "state_dict": {...}}
+    {"format": "adain-decoder", "arch_version": 1 or 2, "meta": {...}, "state_dict": {...}}
 
 ``meta`` is a small record (data, steps, crop, batch, final losses...) that ``GetServerInfo`` shows.
 """
@@ -25,7 +29,7 @@ from torch import nn
 from adain.errors import NoDecoderError
 
 FORMAT = "adain-decoder"
-ARCH_VERSION = 1
+ARCH_VERSIONS = (1, 2)  # 2: the alpha map is an input too
 DEFAULT_DECODER = Path(__file__).with_name("assets") / "decoder.pt"
 
 # (in, out, upsample after this conv's ReLU)
@@ -53,13 +57,27 @@ class DecoderFile:
 
 
 class Decoder(nn.Module):
-    """relu4_1 features (N x 512 x H/8 x W/8) -> RGB image (N x 3 x H x W), roughly in [0, 1]."""
+    """relu4_1 features (N x 512 x H/8 x W/8) -> RGB image (N x 3 x H x W), roughly in [0, 1]; with
+    ``alpha_input`` (architecture version 2) also the alpha each position was mixed with."""
 
-    def __init__(self) -> None:
+    def __init__(self, alpha_input: bool = False) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(cin, cout, 3) for cin, cout, _ in _CONVS)
+        self.alpha_input = alpha_input
+        extra = 1 if alpha_input else 0
+        self.convs = nn.ModuleList(nn.Conv2d(cin + (extra if i == 0 else 0), cout, 3)
+                                   for i, (cin, cout, _) in enumerate(_CONVS))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def arch_version(self) -> int:
+        return 2 if self.alpha_input else 1
+
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """``alpha``: a number, one per sample (N), or a map (N x 1 x H/8 x W/8); version 1 ignores it."""
+        if self.alpha_input:
+            a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+            if a.dim() <= 1:
+                a = a.reshape(-1, 1, 1, 1)
+            x = torch.cat([x, a.expand(x.shape[0], 1, *x.shape[2:]).to(x.dtype)], dim=1)
         last = len(self.convs) - 1
         for i, (conv, (_, _, up)) in enumerate(zip(self.convs, _CONVS)):
             x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
@@ -69,12 +87,23 @@ class Decoder(nn.Module):
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
         return x
 
+    def with_alpha_input(self) -> Decoder:
+        """A version-2 copy with the same outputs: the alpha channel starts with zero weights."""
+        if self.alpha_input:
+            return self
+        new = Decoder(alpha_input=True).to(self.convs[0].weight.device)
+        state = self.state_dict()
+        w = state["convs.0.weight"]
+        state["convs.0.weight"] = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)
+        new.load_state_dict(state)
+        return new
+
 
 def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half: bool = True) -> None:
     """Write the product's decoder file; fp16 by default (inference needs no more, and it is half the size)."""
     dtype = torch.float16 if half else torch.float32
     state = {k: v.detach().to("cpu", dtype) for k, v in decoder.state_dict().items()}
-    record = {"format": FORMAT, "arch_version": ARCH_VERSION, "meta": dict(meta), "state_dict": state}
+    record = {"format": FORMAT, "arch_version": decoder.arch_version, "meta": dict(meta), "state_dict": state}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(record, path)
 
@@ -99,11 +128,13 @@ def load_decoder(path: str | Path | None = None) -> tuple[Decoder, DecoderFile]:
         raise NoDecoderError(f"{path} is not a readable decoder file: {e}") from e
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise NoDecoderError(f"{path} is not an adain decoder file (no '{FORMAT}' format tag)")
-    if record.get("arch_version") != ARCH_VERSION:
+    version = record.get("arch_version")
+    if version not in ARCH_VERSIONS:
         raise NoDecoderError(
-            f"{path} has decoder architecture version {record.get('arch_version')}, this library needs {ARCH_VERSION}"
+            f"{path} has decoder architecture version {version}, this library reads "
+            f"{' and '.join(map(str, ARCH_VERSIONS))}"
         )
-    decoder = Decoder()
+    decoder = Decoder(alpha_input=version == 2)
     expected = decoder.state_dict()
     got = record.get("state_dict", {})
     if set(got) != set(expected):

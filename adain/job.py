@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from adain.errors import InvalidInputError
 from adain.image import ImageSource
-from adain.wire import COLOR_MODES, Limits, color_mode
+from adain.wire import COLOR_MODES, TEMPORAL_MODES, Limits, color_mode
 
 
 @dataclass
@@ -31,10 +31,12 @@ class Job:
     content_size: int | None = None  # longest side of the content; None keeps it (up to the limit)
     style_size: int | None = None  # longest side of the styles; None = the limits' default (512)
 
-    def problems(self, limits: Limits) -> list[InvalidInputError]:
-        """Every problem with the arguments that needs no decoding; empty when there is none."""
+    def problems(self, limits: Limits, *, content: bool = True) -> list[InvalidInputError]:
+        """Every problem with the arguments that needs no decoding; empty when there is none.
+        ``content=False`` checks a template whose contents come later (a video's frames)."""
         bad: list[InvalidInputError] = []
-        if self.content is None or (isinstance(self.content, (bytes, bytearray, memoryview)) and not self.content):
+        empty = self.content is None or (isinstance(self.content, (bytes, bytearray, memoryview)) and not self.content)
+        if content and empty:
             bad.append(InvalidInputError("content", "image data is empty (a content image is required)"))
         n = len(self.styles) if isinstance(self.styles, (list, tuple)) else 0
         if n == 0:
@@ -68,9 +70,9 @@ class Job:
             bad.append(InvalidInputError("mask", f"a mask needs exactly 2 styles (white, black), got {n}"))
         return bad
 
-    def check(self, limits: Limits) -> CheckedJob:
+    def check(self, limits: Limits, *, content: bool = True) -> CheckedJob:
         """The job with its values resolved; raises InvalidInputError (all problems in ``.problems``)."""
-        bad = self.problems(limits)
+        bad = self.problems(limits, content=content)
         if bad:
             raise InvalidInputError.of(bad)
         weights = [1.0] * len(self.styles) if self.weights is None else [float(w) for w in self.weights]
@@ -103,3 +105,13 @@ class CheckedJob:
 
 def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def temporal_problems(mode: str, strength: float | None) -> list[InvalidInputError]:
+    """Problems with a video's temporal mode (see ``adain.wire.TEMPORAL_MODES``) and strength."""
+    bad = []
+    if mode not in TEMPORAL_MODES:
+        bad.append(InvalidInputError("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {mode!r}"))
+    if strength is not None and (not _is_number(strength) or not 0 <= strength < 1):
+        bad.append(InvalidInputError("temporal_strength", f"must be a number in [0, 1), got {strength!r}"))
+    return bad

@@ -4,7 +4,6 @@ measures it (after pytorch-AdaIN's function.py)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 EPS = 1e-5
 # BT.601 full-range RGB -> Y (the JPEG convention), for the luminance-only colour mode.
@@ -19,9 +18,15 @@ def mean_std(feat: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.
     return flat.mean(dim=2).view(n, c, 1, 1), var.sqrt().view(n, c, 1, 1)
 
 
-def adain(content: torch.Tensor, style_mean: torch.Tensor, style_std: torch.Tensor) -> torch.Tensor:
-    """Renormalise content features to the style's per-channel mean and std."""
-    c_mean, c_std = mean_std(content)
+def adain(
+    content: torch.Tensor,
+    style_mean: torch.Tensor,
+    style_std: torch.Tensor,
+    content_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Renormalise content features to the style's per-channel mean and std. ``content_stats`` replaces
+    the content's own (mean, std), e.g. by a video's running average of them."""
+    c_mean, c_std = mean_std(content) if content_stats is None else content_stats
     return ((content.float() - c_mean) / c_std * style_std + style_mean).to(content.dtype)
 
 
@@ -66,11 +71,16 @@ def weighted_mean_std(feat: torch.Tensor, weight: torch.Tensor, eps: float = EPS
 
 
 def masked_adain(
-    content: torch.Tensor, weight: torch.Tensor, style_mean: torch.Tensor, style_std: torch.Tensor
+    content: torch.Tensor,
+    weight: torch.Tensor,
+    style_mean: torch.Tensor,
+    style_std: torch.Tensor,
+    content_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """AdaIN of one region: normalised by the content's statistics under the soft mask ``weight``
-    (N x 1 x H x W), so each region of a masked request keeps its own contrast; float32 out."""
-    c_mean, c_std = weighted_mean_std(content, weight)
+    (N x 1 x H x W), so each region of a masked request keeps its own contrast; float32 out.
+    ``content_stats`` replaces those statistics, as in :func:`adain`."""
+    c_mean, c_std = weighted_mean_std(content, weight) if content_stats is None else content_stats
     return (content.float() - c_mean) / c_std * style_std + style_mean
 
 
@@ -84,12 +94,14 @@ def with_luminance(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (rgb + (y - luminance(rgb))).clamp(0, 1)
 
 
-def style_loss(out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def style_loss(
+    out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...], weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum over the layers of MSE(channel means) + MSE(channel stds): the decoder's training style loss
-    and the quality benchmark's yardstick."""
-    total = torch.zeros((), device=out_feats[0].device)
+    and the quality benchmark's yardstick. ``weights`` (N) weigh the samples (training: each one's alpha)."""
+    per_sample = torch.zeros(out_feats[0].shape[0], device=out_feats[0].device)
     for o, s in zip(out_feats, style_feats):
         o_mean, o_std = mean_std(o)
         s_mean, s_std = mean_std(s)
-        total = total + F.mse_loss(o_mean, s_mean) + F.mse_loss(o_std, s_std)
-    return total
+        per_sample = per_sample + ((o_mean - s_mean) ** 2 + (o_std - s_std) ** 2).mean(dim=(1, 2, 3))
+    return (per_sample if weights is None else per_sample * weights).mean()

@@ -11,7 +11,7 @@ the content encoder and the decoder for many prepared jobs at once, batching tho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,16 +20,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from adain.cache import StyleCache
-from adain.decoder import ARCH_VERSION, load_decoder
+from adain.decoder import load_decoder
 from adain.encoder import Encoder, pad_to, padded_size
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job
-from adain.ops import adain, coral, luminance, masked_adain, mean_std, with_luminance
+from adain.ops import adain, coral, luminance, masked_adain, mean_std, weighted_mean_std, with_luminance
 from adain.precision import wants_bf16
 from adain.wire import Limits
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # (mean, std) of relu4_1, each 1 x C x 1 x 1
+Targets = list[tuple[torch.Tensor, torch.Tensor, float]]  # (mean, std, weight) of relu4_1 per style
 
 
 @dataclass
@@ -37,11 +38,14 @@ class Prepared:
     """A decoded job, ready for ``Stylizer.render``."""
 
     content: torch.Tensor  # 1 x 3 x H x W in [0, 1], on the model's device (grey for "luminance")
-    targets: list[tuple[torch.Tensor, torch.Tensor, float]]  # (mean, std, weight) of relu4_1 per style
+    targets: Targets
     alpha: float
     mask: torch.Tensor | None = None  # 1 x 1 x H x W in [0, 1]
     chroma_from: torch.Tensor | None = None  # the original RGB content, to keep its colours
     batch_key: tuple[int, int] = (0, 0)  # padded (H, W): equal keys share a batch
+    # Replaces the content statistics of region k before normalisation (a video's running average);
+    # called in render, in job order.
+    smooth: Callable[[int, Stats], Stats] | None = None
 
 
 class Stylizer:
@@ -75,7 +79,7 @@ class Stylizer:
         """What GetServerInfo reports of the model: weights, device, dtype and the limits enforced."""
         return {
             "model": "adain-vgg19-relu4_1",
-            "arch_version": ARCH_VERSION,
+            "arch_version": self.decoder.arch_version,
             "weights_version": self.decoder_file.version,
             "decoder_path": str(self.decoder_file.path),
             "decoder_meta": self.decoder_file.meta,
@@ -104,9 +108,10 @@ class Stylizer:
         return self.render([self.prepare(Job(c, styles, **options)) for c in contents])
 
     # --- step 1: decode, style statistics ----------------------------------------------------
-    def prepare(self, job: Job | CheckedJob) -> Prepared:
+    def prepare(self, job: Job | CheckedJob, targets: Targets | None = None) -> Prepared:
         """Decode a job (checking it first unless it is a CheckedJob) and look up (or compute) its style
-        statistics. Raises InvalidInputError."""
+        statistics, unless ``targets`` gives them (a video's frames reuse the first frame's). Raises
+        InvalidInputError."""
         if isinstance(job, Job):
             job = job.check(self.limits)
         max_pixels = self.limits.max_pixels
@@ -122,13 +127,14 @@ class Stylizer:
         if mask_img is not None:
             mask = to_tensor(mask_img.resize(img.size, Image.Resampling.BILINEAR)).to(self.device)
         # "coral" matches each style's colours to this content, so the content is part of the style's key.
-        content_key = image_key(img, "content") if job.color == "coral" else None
-        targets = []
-        for i, (source, w) in enumerate(zip(job.styles, job.weights)):
-            if w == 0 and mask is None:
-                continue  # a zero weight drops the style
-            mean, std = self._style_stats(source, f"styles[{i}]", job.style_size, job.color, content, content_key)
-            targets.append((mean, std, w))
+        content_key = image_key(img, "content") if job.color == "coral" and targets is None else None
+        if targets is None:
+            targets = []
+            for i, (source, w) in enumerate(zip(job.styles, job.weights)):
+                if w == 0 and mask is None:
+                    continue  # a zero weight drops the style
+                mean, std = self._style_stats(source, f"styles[{i}]", job.style_size, job.color, content, content_key)
+                targets.append((mean, std, w))
         chroma_from = None
         if job.color == "luminance":
             chroma_from = content
@@ -169,12 +175,15 @@ class Stylizer:
     @staticmethod
     def target(feat: torch.Tensor, job: Prepared) -> torch.Tensor:
         """AdaIN target for one content's relu4_1 (1 x C x h x w): styles mixed, then alpha."""
+        smooth = job.smooth or (lambda region, stats: stats)
         if job.mask is not None:
             m = F.interpolate(job.mask, size=feat.shape[2:], mode="bilinear", align_corners=False)
-            (fg_mean, fg_std, _), (bg_mean, bg_std, _) = job.targets
-            t = m * masked_adain(feat, m, fg_mean, fg_std) + (1 - m) * masked_adain(feat, 1 - m, bg_mean, bg_std)
+            t = 0
+            for k, (w, (mean, std, _)) in enumerate(zip((m, 1 - m), job.targets)):
+                t = t + w * masked_adain(feat, w, mean, std, smooth(k, weighted_mean_std(feat, w)))
         else:
-            t = sum(w * adain(feat, mean, std) for mean, std, w in job.targets)
+            stats = smooth(0, mean_std(feat))
+            t = sum(w * adain(feat, mean, std, stats) for mean, std, w in job.targets)
         return job.alpha * t + (1 - job.alpha) * feat.float()
 
     def render(self, jobs: Sequence[Prepared]) -> list[Image.Image]:
@@ -187,7 +196,9 @@ class Stylizer:
             with torch.inference_mode(), self._autocast():
                 feats = self.encoder.encode([jobs[i].content for i in idx])
                 targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(feats, idx)]
-                y = self.decoder(torch.cat(targets).to(feats[0].dtype, memory_format=torch.channels_last))
+                alphas = torch.tensor([jobs[i].alpha for i in idx], device=self.device)
+                x = torch.cat(targets).to(feats[0].dtype, memory_format=torch.channels_last)
+                y = self.decoder(x, alphas)
             for k, i in enumerate(idx):
                 job = jobs[i]
                 h, w = job.content.shape[2:]

@@ -28,14 +28,24 @@ FORMAT_ENUM = {name: pb.ImageFormat.Value(f"IMAGE_FORMAT_{name.upper()}") for na
 FORMAT_BY_ENUM = {value: name for name, value in FORMAT_ENUM.items()}
 
 # --- inputs ---------------------------------------------------------------------------------------
-INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # PIL's names of what is decoded
-INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # PIL's names of what is decoded (GIF: 1st frame)
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 # --- colour modes ---------------------------------------------------------------------------------
 COLOR_MODES = ("coral", "luminance")  # besides None: the output takes the style's colours
 COLOR_ENUM: dict[str | None, int] = {None: pb.PRESERVE_COLOR_NONE}
 COLOR_ENUM.update({name: pb.PreserveColor.Value(f"PRESERVE_COLOR_{name.upper()}") for name in COLOR_MODES})
 COLOR_BY_ENUM = {value: name for name, value in COLOR_ENUM.items()}
+
+
+# --- video: how frames are kept stable in time ---------------------------------------------------
+# none: each frame alone; smooth: the content statistics are a running average over the frames;
+# flow: the previous output, warped by the optical flow, is blended in where the flow is consistent.
+TEMPORAL_MODES = ("none", "smooth", "flow", "smooth-flow")
+DEFAULT_TEMPORAL = "smooth-flow"  # benchmarks/video.py: the most stable for its cost (see the README)
+DEFAULT_TEMPORAL_STRENGTH = 0.7
+TEMPORAL_ENUM = {name: pb.Temporal.Value(f"TEMPORAL_{name.upper().replace('-', '_')}") for name in TEMPORAL_MODES}
+TEMPORAL_BY_ENUM = {value: name for name, value in TEMPORAL_ENUM.items()}
 
 
 def format_name(text: str) -> str | None:

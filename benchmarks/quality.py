@@ -1,7 +1,7 @@
 """Content and style losses of AdaIN (ours) against simple baselines and Gatys et al.'s optimisation.
 
     python benchmarks/quality.py [--content DIR] [--style DIR] [--decoder PATH] [--size 512]
-        [--eval-size 256] [--gatys-size 256] [--gatys-steps 100] [--gatys-pairs 6] [--save-samples DIR]
+        [--eval-size 256] [--gatys-size 256] [--gatys-steps 100] [--gatys-pairs 6] [--save-samples DIR] [--sweep]
 
 Methods, per (content, style) pair:
 
@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--csv", type=Path, default=None, help="write per-pair losses and times here")
     p.add_argument("--save-samples", type=Path, default=None, help="write a few outputs here (for eyes only)")
     p.add_argument("--num-samples", type=int, default=6, help="how many pairs --save-samples writes")
+    p.add_argument("--sweep", action="store_true",
+                   help="alpha sweep (0, 0.25, 0.5, 0.75, 1) of the shipped decoder and, with --decoder, the candidate "
+                   "beside it: losses at each alpha, PSNR and SSIM against the content at alpha 0")
     args = p.parse_args(argv)
     for name in ("size", "eval_size", "gatys_size", "gatys_steps"):
         if getattr(args, name) < 1:
@@ -154,6 +157,78 @@ class Evaluator:
         _, c4 = self.content_ref(*content)
         t = adain(c4, *mean_std(self.style_ref(*style).relu4_1))
         return F.mse_loss(t, c4).item()
+
+
+# --- fidelity at alpha 0 ------------------------------------------------------------------------
+SWEEP_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR in dB of two 1 x 3 x H x W images in [0, 1]."""
+    mse = F.mse_loss(out.float(), ref.float()).item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean SSIM (Wang et al. 2004: 11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, range 1) over the
+    RGB channels of two 1 x 3 x H x W images in [0, 1]; valid windows only."""
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    g = (g / g.sum()).float()
+    window = (g[:, None] * g[None, :]).expand(3, 1, 11, 11).contiguous()
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, window, groups=3)
+
+    x, y = out.float(), ref.float()
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean().item()
+
+
+def alpha_sweep(
+    decoders: list[tuple[str, Stylizer]],
+    pairs: list[tuple[str, str]],
+    contents: dict[str, Image.Image],
+    styles: dict[str, Image.Image],
+    ev: Evaluator,
+    size: int,
+    style_size: int,
+) -> list[tuple[str, float, float, float, float | None, float | None]]:
+    """(decoder, alpha, content loss, style loss, PSNR, SSIM) means over the pairs; PSNR/SSIM at alpha 0
+    only, against the content at the size it was stylized at."""
+    rows = []
+    for label, st in decoders:
+        for a in SWEEP_ALPHAS:
+            cl, sl, ps, ss = [], [], [], []
+            for pair in tqdm(pairs, desc=f"sweep {label} alpha {a:g}", unit="pair", dynamic_ncols=True, leave=False):
+                c, s = (pair[0], contents[pair[0]]), (pair[1], styles[pair[1]])
+                out = st.stylize(c[1], s[1], alpha=a, content_size=size, style_size=style_size)
+                closs, sloss = ev.losses(out, c, s)
+                cl.append(closs)
+                sl.append(sloss)
+                if a == 0:
+                    ref = to_tensor(resize_longest(c[1], size))
+                    ps.append(psnr(to_tensor(out), ref))
+                    ss.append(ssim(to_tensor(out), ref))
+            mean = statistics.fmean
+            rows.append((label, a, mean(cl), mean(sl), mean(ps) if ps else None, mean(ss) if ss else None))
+    return rows
+
+
+def print_sweep(rows: list[tuple[str, float, float, float, float | None, float | None]]) -> None:
+    print("| decoder | alpha | content loss | style loss | PSNR vs content (dB) | SSIM vs content |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, a, cl, sl, ps, ss in rows:
+        extra = f"{ps:.2f} | {ss:.3f}" if ps is not None else "– | –"
+        print(f"| {label} | {a:g} | {cl:.4g} | {sl:.4g} | {extra} |")
+    for label in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == label]
+        style_falls = all(b[3] <= a[3] for a, b in zip(mine, mine[1:]))
+        content_rises = all(b[2] >= a[2] for a, b in zip(mine, mine[1:]))
+        print(f"- {label}: as alpha goes 0 -> 1 the style loss {'falls' if style_falls else 'does NOT fall'} "
+              f"monotonically and the content loss {'rises' if content_rises else 'does NOT rise'} monotonically.")
 
 
 # --- Gatys et al. ---------------------------------------------------------------------------------
@@ -402,6 +477,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if len(pairs) < len(all_pairs):
         print(f"- ours and baselines: a seeded subset of {len(pairs)} of the {len(all_pairs)} pairs.")
+
+    if args.sweep:
+        decoders = [("shipped", Stylizer(None, args.device, cache_size=0))]
+        if args.decoder:
+            decoders.append((f"candidate ({Path(args.decoder).name})", stylizer))
+        rows = alpha_sweep(decoders, pairs, contents, styles, ev, args.size, ours_style_size)
+        print()
+        print(f"Alpha sweep, {len(pairs)} pairs, content {args.size} px (losses as above; PSNR and SSIM at alpha 0, "
+              f"against the content at {args.size} px, the size it was stylized at):")
+        print()
+        print_sweep(rows)
 
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

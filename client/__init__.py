@@ -19,6 +19,7 @@ from ._client import (
     StyleTransferError,
     StylizeResult,
     Timings,
+    VideoFrameResult,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "StyleTransferError",
     "StylizeResult",
     "Timings",
+    "VideoFrameResult",
 ]

@@ -6,7 +6,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from adain.wire import (
     REQUEST_ID_KEY,
     SERVICE_NAME,
     STYLE_ID_PREFIX,
+    TEMPORAL_ENUM,
     color_mode,
     format_name,
 )
@@ -102,6 +103,23 @@ class StylizeResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.image)
         return path
+
+
+@dataclass(frozen=True)
+class VideoFrameResult:
+    """One stylized frame of a StylizeVideo stream (``index`` counts from 0, in the order sent)."""
+
+    image: bytes
+    index: int
+    width: int
+    height: int
+    format: str
+    timings: Timings
+
+    def to_pil(self) -> Image.Image:
+        img = Image.open(io.BytesIO(self.image))
+        img.load()
+        return img
 
 
 def _local_error(field: str, message: str) -> StyleTransferError:
@@ -311,28 +329,8 @@ class StyleTransferClient:
         side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
         ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
         """
-        fmt = format_name(format)
-        if fmt is None:
-            raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
-        color = color_mode(preserve_color)
-        if color not in COLOR_ENUM:
-            raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
-        request = pb.StylizeRequest(
-            content=image_bytes(content, "content"),
-            styles=_styles(styles, weights),
-            preserve_color=COLOR_ENUM[color],
-            content_size=_uint(content_size, "content_size"),
-            style_size=_uint(style_size, "style_size"),
-            format=FORMAT_ENUM[fmt],
-            quality=_uint(quality, "quality"),
-        )
-        if alpha is not None:
-            try:
-                request.alpha = float(alpha)
-            except (TypeError, ValueError):
-                raise _local_error("alpha", f"not a number: {alpha!r}") from None
-        if mask is not None:
-            request.mask = image_bytes(mask, "mask")
+        request = pb.StylizeRequest(content=image_bytes(content, "content"))
+        _fill(request, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
         reply, rid = self._call(self._stub.Stylize, request, timeout, request_id)
         t = reply.timings
         return StylizeResult(
@@ -343,6 +341,78 @@ class StyleTransferClient:
             timings=Timings(t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size),
             request_id=reply.request_id or rid or "",
         )
+
+    def stylize_video(
+        self,
+        frames: Iterable[ImageInput],
+        styles: Any,
+        *,
+        weights: Sequence[float] | None = None,
+        alpha: float | None = 1.0,
+        preserve_color: str | bool | None = None,
+        mask: ImageInput | None = None,
+        content_size: int = 0,
+        style_size: int = 0,
+        temporal: str | None = None,
+        temporal_strength: float | None = None,
+        format: str = "png",
+        quality: int = DEFAULT_QUALITY,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[VideoFrameResult]:
+        """Stylize a video's frames in order over one StylizeVideo stream; yields each stylized frame as
+        it comes back, in order.
+
+        ``frames`` is an iterable of images (paths, bytes or PIL images), read lazily as the stream goes:
+        gRPC's flow control holds it back while the server has a window of frames in flight. The other
+        options are :meth:`stylize`'s, plus ``temporal`` ("none", "smooth", "flow" or "smooth-flow"; None:
+        the server's default) and ``temporal_strength`` in [0, 1) (None: the server's default).
+        ``timeout`` bounds the whole stream (None: no deadline; the instance default is not used, since a
+        clip may take far longer than one image). An exception raised while reading ``frames`` cancels
+        the stream and is raised here.
+        """
+        options = pb.VideoOptions()
+        _fill(options, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
+        if temporal is not None:
+            if temporal not in TEMPORAL_ENUM:
+                raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
+            options.temporal = TEMPORAL_ENUM[temporal]
+        if temporal_strength is not None:
+            options.temporal_strength = _float(temporal_strength, "temporal_strength")
+        failure: list[Exception] = []
+        holder: list[Any] = []
+
+        def requests() -> Iterator[pb.VideoRequest]:
+            yield pb.VideoRequest(options=options)
+            try:
+                for i, frame in enumerate(frames):
+                    yield pb.VideoRequest(frame=image_bytes(frame, f"frames[{i}]"))
+            except Exception as e:  # noqa: BLE001 - raised again in the caller's thread (GeneratorExit is
+                failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
+                holder[0].cancel()
+
+        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
+        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=metadata)
+        holder.append(call)
+        try:
+            for reply in call:
+                t = reply.timings
+                yield VideoFrameResult(
+                    image=reply.image,
+                    index=reply.index,
+                    width=reply.width,
+                    height=reply.height,
+                    format=FORMAT_BY_ENUM.get(reply.format, "png"),
+                    timings=Timings(t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size),
+                )
+        except grpc.RpcError as e:
+            if failure:
+                raise failure[0] from None
+            raise _rpc_error(e, request_id) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; frees the server's state if we stopped early
+        if failure:
+            raise failure[0]
 
     def register_style(
         self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None
@@ -375,6 +445,44 @@ class StyleTransferClient:
                 if isinstance(value, str) and value.isdigit():  # uint64 fields come as strings in JSON form
                     info[group][key] = int(value)
         return info
+
+
+def _fill(
+    msg: pb.StylizeRequest | pb.VideoOptions,
+    styles: Any,
+    weights: Sequence[float] | None,
+    alpha: float | None,
+    preserve_color: str | bool | None,
+    mask: ImageInput | None,
+    content_size: int,
+    style_size: int,
+    format: str,
+    quality: int,
+) -> None:
+    """Set the options a StylizeRequest and a VideoOptions share, checking what can be checked here."""
+    fmt = format_name(format)
+    if fmt is None:
+        raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
+    color = color_mode(preserve_color)
+    if color not in COLOR_ENUM:
+        raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
+    msg.styles.extend(_styles(styles, weights))
+    msg.preserve_color = COLOR_ENUM[color]
+    msg.content_size = _uint(content_size, "content_size")
+    msg.style_size = _uint(style_size, "style_size")
+    msg.format = FORMAT_ENUM[fmt]
+    msg.quality = _uint(quality, "quality")
+    if alpha is not None:
+        msg.alpha = _float(alpha, "alpha")
+    if mask is not None:
+        msg.mask = image_bytes(mask, "mask")
+
+
+def _float(value: Any, field: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _local_error(field, f"not a number: {value!r}") from None
 
 
 def _uint(value: Any, field: str) -> int:

@@ -30,15 +30,18 @@ from adain.wire import (
     COLOR_MODES,
     DEFAULT_ADDRESS,
     DEFAULT_QUALITY,
+    DEFAULT_TEMPORAL,
     FORMAT_SUFFIXES,
     FORMATS,
     INPUT_SUFFIXES,
     STYLE_ID_PREFIX,
+    TEMPORAL_MODES,
     format_from_suffix,
     format_name,
 )
 
 from ._client import StyleRef, StyleTransferClient, StyleTransferError
+from .video import is_video, stylize_video_file
 
 PROG = "adain-stylize"
 
@@ -61,14 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         "  adain-stylize photos/ --style a.jpg --style b.jpg -o stylized/ --format jpeg",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("content", metavar="CONTENT", help="content image, or a folder of them (every image x every style)")
+    p.add_argument("content", metavar="CONTENT",
+                   help="content image or video (MP4, MOV, MKV, WebM, animated GIF), or a folder of them (every "
+                   "content x every style)")
     p.add_argument(
         "-s", "--style", action="append", required=True, metavar="STYLE[:WEIGHT]",
         help="style image path, optionally with a weight after the last ':' (default 1); or id:STYLE_ID[:WEIGHT] "
         "for a registered style. Repeat to blend several (one content) or to run each (folder).",
     )
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (format from its extension: .png, .jpg/.jpeg, .webp); a folder for a folder")
+                   help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .mov, "
+                   ".mkv, .webm or .gif); a folder for a folder")
     p.add_argument("--alpha", type=unit_interval, default=1.0, help="style strength in [0, 1] (default 1)")
     p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_MODES, default=None,
                    help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
@@ -94,7 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
     p.add_argument("-j", "--jobs", type=non_negative_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
+    p.add_argument("--temporal", type=one_of(TEMPORAL_MODES), default=None, metavar="MODE",
+                   help=f"video: how frames are kept stable in time: {', '.join(TEMPORAL_MODES)} (default: the "
+                   f"server's, {DEFAULT_TEMPORAL})")
+    p.add_argument("--temporal-strength", type=_strength, default=None, metavar="S",
+                   help="video: how much of the past each frame keeps, in [0, 1) (default: the server's)")
     return p
+
+
+def _strength(text: str) -> float:
+    value = unit_interval(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 def parse_style(text: str) -> tuple[str, float]:
@@ -191,15 +209,72 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
     return 0
 
 
+def _video_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = _options(args)
+    del options["quality"]  # frames travel as JPEG 95; the output's quality is the video encoder's
+    return {**options, "temporal": args.temporal, "temporal_strength": args.temporal_strength}
+
+
+def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: Path, out: Path, styles: Any) -> int:
+    """One video, with a progress bar of frames and frames per second. Raises MediaError,
+    StyleTransferError or OSError (see ``_video_error``)."""
+    from tqdm import tqdm
+
+    bar = tqdm(unit="frame", desc=src.name, disable=None)
+    try:
+        return stylize_video_file(client, src, out, styles, on_start=lambda n: bar.reset(total=n or None),
+                                  on_frame=lambda: bar.update(1), **_video_options(args))
+    finally:
+        bar.close()
+
+
+def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -> CliError:
+    if isinstance(e, StyleTransferError):
+        return CliError(f"{src}: {_describe(e, args.server)}")
+    if isinstance(e, OSError):
+        return CliError(f"-o {out}: cannot write: {e.strerror or e}")
+    return CliError(str(e))  # MediaError: names the file and the problem
+
+
+def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
+    from adain.media import VIDEO_SUFFIXES
+
+    src = Path(args.content)
+    out = Path(args.output)
+    if out.is_dir():  # the same container as the input, named after it
+        out = out / f"{src.stem}_stylized{_video_suffix(src)}"
+    elif out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise CliError(f"-o {out}: {src} is a video, so the output must be a video file "
+                       f"({', '.join(VIDEO_SUFFIXES)}) or a folder")
+    from adain.media import MediaError
+
+    try:
+        n = _stylize_video(client, args, src, out, [(s, w) for s, w in styles])
+    except (MediaError, StyleTransferError, OSError) as e:
+        raise _video_error(e, args, src, out) from None
+    print(f"{out} ({n} frames)")
+    return 0
+
+
+def _video_suffix(src: Path) -> str:
+    from adain.media import VIDEO_SUFFIXES
+
+    return src.suffix.lower() if src.suffix.lower() in VIDEO_SUFFIXES else ".mp4"
+
+
 def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     from tqdm import tqdm
+
+    from adain.media import VIDEO_SUFFIXES, MediaError
 
     folder = Path(args.content)
     if args.mask is not None:
         raise CliError("--mask needs one content file and 2 styles; a folder runs each style alone")
-    contents = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
-    if not contents:
-        raise CliError(f"{folder}: no images in this folder ({', '.join(INPUT_SUFFIXES)})")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES + VIDEO_SUFFIXES)
+    videos = [p for p in files if is_video(p)]
+    contents = [p for p in files if p not in videos]
+    if not files:
+        raise CliError(f"{folder}: no images or videos in this folder ({', '.join(INPUT_SUFFIXES + VIDEO_SUFFIXES)})")
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"-o {out_dir}: a content folder needs an output folder, and this is a file")
@@ -249,7 +324,21 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
                 if isinstance(err, OSError):
                     raise CliError(f"{out}: cannot write: {err.strerror or err}")
                 raise err
-    print(f"{len(tasks) - failed} of {len(tasks)} images written to {out_dir}")
+    video_tasks = [(v, ref, out_dir / f"{v.stem}_stylized_{stem}{_video_suffix(v)}")
+                   for v in videos for ref, stem in refs]
+    for src, ref, out in video_tasks:  # one at a time: a stream keeps the server busy on its own
+        try:
+            _stylize_video(client, args, src, out, ref)
+        except (MediaError, StyleTransferError, OSError) as e:
+            bad_input = isinstance(e, MediaError) or (
+                isinstance(e, StyleTransferError) and e.code == grpc.StatusCode.INVALID_ARGUMENT
+            )
+            if not bad_input:
+                raise _video_error(e, args, src, out) from None
+            failed += 1  # a bad video: say so and go on with the others
+            print(f"{PROG}: error: {_video_error(e, args, src, out)}", file=sys.stderr, flush=True)
+    total = len(tasks) + len(video_tasks)
+    print(f"{total - failed} of {total} outputs written to {out_dir} ({len(tasks)} images, {len(video_tasks)} videos)")
     return 1 if failed else 0
 
 
@@ -275,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ) as client:
             if content.is_dir():
                 return _run_folder(client, args, styles)
+            if is_video(content):
+                return _run_video(client, args, styles)
             return _run_single(client, args, styles)
     except CliError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)

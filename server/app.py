@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -26,7 +27,8 @@ from PIL import Image
 
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from adain.wire import SERVICE_NAME
+from adain.video import VideoStream
+from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
 
 from .batcher import Batcher
 from .config import Settings
@@ -34,6 +36,7 @@ from .drain import Drain
 from .metrics import Metrics
 from .registry import StyleRegistry
 from .service import StyleTransferServicer
+from .video import VideoLimits, VideoService
 
 log = logging.getLogger("adain.server")
 
@@ -67,7 +70,12 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
             max_styles=limits["max_styles"],
             max_message_bytes=settings.max_message_bytes,
             style_registry_size=settings.style_registry_size,
+            max_video_frames=settings.max_video_frames,
+            max_video_streams=settings.max_video_streams,
+            video_window=settings.video_window,
         ),
+        default_temporal=TEMPORAL_ENUM[settings.temporal],
+        default_temporal_strength=settings.temporal_strength,
         batching=pb.Batching(
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
@@ -113,6 +121,19 @@ class StyleTransferServer:
             limits=stylizer.limits,
             info=server_info(settings, stylizer.info),
             drain=self.drain,
+            video=VideoService(
+                open_stream=functools.partial(VideoStream.checked, stylizer),
+                batcher=self.batcher,
+                pool=self.pool,
+                metrics=self.metrics,
+                limits=VideoLimits(
+                    max_frames=settings.max_video_frames,
+                    max_streams=settings.max_video_streams,
+                    window=settings.video_window,
+                    default_temporal=settings.temporal,
+                    default_strength=settings.temporal_strength,
+                ),
+            ),
         )
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -95,12 +95,13 @@ class Batcher:
         self._thread: threading.Thread | None = None
 
     # -- event-loop side ------------------------------------------------------------------------
-    def admit(self) -> Ticket:
-        """Take a place in the queue bound, or raise QueueFullError / ClosedError."""
+    def admit(self, bounded: bool = True) -> Ticket:
+        """Take a place in the queue bound, or raise QueueFullError / ClosedError. ``bounded=False`` is
+        for work bounded elsewhere (a video stream's window of frames): it is counted, never refused."""
         with self._cond:
             if self._closed:
                 raise ClosedError("the server is shutting down")
-            if self._admitted >= self.max_queue:
+            if bounded and self._admitted >= self.max_queue:
                 raise QueueFullError(f"the request queue is full (max_queue={self.max_queue})")
             self._admitted += 1
             return Ticket(self)

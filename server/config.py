@@ -13,9 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from adain.argtypes import int_in_range, non_negative_float, non_negative_int, one_of, positive_float, positive_int
+from adain.argtypes import (
+    int_in_range,
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from adain.precision import PRECISIONS
-from adain.wire import DEFAULT_HOST, DEFAULT_PORT, Limits
+from adain.wire import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH, TEMPORAL_MODES, Limits
 
 ENV_PREFIX = "ADAIN_"
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,6 +53,11 @@ class Settings:
     style_registry_size: int = 256
     style_registry_mb: float = 1024
     style_cache_size: int = 64
+    max_video_frames: int = 9000
+    max_video_streams: int = 2
+    video_window: int = 4
+    temporal: str = DEFAULT_TEMPORAL
+    temporal_strength: float = DEFAULT_TEMPORAL_STRENGTH
     tls_cert: str | None = None
     tls_key: str | None = None
     grace_seconds: float = 10
@@ -72,6 +85,13 @@ class Settings:
 
 def _optional_path(text: str) -> str | None:
     return text or None
+
+
+def _strength(text: str) -> float:
+    value = unit_interval(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 def _device(text: str) -> str:
@@ -104,6 +124,13 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "style-registry-size": (positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
     "style-registry-mb": (positive_float, "most bytes of style images kept by RegisterStyle, MiB"),
     "style-cache-size": (positive_int, "style feature cache entries (by image hash and size)"),
+    "max-video-frames": (positive_int, "most frames in one StylizeVideo stream"),
+    "max-video-streams": (positive_int, "most StylizeVideo streams at once; beyond: RESOURCE_EXHAUSTED"),
+    "video-window": (positive_int, "frames of one video stream being prepared, rendered or sent at once"),
+    "temporal": (one_of(TEMPORAL_MODES), f"temporal mode of video streams that do not choose one: "
+                 f"{', '.join(TEMPORAL_MODES)}"),
+    "temporal-strength": (_strength, "how much of the past a video frame keeps, in [0, 1), when a stream "
+                          "does not say"),
     "tls-cert": (_optional_path, "PEM certificate chain file; with --tls-key, serve TLS"),
     "tls-key": (_optional_path, "PEM private key file; with --tls-cert, serve TLS"),
     "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),

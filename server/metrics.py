@@ -40,6 +40,8 @@ class Metrics:
         )
         self.queue_depth = Gauge("adain_queue_depth", "Stylize requests admitted and not yet rendering", registry=r)
         self.registered_styles = Gauge("adain_registered_styles", "Styles held by the style registry", registry=r)
+        self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)
+        self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
         self._http = None
 
     def observe_batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None:

@@ -9,78 +9,36 @@ servicer adds only what the protocol itself brings (style ids, enum values, outp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, encode_image, load_image
-from adain.job import CheckedJob, Job
+from adain.job import CheckedJob, Job, temporal_problems
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from adain.wire import COLOR_BY_ENUM, DEFAULT_QUALITY, FORMAT_BY_ENUM, REQUEST_ID_KEY, Limits
+from adain.wire import COLOR_BY_ENUM, DEFAULT_QUALITY, FORMAT_BY_ENUM, REQUEST_ID_KEY, TEMPORAL_BY_ENUM, Limits
 
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
+from .errors import ServiceError, Violation, status_trailers
 from .metrics import Metrics
 from .registry import StyleRegistry
+from .video import VideoService
 
 if TYPE_CHECKING:
     from adain.stylizer import Stylizer
 
 log = logging.getLogger("adain.server")
-
-
-@dataclass
-class Violation:
-    field: str
-    description: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.description}"
-
-
-class ServiceError(Exception):
-    """Ends a call with ``code``; INVALID_ARGUMENT carries google.rpc.BadRequest field violations."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, violations: list[Violation] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.violations = violations or []
-
-    @classmethod
-    def invalid(cls, violations: list[Violation]) -> ServiceError:
-        return cls(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(str(v) for v in violations), violations)
-
-
-def _status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:
-    """The grpc-status-details-bin trailer of a rich google.rpc.Status (BadRequest when there are violations)."""
-    status = status_pb2.Status(code=err.code.value[0], message=err.message)
-    if err.violations:
-        detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in err.violations
-                ]
-            )
-        )
-        status.details.append(detail)
-    assert status.code != code_pb2.OK
-    return tuple(rpc_status.to_status(status).trailing_metadata)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -90,57 +48,75 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return str(uuid.uuid4())
 
 
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext, str], Awaitable[Any]]
+@contextlib.asynccontextmanager
+async def _call(servicer: StyleTransferServicer, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[str]:
+    """Around every call: request id, draining check, in-flight count, status mapping, metrics, access log.
+    Yields the request id."""
+    rid = _request_id(context)
+    rid_md = ((REQUEST_ID_KEY, rid),)
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    detail = ""
+    try:
+        with servicer.drain.track():
+            await context.send_initial_metadata(rid_md)
+            if servicer.drain.draining:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            yield rid
+            context.set_trailing_metadata(rid_md)
+    except ServiceError as e:
+        code, detail = e.code, e.message
+        await context.abort(e.code, e.message, trailing_metadata=rid_md + status_trailers(e))
+    except (asyncio.CancelledError, GeneratorExit):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        raise
+    except grpc.aio.AbortError:
+        code = context.code() or grpc.StatusCode.UNKNOWN
+        raise
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("request %s: %s failed", rid, method)
+        detail = f"internal error (request id {rid})"
+        await context.abort(code, detail, trailing_metadata=rid_md)
+    finally:
+        elapsed = time.perf_counter() - start
+        servicer.metrics.requests.labels(method, code.name).inc()
+        servicer.metrics.request_seconds.labels(method).observe(elapsed)
+        quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
+        level = logging.INFO if quiet else logging.WARNING
+        log.log(level, "request_id=%s method=%s code=%s ms=%.1f%s", rid, method, code.name, elapsed * 1000,
+                f" detail={detail!r}" if detail else "")
 
 
-def rpc(method: str) -> Callable[[Handler], Callable[..., Awaitable[Any]]]:
-    """Wrap a handler: request id, draining check, in-flight count, status mapping, metrics, access log."""
+def rpc(method: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """A unary handler ``fn(self, request, context, rid)`` inside :func:`_call`."""
 
-    def wrap(fn: Handler) -> Callable[..., Awaitable[Any]]:
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
         async def handler(self: StyleTransferServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            rid = _request_id(context)
-            rid_md = ((REQUEST_ID_KEY, rid),)
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            detail = ""
-            try:
-                with self.drain.track():
-                    await context.send_initial_metadata(rid_md)
-                    if self.drain.draining:
-                        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-                    reply = await fn(self, request, context, rid)
-                    context.set_trailing_metadata(rid_md)
-                    return reply
-            except ServiceError as e:
-                code, detail = e.code, e.message
-                await context.abort(e.code, e.message, trailing_metadata=rid_md + _status_trailers(e))
-            except asyncio.CancelledError:
-                remaining = context.time_remaining()
-                expired = remaining is not None and remaining <= 0
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("request %s: %s failed", rid, method)
-                detail = f"internal error (request id {rid})"
-                await context.abort(code, detail, trailing_metadata=rid_md)
-            finally:
-                elapsed = time.perf_counter() - start
-                self.metrics.requests.labels(method, code.name).inc()
-                self.metrics.request_seconds.labels(method).observe(elapsed)
-                quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
-                level = logging.INFO if quiet else logging.WARNING
-                log.log(level, "request_id=%s method=%s code=%s ms=%.1f%s", rid, method, code.name, elapsed * 1000,
-                        f" detail={detail!r}" if detail else "")
+            async with _call(self, method, context) as rid:
+                return await fn(self, request, context, rid)
 
         return handler
 
     return wrap
 
+
+def stream_rpc(method: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
+    """A streaming handler ``fn(self, requests, context, rid)`` (an async generator) inside :func:`_call`."""
+
+    def wrap(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        @functools.wraps(fn)
+        async def handler(self: StyleTransferServicer, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with _call(self, method, context) as rid:
+                async for reply in fn(self, requests, context, rid):
+                    yield reply
+
+        return handler
+
+    return wrap
 
 
 class StyleTransferServicer(pb_grpc.StyleTransferServicer):
@@ -155,6 +131,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         limits: Limits,
         info: pb.ServerInfo,
         drain: Drain,
+        video: VideoService,
     ) -> None:
         self.stylizer = stylizer
         self.batcher = batcher
@@ -164,9 +141,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.limits = limits
         self.info = info  # GetServerInfo's reply, less what changes (registered_styles)
         self.drain = drain
+        self.video = video
 
     # -- request -> checked job ------------------------------------------------------------------
-    def _style(self, style: pb.Style, i: int, bad: list[Violation]) -> Any:
+    def _style(self, style: pb.Style, i: int, bad: list[Violation], prefix: str) -> Any:
         """A request's style as an image source; a registered id becomes its bytes, keyed by the id."""
         which = style.WhichOneof("source")
         if which == "image":
@@ -174,13 +152,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if i >= self.limits.max_styles:  # the request fails on the count: no lookups, no violations
             return b""
         if which != "style_id":
-            bad.append(Violation(f"styles[{i}]", "set image or style_id"))
+            bad.append(Violation(f"{prefix}styles[{i}]", "set image or style_id"))
             return b""
         data = self.registry.get(style.style_id)
         if data is None:
             bad.append(
                 Violation(
-                    f"styles[{i}].style_id",
+                    f"{prefix}styles[{i}].style_id",
                     f"unknown style id {style.style_id!r} (never registered, or dropped from the registry of "
                     f"{self.registry.max_count}); register it with RegisterStyle",
                 )
@@ -188,29 +166,40 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             return b""
         return KeyedImage(style.style_id, data)
 
-    def _check(self, request: pb.StylizeRequest) -> CheckedJob:
-        """The request as a checked Job, or one INVALID_ARGUMENT listing every problem."""
+    def _check(
+        self,
+        msg: pb.StylizeRequest | pb.VideoOptions,
+        content: bytes | None,
+        prefix: str = "",
+        more: list[InvalidInputError] | None = None,
+    ) -> CheckedJob:
+        """A request (or a video's options, ``content`` None, fields under ``prefix``) as a checked Job,
+        or one INVALID_ARGUMENT listing every problem, ``more`` (the caller's own) included."""
         bad: list[Violation] = []
         job = Job(
-            content=request.content,
-            styles=[self._style(style, i, bad) for i, style in enumerate(request.styles)],
-            weights=[style.weight if style.HasField("weight") else 1.0 for style in request.styles],
-            alpha=request.alpha if request.HasField("alpha") else 1.0,
-            preserve_color=COLOR_BY_ENUM.get(request.preserve_color, "none"),
-            mask=request.mask or None,
-            content_size=request.content_size or None,
-            style_size=request.style_size or None,
+            content=content,
+            styles=[self._style(style, i, bad, prefix) for i, style in enumerate(msg.styles)],
+            weights=[style.weight if style.HasField("weight") else 1.0 for style in msg.styles],
+            alpha=msg.alpha if msg.HasField("alpha") else 1.0,
+            preserve_color=COLOR_BY_ENUM.get(msg.preserve_color, "none"),
+            mask=msg.mask or None,
+            content_size=msg.content_size or None,
+            style_size=msg.style_size or None,
         )
-        if request.preserve_color not in COLOR_BY_ENUM:
-            bad.append(Violation("preserve_color", f"unknown value {request.preserve_color}"))
-        if request.format not in FORMAT_BY_ENUM:
-            bad.append(Violation("format", f"unknown value {request.format} (PNG, JPEG or WEBP)"))
-        if request.quality > 100:
-            bad.append(Violation("quality", f"must be in [1, 100] (0 means {DEFAULT_QUALITY}), got {request.quality}"))
+        if msg.preserve_color not in COLOR_BY_ENUM:
+            bad.append(Violation(f"{prefix}preserve_color", f"unknown value {msg.preserve_color}"))
+        if msg.format not in FORMAT_BY_ENUM:
+            bad.append(Violation(f"{prefix}format", f"unknown value {msg.format} (PNG, JPEG or WEBP)"))
+        if msg.quality > 100:
+            bad.append(
+                Violation(f"{prefix}quality", f"must be in [1, 100] (0 means {DEFAULT_QUALITY}), got {msg.quality}")
+            )
+        problems = list(more or [])
         try:
-            checked = job.check(self.limits)
+            checked = job.check(self.limits, content=content is not None)
         except InvalidInputError as e:
-            bad += [Violation(_proto_field(p.field, request), p.description) for p in e.problems]
+            problems = list(e.problems) + problems
+        bad += [Violation(prefix + _proto_field(p.field, msg), p.description) for p in problems]
         if bad:
             raise ServiceError.invalid(bad)
         return checked
@@ -218,7 +207,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     # -- RPCs ------------------------------------------------------------------------------------
     @rpc("Stylize")
     async def Stylize(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
-        job = self._check(request)
+        job = self._check(request, request.content)
         try:
             ticket = self.batcher.admit()
         except QueueFullError as e:
@@ -293,6 +282,24 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.metrics.registered_styles.set(len(self.registry))
         return pb.RegisterStyleResponse(style_id=key, width=img.width, height=img.height)
 
+    @stream_rpc("StylizeVideo")
+    async def StylizeVideo(
+        self, requests: AsyncIterator[pb.VideoRequest], context: grpc.aio.ServicerContext, rid: str
+    ) -> AsyncIterator[pb.VideoFrame]:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("part") != "options":
+            raise ServiceError.invalid([Violation("options", "the first message of a stream must carry the options")])
+        opts = first.options
+        temporal = TEMPORAL_BY_ENUM.get(opts.temporal, "?") if opts.temporal else self.video.default_temporal
+        strength = opts.temporal_strength if opts.HasField("temporal_strength") else self.video.default_strength
+        more = temporal_problems(temporal, strength)
+        if temporal == "?":
+            more = [InvalidInputError("temporal", f"unknown value {opts.temporal}")]
+        job = self._check(opts, None, "options.", more)
+        quality = opts.quality or DEFAULT_QUALITY
+        async for frame in self.video.run(job, temporal, strength, opts.format, quality, requests, context):
+            yield frame
+
     @rpc("GetServerInfo")
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
         reply = pb.ServerInfo()
@@ -301,7 +308,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         return reply
 
 
-def _proto_field(field: str, request: pb.StylizeRequest) -> str:
+def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> str:
     """A Job field as the request's field path: what the proto adds is the style's source
     ("styles[1]" -> "styles[1].image" or "styles[1].style_id")."""
     if field.startswith("styles[") and field.endswith("]"):

@@ -41,3 +41,58 @@ def make_mask(w: int = 64, h: int = 48) -> bytes:
 def pixels(data: bytes) -> np.ndarray:
     """Decoded RGB pixels of encoded image bytes, as int16 (differences do not wrap)."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, audio: bool = False) -> None:
+    """A clip of a square moving over a gradient, written with PyAV (codec from the suffix: H.264 for
+    .mp4/.mov/.mkv, VP9 for .webm, GIF for .gif); ``audio`` adds a 440 Hz tone (AAC, Opus for .webm)."""
+    import av
+
+    path = str(path)
+    codec = "libvpx-vp9" if path.endswith(".webm") else "gif" if path.endswith(".gif") else "libx264"
+    out = av.open(path, "w")
+    stream = out.add_stream(codec, rate=fps)
+    stream.width, stream.height = w, h
+    stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+    webm = path.endswith(".webm")
+    a = out.add_stream("libopus" if webm else "aac", rate=48000 if webm else 44100) if audio else None
+    base = np.asarray(synth_image(w, h, seed=5, kind="gradient"))
+    for i in range(frames):
+        arr = base.copy()
+        x = (3 * i) % max(1, w - 16)
+        arr[h // 3 : h // 3 + 16, x : x + 16] = (230, 120, 30)
+        frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    if a is not None:
+        step, total, t = (960 if webm else 1024), int(frames / fps * a.rate), 0
+        while t < total:
+            k = np.arange(t, t + step)
+            tone = (0.2 * np.sin(2 * np.pi * 440 * k / a.rate)).astype(np.float32)[None, :]
+            af = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            af.sample_rate, af.pts = a.rate, t
+            for packet in a.encode(af):
+                out.mux(packet)
+            t += step
+        for packet in a.encode(None):
+            out.mux(packet)
+    out.close()
+
+
+def video_facts(path) -> dict:
+    """Frame count, rate, size and audio of a video file, by decoding it."""
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        n = sum(1 for _ in c.decode(v))
+        audio = c.streams.audio[0] if c.streams.audio else None
+        facts = {"frames": n, "rate": v.average_rate, "size": (v.codec_context.width, v.codec_context.height),
+                 "codec": v.codec_context.name, "audio": audio.codec_context.name if audio else None}
+    if audio is not None:
+        with av.open(str(path)) as c:
+            facts["audio_packets"] = sum(1 for p in c.demux(c.streams.audio[0]) if p.size)
+    return facts

@@ -87,7 +87,7 @@ BAD = {
     "truncated png": encoded(synth_image(64, 64), "PNG")[:300],
     "zero-size png": _png_header_only(0, 10),
     "zero-size bmp": _bmp_zero_width(),
-    "gif (unsupported)": encoded(IMG, "GIF"),
+    "ico (unsupported)": encoded(IMG, "ICO"),
 }
 
 

@@ -37,7 +37,10 @@ def test_service_and_messages() -> None:
         "Stylize": ("StylizeRequest", "StylizeResponse"),
         "RegisterStyle": ("RegisterStyleRequest", "RegisterStyleResponse"),
         "GetServerInfo": ("GetServerInfoRequest", "ServerInfo"),
+        "StylizeVideo": ("VideoRequest", "VideoFrame"),
     }
+    video = service.methods_by_name["StylizeVideo"]
+    assert video.client_streaming and video.server_streaming
     req = pb.StylizeRequest.DESCRIPTOR.fields_by_name
     assert req["alpha"].has_presence and req["alpha"].type == descriptor.FieldDescriptor.TYPE_FLOAT
     assert req["styles"].message_type.name == "Style"

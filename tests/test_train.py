@@ -97,16 +97,44 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     assert st.stylize(synth_image(33, 21), [synth_image(20, 20, seed=5)]).size == (33, 21)
 
 
-def test_resume_continues_exactly(data: Path, tmp_path: Path) -> None:
-    """Two steps, stop, two more == four steps in one go (same data, same RNG, same optimizer state)."""
+ALPHA_FLAGS = ("--alpha-zero", "0.5", "--alpha-one", "0.25", "--recon-weight", "10", "--recon-feature-weight", "1")
+
+
+def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path) -> None:
+    """Two steps, stop, two more == four steps in one go (same data, alphas, RNG and optimizer state), with
+    alpha sampling and the recon terms on, from a decoder file's weights; the export records the knobs."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(data, straight, 4, "--workers", "0")
-    train(data, split, 2, "--workers", "0")
-    train(data, split, 4, "--workers", "0", "--resume")
+    flags = ("--workers", "0", "--init", str(decoder_path), *ALPHA_FLAGS)
+    train(data, straight, 4, *flags)
+    train(data, split, 2, *flags)
+    train(data, split, 4, *flags, "--resume")
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["decoder"]
     b = torch.load(split / "checkpoint.pt", weights_only=False)["decoder"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert [r["loss"] for r in logged(straight)] == pytest.approx([r["loss"] for r in logged(split)], rel=1e-5)
+    rows = logged(straight)
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in logged(split)], rel=1e-5)
+    assert all(r["alpha_zero"] == 0.5 and r["recon_weight"] == 10 and "recon" in r for r in rows)
+    assert any(r["recon"] > 0 for r in rows)  # some samples were drawn at alpha 0
+    exported = tmp_path / "decoder.pt"
+    subprocess.run([sys.executable, "-m", "adain.train", "export", str(straight / "checkpoint.pt"), str(exported)],
+                   check=True, env=ENV, capture_output=True)
+    meta = Stylizer(str(exported), device="cpu").info["decoder_meta"]
+    assert (meta["alpha_zero"], meta["alpha_one"], meta["recon_weight"], meta["recon_feature_weight"]) == (
+        0.5, 0.25, 10, 1)
+    assert meta["init"]["file"] == str(decoder_path) and meta["init"]["version"].startswith("sha256:")
+
+
+def test_alpha_draws() -> None:
+    """The shares: about alpha_zero at 0, alpha_one at 1, the rest strictly between."""
+    from adain.train.train import Trainer, parse_args
+
+    t = Trainer.__new__(Trainer)  # only the sampler: no data, no model
+    t.args, t.world, t.rank, t.step = parse_args(["--content", ".", "--style", ".", *ALPHA_FLAGS]), 1, 0, 7
+    a = t.alphas(4000)
+    assert abs((a == 0).float().mean() - 0.5) < 0.03 and abs((a == 1).float().mean() - 0.25) < 0.03
+    mid = a[(a > 0) & (a < 1)]
+    assert abs(len(mid) / 4000 - 0.25) < 0.03 and 0.4 < mid.mean() < 0.6
+    assert torch.equal(a, t.alphas(4000))  # the same step draws the same alphas
 
 
 def test_resume_drops_log_lines_past_the_checkpoint(data: Path, tmp_path: Path) -> None:

@@ -4,8 +4,15 @@
     torchrun --nproc_per_node N -m adain.train --content DIR --style DIR --out runs/x
     adain-train export runs/x/checkpoint.pt adain/assets/decoder.pt --data "what it was trained on"
 
-loss = content + style_weight * style, where content is the MSE between relu4_1 of the output and the
-AdaIN target, and style sums, over relu1_1..relu4_1, the MSE of channel means plus that of channel stds.
+loss = content + style_weight * style (+ recon terms), where content is the MSE between relu4_1 of the
+output and the target, and style sums, over relu1_1..relu4_1, the MSE of channel means plus that of
+channel stds.
+
+Each sample gets an alpha (``--alpha-zero`` of them 0, ``--alpha-one`` of them 1, the rest uniform in
+(0, 1)); its target is alpha * AdaIN(content, style) + (1 - alpha) * content features, as at inference,
+and its style term is weighted by alpha. At alpha 0 the output should be the photo itself: samples at 0
+add ``--recon-weight`` x the pixel MSE to the content and ``--recon-feature-weight`` x the MSE of
+relu1_1..relu3_1 to the content's. The defaults (every sample at alpha 1, no recon) are the paper's.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from adain.precision import PRECISIONS, wants_bf16
 from adain.train.data import ImageFolder, InfiniteSampler
 
 log = logging.getLogger("adain.train")
+# Settings a resumed run may change: logged on every line and stored in the exported decoder's metadata.
+LOGGED_KNOBS = ("style_weight", "alpha_zero", "alpha_one", "recon_weight", "recon_feature_weight")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +62,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-decay", type=float, default=5e-5, help="lr / (1 + lr_decay * step)")
     p.add_argument("--style-weight", type=float, default=10.0)
     p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--alpha-zero", type=float, default=0.0, help="share of samples trained at alpha 0 (reconstruction)")
+    p.add_argument("--alpha-one", type=float, default=1.0,
+                   help="share of samples at alpha 1; the rest draw alpha uniformly in (0, 1)")
+    p.add_argument("--recon-weight", type=float, default=0.0, help="pixel MSE to the content, for samples at alpha 0")
+    p.add_argument("--recon-feature-weight", type=float, default=0.0,
+                   help="MSE of relu1_1..relu3_1 to the content's, for samples at alpha 0")
+    p.add_argument("--alpha-input", action="store_true",
+                   help="decoder architecture 2: alpha is an input too (a v1 --init gains the channel, zero weights)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this decoder file's weights (e.g. adain/assets/decoder.pt) instead of random; "
+                   "a --resume with a checkpoint ignores it")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and on exit)")
@@ -67,7 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="autocast dtype; auto = bf16 on GPU, fp32 on CPU (bf16 also pays on CPUs with AVX512-BF16 or AMX)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    shares = (args.alpha_zero, args.alpha_one)
+    if not all(0 <= x <= 1 for x in shares) or sum(shares) > 1:
+        p.error(f"--alpha-zero and --alpha-one must be in [0, 1] with a sum <= 1, got {shares}")
+    if args.recon_weight < 0 or args.recon_feature_weight < 0:
+        p.error("--recon-weight and --recon-feature-weight must be >= 0")
+    return args
 
 
 def _worker_leaves_process_group(worker_id: int) -> None:
@@ -104,13 +130,27 @@ class Trainer:
         torch.manual_seed(args.seed)  # same decoder init on every rank
         # channels_last pays on the CPU too (oneDNN): a bf16 step at batch 8, 128 px, 1.51 -> 1.32 s here.
         self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)
-        self.decoder = Decoder().to(self.device, memory_format=torch.channels_last)
+        self.decoder = Decoder(alpha_input=args.alpha_input).to(self.device, memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=args.lr)
         self.step = 0
         self.last_losses: dict[str, float] = {}
+        self.init_meta: dict[str, Any] = {}
         self.ckpt_path = args.out / "checkpoint.pt"
         if args.resume and self.ckpt_path.exists():
             self._load(self.ckpt_path)
+        elif args.init is not None:
+            weights, init_file = load_decoder(args.init)
+            if args.alpha_input:
+                weights = weights.with_alpha_input()
+            self.decoder.load_state_dict(weights.state_dict())
+            self.init_meta = {
+                "file": str(args.init),
+                "version": init_file.version,
+                "steps": init_file.meta.get("steps"),
+            }
+
+            if self.main:
+                log.info("starting from the weights of %s (%s)", args.init, init_file.version)
         self.model = DistributedDataParallel(self.decoder) if self.world > 1 else self.decoder
 
         start = self.step * args.batch_size  # draws already consumed by this rank
@@ -140,6 +180,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "step": self.step,
             "losses": self.last_losses,
+            "init": self.init_meta,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -158,6 +199,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.last_losses = state.get("losses", {})
+        self.init_meta = state.get("init", {})
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if self.cuda and rng["cuda"]:
@@ -171,27 +213,48 @@ class Trainer:
     def _batch(self, it: Any) -> torch.Tensor:
         return next(it).to(self.device, memory_format=torch.channels_last, non_blocking=True)
 
+    def alphas(self, n: int) -> torch.Tensor:
+        """This step's alpha per sample, from a generator seeded by (seed, step, rank): a resumed run
+        draws what the uninterrupted one would have."""
+        a = self.args
+        g = torch.Generator().manual_seed(a.seed * 1_000_003 + self.step * self.world + self.rank)
+        u, v = torch.rand(n, generator=g), torch.rand(n, generator=g)
+        return torch.where(u < a.alpha_zero, 0.0, torch.where(u < a.alpha_zero + a.alpha_one, 1.0, v))
+
     def train_step(self) -> dict[str, float]:
         args = self.args
         for group in self.opt.param_groups:
             group["lr"] = args.lr / (1.0 + args.lr_decay * self.step)
         content, style = self._batch(self.content), self._batch(self.style)
+        alpha = self.alphas(content.shape[0]).to(self.device)
+        at_zero = (alpha == 0).float()
+        a4 = alpha.view(-1, 1, 1, 1)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad():
-                c4 = self.encoder(content).relu4_1
+                c_feats = self.encoder(content)
+                c4 = c_feats.relu4_1
                 s_feats = self.encoder(style)
                 s_mean, s_std = mean_std(s_feats.relu4_1)
-                target = adain(c4, s_mean, s_std)
-            out = self.model(target)
+                target = (a4 * adain(c4, s_mean, s_std).float() + (1 - a4) * c4.float()).to(c4.dtype)
+            out = self.model(target, alpha)
             o_feats = self.encoder(out)
             loss_c = F.mse_loss(o_feats.relu4_1.float(), target.float())
-            loss_s = style_loss(o_feats, s_feats)
+            loss_s = style_loss(o_feats, s_feats, weights=alpha)
             loss = args.content_weight * loss_c + args.style_weight * loss_s
+            losses = {"content": loss_c, "style": loss_s}
+            if args.recon_weight > 0:
+                per = ((out.float() - content.float()) ** 2).mean(dim=(1, 2, 3))
+                losses["recon"] = (per * at_zero).mean()
+                loss = loss + args.recon_weight * losses["recon"]
+            if args.recon_feature_weight > 0:
+                per = sum(((o.float() - c.float()) ** 2).mean(dim=(1, 2, 3)) for o, c in zip(o_feats[:3], c_feats[:3]))
+                losses["recon_features"] = (per * at_zero).mean()
+                loss = loss + args.recon_feature_weight * losses["recon_features"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self._last_batch = (content, style, out)
-        return {"loss": loss.item(), "content": loss_c.item(), "style": loss_s.item()}
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
 
     # --- outputs people look at --------------------------------------------------------------
     def _write_samples(self) -> None:
@@ -248,7 +311,7 @@ class Trainer:
                                 "step": self.step,
                                 "time": time.time(),
                                 "lr": lr,
-                                "style_weight": args.style_weight,
+                                **{k: getattr(args, k) for k in LOGGED_KNOBS},
                                 **self.last_losses,
                             }
                         )
@@ -278,7 +341,7 @@ class Trainer:
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
-    """Loss curves (content, style, total) from the JSONL log, as a PNG."""
+    """Loss curves (total, content, style, and the recon terms where on) from the JSONL log, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,9 +351,10 @@ def plot_losses(log_path: Path, png: Path) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows]
-    for key in ("loss", "content", "style"):
-        ax.plot(steps, [r[key] for r in rows], label=key)
+    for key in ("loss", "content", "style", "recon", "recon_features"):
+        have = [r for r in rows if key in r]  # the recon terms only where a run had them on
+        if have:
+            ax.plot([r["step"] for r in have], [r[key] for r in have], label=key)
     # A resumed run may change the style weight; the total loss then jumps, so mark where
     # (labels stepped down one line each, so that close changes do not print over each other).
     changes = [
@@ -329,15 +393,16 @@ def export(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16, half the size)")
     args = p.parse_args(argv)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    decoder = Decoder()
-    decoder.load_state_dict(state["decoder"])
     targs = state.get("args", {})
+    decoder = Decoder(alpha_input=bool(targs.get("alpha_input")))
+    decoder.load_state_dict(state["decoder"])
     meta = {
         "data": args.data or f"content={targs.get('content')} style={targs.get('style')}",
         "steps": int(state["step"]),
         "batch_size": targs.get("batch_size"),
         "crop": targs.get("crop"),
-        "style_weight": targs.get("style_weight"),
+        **{k: targs.get(k) for k in LOGGED_KNOBS if k in targs},
+        "init": state.get("init") or None,
         "final_losses": {k: round(float(v), 5) for k, v in state.get("losses", {}).items()},
         "note": args.note,
         "exported": time.strftime("%Y-%m-%d"),

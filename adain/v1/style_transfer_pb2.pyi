@@ -18,12 +18,25 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+
+class Temporal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEMPORAL_DEFAULT: _ClassVar[Temporal]
+    TEMPORAL_NONE: _ClassVar[Temporal]
+    TEMPORAL_SMOOTH: _ClassVar[Temporal]
+    TEMPORAL_FLOW: _ClassVar[Temporal]
+    TEMPORAL_SMOOTH_FLOW: _ClassVar[Temporal]
 PRESERVE_COLOR_NONE: PreserveColor
 PRESERVE_COLOR_CORAL: PreserveColor
 PRESERVE_COLOR_LUMINANCE: PreserveColor
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
+TEMPORAL_DEFAULT: Temporal
+TEMPORAL_NONE: Temporal
+TEMPORAL_SMOOTH: Temporal
+TEMPORAL_FLOW: Temporal
+TEMPORAL_SMOOTH_FLOW: Temporal
 
 class Style(_message.Message):
     __slots__ = ("image", "style_id", "weight")
@@ -56,6 +69,54 @@ class StylizeRequest(_message.Message):
     format: ImageFormat
     quality: int
     def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
+
+class VideoOptions(_message.Message):
+    __slots__ = ("styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "temporal", "temporal_strength")
+    STYLES_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    PRESERVE_COLOR_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    TEMPORAL_FIELD_NUMBER: _ClassVar[int]
+    TEMPORAL_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    styles: _containers.RepeatedCompositeFieldContainer[Style]
+    alpha: float
+    preserve_color: PreserveColor
+    mask: bytes
+    content_size: int
+    style_size: int
+    format: ImageFormat
+    quality: int
+    temporal: Temporal
+    temporal_strength: float
+    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., temporal: _Optional[_Union[Temporal, str]] = ..., temporal_strength: _Optional[float] = ...) -> None: ...
+
+class VideoRequest(_message.Message):
+    __slots__ = ("options", "frame")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    options: VideoOptions
+    frame: bytes
+    def __init__(self, options: _Optional[_Union[VideoOptions, _Mapping]] = ..., frame: _Optional[bytes] = ...) -> None: ...
+
+class VideoFrame(_message.Message):
+    __slots__ = ("image", "index", "width", "height", "format", "timings")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    index: int
+    width: int
+    height: int
+    format: ImageFormat
+    timings: Timings
+    def __init__(self, image: _Optional[bytes] = ..., index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_ms", "inference_ms", "prepare_ms", "encode_ms", "batch_size")
@@ -108,20 +169,26 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_pixels", "max_content_side", "default_style_size", "max_styles", "max_message_bytes", "style_registry_size")
+    __slots__ = ("max_pixels", "max_content_side", "default_style_size", "max_styles", "max_message_bytes", "style_registry_size", "max_video_frames", "max_video_streams", "video_window")
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTENT_SIDE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_STYLES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     STYLE_REGISTRY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_WINDOW_FIELD_NUMBER: _ClassVar[int]
     max_pixels: int
     max_content_side: int
     default_style_size: int
     max_styles: int
     max_message_bytes: int
     style_registry_size: int
-    def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ...) -> None: ...
+    max_video_frames: int
+    max_video_streams: int
+    video_window: int
+    def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_video_streams: _Optional[int] = ..., video_window: _Optional[int] = ...) -> None: ...
 
 class Batching(_message.Message):
     __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue", "prepare_workers")
@@ -136,7 +203,7 @@ class Batching(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., prepare_workers: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles")
+    __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles", "default_temporal", "default_temporal_strength")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCH_VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +214,8 @@ class ServerInfo(_message.Message):
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_STYLES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPORAL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPORAL_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     arch_version: int
     weights_version: str
@@ -157,4 +226,6 @@ class ServerInfo(_message.Message):
     batching: Batching
     server_version: str
     registered_styles: int
-    def __init__(self, model: _Optional[str] = ..., arch_version: _Optional[int] = ..., weights_version: _Optional[str] = ..., decoder_meta_json: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., server_version: _Optional[str] = ..., registered_styles: _Optional[int] = ...) -> None: ...
+    default_temporal: Temporal
+    default_temporal_strength: float
+    def __init__(self, model: _Optional[str] = ..., arch_version: _Optional[int] = ..., weights_version: _Optional[str] = ..., decoder_meta_json: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., server_version: _Optional[str] = ..., registered_styles: _Optional[int] = ..., default_temporal: _Optional[_Union[Temporal, str]] = ..., default_temporal_strength: _Optional[float] = ...) -> None: ...

@@ -51,6 +51,11 @@ class StyleTransferStub:
                 request_serializer=adain_dot_v1_dot_style__transfer__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=adain_dot_v1_dot_style__transfer__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.StylizeVideo = channel.stream_stream(
+                '/adain.v1.StyleTransfer/StylizeVideo',
+                request_serializer=adain_dot_v1_dot_style__transfer__pb2.VideoRequest.SerializeToString,
+                response_deserializer=adain_dot_v1_dot_style__transfer__pb2.VideoFrame.FromString,
+                _registered_method=True)
 
 
 class StyleTransferServicer:
@@ -79,6 +84,15 @@ class StyleTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StylizeVideo(self, request_iterator, context):
+        """Stylizes a video's frames in order, keeping them stable in time. The first request message
+        carries the options, every later one a frame; a reply message comes back for every frame, in
+        order. The client demuxes and muxes containers; the server sees only images.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StyleTransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +110,11 @@ def add_StyleTransferServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=adain_dot_v1_dot_style__transfer__pb2.GetServerInfoRequest.FromString,
                     response_serializer=adain_dot_v1_dot_style__transfer__pb2.ServerInfo.SerializeToString,
+            ),
+            'StylizeVideo': grpc.stream_stream_rpc_method_handler(
+                    servicer.StylizeVideo,
+                    request_deserializer=adain_dot_v1_dot_style__transfer__pb2.VideoRequest.FromString,
+                    response_serializer=adain_dot_v1_dot_style__transfer__pb2.VideoFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +200,33 @@ class StyleTransfer:
             '/adain.v1.StyleTransfer/GetServerInfo',
             adain_dot_v1_dot_style__transfer__pb2.GetServerInfoRequest.SerializeToString,
             adain_dot_v1_dot_style__transfer__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StylizeVideo(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/adain.v1.StyleTransfer/StylizeVideo',
+            adain_dot_v1_dot_style__transfer__pb2.VideoRequest.SerializeToString,
+            adain_dot_v1_dot_style__transfer__pb2.VideoFrame.FromString,
             options,
             channel_credentials,
             insecure,

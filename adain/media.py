@@ -1,0 +1,295 @@
+"""Video containers with PyAV (FFmpeg inside): read frames and audio, write frames and copy the audio.
+
+No torch here: the thin client demuxes and muxes with this module, the server never parses containers.
+Reading yields RGB PIL frames with their times; the audio packets met on the way are kept, in order, for
+the writer to copy unchanged into the output, interleaved by time. Every problem is a :class:`MediaError`
+with a message that names it (no video stream, no frames, corrupt or truncated data, a codec that is
+missing). Requires the ``video`` extra (``pip install 'adain[video]'``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
+# Video codecs by output container, best first: H.264 where the encoder exists, else what plays widely.
+_CODECS = {
+    "mp4": ("libx264", "libopenh264", "mpeg4"),
+    "mov": ("libx264", "libopenh264", "mpeg4"),
+    "matroska": ("libx264", "libopenh264", "mpeg4"),
+    "webm": ("libvpx-vp9", "libvpx"),
+    "gif": ("gif",),
+}
+_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".gif": "gif"}
+_AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "matroska": "aac", "webm": "libopus"}
+_ENCODER_OPTIONS = {
+    "libx264": {"crf": "18", "preset": "medium"},
+    "libvpx-vp9": {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
+    "libvpx": {"crf": "10", "b": "2M"},
+}
+
+
+class MediaError(Exception):
+    """A video that cannot be read or written; the message says what is wrong."""
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - an install problem
+        raise MediaError("video needs PyAV: pip install 'adain[video]'") from e
+    return av
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    rate: Fraction  # frames per second (the stream's average rate)
+    frames: int  # as the container declares it; 0 when it does not say
+    audio: bool
+    container: str  # FFmpeg's demuxer name
+
+
+def is_media(path: str | Path) -> bool:
+    """Whether FFmpeg reads ``path`` as a container with a video or audio stream; not for the images it
+    also reads (its image demuxers, ``image2`` and ``*_pipe``)."""
+    av = _av()
+    try:
+        with av.open(str(path)) as c:
+            if c.format.name == "image2" or c.format.name.endswith("_pipe"):
+                return False
+            return bool(c.streams.video or c.streams.audio)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+        return False
+
+
+def probe(path: str | Path) -> VideoInfo | None:
+    """The video in ``path``, or None when it is no video (a still image, a GIF of one frame, not media)."""
+    av = _av()
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                return None
+            v = c.streams.video[0]
+            info = _info(c, v)
+            if c.format.name == "gif" and _gif_frames(path) < 2:
+                return None  # a still GIF is an image
+            return info
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+        return None
+
+
+def _gif_frames(path: str | Path) -> int:
+    with Image.open(path) as img:
+        return getattr(img, "n_frames", 1)
+
+
+def _info(c: Any, v: Any) -> VideoInfo:
+    rate = v.average_rate or v.guessed_rate or Fraction(25)
+    return VideoInfo(v.codec_context.width, v.codec_context.height, Fraction(rate), v.frames or 0,
+                     bool(c.streams.audio), c.format.name)
+
+
+class VideoReader:
+    """Frames of the first video stream, in order, as (RGB image, time in seconds); audio packets of the
+    first audio stream are kept in ``audio`` for a :class:`VideoWriter` (thread-safe hand-over)."""
+
+    def __init__(self, path: str | Path) -> None:
+        av = _av()
+        self.path = Path(path)
+        try:
+            self._c = av.open(str(path))
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{path}: not a readable video ({e.strerror or e})") from None
+        except OSError as e:
+            raise MediaError(f"{path}: cannot open: {e.strerror or e}") from None
+        if not self._c.streams.video:
+            self._c.close()
+            raise MediaError(f"{path}: the file has no video stream")
+        self._v = self._c.streams.video[0]
+        self._v.thread_type = "AUTO"
+        self.audio_stream = self._c.streams.audio[0] if self._c.streams.audio else None
+        self.info = _info(self._c, self._v)
+        self.audio: collections.deque[tuple[Any, float]] = collections.deque()
+        self.done = threading.Event()  # set once the whole file was demuxed (all audio is in ``audio``)
+        self.count = 0
+
+    def frames(self) -> Iterator[tuple[Image.Image, float]]:
+        av = _av()
+        streams = [self._v] + ([self.audio_stream] if self.audio_stream is not None else [])
+        reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
+        try:
+            for packet in self._c.demux(streams):
+                if packet.stream is self.audio_stream:
+                    if packet.dts is not None:
+                        t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
+                        reached = max(reached, t + float((packet.duration or 0) * packet.time_base))
+                        self.audio.append((packet, t))
+                    continue
+                for frame in packet.decode():
+                    self.count += 1
+                    t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
+                    reached = max(reached, t + 1 / float(self.info.rate))
+                    yield frame.to_image(), t
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
+        finally:
+            self.done.set()
+        if self.count == 0:
+            raise MediaError(f"{self.path}: the video has no frames")
+        if self.info.frames and self.count < self.info.frames:
+            raise MediaError(f"{self.path}: truncated: {self.count} of the {self.info.frames} frames it declares")
+        declared = self._c.duration / 1e6 if self._c.duration else 0.0  # AV_TIME_BASE
+        if declared and reached < declared - 2 / float(self.info.rate) - 0.05:
+            raise MediaError(f"{self.path}: truncated: the data ends at {reached:.2f} s of the {declared:.2f} s "
+                             "it declares")
+        if self._c.format.name == "gif" and not _ends_with_gif_trailer(self.path):
+            raise MediaError(f"{self.path}: truncated: the GIF has no trailer (it was cut off)")
+
+    def close(self) -> None:
+        self._c.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write into; renamed to ``path`` when the block ends normally,
+    removed when it raises, so a failure never leaves a valid-looking partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _ends_with_gif_trailer(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\x3b"
+
+
+def container_for(path: str | Path) -> str:
+    """FFmpeg's muxer name for an output file suffix; MediaError for a suffix that is no video container."""
+    name = _CONTAINERS.get(Path(path).suffix.lower())
+    if name is None:
+        raise MediaError(f"{path}: cannot tell a video container from {Path(path).suffix or 'no suffix'!r} "
+                         f"(use {', '.join(VIDEO_SUFFIXES)})")
+    return name
+
+
+class VideoWriter:
+    """Encode RGB frames into ``path`` (container from ``container``, else the suffix) at ``rate``, and copy
+    the audio of ``source`` (a VideoReader) unchanged, interleaved by time; transcoded only where the
+    container cannot hold the source's audio codec."""
+
+    def __init__(
+        self, path: str | Path, *, width: int, height: int, rate: Fraction, source: VideoReader | None = None,
+        container: str | None = None,
+    ) -> None:
+        av = _av()
+        fmt = container or container_for(path)
+        codec = next((c for c in _CODECS[fmt] if c in av.codecs_available), None)
+        if codec is None:
+            raise MediaError(f"no encoder for {fmt} in this FFmpeg build (tried {', '.join(_CODECS[fmt])})")
+        # 4:2:0 video needs even sides: an odd frame loses its last row or column (GIF keeps all).
+        self.size = (width, height) if codec == "gif" else (width - width % 2, height - height % 2)
+        width, height = self.size
+        self._c = av.open(str(path), "w", format=fmt)
+        self.rate = Fraction(rate).limit_denominator(1001 * 1000)
+        self._v = self._c.add_stream(codec, rate=self.rate)
+        self._v.width, self._v.height = width, height
+        self._v.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+        self._v.options = dict(_ENCODER_OPTIONS.get(codec, {}))
+        self._source = source
+        self._a_out = self._a_encoder = None
+        if source is not None and source.audio_stream is not None:
+            self._add_audio(source.audio_stream, fmt)
+        self._last_pts = -1
+        self.codec = codec
+
+    def _add_audio(self, a_in: Any, fmt: str) -> None:
+        supported = getattr(self._c, "supported_codecs", None)
+        if fmt == "gif":
+            return  # GIF holds no sound
+        if supported is None or a_in.codec_context.name in supported:
+            self._a_out = self._c.add_stream_from_template(a_in)
+            return
+        # The container cannot hold this codec (e.g. Vorbis in MP4): decode and encode it again.
+        codec = _AUDIO_FALLBACK[fmt]
+        self._a_out = self._c.add_stream(codec, rate=a_in.codec_context.sample_rate)
+        self._a_encoder = a_in.codec_context
+
+    def write(self, image: Image.Image, time: float) -> None:
+        """Append one frame shown at ``time`` seconds (times are made strictly increasing)."""
+        av = _av()
+        if image.size != self.size:
+            if (image.width - image.width % 2, image.height - image.height % 2) != self.size:
+                w, h = self.size
+                raise MediaError(f"frame is {image.width} x {image.height}, the video is {w} x {h}")
+            image = image.crop((0, 0, *self.size))
+        pts = max(self._last_pts + 1, round(time * self.rate))
+        self._last_pts = pts
+        frame = av.VideoFrame.from_image(image.convert("RGB"))
+        frame.pts = pts
+        frame.time_base = Fraction(1) / self.rate
+        for packet in self._v.encode(frame):
+            self._c.mux(packet)
+        self._mux_audio(until=time)
+
+    def _mux_audio(self, until: float) -> None:
+        if self._a_out is None or self._source is None:
+            return
+        queue = self._source.audio
+        while queue and queue[0][1] <= until:
+            packet, _ = queue.popleft()
+            self._mux_audio_packet(packet)
+
+    def _mux_audio_packet(self, packet: Any) -> None:
+        if self._a_encoder is None:
+            packet.stream = self._a_out
+            self._c.mux(packet)
+            return
+        for frame in self._a_encoder.decode(packet):
+            frame.pts = None
+            for out in self._a_out.encode(frame):
+                self._c.mux(out)
+
+    def close(self) -> None:
+        """Flush the encoder, copy the audio that is left, and finish the file."""
+        for packet in self._v.encode(None):
+            self._c.mux(packet)
+        if self._source is not None:
+            self._mux_audio(until=math.inf)
+            if self._a_encoder is not None:
+                for out in self._a_out.encode(None):
+                    self._c.mux(out)
+        self._c.close()
+
+    def abort(self) -> None:
+        """Close without finishing (the caller removes the file)."""
+        try:
+            self._c.close()
+        except Exception:  # noqa: BLE001 - the file is thrown away anyway
+            pass

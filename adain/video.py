@@ -1,0 +1,192 @@
+"""Video: stylize a clip's frames in order, stable in time.
+
+A :class:`VideoStream` takes the styles and options once (their statistics are computed with the first
+frame and reused for every other) and then stylizes frames in order with the Stylizer's own steps:
+``prepare`` (decode, check the frame's size, optical flow from the previous input frame), the Stylizer's
+``render`` (batched with other work on a server), and ``finish`` (blend in the previous output).
+
+Temporal modes (``adain.wire.TEMPORAL_MODES``), ``strength`` s in [0, 1):
+
+* ``none``: each frame alone; AdaIN's content statistics jump with the frame, so the output flickers.
+* ``smooth``: the content statistics (relu4_1 mean and std, per region) are a running average,
+  ``stats_t = (1 - s) * own_t + s * stats_{t-1}``, so the normalisation drifts instead of jumping.
+* ``flow``: the previous output is warped to this frame by the optical flow between the input frames
+  (OpenCV's DIS) and blended in, ``out = (1 - s) * stylized + s * warped``, where the flow is
+  consistent forwards and backwards (elsewhere, occlusions and new areas, the frame's own output).
+* ``smooth-flow``: both.
+
+With ``preserve_color="coral"`` the styles' colours are matched to the first frame, once per stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from adain.errors import InvalidInputError
+from adain.image import ImageSource, load_image
+from adain.job import CheckedJob, Job, temporal_problems
+from adain.stylizer import Prepared, Stats, Stylizer
+from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
+
+
+class _Flow:
+    """Backward flow from frame t to t-1, with the pixels where it agrees with the forward flow."""
+
+    def __init__(self) -> None:
+        import cv2
+
+        self.cv2 = cv2
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+    def between(self, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(map_x, map_y, consistent) for ``cv2.remap`` of the previous frame onto the current one;
+        ``prev`` and ``cur`` are H x W uint8 greyscale."""
+        cv2 = self.cv2
+        back = self.dis.calc(cur, prev, None)  # t -> t-1: where each pixel of t was in t-1
+        fwd = self.dis.calc(prev, cur, None)  # t-1 -> t
+        h, w = cur.shape
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        map_x, map_y = gx + back[..., 0], gy + back[..., 1]
+        fwd_at = cv2.remap(fwd, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1e4)
+        # Sundaram et al. (2010) / Ruder et al. (2016): forward and backward flow must cancel out.
+        err = ((back + fwd_at) ** 2).sum(-1)
+        consistent = err <= 0.01 * ((back**2).sum(-1) + (fwd_at**2).sum(-1)) + 0.5
+        inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+        return map_x, map_y, consistent & inside
+
+
+class VideoStream:
+    """Stylize one clip's frames in order; see the module docstring. Not thread-safe: one per clip."""
+
+    def __init__(
+        self,
+        stylizer: Stylizer,
+        styles: Sequence[ImageSource],
+        *,
+        temporal: str = DEFAULT_TEMPORAL,
+        strength: float | None = None,
+        **options: Any,
+    ) -> None:
+        """``options`` are the per-image fields of :class:`adain.job.Job` (weights, alpha, preserve_color,
+        mask, content_size, style_size); InvalidInputError lists every problem with them."""
+        job = Job(None, list(styles), **options)
+        bad = job.problems(stylizer.limits, content=False) + temporal_problems(temporal, strength)
+        if bad:
+            raise InvalidInputError.of(bad)
+        self._setup(stylizer, job.check(stylizer.limits, content=False), temporal, strength)
+
+    @classmethod
+    def checked(cls, stylizer: Stylizer, job: CheckedJob, temporal: str, strength: float | None) -> VideoStream:
+        """A stream for a job and temporal options that were checked already (``Job.check(content=False)``
+        and ``temporal_problems``), as a server does before it spends anything on the stream."""
+        stream = cls.__new__(cls)
+        stream._setup(stylizer, job, temporal, strength)
+        return stream
+
+    def _setup(self, stylizer: Stylizer, job: CheckedJob, temporal: str, strength: float | None) -> None:
+        self.stylizer = stylizer
+        self.job = job
+        self.temporal = temporal
+        self.strength = DEFAULT_TEMPORAL_STRENGTH if strength is None else float(strength)
+        self.index = 0  # frames prepared so far
+        self._targets: Any = None
+        self._size: tuple[int, int] | None = None
+        self._stats: dict[int, Stats] = {}
+        self._flow = _Flow() if temporal in ("flow", "smooth-flow") else None
+        self._prev_grey: np.ndarray | None = None
+        self._prev_out: np.ndarray | None = None
+        self._warps: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    # --- the three steps ---------------------------------------------------------------------
+    def prepare(self, frame: ImageSource) -> Prepared:
+        """Decode frame ``self.index`` and compute its flow from the previous one; call in frame order."""
+        name = f"frames[{self.index}]"
+        img = load_image(frame, field=name, max_pixels=self.stylizer.limits.max_pixels)
+        if self._size is None:
+            self._size = img.size
+        elif img.size != self._size:
+            w, h = self._size
+            raise InvalidInputError(name, f"frame is {img.width} x {img.height}, the stream's frames are {w} x {h}")
+        prepared = self.stylizer.prepare(dataclasses.replace(self.job, content=img), self._targets)
+        self._targets = prepared.targets  # the styles' statistics, computed once, with the first frame
+        if self.temporal in ("smooth", "smooth-flow"):
+            prepared.smooth = self._smooth
+        if self._flow is not None:
+            h, w = prepared.content.shape[2:]
+            grey = np.asarray(img.convert("L").resize((w, h), Image.Resampling.BILINEAR))
+            if self._prev_grey is not None:
+                self._warps[self.index] = self._flow.between(self._prev_grey, grey)
+            self._prev_grey = grey
+        self.index += 1
+        return prepared
+
+    def _smooth(self, region: int, stats: Stats) -> Stats:
+        prev = self._stats.get(region)
+        if prev is not None:
+            s = self.strength
+            stats = ((1 - s) * stats[0] + s * prev[0], (1 - s) * stats[1] + s * prev[1])
+        self._stats[region] = stats
+        return stats
+
+    def finish(self, index: int, output: Image.Image) -> Image.Image:
+        """Frame ``index``'s final output: with flow, the warped previous output blended in. Call in order."""
+        if self._flow is None:
+            return output
+        cv2 = self._flow.cv2
+        out = np.asarray(output, dtype=np.float32)
+        warp = self._warps.pop(index, None)
+        if warp is not None and self._prev_out is not None:
+            map_x, map_y, consistent = warp
+            warped = cv2.remap(self._prev_out, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            # A soft edge around occlusions, so that kept and fresh areas do not meet in a seam.
+            weight = cv2.GaussianBlur(consistent.astype(np.float32), (5, 5), 0)[..., None] * self.strength
+            out = (1 - weight) * out + weight * warped
+        self._prev_out = out
+        return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+    def stylize(self, frame: ImageSource) -> Image.Image:
+        """Prepare, render and finish one frame (in process, unbatched)."""
+        index = self.index
+        prepared = self.prepare(frame)
+        return self.finish(index, self.stylizer.render([prepared])[0])
+
+
+def stylize_video(
+    stylizer: Stylizer,
+    source: str | Path,
+    output: str | Path,
+    styles: Sequence[ImageSource],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> int:
+    """Stylize the video file ``source`` into ``output`` (container from its suffix; audio copied), in
+    process; ``options`` as for :class:`VideoStream`. The file appears only when complete. Returns the
+    number of frames; ``progress(done, total)`` is called after each (total 0 when unknown)."""
+    from adain.media import VideoReader, VideoWriter, atomic_output, container_for
+
+    stream = VideoStream(stylizer, styles, **options)
+    container = container_for(output)
+    with VideoReader(source) as reader, atomic_output(output) as tmp:
+        writer = None
+        try:
+            for img, t in reader.frames():
+                out = stream.stylize(img)
+                if writer is None:
+                    writer = VideoWriter(tmp, width=out.width, height=out.height, rate=reader.info.rate,
+                                         source=reader, container=container)
+                writer.write(out, t)
+                if progress is not None:
+                    progress(stream.index, reader.info.frames)
+            writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    return stream.index

@@ -1,0 +1,98 @@
+"""Video files through the service: demux, stream the frames, mux the stylized ones with the audio.
+
+The client does the container work (``adain.media``, PyAV) and the server sees only frames. Frames go
+to the server and come back as JPEG at quality 95 by default: the output is encoded again as video
+anyway, and PNG would cost more than the rest of the round trip (see ``benchmarks/video.py``). The file
+is written to a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from adain.wire import INPUT_SUFFIXES
+
+from ._client import StyleTransferClient
+
+FRAME_FORMAT = ("jpeg", 95)  # the wire format of frames, both ways
+
+
+def is_video(path: Path) -> bool:
+    """Whether ``path`` is to be handled as a video, by its content: an image Pillow decodes (a GIF of one
+    frame included) is not; an animated GIF, or any media file FFmpeg reads (even one without a video
+    stream, which the reader then names as the problem), is, whatever its suffix; else the suffix says
+    (so a broken .png is a bad image and a broken .mp4 a bad video)."""
+    if path.suffix.lower() in INPUT_SUFFIXES and path.suffix.lower() != ".gif":
+        return False
+    try:
+        with Image.open(path) as img:
+            return img.format == "GIF" and getattr(img, "n_frames", 1) > 1  # other images: their first frame
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: ask FFmpeg
+        pass
+    from adain.media import VIDEO_SUFFIXES, MediaError, is_media
+
+    try:
+        return is_media(path) or path.suffix.lower() in VIDEO_SUFFIXES
+    except MediaError:  # no PyAV: a video suffix still says video, and the reader will say what is missing
+        return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _encode(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=FRAME_FORMAT[1])
+    return buf.getvalue()
+
+
+def stylize_video_file(
+    client: StyleTransferClient,
+    source: Path,
+    output: Path,
+    styles: Any,
+    *,
+    on_start: Callable[[int], None] | None = None,
+    on_frame: Callable[[], None] | None = None,
+    **options: Any,
+) -> int:
+    """Stylize the video ``source`` into ``output`` (container from its suffix, audio copied); returns the
+    frame count. ``options`` are :meth:`StyleTransferClient.stylize_video`'s; ``on_start(total)`` (0 when
+    unknown) and ``on_frame()`` report progress. Raises MediaError or StyleTransferError; on any failure
+    no output file is left."""
+    from adain.media import VideoReader, VideoWriter, atomic_output, container_for
+
+    container = container_for(output)
+    with VideoReader(source) as reader, atomic_output(output) as tmp:
+        if on_start is not None:
+            on_start(reader.info.frames)
+        times: collections.deque[float] = collections.deque()
+
+        def frames() -> Iterator[bytes]:  # runs on gRPC's thread, as the stream has room
+            for img, t in reader.frames():
+                times.append(t)
+                yield _encode(img)
+
+        writer = None
+        count = 0
+        try:
+            for result in client.stylize_video(frames(), styles, format=FRAME_FORMAT[0], quality=FRAME_FORMAT[1],
+                                               **options):
+                img = result.to_pil()
+                if writer is None:
+                    writer = VideoWriter(tmp, width=img.width, height=img.height, rate=reader.info.rate,
+                                         source=reader, container=container)
+                writer.write(img, times.popleft())
+                count += 1
+                if on_frame is not None:
+                    on_frame()
+            if writer is not None:
+                writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    return count

@@ -1,0 +1,53 @@
+"""How a call fails: ServiceError carries the status code, and for INVALID_ARGUMENT the field violations
+that go into a google.rpc.BadRequest detail (the grpc-status-details-bin trailer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass
+class Violation:
+    field: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.description}"
+
+
+class ServiceError(Exception):
+    """Ends a call with ``code``; INVALID_ARGUMENT carries google.rpc.BadRequest field violations."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, violations: list[Violation] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.violations = violations or []
+
+    @classmethod
+    def invalid(cls, violations: list[Violation]) -> ServiceError:
+        return cls(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(str(v) for v in violations), violations)
+
+
+def status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:
+    """The grpc-status-details-bin trailer of a rich google.rpc.Status (BadRequest when there are violations)."""
+    status = status_pb2.Status(code=err.code.value[0], message=err.message)
+    if err.violations:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in err.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+    assert status.code != code_pb2.OK
+    return tuple(rpc_status.to_status(status).trailing_metadata)

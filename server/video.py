@@ -1,0 +1,193 @@
+"""StylizeVideo on the server: one VideoStream per call, its frames through the shared batcher.
+
+Frames go through the same dynamic batcher as single images, in order, so a running video never
+starves Stylize calls: they queue between its frames. Each stream has at most ``window`` frames being
+prepared, rendered or sent at once; the reader stops taking frames off the wire beyond that, so gRPC's
+flow control holds the client back (no unbounded buffering). A cancelled or expired call cancels its
+reader, withdraws its queued frames and frees its slot at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from adain.errors import InvalidInputError
+from adain.image import encode_image
+from adain.job import CheckedJob
+from adain.v1 import style_transfer_pb2 as pb
+from adain.wire import FORMAT_BY_ENUM
+
+from .batcher import Batcher, ClosedError, DeadlineDropped
+from .errors import ServiceError, Violation
+from .metrics import Metrics
+
+log = logging.getLogger("adain.server")
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    max_frames: int  # per stream
+    max_streams: int  # at once
+    window: int  # frames of one stream in flight
+    default_temporal: str  # for streams that ask for TEMPORAL_DEFAULT
+    default_strength: float  # for streams that leave temporal_strength unset
+
+
+@dataclass
+class _Frame:
+    index: int
+    ticket: Any  # its place in the batcher's count
+    item: Any = None  # the batcher's Item once submitted; None again once rendered
+    prepare_ms: float = 0.0
+
+
+class VideoService:
+    """Runs StylizeVideo streams; ``open_stream(job, temporal, strength)`` makes a VideoStream."""
+
+    def __init__(
+        self,
+        *,
+        open_stream: Callable[[CheckedJob, str, float | None], Any],
+        batcher: Batcher,
+        pool: Executor,
+        metrics: Metrics,
+        limits: VideoLimits,
+    ) -> None:
+        self.open_stream = open_stream
+        self.batcher = batcher
+        self.pool = pool
+        self.metrics = metrics
+        self.limits = limits
+        self.default_temporal = limits.default_temporal
+        self.default_strength = limits.default_strength
+        self.active = 0
+
+    async def run(
+        self,
+        job: CheckedJob,
+        temporal: str,
+        strength: float | None,
+        fmt: int,
+        quality: int,
+        requests: AsyncIterator[pb.VideoRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.VideoFrame]:
+        """The stylized frames of one stream, in order (the options message was read already)."""
+        if self.active >= self.limits.max_streams:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.active} video streams are running, the limit is max_video_streams={self.limits.max_streams}",
+            )
+        self.active += 1
+        self.metrics.video_streams.set(self.active)
+        loop = asyncio.get_running_loop()
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
+        queue: asyncio.Queue[_Frame | BaseException | None] = asyncio.Queue(maxsize=self.limits.window)
+        in_flight: list[_Frame] = []
+        reader: asyncio.Task | None = None
+        try:
+            stream = await loop.run_in_executor(self.pool, self.open_stream, job, temporal, strength)
+            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, deadline))
+            while True:
+                got = await queue.get()
+                if got is None:
+                    break
+                if isinstance(got, BaseException):
+                    raise got
+                yield await self._finish(stream, got, fmt, quality, loop)
+                in_flight.remove(got)
+                self.metrics.video_frames.inc()
+        finally:
+            if reader is not None:
+                reader.cancel()
+            for frame in in_flight:  # cancelled midway: take our frames out of the queue at once
+                if frame.item is not None:
+                    self.batcher.withdraw(frame.item)
+                frame.ticket.release()
+            self.active -= 1
+            self.metrics.video_streams.set(self.active)
+            self.metrics.queue_depth.set(self.batcher.depth)
+
+    async def _read(
+        self,
+        stream: Any,
+        requests: AsyncIterator[pb.VideoRequest],
+        queue: asyncio.Queue,
+        in_flight: list[_Frame],
+        deadline: float | None,
+    ) -> None:
+        """Take frames off the wire, prepare them in order and queue them for rendering; ``queue``'s bound
+        is the window. Ends the queue with None, or with the exception that ends the call."""
+        loop = asyncio.get_running_loop()
+        index = 0
+        try:
+            async for message in requests:
+                if message.WhichOneof("part") != "frame":
+                    raise ServiceError.invalid([Violation("options", "only the first message may carry options")])
+                if index >= self.limits.max_frames:
+                    raise ServiceError.invalid(
+                        [Violation("frame", f"more than max_video_frames={self.limits.max_frames} frames")]
+                    )
+                ticket = self.batcher.admit(bounded=False)  # the window bounds a stream's frames
+                frame = _Frame(index, ticket)
+                in_flight.append(frame)
+                t0 = time.perf_counter()
+                try:
+                    prepared = await loop.run_in_executor(self.pool, stream.prepare, message.frame)
+                except InvalidInputError as e:
+                    raise ServiceError.invalid([Violation(e.field, e.description)]) from e
+                frame.prepare_ms = (time.perf_counter() - t0) * 1000
+                frame.item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
+                self.metrics.queue_depth.set(self.batcher.depth)
+                await queue.put(frame)  # waits while the window is full
+                index += 1
+            if index == 0:
+                raise ServiceError.invalid([Violation("frame", "the stream carried no frames")])
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except ClosedError as e:
+            await queue.put(ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)))
+        except BaseException as e:  # noqa: BLE001 - handed to the call, which ends with it
+            await queue.put(e)
+
+    async def _finish(
+        self, stream: Any, frame: _Frame, fmt: int, quality: int, loop: asyncio.AbstractEventLoop
+    ) -> pb.VideoFrame:
+        try:
+            result = await frame.item.future
+        except DeadlineDropped as e:
+            raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
+        frame.item = None
+        frame.ticket.release()
+        t0 = time.perf_counter()
+
+        def finish_and_encode() -> tuple[Any, bytes]:
+            image = stream.finish(frame.index, result.output)
+            return image, encode_image(image, FORMAT_BY_ENUM[fmt], quality)
+
+        image, data = await loop.run_in_executor(self.pool, finish_and_encode)
+        return pb.VideoFrame(
+            image=data,
+            index=frame.index,
+            width=image.width,
+            height=image.height,
+            format=fmt,
+            timings=pb.Timings(
+                queue_ms=result.queue_ms,
+                inference_ms=result.inference_ms,
+                prepare_ms=frame.prepare_ms,
+                encode_ms=(time.perf_counter() - t0) * 1000,
+                batch_size=result.batch_size,
+            ),
+        )

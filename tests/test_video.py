@@ -1,0 +1,358 @@
+"""Video end to end on small synthesized clips: the library's stream, the StylizeVideo RPC and the CLI."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adain import InvalidInputError, Stylizer
+from adain.client import StyleTransferClient, StyleTransferError
+from adain.client.cli import main
+from adain.image import load_image
+from adain.media import MediaError, VideoReader
+from adain.video import VideoStream, stylize_video
+from helpers import ServerProcess, free_port
+from synth import encoded, make_image, make_video, synth_image, video_facts
+
+torch.set_num_threads(1)
+STYLE = make_image(40, 40, seed=22, kind="noise")
+MODES = ("none", "smooth", "flow", "smooth-flow")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("clips")
+    out = {}
+    for name, audio in (("audio.mp4", True), ("silent.mp4", False), ("clip.webm", True), ("clip.mkv", True),
+                        ("clip.mov", False), ("anim.gif", False)):
+        make_video(root / name, frames=18, audio=audio)
+        out[name] = root / name
+    (root / "style.png").write_bytes(STYLE)
+    out["style.png"] = root / "style.png"
+    return out
+
+
+@pytest.fixture(scope="module")
+def stylizer(decoder_path: Path) -> Stylizer:
+    return Stylizer(decoder_path, device="cpu")
+
+
+def _frames(path: Path) -> list[Image.Image]:
+    with VideoReader(path) as r:
+        return [img for img, _ in r.frames()]
+
+
+# --- the library ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stream_gives_one_frame_per_frame(stylizer: Stylizer, clips: dict[str, Path], mode: str) -> None:
+    frames = _frames(clips["silent.mp4"])
+    stream = VideoStream(stylizer, [STYLE], temporal=mode)
+    outs = [stream.stylize(f) for f in frames]
+    assert len(outs) == len(frames) == 18 and all(o.size == (64, 48) for o in outs)
+    # The first frame has no past: every mode gives the plain stylization there.
+    assert np.array_equal(np.asarray(outs[0]), np.asarray(stylizer.stylize(frames[0], [STYLE])))
+
+
+def test_style_statistics_are_computed_once(stylizer: Stylizer, clips: dict[str, Path]) -> None:
+    st = Stylizer(stylizer.decoder_file.path, device="cpu", cache_size=0)  # no cache to hide a second pass
+    calls = []
+    st.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    stream = VideoStream(st, [STYLE, make_image(32, 32, seed=3)], temporal="none")
+    for f in _frames(clips["silent.mp4"])[:5]:
+        stream.stylize(f)
+    assert len(calls) == 2 + 5  # two styles once, then one content pass per frame
+
+
+def test_smoothing_steadies_jumping_statistics(stylizer: Stylizer) -> None:
+    """A bright patch blinks in one corner: per-frame AdaIN renormalises the whole frame each time, so the
+    untouched background changes too; the running average of the statistics keeps it steadier, the more so
+    the stronger it is. (A global brightness change is no test: instance normalisation cancels it.)"""
+    base = np.asarray(synth_image(64, 48, seed=8, kind="gradient"))
+    blink = base.copy()
+    blink[:16, :16] = 255
+    frames = [Image.fromarray(blink if i % 2 else base) for i in range(24)]
+
+    def background_jumps(mode: str, strength: float) -> float:  # once the running average has settled
+        stream = VideoStream(stylizer, [STYLE], temporal=mode, strength=strength)
+        outs = [np.asarray(stream.stylize(f), dtype=np.float32)[28:, 28:] for f in frames][12:]
+        return float(np.mean([np.abs(a - b).mean() for a, b in zip(outs, outs[1:])]))
+
+    none, half, strong = background_jumps("none", 0.0), background_jumps("smooth", 0.5), background_jumps("smooth", 0.9)
+    assert strong < half < none, (none, half, strong)
+
+
+def test_flow_keeps_a_static_clip_still(stylizer: Stylizer) -> None:
+    """Identical frames: the flow is zero and consistent everywhere, so the output stays what it was."""
+    frame = synth_image(64, 48, seed=9)
+    stream = VideoStream(stylizer, [STYLE], temporal="flow", strength=0.9)
+    outs = [np.asarray(stream.stylize(frame), dtype=np.int16) for _ in range(4)]
+    assert all(np.abs(o - outs[0]).max() <= 1 for o in outs[1:])
+
+
+def test_stream_errors(stylizer: Stylizer) -> None:
+    with pytest.raises(InvalidInputError) as e:
+        VideoStream(stylizer, [STYLE], temporal="wobbly", strength=1.5, alpha=2)
+    assert {p.field for p in e.value.problems} == {"temporal", "temporal_strength", "alpha"}
+    stream = VideoStream(stylizer, [STYLE], temporal="none")
+    stream.stylize(synth_image(64, 48))
+    with pytest.raises(InvalidInputError) as e:
+        stream.stylize(synth_image(32, 48))
+    assert e.value.field == "frames[1]" and "64 x 48" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["audio.mp4", "clip.webm", "clip.mkv", "clip.mov", "anim.gif"])
+def test_stylize_video_file_keeps_count_rate_size_audio(stylizer: Stylizer, clips: dict[str, Path], name: str,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / f"out{clips[name].suffix}"
+    assert stylize_video(stylizer, clips[name], out, [STYLE], temporal="smooth-flow") == 18
+    src, got = video_facts(clips[name]), video_facts(out)
+    assert (got["frames"], got["rate"], got["size"], got["audio"]) == (18, src["rate"], (64, 48), src["audio"])
+    if src["audio"]:
+        assert got["audio_packets"] == src["audio_packets"]  # copied unchanged, packet for packet
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_still_gif_is_an_image() -> None:
+    still = encoded(synth_image(20, 10, seed=1), "GIF")
+    assert load_image(still).size == (20, 10)
+    frames = [synth_image(20, 10, seed=s).convert("P") for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert load_image(buf.getvalue()).size == (20, 10)  # an animated GIF as an image: its first frame
+
+
+# --- the RPC --------------------------------------------------------------------------------------
+
+
+def _frame_bytes(path: Path) -> list[bytes]:
+    return [encoded(img) for img in _frames(path)]
+
+
+def test_rpc_frames_in_order(client: StyleTransferClient, clips: dict[str, Path], stylizer: Stylizer) -> None:
+    frames = _frame_bytes(clips["silent.mp4"])
+    results = list(client.stylize_video(frames, STYLE, temporal="smooth", temporal_strength=0.5))
+    assert [r.index for r in results] == list(range(18))
+    assert all((r.width, r.height, r.format) == (64, 48, "png") for r in results)
+    # The same frames in process give the same images, in the same order.
+    stream = VideoStream(stylizer, [STYLE], temporal="smooth", strength=0.5)
+    for r, f in zip(results, frames):
+        local = np.asarray(stream.stylize(f), dtype=np.int16)
+        assert np.abs(np.asarray(r.to_pil(), dtype=np.int16) - local).max() <= 2
+
+
+def _expect(code: grpc.StatusCode, fn, *args, **kwargs) -> StyleTransferError:
+    with pytest.raises(StyleTransferError) as info:
+        fn(*args, **kwargs)
+    assert info.value.code == code, info.value.details
+    return info.value
+
+
+def test_rpc_bad_input(client: StyleTransferClient) -> None:
+    frames = [make_image(64, 48, seed=i) for i in range(3)]
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(
+        client.stylize_video(frames + [make_image(32, 32)], STYLE)))
+    assert err.details.startswith("frames[3]:") and "64 x 48" in err.details
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(
+        [frames[0], b"not an image"], STYLE)))
+    assert err.details.startswith("frames[1]:")
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video([], STYLE)))
+    assert "no frames" in err.details
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(
+        frames, [STYLE, (STYLE, -1)], temporal_strength=1.0, alpha=3)))
+    assert {f for f, _ in err.violations} == {"options.styles[1].weight", "options.alpha", "options.temporal_strength"}
+    assert client.stylize(frames[0], STYLE).width == 64  # and the server goes on serving
+
+
+def test_rpc_reading_error_cancels_and_is_raised(client: StyleTransferClient) -> None:
+    def frames():
+        yield make_image(64, 48)
+        raise MediaError("the reader broke")
+
+    with pytest.raises(MediaError, match="the reader broke"):
+        list(client.stylize_video(frames(), STYLE))
+
+
+@pytest.fixture(scope="module")
+def limited(decoder_path: Path):
+    metrics_port = free_port()
+    srv = ServerProcess(decoder_path, "--max-video-frames", "6", "--max-video-streams", "1", "--video-window", "2",
+                        "--metrics-port", str(metrics_port))
+    srv.metrics_port = metrics_port
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60, retries=0) as c:
+            yield srv, c
+    finally:
+        srv.terminate()
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_rpc_limits(limited) -> None:
+    srv, client = limited
+    frames = [make_image(64, 48, seed=i) for i in range(7)]
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(frames, STYLE)))
+    assert "max_video_frames=6" in err.details
+    # One stream at a time: a second one while the first runs is refused, naming the limit.
+    gate = threading.Event()
+
+    def slow_frames():
+        yield frames[0]
+        gate.wait(30)
+        yield frames[1]
+
+    first = client.stylize_video(slow_frames(), STYLE)
+    assert next(first).index == 0
+    err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: list(client.stylize_video(frames[:2], STYLE)))
+    assert "max_video_streams=1" in err.details
+    gate.set()
+    assert [r.index for r in first] == [1]
+    assert srv.alive()
+
+
+def test_rpc_cancel_midway_frees_the_stream(limited) -> None:
+    srv, client = limited
+    frames = [make_image(64, 48, seed=i) for i in range(6)]
+    stream = client.stylize_video(iter(frames), STYLE)
+    assert next(stream).index == 0
+    stream.close()  # the caller stops reading: the client cancels the call
+    deadline = time.monotonic() + 10
+    while _metric(srv, "adain_video_streams") != 0:
+        assert time.monotonic() < deadline, "the cancelled stream still holds its slot"
+        time.sleep(0.05)
+    assert _metric(srv, "adain_queue_depth") == 0
+    assert len(list(client.stylize_video(frames[:3], STYLE))) == 3  # the only slot is free again
+    assert client.stylize(frames[0], STYLE).width == 64
+
+
+def test_single_images_are_served_while_a_video_runs(limited) -> None:
+    """Frames queue behind each other, not in front of everyone: a Stylize call answers mid-stream."""
+    _, client = limited
+    gate = threading.Event()
+    frames = [make_image(64, 48, seed=i) for i in range(6)]
+
+    def paced():
+        for i, f in enumerate(frames):
+            if i == 3:
+                gate.wait(30)
+            yield f
+
+    stream = client.stylize_video(paced(), STYLE)
+    got = [next(stream).index for _ in range(3)]
+    single = client.stylize(frames[0], STYLE, timeout=30)  # while the stream is open and waiting
+    gate.set()
+    assert got == [0, 1, 2] and single.width == 64 and [r.index for r in stream] == [3, 4, 5]
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["audio.mp4", "clip.webm", "anim.gif"])
+def test_cli_video(server: ServerProcess, clips: dict[str, Path], name: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / f"out{clips[name].suffix}"
+    code = main([str(clips[name]), "-s", str(clips["style.png"]), "-o", str(out), "--temporal", "flow",
+                 "--server", server.target])
+    assert code == 0, capsys.readouterr().err
+    src, got = video_facts(clips[name]), video_facts(out)
+    assert (got["frames"], got["rate"], got["size"], got["audio"]) == (18, src["rate"], (64, 48), src["audio"])
+    assert "18 frames" in capsys.readouterr().out
+
+
+def test_cli_video_size_and_container_by_content(server: ServerProcess, clips: dict[str, Path], tmp_path: Path,
+                                                 capsys) -> None:
+    disguised = tmp_path / "clip.bin"  # a video whatever its name says
+    disguised.write_bytes(clips["audio.mp4"].read_bytes())
+    out = tmp_path / "small.mkv"
+    assert main([str(disguised), "-s", str(clips["style.png"]), "-o", str(out), "--size", "32",
+                 "--server", server.target]) == 0, capsys.readouterr().err
+    facts = video_facts(out)
+    assert (facts["frames"], facts["size"], facts["audio"]) == (18, (32, 24), "aac")
+
+
+def test_cli_folder_with_videos(server: ServerProcess, clips: dict[str, Path], tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(make_image(64, 48))
+    (folder / "clip.mov").write_bytes(clips["clip.mov"].read_bytes())
+    out = tmp_path / "out"
+    assert main([str(folder), "-s", str(clips["style.png"]), "-o", str(out), "--server", server.target]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip_stylized_style.mov", "photo_stylized_style.png"]
+    assert video_facts(out / "clip_stylized_style.mov")["frames"] == 18
+
+
+def _truncated(path: Path, tmp_path: Path) -> Path:
+    cut = tmp_path / f"cut{path.suffix}"
+    data = path.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    return cut
+
+
+def _audio_only(tmp_path: Path) -> Path:
+    import av
+
+    path = tmp_path / "sound.m4a"
+    with av.open(str(path), "w", format="mp4") as out:
+        a = out.add_stream("aac", rate=44100)
+        tone = (0.2 * np.sin(np.arange(44100) / 10)).astype(np.float32)[None, :]
+        frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+        frame.sample_rate = 44100
+        for packet in [*a.encode(frame), *a.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+def _no_frames(tmp_path: Path) -> Path:
+    """A Matroska file with a video track that holds no frame (and a sound track, so that it is written)."""
+    import av
+
+    path = tmp_path / "empty.mkv"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("aac", rate=44100)
+        frame = av.AudioFrame.from_ndarray((0.2 * np.sin(np.arange(4410) / 10)).astype(np.float32)[None, :],
+                                           format="flt", layout="mono")
+        frame.sample_rate = 44100
+        for packet in [*a.encode(frame), *a.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+BAD_VIDEOS = {
+    "corrupt": (lambda c, t: (t / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 nothing else") and t / "bad.mp4",
+                "not a readable video"),
+    "truncated-mp4": (lambda c, t: _truncated(c["audio.mp4"], t), "not a readable video"),
+    "truncated-mkv": (lambda c, t: _truncated(c["clip.mkv"], t), "truncated"),
+    "truncated-gif": (lambda c, t: _truncated(c["anim.gif"], t), "truncated"),
+    "no-video-stream": (lambda c, t: _audio_only(t), "no video stream"),
+    "no-frames": (lambda c, t: _no_frames(t), "no frames"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VIDEOS), ids=list(BAD_VIDEOS))
+def test_cli_bad_videos(server: ServerProcess, clips: dict[str, Path], tmp_path: Path, case: str, capsys) -> None:
+    make, expected = BAD_VIDEOS[case]
+    src = make(clips, tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "out.mp4"
+    code = main([str(src), "-s", str(clips["style.png"]), "-o", str(out), "--server", server.target])
+    err = capsys.readouterr().err
+    assert code == 1 and expected in err, err
+    assert err.strip().splitlines()[-1].startswith("adain-stylize: error: ")
+    assert list(out_dir.iterdir()) == []  # nothing written, not even a partial file
+    assert server.alive()
