@@ -30,3 +30,12 @@ class InvalidInputError(ValueError):
 
 class NoDecoderError(RuntimeError):
     """No trained decoder is installed (or the file given is not one); never fall back to random."""
+
+
+class StoppedError(RuntimeError):
+    """Long work (an optimisation) stopped before its end because its caller asked: ``reason`` is
+    "cancelled" or "deadline". Raised from a progress callback; nothing is returned."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"stopped: {reason}")
+        self.reason = reason

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from adain.errors import InvalidInputError
 from adain.image import ImageSource
-from adain.wire import COLOR_MODES, TEMPORAL_MODES, Limits, color_mode
+from adain.wire import (
+    COLOR_MODES,
+    DEFAULT_CONTENT_WEIGHT,
+    DEFAULT_STYLE_WEIGHT,
+    OPTIMIZERS,
+    REFINE_INITS,
+    TEMPORAL_MODES,
+    Limits,
+    color_mode,
+)
 
 
 @dataclass
@@ -30,6 +39,15 @@ class Job:
     mask: ImageSource | None = None  # white: styles[0], black: styles[1]; grey blends
     content_size: int | None = None  # longest side of the content; None keeps it (up to the limit)
     style_size: int | None = None  # longest side of the styles; None = the limits' default (512)
+    # The optimisation method (adain.optimize): iterations (0: off), from "adain" (the decoder's output)
+    # or "content" (the classic method); the loss weights; the longest side it works at (None: full).
+    refine_steps: int = 0
+    refine_init: str = "adain"
+    content_weight: float = DEFAULT_CONTENT_WEIGHT
+    style_weight: float = DEFAULT_STYLE_WEIGHT
+    tv_weight: float = 0.0
+    refine_size: int | None = None
+    optimizer: str = "lbfgs"
 
     def problems(self, limits: Limits, *, content: bool = True) -> list[InvalidInputError]:
         """Every problem with the arguments that needs no decoding; empty when there is none.
@@ -66,8 +84,43 @@ class Job:
                 bad.append(
                     InvalidInputError(name, f"{value} is over the limit of max_content_side={limits.max_content_side}")
                 )
+        bad += self._refine_problems(limits)
         if self.mask is not None and n != 2:
             bad.append(InvalidInputError("mask", f"a mask needs exactly 2 styles (white, black), got {n}"))
+        return bad
+
+    def _refine_problems(self, limits: Limits) -> list[InvalidInputError]:
+        bad = []
+        steps, top = self.refine_steps, limits.max_refine_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            bad.append(InvalidInputError("refine_steps", f"must be an integer >= 0, got {steps!r}"))
+        elif steps > top:
+            bad.append(InvalidInputError("refine_steps", f"{steps} is over the limit of max_refine_steps={top}"))
+        elif self.refine_init == "content" and steps == 0:
+            bad.append(InvalidInputError("refine_steps", "the classic method (refine_init content) needs steps >= 1"))
+        if self.refine_init not in REFINE_INITS:
+            bad.append(
+                InvalidInputError("refine_init", f"must be one of {', '.join(REFINE_INITS)}; got {self.refine_init!r}")
+            )
+        if self.optimizer not in OPTIMIZERS:
+            bad.append(
+                InvalidInputError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+            )
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                bad.append(InvalidInputError(name, f"must be a finite number >= 0, got {value!r}"))
+        if (
+            _is_number(self.content_weight)
+            and _is_number(self.style_weight)
+            and self.content_weight == 0 == self.style_weight
+        ):
+            bad.append(InvalidInputError("style_weight", "content_weight and style_weight are both 0"))
+        size = self.refine_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 16):
+            bad.append(
+                InvalidInputError("refine_size", f"must be an integer >= 16 (the encoder's smallest), got {size!r}")
+            )
         return bad
 
     def check(self, limits: Limits, *, content: bool = True) -> CheckedJob:
@@ -86,6 +139,13 @@ class Job:
             mask=self.mask,
             content_side=min(self.content_size or limits.max_content_side, limits.max_content_side),
             style_size=self.style_size or limits.style_size,
+            refine_steps=self.refine_steps,
+            refine_init=self.refine_init,
+            content_weight=float(self.content_weight),
+            style_weight=float(self.style_weight),
+            tv_weight=float(self.tv_weight),
+            refine_size=self.refine_size,
+            optimizer=self.optimizer,
         )
 
 
@@ -101,6 +161,13 @@ class CheckedJob:
     mask: ImageSource | None
     content_side: int  # the content is downscaled (never up) to this longest side
     style_size: int  # the styles' longest side
+    refine_steps: int = 0
+    refine_init: str = "adain"
+    content_weight: float = DEFAULT_CONTENT_WEIGHT
+    style_weight: float = DEFAULT_STYLE_WEIGHT
+    tv_weight: float = 0.0
+    refine_size: int | None = None
+    optimizer: str = "lbfgs"
 
 
 def _is_number(value: object) -> bool:

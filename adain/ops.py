@@ -94,6 +94,13 @@ def with_luminance(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (rgb + (y - luminance(rgb))).clamp(0, 1)
 
 
+def gram(feat: torch.Tensor) -> torch.Tensor:
+    """N x C x C second moments of an N x C x H x W map, averaged over positions (Gatys et al.'s style
+    representation; with the normalised VGG its entries are of order 1)."""
+    flat = feat.float().flatten(2)
+    return flat @ flat.transpose(1, 2) / flat.shape[2]
+
+
 def style_loss(
     out_feats: tuple[torch.Tensor, ...], style_feats: tuple[torch.Tensor, ...], weights: torch.Tensor | None = None
 ) -> torch.Tensor:

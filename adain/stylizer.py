@@ -46,6 +46,10 @@ class Prepared:
     # Replaces the content statistics of region k before normalisation (a video's running average);
     # called in render, in job order.
     smooth: Callable[[int, Stats], Stats] | None = None
+    # Replaces the AdaIN target (styles mixed, before alpha) with one that carries the previous frame's
+    # (a video's optical flow); called in render, in job order.
+    propagate: Callable[[torch.Tensor], torch.Tensor] | None = None
+    job: CheckedJob | None = None  # what it was prepared from (the optimisation method reads its options)
 
 
 class Stylizer:
@@ -93,11 +97,24 @@ class Stylizer:
         return torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32)
 
     # --- the public one-call API -------------------------------------------------------------
-    def stylize(self, content: ImageSource, styles: ImageSource | Sequence[ImageSource], **options: Any) -> Image.Image:
-        """Stylize one content image; ``options`` are the fields of :class:`Job`."""
+    def stylize(
+        self,
+        content: ImageSource,
+        styles: ImageSource | Sequence[ImageSource],
+        *,
+        on_step: Callable[[Any], None] | None = None,
+        **options: Any,
+    ) -> Image.Image:
+        """Stylize one content image; ``options`` are the fields of :class:`Job`. With ``refine_steps`` the
+        optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration."""
         if not isinstance(styles, (list, tuple)):
             styles = [styles]
-        return self.render([self.prepare(Job(content, styles, **options))])[0]
+        prepared = self.prepare(Job(content, styles, **options))
+        if prepared.job is not None and prepared.job.refine_steps:
+            from adain.optimize import refine
+
+            return refine(self, prepared, on_step=on_step)
+        return self.render([prepared])[0]
 
     def stylize_batch(
         self, contents: Sequence[ImageSource], styles: ImageSource | Sequence[ImageSource], **options: Any
@@ -146,6 +163,7 @@ class Stylizer:
             mask=mask,
             chroma_from=chroma_from,
             batch_key=padded_size(*content.shape[2:]),
+            job=job,
         )
 
     def _style_stats(
@@ -161,15 +179,22 @@ class Stylizer:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        style = to_tensor(resize_longest(load_image(source, field=name, max_pixels=self.limits.max_pixels), size))
-        if mode == "coral":
-            style = coral(style[0], content[0]).unsqueeze(0)
-        elif mode == "luminance":
-            style = luminance(style).expand(-1, 3, -1, -1)
         with torch.inference_mode(), self._autocast():
-            stats = mean_std(self.encoder.encode([style])[0])
+            stats = mean_std(self.encoder.encode([self.style_tensor(source, name, size, mode, content)])[0])
         self.cache.put(key, stats)
         return stats
+
+    def style_tensor(
+        self, source: ImageSource, name: str, size: int, mode: str | None, content: torch.Tensor
+    ) -> torch.Tensor:
+        """A style image as the encoder sees it: decoded, scaled to ``size``, its colours matched to the
+        content ("coral") or made grey ("luminance"). 1 x 3 x h x w on the CPU."""
+        style = to_tensor(resize_longest(load_image(source, field=name, max_pixels=self.limits.max_pixels), size))
+        if mode == "coral":
+            return coral(style[0], content[0].cpu()).unsqueeze(0)
+        if mode == "luminance":
+            return luminance(style).expand(-1, 3, -1, -1)
+        return style
 
     # --- step 2: encode contents, mix AdaIN targets, decode (batched) ------------------------
     @staticmethod
@@ -184,6 +209,8 @@ class Stylizer:
         else:
             stats = smooth(0, mean_std(feat))
             t = sum(w * adain(feat, mean, std, stats) for mean, std, w in job.targets)
+        if job.propagate is not None:
+            t = job.propagate(t)
         return job.alpha * t + (1 - job.alpha) * feat.float()
 
     def render(self, jobs: Sequence[Prepared]) -> list[Image.Image]:

@@ -40,12 +40,26 @@ COLOR_BY_ENUM = {value: name for name, value in COLOR_ENUM.items()}
 
 # --- video: how frames are kept stable in time ---------------------------------------------------
 # none: each frame alone; smooth: the content statistics are a running average over the frames;
-# flow: the previous output, warped by the optical flow, is blended in where the flow is consistent.
+# flow: the previous frame's AdaIN target and output, warped by the optical flow, are blended in where
+# the flow is consistent (see adain.video).
 TEMPORAL_MODES = ("none", "smooth", "flow", "smooth-flow")
-DEFAULT_TEMPORAL = "smooth-flow"  # benchmarks/video.py: the most stable for its cost (see the README)
-DEFAULT_TEMPORAL_STRENGTH = 0.7
+DEFAULT_TEMPORAL = "flow"  # benchmarks/video.py: the most stable for its cost (see the README)
+DEFAULT_TEMPORAL_STRENGTH = 0.95
 TEMPORAL_ENUM = {name: pb.Temporal.Value(f"TEMPORAL_{name.upper().replace('-', '_')}") for name in TEMPORAL_MODES}
 TEMPORAL_BY_ENUM = {value: name for name, value in TEMPORAL_ENUM.items()}
+
+
+# --- the optimisation method (adain.optimize) ---------------------------------------------------
+# adain: refine the decoder's output; content: the classic method of Gatys et al. from the content.
+REFINE_INITS = ("adain", "content")
+OPTIMIZERS = ("lbfgs", "adam")  # benchmarks/refine.py: L-BFGS reaches a lower loss per second here
+STYLE_LOSSES = ("gram", "meanstd")
+DEFAULT_CONTENT_WEIGHT = 1.0
+DEFAULT_STYLE_WEIGHT = 10.0  # the ratio style/content is the knob; see the README's refine table
+REFINE_INIT_ENUM = {name: pb.RefineInit.Value(f"REFINE_INIT_{name.upper()}") for name in REFINE_INITS}
+REFINE_INIT_BY_ENUM = {value: name for name, value in REFINE_INIT_ENUM.items()}
+OPTIMIZER_ENUM = {name: pb.Optimizer.Value(f"OPTIMIZER_{name.upper()}") for name in OPTIMIZERS}
+OPTIMIZER_BY_ENUM = {value: name for name, value in OPTIMIZER_ENUM.items()}
 
 
 def format_name(text: str) -> str | None:
@@ -79,3 +93,4 @@ class Limits:
     max_content_side: int = 4096  # the content is downscaled to this; also bounds content_size, style_size
     style_size: int = 512  # longest side of the styles when a request does not say
     max_styles: int = 8
+    max_refine_steps: int = 500  # optimisation iterations of one request (refine or the classic method)

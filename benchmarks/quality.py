@@ -51,7 +51,7 @@ from tqdm import tqdm
 from adain import InvalidInputError, NoDecoderError, Stylizer
 from adain.encoder import Encoder, Features
 from adain.image import load_image, resize_longest, to_image, to_tensor
-from adain.ops import adain, mean_std, style_loss
+from adain.ops import adain, gram, mean_std, style_loss
 from adain.train.data import list_images
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
@@ -232,13 +232,6 @@ def print_sweep(rows: list[tuple[str, float, float, float, float | None, float |
 
 
 # --- Gatys et al. ---------------------------------------------------------------------------------
-def gram(feat: torch.Tensor) -> torch.Tensor:
-    """C x C second moments of an N x C x H x W map, averaged over positions."""
-    n, c = feat.shape[:2]
-    flat = feat.reshape(n, c, -1)
-    return flat @ flat.transpose(1, 2) / flat.shape[2]
-
-
 def gatys(
     encoder: Encoder,
     content: torch.Tensor,

@@ -159,7 +159,7 @@ def save_outputs(folder: Path, results: dict[str, dict], rate: float) -> None:
 
 
 # --- over gRPC --------------------------------------------------------------------------------------
-def _server(decoder: str | None) -> tuple[subprocess.Popen, str]:
+def start_server(decoder: str | None) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0", "--log-level", "WARNING",
            "--max-batch-size", "1"]
     if decoder:
@@ -185,7 +185,7 @@ def _server(decoder: str | None) -> tuple[subprocess.Popen, str]:
 def run_grpc(args: argparse.Namespace, frames: list[Image.Image], style: Image.Image, inproc_spf: float) -> dict:
     from adain.client import StyleTransferClient
 
-    proc, target = _server(args.decoder)
+    proc, target = start_server(args.decoder)
     try:
         with StyleTransferClient(target, timeout=600) as client:
             buf = io.BytesIO()

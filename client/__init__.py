@@ -14,6 +14,7 @@ server's message). The command line tool is ``adain-stylize`` (:mod:`adain.clien
 
 from ._client import (
     DEFAULT_TARGET,
+    RefineProgress,
     StyleRef,
     StyleTransferClient,
     StyleTransferError,
@@ -24,6 +25,7 @@ from ._client import (
 
 __all__ = [
     "DEFAULT_TARGET",
+    "RefineProgress",
     "StyleRef",
     "StyleTransferClient",
     "StyleTransferError",

@@ -6,7 +6,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from adain.wire import (
     DEFAULT_QUALITY,
     FORMAT_BY_ENUM,
     FORMAT_ENUM,
+    OPTIMIZER_ENUM,
+    REFINE_INIT_ENUM,
     REQUEST_ID_KEY,
     SERVICE_NAME,
     STYLE_ID_PREFIX,
@@ -79,6 +81,18 @@ class Timings:
     prepare_ms: float
     encode_ms: float
     batch_size: int
+    refine_ms: float = 0.0  # the optimisation method's time (refine_steps > 0)
+    refine_steps: int = 0
+
+
+@dataclass(frozen=True)
+class RefineProgress:
+    """One optimisation iteration done, as StylizeWithProgress reports it."""
+
+    step: int
+    steps: int
+    loss: float
+    elapsed_ms: float
 
 
 @dataclass(frozen=True)
@@ -312,6 +326,14 @@ class StyleTransferClient:
         style_size: int = 0,
         format: str = "png",
         quality: int = DEFAULT_QUALITY,
+        refine_steps: int = 0,
+        refine_init: str = "adain",
+        content_weight: float | None = None,
+        style_weight: float | None = None,
+        tv_weight: float | None = None,
+        refine_size: int = 0,
+        optimizer: str = "lbfgs",
+        on_progress: Callable[[RefineProgress], None] | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> StylizeResult:
@@ -328,19 +350,63 @@ class StyleTransferClient:
         ``content_size``: longest side the content is rendered at (0 keeps it); ``style_size``: longest
         side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
         ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
+
+        The optimisation method: ``refine_steps`` iterations (0: off) from the decoder's output
+        (``refine_init="adain"``) or from the content (``"content"``: the classic method of Gatys et al.),
+        with the loss weights ``content_weight``, ``style_weight``, ``tv_weight`` (None: the server's 1, 10
+        and 0), at ``refine_size`` px (0: full size), by ``optimizer`` "lbfgs" or "adam". ``on_progress``
+        gets a :class:`RefineProgress` after every iteration (the call then uses StylizeWithProgress).
+        Such calls take seconds to minutes: give a ``timeout`` to match.
         """
         request = pb.StylizeRequest(content=image_bytes(content, "content"))
         _fill(request, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
-        reply, rid = self._call(self._stub.Stylize, request, timeout, request_id)
+        _fill_refine(
+            request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer
+        )
+        if on_progress is None:
+            reply, rid = self._call(self._stub.Stylize, request, timeout, request_id)
+        else:
+            reply, rid = self._call_with_progress(request, on_progress, timeout, request_id)
         t = reply.timings
         return StylizeResult(
             image=reply.image,
             width=reply.width,
             height=reply.height,
             format=FORMAT_BY_ENUM.get(reply.format, "png"),
-            timings=Timings(t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size),
+            timings=Timings(
+                t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size, t.refine_ms, t.refine_steps
+            ),
             request_id=reply.request_id or rid or "",
         )
+
+    def _call_with_progress(
+        self,
+        request: pb.StylizeRequest,
+        on_progress: Callable[[RefineProgress], None],
+        timeout: float | None,
+        request_id: str | None,
+    ) -> tuple[pb.StylizeResponse, str | None]:
+        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
+        call = self._stub.StylizeWithProgress(
+            request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+        )
+        reply = None
+        try:
+            for event in call:
+                if event.WhichOneof("event") == "progress":
+                    p = event.progress
+                    on_progress(RefineProgress(p.step, p.steps, p.loss, p.elapsed_ms))
+                else:
+                    reply = event.result
+        except grpc.RpcError as e:
+            raise _rpc_error(e, request_id) from None
+        finally:
+            call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
+        if reply is None:
+            raise StyleTransferError(
+                grpc.StatusCode.INTERNAL, "the stream ended without a result", request_id=request_id
+            )
+        return reply, _metadata_value(call.initial_metadata(), REQUEST_ID_KEY) or request_id
 
     def stylize_video(
         self,
@@ -414,9 +480,7 @@ class StyleTransferClient:
         if failure:
             raise failure[0]
 
-    def register_style(
-        self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None
-    ) -> str:
+    def register_style(self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None) -> str:
         """Store a style image on the server; returns its id (sha256 hex of the bytes sent).
 
         Use it as ``StyleRef(id)`` or ``"id:" + id``. The server keeps a bounded number of styles (least
@@ -476,6 +540,33 @@ def _fill(
         msg.alpha = _float(alpha, "alpha")
     if mask is not None:
         msg.mask = image_bytes(mask, "mask")
+
+
+def _fill_refine(
+    msg: pb.StylizeRequest,
+    steps: int,
+    init: str,
+    content_weight: float | None,
+    style_weight: float | None,
+    tv_weight: float | None,
+    size: int,
+    optimizer: str,
+) -> None:
+    """Set a StylizeRequest's optimisation fields (negative steps go to the server, which names them)."""
+    if init not in REFINE_INIT_ENUM:
+        raise _local_error("refine_init", f"must be one of {', '.join(REFINE_INIT_ENUM)}, got {init!r}")
+    if optimizer not in OPTIMIZER_ENUM:
+        raise _local_error("optimizer", f"must be one of {', '.join(OPTIMIZER_ENUM)}, got {optimizer!r}")
+    number = _float(steps, "refine_steps")
+    if not math.isfinite(number) or number != int(number) or abs(number) >= 2**31:
+        raise _local_error("refine_steps", f"must be a whole number, got {steps!r}")
+    msg.refine_steps = int(number)
+    msg.refine_init = REFINE_INIT_ENUM[init]
+    msg.optimizer = OPTIMIZER_ENUM[optimizer]
+    msg.refine_size = _uint(size, "refine_size")
+    for name, value in (("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)):
+        if value is not None:
+            setattr(msg, name, _float(value, name))
 
 
 def _float(value: Any, field: str) -> float:

@@ -34,6 +34,7 @@ from .batcher import Batcher
 from .config import Settings
 from .drain import Drain
 from .metrics import Metrics
+from .refine import RefineLimits, RefineService
 from .registry import StyleRegistry
 from .service import StyleTransferServicer
 from .video import VideoLimits, VideoService
@@ -73,6 +74,9 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
             max_video_frames=settings.max_video_frames,
             max_video_streams=settings.max_video_streams,
             video_window=settings.video_window,
+            max_refine_steps=limits["max_refine_steps"],
+            max_refine_jobs=settings.max_refine_jobs,
+            max_refine_queue=settings.max_refine_queue,
         ),
         default_temporal=TEMPORAL_ENUM[settings.temporal],
         default_temporal_strength=settings.temporal_strength,
@@ -108,6 +112,11 @@ class StyleTransferServer:
         )
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="adain-prepare")
         self.drain = Drain()
+        self.refiner = RefineService(
+            stylizer,
+            RefineLimits(settings.max_refine_steps, settings.max_refine_jobs, settings.max_refine_queue),
+            busy=lambda: self.batcher.depth > 0,  # fast requests preparing, queued, rendering or encoding
+        )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -121,6 +130,7 @@ class StyleTransferServer:
             limits=stylizer.limits,
             info=server_info(settings, stylizer.info),
             drain=self.drain,
+            refiner=self.refiner,
             video=VideoService(
                 open_stream=functools.partial(VideoStream.checked, stylizer),
                 batcher=self.batcher,
@@ -179,6 +189,8 @@ class StyleTransferServer:
     def _warmup_sync(self) -> None:
         content, style = _warmup_images()
         self.stylizer.stylize(content, [style])
+        if self.settings.max_refine_steps:  # a process's first backward pass is ~10x slower than the next
+            self.stylizer.stylize(content, [style], refine_steps=2)
 
     async def warm_up(self) -> None:
         """Start batching, run one dummy stylization off the event loop, then report SERVING."""
@@ -205,6 +217,7 @@ class StyleTransferServer:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.batcher.close, 5.0)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.refiner.close()
         self.metrics.close()
         log.info("stopped")
 

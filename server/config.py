@@ -53,6 +53,9 @@ class Settings:
     style_registry_size: int = 256
     style_registry_mb: float = 1024
     style_cache_size: int = 64
+    max_refine_steps: int = Limits.max_refine_steps
+    max_refine_jobs: int = 1
+    max_refine_queue: int = 4
     max_video_frames: int = 9000
     max_video_streams: int = 2
     video_window: int = 4
@@ -71,6 +74,7 @@ class Settings:
             max_content_side=self.max_content_side,
             style_size=self.style_size,
             max_styles=self.max_styles,
+            max_refine_steps=self.max_refine_steps,
         )
 
     @property
@@ -124,6 +128,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "style-registry-size": (positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
     "style-registry-mb": (positive_float, "most bytes of style images kept by RegisterStyle, MiB"),
     "style-cache-size": (positive_int, "style feature cache entries (by image hash and size)"),
+    "max-refine-steps": (non_negative_int, "most optimisation iterations (refine_steps) of one request; 0 turns "
+                         "the optimisation method off"),
+    "max-refine-jobs": (positive_int, "optimisation requests running at once, outside the batch of fast requests"),
+    "max-refine-queue": (non_negative_int, "optimisation requests waiting for a place; beyond: RESOURCE_EXHAUSTED"),
     "max-video-frames": (positive_int, "most frames in one StylizeVideo stream"),
     "max-video-streams": (positive_int, "most StylizeVideo streams at once; beyond: RESOURCE_EXHAUSTED"),
     "video-window": (positive_int, "frames of one video stream being prepared, rendered or sent at once"),

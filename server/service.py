@@ -26,12 +26,22 @@ from adain.image import KeyedImage, encode_image, load_image
 from adain.job import CheckedJob, Job, temporal_problems
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from adain.wire import COLOR_BY_ENUM, DEFAULT_QUALITY, FORMAT_BY_ENUM, REQUEST_ID_KEY, TEMPORAL_BY_ENUM, Limits
+from adain.wire import (
+    COLOR_BY_ENUM,
+    DEFAULT_QUALITY,
+    FORMAT_BY_ENUM,
+    OPTIMIZER_BY_ENUM,
+    REFINE_INIT_BY_ENUM,
+    REQUEST_ID_KEY,
+    TEMPORAL_BY_ENUM,
+    Limits,
+)
 
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
 from .errors import ServiceError, Violation, status_trailers
 from .metrics import Metrics
+from .refine import RefineService
 from .registry import StyleRegistry
 from .video import VideoService
 
@@ -86,8 +96,15 @@ async def _call(servicer: StyleTransferServicer, method: str, context: grpc.aio.
         servicer.metrics.request_seconds.labels(method).observe(elapsed)
         quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
         level = logging.INFO if quiet else logging.WARNING
-        log.log(level, "request_id=%s method=%s code=%s ms=%.1f%s", rid, method, code.name, elapsed * 1000,
-                f" detail={detail!r}" if detail else "")
+        log.log(
+            level,
+            "request_id=%s method=%s code=%s ms=%.1f%s",
+            rid,
+            method,
+            code.name,
+            elapsed * 1000,
+            f" detail={detail!r}" if detail else "",
+        )
 
 
 def rpc(method: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
@@ -132,6 +149,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         info: pb.ServerInfo,
         drain: Drain,
         video: VideoService,
+        refiner: RefineService,
     ) -> None:
         self.stylizer = stylizer
         self.batcher = batcher
@@ -142,6 +160,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.info = info  # GetServerInfo's reply, less what changes (registered_styles)
         self.drain = drain
         self.video = video
+        self.refiner = refiner
 
     # -- request -> checked job ------------------------------------------------------------------
     def _style(self, style: pb.Style, i: int, bad: list[Violation], prefix: str) -> Any:
@@ -185,6 +204,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             mask=msg.mask or None,
             content_size=msg.content_size or None,
             style_size=msg.style_size or None,
+            **(_refine_options(msg, bad) if isinstance(msg, pb.StylizeRequest) else {}),
         )
         if msg.preserve_color not in COLOR_BY_ENUM:
             bad.append(Violation(f"{prefix}preserve_color", f"unknown value {msg.preserve_color}"))
@@ -207,17 +227,52 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     # -- RPCs ------------------------------------------------------------------------------------
     @rpc("Stylize")
     async def Stylize(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
-        job = self._check(request, request.content)
+        return await self._stylize(request, context, rid)
+
+    @stream_rpc("StylizeWithProgress")
+    async def StylizeWithProgress(
+        self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext, rid: str
+    ) -> AsyncIterator[pb.StylizeEvent]:
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.ensure_future(self._stylize(request, context, rid, events.put_nowait))
         try:
-            ticket = self.batcher.admit()
-        except QueueFullError as e:
-            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
-        except ClosedError as e:
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
+            while not task.done():
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                yield _progress_event(getter.result())
+            while not events.empty():
+                yield _progress_event(events.get_nowait())
+            yield pb.StylizeEvent(result=await task)
+        finally:
+            task.cancel()
+
+    async def _stylize(
+        self,
+        request: pb.StylizeRequest,
+        context: grpc.aio.ServicerContext,
+        rid: str,
+        on_progress: Callable[[Any], None] | None = None,
+    ) -> pb.StylizeResponse:
+        """Stylize's work: checked, prepared, rendered in a batch (or refined on the refine threads), encoded."""
+        job = self._check(request, request.content)
+        if job.refine_steps:
+            self.refiner.admit()
+            ticket = None
+        else:
+            try:
+                ticket = self.batcher.admit()
+            except QueueFullError as e:
+                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
+            except ClosedError as e:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
         self.metrics.queue_depth.set(self.batcher.depth)
+        refine_ms = 0.0
         try:
             t0 = time.perf_counter()
             try:
@@ -226,31 +281,24 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
             prepare_ms = (time.perf_counter() - t0) * 1000
             self.metrics.prepare_seconds.observe(prepare_ms / 1000)
-            try:
-                item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
-            except ClosedError as e:
-                raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
-            try:
-                result = await item.future
-            except asyncio.CancelledError:
-                self.batcher.withdraw(item)
-                raise
-            except DeadlineDropped as e:
-                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
-            except (MemoryError, RuntimeError) as e:
-                if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.cuda's
-                    raise ServiceError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, f"out of memory rendering a batch: {type(e).__name__}"
-                    ) from e
-                raise
-            image = result.output
+            if ticket is None:
+                t_refine = time.perf_counter()
+                image = await self.refiner.run(prepared, deadline, on_progress)
+                refine_ms = (time.perf_counter() - t_refine) * 1000
+                result = None
+            else:
+                result = await self._render(ticket, prepared, deadline)
+                image = result.output
             t1 = time.perf_counter()
             data = await loop.run_in_executor(
                 self.pool, encode_image, image, FORMAT_BY_ENUM[request.format], request.quality or DEFAULT_QUALITY
             )
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
-            ticket.release()
+            if ticket is None:
+                self.refiner.release()
+            else:
+                ticket.release()
             self.metrics.queue_depth.set(self.batcher.depth)
         return pb.StylizeResponse(
             image=data,
@@ -259,13 +307,35 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             format=request.format,
             request_id=rid,
             timings=pb.Timings(
-                queue_ms=result.queue_ms,
-                inference_ms=result.inference_ms,
+                queue_ms=result.queue_ms if result else 0.0,
+                inference_ms=result.inference_ms if result else 0.0,
                 prepare_ms=prepare_ms,
                 encode_ms=encode_ms,
-                batch_size=result.batch_size,
+                batch_size=result.batch_size if result else 1,
+                refine_ms=refine_ms,
+                refine_steps=job.refine_steps,
             ),
         )
+
+    async def _render(self, ticket: Any, prepared: Any, deadline: float | None) -> Any:
+        """One prepared request through the dynamic batch."""
+        try:
+            item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
+        except ClosedError as e:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self.batcher.withdraw(item)
+            raise
+        except DeadlineDropped as e:
+            raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.cuda's
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"out of memory rendering a batch: {type(e).__name__}"
+                ) from e
+            raise
 
     @rpc("RegisterStyle")
     async def RegisterStyle(self, request: pb.RegisterStyleRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
@@ -306,6 +376,31 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         reply.CopyFrom(self.info)
         reply.registered_styles = len(self.registry)
         return reply
+
+
+def _refine_options(msg: pb.StylizeRequest, bad: list[Violation]) -> dict[str, Any]:
+    """The optimisation fields of a request as Job arguments; unknown enum values are violations."""
+    for name, names in (("refine_init", REFINE_INIT_BY_ENUM), ("optimizer", OPTIMIZER_BY_ENUM)):
+        if getattr(msg, name) not in names:
+            bad.append(Violation(name, f"unknown value {getattr(msg, name)} ({', '.join(names.values())})"))
+    options: dict[str, Any] = {
+        "refine_steps": msg.refine_steps,
+        "refine_init": REFINE_INIT_BY_ENUM.get(msg.refine_init, "adain"),
+        "optimizer": OPTIMIZER_BY_ENUM.get(msg.optimizer, "lbfgs"),
+        "refine_size": msg.refine_size or None,
+    }
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        if msg.HasField(name):
+            options[name] = getattr(msg, name)
+    return options
+
+
+def _progress_event(progress: Any) -> pb.StylizeEvent:
+    return pb.StylizeEvent(
+        progress=pb.Progress(
+            step=progress.step, steps=progress.steps, loss=progress.loss, elapsed_ms=progress.seconds * 1000
+        )
+    )
 
 
 def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> str:

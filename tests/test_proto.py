@@ -38,14 +38,21 @@ def test_service_and_messages() -> None:
         "RegisterStyle": ("RegisterStyleRequest", "RegisterStyleResponse"),
         "GetServerInfo": ("GetServerInfoRequest", "ServerInfo"),
         "StylizeVideo": ("VideoRequest", "VideoFrame"),
+        "StylizeWithProgress": ("StylizeRequest", "StylizeEvent"),
     }
     video = service.methods_by_name["StylizeVideo"]
     assert video.client_streaming and video.server_streaming
+    progress = service.methods_by_name["StylizeWithProgress"]
+    assert not progress.client_streaming and progress.server_streaming
     req = pb.StylizeRequest.DESCRIPTOR.fields_by_name
     assert req["alpha"].has_presence and req["alpha"].type == descriptor.FieldDescriptor.TYPE_FLOAT
     assert req["styles"].message_type.name == "Style"
     for name in ("content", "mask", "content_size", "style_size", "format", "quality", "preserve_color"):
         assert name in req
+    # refine_steps is signed, so that a negative value reaches the server's check and its precise error.
+    assert req["refine_steps"].type == descriptor.FieldDescriptor.TYPE_INT32
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        assert req[name].has_presence
     style = pb.Style.DESCRIPTOR
     assert [f.name for f in style.oneofs_by_name["source"].fields] == ["image", "style_id"]
     assert style.fields_by_name["weight"].has_presence

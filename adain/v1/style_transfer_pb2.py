@@ -24,45 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x64\x61in/v1/style_transfer.proto\x12\x08\x61\x64\x61in.v1\"V\n\x05Style\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08style_id\x18\x02 \x01(\tH\x00\x12\x13\n\x06weight\x18\x03 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06sourceB\t\n\x07_weight\"\x81\x02\n\x0eStylizeRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x1f\n\x06styles\x18\x02 \x03(\x0b\x32\x0f.adain.v1.Style\x12\x12\n\x05\x61lpha\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12/\n\x0epreserve_color\x18\x04 \x01(\x0e\x32\x17.adain.v1.PreserveColor\x12\x0c\n\x04mask\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x06 \x01(\r\x12\x12\n\nstyle_size\x18\x07 \x01(\r\x12%\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\x0f\n\x07quality\x18\t \x01(\rB\x08\n\x06_alpha\"\xca\x02\n\x0cVideoOptions\x12\x1f\n\x06styles\x18\x01 \x03(\x0b\x32\x0f.adain.v1.Style\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12/\n\x0epreserve_color\x18\x03 \x01(\x0e\x32\x17.adain.v1.PreserveColor\x12\x0c\n\x04mask\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\r\x12\x12\n\nstyle_size\x18\x06 \x01(\r\x12%\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\x0f\n\x07quality\x18\x08 \x01(\r\x12$\n\x08temporal\x18\t \x01(\x0e\x32\x12.adain.v1.Temporal\x12\x1e\n\x11temporal_strength\x18\n \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_alphaB\x14\n\x12_temporal_strength\"R\n\x0cVideoRequest\x12)\n\x07options\x18\x01 \x01(\x0b\x32\x16.adain.v1.VideoOptionsH\x00\x12\x0f\n\x05\x66rame\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x94\x01\n\nVideoFrame\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\"\n\x07timings\x18\x06 \x01(\x0b\x32\x11.adain.v1.Timings\"l\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x12\n\nprepare_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\r\"\x9e\x01\n\x0fStylizeResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\"\n\x07timings\x18\x05 \x01(\x0b\x32\x11.adain.v1.Timings\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"%\n\x14RegisterStyleRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"H\n\x15RegisterStyleResponse\x12\x10\n\x08style_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\x16\n\x14GetServerInfoRequest\"\xe9\x01\n\x06Limits\x12\x12\n\nmax_pixels\x18\x01 \x01(\x04\x12\x18\n\x10max_content_side\x18\x02 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_style_size\x18\x03 \x01(\r\x12\x12\n\nmax_styles\x18\x04 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13style_registry_size\x18\x06 \x01(\r\x12\x18\n\x10max_video_frames\x18\x07 \x01(\r\x12\x19\n\x11max_video_streams\x18\x08 \x01(\r\x12\x14\n\x0cvideo_window\x18\t \x01(\r\"j\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_batch_delay_ms\x18\x02 \x01(\x01\x12\x11\n\tmax_queue\x18\x03 \x01(\r\x12\x17\n\x0fprepare_workers\x18\x04 \x01(\r\"\xd0\x02\n\nServerInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rch_version\x18\x02 \x01(\r\x12\x17\n\x0fweights_version\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65\x63oder_meta_json\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12 \n\x06limits\x18\x07 \x01(\x0b\x32\x10.adain.v1.Limits\x12$\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x12.adain.v1.Batching\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12\x19\n\x11registered_styles\x18\n \x01(\r\x12,\n\x10\x64\x65\x66\x61ult_temporal\x18\x0b \x01(\x0e\x32\x12.adain.v1.Temporal\x12!\n\x19\x64\x65\x66\x61ult_temporal_strength\x18\x0c \x01(\x02*`\n\rPreserveColor\x12\x17\n\x13PRESERVE_COLOR_NONE\x10\x00\x12\x18\n\x14PRESERVE_COLOR_CORAL\x10\x01\x12\x1c\n\x18PRESERVE_COLOR_LUMINANCE\x10\x02*Q\n\x0bImageFormat\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x02*u\n\x08Temporal\x12\x14\n\x10TEMPORAL_DEFAULT\x10\x00\x12\x11\n\rTEMPORAL_NONE\x10\x01\x12\x13\n\x0fTEMPORAL_SMOOTH\x10\x02\x12\x11\n\rTEMPORAL_FLOW\x10\x03\x12\x18\n\x14TEMPORAL_SMOOTH_FLOW\x10\x04\x32\xaa\x02\n\rStyleTransfer\x12>\n\x07Stylize\x12\x18.adain.v1.StylizeRequest\x1a\x19.adain.v1.StylizeResponse\x12P\n\rRegisterStyle\x12\x1e.adain.v1.RegisterStyleRequest\x1a\x1f.adain.v1.RegisterStyleResponse\x12\x45\n\rGetServerInfo\x12\x1e.adain.v1.GetServerInfoRequest\x1a\x14.adain.v1.ServerInfo\x12@\n\x0cStylizeVideo\x12\x16.adain.v1.VideoRequest\x1a\x14.adain.v1.VideoFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x64\x61in/v1/style_transfer.proto\x12\x08\x61\x64\x61in.v1\"V\n\x05Style\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08style_id\x18\x02 \x01(\tH\x00\x12\x13\n\x06weight\x18\x03 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06sourceB\t\n\x07_weight\"\x81\x04\n\x0eStylizeRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x1f\n\x06styles\x18\x02 \x03(\x0b\x32\x0f.adain.v1.Style\x12\x12\n\x05\x61lpha\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12/\n\x0epreserve_color\x18\x04 \x01(\x0e\x32\x17.adain.v1.PreserveColor\x12\x0c\n\x04mask\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x06 \x01(\r\x12\x12\n\nstyle_size\x18\x07 \x01(\r\x12%\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\x0f\n\x07quality\x18\t \x01(\r\x12\x14\n\x0crefine_steps\x18\n \x01(\x05\x12)\n\x0brefine_init\x18\x0b \x01(\x0e\x32\x14.adain.v1.RefineInit\x12\x1b\n\x0e\x63ontent_weight\x18\x0c \x01(\x02H\x01\x88\x01\x01\x12\x19\n\x0cstyle_weight\x18\r \x01(\x02H\x02\x88\x01\x01\x12\x16\n\ttv_weight\x18\x0e \x01(\x02H\x03\x88\x01\x01\x12\x13\n\x0brefine_size\x18\x0f \x01(\r\x12&\n\toptimizer\x18\x10 \x01(\x0e\x32\x13.adain.v1.OptimizerB\x08\n\x06_alphaB\x11\n\x0f_content_weightB\x0f\n\r_style_weightB\x0c\n\n_tv_weight\"l\n\x0cStylizeEvent\x12&\n\x08progress\x18\x01 \x01(\x0b\x32\x12.adain.v1.ProgressH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.adain.v1.StylizeResponseH\x00\x42\x07\n\x05\x65vent\"I\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\"\xca\x02\n\x0cVideoOptions\x12\x1f\n\x06styles\x18\x01 \x03(\x0b\x32\x0f.adain.v1.Style\x12\x12\n\x05\x61lpha\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12/\n\x0epreserve_color\x18\x03 \x01(\x0e\x32\x17.adain.v1.PreserveColor\x12\x0c\n\x04mask\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\r\x12\x12\n\nstyle_size\x18\x06 \x01(\r\x12%\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\x0f\n\x07quality\x18\x08 \x01(\r\x12$\n\x08temporal\x18\t \x01(\x0e\x32\x12.adain.v1.Temporal\x12\x1e\n\x11temporal_strength\x18\n \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_alphaB\x14\n\x12_temporal_strength\"R\n\x0cVideoRequest\x12)\n\x07options\x18\x01 \x01(\x0b\x32\x16.adain.v1.VideoOptionsH\x00\x12\x0f\n\x05\x66rame\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x94\x01\n\nVideoFrame\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\"\n\x07timings\x18\x06 \x01(\x0b\x32\x11.adain.v1.Timings\"\x95\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x12\n\nprepare_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x11\n\trefine_ms\x18\x06 \x01(\x01\x12\x14\n\x0crefine_steps\x18\x07 \x01(\r\"\x9e\x01\n\x0fStylizeResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.adain.v1.ImageFormat\x12\"\n\x07timings\x18\x05 \x01(\x0b\x32\x11.adain.v1.Timings\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"%\n\x14RegisterStyleRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"H\n\x15RegisterStyleResponse\x12\x10\n\x08style_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\x16\n\x14GetServerInfoRequest\"\xb6\x02\n\x06Limits\x12\x12\n\nmax_pixels\x18\x01 \x01(\x04\x12\x18\n\x10max_content_side\x18\x02 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_style_size\x18\x03 \x01(\r\x12\x12\n\nmax_styles\x18\x04 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13style_registry_size\x18\x06 \x01(\r\x12\x18\n\x10max_video_frames\x18\x07 \x01(\r\x12\x19\n\x11max_video_streams\x18\x08 \x01(\r\x12\x14\n\x0cvideo_window\x18\t \x01(\r\x12\x18\n\x10max_refine_steps\x18\n \x01(\r\x12\x17\n\x0fmax_refine_jobs\x18\x0b \x01(\r\x12\x18\n\x10max_refine_queue\x18\x0c \x01(\r\"j\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_batch_delay_ms\x18\x02 \x01(\x01\x12\x11\n\tmax_queue\x18\x03 \x01(\r\x12\x17\n\x0fprepare_workers\x18\x04 \x01(\r\"\xd0\x02\n\nServerInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rch_version\x18\x02 \x01(\r\x12\x17\n\x0fweights_version\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65\x63oder_meta_json\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12 \n\x06limits\x18\x07 \x01(\x0b\x32\x10.adain.v1.Limits\x12$\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x12.adain.v1.Batching\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12\x19\n\x11registered_styles\x18\n \x01(\r\x12,\n\x10\x64\x65\x66\x61ult_temporal\x18\x0b \x01(\x0e\x32\x12.adain.v1.Temporal\x12!\n\x19\x64\x65\x66\x61ult_temporal_strength\x18\x0c \x01(\x02*`\n\rPreserveColor\x12\x17\n\x13PRESERVE_COLOR_NONE\x10\x00\x12\x18\n\x14PRESERVE_COLOR_CORAL\x10\x01\x12\x1c\n\x18PRESERVE_COLOR_LUMINANCE\x10\x02*Q\n\x0bImageFormat\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x02*<\n\nRefineInit\x12\x15\n\x11REFINE_INIT_ADAIN\x10\x00\x12\x17\n\x13REFINE_INIT_CONTENT\x10\x01*4\n\tOptimizer\x12\x13\n\x0fOPTIMIZER_LBFGS\x10\x00\x12\x12\n\x0eOPTIMIZER_ADAM\x10\x01*u\n\x08Temporal\x12\x14\n\x10TEMPORAL_DEFAULT\x10\x00\x12\x11\n\rTEMPORAL_NONE\x10\x01\x12\x13\n\x0fTEMPORAL_SMOOTH\x10\x02\x12\x11\n\rTEMPORAL_FLOW\x10\x03\x12\x18\n\x14TEMPORAL_SMOOTH_FLOW\x10\x04\x32\xf5\x02\n\rStyleTransfer\x12>\n\x07Stylize\x12\x18.adain.v1.StylizeRequest\x1a\x19.adain.v1.StylizeResponse\x12P\n\rRegisterStyle\x12\x1e.adain.v1.RegisterStyleRequest\x1a\x1f.adain.v1.RegisterStyleResponse\x12\x45\n\rGetServerInfo\x12\x1e.adain.v1.GetServerInfoRequest\x1a\x14.adain.v1.ServerInfo\x12@\n\x0cStylizeVideo\x12\x16.adain.v1.VideoRequest\x1a\x14.adain.v1.VideoFrame(\x01\x30\x01\x12I\n\x13StylizeWithProgress\x12\x18.adain.v1.StylizeRequest\x1a\x16.adain.v1.StylizeEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'adain.v1.style_transfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRESERVECOLOR']._serialized_start=2050
-  _globals['_PRESERVECOLOR']._serialized_end=2146
-  _globals['_IMAGEFORMAT']._serialized_start=2148
-  _globals['_IMAGEFORMAT']._serialized_end=2229
-  _globals['_TEMPORAL']._serialized_start=2231
-  _globals['_TEMPORAL']._serialized_end=2348
+  _globals['_PRESERVECOLOR']._serialized_start=2610
+  _globals['_PRESERVECOLOR']._serialized_end=2706
+  _globals['_IMAGEFORMAT']._serialized_start=2708
+  _globals['_IMAGEFORMAT']._serialized_end=2789
+  _globals['_REFINEINIT']._serialized_start=2791
+  _globals['_REFINEINIT']._serialized_end=2851
+  _globals['_OPTIMIZER']._serialized_start=2853
+  _globals['_OPTIMIZER']._serialized_end=2905
+  _globals['_TEMPORAL']._serialized_start=2907
+  _globals['_TEMPORAL']._serialized_end=3024
   _globals['_STYLE']._serialized_start=43
   _globals['_STYLE']._serialized_end=129
   _globals['_STYLIZEREQUEST']._serialized_start=132
-  _globals['_STYLIZEREQUEST']._serialized_end=389
-  _globals['_VIDEOOPTIONS']._serialized_start=392
-  _globals['_VIDEOOPTIONS']._serialized_end=722
-  _globals['_VIDEOREQUEST']._serialized_start=724
-  _globals['_VIDEOREQUEST']._serialized_end=806
-  _globals['_VIDEOFRAME']._serialized_start=809
-  _globals['_VIDEOFRAME']._serialized_end=957
-  _globals['_TIMINGS']._serialized_start=959
-  _globals['_TIMINGS']._serialized_end=1067
-  _globals['_STYLIZERESPONSE']._serialized_start=1070
-  _globals['_STYLIZERESPONSE']._serialized_end=1228
-  _globals['_REGISTERSTYLEREQUEST']._serialized_start=1230
-  _globals['_REGISTERSTYLEREQUEST']._serialized_end=1267
-  _globals['_REGISTERSTYLERESPONSE']._serialized_start=1269
-  _globals['_REGISTERSTYLERESPONSE']._serialized_end=1341
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1343
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1365
-  _globals['_LIMITS']._serialized_start=1368
-  _globals['_LIMITS']._serialized_end=1601
-  _globals['_BATCHING']._serialized_start=1603
-  _globals['_BATCHING']._serialized_end=1709
-  _globals['_SERVERINFO']._serialized_start=1712
-  _globals['_SERVERINFO']._serialized_end=2048
-  _globals['_STYLETRANSFER']._serialized_start=2351
-  _globals['_STYLETRANSFER']._serialized_end=2649
+  _globals['_STYLIZEREQUEST']._serialized_end=645
+  _globals['_STYLIZEEVENT']._serialized_start=647
+  _globals['_STYLIZEEVENT']._serialized_end=755
+  _globals['_PROGRESS']._serialized_start=757
+  _globals['_PROGRESS']._serialized_end=830
+  _globals['_VIDEOOPTIONS']._serialized_start=833
+  _globals['_VIDEOOPTIONS']._serialized_end=1163
+  _globals['_VIDEOREQUEST']._serialized_start=1165
+  _globals['_VIDEOREQUEST']._serialized_end=1247
+  _globals['_VIDEOFRAME']._serialized_start=1250
+  _globals['_VIDEOFRAME']._serialized_end=1398
+  _globals['_TIMINGS']._serialized_start=1401
+  _globals['_TIMINGS']._serialized_end=1550
+  _globals['_STYLIZERESPONSE']._serialized_start=1553
+  _globals['_STYLIZERESPONSE']._serialized_end=1711
+  _globals['_REGISTERSTYLEREQUEST']._serialized_start=1713
+  _globals['_REGISTERSTYLEREQUEST']._serialized_end=1750
+  _globals['_REGISTERSTYLERESPONSE']._serialized_start=1752
+  _globals['_REGISTERSTYLERESPONSE']._serialized_end=1824
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1826
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1848
+  _globals['_LIMITS']._serialized_start=1851
+  _globals['_LIMITS']._serialized_end=2161
+  _globals['_BATCHING']._serialized_start=2163
+  _globals['_BATCHING']._serialized_end=2269
+  _globals['_SERVERINFO']._serialized_start=2272
+  _globals['_SERVERINFO']._serialized_end=2608
+  _globals['_STYLETRANSFER']._serialized_start=3027
+  _globals['_STYLETRANSFER']._serialized_end=3400
 # @@protoc_insertion_point(module_scope)

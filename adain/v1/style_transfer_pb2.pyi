@@ -19,6 +19,16 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
 
+class RefineInit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFINE_INIT_ADAIN: _ClassVar[RefineInit]
+    REFINE_INIT_CONTENT: _ClassVar[RefineInit]
+
+class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPTIMIZER_LBFGS: _ClassVar[Optimizer]
+    OPTIMIZER_ADAM: _ClassVar[Optimizer]
+
 class Temporal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TEMPORAL_DEFAULT: _ClassVar[Temporal]
@@ -32,6 +42,10 @@ PRESERVE_COLOR_LUMINANCE: PreserveColor
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
+REFINE_INIT_ADAIN: RefineInit
+REFINE_INIT_CONTENT: RefineInit
+OPTIMIZER_LBFGS: Optimizer
+OPTIMIZER_ADAM: Optimizer
 TEMPORAL_DEFAULT: Temporal
 TEMPORAL_NONE: Temporal
 TEMPORAL_SMOOTH: Temporal
@@ -49,7 +63,7 @@ class Style(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., style_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class StylizeRequest(_message.Message):
-    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality")
+    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "refine_steps", "refine_init", "content_weight", "style_weight", "tv_weight", "refine_size", "optimizer")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     STYLES_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +73,13 @@ class StylizeRequest(_message.Message):
     STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_INIT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    STYLE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TV_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REFINE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     styles: _containers.RepeatedCompositeFieldContainer[Style]
     alpha: float
@@ -68,7 +89,34 @@ class StylizeRequest(_message.Message):
     style_size: int
     format: ImageFormat
     quality: int
-    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
+    refine_steps: int
+    refine_init: RefineInit
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    refine_size: int
+    optimizer: Optimizer
+    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine_init: _Optional[_Union[RefineInit, str]] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., refine_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ...) -> None: ...
+
+class StylizeEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: StylizeResponse
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[StylizeResponse, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("step", "steps", "loss", "elapsed_ms")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    steps: int
+    loss: float
+    elapsed_ms: float
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
 class VideoOptions(_message.Message):
     __slots__ = ("styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "temporal", "temporal_strength")
@@ -119,18 +167,22 @@ class VideoFrame(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_ms", "inference_ms", "prepare_ms", "encode_ms", "batch_size")
+    __slots__ = ("queue_ms", "inference_ms", "prepare_ms", "encode_ms", "batch_size", "refine_ms", "refine_steps")
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     PREPARE_MS_FIELD_NUMBER: _ClassVar[int]
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REFINE_MS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     queue_ms: float
     inference_ms: float
     prepare_ms: float
     encode_ms: float
     batch_size: int
-    def __init__(self, queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., prepare_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    refine_ms: float
+    refine_steps: int
+    def __init__(self, queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., prepare_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., refine_ms: _Optional[float] = ..., refine_steps: _Optional[int] = ...) -> None: ...
 
 class StylizeResponse(_message.Message):
     __slots__ = ("image", "width", "height", "format", "timings", "request_id")
@@ -169,7 +221,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_pixels", "max_content_side", "default_style_size", "max_styles", "max_message_bytes", "style_registry_size", "max_video_frames", "max_video_streams", "video_window")
+    __slots__ = ("max_pixels", "max_content_side", "default_style_size", "max_styles", "max_message_bytes", "style_registry_size", "max_video_frames", "max_video_streams", "video_window", "max_refine_steps", "max_refine_jobs", "max_refine_queue")
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTENT_SIDE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +231,9 @@ class Limits(_message.Message):
     MAX_VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_VIDEO_STREAMS_FIELD_NUMBER: _ClassVar[int]
     VIDEO_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REFINE_JOBS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REFINE_QUEUE_FIELD_NUMBER: _ClassVar[int]
     max_pixels: int
     max_content_side: int
     default_style_size: int
@@ -188,7 +243,10 @@ class Limits(_message.Message):
     max_video_frames: int
     max_video_streams: int
     video_window: int
-    def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_video_streams: _Optional[int] = ..., video_window: _Optional[int] = ...) -> None: ...
+    max_refine_steps: int
+    max_refine_jobs: int
+    max_refine_queue: int
+    def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_video_streams: _Optional[int] = ..., video_window: _Optional[int] = ..., max_refine_steps: _Optional[int] = ..., max_refine_jobs: _Optional[int] = ..., max_refine_queue: _Optional[int] = ...) -> None: ...
 
 class Batching(_message.Message):
     __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue", "prepare_workers")

@@ -56,6 +56,11 @@ class StyleTransferStub:
                 request_serializer=adain_dot_v1_dot_style__transfer__pb2.VideoRequest.SerializeToString,
                 response_deserializer=adain_dot_v1_dot_style__transfer__pb2.VideoFrame.FromString,
                 _registered_method=True)
+        self.StylizeWithProgress = channel.unary_stream(
+                '/adain.v1.StyleTransfer/StylizeWithProgress',
+                request_serializer=adain_dot_v1_dot_style__transfer__pb2.StylizeRequest.SerializeToString,
+                response_deserializer=adain_dot_v1_dot_style__transfer__pb2.StylizeEvent.FromString,
+                _registered_method=True)
 
 
 class StyleTransferServicer:
@@ -93,6 +98,14 @@ class StyleTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StylizeWithProgress(self, request, context):
+        """Stylize, reporting progress: a Progress message after every optimisation iteration of a request
+        with refine_steps, then one carrying the StylizeResponse. The same checks and limits as Stylize.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StyleTransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +128,11 @@ def add_StyleTransferServicer_to_server(servicer, server):
                     servicer.StylizeVideo,
                     request_deserializer=adain_dot_v1_dot_style__transfer__pb2.VideoRequest.FromString,
                     response_serializer=adain_dot_v1_dot_style__transfer__pb2.VideoFrame.SerializeToString,
+            ),
+            'StylizeWithProgress': grpc.unary_stream_rpc_method_handler(
+                    servicer.StylizeWithProgress,
+                    request_deserializer=adain_dot_v1_dot_style__transfer__pb2.StylizeRequest.FromString,
+                    response_serializer=adain_dot_v1_dot_style__transfer__pb2.StylizeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +245,33 @@ class StyleTransfer:
             '/adain.v1.StyleTransfer/StylizeVideo',
             adain_dot_v1_dot_style__transfer__pb2.VideoRequest.SerializeToString,
             adain_dot_v1_dot_style__transfer__pb2.VideoFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StylizeWithProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/adain.v1.StyleTransfer/StylizeWithProgress',
+            adain_dot_v1_dot_style__transfer__pb2.StylizeRequest.SerializeToString,
+            adain_dot_v1_dot_style__transfer__pb2.StylizeEvent.FromString,
             options,
             channel_credentials,
             insecure,

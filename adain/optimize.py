@@ -1,0 +1,279 @@
+"""The optimisation method (Gatys et al., 2016) on the Stylizer's encoder: refine an AdaIN output, or run
+the classic method from the content image.
+
+The pixels of an image are optimised on
+
+    content_weight * MSE(relu4_1(x), content target)
+    + style_weight * alpha * style term over relu1_1..relu4_1
+    + tv_weight * total variation
+
+* content target: the job's AdaIN target (``Stylizer.target``: styles mixed, masks, alpha), which is what
+  the decoder was trained to invert; ``benchmarks/refine.py --content-target`` compares it with the
+  content's own relu4_1 (the classic choice).
+* style term: Gram matrices (Gatys et al.) or the AdaIN mean/std statistics (``style_loss``), each layer's
+  MSE summed. Several styles are mixed by weight (their Grams, or their means and stds); with a mask each
+  region is measured under its own soft mask against its own style, weighted by its area.
+* colour modes work as in the Stylizer: "coral" styles are colour-matched to the content; "luminance"
+  optimises the grey image and puts the content's chroma back at the end.
+
+``refine_init="adain"`` starts from the decoder's output, so a few steps do what the classic method,
+``refine_init="content"``, needs a hundred for. ``refine_size`` optimises at a smaller longest side and
+adds the upsampled change to the full-size start. L-BFGS (default) or Adam; a callback after every step
+reports progress and may raise :class:`StoppedError` to stop at once (a cancelled call, a deadline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from adain.encoder import Features
+from adain.errors import StoppedError
+from adain.image import to_image, to_tensor
+from adain.ops import gram, luminance, mean_std, weighted_mean_std, with_luminance
+
+if TYPE_CHECKING:
+    from adain.stylizer import Prepared, Stylizer
+
+__all__ = ["Objective", "Progress", "StoppedError", "optimize", "refine"]
+
+FIRST_STEP = 1 / 255  # mean pixel change of L-BFGS's first step (see optimize)
+ADAM_LR = 0.02  # pixels in [0, 1]; benchmarks/refine.py --ablations compares Adam with L-BFGS
+REFINE_TARGET = "content"  # the content term of a refine; benchmarks/refine.py --ablations measured it
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the callback gets after each step."""
+
+    step: int  # 1 .. steps
+    steps: int
+    loss: float  # the objective before the step
+    seconds: float  # since the optimisation started
+    image: torch.Tensor | None = None  # the clamped iterate, at the checkpoints asked for
+
+
+OnStep = Callable[[Progress], None]
+
+
+class Objective:
+    """The loss of an image (1 x 3 x h x w in [0, 1]) against targets computed once."""
+
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        content_target: torch.Tensor,
+        styles: list[tuple[Features, float]],
+        *,
+        mask: torch.Tensor | None = None,
+        content_weight: float = 1.0,
+        style_weight: float = 1.0,
+        tv_weight: float = 0.0,
+        style_loss: str = "gram",
+    ) -> None:
+        """``styles``: each style's features and weight (weights summing to 1); with ``mask`` exactly two,
+        the first for white, the second for black."""
+        self.encoder = encoder
+        self.content_target = content_target.float()
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.kind = style_loss
+        self.mask = mask
+        if mask is None:  # one mixed target per layer
+            self.targets = [[self._mix([(self._stats(f[i]), w) for f, w in styles]) for i in range(4)]]
+        else:  # one target per region and layer
+            self.targets = [[self._stats(f[i]) for i in range(4)] for f, _ in styles]
+
+    def _stats(self, feat: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        feat = feat.float()
+        if self.kind == "gram":
+            if weight is None:
+                return (gram(feat),)
+            flat, m = feat.flatten(2), weight.flatten(2)
+            return ((flat * m) @ flat.transpose(1, 2) / m.sum().clamp_min(1e-6),)
+        return mean_std(feat) if weight is None else weighted_mean_std(feat, weight)
+
+    @staticmethod
+    def _mix(stats: list[tuple[tuple[torch.Tensor, ...], float]]) -> tuple[torch.Tensor, ...]:
+        return tuple(sum(w * s[k] for s, w in stats) for k in range(len(stats[0][0])))
+
+    def style_term(self, feats: Features) -> torch.Tensor:
+        total = torch.zeros((), device=feats[0].device)
+        for i, feat in enumerate(feats):
+            if self.mask is None:
+                regions = [(None, self.targets[0][i], 1.0)]
+            else:
+                m = F.interpolate(self.mask, size=feat.shape[2:], mode="bilinear", align_corners=False)
+                regions = [(w, t[i], float(w.mean())) for w, t in zip((m, 1 - m), self.targets)]
+            for weight, target, area in regions:
+                if area < 1e-3:
+                    continue
+                ours = self._stats(feat, weight)
+                total = total + area * sum(F.mse_loss(a, b) for a, b in zip(ours, target))
+        return total
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)
+        loss = self.content_weight * F.mse_loss(feats.relu4_1.float(), self.content_target)
+        loss = loss + self.style_weight * self.style_term(feats)
+        if self.tv_weight:
+            tv = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+            loss = loss + self.tv_weight * tv
+        return loss
+
+
+def optimize(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    steps: int,
+    *,
+    optimizer: str = "lbfgs",
+    on_step: OnStep | None = None,
+    checkpoints: Sequence[int] = (),
+) -> torch.Tensor:
+    """``steps`` iterations on the pixels from ``start``; the result, clamped to [0, 1].
+
+    L-BFGS: ``step`` calls of many iterations with a strong-Wolfe line search (history 100; at most two
+    evaluations an iteration, plus 25; it may stop earlier once converged). Called one iteration at a
+    time, torch's L-BFGS with a line search stalls, and without one it overshoots by orders of magnitude
+    on some images. The pixels are free during the run (a clamp between iterations would break the line
+    search's model) and clamped at the end. Adam: lr ``ADAM_LR``, clamped after each step.
+
+    ``on_step`` runs after every iteration and may raise (e.g. :class:`StoppedError`) to stop at once; at
+    the iterations in ``checkpoints`` (at least 2 apart; a benchmark's curve) its ``image`` is the
+    clamped iterate, which for L-BFGS costs one more evaluation each (the call restarts there)."""
+    base = start.detach().float().contiguous()
+    # L-BFGS optimises p, x = base + scale * p: torch's first L-BFGS step moves the variable by 1 in L1
+    # norm (lr / |g|_1), which for pixels is ~1/numel each, and its line search then spends ~10
+    # evaluations growing it. With this scale the first step moves a pixel by ~1/255; later iterations
+    # are unaffected (L-BFGS is invariant to rescaling the variable once it has curvature pairs).
+    scale = FIRST_STEP * base.numel() if optimizer == "lbfgs" else 1.0
+    p = torch.zeros_like(base) if optimizer == "lbfgs" else base.clone()
+    p.requires_grad_(True)
+    offset = base if optimizer == "lbfgs" else torch.zeros_like(base)
+
+    def image() -> torch.Tensor:
+        return offset + scale * p
+
+    t0 = time.perf_counter()
+    done = 0
+    last = math.nan
+
+    def report(step: int, snap: bool = False) -> None:
+        nonlocal done
+        if on_step is not None and (step > done or snap):
+            snapshot = image().detach().clamp(0, 1) if snap else None
+            on_step(Progress(step, steps, last, time.perf_counter() - t0, snapshot))
+        done = max(done, step)
+
+    stops = sorted({c for c in checkpoints if 0 < c < steps} | {steps})
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS([p], lr=1.0, history_size=100, line_search_fn="strong_wolfe", tolerance_change=1e-12)
+        state = opt.state[p]  # its "n_iter" counts the iterations of all calls
+
+        def closure() -> torch.Tensor:
+            nonlocal last
+            report(state.get("n_iter", 0) - 1)  # an evaluation in iteration k means k - 1 are done
+            opt.zero_grad()
+            loss = objective(image())
+            loss.backward()
+            last = float(loss.detach())
+            return loss
+
+        for stop in stops:
+            before = state.get("n_iter", 0)
+            opt.param_groups[0].update(max_iter=stop - before, max_eval=2 * (stop - before) + 25)
+            with torch.enable_grad():
+                opt.step(closure)
+            report(state["n_iter"], snap=stop in checkpoints)
+            if state["n_iter"] < stop:
+                break  # converged
+    elif optimizer == "adam":
+        opt = torch.optim.Adam([p], lr=ADAM_LR)
+        for step in range(1, steps + 1):
+            with torch.enable_grad():
+                opt.zero_grad()
+                loss = objective(p)
+                loss.backward()
+            opt.step()
+            with torch.no_grad():
+                p.clamp_(0, 1)
+            last = float(loss.detach())
+            report(step, snap=step in checkpoints)
+    else:
+        raise ValueError(f"optimizer must be lbfgs or adam, got {optimizer!r}")
+    return image().detach().clamp(0, 1)
+
+
+def objective_for(
+    stylizer: Stylizer, prepared: Prepared, content: torch.Tensor, *, style_loss: str = "gram", target: str = "adain"
+) -> Objective:
+    """The objective of a prepared job at the size of ``content`` (its content image, maybe scaled).
+    ``target="content"`` makes the content term the content's own relu4_1 (the classic choice)."""
+    job = prepared.job
+    assert job is not None, "prepared from a CheckedJob"
+    encoder = stylizer.encoder
+    mask = None
+    if prepared.mask is not None:
+        mask = F.interpolate(prepared.mask, size=content.shape[2:], mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        feat = encoder(content).relu4_1
+        aim = stylizer.target(feat, dataclasses.replace(prepared, mask=mask)) if target == "adain" else feat
+        styles = []
+        for i, (source, w) in enumerate(zip(job.styles, job.weights)):
+            if w == 0 and mask is None:
+                continue
+            style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
+            styles.append((encoder(style.to(content.device)), w))
+    return Objective(
+        encoder,
+        aim,
+        styles,
+        mask=mask,
+        content_weight=job.content_weight,
+        style_weight=job.style_weight * job.alpha,
+        tv_weight=job.tv_weight,
+        style_loss=style_loss,
+    )
+
+
+def refine(stylizer: Stylizer, prepared: Prepared, *, on_step: OnStep | None = None) -> Image.Image:
+    """A prepared job's output by optimisation: from the decoder's output (``refine_init="adain"``) or from
+    the content (``"content"``), ``refine_steps`` iterations, at ``refine_size`` when it is smaller."""
+    job = prepared.job
+    assert job is not None and job.refine_steps > 0
+    content = prepared.content.float()  # grey for "luminance": then the grey image is optimised
+    if job.refine_init == "adain":
+        out = to_tensor(stylizer.render([prepared])[0]).to(content.device)
+        start = luminance(out).expand(-1, 3, -1, -1) if prepared.chroma_from is not None else out
+    else:
+        start = content
+    h, w = start.shape[2:]
+    side = min(job.refine_size or max(h, w), max(h, w))
+    small = start if side == max(h, w) else _scaled(start, side)
+    work_content = content if side == max(h, w) else _scaled(content, side)
+    # The classic method is Gatys et al.'s: its content term is the content's features.
+    objective = objective_for(
+        stylizer, prepared, work_content, target="content" if job.refine_init == "content" else REFINE_TARGET
+    )
+    x = optimize(objective, small, job.refine_steps, optimizer=job.optimizer, on_step=on_step)
+    if small is not start:  # the change, upsampled onto the full-size start
+        x = (start + F.interpolate(x - small, size=(h, w), mode="bicubic", align_corners=False)).clamp(0, 1)
+    if prepared.chroma_from is not None:
+        x = with_luminance(prepared.chroma_from.to(x.device), luminance(x))
+    return to_image(x)
+
+
+def _scaled(img: torch.Tensor, side: int) -> torch.Tensor:
+    """An image tensor downscaled to longest side ``side`` (rounded as ``resize_longest`` does)."""
+    h, w = img.shape[2:]
+    scale = side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)

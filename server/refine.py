@@ -1,0 +1,106 @@
+"""Optimisation jobs (``refine_steps`` > 0) outside the dynamic batch of fast requests.
+
+A refine job takes seconds to minutes, so it never enters the batcher: it runs on its own threads, at
+most ``max_jobs`` at once with at most ``max_queue`` more waiting (beyond: RESOURCE_EXHAUSTED naming
+the limit). Between iterations it yields to the batcher: while fast requests are queued or rendering,
+the next iteration waits, so plain Stylize calls keep their latency on a CPU the two would otherwise
+share. A cancelled call or a passed deadline stops the job at the next iteration (StoppedError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from adain.errors import StoppedError
+
+from .errors import ServiceError
+
+if TYPE_CHECKING:
+    from adain.optimize import Progress
+    from adain.stylizer import Prepared, Stylizer
+
+YIELD_POLL_S = 0.005
+YIELD_MAX_S = 5.0  # a refine iteration waits at most this long for fast work, so it cannot starve either
+
+
+@dataclass(frozen=True)
+class RefineLimits:
+    max_steps: int
+    max_jobs: int
+    max_queue: int
+
+
+class RefineService:
+    """Runs prepared refine jobs; ``busy()`` says whether fast work is waiting (the batcher's depth)."""
+
+    def __init__(self, stylizer: Stylizer, limits: RefineLimits, busy: Callable[[], bool]) -> None:
+        self.stylizer = stylizer
+        self.limits = limits
+        self.busy = busy
+        self.pool = ThreadPoolExecutor(limits.max_jobs, thread_name_prefix="adain-refine")
+        self._admitted = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> None:
+        with self._lock:
+            if self._admitted >= self.limits.max_jobs + self.limits.max_queue:
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many refine jobs: {self._admitted} running or waiting (max_refine_jobs="
+                    f"{self.limits.max_jobs}, max_refine_queue={self.limits.max_queue})",
+                )
+            self._admitted += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    async def run(
+        self, prepared: Prepared, deadline: float | None, on_progress: Callable[[Progress], None] | None = None
+    ) -> Any:
+        """The job's output image; raises ServiceError (CANCELLED/DEADLINE_EXCEEDED) when stopped.
+        ``on_progress`` is called on the event loop. The caller has admitted the job."""
+        from adain.optimize import refine
+
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def on_step(progress: Progress) -> None:
+            self._check(stop, deadline)
+            if on_progress is not None:
+                loop.call_soon_threadsafe(on_progress, progress)
+            waited = 0.0
+            while self.busy() and waited < YIELD_MAX_S:  # fast requests first
+                time.sleep(YIELD_POLL_S)
+                waited += YIELD_POLL_S
+                self._check(stop, deadline)
+
+        try:
+            return await loop.run_in_executor(
+                self.pool, functools.partial(refine, self.stylizer, prepared, on_step=on_step)
+            )
+        except asyncio.CancelledError:
+            stop.set()  # the thread stops at its next iteration; the call is already gone
+            raise
+        except StoppedError as e:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if e.reason == "deadline" else grpc.StatusCode.CANCELLED
+            raise ServiceError(code, f"refine stopped: {e.reason}") from e
+
+    @staticmethod
+    def _check(stop: threading.Event, deadline: float | None) -> None:
+        if stop.is_set():
+            raise StoppedError("cancelled")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise StoppedError("deadline")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,246 @@
+"""The optimisation method (adain.optimize): the library, then the real server through the real client and CLI."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from adain import Job, Stylizer
+from adain.client import StyleTransferClient, StyleTransferError
+from adain.client.cli import main
+from adain.errors import InvalidInputError, StoppedError
+from adain.image import to_tensor
+from adain.ops import luminance
+from adain.optimize import objective_for, optimize
+from synth import make_image, make_mask, pixels, synth_image
+
+CONTENT = synth_image(64, 48, seed=31)
+STYLE_A = synth_image(48, 48, seed=32, kind="noise")
+STYLE_B = synth_image(40, 56, seed=33, kind="gradient")
+
+
+@pytest.fixture(scope="module")
+def stylizer(decoder_path: Path) -> Stylizer:
+    return Stylizer(str(decoder_path), "cpu", precision="fp32")
+
+
+def _objective_of(st: Stylizer, image, **options):
+    prepared = st.prepare(Job(CONTENT, options.pop("styles", [STYLE_A]), refine_steps=1, **options))
+    return objective_for(st, prepared, prepared.content), prepared
+
+
+# --- the library ----------------------------------------------------------------------------------------
+def test_refine_lowers_the_objective_it_optimises(stylizer: Stylizer) -> None:
+    """From the decoder's output, 15 L-BFGS iterations: the objective (measured on the returned, clamped
+    image) falls by half or more, and every reported loss is within 5% of the lowest reported before it
+    (the line search accepts only decreasing iterates; 5% covers its trial points)."""
+    objective, prepared = _objective_of(stylizer, CONTENT)
+    start = to_tensor(stylizer.render([prepared])[0]).contiguous()
+    losses: list[float] = []
+    out = optimize(objective, start, 15, on_step=lambda p: losses.append(p.loss))
+    before, after = float(objective(start)), float(objective(out))
+    assert after < 0.5 * before, (before, after)
+    assert [p for p in range(1, len(losses) + 1)] == list(range(1, len(losses) + 1)) and len(losses) >= 10
+    for i, loss in enumerate(losses[1:], 1):
+        assert loss <= 1.05 * min(losses[:i]), losses
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_adam_lowers_the_objective_too(stylizer: Stylizer) -> None:
+    objective, prepared = _objective_of(stylizer, CONTENT)
+    start = to_tensor(stylizer.render([prepared])[0]).contiguous()
+    out = optimize(objective, start, 10, optimizer="adam")
+    assert float(objective(out)) < float(objective(start))
+
+
+def test_zero_steps_is_exactly_the_plain_output(stylizer: Stylizer) -> None:
+    plain = np.asarray(stylizer.stylize(CONTENT, STYLE_A))
+    assert np.array_equal(np.asarray(stylizer.stylize(CONTENT, STYLE_A, refine_steps=0)), plain)
+    refined = np.asarray(stylizer.stylize(CONTENT, STYLE_A, refine_steps=3))
+    assert refined.shape == plain.shape and not np.array_equal(refined, plain)
+
+
+def test_classic_method_runs_from_the_content(stylizer: Stylizer) -> None:
+    """From the content, the style term falls: the classic method moves the image towards the style."""
+    prepared = stylizer.prepare(Job(CONTENT, [STYLE_A], refine_steps=20, refine_init="content"))
+    objective = objective_for(stylizer, prepared, prepared.content, target="content")
+    steps: list[int] = []
+    out = stylizer.stylize(CONTENT, STYLE_A, refine_steps=20, refine_init="content",
+                           on_step=lambda p: steps.append(p.step))
+    assert steps[-1] == 20 and out.size == CONTENT.size
+    with torch.no_grad():
+        before = float(objective.style_term(stylizer.encoder(prepared.content)))
+        after = float(objective.style_term(stylizer.encoder(to_tensor(out))))
+    assert after < 0.5 * before, (before, after)
+
+
+def test_options_keep_working_under_refine(stylizer: Stylizer) -> None:
+    """Masks, blends, luminance (the content's chroma kept), coral, a smaller working size, TV."""
+    masked = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], mask=make_mask(64, 48), refine_steps=3)
+    assert masked.size == (64, 48)
+    grey = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[1, 3], preserve_color="luminance",
+                            refine_steps=3, refine_size=32)
+    chroma = to_tensor(grey) - luminance(to_tensor(grey))
+    want = to_tensor(CONTENT) - luminance(to_tensor(CONTENT))
+    assert float((chroma - want).abs().mean()) < 0.02  # rounding and clamping only
+    coral = stylizer.stylize(CONTENT, STYLE_A, preserve_color="coral", refine_steps=3, tv_weight=1.0)
+    assert coral.size == (64, 48)
+
+
+def test_a_callback_that_raises_stops_at_once(stylizer: Stylizer) -> None:
+    seen: list[int] = []
+
+    def stop(p) -> None:
+        seen.append(p.step)
+        if p.step == 2:
+            raise StoppedError("cancelled")
+
+    with pytest.raises(StoppedError):
+        stylizer.stylize(CONTENT, STYLE_A, refine_steps=50, on_step=stop)
+    assert seen == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "words"),
+    [
+        ({"refine_steps": -1}, "refine_steps", ">= 0"),
+        ({"refine_steps": 501}, "refine_steps", "max_refine_steps=500"),
+        ({"refine_steps": 2.5}, "refine_steps", "integer"),
+        ({"refine_steps": 0, "refine_init": "content"}, "refine_steps", "steps >= 1"),
+        ({"refine_steps": 5, "refine_init": "noise"}, "refine_init", "adain, content"),
+        ({"refine_steps": 5, "content_weight": math.nan}, "content_weight", "finite"),
+        ({"refine_steps": 5, "style_weight": -1.0}, "style_weight", ">= 0"),
+        ({"refine_steps": 5, "tv_weight": math.inf}, "tv_weight", "finite"),
+        ({"refine_steps": 5, "content_weight": 0, "style_weight": 0}, "style_weight", "both 0"),
+        ({"refine_steps": 5, "refine_size": 8}, "refine_size", ">= 16"),
+        ({"refine_steps": 5, "optimizer": "sgd"}, "optimizer", "lbfgs, adam"),
+    ],
+)
+def test_bad_values_name_the_field_and_limit(stylizer: Stylizer, options: dict, field: str, words: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        stylizer.stylize(CONTENT, STYLE_A, **options)
+    assert info.value.field == field and words in info.value.description, info.value
+
+
+# --- the server -------------------------------------------------------------------------------------------
+C_BYTES, A_BYTES = make_image(64, 48, seed=31), make_image(48, 48, seed=32, kind="noise")
+
+
+def test_refine_through_the_server(client: StyleTransferClient) -> None:
+    plain = client.stylize(C_BYTES, A_BYTES)
+    assert plain.timings.refine_steps == 0 and plain.timings.refine_ms == 0
+    seen: list[tuple[int, int]] = []
+    result = client.stylize(C_BYTES, A_BYTES, refine_steps=5, style_weight=20, tv_weight=0.1,
+                            on_progress=lambda p: seen.append((p.step, p.steps)))
+    assert (result.width, result.height) == (64, 48)
+    assert result.timings.refine_steps == 5 and result.timings.refine_ms > 0
+    assert seen == [(k, 5) for k in range(1, 6)]
+    assert not np.array_equal(pixels(result.image), pixels(plain.image))
+    classic = client.stylize(C_BYTES, A_BYTES, refine_steps=3, refine_init="content", optimizer="adam")
+    assert (classic.width, classic.height) == (64, 48)
+    same = client.stylize(C_BYTES, A_BYTES, refine_steps=0, on_progress=lambda p: seen.append(p))
+    assert np.array_equal(pixels(same.image), pixels(plain.image))  # the progress RPC without refine
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "words"),
+    [
+        ({"refine_steps": -3}, "refine_steps", ">= 0"),
+        ({"refine_steps": 100000}, "refine_steps", "max_refine_steps=500"),
+        ({"refine_steps": 5, "content_weight": math.nan}, "content_weight", "finite"),
+        ({"refine_steps": 5, "style_weight": math.inf}, "style_weight", "finite"),
+        ({"refine_steps": 5, "refine_size": 4}, "refine_size", ">= 16"),
+    ],
+)
+def test_bad_refine_values_are_invalid_argument(client: StyleTransferClient, options: dict, field: str,
+                                                words: str) -> None:
+    with pytest.raises(StyleTransferError) as info:
+        client.stylize(C_BYTES, A_BYTES, **options)
+    e = info.value
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT and field in e.details and words in e.details, e.details
+
+
+def test_cancel_and_deadline_stop_a_refine_promptly(client: StyleTransferClient) -> None:
+    """A long job (500 iterations) stops within about one iteration of a cancel or deadline, and the
+    server answers the next call."""
+
+    class Enough(Exception):
+        pass
+
+    def cancel_after_two(p) -> None:
+        if p.step >= 2:
+            raise Enough
+
+    t0 = time.monotonic()
+    with pytest.raises(Enough):
+        client.stylize(C_BYTES, A_BYTES, refine_steps=500, on_progress=cancel_after_two)
+    t1 = time.monotonic()
+    with pytest.raises(StyleTransferError) as info:
+        client.stylize(C_BYTES, A_BYTES, refine_steps=500, timeout=1.5)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    t2 = time.monotonic()
+    # The refine thread must be free again: a refine call right after completes (one job at a time).
+    done = client.stylize(C_BYTES, A_BYTES, refine_steps=2, timeout=20)
+    assert done.timings.refine_steps == 2
+    assert t1 - t0 < 20 and t2 - t1 < 10 and time.monotonic() - t2 < 15
+
+
+def test_plain_calls_are_served_while_refine_jobs_run(client: StyleTransferClient) -> None:
+    """Plain calls complete while a long refine job is still running (it runs outside the batch and
+    yields to them between iterations)."""
+    progress: list[int] = []
+    finished = threading.Event()
+    errors: list[BaseException] = []
+
+    def long_refine() -> None:
+        try:
+            client.stylize(C_BYTES, A_BYTES, refine_steps=120, timeout=120,
+                           on_progress=lambda p: progress.append(p.step))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=long_refine)
+    thread.start()
+    while not progress and not finished.is_set():
+        time.sleep(0.02)
+    served = 0
+    for _ in range(5):
+        r = client.stylize(C_BYTES, A_BYTES, timeout=30)
+        assert (r.width, r.height) == (64, 48)
+        served += 1
+    assert not finished.is_set(), "the plain calls should have finished while the refine job ran"
+    thread.join(120)
+    assert not errors, errors
+    assert served == 5 and progress[-1] == 120
+
+
+def test_cli_refine_and_classic(client: StyleTransferClient, server, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.png").write_bytes(C_BYTES)
+    (tmp_path / "s.png").write_bytes(A_BYTES)
+    srv = ["--server", server.target]
+    out = tmp_path / "out.png"
+    assert main([str(tmp_path / "c.png"), "-s", str(tmp_path / "s.png"), "-o", str(out), "--refine", "3",
+                 "--style-weight", "5", *srv]) == 0
+    assert pixels(out.read_bytes()).shape == (48, 64, 3)
+    out2 = tmp_path / "classic.png"
+    assert main([str(tmp_path / "c.png"), "-s", str(tmp_path / "s.png"), "-o", str(out2), "--refine", "3",
+                 "--classic", *srv]) == 0
+    capsys.readouterr()
+    code = main([str(tmp_path / "c.png"), "-s", str(tmp_path / "s.png"), "-o", str(tmp_path / "x.png"), "--classic",
+                 *srv])
+    assert code != 0 and "--classic needs --refine" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    code = main([str(tmp_path / "c.png"), "-s", str(tmp_path / "s.png"), "-o", str(tmp_path / "y.png"), "--refine",
+                 "9999", *srv])
+    err = capsys.readouterr().err
+    assert code != 0 and "max_refine_steps=500" in err and not (tmp_path / "y.png").exists()
