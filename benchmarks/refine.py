@@ -1,0 +1,328 @@
+"""The optimisation method: AdaIN alone, AdaIN + refine, and the classic method, by loss and seconds.
+
+    python benchmarks/refine.py [--sizes 256 512] [--pairs 4 2] [--refine-steps 5 10 20 50]
+        [--classic-steps 50 100 300] [--ablations] [--plot benchmarks/results/refine.png] [--save-samples DIR]
+
+For each size (content and style at that longest side) and a seeded subset of ``../shared/data/eval``
+pairs (``--pairs``, one count per size):
+
+* AdaIN: ``Stylizer.render`` of the prepared job;
+* AdaIN + refine N: ``adain.optimize`` from that output (the library's defaults: L-BFGS, Gram style
+  term, ``REFINE_TARGET`` as content target), the rows at N steps snapshots of one run (exactly the
+  iterates a run of N takes);
+* classic N: the same optimisation from the content image with the content's own features as the
+  content term (Gatys et al.), ``refine_init="content"``.
+
+Seconds: wall time of making the output from a prepared job (style statistics computed beforehand), the
+decoder pass included for refine. Losses, the same yardstick for every row and ``benchmarks/quality.py``'s:
+each output resized to the content at ``--eval-size`` and encoded by the normalised VGG19; content loss
+MSE(relu4_1) against the content, mean/std style loss ``adain.ops.style_loss`` and Gram style loss (sum
+over relu1_1..relu4_1 of MSE of Gram matrices) against the style at ``--eval-size``.
+
+``--grpc`` starts a local ``adain-server`` (shipped decoder) and measures the p50 latency of plain Stylize
+calls (256 px) on the idle server and while refine jobs (``--grpc-steps`` iterations at 256 px) run.
+
+``--ablations`` (first size, first two pairs) compares at 10 and 30 steps: the content term's target
+(AdaIN target vs the content's features), the style term (Gram vs mean/std) and the optimiser (L-BFGS
+vs Adam), by the losses above and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import SHARED_EVAL, Evaluator, fit_to, load_folder  # noqa: E402
+
+from adain import Job, Stylizer  # noqa: E402
+from adain.image import to_image, to_tensor  # noqa: E402
+from adain.ops import gram  # noqa: E402
+from adain.optimize import REFINE_TARGET, objective_for, optimize  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+class Yardstick(Evaluator):
+    """quality.py's evaluator plus the Gram style loss."""
+
+    def gram_loss(self, out: Image.Image, content: tuple[str, Image.Image], style: tuple[str, Image.Image]) -> float:
+        size, _ = self.content_ref(*content)
+        feats = self.features(fit_to(out, size))
+        return sum(F.mse_loss(gram(o), gram(s)).item() for o, s in zip(feats, self.style_ref(*style)))
+
+    def all(self, out: Image.Image, content: tuple[str, Image.Image], style: tuple[str, Image.Image]) -> dict:
+        c, s = self.losses(out, content, style)
+        return {"content": c, "style": s, "gram": self.gram_loss(out, content, style)}
+
+
+def run_pair(
+    st: Stylizer,
+    content: Image.Image,
+    style: Image.Image,
+    size: int,
+    *,
+    init: str,
+    steps: int,
+    checkpoints: list[int],
+    style_loss: str = "gram",
+    target: str = "adain",
+    optimizer: str = "lbfgs",
+) -> dict[int, tuple[Image.Image, float]]:
+    """{steps: (output, seconds)} at each checkpoint (0: the start, i.e. the AdaIN output for init adain)."""
+    job = Job(content, [style], content_size=size, style_size=size, refine_steps=steps, refine_init=init)
+    prepared = st.prepare(job)
+    t0 = time.perf_counter()
+    if init == "adain":
+        start = to_tensor(st.render([prepared])[0]).contiguous()
+    else:
+        start = prepared.content.clone()
+    t_start = time.perf_counter() - t0
+    results = {0: (to_image(start), t_start)}
+    t1 = time.perf_counter()
+    objective = objective_for(st, prepared, prepared.content, style_loss=style_loss, target=target)
+    t_setup = time.perf_counter() - t1
+
+    def on_step(p) -> None:
+        if p.image is not None:
+            results[p.step] = (to_image(p.image), t_start + t_setup + p.seconds)
+
+    t2 = time.perf_counter()
+    x = optimize(objective, start, steps, optimizer=optimizer, on_step=on_step, checkpoints=checkpoints)
+    results[steps] = (to_image(x), t_start + t_setup + time.perf_counter() - t2)
+    return results
+
+
+def mean_row(rows: list[dict]) -> dict:
+    return {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--content", type=Path, default=SHARED_EVAL / "content")
+    p.add_argument("--style", type=Path, default=SHARED_EVAL / "style")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--pairs", type=int, nargs="+", default=[4, 2], help="pairs per size (the last repeats)")
+    p.add_argument("--refine-steps", type=int, nargs="+", default=[5, 10, 20, 50])
+    p.add_argument("--classic-steps", type=int, nargs="+", default=[50, 100, 300])
+    p.add_argument("--eval-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablations", action="store_true")
+    p.add_argument("--grpc", action="store_true", help="p50 of plain calls while refine jobs run on a local server")
+    p.add_argument("--grpc-steps", type=int, default=150)
+    p.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "results" / "refine.png")
+    p.add_argument("--save-samples", type=Path, default=None, help="write every row's output of the first pair")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    st = Stylizer(None, "cpu", precision="fp32")
+    ev = Yardstick(st.encoder, st.device, args.eval_size)
+    contents = load_folder(args.content, "content", max(args.sizes), args.eval_size)
+    styles = load_folder(args.style, "style", max(args.sizes), args.eval_size)
+    pairs = [(c, s) for c in sorted(contents) for s in sorted(styles)]
+    random.Random(args.seed).shuffle(pairs)
+    print(f"# benchmarks/refine.py on {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"# {' '.join(sys.argv)}")
+    # Warm-up: the first backward pass of a process is ~10x slower (allocator, oneDNN primitives).
+    first_c, first_s = pairs[0]
+    run_pair(st, contents[first_c], styles[first_s], 64, init="adain", steps=3, checkpoints=[])
+    curves: dict[int, dict[str, list[tuple[float, dict]]]] = {}
+    for k, size in enumerate(args.sizes):
+        n = args.pairs[min(k, len(args.pairs) - 1)]
+        chosen = pairs[:n]
+        rows: dict[str, list[dict]] = {}
+        for i, (cn, sn) in enumerate(chosen):
+            c, s = (cn, contents[cn]), (sn, styles[sn])
+            for init, steps_list in (("adain", args.refine_steps), ("content", args.classic_steps)):
+                target = REFINE_TARGET if init == "adain" else "content"  # what refine() uses
+                res = run_pair(
+                    st, c[1], s[1], size, init=init, steps=max(steps_list), checkpoints=steps_list, target=target
+                )
+                for step, (img, sec) in sorted(res.items()):
+                    if step == 0 and init == "content":
+                        continue
+                    label = "AdaIN" if step == 0 else f"AdaIN + refine {step}" if init == "adain" else f"classic {step}"
+                    rows.setdefault(label, []).append({**ev.all(img, c, s), "seconds": sec})
+                    if args.save_samples and i == 0:
+                        args.save_samples.mkdir(parents=True, exist_ok=True)
+                        img.save(args.save_samples / f"{size}_{label.replace(' ', '_').replace('+', 'plus')}.png")
+            print(f"# {size} px pair {i + 1}/{n}: {cn} x {sn} done", flush=True)
+        print(f"\n## {size} px, {n} pairs (means)\n")
+        print("| method | content loss | mean/std style loss | Gram style loss | seconds |")
+        print("|---|---:|---:|---:|---:|")
+        means = {label: mean_row(r) for label, r in rows.items()}
+        for label, m in means.items():
+            print(f"| {label} | {m['content']:.3f} | {m['style']:.3f} | {m['gram']:.4f} | {m['seconds']:.2f} |")
+        curves[size] = {
+            "AdaIN + refine": [(m["seconds"], m) for lb, m in means.items() if lb.startswith("AdaIN")],
+            "classic": [(m["seconds"], m) for lb, m in means.items() if lb.startswith("classic")],
+        }
+        ref = means.get("classic 100")
+        if ref:
+            hit = next(
+                (
+                    lb
+                    for lb, m in means.items()
+                    if lb.startswith("AdaIN +") and m["content"] <= ref["content"] and m["gram"] <= ref["gram"]
+                ),
+                None,
+            )
+            if hit:
+                print(
+                    f"- target 1: {hit} reaches classic 100 (content and Gram no worse) in "
+                    f"{means[hit]['seconds'] / ref['seconds']:.2f}x its time (target <= 0.20x)"
+                )
+            else:
+                print("- target 1: no refine row reaches classic 100 on both content and Gram loss")
+        if "AdaIN + refine 10" in means:
+            a, r = means["AdaIN"], means["AdaIN + refine 10"]
+            print(
+                f"- target 2: refine 10 changes the Gram style loss by {100 * (r['gram'] / a['gram'] - 1):+.1f}% "
+                f"(target <= -30%) and the content loss by {100 * (r['content'] / a['content'] - 1):+.1f}% "
+                "(target <= +10%)"
+            )
+    if args.plot:
+        plot(curves, args.plot)
+        print(f"\nplot: {args.plot}")
+    if args.ablations:
+        ablations(st, ev, contents, styles, pairs[:2], args.sizes[0])
+    if args.grpc:
+        grpc_p50(contents[pairs[0][0]], styles[pairs[0][1]], args.grpc_steps)
+    return 0
+
+
+def grpc_p50(content: Image.Image, style: Image.Image, steps: int) -> None:
+    """p50 of plain Stylize calls, idle and while a refine job runs (one after another) on a local server."""
+    import io
+    import threading
+
+    from video import start_server
+
+    from adain.client import StyleTransferClient
+
+    def png(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
+
+    proc, target = start_server(None)
+    try:
+        with StyleTransferClient(target, timeout=900) as client:
+            c, s = png(content), png(style)
+            sid = client.register_style(s)
+
+            def plain() -> float:
+                t0 = time.perf_counter()
+                client.stylize(c, f"id:{sid}", content_size=256, style_size=256)
+                return time.perf_counter() - t0
+
+            idle = [plain() for _ in range(6)]
+            busy: list[float] = []
+            running = threading.Event()
+            done = threading.Event()
+            refine_s: list[float] = []
+
+            def refine_jobs() -> None:
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    client.stylize(c, f"id:{sid}", content_size=256, style_size=256, refine_steps=steps,
+                                   on_progress=lambda p: running.set())
+                    refine_s.append(time.perf_counter() - t0)
+                done.set()
+
+            worker = threading.Thread(target=refine_jobs)
+            worker.start()
+            running.wait(120)
+            while not done.is_set():
+                busy.append(plain())
+                time.sleep(0.3)
+            worker.join()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    i50, b50 = statistics.median(idle), statistics.median(busy)
+    print(f"\n## plain calls while refine jobs run (local server, 256 px, {cpu_model()})\n")
+    print(f"- p50 idle {i50 * 1000:.0f} ms; p50 while two {steps}-step refine jobs ran one after another "
+          f"({statistics.fmean(refine_s):.1f} s each): {b50 * 1000:.0f} ms over {len(busy)} calls "
+          f"({b50 / i50:.2f}x)")
+
+
+def ablations(st: Stylizer, ev: Yardstick, contents: dict, styles: dict, pairs: list, size: int) -> None:
+    variants = {
+        "AdaIN target, Gram, L-BFGS": {"target": "adain"},
+        "content target (the default)": {"target": "content"},
+        "mean/std style term": {"style_loss": "meanstd"},
+        "Adam": {"optimizer": "adam"},
+    }
+    print(f"\n## ablations: refine from AdaIN at {size} px, {len(pairs)} pairs (means)\n")
+    print("| variant | steps | content loss | mean/std style loss | Gram style loss | seconds |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, kw in variants.items():
+        rows: dict[int, list[dict]] = {}
+        for cn, sn in pairs:
+            c, s = (cn, contents[cn]), (sn, styles[sn])
+            kw = {"target": "content", **kw}
+            res = run_pair(st, c[1], s[1], size, init="adain", steps=30, checkpoints=[10, 30], **kw)
+            for step in (10, 30):
+                img, sec = res[step]
+                rows.setdefault(step, []).append({**ev.all(img, c, s), "seconds": sec})
+        for step, r in rows.items():
+            m = mean_row(r)
+            print(
+                f"| {label} | {step} | {m['content']:.3f} | {m['style']:.3f} | {m['gram']:.4f} | {m['seconds']:.2f} |"
+            )
+
+
+def plot(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for size, methods in curves.items():
+        for name, pts in methods.items():
+            pts = sorted(pts, key=lambda t: t[0])
+            for ax, key in zip(axes, ("gram", "content")):
+                ax.plot(
+                    [t for t, _ in pts],
+                    [m[key] for _, m in pts],
+                    marker="o",
+                    label=f"{name}, {size} px",
+                    linestyle="-" if name == "classic" else "--",
+                )
+    for ax, title in zip(axes, ("Gram style loss", "content loss")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds (CPU)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"AdaIN + refine vs the classic method ({cpu_model()})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
