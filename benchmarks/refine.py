@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import sys
@@ -44,21 +43,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import SHARED_EVAL, Evaluator, fit_to, load_folder  # noqa: E402
+from stylize_speed import cpu_name  # noqa: E402
 
 from adain import Job, Stylizer  # noqa: E402
 from adain.image import to_image, to_tensor  # noqa: E402
 from adain.ops import gram  # noqa: E402
 from adain.optimize import REFINE_TARGET, objective_for, optimize  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Yardstick(Evaluator):
@@ -140,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     styles = load_folder(args.style, "style", max(args.sizes), args.eval_size)
     pairs = [(c, s) for c in sorted(contents) for s in sorted(styles)]
     random.Random(args.seed).shuffle(pairs)
-    print(f"# benchmarks/refine.py on {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"# benchmarks/refine.py on {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"# {' '.join(sys.argv)}")
     # Warm-up: the first backward pass of a process is ~10x slower (allocator, oneDNN primitives).
     first_c, first_s = pairs[0]
@@ -260,7 +250,7 @@ def grpc_p50(content: Image.Image, style: Image.Image, steps: int) -> None:
         proc.terminate()
         proc.wait(30)
     i50, b50 = statistics.median(idle), statistics.median(busy)
-    print(f"\n## plain calls while refine jobs run (local server, 256 px, {cpu_model()})\n")
+    print(f"\n## plain calls while refine jobs run (local server, 256 px, {cpu_name()})\n")
     print(f"- p50 idle {i50 * 1000:.0f} ms; p50 while two {steps}-step refine jobs ran one after another "
           f"({statistics.fmean(refine_s):.1f} s each): {b50 * 1000:.0f} ms over {len(busy)} calls "
           f"({b50 / i50:.2f}x)")
@@ -317,7 +307,7 @@ def plot(curves: dict, path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"AdaIN + refine vs the classic method ({cpu_model()})", fontsize=9)
+    fig.suptitle(f"AdaIN + refine vs the classic method ({cpu_name()})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

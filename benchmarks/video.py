@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+from stylize_speed import cpu_name  # the benchmarks' one CPU-model reader
 
 from adain import Stylizer
 from adain.encoder import Encoder
@@ -51,16 +51,6 @@ from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH, TEMPORAL_MOD
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEO = REPO.parent / "shared" / "data" / "eval" / "videos" / "cutBunny.mp4"
 DEFAULT_STYLE = REPO / "examples" / "style" / "mosaic.png"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def synthetic_clip(path: Path, frames: int = 36, w: int = 160, h: int = 96) -> None:
@@ -254,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     frames, reader = read_frames(args.video, args.frames, args.size)
     style = load_image(args.style)
     print(f"{args.video.name}: {len(frames)} frames of {frames[0].width} x {frames[0].height} at "
-          f"{float(reader.info.rate):.3g} fps; style {args.style.name}; CPU {cpu_model()} "
+          f"{float(reader.info.rate):.3g} fps; style {args.style.name}; CPU {cpu_name()} "
           f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
     results = run_modes(args, frames, style)
     none = results.get("none")

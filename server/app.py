@@ -114,7 +114,7 @@ class StyleTransferServer:
         self.drain = Drain()
         self.refiner = RefineService(
             stylizer,
-            RefineLimits(settings.max_refine_steps, settings.max_refine_jobs, settings.max_refine_queue),
+            RefineLimits(settings.max_refine_jobs, settings.max_refine_queue),  # steps: Stylizer.limits
             busy=lambda: self.batcher.depth > 0,  # fast requests preparing, queued, rendering or encoding
         )
         self.health = health.aio.HealthServicer()

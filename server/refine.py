@@ -34,7 +34,6 @@ YIELD_MAX_S = 5.0  # a refine iteration waits at most this long for fast work, s
 
 @dataclass(frozen=True)
 class RefineLimits:
-    max_steps: int
     max_jobs: int
     max_queue: int
 

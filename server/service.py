@@ -258,9 +258,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     ) -> pb.StylizeResponse:
         """Stylize's work: checked, prepared, rendered in a batch (or refined on the refine threads), encoded."""
         job = self._check(request, request.content)
-        if job.refine_steps:
+        refining = job.refine_steps > 0  # an optimisation job: its own threads, never the batch
+        ticket = None
+        if refining:
             self.refiner.admit()
-            ticket = None
         else:
             try:
                 ticket = self.batcher.admit()
@@ -281,7 +282,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
             prepare_ms = (time.perf_counter() - t0) * 1000
             self.metrics.prepare_seconds.observe(prepare_ms / 1000)
-            if ticket is None:
+            if refining:
                 t_refine = time.perf_counter()
                 image = await self.refiner.run(prepared, deadline, on_progress)
                 refine_ms = (time.perf_counter() - t_refine) * 1000
@@ -295,7 +296,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             )
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
-            if ticket is None:
+            if refining:
                 self.refiner.release()
             else:
                 ticket.release()
