@@ -4,7 +4,8 @@
 either raises one :class:`InvalidInputError` listing them all, or returns a :class:`CheckedJob` whose
 values are resolved (weights normalised, colour mode named, sizes bounded). ``Stylizer.prepare`` takes
 either; a CheckedJob is not checked again. Field names in errors are the Job's, which are the proto's
-(``styles[1].weight``, ``alpha``...) except ``weights``, the Python keyword the proto has no list for.
+(``styles[1].weight``, ``styles[0].mask``, ``alpha``...) except the Python lists the proto keeps per style
+(``weights``, ``masks``, ``label_values``, ``region_alphas``), named when their count is wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from adain.wire import (
     TEMPORAL_MODES,
     Limits,
     color_mode,
+    label_value,
 )
 
 
@@ -37,6 +39,12 @@ class Job:
     alpha: float = 1.0
     preserve_color: str | bool | None = None  # None, "coral" (True) or "luminance"
     mask: ImageSource | None = None  # white: styles[0], black: styles[1]; grey blends
+    # Regions (adain.regions): one greyscale mask per style, or a label image and one label per style;
+    # each region's strength (times alpha; 1 each by default). Uncovered pixels keep the content.
+    masks: Sequence[ImageSource] | None = None
+    labels: ImageSource | None = None
+    label_values: Sequence[int | str] | None = None
+    region_alphas: Sequence[float] | None = None
     content_size: int | None = None  # longest side of the content; None keeps it (up to the limit)
     style_size: int | None = None  # longest side of the styles; None = the limits' default (512)
     # The optimisation method (adain.optimize): iterations (0: off), from "adain" (the decoder's output)
@@ -85,8 +93,46 @@ class Job:
                     InvalidInputError(name, f"{value} is over the limit of max_content_side={limits.max_content_side}")
                 )
         bad += self._refine_problems(limits)
+        bad += self._region_problems(n)
+        return bad
+
+    def _region_problems(self, n: int) -> list[InvalidInputError]:
+        bad = []
+        forms = [name for name in ("mask", "masks", "labels") if getattr(self, name) is not None]
+        if len(forms) > 1:
+            bad.append(InvalidInputError(forms[1], f"give one form of regions, not {' and '.join(forms)}"))
         if self.mask is not None and n != 2:
             bad.append(InvalidInputError("mask", f"a mask needs exactly 2 styles (white, black), got {n}"))
+        if self.masks is not None:
+            masks = list(self.masks)
+            if len(masks) != n:
+                bad.append(InvalidInputError("masks", f"{len(masks)} masks for {n} styles (one per style)"))
+            bad += [
+                InvalidInputError(f"styles[{i}].mask", "every style needs a mask when one has (its region)")
+                for i, m in enumerate(masks)
+                if m is None or (isinstance(m, (bytes, bytearray, memoryview)) and not m)
+            ]
+        if self.labels is not None:
+            values = list(self.label_values or [])
+            if len(values) != n:
+                bad.append(InvalidInputError("label_values", f"{len(values)} labels for {n} styles (one per style)"))
+            for i, v in enumerate(values):
+                if v is None:
+                    bad.append(InvalidInputError(f"styles[{i}].label", "every style needs a label when labels is set"))
+                elif label_value(v) is None:
+                    why = f"must be a grey level 0-255, a colour 0xRRGGBB or '#rrggbb', got {v!r}"
+                    bad.append(InvalidInputError(f"styles[{i}].label", why))
+        elif self.label_values is not None:
+            bad.append(InvalidInputError("labels", "label values need a labels image"))
+        if self.region_alphas is not None:
+            alphas = list(self.region_alphas)
+            if not forms:
+                bad.append(InvalidInputError("styles[0].alpha", "a per-style alpha needs regions (masks or labels)"))
+            elif len(alphas) != n:
+                bad.append(InvalidInputError("region_alphas", f"{len(alphas)} region alphas for {n} styles"))
+            for i, a in enumerate(alphas):
+                if not _is_number(a) or not 0 <= a <= 1:
+                    bad.append(InvalidInputError(f"styles[{i}].alpha", f"must be a number in [0, 1], got {a!r}"))
         return bad
 
     def _refine_problems(self, limits: Limits) -> list[InvalidInputError]:
@@ -137,6 +183,10 @@ class Job:
             alpha=float(self.alpha),
             color=color_mode(self.preserve_color),
             mask=self.mask,
+            masks=None if self.masks is None else tuple(self.masks),
+            labels=self.labels,
+            label_values=None if self.labels is None else tuple(label_value(v) for v in self.label_values or ()),
+            region_alphas=None if self.region_alphas is None else tuple(float(a) for a in self.region_alphas),
             content_side=min(self.content_size or limits.max_content_side, limits.max_content_side),
             style_size=self.style_size or limits.style_size,
             refine_steps=self.refine_steps,
@@ -168,6 +218,14 @@ class CheckedJob:
     tv_weight: float = 0.0
     refine_size: int | None = None
     optimizer: str = "lbfgs"
+    masks: tuple[ImageSource, ...] | None = None
+    labels: ImageSource | None = None
+    label_values: tuple[int, ...] | None = None
+    region_alphas: tuple[float, ...] | None = None
+
+    @property
+    def has_regions(self) -> bool:
+        return self.mask is not None or self.masks is not None or self.labels is not None
 
 
 def _is_number(value: object) -> bool:

@@ -24,24 +24,35 @@ reports progress and may raise :class:`StoppedError` to stop at once (a cancelle
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from adain.encoder import Features
+from adain.encoder import Encoder, Features
 from adain.errors import StoppedError
-from adain.image import to_image, to_tensor
+from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std, with_luminance
+from adain.prepared import Prepared
 
-if TYPE_CHECKING:
-    from adain.stylizer import Prepared, Stylizer
+
+class Steps(Protocol):
+    """The Stylizer's steps the optimisation uses (a Protocol, so this module never imports the Stylizer)."""
+
+    encoder: Encoder
+
+    def target(self, feat: torch.Tensor, job: Prepared) -> torch.Tensor: ...
+
+    def style_tensor(
+        self, source: ImageSource, name: str, size: int, mode: str | None, content: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def render(self, jobs: Sequence[Prepared]) -> list[Image.Image]: ...
 
 __all__ = ["Objective", "Progress", "StoppedError", "optimize", "refine"]
 
@@ -73,20 +84,23 @@ class Objective:
         content_target: torch.Tensor,
         styles: list[tuple[Features, float]],
         *,
-        mask: torch.Tensor | None = None,
+        regions: torch.Tensor | None = None,
+        region_alphas: Sequence[float] | None = None,
         content_weight: float = 1.0,
         style_weight: float = 1.0,
         tv_weight: float = 0.0,
         style_loss: str = "gram",
     ) -> None:
-        """``styles``: each style's features and weight (weights summing to 1); with ``mask`` exactly two,
-        the first for white, the second for black."""
+        """``styles``: each style's features and weight (weights summing to 1); with ``regions``
+        (1 x K x H x W, ``adain.regions``) each style is matched under its own map, scaled by its area and
+        region alpha, and uncovered pixels have no style term."""
         self.encoder = encoder
         self.content_target = content_target.float()
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.kind = style_loss
-        self.mask = mask
-        if mask is None:  # one mixed target per layer
+        self.regions = regions
+        self.region_alphas = list(region_alphas) if region_alphas is not None else [1.0] * len(styles)
+        if regions is None:  # one mixed target per layer
             self.targets = [[self._mix([(self._stats(f[i]), w) for f, w in styles]) for i in range(4)]]
         else:  # one target per region and layer
             self.targets = [[self._stats(f[i]) for i in range(4)] for f, _ in styles]
@@ -107,11 +121,14 @@ class Objective:
     def style_term(self, feats: Features) -> torch.Tensor:
         total = torch.zeros((), device=feats[0].device)
         for i, feat in enumerate(feats):
-            if self.mask is None:
+            if self.regions is None:
                 regions = [(None, self.targets[0][i], 1.0)]
             else:
-                m = F.interpolate(self.mask, size=feat.shape[2:], mode="bilinear", align_corners=False)
-                regions = [(w, t[i], float(w.mean())) for w, t in zip((m, 1 - m), self.targets)]
+                m = F.interpolate(self.regions, size=feat.shape[2:], mode="bilinear", align_corners=False)
+                regions = [
+                    (m[:, k : k + 1], t[i], float(m[:, k].mean()) * a)
+                    for k, (t, a) in enumerate(zip(self.targets, self.region_alphas))
+                ]
             for weight, target, area in regions:
                 if area < 1e-3:
                     continue
@@ -213,22 +230,22 @@ def optimize(
 
 
 def objective_for(
-    stylizer: Stylizer, prepared: Prepared, content: torch.Tensor, *, style_loss: str = "gram", target: str = "adain"
+    stylizer: Steps, prepared: Prepared, content: torch.Tensor, *, style_loss: str = "gram", target: str = "adain"
 ) -> Objective:
     """The objective of a prepared job at the size of ``content`` (its content image, maybe scaled).
     ``target="content"`` makes the content term the content's own relu4_1 (the classic choice)."""
     job = prepared.job
     assert job is not None, "prepared from a CheckedJob"
     encoder = stylizer.encoder
-    mask = None
-    if prepared.mask is not None:
-        mask = F.interpolate(prepared.mask, size=content.shape[2:], mode="bilinear", align_corners=False)
+    regions = prepared.regions
+    if regions is not None:
+        regions = F.interpolate(regions, size=content.shape[2:], mode="bilinear", align_corners=False)
     with torch.no_grad():
         feat = encoder(content).relu4_1
-        aim = stylizer.target(feat, dataclasses.replace(prepared, mask=mask)) if target == "adain" else feat
+        aim = stylizer.target(feat, prepared) if target == "adain" else feat
         styles = []
         for i, (source, w) in enumerate(zip(job.styles, job.weights)):
-            if w == 0 and mask is None:
+            if w == 0 and regions is None:
                 continue
             style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
             styles.append((encoder(style.to(content.device)), w))
@@ -236,7 +253,8 @@ def objective_for(
         encoder,
         aim,
         styles,
-        mask=mask,
+        regions=regions,
+        region_alphas=job.region_alphas,
         content_weight=job.content_weight,
         style_weight=job.style_weight * job.alpha,
         tv_weight=job.tv_weight,
@@ -244,7 +262,7 @@ def objective_for(
     )
 
 
-def refine(stylizer: Stylizer, prepared: Prepared, *, on_step: OnStep | None = None) -> Image.Image:
+def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None) -> Image.Image:
     """A prepared job's output by optimisation: from the decoder's output (``refine_init="adain"``) or from
     the content (``"content"``), ``refine_steps`` iterations, at ``refine_size`` when it is smaller."""
     job = prepared.job

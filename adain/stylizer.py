@@ -12,44 +12,22 @@ the content encoder and the decoder for many prepared jobs at once, batching tho
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from adain.cache import StyleCache
 from adain.decoder import load_decoder
 from adain.encoder import Encoder, pad_to, padded_size
-from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job
-from adain.ops import adain, coral, luminance, masked_adain, mean_std, weighted_mean_std, with_luminance
+from adain.ops import adain, coral, luminance, mean_std, with_luminance
 from adain.precision import wants_bf16
+from adain.prepared import Prepared, Stats, Targets
+from adain.regions import alpha_map, region_maps, regional_target
 from adain.wire import Limits
-
-Stats = tuple[torch.Tensor, torch.Tensor]  # (mean, std) of relu4_1, each 1 x C x 1 x 1
-Targets = list[tuple[torch.Tensor, torch.Tensor, float]]  # (mean, std, weight) of relu4_1 per style
-
-
-@dataclass
-class Prepared:
-    """A decoded job, ready for ``Stylizer.render``."""
-
-    content: torch.Tensor  # 1 x 3 x H x W in [0, 1], on the model's device (grey for "luminance")
-    targets: Targets
-    alpha: float
-    mask: torch.Tensor | None = None  # 1 x 1 x H x W in [0, 1]
-    chroma_from: torch.Tensor | None = None  # the original RGB content, to keep its colours
-    batch_key: tuple[int, int] = (0, 0)  # padded (H, W): equal keys share a batch
-    # Replaces the content statistics of region k before normalisation (a video's running average);
-    # called in render, in job order.
-    smooth: Callable[[int, Stats], Stats] | None = None
-    # Replaces the AdaIN target (styles mixed, before alpha) with one that carries the previous frame's
-    # (a video's optical flow); called in render, in job order.
-    propagate: Callable[[torch.Tensor], torch.Tensor] | None = None
-    job: CheckedJob | None = None  # what it was prepared from (the optimisation method reads its options)
 
 
 class Stylizer:
@@ -133,22 +111,18 @@ class Stylizer:
             job = job.check(self.limits)
         max_pixels = self.limits.max_pixels
         img = load_image(job.content, field="content", max_pixels=max_pixels)
-        mask_img = None if job.mask is None else load_image(job.mask, field="mask", max_pixels=max_pixels, mode="L")
-        if mask_img is not None and mask_img.size != img.size:
-            raise InvalidInputError(
-                "mask", f"mask is {mask_img.width} x {mask_img.height}, content is {img.width} x {img.height}"
-            )
+        source_size = img.size
         img = resize_longest(img, job.content_side)
+        regions = region_maps(job, source_size, img.size, max_pixels)
         content = to_tensor(img)
-        mask = None
-        if mask_img is not None:
-            mask = to_tensor(mask_img.resize(img.size, Image.Resampling.BILINEAR)).to(self.device)
         # "coral" matches each style's colours to this content, so the content is part of the style's key.
         content_key = image_key(img, "content") if job.color == "coral" and targets is None else None
         if targets is None:
             targets = []
-            for i, (source, w) in enumerate(zip(job.styles, job.weights)):
-                if w == 0 and mask is None:
+            # The two-style mask places its styles by the mask alone (weights never applied to it).
+            weights = (0.5, 0.5) if job.mask is not None else job.weights
+            for i, (source, w) in enumerate(zip(job.styles, weights)):
+                if w == 0 and regions is None:
                     continue  # a zero weight drops the style
                 mean, std = self._style_stats(source, f"styles[{i}]", job.style_size, job.color, content, content_key)
                 targets.append((mean, std, w))
@@ -160,7 +134,8 @@ class Stylizer:
             content=content.to(self.device),
             targets=targets,
             alpha=job.alpha,
-            mask=mask,
+            regions=None if regions is None else regions.to(self.device),
+            region_alphas=job.region_alphas,
             chroma_from=chroma_from,
             batch_key=padded_size(*content.shape[2:]),
             job=job,
@@ -201,17 +176,28 @@ class Stylizer:
     def target(feat: torch.Tensor, job: Prepared) -> torch.Tensor:
         """AdaIN target for one content's relu4_1 (1 x C x h x w): styles mixed, then alpha."""
         smooth = job.smooth or (lambda region, stats: stats)
-        if job.mask is not None:
-            m = F.interpolate(job.mask, size=feat.shape[2:], mode="bilinear", align_corners=False)
-            t = 0
-            for k, (w, (mean, std, _)) in enumerate(zip((m, 1 - m), job.targets)):
-                t = t + w * masked_adain(feat, w, mean, std, smooth(k, weighted_mean_std(feat, w)))
+        if job.regions is not None:
+            return regional_target(feat, job.regions, job.targets, job.region_alphas, job.alpha, smooth, job.propagate)
         else:
             stats = smooth(0, mean_std(feat))
             t = sum(w * adain(feat, mean, std, stats) for mean, std, w in job.targets)
         if job.propagate is not None:
             t = job.propagate(t)
         return job.alpha * t + (1 - job.alpha) * feat.float()
+
+    def _decoder_alphas(self, jobs: Sequence[Prepared], size: tuple[int, int]) -> torch.Tensor:
+        """What an alpha-aware decoder is told: one alpha per job, or a map per job where any has regions."""
+        if not self.decoder.alpha_input or all(j.regions is None for j in jobs):
+            return torch.tensor([j.alpha for j in jobs], device=self.device)
+        maps = []
+        for j in jobs:
+            h, w = (-(-d // 8) for d in j.content.shape[2:])
+            if j.regions is None:
+                a = torch.full((1, 1, h, w), j.alpha, device=self.device)
+            else:
+                a = alpha_map(j.regions, [t[2] for t in j.targets], j.region_alphas, j.alpha, (h, w))
+            maps.append(pad_to(a, *size))
+        return torch.cat(maps)
 
     def render(self, jobs: Sequence[Prepared]) -> list[Image.Image]:
         """Stylize prepared jobs; those with the same ``batch_key`` run as one batch. Order is kept."""
@@ -223,7 +209,7 @@ class Stylizer:
             with torch.inference_mode(), self._autocast():
                 feats = self.encoder.encode([jobs[i].content for i in idx])
                 targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(feats, idx)]
-                alphas = torch.tensor([jobs[i].alpha for i in idx], device=self.device)
+                alphas = self._decoder_alphas([jobs[i] for i in idx], (ph // 8, pw // 8))
                 x = torch.cat(targets).to(feats[0].dtype, memory_format=torch.channels_last)
                 y = self.decoder(x, alphas)
             for k, i in enumerate(idx):

@@ -39,7 +39,8 @@ from PIL import Image
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, load_image
 from adain.job import CheckedJob, Job, temporal_problems
-from adain.stylizer import Prepared, Stats, Stylizer
+from adain.prepared import Prepared, Stats
+from adain.stylizer import Stylizer
 from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
 
 

@@ -31,6 +31,19 @@ FORMAT_BY_ENUM = {value: name for name, value in FORMAT_ENUM.items()}
 INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # PIL's names of what is decoded (GIF: 1st frame)
 INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
+# --- region labels --------------------------------------------------------------------------------
+def label_value(value: object) -> int | None:
+    """A region label as an int: 0-255 (a grey pixel's level), 0xRRGGBB, or "#rrggbb"; None if invalid."""
+    if isinstance(value, str) and len(value) == 7 and value.startswith("#"):
+        try:
+            return int(value[1:], 16)
+        except ValueError:
+            return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFF:
+        return value
+    return None
+
+
 # --- colour modes ---------------------------------------------------------------------------------
 COLOR_MODES = ("coral", "luminance")  # besides None: the output takes the style's colours
 COLOR_ENUM: dict[str | None, int] = {None: pb.PRESERVE_COLOR_NONE}

@@ -26,7 +26,8 @@ from .errors import ServiceError
 
 if TYPE_CHECKING:
     from adain.optimize import Progress
-    from adain.stylizer import Prepared, Stylizer
+    from adain.prepared import Prepared
+    from adain.stylizer import Stylizer
 
 YIELD_POLL_S = 0.005
 YIELD_MAX_S = 5.0  # a refine iteration waits at most this long for fast work, so it cannot starve either

@@ -38,6 +38,13 @@ def make_mask(w: int = 64, h: int = 48) -> bytes:
     return encoded(Image.fromarray(arr, "L"))
 
 
+def band_mask(w: int, h: int, x0: int, x1: int) -> Image.Image:
+    """A hard greyscale mask: columns x0..x1 white, the rest black."""
+    arr = np.zeros((h, w), np.uint8)
+    arr[:, x0:x1] = 255
+    return Image.fromarray(arr, "L")
+
+
 def pixels(data: bytes) -> np.ndarray:
     """Decoded RGB pixels of encoded image bytes, as int16 (differences do not wrap)."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)

@@ -1,0 +1,39 @@
+"""What ``Stylizer.prepare`` hands to rendering, video and the optimisation method: a decoded job.
+
+Its own module so that the modules built on the Stylizer's steps (``optimize``, ``video``) name it
+without importing the Stylizer (no import circle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from adain.job import CheckedJob
+
+Stats = tuple[torch.Tensor, torch.Tensor]  # (mean, std) of relu4_1, each 1 x C x 1 x 1
+Targets = list[tuple[torch.Tensor, torch.Tensor, float]]  # (mean, std, weight) of relu4_1 per style
+
+
+@dataclass
+class Prepared:
+    """A decoded job, ready for ``Stylizer.render``."""
+
+    content: torch.Tensor  # 1 x 3 x H x W in [0, 1], on the model's device (grey for "luminance")
+    targets: Targets
+    alpha: float
+    # One map in [0, 1] per style, 1 x K x H x W (``adain.regions``): where each style applies; None
+    # applies every style everywhere, blended by weight.
+    regions: torch.Tensor | None = None
+    region_alphas: tuple[float, ...] | None = None  # each region's strength (times ``alpha``)
+    chroma_from: torch.Tensor | None = None  # the original RGB content, to keep its colours
+    batch_key: tuple[int, int] = (0, 0)  # padded (H, W): equal keys share a batch
+    # Replaces the content statistics of region k before normalisation (a video's running average);
+    # called in render, in job order.
+    smooth: Callable[[int, Stats], Stats] | None = None
+    # Replaces the AdaIN target (styles mixed, before alpha) with one that carries the previous frame's
+    # (a video's optical flow); called in render, in job order.
+    propagate: Callable[[torch.Tensor], torch.Tensor] | None = None
+    job: CheckedJob | None = None  # what it was prepared from (the optimisation method reads its options)

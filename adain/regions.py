@@ -1,0 +1,145 @@
+"""Regions: where each style applies and how strongly (spatial control beyond the two-style mask).
+
+A job's regions are K maps in [0, 1], one per style, at the size the content is stylized at. They come
+from one of three forms (``Job`` fields):
+
+* ``masks``: one greyscale image per style, the content's size; white is the style's region, grey a
+  soft edge;
+* ``labels`` + ``label_values``: one image whose pixels name regions; style i takes the pixels whose
+  label is ``label_values[i]``. A grey pixel (r = g = b) has label r (0-255), any other pixel the colour
+  0xRRGGBB, so a greyscale segmentation and a colour-coded one both work. Several styles may share a
+  label (they blend by weight there); pixels whose label names no style keep the content;
+* ``mask`` (the original two-style form): white takes styles[0], black styles[1] (maps m and 1 - m).
+
+How they combine, at each relu4_1 position (Huang & Belongie's spatial control, generalised):
+each style k is applied by AdaIN with the content statistics under its own map m_k (so each region
+keeps its own contrast); overlapping regions blend by m_k x weight_k; the covered share
+c = min(1, sum of m_k) is stylized and the rest keeps the content's features, with a per-region
+strength a_k: target = A * mix + (1 - A) * content, A = alpha * c * sum(p_k * a_k). Where no region
+reaches, A is 0 and the output is the decoder's reconstruction, with soft edges where the maps are soft.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from adain.errors import InvalidInputError
+from adain.image import load_image, to_tensor
+from adain.job import CheckedJob
+from adain.ops import masked_adain, weighted_mean_std
+from adain.prepared import Stats, Targets
+
+_EPS = 1e-6
+
+
+def region_maps(
+    job: CheckedJob, source_size: tuple[int, int], size: tuple[int, int], max_pixels: int
+) -> torch.Tensor | None:
+    """The job's regions as 1 x K x H x W (``size`` = (W, H), the stylized content's), or None when it has
+    none. ``source_size`` is the content's size as given, which masks and labels must match.
+    Raises InvalidInputError naming the field (wrong size, a region that covers nothing)."""
+    if job.masks is not None:
+        maps = [_mask(src, f"styles[{i}].mask", source_size, max_pixels) for i, src in enumerate(job.masks)]
+    elif job.labels is not None:
+        maps = _label_maps(job, source_size, max_pixels)
+    elif job.mask is not None:  # white and black are exact complements, as they always were
+        m = _mask(job.mask, "mask", source_size, max_pixels, must_cover=False)
+        t = _resized(m, size)
+        return torch.cat([t, 1 - t], dim=1)
+    else:
+        return None
+    return torch.cat([_resized(m, size) for m in maps], dim=1)
+
+
+def _resized(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """A full-resolution map resized to the stylized size (W, H), 1 x 1 x H x W in [0, 1]; bilinear, as
+    the content is, so a hard label edge becomes soft by about a pixel."""
+    img = Image.fromarray(m)
+    return to_tensor(img if img.size == size else img.resize(size, Image.Resampling.BILINEAR))[:, :1]
+
+
+def _mask(
+    source: object, field: str, size: tuple[int, int], max_pixels: int, *, must_cover: bool = True
+) -> np.ndarray:
+    img = load_image(source, field=field, max_pixels=max_pixels, mode="L")  # type: ignore[arg-type]
+    if img.size != size:
+        raise InvalidInputError(field, f"mask is {img.width} x {img.height}, content is {size[0]} x {size[1]}")
+    m = np.asarray(img, dtype=np.uint8)
+    if must_cover and int(m.max()) == 0:
+        raise InvalidInputError(field, "mask is all black: its style covers no pixel")
+    return m
+
+
+def _label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[np.ndarray]:
+    img = load_image(job.labels, field="labels", max_pixels=max_pixels)  # type: ignore[arg-type]
+    if img.size != size:
+        raise InvalidInputError("labels", f"labels is {img.width} x {img.height}, content is {size[0]} x {size[1]}")
+    rgb = np.asarray(img, dtype=np.int64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    label = np.where((r == g) & (g == b), r, (r << 16) | (g << 8) | b)
+    maps = []
+    for i, value in enumerate(job.label_values or ()):
+        hit = label == value
+        if not hit.any():
+            raise InvalidInputError(f"styles[{i}].label", f"no pixel of labels has label {_label_name(value)}")
+        maps.append(hit.astype(np.uint8) * 255)
+    return maps
+
+
+def _label_name(value: int) -> str:
+    return str(value) if value < 256 else f"#{value:06x}"
+
+
+def region_weights(
+    regions: torch.Tensor, weights: Sequence[float], region_alphas: Sequence[float] | None, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, A) at the regions' size: p (1 x K x h x w) how the styles blend at each position (summing to 1
+    where any region with weight reaches, else 0), and A (1 x 1 x h x w) the local style strength."""
+    w = torch.tensor(list(weights), dtype=regions.dtype, device=regions.device).view(1, -1, 1, 1)
+    mw = regions * w
+    total = mw.sum(dim=1, keepdim=True)
+    p = torch.where(total > _EPS, mw / total.clamp_min(_EPS), torch.zeros_like(mw))
+    cover = (regions * (w > 0)).sum(dim=1, keepdim=True).clamp(max=1)
+    strength = torch.ones_like(total)
+    if region_alphas is not None:
+        a = torch.tensor(list(region_alphas), dtype=regions.dtype, device=regions.device).view(1, -1, 1, 1)
+        strength = (p * a).sum(dim=1, keepdim=True)
+    return p, alpha * cover * strength
+
+
+def regional_target(
+    feat: torch.Tensor,
+    regions: torch.Tensor,
+    targets: Targets,
+    region_alphas: tuple[float, ...] | None,
+    alpha: float,
+    smooth: Callable[[int, Stats], Stats],
+    propagate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The AdaIN target of one content's relu4_1 (1 x C x h x w) with regions (1 x K x H x W, any size)."""
+    m = F.interpolate(regions.to(feat.device), size=feat.shape[2:], mode="bilinear", align_corners=False)
+    p, a = region_weights(m, [w for _, _, w in targets], region_alphas, alpha)
+    mixed = 0
+    for k, (mean, std, _) in enumerate(targets):
+        mk = m[:, k : k + 1]
+        if float(p[:, k].max()) == 0:
+            continue  # a style whose region the weights leave empty
+        stats = smooth(k, weighted_mean_std(feat, mk))
+        mixed = mixed + p[:, k : k + 1] * masked_adain(feat, mk, mean, std, stats)
+    if propagate is not None:
+        mixed = propagate(mixed)
+    return a * mixed + (1 - a) * feat.float()
+
+
+def alpha_map(
+    regions: torch.Tensor, weights: Sequence[float], region_alphas: Sequence[float] | None, alpha: float,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """The local strength A at ``size`` (h, w): what an alpha-aware decoder (architecture 2) is told."""
+    m = F.interpolate(regions, size=size, mode="bilinear", align_corners=False)
+    return region_weights(m, weights, region_alphas, alpha)[1]

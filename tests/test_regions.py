@@ -1,0 +1,173 @@
+"""Regions (adain.regions): N styles placed by masks or labels, parts left as the photo, soft edges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from adain import InvalidInputError, Stylizer
+from adain.image import to_image, to_tensor
+from adain.job import Job
+from adain.ops import masked_adain, mean_std, weighted_mean_std
+from adain.video import VideoStream
+from synth import band_mask, encoded, synth_image
+
+torch.set_num_threads(1)
+
+# Styles the shipped decoder reproduces well and tells apart (relu4_1 statistics far from each other).
+NOISE = synth_image(128, 128, seed=2, kind="noise")
+MIX = synth_image(128, 128, seed=3, kind="mix")
+WIDE = synth_image(480, 128, seed=1)  # three 160-px bands: NOISE | MIX | the photo
+CONTENT = synth_image(96, 64, seed=1)
+STYLE_A, STYLE_B = encoded(synth_image(64, 64, seed=2)), encoded(synth_image(80, 48, seed=3), "JPEG")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Stylizer:
+    return Stylizer(None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def stylizer(decoder_path: Path) -> Stylizer:
+    return Stylizer(decoder_path, device="cpu")
+
+
+def _distance(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> float:
+    return float(((a[0] - b[0]) ** 2).mean() + ((a[1] - b[1]) ** 2).mean())
+
+
+def _levels(a: Image.Image, b: Image.Image) -> torch.Tensor:
+    """|a - b| per pixel and channel, in 8-bit levels."""
+    return (to_tensor(a) - to_tensor(b)).abs() * 255
+
+
+def test_each_region_takes_its_own_style_and_the_rest_stays_the_photo(shipped: Stylizer) -> None:
+    out = shipped.stylize(WIDE, [encoded(NOISE), encoded(MIX)], masks=[band_mask(480, 128, 0, 160),
+                                                                      band_mask(480, 128, 160, 320)])
+    with torch.no_grad():
+        feat = shipped.encoder(to_tensor(out)).relu4_1
+        noise, mix = (mean_std(shipped.encoder(to_tensor(s)).relu4_1) for s in (NOISE, MIX))
+    # Interiors at relu4_1 (1/8 of the pixels), at least 32 px from a boundary.
+    first, second = mean_std(feat[..., 0:16]), mean_std(feat[..., 24:36])
+    assert _distance(first, noise) < 0.2 * _distance(first, mix)
+    assert _distance(second, mix) < 0.5 * _distance(second, noise)
+    # The uncovered band is the decoder's reconstruction (alpha 0) beyond 32 px from the styled ones.
+    photo = shipped.stylize(WIDE, [encoded(NOISE)], alpha=0)
+    d = _levels(out, photo)[..., 352:]
+    assert d.mean() < 0.05 and d.max() <= 1, (float(d.mean()), float(d.max()))
+    assert _levels(out, photo)[..., :128].mean() > 20  # and the styled bands are not
+
+
+def test_soft_boundary_shows_no_step(shipped: Stylizer) -> None:
+    """A ramp from styled to photo: the column profile (rows averaged, so texture cancels and a seam or
+    halo stays) changes no faster across the ramp than inside the styled region."""
+    ramp = np.zeros((128, 384), np.float32)
+    ramp[:, :160] = 1
+    ramp[:, 160:224] = np.linspace(1, 0, 64)[None]
+    mask = Image.fromarray((ramp * 255).round().astype(np.uint8), "L")
+    out = to_tensor(shipped.stylize(synth_image(384, 128, seed=1), [encoded(NOISE)], masks=[mask]))
+    profile = out.mean(dim=(0, 1, 2)) * 255
+    step = (profile[1:] - profile[:-1]).abs()
+    styled, across = step[16:144].max(), step[150:234].max()
+    assert across <= 1.25 * styled, (float(across), float(styled))
+    # and pixel by pixel, the horizontal gradient across the ramp is no larger than inside the style
+    grad = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(0, 1, 2)) * 255
+    assert grad[150:234].max() <= 1.5 * grad[16:144].max()
+
+
+def test_two_style_mask_gives_the_image_it_always_did(stylizer: Stylizer) -> None:
+    """The original form: white -> styles[0], black -> styles[1], weights ignored, computed as before."""
+    mask = Image.fromarray(np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (64, 1)), "L")  # soft everywhere
+    new = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[0.9, 0.1], mask=mask, alpha=0.8)
+    # The former Stylizer.target, step by step with the Stylizer's own parts.
+    prepared = stylizer.prepare(Job(CONTENT, [STYLE_A, STYLE_B], mask=mask, alpha=0.8))
+    with torch.inference_mode():
+        feat = stylizer.encoder.encode([prepared.content])[0]
+        m = F.interpolate(to_tensor(mask).to(feat.device), size=feat.shape[2:], mode="bilinear", align_corners=False)
+        t = 0
+        for w, (mean, std, _) in zip((m, 1 - m), prepared.targets):
+            t = t + w * masked_adain(feat, w, mean, std, weighted_mean_std(feat, w))
+        t = 0.8 * t + 0.2 * feat.float()
+        old = to_image(stylizer.decoder(t.to(memory_format=torch.channels_last), 0.8).float().clamp(0, 1))
+    d = _levels(new, old)
+    assert d.max() <= 1 and d.mean() < 0.01, (float(d.max()), float(d.mean()))
+
+
+def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:
+    left, middle = band_mask(96, 64, 0, 32), band_mask(96, 64, 32, 64)
+    by_masks = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=[left, middle])
+    grey = np.full((64, 96), 9, np.uint8)  # 9: a label no style names, so the photo
+    grey[:, :32], grey[:, 32:64] = 200, 3
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=Image.fromarray(grey, "L"),
+                            label_values=[200, 3]) == by_masks
+    colour = np.zeros((64, 96, 3), np.uint8)
+    colour[:, :32], colour[:, 32:64] = (255, 0, 0), (3, 3, 3)  # a colour and a grey label in one image
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=Image.fromarray(colour),
+                            label_values=["#ff0000", 3]) == by_masks
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=Image.fromarray(colour),
+                            label_values=[0xFF0000, 3]) == by_masks
+
+
+def test_masks_covering_everything_blend_like_weights(stylizer: Stylizer) -> None:
+    full = Image.new("L", CONTENT.size, 255)
+    regions = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[0.7, 0.3], masks=[full, full])
+    plain = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[0.7, 0.3])
+    assert _levels(regions, plain).max() <= 1
+
+
+def test_region_alpha_scales_one_region(shipped: Stylizer) -> None:
+    masks = [band_mask(480, 128, 0, 240), band_mask(480, 128, 240, 480)]
+    styles = [encoded(NOISE), encoded(MIX)]
+    full = shipped.stylize(WIDE, styles, masks=masks)
+    off = shipped.stylize(WIDE, styles, masks=masks, region_alphas=[1.0, 0.0])
+    half = shipped.stylize(WIDE, styles, masks=masks, region_alphas=[1.0, 0.5])
+    photo = shipped.stylize(WIDE, styles[:1], alpha=0)
+    right = (..., slice(288, 480))
+    assert _levels(off, photo)[right].max() <= 1  # strength 0: the photo
+    d_full, d_half = _levels(full, photo)[right].mean(), _levels(half, photo)[right].mean()
+    assert 0.2 * d_full < d_half < 0.8 * d_full
+    assert _levels(off, full)[..., :192].max() <= 1  # the other region is untouched
+
+
+def test_regions_work_with_colour_refine_and_video(stylizer: Stylizer) -> None:
+    masks = [band_mask(96, 64, 0, 48), band_mask(96, 64, 48, 96)]
+    plain = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=masks)
+    grey = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=masks, preserve_color="luminance")
+    ycc_out, ycc_content = (np.asarray(im.convert("YCbCr"), np.int16) for im in (grey, CONTENT))
+    assert np.abs(ycc_out[..., 1:] - ycc_content[..., 1:]).mean() < 2  # the photo's chroma
+    assert _levels(grey, plain).mean() > 1
+    refined = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=masks,
+                               refine_steps=2)
+    assert refined.size == CONTENT.size and _levels(refined, plain).mean() > 0
+    stream = VideoStream(stylizer, [STYLE_A, STYLE_B], temporal="smooth", masks=masks)
+    frames = [stream.stylize(CONTENT) for _ in range(2)]
+    assert _levels(frames[0], plain).max() <= 1 and frames[1].size == CONTENT.size
+
+
+BAD = {
+    "mask-wrong-size": (dict(masks=[Image.new("L", (10, 10), 255), Image.new("L", (96, 64), 255)]), "styles[0].mask"),
+    "mask-all-black": (dict(masks=[band_mask(96, 64, 0, 48), Image.new("L", (96, 64))]), "styles[1].mask"),
+    "more-masks-than-styles": (dict(masks=[band_mask(96, 64, 0, 48)] * 3), "masks"),
+    "a-style-without-mask": (dict(masks=[band_mask(96, 64, 0, 48), None]), "styles[1].mask"),
+    "label-no-pixel-has": (dict(labels=Image.new("L", (96, 64), 5), label_values=[5, 6]), "styles[1].label"),
+    "label-not-a-label": (dict(labels=Image.new("L", (96, 64), 5), label_values=[5, "red"]), "styles[1].label"),
+    "labels-wrong-size": (dict(labels=Image.new("L", (9, 9), 5), label_values=[5, 5]), "labels"),
+    "labels-without-values": (dict(labels=Image.new("L", (96, 64), 5)), "label_values"),
+    "values-without-labels": (dict(label_values=[1, 2]), "labels"),
+    "masks-and-labels": (dict(masks=[band_mask(96, 64, 0, 48)] * 2, labels=Image.new("L", (96, 64))), "labels"),
+    "region-alpha-no-regions": (dict(region_alphas=[1, 1]), "styles[0].alpha"),
+    "region-alpha-1.5": (dict(masks=[band_mask(96, 64, 0, 48)] * 2, region_alphas=[1, 1.5]), "styles[1].alpha"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_regions_name_the_field(stylizer: Stylizer, case: str) -> None:
+    kwargs, field = BAD[case]
+    with pytest.raises(InvalidInputError) as err:
+        stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], **kwargs)
+    assert err.value.field == field, str(err.value)
