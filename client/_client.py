@@ -30,6 +30,7 @@ from adain.wire import (
     TEMPORAL_ENUM,
     color_mode,
     format_name,
+    label_value,
 )
 
 DEFAULT_TARGET = DEFAULT_ADDRESS
@@ -322,6 +323,10 @@ class StyleTransferClient:
         alpha: float | None = 1.0,
         preserve_color: str | bool | None = None,
         mask: ImageInput | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        labels: ImageInput | None = None,
+        label_values: Sequence[int | str] | None = None,
+        region_alphas: Sequence[float] | None = None,
         content_size: int = 0,
         style_size: int = 0,
         format: str = "png",
@@ -346,7 +351,10 @@ class StyleTransferClient:
 
         ``alpha`` in [0, 1] (None: the server's default, 1). ``preserve_color``: None, "coral" (the AdaIN
         paper's colour-statistics matching; True means this) or "luminance". ``mask``: an image of the
-        content's size, with exactly 2 styles (white takes styles[0], black styles[1]).
+        content's size, with exactly 2 styles (white takes styles[0], black styles[1]). Regions (any
+        number): ``masks``, one greyscale image per style, or ``labels``, an image whose pixel values
+        name regions, with ``label_values``, one per style (0-255 for a grey pixel, or a colour 0xRRGGBB
+        or "#rrggbb"); ``region_alphas``: each region's strength. Uncovered pixels keep the content.
         ``content_size``: longest side the content is rendered at (0 keeps it); ``style_size``: longest
         side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
         ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
@@ -360,6 +368,7 @@ class StyleTransferClient:
         """
         request = pb.StylizeRequest(content=image_bytes(content, "content"))
         _fill(request, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
+        _fill_regions(request, masks, labels, label_values, region_alphas)
         _fill_refine(
             request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer
         )
@@ -417,6 +426,10 @@ class StyleTransferClient:
         alpha: float | None = 1.0,
         preserve_color: str | bool | None = None,
         mask: ImageInput | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        labels: ImageInput | None = None,
+        label_values: Sequence[int | str] | None = None,
+        region_alphas: Sequence[float] | None = None,
         content_size: int = 0,
         style_size: int = 0,
         temporal: str | None = None,
@@ -439,6 +452,7 @@ class StyleTransferClient:
         """
         options = pb.VideoOptions()
         _fill(options, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
+        _fill_regions(options, masks, labels, label_values, region_alphas)
         if temporal is not None:
             if temporal not in TEMPORAL_ENUM:
                 raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
@@ -540,6 +554,36 @@ def _fill(
         msg.alpha = _float(alpha, "alpha")
     if mask is not None:
         msg.mask = image_bytes(mask, "mask")
+
+
+def _fill_regions(
+    msg: pb.StylizeRequest | pb.VideoOptions,
+    masks: Sequence[ImageInput] | None,
+    labels: ImageInput | None,
+    label_values: Sequence[int | str] | None,
+    region_alphas: Sequence[float] | None,
+) -> None:
+    """Set the per-style mask, label and alpha (after the styles) and the labels image."""
+    n = len(msg.styles)
+    for name, values in (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas)):
+        if values is not None and len(values) != n:
+            raise _local_error(name, f"{len(values)} {name.replace('_', ' ')} for {n} styles (one per style)")
+    for i, style in enumerate(msg.styles):
+        if masks is not None:
+            style.mask = image_bytes(masks[i], f"styles[{i}].mask")
+        if label_values is not None:
+            style.label = _label(label_values[i], i)
+        if region_alphas is not None:
+            style.alpha = _float(region_alphas[i], f"styles[{i}].alpha")
+    if labels is not None:
+        msg.labels = image_bytes(labels, "labels")
+
+
+def _label(value: int | str, i: int) -> int:
+    label = label_value(value)
+    if label is None:
+        raise _local_error(f"styles[{i}].label", f"must be 0-255, a colour 0xRRGGBB or '#rrggbb', got {value!r}")
+    return label
 
 
 def _fill_refine(

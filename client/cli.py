@@ -79,8 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_MODES, default=None,
                    help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
                    "luminance")
-    p.add_argument("--mask", metavar="MASK", help="mask image of the content's size (2 styles: white takes the "
+    p.add_argument("--mask", action="append", metavar="MASK",
+                   help="regions: a greyscale mask of the content's size per --style, in order (white: the style's "
+                   "region; pixels no mask covers keep the photo); or one mask for 2 styles (white takes the "
                    "first, black the second)")
+    p.add_argument("--labels", metavar="IMAGE", help="regions: an image of the content's size whose pixel values "
+                   "name regions; give each --style its --label")
+    p.add_argument("--label", action="append", metavar="VALUE",
+                   help="the --labels value of each --style, in order: a grey level 0-255 or a colour #rrggbb "
+                   "(pixels no style names keep the photo)")
+    p.add_argument("--region-alpha", action="append", type=unit_interval, metavar="A",
+                   help="each region's strength in [0, 1], one per --style, in order (with --mask or --labels)")
     p.add_argument("--size", type=non_negative_int, default=0, metavar="N",
                    help="longest side the content is rendered at (0: as it is; default 0)")
     p.add_argument("--style-size", type=non_negative_int, default=0, metavar="N",
@@ -203,17 +212,56 @@ def _output_format(path: Path) -> str:
     return fmt
 
 
+def _image_arg(path: str, flag: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"{flag}: no such file: {file}")
+    _check_readable(file, flag)
+    return file
+
+
+def _region_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--mask (one per style, or the two-style form), --labels/--label and --region-alpha as client options."""
+    n = len(args.style)
+    masks = [_image_arg(m, "--mask") for m in args.mask or []]
+    out: dict[str, Any] = {}
+    if len(masks) == 1 and n == 2:
+        out["mask"] = masks[0]
+    elif masks:
+        if len(masks) != n:
+            raise CliError(f"--mask: {len(masks)} masks for {n} styles (give one per --style, in order)")
+        out["masks"] = masks
+    if args.labels is not None:
+        if masks:
+            raise CliError("--labels: give regions either by --mask or by --labels, not both")
+        labels = args.label or []
+        if len(labels) != n:
+            raise CliError(f"--label: {len(labels)} labels for {n} styles (give one per --style, in order)")
+        out["labels"] = _image_arg(args.labels, "--labels")
+        out["label_values"] = [_label_arg(v) for v in labels]
+    elif args.label:
+        raise CliError("--label needs --labels (the label image)")
+    if args.region_alpha:
+        if len(args.region_alpha) != n:
+            raise CliError(f"--region-alpha: {len(args.region_alpha)} values for {n} styles (one per --style)")
+        out["region_alphas"] = args.region_alpha
+    return out
+
+
+def _label_arg(text: str) -> int | str:
+    if text.startswith("#"):
+        return text
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise CliError(f"--label: {text!r} is not a grey level 0-255 or a colour #rrggbb") from None
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    mask = None
-    if args.mask is not None:
-        mask = Path(args.mask)
-        if not mask.is_file():
-            raise CliError(f"--mask: no such file: {mask}")
-        _check_readable(mask, "--mask")
     return {
+        **_region_options(args),
         "alpha": args.alpha,
         "preserve_color": args.preserve_color,
-        "mask": mask,
         "content_size": args.size,
         "style_size": args.style_size,
         "quality": args.quality,
@@ -314,8 +362,8 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     from adain.media import VIDEO_SUFFIXES, MediaError
 
     folder = Path(args.content)
-    if args.mask is not None:
-        raise CliError("--mask needs one content file and 2 styles; a folder runs each style alone")
+    if args.mask or args.labels:
+        raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; a folder runs each style alone")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES + VIDEO_SUFFIXES)
     videos = [p for p in files if is_video(p)]
     contents = [p for p in files if p not in videos]

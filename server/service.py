@@ -202,6 +202,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             alpha=msg.alpha if msg.HasField("alpha") else 1.0,
             preserve_color=COLOR_BY_ENUM.get(msg.preserve_color, "none"),
             mask=msg.mask or None,
+            **_region_options(msg),
             content_size=msg.content_size or None,
             style_size=msg.style_size or None,
             **(_refine_options(msg, bad) if isinstance(msg, pb.StylizeRequest) else {}),
@@ -402,6 +403,21 @@ def _progress_event(progress: Any) -> pb.StylizeEvent:
             step=progress.step, steps=progress.steps, loss=progress.loss, elapsed_ms=progress.seconds * 1000
         )
     )
+
+
+def _region_options(msg: pb.StylizeRequest | pb.VideoOptions) -> dict[str, Any]:
+    """The Job's region fields from the per-style mask, label and alpha and the request's labels
+    (each only when the request uses it, so a request without regions has none)."""
+    styles = msg.styles
+    options: dict[str, Any] = {}
+    if any(s.mask for s in styles):
+        options["masks"] = [s.mask or None for s in styles]
+    if msg.labels or any(s.HasField("label") for s in styles):
+        options["labels"] = msg.labels or None
+        options["label_values"] = [s.label if s.HasField("label") else None for s in styles]
+    if any(s.HasField("alpha") for s in styles):
+        options["region_alphas"] = [s.alpha if s.HasField("alpha") else 1.0 for s in styles]
+    return options
 
 
 def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> str:

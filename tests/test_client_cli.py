@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import main, parse_style
 from helpers import REPO, ServerProcess, free_port
-from synth import make_image, make_mask, pixels
+from synth import band_mask, make_image, make_mask, pixels
 
 CONTENT = make_image(64, 48, seed=21)
 STYLE_A = make_image(40, 40, seed=22, kind="noise")
@@ -160,6 +161,34 @@ def test_cli_single_blend(server: ServerProcess, files: dict[str, Path], capsys)
                  "-o", str(out_jpg), "--server", server.target])
     assert code == 0, capsys.readouterr().err
     assert Image.open(out_jpg).format == "JPEG"
+
+
+def test_cli_regions_by_masks_and_labels(server: ServerProcess, client: StyleTransferClient,
+                                         files: dict[str, Path], capsys) -> None:
+    d = files["content.png"].parent
+    band_mask(64, 48, 0, 20).save(d / "m0.png")
+    band_mask(64, 48, 30, 64).save(d / "m1.png")
+    labels = np.zeros((48, 64, 3), np.uint8)
+    labels[:, :20], labels[:, 30:] = (255, 0, 0), 5
+    Image.fromarray(labels).save(d / "labels.png")
+    c, a, b, srv = str(files["content.png"]), str(files["a.png"]), str(files["b.jpg"]), ["--server", server.target]
+    assert main([c, "-s", a, "--mask", str(d / "m0.png"), "-s", b, "--mask", str(d / "m1.png"),
+                 "--region-alpha", "1", "--region-alpha", "0.5", "-o", str(d / "by_masks.png"), *srv]) == 0
+    assert main([c, "-s", a, "-s", b, "--labels", str(d / "labels.png"), "--label", "#ff0000", "--label", "5",
+                 "--region-alpha", "1", "--region-alpha", "0.5", "-o", str(d / "by_labels.png"), *srv]) == 0
+    expected = client.stylize(files["content.png"], [files["a.png"], files["b.jpg"]],
+                              masks=[d / "m0.png", d / "m1.png"], region_alphas=[1, 0.5])
+    for name in ("by_masks.png", "by_labels.png"):
+        assert abs(pixels((d / name).read_bytes()) - pixels(expected.image)).max() <= 1, name
+    o = str(d / "x.png")
+    assert "3 masks for 2 styles" in _cli_failure([c, "-s", a, "-s", b, *["--mask", str(d / "m0.png")] * 3, "-o", o,
+                                                   *srv], capsys)
+    assert "--label needs --labels" in _cli_failure([c, "-s", a, "--label", "3", "-o", o, *srv], capsys)
+    assert "--label" in _cli_failure([c, "-s", a, "--labels", str(d / "labels.png"), "--label", "red", "-o", o,
+                                      *srv], capsys)
+    line = _cli_failure([c, "-s", a, "--labels", str(d / "labels.png"), "--label", "9", "-o", o, *srv], capsys)
+    assert "styles[0].label" in line and "no pixel" in line
+    assert not Path(o).exists()
 
 
 def test_cli_weights_change_the_result(server: ServerProcess, files: dict[str, Path], capsys) -> None:

@@ -19,12 +19,13 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import ServerProcess, free_port, health_status
-from synth import make_image, make_mask, pixels
+from synth import band_mask, encoded, make_image, make_mask, pixels
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -32,6 +33,9 @@ CONTENT = make_image(64, 48, seed=1)
 STYLE_A = make_image(40, 40, seed=2, kind="noise")
 STYLE_B = make_image(48, 32, seed=3, kind="gradient")
 STYLE_C = make_image(32, 48, seed=4)
+_labels = np.full((48, 64, 3), 7, np.uint8)  # grey 7 on the right, red on the left, black between
+_labels[:, :24], _labels[:, 24:40] = (255, 0, 0), 0
+LABELS = encoded(Image.fromarray(_labels))
 
 
 def _close(a: bytes, b: bytes, tol: int = 2) -> bool:
@@ -132,6 +136,9 @@ OPTIONS = {
     "luminance": ([STYLE_A], dict(preserve_color="luminance")),
     "mask": ([STYLE_A, STYLE_B], dict(mask=make_mask(64, 48))),
     "sizes": ([STYLE_A], dict(content_size=32, style_size=24)),
+    "masks": ([STYLE_A, STYLE_B], dict(masks=[encoded(band_mask(64, 48, 0, 20)), band_mask(64, 48, 20, 40)])),
+    "labels": ([STYLE_A, STYLE_B], dict(labels=LABELS, label_values=["#ff0000", 7])),
+    "region-alphas": ([STYLE_A, STYLE_B], dict(labels=LABELS, label_values=["#ff0000", 7], region_alphas=[0.3, 1])),
 }
 
 
@@ -243,6 +250,13 @@ BAD = {
     "alpha-nan": (dict(alpha=math.nan), "alpha"),
     "alpha-negative": (dict(alpha=-0.1), "alpha"),
     "mask-wrong-size": (dict(styles=[STYLE_A, STYLE_B], mask=make_mask(32, 32)), "mask"),
+    "mask-all-black": (dict(styles=[STYLE_A], masks=[Image.new("L", (64, 48))]), "styles[0].mask"),
+    "mask-not-every-style": (dict(styles=[STYLE_A, STYLE_B], masks=[band_mask(64, 48, 0, 9), b""]), "styles[1].mask"),
+    "mask-and-masks": (dict(styles=[STYLE_A, STYLE_B], mask=make_mask(64, 48), masks=[make_mask(64, 48)] * 2),
+                       "masks"),
+    "label-no-pixel-has": (dict(labels=LABELS, label_values=[5]), "styles[0].label"),
+    "labels-wrong-size": (dict(labels=make_mask(8, 8), label_values=[0]), "labels"),
+    "region-alpha-no-regions": (dict(region_alphas=[0.5]), "styles[0].alpha"),
     "unknown-style-id": (dict(styles=[STYLE_A, StyleRef("0" * 64)]), "styles[1].style_id"),
     "no-styles": (dict(styles=[]), "styles"),
     "too-many-styles": (dict(styles=[STYLE_A] * 9), "styles"),

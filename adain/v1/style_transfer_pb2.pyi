@@ -53,17 +53,23 @@ TEMPORAL_FLOW: Temporal
 TEMPORAL_SMOOTH_FLOW: Temporal
 
 class Style(_message.Message):
-    __slots__ = ("image", "style_id", "weight")
+    __slots__ = ("image", "style_id", "weight", "mask", "label", "alpha")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     STYLE_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     style_id: str
     weight: float
-    def __init__(self, image: _Optional[bytes] = ..., style_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+    mask: bytes
+    label: int
+    alpha: float
+    def __init__(self, image: _Optional[bytes] = ..., style_id: _Optional[str] = ..., weight: _Optional[float] = ..., mask: _Optional[bytes] = ..., label: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class StylizeRequest(_message.Message):
-    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "refine_steps", "refine_init", "content_weight", "style_weight", "tv_weight", "refine_size", "optimizer")
+    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "refine_steps", "refine_init", "content_weight", "style_weight", "tv_weight", "refine_size", "optimizer", "labels")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     STYLES_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +86,7 @@ class StylizeRequest(_message.Message):
     TV_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     REFINE_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     styles: _containers.RepeatedCompositeFieldContainer[Style]
     alpha: float
@@ -96,7 +103,8 @@ class StylizeRequest(_message.Message):
     tv_weight: float
     refine_size: int
     optimizer: Optimizer
-    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine_init: _Optional[_Union[RefineInit, str]] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., refine_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ...) -> None: ...
+    labels: bytes
+    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine_init: _Optional[_Union[RefineInit, str]] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., refine_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., labels: _Optional[bytes] = ...) -> None: ...
 
 class StylizeEvent(_message.Message):
     __slots__ = ("progress", "result")
@@ -119,7 +127,7 @@ class Progress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
 class VideoOptions(_message.Message):
-    __slots__ = ("styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "temporal", "temporal_strength")
+    __slots__ = ("styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "temporal", "temporal_strength", "labels")
     STYLES_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     PRESERVE_COLOR_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +138,7 @@ class VideoOptions(_message.Message):
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     styles: _containers.RepeatedCompositeFieldContainer[Style]
     alpha: float
     preserve_color: PreserveColor
@@ -140,7 +149,8 @@ class VideoOptions(_message.Message):
     quality: int
     temporal: Temporal
     temporal_strength: float
-    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., temporal: _Optional[_Union[Temporal, str]] = ..., temporal_strength: _Optional[float] = ...) -> None: ...
+    labels: bytes
+    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., temporal: _Optional[_Union[Temporal, str]] = ..., temporal_strength: _Optional[float] = ..., labels: _Optional[bytes] = ...) -> None: ...
 
 class VideoRequest(_message.Message):
     __slots__ = ("options", "frame")
