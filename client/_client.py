@@ -505,6 +505,19 @@ class StyleTransferClient:
         )
         return reply.style_id
 
+    def health(self, *, timeout: float | None = 5.0) -> str:
+        """The server's gRPC health status of the StyleTransfer service: "SERVING", "NOT_SERVING" (e.g.
+        draining) or "UNKNOWN"; raises StyleTransferError when the server cannot be reached. Needs
+        grpcio-health-checking (the ``web`` and ``server`` extras have it)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+        except grpc.RpcError as e:
+            raise _rpc_error(e, None) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
     def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The server's model, weights version, device, dtype, limits and batching settings, as a dict."""
         from google.protobuf import json_format
