@@ -16,6 +16,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch==2.13.0 (CPU build; on a GPU machine install your CUDA build first)"
   pip_install torch==2.13.0
 fi
-echo "setup: installing adain (editable) with the server, train and dev extras"
+echo "setup: installing adain (editable) with the server, train, web and dev extras"
 pip_install -e ".[dev]"
-.venv/bin/python -c "import torch, adain.client, adain.server, adain.train; print('setup ok: torch', torch.__version__)"
+# The page's browser tests drive Debian's chromium; install it where we can (root with apt, as on CI).
+if ! command -v chromedriver > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  echo "setup: installing chromium and chromium-driver (apt) for the browser tests"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; } \
+    >> "$LOG" 2>&1 || echo "setup: could not install chromium; the browser tests will skip (see $LOG)"
+fi
+.venv/bin/python -c "import torch, adain.client, adain.server, adain.train, adain.web; print('setup ok: torch', torch.__version__)"

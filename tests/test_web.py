@@ -1,0 +1,278 @@
+"""adain-web: the HTTP API against the real server, and the page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from helpers import REPO, ServerProcess, free_port
+from synth import make_image, make_mask
+
+CONTENT = make_image(64, 48, seed=31)
+STYLE = make_image(40, 40, seed=32, kind="noise")
+ARTIFACTS = REPO / "build" / "test-artifacts"  # screenshots the run leaves for people to look at
+
+
+class WebProcess:
+    """``python -m adain.web`` on a free port in front of ``server``; waits until it answers."""
+
+    def __init__(self, server: str, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adain.web", "--server", server, "--port", str(self.port), "--log-level", "warning",
+             "--retries", "0", *args],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.stderr: list[str] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"adain-web exited {self.proc.returncode}: {''.join(self.stderr)}")
+            try:
+                httpx.get(self.url + "/api/info", timeout=2)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError("adain-web never answered")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def web(server: ServerProcess) -> Iterator[WebProcess]:
+    proc = WebProcess(server.target, "--max-upload-mb", "1")
+    yield proc
+    proc.stop()
+    assert "Traceback" not in "".join(proc.stderr), "".join(proc.stderr)
+
+
+def _post(url: str, files: list[tuple[str, tuple[str, bytes, str]]], data: dict | None = None) -> httpx.Response:
+    return httpx.post(url + "/api/stylize", files=files, data=data or {}, timeout=60)
+
+
+def _png(name: str, data: bytes) -> tuple[str, tuple[str, bytes, str]]:
+    return name, (f"{name}.png", data, "image/png")
+
+
+def _field(response: httpx.Response) -> str:
+    violations = response.json()["error"]["violations"]
+    return violations[0]["field"] if violations else ""
+
+
+# --- the HTTP API ----------------------------------------------------------------------------------
+
+
+def test_web_imports_no_torch() -> None:
+    code = "import sys, adain.web.app, adain.web.__main__; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_page_and_assets_load_nothing_from_other_sites(web: WebProcess) -> None:
+    page = httpx.get(web.url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        text = httpx.get(web.url + path).text
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
+    info = httpx.get(web.url + "/api/info").json()
+    assert [e["name"] for e in info["examples"]] == ["mosaic", "strokes", "waves"]
+    assert httpx.get(web.url + info["examples"][0]["url"]).headers["content-type"] == "image/png"
+    assert info["max_styles"] == 8 and info["max_upload_mb"] == 1
+
+
+def test_stylize_returns_the_image_the_client_gets(web: WebProcess, client) -> None:
+    r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE), _png("styles", make_image(32, 32, seed=3))],
+              {"weights": ["1", "0.3"], "alpha": "0.8", "preserve_color": "coral", "format": "png"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.headers["x-image-size"] == "64x48"
+    assert r.headers["x-request-id"]
+    direct = client.stylize(CONTENT, [STYLE, make_image(32, 32, seed=3)], weights=[1, 0.3], alpha=0.8,
+                            preserve_color="coral")
+    assert r.content == direct.image
+    masked = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE), _png("styles", STYLE),
+                             _png("mask", make_mask(64, 48))])
+    assert masked.status_code == 200 and Image.open(io.BytesIO(masked.content)).size == (64, 48)
+    assert httpx.get(web.url + "/healthz").json() == {"status": "SERVING"}
+
+
+BAD = {
+    "no-content": ([_png("styles", STYLE)], {}, "content"),
+    "no-styles": ([_png("content", CONTENT)], {}, "styles"),
+    "content-not-an-image": ([("content", ("photo.png", b"hello, not a png", "image/png")), _png("styles", STYLE)],
+                             {}, "content"),
+    "style-not-an-image": ([_png("content", CONTENT), ("styles", ("s.jpg", b"\xff\xd8broken", "image/jpeg"))],
+                           {}, "styles[0]"),
+    "weights-count": ([_png("content", CONTENT), _png("styles", STYLE)], {"weights": ["1", "2"]}, "weights"),
+    "weight-not-a-number": ([_png("content", CONTENT), _png("styles", STYLE)], {"weights": "x"}, "styles[0].weight"),
+    "alpha-over-1": ([_png("content", CONTENT), _png("styles", STYLE)], {"alpha": "1.5"}, "alpha"),  # the server's
+    "colour-mode": ([_png("content", CONTENT), _png("styles", STYLE)], {"preserve_color": "sepia"}, "preserve_color"),
+    "mask-wrong-size": ([_png("content", CONTENT), _png("styles", STYLE), _png("styles", STYLE),
+                         _png("mask", make_mask(8, 8))], {}, "mask"),
+    "unknown-field": ([_png("content", CONTENT), _png("styles", STYLE)], {"colour": "red"}, "colour"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_is_400_naming_the_field(web: WebProcess, case: str) -> None:
+    files, data, field = BAD[case]
+    r = _post(web.url, files, data)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "INVALID_ARGUMENT" and _field(r) == field, r.text
+
+
+def test_uploads_over_the_limit_are_refused_before_they_are_read(web: WebProcess) -> None:
+    big = os.urandom(2 * 2**20)  # the fixture's limit is 1 MB
+    r = _post(web.url, [_png("content", big), _png("styles", STYLE)])
+    assert r.status_code == 413 and "1 MB" in r.json()["error"]["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body streams in
+        yield b'--xyz\r\nContent-Disposition: form-data; name="content"; filename="a.png"\r\n\r\n'
+        for _ in range(64):
+            yield b"x" * 65536
+
+    r = httpx.post(web.url + "/api/stylize", content=chunks(),
+                   headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413
+    assert _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)]).status_code == 200  # still serving
+
+
+def test_backend_down_is_503(tmp_path: Path) -> None:
+    web = WebProcess(f"127.0.0.1:{free_port()}", "--timeout", "5")
+    try:
+        r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)])
+        assert r.status_code == 503 and r.json()["error"]["code"] == "UNAVAILABLE", r.text
+        assert r.headers["retry-after"]
+        health = httpx.get(web.url + "/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "UNREACHABLE"
+    finally:
+        web.stop()
+
+
+def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
+    """A backend that runs one refine job and queues none: a second one at the same time is turned away."""
+    backend = ServerProcess(decoder_path, "--max-refine-jobs", "1", "--max-refine-queue", "0")
+    web = None
+    try:
+        backend.wait_serving()
+        web = WebProcess(backend.target)
+        long_job = [_png("content", make_image(128, 96, seed=5)), _png("styles", STYLE)]
+        results: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: results.append(_post(web.url, long_job, {"refine_steps": "60"})))
+        first.start()
+        time.sleep(1.0)
+        r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "5"})
+        first.join(120)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "RESOURCE_EXHAUSTED" and r.headers["retry-after"] == "1"
+        assert results and results[0].status_code == 200
+    finally:
+        if web:
+            web.stop()
+        backend.terminate()
+
+
+# --- the page in a real browser ------------------------------------------------------------------------
+
+
+def _browser_or_skip():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("no chromium and chromedriver here (scripts/setup.sh installs them with apt when run as root; "
+                    "CI runs these tests)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.fixture()
+def browser() -> Iterator:
+    driver = _browser_or_skip()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def _set_range(driver, element, value: float) -> None:
+    driver.execute_script(
+        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+        element, str(value),
+    )
+
+
+def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    content, style = tmp_path / "photo.png", tmp_path / "mine.png"
+    content.write_bytes(make_image(96, 64, seed=41))
+    style.write_bytes(make_image(48, 48, seed=42, kind="noise"))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.get(web.url + "/")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(content))
+    browser.find_element(By.ID, "style-upload").send_keys(str(style))
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    _set_range(browser, browser.find_element(By.ID, "weight-1"), 0.4)
+    _set_range(browser, browser.find_element(By.ID, "alpha"), 0.75)
+    assert browser.find_element(By.ID, "alpha-value").text == "0.75"
+    assert browser.find_element(By.ID, "weight-1-value").text == "0.40"
+    # every control has a label
+    for el in browser.find_elements(By.CSS_SELECTOR, "input, select"):
+        labelled = browser.execute_script("return arguments[0].labels && arguments[0].labels.length", el)
+        assert labelled, el.get_attribute("id")
+    browser.find_element(By.ID, "submit").click()
+    size = _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
+        "[i.naturalWidth, i.naturalHeight] : null;"))
+    assert size == [96, 64]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "web_result.png"))
+    browser.find_element(By.ID, "download").click()
+    path = downloads / "stylized.png"
+    _wait(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
+    assert Image.open(path).size == (96, 64)
+
+
+def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is not a photo")
+    browser.get(web.url + "/")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(fake))
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+    browser.find_element(By.ID, "submit").click()
+    message = _wait(browser, lambda d: d.find_element(By.ID, "content-error").text)
+    assert "content" in message and "not an image" in message
+    assert browser.find_element(By.ID, "submit").is_enabled()

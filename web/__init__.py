@@ -1,0 +1,1 @@
+"""``adain.web``: the browser page and HTTP/JSON API over adain-server (``adain-web``); no torch."""

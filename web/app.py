@@ -1,0 +1,260 @@
+"""The web front of the service: one page and a small HTTP API, talking to adain-server through the thin
+client (no torch, no second engine).
+
+    GET  /                the page (static HTML, CSS and JavaScript from this package)
+    GET  /api/info        what the page needs: the example styles, the upload limit, the server's limits
+    POST /api/stylize     multipart: content, styles (repeated), weights (repeated, one per style), alpha,
+                          preserve_color, mask, refine_steps, format -> the image, or a JSON error
+    GET  /healthz         200 when the backend's gRPC health is SERVING, else 503
+
+Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "description"}]}}``: 400 for a
+bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...), 413 for a body
+over the upload limit (refused before it is read whole), 429 with Retry-After when the backend is full
+(RESOURCE_EXHAUSTED), 503 when it is unreachable or draining, 504 when it runs past the deadline.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adain.client import StyleTransferClient, StyleTransferError
+from adain.wire import COLOR_MODES, FORMATS, INPUT_FORMATS, Limits, format_name
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+GALLERY = HERE / "gallery"  # the bundled example styles (a link to examples/style in the source tree)
+RETRY_AFTER_S = 1  # told to a client the backend turned away as full
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 503,
+}
+FORM_FIELDS = ("alpha", "preserve_color", "refine_steps", "format", "weights")
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    max_upload_bytes: int = 20 * 1024 * 1024  # the whole request body
+    timeout: float = 120.0  # deadline of each backend call, seconds
+    limits: Limits | None = None  # for the checks made here; None: the backend's, asked once it answers
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or while it streams in
+    (413), so an oversized upload is never read whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _error(413, "PAYLOAD_TOO_LARGE", self._message())(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"the upload is over the limit of {self.max_bytes / 2**20:g} MB"
+
+
+def _error(
+    status: int, code: str, message: str, violations: list[tuple[str, str]] = (), headers: dict | None = None
+) -> JSONResponse:
+    body = {"code": code, "message": message, "violations": [{"field": f, "description": d} for f, d in violations]}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+class BadInput(Exception):
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field, self.description = field, description
+
+
+def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings()) -> FastAPI:
+    """The app over ``client`` (which it does not close). No interactive docs: they load scripts from
+    other sites, and the page loads nothing from anywhere but here."""
+    app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if GALLERY.is_dir():
+        app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
+    known: list[Limits] = [settings.limits] if settings.limits else []
+
+    async def current_limits() -> Limits:
+        """The backend's limits (GetServerInfo), asked until it answers; the defaults meanwhile."""
+        if not known:
+            try:
+                info = await run_in_threadpool(client.server_info, timeout=min(5.0, settings.timeout))
+            except StyleTransferError:
+                return Limits()
+            known.append(_limits(info.get("limits", {})))
+        return known[0]
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {413: "PAYLOAD_TOO_LARGE", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        try:
+            status = await run_in_threadpool(client.health, timeout=min(5.0, settings.timeout))
+        except StyleTransferError as e:
+            return JSONResponse({"status": "UNREACHABLE", "detail": e.details}, status_code=503)
+        return JSONResponse({"status": status}, status_code=200 if status == "SERVING" else 503)
+
+    @app.get("/api/info")
+    async def info() -> dict[str, Any]:
+        limits = await current_limits()
+        examples = sorted(p.name for p in GALLERY.glob("*.png")) if GALLERY.is_dir() else []
+        return {
+            "examples": [{"name": Path(n).stem, "url": f"/gallery/{n}"} for n in examples],
+            "max_upload_mb": settings.max_upload_bytes / 2**20,
+            "max_styles": limits.max_styles,
+            "max_refine_steps": limits.max_refine_steps,
+            "max_pixels": limits.max_pixels,
+            "color_modes": ["none", *COLOR_MODES],
+            "formats": list(FORMATS),
+        }
+
+    @app.post("/api/stylize")
+    async def stylize(request: Request) -> Response:
+        limits = await current_limits()
+        try:
+            async with request.form(max_files=limits.max_styles + 2, max_fields=50) as form:
+                options = await _read_form(form, limits)
+        except BadInput as e:
+            return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
+        try:
+            result = await run_in_threadpool(client.stylize, timeout=settings.timeout, **options)
+        except StyleTransferError as e:
+            status = HTTP_STATUS.get(e.code, 502)
+            headers = {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)} if status in (429, 503) else None
+            return _error(status, e.code.name, e.details, e.violations, headers)
+        fmt = result.format
+        return Response(
+            result.image,
+            media_type=f"image/{fmt}",
+            headers={
+                "X-Request-Id": result.request_id,
+                "X-Image-Size": f"{result.width}x{result.height}",
+                "Content-Disposition": f'inline; filename="stylized.{"jpg" if fmt == "jpeg" else fmt}"',
+            },
+        )
+
+    return app
+
+
+def _limits(reported: dict[str, Any]) -> Limits:
+    """GetServerInfo's limits as the library's value (the fields this front checks)."""
+    default = Limits()
+    return Limits(
+        max_pixels=int(reported.get("max_pixels") or default.max_pixels),
+        max_content_side=int(reported.get("max_content_side") or default.max_content_side),
+        style_size=int(reported.get("default_style_size") or default.style_size),
+        max_styles=int(reported.get("max_styles") or default.max_styles),
+        max_refine_steps=int(reported.get("max_refine_steps", default.max_refine_steps)),
+    )
+
+
+async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
+    """The client's options from the multipart form; raises BadInput naming the field."""
+    unknown = sorted(set(form.keys()) - {"content", "styles", "mask", *FORM_FIELDS})
+    if unknown:
+        raise BadInput(unknown[0], "unknown field (expected content, styles, weights, alpha, preserve_color, "
+                       "mask, refine_steps, format)")
+    content = form.get("content")
+    if not isinstance(content, UploadFile):
+        raise BadInput("content", "a content image file is required")
+    styles = form.getlist("styles")
+    if not styles or not all(isinstance(s, UploadFile) for s in styles):
+        raise BadInput("styles", "at least 1 style image file is required")
+    if len(styles) > limits.max_styles:
+        raise BadInput("styles", f"{len(styles)} styles, over the limit of max_styles={limits.max_styles}")
+    options: dict[str, Any] = {
+        "content": await _image(content, "content", limits),
+        "styles": [await _image(s, f"styles[{i}]", limits) for i, s in enumerate(styles)],
+    }
+    weights = form.getlist("weights")
+    if weights:
+        if len(weights) != len(styles):
+            raise BadInput("weights", f"{len(weights)} weights for {len(styles)} styles (one per style)")
+        options["weights"] = [_number(w, f"styles[{i}].weight") for i, w in enumerate(weights)]
+    if form.get("alpha") not in (None, ""):
+        options["alpha"] = _number(form["alpha"], "alpha")
+    color = form.get("preserve_color") or "none"
+    if color not in ("none", *COLOR_MODES):
+        raise BadInput("preserve_color", f"must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
+    options["preserve_color"] = None if color == "none" else color
+    mask = form.get("mask")
+    if isinstance(mask, UploadFile) and (mask.size or mask.filename):
+        options["mask"] = await _image(mask, "mask", limits)
+    if form.get("refine_steps") not in (None, "", "0"):
+        steps = _number(form["refine_steps"], "refine_steps")
+        if steps != int(steps) or steps < 0:
+            raise BadInput("refine_steps", f"must be a whole number >= 0, got {form['refine_steps']!r}")
+        options["refine_steps"] = int(steps)
+    fmt = format_name(form.get("format") or "png")
+    if fmt is None:
+        raise BadInput("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
+    options["format"] = fmt
+    return options
+
+
+async def _image(upload: UploadFile, field: str, limits: Limits) -> bytes:
+    """The upload's bytes, once its header decodes as an image of a known format within the pixel limit
+    (the name and the declared type are not trusted; the backend decodes it fully)."""
+    data = await upload.read()
+    if not data:
+        raise BadInput(field, "the file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (w, h) = img.format, img.size
+    except Exception:
+        raise BadInput(field, "not an image this service reads (JPEG, PNG, WebP, BMP, TIFF or GIF)") from None
+    if fmt not in INPUT_FORMATS:
+        raise BadInput(field, f"{fmt} images are not read (JPEG, PNG, WebP, BMP, TIFF or GIF)")
+    if w * h > limits.max_pixels:
+        raise BadInput(field, f"{w} x {h} is over the limit of max_pixels={limits.max_pixels}")
+    return data
+
+
+def _number(text: Any, field: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise BadInput(field, f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BadInput(field, f"must be a finite number, got {text!r}")
+    return value

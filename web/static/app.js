@@ -1,0 +1,207 @@
+// The page: collects a photo, styles with weights and options, posts them to /api/stylize and shows
+// the result or the server's errors next to the control they concern. No framework, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { content: null, styles: [], info: { max_styles: 8, max_refine_steps: 0 } };
+let resultUrl = null;
+
+function setContent(file) {
+  if (!file) return;
+  state.content = file;
+  $("content-name").textContent = `Photo: ${file.name} (${Math.round(file.size / 1024)} kB)`;
+  $("content-error").textContent = "";
+  $("original").src = URL.createObjectURL(file);
+}
+
+function addStyle(file, name, example) {
+  if (state.styles.length >= state.info.max_styles) {
+    $("styles-error").textContent = `At most ${state.info.max_styles} styles.`;
+    return;
+  }
+  state.styles.push({ file, name, example, weight: 1 });
+  renderStyles();
+}
+
+function removeStyle(index) {
+  const [gone] = state.styles.splice(index, 1);
+  if (gone.example) {
+    const button = document.querySelector(`#gallery button[data-name="${gone.example}"]`);
+    if (button) button.setAttribute("aria-pressed", "false");
+  }
+  renderStyles();
+}
+
+function renderStyles() {
+  const list = $("styles");
+  list.replaceChildren();
+  state.styles.forEach((style, i) => {
+    const li = document.createElement("li");
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(style.file);
+    img.alt = "";
+    const box = document.createElement("div");
+    const label = document.createElement("label");
+    label.htmlFor = `weight-${i}`;
+    label.textContent = `Weight of ${style.name}: `;
+    const out = document.createElement("output");
+    out.id = `weight-${i}-value`;
+    out.textContent = style.weight.toFixed(2);
+    label.append(out);
+    const slider = document.createElement("input");
+    Object.assign(slider, { type: "range", id: `weight-${i}`, min: "0", max: "1", step: "0.05" });
+    slider.value = String(style.weight);
+    slider.className = "weight";
+    slider.addEventListener("input", () => {
+      style.weight = Number(slider.value);
+      out.textContent = style.weight.toFixed(2);
+    });
+    box.append(label, document.createElement("br"), slider);
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "Remove";
+    remove.setAttribute("aria-label", `Remove ${style.name}`);
+    remove.addEventListener("click", () => removeStyle(i));
+    const err = document.createElement("p");
+    err.className = "error";
+    err.id = `style-error-${i}`;
+    err.setAttribute("role", "alert");
+    li.append(img, box, remove, err);
+    list.append(li);
+  });
+  $("styles-error").textContent = "";
+}
+
+async function loadInfo() {
+  try {
+    const response = await fetch("/api/info");
+    state.info = await response.json();
+  } catch (e) {
+    $("form-error").textContent = "The page could not reach its server. Reload to try again.";
+    return;
+  }
+  $("refine_steps").max = String(state.info.max_refine_steps);
+  $("refine-row").hidden = !state.info.max_refine_steps;
+  for (const example of state.info.examples) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.name = example.name;
+    button.setAttribute("aria-pressed", "false");
+    const img = document.createElement("img");
+    img.src = example.url;
+    img.alt = "";
+    button.append(img, document.createTextNode(example.name));
+    button.addEventListener("click", async () => {
+      if (button.getAttribute("aria-pressed") === "true") {
+        removeStyle(state.styles.findIndex((s) => s.example === example.name));
+        return;
+      }
+      const blob = await (await fetch(example.url)).blob();
+      addStyle(new File([blob], `${example.name}.png`, { type: blob.type }), example.name, example.name);
+      button.setAttribute("aria-pressed", "true");
+    });
+    $("gallery").append(button);
+  }
+}
+
+function clearErrors() {
+  document.querySelectorAll(".error").forEach((el) => { el.textContent = ""; });
+}
+
+// A server field ("styles[1].image", "content", "alpha"...) -> the message area beside its control.
+function errorArea(field) {
+  const style = /^styles\[(\d+)\]/.exec(field || "");
+  if (style && $(`style-error-${style[1]}`)) return $(`style-error-${style[1]}`);
+  if (field && field.startsWith("styles")) return $("styles-error");
+  const name = (field || "").split(/[.[]/)[0];
+  return $(`${name}-error`) || $("form-error");
+}
+
+function showError(body, status) {
+  const error = (body && body.error) || { message: `The server answered ${status}.`, violations: [] };
+  const plain = {
+    429: "The server is busy right now. Try again in a moment.",
+    503: "The style-transfer server is not available right now. Try again later.",
+    504: "The server took too long. Try a smaller photo or fewer refine steps.",
+    413: error.message,
+  };
+  if (error.violations && error.violations.length) {
+    for (const v of error.violations) {
+      const area = errorArea(v.field);
+      area.textContent = (area.textContent ? area.textContent + " " : "") + `${v.field}: ${v.description}`;
+    }
+  } else {
+    $("form-error").textContent = plain[status] || error.message;
+  }
+}
+
+async function submit(event) {
+  event.preventDefault();
+  clearErrors();
+  if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
+  if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
+  const data = new FormData();
+  data.append("content", state.content);
+  for (const style of state.styles) {
+    data.append("styles", style.file);
+    data.append("weights", String(style.weight));
+  }
+  data.append("alpha", $("alpha").value);
+  data.append("preserve_color", $("preserve_color").value);
+  if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
+  if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
+  data.append("format", "png");
+
+  const button = $("submit");
+  button.disabled = true;
+  button.textContent = "Stylizing…";
+  $("result").hidden = false;
+  $("result").setAttribute("aria-busy", "true");
+  $("busy").hidden = false;
+  $("download").hidden = true;
+  try {
+    const response = await fetch("/api/stylize", { method: "POST", body: data });
+    if (!response.ok) {
+      let body = null;
+      try { body = await response.json(); } catch (e) { /* not JSON */ }
+      showError(body, response.status);
+      $("output").removeAttribute("src");
+      return;
+    }
+    const blob = await response.blob();
+    if (resultUrl) URL.revokeObjectURL(resultUrl);
+    resultUrl = URL.createObjectURL(blob);
+    $("output").src = resultUrl;
+    $("download").href = resultUrl;
+    $("download").hidden = false;
+  } catch (e) {
+    $("form-error").textContent = "The page lost its connection to the server. Try again.";
+  } finally {
+    button.disabled = false;
+    button.textContent = "Stylize";
+    $("busy").hidden = true;
+    $("result").setAttribute("aria-busy", "false");
+  }
+}
+
+function init() {
+  $("content").addEventListener("change", (e) => setContent(e.target.files[0]));
+  $("camera").addEventListener("change", (e) => setContent(e.target.files[0]));
+  $("style-upload").addEventListener("change", (e) => {
+    for (const file of e.target.files) addStyle(file, file.name, null);
+    e.target.value = "";
+  });
+  $("alpha").addEventListener("input", () => { $("alpha-value").textContent = Number($("alpha").value).toFixed(2); });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    setContent(e.dataTransfer.files[0]);
+  });
+  $("form").addEventListener("submit", submit);
+  loadInfo();
+}
+
+document.addEventListener("DOMContentLoaded", init);
