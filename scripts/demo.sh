@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up, start the gRPC server with the shipped decoder (CPU here, GPU where present),
-# stylize the bundled examples through the CLI (two styles blended, an alpha sweep, a folder run),
-# stop the server and say where the results are.
+# The main job: set up, start the gRPC server with the shipped decoder (CPU here, GPU where present)
+# and the web page in front of it (prints its URL), stylize the bundled examples through the CLI (two
+# styles blended, an alpha sweep, a folder run), say where the results are; in a terminal the page
+# stays up until Ctrl-C, otherwise both stop. ADAIN_WEB_PORT sets the page's port (default 8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,7 +12,8 @@ BIN=.venv/bin
 
 "$BIN/adain-server" --host 127.0.0.1 --port 0 --metrics-port 0 > "$OUT/server.log" 2>&1 &
 SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+WEB=
+trap 'kill -TERM $WEB $SERVER 2>/dev/null || true; wait $WEB $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
   grep -q "listening on" "$OUT/server.log" && break
   kill -0 "$SERVER" 2>/dev/null || { echo "the server did not start:"; cat "$OUT/server.log"; exit 1; }
@@ -35,6 +37,17 @@ sys.exit("the server never became SERVING")
 PY
 echo "server SERVING on $ADDR"
 
+WEB_PORT=${ADAIN_WEB_PORT:-8080}
+"$BIN/adain-web" --server "$ADDR" --port "$WEB_PORT" > "$OUT/web.log" 2>&1 &
+WEB=$!
+for _ in $(seq 1 60); do
+  "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+    "http://127.0.0.1:$WEB_PORT/healthz" 2>/dev/null && break
+  kill -0 "$WEB" 2>/dev/null || { echo "the page did not start:"; cat "$OUT/web.log"; exit 1; }
+  sleep 0.5
+done
+echo "web page: http://127.0.0.1:$WEB_PORT/"
+
 S=examples/style C=examples/content
 run() { "$BIN/adain-stylize" --server "$ADDR" "$@"; }
 echo "two styles blended (mosaic 1 : waves 0.5):"
@@ -50,3 +63,7 @@ run "$C" --style "$S/mosaic.png" --style "$S/strokes.png" --style "$S/waves.png"
 
 echo
 echo "Done. Results are in $(pwd)/$OUT/ ($(find "$OUT" -name '*.png' | wc -l) images; server log: $OUT/server.log)"
+if [ -t 0 ]; then
+  echo "The page stays up at http://127.0.0.1:$WEB_PORT/ until you press Ctrl-C."
+  wait "$WEB" || true
+fi
