@@ -21,7 +21,7 @@ from adain.image import load_image
 from adain.media import MediaError, VideoReader
 from adain.video import VideoStream, stylize_video
 from helpers import ServerProcess, free_port
-from synth import encoded, make_image, make_video, synth_image, video_facts
+from synth import band_mask, encoded, make_image, make_video, synth_image, video_facts
 
 torch.set_num_threads(1)
 STYLE = make_image(40, 40, seed=22, kind="noise")
@@ -149,6 +149,24 @@ def test_rpc_frames_in_order(client: StyleTransferClient, clips: dict[str, Path]
     for r, f in zip(results, frames):
         local = np.asarray(stream.stylize(f), dtype=np.int16)
         assert np.abs(np.asarray(r.to_pil(), dtype=np.int16) - local).max() <= 2
+
+
+def test_rpc_regions_hold_for_every_frame(client: StyleTransferClient, clips: dict[str, Path],
+                                           stylizer: Stylizer) -> None:
+    """A mask per style (and the labels form) in a stream's options apply to every frame."""
+    frames = _frame_bytes(clips["silent.mp4"])[:4]
+    masks = [band_mask(64, 48, 0, 24), band_mask(64, 48, 40, 64)]  # the middle stays the photo
+    other = make_image(32, 32, seed=7)
+    results = list(client.stylize_video(frames, [STYLE, other], masks=masks, temporal="none"))
+    labels = np.zeros((48, 64), np.uint8)
+    labels[:, :24], labels[:, 40:] = 1, 2
+    by_labels = list(client.stylize_video(frames, [STYLE, other], labels=encoded(Image.fromarray(labels, "L")),
+                                          label_values=[1, 2], temporal="none"))
+    stream = VideoStream(stylizer, [STYLE, other], temporal="none", masks=masks)
+    for r, s, f in zip(results, by_labels, frames):
+        local = np.asarray(stream.stylize(f), dtype=np.int16)
+        assert np.abs(np.asarray(r.to_pil(), dtype=np.int16) - local).max() <= 2
+        assert np.abs(np.asarray(s.to_pil(), dtype=np.int16) - local).max() <= 2
 
 
 def _expect(code: grpc.StatusCode, fn, *args, **kwargs) -> StyleTransferError:

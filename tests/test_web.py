@@ -276,3 +276,7 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
     message = _wait(browser, lambda d: d.find_element(By.ID, "content-error").text)
     assert "content" in message and "not an image" in message
     assert browser.find_element(By.ID, "submit").is_enabled()
+    # At phone width the page is one column: nothing wider than the screen.
+    browser.set_window_size(390, 844)
+    overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{overflow} px wider than a 390-px screen"
