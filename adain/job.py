@@ -21,6 +21,7 @@ from adain.wire import (
     DEFAULT_CONTENT_WEIGHT,
     DEFAULT_STYLE_WEIGHT,
     OPTIMIZERS,
+    REFINE_CONTENT_WEIGHT,
     REFINE_INITS,
     TEMPORAL_MODES,
     Limits,
@@ -51,7 +52,7 @@ class Job:
     # or "content" (the classic method); the loss weights; the longest side it works at (None: full).
     refine_steps: int = 0
     refine_init: str = "adain"
-    content_weight: float = DEFAULT_CONTENT_WEIGHT
+    content_weight: float | None = None  # None: 5 for a refine, 1 for the classic method (adain.wire)
     style_weight: float = DEFAULT_STYLE_WEIGHT
     tv_weight: float = 0.0
     refine_size: int | None = None
@@ -154,6 +155,8 @@ class Job:
             )
         for name in ("content_weight", "style_weight", "tv_weight"):
             value = getattr(self, name)
+            if name == "content_weight" and value is None:
+                continue
             if not _is_number(value) or value < 0:
                 bad.append(InvalidInputError(name, f"must be a finite number >= 0, got {value!r}"))
         if (
@@ -168,6 +171,11 @@ class Job:
                 InvalidInputError("refine_size", f"must be an integer >= 16 (the encoder's smallest), got {size!r}")
             )
         return bad
+
+    def _content_weight(self) -> float:
+        if self.content_weight is not None:
+            return self.content_weight
+        return DEFAULT_CONTENT_WEIGHT if self.refine_init == "content" else REFINE_CONTENT_WEIGHT
 
     def check(self, limits: Limits, *, content: bool = True) -> CheckedJob:
         """The job with its values resolved; raises InvalidInputError (all problems in ``.problems``)."""
@@ -191,7 +199,7 @@ class Job:
             style_size=self.style_size or limits.style_size,
             refine_steps=self.refine_steps,
             refine_init=self.refine_init,
-            content_weight=float(self.content_weight),
+            content_weight=float(self._content_weight()),
             style_weight=float(self.style_weight),
             tv_weight=float(self.tv_weight),
             refine_size=self.refine_size,
