@@ -149,9 +149,10 @@ def save_outputs(folder: Path, results: dict[str, dict], rate: float) -> None:
 
 
 # --- over gRPC --------------------------------------------------------------------------------------
-def start_server(decoder: str | None) -> tuple[subprocess.Popen, str]:
+def start_server(decoder: str | None, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """A local adain-server (``extra``: more flags), once it reports SERVING; (process, address)."""
     cmd = [sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0", "--log-level", "WARNING",
-           "--max-batch-size", "1"]
+           "--max-batch-size", "1", *extra]
     if decoder:
         cmd += ["--decoder", decoder]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import math
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from adain.wire import (
     OPTIMIZER_ENUM,
     REFINE_INIT_ENUM,
     REQUEST_ID_KEY,
+    SERVED_BY_KEY,
     SERVICE_NAME,
     STYLE_ID_PREFIX,
     TEMPORAL_ENUM,
@@ -38,6 +42,9 @@ DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_MESSAGE_MB = 32
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
+
+
+REMEMBERED_STYLES = 64  # registered styles whose bytes a client keeps for replicas that lack them
 
 
 class StyleTransferError(Exception):
@@ -106,6 +113,7 @@ class StylizeResult:
     format: str
     timings: Timings
     request_id: str
+    served_by: str = ""  # the replica that answered (its x-served-by), when the server says
 
     def to_pil(self) -> Image.Image:
         img = Image.open(io.BytesIO(self.image))
@@ -231,27 +239,57 @@ def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
     return StyleTransferError(code, " ".join(details.split()), request_id=rid, violations=_parse_violations(trailing))
 
 
-def service_config(retries: int) -> str | None:
-    """The channel's service config: retry UNAVAILABLE up to ``retries`` times (gRPC caps at 4 retries)."""
-    if retries <= 0:
-        return None
-    policy = {
-        "maxAttempts": min(retries, 4) + 1,
-        "initialBackoff": "0.1s",
-        "maxBackoff": "2s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
+def service_config(retries: int) -> str:
+    """The channel's service config: round-robin over every address the target resolves to, gRPC
+    client-side health checking (a replica reporting NOT_SERVING, e.g. draining, gets no new calls), and
+    retries of UNAVAILABLE up to ``retries`` times (gRPC caps at 4), which go to another replica."""
+    config: dict[str, Any] = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": SERVICE_NAME},
     }
-    return json.dumps({"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]})
+    if retries > 0:
+        policy = {
+            "maxAttempts": min(retries, 4) + 1,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        config["methodConfig"] = [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]
+    return json.dumps(config)
+
+
+def channel_target(target: str) -> str:
+    """What gRPC is given: ``host:port`` and any URI gRPC accepts (``dns:///name:port`` for a Kubernetes
+    headless Service) as they are; a comma-separated list of IP addresses (``127.0.0.1:50051,
+    127.0.0.1:50052``) as one ``ipv4:``/``ipv6:`` target, so the calls are balanced over them."""
+    parts = [p.strip() for p in target.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return target.strip()
+    ipv6 = all(p.startswith("[") for p in parts)
+    for p in parts:
+        host = p.rsplit(":", 1)[0].strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise StyleTransferError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"server: a list of addresses must be IP addresses (got {p!r}); for names use one "
+                "dns:///name:port target whose name resolves to every replica",
+            ) from None
+    return ("ipv6:" if ipv6 else "ipv4:") + ",".join(parts)
 
 
 class StyleTransferClient:
     """A blocking client of ``adain.v1.StyleTransfer``; thread-safe (share one across threads).
 
-    ``target`` is ``host:port``. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
+    ``target`` is ``host:port``, a comma-separated list of IP:port (replicas), or any gRPC target
+    (``dns:///name:port``); calls are balanced round-robin over every address, skipping replicas whose
+    gRPC health is not SERVING. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
     (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
-    many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy
-    (0 disables; at most 4). Message size limits default to 32 MiB each way, like the server's.
+    many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
+    another replica where there are several (0 disables; at most 4). Message size limits default to
+    32 MiB each way, like the server's.
 
     Every failure raises :class:`StyleTransferError`. Use as a context manager, or call :meth:`close`.
     """
@@ -269,6 +307,8 @@ class StyleTransferClient:
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self._registered: OrderedDict[str, bytes] = OrderedDict()  # styles this client registered, by id
+        self._inline: set[str] = set()  # registered ids some replica did not know: sent as bytes from then on
         limit = int(max_message_mb * 1024 * 1024)
         opts: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", limit),
@@ -277,10 +317,9 @@ class StyleTransferClient:
             # A request bigger than the retry buffer is never retried: let whole images be retried.
             ("grpc.per_rpc_retry_buffer_size", limit),
         ]
-        config = service_config(retries)
-        if config is not None:
-            opts.append(("grpc.service_config", config))
+        opts.append(("grpc.service_config", service_config(retries)))
         opts.extend(options)
+        target = channel_target(target)
         if tls or root_certificates is not None:
             if root_certificates is not None and not isinstance(root_certificates, bytes):
                 root_certificates = Path(root_certificates).read_bytes()
@@ -302,6 +341,13 @@ class StyleTransferClient:
 
     # -- calls -------------------------------------------------------------------------------
     def _call(self, method: Any, request: Any, timeout: float | None, request_id: str | None) -> tuple[Any, str | None]:
+        reply, rid, _ = self._call_from(method, request, timeout, request_id)
+        return reply, rid
+
+    def _call_from(
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None
+    ) -> tuple[Any, str | None, str]:
+        """(reply, request id, the replica that answered)."""
         metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
         try:
             reply, call = method.with_call(
@@ -309,10 +355,10 @@ class StyleTransferClient:
             )
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id) from None
-        rid = _metadata_value(call.trailing_metadata(), REQUEST_ID_KEY) or _metadata_value(
-            call.initial_metadata(), REQUEST_ID_KEY
-        )
-        return reply, rid or request_id
+        initial, trailing = call.initial_metadata(), call.trailing_metadata()
+        rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
+        served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
+        return reply, rid or request_id, served_by
 
     def stylize(
         self,
@@ -361,8 +407,9 @@ class StyleTransferClient:
 
         The optimisation method: ``refine_steps`` iterations (0: off) from the decoder's output
         (``refine_init="adain"``) or from the content (``"content"``: the classic method of Gatys et al.),
-        with the loss weights ``content_weight``, ``style_weight``, ``tv_weight`` (None: the server's 1, 10
-        and 0), at ``refine_size`` px (0: full size), by ``optimizer`` "lbfgs" or "adam". ``on_progress``
+        with the loss weights ``content_weight``, ``style_weight``, ``tv_weight`` (None: the server's
+        defaults: content 5 for a refine and 1 for the classic method, style 10, total variation 0), at
+        ``refine_size`` px (0: full size), by ``optimizer`` "lbfgs" or "adam". ``on_progress``
         gets a :class:`RefineProgress` after every iteration (the call then uses StylizeWithProgress).
         Such calls take seconds to minutes: give a ``timeout`` to match.
         """
@@ -372,10 +419,22 @@ class StyleTransferClient:
         _fill_refine(
             request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer
         )
-        if on_progress is None:
-            reply, rid = self._call(self._stub.Stylize, request, timeout, request_id)
-        else:
-            reply, rid = self._call_with_progress(request, on_progress, timeout, request_id)
+        self._with_known_bytes(request)
+        served_by = ""
+        try:
+            if on_progress is None:
+                reply, rid, served_by = self._call_from(self._stub.Stylize, request, timeout, request_id)
+            else:
+                reply, rid = self._call_with_progress(request, on_progress, timeout, request_id)
+        except StyleTransferError as e:
+            # A replica that does not know a style this client registered (registries are per replica):
+            # send that style's bytes instead, once.
+            if not self._inline_unknown_styles(request, e):
+                raise
+            if on_progress is None:
+                reply, rid, served_by = self._call_from(self._stub.Stylize, request, timeout, request_id)
+            else:
+                reply, rid = self._call_with_progress(request, on_progress, timeout, request_id)
         t = reply.timings
         return StylizeResult(
             image=reply.image,
@@ -386,6 +445,7 @@ class StyleTransferClient:
                 t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size, t.refine_ms, t.refine_steps
             ),
             request_id=reply.request_id or rid or "",
+            served_by=served_by,
         )
 
     def _call_with_progress(
@@ -498,11 +558,17 @@ class StyleTransferClient:
         """Store a style image on the server; returns its id (sha256 hex of the bytes sent).
 
         Use it as ``StyleRef(id)`` or ``"id:" + id``. The server keeps a bounded number of styles (least
-        recently used dropped first): an unknown id is answered INVALID_ARGUMENT, so register again then.
+        recently used dropped first), and each replica of a service its own: this client remembers the
+        styles it registered (the last 64), so a call that lands on a replica that does not know one is
+        sent once more with that style's bytes, and later calls send that style's bytes too. An id this
+        client did not register stays an INVALID_ARGUMENT where unknown: register it again then.
         """
-        reply, _ = self._call(
-            self._stub.RegisterStyle, pb.RegisterStyleRequest(image=image_bytes(image, "image")), timeout, request_id
-        )
+        data = image_bytes(image, "image")
+        reply, _ = self._call(self._stub.RegisterStyle, pb.RegisterStyleRequest(image=data), timeout, request_id)
+        self._registered[reply.style_id] = data
+        self._registered.move_to_end(reply.style_id)
+        while len(self._registered) > REMEMBERED_STYLES:
+            self._inline.discard(self._registered.popitem(last=False)[0])
         return reply.style_id
 
     def health(self, *, timeout: float | None = 5.0) -> str:
@@ -517,6 +583,31 @@ class StyleTransferClient:
         except grpc.RpcError as e:
             raise _rpc_error(e, None) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def _inline_unknown_styles(self, request: pb.StylizeRequest, error: StyleTransferError) -> bool:
+        """Replace the registered styles the server did not know by their bytes, where this client has
+        them; True if any was replaced (then the call is worth one more try)."""
+        if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+            return False
+        replaced = False
+        for field, description in error.violations:
+            m = re.fullmatch(r"styles\[(\d+)\]\.style_id", field)
+            if not m or "unknown style id" not in description or int(m.group(1)) >= len(request.styles):
+                continue
+            style = request.styles[int(m.group(1))]
+            data = self._registered.get(style.style_id)
+            if data is not None:
+                self._inline.add(style.style_id)
+                style.image = data  # the oneof: clears style_id
+                replaced = True
+        return replaced
+
+    def _with_known_bytes(self, request: pb.StylizeRequest) -> None:
+        """Send as bytes the registered styles that a replica was found not to know: with round-robin
+        balancing that replica would otherwise fail the id on every turn."""
+        for style in request.styles:
+            if style.WhichOneof("source") == "style_id" and style.style_id in self._inline:
+                style.image = self._registered[style.style_id]
 
     def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The server's model, weights version, device, dtype, limits and batching settings, as a dict."""

@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"output format in folder mode: {', '.join(FORMATS)} (default png); a single output takes "
                    "its extension's")
     p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_ADDRESS), metavar="HOST:PORT",
-                   help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS})")
+                   help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS}); several replicas: "
+                   "comma-separated IP:PORT list, or dns:///NAME:PORT (calls are balanced round-robin)")
     p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
                    help="deadline of each request, seconds (default 120)")
     p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
@@ -121,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --refine N: start from the content image instead of the decoder's output (the "
                    "classic method, to compare; it needs a few hundred iterations)")
     p.add_argument("--content-weight", type=non_negative_float, default=None, metavar="W",
-                   help="optimisation: weight of the content loss (default: the server's, 1)")
+                   help="optimisation: weight of the content loss (default: the server's, 5 for --refine, 1 with "
+                   "--classic)")
     p.add_argument("--style-weight", type=non_negative_float, default=None, metavar="W",
                    help="optimisation: weight of the style loss (default: the server's, 10); the ratio to "
                    "--content-weight is the knob")
@@ -391,9 +394,12 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             raise CliError(f"style {source}: {_describe(e, args.server)}") from None
     tasks = [(c, ref, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for ref, stem in refs]
 
+    served: Counter[str] = Counter()  # outputs per replica (x-served-by), for the summary
+
     def one(content: Path, ref: StyleRef, out: Path) -> None:
         result = client.stylize(content, ref, format=fmt, **options)
         result.save(out)
+        served[result.served_by or "?"] += 1
 
     failed = 0
     with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
@@ -433,6 +439,8 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             print(f"{PROG}: error: {_video_error(e, args, src, out)}", file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
     print(f"{total - failed} of {total} outputs written to {out_dir} ({len(tasks)} images, {len(video_tasks)} videos)")
+    if served:
+        print("images per replica: " + ", ".join(f"{name} {n}" for name, n in sorted(served.items())))
     return 1 if failed else 0
 
 

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -157,6 +158,11 @@ class StyleTransferServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        if s.max_connection_age_s > 0:  # clients behind a headless Service re-resolve when a connection ends
+            options += [
+                ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(max(s.grace_seconds, 1) * 1000)),
+            ]
         server = grpc.aio.server(options=options)
         pb_grpc.add_StyleTransferServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -181,6 +187,7 @@ class StyleTransferServer:
         if not port:
             self.metrics.close()
             raise OSError(f"cannot listen on {address}{reason}")
+        self.servicer.replica = s.replica_name or f"{socket.gethostname()}:{port}"
         await server.start()
         self.server = server
         self.port = port

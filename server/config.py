@@ -64,6 +64,8 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     grace_seconds: float = 10
+    max_connection_age_s: float = 300
+    replica_name: str = ""
     log_level: str = "INFO"
 
     @property
@@ -142,6 +144,9 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "tls-cert": (_optional_path, "PEM certificate chain file; with --tls-key, serve TLS"),
     "tls-key": (_optional_path, "PEM private key file; with --tls-cert, serve TLS"),
     "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
+    "max-connection-age-s": (non_negative_float, "close each client connection after this long (gracefully), so "
+                             "clients re-resolve and balance onto new replicas; 0: never"),
+    "replica-name": (str, "this replica's name in the x-served-by reply metadata (default: hostname:port)"),
     "log-level": (one_of(LOG_LEVELS, str.upper), "DEBUG, INFO, WARNING or ERROR"),
 }
 

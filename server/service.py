@@ -33,6 +33,7 @@ from adain.wire import (
     OPTIMIZER_BY_ENUM,
     REFINE_INIT_BY_ENUM,
     REQUEST_ID_KEY,
+    SERVED_BY_KEY,
     TEMPORAL_BY_ENUM,
     Limits,
 )
@@ -59,19 +60,25 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _call(servicer: StyleTransferServicer, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[str]:
+async def _call(
+    servicer: StyleTransferServicer, method: str, context: grpc.aio.ServicerContext, *, stream: bool = False
+) -> AsyncIterator[str]:
     """Around every call: request id, draining check, in-flight count, status mapping, metrics, access log.
-    Yields the request id."""
+    Yields the request id. A unary call sends no headers before its reply: a call whose replica dies
+    before answering has then received nothing, and the client's retry policy sends it to another one."""
     rid = _request_id(context)
-    rid_md = ((REQUEST_ID_KEY, rid),)
+    rid_md = ((REQUEST_ID_KEY, rid), (SERVED_BY_KEY, servicer.replica))
     start = time.perf_counter()
     code = grpc.StatusCode.OK
     detail = ""
     try:
         with servicer.drain.track():
-            await context.send_initial_metadata(rid_md)
+            # Refuse before any header goes out: a call that got no response headers is retried on
+            # another replica by the client's retry policy.
             if servicer.drain.draining:
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            if stream:  # a stream's client reads the request id before the first message
+                await context.send_initial_metadata(rid_md)
             yield rid
             context.set_trailing_metadata(rid_md)
     except ServiceError as e:
@@ -127,7 +134,7 @@ def stream_rpc(method: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Cal
     def wrap(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         @functools.wraps(fn)
         async def handler(self: StyleTransferServicer, requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with _call(self, method, context) as rid:
+            async with _call(self, method, context, stream=True) as rid:
                 async for reply in fn(self, requests, context, rid):
                     yield reply
 
@@ -161,6 +168,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.drain = drain
         self.video = video
         self.refiner = refiner
+        self.replica = ""  # this replica's name (x-served-by), set once the port is bound
 
     # -- request -> checked job ------------------------------------------------------------------
     def _style(self, style: pb.Style, i: int, bad: list[Violation], prefix: str) -> Any:
