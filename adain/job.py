@@ -231,10 +231,6 @@ class CheckedJob:
     label_values: tuple[int, ...] | None = None
     region_alphas: tuple[float, ...] | None = None
 
-    @property
-    def has_regions(self) -> bool:
-        return self.mask is not None or self.masks is not None or self.labels is not None
-
 
 def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from adain.cache import StyleCache
 from adain.decoder import load_decoder
-from adain.encoder import Encoder, pad_to, padded_size
+from adain.encoder import Encoder, feature_size, pad_to, padded_size
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job
 from adain.ops import adain, coral, luminance, mean_std, with_luminance
@@ -191,7 +191,7 @@ class Stylizer:
             return torch.tensor([j.alpha for j in jobs], device=self.device)
         maps = []
         for j in jobs:
-            h, w = (-(-d // 8) for d in j.content.shape[2:])
+            h, w = feature_size(*j.content.shape[2:])
             if j.regions is None:
                 a = torch.full((1, 1, h, w), j.alpha, device=self.device)
             else:

@@ -420,21 +420,20 @@ class StyleTransferClient:
             request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer
         )
         self._with_known_bytes(request)
-        served_by = ""
-        try:
+
+        def send() -> tuple[Any, str | None, str]:
             if on_progress is None:
-                reply, rid, served_by = self._call_from(self._stub.Stylize, request, timeout, request_id)
-            else:
-                reply, rid = self._call_with_progress(request, on_progress, timeout, request_id)
+                return self._call_from(self._stub.Stylize, request, timeout, request_id)
+            return (*self._call_with_progress(request, on_progress, timeout, request_id), "")
+
+        try:
+            reply, rid, served_by = send()
         except StyleTransferError as e:
             # A replica that does not know a style this client registered (registries are per replica):
             # send that style's bytes instead, once.
             if not self._inline_unknown_styles(request, e):
                 raise
-            if on_progress is None:
-                reply, rid, served_by = self._call_from(self._stub.Stylize, request, timeout, request_id)
-            else:
-                reply, rid = self._call_with_progress(request, on_progress, timeout, request_id)
+            reply, rid, served_by = send()
         t = reply.timings
         return StylizeResult(
             image=reply.image,
