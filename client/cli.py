@@ -56,6 +56,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    """--server, --timeout, --retries, --tls and --ca-cert: how a command reaches adain-server (the CLI's and
+    adain-web's, one set of rules); :func:`connect` makes the client from them."""
+    p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_ADDRESS), metavar="HOST:PORT",
+                   help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS}); several replicas: "
+                   "comma-separated IP:PORT list, or dns:///NAME:PORT (calls are balanced round-robin)")
+    p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
+                   help="deadline of each call to the server, seconds (default 120)")
+    p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
+                   help="retries of a call the server answers UNAVAILABLE (default 2)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
+    p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
+
+
+def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
+    """The client the flags of :func:`add_connection_args` describe (``options``: more constructor arguments)."""
+    return StyleTransferClient(
+        args.server, timeout=args.timeout, tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
+        retries=args.retries, **options,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -100,15 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", type=one_of(FORMATS, _format), default=None, metavar="FORMAT",
                    help=f"output format in folder mode: {', '.join(FORMATS)} (default png); a single output takes "
                    "its extension's")
-    p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_ADDRESS), metavar="HOST:PORT",
-                   help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS}); several replicas: "
-                   "comma-separated IP:PORT list, or dns:///NAME:PORT (calls are balanced round-robin)")
-    p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
-                   help="deadline of each request, seconds (default 120)")
-    p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
-                   help="retries of a request the server answers UNAVAILABLE (default 2)")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
-    p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
+    add_connection_args(p)
     p.add_argument("-j", "--jobs", type=non_negative_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
     p.add_argument("--temporal", type=one_of(TEMPORAL_MODES), default=None, metavar="MODE",
@@ -460,10 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             styles.append((_style_source(spec, source), weight))
         if content.is_file() and sum(w for _, w in styles) <= 0:
             raise CliError("--style: all weights are 0; at least one must be > 0")
-        with StyleTransferClient(
-            args.server, timeout=args.timeout, tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
-            retries=args.retries,
-        ) as client:
+        with connect(args) as client:
             if content.is_dir():
                 return _run_folder(client, args, styles)
             if is_video(content):

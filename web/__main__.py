@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
-from adain.argtypes import non_negative_int, positive_float, positive_int
-from adain.wire import DEFAULT_ADDRESS
+from adain.argtypes import positive_float, positive_int
+from adain.client.cli import add_connection_args, connect
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="adain-web", description=__doc__)
-    p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_ADDRESS), metavar="HOST:PORT",
-                   help=f"the adain-server to use (default: $ADAIN_SERVER or {DEFAULT_ADDRESS})")
+    add_connection_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=positive_int, default=8080, help="HTTP port (default 8080)")
-    p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
-                   help="deadline of each call to the server, seconds (default 120)")
-    p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
-                   help="retries of a call the server answers UNAVAILABLE (default 2)")
     p.add_argument("--max-upload-mb", type=positive_float, default=20.0, metavar="MB",
                    help="largest request body (content, styles and mask together), MB (default 20)")
-    p.add_argument("--tls", action="store_true", help="connect to the server with TLS (system root certificates)")
-    p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -35,16 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import uvicorn
 
-    from adain.client import StyleTransferClient
-
     from .app import WebSettings, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
-    with StyleTransferClient(
-        args.server, timeout=args.timeout, tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
-        retries=args.retries, max_message_mb=max_message_mb,
-    ) as client:
+    with connect(args, max_message_mb=max_message_mb) as client:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout)
         app = create_app(client, settings)
         print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ over the upload limit (refused before it is read whole), 429 with Retry-After wh
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,6 @@ def _number(text: Any, field: str) -> float:
         value = float(text)
     except (TypeError, ValueError):
         raise BadInput(field, f"not a number: {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise BadInput(field, f"must be a finite number, got {text!r}")
     return value
