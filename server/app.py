@@ -44,6 +44,7 @@ log = logging.getLogger("adain.server")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+DRAIN_LINGER_S = 0.5  # after the drain: how long late calls are refused before the server stops
 
 
 def _package_version() -> str:
@@ -64,6 +65,10 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
         decoder_meta_json=json.dumps(model["decoder_meta"], sort_keys=True, default=str),
         device=model["device"],
         dtype=model["dtype"],
+        backend=model["backend"],
+        precision=model["precision"],
+        cpu_model=model["cpu_model"],
+        cpu_features=model["cpu_features"],
         server_version=_package_version(),
         limits=pb.Limits(
             max_pixels=limits["max_pixels"],
@@ -218,6 +223,10 @@ class StyleTransferServer:
             left = await self.drain.wait(grace)
             if left:
                 log.warning("%d call(s) still in flight after %.1f s; cancelling them", left, grace)
+        # Calls already on their way get a clean UNAVAILABLE (retried on another replica) while clients'
+        # health checks see NOT_SERVING; stopping at once would cancel them, and CANCELLED is not retried.
+        await asyncio.sleep(min(DRAIN_LINGER_S, grace))
+        await self.drain.wait(min(DRAIN_LINGER_S, grace))
         if self.server is not None:
             # What is left are streams that never end by themselves (health Watch): cut them short.
             await self.server.stop(0.2)
