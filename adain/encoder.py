@@ -9,7 +9,7 @@ the training losses then weigh relu1_1..relu4_1 evenly instead of being ~99% rel
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -124,8 +124,11 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Features:
         return Features(*(a for name, a in self.activations(x) if name in OUTPUTS))
 
-    def encode(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """relu4_1 of each image (1 x 3 x h x w; all of one padded size), cropped to its own pixels.
+    def encode(
+        self, images: Sequence[torch.Tensor], run: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """relu4_1 of each image (1 x 3 x h x w; all of one padded size), cropped to its own pixels;
+        ``run`` computes relu4_1 of the padded batch (a backend's, ``adain.backends``; default: this module).
 
         The images are padded by reflection to their common padded size and encoded as one batch; each
         map is then cut to the part that covers its image, so statistics never count the padding and a
@@ -134,7 +137,10 @@ class Encoder(nn.Module):
         ph, pw = padded_size(*images[0].shape[2:])
         weight = self.convs["block1_conv1"].weight
         x = torch.cat([pad_to(img, ph, pw) for img in images]).to(weight.device)
-        feats = self(x.contiguous(memory_format=torch.channels_last)).relu4_1
+        if run is None:
+            feats = self(x.contiguous(memory_format=torch.channels_last)).relu4_1
+        else:
+            feats = run(x)
         out = []
         for k, img in enumerate(images):
             fh, fw = feature_size(*img.shape[2:])

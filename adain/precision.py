@@ -1,15 +1,57 @@
-"""Numeric precision choices shared by the Stylizer, the server and the training script (no torch here,
-so the server's flag parsing stays light).
+"""Runtime choices shared by the Stylizer, the server and the training script: numeric precision, the
+runtime backend's name, and what this CPU has (no torch here, so the server's flag parsing stays light).
 
-``auto`` is bf16 autocast on a GPU and float32 on a CPU; ``bf16`` autocasts on a CPU too, which is
-about twice as fast on CPUs with bf16 units (AVX512-BF16, AMX) and slower on the others.
+Machines differ from one session to the next (an AMD EPYC with AVX512-BF16, an Intel Xeon with AVX-512
+and no bf16 units, an AMD EPYC with AVX2 only), so choices follow the CPU found at run time:
+``precision="auto"`` is bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16 or AMX), where it is
+about twice as fast, and float32 elsewhere, where bf16 is emulated and slower.
 """
 
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
 PRECISIONS = ("auto", "bf16", "fp32")
+# "auto": on a CPU the fastest runtime installed (see adain.backends), on a GPU torch
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of bf16 units
+_SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
+
+
+@functools.cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, feature flags) of this machine's CPU, read from /proc/cpuinfo; on other systems the
+    platform's processor name and no flags (so nothing is assumed)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown", frozenset()
+    model, flags = "unknown", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model == "unknown":
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
+def cpu_features() -> list[str]:
+    """The flags that decide speed here (SIMD width, bf16 and int8 units), as GetServerInfo shows them."""
+    flags = cpu_info()[1]
+    return [f for f in _SHOWN_FLAGS if f in flags]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without, bf16 is emulated and slow."""
+    return bool(BF16_FLAGS & cpu_info()[1])
 
 
 def wants_bf16(precision: str, cuda: bool) -> bool:
-    """Whether ``precision`` means bf16 autocast on this device; refuses an unknown name."""
+    """Whether ``precision`` means bf16 on this device; refuses an unknown name."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and cuda)
+    return precision == "bf16" or (precision == "auto" and (cuda or cpu_has_bf16()))

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from adain.backends import make_backend
 from adain.cache import StyleCache
 from adain.decoder import load_decoder
 from adain.encoder import Encoder, feature_size, pad_to, padded_size
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job
 from adain.ops import adain, coral, luminance, mean_std, with_luminance
-from adain.precision import wants_bf16
+from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
 from adain.wire import Limits
@@ -33,9 +34,10 @@ from adain.wire import Limits
 class Stylizer:
     """AdaIN style transfer with the shipped decoder (or ``decoder=path``). Thread-safe.
 
-    CUDA when present (bf16 autocast), else CPU float32; channels_last on both (cuDNN and oneDNN run
-    it faster: 1.2x at 512 px on our 2-core CPU); always inference mode.
-    ``precision="bf16"`` autocasts on a CPU too (see ``adain.precision``). ``limits`` bound every job.
+    CUDA when present, else CPU; ``precision="auto"`` is bf16 where the device computes it natively
+    (a GPU, a CPU with AVX512-BF16 or AMX) and float32 elsewhere (``adain.precision``). The encoder and
+    decoder run on ``backend`` (``adain.backends``: ``auto`` takes OpenVINO on a CPU when installed);
+    always inference mode. ``limits`` bound every job.
     """
 
     def __init__(
@@ -46,13 +48,16 @@ class Stylizer:
         limits: Limits | None = None,
         cache_size: int = 64,
         precision: str = "auto",
+        backend: str = "auto",
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
-        self.dtype = torch.bfloat16 if wants_bf16(precision, self.cuda) else torch.float32
         dec, self.decoder_file = load_decoder(decoder)
         self.decoder = dec.to(self.device, memory_format=torch.channels_last)
         self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)
+        bf16 = wants_bf16(precision, self.cuda)
+        self.backend = make_backend(backend, self.encoder, self.decoder, self.device, bf16, precision != "auto")
+        self.dtype = self.backend.dtype
         self.limits = limits or Limits()
         self.cache = StyleCache(cache_size)
 
@@ -67,12 +72,13 @@ class Stylizer:
             "decoder_meta": self.decoder_file.meta,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "backend": self.backend.name,
+            "precision": self.backend.precision,
+            "cpu_model": cpu_info()[0],
+            "cpu_features": cpu_features(),
             "limits": asdict(self.limits),
             "style_cache_size": self.cache.size,
         }
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32)
 
     # --- the public one-call API -------------------------------------------------------------
     def stylize(
@@ -154,8 +160,9 @@ class Stylizer:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        with torch.inference_mode(), self._autocast():
-            stats = mean_std(self.encoder.encode([self.style_tensor(source, name, size, mode, content)])[0])
+        with torch.inference_mode():
+            style = self.style_tensor(source, name, size, mode, content)
+            stats = mean_std(self.encoder.encode([style], run=self.backend.relu4_1)[0])
         self.cache.put(key, stats)
         return stats
 
@@ -206,12 +213,11 @@ class Stylizer:
         for i, job in enumerate(jobs):
             groups.setdefault(job.batch_key, []).append(i)
         for (ph, pw), idx in groups.items():
-            with torch.inference_mode(), self._autocast():
-                feats = self.encoder.encode([jobs[i].content for i in idx])
+            with torch.inference_mode():
+                feats = self.encoder.encode([jobs[i].content for i in idx], run=self.backend.relu4_1)
                 targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(feats, idx)]
                 alphas = self._decoder_alphas([jobs[i] for i in idx], (ph // 8, pw // 8))
-                x = torch.cat(targets).to(feats[0].dtype, memory_format=torch.channels_last)
-                y = self.decoder(x, alphas)
+                y = self.backend.decode(torch.cat(targets).to(feats[0].dtype), alphas)
             for k, i in enumerate(idx):
                 job = jobs[i]
                 h, w = job.content.shape[2:]

@@ -609,7 +609,8 @@ class StyleTransferClient:
                 style.image = self._registered[style.style_id]
 
     def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """The server's model, weights version, device, dtype, limits and batching settings, as a dict."""
+        """The server's model, weights version, device, backend, precision, CPU, limits and batching settings,
+        as a dict."""
         from google.protobuf import json_format
 
         reply, _ = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)

@@ -44,10 +44,11 @@ def _main(argv: Sequence[str] | None) -> int:
             decoder=settings.decoder,
             device=device,
             precision=settings.precision,
+            backend=settings.backend,
             limits=settings.limits,
             cache_size=settings.style_cache_size,
         )
-    except NoDecoderError as e:
+    except (NoDecoderError, ValueError, RuntimeError) as e:  # no decoder; a backend asked for and unusable
         print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
         return 2
     log.info("model loaded: %s", stylizer.info)

@@ -22,7 +22,7 @@ from adain.argtypes import (
     positive_int,
     unit_interval,
 )
-from adain.precision import PRECISIONS
+from adain.precision import BACKENDS, PRECISIONS
 from adain.wire import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH, TEMPORAL_MODES, Limits
 
 ENV_PREFIX = "ADAIN_"
@@ -40,6 +40,7 @@ class Settings:
     decoder: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"
     torch_threads: int = 0
     max_batch_size: int = 8
     max_batch_delay_ms: float = 10
@@ -114,8 +115,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "metrics-port": (int, "Prometheus metrics HTTP port (on --host); 0 or negative disables"),
     "decoder": (_optional_path, "decoder weights file (adain.decoder.save_decoder format)"),
     "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
-    "precision": (one_of(PRECISIONS), "auto (bf16 autocast on GPU, float32 on CPU), bf16 or fp32; bf16 is about 2x "
-                  "faster on CPUs with AVX512-BF16 or AMX"),
+    "precision": (one_of(PRECISIONS), "auto (bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, detected at start; "
+                  "float32 elsewhere), bf16 or fp32"),
+    "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
+                "torch), torch, openvino or onnxruntime (pip install 'adain[fast]')"),
     "torch-threads": (non_negative_int, "torch intra-op threads; 0 keeps torch's default"),
     "max-batch-size": (positive_int, "most requests rendered in one batch"),
     "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill"),

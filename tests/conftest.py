@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +12,19 @@ import pytest
 
 from adain.client import StyleTransferClient
 from helpers import ServerProcess, free_port, write_test_decoder
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Converted runtime graphs (adain.backends) go to a folder of this session, not the user's cache;
+    server subprocesses inherit it, so each decoder is converted once per session."""
+    if "ADAIN_CACHE_DIR" not in os.environ:
+        config._adain_cache = os.environ["ADAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="adain-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_adain_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import struct
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
+from adain.precision import cpu_has_bf16, cpu_info
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import ServerProcess, free_port, health_status
@@ -222,7 +224,11 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert info["model"] and info["arch_version"] == 1
     assert info["decoder_meta"] == {"note": "test"}
     assert info["weights_version"]
-    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["device"] == "cpu"
+    assert info["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[info["precision"]]
+    assert info["precision"] == ("bf16" if cpu_has_bf16() else "fp32")  # auto follows the CPU found
+    assert info["backend"] == ("openvino" if importlib.util.find_spec("openvino") else "torch")
+    assert info["cpu_model"] == cpu_info()[0] and set(info["cpu_features"]) <= cpu_info()[1]
     assert info["limits"]["max_styles"] == 8 and info["limits"]["default_style_size"] == 512
     assert info["limits"]["max_message_bytes"] == 32 * 1024 * 1024
     assert info["limits"]["max_pixels"] == 40_000_000

@@ -1,0 +1,255 @@
+"""Runtimes for the two networks of the image path: the encoder (image -> relu4_1) and the decoder
+(relu4_1 target, maybe alpha -> image), behind one small interface so the Stylizer does not care which
+runs them.
+
+* ``torch``: the modules themselves, eager, channels_last, bf16 autocast where asked.
+* ``openvino``: the same modules traced once and converted to OpenVINO, compiled for the CPU with
+  dynamic shapes (any size, any batch), ``INFERENCE_PRECISION_HINT`` f32 or bf16 and the thread count of
+  torch. Converted models are kept on disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by
+  the weights and the runtime's version, so a restart compiles in a fraction of a second.
+* ``onnxruntime``: the modules exported to ONNX (dynamic axes) and run by ONNX Runtime's CPU provider,
+  float32 only.
+
+``auto`` on a CPU takes OpenVINO when it is installed (it measured fastest on every machine so far:
+``benchmarks/backends.py``), else torch; on a GPU torch. The runtimes are an optional install extra
+(``pip install 'adain[fast]'``); without them everything runs on torch. A runtime that fails on one
+input shape is logged and that shape runs on torch from then on; nothing is fatal after start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from adain.decoder import Decoder
+from adain.encoder import Encoder
+from adain.precision import BACKENDS
+
+log = logging.getLogger("adain.backends")
+Run = Callable[..., np.ndarray]  # float32 arrays in, the one output out
+
+
+class TorchBackend:
+    """The modules, eager: the reference every other backend is compared with."""
+
+    name = "torch"
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, device: torch.device, bf16: bool) -> None:
+        self.encoder, self.decoder, self.device = encoder, decoder, device
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32)
+
+    def relu4_1(self, x: torch.Tensor) -> torch.Tensor:
+        """relu4_1 of a batch of images (N x 3 x H x W, H and W multiples of 8)."""
+        with torch.inference_mode(), self._autocast():
+            return self.encoder(x.contiguous(memory_format=torch.channels_last)).relu4_1
+
+    def decode(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Images from targets (N x 512 x h x w) and alphas (N, or N x 1 x h x w maps)."""
+        with torch.inference_mode(), self._autocast():
+            return self.decoder(x.to(memory_format=torch.channels_last), alpha)
+
+
+class _Relu41(nn.Module):
+    """The encoder with one output, as exporters want it."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).relu4_1
+
+
+class ExportedBackend(TorchBackend):
+    """Encoder and decoder run by an exported runtime (``openvino`` or ``onnxruntime``), on the CPU.
+
+    A call that the runtime fails (say it cannot compile a shape) is logged once and that shape runs on
+    torch from then on, so a runtime's gap costs speed, never a request.
+    """
+
+    def __init__(self, runtime: str, encoder: Encoder, decoder: Decoder, bf16: bool, threads: int) -> None:
+        super().__init__(encoder, decoder, torch.device("cpu"), bf16)
+        self.name = runtime
+        builder = _openvino if runtime == "openvino" else _onnxruntime
+        encoder_module = _Relu41(encoder)
+        # Traced at a small size: the graphs are shape-generic (dynamic axes).
+        self._encode = builder(encoder_module, (torch.rand(1, 3, 32, 32),), bf16, threads)
+        example = (torch.rand(1, 512, 4, 4),) + ((torch.ones(1, 1, 4, 4),) if decoder.alpha_input else ())
+        self._decode = builder(decoder, example, bf16, threads)
+        self._failed: set[tuple[str, tuple[int, ...]]] = set()
+
+    def _run(self, part: str, run: Run, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        key = (part, tuple(inputs[0].shape))
+        if key in self._failed:
+            return None
+        try:
+            return torch.from_numpy(run(*(t.detach().float().contiguous().numpy() for t in inputs)))
+        except Exception as e:  # the runtime's own errors: no common base class
+            log.warning("%s failed on the %s for shape %s, running it on torch from now on: %s",
+                        self.name, part, key[1], e)
+            self._failed.add(key)
+            return None
+
+    def relu4_1(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._run("encoder", self._encode, (x,))
+        return super().relu4_1(x) if y is None else y
+
+    def decode(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        inputs: tuple[torch.Tensor, ...] = (x,)
+        if self.decoder.alpha_input:
+            a = alpha.to(x.dtype)
+            if a.dim() <= 1:
+                a = a.reshape(-1, 1, 1, 1)
+            inputs = (x, a.expand(x.shape[0], 1, *x.shape[2:]))
+        y = self._run("decoder", self._decode, inputs)
+        return super().decode(x, alpha) if y is None else y
+
+
+Backend = TorchBackend  # the interface: name, precision, relu4_1(x), decode(x, alpha)
+
+
+def make_backend(
+    name: str, encoder: Encoder, decoder: Decoder, device: torch.device, bf16: bool, explicit_precision: bool
+) -> TorchBackend:
+    """The backend called ``name`` (one of BACKENDS) for these modules.
+
+    An explicitly named runtime that is missing or fails to build is an error (the operator asked for it);
+    ``auto`` logs why it skips one and takes the next. ONNX Runtime runs float32 only on a CPU: asked for
+    bf16 explicitly it is an error, under ``precision="auto"`` it runs float32.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if device.type != "cpu":
+        if name in ("openvino", "onnxruntime"):
+            raise ValueError(f"backend {name} runs on the CPU here; on {device.type} use torch or auto")
+        return TorchBackend(encoder, decoder, device, bf16)
+    if name == "onnxruntime" and bf16:
+        if explicit_precision:
+            raise ValueError("backend onnxruntime runs fp32 only on a CPU: use precision fp32, or backend openvino")
+        bf16 = False
+    threads = torch.get_num_threads()
+    for candidate in ("openvino", "torch") if name == "auto" else (name,):
+        if candidate == "torch":
+            return TorchBackend(encoder, decoder, device, bf16)
+        try:
+            return ExportedBackend(candidate, encoder, decoder, bf16, threads)
+        except Exception as e:
+            if name != "auto":
+                raise RuntimeError(
+                    f"backend {candidate} is not usable here ({type(e).__name__}: {e}); "
+                    "install it with pip install 'adain[fast]' or choose another backend"
+                ) from e
+            log.info("backend auto: %s not usable (%s: %s), trying the next", candidate, type(e).__name__, e)
+    raise AssertionError("unreachable: torch is always last")
+
+
+# --- the runtimes ---------------------------------------------------------------------------------
+def _weights_key(module: nn.Module, example: tuple[torch.Tensor, ...], *parts: str) -> str:
+    """A name for one module's converted graph: its weights, its inputs' ranks and the versions."""
+    h = hashlib.sha256("|".join((torch.__version__, *parts)).encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    h.update(repr([tuple(e.shape[:2]) for e in example]).encode())
+    return h.hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    """Where converted graphs are kept: ``ADAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/adain``, else ~/.cache/adain."""
+    if os.environ.get("ADAIN_CACHE_DIR"):
+        return Path(os.environ["ADAIN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adain"
+
+
+def _openvino(module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int) -> Run:
+    import openvino as ov
+
+    core = ov.Core()
+    folder = cache_dir() / "openvino" / _weights_key(module, example, "openvino", ov.get_version())
+    xml = folder / "model.xml"
+    model = None
+    if xml.is_file():
+        try:
+            model = core.read_model(xml)
+        except Exception as e:  # a damaged cache entry: convert again
+            log.warning("openvino: cached model %s unreadable (%s), converting again", xml, e)
+    if model is None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, example)
+        shapes = [ov.PartialShape([-1, e.shape[1], -1, -1]) for e in example]
+        model = ov.convert_model(traced, input=shapes)
+        _save_openvino(ov, model, folder)
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's default is bf16 where it can
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    local = threading.local()  # an infer request serves one call at a time: one per thread
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        request = getattr(local, "request", None)
+        if request is None:
+            request = local.request = compiled.create_infer_request()
+        request.infer(list(arrays))
+        return request.get_output_tensor(0).data.copy()
+
+    return run
+
+
+def _save_openvino(ov: object, model: object, folder: Path) -> None:
+    """Write the converted graph next to the cache atomically (a folder renamed into place), so that
+    several processes starting at once never read a half-written one. A failure only costs speed."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)  # type: ignore[attr-defined]
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        log.warning("openvino: could not cache the converted model in %s: %s", folder, e)
+
+
+def _onnxruntime(module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int) -> Run:
+    import io
+
+    import onnxruntime as ort
+
+    names = [f"in{i}" for i in range(len(example))]
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, example, buffer, input_names=names, output_names=["out"], dynamo=False, opset_version=17,
+            dynamic_axes={n: {0: "n", 2: "h", 3: "w"} for n in names} | {"out": {0: "n", 2: "H", 3: "W"}},
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        return session.run(None, dict(zip(names, arrays)))[0]
+
+    return run

@@ -1,0 +1,136 @@
+"""Runtime backends (``adain.backends``): each installed runtime gives the eager output, ``auto`` falls back
+cleanly, and precision follows the CPU found. The tolerance: outputs in 0-255 at most 1 level apart
+(the runtimes reorder float32 sums: raw differences are ~1e-5), relu4_1 within 1e-4 relative."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adain import Stylizer
+from adain.backends import make_backend
+from adain.decoder import load_decoder, save_decoder
+from adain.precision import BF16_FLAGS, cpu_has_bf16, cpu_info, wants_bf16
+from synth import band_mask, encoded, synth_image
+
+torch.set_num_threads(1)
+RUNTIMES = [r for r in ("openvino", "onnxruntime") if importlib.util.find_spec(r) is not None]
+CONTENT = synth_image(97, 61, seed=1)  # odd sizes: padded to 104 x 64 inside, cut back after
+STYLE = encoded(synth_image(64, 64, seed=2))
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def eager(decoder_path: Path) -> Stylizer:
+    return Stylizer(decoder_path, device="cpu", precision="fp32", backend="torch")
+
+
+@pytest.fixture(scope="module")
+def alpha_decoder(tmp_path_factory: pytest.TempPathFactory, decoder_path: Path) -> Path:
+    """A version-2 decoder (alpha as an input channel) whose alpha channel matters."""
+    dec = load_decoder(decoder_path)[0].with_alpha_input()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        dec.convs[0].weight[:, -1:].normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("v2") / "decoder.pt"
+    save_decoder(dec, path, {"note": "v2 test"})
+    return path
+
+
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtime_matches_eager(runtime: str, eager: Stylizer, decoder_path: Path) -> None:
+    st = Stylizer(decoder_path, device="cpu", precision="fp32", backend=runtime)
+    assert st.backend.name == runtime and st.info["backend"] == runtime and st.info["precision"] == "fp32"
+    x = torch.rand(2, 3, 40, 56)
+    a, b = st.backend.relu4_1(x), eager.backend.relu4_1(x)
+    assert a.shape == b.shape == (2, 512, 5, 7)
+    assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item()
+    # one odd-size image, then a batch of three (same padded size, one batch inside)
+    one = pixels(st.stylize(CONTENT, STYLE, alpha=0.8))
+    assert one.shape == (61, 97, 3)
+    assert np.abs(one - pixels(eager.stylize(CONTENT, STYLE, alpha=0.8))).max() <= 1
+    contents = [CONTENT, CONTENT.transpose(Image.FLIP_LEFT_RIGHT), synth_image(97, 61, seed=4)]
+    for got, want in zip(st.stylize_batch(contents, STYLE), eager.stylize_batch(contents, STYLE)):
+        assert np.abs(pixels(got) - pixels(want)).max() <= 1
+
+
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtime_alpha_decoder_with_regions(runtime: str, alpha_decoder: Path) -> None:
+    """A version-2 decoder takes a per-sample alpha or a map (regions): both reach the exported graph."""
+    st = Stylizer(alpha_decoder, device="cpu", precision="fp32", backend=runtime)
+    ref = Stylizer(alpha_decoder, device="cpu", precision="fp32", backend="torch")
+    masks = [encoded(band_mask(97, 61, 0, 50)), encoded(band_mask(97, 61, 50, 97))]
+    for options in ({"alpha": 0.3}, {"masks": masks}):
+        styles = [STYLE, encoded(synth_image(48, 64, seed=5))] if "masks" in options else [STYLE]
+        got, want = st.stylize(CONTENT, styles, **options), ref.stylize(CONTENT, styles, **options)
+        assert np.abs(pixels(got) - pixels(want)).max() <= 1
+
+
+def test_auto_falls_back_to_torch_when_runtimes_are_missing(
+    decoder_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("openvino", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # import now raises ImportError
+    with caplog.at_level(logging.INFO, logger="adain.backends"):
+        st = Stylizer(decoder_path, device="cpu", precision="fp32", backend="auto")
+    assert st.backend.name == "torch"
+    assert "openvino not usable" in caplog.text
+    assert pixels(st.stylize(CONTENT, STYLE)).shape == (61, 97, 3)
+    with pytest.raises(RuntimeError, match=r"backend openvino is not usable.*adain\[fast\]"):
+        Stylizer(decoder_path, device="cpu", backend="openvino")
+
+
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+def test_runtime_failure_on_a_shape_runs_that_shape_on_torch(
+    eager: Stylizer, decoder_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    st = Stylizer(decoder_path, device="cpu", precision="fp32", backend=RUNTIMES[0])
+    calls = []
+    compiled = st.backend._encode
+
+    def fails_at_61_rows(*arrays: np.ndarray) -> np.ndarray:  # stands in for a runtime that cannot compile
+        calls.append(arrays[0].shape)
+        if arrays[0].shape[2] == 64:  # 61 rows pad to 64
+            raise RuntimeError("cannot compile this shape")
+        return compiled(*arrays)
+
+    st.backend._encode = fails_at_61_rows
+    with caplog.at_level(logging.WARNING, logger="adain.backends"):
+        got = st.stylize(CONTENT, STYLE)
+        again = st.stylize(CONTENT, STYLE)
+    assert "failed on the encoder for shape (1, 3, 64, 104), running it on torch" in caplog.text
+    assert calls.count((1, 3, 64, 104)) == 1  # not retried: that shape stays on torch
+    want = pixels(eager.stylize(CONTENT, STYLE))
+    assert np.abs(pixels(got) - want).max() <= 1 and np.abs(pixels(again) - want).max() <= 1
+
+
+def test_backend_and_precision_errors(decoder_path: Path) -> None:
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, openvino, onnxruntime"):
+        Stylizer(decoder_path, device="cpu", backend="tensorrt")
+    st = Stylizer(decoder_path, device="cpu", backend="torch")
+    with pytest.raises(ValueError, match="onnxruntime runs fp32 only"):
+        make_backend("onnxruntime", st.encoder, st.decoder, torch.device("cpu"), bf16=True, explicit_precision=True)
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        make_backend("openvino", st.encoder, st.decoder, torch.device("cuda"), bf16=True, explicit_precision=False)
+
+
+def test_precision_follows_the_cpu() -> None:
+    model, flags = cpu_info()
+    assert model and isinstance(flags, frozenset)
+    assert cpu_has_bf16() == bool(BF16_FLAGS & flags)
+    assert wants_bf16("auto", cuda=False) == cpu_has_bf16()  # bf16 only where the CPU has the units
+    assert wants_bf16("auto", cuda=True) and wants_bf16("bf16", cuda=False) and not wants_bf16("fp32", cuda=True)
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        wants_bf16("fp16", cuda=False)
