@@ -3,10 +3,11 @@
 runs them.
 
 * ``torch``: the modules themselves, eager, channels_last, bf16 autocast where asked.
-* ``openvino``: the same modules traced once and converted to OpenVINO, compiled for the CPU with
-  dynamic shapes (any size, any batch), ``INFERENCE_PRECISION_HINT`` f32 or bf16 and the thread count of
-  torch. Converted models are kept on disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by
-  the weights and the runtime's version, so a restart compiles in a fraction of a second.
+* ``openvino``: the same modules (the decoder folded: ``adain.decoder.FoldedDecoder``) traced once and
+  converted to OpenVINO, compiled for the CPU with dynamic shapes (any size, any batch),
+  ``INFERENCE_PRECISION_HINT`` f32 or bf16 and the thread count of torch. Converted models are kept on
+  disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by the weights and the runtime's
+  version, so a restart compiles in a fraction of a second.
 * ``onnxruntime``: the modules exported to ONNX (dynamic axes) and run by ONNX Runtime's CPU provider,
   float32 only.
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adain.decoder import Decoder
+from adain.decoder import Decoder, FoldedDecoder
 from adain.encoder import Encoder
 from adain.precision import BACKENDS
 
@@ -93,7 +94,9 @@ class ExportedBackend(TorchBackend):
         # Traced at a small size: the graphs are shape-generic (dynamic axes).
         self._encode = builder(encoder_module, (torch.rand(1, 3, 32, 32),), bf16, threads)
         example = (torch.rand(1, 512, 4, 4),) + ((torch.ones(1, 1, 4, 4),) if decoder.alpha_input else ())
-        self._decode = builder(decoder, example, bf16, threads)
+        # The folded decoder: the same function, 2.25x fewer multiply-adds in the three convolutions that
+        # follow an upsampling (0.89 -> 0.79 s for a 512-px decode in OpenVINO; eager torch gains nothing).
+        self._decode = builder(FoldedDecoder(decoder), example, bf16, threads)
         self._failed: set[tuple[str, tuple[int, ...]]] = set()
 
     def _run(self, part: str, run: Run, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ A weights file is ``torch.save`` of a plain dict, loadable with ``weights_only=T
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 from dataclasses import dataclass, field
@@ -149,3 +150,71 @@ def load_decoder(path: str | Path | None = None) -> tuple[Decoder, DecoderFile]:
     meta = dict(record.get("meta", {}))
     version = next((str(meta[k]) for k in ("version", "weights_version") if meta.get(k)), "")
     return decoder, DecoderFile(path, version or f"sha256:{hashlib.sha256(data).hexdigest()[:16]}", meta)
+
+
+class FoldedDecoder(nn.Module):
+    """The same function as a :class:`Decoder`, cheaper: each nearest x2 upsampling followed by a 3x3
+    convolution is computed at the low resolution as four 2x2 convolutions, one per output phase.
+
+    With reflection padding after a nearest x2 upsampling, an output pixel's 3x3 window covers only 2x2
+    input pixels, and the padding equals replicating the input's border: so phase (py, px) is a 2x2
+    convolution of the replicate-padded input with the 3x3 kernel's taps summed onto 2x2. That is 16
+    multiply-adds per input pixel where the upsampled 3x3 convolution spends 36: 2.25x fewer for three of
+    the nine convolutions, a quarter of the decoder's work. Outputs equal the Decoder's up to float
+    rounding (the summed taps). Inference only; training keeps the plain Decoder.
+    """
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.alpha_input = decoder.alpha_input
+        self.convs = nn.ModuleList()
+        self.folded: list[bool] = []
+        after_up = False
+        for conv, (_, _, up) in zip(decoder.convs, _CONVS):
+            if after_up:
+                w, b = conv.weight.detach(), conv.bias.detach()
+                new = nn.Conv2d(w.shape[1], 4 * w.shape[0], 2)
+                new.weight.data.copy_(_phase_kernels(w))
+                new.bias.data.copy_(b.repeat(4))
+                conv = new
+            else:
+                conv = copy.deepcopy(conv)
+            self.convs.append(conv)
+            self.folded.append(after_up)
+            after_up = up
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
+        if self.alpha_input:
+            a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+            if a.dim() <= 1:
+                a = a.reshape(-1, 1, 1, 1)
+            x = torch.cat([x, a.expand(x.shape[0], 1, *x.shape[2:]).to(x.dtype)], dim=1)
+        last = len(self.convs) - 1
+        for i, (conv, folded) in enumerate(zip(self.convs, self.folded)):
+            if folded:
+                n, _, h, w = x.shape
+                y = conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))  # N x 4C x (h+1) x (w+1)
+                y = y.view(n, 2, 2, -1, h + 1, w + 1)
+                phases = [y[:, py, px, :, py : py + h, px : px + w] for py in (0, 1) for px in (0, 1)]
+                # N x 2(py) x 2(px) x C x h x w -> N x C x h x 2 x w x 2 -> N x C x 2h x 2w
+                x = torch.stack(phases, 1).view(n, 2, 2, -1, h, w).permute(0, 3, 4, 1, 5, 2)
+                x = x.reshape(n, -1, 2 * h, 2 * w)
+            else:
+                x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
+            if i < last:
+                x = F.relu(x)
+        return x
+
+
+def _phase_kernels(w: torch.Tensor) -> torch.Tensor:
+    """A 3x3 kernel (out x in x 3 x 3) applied after nearest x2 upsampling, as four 2x2 kernels on the
+    replicate-padded low-resolution input, phase-major: (py, px) = (0, 0), (0, 1), (1, 0), (1, 1).
+    Even output rows see input rows (k-1, k) with taps (w0, w1 + w2); odd rows (k, k+1) with (w0 + w1, w2)."""
+
+    def fold(k: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+        t0, t1, t2 = k.unbind(dim)
+        return torch.stack((t0, t1 + t2) if phase == 0 else (t0 + t1, t2), dim)
+
+    return torch.cat([fold(fold(w, 2, py), 3, px) for py in (0, 1) for px in (0, 1)])

@@ -16,7 +16,7 @@ from PIL import Image
 
 from adain import Stylizer
 from adain.backends import make_backend
-from adain.decoder import load_decoder, save_decoder
+from adain.decoder import FoldedDecoder, load_decoder, save_decoder
 from adain.precision import BF16_FLAGS, cpu_has_bf16, cpu_info, wants_bf16
 from synth import band_mask, encoded, synth_image
 
@@ -134,3 +134,16 @@ def test_precision_follows_the_cpu() -> None:
     assert wants_bf16("auto", cuda=True) and wants_bf16("bf16", cuda=False) and not wants_bf16("fp32", cuda=True)
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
         wants_bf16("fp16", cuda=False)
+
+
+def test_folded_decoder_is_the_decoder(decoder_path: Path, alpha_decoder: Path) -> None:
+    """The exported runtimes run the folded decoder: the same function (odd sizes, batches, alpha maps)."""
+    for path in (decoder_path, alpha_decoder):
+        dec = load_decoder(path)[0]
+        folded = FoldedDecoder(dec)
+        x = torch.randn(2, 512, 5, 9).relu()
+        alpha = torch.rand(2, 1, 5, 9)
+        with torch.no_grad():
+            want, got = dec(x, alpha), folded(x, alpha)
+        assert got.shape == want.shape == (2, 3, 40, 72)
+        assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
