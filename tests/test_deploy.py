@@ -57,4 +57,4 @@ def test_manifests_agree_with_the_server() -> None:
     assert headless["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
         text = (DEPLOY / dockerfile).read_text()
-        assert 'pip install --no-cache-dir ".[server]"' in text and "ENTRYPOINT [\"adain-server\"]" in text
+        assert 'pip install --no-cache-dir ".[server' in text and "ENTRYPOINT [\"adain-server\"]" in text
