@@ -12,7 +12,7 @@ the content encoder and the decoder for many prepared jobs at once, batching tho
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from adain.ops import adain, coral, luminance, mean_std, with_luminance
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
+from adain.tiling import Tiling, auto_threshold, render_tiled
 from adain.wire import Limits
 
 
@@ -37,7 +38,8 @@ class Stylizer:
     CUDA when present, else CPU; ``precision="auto"`` is bf16 where the device computes it natively
     (a GPU, a CPU with AVX512-BF16 or AMX) and float32 elsewhere (``adain.precision``). The encoder and
     decoder run on ``backend`` (``adain.backends``: ``auto`` takes OpenVINO on a CPU when installed);
-    always inference mode. ``limits`` bound every job.
+    always inference mode. ``limits`` bound every job. Contents over ``tiling.threshold`` pixels
+    (default: from the device's memory) are rendered in tiles (``adain.tiling``).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Stylizer:
         cache_size: int = 64,
         precision: str = "auto",
         backend: str = "auto",
+        tiling: Tiling | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
@@ -58,6 +61,10 @@ class Stylizer:
         bf16 = wants_bf16(precision, self.cuda)
         self.backend = make_backend(backend, self.encoder, self.decoder, self.device, bf16, precision != "auto")
         self.dtype = self.backend.dtype
+        tiling = tiling or Tiling()
+        if tiling.threshold < 0:
+            tiling = replace(tiling, threshold=auto_threshold(self.device))
+        self.tiling = tiling
         self.limits = limits or Limits()
         self.cache = StyleCache(cache_size)
 
@@ -78,6 +85,7 @@ class Stylizer:
             "cpu_features": cpu_features(),
             "limits": asdict(self.limits),
             "style_cache_size": self.cache.size,
+            "tiling": {**asdict(self.tiling), "tile_memory_bytes": self.tiling.peak_bytes()},
         }
 
     # --- the public one-call API -------------------------------------------------------------
@@ -207,7 +215,18 @@ class Stylizer:
         return torch.cat(maps)
 
     def render(self, jobs: Sequence[Prepared]) -> list[Image.Image]:
-        """Stylize prepared jobs; those with the same ``batch_key`` run as one batch. Order is kept."""
+        """Stylize prepared jobs: large ones tile by tile (``adain.tiling``), the rest batched. Order is kept."""
+        out: list[Image.Image | None] = [None] * len(jobs)
+        plain = [i for i, job in enumerate(jobs) if not self.tiling.wants(job)]
+        for i, job in enumerate(jobs):
+            if i not in plain:
+                out[i] = render_tiled(self, job, self.tiling)
+        for i, img in zip(plain, self.render_untiled([jobs[i] for i in plain])):
+            out[i] = img
+        return out  # type: ignore[return-value]
+
+    def render_untiled(self, jobs: Sequence[Prepared]) -> list[Image.Image]:
+        """Stylize prepared jobs whole; those with the same ``batch_key`` run as one batch. Order is kept."""
         out: list[Image.Image | None] = [None] * len(jobs)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, job in enumerate(jobs):

@@ -107,8 +107,10 @@ class Limits:
     """What one stylization may ask for: enforced by the Stylizer, set by the server's flags and
     reported by GetServerInfo, all from this one value."""
 
-    max_pixels: int = 40_000_000  # any input image, checked from its header before decoding
-    max_content_side: int = 4096  # the content is downscaled to this; also bounds content_size, style_size
+    # any input image, checked from its header before decoding: 8K square (raise it for 16K prints)
+    max_pixels: int = 8192 * 8192
+    # the content is downscaled to this; also bounds content_size, style_size (large ones render in tiles)
+    max_content_side: int = 16384
     style_size: int = 512  # longest side of the styles when a request does not say
     max_styles: int = 8
     max_refine_steps: int = 500  # optimisation iterations of one request (refine or the classic method)

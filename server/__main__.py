@@ -30,6 +30,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from adain.errors import NoDecoderError
     from adain.stylizer import Stylizer
+    from adain.tiling import Tiling
 
     from .app import serve
 
@@ -40,11 +41,13 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"adain-server: error: --device {device}: CUDA is not available here", file=sys.stderr, flush=True)
         return 2
     try:
+        tiling = Tiling(settings.tile_threshold, tile=settings.tile_size, halo=settings.tile_halo)
         stylizer = Stylizer(
             decoder=settings.decoder,
             device=device,
             precision=settings.precision,
             backend=settings.backend,
+            tiling=tiling,
             limits=settings.limits,
             cache_size=settings.style_cache_size,
         )

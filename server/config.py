@@ -54,6 +54,9 @@ class Settings:
     style_registry_size: int = 256
     style_registry_mb: float = 1024
     style_cache_size: int = 64
+    tile_threshold: int = -1
+    tile_size: int = 1024
+    tile_halo: int = 64
     max_refine_steps: int = Limits.max_refine_steps
     max_refine_jobs: int = 1
     max_refine_queue: int = 4
@@ -129,6 +132,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-content-side": (positive_int, "longest side a content is rendered at; also the limit of content_size and "
                          "style_size"),
     "style-size": (positive_int, "longest side styles are scaled to when a request leaves style_size at 0"),
+    "tile-threshold": (int_in_range(-1, 1 << 40), "contents over this many pixels render in tiles (bounded memory); "
+                       "-1: from the machine's memory (a quarter of it at 2 KB a pixel), 0: never"),
+    "tile-size": (positive_int, "tile side in pixels (a multiple of 8); with the halo it sets a tile's memory"),
+    "tile-halo": (non_negative_int, "pixels of context around each tile (a multiple of 8); tiles blend across it"),
     "max-styles": (positive_int, "most styles in one request"),
     "style-registry-size": (positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
     "style-registry-mb": (positive_float, "most bytes of style images kept by RegisterStyle, MiB"),

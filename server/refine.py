@@ -1,8 +1,10 @@
-"""Optimisation jobs (``refine_steps`` > 0) outside the dynamic batch of fast requests.
+"""Long jobs outside the dynamic batch of fast requests: optimisation jobs (``refine_steps`` > 0) and
+contents large enough to render in tiles (``adain.tiling``).
 
-A refine job takes seconds to minutes, so it never enters the batcher: it runs on its own threads, at
+A long job takes seconds to minutes, so it never enters the batcher: it runs on its own threads, at
 most ``max_jobs`` at once with at most ``max_queue`` more waiting (beyond: RESOURCE_EXHAUSTED naming
-the limit). Between iterations it yields to the batcher: while fast requests are queued or rendering,
+the limit; the limits are named after refine, their first user). Between iterations (or tiles) it
+yields to the batcher: while fast requests are queued or rendering,
 the next iteration waits, so plain Stylize calls keep their latency on a CPU the two would otherwise
 share. A cancelled call or a passed deadline stops the job at the next iteration (StoppedError).
 """
@@ -65,11 +67,17 @@ class RefineService:
             self._admitted -= 1
 
     async def run(
-        self, prepared: Prepared, deadline: float | None, on_progress: Callable[[Progress], None] | None = None
+        self,
+        prepared: Prepared,
+        deadline: float | None,
+        on_progress: Callable[[Progress], None] | None = None,
+        tiled: bool = False,
     ) -> Any:
-        """The job's output image; raises ServiceError (CANCELLED/DEADLINE_EXCEEDED) when stopped.
-        ``on_progress`` is called on the event loop. The caller has admitted the job."""
-        from adain.optimize import refine
+        """The job's output image, refined, or ``tiled`` rendered tile by tile; raises ServiceError
+        (CANCELLED/DEADLINE_EXCEEDED) when stopped. ``on_progress`` is called on the event loop (for a
+        tiled job: step = tiles done, loss 0). The caller has admitted the job."""
+        from adain.optimize import Progress, refine
+        from adain.tiling import render_tiled
 
         loop = asyncio.get_running_loop()
         stop = threading.Event()
@@ -84,16 +92,22 @@ class RefineService:
                 waited += YIELD_POLL_S
                 self._check(stop, deadline)
 
-        try:
-            return await loop.run_in_executor(
-                self.pool, functools.partial(refine, self.stylizer, prepared, on_step=on_step)
+        if tiled:
+            start = time.perf_counter()
+            work = functools.partial(
+                render_tiled, self.stylizer, prepared, self.stylizer.tiling,
+                on_tile=lambda done, total: on_step(Progress(done, total, 0.0, time.perf_counter() - start)),
             )
+        else:
+            work = functools.partial(refine, self.stylizer, prepared, on_step=on_step)
+        try:
+            return await loop.run_in_executor(self.pool, work)
         except asyncio.CancelledError:
             stop.set()  # the thread stops at its next iteration; the call is already gone
             raise
         except StoppedError as e:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if e.reason == "deadline" else grpc.StatusCode.CANCELLED
-            raise ServiceError(code, f"refine stopped: {e.reason}") from e
+            raise ServiceError(code, f"{'tiled render' if tiled else 'refine'} stopped: {e.reason}") from e
 
     @staticmethod
     def _check(stop: threading.Event, deadline: float | None) -> None:

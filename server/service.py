@@ -169,6 +169,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.video = video
         self.refiner = refiner
         self.replica = ""  # this replica's name (x-served-by), set once the port is bound
+        # A reply is the image plus a few hundred bytes of fields: what is left of the message limit.
+        self.max_reply_bytes = info.limits.max_message_bytes - 4096 if info.limits.max_message_bytes else 1 << 62
 
     # -- request -> checked job ------------------------------------------------------------------
     def _style(self, style: pb.Style, i: int, bad: list[Violation], prefix: str) -> Any:
@@ -265,10 +267,12 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         rid: str,
         on_progress: Callable[[Any], None] | None = None,
     ) -> pb.StylizeResponse:
-        """Stylize's work: checked, prepared, rendered in a batch (or refined on the refine threads), encoded."""
+        """Stylize's work: checked, prepared, rendered in a batch (or, for an optimisation job or a content
+        large enough to render in tiles, on the long-job threads), encoded."""
         job = self._check(request, request.content)
         refining = job.refine_steps > 0  # an optimisation job: its own threads, never the batch
         ticket = None
+        long_job = refining
         if refining:
             self.refiner.admit()
         else:
@@ -291,10 +295,17 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
             prepare_ms = (time.perf_counter() - t0) * 1000
             self.metrics.prepare_seconds.observe(prepare_ms / 1000)
-            if refining:
+            if not refining and self.stylizer.tiling.wants(prepared):
+                # Print size: minutes of tiles, so it leaves the batch for the long-job threads.
+                ticket.release()
+                ticket = None
+                self.refiner.admit()
+                long_job = True
+            if long_job:
                 t_refine = time.perf_counter()
-                image = await self.refiner.run(prepared, deadline, on_progress)
-                refine_ms = (time.perf_counter() - t_refine) * 1000
+                image = await self.refiner.run(prepared, deadline, on_progress, tiled=not refining)
+                refine_ms = (time.perf_counter() - t_refine) * 1000 if refining else 0.0
+                inference_ms = 0.0 if refining else (time.perf_counter() - t_refine) * 1000
                 result = None
             else:
                 result = await self._render(ticket, prepared, deadline)
@@ -305,11 +316,18 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             )
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
-            if refining:
+            if long_job:
                 self.refiner.release()
-            else:
+            elif ticket is not None:
                 ticket.release()
             self.metrics.queue_depth.set(self.batcher.depth)
+        if len(data) > self.max_reply_bytes:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the output is {image.width}x{image.height}, {len(data):,} bytes as "
+                f"{FORMAT_BY_ENUM[request.format].upper()}, over the reply limit of {self.max_reply_bytes:,} bytes "
+                "(max_message_bytes): ask for format JPEG or a smaller content_size",
+            )
         return pb.StylizeResponse(
             image=data,
             width=image.width,
@@ -318,7 +336,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             request_id=rid,
             timings=pb.Timings(
                 queue_ms=result.queue_ms if result else 0.0,
-                inference_ms=result.inference_ms if result else 0.0,
+                inference_ms=result.inference_ms if result else inference_ms,
                 prepare_ms=prepare_ms,
                 encode_ms=encode_ms,
                 batch_size=result.batch_size if result else 1,

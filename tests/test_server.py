@@ -231,7 +231,7 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert info["cpu_model"] == cpu_info()[0] and set(info["cpu_features"]) <= cpu_info()[1]
     assert info["limits"]["max_styles"] == 8 and info["limits"]["default_style_size"] == 512
     assert info["limits"]["max_message_bytes"] == 32 * 1024 * 1024
-    assert info["limits"]["max_pixels"] == 40_000_000
+    assert info["limits"]["max_pixels"] == 8192 * 8192 and info["limits"]["max_content_side"] == 16384
     assert info["batching"] == {"max_batch_size": 8, "max_batch_delay_ms": 50.0, "max_queue": 64, "prepare_workers": 2}
 
 
@@ -290,8 +290,8 @@ def test_bad_input_is_invalid_argument(client: StyleTransferClient, case: str) -
 def test_limits_are_named_in_messages(client: StyleTransferClient) -> None:
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, [STYLE_A] * 9)
     assert "max_styles=8" in err.details
-    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, STYLE_A, content_size=5000)
-    assert "4096" in err.details
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, STYLE_A, content_size=20000)
+    assert "16384" in err.details
 
 
 def test_many_bad_styles_give_one_bounded_error(client: StyleTransferClient) -> None:
