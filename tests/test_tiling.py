@@ -81,14 +81,14 @@ def test_statistics_come_from_the_whole_image(untiled: Stylizer) -> None:
     the output stays close to the untiled one, where each tile's own statistics (what a naive split
     does) drift far from it."""
     sampled = Stylizer(None, "cpu", precision="fp32",
-                       tiling=Tiling(1, tile=TILE, halo=HALO, stats_pixels=6 * 128 * 128, stats_box=128))
+                       tiling=Tiling(1, tile=TILE, halo=HALO, stats_pixels=6 * 128 * 128, stats_box=128, stats_halo=64))
     want = px(untiled.stylize(CONTENT, STYLE))
     d_sampled = np.abs(px(sampled.stylize(CONTENT, STYLE)) - want).mean()
     naive = [px(untiled.stylize(CONTENT.crop((x, y, x + 200, y + 200)), STYLE))
              for y in (0, 200) for x in (0, 200, 400)]
     stitched = np.concatenate([np.concatenate(naive[:3], 1), np.concatenate(naive[3:], 1)], 0)
     d_naive = np.abs(stitched - want).mean()
-    assert d_sampled <= 8.0 and d_sampled < d_naive / 4, (d_sampled, d_naive)  # measured 6.8 vs 36
+    assert d_sampled <= 8.0 and d_sampled < d_naive / 4, (d_sampled, d_naive)
 
 
 def test_tiling_settings_are_checked() -> None:

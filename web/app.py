@@ -10,7 +10,8 @@ client (no torch, no second engine).
 Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "description"}]}}``: 400 for a
 bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...), 413 for a body
 over the upload limit (refused before it is read whole), 429 with Retry-After when the backend is full
-(RESOURCE_EXHAUSTED), 503 when it is unreachable or draining, 504 when it runs past the deadline.
+(RESOURCE_EXHAUSTED; 413 when the result is over the reply limit), 503 when it is unreachable or
+draining, 504 when it runs past the deadline.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
             result = await run_in_threadpool(client.stylize, timeout=settings.timeout, **options)
         except StyleTransferError as e:
             status = HTTP_STATUS.get(e.code, 502)
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply limit" in (e.details or ""):
+                status = 413  # the result is too large to send: retrying will not help, a smaller one will
             headers = {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)} if status in (429, 503) else None
             return _error(status, e.code.name, e.details, e.violations, headers)
         fmt = result.format
