@@ -225,18 +225,24 @@ class Stylizer:
             out[i] = img
         return out  # type: ignore[return-value]
 
-    def render_untiled(self, jobs: Sequence[Prepared]) -> list[Image.Image]:
-        """Stylize prepared jobs whole; those with the same ``batch_key`` run as one batch. Order is kept."""
+    def render_untiled(
+        self, jobs: Sequence[Prepared], feats: Sequence[torch.Tensor] | None = None
+    ) -> list[Image.Image]:
+        """Stylize prepared jobs whole; those with the same ``batch_key`` run as one batch. Order is kept.
+        ``feats``: the jobs' relu4_1 when already encoded (a tile's, cut from the whole image's)."""
         out: list[Image.Image | None] = [None] * len(jobs)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.batch_key, []).append(i)
         for (ph, pw), idx in groups.items():
             with torch.inference_mode():
-                feats = self.encoder.encode([jobs[i].content for i in idx], run=self.backend.relu4_1)
-                targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(feats, idx)]
+                if feats is None:
+                    group = self.encoder.encode([jobs[i].content for i in idx], run=self.backend.relu4_1)
+                else:
+                    group = [feats[i].to(self.device, self.dtype) for i in idx]
+                targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(group, idx)]
                 alphas = self._decoder_alphas([jobs[i] for i in idx], (ph // 8, pw // 8))
-                y = self.backend.decode(torch.cat(targets).to(feats[0].dtype), alphas)
+                y = self.backend.decode(torch.cat(targets).to(group[0].dtype), alphas)
             for k, i in enumerate(idx):
                 job = jobs[i]
                 h, w = job.content.shape[2:]

@@ -36,8 +36,9 @@ from adain.prepared import Prepared, Stats
 
 BYTES_PER_PIXEL = 2048  # peak working memory of a plain render, measured: 0.9 KB/px torch, 1.8 KB/px OpenVINO
 # besides one tile: the content (float32, 12 B/px), its decoded copy and the output (uint8), the request and
-# reply bytes, the blending band: measured 61 B/px through the server at 3,000 x 2,000
-BUFFER_BYTES_PER_PIXEL = 80
+# reply bytes, the blending band (measured 61 B/px through the server at 3,000 x 2,000), and up to 4K the
+# whole image's relu4_1 in fp16 (16 B/px)
+BUFFER_BYTES_PER_PIXEL = 100
 MEMORY_SHARE = 0.25  # of the device's memory that one plain render may take before tiling takes over
 
 
@@ -109,7 +110,9 @@ def sample_boxes(h: int, w: int, budget: int, side: int) -> list[tuple[int, int,
     return [(y, y + side, x, x + side) for y in ys for x in xs]
 
 
-def whole_image_stats(stylizer: object, job: Prepared, tiling: Tiling) -> dict[int, Stats]:
+def whole_image_stats(
+    stylizer: object, job: Prepared, tiling: Tiling
+) -> tuple[dict[int, Stats], torch.Tensor | None]:
     """AdaIN's content statistics (per region) of the whole image, from full-resolution samples.
 
     relu4_1's statistics depend on scale (a downscaled thumbnail has other ones, off by ~17 levels in
@@ -117,10 +120,16 @@ def whole_image_stats(stylizer: object, job: Prepared, tiling: Tiling) -> dict[i
     most ``tiling.stats_pixels`` of them spread evenly), each encoded with ``stats_halo`` px of context
     and measured on its interior only, then combined exactly: means weighted by each box's (region)
     weight, variances through the second moments. The Stylizer's own target is run on each box,
-    recording the statistics it normalises with, so regions are handled as untiled."""
+    recording the statistics it normalises with, so regions are handled as untiled.
+
+    Also returns, when the boxes cover the image, its relu4_1 assembled from the boxes' interiors (fp16,
+    16 bytes a pixel): the tiles take theirs from it instead of encoding again, so exact statistics
+    cost no second encoder pass."""
     h, w = job.content.shape[2:]
     halo = tiling.stats_halo
     sums: dict[int, list[torch.Tensor]] = {}
+    covering = h * w <= tiling.stats_pixels
+    whole: torch.Tensor | None = None
     for y0, y1, x0, x1 in sample_boxes(h, w, tiling.stats_pixels, tiling.stats_box):
         ry0, ry1, rx0, rx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
         box = _crop(job, y0, y1, x0, x1)
@@ -136,6 +145,10 @@ def whole_image_stats(stylizer: object, job: Prepared, tiling: Tiling) -> dict[i
             fy, fx = (y0 - ry0) // 8, (x0 - rx0) // 8
             feat = feat[:, :, fy : fy + -(-(y1 - y0) // 8), fx : fx + -(-(x1 - x0) // 8)]
             stylizer.target(feat, replace(box, smooth=record))  # type: ignore[attr-defined]
+            if covering:
+                if whole is None:
+                    whole = torch.empty(1, feat.shape[1], -(-h // 8), -(-w // 8), dtype=torch.float16)
+                whole[:, :, y0 // 8 : y0 // 8 + feat.shape[2], x0 // 8 : x0 // 8 + feat.shape[3]] = feat.cpu()
         for k, (mean, std) in recorded.items():
             n = float((y1 - y0) * (x1 - x0)) if box.regions is None else float(box.regions[:, k].sum())
             mean, std = mean.double(), std.double()
@@ -147,7 +160,7 @@ def whole_image_stats(stylizer: object, job: Prepared, tiling: Tiling) -> dict[i
     for k, (m1, m2, n) in sums.items():
         mean = m1 / n
         out[k] = (mean.float(), (m2 / n - mean**2).clamp_min(0).sqrt().float())
-    return out
+    return out, whole
 
 
 def _ramp(start: int, end: int, core0: int, core1: int) -> np.ndarray:
@@ -169,7 +182,7 @@ def render_tiled(
     """One prepared job rendered tile by tile (see the module's docstring); same size as untiled.
     ``on_tile(done, total)`` is called after each tile (progress; it may raise to stop the job)."""
     h, w = job.content.shape[2:]
-    stats = whole_image_stats(stylizer, job, tiling)
+    stats, whole = whole_image_stats(stylizer, job, tiling)
     fixed = replace(job, smooth=lambda k, _s: stats.get(k, _s))
     t, halo = tiling.tile, tiling.halo
     rows, cols = math.ceil(h / t), math.ceil(w / t)
@@ -190,7 +203,10 @@ def render_tiled(
             x0, x1 = c * t, min(w, (c + 1) * t)
             rx0, rx1 = max(0, x0 - halo), min(w, x1 + halo)
             tile = _crop(fixed, ry0, ry1, rx0, rx1)
-            pixels = np.asarray(stylizer.render_untiled([tile])[0], np.float32)  # type: ignore[attr-defined]
+            feats = None
+            if whole is not None:  # the whole image's relu4_1, cut to this tile (its halo included)
+                feats = [whole[:, :, ry0 // 8 : -(-ry1 // 8), rx0 // 8 : -(-rx1 // 8)].float()]
+            pixels = np.asarray(stylizer.render_untiled([tile], feats)[0], np.float32)  # type: ignore[attr-defined]
             weight = wy[:, None] * _ramp(rx0, rx1, x0, x1)[None, :]
             sums[:, rx0:rx1] += pixels * weight[:, :, None]
             weights[:, rx0:rx1] += weight
