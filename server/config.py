@@ -55,7 +55,7 @@ class Settings:
     style_registry_mb: float = 1024
     style_cache_size: int = 64
     tile_threshold: int = -1
-    tile_size: int = 1024
+    tile_size: int = 768
     tile_halo: int = 64
     max_refine_steps: int = Limits.max_refine_steps
     max_refine_jobs: int = 1
