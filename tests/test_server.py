@@ -272,7 +272,7 @@ BAD = {
     "no-styles": (dict(styles=[]), "styles"),
     "too-many-styles": (dict(styles=[STYLE_A] * 9), "styles"),
     "quality-101": (dict(quality=101, format="jpeg"), "quality"),
-    "content-size-over-limit": (dict(content_size=5000), "content_size"),
+    "content-size-over-limit": (dict(content_size=20000), "content_size"),
 }
 
 
