@@ -46,7 +46,8 @@ MEMORY_SHARE = 0.25  # of the device's memory that one plain render may take bef
 class Tiling:
     """When and how to tile: contents over ``threshold`` pixels (0: never; -1: from the device's memory,
     resolved by the Stylizer) are rendered in tiles of ``tile`` px (multiple of 8) with a ``halo`` px
-    context (multiple of 8); statistics from at most ``stats_pixels`` in ``stats_box`` px boxes, each
+    context (multiple of 8); statistics from at most ``stats_pixels`` in ``stats_box`` px boxes (no larger
+    than a tile), each
     encoded with ``stats_halo`` px of context."""
 
     threshold: int = -1
@@ -126,11 +127,12 @@ def whole_image_stats(
     16 bytes a pixel): the tiles take theirs from it instead of encoding again, so exact statistics
     cost no second encoder pass."""
     h, w = job.content.shape[2:]
-    halo = tiling.stats_halo
+    # never a box larger than a tile with its halo: the tile size is what bounds the memory
+    side, halo = min(tiling.stats_box, tiling.tile), min(tiling.stats_halo, tiling.halo)
     sums: dict[int, list[torch.Tensor]] = {}
     covering = h * w <= tiling.stats_pixels
     whole: torch.Tensor | None = None
-    for y0, y1, x0, x1 in sample_boxes(h, w, tiling.stats_pixels, tiling.stats_box):
+    for y0, y1, x0, x1 in sample_boxes(h, w, tiling.stats_pixels, side):
         ry0, ry1, rx0, rx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
         box = _crop(job, y0, y1, x0, x1)
         recorded: dict[int, Stats] = {}
