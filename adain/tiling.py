@@ -47,8 +47,7 @@ class Tiling:
     """When and how to tile: contents over ``threshold`` pixels (0: never; -1: from the device's memory,
     resolved by the Stylizer) are rendered in tiles of ``tile`` px (multiple of 8) with a ``halo`` px
     context (multiple of 8); statistics from at most ``stats_pixels`` in ``stats_box`` px boxes (no larger
-    than a tile), each
-    encoded with ``stats_halo`` px of context."""
+    than a tile), each encoded with ``stats_halo`` px of context."""
 
     threshold: int = -1
     tile: int = 768
