@@ -13,11 +13,12 @@ content statistics (per region where there are regions) come from the whole imag
 so tiles do not drift in colour or contrast. Unlike TIN they are not taken from a downscaled thumbnail:
 relu4_1's statistics change with scale (a 2.3x thumbnail moved the output by 17 levels on average), so
 they are measured at full resolution on 768-px boxes (each encoded with 32 px of context, measured on
-its interior), covering the whole image up to ``stats_pixels`` (4096 x 4096: exact statistics up to 4K,
-at the cost of one more encoder pass), or that many pixels of boxes spread evenly over a larger image
-(a quarter of an 8K one), and combined exactly. Sampling less was faster but drifted: with 2 MP sampled
-the output moved 8 levels on average from the untiled one at 2K and 13 at 4K. Styles, weights, alpha, masks,
-labels and colour modes go through the Stylizer's own render for each tile, so they work as untiled.
+its interior), covering the whole image up to ``stats_pixels`` (4096 x 4096: exact statistics up to 4K;
+the boxes' relu4_1 is kept and the tiles cut theirs from it, so this costs no second encoder pass), or
+that many pixels of boxes spread evenly over a larger image (a quarter of an 8K one), and combined
+exactly. Sampling less drifted: with 2 MP sampled the output moved 8 levels on average from the
+untiled one at 2K and 13 at 4K. Styles, weights, alpha, masks, labels and colour modes go through the
+Stylizer's own render for each tile, so they work as untiled.
 """
 
 from __future__ import annotations
