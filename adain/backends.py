@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adain.decoder import Decoder, FoldedDecoder
+from adain.decoder import Decoder, FoldedDecoder, alpha_channel
 from adain.encoder import Encoder
 from adain.precision import BACKENDS
 
@@ -118,10 +118,7 @@ class ExportedBackend(TorchBackend):
     def decode(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         inputs: tuple[torch.Tensor, ...] = (x,)
         if self.decoder.alpha_input:
-            a = alpha.to(x.dtype)
-            if a.dim() <= 1:
-                a = a.reshape(-1, 1, 1, 1)
-            inputs = (x, a.expand(x.shape[0], 1, *x.shape[2:]))
+            inputs = (x, alpha_channel(alpha, x))
         y = self._run("decoder", self._decode, inputs)
         return super().decode(x, alpha) if y is None else y
 

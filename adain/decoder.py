@@ -57,6 +57,15 @@ class DecoderFile:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def alpha_channel(alpha: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """An alpha-input decoder's extra channel for targets ``x`` (N x C x h x w): ``alpha`` as a number,
+    one per sample (N) or a map (N x 1 x h x w), made an N x 1 x h x w map of x's dtype."""
+    a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+    if a.dim() <= 1:
+        a = a.reshape(-1, 1, 1, 1)
+    return a.expand(x.shape[0], 1, *x.shape[2:]).to(x.dtype)
+
+
 class Decoder(nn.Module):
     """relu4_1 features (N x 512 x H/8 x W/8) -> RGB image (N x 3 x H x W), roughly in [0, 1]; with
     ``alpha_input`` (architecture version 2) also the alpha each position was mixed with."""
@@ -75,10 +84,7 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
         """``alpha``: a number, one per sample (N), or a map (N x 1 x H/8 x W/8); version 1 ignores it."""
         if self.alpha_input:
-            a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
-            if a.dim() <= 1:
-                a = a.reshape(-1, 1, 1, 1)
-            x = torch.cat([x, a.expand(x.shape[0], 1, *x.shape[2:]).to(x.dtype)], dim=1)
+            x = torch.cat([x, alpha_channel(alpha, x)], dim=1)
         last = len(self.convs) - 1
         for i, (conv, (_, _, up)) in enumerate(zip(self.convs, _CONVS)):
             x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
@@ -187,10 +193,7 @@ class FoldedDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
         if self.alpha_input:
-            a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
-            if a.dim() <= 1:
-                a = a.reshape(-1, 1, 1, 1)
-            x = torch.cat([x, a.expand(x.shape[0], 1, *x.shape[2:]).to(x.dtype)], dim=1)
+            x = torch.cat([x, alpha_channel(alpha, x)], dim=1)
         last = len(self.convs) - 1
         for i, (conv, folded) in enumerate(zip(self.convs, self.folded)):
             if folded:

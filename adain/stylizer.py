@@ -217,10 +217,12 @@ class Stylizer:
     def render(self, jobs: Sequence[Prepared]) -> list[Image.Image]:
         """Stylize prepared jobs: large ones tile by tile (``adain.tiling``), the rest batched. Order is kept."""
         out: list[Image.Image | None] = [None] * len(jobs)
-        plain = [i for i, job in enumerate(jobs) if not self.tiling.wants(job)]
+        plain = []
         for i, job in enumerate(jobs):
-            if i not in plain:
+            if self.tiling.wants(job):
                 out[i] = render_tiled(self, job, self.tiling)
+            else:
+                plain.append(i)
         for i, img in zip(plain, self.render_untiled([jobs[i] for i in plain])):
             out[i] = img
         return out  # type: ignore[return-value]

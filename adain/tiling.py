@@ -83,11 +83,12 @@ def auto_threshold(device: torch.device) -> int:
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
     else:
-        total = _mem_total()
+        total = mem_total()
     return max(1 << 20, int(total * MEMORY_SHARE / BYTES_PER_PIXEL))
 
 
-def _mem_total() -> int:
+def mem_total() -> int:
+    """This machine's memory in bytes (MemTotal of /proc/meminfo; 8 GiB where it cannot be read)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):

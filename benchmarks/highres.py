@@ -77,13 +77,6 @@ def run_row(content: Path, backend: str, tiled: bool, args: argparse.Namespace, 
     return json.loads(lines[-1])
 
 
-def mem_total() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    return 8 << 30
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
@@ -101,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
     from adain.precision import cpu_info
-    from adain.tiling import BYTES_PER_PIXEL
+    from adain.tiling import BYTES_PER_PIXEL, mem_total
 
     total = mem_total()
     print(f"# highres: CPU {cpu_info()[0]}, memory {total / 2**30:.0f} GiB, backend {args.backend}, "

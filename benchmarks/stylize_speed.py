@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from PIL import Image
 
 from adain import Limits, NoDecoderError, Stylizer
 from adain.encoder import Encoder
-from adain.precision import PRECISIONS
+from adain.precision import PRECISIONS, cpu_info
 
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "stylize_speed.png"
 
@@ -55,13 +54,8 @@ def synth_png(width: int, height: int, seed: int) -> bytes:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name, as the library reads it (adain.precision.cpu_info)."""
+    return cpu_info()[0]
 
 
 def timed(fn) -> float:
