@@ -2,16 +2,22 @@
 
     python benchmarks/gpu.py [--size 512] [--batches 1 2 4 8 16 32] [--seconds 3] [--json F] [--plot F]
 
-Each batch size runs two ways, both bf16 autocast and channels_last: eager, and replayed as one CUDA
-graph (captured once per batch size, inputs copied into its static buffer; no Python or launch cost
-per layer). Reported: images/s over ``--seconds`` of back-to-back batches (synchronised at the end),
-and at batch 1 the median latency of single calls. On a CPU (the dry run that ``scripts/gpu_round.sh``
-is tested with) only the eager rows run. Random contents; the shipped decoder unless ``--decoder``.
+Each batch size runs several ways, all channels_last with cuDNN's autotuner on: eager under bf16
+autocast (what the server runs); the same replayed as one CUDA graph (captured once per batch size,
+inputs copied into its static buffer; no Python or launch cost per layer); bf16 weights (no autocast
+casts) in a CUDA graph; and, for the batch sizes in ``--compile-batches``, ``torch.compile`` (inductor
+fuses the reflection pads, ReLUs and upsamples into Triton kernels) in a CUDA graph. Reported:
+images/s over ``--seconds`` of back-to-back batches (synchronised at the end), and at batch 1 the
+median latency of single calls. ``--profile`` prints the kernels that take the most time in one eager
+batch of 8, or of the largest size under 8 (where the time goes, for the next round). On a CPU (the dry
+run that ``scripts/gpu_round.sh`` is tested with) only the eager rows run. Random contents; the shipped
+decoder unless ``--decoder``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -64,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder", default=None)
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     p.add_argument("--plot", type=Path, default=None, help="images/s against batch size, PNG")
+    p.add_argument("--compile-batches", type=int, nargs="*", default=[], help="also torch.compile at these sizes")
+    p.add_argument("--profile", action="store_true", help="print the top kernels of one eager batch of 8")
     args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
     st = Stylizer(args.decoder, args.device, precision="auto", backend="torch")
     device, dtype = st.device, st.dtype
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_info()[0]
@@ -72,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     s = args.size
     with torch.inference_mode():
         mean, std = mean_std(st.backend.relu4_1(torch.rand(1, 3, s, s, device=device)))
+    # bf16 copies of the modules: no per-layer weight casts, as autocast does on every call
+    enc16, dec16 = (copy.deepcopy(m).to(dtype) for m in (st.encoder, st.decoder))
+    compiled = torch.compile(lambda x: dec16(adain(enc16(x).relu4_1, mean.to(dtype), std.to(dtype))))
     rows = []
     for batch in args.batches:
         x = torch.rand(batch, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
@@ -80,9 +92,27 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
                 return st.decoder(adain(st.encoder(x).relu4_1, mean, std))
 
+        def step16(x: torch.Tensor = x) -> torch.Tensor:
+            with torch.inference_mode():
+                return dec16(adain(enc16(x.to(dtype)).relu4_1, mean.to(dtype), std.to(dtype)))
+
+        def step_compiled(x: torch.Tensor = x) -> torch.Tensor:
+            with torch.inference_mode():
+                return compiled(x.to(dtype))
+
         modes: list[tuple[str, Callable[[], object]]] = [("eager", step)]
         if device.type == "cuda":
             modes.append(("cuda graph", cuda_graph(step, x)))
+            modes.append(("bf16 weights, cuda graph", cuda_graph(step16, x)))
+            if batch in args.compile_batches:
+                t0 = time.perf_counter()
+                try:  # a compiler failure costs this row, not the benchmark
+                    modes.append(("compiled, cuda graph", cuda_graph(step_compiled, x)))
+                    print(f"# torch.compile at batch {batch}: {time.perf_counter() - t0:.0f} s", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    print(f"# torch.compile at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
+        if args.profile and batch == min(8, max(args.batches)):
+            profile(step, device)
         for mode, fn in modes:
             ips = throughput(fn, batch, args.seconds, device)
             row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1)}
@@ -98,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         save_plot(rows, args.plot, f"{name}, {s} px, {str(dtype).removeprefix('torch.')}")
     return 0
+
+
+def profile(step: Callable[[], torch.Tensor], device: torch.device, top: int = 15) -> None:
+    """The kernels that take the most device time in one eager call (after two warm-up calls)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for _ in range(2):
+        step()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60), flush=True)
 
 
 def cuda_graph(step: Callable[[], torch.Tensor], x: torch.Tensor) -> Callable[[], torch.Tensor]:

@@ -36,5 +36,5 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
         assert decoder.alpha_input and record.meta["steps"] == 2
     bench = (out / "bench.txt").read_text()
     assert '"mode": "eager"' in bench and "best:" in bench, bench
-    assert "benchmarks: exit 0" in bench and "clients" in bench, bench
+    assert "benchmarks: exit 0 " in bench and "clients" in bench, bench
     assert "training exit 0" in (out / "train.txt").read_text()
