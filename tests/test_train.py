@@ -104,7 +104,7 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     """Two steps, stop, two more == four steps in one go (same data, alphas, RNG and optimizer state), with
     alpha sampling and the recon terms on, from a decoder file's weights; the export records the knobs."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    flags = ("--workers", "0", "--init", str(decoder_path), *ALPHA_FLAGS)
+    flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", *ALPHA_FLAGS)
     train(data, straight, 4, *flags)
     train(data, split, 2, *flags)
     train(data, split, 4, *flags, "--resume")
@@ -121,6 +121,7 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     meta = Stylizer(str(exported), device="cpu").info["decoder_meta"]
     assert (meta["alpha_zero"], meta["alpha_one"], meta["recon_weight"], meta["recon_feature_weight"]) == (
         0.5, 0.25, 10, 1)
+    assert meta["content_scale"] == 2
     assert meta["init"]["file"] == str(decoder_path) and meta["init"]["version"].startswith("sha256:")
 
 

@@ -45,7 +45,7 @@ from adain.train.data import ImageFolder, InfiniteSampler
 
 log = logging.getLogger("adain.train")
 # Settings a resumed run may change: logged on every line and stored in the exported decoder's metadata.
-LOGGED_KNOBS = ("style_weight", "alpha_zero", "alpha_one", "recon_weight", "recon_feature_weight")
+LOGGED_KNOBS = ("style_weight", "alpha_zero", "alpha_one", "recon_weight", "recon_feature_weight", "content_scale")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=160_000, help="train until this many steps in all")
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
     p.add_argument("--crop", type=int, default=256, help="random crop size (pixels)")
+    p.add_argument("--content-scale", type=float, default=1.0,
+                   help="upscale content photos by this before cropping (2: objects at the size a 512-px "
+                   "stylization shows them when the photos are ~256 px)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay", type=float, default=5e-5, help="lr / (1 + lr_decay * step)")
     p.add_argument("--style-weight", type=float, default=10.0)
@@ -91,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shares = (args.alpha_zero, args.alpha_one)
     if not all(0 <= x <= 1 for x in shares) or sum(shares) > 1:
         p.error(f"--alpha-zero and --alpha-one must be in [0, 1] with a sum <= 1, got {shares}")
+    if not args.content_scale > 0:
+        p.error(f"--content-scale must be > 0, got {args.content_scale}")
     if args.recon_weight < 0 or args.recon_feature_weight < 0:
         p.error("--recon-weight and --recon-feature-weight must be >= 0")
     return args
@@ -154,11 +159,12 @@ class Trainer:
         self.model = DistributedDataParallel(self.decoder) if self.world > 1 else self.decoder
 
         start = self.step * args.batch_size  # draws already consumed by this rank
-        self.content = self._loader(args.content, args.seed, start)
+        k = args.content_scale
+        self.content = self._loader(args.content, args.seed, start, rescale=(0.8 * k, 1.25 * k))
         self.style = self._loader(args.style, args.seed + 1, start)
 
-    def _loader(self, folder: Path, seed: int, start: int) -> Any:
-        ds = ImageFolder(folder, crop=self.args.crop, seed=seed)
+    def _loader(self, folder: Path, seed: int, start: int, rescale: tuple[float, float] = (0.8, 1.25)) -> Any:
+        ds = ImageFolder(folder, crop=self.args.crop, seed=seed, rescale=rescale)
         dl = DataLoader(
             ds,
             batch_size=self.args.batch_size,
