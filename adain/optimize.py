@@ -230,10 +230,18 @@ def optimize(
 
 
 def objective_for(
-    stylizer: Steps, prepared: Prepared, content: torch.Tensor, *, style_loss: str = "gram", target: str = "adain"
+    stylizer: Steps,
+    prepared: Prepared,
+    content: torch.Tensor,
+    *,
+    style_loss: str = "gram",
+    target: str = "adain",
+    style_size: int | None = None,
 ) -> Objective:
     """The objective of a prepared job at the size of ``content`` (its content image, maybe scaled).
-    ``target="content"`` makes the content term the content's own relu4_1 (the classic choice)."""
+    ``target="content"`` makes the content term the content's own relu4_1 (the classic choice).
+    ``style_size`` (default: the job's) scales the styles with the content, so that a texture keeps its
+    size relative to the image at a reduced working size."""
     job = prepared.job
     assert job is not None, "prepared from a CheckedJob"
     encoder = stylizer.encoder
@@ -247,7 +255,8 @@ def objective_for(
         for i, (source, w) in enumerate(zip(job.styles, job.weights)):
             if w == 0 and regions is None:
                 continue
-            style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
+            size = style_size or job.style_size
+            style = stylizer.style_tensor(source, f"styles[{i}]", size, job.color, content)
             styles.append((encoder(style.to(content.device)), w))
     return Objective(
         encoder,
@@ -279,7 +288,11 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     work_content = content if side == max(h, w) else _scaled(content, side)
     # The classic method is Gatys et al.'s: its content term is the content's features.
     objective = objective_for(
-        stylizer, prepared, work_content, target="content" if job.refine_init == "content" else REFINE_TARGET
+        stylizer,
+        prepared,
+        work_content,
+        target="content" if job.refine_init == "content" else REFINE_TARGET,
+        style_size=max(1, round(job.style_size * side / max(h, w))),  # the style shrinks with the content
     )
     x = optimize(objective, small, job.refine_steps, optimizer=job.optimizer, on_step=on_step)
     if small is not start:  # the change, upsampled onto the full-size start

@@ -95,6 +95,20 @@ def test_options_keep_working_under_refine(stylizer: Stylizer) -> None:
     assert coral.size == (64, 48)
 
 
+def test_a_smaller_working_size_lowers_the_full_size_style_term(stylizer: Stylizer) -> None:
+    """refine_size works at half size and upsamples the change: measured at full size, the style term
+    falls. The style must shrink with the content for that: at the job's style size the half-size image
+    learned a texture twice too coarse, and the full-size style term rose 2.4x instead (27.6 -> 67.2)."""
+    content, style = synth_image(128, 96, seed=31), synth_image(128, 128, seed=32, kind="noise")
+    prepared = stylizer.prepare(Job(content, [style], style_size=128, refine_steps=1))
+    objective = objective_for(stylizer, prepared, prepared.content)
+    plain = stylizer.stylize(content, style, style_size=128)
+    refined = stylizer.stylize(content, style, style_size=128, refine_steps=15, refine_size=64)
+    with torch.no_grad():
+        before, after = (float(objective.style_term(stylizer.encoder(to_tensor(im)))) for im in (plain, refined))
+    assert after < 0.95 * before, (before, after)
+
+
 def test_a_callback_that_raises_stops_at_once(stylizer: Stylizer) -> None:
     seen: list[int] = []
 
