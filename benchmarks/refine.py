@@ -1,7 +1,7 @@
 """The optimisation method: AdaIN alone, AdaIN + refine, and the classic method, by loss and seconds.
 
     python benchmarks/refine.py [--sizes 256 512] [--pairs 4 2] [--refine-steps 5 10 20 50]
-        [--classic-steps 50 100 300] [--refine-size 256] [--eval-sizes 256 512] [--ablations]
+        [--classic-steps 50 100 300] [--refine-size 256] [--eval-sizes 512] [--ablations]
         [--plot benchmarks/results/refine.png] [--save-samples DIR]
 
 For each size (content and style at that longest side) and a seeded subset of ``../shared/data/eval``
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine-steps", type=int, nargs="+", default=[5, 10, 20, 50])
     p.add_argument("--classic-steps", type=int, nargs="+", default=[50, 100, 300])
     p.add_argument("--eval-size", type=int, default=256)
-    p.add_argument("--eval-sizes", type=int, nargs="*", default=[], help="further evaluation sizes (extra columns)")
-    p.add_argument("--refine-size", type=int, default=0, help="also refine at this working size (0: no such rows)")
+    p.add_argument("--eval-sizes", type=int, nargs="*", default=[512], help="further evaluation sizes (extra columns)")
+    p.add_argument("--refine-size", type=int, default=256, help="also refine at this working size (0: no such rows)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablations", action="store_true")
