@@ -15,7 +15,9 @@ pairs (``--pairs``, one count per size):
   content term (Gatys et al.), ``refine_init="content"``;
 * AdaIN + refine N at S px (sizes above ``--refine-size`` S): the library's ``refine`` with
   ``refine_size=S``, i.e. N iterations at S px (content and style scaled down together), the change
-  upsampled onto the full-size AdaIN output; one run per N.
+  upsampled onto the full-size AdaIN output; one run per N;
+* AdaIN + refine N, content weight W (``--refine-content-weights``): full-size refine with another
+  content weight than the library's default (5), as snapshots of one run.
 
 Seconds: wall time of making the output from a prepared job (style statistics computed beforehand), the
 decoder pass included for refine. Losses, the same yardstick for every row and ``benchmarks/quality.py``'s:
@@ -82,9 +84,13 @@ def run_pair(
     style_loss: str = "gram",
     target: str = "adain",
     optimizer: str = "lbfgs",
+    content_weight: float | None = None,
 ) -> dict[int, tuple[Image.Image, float]]:
     """{steps: (output, seconds)} at each checkpoint (0: the start, i.e. the AdaIN output for init adain)."""
-    job = Job(content, [style], content_size=size, style_size=size, refine_steps=steps, refine_init=init)
+    job = Job(
+        content, [style], content_size=size, style_size=size, refine_steps=steps, refine_init=init,
+        content_weight=content_weight,
+    )
     prepared = st.prepare(job)
     t0 = time.perf_counter()
     if init == "adain":
@@ -131,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--eval-sizes", type=int, nargs="*", default=[512], help="further evaluation sizes (extra columns)")
     p.add_argument("--refine-size", type=int, default=256, help="also refine at this working size (0: no such rows)")
+    p.add_argument("--refine-content-weights", type=float, nargs="*", default=[],
+                   help="also refine full-size with these content weights (the library's default: 5)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablations", action="store_true")
@@ -188,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                     rows.setdefault(label, []).append({**measure(img, c, s, size), "seconds": sec})
                     if args.save_samples and i == 0:
                         save_sample(args.save_samples, size, label, img)
+            for cw in args.refine_content_weights:
+                res = run_pair(
+                    st, c[1], s[1], size, init="adain", steps=max(args.refine_steps), checkpoints=args.refine_steps,
+                    target=REFINE_TARGET, content_weight=cw,
+                )
+                for step, (img, sec) in sorted(res.items()):
+                    if step:
+                        label = f"AdaIN + refine {step}, content weight {cw:g}"
+                        rows.setdefault(label, []).append({**measure(img, c, s, size), "seconds": sec})
             print(f"# {size} px pair {i + 1}/{n}: {cn} x {sn} done", flush=True)
         print(f"\n## {size} px, {n} pairs (means)\n")
         means = {label: mean_row(r) for label, r in rows.items()}
@@ -200,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {m['content']:.3f} | {m['style']:.3f} | {m['gram']:.4f} | {cols}{m['seconds']:.2f} |")
         curves[size] = {
             "AdaIN + refine": [
-                (m["seconds"], m) for lb, m in means.items() if lb.startswith("AdaIN") and " px" not in lb
+                (m["seconds"], m)
+                for lb, m in means.items()
+                if lb.startswith("AdaIN") and " px" not in lb and "weight" not in lb
             ],
             f"AdaIN + refine at {args.refine_size} px": [
                 (m["seconds"], m) for lb, m in means.items() if lb.startswith("AdaIN +") and " px" in lb
