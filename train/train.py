@@ -127,6 +127,8 @@ class Trainer:
         else:
             self.device = torch.device("cpu")
         self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # fixed crop size: time cuDNN's algorithms once, keep the best
         self.main = self.rank == 0
         self.bf16 = wants_bf16(args.precision, self.cuda)
         args.out.mkdir(parents=True, exist_ok=True)
