@@ -252,10 +252,10 @@ def objective_for(
         feat = encoder(content).relu4_1
         aim = stylizer.target(feat, prepared) if target == "adain" else feat
         styles = []
+        size = style_size or job.style_size
         for i, (source, w) in enumerate(zip(job.styles, job.weights)):
             if w == 0 and regions is None:
                 continue
-            size = style_size or job.style_size
             style = stylizer.style_tensor(source, f"styles[{i}]", size, job.color, content)
             styles.append((encoder(style.to(content.device)), w))
     return Objective(

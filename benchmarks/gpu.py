@@ -87,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     # bf16 copies of the modules: no per-layer weight casts, as autocast does on every call
     enc16, dec16 = (copy.deepcopy(m).to(dtype) for m in (st.encoder, st.decoder))
     folded16 = FoldedDecoder(st.decoder).to(device, dtype, memory_format=torch.channels_last)
-    compiled = torch.compile(lambda x: dec16(adain(enc16(x).relu4_1, mean.to(dtype), std.to(dtype))))
+    mean16, std16 = mean.to(dtype), std.to(dtype)
+
+    def bf16_path(decoder: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: decoder(adain(enc16(x.to(dtype)).relu4_1, mean16, std16))
+
+    paths16 = {"bf16 weights": bf16_path(dec16), "folded decoder, bf16": bf16_path(folded16)}
+    compiled = torch.compile(paths16["bf16 weights"])
     rows = []
     for batch in args.batches:
         x = torch.rand(batch, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
@@ -96,27 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
                 return st.decoder(adain(st.encoder(x).relu4_1, mean, std))
 
-        def step16(x: torch.Tensor = x) -> torch.Tensor:
-            with torch.inference_mode():
-                return dec16(adain(enc16(x.to(dtype)).relu4_1, mean.to(dtype), std.to(dtype)))
-
-        def step_folded(x: torch.Tensor = x) -> torch.Tensor:
-            with torch.inference_mode():
-                return folded16(adain(enc16(x.to(dtype)).relu4_1, mean.to(dtype), std.to(dtype)))
-
-        def step_compiled(x: torch.Tensor = x) -> torch.Tensor:
-            with torch.inference_mode():
-                return compiled(x.to(dtype))
-
         modes: list[tuple[str, Callable[[], object]]] = [("eager", step)]
         if device.type == "cuda":
             modes.append(("cuda graph", cuda_graph(step, x)))
-            modes.append(("bf16 weights, cuda graph", cuda_graph(step16, x)))
-            modes.append(("folded decoder, bf16, cuda graph", cuda_graph(step_folded, x)))
+            modes += [(f"{label}, cuda graph", cuda_graph(inference(path, x), x)) for label, path in paths16.items()]
             if batch in args.compile_batches:
                 t0 = time.perf_counter()
                 try:  # a compiler failure costs this row, not the benchmark
-                    modes.append(("compiled, cuda graph", cuda_graph(step_compiled, x)))
+                    modes.append(("compiled, cuda graph", cuda_graph(inference(compiled, x), x)))
                     print(f"# torch.compile at batch {batch}: {time.perf_counter() - t0:.0f} s", flush=True)
                 except Exception as e:  # noqa: BLE001
                     print(f"# torch.compile at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
@@ -137,6 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         save_plot(rows, args.plot, f"{name}, {s} px, {str(dtype).removeprefix('torch.')}")
     return 0
+
+
+def inference(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """``fn`` under inference mode, on ``x`` unless given another input (as ``cuda_graph`` does)."""
+
+    def run(inp: torch.Tensor = x) -> torch.Tensor:
+        with torch.inference_mode():
+            return fn(inp)
+
+    return run
 
 
 def profile(step: Callable[[], torch.Tensor], device: torch.device, top: int = 15) -> None:

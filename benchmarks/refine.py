@@ -177,15 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[str, list[dict]] = {}
         for i, (cn, sn) in enumerate(chosen):
             c, s = (cn, contents[cn]), (sn, styles[sn])
-            for init, steps_list in (("adain", args.refine_steps), ("content", args.classic_steps)):
+            runs = [("adain", args.refine_steps, None), ("content", args.classic_steps, None)]
+            runs += [("adain", args.refine_steps, cw) for cw in args.refine_content_weights]
+            for init, steps_list, cw in runs:
                 target = REFINE_TARGET if init == "adain" else "content"  # what refine() uses
                 res = run_pair(
-                    st, c[1], s[1], size, init=init, steps=max(steps_list), checkpoints=steps_list, target=target
+                    st, c[1], s[1], size, init=init, steps=max(steps_list), checkpoints=steps_list, target=target,
+                    content_weight=cw,
                 )
                 for step, (img, sec) in sorted(res.items()):
-                    if step == 0 and init == "content":
+                    if step == 0 and (init == "content" or cw is not None):
                         continue
                     label = "AdaIN" if step == 0 else f"AdaIN + refine {step}" if init == "adain" else f"classic {step}"
+                    if cw is not None:
+                        label += f", content weight {cw:g}"
                     rows.setdefault(label, []).append({**measure(img, c, s, size), "seconds": sec})
                     if args.save_samples and i == 0:
                         save_sample(args.save_samples, size, label, img)
@@ -196,15 +201,6 @@ def main(argv: list[str] | None = None) -> int:
                     rows.setdefault(label, []).append({**measure(img, c, s, size), "seconds": sec})
                     if args.save_samples and i == 0:
                         save_sample(args.save_samples, size, label, img)
-            for cw in args.refine_content_weights:
-                res = run_pair(
-                    st, c[1], s[1], size, init="adain", steps=max(args.refine_steps), checkpoints=args.refine_steps,
-                    target=REFINE_TARGET, content_weight=cw,
-                )
-                for step, (img, sec) in sorted(res.items()):
-                    if step:
-                        label = f"AdaIN + refine {step}, content weight {cw:g}"
-                        rows.setdefault(label, []).append({**measure(img, c, s, size), "seconds": sec})
             print(f"# {size} px pair {i + 1}/{n}: {cn} x {sn} done", flush=True)
         print(f"\n## {size} px, {n} pairs (means)\n")
         means = {label: mean_row(r) for label, r in rows.items()}
