@@ -14,7 +14,8 @@ square content with the style cached (warm) and with a new style each call (cold
 difference from eager torch float32 (mean and max in 0-255). ``torch.compile`` of the eager modules is
 measured as one more row (its compile time is printed apart). The achieved GFLOP/s is set against this
 CPU's float32 matrix-multiply rate measured in the same run (best of 10 2048 x 2048 products: a practical
-peak; the folded decoder of the exported runtimes does fewer multiply-adds than counted, so it can pass it).
+peak; the folded decoder and the Winograd form (OpenVINO, float32) do fewer multiply-adds than counted,
+so they can pass it).
 A row over 3x the reference's time at one size (bf16 emulated on a CPU without bf16 units) is not run
 at the larger sizes.
 Images are synthetic; no data is read. Prints a Markdown table and saves a plot
@@ -36,6 +37,7 @@ from PIL import Image
 from torch import nn
 
 from adain import Stylizer
+from adain.backends import ExportedBackend
 from adain.decoder import _CONVS
 from adain.encoder import LAYERS, POOL_BEFORE
 from adain.image import to_tensor
@@ -114,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", default=["torch", "openvino", "onnxruntime"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    p.add_argument("--no-direct", action="store_true",
+                   help="skip the OpenVINO fp32 row without the Winograd form (direct convolutions, as before it)")
     p.add_argument("--decoder", default=None, help="decoder file (default: the shipped one)")
     p.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="bar plot PNG ('' for none)")
     return p.parse_args(argv)
@@ -137,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             configs.append((backend, precision, Stylizer(args.decoder, "cpu", precision=precision, backend=backend)))
             print(f"# {backend} {precision}: built in {time.perf_counter() - t0:.1f} s")
+    if "openvino" in args.backends and importlib.util.find_spec("openvino") is not None:
+        if "fp32" in args.precisions and not args.no_direct:  # what the Winograd form gains, in the same run
+            st = Stylizer(args.decoder, "cpu", precision="fp32", backend="torch")
+            st.backend = ExportedBackend("openvino", st.encoder, st.decoder, False, torch.get_num_threads(),
+                                         winograd_form=False)
+            configs.append(("openvino", "fp32 direct", st))
     if not args.no_compile:
         st = Stylizer(args.decoder, "cpu", precision="fp32", backend="torch")
         st.backend.encoder = torch.compile(st.encoder)
