@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = ", ".join(f"{s} px {conv_flops(s) / 1e9:.0f} G" for s in args.sizes)
     floor = ", ".join(f"{s} px {conv_flops(s) / peak / 1e6:.0f} ms" for s in args.sizes)
     print(f"\nconvolution FLOPs per image: {flops}; floor at the matmul rate: {floor}")
-    if str(args.plot):
+    if str(args.plot) not in ("", "."):  # Path("") is "."
         save_plot(rows, refs, args.plot, f"{model}, {torch.get_num_threads()} threads")
         print(f"plot: {args.plot}")
     return 0
