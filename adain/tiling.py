@@ -35,9 +35,10 @@ from PIL import Image
 from adain.encoder import padded_size
 from adain.prepared import Prepared, Stats
 
-BYTES_PER_PIXEL = 2560  # peak working memory of a plain render, measured: 0.9 KB/px torch, 1.8 KB/px OpenVINO,
-# ~2.1 KB/px OpenVINO with the Winograd form (its transformed tiles: 681 MiB for a 576-px tile in test_tiling)
-# besides one tile: the content (float32, 12 B/px), its decoded copy and the output (uint8), the request and
+# Peak working memory of a plain render, measured: 0.9 KB/px torch, 1.8 KB/px OpenVINO direct, ~2.1 KB/px
+# OpenVINO with the Winograd form (its transformed tiles: 681 MiB for a 576-px tile in test_tiling).
+BYTES_PER_PIXEL = 2560
+# Besides one tile: the content (float32, 12 B/px), its decoded copy and the output (uint8), the request and
 # reply bytes, the blending band (measured 61 B/px through the server at 3,000 x 2,000), and up to 4K the
 # whole image's relu4_1 in fp16 (16 B/px)
 BUFFER_BYTES_PER_PIXEL = 100

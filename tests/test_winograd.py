@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adain.decoder import FoldedDecoder, load_decoder
-from adain.winograd import WinogradConv2d, matrices, winograd
+from adain.winograd import MIN_CHANNELS, WinogradConv2d, matrices, winograd
 
 torch.set_num_threads(1)
 
@@ -39,7 +39,7 @@ def test_only_wide_convolutions_are_converted(decoder_path) -> None:
     folded = FoldedDecoder(load_decoder(decoder_path)[0])
     converted = winograd(folded)
     kinds = [type(c).__name__ for c in converted.convs]
-    wide = [c.in_channels >= 128 for c in folded.convs]
+    wide = [c.in_channels >= MIN_CHANNELS for c in folded.convs]
     assert kinds == ["WinogradConv2d" if w else "Conv2d" for w in wide] and any(wide) and not all(wide)
     assert all(type(c) is nn.Conv2d for c in folded.convs)  # the original is untouched
     x = torch.rand(2, 512, 5, 7)
