@@ -29,6 +29,7 @@ from torch import nn
 
 TILE = 6  # output tile side: F(6x6, 3x3) and F(6x6, 2x2)
 MIN_CHANNELS = 128  # narrower layers run direct (slower in Winograd form on OpenVINO, measured)
+WINOGRAD_FORM = f"winograd-F{TILE}-min{MIN_CHANNELS}"  # names the conversion in cache keys (adain.backends)
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
 
 

@@ -48,8 +48,10 @@ def test_manifests_agree_with_the_server() -> None:
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    flags = {env_name(flag) for flag in _OPTIONS}
+    flags = {env_name(flag) for flag in _OPTIONS} | {"ADAIN_CACHE_DIR"}  # the last: adain.backends.cache_dir
     assert set(env) <= flags, f"not server settings: {set(env) - flags}"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["ADAIN_CACHE_DIR"] in mounts  # a volume: the converted graphs outlive a container restart
     assert pod["terminationGracePeriodSeconds"] > float(env["ADAIN_GRACE_SECONDS"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == 50051
