@@ -114,8 +114,13 @@ def sample_boxes(h: int, w: int, budget: int, side: int) -> list[tuple[int, int,
     return [(y, y + side, x, x + side) for y in ys for x in xs]
 
 
+def stats_boxes(h: int, w: int, tiling: Tiling) -> list[tuple[int, int, int, int]]:
+    """The boxes whole_image_stats encodes; never one larger than a tile (the tile size bounds memory)."""
+    return sample_boxes(h, w, tiling.stats_pixels, min(tiling.stats_box, tiling.tile))
+
+
 def whole_image_stats(
-    stylizer: object, job: Prepared, tiling: Tiling
+    stylizer: object, job: Prepared, tiling: Tiling, on_box: Callable[[], None] | None = None
 ) -> tuple[dict[int, Stats], torch.Tensor | None]:
     """AdaIN's content statistics (per region) of the whole image, from full-resolution samples.
 
@@ -128,14 +133,14 @@ def whole_image_stats(
 
     Also returns, when the boxes cover the image, its relu4_1 assembled from the boxes' interiors (fp16,
     16 bytes a pixel): the tiles take theirs from it instead of encoding again, so exact statistics
-    cost no second encoder pass."""
+    cost no second encoder pass. ``on_box()`` is called after each box (it may raise to stop the job:
+    this pass is the encoder's share of the whole work, tens of seconds at print size)."""
     h, w = job.content.shape[2:]
-    # never a box larger than a tile with its halo: the tile size is what bounds the memory
-    side, halo = min(tiling.stats_box, tiling.tile), min(tiling.stats_halo, tiling.halo)
+    halo = min(tiling.stats_halo, tiling.halo)
     sums: dict[int, list[torch.Tensor]] = {}
     covering = h * w <= tiling.stats_pixels
     whole: torch.Tensor | None = None
-    for y0, y1, x0, x1 in sample_boxes(h, w, tiling.stats_pixels, side):
+    for y0, y1, x0, x1 in stats_boxes(h, w, tiling):
         ry0, ry1, rx0, rx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
         box = _crop(job, y0, y1, x0, x1)
         recorded: dict[int, Stats] = {}
@@ -161,6 +166,8 @@ def whole_image_stats(
             acc[0] += n * mean
             acc[1] += n * (std**2 + mean**2)
             acc[2] += n
+        if on_box is not None:
+            on_box()
     out: dict[int, Stats] = {}
     for k, (m1, m2, n) in sums.items():
         mean = m1 / n
@@ -182,15 +189,25 @@ def _ramp(start: int, end: int, core0: int, core1: int) -> np.ndarray:
 
 
 def render_tiled(
-    stylizer: object, job: Prepared, tiling: Tiling, on_tile: Callable[[int, int], None] | None = None
+    stylizer: object, job: Prepared, tiling: Tiling, on_step: Callable[[int, int], None] | None = None
 ) -> Image.Image:
     """One prepared job rendered tile by tile (see the module's docstring); same size as untiled.
-    ``on_tile(done, total)`` is called after each tile (progress; it may raise to stop the job)."""
+    ``on_step(done, total)`` is called after each statistics box, then after each tile (progress over
+    both passes; it may raise to stop the job)."""
     h, w = job.content.shape[2:]
-    stats, whole = whole_image_stats(stylizer, job, tiling)
-    fixed = replace(job, smooth=lambda k, _s: stats.get(k, _s))
     t, halo = tiling.tile, tiling.halo
     rows, cols = math.ceil(h / t), math.ceil(w / t)
+    boxes = len(stats_boxes(h, w, tiling))
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(done, boxes + rows * cols)
+
+    stats, whole = whole_image_stats(stylizer, job, tiling, on_box=step)
+    fixed = replace(job, smooth=lambda k, _s: stats.get(k, _s))
     out = np.empty((h, w, 3), np.uint8)
     band: tuple[int, np.ndarray, np.ndarray] | None = None  # (first row, sums 3 x n x W, weights n x W)
     for r in range(rows):
@@ -215,8 +232,7 @@ def render_tiled(
             weight = wy[:, None] * _ramp(rx0, rx1, x0, x1)[None, :]
             sums[:, rx0:rx1] += pixels * weight[:, :, None]
             weights[:, rx0:rx1] += weight
-            if on_tile is not None:
-                on_tile(r * cols + c + 1, rows * cols)
+            step()
         band = (ry0, sums, weights)
     assert band is not None
     _write(out, band[0], band[1], band[2])

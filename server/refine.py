@@ -75,7 +75,7 @@ class RefineService:
     ) -> Any:
         """The job's output image, refined, or ``tiled`` rendered tile by tile; raises ServiceError
         (CANCELLED/DEADLINE_EXCEEDED) when stopped. ``on_progress`` is called on the event loop (for a
-        tiled job: step = tiles done, loss 0). The caller has admitted the job."""
+        tiled job: step = statistics boxes + tiles done, loss 0). The caller has admitted the job."""
         from adain.optimize import Progress, refine
         from adain.tiling import render_tiled
 
@@ -96,7 +96,7 @@ class RefineService:
             start = time.perf_counter()
             work = functools.partial(
                 render_tiled, self.stylizer, prepared, self.stylizer.tiling,
-                on_tile=lambda done, total: on_step(Progress(done, total, 0.0, time.perf_counter() - start)),
+                on_step=lambda done, total: on_step(Progress(done, total, 0.0, time.perf_counter() - start)),
             )
         else:
             work = functools.partial(refine, self.stylizer, prepared, on_step=on_step)

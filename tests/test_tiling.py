@@ -10,6 +10,7 @@ untiled image's ratio at the same place.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -146,9 +147,18 @@ def test_a_tiled_job_stops_at_its_deadline(tiling_server: ServerProcess) -> None
         with pytest.raises(StyleTransferError) as err:
             client.stylize(content, STYLE)
         assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - t0 < 8  # stopped at the next tile, not after the whole image
+        assert time.monotonic() - t0 < 8
         # and the server goes on serving
         assert client.stylize(synth_image(64, 48), STYLE, timeout=60).width == 64
+    # the job itself stopped (at its next statistics box or tile), not only the call: the server is idle
+    cpu = _cpu_seconds(tiling_server.proc.pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(tiling_server.proc.pid) - cpu < 0.5, "the abandoned job is still running"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path) -> None:
