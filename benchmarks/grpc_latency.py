@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-decoder", action="store_true",
                    help="no trained decoder: time the pipeline with an untrained one (results are noise)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--backend", default="auto", help="the runtime, as the server's --backend (default auto)")
     p.add_argument("--size", type=int, default=512, help="content and style size, px (default 512)")
     p.add_argument("--runs", type=int, default=3, help="one-at-a-time calls for each latency median (default 3)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput (default 8)")
@@ -152,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     from adain.stylizer import Stylizer
 
     device = None if args.device == "auto" else args.device
-    print(f"# {label}; {args.size} px content and style; torch {torch.__version__}, "
+    print(f"# {label}; backend {args.backend}; {args.size} px content and style; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     # The server loads while this process does; latencies are then measured alternately (local, remote),
     # so that a load that drifts (another job on the machine) hits both alike.
-    server = Server(decoder, args.device, ["--max-batch-size", str(args.max_batch_size)])
+    server = Server(decoder, args.device, ["--max-batch-size", str(args.max_batch_size), "--backend", args.backend])
     try:
-        st = Stylizer(decoder=decoder, device=device)
+        st = Stylizer(decoder=decoder, device=device, backend=args.backend)
         dev = str(st.device)
         if st.cuda:
             print(f"# GPU: {torch.cuda.get_device_name(st.device)}")

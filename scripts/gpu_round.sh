@@ -37,7 +37,7 @@ fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
   TRAIN=(--steps 2 --batch-size 2 --crop 64 --workers 0 --device cpu --precision fp32 --log-every 1)
   BENCH=(--size 64 --batches 1 2 --seconds 0.2 --device cpu --profile)
-  GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2)
+  GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2 --backend torch)
   RUNS=("$RUNDIR/dry-A" "$RUNDIR/dry-B")
 else
   TRAIN=(--batch-size 32 --crop 256 --workers 7 --precision bf16 --max-minutes "$MINUTES")

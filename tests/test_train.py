@@ -90,7 +90,7 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
         env=ENV,
         capture_output=True,
     )
-    st = Stylizer(str(exported), device="cpu")
+    st = Stylizer(str(exported), device="cpu", backend="torch")  # a runtime would convert each new decoder
     meta = st.info["decoder_meta"]
     assert meta["steps"] == 3 and meta["data"] == "synthetic"
     assert meta["crop"] == 32 and meta["batch_size"] == 2
@@ -118,7 +118,7 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     exported = tmp_path / "decoder.pt"
     subprocess.run([sys.executable, "-m", "adain.train", "export", str(straight / "checkpoint.pt"), str(exported)],
                    check=True, env=ENV, capture_output=True)
-    meta = Stylizer(str(exported), device="cpu").info["decoder_meta"]
+    meta = Stylizer(str(exported), device="cpu", backend="torch").info["decoder_meta"]
     assert (meta["alpha_zero"], meta["alpha_one"], meta["recon_weight"], meta["recon_feature_weight"]) == (
         0.5, 0.25, 10, 1)
     assert meta["content_scale"] == 2
