@@ -199,6 +199,8 @@ class FoldedDecoder(nn.Module):
             if folded:
                 n, _, h, w = x.shape
                 y = conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))  # N x 4C x (h+1) x (w+1)
+                if i < last:  # before the interleave: a runtime fuses it into the convolution
+                    y = F.relu(y)
                 y = y.view(n, 2, 2, -1, h + 1, w + 1)
                 phases = [y[:, py, px, :, py : py + h, px : px + w] for py in (0, 1) for px in (0, 1)]
                 # N x 2(py) x 2(px) x C x h x w -> N x C x h x 2 x w x 2 -> N x C x 2h x 2w
@@ -206,8 +208,8 @@ class FoldedDecoder(nn.Module):
                 x = x.reshape(n, -1, 2 * h, 2 * w)
             else:
                 x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
-            if i < last:
-                x = F.relu(x)
+                if i < last:
+                    x = F.relu(x)
         return x
 
 
