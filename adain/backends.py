@@ -97,8 +97,8 @@ class ExportedBackend(TorchBackend):
         # The folded decoder: the same function, 2.25x fewer multiply-adds in the three convolutions that
         # follow an upsampling (0.89 -> 0.79 s for a 512-px decode in OpenVINO; eager torch gains nothing).
         modules: tuple[nn.Module, nn.Module] = (_Relu41(encoder), FoldedDecoder(decoder))
-        # The wide convolutions in Winograd form (adain.winograd), float32 on OpenVINO only: 1.44x -> 1.78x
-        # the reference at 512 px in one run; ONNX Runtime got slower with it (1.38x -> 1.23x).
+        # The wide convolutions in Winograd form (adain.winograd), float32 on OpenVINO only: 1.43x -> 1.89x
+        # the reference at 512 px in one run (README, Speed); ONNX Runtime got slower with it (1.38x -> 1.23x).
         # Converted by the builder, on a cache miss only (the conversion takes ~1.5 s).
         form = WINOGRAD_FORM if winograd_form and not bf16 and runtime == "openvino" else ""
         # Traced at a small size: the graphs are shape-generic (dynamic axes).

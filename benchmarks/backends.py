@@ -10,7 +10,9 @@ style's statistics cached (content encoder + AdaIN + decoder) and the full path 
 
 For each backend x precision (``Stylizer(backend=..., precision=...)``): ``Stylizer.stylize`` on a
 square content with the style cached (warm) and with a new style each call (cold), the medians of
-``--runs`` calls after one warm-up; the ratio to the reference (higher is faster); the output's
+``--runs`` calls after one warm-up, taken in turn with the reference's and every other row's (one call
+of each per round, so the machine's drift falls on all rows alike); the ratio to the reference (higher
+is faster); the output's
 difference from eager torch float32 (mean and max in 0-255). ``torch.compile`` of the eager modules is
 measured as one more row (its compile time is printed apart). The achieved GFLOP/s is set against this
 CPU's float32 matrix-multiply rate measured in the same run (best of 10 2048 x 2048 products: a practical
@@ -29,6 +31,7 @@ import importlib.util
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,14 +102,19 @@ def synth(side: int, seed: int) -> Image.Image:
     return Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8), "RGB")
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
+def interleaved_ms(cases: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """The median of ``runs`` timed calls of each case, taken in turn (one call of every case per round),
+    so that the machine's drift (10-30% within minutes on a shared machine) falls on all cases alike and
+    the ratios stay meaningful. Each case is called once before (warm-up)."""
+    for fn in cases.values():
         fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(runs):
+        for k, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_gflops()
     print(f"# backends: CPU {model} ({', '.join(cpu_features()) or 'no flags read'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul {peak:.0f} GFLOP/s")
-    print(f"# medians of {args.runs} calls after a warm-up; square synthetic contents, style {STYLE_SIDE} px")
+    print(f"# medians of {args.runs} calls after a warm-up, every row's calls taken in turn (drift hits all alike); "
+          f"square synthetic contents, style {STYLE_SIDE} px")
     configs = []
     for backend in args.backends:
         if backend != "torch" and importlib.util.find_spec(backend) is None:
@@ -170,25 +179,30 @@ def main(argv: list[str] | None = None) -> int:
             def ref_full(x: torch.Tensor = x, s: torch.Tensor = s) -> torch.Tensor:
                 return dec(adain(vgg(x), *mean_std(vgg(s)))).clamp(0, 1)
 
-            refs[side] = (median_ms(ref_warm, args.runs), median_ms(ref_full, args.runs))
-        print(f"# {side} px reference: warm {refs[side][0]:.0f} ms, full {refs[side][1]:.0f} ms", flush=True)
-        eager = None
+        cases: dict[str, Callable[[], object]] = {"ref warm": ref_warm, "ref full": ref_full}
+        outs, firsts = {}, {}
         for backend, precision, st in configs:
             if (backend, precision) in too_slow:
                 print(f"# {side} px {backend} {precision}: skipped (over 3x the reference's time at a smaller size)")
                 continue
             t0 = time.perf_counter()
-            out = np.asarray(st.stylize(content, style), dtype=np.int16)  # also the warm-up (and compile)
-            first = time.perf_counter() - t0
-            eager = out if eager is None else eager  # the first config is torch fp32
-            warm = median_ms(lambda st=st, c=content, s=style: st.stylize(c, s), args.runs)
+            outs[backend, precision] = np.asarray(st.stylize(content, style), dtype=np.int16)  # and compile
+            firsts[backend, precision] = time.perf_counter() - t0
             fresh = iter([synth(STYLE_SIDE, next(seeds)) for _ in range(args.runs + 1)])
-            cold = median_ms(lambda st=st, c=content, f=fresh: st.stylize(c, next(f)), args.runs)
+            cases[f"{backend} {precision} warm"] = lambda st=st, c=content, s=style: st.stylize(c, s)
+            cases[f"{backend} {precision} cold"] = lambda st=st, c=content, f=fresh: st.stylize(c, next(f))
+        with torch.no_grad():
+            ms = interleaved_ms(cases, args.runs)
+        refs[side] = (ms["ref warm"], ms["ref full"])
+        print(f"# {side} px reference: warm {refs[side][0]:.0f} ms, full {refs[side][1]:.0f} ms", flush=True)
+        eager = next(iter(outs.values()))  # the first config: torch fp32 by default
+        for (backend, precision), out in outs.items():
+            warm, cold = ms[f"{backend} {precision} warm"], ms[f"{backend} {precision} cold"]
             d = np.abs(out - eager)
             rows.append((side, f"{backend} {precision}", warm, cold, d.mean(), d.max()))
             if warm > 3 * refs[side][0]:
                 too_slow.add((backend, precision))
-            note = f" (first call {first:.0f} s: compiling)" if backend == "torch.compile" else ""
+            note = f" (first call {firsts[backend, precision]:.0f} s: compiling)" if backend == "torch.compile" else ""
             print(f"# {side} px {backend} {precision}: warm {warm:.0f} ms, cold {cold:.0f} ms{note}", flush=True)
 
     print()
