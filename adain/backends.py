@@ -8,7 +8,8 @@ runs them.
   ``INFERENCE_PRECISION_HINT`` f32 or bf16 and the thread count of torch. Converted models are kept on
   disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by the weights, the Winograd form and
   the runtime's version, and so are the compiled graphs (OpenVINO's ``CACHE_DIR``), so a restart builds
-  the backend in a fraction of a second (~10 s the first time).
+  the backend in a fraction of a second (~10 s the first time). A shape seen a second time also gets a
+  graph compiled for it alone (faster than the shape-generic one; at most two kept, see _StaticShapes).
 * ``onnxruntime``: the modules exported to ONNX (dynamic axes) and run by ONNX Runtime's CPU provider,
   float32 only.
 
@@ -20,6 +21,7 @@ input shape is logged and that shape runs on torch from then on; nothing is fata
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,7 +29,8 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -223,15 +226,81 @@ def _openvino(module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, 
         log.warning("openvino: no compiled-graph cache in %s: %s", blobs, e)
     compiled = core.compile_model(model, "CPU", config)
     local = threading.local()  # an infer request serves one call at a time: one per thread
+    static_config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # no ~100 MB blob per shape
+    statics = _StaticShapes(lambda shapes: _compile_static(core, model, shapes, static_config))
 
     def run(*arrays: np.ndarray) -> np.ndarray:
+        static = None if getattr(_generic, "on", False) else statics.get(tuple(a.shape for a in arrays))
+        if static is not None:
+            with static[1]:
+                static[0].infer(list(arrays))
+                return static[0].get_output_tensor(0).data.copy()
         request = getattr(local, "request", None)
         if request is None:
             request = local.request = compiled.create_infer_request()
         request.infer(list(arrays))
         return request.get_output_tensor(0).data.copy()
 
+    run.statics = statics  # type: ignore[attr-defined]  # for tests and debugging
     return run
+
+
+_generic = threading.local()
+
+
+@contextlib.contextmanager
+def generic_shapes() -> Iterator[None]:
+    """Calls in this block (this thread) run on the shape-generic graphs only: tiled rendering, whose
+    memory bound counts one set of buffers, not one more per fixed-shape graph (adain.tiling)."""
+    before = getattr(_generic, "on", False)
+    _generic.on = True
+    try:
+        yield
+    finally:
+        _generic.on = before
+
+
+def _compile_static(core: object, model: object, shapes: tuple[tuple[int, ...], ...], config: dict) -> object:
+    fixed = model.clone()  # type: ignore[attr-defined]
+    fixed.reshape({i: list(shape) for i, shape in enumerate(shapes)})
+    return core.compile_model(fixed, "CPU", config).create_infer_request()  # type: ignore[attr-defined]
+
+
+class _StaticShapes:
+    """Graphs compiled for one input shape each: OpenVINO runs a fixed-shape graph 12-15% faster than the
+    shape-generic one (measured at 512 px, encoder and decoder alike), and compiles one in ~0.4 s. So a
+    shape seen a second time (a service's usual size, a clip's frames, a print's tiles) gets its own, for
+    its later calls; at most ``bound`` are kept (least recently used goes: each holds its buffers, tens to
+    hundreds of MB), and a shape that fails to compile stays on the generic graph."""
+
+    def __init__(self, compile_static: Callable[[tuple[tuple[int, ...], ...]], object], bound: int = 2) -> None:
+        self.compile, self.bound = compile_static, bound
+        self.seen: set[tuple[tuple[int, ...], ...]] = set()
+        self.failed: set[tuple[tuple[int, ...], ...]] = set()
+        self.kept: OrderedDict[tuple[tuple[int, ...], ...], tuple[object, threading.Lock]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[object, threading.Lock] | None:
+        """The fixed-shape request and its lock for these input shapes, or None (use the generic graph)."""
+        with self.lock:
+            if shapes in self.kept:
+                self.kept.move_to_end(shapes)
+                return self.kept[shapes]
+            if shapes in self.failed or shapes not in self.seen:
+                if len(self.seen) > 256:  # a bound on the bookkeeping of shapes seen once
+                    self.seen.clear()
+                self.seen.add(shapes)
+                return None
+            try:
+                entry = (self.compile(shapes), threading.Lock())
+            except Exception as e:  # the runtime's own errors
+                log.warning("openvino: no fixed-shape graph for %s, the generic one serves it: %s", shapes, e)
+                self.failed.add(shapes)
+                return None
+            self.kept[shapes] = entry
+            while len(self.kept) > self.bound:
+                self.kept.popitem(last=False)
+            return entry
 
 
 def _save_openvino(ov: object, model: object, folder: Path) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from adain.backends import generic_shapes
 from adain.encoder import padded_size
 from adain.prepared import Prepared, Stats
 
@@ -195,8 +196,7 @@ def render_tiled(
     ``on_step(done, total)`` is called after each statistics box, then after each tile (progress over
     both passes; it may raise to stop the job)."""
     h, w = job.content.shape[2:]
-    t, halo = tiling.tile, tiling.halo
-    rows, cols = math.ceil(h / t), math.ceil(w / t)
+    rows, cols = math.ceil(h / tiling.tile), math.ceil(w / tiling.tile)
     boxes = len(stats_boxes(h, w, tiling))
     done = 0
 
@@ -206,6 +206,15 @@ def render_tiled(
         if on_step is not None:
             on_step(done, boxes + rows * cols)
 
+    with generic_shapes():  # memory: one set of runtime buffers, as BYTES_PER_PIXEL counts
+        return _render_tiled(stylizer, job, tiling, step, rows, cols)
+
+
+def _render_tiled(
+    stylizer: object, job: Prepared, tiling: Tiling, step: Callable[[], None], rows: int, cols: int
+) -> Image.Image:
+    h, w = job.content.shape[2:]
+    t, halo = tiling.tile, tiling.halo
     stats, whole = whole_image_stats(stylizer, job, tiling, on_box=step)
     fixed = replace(job, smooth=lambda k, _s: stats.get(k, _s))
     out = np.empty((h, w, 3), np.uint8)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from adain import Stylizer
-from adain.backends import make_backend
+from adain.backends import generic_shapes, make_backend
 from adain.decoder import FoldedDecoder, load_decoder, save_decoder
 from adain.precision import BF16_FLAGS, cpu_has_bf16, cpu_info, wants_bf16
 from synth import band_mask, encoded, synth_image
@@ -63,6 +63,26 @@ def test_runtime_matches_eager(runtime: str, eager: Stylizer, decoder_path: Path
     contents = [CONTENT, CONTENT.transpose(Image.FLIP_LEFT_RIGHT), synth_image(97, 61, seed=4)]
     for got, want in zip(st.stylize_batch(contents, STYLE), eager.stylize_batch(contents, STYLE)):
         assert np.abs(pixels(got) - pixels(want)).max() <= 1
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (pip install 'adain[fast]')")
+def test_openvino_fixed_shape_graphs(eager: Stylizer, decoder_path: Path) -> None:
+    """A shape seen a second time gets its own fixed-shape graph (faster) with the same pixels; at most two
+    are kept; none inside generic_shapes() (tiled rendering, whose memory bound counts one set of buffers)."""
+    st = Stylizer(decoder_path, device="cpu", precision="fp32", backend="openvino")
+    statics = st.backend._encode.statics
+    want = pixels(eager.stylize(CONTENT, STYLE))
+    for _ in range(3):
+        assert np.abs(pixels(st.stylize(CONTENT, STYLE)) - want).max() <= 1
+    assert (1, 3, 64, 104) in {shapes[0] for shapes in statics.kept}
+    for side in (24, 32, 40, 48):
+        for _ in range(2):
+            st.backend.relu4_1(torch.rand(1, 3, side, side))
+    assert len(statics.kept) == 2 and {shapes[0] for shapes in statics.kept} == {(1, 3, 40, 40), (1, 3, 48, 48)}
+    with generic_shapes():
+        for _ in range(3):
+            st.backend.relu4_1(torch.rand(1, 3, 56, 56))
+    assert (1, 3, 56, 56) not in {shapes[0] for shapes in statics.kept}
 
 
 @pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
