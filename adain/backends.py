@@ -105,9 +105,9 @@ class ExportedBackend(TorchBackend):
         # Converted by the builder, on a cache miss only (the conversion takes ~1.5 s).
         form = WINOGRAD_FORM if winograd_form and not bf16 and runtime == "openvino" else ""
         # Traced at a small size: the graphs are shape-generic (dynamic axes).
-        self._encode = builder(modules[0], (torch.rand(1, 3, 32, 32),), bf16, threads, form)
+        self._encode = builder(modules[0], (torch.rand(1, 3, 32, 32),), bf16, threads, form, 1)
         example = (torch.rand(1, 512, 4, 4),) + ((torch.ones(1, 1, 4, 4),) if decoder.alpha_input else ())
-        self._decode = builder(modules[1], example, bf16, threads, form)
+        self._decode = builder(modules[1], example, bf16, threads, form, 64)  # its input: 1/8 resolution
         self._failed: set[tuple[str, tuple[int, ...]]] = set()
 
     def _run(self, part: str, run: Run, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
@@ -190,8 +190,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adain"
 
 
-def _openvino(module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str) -> Run:
-    """``form``: WINOGRAD_FORM to convert the module's wide convolutions (adain.winograd) first, or ""."""
+def _openvino(
+    module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str, scale: int
+) -> Run:
+    """``form``: WINOGRAD_FORM to convert the module's wide convolutions (adain.winograd) first, or "".
+    ``scale``: image pixels per pixel of the module's input (bounds the fixed-shape graphs by image size)."""
     import openvino as ov
 
     core = ov.Core()
@@ -227,7 +230,7 @@ def _openvino(module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, 
     compiled = core.compile_model(model, "CPU", config)
     local = threading.local()  # an infer request serves one call at a time: one per thread
     static_config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # no ~100 MB blob per shape
-    statics = _StaticShapes(lambda shapes: _compile_static(core, model, shapes, static_config))
+    statics = _StaticShapes(lambda shapes: _compile_static(core, model, shapes, static_config), scale)
 
     def run(*arrays: np.ndarray) -> np.ndarray:
         static = None if getattr(_generic, "on", False) else statics.get(tuple(a.shape for a in arrays))
@@ -245,6 +248,7 @@ def _openvino(module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, 
     return run
 
 
+FIXED_SHAPE_MAX_PIXELS = 1 << 20  # a call over 1 MP (batch included) stays on the generic graph: memory
 _generic = threading.local()
 
 
@@ -270,11 +274,14 @@ class _StaticShapes:
     """Graphs compiled for one input shape each: OpenVINO runs a fixed-shape graph 12-15% faster than the
     shape-generic one (measured at 512 px, encoder and decoder alike), and compiles one in ~0.4 s. So a
     shape seen a second time (a service's usual size, a clip's frames, a print's tiles) gets its own, for
-    its later calls; at most ``bound`` are kept (least recently used goes: each holds its buffers, tens to
-    hundreds of MB), and a shape that fails to compile stays on the generic graph."""
+    its later calls; at most ``bound`` are kept (least recently used goes: each holds its own buffers,
+    ~0.7 KB an image pixel, +190 MB at 512 px), none for calls over ``FIXED_SHAPE_MAX_PIXELS`` image pixels
+    (batch included: the memory is what bounds them), and a shape that fails to compile stays generic."""
 
-    def __init__(self, compile_static: Callable[[tuple[tuple[int, ...], ...]], object], bound: int = 2) -> None:
-        self.compile, self.bound = compile_static, bound
+    def __init__(
+        self, compile_static: Callable[[tuple[tuple[int, ...], ...]], object], scale: int = 1, bound: int = 2
+    ) -> None:
+        self.compile, self.scale, self.bound = compile_static, scale, bound
         self.seen: set[tuple[tuple[int, ...], ...]] = set()
         self.failed: set[tuple[tuple[int, ...], ...]] = set()
         self.kept: OrderedDict[tuple[tuple[int, ...], ...], tuple[object, threading.Lock]] = OrderedDict()
@@ -286,6 +293,9 @@ class _StaticShapes:
             if shapes in self.kept:
                 self.kept.move_to_end(shapes)
                 return self.kept[shapes]
+            n, _, h, w = shapes[0]
+            if n * h * w * self.scale > FIXED_SHAPE_MAX_PIXELS:
+                return None
             if shapes in self.failed or shapes not in self.seen:
                 if len(self.seen) > 256:  # a bound on the bookkeeping of shapes seen once
                     self.seen.clear()
@@ -320,7 +330,10 @@ def _save_openvino(ov: object, model: object, folder: Path) -> bool:
     return (folder / "model.xml").is_file()
 
 
-def _onnxruntime(module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str) -> Run:
+def _onnxruntime(
+    module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str, scale: int
+) -> Run:
+    """As _openvino (``scale`` unused: no fixed-shape graphs here)."""
     import io
 
     import onnxruntime as ort

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adain import Stylizer
+from adain import Stylizer, backends
 from adain.backends import generic_shapes, make_backend
 from adain.decoder import FoldedDecoder, load_decoder, save_decoder
 from adain.precision import BF16_FLAGS, cpu_has_bf16, cpu_info, wants_bf16
@@ -66,9 +66,10 @@ def test_runtime_matches_eager(runtime: str, eager: Stylizer, decoder_path: Path
 
 
 @pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (pip install 'adain[fast]')")
-def test_openvino_fixed_shape_graphs(eager: Stylizer, decoder_path: Path) -> None:
+def test_openvino_fixed_shape_graphs(eager: Stylizer, decoder_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shape seen a second time gets its own fixed-shape graph (faster) with the same pixels; at most two
-    are kept; none inside generic_shapes() (tiled rendering, whose memory bound counts one set of buffers)."""
+    are kept; none inside generic_shapes() (tiled rendering, whose memory bound counts one set of buffers)
+    nor over FIXED_SHAPE_MAX_PIXELS."""
     st = Stylizer(decoder_path, device="cpu", precision="fp32", backend="openvino")
     statics = st.backend._encode.statics
     want = pixels(eager.stylize(CONTENT, STYLE))
@@ -83,6 +84,10 @@ def test_openvino_fixed_shape_graphs(eager: Stylizer, decoder_path: Path) -> Non
         for _ in range(3):
             st.backend.relu4_1(torch.rand(1, 3, 56, 56))
     assert (1, 3, 56, 56) not in {shapes[0] for shapes in statics.kept}
+    monkeypatch.setattr(backends, "FIXED_SHAPE_MAX_PIXELS", 63 * 63)
+    for _ in range(3):
+        st.backend.relu4_1(torch.rand(1, 3, 64, 64))
+    assert (1, 3, 64, 64) not in {shapes[0] for shapes in statics.kept}
 
 
 @pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
