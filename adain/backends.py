@@ -235,14 +235,14 @@ def _openvino(
     def run(*arrays: np.ndarray) -> np.ndarray:
         static = None if getattr(_generic, "on", False) else statics.get(tuple(a.shape for a in arrays))
         if static is not None:
-            with static[1]:
-                static[0].infer(list(arrays))
-                return static[0].get_output_tensor(0).data.copy()
-        request = getattr(local, "request", None)
-        if request is None:
-            request = local.request = compiled.create_infer_request()
-        request.infer(list(arrays))
-        return request.get_output_tensor(0).data.copy()
+            request, lock = static  # one request per fixed-shape graph, shared by the threads
+        else:
+            request, lock = getattr(local, "request", None), contextlib.nullcontext()
+            if request is None:
+                request = local.request = compiled.create_infer_request()
+        with lock:
+            request.infer(list(arrays))
+            return request.get_output_tensor(0).data.copy()
 
     run.statics = statics  # type: ignore[attr-defined]  # for tests and debugging
     return run
@@ -271,10 +271,10 @@ def _compile_static(core: object, model: object, shapes: tuple[tuple[int, ...], 
 
 
 class _StaticShapes:
-    """Graphs compiled for one input shape each: OpenVINO runs a fixed-shape graph 12-15% faster than the
-    shape-generic one (measured at 512 px, encoder and decoder alike), and compiles one in ~0.4 s. So a
-    shape seen a second time (a service's usual size, a clip's frames, a print's tiles) gets its own, for
-    its later calls; at most ``bound`` are kept (least recently used goes: each holds its own buffers,
+    """Graphs compiled for one input shape each: OpenVINO runs a fixed-shape graph 3-15% faster than the
+    shape-generic one (same-process A/Bs at 256 and 512 px, encoder and decoder alike), and compiles one
+    in 0.2-0.4 s. So a shape seen a second time (a service's usual size, a clip's frames) gets its own,
+    for its later calls; at most ``bound`` are kept (least recently used goes: each holds its own buffers,
     ~0.7 KB an image pixel, +190 MB at 512 px), none for calls over ``FIXED_SHAPE_MAX_PIXELS`` image pixels
     (batch included: the memory is what bounds them), and a shape that fails to compile stays generic."""
 
