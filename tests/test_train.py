@@ -102,9 +102,10 @@ ALPHA_FLAGS = ("--alpha-zero", "0.5", "--alpha-one", "0.25", "--recon-weight", "
 
 def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path) -> None:
     """Two steps, stop, two more == four steps in one go (same data, alphas, RNG and optimizer state), with
-    alpha sampling and the recon terms on, from a decoder file's weights; the export records the knobs."""
+    alpha sampling, the recon and teacher terms on, from a decoder file's weights; the export records the knobs."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", *ALPHA_FLAGS)
+    teacher = ("--teacher", str(decoder_path), "--teacher-weight", "100")
+    flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", *ALPHA_FLAGS, *teacher)
     train(data, straight, 4, *flags)
     train(data, split, 2, *flags)
     train(data, split, 4, *flags, "--resume")
@@ -115,14 +116,26 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in logged(split)], rel=1e-5)
     assert all(r["alpha_zero"] == 0.5 and r["recon_weight"] == 10 and "recon" in r for r in rows)
     assert any(r["recon"] > 0 for r in rows)  # some samples were drawn at alpha 0
+    assert all(r["teacher_weight"] == 100 and r["teacher"] >= 0 for r in rows)
+    assert any(r["teacher"] > 0 for r in rows)  # samples at alpha 1 once the decoder had moved off the teacher
     exported = tmp_path / "decoder.pt"
     subprocess.run([sys.executable, "-m", "adain.train", "export", str(straight / "checkpoint.pt"), str(exported)],
                    check=True, env=ENV, capture_output=True)
     meta = Stylizer(str(exported), device="cpu", backend="torch").info["decoder_meta"]
     assert (meta["alpha_zero"], meta["alpha_one"], meta["recon_weight"], meta["recon_feature_weight"]) == (
         0.5, 0.25, 10, 1)
-    assert meta["content_scale"] == 2
+    assert meta["content_scale"] == 2 and meta["teacher_weight"] == 100
+    assert meta["teacher"]["file"] == str(decoder_path) and meta["teacher"]["version"].startswith("sha256:")
     assert meta["init"]["file"] == str(decoder_path) and meta["init"]["version"].startswith("sha256:")
+
+
+@pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1")])
+def test_teacher_flags_go_together(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    from adain.train.train import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--content", ".", "--style", ".", *flags])
+    assert e.value.code == 2 and "--teacher" in capsys.readouterr().err
 
 
 def test_alpha_draws() -> None:
