@@ -1,7 +1,8 @@
 """Content and style losses of AdaIN (ours) against simple baselines and Gatys et al.'s optimisation.
 
-    python benchmarks/quality.py [--content DIR] [--style DIR] [--decoder PATH] [--size 512]
-        [--eval-size 256] [--gatys-size 256] [--gatys-steps 100] [--gatys-pairs 6] [--save-samples DIR] [--sweep]
+    python benchmarks/quality.py [--content DIR] [--style DIR] [--decoder PATH [PATH ...]] [--size 512]
+        [--backend auto] [--precision auto] [--eval-size 256] [--gatys-size 256] [--gatys-steps 100]
+        [--gatys-pairs 6] [--save-samples DIR] [--sweep]
 
 Methods, per (content, style) pair:
 
@@ -52,6 +53,7 @@ from adain import InvalidInputError, NoDecoderError, Stylizer
 from adain.encoder import Encoder, Features
 from adain.image import load_image, resize_longest, to_image, to_tensor
 from adain.ops import adain, gram, mean_std, style_loss
+from adain.precision import BACKENDS, PRECISIONS
 from adain.train.data import list_images
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
@@ -67,8 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--content", type=Path, default=SHARED_EVAL / "content", help="folder of content images")
     p.add_argument("--style", type=Path, default=SHARED_EVAL / "style", help="folder of style images")
-    p.add_argument("--decoder", default=None, help="decoder file (default: the shipped adain/assets/decoder.pt)")
+    p.add_argument("--decoder", nargs="+", default=None,
+                   help="decoder file(s) (default: the shipped adain/assets/decoder.pt); the first is 'ours' in the "
+                   "main table, and --sweep puts each beside the shipped one")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="the Stylizer's runtime (adain.backends)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="the Stylizer's precision")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--size", type=int, default=512, help="content longest side for ours and the baselines")
     p.add_argument("--style-size", type=int, default=None, help="style longest side (default: the content's)")
@@ -85,8 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-samples", type=Path, default=None, help="write a few outputs here (for eyes only)")
     p.add_argument("--num-samples", type=int, default=6, help="how many pairs --save-samples writes")
     p.add_argument("--sweep", action="store_true",
-                   help="alpha sweep (0, 0.25, 0.5, 0.75, 1) of the shipped decoder and, with --decoder, the candidate "
-                   "beside it: losses at each alpha, PSNR and SSIM against the content at alpha 0")
+                   help="alpha sweep (0, 0.25, 0.5, 0.75, 1) of the shipped decoder and, with --decoder, the "
+                   "candidates beside it: losses at each alpha, PSNR and SSIM against the content at alpha 0")
     args = p.parse_args(argv)
     for name in ("size", "eval_size", "gatys_size", "gatys_steps"):
         if getattr(args, name) < 1:
@@ -334,15 +340,21 @@ def save_samples(
 
 
 # --- main ---------------------------------------------------------------------------------------------
+def make_stylizer(args: argparse.Namespace, decoder: str | None) -> Stylizer:
+    """No style cache: every call encodes its style, as the timings say."""
+    return Stylizer(decoder, args.device, cache_size=0, backend=args.backend, precision=args.precision)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        stylizer = Stylizer(args.decoder, args.device, cache_size=0)  # no cache: every call encodes its style
+        stylizers = [make_stylizer(args, d) for d in args.decoder or [None]]
     except NoDecoderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    stylizer = stylizers[0]
     device = stylizer.device
     encoder = stylizer.encoder
     ours_style_size = args.style_size or args.size
@@ -421,8 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     dev = str(device) + (f" ({torch.cuda.get_device_name(device)})" if stylizer.cuda else "")
     print()
     print(
-        f"Decoder: {args.decoder or 'shipped (adain/assets/decoder.pt)'}; device {dev}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads."
+        f"Decoder: {(args.decoder or ['shipped (adain/assets/decoder.pt)'])[0]}; device {dev}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, backend {stylizer.backend.name} "
+        f"{stylizer.backend.precision}."
     )
     print(f"Data: {len(contents)} contents ({args.content}) x {len(styles)} styles ({args.style}).")
     print()
@@ -472,9 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- ours and baselines: a seeded subset of {len(pairs)} of the {len(all_pairs)} pairs.")
 
     if args.sweep:
-        decoders = [("shipped", Stylizer(None, args.device, cache_size=0))]
-        if args.decoder:
-            decoders.append((f"candidate ({Path(args.decoder).name})", stylizer))
+        decoders = [("shipped", make_stylizer(args, None))]
+        for path, st in zip(args.decoder or [], stylizers):
+            decoders.append((f"candidate ({path})", st))
         rows = alpha_sweep(decoders, pairs, contents, styles, ev, args.size, ours_style_size)
         print()
         print(f"Alpha sweep, {len(pairs)} pairs, content {args.size} px (losses as above; PSNR and SSIM at alpha 0, "

@@ -1,0 +1,38 @@
+"""benchmarks/quality.py end to end on synthetic folders: the main table and the alpha sweep (issue 20's
+yardstick), with two decoders beside the shipped one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from synth import synth_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path) -> None:
+    for sub, n, seed in (("content", 2, 0), ("style", 2, 50)):
+        (tmp_path / sub).mkdir()
+        for i in range(n):
+            synth_image(72 + 8 * i, 56, seed=seed + i).save(tmp_path / sub / f"{sub}{i}.png")
+    other = shutil.copy(decoder_path, tmp_path / "other.pt")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--content", str(tmp_path / "content"),
+           "--style", str(tmp_path / "style"), "--decoder", str(decoder_path), str(other),
+           "--size", "64", "--eval-size", "48", "--pairs", "2", "--gatys-pairs", "1", "--gatys-size", "48",
+           "--gatys-steps", "2", "--backend", "torch", "--threads", "1", "--sweep"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "backend torch" in out and "Gatys et al." in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| shipped |")
+            or line.startswith("| candidate (")]
+    assert len(rows) == 3 * 5, out  # the shipped decoder and the two candidates, at 5 alphas each
+    cells = {(r[0].strip(), float(r[1])): [c.strip() for c in r[2:]] for r in rows[:10]}
+    psnr, ssim = float(cells[("shipped", 0.0)][2]), float(cells[("shipped", 0.0)][3])
+    assert 0 < psnr < 100 and -1 <= ssim <= 1
+    assert cells[("shipped", 1.0)][2] == "–"  # PSNR and SSIM at alpha 0 only
+    assert out.count("as alpha goes 0 -> 1") == 3
