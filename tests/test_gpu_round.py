@@ -31,9 +31,10 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     assert set(files) == FILES, files
     assert all(0 < size <= 16 * 2**20 for size in files.values()), files
-    for name in ("A", "B"):
+    for name, teacher_weight in (("A", 1000), ("B", 0)):
         decoder, record = load_decoder(out / f"{name}-decoder.pt")
         assert decoder.alpha_input and record.meta["steps"] == 2
+        assert record.meta["teacher_weight"] == teacher_weight and record.meta["content_scale"] == 2
     bench = (out / "bench.txt").read_text()
     assert '"mode": "eager"' in bench and "best:" in bench, bench
     assert "benchmarks: exit 0 " in bench and "clients" in bench, bench
