@@ -31,10 +31,11 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     assert set(files) == FILES, files
     assert all(0 < size <= 16 * 2**20 for size in files.values()), files
-    for name, teacher_weight in (("A", 1000), ("B", 0)):
+    for name, recon_weight in (("A", 1000), ("B", 3000)):
         decoder, record = load_decoder(out / f"{name}-decoder.pt")
         assert decoder.alpha_input and record.meta["steps"] == 2
-        assert record.meta["teacher_weight"] == teacher_weight and record.meta["content_scale"] == 2
+        assert record.meta["recon_weight"] == recon_weight and record.meta["content_scale"] == 2
+        assert record.meta["teacher_weight"] == 1000 and record.meta["teacher"]["file"] == "adain/assets/decoder.pt"
     bench = (out / "bench.txt").read_text()
     assert '"mode": "eager"' in bench and "best:" in bench, bench
     assert "benchmarks: exit 0 " in bench and "clients" in bench, bench
