@@ -65,6 +65,18 @@ def test_runtime_matches_eager(runtime: str, eager: Stylizer, decoder_path: Path
         assert np.abs(pixels(got) - pixels(want)).max() <= 1
 
 
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtime_encoder_at_many_shapes(runtime: str, eager: Stylizer, decoder_path: Path) -> None:
+    """Shapes where a runtime once went wrong on one CPU and not another (OpenVINO's Winograd form on an
+    AVX-512 EPYC: 64 x 48 and 96 x 48 off by 12.7 of 14.8), among others: tall, wide, whole tiles, not."""
+    st = Stylizer(decoder_path, device="cpu", precision="fp32", backend=runtime)
+    for h, w in ((64, 48), (96, 48), (48, 48), (48, 64), (64, 40), (56, 40), (72, 104), (128, 96)):
+        x = torch.rand(1, 3, h, w)
+        a, b = st.backend.relu4_1(x), eager.backend.relu4_1(x)
+        assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item(), (h, w)
+
+
 @pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (pip install 'adain[fast]')")
 def test_openvino_fixed_shape_graphs(eager: Stylizer, decoder_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shape seen a second time gets its own fixed-shape graph (faster) with the same pixels; at most two
