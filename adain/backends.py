@@ -105,7 +105,9 @@ class ExportedBackend(TorchBackend):
         # Converted by the builder, on a cache miss only (the conversion takes ~1.5 s).
         # Not on AVX-512 CPUs: there OpenVINO (2026.x) miscomputed the form for some shapes (relu4_1 of a
         # 64 x 48 input off by 12.7 where it peaks at 14.8, while eager torch runs the same module within
-        # 1e-4), so they run the direct graph until that is understood.
+        # 1e-4). The fault is in its strided 1 x 8 convolution (the column transform) when that outputs one
+        # column from two or more rows; padding one more tile column avoids it, but there the direct graph
+        # was faster anyway (486 against 546 ms for a 512-px encode + decode), so they run the direct graph.
         form = WINOGRAD_FORM if winograd_form and not bf16 and runtime == "openvino" and not _avx512() else ""
         # Traced at a small size: the graphs are shape-generic (dynamic axes).
         self._encode = builder(modules[0], (torch.rand(1, 3, 32, 32),), bf16, threads, form, 1)
