@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- ours and baselines: a seeded subset of {len(pairs)} of the {len(all_pairs)} pairs.")
 
     if args.sweep:
-        decoders = [("shipped", make_stylizer(args, None))]
+        decoders = [("shipped", stylizer if args.decoder is None else make_stylizer(args, None))]
         for path, st in zip(args.decoder or [], stylizers):
             decoders.append((f"candidate ({path})", st))
         rows = alpha_sweep(decoders, pairs, contents, styles, ev, args.size, ours_style_size)
