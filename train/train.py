@@ -174,6 +174,7 @@ class Trainer:
                 log.info("starting from the weights of %s (%s)", args.init, init_file.version)
         self.model = DistributedDataParallel(self.decoder) if self.world > 1 else self.decoder
         self.teacher: Decoder | None = None
+        self.teacher_meta: dict[str, str] | None = None
         if args.teacher is not None:
             teacher, teacher_file = load_decoder(args.teacher)
             self.teacher = teacher.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
@@ -208,7 +209,7 @@ class Trainer:
             "step": self.step,
             "losses": self.last_losses,
             "init": self.init_meta,
-            "teacher": getattr(self, "teacher_meta", None),
+            "teacher": self.teacher_meta,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
             "rng": {
                 "torch": torch.get_rng_state(),
