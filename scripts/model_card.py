@@ -1,7 +1,8 @@
 """Images for the model card: the loss curve of a run, a sample grid from the bundled examples, and the
 alpha sweep of one bundled example (the photo at alpha 0 should come back as itself).
 
-    python scripts/model_card.py [--log runs/cpu/log.jsonl] [--out docs/model_card] [--compare CANDIDATE.pt ...]
+    python scripts/model_card.py [--log runs/cpu/log.jsonl] [--out docs/model_card]
+    python scripts/model_card.py --strip-only --out runs/strip --compare CANDIDATE.pt ...
 
 A maintainer's script (not installed with the package): it needs the training extra for the plot.
 
@@ -77,17 +78,23 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/model_card"))
     p.add_argument("--decoder", default=None, help="decoder file (default: the shipped one)")
     p.add_argument("--compare", nargs="*", default=[], help="candidate decoders: more rows in the alpha sweep")
+    p.add_argument("--strip-only", action="store_true",
+                   help="write only alpha_sweep.jpg (comparing candidates leaves the shipped decoder's images alone)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.log:
+    written = []
+    if args.log and not args.strip_only:
         plot_losses(args.log, args.out / "loss.png")
+        written.append("loss.png")
     st = Stylizer(args.decoder)
-    grid = sample_grid(st, list_images(EXAMPLES / "content"), list_images(EXAMPLES / "style"))
-    grid.save(args.out / "samples.jpg", quality=88)
+    if not args.strip_only:
+        grid = sample_grid(st, list_images(EXAMPLES / "content"), list_images(EXAMPLES / "style"))
+        grid.save(args.out / "samples.jpg", quality=88)
+        written.append("samples.jpg")
     rows = [(args.decoder or "shipped decoder", st)] + [(Path(c).name, Stylizer(c)) for c in args.compare]
     strip = alpha_strip(rows, EXAMPLES / "content" / "coffee.jpg", EXAMPLES / "style" / "strokes.png")
     strip.save(args.out / "alpha_sweep.jpg", quality=88)
-    print(f"wrote {args.out}: {'loss.png, ' if args.log else ''}samples.jpg, alpha_sweep.jpg")
+    print(f"wrote {args.out}: {', '.join([*written, 'alpha_sweep.jpg'])}")
 
 
 if __name__ == "__main__":
