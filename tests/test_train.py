@@ -105,7 +105,8 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     alpha sampling, the recon and teacher terms on, from a decoder file's weights; the export records the knobs."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     teacher = ("--teacher", str(decoder_path), "--teacher-weight", "100")
-    flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", *ALPHA_FLAGS, *teacher)
+    flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", "--recon-scale", "1", *ALPHA_FLAGS,
+             *teacher)
     train(data, straight, 4, *flags)
     train(data, split, 2, *flags)
     train(data, split, 4, *flags, "--resume")
@@ -124,7 +125,7 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     meta = Stylizer(str(exported), device="cpu", backend="torch").info["decoder_meta"]
     assert (meta["alpha_zero"], meta["alpha_one"], meta["recon_weight"], meta["recon_feature_weight"]) == (
         0.5, 0.25, 10, 1)
-    assert meta["content_scale"] == 2 and meta["teacher_weight"] == 100
+    assert meta["content_scale"] == 2 and meta["recon_scale"] == 1 and meta["teacher_weight"] == 100
     assert meta["teacher"]["file"] == str(decoder_path) and meta["teacher"]["version"].startswith("sha256:")
     assert meta["init"]["file"] == str(decoder_path) and meta["init"]["version"].startswith("sha256:")
 
@@ -149,6 +150,25 @@ def test_alpha_draws() -> None:
     mid = a[(a > 0) & (a < 1)]
     assert abs(len(mid) / 4000 - 0.25) < 0.03 and 0.4 < mid.mean() < 0.6
     assert torch.equal(a, t.alphas(4000))  # the same step draws the same alphas
+
+
+def test_alpha_zero_samples_at_the_recon_scale(data: Path, tmp_path: Path) -> None:
+    """--recon-scale: the samples at alpha 0 are the same draws at that scale, the others at --content-scale."""
+    from adain.train.data import ImageFolder
+    from adain.train.train import Trainer, parse_args
+
+    flags = ["--content", str(data / "content"), "--style", str(data / "style"), "--out", str(tmp_path), "--crop", "32"]
+    flags += ["--batch-size", "8", "--workers", "0", "--content-scale", "2", "--recon-scale", "1", *ALPHA_FLAGS]
+    t = Trainer(parse_args(flags))
+    alpha = t.alphas(8)
+    t.train_step()
+    content = t._last_batch[0]
+    sharp = ImageFolder(data / "content", crop=32, rescale=(0.8, 1.25))
+    scaled = ImageFolder(data / "content", crop=32, rescale=(1.6, 2.5))
+    assert 0 < (alpha == 0).sum() < 8
+    for i, a in enumerate(alpha.tolist()):
+        assert torch.equal(content[i].contiguous(), (sharp if a == 0 else scaled)[i])
+    assert parse_args(["--content", ".", "--style", ".", "--content-scale", "2"]).recon_scale == 2  # the default
 
 
 def test_resume_drops_log_lines_past_the_checkpoint(data: Path, tmp_path: Path) -> None:

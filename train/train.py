@@ -51,7 +51,8 @@ from adain.train.data import ImageFolder, InfiniteSampler
 log = logging.getLogger("adain.train")
 # Settings a resumed run may change: logged on every line and stored in the exported decoder's metadata.
 LOGGED_KNOBS = (
-    "style_weight", "alpha_zero", "alpha_one", "recon_weight", "recon_feature_weight", "content_scale", "teacher_weight"
+    "style_weight", "alpha_zero", "alpha_one", "recon_weight", "recon_feature_weight", "content_scale", "recon_scale",
+    "teacher_weight",
 )
 
 
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--content-scale", type=float, default=1.0,
                    help="upscale content photos by this before cropping (2: objects at the size a 512-px "
                    "stylization shows them when the photos are ~256 px)")
+    p.add_argument("--recon-scale", type=float, default=None,
+                   help="the content scale of the samples at alpha 0 (default: --content-scale); 1 keeps the "
+                   "photos' own detail for the reconstruction while the other samples train at 2")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay", type=float, default=5e-5, help="lr / (1 + lr_decay * step)")
     p.add_argument("--style-weight", type=float, default=10.0)
@@ -106,8 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shares = (args.alpha_zero, args.alpha_one)
     if not all(0 <= x <= 1 for x in shares) or sum(shares) > 1:
         p.error(f"--alpha-zero and --alpha-one must be in [0, 1] with a sum <= 1, got {shares}")
-    if not args.content_scale > 0:
-        p.error(f"--content-scale must be > 0, got {args.content_scale}")
+    if args.recon_scale is None:
+        args.recon_scale = args.content_scale
+    if not (args.content_scale > 0 and args.recon_scale > 0):
+        p.error(f"--content-scale and --recon-scale must be > 0, got {args.content_scale}, {args.recon_scale}")
     if args.recon_weight < 0 or args.recon_feature_weight < 0 or args.teacher_weight < 0:
         p.error("--recon-weight, --recon-feature-weight and --teacher-weight must be >= 0")
     if (args.teacher is None) != (args.teacher_weight == 0):
@@ -183,6 +189,9 @@ class Trainer:
         start = self.step * args.batch_size  # draws already consumed by this rank
         k = args.content_scale
         self.content = self._loader(args.content, args.seed, start, rescale=(0.8 * k, 1.25 * k))
+        # The same draws (same photos) at the alpha-0 samples' scale, where that differs.
+        r = args.recon_scale
+        self.sharp = self._loader(args.content, args.seed, start, rescale=(0.8 * r, 1.25 * r)) if r != k else None
         self.style = self._loader(args.style, args.seed + 1, start)
 
     def _loader(self, folder: Path, seed: int, start: int, rescale: tuple[float, float] = (0.8, 1.25)) -> Any:
@@ -258,6 +267,8 @@ class Trainer:
         alpha = self.alphas(content.shape[0]).to(self.device)
         at_zero = (alpha == 0).float()
         a4 = alpha.view(-1, 1, 1, 1)
+        if self.sharp is not None:
+            content = torch.where(a4 == 0, self._batch(self.sharp), content)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad():
                 c_feats = self.encoder(content)
@@ -368,7 +379,7 @@ class Trainer:
             self._save()
             # Stop the DataLoader workers now: left to garbage collection, they may outlive the
             # interpreter's shutdown, where torch skips its orderly stop of them.
-            self.content = self.style = None
+            self.content = self.style = self.sharp = None
             bar.close()
             if logf:
                 logf.close()
