@@ -29,6 +29,11 @@ Every image is first downscaled (never upscaled) to ``--size`` px; that is the i
 baselines, and what the smaller Gatys inputs and the references are made from. s/image is the wall time
 of making one output (ours: a ``stylize`` call with the style cache off, so the style is encoded every
 time; files are decoded beforehand and not timed), evaluation excluded.
+
+``--sweep`` runs each decoder at alpha 0, 0.25, 0.5, 0.75 and 1 (the same losses) and, at alpha 0, compares
+the output with the content at the size it was stylized at: PSNR, SSIM, and the PSNR split into coarse (8 x 8
+means: tone and colour, what relu4_1's grid holds) and detail (the rest), beside what the contents' coarse
+images alone would score.
 """
 
 from __future__ import annotations
@@ -193,6 +198,32 @@ def ssim(out: torch.Tensor, ref: torch.Tensor) -> float:
     return s.mean().item()
 
 
+def split_psnr(out: torch.Tensor, ref: torch.Tensor, k: int = 8) -> tuple[float, float]:
+    """PSNR of the coarse images (k x k means: relu4_1's grid, so colour and tone) and of the detail above
+    them (each image minus its coarse image, upsampled): says whether an alpha-0 gap is tone or texture."""
+    out, ref = out.float(), ref.float()
+    lo_out, lo_ref = F.avg_pool2d(out, k, ceil_mode=True), F.avg_pool2d(ref, k, ceil_mode=True)
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=ref.shape[2:], mode="bilinear", align_corners=False)
+
+    return psnr(lo_out, lo_ref), psnr(out - up(lo_out), ref - up(lo_ref))
+
+
+@dataclass
+class SweepRow:
+    """Means over the pairs at one alpha; the fidelity figures against the content at alpha 0 only."""
+
+    label: str
+    alpha: float
+    content: float
+    style: float
+    psnr: float | None = None
+    ssim: float | None = None
+    coarse: float | None = None  # split_psnr
+    detail: float | None = None
+
+
 def alpha_sweep(
     decoders: list[tuple[str, Stylizer]],
     pairs: list[tuple[str, str]],
@@ -201,38 +232,50 @@ def alpha_sweep(
     ev: Evaluator,
     size: int,
     style_size: int,
-) -> list[tuple[str, float, float, float, float | None, float | None]]:
-    """(decoder, alpha, content loss, style loss, PSNR, SSIM) means over the pairs; PSNR/SSIM at alpha 0
-    only, against the content at the size it was stylized at."""
+) -> list[SweepRow]:
+    """Each decoder at each of SWEEP_ALPHAS; at alpha 0 also its fidelity against the content at the size it
+    was stylized at."""
     rows = []
+    mean = statistics.fmean
     for label, st in decoders:
         for a in SWEEP_ALPHAS:
-            cl, sl, ps, ss = [], [], [], []
+            losses, fidelity = [], []
             for pair in tqdm(pairs, desc=f"sweep {label} alpha {a:g}", unit="pair", dynamic_ncols=True, leave=False):
                 c, s = (pair[0], contents[pair[0]]), (pair[1], styles[pair[1]])
                 out = st.stylize(c[1], s[1], alpha=a, content_size=size, style_size=style_size)
-                closs, sloss = ev.losses(out, c, s)
-                cl.append(closs)
-                sl.append(sloss)
+                losses.append(ev.losses(out, c, s))
                 if a == 0:
-                    ref = to_tensor(resize_longest(c[1], size))
-                    ps.append(psnr(to_tensor(out), ref))
-                    ss.append(ssim(to_tensor(out), ref))
-            mean = statistics.fmean
-            rows.append((label, a, mean(cl), mean(sl), mean(ps) if ps else None, mean(ss) if ss else None))
+                    x, ref = to_tensor(out), to_tensor(resize_longest(c[1], size))
+                    fidelity.append((psnr(x, ref), ssim(x, ref), *split_psnr(x, ref)))
+            row = SweepRow(label, a, mean(x[0] for x in losses), mean(x[1] for x in losses))
+            if fidelity:
+                row.psnr, row.ssim, row.coarse, row.detail = (mean(f[k] for f in fidelity) for k in range(4))
+            rows.append(row)
     return rows
 
 
-def print_sweep(rows: list[tuple[str, float, float, float, float | None, float | None]]) -> None:
-    print("| decoder | alpha | content loss | style loss | PSNR vs content (dB) | SSIM vs content |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, a, cl, sl, ps, ss in rows:
-        extra = f"{ps:.2f} | {ss:.3f}" if ps is not None else "– | –"
-        print(f"| {label} | {a:g} | {cl:.4g} | {sl:.4g} | {extra} |")
-    for label in dict.fromkeys(r[0] for r in rows):
-        mine = [r for r in rows if r[0] == label]
-        style_falls = all(b[3] <= a[3] for a, b in zip(mine, mine[1:]))
-        content_rises = all(b[2] >= a[2] for a, b in zip(mine, mine[1:]))
+def detail_floor(pairs: list[tuple[str, str]], contents: dict[str, Image.Image], size: int) -> float:
+    """Mean PSNR of the contents' coarse images (upsampled) against the contents: an alpha-0 output with the
+    tone exactly right and no detail at all would score this."""
+    scores = []
+    for name in dict.fromkeys(c for c, _ in pairs):
+        ref = to_tensor(resize_longest(contents[name], size)).float()
+        coarse = F.interpolate(F.avg_pool2d(ref, 8, ceil_mode=True), size=ref.shape[2:], mode="bilinear")
+        scores.append(psnr(coarse, ref))
+    return statistics.fmean(scores)
+
+
+def print_sweep(rows: list[SweepRow]) -> None:
+    print("| decoder | alpha | content loss | style loss | PSNR vs content (dB) | SSIM vs content "
+          "| PSNR coarse / detail (dB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        extra = "– | – | –" if r.psnr is None else f"{r.psnr:.2f} | {r.ssim:.3f} | {r.coarse:.2f} / {r.detail:.2f}"
+        print(f"| {r.label} | {r.alpha:g} | {r.content:.4g} | {r.style:.4g} | {extra} |")
+    for label in dict.fromkeys(r.label for r in rows):
+        mine = [r for r in rows if r.label == label]
+        style_falls = all(b.style <= a.style for a, b in zip(mine, mine[1:]))
+        content_rises = all(b.content >= a.content for a, b in zip(mine, mine[1:]))
         print(f"- {label}: as alpha goes 0 -> 1 the style loss {'falls' if style_falls else 'does NOT fall'} "
               f"monotonically and the content loss {'rises' if content_rises else 'does NOT rise'} monotonically.")
 
@@ -494,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
               f"against the content at {args.size} px, the size it was stylized at):")
         print()
         print_sweep(rows)
+        print(f"- coarse: 8 x 8 means (tone and colour); detail: what is above them. The contents' coarse images "
+              f"alone score {detail_floor(pairs, contents, args.size):.2f} dB: an output with the tone exactly "
+              "right and no detail would score that.")
 
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -34,5 +34,8 @@ def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path) -
     cells = {(r[0].strip(), float(r[1])): [c.strip() for c in r[2:]] for r in rows[:10]}
     psnr, ssim = float(cells[("shipped", 0.0)][2]), float(cells[("shipped", 0.0)][3])
     assert 0 < psnr < 100 and -1 <= ssim <= 1
-    assert cells[("shipped", 1.0)][2] == "–"  # PSNR and SSIM at alpha 0 only
+    coarse, detail = (float(x) for x in cells[("shipped", 0.0)][4].split("/"))
+    assert coarse >= psnr > 0 and detail > 0  # pooling never adds error (Jensen)
+    assert cells[("shipped", 1.0)][2] == cells[("shipped", 1.0)][4] == "–"  # the fidelity at alpha 0 only
+    assert "coarse images alone score" in out
     assert out.count("as alpha goes 0 -> 1") == 3
