@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py [--content DIR] [--style DIR] [--decoder PATH [PATH ...]] [--size 512]
         [--backend auto] [--precision auto] [--eval-size 256] [--gatys-size 256] [--gatys-steps 100]
-        [--gatys-pairs 6] [--save-samples DIR] [--sweep]
+        [--gatys-pairs 6] [--save-samples DIR] [--sweep [--interpolate RECON.pt]]
 
 Methods, per (content, style) pair:
 
@@ -33,7 +33,9 @@ time; files are decoded beforehand and not timed), evaluation excluded.
 ``--sweep`` runs each decoder at alpha 0, 0.25, 0.5, 0.75 and 1 (the same losses) and, at alpha 0, compares
 the output with the content at the size it was stylized at: PSNR, SSIM, and the PSNR split into coarse (8 x 8
 means: tone and colour, what relu4_1's grid holds) and detail (the rest), beside what the contents' coarse
-images alone would score.
+images alone would score. ``--interpolate RECON.pt`` adds the shipped decoder with its weights moved towards
+a reconstruction decoder's as alpha falls (at alpha a: (1 - a) x RECON + a x shipped), one way to keep alpha 1
+exactly where the shipped decoder has it while alpha 0 reconstructs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +58,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from adain import InvalidInputError, NoDecoderError, Stylizer
+from adain.decoder import load_decoder, save_decoder
 from adain.encoder import Encoder, Features
 from adain.image import load_image, resize_longest, to_image, to_tensor
 from adain.ops import adain, gram, mean_std, style_loss
@@ -98,12 +102,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep", action="store_true",
                    help="alpha sweep (0, 0.25, 0.5, 0.75, 1) of the shipped decoder and, with --decoder, the "
                    "candidates beside it: losses at each alpha, PSNR and SSIM against the content at alpha 0")
+    p.add_argument("--interpolate", type=Path, default=None, metavar="RECON.pt",
+                   help="with --sweep: also the shipped decoder's weights interpolated towards this one's as alpha "
+                   "goes to 0 ((1 - alpha) * RECON + alpha * shipped; Wang et al., Deep Network Interpolation, 2019)")
     args = p.parse_args(argv)
     for name in ("size", "eval_size", "gatys_size", "gatys_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.style_size is not None and args.style_size < 1:
         p.error("--style-size must be >= 1")
+    if args.interpolate and not args.sweep:
+        p.error("--interpolate goes with --sweep")
     return args
 
 
@@ -224,8 +233,27 @@ class SweepRow:
     detail: float | None = None
 
 
+def interpolated(recon: Path, folder: Path, make: Callable[[str], Stylizer]) -> Callable[[float], Stylizer]:
+    """alpha -> a Stylizer whose decoder weights are (1 - alpha) * recon's + alpha * the shipped decoder's:
+    alpha 1 is the shipped decoder exactly and alpha 0 the reconstruction decoder."""
+    shipped, _ = load_decoder()
+    other, _ = load_decoder(recon)
+    shipped, other = shipped.with_alpha_input(), other.with_alpha_input()
+
+    def at(alpha: float) -> Stylizer:
+        theirs = other.state_dict()
+        mix = {k: (1 - alpha) * theirs[k] + alpha * v for k, v in shipped.state_dict().items()}
+        decoder = type(shipped)(alpha_input=True)
+        decoder.load_state_dict(mix)
+        path = folder / f"interpolated-{alpha:g}.pt"
+        save_decoder(decoder, path, {"note": f"{1 - alpha:g} x {recon} + {alpha:g} x shipped"}, half=False)
+        return make(str(path))
+
+    return at
+
+
 def alpha_sweep(
-    decoders: list[tuple[str, Stylizer]],
+    decoders: list[tuple[str, Stylizer | Callable[[float], Stylizer]]],
     pairs: list[tuple[str, str]],
     contents: dict[str, Image.Image],
     styles: dict[str, Image.Image],
@@ -233,12 +261,13 @@ def alpha_sweep(
     size: int,
     style_size: int,
 ) -> list[SweepRow]:
-    """Each decoder at each of SWEEP_ALPHAS; at alpha 0 also its fidelity against the content at the size it
-    was stylized at."""
+    """Each decoder at each of SWEEP_ALPHAS (a decoder may be a function of alpha: interpolated weights); at
+    alpha 0 also its fidelity against the content at the size it was stylized at."""
     rows = []
     mean = statistics.fmean
-    for label, st in decoders:
+    for label, decoder in decoders:
         for a in SWEEP_ALPHAS:
+            st = decoder if isinstance(decoder, Stylizer) else decoder(a)
             losses, fidelity = [], []
             for pair in tqdm(pairs, desc=f"sweep {label} alpha {a:g}", unit="pair", dynamic_ncols=True, leave=False):
                 c, s = (pair[0], contents[pair[0]]), (pair[1], styles[pair[1]])
@@ -394,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         stylizers = [make_stylizer(args, d) for d in args.decoder or [None]]
+        if args.interpolate:
+            load_decoder(args.interpolate)  # a wrong file fails here, not after the other decoders' sweeps
     except NoDecoderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -531,7 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         decoders = [("shipped", stylizer if args.decoder is None else make_stylizer(args, None))]
         for path, st in zip(args.decoder or [], stylizers):
             decoders.append((f"candidate ({path})", st))
-        rows = alpha_sweep(decoders, pairs, contents, styles, ev, args.size, ours_style_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.interpolate:
+                at = interpolated(args.interpolate, Path(tmp), lambda path: make_stylizer(args, path))
+                decoders.append((f"interpolated (shipped <-> {args.interpolate})", at))
+            rows = alpha_sweep(decoders, pairs, contents, styles, ev, args.size, ours_style_size)
         print()
         print(f"Alpha sweep, {len(pairs)} pairs, content {args.size} px (losses as above; PSNR and SSIM at alpha 0, "
               f"against the content at {args.size} px, the size it was stylized at):")

@@ -1,5 +1,5 @@
 """benchmarks/quality.py end to end on synthetic folders: the main table and the alpha sweep (issue 20's
-yardstick), with two decoders beside the shipped one."""
+yardstick), with two decoders beside the shipped one and the shipped one interpolated towards another."""
 
 from __future__ import annotations
 
@@ -23,14 +23,16 @@ def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path) -
     cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--content", str(tmp_path / "content"),
            "--style", str(tmp_path / "style"), "--decoder", str(decoder_path), str(other),
            "--size", "64", "--eval-size", "48", "--pairs", "2", "--gatys-pairs", "1", "--gatys-size", "48",
-           "--gatys-steps", "2", "--backend", "torch", "--threads", "1", "--sweep"]
+           "--gatys-steps", "2", "--backend", "torch", "--threads", "1", "--sweep", "--interpolate", str(other)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "backend torch" in out and "Gatys et al." in out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| shipped |")
             or line.startswith("| candidate (")]
-    assert len(rows) == 3 * 5, out  # the shipped decoder and the two candidates, at 5 alphas each
+    interpolated = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| interpolated (")]
+    assert len(rows) == 3 * 5 and len(interpolated) == 5, out  # shipped, two candidates, interpolated; 5 alphas
+    assert interpolated[-1][2:] == rows[4][2:]  # at alpha 1 the interpolated weights are the shipped decoder's
     cells = {(r[0].strip(), float(r[1])): [c.strip() for c in r[2:]] for r in rows[:10]}
     psnr, ssim = float(cells[("shipped", 0.0)][2]), float(cells[("shipped", 0.0)][3])
     assert 0 < psnr < 100 and -1 <= ssim <= 1
@@ -38,4 +40,4 @@ def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path) -
     assert coarse >= psnr > 0 and detail > 0  # pooling never adds error (Jensen)
     assert cells[("shipped", 1.0)][2] == cells[("shipped", 1.0)][4] == "–"  # the fidelity at alpha 0 only
     assert "coarse images alone score" in out
-    assert out.count("as alpha goes 0 -> 1") == 3
+    assert out.count("as alpha goes 0 -> 1") == 4
