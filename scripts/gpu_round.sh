@@ -73,7 +73,7 @@ mkdir -p "${RUNS[@]}"
 # shared decoder trades the two ends against each other (photos at 2x keep alpha 1's style but alpha 0
 # stalls; sharp photos for the alpha-0 samples gain ~1.3-2.3 dB and lose 40-80% of alpha 1's style; a
 # strong teacher holds the style and gains 0.5 dB), while a decoder trained only to reconstruct gained
-# 3.3 dB in the same 600 steps. Round 3: A is the shared decoder at scale 2 with the teacher (the
+# 3.2 dB in the same 600 steps. Round 3: A is the shared decoder at scale 2 with the teacher (the
 # candidate to ship as is); B is a reconstruction-only decoder, for `benchmarks/quality.py --sweep
 # --interpolate B-decoder.pt` (the shipped decoder's weights moved towards B's as alpha falls: alpha 1
 # stays the shipped decoder's exactly).
