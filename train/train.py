@@ -12,7 +12,9 @@ Each sample gets an alpha (``--alpha-zero`` of them 0, ``--alpha-one`` of them 1
 (0, 1)); its target is alpha * AdaIN(content, style) + (1 - alpha) * content features, as at inference,
 and its style term is weighted by alpha. At alpha 0 the output should be the photo itself: samples at 0
 add ``--recon-weight`` x the pixel MSE to the content and ``--recon-feature-weight`` x the MSE of
-relu1_1..relu3_1 to the content's. The defaults (every sample at alpha 1, no recon) are the paper's.
+relu1_1..relu3_1 to the content's; ``--recon-scale`` gives them the same photos at another scale (1: the
+photos' own detail, which a 2x upscale lacks; in the CPU A/B it cost alpha 1's style all the same). The
+defaults (every sample at alpha 1, no recon) are the paper's.
 
 ``--teacher`` keeps alpha 1 where a decoder file already has it while the other alphas are learnt: samples
 at alpha 1 add ``--teacher-weight`` x the pixel MSE to that decoder's output for the same target
