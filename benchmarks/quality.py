@@ -58,7 +58,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from adain import InvalidInputError, NoDecoderError, Stylizer
-from adain.decoder import load_decoder, save_decoder
+from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder, Features
 from adain.image import load_image, resize_longest, to_image, to_tensor
 from adain.ops import adain, gram, mean_std, style_loss
@@ -207,16 +207,17 @@ def ssim(out: torch.Tensor, ref: torch.Tensor) -> float:
     return s.mean().item()
 
 
-def split_psnr(out: torch.Tensor, ref: torch.Tensor, k: int = 8) -> tuple[float, float]:
-    """PSNR of the coarse images (k x k means: relu4_1's grid, so colour and tone) and of the detail above
-    them (each image minus its coarse image, upsampled): says whether an alpha-0 gap is tone or texture."""
-    out, ref = out.float(), ref.float()
-    lo_out, lo_ref = F.avg_pool2d(out, k, ceil_mode=True), F.avg_pool2d(ref, k, ceil_mode=True)
+def coarse(x: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image's k x k means (relu4_1's grid, so colour and tone) and those upsampled back to its size."""
+    lo = F.avg_pool2d(x.float(), k, ceil_mode=True)
+    return lo, F.interpolate(lo, size=x.shape[2:], mode="bilinear", align_corners=False)
 
-    def up(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=ref.shape[2:], mode="bilinear", align_corners=False)
 
-    return psnr(lo_out, lo_ref), psnr(out - up(lo_out), ref - up(lo_ref))
+def split_psnr(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """PSNR of the coarse images and of the detail above them (each image minus its coarse image,
+    upsampled): says whether an alpha-0 gap is tone or texture."""
+    (lo_out, up_out), (lo_ref, up_ref) = coarse(out), coarse(ref)
+    return psnr(lo_out, lo_ref), psnr(out.float() - up_out, ref.float() - up_ref)
 
 
 @dataclass
@@ -233,20 +234,19 @@ class SweepRow:
     detail: float | None = None
 
 
-def interpolated(recon: Path, folder: Path, make: Callable[[str], Stylizer]) -> Callable[[float], Stylizer]:
+def interpolated(
+    recon: Decoder, name: str, folder: Path, make: Callable[[str], Stylizer]
+) -> Callable[[float], Stylizer]:
     """alpha -> a Stylizer whose decoder weights are (1 - alpha) * recon's + alpha * the shipped decoder's:
     alpha 1 is the shipped decoder exactly and alpha 0 the reconstruction decoder."""
-    shipped, _ = load_decoder()
-    other, _ = load_decoder(recon)
-    shipped, other = shipped.with_alpha_input(), other.with_alpha_input()
+    shipped = load_decoder()[0].with_alpha_input().state_dict()
+    theirs = recon.with_alpha_input().state_dict()
 
     def at(alpha: float) -> Stylizer:
-        theirs = other.state_dict()
-        mix = {k: (1 - alpha) * theirs[k] + alpha * v for k, v in shipped.state_dict().items()}
-        decoder = type(shipped)(alpha_input=True)
-        decoder.load_state_dict(mix)
+        decoder = Decoder(alpha_input=True)
+        decoder.load_state_dict({k: (1 - alpha) * theirs[k] + alpha * v for k, v in shipped.items()})
         path = folder / f"interpolated-{alpha:g}.pt"
-        save_decoder(decoder, path, {"note": f"{1 - alpha:g} x {recon} + {alpha:g} x shipped"}, half=False)
+        save_decoder(decoder, path, {"note": f"{1 - alpha:g} x {name} + {alpha:g} x shipped"}, half=False)
         return make(str(path))
 
     return at
@@ -288,9 +288,8 @@ def detail_floor(pairs: list[tuple[str, str]], contents: dict[str, Image.Image],
     tone exactly right and no detail at all would score this."""
     scores = []
     for name in dict.fromkeys(c for c, _ in pairs):
-        ref = to_tensor(resize_longest(contents[name], size)).float()
-        coarse = F.interpolate(F.avg_pool2d(ref, 8, ceil_mode=True), size=ref.shape[2:], mode="bilinear")
-        scores.append(psnr(coarse, ref))
+        ref = to_tensor(resize_longest(contents[name], size))
+        scores.append(psnr(coarse(ref)[1], ref))
     return statistics.fmean(scores)
 
 
@@ -423,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         stylizers = [make_stylizer(args, d) for d in args.decoder or [None]]
-        if args.interpolate:
-            load_decoder(args.interpolate)  # a wrong file fails here, not after the other decoders' sweeps
+        # Loaded now: a wrong file fails here, not after the other decoders' sweeps.
+        recon = load_decoder(args.interpolate)[0] if args.interpolate else None
     except NoDecoderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -563,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         for path, st in zip(args.decoder or [], stylizers):
             decoders.append((f"candidate ({path})", st))
         with tempfile.TemporaryDirectory() as tmp:
-            if args.interpolate:
-                at = interpolated(args.interpolate, Path(tmp), lambda path: make_stylizer(args, path))
+            if recon is not None:
+                at = interpolated(recon, str(args.interpolate), Path(tmp), lambda path: make_stylizer(args, path))
                 decoders.append((f"interpolated (shipped <-> {args.interpolate})", at))
             rows = alpha_sweep(decoders, pairs, contents, styles, ev, args.size, ours_style_size)
         print()
