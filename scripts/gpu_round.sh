@@ -69,7 +69,7 @@ train() {
 }
 mkdir -p "${RUNS[@]}"
 # Rounds 1-2 (style weight 2, content scale 1): alpha 0 gained ~4 dB, but alpha 1's style loss rose by
-# 20-55%. CPU A/Bs from the shipped decoder (docs/MODEL_CARD.md, "CPU A/Bs for round 3" and "round 4"): one
+# 20-55%. CPU A/Bs from the shipped decoder (docs/MODEL_CARD.md, both "CPU A/Bs" sections): one
 # shared decoder trades the two ends against each other (photos at 2x keep alpha 1's style but alpha 0
 # stalls; sharp photos for the alpha-0 samples gain ~1.3-2.3 dB and lose 40-80% of alpha 1's style; a
 # strong teacher holds the style and gains 0.5 dB), while a decoder trained only to reconstruct gained

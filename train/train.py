@@ -189,15 +189,14 @@ class Trainer:
             self.teacher_meta = {"file": str(args.teacher), "version": teacher_file.version}
 
         start = self.step * args.batch_size  # draws already consumed by this rank
-        k = args.content_scale
-        self.content = self._loader(args.content, args.seed, start, rescale=(0.8 * k, 1.25 * k))
+        self.content = self._loader(args.content, args.seed, start, args.content_scale)
         # The same draws (same photos) at the alpha-0 samples' scale, where that differs.
-        r = args.recon_scale
-        self.sharp = self._loader(args.content, args.seed, start, rescale=(0.8 * r, 1.25 * r)) if r != k else None
+        same = args.recon_scale == args.content_scale
+        self.sharp = None if same else self._loader(args.content, args.seed, start, args.recon_scale)
         self.style = self._loader(args.style, args.seed + 1, start)
 
-    def _loader(self, folder: Path, seed: int, start: int, rescale: tuple[float, float] = (0.8, 1.25)) -> Any:
-        ds = ImageFolder(folder, crop=self.args.crop, seed=seed, rescale=rescale)
+    def _loader(self, folder: Path, seed: int, start: int, scale: float = 1.0) -> Any:
+        ds = ImageFolder(folder, crop=self.args.crop, seed=seed, rescale=(0.8 * scale, 1.25 * scale))
         dl = DataLoader(
             ds,
             batch_size=self.args.batch_size,
