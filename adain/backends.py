@@ -1,6 +1,6 @@
 """Runtimes for the two networks of the image path: the encoder (image -> relu4_1) and the decoder
-(relu4_1 target, maybe alpha -> image), behind one small interface so the Stylizer does not care which
-runs them.
+(relu4_1 target, maybe alpha and the content image -> image), behind one small interface so the Stylizer
+does not care which runs them.
 
 * ``torch``: the modules themselves, eager, channels_last, bf16 autocast where asked.
 * ``openvino``: the same modules (the decoder folded: ``adain.decoder.FoldedDecoder``) traced once and
@@ -67,10 +67,13 @@ class TorchBackend:
         with torch.inference_mode(), self._autocast():
             return self.encoder(x.contiguous(memory_format=torch.channels_last)).relu4_1
 
-    def decode(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Images from targets (N x 512 x h x w) and alphas (N, or N x 1 x h x w maps)."""
+    def decode(self, x: torch.Tensor, alpha: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Images from targets (N x 512 x h x w) and alphas (N, or N x 1 x h x w maps); ``image``: the contents
+        (N x 3 x 8h x 8w), which a decoder with the detail path needs."""
+        if image is not None:
+            image = image.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            return self.decoder(x.to(memory_format=torch.channels_last), alpha)
+            return self.decoder(x.to(memory_format=torch.channels_last), alpha, image)
 
 
 class _Relu41(nn.Module):
@@ -112,6 +115,7 @@ class ExportedBackend(TorchBackend):
         # Traced at a small size: the graphs are shape-generic (dynamic axes).
         self._encode = builder(modules[0], (torch.rand(1, 3, 32, 32),), bf16, threads, form, 1)
         example = (torch.rand(1, 512, 4, 4),) + ((torch.ones(1, 1, 4, 4),) if decoder.alpha_input else ())
+        example += (torch.rand(1, 3, 32, 32),) if decoder.detail is not None else ()
         self._decode = builder(modules[1], example, bf16, threads, form, 64)  # its input: 1/8 resolution
         self._failed: set[tuple[str, tuple[int, ...]]] = set()
 
@@ -131,19 +135,23 @@ class ExportedBackend(TorchBackend):
         y = self._run("encoder", self._encode, (x,))
         return super().relu4_1(x) if y is None else y
 
-    def decode(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, alpha: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         inputs: tuple[torch.Tensor, ...] = (x,)
         if self.decoder.alpha_input:
             inputs = (x, alpha_channel(alpha, x))
+        if self.decoder.detail is not None:
+            if image is None:
+                raise ValueError("a version-3 decoder (detail path) needs the content image")
+            inputs += (image,)
         y = self._run("decoder", self._decode, inputs)
-        return super().decode(x, alpha) if y is None else y
+        return super().decode(x, alpha, image) if y is None else y
 
 
 def _avx512() -> bool:
     return "avx512f" in cpu_info()[1]
 
 
-Backend = TorchBackend  # the interface: name, precision, relu4_1(x), decode(x, alpha)
+Backend = TorchBackend  # the interface: name, precision, relu4_1(x), decode(x, alpha, image)
 
 
 def make_backend(

@@ -6,10 +6,13 @@ relu4_1 target alone; version 2 also takes the alpha it was mixed with, as one m
 so that it may vary over the image), so one decoder can both paint (alpha 1) and reconstruct (alpha 0)
 without guessing which is asked from the features' statistics. A version-1 decoder becomes a version-2
 one with the same outputs by adding that channel with zero weights (:meth:`Decoder.with_alpha_input`).
+Version 3 adds the detail path (``adain.detail``): it also sees the content image, so alpha 0 can give
+back the photo; its branches vanish at alpha 1, where it is the version-2 decoder it was grown from
+(:meth:`Decoder.with_detail`).
 
 A weights file is ``torch.save`` of a plain dict, loadable with ``weights_only=True``::
 
-    {"format": "adain-decoder", "arch_version": 1 or 2, "meta": {...}, "state_dict": {...}}
+    {"format": "adain-decoder", "arch_version": 1, 2 or 3, "meta": {...}, "state_dict": {...}}
 
 ``meta`` is a small record (data, steps, crop, batch, final losses...) that ``GetServerInfo`` shows.
 """
@@ -27,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adain.detail import DetailPath
 from adain.errors import NoDecoderError
 
 FORMAT = "adain-decoder"
-ARCH_VERSIONS = (1, 2)  # 2: the alpha map is an input too
+ARCH_VERSIONS = (1, 2, 3)  # 2: the alpha map is an input too; 3: and the content image (the detail path)
 DEFAULT_DECODER = Path(__file__).with_name("assets") / "decoder.pt"
 
 # (in, out, upsample after this conv's ReLU)
@@ -68,26 +72,36 @@ def alpha_channel(alpha: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 
 class Decoder(nn.Module):
     """relu4_1 features (N x 512 x H/8 x W/8) -> RGB image (N x 3 x H x W), roughly in [0, 1]; with
-    ``alpha_input`` (architecture version 2) also the alpha each position was mixed with."""
+    ``alpha_input`` (architecture version 2) also the alpha each position was mixed with; with ``detail``
+    (version 3, needs ``alpha_input``) also the content image, through the detail path."""
 
-    def __init__(self, alpha_input: bool = False) -> None:
+    def __init__(self, alpha_input: bool = False, detail: bool = False) -> None:
         super().__init__()
+        if detail and not alpha_input:
+            raise ValueError("the detail path needs the alpha input (architecture version 3 builds on 2)")
         self.alpha_input = alpha_input
         extra = 1 if alpha_input else 0
         self.convs = nn.ModuleList(nn.Conv2d(cin + (extra if i == 0 else 0), cout, 3)
                                    for i, (cin, cout, _) in enumerate(_CONVS))
+        self.detail = DetailPath() if detail else None
 
     @property
     def arch_version(self) -> int:
-        return 2 if self.alpha_input else 1
+        return 3 if self.detail is not None else 2 if self.alpha_input else 1
 
-    def forward(self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
-        """``alpha``: a number, one per sample (N), or a map (N x 1 x H/8 x W/8); version 1 ignores it."""
+    def forward(
+        self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``alpha``: a number, one per sample (N), or a map (N x 1 x H/8 x W/8); version 1 ignores it.
+        ``image``: the content (N x 3 x H x W, padded as the encoder padded it), which version 3 needs."""
+        fixes = _detail(self, x, alpha, image)
         if self.alpha_input:
             x = torch.cat([x, alpha_channel(alpha, x)], dim=1)
         last = len(self.convs) - 1
         for i, (conv, (_, _, up)) in enumerate(zip(self.convs, _CONVS)):
             x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
+            if i in fixes:
+                x = x + fixes[i]
             if i < last:
                 x = F.relu(x)
             if up:
@@ -104,6 +118,35 @@ class Decoder(nn.Module):
         state["convs.0.weight"] = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)
         new.load_state_dict(state)
         return new
+
+    def with_detail(self) -> Decoder:
+        """A version-3 copy with the same outputs: the detail path starts at zero (a version 1 gains the
+        alpha channel first)."""
+        if self.detail is not None:
+            return self
+        base = self.with_alpha_input()
+        new = Decoder(alpha_input=True, detail=True).to(base.convs[0].weight.device)
+        new.convs.load_state_dict(base.convs.state_dict())
+        return new
+
+    def without_detail(self) -> Decoder:
+        """The version-2 decoder a version 3 grew on (its outputs at alpha 1; its convolutions to train)."""
+        if self.detail is None:
+            return self
+        new = Decoder(alpha_input=True).to(self.convs[0].weight.device)
+        new.convs.load_state_dict(self.convs.state_dict())
+        return new
+
+
+def _detail(decoder: Decoder | FoldedDecoder, x: torch.Tensor, alpha: torch.Tensor | float,
+            image: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """The detail path's corrections per conv index ({} without one); a version 3 without the image is an
+    error, not a silent alpha-1 answer."""
+    if decoder.detail is None:
+        return {}
+    if image is None:
+        raise ValueError("a version-3 decoder (detail path) needs the content image")
+    return decoder.detail(image, alpha_channel(alpha, x))
 
 
 def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half: bool = True) -> None:
@@ -141,7 +184,7 @@ def load_decoder(path: str | Path | None = None) -> tuple[Decoder, DecoderFile]:
             f"{path} has decoder architecture version {version}, this library reads "
             f"{' and '.join(map(str, ARCH_VERSIONS))}"
         )
-    decoder = Decoder(alpha_input=version == 2)
+    decoder = Decoder(alpha_input=version >= 2, detail=version == 3)
     expected = decoder.state_dict()
     got = record.get("state_dict", {})
     if set(got) != set(expected):
@@ -173,6 +216,7 @@ class FoldedDecoder(nn.Module):
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
         self.alpha_input = decoder.alpha_input
+        self.detail = copy.deepcopy(decoder.detail)
         self.convs = nn.ModuleList()
         self.folded: list[bool] = []
         after_up = False
@@ -191,7 +235,10 @@ class FoldedDecoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        fixes = _detail(self, x, alpha, image)  # the detail path's corrections come after the folded convs
         if self.alpha_input:
             x = torch.cat([x, alpha_channel(alpha, x)], dim=1)
         last = len(self.convs) - 1
@@ -199,13 +246,16 @@ class FoldedDecoder(nn.Module):
             if folded:
                 n, _, h, w = x.shape
                 y = conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))  # N x 4C x (h+1) x (w+1)
-                if i < last:  # before the interleave: a runtime fuses it into the convolution
+                if i < last and i not in fixes:  # before the interleave: a runtime fuses it into the convolution
                     y = F.relu(y)
                 y = y.view(n, 2, 2, -1, h + 1, w + 1)
                 phases = [y[:, py, px, :, py : py + h, px : px + w] for py in (0, 1) for px in (0, 1)]
                 # N x 2(py) x 2(px) x C x h x w -> N x C x h x 2 x w x 2 -> N x C x 2h x 2w
                 x = torch.stack(phases, 1).view(n, 2, 2, -1, h, w).permute(0, 3, 4, 1, 5, 2)
                 x = x.reshape(n, -1, 2 * h, 2 * w)
+                if i in fixes:
+                    x = x + fixes[i]
+                    x = F.relu(x) if i < last else x
             else:
                 x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
                 if i < last:

@@ -2,7 +2,8 @@
 
 The path of an image, each step in one place:
     bytes --(image.load_image)--> PIL --(image.to_tensor)--> tensor --(Encoder.encode)--> relu4_1
-    --(ops.adain, mixed by weight / mask, then alpha)--> target --(Decoder)--> tensor --(image.to_image)--> PIL
+    --(ops.adain, mixed by weight / mask, then alpha)--> target --(Decoder, with the content where it has the
+    detail path)--> tensor --(image.to_image)--> PIL
 
 Work is split in two so a server can batch: ``prepare(job)`` decodes one checked request and looks up
 its style statistics (LRU-cached, so a repeated style costs no encoder pass); ``render(prepared)`` runs
@@ -244,7 +245,10 @@ class Stylizer:
                     group = [feats[i].to(self.device, self.dtype) for i in idx]
                 targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(group, idx)]
                 alphas = self._decoder_alphas([jobs[i] for i in idx], (ph // 8, pw // 8))
-                y = self.backend.decode(torch.cat(targets).to(group[0].dtype), alphas)
+                images = None
+                if self.decoder.detail is not None:  # the detail path sees the contents, padded as encoded
+                    images = torch.cat([pad_to(jobs[i].content, ph, pw) for i in idx]).to(self.device)
+                y = self.backend.decode(torch.cat(targets).to(group[0].dtype), alphas, images)
             for k, i in enumerate(idx):
                 job = jobs[i]
                 h, w = job.content.shape[2:]

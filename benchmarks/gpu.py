@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     mean16, std16 = mean.to(dtype), std.to(dtype)
 
     def bf16_path(decoder: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda x: decoder(adain(enc16(x.to(dtype)).relu4_1, mean16, std16))
+        # the content goes to the decoder too: a version-3 decoder's detail path runs on it (adain.detail)
+        return lambda x: decoder(adain(enc16(x.to(dtype)).relu4_1, mean16, std16), 1.0, x.to(dtype))
 
     paths16 = {"bf16 weights": bf16_path(dec16), "folded decoder, bf16": bf16_path(folded16)}
     compiled = torch.compile(paths16["bf16 weights"])
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def step(x: torch.Tensor = x) -> torch.Tensor:
             with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
-                return st.decoder(adain(st.encoder(x).relu4_1, mean, std))
+                return st.decoder(adain(st.encoder(x).relu4_1, mean, std), 1.0, x)
 
         modes: list[tuple[str, Callable[[], object]]] = [("eager", step)]
         if device.type == "cuda":

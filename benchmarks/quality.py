@@ -239,8 +239,8 @@ def interpolated(
 ) -> Callable[[float], Stylizer]:
     """alpha -> a Stylizer whose decoder weights are (1 - alpha) * recon's + alpha * the shipped decoder's:
     alpha 1 is the shipped decoder exactly and alpha 0 the reconstruction decoder."""
-    shipped = load_decoder()[0].with_alpha_input().state_dict()
-    theirs = recon.with_alpha_input().state_dict()
+    shipped = load_decoder()[0].without_detail().with_alpha_input().state_dict()  # at alpha 1: its convolutions
+    theirs = recon.without_detail().with_alpha_input().state_dict()
 
     def at(alpha: float) -> Stylizer:
         decoder = Decoder(alpha_input=True)

@@ -33,6 +33,22 @@ def decoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny training folders (content/, style/nested/), one corrupt file and one that is not an image."""
+    from synth import synth_image
+
+    root = tmp_path_factory.mktemp("data")
+    for sub, seed in (("content", 0), ("style/nested", 100)):
+        folder = root / sub
+        folder.mkdir(parents=True)
+        for i, ext in enumerate(["png", "jpg", "webp", "png"]):
+            synth_image(48 + 4 * i, 40, seed=seed + i).save(folder / f"img{i}.{ext}")
+    (root / "content" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (root / "content" / "notes.txt").write_text("ignored: not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
 def server(decoder_path: Path) -> Iterator[ServerProcess]:
     """The main server: default limits, batching with a 50 ms window, metrics on a free port."""
     metrics_port = free_port()

@@ -18,19 +18,6 @@ from synth import synth_image
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for sub, seed in (("content", 0), ("style/nested", 100)):
-        folder = root / sub
-        folder.mkdir(parents=True)
-        for i, ext in enumerate(["png", "jpg", "webp", "png"]):
-            synth_image(48 + 4 * i, 40, seed=seed + i).save(folder / f"img{i}.{ext}")
-    (root / "content" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    (root / "content" / "notes.txt").write_text("ignored: not an image")
-    return root
-
-
 def train(data: Path, out: Path, steps: int, *extra: str, launcher: list[str] | None = None) -> str:
     cmd = (launcher or [sys.executable, "-m"]) + [
         "adain.train",

@@ -16,6 +16,10 @@ relu1_1..relu3_1 to the content's; ``--recon-scale`` gives them the same photos 
 photos' own detail, which a 2x upscale lacks; in the CPU A/B it cost alpha 1's style all the same). The
 defaults (every sample at alpha 1, no recon) are the paper's.
 
+``--detail`` grows the decoder's detail path (architecture 3, ``adain.detail``: branches that see the
+content image, exactly zero at alpha 1) and trains it alone, the decoder it grew from frozen: alpha 1
+stays that decoder's bit for bit while alpha 0 learns to give back the photo.
+
 ``--teacher`` keeps alpha 1 where a decoder file already has it while the other alphas are learnt: samples
 at alpha 1 add ``--teacher-weight`` x the pixel MSE to that decoder's output for the same target
 ("learning without forgetting", Li & Hoiem, 2016). The GPU rounds without it gained ~4 dB at alpha 0
@@ -91,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pixel MSE to the --teacher's output, for samples at alpha 1")
     p.add_argument("--alpha-input", action="store_true",
                    help="decoder architecture 2: alpha is an input too (a v1 --init gains the channel, zero weights)")
+    p.add_argument("--detail", action="store_true",
+                   help="decoder architecture 3: grow the detail path (implies --alpha-input) and train it alone, "
+                   "the rest frozen, so alpha 1 keeps the --init decoder's outputs exactly")
     p.add_argument("--init", type=Path, default=None,
                    help="start from this decoder file's weights (e.g. adain/assets/decoder.pt) instead of random; "
                    "a --resume with a checkpoint ignores it")
@@ -120,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--recon-weight, --recon-feature-weight and --teacher-weight must be >= 0")
     if (args.teacher is None) != (args.teacher_weight == 0):
         p.error("--teacher and a --teacher-weight above 0 go together")
+    if args.detail and args.init is None and not args.resume:
+        p.error("--detail grows a trained decoder: give it --init (e.g. adain/assets/decoder.pt)")
+    args.alpha_input = args.alpha_input or args.detail
     return args
 
 
@@ -159,8 +169,11 @@ class Trainer:
         torch.manual_seed(args.seed)  # same decoder init on every rank
         # channels_last pays on the CPU too (oneDNN): a bf16 step at batch 8, 128 px, 1.51 -> 1.32 s here.
         self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)
-        self.decoder = Decoder(alpha_input=args.alpha_input).to(self.device, memory_format=torch.channels_last)
-        self.opt = torch.optim.Adam(self.decoder.parameters(), lr=args.lr)
+        self.decoder = Decoder(alpha_input=args.alpha_input, detail=args.detail)
+        self.decoder.to(self.device, memory_format=torch.channels_last)
+        if args.detail:  # the detail path alone learns; the decoder it grows on keeps alpha 1
+            self.decoder.convs.requires_grad_(False)
+        self.opt = torch.optim.Adam([p for p in self.decoder.parameters() if p.requires_grad], lr=args.lr)
         self.step = 0
         self.last_losses: dict[str, float] = {}
         self.init_meta: dict[str, Any] = {}
@@ -169,8 +182,15 @@ class Trainer:
             self._load(self.ckpt_path)
         elif args.init is not None:
             weights, init_file = load_decoder(args.init)
-            if args.alpha_input:
-                weights = weights.with_alpha_input()
+            if args.detail:
+                weights = weights.with_detail()
+            else:
+                if weights.detail is not None and self.main:
+                    log.info("--init has a detail path: training the decoder under it, without it (grow it "
+                             "again on the result with --detail)")
+                weights = weights.without_detail()
+                if args.alpha_input:
+                    weights = weights.with_alpha_input()
             self.decoder.load_state_dict(weights.state_dict())
             self.init_meta = {
                 "file": str(args.init),
@@ -277,7 +297,7 @@ class Trainer:
                 s_feats = self.encoder(style)
                 s_mean, s_std = mean_std(s_feats.relu4_1)
                 target = (a4 * adain(c4, s_mean, s_std).float() + (1 - a4) * c4.float()).to(c4.dtype)
-            out = self.model(target, alpha)
+            out = self.model(target, alpha, content if args.detail else None)
             o_feats = self.encoder(out)
             loss_c = F.mse_loss(o_feats.relu4_1.float(), target.float())
             loss_s = style_loss(o_feats, s_feats, weights=alpha)
@@ -294,7 +314,7 @@ class Trainer:
             if self.teacher is not None:
                 at_one = alpha == 1
                 with torch.no_grad():  # only the samples it applies to (half the batch at --alpha-one 0.5)
-                    taught = self.teacher(target[at_one])
+                    taught = self.teacher(target[at_one], 1.0, content[at_one])  # a version 3 needs the photo
                 per = ((out[at_one].float() - taught.float()) ** 2).mean(dim=(1, 2, 3))
                 losses["teacher"] = per.sum() / out.shape[0]
                 loss = loss + args.teacher_weight * losses["teacher"]
@@ -442,13 +462,14 @@ def export(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     targs = state.get("args", {})
-    decoder = Decoder(alpha_input=bool(targs.get("alpha_input")))
+    decoder = Decoder(alpha_input=bool(targs.get("alpha_input")), detail=bool(targs.get("detail")))
     decoder.load_state_dict(state["decoder"])
     meta = {
         "data": args.data or f"content={targs.get('content')} style={targs.get('style')}",
         "steps": int(state["step"]),
         "batch_size": targs.get("batch_size"),
         "crop": targs.get("crop"),
+        "detail": bool(targs.get("detail")),  # the detail path grown and trained alone (architecture 3)
         **{k: targs.get(k) for k in LOGGED_KNOBS if k in targs},
         "init": state.get("init") or None,
         "teacher": state.get("teacher"),
