@@ -232,6 +232,7 @@ class SweepRow:
     ssim: float | None = None
     coarse: float | None = None  # split_psnr
     detail: float | None = None
+    from_photo: float = 0.0  # mean absolute difference from the content, 0-255 levels (every alpha)
 
 
 def interpolated(
@@ -268,15 +269,16 @@ def alpha_sweep(
     for label, decoder in decoders:
         for a in SWEEP_ALPHAS:
             st = decoder if isinstance(decoder, Stylizer) else decoder(a)
-            losses, fidelity = [], []
+            losses, fidelity, distances = [], [], []
             for pair in tqdm(pairs, desc=f"sweep {label} alpha {a:g}", unit="pair", dynamic_ncols=True, leave=False):
                 c, s = (pair[0], contents[pair[0]]), (pair[1], styles[pair[1]])
                 out = st.stylize(c[1], s[1], alpha=a, content_size=size, style_size=style_size)
                 losses.append(ev.losses(out, c, s))
+                x, ref = to_tensor(out), to_tensor(resize_longest(c[1], size))
+                distances.append(255 * (x - ref).abs().mean().item())
                 if a == 0:
-                    x, ref = to_tensor(out), to_tensor(resize_longest(c[1], size))
                     fidelity.append((psnr(x, ref), ssim(x, ref), *split_psnr(x, ref)))
-            row = SweepRow(label, a, mean(x[0] for x in losses), mean(x[1] for x in losses))
+            row = SweepRow(label, a, mean(x[0] for x in losses), mean(x[1] for x in losses), from_photo=mean(distances))
             if fidelity:
                 row.psnr, row.ssim, row.coarse, row.detail = (mean(f[k] for f in fidelity) for k in range(4))
             rows.append(row)
@@ -294,12 +296,16 @@ def detail_floor(pairs: list[tuple[str, str]], contents: dict[str, Image.Image],
 
 
 def print_sweep(rows: list[SweepRow]) -> None:
+    """The sweep table; its last column says how far along the slider each alpha is: the distance from the
+    photo as a share of the same decoder's at alpha 1 (an even slider goes ~0, 0.25, 0.5, 0.75, 1)."""
     print("| decoder | alpha | content loss | style loss | PSNR vs content (dB) | SSIM vs content "
-          "| PSNR coarse / detail (dB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| PSNR coarse / detail (dB) | from the photo, levels (share of alpha 1) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    full = {r.label: r.from_photo for r in rows if r.alpha == 1}
     for r in rows:
         extra = "– | – | –" if r.psnr is None else f"{r.psnr:.2f} | {r.ssim:.3f} | {r.coarse:.2f} / {r.detail:.2f}"
-        print(f"| {r.label} | {r.alpha:g} | {r.content:.4g} | {r.style:.4g} | {extra} |")
+        share = f" ({r.from_photo / full[r.label]:.2f})" if full.get(r.label) else ""
+        print(f"| {r.label} | {r.alpha:g} | {r.content:.4g} | {r.style:.4g} | {extra} | {r.from_photo:.1f}{share} |")
     for label in dict.fromkeys(r.label for r in rows):
         mine = [r for r in rows if r.label == label]
         style_falls = all(b.style <= a.style for a, b in zip(mine, mine[1:]))

@@ -39,5 +39,7 @@ def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path) -
     coarse, detail = (float(x) for x in cells[("shipped", 0.0)][4].split("/"))
     assert coarse >= psnr > 0 and detail > 0  # pooling never adds error (Jensen)
     assert cells[("shipped", 1.0)][2] == cells[("shipped", 1.0)][4] == "–"  # the fidelity at alpha 0 only
+    assert cells[("shipped", 1.0)][5].endswith("(1.00)")  # how far along the slider: a share of alpha 1's
+    assert float(cells[("shipped", 0.0)][5].split()[0]) > 0
     assert "coarse images alone score" in out
     assert out.count("as alpha goes 0 -> 1") == 4
