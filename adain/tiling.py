@@ -1,7 +1,7 @@
 """Print-size images: a large content is rendered tile by tile in bounded memory, as one image.
 
-Memory of a plain render grows with the pixel count (about 0.9 KB a pixel on torch, 1.8 KB on OpenVINO:
-an 8K content would need 60-120 GB). Here the content is cut into tiles of ``tile`` x ``tile`` pixels;
+Memory of a plain render grows with the pixel count (about 0.9-1.4 KB a pixel on torch, 1.8-2.6 KB on
+OpenVINO: an 8K content would need 60-170 GB). Here the content is cut into tiles of ``tile`` x ``tile`` pixels;
 each is rendered with a ``halo`` of its neighbours' pixels around it (the network sees real context up
 to the halo, not padding) and the rendered tiles are feathered together: across each overlap a tile's
 weight ramps linearly from 1 at its own core to 0 at the edge of its halo. Rows of tiles are blended in
@@ -37,8 +37,10 @@ from adain.encoder import padded_size
 from adain.prepared import Prepared, Stats
 
 # Peak working memory of a plain render, measured: 0.9 KB/px torch, 1.8 KB/px OpenVINO direct, ~2.1 KB/px
-# OpenVINO with the Winograd form (its transformed tiles: 681 MiB for a 576-px tile in test_tiling).
-BYTES_PER_PIXEL = 2560
+# OpenVINO with the Winograd form (its transformed tiles: 681 MiB for a 576-px tile in test_tiling). Decoder
+# v3's detail path adds 0.46 KB/px on torch below alpha 1 (1.38 KB/px) and 0.65 on OpenVINO, which holds
+# the branches' outputs through the decoder (2.59 KB/px direct; the Winograd form then ~2.75, estimated).
+BYTES_PER_PIXEL = 3072
 # Besides one tile: the content (float32, 12 B/px), its decoded copy and the output (uint8), the request and
 # reply bytes, the blending band (measured 61 B/px through the server at 3,000 x 2,000), and up to 4K the
 # whole image's relu4_1 in fp16 (16 B/px)

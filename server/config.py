@@ -133,7 +133,7 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                          "style_size"),
     "style-size": (positive_int, "longest side styles are scaled to when a request leaves style_size at 0"),
     "tile-threshold": (int_in_range(-1, 1 << 40), "contents over this many pixels render in tiles (bounded memory); "
-                       "-1: from the machine's memory (a quarter of it at 2 KB a pixel), 0: never"),
+                       "-1: from the machine's memory (a quarter of it at 3 KB a pixel), 0: never"),
     "tile-size": (positive_int, "tile side in pixels (a multiple of 8); with the halo it sets a tile's memory"),
     "tile-halo": (non_negative_int, "pixels of context around each tile (a multiple of 8); tiles blend across it"),
     "max-styles": (positive_int, "most styles in one request"),
