@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adain.decoder import Decoder, FoldedDecoder, alpha_channel
+from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.encoder import Encoder
 from adain.precision import BACKENDS, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
@@ -139,9 +139,8 @@ class ExportedBackend(TorchBackend):
         inputs: tuple[torch.Tensor, ...] = (x,)
         if self.decoder.alpha_input:
             inputs = (x, alpha_channel(alpha, x))
-        if self.decoder.detail is not None:
-            if image is None:
-                raise ValueError("a version-3 decoder (detail path) needs the content image")
+        require_image(self.decoder, image)
+        if image is not None and self.decoder.detail is not None:
             inputs += (image,)
         y = self._run("decoder", self._decode, inputs)
         return super().decode(x, alpha, image) if y is None else y

@@ -94,9 +94,10 @@ class Decoder(nn.Module):
     ) -> torch.Tensor:
         """``alpha``: a number, one per sample (N), or a map (N x 1 x H/8 x W/8); version 1 ignores it.
         ``image``: the content (N x 3 x H x W, padded as the encoder padded it), which version 3 needs."""
-        fixes = _detail(self, x, alpha, image)
-        if self.alpha_input:
-            x = torch.cat([x, alpha_channel(alpha, x)], dim=1)
+        a = alpha_channel(alpha, x) if self.alpha_input else None
+        fixes = _detail(self, a, image)
+        if a is not None:
+            x = torch.cat([x, a], dim=1)
         last = len(self.convs) - 1
         for i, (conv, (_, _, up)) in enumerate(zip(self.convs, _CONVS)):
             x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
@@ -138,18 +139,23 @@ class Decoder(nn.Module):
         return new
 
 
-def _detail(decoder: Decoder | FoldedDecoder, x: torch.Tensor, alpha: torch.Tensor | float,
-            image: torch.Tensor | None) -> dict[int, torch.Tensor]:
-    """The detail path's corrections per conv index ({} without one); a version 3 without the image is an
-    error, not a silent alpha-1 answer. Where every alpha is 1 the corrections are exactly zero, so eager
-    calls skip them (3-4% of a 512-px stylization); a traced graph (the exported runtimes) keeps them."""
-    if decoder.detail is None:
-        return {}
-    if image is None:
+def require_image(decoder: Decoder | FoldedDecoder, image: torch.Tensor | None) -> None:
+    """A version 3 without the content image is an error, not a silent alpha-1 answer."""
+    if decoder.detail is not None and image is None:
         raise ValueError("a version-3 decoder (detail path) needs the content image")
-    if not torch.jit.is_tracing() and bool((torch.as_tensor(alpha) == 1).all()):
+
+
+def _detail(decoder: Decoder | FoldedDecoder, alpha: torch.Tensor | None,
+            image: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """The detail path's corrections per conv index ({} without one) for the decoder's alpha map. Where every
+    alpha is 1 they are exactly zero, so eager calls skip them (3-4% of a 512-px stylization); a traced graph
+    (the exported runtimes) keeps them."""
+    require_image(decoder, image)
+    if decoder.detail is None or alpha is None:
         return {}
-    return decoder.detail(image, alpha_channel(alpha, x))
+    if not torch.jit.is_tracing() and bool((alpha == 1).all()):
+        return {}
+    return decoder.detail(image, alpha)
 
 
 def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half: bool = True) -> None:
@@ -241,9 +247,10 @@ class FoldedDecoder(nn.Module):
     def forward(
         self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0, image: torch.Tensor | None = None
     ) -> torch.Tensor:
-        fixes = _detail(self, x, alpha, image)  # the detail path's corrections come after the folded convs
-        if self.alpha_input:
-            x = torch.cat([x, alpha_channel(alpha, x)], dim=1)
+        a = alpha_channel(alpha, x) if self.alpha_input else None
+        fixes = _detail(self, a, image)  # the detail path's corrections come after the folded convs
+        if a is not None:
+            x = torch.cat([x, a], dim=1)
         last = len(self.convs) - 1
         for i, (conv, folded) in enumerate(zip(self.convs, self.folded)):
             if folded:

@@ -55,6 +55,13 @@ def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
+def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Images (1 x 3 x h x w each, of one padded size) padded by reflection to it and stacked: what the encoder
+    encodes, and what a decoder with the detail path is given back."""
+    ph, pw = padded_size(*images[0].shape[2:])
+    return torch.cat([pad_to(img, ph, pw) for img in images])
+
+
 class Features(NamedTuple):
     relu1_1: torch.Tensor
     relu2_1: torch.Tensor
@@ -134,9 +141,7 @@ class Encoder(nn.Module):
         map is then cut to the part that covers its image, so statistics never count the padding and a
         decoder given the map back (padded the same way) reproduces the image's exact size.
         """
-        ph, pw = padded_size(*images[0].shape[2:])
-        weight = self.convs["block1_conv1"].weight
-        x = torch.cat([pad_to(img, ph, pw) for img in images]).to(weight.device)
+        x = pad_batch(images).to(self.convs["block1_conv1"].weight.device)
         if run is None:
             feats = self(x.contiguous(memory_format=torch.channels_last)).relu4_1
         else:

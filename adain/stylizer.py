@@ -22,7 +22,7 @@ from PIL import Image
 from adain.backends import make_backend
 from adain.cache import StyleCache
 from adain.decoder import load_decoder
-from adain.encoder import Encoder, feature_size, pad_to, padded_size
+from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job
 from adain.ops import adain, coral, luminance, mean_std, with_luminance
@@ -247,7 +247,7 @@ class Stylizer:
                 alphas = self._decoder_alphas([jobs[i] for i in idx], (ph // 8, pw // 8))
                 images = None
                 if self.decoder.detail is not None:  # the detail path sees the contents, padded as encoded
-                    images = torch.cat([pad_to(jobs[i].content, ph, pw) for i in idx]).to(self.device)
+                    images = pad_batch([jobs[i].content for i in idx]).to(self.device)
                 y = self.backend.decode(torch.cat(targets).to(group[0].dtype), alphas, images)
             for k, i in enumerate(idx):
                 job = jobs[i]

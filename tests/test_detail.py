@@ -4,7 +4,6 @@ and tiles run it; training grows it on a frozen decoder and resumes exactly."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_train import ENV, logged, train
+from test_backends import CONTENT, RUNTIMES, STYLE, pixels  # the same runtime checks, a v3 decoder
+from test_train import ENV, logged, resumes_exactly, train
 
 from adain import Stylizer
 from adain.decoder import FoldedDecoder, load_decoder, save_decoder
@@ -21,13 +21,6 @@ from adain.tiling import Tiling
 from synth import band_mask, encoded, synth_image
 
 torch.set_num_threads(1)
-RUNTIMES = [r for r in ("openvino", "onnxruntime") if importlib.util.find_spec(r) is not None]
-CONTENT = synth_image(97, 61, seed=1)  # odd sizes: padded to 104 x 64 inside, cut back after
-STYLE = encoded(synth_image(64, 64, seed=2))
-
-
-def pixels(img: Image.Image) -> np.ndarray:
-    return np.asarray(img).astype(np.int16)
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +99,7 @@ def test_training_grows_the_path_on_a_frozen_decoder(data: Path, tmp_path: Path,
     is architecture 3 and alpha 1 is the init decoder's image."""
     flags = ("--workers", "0", "--init", str(decoder_path), "--detail", "--alpha-zero", "0.5", "--alpha-one", "0.25",
              "--recon-weight", "10", "--lr", "1e-2")
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train(data, straight, 4, *flags)
-    train(data, split, 2, *flags)
-    train(data, split, 4, *flags, "--resume")
-    a = torch.load(straight / "checkpoint.pt", weights_only=False)["decoder"]
-    b = torch.load(split / "checkpoint.pt", weights_only=False)["decoder"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    straight, a = resumes_exactly(data, tmp_path, flags)
     init = load_decoder(decoder_path)[0].with_detail().state_dict()
     assert all(torch.equal(a[k], init[k]) for k in init if k.startswith("convs."))
     assert any(not torch.equal(a[k], init[k]) for k in init if k.startswith("detail."))

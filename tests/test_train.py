@@ -87,21 +87,28 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
 ALPHA_FLAGS = ("--alpha-zero", "0.5", "--alpha-one", "0.25", "--recon-weight", "10", "--recon-feature-weight", "1")
 
 
-def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path) -> None:
-    """Two steps, stop, two more == four steps in one go (same data, alphas, RNG and optimizer state), with
-    alpha sampling, the recon and teacher terms on, from a decoder file's weights; the export records the knobs."""
+def resumes_exactly(data: Path, tmp_path: Path, flags: tuple[str, ...]) -> tuple[Path, dict]:
+    """Four steps in one go and two + two resumed, into tmp_path/straight and tmp_path/split: the decoder
+    weights must agree. Returns the straight run's folder and its weights."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    teacher = ("--teacher", str(decoder_path), "--teacher-weight", "100")
-    flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", "--recon-scale", "1", *ALPHA_FLAGS,
-             *teacher)
     train(data, straight, 4, *flags)
     train(data, split, 2, *flags)
     train(data, split, 4, *flags, "--resume")
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["decoder"]
     b = torch.load(split / "checkpoint.pt", weights_only=False)["decoder"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    return straight, a
+
+
+def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path) -> None:
+    """Two steps, stop, two more == four steps in one go (same data, alphas, RNG and optimizer state), with
+    alpha sampling, the recon and teacher terms on, from a decoder file's weights; the export records the knobs."""
+    teacher = ("--teacher", str(decoder_path), "--teacher-weight", "100")
+    flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", "--recon-scale", "1", *ALPHA_FLAGS,
+             *teacher)
+    straight, _ = resumes_exactly(data, tmp_path, flags)
     rows = logged(straight)
-    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in logged(split)], rel=1e-5)
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in logged(tmp_path / "split")], rel=1e-5)
     assert all(r["alpha_zero"] == 0.5 and r["recon_weight"] == 10 and "recon" in r for r in rows)
     assert any(r["recon"] > 0 for r in rows)  # some samples were drawn at alpha 0
     assert all(r["teacher_weight"] == 100 and r["teacher"] >= 0 for r in rows)

@@ -297,7 +297,7 @@ class Trainer:
                 s_feats = self.encoder(style)
                 s_mean, s_std = mean_std(s_feats.relu4_1)
                 target = (a4 * adain(c4, s_mean, s_std).float() + (1 - a4) * c4.float()).to(c4.dtype)
-            out = self.model(target, alpha, content if args.detail else None)
+            out = self.model(target, alpha, content)  # the content: what a detail path reads (others ignore it)
             o_feats = self.encoder(out)
             loss_c = F.mse_loss(o_feats.relu4_1.float(), target.float())
             loss_s = style_loss(o_feats, s_feats, weights=alpha)
