@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from adain import Stylizer
+from adain.decoder import load_decoder
 from synth import synth_image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -124,13 +125,34 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     assert meta["init"]["file"] == str(decoder_path) and meta["init"]["version"].startswith("sha256:")
 
 
-@pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1")])
-def test_teacher_flags_go_together(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cooldown_and_ema(data: Path, tmp_path: Path) -> None:
+    """The lr falls linearly to 0 over the --cooldown steps before --steps; the weight average resumes
+    exactly and is what export writes (the last step's weights with --raw)."""
+    flags = ("--workers", "0", "--lr", "1e-3", "--lr-decay", "0", "--ema", "0.5")
+    train(data, tmp_path / "cool", 4, *flags, "--cooldown", "3")
+    assert [r["lr"] for r in logged(tmp_path / "cool")] == pytest.approx([1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3])
+    straight, weights = resumes_exactly(data, tmp_path, flags)  # (a cooldown would move with each leg's --steps)
+    ema = torch.load(straight / "checkpoint.pt", weights_only=False)["ema"]
+    split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["ema"]
+    assert all(torch.allclose(ema[k], split[k], atol=1e-6) for k in ema)
+    assert any(not torch.allclose(ema[k], weights[k]) for k in ema)  # an average, not the last weights
+    for extra, want in (((), ema), (("--raw",), weights)):
+        exported = tmp_path / f"decoder{len(extra)}.pt"
+        subprocess.run([sys.executable, "-m", "adain.train", "export", str(straight / "checkpoint.pt"), str(exported),
+                        "--fp32", *extra], check=True, env=ENV, capture_output=True)
+        decoder, file = load_decoder(exported)
+        assert all(torch.equal(v, want[k]) for k, v in decoder.state_dict().items())
+        assert file.meta["cooldown"] == 0 and file.meta["ema"] == (None if extra else 0.5)
+
+
+@pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1"),
+                                   ("--cooldown", "-1"), ("--ema", "1")])
+def test_flags_refused(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     from adain.train.train import parse_args
 
     with pytest.raises(SystemExit) as e:
         parse_args(["--content", ".", "--style", ".", *flags])
-    assert e.value.code == 2 and "--teacher" in capsys.readouterr().err
+    assert e.value.code == 2 and flags[0] in capsys.readouterr().err
 
 
 def test_alpha_draws() -> None:

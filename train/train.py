@@ -24,6 +24,10 @@ stays that decoder's bit for bit while alpha 0 learns to give back the photo.
 at alpha 1 add ``--teacher-weight`` x the pixel MSE to that decoder's output for the same target
 ("learning without forgetting", Li & Hoiem, 2016). The GPU rounds without it gained ~4 dB at alpha 0
 but lost 20-55% of alpha 1's style loss to the reconstruction terms.
+
+``--cooldown N`` takes the lr linearly down to 0 over the last N steps before ``--steps`` and ``--ema D``
+keeps a moving average of the weights, which ``export`` writes: the end of a budgeted run (Li, Yumer &
+Ramanan, "Budgeted Training", ICLR 2020), where a decaying lr leaves the loss on a plateau.
 """
 
 from __future__ import annotations
@@ -80,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "photos' own detail for the reconstruction while the other samples train at 2")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay", type=float, default=5e-5, help="lr / (1 + lr_decay * step)")
+    p.add_argument("--cooldown", type=int, default=0,
+                   help="over the last N steps before --steps, take the lr linearly down to 0")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+                   "export writes it instead of the last step's weights")
     p.add_argument("--style-weight", type=float, default=10.0)
     p.add_argument("--content-weight", type=float, default=1.0)
     p.add_argument("--alpha-zero", type=float, default=0.0, help="share of samples trained at alpha 0 (reconstruction)")
@@ -127,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--recon-weight, --recon-feature-weight and --teacher-weight must be >= 0")
     if (args.teacher is None) != (args.teacher_weight == 0):
         p.error("--teacher and a --teacher-weight above 0 go together")
+    if args.cooldown < 0 or not 0 <= args.ema < 1:
+        p.error(f"--cooldown must be >= 0 and --ema in [0, 1), got {args.cooldown}, {args.ema}")
     if args.detail and args.init is None and not args.resume:
         p.error("--detail grows a trained decoder: give it --init (e.g. adain/assets/decoder.pt)")
     args.alpha_input = args.alpha_input or args.detail
@@ -177,6 +188,7 @@ class Trainer:
         self.step = 0
         self.last_losses: dict[str, float] = {}
         self.init_meta: dict[str, Any] = {}
+        self.ema: dict[str, torch.Tensor] | None = None
         self.ckpt_path = args.out / "checkpoint.pt"
         if args.resume and self.ckpt_path.exists():
             self._load(self.ckpt_path)
@@ -201,6 +213,10 @@ class Trainer:
             if self.main:
                 log.info("starting from the weights of %s (%s)", args.init, init_file.version)
         self.model = DistributedDataParallel(self.decoder) if self.world > 1 else self.decoder
+        if args.ema == 0:
+            self.ema = None
+        elif self.ema is None:  # the average starts at the weights the run starts from (a trained --init)
+            self.ema = self._weights()
         self.teacher: Decoder | None = None
         self.teacher_meta: dict[str, str] | None = None
         if args.teacher is not None:
@@ -214,6 +230,23 @@ class Trainer:
         same = args.recon_scale == args.content_scale
         self.sharp = None if same else self._loader(args.content, args.seed, start, args.recon_scale)
         self.style = self._loader(args.style, args.seed + 1, start)
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().clone() for k, v in self.decoder.state_dict().items()}
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        new = self.decoder.state_dict()
+        for k, avg in self.ema.items():
+            avg.lerp_(new[k].detach().float().cpu(), 1.0 - self.args.ema)
+
+    def lr_at(self, step: int) -> float:
+        a = self.args
+        lr = a.lr / (1.0 + a.lr_decay * step)
+        if a.cooldown > 0:
+            lr *= min(1.0, (a.steps - step) / a.cooldown)
+        return lr
 
     def _loader(self, folder: Path, seed: int, start: int, scale: float = 1.0) -> Any:
         ds = ImageFolder(folder, crop=self.args.crop, seed=seed, rescale=(0.8 * scale, 1.25 * scale))
@@ -240,6 +273,7 @@ class Trainer:
             "losses": self.last_losses,
             "init": self.init_meta,
             "teacher": self.teacher_meta,
+            "ema": self.ema,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -259,6 +293,7 @@ class Trainer:
         self.step = int(state["step"])
         self.last_losses = state.get("losses", {})
         self.init_meta = state.get("init", {})
+        self.ema = state.get("ema")
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if self.cuda and rng["cuda"]:
@@ -283,7 +318,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         args = self.args
         for group in self.opt.param_groups:
-            group["lr"] = args.lr / (1.0 + args.lr_decay * self.step)
+            group["lr"] = self.lr_at(self.step)
         content, style = self._batch(self.content), self._batch(self.style)
         alpha = self.alphas(content.shape[0]).to(self.device)
         at_zero = (alpha == 0).float()
@@ -321,6 +356,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self._update_ema()
         self._last_batch = (content, style, out)
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
 
@@ -459,17 +495,21 @@ def export(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="", help="what the decoder was trained on (goes into the metadata)")
     p.add_argument("--note", default="", help="free text for the metadata, e.g. 'CPU interim decoder'")
     p.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16, half the size)")
+    p.add_argument("--raw", action="store_true", help="the last step's weights, not the --ema average")
     args = p.parse_args(argv)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     targs = state.get("args", {})
     decoder = Decoder(alpha_input=bool(targs.get("alpha_input")), detail=bool(targs.get("detail")))
-    decoder.load_state_dict(state["decoder"])
+    ema = state.get("ema") if not args.raw else None
+    decoder.load_state_dict(ema if ema is not None else state["decoder"])
     meta = {
         "data": args.data or f"content={targs.get('content')} style={targs.get('style')}",
         "steps": int(state["step"]),
         "batch_size": targs.get("batch_size"),
         "crop": targs.get("crop"),
         "detail": bool(targs.get("detail")),  # the detail path grown and trained alone (architecture 3)
+        "cooldown": targs.get("cooldown", 0),
+        "ema": targs.get("ema", 0.0) if ema is not None else None,  # None: the last step's weights
         **{k: targs.get(k) for k in LOGGED_KNOBS if k in targs},
         "init": state.get("init") or None,
         "teacher": state.get("teacher"),
