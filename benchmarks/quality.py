@@ -36,6 +36,11 @@ means: tone and colour, what relu4_1's grid holds) and detail (the rest), beside
 images alone would score. ``--interpolate RECON.pt`` adds the shipped decoder with its weights moved towards
 a reconstruction decoder's as alpha falls (at alpha a: (1 - a) x RECON + a x shipped), one way to keep alpha 1
 exactly where the shipped decoder has it while alpha 0 reconstructs.
+
+``--floor-pairs N`` asks whether the decoder or the target limits the content loss: on N of the pairs it
+measures how far ours is from AdaIN's target (MSE of relu4_1 at the evaluation size), then moves ours' pixels
+towards the target alone with ``--floor-steps`` L-BFGS iterations. If that image gets much nearer than ours,
+an image near the target exists and the gap is the decoder's to close; what it scores is a realisable floor.
 """
 
 from __future__ import annotations
@@ -92,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gatys-pairs", type=int, default=6, help="seeded subset of N pairs for Gatys (0: skip Gatys)")
     p.add_argument("--gatys-size", type=int, default=256, help="content (and style) longest side for Gatys")
     p.add_argument("--gatys-steps", type=int, default=100, help="L-BFGS iterations")
+    p.add_argument("--floor-pairs", type=int, default=0,
+                   help="pairs on which ours' pixels are optimised towards the AdaIN target alone (0: off)")
+    p.add_argument("--floor-steps", type=int, default=100, help="L-BFGS iterations for --floor-pairs")
     p.add_argument("--gatys-style-loss", choices=("meanstd", "gram"), default="meanstd")
     p.add_argument("--gatys-content-weight", type=float, default=1.0)
     p.add_argument("--gatys-style-weight", type=float, default=10.0)
@@ -106,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --sweep: also the shipped decoder's weights interpolated towards this one's as alpha "
                    "goes to 0 ((1 - alpha) * RECON + alpha * shipped; Wang et al., Deep Network Interpolation, 2019)")
     args = p.parse_args(argv)
-    for name in ("size", "eval_size", "gatys_size", "gatys_steps"):
+    for name in ("size", "eval_size", "gatys_size", "gatys_steps", "floor_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.style_size is not None and args.style_size < 1:
@@ -171,12 +179,20 @@ class Evaluator:
         feats = self.features(fit_to(out, size))
         return F.mse_loss(feats.relu4_1, c4).item(), style_loss(feats, self.style_ref(*style)).item()
 
+    def target(self, content: tuple[str, Image.Image], style: tuple[str, Image.Image]) -> torch.Tensor:
+        """AdaIN's target at the evaluation size: relu4_1 of the content with the style's means and stds."""
+        _, c4 = self.content_ref(*content)
+        return adain(c4, *mean_std(self.style_ref(*style).relu4_1))
+
     def target_content_loss(self, content: tuple[str, Image.Image], style: tuple[str, Image.Image]) -> float:
         """Content loss of the AdaIN target itself (alpha 1): what a decoder that inverted the encoder
         exactly would score, so the gap between it and ours is the decoder's own error."""
-        _, c4 = self.content_ref(*content)
-        t = adain(c4, *mean_std(self.style_ref(*style).relu4_1))
-        return F.mse_loss(t, c4).item()
+        return F.mse_loss(self.target(content, style), self.content_ref(*content)[1]).item()
+
+    def to_target(self, out: Image.Image, content: tuple[str, Image.Image], style: tuple[str, Image.Image]) -> float:
+        """MSE(relu4_1(output), AdaIN's target): how far an alpha-1 output is from what the decoder is asked for."""
+        size, _ = self.content_ref(*content)
+        return F.mse_loss(self.features(fit_to(out, size)).relu4_1, self.target(content, style)).item()
 
 
 # --- fidelity at alpha 0 ------------------------------------------------------------------------
@@ -315,6 +331,37 @@ def print_sweep(rows: list[SweepRow]) -> None:
 
 
 # --- Gatys et al. ---------------------------------------------------------------------------------
+def lbfgs(
+    x0: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, keep_best: bool = False
+) -> torch.Tensor:
+    """``steps`` L-BFGS iterations on the pixels from ``x0``, clamped to [0, 1] after each. Without a line
+    search an iteration can overshoot (seen: one pair in eight): ``keep_best`` returns the best image seen."""
+    x = x0.clone(memory_format=torch.contiguous_format).requires_grad_(True)  # LBFGS views the grad flat
+    # max_iter=1: one iteration (one loss evaluation) per step() call; the optimizer keeps its history
+    # between calls, so ``steps`` calls are ``steps`` L-BFGS iterations with a clamp to [0, 1] after each.
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=100)
+    best = (math.inf, x0)
+
+    def closure() -> torch.Tensor:
+        nonlocal best
+        opt.zero_grad()
+        loss = loss_fn(x)
+        loss.backward()
+        if keep_best and loss.item() < best[0]:
+            best = (loss.item(), x.detach().clone())
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    if keep_best:
+        with torch.no_grad():
+            if loss_fn(x).item() >= best[0]:
+                return best[1]
+    return x.detach()
+
+
 def gatys(
     encoder: Encoder,
     content: torch.Tensor,
@@ -340,23 +387,39 @@ def gatys(
                 total = total + F.mse_loss(mean, t[0]) + F.mse_loss(std, t[1])
         return total
 
-    x = content.clone(memory_format=torch.contiguous_format).requires_grad_(True)  # LBFGS views the grad flat
-    # max_iter=1: one iteration (one loss evaluation) per step() call; the optimizer keeps its history
-    # between calls, so ``steps`` calls are ``steps`` L-BFGS iterations with a clamp to [0, 1] after each.
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=100)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
+    def loss(x: torch.Tensor) -> torch.Tensor:
         feats = encoder(x)
-        loss = content_weight * F.mse_loss(feats.relu4_1, c4) + style_weight * style_term(feats)
-        loss.backward()
-        return loss
+        return content_weight * F.mse_loss(feats.relu4_1, c4) + style_weight * style_term(feats)
 
-    for _ in range(steps):
-        opt.step(closure)
-        with torch.no_grad():
-            x.clamp_(0, 1)
-    return x.detach()
+    return lbfgs(content, loss, steps)
+
+
+def realisable_floor(
+    pairs: list[tuple[str, str]],
+    ours: dict[tuple[str, str], Image.Image],
+    contents: dict[str, Image.Image],
+    styles: dict[str, Image.Image],
+    ev: Evaluator,
+    steps: int,
+) -> list[tuple[str, list[float | None]]]:
+    """Rows (label, [to the target, content loss, style loss]) for the target itself, ours, and ours moved
+    towards the target alone by L-BFGS (``--floor-pairs``); empty without pairs."""
+    if not pairs:
+        return []
+    rows: dict[str, list[list[float | None]]] = {"target": [], "ours": [], "moved": []}
+    for pair in tqdm(pairs, desc="floor", unit="pair", dynamic_ncols=True):
+        c, s = (pair[0], contents[pair[0]]), (pair[1], styles[pair[1]])
+        size, _ = ev.content_ref(*c)
+        target = ev.target(c, s).clone()  # outside inference mode: autograd may save it
+        start = to_tensor(fit_to(ours[pair], size)).to(ev.device)
+        moved = lbfgs(start, lambda x, t=target: F.mse_loss(ev.encoder(x).relu4_1, t), steps, keep_best=True)
+        moved = to_image(moved)
+        rows["target"].append([0.0, ev.target_content_loss(c, s), None])
+        for key, img in (("ours", ours[pair]), ("moved", moved)):
+            rows[key].append([ev.to_target(img, c, s), *ev.losses(img, c, s)])
+    labels = {"target": "AdaIN's target itself (features, no image)", "ours": "ours",
+              "moved": f"ours moved towards the target, {steps} L-BFGS iterations"}
+    return [(labels[k], [None if v[0] is None else statistics.fmean(v) for v in zip(*r)]) for k, r in rows.items()]
 
 
 # --- bookkeeping ------------------------------------------------------------------------------------
@@ -452,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if 0 < args.pairs < len(all_pairs):
         pairs = sorted(random.Random(args.seed).sample(all_pairs, args.pairs))
     gatys_pairs = sorted(random.Random(args.seed + 1).sample(pairs, min(args.gatys_pairs, len(pairs))))
+    floor_pairs = sorted(random.Random(args.seed + 2).sample(pairs, min(max(args.floor_pairs, 0), len(pairs))))
 
     ours = Method(f"AdaIN (ours), {args.size} px")
     content_m = Method("content image")
@@ -461,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     sample_pairs = set((gatys_pairs if run_gatys else pairs)[: args.num_samples]) if args.save_samples else set()
     outputs: dict[tuple[str, str], dict[str, Image.Image]] = {}
     target_content: dict[tuple[str, str], float] = {}
+    floor_from: dict[tuple[str, str], Image.Image] = {}
 
     # Untimed warm-up: the first call pays one-off costs (allocator, kernels).
     c0, s0 = pairs[0]
@@ -475,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         target_content[pair] = ev.target_content_loss(c, s)
         if pair in sample_pairs:
             outputs.setdefault(pair, {})["ours"] = out
+        if pair in floor_pairs:
+            floor_from[pair] = out
         out, t = timed(lambda c=c: resize_longest(c[1], args.size))
         content_m.results[pair] = Result(*ev.losses(out, c, s), t)
         out, t = timed(lambda c=c, s=s: ImageOps.fit(s[1], resize_longest(c[1], args.size).size))
@@ -507,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
             gatys_m.results[pair] = Result(*ev.losses(out, c, s), t)
             if pair in sample_pairs:
                 outputs.setdefault(pair, {})["gatys"] = out
+
+    floor_rows = realisable_floor(floor_pairs, floor_from, contents, styles, ev, args.floor_steps)
 
     # --- report --------------------------------------------------------------------------------
     dev = str(device) + (f" ({torch.cuda.get_device_name(device)})" if stylizer.cuda else "")
@@ -562,6 +631,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if len(pairs) < len(all_pairs):
         print(f"- ours and baselines: a seeded subset of {len(pairs)} of the {len(all_pairs)} pairs.")
+    if floor_rows:
+        print()
+        print(f"Does the decoder or the target limit the content loss? {len(floor_pairs)} of the pairs, seeded, "
+              f"at {args.eval_size} px:")
+        print()
+        print("| image | to the AdaIN target | content loss | style loss |")
+        print("|---|---:|---:|---:|")
+        for label, keys in floor_rows:
+            print(f"| {label} | " + " | ".join("–" if k is None else f"{k:.4g}" for k in keys) + " |")
 
     if args.sweep:
         decoders = [("shipped", stylizer if args.decoder is None else make_stylizer(args, None))]

@@ -1,5 +1,6 @@
 """benchmarks/quality.py end to end on synthetic folders: the main table and the alpha sweep (issue 20's
-yardstick), with two decoders beside the shipped one and the shipped one interpolated towards another."""
+yardstick), with two decoders beside the shipped one and the shipped one interpolated towards another, and the
+realisable floor (ours moved towards the AdaIN target)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path) -
     cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--content", str(tmp_path / "content"),
            "--style", str(tmp_path / "style"), "--decoder", str(decoder_path), str(other),
            "--size", "64", "--eval-size", "48", "--pairs", "2", "--gatys-pairs", "1", "--gatys-size", "48",
-           "--gatys-steps", "2", "--backend", "torch", "--threads", "1", "--sweep", "--interpolate", str(other)]
+           "--gatys-steps", "2", "--backend", "torch", "--threads", "1", "--sweep", "--interpolate", str(other),
+           "--floor-pairs", "1", "--floor-steps", "3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -43,3 +45,8 @@ def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path) -
     assert float(cells[("shipped", 0.0)][5].split()[0]) > 0
     assert "coarse images alone score" in out
     assert out.count("as alpha goes 0 -> 1") == 4
+    floor = {r[0].strip(): [c.strip() for c in r[1:]] for r in (line.split("|")[1:-1] for line in out.splitlines()
+             if line.startswith(("| ours |", "| ours moved", "| AdaIN's target")))}
+    assert len(floor) == 3, out
+    ours, moved = floor["ours"], next(v for k, v in floor.items() if k.startswith("ours moved"))
+    assert 0 <= float(moved[0]) < float(ours[0])  # the best image seen is never further than the start
