@@ -120,6 +120,23 @@ class Decoder(nn.Module):
         new.load_state_dict(state)
         return new
 
+    def without_alpha_input(self) -> Decoder:
+        """The version-1 copy of a version 2 whose alpha channel is unused (zero weights, as ``with_alpha_input``
+        and the shipped file leave it): the same outputs at every alpha. Training at alpha 1 alone would
+        otherwise teach that channel a bias that moves every other alpha."""
+        if not self.alpha_input:
+            return self
+        if self.detail is not None:
+            raise ValueError("drop the detail path first (without_detail)")
+        w = self.convs[0].weight
+        if bool(w[:, -1].any()):
+            raise ValueError("its alpha channel has learnt weights: dropping them would change its outputs")
+        new = Decoder().to(w.device)
+        state = self.state_dict()
+        state["convs.0.weight"] = w[:, :-1].detach().clone()
+        new.load_state_dict(state)
+        return new
+
     def with_detail(self) -> Decoder:
         """A version-3 copy with the same outputs: the detail path starts at zero (a version 1 gains the
         alpha channel first)."""

@@ -4,7 +4,8 @@
 #   bash scripts/gpu_round.sh OUT_DIR          (the device tool: OUT_DIR=$OUT, carry [".gpu"])
 # (a) fine-tunes the shipped decoder's convolutions (the decoder under its detail path) at alpha 1 in two
 #     variants side by side for MINUTES (bf16, channels_last, 256-px crops of photos at 2x): A at style
-#     weight 3, B at 2; exports each as a product decoder file (architecture 2);
+#     weight 3, B at 2; exports each as a product decoder file (architecture 1: the paper's decoder; the
+#     shipped file's unused alpha channel is dropped, not trained into a bias at alpha 1);
 # (b) benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager and CUDA graphs), and
 #     over gRPC (a real server, N concurrent clients, single-request latency).
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
@@ -57,7 +58,7 @@ if [ "$PART" != bench ]; then
 
 # (a) training: two variants side by side on the one GPU
 COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --save-every 500
-        --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --alpha-input --content-scale 2
+        --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --content-scale 2
         "${TRAIN[@]}" ${EXTRA:-})
 train() {
   name=$1 dir=$2; shift 2

@@ -132,3 +132,23 @@ def test_training_under_a_detail_path(data: Path, tmp_path: Path, grown: tuple[P
     dec, file = load_decoder(exported)
     assert dec.arch_version == 2 and file.meta["detail"] is False
     assert any(r["teacher"] > 0 for r in logged(out))
+
+
+def test_unused_alpha_channel_is_dropped(tmp_path: Path, grown: tuple[Path, Path]) -> None:
+    """Training the convolutions under the shipped path at alpha 1 (the GPU round) trains the paper's decoder:
+    the version 3's unused alpha channel (zero weights) is dropped, a version 1 with the same outputs at every
+    alpha; one with learnt weights is refused, by the library and by adain-train."""
+    shipped = load_decoder()[0]  # the shipped file: its alpha channel was never trained
+    v2 = shipped.without_detail()
+    v1 = v2.without_alpha_input()
+    torch.manual_seed(0)
+    x, image = torch.rand(1, 512, 5, 6), torch.rand(1, 3, 40, 48)
+    assert v1.arch_version == 1
+    assert torch.allclose(v1(x), shipped(x, 1.0, image), atol=1e-5)
+    assert torch.allclose(v1(x), v2(x, 0.3), atol=1e-5)
+    with pytest.raises(ValueError, match="learnt weights"):
+        load_decoder(grown[0])[0].without_alpha_input()
+    cmd = [sys.executable, "-m", "adain.train", "--content", ".", "--style", ".", "--out", str(tmp_path / "run"),
+           "--init", str(grown[1]), "--steps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode != 0 and "learnt weights" in proc.stderr and "--alpha-input" in proc.stderr

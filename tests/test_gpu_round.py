@@ -31,9 +31,9 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     assert set(files) == FILES, files
     assert all(0 < size <= 16 * 2**20 for size in files.values()), files
-    for name, style_weight in (("A", 3), ("B", 2)):  # the convolutions under the detail path, at alpha 1
+    for name, style_weight in (("A", 3), ("B", 2)):  # the convolutions under the detail path, at alpha 1 (v1)
         dec, file = load_decoder(out / f"{name}-decoder.pt")
-        assert dec.arch_version == 2 and file.meta["steps"] == 2 and file.meta["content_scale"] == 2
+        assert dec.arch_version == 1 and file.meta["steps"] == 2 and file.meta["content_scale"] == 2
         assert (file.meta["alpha_one"], file.meta["style_weight"], file.meta["teacher"]) == (1, style_weight, None)
         assert file.meta["init"]["file"] == "adain/assets/decoder.pt"
     bench = (out / "bench.txt").read_text()

@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-weight", type=float, default=0.0,
                    help="pixel MSE to the --teacher's output, for samples at alpha 1")
     p.add_argument("--alpha-input", action="store_true",
-                   help="decoder architecture 2: alpha is an input too (a v1 --init gains the channel, zero weights)")
+                   help="decoder architecture 2: alpha is an input too (a v1 --init gains the channel, zero weights; "
+                   "without it a v2/v3 --init's unused channel is dropped)")
     p.add_argument("--detail", action="store_true",
                    help="decoder architecture 3: grow the detail path (implies --alpha-input) and train it alone, "
                    "the rest frozen, so alpha 1 keeps the --init decoder's outputs exactly")
@@ -203,6 +204,12 @@ class Trainer:
                 weights = weights.without_detail()
                 if args.alpha_input:
                     weights = weights.with_alpha_input()
+                else:  # the paper's decoder: an unused alpha channel (a v3's, zero) is dropped, not trained
+                    try:
+                        weights = weights.without_alpha_input()
+                    except ValueError as e:
+                        raise SystemExit(f"adain-train: --init {args.init}: {e}; pass --alpha-input to train "
+                                         "it as a version 2") from e
             self.decoder.load_state_dict(weights.state_dict())
             self.init_meta = {
                 "file": str(args.init),
