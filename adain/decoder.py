@@ -94,10 +94,7 @@ class Decoder(nn.Module):
     ) -> torch.Tensor:
         """``alpha``: a number, one per sample (N), or a map (N x 1 x H/8 x W/8); version 1 ignores it.
         ``image``: the content (N x 3 x H x W, padded as the encoder padded it), which version 3 needs."""
-        a = alpha_channel(alpha, x) if self.alpha_input else None
-        fixes = _detail(self, a, image)
-        if a is not None:
-            x = torch.cat([x, a], dim=1)
+        x, fixes = _inputs(self, x, alpha, image)
         last = len(self.convs) - 1
         for i, (conv, (_, _, up)) in enumerate(zip(self.convs, _CONVS)):
             x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
@@ -160,6 +157,15 @@ def require_image(decoder: Decoder | FoldedDecoder, image: torch.Tensor | None) 
     """A version 3 without the content image is an error, not a silent alpha-1 answer."""
     if decoder.detail is not None and image is None:
         raise ValueError("a version-3 decoder (detail path) needs the content image")
+
+
+def _inputs(decoder: Decoder | FoldedDecoder, x: torch.Tensor, alpha: torch.Tensor | float,
+            image: torch.Tensor | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The first conv's input (the targets, with the alpha map where the decoder takes it) and the detail
+    path's corrections per conv index: what the decoder and its folded form both start from."""
+    a = alpha_channel(alpha, x) if decoder.alpha_input else None
+    fixes = _detail(decoder, a, image)
+    return (x if a is None else torch.cat([x, a], dim=1)), fixes
 
 
 def _detail(decoder: Decoder | FoldedDecoder, alpha: torch.Tensor | None,
@@ -264,10 +270,7 @@ class FoldedDecoder(nn.Module):
     def forward(
         self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0, image: torch.Tensor | None = None
     ) -> torch.Tensor:
-        a = alpha_channel(alpha, x) if self.alpha_input else None
-        fixes = _detail(self, a, image)  # the detail path's corrections come after the folded convs
-        if a is not None:
-            x = torch.cat([x, a], dim=1)
+        x, fixes = _inputs(self, x, alpha, image)  # the detail path's corrections come after the folded convs
         last = len(self.convs) - 1
         for i, (conv, folded) in enumerate(zip(self.convs, self.folded)):
             if folded:

@@ -239,14 +239,16 @@ class Trainer:
         self.style = self._loader(args.style, args.seed + 1, start)
 
     def _weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().float().cpu().clone() for k, v in self.decoder.state_dict().items()}
+        """A float32 copy of the decoder's weights, on its device: the average is updated every step, so it
+        stays where the weights are (no copy to the host per step on a GPU)."""
+        return {k: v.detach().float().clone() for k, v in self.decoder.state_dict().items()}
 
     def _update_ema(self) -> None:
         if self.ema is None:
             return
         new = self.decoder.state_dict()
         for k, avg in self.ema.items():
-            avg.lerp_(new[k].detach().float().cpu(), 1.0 - self.args.ema)
+            avg.lerp_(new[k].detach().float(), 1.0 - self.args.ema)
 
     def lr_at(self, step: int) -> float:
         a = self.args
@@ -280,7 +282,7 @@ class Trainer:
             "losses": self.last_losses,
             "init": self.init_meta,
             "teacher": self.teacher_meta,
-            "ema": self.ema,
+            "ema": None if self.ema is None else {k: v.cpu() for k, v in self.ema.items()},
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -300,7 +302,8 @@ class Trainer:
         self.step = int(state["step"])
         self.last_losses = state.get("losses", {})
         self.init_meta = state.get("init", {})
-        self.ema = state.get("ema")
+        ema = state.get("ema")
+        self.ema = None if ema is None else {k: v.to(self.device) for k, v in ema.items()}
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if self.cuda and rng["cuda"]:
