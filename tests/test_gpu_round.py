@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from adain.decoder import load_decoder
 from helpers import REPO
 from synth import synth_image
@@ -31,12 +33,21 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     assert set(files) == FILES, files
     assert all(0 < size <= 16 * 2**20 for size in files.values()), files
-    for name, style_weight in (("A", 3), ("B", 2)):  # the convolutions under the detail path, at alpha 1 (v1)
-        dec, file = load_decoder(out / f"{name}-decoder.pt")
-        assert dec.arch_version == 1 and file.meta["steps"] == 2 and file.meta["content_scale"] == 2
+    runs = tmp_path / "runs"
+    for name, style_weight in (("A", 3), ("B", 2)):
+        # the convolutions under the detail path, trained at alpha 1 (v1), then the detail path grown on them
+        conv, file = load_decoder(runs / f"dry-{name}-v1.pt")
+        assert conv.arch_version == 1 and file.meta["steps"] == 2 and file.meta["content_scale"] == 2
         assert (file.meta["alpha_one"], file.meta["style_weight"], file.meta["teacher"]) == (1, style_weight, None)
         assert file.meta["init"]["file"] == "adain/assets/decoder.pt"
+        dec, file = load_decoder(out / f"{name}-decoder.pt")
+        assert dec.arch_version == 3 and file.meta["detail"] and file.meta["alpha_zero"] == 0.8, file.meta
+        assert file.meta["init"]["file"] == str(runs / f"dry-{name}-d1.pt")
+        under = dec.without_detail().without_alpha_input().state_dict()  # alpha 1 is the v1's, unchanged
+        assert under.keys() == conv.state_dict().keys()
+        assert all(torch.equal(under[k], v) for k, v in conv.state_dict().items())
     bench = (out / "bench.txt").read_text()
     assert '"mode": "eager"' in bench and "best:" in bench, bench
     assert "benchmarks: exit 0 " in bench and "clients" in bench, bench
-    assert "training exit 0" in (out / "train.txt").read_text()
+    summary = (out / "train.txt").read_text()
+    assert "A: training exit 0" in summary and "B: detail path exit 0" in summary, summary
