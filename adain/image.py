@@ -4,6 +4,7 @@ Every problem with an input image raises :class:`adain.errors.InvalidInputError`
 Decoding is guarded: the header is checked (format, zero size, pixel limit) before any pixel is
 decoded, so a decompression bomb costs nothing; truncated data is an error, never a grey half-image.
 Alpha is composited onto white (a transparent PNG looks as it does in a viewer on a white page).
+Photos come out in sRGB whatever profile they carry, and HEIC/AVIF are read (``adain.photo``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from adain.errors import InvalidInputError
+from adain.photo import heif_missing, heif_support, to_srgb
 from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_name
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ DEFAULT_MAX_PIXELS = Limits.max_pixels  # 40 MP: a 6000 x 6000 photo is fine, a 
 
 # We check the pixel count ourselves, before decoding, with our own limit and message.
 Image.MAX_IMAGE_PIXELS = None
+heif_support()  # HEIC/HEIF photos, where pillow-heif is installed
 
 
 def image_key(source: ImageSource, field: str) -> str:
@@ -82,11 +85,23 @@ def _open(source: ImageSource, field: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF/TIFF tags; errors still raise
-            return Image.open(fp, formats=INPUT_FORMATS)
+            return Image.open(fp, formats=_readable())
     except Image.UnidentifiedImageError as e:
-        raise InvalidInputError(field, f"not a decodable image (supported: {', '.join(INPUT_FORMATS)})") from e
+        if isinstance(fp, io.BytesIO):
+            head = fp.getvalue()[:16]
+        else:
+            with fp.open("rb") as f:
+                head = f.read(16)
+        why = heif_missing(head) or f"not a decodable image (supported: {', '.join(INPUT_FORMATS)})"
+        raise InvalidInputError(field, why) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise InvalidInputError(field, f"cannot read image header: {e}") from e
+
+
+def _readable() -> list[str]:
+    """The input formats this Pillow can open (HEIF only with pillow-heif, AVIF from Pillow 11.3)."""
+    Image.init()
+    return [f for f in INPUT_FORMATS if f in Image.OPEN]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -111,7 +126,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def load_image(
     source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB"
 ) -> Image.Image:
-    """Decode ``source`` to an upright 8-bit image in ``mode`` ("RGB", or "L" for masks).
+    """Decode ``source`` to an upright 8-bit image in ``mode``: "RGB" (a photo, in sRGB whatever profile
+    it carries), "L" (a mask) or "raw" (RGB as stored, no colour conversion: a label image).
 
     Raises InvalidInputError for empty, undecodable, truncated, zero-size or over-limit images.
     """
@@ -128,7 +144,7 @@ def load_image(
         raise InvalidInputError(field, f"image data is truncated or corrupt: {e}") from e
     if mode == "L":
         return img.convert("L") if img.mode in ("L", "RGB", "CMYK", "1", "P") else _to_rgb(img).convert("L")
-    return _to_rgb(img)
+    return _to_rgb(img) if mode == "raw" else to_srgb(img, _to_rgb)
 
 
 def resize_longest(img: Image.Image, limit: int | None) -> Image.Image:

@@ -76,7 +76,8 @@ def _mask(
 
 
 def _label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[np.ndarray]:
-    img = load_image(job.labels, field="labels", max_pixels=max_pixels)  # type: ignore[arg-type]
+    # a label's colour is its name: read as stored, no colour conversion
+    img = load_image(job.labels, field="labels", max_pixels=max_pixels, mode="raw")  # type: ignore[arg-type]
     if img.size != size:
         raise InvalidInputError("labels", f"labels is {img.width} x {img.height}, content is {size[0]} x {size[1]}")
     rgb = np.asarray(img, dtype=np.int64)

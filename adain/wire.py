@@ -29,8 +29,10 @@ FORMAT_ENUM = {name: pb.ImageFormat.Value(f"IMAGE_FORMAT_{name.upper()}") for na
 FORMAT_BY_ENUM = {value: name for name, value in FORMAT_ENUM.items()}
 
 # --- inputs ---------------------------------------------------------------------------------------
-INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # PIL's names of what is decoded (GIF: 1st frame)
-INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# PIL's names of what is decoded (GIF: its 1st frame; HEIF where pillow-heif is installed: adain.photo)
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF")
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
+INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 
 # --- region labels --------------------------------------------------------------------------------
 def label_value(value: object) -> int | None:

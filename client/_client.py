@@ -150,13 +150,19 @@ def _local_error(field: str, message: str) -> StyleTransferError:
 
 
 def image_bytes(image: ImageInput, field: str = "image") -> bytes:
-    """Bytes to send for an image: a file's bytes, the bytes themselves, or a PIL image as PNG."""
+    """Bytes to send for an image: a file's bytes, the bytes themselves, or a PIL image as PNG (CMYK as
+    TIFF), its ICC profile kept so that the server reads its colours as the file that it came from has them."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
     if isinstance(image, Image.Image):
-        img = image if image.mode in ("1", "L", "LA", "I;16", "P", "RGB", "RGBA") else image.convert("RGB")
+        icc = image.info.get("icc_profile")
         buf = io.BytesIO()
-        img.save(buf, "PNG", compress_level=1)
+        if image.mode == "CMYK":
+            image.save(buf, "TIFF", compression="tiff_deflate", **({"icc_profile": icc} if icc else {}))
+        elif image.mode in ("1", "L", "LA", "I;16", "P", "RGB", "RGBA"):
+            image.save(buf, "PNG", compress_level=1, **({"icc_profile": icc} if icc else {}))
+        else:  # other modes are converted here, so the profile no longer describes the pixels
+            image.convert("RGB").save(buf, "PNG", compress_level=1)
         return buf.getvalue()
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)

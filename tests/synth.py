@@ -7,6 +7,9 @@ import io
 import numpy as np
 from PIL import Image
 
+from adain.photo import heif_support
+
+heif_support()  # encoded(img, "HEIF"): an iPhone's HEIC
 
 def synth_image(w: int = 64, h: int = 48, seed: int = 0, kind: str = "mix") -> Image.Image:
     """An RGB image: a smooth seeded gradient ("gradient"), uniform noise ("noise"), or 70/30 of both."""
@@ -103,3 +106,39 @@ def video_facts(path) -> dict:
         with av.open(str(path)) as c:
             facts["audio_packets"] = sum(1 for p in c.demux(c.streams.audio[0]) if p.size)
     return facts
+
+
+# D50 colorants (the PCS's white; what an ICC matrix profile stores) of sRGB and of Display P3
+SRGB_D50 = ((0.4360747, 0.2225045, 0.0139322), (0.3850649, 0.7168786, 0.0971045), (0.1430804, 0.0606169, 0.7141733))
+P3_D50 = ((0.5151215, 0.2411957, -0.0010498), (0.2919769, 0.6922455, 0.0418854), (0.1571045, 0.0665741, 0.7840729))
+
+
+def icc_rgb(colorants=SRGB_D50, gamma: float = 2.2, name: str = "test RGB") -> bytes:
+    """A minimal ICC v2 RGB matrix/gamma display profile: red, green and blue's D50 XYZ and one gamma,
+    as a camera or phone embeds (Display P3 is P3_D50); ``(SRGB_D50[1], SRGB_D50[0], SRGB_D50[2])`` swaps
+    red and green, so a correct conversion turns red pixels green."""
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(v) -> bytes:
+        return b"XYZ " + bytes(4) + b"".join(s15(c) for c in v)
+
+    ascii_ = name.encode() + b"\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(ascii_)) + ascii_ + bytes(4 + 4 + 2 + 1 + 67)
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(colorants[0])),
+            (b"gXYZ", xyz(colorants[1])), (b"bXYZ", xyz(colorants[2])), (b"rTRC", curve), (b"gTRC", curve),
+            (b"bTRC", curve)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = struct.pack(">I", len(tags)), b""
+    for sig, body in tags:
+        body += bytes(-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
+              + bytes(24) + struct.pack(">I", 0) + b"".join(s15(c) for c in (0.9642, 1.0, 0.8249)) + bytes(48))
+    assert len(header) == 128
+    return header + table + data

@@ -14,11 +14,12 @@ from PIL import Image
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import main, parse_style
 from helpers import REPO, ServerProcess, free_port
-from synth import band_mask, make_image, make_mask, pixels
+from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, pixels
 
 CONTENT = make_image(64, 48, seed=21)
 STYLE_A = make_image(40, 40, seed=22, kind="noise")
 STYLE_B = make_image(48, 32, seed=23, kind="gradient")
+SWAPPED = icc_rgb((SRGB_D50[1], SRGB_D50[0], SRGB_D50[2]), name="red and green swapped")
 
 
 @pytest.fixture()
@@ -68,6 +69,25 @@ def test_client_accepts_paths_bytes_pil_and_tuples(client: StyleTransferClient, 
     saved = by_bytes.save(files["content.png"].parent / "sub" / "out.png")
     assert Image.open(saved).size == (64, 48)
     assert by_bytes.to_pil().mode == "RGB"
+
+
+def test_phone_photos_heic_and_colour_profiles(server: ServerProcess, client: StyleTransferClient, tmp_path: Path,
+                                               files: dict[str, Path], capsys) -> None:
+    # A PIL image keeps its ICC profile on the way: the server sees the colours the file has.
+    tagged = Image.open(files["content.png"])
+    tagged.info["icc_profile"] = SWAPPED
+    by_pil = client.stylize(tagged, STYLE_A, alpha=0)
+    assert by_pil.image == client.stylize(encoded(tagged, "PNG", icc_profile=SWAPPED), STYLE_A, alpha=0).image
+    assert by_pil.image != client.stylize(CONTENT, STYLE_A, alpha=0).image
+    # An iPhone's HEIC, alone and in a folder.
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    (photos / "IMG_0001.HEIC").write_bytes(encoded(Image.open(files["content.png"]), "HEIF"))
+    assert client.stylize(photos / "IMG_0001.HEIC", STYLE_A).width == 64
+    out = tmp_path / "out"
+    assert main([str(photos), "-s", str(files["a.png"]), "-o", str(out), "--server", server.target]) == 0, \
+        capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["IMG_0001_stylized_a.png"]
 
 
 def test_register_style_and_refer_to_it(client: StyleTransferClient) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -13,16 +15,18 @@ from PIL import Image
 from adain.errors import InvalidInputError
 from adain.image import encode_image, load_image
 from adain.wire import Limits
-from synth import encoded, synth_image
+from synth import P3_D50, SRGB_D50, encoded, icc_rgb, synth_image
 
 IMG = synth_image(40, 30, seed=7)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "AVIF", "HEIF"])
 def test_formats_decode_from_bytes_and_paths(fmt: str, tmp_path) -> None:
-    data = encoded(IMG, fmt)
+    data = encoded(IMG, fmt)  # AVIF: Pillow itself; HEIF (an iPhone's HEIC): pillow-heif, the heif extra
     out = load_image(data)
     assert out.mode == "RGB" and out.size == (40, 30)
+    if fmt in ("AVIF", "HEIF"):  # lossy, as phones write them: near the image, not equal
+        assert np.abs(np.asarray(out, int) - np.asarray(load_image(encoded(IMG, "PNG")), int)).mean() < 20
     path = tmp_path / f"img.{fmt.lower()}"
     path.write_bytes(data)
     assert load_image(path).size == (40, 30)
@@ -52,6 +56,57 @@ def _sixteen_bit() -> Image.Image:
 def test_sixteen_bit_is_scaled_not_clipped() -> None:
     out = np.asarray(load_image(encoded(_sixteen_bit(), "PNG")))
     assert out.min() == 0 and out.max() == 255 and 100 < out.mean() < 155
+
+
+SWAPPED = icc_rgb((SRGB_D50[1], SRGB_D50[0], SRGB_D50[2]), name="red and green swapped")
+
+
+def _tagged(colour: tuple, icc: bytes, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    return encoded(Image.new(mode, (8, 6), colour), fmt, icc_profile=icc)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF", "WEBP"])
+def test_embedded_profiles_are_converted_to_srgb(fmt: str) -> None:
+    # A profile whose red is sRGB's green: read right, a red pixel is green.
+    r, g, b = load_image(_tagged((255, 0, 0), SWAPPED, fmt)).getpixel((3, 3))
+    assert g > 240 and r < 15 and b < 15, (r, g, b)
+
+
+def test_display_p3_photo_is_more_saturated_in_srgb() -> None:
+    # What a phone's P3 photo looks like in a colour-managed viewer: sRGB needs a stronger red for it.
+    r, g, b = load_image(_tagged((200, 60, 40), icc_rgb(P3_D50, name="Display P3"))).getpixel((0, 0))
+    assert r > 210 and g < 50 and b < 30, (r, g, b)
+
+
+def test_profiles_that_change_nothing_or_cannot_be_used_leave_the_pixels() -> None:
+    colour = (200, 60, 40)
+    for icc in (icc_rgb(SRGB_D50, name="sRGB IEC61966-2.1"), b"not a profile" * 20):
+        assert load_image(_tagged(colour, icc)).getpixel((0, 0)) == colour  # sRGB already; unreadable: as browsers
+    # Masks and label images are data: a label's colour is its name, never converted.
+    assert load_image(_tagged(colour, SWAPPED), mode="raw").getpixel((0, 0)) == colour
+    assert load_image(_tagged(90, SWAPPED, mode="L"), mode="L").getpixel((0, 0)) == 90
+    # A profile and transparency: composited onto white, then converted (white stays white).
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    out = load_image(encoded(rgba, "PNG", icc_profile=SWAPPED))
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1))[1] > 240
+
+
+def test_heif_without_pillow_heif_says_what_is_missing(tmp_path) -> None:
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(encoded(IMG, "HEIF"))
+    code = f"""
+import sys
+sys.modules["pillow_heif"] = None  # as where the heif extra is not installed
+from adain.errors import InvalidInputError
+from adain.image import load_image
+try:
+    load_image({str(path)!r}, field="content")
+except InvalidInputError as e:
+    print(e.field, "|", e)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.startswith("content | ") and "pip install 'adain[heif]'" in run.stdout, run.stdout + run.stderr
 
 
 def test_alpha_is_composited_onto_white() -> None:

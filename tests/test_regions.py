@@ -15,7 +15,7 @@ from adain.image import to_image, to_tensor
 from adain.job import Job
 from adain.ops import masked_adain, mean_std, weighted_mean_std
 from adain.video import VideoStream
-from synth import band_mask, encoded, synth_image
+from synth import SRGB_D50, band_mask, encoded, icc_rgb, synth_image
 
 torch.set_num_threads(1)
 
@@ -113,6 +113,10 @@ def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:
                             label_values=["#ff0000", 3]) == by_masks
     assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=Image.fromarray(colour),
                             label_values=[0xFF0000, 3]) == by_masks
+    # a colour profile on a label image changes no label (labels are names; photos are converted to sRGB)
+    swapped = icc_rgb((SRGB_D50[1], SRGB_D50[0], SRGB_D50[2]))
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=encoded(Image.fromarray(colour), icc_profile=swapped),
+                            label_values=["#ff0000", 3]) == by_masks
 
 
 def test_masks_covering_everything_blend_like_weights(stylizer: Stylizer) -> None:

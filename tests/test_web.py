@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers import REPO, ServerProcess, free_port
-from synth import make_image, make_mask
+from synth import encoded, make_image, make_mask
 
 CONTENT = make_image(64, 48, seed=31)
 STYLE = make_image(40, 40, seed=32, kind="noise")
@@ -106,6 +106,9 @@ def test_stylize_returns_the_image_the_client_gets(web: WebProcess, client) -> N
     masked = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE), _png("styles", STYLE),
                              _png("mask", make_mask(64, 48))])
     assert masked.status_code == 200 and Image.open(io.BytesIO(masked.content)).size == (64, 48)
+    heic = encoded(Image.open(io.BytesIO(CONTENT)), "HEIF")  # a phone's photo, as an iPhone saves it
+    r = _post(web.url, [("content", ("IMG_0001.HEIC", heic, "image/heic")), _png("styles", STYLE)])
+    assert r.status_code == 200 and r.headers["x-image-size"] == "64x48", r.text
     assert httpx.get(web.url + "/healthz").json() == {"status": "SERVING"}
 
 

@@ -32,11 +32,13 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import StyleTransferClient, StyleTransferError
-from adain.wire import COLOR_MODES, FORMATS, INPUT_FORMATS, Limits, format_name
+from adain.photo import heif_support, is_heif
+from adain.wire import COLOR_MODES, FORMATS, INPUT_FORMATS, INPUT_NAMES, Limits, format_name
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 GALLERY = HERE / "gallery"  # the bundled example styles (a link to examples/style in the source tree)
+heif_support()  # so that a HEIC upload's header is checked here too, where pillow-heif is installed
 RETRY_AFTER_S = 1  # told to a client the backend turned away as full
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -246,9 +248,11 @@ async def _image(upload: UploadFile, field: str, limits: Limits) -> bytes:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (w, h) = img.format, img.size
     except Exception:
-        raise BadInput(field, "not an image this service reads (JPEG, PNG, WebP, BMP, TIFF or GIF)") from None
+        if is_heif(data[:12]):  # a phone's photo, and no pillow-heif here: the server reads it, or says why not
+            return data
+        raise BadInput(field, f"not an image this service reads ({INPUT_NAMES})") from None
     if fmt not in INPUT_FORMATS:
-        raise BadInput(field, f"{fmt} images are not read (JPEG, PNG, WebP, BMP, TIFF or GIF)")
+        raise BadInput(field, f"{fmt} images are not read ({INPUT_NAMES})")
     if w * h > limits.max_pixels:
         raise BadInput(field, f"{w} x {h} is over the limit of max_pixels={limits.max_pixels}")
     return data

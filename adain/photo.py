@@ -1,0 +1,85 @@
+"""Photos as phones and cameras write them: HEIC/HEIF and AVIF files, and colours in their own profile.
+
+An iPhone saves HEIC by default and tags its photos Display P3; cameras and editors write Adobe RGB or
+CMYK with an embedded ICC profile. Decoding those pixels as if they were sRGB (what a plain decode does)
+gives dull or shifted colours at every alpha, and most visibly where the photo is meant to come back
+(alpha 0, regions left unstyled, colour preservation). So a decoded photo is converted from its profile
+to sRGB, the space the network and every output are in. Masks and label images are data, not colours:
+they are never converted (a label's exact colour is its name).
+
+AVIF is read by Pillow itself (11.3 and later); HEIC/HEIF needs ``pillow-heif`` (``pip install
+'adain[heif]'``), an opt-in extra because its binary wheels bundle the x265 encoder and are GPLv2.
+Without it a HEIF file is refused with a message that says so. Pillow only: the web front end uses this
+module too, without torch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from functools import cache
+
+from PIL import Image, ImageCms
+
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # ISO-BMFF 'ftyp'
+
+
+@cache
+def heif_support() -> bool:
+    """Register pillow-heif's HEIF opener once, if it is installed; whether HEIF files can be read."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def is_heif(head: bytes) -> bool:
+    """Whether a file's first 12 bytes are those of a HEIF image (an ISO-BMFF file of a HEIF brand)."""
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+def heif_missing(head: bytes) -> str | None:
+    """For a file Pillow could not identify: a message when it is a HEIF image and pillow-heif is absent."""
+    if is_heif(head) and not heif_support():
+        return "a HEIC/HEIF image: reading it needs pillow-heif on the server (pip install 'adain[heif]')"
+    return None
+
+
+@cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+_SPACE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}  # an ICC colour space -> the PIL mode it describes
+
+
+def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """``img`` with its embedded ICC profile applied: an RGB image in sRGB. Without a profile, with an
+    sRGB one, or with one that is unreadable or describes another colour space than the pixels (as
+    browsers do, the pixels are then taken as sRGB), ``flatten(img)`` alone: the caller's conversion of
+    any mode to 8-bit RGB, also used first on modes a profile cannot be applied to directly (alpha onto
+    white, 16-bit scaled down)."""
+    icc = img.info.get("icc_profile")
+    if not icc:
+        return flatten(img)
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = profile.profile.xcolor_space.strip()
+        description = ImageCms.getProfileDescription(profile) or ""
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return flatten(img)
+    mode = _SPACE_MODES.get(space)
+    if mode is None or (space == "RGB" and "srgb" in description.lower()):
+        return flatten(img)
+    if img.mode != mode:
+        if mode == "CMYK":  # a CMYK profile on pixels that are not CMYK: not this image's profile
+            return flatten(img)
+        img = flatten(img)
+        if mode == "L":
+            img = img.convert("L")
+    try:
+        return ImageCms.profileToProfile(img, profile, _srgb(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return flatten(img)
