@@ -34,6 +34,7 @@ _CODECS = {
 }
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".gif": "gif"}
 _AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "matroska": "aac", "webm": "libopus"}
+_BT709, _LIMITED = 1, 1  # AVCOL_SPC/PRI/TRC_BT709, AVCOL_RANGE_MPEG: what the output video is tagged with
 _ENCODER_OPTIONS = {
     "libx264": {"crf": "18", "preset": "medium"},
     "libvpx-vp9": {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
@@ -222,6 +223,10 @@ class VideoWriter:
         self._v.width, self._v.height = width, height
         self._v.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
         self._v.options = dict(_ENCODER_OPTIONS.get(codec, {}))
+        self._yuv = codec != "gif"
+        if self._yuv:  # BT.709, limited range, and said so: untagged, players guess (BT.709 for HD, 601 for SD)
+            cc = self._v.codec_context
+            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = _BT709, _BT709, _BT709, _LIMITED
         self._source = source
         self._a_out = self._a_encoder = None
         if source is not None and source.audio_stream is not None:
@@ -252,6 +257,8 @@ class VideoWriter:
         pts = max(self._last_pts + 1, round(time * self.rate))
         self._last_pts = pts
         frame = av.VideoFrame.from_image(image.convert("RGB"))
+        if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
+            frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
         frame.pts = pts
         frame.time_base = Fraction(1) / self.rate
         for packet in self._v.encode(frame):

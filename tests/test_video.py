@@ -6,6 +6,7 @@ import io
 import threading
 import time
 import urllib.request
+from fractions import Fraction
 from pathlib import Path
 
 import grpc
@@ -18,7 +19,7 @@ from adain import InvalidInputError, Stylizer
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import main
 from adain.image import load_image
-from adain.media import MediaError, VideoReader
+from adain.media import MediaError, VideoReader, VideoWriter
 from adain.video import VideoStream, stylize_video
 from helpers import ServerProcess, free_port
 from synth import band_mask, encoded, make_image, make_video, synth_image, video_facts
@@ -122,6 +123,26 @@ def test_stylize_video_file_keeps_count_rate_size_audio(stylizer: Stylizer, clip
     if src["audio"]:
         assert got["audio_packets"] == src["audio_packets"]  # copied unchanged, packet for packet
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_written_video_says_its_colour_matrix(tmp_path: Path, suffix: str) -> None:
+    # Converted with BT.709 and tagged so: a player that guessed BT.601 would show these ~20 levels off.
+    import av
+
+    arr = np.zeros((48, 64, 3), np.uint8)
+    arr[:, :32], arr[:, 32:] = (200, 60, 40), (40, 180, 90)
+    out = tmp_path / f"tagged{suffix}"
+    writer = VideoWriter(out, width=64, height=48, rate=Fraction(10))
+    for i in range(3):
+        writer.write(Image.fromarray(arr), i / 10)
+    writer.close()
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0))
+        assert (frame.colorspace, frame.color_range) == (1, 1)  # BT.709, limited range
+    with VideoReader(out) as reader:
+        got = np.asarray(next(reader.frames())[0], int)
+    assert np.abs(got[10, 10] - (200, 60, 40)).max() <= 3 and np.abs(got[10, 50] - (40, 180, 90)).max() <= 3
 
 
 def test_still_gif_is_an_image() -> None:
