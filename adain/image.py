@@ -85,7 +85,7 @@ def _open(source: ImageSource, field: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF/TIFF tags; errors still raise
-            return Image.open(fp, formats=_readable())
+            return Image.open(fp, formats=input_formats())
     except Image.UnidentifiedImageError as e:
         if isinstance(fp, io.BytesIO):
             head = fp.getvalue()[:16]
@@ -98,7 +98,7 @@ def _open(source: ImageSource, field: str) -> Image.Image:
         raise InvalidInputError(field, f"cannot read image header: {e}") from e
 
 
-def _readable() -> list[str]:
+def input_formats() -> list[str]:
     """The input formats this Pillow can open (HEIF only with pillow-heif, AVIF from Pillow 11.3)."""
     Image.init()
     return [f for f in INPUT_FORMATS if f in Image.OPEN]

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
+from adain.image import input_formats
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.video import VideoStream
@@ -69,6 +70,7 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
         precision=model["precision"],
         cpu_model=model["cpu_model"],
         cpu_features=model["cpu_features"],
+        input_formats=input_formats(),
         server_version=_package_version(),
         limits=pb.Limits(
             max_pixels=limits["max_pixels"],

@@ -233,6 +233,7 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert info["limits"]["max_message_bytes"] == 32 * 1024 * 1024
     assert info["limits"]["max_pixels"] == 8192 * 8192 and info["limits"]["max_content_side"] == 16384
     assert info["batching"] == {"max_batch_size": 8, "max_batch_delay_ms": 50.0, "max_queue": 64, "prepare_workers": 2}
+    assert {"JPEG", "PNG", "WEBP", "AVIF", "HEIF"} <= set(info["input_formats"])  # HEIF: the dev install's heif extra
 
 
 # --- bad input ----------------------------------------------------------------------------------
