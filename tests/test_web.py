@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers import REPO, ServerProcess, free_port
-from synth import encoded, make_image, make_mask
+from synth import encoded, make_image, make_mask, make_video, video_facts
 
 CONTENT = make_image(64, 48, seed=31)
 STYLE = make_image(40, 40, seed=32, kind="noise")
@@ -55,7 +55,7 @@ class WebProcess:
 
 @pytest.fixture(scope="module")
 def web(server: ServerProcess) -> Iterator[WebProcess]:
-    proc = WebProcess(server.target, "--max-upload-mb", "1")
+    proc = WebProcess(server.target, "--max-upload-mb", "1", "--max-video-frames", "30")
     yield proc
     proc.stop()
     assert "Traceback" not in "".join(proc.stderr), "".join(proc.stderr)
@@ -110,6 +110,70 @@ def test_stylize_returns_the_image_the_client_gets(web: WebProcess, client) -> N
     r = _post(web.url, [("content", ("IMG_0001.HEIC", heic, "image/heic")), _png("styles", STYLE)])
     assert r.status_code == 200 and r.headers["x-image-size"] == "64x48", r.text
     assert httpx.get(web.url + "/healthz").json() == {"status": "SERVING"}
+
+
+def _clip(tmp_path: Path, frames: int, name: str = "clip.mp4") -> tuple[str, tuple[str, bytes, str]]:
+    make_video(tmp_path / name, frames=frames, audio=True)
+    return "content", (name, (tmp_path / name).read_bytes(), "video/mp4")
+
+
+def _finished(web: WebProcess, job: dict, timeout: float = 120) -> dict:
+    end = time.monotonic() + timeout
+    while job["state"] == "running" and time.monotonic() < end:
+        time.sleep(0.2)
+        job = httpx.get(f"{web.url}/api/videos/{job['id']}").json()
+    return job
+
+
+def test_clip_becomes_a_job_and_an_mp4(web: WebProcess, tmp_path: Path) -> None:
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 12), _png("styles", STYLE)],
+                   data={"temporal": "flow", "alpha": "0.8"}, timeout=60)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] == "running" and job["total"] == 12 and job["result"] is None
+    job = _finished(web, job)
+    assert job["state"] == "done" and job["done"] == 12 and job["error"] is None, job
+    got = httpx.get(web.url + job["result"], timeout=30)
+    assert got.status_code == 200 and got.headers["content-type"] == "video/mp4"
+    assert 'filename="clip_stylized.mp4"' in got.headers["content-disposition"]
+    (tmp_path / "out.mp4").write_bytes(got.content)
+    facts = video_facts(tmp_path / "out.mp4")
+    assert (facts["frames"], facts["size"], facts["audio"]) == (12, (64, 48), "aac")  # the sound comes along
+    assert httpx.delete(f"{web.url}/api/videos/{job['id']}").status_code == 204  # deleted with its file
+    assert httpx.get(f"{web.url}/api/videos/{job['id']}").status_code == 404
+
+
+def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None:
+    first = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 30), _png("styles", STYLE)], timeout=60)
+    assert first.status_code == 202, first.text
+    busy = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6, "b.mp4"), _png("styles", STYLE)],
+                      timeout=60)
+    assert busy.status_code == 429 and busy.headers["retry-after"] and busy.json()["error"]["message"]
+    job_id = first.json()["id"]
+    assert httpx.delete(f"{web.url}/api/videos/{job_id}").status_code == 204  # cancelled after its frame
+    end = time.monotonic() + 30
+    while httpx.get(f"{web.url}/api/videos/{job_id}").status_code != 404 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert httpx.get(f"{web.url}/api/videos/{job_id}").status_code == 404
+    again = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6, "b.mp4"), _png("styles", STYLE)],
+                       timeout=60)
+    assert again.status_code == 202 and _finished(web, again.json())["state"] == "done"
+
+
+BAD_CLIPS = {
+    "an-image": (lambda tmp: _png("content", CONTENT), {}, "content", "not a video"),
+    "too-many-frames": (lambda tmp: _clip(tmp, 36), {}, "content", "max_video_frames=30"),
+    "temporal": (lambda tmp: _clip(tmp, 6), {"temporal": "wobbly"}, "temporal", "none, smooth, flow"),
+    "size": (lambda tmp: _clip(tmp, 6), {"size": "8"}, "size", ">= 16"),
+    "image-only-field": (lambda tmp: _clip(tmp, 6), {"refine_steps": "5"}, "refine_steps", "unknown field"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CLIPS), ids=list(BAD_CLIPS))
+def test_bad_clips_are_400_naming_the_field(web: WebProcess, tmp_path: Path, case: str) -> None:
+    content, data, field, words = BAD_CLIPS[case]
+    r = httpx.post(web.url + "/api/videos", files=[content(tmp_path), _png("styles", STYLE)], data=data, timeout=60)
+    assert r.status_code == 400 and _field(r) == field and words in r.json()["error"]["message"], r.text
 
 
 BAD = {
@@ -263,6 +327,34 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     path = downloads / "stylized.png"
     _wait(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
     assert Image.open(path).size == (96, 64)
+
+
+def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    make_video(tmp_path / "holiday.mp4", frames=12, audio=True)
+    browser.get(web.url + "/")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(tmp_path / "holiday.mp4"))
+    # a clip's options replace a photo's
+    assert browser.find_element(By.ID, "temporal").is_displayed() and browser.find_element(By.ID, "size").is_displayed()
+    assert not browser.find_element(By.ID, "mask").is_displayed()
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+    browser.find_element(By.ID, "submit").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "download").is_displayed(), timeout=120)
+    assert browser.find_element(By.ID, "progress-text").get_attribute("textContent") == "Frame 12 of 12"
+    href = browser.find_element(By.ID, "download").get_attribute("href")
+    assert browser.find_element(By.ID, "download").get_attribute("download") == "holiday_stylized.mp4"
+    # the browser reads the result as a video of the clip's size (or says it cannot play H.264)
+    shown = _wait(browser, lambda d: d.execute_script(
+        "const v = document.getElementById('output-video'); return v.error ? 'error ' + v.error.code : "
+        "(v.readyState >= 1 ? [v.videoWidth, v.videoHeight] : null);"), timeout=30)
+    assert shown == [64, 48], shown
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "web_clip.png"))
+    (tmp_path / "got.mp4").write_bytes(httpx.get(href, timeout=30).content)
+    assert video_facts(tmp_path / "got.mp4")["frames"] == 12
 
 
 def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, browser, tmp_path: Path) -> None:

@@ -19,6 +19,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=positive_int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--max-upload-mb", type=positive_float, default=20.0, metavar="MB",
                    help="largest request body (content, styles and mask together), MB (default 20)")
+    p.add_argument("--max-video-mb", type=positive_float, default=200.0, metavar="MB",
+                   help="largest clip upload (with its styles), MB (default 200)")
+    p.add_argument("--max-video-frames", type=positive_int, default=900,
+                   help="most frames a clip may have (default 900: 30 s at 30 fps); the server's own limit holds too")
+    p.add_argument("--max-video-jobs", type=positive_int, default=1,
+                   help="clips stylized at once (default 1); more get 429 and try again")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -32,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
     with connect(args, max_message_mb=max_message_mb) as client:
-        settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout)
+        settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
+                               max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
+                               max_video_jobs=args.max_video_jobs)
         app = create_app(client, settings)
         print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)

@@ -5,6 +5,10 @@ client (no torch, no second engine).
     GET  /api/info        what the page needs: the example styles, the upload limit, the server's limits
     POST /api/stylize     multipart: content, styles (repeated), weights (repeated, one per style), alpha,
                           preserve_color, mask, refine_steps, format -> the image, or a JSON error
+    POST /api/videos      multipart: content (a clip), styles, weights, alpha, preserve_color, temporal, size
+                          -> 202 and the job's state (``web.video``: a clip takes minutes)
+    GET  /api/videos/ID   the job's state: running / done / failed, frames done of total, the error
+    GET  /api/videos/ID/result   the stylized clip (MP4), once done;  DELETE /api/videos/ID: cancel or delete
     GET  /healthz         200 when the backend's gRPC health is SERVING, else 503
 
 Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "description"}]}}``: 400 for a
@@ -18,6 +22,9 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.photo import heif_support, is_heif
-from adain.wire import COLOR_MODES, FORMATS, INPUT_FORMATS, INPUT_NAMES, Limits, format_name
+from adain.wire import COLOR_MODES, FORMATS, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits, format_name
+
+from .video import Busy, VideoJobs
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -47,7 +56,8 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 503,
 }
-FORM_FIELDS = ("alpha", "preserve_color", "refine_steps", "format", "weights")
+IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask", "refine_steps", "format")
+VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size")
 
 
 @dataclass(frozen=True)
@@ -55,22 +65,27 @@ class WebSettings:
     max_upload_bytes: int = 20 * 1024 * 1024  # the whole request body
     timeout: float = 120.0  # deadline of each backend call, seconds
     limits: Limits | None = None  # for the checks made here; None: the backend's, asked once it answers
+    max_video_bytes: int = 200 * 1024 * 1024  # the body of a clip's upload
+    max_video_frames: int = 900  # frames a clip may declare (the server's --max-video-frames holds too)
+    max_video_jobs: int = 1  # clips stylized at once; 429 beyond
+    video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
 
 
 class BodyLimit:
     """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or while it streams in
     (413), so an oversized upload is never read whole."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, by_prefix: dict[str, int] | None = None) -> None:
+        self.app, self.max_bytes, self.by_prefix = app, max_bytes, by_prefix or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next((n for prefix, n in self.by_prefix.items() if scope["path"].startswith(prefix)), self.max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _error(413, "PAYLOAD_TOO_LARGE", self._message())(scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _error(413, "PAYLOAD_TOO_LARGE", _too_large(limit))(scope, receive, send)
             return
         seen = 0
 
@@ -78,14 +93,15 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, self._message())
+            if seen > limit:
+                raise HTTPException(413, _too_large(limit))
             return message
 
         await self.app(scope, limited, send)
 
-    def _message(self) -> str:
-        return f"the upload is over the limit of {self.max_bytes / 2**20:g} MB"
+
+def _too_large(limit: int) -> str:
+    return f"the upload is over the limit of {limit / 2**20:g} MB"
 
 
 def _error(
@@ -104,8 +120,17 @@ class BadInput(Exception):
 def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings()) -> FastAPI:
     """The app over ``client`` (which it does not close). No interactive docs: they load scripts from
     other sites, and the page loads nothing from anywhere but here."""
-    app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    jobs = VideoJobs(client, max_running=settings.max_video_jobs, keep_s=settings.video_keep_s) if _has_av() else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if jobs is not None:
+            await run_in_threadpool(jobs.close)  # running clips cancelled, every file removed
+
+    app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
+                       by_prefix={"/api/videos": settings.max_video_bytes})
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
@@ -150,6 +175,9 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
             "max_pixels": limits.max_pixels,
             "color_modes": ["none", *COLOR_MODES],
             "formats": list(FORMATS),
+            "video": None if jobs is None else {"max_upload_mb": settings.max_video_bytes / 2**20,
+                                                "max_frames": settings.max_video_frames,
+                                                "temporal_modes": list(TEMPORAL_MODES)},
         }
 
     @app.post("/api/stylize")
@@ -166,8 +194,7 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
             status = HTTP_STATUS.get(e.code, 502)
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply limit" in (e.details or ""):
                 status = 413  # the result is too large to send: retrying will not help, a smaller one will
-            headers = {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)} if status in (429, 503) else None
-            return _error(status, e.code.name, e.details, e.violations, headers)
+            return _error(status, e.code.name, e.details, e.violations, _retry_after(status))
         fmt = result.format
         return Response(
             result.image,
@@ -179,7 +206,62 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
             },
         )
 
+    @app.post("/api/videos", status_code=202)
+    async def start_video(request: Request) -> JSONResponse:
+        if jobs is None:
+            return _error(501, "UNIMPLEMENTED", "this page was installed without video support: "
+                          "pip install 'adain[video]' where adain-web runs")
+        limits = await current_limits()
+        folder = jobs.new_folder()
+        try:
+            async with request.form(max_files=limits.max_styles + 1, max_fields=50) as form:
+                source, name, total, options = await _read_video_form(form, limits, folder, settings)
+            job = jobs.start(folder, source, name, total, **options)
+        except BadInput as e:
+            jobs.discard(folder)
+            return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
+        except Busy as e:
+            jobs.discard(folder)
+            return _error(429, "RESOURCE_EXHAUSTED", str(e), headers={"Retry-After": "10"})
+        except BaseException:
+            jobs.discard(folder)
+            raise
+        return JSONResponse(job.state_json(), status_code=202)
+
+    def _job(job_id: str) -> Any:
+        job = jobs.get(job_id) if jobs is not None else None
+        if job is None:
+            raise HTTPException(404, f"no clip job {job_id!r} (finished ones are kept {settings.video_keep_s:g} s)")
+        return job
+
+    @app.get("/api/videos/{job_id}")
+    async def video_state(job_id: str) -> dict[str, Any]:
+        return _job(job_id).state_json()
+
+    @app.get("/api/videos/{job_id}/result")
+    async def video_result(job_id: str) -> FileResponse:
+        job = _job(job_id)
+        if job.state != "done":
+            raise HTTPException(404, f"the clip is {job.state}, not done")
+        return FileResponse(job.result, media_type="video/mp4", filename=job.name)
+
+    @app.delete("/api/videos/{job_id}")
+    async def video_remove(job_id: str) -> Response:
+        if jobs is None or not jobs.remove(job_id):
+            raise HTTPException(404, f"no clip job {job_id!r}")
+        return Response(status_code=204)
+
     return app
+
+
+def _retry_after(status: int) -> dict[str, str] | None:
+    return {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)} if status in (429, 503) else None
+
+
+def _has_av() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
 
 
 def _limits(reported: dict[str, Any]) -> Limits:
@@ -194,24 +276,20 @@ def _limits(reported: dict[str, Any]) -> Limits:
     )
 
 
-async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
-    """The client's options from the multipart form; raises BadInput naming the field."""
-    unknown = sorted(set(form.keys()) - {"content", "styles", "mask", *FORM_FIELDS})
+def _check_fields(form: Any, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(form.keys()) - set(allowed))
     if unknown:
-        raise BadInput(unknown[0], "unknown field (expected content, styles, weights, alpha, preserve_color, "
-                       "mask, refine_steps, format)")
-    content = form.get("content")
-    if not isinstance(content, UploadFile):
-        raise BadInput("content", "a content image file is required")
+        raise BadInput(unknown[0], f"unknown field (expected {', '.join(allowed)})")
+
+
+async def _style_options(form: Any, limits: Limits) -> dict[str, Any]:
+    """Styles, weights, alpha and colour mode: what an image and a clip share; raises BadInput."""
     styles = form.getlist("styles")
     if not styles or not all(isinstance(s, UploadFile) for s in styles):
         raise BadInput("styles", "at least 1 style image file is required")
     if len(styles) > limits.max_styles:
         raise BadInput("styles", f"{len(styles)} styles, over the limit of max_styles={limits.max_styles}")
-    options: dict[str, Any] = {
-        "content": await _image(content, "content", limits),
-        "styles": [await _image(s, f"styles[{i}]", limits) for i, s in enumerate(styles)],
-    }
+    options: dict[str, Any] = {"styles": [await _image(s, f"styles[{i}]", limits) for i, s in enumerate(styles)]}
     weights = form.getlist("weights")
     if weights:
         if len(weights) != len(styles):
@@ -223,19 +301,69 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     if color not in ("none", *COLOR_MODES):
         raise BadInput("preserve_color", f"must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
     options["preserve_color"] = None if color == "none" else color
+    return options
+
+
+async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
+    """The client's options from the multipart form; raises BadInput naming the field."""
+    _check_fields(form, IMAGE_FIELDS)
+    content = form.get("content")
+    if not isinstance(content, UploadFile):
+        raise BadInput("content", "a content image file is required")
+    options = {"content": await _image(content, "content", limits), **await _style_options(form, limits)}
     mask = form.get("mask")
     if isinstance(mask, UploadFile) and (mask.size or mask.filename):
         options["mask"] = await _image(mask, "mask", limits)
     if form.get("refine_steps") not in (None, "", "0"):
-        steps = _number(form["refine_steps"], "refine_steps")
-        if steps != int(steps) or steps < 0:
-            raise BadInput("refine_steps", f"must be a whole number >= 0, got {form['refine_steps']!r}")
-        options["refine_steps"] = int(steps)
+        options["refine_steps"] = _whole(form["refine_steps"], "refine_steps", 0)
     fmt = format_name(form.get("format") or "png")
     if fmt is None:
         raise BadInput("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
     options["format"] = fmt
     return options
+
+
+async def _read_video_form(
+    form: Any, limits: Limits, folder: Path, settings: WebSettings
+) -> tuple[Path, str, int, dict[str, Any]]:
+    """A clip's upload, saved into ``folder`` and checked as a video within the limits, and its options:
+    (file, the result's name, its declared frames, options); raises BadInput naming the field."""
+    from adain.media import is_media, probe
+
+    _check_fields(form, VIDEO_FIELDS)
+    content = form.get("content")
+    if not isinstance(content, UploadFile):
+        raise BadInput("content", "a content video file is required")
+    source = folder / "upload"
+    with source.open("wb") as f:
+        await run_in_threadpool(shutil.copyfileobj, content.file, f, 1 << 20)
+    if source.stat().st_size == 0:
+        raise BadInput("content", "the file is empty")
+    info = await run_in_threadpool(lambda: probe(source) if is_media(source) else None)
+    if info is None:
+        raise BadInput("content", "not a video this page reads (MP4, MOV, MKV, WebM or an animated GIF)")
+    if info.width * info.height > limits.max_pixels:
+        raise BadInput("content", f"{info.width} x {info.height} frames are over the limit of "
+                       f"max_pixels={limits.max_pixels}")
+    if info.frames > settings.max_video_frames:
+        raise BadInput("content", f"{info.frames} frames, over the limit of max_video_frames="
+                       f"{settings.max_video_frames}")
+    options = await _style_options(form, limits)
+    temporal = form.get("temporal") or None
+    if temporal is not None and temporal not in TEMPORAL_MODES:
+        raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {temporal!r}")
+    options["temporal"] = temporal
+    if form.get("size") not in (None, "", "0"):
+        options["content_size"] = _whole(form["size"], "size", 16)
+    stem = Path(content.filename or "clip").stem or "clip"
+    return source, f"{stem}_stylized.mp4", info.frames, options
+
+
+def _whole(text: Any, field: str, least: int) -> int:
+    value = _number(text, field)
+    if value != int(value) or value < least:
+        raise BadInput(field, f"must be a whole number >= {least}, got {text!r}")
+    return int(value)
 
 
 async def _image(upload: UploadFile, field: str, limits: Limits) -> bytes:

@@ -1,17 +1,35 @@
-// The page: collects a photo, styles with weights and options, posts them to /api/stylize and shows
-// the result or the server's errors next to the control they concern. No framework, no build step.
+// The page: collects a photo (or a clip), styles with weights and options, posts them to /api/stylize
+// (a clip: to /api/videos, then follows the job's progress) and shows the result or the server's errors
+// next to the control they concern. No framework, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { content: null, styles: [], info: { max_styles: 8, max_refine_steps: 0 } };
+const state = { content: null, video: false, job: null, styles: [], info: { max_styles: 8, max_refine_steps: 0 } };
 let resultUrl = null;
+const VIDEO_SUFFIXES = /\.(mp4|m4v|mov|mkv|webm)$/i;
+
+function isVideo(file) {
+  return file.type.startsWith("video/") || VIDEO_SUFFIXES.test(file.name);
+}
 
 function setContent(file) {
   if (!file) return;
+  clearErrors();
   state.content = file;
-  $("content-name").textContent = `Photo: ${file.name} (${Math.round(file.size / 1024)} kB)`;
-  $("content-error").textContent = "";
-  $("original").src = URL.createObjectURL(file);
+  state.video = isVideo(file);
+  const kind = state.video ? "Clip" : "Photo";
+  $("content-name").textContent = `${kind}: ${file.name} (${Math.round(file.size / 1024)} kB)`;
+  if (state.video && !state.info.video) {
+    $("content-error").textContent = "This page was installed without video support: choose a photo.";
+  }
+  // the options that apply: a clip has a size and a steadiness, a photo a mask and refine steps
+  $("size-row").hidden = $("temporal-row").hidden = !state.video;
+  $("mask-row").hidden = state.video;
+  $("refine-row").hidden = state.video || !state.info.max_refine_steps;
+  const url = URL.createObjectURL(file);
+  $("original").hidden = $("output").hidden = state.video;
+  $("original-video").hidden = $("output-video").hidden = !state.video;
+  if (state.video) $("original-video").src = url; else $("original").src = url;
 }
 
 function addStyle(file, name, example) {
@@ -81,7 +99,7 @@ async function loadInfo() {
     return;
   }
   $("refine_steps").max = String(state.info.max_refine_steps);
-  $("refine-row").hidden = !state.info.max_refine_steps;
+  $("refine-row").hidden = state.video || !state.info.max_refine_steps;
   for (const example of state.info.examples) {
     const button = document.createElement("button");
     button.type = "button";
@@ -123,6 +141,7 @@ function showError(body, status) {
     429: "The server is busy right now. Try again in a moment.",
     503: "The style-transfer server is not available right now. Try again later.",
     504: "The server took too long. Try a smaller photo or fewer refine steps.",
+    501: error.message,
     413: error.message,
   };
   if (error.violations && error.violations.length) {
@@ -140,6 +159,7 @@ async function submit(event) {
   clearErrors();
   if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
   if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
+  if (state.video) { await submitVideo(); return; }
   const data = new FormData();
   data.append("content", state.content);
   for (const style of state.styles) {
@@ -184,7 +204,84 @@ async function submit(event) {
   }
 }
 
+// --- clips: a job on the server, followed until it is done ---------------------------------------------
+function videoForm() {
+  const data = new FormData();
+  data.append("content", state.content);
+  for (const style of state.styles) {
+    data.append("styles", style.file);
+    data.append("weights", String(style.weight));
+  }
+  data.append("alpha", $("alpha").value);
+  data.append("preserve_color", $("preserve_color").value);
+  data.append("temporal", $("temporal").value);
+  data.append("size", $("size").value);
+  return data;
+}
+
+function videoBusy(busy) {
+  $("submit").disabled = busy;
+  $("submit").textContent = busy ? "Stylizing…" : "Stylize";
+  $("progress-row").hidden = !busy;
+  $("result").setAttribute("aria-busy", String(busy));
+}
+
+function showProgress(job) {
+  const total = job.total || 0;
+  $("progress").max = Math.max(total, 1);
+  if (total) $("progress").value = job.done; else $("progress").removeAttribute("value");
+  $("progress-text").textContent = total ? `Frame ${job.done} of ${total}` : `Frame ${job.done}`;
+}
+
+async function submitVideo() {
+  if (!state.info.video) {
+    $("content-error").textContent = "This page was installed without video support: choose a photo.";
+    return;
+  }
+  $("result").hidden = false;
+  $("download").hidden = true;
+  $("output-video").removeAttribute("src");
+  videoBusy(true);
+  try {
+    const response = await fetch("/api/videos", { method: "POST", body: videoForm() });
+    let job = null;
+    try { job = await response.json(); } catch (e) { /* not JSON */ }
+    if (response.status !== 202) { showError(job, response.status); videoBusy(false); return; }
+    state.job = job.id;
+    showProgress(job);
+    while (job.state === "running" && state.job === job.id) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const poll = await fetch(`/api/videos/${job.id}`);
+      if (!poll.ok) { showError(null, poll.status); break; }
+      job = await poll.json();
+      showProgress(job);
+    }
+    if (job.state === "done") {
+      $("output-video").src = job.result;
+      $("download").href = job.result;
+      $("download").download = job.filename;
+      $("download").hidden = false;
+    } else if (job.state === "failed") {
+      showError({ error: job.error }, 400);
+    }
+  } catch (e) {
+    $("form-error").textContent = "The page lost its connection to the server. Try again.";
+  } finally {
+    state.job = null;
+    videoBusy(false);
+  }
+}
+
+async function cancelVideo() {
+  const id = state.job;
+  if (!id) return;
+  state.job = null;  // the polling loop stops; the server stops after the frame in flight
+  await fetch(`/api/videos/${id}`, { method: "DELETE" });
+  $("form-error").textContent = "Cancelled.";
+}
+
 function init() {
+  $("cancel").addEventListener("click", cancelVideo);
   $("content").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("camera").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("style-upload").addEventListener("change", (e) => {

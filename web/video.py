@@ -1,0 +1,153 @@
+"""Clips on the web page: each upload becomes a job that streams its frames through the server's
+StylizeVideo call (``adain.client.video``, the CLI's path), counts its frames as they come back, and keeps
+its result, an MP4 every browser plays, for a while. No FastAPI here: ``web.app`` maps these to HTTP.
+
+A job runs on its own thread. At most ``max_running`` run at once (the page gets 429 beyond, and the
+server's own stream limit still holds); a finished job's file is kept ``keep_s`` seconds, and at most
+``max_kept`` finished jobs are kept (the oldest go first); every file lives in one temporary folder that
+``close`` removes. A cancelled job stops after the frame in flight and leaves no file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adain.client import StyleTransferClient, StyleTransferError
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback to stop a job's stream."""
+
+
+class Busy(Exception):
+    """``max_running`` jobs are running already."""
+
+
+@dataclass
+class VideoJob:
+    id: str
+    folder: Path
+    name: str  # the result's file name, from the upload's
+    total: int = 0  # frames, as the container declares them (0: it does not say)
+    done: int = 0
+    state: str = "running"  # running, done, failed, cancelled
+    error: dict[str, Any] | None = None  # {"status", "code", "message", "violations"} once failed
+    finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def result(self) -> Path:
+        return self.folder / "result.mp4"
+
+    def state_json(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "done": self.done, "total": self.total, "error": self.error,
+                "result": f"/api/videos/{self.id}/result" if self.state == "done" else None, "filename": self.name}
+
+
+class VideoJobs:
+    def __init__(self, client: StyleTransferClient, *, max_running: int = 1, keep_s: float = 1800.0,
+                 max_kept: int = 8) -> None:
+        self.client, self.max_running, self.keep_s, self.max_kept = client, max_running, keep_s, max_kept
+        self.root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
+        self.jobs: dict[str, VideoJob] = {}
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+
+    def new_folder(self) -> Path:
+        """A folder for an upload about to become a job (removed by ``discard`` if it does not)."""
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+    def discard(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def start(self, folder: Path, source: Path, name: str, total: int, styles: list[bytes],
+              **options: Any) -> VideoJob:
+        """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
+        with self.lock:
+            self._purge()
+            if sum(j.state == "running" for j in self.jobs.values()) >= self.max_running:
+                raise Busy(f"{self.max_running} clip(s) are being stylized already; try again when one is done")
+            job = VideoJob(uuid.uuid4().hex, folder, name, total)
+            self.jobs[job.id] = job
+        thread = threading.Thread(target=self._run, args=(job, source, styles, options), name=f"video-{job.id[:8]}",
+                                  daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return job
+
+    def get(self, job_id: str) -> VideoJob | None:
+        with self.lock:
+            self._purge()
+            return self.jobs.get(job_id)
+
+    def remove(self, job_id: str) -> bool:
+        """Cancel a running job, or delete a finished one and its file."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return False
+            if job.state == "running":
+                job.cancel.set()  # the thread removes the folder when it stops
+            else:
+                del self.jobs[job_id]
+                self.discard(job.folder)
+            return True
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Cancel every job, wait for the threads (bounded), remove every file."""
+        for job in list(self.jobs.values()):
+            job.cancel.set()
+        deadline = time.monotonic() + wait_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _run(self, job: VideoJob, source: Path, styles: list[bytes], options: dict[str, Any]) -> None:
+        from adain.client.video import stylize_video_file
+        from adain.media import MediaError
+
+        def on_frame() -> None:
+            job.done += 1
+            if job.cancel.is_set():
+                raise Cancelled
+
+        try:
+            stylize_video_file(self.client, source, job.result, styles, on_frame=on_frame, **options)
+            job.state = "done"
+        except Cancelled:
+            job.state = "cancelled"
+        except StyleTransferError as e:
+            job.state = "failed"
+            job.error = {"code": e.code.name, "message": e.details,
+                         "violations": [{"field": f, "description": d} for f, d in e.violations]}
+        except MediaError as e:
+            job.state = "failed"
+            job.error = {"code": "INVALID_ARGUMENT", "message": str(e),
+                         "violations": [{"field": "content", "description": str(e)}]}
+        except Exception as e:  # noqa: BLE001 - a job's failure is reported on its state, never lost
+            job.state = "failed"
+            job.error = {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}", "violations": []}
+        finally:
+            source.unlink(missing_ok=True)
+            job.finished = time.monotonic()
+            if job.state != "done":
+                self.discard(job.folder)
+            if job.cancel.is_set():
+                with self.lock:
+                    self.jobs.pop(job.id, None)
+
+    def _purge(self) -> None:
+        """Forget finished jobs past ``keep_s``, and the oldest beyond ``max_kept`` (lock held)."""
+        now = time.monotonic()
+        finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
+        for i, job in enumerate(finished):
+            if now - (job.finished or now) > self.keep_s or i < len(finished) - self.max_kept:
+                del self.jobs[job.id]
+                self.discard(job.folder)
