@@ -74,13 +74,23 @@ class _Flow:
         the share of each cell's pixels whose flow is consistent (1 x 1 x fh x fw)."""
         import torch
 
-        cv2 = self.cv2
         map_x, map_y, consistent = warp
-        # Cell j covers pixels 8j .. 8j+7, so pixel x sits at cell coordinate (x - 3.5) / 8.
-        gx = (cv2.resize(map_x, (fw, fh), interpolation=cv2.INTER_AREA) - 3.5) / 8
-        gy = (cv2.resize(map_y, (fw, fh), interpolation=cv2.INTER_AREA) - 3.5) / 8
-        grid = np.stack([gx / max(fw - 1, 1) * 2 - 1, gy / max(fh - 1, 1) * 2 - 1], -1)
-        share = cv2.resize(consistent.astype(np.float32), (fw, fh), interpolation=cv2.INTER_AREA)
+        h, w = consistent.shape
+        # Cell j covers pixels 8j .. 8j+7, the last ones partly the encoder's padding (bottom and right):
+        # each cell's displacement is the mean of its 8 x 8 pixels', the padding taking its edge's. A plain
+        # resize of the h x w maps onto the cells instead scaled them by 8 fh / h, a drift the recursion
+        # compounded into streaks wherever a side is no multiple of 8 (e.g. 320 x 180).
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+        def per_cell(a: np.ndarray) -> np.ndarray:
+            padded = np.pad(a, ((0, 8 * fh - h), (0, 8 * fw - w)), mode="edge")
+            return padded.reshape(fh, 8, fw, 8).mean((1, 3), dtype=np.float32)
+
+        cells_x, cells_y = np.meshgrid(np.arange(fw, dtype=np.float32), np.arange(fh, dtype=np.float32))
+        cx = cells_x + per_cell(map_x - gx) / 8  # a cell moves by its pixels' mean displacement, in cells
+        cy = cells_y + per_cell(map_y - gy) / 8
+        grid = np.stack([cx / max(fw - 1, 1) * 2 - 1, cy / max(fh - 1, 1) * 2 - 1], -1)
+        share = per_cell(consistent.astype(np.float32))
         return torch.from_numpy(grid).unsqueeze(0), torch.from_numpy(share).view(1, 1, fh, fw)
 
 

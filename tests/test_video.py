@@ -94,12 +94,31 @@ def test_smoothing_steadies_jumping_statistics(stylizer: Stylizer) -> None:
     assert strong < half < none, (none, half, strong)
 
 
-def test_flow_keeps_a_static_clip_still(stylizer: Stylizer) -> None:
+@pytest.mark.parametrize("w,h", [(64, 48), (61, 44)])
+def test_flow_keeps_a_static_clip_still(stylizer: Stylizer, w: int, h: int) -> None:
     """Identical frames: the flow is zero and consistent everywhere, so the output stays what it was."""
-    frame = synth_image(64, 48, seed=9)
+    frame = synth_image(w, h, seed=9)
     stream = VideoStream(stylizer, [STYLE], temporal="flow", strength=0.9)
     outs = [np.asarray(stream.stylize(frame), dtype=np.int16) for _ in range(4)]
     assert all(np.abs(o - outs[0]).max() <= 1 for o in outs[1:])
+
+
+@pytest.mark.parametrize("h,w", [(48, 64), (180, 320), (44, 61)])
+def test_flow_moves_features_by_the_pixels_motion_at_any_size(h: int, w: int) -> None:
+    # No motion must leave relu4_1 where it is, and 8 px one cell, whether or not a side is a multiple of 8
+    # (it once drifted by 8 fh / h a frame there, which the recursion turned into streaks).
+    from adain.encoder import feature_size
+    from adain.video import _Flow
+
+    fh, fw = feature_size(h, w)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    still = np.ones((h, w), bool)
+    grid, share = _Flow().to_features((gx, gy, still), fh, fw)
+    cells = torch.stack(torch.meshgrid(torch.linspace(-1, 1, fw), torch.linspace(-1, 1, fh), indexing="xy"), -1)
+    assert torch.allclose(grid[0], cells, atol=1e-5) and torch.all(share == 1)
+    grid, _ = _Flow().to_features((gx + 8, gy - 16, still), fh, fw)  # the previous frame 1 cell right, 2 up
+    assert torch.allclose(grid[0, ..., 0], cells[..., 0] + 2 / (fw - 1), atol=1e-5)
+    assert torch.allclose(grid[0, ..., 1], cells[..., 1] - 4 / (fh - 1), atol=1e-5)
 
 
 def test_stream_errors(stylizer: Stylizer) -> None:
