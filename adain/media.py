@@ -56,7 +56,7 @@ def _av() -> Any:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
+    width: int  # as coded: a clip with a display rotation of a quarter turn is read with the two swapped
     height: int
     rate: Fraction  # frames per second (the stream's average rate)
     frames: int  # as the container declares it; 0 when it does not say
@@ -104,6 +104,19 @@ def _info(c: Any, v: Any) -> VideoInfo:
                      bool(c.streams.audio), c.format.name)
 
 
+# A display rotation in quarter turns counterclockwise -> the transpose that shows the frame that way
+_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+
+
+def _upright(frame: Any) -> Image.Image:
+    """A decoded frame as it is meant to be seen: a phone films portrait clips as landscape frames with a
+    display matrix saying "turn a quarter" (PyAV's ``frame.rotation``: -90, that is 90 degrees clockwise,
+    for an upright iPhone), which players apply and a plain decode does not."""
+    img = frame.to_image()
+    turn = _TURNS.get(round((frame.rotation or 0) / 90) % 4)
+    return img if turn is None else img.transpose(turn)
+
+
 class VideoReader:
     """Frames of the first video stream, in order, as (RGB image, time in seconds); audio packets of the
     first audio stream are kept in ``audio`` for a :class:`VideoWriter` (thread-safe hand-over)."""
@@ -144,7 +157,7 @@ class VideoReader:
                     self.count += 1
                     t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
                     reached = max(reached, t + 1 / float(self.info.rate))
-                    yield frame.to_image(), t
+                    yield _upright(frame), t
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         finally:

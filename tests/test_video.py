@@ -144,6 +144,31 @@ def test_stylize_video_file_keeps_count_rate_size_audio(stylizer: Stylizer, clip
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
 
 
+def _portrait(src: Path, dst: Path, coded_height: int) -> None:
+    """``src`` (an MP4 of landscape frames) with the display matrix an upright iPhone writes: turn the
+    frames 90 degrees clockwise to show them (ffprobe: "rotation of -90.00 degrees")."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    i = data.index(b"tkhd")  # the first track's header: the video
+    matrix = i + 4 + (52 if data[i + 4] == 1 else 40)  # after version/flags, times, ids, layer, volume
+    assert struct.unpack(">9i", data[matrix : matrix + 36]) == (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, coded_height << 16, 0, 1 << 30)
+    dst.write_bytes(bytes(data))
+
+
+def test_phone_portrait_clip_is_read_and_written_upright(stylizer: Stylizer, clips: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    _portrait(clips["silent.mp4"], tmp_path / "portrait.mp4", 48)
+    with VideoReader(clips["silent.mp4"]) as coded, VideoReader(tmp_path / "portrait.mp4") as shown:
+        first = np.asarray(next(coded.frames())[0], int)
+        upright = np.asarray(next(shown.frames())[0], int)
+    assert upright.shape == (64, 48, 3) and np.array_equal(upright, np.rot90(first, k=-1))  # 90 degrees clockwise
+    out = tmp_path / "out.mp4"
+    assert stylize_video(stylizer, tmp_path / "portrait.mp4", out, [STYLE], temporal="none") == 18
+    assert video_facts(out)["size"] == (48, 64)  # written upright, as players showed the clip
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
 def test_written_video_says_its_colour_matrix(tmp_path: Path, suffix: str) -> None:
     # Converted with BT.709 and tagged so: a player that guessed BT.601 would show these ~20 levels off.
