@@ -23,6 +23,8 @@ from typing import Any
 
 from PIL import Image
 
+from adain.hdr import is_hdr, to_sdr
+
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
 # Video codecs by output container, best first: H.264 where the encoder exists, else what plays widely.
 _CODECS = {
@@ -109,10 +111,14 @@ _TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.
 
 
 def _upright(frame: Any) -> Image.Image:
-    """A decoded frame as it is meant to be seen: a phone films portrait clips as landscape frames with a
-    display matrix saying "turn a quarter" (PyAV's ``frame.rotation``: -90, that is 90 degrees clockwise,
-    for an upright iPhone), which players apply and a plain decode does not."""
-    img = frame.to_image()
+    """A decoded frame as it is meant to be seen: in SDR sRGB (an HDR frame tone-mapped, ``adain.hdr``),
+    and turned: a phone films portrait clips as landscape frames with a display matrix saying "turn a
+    quarter" (PyAV's ``frame.rotation``: -90, that is 90 degrees clockwise, for an upright iPhone), which
+    players apply and a plain decode does not."""
+    if is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
+        img = to_sdr(frame.to_ndarray(format="rgb48le"), frame.color_trc)
+    else:
+        img = frame.to_image()
     turn = _TURNS.get(round((frame.rotation or 0) / 90) % 4)
     return img if turn is None else img.transpose(turn)
 

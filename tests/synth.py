@@ -142,3 +142,40 @@ def icc_rgb(colorants=SRGB_D50, gamma: float = 2.2, name: str = "test RGB") -> b
               + bytes(24) + struct.pack(">I", 0) + b"".join(s15(c) for c in (0.9642, 1.0, 0.8249)) + bytes(48))
     assert len(header) == 128
     return header + table + data
+
+
+def hlg_signal(srgb: np.ndarray) -> np.ndarray:
+    """8-bit sRGB (H x W x 3) -> the HLG signal (BT.2020, [0, 1]) a phone would record for it: sRGB white
+    at HDR reference white (203 cd/m2, BT.2408), on a 1,000 cd/m2 display (BT.2100's OOTF, inverted)."""
+    s = srgb.astype(np.float64) / 255
+    linear = np.where(s <= 0.04045, s / 12.92, ((s + 0.055) / 1.055) ** 2.4)
+    to2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
+    nits = np.clip(linear @ to2020.T, 0, None) * 203.0
+    yd = np.maximum(nits @ np.array([0.2627, 0.6780, 0.0593]), 1e-9)[..., None]
+    ys = (yd / 1000.0) ** (1 / 1.2)
+    scene = nits / (1000.0 * ys**0.2)
+    a, b, c = 0.17883277, 0.28466892, 0.55991073
+    return np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
+
+
+def make_hlg_clip(path, signals: list[np.ndarray], fps: int = 10) -> None:
+    """An HDR clip as a phone records it: HEVC 10-bit, BT.2020, HLG, tagged so; one frame per H x W x 3
+    HLG signal in [0, 1]."""
+    import av
+    from av.video.reformatter import ColorRange, Colorspace
+
+    h, w = signals[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx265", rate=fps, options={"x265-params": "log-level=none", "crf": "12"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le"
+        cc = stream.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 9, 9, 18, 1  # BT.2020 NCL, HLG, limited
+        for i, sig in enumerate(signals):
+            frame = av.VideoFrame.from_ndarray(np.round(np.clip(sig, 0, 1) * 65535).astype(np.uint16), format="rgb48le")
+            frame = frame.reformat(format="yuv420p10le", dst_colorspace=Colorspace.BT2020,
+                                   dst_color_range=ColorRange.MPEG)
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)

@@ -22,7 +22,7 @@ from adain.image import load_image
 from adain.media import MediaError, VideoReader, VideoWriter
 from adain.video import VideoStream, stylize_video
 from helpers import ServerProcess, free_port
-from synth import band_mask, encoded, make_image, make_video, synth_image, video_facts
+from synth import band_mask, encoded, hlg_signal, make_hlg_clip, make_image, make_video, synth_image, video_facts
 
 torch.set_num_threads(1)
 STYLE = make_image(40, 40, seed=22, kind="noise")
@@ -167,6 +167,33 @@ def test_phone_portrait_clip_is_read_and_written_upright(stylizer: Stylizer, cli
     out = tmp_path / "out.mp4"
     assert stylize_video(stylizer, tmp_path / "portrait.mp4", out, [STYLE], temporal="none") == 18
     assert video_facts(out)["size"] == (48, 64)  # written upright, as players showed the clip
+
+
+def test_hdr_clip_is_tone_mapped_to_sdr(stylizer: Stylizer, tmp_path: Path) -> None:
+    import av
+
+    from adain.hdr import HLG, to_sdr
+
+    # BT.2408's anchors: HLG 38% is a grey card, 75% HDR reference white (203 cd/m2)
+    greys = np.zeros((96, 128, 3))
+    greys[:, :32], greys[:, 32:64], greys[:, 64:96], greys[:, 96:] = 0.38, 0.5, 0.75, 1.0
+    # a photo's colours below the highlights (which are rolled off into the top of the range)
+    photo = (np.asarray(synth_image(128, 96, seed=3, kind="gradient"), float) * 0.7 + 20).round()
+    signal = hlg_signal(photo)
+    assert np.array_equal(np.asarray(to_sdr(np.round(signal * 65535).astype(np.uint16), HLG)), photo)
+    make_hlg_clip(tmp_path / "hdr.mp4", [greys, signal])  # HEVC 10-bit 4:2:0, as a phone records it
+    with VideoReader(tmp_path / "hdr.mp4") as reader:
+        frames = [np.asarray(f, int) for f, _ in reader.frames()]
+    levels = [int(frames[0][48, x].mean()) for x in (16, 48, 80, 112)]
+    assert abs(levels[0] - 100) <= 6 and abs(levels[2] - 245) <= 6 and levels[3] >= 250, levels
+    assert levels == sorted(levels)
+    with av.open(str(tmp_path / "hdr.mp4")) as c:  # what a decode that ignores HLG shows: flat, pale
+        naive = np.asarray(list(c.decode(video=0))[1].to_image(), int)
+    assert np.abs(frames[1] - photo).mean() < 4 < 10 < np.abs(naive - photo).mean()
+    out = tmp_path / "out.mp4"  # and the stylized clip is SDR, tagged BT.709
+    assert stylize_video(stylizer, tmp_path / "hdr.mp4", out, [STYLE], temporal="none") == 2
+    with av.open(str(out)) as c:
+        assert next(c.decode(video=0)).color_trc == 1
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
