@@ -196,6 +196,16 @@ def test_hdr_clip_is_tone_mapped_to_sdr(stylizer: Stylizer, tmp_path: Path) -> N
         assert next(c.decode(video=0)).color_trc == 1
 
 
+def test_pq_is_absolute_light() -> None:
+    from adain.hdr import PQ, pq_to_nits, to_sdr
+
+    # SMPTE ST 2084's published points: 100, 203 (reference white), 1,000 and 10,000 cd/m2
+    signal = np.array([0.5081, 0.5806, 0.7518, 1.0])
+    assert np.allclose(pq_to_nits(signal), [100, 203, 1000, 10000], rtol=0.01)
+    white = np.full((2, 2, 3), round(0.5806 * 65535), np.uint16)
+    assert abs(int(np.asarray(to_sdr(white, PQ))[0, 0, 0]) - 245) <= 2  # as HLG's reference white
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
 def test_written_video_says_its_colour_matrix(tmp_path: Path, suffix: str) -> None:
     # Converted with BT.709 and tagged so: a player that guessed BT.601 would show these ~20 levels off.
