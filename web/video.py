@@ -78,7 +78,7 @@ class VideoJobs:
             self.jobs[job.id] = job
         thread = threading.Thread(target=self._run, args=(job, source, styles, options), name=f"video-{job.id[:8]}",
                                   daemon=True)
-        self.threads.append(thread)
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
         return job
 
