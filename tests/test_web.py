@@ -160,6 +160,21 @@ def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None
     assert again.status_code == 202 and _finished(web, again.json())["state"] == "done"
 
 
+def test_a_clip_nobody_asks_about_is_cancelled(server: ServerProcess, tmp_path: Path) -> None:
+    web = WebProcess(server.target, "--video-abandon-s", "1", "--max-video-frames", "200")
+    try:
+        make_video(tmp_path / "long.mp4", frames=120, w=96, h=64)
+        r = httpx.post(web.url + "/api/videos", files=[("content", ("long.mp4", (tmp_path / "long.mp4").read_bytes(),
+                       "video/mp4")), _png("styles", STYLE)], timeout=60)
+        assert r.status_code == 202, r.text
+        time.sleep(3)  # its page was closed: no one asks
+        job = _finished(web, httpx.get(f"{web.url}/api/videos/{r.json()['id']}").json())
+        assert job["state"] == "cancelled" and "abandoned" in job["error"]["message"], job
+        assert job["done"] < 120
+    finally:
+        web.stop()
+
+
 BAD_CLIPS = {
     "an-image": (lambda tmp: _png("content", CONTENT), {}, "content", "not a video"),
     "too-many-frames": (lambda tmp: _clip(tmp, 36), {}, "content", "max_video_frames=30"),

@@ -25,6 +25,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="most frames a clip may have (default 900: 30 s at 30 fps); the server's own limit holds too")
     p.add_argument("--max-video-jobs", type=positive_int, default=1,
                    help="clips stylized at once (default 1); more get 429 and try again")
+    p.add_argument("--video-abandon-s", type=positive_float, default=300.0, metavar="S",
+                   help="cancel a running clip nobody has asked about for this long (default 300; the page asks "
+                   "every second)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -40,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with connect(args, max_message_mb=max_message_mb) as client:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
-                               max_video_jobs=args.max_video_jobs)
+                               max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s)
         app = create_app(client, settings)
         print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)

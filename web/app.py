@@ -69,6 +69,7 @@ class WebSettings:
     max_video_frames: int = 900  # frames a clip may declare (the server's --max-video-frames holds too)
     max_video_jobs: int = 1  # clips stylized at once; 429 beyond
     video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
+    video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
 
 
 class BodyLimit:
@@ -120,7 +121,8 @@ class BadInput(Exception):
 def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings()) -> FastAPI:
     """The app over ``client`` (which it does not close). No interactive docs: they load scripts from
     other sites, and the page loads nothing from anywhere but here."""
-    jobs = VideoJobs(client, max_running=settings.max_video_jobs, keep_s=settings.video_keep_s) if _has_av() else None
+    jobs = VideoJobs(client, max_running=settings.max_video_jobs, keep_s=settings.video_keep_s,
+                     abandon_s=settings.video_abandon_s) if _has_av() else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

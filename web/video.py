@@ -5,7 +5,8 @@ its result, an MP4 every browser plays, for a while. No FastAPI here: ``web.app`
 A job runs on its own thread. At most ``max_running`` run at once (the page gets 429 beyond, and the
 server's own stream limit still holds); a finished job's file is kept ``keep_s`` seconds, and at most
 ``max_kept`` finished jobs are kept (the oldest go first); every file lives in one temporary folder that
-``close`` removes. A cancelled job stops after the frame in flight and leaves no file.
+``close`` removes. A cancelled job stops after the frame in flight and leaves no file; so does a running
+job nobody has asked about for ``abandon_s`` seconds (its page was closed: the page asks every second).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class VideoJob:
     state: str = "running"  # running, done, failed, cancelled
     error: dict[str, Any] | None = None  # {"status", "code", "message", "violations"} once failed
     finished: float | None = None
+    seen: float = field(default_factory=time.monotonic)  # when its state was last asked for
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -53,8 +55,9 @@ class VideoJob:
 
 class VideoJobs:
     def __init__(self, client: StyleTransferClient, *, max_running: int = 1, keep_s: float = 1800.0,
-                 max_kept: int = 8) -> None:
+                 max_kept: int = 8, abandon_s: float = 300.0) -> None:
         self.client, self.max_running, self.keep_s, self.max_kept = client, max_running, keep_s, max_kept
+        self.abandon_s = abandon_s
         self.root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
@@ -85,7 +88,10 @@ class VideoJobs:
     def get(self, job_id: str) -> VideoJob | None:
         with self.lock:
             self._purge()
-            return self.jobs.get(job_id)
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.seen = time.monotonic()
+            return job
 
     def remove(self, job_id: str) -> bool:
         """Cancel a running job, or delete a finished one and its file."""
@@ -115,6 +121,10 @@ class VideoJobs:
 
         def on_frame() -> None:
             job.done += 1
+            if time.monotonic() - job.seen > self.abandon_s:
+                job.error = {"code": "CANCELLED", "violations": [],
+                             "message": f"nobody asked about this clip for {self.abandon_s:g} s: taken as abandoned"}
+                raise Cancelled
             if job.cancel.is_set():
                 raise Cancelled
 

@@ -98,6 +98,7 @@ async function loadInfo() {
     $("form-error").textContent = "The page could not reach its server. Reload to try again.";
     return;
   }
+  $("camcorder-label").hidden = !state.info.video;
   $("refine_steps").max = String(state.info.max_refine_steps);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
   for (const example of state.info.examples) {
@@ -284,6 +285,7 @@ function init() {
   $("cancel").addEventListener("click", cancelVideo);
   $("content").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("camera").addEventListener("change", (e) => setContent(e.target.files[0]));
+  $("camcorder").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("style-upload").addEventListener("change", (e) => {
     for (const file of e.target.files) addStyle(file, file.name, null);
     e.target.value = "";
