@@ -18,12 +18,14 @@ rendition of the same scene would put them. numpy only.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
 PQ, HLG = 16, 18  # AVColorTransferCharacteristic: SMPTE ST 2084, ARIB STD-B67
 REFERENCE_WHITE = 203.0  # cd/m2, BT.2408
-KNEE = 0.75  # below this share of reference white, SDR light = HDR light
+KNEE = np.float32(0.75)  # below this share of reference white, SDR light = HDR light
 
 # BT.2020 -> BT.709 in linear light (ITU-R BT.2087)
 BT2020_TO_709 = np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]],
@@ -44,23 +46,41 @@ def pq_to_nits(e: np.ndarray) -> np.ndarray:
     return 10000.0 * np.power(np.maximum(p - c1, 0) / (c2 - c3 * p), 1 / m1)
 
 
-def hlg_to_nits(e: np.ndarray, peak: float = 1000.0) -> np.ndarray:
-    """BT.2100 HLG: signal (H x W x 3, [0, 1]) -> display light in cd/m2 on a ``peak`` display."""
+def hlg_to_scene(e: np.ndarray) -> np.ndarray:
+    """BT.2100 HLG inverse OETF: signal in [0, 1] -> scene light in [0, 1]."""
     a, b, c = 0.17883277, 0.28466892, 0.55991073
     e = np.clip(e, 0, 1)
-    scene = np.where(e <= 0.5, e * e / 3, (np.exp((e - c) / a) + b) / 12)  # inverse OETF: scene light
-    luma = np.maximum(scene @ BT2020_LUMA, 1e-8)[..., None]
-    gamma = 1.2 + 0.42 * np.log10(peak / 1000)
-    return peak * np.power(luma, gamma - 1) * scene  # OOTF
+    return np.where(e <= 0.5, e * e / 3, (np.exp((e - c) / a) + b) / 12)
 
 
-def to_sdr(rgb48: np.ndarray, transfer: int) -> Image.Image:
-    """A frame's R'G'B' (H x W x 3 uint16, BT.2020, PQ or HLG) -> an 8-bit sRGB image."""
-    e = rgb48.astype(np.float32) / 65535.0
-    nits = pq_to_nits(e) if transfer == PQ else hlg_to_nits(e)
-    linear = np.clip((nits / REFERENCE_WHITE) @ BT2020_TO_709.T, 0, None)
-    peak = linear.max(-1, keepdims=True)
-    rolled = np.where(peak <= KNEE, peak, KNEE + (1 - KNEE) * (1 - np.exp(-(peak - KNEE) / (1 - KNEE))))
-    linear = linear * (rolled / np.maximum(peak, 1e-8))
+@functools.cache
+def _tables() -> dict[str, np.ndarray]:
+    """Per-code tables, once: 16-bit signal -> PQ light / HLG scene light (float32), and linear light in
+    1/16384 steps -> 8-bit sRGB (a step is under 0.3 of a level)."""
+    codes = np.arange(65536) / 65535.0
+    linear = np.arange(16385) / 16384.0
     srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
-    return Image.fromarray(np.clip(srgb * 255 + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return {"pq": (pq_to_nits(codes) / REFERENCE_WHITE).astype(np.float32),
+            "hlg": hlg_to_scene(codes).astype(np.float32),
+            "srgb": np.clip(srgb * 255 + 0.5, 0, 255).astype(np.uint8)}
+
+
+def to_sdr(rgb48: np.ndarray, transfer: int, peak_nits: float = 1000.0) -> Image.Image:
+    """A frame's R'G'B' (H x W x 3 uint16, BT.2020, PQ or HLG) -> an 8-bit sRGB image. ``peak_nits``: the
+    display HLG is rendered for (its OOTF's gamma)."""
+    tables = _tables()
+    h, w = rgb48.shape[:2]
+    if transfer == PQ:
+        light = tables["pq"][rgb48].reshape(-1, 3)  # relative to reference white
+    else:
+        scene = tables["hlg"][rgb48].reshape(-1, 3)
+        luma = np.maximum(scene @ BT2020_LUMA, np.float32(1e-8))
+        gamma = np.float32(1.2 + 0.42 * np.log10(peak_nits / 1000))
+        light = scene * (np.power(luma, gamma - 1) * np.float32(peak_nits / REFERENCE_WHITE))[:, None]  # OOTF
+    linear = np.maximum(np.dot(light, BT2020_TO_709.T), 0)  # (N, 3) x (3, 3): one BLAS call
+    peak = np.maximum(np.maximum(linear[:, 0], linear[:, 1]), linear[:, 2])
+    # highlights rolled off on the largest channel, keeping each pixel's hue; below the knee, unchanged
+    rolled = KNEE + (1 - KNEE) * (1 - np.exp((KNEE - np.maximum(peak, KNEE)) / (1 - KNEE)))
+    linear *= np.where(peak > KNEE, rolled / np.maximum(peak, np.float32(1e-8)), np.float32(1))[:, None]
+    index = np.minimum(linear * 16384 + 0.5, 16384).astype(np.int32)
+    return Image.fromarray(tables["srgb"][index].reshape(h, w, 3), "RGB")
