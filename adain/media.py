@@ -110,15 +110,34 @@ def _info(c: Any, v: Any) -> VideoInfo:
 _TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
 
-def _upright(frame: Any) -> Image.Image:
+def decode_side(options: dict[str, Any]) -> int | None:
+    """The longest side a clip's frames can be decoded at for stylize options: their ``content_size``,
+    unless masks or labels come with them (those are given at the clip's own size)."""
+    if any(options.get(k) is not None for k in ("mask", "masks", "labels")):
+        return None
+    return options.get("content_size") or None
+
+
+def scaled_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
+    """(w, h) scaled down so that the longer side is ``max_side``, as ``adain.image.resize_longest`` does."""
+    if not max_side or max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _upright(frame: Any, max_side: int | None = None) -> Image.Image:
     """A decoded frame as it is meant to be seen: in SDR sRGB (an HDR frame tone-mapped, ``adain.hdr``),
     and turned: a phone films portrait clips as landscape frames with a display matrix saying "turn a
     quarter" (PyAV's ``frame.rotation``: -90, that is 90 degrees clockwise, for an upright iPhone), which
-    players apply and a plain decode does not."""
+    players apply and a plain decode does not. ``max_side``: scaled down (Lanczos, by FFmpeg) in the same
+    conversion, before the rest of the work, where the frame is to be stylized smaller anyway."""
+    w, h = scaled_size(frame.width, frame.height, max_side)
+    size = {} if (w, h) == (frame.width, frame.height) else {"width": w, "height": h, "interpolation": "LANCZOS"}
     if is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
-        img = to_sdr(frame.to_ndarray(format="rgb48le"), frame.color_trc)
+        img = to_sdr(frame.reformat(format="rgb48le", **size).to_ndarray(), frame.color_trc)
     else:
-        img = frame.to_image()
+        img = frame.reformat(format="rgb24", **size).to_image()
     turn = _TURNS.get(round((frame.rotation or 0) / 90) % 4)
     return img if turn is None else img.transpose(turn)
 
@@ -127,9 +146,11 @@ class VideoReader:
     """Frames of the first video stream, in order, as (RGB image, time in seconds); audio packets of the
     first audio stream are kept in ``audio`` for a :class:`VideoWriter` (thread-safe hand-over)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_side: int | None = None) -> None:
+        """``max_side``: frames come scaled down to this longest side (none: as they are)."""
         av = _av()
         self.path = Path(path)
+        self.max_side = max_side
         try:
             self._c = av.open(str(path))
         except av.error.FFmpegError as e:
@@ -163,7 +184,7 @@ class VideoReader:
                     self.count += 1
                     t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
                     reached = max(reached, t + 1 / float(self.info.rate))
-                    yield _upright(frame), t
+                    yield _upright(frame, self.max_side), t
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         finally:

@@ -236,11 +236,12 @@ def stylize_video(
     """Stylize the video file ``source`` into ``output`` (container from its suffix; audio copied), in
     process; ``options`` as for :class:`VideoStream`. The file appears only when complete. Returns the
     number of frames; ``progress(done, total)`` is called after each (total 0 when unknown)."""
-    from adain.media import VideoReader, VideoWriter, atomic_output, container_for
+    from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side
 
     stream = VideoStream(stylizer, styles, **options)
     container = container_for(output)
-    with VideoReader(source) as reader, atomic_output(output) as tmp:
+    # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
+    with VideoReader(source, max_side=decode_side(options)) as reader, atomic_output(output) as tmp:
         writer = None
         try:
             for img, t in reader.frames():

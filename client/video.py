@@ -63,10 +63,11 @@ def stylize_video_file(
     frame count. ``options`` are :meth:`StyleTransferClient.stylize_video`'s; ``on_start(total)`` (0 when
     unknown) and ``on_frame()`` report progress. Raises MediaError or StyleTransferError; on any failure
     no output file is left."""
-    from adain.media import VideoReader, VideoWriter, atomic_output, container_for
+    from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side
 
     container = container_for(output)
-    with VideoReader(source) as reader, atomic_output(output) as tmp:
+    # frames scaled while decoding when the server is to stylize them smaller: fewer bytes to send
+    with VideoReader(source, max_side=decode_side(options)) as reader, atomic_output(output) as tmp:
         if on_start is not None:
             on_start(reader.info.frames)
         times: collections.deque[float] = collections.deque()

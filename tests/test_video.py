@@ -196,6 +196,25 @@ def test_hdr_clip_is_tone_mapped_to_sdr(stylizer: Stylizer, tmp_path: Path) -> N
         assert next(c.decode(video=0)).color_trc == 1
 
 
+def test_frames_are_scaled_while_decoding_as_the_stylizer_would(tmp_path: Path) -> None:
+    import av
+
+    from adain.image import resize_longest
+    from helpers import REPO
+
+    photo = Image.open(REPO / "examples" / "content" / "astronaut.jpg").convert("RGB").resize((192, 144))
+    with av.open(str(tmp_path / "photo.mp4"), "w") as out:  # a clip of a real photo (synthetic ones are harsher)
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 192, 144, "yuv420p"
+        for packet in [*stream.encode(av.VideoFrame.from_image(photo)), *stream.encode(None)]:
+            out.mux(packet)
+    with VideoReader(tmp_path / "photo.mp4") as full, VideoReader(tmp_path / "photo.mp4", max_side=96) as small:
+        a, _ = next(full.frames())
+        b, _ = next(small.frames())
+    assert b.size == resize_longest(a, 96).size == (96, 72)  # so the server has nothing left to resize
+    assert np.abs(np.asarray(b, int) - np.asarray(resize_longest(a, 96), int)).mean() < 2
+
+
 def test_pq_is_absolute_light() -> None:
     from adain.hdr import PQ, pq_to_nits, to_sdr
 
