@@ -372,6 +372,20 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     assert video_facts(tmp_path / "got.mp4")["frames"] == 12
 
 
+def test_page_says_when_it_cannot_preview_a_phone_photo(web: WebProcess, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    (tmp_path / "IMG_0001.HEIC").write_bytes(encoded(Image.open(io.BytesIO(CONTENT)), "HEIF"))
+    browser.get(web.url + "/")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(tmp_path / "IMG_0001.HEIC"))
+    caption = _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('original'), c = document.getElementById('original-caption');"
+        "return i.complete && (i.naturalWidth || c.textContent.includes('cannot')) ? [i.naturalWidth, c.textContent]"
+        " : null;"))
+    assert caption[0] or "the server reads it" in caption[1], caption  # a browser that shows HEIC needs no note
+
+
 def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 

@@ -26,6 +26,7 @@ function setContent(file) {
   $("size-row").hidden = $("temporal-row").hidden = !state.video;
   $("mask-row").hidden = state.video;
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
+  $("original-caption").textContent = "Original";
   const url = URL.createObjectURL(file);
   $("original").hidden = $("output").hidden = state.video;
   $("original-video").hidden = $("output-video").hidden = !state.video;
@@ -281,8 +282,15 @@ async function cancelVideo() {
   $("form-error").textContent = "Cancelled.";
 }
 
+// A HEIC photo or an HEVC clip (what iPhones make) reaches the server fine, but many browsers cannot show it.
+function noPreview() {
+  $("original-caption").textContent = "Original (this browser cannot show it; the server reads it)";
+}
+
 function init() {
   $("cancel").addEventListener("click", cancelVideo);
+  $("original").addEventListener("error", () => { if ($("original").getAttribute("src")) noPreview(); });
+  $("original-video").addEventListener("error", noPreview);
   $("content").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("camera").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("camcorder").addEventListener("change", (e) => setContent(e.target.files[0]));
