@@ -11,6 +11,7 @@ job nobody has asked about for ``abandon_s`` seconds (its page was closed: the p
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from adain.client import StyleTransferClient, StyleTransferError
+
+log = logging.getLogger("adain.web")
 
 
 class Cancelled(Exception):
@@ -39,7 +42,7 @@ class VideoJob:
     total: int = 0  # frames, as the container declares them (0: it does not say)
     done: int = 0
     state: str = "running"  # running, done, failed, cancelled
-    error: dict[str, Any] | None = None  # {"status", "code", "message", "violations"} once failed
+    error: dict[str, Any] | None = None  # {"code", "message", "violations"} once failed or abandoned
     finished: float | None = None
     seen: float = field(default_factory=time.monotonic)  # when its state was last asked for
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -142,6 +145,7 @@ class VideoJobs:
             job.error = {"code": "INVALID_ARGUMENT", "message": str(e),
                          "violations": [{"field": "content", "description": str(e)}]}
         except Exception as e:  # noqa: BLE001 - a job's failure is reported on its state, never lost
+            log.exception("clip job %s failed", job.id)
             job.state = "failed"
             job.error = {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}", "violations": []}
         finally:
