@@ -146,8 +146,10 @@ class VideoReader:
     """Frames of the first video stream, in order, as (RGB image, time in seconds); audio packets of the
     first audio stream are kept in ``audio`` for a :class:`VideoWriter` (thread-safe hand-over)."""
 
-    def __init__(self, path: str | Path, max_side: int | None = None) -> None:
-        """``max_side``: frames come scaled down to this longest side (none: as they are)."""
+    def __init__(self, path: str | Path, max_side: int | None = None, max_fps: float | None = None) -> None:
+        """``max_side``: frames come scaled down to this longest side (none: as they are). ``max_fps``: at
+        most this many frames a second come (the others are dropped; ``rate`` is the rate they make), half
+        the work at half the rate; the times stay the file's, so the sound stays in step."""
         av = _av()
         self.path = Path(path)
         self.max_side = max_side
@@ -164,6 +166,10 @@ class VideoReader:
         self._v.thread_type = "AUTO"
         self.audio_stream = self._c.streams.audio[0] if self._c.streams.audio else None
         self.info = _info(self._c, self._v)
+        slower = max_fps is not None and max_fps < self.info.rate
+        self.rate = Fraction(max_fps).limit_denominator(1001) if slower else self.info.rate  # of the frames read
+        # the frames that will come, as far as the container says (0: it does not)
+        self.total = math.ceil(self.info.frames * self.rate / self.info.rate) if self.info.frames else 0
         self.audio: collections.deque[tuple[Any, float]] = collections.deque()
         self.done = threading.Event()  # set once the whole file was demuxed (all audio is in ``audio``)
         self.count = 0
@@ -172,6 +178,8 @@ class VideoReader:
         av = _av()
         streams = [self._v] + ([self.audio_stream] if self.audio_stream is not None else [])
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
+        step, keep = 1 / float(self.rate), None  # the next time a frame is kept from (max_fps)
+        slack = 0.5 / float(self.info.rate)  # the frame nearest a kept time counts as on it
         try:
             for packet in self._c.demux(streams):
                 if packet.stream is self.audio_stream:
@@ -184,6 +192,11 @@ class VideoReader:
                     self.count += 1
                     t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
                     reached = max(reached, t + 1 / float(self.info.rate))
+                    if keep is not None and t < keep - slack:
+                        continue  # dropped: over max_fps
+                    keep = (t if keep is None else keep) + step
+                    while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
+                        keep += step
                     yield _upright(frame, self.max_side), t
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None

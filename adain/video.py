@@ -231,27 +231,29 @@ def stylize_video(
     styles: Sequence[ImageSource],
     *,
     progress: Callable[[int, int], None] | None = None,
+    max_fps: float | None = None,
     **options: Any,
 ) -> int:
     """Stylize the video file ``source`` into ``output`` (container from its suffix; audio copied), in
     process; ``options`` as for :class:`VideoStream`. The file appears only when complete. Returns the
-    number of frames; ``progress(done, total)`` is called after each (total 0 when unknown)."""
+    number of frames; ``progress(done, total)`` is called after each (total 0 when unknown). ``max_fps``:
+    at most this many frames a second are stylized and written (the others dropped; the sound in step)."""
     from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side
 
     stream = VideoStream(stylizer, styles, **options)
     container = container_for(output)
     # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
-    with VideoReader(source, max_side=decode_side(options)) as reader, atomic_output(output) as tmp:
+    with VideoReader(source, max_side=decode_side(options), max_fps=max_fps) as reader, atomic_output(output) as tmp:
         writer = None
         try:
             for img, t in reader.frames():
                 out = stream.stylize(img)
                 if writer is None:
-                    writer = VideoWriter(tmp, width=out.width, height=out.height, rate=reader.info.rate,
+                    writer = VideoWriter(tmp, width=out.width, height=out.height, rate=reader.rate,
                                          source=reader, container=container)
                 writer.write(out, t)
                 if progress is not None:
-                    progress(stream.index, reader.info.frames)
+                    progress(stream.index, reader.total)
             writer.close()
         except BaseException:
             if writer is not None:

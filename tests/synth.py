@@ -166,7 +166,9 @@ def make_hlg_clip(path, signals: list[np.ndarray], fps: int = 10) -> None:
 
     h, w = signals[0].shape[:2]
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx265", rate=fps, options={"x265-params": "log-level=none", "crf": "12"})
+        # no B-frames, one frame thread: with them the MP4 muxer now and then refused the last packets
+        params = "log-level=none:bframes=0:frame-threads=1"
+        stream = out.add_stream("libx265", rate=fps, options={"x265-params": params, "crf": "12"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le"
         cc = stream.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 9, 9, 18, 1  # BT.2020 NCL, HLG, limited

@@ -412,6 +412,25 @@ def test_cli_video(server: ServerProcess, clips: dict[str, Path], name: str, tmp
     assert "18 frames" in capsys.readouterr().out
 
 
+def test_fewer_frames_a_second_keep_the_time_and_the_sound(stylizer: Stylizer, server: ServerProcess,
+                                                         clips: dict[str, Path], tmp_path: Path, capsys) -> None:
+    with VideoReader(clips["audio.mp4"], max_fps=6) as reader:  # the clip is 18 frames at 12 a second
+        times = [t for _, t in reader.frames()]
+        assert (reader.rate, reader.total) == (6, 9)
+    assert np.allclose(times, np.arange(9) / 6, atol=1e-3)
+    src = video_facts(clips["audio.mp4"])
+    out = tmp_path / "library.mp4"  # in process
+    assert stylize_video(stylizer, clips["audio.mp4"], out, [STYLE], temporal="flow", max_fps=6) == 9
+    got = video_facts(out)
+    assert (got["frames"], got["rate"], got["audio_packets"]) == (9, 6, src["audio_packets"])
+    out = tmp_path / "cli.mp4"  # and through the server, from the CLI
+    assert main([str(clips["audio.mp4"]), "-s", str(clips["style.png"]), "-o", str(out), "--fps", "6",
+                 "--server", server.target]) == 0, capsys.readouterr().err
+    assert video_facts(out)["frames"] == 9 and video_facts(out)["rate"] == 6
+    with VideoReader(clips["audio.mp4"], max_fps=30) as reader:  # a cap above the clip's rate changes nothing
+        assert (reader.rate, reader.total, len(list(reader.frames()))) == (12, 18, 18)
+
+
 def test_cli_video_size_and_container_by_content(server: ServerProcess, clips: dict[str, Path], tmp_path: Path,
                                                  capsys) -> None:
     disguised = tmp_path / "clip.bin"  # a video whatever its name says

@@ -126,8 +126,8 @@ def _finished(web: WebProcess, job: dict, timeout: float = 120) -> dict:
 
 
 def test_clip_becomes_a_job_and_an_mp4(web: WebProcess, tmp_path: Path) -> None:
-    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 12), _png("styles", STYLE)],
-                   data={"temporal": "flow", "alpha": "0.8"}, timeout=60)
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 24), _png("styles", STYLE)],
+                   data={"temporal": "flow", "alpha": "0.8", "fps": "6"}, timeout=60)  # 24 frames at 12/s: 12 kept
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["state"] == "running" and job["total"] == 12 and job["result"] is None
@@ -181,6 +181,8 @@ BAD_CLIPS = {
     "temporal": (lambda tmp: _clip(tmp, 6), {"temporal": "wobbly"}, "temporal", "none, smooth, flow"),
     "size": (lambda tmp: _clip(tmp, 6), {"size": "8"}, "size", ">= 16"),
     "image-only-field": (lambda tmp: _clip(tmp, 6), {"refine_steps": "5"}, "refine_steps", "unknown field"),
+    "fps": (lambda tmp: _clip(tmp, 6), {"fps": "-2"}, "fps", "must be > 0"),
+    "too-many-frames-even-so": (lambda tmp: _clip(tmp, 72), {"fps": "6"}, "content", "at that frame rate"),
 }
 
 

@@ -5,7 +5,8 @@ client (no torch, no second engine).
     GET  /api/info        what the page needs: the example styles, the upload limit, the server's limits
     POST /api/stylize     multipart: content, styles (repeated), weights (repeated, one per style), alpha,
                           preserve_color, mask, refine_steps, format -> the image, or a JSON error
-    POST /api/videos      multipart: content (a clip), styles, weights, alpha, preserve_color, temporal, size
+    POST /api/videos      multipart: content (a clip), styles, weights, alpha, preserve_color, temporal, size,
+                          fps
                           -> 202 and the job's state (``web.video``: a clip takes minutes)
     GET  /api/videos/ID   the job's state: running / done / failed, frames done of total, the error
     GET  /api/videos/ID/result   the stylized clip (MP4), once done;  DELETE /api/videos/ID: cancel or delete
@@ -57,7 +58,7 @@ HTTP_STATUS = {
     grpc.StatusCode.CANCELLED: 503,
 }
 IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask", "refine_steps", "format")
-VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size")
+VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size", "fps")
 
 
 @dataclass(frozen=True)
@@ -347,10 +348,17 @@ async def _read_video_form(
     if info.width * info.height > limits.max_pixels:
         raise BadInput("content", f"{info.width} x {info.height} frames are over the limit of "
                        f"max_pixels={limits.max_pixels}")
-    if info.frames > settings.max_video_frames:
-        raise BadInput("content", f"{info.frames} frames, over the limit of max_video_frames="
-                       f"{settings.max_video_frames}")
+    fps = None
+    if form.get("fps") not in (None, "", "0"):
+        fps = _number(form["fps"], "fps")
+        if fps <= 0:
+            raise BadInput("fps", f"must be > 0 (or empty: as filmed), got {form['fps']!r}")
+    frames = math.ceil(info.frames * min(1.0, fps / float(info.rate))) if fps else info.frames
+    if frames > settings.max_video_frames:
+        raise BadInput("content", f"{frames} frames, over the limit of max_video_frames="
+                       f"{settings.max_video_frames}" + (" (at that frame rate)" if fps else ""))
     options = await _style_options(form, limits)
+    options["max_fps"] = fps
     temporal = form.get("temporal") or None
     if temporal is not None and temporal not in TEMPORAL_MODES:
         raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {temporal!r}")
@@ -358,7 +366,7 @@ async def _read_video_form(
     if form.get("size") not in (None, "", "0"):
         options["content_size"] = _whole(form["size"], "size", 16)
     stem = Path(content.filename or "clip").stem or "clip"
-    return source, f"{stem}_stylized.mp4", info.frames, options
+    return source, f"{stem}_stylized.mp4", frames, options
 
 
 def _whole(text: Any, field: str, least: int) -> int:

@@ -23,7 +23,7 @@ function setContent(file) {
     $("content-error").textContent = "This page was installed without video support: choose a photo.";
   }
   // the options that apply: a clip has a size and a steadiness, a photo a mask and refine steps
-  $("size-row").hidden = $("temporal-row").hidden = !state.video;
+  $("size-row").hidden = $("temporal-row").hidden = $("fps-row").hidden = !state.video;
   $("mask-row").hidden = state.video;
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
   $("original-caption").textContent = "Original";
@@ -218,6 +218,7 @@ function videoForm() {
   data.append("preserve_color", $("preserve_color").value);
   data.append("temporal", $("temporal").value);
   data.append("size", $("size").value);
+  data.append("fps", $("fps").value);
   return data;
 }
 
