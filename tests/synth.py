@@ -113,10 +113,11 @@ SRGB_D50 = ((0.4360747, 0.2225045, 0.0139322), (0.3850649, 0.7168786, 0.0971045)
 P3_D50 = ((0.5151215, 0.2411957, -0.0010498), (0.2919769, 0.6922455, 0.0418854), (0.1571045, 0.0665741, 0.7840729))
 
 
-def icc_rgb(colorants=SRGB_D50, gamma: float = 2.2, name: str = "test RGB") -> bytes:
+def icc_rgb(colorants=SRGB_D50, gamma: float = 2.2, name: str = "test RGB", grey: bool = False) -> bytes:
     """A minimal ICC v2 RGB matrix/gamma display profile: red, green and blue's D50 XYZ and one gamma,
     as a camera or phone embeds (Display P3 is P3_D50); ``(SRGB_D50[1], SRGB_D50[0], SRGB_D50[2])`` swaps
-    red and green, so a correct conversion turns red pixels green."""
+    red and green, so a correct conversion turns red pixels green. ``grey``: a greyscale profile (one
+    tone curve, ``gamma``) instead."""
     import struct
 
     def s15(v: float) -> bytes:
@@ -128,9 +129,12 @@ def icc_rgb(colorants=SRGB_D50, gamma: float = 2.2, name: str = "test RGB") -> b
     ascii_ = name.encode() + b"\0"
     desc = b"desc" + bytes(4) + struct.pack(">I", len(ascii_)) + ascii_ + bytes(4 + 4 + 2 + 1 + 67)
     curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
-    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(colorants[0])),
-            (b"gXYZ", xyz(colorants[1])), (b"bXYZ", xyz(colorants[2])), (b"rTRC", curve), (b"gTRC", curve),
-            (b"bTRC", curve)]
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249)))]
+    if grey:
+        tags.append((b"kTRC", curve))
+    else:
+        tags += [(b"rXYZ", xyz(colorants[0])), (b"gXYZ", xyz(colorants[1])), (b"bXYZ", xyz(colorants[2])),
+                 (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
     offset = 128 + 4 + 12 * len(tags)
     table, data = struct.pack(">I", len(tags)), b""
     for sig, body in tags:
@@ -138,8 +142,10 @@ def icc_rgb(colorants=SRGB_D50, gamma: float = 2.2, name: str = "test RGB") -> b
         table += sig + struct.pack(">II", offset + len(data), len(body))
         data += body
     size = offset + len(data)
-    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
-              + bytes(24) + struct.pack(">I", 0) + b"".join(s15(c) for c in (0.9642, 1.0, 0.8249)) + bytes(48))
+    space = b"GRAY" if grey else b"RGB "
+    d50 = b"".join(s15(c) for c in (0.9642, 1.0, 0.8249))
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr" + space + b"XYZ " + bytes(12)
+              + b"acsp" + bytes(24) + struct.pack(">I", 0) + d50 + bytes(48))
     assert len(header) == 128
     return header + table + data
 

@@ -72,6 +72,14 @@ def test_embedded_profiles_are_converted_to_srgb(fmt: str) -> None:
     assert g > 240 and r < 15 and b < 15, (r, g, b)
 
 
+def test_greyscale_profile_is_applied_to_photos_not_masks() -> None:
+    linear = icc_rgb(gamma=1.0, grey=True, name="linear grey")  # level 50 is 0.196 of the light: sRGB 122
+    for mode, value in (("L", 50), ("LA", (50, 255))):
+        assert load_image(encoded(Image.new(mode, (4, 4), value), "PNG", icc_profile=linear)).getpixel((0, 0)) == (
+            122, 122, 122)
+    assert load_image(encoded(Image.new("L", (4, 4), 50), "PNG", icc_profile=linear), mode="L").getpixel((0, 0)) == 50
+
+
 def test_display_p3_photo_is_more_saturated_in_srgb() -> None:
     # What a phone's P3 photo looks like in a colour-managed viewer: sRGB needs a stronger red for it.
     r, g, b = load_image(_tagged((200, 60, 40), icc_rgb(P3_D50, name="Display P3"))).getpixel((0, 0))
