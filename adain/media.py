@@ -126,13 +126,16 @@ def scaled_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _upright(frame: Any, max_side: int | None = None) -> Image.Image:
+def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1)) -> Image.Image:
     """A decoded frame as it is meant to be seen: in SDR sRGB (an HDR frame tone-mapped, ``adain.hdr``),
     and turned: a phone films portrait clips as landscape frames with a display matrix saying "turn a
     quarter" (PyAV's ``frame.rotation``: -90, that is 90 degrees clockwise, for an upright iPhone), which
-    players apply and a plain decode does not. ``max_side``: scaled down (Lanczos, by FFmpeg) in the same
-    conversion, before the rest of the work, where the frame is to be stylized smaller anyway."""
-    w, h = scaled_size(frame.width, frame.height, max_side)
+    players apply and a plain decode does not. Pixels that are not square (``sar``, the stream's sample
+    aspect ratio: a camcorder's 1440 x 1080 shown as 1920 x 1080) are made square, as players show them.
+    ``max_side``: scaled down (Lanczos, by FFmpeg) in the same conversion, before the rest of the work,
+    where the frame is to be stylized smaller anyway."""
+    width = max(1, round(frame.width * sar))
+    w, h = scaled_size(width, frame.height, max_side)
     size = {} if (w, h) == (frame.width, frame.height) else {"width": w, "height": h, "interpolation": "LANCZOS"}
     if is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
         img = to_sdr(frame.reformat(format="rgb48le", **size).to_ndarray(), frame.color_trc)
@@ -166,6 +169,8 @@ class VideoReader:
         self._v.thread_type = "AUTO"
         self.audio_stream = self._c.streams.audio[0] if self._c.streams.audio else None
         self.info = _info(self._c, self._v)
+        sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
+        self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         slower = max_fps is not None and max_fps < self.info.rate
         self.rate = Fraction(max_fps).limit_denominator(1001) if slower else self.info.rate  # of the frames read
         # the frames that will come, as far as the container says (0: it does not)
@@ -197,7 +202,7 @@ class VideoReader:
                     keep = (t if keep is None else keep) + step
                     while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
                         keep += step
-                    yield _upright(frame, self.max_side), t
+                    yield _upright(frame, self.max_side, self.sar), t
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         finally:

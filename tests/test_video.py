@@ -225,6 +225,27 @@ def test_pq_is_absolute_light() -> None:
     assert abs(int(np.asarray(to_sdr(white, PQ))[0, 0, 0]) - 245) <= 2  # as HLG's reference white
 
 
+def test_wide_pixels_are_made_square(stylizer: Stylizer, tmp_path: Path) -> None:
+    import av
+
+    # a camcorder's clip: 48 x 48 pixels each 4/3 as wide as tall, shown as 64 x 48
+    with av.open(str(tmp_path / "wide.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        frames = [av.VideoFrame.from_image(synth_image(48, 48, seed=i, kind="gradient")) for i in range(3)]
+        for i, frame in enumerate(frames):
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with VideoReader(tmp_path / "wide.mp4") as reader:
+        assert next(reader.frames())[0].size == (64, 48)
+    assert stylize_video(stylizer, tmp_path / "wide.mp4", tmp_path / "out.mp4", [STYLE], temporal="none") == 3
+    assert video_facts(tmp_path / "out.mp4")["size"] == (64, 48)
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
 def test_written_video_says_its_colour_matrix(tmp_path: Path, suffix: str) -> None:
     # Converted with BT.709 and tagged so: a player that guessed BT.601 would show these ~20 levels off.
