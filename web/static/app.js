@@ -156,12 +156,8 @@ function showError(body, status) {
   }
 }
 
-async function submit(event) {
-  event.preventDefault();
-  clearErrors();
-  if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
-  if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
-  if (state.video) { await submitVideo(); return; }
+// What a photo and a clip send alike: the content, the styles with their weights, strength and colours.
+function commonForm() {
   const data = new FormData();
   data.append("content", state.content);
   for (const style of state.styles) {
@@ -170,6 +166,16 @@ async function submit(event) {
   }
   data.append("alpha", $("alpha").value);
   data.append("preserve_color", $("preserve_color").value);
+  return data;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  clearErrors();
+  if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
+  if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
+  if (state.video) { await submitVideo(); return; }
+  const data = commonForm();
   if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
   if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
   data.append("format", "png");
@@ -208,14 +214,7 @@ async function submit(event) {
 
 // --- clips: a job on the server, followed until it is done ---------------------------------------------
 function videoForm() {
-  const data = new FormData();
-  data.append("content", state.content);
-  for (const style of state.styles) {
-    data.append("styles", style.file);
-    data.append("weights", String(style.weight));
-  }
-  data.append("alpha", $("alpha").value);
-  data.append("preserve_color", $("preserve_color").value);
+  const data = commonForm();
   data.append("temporal", $("temporal").value);
   data.append("size", $("size").value);
   data.append("fps", $("fps").value);
