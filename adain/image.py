@@ -147,13 +147,19 @@ def load_image(
     return _to_rgb(img) if mode == "raw" else to_srgb(img, _to_rgb)
 
 
+def longest_size(w: int, h: int, limit: int | None) -> tuple[int, int]:
+    """(w, h) scaled down (never up) so that the longest side is at most ``limit``, aspect kept: the one
+    rule for images and for clips scaled while decoding (``adain.media``), so the two agree to the pixel."""
+    if limit is None or max(w, h) <= limit:
+        return w, h
+    scale = limit / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def resize_longest(img: Image.Image, limit: int | None) -> Image.Image:
     """Downscale (never upscale) so that the longest side is at most ``limit``; keeps the aspect ratio."""
-    if limit is None or max(img.size) <= limit:
-        return img
-    scale = limit / max(img.size)
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    return img.resize(size, Image.Resampling.LANCZOS)
+    size = longest_size(img.width, img.height, limit)
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

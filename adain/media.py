@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from adain.hdr import is_hdr, to_sdr
+from adain.image import longest_size
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
 # Video codecs by output container, best first: H.264 where the encoder exists, else what plays widely.
@@ -118,14 +119,6 @@ def decode_side(options: dict[str, Any]) -> int | None:
     return options.get("content_size") or None
 
 
-def scaled_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
-    """(w, h) scaled down so that the longer side is ``max_side``, as ``adain.image.resize_longest`` does."""
-    if not max_side or max(w, h) <= max_side:
-        return w, h
-    scale = max_side / max(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
 def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1)) -> Image.Image:
     """A decoded frame as it is meant to be seen: in SDR sRGB (an HDR frame tone-mapped, ``adain.hdr``),
     and turned: a phone films portrait clips as landscape frames with a display matrix saying "turn a
@@ -135,7 +128,7 @@ def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1
     ``max_side``: scaled down (Lanczos, by FFmpeg) in the same conversion, before the rest of the work,
     where the frame is to be stylized smaller anyway."""
     width = max(1, round(frame.width * sar))
-    w, h = scaled_size(width, frame.height, max_side)
+    w, h = longest_size(width, frame.height, max_side)
     size = {} if (w, h) == (frame.width, frame.height) else {"width": w, "height": h, "interpolation": "LANCZOS"}
     if is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
         img = to_sdr(frame.reformat(format="rgb48le", **size).to_ndarray(), frame.color_trc)
