@@ -20,6 +20,7 @@ from PIL import Image
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
+    AUTH_KEY,
     COLOR_ENUM,
     DEFAULT_ADDRESS,
     DEFAULT_QUALITY,
@@ -286,6 +287,39 @@ def channel_target(target: str) -> str:
     return ("ipv6:" if ipv6 else "ipv4:") + ",".join(parts)
 
 
+def _pem(value: bytes | str | os.PathLike | None) -> bytes | None:
+    return value if value is None or isinstance(value, bytes) else Path(value).read_bytes()
+
+
+class _TokenSource:
+    """The bearer token: given, or the first line of a file read again when it changes."""
+
+    def __init__(self, token: str | None, path: str | os.PathLike | None) -> None:
+        if token is not None and path is not None:
+            raise ValueError("give token or token_file, not both")
+        self._token = token.strip() if token else None
+        self._path = path
+        self._seen: tuple[int, int] | None = None
+        if path is not None:
+            self()  # an unreadable or empty file is an error now, not at the first call
+
+    def __call__(self) -> str | None:
+        if self._path is None:
+            return self._token
+        try:
+            st = os.stat(self._path)
+            if (st.st_mtime_ns, st.st_size) != self._seen:
+                lines = [x.strip() for x in Path(self._path).read_text(encoding="utf-8").splitlines()]
+                token = next((x for x in lines if x and not x.startswith("#")), None)
+                if token is None:
+                    raise ValueError(f"{os.fspath(self._path)} holds no token")
+                self._token, self._seen = token, (st.st_mtime_ns, st.st_size)
+        except (OSError, ValueError, UnicodeDecodeError):
+            if self._token is None:  # at first: say so; later, a file being rewritten keeps the last token
+                raise
+        return self._token
+
+
 class StyleTransferClient:
     """A blocking client of ``adain.v1.StyleTransfer``; thread-safe (share one across threads).
 
@@ -296,6 +330,11 @@ class StyleTransferClient:
     many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
     another replica where there are several (0 disables; at most 4). Message size limits default to
     32 MiB each way, like the server's.
+
+    A server that wants callers to prove who they are takes ``token`` (sent as ``authorization: Bearer``
+    on every call; prefer TLS, the token is a password) or ``token_file`` (its first line, read again when
+    the file changes, for long-lived clients whose token is rotated), and for mutual TLS a
+    ``client_certificate`` chain and its ``client_key`` (PEM bytes or file paths).
 
     Every failure raises :class:`StyleTransferError`. Use as a context manager, or call :meth:`close`.
     """
@@ -310,6 +349,10 @@ class StyleTransferClient:
         retries: int = 3,
         max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
         options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
+        token_file: str | os.PathLike | None = None,
+        client_certificate: bytes | str | os.PathLike | None = None,
+        client_key: bytes | str | os.PathLike | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -326,10 +369,15 @@ class StyleTransferClient:
         opts.append(("grpc.service_config", service_config(retries)))
         opts.extend(options)
         target = channel_target(target)
-        if tls or root_certificates is not None:
-            if root_certificates is not None and not isinstance(root_certificates, bytes):
-                root_certificates = Path(root_certificates).read_bytes()
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        if (client_certificate is None) != (client_key is None):
+            raise ValueError("client_certificate and client_key go together")
+        self._token = _TokenSource(token, token_file)
+        if tls or root_certificates is not None or client_certificate is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_certificate),
+            )
             self._channel = grpc.secure_channel(target, creds, options=opts)
         else:
             self._channel = grpc.insecure_channel(target, options=opts)
@@ -346,6 +394,14 @@ class StyleTransferClient:
         self.close()
 
     # -- calls -------------------------------------------------------------------------------
+    def _metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...] | None:
+        """What every call sends besides its request: the request id and the token, when there are."""
+        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else ()
+        token = self._token()
+        if token:
+            metadata += ((AUTH_KEY, f"Bearer {token}"),)
+        return metadata or None
+
     def _call(self, method: Any, request: Any, timeout: float | None, request_id: str | None) -> tuple[Any, str | None]:
         reply, rid, _ = self._call_from(method, request, timeout, request_id)
         return reply, rid
@@ -354,7 +410,7 @@ class StyleTransferClient:
         self, method: Any, request: Any, timeout: float | None, request_id: str | None
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered)."""
-        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
+        metadata = self._metadata(request_id)
         try:
             reply, call = method.with_call(
                 request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
@@ -460,7 +516,7 @@ class StyleTransferClient:
         timeout: float | None,
         request_id: str | None,
     ) -> tuple[pb.StylizeResponse, str | None]:
-        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
+        metadata = self._metadata(request_id)
         call = self._stub.StylizeWithProgress(
             request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
         )
@@ -536,7 +592,7 @@ class StyleTransferClient:
                 failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
                 holder[0].cancel()
 
-        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
+        metadata = self._metadata(request_id)
         call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=metadata)
         holder.append(call)
         try:

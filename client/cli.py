@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
-    """--server, --timeout, --retries, --tls and --ca-cert: how a command reaches adain-server (the CLI's and
+    """--server, --timeout, --retries, TLS and the token: how a command reaches adain-server (the CLI's and
     adain-web's, one set of rules); :func:`connect` makes the client from them."""
     p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_ADDRESS), metavar="HOST:PORT",
                    help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS}); several replicas: "
@@ -68,14 +68,32 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    help="retries of a call the server answers UNAVAILABLE (default 2)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
+    p.add_argument("--client-cert", metavar="PEM", help="this client's certificate chain, for a server that asks for "
+                   "one (mutual TLS; implies --tls; with --client-key)")
+    p.add_argument("--client-key", metavar="PEM", help="the private key of --client-cert")
+    p.add_argument("--token-file", default=os.environ.get("ADAIN_TOKEN_FILE") or None, metavar="FILE",
+                   help="file whose first line is the bearer token, for a server that asks for one (default: "
+                   "$ADAIN_TOKEN_FILE; or put the token itself in $ADAIN_TOKEN); read again when it changes")
 
 
 def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
-    """The client the flags of :func:`add_connection_args` describe (``options``: more constructor arguments)."""
-    return StyleTransferClient(
-        args.server, timeout=args.timeout, tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
-        retries=args.retries, **options,
-    )
+    """The client the flags of :func:`add_connection_args` describe (``options``: more constructor arguments).
+    A missing or unreadable certificate, key or token file is a CliError naming its flag."""
+    if bool(args.client_cert) != bool(args.client_key):
+        raise CliError("--client-cert and --client-key go together")
+    token = None if args.token_file else (os.environ.get("ADAIN_TOKEN") or "").strip() or None
+    for flag, path in (("--ca-cert", args.ca_cert), ("--client-cert", args.client_cert),
+                       ("--client-key", args.client_key), ("--token-file", args.token_file)):
+        if path and not os.path.isfile(path):
+            raise CliError(f"{flag}: no such file: {path}")
+    try:
+        return StyleTransferClient(
+            args.server, timeout=args.timeout, tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
+            retries=args.retries, token=token, token_file=args.token_file, client_certificate=args.client_cert,
+            client_key=args.client_key, **options,
+        )
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CliError(f"--token-file: {e}" if args.token_file else str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +235,8 @@ def _describe(e: StyleTransferError, server: str) -> str:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED; see --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
         return e.details
+    if e.code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
     return f"{e.code.name}: {e.details}"
 
 
@@ -487,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1
     except StyleTransferError as e:
-        print(f"{PROG}: error: {e.details}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {_describe(e, args.server)}", file=sys.stderr, flush=True)
         return 1
     except OSError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)

@@ -18,7 +18,6 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +31,7 @@ from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.video import VideoStream
 from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
 
+from .auth import TlsFiles, TokenAuth, TokenFile
 from .batcher import Batcher
 from .config import Settings
 from .drain import Drain
@@ -131,6 +131,7 @@ class StyleTransferServer:
         )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None  # --health-port: plaintext, health only
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.servicer = StyleTransferServicer(
@@ -174,7 +175,15 @@ class StyleTransferServer:
                 ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(max(s.grace_seconds, 1) * 1000)),
             ]
-        server = grpc.aio.server(options=options)
+        # The secrets first: a bad certificate or token file fails the start with its name.
+        tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
+        interceptors = []
+        if s.auth_tokens_file:
+            tokens = TokenFile(s.auth_tokens_file)
+            denied = self.metrics.requests
+            interceptors.append(TokenAuth(tokens, lambda method: denied.labels(method, "UNAUTHENTICATED").inc()))
+            log.info("bearer tokens required: %d accepted, from %s", len(tokens), s.auth_tokens_file)
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_StyleTransferServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -185,9 +194,8 @@ class StyleTransferServer:
         self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
         address = f"{s.host}:{s.port}"
         try:
-            if s.tls_cert and s.tls_key:
-                creds = grpc.ssl_server_credentials([(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())])
-                port = server.add_secure_port(address, creds)
+            if tls is not None:
+                port = server.add_secure_port(address, tls.credentials())
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as e:
@@ -198,11 +206,26 @@ class StyleTransferServer:
         if not port:
             self.metrics.close()
             raise OSError(f"cannot listen on {address}{reason}")
+        if s.health_port > 0:
+            self.health_server = await self._serve_health(f"{s.host}:{s.health_port}")
         self.servicer.replica = s.replica_name or f"{socket.gethostname()}:{port}"
         await server.start()
         self.server = server
         self.port = port
         return port
+
+    async def _serve_health(self, address: str) -> grpc.aio.Server:
+        """gRPC health alone on a plaintext port: Kubernetes' gRPC probes speak neither TLS nor tokens."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            if server.add_insecure_port(address):
+                await server.start()
+                return server
+        except RuntimeError:
+            pass
+        self.metrics.close()  # the start fails: nothing may stay listening
+        raise OSError(f"cannot listen on {address} (--health-port)")
 
     def _warmup_sync(self) -> None:
         content, style = _warmup_images()
@@ -236,6 +259,8 @@ class StyleTransferServer:
         if self.server is not None:
             # What is left are streams that never end by themselves (health Watch): cut them short.
             await self.server.stop(0.2)
+        if self.health_server is not None:
+            await self.health_server.stop(0.2)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.batcher.close, 5.0)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -250,7 +275,7 @@ async def serve(settings: Settings, stylizer: Any, out=None) -> int:
     app = StyleTransferServer(settings, stylizer)
     try:
         port = await app.start()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # a port in use, an unreadable or bad certificate or token file
         print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
         return 1
     host = settings.host

@@ -37,6 +37,7 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     metrics_port: int = 9464
+    health_port: int = 0
     decoder: str | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -67,6 +68,8 @@ class Settings:
     temporal_strength: float = DEFAULT_TEMPORAL_STRENGTH
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_tokens_file: str | None = None
     grace_seconds: float = 10
     max_connection_age_s: float = 300
     replica_name: str = ""
@@ -116,6 +119,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "host": (str, "address to listen on (0.0.0.0 or [::] for every interface)"),
     "port": (int_in_range(0, 65535), "gRPC port; 0 picks a free port (the 'listening on' line shows it)"),
     "metrics-port": (int, "Prometheus metrics HTTP port (on --host); 0 or negative disables"),
+    "health-port": (int, "a second, plaintext port serving only gRPC health, for probes that speak no TLS or "
+                    "tokens (Kubernetes' gRPC probes); 0 or negative: none"),
     "decoder": (_optional_path, "decoder weights file (adain.decoder.save_decoder format)"),
     "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
     "precision": (one_of(PRECISIONS), "auto (bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, detected at start; "
@@ -153,6 +158,11 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                           "does not say"),
     "tls-cert": (_optional_path, "PEM certificate chain file; with --tls-key, serve TLS"),
     "tls-key": (_optional_path, "PEM private key file; with --tls-cert, serve TLS"),
+    "tls-client-ca": (_optional_path, "PEM CA certificate(s): with TLS, require a client certificate signed by one "
+                      "(mutual TLS). The TLS files are read again when they change"),
+    "auth-tokens-file": (_optional_path, "file of accepted bearer tokens, one per line (16+ characters; # comments): "
+                         "calls without 'authorization: Bearer <token>' get UNAUTHENTICATED (health stays open); "
+                         "read again when it changes"),
     "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
     "max-connection-age-s": (non_negative_float, "close each client connection after this long (gracefully), so "
                              "clients re-resolve and balance onto new replicas; 0: never"),
@@ -196,4 +206,6 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     ns = parser.parse_args(argv)
     if bool(ns.tls_cert) != bool(ns.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if ns.tls_client_ca and not ns.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)")
     return Settings(**vars(ns))

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("adain.server")
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
+def request_id(metadata: Sequence[tuple[str, Any]] | None) -> str:
+    """The caller's x-request-id (trimmed to 128 characters), or a new one."""
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and value.strip():
             return value.strip()[:128]
     return str(uuid.uuid4())
@@ -66,7 +67,7 @@ async def _call(
     """Around every call: request id, draining check, in-flight count, status mapping, metrics, access log.
     Yields the request id. A unary call sends no headers before its reply: a call whose replica dies
     before answering has then received nothing, and the client's retry policy sends it to another one."""
-    rid = _request_id(context)
+    rid = request_id(context.invocation_metadata())
     rid_md = ((REQUEST_ID_KEY, rid), (SERVED_BY_KEY, servicer.replica))
     start = time.perf_counter()
     code = grpc.StatusCode.OK

@@ -42,6 +42,29 @@ def write_test_decoder(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def make_certificates(folder: Path, *names: str) -> bool:
+    """With openssl: for each name a CA ``NAME-ca.pem`` and a certificate ``NAME.pem`` + ``NAME.key`` it
+    signed, valid for localhost and 127.0.0.1 (server or client alike). False where openssl is missing."""
+    from shutil import which
+
+    if which("openssl") is None:
+        return False
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=folder)
+
+    for name in names:
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name} CA",
+                "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.pem")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{name}-ca.pem", "-CAkey", f"{name}-ca.key",
+                "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{name}.pem")
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

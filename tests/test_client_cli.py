@@ -13,7 +13,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import main, parse_style
-from helpers import REPO, ServerProcess, free_port
+from helpers import REPO, ServerProcess, free_port, make_certificates
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, pixels
 
 CONTENT = make_image(64, 48, seed=21)
@@ -129,19 +129,14 @@ def test_unreachable_server_fails_fast_with_unavailable() -> None:
 
 
 def test_tls(decoder_path: Path, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, timeout=60,
-    ) if _has_openssl() else None
-    if made is None or made.returncode != 0:
+    if not make_certificates(tmp_path, "server"):
         pytest.skip("openssl is not available to make a test certificate")
-    creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    cert, key, ca = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "server-ca.pem"
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
     srv = ServerProcess(decoder_path, "--tls-cert", str(cert), "--tls-key", str(key), credentials=creds)
     try:
         srv.wait_serving()
-        with StyleTransferClient(srv.target, tls=True, root_certificates=cert, timeout=60) as c:
+        with StyleTransferClient(srv.target, tls=True, root_certificates=ca, timeout=60) as c:
             assert (c.stylize(CONTENT, STYLE_A).width, c.server_info()["device"]) == (64, "cpu")
         with StyleTransferClient(srv.target, timeout=10, retries=0) as plain:  # plaintext to a TLS port fails
             with pytest.raises(StyleTransferError) as info:
@@ -150,12 +145,6 @@ def test_tls(decoder_path: Path, tmp_path: Path) -> None:
         assert srv.terminate() == 0
     finally:
         srv.kill()
-
-
-def _has_openssl() -> bool:
-    from shutil import which
-
-    return which("openssl") is not None
 
 
 # --- the CLI ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from adain.argtypes import positive_float, positive_int
-from adain.client.cli import add_connection_args, connect
+from adain.client.cli import CliError, add_connection_args, connect
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -40,7 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
-    with connect(args, max_message_mb=max_message_mb) as client:
+    try:
+        client = connect(args, max_message_mb=max_message_mb)
+    except CliError as e:
+        print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    with client:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s)

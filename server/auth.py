@@ -1,0 +1,221 @@
+"""Who may call: the server's TLS identity, client certificates (mutual TLS) and bearer tokens.
+
+Every secret comes from a file and is read again when the file changes (a Kubernetes Secret or
+cert-manager rotating it, a person editing it), so rotating one never needs a restart:
+
+- ``TlsFiles``: the certificate chain, its key and optionally the CA that client certificates must chain
+  to. gRPC asks for them at every new connection; they are loaded again only when a file's size, time or
+  inode changed, and a half-written or mismatched pair (the key not yet matching the certificate) is
+  ignored, with a warning, until it is whole: connections keep the last good identity.
+- ``TokenFile``: one token per line (``#`` comments, blank lines ignored). Several lines let tokens be
+  rotated (add the new one, move the clients, remove the old) or given one per calling service. A file
+  that becomes empty or unreadable keeps the last good tokens (a failed write must neither lock every
+  client out nor let everyone in); to revoke a token, write the file without it.
+- ``TokenAuth``: the interceptor that answers UNAUTHENTICATED to a call without a listed
+  ``authorization: Bearer <token>``. gRPC health stays open: kubelet probes and load balancers send no token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from adain.wire import AUTH_KEY, REQUEST_ID_KEY
+
+from .service import request_id
+
+log = logging.getLogger("adain.server")
+
+MIN_TOKEN_CHARS = 16  # a guessable token is no protection
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+RECHECK_S = 1.0  # a token file is looked at no more often than this
+
+
+def _signature(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...] | None:
+    """What changes when a file is replaced or rewritten (None: one is missing)."""
+    try:
+        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in (os.stat(p) for p in paths))
+    except OSError:
+        return None
+
+
+class TlsFiles:
+    """The server's certificate, key and client CA, as gRPC server credentials that follow the files."""
+
+    def __init__(self, cert: str, key: str, client_ca: str | None = None) -> None:
+        self.paths = [cert, key] + ([client_ca] if client_ca else [])
+        self.require_client_auth = client_ca is not None
+        self._lock = threading.Lock()
+        self._seen = _signature(self.paths)
+        self.config = self._load()  # at start a bad file is an error (OSError / ValueError), not a warning
+        self.loaded = 1
+
+    def _load(self) -> Any:
+        cert, key = self.paths[0], self.paths[1]
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)  # the key fits the chain
+        except ssl.SSLError as e:
+            raise ValueError(f"{cert} and {key} are not a certificate chain and its private key: {e}") from None
+        client_ca = None
+        if self.require_client_auth:
+            client_ca = Path(self.paths[2]).read_bytes()
+            if b"-----BEGIN CERTIFICATE-----" not in client_ca:
+                raise ValueError(f"{self.paths[2]} holds no PEM certificate")
+        return grpc.ssl_server_certificate_configuration(
+            [(Path(key).read_bytes(), Path(cert).read_bytes())], root_certificates=client_ca
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.config, self._fetch, require_client_authentication=self.require_client_auth
+        )
+
+    def _fetch(self) -> Any:
+        """Called by gRPC at each new connection: a new configuration when the files changed, else None."""
+        try:
+            with self._lock:
+                now = _signature(self.paths)
+                if now is None or now == self._seen:
+                    return None
+                self._seen = now  # a bad version is reported once, and tried again when the files change
+                try:
+                    self.config = self._load()
+                except (OSError, ValueError) as e:
+                    log.warning("TLS files changed but cannot be used yet (keeping the last good ones): %s", e)
+                    return None
+                self.loaded += 1
+                log.info("TLS files reloaded (%s)", ", ".join(self.paths))
+                return self.config
+        except Exception:  # never let an exception reach gRPC's handshake
+            log.exception("TLS reload failed")
+            return None
+
+
+def read_tokens(path: str) -> list[str]:
+    """The tokens of a token file; ValueError when it has none or one is too short."""
+    tokens = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+            raise ValueError(f"{path} line {n}: a token is one word of at least {MIN_TOKEN_CHARS} characters")
+        tokens.append(token)
+    if not tokens:
+        raise ValueError(f"{path} holds no token")
+    return tokens
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenFile:
+    """The accepted tokens, from a file read again when it changes (kept as digests)."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self._seen = _signature([path])
+        self._digests = [_digest(t) for t in read_tokens(path)]  # at start a bad file is an error
+        self._checked = clock()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < RECHECK_S:
+            return
+        with self._lock:
+            self._checked = now
+            sig = _signature([self.path])
+            if sig == self._seen:
+                return
+            self._seen = sig
+            try:
+                self._digests = [_digest(t) for t in read_tokens(self.path)]
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                log.warning("token file changed but cannot be used (keeping the last good tokens): %s", e)
+                return
+            log.info("token file reloaded: %d token(s)", len(self._digests))
+
+    def allows(self, token: str | None) -> bool:
+        self._refresh()
+        if not token:
+            return False
+        digest = _digest(token)
+        found = False
+        for known in self._digests:  # no early exit: the time taken says nothing about which one matched
+            found |= hmac.compare_digest(digest, known)
+        return found
+
+
+def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` entry, if any."""
+    for key, value in metadata or ():
+        if key == AUTH_KEY and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED for a call without a listed bearer token (health excepted). ``on_denied(method)``
+    counts it; the log line names the method, the peer and whether a token came, never the token."""
+
+    def __init__(self, tokens: TokenFile, on_denied: Callable[[str], None] = lambda method: None) -> None:
+        self.tokens = tokens
+        self.on_denied = on_denied
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        metadata = details.invocation_metadata
+        token = bearer_token(metadata)
+        if self.tokens.allows(token):
+            return handler
+        return _denial(handler, details.method, request_id(metadata), token is not None, self.on_denied)
+
+
+def _denial(handler: Any, method: str, rid: str, had_token: bool, on_denied: Callable[[str], None]) -> Any:
+    """A handler of the same kind as ``handler`` that ends the call with UNAUTHENTICATED."""
+    name = method.rsplit("/", 1)[-1]
+    message = "the token is not valid" if had_token else "this server needs an 'authorization: Bearer <token>'"
+
+    async def deny(context: grpc.aio.ServicerContext) -> None:
+        on_denied(name)
+        log.warning("request_id=%s method=%s code=UNAUTHENTICATED peer=%s token=%s", rid, name, context.peer(),
+                    "wrong" if had_token else "none")
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await deny(context)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await deny(context)
+        yield  # an async generator, as a streaming handler must be
+
+    kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    make = kind[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        streaming if handler.response_streaming else unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
