@@ -228,9 +228,12 @@ def _check_readable(path: Path, what: str) -> None:
         raise CliError(f"{what}: cannot read {path}: {e.strerror or e}") from None
 
 
-def _describe(e: StyleTransferError, server: str) -> str:
+def _describe(e: StyleTransferError, args: argparse.Namespace) -> str:
+    server = args.server
     if e.code == grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}"
+        tls = args.tls or args.ca_cert or args.client_cert
+        hint = "; over TLS: is --ca-cert the server's CA, and does it want a --client-cert?" if tls else ""
+        return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}{hint}"
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED; see --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -329,7 +332,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
         result = client.stylize(content, [(s, w) for s, w in styles], format=fmt, on_progress=progress if bar else None,
                                 **_options(args), **refine)
     except StyleTransferError as e:
-        raise CliError(_describe(e, args.server)) from None
+        raise CliError(_describe(e, args)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -362,7 +365,7 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
 
 def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -> CliError:
     if isinstance(e, StyleTransferError):
-        return CliError(f"{src}: {_describe(e, args.server)}")
+        return CliError(f"{src}: {_describe(e, args)}")
     if isinstance(e, OSError):
         return CliError(f"-o {out}: cannot write: {e.strerror or e}")
     return CliError(str(e))  # MediaError: names the file and the problem
@@ -428,7 +431,7 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
         try:
             refs.append((StyleRef(client.register_style(source)), source.stem))
         except StyleTransferError as e:
-            raise CliError(f"style {source}: {_describe(e, args.server)}") from None
+            raise CliError(f"style {source}: {_describe(e, args)}") from None
     tasks = [(c, ref, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for ref, stem in refs]
 
     served: Counter[str] = Counter()  # outputs per replica (x-served-by), for the summary
@@ -457,7 +460,7 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
                 for p in pending:
                     p.cancel()
                 if isinstance(err, StyleTransferError):
-                    raise CliError(f"{content}: {_describe(err, args.server)}")
+                    raise CliError(f"{content}: {_describe(err, args)}")
                 if isinstance(err, OSError):
                     raise CliError(f"{out}: cannot write: {err.strerror or err}")
                 raise err
@@ -507,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1
     except StyleTransferError as e:
-        print(f"{PROG}: error: {_describe(e, args.server)}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {_describe(e, args)}", file=sys.stderr, flush=True)
         return 1
     except OSError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
