@@ -8,6 +8,8 @@
         sid = client.register_style("starry.jpg")           # send a style once...
         client.stylize("photo2.jpg", StyleRef(sid))          # ...then refer to it (or "id:" + sid)
 
+For asyncio services, ``adain.client.aio.AsyncStyleTransferClient`` has the same calls as coroutines.
+
 Every failure raises :class:`StyleTransferError` (``.code``: a grpc.StatusCode, ``.details``: the
 server's message). The command line tool is ``adain-stylize`` (:mod:`adain.client.cli`).
 """

@@ -320,24 +320,9 @@ class _TokenSource:
         return self._token
 
 
-class StyleTransferClient:
-    """A blocking client of ``adain.v1.StyleTransfer``; thread-safe (share one across threads).
-
-    ``target`` is ``host:port``, a comma-separated list of IP:port (replicas), or any gRPC target
-    (``dns:///name:port``); calls are balanced round-robin over every address, skipping replicas whose
-    gRPC health is not SERVING. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
-    (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
-    many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
-    another replica where there are several (0 disables; at most 4). Message size limits default to
-    32 MiB each way, like the server's.
-
-    A server that wants callers to prove who they are takes ``token`` (sent as ``authorization: Bearer``
-    on every call; prefer TLS, the token is a password) or ``token_file`` (its first line, read again when
-    the file changes, for long-lived clients whose token is rotated), and for mutual TLS a
-    ``client_certificate`` chain and its ``client_key`` (PEM bytes or file paths).
-
-    Every failure raises :class:`StyleTransferError`. Use as a context manager, or call :meth:`close`.
-    """
+class _ClientBase:
+    """What the blocking and the asyncio client share: the channel's settings, the token, the styles this
+    client registered. A subclass opens the channel (``_open``) and makes the calls."""
 
     def __init__(
         self,
@@ -372,28 +357,19 @@ class StyleTransferClient:
         if (client_certificate is None) != (client_key is None):
             raise ValueError("client_certificate and client_key go together")
         self._token = _TokenSource(token, token_file)
+        creds = None
         if tls or root_certificates is not None or client_certificate is not None:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_pem(root_certificates),
                 private_key=_pem(client_key),
                 certificate_chain=_pem(client_certificate),
             )
-            self._channel = grpc.secure_channel(target, creds, options=opts)
-        else:
-            self._channel = grpc.insecure_channel(target, options=opts)
+        self._channel = self._open(target, creds, opts)
         self._stub = pb_grpc.StyleTransferStub(self._channel)
 
-    # -- context manager ---------------------------------------------------------------------
-    def close(self) -> None:
-        self._channel.close()
+    def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
+        raise NotImplementedError
 
-    def __enter__(self) -> StyleTransferClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- calls -------------------------------------------------------------------------------
     def _metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...] | None:
         """What every call sends besides its request: the request id and the token, when there are."""
         metadata = ((REQUEST_ID_KEY, request_id),) if request_id else ()
@@ -402,248 +378,16 @@ class StyleTransferClient:
             metadata += ((AUTH_KEY, f"Bearer {token}"),)
         return metadata or None
 
-    def _call(self, method: Any, request: Any, timeout: float | None, request_id: str | None) -> tuple[Any, str | None]:
-        reply, rid, _ = self._call_from(method, request, timeout, request_id)
-        return reply, rid
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
 
-    def _call_from(
-        self, method: Any, request: Any, timeout: float | None, request_id: str | None
-    ) -> tuple[Any, str | None, str]:
-        """(reply, request id, the replica that answered)."""
-        metadata = self._metadata(request_id)
-        try:
-            reply, call = method.with_call(
-                request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
-            )
-        except grpc.RpcError as e:
-            raise _rpc_error(e, request_id) from None
-        initial, trailing = call.initial_metadata(), call.trailing_metadata()
-        rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
-        served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
-        return reply, rid or request_id, served_by
-
-    def stylize(
-        self,
-        content: ImageInput,
-        styles: Any,
-        *,
-        weights: Sequence[float] | None = None,
-        alpha: float | None = 1.0,
-        preserve_color: str | bool | None = None,
-        mask: ImageInput | None = None,
-        masks: Sequence[ImageInput] | None = None,
-        labels: ImageInput | None = None,
-        label_values: Sequence[int | str] | None = None,
-        region_alphas: Sequence[float] | None = None,
-        content_size: int = 0,
-        style_size: int = 0,
-        format: str = "png",
-        quality: int = DEFAULT_QUALITY,
-        refine_steps: int = 0,
-        refine_init: str = "adain",
-        content_weight: float | None = None,
-        style_weight: float | None = None,
-        tv_weight: float | None = None,
-        refine_size: int = 0,
-        optimizer: str = "lbfgs",
-        on_progress: Callable[[RefineProgress], None] | None = None,
-        timeout: float | None = None,
-        request_id: str | None = None,
-    ) -> StylizeResult:
-        """Stylize ``content`` (a path, bytes or a PIL image) with one or more styles.
-
-        ``styles`` is one style or a list. A style is an image (path, bytes or PIL image), a registered
-        style (``StyleRef(id)`` or the string ``"id:<id>"``; any other string is a file path), or a
-        ``(style, weight)`` tuple; alternatively give ``weights=[...]``, one per style. Weights are
-        relative (normalised by the server); default 1 each.
-
-        ``alpha`` in [0, 1] (None: the server's default, 1). ``preserve_color``: None, "coral" (the AdaIN
-        paper's colour-statistics matching; True means this) or "luminance". ``mask``: an image of the
-        content's size, with exactly 2 styles (white takes styles[0], black styles[1]). Regions (any
-        number): ``masks``, one greyscale image per style, or ``labels``, an image whose pixel values
-        name regions, with ``label_values``, one per style (0-255 for a grey pixel, or a colour 0xRRGGBB
-        or "#rrggbb"); ``region_alphas``: each region's strength. Uncovered pixels keep the content.
-        ``content_size``: longest side the content is rendered at (0 keeps it); ``style_size``: longest
-        side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
-        ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
-
-        The optimisation method: ``refine_steps`` iterations (0: off) from the decoder's output
-        (``refine_init="adain"``) or from the content (``"content"``: the classic method of Gatys et al.),
-        with the loss weights ``content_weight``, ``style_weight``, ``tv_weight`` (None: the server's
-        defaults: content 5 for a refine and 1 for the classic method, style 10, total variation 0), at
-        ``refine_size`` px (0: full size), by ``optimizer`` "lbfgs" or "adam". ``on_progress``
-        gets a :class:`RefineProgress` after every iteration (the call then uses StylizeWithProgress).
-        Such calls take seconds to minutes: give a ``timeout`` to match.
-        """
-        request = pb.StylizeRequest(content=image_bytes(content, "content"))
-        _fill(request, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
-        _fill_regions(request, masks, labels, label_values, region_alphas)
-        _fill_refine(
-            request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer
-        )
-        self._with_known_bytes(request)
-
-        def send() -> tuple[Any, str | None, str]:
-            if on_progress is None:
-                return self._call_from(self._stub.Stylize, request, timeout, request_id)
-            return (*self._call_with_progress(request, on_progress, timeout, request_id), "")
-
-        try:
-            reply, rid, served_by = send()
-        except StyleTransferError as e:
-            # A replica that does not know a style this client registered (registries are per replica):
-            # send that style's bytes instead, once.
-            if not self._inline_unknown_styles(request, e):
-                raise
-            reply, rid, served_by = send()
-        t = reply.timings
-        return StylizeResult(
-            image=reply.image,
-            width=reply.width,
-            height=reply.height,
-            format=FORMAT_BY_ENUM.get(reply.format, "png"),
-            timings=Timings(
-                t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size, t.refine_ms, t.refine_steps
-            ),
-            request_id=reply.request_id or rid or "",
-            served_by=served_by,
-        )
-
-    def _call_with_progress(
-        self,
-        request: pb.StylizeRequest,
-        on_progress: Callable[[RefineProgress], None],
-        timeout: float | None,
-        request_id: str | None,
-    ) -> tuple[pb.StylizeResponse, str | None]:
-        metadata = self._metadata(request_id)
-        call = self._stub.StylizeWithProgress(
-            request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
-        )
-        reply = None
-        try:
-            for event in call:
-                if event.WhichOneof("event") == "progress":
-                    p = event.progress
-                    on_progress(RefineProgress(p.step, p.steps, p.loss, p.elapsed_ms))
-                else:
-                    reply = event.result
-        except grpc.RpcError as e:
-            raise _rpc_error(e, request_id) from None
-        finally:
-            call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
-        if reply is None:
-            raise StyleTransferError(
-                grpc.StatusCode.INTERNAL, "the stream ended without a result", request_id=request_id
-            )
-        return reply, _metadata_value(call.initial_metadata(), REQUEST_ID_KEY) or request_id
-
-    def stylize_video(
-        self,
-        frames: Iterable[ImageInput],
-        styles: Any,
-        *,
-        weights: Sequence[float] | None = None,
-        alpha: float | None = 1.0,
-        preserve_color: str | bool | None = None,
-        mask: ImageInput | None = None,
-        masks: Sequence[ImageInput] | None = None,
-        labels: ImageInput | None = None,
-        label_values: Sequence[int | str] | None = None,
-        region_alphas: Sequence[float] | None = None,
-        content_size: int = 0,
-        style_size: int = 0,
-        temporal: str | None = None,
-        temporal_strength: float | None = None,
-        format: str = "png",
-        quality: int = DEFAULT_QUALITY,
-        timeout: float | None = None,
-        request_id: str | None = None,
-    ) -> Iterator[VideoFrameResult]:
-        """Stylize a video's frames in order over one StylizeVideo stream; yields each stylized frame as
-        it comes back, in order.
-
-        ``frames`` is an iterable of images (paths, bytes or PIL images), read lazily as the stream goes:
-        gRPC's flow control holds it back while the server has a window of frames in flight. The other
-        options are :meth:`stylize`'s, plus ``temporal`` ("none", "smooth", "flow" or "smooth-flow"; None:
-        the server's default) and ``temporal_strength`` in [0, 1) (None: the server's default).
-        ``timeout`` bounds the whole stream (None: no deadline; the instance default is not used, since a
-        clip may take far longer than one image). An exception raised while reading ``frames`` cancels
-        the stream and is raised here.
-        """
-        options = pb.VideoOptions()
-        _fill(options, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
-        _fill_regions(options, masks, labels, label_values, region_alphas)
-        if temporal is not None:
-            if temporal not in TEMPORAL_ENUM:
-                raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
-            options.temporal = TEMPORAL_ENUM[temporal]
-        if temporal_strength is not None:
-            options.temporal_strength = _float(temporal_strength, "temporal_strength")
-        failure: list[Exception] = []
-        holder: list[Any] = []
-
-        def requests() -> Iterator[pb.VideoRequest]:
-            yield pb.VideoRequest(options=options)
-            try:
-                for i, frame in enumerate(frames):
-                    yield pb.VideoRequest(frame=image_bytes(frame, f"frames[{i}]"))
-            except Exception as e:  # noqa: BLE001 - raised again in the caller's thread (GeneratorExit is
-                failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
-                holder[0].cancel()
-
-        metadata = self._metadata(request_id)
-        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=metadata)
-        holder.append(call)
-        try:
-            for reply in call:
-                t = reply.timings
-                yield VideoFrameResult(
-                    image=reply.image,
-                    index=reply.index,
-                    width=reply.width,
-                    height=reply.height,
-                    format=FORMAT_BY_ENUM.get(reply.format, "png"),
-                    timings=Timings(t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size),
-                )
-        except grpc.RpcError as e:
-            if failure:
-                raise failure[0] from None
-            raise _rpc_error(e, request_id) from None
-        finally:
-            call.cancel()  # a no-op once the stream has ended; frees the server's state if we stopped early
-        if failure:
-            raise failure[0]
-
-    def register_style(self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None) -> str:
-        """Store a style image on the server; returns its id (sha256 hex of the bytes sent).
-
-        Use it as ``StyleRef(id)`` or ``"id:" + id``. The server keeps a bounded number of styles (least
-        recently used dropped first), and each replica of a service its own: this client remembers the
-        styles it registered (the last 64), so a call that lands on a replica that does not know one is
-        sent once more with that style's bytes, and later calls send that style's bytes too. An id this
-        client did not register stays an INVALID_ARGUMENT where unknown: register it again then.
-        """
-        data = image_bytes(image, "image")
-        reply, _ = self._call(self._stub.RegisterStyle, pb.RegisterStyleRequest(image=data), timeout, request_id)
-        self._registered[reply.style_id] = data
-        self._registered.move_to_end(reply.style_id)
+    def _remember(self, style_id: str, data: bytes) -> str:
+        """Keep a registered style's bytes (the last REMEMBERED_STYLES) for replicas that lack it."""
+        self._registered[style_id] = data
+        self._registered.move_to_end(style_id)
         while len(self._registered) > REMEMBERED_STYLES:
             self._inline.discard(self._registered.popitem(last=False)[0])
-        return reply.style_id
-
-    def health(self, *, timeout: float | None = 5.0) -> str:
-        """The server's gRPC health status of the StyleTransfer service: "SERVING", "NOT_SERVING" (e.g.
-        draining) or "UNKNOWN"; raises StyleTransferError when the server cannot be reached. Needs
-        grpcio-health-checking (the ``web`` and ``server`` extras have it)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
-        except grpc.RpcError as e:
-            raise _rpc_error(e, None) from None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return style_id
 
     def _inline_unknown_styles(self, request: pb.StylizeRequest, error: StyleTransferError) -> bool:
         """Replace the registered styles the server did not know by their bytes, where this client has
@@ -670,25 +414,336 @@ class StyleTransferClient:
             if style.WhichOneof("source") == "style_id" and style.style_id in self._inline:
                 style.image = self._registered[style.style_id]
 
+
+class StyleTransferClient(_ClientBase):
+    """A blocking client of ``adain.v1.StyleTransfer``; thread-safe (share one across threads).
+    (:class:`adain.client.aio.AsyncStyleTransferClient` is the same for asyncio.)
+
+    ``target`` is ``host:port``, a comma-separated list of IP:port (replicas), or any gRPC target
+    (``dns:///name:port``); calls are balanced round-robin over every address, skipping replicas whose
+    gRPC health is not SERVING. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
+    (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
+    many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
+    another replica where there are several (0 disables; at most 4). Message size limits default to
+    32 MiB each way, like the server's.
+
+    A server that wants callers to prove who they are takes ``token`` (sent as ``authorization: Bearer``
+    on every call; prefer TLS, the token is a password) or ``token_file`` (its first line, read again when
+    the file changes, for long-lived clients whose token is rotated), and for mutual TLS a
+    ``client_certificate`` chain and its ``client_key`` (PEM bytes or file paths).
+
+    Every failure raises :class:`StyleTransferError`. Use as a context manager, or call :meth:`close`.
+    """
+
+    def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
+        if creds is not None:
+            return grpc.secure_channel(target, creds, options=options)
+        return grpc.insecure_channel(target, options=options)
+
+    # -- context manager ---------------------------------------------------------------------
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> StyleTransferClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls -------------------------------------------------------------------------------
+    def _call(self, method: Any, request: Any, timeout: float | None, request_id: str | None) -> tuple[Any, str | None]:
+        reply, rid, _ = self._call_from(method, request, timeout, request_id)
+        return reply, rid
+
+    def _call_from(
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None
+    ) -> tuple[Any, str | None, str]:
+        """(reply, request id, the replica that answered)."""
+        metadata = self._metadata(request_id)
+        try:
+            reply, call = method.with_call(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+            )
+        except grpc.RpcError as e:
+            raise _rpc_error(e, request_id) from None
+        initial, trailing = call.initial_metadata(), call.trailing_metadata()
+        rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
+        served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
+        return reply, rid or request_id, served_by
+
+    def stylize(
+        self,
+        content: ImageInput,
+        styles: Any,
+        *,
+        on_progress: Callable[[RefineProgress], None] | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> StylizeResult:
+        """Stylize ``content`` (a path, bytes or a PIL image) with one or more styles.
+
+        ``styles`` is one style or a list. A style is an image (path, bytes or PIL image), a registered
+        style (``StyleRef(id)`` or the string ``"id:<id>"``; any other string is a file path), or a
+        ``(style, weight)`` tuple; alternatively give ``weights=[...]``, one per style. Weights are
+        relative (normalised by the server); default 1 each. The options below are keywords (their
+        defaults: :func:`_fill_options` and :func:`stylize_request`, which build the request for this client
+        and the asyncio one).
+
+        ``alpha`` in [0, 1] (None: the server's default, 1). ``preserve_color``: None, "coral" (the AdaIN
+        paper's colour-statistics matching; True means this) or "luminance". ``mask``: an image of the
+        content's size, with exactly 2 styles (white takes styles[0], black styles[1]). Regions (any
+        number): ``masks``, one greyscale image per style, or ``labels``, an image whose pixel values
+        name regions, with ``label_values``, one per style (0-255 for a grey pixel, or a colour 0xRRGGBB
+        or "#rrggbb"); ``region_alphas``: each region's strength. Uncovered pixels keep the content.
+        ``content_size``: longest side the content is rendered at (0 keeps it); ``style_size``: longest
+        side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
+        ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
+
+        The optimisation method: ``refine_steps`` iterations (0: off) from the decoder's output
+        (``refine_init="adain"``) or from the content (``"content"``: the classic method of Gatys et al.),
+        with the loss weights ``content_weight``, ``style_weight``, ``tv_weight`` (None: the server's
+        defaults: content 5 for a refine and 1 for the classic method, style 10, total variation 0), at
+        ``refine_size`` px (0: full size), by ``optimizer`` "lbfgs" or "adam". ``on_progress``
+        gets a :class:`RefineProgress` after every iteration (the call then uses StylizeWithProgress).
+        Such calls take seconds to minutes: give a ``timeout`` to match.
+        """
+        request = stylize_request(content, styles, **options)
+        self._with_known_bytes(request)
+
+        def send() -> tuple[Any, str | None, str]:
+            if on_progress is None:
+                return self._call_from(self._stub.Stylize, request, timeout, request_id)
+            return (*self._call_with_progress(request, on_progress, timeout, request_id), "")
+
+        try:
+            reply, rid, served_by = send()
+        except StyleTransferError as e:
+            # A replica that does not know a style this client registered (registries are per replica):
+            # send that style's bytes instead, once.
+            if not self._inline_unknown_styles(request, e):
+                raise
+            reply, rid, served_by = send()
+        return stylize_result(reply, rid, served_by)
+
+    def _call_with_progress(
+        self,
+        request: pb.StylizeRequest,
+        on_progress: Callable[[RefineProgress], None],
+        timeout: float | None,
+        request_id: str | None,
+    ) -> tuple[pb.StylizeResponse, str | None]:
+        metadata = self._metadata(request_id)
+        call = self._stub.StylizeWithProgress(
+            request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+        )
+        reply = None
+        try:
+            for event in call:
+                if event.WhichOneof("event") == "progress":
+                    on_progress(_progress(event.progress))
+                else:
+                    reply = event.result
+        except grpc.RpcError as e:
+            raise _rpc_error(e, request_id) from None
+        finally:
+            call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
+        if reply is None:
+            raise _no_result(request_id)
+        return reply, _metadata_value(call.initial_metadata(), REQUEST_ID_KEY) or request_id
+
+    def stylize_video(
+        self,
+        frames: Iterable[ImageInput],
+        styles: Any,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> Iterator[VideoFrameResult]:
+        """Stylize a video's frames in order over one StylizeVideo stream; yields each stylized frame as
+        it comes back, in order.
+
+        ``frames`` is an iterable of images (paths, bytes or PIL images), read lazily as the stream goes:
+        gRPC's flow control holds it back while the server has a window of frames in flight. The other
+        options are :meth:`stylize`'s, plus ``temporal`` ("none", "smooth", "flow" or "smooth-flow"; None:
+        the server's default) and ``temporal_strength`` in [0, 1) (None: the server's default).
+        ``timeout`` bounds the whole stream (None: no deadline; the instance default is not used, since a
+        clip may take far longer than one image). An exception raised while reading ``frames`` cancels
+        the stream and is raised here.
+        """
+        first = video_options(styles, **options)
+        failure: list[Exception] = []
+        holder: list[Any] = []
+
+        def requests() -> Iterator[pb.VideoRequest]:
+            yield pb.VideoRequest(options=first)
+            try:
+                for i, frame in enumerate(frames):
+                    yield pb.VideoRequest(frame=image_bytes(frame, f"frames[{i}]"))
+            except Exception as e:  # noqa: BLE001 - raised again in the caller's thread (GeneratorExit is
+                failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
+                holder[0].cancel()
+
+        metadata = self._metadata(request_id)
+        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=metadata)
+        holder.append(call)
+        try:
+            for reply in call:
+                yield frame_result(reply)
+        except grpc.RpcError as e:
+            if failure:
+                raise failure[0] from None
+            raise _rpc_error(e, request_id) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; frees the server's state if we stopped early
+        if failure:
+            raise failure[0]
+
+    def register_style(self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None) -> str:
+        """Store a style image on the server; returns its id (sha256 hex of the bytes sent).
+
+        Use it as ``StyleRef(id)`` or ``"id:" + id``. The server keeps a bounded number of styles (least
+        recently used dropped first), and each replica of a service its own: this client remembers the
+        styles it registered (the last 64), so a call that lands on a replica that does not know one is
+        sent once more with that style's bytes, and later calls send that style's bytes too. An id this
+        client did not register stays an INVALID_ARGUMENT where unknown: register it again then.
+        """
+        data = image_bytes(image, "image")
+        reply, _ = self._call(self._stub.RegisterStyle, pb.RegisterStyleRequest(image=data), timeout, request_id)
+        return self._remember(reply.style_id, data)
+
+    def health(self, *, timeout: float | None = 5.0) -> str:
+        """The server's gRPC health status of the StyleTransfer service: "SERVING", "NOT_SERVING" (e.g.
+        draining) or "UNKNOWN"; raises StyleTransferError when the server cannot be reached. Needs
+        grpcio-health-checking (the ``web`` and ``server`` extras have it)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+        except grpc.RpcError as e:
+            raise _rpc_error(e, None) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
     def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The server's model, weights version, device, backend, precision, CPU, limits and batching settings,
         as a dict."""
-        from google.protobuf import json_format
-
         reply, _ = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
-        info = json_format.MessageToDict(
-            reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        meta = info.pop("decoder_meta_json", "") or "{}"
-        try:
-            info["decoder_meta"] = json.loads(meta)
-        except ValueError:
-            info["decoder_meta"] = {"raw": meta}
-        for group in ("limits", "batching"):
-            for key, value in list(info.get(group, {}).items()):
-                if isinstance(value, str) and value.isdigit():  # uint64 fields come as strings in JSON form
-                    info[group][key] = int(value)
-        return info
+        return server_info_dict(reply)
+
+
+def server_info_dict(reply: pb.ServerInfo) -> dict[str, Any]:
+    """GetServerInfo's reply as a dict (decoder_meta parsed, uint64 limits as ints)."""
+    from google.protobuf import json_format
+
+    info = json_format.MessageToDict(
+        reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    meta = info.pop("decoder_meta_json", "") or "{}"
+    try:
+        info["decoder_meta"] = json.loads(meta)
+    except ValueError:
+        info["decoder_meta"] = {"raw": meta}
+    for group in ("limits", "batching"):
+        for key, value in list(info.get(group, {}).items()):
+            if isinstance(value, str) and value.isdigit():  # uint64 fields come as strings in JSON form
+                info[group][key] = int(value)
+    return info
+
+
+def _fill_options(
+    msg: pb.StylizeRequest | pb.VideoOptions,
+    styles: Any,
+    *,
+    weights: Sequence[float] | None = None,
+    alpha: float | None = 1.0,
+    preserve_color: str | bool | None = None,
+    mask: ImageInput | None = None,
+    masks: Sequence[ImageInput] | None = None,
+    labels: ImageInput | None = None,
+    label_values: Sequence[int | str] | None = None,
+    region_alphas: Sequence[float] | None = None,
+    content_size: int = 0,
+    style_size: int = 0,
+    format: str = "png",
+    quality: int = DEFAULT_QUALITY,
+) -> None:
+    """The options an image and a video share (names and defaults, in one place)."""
+    _fill(msg, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
+    _fill_regions(msg, masks, labels, label_values, region_alphas)
+
+
+def stylize_request(
+    content: ImageInput,
+    styles: Any,
+    *,
+    refine_steps: int = 0,
+    refine_init: str = "adain",
+    content_weight: float | None = None,
+    style_weight: float | None = None,
+    tv_weight: float | None = None,
+    refine_size: int = 0,
+    optimizer: str = "lbfgs",
+    **options: Any,
+) -> pb.StylizeRequest:
+    """The StylizeRequest of :meth:`StyleTransferClient.stylize`'s options (both clients build it here),
+    checking what can be checked before anything is sent; ``options``: those of :func:`_fill_options`."""
+    request = pb.StylizeRequest(content=image_bytes(content, "content"))
+    _fill_options(request, styles, **options)
+    _fill_refine(request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer)
+    return request
+
+
+def video_options(
+    styles: Any, *, temporal: str | None = None, temporal_strength: float | None = None, **options: Any
+) -> pb.VideoOptions:
+    """The first message of a StylizeVideo stream, from :meth:`StyleTransferClient.stylize_video`'s options
+    (``options``: those of :func:`_fill_options`)."""
+    first = pb.VideoOptions()
+    _fill_options(first, styles, **options)
+    if temporal is not None:
+        if temporal not in TEMPORAL_ENUM:
+            raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
+        first.temporal = TEMPORAL_ENUM[temporal]
+    if temporal_strength is not None:
+        first.temporal_strength = _float(temporal_strength, "temporal_strength")
+    return first
+
+
+def stylize_result(reply: pb.StylizeResponse, rid: str | None, served_by: str) -> StylizeResult:
+    t = reply.timings
+    return StylizeResult(
+        image=reply.image,
+        width=reply.width,
+        height=reply.height,
+        format=FORMAT_BY_ENUM.get(reply.format, "png"),
+        timings=Timings(
+            t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size, t.refine_ms, t.refine_steps
+        ),
+        request_id=reply.request_id or rid or "",
+        served_by=served_by,
+    )
+
+
+def frame_result(reply: pb.VideoFrame) -> VideoFrameResult:
+    t = reply.timings
+    return VideoFrameResult(
+        image=reply.image,
+        index=reply.index,
+        width=reply.width,
+        height=reply.height,
+        format=FORMAT_BY_ENUM.get(reply.format, "png"),
+        timings=Timings(t.queue_ms, t.inference_ms, t.prepare_ms, t.encode_ms, t.batch_size),
+    )
+
+
+def _progress(p: pb.Progress) -> RefineProgress:
+    return RefineProgress(p.step, p.steps, p.loss, p.elapsed_ms)
+
+
+def _no_result(request_id: str | None) -> StyleTransferError:
+    return StyleTransferError(grpc.StatusCode.INTERNAL, "the stream ended without a result", request_id=request_id)
 
 
 def _fill(

@@ -1,0 +1,222 @@
+"""The asyncio client: :class:`StyleTransferClient`'s calls as coroutines, for services built on asyncio
+(FastAPI, aiohttp, grpc.aio). No torch.
+
+    from adain.client.aio import AsyncStyleTransferClient
+
+    async with AsyncStyleTransferClient("127.0.0.1:50051") as client:
+        result = await client.stylize("photo.jpg", "starry.jpg", alpha=0.8)
+        results = await asyncio.gather(*(client.stylize(p, "starry.jpg") for p in photos))
+
+It shares the blocking client's channel settings (balancing, health checking, retries, TLS, tokens),
+requests, results and errors (:class:`StyleTransferError`); only the transport differs (grpc.aio). Reading
+files and encoding images happen on a worker thread, so a call never blocks the event loop on them.
+Cancelling the task that awaits a call cancels the call on the server too (a queued request leaves the
+queue, a refine stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+
+from adain.v1 import style_transfer_pb2 as pb
+from adain.wire import REQUEST_ID_KEY, SERVED_BY_KEY, SERVICE_NAME
+
+from ._client import (
+    ImageInput,
+    RefineProgress,
+    StyleTransferError,
+    StylizeResult,
+    VideoFrameResult,
+    _ClientBase,
+    _metadata_value,
+    _no_result,
+    _progress,
+    _rpc_error,
+    frame_result,
+    image_bytes,
+    server_info_dict,
+    stylize_request,
+    stylize_result,
+    video_options,
+)
+
+ProgressCallback = Callable[[RefineProgress], Awaitable[None] | None]
+
+
+class AsyncStyleTransferClient(_ClientBase):
+    """An asyncio client of ``adain.v1.StyleTransfer``: the constructor's arguments and every method's
+    options are :class:`StyleTransferClient`'s. Use it from one event loop (``async with``, or ``await
+    close()``); many calls may run at once on it."""
+
+    def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
+        if creds is not None:
+            return grpc.aio.secure_channel(target, creds, options=options)
+        return grpc.aio.insecure_channel(target, options=options)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncStyleTransferClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _unary(
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None
+    ) -> tuple[Any, str | None, str]:
+        """(reply, request id, the replica that answered)."""
+        call = method(request, timeout=self._deadline(timeout), metadata=self._metadata(request_id))
+        try:
+            reply = await call
+            initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+        except grpc.RpcError as e:
+            raise _rpc_error(e, request_id) from None
+        rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
+        served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
+        return reply, rid or request_id, served_by
+
+    async def stylize(
+        self,
+        content: ImageInput,
+        styles: Any,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> StylizeResult:
+        """Stylize ``content`` with ``styles``; ``options`` are :meth:`StyleTransferClient.stylize`'s (alpha,
+        weights, regions, sizes, format, refine...). ``on_progress`` may be a function or a coroutine
+        function; it gets a :class:`RefineProgress` after every optimisation step."""
+        request = await asyncio.to_thread(stylize_request, content, styles, **options)
+        self._with_known_bytes(request)
+
+        async def send() -> tuple[Any, str | None, str]:
+            if on_progress is None:
+                return await self._unary(self._stub.Stylize, request, timeout, request_id)
+            return await self._with_progress(request, on_progress, timeout, request_id)
+
+        try:
+            reply, rid, served_by = await send()
+        except StyleTransferError as e:
+            if not self._inline_unknown_styles(request, e):
+                raise
+            reply, rid, served_by = await send()  # a replica that did not know a style this client registered
+        return stylize_result(reply, rid, served_by)
+
+    async def _with_progress(
+        self, request: pb.StylizeRequest, on_progress: ProgressCallback, timeout: float | None, request_id: str | None
+    ) -> tuple[Any, str | None, str]:
+        call = self._stub.StylizeWithProgress(
+            request, timeout=self._deadline(timeout), metadata=self._metadata(request_id)
+        )
+        reply = None
+        try:
+            async for event in call:
+                if event.WhichOneof("event") == "progress":
+                    done = on_progress(_progress(event.progress))
+                    if inspect.isawaitable(done):
+                        await done
+                else:
+                    reply = event.result
+            initial = await call.initial_metadata()
+        except grpc.RpcError as e:
+            raise _rpc_error(e, request_id) from None
+        finally:
+            call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
+        if reply is None:
+            raise _no_result(request_id)
+        return reply, _metadata_value(initial, REQUEST_ID_KEY) or request_id, ""
+
+    async def stylize_video(
+        self,
+        frames: AsyncIterable[ImageInput] | Iterable[ImageInput],
+        styles: Any,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> AsyncIterator[VideoFrameResult]:
+        """Stylize frames in order over one StylizeVideo stream, yielding each stylized frame as it comes
+        back: ``async for frame in client.stylize_video(frames, style): ...``. ``frames`` is an iterable
+        or an async iterable of images, read as the stream has room; ``options`` are
+        :meth:`StyleTransferClient.stylize_video`'s (temporal mode included). ``timeout`` bounds the whole
+        stream (None: no deadline). An exception raised while reading ``frames`` cancels the stream and is
+        raised here; leaving the loop early cancels it too."""
+        first = await asyncio.to_thread(video_options, styles, **options)
+        failure: list[BaseException] = []
+        holder: list[Any] = []
+
+        async def requests() -> AsyncIterator[pb.VideoRequest]:
+            yield pb.VideoRequest(options=first)
+            try:
+                i = 0
+                async for frame in _aiter(frames):
+                    data = frame if isinstance(frame, bytes) else await asyncio.to_thread(
+                        image_bytes, frame, f"frames[{i}]"
+                    )
+                    yield pb.VideoRequest(frame=data)
+                    i += 1
+            except Exception as e:  # noqa: BLE001 - raised again to the caller, below
+                failure.append(e)
+                holder[0].cancel()
+
+        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=self._metadata(request_id))
+        holder.append(call)
+        try:
+            async for reply in call:
+                yield frame_result(reply)
+        except (grpc.RpcError, asyncio.CancelledError) as e:
+            if failure:
+                raise failure[0] from None
+            if isinstance(e, grpc.RpcError):
+                raise _rpc_error(e, request_id) from None
+            raise
+        finally:
+            call.cancel()
+        if failure:
+            raise failure[0]
+
+    async def register_style(
+        self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None
+    ) -> str:
+        """Store a style on the server; returns its id (see :meth:`StyleTransferClient.register_style`)."""
+        data = await asyncio.to_thread(image_bytes, image, "image")
+        reply, _, _ = await self._unary(self._stub.RegisterStyle, pb.RegisterStyleRequest(image=data), timeout,
+                                        request_id)
+        return self._remember(reply.style_id, data)
+
+    async def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The server's model, device, backend, limits and batching settings, as a dict."""
+        reply, _, _ = await self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
+        return server_info_dict(reply)
+
+    async def health(self, *, timeout: float | None = 5.0) -> str:
+        """"SERVING", "NOT_SERVING" or "UNKNOWN" (needs grpcio-health-checking)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+        except grpc.RpcError as e:
+            raise _rpc_error(e, None) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    """Items of either kind of iterable; a plain one is advanced on a worker thread (a lazy reader of a
+    video file decodes in its next())."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+        return
+    it = iter(items)
+    done = object()
+    while (item := await asyncio.to_thread(next, it, done)) is not done:
+        yield item
