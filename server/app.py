@@ -96,6 +96,7 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
             max_queue=settings.max_queue,
+            max_queue_per_caller=settings.per_caller,
             prepare_workers=settings.workers,
         ),
     )
@@ -120,6 +121,7 @@ class StyleTransferServer:
             max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
+            max_per_caller=settings.per_caller,
             on_batch=self.metrics.observe_batch,
         )
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="adain-prepare")
@@ -180,6 +182,7 @@ class StyleTransferServer:
         interceptors = []
         if s.auth_tokens_file:
             tokens = TokenFile(s.auth_tokens_file)
+            self.servicer.tokens = tokens
             denied = self.metrics.requests
             interceptors.append(TokenAuth(tokens, lambda method: denied.labels(method, "UNAUTHENTICATED").inc()))
             log.info("bearer tokens required: %d accepted, from %s", len(tokens), s.auth_tokens_file)

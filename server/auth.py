@@ -7,8 +7,10 @@ cert-manager rotating it, a person editing it), so rotating one never needs a re
   to. gRPC asks for them at every new connection; they are loaded again only when a file's size, time or
   inode changed, and a half-written or mismatched pair (the key not yet matching the certificate) is
   ignored, with a warning, until it is whole: connections keep the last good identity.
-- ``TokenFile``: one token per line (``#`` comments, blank lines ignored). Several lines let tokens be
-  rotated (add the new one, move the clients, remove the old) or given one per calling service. A file
+- ``TokenFile``: one token per line, optionally after the caller's name (``web-frontend 3f9a...``; ``#``
+  comments, blank lines ignored). Several lines let tokens be rotated (add the new one, move the
+  clients, remove the old) or given one per calling service, whose name the logs and the queue's turns
+  then use. A file
   that becomes empty or unreadable keeps the last good tokens (a failed write must neither lock every
   client out nor let everyone in); to revoke a token, write the file without it.
 - ``TokenAuth``: the interceptor that answers UNAUTHENTICATED to a call without a listed
@@ -21,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -32,11 +35,12 @@ import grpc
 
 from adain.wire import AUTH_KEY, REQUEST_ID_KEY
 
-from .service import request_id
+from .errors import request_id
 
 log = logging.getLogger("adain.server")
 
 MIN_TOKEN_CHARS = 16  # a guessable token is no protection
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 RECHECK_S = 1.0  # a token file is looked at no more often than this
 
@@ -101,16 +105,21 @@ class TlsFiles:
             return None
 
 
-def read_tokens(path: str) -> list[str]:
-    """The tokens of a token file; ValueError when it has none or one is too short."""
+def read_tokens(path: str) -> list[tuple[str, str]]:
+    """The (name, token) pairs of a token file (name "" where a line has none); ValueError when it has
+    none, or a line is not ``[NAME] TOKEN`` with a token of at least MIN_TOKEN_CHARS."""
     tokens = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        token = line.strip()
-        if not token or token.startswith("#"):
+        words = line.split()
+        if not words or words[0].startswith("#"):
             continue
-        if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-            raise ValueError(f"{path} line {n}: a token is one word of at least {MIN_TOKEN_CHARS} characters")
-        tokens.append(token)
+        name, token = ("", words[0]) if len(words) == 1 else (words[0], words[-1])
+        if len(words) > 2 or len(token) < MIN_TOKEN_CHARS or not NAME_RE.fullmatch(name or "x"):
+            raise ValueError(
+                f"{path} line {n}: expected [NAME] TOKEN (a name of letters, digits, '.', '_', '-'; a token of at "
+                f"least {MIN_TOKEN_CHARS} characters)"
+            )
+        tokens.append((name, token))
     if not tokens:
         raise ValueError(f"{path} holds no token")
     return tokens
@@ -120,16 +129,24 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def _anonymous(digest: bytes) -> str:
+    """A stable name for a token that has none: not the token, only 32 bits of its digest."""
+    return "token-" + digest[:4].hex()
+
+
 class TokenFile:
-    """The accepted tokens, from a file read again when it changes (kept as digests)."""
+    """The accepted tokens, from a file read again when it changes (kept as digests, with their names)."""
 
     def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self._clock = clock
         self._seen = _signature([path])
-        self._digests = [_digest(t) for t in read_tokens(path)]  # at start a bad file is an error
+        self._digests = self._load()  # at start a bad file is an error
         self._checked = clock()
         self._lock = threading.Lock()
+
+    def _load(self) -> list[tuple[bytes, str]]:
+        return [(d := _digest(token), name or _anonymous(d)) for name, token in read_tokens(self.path)]
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -145,21 +162,26 @@ class TokenFile:
                 return
             self._seen = sig
             try:
-                self._digests = [_digest(t) for t in read_tokens(self.path)]
+                self._digests = self._load()
             except (OSError, ValueError, UnicodeDecodeError) as e:
                 log.warning("token file changed but cannot be used (keeping the last good tokens): %s", e)
                 return
             log.info("token file reloaded: %d token(s)", len(self._digests))
 
-    def allows(self, token: str | None) -> bool:
+    def caller(self, token: str | None) -> str | None:
+        """The name of a listed token (None: not listed)."""
         self._refresh()
         if not token:
-            return False
+            return None
         digest = _digest(token)
-        found = False
-        for known in self._digests:  # no early exit: the time taken says nothing about which one matched
-            found |= hmac.compare_digest(digest, known)
+        found = None
+        for known, name in self._digests:  # no early exit: the time taken says nothing about which one matched
+            if hmac.compare_digest(digest, known):
+                found = name
         return found
+
+    def allows(self, token: str | None) -> bool:
+        return self.caller(token) is not None
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
@@ -170,6 +192,17 @@ def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
+
+
+def caller_of(context: grpc.aio.ServicerContext, tokens: TokenFile | None) -> str:
+    """Who calls, for the queue's turns and the logs: the name of the caller's token where the server
+    checks tokens, else the peer's address (an unchecked token would let one caller pose as many)."""
+    if tokens is not None:
+        name = tokens.caller(bearer_token(context.invocation_metadata()))
+        if name is not None:
+            return name
+    peer = context.peer() or "unknown"
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):

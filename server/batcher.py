@@ -1,10 +1,13 @@
 """Dynamic batching on a worker thread, fed from the asyncio event loop.
 
 Requests are *admitted* first (a bounded count: when ``max_queue`` requests are preparing or waiting,
-the next one is refused), then *submitted* once prepared. The render thread takes the oldest waiting
-request and every other waiting request with the same ``batch_key`` (up to ``max_batch_size``); when
-fewer are there, it waits for more until the oldest has waited ``max_delay_s``. The model runs on that
-thread, off the event loop (torch releases the GIL), and results go back with ``call_soon_threadsafe``.
+the next one is refused, and so is one whose caller already has ``max_per_caller``), then *submitted*
+once prepared. Callers take turns: the render thread starts each batch from the oldest waiting request
+of the caller served longest ago (one never served, or with nothing waiting since, first), so a caller
+with one image waits behind at most one batch of another's hundred, not the hundred. The batch is that
+request and every other waiting one with the same ``batch_key`` (up to ``max_batch_size``); when fewer
+are there, it waits for more until the first has waited ``max_delay_s``. The model runs on that thread,
+off the event loop (torch releases the GIL), and results go back with ``call_soon_threadsafe``.
 
 A request whose handler was cancelled (client cancel, deadline) is taken out of the queue; one whose
 deadline has passed when its batch is formed is dropped with :class:`DeadlineDropped`, unrendered.
@@ -47,11 +50,13 @@ class BatchResult:
 class Ticket:
     """One admitted request's place in the queue bound; :meth:`release` is idempotent."""
 
-    __slots__ = ("_batcher", "_released")
+    __slots__ = ("_batcher", "_released", "caller", "bounded")
 
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: Batcher, caller: Hashable, bounded: bool) -> None:
         self._batcher = batcher
         self._released = False
+        self.caller = caller
+        self.bounded = bounded
 
     def release(self) -> None:
         self._batcher._release(self)
@@ -79,6 +84,7 @@ class Batcher:
         max_batch_size: int = 8,
         max_delay_s: float = 0.01,
         max_queue: int = 64,
+        max_per_caller: int | None = None,
         on_batch: Callable[[int, float, Sequence[float]], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
@@ -87,30 +93,49 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max(0.0, max_delay_s)
         self.max_queue = max_queue
+        self.max_per_caller = max_queue if max_per_caller is None else max(1, min(max_per_caller, max_queue))
         self._on_batch = on_batch  # (batch size, inference seconds, queue seconds of each)
         self._cond = threading.Condition()
         self._pending: deque[Item] = deque()
         self._admitted = 0
+        self._by_caller: dict[Hashable, int] = {}  # bounded admissions of each caller
+        self._last_turn: dict[Hashable, int] = {}  # callers with requests waiting -> when they were last served
+        self._turns = 0
         self._closed = False
         self._thread: threading.Thread | None = None
 
     # -- event-loop side ------------------------------------------------------------------------
-    def admit(self, bounded: bool = True) -> Ticket:
+    def admit(self, bounded: bool = True, caller: Hashable = None) -> Ticket:
         """Take a place in the queue bound, or raise QueueFullError / ClosedError. ``bounded=False`` is
-        for work bounded elsewhere (a video stream's window of frames): it is counted, never refused."""
+        for work bounded elsewhere (a video stream's window of frames): it is counted, never refused.
+        ``caller`` is who asks (a token's name, a peer): it takes turns with the others."""
         with self._cond:
             if self._closed:
                 raise ClosedError("the server is shutting down")
             if bounded and self._admitted >= self.max_queue:
                 raise QueueFullError(f"the request queue is full (max_queue={self.max_queue})")
+            mine = self._by_caller.get(caller, 0)
+            if bounded and mine >= self.max_per_caller:
+                raise QueueFullError(
+                    f"this caller already has {mine} requests queued (max_queue_per_caller={self.max_per_caller}); "
+                    "others still get places"
+                )
             self._admitted += 1
-            return Ticket(self)
+            if bounded:
+                self._by_caller[caller] = mine + 1
+            return Ticket(self, caller, bounded)
 
     def _release(self, ticket: Ticket) -> None:
         with self._cond:
             if not ticket._released:
                 ticket._released = True
                 self._admitted -= 1
+                if ticket.bounded:
+                    left = self._by_caller[ticket.caller] - 1
+                    if left:
+                        self._by_caller[ticket.caller] = left
+                    else:
+                        del self._by_caller[ticket.caller]
 
     @property
     def depth(self) -> int:
@@ -166,7 +191,7 @@ class Batcher:
                     self._cond.wait()
                 if not self._pending:
                     return None  # closed and drained
-                head = self._pending[0]
+                head = self._head()
                 while True:
                     same = [it for it in self._pending if it.key == head.key]
                     if len(same) >= self.max_batch_size or self._closed:
@@ -175,15 +200,28 @@ class Batcher:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                    if not self._pending or self._pending[0] is not head:
-                        break  # head withdrawn: start over
-                if not self._pending or self._pending[0] is not head:
+                    if self._head() is not head:
+                        break  # head withdrawn, or a caller with an earlier turn came: start over
+                if self._head() is not head:
                     continue
-                batch = same[: self.max_batch_size]
+                batch = [head] + [it for it in same if it is not head][: self.max_batch_size - 1]
                 for it in batch:
                     self._pending.remove(it)
                     it.ticket.release()
+                    self._last_turn[it.ticket.caller] = self._turns
+                    self._turns += 1
+                waiting = {it.ticket.caller for it in self._pending}
+                self._last_turn = {c: t for c, t in self._last_turn.items() if c in waiting}
                 return batch
+
+    def _head(self) -> Item | None:
+        """The oldest waiting request of the caller whose turn it is (under the lock)."""
+        head, best = None, 0
+        for it in self._pending:  # oldest first
+            turn = self._last_turn.get(it.ticket.caller, -1)
+            if head is None or turn < best:
+                head, best = it, turn
+        return head
 
     @staticmethod
     def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:

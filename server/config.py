@@ -46,6 +46,7 @@ class Settings:
     max_batch_size: int = 8
     max_batch_delay_ms: float = 10
     max_queue: int = 64
+    max_queue_per_caller: int = 0
     workers: int = 2
     max_message_mb: float = 32
     max_pixels: int = Limits.max_pixels
@@ -85,6 +86,12 @@ class Settings:
             max_styles=self.max_styles,
             max_refine_steps=self.max_refine_steps,
         )
+
+    @property
+    def per_caller(self) -> int:
+        """--max-queue-per-caller as enforced: 0 is half of --max-queue; never above it."""
+        wanted = self.max_queue_per_caller or (self.max_queue + 1) // 2
+        return max(1, min(wanted, self.max_queue))
 
     @property
     def max_message_bytes(self) -> int:
@@ -131,6 +138,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-batch-size": (positive_int, "most requests rendered in one batch"),
     "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill"),
     "max-queue": (positive_int, "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
+    "max-queue-per-caller": (non_negative_int, "most of --max-queue one caller may hold (callers: a token's name, "
+                             "else the peer's address; they take turns); 0: half of --max-queue"),
     "workers": (positive_int, "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
     "max-message-mb": (positive_float, "largest gRPC message received or sent, MiB"),
     "max-pixels": (positive_int, "largest content, style or mask image, in pixels (width x height)"),

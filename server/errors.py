@@ -3,6 +3,8 @@ that go into a google.rpc.BadRequest detail (the grpc-status-details-bin trailer
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +12,8 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from adain.wire import REQUEST_ID_KEY
 
 
 @dataclass
@@ -51,3 +55,12 @@ def status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:
         status.details.append(detail)
     assert status.code != code_pb2.OK
     return tuple(rpc_status.to_status(status).trailing_metadata)
+
+
+def request_id(metadata: Sequence[tuple[str, Any]] | None) -> str:
+    """The caller's x-request-id (trimmed to 128 characters), or a new one: every reply and every
+    failure carries it back."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and value.strip():
+            return value.strip()[:128]
+    return str(uuid.uuid4())

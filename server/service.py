@@ -14,8 +14,7 @@ import functools
 import logging
 import math
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +37,10 @@ from adain.wire import (
     Limits,
 )
 
+from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
-from .errors import ServiceError, Violation, status_trailers
+from .errors import ServiceError, Violation, request_id, status_trailers
 from .metrics import Metrics
 from .refine import RefineService
 from .registry import StyleRegistry
@@ -50,14 +50,6 @@ if TYPE_CHECKING:
     from adain.stylizer import Stylizer
 
 log = logging.getLogger("adain.server")
-
-
-def request_id(metadata: Sequence[tuple[str, Any]] | None) -> str:
-    """The caller's x-request-id (trimmed to 128 characters), or a new one."""
-    for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and value.strip():
-            return value.strip()[:128]
-    return str(uuid.uuid4())
 
 
 @contextlib.asynccontextmanager
@@ -106,11 +98,12 @@ async def _call(
         level = logging.INFO if quiet else logging.WARNING
         log.log(
             level,
-            "request_id=%s method=%s code=%s ms=%.1f%s",
+            "request_id=%s method=%s code=%s ms=%.1f caller=%s%s",
             rid,
             method,
             code.name,
             elapsed * 1000,
+            caller_of(context, servicer.tokens),
             f" detail={detail!r}" if detail else "",
         )
 
@@ -170,6 +163,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.video = video
         self.refiner = refiner
         self.replica = ""  # this replica's name (x-served-by), set once the port is bound
+        self.tokens: TokenFile | None = None  # the token file, where the server checks tokens (names callers)
         # A reply is the image plus a few hundred bytes of fields: what is left of the message limit.
         self.max_reply_bytes = info.limits.max_message_bytes - 4096 if info.limits.max_message_bytes else 1 << 62
 
@@ -278,7 +272,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             self.refiner.admit()
         else:
             try:
-                ticket = self.batcher.admit()
+                ticket = self.batcher.admit(caller=caller_of(context, self.tokens))
             except QueueFullError as e:
                 raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
             except ClosedError as e:
@@ -396,7 +390,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             more = [InvalidInputError("temporal", f"unknown value {opts.temporal}")]
         job = self._check(opts, None, "options.", more)
         quality = opts.quality or DEFAULT_QUALITY
-        async for frame in self.video.run(job, temporal, strength, opts.format, quality, requests, context):
+        caller = caller_of(context, self.tokens)
+        async for frame in self.video.run(job, temporal, strength, opts.format, quality, requests, context, caller):
             yield frame
 
     @rpc("GetServerInfo")

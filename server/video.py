@@ -80,8 +80,10 @@ class VideoService:
         quality: int,
         requests: AsyncIterator[pb.VideoRequest],
         context: grpc.aio.ServicerContext,
+        caller: str = "",
     ) -> AsyncIterator[pb.VideoFrame]:
-        """The stylized frames of one stream, in order (the options message was read already)."""
+        """The stylized frames of one stream, in order (the options message was read already); ``caller``
+        takes turns with the others in the batch queue."""
         if self.active >= self.limits.max_streams:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -97,7 +99,7 @@ class VideoService:
         reader: asyncio.Task | None = None
         try:
             stream = await loop.run_in_executor(self.pool, self.open_stream, job, temporal, strength)
-            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, deadline))
+            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, deadline, caller))
             while True:
                 got = await queue.get()
                 if got is None:
@@ -125,6 +127,7 @@ class VideoService:
         queue: asyncio.Queue,
         in_flight: list[_Frame],
         deadline: float | None,
+        caller: str,
     ) -> None:
         """Take frames off the wire, prepare them in order and queue them for rendering; ``queue``'s bound
         is the window. Ends the queue with None, or with the exception that ends the call."""
@@ -138,7 +141,7 @@ class VideoService:
                     raise ServiceError.invalid(
                         [Violation("frame", f"more than max_video_frames={self.limits.max_frames} frames")]
                     )
-                ticket = self.batcher.admit(bounded=False)  # the window bounds a stream's frames
+                ticket = self.batcher.admit(bounded=False, caller=caller)  # the window bounds a stream's frames
                 frame = _Frame(index, ticket)
                 in_flight.append(frame)
                 t0 = time.perf_counter()

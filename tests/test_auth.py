@@ -45,11 +45,11 @@ def _rewrite(path: Path, text: str) -> None:
 
 def test_token_file_rules(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
-    path.write_text(f"# the web front end\n{OLD}\n\n  {NEW}  \n")
-    assert read_tokens(str(path)) == [OLD, NEW]
+    path.write_text(f"# the web front end\n{OLD}\n\n  web-frontend  {NEW}  \n")
+    assert read_tokens(str(path)) == [("", OLD), ("web-frontend", NEW)]
     for text, says in (("", "holds no token"), ("# only a comment\n", "holds no token"),
-                       ("short\n", "line 1: a token is one word of at least 16 characters"),
-                       (f"{OLD} {NEW}\n", "line 1")):
+                       ("short\n", "line 1: expected \\[NAME\\] TOKEN"), ("a b c\n", "line 1"),
+                       (f"web/front {NEW}\n", "line 1"), (f"x {NEW}\n{OLD} short\n", "line 2")):
         path.write_text(text)
         with pytest.raises(ValueError, match=says):
             read_tokens(str(path))
@@ -64,6 +64,7 @@ def test_token_file_follows_the_file_and_keeps_the_last_good_tokens(tmp_path: Pa
     path.write_text(OLD + "\n")
     now = [0.0]
     tokens = TokenFile(str(path), clock=lambda: now[0])
+    assert tokens.caller(OLD).startswith("token-") and OLD not in tokens.caller(OLD)  # a name that is no secret
     assert tokens.allows(OLD) and not tokens.allows(NEW) and not tokens.allows(None) and not tokens.allows("")
     _rewrite(path, NEW + "\n")
     assert tokens.allows(OLD)  # looked at again only after RECHECK_S

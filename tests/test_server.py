@@ -232,7 +232,8 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert info["limits"]["max_styles"] == 8 and info["limits"]["default_style_size"] == 512
     assert info["limits"]["max_message_bytes"] == 32 * 1024 * 1024
     assert info["limits"]["max_pixels"] == 8192 * 8192 and info["limits"]["max_content_side"] == 16384
-    assert info["batching"] == {"max_batch_size": 8, "max_batch_delay_ms": 50.0, "max_queue": 64, "prepare_workers": 2}
+    assert info["batching"] == {"max_batch_size": 8, "max_batch_delay_ms": 50.0, "max_queue": 64, "prepare_workers": 2,
+                                  "max_queue_per_caller": 32}
     assert {"JPEG", "PNG", "WEBP", "AVIF", "HEIF"} <= set(info["input_formats"])  # HEIF: the dev install's heif extra
 
 
@@ -377,7 +378,7 @@ def test_cancel_and_deadline_free_the_request(slow: ServerProcess) -> None:
 def limited(decoder_path: Path):
     srv = ServerProcess(
         decoder_path, "--max-pixels", "5000", "--max-message-mb", "1", "--max-queue", "2", "--max-batch-size", "1",
-        "--max-batch-delay-ms", "0", "--workers", "1",
+        "--max-batch-delay-ms", "0", "--workers", "1", "--max-queue-per-caller", "2",  # one caller: the whole queue
     )
     try:
         srv.wait_serving()

@@ -267,16 +267,18 @@ class Limits(_message.Message):
     def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_video_streams: _Optional[int] = ..., video_window: _Optional[int] = ..., max_refine_steps: _Optional[int] = ..., max_refine_jobs: _Optional[int] = ..., max_refine_queue: _Optional[int] = ..., tile_threshold_pixels: _Optional[int] = ..., tile_size: _Optional[int] = ..., tile_halo: _Optional[int] = ..., tile_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Batching(_message.Message):
-    __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue", "prepare_workers")
+    __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue", "prepare_workers", "max_queue_per_caller")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     PREPARE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_PER_CALLER_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue: int
     prepare_workers: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., prepare_workers: _Optional[int] = ...) -> None: ...
+    max_queue_per_caller: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., prepare_workers: _Optional[int] = ..., max_queue_per_caller: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles", "default_temporal", "default_temporal_strength", "backend", "precision", "cpu_model", "cpu_features", "input_formats")

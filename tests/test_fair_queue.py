@@ -1,0 +1,109 @@
+"""Callers take turns in the batch queue, and none may hold more than its share of it (server.batcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from adain.client import StyleTransferError
+from adain.client.aio import AsyncStyleTransferClient
+from adain.server.batcher import Batcher, QueueFullError
+from adain.server.config import parse_settings
+from helpers import ServerProcess
+from synth import make_image
+
+CONTENT = make_image(48, 32, seed=61)
+STYLE = make_image(32, 32, seed=62, kind="noise")
+ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210ab"
+
+
+def test_callers_take_turns() -> None:
+    started, go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def render(batch: list[str]) -> list[str]:
+        order.extend(batch)
+        started.set()
+        go.wait(10)  # the first batch holds the thread while the others queue up
+        return batch
+
+    async def main() -> list[str]:
+        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=16)
+        batcher.start()
+
+        def send(caller: str, name: str) -> asyncio.Future:
+            return batcher.submit(batcher.admit(caller=caller), name, key="512x512", deadline=None).future
+
+        futures = [send("A", "A1")]
+        await asyncio.to_thread(started.wait, 10)
+        futures += [send("A", "A2"), send("A", "A3"), send("B", "B1"), send("B", "B2"), send("B", "B3"),
+                    send("C", "C1")]
+        go.set()
+        results = [r.output for r in await asyncio.gather(*futures)]
+        batcher.close(5)
+        return results
+
+    results = asyncio.run(main())
+    assert results == ["A1", "A2", "A3", "B1", "B2", "B3", "C1"]  # each caller gets its own results
+    # A had nothing else waiting when A1 was taken, so A2 starts the round; then B and C, who were never
+    # served; then A again (served longest ago), then B. First come first served would be A1 A2 A3 B1 B2 B3 C1.
+    assert order == ["A1", "A2", "B1", "C1", "A3", "B2", "B3"]
+
+
+def test_one_caller_cannot_take_every_place() -> None:
+    batcher = Batcher(lambda batch: batch, max_queue=4, max_per_caller=2)
+    a1, _ = batcher.admit(caller="A"), batcher.admit(caller="A")
+    with pytest.raises(QueueFullError, match=r"this caller already has 2 requests queued \(max_queue_per_caller=2\)"):
+        batcher.admit(caller="A")
+    for _ in range(5):  # a video stream's frames are bounded by its window, not by the caller's share
+        batcher.admit(bounded=False, caller="A").release()
+    batcher.admit(caller="B")
+    a1.release()
+    a1.release()  # idempotent
+    batcher.admit(caller="A")
+    batcher.admit(caller="B")  # 4 places taken: A 2, B 2
+    with pytest.raises(QueueFullError, match=r"the request queue is full \(max_queue=4\)"):
+        batcher.admit(caller="C")
+
+
+def test_per_caller_setting() -> None:
+    assert parse_settings([]).per_caller == 32  # half of --max-queue 64
+    assert parse_settings(["--max-queue", "5"]).per_caller == 3
+    assert parse_settings(["--max-queue", "8", "--max-queue-per-caller", "8"]).per_caller == 8  # no share
+    assert parse_settings(["--max-queue", "8", "--max-queue-per-caller", "100"]).per_caller == 8
+
+
+def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: Path) -> None:
+    """Alice's second request finds her share taken, Bob's still gets a place; the log names them."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
+    # A batch waits up to 3 s to fill: Alice's first request holds her one place that long.
+    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "4",
+                        "--max-queue-per-caller", "1", "--max-batch-delay-ms", "3000")
+
+    async def main() -> tuple[list, dict]:
+        async with AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice, \
+                AsyncStyleTransferClient(srv.target, token=BOB, timeout=60, retries=0) as bob:
+            first = asyncio.ensure_future(alice.stylize(CONTENT, STYLE))
+            await asyncio.sleep(0.5)
+            outcomes = await asyncio.gather(first, alice.stylize(CONTENT, STYLE), bob.stylize(CONTENT, STYLE),
+                                            return_exceptions=True)
+            return outcomes, await bob.server_info()
+
+    try:
+        srv.wait_serving()
+        (a1, a2, b1), info = asyncio.run(main())
+        assert a1.width == 48 and b1.width == 48
+        assert isinstance(a2, StyleTransferError) and a2.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue_per_caller=1" in a2.details
+        assert a1.timings.batch_size == b1.timings.batch_size == 2  # Bob's request joined Alice's batch
+        assert info["batching"]["max_queue_per_caller"] == 1
+        assert "code=RESOURCE_EXHAUSTED" in "".join(srv.stderr_lines)
+        assert "caller=alice" in "".join(srv.stderr_lines)
+        assert srv.terminate() == 0
+    finally:
+        srv.kill()
