@@ -28,7 +28,12 @@ log = logging.getLogger("adain.server.batcher")
 
 
 class QueueFullError(Exception):
-    """``max_queue`` requests are already admitted."""
+    """``max_queue`` requests are already admitted (``reason`` "max_queue"), or the caller's share
+    (``reason`` "max_queue_per_caller")."""
+
+    def __init__(self, message: str, reason: str = "max_queue") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ClosedError(Exception):
@@ -118,7 +123,8 @@ class Batcher:
             if bounded and mine >= self.max_per_caller:
                 raise QueueFullError(
                     f"this caller already has {mine} requests queued (max_queue_per_caller={self.max_per_caller}); "
-                    "others still get places"
+                    "others still get places",
+                    reason="max_queue_per_caller",
                 )
             self._admitted += 1
             if bounded:

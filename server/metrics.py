@@ -38,6 +38,10 @@ class Metrics:
         self.batch_size = Histogram(
             "adain_batch_size", "Requests per rendered batch", buckets=[float(s) for s in sizes], registry=r
         )
+        self.queue_refused = Counter(
+            "adain_queue_refused", "Stylize requests refused a place: the queue was full (max_queue) or their "
+            "caller held its share (max_queue_per_caller)", ["reason"], registry=r,
+        )
         self.queue_depth = Gauge("adain_queue_depth", "Stylize requests admitted and not yet rendering", registry=r)
         self.registered_styles = Gauge("adain_registered_styles", "Styles held by the style registry", registry=r)
         self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)

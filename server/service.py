@@ -274,6 +274,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             try:
                 ticket = self.batcher.admit(caller=caller_of(context, self.tokens))
             except QueueFullError as e:
+                self.metrics.queue_refused.labels(e.reason).inc()
                 raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
             except ClosedError as e:
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,7 @@ from adain.client import StyleTransferError
 from adain.client.aio import AsyncStyleTransferClient
 from adain.server.batcher import Batcher, QueueFullError
 from adain.server.config import parse_settings
-from helpers import ServerProcess
+from helpers import ServerProcess, free_port
 from synth import make_image
 
 CONTENT = make_image(48, 32, seed=61)
@@ -82,8 +83,9 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
     # A batch waits up to 3 s to fill: Alice's first request holds her one place that long.
-    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "4",
-                        "--max-queue-per-caller", "1", "--max-batch-delay-ms", "3000")
+    metrics_port = free_port()
+    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "4", "--max-queue-per-caller",
+                        "1", "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port))
 
     async def main() -> tuple[list, dict]:
         async with AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice, \
@@ -104,6 +106,8 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
         assert info["batching"]["max_queue_per_caller"] == 1
         assert "code=RESOURCE_EXHAUSTED" in "".join(srv.stderr_lines)
         assert "caller=alice" in "".join(srv.stderr_lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+            assert 'adain_queue_refused_total{reason="max_queue_per_caller"} 1.0' in reply.read().decode()
         assert srv.terminate() == 0
     finally:
         srv.kill()
