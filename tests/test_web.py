@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,6 +22,8 @@ from synth import encoded, make_image, make_mask, make_video, video_facts
 
 CONTENT = make_image(64, 48, seed=31)
 STYLE = make_image(40, 40, seed=32, kind="noise")
+LABELS = encoded(Image.fromarray(np.array([[(230, 25, 75)] * 20 + [(60, 180, 75)] * 20 + [(0, 0, 0)] * 24] * 48,
+                                           np.uint8)))  # painted: 20 columns each, the rest left the photo
 ARTIFACTS = REPO / "build" / "test-artifacts"  # screenshots the run leaves for people to look at
 
 
@@ -106,6 +109,14 @@ def test_stylize_returns_the_image_the_client_gets(web: WebProcess, client) -> N
     masked = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE), _png("styles", STYLE),
                              _png("mask", make_mask(64, 48))])
     assert masked.status_code == 200 and Image.open(io.BytesIO(masked.content)).size == (64, 48)
+    # Regions as the page paints them: a labels image, one colour per style; black names no style (the photo).
+    second = make_image(32, 32, seed=3)
+    regions = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE), _png("styles", second),
+                              _png("labels", LABELS)], {"label": ["#e6194b", "#3CB44B"]})
+    assert regions.status_code == 200, regions.text
+    direct = client.stylize(CONTENT, [STYLE, second], labels=LABELS,
+                            label_values=["#e6194b", "#3cb44b"])
+    assert regions.content == direct.image
     heic = encoded(Image.open(io.BytesIO(CONTENT)), "HEIF")  # a phone's photo, as an iPhone saves it
     r = _post(web.url, [("content", ("IMG_0001.HEIC", heic, "image/heic")), _png("styles", STYLE)])
     assert r.status_code == 200 and r.headers["x-image-size"] == "64x48", r.text
@@ -206,6 +217,15 @@ BAD = {
     "colour-mode": ([_png("content", CONTENT), _png("styles", STYLE)], {"preserve_color": "sepia"}, "preserve_color"),
     "mask-wrong-size": ([_png("content", CONTENT), _png("styles", STYLE), _png("styles", STYLE),
                          _png("mask", make_mask(8, 8))], {}, "mask"),
+    "labels-count": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
+                     {"label": ["#e6194b", "#3cb44b"]}, "label"),
+    "label-not-a-colour": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
+                           {"label": "red"}, "styles[0].label"),
+    "label-not-painted": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
+                          {"label": "#4363d8"}, "styles[0].label"),  # the server's: no pixel has it
+    "labels-wrong-size": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", make_mask(8, 8))],
+                          {"label": "255"}, "labels"),
+    "label-without-labels": ([_png("content", CONTENT), _png("styles", STYLE)], {"label": "#e6194b"}, "labels"),
     "unknown-field": ([_png("content", CONTENT), _png("styles", STYLE)], {"colour": "red"}, "colour"),
 }
 
@@ -356,6 +376,7 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     # a clip's options replace a photo's
     assert browser.find_element(By.ID, "temporal").is_displayed() and browser.find_element(By.ID, "size").is_displayed()
     assert not browser.find_element(By.ID, "mask").is_displayed()
+    assert not browser.find_element(By.ID, "paint").is_displayed()  # regions are painted on photos
     browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
     browser.find_element(By.ID, "submit").click()
@@ -372,6 +393,75 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     browser.save_screenshot(str(ARTIFACTS / "web_clip.png"))
     (tmp_path / "got.mp4").write_bytes(httpx.get(href, timeout=30).content)
     assert video_facts(tmp_path / "got.mp4")["frames"] == 12
+
+
+def _data_url_bytes(url: str) -> bytes:
+    import base64
+
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -> None:
+    """Paint two styles' regions with the mouse in Chromium: the page sends a labels image with exactly the
+    palette's colours (black where unpainted), and the picture is the one the client makes from it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    content = tmp_path / "photo.png"
+    content.write_bytes(make_image(96, 64, seed=44))
+    browser.get(web.url + "/")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    assert not browser.find_element(By.ID, "paint").is_enabled()  # nothing to paint on yet
+    browser.find_element(By.ID, "content").send_keys(str(content))
+    for name in ("waves", "mosaic"):
+        browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    browser.find_element(By.ID, "paint").click()
+    canvas = browser.find_element(By.ID, "paint-canvas")
+    _wait(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    w, h = canvas.size["width"], canvas.size["height"]
+    _set_range(browser, browser.find_element(By.ID, "brush-size"), 40)
+
+    def scribble(x0: int, x1: int) -> None:  # page pixels from the canvas's top left
+        chain = ActionChains(browser)
+        for y in range(8, h - 4, 16):
+            chain.move_to_element_with_offset(canvas, x0 - w // 2, y - h // 2).click_and_hold()
+            chain.move_by_offset(x1 - x0, 0).release()
+        chain.perform()
+
+    scribble(4, w // 3 - 24)  # the first brush (waves) is chosen: the left third
+    browser.find_element(By.ID, "submit").click()  # mosaic has no region yet: the page says so beside it
+    _wait(browser, lambda d: "Paint where this style goes" in d.find_element(By.ID, "style-error-1").text)
+    brushes = browser.find_elements(By.CSS_SELECTOR, "#brushes button")
+    assert [b.text for b in brushes] == ["waves", "mosaic", "keep the photo (eraser)"]
+    brushes[1].click()
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    scribble(w // 3 + 24, 2 * w // 3 - 24)  # the middle third: mosaic
+    sent = _data_url_bytes(browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "labelsImage().then((r) => { const f = new FileReader(); f.onload = () => done(f.result);"
+        " f.readAsDataURL(r.blob); });"))
+    labels = np.asarray(Image.open(io.BytesIO(sent)).convert("RGB"))
+    assert labels.shape == (64, 96, 3)
+    colours = {tuple(c) for c in labels.reshape(-1, 3)}
+    assert colours == {(230, 25, 75), (60, 180, 75), (0, 0, 0)}, colours  # exact: no smoothed edge colours
+    third = 96 // 3
+    assert (labels[:, :third - 8] == (230, 25, 75)).all(axis=-1).mean() > 0.9
+    assert (labels[:, third + 8 : 2 * third - 8] == (60, 180, 75)).all(axis=-1).mean() > 0.9
+    assert (labels[:, 2 * third + 4 :] == 0).all()  # unpainted: black, which names no style
+
+    browser.find_element(By.ID, "submit").click()
+    got = _wait(browser, lambda d: d.execute_async_script(
+        "const done = arguments[arguments.length - 1]; const i = document.getElementById('output');"
+        "if (!i.complete || !i.naturalWidth) { done(null); return; }"
+        "fetch(i.src).then((r) => r.blob()).then((b) => { const f = new FileReader();"
+        " f.onload = () => done(f.result); f.readAsDataURL(b); });"))
+    styles = [REPO / "examples" / "style" / f"{name}.png" for name in ("waves", "mosaic")]
+    direct = client.stylize(content, styles, labels=sent, label_values=["#e6194b", "#3cb44b"])
+    assert (np.asarray(Image.open(io.BytesIO(_data_url_bytes(got)))) == np.asarray(direct.to_pil())).all()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "web_regions.png"))
 
 
 def test_page_says_when_it_cannot_preview_a_phone_photo(web: WebProcess, browser, tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ client (no torch, no second engine).
     GET  /                the page (static HTML, CSS and JavaScript from this package)
     GET  /api/info        what the page needs: the example styles, the upload limit, the server's limits
     POST /api/stylize     multipart: content, styles (repeated), weights (repeated, one per style), alpha,
-                          preserve_color, mask, refine_steps, format -> the image, or a JSON error
+                          preserve_color, mask, labels and label (repeated, one per style: "#rrggbb" or a grey
+                          level 0-255; the page's painted regions), refine_steps, format
+                          -> the image, or a JSON error
     POST /api/videos      multipart: content (a clip), styles, weights, alpha, preserve_color, temporal, size,
                           fps
                           -> 202 and the job's state (``web.video``: a clip takes minutes)
@@ -41,7 +43,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.photo import heif_support, is_heif
-from adain.wire import COLOR_MODES, FORMATS, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits, format_name
+from adain.wire import (
+    COLOR_MODES,
+    FORMATS,
+    INPUT_FORMATS,
+    INPUT_NAMES,
+    TEMPORAL_MODES,
+    Limits,
+    format_name,
+    label_value,
+)
 
 from .video import Busy, VideoJobs
 
@@ -57,7 +68,8 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 503,
 }
-IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask", "refine_steps", "format")
+IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask", "labels", "label", "refine_steps",
+                "format")
 VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size", "fps")
 
 
@@ -187,7 +199,7 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
     async def stylize(request: Request) -> Response:
         limits = await current_limits()
         try:
-            async with request.form(max_files=limits.max_styles + 2, max_fields=50) as form:
+            async with request.form(max_files=limits.max_styles + 3, max_fields=50) as form:
                 options = await _read_form(form, limits)
         except BadInput as e:
             return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
@@ -317,6 +329,7 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     mask = form.get("mask")
     if isinstance(mask, UploadFile) and (mask.size or mask.filename):
         options["mask"] = await _image(mask, "mask", limits)
+    options.update(await _regions(form, len(options["styles"]), limits))
     if form.get("refine_steps") not in (None, "", "0"):
         options["refine_steps"] = _whole(form["refine_steps"], "refine_steps", 0)
     fmt = format_name(form.get("format") or "png")
@@ -324,6 +337,25 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
         raise BadInput("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
     options["format"] = fmt
     return options
+
+
+async def _regions(form: Any, styles: int, limits: Limits) -> dict[str, Any]:
+    """Regions painted on the page: a labels image and each style's label (the server checks the rest:
+    the image's size against the content, each label painted somewhere)."""
+    labels, values = form.get("labels"), form.getlist("label")
+    if not isinstance(labels, UploadFile) or not (labels.size or labels.filename):
+        if values:
+            raise BadInput("labels", "label values were given without a labels image")
+        return {}
+    if len(values) != styles:
+        raise BadInput("label", f"{len(values)} labels for {styles} styles (one per style)")
+    parsed = []
+    for i, text in enumerate(values):
+        value = label_value(int(text) if str(text).isdigit() else str(text).lower())
+        if value is None or (str(text).isdigit() and value > 255):
+            raise BadInput(f"styles[{i}].label", f"must be a grey level 0-255 or a colour #rrggbb, got {text!r}")
+        parsed.append(value)
+    return {"labels": await _image(labels, "labels", limits), "label_values": parsed}
 
 
 async def _read_video_form(

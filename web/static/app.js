@@ -1,4 +1,5 @@
-// The page: collects a photo (or a clip), styles with weights and options, posts them to /api/stylize
+// The page: collects a photo (or a clip), styles with weights and options (regions painted on the photo
+// included), posts them to /api/stylize
 // (a clip: to /api/videos, then follows the job's progress) and shows the result or the server's errors
 // next to the control they concern. No framework, no build step.
 "use strict";
@@ -7,6 +8,9 @@ const $ = (id) => document.getElementById(id);
 const state = { content: null, video: false, job: null, styles: [], info: { max_styles: 8, max_refine_steps: 0 } };
 let resultUrl = null;
 const VIDEO_SUFFIXES = /\.(mp4|m4v|mov|mkv|webm)$/i;
+// Region colours: each style keeps its own while it is chosen (a painting survives removing another style).
+const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
+const paint = { brush: undefined, size: 40, painted: false, drawing: false, last: null, ready: false };
 
 function isVideo(file) {
   return file.type.startsWith("video/") || VIDEO_SUFFIXES.test(file.name);
@@ -24,7 +28,8 @@ function setContent(file) {
   }
   // the options that apply: a clip has a size and a steadiness, a photo a mask and refine steps
   $("size-row").hidden = $("temporal-row").hidden = $("fps-row").hidden = !state.video;
-  $("mask-row").hidden = state.video;
+  $("mask-row").hidden = $("regions-row").hidden = state.video;
+  resetPainter(state.video ? null : file);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
   $("original-caption").textContent = "Original";
   const url = URL.createObjectURL(file);
@@ -38,7 +43,8 @@ function addStyle(file, name, example) {
     $("styles-error").textContent = `At most ${state.info.max_styles} styles.`;
     return;
   }
-  state.styles.push({ file, name, example, weight: 1 });
+  const colour = PALETTE.find((c) => !state.styles.some((st) => st.colour === c));
+  state.styles.push({ file, name, example, weight: 1, colour });
   renderStyles();
 }
 
@@ -89,6 +95,117 @@ function renderStyles() {
     list.append(li);
   });
   $("styles-error").textContent = "";
+  renderBrushes();
+}
+
+// --- regions painted on the photo: a canvas at the photo's own size, sent as a labels image ---------------
+function resetPainter(file) {
+  paint.painted = false;
+  paint.ready = false;
+  $("painter").hidden = true;
+  $("paint").setAttribute("aria-expanded", "false");
+  $("paint").disabled = !file;
+  if (file) $("paint-photo").src = URL.createObjectURL(file);
+}
+
+function photoShown() {
+  const img = $("paint-photo");
+  const canvas = $("paint-canvas");
+  canvas.width = img.naturalWidth;  // the photo's own pixels (turned as its EXIF says, as the server turns it)
+  canvas.height = img.naturalHeight;
+  paint.ready = true;
+}
+
+function renderBrushes() {
+  const box = $("brushes");
+  box.replaceChildren();
+  const brushes = state.styles.map((st) => ({ colour: st.colour, name: st.name }));
+  brushes.push({ colour: null, name: "keep the photo (eraser)" });
+  // the first style's colour until the user picks a brush (or when the picked style is removed)
+  if (paint.brush === undefined || !brushes.some((b) => b.colour === paint.brush)) paint.brush = brushes[0].colour;
+  if (!state.styles.length) paint.brush = undefined;
+  for (const b of brushes) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.setAttribute("aria-pressed", String(b.colour === (paint.brush === undefined ? null : paint.brush)));
+    const chip = document.createElement("span");
+    chip.className = b.colour ? "chip" : "chip erase";
+    if (b.colour) chip.style.background = b.colour;
+    button.append(chip, document.createTextNode(b.name));
+    button.addEventListener("click", () => { paint.brush = b.colour; renderBrushes(); });
+    box.append(button);
+  }
+}
+
+function togglePainter() {
+  const open = $("painter").hidden;
+  if (open && !paint.ready) {
+    $("labels-error").textContent = "This browser cannot show the photo, so regions cannot be painted here.";
+    return;
+  }
+  $("painter").hidden = !open;
+  $("paint").setAttribute("aria-expanded", String(open));
+  renderBrushes();
+}
+
+function strokeTo(event, start) {
+  const canvas = $("paint-canvas");
+  const ctx = canvas.getContext("2d");
+  const k = canvas.width / canvas.clientWidth;  // page pixels -> photo pixels
+  const at = { x: event.offsetX * k, y: event.offsetY * k };
+  const width = paint.size * k;
+  ctx.globalCompositeOperation = paint.brush ? "source-over" : "destination-out";
+  ctx.fillStyle = ctx.strokeStyle = paint.brush || "#000";
+  ctx.lineWidth = width;
+  ctx.lineCap = ctx.lineJoin = "round";
+  ctx.beginPath();
+  if (start || !paint.last) {
+    ctx.arc(at.x, at.y, width / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  } else {
+    ctx.moveTo(paint.last.x, paint.last.y);
+    ctx.lineTo(at.x, at.y);
+    ctx.stroke();
+  }
+  paint.last = at;
+  if (paint.brush) paint.painted = true;
+}
+
+function hexRgb(hex) {
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+// The painting as labels: every pixel snapped to the nearest palette colour (the canvas smooths stroke edges,
+// and a label must be exact) or black where unpainted. Returns null when nothing is painted, else the PNG
+// and the styles that have no painted pixel.
+async function labelsImage() {
+  if (!paint.painted || !paint.ready) return null;
+  const canvas = $("paint-canvas");
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  const d = pixels.data;
+  const rgb = PALETTE.map(hexRgb);
+  const counts = new Map();
+  for (let p = 0; p < d.length; p += 4) {
+    let best = -1;
+    if (d[p + 3] >= 128) {
+      let bestDistance = Infinity;
+      for (let i = 0; i < rgb.length; i++) {
+        const dist = (d[p] - rgb[i][0]) ** 2 + (d[p + 1] - rgb[i][1]) ** 2 + (d[p + 2] - rgb[i][2]) ** 2;
+        if (dist < bestDistance) { bestDistance = dist; best = i; }
+      }
+    }
+    const [r, g, b] = best < 0 ? [0, 0, 0] : rgb[best];
+    d[p] = r; d[p + 1] = g; d[p + 2] = b; d[p + 3] = 255;
+    if (best >= 0) counts.set(PALETTE[best], (counts.get(PALETTE[best]) || 0) + 1);
+  }
+  const missing = state.styles.map((st, i) => (counts.get(st.colour) ? -1 : i)).filter((i) => i >= 0);
+  if (missing.length === state.styles.length) return null;  // only removed styles' colours: nothing to send
+  const out = document.createElement("canvas");
+  out.width = canvas.width;
+  out.height = canvas.height;
+  out.getContext("2d").putImageData(pixels, 0, 0);
+  const blob = await new Promise((resolve) => out.toBlob(resolve, "image/png"));
+  return { blob, missing };
 }
 
 async function loadInfo() {
@@ -177,6 +294,18 @@ async function submit(event) {
   if (state.video) { await submitVideo(); return; }
   const data = commonForm();
   if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
+  const regions = await labelsImage();
+  if (regions) {
+    if ($("mask").files[0]) { $("labels-error").textContent = "Use either a mask or painted regions, not both."; return; }
+    if (regions.missing.length) {
+      for (const i of regions.missing) {
+        $(`style-error-${i}`).textContent = "Paint where this style goes (its colour is on the brushes), or remove it.";
+      }
+      return;
+    }
+    data.append("labels", regions.blob, "regions.png");
+    for (const style of state.styles) data.append("label", style.colour);
+  }
   if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
   data.append("format", "png");
 
@@ -308,6 +437,27 @@ function init() {
     setContent(e.dataTransfer.files[0]);
   });
   $("form").addEventListener("submit", submit);
+  $("paint").addEventListener("click", togglePainter);
+  $("paint-photo").addEventListener("load", photoShown);
+  $("paint-clear").addEventListener("click", () => {
+    const canvas = $("paint-canvas");
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    paint.painted = false;
+  });
+  $("brush-size").addEventListener("input", () => {
+    paint.size = Number($("brush-size").value);
+    $("brush-size-value").textContent = String(paint.size);
+  });
+  const canvas = $("paint-canvas");
+  canvas.addEventListener("pointerdown", (e) => {
+    paint.drawing = true;
+    canvas.setPointerCapture(e.pointerId);
+    strokeTo(e, true);
+  });
+  canvas.addEventListener("pointermove", (e) => { if (paint.drawing) strokeTo(e, false); });
+  for (const end of ["pointerup", "pointercancel"]) {
+    canvas.addEventListener(end, () => { paint.drawing = false; paint.last = null; });
+  }
   loadInfo();
 }
 
