@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -52,6 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("adain.server")
 
 
+# Who makes the call being handled (set by _call as the call begins; tasks started by the handler see it).
+current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_caller", default="")
+
+
 @contextlib.asynccontextmanager
 async def _call(
     servicer: StyleTransferServicer, method: str, context: grpc.aio.ServicerContext, *, stream: bool = False
@@ -60,6 +65,9 @@ async def _call(
     Yields the request id. A unary call sends no headers before its reply: a call whose replica dies
     before answering has then received nothing, and the client's retry policy sends it to another one."""
     rid = request_id(context.invocation_metadata())
+    # Asked once, first: a cancelled call's context no longer has a peer to give (asking then crashed grpc).
+    caller = caller_of(context, servicer.tokens)
+    current_caller.set(caller)
     rid_md = ((REQUEST_ID_KEY, rid), (SERVED_BY_KEY, servicer.replica))
     start = time.perf_counter()
     code = grpc.StatusCode.OK
@@ -103,7 +111,7 @@ async def _call(
             method,
             code.name,
             elapsed * 1000,
-            caller_of(context, servicer.tokens),
+            caller,
             f" detail={detail!r}" if detail else "",
         )
 
@@ -272,7 +280,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             self.refiner.admit()
         else:
             try:
-                ticket = self.batcher.admit(caller=caller_of(context, self.tokens))
+                ticket = self.batcher.admit(caller=current_caller.get())
             except QueueFullError as e:
                 self.metrics.queue_refused.labels(e.reason).inc()
                 raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
@@ -391,8 +399,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             more = [InvalidInputError("temporal", f"unknown value {opts.temporal}")]
         job = self._check(opts, None, "options.", more)
         quality = opts.quality or DEFAULT_QUALITY
-        caller = caller_of(context, self.tokens)
-        async for frame in self.video.run(job, temporal, strength, opts.format, quality, requests, context, caller):
+        async for frame in self.video.run(
+            job, temporal, strength, opts.format, quality, requests, context, current_caller.get()
+        ):
             yield frame
 
     @rpc("GetServerInfo")

@@ -130,3 +130,27 @@ def test_video_from_an_async_or_a_plain_iterable(server: ServerProcess) -> None:
     a, b = asyncio.run(main())
     assert [f.index for f in a] == [0, 1, 2, 3] and [(f.width, f.height) for f in a] == [(40, 24)] * 4
     assert all((pixels(x.image) == pixels(y.image)).all() for x, y in zip(a, b))
+
+
+def test_streams_cancelled_at_once_leave_the_server_serving(server: ServerProcess) -> None:
+    """Streams the client ends within a millisecond, again and again (the server once asked such a call for
+    its peer after it had gone, and crashed within a few rounds)."""
+    frames = [make_image(40, 24, seed=60 + i) for i in range(3)]
+
+    def broken():
+        yield frames[0]
+        raise RuntimeError("gone")
+
+    async def main() -> int:
+        async with AsyncStyleTransferClient(server.target, timeout=60) as client:
+            for _ in range(10):
+                with pytest.raises(RuntimeError):
+                    async for _ in client.stylize_video(broken(), STYLE, temporal="none"):
+                        pass
+                stream = client.stylize_video(iter(frames), STYLE, temporal="none")
+                await anext(stream)
+                await stream.aclose()
+            return (await client.stylize(CONTENT, STYLE)).width
+
+    assert asyncio.run(main()) == 48
+    assert server.alive()
