@@ -169,7 +169,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "tls-key": (_optional_path, "PEM private key file; with --tls-cert, serve TLS"),
     "tls-client-ca": (_optional_path, "PEM CA certificate(s): with TLS, require a client certificate signed by one "
                       "(mutual TLS). The TLS files are read again when they change"),
-    "auth-tokens-file": (_optional_path, "file of accepted bearer tokens, one per line (16+ characters; # comments): "
+    "auth-tokens-file": (_optional_path, "file of accepted bearer tokens, one per line as [NAME] TOKEN (the token "
+                         "16+ characters; the name is the caller in logs and queue turns; # comments): "
                          "calls without 'authorization: Bearer <token>' get UNAUTHENTICATED (health stays open); "
                          "read again when it changes"),
     "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
