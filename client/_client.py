@@ -238,6 +238,13 @@ def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str
     return None
 
 
+def _reply_ids(initial: Any, trailing: Any, request_id: str | None) -> tuple[str | None, str]:
+    """A unary reply's (request id, the replica that answered) from its metadata."""
+    rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
+    served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
+    return rid or request_id, served_by
+
+
 def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
     code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
     details = (e.details() if callable(getattr(e, "details", None)) else None) or str(code.name)
@@ -462,14 +469,11 @@ class StyleTransferClient(_ClientBase):
         metadata = self._metadata(request_id)
         try:
             reply, call = method.with_call(
-                request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+                request, timeout=self._deadline(timeout), metadata=metadata
             )
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id) from None
-        initial, trailing = call.initial_metadata(), call.trailing_metadata()
-        rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
-        served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
-        return reply, rid or request_id, served_by
+        return (reply, *_reply_ids(call.initial_metadata(), call.trailing_metadata(), request_id))
 
     def stylize(
         self,
@@ -535,7 +539,7 @@ class StyleTransferClient(_ClientBase):
     ) -> tuple[pb.StylizeResponse, str | None]:
         metadata = self._metadata(request_id)
         call = self._stub.StylizeWithProgress(
-            request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+            request, timeout=self._deadline(timeout), metadata=metadata
         )
         reply = None
         try:

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from adain.v1 import style_transfer_pb2 as pb
-from adain.wire import REQUEST_ID_KEY, SERVED_BY_KEY, SERVICE_NAME
+from adain.wire import REQUEST_ID_KEY, SERVICE_NAME
 
 from ._client import (
     ImageInput,
@@ -36,6 +36,7 @@ from ._client import (
     _metadata_value,
     _no_result,
     _progress,
+    _reply_ids,
     _rpc_error,
     frame_result,
     image_bytes,
@@ -77,9 +78,7 @@ class AsyncStyleTransferClient(_ClientBase):
             initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id) from None
-        rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
-        served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
-        return reply, rid or request_id, served_by
+        return (reply, *_reply_ids(initial, trailing, request_id))
 
     async def stylize(
         self,

@@ -10,9 +10,8 @@ cert-manager rotating it, a person editing it), so rotating one never needs a re
 - ``TokenFile``: one token per line, optionally after the caller's name (``web-frontend 3f9a...``; ``#``
   comments, blank lines ignored). Several lines let tokens be rotated (add the new one, move the
   clients, remove the old) or given one per calling service, whose name the logs and the queue's turns
-  then use. A file
-  that becomes empty or unreadable keeps the last good tokens (a failed write must neither lock every
-  client out nor let everyone in); to revoke a token, write the file without it.
+  then use. A file that becomes empty or unreadable keeps the last good tokens (a failed write must
+  neither lock every client out nor let everyone in); to revoke a token, write the file without it.
 - ``TokenAuth``: the interceptor that answers UNAUTHENTICATED to a call without a listed
   ``authorization: Bearer <token>``. gRPC health stays open: kubelet probes and load balancers send no token.
 """
@@ -62,7 +61,6 @@ class TlsFiles:
         self._lock = threading.Lock()
         self._seen = _signature(self.paths)
         self.config = self._load()  # at start a bad file is an error (OSError / ValueError), not a warning
-        self.loaded = 1
 
     def _load(self) -> Any:
         cert, key = self.paths[0], self.paths[1]
@@ -97,7 +95,6 @@ class TlsFiles:
                 except (OSError, ValueError) as e:
                     log.warning("TLS files changed but cannot be used yet (keeping the last good ones): %s", e)
                     return None
-                self.loaded += 1
                 log.info("TLS files reloaded (%s)", ", ".join(self.paths))
                 return self.config
         except Exception:  # never let an exception reach gRPC's handshake

@@ -92,13 +92,13 @@ class Batcher:
         max_per_caller: int | None = None,
         on_batch: Callable[[int, float, Sequence[float]], None] | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1:
-            raise ValueError("max_batch_size and max_queue must be >= 1")
+        if max_batch_size < 1 or max_queue < 1 or (max_per_caller is not None and max_per_caller < 1):
+            raise ValueError("max_batch_size, max_queue and max_per_caller must be >= 1")
         self._render = render
         self.max_batch_size = max_batch_size
         self.max_delay_s = max(0.0, max_delay_s)
         self.max_queue = max_queue
-        self.max_per_caller = max_queue if max_per_caller is None else max(1, min(max_per_caller, max_queue))
+        self.max_per_caller = max_queue if max_per_caller is None else max_per_caller  # Settings.per_caller
         self._on_batch = on_batch  # (batch size, inference seconds, queue seconds of each)
         self._cond = threading.Condition()
         self._pending: deque[Item] = deque()
