@@ -7,6 +7,7 @@
         result.save("out.png")
         sid = client.register_style("starry.jpg")           # send a style once...
         client.stylize("photo2.jpg", StyleRef(sid))          # ...then refer to it (or "id:" + sid)
+        client.stylize("photo.jpg", "id:mosaic")             # a style of the server's library (list_styles)
 
 For asyncio services, ``adain.client.aio.AsyncStyleTransferClient`` has the same calls as coroutines.
 
@@ -16,6 +17,7 @@ server's message). The command line tool is ``adain-stylize`` (:mod:`adain.clien
 
 from ._client import (
     DEFAULT_TARGET,
+    LibraryStyle,
     RefineProgress,
     StyleRef,
     StyleTransferClient,
@@ -27,6 +29,7 @@ from ._client import (
 
 __all__ = [
     "DEFAULT_TARGET",
+    "LibraryStyle",
     "RefineProgress",
     "StyleRef",
     "StyleTransferClient",

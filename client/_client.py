@@ -77,10 +77,30 @@ class StyleRef:
     """A style registered on the server (``StyleTransferClient.register_style`` returns its id).
 
     A plain string style is a file path, unless it starts with ``"id:"``: ``"id:<sha256 hex>"`` is the
-    same as ``StyleRef("<sha256 hex>")``.
+    same as ``StyleRef("<sha256 hex>")``. A style of the server's library is named the same way:
+    ``StyleRef("mosaic")`` or ``"id:mosaic"`` (see :meth:`StyleTransferClient.list_styles`).
     """
 
     id: str
+
+
+@dataclass(frozen=True)
+class LibraryStyle:
+    """A style of the server's library (``adain-server --styles-dir``), as ListStyles reports it."""
+
+    name: str  # what a request names it by: StyleRef(name) or "id:" + name
+    style_id: str  # sha256 hex of the image file (changes when the file is replaced)
+    width: int
+    height: int
+    thumbnail: bytes = b""  # a JPEG, when asked for
+
+    @property
+    def ref(self) -> StyleRef:
+        return StyleRef(self.name)
+
+
+def library_styles(reply: pb.ListStylesResponse) -> list[LibraryStyle]:
+    return [LibraryStyle(s.name, s.style_id, s.width, s.height, s.thumbnail) for s in reply.styles]
 
 
 @dataclass(frozen=True)
@@ -635,6 +655,14 @@ class StyleTransferClient(_ClientBase):
         as a dict."""
         reply, _ = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
         return server_info_dict(reply)
+
+    def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
+        """The styles of the server's library, by name (empty where it has none), with JPEG thumbnails of
+        at most ``thumbnail_size`` px (0: none; at most 512). Every replica of a service reads the same
+        folder, so a name works wherever a call lands."""
+        request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
+        reply, _ = self._call(self._stub.ListStyles, request, timeout, None)
+        return library_styles(reply)
 
 
 def server_info_dict(reply: pb.ServerInfo) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from adain.wire import REQUEST_ID_KEY, SERVICE_NAME
 
 from ._client import (
     ImageInput,
+    LibraryStyle,
     RefineProgress,
     StyleTransferError,
     StylizeResult,
@@ -38,8 +39,10 @@ from ._client import (
     _progress,
     _reply_ids,
     _rpc_error,
+    _uint,
     frame_result,
     image_bytes,
+    library_styles,
     server_info_dict,
     stylize_request,
     stylize_result,
@@ -195,6 +198,12 @@ class AsyncStyleTransferClient(_ClientBase):
         """The server's model, device, backend, limits and batching settings, as a dict."""
         reply, _, _ = await self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
         return server_info_dict(reply)
+
+    async def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
+        """The styles of the server's library (see :meth:`StyleTransferClient.list_styles`)."""
+        request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
+        reply, _, _ = await self._unary(self._stub.ListStyles, request, timeout, None)
+        return library_styles(reply)
 
     async def health(self, *, timeout: float | None = 5.0) -> str:
         """"SERVING", "NOT_SERVING" or "UNKNOWN" (needs grpcio-health-checking)."""

@@ -4,7 +4,8 @@
     adain-stylize photos/ --style starry.jpg --style mosaic.jpg -o stylized/ --format jpeg
 
 A style is ``PATH`` or ``PATH:WEIGHT`` (the part after the last ``:`` is a weight only if it reads as a
-number; default 1), or ``id:STYLE_ID[:WEIGHT]`` for a style registered on the server. With one content
+number; default 1), or ``id:STYLE_ID[:WEIGHT]`` for a style registered on the server or ``id:NAME[:WEIGHT]``
+for one of its library (``adain-stylize --list-styles`` lists them). With one content
 file, the styles are blended by weight and the output format comes from the ``-o`` extension. With a
 folder, every content image is stylized with each style separately and written to the ``-o`` folder as
 ``<content-stem>_stylized_<style-stem>.<ext>`` (``--format``, default png).
@@ -111,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s", "--style", action="append", required=True, metavar="STYLE[:WEIGHT]",
         help="style image path, optionally with a weight after the last ':' (default 1); or id:STYLE_ID[:WEIGHT] "
-        "for a registered style. Repeat to blend several (one content) or to run each (folder).",
+        "for a registered style, id:NAME[:WEIGHT] for a style of the server's library (--list-styles). Repeat to "
+        "blend several (one content) or to run each (folder).",
     )
+    p.add_argument("--list-styles", action="store_true",
+                   help="list the styles of the server's library and exit (needs no CONTENT, --style or -o; "
+                   "--thumbnails DIR saves their thumbnails)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .mov, "
                    ".mkv, .webm or .gif); a folder for a folder")
@@ -215,6 +220,8 @@ def _style_source(spec: str, source: str) -> StyleRef | Path:
         hint = ""
         if ":" in spec:
             hint = f" (the part after the last ':', {spec.rpartition(':')[2]!r}, is not a number, so it is no weight)"
+        elif not path.suffix and len(path.parts) == 1:
+            hint = f" (a style of the server's library is id:{source}; --list-styles lists them)"
         raise CliError(f"--style {spec}: no such file: {source}{hint}")
     _check_readable(path, f"--style {spec}")
     return path
@@ -484,13 +491,48 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     return 1 if failed else 0
 
 
+def build_list_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} --list-styles",
+                description="List the styles of the server's library (adain-server --styles-dir); a request names "
+                "one as --style id:NAME.")
+    p.add_argument("--list-styles", action="store_true", required=True)
+    p.add_argument("--thumbnails", metavar="DIR", help="also save each style's thumbnail (a JPEG of at most 256 px) "
+                   "into DIR as NAME.jpg")
+    add_connection_args(p)
+    return p
+
+
+def _list_styles(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        styles = client.list_styles(thumbnail_size=256 if args.thumbnails else 0)
+    if not styles:
+        print(f"the server at {args.server} has no library styles (adain-server --styles-dir)")
+        return 0
+    if args.thumbnails:
+        folder = Path(args.thumbnails)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for s in styles:
+                (folder / f"{s.name}.jpg").write_bytes(s.thumbnail)
+        except OSError as e:
+            raise CliError(f"--thumbnails {folder}: cannot write: {e.strerror or e}") from None
+    width = max(len(s.name) for s in styles)
+    for s in styles:
+        print(f"{s.name:<{width}}  {s.width:>5} x {s.height:<5}  {s.style_id[:12]}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    listing = "--list-styles" in argv  # a command of its own: no CONTENT, --style or -o
+    parser = build_list_parser() if listing else build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
     try:
+        if listing:
+            return _list_styles(args)
         content = Path(args.content)
         if not content.exists():
             raise CliError(f"CONTENT: no such file or folder: {content}")

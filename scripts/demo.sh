@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, start the gRPC server with the shipped decoder (CPU here, GPU where present)
 # and the web page in front of it (prints its URL), stylize the bundled examples through the CLI (two
-# styles blended, an alpha sweep, a folder run), say where the results are; in a terminal the page
+# styles blended, an alpha sweep, a style named from the server's library, a folder run), say where the results are; in a terminal the page
 # stays up until Ctrl-C, otherwise both stop. ADAIN_WEB_PORT sets the page's port (default 8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,8 @@ OUT=out/demo
 rm -rf "$OUT" && mkdir -p "$OUT"
 BIN=.venv/bin
 
-"$BIN/adain-server" --host 127.0.0.1 --port 0 --metrics-port 0 > "$OUT/server.log" 2>&1 &
+# The bundled example styles are the server's library too: requests may name them (id:mosaic).
+"$BIN/adain-server" --host 127.0.0.1 --port 0 --metrics-port 0 --styles-dir examples/style > "$OUT/server.log" 2>&1 &
 SERVER=$!
 WEB=
 trap 'kill -TERM $WEB $SERVER 2>/dev/null || true; wait $WEB $SERVER 2>/dev/null || true' EXIT
@@ -58,6 +59,9 @@ for a in 0 0.25 0.5 0.75 1; do
 done
 echo "colour preserved (astronaut x mosaic):"
 run "$C/astronaut.jpg" --style "$S/mosaic.png" --preserve-color -o "$OUT/astronaut_mosaic_colour.png"
+echo "the server's library, and a style named instead of sent (rocket x waves):"
+run --list-styles
+run "$C/rocket.jpg" --style id:waves -o "$OUT/rocket_waves.png"
 echo "every example content x every style:"
 run "$C" --style "$S/mosaic.png" --style "$S/strokes.png" --style "$S/waves.png" -o "$OUT/all"
 

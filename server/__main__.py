@@ -25,6 +25,13 @@ def _main(argv: Sequence[str] | None) -> int:
         stream=sys.stderr,
     )
     log = logging.getLogger("adain.server")
+    from .library import StyleLibrary
+
+    try:  # before the model loads (seconds): a bad style file fails the start at once, naming it
+        library = StyleLibrary(settings.styles_dir, settings.limits.max_pixels) if settings.styles_dir else None
+    except ValueError as e:
+        print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
+        return 2
 
     import torch
 
@@ -55,7 +62,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
         return 2
     log.info("model loaded: %s", stylizer.info)
-    return asyncio.run(serve(settings, stylizer))
+    return asyncio.run(serve(settings, stylizer, library=library))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from .auth import TlsFiles, TokenAuth, TokenFile
 from .batcher import Batcher
 from .config import Settings
 from .drain import Drain
+from .library import StyleLibrary
 from .metrics import Metrics
 from .refine import RefineLimits, RefineService
 from .registry import StyleRegistry
@@ -111,7 +112,7 @@ def _warmup_images() -> tuple[Image.Image, Image.Image]:
 class StyleTransferServer:
     """One grpc.aio server around a Stylizer; see the module docstring for the lifecycle."""
 
-    def __init__(self, settings: Settings, stylizer: Any) -> None:
+    def __init__(self, settings: Settings, stylizer: Any, library: StyleLibrary | None = None) -> None:
         self.settings = settings
         self.stylizer = stylizer
         self.metrics = Metrics(settings.max_batch_size)
@@ -135,6 +136,7 @@ class StyleTransferServer:
         self.server: grpc.aio.Server | None = None
         self.health_server: grpc.aio.Server | None = None  # --health-port: plaintext, health only
         self.port: int | None = None
+        self.library = library  # --styles-dir (read by start() where the caller did not)
         self.metrics_port: int | None = None
         self.servicer = StyleTransferServicer(
             stylizer=stylizer,
@@ -177,7 +179,10 @@ class StyleTransferServer:
                 ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(max(s.grace_seconds, 1) * 1000)),
             ]
-        # The secrets first: a bad certificate or token file fails the start with its name.
+        # The secrets and the style library first: a bad file fails the start with its name.
+        library = self.library
+        if library is None and s.styles_dir:
+            library = StyleLibrary(s.styles_dir, self.stylizer.limits.max_pixels)
         tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
         interceptors = []
         if s.auth_tokens_file:
@@ -215,6 +220,9 @@ class StyleTransferServer:
         await server.start()
         self.server = server
         self.port = port
+        if library is not None:
+            library.watch(on_change=lambda: self.metrics.library_styles.set(len(library)))
+            self.servicer.library = self.library = library
         return port
 
     async def _serve_health(self, address: str) -> grpc.aio.Server:
@@ -268,14 +276,16 @@ class StyleTransferServer:
         await loop.run_in_executor(None, self.batcher.close, 5.0)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.refiner.close()
+        if self.library is not None:
+            self.library.close()
         self.metrics.close()
         log.info("stopped")
 
 
-async def serve(settings: Settings, stylizer: Any, out=None) -> int:
+async def serve(settings: Settings, stylizer: Any, out=None, library: StyleLibrary | None = None) -> int:
     """Run until SIGTERM/SIGINT; print the 'listening on' line to ``out`` (stdout). Returns the exit code."""
     out = out or sys.stdout
-    app = StyleTransferServer(settings, stylizer)
+    app = StyleTransferServer(settings, stylizer, library)
     try:
         port = await app.start()
     except (OSError, ValueError) as e:  # a port in use, an unreadable or bad certificate or token file

@@ -55,6 +55,7 @@ class Settings:
     max_styles: int = Limits.max_styles
     style_registry_size: int = 256
     style_registry_mb: float = 1024
+    styles_dir: str | None = None
     style_cache_size: int = 64
     tile_threshold: int = -1
     tile_size: int = 768
@@ -153,6 +154,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-styles": (positive_int, "most styles in one request"),
     "style-registry-size": (positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
     "style-registry-mb": (positive_float, "most bytes of style images kept by RegisterStyle, MiB"),
+    "styles-dir": (_optional_path, "a folder of style images that requests name by file stem (Style.style_id "
+                   "\"mosaic\" for mosaic.jpg; ListStyles lists them); read again when it changes"),
     "style-cache-size": (positive_int, "style feature cache entries (by image hash and size)"),
     "max-refine-steps": (non_negative_int, "most optimisation iterations (refine_steps) of one request; 0 turns "
                          "the optimisation method off"),

@@ -44,6 +44,7 @@ class Metrics:
         )
         self.queue_depth = Gauge("adain_queue_depth", "Stylize requests admitted and not yet rendering", registry=r)
         self.registered_styles = Gauge("adain_registered_styles", "Styles held by the style registry", registry=r)
+        self.library_styles = Gauge("adain_library_styles", "Styles in the style library (--styles-dir)", registry=r)
         self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)
         self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
         self._http = None

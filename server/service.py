@@ -42,6 +42,7 @@ from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
 from .errors import ServiceError, Violation, request_id, status_trailers
+from .library import ID_RE, MAX_THUMBNAIL, StyleLibrary
 from .metrics import Metrics
 from .refine import RefineService
 from .registry import StyleRegistry
@@ -172,12 +173,14 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.refiner = refiner
         self.replica = ""  # this replica's name (x-served-by), set once the port is bound
         self.tokens: TokenFile | None = None  # the token file, where the server checks tokens (names callers)
+        self.library: StyleLibrary | None = None  # --styles-dir: styles named by their file stems
         # A reply is the image plus a few hundred bytes of fields: what is left of the message limit.
         self.max_reply_bytes = info.limits.max_message_bytes - 4096 if info.limits.max_message_bytes else 1 << 62
 
     # -- request -> checked job ------------------------------------------------------------------
     def _style(self, style: pb.Style, i: int, bad: list[Violation], prefix: str) -> Any:
-        """A request's style as an image source; a registered id becomes its bytes, keyed by the id."""
+        """A request's style as an image source; a registered id or a library style's name becomes its
+        bytes, keyed by its sha256 (a replaced library file is a new key, so no stale statistics)."""
         which = style.WhichOneof("source")
         if which == "image":
             return style.image
@@ -187,16 +190,23 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             bad.append(Violation(f"{prefix}styles[{i}]", "set image or style_id"))
             return b""
         data = self.registry.get(style.style_id)
-        if data is None:
-            bad.append(
-                Violation(
-                    f"{prefix}styles[{i}].style_id",
-                    f"unknown style id {style.style_id!r} (never registered, or dropped from the registry of "
-                    f"{self.registry.max_count}); register it with RegisterStyle",
-                )
-            )
-            return b""
-        return KeyedImage(style.style_id, data)
+        if data is not None:
+            return KeyedImage(style.style_id, data)
+        named = self.library.get(style.style_id) if self.library is not None else None
+        if named is not None:
+            return KeyedImage(named.id, named.data)
+        bad.append(Violation(f"{prefix}styles[{i}].style_id", self._unknown_style(style.style_id)))
+        return b""
+
+    def _unknown_style(self, key: str) -> str:
+        if ID_RE.fullmatch(key):
+            return (f"unknown style id {key!r} (never registered, or dropped from the registry of "
+                    f"{self.registry.max_count}); register it with RegisterStyle")
+        if self.library is None:
+            return f"unknown style {key!r}: not a registered style's id, and this server has no style library"
+        names = self.library.names()
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        return f"no style named {key!r} in this server's library (it has: {shown or 'none'}; see ListStyles)"
 
     def _check(
         self,
@@ -409,7 +419,24 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         reply = pb.ServerInfo()
         reply.CopyFrom(self.info)
         reply.registered_styles = len(self.registry)
+        reply.library_styles = len(self.library) if self.library is not None else 0
         return reply
+
+    @rpc("ListStyles")
+    async def ListStyles(self, request: pb.ListStylesRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:
+        size = request.thumbnail_size
+        if size > MAX_THUMBNAIL:
+            raise ServiceError.invalid([Violation("thumbnail_size", f"must be at most {MAX_THUMBNAIL}, got {size}")])
+        styles = self.library.styles() if self.library is not None else []
+
+        def reply() -> pb.ListStylesResponse:  # thumbnails decode images: off the event loop
+            return pb.ListStylesResponse(styles=[
+                pb.LibraryStyle(name=s.name, style_id=s.id, width=s.width, height=s.height,
+                                thumbnail=s.thumbnail(size) if size else b"")
+                for s in styles
+            ])
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, reply)
 
 
 def _refine_options(msg: pb.StylizeRequest, bad: list[Violation]) -> dict[str, Any]:

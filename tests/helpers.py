@@ -1,9 +1,11 @@
-"""Test helpers: the test decoder and a real ``adain-server`` subprocess (images: ``synth``)."""
+"""Test helpers: the test decoder, a real ``adain-server`` and ``adain-web`` subprocess, and a real headless
+Chromium (images: ``synth``)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,8 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +159,52 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+class WebProcess:
+    """``python -m adain.web`` on a free port in front of ``server``; waits until it answers."""
+
+    def __init__(self, server: str, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adain.web", "--server", server, "--port", str(self.port), "--log-level", "warning",
+             "--retries", "0", *args],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.stderr: list[str] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"adain-web exited {self.proc.returncode}: {''.join(self.stderr)}")
+            try:
+                httpx.get(self.url + "/api/info", timeout=2)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError("adain-web never answered")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+
+def browser_or_skip():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("no chromium and chromedriver here (scripts/setup.sh installs them with apt when run as root; "
+                    "CI runs these tests)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+def wait_for(driver, condition, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)

@@ -39,6 +39,7 @@ def test_service_and_messages() -> None:
         "GetServerInfo": ("GetServerInfoRequest", "ServerInfo"),
         "StylizeVideo": ("VideoRequest", "VideoFrame"),
         "StylizeWithProgress": ("StylizeRequest", "StylizeEvent"),
+        "ListStyles": ("ListStylesRequest", "ListStylesResponse"),
     }
     video = service.methods_by_name["StylizeVideo"]
     assert video.client_streaming and video.server_streaming

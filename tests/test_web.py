@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO, ServerProcess, free_port
+from helpers import REPO, ServerProcess, WebProcess, browser_or_skip, free_port, wait_for
 from synth import encoded, make_image, make_mask, make_video, video_facts
 
 CONTENT = make_image(64, 48, seed=31)
@@ -27,33 +26,6 @@ LABELS = encoded(Image.fromarray(np.array([[(230, 25, 75)] * 20 + [(60, 180, 75)
 ARTIFACTS = REPO / "build" / "test-artifacts"  # screenshots the run leaves for people to look at
 
 
-class WebProcess:
-    """``python -m adain.web`` on a free port in front of ``server``; waits until it answers."""
-
-    def __init__(self, server: str, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adain.web", "--server", server, "--port", str(self.port), "--log-level", "warning",
-             "--retries", "0", *args],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        self.stderr: list[str] = []
-        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"adain-web exited {self.proc.returncode}: {''.join(self.stderr)}")
-            try:
-                httpx.get(self.url + "/api/info", timeout=2)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise TimeoutError("adain-web never answered")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(15)
 
 
 @pytest.fixture(scope="module")
@@ -292,35 +264,17 @@ def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
 # --- the page in a real browser ------------------------------------------------------------------------
 
 
-def _browser_or_skip():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("no chromium and chromedriver here (scripts/setup.sh installs them with apt when run as root; "
-                    "CI runs these tests)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 @pytest.fixture()
 def browser() -> Iterator:
-    driver = _browser_or_skip()
+    driver = browser_or_skip()
     try:
         yield driver
     finally:
         driver.quit()
 
 
-def _wait(driver, condition, timeout: float = 60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(condition)
 
 
 def _set_range(driver, element, value: float) -> None:
@@ -340,11 +294,11 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     downloads.mkdir()
     browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     browser.get(web.url + "/")
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
     browser.find_element(By.ID, "content").send_keys(str(content))
     browser.find_element(By.ID, "style-upload").send_keys(str(style))
     browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
     _set_range(browser, browser.find_element(By.ID, "weight-1"), 0.4)
     _set_range(browser, browser.find_element(By.ID, "alpha"), 0.75)
     assert browser.find_element(By.ID, "alpha-value").text == "0.75"
@@ -354,7 +308,7 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
         labelled = browser.execute_script("return arguments[0].labels && arguments[0].labels.length", el)
         assert labelled, el.get_attribute("id")
     browser.find_element(By.ID, "submit").click()
-    size = _wait(browser, lambda d: d.execute_script(
+    size = wait_for(browser, lambda d: d.execute_script(
         "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
         "[i.naturalWidth, i.naturalHeight] : null;"))
     assert size == [96, 64]
@@ -362,7 +316,7 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     browser.save_screenshot(str(ARTIFACTS / "web_result.png"))
     browser.find_element(By.ID, "download").click()
     path = downloads / "stylized.png"
-    _wait(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
+    wait_for(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
     assert Image.open(path).size == (96, 64)
 
 
@@ -371,21 +325,21 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
 
     make_video(tmp_path / "holiday.mp4", frames=12, audio=True)
     browser.get(web.url + "/")
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
     browser.find_element(By.ID, "content").send_keys(str(tmp_path / "holiday.mp4"))
     # a clip's options replace a photo's
     assert browser.find_element(By.ID, "temporal").is_displayed() and browser.find_element(By.ID, "size").is_displayed()
     assert not browser.find_element(By.ID, "mask").is_displayed()
     assert not browser.find_element(By.ID, "paint").is_displayed()  # regions are painted on photos
     browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
     browser.find_element(By.ID, "submit").click()
-    _wait(browser, lambda d: d.find_element(By.ID, "download").is_displayed(), timeout=120)
+    wait_for(browser, lambda d: d.find_element(By.ID, "download").is_displayed(), timeout=120)
     assert browser.find_element(By.ID, "progress-text").get_attribute("textContent") == "Frame 12 of 12"
     href = browser.find_element(By.ID, "download").get_attribute("href")
     assert browser.find_element(By.ID, "download").get_attribute("download") == "holiday_stylized.mp4"
     # the browser reads the result as a video of the clip's size (or says it cannot play H.264)
-    shown = _wait(browser, lambda d: d.execute_script(
+    shown = wait_for(browser, lambda d: d.execute_script(
         "const v = document.getElementById('output-video'); return v.error ? 'error ' + v.error.code : "
         "(v.readyState >= 1 ? [v.videoWidth, v.videoHeight] : null);"), timeout=30)
     assert shown == [64, 48], shown
@@ -410,15 +364,15 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     content = tmp_path / "photo.png"
     content.write_bytes(make_image(96, 64, seed=44))
     browser.get(web.url + "/")
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
     assert not browser.find_element(By.ID, "paint").is_enabled()  # nothing to paint on yet
     browser.find_element(By.ID, "content").send_keys(str(content))
     for name in ("waves", "mosaic"):
         browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
     browser.find_element(By.ID, "paint").click()
     canvas = browser.find_element(By.ID, "paint-canvas")
-    _wait(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)
+    wait_for(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     w, h = canvas.size["width"], canvas.size["height"]
     _set_range(browser, browser.find_element(By.ID, "brush-size"), 40)
@@ -432,7 +386,7 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
 
     scribble(4, w // 3 - 24)  # the first brush (waves) is chosen: the left third
     browser.find_element(By.ID, "submit").click()  # mosaic has no region yet: the page says so beside it
-    _wait(browser, lambda d: "Paint where this style goes" in d.find_element(By.ID, "style-error-1").text)
+    wait_for(browser, lambda d: "Paint where this style goes" in d.find_element(By.ID, "style-error-1").text)
     brushes = browser.find_elements(By.CSS_SELECTOR, "#brushes button")
     assert [b.text for b in brushes] == ["waves", "mosaic", "keep the photo (eraser)"]
     brushes[1].click()
@@ -452,7 +406,7 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     assert (labels[:, 2 * third + 4 :] == 0).all()  # unpainted: black, which names no style
 
     browser.find_element(By.ID, "submit").click()
-    got = _wait(browser, lambda d: d.execute_async_script(
+    got = wait_for(browser, lambda d: d.execute_async_script(
         "const done = arguments[arguments.length - 1]; const i = document.getElementById('output');"
         "if (!i.complete || !i.naturalWidth) { done(null); return; }"
         "fetch(i.src).then((r) => r.blob()).then((b) => { const f = new FileReader();"
@@ -469,9 +423,9 @@ def test_page_says_when_it_cannot_preview_a_phone_photo(web: WebProcess, browser
 
     (tmp_path / "IMG_0001.HEIC").write_bytes(encoded(Image.open(io.BytesIO(CONTENT)), "HEIF"))
     browser.get(web.url + "/")
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
     browser.find_element(By.ID, "content").send_keys(str(tmp_path / "IMG_0001.HEIC"))
-    caption = _wait(browser, lambda d: d.execute_script(
+    caption = wait_for(browser, lambda d: d.execute_script(
         "const i = document.getElementById('original'), c = document.getElementById('original-caption');"
         "return i.complete && (i.naturalWidth || c.textContent.includes('cannot')) ? [i.naturalWidth, c.textContent]"
         " : null;"))
@@ -484,12 +438,12 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is not a photo")
     browser.get(web.url + "/")
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
     browser.find_element(By.ID, "content").send_keys(str(fake))
     browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
     browser.find_element(By.ID, "submit").click()
-    message = _wait(browser, lambda d: d.find_element(By.ID, "content-error").text)
+    message = wait_for(browser, lambda d: d.find_element(By.ID, "content-error").text)
     assert "content" in message and "not an image" in message
     assert browser.find_element(By.ID, "submit").is_enabled()
     # At phone width the page is one column: nothing wider than the screen.

@@ -2,8 +2,11 @@
 client (no torch, no second engine).
 
     GET  /                the page (static HTML, CSS and JavaScript from this package)
-    GET  /api/info        what the page needs: the example styles, the upload limit, the server's limits
-    POST /api/stylize     multipart: content, styles (repeated), weights (repeated, one per style), alpha,
+    GET  /api/info        what the page needs: the example styles (the server's library where it has one,
+                          else the bundled ones), the upload limit, the server's limits
+    GET  /api/styles/NAME.jpg   the thumbnail of a style of the server's library
+    POST /api/stylize     multipart: content, styles (repeated: an image file, or "id:NAME" for a style of
+                          the server's library), weights (repeated, one per style), alpha,
                           preserve_color, mask, labels and label (repeated, one per style: "#rrggbb" or a grey
                           level 0-255; the page's painted regions), refine_steps, format
                           -> the image, or a JSON error
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,7 +46,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adain.client import StyleTransferClient, StyleTransferError
+from adain.client import LibraryStyle, StyleRef, StyleTransferClient, StyleTransferError
 from adain.photo import heif_support, is_heif
 from adain.wire import (
     COLOR_MODES,
@@ -61,6 +66,9 @@ STATIC = HERE / "static"
 GALLERY = HERE / "gallery"  # the bundled example styles (a link to examples/style in the source tree)
 heif_support()  # so that a HEIC upload's header is checked here too, where pillow-heif is installed
 RETRY_AFTER_S = 1  # told to a client the backend turned away as full
+LIBRARY_TTL_S = 10.0  # the server's style library is asked again after this long (it follows its folder)
+THUMBNAIL_PX = 256
+STYLE_NAME_RE = re.compile(r"id:([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
@@ -150,6 +158,20 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
     known: list[Limits] = [settings.limits] if settings.limits else []
+    library: dict[str, Any] = {"at": -math.inf, "styles": {}}
+
+    async def library_styles() -> dict[str, LibraryStyle]:
+        """The server's library by name, with thumbnails (ListStyles), asked at most every LIBRARY_TTL_S; an
+        unreachable or older server (UNIMPLEMENTED) keeps what was known."""
+        if time.monotonic() - library["at"] > LIBRARY_TTL_S:
+            library["at"] = time.monotonic()
+            try:
+                styles = await run_in_threadpool(client.list_styles, thumbnail_size=THUMBNAIL_PX,
+                                                 timeout=min(5.0, settings.timeout))
+            except StyleTransferError:
+                return library["styles"]
+            library["styles"] = {s.name: s for s in styles}
+        return library["styles"]
 
     async def current_limits() -> Limits:
         """The backend's limits (GetServerInfo), asked until it answers; the defaults meanwhile."""
@@ -181,9 +203,14 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
         limits = await current_limits()
-        examples = sorted(p.name for p in GALLERY.glob("*.png")) if GALLERY.is_dir() else []
+        named = await library_styles()
+        if named:  # the server's styles, sent by name
+            examples = [{"name": n, "url": f"/api/styles/{n}.jpg", "style": f"id:{n}"} for n in sorted(named)]
+        else:
+            bundled = sorted(p.name for p in GALLERY.glob("*.png")) if GALLERY.is_dir() else []
+            examples = [{"name": Path(n).stem, "url": f"/gallery/{n}"} for n in bundled]
         return {
-            "examples": [{"name": Path(n).stem, "url": f"/gallery/{n}"} for n in examples],
+            "examples": examples,
             "max_upload_mb": settings.max_upload_bytes / 2**20,
             "max_styles": limits.max_styles,
             "max_refine_steps": limits.max_refine_steps,
@@ -194,6 +221,13 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
                                                 "max_frames": settings.max_video_frames,
                                                 "temporal_modes": list(TEMPORAL_MODES)},
         }
+
+    @app.get("/api/styles/{name}.jpg")
+    async def style_thumbnail(name: str) -> Response:
+        style = (await library_styles()).get(name)
+        if style is None or not style.thumbnail:
+            raise HTTPException(404, f"no style named {name!r} in the server's library")
+        return Response(style.thumbnail, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 
     @app.post("/api/stylize")
     async def stylize(request: Request) -> Response:
@@ -300,11 +334,12 @@ def _check_fields(form: Any, allowed: tuple[str, ...]) -> None:
 async def _style_options(form: Any, limits: Limits) -> dict[str, Any]:
     """Styles, weights, alpha and colour mode: what an image and a clip share; raises BadInput."""
     styles = form.getlist("styles")
-    if not styles or not all(isinstance(s, UploadFile) for s in styles):
-        raise BadInput("styles", "at least 1 style image file is required")
+    if not styles:
+        raise BadInput("styles", "at least 1 style (an image file, or id:NAME for a style of the server's library) "
+                       "is required")
     if len(styles) > limits.max_styles:
         raise BadInput("styles", f"{len(styles)} styles, over the limit of max_styles={limits.max_styles}")
-    options: dict[str, Any] = {"styles": [await _image(s, f"styles[{i}]", limits) for i, s in enumerate(styles)]}
+    options: dict[str, Any] = {"styles": [await _style(s, i, limits) for i, s in enumerate(styles)]}
     weights = form.getlist("weights")
     if weights:
         if len(weights) != len(styles):
@@ -399,6 +434,18 @@ async def _read_video_form(
         options["content_size"] = _whole(form["size"], "size", 16)
     stem = Path(content.filename or "clip").stem or "clip"
     return source, f"{stem}_stylized.mp4", frames, options
+
+
+async def _style(item: Any, i: int, limits: Limits) -> bytes | StyleRef:
+    """A style of the form: an uploaded image, or "id:NAME" naming one of the server's library (the server
+    says whether it has that name)."""
+    if isinstance(item, UploadFile):
+        return await _image(item, f"styles[{i}]", limits)
+    found = STYLE_NAME_RE.fullmatch(str(item))
+    if found is None:
+        raise BadInput(f"styles[{i}]", f"expected an image file or id:NAME (a style of the server's library), "
+                       f"got {str(item)[:80]!r}")
+    return StyleRef(found.group(1))
 
 
 def _whole(text: Any, field: str, least: int) -> int:

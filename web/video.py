@@ -73,7 +73,7 @@ class VideoJobs:
     def discard(self, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
-    def start(self, folder: Path, source: Path, name: str, total: int, styles: list[bytes],
+    def start(self, folder: Path, source: Path, name: str, total: int, styles: list[Any],
               **options: Any) -> VideoJob:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
         with self.lock:
@@ -118,7 +118,7 @@ class VideoJobs:
             thread.join(max(0.0, deadline - time.monotonic()))
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _run(self, job: VideoJob, source: Path, styles: list[bytes], options: dict[str, Any]) -> None:
+    def _run(self, job: VideoJob, source: Path, styles: list[Any], options: dict[str, Any]) -> None:
         from adain.client.video import stylize_video_file
         from adain.media import MediaError
 

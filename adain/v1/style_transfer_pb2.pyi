@@ -226,6 +226,32 @@ class RegisterStyleResponse(_message.Message):
     height: int
     def __init__(self, style_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
+class ListStylesRequest(_message.Message):
+    __slots__ = ("thumbnail_size",)
+    THUMBNAIL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    thumbnail_size: int
+    def __init__(self, thumbnail_size: _Optional[int] = ...) -> None: ...
+
+class LibraryStyle(_message.Message):
+    __slots__ = ("name", "style_id", "width", "height", "thumbnail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STYLE_ID_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    style_id: str
+    width: int
+    height: int
+    thumbnail: bytes
+    def __init__(self, name: _Optional[str] = ..., style_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
+
+class ListStylesResponse(_message.Message):
+    __slots__ = ("styles",)
+    STYLES_FIELD_NUMBER: _ClassVar[int]
+    styles: _containers.RepeatedCompositeFieldContainer[LibraryStyle]
+    def __init__(self, styles: _Optional[_Iterable[_Union[LibraryStyle, _Mapping]]] = ...) -> None: ...
+
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -281,7 +307,7 @@ class Batching(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., prepare_workers: _Optional[int] = ..., max_queue_per_caller: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles", "default_temporal", "default_temporal_strength", "backend", "precision", "cpu_model", "cpu_features", "input_formats")
+    __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles", "default_temporal", "default_temporal_strength", "backend", "precision", "cpu_model", "cpu_features", "input_formats", "library_styles")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCH_VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +325,7 @@ class ServerInfo(_message.Message):
     CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     CPU_FEATURES_FIELD_NUMBER: _ClassVar[int]
     INPUT_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    LIBRARY_STYLES_FIELD_NUMBER: _ClassVar[int]
     model: str
     arch_version: int
     weights_version: str
@@ -316,4 +343,5 @@ class ServerInfo(_message.Message):
     cpu_model: str
     cpu_features: _containers.RepeatedScalarFieldContainer[str]
     input_formats: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., arch_version: _Optional[int] = ..., weights_version: _Optional[str] = ..., decoder_meta_json: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., server_version: _Optional[str] = ..., registered_styles: _Optional[int] = ..., default_temporal: _Optional[_Union[Temporal, str]] = ..., default_temporal_strength: _Optional[float] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., input_formats: _Optional[_Iterable[str]] = ...) -> None: ...
+    library_styles: int
+    def __init__(self, model: _Optional[str] = ..., arch_version: _Optional[int] = ..., weights_version: _Optional[str] = ..., decoder_meta_json: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., server_version: _Optional[str] = ..., registered_styles: _Optional[int] = ..., default_temporal: _Optional[_Union[Temporal, str]] = ..., default_temporal_strength: _Optional[float] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., input_formats: _Optional[_Iterable[str]] = ..., library_styles: _Optional[int] = ...) -> None: ...

@@ -61,6 +61,11 @@ class StyleTransferStub:
                 request_serializer=adain_dot_v1_dot_style__transfer__pb2.StylizeRequest.SerializeToString,
                 response_deserializer=adain_dot_v1_dot_style__transfer__pb2.StylizeEvent.FromString,
                 _registered_method=True)
+        self.ListStyles = channel.unary_unary(
+                '/adain.v1.StyleTransfer/ListStyles',
+                request_serializer=adain_dot_v1_dot_style__transfer__pb2.ListStylesRequest.SerializeToString,
+                response_deserializer=adain_dot_v1_dot_style__transfer__pb2.ListStylesResponse.FromString,
+                _registered_method=True)
 
 
 class StyleTransferServicer:
@@ -106,6 +111,14 @@ class StyleTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStyles(self, request, context):
+        """The server's style library (adain-server --styles-dir): the styles a request can name in
+        Style.style_id, with their sizes, ids and, when asked for, thumbnails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StyleTransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +146,11 @@ def add_StyleTransferServicer_to_server(servicer, server):
                     servicer.StylizeWithProgress,
                     request_deserializer=adain_dot_v1_dot_style__transfer__pb2.StylizeRequest.FromString,
                     response_serializer=adain_dot_v1_dot_style__transfer__pb2.StylizeEvent.SerializeToString,
+            ),
+            'ListStyles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStyles,
+                    request_deserializer=adain_dot_v1_dot_style__transfer__pb2.ListStylesRequest.FromString,
+                    response_serializer=adain_dot_v1_dot_style__transfer__pb2.ListStylesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +290,33 @@ class StyleTransfer:
             '/adain.v1.StyleTransfer/StylizeWithProgress',
             adain_dot_v1_dot_style__transfer__pb2.StylizeRequest.SerializeToString,
             adain_dot_v1_dot_style__transfer__pb2.StylizeEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStyles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adain.v1.StyleTransfer/ListStyles',
+            adain_dot_v1_dot_style__transfer__pb2.ListStylesRequest.SerializeToString,
+            adain_dot_v1_dot_style__transfer__pb2.ListStylesResponse.FromString,
             options,
             channel_credentials,
             insecure,

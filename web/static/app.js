@@ -38,13 +38,14 @@ function setContent(file) {
   if (state.video) $("original-video").src = url; else $("original").src = url;
 }
 
-function addStyle(file, name, example) {
+// file: the image shown (and sent, unless ref names a style of the server's library: "id:NAME").
+function addStyle(file, name, example, ref) {
   if (state.styles.length >= state.info.max_styles) {
     $("styles-error").textContent = `At most ${state.info.max_styles} styles.`;
     return;
   }
   const colour = PALETTE.find((c) => !state.styles.some((st) => st.colour === c));
-  state.styles.push({ file, name, example, weight: 1, colour });
+  state.styles.push({ file, name, example, ref, weight: 1, colour });
   renderStyles();
 }
 
@@ -234,7 +235,7 @@ async function loadInfo() {
         return;
       }
       const blob = await (await fetch(example.url)).blob();
-      addStyle(new File([blob], `${example.name}.png`, { type: blob.type }), example.name, example.name);
+      addStyle(new File([blob], `${example.name}.png`, { type: blob.type }), example.name, example.name, example.style);
       button.setAttribute("aria-pressed", "true");
     });
     $("gallery").append(button);
@@ -278,7 +279,7 @@ function commonForm() {
   const data = new FormData();
   data.append("content", state.content);
   for (const style of state.styles) {
-    data.append("styles", style.file);
+    data.append("styles", style.ref || style.file);  // a library style travels by name
     data.append("weights", String(style.weight));
   }
   data.append("alpha", $("alpha").value);

@@ -1,0 +1,195 @@
+"""The server's style library: a folder of style images (``--styles-dir``) that callers use by name.
+
+A service offering a fixed set of looks (an app's filters, a brand's house styles) should not send the
+same painting with every call, nor register it on every replica and remember ids: each replica reads the
+same folder (baked into the image, or a mounted volume) and a request names the style,
+``Style.style_id = "mosaic"``. Names are the files' stems; ``ListStyles`` lists them with their sizes,
+ids and thumbnails (a client's gallery).
+
+The folder is read again when it changes (checked every second by a thread), so a style is added,
+replaced or removed without a restart. At start a bad file (undecodable, over the pixel limit, a name
+that is not allowed, two files with one name) fails the start with its path; later the same fault keeps
+that name's last good image (or leaves a new name out), with a warning, so one bad copy never takes the
+other styles away. Only files with an image suffix count (a README or LICENSE beside them is ignored),
+and hidden files never do.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from adain.errors import InvalidInputError
+from adain.image import load_image
+
+from .registry import style_id
+
+log = logging.getLogger("adain.server")
+
+SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id: a name may not look like one
+MAX_STYLES = 1000  # a folder of photos given by mistake fails fast instead of decoding for minutes
+MAX_THUMBNAIL = 512
+RECHECK_S = 1.0
+
+
+@dataclass
+class LibraryStyle:
+    name: str
+    id: str  # sha256 hex of the file's bytes: the style's cache key, as a registered style's id is
+    data: bytes
+    width: int
+    height: int
+    signature: tuple[int, int, int]
+    _thumbnails: dict[int, bytes] = field(default_factory=dict, repr=False)
+
+    def thumbnail(self, size: int) -> bytes:
+        """A JPEG of the style with its longest side at most ``size`` px (made once per size)."""
+        thumb = self._thumbnails.get(size)
+        if thumb is None:
+            img = load_image(self.data, field=self.name, max_pixels=self.width * self.height)
+            img.thumbnail((size, size), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=85)
+            thumb = buf.getvalue()
+            if len(self._thumbnails) >= 4:  # a client asks for one size or two; bound the rest
+                self._thumbnails.clear()
+            self._thumbnails[size] = thumb
+        return thumb
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    s = path.stat()
+    return (s.st_mtime_ns, s.st_size, s.st_ino)
+
+
+class StyleLibrary:
+    """The styles of one folder by name, kept in step with the folder by :meth:`watch`."""
+
+    def __init__(self, folder: str | os.PathLike, max_pixels: int) -> None:
+        self.folder = Path(folder)
+        self.max_pixels = max_pixels
+        if not self.folder.is_dir():
+            raise ValueError(f"--styles-dir: no such folder: {self.folder}")
+        self._styles: dict[str, LibraryStyle] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned: set[tuple[str, tuple[int, int, int]]] = set()
+        self.refresh(strict=True)
+
+    def _files(self) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for entry in sorted(self.folder.iterdir()):
+            if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES or not entry.is_file():
+                continue
+            name = entry.stem
+            if not NAME_RE.fullmatch(name) or ID_RE.fullmatch(name):
+                raise ValueError(
+                    f"{entry}: a style's name (the file's stem) must be 1-64 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit, and not 64 hex digits (that is a registered style's id)"
+                )
+            if name in files:
+                raise ValueError(f"{entry} and {files[name]}: two files give the style name {name!r}")
+            files[name] = entry
+        if len(files) > MAX_STYLES:
+            raise ValueError(f"{self.folder} holds {len(files)} style images, over the limit of {MAX_STYLES}")
+        return files
+
+    def _load(self, name: str, path: Path) -> LibraryStyle:
+        sig = _signature(path)
+        data = path.read_bytes()
+        img = load_image(data, field=str(path), max_pixels=self.max_pixels)
+        return LibraryStyle(name, style_id(data), data, img.width, img.height, sig)
+
+    def refresh(self, strict: bool = False) -> None:
+        """Read what changed in the folder. ``strict`` (at start): any fault is an error; else a fault
+        keeps the last good state of what it concerns, logged once per version of the file."""
+        try:
+            files = self._files()
+        except (OSError, ValueError) as e:
+            if strict:
+                raise ValueError(f"--styles-dir: {e}") from None
+            self._warn_once(("", (0, 0, 0)), f"style library {self.folder} cannot be read (kept as it was): {e}")
+            return
+        with self._lock:
+            old = dict(self._styles)
+        new: dict[str, LibraryStyle] = {}
+        for name, path in files.items():
+            sig = (0, 0, 0)
+            try:
+                sig = _signature(path)
+                if name in old and old[name].signature == sig:
+                    new[name] = old[name]
+                    continue
+                new[name] = self._load(name, path)
+            except (OSError, InvalidInputError) as e:
+                why = e.description if isinstance(e, InvalidInputError) else (e.strerror or str(e))
+                if strict:
+                    raise ValueError(f"--styles-dir: {path}: {why}") from None
+                kept = "keeping its last good image" if name in old else "left out"
+                self._warn_once((name, sig), f"style {path}: {why} ({kept})")
+                if name in old:
+                    new[name] = old[name]
+        added = sorted(new.keys() - old.keys())
+        removed = sorted(old.keys() - new.keys())
+        changed = sorted(n for n in new.keys() & old.keys() if new[n] is not old[n])
+        with self._lock:
+            self._styles = new
+        if strict:
+            log.info("style library %s: %d style(s): %s", self.folder, len(new), ", ".join(sorted(new)) or "none")
+        elif added or removed or changed:
+            log.info("style library reloaded: %d style(s); added %s, replaced %s, removed %s", len(new),
+                     added or "none", changed or "none", removed or "none")
+
+    def _warn_once(self, key: tuple[str, tuple[int, int, int]], message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    def get(self, name: str) -> LibraryStyle | None:
+        with self._lock:
+            return self._styles.get(name)
+
+    def styles(self) -> list[LibraryStyle]:
+        with self._lock:
+            return [self._styles[n] for n in sorted(self._styles)]
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._styles)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._styles)
+
+    def watch(self, interval: float = RECHECK_S, on_change: Callable[[], None] | None = None) -> None:
+        """Follow the folder from a daemon thread until :meth:`close`; ``on_change`` (a gauge's update) is
+        called now and after every pass."""
+        on_change = on_change or (lambda: None)
+        on_change()
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.refresh()
+                    on_change()
+                except Exception:  # never let the watcher die: the next pass tries again
+                    log.exception("style library refresh failed")
+
+        self._thread = threading.Thread(target=loop, name="adain-styles", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,222 @@
+"""The server's style library (--styles-dir): styles named in requests, listed, followed on disk; the CLI
+and the web page use it. Real server, real client, real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from adain.client import StyleRef, StyleTransferClient, StyleTransferError
+from adain.client.aio import AsyncStyleTransferClient
+from adain.client.cli import main as cli
+from helpers import ServerProcess, WebProcess, browser_or_skip, wait_for
+from synth import make_image, pixels
+
+CONTENT = make_image(64, 48, seed=51)
+DOTS = make_image(40, 40, seed=52, kind="noise")
+STRIPES = make_image(48, 32, seed=53, fmt="JPEG")
+
+
+def _put(folder: Path, name: str, data: bytes) -> None:
+    """Write as an operator should: a temporary name, then a rename (never a half-written style)."""
+    tmp = folder / f".{name}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, folder / name)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("styles")
+    (root / "dots.png").write_bytes(DOTS)
+    (root / "stripes.jpg").write_bytes(STRIPES)
+    (root / "README.txt").write_text("not a style: ignored")
+    (root / ".hidden.png").write_bytes(b"ignored too")
+    return root
+
+
+@pytest.fixture(scope="module")
+def lib_server(decoder_path: Path, folder: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(decoder_path, "--styles-dir", str(folder), "--log-level", "INFO")
+    try:
+        srv.wait_serving()
+        yield srv
+    finally:
+        code = srv.terminate()
+    assert code == 0, "".join(srv.stderr_lines)
+    assert "Traceback" not in "".join(srv.stderr_lines)
+
+
+@pytest.fixture(scope="module")
+def lib_client(lib_server: ServerProcess) -> Iterator[StyleTransferClient]:
+    with StyleTransferClient(lib_server.target, timeout=60) as c:
+        yield c
+
+
+def _names(client: StyleTransferClient) -> list[str]:
+    return [s.name for s in client.list_styles()]
+
+
+def _until(condition, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "the server did not follow the folder"
+        time.sleep(0.2)
+
+
+def test_library_styles_are_listed_and_named_in_requests(lib_server: ServerProcess,
+                                                         lib_client: StyleTransferClient) -> None:
+    styles = lib_client.list_styles()
+    assert [(s.name, s.width, s.height, s.thumbnail) for s in styles] == [("dots", 40, 40, b""),
+                                                                          ("stripes", 48, 32, b"")]
+    assert styles[0].style_id == hashlib.sha256(DOTS).hexdigest()
+    for s in lib_client.list_styles(thumbnail_size=16):
+        thumb = Image.open(io.BytesIO(s.thumbnail))
+        assert thumb.format == "JPEG" and max(thumb.size) == 16
+    assert lib_client.server_info()["library_styles"] == 2
+
+    by_name = lib_client.stylize(CONTENT, "id:dots")
+    by_bytes = lib_client.stylize(CONTENT, DOTS)
+    assert np.array_equal(pixels(by_name.image), pixels(by_bytes.image))
+    blend = lib_client.stylize(CONTENT, [StyleRef("stripes"), (DOTS, 0.5)], alpha=0.8)
+    assert (blend.width, blend.height) == (64, 48)
+    frames = list(lib_client.stylize_video([CONTENT, CONTENT], styles[1].ref, temporal="none"))
+    assert len(frames) == 2
+
+    async def listed() -> list[str]:
+        async with AsyncStyleTransferClient(lib_server.target) as c:
+            return [s.name for s in await c.list_styles()]
+
+    assert asyncio.run(listed()) == ["dots", "stripes"]
+
+
+def test_unknown_names_say_what_the_library_has(lib_client: StyleTransferClient, client: StyleTransferClient) -> None:
+    with pytest.raises(StyleTransferError) as e:
+        lib_client.stylize(CONTENT, ["id:dots", "id:dot"])
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.violations == [("styles[1].style_id", "no style named 'dot' in this server's library (it has: "
+                                   "dots, stripes; see ListStyles)")]
+    with pytest.raises(StyleTransferError) as e:
+        lib_client.list_styles(thumbnail_size=513)
+    assert e.value.violations == [("thumbnail_size", "must be at most 512, got 513")]
+    # A server without a library lists nothing and says so when a name comes.
+    assert client.list_styles() == []
+    with pytest.raises(StyleTransferError) as e:
+        client.stylize(CONTENT, "id:dots")
+    assert "this server has no style library" in e.value.details
+
+
+def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, tmp_path: Path, capsys) -> None:
+    srv = ["--server", lib_server.target]
+    assert cli(["--list-styles", *srv, "--thumbnails", str(tmp_path / "thumbs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["dots", "stripes"] and "40 x 40" in lines[0]
+    assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == ["dots.jpg", "stripes.jpg"]
+    content, out = tmp_path / "photo.png", tmp_path / "out.png"
+    content.write_bytes(CONTENT)
+    assert cli([str(content), "-s", "id:dots:0.5", "-s", "id:stripes", "-o", str(out), *srv]) == 0
+    assert Image.open(out).size == (64, 48)
+    capsys.readouterr()
+    assert cli([str(content), "-s", "dots", "-o", str(out), *srv]) == 1
+    assert "a style of the server's library is id:dots" in capsys.readouterr().err
+
+
+def test_the_web_page_offers_the_library(lib_server: ServerProcess, lib_client: StyleTransferClient,
+                                         tmp_path: Path) -> None:
+    web = WebProcess(lib_server.target)
+    try:
+        examples = httpx.get(web.url + "/api/info").json()["examples"]
+        assert examples == [{"name": n, "url": f"/api/styles/{n}.jpg", "style": f"id:{n}"} for n in ("dots", "stripes")]
+        thumb = httpx.get(web.url + "/api/styles/dots.jpg")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        assert httpx.get(web.url + "/api/styles/nope.jpg").status_code == 404
+        files = [("content", ("c.png", CONTENT, "image/png"))]
+        r = httpx.post(web.url + "/api/stylize", files=files, data={"styles": "id:dots"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert np.array_equal(pixels(r.content), pixels(lib_client.stylize(CONTENT, DOTS).image))
+        for sent, field in (("dots", "styles[0]"), ("id:nope", "styles[0].style_id")):
+            r = httpx.post(web.url + "/api/stylize", files=files, data={"styles": sent}, timeout=60)
+            assert r.status_code == 400 and r.json()["error"]["violations"][0]["field"] == field, r.text
+
+        driver = browser_or_skip()
+        try:
+            from selenium.webdriver.common.by import By
+
+            photo = tmp_path / "photo.png"
+            photo.write_bytes(make_image(96, 64, seed=54))
+            driver.get(web.url + "/")
+            wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 2)
+            wait_for(driver, lambda d: d.execute_script(  # the thumbnails came from the server's library
+                "return [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth)"))
+            driver.find_element(By.ID, "content").send_keys(str(photo))
+            driver.find_element(By.CSS_SELECTOR, '#gallery button[data-name="stripes"]').click()
+            wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+            driver.find_element(By.ID, "submit").click()
+            size = wait_for(driver, lambda d: d.execute_script(
+                "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
+                "[i.naturalWidth, i.naturalHeight] : null;"))
+            assert size == [96, 64]
+        finally:
+            driver.quit()
+    finally:
+        web.stop()
+
+
+def test_the_folder_is_followed_without_a_restart(lib_server: ServerProcess, lib_client: StyleTransferClient,
+                                                  folder: Path) -> None:
+    """Added, replaced, broken and removed files; the server serves throughout (runs last: it edits the folder)."""
+    before = lib_client.stylize(CONTENT, "id:dots")
+    _put(folder, "new.png", make_image(32, 32, seed=55))
+    _until(lambda: "new" in _names(lib_client))
+    assert lib_client.stylize(CONTENT, "id:new").width == 64
+
+    other = make_image(40, 40, seed=56, kind="noise")  # dots.png replaced: a new id, no stale statistics
+    _put(folder, "dots.png", other)
+    _until(lambda: lib_client.list_styles()[0].style_id == hashlib.sha256(other).hexdigest())
+    after = lib_client.stylize(CONTENT, "id:dots")
+    assert not np.array_equal(pixels(after.image), pixels(before.image))
+    assert np.array_equal(pixels(after.image), pixels(lib_client.stylize(CONTENT, other).image))
+
+    stripes_id = lib_client.list_styles()[2].style_id
+    _put(folder, "broken.png", DOTS[: len(DOTS) // 2])  # a new bad file is left out
+    _put(folder, "stripes.jpg", b"not an image any more")  # a bad copy keeps the last good image
+    _until(lambda: any("broken.png" in line for line in lib_server.stderr_lines)
+           and any("stripes.jpg" in line for line in lib_server.stderr_lines))
+    listed = {s.name: s.style_id for s in lib_client.list_styles()}
+    assert sorted(listed) == ["dots", "new", "stripes"] and listed["stripes"] == stripes_id
+    assert lib_client.stylize(CONTENT, "id:stripes").width == 64
+
+    (folder / "new.png").unlink()
+    _until(lambda: "new" not in _names(lib_client))
+    with pytest.raises(StyleTransferError, match="no style named 'new'"):
+        lib_client.stylize(CONTENT, "id:new")
+    assert lib_server.alive()
+
+
+@pytest.mark.parametrize("case", ["missing", "same-name", "bad-name", "corrupt"])
+def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_path: Path, case: str) -> None:
+    styles = tmp_path / "styles"
+    if case != "missing":
+        styles.mkdir()
+        (styles / "ok.png").write_bytes(DOTS)
+    expected = {"missing": "no such folder", "same-name": "two files give the style name 'ok'",
+                "bad-name": "my style.png: a style's name", "corrupt": "bad.jpg: image data is truncated"}[case]
+    if case == "same-name":
+        (styles / "ok.jpg").write_bytes(STRIPES)
+    elif case == "bad-name":
+        (styles / "my style.png").write_bytes(DOTS)
+    elif case == "corrupt":
+        (styles / "bad.jpg").write_bytes(STRIPES[: len(STRIPES) // 2])
+    with pytest.raises(RuntimeError) as e:
+        ServerProcess(decoder_path, "--styles-dir", str(styles))
+    assert "--styles-dir" in str(e.value) and expected in str(e.value)
