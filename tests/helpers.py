@@ -190,6 +190,7 @@ class WebProcess:
         self.proc.wait(15)
 
 def browser_or_skip():
+    """Headless Chromium, with a fake camera that the page may use without asking (the live camera's tests)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
@@ -200,9 +201,11 @@ def browser_or_skip():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400",
+                "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(driver), options=options)
+
 
 def wait_for(driver, condition, timeout: float = 60):
     from selenium.webdriver.support.ui import WebDriverWait

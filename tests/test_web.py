@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from helpers import REPO, ServerProcess, WebProcess, browser_or_skip, free_port, wait_for
-from synth import encoded, make_image, make_mask, make_video, video_facts
+from synth import encoded, make_image, make_mask, make_video, pixels, video_facts
 
 CONTENT = make_image(64, 48, seed=31)
 STYLE = make_image(40, 40, seed=32, kind="noise")
@@ -318,6 +319,117 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     path = downloads / "stylized.png"
     wait_for(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
     assert Image.open(path).size == (96, 64)
+
+
+# --- the live camera's WebSocket -------------------------------------------------------------------------
+
+
+def _live(url: str):
+    from websockets.sync.client import connect
+
+    return connect(url.replace("http://", "ws://") + "/api/live", open_timeout=10, close_timeout=5)
+
+
+def _live_error(ws) -> tuple[dict, int | None]:
+    from websockets.exceptions import ConnectionClosed
+
+    message = ws.recv(timeout=60)
+    assert isinstance(message, str), "expected the error message"
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=10)
+    return json.loads(message)["error"], ws.close_code
+
+
+def test_live_frames_come_back_stylized_in_order(web: WebProcess, client) -> None:
+    frames = [make_image(64, 48, seed=70 + i, fmt="JPEG") for i in range(5)]
+    with _live(web.url) as ws:
+        ws.send(json.dumps({"styles": ["upload"], "alpha": 0.9, "temporal": "none"}))
+        ws.send(STYLE)
+        ws.send(frames[0])
+        ws.send(frames[1])
+        back = []
+        for i in range(5):
+            back.append(ws.recv(timeout=60))
+            if i + 2 < 5:
+                ws.send(frames[i + 2])
+    assert all(isinstance(b, bytes) and Image.open(io.BytesIO(b)).format == "JPEG" for b in back)
+    assert {Image.open(io.BytesIO(b)).size for b in back} == {(64, 48)}
+    # each frame alone (temporal none) is what a video stream of the client makes of it, in order
+    expected = [f.image for f in client.stylize_video(frames, STYLE, alpha=0.9, temporal="none", format="jpeg",
+                                                      quality=85)]
+    for got, want in zip(back, expected, strict=True):
+        assert np.abs(pixels(got).astype(int) - pixels(want).astype(int)).mean() < 1.0
+
+
+@pytest.mark.parametrize("case", ["not-json", "no-styles", "unknown-name", "bad-alpha", "not-an-image"])
+def test_live_bad_options_end_the_session_naming_the_field(web: WebProcess, case: str) -> None:
+    first, field = {
+        "not-json": ("hello", "options"),
+        "no-styles": (json.dumps({"styles": []}), "styles"),
+        "unknown-name": (json.dumps({"styles": ["id:waves"]}), "styles[0].style_id"),  # no library on this server
+        "bad-alpha": (json.dumps({"styles": ["upload"], "alpha": 2}), "alpha"),
+        "not-an-image": (json.dumps({"styles": ["upload"]}), "styles[0]"),
+    }[case]
+    with _live(web.url) as ws:
+        ws.send(first)
+        if case == "not-an-image":
+            ws.send(b"not an image")
+        elif case == "bad-alpha":
+            ws.send(STYLE)
+        if case in ("unknown-name", "bad-alpha"):  # the server checks these once the stream opens
+            ws.send(make_image(64, 48, seed=75, fmt="JPEG"))
+        error, code = _live_error(ws)
+    assert error["code"] == "INVALID_ARGUMENT" and error["violations"][0]["field"] == field, error
+    assert code == 1008
+
+
+def test_live_sessions_are_bounded(server: ServerProcess) -> None:
+    web = WebProcess(server.target, "--max-live", "1", "--live-max-s", "3")
+    try:
+        with _live(web.url) as first:
+            first.send(json.dumps({"styles": ["upload"]}))
+            first.send(STYLE)
+            with _live(web.url) as second:  # one at a time here
+                error, code = _live_error(second)
+            assert error["code"] == "RESOURCE_EXHAUSTED" and code == 1013
+            first.send(make_image(64, 48, seed=76, fmt="JPEG"))
+            assert isinstance(first.recv(timeout=60), bytes)
+            error, code = _live_error(first)  # then no more than 3 s in all
+        assert error["code"] == "DEADLINE_EXCEEDED" and "at most 3 s" in error["message"] and code == 1013
+        with _live(web.url) as again:  # the place is free again
+            again.send(json.dumps({"styles": ["upload"]}))
+            again.send(STYLE)
+            again.send(make_image(64, 48, seed=77, fmt="JPEG"))
+            assert isinstance(again.recv(timeout=60), bytes)
+    finally:
+        web.stop()
+
+
+def test_page_stylizes_the_live_camera(web: WebProcess, browser) -> None:
+    """Chromium's fake camera (640 x 480) through the page: frames come back stylized; a new size starts a new
+    session; Stop lets the camera go."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "live-start").click()
+    wait_for(browser, lambda d: "at least one style" in d.find_element(By.ID, "styles-error").text)
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    browser.find_element(By.ID, "live-start").click()
+    frames = "return Number(document.getElementById('live-output').dataset.frames || 0)"
+    size = "const c = document.getElementById('live-output'); return Math.max(c.width, c.height);"
+    wait_for(browser, lambda d: d.execute_script(frames) >= 3, timeout=90)
+    assert "frames a second" in browser.find_element(By.ID, "live-status").text
+    assert browser.execute_script(size) == 384  # the default size
+    Select(browser.find_element(By.ID, "live-size")).select_by_value("256")  # a new session at the new size
+    wait_for(browser, lambda d: d.execute_script(size) == 256 and d.execute_script(frames) >= 2, timeout=90)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "web_live.png"))
+    browser.find_element(By.ID, "live-stop").click()
+    assert not browser.find_element(By.ID, "live-row").is_displayed()
+    assert browser.execute_script("return document.getElementById('live-camera').srcObject") is None
+    assert browser.find_element(By.ID, "form-error").text == ""
 
 
 def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:

@@ -28,6 +28,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video-abandon-s", type=positive_float, default=300.0, metavar="S",
                    help="cancel a running clip nobody has asked about for this long (default 300; the page asks "
                    "every second)")
+    p.add_argument("--max-live", type=positive_int, default=2, metavar="N",
+                   help="live camera sessions at once (default 2; each holds one of the server's video streams)")
+    p.add_argument("--live-max-s", type=positive_float, default=300.0, metavar="S",
+                   help="longest live camera session, seconds (default 300: a forgotten tab lets go)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -37,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from .app import WebSettings, create_app
+    from .live import LiveSettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
@@ -48,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with client:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
-                               max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s)
+                               max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
+                               live=LiveSettings(max_sessions=args.max_live, max_seconds=args.live_max_s))
         app = create_app(client, settings)
         print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)

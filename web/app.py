@@ -15,6 +15,7 @@ client (no torch, no second engine).
                           -> 202 and the job's state (``web.video``: a clip takes minutes)
     GET  /api/videos/ID   the job's state: running / done / failed, frames done of total, the error
     GET  /api/videos/ID/result   the stylized clip (MP4), once done;  DELETE /api/videos/ID: cancel or delete
+    WS   /api/live        the live camera: options, then frames in and stylized frames out (``web.live``)
     GET  /healthz         200 when the backend's gRPC health is SERVING, else 503
 
 Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "description"}]}}``: 400 for a
@@ -26,9 +27,7 @@ draining, 504 when it runs past the deadline.
 
 from __future__ import annotations
 
-import io
 import math
-import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -38,27 +37,26 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import LibraryStyle, StyleRef, StyleTransferClient, StyleTransferError
-from adain.photo import heif_support, is_heif
+from adain.photo import heif_support
 from adain.wire import (
     COLOR_MODES,
     FORMATS,
-    INPUT_FORMATS,
-    INPUT_NAMES,
     TEMPORAL_MODES,
     Limits,
     format_name,
     label_value,
 )
 
+from .checks import BadInput, error_json, image, number, style_name, whole
+from .live import LiveSessions, LiveSettings
 from .video import Busy, VideoJobs
 
 HERE = Path(__file__).resolve().parent
@@ -68,7 +66,6 @@ heif_support()  # so that a HEIC upload's header is checked here too, where pill
 RETRY_AFTER_S = 1  # told to a client the backend turned away as full
 LIBRARY_TTL_S = 10.0  # the server's style library is asked again after this long (it follows its folder)
 THUMBNAIL_PX = 256
-STYLE_NAME_RE = re.compile(r"id:([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
@@ -91,6 +88,7 @@ class WebSettings:
     max_video_jobs: int = 1  # clips stylized at once; 429 beyond
     video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
     video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
+    live: LiveSettings = LiveSettings()  # the live camera (web.live)
 
 
 class BodyLimit:
@@ -129,14 +127,7 @@ def _too_large(limit: int) -> str:
 def _error(
     status: int, code: str, message: str, violations: list[tuple[str, str]] = (), headers: dict | None = None
 ) -> JSONResponse:
-    body = {"code": code, "message": message, "violations": [{"field": f, "description": d} for f, d in violations]}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
-class BadInput(Exception):
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field, self.description = field, description
+    return JSONResponse(error_json(code, message, violations), status_code=status, headers=headers)
 
 
 def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings()) -> FastAPI:
@@ -228,6 +219,12 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
         if style is None or not style.thumbnail:
             raise HTTPException(404, f"no style named {name!r} in the server's library")
         return Response(style.thumbnail, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+    live = LiveSessions(client, settings.live)
+
+    @app.websocket("/api/live")
+    async def live_camera(ws: WebSocket) -> None:
+        await live.serve(ws, await current_limits())
 
     @app.post("/api/stylize")
     async def stylize(request: Request) -> Response:
@@ -344,9 +341,9 @@ async def _style_options(form: Any, limits: Limits) -> dict[str, Any]:
     if weights:
         if len(weights) != len(styles):
             raise BadInput("weights", f"{len(weights)} weights for {len(styles)} styles (one per style)")
-        options["weights"] = [_number(w, f"styles[{i}].weight") for i, w in enumerate(weights)]
+        options["weights"] = [number(w, f"styles[{i}].weight") for i, w in enumerate(weights)]
     if form.get("alpha") not in (None, ""):
-        options["alpha"] = _number(form["alpha"], "alpha")
+        options["alpha"] = number(form["alpha"], "alpha")
     color = form.get("preserve_color") or "none"
     if color not in ("none", *COLOR_MODES):
         raise BadInput("preserve_color", f"must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
@@ -366,7 +363,7 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
         options["mask"] = await _image(mask, "mask", limits)
     options.update(await _regions(form, len(options["styles"]), limits))
     if form.get("refine_steps") not in (None, "", "0"):
-        options["refine_steps"] = _whole(form["refine_steps"], "refine_steps", 0)
+        options["refine_steps"] = whole(form["refine_steps"], "refine_steps", 0)
     fmt = format_name(form.get("format") or "png")
     if fmt is None:
         raise BadInput("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
@@ -417,7 +414,7 @@ async def _read_video_form(
                        f"max_pixels={limits.max_pixels}")
     fps = None
     if form.get("fps") not in (None, "", "0"):
-        fps = _number(form["fps"], "fps")
+        fps = number(form["fps"], "fps")
         if fps <= 0:
             raise BadInput("fps", f"must be > 0 (or empty: as filmed), got {form['fps']!r}")
     frames = math.ceil(info.frames * min(1.0, fps / float(info.rate))) if fps else info.frames
@@ -431,7 +428,7 @@ async def _read_video_form(
         raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {temporal!r}")
     options["temporal"] = temporal
     if form.get("size") not in (None, "", "0"):
-        options["content_size"] = _whole(form["size"], "size", 16)
+        options["content_size"] = whole(form["size"], "size", 16)
     stem = Path(content.filename or "clip").stem or "clip"
     return source, f"{stem}_stylized.mp4", frames, options
 
@@ -441,45 +438,9 @@ async def _style(item: Any, i: int, limits: Limits) -> bytes | StyleRef:
     says whether it has that name)."""
     if isinstance(item, UploadFile):
         return await _image(item, f"styles[{i}]", limits)
-    found = STYLE_NAME_RE.fullmatch(str(item))
-    if found is None:
-        raise BadInput(f"styles[{i}]", f"expected an image file or id:NAME (a style of the server's library), "
-                       f"got {str(item)[:80]!r}")
-    return StyleRef(found.group(1))
-
-
-def _whole(text: Any, field: str, least: int) -> int:
-    value = _number(text, field)
-    if value != int(value) or value < least:
-        raise BadInput(field, f"must be a whole number >= {least}, got {text!r}")
-    return int(value)
+    return style_name(item, f"styles[{i}]")
 
 
 async def _image(upload: UploadFile, field: str, limits: Limits) -> bytes:
-    """The upload's bytes, once its header decodes as an image of a known format within the pixel limit
-    (the name and the declared type are not trusted; the backend decodes it fully)."""
-    data = await upload.read()
-    if not data:
-        raise BadInput(field, "the file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt, (w, h) = img.format, img.size
-    except Exception:
-        if is_heif(data[:12]):  # a phone's photo, and no pillow-heif here: the server reads it, or says why not
-            return data
-        raise BadInput(field, f"not an image this service reads ({INPUT_NAMES})") from None
-    if fmt not in INPUT_FORMATS:
-        raise BadInput(field, f"{fmt} images are not read ({INPUT_NAMES})")
-    if w * h > limits.max_pixels:
-        raise BadInput(field, f"{w} x {h} is over the limit of max_pixels={limits.max_pixels}")
-    return data
-
-
-def _number(text: Any, field: str) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise BadInput(field, f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise BadInput(field, f"must be a finite number, got {text!r}")
-    return value
+    """The upload's bytes, checked as :func:`checks.image` checks them."""
+    return image(await upload.read(), field, limits)

@@ -1,7 +1,7 @@
 // The page: collects a photo (or a clip), styles with weights and options (regions painted on the photo
 // included), posts them to /api/stylize
-// (a clip: to /api/videos, then follows the job's progress) and shows the result or the server's errors
-// next to the control they concern. No framework, no build step.
+// (a clip: to /api/videos, then follows the job's progress; the live camera: frames over /api/live) and shows
+// the result or the server's errors next to the control they concern. No framework, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -18,6 +18,7 @@ function isVideo(file) {
 
 function setContent(file) {
   if (!file) return;
+  if (live.stream) stopLive();
   clearErrors();
   state.content = file;
   state.video = isVideo(file);
@@ -59,6 +60,7 @@ function removeStyle(index) {
 }
 
 function renderStyles() {
+  liveChanged();
   const list = $("styles");
   list.replaceChildren();
   state.styles.forEach((style, i) => {
@@ -82,6 +84,7 @@ function renderStyles() {
       style.weight = Number(slider.value);
       out.textContent = style.weight.toFixed(2);
     });
+    slider.addEventListener("change", liveChanged);
     box.append(label, document.createElement("br"), slider);
     const remove = document.createElement("button");
     remove.type = "button";
@@ -289,6 +292,7 @@ function commonForm() {
 
 async function submit(event) {
   event.preventDefault();
+  if (live.stream) stopLive();
   clearErrors();
   if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
   if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
@@ -412,6 +416,123 @@ async function cancelVideo() {
   $("form-error").textContent = "Cancelled.";
 }
 
+// --- the live camera: frames over a WebSocket into one server stream, stylized frames back ----------------
+const live = { ws: null, stream: null, inFlight: 0, frames: 0, started: 0, grab: null, session: 0 };
+const LIVE_IN_FLIGHT = 2;  // frames on their way at once: the rate follows the server's, the delay stays short
+
+function liveSupported() {
+  return Boolean(navigator.mediaDevices && navigator.mediaDevices.getUserMedia && window.WebSocket);
+}
+
+function showLive(on) {
+  $("live-row").hidden = $("live-camera").hidden = $("live-output").hidden = !on;
+  $("original").hidden = $("output").hidden = on || state.video;
+  $("original-video").hidden = $("output-video").hidden = on || !state.video;
+  $("temporal-row").hidden = !(on || state.video);
+  $("mask-row").hidden = $("regions-row").hidden = on || state.video;  // a photo's options, not the camera's
+  $("refine-row").hidden = on || state.video || !state.info.max_refine_steps;
+  $("download").hidden = true;
+  $("original-caption").textContent = on ? "Camera" : "Original";
+  if (on) $("result").hidden = false;
+}
+
+async function startLive() {
+  clearErrors();
+  if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style first."; return; }
+  if (!live.stream) {
+    try {
+      live.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
+    } catch (e) {
+      $("content-error").textContent = `The camera could not be opened (${e.name}): allow the page to use it.`;
+      return;
+    }
+    $("live-camera").srcObject = live.stream;
+    await $("live-camera").play();
+  }
+  showLive(true);
+  openLive();
+}
+
+// A new session with the options as they are now (a change of style, strength or size starts one).
+async function openLive() {
+  closeLive();
+  const session = ++live.session;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/api/live`);
+  ws.binaryType = "blob";
+  live.ws = ws;
+  live.inFlight = live.frames = 0;
+  $("live-status").textContent = "Connecting…";
+  ws.onopen = async () => {
+    ws.send(JSON.stringify({
+      styles: state.styles.map((s) => s.ref || "upload"),
+      weights: state.styles.map((s) => s.weight),
+      alpha: Number($("alpha").value),
+      preserve_color: $("preserve_color").value,
+      temporal: $("temporal").value,
+    }));
+    for (const s of state.styles) if (!s.ref) ws.send(await s.file.arrayBuffer());
+    live.started = performance.now();
+    for (let i = 0; i < LIVE_IN_FLIGHT; i++) sendFrame(ws);
+  };
+  ws.onmessage = async (event) => {
+    if (typeof event.data === "string") {  // the server's error: the session ends
+      showError(JSON.parse(event.data), 400);
+      return;
+    }
+    live.inFlight -= 1;
+    live.frames += 1;
+    const bitmap = await createImageBitmap(event.data);
+    const canvas = $("live-output");
+    if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+    }
+    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    canvas.dataset.frames = String(live.frames);
+    const rate = live.frames / ((performance.now() - live.started) / 1000);
+    $("live-status").textContent = `Live: ${rate.toFixed(1)} frames a second`;
+    sendFrame(ws);
+  };
+  ws.onclose = () => {
+    if (session !== live.session) return;  // replaced by a newer session
+    live.ws = null;
+    $("live-status").textContent = "Stopped.";
+  };
+}
+
+function sendFrame(ws) {
+  const video = $("live-camera");
+  if (ws.readyState !== WebSocket.OPEN || live.inFlight >= LIVE_IN_FLIGHT) return;
+  if (!video.videoWidth) { setTimeout(() => sendFrame(ws), 100); return; }
+  const side = Number($("live-size").value);
+  const scale = Math.min(1, side / Math.max(video.videoWidth, video.videoHeight));
+  live.grab = live.grab || document.createElement("canvas");
+  live.grab.width = Math.max(8, Math.round(video.videoWidth * scale));
+  live.grab.height = Math.max(8, Math.round(video.videoHeight * scale));
+  live.grab.getContext("2d").drawImage(video, 0, 0, live.grab.width, live.grab.height);
+  live.inFlight += 1;
+  live.grab.toBlob((blob) => { if (ws.readyState === WebSocket.OPEN) ws.send(blob); }, "image/jpeg", 0.85);
+}
+
+function closeLive() {
+  if (live.ws) { live.ws.onclose = null; live.ws.close(); live.ws = null; }
+}
+
+function stopLive() {
+  live.session += 1;
+  closeLive();
+  if (live.stream) live.stream.getTracks().forEach((t) => t.stop());
+  live.stream = null;
+  $("live-camera").srcObject = null;
+  showLive(false);
+}
+
+// While live, a changed option starts a new session with it.
+function liveChanged() {
+  if (live.stream && state.styles.length) openLive();
+}
+
 // A HEIC photo or an HEVC clip (what iPhones make) reaches the server fine, but many browsers cannot show it.
 function noPreview() {
   $("original-caption").textContent = "Original (this browser cannot show it; the server reads it)";
@@ -419,6 +540,10 @@ function noPreview() {
 
 function init() {
   $("cancel").addEventListener("click", cancelVideo);
+  $("live-start").hidden = !liveSupported();
+  $("live-start").addEventListener("click", startLive);
+  $("live-stop").addEventListener("click", stopLive);
+  for (const id of ["alpha", "preserve_color", "temporal", "live-size"]) $(id).addEventListener("change", liveChanged);
   $("original").addEventListener("error", () => { if ($("original").getAttribute("src")) noPreview(); });
   $("original-video").addEventListener("error", noPreview);
   $("content").addEventListener("change", (e) => setContent(e.target.files[0]));

@@ -1,0 +1,202 @@
+"""The live camera: a WebSocket (``/api/live``) that carries a camera's frames from the page into one
+``StylizeVideo`` stream of adain-server, and the stylized frames back.
+
+One stream rather than a call per frame, so live video gets a clip's steadiness (the temporal modes follow
+the frames in order) and the styles are encoded once. The conversation on one socket:
+
+1. text, JSON: ``{"styles": ["id:NAME" or "upload", ...], "weights": [...], "alpha": 1.0,
+   "preserve_color": "none", "temporal": "flow"}`` (all but styles optional);
+2. binary, one message per "upload" style, in order: that style's image;
+3. binary frames (JPEG or PNG, all of one size, each within the server's max_pixels): each gets one JPEG back,
+   in order. The page keeps two in flight, so its rate follows the server's.
+
+A problem is answered with a text message ``{"error": {"code", "message", "violations"}}`` (the fields named
+as in the proto), then the socket closes. A session ends after ``max_seconds`` or ``idle_seconds`` without a
+frame, so a forgotten tab does not hold one of the server's video streams; at most ``max_sessions`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from adain.client import StyleTransferClient, StyleTransferError
+from adain.wire import COLOR_MODES, TEMPORAL_MODES, Limits
+
+from .checks import BadInput, error_json, image, number, style_name
+
+log = logging.getLogger("adain.web")
+
+CLOSE_BAD_INPUT = 1008  # WebSocket close codes (RFC 6455): policy violation
+CLOSE_ERROR = 1011  # internal error
+CLOSE_TRY_LATER = 1013
+MAX_WAITING = 16  # frames received and not yet taken by the stream: a page that sends without waiting
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    max_sessions: int = 2  # the server's --max-video-streams (2) holds too
+    max_seconds: float = 300.0
+    idle_seconds: float = 30.0
+    max_frame_bytes: int = 4 * 2**20
+    quality: int = 85  # of the JPEG frames sent back
+
+
+class LiveSessions:
+    """The live camera sessions of one app."""
+
+    def __init__(self, client: StyleTransferClient, settings: LiveSettings = LiveSettings()) -> None:
+        self.client = client
+        self.settings = settings
+        self.running = 0
+        self._lock = threading.Lock()
+
+    async def serve(self, ws: WebSocket, limits: Limits) -> None:
+        await ws.accept()
+        with self._lock:
+            full = self.running >= self.settings.max_sessions
+            self.running += not full
+        if full:
+            await _fail(ws, CLOSE_TRY_LATER, "RESOURCE_EXHAUSTED", f"{self.settings.max_sessions} live camera "
+                        "session(s) are running already; try again in a moment")
+            return
+        try:
+            options = await self._options(ws, limits)
+            await self._stream(ws, options)
+        except BadInput as e:
+            await _fail(ws, CLOSE_BAD_INPUT, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
+        except (WebSocketDisconnect, TimeoutError):
+            pass
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    async def _receive(self, ws: WebSocket, timeout: float) -> dict[str, Any]:
+        message = await asyncio.wait_for(ws.receive(), timeout)
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return message
+
+    async def _options(self, ws: WebSocket, limits: Limits) -> dict[str, Any]:
+        """The first message (and the uploaded styles after it) as stylize_video's options."""
+        first = (await self._receive(ws, self.settings.idle_seconds)).get("text")
+        try:
+            spec = json.loads(first) if first is not None else None
+        except ValueError:
+            spec = None
+        if not isinstance(spec, dict):
+            raise BadInput("options", "the first message must be the options, as a JSON object")
+        styles = spec.get("styles")
+        if not isinstance(styles, list) or not styles:
+            raise BadInput("styles", "at least 1 style: \"id:NAME\" (the server's library) or \"upload\"")
+        if len(styles) > limits.max_styles:
+            raise BadInput("styles", f"{len(styles)} styles, over the limit of max_styles={limits.max_styles}")
+        chosen: list[Any] = []
+        for i, style in enumerate(styles):
+            if style == "upload":
+                data = (await self._receive(ws, self.settings.idle_seconds)).get("bytes")
+                chosen.append(image(data or b"", f"styles[{i}]", limits))
+            else:
+                chosen.append(style_name(style, f"styles[{i}]"))
+        options: dict[str, Any] = {"styles": chosen}
+        weights = spec.get("weights")
+        if weights is not None:
+            if not isinstance(weights, list) or len(weights) != len(styles):
+                raise BadInput("weights", f"one weight per style ({len(styles)})")
+            options["weights"] = [number(w, f"styles[{i}].weight") for i, w in enumerate(weights)]
+        if spec.get("alpha") is not None:
+            options["alpha"] = number(spec["alpha"], "alpha")
+        color = spec.get("preserve_color") or "none"
+        if color not in ("none", *COLOR_MODES):
+            raise BadInput("preserve_color", f"must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
+        options["preserve_color"] = None if color == "none" else color
+        temporal = spec.get("temporal") or None
+        if temporal is not None and temporal not in TEMPORAL_MODES:
+            raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {temporal!r}")
+        options["temporal"] = temporal
+        return options
+
+    async def _stream(self, ws: WebSocket, options: dict[str, Any]) -> None:
+        """Frames in, through one StylizeVideo stream on a thread, stylized frames out."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        frames: queue.Queue[bytes | None] = queue.Queue()
+        replies: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+
+        def put(item: bytes | Exception | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
+                loop.call_soon_threadsafe(replies.put_nowait, item)
+
+        def run() -> None:
+            try:
+                for frame in self.client.stylize_video(iter(frames.get, None), format="jpeg", quality=s.quality,
+                                                       **options):
+                    put(frame.image)
+            except Exception as e:  # StyleTransferError: the server's answer; anything else: logged, reported
+                put(e)
+            finally:
+                put(None)
+
+        threading.Thread(target=run, name="adain-live", daemon=True).start()
+        sender = asyncio.create_task(_send(ws, replies))
+        sent, started = 0, loop.time()
+        try:
+            while not sender.done():
+                left = s.max_seconds - (loop.time() - started)
+                receive = asyncio.ensure_future(self._receive(ws, min(s.idle_seconds, max(left, 0.001))))
+                await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
+                if sender.done():  # the stream ended (its error was sent): stop listening
+                    receive.cancel()
+                    with contextlib.suppress(BaseException):
+                        await receive  # a disconnect that came at once is retrieved, not left unread
+                    break
+                try:
+                    data = receive.result().get("bytes")
+                except TimeoutError:
+                    why = (f"a live session lasts at most {s.max_seconds:g} s; start it again" if left <= s.idle_seconds
+                           else f"no frame for {s.idle_seconds:g} s")
+                    await _fail(ws, CLOSE_TRY_LATER, "DEADLINE_EXCEEDED", why)
+                    break
+                if not data:
+                    raise BadInput("frame", "frames are binary messages (JPEG or PNG images)")
+                if len(data) > s.max_frame_bytes:
+                    raise BadInput("frame", f"a frame of {len(data)} bytes, over the limit of {s.max_frame_bytes}")
+                if frames.qsize() >= MAX_WAITING:
+                    raise BadInput("frame", f"{MAX_WAITING} frames are waiting already: send the next frame when "
+                                   "one comes back")
+                frames.put(data)
+                sent += 1
+        finally:
+            frames.put(None)  # the stream ends after the frames in flight; the thread then stops
+            log.info("live camera session: %d frame(s) in %.1f s", sent, loop.time() - started)
+
+
+async def _send(ws: WebSocket, replies: asyncio.Queue) -> None:
+    """Send each stylized frame; on the stream's error, send it and close. Returns when the stream ends."""
+    while (item := await replies.get()) is not None:
+        if isinstance(item, StyleTransferError):
+            close = {"INVALID_ARGUMENT": CLOSE_BAD_INPUT, "RESOURCE_EXHAUSTED": CLOSE_TRY_LATER,
+                     "UNAVAILABLE": CLOSE_TRY_LATER}.get(item.code.name, CLOSE_ERROR)
+            # The stream's options are the page's first message: name its fields as the page does.
+            violations = [(field.removeprefix("options."), text) for field, text in item.violations]
+            await _fail(ws, close, item.code.name, item.details.removeprefix("options."), violations)
+        elif isinstance(item, Exception):
+            log.error("live camera stream failed", exc_info=item)
+            await _fail(ws, CLOSE_ERROR, "INTERNAL", f"the live stream failed: {type(item).__name__}")
+        else:
+            with contextlib.suppress(Exception):  # the page left: keep draining until the stream ends
+                await ws.send_bytes(item)
+
+
+async def _fail(ws: WebSocket, close: int, code: str, message: str, violations: Any = ()) -> None:
+    with contextlib.suppress(Exception):  # already closed by the other side
+        await ws.send_text(json.dumps(error_json(code, message, list(violations))))
+        await ws.close(close)
