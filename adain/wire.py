@@ -14,6 +14,7 @@ from adain.v1 import style_transfer_pb2 as pb
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
 REQUEST_ID_KEY = "x-request-id"
 AUTH_KEY = "authorization"  # "Bearer <token>", where the server asks for tokens
+END_USER_KEY = "x-adain-end-user"  # the person a front end (a "front" token) calls for: a caller of their own
 SERVED_BY_KEY = "x-served-by"  # which replica answered (reply metadata), for per-replica counts
 DEFAULT_HOST = "127.0.0.1"  # the server listens on loopback unless told otherwise
 DEFAULT_PORT = 50051

@@ -24,6 +24,7 @@ from adain.wire import (
     COLOR_ENUM,
     DEFAULT_ADDRESS,
     DEFAULT_QUALITY,
+    END_USER_KEY,
     FORMAT_BY_ENUM,
     FORMAT_ENUM,
     OPTIMIZER_ENUM,
@@ -397,9 +398,12 @@ class _ClientBase:
     def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
         raise NotImplementedError
 
-    def _metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...] | None:
-        """What every call sends besides its request: the request id and the token, when there are."""
+    def _metadata(self, request_id: str | None, end_user: str | None = None) -> tuple[tuple[str, str], ...] | None:
+        """What every call sends besides its request: the request id, the end user (for a front end's calls)
+        and the token, when there are."""
         metadata = ((REQUEST_ID_KEY, request_id),) if request_id else ()
+        if end_user:
+            metadata += ((END_USER_KEY, end_user),)
         token = self._token()
         if token:
             metadata += ((AUTH_KEY, f"Bearer {token}"),)
@@ -483,10 +487,10 @@ class StyleTransferClient(_ClientBase):
         return reply, rid
 
     def _call_from(
-        self, method: Any, request: Any, timeout: float | None, request_id: str | None
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered)."""
-        metadata = self._metadata(request_id)
+        metadata = self._metadata(request_id, end_user)
         try:
             reply, call = method.with_call(
                 request, timeout=self._deadline(timeout), metadata=metadata
@@ -503,6 +507,7 @@ class StyleTransferClient(_ClientBase):
         on_progress: Callable[[RefineProgress], None] | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
+        end_user: str | None = None,
         **options: Any,
     ) -> StylizeResult:
         """Stylize ``content`` (a path, bytes or a PIL image) with one or more styles.
@@ -523,6 +528,9 @@ class StyleTransferClient(_ClientBase):
         ``content_size``: longest side the content is rendered at (0 keeps it); ``style_size``: longest
         side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
         ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
+        ``end_user``: for a front end that serves many people (its token marked ``front`` on the server),
+        the person this call is for (an address, an account id): the server's queue then gives each one
+        their own turn and share.
 
         The optimisation method: ``refine_steps`` iterations (0: off) from the decoder's output
         (``refine_init="adain"``) or from the content (``"content"``: the classic method of Gatys et al.),
@@ -537,8 +545,8 @@ class StyleTransferClient(_ClientBase):
 
         def send() -> tuple[Any, str | None, str]:
             if on_progress is None:
-                return self._call_from(self._stub.Stylize, request, timeout, request_id)
-            return (*self._call_with_progress(request, on_progress, timeout, request_id), "")
+                return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user)
+            return (*self._call_with_progress(request, on_progress, timeout, request_id, end_user), "")
 
         try:
             reply, rid, served_by = send()
@@ -556,8 +564,9 @@ class StyleTransferClient(_ClientBase):
         on_progress: Callable[[RefineProgress], None],
         timeout: float | None,
         request_id: str | None,
+        end_user: str | None = None,
     ) -> tuple[pb.StylizeResponse, str | None]:
-        metadata = self._metadata(request_id)
+        metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeWithProgress(
             request, timeout=self._deadline(timeout), metadata=metadata
         )
@@ -583,6 +592,7 @@ class StyleTransferClient(_ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        end_user: str | None = None,
         **options: Any,
     ) -> Iterator[VideoFrameResult]:
         """Stylize a video's frames in order over one StylizeVideo stream; yields each stylized frame as
@@ -591,9 +601,9 @@ class StyleTransferClient(_ClientBase):
         ``frames`` is an iterable of images (paths, bytes or PIL images), read lazily as the stream goes:
         gRPC's flow control holds it back while the server has a window of frames in flight. The other
         options are :meth:`stylize`'s, plus ``temporal`` ("none", "smooth", "flow" or "smooth-flow"; None:
-        the server's default) and ``temporal_strength`` in [0, 1) (None: the server's default).
-        ``timeout`` bounds the whole stream (None: no deadline; the instance default is not used, since a
-        clip may take far longer than one image). An exception raised while reading ``frames`` cancels
+        the server's default) and ``temporal_strength`` in [0, 1) (None: the server's default); ``end_user``
+        as in :meth:`stylize`. ``timeout`` bounds the whole stream (None: no deadline; the instance default is
+        not used, since a clip may take far longer than one image). An exception raised while reading ``frames`` cancels
         the stream and is raised here.
         """
         first = video_options(styles, **options)
@@ -609,7 +619,7 @@ class StyleTransferClient(_ClientBase):
                 failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
                 holder[0].cancel()
 
-        metadata = self._metadata(request_id)
+        metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=metadata)
         holder.append(call)
         try:

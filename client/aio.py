@@ -72,10 +72,10 @@ class AsyncStyleTransferClient(_ClientBase):
         await self.close()
 
     async def _unary(
-        self, method: Any, request: Any, timeout: float | None, request_id: str | None
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered)."""
-        call = method(request, timeout=self._deadline(timeout), metadata=self._metadata(request_id))
+        call = method(request, timeout=self._deadline(timeout), metadata=self._metadata(request_id, end_user))
         try:
             reply = await call
             initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
@@ -91,18 +91,19 @@ class AsyncStyleTransferClient(_ClientBase):
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
+        end_user: str | None = None,
         **options: Any,
     ) -> StylizeResult:
         """Stylize ``content`` with ``styles``; ``options`` are :meth:`StyleTransferClient.stylize`'s (alpha,
-        weights, regions, sizes, format, refine...). ``on_progress`` may be a function or a coroutine
-        function; it gets a :class:`RefineProgress` after every optimisation step."""
+        weights, regions, sizes, format, refine...), and so is ``end_user``. ``on_progress`` may be a function or
+        a coroutine function; it gets a :class:`RefineProgress` after every optimisation step."""
         request = await asyncio.to_thread(stylize_request, content, styles, **options)
         self._with_known_bytes(request)
 
         async def send() -> tuple[Any, str | None, str]:
             if on_progress is None:
-                return await self._unary(self._stub.Stylize, request, timeout, request_id)
-            return await self._with_progress(request, on_progress, timeout, request_id)
+                return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user)
+            return await self._with_progress(request, on_progress, timeout, request_id, end_user)
 
         try:
             reply, rid, served_by = await send()
@@ -113,10 +114,11 @@ class AsyncStyleTransferClient(_ClientBase):
         return stylize_result(reply, rid, served_by)
 
     async def _with_progress(
-        self, request: pb.StylizeRequest, on_progress: ProgressCallback, timeout: float | None, request_id: str | None
+        self, request: pb.StylizeRequest, on_progress: ProgressCallback, timeout: float | None, request_id: str | None,
+        end_user: str | None = None,
     ) -> tuple[Any, str | None, str]:
         call = self._stub.StylizeWithProgress(
-            request, timeout=self._deadline(timeout), metadata=self._metadata(request_id)
+            request, timeout=self._deadline(timeout), metadata=self._metadata(request_id, end_user)
         )
         reply = None
         try:
@@ -143,6 +145,7 @@ class AsyncStyleTransferClient(_ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        end_user: str | None = None,
         **options: Any,
     ) -> AsyncIterator[VideoFrameResult]:
         """Stylize frames in order over one StylizeVideo stream, yielding each stylized frame as it comes
@@ -169,7 +172,7 @@ class AsyncStyleTransferClient(_ClientBase):
                 failure.append(e)
                 holder[0].cancel()
 
-        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=self._metadata(request_id))
+        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=self._metadata(request_id, end_user))
         holder.append(call)
         try:
             async for reply in call:

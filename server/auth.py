@@ -10,8 +10,11 @@ cert-manager rotating it, a person editing it), so rotating one never needs a re
 - ``TokenFile``: one token per line, optionally after the caller's name (``web-frontend 3f9a...``; ``#``
   comments, blank lines ignored). Several lines let tokens be rotated (add the new one, move the
   clients, remove the old) or given one per calling service, whose name the logs and the queue's turns
-  then use. A file that becomes empty or unreadable keeps the last good tokens (a failed write must
-  neither lock every client out nor let everyone in); to revoke a token, write the file without it.
+  then use. ``NAME TOKEN front`` marks a front end that serves many people (adain-web, an API gateway): its
+  calls may name their end user (``x-adain-end-user``), and each end user is then a caller of their own,
+  ``NAME/USER``, with their own turn and queue share; other callers' end-user metadata is ignored. A file
+  that becomes empty or unreadable keeps the last good tokens (a failed write must neither lock every
+  client out nor let everyone in); to revoke a token, write the file without it.
 - ``TokenAuth``: the interceptor that answers UNAUTHENTICATED to a call without a listed
   ``authorization: Bearer <token>``. gRPC health stays open: kubelet probes and load balancers send no token.
 """
@@ -32,13 +35,15 @@ from typing import Any
 
 import grpc
 
-from adain.wire import AUTH_KEY, REQUEST_ID_KEY
+from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY
 
 from .errors import request_id
 
 log = logging.getLogger("adain.server")
 
 MIN_TOKEN_CHARS = 16  # a guessable token is no protection
+FRONT = "front"  # the third word of a token line: this caller speaks for many end users
+MAX_END_USER_CHARS = 128
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 RECHECK_S = 1.0  # a token file is looked at no more often than this
@@ -102,21 +107,25 @@ class TlsFiles:
             return None
 
 
-def read_tokens(path: str) -> list[tuple[str, str]]:
-    """The (name, token) pairs of a token file (name "" where a line has none); ValueError when it has
-    none, or a line is not ``[NAME] TOKEN`` with a token of at least MIN_TOKEN_CHARS."""
+def read_tokens(path: str) -> list[tuple[str, str, bool]]:
+    """The (name, token, front) triples of a token file (name "" where a line has none; front: the line ends
+    with "front"); ValueError when it has none, or a line is not ``[NAME] TOKEN`` or ``NAME TOKEN front``
+    with a token of at least MIN_TOKEN_CHARS."""
     tokens = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
+        front = len(words) == 3 and words[2] == FRONT
+        if front:
+            words = words[:2]
         name, token = ("", words[0]) if len(words) == 1 else (words[0], words[-1])
         if len(words) > 2 or len(token) < MIN_TOKEN_CHARS or not NAME_RE.fullmatch(name or "x"):
             raise ValueError(
-                f"{path} line {n}: expected [NAME] TOKEN (a name of letters, digits, '.', '_', '-'; a token of at "
-                f"least {MIN_TOKEN_CHARS} characters)"
+                f"{path} line {n}: expected [NAME] TOKEN or NAME TOKEN front (a name of letters, digits, '.', '_', "
+                f"'-'; a token of at least {MIN_TOKEN_CHARS} characters)"
             )
-        tokens.append((name, token))
+        tokens.append((name, token, front))
     if not tokens:
         raise ValueError(f"{path} holds no token")
     return tokens
@@ -142,8 +151,8 @@ class TokenFile:
         self._checked = clock()
         self._lock = threading.Lock()
 
-    def _load(self) -> list[tuple[bytes, str]]:
-        return [(d := _digest(token), name or _anonymous(d)) for name, token in read_tokens(self.path)]
+    def _load(self) -> list[tuple[bytes, str, bool]]:
+        return [(d := _digest(token), name or _anonymous(d), front) for name, token, front in read_tokens(self.path)]
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -165,20 +174,25 @@ class TokenFile:
                 return
             log.info("token file reloaded: %d token(s)", len(self._digests))
 
-    def caller(self, token: str | None) -> str | None:
-        """The name of a listed token (None: not listed)."""
+    def lookup(self, token: str | None) -> tuple[str, bool] | None:
+        """(name, front) of a listed token; None: not listed."""
         self._refresh()
         if not token:
             return None
         digest = _digest(token)
         found = None
-        for known, name in self._digests:  # no early exit: the time taken says nothing about which one matched
+        for known, name, front in self._digests:  # no early exit: the time taken says nothing about which matched
             if hmac.compare_digest(digest, known):
-                found = name
+                found = (name, front)
         return found
 
+    def caller(self, token: str | None) -> str | None:
+        """The name of a listed token (None: not listed)."""
+        found = self.lookup(token)
+        return found[0] if found else None
+
     def allows(self, token: str | None) -> bool:
-        return self.caller(token) is not None
+        return self.lookup(token) is not None
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
@@ -191,13 +205,26 @@ def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+def end_user(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The ``x-adain-end-user`` a front end names (printable ASCII, at most MAX_END_USER_CHARS; else None)."""
+    for key, value in metadata or ():
+        if key == END_USER_KEY and isinstance(value, str):
+            value = value.strip()
+            if value and len(value) <= MAX_END_USER_CHARS and value.isascii() and value.isprintable():
+                return value
+    return None
+
+
 def caller_of(context: grpc.aio.ServicerContext, tokens: TokenFile | None) -> str:
     """Who calls, for the queue's turns and the logs: the name of the caller's token where the server
     checks tokens, else the peer's address (an unchecked token would let one caller pose as many)."""
     if tokens is not None:
-        name = tokens.caller(bearer_token(context.invocation_metadata()))
-        if name is not None:
-            return name
+        metadata = context.invocation_metadata()
+        found = tokens.lookup(bearer_token(metadata))
+        if found is not None:
+            name, front = found
+            user = end_user(metadata) if front else None
+            return f"{name}/{user}" if user else name
     peer = context.peer() or "unknown"
     return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 

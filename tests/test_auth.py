@@ -45,10 +45,11 @@ def _rewrite(path: Path, text: str) -> None:
 
 def test_token_file_rules(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
-    path.write_text(f"# the web front end\n{OLD}\n\n  web-frontend  {NEW}  \n")
-    assert read_tokens(str(path)) == [("", OLD), ("web-frontend", NEW)]
+    path.write_text(f"# the web front end\n{OLD}\n\n  web-frontend  {NEW}  \nweb {NEW}x front\n")
+    assert read_tokens(str(path)) == [("", OLD, False), ("web-frontend", NEW, False), ("web", NEW + "x", True)]
     for text, says in (("", "holds no token"), ("# only a comment\n", "holds no token"),
                        ("short\n", "line 1: expected \\[NAME\\] TOKEN"), ("a b c\n", "line 1"),
+                       (f"{NEW} front\n", "line 1"), (f"web {NEW} frontdoor\n", "line 1"),
                        (f"web/front {NEW}\n", "line 1"), (f"x {NEW}\n{OLD} short\n", "line 2")):
         path.write_text(text)
         with pytest.raises(ValueError, match=says):

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import urllib.request
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from adain.client import StyleTransferError
 from adain.client.aio import AsyncStyleTransferClient
 from adain.server.batcher import Batcher, QueueFullError
 from adain.server.config import parse_settings
-from helpers import ServerProcess, free_port
+from helpers import ServerProcess, WebProcess, free_port
 from synth import make_image
 
 CONTENT = make_image(48, 32, seed=61)
@@ -110,4 +112,52 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
             assert 'adain_queue_refused_total{reason="max_queue_per_caller"} 1.0' in reply.read().decode()
         assert srv.terminate() == 0
     finally:
+        srv.kill()
+
+
+def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_path: Path) -> None:
+    """A token marked "front" (adain-web) may name the end user of each call: each is then a caller with their
+    own share; another caller's end-user metadata is ignored (it would let one caller pose as many)."""
+    web_token = "web-token-0123456789abcdef"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {ALICE}\nweb {web_token} front\n")
+    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "8", "--max-queue-per-caller",
+                        "1", "--max-batch-delay-ms", "3000", "--log-level", "INFO")
+
+    async def main() -> list:
+        async with AsyncStyleTransferClient(srv.target, token=web_token, timeout=60, retries=0) as web, \
+                AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice:
+            first = asyncio.ensure_future(web.stylize(CONTENT, STYLE, end_user="203.0.113.1"))
+            first_alice = asyncio.ensure_future(alice.stylize(CONTENT, STYLE, end_user="x"))
+            await asyncio.sleep(0.5)
+            return await asyncio.gather(
+                first, first_alice,
+                web.stylize(CONTENT, STYLE, end_user="203.0.113.1"),  # the same visitor: their share is taken
+                web.stylize(CONTENT, STYLE, end_user="203.0.113.2"),  # another visitor: a place of their own
+                alice.stylize(CONTENT, STYLE, end_user="y"),  # alice is no front: still alice, share taken
+                return_exceptions=True)
+
+    web_page = None
+    try:
+        srv.wait_serving()
+        first, first_alice, same, other, alice_again = asyncio.run(main())
+        assert first.width == first_alice.width == other.width == 48
+        for refused in (same, alice_again):
+            assert isinstance(refused, StyleTransferError) and "max_queue_per_caller=1" in refused.details
+        callers = set(re.findall(r" caller=(\S+)", "".join(srv.stderr_lines)))
+        assert callers == {"web/203.0.113.1", "web/203.0.113.2", "alice"}, callers
+
+        # adain-web names its visitor: the peer, or behind a proxy (--forwarded-for) the last forwarded address
+        (tmp_path / "web-token").write_text(web_token + "\n")
+        web_page = WebProcess(srv.target, "--token-file", str(tmp_path / "web-token"), "--forwarded-for")
+        files = [("content", ("c.png", CONTENT, "image/png")), ("styles", ("s.png", STYLE, "image/png"))]
+        for headers in ({}, {"X-Forwarded-For": "10.9.9.9, 198.51.100.7"}):
+            r = httpx.post(web_page.url + "/api/stylize", files=files, headers=headers, timeout=60)
+            assert r.status_code == 200, r.text
+        callers = set(re.findall(r" caller=(\S+)", "".join(srv.stderr_lines)))
+        assert {"web/127.0.0.1", "web/198.51.100.7"} <= callers, callers
+        assert srv.terminate() == 0
+    finally:
+        if web_page is not None:
+            web_page.stop()
         srv.kill()

@@ -89,6 +89,7 @@ class WebSettings:
     video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
     video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
     live: LiveSettings = LiveSettings()  # the live camera (web.live)
+    forwarded_for: bool = False  # the end user is the last X-Forwarded-For address (behind a proxy), not the peer
 
 
 class BodyLimit:
@@ -222,9 +223,17 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
 
     live = LiveSessions(client, settings.live)
 
+    def end_user(connection: Request | WebSocket) -> str | None:
+        """Who the page's call is for, for the server's queue (it listens where adain-web's token is a front)."""
+        if settings.forwarded_for:
+            hops = [h.strip() for h in connection.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+            if hops:
+                return hops[-1]  # the address the proxy in front of us saw (earlier ones the client could write)
+        return connection.client.host if connection.client else None
+
     @app.websocket("/api/live")
     async def live_camera(ws: WebSocket) -> None:
-        await live.serve(ws, await current_limits())
+        await live.serve(ws, await current_limits(), end_user(ws))
 
     @app.post("/api/stylize")
     async def stylize(request: Request) -> Response:
@@ -235,7 +244,8 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
         except BadInput as e:
             return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
         try:
-            result = await run_in_threadpool(client.stylize, timeout=settings.timeout, **options)
+            result = await run_in_threadpool(client.stylize, timeout=settings.timeout, end_user=end_user(request),
+                                             **options)
         except StyleTransferError as e:
             status = HTTP_STATUS.get(e.code, 502)
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply limit" in (e.details or ""):
@@ -262,7 +272,7 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
         try:
             async with request.form(max_files=limits.max_styles + 1, max_fields=50) as form:
                 source, name, total, options = await _read_video_form(form, limits, folder, settings)
-            job = jobs.start(folder, source, name, total, **options)
+            job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)
         except BadInput as e:
             jobs.discard(folder)
             return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])

@@ -59,7 +59,7 @@ class LiveSessions:
         self.running = 0
         self._lock = threading.Lock()
 
-    async def serve(self, ws: WebSocket, limits: Limits) -> None:
+    async def serve(self, ws: WebSocket, limits: Limits, end_user: str | None = None) -> None:
         await ws.accept()
         with self._lock:
             full = self.running >= self.settings.max_sessions
@@ -70,7 +70,7 @@ class LiveSessions:
             return
         try:
             options = await self._options(ws, limits)
-            await self._stream(ws, options)
+            await self._stream(ws, {**options, "end_user": end_user})
         except BadInput as e:
             await _fail(ws, CLOSE_BAD_INPUT, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
         except (WebSocketDisconnect, TimeoutError):
