@@ -405,9 +405,9 @@ def test_live_sessions_are_bounded(server: ServerProcess) -> None:
         web.stop()
 
 
-def test_page_stylizes_the_live_camera(web: WebProcess, browser) -> None:
+def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path) -> None:
     """Chromium's fake camera (640 x 480) through the page: frames come back stylized; a new size starts a new
-    session; Stop lets the camera go."""
+    session; a picture can be saved; Stop lets the camera go."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -426,6 +426,11 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser) -> None:
     wait_for(browser, lambda d: d.execute_script(size) == 256 and d.execute_script(frames) >= 2, timeout=90)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "web_live.png"))
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    browser.find_element(By.ID, "live-snapshot").click()
+    saved = tmp_path / "stylized-live.png"
+    wait_for(browser, lambda d: saved.exists() and saved.stat().st_size > 0, timeout=20)
+    assert max(Image.open(saved).size) == 256
     browser.find_element(By.ID, "live-stop").click()
     assert not browser.find_element(By.ID, "live-row").is_displayed()
     assert browser.execute_script("return document.getElementById('live-camera').srcObject") is None

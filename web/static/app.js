@@ -528,6 +528,19 @@ function stopLive() {
   showLive(false);
 }
 
+// The stylized picture on screen now, as a PNG download.
+function saveSnapshot() {
+  const canvas = $("live-output");
+  if (!canvas.dataset.frames) return;
+  canvas.toBlob((blob) => {
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "stylized-live.png";
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  }, "image/png");
+}
+
 // While live, a changed option starts a new session with it.
 function liveChanged() {
   if (live.stream && state.styles.length) openLive();
@@ -543,6 +556,7 @@ function init() {
   $("live-start").hidden = !liveSupported();
   $("live-start").addEventListener("click", startLive);
   $("live-stop").addEventListener("click", stopLive);
+  $("live-snapshot").addEventListener("click", saveSnapshot);
   for (const id of ["alpha", "preserve_color", "temporal", "live-size"]) $(id).addEventListener("change", liveChanged);
   $("original").addEventListener("error", () => { if ($("original").getAttribute("src")) noPreview(); });
   $("original-video").addEventListener("error", noPreview);
