@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from . import logs
 from .config import parse_settings
 
 
@@ -19,11 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(settings.log_level, settings.log_format)
     log = logging.getLogger("adain.server")
     from .library import StyleLibrary
 

@@ -38,6 +38,7 @@ import grpc
 from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY
 
 from .errors import request_id
+from .logs import log_fields
 
 log = logging.getLogger("adain.server")
 
@@ -257,8 +258,8 @@ def _denial(handler: Any, method: str, rid: str, had_token: bool, on_denied: Cal
 
     async def deny(context: grpc.aio.ServicerContext) -> None:
         on_denied(name)
-        log.warning("request_id=%s method=%s code=UNAUTHENTICATED peer=%s token=%s", rid, name, context.peer(),
-                    "wrong" if had_token else "none")
+        log_fields(log, logging.WARNING, request_id=rid, method=name, code="UNAUTHENTICATED", peer=context.peer(),
+                   token="wrong" if had_token else "none")
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:

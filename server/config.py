@@ -76,6 +76,7 @@ class Settings:
     max_connection_age_s: float = 300
     replica_name: str = ""
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def limits(self) -> Limits:
@@ -181,6 +182,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                              "clients re-resolve and balance onto new replicas; 0: never"),
     "replica-name": (str, "this replica's name in the x-served-by reply metadata (default: hostname:port)"),
     "log-level": (one_of(LOG_LEVELS, str.upper), "DEBUG, INFO, WARNING or ERROR"),
+    "log-format": (one_of(("text", "json")), "text (a line for a person) or json (an object a line, a call's fields "
+                   "as keys, for a log pipeline)"),
 }
 
 

@@ -42,6 +42,11 @@ class Metrics:
             "adain_queue_refused", "Stylize requests refused a place: the queue was full (max_queue) or their "
             "caller held its share (max_queue_per_caller)", ["reason"], registry=r,
         )
+        self.caller_requests = Counter(
+            "adain_caller_requests", "gRPC requests by caller (a token's name: who uses the service; \"anonymous\" "
+            "without tokens, so peers and a front end's visitors do not each make a series) and status code",
+            ["caller", "code"], registry=r,
+        )
         self.queue_depth = Gauge("adain_queue_depth", "Stylize requests admitted and not yet rendering", registry=r)
         self.registered_styles = Gauge("adain_registered_styles", "Styles held by the style registry", registry=r)
         self.library_styles = Gauge("adain_library_styles", "Styles in the style library (--styles-dir)", registry=r)

@@ -43,6 +43,7 @@ from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
 from .errors import ServiceError, Violation, request_id, status_trailers
 from .library import ID_RE, MAX_THUMBNAIL, StyleLibrary
+from .logs import log_fields
 from .metrics import Metrics
 from .refine import RefineService
 from .registry import StyleRegistry
@@ -102,19 +103,12 @@ async def _call(
     finally:
         elapsed = time.perf_counter() - start
         servicer.metrics.requests.labels(method, code.name).inc()
+        account = caller.split("/", 1)[0] if servicer.tokens is not None else "anonymous"
+        servicer.metrics.caller_requests.labels(account, code.name).inc()
         servicer.metrics.request_seconds.labels(method).observe(elapsed)
         quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
-        level = logging.INFO if quiet else logging.WARNING
-        log.log(
-            level,
-            "request_id=%s method=%s code=%s ms=%.1f caller=%s%s",
-            rid,
-            method,
-            code.name,
-            elapsed * 1000,
-            caller,
-            f" detail={detail!r}" if detail else "",
-        )
+        log_fields(log, logging.INFO if quiet else logging.WARNING, request_id=rid, method=method, code=code.name,
+                   ms=round(elapsed * 1000, 1), caller=caller, detail=detail or None)
 
 
 def rpc(method: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:

@@ -109,7 +109,10 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
         assert "code=RESOURCE_EXHAUSTED" in "".join(srv.stderr_lines)
         assert "caller=alice" in "".join(srv.stderr_lines)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
-            assert 'adain_queue_refused_total{reason="max_queue_per_caller"} 1.0' in reply.read().decode()
+            text = reply.read().decode()
+        assert 'adain_queue_refused_total{reason="max_queue_per_caller"} 1.0' in text
+        assert 'adain_caller_requests_total{caller="alice",code="RESOURCE_EXHAUSTED"} 1.0' in text  # who uses it
+        assert 'adain_caller_requests_total{caller="bob",code="OK"} 2.0' in text  # Stylize, GetServerInfo
         assert srv.terminate() == 0
     finally:
         srv.kill()

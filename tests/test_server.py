@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import math
 import struct
 import subprocess
@@ -217,6 +218,27 @@ def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient
         assert trailing["x-request-id"] == "abc" and trailing["x-served-by"].endswith(f":{server.port}")
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, STYLE_A, alpha=2.0, request_id="bad-1")
     assert err.request_id == "bad-1"
+
+
+def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
+    """--log-format json: every line one JSON object; a call's line has its fields as keys."""
+    srv = ServerProcess(decoder_path, "--log-format", "json", "--log-level", "INFO")
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60) as c:
+            c.stylize(CONTENT, STYLE_A, request_id="json-ok")
+            _expect(grpc.StatusCode.INVALID_ARGUMENT, c.stylize, CONTENT, STYLE_A, alpha=2.0, request_id="json-bad")
+        assert srv.terminate() == 0
+    finally:
+        srv.kill()
+    lines = [json.loads(line) for line in srv.stderr_lines if line.strip()]  # each line parses
+    calls = {e["request_id"]: e for e in lines if "request_id" in e}
+    ok, bad = calls["json-ok"], calls["json-bad"]
+    assert (ok["method"], ok["code"], ok["level"], ok["logger"]) == ("Stylize", "OK", "INFO", "adain.server")
+    assert isinstance(ok["ms"], float) and ok["caller"] == "ipv4:127.0.0.1" and "detail" not in ok
+    assert bad["code"] == "INVALID_ARGUMENT" and "alpha" in bad["detail"]
+    assert ok["message"].startswith("request_id=json-ok method=Stylize code=OK ms=")
+    assert any(e["message"].startswith("model loaded") for e in lines)
 
 
 def test_server_info(client: StyleTransferClient) -> None:

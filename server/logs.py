@@ -1,0 +1,45 @@
+"""The server's logs: a plain line for a person at a terminal, or one JSON object a line for a log pipeline
+(``--log-format json``: Loki, Elasticsearch or Cloud Logging then read a call's fields without a parser).
+
+A call's log line carries its fields twice over: in the text, as ``key=value`` words, and on the record, as
+``fields``, which the JSON form writes as its own keys (numbers as numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup(level: str, fmt: str = "text") -> None:
+    """Log to stderr at ``level`` in ``fmt``: "text" or "json"."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def log_fields(logger: logging.Logger, level: int, **fields: Any) -> None:
+    """One line of ``key=value`` words (a string with spaces quoted), with the fields on the record; None
+    values are left out."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    words = (f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}" for k, v in fields.items())
+    logger.log(level, " ".join(words), extra={"fields": fields})
