@@ -437,6 +437,47 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path)
     assert browser.find_element(By.ID, "form-error").text == ""
 
 
+def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tmp_path: Path) -> None:
+    """Three photos chosen at once, one of them no image: two results and one error beside its name, then
+    one zip of the two."""
+    import zipfile
+
+    from selenium.webdriver.common.by import By
+
+    photos = [tmp_path / "one.png", tmp_path / "two.jpg", tmp_path / "broken.png"]
+    photos[0].write_bytes(make_image(80, 60, seed=81))
+    photos[1].write_bytes(make_image(60, 80, seed=82, fmt="JPEG"))
+    photos[2].write_bytes(b"not an image at all")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys("\n".join(str(p) for p in photos))
+    assert browser.find_element(By.ID, "content-name").text.startswith("3 photos: one.png, two.jpg, broken.png")
+    assert not browser.find_element(By.ID, "regions-row").is_displayed()  # a painting fits one photo
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#batch-results figure")) == 3, timeout=120)
+    captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#batch-results figcaption")]
+    assert captions[0].startswith("one.png") and captions[1].startswith("two.jpg")
+    assert captions[2].startswith("broken.png: content:"), captions[2]  # the server's error, this photo only
+    sizes = browser.execute_script(
+        "return [...document.querySelectorAll('#batch-results img')].map(i => [i.naturalWidth, i.naturalHeight]);")
+    assert sizes == [[80, 60], [60, 80]]
+    assert not browser.find_element(By.ID, "pair").is_displayed()
+    wait_for(browser, lambda d: d.find_element(By.ID, "download-all").is_displayed())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("document.getElementById('result').scrollIntoView()")
+    browser.save_screenshot(str(ARTIFACTS / "web_batch.png"))
+    browser.find_element(By.ID, "download-all").click()
+    saved = downloads / "stylized.zip"
+    wait_for(browser, lambda d: saved.exists() and saved.stat().st_size > 0, timeout=20)
+    with zipfile.ZipFile(saved) as z:
+        assert z.testzip() is None and z.namelist() == ["one_stylized.png", "two_stylized.png"]
+        assert [Image.open(io.BytesIO(z.read(n))).size for n in z.namelist()] == [(80, 60), (60, 80)]
+
+
 def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 

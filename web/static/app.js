@@ -16,10 +16,17 @@ function isVideo(file) {
   return file.type.startsWith("video/") || VIDEO_SUFFIXES.test(file.name);
 }
 
+// What was chosen or dropped: one photo or clip, or several photos (stylized one after another).
+function setFiles(files) {
+  files = [...files];
+  if (files.length > 1) setBatch(files); else setContent(files[0]);
+}
+
 function setContent(file) {
   if (!file) return;
   if (live.stream) stopLive();
   clearErrors();
+  batch.files = [];
   state.content = file;
   state.video = isVideo(file);
   const kind = state.video ? "Clip" : "Photo";
@@ -278,9 +285,9 @@ function showError(body, status) {
 }
 
 // What a photo and a clip send alike: the content, the styles with their weights, strength and colours.
-function commonForm() {
+function commonForm(content = state.content) {
   const data = new FormData();
-  data.append("content", state.content);
+  data.append("content", content);
   for (const style of state.styles) {
     data.append("styles", style.ref || style.file);  // a library style travels by name
     data.append("weights", String(style.weight));
@@ -296,6 +303,9 @@ async function submit(event) {
   clearErrors();
   if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
   if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
+  $("pair").hidden = batch.files.length > 1;
+  $("batch-results").hidden = $("download-all").hidden = true;
+  if (batch.files.length > 1) { await submitBatch(); return; }
   if (state.video) { await submitVideo(); return; }
   const data = commonForm();
   if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
@@ -409,11 +419,176 @@ async function submitVideo() {
 }
 
 async function cancelVideo() {
+  if (batch.running) {
+    batch.cancelled = true;  // the photo on its way is finished, no more are sent
+    $("form-error").textContent = "Cancelled.";
+    return;
+  }
   const id = state.job;
   if (!id) return;
   state.job = null;  // the polling loop stops; the server stops after the frame in flight
   await fetch(`/api/videos/${id}`, { method: "DELETE" });
   $("form-error").textContent = "Cancelled.";
+}
+
+// --- several photos: stylized one after another, shown together, saved as one zip ------------------------
+const batch = { files: [], results: [], running: false, cancelled: false };
+const MAX_BATCH = 100;
+
+function setBatch(files) {
+  clearErrors();
+  if (files.some(isVideo)) {
+    $("content-error").textContent = "Choose one clip, or several photos without clips among them.";
+    return;
+  }
+  if (files.length > MAX_BATCH) {
+    $("content-error").textContent = `At most ${MAX_BATCH} photos at once.`;
+    return;
+  }
+  if (live.stream) stopLive();
+  batch.files = files;
+  state.content = files[0];
+  state.video = false;
+  const names = files.slice(0, 3).map((f) => f.name).join(", ") + (files.length > 3 ? ", …" : "");
+  $("content-name").textContent = `${files.length} photos: ${names}`;
+  // a mask or a painting fits one photo; the size, rate and steadiness are a clip's
+  $("size-row").hidden = $("temporal-row").hidden = $("fps-row").hidden = true;
+  $("mask-row").hidden = $("regions-row").hidden = true;
+  resetPainter(null);
+  $("refine-row").hidden = !state.info.max_refine_steps;
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+async function submitBatch() {
+  const grid = $("batch-results");
+  grid.replaceChildren();
+  grid.hidden = false;
+  $("result").hidden = false;
+  $("download").hidden = true;
+  batch.results = [];
+  batch.cancelled = false;
+  batch.running = true;
+  videoBusy(true);  // the progress row, with Cancel
+  $("progress").max = batch.files.length;
+  $("progress").value = 0;
+  try {
+    for (const [i, file] of batch.files.entries()) {
+      if (batch.cancelled) break;
+      $("progress-text").textContent = `Photo ${i + 1} of ${batch.files.length}`;
+      const figure = document.createElement("figure");
+      const caption = document.createElement("figcaption");
+      caption.textContent = file.name;
+      let response;
+      for (let tries = 0; ; tries++) {  // a busy server (429) is asked again a moment later
+        const data = commonForm(file);
+        if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
+        data.append("format", "png");
+        response = await fetch("/api/stylize", { method: "POST", body: data });
+        if (response.status !== 429 || tries >= 30) break;
+        await sleep(1000 * Number(response.headers.get("Retry-After") || 1));
+      }
+      if (response.ok) {
+        const blob = await response.blob();
+        const stem = file.name.replace(/\.[^.]*$/, "") || "photo";
+        const taken = new Set(batch.results.map((r) => r.name));
+        let name = `${stem}_stylized.png`;
+        for (let n = 2; taken.has(name); n++) name = `${stem}_stylized_${n}.png`;
+        batch.results.push({ name, blob });
+        const img = document.createElement("img");
+        img.src = URL.createObjectURL(blob);
+        img.alt = `${file.name}, stylized`;
+        const link = document.createElement("a");
+        link.href = img.src;
+        link.download = name;
+        link.textContent = "Download";
+        figure.append(img);
+        caption.append(" ", link);
+      } else {
+        let body = null;
+        try { body = await response.json(); } catch (e) { /* not JSON */ }
+        if (response.status !== 400 || !body) {  // not this photo's fault: stop and say why
+          showError(body, response.status);
+          break;
+        }
+        caption.textContent = `${file.name}: ${body.error.message}`;  // this photo only; the others go on
+        caption.className = "error";
+      }
+      figure.append(caption);
+      grid.append(figure);
+      $("progress").value = i + 1;
+    }
+  } catch (e) {
+    $("form-error").textContent = "The page lost its connection to the server. Try again.";
+  } finally {
+    batch.running = false;
+    videoBusy(false);
+    $("download-all").hidden = batch.results.length < 2;
+  }
+}
+
+// A zip of the results, stored as they are (PNGs are compressed already), built here: nothing to install.
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+async function zipBlob(entries) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  const central = [];
+  let offset = 0;
+  for (const { name, blob } of entries) {
+    const data = new Uint8Array(await blob.arrayBuffer());
+    const fname = encoder.encode(name);
+    const crc = crc32(data);
+    // local header (30 bytes) and central directory entry (46): version 2.0, UTF-8 names, stored, 1980-01-01
+    const local = new DataView(new ArrayBuffer(30));
+    const entry = new DataView(new ArrayBuffer(46));
+    local.setUint32(0, 0x04034b50, true);
+    entry.setUint32(0, 0x02014b50, true);
+    entry.setUint16(4, 20, true);
+    for (const [view, at] of [[local, 4], [entry, 6]]) {
+      view.setUint16(at, 20, true);
+      view.setUint16(at + 2, 0x0800, true);
+      view.setUint16(at + 8, 0x21, true);
+      view.setUint32(at + 10, crc, true);
+      view.setUint32(at + 14, data.length, true);
+      view.setUint32(at + 18, data.length, true);
+      view.setUint16(at + 22, fname.length, true);
+    }
+    entry.setUint32(42, offset, true);
+    parts.push(local, fname, data);
+    central.push(entry, fname);
+    offset += 30 + fname.length + data.length;
+  }
+  const size = central.reduce((n, part) => n + part.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true);
+  end.setUint16(8, entries.length, true);
+  end.setUint16(10, entries.length, true);
+  end.setUint32(12, size, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...central, end], { type: "application/zip" });
+}
+
+async function downloadAll() {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await zipBlob(batch.results));
+  link.download = "stylized.zip";
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
 }
 
 // --- the live camera: frames over a WebSocket into one server stream, stylized frames back ----------------
@@ -425,6 +600,8 @@ function liveSupported() {
 }
 
 function showLive(on) {
+  $("pair").hidden = false;
+  if (on) $("batch-results").hidden = $("download-all").hidden = true;
   $("live-row").hidden = $("live-camera").hidden = $("live-output").hidden = !on;
   $("original").hidden = $("output").hidden = on || state.video;
   $("original-video").hidden = $("output-video").hidden = on || !state.video;
@@ -557,10 +734,11 @@ function init() {
   $("live-start").addEventListener("click", startLive);
   $("live-stop").addEventListener("click", stopLive);
   $("live-snapshot").addEventListener("click", saveSnapshot);
+  $("download-all").addEventListener("click", downloadAll);
   for (const id of ["alpha", "preserve_color", "temporal", "live-size"]) $(id).addEventListener("change", liveChanged);
   $("original").addEventListener("error", () => { if ($("original").getAttribute("src")) noPreview(); });
   $("original-video").addEventListener("error", noPreview);
-  $("content").addEventListener("change", (e) => setContent(e.target.files[0]));
+  $("content").addEventListener("change", (e) => setFiles(e.target.files));
   $("camera").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("camcorder").addEventListener("change", (e) => setContent(e.target.files[0]));
   $("style-upload").addEventListener("change", (e) => {
@@ -574,7 +752,7 @@ function init() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    setContent(e.dataTransfer.files[0]);
+    setFiles(e.dataTransfer.files);
   });
   $("form").addEventListener("submit", submit);
   $("paint").addEventListener("click", togglePainter);
