@@ -324,10 +324,10 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
 # --- the live camera's WebSocket -------------------------------------------------------------------------
 
 
-def _live(url: str):
+def _live(url: str, origin: str | None = None):
     from websockets.sync.client import connect
 
-    return connect(url.replace("http://", "ws://") + "/api/live", open_timeout=10, close_timeout=5)
+    return connect(url.replace("http://", "ws://") + "/api/live", open_timeout=10, close_timeout=5, origin=origin)
 
 
 def _live_error(ws) -> tuple[dict, int | None]:
@@ -383,8 +383,27 @@ def test_live_bad_options_end_the_session_naming_the_field(web: WebProcess, case
     assert code == 1008
 
 
+def test_other_sites_pages_are_refused(web: WebProcess) -> None:
+    """A page of another site may not use this API through its visitor's browser (Origin); callers that are
+    no browser (no Origin) and this page itself may."""
+    from websockets.exceptions import InvalidStatus
+
+    files = [_png("content", CONTENT), _png("styles", STYLE)]
+    r = httpx.post(web.url + "/api/stylize", files=files, headers={"Origin": "http://evil.example"}, timeout=60)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "PERMISSION_DENIED"
+    assert "http://evil.example" in r.json()["error"]["message"]
+    assert httpx.delete(web.url + "/api/videos/x", headers={"Origin": "http://evil.example"}).status_code == 403
+    assert httpx.post(web.url + "/api/stylize", files=files, headers={"Origin": web.url}, timeout=60).status_code == 200
+    with pytest.raises(InvalidStatus) as e:
+        _live(web.url, origin="http://evil.example")
+    assert e.value.response.status_code == 403
+    with _live(web.url, origin=web.url) as ws:  # the page's own origin
+        ws.send(json.dumps({"styles": []}))
+        assert _live_error(ws)[0]["violations"][0]["field"] == "styles"
+
+
 def test_live_sessions_are_bounded(server: ServerProcess) -> None:
-    web = WebProcess(server.target, "--max-live", "1", "--live-max-s", "3")
+    web = WebProcess(server.target, "--max-live", "1", "--live-max-s", "3", "--allowed-origin", "https://partner.example")
     try:
         with _live(web.url) as first:
             first.send(json.dumps({"styles": ["upload"]}))
@@ -396,7 +415,7 @@ def test_live_sessions_are_bounded(server: ServerProcess) -> None:
             assert isinstance(first.recv(timeout=60), bytes)
             error, code = _live_error(first)  # then no more than 3 s in all
         assert error["code"] == "DEADLINE_EXCEEDED" and "at most 3 s" in error["message"] and code == 1013
-        with _live(web.url) as again:  # the place is free again
+        with _live(web.url, origin="https://partner.example") as again:  # free again; an allowed origin
             again.send(json.dumps({"styles": ["upload"]}))
             again.send(STYLE)
             again.send(make_image(64, 48, seed=77, fmt="JPEG"))

@@ -35,6 +35,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--forwarded-for", action="store_true",
                    help="behind a reverse proxy: a page's visitor is the last X-Forwarded-For address, not the "
                    "proxy's (the server gives each visitor a turn where adain-web's token is marked front)")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="another site (https://example.org) whose pages may call this API from a browser; by "
+                   "default only this page may (repeat for more)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -58,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
                                live=LiveSettings(max_sessions=args.max_live, max_seconds=args.live_max_s),
-                               forwarded_for=args.forwarded_for)
+                               forwarded_for=args.forwarded_for, allowed_origins=tuple(args.allowed_origin))
         app = create_app(client, settings)
         print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)

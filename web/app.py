@@ -90,6 +90,7 @@ class WebSettings:
     video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
     live: LiveSettings = LiveSettings()  # the live camera (web.live)
     forwarded_for: bool = False  # the end user is the last X-Forwarded-For address (behind a proxy), not the peer
+    allowed_origins: tuple[str, ...] = ()  # other sites whose pages may call this API from a browser
 
 
 class BodyLimit:
@@ -121,6 +122,35 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class SameOrigin:
+    """ASGI middleware: a browser's POST, DELETE or WebSocket from another site's page is refused (403; the
+    socket closed with 1008), so a page elsewhere cannot spend this server's time through a visitor's
+    browser (the live camera's socket, an upload) nor cancel a visitor's clip. Browsers say where a request
+    comes from (``Origin``); callers that are no browser send none and pass, as do ``allowed`` origins."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = ()) -> None:
+        self.app, self.allowed = app, {a.rstrip("/").lower() for a in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guarded = scope["type"] == "websocket" or (scope["type"] == "http" and scope["method"] in ("POST", "DELETE"))
+        headers = dict(scope.get("headers") or ())
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/").lower()
+        if guarded and origin and not self._same(origin, headers) and origin not in self.allowed:
+            message = f"requests from pages of {origin} are not accepted here (adain-web --allowed-origin)"
+            if scope["type"] == "websocket":
+                await receive()  # the handshake
+                await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
+                return
+            await _error(403, "PERMISSION_DENIED", message)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _same(origin: str, headers: dict[bytes, bytes]) -> bool:
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        return bool(host) and origin.split("://", 1)[-1] == host
+
+
 def _too_large(limit: int) -> str:
     return f"the upload is over the limit of {limit / 2**20:g} MB"
 
@@ -144,6 +174,7 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
             await run_in_threadpool(jobs.close)  # running clips cancelled, every file removed
 
     app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
                        by_prefix={"/api/videos": settings.max_video_bytes})
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
