@@ -402,12 +402,19 @@ def test_other_sites_pages_are_refused(web: WebProcess) -> None:
         assert _live_error(ws)[0]["violations"][0]["field"] == "styles"
 
 
-def test_live_sessions_are_bounded(server: ServerProcess) -> None:
-    web = WebProcess(server.target, "--max-live", "1", "--live-max-s", "3", "--allowed-origin", "https://partner.example")
+def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:
+    metrics = free_port()
+    web = WebProcess(server.target, "--max-live", "1", "--live-max-s", "3", "--allowed-origin", "https://partner.example",
+                     "--metrics-port", str(metrics))
+
+    def scrape() -> str:
+        return httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+
     try:
         with _live(web.url) as first:
             first.send(json.dumps({"styles": ["upload"]}))
             first.send(STYLE)
+            assert "adain_web_live_sessions 1.0" in scrape()
             with _live(web.url) as second:  # one at a time here
                 error, code = _live_error(second)
             assert error["code"] == "RESOURCE_EXHAUSTED" and code == 1013
@@ -420,6 +427,10 @@ def test_live_sessions_are_bounded(server: ServerProcess) -> None:
             again.send(STYLE)
             again.send(make_image(64, 48, seed=77, fmt="JPEG"))
             assert isinstance(again.recv(timeout=60), bytes)
+        text = scrape()
+        assert 'adain_web_requests_total{route="/api/live",status="websocket"} 3.0' in text
+        assert 'adain_web_requests_total{route="/api/info",status="200"}' in text  # by route template and status
+        assert "adain_web_video_jobs_running 0.0" in text
     finally:
         web.stop()
 

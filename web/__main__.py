@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                    help="another site (https://example.org) whose pages may call this API from a browser; by "
                    "default only this page may (repeat for more)")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve Prometheus metrics (requests by route and status, live sessions, clip jobs) on this "
+                   "port of --host (default 0: none; a port of its own, so the public never sees them)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -48,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .app import WebSettings, create_app
     from .live import LiveSettings
+    from .metrics import WebMetrics
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
@@ -62,7 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
                                live=LiveSettings(max_sessions=args.max_live, max_seconds=args.live_max_s),
                                forwarded_for=args.forwarded_for, allowed_origins=tuple(args.allowed_origin))
-        app = create_app(client, settings)
+        metrics = WebMetrics() if args.metrics_port > 0 else None
+        app = create_app(client, settings, metrics)
+        if metrics is not None:
+            try:
+                metrics.serve(args.host, args.metrics_port)
+            except OSError as e:
+                print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
+                return 2
         print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0

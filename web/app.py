@@ -57,6 +57,7 @@ from adain.wire import (
 
 from .checks import BadInput, error_json, image, number, style_name, whole
 from .live import LiveSessions, LiveSettings
+from .metrics import MetricsMiddleware, WebMetrics
 from .video import Busy, VideoJobs
 
 HERE = Path(__file__).resolve().parent
@@ -161,9 +162,11 @@ def _error(
     return JSONResponse(error_json(code, message, violations), status_code=status, headers=headers)
 
 
-def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings()) -> FastAPI:
-    """The app over ``client`` (which it does not close). No interactive docs: they load scripts from
-    other sites, and the page loads nothing from anywhere but here."""
+def create_app(
+    client: StyleTransferClient, settings: WebSettings = WebSettings(), metrics: WebMetrics | None = None
+) -> FastAPI:
+    """The app over ``client`` (which it does not close), counted in ``metrics`` when given. No interactive
+    docs: they load scripts from other sites, and the page loads nothing from anywhere but here."""
     jobs = VideoJobs(client, max_running=settings.max_video_jobs, keep_s=settings.video_keep_s,
                      abandon_s=settings.video_abandon_s) if _has_av() else None
 
@@ -253,6 +256,9 @@ def create_app(client: StyleTransferClient, settings: WebSettings = WebSettings(
         return Response(style.thumbnail, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 
     live = LiveSessions(client, settings.live)
+    if metrics is not None:
+        metrics.follow(lambda: live.running, lambda: jobs.running() if jobs is not None else 0)
+        app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refused requests are counted too
 
     def end_user(connection: Request | WebSocket) -> str | None:
         """Who the page's call is for, for the server's queue (it listens where adain-web's token is a front)."""

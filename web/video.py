@@ -66,6 +66,13 @@ class VideoJobs:
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
 
+    def running(self) -> int:
+        with self.lock:
+            return self._running()
+
+    def _running(self) -> int:
+        return sum(j.state == "running" for j in self.jobs.values())
+
     def new_folder(self) -> Path:
         """A folder for an upload about to become a job (removed by ``discard`` if it does not)."""
         return Path(tempfile.mkdtemp(dir=self.root))
@@ -78,7 +85,7 @@ class VideoJobs:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
         with self.lock:
             self._purge()
-            if sum(j.state == "running" for j in self.jobs.values()) >= self.max_running:
+            if self._running() >= self.max_running:
                 raise Busy(f"{self.max_running} clip(s) are being stylized already; try again when one is done")
             job = VideoJob(uuid.uuid4().hex, folder, name, total)
             self.jobs[job.id] = job

@@ -1,0 +1,73 @@
+"""adain-web's Prometheus metrics (``--metrics-port``): what someone running the page for the public watches,
+on a port of its own (not the page's, so the public never sees them). Requests by route and status and their
+time, live camera sessions and clip jobs running. The server's own metrics say the rest (queue, inference).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class WebMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("adain_web_requests", "HTTP requests and WebSocket sessions, by route and status "
+                                "(a WebSocket's: \"websocket\")", ["route", "status"], registry=r)
+        self.seconds = Histogram("adain_web_request_seconds", "Time per request (a WebSocket: its session), by "
+                                 "route", ["route"], buckets=_BUCKETS, registry=r)
+        self.live_sessions = Gauge("adain_web_live_sessions", "Live camera sessions open", registry=r)
+        self.video_jobs = Gauge("adain_web_video_jobs_running", "Clip jobs stylizing now", registry=r)
+        self._http = None
+
+    def follow(self, live_sessions: Callable[[], float], video_jobs: Callable[[], float]) -> None:
+        """Read the two gauges from the app's own counts at each scrape."""
+        self.live_sessions.set_function(live_sessions)
+        self.video_jobs.set_function(video_jobs)
+
+    def serve(self, host: str, port: int) -> int:
+        try:
+            server, _thread = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
+        except OSError as e:
+            raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
+        self._http = server
+        return server.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class MetricsMiddleware:
+    """ASGI middleware: count each request by the route it matched (its template, ``/api/videos/{job_id}``,
+    so ids make no series of their own) and its status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: WebMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        status = ["websocket" if scope["type"] == "websocket" else "500"]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = str(message["status"])
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(name, status[0]).inc()
+            self.metrics.seconds.labels(name).observe(time.perf_counter() - start)
