@@ -179,16 +179,20 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def encode_image(img: Image.Image, fmt: str = "png", quality: int = DEFAULT_QUALITY) -> bytes:
-    """Encode to PNG, JPEG or WebP bytes; ``quality`` (1-100) applies to JPEG and WebP."""
+def encode_image(
+    img: Image.Image, fmt: str = "png", quality: int = DEFAULT_QUALITY, exif: bytes | None = None
+) -> bytes:
+    """Encode to PNG, JPEG or WebP bytes; ``quality`` (1-100) applies to JPEG and WebP; ``exif`` (from
+    :func:`adain.photo.exif_to_keep`) is written into any of the three."""
     name = format_name(fmt)
     if name is None:
         raise InvalidInputError("format", f"unsupported output format {fmt!r} (png, jpeg, webp)")
     if not 1 <= quality <= 100:
         raise InvalidInputError("quality", f"must be in [1, 100], got {quality}")
     buf = io.BytesIO()
+    meta = {"exif": exif} if exif else {}
     if name == "png":
-        img.save(buf, "PNG", compress_level=6)
+        img.save(buf, "PNG", compress_level=6, **meta)
     else:
-        img.save(buf, name.upper(), quality=quality)
+        img.save(buf, name.upper(), quality=quality, **meta)
     return buf.getvalue()

@@ -24,6 +24,32 @@ from PIL import Image, ImageCms
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # ISO-BMFF 'ftyp'
 
 
+EXIF_GPS_IFD = 0x8825
+EXIF_ORIENTATION = 0x0112
+EXIF_IFD = 0x8769
+EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the original's, not the output's
+
+
+def exif_to_keep(data: bytes) -> bytes | None:
+    """The EXIF of an encoded photo to write into its stylized copy (None: it has none, or it cannot be
+    read): the date, camera and exposure stay; the GPS location goes (a stylized photo is often shared where
+    the original is not); the orientation is upright (decoding applied it) and the pixel size is dropped."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            exif = img.getexif()
+            if not exif:
+                return None
+            sub = exif.get_ifd(EXIF_IFD)  # loaded now, so that tobytes writes it
+            for tag in EXIF_PIXEL_SIZE:
+                sub.pop(tag, None)
+            exif.pop(EXIF_GPS_IFD, None)
+            if EXIF_ORIENTATION in exif:
+                exif[EXIF_ORIENTATION] = 1
+            return exif.tobytes()
+    except Exception:  # noqa: BLE001 - metadata is a nicety: an odd block never fails the image
+        return None
+
+
 @cache
 def heif_support() -> bool:
     """Register pillow-heif's HEIF opener once, if it is installed; whether HEIF files can be read."""

@@ -527,7 +527,8 @@ class StyleTransferClient(_ClientBase):
         or "#rrggbb"); ``region_alphas``: each region's strength. Uncovered pixels keep the content.
         ``content_size``: longest side the content is rendered at (0 keeps it); ``style_size``: longest
         side of the styles (0: the server's default, 512). ``format``: "png", "jpeg" or "webp";
-        ``quality`` 1..100 for JPEG/WebP. ``request_id`` is sent as x-request-id (else the server makes one).
+        ``quality`` 1..100 for JPEG/WebP. ``keep_exif``: the output carries the content's EXIF (date taken,
+        camera; never its GPS location). ``request_id`` is sent as x-request-id (else the server makes one).
         ``end_user``: for a front end that serves many people (its token marked ``front`` on the server),
         the person this call is for (an address, an account id): the server's queue then gives each one
         their own turn and share.
@@ -727,11 +728,12 @@ def stylize_request(
     tv_weight: float | None = None,
     refine_size: int = 0,
     optimizer: str = "lbfgs",
+    keep_exif: bool = False,
     **options: Any,
 ) -> pb.StylizeRequest:
     """The StylizeRequest of :meth:`StyleTransferClient.stylize`'s options (both clients build it here),
     checking what can be checked before anything is sent; ``options``: those of :func:`_fill_options`."""
-    request = pb.StylizeRequest(content=image_bytes(content, "content"))
+    request = pb.StylizeRequest(content=image_bytes(content, "content"), keep_exif=bool(keep_exif))
     _fill_options(request, styles, **options)
     _fill_refine(request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer)
     return request

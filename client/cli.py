@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest side the content is rendered at (0: as it is; default 0)")
     p.add_argument("--style-size", type=non_negative_int, default=0, metavar="N",
                    help="longest side of the styles (0: the server's default, 512)")
+    p.add_argument("--keep-exif", action="store_true",
+                   help="the output keeps the photo's EXIF: date taken, camera, exposure (never its GPS location), "
+                   "so photo libraries file it beside the original")
     p.add_argument("--quality", type=int_in_range(1, 100), default=DEFAULT_QUALITY, metavar="Q",
                    help=f"JPEG/WebP quality 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--format", type=one_of(FORMATS, _format), default=None, metavar="FORMAT",
@@ -337,7 +340,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
 
     try:
         result = client.stylize(content, [(s, w) for s, w in styles], format=fmt, on_progress=progress if bar else None,
-                                **_options(args), **refine)
+                                keep_exif=args.keep_exif, **_options(args), **refine)
     except StyleTransferError as e:
         raise CliError(_describe(e, args)) from None
     finally:
@@ -428,7 +431,8 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
         raise CliError(f"-o {out_dir}: cannot create the folder: {e.strerror or e}") from None
     fmt = args.format or "png"
     ext = FORMAT_SUFFIXES[fmt]
-    options = {**_options(args), **_refine_options(args)}  # the videos of a folder are not refined
+    # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
+    options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
     # Send each style image once, then refer to it by id.
     refs: list[tuple[Any, str]] = []
     for source, _weight in styles:

@@ -24,6 +24,7 @@ import grpc
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, encode_image, load_image
 from adain.job import CheckedJob, Job, temporal_problems
+from adain.photo import exif_to_keep
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
@@ -319,9 +320,12 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 result = await self._render(ticket, prepared, deadline)
                 image = result.output
             t1 = time.perf_counter()
-            data = await loop.run_in_executor(
-                self.pool, encode_image, image, FORMAT_BY_ENUM[request.format], request.quality or DEFAULT_QUALITY
-            )
+
+            def encode() -> bytes:
+                exif = exif_to_keep(request.content) if request.keep_exif else None
+                return encode_image(image, FORMAT_BY_ENUM[request.format], request.quality or DEFAULT_QUALITY, exif)
+
+            data = await loop.run_in_executor(self.pool, encode)
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
             if long_job:

@@ -187,3 +187,19 @@ def make_hlg_clip(path, signals: list[np.ndarray], fps: int = 10) -> None:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
+
+
+def photo_with_exif(w: int = 64, h: int = 48, seed: int = 0) -> bytes:
+    """A JPEG as a phone writes one: camera, date taken, orientation 6 (turn a quarter), the pixel size and
+    a GPS location in its EXIF."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"  # Make
+    exif[0x0112] = 6  # Orientation
+    sub = exif.get_ifd(0x8769)
+    sub[0x9003] = "2026:07:14 10:11:12"  # DateTimeOriginal
+    sub[0xA002], sub[0xA003] = w, h
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (52.0, 31.0, 0.0)
+    buf = io.BytesIO()
+    synth_image(w, h, seed=seed).save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    return buf.getvalue()

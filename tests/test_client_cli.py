@@ -14,7 +14,7 @@ from PIL import Image
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import main, parse_style
 from helpers import REPO, ServerProcess, free_port, make_certificates
-from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, pixels
+from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, photo_with_exif, pixels
 
 CONTENT = make_image(64, 48, seed=21)
 STYLE_A = make_image(40, 40, seed=22, kind="noise")
@@ -170,6 +170,16 @@ def test_cli_single_blend(server: ServerProcess, files: dict[str, Path], capsys)
                  "-o", str(out_jpg), "--server", server.target])
     assert code == 0, capsys.readouterr().err
     assert Image.open(out_jpg).format == "JPEG"
+
+
+def test_cli_keeps_exif_when_asked(server: ServerProcess, files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    photo, out = tmp_path / "phone.jpg", tmp_path / "out.jpg"
+    photo.write_bytes(photo_with_exif(64, 48))
+    assert main([str(photo), "-s", str(files["a.png"]), "--keep-exif", "-o", str(out), "--server", server.target]) == 0
+    exif = Image.open(out).getexif()
+    assert exif[0x010F] == "TestCam" and 0x8825 not in exif
+    assert main([str(photo), "-s", str(files["a.png"]), "-o", str(out), "--server", server.target]) == 0
+    assert not Image.open(out).getexif()
 
 
 def test_cli_regions_by_masks_and_labels(server: ServerProcess, client: StyleTransferClient,

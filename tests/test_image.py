@@ -14,8 +14,9 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import encode_image, load_image
+from adain.photo import exif_to_keep
 from adain.wire import Limits
-from synth import P3_D50, SRGB_D50, encoded, icc_rgb, synth_image
+from synth import P3_D50, SRGB_D50, encoded, icc_rgb, photo_with_exif, synth_image
 
 IMG = synth_image(40, 30, seed=7)
 
@@ -191,3 +192,17 @@ def test_encode(fmt: str, magic: bytes) -> None:
         encode_image(IMG, fmt, quality=0)
     with pytest.raises(InvalidInputError, match="format"):
         encode_image(IMG, "gif")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_exif_kept_without_the_location(fmt: str) -> None:
+    """A photo's date and camera survive into its stylized copy; its GPS location and its pixel size do not,
+    and it is upright (decoding turned the pixels)."""
+    kept = exif_to_keep(photo_with_exif(64, 48))
+    exif = Image.open(io.BytesIO(encode_image(IMG, fmt, quality=90, exif=kept))).getexif()
+    assert exif[0x010F] == "TestCam" and exif[0x0112] == 1
+    assert exif.get_ifd(0x8769) == {0x9003: "2026:07:14 10:11:12"}
+    assert exif.get_ifd(0x8825) == {} and 0x8825 not in exif
+    assert exif_to_keep(encode_image(IMG, "png")) is None  # nothing to keep
+    assert exif_to_keep(b"not an image") is None  # an odd block never fails the image
+    assert not Image.open(io.BytesIO(encode_image(IMG, fmt, quality=90))).getexif()  # none unless asked

@@ -28,7 +28,7 @@ from adain.precision import cpu_has_bf16, cpu_info
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import ServerProcess, free_port, health_status
-from synth import band_mask, encoded, make_image, make_mask, pixels
+from synth import band_mask, encoded, make_image, make_mask, photo_with_exif, pixels
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -239,6 +239,15 @@ def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
     assert bad["code"] == "INVALID_ARGUMENT" and "alpha" in bad["detail"]
     assert ok["message"].startswith("request_id=json-ok method=Stylize code=OK ms=")
     assert any(e["message"].startswith("model loaded") for e in lines)
+
+
+def test_keep_exif_copies_the_date_not_the_location(client: StyleTransferClient) -> None:
+    photo = photo_with_exif(64, 48, seed=5)
+    kept = Image.open(io.BytesIO(client.stylize(photo, STYLE_A, format="jpeg", keep_exif=True).image))
+    assert kept.size == (48, 64)  # orientation 6 applied: upright
+    exif = kept.getexif()
+    assert exif.get_ifd(0x8769)[0x9003] == "2026:07:14 10:11:12" and exif[0x0112] == 1 and 0x8825 not in exif
+    assert not Image.open(io.BytesIO(client.stylize(photo, STYLE_A, format="jpeg").image)).getexif()
 
 
 def test_server_info(client: StyleTransferClient) -> None:

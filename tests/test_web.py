@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from helpers import REPO, ServerProcess, WebProcess, browser_or_skip, free_port, wait_for
-from synth import encoded, make_image, make_mask, make_video, pixels, video_facts
+from synth import encoded, make_image, make_mask, make_video, photo_with_exif, pixels, video_facts
 
 CONTENT = make_image(64, 48, seed=31)
 STYLE = make_image(40, 40, seed=32, kind="noise")
@@ -56,6 +56,15 @@ def _field(response: httpx.Response) -> str:
 def test_web_imports_no_torch() -> None:
     code = "import sys, adain.web.app, adain.web.__main__; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_keep_exif_over_http(web: WebProcess) -> None:
+    files = [("content", ("p.jpg", photo_with_exif(64, 48), "image/jpeg")), _png("styles", STYLE)]
+    r = _post(web.url, files, {"keep_exif": "1"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).getexif()[0x010F] == "TestCam"
+    assert not Image.open(io.BytesIO(_post(web.url, files, {"keep_exif": "0"}).content)).getexif()
+    r = _post(web.url, files, {"keep_exif": "maybe"})
+    assert r.status_code == 400 and r.json()["error"]["violations"][0]["field"] == "keep_exif"
 
 
 def test_page_and_assets_load_nothing_from_other_sites(web: WebProcess) -> None:

@@ -75,7 +75,7 @@ HTTP_STATUS = {
     grpc.StatusCode.CANCELLED: 503,
 }
 IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask", "labels", "label", "refine_steps",
-                "format")
+                "format", "keep_exif")
 VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size", "fps")
 
 
@@ -415,6 +415,10 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     if fmt is None:
         raise BadInput("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
     options["format"] = fmt
+    keep = str(form.get("keep_exif") or "0").lower()
+    if keep not in ("0", "1", "true", "false", "on", "off"):
+        raise BadInput("keep_exif", f"must be 1 or 0, got {form.get('keep_exif')!r}")
+    options["keep_exif"] = keep in ("1", "true", "on")
     return options
 
 

@@ -69,7 +69,7 @@ class Style(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., style_id: _Optional[str] = ..., weight: _Optional[float] = ..., mask: _Optional[bytes] = ..., label: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class StylizeRequest(_message.Message):
-    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "refine_steps", "refine_init", "content_weight", "style_weight", "tv_weight", "refine_size", "optimizer", "labels")
+    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "refine_steps", "refine_init", "content_weight", "style_weight", "tv_weight", "refine_size", "optimizer", "labels", "keep_exif")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     STYLES_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class StylizeRequest(_message.Message):
     REFINE_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_EXIF_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     styles: _containers.RepeatedCompositeFieldContainer[Style]
     alpha: float
@@ -104,7 +105,8 @@ class StylizeRequest(_message.Message):
     refine_size: int
     optimizer: Optimizer
     labels: bytes
-    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine_init: _Optional[_Union[RefineInit, str]] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., refine_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., labels: _Optional[bytes] = ...) -> None: ...
+    keep_exif: bool
+    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine_init: _Optional[_Union[RefineInit, str]] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., refine_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., labels: _Optional[bytes] = ..., keep_exif: _Optional[bool] = ...) -> None: ...
 
 class StylizeEvent(_message.Message):
     __slots__ = ("progress", "result")

@@ -39,6 +39,7 @@ function setContent(file) {
   $("mask-row").hidden = $("regions-row").hidden = state.video;
   resetPainter(state.video ? null : file);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
+  $("exif-row").hidden = state.video;
   $("original-caption").textContent = "Original";
   const url = URL.createObjectURL(file);
   $("original").hidden = $("output").hidden = state.video;
@@ -323,6 +324,7 @@ async function submit(event) {
   }
   if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
   data.append("format", "png");
+  data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
 
   const button = $("submit");
   button.disabled = true;
@@ -456,6 +458,7 @@ function setBatch(files) {
   $("mask-row").hidden = $("regions-row").hidden = true;
   resetPainter(null);
   $("refine-row").hidden = !state.info.max_refine_steps;
+  $("exif-row").hidden = false;
 }
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
@@ -484,6 +487,7 @@ async function submitBatch() {
         const data = commonForm(file);
         if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
         data.append("format", "png");
+        data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
         response = await fetch("/api/stylize", { method: "POST", body: data });
         if (response.status !== 429 || tries >= 30) break;
         await sleep(1000 * Number(response.headers.get("Retry-After") || 1));
@@ -608,6 +612,7 @@ function showLive(on) {
   $("temporal-row").hidden = !(on || state.video);
   $("mask-row").hidden = $("regions-row").hidden = on || state.video;  // a photo's options, not the camera's
   $("refine-row").hidden = on || state.video || !state.info.max_refine_steps;
+  $("exif-row").hidden = on || state.video;
   $("download").hidden = true;
   $("original-caption").textContent = on ? "Camera" : "Original";
   if (on) $("result").hidden = false;
