@@ -2,12 +2,14 @@
 
     adain-stylize photo.jpg --style starry.jpg --style mosaic.jpg:0.3 --alpha 0.8 -o out.png
     adain-stylize photos/ --style starry.jpg --style mosaic.jpg -o stylized/ --format jpeg
+    adain-stylize *.jpg --style id:mosaic -o stylized/
 
 A style is ``PATH`` or ``PATH:WEIGHT`` (the part after the last ``:`` is a weight only if it reads as a
 number; default 1), or ``id:STYLE_ID[:WEIGHT]`` for a style registered on the server or ``id:NAME[:WEIGHT]``
 for one of its library (``adain-stylize --list-styles`` lists them). With one content
 file, the styles are blended by weight and the output format comes from the ``-o`` extension. With a
-folder, every content image is stylized with each style separately and written to the ``-o`` folder as
+folder, or several contents (files and folders), every content is stylized with each style separately and
+written to the ``-o`` folder as
 ``<content-stem>_stylized_<style-stem>.<ext>`` (``--format``, default png).
 
 Every failure prints one line ``adain-stylize: error: ...`` to stderr and exits non-zero.
@@ -106,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  adain-stylize photos/ --style a.jpg --style b.jpg -o stylized/ --format jpeg",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("content", metavar="CONTENT",
-                   help="content image or video (MP4, MOV, MKV, WebM, animated GIF), or a folder of them (every "
-                   "content x every style)")
+    p.add_argument("content", metavar="CONTENT", nargs="+",
+                   help="content image or video (MP4, MOV, MKV, WebM, animated GIF); or several, or folders of them "
+                   "(every content x every style, into the -o folder)")
     p.add_argument(
         "-s", "--style", action="append", required=True, metavar="STYLE[:WEIGHT]",
         help="style image path, optionally with a weight after the last ':' (default 1); or id:STYLE_ID[:WEIGHT] "
@@ -409,22 +411,44 @@ def _video_suffix(src: Path) -> str:
     return src.suffix.lower() if src.suffix.lower() in VIDEO_SUFFIXES else ".mp4"
 
 
+def _content_files(paths: list[Path]) -> list[Path]:
+    """The files of several CONTENT arguments: each folder's images and videos (by suffix), and each file as
+    given (the server says if it is no image); outputs are named by stem, so two contents may not share one."""
+    from adain.media import VIDEO_SUFFIXES
+
+    known = INPUT_SUFFIXES + VIDEO_SUFFIXES
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known)
+            if not found:
+                raise CliError(f"{path}: no images or videos in this folder ({', '.join(known)})")
+            files += found
+        else:
+            _check_readable(path, "CONTENT")
+            files.append(path)
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems and stems[f.stem] != f:
+            raise CliError(f"{stems[f.stem]} and {f}: two contents named {f.stem!r} would write outputs of one name")
+        stems[f.stem] = f
+    return list(dict.fromkeys(files))
+
+
 def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     from tqdm import tqdm
 
-    from adain.media import VIDEO_SUFFIXES, MediaError
+    from adain.media import MediaError
 
-    folder = Path(args.content)
     if args.mask or args.labels:
-        raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; a folder runs each style alone")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES + VIDEO_SUFFIXES)
+        raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; several contents run each "
+                       "style alone")
+    files = _content_files([Path(c) for c in args.content])
     videos = [p for p in files if is_video(p)]
     contents = [p for p in files if p not in videos]
-    if not files:
-        raise CliError(f"{folder}: no images or videos in this folder ({', '.join(INPUT_SUFFIXES + VIDEO_SUFFIXES)})")
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
-        raise CliError(f"-o {out_dir}: a content folder needs an output folder, and this is a file")
+        raise CliError(f"-o {out_dir}: several contents (or a folder) need an output folder, and this is a file")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -537,17 +561,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if listing:
             return _list_styles(args)
-        content = Path(args.content)
-        if not content.exists():
-            raise CliError(f"CONTENT: no such file or folder: {content}")
+        paths = [Path(c) for c in args.content]
+        for path in paths:
+            if not path.exists():
+                raise CliError(f"CONTENT: no such file or folder: {path}")
+        single = len(paths) == 1 and paths[0].is_file()
+        if single:
+            args.content = content = paths[0]
         styles: list[tuple[Any, float]] = []
         for spec in args.style:
             source, weight = parse_style(spec)
             styles.append((_style_source(spec, source), weight))
-        if content.is_file() and sum(w for _, w in styles) <= 0:
+        if single and sum(w for _, w in styles) <= 0:
             raise CliError("--style: all weights are 0; at least one must be > 0")
         with connect(args) as client:
-            if content.is_dir():
+            if not single:
                 return _run_folder(client, args, styles)
             if is_video(content):
                 return _run_video(client, args, styles)

@@ -247,6 +247,27 @@ def test_cli_folder_mode(server: ServerProcess, tmp_path: Path, files: dict[str,
     assert sorted(p.name for p in out2.iterdir()) == [f"{c}_stylized_a.jpg" for c in ("cat", "dog", "tree")]
 
 
+def test_cli_several_contents(server: ServerProcess, tmp_path: Path, files: dict[str, Path], capsys) -> None:
+    """Several CONTENT arguments (a shell's *.jpg), files and folders together, run like a folder."""
+    (tmp_path / "more").mkdir()
+    for name, seed in (("one.png", 1), ("two.png", 2), ("more/three.png", 3)):
+        (tmp_path / name).write_bytes(make_image(64, 48, seed=60 + seed))
+    out = tmp_path / "out"
+    srv = ["--server", server.target]
+    code = main([str(tmp_path / "one.png"), str(tmp_path / "two.png"), str(tmp_path / "more"), "-s",
+                 str(files["a.png"]), "-o", str(out), *srv])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [f"{c}_stylized_a.png" for c in ("one", "three", "two")]
+    capsys.readouterr()
+    (tmp_path / "more" / "one.png").write_bytes(make_image(64, 48, seed=64))  # two contents named "one"
+    line = _cli_failure([str(tmp_path / "one.png"), str(tmp_path / "more"), "-s", str(files["a.png"]), "-o",
+                         str(out), *srv], capsys)
+    assert "two contents named 'one'" in line
+    line = _cli_failure([str(tmp_path / "one.png"), str(tmp_path / "two.png"), "-s", str(files["a.png"]), "-o",
+                         str(files["a.png"]), *srv], capsys)
+    assert "need an output folder" in line
+
+
 def test_cli_folder_reports_a_bad_image_and_goes_on(server: ServerProcess, tmp_path: Path, files, capsys) -> None:
     contents = tmp_path / "mixed"
     contents.mkdir()
