@@ -173,10 +173,9 @@ class StyleLibrary:
             return len(self._styles)
 
     def watch(self, interval: float = RECHECK_S, on_change: Callable[[], None] | None = None) -> None:
-        """Follow the folder from a daemon thread until :meth:`close`; ``on_change`` (a gauge's update) is
-        called now and after every pass."""
+        """Follow the folder from a daemon thread until :meth:`close`; ``on_change`` is called (on that
+        thread) after every pass."""
         on_change = on_change or (lambda: None)
-        on_change()
 
         def loop() -> None:
             while not self._stop.wait(interval):
