@@ -65,6 +65,7 @@ class VideoInfo:
     frames: int  # as the container declares it; 0 when it does not say
     audio: bool
     container: str  # FFmpeg's demuxer name
+    duration: float = 0.0  # seconds, as the container declares it; 0 when it does not say
 
 
 def is_media(path: str | Path) -> bool:
@@ -103,8 +104,9 @@ def _gif_frames(path: str | Path) -> int:
 
 def _info(c: Any, v: Any) -> VideoInfo:
     rate = v.average_rate or v.guessed_rate or Fraction(25)
+    duration = c.duration / 1e6 if c.duration else (v.frames / float(rate) if v.frames else 0.0)  # AV_TIME_BASE
     return VideoInfo(v.codec_context.width, v.codec_context.height, Fraction(rate), v.frames or 0,
-                     bool(c.streams.audio), c.format.name)
+                     bool(c.streams.audio), c.format.name, duration)
 
 
 # A display rotation in quarter turns counterclockwise -> the transpose that shows the frame that way
@@ -142,13 +144,22 @@ class VideoReader:
     """Frames of the first video stream, in order, as (RGB image, time in seconds); audio packets of the
     first audio stream are kept in ``audio`` for a :class:`VideoWriter` (thread-safe hand-over)."""
 
-    def __init__(self, path: str | Path, max_side: int | None = None, max_fps: float | None = None) -> None:
+    def __init__(
+        self, path: str | Path, max_side: int | None = None, max_fps: float | None = None, start: float = 0.0,
+        duration: float | None = None,
+    ) -> None:
         """``max_side``: frames come scaled down to this longest side (none: as they are). ``max_fps``: at
         most this many frames a second come (the others are dropped; ``rate`` is the rate they make), half
-        the work at half the rate; the times stay the file's, so the sound stays in step."""
+        the work at half the rate; the times stay the file's, so the sound stays in step. ``start`` and
+        ``duration`` (seconds) trim the clip: only its frames and sound from ``start`` for ``duration``
+        come, their times counted from ``start``."""
         av = _av()
         self.path = Path(path)
         self.max_side = max_side
+        if not (math.isfinite(start) and start >= 0) or (duration is not None and not (duration > 0)):
+            raise MediaError(f"a clip's start must be >= 0 and its duration > 0 seconds, got {start}, {duration}")
+        self.start, self.end = float(start), (float(start) + duration if duration is not None else math.inf)
+        self.trimmed = self.start > 0 or self.end < math.inf
         try:
             self._c = av.open(str(path))
         except av.error.FFmpegError as e:
@@ -166,8 +177,16 @@ class VideoReader:
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         slower = max_fps is not None and max_fps < self.info.rate
         self.rate = Fraction(max_fps).limit_denominator(1001) if slower else self.info.rate  # of the frames read
+        length = self.info.duration
+        if self.start and length and self.start >= length:
+            self._c.close()
+            raise MediaError(f"{path}: the clip is {length:.2f} s long; a start at {self.start:g} s is past its end")
         # the frames that will come, as far as the container says (0: it does not)
-        self.total = math.ceil(self.info.frames * self.rate / self.info.rate) if self.info.frames else 0
+        if self.trimmed:
+            span = (min(self.end, length) - self.start) if length else 0.0
+            self.total = math.ceil(span * self.rate - 1e-6) if span > 0 else 0
+        else:
+            self.total = math.ceil(self.info.frames * self.rate / self.info.rate) if self.info.frames else 0
         self.audio: collections.deque[tuple[Any, float]] = collections.deque()
         self.done = threading.Event()  # set once the whole file was demuxed (all audio is in ``audio``)
         self.count = 0
@@ -178,30 +197,46 @@ class VideoReader:
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
         step, keep = 1 / float(self.rate), None  # the next time a frame is kept from (max_fps)
         slack = 0.5 / float(self.info.rate)  # the frame nearest a kept time counts as on it
+        start, end, sent = self.start, self.end, 0
+        if start > 0:  # to the keyframe before the start; the frames from there to the start are decoded, dropped
+            with contextlib.suppress(av.error.FFmpegError):  # a format that cannot seek is read from its beginning
+                self._c.seek(int(start / self._v.time_base), stream=self._v)
         try:
             for packet in self._c.demux(streams):
                 if packet.stream is self.audio_stream:
                     if packet.dts is not None:
                         t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
                         reached = max(reached, t + float((packet.duration or 0) * packet.time_base))
-                        self.audio.append((packet, t))
+                        if start - 1e-6 <= t < end:
+                            if start:  # the sound starts where the trimmed clip does
+                                shift = round(start / packet.time_base)
+                                packet.pts -= shift
+                                packet.dts = max(packet.dts - shift, 0)
+                            self.audio.append((packet, t - start))
                     continue
                 for frame in packet.decode():
                     self.count += 1
                     t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
                     reached = max(reached, t + 1 / float(self.info.rate))
+                    if t < start - slack:
+                        continue  # before the start (from the keyframe the seek went to)
+                    if t >= end - slack:
+                        return  # past the end of a trimmed clip: the rest is not read
                     if keep is not None and t < keep - slack:
                         continue  # dropped: over max_fps
                     keep = (t if keep is None else keep) + step
                     while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
                         keep += step
-                    yield _upright(frame, self.max_side, self.sar), t
+                    sent += 1
+                    yield _upright(frame, self.max_side, self.sar), t - start
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         finally:
             self.done.set()
-        if self.count == 0:
-            raise MediaError(f"{self.path}: the video has no frames")
+        if sent == 0:
+            raise MediaError(f"{self.path}: the video has no frames" + (" in that part" if self.trimmed else ""))
+        if self.trimmed:
+            return  # read from a seek: the checks below count from the file's beginning
         if self.info.frames and self.count < self.info.frames:
             raise MediaError(f"{self.path}: truncated: {self.count} of the {self.info.frames} frames it declares")
         declared = self._c.duration / 1e6 if self._c.duration else 0.0  # AV_TIME_BASE

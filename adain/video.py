@@ -232,18 +232,22 @@ def stylize_video(
     *,
     progress: Callable[[int, int], None] | None = None,
     max_fps: float | None = None,
+    start: float = 0.0,
+    duration: float | None = None,
     **options: Any,
 ) -> int:
     """Stylize the video file ``source`` into ``output`` (container from its suffix; audio copied), in
     process; ``options`` as for :class:`VideoStream`. The file appears only when complete. Returns the
     number of frames; ``progress(done, total)`` is called after each (total 0 when unknown). ``max_fps``:
-    at most this many frames a second are stylized and written (the others dropped; the sound in step)."""
+    at most this many frames a second are stylized and written (the others dropped; the sound in step);
+    ``start`` and ``duration`` (seconds) take a part of the clip, its sound too."""
     from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side
 
     stream = VideoStream(stylizer, styles, **options)
     container = container_for(output)
     # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
-    with VideoReader(source, max_side=decode_side(options), max_fps=max_fps) as reader, atomic_output(output) as tmp:
+    reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
+    with reader, atomic_output(output) as tmp:
         writer = None
         try:
             for img, t in reader.frames():

@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=positive_float, default=None, metavar="N",
                    help="video: at most N frames a second (the others are dropped: half the rate, half the time; "
                    "the sound stays in step; default: as filmed)")
+    p.add_argument("--start", type=non_negative_float, default=0.0, metavar="S",
+                   help="video: begin at S seconds into the clip (default 0)")
+    p.add_argument("--duration", type=positive_float, default=None, metavar="S",
+                   help="video: take S seconds from --start (default: to the end); its sound too")
     p.add_argument("--refine", type=non_negative_int, default=0, metavar="N",
                    help="then N iterations of the optimisation method (Gatys et al.) on the output: finer "
                    "texture, seconds per iteration on a CPU; raise --timeout to match (default 0: off)")
@@ -370,7 +374,8 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
     bar = tqdm(unit="frame", desc=src.name, disable=None)
     try:
         return stylize_video_file(client, src, out, styles, on_start=lambda n: bar.reset(total=n or None),
-                                  on_frame=lambda: bar.update(1), max_fps=args.fps, **_video_options(args))
+                                  on_frame=lambda: bar.update(1), max_fps=args.fps, start=args.start,
+                                  duration=args.duration, **_video_options(args))
     finally:
         bar.close()
 

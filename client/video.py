@@ -58,18 +58,22 @@ def stylize_video_file(
     on_start: Callable[[int], None] | None = None,
     on_frame: Callable[[], None] | None = None,
     max_fps: float | None = None,
+    start: float = 0.0,
+    duration: float | None = None,
     **options: Any,
 ) -> int:
     """Stylize the video ``source`` into ``output`` (container from its suffix, audio copied); returns the
     frame count. ``options`` are :meth:`StyleTransferClient.stylize_video`'s; ``on_start(total)`` (0 when
     unknown) and ``on_frame()`` report progress; ``max_fps``: at most this many frames a second are sent
-    and written (the others dropped, the sound in step). Raises MediaError or StyleTransferError; on any
-    failure no output file is left."""
+    and written (the others dropped, the sound in step); ``start`` and ``duration`` (seconds) take a part
+    of the clip (its sound too). Raises MediaError or StyleTransferError; on any failure no output file is
+    left."""
     from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side
 
     container = container_for(output)
     # frames scaled while decoding when the server is to stylize them smaller: fewer bytes to send
-    with VideoReader(source, max_side=decode_side(options), max_fps=max_fps) as reader, atomic_output(output) as tmp:
+    reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
+    with reader, atomic_output(output) as tmp:
         if on_start is not None:
             on_start(reader.total)
         times: collections.deque[float] = collections.deque()

@@ -536,3 +536,37 @@ def test_cli_bad_videos(server: ServerProcess, clips: dict[str, Path], tmp_path:
     assert err.strip().splitlines()[-1].startswith("adain-stylize: error: ")
     assert list(out_dir.iterdir()) == []  # nothing written, not even a partial file
     assert server.alive()
+
+
+def test_a_part_of_a_clip_with_its_sound(stylizer: Stylizer, server: ServerProcess, tmp_path: Path, capsys) -> None:
+    """start and duration take seconds 1 to 3 of a 4-s clip: its frames, their times from 0, half the sound."""
+    clip = tmp_path / "four.mp4"
+    make_video(clip, frames=48, fps=12, audio=True)
+    whole = _frames(clip)
+    with VideoReader(clip, start=1.0, duration=2.0) as reader:
+        part = list(reader.frames())
+        assert reader.total == 24
+    assert np.allclose([t for _, t in part], np.arange(24) / 12, atol=1e-3)
+    assert np.array_equal(np.asarray(part[0][0]), np.asarray(whole[12]))  # the frame at 1 s, exactly
+    out = tmp_path / "part.mp4"
+    assert stylize_video(stylizer, clip, out, [STYLE], temporal="none", start=1.0, duration=2.0) == 24
+    got, src = video_facts(out), video_facts(clip)
+    assert got["frames"] == 24 and abs(got["audio_packets"] - src["audio_packets"] / 2) <= 3
+    import av
+
+    with av.open(str(out)) as c:  # the sound starts with the picture
+        first = next(p for p in c.demux(c.streams.audio[0]) if p.size)
+        assert float(first.pts * first.time_base) < 0.1
+    cli_out = tmp_path / "cli.mp4"
+    (tmp_path / "style.png").write_bytes(STYLE)
+    assert main([str(clip), "-s", str(tmp_path / "style.png"), "-o", str(cli_out), "--start", "3", "--server",
+                 server.target]) == 0, capsys.readouterr().err
+    assert video_facts(cli_out)["frames"] == 12  # from 3 s to the end
+    with pytest.raises(MediaError, match="past its end"):
+        VideoReader(clip, start=10)
+    with VideoReader(clip, start=3.5, duration=0.5) as reader:
+        assert len(list(reader.frames())) == 6
+    gif = tmp_path / "anim.gif"  # a GIF, read from its beginning when its demuxer cannot seek
+    make_video(gif, frames=24, fps=12)
+    with VideoReader(gif, start=1.0) as reader:
+        assert [round(t, 2) for _, t in reader.frames()] == [round(i / 12, 2) for i in range(12)]

@@ -136,6 +136,23 @@ def test_clip_becomes_a_job_and_an_mp4(web: WebProcess, tmp_path: Path) -> None:
     assert httpx.get(f"{web.url}/api/videos/{job['id']}").status_code == 404
 
 
+def test_a_part_of_a_clip_over_the_limit(web: WebProcess, tmp_path: Path) -> None:
+    """48 frames are over this page's limit of 30; seconds 1 to 3 of them (24 frames) are not."""
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 48), _png("styles", STYLE)], timeout=60)
+    assert r.status_code == 400 and "take a part of it" in r.json()["error"]["message"]
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 48), _png("styles", STYLE)],
+                   data={"start": "1", "duration": "2", "temporal": "none"}, timeout=60)
+    assert r.status_code == 202, r.text
+    job = _finished(web, r.json())
+    assert job["state"] == "done" and job["total"] == job["done"] == 24, job
+    (tmp_path / "part.mp4").write_bytes(httpx.get(web.url + job["result"], timeout=30).content)
+    assert video_facts(tmp_path / "part.mp4")["frames"] == 24
+    for data, field in (({"start": "9"}, "start"), ({"start": "-1"}, "start"), ({"duration": "-2"}, "duration")):
+        r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 24), _png("styles", STYLE)], data=data,
+                       timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["violations"][0]["field"] == field, r.text
+
+
 def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None:
     first = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 30), _png("styles", STYLE)], timeout=60)
     assert first.status_code == 202, first.text

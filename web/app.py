@@ -76,7 +76,8 @@ HTTP_STATUS = {
 }
 IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask", "labels", "label", "refine_steps",
                 "format", "keep_exif")
-VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size", "fps")
+VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size", "fps", "start",
+                "duration")
 
 
 @dataclass(frozen=True)
@@ -468,12 +469,28 @@ async def _read_video_form(
         fps = number(form["fps"], "fps")
         if fps <= 0:
             raise BadInput("fps", f"must be > 0 (or empty: as filmed), got {form['fps']!r}")
-    frames = math.ceil(info.frames * min(1.0, fps / float(info.rate))) if fps else info.frames
+    start = number(form["start"], "start") if form.get("start") not in (None, "") else 0.0
+    if start < 0:
+        raise BadInput("start", f"must be >= 0 seconds, got {form['start']!r}")
+    if info.duration and start >= info.duration:
+        raise BadInput("start", f"the clip is {info.duration:.1f} s long; {start:g} s is past its end")
+    duration = None
+    if form.get("duration") not in (None, "", "0"):
+        duration = number(form["duration"], "duration")
+        if duration <= 0:
+            raise BadInput("duration", f"must be > 0 seconds (or empty: to the end), got {form['duration']!r}")
+    rate = min(float(info.rate), fps) if fps else float(info.rate)
+    if (start or duration) and info.duration:  # a part of the clip: its frames are what the limit counts
+        frames = math.ceil((min(info.duration, start + (duration or math.inf)) - start) * rate - 1e-6)
+    else:
+        frames = math.ceil(info.frames * min(1.0, fps / float(info.rate))) if fps else info.frames
     if frames > settings.max_video_frames:
         raise BadInput("content", f"{frames} frames, over the limit of max_video_frames="
-                       f"{settings.max_video_frames}" + (" (at that frame rate)" if fps else ""))
+                       f"{settings.max_video_frames}" + (" (at that frame rate)" if fps else "") +
+                       "; take a part of it (start, duration) or fewer frames a second")
     options = await _style_options(form, limits)
     options["max_fps"] = fps
+    options["start"], options["duration"] = start, duration
     temporal = form.get("temporal") or None
     if temporal is not None and temporal not in TEMPORAL_MODES:
         raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {temporal!r}")

@@ -35,7 +35,7 @@ function setContent(file) {
     $("content-error").textContent = "This page was installed without video support: choose a photo.";
   }
   // the options that apply: a clip has a size and a steadiness, a photo a mask and refine steps
-  $("size-row").hidden = $("temporal-row").hidden = $("fps-row").hidden = !state.video;
+  $("size-row").hidden = $("temporal-row").hidden = $("fps-row").hidden = $("trim-row").hidden = !state.video;
   $("mask-row").hidden = $("regions-row").hidden = state.video;
   resetPainter(state.video ? null : file);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
@@ -364,6 +364,8 @@ function videoForm() {
   data.append("temporal", $("temporal").value);
   data.append("size", $("size").value);
   data.append("fps", $("fps").value);
+  data.append("start", $("start").value || "0");
+  data.append("duration", $("duration").value);
   return data;
 }
 
@@ -454,7 +456,7 @@ function setBatch(files) {
   const names = files.slice(0, 3).map((f) => f.name).join(", ") + (files.length > 3 ? ", …" : "");
   $("content-name").textContent = `${files.length} photos: ${names}`;
   // a mask or a painting fits one photo; the size, rate and steadiness are a clip's
-  $("size-row").hidden = $("temporal-row").hidden = $("fps-row").hidden = true;
+  $("size-row").hidden = $("temporal-row").hidden = $("fps-row").hidden = $("trim-row").hidden = true;
   $("mask-row").hidden = $("regions-row").hidden = true;
   resetPainter(null);
   $("refine-row").hidden = !state.info.max_refine_steps;
