@@ -207,7 +207,7 @@ class VideoReader:
                     if packet.dts is not None:
                         t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
                         reached = max(reached, t + float((packet.duration or 0) * packet.time_base))
-                        if start - 1e-6 <= t < end:
+                        if not self.trimmed or start - 1e-6 <= t < end:  # (an AAC's first packet may be < 0)
                             if start:  # the sound starts where the trimmed clip does
                                 shift = round(start / packet.time_base)
                                 packet.pts -= shift
