@@ -3,6 +3,7 @@ that go into a google.rpc.BadRequest detail (the grpc-status-details-bin trailer
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,3 +65,17 @@ def request_id(metadata: Sequence[tuple[str, Any]] | None) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and value.strip():
             return value.strip()[:128]
     return str(uuid.uuid4())
+
+
+TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (what OpenTelemetry's gRPC instrumentation sends), so a call's
+    log line can be found from the caller's trace; None without one (or an all-zero, invalid one)."""
+    for key, value in metadata or ():
+        if key == "traceparent" and isinstance(value, str):
+            found = TRACEPARENT_RE.fullmatch(value.strip().lower())
+            if found and found.group(1) != "0" * 32:
+                return found.group(1)
+    return None

@@ -42,7 +42,7 @@ from adain.wire import (
 from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
-from .errors import ServiceError, Violation, request_id, status_trailers
+from .errors import ServiceError, Violation, request_id, status_trailers, trace_id
 from .library import ID_RE, MAX_THUMBNAIL, StyleLibrary
 from .logs import log_fields
 from .metrics import Metrics
@@ -67,7 +67,9 @@ async def _call(
     """Around every call: request id, draining check, in-flight count, status mapping, metrics, access log.
     Yields the request id. A unary call sends no headers before its reply: a call whose replica dies
     before answering has then received nothing, and the client's retry policy sends it to another one."""
-    rid = request_id(context.invocation_metadata())
+    metadata = context.invocation_metadata()
+    rid = request_id(metadata)
+    trace = trace_id(metadata)
     # Asked once, first: a cancelled call's context no longer has a peer to give (asking then crashed grpc).
     caller = caller_of(context, servicer.tokens)
     current_caller.set(caller)
@@ -109,7 +111,7 @@ async def _call(
         servicer.metrics.request_seconds.labels(method).observe(elapsed)
         quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
         log_fields(log, logging.INFO if quiet else logging.WARNING, request_id=rid, method=method, code=code.name,
-                   ms=round(elapsed * 1000, 1), caller=caller, detail=detail or None)
+                   ms=round(elapsed * 1000, 1), caller=caller, trace_id=trace, detail=detail or None)
 
 
 def rpc(method: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:

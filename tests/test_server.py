@@ -220,6 +220,9 @@ def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient
     assert err.request_id == "bad-1"
 
 
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
 def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
     """--log-format json: every line one JSON object; a call's line has its fields as keys."""
     srv = ServerProcess(decoder_path, "--log-format", "json", "--log-level", "INFO")
@@ -228,6 +231,10 @@ def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
         with StyleTransferClient(srv.target, timeout=60) as c:
             c.stylize(CONTENT, STYLE_A, request_id="json-ok")
             _expect(grpc.StatusCode.INVALID_ARGUMENT, c.stylize, CONTENT, STYLE_A, alpha=2.0, request_id="json-bad")
+        with grpc.insecure_channel(srv.target) as channel:  # a caller with OpenTelemetry sends a traceparent
+            request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A)])
+            pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=60, metadata=(
+                ("x-request-id", "json-trace"), ("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01")))
         assert srv.terminate() == 0
     finally:
         srv.kill()
@@ -237,6 +244,7 @@ def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
     assert (ok["method"], ok["code"], ok["level"], ok["logger"]) == ("Stylize", "OK", "INFO", "adain.server")
     assert isinstance(ok["ms"], float) and ok["caller"] == "ipv4:127.0.0.1" and "detail" not in ok
     assert bad["code"] == "INVALID_ARGUMENT" and "alpha" in bad["detail"]
+    assert calls["json-trace"]["trace_id"] == TRACE and "trace_id" not in ok
     assert ok["message"].startswith("request_id=json-ok method=Stylize code=OK ms=")
     assert any(e["message"].startswith("model loaded") for e in lines)
 
