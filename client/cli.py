@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-styles", action="store_true",
                    help="list the styles of the server's library and exit (needs no CONTENT, --style or -o; "
                    "--thumbnails DIR saves their thumbnails)")
+    p.add_argument("--server-info", action="store_true",
+                   help="print what the server runs (model, weights, backend, precision, CPU, limits, batching, "
+                   "its library) as JSON, and exit (needs no CONTENT, --style or -o)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .mov, "
                    ".mkv, .webm or .gif); a folder for a folder")
@@ -524,15 +527,30 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     return 1 if failed else 0
 
 
-def build_list_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} --list-styles",
-                description="List the styles of the server's library (adain-server --styles-dir); a request names "
-                "one as --style id:NAME.")
-    p.add_argument("--list-styles", action="store_true", required=True)
-    p.add_argument("--thumbnails", metavar="DIR", help="also save each style's thumbnail (a JPEG of at most 256 px) "
-                   "into DIR as NAME.jpg")
+def build_query_parser(flag: str) -> argparse.ArgumentParser:
+    """The parser of a command that asks the server something (--list-styles, --server-info) and exits."""
+    p = _Parser(prog=f"{PROG} {flag}", description="List the styles of the server's library (adain-server "
+                "--styles-dir); a request names one as --style id:NAME." if flag == "--list-styles" else
+                "Print what the server runs, as JSON.")
+    p.add_argument(flag, action="store_true", required=True)
+    if flag == "--list-styles":
+        p.add_argument("--thumbnails", metavar="DIR", help="also save each style's thumbnail (a JPEG of at most 256 "
+                       "px) into DIR as NAME.jpg")
     add_connection_args(p)
     return p
+
+
+def _server_info(args: argparse.Namespace) -> int:
+    import json
+
+    with connect(args) as client:
+        info = client.server_info()
+        try:
+            info["health"] = client.health()
+        except ImportError:  # grpcio-health-checking is in the server and web extras, not the base install
+            pass
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return 0
 
 
 def _list_styles(args: argparse.Namespace) -> int:
@@ -557,15 +575,17 @@ def _list_styles(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    listing = "--list-styles" in argv  # a command of its own: no CONTENT, --style or -o
-    parser = build_list_parser() if listing else build_parser()
+    query = next((f for f in ("--list-styles", "--server-info") if f in argv), None)  # no CONTENT, --style, -o
+    parser = build_query_parser(query) if query else build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
     try:
-        if listing:
+        if query == "--list-styles":
             return _list_styles(args)
+        if query == "--server-info":
+            return _server_info(args)
         paths = [Path(c) for c in args.content]
         for path in paths:
             if not path.exists():

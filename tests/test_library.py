@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -122,6 +123,9 @@ def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, tmp_p
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["dots", "stripes"] and "40 x 40" in lines[0]
     assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == ["dots.jpg", "stripes.jpg"]
+    assert cli(["--server-info", *srv]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["library_styles"] == 2 and info["health"] == "SERVING" and info["limits"]["max_styles"] == 8
     content, out = tmp_path / "photo.png", tmp_path / "out.png"
     content.write_bytes(CONTENT)
     assert cli([str(content), "-s", "id:dots:0.5", "-s", "id:stripes", "-o", str(out), *srv]) == 0
