@@ -87,19 +87,26 @@ class StyleLibrary:
         self._warned: set[tuple[str, tuple[int, int, int]]] = set()
         self.refresh(strict=True)
 
-    def _files(self) -> dict[str, Path]:
+    def _files(self, strict: bool) -> dict[str, Path]:
+        """The style files by name. A file whose name cannot be one, or that repeats another's, is an error
+        when ``strict``, else left out (with one warning)."""
         files: dict[str, Path] = {}
         for entry in sorted(self.folder.iterdir()):
             if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES or not entry.is_file():
                 continue
             name = entry.stem
+            problem = None
             if not NAME_RE.fullmatch(name) or ID_RE.fullmatch(name):
-                raise ValueError(
-                    f"{entry}: a style's name (the file's stem) must be 1-64 letters, digits, '.', '_' or '-', "
-                    "starting with a letter or digit, and not 64 hex digits (that is a registered style's id)"
-                )
-            if name in files:
-                raise ValueError(f"{entry} and {files[name]}: two files give the style name {name!r}")
+                problem = (f"{entry}: a style's name (the file's stem) must be 1-64 letters, digits, '.', '_' or "
+                           "'-', starting with a letter or digit, and not 64 hex digits (that is a registered "
+                           "style's id)")
+            elif name in files:
+                problem = f"{entry} and {files[name]}: two files give the style name {name!r}"
+            if problem is not None:
+                if strict:
+                    raise ValueError(problem)
+                self._warn_once((str(entry), (0, 0, 0)), f"{problem} (left out)")
+                continue
             files[name] = entry
         if len(files) > MAX_STYLES:
             raise ValueError(f"{self.folder} holds {len(files)} style images, over the limit of {MAX_STYLES}")
@@ -115,7 +122,7 @@ class StyleLibrary:
         """Read what changed in the folder. ``strict`` (at start): any fault is an error; else a fault
         keeps the last good state of what it concerns, logged once per version of the file."""
         try:
-            files = self._files()
+            files = self._files(strict)
         except (OSError, ValueError) as e:
             if strict:
                 raise ValueError(f"--styles-dir: {e}") from None
@@ -130,6 +137,10 @@ class StyleLibrary:
                 sig = _signature(path)
                 if name in old and old[name].signature == sig:
                     new[name] = old[name]
+                    continue
+                if (name, sig) in self._warned:  # this version failed already: not read again until it changes
+                    if name in old:
+                        new[name] = old[name]
                     continue
                 new[name] = self._load(name, path)
             except (OSError, InvalidInputError) as e:

@@ -200,8 +200,15 @@ def test_the_folder_is_followed_without_a_restart(lib_server: ServerProcess, lib
     assert sorted(listed) == ["dots", "new", "stripes"] and listed["stripes"] == stripes_id
     assert lib_client.stylize(CONTENT, "id:stripes").width == 64
 
+    _put(folder, "bad name.png", DOTS)  # a name that cannot be one is left out; the rest still follows the folder
+    _put(folder, "later.png", DOTS)
+    _until(lambda: "later" in _names(lib_client))
+    assert "bad name" not in _names(lib_client)
+    assert any("bad name.png" in line and "left out" in line for line in lib_server.stderr_lines)
+
     (folder / "new.png").unlink()
     _until(lambda: "new" not in _names(lib_client))
+    assert sum("broken.png" in line for line in lib_server.stderr_lines) == 1  # one warning, not one a second
     with pytest.raises(StyleTransferError, match="no style named 'new'"):
         lib_client.stylize(CONTENT, "id:new")
     assert lib_server.alive()

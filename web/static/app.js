@@ -700,7 +700,10 @@ function sendFrame(ws) {
 }
 
 function closeLive() {
-  if (live.ws) { live.ws.onclose = null; live.ws.close(); live.ws = null; }
+  if (!live.ws) return;
+  live.ws.onopen = live.ws.onmessage = live.ws.onclose = null;  // a late frame of this session is not counted
+  live.ws.close();
+  live.ws = null;
 }
 
 function stopLive() {
