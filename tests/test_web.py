@@ -342,9 +342,9 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "web_result.png"))
     browser.find_element(By.ID, "download").click()
-    path = downloads / "stylized.png"
+    path = downloads / "stylized.jpg"  # JPEG unless the page is told otherwise: a phone's photo as PNG is large
     wait_for(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
-    assert Image.open(path).size == (96, 64)
+    assert Image.open(path).size == (96, 64) and Image.open(path).format == "JPEG"
 
 
 # --- the live camera's WebSocket -------------------------------------------------------------------------
@@ -499,6 +499,7 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     import zipfile
 
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     photos = [tmp_path / "one.png", tmp_path / "two.jpg", tmp_path / "broken.png"]
     photos[0].write_bytes(make_image(80, 60, seed=81))
@@ -513,6 +514,7 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     assert browser.find_element(By.ID, "content-name").text.startswith("3 photos: one.png, two.jpg, broken.png")
     assert not browser.find_element(By.ID, "regions-row").is_displayed()  # a painting fits one photo
     browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+    Select(browser.find_element(By.ID, "format")).select_by_value("png")
     browser.find_element(By.ID, "submit").click()
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#batch-results figure")) == 3, timeout=120)
     captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#batch-results figcaption")]
@@ -530,7 +532,7 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     saved = downloads / "stylized.zip"
     wait_for(browser, lambda d: saved.exists() and saved.stat().st_size > 0, timeout=20)
     with zipfile.ZipFile(saved) as z:
-        assert z.testzip() is None and z.namelist() == ["one_stylized.png", "two_stylized.png"]
+        assert z.testzip() is None and z.namelist() == ["one_stylized.png", "two_stylized.png"]  # as chosen
         assert [Image.open(io.BytesIO(z.read(n))).size for n in z.namelist()] == [(80, 60), (60, 80)]
 
 
@@ -574,6 +576,7 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     palette's colours (black where unpainted), and the picture is the one the client makes from it."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     content = tmp_path / "photo.png"
     content.write_bytes(make_image(96, 64, seed=44))
@@ -619,6 +622,7 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     assert (labels[:, third + 8 : 2 * third - 8] == (60, 180, 75)).all(axis=-1).mean() > 0.9
     assert (labels[:, 2 * third + 4 :] == 0).all()  # unpainted: black, which names no style
 
+    Select(browser.find_element(By.ID, "format")).select_by_value("png")  # lossless: compared pixel for pixel
     browser.find_element(By.ID, "submit").click()
     got = wait_for(browser, lambda d: d.execute_async_script(
         "const done = arguments[arguments.length - 1]; const i = document.getElementById('output');"

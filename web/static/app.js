@@ -39,7 +39,7 @@ function setContent(file) {
   $("mask-row").hidden = $("regions-row").hidden = state.video;
   resetPainter(state.video ? null : file);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
-  $("exif-row").hidden = state.video;
+  $("exif-row").hidden = $("format-row").hidden = state.video;
   $("original-caption").textContent = "Original";
   const url = URL.createObjectURL(file);
   $("original").hidden = $("output").hidden = state.video;
@@ -323,7 +323,7 @@ async function submit(event) {
     for (const style of state.styles) data.append("label", style.colour);
   }
   if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
-  data.append("format", "png");
+  data.append("format", $("format").value);
   data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
 
   const button = $("submit");
@@ -347,6 +347,7 @@ async function submit(event) {
     resultUrl = URL.createObjectURL(blob);
     $("output").src = resultUrl;
     $("download").href = resultUrl;
+    $("download").download = `stylized.${suffix()}`;
     $("download").hidden = false;
   } catch (e) {
     $("form-error").textContent = "The page lost its connection to the server. Try again.";
@@ -460,7 +461,7 @@ function setBatch(files) {
   $("mask-row").hidden = $("regions-row").hidden = true;
   resetPainter(null);
   $("refine-row").hidden = !state.info.max_refine_steps;
-  $("exif-row").hidden = false;
+  $("exif-row").hidden = $("format-row").hidden = false;
 }
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
@@ -488,7 +489,7 @@ async function submitBatch() {
       for (let tries = 0; ; tries++) {  // a busy server (429) is asked again a moment later
         const data = commonForm(file);
         if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
-        data.append("format", "png");
+        data.append("format", $("format").value);
         data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
         response = await fetch("/api/stylize", { method: "POST", body: data });
         if (response.status !== 429 || tries >= 30) break;
@@ -498,8 +499,8 @@ async function submitBatch() {
         const blob = await response.blob();
         const stem = file.name.replace(/\.[^.]*$/, "") || "photo";
         const taken = new Set(batch.results.map((r) => r.name));
-        let name = `${stem}_stylized.png`;
-        for (let n = 2; taken.has(name); n++) name = `${stem}_stylized_${n}.png`;
+        let name = `${stem}_stylized.${suffix()}`;
+        for (let n = 2; taken.has(name); n++) name = `${stem}_stylized_${n}.${suffix()}`;
         batch.results.push({ name, blob });
         const img = document.createElement("img");
         img.src = URL.createObjectURL(blob);
@@ -533,7 +534,12 @@ async function submitBatch() {
   }
 }
 
-// A zip of the results, stored as they are (PNGs are compressed already), built here: nothing to install.
+// The file suffix of the chosen output format.
+function suffix() {
+  return { jpeg: "jpg", png: "png", webp: "webp" }[$("format").value] || "png";
+}
+
+// A zip of the results, stored as they are (the images are compressed already), built here: nothing to install.
 const CRC_TABLE = (() => {
   const table = new Uint32Array(256);
   for (let n = 0; n < 256; n++) {
@@ -614,7 +620,7 @@ function showLive(on) {
   $("temporal-row").hidden = !(on || state.video);
   $("mask-row").hidden = $("regions-row").hidden = on || state.video;  // a photo's options, not the camera's
   $("refine-row").hidden = on || state.video || !state.info.max_refine_steps;
-  $("exif-row").hidden = on || state.video;
+  $("exif-row").hidden = $("format-row").hidden = on || state.video;
   $("download").hidden = true;
   $("original-caption").textContent = on ? "Camera" : "Original";
   if (on) $("result").hidden = false;
