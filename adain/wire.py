@@ -21,6 +21,7 @@ DEFAULT_PORT = 50051
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_QUALITY = 90
 STYLE_ID_PREFIX = "id:"  # "id:<sha256>" names a registered style where a path could stand
+PRESET_PREFIX = "preset:"  # "preset:<name>" names a preset of the server's library in place of the styles
 
 # --- output formats -------------------------------------------------------------------------------
 FORMATS = ("png", "jpeg", "webp")

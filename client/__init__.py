@@ -17,7 +17,9 @@ server's message). The command line tool is ``adain-stylize`` (:mod:`adain.clien
 
 from ._client import (
     DEFAULT_TARGET,
+    LibraryPreset,
     LibraryStyle,
+    Preset,
     RefineProgress,
     StyleRef,
     StyleTransferClient,
@@ -29,7 +31,9 @@ from ._client import (
 
 __all__ = [
     "DEFAULT_TARGET",
+    "LibraryPreset",
     "LibraryStyle",
+    "Preset",
     "RefineProgress",
     "StyleRef",
     "StyleTransferClient",

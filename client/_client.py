@@ -21,6 +21,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
     AUTH_KEY,
+    COLOR_BY_ENUM,
     COLOR_ENUM,
     DEFAULT_ADDRESS,
     DEFAULT_QUALITY,
@@ -28,6 +29,7 @@ from adain.wire import (
     FORMAT_BY_ENUM,
     FORMAT_ENUM,
     OPTIMIZER_ENUM,
+    PRESET_PREFIX,
     REFINE_INIT_ENUM,
     REQUEST_ID_KEY,
     SERVED_BY_KEY,
@@ -100,8 +102,37 @@ class LibraryStyle:
         return StyleRef(self.name)
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A preset of the server's library, named in place of the styles: ``client.stylize(photo,
+    Preset("vintage"))`` (or ``"preset:vintage"``) takes its styles and weights, and its alpha and colour mode
+    unless the call gives them."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LibraryPreset:
+    """A preset as ListStyles reports it."""
+
+    name: str
+    styles: tuple[tuple[str, float], ...]  # (library style name, weight)
+    alpha: float
+    preserve_color: str | None  # None, "coral" or "luminance"
+
+    @property
+    def ref(self) -> Preset:
+        return Preset(self.name)
+
+
 def library_styles(reply: pb.ListStylesResponse) -> list[LibraryStyle]:
     return [LibraryStyle(s.name, s.style_id, s.width, s.height, s.thumbnail) for s in reply.styles]
+
+
+def library_presets(reply: pb.ListStylesResponse) -> list[LibraryPreset]:
+    # float32 on the wire: 0.8 comes back as 0.800000011920929
+    return [LibraryPreset(p.name, tuple((s.style, round(s.weight, 6)) for s in p.styles), round(p.alpha, 6),
+                          COLOR_BY_ENUM.get(p.preserve_color)) for p in reply.presets]
 
 
 @dataclass(frozen=True)
@@ -675,6 +706,11 @@ class StyleTransferClient(_ClientBase):
         reply, _ = self._call(self._stub.ListStyles, request, timeout, None)
         return library_styles(reply)
 
+    def list_presets(self, *, timeout: float | None = None) -> list[LibraryPreset]:
+        """The presets of the server's library (``presets.json`` beside its styles), by name."""
+        reply, _ = self._call(self._stub.ListStyles, pb.ListStylesRequest(), timeout, None)
+        return library_presets(reply)
+
 
 def server_info_dict(reply: pb.ServerInfo) -> dict[str, Any]:
     """GetServerInfo's reply as a dict (decoder_meta parsed, uint64 limits as ints)."""
@@ -700,7 +736,7 @@ def _fill_options(
     styles: Any,
     *,
     weights: Sequence[float] | None = None,
-    alpha: float | None = 1.0,
+    alpha: float | None = None,  # None: not sent (the server's 1, or a preset's)
     preserve_color: str | bool | None = None,
     mask: ImageInput | None = None,
     masks: Sequence[ImageInput] | None = None,
@@ -809,7 +845,14 @@ def _fill(
     color = color_mode(preserve_color)
     if color not in COLOR_ENUM:
         raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
-    msg.styles.extend(_styles(styles, weights))
+    if isinstance(styles, str) and styles.startswith(PRESET_PREFIX):
+        styles = Preset(styles[len(PRESET_PREFIX) :])
+    if isinstance(styles, Preset):
+        if weights is not None:
+            raise _local_error("weights", "a preset has its own weights")
+        msg.preset = styles.name
+    else:
+        msg.styles.extend(_styles(styles, weights))
     msg.preserve_color = COLOR_ENUM[color]
     msg.content_size = _uint(content_size, "content_size")
     msg.style_size = _uint(style_size, "style_size")

@@ -28,6 +28,7 @@ from adain.wire import REQUEST_ID_KEY, SERVICE_NAME
 
 from ._client import (
     ImageInput,
+    LibraryPreset,
     LibraryStyle,
     RefineProgress,
     StyleTransferError,
@@ -42,6 +43,7 @@ from ._client import (
     _uint,
     frame_result,
     image_bytes,
+    library_presets,
     library_styles,
     server_info_dict,
     stylize_request,
@@ -207,6 +209,11 @@ class AsyncStyleTransferClient(_ClientBase):
         request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
         reply, _, _ = await self._unary(self._stub.ListStyles, request, timeout, None)
         return library_styles(reply)
+
+    async def list_presets(self, *, timeout: float | None = None) -> list[LibraryPreset]:
+        """The presets of the server's library."""
+        reply, _, _ = await self._unary(self._stub.ListStyles, pb.ListStylesRequest(), timeout, None)
+        return library_presets(reply)
 
     async def health(self, *, timeout: float | None = 5.0) -> str:
         """"SERVING", "NOT_SERVING" or "UNKNOWN" (needs grpcio-health-checking)."""

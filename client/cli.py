@@ -38,13 +38,14 @@ from adain.wire import (
     FORMAT_SUFFIXES,
     FORMATS,
     INPUT_SUFFIXES,
+    PRESET_PREFIX,
     STYLE_ID_PREFIX,
     TEMPORAL_MODES,
     format_from_suffix,
     format_name,
 )
 
-from ._client import StyleRef, StyleTransferClient, StyleTransferError
+from ._client import Preset, StyleRef, StyleTransferClient, StyleTransferError
 from .video import is_video, stylize_video_file
 
 PROG = "adain-stylize"
@@ -114,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s", "--style", action="append", required=True, metavar="STYLE[:WEIGHT]",
         help="style image path, optionally with a weight after the last ':' (default 1); or id:STYLE_ID[:WEIGHT] "
-        "for a registered style, id:NAME[:WEIGHT] for a style of the server's library (--list-styles). Repeat to "
-        "blend several (one content) or to run each (folder).",
+        "for a registered style, id:NAME[:WEIGHT] for a style of the server's library, preset:NAME for one of its "
+        "presets (alone; --list-styles lists both). Repeat to blend several (one content) or to run each (folder).",
     )
     p.add_argument("--list-styles", action="store_true",
                    help="list the styles of the server's library and exit (needs no CONTENT, --style or -o; "
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .mov, "
                    ".mkv, .webm or .gif); a folder for a folder")
-    p.add_argument("--alpha", type=unit_interval, default=1.0, help="style strength in [0, 1] (default 1)")
+    p.add_argument("--alpha", type=unit_interval, default=None,
+                   help="style strength in [0, 1] (default 1, or a preset's)")
     p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_MODES, default=None,
                    help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
                    "luminance")
@@ -221,7 +223,16 @@ def parse_style(text: str) -> tuple[str, float]:
     return text, 1.0
 
 
-def _style_source(spec: str, source: str) -> StyleRef | Path:
+def _blend(styles: list[tuple[Any, float]]) -> Any:
+    """The styles of one content as the client takes them: a preset alone, or (style, weight) pairs."""
+    return styles[0][0] if isinstance(styles[0][0], Preset) else [(s, w) for s, w in styles]
+
+
+def _style_source(spec: str, source: str) -> StyleRef | Preset | Path:
+    if source.startswith(PRESET_PREFIX):
+        if not source[len(PRESET_PREFIX) :]:
+            raise CliError(f"--style {spec}: empty preset name")
+        return Preset(source[len(PRESET_PREFIX) :])
     if source.startswith(STYLE_ID_PREFIX):
         sid = source[len(STYLE_ID_PREFIX) :]
         if not sid:
@@ -348,7 +359,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
         bar.set_postfix(loss=f"{p.loss:.4g}", refresh=False)
 
     try:
-        result = client.stylize(content, [(s, w) for s, w in styles], format=fmt, on_progress=progress if bar else None,
+        result = client.stylize(content, _blend(styles), format=fmt, on_progress=progress if bar else None,
                                 keep_exif=args.keep_exif, **_options(args), **refine)
     except StyleTransferError as e:
         raise CliError(_describe(e, args)) from None
@@ -406,7 +417,7 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
     from adain.media import MediaError
 
     try:
-        n = _stylize_video(client, args, src, out, [(s, w) for s, w in styles])
+        n = _stylize_video(client, args, src, out, _blend(styles))
     except (MediaError, StyleTransferError, OSError) as e:
         raise _video_error(e, args, src, out) from None
     print(f"{out} ({n} frames)")
@@ -468,8 +479,8 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     # Send each style image once, then refer to it by id.
     refs: list[tuple[Any, str]] = []
     for source, _weight in styles:
-        if isinstance(source, StyleRef):
-            refs.append((source, source.id[:12]))
+        if isinstance(source, (StyleRef, Preset)):
+            refs.append((source, source.id[:12] if isinstance(source, StyleRef) else source.name))
             continue
         try:
             refs.append((StyleRef(client.register_style(source)), source.stem))
@@ -556,6 +567,7 @@ def _server_info(args: argparse.Namespace) -> int:
 def _list_styles(args: argparse.Namespace) -> int:
     with connect(args) as client:
         styles = client.list_styles(thumbnail_size=256 if args.thumbnails else 0)
+        presets = client.list_presets() if styles else []
     if not styles:
         print(f"the server at {args.server} has no library styles (adain-server --styles-dir)")
         return 0
@@ -570,6 +582,9 @@ def _list_styles(args: argparse.Namespace) -> int:
     width = max(len(s.name) for s in styles)
     for s in styles:
         print(f"{s.name:<{width}}  {s.width:>5} x {s.height:<5}  {s.style_id[:12]}")
+    for p in presets:
+        blend = " + ".join(f"{name} {weight:g}" for name, weight in p.styles)
+        print(f"preset:{p.name}  {blend}; alpha {p.alpha:g}; colours: {p.preserve_color or 'the styles'}")
     return 0
 
 
@@ -597,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in args.style:
             source, weight = parse_style(spec)
             styles.append((_style_source(spec, source), weight))
+        if any(isinstance(s, Preset) for s, _ in styles) and len(styles) > 1:
+            raise CliError("--style preset:NAME stands alone: a preset has its own styles and weights")
         if single and sum(w for _, w in styles) <= 0:
             raise CliError("--style: all weights are 0; at least one must be > 0")
         with connect(args) as client:

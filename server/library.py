@@ -12,14 +12,22 @@ that is not allowed, two files with one name) fails the start with its path; lat
 that name's last good image (or leaves a new name out), with a warning, so one bad copy never takes the
 other styles away. Only files with an image suffix count (a README or LICENSE beside them is ignored),
 and hidden files never do.
+
+``presets.json`` beside the styles names looks made of them (an app's filters): styles with weights, a
+strength and a colour mode, ``{"vintage": {"styles": {"mosaic": 0.7, "waves": 0.3}, "alpha": 0.8,
+"preserve_color": "luminance"}}``; a request names one in ``StylizeRequest.preset``. It is followed like
+the images: a bad rewrite keeps the last good presets.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
 import os
 import re
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +37,7 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import load_image
+from adain.wire import COLOR_MODES
 
 from .registry import style_id
 
@@ -40,6 +49,55 @@ ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id: a name may not l
 MAX_STYLES = 1000  # a folder of photos given by mistake fails fast instead of decoding for minutes
 MAX_THUMBNAIL = 512
 RECHECK_S = 1.0
+PRESETS_FILE = "presets.json"
+
+
+@dataclass(frozen=True)
+class StylePreset:
+    name: str
+    styles: tuple[tuple[str, float], ...]  # (library style name, weight)
+    alpha: float = 1.0
+    preserve_color: str | None = None  # None, "coral" or "luminance"
+
+
+def read_presets(path: Path) -> dict[str, StylePreset]:
+    """The presets of a presets.json; ValueError naming the file, the preset and the fault."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of presets by name")
+    presets = {}
+    for name, spec in data.items():
+        where = f"{path}: preset {name!r}"
+        if not NAME_RE.fullmatch(name) or ID_RE.fullmatch(name):
+            raise ValueError(f"{where}: a name is 1-64 letters, digits, '.', '_' or '-', and starts with a "
+                             "letter or digit")
+        if not isinstance(spec, dict) or set(spec) - {"styles", "alpha", "preserve_color"}:
+            raise ValueError(f"{where}: expected an object of styles, alpha and preserve_color")
+        styles = spec.get("styles")
+        if not isinstance(styles, dict) or not styles:
+            raise ValueError(f"{where}: styles must be an object of style names and weights, e.g. {{\"mosaic\": 1}}")
+        weights = list(styles.values())
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                   for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"{where}: weights must be numbers >= 0, not all 0")
+        alpha = spec.get("alpha", 1.0)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+            raise ValueError(f"{where}: alpha must be a number in [0, 1], got {alpha!r}")
+        color = spec.get("preserve_color", "none")
+        if color not in ("none", *COLOR_MODES):
+            raise ValueError(f"{where}: preserve_color must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
+        presets[name] = StylePreset(name, tuple((str(s), _f32(w)) for s, w in styles.items()), _f32(alpha),
+                                    None if color == "none" else color)
+    return presets
+
+
+def _f32(x: float) -> float:
+    """``x`` as a float on the wire (float32) is: a preset then gives exactly what a call with the same
+    numbers gives (0.8 as sent is 0.800000011920929)."""
+    return struct.unpack("f", struct.pack("f", float(x)))[0]
 
 
 @dataclass
@@ -85,6 +143,8 @@ class StyleLibrary:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned: set[tuple[str, tuple[int, int, int]]] = set()
+        self._presets: dict[str, StylePreset] = {}
+        self._presets_seen: tuple[int, int, int] | None = None
         self.refresh(strict=True)
 
     def _files(self, strict: bool) -> dict[str, Path]:
@@ -156,11 +216,46 @@ class StyleLibrary:
         changed = sorted(n for n in new.keys() & old.keys() if new[n] is not old[n])
         with self._lock:
             self._styles = new
+        self._refresh_presets(strict)
         if strict:
             log.info("style library %s: %d style(s): %s", self.folder, len(new), ", ".join(sorted(new)) or "none")
         elif added or removed or changed:
             log.info("style library reloaded: %d style(s); added %s, replaced %s, removed %s", len(new),
                      added or "none", changed or "none", removed or "none")
+
+    def _refresh_presets(self, strict: bool) -> None:
+        path = self.folder / PRESETS_FILE
+        try:
+            sig = _signature(path) if path.is_file() else None
+        except OSError:
+            sig = None
+        if sig == self._presets_seen and not strict:
+            return
+        self._presets_seen = sig
+        try:
+            presets = read_presets(path) if sig is not None else {}
+            for p in presets.values():  # a typo in a style's name is caught here, not by the first caller
+                missing = [s for s, _ in p.styles if s not in self._styles]
+                if missing:
+                    raise ValueError(f"{path}: preset {p.name!r} names {', '.join(map(repr, missing))}, which the "
+                                     f"library has no style of")
+        except (OSError, ValueError) as e:
+            if strict:
+                raise ValueError(f"--styles-dir: {e}") from None
+            self._warn_once((PRESETS_FILE, sig or (0, 0, 0)), f"{e} (keeping the last good presets)")
+            return
+        if presets or self._presets:
+            log.info("style library presets: %s", ", ".join(sorted(presets)) or "none")
+        with self._lock:
+            self._presets = presets
+
+    def preset(self, name: str) -> StylePreset | None:
+        with self._lock:
+            return self._presets.get(name)
+
+    def presets(self) -> list[StylePreset]:
+        with self._lock:
+            return [self._presets[n] for n in sorted(self._presets)]
 
     def _warn_once(self, key: tuple[str, tuple[int, int, int]], message: str) -> None:
         if key not in self._warned:

@@ -29,6 +29,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
     COLOR_BY_ENUM,
+    COLOR_ENUM,
     DEFAULT_QUALITY,
     FORMAT_BY_ENUM,
     OPTIMIZER_BY_ENUM,
@@ -195,6 +196,33 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         bad.append(Violation(f"{prefix}styles[{i}].style_id", self._unknown_style(style.style_id)))
         return b""
 
+    def _preset(self, msg: pb.StylizeRequest | pb.VideoOptions, bad: list[Violation], prefix: str) -> dict[str, Any]:
+        """A preset's styles and weights, and its alpha and colour mode where the request sets none."""
+        preset = self.library.preset(msg.preset) if self.library is not None else None
+        if preset is None:
+            names = self.library.presets() if self.library is not None else []
+            shown = ", ".join(p.name for p in names) or "none"
+            bad.append(Violation(f"{prefix}preset", f"no preset named {msg.preset!r} on this server (it has: {shown}; "
+                                 "see ListStyles)"))
+            return {}
+        if msg.styles:
+            bad.append(Violation(f"{prefix}preset", "give styles or a preset, not both"))
+            return {}
+        styles = []
+        for name, _ in preset.styles:
+            style = self.library.get(name)
+            if style is None:
+                bad.append(Violation(f"{prefix}preset", f"preset {preset.name!r} names the style {name!r}, which "
+                                     "the library no longer has"))
+                return {}
+            styles.append(KeyedImage(style.id, style.data))
+        look: dict[str, Any] = {"styles": styles, "weights": [w for _, w in preset.styles]}
+        if not msg.HasField("alpha"):
+            look["alpha"] = preset.alpha
+        if msg.preserve_color == pb.PRESERVE_COLOR_NONE:
+            look["preserve_color"] = preset.preserve_color
+        return look
+
     def _unknown_style(self, key: str) -> str:
         if ID_RE.fullmatch(key):
             return (f"unknown style id {key!r} (never registered, or dropped from the registry of "
@@ -215,12 +243,20 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         """A request (or a video's options, ``content`` None, fields under ``prefix``) as a checked Job,
         or one INVALID_ARGUMENT listing every problem, ``more`` (the caller's own) included."""
         bad: list[Violation] = []
+        look = {
+            "styles": [self._style(style, i, bad, prefix) for i, style in enumerate(msg.styles)],
+            "weights": [style.weight if style.HasField("weight") else 1.0 for style in msg.styles],
+            "alpha": msg.alpha if msg.HasField("alpha") else 1.0,
+            "preserve_color": COLOR_BY_ENUM.get(msg.preserve_color, "none"),
+        }
+        preset_failed = False
+        if msg.preset:
+            found = self._preset(msg, bad, prefix)
+            preset_failed = not found
+            look.update(found)
         job = Job(
             content=content,
-            styles=[self._style(style, i, bad, prefix) for i, style in enumerate(msg.styles)],
-            weights=[style.weight if style.HasField("weight") else 1.0 for style in msg.styles],
-            alpha=msg.alpha if msg.HasField("alpha") else 1.0,
-            preserve_color=COLOR_BY_ENUM.get(msg.preserve_color, "none"),
+            **look,
             mask=msg.mask or None,
             **_region_options(msg),
             content_size=msg.content_size or None,
@@ -240,6 +276,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             checked = job.check(self.limits, content=content is not None)
         except InvalidInputError as e:
             problems = list(e.problems) + problems
+        if preset_failed:  # its styles are missing because the preset is: one violation says so
+            problems = [p for p in problems if p.field != "styles"]
         bad += [Violation(prefix + _proto_field(p.field, msg), p.description) for p in problems]
         if bad:
             raise ServiceError.invalid(bad)
@@ -429,12 +467,21 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             raise ServiceError.invalid([Violation("thumbnail_size", f"must be at most {MAX_THUMBNAIL}, got {size}")])
         styles = self.library.styles() if self.library is not None else []
 
+        presets = self.library.presets() if self.library is not None else []
+
         def reply() -> pb.ListStylesResponse:  # thumbnails decode images: off the event loop
-            return pb.ListStylesResponse(styles=[
-                pb.LibraryStyle(name=s.name, style_id=s.id, width=s.width, height=s.height,
-                                thumbnail=s.thumbnail(size) if size else b"")
-                for s in styles
-            ])
+            return pb.ListStylesResponse(
+                styles=[
+                    pb.LibraryStyle(name=s.name, style_id=s.id, width=s.width, height=s.height,
+                                    thumbnail=s.thumbnail(size) if size else b"")
+                    for s in styles
+                ],
+                presets=[
+                    pb.Preset(name=p.name, styles=[pb.Preset.Part(style=n, weight=w) for n, w in p.styles],
+                              alpha=p.alpha, preserve_color=COLOR_ENUM[p.preserve_color])
+                    for p in presets
+                ],
+            )
 
         return await asyncio.get_running_loop().run_in_executor(self.pool, reply)
 

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adain.client import StyleRef, StyleTransferClient, StyleTransferError
+from adain.client import LibraryPreset, Preset, StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.aio import AsyncStyleTransferClient
 from adain.client.cli import main as cli
+from adain.v1 import style_transfer_pb2 as pb
+from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import ServerProcess, WebProcess, browser_or_skip, wait_for
 from synth import make_image, pixels
 
@@ -42,6 +44,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "dots.png").write_bytes(DOTS)
     (root / "stripes.jpg").write_bytes(STRIPES)
     (root / "README.txt").write_text("not a style: ignored")
+    (root / "presets.json").write_text(json.dumps(
+        {"dotted": {"styles": {"dots": 0.75, "stripes": 0.25}, "alpha": 0.8, "preserve_color": "luminance"}}))
     (root / ".hidden.png").write_bytes(b"ignored too")
     return root
 
@@ -101,6 +105,29 @@ def test_library_styles_are_listed_and_named_in_requests(lib_server: ServerProce
     assert asyncio.run(listed()) == ["dots", "stripes"]
 
 
+def test_presets_name_a_look(lib_server: ServerProcess, lib_client: StyleTransferClient) -> None:
+    """A preset is its styles, weights, alpha and colour mode; a call's own alpha or colour mode wins."""
+    assert lib_client.list_presets() == [LibraryPreset("dotted", (("dots", 0.75), ("stripes", 0.25)), 0.8, "luminance")]
+    by_preset = lib_client.stylize(CONTENT, Preset("dotted"))
+    explicit = lib_client.stylize(CONTENT, [(DOTS, 0.75), (STRIPES, 0.25)], alpha=0.8, preserve_color="luminance")
+    assert np.array_equal(pixels(by_preset.image), pixels(explicit.image))
+    assert lib_client.stylize(CONTENT, "preset:dotted").image == by_preset.image
+    own = lib_client.stylize(CONTENT, Preset("dotted"), alpha=1.0, preserve_color="coral")
+    mine = lib_client.stylize(CONTENT, [(DOTS, 0.75), (STRIPES, 0.25)], alpha=1.0, preserve_color="coral")
+    assert np.array_equal(pixels(own.image), pixels(mine.image))
+    assert len(list(lib_client.stylize_video([CONTENT, CONTENT], Preset("dotted"), temporal="none"))) == 2
+    with pytest.raises(StyleTransferError) as e:
+        lib_client.stylize(CONTENT, Preset("dottted"))
+    assert e.value.violations == [("preset", "no preset named 'dottted' on this server (it has: dotted; see "
+                                   "ListStyles)")]
+    with grpc.insecure_channel(lib_server.target) as channel:  # both at once: which did the caller mean?
+        request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=DOTS)], preset="dotted")
+        with pytest.raises(grpc.RpcError) as raw:
+            pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=60)
+    assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "preset: give styles or a preset, not both" in raw.value.details()
+
+
 def test_unknown_names_say_what_the_library_has(lib_client: StyleTransferClient, client: StyleTransferClient) -> None:
     with pytest.raises(StyleTransferError) as e:
         lib_client.stylize(CONTENT, ["id:dots", "id:dot"])
@@ -121,7 +148,8 @@ def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, tmp_p
     srv = ["--server", lib_server.target]
     assert cli(["--list-styles", *srv, "--thumbnails", str(tmp_path / "thumbs")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["dots", "stripes"] and "40 x 40" in lines[0]
+    assert [line.split()[0] for line in lines] == ["dots", "stripes", "preset:dotted"] and "40 x 40" in lines[0]
+    assert lines[2] == "preset:dotted  dots 0.75 + stripes 0.25; alpha 0.8; colours: luminance"
     assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == ["dots.jpg", "stripes.jpg"]
     assert cli(["--server-info", *srv]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -130,6 +158,10 @@ def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, tmp_p
     content.write_bytes(CONTENT)
     assert cli([str(content), "-s", "id:dots:0.5", "-s", "id:stripes", "-o", str(out), *srv]) == 0
     assert Image.open(out).size == (64, 48)
+    assert cli([str(content), "-s", "preset:dotted", "-o", str(out), *srv]) == 0
+    capsys.readouterr()
+    assert cli([str(content), "-s", "preset:dotted", "-s", "id:dots", "-o", str(out), *srv]) == 1
+    assert "stands alone" in capsys.readouterr().err
     capsys.readouterr()
     assert cli([str(content), "-s", "dots", "-o", str(out), *srv]) == 1
     assert "a style of the server's library is id:dots" in capsys.readouterr().err
@@ -139,8 +171,12 @@ def test_the_web_page_offers_the_library(lib_server: ServerProcess, lib_client: 
                                          tmp_path: Path) -> None:
     web = WebProcess(lib_server.target)
     try:
-        examples = httpx.get(web.url + "/api/info").json()["examples"]
-        assert examples == [{"name": n, "url": f"/api/styles/{n}.jpg", "style": f"id:{n}"} for n in ("dots", "stripes")]
+        info = httpx.get(web.url + "/api/info").json()
+        assert info["examples"] == [{"name": n, "url": f"/api/styles/{n}.jpg", "style": f"id:{n}"}
+                                    for n in ("dots", "stripes")]
+        assert info["presets"] == [{"name": "dotted", "styles": [{"style": "dots", "weight": 0.75},
+                                                                 {"style": "stripes", "weight": 0.25}],
+                                    "alpha": 0.8, "preserve_color": "luminance"}]
         thumb = httpx.get(web.url + "/api/styles/dots.jpg")
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert httpx.get(web.url + "/api/styles/nope.jpg").status_code == 404
@@ -163,8 +199,11 @@ def test_the_web_page_offers_the_library(lib_server: ServerProcess, lib_client: 
             wait_for(driver, lambda d: d.execute_script(  # the thumbnails came from the server's library
                 "return [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth)"))
             driver.find_element(By.ID, "content").send_keys(str(photo))
-            driver.find_element(By.CSS_SELECTOR, '#gallery button[data-name="stripes"]').click()
-            wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+            driver.find_element(By.CSS_SELECTOR, '#presets button[data-preset="dotted"]').click()  # a preset: its
+            wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)  # styles, weights,
+            assert [driver.find_element(By.ID, f"weight-{i}-value").text for i in (0, 1)] == ["0.75", "0.25"]
+            assert driver.find_element(By.ID, "alpha-value").text == "0.80"  # strength and colours, set by hand
+            assert driver.find_element(By.ID, "preserve_color").get_attribute("value") == "luminance"
             driver.find_element(By.ID, "submit").click()
             size = wait_for(driver, lambda d: d.execute_script(
                 "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
@@ -214,20 +253,23 @@ def test_the_folder_is_followed_without_a_restart(lib_server: ServerProcess, lib
     assert lib_server.alive()
 
 
-@pytest.mark.parametrize("case", ["missing", "same-name", "bad-name", "corrupt"])
+@pytest.mark.parametrize("case", ["missing", "same-name", "bad-name", "corrupt", "preset"])
 def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_path: Path, case: str) -> None:
     styles = tmp_path / "styles"
     if case != "missing":
         styles.mkdir()
         (styles / "ok.png").write_bytes(DOTS)
     expected = {"missing": "no such folder", "same-name": "two files give the style name 'ok'",
-                "bad-name": "my style.png: a style's name", "corrupt": "bad.jpg: image data is truncated"}[case]
+                "bad-name": "my style.png: a style's name", "corrupt": "bad.jpg: image data is truncated",
+                "preset": "preset 'p' names 'nope', which the library has no style of"}[case]
     if case == "same-name":
         (styles / "ok.jpg").write_bytes(STRIPES)
     elif case == "bad-name":
         (styles / "my style.png").write_bytes(DOTS)
     elif case == "corrupt":
         (styles / "bad.jpg").write_bytes(STRIPES[: len(STRIPES) // 2])
+    elif case == "preset":
+        (styles / "presets.json").write_text(json.dumps({"p": {"styles": {"ok": 1, "nope": 1}}}))
     with pytest.raises(RuntimeError) as e:
         ServerProcess(decoder_path, "--styles-dir", str(styles))
     assert "--styles-dir" in str(e.value) and expected in str(e.value)

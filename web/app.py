@@ -185,7 +185,7 @@ def create_app(
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
     known: list[Limits] = [settings.limits] if settings.limits else []
-    library: dict[str, Any] = {"at": -math.inf, "styles": {}}
+    library: dict[str, Any] = {"at": -math.inf, "styles": {}, "presets": []}
 
     async def library_styles() -> dict[str, LibraryStyle]:
         """The server's library by name, with thumbnails (ListStyles), asked at most every LIBRARY_TTL_S; an
@@ -195,9 +195,11 @@ def create_app(
             try:
                 styles = await run_in_threadpool(client.list_styles, thumbnail_size=THUMBNAIL_PX,
                                                  timeout=min(5.0, settings.timeout))
+                presets = await run_in_threadpool(client.list_presets, timeout=min(5.0, settings.timeout))
             except StyleTransferError:
                 return library["styles"]
             library["styles"] = {s.name: s for s in styles}
+            library["presets"] = presets
         return library["styles"]
 
     async def current_limits() -> Limits:
@@ -231,13 +233,17 @@ def create_app(
     async def info() -> dict[str, Any]:
         limits = await current_limits()
         named = await library_styles()
-        if named:  # the server's styles, sent by name
+        presets = []
+        if named:  # the server's styles, sent by name, and its presets (the page sets their styles and options)
             examples = [{"name": n, "url": f"/api/styles/{n}.jpg", "style": f"id:{n}"} for n in sorted(named)]
+            presets = [{"name": p.name, "styles": [{"style": s, "weight": w} for s, w in p.styles], "alpha": p.alpha,
+                        "preserve_color": p.preserve_color or "none"} for p in library["presets"]]
         else:
             bundled = sorted(p.name for p in GALLERY.glob("*.png")) if GALLERY.is_dir() else []
             examples = [{"name": Path(n).stem, "url": f"/gallery/{n}"} for n in bundled]
         return {
             "examples": examples,
+            "presets": presets,
             "max_upload_mb": settings.max_upload_bytes / 2**20,
             "max_styles": limits.max_styles,
             "max_refine_steps": limits.max_refine_steps,

@@ -69,7 +69,7 @@ class Style(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., style_id: _Optional[str] = ..., weight: _Optional[float] = ..., mask: _Optional[bytes] = ..., label: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class StylizeRequest(_message.Message):
-    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "refine_steps", "refine_init", "content_weight", "style_weight", "tv_weight", "refine_size", "optimizer", "labels", "keep_exif")
+    __slots__ = ("content", "styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "refine_steps", "refine_init", "content_weight", "style_weight", "tv_weight", "refine_size", "optimizer", "labels", "keep_exif", "preset")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     STYLES_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class StylizeRequest(_message.Message):
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     KEEP_EXIF_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     styles: _containers.RepeatedCompositeFieldContainer[Style]
     alpha: float
@@ -106,7 +107,8 @@ class StylizeRequest(_message.Message):
     optimizer: Optimizer
     labels: bytes
     keep_exif: bool
-    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine_init: _Optional[_Union[RefineInit, str]] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., refine_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., labels: _Optional[bytes] = ..., keep_exif: _Optional[bool] = ...) -> None: ...
+    preset: str
+    def __init__(self, content: _Optional[bytes] = ..., styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine_init: _Optional[_Union[RefineInit, str]] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., refine_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., labels: _Optional[bytes] = ..., keep_exif: _Optional[bool] = ..., preset: _Optional[str] = ...) -> None: ...
 
 class StylizeEvent(_message.Message):
     __slots__ = ("progress", "result")
@@ -129,7 +131,7 @@ class Progress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
 class VideoOptions(_message.Message):
-    __slots__ = ("styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "temporal", "temporal_strength", "labels")
+    __slots__ = ("styles", "alpha", "preserve_color", "mask", "content_size", "style_size", "format", "quality", "temporal", "temporal_strength", "labels", "preset")
     STYLES_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     PRESERVE_COLOR_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +143,7 @@ class VideoOptions(_message.Message):
     TEMPORAL_FIELD_NUMBER: _ClassVar[int]
     TEMPORAL_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
     styles: _containers.RepeatedCompositeFieldContainer[Style]
     alpha: float
     preserve_color: PreserveColor
@@ -152,7 +155,8 @@ class VideoOptions(_message.Message):
     temporal: Temporal
     temporal_strength: float
     labels: bytes
-    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., temporal: _Optional[_Union[Temporal, str]] = ..., temporal_strength: _Optional[float] = ..., labels: _Optional[bytes] = ...) -> None: ...
+    preset: str
+    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ..., mask: _Optional[bytes] = ..., content_size: _Optional[int] = ..., style_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., temporal: _Optional[_Union[Temporal, str]] = ..., temporal_strength: _Optional[float] = ..., labels: _Optional[bytes] = ..., preset: _Optional[str] = ...) -> None: ...
 
 class VideoRequest(_message.Message):
     __slots__ = ("options", "frame")
@@ -248,11 +252,32 @@ class LibraryStyle(_message.Message):
     thumbnail: bytes
     def __init__(self, name: _Optional[str] = ..., style_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
 
-class ListStylesResponse(_message.Message):
-    __slots__ = ("styles",)
+class Preset(_message.Message):
+    __slots__ = ("name", "styles", "alpha", "preserve_color")
+    class Part(_message.Message):
+        __slots__ = ("style", "weight")
+        STYLE_FIELD_NUMBER: _ClassVar[int]
+        WEIGHT_FIELD_NUMBER: _ClassVar[int]
+        style: str
+        weight: float
+        def __init__(self, style: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
     STYLES_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    PRESERVE_COLOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    styles: _containers.RepeatedCompositeFieldContainer[Preset.Part]
+    alpha: float
+    preserve_color: PreserveColor
+    def __init__(self, name: _Optional[str] = ..., styles: _Optional[_Iterable[_Union[Preset.Part, _Mapping]]] = ..., alpha: _Optional[float] = ..., preserve_color: _Optional[_Union[PreserveColor, str]] = ...) -> None: ...
+
+class ListStylesResponse(_message.Message):
+    __slots__ = ("styles", "presets")
+    STYLES_FIELD_NUMBER: _ClassVar[int]
+    PRESETS_FIELD_NUMBER: _ClassVar[int]
     styles: _containers.RepeatedCompositeFieldContainer[LibraryStyle]
-    def __init__(self, styles: _Optional[_Iterable[_Union[LibraryStyle, _Mapping]]] = ...) -> None: ...
+    presets: _containers.RepeatedCompositeFieldContainer[Preset]
+    def __init__(self, styles: _Optional[_Iterable[_Union[LibraryStyle, _Mapping]]] = ..., presets: _Optional[_Iterable[_Union[Preset, _Mapping]]] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

@@ -251,6 +251,35 @@ async function loadInfo() {
     });
     $("gallery").append(button);
   }
+  for (const preset of state.info.presets || []) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.preset = preset.name;
+    button.textContent = preset.name;
+    button.addEventListener("click", () => applyPreset(preset));
+    $("presets").append(button);
+  }
+  $("presets-row").hidden = !(state.info.presets || []).length;
+}
+
+// A preset of the server's library: its styles (the library's, by name) with their weights, its strength and
+// colours, set on the page as if chosen by hand (each can be changed after).
+async function applyPreset(preset) {
+  clearErrors();
+  for (const style of [...state.styles]) removeStyle(state.styles.indexOf(style));
+  for (const part of preset.styles) {
+    const example = state.info.examples.find((e) => e.name === part.style);
+    if (!example) continue;
+    const blob = await (await fetch(example.url)).blob();
+    addStyle(new File([blob], `${example.name}.jpg`, { type: blob.type }), example.name, example.name, example.style);
+    state.styles[state.styles.length - 1].weight = part.weight;
+    const button = document.querySelector(`#gallery button[data-name="${example.name}"]`);
+    if (button) button.setAttribute("aria-pressed", "true");
+  }
+  $("alpha").value = String(preset.alpha);
+  $("alpha-value").textContent = Number(preset.alpha).toFixed(2);
+  $("preserve_color").value = preset.preserve_color;
+  renderStyles();
 }
 
 function clearErrors() {
