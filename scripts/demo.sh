@@ -62,6 +62,8 @@ run "$C/astronaut.jpg" --style "$S/mosaic.png" --preserve-color -o "$OUT/astrona
 echo "the server's library, and a style named instead of sent (rocket x waves):"
 run --list-styles
 run "$C/rocket.jpg" --style id:waves -o "$OUT/rocket_waves.png"
+echo "a preset of the library (examples/style/presets.json: mosaic, strength 0.9, the photo's colours):"
+run "$C/astronaut.jpg" --style preset:stained-glass -o "$OUT/astronaut_stained-glass.png"
 echo "every example content x every style:"
 run "$C" --style "$S/mosaic.png" --style "$S/strokes.png" --style "$S/waves.png" -o "$OUT/all"
 
