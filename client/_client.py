@@ -698,18 +698,24 @@ class StyleTransferClient(_ClientBase):
         reply, _ = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
         return server_info_dict(reply)
 
-    def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
-        """The styles of the server's library, by name (empty where it has none), with JPEG thumbnails of
-        at most ``thumbnail_size`` px (0: none; at most 512). Every replica of a service reads the same
-        folder, so a name works wherever a call lands."""
+    def library(
+        self, *, thumbnail_size: int = 0, timeout: float | None = None
+    ) -> tuple[list[LibraryStyle], list[LibraryPreset]]:
+        """The server's library in one call: its styles and its presets (``presets.json`` beside them), by
+        name (empty where it has none), the styles with JPEG thumbnails of at most ``thumbnail_size`` px (0:
+        none; at most 512). Every replica of a service reads the same folder, so a name works wherever a call
+        lands."""
         request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
         reply, _ = self._call(self._stub.ListStyles, request, timeout, None)
-        return library_styles(reply)
+        return library_styles(reply), library_presets(reply)
+
+    def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
+        """The styles of the server's library (see :meth:`library`)."""
+        return self.library(thumbnail_size=thumbnail_size, timeout=timeout)[0]
 
     def list_presets(self, *, timeout: float | None = None) -> list[LibraryPreset]:
-        """The presets of the server's library (``presets.json`` beside its styles), by name."""
-        reply, _ = self._call(self._stub.ListStyles, pb.ListStylesRequest(), timeout, None)
-        return library_presets(reply)
+        """The presets of the server's library (see :meth:`library`)."""
+        return self.library(timeout=timeout)[1]
 
 
 def server_info_dict(reply: pb.ServerInfo) -> dict[str, Any]:

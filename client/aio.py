@@ -204,16 +204,21 @@ class AsyncStyleTransferClient(_ClientBase):
         reply, _, _ = await self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
         return server_info_dict(reply)
 
-    async def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
-        """The styles of the server's library (see :meth:`StyleTransferClient.list_styles`)."""
+    async def library(
+        self, *, thumbnail_size: int = 0, timeout: float | None = None
+    ) -> tuple[list[LibraryStyle], list[LibraryPreset]]:
+        """The server's styles and presets in one call (see :meth:`StyleTransferClient.library`)."""
         request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
         reply, _, _ = await self._unary(self._stub.ListStyles, request, timeout, None)
-        return library_styles(reply)
+        return library_styles(reply), library_presets(reply)
+
+    async def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
+        """The styles of the server's library."""
+        return (await self.library(thumbnail_size=thumbnail_size, timeout=timeout))[0]
 
     async def list_presets(self, *, timeout: float | None = None) -> list[LibraryPreset]:
         """The presets of the server's library."""
-        reply, _, _ = await self._unary(self._stub.ListStyles, pb.ListStylesRequest(), timeout, None)
-        return library_presets(reply)
+        return (await self.library(timeout=timeout))[1]
 
     async def health(self, *, timeout: float | None = 5.0) -> str:
         """"SERVING", "NOT_SERVING" or "UNKNOWN" (needs grpcio-health-checking)."""

@@ -566,8 +566,7 @@ def _server_info(args: argparse.Namespace) -> int:
 
 def _list_styles(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        styles = client.list_styles(thumbnail_size=256 if args.thumbnails else 0)
-        presets = client.list_presets() if styles else []
+        styles, presets = client.library(thumbnail_size=256 if args.thumbnails else 0)
     if not styles:
         print(f"the server at {args.server} has no library styles (adain-server --styles-dir)")
         return 0

@@ -55,7 +55,7 @@ from adain.wire import (
     label_value,
 )
 
-from .checks import BadInput, error_json, image, number, style_name, whole
+from .checks import BadInput, color, error_json, image, number, style_count, style_name, temporal, weights, whole
 from .live import LiveSessions, LiveSettings
 from .metrics import MetricsMiddleware, WebMetrics
 from .video import Busy, VideoJobs
@@ -193,9 +193,8 @@ def create_app(
         if time.monotonic() - library["at"] > LIBRARY_TTL_S:
             library["at"] = time.monotonic()
             try:
-                styles = await run_in_threadpool(client.list_styles, thumbnail_size=THUMBNAIL_PX,
-                                                 timeout=min(5.0, settings.timeout))
-                presets = await run_in_threadpool(client.list_presets, timeout=min(5.0, settings.timeout))
+                styles, presets = await run_in_threadpool(client.library, thumbnail_size=THUMBNAIL_PX,
+                                                          timeout=min(5.0, settings.timeout))
             except StyleTransferError:
                 return library["styles"]
             library["styles"] = {s.name: s for s in styles}
@@ -385,23 +384,13 @@ def _check_fields(form: Any, allowed: tuple[str, ...]) -> None:
 async def _style_options(form: Any, limits: Limits) -> dict[str, Any]:
     """Styles, weights, alpha and colour mode: what an image and a clip share; raises BadInput."""
     styles = form.getlist("styles")
-    if not styles:
-        raise BadInput("styles", "at least 1 style (an image file, or id:NAME for a style of the server's library) "
-                       "is required")
-    if len(styles) > limits.max_styles:
-        raise BadInput("styles", f"{len(styles)} styles, over the limit of max_styles={limits.max_styles}")
+    style_count(len(styles), limits, "an image file, or id:NAME for a style of the server's library")
     options: dict[str, Any] = {"styles": [await _style(s, i, limits) for i, s in enumerate(styles)]}
-    weights = form.getlist("weights")
-    if weights:
-        if len(weights) != len(styles):
-            raise BadInput("weights", f"{len(weights)} weights for {len(styles)} styles (one per style)")
-        options["weights"] = [number(w, f"styles[{i}].weight") for i, w in enumerate(weights)]
+    if form.getlist("weights"):
+        options["weights"] = weights(form.getlist("weights"), len(styles))
     if form.get("alpha") not in (None, ""):
         options["alpha"] = number(form["alpha"], "alpha")
-    color = form.get("preserve_color") or "none"
-    if color not in ("none", *COLOR_MODES):
-        raise BadInput("preserve_color", f"must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
-    options["preserve_color"] = None if color == "none" else color
+    options["preserve_color"] = color(form.get("preserve_color"))
     return options
 
 
@@ -497,10 +486,7 @@ async def _read_video_form(
     options = await _style_options(form, limits)
     options["max_fps"] = fps
     options["start"], options["duration"] = start, duration
-    temporal = form.get("temporal") or None
-    if temporal is not None and temporal not in TEMPORAL_MODES:
-        raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {temporal!r}")
-    options["temporal"] = temporal
+    options["temporal"] = temporal(form.get("temporal"))
     if form.get("size") not in (None, "", "0"):
         options["content_size"] = whole(form["size"], "size", 16)
     stem = Path(content.filename or "clip").stem or "clip"

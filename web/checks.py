@@ -12,7 +12,7 @@ from PIL import Image
 
 from adain.client import StyleRef
 from adain.photo import is_heif
-from adain.wire import INPUT_FORMATS, INPUT_NAMES, Limits
+from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits
 
 STYLE_NAME_RE = re.compile(r"id:([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 
@@ -72,3 +72,32 @@ def whole(text: Any, field: str, least: int) -> int:
     if value != int(value) or value < least:
         raise BadInput(field, f"must be a whole number >= {least}, got {text!r}")
     return int(value)
+
+
+def style_count(count: int, limits: Limits, what: str) -> None:
+    """At least one style and at most max_styles; ``what`` says what a style may be, where none came."""
+    if not count:
+        raise BadInput("styles", f"at least 1 style ({what}) is required")
+    if count > limits.max_styles:
+        raise BadInput("styles", f"{count} styles, over the limit of max_styles={limits.max_styles}")
+
+
+def weights(values: list[Any], styles: int) -> list[float]:
+    if len(values) != styles:
+        raise BadInput("weights", f"{len(values)} weights for {styles} styles (one per style)")
+    return [number(w, f"styles[{i}].weight") for i, w in enumerate(values)]
+
+
+def color(value: Any) -> str | None:
+    """A preserve_color ("none" or empty: None)."""
+    text = value or "none"
+    if text not in ("none", *COLOR_MODES):
+        raise BadInput("preserve_color", f"must be one of none, {', '.join(COLOR_MODES)}; got {text!r}")
+    return None if text == "none" else text
+
+
+def temporal(value: Any) -> str | None:
+    """A temporal mode (empty: None, the server's default)."""
+    if value and value not in TEMPORAL_MODES:
+        raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {value!r}")
+    return value or None

@@ -29,9 +29,9 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from adain.client import StyleTransferClient, StyleTransferError
-from adain.wire import COLOR_MODES, TEMPORAL_MODES, Limits
+from adain.wire import Limits
 
-from .checks import BadInput, error_json, image, number, style_name
+from .checks import BadInput, color, error_json, image, number, style_count, style_name, temporal, weights
 
 log = logging.getLogger("adain.web")
 
@@ -95,10 +95,8 @@ class LiveSessions:
         if not isinstance(spec, dict):
             raise BadInput("options", "the first message must be the options, as a JSON object")
         styles = spec.get("styles")
-        if not isinstance(styles, list) or not styles:
-            raise BadInput("styles", "at least 1 style: \"id:NAME\" (the server's library) or \"upload\"")
-        if len(styles) > limits.max_styles:
-            raise BadInput("styles", f"{len(styles)} styles, over the limit of max_styles={limits.max_styles}")
+        styles = styles if isinstance(styles, list) else []
+        style_count(len(styles), limits, "\"id:NAME\" for a style of the server's library, or \"upload\"")
         chosen: list[Any] = []
         for i, style in enumerate(styles):
             if style == "upload":
@@ -107,21 +105,14 @@ class LiveSessions:
             else:
                 chosen.append(style_name(style, f"styles[{i}]"))
         options: dict[str, Any] = {"styles": chosen}
-        weights = spec.get("weights")
-        if weights is not None:
-            if not isinstance(weights, list) or len(weights) != len(styles):
-                raise BadInput("weights", f"one weight per style ({len(styles)})")
-            options["weights"] = [number(w, f"styles[{i}].weight") for i, w in enumerate(weights)]
+        if spec.get("weights") is not None:
+            if not isinstance(spec["weights"], list):
+                raise BadInput("weights", f"a list of one weight per style ({len(styles)})")
+            options["weights"] = weights(spec["weights"], len(styles))
         if spec.get("alpha") is not None:
             options["alpha"] = number(spec["alpha"], "alpha")
-        color = spec.get("preserve_color") or "none"
-        if color not in ("none", *COLOR_MODES):
-            raise BadInput("preserve_color", f"must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
-        options["preserve_color"] = None if color == "none" else color
-        temporal = spec.get("temporal") or None
-        if temporal is not None and temporal not in TEMPORAL_MODES:
-            raise BadInput("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {temporal!r}")
-        options["temporal"] = temporal
+        options["preserve_color"] = color(spec.get("preserve_color"))
+        options["temporal"] = temporal(spec.get("temporal"))
         return options
 
     async def _stream(self, ws: WebSocket, options: dict[str, Any]) -> None:
