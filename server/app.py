@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
 from adain.errors import InvalidInputError
-from adain.image import KeyedImage, input_formats
+from adain.image import input_formats
 from adain.job import Job
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -256,14 +256,18 @@ class StyleTransferServer:
         if library is None:
             return
         self.metrics.library_styles.set(len(library))
-        fresh = [s for s in library.styles() if s.id not in self._warmed][: self.stylizer.cache.size]
+        fresh = [s for s in library.styles() if s.id not in self._warmed]
+        if not fresh:
+            return  # the watcher's usual pass: nothing new
+        # Every fresh one counts as seen, so that a library larger than the cache is not warmed a cacheful a
+        # pass, pushing out what calls use.
+        self._warmed.update(s.id for s in fresh)
         content, _ = _warmup_images()
-        for style in fresh:
+        for style in fresh[: self.stylizer.cache.size]:
             try:
-                self.stylizer.prepare(Job(content=content, styles=[KeyedImage(style.id, style.data)]))
+                self.stylizer.prepare(Job(content=content, styles=[style.source]))
             except InvalidInputError as e:  # loaded once, so this is rare: the call naming it will say why
                 log.warning("style %s could not be prepared: %s", style.name, e)
-            self._warmed.add(style.id)
 
     async def warm_up(self) -> None:
         """Start batching, run one dummy stylization off the event loop (and compute the library's style

@@ -36,7 +36,7 @@ from pathlib import Path
 from PIL import Image
 
 from adain.errors import InvalidInputError
-from adain.image import load_image
+from adain.image import KeyedImage, load_image
 from adain.wire import COLOR_MODES
 
 from .registry import style_id
@@ -109,6 +109,11 @@ class LibraryStyle:
     height: int
     signature: tuple[int, int, int]
     _thumbnails: dict[int, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def source(self) -> KeyedImage:
+        """The style as the Stylizer takes it: its bytes, keyed by their sha256 (no second hashing)."""
+        return KeyedImage(self.id, self.data)
 
     def thumbnail(self, size: int) -> bytes:
         """A JPEG of the style with its longest side at most ``size`` px (made once per size)."""

@@ -192,7 +192,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             return KeyedImage(style.style_id, data)
         named = self.library.get(style.style_id) if self.library is not None else None
         if named is not None:
-            return KeyedImage(named.id, named.data)
+            return named.source
         bad.append(Violation(f"{prefix}styles[{i}].style_id", self._unknown_style(style.style_id)))
         return b""
 
@@ -215,7 +215,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 bad.append(Violation(f"{prefix}preset", f"preset {preset.name!r} names the style {name!r}, which "
                                      "the library no longer has"))
                 return {}
-            styles.append(KeyedImage(style.id, style.data))
+            styles.append(style.source)
         look: dict[str, Any] = {"styles": styles, "weights": [w for _, w in preset.styles]}
         if not msg.HasField("alpha"):
             look["alpha"] = preset.alpha
@@ -466,7 +466,6 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if size > MAX_THUMBNAIL:
             raise ServiceError.invalid([Violation("thumbnail_size", f"must be at most {MAX_THUMBNAIL}, got {size}")])
         styles = self.library.styles() if self.library is not None else []
-
         presets = self.library.presets() if self.library is not None else []
 
         def reply() -> pb.ListStylesResponse:  # thumbnails decode images: off the event loop
