@@ -48,14 +48,25 @@ function setContent(file) {
 }
 
 // file: the image shown (and sent, unless ref names a style of the server's library: "id:NAME").
-function addStyle(file, name, example, ref) {
+// Whether it was added (there is room).
+function addStyle(file, name, example, ref, weight = 1) {
   if (state.styles.length >= state.info.max_styles) {
     $("styles-error").textContent = `At most ${state.info.max_styles} styles.`;
-    return;
+    return false;
   }
   const colour = PALETTE.find((c) => !state.styles.some((st) => st.colour === c));
-  state.styles.push({ file, name, example, ref, weight: 1, colour });
+  state.styles.push({ file, name, example, ref, weight, colour });
   renderStyles();
+  return true;
+}
+
+// An example style chosen (by its button or a preset): its image fetched and added, its button pressed.
+async function addExample(example, weight = 1) {
+  const blob = await (await fetch(example.url)).blob();
+  const file = new File([blob], example.url.split("/").pop(), { type: blob.type });
+  if (!addStyle(file, example.name, example.name, example.style, weight)) return;
+  const button = document.querySelector(`#gallery button[data-name="${example.name}"]`);
+  if (button) button.setAttribute("aria-pressed", "true");
 }
 
 function removeStyle(index) {
@@ -245,9 +256,7 @@ async function loadInfo() {
         removeStyle(state.styles.findIndex((s) => s.example === example.name));
         return;
       }
-      const blob = await (await fetch(example.url)).blob();
-      addStyle(new File([blob], `${example.name}.png`, { type: blob.type }), example.name, example.name, example.style);
-      button.setAttribute("aria-pressed", "true");
+      await addExample(example);
     });
     $("gallery").append(button);
   }
@@ -269,17 +278,12 @@ async function applyPreset(preset) {
   for (const style of [...state.styles]) removeStyle(state.styles.indexOf(style));
   for (const part of preset.styles) {
     const example = state.info.examples.find((e) => e.name === part.style);
-    if (!example) continue;
-    const blob = await (await fetch(example.url)).blob();
-    addStyle(new File([blob], `${example.name}.jpg`, { type: blob.type }), example.name, example.name, example.style);
-    state.styles[state.styles.length - 1].weight = part.weight;
-    const button = document.querySelector(`#gallery button[data-name="${example.name}"]`);
-    if (button) button.setAttribute("aria-pressed", "true");
+    if (example) await addExample(example, part.weight);
   }
   $("alpha").value = String(preset.alpha);
   $("alpha-value").textContent = Number(preset.alpha).toFixed(2);
   $("preserve_color").value = preset.preserve_color;
-  renderStyles();
+  liveChanged();  // the strength and colours too, while the camera is live
 }
 
 function clearErrors() {
@@ -625,9 +629,14 @@ async function zipBlob(entries) {
 }
 
 async function downloadAll() {
+  saveBlob(await zipBlob(batch.results), "stylized.zip");
+}
+
+// Save a blob the page made as a file named ``name`` (the browser's download).
+function saveBlob(blob, name) {
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(await zipBlob(batch.results));
-  link.download = "stylized.zip";
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 60000);
 }
@@ -754,13 +763,7 @@ function stopLive() {
 function saveSnapshot() {
   const canvas = $("live-output");
   if (!canvas.dataset.frames) return;
-  canvas.toBlob((blob) => {
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(blob);
-    link.download = "stylized-live.png";
-    link.click();
-    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
-  }, "image/png");
+  canvas.toBlob((blob) => saveBlob(blob, "stylized-live.png"), "image/png");
 }
 
 // While live, a changed option starts a new session with it.
