@@ -12,9 +12,32 @@ log = logging.getLogger("adain.server.metrics")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class Metrics:
-    def __init__(self, max_batch_size: int = 8) -> None:
+class Exporter:
+    """A registry of its own served over HTTP on a port of its own; the server's and adain-web's metrics."""
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._http = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the exporter on ``port`` (0: any free one); returns the port. An OSError names the address."""
+        try:
+            server, _thread = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
+        except OSError as e:
+            raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
+        self._http = server
+        return server.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class Metrics(Exporter):
+    def __init__(self, max_batch_size: int = 8) -> None:
+        super().__init__()
         r = self.registry
         self.requests = Counter(
             "adain_requests", "gRPC requests handled, by method and status code", ["method", "code"], registry=r
@@ -52,7 +75,6 @@ class Metrics:
         self.library_styles = Gauge("adain_library_styles", "Styles in the style library (--styles-dir)", registry=r)
         self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)
         self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
-        self._http = None
 
     def observe_batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None:
         self.batch_size.observe(size)
@@ -62,18 +84,4 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int | None:
         """Start the HTTP exporter on ``port`` (0 or negative: disabled); returns the port or None."""
-        if port <= 0:
-            return None
-        addr = host.strip("[]")
-        try:
-            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        except OSError as e:
-            raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
-        self._http = server
-        return server.server_port
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        return super().serve(host, port) if port > 0 else None

@@ -8,41 +8,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adain.server.metrics import Exporter
 
 _BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
-class WebMetrics:
+class WebMetrics(Exporter):
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
+        super().__init__()
+        r = self.registry
         self.requests = Counter("adain_web_requests", "HTTP requests and WebSocket sessions, by route and status "
                                 "(a WebSocket's: \"websocket\")", ["route", "status"], registry=r)
         self.seconds = Histogram("adain_web_request_seconds", "Time per request (a WebSocket: its session), by "
                                  "route", ["route"], buckets=_BUCKETS, registry=r)
         self.live_sessions = Gauge("adain_web_live_sessions", "Live camera sessions open", registry=r)
         self.video_jobs = Gauge("adain_web_video_jobs_running", "Clip jobs stylizing now", registry=r)
-        self._http = None
 
     def follow(self, live_sessions: Callable[[], float], video_jobs: Callable[[], float]) -> None:
         """Read the two gauges from the app's own counts at each scrape."""
         self.live_sessions.set_function(live_sessions)
         self.video_jobs.set_function(video_jobs)
-
-    def serve(self, host: str, port: int) -> int:
-        try:
-            server, _thread = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
-        except OSError as e:
-            raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
-        self._http = server
-        return server.server_port
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
 
 
 class MetricsMiddleware:
