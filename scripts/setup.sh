@@ -25,4 +25,12 @@ if ! command -v chromedriver > /dev/null && [ "$(id -u)" = 0 ] && command -v apt
   { apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; } \
     >> "$LOG" 2>&1 || echo "setup: could not install chromium; the browser tests will skip (see $LOG)"
 fi
+# deploy/prometheus's alert rules are checked and unit-tested with promtool (Debian's prometheus package).
+if ! command -v promtool > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  echo "setup: installing prometheus (apt) for promtool, which tests the alert rules"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends prometheus \
+      || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }; } \
+    >> "$LOG" 2>&1 || echo "setup: could not install prometheus; the alert rule tests will skip (see $LOG)"
+fi
 .venv/bin/python -c "import torch, adain.client, adain.server, adain.train, adain.web; print('setup ok: torch', torch.__version__)"

@@ -141,6 +141,9 @@ class StyleTransferServer:
         self.library = library  # --styles-dir (read by start() where the caller did not)
         self._warmed: set[str] = set()  # library style ids whose statistics were computed ahead
         self.metrics_port: int | None = None
+        info = server_info(settings, stylizer.info)
+        self.metrics.describe({"version": info.server_version, "model": info.model, "weights": info.weights_version,
+                               "device": info.device, "backend": info.backend, "precision": info.precision})
         self.servicer = StyleTransferServicer(
             stylizer=stylizer,
             batcher=self.batcher,
@@ -148,7 +151,7 @@ class StyleTransferServer:
             metrics=self.metrics,
             pool=self.pool,
             limits=stylizer.limits,
-            info=server_info(settings, stylizer.info),
+            info=info,
             drain=self.drain,
             refiner=self.refiner,
             video=VideoService(

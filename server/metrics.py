@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 log = logging.getLogger("adain.server.metrics")
 
@@ -75,6 +75,12 @@ class Metrics(Exporter):
         self.library_styles = Gauge("adain_library_styles", "Styles in the style library (--styles-dir)", registry=r)
         self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)
         self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
+        self.server = Info("adain_server", "What this replica runs: the version, the decoder's weights, device, "
+                           "backend and precision (a rollout shows as two sets of labels)", registry=r)
+
+    def describe(self, info: dict[str, str]) -> None:
+        """Set adain_server_info's labels, once, from GetServerInfo's reply."""
+        self.server.info(info)
 
     def observe_batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None:
         self.batch_size.observe(size)

@@ -211,3 +211,42 @@ def wait_for(driver, condition, timeout: float = 60):
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout).until(condition)
+
+
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
+
+
+def alert_metrics() -> set[str]:
+    """Every metric named in deploy/prometheus/alerts.yaml's expressions (parsed as PromQL, not matched as text)."""
+    import promql_parser
+    import yaml
+
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            names.add(node.name)
+        for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
+            child = getattr(node, attr, None)
+            if child is not None and not isinstance(child, (str, int, float)):
+                walk(child)
+        for arg in getattr(node, "args", None) or ():
+            walk(arg)
+
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            walk(promql_parser.parse(rule["expr"]))
+    return names
+
+
+def exported_metrics(text: str) -> set[str]:
+    """The series names a Prometheus scrape offers: a labelled family that has no sample yet still names its
+    series (``_total`` of a counter, ``_bucket``/``_sum``/``_count`` of a histogram)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                "info": ("_info",), "gauge": ("",)}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))} | {s.name for s in family.samples}
+    return names

@@ -1,8 +1,11 @@
 """deploy/: the Dockerfiles pass hadolint, the manifests pass kubernetes-validate, and they agree with
-the server (every ADAIN_* variable is a real flag; the pod's grace period outlasts the drain)."""
+the server and adain-web (every ADAIN_* variable and argument is a real flag; the pod's grace period outlasts
+the drain); the alerting rules pass promtool's checks and unit tests and name only metrics the real server
+and page export."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,13 +15,13 @@ import pytest
 import yaml
 
 from adain.server.config import _OPTIONS, env_name
-from helpers import REPO
+from helpers import REPO, ServerProcess, alert_metrics, exported_metrics
 
 DEPLOY = REPO / "deploy"
 MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda", "Dockerfile.web"])
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     # The venv's bin is not on PATH when the suite runs as .venv/bin/python -m pytest (CI).
     beside = Path(sys.executable).parent / "hadolint"
@@ -39,12 +42,17 @@ def test_manifests_pass_kubernetes_validate() -> None:
     for doc in _resources():
         kubernetes_validate.validate(doc, "1.30.0", strict=True)  # raises on any schema error
         kinds.append(doc["kind"])
-    assert sorted(kinds) == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "Service"]
+    assert sorted(kinds) == ["Deployment", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service",
+                             "Service", "Service"]
+
+
+def _named(docs: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
 def test_manifests_agree_with_the_server() -> None:
     docs = _resources()
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = _named(docs, "Deployment", "adain-server")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -60,3 +68,63 @@ def test_manifests_agree_with_the_server() -> None:
     for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
         text = (DEPLOY / dockerfile).read_text()
         assert 'pip install --no-cache-dir ".[server' in text and "ENTRYPOINT [\"adain-server\"]" in text
+
+
+def test_the_web_deployment_agrees_with_adain_web() -> None:
+    from adain.web.__main__ import parse_args
+
+    docs = _resources()
+    deployment = _named(docs, "Deployment", "adain-web")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = parse_args(container["args"])  # an unknown flag would exit here
+    assert args.server.startswith("dns:///adain-server-headless.") and args.host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": args.port, "metrics": args.metrics_port}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(args.metrics_port)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"  # ready = the server behind it serves
+    assert container["livenessProbe"]["httpGet"]["path"] != "/healthz"  # a server outage restarts no page
+    service = _named(docs, "Service", "adain-web")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["sessionAffinity"] == "ClientIP"  # a clip's job is asked of the pod that has it
+    text = (DEPLOY / "Dockerfile.web").read_text()
+    assert 'pip install --no-cache-dir ".[web]"' in text and "torch" not in text.split("FROM", 1)[1].replace(
+        "No torch", "")  # the page's image is a thin client
+    assert 'ENTRYPOINT ["adain-web"]' in text
+
+
+def _promtool() -> str:
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("no promtool here (Debian's prometheus package: scripts/setup.sh installs it with apt when run "
+                    "as root; CI runs these tests)")
+    return promtool
+
+
+def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
+    promtool = _promtool()
+    for cmd in (["check", "rules", "alerts.yaml"], ["test", "rules", "alerts_test.yaml"]):
+        run = subprocess.run([promtool, *cmd], cwd=DEPLOY / "prometheus", capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+    tested = set(re.findall(r"alertname: (\w+)", (DEPLOY / "prometheus" / "alerts_test.yaml").read_text()))
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())["groups"]
+    alerts = {r["alert"]: r for g in rules for r in g["rules"]}
+    assert tested == set(alerts)  # every alert has a test
+    runbook = (REPO / "docs" / "RUNBOOK.md").read_text()
+    for name, rule in alerts.items():  # and a section of the runbook, which its annotation names
+        assert rule["annotations"]["runbook"] == f"docs/RUNBOOK.md#{name.lower()}"
+        assert f"\n## {name}\n" in runbook, name
+
+
+def test_alerts_name_metrics_the_server_exports(server: ServerProcess) -> None:
+    """adain-web's metrics are checked the same way in test_web (its metrics test)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+    wanted = {m for m in alert_metrics() if not m.startswith("adain_web_")}
+    assert wanted and wanted <= exported_metrics(text), wanted - exported_metrics(text)
+    info = re.search(r"^adain_server_info\{(.*)\} 1\.0$", text, re.M)
+    assert info and 'backend="' in info.group(1) and 'weights="' in info.group(1), text
+    if shutil.which("promtool"):  # Prometheus's own lint of the exposition (names, units, help)
+        run = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr

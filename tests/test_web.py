@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO, ServerProcess, WebProcess, browser_or_skip, free_port, wait_for
+from helpers import (
+    REPO,
+    ServerProcess,
+    WebProcess,
+    alert_metrics,
+    browser_or_skip,
+    exported_metrics,
+    free_port,
+    wait_for,
+)
 from synth import encoded, make_image, make_mask, make_video, photo_with_exif, pixels, video_facts
 
 CONTENT = make_image(64, 48, seed=31)
@@ -457,6 +466,8 @@ def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:
         assert 'adain_web_requests_total{route="/api/live",status="websocket"} 3.0' in text
         assert 'adain_web_requests_total{route="/api/info",status="200"}' in text  # by route template and status
         assert "adain_web_video_jobs_running 0.0" in text
+        wanted = {m for m in alert_metrics() if m.startswith("adain_web_")}  # deploy/prometheus/alerts.yaml
+        assert wanted and wanted <= exported_metrics(text), wanted - exported_metrics(text)
     finally:
         web.stop()
 
