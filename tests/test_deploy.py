@@ -91,6 +91,11 @@ def test_the_web_deployment_agrees_with_adain_web() -> None:
     assert 'pip install --no-cache-dir ".[web]"' in text and "torch" not in text.split("FROM", 1)[1].replace(
         "No torch", "")  # the page's image is a thin client
     assert 'ENTRYPOINT ["adain-web"]' in text
+    # ... and runs as one: the page's modules import with torch (and OpenCV) made unimportable
+    check = ("import sys; sys.modules['torch'] = sys.modules['cv2'] = None\n"
+             "import adain.web.__main__, adain.web.app, adain.web.live, adain.web.metrics, adain.web.video")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
 
 
 def _promtool() -> str:
