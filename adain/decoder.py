@@ -190,6 +190,17 @@ def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half:
     torch.save(record, path)
 
 
+def _load_failure(data: bytes, error: Exception) -> str:
+    """Why torch.load refused a file, in one line (and without torch's advice to load it unsafely)."""
+    if not data:
+        return "the file is empty"
+    if not data.startswith(b"PK\x03\x04") and data[:1] != b"\x80":  # a zip archive, or an old-style pickle
+        return "not a file torch.save wrote"
+    if "weights only load failed" in str(error).lower():
+        return "it holds objects other than tensors and plain values (decoder files hold only those)"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 def load_decoder(path: str | Path | None = None) -> tuple[Decoder, DecoderFile]:
     """Load a decoder file (the shipped one by default) in float32; returns (decoder, its DecoderFile).
 
@@ -207,7 +218,7 @@ def load_decoder(path: str | Path | None = None) -> tuple[Decoder, DecoderFile]:
     try:
         record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise NoDecoderError(f"{path} is not a readable decoder file: {e}") from e
+        raise NoDecoderError(f"{path} is not a readable decoder file: {_load_failure(data, e)}") from e
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise NoDecoderError(f"{path} is not an adain decoder file (no '{FORMAT}' format tag)")
     version = record.get("arch_version")

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import logs
-from .config import parse_settings
+from .config import Settings, parse_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def _main(argv: Sequence[str] | None) -> int:
     log = logging.getLogger("adain.server")
     from .library import StyleLibrary
 
-    try:  # before the model loads (seconds): a bad style file fails the start at once, naming it
+    try:  # before the model loads (seconds): a bad style, certificate or token file fails the start at once
+        _check_files(settings)
         library = StyleLibrary(settings.styles_dir, settings.limits.max_pixels) if settings.styles_dir else None
     except ValueError as e:
         print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
@@ -46,6 +48,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     try:
         tiling = Tiling(settings.tile_threshold, tile=settings.tile_size, halo=settings.tile_halo)
+    except ValueError as e:
+        print(f"adain-server: error: --tile-threshold/--tile-size/--tile-halo: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
         stylizer = Stylizer(
             decoder=settings.decoder,
             device=device,
@@ -60,6 +66,25 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     log.info("model loaded: %s", stylizer.info)
     return asyncio.run(serve(settings, stylizer, library=library))
+
+
+def _check_files(settings: Settings) -> None:
+    """Each file a flag names exists, and the certificate and token files read as such; ValueError naming the
+    flag (the server reads them again, and follows them, when it starts listening)."""
+    from .auth import TlsFiles, TokenFile
+
+    files = {"--decoder": settings.decoder, "--tls-cert": settings.tls_cert, "--tls-key": settings.tls_key,
+             "--tls-client-ca": settings.tls_client_ca, "--auth-tokens-file": settings.auth_tokens_file}
+    for flag, path in files.items():
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: no such file")
+    try:
+        if settings.tls_cert and settings.tls_key:
+            TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.auth_tokens_file:
+            TokenFile(settings.auth_tokens_file)
+    except OSError as e:
+        raise ValueError(f"cannot read {e.filename or 'a TLS or token file'}: {e.strerror or e}") from None
 
 
 if __name__ == "__main__":

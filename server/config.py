@@ -187,6 +187,17 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 
 
+class _BadVariable:
+    """An ADAIN_* variable that does not convert: an error naming the variable, unless its flag is given (not a
+    str, or argparse would convert it again and name the flag)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
@@ -205,12 +216,17 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default = getattr(defaults, attr)
         env = env_name(flag)
         shown = "the decoder shipped in the package" if flag == "decoder" else ("none" if default is None else default)
-        # argparse runs `type` on string defaults, so a bad variable is reported like a bad flag.
+        raw = environ.get(env)
+        if raw is not None:  # converted here, so a bad variable is reported by its name (if no flag overrides it)
+            try:
+                default = kind(raw)
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+                default = _BadVariable(f"{env}={raw!r}: {e}")
         parser.add_argument(
             f"--{flag}",
             dest=attr,
             type=kind,
-            default=environ.get(env, default),
+            default=default,
             metavar=attr.upper(),
             help=f"{help_text} (default: {shown}; env {env})",
         )
@@ -220,6 +236,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     parser = build_parser(environ)
     ns = parser.parse_args(argv)
+    bad = [v for v in vars(ns).values() if isinstance(v, _BadVariable)]
+    if bad:
+        parser.error(str(bad[0]))
     if bool(ns.tls_cert) != bool(ns.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if ns.tls_client_ca and not ns.tls_cert:

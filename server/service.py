@@ -202,8 +202,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if preset is None:
             names = self.library.presets() if self.library is not None else []
             shown = ", ".join(p.name for p in names) or "none"
-            bad.append(Violation(f"{prefix}preset", f"no preset named {msg.preset!r} on this server (it has: {shown}; "
-                                 "see ListStyles)"))
+            bad.append(Violation(f"{prefix}preset", f"no preset named {_clipped(msg.preset)!r} on this server "
+                                 f"(it has: {shown}; see ListStyles)"))
             return {}
         if msg.styles:
             bad.append(Violation(f"{prefix}preset", "give styles or a preset, not both"))
@@ -224,6 +224,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         return look
 
     def _unknown_style(self, key: str) -> str:
+        key = _clipped(key)
         if ID_RE.fullmatch(key):
             return (f"unknown style id {key!r} (never registered, or dropped from the registry of "
                     f"{self.registry.max_count}); register it with RegisterStyle")
@@ -533,3 +534,8 @@ def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> st
         which = request.styles[i].WhichOneof("source") if i < len(request.styles) else None
         return f"{field}.{which or 'image'}"
     return field
+
+
+def _clipped(text: str, most: int = 80) -> str:
+    """A caller's text as an error quotes it: at most ``most`` characters (the message travels in a header)."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -356,6 +357,18 @@ def test_bad_request_details_are_google_rpc(server: ServerProcess) -> None:
     assert {v.field for v in bad.field_violations} == {"styles[0].weight", "alpha"}
 
 
+def test_a_long_style_id_is_quoted_clipped(server: ServerProcess) -> None:
+    """A caller's 20,000-character id is INVALID_ARGUMENT like a short one, not a transport error: the message
+    (which travels in a header) quotes 80 characters of it."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(style_id="x" * 20_000)])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Stylize(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "x" * 80 + "... (20000 characters)" in info.value.details() and len(info.value.details()) < 500
+
+
 def test_register_bad_style(client: StyleTransferClient) -> None:
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.register_style, b"junk")
     assert err.details.startswith("image:")
@@ -525,8 +538,37 @@ def test_missing_decoder_exits_with_a_clear_message(tmp_path: Path) -> None:
          "--metrics-port", "0"],
         capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode != 0
-    assert "decoder file not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert f"--decoder {missing}: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["tls", "tokens", "tokens-bad", "tiles"])
+def test_bad_flags_fail_the_start_naming_them(tmp_path: Path, case: str) -> None:
+    """Checked before the model loads (tiles: right after torch imports), exit 2, one line naming the flag."""
+    (tmp_path / "tokens.txt").write_text("alice short\n")
+    args, says = {
+        "tls": (["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
+                f"--tls-cert {tmp_path / 'cert.pem'}: no such file"),
+        "tokens": (["--auth-tokens-file", str(tmp_path / "nope.txt")], f"--auth-tokens-file {tmp_path / 'nope.txt'}"),
+        "tokens-bad": (["--auth-tokens-file", str(tmp_path / "tokens.txt")], "tokens.txt line 1: expected"),
+        "tiles": (["--tile-size", "100"], "--tile-threshold/--tile-size/--tile-halo: tile must be a multiple of 8"),
+    }[case]
+    proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_file_that_is_no_decoder_says_why_in_a_line(tmp_path: Path) -> None:
+    from adain.decoder import load_decoder
+    from adain.errors import NoDecoderError
+
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "photo.pt").write_bytes(CONTENT)
+    for name, says in (("empty.pt", "the file is empty"), ("photo.pt", "not a file torch.save wrote")):
+        with pytest.raises(NoDecoderError) as e:
+            load_decoder(tmp_path / name)
+        assert str(e.value).endswith(f"is not a readable decoder file: {says}")
 
 
 def test_no_installed_decoder_exits_with_the_library_message(tmp_path: Path) -> None:
@@ -580,6 +622,11 @@ def test_settings_from_environment() -> None:
     assert (s.max_queue, s.port, s.device, s.max_batch_size) == (5, 1234, "cpu", 8)
     with pytest.raises(SystemExit):
         parse_settings([], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})
+    proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0"], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, ADAIN_MAX_STYLES="many"))
+    assert proc.returncode == 2 and "error: ADAIN_MAX_STYLES='many': not a whole number" in proc.stderr, proc.stderr
+    s = parse_settings(["--max-batch-size", "4"], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})  # the flag wins
+    assert s.max_batch_size == 4
     assert parse_settings(["--precision", "BF16"], environ={}).precision == "bf16"
     with pytest.raises(SystemExit):
         parse_settings(["--precision", "fp8"], environ={})
