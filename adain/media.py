@@ -13,7 +13,6 @@ import collections
 import contextlib
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from adain.files import atomic_path
 from adain.hdr import is_hdr, to_sdr
 from adain.image import longest_size
 
@@ -258,23 +258,29 @@ class VideoReader:
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` to write into; renamed to ``path`` when the block ends normally,
-    removed when it raises, so a failure never leaves a valid-looking partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    """A temporary file beside ``path`` to write into, renamed to ``path`` when the block ends normally and
+    removed when it raises (``adain.files.atomic_path``); a MediaError raised in the block names ``path``, not
+    the temporary name."""
+    with atomic_path(path) as tmp:
+        try:
+            yield tmp
+        except MediaError as e:
+            raise MediaError(str(e).replace(str(tmp), str(path))) from None
 
 
 def _ends_with_gif_trailer(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\x3b"
+
+
+def _audio_rate(codec: str, rate: int) -> int:
+    """The sample rate to encode ``rate`` audio at with ``codec``: its own where the encoder takes it, else
+    the nearest rate above it that the encoder takes (no sound lost), else the encoder's highest."""
+    rates = _av().Codec(codec, "w").audio_rates
+    if not rates or rate in rates:
+        return rate
+    return min((r for r in rates if r >= rate), default=max(rates))
 
 
 def container_for(path: str | Path) -> str:
@@ -289,21 +295,47 @@ def container_for(path: str | Path) -> str:
 class VideoWriter:
     """Encode RGB frames into ``path`` (container from ``container``, else the suffix) at ``rate``, and copy
     the audio of ``source`` (a VideoReader) unchanged, interleaved by time; transcoded only where the
-    container cannot hold the source's audio codec."""
+    container cannot hold the source's audio codec. FFmpeg's refusals (an encoder that does not take its
+    settings, a muxer that refuses a packet) are MediaErrors naming ``path``; an OS error (a full disk, no
+    permission) stays an OSError."""
 
     def __init__(
         self, path: str | Path, *, width: int, height: int, rate: Fraction, source: VideoReader | None = None,
         container: str | None = None,
     ) -> None:
         av = _av()
+        self.path = Path(path)
         fmt = container or container_for(path)
         codec = next((c for c in _CODECS[fmt] if c in av.codecs_available), None)
         if codec is None:
             raise MediaError(f"no encoder for {fmt} in this FFmpeg build (tried {', '.join(_CODECS[fmt])})")
         # 4:2:0 video needs even sides: an odd frame loses its last row or column (GIF keeps all).
         self.size = (width, height) if codec == "gif" else (width - width % 2, height - height % 2)
+        if min(self.size) < 1:
+            raise MediaError(f"{self.path}: {width} x {height} frames are too small for {codec} (2 x 2 at least)")
+        with self._ffmpeg():
+            self._c = av.open(str(path), "w", format=fmt)
+        try:
+            with self._ffmpeg():
+                self._setup(codec, fmt, rate, source)
+        except BaseException:
+            self.abort()
+            raise
+
+    @contextlib.contextmanager
+    def _ffmpeg(self) -> Iterator[None]:
+        """FFmpeg's errors in the block as a MediaError naming the file (an OSError stays one)."""
+        av = _av()
+        try:
+            yield
+        except av.error.FFmpegError as e:
+            if isinstance(e, OSError):
+                raise
+            detail = f"{e.strerror} ({e.filename})" if e.filename else (e.strerror or str(e))
+            raise MediaError(f"{self.path}: cannot write the video: {detail}") from None
+
+    def _setup(self, codec: str, fmt: str, rate: Fraction, source: VideoReader | None) -> None:
         width, height = self.size
-        self._c = av.open(str(path), "w", format=fmt)
         self.rate = Fraction(rate).limit_denominator(1001 * 1000)
         self._v = self._c.add_stream(codec, rate=self.rate)
         self._v.width, self._v.height = width, height
@@ -327,9 +359,11 @@ class VideoWriter:
         if supported is None or a_in.codec_context.name in supported:
             self._a_out = self._c.add_stream_from_template(a_in)
             return
-        # The container cannot hold this codec (e.g. Vorbis in MP4): decode and encode it again.
+        # The container cannot hold this codec (e.g. Vorbis in MP4, AAC in WebM): decode and encode it again,
+        # at a rate the encoder takes (Opus: 48 kHz for 44.1 kHz AAC); PyAV's encode() puts the decoded
+        # frames through an AudioResampler to the stream's rate, sample format and frame size.
         codec = _AUDIO_FALLBACK[fmt]
-        self._a_out = self._c.add_stream(codec, rate=a_in.codec_context.sample_rate)
+        self._a_out = self._c.add_stream(codec, rate=_audio_rate(codec, a_in.codec_context.sample_rate))
         self._a_encoder = a_in.codec_context
 
     def write(self, image: Image.Image, time: float) -> None:
@@ -342,14 +376,15 @@ class VideoWriter:
             image = image.crop((0, 0, *self.size))
         pts = max(self._last_pts + 1, round(time * self.rate))
         self._last_pts = pts
-        frame = av.VideoFrame.from_image(image.convert("RGB"))
-        if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
-            frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
-        frame.pts = pts
-        frame.time_base = Fraction(1) / self.rate
-        for packet in self._v.encode(frame):
-            self._c.mux(packet)
-        self._mux_audio(until=time)
+        with self._ffmpeg():
+            frame = av.VideoFrame.from_image(image.convert("RGB"))
+            if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
+                frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
+            frame.pts = pts
+            frame.time_base = Fraction(1) / self.rate
+            for packet in self._v.encode(frame):
+                self._c.mux(packet)
+            self._mux_audio(until=time)
 
     def _mux_audio(self, until: float) -> None:
         if self._a_out is None or self._source is None:
@@ -371,14 +406,15 @@ class VideoWriter:
 
     def close(self) -> None:
         """Flush the encoder, copy the audio that is left, and finish the file."""
-        for packet in self._v.encode(None):
-            self._c.mux(packet)
-        if self._source is not None:
-            self._mux_audio(until=math.inf)
-            if self._a_encoder is not None:
-                for out in self._a_out.encode(None):
-                    self._c.mux(out)
-        self._c.close()
+        with self._ffmpeg():
+            for packet in self._v.encode(None):
+                self._c.mux(packet)
+            if self._source is not None:
+                self._mux_audio(until=math.inf)
+                if self._a_encoder is not None:
+                    for out in self._a_out.encode(None):
+                        self._c.mux(out)
+            self._c.close()
 
     def abort(self) -> None:
         """Close without finishing (the caller removes the file)."""

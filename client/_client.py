@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 from PIL import Image
 
+from adain.files import write_whole
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
@@ -44,6 +46,7 @@ from adain.wire import (
 DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_MESSAGE_MB = 32
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite value of a float field on the wire
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
@@ -174,10 +177,11 @@ class StylizeResult:
         return img
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the encoded bytes as they are (use a file extension that matches ``format``)."""
+        """Write the encoded bytes as they are (use a file extension that matches ``format``), whole or not
+        at all (see :func:`adain.files.write_whole`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.image)
+        write_whole(path, self.image)
         return path
 
 
@@ -202,12 +206,24 @@ def _local_error(field: str, message: str) -> StyleTransferError:
     return StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}")
 
 
-def image_bytes(image: ImageInput, field: str = "image") -> bytes:
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.3g} MiB"
+
+
+def _too_big(field: str, what: str, size: int, max_bytes: int) -> StyleTransferError:
+    return _local_error(field, f"{what} is {_mib(size)}, more than the {_mib(max_bytes)} a message to the server "
+                        "may hold (the client's max_message_mb; the server has its own, adain-server --max-message-mb)")
+
+
+def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None = None) -> bytes:
     """Bytes to send for an image: a file's bytes, the bytes themselves, or a PIL image as PNG (CMYK as
-    TIFF), its ICC profile kept so that the server reads its colours as the file that it came from has them."""
+    TIFF), its ICC profile kept so that the server reads its colours as the file that it came from has them.
+    A path must name a regular file (a device such as /dev/zero or a FIFO is refused before it is read), and
+    no image may be larger than ``max_bytes`` (the client's message limit: a file is measured before it is
+    read)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
-    if isinstance(image, Image.Image):
+        data = bytes(image)
+    elif isinstance(image, Image.Image):
         icc = image.info.get("icc_profile")
         buf = io.BytesIO()
         if image.mode == "CMYK":
@@ -216,35 +232,63 @@ def image_bytes(image: ImageInput, field: str = "image") -> bytes:
             image.save(buf, "PNG", compress_level=1, **({"icc_profile": icc} if icc else {}))
         else:  # other modes are converted here, so the profile no longer describes the pixels
             image.convert("RGB").save(buf, "PNG", compress_level=1)
-        return buf.getvalue()
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise _local_error(field, f"no such file: {path}") from None
-        except OSError as e:
-            raise _local_error(field, f"cannot read {path}: {e.strerror or e}") from None
-    raise _local_error(field, f"expected a path, bytes or a PIL image, got {type(image).__name__}")
+        data = buf.getvalue()
+    elif isinstance(image, (str, os.PathLike)):
+        return _file_bytes(Path(image), field, max_bytes)
+    else:
+        raise _local_error(field, f"expected a path, bytes or a PIL image, got {type(image).__name__}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_big(field, "the image", len(data), max_bytes)
+    return data
 
 
-def _style_message(style: Any, weight: float | None, i: int) -> pb.Style:
+def _file_bytes(path: Path, field: str, max_bytes: int | None) -> bytes:
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _local_error(field, f"{path} is not a regular file (a folder, a device or a pipe)")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise _too_big(field, str(path), st.st_size, max_bytes)
+        with open(path, "rb") as f:  # read no more than the limit allows, should the file grow meanwhile
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise _local_error(field, f"no such file: {path}") from None
+    except OSError as e:
+        raise _local_error(field, f"cannot read {path}: {e.strerror or e}") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_big(field, str(path), len(data), max_bytes)
+    return data
+
+
+def check_request_size(request: Any, max_bytes: int) -> None:
+    """A request larger than the client's message limit as a StyleTransferError naming its largest parts
+    (gRPC would say only "Sent message larger than max"); each image alone was checked as it was read."""
+    size = request.ByteSize()
+    if size <= max_bytes:
+        return
+    parts = [(name, len(getattr(request, name))) for name in ("content", "mask", "labels") if hasattr(request, name)]
+    for i, style in enumerate(getattr(request, "styles", ())):
+        parts += [(f"styles[{i}]", len(style.image)), (f"styles[{i}].mask", len(style.mask))]
+    largest = ", ".join(f"{name} {_mib(n)}" for name, n in sorted(parts, key=lambda p: -p[1])[:3] if n)
+    raise _local_error("request", f"{_mib(size)} in all ({largest}), more than the {_mib(max_bytes)} a message to "
+                       "the server may hold (the client's max_message_mb; the server has its own, adain-server "
+                       "--max-message-mb)")
+
+
+def _style_message(style: Any, weight: float | None, i: int, max_bytes: int | None = None) -> pb.Style:
     msg = pb.Style()
     if isinstance(style, StyleRef):
         msg.style_id = style.id
     elif isinstance(style, str) and style.startswith(STYLE_ID_PREFIX):
         msg.style_id = style[len(STYLE_ID_PREFIX) :]
     else:
-        msg.image = image_bytes(style, f"styles[{i}]")
+        msg.image = image_bytes(style, f"styles[{i}]", max_bytes)
     if weight is not None:
-        try:
-            msg.weight = float(weight)
-        except (TypeError, ValueError):
-            raise _local_error(f"styles[{i}].weight", f"not a number: {weight!r}") from None
+        msg.weight = _float32(weight, f"styles[{i}].weight")
     return msg
 
 
-def _styles(styles: Any, weights: Sequence[float] | None) -> list[pb.Style]:
+def _styles(styles: Any, weights: Sequence[float] | None, max_bytes: int | None = None) -> list[pb.Style]:
     if isinstance(styles, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, StyleRef, tuple)):
         styles = [styles]
     items = list(styles)
@@ -259,7 +303,7 @@ def _styles(styles: Any, weights: Sequence[float] | None) -> list[pb.Style]:
             if weights is not None:
                 raise _local_error(f"styles[{i}]", "give weights either in (style, weight) tuples or in weights=")
             item, weight = item
-        out.append(_style_message(item, weight, i))
+        out.append(_style_message(item, weight, i, max_bytes))
     return out
 
 
@@ -346,8 +390,16 @@ def channel_target(target: str) -> str:
     return ("ipv6:" if ipv6 else "ipv4:") + ",".join(parts)
 
 
-def _pem(value: bytes | str | os.PathLike | None) -> bytes | None:
-    return value if value is None or isinstance(value, bytes) else Path(value).read_bytes()
+def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
+    """PEM bytes, or a file's; a file that cannot be read is a StyleTransferError naming ``field``."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except FileNotFoundError:
+        raise _local_error(field, f"no such file: {os.fspath(value)}") from None
+    except OSError as e:
+        raise _local_error(field, f"cannot read {os.fspath(value)}: {e.strerror or e}") from None
 
 
 class _TokenSource:
@@ -359,8 +411,18 @@ class _TokenSource:
         self._token = token.strip() if token else None
         self._path = path
         self._seen: tuple[int, int] | None = None
-        if path is not None:
-            self()  # an unreadable or empty file is an error now, not at the first call
+        if path is not None:  # a missing, unreadable or empty file is an error now, not at the first call
+            name = os.fspath(path)
+            try:
+                self()
+            except FileNotFoundError:
+                raise _local_error("token_file", f"no such file: {name}") from None
+            except OSError as e:
+                raise _local_error("token_file", f"cannot read {name}: {e.strerror or e}") from None
+            except UnicodeDecodeError:
+                raise _local_error("token_file", f"{name} is not UTF-8 text") from None
+            except ValueError as e:
+                raise _local_error("token_file", str(e)) from None
 
     def __call__(self) -> str | None:
         if self._path is None:
@@ -403,6 +465,7 @@ class _ClientBase:
         self._registered: OrderedDict[str, bytes] = OrderedDict()  # styles this client registered, by id
         self._inline: set[str] = set()  # registered ids some replica did not know: sent as bytes from then on
         limit = int(max_message_mb * 1024 * 1024)
+        self.max_message_bytes = limit  # what one request may hold: larger images are refused before reading
         opts: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -419,9 +482,9 @@ class _ClientBase:
         creds = None
         if tls or root_certificates is not None or client_certificate is not None:
             creds = grpc.ssl_channel_credentials(
-                root_certificates=_pem(root_certificates),
-                private_key=_pem(client_key),
-                certificate_chain=_pem(client_certificate),
+                root_certificates=_pem(root_certificates, "root_certificates"),
+                private_key=_pem(client_key, "client_key"),
+                certificate_chain=_pem(client_certificate, "client_certificate"),
             )
         self._channel = self._open(target, creds, opts)
         self._stub = pb_grpc.StyleTransferStub(self._channel)
@@ -467,6 +530,8 @@ class _ClientBase:
                 self._inline.add(style.style_id)
                 style.image = data  # the oneof: clears style_id
                 replaced = True
+        if replaced:
+            check_request_size(request, self.max_message_bytes)
         return replaced
 
     def _with_known_bytes(self, request: pb.StylizeRequest) -> None:
@@ -475,6 +540,7 @@ class _ClientBase:
         for style in request.styles:
             if style.WhichOneof("source") == "style_id" and style.style_id in self._inline:
                 style.image = self._registered[style.style_id]
+                check_request_size(request, self.max_message_bytes)
 
 
 class StyleTransferClient(_ClientBase):
@@ -487,7 +553,8 @@ class StyleTransferClient(_ClientBase):
     (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
     many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
     another replica where there are several (0 disables; at most 4). Message size limits default to
-    32 MiB each way, like the server's.
+    32 MiB each way, like the server's (``max_message_mb``): a file larger than that is refused before it
+    is read, and a request larger than that before it is sent, naming the file or the largest parts.
 
     A server that wants callers to prove who they are takes ``token`` (sent as ``authorization: Bearer``
     on every call; prefer TLS, the token is a password) or ``token_file`` (its first line, read again when
@@ -572,7 +639,7 @@ class StyleTransferClient(_ClientBase):
         gets a :class:`RefineProgress` after every iteration (the call then uses StylizeWithProgress).
         Such calls take seconds to minutes: give a ``timeout`` to match.
         """
-        request = stylize_request(content, styles, **options)
+        request = stylize_request(content, styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(request)
 
         def send() -> tuple[Any, str | None, str]:
@@ -638,7 +705,7 @@ class StyleTransferClient(_ClientBase):
         not used, since a clip may take far longer than one image). An exception raised while reading ``frames`` cancels
         the stream and is raised here.
         """
-        first = video_options(styles, **options)
+        first = video_options(styles, max_bytes=self.max_message_bytes, **options)
         failure: list[Exception] = []
         holder: list[Any] = []
 
@@ -646,7 +713,7 @@ class StyleTransferClient(_ClientBase):
             yield pb.VideoRequest(options=first)
             try:
                 for i, frame in enumerate(frames):
-                    yield pb.VideoRequest(frame=image_bytes(frame, f"frames[{i}]"))
+                    yield pb.VideoRequest(frame=image_bytes(frame, f"frames[{i}]", self.max_message_bytes))
             except Exception as e:  # noqa: BLE001 - raised again in the caller's thread (GeneratorExit is
                 failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
                 holder[0].cancel()
@@ -675,7 +742,7 @@ class StyleTransferClient(_ClientBase):
         sent once more with that style's bytes, and later calls send that style's bytes too. An id this
         client did not register stays an INVALID_ARGUMENT where unknown: register it again then.
         """
-        data = image_bytes(image, "image")
+        data = image_bytes(image, "image", self.max_message_bytes)
         reply, _ = self._call(self._stub.RegisterStyle, pb.RegisterStyleRequest(image=data), timeout, request_id)
         return self._remember(reply.style_id, data)
 
@@ -753,10 +820,12 @@ def _fill_options(
     style_size: int = 0,
     format: str = "png",
     quality: int = DEFAULT_QUALITY,
+    max_bytes: int | None = None,
 ) -> None:
-    """The options an image and a video share (names and defaults, in one place)."""
-    _fill(msg, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality)
-    _fill_regions(msg, masks, labels, label_values, region_alphas)
+    """The options an image and a video share (names and defaults, in one place); ``max_bytes``: the largest
+    image that may be read (the client's message limit)."""
+    _fill(msg, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality, max_bytes)
+    _fill_regions(msg, masks, labels, label_values, region_alphas, max_bytes)
 
 
 def stylize_request(
@@ -771,29 +840,36 @@ def stylize_request(
     refine_size: int = 0,
     optimizer: str = "lbfgs",
     keep_exif: bool = False,
+    max_bytes: int | None = None,
     **options: Any,
 ) -> pb.StylizeRequest:
     """The StylizeRequest of :meth:`StyleTransferClient.stylize`'s options (both clients build it here),
-    checking what can be checked before anything is sent; ``options``: those of :func:`_fill_options`."""
-    request = pb.StylizeRequest(content=image_bytes(content, "content"), keep_exif=bool(keep_exif))
-    _fill_options(request, styles, **options)
+    checking what can be checked before anything is sent; ``options``: those of :func:`_fill_options`;
+    ``max_bytes``: the client's message limit (each file measured before it is read, then the whole)."""
+    request = pb.StylizeRequest(content=image_bytes(content, "content", max_bytes), keep_exif=bool(keep_exif))
+    _fill_options(request, styles, max_bytes=max_bytes, **options)
     _fill_refine(request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer)
+    if max_bytes is not None:
+        check_request_size(request, max_bytes)
     return request
 
 
 def video_options(
-    styles: Any, *, temporal: str | None = None, temporal_strength: float | None = None, **options: Any
+    styles: Any, *, temporal: str | None = None, temporal_strength: float | None = None, max_bytes: int | None = None,
+    **options: Any,
 ) -> pb.VideoOptions:
     """The first message of a StylizeVideo stream, from :meth:`StyleTransferClient.stylize_video`'s options
-    (``options``: those of :func:`_fill_options`)."""
+    (``options``: those of :func:`_fill_options`; ``max_bytes``: as in :func:`stylize_request`)."""
     first = pb.VideoOptions()
-    _fill_options(first, styles, **options)
+    _fill_options(first, styles, max_bytes=max_bytes, **options)
+    if max_bytes is not None:
+        check_request_size(first, max_bytes)
     if temporal is not None:
         if temporal not in TEMPORAL_ENUM:
             raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
         first.temporal = TEMPORAL_ENUM[temporal]
     if temporal_strength is not None:
-        first.temporal_strength = _float(temporal_strength, "temporal_strength")
+        first.temporal_strength = _float32(temporal_strength, "temporal_strength")
     return first
 
 
@@ -843,6 +919,7 @@ def _fill(
     style_size: int,
     format: str,
     quality: int,
+    max_bytes: int | None = None,
 ) -> None:
     """Set the options a StylizeRequest and a VideoOptions share, checking what can be checked here."""
     fmt = format_name(format)
@@ -858,16 +935,16 @@ def _fill(
             raise _local_error("weights", "a preset has its own weights")
         msg.preset = styles.name
     else:
-        msg.styles.extend(_styles(styles, weights))
+        msg.styles.extend(_styles(styles, weights, max_bytes))
     msg.preserve_color = COLOR_ENUM[color]
     msg.content_size = _uint(content_size, "content_size")
     msg.style_size = _uint(style_size, "style_size")
     msg.format = FORMAT_ENUM[fmt]
     msg.quality = _uint(quality, "quality")
     if alpha is not None:
-        msg.alpha = _float(alpha, "alpha")
+        msg.alpha = _float32(alpha, "alpha")
     if mask is not None:
-        msg.mask = image_bytes(mask, "mask")
+        msg.mask = image_bytes(mask, "mask", max_bytes)
 
 
 def _fill_regions(
@@ -876,6 +953,7 @@ def _fill_regions(
     labels: ImageInput | None,
     label_values: Sequence[int | str] | None,
     region_alphas: Sequence[float] | None,
+    max_bytes: int | None = None,
 ) -> None:
     """Set the per-style mask, label and alpha (after the styles) and the labels image."""
     n = len(msg.styles)
@@ -884,13 +962,13 @@ def _fill_regions(
             raise _local_error(name, f"{len(values)} {name.replace('_', ' ')} for {n} styles (one per style)")
     for i, style in enumerate(msg.styles):
         if masks is not None:
-            style.mask = image_bytes(masks[i], f"styles[{i}].mask")
+            style.mask = image_bytes(masks[i], f"styles[{i}].mask", max_bytes)
         if label_values is not None:
             style.label = _label(label_values[i], i)
         if region_alphas is not None:
-            style.alpha = _float(region_alphas[i], f"styles[{i}].alpha")
+            style.alpha = _float32(region_alphas[i], f"styles[{i}].alpha")
     if labels is not None:
-        msg.labels = image_bytes(labels, "labels")
+        msg.labels = image_bytes(labels, "labels", max_bytes)
 
 
 def _label(value: int | str, i: int) -> int:
@@ -924,7 +1002,7 @@ def _fill_refine(
     msg.refine_size = _uint(size, "refine_size")
     for name, value in (("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)):
         if value is not None:
-            setattr(msg, name, _float(value, name))
+            setattr(msg, name, _float32(value, name))
 
 
 def _float(value: Any, field: str) -> float:
@@ -932,6 +1010,15 @@ def _float(value: Any, field: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise _local_error(field, f"not a number: {value!r}") from None
+
+
+def _float32(value: Any, field: str) -> float:
+    """A float field's value: a finite number beyond float32's range would arrive as infinity (NaN and
+    infinity themselves go to the server, which names them)."""
+    number = _float(value, field)
+    if math.isfinite(number) and abs(number) > FLOAT32_MAX:
+        raise _local_error(field, f"{value!r} is out of range (at most {FLOAT32_MAX:.7g} in size)")
+    return number
 
 
 def _uint(value: Any, field: str) -> int:

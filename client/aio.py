@@ -99,7 +99,8 @@ class AsyncStyleTransferClient(_ClientBase):
         """Stylize ``content`` with ``styles``; ``options`` are :meth:`StyleTransferClient.stylize`'s (alpha,
         weights, regions, sizes, format, refine...), and so is ``end_user``. ``on_progress`` may be a function or
         a coroutine function; it gets a :class:`RefineProgress` after every optimisation step."""
-        request = await asyncio.to_thread(stylize_request, content, styles, **options)
+        request = await asyncio.to_thread(stylize_request, content, styles, max_bytes=self.max_message_bytes,
+                                          **options)
         self._with_known_bytes(request)
 
         async def send() -> tuple[Any, str | None, str]:
@@ -156,7 +157,7 @@ class AsyncStyleTransferClient(_ClientBase):
         :meth:`StyleTransferClient.stylize_video`'s (temporal mode included). ``timeout`` bounds the whole
         stream (None: no deadline). An exception raised while reading ``frames`` cancels the stream and is
         raised here; leaving the loop early cancels it too."""
-        first = await asyncio.to_thread(video_options, styles, **options)
+        first = await asyncio.to_thread(video_options, styles, max_bytes=self.max_message_bytes, **options)
         failure: list[BaseException] = []
         holder: list[Any] = []
 
@@ -165,9 +166,10 @@ class AsyncStyleTransferClient(_ClientBase):
             try:
                 i = 0
                 async for frame in _aiter(frames):
-                    data = frame if isinstance(frame, bytes) else await asyncio.to_thread(
-                        image_bytes, frame, f"frames[{i}]"
-                    )
+                    if isinstance(frame, bytes) and len(frame) <= self.max_message_bytes:
+                        data = frame  # nothing to read or encode
+                    else:
+                        data = await asyncio.to_thread(image_bytes, frame, f"frames[{i}]", self.max_message_bytes)
                     yield pb.VideoRequest(frame=data)
                     i += 1
             except Exception as e:  # noqa: BLE001 - raised again to the caller, below
@@ -194,7 +196,7 @@ class AsyncStyleTransferClient(_ClientBase):
         self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None
     ) -> str:
         """Store a style on the server; returns its id (see :meth:`StyleTransferClient.register_style`)."""
-        data = await asyncio.to_thread(image_bytes, image, "image")
+        data = await asyncio.to_thread(image_bytes, image, "image", self.max_message_bytes)
         reply, _, _ = await self._unary(self._stub.RegisterStyle, pb.RegisterStyleRequest(image=data), timeout,
                                         request_id)
         return self._remember(reply.style_id, data)

@@ -6,11 +6,13 @@
 
 A style is ``PATH`` or ``PATH:WEIGHT`` (the part after the last ``:`` is a weight only if it reads as a
 number; default 1), or ``id:STYLE_ID[:WEIGHT]`` for a style registered on the server or ``id:NAME[:WEIGHT]``
-for one of its library (``adain-stylize --list-styles`` lists them). With one content
-file, the styles are blended by weight and the output format comes from the ``-o`` extension. With a
-folder, or several contents (files and folders), every content is stylized with each style separately and
-written to the ``-o`` folder as
-``<content-stem>_stylized_<style-stem>.<ext>`` (``--format``, default png).
+for one of its library (``adain-stylize --list-styles`` lists them; the name is all up to a further ``:``, so
+``id:1977`` is the style named 1977), or ``preset:NAME`` (no weight: a preset sets its own). With one content
+file, the styles are blended by weight and the output format comes from the ``-o`` extension (``-o`` a folder,
+or ending in ``/``: ``<content-stem>_stylized.<ext>`` in it). With a folder, or several contents (files and
+folders), every content is stylized with each style separately and written to the ``-o`` folder as
+``<content-stem>_stylized_<style-stem>.<ext>`` (``--format``, default png). The video flags (``--temporal``,
+``--fps``, ``--start``, ...) are refused for an image; among several contents they apply to the videos.
 
 Every failure prints one line ``adain-stylize: error: ...`` to stderr and exits non-zero.
 """
@@ -20,7 +22,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
+import stat
 import sys
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -45,7 +50,7 @@ from adain.wire import (
     format_name,
 )
 
-from ._client import Preset, StyleRef, StyleTransferClient, StyleTransferError
+from ._client import FLOAT32_MAX, Preset, StyleRef, StyleTransferClient, StyleTransferError
 from .video import is_video, stylize_video_file
 
 PROG = "adain-stylize"
@@ -53,6 +58,15 @@ PROG = "adain-stylize"
 
 class CliError(Exception):
     """A failure to report as one line and exit 1."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (a video's temporary file removed, pending images not started), but
+    exiting 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,8 +110,16 @@ def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
             retries=args.retries, token=token, token_file=args.token_file, client_certificate=args.client_cert,
             client_key=args.client_key, **options,
         )
+    except StyleTransferError as e:  # a file the client could not read, or a --server it cannot use
+        field, _, detail = e.details.partition(": ")
+        raise CliError(f"{_CLIENT_FLAGS[field]}: {detail}" if field in _CLIENT_FLAGS else e.details) from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise CliError(f"--token-file: {e}" if args.token_file else str(e)) from None
+
+
+# the client's argument names in its errors -> the flags that set them
+_CLIENT_FLAGS = {"token_file": "--token-file", "root_certificates": "--ca-cert", "client_certificate": "--client-cert",
+                 "client_key": "--client-key", "server": "--server"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stylize images with a running adain-server (AdaIN arbitrary style transfer).",
         epilog="Examples:\n"
         "  adain-stylize photo.jpg --style starry.jpg --style mosaic.jpg:0.3 --alpha 0.8 -o out.png\n"
-        "  adain-stylize photos/ --style a.jpg --style b.jpg -o stylized/ --format jpeg",
+        "  adain-stylize photos/ --style a.jpg --style b.jpg -o stylized/ --format jpeg\n\n"
+        "The video flags (--temporal, --temporal-strength, --fps, --start, --duration) are refused for an image;\n"
+        "among several contents they apply to the videos.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("content", metavar="CONTENT", nargs="+",
@@ -116,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-s", "--style", action="append", required=True, metavar="STYLE[:WEIGHT]",
         help="style image path, optionally with a weight after the last ':' (default 1); or id:STYLE_ID[:WEIGHT] "
         "for a registered style, id:NAME[:WEIGHT] for a style of the server's library, preset:NAME for one of its "
-        "presets (alone; --list-styles lists both). Repeat to blend several (one content) or to run each (folder).",
+        "presets (alone, no weight; --list-styles lists both). Repeat to blend several (one content) or to run "
+        "each (folder).",
     )
     p.add_argument("--list-styles", action="store_true",
                    help="list the styles of the server's library and exit (needs no CONTENT, --style or -o; "
@@ -126,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "its library) as JSON, and exit (needs no CONTENT, --style or -o)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .mov, "
-                   ".mkv, .webm or .gif); a folder for a folder")
+                   ".mkv, .webm or .gif); or a folder (one that exists, or ends in '/'), which several contents need")
     p.add_argument("--alpha", type=unit_interval, default=None,
                    help="style strength in [0, 1] (default 1, or a preset's)")
     p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_MODES, default=None,
@@ -153,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int_in_range(1, 100), default=DEFAULT_QUALITY, metavar="Q",
                    help=f"JPEG/WebP quality 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--format", type=one_of(FORMATS, _format), default=None, metavar="FORMAT",
-                   help=f"output format in folder mode: {', '.join(FORMATS)} (default png); a single output takes "
-                   "its extension's")
+                   help=f"output format of images written into an -o folder: {', '.join(FORMATS)} (default png); an "
+                   "output file takes its extension's")
     add_connection_args(p)
     p.add_argument("-j", "--jobs", type=non_negative_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
@@ -210,17 +235,40 @@ def _strength(text: str) -> float:
 
 
 def parse_style(text: str) -> tuple[str, float]:
-    """``"a.jpg:0.3"`` -> ("a.jpg", 0.3); the suffix is a weight only if it parses as a float."""
+    """``"a.jpg:0.3"`` -> ("a.jpg", 0.3): a path's suffix is a weight only if it parses as a float. After
+    ``id:`` or ``preset:`` the name comes whole (a library style may be called "1977" or "nan"), and only a
+    further ':' starts a weight (``id:1977:0.5``), which must then be a number; a preset takes none (it sets
+    its own weights)."""
+    for prefix in (STYLE_ID_PREFIX, PRESET_PREFIX):
+        if text.startswith(prefix):
+            name, sep, tail = text[len(prefix) :].rpartition(":")
+            if not sep:
+                return text, 1.0
+            if prefix == PRESET_PREFIX:
+                raise CliError(f"--style {text}: a preset takes no weight (it sets its own styles and weights)")
+            try:
+                weight = float(tail)
+            except ValueError:
+                raise CliError(f"--style {text}: the part after the last ':' must be a weight, got {tail!r}") from None
+            return prefix + name, _weight(text, weight, tail)
     head, sep, tail = text.rpartition(":")
-    if sep and head:
-        try:
-            weight = float(tail)
-        except ValueError:
-            return text, 1.0
-        if not (math.isfinite(weight) and weight >= 0):
-            raise CliError(f"--style {text}: the weight must be a finite number >= 0, got {tail}")
-        return head, weight
-    return text, 1.0
+    if not sep:
+        return text, 1.0
+    try:
+        weight = float(tail)
+    except ValueError:
+        return text, 1.0
+    if not head:
+        raise CliError(f"--style {text}: no style before the weight {tail!r} (give PATH:WEIGHT)")
+    return head, _weight(text, weight, tail)
+
+
+def _weight(spec: str, weight: float, text: str) -> float:
+    if not (math.isfinite(weight) and weight >= 0):
+        raise CliError(f"--style {spec}: the weight must be a finite number >= 0, got {text}")
+    if weight > FLOAT32_MAX:  # a float32 on the wire: it would arrive as infinity
+        raise CliError(f"--style {spec}: the weight must be at most {FLOAT32_MAX:.7g}, got {text}")
+    return weight
 
 
 def _blend(styles: list[tuple[Any, float]]) -> Any:
@@ -239,9 +287,9 @@ def _style_source(spec: str, source: str) -> StyleRef | Preset | Path:
             raise CliError(f"--style {spec}: empty style id")
         return StyleRef(sid)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         hint = ""
-        if ":" in spec:
+        if source == spec and ":" in spec:  # a suffix that is no weight was taken as part of the name
             hint = f" (the part after the last ':', {spec.rpartition(':')[2]!r}, is not a number, so it is no weight)"
         elif not path.suffix and len(path.parts) == 1:
             hint = f" (a style of the server's library is id:{source}; --list-styles lists them)"
@@ -251,7 +299,11 @@ def _style_source(spec: str, source: str) -> StyleRef | Preset | Path:
 
 
 def _check_readable(path: Path, what: str) -> None:
+    """A regular file that can be opened: a folder, a device (/dev/zero: endless) or a FIFO (a read that never
+    returns) is refused before anything reads it."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CliError(f"{what}: {path} is not a regular file (a folder, a device or a pipe)")
         with path.open("rb") as f:
             f.read(1)
     except OSError as e:
@@ -287,7 +339,7 @@ def _output_format(path: Path) -> str:
 
 def _image_arg(path: str, flag: str) -> Path:
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise CliError(f"{flag}: no such file: {file}")
     _check_readable(file, flag)
     return file
@@ -322,12 +374,17 @@ def _region_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _label_arg(text: str) -> int | str:
+    """A grey level 0-255 (decimal, or 0x..) or a colour "#rrggbb" (checked by the client); a number above 255
+    is refused, not read as the colour 0xRRGGBB it would be to the client."""
     if text.startswith("#"):
         return text
     try:
-        return int(text, 0)
+        value = int(text, 10) if text.strip().isdigit() else int(text, 0)
     except ValueError:
         raise CliError(f"--label: {text!r} is not a grey level 0-255 or a colour #rrggbb") from None
+    if not 0 <= value <= 255:
+        raise CliError(f"--label: {text} is no grey level 0-255 (a colour is #rrggbb)")
+    return value
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -341,11 +398,57 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _video_flags(args: argparse.Namespace) -> list[str]:
+    """The video-only flags given (none of them does anything to an image)."""
+    given = {"--temporal": args.temporal is not None, "--temporal-strength": args.temporal_strength is not None,
+             "--fps": args.fps is not None, "--start": args.start > 0, "--duration": args.duration is not None}
+    return [flag for flag, on in given.items() if on]
+
+
+def _names_folder(output: str) -> bool:
+    """Whether -o names a folder: one that exists, or a path the user ended with '/' (made if need be)."""
+    return output.endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def _input_files(args: argparse.Namespace, styles: list[tuple[Any, float]], contents: list[Path]) -> dict:
+    """The files a run reads, by (device, inode): an output that is one of them would overwrite it."""
+    named = [("CONTENT", c) for c in contents] + [("--style", s) for s, _ in styles if isinstance(s, Path)]
+    named += [("--mask", Path(m)) for m in args.mask or []] + ([("--labels", Path(args.labels))] if args.labels else [])
+    ids = {}
+    for what, path in named:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        ids[(st.st_dev, st.st_ino)] = (what, path)
+    return ids
+
+
+def _refuse_overwriting(out: Path, shown: str, inputs: dict) -> None:
+    """-o may not name a file the run reads (the same path, or a link to it): it would be overwritten."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return
+    hit = inputs.get((st.st_dev, st.st_ino))
+    if hit is not None:
+        what, path = hit
+        raise CliError(f"-o {shown}: the output {out} would overwrite the {what} file {path}; give another output")
+
+
 def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     content = Path(args.content)
     _check_readable(content, "CONTENT")
-    out = Path(args.output)
-    fmt = _output_format(out)
+    flags = _video_flags(args)
+    if flags:
+        raise CliError(f"{flags[0]}: only for videos, and {content} is an image")
+    if _names_folder(args.output):  # named after the content, in --format (made by save())
+        fmt = args.format or "png"
+        out = Path(args.output) / f"{content.stem}_stylized{FORMAT_SUFFIXES[fmt]}"
+    else:
+        out = Path(args.output)
+        fmt = _output_format(out)
+    _refuse_overwriting(out, args.output, _input_files(args, styles, [content]))
     refine = _refine_options(args)
     bar = None
     if refine["refine_steps"]:
@@ -409,11 +512,16 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
     out = Path(args.output)
     if args.refine:
         raise CliError(f"--refine: {src} is a video; the optimisation method is for images (seconds per frame)")
-    if out.is_dir():  # the same container as the input, named after it
+    if _names_folder(args.output):  # the same container as the input, named after it
         out = out / f"{src.stem}_stylized{_video_suffix(src)}"
     elif out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise CliError(f"-o {out}: {src} is a video, so the output must be a video file "
+        raise CliError(f"-o {args.output}: {src} is a video, so the output must be a video file "
                        f"({', '.join(VIDEO_SUFFIXES)}) or a folder")
+    _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"-o {args.output}: cannot create the folder {out.parent}: {e.strerror or e}") from None
     from adain.media import MediaError
 
     try:
@@ -435,7 +543,7 @@ def _content_files(paths: list[Path]) -> list[Path]:
     given (the server says if it is no image); outputs are named by stem, so two contents may not share one."""
     from adain.media import VIDEO_SUFFIXES
 
-    known = INPUT_SUFFIXES + VIDEO_SUFFIXES
+    known = tuple(dict.fromkeys(INPUT_SUFFIXES + VIDEO_SUFFIXES))  # .gif is both
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -462,31 +570,53 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     if args.mask or args.labels:
         raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; several contents run each "
                        "style alone")
-    files = _content_files([Path(c) for c in args.content])
+    from adain.media import VIDEO_SUFFIXES
+
+    paths = [Path(c) for c in args.content]
+    files = _content_files(paths)
     videos = [p for p in files if is_video(p)]
     contents = [p for p in files if p not in videos]
+    flags = _video_flags(args)
+    if flags and not videos:
+        raise CliError(f"{flags[0]}: only for videos, and none of the contents is one")
+    shown = args.output  # as typed, its '/' kept
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
-        raise CliError(f"-o {out_dir}: several contents (or a folder) need an output folder, and this is a file")
+        raise CliError(f"-o {shown}: several contents (or a folder) need an output folder, and this is a file")
+    if not _names_folder(shown) and out_dir.suffix.lower() in INPUT_SUFFIXES + VIDEO_SUFFIXES:
+        raise CliError(f"-o {shown}: several contents (or a folder) need an output folder, and this names a file "
+                       f"(end it with '/' for a folder of that name)")
+    for folder in (p for p in paths if p.is_dir()):
+        if out_dir.is_dir() and os.path.samefile(out_dir, folder):
+            raise CliError(f"-o {shown}: that is the content folder {folder}: the outputs would be taken as "
+                           "contents the next time; give another folder")
+    fmt = args.format or "png"
+    ext = FORMAT_SUFFIXES[fmt]
+    named = _style_names(styles)
+    tasks = [(c, source, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for source, stem in named]
+    video_tasks = [(v, source, out_dir / f"{v.stem}_stylized_{stem}{_video_suffix(v)}")
+                   for v in videos for source, stem in named]
+    inputs = _input_files(args, styles, files)
+    for _, _, out in tasks + video_tasks:
+        _refuse_overwriting(out, shown, inputs)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CliError(f"-o {out_dir}: cannot create the folder: {e.strerror or e}") from None
-    fmt = args.format or "png"
-    ext = FORMAT_SUFFIXES[fmt]
+        raise CliError(f"-o {shown}: cannot create the folder: {e.strerror or e}") from None
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
     # Send each style image once, then refer to it by id.
-    refs: list[tuple[Any, str]] = []
-    for source, _weight in styles:
+    refs: dict[Any, Any] = {}
+    for source, _stem in named:
         if isinstance(source, (StyleRef, Preset)):
-            refs.append((source, source.id[:12] if isinstance(source, StyleRef) else source.name))
+            refs[source] = source
             continue
         try:
-            refs.append((StyleRef(client.register_style(source)), source.stem))
+            refs[source] = StyleRef(client.register_style(source))
         except StyleTransferError as e:
             raise CliError(f"style {source}: {_describe(e, args)}") from None
-    tasks = [(c, ref, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for ref, stem in refs]
+    tasks = [(c, refs[source], out) for c, source, out in tasks]
+    video_tasks = [(v, refs[source], out) for v, source, out in video_tasks]
 
     served: Counter[str] = Counter()  # outputs per replica (x-served-by), for the summary
 
@@ -499,27 +629,27 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
         futures = {pool.submit(one, *t): t for t in tasks}
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in done:
-                content, _, out = futures[f]
-                bar.update(1)
-                err = f.exception()
-                if err is None:
-                    continue
-                if isinstance(err, StyleTransferError) and err.code == grpc.StatusCode.INVALID_ARGUMENT:
-                    failed += 1  # a bad content image: say so and go on with the others
-                    bar.write(f"{PROG}: error: {content}: {err.details}", file=sys.stderr)
-                    continue
-                for p in pending:
-                    p.cancel()
-                if isinstance(err, StyleTransferError):
-                    raise CliError(f"{content}: {_describe(err, args)}")
-                if isinstance(err, OSError):
-                    raise CliError(f"{out}: cannot write: {err.strerror or err}")
-                raise err
-    video_tasks = [(v, ref, out_dir / f"{v.stem}_stylized_{stem}{_video_suffix(v)}")
-                   for v in videos for ref, stem in refs]
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    content, _, out = futures[f]
+                    bar.update(1)
+                    err = f.exception()
+                    if err is None:
+                        continue
+                    if isinstance(err, StyleTransferError) and err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                        failed += 1  # a bad content image: say so and go on with the others
+                        bar.write(f"{PROG}: error: {content}: {err.details}", file=sys.stderr)
+                        continue
+                    if isinstance(err, StyleTransferError):
+                        raise CliError(f"{content}: {_describe(err, args)}")
+                    if isinstance(err, OSError):
+                        raise CliError(f"{out}: cannot write: {err.strerror or err}")
+                    raise err
+        finally:  # an error, Ctrl-C or SIGTERM: the images not started are not started (those running finish)
+            for p in pending:
+                p.cancel()
     for src, ref, out in video_tasks:  # one at a time: a stream keeps the server busy on its own
         try:
             _stylize_video(client, args, src, out, ref)
@@ -532,10 +662,29 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             failed += 1  # a bad video: say so and go on with the others
             print(f"{PROG}: error: {_video_error(e, args, src, out)}", file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
-    print(f"{total - failed} of {total} outputs written to {out_dir} ({len(tasks)} images, {len(video_tasks)} videos)")
+    print(f"{total - failed} of {total} outputs written to {shown} ({len(tasks)} images, {len(video_tasks)} videos)")
     if served:
         print("images per replica: " + ", ".join(f"{name} {n}" for name, n in sorted(served.items())))
     return 1 if failed else 0
+
+
+def _style_names(styles: list[tuple[Any, float]]) -> list[tuple[Any, str]]:
+    """Each style once, with the name its outputs carry (a file's stem, a registered id's first 12 characters,
+    a library style's or preset's name): two styles of one name would write outputs of one name, and are
+    refused as two contents of one stem are."""
+    named: dict[str, Any] = {}
+    for source, _weight in styles:
+        if isinstance(source, Preset):
+            stem, shown = source.name, f"{PRESET_PREFIX}{source.name}"
+        elif isinstance(source, StyleRef):
+            stem, shown = source.id[:12], f"{STYLE_ID_PREFIX}{source.id}"
+        else:
+            stem, shown = source.stem, str(source)
+        if stem in named and named[stem][0] != source:
+            raise CliError(f"--style {named[stem][1]} and {shown}: two styles named {stem!r} would write outputs of "
+                           "one name")
+        named[stem] = (source, shown)
+    return [(source, stem) for stem, (source, _shown) in named.items()]
 
 
 def build_query_parser(flag: str) -> argparse.ArgumentParser:
@@ -595,32 +744,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
+    # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        if query == "--list-styles":
-            return _list_styles(args)
-        if query == "--server-info":
-            return _server_info(args)
-        paths = [Path(c) for c in args.content]
-        for path in paths:
-            if not path.exists():
-                raise CliError(f"CONTENT: no such file or folder: {path}")
-        single = len(paths) == 1 and paths[0].is_file()
-        if single:
-            args.content = content = paths[0]
-        styles: list[tuple[Any, float]] = []
-        for spec in args.style:
-            source, weight = parse_style(spec)
-            styles.append((_style_source(spec, source), weight))
-        if any(isinstance(s, Preset) for s, _ in styles) and len(styles) > 1:
-            raise CliError("--style preset:NAME stands alone: a preset has its own styles and weights")
-        if single and sum(w for _, w in styles) <= 0:
-            raise CliError("--style: all weights are 0; at least one must be > 0")
-        with connect(args) as client:
-            if not single:
-                return _run_folder(client, args, styles)
-            if is_video(content):
-                return _run_video(client, args, styles)
-            return _run_single(client, args, styles)
+        return _run(args, query)
     except CliError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1
@@ -630,9 +758,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"{PROG}: error: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(e, _Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace, query: str | None) -> int:
+    if query == "--list-styles":
+        return _list_styles(args)
+    if query == "--server-info":
+        return _server_info(args)
+    if any(not c for c in args.content):
+        raise CliError("CONTENT: an empty path (give a file or a folder; '.' for this one)")
+    if not args.output:
+        raise CliError("-o: an empty path (give a file, or a folder ending in '/')")
+    paths = [Path(c) for c in args.content]
+    for path in paths:
+        if not path.exists():
+            raise CliError(f"CONTENT: no such file or folder: {path}")
+        if not (path.is_dir() or path.is_file()):
+            raise CliError(f"CONTENT: {path} is not a regular file or a folder (a device or a pipe)")
+    single = len(paths) == 1 and paths[0].is_file()
+    if single:
+        args.content = content = paths[0]
+    styles: list[tuple[Any, float]] = []
+    for spec in args.style:
+        source, weight = parse_style(spec)
+        styles.append((_style_source(spec, source), weight))
+    if any(isinstance(s, Preset) for s, _ in styles) and len(styles) > 1:
+        raise CliError("--style preset:NAME stands alone: a preset has its own styles and weights")
+    if single and sum(w for _, w in styles) <= 0:
+        raise CliError("--style: all weights are 0; at least one must be > 0")
+    with connect(args) as client:
+        if not single:
+            return _run_folder(client, args, styles)
+        if is_video(content):
+            return _run_video(client, args, styles)
+        return _run_single(client, args, styles)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -12,7 +16,7 @@ import pytest
 from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
-from adain.client.cli import main, parse_style
+from adain.client.cli import CliError, main, parse_style
 from helpers import REPO, ServerProcess, free_port, make_certificates
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, photo_with_exif, pixels
 
@@ -325,3 +329,187 @@ def test_cli_server_down_in_a_real_process(files: dict[str, Path]) -> None:
                               timeout=60, env=env)
         assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert f"127.0.0.1:{port}" in proc.stderr
+
+
+# --- what a tester found: styles named like numbers, outputs that overwrite, limits, signals -----------------
+
+
+def test_parse_style_names_after_id_and_preset() -> None:
+    """After id: or preset: the name comes whole ("1977", "nan"); only a further ':' starts a weight."""
+    assert parse_style("id:1977") == ("id:1977", 1.0)
+    assert parse_style("id:nan") == ("id:nan", 1.0)
+    assert parse_style("id:1977:0.5") == ("id:1977", 0.5)
+    assert parse_style("preset:2000") == ("preset:2000", 1.0)
+    for spec, says in (("preset:warm:0.5", "a preset takes no weight"), ("id:x:abc", "must be a weight"),
+                       (":0.5", "no style before the weight"), ("a.png:1e40", r"at most 3\.402823e\+38"),
+                       ("id:x:1e40", "at most")):
+        with pytest.raises(CliError, match=says):
+            parse_style(spec)
+
+
+def test_cli_refuses_what_it_would_silently_get_wrong(server: ServerProcess, files: dict[str, Path],
+                                                      tmp_path: Path, capsys) -> None:
+    c, a, srv = str(files["content.png"]), str(files["a.png"]), ["--server", server.target]
+    o = str(tmp_path / "x.png")
+    before = files["content.png"].read_bytes(), files["a.png"].read_bytes()
+    # an output that is an input (the path itself, or a link to it)
+    assert "-o " + c in _cli_failure([c, "-s", a, "-o", c, *srv], capsys)
+    (tmp_path / "link.png").symlink_to(files["a.png"])
+    line = _cli_failure([c, "-s", a, "-o", str(tmp_path / "link.png"), *srv], capsys)
+    assert "would overwrite the --style file" in line
+    assert (files["content.png"].read_bytes(), files["a.png"].read_bytes()) == before
+    # empty paths, flags that do nothing to an image, a label that is no grey level, a float32 overflow
+    assert "CONTENT: an empty path" in _cli_failure(["", "-s", a, "-o", str(tmp_path / "out/"), *srv], capsys)
+    assert "-o: an empty path" in _cli_failure([c, "-s", a, "-o", "", *srv], capsys)
+    for flag, value in (("--temporal", "flow"), ("--fps", "5"), ("--start", "1"), ("--duration", "2")):
+        assert f"{flag}: only for videos" in _cli_failure([c, "-s", a, flag, value, "-o", o, *srv], capsys)
+    line = _cli_failure([c, "-s", a, "-s", a, "--labels", c, "--label", "300", "--label", "2", "-o", o, *srv], capsys)
+    assert "--label: 300 is no grey level 0-255" in line
+    assert "content_weight" in _cli_failure([c, "-s", a, "--refine", "1", "--content-weight", "1e40", "-o", o, *srv],
+                                            capsys)
+    # a library name that reads as a number reaches the server as a name (this one has no library)
+    line = _cli_failure([c, "-s", "id:1977", "-o", o, *srv], capsys)
+    assert "no such file" not in line and "1977" in line
+    assert "no style before the weight" in _cli_failure([c, "-s", ":0.5", "-o", o, *srv], capsys)
+    assert not Path(o).exists()
+
+
+def test_cli_folder_mode_refuses_outputs_of_one_name(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
+                                                     capsys) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "one.png").write_bytes(CONTENT)
+    for sub in ("s1", "s2"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "st.png").write_bytes(STYLE_A)
+    srv = ["--server", server.target]
+    line = _cli_failure([str(photos), "-s", str(tmp_path / "s1/st.png"), "-s", str(tmp_path / "s2/st.png"), "-o",
+                         str(tmp_path / "out"), *srv], capsys)
+    assert "two styles named 'st'" in line
+    line = _cli_failure([str(photos), "-s", str(files["a.png"]), "-o", str(photos) + "/", *srv], capsys)
+    assert line.startswith(f"adain-stylize: error: -o {photos}/: that is the content folder")
+    line = _cli_failure([str(photos / "one.png"), str(files["content.png"]), "-s", str(files["a.png"]), "-o",
+                         str(tmp_path / "two.png"), *srv], capsys)
+    assert "this names a file" in line and not (tmp_path / "two.png").exists()
+    assert "--fps: only for videos" in _cli_failure([str(photos), "-s", str(files["a.png"]), "--fps", "5", "-o",
+                                                     str(tmp_path / "out"), *srv], capsys)
+    (tmp_path / "empty").mkdir()
+    line = _cli_failure([str(tmp_path / "empty"), "-s", str(files["a.png"]), "-o", str(tmp_path / "out"), *srv],
+                        capsys)
+    assert "no images or videos" in line and line.count(".gif") == 1
+    assert list(tmp_path.glob("out*")) == []
+
+
+def test_cli_output_folder_for_one_content(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
+                                           capsys) -> None:
+    """-o a folder (one that exists, or a new one ending in '/'): the output is named after the content."""
+    srv = ["--server", server.target]
+    assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", f"{tmp_path}/new/", *srv]) == 0
+    assert Image.open(tmp_path / "new" / "content_stylized.png").size == (64, 48)
+    assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "new"), "--format",
+                 "jpeg", *srv]) == 0
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["content_stylized.jpg", "content_stylized.png"]
+
+
+def test_save_writes_whole_files_with_the_usual_permissions(server: ServerProcess, files: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """A write that fails (here ``ulimit -f``) leaves the old file as it was and no temporary one; a new
+    file gets 0o666 less the umask, not mkstemp's 0o600."""
+    import resource
+
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / "out.png"
+    out.write_bytes(b"the old output")
+    proc = subprocess.run(
+        [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(out),
+         "--server", server.target],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY)),
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"adain-stylize: error: -o {out}: cannot write: File too large"], proc.stderr
+    assert out.read_bytes() == b"the old output" and [p.name for p in out.parent.iterdir()] == ["out.png"]
+    old = os.umask(0o027)
+    try:
+        assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(out), "--server",
+                     server.target]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and Image.open(out).size == (64, 48)
+
+
+def test_cli_video_to_webm_resamples_the_sound(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
+                                               capsys) -> None:
+    """44.1 kHz AAC into WebM: Opus takes 48 kHz, so the sound is resampled (it was an FFmpeg traceback);
+    a video output too gets 0o666 less the umask, and -o NEW/ is made and named after the clip."""
+    from synth import make_video, video_facts
+
+    clip = tmp_path / "av.mp4"
+    make_video(clip, frames=6, audio=True)
+    out = tmp_path / "x.webm"
+    old = os.umask(0o027)
+    try:
+        code = main([str(clip), "-s", str(files["a.png"]), "-o", str(out), "--temporal", "none", "--server",
+                     server.target])
+    finally:
+        os.umask(old)
+    assert code == 0, capsys.readouterr().err
+    facts = video_facts(out)
+    assert (facts["frames"], facts["audio"]) == (6, "opus") and facts["audio_packets"] >= 20
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert main([str(clip), "-s", str(files["a.png"]), "-o", f"{tmp_path}/new/", "--temporal", "none", "--server",
+                 server.target]) == 0
+    assert video_facts(tmp_path / "new" / "av_stylized.mp4")["frames"] == 6
+    assert list(tmp_path.rglob("*.part")) == []  # no temporary file left
+
+
+def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess, files: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    from synth import make_video
+
+    clip = tmp_path / "long.mp4"
+    make_video(clip, frames=120, fps=12)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adain.client.cli", str(clip), "-s", str(files["a.png"]), "-o", str(out_dir / "k.mp4"),
+         "--server", server.target], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [p.suffix for p in out_dir.iterdir()] == [".part"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "adain-stylize: error: interrupted", err
+    assert "Traceback" not in err and list(out_dir.iterdir()) == []
+
+
+def test_client_refuses_what_it_cannot_send(server: ServerProcess, client: StyleTransferClient, tmp_path: Path,
+                                            files: dict[str, Path], capsys) -> None:
+    """Devices, FIFOs and files over the message limit are refused before they are read, naming the file and
+    the limit; a request whose parts together are over it names them; a weight beyond float32 is refused."""
+    srv, a, o = ["--server", server.target], str(files["a.png"]), str(tmp_path / "z.png")
+    big = tmp_path / "big.bmp"
+    with big.open("wb") as f:  # 40 MiB, sparse: nothing is written, and nothing may be read
+        f.truncate(40 * 2**20)
+    line = _cli_failure([str(big), "-s", a, "-o", o, *srv], capsys)
+    assert f"content: {big} is 40 MiB, more than the 32 MiB" in line and "max_message_mb" in line
+    os.mkfifo(tmp_path / "fifo.png")
+    for path in ("/dev/zero", str(tmp_path / "fifo.png")):
+        assert "not a regular file" in _cli_failure([path, "-s", a, "-o", o, *srv], capsys)
+        assert "not a regular file" in _cli_failure([str(files["content.png"]), "-s", path, "-o", o, *srv], capsys)
+        with pytest.raises(StyleTransferError, match="styles.0.: .* is not a regular file"):
+            client.stylize(CONTENT, path)
+    with StyleTransferClient(server.target, max_message_mb=(len(CONTENT) + 100) / 2**20) as small:
+        with pytest.raises(StyleTransferError, match=r"^INVALID_ARGUMENT: request: .* in all \(content"):
+            small.stylize(CONTENT, STYLE_A)
+    with pytest.raises(StyleTransferError, match=r"styles\[0\]\.weight: 1e\+40 is out of range"):
+        client.stylize(CONTENT, [(STYLE_A, 1e40)])
+    with pytest.raises(StyleTransferError, match=f"token_file: no such file: {tmp_path / 'missing'}"):
+        StyleTransferClient(server.target, token_file=tmp_path / "missing")
+    line = _cli_failure([str(files["content.png"]), "-s", a, "-o", o, "--token-file", str(tmp_path), *srv], capsys)
+    assert line.startswith("adain-stylize: error: --token-file: ")
+    assert not Path(o).exists()

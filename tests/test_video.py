@@ -19,7 +19,7 @@ from adain import InvalidInputError, Stylizer
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import main
 from adain.image import load_image
-from adain.media import MediaError, VideoReader, VideoWriter
+from adain.media import MediaError, VideoReader, VideoWriter, atomic_output
 from adain.video import VideoStream, stylize_video
 from helpers import ServerProcess, free_port
 from synth import band_mask, encoded, hlg_signal, make_hlg_clip, make_image, make_video, synth_image, video_facts
@@ -264,6 +264,19 @@ def test_written_video_says_its_colour_matrix(tmp_path: Path, suffix: str) -> No
     with VideoReader(out) as reader:
         got = np.asarray(next(reader.frames())[0], int)
     assert np.abs(got[10, 10] - (200, 60, 40)).max() <= 3 and np.abs(got[10, 50] - (40, 180, 90)).max() <= 3
+
+
+def test_a_refusing_encoder_is_a_media_error_naming_the_output(tmp_path: Path) -> None:
+    """FFmpeg's refusals while writing (a GIF taller than it can be; 44.1 kHz audio for Opus was one) are a
+    MediaError naming the output, not its temporary name, and nothing is left behind."""
+    import re
+
+    out = tmp_path / "tall.gif"
+    with pytest.raises(MediaError, match=f"^{re.escape(str(out))}: cannot write the video: Invalid argument"):
+        with atomic_output(out) as tmp:
+            writer = VideoWriter(tmp, width=16, height=70000, rate=Fraction(10), container="gif")
+            writer.write(Image.new("RGB", (16, 70000)), 0.0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_still_gif_is_an_image() -> None:

@@ -1,0 +1,54 @@
+"""Outputs written whole or not at all: into a temporary file beside the output, renamed over it when
+complete, so a failure (a full disk, ``ulimit -f``, Ctrl-C, SIGTERM) never leaves a valid-looking partial
+file. Standard library only: the thin client writes its images this way, ``adain.media`` its videos."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def create_beside(path: Path) -> Path:
+    """A new empty file ``.NAME.RANDOM.part`` in ``path``'s folder, made by the kernel with 0o666 less the
+    umask (and any default ACL), as the output itself would be (mkstemp's 0o600 would make it private)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write into: renamed to ``path`` when the block ends normally,
+    removed when it raises. A symbolic link is followed (its target is replaced, not the link)."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    tmp = create_beside(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def write_whole(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (see :func:`atomic_path`); a device or pipe that exists
+    (``/dev/null``) is written to as it is: it cannot be half-written, and must not be replaced by a file."""
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
