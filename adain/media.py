@@ -49,6 +49,11 @@ class MediaError(Exception):
     """A video that cannot be read or written; the message says what is wrong."""
 
 
+class MediaWriteError(MediaError):
+    """FFmpeg refused to write the output (an encoder, the muxer): no fault of the clip that was read, so a
+    service reports it as its own failure, not as bad input."""
+
+
 def _av() -> Any:
     try:
         import av
@@ -190,8 +195,26 @@ class VideoReader:
         self.audio: collections.deque[tuple[Any, float]] = collections.deque()
         self.done = threading.Event()  # set once the whole file was demuxed (all audio is in ``audio``)
         self.count = 0
+        self._lock = threading.Lock()  # one step of frames() at a time, or close()
+        self._closed = False
 
     def frames(self) -> Iterator[tuple[Image.Image, float]]:
+        """The clip's frames (upright, scaled, trimmed, rate-limited) and their times from the start. Often
+        read on another thread than the one that closes the reader (a gRPC stream's): each step runs under a
+        lock that ``close`` takes too, so the file is never closed under a decode (FFmpeg would crash), and
+        a closed reader yields no more."""
+        inner = self._frames()
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    item = next(inner)
+                except StopIteration:
+                    return
+            yield item
+
+    def _frames(self) -> Iterator[tuple[Image.Image, float]]:
         av = _av()
         streams = [self._v] + ([self.audio_stream] if self.audio_stream is not None else [])
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
@@ -247,7 +270,9 @@ class VideoReader:
             raise MediaError(f"{self.path}: truncated: the GIF has no trailer (it was cut off)")
 
     def close(self) -> None:
-        self._c.close()
+        with self._lock:
+            self._closed = True
+            self._c.close()
 
     def __enter__(self) -> VideoReader:
         return self
@@ -265,7 +290,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp
         except MediaError as e:
-            raise MediaError(str(e).replace(str(tmp), str(path))) from None
+            raise type(e)(str(e).replace(str(tmp), str(path))) from None
 
 
 def _ends_with_gif_trailer(path: Path) -> bool:
@@ -332,7 +357,7 @@ class VideoWriter:
             if isinstance(e, OSError):
                 raise
             detail = f"{e.strerror} ({e.filename})" if e.filename else (e.strerror or str(e))
-            raise MediaError(f"{self.path}: cannot write the video: {detail}") from None
+            raise MediaWriteError(f"{self.path}: cannot write the video: {detail}") from None
 
     def _setup(self, codec: str, fmt: str, rate: Fraction, source: VideoReader | None) -> None:
         width, height = self.size

@@ -114,6 +114,35 @@ def test_stylize_returns_the_image_the_client_gets(web: WebProcess, client) -> N
     assert httpx.get(web.url + "/healthz").json() == {"status": "SERVING"}
 
 
+def test_the_servers_limits_are_asked_again_like_its_library(server: ServerProcess, client, monkeypatch) -> None:
+    """A server restarted with other flags has other limits: adain-web asks again, as it asks for the library
+    (here at once: the interval set to 0), counted in the server's metrics; limits it was given stay."""
+    import asyncio
+    import re
+
+    from adain.web import app as web_app
+    from adain.wire import Limits
+
+    def asked() -> float:
+        text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+        return sum(float(n) for n in re.findall(r'adain_requests_total\{[^}]*method="GetServerInfo"[^}]*\} (\S+)',
+                                                   text))
+
+    async def max_styles(settings: web_app.WebSettings) -> list[int]:  # in this process, on the session's client
+        app = web_app.create_app(client, settings)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://web") as http:
+            return [(await http.get("/api/info")).json()["max_styles"] for _ in range(2)]
+
+    monkeypatch.setattr(web_app, "LIBRARY_TTL_S", 0.0)
+    before = asked()
+    assert asyncio.run(max_styles(web_app.WebSettings())) == [8, 8]
+    assert asked() - before == 2
+    before = asked()
+    assert asyncio.run(max_styles(web_app.WebSettings(limits=Limits(max_styles=2)))) == [2, 2]
+    assert asked() == before
+
+
 def _clip(tmp_path: Path, frames: int, name: str = "clip.mp4") -> tuple[str, tuple[str, bytes, str]]:
     make_video(tmp_path / name, frames=frames, audio=True)
     return "content", (name, (tmp_path / name).read_bytes(), "video/mp4")
@@ -163,20 +192,30 @@ def test_a_part_of_a_clip_over_the_limit(web: WebProcess, tmp_path: Path) -> Non
 
 
 def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None:
-    first = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 30), _png("styles", STYLE)], timeout=60)
+    make_video(tmp_path / "first.mp4", frames=30, w=192, h=144)  # large enough to be running still when cancelled
+    clip = ("content", ("first.mp4", (tmp_path / "first.mp4").read_bytes(), "video/mp4"))
+    first = httpx.post(web.url + "/api/videos", files=[clip, _png("styles", STYLE)], timeout=60)
     assert first.status_code == 202, first.text
     busy = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6, "b.mp4"), _png("styles", STYLE)],
                       timeout=60)
     assert busy.status_code == 429 and busy.headers["retry-after"] and busy.json()["error"]["message"]
     job_id = first.json()["id"]
+    early = httpx.get(f"{web.url}/api/videos/{job_id}/result")  # not done yet: a precondition, not a missing job
+    assert early.status_code == 409 and early.json()["error"]["code"] == "FAILED_PRECONDITION", early.text
     assert httpx.delete(f"{web.url}/api/videos/{job_id}").status_code == 204  # cancelled after its frame
+    state = httpx.get(f"{web.url}/api/videos/{job_id}")  # says so at once, and keeps saying so
+    assert state.status_code == 200 and state.json()["state"] == "cancelled" and state.json()["error"] is None
     end = time.monotonic() + 30
-    while httpx.get(f"{web.url}/api/videos/{job_id}").status_code != 404 and time.monotonic() < end:
+    while True:  # its place is free once its frame in flight is done
+        again = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6, "b.mp4"), _png("styles", STYLE)],
+                           timeout=60)
+        if again.status_code != 429 or time.monotonic() > end:
+            break
         time.sleep(0.1)
-    assert httpx.get(f"{web.url}/api/videos/{job_id}").status_code == 404
-    again = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6, "b.mp4"), _png("styles", STYLE)],
-                       timeout=60)
     assert again.status_code == 202 and _finished(web, again.json())["state"] == "done"
+    assert httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled"  # stopped, still answered
+    assert httpx.delete(f"{web.url}/api/videos/{job_id}").status_code == 204  # stopped: now deleted
+    assert httpx.get(f"{web.url}/api/videos/{job_id}").status_code == 404
 
 
 def test_a_clip_nobody_asks_about_is_cancelled(server: ServerProcess, tmp_path: Path) -> None:
@@ -201,6 +240,9 @@ BAD_CLIPS = {
     "size": (lambda tmp: _clip(tmp, 6), {"size": "8"}, "size", ">= 16"),
     "image-only-field": (lambda tmp: _clip(tmp, 6), {"refine_steps": "5"}, "refine_steps", "unknown field"),
     "fps": (lambda tmp: _clip(tmp, 6), {"fps": "-2"}, "fps", "must be > 0"),
+    "fps-twice": (lambda tmp: _clip(tmp, 6), {"fps": ["6", "10"]}, "fps", "given 2 times; once only"),
+    "size-past-int32": (lambda tmp: _clip(tmp, 6), {"size": "99999999999999999999"}, "size",
+                        "over the limit of max_content_side="),
     "too-many-frames-even-so": (lambda tmp: _clip(tmp, 72), {"fps": "6"}, "content", "at that frame rate"),
 }
 
@@ -246,6 +288,82 @@ def test_bad_input_is_400_naming_the_field(web: WebProcess, case: str) -> None:
     assert r.json()["error"]["code"] == "INVALID_ARGUMENT" and _field(r) == field, r.text
 
 
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that says it is ``w`` x ``h`` and holds no pixels (45 bytes): all a header check reads."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"")
+
+
+def _text_file(name: str, text: str = "0.5") -> tuple[str, tuple[str, bytes, str]]:
+    return name, ("x.txt", text.encode(), "text/plain")
+
+
+BASE = [_png("content", CONTENT), _png("styles", STYLE)]
+BAD_FORMS = {  # (files, data, field, the message's words)
+    "alpha-a-file": ([*BASE, _text_file("alpha")], {}, "alpha", "alpha: expected a value, got a file"),
+    "weights-a-file": ([*BASE, _text_file("weights")], {}, "weights", "weights: expected a value, got a file"),
+    "format-a-file": ([*BASE, _text_file("format", "png")], {}, "format", "expected a value, got a file"),
+    "mask-a-value": (BASE, {"mask": "abc"}, "mask", "mask: expected an image file"),
+    "labels-a-value": (BASE, {"labels": "abc", "label": "#e6194b"}, "labels", "labels: expected an image file"),
+    "alpha-twice": (BASE, {"alpha": ["0.5", "0.6"]}, "alpha", "alpha: given 2 times; once only"),
+    "content-twice": ([*BASE, _png("content", CONTENT)], {}, "content", "content: given 2 times; once only"),
+    "refine-steps-past-int32": (BASE, {"refine_steps": "99999999999999999999"}, "refine_steps",
+                                "refine_steps: 99999999999999999999 is over the limit of max_refine_steps=500"),
+    "one-weight-two-styles": ([*BASE, _png("styles", STYLE)], {"weights": "1"}, "weights",
+                              "1 weight for 2 styles (one per style)"),
+    "two-labels-one-style": ([*BASE, _png("labels", LABELS)], {"label": ["#e6194b", "#3cb44b"]}, "label",
+                             "2 labels for 1 style (one per style)"),
+    "too-many-files": ([*BASE, *[_png("styles", STYLE)] * 10], {}, "styles",
+                       "too many files: at most 11 (one content, at most 8 styles, a mask and a labels image)"),
+    "too-many-fields": (BASE, {"weights": ["1"] * 51}, "form", "too many fields"),
+    # PIL calls these a decompression bomb (over ~179 MP: an error; over ~89 MP: a warning); here they are sizes
+    "huge-header": ([_png("content", _png_header(20000, 20000)), _png("styles", STYLE)], {}, "content",
+                    "content: 20000 x 20000 is over the limit of max_pixels=67108864"),
+    "large-header": ([_png("content", CONTENT), _png("styles", _png_header(10000, 10000))], {}, "styles[0]",
+                     "styles[0]: 10000 x 10000 is over the limit of max_pixels=67108864"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FORMS), ids=list(BAD_FORMS))
+def test_bad_forms_are_400_saying_what_is_wrong(web: WebProcess, case: str) -> None:
+    files, data, field, words = BAD_FORMS[case]
+    r = _post(web.url, files, data)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and _field(r) == field and words in error["message"], r.text
+    assert "UploadFile" not in error["message"]
+    assert "DecompressionBomb" not in "".join(web.stderr)  # no warning either
+
+
+def test_every_error_is_json_and_probes_may_use_head(web: WebProcess, tmp_path: Path) -> None:
+    """Starlette's own errors (no such route, a method not allowed, a body that is no multipart form) are
+    JSON errors like the API's; HEAD answers where probes ask."""
+    for r, status, code in (
+        (httpx.get(web.url + "/no/such/page"), 404, "NOT_FOUND"),
+        (httpx.post(web.url + "/healthz"), 405, "METHOD_NOT_ALLOWED"),
+        (httpx.post(web.url + "/api/stylize", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+         400, "INVALID_ARGUMENT"),
+    ):
+        assert r.status_code == status and r.json()["error"]["code"] == code and "detail" not in r.json(), r.text
+    assert _field(r) == "form" and "no boundary" in r.json()["error"]["message"]
+    for path in ("/healthz", "/", "/api/info"):
+        head = httpx.head(web.url + path)
+        assert head.status_code == 200 and head.content == b"", path
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE), _text_file("fps", "6")])
+    assert r.status_code == 400 and r.json()["error"]["message"] == "fps: expected a value, got a file", r.text
+    # the caller's request id, where it is one, is the call's (and the server's log line's); else a new one
+    files = [_png("content", CONTENT), _png("styles", STYLE)]
+    r = httpx.post(web.url + "/api/stylize", files=files, headers={"X-Request-Id": "photo-42/retry:1"}, timeout=60)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "photo-42/retry:1"
+    r = httpx.post(web.url + "/api/stylize", files=files, headers={"X-Request-Id": "a b"}, timeout=60)
+    assert r.status_code == 200 and r.headers["x-request-id"] not in ("a b", "")
+
+
 def test_uploads_over_the_limit_are_refused_before_they_are_read(web: WebProcess) -> None:
     big = os.urandom(2 * 2**20)  # the fixture's limit is 1 MB
     r = _post(web.url, [_png("content", big), _png("styles", STYLE)])
@@ -263,15 +381,39 @@ def test_uploads_over_the_limit_are_refused_before_they_are_read(web: WebProcess
 
 
 def test_backend_down_is_503(tmp_path: Path) -> None:
-    web = WebProcess(f"127.0.0.1:{free_port()}", "--timeout", "5")
+    """503, and never the backend's internal address (gRPC's details name it): a fixed message to the public,
+    the details in adain-web's log; a clip's job and the live camera alike."""
+    port = free_port()
+    web = WebProcess(f"127.0.0.1:{port}", "--timeout", "5")
+    unreachable = "the stylization server is not available right now; try again in a moment"
     try:
+        # Checked here, against the default limits: a fresh process (PIL's guard is not yet lifted by a clip's
+        # imports) still sizes a header PIL would call a decompression bomb, and warns of nothing.
+        for w in (20000, 10000):
+            r = _post(web.url, [_png("content", _png_header(w, w)), _png("styles", STYLE)])
+            assert r.status_code == 400 and f"{w} x {w} is over the limit of max_pixels" in r.text, r.text
         r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)])
         assert r.status_code == 503 and r.json()["error"]["code"] == "UNAVAILABLE", r.text
-        assert r.headers["retry-after"]
+        assert r.headers["retry-after"] and r.json()["error"]["message"] == unreachable
         health = httpx.get(web.url + "/healthz")
         assert health.status_code == 503 and health.json()["status"] == "UNREACHABLE"
+        r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE)], timeout=60)
+        job = _finished(web, r.json())
+        assert job["state"] == "failed" and job["error"]["code"] == "UNAVAILABLE", job
+        assert job["error"]["message"] == unreachable
+        with _live(web.url) as ws:
+            ws.send(json.dumps({"styles": ["upload"]}))
+            ws.send(STYLE)
+            ws.send(make_image(64, 48, seed=75, fmt="JPEG"))
+            error, code = _live_error(ws)
+        assert error["code"] == "UNAVAILABLE" and error["message"] == unreachable and code == 1013, error
+        for answer in (r.text, health.text, json.dumps(job), json.dumps(error)):
+            assert str(port) not in answer and "127.0.0.1" not in answer, answer
     finally:
         web.stop()
+    log = "".join(web.stderr)
+    assert "WARNING" in log and f"127.0.0.1:{port}" in log, log  # for whoever runs it
+    assert "DecompressionBomb" not in log, log
 
 
 def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
@@ -396,25 +538,34 @@ def test_live_frames_come_back_stylized_in_order(web: WebProcess, client) -> Non
         assert np.abs(pixels(got).astype(int) - pixels(want).astype(int)).mean() < 1.0
 
 
-@pytest.mark.parametrize("case", ["not-json", "no-styles", "unknown-name", "bad-alpha", "not-an-image"])
+LIVE_BAD = {  # the first message, what follows it, the field, the message's words
+    "not-json": ("hello", [], "options", "JSON object"),
+    "no-styles": ({"styles": []}, [], "styles", "at least 1 style"),
+    "unknown-name": ({"styles": ["id:waves"]}, ["frame"], "styles[0].style_id", ""),  # the server's: no library
+    "bad-alpha": ({"styles": ["upload"], "alpha": 2}, [STYLE, "frame"], "alpha", ""),  # the server's
+    "alpha-true": ({"styles": ["id:waves"], "alpha": True}, [], "alpha", "alpha: not a number: true"),
+    "unknown-key": ({"styles": ["id:waves"], "colour": "red"}, [], "colour", "colour: unknown field"),
+    "styles-a-string": ({"styles": "upload"}, [], "styles", "got a string"),
+    "not-an-image": ({"styles": ["upload"]}, [b"not an image"], "styles[0]", "not an image"),
+    "style-as-text": ({"styles": ["upload"]}, ["a text message"], "styles[0]", "binary message, got a text"),
+    "frame-not-an-image": ({"styles": ["upload"]}, [STYLE, b"not an image"], "frame", "frame: not an image"),
+    "frame-of-another-size": ({"styles": ["upload"], "temporal": "none"},
+                              [STYLE, "frame", make_image(32, 24, fmt="JPEG")], "frame", "frame: "),  # "frames[1]"
+}
+
+
+@pytest.mark.parametrize("case", list(LIVE_BAD), ids=list(LIVE_BAD))
 def test_live_bad_options_end_the_session_naming_the_field(web: WebProcess, case: str) -> None:
-    first, field = {
-        "not-json": ("hello", "options"),
-        "no-styles": (json.dumps({"styles": []}), "styles"),
-        "unknown-name": (json.dumps({"styles": ["id:waves"]}), "styles[0].style_id"),  # no library on this server
-        "bad-alpha": (json.dumps({"styles": ["upload"], "alpha": 2}), "alpha"),
-        "not-an-image": (json.dumps({"styles": ["upload"]}), "styles[0]"),
-    }[case]
+    first, then, field, words = LIVE_BAD[case]
     with _live(web.url) as ws:
-        ws.send(first)
-        if case == "not-an-image":
-            ws.send(b"not an image")
-        elif case == "bad-alpha":
-            ws.send(STYLE)
-        if case in ("unknown-name", "bad-alpha"):  # the server checks these once the stream opens
-            ws.send(make_image(64, 48, seed=75, fmt="JPEG"))
+        ws.send(first if isinstance(first, str) else json.dumps(first))
+        for message in then:  # a style's image or a text, and "frame": a good frame (the server checks the rest)
+            ws.send(make_image(64, 48, seed=75, fmt="JPEG") if message == "frame" else message)
+        if case == "frame-of-another-size":
+            assert isinstance(ws.recv(timeout=60), bytes)  # the first frame's picture
         error, code = _live_error(ws)
     assert error["code"] == "INVALID_ARGUMENT" and error["violations"][0]["field"] == field, error
+    assert words in error["message"] and "frames[" not in error["message"], error
     assert code == 1008
 
 
@@ -574,6 +725,35 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     browser.save_screenshot(str(ARTIFACTS / "web_clip.png"))
     (tmp_path / "got.mp4").write_bytes(httpx.get(href, timeout=30).content)
     assert video_facts(tmp_path / "got.mp4")["frames"] == 12
+
+    # The next clip: the last result is unloaded (not only hidden) while it runs, and Cancel stops the asking.
+    make_video(tmp_path / "long.mp4", frames=30, w=192, h=144)
+    browser.execute_script("document.getElementById('content').value = ''")  # (else chromedriver adds a file)
+    browser.find_element(By.ID, "content").send_keys(str(tmp_path / "long.mp4"))
+    assert browser.find_element(By.ID, "content-name").text.startswith("Clip: long.mp4")
+    browser.execute_script("performance.clearResourceTimings()")
+    browser.find_element(By.ID, "submit").click()
+    job_id = wait_for(browser, lambda d: d.execute_script("return state.job"), timeout=30)
+    unloaded = ("const v = document.getElementById('output-video');"
+                "return [v.hidden, v.readyState, v.networkState === HTMLMediaElement.NETWORK_EMPTY];")
+    assert browser.execute_script(unloaded) == [True, 0, True]
+    cancelled_at = browser.execute_script(
+        "const t = performance.now(); document.getElementById('cancel').click(); return t;")
+    wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled(), timeout=30)
+    assert browser.find_element(By.ID, "form-error").text == "Cancelled."
+    asked = browser.execute_script(  # the job's URL after the click: the DELETE, and no poll
+        "return performance.getEntriesByType('resource').filter((e) => e.name.endsWith(arguments[0]) &&"
+        " e.startTime > arguments[1]).length;", f"/api/videos/{job_id}", cancelled_at)
+    assert asked == 1, asked
+    assert browser.execute_script(unloaded) == [True, 0, True]
+    assert httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled"
+    # a clip failed with UNAVAILABLE gets the page's own words, as a 503 does
+    assert browser.execute_script(
+        "clearErrors(); const error = {code: 'UNAVAILABLE', message: 'm', violations: []};"
+        "showError({error}, errorStatus(error)); return document.getElementById('form-error').textContent;"
+    ).startswith("The style-transfer server is not available")
+    severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe  # no 404 (a favicon, a poll of a cancelled job) in the console
 
 
 def _data_url_bytes(url: str) -> bytes:

@@ -9,27 +9,34 @@ client (no torch, no second engine).
                           the server's library), weights (repeated, one per style), alpha,
                           preserve_color, mask, labels and label (repeated, one per style: "#rrggbb" or a grey
                           level 0-255; the page's painted regions), refine_steps, format
-                          -> the image, or a JSON error
+                          -> the image (X-Request-Id: the caller's, where it sent a usable one), or a JSON error
     POST /api/videos      multipart: content (a clip), styles, weights, alpha, preserve_color, temporal, size,
                           fps
                           -> 202 and the job's state (``web.video``: a clip takes minutes)
-    GET  /api/videos/ID   the job's state: running / done / failed, frames done of total, the error
-    GET  /api/videos/ID/result   the stylized clip (MP4), once done;  DELETE /api/videos/ID: cancel or delete
+    GET  /api/videos/ID   the job's state: running / done / failed / cancelled, frames done of total, the error
+    GET  /api/videos/ID/result   the stylized clip (MP4), once done (409 before);  DELETE /api/videos/ID: cancel
+                          a running job (its state says cancelled at once) or delete a finished one
     WS   /api/live        the live camera: options, then frames in and stylized frames out (``web.live``)
-    GET  /healthz         200 when the backend's gRPC health is SERVING, else 503
+    GET  /healthz         200 when the backend's gRPC health is SERVING, else 503 (/, /api/info and /healthz
+                          answer HEAD too, for probes)
 
 Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "description"}]}}``: 400 for a
 bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...), 413 for a body
 over the upload limit (refused before it is read whole), 429 with Retry-After when the backend is full
 (RESOURCE_EXHAUSTED; 413 when the result is over the reply limit), 503 when it is unreachable or
-draining, 504 when it runs past the deadline.
+draining, 504 when it runs past the deadline. A backend that cannot be reached is answered with a fixed
+message: gRPC's details name its internal address, so they go to this process's log (WARNING) only.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import shutil
 import time
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,7 +48,8 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import LibraryStyle, StyleRef, StyleTransferClient, StyleTransferError
@@ -55,7 +63,20 @@ from adain.wire import (
     label_value,
 )
 
-from .checks import BadInput, color, error_json, image, number, style_count, style_name, temporal, weights, whole
+from .checks import (
+    BadInput,
+    color,
+    error_json,
+    image,
+    number,
+    plural,
+    public_error,
+    style_count,
+    style_name,
+    temporal,
+    weights,
+    whole,
+)
 from .live import LiveSessions, LiveSettings
 from .metrics import MetricsMiddleware, WebMetrics
 from .video import Busy, VideoJobs
@@ -78,6 +99,11 @@ IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask
                 "format", "keep_exif")
 VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size", "fps", "start",
                 "duration")
+REPEATED_FIELDS = ("styles", "weights", "label")  # one per style; every other field is given once at most
+MAX_FORM_FIELDS = 50  # the form's values (not files): the styles by name, their weights and labels, the options
+REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")  # a caller's X-Request-Id we pass on: printable, no spaces
+ERROR_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "FAILED_PRECONDITION",
+               413: "PAYLOAD_TOO_LARGE"}
 
 
 @dataclass(frozen=True)
@@ -184,7 +210,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
-    known: list[Limits] = [settings.limits] if settings.limits else []
+    known: dict[str, Any] = {"at": -math.inf, "limits": None}  # the backend's limits, and when they were asked
     library: dict[str, Any] = {"at": -math.inf, "styles": {}, "presets": []}
 
     async def library_styles() -> dict[str, LibraryStyle]:
@@ -202,33 +228,41 @@ def create_app(
         return library["styles"]
 
     async def current_limits() -> Limits:
-        """The backend's limits (GetServerInfo), asked until it answers; the defaults meanwhile."""
-        if not known:
+        """``settings.limits`` where given, else the backend's (GetServerInfo), asked again at most every
+        LIBRARY_TTL_S as the library is (a server restarted with other flags has other limits): the defaults
+        and a question on every call until it first answers; what was known while it does not answer."""
+        if settings.limits is not None:
+            return settings.limits
+        if known["limits"] is None or time.monotonic() - known["at"] > LIBRARY_TTL_S:
+            if known["limits"] is not None:
+                known["at"] = time.monotonic()  # one that does not answer now is asked again in LIBRARY_TTL_S
             try:
                 info = await run_in_threadpool(client.server_info, timeout=min(5.0, settings.timeout))
             except StyleTransferError:
-                return Limits()
-            known.append(_limits(info.get("limits", {})))
-        return known[0]
+                return known["limits"] or Limits()
+            known["limits"], known["at"] = _limits(info.get("limits", {})), time.monotonic()
+        return known["limits"]
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = {413: "PAYLOAD_TOO_LARGE", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
-        return _error(exc.status_code, code, str(exc.detail))
+    # Starlette's own HTTPException (an unknown route, a method not allowed, a malformed multipart body) is the
+    # base of FastAPI's: one handler answers both as JSON errors.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, ERROR_CODES.get(exc.status_code, "ERROR"), str(exc.detail), headers=exc.headers)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> JSONResponse:
         try:
             status = await run_in_threadpool(client.health, timeout=min(5.0, settings.timeout))
         except StyleTransferError as e:
-            return JSONResponse({"status": "UNREACHABLE", "detail": e.details}, status_code=503)
+            message, _ = public_error(e, logging.DEBUG)  # probes ask every few seconds: no WARNING each time
+            return JSONResponse({"status": "UNREACHABLE", "detail": message}, status_code=503)
         return JSONResponse({"status": status}, status_code=200 if status == "SERVING" else 503)
 
-    @app.get("/api/info")
+    @app.api_route("/api/info", methods=["GET", "HEAD"])
     async def info() -> dict[str, Any]:
         limits = await current_limits()
         named = await library_styles()
@@ -281,19 +315,25 @@ def create_app(
     @app.post("/api/stylize")
     async def stylize(request: Request) -> Response:
         limits = await current_limits()
+        files = f"one content, at most {plural(limits.max_styles, 'style')}, a mask and a labels image"
         try:
-            async with request.form(max_files=limits.max_styles + 3, max_fields=50) as form:
+            async with _form(request, limits.max_styles + 3, files) as form:
                 options = await _read_form(form, limits)
         except BadInput as e:
             return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
+        request_id = request.headers.get("x-request-id", "")  # the caller's, to find the call in the server's log
+        if not REQUEST_ID_RE.fullmatch(request_id):
+            request_id = str(uuid.uuid4())
         try:
             result = await run_in_threadpool(client.stylize, timeout=settings.timeout, end_user=end_user(request),
-                                             **options)
+                                             request_id=request_id, **options)
         except StyleTransferError as e:
             status = HTTP_STATUS.get(e.code, 502)
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply limit" in (e.details or ""):
                 status = 413  # the result is too large to send: retrying will not help, a smaller one will
-            return _error(status, e.code.name, e.details, e.violations, _retry_after(status))
+            message, violations = public_error(e)
+            headers = {**(_retry_after(status) or {}), "X-Request-Id": e.request_id or request_id}
+            return _error(status, e.code.name, message, violations, headers)
         fmt = result.format
         return Response(
             result.image,
@@ -312,8 +352,9 @@ def create_app(
                           "pip install 'adain[video]' where adain-web runs")
         limits = await current_limits()
         folder = jobs.new_folder()
+        files = f"one content clip and at most {plural(limits.max_styles, 'style')}"
         try:
-            async with request.form(max_files=limits.max_styles + 1, max_fields=50) as form:
+            async with _form(request, limits.max_styles + 1, files) as form:
                 source, name, total, options = await _read_video_form(form, limits, folder, settings)
             job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)
         except BadInput as e:
@@ -341,7 +382,7 @@ def create_app(
     async def video_result(job_id: str) -> FileResponse:
         job = _job(job_id)
         if job.state != "done":
-            raise HTTPException(404, f"the clip is {job.state}, not done")
+            raise HTTPException(409, f"the clip is {job.state}, not done")
         return FileResponse(job.result, media_type="video/mp4", filename=job.name)
 
     @app.delete("/api/videos/{job_id}")
@@ -375,10 +416,44 @@ def _limits(reported: dict[str, Any]) -> Limits:
     )
 
 
-def _check_fields(form: Any, allowed: tuple[str, ...]) -> None:
+@asynccontextmanager
+async def _form(request: Request, max_files: int, files: str) -> AsyncIterator[FormData]:
+    """The request's multipart form (its uploads closed after); a body the parser refuses (too many files or
+    fields, no multipart boundary) is a BadInput naming the field it concerns, as the checks here do."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=MAX_FORM_FIELDS)
+    except StarletteHTTPException as e:
+        if e.status_code != 400:
+            raise
+        detail = str(e.detail)
+        if detail.startswith("Too many files"):
+            raise BadInput("styles", f"too many files: at most {max_files} ({files})") from None
+        if detail.startswith("Too many fields"):
+            raise BadInput("form", f"too many fields: at most {MAX_FORM_FIELDS} values besides the files") from None
+        if "boundary" in detail.lower():
+            raise BadInput("form", "not a multipart/form-data body: its Content-Type names no boundary") from None
+        raise BadInput("form", detail) from None
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+def _check_fields(form: Any, allowed: tuple[str, ...], files: dict[str, str]) -> None:
+    """Every field known, given once (but the ones given per style), and a file where a file belongs
+    (``files``: field -> what it is, "an image file"), a value elsewhere ("styles": either)."""
     unknown = sorted(set(form.keys()) - set(allowed))
     if unknown:
         raise BadInput(unknown[0], f"unknown field (expected {', '.join(allowed)})")
+    items = form.multi_items()
+    for name, count in Counter(name for name, _ in items).items():
+        if count > 1 and name not in REPEATED_FIELDS:
+            raise BadInput(name, f"given {count} times; once only")
+    for name, value in items:
+        if name in files and not isinstance(value, UploadFile) and value != "":  # "": not given
+            raise BadInput(name, f"expected {files[name]}")
+        if name not in files and name != "styles" and isinstance(value, UploadFile):
+            raise BadInput(name, "expected a value, got a file")
 
 
 async def _style_options(form: Any, limits: Limits) -> dict[str, Any]:
@@ -396,7 +471,7 @@ async def _style_options(form: Any, limits: Limits) -> dict[str, Any]:
 
 async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     """The client's options from the multipart form; raises BadInput naming the field."""
-    _check_fields(form, IMAGE_FIELDS)
+    _check_fields(form, IMAGE_FIELDS, {"content": "an image file", "mask": "an image file", "labels": "an image file"})
     content = form.get("content")
     if not isinstance(content, UploadFile):
         raise BadInput("content", "a content image file is required")
@@ -406,7 +481,11 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
         options["mask"] = await _image(mask, "mask", limits)
     options.update(await _regions(form, len(options["styles"]), limits))
     if form.get("refine_steps") not in (None, "", "0"):
-        options["refine_steps"] = whole(form["refine_steps"], "refine_steps", 0)
+        steps = whole(form["refine_steps"], "refine_steps", 0)
+        if steps > limits.max_refine_steps:  # checked here: past int32 the client could not even send it
+            raise BadInput("refine_steps", f"{str(form['refine_steps'])[:40]} is over the limit of "
+                           f"max_refine_steps={limits.max_refine_steps}")
+        options["refine_steps"] = steps
     fmt = format_name(form.get("format") or "png")
     if fmt is None:
         raise BadInput("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
@@ -427,7 +506,7 @@ async def _regions(form: Any, styles: int, limits: Limits) -> dict[str, Any]:
             raise BadInput("labels", "label values were given without a labels image")
         return {}
     if len(values) != styles:
-        raise BadInput("label", f"{len(values)} labels for {styles} styles (one per style)")
+        raise BadInput("label", f"{plural(len(values), 'label')} for {plural(styles, 'style')} (one per style)")
     parsed = []
     for i, text in enumerate(values):
         value = label_value(int(text) if str(text).isdigit() else str(text).lower())
@@ -444,7 +523,7 @@ async def _read_video_form(
     (file, the result's name, its declared frames, options); raises BadInput naming the field."""
     from adain.media import is_media, probe
 
-    _check_fields(form, VIDEO_FIELDS)
+    _check_fields(form, VIDEO_FIELDS, {"content": "a video file"})
     content = form.get("content")
     if not isinstance(content, UploadFile):
         raise BadInput("content", "a content video file is required")
@@ -489,6 +568,9 @@ async def _read_video_form(
     options["temporal"] = temporal(form.get("temporal"))
     if form.get("size") not in (None, "", "0"):
         options["content_size"] = whole(form["size"], "size", 16)
+        if options["content_size"] > limits.max_content_side:
+            raise BadInput("size", f"{str(form['size'])[:40]} is over the limit of "
+                           f"max_content_side={limits.max_content_side}")
     stem = Path(content.filename or "clip").stem or "clip"
     return source, f"{stem}_stylized.mp4", frames, options
 

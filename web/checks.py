@@ -4,23 +4,57 @@ cheap ones, naming the field as the proto does; the server checks the rest."""
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 from typing import Any
 
+import grpc
 from PIL import Image
 
-from adain.client import StyleRef
+from adain.client import StyleRef, StyleTransferError
 from adain.photo import is_heif
 from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits
 
+# adain-web reads only images' headers here and compares their size with the server's max_pixels itself, so
+# PIL's own guard (a warning past ~89 MP, DecompressionBombError past ~179 MP) would only turn a huge image's
+# "W x H is over the limit" into "not an image" or log noise; adain.image sets the same when it is imported.
+Image.MAX_IMAGE_PIXELS = None
+
+log = logging.getLogger("adain.web")
 STYLE_NAME_RE = re.compile(r"id:([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
+# What the public is told instead of a failed call's transport details (the backend's address, gRPC's words).
+UNREACHABLE = {
+    grpc.StatusCode.UNAVAILABLE: "the stylization server is not available right now; try again in a moment",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the stylization server did not answer in time; try again in a moment",
+    grpc.StatusCode.CANCELLED: "the call to the stylization server was cut off; try again in a moment",
+    grpc.StatusCode.UNKNOWN: "the call to the stylization server was cut off; try again in a moment",
+}
+TRANSPORT_RE = re.compile(r"ipv[46]:|unix:|dns:|\d+\.\d+\.\d+\.\d+|\[[0-9a-f]*:[0-9a-f:]*\]|failed to connect|"
+                          r"backends? failing|socket|connection|stream removed|goaway|rst_stream|deadline exceeded|"
+                          r"^cancelled$", re.I)
 
 
 def error_json(code: str, message: str, violations: list[tuple[str, str]] | tuple = ()) -> dict[str, Any]:
     """Every error this front answers, over HTTP or a WebSocket: {"error": {code, message, violations}}."""
     return {"error": {"code": code, "message": message,
                       "violations": [{"field": f, "description": d} for f, d in violations]}}
+
+
+def plural(count: int, word: str) -> str:
+    """"1 style", "2 styles": a count in a message."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def public_error(e: StyleTransferError, level: int = logging.WARNING) -> tuple[str, list[tuple[str, str]]]:
+    """(message, violations) of a failed backend call as the public may see them: a backend that cannot be
+    reached (UNAVAILABLE; a deadline or a cut-off whose details are gRPC's transport words) gets a fixed
+    message, and its details, which name the backend's internal address, go to this process's log only."""
+    fixed = UNREACHABLE.get(e.code)
+    if fixed and (e.code == grpc.StatusCode.UNAVAILABLE or not e.details or TRANSPORT_RE.search(e.details)):
+        log.log(level, "the backend call failed: %s: %s", e.code.name, e.details)
+        return fixed, []
+    return e.details, list(e.violations)
 
 
 class BadInput(Exception):
@@ -84,7 +118,7 @@ def style_count(count: int, limits: Limits, what: str) -> None:
 
 def weights(values: list[Any], styles: int) -> list[float]:
     if len(values) != styles:
-        raise BadInput("weights", f"{len(values)} weights for {styles} styles (one per style)")
+        raise BadInput("weights", f"{plural(len(values), 'weight')} for {plural(styles, 'style')} (one per style)")
     return [number(w, f"styles[{i}].weight") for i, w in enumerate(values)]
 
 

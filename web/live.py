@@ -11,8 +11,9 @@ the frames in order) and the styles are encoded once. The conversation on one so
    in order. The page keeps two in flight, so its rate follows the server's.
 
 A problem is answered with a text message ``{"error": {"code", "message", "violations"}}`` (the fields named
-as in the proto), then the socket closes. A session ends after ``max_seconds`` or ``idle_seconds`` without a
-frame, so a forgotten tab does not hold one of the server's video streams; at most ``max_sessions`` at once.
+as in the proto; a frame, whichever it was, is ``frame``), then the socket closes. A session ends after
+``max_seconds`` or ``idle_seconds`` without a frame, so a forgotten tab does not hold one of the server's video
+streams; at most ``max_sessions`` at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.wire import Limits
 
-from .checks import BadInput, color, error_json, image, number, style_count, style_name, temporal, weights
+from .checks import BadInput, color, error_json, image, number, public_error, style_count, style_name, temporal, weights
 
 log = logging.getLogger("adain.web")
 
@@ -39,6 +41,8 @@ CLOSE_BAD_INPUT = 1008  # WebSocket close codes (RFC 6455): policy violation
 CLOSE_ERROR = 1011  # internal error
 CLOSE_TRY_LATER = 1013
 MAX_WAITING = 16  # frames received and not yet taken by the stream: a page that sends without waiting
+OPTIONS = ("styles", "weights", "alpha", "preserve_color", "temporal")  # the first message's keys
+FRAME_FIELD_RE = re.compile(r"frames\[\d+\]")  # the server names a stream's frames by index; the page: "frame"
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class LiveSessions:
             return
         try:
             options = await self._options(ws, limits)
-            await self._stream(ws, {**options, "end_user": end_user})
+            await self._stream(ws, {**options, "end_user": end_user}, limits)
         except BadInput as e:
             await _fail(ws, CLOSE_BAD_INPUT, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
         except (WebSocketDisconnect, TimeoutError):
@@ -94,28 +98,39 @@ class LiveSessions:
             spec = None
         if not isinstance(spec, dict):
             raise BadInput("options", "the first message must be the options, as a JSON object")
+        unknown = sorted(set(spec) - set(OPTIONS))
+        if unknown:
+            raise BadInput(unknown[0], f"unknown field (expected {', '.join(OPTIONS)})")
+        what = "\"id:NAME\" for a style of the server's library, or \"upload\""
         styles = spec.get("styles")
-        styles = styles if isinstance(styles, list) else []
-        style_count(len(styles), limits, "\"id:NAME\" for a style of the server's library, or \"upload\"")
+        if styles is not None and not isinstance(styles, list):
+            raise BadInput("styles", f"a list of styles (each {what}), got {_json_type(styles)}")
+        style_count(len(styles or []), limits, what)
         chosen: list[Any] = []
-        for i, style in enumerate(styles):
+        for i, style in enumerate(styles or []):
             if style == "upload":
                 data = (await self._receive(ws, self.settings.idle_seconds)).get("bytes")
-                chosen.append(image(data or b"", f"styles[{i}]", limits))
+                if data is None:
+                    raise BadInput(f"styles[{i}]", "expected the style's image as a binary message, got a text "
+                                   "message")
+                chosen.append(image(data, f"styles[{i}]", limits))
             else:
                 chosen.append(style_name(style, f"styles[{i}]"))
         options: dict[str, Any] = {"styles": chosen}
         if spec.get("weights") is not None:
             if not isinstance(spec["weights"], list):
-                raise BadInput("weights", f"a list of one weight per style ({len(styles)})")
-            options["weights"] = weights(spec["weights"], len(styles))
+                raise BadInput("weights", f"a list of one weight per style ({len(chosen)}), "
+                               f"got {_json_type(spec['weights'])}")
+            options["weights"] = weights(spec["weights"], len(chosen))
+            for i, w in enumerate(spec["weights"]):
+                _json_number(w, f"styles[{i}].weight")
         if spec.get("alpha") is not None:
-            options["alpha"] = number(spec["alpha"], "alpha")
+            options["alpha"] = number(_json_number(spec["alpha"], "alpha"), "alpha")
         options["preserve_color"] = color(spec.get("preserve_color"))
         options["temporal"] = temporal(spec.get("temporal"))
         return options
 
-    async def _stream(self, ws: WebSocket, options: dict[str, Any]) -> None:
+    async def _stream(self, ws: WebSocket, options: dict[str, Any], limits: Limits) -> None:
         """Frames in, through one StylizeVideo stream on a thread, stylized frames out."""
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -160,6 +175,7 @@ class LiveSessions:
                     raise BadInput("frame", "frames are binary messages (JPEG or PNG images)")
                 if len(data) > s.max_frame_bytes:
                     raise BadInput("frame", f"a frame of {len(data)} bytes, over the limit of {s.max_frame_bytes}")
+                image(data, "frame", limits)  # its header, here: named as every frame error is
                 if frames.qsize() >= MAX_WAITING:
                     raise BadInput("frame", f"{MAX_WAITING} frames are waiting already: send the next frame when "
                                    "one comes back")
@@ -176,15 +192,32 @@ async def _send(ws: WebSocket, replies: asyncio.Queue) -> None:
         if isinstance(item, StyleTransferError):
             close = {"INVALID_ARGUMENT": CLOSE_BAD_INPUT, "RESOURCE_EXHAUSTED": CLOSE_TRY_LATER,
                      "UNAVAILABLE": CLOSE_TRY_LATER}.get(item.code.name, CLOSE_ERROR)
-            # The stream's options are the page's first message: name its fields as the page does.
-            violations = [(field.removeprefix("options."), text) for field, text in item.violations]
-            await _fail(ws, close, item.code.name, item.details.removeprefix("options."), violations)
+            message, violations = public_error(item)
+            await _fail(ws, close, item.code.name, _page_names(message), [(_page_names(f), t) for f, t in violations])
         elif isinstance(item, Exception):
             log.error("live camera stream failed", exc_info=item)
             await _fail(ws, CLOSE_ERROR, "INTERNAL", f"the live stream failed: {type(item).__name__}")
         else:
             with contextlib.suppress(Exception):  # the page left: keep draining until the stream ends
                 await ws.send_bytes(item)
+
+
+def _page_names(text: str) -> str:
+    """A server's field names as the page knows them: the stream's options are its first message
+    ("options.alpha" is "alpha"), and a frame is "frame" (the server says "frames[3]")."""
+    return FRAME_FIELD_RE.sub("frame", text.removeprefix("options."), count=1)
+
+
+def _json_type(value: Any) -> str:
+    return {str: "a string", bool: "true or false", dict: "an object", list: "a list", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _json_number(value: Any, field: str) -> float:
+    """A JSON number (not true or false, which Python would take as 1 and 0, nor a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadInput(field, f"not a number: {json.dumps(value)[:80]}")
+    return value
 
 
 async def _fail(ws: WebSocket, close: int, code: str, message: str, violations: Any = ()) -> None:

@@ -7,6 +7,8 @@ server's own stream limit still holds); a finished job's file is kept ``keep_s``
 ``max_kept`` finished jobs are kept (the oldest go first); every file lives in one temporary folder that
 ``close`` removes. A cancelled job stops after the frame in flight and leaves no file; so does a running
 job nobody has asked about for ``abandon_s`` seconds (its page was closed: the page asks every second).
+A job cancelled by its caller says "cancelled" from that moment (it still holds its place among the
+running ones until its frame in flight is done) and is forgotten ``cancelled_keep_s`` after it stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from typing import Any
 
 from adain.client import StyleTransferClient, StyleTransferError
 
+from .checks import public_error
+
 log = logging.getLogger("adain.web")
+INTERNAL = "the clip could not be stylized because of an error on this server (its log says more)"
 
 
 class Cancelled(Exception):
@@ -58,9 +63,9 @@ class VideoJob:
 
 class VideoJobs:
     def __init__(self, client: StyleTransferClient, *, max_running: int = 1, keep_s: float = 1800.0,
-                 max_kept: int = 8, abandon_s: float = 300.0) -> None:
+                 max_kept: int = 8, abandon_s: float = 300.0, cancelled_keep_s: float = 60.0) -> None:
         self.client, self.max_running, self.keep_s, self.max_kept = client, max_running, keep_s, max_kept
-        self.abandon_s = abandon_s
+        self.abandon_s, self.cancelled_keep_s = abandon_s, cancelled_keep_s
         self.root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
@@ -71,7 +76,8 @@ class VideoJobs:
             return self._running()
 
     def _running(self) -> int:
-        return sum(j.state == "running" for j in self.jobs.values())
+        """Jobs whose thread has not stopped (one cancelled a moment ago still has a frame in flight)."""
+        return sum(j.finished is None for j in self.jobs.values())
 
     def new_folder(self) -> Path:
         """A folder for an upload about to become a job (removed by ``discard`` if it does not)."""
@@ -104,13 +110,15 @@ class VideoJobs:
             return job
 
     def remove(self, job_id: str) -> bool:
-        """Cancel a running job, or delete a finished one and its file."""
+        """Cancel a running job (its state says so at once: its thread stops after the frame in flight and
+        removes its folder), or delete a finished one and its file."""
         with self.lock:
             job = self.jobs.get(job_id)
             if job is None:
                 return False
-            if job.state == "running":
-                job.cancel.set()  # the thread removes the folder when it stops
+            if job.finished is None:
+                job.cancel.set()
+                job.state = "cancelled"
             else:
                 del self.jobs[job_id]
                 self.discard(job.folder)
@@ -127,7 +135,7 @@ class VideoJobs:
 
     def _run(self, job: VideoJob, source: Path, styles: list[Any], options: dict[str, Any]) -> None:
         from adain.client.video import stylize_video_file
-        from adain.media import MediaError
+        from adain.media import MediaError, MediaWriteError
 
         def on_frame() -> None:
             job.done += 1
@@ -138,37 +146,42 @@ class VideoJobs:
             if job.cancel.is_set():
                 raise Cancelled
 
+        state, error = "failed", None  # set on the job at the end, once its folder is as that state says
         try:
             stylize_video_file(self.client, source, job.result, styles, on_frame=on_frame, **options)
-            job.state = "done"
+            state = "done"
         except Cancelled:
-            job.state = "cancelled"
+            state, error = "cancelled", job.error  # abandoned: on_frame said why
         except StyleTransferError as e:
-            job.state = "failed"
-            job.error = {"code": e.code.name, "message": e.details,
-                         "violations": [{"field": f, "description": d} for f, d in e.violations]}
-        except MediaError as e:
-            job.state = "failed"
-            job.error = {"code": "INVALID_ARGUMENT", "message": str(e),
-                         "violations": [{"field": "content", "description": str(e)}]}
-        except Exception as e:  # noqa: BLE001 - a job's failure is reported on its state, never lost
+            message, violations = public_error(e)
+            error = {"code": e.code.name, "message": message,
+                     "violations": [{"field": f, "description": d} for f, d in violations]}
+        except MediaWriteError:  # writing the result failed: this service's fault, not the clip's
+            log.exception("clip job %s: writing its result failed", job.id)
+            error = {"code": "INTERNAL", "message": INTERNAL, "violations": []}
+        except MediaError as e:  # the clip: named as its page named it, not by this server's folder
+            message = str(e).replace(str(source), "the clip")
+            error = {"code": "INVALID_ARGUMENT", "message": message,
+                     "violations": [{"field": "content", "description": message}]}
+        except Exception:  # noqa: BLE001 - a job's failure is reported on its state, never lost
             log.exception("clip job %s failed", job.id)
-            job.state = "failed"
-            job.error = {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}", "violations": []}
+            error = {"code": "INTERNAL", "message": INTERNAL, "violations": []}
         finally:
             source.unlink(missing_ok=True)
-            job.finished = time.monotonic()
-            if job.state != "done":
+            if job.cancel.is_set():  # cancelled by its caller (it says so already), whatever the last frame did
+                state, error = "cancelled", None
+            if state != "done":
                 self.discard(job.folder)
-            if job.cancel.is_set():
-                with self.lock:
-                    self.jobs.pop(job.id, None)
+            job.state, job.error = state, error
+            job.finished = time.monotonic()
 
     def _purge(self) -> None:
-        """Forget finished jobs past ``keep_s``, and the oldest beyond ``max_kept`` (lock held)."""
+        """Forget finished jobs past ``keep_s`` (cancelled ones past ``cancelled_keep_s``), and the oldest beyond
+        ``max_kept`` (lock held)."""
         now = time.monotonic()
         finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
         for i, job in enumerate(finished):
-            if now - (job.finished or now) > self.keep_s or i < len(finished) - self.max_kept:
+            keep = self.cancelled_keep_s if job.cancel.is_set() else self.keep_s
+            if now - (job.finished or now) > keep or i < len(finished) - self.max_kept:
                 del self.jobs[job.id]
                 self.discard(job.folder)

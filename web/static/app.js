@@ -299,6 +299,12 @@ function errorArea(field) {
   return $(`${name}-error`) || $("form-error");
 }
 
+// The status for showError of a failed job's or a live session's error: a server out of reach gets the page's
+// own words, as a 503 does; any other error its message.
+function errorStatus(error) {
+  return error && error.code === "UNAVAILABLE" ? 503 : 400;
+}
+
 function showError(body, status) {
   const error = (body && body.error) || { message: `The server answered ${status}.`, violations: [] };
   const plain = {
@@ -410,6 +416,15 @@ function videoBusy(busy) {
   $("result").setAttribute("aria-busy", String(busy));
 }
 
+// Unload the stylized clip: taking its src away alone leaves the last one loaded (and playing).
+function clearOutputVideo() {
+  const video = $("output-video");
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+  video.hidden = true;
+}
+
 function showProgress(job) {
   const total = job.total || 0;
   $("progress").max = Math.max(total, 1);
@@ -424,7 +439,7 @@ async function submitVideo() {
   }
   $("result").hidden = false;
   $("download").hidden = true;
-  $("output-video").removeAttribute("src");
+  clearOutputVideo();  // the last clip's result goes while this one runs
   videoBusy(true);
   try {
     const response = await fetch("/api/videos", { method: "POST", body: videoForm() });
@@ -433,20 +448,33 @@ async function submitVideo() {
     if (response.status !== 202) { showError(job, response.status); videoBusy(false); return; }
     state.job = job.id;
     showProgress(job);
-    while (job.state === "running" && state.job === job.id) {
-      await new Promise((resolve) => setTimeout(resolve, 1000));
+    const cancelled = () => state.job !== job.id;  // Cancel pressed: cancelVideo has said so, stop asking
+    while (job.state === "running" && !cancelled()) {
+      await sleep(1000);
+      if (cancelled()) return;
       const poll = await fetch(`/api/videos/${job.id}`);
-      if (!poll.ok) { showError(null, poll.status); break; }
+      if (cancelled()) return;
+      if (!poll.ok) {
+        let body = null;
+        try { body = await poll.json(); } catch (e) { /* not JSON */ }
+        showError(body, poll.status);
+        break;
+      }
       job = await poll.json();
       showProgress(job);
     }
+    if (cancelled()) return;
     if (job.state === "done") {
-      $("output-video").src = job.result;
+      const video = $("output-video");
+      video.src = job.result;
+      video.hidden = false;
       $("download").href = job.result;
       $("download").download = job.filename;
       $("download").hidden = false;
     } else if (job.state === "failed") {
-      showError({ error: job.error }, 400);
+      showError({ error: job.error }, errorStatus(job.error));
+    } else if (job.state === "cancelled") {  // not by this page: abandoned, or adain-web stopping
+      $("form-error").textContent = (job.error && job.error.message) || "Cancelled.";
     }
   } catch (e) {
     $("form-error").textContent = "The page lost its connection to the server. Try again.";
@@ -465,8 +493,9 @@ async function cancelVideo() {
   const id = state.job;
   if (!id) return;
   state.job = null;  // the polling loop stops; the server stops after the frame in flight
-  await fetch(`/api/videos/${id}`, { method: "DELETE" });
+  clearOutputVideo();
   $("form-error").textContent = "Cancelled.";
+  try { await fetch(`/api/videos/${id}`, { method: "DELETE" }); } catch (e) { /* it stops unasked for anyway */ }
 }
 
 // --- several photos: stylized one after another, shown together, saved as one zip ------------------------
@@ -547,11 +576,12 @@ async function submitBatch() {
       } else {
         let body = null;
         try { body = await response.json(); } catch (e) { /* not JSON */ }
-        if (response.status !== 400 || !body) {  // not this photo's fault: stop and say why
+        const message = body && body.error && body.error.message;
+        if (response.status !== 400 || !message) {  // not this photo's fault: stop and say why
           showError(body, response.status);
           break;
         }
-        caption.textContent = `${file.name}: ${body.error.message}`;  // this photo only; the others go on
+        caption.textContent = `${file.name}: ${message}`;  // this photo only; the others go on
         caption.className = "error";
       }
       figure.append(caption);
@@ -705,7 +735,9 @@ async function openLive() {
   };
   ws.onmessage = async (event) => {
     if (typeof event.data === "string") {  // the server's error: the session ends
-      showError(JSON.parse(event.data), 400);
+      let body = null;
+      try { body = JSON.parse(event.data); } catch (e) { /* not JSON */ }
+      showError(body, errorStatus(body && body.error));
       return;
     }
     live.inFlight -= 1;
