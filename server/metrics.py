@@ -5,34 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from adain.exporter import Exporter
 
 log = logging.getLogger("adain.server.metrics")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-class Exporter:
-    """A registry of its own served over HTTP on a port of its own; the server's and adain-web's metrics."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._http = None
-
-    def serve(self, host: str, port: int) -> int:
-        """Start the exporter on ``port`` (0: any free one); returns the port. An OSError names the address."""
-        try:
-            server, _thread = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
-        except OSError as e:
-            raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
-        self._http = server
-        return server.server_port
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
 
 
 class Metrics(Exporter):
