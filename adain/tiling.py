@@ -84,7 +84,8 @@ class Tiling:
 
 
 def auto_threshold(device: torch.device) -> int:
-    """Pixels above which a content is tiled: a quarter of the device's memory at BYTES_PER_PIXEL."""
+    """Pixels above which a content is tiled: a quarter of the device's memory (a container's limit, where it
+    has one) at BYTES_PER_PIXEL."""
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
     else:
@@ -92,15 +93,26 @@ def auto_threshold(device: torch.device) -> int:
     return max(1 << 20, int(total * MEMORY_SHARE / BYTES_PER_PIXEL))
 
 
-def mem_total() -> int:
-    """This machine's memory in bytes (MemTotal of /proc/meminfo; 8 GiB where it cannot be read)."""
+def mem_total(root: Path = Path("/")) -> int:
+    """The memory this process may use, in bytes: the machine's (MemTotal of /proc/meminfo), or its
+    container's limit where that is lower (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``): in a
+    Kubernetes pod /proc/meminfo shows the node's memory, and a threshold set from it would get the pod
+    killed for memory. 8 GiB where nothing can be read."""
+    sizes = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in (root / "proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+                sizes.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
         pass
-    return 8 << 30  # unknown: assume a small machine
+    for limit in ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = (root / limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < 1 << 60:  # "max", or v1's near-2**63: no limit
+            sizes.append(int(text))
+    return min(sizes) if sizes else 8 << 30  # unknown: assume a small machine
 
 
 def sample_boxes(h: int, w: int, budget: int, side: int) -> list[tuple[int, int, int, int]]:

@@ -100,6 +100,23 @@ def test_tiling_settings_are_checked() -> None:
     assert not Tiling(0).threshold and Stylizer(None, "cpu", tiling=Tiling(-1)).tiling.threshold > 1 << 20
 
 
+def test_the_memory_share_is_the_containers(tmp_path: Path) -> None:
+    """In a pod /proc/meminfo shows the node's memory; the cgroup's limit, where lower, is what counts."""
+    from adain.tiling import mem_total
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/meminfo").write_text("MemTotal:       67108864 kB\nMemFree: 1 kB\n")  # a 64 GiB node
+    assert mem_total(tmp_path) == 64 << 30
+    (tmp_path / "sys/fs/cgroup/memory").mkdir(parents=True)
+    (tmp_path / "sys/fs/cgroup/memory/memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1: none
+    assert mem_total(tmp_path) == 64 << 30
+    (tmp_path / "sys/fs/cgroup/memory.max").write_text("max\n")  # v2: none
+    assert mem_total(tmp_path) == 64 << 30
+    (tmp_path / "sys/fs/cgroup/memory.max").write_text(f"{8 << 30}\n")  # the pod's 8Gi limit
+    assert mem_total(tmp_path) == 8 << 30
+    assert mem_total(tmp_path / "nothing") == 8 << 30  # nothing readable: a small machine assumed
+
+
 # --- through the server and the CLI ----------------------------------------------------------
 
 
