@@ -14,7 +14,11 @@ pip_install() {
 }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch==2.13.0 (CPU build; on a GPU machine install your CUDA build first)"
-  pip_install torch==2.13.0
+  # PyPI's Linux torch wheels bring CUDA (gigabytes): ask for the CPU build by its local version, which a
+  # wheel folder or mirror may hold (ours do); else from PyTorch's CPU index.
+  if ! .venv/bin/python -m pip install --disable-pip-version-check torch==2.13.0+cpu >> "$LOG" 2>&1; then
+    pip_install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  fi
 fi
 echo "setup: installing adain (editable) with the server, train, web and dev extras"
 pip_install -e ".[dev]"

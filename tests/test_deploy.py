@@ -91,6 +91,8 @@ def test_the_web_deployment_agrees_with_adain_web() -> None:
     assert 'pip install --no-cache-dir ".[web]"' in text and "torch" not in text.split("FROM", 1)[1].replace(
         "No torch", "")  # the page's image is a thin client
     assert 'ENTRYPOINT ["adain-web"]' in text
+    assert (REPO / "web" / "gallery").resolve() == REPO / "examples" / "style"  # the link the page's examples use
+    assert "COPY examples/style ./examples/style" in text  # ... so the image has them
     # ... and runs as one: the page's modules import with torch (and OpenCV) made unimportable
     check = ("import sys; sys.modules['torch'] = sys.modules['cv2'] = None\n"
              "import adain.web.__main__, adain.web.app, adain.web.live, adain.web.metrics, adain.web.video")

@@ -614,7 +614,8 @@ def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:
             again.send(make_image(64, 48, seed=77, fmt="JPEG"))
             assert isinstance(again.recv(timeout=60), bytes)
         text = scrape()
-        assert 'adain_web_requests_total{route="/api/live",status="websocket"} 3.0' in text
+        assert 'adain_web_requests_total{route="/api/live",status="websocket"} 2.0' in text
+        assert 'adain_web_requests_total{route="/api/live",status="429"} 1.0' in text  # the one turned away
         assert 'adain_web_requests_total{route="/api/info",status="200"}' in text  # by route template and status
         assert "adain_web_video_jobs_running 0.0" in text
         wanted = {m for m in alert_metrics() if m.startswith("adain_web_")}  # deploy/prometheus/alerts.yaml

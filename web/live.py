@@ -34,6 +34,7 @@ from adain.client import StyleTransferClient, StyleTransferError
 from adain.wire import Limits
 
 from .checks import BadInput, color, error_json, image, number, public_error, style_count, style_name, temporal, weights
+from .metrics import REFUSED_KEY
 
 log = logging.getLogger("adain.web")
 
@@ -69,6 +70,7 @@ class LiveSessions:
             full = self.running >= self.settings.max_sessions
             self.running += not full
         if full:
+            ws.scope[REFUSED_KEY] = "429"  # counted as refused, as a full backend's HTTP answer is
             await _fail(ws, CLOSE_TRY_LATER, "RESOURCE_EXHAUSTED", f"{self.settings.max_sessions} live camera "
                         "session(s) are running already; try again in a moment")
             return

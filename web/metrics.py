@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.exporter import Exporter
 
+REFUSED_KEY = "adain.refused"  # set in a WebSocket's scope by the app when it turns the session away: its status
 _BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -57,5 +58,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(name, status[0]).inc()
+            # a WebSocket turned away (every live session taken) counts as the 429 an HTTP request would get
+            self.metrics.requests.labels(name, scope.get(REFUSED_KEY) or status[0]).inc()
             self.metrics.seconds.labels(name).observe(time.perf_counter() - start)
