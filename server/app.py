@@ -181,10 +181,10 @@ class StyleTransferServer:
             ("grpc.so_reuseport", 0),
         ]
         if s.max_connection_age_s > 0:  # clients behind a headless Service re-resolve when a connection ends
-            options += [
-                ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
-                ("grpc.max_connection_age_grace_ms", int(max(s.grace_seconds, 1) * 1000)),
-            ]
+            # No age grace (gRPC's default: unbounded): the connection takes no new calls after its age, and
+            # the calls on it run to their end, however long (a clip, a refine, a print; a bounded grace
+            # killed them as UNAVAILABLE). SIGTERM's drain bounds them by --grace-seconds, as before.
+            options.append(("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)))
         # The secrets and the style library first: a bad file fails the start with its name.
         library = self.library
         if library is None and s.styles_dir:

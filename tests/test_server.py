@@ -489,6 +489,27 @@ def _burst_one(client: StyleTransferClient, content: bytes) -> None:
         raise errors[0]
 
 
+def test_a_connections_age_ends_no_call_in_flight(decoder_path: Path) -> None:
+    """Connections end after --max-connection-age-s so clients re-resolve, but the calls on one run to their
+    end: a clip streamed over 4 s on a connection that ages out after 1 s gets every frame (a bounded age
+    grace, once --grace-seconds, cut such calls as UNAVAILABLE)."""
+    srv = ServerProcess(decoder_path, "--max-connection-age-s", "1", "--grace-seconds", "1")
+    try:
+        srv.wait_serving()
+
+        def requests():
+            yield pb.VideoRequest(options=pb.VideoOptions(styles=[pb.Style(image=STYLE_A)]))
+            for _ in range(8):
+                time.sleep(0.5)
+                yield pb.VideoRequest(frame=CONTENT)
+
+        with grpc.insecure_channel(srv.target) as channel:
+            frames = list(pb_grpc.StyleTransferStub(channel).StylizeVideo(requests(), timeout=60))
+        assert len(frames) == 8
+    finally:
+        srv.terminate()
+
+
 # --- shutdown -----------------------------------------------------------------------------------
 
 
