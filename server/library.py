@@ -150,29 +150,43 @@ class StyleLibrary:
         self._warned: set[tuple[str, tuple[int, int, int]]] = set()
         self._presets: dict[str, StylePreset] = {}
         self._presets_seen: tuple[int, int, int] | None = None
+        self._paths: dict[str, Path] = {}  # the file each style was read from
         self.refresh(strict=True)
 
     def _files(self, strict: bool) -> dict[str, Path]:
-        """The style files by name. A file whose name cannot be one, or that repeats another's, is an error
-        when ``strict``, else left out (with one warning)."""
-        files: dict[str, Path] = {}
+        """The style files by name. A file whose name cannot be one, or two files of one name, are an error
+        when ``strict``, else left out (with one warning): of two files of one name the one served so far
+        stays (a newcomer does not displace it), and where neither was, both are left out (which one was
+        meant cannot be told)."""
+        found: dict[str, list[Path]] = {}
         for entry in sorted(self.folder.iterdir()):
             if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES or not entry.is_file():
                 continue
             name = entry.stem
-            problem = None
             if not NAME_RE.fullmatch(name) or ID_RE.fullmatch(name):
                 problem = (f"{entry}: a style's name (the file's stem) must be 1-64 letters, digits, '.', '_' or "
                            "'-', starting with a letter or digit, and not 64 hex digits (that is a registered "
                            "style's id)")
-            elif name in files:
-                problem = f"{entry} and {files[name]}: two files give the style name {name!r}"
-            if problem is not None:
                 if strict:
                     raise ValueError(problem)
                 self._warn_once((str(entry), (0, 0, 0)), f"{problem} (left out)")
                 continue
-            files[name] = entry
+            found.setdefault(name, []).append(entry)
+        files: dict[str, Path] = {}
+        for name, paths in found.items():
+            if len(paths) == 1:
+                files[name] = paths[0]
+                continue
+            problem = f"{' and '.join(map(str, paths))}: two files give the style name {name!r}"
+            if strict:
+                raise ValueError(problem)
+            served = self._paths.get(name)
+            if served in paths:
+                files[name] = served
+                left = [p for p in paths if p != served]
+                self._warn_once((str(left[0]), (0, 0, 0)), f"{problem} ({', '.join(map(str, left))} left out)")
+            else:
+                self._warn_once((str(paths[0]), (0, 0, 0)), f"{problem} (both left out)")
         if len(files) > MAX_STYLES:
             raise ValueError(f"{self.folder} holds {len(files)} style images, over the limit of {MAX_STYLES}")
         return files
@@ -221,6 +235,7 @@ class StyleLibrary:
         changed = sorted(n for n in new.keys() & old.keys() if new[n] is not old[n])
         with self._lock:
             self._styles = new
+        self._paths = {name: files[name] for name in new if name in files}
         self._refresh_presets(strict)
         if strict:
             log.info("style library %s: %d style(s): %s", self.folder, len(new), ", ".join(sorted(new)) or "none")

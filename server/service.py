@@ -295,6 +295,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     ) -> AsyncIterator[pb.StylizeEvent]:
         events: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.ensure_future(self._stylize(request, context, rid, events.put_nowait))
+        getter: asyncio.Future[Any] | None = None
         try:
             while not task.done():
                 getter = asyncio.ensure_future(events.get())
@@ -308,6 +309,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             yield pb.StylizeEvent(result=await task)
         finally:
             task.cancel()
+            if getter is not None:  # a call cancelled while waiting: no pending task left behind to log an ERROR
+                getter.cancel()
 
     async def _stylize(
         self,

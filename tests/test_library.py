@@ -253,6 +253,26 @@ def test_the_folder_is_followed_without_a_restart(lib_server: ServerProcess, lib
     assert lib_server.alive()
 
 
+def test_a_second_file_of_one_name_does_not_displace_the_first(tmp_path: Path) -> None:
+    """mosaic.png served, then mosaic.jpg copied beside it: the png stays (the newcomer is left out, with a
+    warning); once the png goes, the jpg is the style; two new files of one name are both left out."""
+    from adain.server.library import StyleLibrary
+
+    _put(tmp_path, "mosaic.png", DOTS)
+    library = StyleLibrary(str(tmp_path), 1 << 24)
+    served = {s.name: s.id for s in library.styles()}
+    _put(tmp_path, "mosaic.jpg", STRIPES)
+    library.refresh()
+    assert {s.name: s.id for s in library.styles()} == served == {"mosaic": hashlib.sha256(DOTS).hexdigest()}
+    (tmp_path / "mosaic.png").unlink()
+    library.refresh()
+    assert {s.name: s.id for s in library.styles()} == {"mosaic": hashlib.sha256(STRIPES).hexdigest()}
+    _put(tmp_path, "wave.png", DOTS)
+    _put(tmp_path, "wave.webp", make_image(32, 32, seed=57, fmt="WEBP"))
+    library.refresh()
+    assert [s.name for s in library.styles()] == ["mosaic"]
+
+
 @pytest.mark.parametrize("case", ["missing", "same-name", "bad-name", "corrupt", "preset"])
 def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_path: Path, case: str) -> None:
     styles = tmp_path / "styles"
