@@ -165,6 +165,7 @@ class StyleTransferServer:
                     window=settings.video_window,
                     default_temporal=settings.temporal,
                     default_strength=settings.temporal_strength,
+                    max_reply_bytes=settings.max_message_bytes - 4096 if settings.max_message_bytes else 1 << 62,
                 ),
             ),
         )

@@ -39,6 +39,13 @@ class ServiceError(Exception):
     def invalid(cls, violations: list[Violation]) -> ServiceError:
         return cls(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(str(v) for v in violations), violations)
 
+    @classmethod
+    def reply_too_large(cls, what: str, size: int, limit: int, advice: str) -> ServiceError:
+        """A reply over the message limit: said before sending, with what to ask for instead (gRPC would
+        end the call with a bare "Sent message larger than max", logged here as if it had succeeded)."""
+        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}, {size:,} bytes, over the reply limit of {limit:,} "
+                   f"bytes (max_message_bytes): {advice}")
+
 
 def status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:
     """The grpc-status-details-bin trailer of a rich google.rpc.Status (BadRequest when there are violations)."""

@@ -378,12 +378,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 ticket.release()
             self.metrics.queue_depth.set(self.batcher.depth)
         if len(data) > self.max_reply_bytes:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the output is {image.width}x{image.height}, {len(data):,} bytes as "
-                f"{FORMAT_BY_ENUM[request.format].upper()}, over the reply limit of {self.max_reply_bytes:,} bytes "
-                "(max_message_bytes): ask for format JPEG or a smaller content_size",
-            )
+            raise ServiceError.reply_too_large(
+                f"the output is {image.width}x{image.height} as {FORMAT_BY_ENUM[request.format].upper()}", len(data),
+                self.max_reply_bytes, "ask for format JPEG or a smaller content_size")
         return pb.StylizeResponse(
             image=data,
             width=image.width,
@@ -486,7 +483,12 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 ],
             )
 
-        return await asyncio.get_running_loop().run_in_executor(self.pool, reply)
+        listed = await asyncio.get_running_loop().run_in_executor(self.pool, reply)
+        if listed.ByteSize() > self.max_reply_bytes:
+            raise ServiceError.reply_too_large(
+                f"the list of {len(styles)} styles with {size}-px thumbnails", listed.ByteSize(), self.max_reply_bytes,
+                "ask for smaller thumbnails (thumbnail_size) or none")
+        return listed
 
 
 def _refine_options(msg: pb.StylizeRequest, bad: list[Violation]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class VideoLimits:
     window: int  # frames of one stream in flight
     default_temporal: str  # for streams that ask for TEMPORAL_DEFAULT
     default_strength: float  # for streams that leave temporal_strength unset
+    max_reply_bytes: int = 1 << 62  # a frame's reply (the message limit, less room for its other fields)
 
 
 @dataclass
@@ -180,6 +181,10 @@ class VideoService:
             return image, encode_image(image, FORMAT_BY_ENUM[fmt], quality)
 
         image, data = await loop.run_in_executor(self.pool, finish_and_encode)
+        if len(data) > self.limits.max_reply_bytes:
+            raise ServiceError.reply_too_large(
+                f"frame {frame.index} is {image.width}x{image.height} as {FORMAT_BY_ENUM[fmt].upper()}", len(data),
+                self.limits.max_reply_bytes, "ask for format JPEG or a smaller content_size")
         return pb.VideoFrame(
             image=data,
             index=frame.index,

@@ -178,8 +178,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path) -> None:
-    srv = ServerProcess(decoder_path, "--max-message-mb", "0.1")
+def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_path: Path) -> None:
+    """A photo, a clip's frame and the library's list: each over the reply limit is RESOURCE_EXHAUSTED saying
+    what to ask for instead, and logged as such (gRPC's own refusal was logged as OK)."""
+    for i in range(4):
+        synth_image(512, 512, seed=20 + i, kind="noise").save(tmp_path / f"s{i}.png")
+    srv = ServerProcess(decoder_path, "--max-message-mb", "0.1", "--styles-dir", str(tmp_path), "--log-level", "INFO")
     try:
         srv.wait_serving()
         content = encoded(synth_image(320, 240, seed=9, kind="noise"), "JPEG", quality=30)
@@ -190,5 +194,16 @@ def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path) -> N
             assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "over the reply limit" in err.value.details and "JPEG" in err.value.details
             assert client.stylize(content, STYLE, format="jpeg", quality=60).width == 320  # the suggestion works
+            frame = content  # the photo above: over the limit as PNG
+            with pytest.raises(StyleTransferError) as err:
+                list(client.stylize_video([frame], STYLE, format="png"))
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "frame 0 is 320x240 as PNG" in err.value.details
+            with pytest.raises(StyleTransferError) as err:
+                client.list_styles(thumbnail_size=512)
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "thumbnail_size" in err.value.details
+            assert len(client.list_styles(thumbnail_size=64)) == 4  # the suggestion works
+        log = "".join(srv.stderr_lines)
+        assert "method=ListStyles code=RESOURCE_EXHAUSTED" in log and "Traceback" not in log
     finally:
         srv.terminate()
