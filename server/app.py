@@ -133,6 +133,7 @@ class StyleTransferServer:
             stylizer,
             RefineLimits(settings.max_refine_jobs, settings.max_refine_queue),  # steps: Stylizer.limits
             busy=lambda: self.batcher.depth > 0,  # fast requests preparing, queued, rendering or encoding
+            refused=lambda: self.metrics.queue_refused.labels("max_refine_jobs").inc(),
         )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None

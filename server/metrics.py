@@ -41,8 +41,9 @@ class Metrics(Exporter):
             "adain_batch_size", "Requests per rendered batch", buckets=[float(s) for s in sizes], registry=r
         )
         self.queue_refused = Counter(
-            "adain_queue_refused", "Stylize requests refused a place: the queue was full (max_queue) or their "
-            "caller held its share (max_queue_per_caller)", ["reason"], registry=r,
+            "adain_queue_refused", "Requests refused a place: the queue was full (max_queue), their caller held "
+            "its share (max_queue_per_caller), the long-job threads were full (max_refine_jobs: refine and "
+            "print-size jobs) or the video streams (max_video_streams)", ["reason"], registry=r,
         )
         self.caller_requests = Counter(
             "adain_caller_requests", "gRPC requests by caller (a token's name: who uses the service; \"anonymous\" "

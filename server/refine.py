@@ -42,12 +42,15 @@ class RefineLimits:
 
 
 class RefineService:
-    """Runs prepared refine jobs; ``busy()`` says whether fast work is waiting (the batcher's depth)."""
+    """Runs prepared refine jobs; ``busy()`` says whether fast work is waiting (the batcher's depth);
+    ``refused()`` is told of each job turned away (the server counts it with the queue's refusals)."""
 
-    def __init__(self, stylizer: Stylizer, limits: RefineLimits, busy: Callable[[], bool]) -> None:
+    def __init__(self, stylizer: Stylizer, limits: RefineLimits, busy: Callable[[], bool],
+                 refused: Callable[[], None] = lambda: None) -> None:
         self.stylizer = stylizer
         self.limits = limits
         self.busy = busy
+        self.refused = refused
         self.pool = ThreadPoolExecutor(limits.max_jobs, thread_name_prefix="adain-refine")
         self._admitted = 0
         self._lock = threading.Lock()
@@ -55,6 +58,7 @@ class RefineService:
     def admit(self) -> None:
         with self._lock:
             if self._admitted >= self.limits.max_jobs + self.limits.max_queue:
+                self.refused()
                 raise ServiceError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"too many refine jobs: {self._admitted} running or waiting (max_refine_jobs="

@@ -86,6 +86,7 @@ class VideoService:
         """The stylized frames of one stream, in order (the options message was read already); ``caller``
         takes turns with the others in the batch queue."""
         if self.active >= self.limits.max_streams:
+            self.metrics.queue_refused.labels("max_video_streams").inc()
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.active} video streams are running, the limit is max_video_streams={self.limits.max_streams}",

@@ -207,6 +207,31 @@ def test_cancel_and_deadline_stop_a_refine_promptly(client: StyleTransferClient)
     assert t1 - t0 < 20 and t2 - t1 < 10 and time.monotonic() - t2 < 15
 
 
+def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
+    """max_refine_jobs (1) + max_refine_queue (4) admitted; the sixth is RESOURCE_EXHAUSTED naming both limits
+    and counted in adain_queue_refused_total{reason="max_refine_jobs"}, which the alerts watch."""
+    import urllib.request
+
+    from adain.v1 import style_transfer_pb2 as pb
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    request = pb.StylizeRequest(content=C_BYTES, styles=[pb.Style(image=A_BYTES)], refine_steps=500)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        calls = [stub.Stylize.future(request, timeout=60) for _ in range(5)]
+        try:
+            time.sleep(1.0)  # the five admitted (their checks take milliseconds)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Stylize(request, timeout=30)
+        finally:
+            for call in calls:
+                call.cancel()
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_refine_jobs=1, max_refine_queue=4" in info.value.details()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'adain_queue_refused_total{reason="max_refine_jobs"} 1.0' in text
+
+
 def test_plain_calls_are_served_while_refine_jobs_run(client: StyleTransferClient) -> None:
     """Plain calls complete while a long refine job is still running (it runs outside the batch and
     yields to them between iterations)."""

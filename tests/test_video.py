@@ -393,6 +393,7 @@ def test_rpc_limits(limited) -> None:
     assert next(first).index == 0
     err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: list(client.stylize_video(frames[:2], STYLE)))
     assert "max_video_streams=1" in err.details
+    assert _metric(srv, 'adain_queue_refused_total{reason="max_video_streams"}') == 1  # what the alerts count
     gate.set()
     assert [r.index for r in first] == [1]
     assert srv.alive()
