@@ -29,7 +29,6 @@ from adain.errors import InvalidInputError
 from adain.image import input_formats
 from adain.job import Job
 from adain.v1 import style_transfer_pb2 as pb
-from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.video import VideoStream
 from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
 
@@ -41,7 +40,7 @@ from .library import StyleLibrary
 from .metrics import Metrics
 from .refine import RefineLimits, RefineService
 from .registry import StyleRegistry
-from .service import StyleTransferServicer
+from .service import StyleTransferServicer, add_servicer
 from .video import VideoLimits, VideoService
 
 log = logging.getLogger("adain.server")
@@ -200,7 +199,7 @@ class StyleTransferServer:
             interceptors.append(TokenAuth(tokens, lambda method: denied.labels(method, "UNAUTHENTICATED").inc()))
             log.info("bearer tokens required: %d accepted, from %s", len(tokens), s.auth_tokens_file)
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        pb_grpc.add_StyleTransferServicer_to_server(self.servicer, server)
+        add_servicer(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -17,9 +17,11 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, encode_image, load_image
@@ -115,6 +117,57 @@ async def _call(
                    ms=round(elapsed * 1000, 1), caller=caller, trace_id=trace, detail=detail or None)
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes are no message of its type: handed to the handler in its place, which answers
+    INVALID_ARGUMENT, logged and counted like any bad input (gRPC's own answer would be INTERNAL or UNKNOWN
+    with a traceback, and would page someone for a caller's junk)."""
+
+    type_name: str
+    error: str
+
+    def refusal(self) -> ServiceError:
+        return ServiceError.invalid([Violation("request", f"not a valid {self.type_name} message ({self.error})")])
+
+
+def add_servicer(servicer: StyleTransferServicer, server: grpc.aio.Server) -> None:
+    """``pb_grpc.add_StyleTransferServicer_to_server`` with each request parser made tolerant (see Undecodable)."""
+
+    class Capture:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+            self.service, self.handlers = service, handlers
+
+    capture = Capture()
+    pb_grpc.add_StyleTransferServicer_to_server(servicer, capture)
+    handlers = {name: h._replace(request_deserializer=_tolerant(h.request_deserializer))
+                for name, h in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+    server.add_registered_method_handlers(capture.service, handlers)
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    type_name = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    type_name = type_name.full_name if type_name is not None else "request"
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return Undecodable(type_name, str(e) or "it does not parse")
+
+    return tolerant
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.refusal()
+        yield request
+
+
 def rpc(method: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """A unary handler ``fn(self, request, context, rid)`` inside :func:`_call`."""
 
@@ -122,6 +175,8 @@ def rpc(method: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., 
         @functools.wraps(fn)
         async def handler(self: StyleTransferServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _call(self, method, context) as rid:
+                if isinstance(request, Undecodable):
+                    raise request.refusal()
                 return await fn(self, request, context, rid)
 
         return handler
@@ -136,6 +191,10 @@ def stream_rpc(method: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Cal
         @functools.wraps(fn)
         async def handler(self: StyleTransferServicer, requests: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _call(self, method, context, stream=True) as rid:
+                if isinstance(requests, Undecodable):  # a server stream's one request
+                    raise requests.refusal()
+                if hasattr(requests, "__aiter__"):  # a client stream: each message checked as it comes
+                    requests = _decoded(requests)
                 async for reply in fn(self, requests, context, rid):
                     yield reply
 

@@ -357,6 +357,27 @@ def test_bad_request_details_are_google_rpc(server: ServerProcess) -> None:
     assert {v.field for v in bad.field_violations} == {"styles[0].weight", "alpha"}
 
 
+def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess) -> None:
+    """A caller's junk is bad input on every kind of method, counted and logged as such (gRPC alone answered
+    INTERNAL or UNKNOWN with a traceback: the server-error alert would page for it)."""
+    junk = b"\xff\xff\xff"
+    with grpc.insecure_channel(server.target) as channel:
+        calls = {
+            "Stylize": lambda: channel.unary_unary("/adain.v1.StyleTransfer/Stylize")(junk, timeout=30),
+            "StylizeWithProgress": lambda: list(
+                channel.unary_stream("/adain.v1.StyleTransfer/StylizeWithProgress")(junk, timeout=30)),
+            "StylizeVideo": lambda: list(
+                channel.stream_stream("/adain.v1.StyleTransfer/StylizeVideo")(iter([junk]), timeout=30)),
+        }
+        for method, call in calls.items():
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, info.value.details())
+            assert info.value.details().startswith("request: not a valid adain.v1."), info.value.details()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'adain_requests_total{code="INVALID_ARGUMENT",method="StylizeVideo"}' in text
+
+
 def test_a_long_style_id_is_quoted_clipped(server: ServerProcess) -> None:
     """A caller's 20,000-character id is INVALID_ARGUMENT like a short one, not a transport error: the message
     (which travels in a header) quotes 80 characters of it."""
