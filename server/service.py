@@ -95,8 +95,11 @@ async def _call(
         await context.abort(e.code, e.message, trailing_metadata=rid_md + status_trailers(e))
     except (asyncio.CancelledError, GeneratorExit):
         remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
+        # gRPC's deadline timer and this clock differ by milliseconds: a cut that close to the deadline is it
+        expired = remaining is not None and remaining < 0.1
         code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        if not expired and servicer.drain.draining:  # cut at the drain's end: the caller got UNAVAILABLE
+            code = grpc.StatusCode.UNAVAILABLE
         raise
     except grpc.aio.AbortError:
         code = context.code() or grpc.StatusCode.UNKNOWN

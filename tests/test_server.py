@@ -378,6 +378,26 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess) -
     assert 'adain_requests_total{code="INVALID_ARGUMENT",method="StylizeVideo"}' in text
 
 
+def test_a_stream_past_its_deadline_is_logged_as_one(server: ServerProcess) -> None:
+    """A video stream waiting for frames when its deadline passes: the caller gets DEADLINE_EXCEEDED, and the
+    log and metrics say the same (not CANCELLED), so the missed-deadline alert counts it."""
+    def requests():
+        yield pb.VideoRequest(options=pb.VideoOptions(styles=[pb.Style(image=STYLE_A)]))
+        time.sleep(3)
+
+    rid = "deadline-stream-1"
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            list(pb_grpc.StyleTransferStub(channel).StylizeVideo(requests(), timeout=1.5,
+                                                                  metadata=(("x-request-id", rid),)))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while not any(rid in line for line in server.stderr_lines) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next((line for line in server.stderr_lines if rid in line), "".join(server.stderr_lines[-5:]))
+    assert "code=DEADLINE_EXCEEDED" in line, line
+
+
 def test_a_long_style_id_is_quoted_clipped(server: ServerProcess) -> None:
     """A caller's 20,000-character id is INVALID_ARGUMENT like a short one, not a transport error: the message
     (which travels in a header) quotes 80 characters of it."""
