@@ -119,9 +119,12 @@ class VideoStream:
     @classmethod
     def checked(cls, stylizer: Stylizer, job: CheckedJob, temporal: str, strength: float | None) -> VideoStream:
         """A stream for a job and temporal options that were checked already (``Job.check(content=False)``
-        and ``temporal_problems``), as a server does before it spends anything on the stream."""
+        and ``temporal_problems``), as a server does before it spends anything on the stream; the style
+        images are decoded here (InvalidInputError), so a bad one fails the stream before its frames come."""
         stream = cls.__new__(cls)
         stream._setup(stylizer, job, temporal, strength)
+        for i, source in enumerate(job.styles):  # a bad style image is said now, not with the first frame
+            load_image(source, field=f"styles[{i}]", max_pixels=stylizer.limits.max_pixels)
         return stream
 
     def _setup(self, stylizer: Stylizer, job: CheckedJob, temporal: str, strength: float | None) -> None:

@@ -511,7 +511,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         job = self._check(opts, None, "options.", more)
         quality = opts.quality or DEFAULT_QUALITY
         async for frame in self.video.run(
-            job, temporal, strength, opts.format, quality, requests, context, current_caller.get()
+            job, temporal, strength, opts.format, quality, requests, context, current_caller.get(),
+            lambda field: "options." + _proto_field(field, opts),
         ):
             yield frame
 

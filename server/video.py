@@ -82,9 +82,11 @@ class VideoService:
         requests: AsyncIterator[pb.VideoRequest],
         context: grpc.aio.ServicerContext,
         caller: str = "",
+        option_field: Callable[[str], str] = lambda field: "options." + field,
     ) -> AsyncIterator[pb.VideoFrame]:
         """The stylized frames of one stream, in order (the options message was read already); ``caller``
-        takes turns with the others in the batch queue."""
+        takes turns with the others in the batch queue; ``option_field`` names a problem the library finds in
+        the options (a style image, the mask) as the wire does ("options.styles[0].image")."""
         if self.active >= self.limits.max_streams:
             self.metrics.queue_refused.labels("max_video_streams").inc()
             raise ServiceError(
@@ -100,8 +102,12 @@ class VideoService:
         in_flight: list[_Frame] = []
         reader: asyncio.Task | None = None
         try:
-            stream = await loop.run_in_executor(self.pool, self.open_stream, job, temporal, strength)
-            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, deadline, caller))
+            try:
+                stream = await loop.run_in_executor(self.pool, self.open_stream, job, temporal, strength)
+            except InvalidInputError as e:
+                raise ServiceError.invalid([Violation(option_field(e.field), e.description)]) from e
+            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, deadline, caller,
+                                                    option_field))
             while True:
                 got = await queue.get()
                 if got is None:
@@ -130,6 +136,7 @@ class VideoService:
         in_flight: list[_Frame],
         deadline: float | None,
         caller: str,
+        option_field: Callable[[str], str],
     ) -> None:
         """Take frames off the wire, prepare them in order and queue them for rendering; ``queue``'s bound
         is the window. Ends the queue with None, or with the exception that ends the call."""
@@ -149,13 +156,16 @@ class VideoService:
                 t0 = time.perf_counter()
                 try:
                     prepared = await loop.run_in_executor(self.pool, stream.prepare, message.frame)
-                except InvalidInputError as e:
-                    raise ServiceError.invalid([Violation(e.field, e.description)]) from e
+                except InvalidInputError as e:  # the frame's own problem, or one of the options' found with it
+                    field = e.field if e.field.startswith("frames[") else option_field(e.field)
+                    raise ServiceError.invalid([Violation(field, e.description)]) from e
                 frame.prepare_ms = (time.perf_counter() - t0) * 1000
                 frame.item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
                 self.metrics.queue_depth.set(self.batcher.depth)
                 await queue.put(frame)  # waits while the window is full
                 index += 1
+            if deadline is not None and time.monotonic() > deadline - 0.1:  # ended by its deadline, not the caller
+                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the stream's deadline passed")
             if index == 0:
                 raise ServiceError.invalid([Violation("frame", "the stream carried no frames")])
             await queue.put(None)

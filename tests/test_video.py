@@ -345,6 +345,22 @@ def test_rpc_bad_input(client: StyleTransferClient) -> None:
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(
         frames, [STYLE, (STYLE, -1)], temporal_strength=1.0, alpha=3)))
     assert {f for f, _ in err.violations} == {"options.styles[1].weight", "options.alpha", "options.temporal_strength"}
+    # A bad style image is said when the options come, not with a first frame that may be long in coming
+    # (the stream would hold a slot meanwhile), and named as on the wire.
+    gate = threading.Event()
+
+    def late_frames():
+        gate.wait(20)
+        yield frames[0]
+
+    t0 = time.monotonic()
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(late_frames(), [STYLE, b"junk"])))
+    gate.set()
+    assert err.violations[0][0] == "options.styles[1].image" and time.monotonic() - t0 < 10, err.details
+    mask = make_image(32, 32, seed=9)  # the wrong size for the frames: found with the first frame
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(frames, [STYLE, STYLE],
+                                                                                     mask=mask)))
+    assert err.violations[0][0] == "options.mask", err.details
     assert client.stylize(frames[0], STYLE).width == 64  # and the server goes on serving
 
 
