@@ -485,6 +485,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         data = request.image
         if not data:
             raise ServiceError.invalid([Violation("image", "image data is empty")])
+        if len(data) > self.registry.max_bytes:  # it would push every other registered style out, and still not fit
+            raise ServiceError.invalid([Violation("image", f"{len(data):,} bytes, over the registry's limit of "
+                                                           f"{self.registry.max_bytes:,} (style_registry_mb)")])
         loop = asyncio.get_running_loop()
         decode = functools.partial(load_image, data, field="image", max_pixels=self.limits.max_pixels)
         try:

@@ -180,10 +180,12 @@ def _cpu_seconds(pid: int) -> float:
 
 def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_path: Path) -> None:
     """A photo, a clip's frame and the library's list: each over the reply limit is RESOURCE_EXHAUSTED saying
-    what to ask for instead, and logged as such (gRPC's own refusal was logged as OK)."""
+    what to ask for instead, and logged as such (gRPC's own refusal was logged as OK). And a style larger than
+    the whole style registry is refused (it would have pushed every other registered style out)."""
     for i in range(4):
         synth_image(512, 512, seed=20 + i, kind="noise").save(tmp_path / f"s{i}.png")
-    srv = ServerProcess(decoder_path, "--max-message-mb", "0.1", "--styles-dir", str(tmp_path), "--log-level", "INFO")
+    srv = ServerProcess(decoder_path, "--max-message-mb", "0.1", "--styles-dir", str(tmp_path), "--log-level", "INFO",
+                        "--style-registry-mb", "0.01")
     try:
         srv.wait_serving()
         content = encoded(synth_image(320, 240, seed=9, kind="noise"), "JPEG", quality=30)
@@ -203,6 +205,9 @@ def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_
                 client.list_styles(thumbnail_size=512)
             assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "thumbnail_size" in err.value.details
             assert len(client.list_styles(thumbnail_size=64)) == 4  # the suggestion works
+            with pytest.raises(StyleTransferError) as err:  # a style larger than the whole registry: refused
+                client.register_style(content)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "(style_registry_mb)" in err.value.details
         log = "".join(srv.stderr_lines)
         assert "method=ListStyles code=RESOURCE_EXHAUSTED" in log and "Traceback" not in log
     finally:
