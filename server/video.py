@@ -144,7 +144,11 @@ class VideoService:
         index = 0
         try:
             async for message in requests:
-                if message.WhichOneof("part") != "frame":
+                part = message.WhichOneof("part")
+                if part is None:
+                    raise ServiceError.invalid([Violation("frame", f"message {index + 2} of the stream carries "
+                                                                   "neither a frame nor options")])
+                if part != "frame":
                     raise ServiceError.invalid([Violation("options", "only the first message may carry options")])
                 if index >= self.limits.max_frames:
                     raise ServiceError.invalid(

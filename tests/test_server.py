@@ -376,6 +376,11 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess) -
             assert info.value.details().startswith("request: not a valid adain.v1."), info.value.details()
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
     assert 'adain_requests_total{code="INVALID_ARGUMENT",method="StylizeVideo"}' in text
+    options = pb.VideoRequest(options=pb.VideoOptions(styles=[pb.Style(image=STYLE_A)]))
+    with grpc.insecure_channel(server.target) as channel:  # a message with neither part is named as such
+        with pytest.raises(grpc.RpcError) as info:
+            list(pb_grpc.StyleTransferStub(channel).StylizeVideo(iter([options, pb.VideoRequest()]), timeout=30))
+    assert info.value.details() == "frame: message 2 of the stream carries neither a frame nor options"
 
 
 def test_a_stream_past_its_deadline_is_logged_as_one(server: ServerProcess) -> None:
