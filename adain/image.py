@@ -104,8 +104,8 @@ def input_formats() -> list[str]:
     return [f for f in INPUT_FORMATS if f in Image.OPEN]
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode to 8-bit RGB: 16-bit and float scaled down, CMYK converted, alpha onto white."""
+def _to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any mode to 8-bit RGB: 16-bit and float scaled down, CMYK converted, alpha onto ``background``."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -118,8 +118,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
         rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        under = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(under, rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -142,9 +142,11 @@ def load_image(
         img = ImageOps.exif_transpose(img) or img
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InvalidInputError(field, f"image data is truncated or corrupt: {e}") from e
+    # A mask's or label image's transparent pixels are black (no coverage, no label), as a mask painted on a
+    # transparent layer means; a photo's are white, as it would look on a white page.
     if mode == "L":
-        return img.convert("L") if img.mode in ("L", "RGB", "CMYK", "1", "P") else _to_rgb(img).convert("L")
-    return _to_rgb(img) if mode == "raw" else to_srgb(img, _to_rgb)
+        return img.convert("L") if img.mode in ("L", "RGB", "CMYK", "1") else _to_rgb(img, (0, 0, 0)).convert("L")
+    return _to_rgb(img, (0, 0, 0)) if mode == "raw" else to_srgb(img, _to_rgb)
 
 
 def longest_size(w: int, h: int, limit: int | None) -> tuple[int, int]:

@@ -130,6 +130,20 @@ def test_alpha_is_composited_onto_white() -> None:
     assert load_image(encoded(pal, "PNG", transparency=0)).getpixel((0, 0)) == (255, 255, 255)
 
 
+def test_a_masks_transparent_pixels_cover_nothing() -> None:
+    """White painted on a transparent layer: the painted pixel is covered, the transparent ones are not (black),
+    for a mask, a label image and a palette mask alike (composited onto white they covered everything)."""
+    layer = Image.new("RGBA", (8, 8), (255, 255, 255, 0))
+    layer.putpixel((0, 0), (255, 255, 255, 255))
+    mask = load_image(encoded(layer, "PNG"), mode="L")
+    assert mask.getpixel((0, 0)) == 255 and mask.getpixel((1, 1)) == 0
+    labels = load_image(encoded(layer, "PNG"), mode="raw")
+    assert labels.getpixel((0, 0)) == (255, 255, 255) and labels.getpixel((1, 1)) == (0, 0, 0)
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([255, 255, 255, 255, 255, 255])
+    assert load_image(encoded(pal, "PNG", transparency=0), mode="L").getpixel((0, 0)) == 0
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height with almost no pixel data behind it (a bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
