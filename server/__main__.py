@@ -27,7 +27,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     try:  # before the model loads (seconds): a bad style, certificate or token file fails the start at once
         _check_files(settings)
-        library = StyleLibrary(settings.styles_dir, settings.limits.max_pixels) if settings.styles_dir else None
+        limits, folder = settings.limits, settings.styles_dir
+        library = StyleLibrary(folder, limits.max_pixels, limits.max_styles) if folder else None
     except ValueError as e:
         print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -189,7 +189,7 @@ class StyleTransferServer:
         # The secrets and the style library first: a bad file fails the start with its name.
         library = self.library
         if library is None and s.styles_dir:
-            library = StyleLibrary(s.styles_dir, self.stylizer.limits.max_pixels)
+            library = StyleLibrary(s.styles_dir, self.stylizer.limits.max_pixels, self.stylizer.limits.max_styles)
         tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
         interceptors = []
         if s.auth_tokens_file:

@@ -37,7 +37,7 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, load_image
-from adain.wire import COLOR_MODES
+from adain.wire import COLOR_MODES, Limits
 
 from .registry import style_id
 
@@ -138,9 +138,10 @@ def _signature(path: Path) -> tuple[int, int, int]:
 class StyleLibrary:
     """The styles of one folder by name, kept in step with the folder by :meth:`watch`."""
 
-    def __init__(self, folder: str | os.PathLike, max_pixels: int) -> None:
+    def __init__(self, folder: str | os.PathLike, max_pixels: int, max_styles: int = Limits().max_styles) -> None:
         self.folder = Path(folder)
         self.max_pixels = max_pixels
+        self.max_styles = max_styles  # a preset blending more could never be used on this server
         if not self.folder.is_dir():
             raise ValueError(f"--styles-dir: no such folder: {self.folder}")
         self._styles: dict[str, LibraryStyle] = {}
@@ -259,6 +260,9 @@ class StyleLibrary:
                 if missing:
                     raise ValueError(f"{path}: preset {p.name!r} names {', '.join(map(repr, missing))}, which the "
                                      f"library has no style of")
+                if len(p.styles) > self.max_styles:
+                    raise ValueError(f"{path}: preset {p.name!r} blends {len(p.styles)} styles, over this server's "
+                                     f"max_styles={self.max_styles}")
         except (OSError, ValueError) as e:
             if strict:
                 raise ValueError(f"--styles-dir: {e}") from None

@@ -273,6 +273,18 @@ def test_a_second_file_of_one_name_does_not_displace_the_first(tmp_path: Path) -
     assert [s.name for s in library.styles()] == ["mosaic"]
 
 
+def test_a_preset_this_server_could_never_serve_is_refused_at_start(tmp_path: Path) -> None:
+    """A preset blending more styles than --max-styles would fail every call that names it: said at start."""
+    from adain.server.library import StyleLibrary
+
+    _put(tmp_path, "a.png", DOTS)
+    _put(tmp_path, "b.jpg", STRIPES)
+    (tmp_path / "presets.json").write_text(json.dumps({"both": {"styles": {"a": 1, "b": 1}}}))
+    assert [p.name for p in StyleLibrary(str(tmp_path), 1 << 24, max_styles=2).presets()] == ["both"]
+    with pytest.raises(ValueError, match="preset 'both' blends 2 styles, over this server's max_styles=1"):
+        StyleLibrary(str(tmp_path), 1 << 24, max_styles=1)
+
+
 @pytest.mark.parametrize("case", ["missing", "same-name", "bad-name", "corrupt", "preset"])
 def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_path: Path, case: str) -> None:
     styles = tmp_path / "styles"
