@@ -36,6 +36,7 @@ from .auth import TlsFiles, TokenAuth, TokenFile
 from .batcher import Batcher
 from .config import Settings
 from .drain import Drain
+from .errors import reply_limit
 from .library import StyleLibrary
 from .metrics import Metrics
 from .refine import RefineLimits, RefineService
@@ -165,7 +166,7 @@ class StyleTransferServer:
                     window=settings.video_window,
                     default_temporal=settings.temporal,
                     default_strength=settings.temporal_strength,
-                    max_reply_bytes=settings.max_message_bytes - 4096 if settings.max_message_bytes else 1 << 62,
+                    max_reply_bytes=reply_limit(settings.max_message_bytes),
                 ),
             ),
         )

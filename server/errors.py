@@ -47,6 +47,12 @@ class ServiceError(Exception):
                    f"bytes (max_message_bytes): {advice}")
 
 
+def reply_limit(max_message_bytes: int) -> int:
+    """The largest image a reply may carry: the message limit less room for the reply's other fields (no
+    limit where the message size has none)."""
+    return max_message_bytes - 4096 if max_message_bytes else 1 << 62
+
+
 def status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:
     """The grpc-status-details-bin trailer of a rich google.rpc.Status (BadRequest when there are violations)."""
     status = status_pb2.Status(code=err.code.value[0], message=err.message)

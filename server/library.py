@@ -108,6 +108,7 @@ class LibraryStyle:
     width: int
     height: int
     signature: tuple[int, int, int]
+    path: Path  # the file it was read from
     _thumbnails: dict[int, bytes] = field(default_factory=dict, repr=False)
 
     @property
@@ -151,7 +152,6 @@ class StyleLibrary:
         self._warned: set[tuple[str, tuple[int, int, int]]] = set()
         self._presets: dict[str, StylePreset] = {}
         self._presets_seen: tuple[int, int, int] | None = None
-        self._paths: dict[str, Path] = {}  # the file each style was read from
         self.refresh(strict=True)
 
     def _files(self, strict: bool) -> dict[str, Path]:
@@ -181,7 +181,8 @@ class StyleLibrary:
             problem = f"{' and '.join(map(str, paths))}: two files give the style name {name!r}"
             if strict:
                 raise ValueError(problem)
-            served = self._paths.get(name)
+            current = self.get(name)
+            served = current.path if current is not None else None
             if served in paths:
                 files[name] = served
                 left = [p for p in paths if p != served]
@@ -196,7 +197,7 @@ class StyleLibrary:
         sig = _signature(path)
         data = path.read_bytes()
         img = load_image(data, field=str(path), max_pixels=self.max_pixels)
-        return LibraryStyle(name, style_id(data), data, img.width, img.height, sig)
+        return LibraryStyle(name, style_id(data), data, img.width, img.height, sig, path)
 
     def refresh(self, strict: bool = False) -> None:
         """Read what changed in the folder. ``strict`` (at start): any fault is an error; else a fault
@@ -236,7 +237,6 @@ class StyleLibrary:
         changed = sorted(n for n in new.keys() & old.keys() if new[n] is not old[n])
         with self._lock:
             self._styles = new
-        self._paths = {name: files[name] for name in new if name in files}
         self._refresh_presets(strict)
         if strict:
             log.info("style library %s: %d style(s): %s", self.folder, len(new), ", ".join(sorted(new)) or "none")

@@ -45,7 +45,7 @@ from adain.wire import (
 from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
-from .errors import ServiceError, Violation, request_id, status_trailers, trace_id
+from .errors import ServiceError, Violation, reply_limit, request_id, status_trailers, trace_id
 from .library import ID_RE, MAX_THUMBNAIL, StyleLibrary
 from .logs import log_fields
 from .metrics import Metrics
@@ -235,7 +235,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.tokens: TokenFile | None = None  # the token file, where the server checks tokens (names callers)
         self.library: StyleLibrary | None = None  # --styles-dir: styles named by their file stems
         # A reply is the image plus a few hundred bytes of fields: what is left of the message limit.
-        self.max_reply_bytes = info.limits.max_message_bytes - 4096 if info.limits.max_message_bytes else 1 << 62
+        self.max_reply_bytes = reply_limit(info.limits.max_message_bytes)
 
     # -- request -> checked job ------------------------------------------------------------------
     def _style(self, style: pb.Style, i: int, bad: list[Violation], prefix: str) -> Any:
