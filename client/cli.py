@@ -565,13 +565,11 @@ def _content_files(paths: list[Path]) -> list[Path]:
 def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     from tqdm import tqdm
 
-    from adain.media import MediaError
+    from adain.media import VIDEO_SUFFIXES, MediaError
 
     if args.mask or args.labels:
         raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; several contents run each "
                        "style alone")
-    from adain.media import VIDEO_SUFFIXES
-
     paths = [Path(c) for c in args.content]
     files = _content_files(paths)
     videos = [p for p in files if is_video(p)]
