@@ -732,11 +732,14 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     browser.execute_script("document.getElementById('content').value = ''")  # (else chromedriver adds a file)
     browser.find_element(By.ID, "content").send_keys(str(tmp_path / "long.mp4"))
     assert browser.find_element(By.ID, "content-name").text.startswith("Clip: long.mp4")
+    unloaded = ("const v = document.getElementById('output-video');"
+                "return [v.hidden, v.readyState, v.networkState === HTMLMediaElement.NETWORK_EMPTY];")
+    # the last clip's result (and its Download) went with the choice: it is not this clip's
+    assert browser.execute_script(unloaded) == [True, 0, True]
+    assert not browser.find_element(By.ID, "download").is_displayed()
     browser.execute_script("performance.clearResourceTimings()")
     browser.find_element(By.ID, "submit").click()
     job_id = wait_for(browser, lambda d: d.execute_script("return state.job"), timeout=30)
-    unloaded = ("const v = document.getElementById('output-video');"
-                "return [v.hidden, v.readyState, v.networkState === HTMLMediaElement.NETWORK_EMPTY];")
     assert browser.execute_script(unloaded) == [True, 0, True]
     cancelled_at = browser.execute_script(
         "const t = performance.now(); document.getElementById('cancel').click(); return t;")
@@ -748,6 +751,14 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     assert asked == 1, asked
     assert browser.execute_script(unloaded) == [True, 0, True]
     assert httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled"
+    # another clip chosen while one runs: that job is stopped, not shown later beside the new one
+    browser.find_element(By.ID, "submit").click()
+    job_id = wait_for(browser, lambda d: d.execute_script("return state.job"), timeout=30)
+    browser.execute_script("document.getElementById('content').value = ''")
+    browser.find_element(By.ID, "content").send_keys(str(tmp_path / "holiday.mp4"))
+    wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled(), timeout=30)
+    wait_for(browser, lambda d: httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled")
+    assert browser.execute_script(unloaded) == [True, 0, True]
     # a clip failed with UNAVAILABLE gets the page's own words, as a 503 does
     assert browser.execute_script(
         "clearErrors(); const error = {code: 'UNAVAILABLE', message: 'm', violations: []};"

@@ -25,6 +25,7 @@ function setFiles(files) {
 function setContent(file) {
   if (!file) return;
   if (live.stream) stopLive();
+  forgetResult();
   clearErrors();
   batch.files = [];
   state.content = file;
@@ -43,8 +44,19 @@ function setContent(file) {
   $("original-caption").textContent = "Original";
   const url = URL.createObjectURL(file);
   $("original").hidden = $("output").hidden = state.video;
-  $("original-video").hidden = $("output-video").hidden = !state.video;
+  $("original-video").hidden = !state.video;  // the stylized clip's player shows when it has one
   if (state.video) $("original-video").src = url; else $("original").src = url;
+}
+
+// A new content: the result shown was the last one's, and so is a clip or photos still on their way (stopped).
+function forgetResult() {
+  if (state.job) cancelVideo();
+  if (batch.running) { batch.cancelled = true; batch.results = []; }
+  $("output").removeAttribute("src");
+  clearOutputVideo();
+  $("download").hidden = true;
+  $("batch-results").hidden = $("download-all").hidden = true;
+  $("pair").hidden = false;
 }
 
 // file: the image shown (and sent, unless ref names a style of the server's library: "id:NAME").
@@ -348,6 +360,7 @@ async function submit(event) {
   if (batch.files.length > 1) { await submitBatch(); return; }
   if (state.video) { await submitVideo(); return; }
   const data = commonForm();
+  const content = state.content;  // another one chosen meanwhile: this result is not shown beside it
   if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
   const regions = await labelsImage();
   if (regions) {
@@ -382,6 +395,7 @@ async function submit(event) {
       return;
     }
     const blob = await response.blob();
+    if (state.content !== content) return;
     if (resultUrl) URL.revokeObjectURL(resultUrl);
     resultUrl = URL.createObjectURL(blob);
     $("output").src = resultUrl;
@@ -513,6 +527,7 @@ function setBatch(files) {
     return;
   }
   if (live.stream) stopLive();
+  forgetResult();
   batch.files = files;
   state.content = files[0];
   state.video = false;
