@@ -47,6 +47,8 @@ from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
 class _Flow:
     """Backward flow from frame t to t-1, with the pixels where it agrees with the forward flow."""
 
+    MIN_SIDE = 32  # smaller sides are padded for DIS (see _calc): every size from 16 up measured safe
+
     def __init__(self) -> None:
         import cv2
 
@@ -57,9 +59,8 @@ class _Flow:
         """(map_x, map_y, consistent) for ``cv2.remap`` of the previous frame onto the current one;
         ``prev`` and ``cur`` are H x W uint8 greyscale."""
         cv2 = self.cv2
-        back = self.dis.calc(cur, prev, None)  # t -> t-1: where each pixel of t was in t-1
-        fwd = self.dis.calc(prev, cur, None)  # t-1 -> t
         h, w = cur.shape
+        back, fwd = self._calc(cur, prev), self._calc(prev, cur)  # t -> t-1 (where each pixel of t was), t-1 -> t
         gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         map_x, map_y = gx + back[..., 0], gy + back[..., 1]
         fwd_at = cv2.remap(fwd, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1e4)
@@ -68,6 +69,16 @@ class _Flow:
         consistent = err <= 0.01 * ((back**2).sum(-1) + (fwd_at**2).sum(-1)) + 0.5
         inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
         return map_x, map_y, consistent & inside
+
+    def _calc(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """DIS's flow from ``a`` to ``b``, for frames of any size: a side under ``MIN_SIDE`` is padded (edge
+        pixels repeated) and the flow cropped back. OpenCV 4's DIS crashes the process (a segfault) on a
+        frame 15 px high and 128 wide, and refuses one under 12 px both ways."""
+        h, w = a.shape
+        pad_y, pad_x = max(self.MIN_SIDE - h, 0), max(self.MIN_SIDE - w, 0)
+        if pad_y or pad_x:
+            a, b = (self.cv2.copyMakeBorder(x, 0, pad_y, 0, pad_x, self.cv2.BORDER_REPLICATE) for x in (a, b))
+        return np.ascontiguousarray(self.dis.calc(a, b, None)[:h, :w])
 
     def to_features(self, warp: tuple[np.ndarray, np.ndarray, np.ndarray], fh: int, fw: int) -> tuple[Any, Any]:
         """The same warp at relu4_1's resolution (one cell per 8 x 8 pixels): a ``grid_sample`` grid and

@@ -121,6 +121,15 @@ def test_flow_moves_features_by_the_pixels_motion_at_any_size(h: int, w: int) ->
     assert torch.allclose(grid[0, ..., 1], cells[..., 1] - 4 / (fh - 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("w,h", [(128, 15), (64, 8), (40, 12), (5, 3), (1, 1)])
+def test_flow_takes_thin_and_tiny_frames(stylizer: Stylizer, w: int, h: int) -> None:
+    # OpenCV's DIS flow crashed the process (a segfault: the whole server) on 128 x 15 frames, and raised
+    # its own error under 12 px both ways: such frames are padded for the flow.
+    frames = [synth_image(w, h, seed=s) for s in (1, 1, 2)]
+    stream = VideoStream(stylizer, [STYLE], temporal="smooth-flow")
+    assert [stream.stylize(f).size for f in frames] == [(w, h)] * 3
+
+
 def test_stream_errors(stylizer: Stylizer) -> None:
     with pytest.raises(InvalidInputError) as e:
         VideoStream(stylizer, [STYLE], temporal="wobbly", strength=1.5, alpha=2)
