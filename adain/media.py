@@ -36,6 +36,16 @@ _CODECS = {
     "gif": ("gif",),
 }
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".gif": "gif"}
+GIF_MAX_FPS = 50  # a GIF frame's delay is in 1/100 s, and browsers show one under 2/100 s for 1/10 s
+# Audio codecs copied as they are, by container; any other is encoded again (_AUDIO_FALLBACK). Measured with
+# this FFmpeg: its muxers' supported_codecs also list PCM for MP4 and Opus and FLAC for MOV, whose headers they
+# then refuse to write, and ALAC copied into either loses its last packet. None: what the muxer lists.
+_AUDIO_COPY: dict[str, set[str] | None] = {
+    "mp4": {"aac", "mp3", "mp2", "ac3", "eac3", "opus", "flac"},
+    "mov": {"aac", "mp3", "mp2", "ac3", "eac3", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_f32le"},
+    "matroska": None,
+    "webm": {"opus", "vorbis"},
+}
 _AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "matroska": "aac", "webm": "libopus"}
 _BT709, _LIMITED = 1, 1  # AVCOL_SPC/PRI/TRC_BT709, AVCOL_RANGE_MPEG: what the output video is tagged with
 _ENCODER_OPTIONS = {
@@ -180,8 +190,8 @@ class VideoReader:
         self.info = _info(self._c, self._v)
         sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
-        slower = max_fps is not None and max_fps < self.info.rate
-        self.rate = Fraction(max_fps).limit_denominator(1001) if slower else self.info.rate  # of the frames read
+        self.limited = max_fps is not None and max_fps < self.info.rate  # frames are dropped to max_fps
+        self.rate = Fraction(max_fps).limit_denominator(1001) if self.limited else self.info.rate  # of those read
         length = self.info.duration
         if self.start and length and self.start >= length:
             self._c.close()
@@ -245,11 +255,12 @@ class VideoReader:
                         continue  # before the start (from the keyframe the seek went to)
                     if t >= end - slack:
                         return  # past the end of a trimmed clip: the rest is not read
-                    if keep is not None and t < keep - slack:
-                        continue  # dropped: over max_fps
-                    keep = (t if keep is None else keep) + step
-                    while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
-                        keep += step
+                    if self.limited:  # else every frame comes (a variable-rate clip's too), at its own time
+                        if keep is not None and t < keep - slack:
+                            continue  # dropped: over max_fps
+                        keep = (t if keep is None else keep) + step
+                        while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
+                            keep += step
                     sent += 1
                     yield _upright(frame, self.max_side, self.sar), t - start
         except av.error.FFmpegError as e:
@@ -338,6 +349,10 @@ class VideoWriter:
         self.size = (width, height) if codec == "gif" else (width - width % 2, height - height % 2)
         if min(self.size) < 1:
             raise MediaError(f"{self.path}: {width} x {height} frames are too small for {codec} (2 x 2 at least)")
+        if codec == "gif" and rate > GIF_MAX_FPS:
+            raise MediaError(f"{self.path}: a GIF shows at most {GIF_MAX_FPS} frames a second (its delays count "
+                             "hundredths of a second, and browsers slow shorter ones); this clip has "
+                             f"{float(rate):.4g}: take fewer frames a second (the CLI's --fps), or write a video file")
         with self._ffmpeg():
             self._c = av.open(str(path), "w", format=fmt)
         try:
@@ -362,7 +377,11 @@ class VideoWriter:
     def _setup(self, codec: str, fmt: str, rate: Fraction, source: VideoReader | None) -> None:
         width, height = self.size
         self.rate = Fraction(rate).limit_denominator(1001 * 1000)
-        self._v = self._c.add_stream(codec, rate=self.rate)
+        self._v = self._c.add_stream(codec, rate=self.rate)  # the nominal rate; each frame keeps its own time
+        # on a clock finer than the frames (a variable-rate clip's are not on a 1/rate grid): 1/90000 s as in
+        # MPEG, GIF's delays count hundredths of a second
+        self.time_base = Fraction(1, 100) if codec == "gif" else Fraction(1, 90000)
+        self._v.codec_context.time_base = self.time_base
         self._v.width, self._v.height = width, height
         self._v.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
         self._v.options = dict(_ENCODER_OPTIONS.get(codec, {}))
@@ -378,13 +397,15 @@ class VideoWriter:
         self.codec = codec
 
     def _add_audio(self, a_in: Any, fmt: str) -> None:
-        supported = getattr(self._c, "supported_codecs", None)
         if fmt == "gif":
             return  # GIF holds no sound
-        if supported is None or a_in.codec_context.name in supported:
+        copied = _AUDIO_COPY[fmt]
+        if copied is None:
+            copied = getattr(self._c, "supported_codecs", None)
+        if copied is None or a_in.codec_context.codec.canonical_name in copied:
             self._a_out = self._c.add_stream_from_template(a_in)
             return
-        # The container cannot hold this codec (e.g. Vorbis in MP4, AAC in WebM): decode and encode it again,
+        # The container cannot hold this codec (e.g. Vorbis or PCM in MP4, AAC in WebM): decode and encode it again,
         # at a rate the encoder takes (Opus: 48 kHz for 44.1 kHz AAC); PyAV's encode() puts the decoded
         # frames through an AudioResampler to the stream's rate, sample format and frame size.
         codec = _AUDIO_FALLBACK[fmt]
@@ -399,14 +420,14 @@ class VideoWriter:
                 w, h = self.size
                 raise MediaError(f"frame is {image.width} x {image.height}, the video is {w} x {h}")
             image = image.crop((0, 0, *self.size))
-        pts = max(self._last_pts + 1, round(time * self.rate))
+        pts = max(self._last_pts + 1, round(time / self.time_base))
         self._last_pts = pts
         with self._ffmpeg():
             frame = av.VideoFrame.from_image(image.convert("RGB"))
             if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
                 frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
             frame.pts = pts
-            frame.time_base = Fraction(1) / self.rate
+            frame.time_base = self.time_base
             for packet in self._v.encode(frame):
                 self._c.mux(packet)
             self._mux_audio(until=time)

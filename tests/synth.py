@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image
@@ -53,9 +54,11 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
-def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, audio: bool = False) -> None:
+def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, audio: bool | str = False,
+               times: list[float] | None = None) -> None:
     """A clip of a square moving over a gradient, written with PyAV (codec from the suffix: H.264 for
-    .mp4/.mov/.mkv, VP9 for .webm, GIF for .gif); ``audio`` adds a 440 Hz tone (AAC, Opus for .webm)."""
+    .mp4/.mov/.mkv, VP9 for .webm, GIF for .gif); ``audio`` adds a 440 Hz tone (AAC, Opus for .webm, or the
+    encoder it names). ``times``: each frame's time in seconds (a variable rate), else ``i / fps``."""
     import av
 
     path = str(path)
@@ -64,25 +67,32 @@ def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, 
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height = w, h
     stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+    clock = Fraction(1, 1000) if times else Fraction(1, fps)
+    stream.codec_context.time_base = clock
+    frames = len(times) if times else frames
     webm = path.endswith(".webm")
-    a = out.add_stream("libopus" if webm else "aac", rate=48000 if webm else 44100) if audio else None
+    a_codec = audio if isinstance(audio, str) else "libopus" if webm else "aac"
+    a = out.add_stream(a_codec, rate=48000 if a_codec == "libopus" else 44100) if audio else None
     base = np.asarray(synth_image(w, h, seed=5, kind="gradient"))
     for i in range(frames):
         arr = base.copy()
         x = (3 * i) % max(1, w - 16)
         arr[h // 3 : h // 3 + 16, x : x + 16] = (230, 120, 30)
         frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-        frame.pts = i
+        frame.pts, frame.time_base = (round(times[i] / clock) if times else i), clock
         for packet in stream.encode(frame):
             out.mux(packet)
     for packet in stream.encode(None):
         out.mux(packet)
     if a is not None:
-        step, total, t = (960 if webm else 1024), int(frames / fps * a.rate), 0
+        length = times[-1] + 1 / fps if times else frames / fps
+        step, total, t = (960 if a_codec == "libopus" else 1024), int(length * a.rate), 0
+        fmt = a.codec_context.format.name  # the encoder's own sample format (PCM's is no float)
         while t < total:
             k = np.arange(t, t + step)
-            tone = (0.2 * np.sin(2 * np.pi * 440 * k / a.rate)).astype(np.float32)[None, :]
-            af = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            tone = (0.2 * np.sin(2 * np.pi * 440 * k / a.rate))[None, :]
+            tone = tone.astype(np.float32) if fmt.startswith("flt") else (tone * 32767).astype(np.int16)
+            af = av.AudioFrame.from_ndarray(tone, format=fmt, layout="mono")
             af.sample_rate, af.pts = a.rate, t
             for packet in a.encode(af):
                 out.mux(packet)

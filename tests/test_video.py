@@ -19,7 +19,7 @@ from adain import InvalidInputError, Stylizer
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import main
 from adain.image import load_image
-from adain.media import MediaError, VideoReader, VideoWriter, atomic_output
+from adain.media import MediaError, VideoReader, VideoWriter, atomic_output, container_for
 from adain.video import VideoStream, stylize_video
 from helpers import ServerProcess, free_port
 from synth import band_mask, encoded, hlg_signal, make_hlg_clip, make_image, make_video, synth_image, video_facts
@@ -151,6 +151,66 @@ def test_stylize_video_file_keeps_count_rate_size_audio(stylizer: Stylizer, clip
     if src["audio"]:
         assert got["audio_packets"] == src["audio_packets"]  # copied unchanged, packet for packet
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def _copy(src: Path, out: Path, **reader: object) -> None:
+    """The clip's frames written again as they come (no stylizing), with its sound: the container's part."""
+    with VideoReader(src, **reader) as r, atomic_output(out) as tmp:
+        writer = None
+        for img, t in r.frames():
+            writer = writer or VideoWriter(tmp, width=img.width, height=img.height, rate=r.rate, source=r,
+                                           container=container_for(out))
+            writer.write(img, t)
+        writer.close()
+
+
+def _audio_seconds(path: Path) -> float:
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(f.samples / f.sample_rate for f in c.decode(audio=0))
+
+
+@pytest.mark.parametrize("audio,suffix", [("pcm_s16le", ".mp4"), ("pcm_s16le", ".mov"), ("libopus", ".mov"),
+                                          ("flac", ".mov"), ("flac", ".mp4"), ("aac", ".webm")])
+def test_sound_the_container_cannot_hold_is_encoded_again(tmp_path: Path, audio: str, suffix: str) -> None:
+    # FFmpeg's muxers list PCM for MP4 and Opus and FLAC for MOV, then refuse to write their headers: a
+    # camera's AVI (MJPEG + PCM) could not become an MP4. Copied where it can be, else AAC (Opus for WebM).
+    make_video(tmp_path / "in.mkv", frames=12, audio=audio)
+    _copy(tmp_path / "in.mkv", tmp_path / f"out{suffix}")
+    got = video_facts(tmp_path / f"out{suffix}")
+    assert got["frames"] == 12 and got["audio"] is not None
+    assert abs(_audio_seconds(tmp_path / f"out{suffix}") - _audio_seconds(tmp_path / "in.mkv")) < 0.05
+
+
+def test_a_variable_rate_clip_keeps_every_frame_at_its_time(tmp_path: Path) -> None:
+    # A phone in low light: 30 frames a second, then 15. Every frame was once held to the average rate's
+    # grid (39 of 45 came, the 25th 0.22 s late: the picture behind its sound).
+    times = [i / 30 for i in range(30)] + [1 + i / 15 for i in range(15)]
+    make_video(tmp_path / "phone.mkv", times=times, audio=True)
+    for suffix in (".mp4", ".webm", ".mkv"):
+        _copy(tmp_path / "phone.mkv", tmp_path / f"out{suffix}")
+        import av
+
+        with av.open(str(tmp_path / f"out{suffix}")) as c:
+            got = [float(f.time) for f in c.decode(video=0)]
+        assert len(got) == 45 and np.abs(np.array(got) - times).max() < 0.002, suffix
+    # fewer frames a second: the ones kept keep their own times (no 1/rate grid)
+    with VideoReader(tmp_path / "phone.mkv", max_fps=10) as r:
+        kept = [t for _, t in r.frames()]
+    _copy(tmp_path / "phone.mkv", tmp_path / "ten.mp4", max_fps=10)
+    with av.open(str(tmp_path / "ten.mp4")) as c:
+        assert np.abs(np.array([float(f.time) for f in c.decode(video=0)]) - kept).max() < 0.002
+
+
+def test_a_gif_over_50_frames_a_second_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    # GIF delays count 1/100 s and browsers slow shorter ones than 2/100: FFmpeg refused 120 fps obscurely.
+    make_video(tmp_path / "fast.mp4", frames=12, fps=120)
+    with pytest.raises(MediaError, match=r"at most 50 frames a second.*this clip has 120.*--fps"):
+        _copy(tmp_path / "fast.mp4", tmp_path / "fast.gif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.mp4"]
+    _copy(tmp_path / "fast.mp4", tmp_path / "fast.gif", max_fps=50)
+    assert video_facts(tmp_path / "fast.gif")["frames"] == 5
 
 
 def _portrait(src: Path, dst: Path, coded_height: int) -> None:
