@@ -164,6 +164,7 @@ class StyleTransferServer:
                     max_frames=settings.max_video_frames,
                     max_streams=settings.max_video_streams,
                     window=settings.video_window,
+                    idle_s=settings.video_idle_s,
                     default_temporal=settings.temporal,
                     default_strength=settings.temporal_strength,
                     max_reply_bytes=reply_limit(settings.max_message_bytes),

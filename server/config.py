@@ -66,6 +66,7 @@ class Settings:
     max_video_frames: int = 9000
     max_video_streams: int = 2
     video_window: int = 4
+    video_idle_s: float = 60
     temporal: str = DEFAULT_TEMPORAL
     temporal_strength: float = DEFAULT_TEMPORAL_STRENGTH
     tls_cert: str | None = None
@@ -165,6 +166,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-video-frames": (positive_int, "most frames in one StylizeVideo stream"),
     "max-video-streams": (positive_int, "most StylizeVideo streams at once; beyond: RESOURCE_EXHAUSTED"),
     "video-window": (positive_int, "frames of one video stream being prepared, rendered or sent at once"),
+    "video-idle-s": (positive_float, "a video stream whose client sends no frame for this long is ended "
+                     "(DEADLINE_EXCEEDED), so a paused or vanished client does not keep a stream's place"),
     "temporal": (one_of(TEMPORAL_MODES), f"temporal mode of video streams that do not choose one: "
                  f"{', '.join(TEMPORAL_MODES)}"),
     "temporal-strength": (_strength, "how much of the past a video frame keeps, in [0, 1), when a stream "

@@ -40,6 +40,7 @@ class VideoLimits:
     window: int  # frames of one stream in flight
     default_temporal: str  # for streams that ask for TEMPORAL_DEFAULT
     default_strength: float  # for streams that leave temporal_strength unset
+    idle_s: float = 60.0  # the longest wait for a client's next frame
     max_reply_bytes: int = 1 << 62  # a frame's reply (the message limit, less room for its other fields)
 
 
@@ -142,8 +143,17 @@ class VideoService:
         is the window. Ends the queue with None, or with the exception that ends the call."""
         loop = asyncio.get_running_loop()
         index = 0
+        messages = aiter(requests)
         try:
-            async for message in requests:
+            while True:
+                try:
+                    message = await asyncio.wait_for(anext(messages), self.limits.idle_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:  # a paused or vanished client would hold one of max_streams for good
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, (
+                        f"no frame came for {self.limits.idle_s:g} s (video_idle_s): the stream was ended, so "
+                        "that it holds no place that others wait for")) from None
                 part = message.WhichOneof("part")
                 if part is None:
                     raise ServiceError.invalid([Violation("frame", f"message {index + 2} of the stream carries "

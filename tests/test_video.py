@@ -442,11 +442,14 @@ def test_rpc_reading_error_cancels_and_is_raised(client: StyleTransferClient) ->
         list(client.stylize_video(frames(), STYLE))
 
 
+IDLE_S = 8  # the limited server's --video-idle-s
+
+
 @pytest.fixture(scope="module")
 def limited(decoder_path: Path):
     metrics_port = free_port()
     srv = ServerProcess(decoder_path, "--max-video-frames", "6", "--max-video-streams", "1", "--video-window", "2",
-                        "--metrics-port", str(metrics_port))
+                        "--video-idle-s", str(IDLE_S), "--metrics-port", str(metrics_port))
     srv.metrics_port = metrics_port
     try:
         srv.wait_serving()
@@ -497,6 +500,29 @@ def test_rpc_cancel_midway_frees_the_stream(limited) -> None:
     assert _metric(srv, "adain_queue_depth") == 0
     assert len(list(client.stylize_video(frames[:3], STYLE))) == 3  # the only slot is free again
     assert client.stylize(frames[0], STYLE).width == 64
+
+
+def test_a_stream_whose_client_sends_nothing_is_ended(limited) -> None:
+    # A paused or vanished client (a CLI stopped with Ctrl-Z) held one of --max-video-streams for good.
+    srv, client = limited
+    gate = threading.Event()
+    frames = [make_image(64, 48, seed=i) for i in range(2)]
+
+    def stalled():
+        yield frames[0]
+        gate.wait(60)
+
+    stream = client.stylize_video(stalled(), STYLE)
+    try:
+        assert next(stream).index == 0
+        started = time.monotonic()
+        err = _expect(grpc.StatusCode.DEADLINE_EXCEEDED, lambda: next(stream))
+        assert f"no frame came for {IDLE_S} s (video_idle_s)" in err.details
+        assert IDLE_S - 1 < time.monotonic() - started < IDLE_S + 15
+        assert _metric(srv, "adain_video_streams") == 0
+        assert len(list(client.stylize_video(frames, STYLE))) == 2  # the only slot is free again
+    finally:
+        gate.set()
 
 
 def test_single_images_are_served_while_a_video_runs(limited) -> None:
