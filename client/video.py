@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 from PIL import Image
 
 from adain.wire import INPUT_SUFFIXES
 
-from ._client import StyleTransferClient
+from ._client import StyleTransferClient, StyleTransferError
 
 FRAME_FORMAT = ("jpeg", 95)  # the wire format of frames, both ways
 
@@ -49,6 +50,17 @@ def _encode(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _check_length(client: StyleTransferClient, source: Path, frames: int, cut: bool) -> None:
+    """Refuse a clip that declares more frames than the server takes, before sending any: the server can only
+    count them as they come, and says so after stylizing its limit's worth (an hour and a half of work at
+    the default 9,000 on a CPU)."""
+    limit = client.server_info()["limits"].get("max_video_frames", 0) if frames else 0
+    if limit and frames > limit:
+        raise StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, (
+            f"{source}: {frames} frames{' in that part, at that rate' if cut else ''}, over the server's limit of "
+            f"max_video_frames={limit}: take a part of the clip (--start/--duration) or fewer frames a second (--fps)"))
+
+
 def stylize_video_file(
     client: StyleTransferClient,
     source: Path,
@@ -74,6 +86,7 @@ def stylize_video_file(
     # frames scaled while decoding when the server is to stylize them smaller: fewer bytes to send
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
     with reader, atomic_output(output) as tmp:
+        _check_length(client, source, reader.total, max_fps is not None or reader.trimmed)
         if on_start is not None:
             on_start(reader.total)
         times: collections.deque[float] = collections.deque()
