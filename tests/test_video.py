@@ -94,6 +94,16 @@ def test_smoothing_steadies_jumping_statistics(stylizer: Stylizer) -> None:
     assert strong < half < none, (none, half, strong)
 
 
+@pytest.mark.parametrize("mode", ["smooth", "smooth-flow"])
+def test_smoothing_starts_again_at_a_scene_cut(stylizer: Stylizer, mode: str) -> None:
+    # Averaged across a cut, the old scene's statistics normalised the new one for seconds: a dark blur.
+    a, b = synth_image(64, 48, seed=3, kind="gradient"), synth_image(64, 48, seed=4)
+    stream = VideoStream(stylizer, [STYLE], temporal=mode, strength=0.95)
+    outs = [np.asarray(stream.stylize(f), dtype=np.float32) for f in [a] * 6 + [b] * 3]
+    alone = np.asarray(stylizer.stylize(b, [STYLE]), dtype=np.float32)
+    assert np.abs(outs[6] - alone).mean() < 1.0, np.abs(outs[6] - alone).mean()  # the cut: b's own statistics
+
+
 @pytest.mark.parametrize("w,h", [(64, 48), (61, 44)])
 def test_flow_keeps_a_static_clip_still(stylizer: Stylizer, w: int, h: int) -> None:
     """Identical frames: the flow is zero and consistent everywhere, so the output stays what it was."""
