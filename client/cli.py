@@ -12,7 +12,8 @@ file, the styles are blended by weight and the output format comes from the ``-o
 or ending in ``/``: ``<content-stem>_stylized.<ext>`` in it). With a folder, or several contents (files and
 folders), every content is stylized with each style separately and written to the ``-o`` folder as
 ``<content-stem>_stylized_<style-stem>.<ext>`` (``--format``, default png). The video flags (``--temporal``,
-``--fps``, ``--start``, ...) are refused for an image; among several contents they apply to the videos.
+``--fps``, ``--start``, ...) are refused for an image, the image flags (``--quality``, ``--keep-exif``,
+``--format``) for a video; among several contents each applies to its kind.
 
 Every failure prints one line ``adain-stylize: error: ...`` to stderr and exits non-zero.
 """
@@ -129,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
         "  adain-stylize photo.jpg --style starry.jpg --style mosaic.jpg:0.3 --alpha 0.8 -o out.png\n"
         "  adain-stylize photos/ --style a.jpg --style b.jpg -o stylized/ --format jpeg\n\n"
-        "The video flags (--temporal, --temporal-strength, --fps, --start, --duration) are refused for an image;\n"
-        "among several contents they apply to the videos.",
+        "The video flags (--temporal, --temporal-strength, --fps, --start, --duration) are refused for an image,\n"
+        "the image flags (--quality, --keep-exif, --format) for a video; among several contents each applies to\n"
+        "its kind.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("content", metavar="CONTENT", nargs="+",
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-exif", action="store_true",
                    help="the output keeps the photo's EXIF: date taken, camera, exposure (never its GPS location), "
                    "so photo libraries file it beside the original")
-    p.add_argument("--quality", type=int_in_range(1, 100), default=DEFAULT_QUALITY, metavar="Q",
+    p.add_argument("--quality", type=int_in_range(1, 100), default=None, metavar="Q",
                    help=f"JPEG/WebP quality 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--format", type=one_of(FORMATS, _format), default=None, metavar="FORMAT",
                    help=f"output format of images written into an -o folder: {', '.join(FORMATS)} (default png); an "
@@ -394,7 +396,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "preserve_color": args.preserve_color,
         "content_size": args.size,
         "style_size": args.style_size,
-        "quality": args.quality,
+        "quality": args.quality or DEFAULT_QUALITY,
     }
 
 
@@ -402,6 +404,12 @@ def _video_flags(args: argparse.Namespace) -> list[str]:
     """The video-only flags given (none of them does anything to an image)."""
     given = {"--temporal": args.temporal is not None, "--temporal-strength": args.temporal_strength is not None,
              "--fps": args.fps is not None, "--start": args.start > 0, "--duration": args.duration is not None}
+    return [flag for flag, on in given.items() if on]
+
+
+def _image_flags(args: argparse.Namespace) -> list[str]:
+    """The image-only flags given (a video's quality and container are its encoder's and its input's)."""
+    given = {"--quality": args.quality is not None, "--keep-exif": args.keep_exif, "--format": args.format is not None}
     return [flag for flag, on in given.items() if on]
 
 
@@ -512,6 +520,10 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
     out = Path(args.output)
     if args.refine:
         raise CliError(f"--refine: {src} is a video; the optimisation method is for images (seconds per frame)")
+    flags = _image_flags(args)
+    if flags:
+        raise CliError(f"{flags[0]}: only for images, and {src} is a video (its output takes its container, and "
+                       "the video encoder's quality)")
     if _names_folder(args.output):  # the same container as the input, named after it
         out = out / f"{src.stem}_stylized{_video_suffix(src)}"
     elif out.suffix.lower() not in VIDEO_SUFFIXES:
@@ -577,6 +589,9 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     flags = _video_flags(args)
     if flags and not videos:
         raise CliError(f"{flags[0]}: only for videos, and none of the contents is one")
+    flags = _image_flags(args)
+    if flags and not contents:
+        raise CliError(f"{flags[0]}: only for images, and none of the contents is one")
     shown = args.output  # as typed, its '/' kept
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():

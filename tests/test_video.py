@@ -673,6 +673,21 @@ BAD_VIDEOS = {
 }
 
 
+def test_cli_refuses_image_flags_for_videos(server: ServerProcess, clips: dict[str, Path], tmp_path: Path,
+                                            capsys) -> None:
+    # --quality and --keep-exif did nothing to a video, silently; --format names an image format
+    clip, style, srv = str(clips["silent.mp4"]), str(clips["style.png"]), ["--server", server.target]
+    for flags in (["--quality", "50"], ["--keep-exif"], ["--format", "jpeg"]):
+        assert main([clip, "-s", style, *flags, "-o", str(tmp_path / "out.mp4"), *srv]) != 0
+        assert f"{flags[0]}: only for images, and {clip} is a video" in capsys.readouterr().err
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(clips["silent.mp4"].read_bytes())
+    assert main([str(videos), "-s", style, "--quality", "50", "-o", str(tmp_path / "out/"), *srv]) != 0
+    assert "--quality: only for images, and none of the contents is one" in capsys.readouterr().err
+    assert not list(tmp_path.glob("out*"))
+
+
 @pytest.mark.parametrize("case", list(BAD_VIDEOS), ids=list(BAD_VIDEOS))
 def test_cli_bad_videos(server: ServerProcess, clips: dict[str, Path], tmp_path: Path, case: str, capsys) -> None:
     make, expected = BAD_VIDEOS[case]
