@@ -319,7 +319,7 @@ def _describe(e: StyleTransferError, args: argparse.Namespace) -> str:
         hint = "; over TLS: is --ca-cert the server's CA, and does it want a --client-cert?" if tls else ""
         return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}{hint}"
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED; see --timeout)"
+        return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; see --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
         return e.details
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
@@ -506,8 +506,8 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
 
 
 def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -> CliError:
-    if isinstance(e, StyleTransferError):
-        return CliError(f"{src}: {_describe(e, args)}")
+    if isinstance(e, StyleTransferError):  # a style's or another option's problem is not the clip's
+        return CliError(_describe(e, args) if e.details.startswith("options.") else f"{src}: {_describe(e, args)}")
     if isinstance(e, OSError):
         return CliError(f"-o {out}: cannot write: {e.strerror or e}")
     return CliError(str(e))  # MediaError: names the file and the problem

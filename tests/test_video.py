@@ -686,6 +686,11 @@ def test_cli_refuses_image_flags_for_videos(server: ServerProcess, clips: dict[s
     assert main([str(videos), "-s", style, "--quality", "50", "-o", str(tmp_path / "out/"), *srv]) != 0
     assert "--quality: only for images, and none of the contents is one" in capsys.readouterr().err
     assert not list(tmp_path.glob("out*"))
+    # a style's problem is named as the style's, not the clip's
+    (tmp_path / "bad.png").write_bytes(b"no image")
+    assert main([clip, "-s", str(tmp_path / "bad.png"), "-o", str(tmp_path / "out.mp4"), *srv]) != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("adain-stylize: error: options.styles[0].image: "), line
 
 
 @pytest.mark.parametrize("case", list(BAD_VIDEOS), ids=list(BAD_VIDEOS))
