@@ -129,6 +129,9 @@ class Encoder(nn.Module):
             yield name, x
 
     def forward(self, x: torch.Tensor) -> Features:
+        h, w = x.shape[2:]
+        if h < 16 or w < 16:  # reflection at relu4_1 needs 2 x 2 there; encode() pads, refine calls this directly
+            x = F.pad(x, (0, max(16 - w, 0), 0, max(16 - h, 0)), mode="replicate")
         return Features(*(a for name, a in self.activations(x) if name in OUTPUTS))
 
     def encode(

@@ -95,6 +95,16 @@ def test_options_keep_working_under_refine(stylizer: Stylizer) -> None:
     assert coral.size == (64, 48)
 
 
+@pytest.mark.parametrize("w,h,options", [(8, 8, {}), (64, 4, {}), (64, 64, {"content_size": 12}),
+                                          (200, 100, {"refine_size": 16, "refine_init": "content"})])
+def test_refine_takes_images_under_the_encoders_16_px(stylizer: Stylizer, w: int, h: int, options: dict) -> None:
+    # The plain path pads for the encoder; refine encoded the image (or its style, scaled with it) as it was,
+    # and PyTorch's reflection padding failed at relu4_1: an INTERNAL error for the caller's own input.
+    out = stylizer.stylize(synth_image(w, h, seed=5), STYLE_A, refine_steps=2, **options)
+    side = options.get("content_size")
+    assert out.size == ((side, round(side * h / w)) if side else (w, h))
+
+
 def test_a_smaller_working_size_lowers_the_full_size_style_term(stylizer: Stylizer) -> None:
     """refine_size works at half size and upsamples the change: measured at full size, the style term
     falls. The style must shrink with the content for that: at the job's style size the half-size image
