@@ -125,6 +125,8 @@ class StyleTransferServer:
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
             max_per_caller=settings.per_caller,
+            # a batch's memory within what one plain render may take (the tiling threshold: a share of memory)
+            max_batch_pixels=stylizer.tiling.threshold or None,
             on_batch=self.metrics.observe_batch,
         )
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="adain-prepare")
@@ -237,7 +239,7 @@ class StyleTransferServer:
 
     async def _serve_health(self, address: str) -> grpc.aio.Server:
         """gRPC health alone on a plaintext port: Kubernetes' gRPC probes speak neither TLS nor tokens."""
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a port in use fails, as the main one
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             if server.add_insecure_port(address):

@@ -1,11 +1,14 @@
 """Dynamic batching on a worker thread, fed from the asyncio event loop.
 
 Requests are *admitted* first (a bounded count: when ``max_queue`` requests are preparing or waiting,
-the next one is refused, and so is one whose caller already has ``max_per_caller``), then *submitted*
+the next one is refused, and so is one whose caller already has ``max_per_caller``; the last ``reserve``
+places, an eighth, are kept for callers with nothing queued, so that two bulk callers at their shares do
+not fill the queue and turn everyone else away), then *submitted*
 once prepared. Callers take turns: the render thread starts each batch from the oldest waiting request
 of the caller served longest ago (one never served, or with nothing waiting since, first), so a caller
 with one image waits behind at most one batch of another's hundred, not the hundred. The batch is that
-request and every other waiting one with the same ``batch_key`` (up to ``max_batch_size``); when fewer
+request and every other waiting one with the same ``batch_key`` (up to ``max_batch_size``, and to
+``max_batch_pixels`` in all where keys are (height, width) sizes: memory grows with a batch's pixels); when fewer
 are there, it waits for more until the first has waited ``max_delay_s``. The model runs on that thread,
 off the event loop (torch releases the GIL), and results go back with ``call_soon_threadsafe``.
 
@@ -90,6 +93,7 @@ class Batcher:
         max_delay_s: float = 0.01,
         max_queue: int = 64,
         max_per_caller: int | None = None,
+        max_batch_pixels: int | None = None,
         on_batch: Callable[[int, float, Sequence[float]], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or (max_per_caller is not None and max_per_caller < 1):
@@ -99,6 +103,8 @@ class Batcher:
         self.max_delay_s = max(0.0, max_delay_s)
         self.max_queue = max_queue
         self.max_per_caller = max_queue if max_per_caller is None else max_per_caller  # Settings.per_caller
+        self.reserve = max(1, max_queue // 8) if max_queue > 1 else 0  # places for callers with nothing queued
+        self.max_batch_pixels = max_batch_pixels
         self._on_batch = on_batch  # (batch size, inference seconds, queue seconds of each)
         self._cond = threading.Condition()
         self._pending: deque[Item] = deque()
@@ -126,6 +132,10 @@ class Batcher:
                     "others still get places",
                     reason="max_queue_per_caller",
                 )
+            if bounded and mine and self._admitted >= self.max_queue - self.reserve:
+                raise QueueFullError(
+                    f"the request queue is full for callers with requests queued already (max_queue={self.max_queue}"
+                    f", of which the last {self.reserve} are kept for callers with none); this caller has {mine}")
             self._admitted += 1
             if bounded:
                 self._by_caller[caller] = mine + 1
@@ -198,9 +208,10 @@ class Batcher:
                 if not self._pending:
                     return None  # closed and drained
                 head = self._head()
+                most = self._batch_limit(head.key)
                 while True:
                     same = [it for it in self._pending if it.key == head.key]
-                    if len(same) >= self.max_batch_size or self._closed:
+                    if len(same) >= most or self._closed:
                         break
                     remaining = head.enqueued + self.max_delay_s - time.monotonic()
                     if remaining <= 0:
@@ -210,7 +221,7 @@ class Batcher:
                         break  # head withdrawn, or a caller with an earlier turn came: start over
                 if self._head() is not head:
                     continue
-                batch = [head] + [it for it in same if it is not head][: self.max_batch_size - 1]
+                batch = [head] + [it for it in same if it is not head][: most - 1]
                 for it in batch:
                     self._pending.remove(it)
                     it.ticket.release()
@@ -219,6 +230,14 @@ class Batcher:
                 waiting = {it.ticket.caller for it in self._pending}
                 self._last_turn = {c: t for c, t in self._last_turn.items() if c in waiting}
                 return batch
+
+    def _batch_limit(self, key: Hashable) -> int:
+        """How many requests of this key one batch takes: max_batch_size, and no more pixels than
+        max_batch_pixels (a batch of eight 1-MP photos took 16 GB; one request always goes)."""
+        if self.max_batch_pixels is None or not (isinstance(key, tuple) and len(key) == 2):
+            return self.max_batch_size
+        h, w = key
+        return max(1, min(self.max_batch_size, self.max_batch_pixels // max(1, h * w)))
 
     def _head(self) -> Item | None:
         """The oldest waiting request of the caller whose turn it is (under the lock)."""

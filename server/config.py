@@ -110,6 +110,23 @@ def _optional_path(text: str) -> str | None:
     return text or None
 
 
+def _side_port(text: str) -> int:
+    """A port of its own, or off (0 or negative); gRPC took 99999 as 99999 mod 65536 without a word."""
+    value = int_in_range(-(2**31))(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port (at most 65535), or 0 or negative for none; got {value}")
+    return value
+
+
+def _message_mb(text: str) -> float:
+    """The message limit: under 64 KiB not even a thumbnail's reply fits (every call failed, health SERVING);
+    gRPC takes at most 2**31 - 1 bytes (1e9 MiB was a traceback at start)."""
+    value = positive_float(text)
+    if not 1 / 16 <= value <= 2047:
+        raise argparse.ArgumentTypeError(f"must be in [0.0625, 2047] MiB, got {text}")
+    return value
+
+
 def _strength(text: str) -> float:
     value = unit_interval(text)
     if value >= 1:
@@ -128,9 +145,9 @@ def _device(text: str) -> str:
 _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "host": (str, "address to listen on (0.0.0.0 or [::] for every interface)"),
     "port": (int_in_range(0, 65535), "gRPC port; 0 picks a free port (the 'listening on' line shows it)"),
-    "metrics-port": (int, "Prometheus metrics HTTP port (on --host); 0 or negative disables"),
-    "health-port": (int, "a second, plaintext port serving only gRPC health, for probes that speak no TLS or "
-                    "tokens (Kubernetes' gRPC probes); 0 or negative: none"),
+    "metrics-port": (_side_port, "Prometheus metrics HTTP port (on --host); 0 or negative disables"),
+    "health-port": (_side_port, "a second, plaintext port serving only gRPC health, for probes that speak no TLS "
+                    "or tokens (Kubernetes' gRPC probes); 0 or negative: none"),
     "decoder": (_optional_path, "decoder weights file (adain.decoder.save_decoder format)"),
     "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
     "precision": (one_of(PRECISIONS), "auto (bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, detected at start; "
@@ -144,7 +161,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-queue-per-caller": (non_negative_int, "most of --max-queue one caller may hold (callers: a token's name, "
                              "else the peer's address; they take turns); 0: half of --max-queue"),
     "workers": (positive_int, "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
-    "max-message-mb": (positive_float, "largest gRPC message received or sent, MiB"),
+    "max-message-mb": (_message_mb, "largest gRPC message received or sent, MiB (0.0625 to 2047: gRPC counts bytes "
+                       "in 32 bits)"),
     "max-pixels": (positive_int, "largest content, style or mask image, in pixels (width x height)"),
     "max-content-side": (positive_int, "longest side a content is rendered at; also the limit of content_size and "
                          "style_size"),

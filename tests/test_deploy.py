@@ -63,6 +63,9 @@ def test_manifests_agree_with_the_server() -> None:
     assert pod["terminationGracePeriodSeconds"] > float(env["ADAIN_GRACE_SECONDS"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == 50051
+    # the overall health says NOT_SERVING while draining too: liveness must not fail before the drain ends
+    live = container["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] > pod["terminationGracePeriodSeconds"]
     headless = next(d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None")
     assert headless["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     for dockerfile in ("Dockerfile", "Dockerfile.cuda"):

@@ -59,6 +59,7 @@ def test_callers_take_turns() -> None:
 
 def test_one_caller_cannot_take_every_place() -> None:
     batcher = Batcher(lambda batch: batch, max_queue=4, max_per_caller=2)
+    assert batcher.reserve == 1
     a1, _ = batcher.admit(caller="A"), batcher.admit(caller="A")
     with pytest.raises(QueueFullError, match=r"this caller already has 2 requests queued \(max_queue_per_caller=2\)"):
         batcher.admit(caller="A")
@@ -67,10 +68,50 @@ def test_one_caller_cannot_take_every_place() -> None:
     batcher.admit(caller="B")
     a1.release()
     a1.release()  # idempotent
-    batcher.admit(caller="A")
-    batcher.admit(caller="B")  # 4 places taken: A 2, B 2
+    batcher.admit(caller="A")  # 3 places taken: A 2, B 1; the last is kept for a caller with none queued
+    with pytest.raises(QueueFullError, match=r"full for callers with requests queued already \(max_queue=4, of "
+                                             r"which the last 1 are kept for callers with none\); this caller has 1"):
+        batcher.admit(caller="B")
+    batcher.admit(caller="C")
     with pytest.raises(QueueFullError, match=r"the request queue is full \(max_queue=4\)"):
-        batcher.admit(caller="C")
+        batcher.admit(caller="D")
+
+
+def test_two_bulk_callers_at_their_shares_leave_room_for_others() -> None:
+    # Each caller may hold half the queue: two of them held all of it, and every other caller was refused.
+    batcher = Batcher(lambda batch: batch, max_queue=64, max_per_caller=32)
+    for caller in ("bulk-a", "bulk-b"):
+        while True:
+            try:
+                batcher.admit(caller=caller)
+            except QueueFullError:
+                break
+    assert batcher.depth == 64 - 8
+    for i in range(8):  # one request each from callers with nothing queued
+        batcher.admit(caller=f"single-{i}")
+    assert batcher.depth == 64
+
+
+def test_a_batchs_pixels_are_bounded() -> None:
+    # Eight 1-MP photos of one size made one batch: 16 GB in a pod of 8.
+    batches: list[int] = []
+
+    def render(batch: list[str]) -> list[str]:
+        batches.append(len(batch))
+        return batch
+
+    async def main() -> None:
+        batcher = Batcher(render, max_batch_size=8, max_delay_s=0.5, max_queue=32, max_batch_pixels=1 << 20)
+        batcher.start()
+        futures = []
+        for key, n in (((1024, 1024), 3), ((512, 512), 6), ((256, 256), 9)):
+            futures += [batcher.submit(batcher.admit(caller=f"{key}-{i}"), "x", key=key, deadline=None).future
+                        for i in range(n)]
+        await asyncio.gather(*futures)
+        batcher.close(5)
+
+    asyncio.run(main())
+    assert sorted(batches) == [1, 1, 1, 1, 2, 4, 8], batches  # at most 1 MP a batch, never over max_batch_size
 
 
 def test_per_caller_setting() -> None:

@@ -667,6 +667,20 @@ def test_busy_port_is_a_clear_error(server: ServerProcess, decoder_path: Path) -
     )
     assert proc.returncode != 0
     assert "cannot serve metrics on" in proc.stderr and "Traceback" not in proc.stderr
+    # a health port another gRPC server holds (gRPC shares ports between processes unless told not to)
+    other = grpc.server(ThreadPoolExecutor(1))
+    busy = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder_path),
+             "--metrics-port", "0", "--health-port", str(busy), "--torch-threads", "1"],
+            capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        other.stop(None)
+    assert proc.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{busy} (--health-port)" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_help_lists_flags_env_and_defaults() -> None:
@@ -694,6 +708,12 @@ def test_settings_from_environment() -> None:
     assert proc.returncode == 2 and "error: ADAIN_MAX_STYLES='many': not a whole number" in proc.stderr, proc.stderr
     s = parse_settings(["--max-batch-size", "4"], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})  # the flag wins
     assert s.max_batch_size == 4
+    # a side port above 65535 (gRPC took 99999 mod 65536 silently), a message limit gRPC cannot hold or no reply fits
+    for flag, value in (("--metrics-port", "99999"), ("--health-port", "70000"), ("--max-message-mb", "1e9"),
+                        ("--max-message-mb", "0.0000001")):
+        with pytest.raises(SystemExit):
+            parse_settings([flag, value], environ={})
+    assert parse_settings(["--metrics-port", "-1", "--max-message-mb", "2047"], environ={}).metrics_port == -1
     assert parse_settings(["--precision", "BF16"], environ={}).precision == "bf16"
     with pytest.raises(SystemExit):
         parse_settings(["--precision", "fp8"], environ={})
