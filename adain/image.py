@@ -50,8 +50,14 @@ def image_key(source: ImageSource, field: str) -> str:
         return source.key
     h = hashlib.sha256()
     if isinstance(source, Image.Image):
-        h.update(f"{source.mode}{source.size}".encode())
+        # what decoding it takes besides the pixels: the palette, a profile, the transparent index, a turn
+        # (two palette images of the same indices once shared a key, and the second got the first's colours)
+        orientation = source.getexif().get(0x0112, 1) if hasattr(source, "getexif") else 1
+        h.update(f"{source.mode}{source.size}{source.info.get('transparency')!r}{orientation}".encode())
         h.update(source.tobytes())
+        if source.mode in ("P", "PA") and source.palette is not None:
+            h.update(source.palette.tobytes())
+        h.update(source.info.get("icc_profile") or b"")
     elif isinstance(source, (bytes, bytearray, memoryview)):
         h.update(source)
     elif isinstance(source, (str, PathLike)):

@@ -11,11 +11,12 @@ either; a CheckedJob is not checked again. Field names in errors are the Job's, 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adain.errors import InvalidInputError
-from adain.image import ImageSource
+from adain.image import ImageSource, KeyedImage
 from adain.wire import (
     COLOR_MODES,
     DEFAULT_CONTENT_WEIGHT,
@@ -65,12 +66,19 @@ class Job:
         empty = self.content is None or (isinstance(self.content, (bytes, bytearray, memoryview)) and not self.content)
         if content and empty:
             bad.append(InvalidInputError("content", "image data is empty (a content image is required)"))
-        n = len(self.styles) if isinstance(self.styles, (list, tuple)) else 0
-        if n == 0:
+        n = len(self.styles) if is_list(self.styles) else 0
+        if not is_list(self.styles):
+            bad.append(InvalidInputError("styles", f"must be a list of style images, got a {type(self.styles).__name__}"
+                                                   " (one style: [style])"))
+        elif n == 0:
             bad.append(InvalidInputError("styles", "at least 1 style is required"))
         elif n > limits.max_styles:
             bad.append(InvalidInputError("styles", f"{n} styles, over the limit of max_styles={limits.max_styles}"))
-        weights = [1.0] * n if self.weights is None else list(self.weights)
+        for name in ("weights", "masks", "label_values", "region_alphas"):
+            value = getattr(self, name)
+            if value is not None and not is_list(value):
+                bad.append(InvalidInputError(name, f"must be a list, one per style; got a {type(value).__name__}"))
+        weights = [1.0] * n if not is_list(self.weights) else list(self.weights)
         if len(weights) != n:
             bad.append(InvalidInputError("weights", f"{len(weights)} weights for {n} styles"))
         finite = True
@@ -87,7 +95,7 @@ class Job:
             bad.append(InvalidInputError("preserve_color", f"must be one of {modes}; got {self.preserve_color!r}"))
         for name in ("content_size", "style_size"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (not _is_int(value) or value < 1):
                 bad.append(InvalidInputError(name, f"must be an integer >= 1, got {value!r}"))
             elif value is not None and value > limits.max_content_side:
                 bad.append(
@@ -104,7 +112,7 @@ class Job:
             bad.append(InvalidInputError(forms[1], f"give one form of regions, not {' and '.join(forms)}"))
         if self.mask is not None and n != 2:
             bad.append(InvalidInputError("mask", f"a mask needs exactly 2 styles (white, black), got {n}"))
-        if self.masks is not None:
+        if self.masks is not None and is_list(self.masks):
             masks = list(self.masks)
             if len(masks) != n:
                 bad.append(InvalidInputError("masks", f"{len(masks)} masks for {n} styles (one per style)"))
@@ -114,7 +122,7 @@ class Job:
                 if m is None or (isinstance(m, (bytes, bytearray, memoryview)) and not m)
             ]
         if self.labels is not None:
-            values = list(self.label_values or [])
+            values = list(self.label_values) if is_list(self.label_values) else []
             if len(values) != n:
                 bad.append(InvalidInputError("label_values", f"{len(values)} labels for {n} styles (one per style)"))
             for i, v in enumerate(values):
@@ -125,7 +133,7 @@ class Job:
                     bad.append(InvalidInputError(f"styles[{i}].label", why))
         elif self.label_values is not None:
             bad.append(InvalidInputError("labels", "label values need a labels image"))
-        if self.region_alphas is not None:
+        if self.region_alphas is not None and is_list(self.region_alphas):
             alphas = list(self.region_alphas)
             if not forms:
                 bad.append(InvalidInputError("styles[0].alpha", "a per-style alpha needs regions (masks or labels)"))
@@ -139,7 +147,7 @@ class Job:
     def _refine_problems(self, limits: Limits) -> list[InvalidInputError]:
         bad = []
         steps, top = self.refine_steps, limits.max_refine_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not _is_int(steps) or steps < 0:
             bad.append(InvalidInputError("refine_steps", f"must be an integer >= 0, got {steps!r}"))
         elif steps > top:
             bad.append(InvalidInputError("refine_steps", f"{steps} is over the limit of max_refine_steps={top}"))
@@ -166,10 +174,8 @@ class Job:
         ):
             bad.append(InvalidInputError("style_weight", "content_weight and style_weight are both 0"))
         size = self.refine_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 16):
-            bad.append(
-                InvalidInputError("refine_size", f"must be an integer >= 16 (the encoder's smallest), got {size!r}")
-            )
+        if size is not None and (not _is_int(size) or size < 16):
+            bad.append(InvalidInputError("refine_size", f"must be an integer >= 16, got {size!r}"))
         return bad
 
     def _content_weight(self) -> float:
@@ -183,6 +189,8 @@ class Job:
         if bad:
             raise InvalidInputError.of(bad)
         weights = [1.0] * len(self.styles) if self.weights is None else [float(w) for w in self.weights]
+        top = max(weights)  # first to 1 at most: two weights of 1e308 summed to inf, and every style to 0
+        weights = [w / top for w in weights]
         total = sum(weights)
         return CheckedJob(
             content=self.content,
@@ -195,14 +203,14 @@ class Job:
             labels=self.labels,
             label_values=None if self.labels is None else tuple(label_value(v) for v in self.label_values or ()),
             region_alphas=None if self.region_alphas is None else tuple(float(a) for a in self.region_alphas),
-            content_side=min(self.content_size or limits.max_content_side, limits.max_content_side),
-            style_size=self.style_size or limits.style_size,
-            refine_steps=self.refine_steps,
+            content_side=int(min(self.content_size or limits.max_content_side, limits.max_content_side)),
+            style_size=int(self.style_size or limits.style_size),
+            refine_steps=int(self.refine_steps),
             refine_init=self.refine_init,
             content_weight=float(self._content_weight()),
             style_weight=float(self.style_weight),
             tv_weight=float(self.tv_weight),
-            refine_size=self.refine_size,
+            refine_size=None if self.refine_size is None else int(self.refine_size),
             optimizer=self.optimizer,
         )
 
@@ -233,7 +241,22 @@ class CheckedJob:
 
 
 def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    """A finite real number: a NumPy scalar too (np.float32(0.5) was refused as no number), never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_list(value: object) -> bool:
+    """A list of per-style values (a str, bytes or one image would be taken apart character by character)."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray, memoryview, KeyedImage))
+
+
+def style_list(styles: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
+    """One style image or a list of them, as a list (a KeyedImage is one image, though a tuple)."""
+    return list(styles) if is_list(styles) else [styles]
 
 
 def temporal_problems(mode: str, strength: float | None) -> list[InvalidInputError]:

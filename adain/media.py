@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import numbers
 import os
 import threading
 from collections.abc import Iterator
@@ -155,6 +156,10 @@ def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1
     return img if turn is None else img.transpose(turn)
 
 
+def _finite(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class VideoReader:
     """Frames of the first video stream, in order, as (RGB image, time in seconds); audio packets of the
     first audio stream are kept in ``audio`` for a :class:`VideoWriter` (thread-safe hand-over)."""
@@ -171,7 +176,11 @@ class VideoReader:
         av = _av()
         self.path = Path(path)
         self.max_side = max_side
-        if not (math.isfinite(start) and start >= 0) or (duration is not None and not (duration > 0)):
+        if not isinstance(path, (str, os.PathLike)):
+            raise MediaError(f"a clip is read from a file: expected a path, got a {type(path).__name__}")
+        if max_fps is not None and not (_finite(max_fps) and max_fps > 0):
+            raise MediaError(f"max_fps must be a finite number > 0, got {max_fps!r}")  # -1 looped for ever
+        if not (_finite(start) and start >= 0) or (duration is not None and not (_finite(duration) and duration > 0)):
             raise MediaError(f"a clip's start must be >= 0 and its duration > 0 seconds, got {start}, {duration}")
         self.start, self.end = float(start), (float(start) + duration if duration is not None else math.inf)
         self.trimmed = self.start > 0 or self.end < math.inf

@@ -23,8 +23,9 @@ from adain.backends import make_backend
 from adain.cache import StyleCache
 from adain.decoder import load_decoder
 from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
+from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
-from adain.job import CheckedJob, Job
+from adain.job import CheckedJob, Job, is_list, style_list
 from adain.ops import adain, coral, luminance, mean_std, with_luminance
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
@@ -54,8 +55,12 @@ class Stylizer:
         backend: str = "auto",
         tiling: Tiling | None = None,
     ) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be an adain.Limits, got a {type(limits).__name__}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
+        if self.cuda and not torch.cuda.is_available():  # else torch's AssertionError at the first tensor
+            raise ValueError(f"device {device}: CUDA is not available here")
         dec, self.decoder_file = load_decoder(decoder)
         self.decoder = dec.to(self.device, memory_format=torch.channels_last)
         self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)
@@ -100,9 +105,7 @@ class Stylizer:
     ) -> Image.Image:
         """Stylize one content image; ``options`` are the fields of :class:`Job`. With ``refine_steps`` the
         optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration."""
-        if not isinstance(styles, (list, tuple)):
-            styles = [styles]
-        prepared = self.prepare(Job(content, styles, **options))
+        prepared = self.prepare(Job(content, style_list(styles), **options))
         if prepared.job is not None and prepared.job.refine_steps:
             from adain.optimize import refine
 
@@ -112,10 +115,24 @@ class Stylizer:
     def stylize_batch(
         self, contents: Sequence[ImageSource], styles: ImageSource | Sequence[ImageSource], **options: Any
     ) -> list[Image.Image]:
-        """Stylize several contents with the same styles and options; same-size contents share a batch."""
-        if not isinstance(styles, (list, tuple)):
-            styles = [styles]
-        return self.render([self.prepare(Job(c, styles, **options)) for c in contents])
+        """Stylize several contents with the same styles and options; same-size contents share a batch
+        (with ``refine_steps``, each is optimised in turn). A content's problem names it: ``contents[i]``."""
+        if not is_list(contents):
+            raise InvalidInputError("contents", f"must be a list of content images, got a {type(contents).__name__}"
+                                                " (one content: stylize())")
+        prepared = []
+        for i, content in enumerate(contents):
+            try:
+                prepared.append(self.prepare(Job(content, style_list(styles), **options)))
+            except InvalidInputError as e:
+                if e.field != "content":
+                    raise
+                raise InvalidInputError(f"contents[{i}]", e.description) from None
+        if options.get("refine_steps"):
+            from adain.optimize import refine
+
+            return [refine(self, p) for p in prepared]
+        return self.render(prepared)
 
     # --- step 1: decode, style statistics ----------------------------------------------------
     def prepare(self, job: Job | CheckedJob, targets: Targets | None = None) -> Prepared:

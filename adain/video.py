@@ -39,7 +39,7 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, load_image
-from adain.job import CheckedJob, Job, temporal_problems
+from adain.job import CheckedJob, Job, style_list, temporal_problems
 from adain.prepared import Prepared, Stats
 from adain.stylizer import Stylizer
 from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
@@ -125,8 +125,10 @@ class VideoStream:
     ) -> None:
         """``options`` are the per-image fields of :class:`adain.job.Job` (weights, alpha, preserve_color,
         mask, content_size, style_size); InvalidInputError lists every problem with them."""
-        job = Job(None, list(styles), **options)
+        job = Job(None, style_list(styles), **options)
         bad = job.problems(stylizer.limits, content=False) + temporal_problems(temporal, strength)
+        if options.get("refine_steps"):  # else accepted and not done
+            bad.append(InvalidInputError("refine_steps", "the optimisation method is for images (seconds a frame)"))
         if bad:
             raise InvalidInputError.of(bad)
         self._setup(stylizer, job.check(stylizer.limits, content=False), temporal, strength)
@@ -273,6 +275,8 @@ def stylize_video(
 
     stream = VideoStream(stylizer, styles, **options)
     container = container_for(output)
+    if Path(output).exists() and Path(source).exists() and Path(output).samefile(source):
+        raise InvalidInputError("output", f"{output} is the source clip: it would be overwritten")
     # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
     with reader, atomic_output(output) as tmp:

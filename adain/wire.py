@@ -7,6 +7,7 @@ enums are mapped onto these names by their naming convention (``IMAGE_FORMAT_<NA
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from adain.v1 import style_transfer_pb2 as pb
@@ -41,12 +42,10 @@ INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 def label_value(value: object) -> int | None:
     """A region label as an int: 0-255 (a grey pixel's level), 0xRRGGBB, or "#rrggbb"; None if invalid."""
     if isinstance(value, str) and len(value) == 7 and value.startswith("#"):
-        try:
-            return int(value[1:], 16)
-        except ValueError:
-            return None
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFF:
-        return value
+        digits = value[1:]
+        return int(digits, 16) if all(c in "0123456789abcdefABCDEF" for c in digits) else None  # no "+f0000"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFF:
+        return int(value)  # a NumPy integer too
     return None
 
 
@@ -119,3 +118,11 @@ class Limits:
     style_size: int = 512  # longest side of the styles when a request does not say
     max_styles: int = 8
     max_refine_steps: int = 500  # optimisation iterations of one request (refine or the classic method)
+
+    def __post_init__(self) -> None:
+        # 0 made every output 1 x 1 (max_content_side), every style one pixel (style_size), or refused all
+        low = {"max_pixels": 1, "max_content_side": 1, "style_size": 1, "max_styles": 1, "max_refine_steps": 0}
+        for name, least in low.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"Limits.{name} must be an integer >= {least}, got {value!r}")

@@ -271,3 +271,75 @@ def test_no_installed_decoder_is_an_error_not_random_weights(tmp_path, monkeypat
     monkeypatch.setattr(decoder_mod, "DEFAULT_DECODER", tmp_path / "decoder.pt")
     with pytest.raises(NoDecoderError, match="no trained decoder is installed"):
         load_decoder()
+
+
+# --- what a library user hit (each of these once did something else) -------------------------------
+
+
+def test_a_palette_or_a_profile_is_part_of_a_styles_cache_key(stylizer: Stylizer) -> None:
+    # Two palette images of the same indices shared a key: the second got the first's colours, silently.
+    import numpy as np
+
+    idx = (np.indices((48, 48)).sum(0) // 6 % 16).astype(np.uint8)
+    red, teal = Image.fromarray(idx, "P"), Image.fromarray(idx, "P")
+    red.putpalette([v for i in range(256) for v in (min(255, i * 16), 0, 0)])
+    teal.putpalette([v for i in range(256) for v in (0, min(255, i * 16), max(0, 255 - i * 16))])
+    stylizer.stylize(CONTENT, red)
+    assert diff(stylizer.stylize(CONTENT, teal), stylizer.stylize(CONTENT, teal.convert("RGB"))) < 1e-6
+
+
+def test_numpy_numbers_are_numbers(stylizer: Stylizer) -> None:
+    import numpy as np
+
+    out = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[np.float32(0.5), np.float64(0.5)],
+                           alpha=np.float32(0.5), content_size=np.int64(48))
+    assert diff(out, stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], alpha=0.5, content_size=48)) < 1e-6
+    from adain.wire import label_value
+
+    assert label_value(np.int64(7)) == 7 and label_value("#+f0000") is None  # int("+f0000", 16) parsed
+
+
+def test_huge_weights_keep_their_ratio() -> None:
+    from adain import Job
+    from adain.wire import Limits
+
+    # summed first, two weights of 1e308 made inf, and every style's weight 0: a flat grey picture
+    assert Job(CONTENT, [STYLE_A, STYLE_B], weights=[1e308, 1e308]).check(Limits()).weights == (0.5, 0.5)
+
+
+def test_one_value_where_a_list_is_wanted_is_named(stylizer: Stylizer) -> None:
+    from adain import Job
+    from adain.image import KeyedImage
+
+    cases = [({"masks": "m.png"}, "masks", "must be a list, one per style; got a str"),
+             ({"weights": 1.0}, "weights", "must be a list, one per style; got a float"),
+             ({"weights": {0: 1}}, "weights", "got a dict")]
+    for options, field, words in cases:
+        with pytest.raises(InvalidInputError) as e:
+            stylizer.stylize(CONTENT, [STYLE_A], **options)
+        assert e.value.field == field and words in str(e.value), e.value
+    with pytest.raises(InvalidInputError, match=r"styles: must be a list of style images, got a str"):
+        Job(CONTENT, "style.png").check(stylizer.limits)
+    keyed = KeyedImage("k1", STYLE_A)  # one image, though a tuple
+    assert diff(stylizer.stylize(CONTENT, keyed), stylizer.stylize(CONTENT, STYLE_A)) < 1e-6
+
+
+def test_stylize_batch_names_the_content_and_refines(stylizer: Stylizer) -> None:
+    with pytest.raises(InvalidInputError) as e:
+        stylizer.stylize_batch([CONTENT, b"no image", CONTENT], STYLE_A)
+    assert e.value.field == "contents[1]"
+    with pytest.raises(InvalidInputError, match=r"contents: must be a list of content images, got a str"):
+        stylizer.stylize_batch("photo.png", STYLE_A)
+    plain = stylizer.stylize_batch([CONTENT], STYLE_A)[0]
+    refined = stylizer.stylize_batch([CONTENT], STYLE_A, refine_steps=2)[0]  # was the plain output, silently
+    assert diff(refined, stylizer.stylize(CONTENT, STYLE_A, refine_steps=2)) < 1e-6 and diff(refined, plain) > 0.01
+
+
+def test_limits_are_checked(decoder_path: Path) -> None:
+    from adain.wire import Limits
+
+    for name in ("max_pixels", "max_content_side", "style_size", "max_styles"):
+        with pytest.raises(ValueError, match=f"Limits.{name} must be an integer >= 1, got 0"):
+            Limits(**{name: 0})  # max_content_side 0 made every output 1 x 1
+    with pytest.raises(TypeError, match="limits must be an adain.Limits, got a dict"):
+        Stylizer(decoder_path, device="cpu", limits={"max_styles": 2})

@@ -140,6 +140,23 @@ def test_flow_takes_thin_and_tiny_frames(stylizer: Stylizer, w: int, h: int) -> 
     assert [stream.stylize(f).size for f in frames] == [(w, h)] * 3
 
 
+def test_video_calls_refuse_what_they_would_get_wrong(stylizer: Stylizer, clips: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    same = tmp_path / "same.mp4"
+    same.write_bytes(clips["silent.mp4"].read_bytes())
+    with pytest.raises(InvalidInputError, match="is the source clip: it would be overwritten"):
+        stylize_video(stylizer, same, same, [STYLE])
+    assert same.read_bytes() == clips["silent.mp4"].read_bytes()
+    for bad in (-1, 0, float("nan"), "x"):  # -1 looped for ever, 0 divided by zero, NaN was ignored
+        with pytest.raises(MediaError, match="max_fps must be a finite number > 0"):
+            stylize_video(stylizer, clips["silent.mp4"], tmp_path / "out.mp4", [STYLE], max_fps=bad)
+    with pytest.raises(InvalidInputError, match="refine_steps: the optimisation method is for images"):
+        VideoStream(stylizer, [STYLE], refine_steps=2)  # accepted, and not done
+    stream = VideoStream(stylizer, STYLE, temporal="none")  # one style, as Stylizer.stylize takes it
+    assert stream.stylize(synth_image(32, 24)).size == (32, 24)
+    assert not list(tmp_path.glob("*out*")) and sorted(p.name for p in tmp_path.iterdir()) == ["same.mp4"]
+
+
 def test_stream_errors(stylizer: Stylizer) -> None:
     with pytest.raises(InvalidInputError) as e:
         VideoStream(stylizer, [STYLE], temporal="wobbly", strength=1.5, alpha=2)
