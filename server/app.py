@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -333,9 +334,19 @@ async def serve(settings: Settings, stylizer: Any, out=None, library: StyleLibra
         log.info("metrics on http://%s:%d/metrics", shown, app.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+
+    def on_signal(sig: signal.Signals) -> None:
+        """The first drains; a second one, while the drain waits for work in flight, ends the process now."""
+        if stop.is_set():
+            log.warning("%s again while draining: stopping now, %d call(s) abandoned", sig.name, app.drain.inflight)
+            logging.shutdown()
+            os._exit(128 + sig)
+        stop.set()
+
+    # SIGHUP too: a terminal closing (or a supervisor's) once killed the server without its drain
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     warm = asyncio.ensure_future(app.warm_up())
     stopped = asyncio.ensure_future(stop.wait())
     code = 0

@@ -115,7 +115,9 @@ async def _call(
         account = caller.split("/", 1)[0] if servicer.tokens is not None else "anonymous"
         servicer.metrics.caller_requests.labels(account, code.name).inc()
         servicer.metrics.request_seconds.labels(method).observe(elapsed)
-        quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
+        # the callers' own doing (bad input; over a limit or a share, which a bulk caller hits thousands of
+        # times a minute) is INFO, counted in the metrics; the rest WARNING
+        quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
         log_fields(log, logging.INFO if quiet else logging.WARNING, request_id=rid, method=method, code=code.name,
                    ms=round(elapsed * 1000, 1), caller=caller, trace_id=trace, detail=detail or None)
 
@@ -508,9 +510,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         opts = first.options
         temporal = TEMPORAL_BY_ENUM.get(opts.temporal, "?") if opts.temporal else self.video.default_temporal
         strength = opts.temporal_strength if opts.HasField("temporal_strength") else self.video.default_strength
-        more = temporal_problems(temporal, strength)
-        if temporal == "?":
-            more = [InvalidInputError("temporal", f"unknown value {opts.temporal}")]
+        more = [p for p in temporal_problems(temporal, strength) if p.field != "temporal"]
+        if temporal == "?":  # named with the other problems (the strength's too)
+            more.insert(0, InvalidInputError("temporal", f"unknown value {opts.temporal}"))
         job = self._check(opts, None, "options.", more)
         quality = opts.quality or DEFAULT_QUALITY
         async for frame in self.video.run(

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -594,6 +595,27 @@ def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
         channel.close()
         log = "".join(srv.stderr_lines)
         assert "Traceback" not in log, log
+    finally:
+        srv.kill()
+
+
+def test_sighup_drains_and_a_second_signal_stops_at_once(decoder_path: Path) -> None:
+    # SIGHUP killed the server with no drain; a second SIGTERM was ignored until the whole grace had passed.
+    srv = ServerProcess(decoder_path, "--max-batch-delay-ms", "8000", "--max-batch-size", "8", "--grace-seconds", "60")
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60, retries=0) as client, ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.stylize, CONTENT, STYLE_A)
+            time.sleep(0.7)  # admitted, waiting for its batch
+            srv.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert srv.proc.poll() is None  # draining, not killed
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            assert srv.proc.wait(10) == 128 + signal.SIGTERM and time.monotonic() - started < 5
+            with pytest.raises(StyleTransferError):
+                in_flight.result(timeout=30)
+        assert "SIGTERM again while draining: stopping now, 1 call(s) abandoned" in "".join(srv.stderr_lines)
     finally:
         srv.kill()
 

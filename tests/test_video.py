@@ -460,6 +460,20 @@ def test_rpc_bad_input(client: StyleTransferClient) -> None:
     assert client.stylize(frames[0], STYLE).width == 64  # and the server goes on serving
 
 
+def test_rpc_unknown_temporal_is_named_with_the_other_problems(server: ServerProcess) -> None:
+    # a raw client's enum value the server does not know hid the strength's problem
+    from adain.v1 import style_transfer_pb2 as pb
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    options = pb.VideoOptions(styles=[pb.Style(image=STYLE)], temporal=9, temporal_strength=1.5)
+    with grpc.insecure_channel(server.target) as channel:
+        call = pb_grpc.StyleTransferStub(channel).StylizeVideo(iter([pb.VideoRequest(options=options)]), timeout=30)
+        with pytest.raises(grpc.RpcError) as e:
+            list(call)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "options.temporal: unknown value 9" in e.value.details() and "options.temporal_strength" in e.value.details()
+
+
 def test_rpc_reading_error_cancels_and_is_raised(client: StyleTransferClient) -> None:
     def frames():
         yield make_image(64, 48)
