@@ -527,6 +527,12 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
     if _names_folder(args.output):  # the same container as the input, named after it
         out = out / f"{src.stem}_stylized{_video_suffix(src)}"
     elif out.suffix.lower() not in VIDEO_SUFFIXES:
+        from adain.media import MediaError, VideoReader
+
+        try:  # a file with sound and no picture (an .m4a) is no video: say that, not the output's suffix
+            VideoReader(src).close()
+        except MediaError as e:
+            raise CliError(str(e)) from None
         raise CliError(f"-o {args.output}: {src} is a video, so the output must be a video file "
                        f"({', '.join(VIDEO_SUFFIXES)}) or a folder")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))

@@ -128,7 +128,8 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
     # A batch waits up to 3 s to fill: Alice's first request holds her one place that long.
     metrics_port = free_port()
     srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "4", "--max-queue-per-caller",
-                        "1", "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port))
+                        "1", "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port),
+                        "--log-level", "INFO")  # a refusal is logged at INFO
 
     async def main() -> tuple[list, dict]:
         async with AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice, \

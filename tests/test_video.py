@@ -724,6 +724,22 @@ def test_cli_refuses_image_flags_for_videos(server: ServerProcess, clips: dict[s
     assert line.startswith("adain-stylize: error: options.styles[0].image: "), line
 
 
+def test_cli_says_a_sound_file_has_no_video(server: ServerProcess, clips: dict[str, Path], tmp_path: Path,
+                                            capsys) -> None:
+    import av
+
+    song = tmp_path / "song.m4a"  # sound only: it was told its output "must be a video file"
+    with av.open(str(clips["audio.mp4"])) as src, av.open(str(song), "w", format="mp4") as out:
+        stream = out.add_stream_from_template(src.streams.audio[0])
+        for packet in src.demux(src.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    assert main([str(song), "-s", str(clips["style.png"]), "-o", str(tmp_path / "x.m4a"),
+                 "--server", server.target]) != 0
+    assert f"{song}: the file has no video stream" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", list(BAD_VIDEOS), ids=list(BAD_VIDEOS))
 def test_cli_bad_videos(server: ServerProcess, clips: dict[str, Path], tmp_path: Path, case: str, capsys) -> None:
     make, expected = BAD_VIDEOS[case]
