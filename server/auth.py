@@ -37,7 +37,7 @@ import grpc
 
 from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY
 
-from .errors import request_id
+from .errors import request_id, trace_id
 from .logs import log_fields
 
 log = logging.getLogger("adain.server")
@@ -248,17 +248,21 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         token = bearer_token(metadata)
         if self.tokens.allows(token):
             return handler
-        return _denial(handler, details.method, request_id(metadata), token is not None, self.on_denied)
+        return _denial(handler, details.method, metadata, token is not None, self.on_denied)
 
 
-def _denial(handler: Any, method: str, rid: str, had_token: bool, on_denied: Callable[[str], None]) -> Any:
+def _denial(handler: Any, method: str, metadata: Any, had_token: bool, on_denied: Callable[[str], None]) -> Any:
     """A handler of the same kind as ``handler`` that ends the call with UNAUTHENTICATED."""
     name = method.rsplit("/", 1)[-1]
     message = "the token is not valid" if had_token else "this server needs an 'authorization: Bearer <token>'"
 
+    rid = request_id(metadata)
+
     async def deny(context: grpc.aio.ServicerContext) -> None:
         on_denied(name)
-        log_fields(log, logging.WARNING, request_id=rid, method=name, code="UNAUTHENTICATED", peer=context.peer(),
+        # the fields of every call's line (the caller: its address, as no token names it), and what came
+        log_fields(log, logging.WARNING, request_id=rid, method=name, code="UNAUTHENTICATED", ms=0.0,
+                   caller=caller_of(context, None), trace_id=trace_id(metadata), detail=message,
                    token="wrong" if had_token else "none")
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
 

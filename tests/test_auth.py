@@ -154,6 +154,7 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
         assert 'adain_requests_total{code="UNAUTHENTICATED",method="Stylize"} 3.0' in metrics, metrics
         log = "".join(srv.stderr_lines)
         assert "code=UNAUTHENTICATED" in log and "token=wrong" in log and "token=none" in log
+        assert "ms=0.0 caller=ipv4:127.0.0.1" in log  # the fields of every call's line
         assert OLD not in log and NEW not in log  # tokens are never logged
         assert srv.terminate() == 0
     finally:
