@@ -184,8 +184,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-video-frames": (positive_int, "most frames in one StylizeVideo stream"),
     "max-video-streams": (positive_int, "most StylizeVideo streams at once; beyond: RESOURCE_EXHAUSTED"),
     "video-window": (positive_int, "frames of one video stream being prepared, rendered or sent at once"),
-    "video-idle-s": (positive_float, "a video stream whose client sends no frame for this long is ended "
-                     "(DEADLINE_EXCEEDED), so a paused or vanished client does not keep a stream's place"),
+    "video-idle-s": (positive_float, "a video stream whose client sends no frame, or takes no reply, for this "
+                     "long is ended (DEADLINE_EXCEEDED), so a paused or vanished client keeps no stream's place"),
     "temporal": (one_of(TEMPORAL_MODES), f"temporal mode of video streams that do not choose one: "
                  f"{', '.join(TEMPORAL_MODES)}"),
     "temporal-strength": (_strength, "how much of the past a video frame keeps, in [0, 1), when a stream "

@@ -100,6 +100,9 @@ async def _call(
         code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
         if not expired and servicer.drain.draining:  # cut at the drain's end: the caller got UNAVAILABLE
             code = grpc.StatusCode.UNAVAILABLE
+        ended = context.code()  # ended by the server beside the handler (a stream whose client reads nothing)
+        if ended is not None and ended != grpc.StatusCode.OK:
+            code, detail = ended, context.details() or ""
         raise
     except grpc.aio.AbortError:
         code = context.code() or grpc.StatusCode.UNKNOWN

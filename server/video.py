@@ -72,6 +72,7 @@ class VideoService:
         self.default_temporal = limits.default_temporal
         self.default_strength = limits.default_strength
         self.active = 0
+        self._ending: set[asyncio.Task] = set()  # calls being ended for not reading (see _end_unread)
 
     async def run(
         self,
@@ -115,7 +116,14 @@ class VideoService:
                     break
                 if isinstance(got, BaseException):
                     raise got
-                yield await self._finish(stream, got, fmt, quality, loop)
+                reply = await self._finish(stream, got, fmt, quality, loop)
+                # Suspended here while gRPC writes the reply: a client that takes none is held by flow control,
+                # and would keep the stream (and its place) for good.
+                unread = loop.call_later(self.limits.idle_s, self._end_unread, context, asyncio.current_task())
+                try:
+                    yield reply
+                finally:
+                    unread.cancel()
                 in_flight.remove(got)
                 self.metrics.video_frames.inc()
         finally:
@@ -128,6 +136,25 @@ class VideoService:
             self.active -= 1
             self.metrics.video_streams.set(self.active)
             self.metrics.queue_depth.set(self.batcher.depth)
+
+    def _end_unread(self, context: grpc.aio.ServicerContext, handler: asyncio.Task | None) -> None:
+        """End a call whose client has taken no reply for idle_s: its status goes out beside the stuck write
+        (the client reads it after the replies it has), then the handler's task is cancelled, out of the write
+        that would wait for the client, and the stream's finally frees its place."""
+        message = (f"the client took no frame for {self.limits.idle_s:g} s (video_idle_s): the stream was ended, so "
+                   "that it holds no place that others wait for")
+
+        async def end() -> None:
+            try:  # returns once the client has read up to the status, which may be never
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+            except (grpc.aio.AbortError, asyncio.CancelledError, Exception):  # noqa: BLE001 - it ends the call
+                pass
+
+        task = asyncio.ensure_future(end())
+        self._ending.add(task)  # a reference until it is done
+        task.add_done_callback(self._ending.discard)
+        if handler is not None:  # once the status is on its way
+            asyncio.get_running_loop().call_later(0.1, handler.cancel)
 
     async def _read(
         self,

@@ -581,6 +581,31 @@ def test_a_stream_whose_client_sends_nothing_is_ended(limited) -> None:
         gate.set()
 
 
+def test_a_stream_whose_client_reads_nothing_is_ended(limited) -> None:
+    # Frames kept coming but no reply was taken: the server's writes waited on flow control, for good.
+    from adain.v1 import style_transfer_pb2 as pb
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    srv, _ = limited
+    frames = [make_image(128, 96, seed=i, kind="noise") for i in range(6)]  # PNG replies of ~40 KB
+    options = pb.VideoOptions(styles=[pb.Style(image=STYLE)], format=pb.IMAGE_FORMAT_PNG, temporal=pb.TEMPORAL_NONE)
+    messages = [pb.VideoRequest(options=options)] + [pb.VideoRequest(frame=f) for f in frames]
+    # without bandwidth probing the client's window stays at 64 KiB: two replies fill it
+    with grpc.insecure_channel(srv.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        call = pb_grpc.StyleTransferStub(channel).StylizeVideo(iter(messages), timeout=120)
+        started = time.monotonic()
+        while _metric(srv, "adain_video_streams") != 1:
+            time.sleep(0.05)
+        while _metric(srv, "adain_video_streams") != 0:  # ended by the server, not by the client's deadline
+            assert time.monotonic() - started < IDLE_S + 30, "the stream nobody reads still holds its place"
+            time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as e:
+            list(call)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert f"the client took no frame for {IDLE_S} s (video_idle_s)" in e.value.details()
+    assert "code=DEADLINE_EXCEEDED" in "".join(srv.stderr_lines)
+
+
 def test_single_images_are_served_while_a_video_runs(limited) -> None:
     """Frames queue behind each other, not in front of everyone: a Stylize call answers mid-stream."""
     _, client = limited
