@@ -187,12 +187,17 @@ class VideoReader:
         try:
             self._c = av.open(str(path))
         except av.error.FFmpegError as e:
-            raise MediaError(f"{path}: not a readable video ({e.strerror or e})") from None
+            why = "it ends before its first frame" if isinstance(e, av.error.EOFError) else (e.strerror or e)
+            if isinstance(e, av.error.InvalidDataError):
+                why = f"{why}: no container FFmpeg reads, or one cut short"
+            raise MediaError(f"{path}: not a readable video ({why})") from None
         except OSError as e:
             raise MediaError(f"{path}: cannot open: {e.strerror or e}") from None
         if not self._c.streams.video:
+            empty = not self._c.streams.audio
             self._c.close()
-            raise MediaError(f"{path}: the file has no video stream")
+            raise MediaError(f"{path}: the file has no video stream" + (
+                " (nor any other: an MP4 or MOV cut short loses its index; is the file complete?)" if empty else ""))
         self._v = self._c.streams.video[0]
         self._v.thread_type = "AUTO"
         self.audio_stream = self._c.streams.audio[0] if self._c.streams.audio else None

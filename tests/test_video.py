@@ -721,7 +721,8 @@ def _no_frames(tmp_path: Path) -> Path:
 BAD_VIDEOS = {
     "corrupt": (lambda c, t: (t / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 nothing else") and t / "bad.mp4",
                 "not a readable video"),
-    "truncated-mp4": (lambda c, t: _truncated(c["audio.mp4"], t), "not a readable video"),
+    "truncated-mp4": (lambda c, t: _truncated(c["audio.mp4"], t), "not a readable video (Invalid data found "
+                      "when processing input: no container FFmpeg reads, or one cut short)"),
     "truncated-mkv": (lambda c, t: _truncated(c["clip.mkv"], t), "truncated"),
     "truncated-gif": (lambda c, t: _truncated(c["anim.gif"], t), "truncated"),
     "no-video-stream": (lambda c, t: _audio_only(t), "no video stream"),
