@@ -33,6 +33,8 @@ from adain.regions import alpha_map, region_maps, regional_target
 from adain.tiling import Tiling, auto_threshold, render_tiled
 from adain.wire import Limits
 
+MIN_STYLE_SIDE = 16  # a 1 x 1 or 4 x 4 style gave a flat grey picture; a 6000 x 90 one (512 x 8 as used) streaks
+
 
 class Stylizer:
     """AdaIN style transfer with the shipped decoder (or ``decoder=path``). Thread-safe.
@@ -188,6 +190,10 @@ class Stylizer:
             return cached
         with torch.inference_mode():
             style = self.style_tensor(source, name, size, mode, content)
+            h, w = style.shape[2:]
+            if min(h, w) < MIN_STYLE_SIDE:  # its statistics would be a few cells': a flat wash over the photo
+                raise InvalidInputError(name, f"{w} x {h} px as used (style_size {size}) is too small to carry a "
+                                              f"style: its shorter side needs {MIN_STYLE_SIDE} px")
             stats = mean_std(self.encoder.encode([style], run=self.backend.relu4_1)[0])
         self.cache.put(key, stats)
         return stats

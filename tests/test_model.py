@@ -343,3 +343,12 @@ def test_limits_are_checked(decoder_path: Path) -> None:
             Limits(**{name: 0})  # max_content_side 0 made every output 1 x 1
     with pytest.raises(TypeError, match="limits must be an adain.Limits, got a dict"):
         Stylizer(decoder_path, device="cpu", limits={"max_styles": 2})
+
+
+def test_a_style_too_small_to_carry_one_is_refused(stylizer: Stylizer) -> None:
+    # a 4 x 4 style gave a flat grey picture and a 6000 x 90 one streaks (512 x 8 at the default style size)
+    for size, used in (((4, 4), "4 x 4"), ((600, 9), "512 x 8")):
+        with pytest.raises(InvalidInputError) as e:
+            stylizer.stylize(CONTENT, [STYLE_A, encoded(synth_image(*size, seed=4))])
+        assert e.value.field == "styles[1]" and f"{used} px as used" in str(e.value), e.value
+    assert stylizer.stylize(CONTENT, encoded(synth_image(16, 16, seed=4))).size == (96, 64)
