@@ -811,6 +811,9 @@ def _run(args: argparse.Namespace, query: str | None) -> int:
         raise CliError("--style preset:NAME stands alone: a preset has its own styles and weights")
     if single and sum(w for _, w in styles) <= 0:
         raise CliError("--style: all weights are 0; at least one must be > 0")
+    if len(args.mask or []) == 1 and len(styles) == 2 and any(w != 1 for _, w in styles):
+        raise CliError("--mask: one mask with two styles places them by the mask alone (white the first, black "
+                       "the second), so weights do nothing; give each style its own --mask to blend by weight")
     with connect(args) as client:
         if not single:
             return _run_folder(client, args, styles)

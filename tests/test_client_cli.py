@@ -371,6 +371,10 @@ def test_cli_refuses_what_it_would_silently_get_wrong(server: ServerProcess, fil
     line = _cli_failure([c, "-s", "id:1977", "-o", o, *srv], capsys)
     assert "no such file" not in line and "1977" in line
     assert "no style before the weight" in _cli_failure([c, "-s", ":0.5", "-o", o, *srv], capsys)
+    (tmp_path / "mask.png").write_bytes(files["a.png"].read_bytes())  # any image: refused before it is read
+    line = _cli_failure([c, "-s", a + ":0.9", "-s", a + ":0.1", "--mask", str(tmp_path / "mask.png"), "-o", o, *srv],
+                        capsys)
+    assert "--mask: one mask with two styles places them by the mask alone" in line  # the weights did nothing
     assert not Path(o).exists()
 
 
