@@ -203,7 +203,8 @@ class VideoFrameResult:
 
 
 def _local_error(field: str, message: str) -> StyleTransferError:
-    return StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}")
+    """An input the client refuses itself, named as the server would (its field among the violations too)."""
+    return StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", violations=[(field, message)])
 
 
 def _mib(n: int) -> str:

@@ -697,6 +697,14 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     with zipfile.ZipFile(saved) as z:
         assert z.testzip() is None and z.namelist() == ["one_stylized.png", "two_stylized.png"]  # as chosen
         assert [Image.open(io.BytesIO(z.read(n))).size for n in z.namelist()] == [(80, 60), (60, 80)]
+    # An option's error is no photo's: the run stops at the first and says it beside the control (it was
+    # repeated under every photo, each sent in turn).
+    _set_range(browser, browser.find_element(By.ID, "refine_steps"), 9999)
+    browser.find_element(By.ID, "submit").click()
+    message = wait_for(browser, lambda d: d.find_element(By.ID, "refine_steps-error").text)
+    assert "max_refine_steps" in message
+    wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled())
+    assert browser.find_elements(By.CSS_SELECTOR, "#batch-results figure") == []
 
 
 def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:
@@ -759,6 +767,13 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled(), timeout=30)
     wait_for(browser, lambda d: httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled")
     assert browser.execute_script(unloaded) == [True, 0, True]
+    # a reload mid-clip cancels it: it held the only clip slot for minutes, and the page then said "busy"
+    browser.execute_script("document.getElementById('content').value = ''")
+    browser.find_element(By.ID, "content").send_keys(str(tmp_path / "long.mp4"))
+    browser.find_element(By.ID, "submit").click()
+    job_id = wait_for(browser, lambda d: d.execute_script("return state.job"), timeout=30)
+    browser.refresh()
+    wait_for(browser, lambda d: httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled")
     # a clip failed with UNAVAILABLE gets the page's own words, as a 503 does
     assert browser.execute_script(
         "clearErrors(); const error = {code: 'UNAVAILABLE', message: 'm', violations: []};"
@@ -837,6 +852,19 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     assert (np.asarray(Image.open(io.BytesIO(_data_url_bytes(got)))) == np.asarray(direct.to_pil())).all()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "web_regions.png"))
+    # Removing a style takes its painting away: its colour goes to the next style chosen, which once took
+    # over the painting too, silently. And a double click on a gallery style adds it once.
+    browser.find_element(By.CSS_SELECTOR, '[aria-label="Remove waves"]').click()
+    ActionChains(browser).double_click(browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="strokes"]')
+                                       ).perform()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    time.sleep(0.5)  # the second click's chance to add it again
+    assert [li.text.split(":")[0] for li in browser.find_elements(By.CSS_SELECTOR, "#styles li")] == [
+        "Weight of mosaic", "Weight of strokes"]
+    assert browser.execute_script("return state.styles.map((s) => s.colour)") == ["#3cb44b", "#e6194b"]
+    left = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1]; labelsImage().then((r) => done(r.missing));")
+    assert left == [1]  # strokes has painted nothing: the page will say so beside it
 
 
 def test_page_says_when_it_cannot_preview_a_phone_photo(web: WebProcess, browser, tmp_path: Path) -> None:

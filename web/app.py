@@ -8,10 +8,10 @@ client (no torch, no second engine).
     POST /api/stylize     multipart: content, styles (repeated: an image file, or "id:NAME" for a style of
                           the server's library), weights (repeated, one per style), alpha,
                           preserve_color, mask, labels and label (repeated, one per style: "#rrggbb" or a grey
-                          level 0-255; the page's painted regions), refine_steps, format
+                          level 0-255; the page's painted regions), refine_steps, format, keep_exif
                           -> the image (X-Request-Id: the caller's, where it sent a usable one), or a JSON error
     POST /api/videos      multipart: content (a clip), styles, weights, alpha, preserve_color, temporal, size,
-                          fps
+                          fps, start, duration (a part of the clip, in seconds)
                           -> 202 and the job's state (``web.video``: a clip takes minutes)
     GET  /api/videos/ID   the job's state: running / done / failed / cancelled, frames done of total, the error
     GET  /api/videos/ID/result   the stylized clip (MP4), once done (409 before);  DELETE /api/videos/ID: cancel

@@ -5,7 +5,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { content: null, video: false, job: null, styles: [], info: { max_styles: 8, max_refine_steps: 0 } };
+const state = { content: null, video: false, job: null, request: null, styles: [],
+  info: { max_styles: 8, max_refine_steps: 0 } };
 let resultUrl = null;
 const VIDEO_SUFFIXES = /\.(mp4|m4v|mov|mkv|webm)$/i;
 // Region colours: each style keeps its own while it is chosen (a painting survives removing another style).
@@ -50,6 +51,7 @@ function setContent(file) {
 
 // A new content: the result shown was the last one's, and so is a clip or photos still on their way (stopped).
 function forgetResult() {
+  if (state.request) state.request.abort();  // a photo on its way: its busy state and outcome go with it
   if (state.job) cancelVideo();
   if (batch.running) { batch.cancelled = true; batch.results = []; }
   $("output").removeAttribute("src");
@@ -83,6 +85,7 @@ async function addExample(example, weight = 1) {
 
 function removeStyle(index) {
   const [gone] = state.styles.splice(index, 1);
+  erasePaint(gone.colour);  // else the next style chosen would take its colour, and its painting with it
   if (gone.example) {
     const button = document.querySelector(`#gallery button[data-name="${gone.example}"]`);
     if (button) button.setAttribute("aria-pressed", "false");
@@ -206,6 +209,28 @@ function strokeTo(event, start) {
   if (paint.brush) paint.painted = true;
 }
 
+// Take one brush colour's strokes off the canvas (their smoothed edges too: pixels nearest that colour).
+function erasePaint(colour) {
+  const canvas = $("paint-canvas");
+  if (!paint.painted || !canvas.width) return;
+  const ctx = canvas.getContext("2d");
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const d = pixels.data;
+  const rgb = PALETTE.map(hexRgb);
+  const mine = PALETTE.indexOf(colour);
+  for (let p = 0; p < d.length; p += 4) {
+    if (!d[p + 3]) continue;
+    let best = -1;
+    let bestDistance = Infinity;
+    for (let i = 0; i < rgb.length; i++) {
+      const dist = (d[p] - rgb[i][0]) ** 2 + (d[p + 1] - rgb[i][1]) ** 2 + (d[p + 2] - rgb[i][2]) ** 2;
+      if (dist < bestDistance) { bestDistance = dist; best = i; }
+    }
+    if (best === mine) d[p + 3] = 0;
+  }
+  ctx.putImageData(pixels, 0, 0);
+}
+
 function hexRgb(hex) {
   return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
 }
@@ -264,11 +289,14 @@ async function loadInfo() {
     img.alt = "";
     button.append(img, document.createTextNode(example.name));
     button.addEventListener("click", async () => {
+      if (button.dataset.adding) return;  // a second click while its image comes (a double click added it twice)
       if (button.getAttribute("aria-pressed") === "true") {
-        removeStyle(state.styles.findIndex((s) => s.example === example.name));
+        const index = state.styles.findIndex((s) => s.example === example.name);
+        if (index >= 0) removeStyle(index);
         return;
       }
-      await addExample(example);
+      button.dataset.adding = "1";
+      try { await addExample(example); } finally { delete button.dataset.adding; }
     });
     $("gallery").append(button);
   }
@@ -381,12 +409,13 @@ async function submit(event) {
   const button = $("submit");
   button.disabled = true;
   button.textContent = "Stylizing…";
-  $("result").hidden = false;
+  revealResult();
   $("result").setAttribute("aria-busy", "true");
   $("busy").hidden = false;
   $("download").hidden = true;
+  const request = state.request = new AbortController();
   try {
-    const response = await fetch("/api/stylize", { method: "POST", body: data });
+    const response = await fetch("/api/stylize", { method: "POST", body: data, signal: request.signal });
     if (!response.ok) {
       let body = null;
       try { body = await response.json(); } catch (e) { /* not JSON */ }
@@ -403,8 +432,9 @@ async function submit(event) {
     $("download").download = `stylized.${suffix()}`;
     $("download").hidden = false;
   } catch (e) {
-    $("form-error").textContent = "The page lost its connection to the server. Try again.";
+    if (e.name !== "AbortError") $("form-error").textContent = "The page lost its connection to the server. Try again.";
   } finally {
+    if (state.request === request) state.request = null;
     button.disabled = false;
     button.textContent = "Stylize";
     $("busy").hidden = true;
@@ -430,6 +460,15 @@ function videoBusy(busy) {
   $("result").setAttribute("aria-busy", String(busy));
 }
 
+// The result area shown and, on a small screen where it starts below the fold, scrolled to (on a phone the
+// Stylize button is at the bottom, and nothing seemed to happen).
+function revealResult() {
+  $("result").hidden = false;
+  if ($("result").getBoundingClientRect().top > window.innerHeight * 0.75) {
+    $("result").scrollIntoView({ behavior: "smooth", block: "start" });
+  }
+}
+
 // Unload the stylized clip: taking its src away alone leaves the last one loaded (and playing).
 function clearOutputVideo() {
   const video = $("output-video");
@@ -451,7 +490,7 @@ async function submitVideo() {
     $("content-error").textContent = "This page was installed without video support: choose a photo.";
     return;
   }
-  $("result").hidden = false;
+  revealResult();
   $("download").hidden = true;
   clearOutputVideo();  // the last clip's result goes while this one runs
   videoBusy(true);
@@ -547,7 +586,7 @@ async function submitBatch() {
   const grid = $("batch-results");
   grid.replaceChildren();
   grid.hidden = false;
-  $("result").hidden = false;
+  revealResult();
   $("download").hidden = true;
   batch.results = [];
   batch.cancelled = false;
@@ -592,7 +631,9 @@ async function submitBatch() {
         let body = null;
         try { body = await response.json(); } catch (e) { /* not JSON */ }
         const message = body && body.error && body.error.message;
-        if (response.status !== 400 || !message) {  // not this photo's fault: stop and say why
+        const fields = ((body && body.error && body.error.violations) || []).map((v) => v.field);
+        const photos = fields.length ? fields.every((f) => f === "content") : /^content\b/.test(message || "");
+        if (response.status !== 400 || !message || !photos) {  // not this photo's fault (an option's): stop, say why
           showError(body, response.status);
           break;
         }
@@ -825,6 +866,11 @@ function noPreview() {
 
 function init() {
   $("cancel").addEventListener("click", cancelVideo);
+  // Leaving the page for good (a reload, a closed tab) cancels its clip, which would hold the only clip slot
+  // for minutes and tell the reloaded page the server is busy; a page kept for Back (persisted) goes on.
+  window.addEventListener("pagehide", (e) => {
+    if (!e.persisted && state.job) fetch(`/api/videos/${state.job}`, { method: "DELETE", keepalive: true });
+  });
   $("live-start").hidden = !liveSupported();
   $("live-start").addEventListener("click", startLive);
   $("live-stop").addEventListener("click", stopLive);
