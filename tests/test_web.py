@@ -263,6 +263,8 @@ BAD = {
                            {}, "styles[0]"),
     "weights-count": ([_png("content", CONTENT), _png("styles", STYLE)], {"weights": ["1", "2"]}, "weights"),
     "weight-not-a-number": ([_png("content", CONTENT), _png("styles", STYLE)], {"weights": "x"}, "styles[0].weight"),
+    "alpha-huge-text": ([_png("content", CONTENT), _png("styles", STYLE)], {"alpha": "9" * 100_000}, "alpha"),
+    "weight-over-float32": ([_png("content", CONTENT), _png("styles", STYLE)], {"weights": "1e39"}, "styles[0].weight"),
     "alpha-over-1": ([_png("content", CONTENT), _png("styles", STYLE)], {"alpha": "1.5"}, "alpha"),  # the server's
     "colour-mode": ([_png("content", CONTENT), _png("styles", STYLE)], {"preserve_color": "sepia"}, "preserve_color"),
     "mask-wrong-size": ([_png("content", CONTENT), _png("styles", STYLE), _png("styles", STYLE),
@@ -286,6 +288,7 @@ def test_bad_input_is_400_naming_the_field(web: WebProcess, case: str) -> None:
     r = _post(web.url, files, data)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "INVALID_ARGUMENT" and _field(r) == field, r.text
+    assert len(r.content) < 2000  # a value echoed whole made a 200 KB error
 
 
 def _png_header(w: int, h: int) -> bytes:

@@ -35,10 +35,18 @@ TRANSPORT_RE = re.compile(r"ipv[46]:|unix:|dns:|\d+\.\d+\.\d+\.\d+|\[[0-9a-f]*:[
                           r"^cancelled$", re.I)
 
 
+MAX_ERROR_TEXT = 500  # characters of a message or description: a 100,000-character field came back twice
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
 def error_json(code: str, message: str, violations: list[tuple[str, str]] | tuple = ()) -> dict[str, Any]:
-    """Every error this front answers, over HTTP or a WebSocket: {"error": {code, message, violations}}."""
-    return {"error": {"code": code, "message": message,
-                      "violations": [{"field": f, "description": d} for f, d in violations]}}
+    """Every error this front answers, over HTTP or a WebSocket: {"error": {code, message, violations}}; the
+    texts at most MAX_ERROR_TEXT characters (they may quote what the caller sent)."""
+    return {"error": {"code": code, "message": _clipped(message),
+                      "violations": [{"field": _clipped(f), "description": _clipped(d)} for f, d in violations]}}
 
 
 def plural(count: int, word: str) -> str:
