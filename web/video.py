@@ -7,8 +7,8 @@ server's own stream limit still holds); a finished job's file is kept ``keep_s``
 ``max_kept`` finished jobs are kept (the oldest go first); every file lives in one temporary folder that
 ``close`` removes. A cancelled job stops after the frame in flight and leaves no file; so does a running
 job nobody has asked about for ``abandon_s`` seconds (its page was closed: the page asks every second).
-A job cancelled by its caller says "cancelled" from that moment (it still holds its place among the
-running ones until its frame in flight is done) and is forgotten ``cancelled_keep_s`` after it stopped.
+A job cancelled by its caller says "cancelled" from that moment and frees its place among the running ones
+(its thread stops after the frame in flight), and is forgotten ``cancelled_keep_s`` after it stopped.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ class VideoJobs:
             return self._running()
 
     def _running(self) -> int:
-        """Jobs whose thread has not stopped (one cancelled a moment ago still has a frame in flight)."""
-        return sum(j.finished is None for j in self.jobs.values())
+        """Jobs running and not cancelled: one cancelled a moment ago (a frame still in flight) frees its place at
+        once, so that the page's next clip is not told the server is busy (the server's own stream limit holds)."""
+        return sum(j.finished is None and j.state != "cancelled" for j in self.jobs.values())
 
     def new_folder(self) -> Path:
         """A folder for an upload about to become a job (removed by ``discard`` if it does not)."""

@@ -494,12 +494,13 @@ async function submitVideo() {
   $("download").hidden = true;
   clearOutputVideo();  // the last clip's result goes while this one runs
   videoBusy(true);
+  let mine = null;  // this call's job: another may have started by the time it ends (after a Cancel)
   try {
     const response = await fetch("/api/videos", { method: "POST", body: videoForm() });
     let job = null;
     try { job = await response.json(); } catch (e) { /* not JSON */ }
     if (response.status !== 202) { showError(job, response.status); videoBusy(false); return; }
-    state.job = job.id;
+    state.job = mine = job.id;
     showProgress(job);
     const cancelled = () => state.job !== job.id;  // Cancel pressed: cancelVideo has said so, stop asking
     while (job.state === "running" && !cancelled()) {
@@ -532,8 +533,8 @@ async function submitVideo() {
   } catch (e) {
     $("form-error").textContent = "The page lost its connection to the server. Try again.";
   } finally {
-    state.job = null;
-    videoBusy(false);
+    if (state.job === mine) state.job = null;
+    if (state.job === null) videoBusy(false);
   }
 }
 
@@ -546,6 +547,7 @@ async function cancelVideo() {
   const id = state.job;
   if (!id) return;
   state.job = null;  // the polling loop stops; the server stops after the frame in flight
+  videoBusy(false);  // at once: Stylize waited for the loop's next second
   clearOutputVideo();
   $("form-error").textContent = "Cancelled.";
   try { await fetch(`/api/videos/${id}`, { method: "DELETE" }); } catch (e) { /* it stops unasked for anyway */ }
