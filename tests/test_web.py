@@ -896,7 +896,9 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
     browser.find_element(By.ID, "submit").click()
     message = wait_for(browser, lambda d: d.find_element(By.ID, "content-error").text)
-    assert "content" in message and "not an image" in message
+    assert "not an image" in message and not message.startswith("content")  # beside the photo: no field name
+    # a style's problem beside that style, named by what in it is wrong
+    assert browser.execute_script("return besideControl('styles[1].weight', 'd')") == "weight: d"
     assert browser.find_element(By.ID, "submit").is_enabled()
     # At phone width the page is one column: nothing wider than the screen.
     browser.set_window_size(390, 844)

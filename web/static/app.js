@@ -330,6 +330,14 @@ function clearErrors() {
   document.querySelectorAll(".error").forEach((el) => { el.textContent = ""; });
 }
 
+// A problem as shown beside its control: the control needs no naming ("styles[1].weight" beside style 1 is
+// "weight: ...", "content" beside the photo is the description alone).
+function besideControl(field, description) {
+  const style = /^styles\[\d+\]\.?(.*)$/.exec(field || "");
+  const rest = style ? style[1] : (field || "").replace(/^[^.[]*\.?/, "");
+  return rest ? `${rest}: ${description}` : description;
+}
+
 // A server field ("styles[1].image", "content", "alpha"...) -> the message area beside its control.
 function errorArea(field) {
   const style = /^styles\[(\d+)\]/.exec(field || "");
@@ -357,7 +365,8 @@ function showError(body, status) {
   if (error.violations && error.violations.length) {
     for (const v of error.violations) {
       const area = errorArea(v.field);
-      area.textContent = (area.textContent ? area.textContent + " " : "") + `${v.field}: ${v.description}`;
+      const text = area === $("form-error") ? `${v.field}: ${v.description}` : besideControl(v.field, v.description);
+      area.textContent = (area.textContent ? area.textContent + " " : "") + text;
     }
   } else {
     $("form-error").textContent = plain[status] || error.message;
