@@ -30,7 +30,7 @@ def _main(argv: Sequence[str] | None) -> int:
         limits, folder = settings.limits, settings.styles_dir
         library = StyleLibrary(folder, limits.max_pixels, limits.max_styles) if folder else None
     except ValueError as e:
-        print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
+        logs.fatal(str(e))
         return 2
 
     import torch
@@ -45,12 +45,12 @@ def _main(argv: Sequence[str] | None) -> int:
         torch.set_num_threads(settings.torch_threads)
     device = None if settings.device == "auto" else settings.device
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"adain-server: error: --device {device}: CUDA is not available here", file=sys.stderr, flush=True)
+        logs.fatal(f"--device {device}: CUDA is not available here")
         return 2
     try:
         tiling = Tiling(settings.tile_threshold, tile=settings.tile_size, halo=settings.tile_halo)
     except ValueError as e:
-        print(f"adain-server: error: --tile-threshold/--tile-size/--tile-halo: {e}", file=sys.stderr, flush=True)
+        logs.fatal(f"--tile-threshold/--tile-size/--tile-halo: {e}")
         return 2
     try:
         stylizer = Stylizer(
@@ -63,7 +63,7 @@ def _main(argv: Sequence[str] | None) -> int:
             cache_size=settings.style_cache_size,
         )
     except (NoDecoderError, ValueError, RuntimeError) as e:  # no decoder; a backend asked for and unusable
-        print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
+        logs.fatal(str(e))
         return 2
     log.info("model loaded: %s", stylizer.info)
     return asyncio.run(serve(settings, stylizer, library=library))

@@ -33,6 +33,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.video import VideoStream
 from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
 
+from . import logs
 from .auth import TlsFiles, TokenAuth, TokenFile
 from .batcher import Batcher
 from .config import Settings
@@ -325,7 +326,7 @@ async def serve(settings: Settings, stylizer: Any, out=None, library: StyleLibra
     try:
         port = await app.start()
     except (OSError, ValueError) as e:  # a port in use, an unreadable or bad certificate or token file
-        print(f"adain-server: error: {e}", file=sys.stderr, flush=True)
+        logs.fatal(str(e))
         return 1
     host = settings.host
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host

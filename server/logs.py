@@ -30,8 +30,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_json = False  # whether setup() chose JSON: start-up errors follow
+
+
 def setup(level: str, fmt: str = "text") -> None:
     """Log to stderr at ``level`` in ``fmt``: "text" or "json"."""
+    global _json
+    _json = fmt == "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
@@ -43,3 +48,12 @@ def log_fields(logger: logging.Logger, level: int, **fields: Any) -> None:
     fields = {k: v for k, v in fields.items() if v is not None}
     words = (f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}" for k, v in fields.items())
     logger.log(level, " ".join(words), extra={"fields": fields})
+
+
+def fatal(message: str) -> None:
+    """A start-up error: one line on stderr naming its cause; a JSON object where the logs are JSON (a log
+    pipeline read the plain line as unparsed text, without its level)."""
+    if _json:
+        logging.getLogger("adain.server").error("adain-server: error: %s", message)
+    else:
+        print(f"adain-server: error: {message}", file=sys.stderr, flush=True)

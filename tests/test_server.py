@@ -648,6 +648,15 @@ def test_bad_flags_fail_the_start_naming_them(tmp_path: Path, case: str) -> None
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_a_start_up_error_is_json_where_the_logs_are(tmp_path: Path) -> None:
+    # a log pipeline read the plain line as unparsed text, without its level
+    proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0",
+                           "--log-format", "json", "--tile-size", "100"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    line = json.loads(proc.stderr)
+    assert line["level"] == "ERROR" and "--tile-size/--tile-halo: tile must be a multiple of 8" in line["message"]
+
+
 def test_a_file_that_is_no_decoder_says_why_in_a_line(tmp_path: Path) -> None:
     from adain.decoder import load_decoder
     from adain.errors import NoDecoderError
