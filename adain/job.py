@@ -83,12 +83,12 @@ class Job:
             bad.append(InvalidInputError("weights", f"{len(weights)} weights for {n} styles"))
         finite = True
         for i, w in enumerate(weights[: limits.max_styles]):  # beyond the limit only the count is reported
-            if not _is_number(w) or w < 0:
+            if not is_number(w) or w < 0:
                 bad.append(InvalidInputError(f"styles[{i}].weight", f"must be a finite number >= 0, got {w!r}"))
                 finite = False
         if weights and finite and sum(weights) <= 0:
             bad.append(InvalidInputError("styles.weight", "all style weights are zero; at least one must be > 0"))
-        if not _is_number(self.alpha) or not 0 <= self.alpha <= 1:
+        if not is_number(self.alpha) or not 0 <= self.alpha <= 1:
             bad.append(InvalidInputError("alpha", f"must be a number in [0, 1], got {self.alpha!r}"))
         if color_mode(self.preserve_color) not in (None, *COLOR_MODES):
             modes = ", ".join(("none", *COLOR_MODES))
@@ -140,7 +140,7 @@ class Job:
             elif len(alphas) != n:
                 bad.append(InvalidInputError("region_alphas", f"{len(alphas)} region alphas for {n} styles"))
             for i, a in enumerate(alphas):
-                if not _is_number(a) or not 0 <= a <= 1:
+                if not is_number(a) or not 0 <= a <= 1:
                     bad.append(InvalidInputError(f"styles[{i}].alpha", f"must be a number in [0, 1], got {a!r}"))
         return bad
 
@@ -165,11 +165,11 @@ class Job:
             value = getattr(self, name)
             if name == "content_weight" and value is None:
                 continue
-            if not _is_number(value) or value < 0:
+            if not is_number(value) or value < 0:
                 bad.append(InvalidInputError(name, f"must be a finite number >= 0, got {value!r}"))
         if (
-            _is_number(self.content_weight)
-            and _is_number(self.style_weight)
+            is_number(self.content_weight)
+            and is_number(self.style_weight)
             and self.content_weight == 0 == self.style_weight
         ):
             bad.append(InvalidInputError("style_weight", "content_weight and style_weight are both 0"))
@@ -240,7 +240,7 @@ class CheckedJob:
     region_alphas: tuple[float, ...] | None = None
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     """A finite real number: a NumPy scalar too (np.float32(0.5) was refused as no number), never a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -264,6 +264,6 @@ def temporal_problems(mode: str, strength: float | None) -> list[InvalidInputErr
     bad = []
     if mode not in TEMPORAL_MODES:
         bad.append(InvalidInputError("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {mode!r}"))
-    if strength is not None and (not _is_number(strength) or not 0 <= strength < 1):
+    if strength is not None and (not is_number(strength) or not 0 <= strength < 1):
         bad.append(InvalidInputError("temporal_strength", f"must be a number in [0, 1), got {strength!r}"))
     return bad

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-import numbers
 import os
 import threading
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from PIL import Image
 from adain.files import atomic_path
 from adain.hdr import is_hdr, to_sdr
 from adain.image import longest_size
+from adain.job import is_number
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
 # Video codecs by output container, best first: H.264 where the encoder exists, else what plays widely.
@@ -156,10 +156,6 @@ def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1
     return img if turn is None else img.transpose(turn)
 
 
-def _finite(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
 class VideoReader:
     """Frames of the first video stream, in order, as (RGB image, time in seconds); audio packets of the
     first audio stream are kept in ``audio`` for a :class:`VideoWriter` (thread-safe hand-over)."""
@@ -174,13 +170,14 @@ class VideoReader:
         ``duration`` (seconds) trim the clip: only its frames and sound from ``start`` for ``duration``
         come, their times counted from ``start``."""
         av = _av()
+        if not isinstance(path, (str, os.PathLike)):  # before Path(), which raises its own TypeError
+            raise MediaError(f"a clip is read from a file: expected a path, got a {type(path).__name__}")
         self.path = Path(path)
         self.max_side = max_side
-        if not isinstance(path, (str, os.PathLike)):
-            raise MediaError(f"a clip is read from a file: expected a path, got a {type(path).__name__}")
-        if max_fps is not None and not (_finite(max_fps) and max_fps > 0):
+        if max_fps is not None and not (is_number(max_fps) and max_fps > 0):
             raise MediaError(f"max_fps must be a finite number > 0, got {max_fps!r}")  # -1 looped for ever
-        if not (_finite(start) and start >= 0) or (duration is not None and not (_finite(duration) and duration > 0)):
+        bad_duration = duration is not None and not (is_number(duration) and duration > 0)
+        if not (is_number(start) and start >= 0) or bad_duration:
             raise MediaError(f"a clip's start must be >= 0 and its duration > 0 seconds, got {start}, {duration}")
         self.start, self.end = float(start), (float(start) + duration if duration is not None else math.inf)
         self.trimmed = self.start > 0 or self.end < math.inf

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,7 @@ def stylize_video(
 
     stream = VideoStream(stylizer, styles, **options)
     container = container_for(output)
-    if Path(output).exists() and Path(source).exists() and Path(output).samefile(source):
+    if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
         raise InvalidInputError("output", f"{output} is the source clip: it would be overwritten")
     # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)

@@ -147,6 +147,8 @@ def test_video_calls_refuse_what_they_would_get_wrong(stylizer: Stylizer, clips:
     with pytest.raises(InvalidInputError, match="is the source clip: it would be overwritten"):
         stylize_video(stylizer, same, same, [STYLE])
     assert same.read_bytes() == clips["silent.mp4"].read_bytes()
+    with pytest.raises(MediaError, match="a clip is read from a file: expected a path, got a bytes"):
+        stylize_video(stylizer, clips["silent.mp4"].read_bytes(), tmp_path / "out.mp4", [STYLE])
     for bad in (-1, 0, float("nan"), "x"):  # -1 looped for ever, 0 divided by zero, NaN was ignored
         with pytest.raises(MediaError, match="max_fps must be a finite number > 0"):
             stylize_video(stylizer, clips["silent.mp4"], tmp_path / "out.mp4", [STYLE], max_fps=bad)
