@@ -122,10 +122,10 @@ class Stylizer:
         if not is_list(contents):
             raise InvalidInputError("contents", f"must be a list of content images, got a {type(contents).__name__}"
                                                 " (one content: stylize())")
-        prepared = []
+        styles, prepared = style_list(styles), []
         for i, content in enumerate(contents):
             try:
-                prepared.append(self.prepare(Job(content, style_list(styles), **options)))
+                prepared.append(self.prepare(Job(content, styles, **options)))
             except InvalidInputError as e:
                 if e.field != "content":
                     raise

@@ -137,12 +137,16 @@ class VideoService:
             self.metrics.video_streams.set(self.active)
             self.metrics.queue_depth.set(self.batcher.depth)
 
+    def _idle(self, what: str) -> str:
+        """Why a stream idle for video_idle_s was ended, ``what`` being the side that stalled."""
+        return (f"{what} for {self.limits.idle_s:g} s (video_idle_s): the stream was ended, so that it holds no "
+                "place that others wait for")
+
     def _end_unread(self, context: grpc.aio.ServicerContext, handler: asyncio.Task | None) -> None:
         """End a call whose client has taken no reply for idle_s: its status goes out beside the stuck write
         (the client reads it after the replies it has), then the handler's task is cancelled, out of the write
         that would wait for the client, and the stream's finally frees its place."""
-        message = (f"the client took no frame for {self.limits.idle_s:g} s (video_idle_s): the stream was ended, so "
-                   "that it holds no place that others wait for")
+        message = self._idle("the client took no frame")
 
         async def end() -> None:
             try:  # returns once the client has read up to the status, which may be never
@@ -178,9 +182,7 @@ class VideoService:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:  # a paused or vanished client would hold one of max_streams for good
-                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, (
-                        f"no frame came for {self.limits.idle_s:g} s (video_idle_s): the stream was ended, so "
-                        "that it holds no place that others wait for")) from None
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle("no frame came")) from None
                 part = message.WhichOneof("part")
                 if part is None:
                     raise ServiceError.invalid([Violation("frame", f"message {index + 2} of the stream carries "
