@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -243,8 +244,19 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
     return data
 
 
-def _file_bytes(path: Path, field: str, max_bytes: int | None) -> bytes:
+@contextlib.contextmanager
+def _reading(field: str, path: str | os.PathLike) -> Iterator[None]:
+    """A file that cannot be read, in the block, as a StyleTransferError naming ``field`` and the file."""
     try:
+        yield
+    except FileNotFoundError:
+        raise _local_error(field, f"no such file: {os.fspath(path)}") from None
+    except OSError as e:
+        raise _local_error(field, f"cannot read {os.fspath(path)}: {e.strerror or e}") from None
+
+
+def _file_bytes(path: Path, field: str, max_bytes: int | None) -> bytes:
+    with _reading(field, path):
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise _local_error(field, f"{path} is not a regular file (a folder, a device or a pipe)")
@@ -252,10 +264,6 @@ def _file_bytes(path: Path, field: str, max_bytes: int | None) -> bytes:
             raise _too_big(field, str(path), st.st_size, max_bytes)
         with open(path, "rb") as f:  # read no more than the limit allows, should the file grow meanwhile
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise _local_error(field, f"no such file: {path}") from None
-    except OSError as e:
-        raise _local_error(field, f"cannot read {path}: {e.strerror or e}") from None
     if max_bytes is not None and len(data) > max_bytes:
         raise _too_big(field, str(path), len(data), max_bytes)
     return data
@@ -395,12 +403,8 @@ def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
     """PEM bytes, or a file's; a file that cannot be read is a StyleTransferError naming ``field``."""
     if value is None or isinstance(value, bytes):
         return value
-    try:
+    with _reading(field, value):
         return Path(value).read_bytes()
-    except FileNotFoundError:
-        raise _local_error(field, f"no such file: {os.fspath(value)}") from None
-    except OSError as e:
-        raise _local_error(field, f"cannot read {os.fspath(value)}: {e.strerror or e}") from None
 
 
 class _TokenSource:
@@ -413,15 +417,11 @@ class _TokenSource:
         self._path = path
         self._seen: tuple[int, int] | None = None
         if path is not None:  # a missing, unreadable or empty file is an error now, not at the first call
-            name = os.fspath(path)
             try:
-                self()
-            except FileNotFoundError:
-                raise _local_error("token_file", f"no such file: {name}") from None
-            except OSError as e:
-                raise _local_error("token_file", f"cannot read {name}: {e.strerror or e}") from None
+                with _reading("token_file", path):
+                    self()
             except UnicodeDecodeError:
-                raise _local_error("token_file", f"{name} is not UTF-8 text") from None
+                raise _local_error("token_file", f"{os.fspath(path)} is not UTF-8 text") from None
             except ValueError as e:
                 raise _local_error("token_file", str(e)) from None
 
