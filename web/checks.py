@@ -109,10 +109,14 @@ def number(text: Any, field: str) -> float:
     return value
 
 
-def whole(text: Any, field: str, least: int) -> int:
+def whole(text: Any, field: str, least: int, most: tuple[str, int] | None = None) -> int:
+    """A whole number >= ``least`` and, where ``most`` = (the limit's name, its value) is given, at most that
+    (checked here: past int32 the client could not even send it)."""
     value = number(text, field)
     if value != int(value) or value < least:
         raise BadInput(field, f"must be a whole number >= {least}, got {text!r}")
+    if most is not None and value > most[1]:
+        raise BadInput(field, f"{str(text)[:40]} is over the limit of {most[0]}={most[1]}")
     return int(value)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from adain.client import StyleTransferClient, StyleTransferError
 
-from .checks import public_error
+from .checks import error_json, public_error
 
 log = logging.getLogger("adain.web")
 INTERNAL = "the clip could not be stylized because of an error on this server (its log says more)"
@@ -141,8 +141,8 @@ class VideoJobs:
         def on_frame() -> None:
             job.done += 1
             if time.monotonic() - job.seen > self.abandon_s:
-                job.error = {"code": "CANCELLED", "violations": [],
-                             "message": f"nobody asked about this clip for {self.abandon_s:g} s: taken as abandoned"}
+                job.error = error_json("CANCELLED", f"nobody asked about this clip for {self.abandon_s:g} s: taken "
+                                       "as abandoned")["error"]
                 raise Cancelled
             if job.cancel.is_set():
                 raise Cancelled
@@ -154,19 +154,16 @@ class VideoJobs:
         except Cancelled:
             state, error = "cancelled", job.error  # abandoned: on_frame said why
         except StyleTransferError as e:
-            message, violations = public_error(e)
-            error = {"code": e.code.name, "message": message,
-                     "violations": [{"field": f, "description": d} for f, d in violations]}
+            error = error_json(e.code.name, *public_error(e))["error"]
         except MediaWriteError:  # writing the result failed: this service's fault, not the clip's
             log.exception("clip job %s: writing its result failed", job.id)
-            error = {"code": "INTERNAL", "message": INTERNAL, "violations": []}
+            error = error_json("INTERNAL", INTERNAL)["error"]
         except MediaError as e:  # the clip: named as its page named it, not by this server's folder
             message = str(e).replace(str(source), "the clip")
-            error = {"code": "INVALID_ARGUMENT", "message": message,
-                     "violations": [{"field": "content", "description": message}]}
+            error = error_json("INVALID_ARGUMENT", message, [("content", message)])["error"]
         except Exception:  # noqa: BLE001 - a job's failure is reported on its state, never lost
             log.exception("clip job %s failed", job.id)
-            error = {"code": "INTERNAL", "message": INTERNAL, "violations": []}
+            error = error_json("INTERNAL", INTERNAL)["error"]
         finally:
             source.unlink(missing_ok=True)
             if job.cancel.is_set():  # cancelled by its caller (it says so already), whatever the last frame did
