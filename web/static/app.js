@@ -219,16 +219,20 @@ function erasePaint(colour) {
   const rgb = PALETTE.map(hexRgb);
   const mine = PALETTE.indexOf(colour);
   for (let p = 0; p < d.length; p += 4) {
-    if (!d[p + 3]) continue;
-    let best = -1;
-    let bestDistance = Infinity;
-    for (let i = 0; i < rgb.length; i++) {
-      const dist = (d[p] - rgb[i][0]) ** 2 + (d[p + 1] - rgb[i][1]) ** 2 + (d[p + 2] - rgb[i][2]) ** 2;
-      if (dist < bestDistance) { bestDistance = dist; best = i; }
-    }
-    if (best === mine) d[p + 3] = 0;
+    if (d[p + 3] && nearestBrush(d, p, rgb) === mine) d[p + 3] = 0;
   }
   ctx.putImageData(pixels, 0, 0);
+}
+
+// The index of the palette colour (``rgb``: PALETTE as [r, g, b]) nearest the pixel at ``p`` of ``d``.
+function nearestBrush(d, p, rgb) {
+  let best = -1;
+  let bestDistance = Infinity;
+  for (let i = 0; i < rgb.length; i++) {
+    const dist = (d[p] - rgb[i][0]) ** 2 + (d[p + 1] - rgb[i][1]) ** 2 + (d[p + 2] - rgb[i][2]) ** 2;
+    if (dist < bestDistance) { bestDistance = dist; best = i; }
+  }
+  return best;
 }
 
 function hexRgb(hex) {
@@ -246,14 +250,7 @@ async function labelsImage() {
   const rgb = PALETTE.map(hexRgb);
   const counts = new Map();
   for (let p = 0; p < d.length; p += 4) {
-    let best = -1;
-    if (d[p + 3] >= 128) {
-      let bestDistance = Infinity;
-      for (let i = 0; i < rgb.length; i++) {
-        const dist = (d[p] - rgb[i][0]) ** 2 + (d[p + 1] - rgb[i][1]) ** 2 + (d[p + 2] - rgb[i][2]) ** 2;
-        if (dist < bestDistance) { bestDistance = dist; best = i; }
-      }
-    }
+    const best = d[p + 3] >= 128 ? nearestBrush(d, p, rgb) : -1;
     const [r, g, b] = best < 0 ? [0, 0, 0] : rgb[best];
     d[p] = r; d[p + 1] = g; d[p + 2] = b; d[p + 3] = 255;
     if (best >= 0) counts.set(PALETTE[best], (counts.get(PALETTE[best]) || 0) + 1);
@@ -511,7 +508,7 @@ async function submitVideo() {
     if (response.status !== 202) { showError(job, response.status); videoBusy(false); return; }
     state.job = mine = job.id;
     showProgress(job);
-    const cancelled = () => state.job !== job.id;  // Cancel pressed: cancelVideo has said so, stop asking
+    const cancelled = () => state.job !== mine;  // Cancel pressed: cancelVideo has said so, stop asking
     while (job.state === "running" && !cancelled()) {
       await sleep(1000);
       if (cancelled()) return;
