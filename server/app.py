@@ -131,6 +131,8 @@ class StyleTransferServer:
             max_batch_pixels=stylizer.tiling.threshold or None,
             on_batch=self.metrics.observe_batch,
         )
+        # read at each scrape: the render thread frees places too, and a gauge set on events went stale
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="adain-prepare")
         self.drain = Drain()
         self.refiner = RefineService(

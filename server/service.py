@@ -405,7 +405,6 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
-        self.metrics.queue_depth.set(self.batcher.depth)
         refine_ms = 0.0
         try:
             t0 = time.perf_counter()
@@ -443,7 +442,6 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 self.refiner.release()
             elif ticket is not None:
                 ticket.release()
-            self.metrics.queue_depth.set(self.batcher.depth)
         if len(data) > self.max_reply_bytes:
             raise ServiceError.reply_too_large(
                 f"the output is {image.width}x{image.height} as {FORMAT_BY_ENUM[request.format].upper()}", len(data),

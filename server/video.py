@@ -102,13 +102,14 @@ class VideoService:
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
         queue: asyncio.Queue[_Frame | BaseException | None] = asyncio.Queue(maxsize=self.limits.window)
         in_flight: list[_Frame] = []
+        ended = asyncio.Event()
         reader: asyncio.Task | None = None
         try:
             try:
                 stream = await loop.run_in_executor(self.pool, self.open_stream, job, temporal, strength)
             except InvalidInputError as e:
                 raise ServiceError.invalid([Violation(option_field(e.field), e.description)]) from e
-            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, deadline, caller,
+            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, ended, deadline, caller,
                                                     option_field))
             while True:
                 got = await queue.get()
@@ -127,6 +128,7 @@ class VideoService:
                 in_flight.remove(got)
                 self.metrics.video_frames.inc()
         finally:
+            ended.set()
             if reader is not None:
                 reader.cancel()
             for frame in in_flight:  # cancelled midway: take our frames out of the queue at once
@@ -135,7 +137,6 @@ class VideoService:
                 frame.ticket.release()
             self.active -= 1
             self.metrics.video_streams.set(self.active)
-            self.metrics.queue_depth.set(self.batcher.depth)
 
     def _idle(self, what: str) -> str:
         """Why a stream idle for video_idle_s was ended, ``what`` being the side that stalled."""
@@ -166,12 +167,14 @@ class VideoService:
         requests: AsyncIterator[pb.VideoRequest],
         queue: asyncio.Queue,
         in_flight: list[_Frame],
+        ended: asyncio.Event,
         deadline: float | None,
         caller: str,
         option_field: Callable[[str], str],
     ) -> None:
         """Take frames off the wire, prepare them in order and queue them for rendering; ``queue``'s bound
-        is the window. Ends the queue with None, or with the exception that ends the call."""
+        is the window. Ends the queue with None, or with the exception that ends the call; stops once the
+        stream has ``ended``."""
         loop = asyncio.get_running_loop()
         index = 0
         messages = aiter(requests)
@@ -181,8 +184,10 @@ class VideoService:
                     message = await asyncio.wait_for(anext(messages), self.limits.idle_s)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:  # a paused or vanished client would hold one of max_streams for good
+                except (asyncio.TimeoutError, TimeoutError):  # a paused or vanished client (3.10: not the same)
                     raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle("no frame came")) from None
+                if ended.is_set():  # Python 3.11's wait_for returns a message that came as it was cancelled (and
+                    return  # the reader went on to render a frame for nobody, or wait on the window for good)
                 part = message.WhichOneof("part")
                 if part is None:
                     raise ServiceError.invalid([Violation("frame", f"message {index + 2} of the stream carries "
@@ -204,7 +209,6 @@ class VideoService:
                     raise ServiceError.invalid([Violation(field, e.description)]) from e
                 frame.prepare_ms = (time.perf_counter() - t0) * 1000
                 frame.item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
-                self.metrics.queue_depth.set(self.batcher.depth)
                 await queue.put(frame)  # waits while the window is full
                 index += 1
             if deadline is not None and time.monotonic() > deadline - 0.1:  # ended by its deadline, not the caller

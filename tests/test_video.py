@@ -548,14 +548,15 @@ def test_a_clip_declaring_more_frames_than_the_server_takes_is_refused_before_se
 def test_rpc_cancel_midway_frees_the_stream(limited) -> None:
     srv, client = limited
     frames = [make_image(64, 48, seed=i) for i in range(6)]
-    stream = client.stylize_video(iter(frames), STYLE)
-    assert next(stream).index == 0
-    stream.close()  # the caller stops reading: the client cancels the call
-    deadline = time.monotonic() + 10
-    while _metric(srv, "adain_video_streams") != 0:
-        assert time.monotonic() < deadline, "the cancelled stream still holds its slot"
-        time.sleep(0.05)
-    assert _metric(srv, "adain_queue_depth") == 0
+    for _ in range(5):  # a frame arriving as the call was cancelled was read on (Python 3.11's wait_for) about 1 in 4
+        stream = client.stylize_video(iter(frames), STYLE)
+        assert next(stream).index == 0
+        stream.close()  # the caller stops reading: the client cancels the call
+        deadline = time.monotonic() + 10
+        while _metric(srv, "adain_video_streams") != 0:
+            assert time.monotonic() < deadline, "the cancelled stream still holds its slot"
+            time.sleep(0.05)
+        assert _metric(srv, "adain_queue_depth") == 0  # read at the scrape: it was a value set on events
     assert len(list(client.stylize_video(frames[:3], STYLE))) == 3  # the only slot is free again
     assert client.stylize(frames[0], STYLE).width == 64
 
