@@ -79,7 +79,7 @@ class LiveSessions:
             await self._stream(ws, {**options, "end_user": end_user}, limits)
         except BadInput as e:
             await _fail(ws, CLOSE_BAD_INPUT, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
-        except (WebSocketDisconnect, TimeoutError):
+        except (WebSocketDisconnect, asyncio.TimeoutError, TimeoutError):  # one class from 3.11
             pass
         finally:
             with self._lock:
@@ -168,7 +168,7 @@ class LiveSessions:
                     break
                 try:
                     data = receive.result().get("bytes")
-                except TimeoutError:
+                except (asyncio.TimeoutError, TimeoutError):
                     why = (f"a live session lasts at most {s.max_seconds:g} s; start it again" if left <= s.idle_seconds
                            else f"no frame for {s.idle_seconds:g} s")
                     await _fail(ws, CLOSE_TRY_LATER, "DEADLINE_EXCEEDED", why)
