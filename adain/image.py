@@ -39,6 +39,11 @@ ImageSource = bytes | bytearray | memoryview | str | Path | Image.Image | KeyedI
 
 DEFAULT_MAX_PIXELS = Limits.max_pixels  # 40 MP: a 6000 x 6000 photo is fine, a 50k x 50k bomb is not
 
+# A progressive JPEG's scans are each a pass over the whole image: a small file that repeats one scan
+# thousands of times (15 bytes each) held a decode worker for minutes. libjpeg's own progressive script has
+# 10 scans, tuned encoders a few more.
+MAX_JPEG_SCANS = 100
+
 # We check the pixel count ourselves, before decoding, with our own limit and message.
 Image.MAX_IMAGE_PIXELS = None
 heif_support()  # HEIC/HEIF photos, where pillow-heif is installed
@@ -104,6 +109,18 @@ def _open(source: ImageSource, field: str) -> Image.Image:
         raise InvalidInputError(field, f"cannot read image header: {e}") from e
 
 
+def _jpeg_scans(source: ImageSource) -> int:
+    """How many scans (start-of-scan markers) a JPEG's bytes hold: 0xFF 0xDA occurs nowhere else, for the
+    coded data escapes every 0xFF (a few in an embedded thumbnail or profile count too, harmlessly)."""
+    if isinstance(source, KeyedImage):
+        source = source.data
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source).count(b"\xff\xda")
+    if isinstance(source, (str, Path)):
+        return Path(source).read_bytes().count(b"\xff\xda")
+    return 0  # a PIL image: already the caller's
+
+
 def input_formats() -> list[str]:
     """The input formats this Pillow can open (HEIF only with pillow-heif, AVIF from Pillow 11.3)."""
     Image.init()
@@ -143,6 +160,9 @@ def load_image(
         raise InvalidInputError(field, f"image has zero size ({w} x {h})")
     if w * h > max_pixels:
         raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of {max_pixels}")
+    if img.format == "JPEG" and (scans := _jpeg_scans(source)) > MAX_JPEG_SCANS:
+        raise InvalidInputError(field, f"JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (a progressive "
+                                "JPEG has about 10; save it again)")
     try:
         img.load()
         img = ImageOps.exif_transpose(img) or img

@@ -213,3 +213,11 @@ def photo_with_exif(w: int = 64, h: int = 48, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     synth_image(w, h, seed=seed).save(buf, "JPEG", quality=92, exif=exif.tobytes())
     return buf.getvalue()
+
+
+def jpeg_scan_bomb(w: int, h: int, repeats: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated ``repeats`` times before its end: a small, valid file
+    whose decoding costs repeats x pixels (each scan is a pass over every block)."""
+    data = encoded(Image.new("L", (w, h), 128), "JPEG", progressive=True, quality=90)
+    last = data.rindex(b"\xff\xda")  # the last scan runs from its marker to the end-of-image marker
+    return data[:-2] + data[last:-2] * repeats + data[-2:]

@@ -6,6 +6,7 @@ import io
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -13,10 +14,10 @@ import pytest
 from PIL import Image
 
 from adain.errors import InvalidInputError
-from adain.image import encode_image, load_image
+from adain.image import MAX_JPEG_SCANS, encode_image, load_image
 from adain.photo import exif_to_keep
 from adain.wire import Limits
-from synth import P3_D50, SRGB_D50, encoded, icc_rgb, photo_with_exif, synth_image
+from synth import P3_D50, SRGB_D50, encoded, icc_rgb, jpeg_scan_bomb, photo_with_exif, synth_image
 
 IMG = synth_image(40, 30, seed=7)
 
@@ -183,6 +184,19 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
         load_image(bomb)
     with pytest.raises(InvalidInputError, match="1200 pixels, over the limit of 1000"):
         load_image(encoded(IMG, "PNG"), max_pixels=1000)
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(tmp_path) -> None:
+    # 3,000 scans of 2000 x 2000 in 40 kB: seconds to minutes of a decode worker, within the pixel limit
+    bomb = jpeg_scan_bomb(2000, 2000, 3000)
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidInputError, match=rf"30\d\d scans, over the limit of {MAX_JPEG_SCANS}") as err:
+        load_image(bomb, field="styles[0]")
+    assert err.value.field == "styles[0]" and time.perf_counter() - t0 < 1
+    (tmp_path / "bomb.jpg").write_bytes(bomb)
+    with pytest.raises(InvalidInputError, match="scans, over the limit"):
+        load_image(tmp_path / "bomb.jpg")
+    assert load_image(jpeg_scan_bomb(64, 48, 50)).size == (64, 48)  # a few repeats more than usual still decode
 
 
 def test_missing_and_empty_files(tmp_path) -> None:
