@@ -8,6 +8,7 @@ enums are mapped onto these names by their naming convention (``IMAGE_FORMAT_<NA
 from __future__ import annotations
 
 import numbers
+import re
 from dataclasses import dataclass
 
 from adain.v1 import style_transfer_pb2 as pb
@@ -23,6 +24,9 @@ DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_QUALITY = 90
 STYLE_ID_PREFIX = "id:"  # "id:<sha256>" names a registered style where a path could stand
 PRESET_PREFIX = "preset:"  # "preset:<name>" names a preset of the server's library in place of the styles
+# A library style's or preset's name (the server's --styles-dir): a plain file name, no folder and no "..", so
+# that a client may save a style's thumbnail as NAME.jpg; the client checks a server's names against it too.
+LIBRARY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # --- output formats -------------------------------------------------------------------------------
 FORMATS = ("png", "jpeg", "webp")

@@ -44,6 +44,7 @@ from adain.wire import (
     FORMAT_SUFFIXES,
     FORMATS,
     INPUT_SUFFIXES,
+    LIBRARY_NAME_RE,
     PRESET_PREFIX,
     STYLE_ID_PREFIX,
     TEMPORAL_MODES,
@@ -51,7 +52,7 @@ from adain.wire import (
     format_name,
 )
 
-from ._client import FLOAT32_MAX, Preset, StyleRef, StyleTransferClient, StyleTransferError
+from ._client import FLOAT32_MAX, LibraryStyle, Preset, StyleRef, StyleTransferClient, StyleTransferError
 from .video import is_video, stylize_video_file
 
 PROG = "adain-stylize"
@@ -732,9 +733,24 @@ def _server_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _valid_names(styles: list[LibraryStyle]) -> list[LibraryStyle]:
+    """The styles whose names are library names (adain.wire.LIBRARY_NAME_RE); the others are skipped with a
+    warning. A name becomes a file name (--thumbnails DIR/NAME.jpg) and is printed: a hostile server, or anyone
+    on a plaintext connection, could otherwise send "../x" or "/abs/x" and write outside DIR."""
+    valid = []
+    for s in styles:
+        if LIBRARY_NAME_RE.fullmatch(s.name):
+            valid.append(s)
+        else:  # repr: the name may hold control characters meant for the terminal
+            print(f"{PROG}: warning: skipped the style named {s.name[:100]!r} the server listed: a style name is "
+                  "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", file=sys.stderr)
+    return valid
+
+
 def _list_styles(args: argparse.Namespace) -> int:
     with connect(args) as client:
         styles, presets = client.library(thumbnail_size=256 if args.thumbnails else 0)
+    styles = _valid_names(styles)
     if not styles:
         print(f"the server at {args.server} has no library styles (adain-server --styles-dir)")
         return 0
@@ -742,7 +758,7 @@ def _list_styles(args: argparse.Namespace) -> int:
         folder = Path(args.thumbnails)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            for s in styles:
+            for s in styles:  # names checked by _valid_names: each file is in folder
                 (folder / f"{s.name}.jpg").write_bytes(s.thumbnail)
         except OSError as e:
             raise CliError(f"--thumbnails {folder}: cannot write: {e.strerror or e}") from None

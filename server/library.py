@@ -37,14 +37,14 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, load_image
-from adain.wire import COLOR_MODES, Limits
+from adain.wire import COLOR_MODES, LIBRARY_NAME_RE, Limits
 
 from .registry import style_id
 
 log = logging.getLogger("adain.server")
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RE = LIBRARY_NAME_RE  # one rule with the thin client, which saves thumbnails by name
 ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id: a name may not look like one
 MAX_STYLES = 1000  # a folder of photos given by mistake fails fast instead of decoding for minutes
 MAX_THUMBNAIL = 512

@@ -517,3 +517,41 @@ def test_client_refuses_what_it_cannot_send(server: ServerProcess, client: Style
     line = _cli_failure([str(files["content.png"]), "-s", a, "-o", o, "--token-file", str(tmp_path), *srv], capsys)
     assert line.startswith("adain-stylize: error: --token-file: ")
     assert not Path(o).exists()
+
+
+def test_list_styles_never_writes_a_thumbnail_outside_its_folder(tmp_path: Path, capsys) -> None:
+    """--thumbnails DIR saves DIR/NAME.jpg with NAME from the server's reply: a hostile server (or anyone on the
+    default plaintext connection) names its styles with paths. The fake server here stands for that server."""
+    from concurrent import futures
+
+    from adain.v1 import style_transfer_pb2 as pb
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    names = ["../outside/relative", str(outside / "absolute"), "..", "\x1b[2Jclear", "good"]
+
+    class Hostile(pb_grpc.StyleTransferServicer):
+        def ListStyles(self, request, context):  # noqa: N802 (the gRPC method's name)
+            return pb.ListStylesResponse(styles=[
+                pb.LibraryStyle(name=name, style_id=f"{i:064x}", width=1, height=1, thumbnail=b"#!/bin/sh\n")
+                for i, name in enumerate(names)])
+
+    hostile = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_StyleTransferServicer_to_server(Hostile(), hostile)
+    port = hostile.add_insecure_port("127.0.0.1:0")
+    hostile.start()
+    try:
+        thumbs = tmp_path / "thumbs"
+        assert main(["--list-styles", "--server", f"127.0.0.1:{port}", "--thumbnails", str(thumbs)]) == 0
+    finally:
+        hostile.stop(None)
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["outside", "thumbs"]
+    assert [p.name for p in thumbs.iterdir()] == ["good.jpg"]
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["good"]
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 4, err
+    assert all(w.startswith("adain-stylize: warning: skipped the style named ") for w in warnings), err
+    assert "'../outside/relative'" in warnings[0] and "1-64 letters, digits" in warnings[0]
+    assert "\x1b" not in err  # the name is quoted, its control characters escaped
