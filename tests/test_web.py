@@ -543,6 +543,7 @@ def test_live_frames_come_back_stylized_in_order(web: WebProcess, client) -> Non
 
 LIVE_BAD = {  # the first message, what follows it, the field, the message's words
     "not-json": ("hello", [], "options", "JSON object"),
+    "nested-too-deep": ("[" * 100_000 + "]" * 100_000, [], "options", "JSON object"),  # RecursionError, not ValueError
     "no-styles": ({"styles": []}, [], "styles", "at least 1 style"),
     "unknown-name": ({"styles": ["id:waves"]}, ["frame"], "styles[0].style_id", ""),  # the server's: no library
     "bad-alpha": ({"styles": ["upload"], "alpha": 2}, [STYLE, "frame"], "alpha", ""),  # the server's

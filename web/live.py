@@ -96,7 +96,7 @@ class LiveSessions:
         first = (await self._receive(ws, self.settings.idle_seconds)).get("text")
         try:
             spec = json.loads(first) if first is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes ("[" * 100000)
             spec = None
         if not isinstance(spec, dict):
             raise BadInput("options", "the first message must be the options, as a JSON object")
