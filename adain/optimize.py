@@ -39,12 +39,14 @@ from adain.errors import StoppedError
 from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std, with_luminance
 from adain.prepared import Prepared
+from adain.tiling import BYTES_PER_PIXEL, Tiling
 
 
 class Steps(Protocol):
     """The Stylizer's steps the optimisation uses (a Protocol, so this module never imports the Stylizer)."""
 
     encoder: Encoder
+    tiling: Tiling
 
     def target(self, feat: torch.Tensor, job: Prepared) -> torch.Tensor: ...
 
@@ -59,6 +61,10 @@ __all__ = ["Objective", "Progress", "StoppedError", "optimize", "refine"]
 FIRST_STEP = 1 / 255  # mean pixel change of L-BFGS's first step (see optimize)
 ADAM_LR = 0.02  # pixels in [0, 1]; benchmarks/refine.py --ablations compares Adam with L-BFGS
 REFINE_TARGET = "content"  # the content term of a refine; benchmarks/refine.py --ablations measured it
+# Working memory of a refine, a pixel of the image optimised: VGG's activations to relu4_1 with their gradients
+# in float32 (5.4 KB/px measured at 512 px) and L-BFGS's history of 100 pairs of image-sized vectors (2.4 KB/px).
+# Unbounded, a 1024-px refine took 5.5 GB and a phone photo would have taken ~50 GB.
+REFINE_BYTES_PER_PIXEL = 8192
 
 
 @dataclass(frozen=True)
@@ -283,7 +289,7 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     else:
         start = content
     h, w = start.shape[2:]
-    side = min(job.refine_size or max(h, w), max(h, w))
+    side = working_side(h, w, job.refine_size, stylizer.tiling.threshold)
     small = start if side == max(h, w) else _scaled(start, side)
     work_content = content if side == max(h, w) else _scaled(content, side)
     # The classic method is Gatys et al.'s: its content term is the content's features.
@@ -300,6 +306,22 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     if prepared.chroma_from is not None:
         x = with_luminance(prepared.chroma_from.to(x.device), luminance(x))
     return to_image(x)
+
+
+def max_refine_pixels(threshold: int) -> int | None:
+    """The most pixels a refine optimises at: no more memory than one plain render may take before tiling
+    (``threshold`` pixels at the tiling's BYTES_PER_PIXEL; None where tiling is off, 0)."""
+    return max(16 * 16, threshold * BYTES_PER_PIXEL // REFINE_BYTES_PER_PIXEL) if threshold > 0 else None
+
+
+def working_side(h: int, w: int, refine_size: int | None, threshold: int) -> int:
+    """The longest side a refine of an h x w image optimises at: ``refine_size`` where smaller, and within
+    :func:`max_refine_pixels` (a larger image is refined as with a smaller refine_size: the change upsampled)."""
+    side = min(refine_size or max(h, w), max(h, w))
+    most = max_refine_pixels(threshold)
+    if most is not None and h * w * (side / max(h, w)) ** 2 > most:
+        side = max(16, math.floor(max(h, w) * math.sqrt(most / (h * w))))
+    return side
 
 
 def _scaled(img: torch.Tensor, side: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job, is_list, style_list
 from adain.ops import adain, coral, luminance, mean_std, with_luminance
+from adain.optimize import max_refine_pixels
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
@@ -94,6 +95,7 @@ class Stylizer:
             "limits": asdict(self.limits),
             "style_cache_size": self.cache.size,
             "tiling": {**asdict(self.tiling), "tile_memory_bytes": self.tiling.peak_bytes()},
+            "max_refine_pixels": max_refine_pixels(self.tiling.threshold),
         }
 
     # --- the public one-call API -------------------------------------------------------------

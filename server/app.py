@@ -94,6 +94,7 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
             tile_size=model["tiling"]["tile"],
             tile_halo=model["tiling"]["halo"],
             tile_memory_bytes=model["tiling"]["tile_memory_bytes"],
+            max_refine_pixels=model["max_refine_pixels"] or 0,
         ),
         default_temporal=TEMPORAL_ENUM[settings.temporal],
         default_temporal_strength=settings.temporal_strength,

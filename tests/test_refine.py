@@ -18,7 +18,8 @@ from adain.client.cli import main
 from adain.errors import InvalidInputError, StoppedError
 from adain.image import to_tensor
 from adain.ops import luminance
-from adain.optimize import objective_for, optimize
+from adain.optimize import REFINE_BYTES_PER_PIXEL, objective_for, optimize, working_side
+from adain.tiling import BYTES_PER_PIXEL, Tiling
 from synth import make_image, make_mask, pixels, synth_image
 
 CONTENT = synth_image(64, 48, seed=31)
@@ -117,6 +118,23 @@ def test_a_smaller_working_size_lowers_the_full_size_style_term(stylizer: Styliz
     with torch.no_grad():
         before, after = (float(objective.style_term(stylizer.encoder(to_tensor(im)))) for im in (plain, refined))
     assert after < 0.95 * before, (before, after)
+
+
+def test_a_refine_works_within_a_memory_share(decoder_path: Path) -> None:
+    # Unbounded, a refine optimised at the content's full size: 5.5 GB at 1024 px, ~50 GB for a phone photo.
+    # Over max_refine_pixels it works as refine_size would, at the largest size within them.
+    threshold = 48 * 48 * REFINE_BYTES_PER_PIXEL // BYTES_PER_PIXEL  # refine within 48 x 48 pixels
+    capped = Stylizer(str(decoder_path), "cpu", precision="fp32", tiling=Tiling(threshold=threshold))
+    assert capped.info["max_refine_pixels"] == 48 * 48
+    assert working_side(96, 64, None, threshold) == 58 and 58 * 39 <= 48 * 48 < 59 * 40
+    assert working_side(96, 64, 32, threshold) == 32 and working_side(40, 30, None, threshold) == 40
+    assert working_side(4000, 3000, None, 0) == 4000  # tiling off: no bound
+    content = synth_image(96, 64, seed=31)
+    out = capped.stylize(content, STYLE_A, refine_steps=3)
+    uncapped = Stylizer(str(decoder_path), "cpu", precision="fp32", tiling=Tiling(threshold=0))
+    assert np.array_equal(np.asarray(out), np.asarray(uncapped.stylize(content, STYLE_A, refine_steps=3,
+                                                                       refine_size=58)))
+    assert not np.array_equal(np.asarray(out), np.asarray(uncapped.stylize(content, STYLE_A, refine_steps=3)))
 
 
 def test_a_callback_that_raises_stops_at_once(stylizer: Stylizer) -> None:

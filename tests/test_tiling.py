@@ -152,6 +152,7 @@ def test_mid_size_through_the_cli_in_bounded_memory(tiling_server: ServerProcess
     info = StyleTransferClient(tiling_server.target).server_info()
     tile_bytes = int(info["limits"]["tile_memory_bytes"])
     assert int(info["limits"]["tile_threshold_pixels"]) == 1 and int(info["limits"]["tile_size"]) == 512
+    assert int(info["limits"]["max_refine_pixels"]) == 16 * 16  # the least a refine works at
     grew = _rss(tiling_server.proc.pid, "VmHWM") - idle
     bound = tile_bytes + BUFFER_BYTES_PER_PIXEL * 3000 * 2000  # one tile's work + the image buffers
     assert grew <= bound, (grew / 2**20, bound / 2**20)
