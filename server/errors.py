@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from adain.wire import REQUEST_ID_KEY
+from adain.wire import REQUEST_ID_KEY, REQUEST_ID_RE
 
 
 @dataclass
@@ -72,10 +72,10 @@ def status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:
 
 
 def request_id(metadata: Sequence[tuple[str, Any]] | None) -> str:
-    """The caller's x-request-id (trimmed to 128 characters), or a new one: every reply and every
-    failure carries it back."""
+    """The caller's x-request-id (trimmed to 128 characters), or a new one where there is none or it is not
+    printable ASCII without spaces (``REQUEST_ID_RE``): every reply and every failure carries it back."""
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and value.strip():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID_RE.fullmatch(value.strip()[:128]):
             return value.strip()[:128]
     return str(uuid.uuid4())
 

@@ -222,6 +222,18 @@ def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient
     assert err.request_id == "bad-1"
 
 
+def test_a_request_id_with_control_characters_is_replaced() -> None:
+    # gRPC passes header values its own clients would refuse: a newline in one forged a line of the text log,
+    # and echoing it back failed the call with INTERNAL "Invalid metadata".
+    from adain.server.errors import request_id
+
+    for bad in ("abc\n2026-12-02 04:30:00,000 WARNING request_id=FORGED code=OK", "id\r\x1b[31mRED", "a\tb", "a b"):
+        rid = request_id([("x-request-id", bad)])
+        assert len(rid) == 36 and rid.count("-") == 4, rid  # a new uuid4
+    assert request_id([("x-request-id", " ok-1/2:3 ")]) == "ok-1/2:3"
+    assert request_id([("x-request-id", "x" * 300)]) == "x" * 128
+
+
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import shutil
 import time
 import uuid
@@ -57,6 +56,7 @@ from adain.photo import heif_support
 from adain.wire import (
     COLOR_MODES,
     FORMATS,
+    REQUEST_ID_RE,
     TEMPORAL_MODES,
     Limits,
     format_name,
@@ -101,7 +101,6 @@ VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temp
                 "duration")
 REPEATED_FIELDS = ("styles", "weights", "label")  # one per style; every other field is given once at most
 MAX_FORM_FIELDS = 50  # the form's values (not files): the styles by name, their weights and labels, the options
-REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")  # a caller's X-Request-Id we pass on: printable, no spaces
 ERROR_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "FAILED_PRECONDITION",
                413: "PAYLOAD_TOO_LARGE"}
 
