@@ -233,6 +233,45 @@ def test_a_clip_nobody_asks_about_is_cancelled(server: ServerProcess, tmp_path: 
         web.stop()
 
 
+def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerProcess, client,
+                                                                 tmp_path: Path) -> None:
+    """WebM, MKV and raw H.264 declare no frame count: a WebM is counted by its duration x its rate, and a clip
+    that says neither (raw H.264) fails as it reaches for the frame past adain-web's --max-video-frames,
+    which is never sent (a 2,000-frame WebM once went through a limit of 900)."""
+    import re
+    import shutil
+
+    from adain.media import probe
+    from adain.web.video import VideoJobs, clip_frames
+
+    make_video(tmp_path / "clip.webm", frames=60, fps=12)
+    info = probe(tmp_path / "clip.webm")
+    assert info.frames == 0 and clip_frames(info, None, 0.0, None) == 60
+    assert clip_frames(info, 6.0, 0.0, None) == 30 and clip_frames(info, None, 1.0, 2.0) == 24
+    make_video(tmp_path / "raw.h264", frames=20)
+    assert clip_frames(probe(tmp_path / "raw.h264"), None, 0.0, None) == 0  # neither: the running job stops
+
+    def stylized() -> float:
+        text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+        return float(re.search(r"^adain_video_frames_total (\S+)$", text, re.M).group(1))
+
+    jobs = VideoJobs(client, max_frames=8)
+    try:
+        before = stylized()
+        folder = jobs.new_folder()
+        shutil.copy(tmp_path / "raw.h264", folder / "upload")
+        job = jobs.start(folder, folder / "upload", "raw_stylized.mp4", 0, [STYLE], temporal="none")
+        end = time.monotonic() + 120
+        while job.finished is None and time.monotonic() < end:
+            time.sleep(0.1)
+        assert job.state == "failed" and job.error["code"] == "INVALID_ARGUMENT", job.state_json()
+        assert "more than 8 frames" in job.error["message"] and "--max-video-frames" in job.error["message"]
+        assert job.error["violations"] == [{"field": "content", "description": job.error["message"]}]
+        assert job.done <= 8 and stylized() - before <= 8 and not folder.exists()
+    finally:
+        jobs.close()
+
+
 BAD_CLIPS = {
     "an-image": (lambda tmp: _png("content", CONTENT), {}, "content", "not a video"),
     "too-many-frames": (lambda tmp: _clip(tmp, 36), {}, "content", "max_video_frames=30"),

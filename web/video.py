@@ -9,23 +9,31 @@ server's own stream limit still holds); a finished job's file is kept ``keep_s``
 job nobody has asked about for ``abandon_s`` seconds (its page was closed: the page asks every second).
 A job cancelled by its caller says "cancelled" from that moment and frees its place among the running ones
 (its thread stops after the frame in flight), and is forgotten ``cancelled_keep_s`` after it stopped.
+A job never sends more than ``max_frames`` frames (adain-web --max-video-frames): the upload's check counts
+what the container declares or its duration says (:func:`clip_frames`), and a clip that says neither, or
+says too little, fails as it reaches for one frame more.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adain.client import StyleTransferClient, StyleTransferError
 
 from .checks import error_json, public_error
+
+if TYPE_CHECKING:
+    from adain.media import VideoInfo
 
 log = logging.getLogger("adain.web")
 INTERNAL = "the clip could not be stylized because of an error on this server (its log says more)"
@@ -39,12 +47,54 @@ class Busy(Exception):
     """``max_running`` jobs are running already."""
 
 
+class TooManyFrames(Exception):
+    """A running clip reached for a frame past ``max_frames`` (its container did not say how many it has)."""
+
+    def __init__(self, max_frames: int) -> None:
+        super().__init__(f"the clip has more than {max_frames} frames, over the limit of max_video_frames="
+                         f"{max_frames} (adain-web --max-video-frames); take a part of it (start, duration) or "
+                         "fewer frames a second")
+
+
+def clip_frames(info: VideoInfo, fps: float | None, start: float, duration: float | None) -> int:
+    """The frames a clip sends, for the max_video_frames check: of its part (``start``, ``duration``) where one
+    is taken, at most ``fps`` a second. A container that declares no count (WebM, MKV, raw H.264) is counted
+    as its duration x its frame rate (taking its 0 let a clip of any length through); 0 where it says
+    neither (the running job stops at the limit then)."""
+    rate = float(info.rate)
+    kept = min(1.0, fps / rate) if fps else 1.0  # frames over fps a second are dropped
+    if (start or duration) and info.duration:  # a part of the clip: its frames are what the limit counts
+        return math.ceil((min(info.duration, start + (duration or math.inf)) - start) * rate * kept - 1e-6)
+    frames = info.frames or round(info.duration * rate)  # rounded: the sound may end a few ms after the frames
+    return math.ceil(frames * kept)
+
+
+class _FrameCap:
+    """The client, but a video stream that reaches for frame ``max_frames + 1`` raises TooManyFrames before
+    sending it (the client then cancels the stream): the upload's count is only what the container says."""
+
+    def __init__(self, client: StyleTransferClient, max_frames: int) -> None:
+        self._client, self._max_frames = client, max_frames
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def stylize_video(self, frames: Iterable[Any], styles: Any, **options: Any) -> Iterator[Any]:
+        def capped() -> Iterator[Any]:
+            for i, frame in enumerate(frames):
+                if i >= self._max_frames:
+                    raise TooManyFrames(self._max_frames)
+                yield frame
+
+        return self._client.stylize_video(capped(), styles, **options)
+
+
 @dataclass
 class VideoJob:
     id: str
     folder: Path
     name: str  # the result's file name, from the upload's
-    total: int = 0  # frames, as the container declares them (0: it does not say)
+    total: int = 0  # frames, as the container declares them or its duration says (0: it says neither)
     done: int = 0
     state: str = "running"  # running, done, failed, cancelled
     error: dict[str, Any] | None = None  # {"code", "message", "violations"} once failed or abandoned
@@ -63,9 +113,11 @@ class VideoJob:
 
 class VideoJobs:
     def __init__(self, client: StyleTransferClient, *, max_running: int = 1, keep_s: float = 1800.0,
-                 max_kept: int = 8, abandon_s: float = 300.0, cancelled_keep_s: float = 60.0) -> None:
+                 max_kept: int = 8, abandon_s: float = 300.0, cancelled_keep_s: float = 60.0,
+                 max_frames: int = 0) -> None:
         self.client, self.max_running, self.keep_s, self.max_kept = client, max_running, keep_s, max_kept
         self.abandon_s, self.cancelled_keep_s = abandon_s, cancelled_keep_s
+        self.max_frames = max_frames  # frames a job may send (adain-web --max-video-frames; 0: no limit)
         self.root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
@@ -148,11 +200,14 @@ class VideoJobs:
                 raise Cancelled
 
         state, error = "failed", None  # set on the job at the end, once its folder is as that state says
+        client = _FrameCap(self.client, self.max_frames) if self.max_frames else self.client
         try:
-            stylize_video_file(self.client, source, job.result, styles, on_frame=on_frame, **options)
+            stylize_video_file(client, source, job.result, styles, on_frame=on_frame, **options)
             state = "done"
         except Cancelled:
             state, error = "cancelled", job.error  # abandoned: on_frame said why
+        except TooManyFrames as e:
+            error = error_json("INVALID_ARGUMENT", str(e), [("content", str(e))])["error"]
         except StyleTransferError as e:
             error = error_json(e.code.name, *public_error(e))["error"]
         except MediaWriteError:  # writing the result failed: this service's fault, not the clip's
