@@ -73,7 +73,7 @@ class Job:
         elif n == 0:
             bad.append(InvalidInputError("styles", "at least 1 style is required"))
         elif n > limits.max_styles:
-            bad.append(InvalidInputError("styles", f"{n} styles, over the limit of max_styles={limits.max_styles}"))
+            bad.append(too_many_styles(n, limits))
         for name in ("weights", "masks", "label_values", "region_alphas"):
             value = getattr(self, name)
             if value is not None and not is_list(value):
@@ -102,10 +102,11 @@ class Job:
                     InvalidInputError(name, f"{value} is over the limit of max_content_side={limits.max_content_side}")
                 )
         bad += self._refine_problems(limits)
-        bad += self._region_problems(n)
+        bad += self._region_problems(n, limits.max_styles)
         return bad
 
-    def _region_problems(self, n: int) -> list[InvalidInputError]:
+    def _region_problems(self, n: int, most: int) -> list[InvalidInputError]:
+        """Problems with the regions; beyond ``most`` styles only the count is reported."""
         bad = []
         forms = [name for name in ("mask", "masks", "labels") if getattr(self, name) is not None]
         if len(forms) > 1:
@@ -118,14 +119,14 @@ class Job:
                 bad.append(InvalidInputError("masks", f"{len(masks)} masks for {n} styles (one per style)"))
             bad += [
                 InvalidInputError(f"styles[{i}].mask", "every style needs a mask when one has (its region)")
-                for i, m in enumerate(masks)
+                for i, m in enumerate(masks[:most])
                 if m is None or (isinstance(m, (bytes, bytearray, memoryview)) and not m)
             ]
         if self.labels is not None:
             values = list(self.label_values) if is_list(self.label_values) else []
             if len(values) != n:
                 bad.append(InvalidInputError("label_values", f"{len(values)} labels for {n} styles (one per style)"))
-            for i, v in enumerate(values):
+            for i, v in enumerate(values[:most]):
                 if v is None:
                     bad.append(InvalidInputError(f"styles[{i}].label", "every style needs a label when labels is set"))
                 elif label_value(v) is None:
@@ -139,7 +140,7 @@ class Job:
                 bad.append(InvalidInputError("styles[0].alpha", "a per-style alpha needs regions (masks or labels)"))
             elif len(alphas) != n:
                 bad.append(InvalidInputError("region_alphas", f"{len(alphas)} region alphas for {n} styles"))
-            for i, a in enumerate(alphas):
+            for i, a in enumerate(alphas[:most]):
                 if not is_number(a) or not 0 <= a <= 1:
                     bad.append(InvalidInputError(f"styles[{i}].alpha", f"must be a number in [0, 1], got {a!r}"))
         return bad
@@ -238,6 +239,11 @@ class CheckedJob:
     labels: ImageSource | None = None
     label_values: tuple[int, ...] | None = None
     region_alphas: tuple[float, ...] | None = None
+
+
+def too_many_styles(n: int, limits: Limits) -> InvalidInputError:
+    """The one problem reported for more than max_styles styles (none of each style's own)."""
+    return InvalidInputError("styles", f"{n} styles, over the limit of max_styles={limits.max_styles}")
 
 
 def is_number(value: object) -> bool:

@@ -26,6 +26,9 @@ class Violation:
         return f"{self.field}: {self.description}"
 
 
+MAX_VIOLATIONS = 20
+
+
 class ServiceError(Exception):
     """Ends a call with ``code``; INVALID_ARGUMENT carries google.rpc.BadRequest field violations."""
 
@@ -37,6 +40,11 @@ class ServiceError(Exception):
 
     @classmethod
     def invalid(cls, violations: list[Violation]) -> ServiceError:
+        """INVALID_ARGUMENT listing the violations, at most MAX_VIOLATIONS of them (a request of a million style
+        entries once listed each: a 73 MB log line, and a trailer too large to send)."""
+        if len(violations) > MAX_VIOLATIONS:
+            more = len(violations) - MAX_VIOLATIONS
+            violations = [*violations[:MAX_VIOLATIONS], Violation("request", f"and {more} more problems")]
         return cls(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(str(v) for v in violations), violations)
 
     @classmethod

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, encode_image, load_image
-from adain.job import CheckedJob, Job, temporal_problems
+from adain.job import CheckedJob, Job, temporal_problems, too_many_styles
 from adain.photo import exif_to_keep
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -249,8 +249,6 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         which = style.WhichOneof("source")
         if which == "image":
             return style.image
-        if i >= self.limits.max_styles:  # the request fails on the count: no lookups, no violations
-            return b""
         if which != "style_id":
             bad.append(Violation(f"{prefix}styles[{i}]", "set image or style_id"))
             return b""
@@ -310,6 +308,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     ) -> CheckedJob:
         """A request (or a video's options, ``content`` None, fields under ``prefix``) as a checked Job,
         or one INVALID_ARGUMENT listing every problem, ``more`` (the caller's own) included."""
+        if len(msg.styles) > self.limits.max_styles:  # the count alone, before any work for each entry
+            raise ServiceError.invalid([Violation(prefix + "styles", too_many_styles(len(msg.styles),
+                                                                                      self.limits).description)])
         bad: list[Violation] = []
         look = {
             "styles": [self._style(style, i, bad, prefix) for i, style in enumerate(msg.styles)],

@@ -15,6 +15,7 @@ from adain.image import to_image, to_tensor
 from adain.job import Job
 from adain.ops import masked_adain, mean_std, weighted_mean_std
 from adain.video import VideoStream
+from adain.wire import Limits
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, synth_image
 
 torch.set_num_threads(1)
@@ -177,3 +178,13 @@ def test_bad_regions_name_the_field(stylizer: Stylizer, case: str) -> None:
     with pytest.raises(InvalidInputError) as err:
         stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], **kwargs)
     assert err.value.field == field, str(err.value)
+
+
+def test_beyond_max_styles_only_the_count_is_reported() -> None:
+    # Each of a thousand styles' missing mask, label and alpha was a problem of its own (a 73 MB log line).
+    job = Job(CONTENT, [STYLE_A] * 1000, masks=[None] * 1000, region_alphas=[2.0] * 1000)
+    problems = job.problems(Limits())
+    assert problems[0].field == "styles" and "1000 styles, over the limit of max_styles=8" in problems[0].description
+    assert len(problems) <= 1 + 2 * Limits().max_styles, [p.field for p in problems]
+    labelled = Job(CONTENT, [STYLE_A] * 1000, labels=Image.new("L", (96, 64)), label_values=[None] * 1000)
+    assert len(labelled.problems(Limits())) <= 1 + Limits().max_styles

@@ -27,6 +27,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.precision import cpu_has_bf16, cpu_info
+from adain.server.errors import MAX_VIOLATIONS, ServiceError, Violation
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import ServerProcess, free_port, health_status
@@ -354,6 +355,23 @@ def test_many_bad_styles_give_one_bounded_error(client: StyleTransferClient) -> 
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, CONTENT, [StyleRef("0" * 64)] * 500)
     assert "max_styles=8" in err.details
     assert len(err.violations) <= 8 + 1, err.violations
+
+
+def test_a_million_style_entries_get_one_violation_at_once(server: ServerProcess) -> None:
+    # Each entry past max_styles still got its own ("every style needs a mask"), all built on the event loop:
+    # 16 s without health answers, a 73 MB log line, and a trailer too large to send.
+    request = pb.StylizeRequest(content=CONTENT)
+    request.styles.add(image=STYLE_A, mask=make_mask())
+    request.styles.extend([pb.Style()] * 999_999)
+    t0 = time.monotonic()
+    with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details() == "styles: 1000000 styles, over the limit of max_styles=8"
+    assert time.monotonic() - t0 < 10
+    many = ServiceError.invalid([Violation(f"styles[{i}].weight", "bad") for i in range(100)])
+    assert len(many.violations) == MAX_VIOLATIONS + 1 and many.violations[-1].description == "and 80 more problems"
 
 
 def test_bad_request_details_are_google_rpc(server: ServerProcess) -> None:
