@@ -272,9 +272,23 @@ def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerP
         jobs.close()
 
 
+def test_a_clip_that_says_neither_count_nor_duration_fails_at_the_limit(web: WebProcess, tmp_path: Path) -> None:
+    """Raw H.264 says neither: it is taken (202) and fails as it reaches for frame 31 of a limit of 30."""
+    make_video(tmp_path / "raw.h264", frames=40)
+    r = httpx.post(web.url + "/api/videos", files=[("content", ("raw.h264", (tmp_path / "raw.h264").read_bytes(),
+                   "video/h264")), _png("styles", STYLE)], data={"temporal": "none"}, timeout=60)
+    assert r.status_code == 202 and r.json()["total"] == 0, r.text
+    job = _finished(web, r.json())
+    assert job["state"] == "failed" and job["error"]["code"] == "INVALID_ARGUMENT", job
+    assert "more than 30 frames" in job["error"]["message"] and "--max-video-frames" in job["error"]["message"]
+    assert job["done"] <= 30
+
+
 BAD_CLIPS = {
     "an-image": (lambda tmp: _png("content", CONTENT), {}, "content", "not a video"),
     "too-many-frames": (lambda tmp: _clip(tmp, 36), {}, "content", "max_video_frames=30"),
+    "webm-too-long": (lambda tmp: _clip(tmp, 36, "clip.webm"), {}, "content", "36 frames, over the limit of "
+                      "max_video_frames=30"),  # it declares no count: its duration x its rate
     "temporal": (lambda tmp: _clip(tmp, 6), {"temporal": "wobbly"}, "temporal", "none, smooth, flow"),
     "size": (lambda tmp: _clip(tmp, 6), {"size": "8"}, "size", ">= 16"),
     "image-only-field": (lambda tmp: _clip(tmp, 6), {"refine_steps": "5"}, "refine_steps", "unknown field"),

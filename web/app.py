@@ -79,7 +79,7 @@ from .checks import (
 )
 from .live import LiveSessions, LiveSettings
 from .metrics import MetricsMiddleware, WebMetrics
-from .video import Busy, VideoJobs
+from .video import Busy, VideoJobs, clip_frames
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -111,7 +111,7 @@ class WebSettings:
     timeout: float = 120.0  # deadline of each backend call, seconds
     limits: Limits | None = None  # for the checks made here; None: the backend's, asked once it answers
     max_video_bytes: int = 200 * 1024 * 1024  # the body of a clip's upload
-    max_video_frames: int = 900  # frames a clip may declare (the server's --max-video-frames holds too)
+    max_video_frames: int = 900  # frames a clip may have: declared, by its duration, or as a job runs
     max_video_jobs: int = 1  # clips stylized at once; 429 beyond
     video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
     video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
@@ -194,7 +194,7 @@ def create_app(
     """The app over ``client`` (which it does not close), counted in ``metrics`` when given. No interactive
     docs: they load scripts from other sites, and the page loads nothing from anywhere but here."""
     jobs = VideoJobs(client, max_running=settings.max_video_jobs, keep_s=settings.video_keep_s,
-                     abandon_s=settings.video_abandon_s) if _has_av() else None
+                     abandon_s=settings.video_abandon_s, max_frames=settings.max_video_frames) if _has_av() else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -516,7 +516,7 @@ async def _read_video_form(
     form: Any, limits: Limits, folder: Path, settings: WebSettings
 ) -> tuple[Path, str, int, dict[str, Any]]:
     """A clip's upload, saved into ``folder`` and checked as a video within the limits, and its options:
-    (file, the result's name, its declared frames, options); raises BadInput naming the field."""
+    (file, the result's name, its frames, options); raises BadInput naming the field."""
     from adain.media import is_media, probe
 
     _check_fields(form, VIDEO_FIELDS, {"content": "a video file"})
@@ -549,11 +549,7 @@ async def _read_video_form(
         duration = number(form["duration"], "duration")
         if duration <= 0:
             raise BadInput("duration", f"must be > 0 seconds (or empty: to the end), got {form['duration']!r}")
-    rate = min(float(info.rate), fps) if fps else float(info.rate)
-    if (start or duration) and info.duration:  # a part of the clip: its frames are what the limit counts
-        frames = math.ceil((min(info.duration, start + (duration or math.inf)) - start) * rate - 1e-6)
-    else:
-        frames = math.ceil(info.frames * min(1.0, fps / float(info.rate))) if fps else info.frames
+    frames = clip_frames(info, fps, start, duration)  # declared, or by the duration (WebM declares none)
     if frames > settings.max_video_frames:
         raise BadInput("content", f"{frames} frames, over the limit of max_video_frames="
                        f"{settings.max_video_frames}" + (" (at that frame rate)" if fps else "") +
