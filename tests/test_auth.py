@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.server.auth import RECHECK_S, TlsFiles, TokenFile, bearer_token, read_tokens
 from adain.server.config import parse_settings
+from adain.v1 import style_transfer_pb2 as pb
 from helpers import REPO, ServerProcess, free_port, health_status, make_certificates
 from synth import make_image
 
@@ -114,6 +115,19 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
             with pytest.raises(StyleTransferError) as info:  # a streaming method is refused as well
                 wrong.stylize(CONTENT, STYLE, refine_steps=2, on_progress=lambda p: None)
             assert (info.value.code, info.value.details) == (grpc.StatusCode.UNAUTHENTICATED, "the token is not valid")
+        # 16 million empty style entries (32 MB) took 1.2 GB to parse, before the token was looked at, and as
+        # much for a caller with one before any check: refused unparsed without a token, and with one on the count
+        junk = bytes(pb.StylizeRequest(content=CONTENT).SerializeToString()) + b"\x12\x00" * 15_900_000
+        idle = _peak_rss(srv.proc.pid)
+        with grpc.insecure_channel(srv.target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+            stylize = channel.unary_unary("/adain.v1.StyleTransfer/Stylize")
+            for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED),
+                                   ((("authorization", f"Bearer {OLD}"),), grpc.StatusCode.INVALID_ARGUMENT)):
+                with pytest.raises(grpc.RpcError) as info:
+                    stylize(junk, metadata=metadata, timeout=60)
+                assert info.value.code() == code, info.value.details()
+        assert "over 72 fields: more than max_styles=8 styles" in info.value.details()
+        assert _peak_rss(srv.proc.pid) - idle < 300 << 20, (_peak_rss(srv.proc.pid) - idle) >> 20
         with StyleTransferClient(srv.target, timeout=60, token=OLD) as good:
             assert good.stylize(CONTENT, STYLE).width == 48
             assert good.server_info()["device"] == "cpu"
@@ -151,7 +165,7 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
         assert health_status(srv.target) is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
             metrics = reply.read().decode()
-        assert 'adain_requests_total{code="UNAUTHENTICATED",method="Stylize"} 3.0' in metrics, metrics
+        assert 'adain_requests_total{code="UNAUTHENTICATED",method="Stylize"} 4.0' in metrics, metrics
         log = "".join(srv.stderr_lines)
         assert "code=UNAUTHENTICATED" in log and "token=wrong" in log and "token=none" in log
         assert "ms=0.0 caller=ipv4:127.0.0.1" in log  # the fields of every call's line
@@ -159,6 +173,12 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
         assert srv.terminate() == 0
     finally:
         srv.kill()
+
+
+def _peak_rss(pid: int) -> int:
+    """A process's peak resident memory (VmHWM), bytes."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 _run = {"capture_output": True, "text": True, "timeout": 120, "cwd": REPO}
