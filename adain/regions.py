@@ -53,7 +53,11 @@ def region_maps(
         return torch.cat([t, 1 - t], dim=1)
     else:
         return None
-    return torch.cat([_resized(m, size) for m in maps], dim=1)
+    out = torch.empty(1, len(maps), size[1], size[0])  # filled a map at a time: a cat of them held two copies
+    for k in range(len(maps)):
+        out[:, k:k + 1] = _resized(maps[k], size)
+        maps[k] = None  # type: ignore[call-overload]
+    return out
 
 
 def _resized(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -80,9 +84,18 @@ def _label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list
     img = load_image(job.labels, field="labels", max_pixels=max_pixels, mode="raw")  # type: ignore[arg-type]
     if img.size != size:
         raise InvalidInputError("labels", f"labels is {img.width} x {img.height}, content is {size[0]} x {size[1]}")
-    rgb = np.asarray(img, dtype=np.int64)
+    # built in place in 4 bytes a pixel: int64 arrays and their temporaries took 4.6 GB at 64 MP
+    rgb = np.asarray(img, dtype=np.uint8)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    label = np.where((r == g) & (g == b), r, (r << 16) | (g << 8) | b)
+    label = r.astype(np.uint32)
+    label <<= 8
+    label |= g
+    label <<= 8
+    label |= b
+    grey = r == g
+    grey &= g == b
+    np.copyto(label, r, where=grey)
+    del grey
     maps = []
     for i, value in enumerate(job.label_values or ()):
         hit = label == value
