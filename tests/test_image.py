@@ -199,6 +199,26 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(tmp_path) -> No
     assert load_image(jpeg_scan_bomb(64, 48, 50)).size == (64, 48)  # a few repeats more than usual still decode
 
 
+MEASURE_16_BIT = """
+import io, resource
+import numpy as np
+from PIL import Image
+from adain.image import load_image
+buf = io.BytesIO()
+Image.fromarray(np.full((4000, 4000), 30000, np.uint16)).save(buf, "PNG")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_image(buf.getvalue())
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def test_a_16_bit_image_decodes_in_bounded_memory() -> None:
+    # In float64 with its temporaries a 16-MP 16-bit PNG (a few kB) took 430 MB to become 8-bit; now ~150.
+    run = subprocess.run([sys.executable, "-c", MEASURE_16_BIT], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) < 250, f"{run.stdout.strip()} MB"
+
+
 def test_missing_and_empty_files(tmp_path) -> None:
     with pytest.raises(InvalidInputError, match="no such image file"):
         load_image(tmp_path / "nope.png")
