@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -65,6 +66,30 @@ def _field(response: httpx.Response) -> str:
 def test_web_imports_no_torch() -> None:
     code = "import sys, adain.web.app, adain.web.__main__; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_a_refine_shows_its_steps_and_stops_when_the_page_goes(web: WebProcess) -> None:
+    # A refine showed only a spinner, and one the page left (Cancel, a closed tab) held the server's only
+    # refine place until the call's deadline: the next visitor's refine waited 118 s.
+    request = httpx.Request("POST", web.url + "/api/stylize", headers={"X-Request-Id": "refine-followed"},
+                            files=[_png("content", make_image(256, 256, seed=1)), _png("styles", STYLE)],
+                            data={"refine_steps": "500"})
+    body = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
+    page = socket.create_connection(("127.0.0.1", web.port))
+    page.sendall(f"POST /api/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + body)
+    deadline = time.monotonic() + 60
+    while (seen := httpx.get(web.url + "/api/progress/refine-followed", timeout=10)).status_code == 404 or \
+            seen.json()["step"] < 1:
+        assert time.monotonic() < deadline, seen.text
+        time.sleep(0.1)
+    assert seen.json()["steps"] == 500
+    page.close()  # the page goes away
+    t0 = time.monotonic()
+    after = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "1"})
+    assert after.status_code == 200, after.text
+    assert time.monotonic() - t0 < 30  # the abandoned refine stopped at its next step
+    assert httpx.get(web.url + "/api/progress/refine-followed", timeout=10).status_code == 404
 
 
 def test_keep_exif_over_http(web: WebProcess) -> None:
@@ -922,6 +947,31 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     left = browser.execute_async_script(
         "const done = arguments[arguments.length - 1]; labelsImage().then((r) => done(r.missing));")
     assert left == [1]  # strokes has painted nothing: the page will say so beside it
+
+
+def test_page_shows_a_refines_steps_and_cancel_stops_it(web: WebProcess, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    content = tmp_path / "photo.png"
+    content.write_bytes(make_image(256, 256, seed=41))
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(content))
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    wait_for(browser, lambda d: not d.find_element(By.ID, "refine-row").get_attribute("hidden"))
+    steps = browser.find_element(By.ID, "refine_steps")
+    steps.clear()
+    steps.send_keys("500")
+    browser.find_element(By.ID, "submit").click()
+    text = wait_for(browser, lambda d: (t := d.find_element(By.ID, "progress-text").text).startswith(
+        "Refining: step") and not t.startswith("Refining: step 0") and t, timeout=60)
+    assert text.endswith("of 500"), text
+    browser.find_element(By.ID, "cancel").click()
+    assert browser.find_element(By.ID, "form-error").text == "Cancelled."
+    assert browser.find_element(By.ID, "submit").is_enabled()
+    t0 = time.monotonic()  # the server's only refine place is free again at the job's next step
+    after = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "1"})
+    assert after.status_code == 200 and time.monotonic() - t0 < 30, after.text
 
 
 def test_page_says_when_it_cannot_preview_a_phone_photo(web: WebProcess, browser, tmp_path: Path) -> None:

@@ -30,9 +30,11 @@ message: gRPC's details name its internal address, so they go to this process's 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import shutil
+import threading
 import time
 import uuid
 from collections import Counter
@@ -79,6 +81,7 @@ from .checks import (
 )
 from .live import LiveSessions, LiveSettings
 from .metrics import MetricsMiddleware, WebMetrics
+from .progress import ClientGone, RefineProgress, watch_disconnect
 from .video import Busy, VideoJobs, clip_frames
 
 HERE = Path(__file__).resolve().parent
@@ -209,6 +212,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
+    refines = RefineProgress()  # the photos being refined now, for their pages to follow
     known: dict[str, Any] = {"at": -math.inf, "limits": None}  # the backend's limits, and when they were asked
     library: dict[str, Any] = {"at": -math.inf, "styles": {}, "presets": []}
 
@@ -323,9 +327,17 @@ def create_app(
         request_id = request.headers.get("x-request-id", "")  # the caller's, to find the call in the server's log
         if not REQUEST_ID_RE.fullmatch(request_id):
             request_id = str(uuid.uuid4())
+        steps = options.get("refine_steps") or 0
+        gone = threading.Event()  # the page went away: a refine's call is cancelled at its next step
+        watcher = asyncio.create_task(watch_disconnect(request, gone)) if steps else None
+        if steps:
+            refines.start(request_id, steps)
+            options["on_progress"] = refines.callback(request_id, gone)
         try:
             result = await run_in_threadpool(client.stylize, timeout=settings.timeout, end_user=end_user(request),
                                              request_id=request_id, **options)
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it: "client closed request", as nginx counts it
         except StyleTransferError as e:
             status = HTTP_STATUS.get(e.code, 502)
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply limit" in (e.details or ""):
@@ -333,6 +345,10 @@ def create_app(
             message, violations = public_error(e)
             headers = {**(_retry_after(status) or {}), "X-Request-Id": e.request_id or request_id}
             return _error(status, e.code.name, message, violations, headers)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                refines.end(request_id)
         fmt = result.format
         return Response(
             result.image,
@@ -343,6 +359,13 @@ def create_app(
                 "Content-Disposition": f'inline; filename="stylized.{"jpg" if fmt == "jpeg" else fmt}"',
             },
         )
+
+    @app.get("/api/progress/{request_id}")
+    async def refine_progress(request_id: str) -> dict[str, int]:
+        found = refines.get(request_id)
+        if found is None:
+            raise HTTPException(404, f"no refine running with request id {request_id[:128]!r}")
+        return found
 
     @app.post("/api/videos", status_code=202)
     async def start_video(request: Request) -> JSONResponse:

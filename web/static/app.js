@@ -420,8 +420,12 @@ async function submit(event) {
   $("busy").hidden = false;
   $("download").hidden = true;
   const request = state.request = new AbortController();
+  const steps = $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
+  const id = requestId();
+  if (steps > 0) followRefine(id, steps, request);
   try {
-    const response = await fetch("/api/stylize", { method: "POST", body: data, signal: request.signal });
+    const response = await fetch("/api/stylize", { method: "POST", body: data, signal: request.signal,
+                                                   headers: { "X-Request-Id": id } });
     if (!response.ok) {
       let body = null;
       try { body = await response.json(); } catch (e) { /* not JSON */ }
@@ -444,7 +448,34 @@ async function submit(event) {
     button.disabled = false;
     button.textContent = "Stylize";
     $("busy").hidden = true;
+    if (steps > 0 && !state.job && !batch.running) $("progress-row").hidden = true;
     $("result").setAttribute("aria-busy", "false");
+  }
+}
+
+// A refine takes seconds to minutes: its steps are shown as the server reports them, and Cancel (or leaving
+// the page) stops the server's job, which held the only refine place until its deadline.
+function requestId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));  // randomUUID needs https; this works on http too
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function followRefine(id, steps, request) {
+  $("busy").hidden = true;
+  $("progress-row").hidden = false;
+  $("progress").max = steps;
+  $("progress").value = 0;
+  $("progress-text").textContent = `Refining: step 0 of ${steps}`;
+  while (state.request === request && !request.signal.aborted) {
+    await sleep(500);
+    if (state.request !== request) return;
+    try {
+      const reply = await fetch(`/api/progress/${id}`);
+      if (!reply.ok || state.request !== request) continue;  // not started yet, or done
+      const p = await reply.json();
+      $("progress").value = p.step;
+      $("progress-text").textContent = `Refining: step ${p.step} of ${p.steps}`;
+    } catch (e) { /* the next poll tries again */ }
   }
 }
 
@@ -545,6 +576,12 @@ async function submitVideo() {
 }
 
 async function cancelVideo() {
+  if (state.request && !batch.running) {  // a photo's refine: the server stops it at its next step
+    state.request.abort();
+    $("progress-row").hidden = true;
+    $("form-error").textContent = "Cancelled.";
+    return;
+  }
   if (batch.running) {
     batch.cancelled = true;  // the photo on its way is finished, no more are sent
     $("form-error").textContent = "Cancelled.";
