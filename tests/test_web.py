@@ -107,6 +107,11 @@ def test_page_and_assets_load_nothing_from_other_sites(web: WebProcess) -> None:
     for path in ("/", "/static/app.js", "/static/style.css"):
         text = httpx.get(web.url + path).text
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
+    # what a browser may do with it: only this site's scripts and images, never framed by another site
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self': no inline script
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["x-frame-options"] == "DENY"
+    assert httpx.get(web.url + "/api/videos/nope").headers["x-content-type-options"] == "nosniff"  # errors too
     info = httpx.get(web.url + "/api/info").json()
     assert [e["name"] for e in info["examples"]] == ["mosaic", "strokes", "waves"]
     assert httpx.get(web.url + info["examples"][0]["url"]).headers["content-type"] == "image/png"
@@ -577,6 +582,11 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     path = downloads / "stylized.jpg"  # JPEG unless the page is told otherwise: a phone's photo as PNG is large
     wait_for(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
     assert Image.open(path).size == (96, 64) and Image.open(path).format == "JPEG"
+    assert not _csp_refusals(browser)  # the page's own policy lets it do all of this (blob: results)
+
+
+def _csp_refusals(browser) -> list[str]:
+    return [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
 
 
 # --- the live camera's WebSocket -------------------------------------------------------------------------
@@ -736,6 +746,7 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path)
     assert not browser.find_element(By.ID, "live-row").is_displayed()
     assert browser.execute_script("return document.getElementById('live-camera').srcObject") is None
     assert browser.find_element(By.ID, "form-error").text == ""
+    assert not _csp_refusals(browser)
 
 
 def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tmp_path: Path) -> None:
