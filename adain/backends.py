@@ -236,6 +236,9 @@ def _openvino(
         "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's default is bf16 where it can
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
+        # the generic graph's kernels prepared per input shape: 5,000 kept by default, so a server's memory grew
+        # with every new photo size (0.8 -> 1.4 GB over 300 sizes); 64 keeps it flat (0.88) at the same speed
+        "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES,
     }
     blobs = cache_dir() / "openvino-compiled"  # OpenVINO's own cache of compiled graphs: 1.2 -> 0.15 s a start
     try:
@@ -286,6 +289,7 @@ def _compile_static(core: object, model: object, shapes: tuple[tuple[int, ...], 
     return core.compile_model(fixed, "CPU", config).create_infer_request()  # type: ignore[attr-defined]
 
 
+RUNTIME_CACHE_SHAPES = 64  # input shapes whose prepared kernels OpenVINO keeps for the generic graph
 DECAY_CALLS = 512  # the shapes' call counts are halved this often
 
 
