@@ -207,12 +207,15 @@ class VideoReader:
         if self.start and length and self.start >= length:
             self._c.close()
             raise MediaError(f"{path}: the clip is {length:.2f} s long; a start at {self.start:g} s is past its end")
-        # the frames that will come, as far as the container says (0: it does not)
+        # the frames that will come, as far as the container says: its count, else its duration x its rate
+        # (WebM and MKV declare no count, and a 0 let a clip of any length past max_video_frames); 0: neither
         if self.trimmed:
             span = (min(self.end, length) - self.start) if length else 0.0
             self.total = math.ceil(span * self.rate - 1e-6) if span > 0 else 0
-        else:
-            self.total = math.ceil(self.info.frames * self.rate / self.info.rate) if self.info.frames else 0
+        elif self.info.frames:
+            self.total = math.ceil(self.info.frames * self.rate / self.info.rate)
+        else:  # rounded: the sound may end a few ms after the frames
+            self.total = round(length * self.rate) if length else 0
         self.audio: collections.deque[tuple[Any, float]] = collections.deque()
         self.done = threading.Event()  # set once the whole file was demuxed (all audio is in ``audio``)
         self.count = 0

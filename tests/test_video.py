@@ -530,19 +530,21 @@ def test_rpc_limits(limited) -> None:
     assert srv.alive()
 
 
-def test_a_clip_declaring_more_frames_than_the_server_takes_is_refused_before_sending(limited, tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])  # WebM declares no frame count: its duration x rate
+def test_a_clip_of_more_frames_than_the_server_takes_is_refused_before_sending(limited, tmp_path: Path,
+                                                                               suffix: str) -> None:
     # The server counts frames as they come: a long clip failed after its limit's worth had been stylized.
     from adain.client.video import stylize_video_file
 
     srv, client = limited
-    make_video(tmp_path / "long.mp4", frames=9)
+    make_video(tmp_path / f"long{suffix}", frames=9)
     before = _metric(srv, "adain_video_frames_total")
-    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, stylize_video_file, client, tmp_path / "long.mp4",
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, stylize_video_file, client, tmp_path / f"long{suffix}",
                   tmp_path / "out.mp4", STYLE)
     assert "9 frames, over the server's limit of max_video_frames=6" in err.details and "--fps" in err.details
     assert _metric(srv, "adain_video_frames_total") == before and not (tmp_path / "out.mp4").exists()
     # a part that fits is taken
-    assert stylize_video_file(client, tmp_path / "long.mp4", tmp_path / "out.mp4", STYLE, duration=0.4) == 5
+    assert stylize_video_file(client, tmp_path / f"long{suffix}", tmp_path / "out.mp4", STYLE, duration=0.4) == 5
 
 
 def test_rpc_cancel_midway_frees_the_stream(limited) -> None:
