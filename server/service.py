@@ -435,6 +435,16 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             if getter is not None:  # a call cancelled while waiting: no pending task left behind to log an ERROR
                 getter.cancel()
 
+    def _admit(self) -> Any:
+        """A place in the queue for this call's caller (a ticket to release), or RESOURCE_EXHAUSTED."""
+        try:
+            return self.batcher.admit(caller=current_caller.get())
+        except QueueFullError as e:
+            self.metrics.queue_refused.labels(e.reason).inc()
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
+        except ClosedError as e:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
+
     async def _stylize(
         self,
         request: pb.StylizeRequest,
@@ -451,13 +461,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if refining:
             self.refiner.admit()
         else:
-            try:
-                ticket = self.batcher.admit(caller=current_caller.get())
-            except QueueFullError as e:
-                self.metrics.queue_refused.labels(e.reason).inc()
-                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
-            except ClosedError as e:
-                raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
+            ticket = self._admit()
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
@@ -549,10 +553,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                                                            f"{self.registry.max_bytes:,} (style_registry_mb)")])
         loop = asyncio.get_running_loop()
         decode = functools.partial(load_image, data, field="image", max_pixels=self.limits.max_pixels)
+        ticket = self._admit()  # its decode takes a place in the queue as a stylize's does (they were unbounded)
         try:
             img = await loop.run_in_executor(self.pool, decode)
         except InvalidInputError as e:
             raise ServiceError.invalid([Violation(e.field, e.description)]) from e
+        finally:
+            ticket.release()
         key = self.registry.add(data)
         self.metrics.registered_styles.set(len(self.registry))
         return pb.RegisterStyleResponse(style_id=key, width=img.width, height=img.height)

@@ -558,6 +558,18 @@ def test_queue_bound(limited) -> None:
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, _burst_one, client, content)
     assert "max_queue=2" in err.details
+    styles = [make_image(70, 70, seed=100 + i) for i in range(16)]  # a style's decode takes a place too
+
+    def register(i: int) -> grpc.StatusCode:
+        try:
+            client.register_style(styles[i])
+            return grpc.StatusCode.OK
+        except StyleTransferError as e:
+            return e.code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(register, range(16)))
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes, codes
     assert srv.alive()
     _good_call(client)
 
