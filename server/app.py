@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
@@ -39,11 +38,12 @@ from .batcher import Batcher
 from .config import Settings
 from .drain import Drain
 from .errors import reply_limit
+from .fairpool import FairExecutor
 from .library import StyleLibrary
 from .metrics import Metrics
 from .refine import RefineLimits, RefineService
 from .registry import StyleRegistry
-from .service import StyleTransferServicer, add_servicer
+from .service import StyleTransferServicer, add_servicer, current_caller
 from .video import VideoLimits, VideoService
 
 log = logging.getLogger("adain.server")
@@ -134,7 +134,7 @@ class StyleTransferServer:
         )
         # read at each scrape: the render thread frees places too, and a gauge set on events went stale
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
-        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="adain-prepare")
+        self.pool = FairExecutor(settings.workers, current_caller.get)  # callers take turns at decoding too
         self.drain = Drain()
         self.refiner = RefineService(
             stylizer,

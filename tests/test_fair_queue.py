@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import threading
 import urllib.request
@@ -16,6 +17,7 @@ from adain.client import StyleTransferError
 from adain.client.aio import AsyncStyleTransferClient
 from adain.server.batcher import Batcher, QueueFullError
 from adain.server.config import parse_settings
+from adain.server.fairpool import FairExecutor
 from helpers import ServerProcess, WebProcess, free_port
 from synth import make_image
 
@@ -112,6 +114,35 @@ def test_a_batchs_pixels_are_bounded() -> None:
 
     asyncio.run(main())
     assert sorted(batches) == [1, 1, 1, 1, 2, 4, 8], batches  # at most 1 MP a batch, never over max_batch_size
+
+
+def test_callers_take_turns_at_the_prepare_threads() -> None:
+    # The decodes ran first come, first served: one caller's thirty photos all went before another's one.
+    whose = contextvars.ContextVar("whose", default="")
+    pool = FairExecutor(1, whose.get, name="test-fair")
+    gate, order = threading.Event(), []
+
+    def work(tag: str) -> str:
+        gate.wait(10)
+        order.append(tag)
+        return tag
+
+    try:
+        whose.set("bulk")
+        bulk = [pool.submit(work, f"bulk{i}") for i in range(6)]
+        whose.set("one")
+        one = pool.submit(work, "one")
+        gate.set()
+        assert one.result(10) == "one" and [f.result(10) for f in bulk] == [f"bulk{i}" for i in range(6)]
+        assert order == ["bulk0", "one", "bulk1", "bulk2", "bulk3", "bulk4", "bulk5"]  # behind one piece, not six
+        whose.set("bulk")
+        failed = pool.submit(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failed.result(10)
+    finally:
+        pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(work, "late")
 
 
 def test_per_caller_setting() -> None:
