@@ -343,7 +343,7 @@ BAD = {
     "content-not-an-image": ([("content", ("photo.png", b"hello, not a png", "image/png")), _png("styles", STYLE)],
                              {}, "content"),
     "style-not-an-image": ([_png("content", CONTENT), ("styles", ("s.jpg", b"\xff\xd8broken", "image/jpeg"))],
-                           {}, "styles[0]"),
+                           {}, "styles[0].image"),
     "weights-count": ([_png("content", CONTENT), _png("styles", STYLE)], {"weights": ["1", "2"]}, "weights"),
     "weight-not-a-number": ([_png("content", CONTENT), _png("styles", STYLE)], {"weights": "x"}, "styles[0].weight"),
     "alpha-huge-text": ([_png("content", CONTENT), _png("styles", STYLE)], {"alpha": "9" * 100_000}, "alpha"),
@@ -410,8 +410,8 @@ BAD_FORMS = {  # (files, data, field, the message's words)
     # PIL calls these a decompression bomb (over ~179 MP: an error; over ~89 MP: a warning); here they are sizes
     "huge-header": ([_png("content", _png_header(20000, 20000)), _png("styles", STYLE)], {}, "content",
                     "content: 20000 x 20000 is over the limit of max_pixels=67108864"),
-    "large-header": ([_png("content", CONTENT), _png("styles", _png_header(10000, 10000))], {}, "styles[0]",
-                     "styles[0]: 10000 x 10000 is over the limit of max_pixels=67108864"),
+    "large-header": ([_png("content", CONTENT), _png("styles", _png_header(10000, 10000))], {}, "styles[0].image",
+                     "styles[0].image: 10000 x 10000 is over the limit of max_pixels=67108864"),
 }
 
 
@@ -519,6 +519,24 @@ def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
         assert r.status_code == 429, r.text
         assert r.json()["error"]["code"] == "RESOURCE_EXHAUSTED" and r.headers["retry-after"] == "1"
         assert results and results[0].status_code == 200
+    finally:
+        if web:
+            web.stop()
+        backend.terminate()
+
+
+def test_a_clip_over_the_servers_lower_frame_limit_is_a_400(decoder_path: Path, tmp_path: Path) -> None:
+    # adain-web's own limit (900) took the clip, which then failed once sent, naming a temporary file's path
+    # and the CLI's flags: the server's lower limit holds at the upload.
+    backend = ServerProcess(decoder_path, "--max-video-frames", "10")
+    web = None
+    try:
+        backend.wait_serving()
+        web = WebProcess(backend.target)
+        assert httpx.get(web.url + "/api/info").json()["video"]["max_frames"] == 10
+        r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 20), _png("styles", STYLE)], timeout=60)
+        assert r.status_code == 400 and _field(r) == "content", r.text
+        assert "20 frames, over the limit of max_video_frames=10" in r.json()["error"]["message"]
     finally:
         if web:
             web.stop()
@@ -638,7 +656,7 @@ LIVE_BAD = {  # the first message, what follows it, the field, the message's wor
     "alpha-true": ({"styles": ["id:waves"], "alpha": True}, [], "alpha", "alpha: not a number: true"),
     "unknown-key": ({"styles": ["id:waves"], "colour": "red"}, [], "colour", "colour: unknown field"),
     "styles-a-string": ({"styles": "upload"}, [], "styles", "got a string"),
-    "not-an-image": ({"styles": ["upload"]}, [b"not an image"], "styles[0]", "not an image"),
+    "not-an-image": ({"styles": ["upload"]}, [b"not an image"], "styles[0].image", "not an image"),
     "style-as-text": ({"styles": ["upload"]}, ["a text message"], "styles[0]", "binary message, got a text"),
     "frame-not-an-image": ({"styles": ["upload"]}, [STYLE, b"not an image"], "frame", "frame: not an image"),
     "frame-of-another-size": ({"styles": ["upload"], "temporal": "none"},

@@ -275,7 +275,14 @@ def create_app(
             except StyleTransferError:
                 return known["limits"] or Limits()
             known["limits"], known["at"] = _limits(info.get("limits", {})), time.monotonic()
+            known["video_frames"] = int(info.get("limits", {}).get("max_video_frames") or 0)
         return known["limits"]
+
+    def video_frames() -> int:
+        """The frames a clip may have: this page's --max-video-frames, or the server's limit where lower (a
+        clip over it was taken, to fail once sent, naming a temporary file and the CLI's flags)."""
+        server = known.get("video_frames") or 0
+        return min(settings.max_video_frames, server) if server else settings.max_video_frames
 
     # Starlette's own HTTPException (an unknown route, a method not allowed, a malformed multipart body) is the
     # base of FastAPI's: one handler answers both as JSON errors.
@@ -318,7 +325,7 @@ def create_app(
             "color_modes": ["none", *COLOR_MODES],
             "formats": list(FORMATS),
             "video": None if jobs is None else {"max_upload_mb": settings.max_video_bytes / 2**20,
-                                                "max_frames": settings.max_video_frames,
+                                                "max_frames": video_frames(),
                                                 "temporal_modes": list(TEMPORAL_MODES)},
         }
 
@@ -408,7 +415,7 @@ def create_app(
         files = f"one content clip and at most {plural(limits.max_styles, 'style')}"
         try:
             async with _form(request, limits.max_styles + 1, files) as form:
-                source, name, total, options = await _read_video_form(form, limits, folder, settings)
+                source, name, total, options = await _read_video_form(form, limits, folder, settings, video_frames())
             job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)
         except BadInput as e:
             jobs.discard(folder)
@@ -567,10 +574,10 @@ async def _regions(form: Any, styles: int, limits: Limits) -> dict[str, Any]:
 
 
 async def _read_video_form(
-    form: Any, limits: Limits, folder: Path, settings: WebSettings
+    form: Any, limits: Limits, folder: Path, settings: WebSettings, max_frames: int
 ) -> tuple[Path, str, int, dict[str, Any]]:
-    """A clip's upload, saved into ``folder`` and checked as a video within the limits, and its options:
-    (file, the result's name, its frames, options); raises BadInput naming the field."""
+    """A clip's upload, saved into ``folder`` and checked as a video within the limits (at most ``max_frames``
+    frames), and its options: (file, the result's name, its frames, options); raises BadInput naming the field."""
     from adain.media import is_media, probe
 
     _check_fields(form, VIDEO_FIELDS, {"content": "a video file"})
@@ -604,9 +611,9 @@ async def _read_video_form(
         if duration <= 0:
             raise BadInput("duration", f"must be > 0 seconds (or empty: to the end), got {form['duration']!r}")
     frames = clip_frames(info, fps, start, duration)  # declared, or by the duration (WebM declares none)
-    if frames > settings.max_video_frames:
+    if frames > max_frames:
         raise BadInput("content", f"{frames} frames, over the limit of max_video_frames="
-                       f"{settings.max_video_frames}" + (" (at that frame rate)" if fps else "") +
+                       f"{max_frames}" + (" (at that frame rate)" if fps else "") +
                        "; take a part of it (start, duration) or fewer frames a second")
     options = await _style_options(form, limits)
     options["max_fps"] = fps
@@ -622,7 +629,7 @@ async def _style(item: Any, i: int, limits: Limits) -> bytes | StyleRef:
     """A style of the form: an uploaded image, or "id:NAME" naming one of the server's library (the server
     says whether it has that name)."""
     if isinstance(item, UploadFile):
-        return await _image(item, f"styles[{i}]", limits)
+        return await _image(item, f"styles[{i}].image", limits)  # as the server names it
     return style_name(item, f"styles[{i}]")
 
 

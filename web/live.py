@@ -115,7 +115,7 @@ class LiveSessions:
                 if data is None:
                     raise BadInput(f"styles[{i}]", "expected the style's image as a binary message, got a text "
                                    "message")
-                chosen.append(image(data, f"styles[{i}]", limits))
+                chosen.append(image(data, f"styles[{i}].image", limits))
             else:
                 chosen.append(style_name(style, f"styles[{i}]"))
         options: dict[str, Any] = {"styles": chosen}
