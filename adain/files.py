@@ -19,9 +19,12 @@ def create_beside(path: Path) -> Path:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
-            return tmp
         except FileExistsError:
             continue
+        except BaseException:  # Ctrl-C or SIGTERM as it was made (its handler runs at the next call): a
+            tmp.unlink(missing_ok=True)  # .part file was left behind, once in CI
+            raise
+        return tmp
     raise FileExistsError(f"{path}: no free temporary name beside it")
 
 

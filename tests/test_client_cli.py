@@ -491,6 +491,24 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
     assert "Traceback" not in err and list(out_dir.iterdir()) == []
 
 
+def test_an_interrupt_as_the_temporary_file_is_made_leaves_none(tmp_path: Path, monkeypatch) -> None:
+    # The SIGTERM test above once left its .part file in CI: the signal's handler ran between the file's
+    # creation and the block that removes it on an error (at the next call, os.close).
+    from adain import files
+
+    real_close = os.close
+
+    def interrupted(fd: int) -> None:
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_path(tmp_path / "out.mp4"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_client_refuses_what_it_cannot_send(server: ServerProcess, client: StyleTransferClient, tmp_path: Path,
                                             files: dict[str, Path], capsys) -> None:
     """Devices, FIFOs and files over the message limit are refused before they are read, naming the file and
