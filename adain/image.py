@@ -165,7 +165,7 @@ def load_image(
         raise InvalidInputError(field, f"image has zero size ({w} x {h})")
     if w * h > max_pixels:
         raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of {max_pixels}")
-    if img.format == "JPEG" and (scans := _jpeg_scans(source)) > MAX_JPEG_SCANS:
+    if img.format in ("JPEG", "MPO") and (scans := _jpeg_scans(source)) > MAX_JPEG_SCANS:  # MPO: JPEGs in one
         raise InvalidInputError(field, f"JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (a progressive "
                                 "JPEG has about 10; save it again)")
     try:

@@ -215,9 +215,18 @@ def photo_with_exif(w: int = 64, h: int = 48, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def jpeg_scan_bomb(w: int, h: int, repeats: int) -> bytes:
+def jpeg_scan_bomb(w: int, h: int, repeats: int, mpo: bool = False) -> bytes:
     """A progressive JPEG whose last scan is repeated ``repeats`` times before its end: a small, valid file
-    whose decoding costs repeats x pixels (each scan is a pass over every block)."""
+    whose decoding costs repeats x pixels (each scan is a pass over every block). ``mpo``: with a
+    multi-picture (MPF) segment, which Pillow then opens as MPO."""
     data = encoded(Image.new("L", (w, h), 128), "JPEG", progressive=True, quality=90)
     last = data.rindex(b"\xff\xda")  # the last scan runs from its marker to the end-of-image marker
-    return data[:-2] + data[last:-2] * repeats + data[-2:]
+    bomb = data[:-2] + data[last:-2] * repeats + data[-2:]
+    if mpo:
+        pair = io.BytesIO()
+        Image.new("L", (16, 16)).save(pair, "MPO", save_all=True, append_images=[Image.new("L", (16, 16), 255)])
+        pair = pair.getvalue()
+        at = pair.index(b"\xff\xe2")  # the APP2 segment that says "MPF"
+        size = int.from_bytes(pair[at + 2:at + 4], "big")
+        bomb = bomb[:2] + pair[at:at + 2 + size] + bomb[2:]
+    return bomb

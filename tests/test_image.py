@@ -197,6 +197,10 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(tmp_path) -> No
     with pytest.raises(InvalidInputError, match="scans, over the limit"):
         load_image(tmp_path / "bomb.jpg")
     assert load_image(jpeg_scan_bomb(64, 48, 50)).size == (64, 48)  # a few repeats more than usual still decode
+    mpo = jpeg_scan_bomb(2000, 2000, 3000, mpo=True)  # Pillow calls it MPO: the limit was for "JPEG" alone
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    with pytest.raises(InvalidInputError, match="scans, over the limit"):
+        load_image(mpo)
 
 
 MEASURE_16_BIT = """

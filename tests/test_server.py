@@ -375,6 +375,11 @@ def test_a_million_style_entries_get_one_violation_at_once(server: ServerProcess
     assert not fields_within(video, 72, frozenset({1})) and fields_within(video, 72)  # the options' own count
     real = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A, weight=0.5)] * 8, alpha=0.5)
     assert fields_within(real.SerializeToString(), 72) and fields_within(b"\xff\xff", 1)  # junk: the parser's
+    group = b"\xc3\x3e\xc4\x3e"  # an empty group of field 1000, which the parser skips: it hid what followed
+    assert not fields_within(group + b"\x12\x00" * 100, 72) and fields_within(group + b"\x12\x00" * 8, 72)
+    t0 = time.monotonic()
+    assert fields_within(b"\x08" + b"\xff" * 1_000_000, 72)  # a million-byte number: 18 s on the loop, squared
+    assert time.monotonic() - t0 < 0.1
     many = ServiceError.invalid([Violation(f"styles[{i}].weight", "bad") for i in range(100)])
     assert len(many.violations) == MAX_VIOLATIONS + 1 and many.violations[-1].description == "and 80 more problems"
 
