@@ -240,6 +240,10 @@ def test_encode(fmt: str, magic: bytes) -> None:
     assert load_image(data).size == IMG.size
     if fmt != "png":
         assert len(encode_image(IMG, fmt, quality=10)) < len(encode_image(IMG, fmt, quality=95))
+    if fmt == "jpeg":  # colour at full resolution: 4:2:0 smeared every stroke's colour edge
+        from PIL import JpegImagePlugin
+
+        assert JpegImagePlugin.get_sampling(Image.open(io.BytesIO(data))) == 0
     with pytest.raises(InvalidInputError, match="quality"):
         encode_image(IMG, fmt, quality=0)
     with pytest.raises(InvalidInputError, match="format"):
