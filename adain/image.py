@@ -130,6 +130,7 @@ def input_formats() -> list[str]:
 def _to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Any mode to 8-bit RGB: 16-bit and float scaled down, CMYK converted, alpha onto ``background``."""
     # float32 and in place: float64 and its temporaries took 1.47 GB for a 140 kB 16-bit PNG
+    arr = None
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float32)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -138,7 +139,7 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)
         arr = np.array(img, dtype=np.float32)
         if arr.max() <= 1.0:
             arr *= 255.0
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if arr is not None:
         arr += 0.5
         np.clip(arr, 0, 255, out=arr)
         img = Image.fromarray(arr.astype(np.uint8), "L")

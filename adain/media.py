@@ -83,6 +83,18 @@ class VideoInfo:
     container: str  # FFmpeg's demuxer name
     duration: float = 0.0  # seconds, as the container declares it; 0 when it does not say
 
+    def frames_read(self, rate: float | Fraction, start: float = 0.0, end: float = math.inf) -> int:
+        """The frames that come when the clip is read at ``rate`` a second (its own, or fewer: the rest are
+        dropped) from ``start`` to ``end`` seconds, as far as the container says: a part by its span, the whole
+        by its declared count, else by its duration x its rate (WebM and MKV declare no count, and a 0 let a
+        clip of any length past max_video_frames; rounded: the sound may end a few ms after the frames); 0
+        where it says neither."""
+        if (start > 0 or end < math.inf) and self.duration:
+            span = min(end, self.duration) - start
+            return math.ceil(span * rate - 1e-6) if span > 0 else 0
+        native = self.frames or round(self.duration * self.rate)
+        return math.ceil(native * rate / self.rate)
+
 
 def is_media(path: str | Path) -> bool:
     """Whether FFmpeg reads ``path`` as a container with a video or audio stream; not for the images it
@@ -207,15 +219,7 @@ class VideoReader:
         if self.start and length and self.start >= length:
             self._c.close()
             raise MediaError(f"{path}: the clip is {length:.2f} s long; a start at {self.start:g} s is past its end")
-        # the frames that will come, as far as the container says: its count, else its duration x its rate
-        # (WebM and MKV declare no count, and a 0 let a clip of any length past max_video_frames); 0: neither
-        if self.trimmed:
-            span = (min(self.end, length) - self.start) if length else 0.0
-            self.total = math.ceil(span * self.rate - 1e-6) if span > 0 else 0
-        elif self.info.frames:
-            self.total = math.ceil(self.info.frames * self.rate / self.info.rate)
-        else:  # rounded: the sound may end a few ms after the frames
-            self.total = round(length * self.rate) if length else 0
+        self.total = self.info.frames_read(self.rate, self.start, self.end)  # 0: the container does not say
         self.audio: collections.deque[tuple[Any, float]] = collections.deque()
         self.done = threading.Event()  # set once the whole file was demuxed (all audio is in ``audio``)
         self.count = 0

@@ -83,8 +83,8 @@ def request_id(metadata: Sequence[tuple[str, Any]] | None) -> str:
     """The caller's x-request-id (trimmed to 128 characters), or a new one where there is none or it is not
     printable ASCII without spaces (``REQUEST_ID_RE``): every reply and every failure carries it back."""
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID_RE.fullmatch(value.strip()[:128]):
-            return value.strip()[:128]
+        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID_RE.fullmatch(rid := value.strip()[:128]):
+            return rid
     return str(uuid.uuid4())
 
 

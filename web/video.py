@@ -61,12 +61,8 @@ def clip_frames(info: VideoInfo, fps: float | None, start: float, duration: floa
     is taken, at most ``fps`` a second. A container that declares no count (WebM, MKV, raw H.264) is counted
     as its duration x its frame rate (taking its 0 let a clip of any length through); 0 where it says
     neither (the running job stops at the limit then)."""
-    rate = float(info.rate)
-    kept = min(1.0, fps / rate) if fps else 1.0  # frames over fps a second are dropped
-    if (start or duration) and info.duration:  # a part of the clip: its frames are what the limit counts
-        return math.ceil((min(info.duration, start + (duration or math.inf)) - start) * rate * kept - 1e-6)
-    frames = info.frames or round(info.duration * rate)  # rounded: the sound may end a few ms after the frames
-    return math.ceil(frames * kept)
+    rate = min(float(info.rate), fps) if fps else info.rate  # frames over fps a second are dropped
+    return info.frames_read(rate, start, start + duration if duration else math.inf)
 
 
 class _FrameCap:
