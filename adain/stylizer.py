@@ -27,7 +27,7 @@ from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job, is_list, style_list
 from adain.ops import adain, coral, luminance, mean_std, with_luminance
-from adain.optimize import max_refine_pixels
+from adain.optimize import max_refine_pixels, refine
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
@@ -111,8 +111,6 @@ class Stylizer:
         optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration."""
         prepared = self.prepare(Job(content, style_list(styles), **options))
         if prepared.job is not None and prepared.job.refine_steps:
-            from adain.optimize import refine
-
             return refine(self, prepared, on_step=on_step)
         return self.render([prepared])[0]
 
@@ -133,8 +131,6 @@ class Stylizer:
                     raise
                 raise InvalidInputError(f"contents[{i}]", e.description) from None
         if options.get("refine_steps"):
-            from adain.optimize import refine
-
             return [refine(self, p) for p in prepared]
         return self.render(prepared)
 
