@@ -978,6 +978,47 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     assert left == [1]  # strokes has painted nothing: the page will say so beside it
 
 
+def test_page_paints_regions_with_the_keyboard(web: WebProcess, browser, tmp_path: Path) -> None:
+    """Without a mouse: Tab to the photo, arrows move a visible brush, Space puts it down and lifts it; what
+    it painted is sent as labels, and a screen reader is told where the brush is."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    content = tmp_path / "photo.png"
+    content.write_bytes(make_image(96, 64, seed=45))
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(content))
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    browser.find_element(By.ID, "paint").click()
+    canvas = browser.find_element(By.ID, "paint-canvas")
+    wait_for(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)
+    _set_range(browser, browser.find_element(By.ID, "brush-size"), 80)
+    browser.find_element(By.ID, "paint-clear").send_keys(Keys.SHIFT, Keys.TAB)  # focus moves back onto the photo
+    assert browser.switch_to.active_element == canvas
+    k = 96 / canvas.size["width"]  # photo pixels a page pixel
+    canvas.send_keys(Keys.SPACE)  # a dot in the middle, then a stroke to the right
+    canvas.send_keys(Keys.SHIFT + Keys.ARROW_RIGHT + Keys.ARROW_RIGHT)
+    assert browser.find_element(By.ID, "paint-status").get_attribute("textContent").endswith("painting.")
+    canvas.send_keys(Keys.SPACE, Keys.ARROW_UP)  # lifted: moving paints nothing
+    ring = browser.find_element(By.ID, "paint-cursor")
+    assert ring.is_displayed() and ring.size["width"] == 80
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    browser.save_screenshot(str(ARTIFACTS / "web_regions_keyboard.png"))
+    sent = _data_url_bytes(browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "labelsImage().then((r) => { const f = new FileReader(); f.onload = () => done(f.result);"
+        " f.readAsDataURL(r.blob); });"))
+    painted = (np.asarray(Image.open(io.BytesIO(sent)).convert("RGB")) == (230, 25, 75)).all(axis=-1)
+    right = 48 + int(2 * 4 * 40 * k)  # two Shift steps of four half-brushes each
+    assert painted[32, 48] and painted[32, min(right, 95)], painted[32]
+    assert not painted[:, : 48 - int(40 * k) - 2].any()  # left of the first dot: unpainted
+    assert not painted[: 32 - int(40 * k) - 2].any()  # above the stroke: the lifted brush's move painted nothing
+    browser.find_element(By.ID, "submit").send_keys(Keys.SHIFT)  # focus leaves the photo: the ring goes
+    assert not ring.is_displayed()
+
+
 def test_page_shows_a_refines_steps_and_cancel_stops_it(web: WebProcess, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 

@@ -11,7 +11,8 @@ let resultUrl = null;
 const VIDEO_SUFFIXES = /\.(mp4|m4v|mov|mkv|webm)$/i;
 // Region colours: each style keeps its own while it is chosen (a painting survives removing another style).
 const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
-const paint = { brush: undefined, size: 40, painted: false, drawing: false, last: null, ready: false };
+const paint = { brush: undefined, size: 40, painted: false, drawing: false, last: null, ready: false,
+  cursor: null, penDown: false };  // cursor, penDown: the keyboard's brush (photo pixels)
 
 function isVideo(file) {
   return file.type.startsWith("video/") || VIDEO_SUFFIXES.test(file.name);
@@ -147,6 +148,7 @@ function resetPainter(file) {
 }
 
 function photoShown() {
+  paint.cursor = null;  // the keyboard's brush starts at the middle of each photo
   const img = $("paint-photo");
   const canvas = $("paint-canvas");
   canvas.width = img.naturalWidth;  // the photo's own pixels (turned as its EXIF says, as the server turns it)
@@ -186,12 +188,18 @@ function togglePainter() {
   renderBrushes();
 }
 
-function strokeTo(event, start) {
+// Where a pointer event is, in photo pixels.
+function pointerAt(event) {
+  const canvas = $("paint-canvas");
+  const k = canvas.width / canvas.clientWidth;  // page pixels -> photo pixels
+  return { x: event.offsetX * k, y: event.offsetY * k };
+}
+
+// Paint (or erase) a dot at ``at`` (photo pixels), or a line to it from the last point painted.
+function strokeTo(at, start) {
   const canvas = $("paint-canvas");
   const ctx = canvas.getContext("2d");
-  const k = canvas.width / canvas.clientWidth;  // page pixels -> photo pixels
-  const at = { x: event.offsetX * k, y: event.offsetY * k };
-  const width = paint.size * k;
+  const width = paint.size * canvas.width / canvas.clientWidth;  // the brush size is in page pixels
   ctx.globalCompositeOperation = paint.brush ? "source-over" : "destination-out";
   ctx.fillStyle = ctx.strokeStyle = paint.brush || "#000";
   ctx.lineWidth = width;
@@ -207,6 +215,57 @@ function strokeTo(event, start) {
   }
   paint.last = at;
   if (paint.brush) paint.painted = true;
+}
+
+// Painting without a mouse: the arrow keys move a brush drawn over the photo, Space puts it down or lifts it
+// (painting as it moves while down), Escape lifts it. Other keys (Tab) keep their usual meaning.
+const MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+
+function paintKey(event) {
+  const canvas = $("paint-canvas");
+  if (!paint.ready || !canvas.width) return;
+  if (!paint.cursor) paint.cursor = { x: canvas.width / 2, y: canvas.height / 2 };
+  const k = canvas.width / canvas.clientWidth;
+  if (event.key in MOVES) {
+    const step = (event.shiftKey ? 4 : 1) * Math.max(2, paint.size / 2) * k;  // half a brush: strokes overlap
+    const [dx, dy] = MOVES[event.key];
+    paint.cursor = {
+      x: Math.min(canvas.width - 1, Math.max(0, paint.cursor.x + dx * step)),
+      y: Math.min(canvas.height - 1, Math.max(0, paint.cursor.y + dy * step)),
+    };
+    if (paint.penDown) strokeTo(paint.cursor, false);
+  } else if (event.key === " " || event.key === "Enter") {
+    paint.penDown = !paint.penDown;
+    paint.last = null;
+    if (paint.penDown) strokeTo(paint.cursor, true);
+  } else if (event.key === "Escape" && paint.penDown) {
+    paint.penDown = false;
+  } else {
+    return;
+  }
+  event.preventDefault();  // no page scroll, no form submit
+  showBrushCursor();
+}
+
+// The keyboard's brush: a ring the brush's size where it is, and a line said to a screen reader.
+function showBrushCursor() {
+  const canvas = $("paint-canvas");
+  const ring = $("paint-cursor");
+  const k = canvas.width / canvas.clientWidth;
+  ring.hidden = false;
+  ring.style.left = `${paint.cursor.x / k}px`;
+  ring.style.top = `${paint.cursor.y / k}px`;
+  ring.style.width = ring.style.height = `${paint.size}px`;
+  const what = paint.brush ? "painting" : "erasing";
+  const across = Math.round((100 * paint.cursor.x) / canvas.width);
+  const down = Math.round((100 * paint.cursor.y) / canvas.height);
+  $("paint-status").textContent = `Brush ${across}% across, ${down}% down${paint.penDown ? `, ${what}` : ""}.`;
+}
+
+function hideBrushCursor() {
+  paint.penDown = false;
+  paint.last = null;
+  $("paint-cursor").hidden = true;
 }
 
 // Take one brush colour's strokes off the canvas (their smoothed edges too: pixels nearest that colour).
@@ -956,9 +1015,11 @@ function init() {
   canvas.addEventListener("pointerdown", (e) => {
     paint.drawing = true;
     canvas.setPointerCapture(e.pointerId);
-    strokeTo(e, true);
+    strokeTo(pointerAt(e), true);
   });
-  canvas.addEventListener("pointermove", (e) => { if (paint.drawing) strokeTo(e, false); });
+  canvas.addEventListener("pointermove", (e) => { if (paint.drawing) strokeTo(pointerAt(e), false); });
+  canvas.addEventListener("keydown", paintKey);
+  canvas.addEventListener("blur", hideBrushCursor);
   for (const end of ["pointerup", "pointercancel"]) {
     canvas.addEventListener(end, () => { paint.drawing = false; paint.last = null; });
   }
