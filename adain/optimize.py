@@ -39,6 +39,7 @@ from adain.errors import StoppedError
 from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std, with_luminance
 from adain.prepared import Prepared
+from adain.regions import maps_at
 from adain.tiling import BYTES_PER_PIXEL, Tiling
 
 
@@ -253,7 +254,7 @@ def objective_for(
     encoder = stylizer.encoder
     regions = prepared.regions
     if regions is not None:
-        regions = F.interpolate(regions, size=content.shape[2:], mode="bilinear", align_corners=False)
+        regions = maps_at(regions, content.shape[2:])
     with torch.no_grad():
         feat = encoder(content).relu4_1
         aim = stylizer.target(feat, prepared) if target == "adain" else feat

@@ -24,8 +24,8 @@ class Prepared:
     content: torch.Tensor  # 1 x 3 x H x W in [0, 1], on the model's device (grey for "luminance")
     targets: Targets
     alpha: float
-    # One map in [0, 1] per style, 1 x K x H x W (``adain.regions``): where each style applies; None
-    # applies every style everywhere, blended by weight.
+    # One map per style, 1 x K x H x W uint8 levels (``adain.regions``: 255 is all of the style): where each
+    # style applies; None applies every style everywhere, blended by weight.
     regions: torch.Tensor | None = None
     region_alphas: tuple[float, ...] | None = None  # each region's strength (times ``alpha``)
     chroma_from: torch.Tensor | None = None  # the original RGB content, to keep its colours

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from adain.errors import InvalidInputError
-from adain.image import load_image, to_tensor
+from adain.image import load_image
 from adain.job import CheckedJob
 from adain.ops import masked_adain, weighted_mean_std
 from adain.prepared import Stats, Targets
@@ -40,8 +40,10 @@ _EPS = 1e-6
 def region_maps(
     job: CheckedJob, source_size: tuple[int, int], size: tuple[int, int], max_pixels: int
 ) -> torch.Tensor | None:
-    """The job's regions as 1 x K x H x W (``size`` = (W, H), the stylized content's), or None when it has
-    none. ``source_size`` is the content's size as given, which masks and labels must match.
+    """The job's regions as 1 x K x H x W levels (uint8, 255 = the whole style: ``maps_at`` reads them as
+    [0, 1]) at ``size`` = (W, H), the stylized content's, or None when it has none. Held in a byte a pixel,
+    not four: at print size with eight regions float maps were 2 GB, a tiled job's largest part.
+    ``source_size`` is the content's size as given, which masks and labels must match.
     Raises InvalidInputError naming the field (wrong size, a region that covers nothing)."""
     if job.masks is not None:
         maps = [_mask(src, f"styles[{i}].mask", source_size, max_pixels) for i, src in enumerate(job.masks)]
@@ -50,10 +52,11 @@ def region_maps(
     elif job.mask is not None:  # white and black are exact complements, as they always were
         m = _mask(job.mask, "mask", source_size, max_pixels, must_cover=False)
         t = _resized(m, size)
-        return torch.cat([t, 1 - t], dim=1)
+        return torch.cat([t, 255 - t], dim=1)
     else:
         return None
-    out = torch.empty(1, len(maps), size[1], size[0])  # filled a map at a time: a cat of them held two copies
+    # filled a map at a time: a cat of them held two copies
+    out = torch.empty(1, len(maps), size[1], size[0], dtype=torch.uint8)
     for k in range(len(maps)):
         out[:, k:k + 1] = _resized(maps[k], size)
         maps[k] = None  # type: ignore[call-overload]
@@ -61,10 +64,23 @@ def region_maps(
 
 
 def _resized(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """A full-resolution map resized to the stylized size (W, H), 1 x 1 x H x W in [0, 1]; bilinear, as
+    """A full-resolution map resized to the stylized size (W, H), 1 x 1 x H x W levels; bilinear, as
     the content is, so a hard label edge becomes soft by about a pixel."""
     img = Image.fromarray(m)
-    return to_tensor(img if img.size == size else img.resize(size, Image.Resampling.BILINEAR))[:, :1]
+    img = img if img.size == size else img.resize(size, Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(img).copy()).view(1, 1, size[1], size[0])
+
+
+def maps_at(regions: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Region levels (``region_maps``, or a tile of them) as maps in [0, 1] at ``size`` (h, w), bilinear.
+    A map at a time: a float copy of all of them at full size is what holding levels saves."""
+    size = tuple(size)
+    out = torch.empty(1, regions.shape[1], *size, device=regions.device)
+    for k in range(regions.shape[1]):
+        m = regions[:, k : k + 1].float().div_(255)
+        out[:, k : k + 1] = m if m.shape[2:] == size else F.interpolate(
+            m, size=size, mode="bilinear", align_corners=False)
+    return out
 
 
 def _mask(
@@ -135,8 +151,8 @@ def regional_target(
     smooth: Callable[[int, Stats], Stats],
     propagate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The AdaIN target of one content's relu4_1 (1 x C x h x w) with regions (1 x K x H x W, any size)."""
-    m = F.interpolate(regions.to(feat.device), size=feat.shape[2:], mode="bilinear", align_corners=False)
+    """The AdaIN target of one content's relu4_1 (1 x C x h x w) with region levels (1 x K x H x W, any size)."""
+    m = maps_at(regions.to(feat.device), feat.shape[2:])
     p, a = region_weights(m, [w for _, _, w in targets], region_alphas, alpha)
     mixed = 0
     for k, (mean, std, _) in enumerate(targets):
@@ -155,5 +171,5 @@ def alpha_map(
     size: tuple[int, int],
 ) -> torch.Tensor:
     """The local strength A at ``size`` (h, w): what an alpha-aware decoder (architecture 2) is told."""
-    m = F.interpolate(regions, size=size, mode="bilinear", align_corners=False)
+    m = maps_at(regions, size)
     return region_weights(m, weights, region_alphas, alpha)[1]

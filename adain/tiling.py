@@ -175,7 +175,7 @@ def whole_image_stats(
                     whole = torch.empty(1, feat.shape[1], -(-h // 8), -(-w // 8), dtype=torch.float16)
                 whole[:, :, y0 // 8 : y0 // 8 + feat.shape[2], x0 // 8 : x0 // 8 + feat.shape[3]] = feat.cpu()
         for k, (mean, std) in recorded.items():
-            n = float((y1 - y0) * (x1 - x0)) if box.regions is None else float(box.regions[:, k].sum())
+            n = float((y1 - y0) * (x1 - x0)) if box.regions is None else float(box.regions[:, k].sum()) / 255
             mean, std = mean.double(), std.double()
             acc = sums.setdefault(k, [torch.zeros_like(mean), torch.zeros_like(mean), torch.zeros(())])
             acc[0] += n * mean

@@ -14,6 +14,7 @@ from adain import InvalidInputError, Stylizer
 from adain.image import to_image, to_tensor
 from adain.job import Job
 from adain.ops import masked_adain, mean_std, weighted_mean_std
+from adain.regions import maps_at
 from adain.video import VideoStream
 from adain.wire import Limits
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, synth_image
@@ -89,6 +90,10 @@ def test_two_style_mask_gives_the_image_it_always_did(stylizer: Stylizer) -> Non
     new = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], weights=[0.9, 0.1], mask=mask, alpha=0.8)
     # The former Stylizer.target, step by step with the Stylizer's own parts.
     prepared = stylizer.prepare(Job(CONTENT, [STYLE_A, STYLE_B], mask=mask, alpha=0.8))
+    # held in a byte a pixel a region (at print size with 8 regions, float maps were 2 GB), read as [0, 1]
+    assert prepared.regions is not None and prepared.regions.dtype == torch.uint8
+    maps = maps_at(prepared.regions, prepared.regions.shape[2:])
+    assert torch.equal(maps[:, :1], to_tensor(mask)) and torch.allclose(maps[:, 1:], 1 - to_tensor(mask))
     with torch.inference_mode():
         feat = stylizer.encoder.encode([prepared.content])[0]
         m = F.interpolate(to_tensor(mask).to(feat.device), size=feat.shape[2:], mode="bilinear", align_corners=False)
