@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from adain.colours import finish
 from adain.encoder import Encoder, Features
 from adain.errors import StoppedError
 from adain.image import ImageSource, to_image, to_tensor
-from adain.ops import gram, luminance, mean_std, weighted_mean_std, with_luminance
+from adain.ops import gram, luminance, mean_std, weighted_mean_std
 from adain.prepared import Prepared
 from adain.regions import maps_at
 from adain.tiling import BYTES_PER_PIXEL, Tiling
@@ -304,9 +305,7 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     x = optimize(objective, small, job.refine_steps, optimizer=job.optimizer, on_step=on_step)
     if small is not start:  # the change, upsampled onto the full-size start
         x = (start + F.interpolate(x - small, size=(h, w), mode="bicubic", align_corners=False)).clamp(0, 1)
-    if prepared.chroma_from is not None:
-        x = with_luminance(prepared.chroma_from.to(x.device), luminance(x))
-    return to_image(x)
+    return to_image(finish(x, prepared))
 
 
 def max_refine_pixels(threshold: int) -> int | None:

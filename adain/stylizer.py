@@ -21,15 +21,16 @@ from PIL import Image
 
 from adain.backends import make_backend
 from adain.cache import StyleCache
+from adain.colours import finish, is_grey
 from adain.decoder import load_decoder
 from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job, is_list, style_list
-from adain.ops import adain, coral, luminance, mean_std, with_luminance
+from adain.ops import adain, coral, luminance, mean_std
 from adain.optimize import max_refine_pixels, refine
 from adain.precision import cpu_features, cpu_info, wants_bf16
-from adain.prepared import Prepared, Stats, Targets
+from adain.prepared import Prepared, Stats
 from adain.regions import alpha_map, region_maps, regional_target
 from adain.tiling import Tiling, auto_threshold, render_tiled
 from adain.wire import Limits
@@ -135,9 +136,9 @@ class Stylizer:
         return self.render(prepared)
 
     # --- step 1: decode, style statistics ----------------------------------------------------
-    def prepare(self, job: Job | CheckedJob, targets: Targets | None = None) -> Prepared:
+    def prepare(self, job: Job | CheckedJob, styles_from: Prepared | None = None) -> Prepared:
         """Decode a job (checking it first unless it is a CheckedJob) and look up (or compute) its style
-        statistics, unless ``targets`` gives them (a video's frames reuse the first frame's). Raises
+        statistics, unless ``styles_from`` has them (a video's frames reuse the first frame's). Raises
         InvalidInputError."""
         if isinstance(job, Job):
             job = job.check(self.limits)
@@ -148,16 +149,22 @@ class Stylizer:
         regions = region_maps(job, source_size, img.size, max_pixels)
         content = to_tensor(img)
         # "coral" matches each style's colours to this content, so the content is part of the style's key.
-        content_key = image_key(img, "content") if job.color == "coral" and targets is None else None
-        if targets is None:
-            targets = []
+        content_key = image_key(img, "content") if job.color == "coral" and styles_from is None else None
+        if styles_from is not None:
+            targets, grey = styles_from.targets, styles_from.grey
+        else:
+            targets, greys = [], []
             # The two-style mask places its styles by the mask alone (weights never applied to it).
             weights = (0.5, 0.5) if job.mask is not None else job.weights
             for i, (source, w) in enumerate(zip(job.styles, weights)):
                 if w == 0 and regions is None:
                     continue  # a zero weight drops the style
-                mean, std = self._style_stats(source, f"styles[{i}]", job.style_size, job.color, content, content_key)
+                (mean, std), style_grey = self._style_stats(
+                    source, f"styles[{i}]", job.style_size, job.color, content, content_key)
                 targets.append((mean, std, w))
+                greys.append(style_grey)
+            # the other colour modes choose the output's colours themselves
+            grey = job.color is None and bool(greys) and all(greys)
         chroma_from = None
         if job.color == "luminance":
             chroma_from = content
@@ -169,6 +176,7 @@ class Stylizer:
             regions=None if regions is None else regions.to(self.device),
             region_alphas=job.region_alphas,
             chroma_from=chroma_from,
+            grey=grey,
             batch_key=padded_size(*content.shape[2:]),
             job=job,
         )
@@ -181,7 +189,8 @@ class Stylizer:
         mode: str | None,
         content: torch.Tensor,
         content_key: str | None,
-    ) -> Stats:
+    ) -> tuple[Stats, bool]:
+        """A style's relu4_1 statistics and whether it is grey, cached."""
         key = (image_key(source, name), size, mode, content_key)
         cached = self.cache.get(key)
         if cached is not None:
@@ -193,8 +202,9 @@ class Stylizer:
                 raise InvalidInputError(name, f"{w} x {h} px as used (style_size {size}) is too small to carry a "
                                               f"style: its shorter side needs {MIN_STYLE_SIDE} px")
             stats = mean_std(self.encoder.encode([style], run=self.backend.relu4_1)[0])
-        self.cache.put(key, stats)
-        return stats
+            grey = is_grey(style)
+        self.cache.put(key, (stats, grey))
+        return stats, grey
 
     def style_tensor(
         self, source: ImageSource, name: str, size: int, mode: str | None, content: torch.Tensor
@@ -273,8 +283,5 @@ class Stylizer:
             for k, i in enumerate(idx):
                 job = jobs[i]
                 h, w = job.content.shape[2:]
-                img = y[k : k + 1, :, :h, :w].float().clamp(0, 1)
-                if job.chroma_from is not None:
-                    img = with_luminance(job.chroma_from.to(img.device), luminance(img))
-                out[i] = to_image(img)
+                out[i] = to_image(finish(y[k : k + 1, :, :h, :w].float().clamp(0, 1), job))
         return out  # type: ignore[return-value]

@@ -174,6 +174,33 @@ def test_preserve_color_luminance_keeps_content_chroma(stylizer: Stylizer) -> No
     assert (to_tensor(out) - expected).abs().max() < 6 / 255
 
 
+def test_grey_styles_give_grey_pictures(stylizer: Stylizer) -> None:
+    """A grey style (pencil, ink) gives a grey picture where fully stylized, not the decoder's faint colour;
+    alpha fades the photo's colours back in; a coloured style, or one beside the grey one, is unchanged."""
+    import numpy as np
+
+    grey_style = synth_image(64, 64, seed=2).convert("L").convert("RGB")
+
+    def chroma(img: Image.Image) -> float:
+        return float(np.abs(np.asarray(img.convert("YCbCr"), float)[..., 1:] - 128).mean())
+
+    def is_grey(img: Image.Image) -> bool:
+        a = np.asarray(img, int)
+        return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+    full = stylizer.stylize(CONTENT, [grey_style])
+    assert is_grey(full) and np.asarray(full.convert("L")).std() > 10  # grey, and a picture, not a flat wash
+    # a grey JPEG (a level or two of colour noise) counts as grey too
+    assert is_grey(stylizer.stylize(CONTENT, [encoded(grey_style, "JPEG", quality=70)]))
+    # alpha brings the photo's colours back: none at 1, some at 0.5, the reconstruction's at 0
+    none, half = stylizer.stylize(CONTENT, [grey_style], alpha=0.0), stylizer.stylize(CONTENT, [grey_style], alpha=0.5)
+    assert 0 < chroma(half) < chroma(none)
+    assert diff(none, stylizer.stylize(CONTENT, [STYLE_A], alpha=0.0)) < 1 / 255  # alpha 0: the same as any style
+    # a coloured style, or a coloured one beside the grey one, keeps its colours
+    assert chroma(stylizer.stylize(CONTENT, [STYLE_A])) > 5
+    assert not is_grey(stylizer.stylize(CONTENT, [grey_style, STYLE_A]))
+
+
 def test_preserve_color_coral_matches_colour_statistics(stylizer: Stylizer) -> None:
     from adain.ops import coral
 

@@ -161,6 +161,18 @@ def test_regions_work_with_colour_refine_and_video(stylizer: Stylizer) -> None:
     assert _levels(frames[0], plain).max() <= 1 and frames[1].size == CONTENT.size
 
 
+def test_a_grey_styles_region_is_grey_and_the_rest_keeps_the_photos_colours(stylizer: Stylizer) -> None:
+    """Grey styles make grey pictures where they apply (adain.colours): by region, refined and in a clip."""
+    grey_style = NOISE.convert("L").convert("RGB")
+    left = band_mask(96, 64, 0, 40)  # the right part is unpainted: it keeps the photo
+    out = np.asarray(stylizer.stylize(CONTENT, [grey_style], masks=[left]), int)
+    spread = lambda a: np.abs(a[..., 0] - a[..., 2]).mean()  # noqa: E731
+    assert spread(out[:, :36]) == 0 and spread(out[:, 48:]) > 10  # inside, grey; outside, colour
+    assert spread(np.asarray(stylizer.stylize(CONTENT, [grey_style], refine_steps=2), int)) == 0
+    stream = VideoStream(stylizer, [grey_style], temporal="smooth")
+    assert all(spread(np.asarray(stream.stylize(CONTENT), int)) == 0 for _ in range(2))
+
+
 BAD = {
     "mask-wrong-size": (dict(masks=[Image.new("L", (10, 10), 255), Image.new("L", (96, 64), 255)]), "styles[0].mask"),
     "mask-all-black": (dict(masks=[band_mask(96, 64, 0, 48), Image.new("L", (96, 64))]), "styles[1].mask"),
