@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+SHOWN = 20  # problems a message lists: a million bad entries once made a 73 MB message
+
 
 class InvalidInputError(ValueError):
     """An image or argument the library will not process; the message says why."""
@@ -22,9 +24,14 @@ class InvalidInputError(ValueError):
 
     @classmethod
     def of(cls, problems: Sequence[InvalidInputError]) -> InvalidInputError:
-        """One error to raise for several: the first, carrying all of them in ``problems``."""
+        """One error to raise for several: the first, carrying all of them in ``problems``; its message
+        lists them all (at most ``SHOWN``), so a printed error does not hide the second mistake."""
         first = problems[0]
         first.problems = tuple(problems)
+        if len(problems) > 1:
+            shown = "; ".join(f"{p.field}: {p.description}" for p in problems[:SHOWN])
+            more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+            first.args = (shown + more,)
         return first
 
 

@@ -87,8 +87,10 @@ def _open(source: ImageSource, field: str) -> Image.Image:
         fp: io.BytesIO | Path = io.BytesIO(bytes(source))
     elif isinstance(source, (str, Path)):
         fp = Path(source)
-        if not fp.is_file():
+        if not fp.exists():
             raise InvalidInputError(field, f"no such image file: {fp}")
+        if not fp.is_file():  # a folder, or a device or pipe whose read may never end
+            raise InvalidInputError(field, f"{fp} is not a regular file (a folder, a device or a pipe)")
         if fp.stat().st_size == 0:
             raise InvalidInputError(field, f"image file is empty: {fp}")
     else:

@@ -28,6 +28,9 @@ from adain.image import longest_size
 from adain.job import is_number
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
+# What a folder of contents is searched for: the above, and containers FFmpeg reads that are not written.
+READ_VIDEO_SUFFIXES = VIDEO_SUFFIXES + (".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp",
+                                       ".ogv")
 # Video codecs by output container, best first: H.264 where the encoder exists, else what plays widely.
 _CODECS = {
     "mp4": ("libx264", "libopenh264", "mpeg4"),

@@ -105,6 +105,11 @@ class LibraryStyle:
     def ref(self) -> StyleRef:
         return StyleRef(self.name)
 
+    def __repr__(self) -> str:  # the thumbnail's size, not its bytes: a printed list was 10 kB a style
+        thumb = f", thumbnail=<{len(self.thumbnail)} bytes>" if self.thumbnail else ""
+        return (f"LibraryStyle(name={self.name!r}, style_id={self.style_id!r}, width={self.width}, "
+                f"height={self.height}{thumb})")
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -218,8 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _refine_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.classic and not args.refine:
-        raise CliError("--classic needs --refine N (the number of iterations, e.g. 300)")
+    if not args.refine:  # else they would be ignored, and the picture not the one asked for
+        tuning = (("--classic", args.classic or None), ("--content-weight", args.content_weight),
+                  ("--style-weight", args.style_weight), ("--tv-weight", args.tv_weight),
+                  ("--refine-size", args.refine_size or None))
+        given = [flag for flag, value in tuning if value is not None]
+        if given:
+            raise CliError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --refine N (the number of "
+                           "iterations, e.g. 300): they tune the optimisation method")
     return {
         "refine_steps": args.refine,
         "refine_init": "content" if args.classic else "adain",
@@ -289,6 +295,8 @@ def _style_source(spec: str, source: str) -> StyleRef | Preset | Path:
         if not sid:
             raise CliError(f"--style {spec}: empty style id")
         return StyleRef(sid)
+    if not source:  # Path("") is ".", a folder: the message would name the wrong problem
+        raise CliError(f"--style {spec}: an empty path (give an image file)")
     path = Path(source)
     if not path.exists():
         hint = ""
@@ -341,6 +349,8 @@ def _output_format(path: Path) -> str:
 
 
 def _image_arg(path: str, flag: str) -> Path:
+    if not path:
+        raise CliError(f"{flag}: an empty path (give an image file)")
     file = Path(path)
     if not file.exists():
         raise CliError(f"{flag}: no such file: {file}")
@@ -457,6 +467,9 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
     else:
         out = Path(args.output)
         fmt = _output_format(out)
+        if args.format is not None and args.format != fmt:  # else one of the two would be ignored
+            raise CliError(f"--format {args.format}: -o {out} is a {fmt.upper()} file by its extension; give one "
+                           f"or the other (or -o ending in {FORMAT_SUFFIXES[args.format]})")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [content]))
     refine = _refine_options(args)
     bar = None
@@ -560,9 +573,9 @@ def _video_suffix(src: Path) -> str:
 def _content_files(paths: list[Path]) -> list[Path]:
     """The files of several CONTENT arguments: each folder's images and videos (by suffix), and each file as
     given (the server says if it is no image); outputs are named by stem, so two contents may not share one."""
-    from adain.media import VIDEO_SUFFIXES
+    from adain.media import READ_VIDEO_SUFFIXES
 
-    known = tuple(dict.fromkeys(INPUT_SUFFIXES + VIDEO_SUFFIXES))  # .gif is both
+    known = tuple(dict.fromkeys(INPUT_SUFFIXES + READ_VIDEO_SUFFIXES))  # .gif is both
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -589,6 +602,10 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     if args.mask or args.labels:
         raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; several contents run each "
                        "style alone")
+    weighted = next((spec for spec, (_source, weight) in zip(args.style, styles) if weight != 1), None)
+    if weighted is not None:  # else dropped without a word: each output is one style at full weight
+        raise CliError(f"--style {weighted}: a weight blends styles, which needs one content file; several "
+                       "contents run each style alone")
     paths = [Path(c) for c in args.content]
     files = _content_files(paths)
     videos = [p for p in files if is_video(p)]
@@ -771,10 +788,25 @@ def _list_styles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bare_preserve_color(argv: list[str]) -> list[str]:
+    """``--preserve-color`` alone means coral, but argparse takes the next word as its value (the content, in
+    ``--preserve-color photo.jpg -s ...``) and refuses it as no mode: a word that names a file or folder is
+    left to be one (a mistyped mode still gets argparse's list of the modes)."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--":
+            break
+        nxt = out[i + 1]
+        if arg == "--preserve-color" and nxt not in COLOR_MODES and ("." in nxt or "/" in nxt or Path(nxt).exists()):
+            out[i] = "--preserve-color=coral"
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     query = next((f for f in ("--list-styles", "--server-info") if f in argv), None)  # no CONTENT, --style, -o
     parser = build_query_parser(query) if query else build_parser()
+    argv = _bare_preserve_color(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)

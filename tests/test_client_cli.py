@@ -174,6 +174,13 @@ def test_cli_single_blend(server: ServerProcess, files: dict[str, Path], capsys)
                  "-o", str(out_jpg), "--server", server.target])
     assert code == 0, capsys.readouterr().err
     assert Image.open(out_jpg).format == "JPEG"
+    # --preserve-color alone before the content means coral, not "the mode named like the content"
+    first = out.with_name("first.png")
+    assert main(["--preserve-color", str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(first),
+                 "--server", server.target]) == 0, capsys.readouterr().err
+    assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(out), "--preserve-color", "coral",
+                 "--server", server.target]) == 0
+    assert Image.open(first).tobytes() == Image.open(out).tobytes()
 
 
 def test_cli_keeps_exif_when_asked(server: ServerProcess, files: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -232,7 +239,7 @@ def test_cli_folder_mode(server: ServerProcess, tmp_path: Path, files: dict[str,
         (contents / f"{stem}.png").write_bytes(make_image(64, 48, seed=40 + i))
     (contents / "notes.txt").write_text("not an image")
     out = tmp_path / "stylized"
-    code = main([str(contents), "--style", str(files["a.png"]), "--style", f"{files['b.jpg']}:0.5", "-o", str(out),
+    code = main([str(contents), "--style", str(files["a.png"]), "--style", str(files["b.jpg"]), "-o", str(out),
                  "--server", server.target])
     assert code == 0, capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
@@ -334,6 +341,13 @@ def test_cli_server_down_in_a_real_process(files: dict[str, Path]) -> None:
 # --- what a tester found: styles named like numbers, outputs that overwrite, limits, signals -----------------
 
 
+def test_a_library_style_prints_its_thumbnails_size_not_its_bytes() -> None:
+    from adain.client import LibraryStyle
+
+    shown = repr([LibraryStyle("ink", "ab" * 32, 640, 480, b"\xff" * 9000)])
+    assert "thumbnail=<9000 bytes>" in shown and len(shown) < 200
+
+
 def test_parse_style_names_after_id_and_preset() -> None:
     """After id: or preset: the name comes whole ("1977", "nan"); only a further ':' starts a weight."""
     assert parse_style("id:1977") == ("id:1977", 1.0)
@@ -375,6 +389,16 @@ def test_cli_refuses_what_it_would_silently_get_wrong(server: ServerProcess, fil
     line = _cli_failure([c, "-s", a + ":0.9", "-s", a + ":0.1", "--mask", str(tmp_path / "mask.png"), "-o", o, *srv],
                         capsys)
     assert "--mask: one mask with two styles places them by the mask alone" in line  # the weights did nothing
+    # found by a new user: flags that were dropped without a word, and empty paths named as folders
+    line = _cli_failure([c, "-s", a, "--style-weight", "30", "--refine-size", "128", "-o", o, *srv], capsys)
+    assert "--style-weight and --refine-size need --refine N" in line
+    assert "--format jpeg: -o " in _cli_failure([c, "-s", a, "-o", o, "--format", "jpeg", *srv], capsys)
+    line = _cli_failure([c, c, "-s", a + ":0", "-s", a, "-o", str(tmp_path / "many/"), *srv], capsys)
+    assert f"--style {a}:0: a weight blends styles, which needs one content file" in line
+    assert "--style : an empty path" in _cli_failure([c, "-s", "", "-o", o, *srv], capsys)
+    assert "--mask: an empty path" in _cli_failure([c, "-s", a, "--mask", "", "-o", o, *srv], capsys)
+    assert "--labels: an empty path" in _cli_failure([c, "-s", a, "--labels", "", "--label", "1", "-o", o, *srv],
+                                                     capsys)
     assert not Path(o).exists()
 
 

@@ -270,6 +270,20 @@ def test_style_count_limits(stylizer: Stylizer) -> None:
         stylizer.stylize(CONTENT, [STYLE_A, b"not an image"])
 
 
+def test_every_problem_is_in_the_message(stylizer: Stylizer, tmp_path) -> None:
+    """A printed error names every mistake, not the first only (all of them are in ``problems``), and a
+    folder given as a content is named as what it is, not as missing."""
+    with pytest.raises(InvalidInputError) as err:
+        stylizer.stylize(CONTENT, [STYLE_A], preserve_color="x", alpha=-1)
+    assert err.value.field == "alpha" and len(err.value.problems) == 2
+    assert "alpha: must be" in str(err.value) and "; preserve_color: must be one of" in str(err.value)
+    with pytest.raises(InvalidInputError) as err:
+        stylizer.stylize(CONTENT, [STYLE_A], weights=[-1] * 1, alpha=-1, style_size=-1, content_size=-1)
+    assert str(err.value).count(": ") == len(err.value.problems) >= 3
+    with pytest.raises(InvalidInputError, match="is not a regular file"):
+        stylizer.stylize(tmp_path, [STYLE_A])
+
+
 # --- decoder file ----------------------------------------------------------------------------
 
 

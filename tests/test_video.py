@@ -679,10 +679,13 @@ def test_cli_folder_with_videos(server: ServerProcess, clips: dict[str, Path], t
     folder.mkdir()
     (folder / "photo.png").write_bytes(make_image(64, 48))
     (folder / "clip.mov").write_bytes(clips["clip.mov"].read_bytes())
+    make_video(folder / "old.avi", frames=6)  # read, though not written: found in a folder too, written as MP4
     out = tmp_path / "out"
     assert main([str(folder), "-s", str(clips["style.png"]), "-o", str(out), "--server", server.target]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["clip_stylized_style.mov", "photo_stylized_style.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "clip_stylized_style.mov", "old_stylized_style.mp4", "photo_stylized_style.png"]
     assert video_facts(out / "clip_stylized_style.mov")["frames"] == 18
+    assert video_facts(out / "old_stylized_style.mp4")["frames"] == 6
 
 
 def _truncated(path: Path, tmp_path: Path) -> Path:
