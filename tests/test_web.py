@@ -426,6 +426,22 @@ def test_bad_forms_are_400_saying_what_is_wrong(web: WebProcess, case: str) -> N
     assert "DecompressionBomb" not in "".join(web.stderr)  # no warning either
 
 
+def test_a_forms_every_problem_comes_back_in_one_answer(web: WebProcess, tmp_path: Path) -> None:
+    """As the server answers: a bad alpha, colour mode and format, and a style that is no image, all at once
+    (the page shows each beside its control); a clip's form alike."""
+    broken = ("styles", ("s.jpg", b"\xff\xd8broken", "image/jpeg"))
+    r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE), broken],
+              {"alpha": "abc", "preserve_color": "sepia", "format": "gif"})
+    assert r.status_code == 400, r.text
+    fields = [v["field"] for v in r.json()["error"]["violations"]]
+    assert fields == ["styles[1].image", "alpha", "preserve_color", "format"], r.text
+    message = r.json()["error"]["message"]
+    assert "alpha: not a number" in message and "format: must be one of" in message
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE)],
+                   data={"fps": "-2", "temporal": "wobbly", "size": "8"}, timeout=60)
+    assert [v["field"] for v in r.json()["error"]["violations"]] == ["fps", "temporal", "size"], r.text
+
+
 def test_every_error_is_json_and_probes_may_use_head(web: WebProcess, tmp_path: Path) -> None:
     """Starlette's own errors (no such route, a method not allowed, a body that is no multipart form) are
     JSON errors like the API's; HEAD answers where probes ask."""

@@ -67,6 +67,7 @@ from adain.wire import (
 
 from .checks import (
     BadInput,
+    Problems,
     color,
     error_json,
     image,
@@ -361,7 +362,7 @@ def create_app(
             async with _form(request, limits.max_styles + 3, files) as form:
                 options = await _read_form(form, limits)
         except BadInput as e:
-            return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
+            return _error(400, "INVALID_ARGUMENT", str(e), e.violations)
         request_id = request.headers.get("x-request-id", "")  # the caller's, to find the call in the server's log
         if not REQUEST_ID_RE.fullmatch(request_id):
             request_id = str(uuid.uuid4())
@@ -419,7 +420,7 @@ def create_app(
             job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)
         except BadInput as e:
             jobs.discard(folder)
-            return _error(400, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
+            return _error(400, "INVALID_ARGUMENT", str(e), e.violations)
         except Busy as e:
             jobs.discard(folder)
             return _error(429, "RESOURCE_EXHAUSTED", str(e), headers={"Retry-After": "10"})
@@ -516,74 +517,124 @@ def _check_fields(form: Any, allowed: tuple[str, ...], files: dict[str, str]) ->
             raise BadInput(name, "expected a value, got a file")
 
 
-async def _style_options(form: Any, limits: Limits) -> dict[str, Any]:
-    """Styles, weights, alpha and colour mode: what an image and a clip share; raises BadInput."""
+async def _style_options(form: Any, limits: Limits, problems: Problems) -> dict[str, Any]:
+    """Styles, weights, alpha and colour mode: what an image and a clip share; their problems kept."""
     styles = form.getlist("styles")
-    style_count(len(styles), limits, "an image file, or id:NAME for a style of the server's library")
-    options: dict[str, Any] = {"styles": [await _style(s, i, limits) for i, s in enumerate(styles)]}
+    problems.check(style_count, len(styles), limits, "an image file, or id:NAME for a style of the server's library")
+    options: dict[str, Any] = {"styles": [await problems.wait(_style(s, i, limits))
+                                          for i, s in enumerate(styles[: limits.max_styles])]}
     if form.getlist("weights"):
-        options["weights"] = weights(form.getlist("weights"), len(styles))
+        options["weights"] = problems.check(weights, form.getlist("weights"), len(styles))
     if form.get("alpha") not in (None, ""):
-        options["alpha"] = number(form["alpha"], "alpha")
-    options["preserve_color"] = color(form.get("preserve_color"))
+        options["alpha"] = problems.check(number, form["alpha"], "alpha")
+    options["preserve_color"] = problems.check(color, form.get("preserve_color"))
     return options
 
 
 async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
-    """The client's options from the multipart form; raises BadInput naming the field."""
+    """The client's options from the multipart form; raises BadInput naming the field, with every problem."""
     _check_fields(form, IMAGE_FIELDS, {"content": "an image file", "mask": "an image file", "labels": "an image file"})
+    problems = Problems()
     content = form.get("content")
+    options: dict[str, Any] = {}
     if not isinstance(content, UploadFile):
-        raise BadInput("content", "a content image file is required")
-    options = {"content": await _image(content, "content", limits), **await _style_options(form, limits)}
+        problems.add("content", "a content image file is required")
+    else:
+        options["content"] = await problems.wait(_image(content, "content", limits))
+    options.update(await _style_options(form, limits, problems))
     mask = form.get("mask")
     if isinstance(mask, UploadFile) and (mask.size or mask.filename):
-        options["mask"] = await _image(mask, "mask", limits)
-    options.update(await _regions(form, len(options["styles"]), limits))
+        options["mask"] = await problems.wait(_image(mask, "mask", limits))
+    options.update(await _regions(form, len(options["styles"]), limits, problems))
     if form.get("refine_steps") not in (None, "", "0"):
-        options["refine_steps"] = whole(form["refine_steps"], "refine_steps", 0,
-                                        ("max_refine_steps", limits.max_refine_steps))
+        options["refine_steps"] = problems.check(whole, form["refine_steps"], "refine_steps", 0,
+                                                 ("max_refine_steps", limits.max_refine_steps))
     fmt = format_name(form.get("format") or "png")
     if fmt is None:
-        raise BadInput("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
+        problems.add("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
     options["format"] = fmt
     keep = str(form.get("keep_exif") or "0").lower()
     if keep not in ("0", "1", "true", "false", "on", "off"):
-        raise BadInput("keep_exif", f"must be 1 or 0, got {form.get('keep_exif')!r}")
+        problems.add("keep_exif", f"must be 1 or 0, got {form.get('keep_exif')!r}")
     options["keep_exif"] = keep in ("1", "true", "on")
+    problems.raise_any()
     return options
 
 
-async def _regions(form: Any, styles: int, limits: Limits) -> dict[str, Any]:
+async def _regions(form: Any, styles: int, limits: Limits, problems: Problems) -> dict[str, Any]:
     """Regions painted on the page: a labels image and each style's label (the server checks the rest:
     the image's size against the content, each label painted somewhere)."""
     labels, values = form.get("labels"), form.getlist("label")
     if not isinstance(labels, UploadFile) or not (labels.size or labels.filename):
         if values:
-            raise BadInput("labels", "label values were given without a labels image")
+            problems.add("labels", "label values were given without a labels image")
         return {}
     if len(values) != styles:
-        raise BadInput("label", f"{plural(len(values), 'label')} for {plural(styles, 'style')} (one per style)")
+        problems.add("label", f"{plural(len(values), 'label')} for {plural(styles, 'style')} (one per style)")
     parsed = []
-    for i, text in enumerate(values):
+    for i, text in enumerate(values[:styles]):
         value = label_value(int(text) if str(text).isdigit() else str(text).lower())
         if value is None or (str(text).isdigit() and value > 255):
-            raise BadInput(f"styles[{i}].label", f"must be a grey level 0-255 or a colour #rrggbb, got {text!r}")
+            problems.add(f"styles[{i}].label", f"must be a grey level 0-255 or a colour #rrggbb, got {text!r}")
         parsed.append(value)
-    return {"labels": await _image(labels, "labels", limits), "label_values": parsed}
+    return {"labels": await problems.wait(_image(labels, "labels", limits)), "label_values": parsed}
 
 
 async def _read_video_form(
     form: Any, limits: Limits, folder: Path, settings: WebSettings, max_frames: int
 ) -> tuple[Path, str, int, dict[str, Any]]:
     """A clip's upload, saved into ``folder`` and checked as a video within the limits (at most ``max_frames``
-    frames), and its options: (file, the result's name, its frames, options); raises BadInput naming the field."""
+    frames), and its options: (file, the result's name, its frames, options); raises BadInput naming the field,
+    with every problem."""
+    _check_fields(form, VIDEO_FIELDS, {"content": "a video file"})
+    problems = Problems()
+    content = form.get("content")
+    clip = None
+    if not isinstance(content, UploadFile):
+        problems.add("content", "a content video file is required")
+    else:
+        clip = await problems.wait(_clip(content, folder, limits))
+    fps = None
+    if form.get("fps") not in (None, "", "0"):
+        fps = problems.check(number, form["fps"], "fps")
+        if fps is not None and fps <= 0:
+            problems.add("fps", f"must be > 0 (or empty: as filmed), got {form['fps']!r}")
+    start = problems.check(number, form["start"], "start") if form.get("start") not in (None, "") else 0.0
+    if start is not None and start < 0:
+        problems.add("start", f"must be >= 0 seconds, got {form['start']!r}")
+    duration = None
+    if form.get("duration") not in (None, "", "0"):
+        duration = problems.check(number, form["duration"], "duration")
+        if duration is not None and duration <= 0:
+            problems.add("duration", f"must be > 0 seconds (or empty: to the end), got {form['duration']!r}")
+    frames = 0
+    if clip is not None and not problems.found:  # the frame count needs a readable clip and a good part of it
+        info = clip[1]
+        if info.duration and start >= info.duration:
+            problems.add("start", f"the clip is {info.duration:.1f} s long; {start:g} s is past its end")
+        frames = clip_frames(info, fps, start, duration)  # declared, or by the duration (WebM declares none)
+        if frames > max_frames:
+            problems.add("content", f"{frames} frames, over the limit of max_video_frames={max_frames}"
+                         + (" (at that frame rate)" if fps else "")
+                         + "; take a part of it (start, duration) or fewer frames a second")
+    options = await _style_options(form, limits, problems)
+    options["max_fps"] = fps
+    options["start"], options["duration"] = start, duration
+    options["temporal"] = problems.check(temporal, form.get("temporal"))
+    if form.get("size") not in (None, "", "0"):
+        options["content_size"] = problems.check(whole, form["size"], "size", 16,
+                                                 ("max_content_side", limits.max_content_side))
+    problems.raise_any()
+    assert clip is not None and isinstance(content, UploadFile)
+    source = clip[0]
+    stem = Path(content.filename or "clip").stem or "clip"
+    return source, f"{stem}_stylized.mp4", frames, options
+
+
+async def _clip(content: UploadFile, folder: Path, limits: Limits) -> tuple[Path, Any]:
+    """The uploaded clip saved into ``folder``, and what its header says, once it is a video within max_pixels."""
     from adain.media import is_media, probe
 
-    _check_fields(form, VIDEO_FIELDS, {"content": "a video file"})
-    content = form.get("content")
-    if not isinstance(content, UploadFile):
-        raise BadInput("content", "a content video file is required")
     source = folder / "upload"
     with source.open("wb") as f:
         await run_in_threadpool(shutil.copyfileobj, content.file, f, 1 << 20)
@@ -595,34 +646,7 @@ async def _read_video_form(
     if info.width * info.height > limits.max_pixels:
         raise BadInput("content", f"{info.width} x {info.height} frames are over the limit of "
                        f"max_pixels={limits.max_pixels}")
-    fps = None
-    if form.get("fps") not in (None, "", "0"):
-        fps = number(form["fps"], "fps")
-        if fps <= 0:
-            raise BadInput("fps", f"must be > 0 (or empty: as filmed), got {form['fps']!r}")
-    start = number(form["start"], "start") if form.get("start") not in (None, "") else 0.0
-    if start < 0:
-        raise BadInput("start", f"must be >= 0 seconds, got {form['start']!r}")
-    if info.duration and start >= info.duration:
-        raise BadInput("start", f"the clip is {info.duration:.1f} s long; {start:g} s is past its end")
-    duration = None
-    if form.get("duration") not in (None, "", "0"):
-        duration = number(form["duration"], "duration")
-        if duration <= 0:
-            raise BadInput("duration", f"must be > 0 seconds (or empty: to the end), got {form['duration']!r}")
-    frames = clip_frames(info, fps, start, duration)  # declared, or by the duration (WebM declares none)
-    if frames > max_frames:
-        raise BadInput("content", f"{frames} frames, over the limit of max_video_frames="
-                       f"{max_frames}" + (" (at that frame rate)" if fps else "") +
-                       "; take a part of it (start, duration) or fewer frames a second")
-    options = await _style_options(form, limits)
-    options["max_fps"] = fps
-    options["start"], options["duration"] = start, duration
-    options["temporal"] = temporal(form.get("temporal"))
-    if form.get("size") not in (None, "", "0"):
-        options["content_size"] = whole(form["size"], "size", 16, ("max_content_side", limits.max_content_side))
-    stem = Path(content.filename or "clip").stem or "clip"
-    return source, f"{stem}_stylized.mp4", frames, options
+    return source, info
 
 
 async def _style(item: Any, i: int, limits: Limits) -> bytes | StyleRef:

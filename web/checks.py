@@ -7,7 +7,8 @@ import io
 import logging
 import math
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from PIL import Image
@@ -22,6 +23,7 @@ from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, 
 Image.MAX_IMAGE_PIXELS = None
 
 log = logging.getLogger("adain.web")
+T = TypeVar("T")
 STYLE_NAME_RE = re.compile(r"id:([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 # What the public is told instead of a failed call's transport details (the backend's address, gRPC's words).
 UNREACHABLE = {
@@ -66,9 +68,52 @@ def public_error(e: StyleTransferError, level: int = logging.WARNING) -> tuple[s
 
 
 class BadInput(Exception):
+    """A problem with what the caller sent, naming the field; ``problems``: all of a form's (this one first)."""
+
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"{field}: {description}")
         self.field, self.description = field, description
+        self.problems: list[BadInput] = [self]
+
+    @property
+    def violations(self) -> list[tuple[str, str]]:
+        return [(p.field, p.description) for p in self.problems]
+
+
+class Problems:
+    """Checks run one after another, each problem kept: a form's every mistake comes back in one answer,
+    as the server answers (a form with a bad alpha and a bad format got the first only)."""
+
+    def __init__(self) -> None:
+        self.found: list[BadInput] = []
+
+    def check(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """``fn(*args)``, or None when it raises BadInput (kept)."""
+        try:
+            return fn(*args)
+        except BadInput as e:
+            self.found.append(e)
+            return None
+
+    async def wait(self, work: Awaitable[T]) -> T | None:
+        """``await work``, or None when it raises BadInput (kept)."""
+        try:
+            return await work
+        except BadInput as e:
+            self.found.append(e)
+            return None
+
+    def add(self, field: str, description: str) -> None:
+        self.found.append(BadInput(field, description))
+
+    def raise_any(self) -> None:
+        """Raise the first problem found, carrying them all, its message naming each."""
+        if self.found:
+            first = self.found[0]
+            first.problems = list(self.found)
+            if len(self.found) > 1:
+                first.args = ("; ".join(f"{e.field}: {e.description}" for e in self.found),)
+            raise first
 
 
 def image(data: bytes, field: str, limits: Limits) -> bytes:
