@@ -33,9 +33,7 @@ from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats
 from adain.regions import alpha_map, region_maps, regional_target
 from adain.tiling import Tiling, auto_threshold, render_tiled
-from adain.wire import Limits
-
-MIN_STYLE_SIDE = 16  # a 1 x 1 or 4 x 4 style gave a flat grey picture; a 6000 x 90 one (512 x 8 as used) streaks
+from adain.wire import Limits, style_too_small
 
 
 class Stylizer:
@@ -198,9 +196,9 @@ class Stylizer:
         with torch.inference_mode():
             style = self.style_tensor(source, name, size, mode, content)
             h, w = style.shape[2:]
-            if min(h, w) < MIN_STYLE_SIDE:  # its statistics would be a few cells': a flat wash over the photo
-                raise InvalidInputError(name, f"{w} x {h} px as used (style_size {size}) is too small to carry a "
-                                              f"style: its shorter side needs {MIN_STYLE_SIDE} px")
+            small = style_too_small(w, h, size)  # its statistics would be a few cells': a flat wash over the photo
+            if small:
+                raise InvalidInputError(name, small)
             stats = mean_std(self.encoder.encode([style], run=self.backend.relu4_1)[0])
             grey = is_grey(style)
         self.cache.put(key, (stats, grey))

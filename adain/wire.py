@@ -113,6 +113,20 @@ def color_mode(value: str | bool | None) -> str | None:
     return value  # type: ignore[return-value]
 
 
+# A style's shorter side, as used (scaled to its style_size), at least: a 1 x 1 or 4 x 4 style gave a flat grey
+# picture; a 6000 x 90 one (512 x 8 as used) streaks. One rule for the Stylizer and the server's library.
+MIN_STYLE_SIDE = 16
+
+
+def style_too_small(width: int, height: int, style_size: int) -> str | None:
+    """Why a style ``width`` x ``height`` px as used (already scaled to ``style_size``) cannot carry a style,
+    or None where it can."""
+    if min(width, height) >= MIN_STYLE_SIDE:
+        return None
+    return (f"{width} x {height} px as used (style_size {style_size}) is too small to carry a style: its shorter "
+            f"side needs {MIN_STYLE_SIDE} px")
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one stylization may ask for: enforced by the Stylizer, set by the server's flags and

@@ -28,7 +28,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:  # before the model loads (seconds): a bad style, certificate or token file fails the start at once
         _check_files(settings)
         limits, folder = settings.limits, settings.styles_dir
-        library = StyleLibrary(folder, limits.max_pixels, limits.max_styles) if folder else None
+        library = StyleLibrary(folder, limits.max_pixels, limits.max_styles, limits.style_size) if folder else None
     except ValueError as e:
         logs.fatal(str(e))
         return 2

@@ -39,7 +39,7 @@ from .config import Settings
 from .drain import Drain
 from .errors import reply_limit
 from .fairpool import FairExecutor
-from .library import StyleLibrary
+from .library import BadStyleError, StyleLibrary
 from .metrics import Metrics
 from .refine import RefineLimits, RefineService
 from .registry import StyleRegistry
@@ -148,6 +148,7 @@ class StyleTransferServer:
         self.port: int | None = None
         self.library = library  # --styles-dir (read by start() where the caller did not)
         self._warmed: set[str] = set()  # library style ids whose statistics were computed ahead
+        self._library_checked = False  # the start's warm-up (strict) took the library first: the watcher waits
         self.metrics_port: int | None = None
         info = server_info(settings, stylizer.info)
         self.metrics.describe({"version": info.server_version, "model": info.model, "weights": info.weights_version,
@@ -198,7 +199,8 @@ class StyleTransferServer:
         # The secrets and the style library first: a bad file fails the start with its name.
         library = self.library
         if library is None and s.styles_dir:
-            library = StyleLibrary(s.styles_dir, self.stylizer.limits.max_pixels, self.stylizer.limits.max_styles)
+            limits = self.stylizer.limits
+            library = StyleLibrary(s.styles_dir, limits.max_pixels, limits.max_styles, limits.style_size)
         tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
         interceptors = []
         if s.auth_tokens_file:
@@ -261,33 +263,42 @@ class StyleTransferServer:
         if self.settings.max_refine_steps:  # a process's first backward pass is ~10x slower than the next
             self.stylizer.stylize(content, [style], refine_steps=2)
 
-    def warm_library(self) -> None:
+    def warm_library(self, strict: bool = False) -> None:
         """Compute the library's style statistics ahead of the first call that names each style (the default
         style size, no colour mode: what most calls ask; ~0.1 s a style saved from that call), newest ids
-        only, at most as many as the cache holds."""
+        only, at most as many as the cache holds. A style that cannot be prepared (the library refuses the
+        faults it can see itself, a style too small among them, so this is rare) is a bad file: ``strict``
+        (the start's warm-up) raises BadStyleError naming it, else the library takes it back
+        (:meth:`StyleLibrary.reject`: its last good image kept, or left out), so it is never offered."""
         library = self.library
         if library is None:
             return
         self.metrics.library_styles.set(len(library))
+        if not strict and not self._library_checked:
+            return  # the watcher's pass before the start's warm-up: that one checks (and fails the start)
         fresh = [s for s in library.styles() if s.id not in self._warmed]
-        if not fresh:
-            return  # the watcher's usual pass: nothing new
         # Every fresh one counts as seen, so that a library larger than the cache is not warmed a cacheful a
         # pass, pushing out what calls use.
         self._warmed.update(s.id for s in fresh)
+        self._library_checked = True
+        if not fresh:
+            return  # the watcher's usual pass: nothing new
         content, _ = _warmup_images()
         for style in fresh[: self.stylizer.cache.size]:
             try:
                 self.stylizer.prepare(Job(content=content, styles=[style.source]))
-            except InvalidInputError as e:  # loaded once, so this is rare: the call naming it will say why
-                log.warning("style %s could not be prepared: %s", style.name, e)
+            except InvalidInputError as e:
+                if strict:
+                    raise BadStyleError(f"--styles-dir: {style.path}: {e.description}") from None
+                library.reject(style, e.description)
+                self.metrics.library_styles.set(len(library))
 
     async def warm_up(self) -> None:
         """Start batching, run one dummy stylization off the event loop (and compute the library's style
         statistics), then report SERVING."""
         self.batcher.start()  # requests that come early are served (clients should wait for SERVING)
         await asyncio.get_running_loop().run_in_executor(self.pool, self._warmup_sync)
-        await asyncio.get_running_loop().run_in_executor(self.pool, self.warm_library)
+        await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(self.warm_library, strict=True))
         if not self.drain.draining:
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, SERVING)
@@ -355,7 +366,10 @@ async def serve(settings: Settings, stylizer: Any, out=None, library: StyleLibra
     stopped = asyncio.ensure_future(stop.wait())
     code = 0
     await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if warm.done() and warm.exception() is not None:
+    if warm.done() and isinstance(warm.exception(), BadStyleError):  # a style the model cannot prepare
+        logs.fatal(str(warm.exception()))
+        code = 2
+    elif warm.done() and warm.exception() is not None:
         log.error("warm-up failed: %s", warm.exception(), exc_info=warm.exception())
         code = 1
     else:

@@ -201,11 +201,15 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
     "max-connection-age-s": (non_negative_float, "close each client connection after this long (gracefully), so "
                              "clients re-resolve and balance onto new replicas; 0: never"),
-    "replica-name": (str, "this replica's name in the x-served-by reply metadata (default: hostname:port)"),
+    "replica-name": (str, "this replica's name in the x-served-by reply metadata"),
     "log-level": (one_of(LOG_LEVELS, str.upper), "DEBUG, INFO, WARNING or ERROR"),
     "log-format": (one_of(("text", "json")), "text (a line for a person) or json (an object a line, a call's fields "
                    "as keys, for a log pipeline)"),
 }
+
+
+# Defaults that are not a value of their own: what the server uses in their place (each help shows one default)
+_SHOWN_DEFAULTS = {"decoder": "the decoder shipped in the package", "replica-name": "hostname:port"}
 
 
 class _BadVariable:
@@ -236,7 +240,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         attr = flag.replace("-", "_")
         default = getattr(defaults, attr)
         env = env_name(flag)
-        shown = "the decoder shipped in the package" if flag == "decoder" else ("none" if default is None else default)
+        shown = _SHOWN_DEFAULTS.get(flag, "none" if default in (None, "") else default)
         raw = environ.get(env)
         if raw is not None:  # converted here, so a bad variable is reported by its name (if no flag overrides it)
             try:

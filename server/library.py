@@ -7,11 +7,12 @@ same folder (baked into the image, or a mounted volume) and a request names the 
 ids and thumbnails (a client's gallery).
 
 The folder is read again when it changes (checked every second by a thread), so a style is added,
-replaced or removed without a restart. At start a bad file (undecodable, over the pixel limit, a name
-that is not allowed, two files with one name) fails the start with its path; later the same fault keeps
-that name's last good image (or leaves a new name out), with a warning, so one bad copy never takes the
-other styles away. Only files with an image suffix count (a README or LICENSE beside them is ignored),
-and hidden files never do.
+replaced or removed without a restart. At start a bad file (undecodable, over the pixel limit, too small to
+carry a style at the default style size, a name that is not allowed, two files with one name) fails the start
+with its path; later the same fault keeps that name's last good image (or leaves a new name out), with a
+warning, so one bad copy never takes the other styles away. A style the model still cannot prepare when the
+server computes its statistics ahead is a bad file too (:meth:`StyleLibrary.reject`). Only files with an
+image suffix count (a README or LICENSE beside them is ignored), and hidden files never do.
 
 ``presets.json`` beside the styles names looks made of them (an app's filters): styles with weights, a
 strength and a colour mode, ``{"vintage": {"styles": {"mosaic": 0.7, "waves": 0.3}, "alpha": 0.8,
@@ -36,8 +37,8 @@ from pathlib import Path
 from PIL import Image
 
 from adain.errors import InvalidInputError
-from adain.image import KeyedImage, load_image
-from adain.wire import COLOR_MODES, LIBRARY_NAME_RE, Limits
+from adain.image import KeyedImage, load_image, longest_size
+from adain.wire import COLOR_MODES, LIBRARY_NAME_RE, Limits, style_too_small
 
 from .registry import style_id
 
@@ -100,6 +101,11 @@ def _f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", float(x)))[0]
 
 
+class BadStyleError(ValueError):
+    """A style file of the library the server cannot serve, found after the library read it (the start's
+    warm-up): fails the start with the file's path and the reason, as a bad file found at reading does."""
+
+
 @dataclass
 class LibraryStyle:
     name: str
@@ -139,13 +145,16 @@ def _signature(path: Path) -> tuple[int, int, int]:
 class StyleLibrary:
     """The styles of one folder by name, kept in step with the folder by :meth:`watch`."""
 
-    def __init__(self, folder: str | os.PathLike, max_pixels: int, max_styles: int = Limits().max_styles) -> None:
+    def __init__(self, folder: str | os.PathLike, max_pixels: int, max_styles: int = Limits().max_styles,
+                 style_size: int = Limits().style_size) -> None:
         self.folder = Path(folder)
         self.max_pixels = max_pixels
         self.max_styles = max_styles  # a preset blending more could never be used on this server
+        self.style_size = style_size  # the default: a style too small at it would fail every call naming it
         if not self.folder.is_dir():
             raise ValueError(f"--styles-dir: no such folder: {self.folder}")
         self._styles: dict[str, LibraryStyle] = {}
+        self._replaced: dict[str, LibraryStyle] = {}  # the versions the last refresh replaced: reject() restores
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -197,6 +206,9 @@ class StyleLibrary:
         sig = _signature(path)
         data = path.read_bytes()
         img = load_image(data, field=str(path), max_pixels=self.max_pixels)
+        small = style_too_small(*longest_size(img.width, img.height, self.style_size), self.style_size)
+        if small:  # every call naming it would fail: not offered at all (the Stylizer's own rule)
+            raise InvalidInputError(str(path), small)
         return LibraryStyle(name, style_id(data), data, img.width, img.height, sig, path)
 
     def refresh(self, strict: bool = False) -> None:
@@ -237,6 +249,7 @@ class StyleLibrary:
         changed = sorted(n for n in new.keys() & old.keys() if new[n] is not old[n])
         with self._lock:
             self._styles = new
+            self._replaced = {n: old[n] for n in changed}
         self._refresh_presets(strict)
         if strict:
             log.info("style library %s: %d style(s): %s", self.folder, len(new), ", ".join(sorted(new)) or "none")
@@ -272,6 +285,22 @@ class StyleLibrary:
             log.info("style library presets: %s", ", ".join(sorted(presets)) or "none")
         with self._lock:
             self._presets = presets
+
+    def reject(self, style: LibraryStyle, why: str) -> None:
+        """Take back a style the library took but the model cannot prepare (found by the server computing its
+        statistics ahead): as a bad file found by :meth:`refresh` is, it keeps the name's last good image (or
+        is left out), with one warning, and that version of the file is not read again until it changes."""
+        key = (style.name, style.signature)
+        with self._lock:
+            if self._styles.get(style.name) is not style:
+                return  # replaced or removed meanwhile
+            previous = self._replaced.pop(style.name, None)
+            if previous is not None:
+                self._styles[style.name] = previous
+            else:
+                del self._styles[style.name]
+        kept = "keeping its last good image" if previous is not None else "left out"
+        self._warn_once(key, f"style {style.path}: {why} ({kept})")  # refresh() skips this version from now on
 
     def preset(self, name: str) -> StylePreset | None:
         with self._lock:

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from synth import make_image, pixels
 CONTENT = make_image(64, 48, seed=51)
 DOTS = make_image(40, 40, seed=52, kind="noise")
 STRIPES = make_image(48, 32, seed=53, fmt="JPEG")
+TINY = make_image(4, 4, seed=58)  # decodes, but too small to carry a style: every call naming it would fail
 
 
 def _put(folder: Path, name: str, data: bytes) -> None:
@@ -245,9 +247,26 @@ def test_the_folder_is_followed_without_a_restart(lib_server: ServerProcess, lib
     assert "bad name" not in _names(lib_client)
     assert any("bad name.png" in line and "left out" in line for line in lib_server.stderr_lines)
 
+    # A style that could never be used (4 x 4: too small to carry a style) is never offered: a new one is left
+    # out, and a copy over a served style keeps its last good image.
+    later_id = {s.name: s.style_id for s in lib_client.list_styles()}["later"]
+    _put(folder, "tiny.png", TINY)
+    _put(folder, "later.png", TINY)
+    small = "4 x 4 px as used (style_size 512) is too small to carry a style: its shorter side needs 16 px"
+    _until(lambda: any("tiny.png" in line and small in line and "left out" in line for line in lib_server.stderr_lines)
+           and any("later.png" in line and small in line and "keeping its last good image" in line
+                   for line in lib_server.stderr_lines))
+    listed = {s.name: s.style_id for s in lib_client.list_styles()}
+    assert "tiny" not in listed and listed["later"] == later_id
+    assert lib_client.server_info()["library_styles"] == len(listed)
+    assert lib_client.stylize(CONTENT, "id:later").width == 64
+    with pytest.raises(StyleTransferError, match="no style named 'tiny'"):
+        lib_client.stylize(CONTENT, "id:tiny")
+
     (folder / "new.png").unlink()
     _until(lambda: "new" not in _names(lib_client))
     assert sum("broken.png" in line for line in lib_server.stderr_lines) == 1  # one warning, not one a second
+    assert sum("tiny.png" in line for line in lib_server.stderr_lines) == 1
     with pytest.raises(StyleTransferError, match="no style named 'new'"):
         lib_client.stylize(CONTENT, "id:new")
     assert lib_server.alive()
@@ -285,7 +304,45 @@ def test_a_preset_this_server_could_never_serve_is_refused_at_start(tmp_path: Pa
         StyleLibrary(str(tmp_path), 1 << 24, max_styles=1)
 
 
-@pytest.mark.parametrize("case", ["missing", "same-name", "bad-name", "corrupt", "preset"])
+def test_a_style_too_small_at_the_style_size_is_not_taken(tmp_path: Path) -> None:
+    """The size that counts is the style's as used, scaled to the default style size: 600 x 20 is 512 x 17 at
+    512 (taken) and 256 x 9 at 256 (refused), as the Stylizer would refuse every call naming it."""
+    from adain.server.library import StyleLibrary
+
+    _put(tmp_path, "thin.png", make_image(600, 20, seed=59))
+    assert [s.name for s in StyleLibrary(str(tmp_path), 1 << 24).styles()] == ["thin"]
+    with pytest.raises(ValueError, match=r"thin.png: 256 x 9 px as used \(style_size 256\) is too small to carry a "
+                                         r"style: its shorter side needs 16 px"):
+        StyleLibrary(str(tmp_path), 1 << 24, style_size=256)
+
+
+def test_a_style_the_model_cannot_prepare_is_taken_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What the server's warm-up finds (reject): a replaced style keeps its last good image, a new one is left
+    out, and that version of the file is not read again until it changes; one warning each."""
+    from adain.server.library import StyleLibrary
+
+    _put(tmp_path, "a.png", DOTS)
+    library = StyleLibrary(str(tmp_path), 1 << 24)
+    good = library.get("a")
+    _put(tmp_path, "a.png", make_image(40, 40, seed=60))
+    _put(tmp_path, "b.jpg", STRIPES)
+    library.refresh()
+    assert library.get("a") is not good
+    with caplog.at_level(logging.WARNING, logger="adain.server"):
+        library.reject(library.get("a"), "cannot be prepared")
+        library.reject(library.get("b"), "cannot be prepared")
+        library.refresh()
+        library.refresh()
+    assert library.styles() == [good]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"style {tmp_path / 'a.png'}: cannot be prepared (keeping its last good image)",
+        f"style {tmp_path / 'b.jpg'}: cannot be prepared (left out)"]
+    _put(tmp_path, "b.jpg", make_image(48, 32, seed=61, fmt="JPEG"))  # a new version is read again
+    library.refresh()
+    assert [s.name for s in library.styles()] == ["a", "b"] and library.get("a") is good
+
+
+@pytest.mark.parametrize("case", ["missing", "same-name", "bad-name", "corrupt", "preset", "too-small"])
 def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_path: Path, case: str) -> None:
     styles = tmp_path / "styles"
     if case != "missing":
@@ -293,7 +350,9 @@ def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_p
         (styles / "ok.png").write_bytes(DOTS)
     expected = {"missing": "no such folder", "same-name": "two files give the style name 'ok'",
                 "bad-name": "my style.png: a style's name", "corrupt": "bad.jpg: image data is truncated",
-                "preset": "preset 'p' names 'nope', which the library has no style of"}[case]
+                "preset": "preset 'p' names 'nope', which the library has no style of",
+                "too-small": "tiny.png: 4 x 4 px as used (style_size 512) is too small to carry a style: its shorter "
+                             "side needs 16 px"}[case]
     if case == "same-name":
         (styles / "ok.jpg").write_bytes(STRIPES)
     elif case == "bad-name":
@@ -302,6 +361,8 @@ def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_p
         (styles / "bad.jpg").write_bytes(STRIPES[: len(STRIPES) // 2])
     elif case == "preset":
         (styles / "presets.json").write_text(json.dumps({"p": {"styles": {"ok": 1, "nope": 1}}}))
+    elif case == "too-small":
+        (styles / "tiny.png").write_bytes(TINY)
     with pytest.raises(RuntimeError) as e:
         ServerProcess(decoder_path, "--styles-dir", str(styles))
     assert "--styles-dir" in str(e.value) and expected in str(e.value)

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -776,6 +777,21 @@ def test_help_lists_flags_env_and_defaults() -> None:
                                                                           "32")]:
         assert flag in text and env in text
         assert f"default: {default}" in text
+    # One default an option, each a value (not "default: " of an empty one, nor two for one option)
+    from adain.server.config import _OPTIONS, env_name
+
+    options: dict[str, str] = {}  # each option's flag and help, joined
+    for line in proc.stdout.split("\noptions:\n", 1)[1].splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0]
+        options[flag] = f"{options.get(flag, '')} {line.strip()}".strip()
+    assert sorted(options) == sorted(["-h,", *(f"--{flag}" for flag in _OPTIONS)])
+    del options["-h,"]
+    for flag, line in options.items():
+        assert line.count("default:") == 1, line
+        assert re.search(rf"\(default: [^;()\s][^;()]*; env {env_name(flag[2:])}\)$", line), line
+    assert options["--replica-name"].endswith("(default: hostname:port; env ADAIN_REPLICA_NAME)")
+    assert options["--styles-dir"].endswith("(default: none; env ADAIN_STYLES_DIR)")
 
 
 def test_settings_from_environment() -> None:
