@@ -92,6 +92,9 @@ function removeStyle(index) {
     if (button) button.setAttribute("aria-pressed", "false");
   }
   renderStyles();
+  // the list is drawn anew: focus goes to the next style's Remove (or the last one's), else to adding one
+  const removes = document.querySelectorAll("#styles li button");
+  (removes[Math.min(index, removes.length - 1)] || $("style-upload")).focus();
 }
 
 function renderStyles() {
@@ -109,6 +112,7 @@ function renderStyles() {
     label.textContent = `Weight of ${style.name}: `;
     const out = document.createElement("output");
     out.id = `weight-${i}-value`;
+    out.setAttribute("aria-live", "off");  // the slider says its own value; an <output> would say it again
     out.textContent = style.weight.toFixed(2);
     label.append(out);
     const slider = document.createElement("input");
@@ -172,7 +176,11 @@ function renderBrushes() {
     chip.className = b.colour ? "chip" : "chip erase";
     if (b.colour) chip.style.background = b.colour;
     button.append(chip, document.createTextNode(b.name));
-    button.addEventListener("click", () => { paint.brush = b.colour; renderBrushes(); });
+    button.addEventListener("click", () => {  // the buttons are drawn anew: focus goes to the one now pressed
+      paint.brush = b.colour;
+      renderBrushes();
+      $("brushes").querySelector('[aria-pressed="true"]').focus();
+    });
     box.append(button);
   }
 }
@@ -444,6 +452,28 @@ function commonForm(content = state.content) {
 
 async function submit(event) {
   event.preventDefault();
+  $("status").textContent = "";
+  await stylize();
+  settleFocus();
+}
+
+// Where focus goes once a stylization ends: Stylize is disabled while it runs, which drops focus to the page
+// itself (the next Tab started from the top). An error is focused (read out, scrolled to), else the result's
+// heading (Download next); where focus is still on a control, an error is only scrolled into view.
+function settleFocus() {
+  const error = [...document.querySelectorAll(".error")].find((e) => e.textContent && e.getClientRects().length);
+  const lost = !document.activeElement || document.activeElement === document.body;
+  if (error && lost) {
+    error.tabIndex = -1;
+    error.focus();
+  } else if (error) {
+    error.scrollIntoView({ block: "nearest" });
+  } else if (lost && !$("result").hidden) {
+    $("result-heading").focus();
+  }
+}
+
+async function stylize() {
   if (live.stream) stopLive();
   clearErrors();
   if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
@@ -500,6 +530,7 @@ async function submit(event) {
     $("download").href = resultUrl;
     $("download").download = `stylized.${suffix()}`;
     $("download").hidden = false;
+    $("status").textContent = "Done: the stylized photo is under Result, with Download.";
   } catch (e) {
     if (e.name !== "AbortError") $("form-error").textContent = "The page lost its connection to the server. Try again.";
   } finally {
@@ -621,6 +652,7 @@ async function submitVideo() {
       $("download").href = job.result;
       $("download").download = job.filename;
       $("download").hidden = false;
+      $("status").textContent = "Done: the stylized clip is under Result, with Download.";
     } else if (job.state === "failed") {
       showError({ error: job.error }, errorStatus(job.error));
     } else if (job.state === "cancelled") {  // not by this page: abandoned, or adain-web stopping
@@ -754,6 +786,7 @@ async function submitBatch() {
     batch.running = false;
     videoBusy(false);
     $("download-all").hidden = batch.results.length < 2;
+    $("status").textContent = `${batch.results.length} of ${batch.files.length} photos stylized, under Result.`;
   }
 }
 
@@ -965,7 +998,8 @@ function liveChanged() {
 
 // A HEIC photo or an HEVC clip (what iPhones make) reaches the server fine, but many browsers cannot show it.
 function noPreview() {
-  $("original-caption").textContent = "Original (this browser cannot show it; the server reads it)";
+  $("original").removeAttribute("src");  // no broken-image icon; the server says whether it reads the file
+  $("original-caption").textContent = "Original (this browser cannot show it)";
 }
 
 function init() {
@@ -1019,6 +1053,11 @@ function init() {
   });
   canvas.addEventListener("pointermove", (e) => { if (paint.drawing) strokeTo(pointerAt(e), false); });
   canvas.addEventListener("keydown", paintKey);
+  canvas.addEventListener("focus", () => {  // the ring shows where the keyboard's brush is before a key moves it
+    if (!paint.ready || !canvas.width) return;
+    if (!paint.cursor) paint.cursor = { x: canvas.width / 2, y: canvas.height / 2 };
+    showBrushCursor();
+  });
   canvas.addEventListener("blur", hideBrushCursor);
   for (const end of ["pointerup", "pointercancel"]) {
     canvas.addEventListener(end, () => { paint.drawing = false; paint.last = null; });
