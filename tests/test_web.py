@@ -582,6 +582,18 @@ def _set_range(driver, element, value: float) -> None:
     )
 
 
+def _open_with(browser, web: WebProcess, content: Path, *styles: str) -> None:
+    """The page loaded with ``content`` chosen and the gallery's ``styles`` added."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(content))
+    for name in styles:
+        browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == len(styles))
+
+
 def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -1010,10 +1022,7 @@ def test_page_paints_regions_with_the_keyboard(web: WebProcess, browser, tmp_pat
 
     content = tmp_path / "photo.png"
     content.write_bytes(make_image(96, 64, seed=45))
-    browser.get(web.url + "/")
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-    browser.find_element(By.ID, "content").send_keys(str(content))
-    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    _open_with(browser, web, content, "waves")
     browser.find_element(By.ID, "paint").click()
     canvas = browser.find_element(By.ID, "paint-canvas")
     wait_for(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)
@@ -1052,10 +1061,7 @@ def test_page_shows_a_refines_steps_and_cancel_stops_it(web: WebProcess, browser
 
     content = tmp_path / "photo.png"
     content.write_bytes(make_image(256, 256, seed=41))
-    browser.get(web.url + "/")
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-    browser.find_element(By.ID, "content").send_keys(str(content))
-    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    _open_with(browser, web, content, "waves")
     wait_for(browser, lambda d: not d.find_element(By.ID, "refine-row").get_attribute("hidden"))
     steps = browser.find_element(By.ID, "refine_steps")
     steps.clear()
@@ -1092,11 +1098,7 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
 
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is not a photo")
-    browser.get(web.url + "/")
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-    browser.find_element(By.ID, "content").send_keys(str(fake))
-    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+    _open_with(browser, web, fake, "mosaic")
     browser.find_element(By.ID, "submit").send_keys(Keys.ENTER)  # from the keyboard
     message = wait_for(browser, lambda d: d.find_element(By.ID, "content-error").text)
     assert "not an image" in message and not message.startswith("content")  # beside the photo: no field name
