@@ -13,6 +13,7 @@ import collections
 import contextlib
 import math
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,19 +85,29 @@ class VideoInfo:
     frames: int  # as the container declares it; 0 when it does not say
     audio: bool
     container: str  # FFmpeg's demuxer name
-    duration: float = 0.0  # seconds, as the container declares it; 0 when it does not say
+    duration: float = 0.0  # seconds, as the container declares it (its longest stream); 0 when it does not say
+    # seconds of the video stream alone, where the file says (else ``duration``): a clip's sound may run on
+    # past its last frame, and was counted as frames
+    video_duration: float = 0.0
+
+    @property
+    def length(self) -> int:
+        """The frames of the whole clip at its own rate, as far as the file says: its declared count, but no
+        more than its video's duration holds (an MP4 cut without re-encoding declares the frames its edit list
+        hides, and was refused as truncated), else by the video's duration x its rate (WebM and MKV declare no
+        count; rounded: the sound may end a few ms after the frames); 0 where it says neither."""
+        by_time = round(self.video_duration * self.rate)
+        return min(self.frames, by_time) if self.frames and by_time else self.frames or by_time
 
     def frames_read(self, rate: float | Fraction, start: float = 0.0, end: float = math.inf) -> int:
         """The frames that come when the clip is read at ``rate`` a second (its own, or fewer: the rest are
-        dropped) from ``start`` to ``end`` seconds, as far as the container says: a part by its span, the whole
-        by its declared count, else by its duration x its rate (WebM and MKV declare no count, and a 0 let a
-        clip of any length past max_video_frames; rounded: the sound may end a few ms after the frames); 0
-        where it says neither."""
-        if (start > 0 or end < math.inf) and self.duration:
-            span = min(end, self.duration) - start
+        dropped) from ``start`` to ``end`` seconds, as far as the file says: a part by its span of the video,
+        the whole by its :attr:`length` (a 0 let a clip of any length past max_video_frames); 0 where it says
+        nothing."""
+        if (start > 0 or end < math.inf) and self.video_duration:
+            span = min(end, self.video_duration) - start
             return math.ceil(span * rate - 1e-6) if span > 0 else 0
-        native = self.frames or round(self.duration * self.rate)
-        return math.ceil(native * rate / self.rate)
+        return math.ceil(self.length * rate / self.rate)
 
 
 def is_media(path: str | Path) -> bool:
@@ -137,8 +148,20 @@ def _info(c: Any, v: Any) -> VideoInfo:
     rate = v.average_rate or v.guessed_rate or Fraction(25)
     duration = c.duration / 1e6 if c.duration else (v.frames / float(rate) if v.frames else 0.0)  # AV_TIME_BASE
     return VideoInfo(v.codec_context.width, v.codec_context.height, Fraction(rate), v.frames or 0,
-                     bool(c.streams.audio), c.format.name, duration)
+                     bool(c.streams.audio), c.format.name, duration, _stream_seconds(v) or duration)
 
+
+def _stream_seconds(v: Any) -> float:
+    """The video stream's own duration: the stream's (MP4, MOV, TS), or the DURATION tag FFmpeg's Matroska
+    muxer writes per stream (WebM, MKV); 0 where neither says."""
+    if v.duration and v.time_base:
+        return float(v.duration * v.time_base)
+    tag = (v.metadata or {}).get("DURATION", "")
+    found = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", tag.strip())
+    return int(found[1]) * 3600 + int(found[2]) * 60 + float(found[3]) if found else 0.0
+
+
+_SEEK_BY_BYTES = ("mpegts", "mpeg", "mpegvideo")  # FFmpeg's demuxers whose seek may land past a keyframe
 
 # A display rotation in quarter turns counterclockwise -> the transpose that shows the frame that way
 _TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
@@ -251,8 +274,11 @@ class VideoReader:
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
         step, keep = 1 / float(self.rate), None  # the next time a frame is kept from (max_fps)
         slack = 0.5 / float(self.info.rate)  # the frame nearest a kept time counts as on it
-        start, end, sent = self.start, self.end, 0
-        if start > 0:  # to the keyframe before the start; the frames from there to the start are decoded, dropped
+        start, end, sent, shown = self.start, self.end, 0, None
+        # to the keyframe before the start; the frames from there to the start are decoded, dropped. MPEG
+        # streams (a camcorder's .MTS, .TS, .MPG) seek by byte and land past the keyframe, so the decoder
+        # dropped every frame up to the next one (a part of 10 frames came as 3, or none): read from the top.
+        if start > 0 and self._c.format.name not in _SEEK_BY_BYTES:
             with contextlib.suppress(av.error.FFmpegError):  # a format that cannot seek is read from its beginning
                 self._c.seek(int(start / self._v.time_base), stream=self._v)
         try:
@@ -272,18 +298,24 @@ class VideoReader:
                     self.count += 1
                     t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
                     reached = max(reached, t + 1 / float(self.info.rate))
-                    if t < start - slack:
-                        continue  # before the start (from the keyframe the seek went to)
-                    if t >= end - slack:
-                        return  # past the end of a trimmed clip: the rest is not read
-                    if self.limited:  # else every frame comes (a variable-rate clip's too), at its own time
-                        if keep is not None and t < keep - slack:
-                            continue  # dropped: over max_fps
-                        keep = (t if keep is None else keep) + step
-                        while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
-                            keep += step
-                    sent += 1
-                    yield _upright(frame, self.max_side, self.sar), t - start
+                    if t < start - 1e-3:  # (a millisecond: a time base's rounding)
+                        shown = frame  # before the start (from the keyframe the seek went to), on screen at it
+                        continue
+                    due = [(frame, t)]
+                    if shown is not None and t > start + slack - 1e-6:  # none at the start itself (a variable-rate
+                        due.insert(0, (shown, start))  # clip's): the one on screen then opens the part
+                    shown = None
+                    for frame, t in due:
+                        if t >= end - slack:
+                            return  # past the end of a trimmed clip: the rest is not read
+                        if self.limited:  # else every frame comes (a variable-rate clip's too), at its own time
+                            if keep is not None and t < keep - slack:
+                                continue  # dropped: over max_fps
+                            keep = (t if keep is None else keep) + step
+                            while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
+                                keep += step
+                        sent += 1
+                        yield _upright(frame, self.max_side, self.sar), t - start
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         finally:
@@ -292,8 +324,8 @@ class VideoReader:
             raise MediaError(f"{self.path}: the video has no frames" + (" in that part" if self.trimmed else ""))
         if self.trimmed:
             return  # read from a seek: the checks below count from the file's beginning
-        if self.info.frames and self.count < self.info.frames:
-            raise MediaError(f"{self.path}: truncated: {self.count} of the {self.info.frames} frames it declares")
+        if self.info.length and self.count < self.info.length:
+            raise MediaError(f"{self.path}: truncated: {self.count} of the {self.info.length} frames it declares")
         declared = self._c.duration / 1e6 if self._c.duration else 0.0  # AV_TIME_BASE
         if declared and reached < declared - 2 / float(self.info.rate) - 0.05:
             raise MediaError(f"{self.path}: truncated: the data ends at {reached:.2f} s of the {declared:.2f} s "

@@ -232,6 +232,68 @@ def test_a_variable_rate_clip_keeps_every_frame_at_its_time(tmp_path: Path) -> N
         assert np.abs(np.array([float(f.time) for f in c.decode(video=0)]) - kept).max() < 0.002
 
 
+def _cut_by_copy(src: Path, dst: Path, at: float) -> None:
+    """``ffmpeg -ss AT -i SRC -c copy DST``: packets from the keyframe before ``at``, times shifted so that
+    ``at`` is 0; the MP4 muxer writes an edit list hiding the frames before it, which players do not show."""
+    import av
+
+    with av.open(str(src)) as c, av.open(str(dst), "w") as out:
+        v = c.streams.video[0]
+        vo = out.add_stream_from_template(v)
+        c.seek(0)
+        for packet in c.demux(v):
+            if packet.dts is None:
+                continue
+            shift = round(Fraction(at).limit_denominator(1000) / packet.time_base)
+            packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
+            packet.stream = vo
+            out.mux(packet)
+
+
+def _mux(dst: Path, *parts: tuple[Path, str]) -> None:
+    """One file of the first stream of each kind ("video", "audio") of each part, packets copied."""
+    import av
+
+    sources = [(av.open(str(src)), kind) for src, kind in parts]
+    try:
+        with av.open(str(dst), "w") as out:  # every stream added before the first packet (the header)
+            pairs = [(getattr(c.streams, kind)[0], c) for c, kind in sources]
+            outs = [out.add_stream_from_template(stream) for stream, _ in pairs]
+            for (stream, c), to in zip(pairs, outs):
+                for packet in c.demux(stream):
+                    if packet.dts is not None:
+                        packet.stream = to
+                        out.mux(packet)
+    finally:
+        for c, _ in sources:
+            c.close()
+
+
+def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
+    """Found by an outside tester: an MP4 cut without re-encoding (an edit list hides frames it stores) was
+    refused as truncated; a part of a camcorder's .MTS came as 3 frames of 10, or none; sound running on past
+    the last frame counted as frames; a part starting in a variable-rate clip's pause began with no picture."""
+    make_video(tmp_path / "whole.mp4", frames=24, fps=12)
+    _cut_by_copy(tmp_path / "whole.mp4", tmp_path / "cut.mp4", 0.5)
+    with VideoReader(tmp_path / "cut.mp4") as r:
+        got = [t for _, t in r.frames()]
+        assert r.total == len(got) == 18 and got[0] == 0  # 24 stored, 6 hidden
+    make_video(tmp_path / "cam.ts", frames=40, fps=10)  # one keyframe: a seek lands past it
+    with VideoReader(tmp_path / "cam.ts", start=0.5, duration=1.0) as r:
+        assert len(list(r.frames())) == r.total == 10
+    make_video(tmp_path / "picture.webm", frames=20, fps=10)  # 2 s of picture, then 6 s of sound beside it
+    make_video(tmp_path / "sound.webm", frames=60, fps=10, audio=True)
+    _mux(tmp_path / "long_sound.webm", (tmp_path / "picture.webm", "video"), (tmp_path / "sound.webm", "audio"))
+    with VideoReader(tmp_path / "long_sound.webm") as r:
+        assert r.info.duration > 5 and r.total == 20 and len(list(r.frames())) == 20
+    with VideoReader(tmp_path / "long_sound.webm", start=0.5) as r:
+        assert r.total == 15
+    paused = [i / 10 for i in range(4)] + [0.8 + i / 10 for i in range(4)]  # no frame from 0.3 to 0.8 s
+    make_video(tmp_path / "paused.mp4", times=paused)
+    with VideoReader(tmp_path / "paused.mp4", start=0.5) as r:
+        assert [round(t, 2) for _, t in r.frames()] == [0.0, 0.3, 0.4, 0.5, 0.6]  # the frame on screen at 0.5 first
+
+
 def test_a_gif_over_50_frames_a_second_is_refused_naming_the_limit(tmp_path: Path) -> None:
     # GIF delays count 1/100 s and browsers slow shorter ones than 2/100: FFmpeg refused 120 fps obscurely.
     make_video(tmp_path / "fast.mp4", frames=12, fps=120)
