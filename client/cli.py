@@ -521,7 +521,8 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
 
 def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -> CliError:
     if isinstance(e, StyleTransferError):  # a style's or another option's problem is not the clip's
-        return CliError(_describe(e, args) if e.details.startswith("options.") else f"{src}: {_describe(e, args)}")
+        said = _describe(e, args)  # the client's own checks name the clip already
+        return CliError(said if e.details.startswith(("options.", f"{src}:")) else f"{src}: {said}")
     if isinstance(e, OSError):
         return CliError(f"-o {out}: cannot write: {e.strerror or e}")
     return CliError(str(e))  # MediaError: names the file and the problem

@@ -594,7 +594,7 @@ def test_rpc_limits(limited) -> None:
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])  # WebM declares no frame count: its duration x rate
 def test_a_clip_of_more_frames_than_the_server_takes_is_refused_before_sending(limited, tmp_path: Path,
-                                                                               suffix: str) -> None:
+                                                                               suffix: str, capsys) -> None:
     # The server counts frames as they come: a long clip failed after its limit's worth had been stylized.
     from adain.client.video import stylize_video_file
 
@@ -605,6 +605,10 @@ def test_a_clip_of_more_frames_than_the_server_takes_is_refused_before_sending(l
                   tmp_path / "out.mp4", STYLE)
     assert "9 frames, over the server's limit of max_video_frames=6" in err.details and "--fps" in err.details
     assert _metric(srv, "adain_video_frames_total") == before and not (tmp_path / "out.mp4").exists()
+    (tmp_path / "style.png").write_bytes(STYLE)  # the CLI names the clip once
+    assert main([str(tmp_path / f"long{suffix}"), "-s", str(tmp_path / "style.png"), "-o", str(tmp_path / "out.mp4"),
+                 "--server", srv.target]) == 1
+    assert capsys.readouterr().err.count(f"long{suffix}") == 1
     # a part that fits is taken
     assert stylize_video_file(client, tmp_path / f"long{suffix}", tmp_path / "out.mp4", STYLE, duration=0.4) == 5
 
