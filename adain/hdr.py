@@ -13,7 +13,9 @@ taken to display light as the standards define it, then to SDR:
 4. the sRGB transfer curve, 8 bits.
 
 So HLG's reference white lands at ~245 of 255 and a grey card (HLG 38%) near 100, where the SDR
-rendition of the same scene would put them. numpy only.
+rendition of the same scene would put them. An SDR clip in BT.2020 (a 10-bit camera's, an editor's export)
+takes step 2 only, between the sRGB curve's two directions: decoded as if BT.709 its reds and greens came
+out a quarter duller. numpy only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 PQ, HLG = 16, 18  # AVColorTransferCharacteristic: SMPTE ST 2084, ARIB STD-B67
+BT2020 = 9  # AVColorPrimaries
 REFERENCE_WHITE = 203.0  # cd/m2, BT.2408
 KNEE = np.float32(0.75)  # below this share of reference white, SDR light = HDR light
 
@@ -36,6 +39,11 @@ BT2020_LUMA = np.array([0.2627, 0.6780, 0.0593], np.float32)
 def is_hdr(frame: object) -> bool:
     """Whether a decoded PyAV frame is PQ or HLG."""
     return getattr(frame, "color_trc", None) in (PQ, HLG)
+
+
+def is_wide_sdr(frame: object) -> bool:
+    """Whether a decoded PyAV frame is SDR in BT.2020 primaries (its colours need BT.2020 -> BT.709)."""
+    return getattr(frame, "color_primaries", None) == BT2020 and not is_hdr(frame)
 
 
 def pq_to_nits(e: np.ndarray) -> np.ndarray:
@@ -60,8 +68,10 @@ def _tables() -> dict[str, np.ndarray]:
     codes = np.arange(65536) / 65535.0
     linear = np.arange(16385) / 16384.0
     srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
+    sdr = np.where(codes <= 0.04045, codes / 12.92, np.power((codes + 0.055) / 1.055, 2.4))
     return {"pq": (pq_to_nits(codes) / REFERENCE_WHITE).astype(np.float32),
             "hlg": hlg_to_scene(codes).astype(np.float32),
+            "sdr": sdr.astype(np.float32),
             "srgb": np.clip(srgb * 255 + 0.5, 0, 255).astype(np.uint8)}
 
 
@@ -83,4 +93,14 @@ def to_sdr(rgb48: np.ndarray, transfer: int, peak_nits: float = 1000.0) -> Image
     rolled = KNEE + (1 - KNEE) * (1 - np.exp((KNEE - np.maximum(peak, KNEE)) / (1 - KNEE)))
     linear *= np.where(peak > KNEE, rolled / np.maximum(peak, np.float32(1e-8)), np.float32(1))[:, None]
     index = np.minimum(linear * 16384 + 0.5, 16384).astype(np.int32)
+    return Image.fromarray(tables["srgb"][index].reshape(h, w, 3), "RGB")
+
+
+def wide_to_srgb(rgb48: np.ndarray) -> Image.Image:
+    """An SDR frame's R'G'B' in BT.2020 primaries (H x W x 3 uint16) -> 8-bit sRGB: the curve taken off,
+    the primaries converted (out-of-gamut parts clipped), the curve put back; greys are unchanged."""
+    tables = _tables()
+    h, w = rgb48.shape[:2]
+    linear = np.clip(np.dot(tables["sdr"][rgb48].reshape(-1, 3), BT2020_TO_709.T), 0, 1)
+    index = (linear * 16384 + 0.5).astype(np.int32)
     return Image.fromarray(tables["srgb"][index].reshape(h, w, 3), "RGB")

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from adain.files import atomic_path
-from adain.hdr import is_hdr, to_sdr
+from adain.hdr import is_hdr, is_wide_sdr, to_sdr, wide_to_srgb
 from adain.image import longest_size
 from adain.job import is_number
 
@@ -188,6 +188,8 @@ def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1
     size = {} if (w, h) == (frame.width, frame.height) else {"width": w, "height": h, "interpolation": "LANCZOS"}
     if is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
         img = to_sdr(frame.reformat(format="rgb48le", **size).to_ndarray(), frame.color_trc)
+    elif is_wide_sdr(frame):  # BT.2020 colours shown as BT.709's were a quarter duller
+        img = wide_to_srgb(frame.reformat(format="rgb48le", **size).to_ndarray())
     else:
         img = frame.reformat(format="rgb24", **size).to_image()
     turn = _TURNS.get(round((frame.rotation or 0) / 90) % 4)

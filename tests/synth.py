@@ -174,9 +174,9 @@ def hlg_signal(srgb: np.ndarray) -> np.ndarray:
     return np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
 
 
-def make_hlg_clip(path, signals: list[np.ndarray], fps: int = 10) -> None:
+def make_hlg_clip(path, signals: list[np.ndarray], fps: int = 10, trc: int = 18) -> None:
     """An HDR clip as a phone records it: HEVC 10-bit, BT.2020, HLG, tagged so; one frame per H x W x 3
-    HLG signal in [0, 1]."""
+    HLG signal in [0, 1]. ``trc`` 14 (BT.2020 10-bit): an SDR clip in BT.2020 instead."""
     import av
     from av.video.reformatter import ColorRange, Colorspace
 
@@ -187,7 +187,7 @@ def make_hlg_clip(path, signals: list[np.ndarray], fps: int = 10) -> None:
         stream = out.add_stream("libx265", rate=fps, options={"x265-params": params, "crf": "12"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le"
         cc = stream.codec_context
-        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 9, 9, 18, 1  # BT.2020 NCL, HLG, limited
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 9, 9, trc, 1  # BT.2020 NCL, limited
         for i, sig in enumerate(signals):
             frame = av.VideoFrame.from_ndarray(np.round(np.clip(sig, 0, 1) * 65535).astype(np.uint16), format="rgb48le")
             frame = frame.reformat(format="yuv420p10le", dst_colorspace=Colorspace.BT2020,

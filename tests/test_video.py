@@ -356,6 +356,23 @@ def test_hdr_clip_is_tone_mapped_to_sdr(stylizer: Stylizer, tmp_path: Path) -> N
         assert next(c.decode(video=0)).color_trc == 1
 
 
+def test_a_bt2020_sdr_clip_keeps_its_colours(tmp_path: Path) -> None:
+    """An SDR clip in BT.2020 primaries (a 10-bit camera's, an editor's export): decoded as BT.709, a red
+    200, 40, 40 came out 159, 62, 46; its colours are converted now, greys unchanged."""
+    photo = np.zeros((64, 96, 3))
+    photo[:, :32], photo[:, 32:64], photo[:, 64:] = (200, 40, 40), (40, 160, 60), (128, 128, 128)
+    s = photo / 255
+    linear = np.where(s <= 0.04045, s / 12.92, ((s + 0.055) / 1.055) ** 2.4)
+    to2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
+    wide = np.clip(linear @ to2020.T, 0, 1)
+    signal = np.where(wide <= 0.0031308, 12.92 * wide, 1.055 * wide ** (1 / 2.4) - 0.055)
+    make_hlg_clip(tmp_path / "wide.mp4", [signal], trc=14)  # tagged BT.2020 10-bit: SDR
+    with VideoReader(tmp_path / "wide.mp4") as reader:
+        frame = np.asarray(next(iter(reader.frames()))[0], int)
+    for x, colour in ((16, (200, 40, 40)), (48, (40, 160, 60)), (80, (128, 128, 128))):
+        assert np.abs(frame[32, x] - colour).max() <= 4, (frame[32, x], colour)
+
+
 def test_frames_are_scaled_while_decoding_as_the_stylizer_would(tmp_path: Path) -> None:
     import av
 
