@@ -21,6 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from adain.files import atomic_path
@@ -383,6 +384,18 @@ def container_for(path: str | Path) -> str:
     return name
 
 
+def _paletted(image: Image.Image) -> Any:
+    """A GIF's frame: its own 256 colours (median cut) and Floyd-Steinberg dithering. FFmpeg's fixed 3-3-2
+    palette (rgb8) without dithering was 14-16 levels off on average where MP4 is 1.5, in bands."""
+    av = _av()
+    q = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+    colours = np.asarray(q.getpalette(), np.uint8).reshape(-1, 3)[:256]
+    palette = np.zeros((256, 4), np.uint8)  # ARGB, opaque
+    palette[:, 0] = 255
+    palette[: len(colours), 1:] = colours
+    return av.VideoFrame.from_ndarray((np.asarray(q, np.uint8), palette), format="pal8")
+
+
 class VideoWriter:
     """Encode RGB frames into ``path`` (container from ``container``, else the suffix) at ``rate``, and copy
     the audio of ``source`` (a VideoReader) unchanged, interleaved by time; transcoded only where the
@@ -438,7 +451,7 @@ class VideoWriter:
         self.time_base = Fraction(1, 100) if codec == "gif" else Fraction(1, 90000)
         self._v.codec_context.time_base = self.time_base
         self._v.width, self._v.height = width, height
-        self._v.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+        self._v.pix_fmt = "pal8" if codec == "gif" else "yuv420p"  # a GIF's frames: a palette each (_paletted)
         self._v.options = dict(_ENCODER_OPTIONS.get(codec, {}))
         self._yuv = codec != "gif"
         if self._yuv:  # BT.709, limited range, and said so: untagged, players guess (BT.709 for HD, 601 for SD)
@@ -478,7 +491,7 @@ class VideoWriter:
         pts = max(self._last_pts + 1, round(time / self.time_base))
         self._last_pts = pts
         with self._ffmpeg():
-            frame = av.VideoFrame.from_image(image.convert("RGB"))
+            frame = av.VideoFrame.from_image(image.convert("RGB")) if self._yuv else _paletted(image)
             if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
                 frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
             frame.pts = pts
