@@ -947,11 +947,13 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     content.write_bytes(make_image(96, 64, seed=44))
     browser.get(web.url + "/")
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-    assert not browser.find_element(By.ID, "paint").is_enabled()  # nothing to paint on yet
+    assert not browser.find_element(By.ID, "paint").is_enabled()  # nothing to paint on yet, and it says why
+    assert browser.find_element(By.ID, "paint-why").text == "(choose a photo first)"
     browser.find_element(By.ID, "content").send_keys(str(content))
     for name in ("waves", "mosaic"):
         browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    assert not browser.find_element(By.ID, "paint-why").is_displayed()
     browser.find_element(By.ID, "paint").click()
     canvas = browser.find_element(By.ID, "paint-canvas")
     wait_for(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)

@@ -148,6 +148,7 @@ function resetPainter(file) {
   $("painter").hidden = true;
   $("paint").setAttribute("aria-expanded", "false");
   $("paint").disabled = !file;
+  $("paint-why").hidden = Boolean(file);  // a disabled button says nothing of why
   if (file) $("paint-photo").src = URL.createObjectURL(file);
 }
 
