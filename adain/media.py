@@ -162,6 +162,18 @@ def _stream_seconds(v: Any) -> float:
     return int(found[1]) * 3600 + int(found[2]) * 60 + float(found[3]) if found else 0.0
 
 
+def _alpha_decoder(v: Any) -> Any:
+    """A decoder that keeps a VP8/VP9 stream's alpha (WebM's alpha_mode), where FFmpeg has libvpx: its own
+    decoder drops it, and the see-through parts came out black; None for every other stream."""
+    av = _av()
+    name = {"vp8": "libvpx", "vp9": "libvpx-vp9"}.get(v.codec_context.name)
+    if name is None or (v.metadata or {}).get("alpha_mode") != "1" or name not in av.codecs_available:
+        return None
+    decoder = av.CodecContext.create(name, "r")
+    decoder.thread_type = "AUTO"
+    return decoder
+
+
 _SEEK_BY_BYTES = ("mpegts", "mpeg", "mpegvideo")  # FFmpeg's demuxers whose seek may land past a keyframe
 
 # A display rotation in quarter turns counterclockwise -> the transpose that shows the frame that way
@@ -187,7 +199,11 @@ def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1
     width = max(1, round(frame.width * sar))
     w, h = longest_size(width, frame.height, max_side)
     size = {} if (w, h) == (frame.width, frame.height) else {"width": w, "height": h, "interpolation": "LANCZOS"}
-    if is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
+    if any(c.is_alpha for c in frame.format.components):  # see-through parts over white, as a still's are
+        rgba = Image.fromarray(frame.reformat(format="rgba", **size).to_ndarray(), "RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    elif is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
         img = to_sdr(frame.reformat(format="rgb48le", **size).to_ndarray(), frame.color_trc)
     elif is_wide_sdr(frame):  # BT.2020 colours shown as BT.709's were a quarter duller
         img = wide_to_srgb(frame.reformat(format="rgb48le", **size).to_ndarray())
@@ -238,6 +254,7 @@ class VideoReader:
                 " (nor any other: an MP4 or MOV cut short loses its index; is the file complete?)" if empty else ""))
         self._v = self._c.streams.video[0]
         self._v.thread_type = "AUTO"
+        self._decoder = _alpha_decoder(self._v)  # None: the stream's own
         self.audio_stream = self._c.streams.audio[0] if self._c.streams.audio else None
         self.info = _info(self._c, self._v)
         sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
@@ -297,7 +314,9 @@ class VideoReader:
                                 packet.dts = max(packet.dts - shift, 0)
                             self.audio.append((packet, t - start))
                     continue
-                for frame in packet.decode():
+                decoded = packet.decode() if self._decoder is None else self._decoder.decode(
+                    packet if packet.size else None)
+                for frame in decoded:
                     self.count += 1
                     t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
                     reached = max(reached, t + 1 / float(self.info.rate))

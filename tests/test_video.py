@@ -294,6 +294,30 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
         assert [round(t, 2) for _, t in r.frames()] == [0.0, 0.3, 0.4, 0.5, 0.6]  # the frame on screen at 0.5 first
 
 
+def test_a_see_through_webm_is_read_over_white(tmp_path: Path) -> None:
+    """A VP9 WebM with alpha (stickers, overlays): its see-through half came out black (FFmpeg's own VP9
+    decoder drops alpha); over white now, as a PNG's or a GIF's transparency is."""
+    import av
+
+    with av.open(str(tmp_path / "sticker.webm"), "w") as out:
+        stream = out.add_stream("libvpx-vp9", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuva420p"
+        for i in range(3):
+            rgba = np.zeros((48, 64, 4), np.uint8)
+            rgba[..., :3], rgba[:, 32:, 3] = (40, 90, 200), 255  # the left half see-through
+            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format="yuva420p")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with VideoReader(tmp_path / "sticker.webm") as reader:
+        frames = [np.asarray(f, int) for f, _ in reader.frames()]
+    assert len(frames) == 3
+    assert (frames[0][:, :24] >= 250).all()  # white where see-through
+    assert np.abs(frames[0][:, 40:] - (40, 90, 200)).mean() < 6  # the picture where opaque
+
+
 def test_a_written_gif_keeps_its_frames_colours(tmp_path: Path) -> None:
     """Each GIF frame gets its own 256 colours, dithered: FFmpeg's fixed 3-3-2 palette was 14-16 levels off
     on average (MP4: 1.5), in bands."""
