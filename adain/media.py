@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import re
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,6 +181,22 @@ _SEEK_BY_BYTES = ("mpegts", "mpeg", "mpegvideo")  # FFmpeg's demuxers whose seek
 _TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
 
+def _display_turns(frame: Any) -> list[Image.Transpose]:
+    """What a player does to show a frame by its display matrix: a quarter turn, a flip per mirrored axis, or
+    a transpose (a quarter turn and a mirror). PyAV's rotation alone read a mirrored clip as a half turn
+    (upside down) and a vertically mirrored one as upright."""
+    m = next((bytes(sd) for sd in frame.side_data if str(sd.type).endswith("DISPLAYMATRIX")), b"")
+    if len(m) == 36:
+        a, b, _u, c, d = struct.unpack("=9i", m)[:5]  # x' = a x + c y, y' = b x + d y (16.16 fixed point)
+        if b == c == 0 and a and d:
+            return [Image.Transpose.FLIP_LEFT_RIGHT] * (a < 0) + [Image.Transpose.FLIP_TOP_BOTTOM] * (d < 0)
+        if a == d == 0 and b and c:
+            return [{(True, False): Image.Transpose.ROTATE_270, (False, True): Image.Transpose.ROTATE_90,
+                     (True, True): Image.Transpose.TRANSPOSE, (False, False): Image.Transpose.TRANSVERSE}[b > 0, c > 0]]
+    turn = _TURNS.get(round((frame.rotation or 0) / 90) % 4)  # another angle: its nearest quarter turn
+    return [] if turn is None else [turn]
+
+
 def decode_side(options: dict[str, Any]) -> int | None:
     """The longest side a clip's frames can be decoded at for stylize options: their ``content_size``,
     unless masks or labels come with them (those are given at the clip's own size)."""
@@ -209,8 +226,9 @@ def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1
         img = wide_to_srgb(frame.reformat(format="rgb48le", **size).to_ndarray())
     else:
         img = frame.reformat(format="rgb24", **size).to_image()
-    turn = _TURNS.get(round((frame.rotation or 0) / 90) % 4)
-    return img if turn is None else img.transpose(turn)
+    for turn in _display_turns(frame):
+        img = img.transpose(turn)
+    return img
 
 
 class VideoReader:

@@ -371,6 +371,30 @@ def test_phone_portrait_clip_is_read_and_written_upright(stylizer: Stylizer, cli
     assert video_facts(out)["size"] == (48, 64)  # written upright, as players showed the clip
 
 
+@pytest.mark.parametrize("degrees,hflip", [(-90, False), (90, False), (180, False), (0, True), (180, True), (-90, True),
+                                            (90, True)])
+def test_every_display_matrix_is_shown_as_players_show_it(tmp_path: Path, degrees: int, hflip: bool) -> None:
+    """A quarter or half turn, mirrored or not (a mirrored clip was read as a half turn: upside down)."""
+    import av
+
+    base = np.asarray(synth_image(64, 48, seed=7), np.uint8)
+    with av.open(str(tmp_path / "turned.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv444p"
+        stream.options = {"qp": "0"}  # lossless: pixels compared exactly
+        stream.set_display_rotation(degrees, hflip=hflip)
+        frame = av.VideoFrame.from_ndarray(base, format="rgb24").reformat(format="yuv444p")
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    with VideoReader(tmp_path / "turned.mp4") as reader:
+        shown = np.asarray(next(iter(reader.frames()))[0], int)
+    with av.open(str(tmp_path / "turned.mp4")) as c:
+        coded = np.asarray(next(c.decode(video=0)).to_image(), int)
+    expected = np.rot90(coded, k=degrees // 90)  # counterclockwise, then the mirror
+    expected = expected[:, ::-1] if hflip else expected
+    assert shown.shape == expected.shape and np.abs(shown - expected).mean() < 1
+
+
 def test_hdr_clip_is_tone_mapped_to_sdr(stylizer: Stylizer, tmp_path: Path) -> None:
     import av
 
