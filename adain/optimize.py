@@ -61,6 +61,11 @@ class Steps(Protocol):
 __all__ = ["Objective", "Progress", "StoppedError", "optimize", "refine"]
 
 FIRST_STEP = 1 / 255  # mean pixel change of L-BFGS's first step (see optimize)
+# L-BFGS's pixels are free, and a penalty keeps them near [0, 1]: its weight times the mean of (x - clamp(x))^2,
+# which like the objective's terms is an average over the image, so it holds alike at any size. Without it
+# the classic method ran to [-1.41, 1.58] and the final clamp took its objective from 34 back to 386 (plain
+# AdaIN's level); at this weight 41 (refine, 30 steps: 67.7 -> 61.3), weights 0.3-100 tried at 256 px.
+BOUND_WEIGHT = 2e5
 ADAM_LR = 0.02  # pixels in [0, 1]; benchmarks/refine.py --ablations compares Adam with L-BFGS
 REFINE_TARGET = "content"  # the content term of a refine; benchmarks/refine.py --ablations measured it
 # Working memory of a refine, a pixel of the image optimised: VGG's activations to relu4_1 with their gradients
@@ -169,7 +174,8 @@ def optimize(
     evaluations an iteration, plus 25; it may stop earlier once converged). Called one iteration at a
     time, torch's L-BFGS with a line search stalls, and without one it overshoots by orders of magnitude
     on some images. The pixels are free during the run (a clamp between iterations would break the line
-    search's model) and clamped at the end. Adam: lr ``ADAM_LR``, clamped after each step.
+    search's model), held near [0, 1] by a smooth penalty (``BOUND_WEIGHT``; the reported loss includes it),
+    and clamped at the end. Adam: lr ``ADAM_LR``, clamped after each step.
 
     ``on_step`` runs after every iteration and may raise (e.g. :class:`StoppedError`) to stop at once; at
     the iterations in ``checkpoints`` (at least 2 apart; a benchmark's curve) its ``image`` is the
@@ -207,7 +213,8 @@ def optimize(
             nonlocal last
             report(state.get("n_iter", 0) - 1)  # an evaluation in iteration k means k - 1 are done
             opt.zero_grad()
-            loss = objective(image())
+            x = image()
+            loss = objective(x) + BOUND_WEIGHT * (x - x.detach().clamp(0, 1)).pow(2).mean()
             loss.backward()
             last = float(loss.detach())
             return loss
@@ -244,12 +251,13 @@ def objective_for(
     *,
     style_loss: str = "gram",
     target: str = "adain",
-    style_size: int | None = None,
+    style_scale: float = 1.0,
 ) -> Objective:
     """The objective of a prepared job at the size of ``content`` (its content image, maybe scaled).
     ``target="content"`` makes the content term the content's own relu4_1 (the classic choice).
-    ``style_size`` (default: the job's) scales the styles with the content, so that a texture keeps its
-    size relative to the image at a reduced working size."""
+    ``style_scale``: each style as the job uses it (at most its style_size), scaled by the content's
+    scaling, so that a texture keeps its size relative to the image at a reduced working size (scaling
+    style_size instead left a style smaller than it unscaled: 1.33x too coarse at refine_size 240)."""
     job = prepared.job
     assert job is not None, "prepared from a CheckedJob"
     encoder = stylizer.encoder
@@ -260,11 +268,13 @@ def objective_for(
         feat = encoder(content).relu4_1
         aim = stylizer.target(feat, prepared) if target == "adain" else feat
         styles = []
-        size = style_size or job.style_size
         for i, (source, w) in enumerate(zip(job.styles, job.weights)):
             if w == 0 and regions is None:
                 continue
-            style = stylizer.style_tensor(source, f"styles[{i}]", size, job.color, content)
+            style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
+            if style_scale < 1:
+                size = tuple(max(1, round(side * style_scale)) for side in style.shape[2:])
+                style = F.interpolate(style, size=size, mode="bilinear", antialias=True, align_corners=False)
             styles.append((encoder(style.to(content.device)), w))
     return Objective(
         encoder,
@@ -300,7 +310,7 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
         prepared,
         work_content,
         target="content" if job.refine_init == "content" else REFINE_TARGET,
-        style_size=max(1, round(job.style_size * side / max(h, w))),  # the style shrinks with the content
+        style_scale=side / max(h, w),  # the style shrinks with the content
     )
     x = optimize(objective, small, job.refine_steps, optimizer=job.optimizer, on_step=on_step)
     if small is not start:  # the change, upsampled onto the full-size start
