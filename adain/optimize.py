@@ -80,7 +80,7 @@ class Progress:
 
     step: int  # 1 .. steps
     steps: int
-    loss: float  # the objective before the step
+    loss: float  # the objective where the step ended (L-BFGS's accepted point; Adam: where it began)
     seconds: float  # since the optimisation started
     image: torch.Tensor | None = None  # the clamped iterate, at the checkpoints asked for
 

@@ -480,8 +480,8 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
 
     def progress(p: Any) -> None:
         bar.total = p.steps
+        bar.set_postfix(loss=f"{p.loss:.4g}", refresh=False)  # shown by the update: this step's, not the last's
         bar.update(p.step - bar.n)
-        bar.set_postfix(loss=f"{p.loss:.4g}", refresh=False)
 
     try:
         result = client.stylize(content, _blend(styles), format=fmt, on_progress=progress if bar else None,
@@ -643,6 +643,9 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
         raise CliError(f"-o {shown}: cannot create the folder: {e.strerror or e}") from None
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
+    if args.refine and videos:  # said, not done silently: the optimisation method is for images
+        print(f"{PROG}: note: --refine applies to the {len(contents)} image(s); the {len(videos)} video(s) are "
+              "stylized without it (seconds per frame)", file=sys.stderr, flush=True)
     # Send each style image once, then refer to it by id.
     refs: dict[Any, Any] = {}
     for source, _stem in named:

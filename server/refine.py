@@ -76,10 +76,11 @@ class RefineService:
         deadline: float | None,
         on_progress: Callable[[Progress], None] | None = None,
         tiled: bool = False,
-    ) -> Any:
-        """The job's output image, refined, or ``tiled`` rendered tile by tile; raises ServiceError
-        (CANCELLED/DEADLINE_EXCEEDED) when stopped. ``on_progress`` is called on the event loop (for a
-        tiled job: step = statistics boxes + tiles done, loss 0). The caller has admitted the job."""
+    ) -> tuple[Any, float]:
+        """The job's output image, refined, or ``tiled`` rendered tile by tile, and the seconds it waited
+        for a thread of its own (the queue: a reply's refine_ms counted it, and queue_ms said 0); raises
+        ServiceError (CANCELLED/DEADLINE_EXCEEDED) when stopped. ``on_progress`` is called on the event loop
+        (for a tiled job: step = statistics boxes + tiles done, loss 0). The caller has admitted the job."""
         from adain.optimize import Progress, refine
         from adain.tiling import render_tiled
 
@@ -104,8 +105,15 @@ class RefineService:
             )
         else:
             work = functools.partial(refine, self.stylizer, prepared, on_step=on_step)
+        queued = time.perf_counter()
+        waited: list[float] = []
+
+        def timed() -> Any:
+            waited.append(time.perf_counter() - queued)
+            return work()
+
         try:
-            return await loop.run_in_executor(self.pool, work)
+            return await loop.run_in_executor(self.pool, timed), waited[0]
         except asyncio.CancelledError:
             stop.set()  # the thread stops at its next iteration; the call is already gone
             raise

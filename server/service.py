@@ -467,7 +467,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
-        refine_ms = 0.0
+        refine_ms = queue_ms = 0.0
         try:
             t0 = time.perf_counter()
             try:
@@ -484,9 +484,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 long_job = True
             if long_job:
                 t_refine = time.perf_counter()
-                image = await self.refiner.run(prepared, deadline, on_progress, tiled=not refining)
-                refine_ms = (time.perf_counter() - t_refine) * 1000 if refining else 0.0
-                inference_ms = 0.0 if refining else (time.perf_counter() - t_refine) * 1000
+                image, waited = await self.refiner.run(prepared, deadline, on_progress, tiled=not refining)
+                ran_ms, queue_ms = (time.perf_counter() - t_refine - waited) * 1000, waited * 1000
+                refine_ms = ran_ms if refining else 0.0
+                inference_ms = 0.0 if refining else ran_ms
                 result = None
             else:
                 result = await self._render(ticket, prepared, deadline)
@@ -515,7 +516,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             format=request.format,
             request_id=rid,
             timings=pb.Timings(
-                queue_ms=result.queue_ms if result else 0.0,
+                queue_ms=result.queue_ms if result else queue_ms,
                 inference_ms=result.inference_ms if result else inference_ms,
                 prepare_ms=prepare_ms,
                 encode_ms=encode_ms,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -209,6 +210,12 @@ def test_refine_through_the_server(client: StyleTransferClient) -> None:
     assert (classic.width, classic.height) == (64, 48)
     same = client.stylize(C_BYTES, A_BYTES, refine_steps=0, on_progress=lambda p: seen.append(p))
     assert np.array_equal(pixels(same.image), pixels(plain.image))  # the progress RPC without refine
+    # two at once on the one refine thread: the second's wait is queue_ms, not refine_ms
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: client.stylize(C_BYTES, A_BYTES, refine_steps=20), range(2))
+    waited = max(first.timings, second.timings, key=lambda t: t.queue_ms)
+    assert waited.queue_ms > 0.5 * min(first.timings.refine_ms, second.timings.refine_ms)
+    assert waited.refine_ms < 1.5 * (first.timings.refine_ms + second.timings.refine_ms - waited.refine_ms)
 
 
 @pytest.mark.parametrize(

@@ -835,6 +835,10 @@ def test_cli_folder_with_videos(server: ServerProcess, clips: dict[str, Path], t
         "clip_stylized_style.mov", "old_stylized_style.mp4", "photo_stylized_style.png"]
     assert video_facts(out / "clip_stylized_style.mov")["frames"] == 18
     assert video_facts(out / "old_stylized_style.mp4")["frames"] == 6
+    capsys.readouterr()
+    assert main([str(folder), "-s", str(clips["style.png"]), "-o", str(tmp_path / "refined"), "--refine", "1",
+                 "--server", server.target]) == 0
+    assert "--refine applies to the 1 image(s); the 2 video(s) are stylized without it" in capsys.readouterr().err
 
 
 def _truncated(path: Path, tmp_path: Path) -> Path:
