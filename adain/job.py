@@ -50,7 +50,8 @@ class Job:
     content_size: int | None = None  # longest side of the content; None keeps it (up to the limit)
     style_size: int | None = None  # longest side of the styles; None = the limits' default (512)
     # The optimisation method (adain.optimize): iterations (0: off), from "adain" (the decoder's output)
-    # or "content" (the classic method); the loss weights; the longest side it works at (None: full).
+    # or "content" (the classic method); the loss weights; the longest side it works at (None or 0: full).
+    # Without refine_steps the others are not used (not refused: a form may always send them).
     refine_steps: int = 0
     refine_init: str = "adain"
     content_weight: float | None = None  # None: 5 for a refine, 1 for the classic method (adain.wire)
@@ -175,8 +176,8 @@ class Job:
         ):
             bad.append(InvalidInputError("style_weight", "content_weight and style_weight are both 0"))
         size = self.refine_size
-        if size is not None and (not _is_int(size) or size < 16):
-            bad.append(InvalidInputError("refine_size", f"must be an integer >= 16, got {size!r}"))
+        if size is not None and (not _is_int(size) or (size < 16 and size != 0)):  # 0: full size, as on the wire
+            bad.append(InvalidInputError("refine_size", f"must be an integer >= 16 (or 0: full size), got {size!r}"))
         return bad
 
     def _content_weight(self) -> float:
@@ -211,7 +212,7 @@ class Job:
             content_weight=float(self._content_weight()),
             style_weight=float(self.style_weight),
             tv_weight=float(self.tv_weight),
-            refine_size=None if self.refine_size is None else int(self.refine_size),
+            refine_size=int(self.refine_size) if self.refine_size else None,
             optimizer=self.optimizer,
         )
 

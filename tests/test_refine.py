@@ -69,6 +69,10 @@ def test_zero_steps_is_exactly_the_plain_output(stylizer: Stylizer) -> None:
     assert np.array_equal(np.asarray(stylizer.stylize(CONTENT, STYLE_A, refine_steps=0)), plain)
     refined = np.asarray(stylizer.stylize(CONTENT, STYLE_A, refine_steps=3))
     assert refined.shape == plain.shape and not np.array_equal(refined, plain)
+    # refine_size 0 is full size, as on the wire and in the CLI (the library refused it)
+    assert np.array_equal(np.asarray(stylizer.stylize(CONTENT, STYLE_A, refine_steps=3, refine_size=0)), refined)
+    # without steps the knobs are not used: a form may always send them
+    assert np.array_equal(np.asarray(stylizer.stylize(CONTENT, STYLE_A, style_weight=30, refine_size=32)), plain)
 
 
 def test_classic_method_runs_from_the_content(stylizer: Stylizer) -> None:
