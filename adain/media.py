@@ -364,7 +364,9 @@ class VideoReader:
             raise MediaError(f"{self.path}: the video has no frames" + (" in that part" if self.trimmed else ""))
         if self.trimmed:
             return  # read from a seek: the checks below count from the file's beginning
-        if self.info.length and self.count < self.info.length:
+        # against a declared count only (no more than the video's duration holds): an estimate from the
+        # average rate, which FFmpeg measures on the first frames, refused whole variable-rate MKVs
+        if self.info.frames and self.count < self.info.length:
             raise MediaError(f"{self.path}: truncated: {self.count} of the {self.info.length} frames it declares")
         declared = self._c.duration / 1e6 if self._c.duration else 0.0  # AV_TIME_BASE
         if declared and reached < declared - 2 / float(self.info.rate) - 0.05:
@@ -377,6 +379,7 @@ class VideoReader:
         with self._lock:
             self._closed = True
             self._c.close()
+            self._decoder = None  # an alpha decoder's libvpx state, freed now rather than by the collector
 
     def __enter__(self) -> VideoReader:
         return self

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -295,8 +295,8 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     job = prepared.job
     assert job is not None and job.refine_steps > 0
     content = prepared.content.float()  # grey for "luminance": then the grey image is optimised
-    if job.refine_init == "adain":
-        out = to_tensor(stylizer.render([prepared])[0]).to(content.device)
+    if job.refine_init == "adain":  # from the decoder's colours: the grey step (adain.colours) comes once, at the end
+        out = to_tensor(stylizer.render([replace(prepared, grey=False)])[0]).to(content.device)
         start = luminance(out).expand(-1, 3, -1, -1) if prepared.chroma_from is not None else out
     else:
         start = content

@@ -30,7 +30,7 @@ from adain.job import CheckedJob, Job, is_list, style_list
 from adain.ops import adain, coral, luminance, mean_std
 from adain.optimize import max_refine_pixels, refine
 from adain.precision import cpu_features, cpu_info, wants_bf16
-from adain.prepared import Prepared, Stats
+from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
 from adain.tiling import Tiling, auto_threshold, render_tiled
 from adain.wire import Limits, style_too_small
@@ -134,10 +134,10 @@ class Stylizer:
         return self.render(prepared)
 
     # --- step 1: decode, style statistics ----------------------------------------------------
-    def prepare(self, job: Job | CheckedJob, styles_from: Prepared | None = None) -> Prepared:
+    def prepare(self, job: Job | CheckedJob, styles: tuple[Targets, bool] | None = None) -> Prepared:
         """Decode a job (checking it first unless it is a CheckedJob) and look up (or compute) its style
-        statistics, unless ``styles_from`` has them (a video's frames reuse the first frame's). Raises
-        InvalidInputError."""
+        statistics, unless ``styles`` gives them with whether they are grey (a video's frames reuse the first
+        frame's ``(targets, grey)``). Raises InvalidInputError."""
         if isinstance(job, Job):
             job = job.check(self.limits)
         max_pixels = self.limits.max_pixels
@@ -147,9 +147,9 @@ class Stylizer:
         regions = region_maps(job, source_size, img.size, max_pixels)
         content = to_tensor(img)
         # "coral" matches each style's colours to this content, so the content is part of the style's key.
-        content_key = image_key(img, "content") if job.color == "coral" and styles_from is None else None
-        if styles_from is not None:
-            targets, grey = styles_from.targets, styles_from.grey
+        content_key = image_key(img, "content") if job.color == "coral" and styles is None else None
+        if styles is not None:
+            targets, grey = styles
         else:
             targets, greys = [], []
             # The two-style mask places its styles by the mask alone (weights never applied to it).

@@ -41,7 +41,7 @@ from PIL import Image
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, load_image
 from adain.job import CheckedJob, Job, style_list, temporal_problems
-from adain.prepared import Prepared, Stats
+from adain.prepared import Prepared, Stats, Targets
 from adain.stylizer import Stylizer
 from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
 
@@ -151,7 +151,7 @@ class VideoStream:
         self.temporal = temporal
         self.strength = DEFAULT_TEMPORAL_STRENGTH if strength is None else float(strength)
         self.index = 0  # frames prepared so far
-        self._first: Prepared | None = None  # the first frame, whose style statistics the others reuse
+        self._styles: tuple[Targets, bool] | None = None  # the styles' statistics and greyness, from frame 0
         self._size: tuple[int, int] | None = None
         self._stats: dict[int, Stats] = {}  # the running average of each region's content statistics
         self._own: dict[int, Stats] = {}  # and the last frame's own
@@ -172,8 +172,8 @@ class VideoStream:
         elif img.size != self._size:
             w, h = self._size
             raise InvalidInputError(name, f"frame is {img.width} x {img.height}, the stream's frames are {w} x {h}")
-        prepared = self.stylizer.prepare(dataclasses.replace(self.job, content=img), self._first)
-        self._first = self._first or prepared  # the styles' statistics, computed once, with the first frame
+        prepared = self.stylizer.prepare(dataclasses.replace(self.job, content=img), self._styles)
+        self._styles = self._styles or (prepared.targets, prepared.grey)  # computed once, with the first frame
         if self.temporal in ("smooth", "smooth-flow"):
             prepared.smooth = self._smooth
         if self._flow is not None:

@@ -535,6 +535,7 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
     out = Path(args.output)
     if args.refine:
         raise CliError(f"--refine: {src} is a video; the optimisation method is for images (seconds per frame)")
+    _refine_options(args)  # its tuning flags without --refine are refused, as for an image
     flags = _image_flags(args)
     if flags:
         raise CliError(f"{flags[0]}: only for images, and {src} is a video (its output takes its container, and "
@@ -644,8 +645,9 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
     if args.refine and videos:  # said, not done silently: the optimisation method is for images
-        print(f"{PROG}: note: --refine applies to the {len(contents)} image(s); the {len(videos)} video(s) are "
-              "stylized without it (seconds per frame)", file=sys.stderr, flush=True)
+        applies = f"applies to the {len(contents)} image(s)" if contents else "applies to images, and there are none"
+        print(f"{PROG}: note: --refine {applies}; the {len(videos)} video(s) are stylized without it (seconds "
+              "per frame)", file=sys.stderr, flush=True)
     # Send each style image once, then refer to it by id.
     refs: dict[Any, Any] = {}
     for source, _stem in named:

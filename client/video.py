@@ -36,12 +36,12 @@ def is_video(path: Path) -> bool:
             return img.format == "GIF" and getattr(img, "n_frames", 1) > 1  # other images: their first frame
     except Exception:  # noqa: BLE001 - not an image Pillow knows: ask FFmpeg
         pass
-    from adain.media import VIDEO_SUFFIXES, MediaError, is_media
+    from adain.media import READ_VIDEO_SUFFIXES, MediaError, is_media
 
     try:
-        return is_media(path) or path.suffix.lower() in VIDEO_SUFFIXES
+        return is_media(path) or path.suffix.lower() in READ_VIDEO_SUFFIXES
     except MediaError:  # no PyAV: a video suffix still says video, and the reader will say what is missing
-        return path.suffix.lower() in VIDEO_SUFFIXES
+        return path.suffix.lower() in READ_VIDEO_SUFFIXES
 
 
 def _encode(img: Image.Image) -> bytes:

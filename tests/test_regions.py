@@ -169,6 +169,9 @@ def test_a_grey_styles_region_is_grey_and_the_rest_keeps_the_photos_colours(styl
     spread = lambda a: np.abs(a[..., 0] - a[..., 2]).mean()  # noqa: E731
     assert spread(out[:, :36]) == 0 and spread(out[:, 48:]) > 10  # inside, grey; outside, colour
     assert spread(np.asarray(stylizer.stylize(CONTENT, [grey_style], refine_steps=2), int)) == 0
+    # at alpha 0.5 a refine keeps half the colour, as the render does (it greyed the render's output again)
+    half = [spread(np.asarray(stylizer.stylize(CONTENT, [grey_style], alpha=0.5, refine_steps=n), int)) for n in (0, 2)]
+    assert half[1] > 0.75 * half[0], half
     stream = VideoStream(stylizer, [grey_style], temporal="smooth")
     assert all(spread(np.asarray(stream.stylize(CONTENT), int)) == 0 for _ in range(2))
 

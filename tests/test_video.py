@@ -288,6 +288,11 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
         assert r.info.duration > 5 and r.total == 20 and len(list(r.frames())) == 20
     with VideoReader(tmp_path / "long_sound.webm", start=0.5) as r:
         assert r.total == 15
+    # a whole variable-rate MKV (no declared count; FFmpeg's average rate comes from its first frames) is read,
+    # not refused as "80 of the 175 frames it declares"
+    make_video(tmp_path / "vfr.mkv", fps=30, times=[i / 30 for i in range(60)] + [2 + i / 5 for i in range(20)])
+    with VideoReader(tmp_path / "vfr.mkv") as r:
+        assert len(list(r.frames())) == 80
     paused = [i / 10 for i in range(4)] + [0.8 + i / 10 for i in range(4)]  # no frame from 0.3 to 0.8 s
     make_video(tmp_path / "paused.mp4", times=paused)
     with VideoReader(tmp_path / "paused.mp4", start=0.5) as r:
@@ -898,6 +903,8 @@ def test_cli_refuses_image_flags_for_videos(server: ServerProcess, clips: dict[s
     for flags in (["--quality", "50"], ["--keep-exif"], ["--format", "jpeg"]):
         assert main([clip, "-s", style, *flags, "-o", str(tmp_path / "out.mp4"), *srv]) != 0
         assert f"{flags[0]}: only for images, and {clip} is a video" in capsys.readouterr().err
+    assert main([clip, "-s", style, "--content-weight", "3", "-o", str(tmp_path / "out.mp4"), *srv]) != 0
+    assert "--content-weight needs --refine N" in capsys.readouterr().err  # dropped without a word, it was
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "a.mp4").write_bytes(clips["silent.mp4"].read_bytes())

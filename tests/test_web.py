@@ -632,6 +632,10 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     # removing a style (its list is drawn anew) leaves focus on the next Remove, not on the page
     browser.find_element(By.CSS_SELECTOR, '[aria-label="Remove mine.png"]').send_keys(Keys.ENTER)
     assert browser.switch_to.active_element.get_attribute("aria-label") == "Remove waves"
+    # un-pressing a gallery style removes it too, and focus stays on the gallery button pressed
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').send_keys(Keys.ENTER)
+    wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#styles li"))
+    assert browser.switch_to.active_element.get_attribute("data-name") == "waves"
     browser.find_element(By.ID, "download").click()
     path = downloads / "stylized.jpg"  # JPEG unless the page is told otherwise: a phone's photo as PNG is large
     wait_for(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)

@@ -84,7 +84,9 @@ async function addExample(example, weight = 1) {
   if (button) button.setAttribute("aria-pressed", "true");
 }
 
-function removeStyle(index) {
+// ``fromButton``: its Remove button was pressed, which the list drawn anew takes away (a preset or the gallery
+// removing a style keeps focus on what was pressed).
+function removeStyle(index, fromButton = false) {
   const [gone] = state.styles.splice(index, 1);
   erasePaint(gone.colour);  // else the next style chosen would take its colour, and its painting with it
   if (gone.example) {
@@ -92,6 +94,7 @@ function removeStyle(index) {
     if (button) button.setAttribute("aria-pressed", "false");
   }
   renderStyles();
+  if (!fromButton) return;
   // the list is drawn anew: focus goes to the next style's Remove (or the last one's), else to adding one
   const removes = document.querySelectorAll("#styles li button");
   (removes[Math.min(index, removes.length - 1)] || $("style-upload")).focus();
@@ -129,7 +132,7 @@ function renderStyles() {
     remove.type = "button";
     remove.textContent = "Remove";
     remove.setAttribute("aria-label", `Remove ${style.name}`);
-    remove.addEventListener("click", () => removeStyle(i));
+    remove.addEventListener("click", () => removeStyle(i, true));
     const err = document.createElement("p");
     err.className = "error";
     err.id = `style-error-${i}`;
