@@ -332,6 +332,8 @@ class VideoReader:
                                 packet.dts = max(packet.dts - shift, 0)
                             self.audio.append((packet, t - start))
                     continue
+                if packet.pts is not None and packet.duration:  # a GIF's last frame may be shown for seconds
+                    reached = max(reached, float((packet.pts + packet.duration) * packet.time_base))
                 decoded = packet.decode() if self._decoder is None else self._decoder.decode(
                     packet if packet.size else None)
                 for frame in decoded:

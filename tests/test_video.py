@@ -293,6 +293,11 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
     make_video(tmp_path / "vfr.mkv", fps=30, times=[i / 30 for i in range(60)] + [2 + i / 5 for i in range(20)])
     with VideoReader(tmp_path / "vfr.mkv") as r:
         assert len(list(r.frames())) == 80
+    # a GIF that holds its last frame for 3 s was refused as "the data ends at 1.16 s of the 3.70 s"
+    frames = [Image.new("RGB", (32, 24), (20 * i, 100, 50)) for i in range(8)]
+    frames[0].save(tmp_path / "hold.gif", save_all=True, append_images=frames[1:], duration=[100] * 7 + [3000])
+    with VideoReader(tmp_path / "hold.gif") as r:
+        assert len(list(r.frames())) == 8
     paused = [i / 10 for i in range(4)] + [0.8 + i / 10 for i in range(4)]  # no frame from 0.3 to 0.8 s
     make_video(tmp_path / "paused.mp4", times=paused)
     with VideoReader(tmp_path / "paused.mp4", start=0.5) as r:
