@@ -316,29 +316,34 @@ class VideoReader:
         # to the keyframe before the start; the frames from there to the start are decoded, dropped. MPEG
         # streams (a camcorder's .MTS, .TS, .MPG) seek by byte and land past the keyframe, so the decoder
         # dropped every frame up to the next one (a part of 10 frames came as 3, or none): read from the top.
+        # Times count from the file's first timestamp where it is later than 0: an MPEG-TS's clock starts
+        # anywhere (a broadcast recording's at hours), and a part was cut against it, the whole written after
+        # as long a wait.
+        origin = max(0.0, self._c.start_time / 1e6) if self._c.start_time is not None else 0.0  # AV_TIME_BASE
         if start > 0 and self._c.format.name not in _SEEK_BY_BYTES:
             with contextlib.suppress(av.error.FFmpegError):  # a format that cannot seek is read from its beginning
-                self._c.seek(int(start / self._v.time_base), stream=self._v)
+                self._c.seek(int((start + origin) / self._v.time_base), stream=self._v)
         try:
             for packet in self._c.demux(streams):
                 if packet.stream is self.audio_stream:
                     if packet.dts is not None:
-                        t = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
+                        t = float(packet.pts * packet.time_base) - origin if packet.pts is not None else 0.0
                         reached = max(reached, t + float((packet.duration or 0) * packet.time_base))
                         if not self.trimmed or start - 1e-6 <= t < end:  # (an AAC's first packet may be < 0)
-                            if start:  # the sound starts where the trimmed clip does
-                                shift = round(start / packet.time_base)
+                            if start or origin:  # the sound starts where the (trimmed) clip does
+                                shift = round((start + origin) / packet.time_base)
                                 packet.pts -= shift
                                 packet.dts = max(packet.dts - shift, 0)
                             self.audio.append((packet, t - start))
                     continue
                 if packet.pts is not None and packet.duration:  # a GIF's last frame may be shown for seconds
-                    reached = max(reached, float((packet.pts + packet.duration) * packet.time_base))
+                    reached = max(reached, float((packet.pts + packet.duration) * packet.time_base) - origin)
                 decoded = packet.decode() if self._decoder is None else self._decoder.decode(
                     packet if packet.size else None)
                 for frame in decoded:
                     self.count += 1
-                    t = float(frame.time) if frame.time is not None else (self.count - 1) / float(self.info.rate)
+                    t = (float(frame.time) - origin if frame.time is not None
+                         else (self.count - 1) / float(self.info.rate))
                     reached = max(reached, t + 1 / float(self.info.rate))
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)
                         shown = frame  # before the start (from the keyframe the seek went to), on screen at it

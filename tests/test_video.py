@@ -288,6 +288,14 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
         assert r.info.duration > 5 and r.total == 20 and len(list(r.frames())) == 20
     with VideoReader(tmp_path / "long_sound.webm", start=0.5) as r:
         assert r.total == 15
+    # a broadcast TS's clock starts at hours: times count from its first timestamp (a part was cut against
+    # the clock, and the whole written after as long a wait)
+    make_video(tmp_path / "dvb.ts", times=[3600 + i / 10 for i in range(30)])
+    with VideoReader(tmp_path / "dvb.ts") as r:
+        times = [t for _, t in r.frames()]
+        assert len(times) == 30 and times[0] < 0.05
+    with VideoReader(tmp_path / "dvb.ts", start=1.0, duration=1.0) as r:
+        assert len(list(r.frames())) == 10
     # a whole variable-rate MKV (no declared count; FFmpeg's average rate comes from its first frames) is read,
     # not refused as "80 of the 175 frames it declares"
     make_video(tmp_path / "vfr.mkv", fps=30, times=[i / 30 for i in range(60)] + [2 + i / 5 for i in range(20)])
