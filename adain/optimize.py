@@ -273,8 +273,7 @@ def objective_for(
                 continue
             style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
             if style_scale < 1:
-                size = tuple(max(1, round(side * style_scale)) for side in style.shape[2:])
-                style = F.interpolate(style, size=size, mode="bilinear", antialias=True, align_corners=False)
+                style = _scaled(style, max(1, round(max(style.shape[2:]) * style_scale)))
             styles.append((encoder(style.to(content.device)), w))
     return Objective(
         encoder,

@@ -14,6 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from adain.errors import SHOWN
 from adain.wire import REQUEST_ID_KEY, REQUEST_ID_RE
 
 
@@ -26,7 +27,7 @@ class Violation:
         return f"{self.field}: {self.description}"
 
 
-MAX_VIOLATIONS = 20
+MAX_VIOLATIONS = SHOWN  # the library's bound on the problems one error lists, for the same reason
 
 
 class ServiceError(Exception):

@@ -416,7 +416,7 @@ def create_app(
         files = f"one content clip and at most {plural(limits.max_styles, 'style')}"
         try:
             async with _form(request, limits.max_styles + 1, files) as form:
-                source, name, total, options = await _read_video_form(form, limits, folder, settings, video_frames())
+                source, name, total, options = await _read_video_form(form, limits, folder, video_frames())
             job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)
         except BadInput as e:
             jobs.discard(folder)
@@ -581,7 +581,7 @@ async def _regions(form: Any, styles: int, limits: Limits, problems: Problems) -
 
 
 async def _read_video_form(
-    form: Any, limits: Limits, folder: Path, settings: WebSettings, max_frames: int
+    form: Any, limits: Limits, folder: Path, max_frames: int
 ) -> tuple[Path, str, int, dict[str, Any]]:
     """A clip's upload, saved into ``folder`` and checked as a video within the limits (at most ``max_frames``
     frames), and its options: (file, the result's name, its frames, options); raises BadInput naming the field,

@@ -156,11 +156,11 @@ function resetPainter(file) {
 }
 
 function photoShown() {
-  paint.cursor = null;  // the keyboard's brush starts at the middle of each photo
   const img = $("paint-photo");
   const canvas = $("paint-canvas");
   canvas.width = img.naturalWidth;  // the photo's own pixels (turned as its EXIF says, as the server turns it)
   canvas.height = img.naturalHeight;
+  paint.cursor = { x: canvas.width / 2, y: canvas.height / 2 };  // the keyboard's brush starts in the middle
   paint.ready = true;
 }
 
@@ -236,7 +236,6 @@ const MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowD
 function paintKey(event) {
   const canvas = $("paint-canvas");
   if (!paint.ready || !canvas.width) return;
-  if (!paint.cursor) paint.cursor = { x: canvas.width / 2, y: canvas.height / 2 };
   const k = canvas.width / canvas.clientWidth;
   if (event.key in MOVES) {
     const step = (event.shiftKey ? 4 : 1) * Math.max(2, paint.size / 2) * k;  // half a brush: strokes overlap
@@ -1058,9 +1057,7 @@ function init() {
   canvas.addEventListener("pointermove", (e) => { if (paint.drawing) strokeTo(pointerAt(e), false); });
   canvas.addEventListener("keydown", paintKey);
   canvas.addEventListener("focus", () => {  // the ring shows where the keyboard's brush is before a key moves it
-    if (!paint.ready || !canvas.width) return;
-    if (!paint.cursor) paint.cursor = { x: canvas.width / 2, y: canvas.height / 2 };
-    showBrushCursor();
+    if (paint.ready && canvas.width) showBrushCursor();
   });
   canvas.addEventListener("blur", hideBrushCursor);
   for (const end of ["pointerup", "pointercancel"]) {
