@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import logs
 from .config import Settings, parse_settings
@@ -66,7 +68,18 @@ def _main(argv: Sequence[str] | None) -> int:
         logs.fatal(str(e))
         return 2
     log.info("model loaded: %s", stylizer.info)
-    return asyncio.run(serve(settings, stylizer, library=library))
+    _exit_now(asyncio.run(serve(settings, stylizer, library=library)))
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process once the drain is done, without the interpreter's finalization. Nothing is left to
+    finalize (calls drained, servers stopped, logs flushed), but tearing down the C++ runtimes (gRPC's core,
+    OpenVINO, torch) beside idle daemon threads can abort: a clean drain once exited SIGABRT (-6) in CI, which
+    a Kubernetes rollout shows as a crashed pod."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _check_files(settings: Settings) -> None:

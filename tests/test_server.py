@@ -643,7 +643,9 @@ def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
                 _expect(grpc.StatusCode.UNAVAILABLE, client.stylize, CONTENT, STYLE_A)
                 result = in_flight.result(timeout=30)  # the call in flight still finishes
                 assert (result.width, result.height) == (64, 48)
-        assert srv.proc.wait(30) == 0
+        code = srv.proc.wait(30)
+        srv._stderr_thread.join(5)  # its last lines: what a crash at exit printed
+        assert code == 0, "".join(srv.stderr_lines)
         watcher.join(10)
         channel.close()
         log = "".join(srv.stderr_lines)

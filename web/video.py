@@ -160,12 +160,14 @@ class VideoJobs:
 
     def remove(self, job_id: str) -> bool:
         """Cancel a running job (its state says so at once: its thread stops after the frame in flight and
-        removes its folder), or delete a finished one and its file."""
+        removes its folder), or delete a finished one and its file. Cancelling is idempotent: a cancelled job
+        is answered until ``cancelled_keep_s`` whatever DELETEs follow (a page leaving sends one that a browser
+        may send again, and the page that asks next must still read "cancelled", not 404)."""
         with self.lock:
             job = self.jobs.get(job_id)
             if job is None:
                 return False
-            if job.finished is None:
+            if job.finished is None or job.cancel.is_set():
                 job.cancel.set()
                 job.state = "cancelled"
             else:
