@@ -163,11 +163,7 @@ def load_image(
     Raises InvalidInputError for empty, undecodable, truncated, zero-size or over-limit images.
     """
     img = _open(source, field)
-    w, h = img.size
-    if w <= 0 or h <= 0:
-        raise InvalidInputError(field, f"image has zero size ({w} x {h})")
-    if w * h > max_pixels:
-        raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of {max_pixels}")
+    w, h = _checked_size(img, field, max_pixels)
     if img.format in ("JPEG", "MPO") and (scans := _jpeg_scans(source)) > MAX_JPEG_SCANS:  # MPO: JPEGs in one
         raise InvalidInputError(field, f"JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (a progressive "
                                 "JPEG has about 10; save it again)")
@@ -181,6 +177,26 @@ def load_image(
     if mode == "L":
         return img.convert("L") if img.mode in ("L", "RGB", "CMYK", "1") else _to_rgb(img, (0, 0, 0)).convert("L")
     return _to_rgb(img, (0, 0, 0)) if mode == "raw" else to_srgb(img, _to_rgb)
+
+
+def header_size(source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(w, h) as stored (before an EXIF turn, which keeps the pixel count), read from the header alone: what a
+    server needs to plan a job's memory before decoding it. Raises InvalidInputError as load_image does for an
+    unreadable, zero-size or over-limit image."""
+    img = _open(source, field)
+    if img is source:  # a caller's own image: not ours to close
+        return _checked_size(img, field, max_pixels)
+    with img:
+        return _checked_size(img, field, max_pixels)
+
+
+def _checked_size(img: Image.Image, field: str, max_pixels: int) -> tuple[int, int]:
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise InvalidInputError(field, f"image has zero size ({w} x {h})")
+    if w * h > max_pixels:
+        raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of {max_pixels}")
+    return w, h
 
 
 def longest_size(w: int, h: int, limit: int | None) -> tuple[int, int]:

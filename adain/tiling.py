@@ -74,8 +74,12 @@ class Tiling:
     def wants(self, job: Prepared) -> bool:
         h, w = job.content.shape[2:]
         plain = job.smooth is None and job.propagate is None  # a video's frames keep their own path
+        return plain and self.wants_pixels(h * w)
+
+    def wants_pixels(self, pixels: int) -> bool:
+        """Whether a content of ``pixels`` (as rendered) is tiled: the rule, known before it is decoded."""
         # never below one tile with its halo: a tile itself is never tiled again
-        return plain and self.threshold > 0 and h * w > max(self.threshold, (self.tile + 2 * self.halo) ** 2)
+        return self.threshold > 0 and pixels > max(self.threshold, (self.tile + 2 * self.halo) ** 2)
 
     def peak_bytes(self) -> int:
         """The working memory one tile needs (what the tile size implies), besides the image buffers

@@ -3,7 +3,9 @@ contents large enough to render in tiles (``adain.tiling``).
 
 A long job takes seconds to minutes, so it never enters the batcher: it runs on its own threads, at
 most ``max_jobs`` at once with at most ``max_queue`` more waiting (beyond: RESOURCE_EXHAUSTED naming
-the limit; the limits are named after refine, their first user). Between iterations (or tiles) it
+the limit; the limits are named after refine, their first user). A job is decoded on its thread when its
+turn comes, so a waiting one holds its request's bytes, not its content as floats (770 MiB at 67 MP: five
+print-size calls waiting took a replica to its pod's 8 GiB limit). Between iterations (or tiles) it
 yields to the batcher: while fast requests are queued or rendering,
 the next iteration waits, so plain Stylize calls keep their latency on a CPU the two would otherwise
 share. A cancelled call or a passed deadline stops the job at the next iteration (StoppedError).
@@ -12,7 +14,6 @@ share. A cancelled call or a passed deadline stops the job at the next iteration
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
 
 YIELD_POLL_S = 0.005
 YIELD_MAX_S = 5.0  # a refine iteration waits at most this long for fast work, so it cannot starve either
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A long job's output image, the seconds it waited for a thread of its own (the queue) and the seconds
+    its prepare (decode, style statistics) took there."""
+
+    image: Any
+    waited_s: float
+    prepare_s: float
 
 
 @dataclass(frozen=True)
@@ -72,15 +83,16 @@ class RefineService:
 
     async def run(
         self,
-        prepared: Prepared,
+        prepare: Callable[[], Prepared],
         deadline: float | None,
         on_progress: Callable[[Progress], None] | None = None,
         tiled: bool = False,
-    ) -> tuple[Any, float]:
-        """The job's output image, refined, or ``tiled`` rendered tile by tile, and the seconds it waited
-        for a thread of its own (the queue: a reply's refine_ms counted it, and queue_ms said 0); raises
-        ServiceError (CANCELLED/DEADLINE_EXCEEDED) when stopped. ``on_progress`` is called on the event loop
-        (for a tiled job: step = statistics boxes + tiles done, loss 0). The caller has admitted the job."""
+    ) -> Ran:
+        """The job ``prepare`` gives (called on the job's thread), refined, or ``tiled`` rendered tile by
+        tile, with its times (the queue's apart: a reply's refine_ms counted it, and queue_ms said 0); raises
+        ServiceError (CANCELLED/DEADLINE_EXCEEDED) when stopped, and what ``prepare`` raises.
+        ``on_progress`` is called on the event loop (for a tiled job: step = statistics boxes + tiles done,
+        loss 0). The caller has admitted the job."""
         from adain.optimize import Progress, refine
         from adain.tiling import render_tiled
 
@@ -97,23 +109,24 @@ class RefineService:
                 waited += YIELD_POLL_S
                 self._check(stop, deadline)
 
-        if tiled:
-            start = time.perf_counter()
-            work = functools.partial(
-                render_tiled, self.stylizer, prepared, self.stylizer.tiling,
-                on_step=lambda done, total: on_step(Progress(done, total, 0.0, time.perf_counter() - start)),
-            )
-        else:
-            work = functools.partial(refine, self.stylizer, prepared, on_step=on_step)
         queued = time.perf_counter()
-        waited: list[float] = []
 
-        def timed() -> Any:
-            waited.append(time.perf_counter() - queued)
-            return work()
+        def timed() -> Ran:
+            start = time.perf_counter()
+            self._check(stop, deadline)  # gone while it waited: not decoded for nobody
+            prepared = prepare()
+            ready = time.perf_counter()
+            if tiled:
+                image = render_tiled(
+                    self.stylizer, prepared, self.stylizer.tiling,
+                    on_step=lambda done, total: on_step(Progress(done, total, 0.0, time.perf_counter() - ready)),
+                )
+            else:
+                image = refine(self.stylizer, prepared, on_step=on_step)
+            return Ran(image, start - queued, ready - start)
 
         try:
-            return await loop.run_in_executor(self.pool, timed), waited[0]
+            return await loop.run_in_executor(self.pool, timed)
         except asyncio.CancelledError:
             stop.set()  # the thread stops at its next iteration; the call is already gone
             raise

@@ -24,7 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from adain.errors import InvalidInputError
-from adain.image import KeyedImage, encode_image, load_image
+from adain.image import KeyedImage, encode_image, header_size, load_image, longest_size
 from adain.job import CheckedJob, Job, temporal_problems, too_many_styles
 from adain.photo import exif_to_keep
 from adain.v1 import style_transfer_pb2 as pb
@@ -458,9 +458,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         large enough to render in tiles, on the long-job threads), encoded."""
         job = self._check(request, request.content)
         refining = job.refine_steps > 0  # an optimisation job: its own threads, never the batch
+        # Print size (minutes of tiles) goes to the long-job threads too: known from the header, before decoding
+        long_job = refining or self._tiled(request, job)
         ticket = None
-        long_job = refining
-        if refining:
+        if long_job:
             self.refiner.admit()
         else:
             ticket = self._admit()
@@ -469,27 +470,24 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
         refine_ms = queue_ms = 0.0
         try:
-            t0 = time.perf_counter()
             try:
-                prepared = await loop.run_in_executor(self.pool, self.stylizer.prepare, job)
+                if long_job:  # decoded on its thread when its turn comes (a waiting job holds only its bytes)
+                    t_run = time.perf_counter()
+                    ran = await self.refiner.run(
+                        functools.partial(self.stylizer.prepare, job), deadline, on_progress, tiled=not refining)
+                    prepare_ms, queue_ms = ran.prepare_s * 1000, ran.waited_s * 1000
+                    ran_ms = (time.perf_counter() - t_run) * 1000 - prepare_ms - queue_ms
+                    refine_ms = ran_ms if refining else 0.0
+                    inference_ms = 0.0 if refining else ran_ms
+                    image, result = ran.image, None
+                else:
+                    t0 = time.perf_counter()
+                    prepared = await loop.run_in_executor(self.pool, self.stylizer.prepare, job)
+                    prepare_ms = (time.perf_counter() - t0) * 1000
             except InvalidInputError as e:
                 raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
-            prepare_ms = (time.perf_counter() - t0) * 1000
             self.metrics.prepare_seconds.observe(prepare_ms / 1000)
-            if not refining and self.stylizer.tiling.wants(prepared):
-                # Print size: minutes of tiles, so it leaves the batch for the long-job threads.
-                ticket.release()
-                ticket = None
-                self.refiner.admit()
-                long_job = True
-            if long_job:
-                t_refine = time.perf_counter()
-                image, waited = await self.refiner.run(prepared, deadline, on_progress, tiled=not refining)
-                ran_ms, queue_ms = (time.perf_counter() - t_refine - waited) * 1000, waited * 1000
-                refine_ms = ran_ms if refining else 0.0
-                inference_ms = 0.0 if refining else ran_ms
-                result = None
-            else:
+            if not long_job:
                 result = await self._render(ticket, prepared, deadline)
                 image = result.output
             t1 = time.perf_counter()
@@ -525,6 +523,16 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 refine_steps=job.refine_steps,
             ),
         )
+
+    def _tiled(self, request: pb.StylizeRequest, job: CheckedJob) -> bool:
+        """Whether the content, as rendered (at most ``content_size``), is tiled; from its header alone. An
+        unreadable header says no: the batch's decode then names the problem."""
+        try:
+            w, h = header_size(request.content, field="content", max_pixels=self.limits.max_pixels)
+        except InvalidInputError:
+            return False
+        w, h = longest_size(w, h, job.content_side)
+        return self.stylizer.tiling.wants_pixels(w * h)
 
     async def _render(self, ticket: Any, prepared: Any, deadline: float | None) -> Any:
         """One prepared request through the dynamic batch."""

@@ -174,6 +174,42 @@ def test_a_tiled_job_stops_at_its_deadline(tiling_server: ServerProcess) -> None
     assert _cpu_seconds(tiling_server.proc.pid) - cpu < 0.5, "the abandoned job is still running"
 
 
+def test_print_size_calls_waiting_for_their_turn_hold_only_their_bytes(decoder_path: Path) -> None:
+    """Five 30-MP calls at once, one long-job thread: the four waiting are not decoded until their turn (each
+    would hold 360 MB of floats: five prepared at once took the server's peak from 0.85 to 2.4 GiB over idle,
+    and a pod's 8 GiB limit was reached with 67-MP contents)."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6000, 5000), (120, 90, 60)).save(buf, "PNG")  # 30 MP, 30 KB
+    big = buf.getvalue()
+    srv = ServerProcess(decoder_path, "--tile-threshold", "1000000", "--tile-size", "256", "--max-refine-jobs", "1",
+                        "--max-refine-queue", "4", "--max-pixels", "40000000")
+    try:
+        srv.wait_serving()
+        idle = _rss(srv.proc.pid, "VmRSS")
+
+        def call(timeout: float) -> str:
+            try:
+                with StyleTransferClient(srv.target, timeout=timeout, retries=0) as client:
+                    client.stylize(big, STYLE)
+                return "OK"
+            except StyleTransferError as e:
+                return e.code.name
+
+        with ThreadPoolExecutor(5) as pool:  # the first runs (minutes here): all stop at their deadlines
+            codes = list(pool.map(call, [12, 6, 6, 6, 6]))
+        assert codes == ["DEADLINE_EXCEEDED"] * 5, codes
+        grew = _rss(srv.proc.pid, "VmHWM") - idle
+        tile_bytes = int(StyleTransferClient(srv.target).server_info()["limits"]["tile_memory_bytes"])
+        bound = tile_bytes + 2 * 15 * 6000 * 5000  # one tile's work and the running call's content, twice over
+        assert grew <= bound, (grew / 2**20, bound / 2**20)
+        assert srv.alive()
+    finally:
+        srv.terminate()
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
