@@ -22,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    # gRPC's core logs at INFO in its own plain format (a failed TLS handshake: one line per stray connection),
+    # past --log-format json; its errors still show. GRPC_VERBOSITY set in the environment wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     settings = parse_settings(argv)
     logs.setup(settings.log_level, settings.log_format)
     log = logging.getLogger("adain.server")

@@ -344,7 +344,7 @@ async def serve(settings: Settings, stylizer: Any, out=None, library: StyleLibra
         return 1
     host = settings.host
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    print(f"adain-server listening on {shown}:{port}", file=out, flush=True)
+    logs.announce(f"adain-server listening on {shown}:{port}", out)
     if app.metrics_port:
         log.info("metrics on http://%s:%d/metrics", shown, app.metrics_port)
     stop = asyncio.Event()

@@ -32,7 +32,8 @@ log = logging.getLogger("adain.server.batcher")
 
 class QueueFullError(Exception):
     """``max_queue`` requests are already admitted (``reason`` "max_queue"), or the caller's share
-    (``reason`` "max_queue_per_caller")."""
+    (``reason`` "max_queue_per_caller"), or only the places kept for callers with nothing queued are left and
+    this caller has requests queued (``reason`` "reserved")."""
 
     def __init__(self, message: str, reason: str = "max_queue") -> None:
         super().__init__(message)
@@ -135,7 +136,9 @@ class Batcher:
             if bounded and mine and self._admitted >= self.max_queue - self.reserve:
                 raise QueueFullError(
                     f"the request queue is full for callers with requests queued already (max_queue={self.max_queue}"
-                    f", of which the last {self.reserve} are kept for callers with none); this caller has {mine}")
+                    f", of which the last {self.reserve} are kept for callers with none); this caller has {mine}",
+                    reason="reserved",  # not a full queue: AdainQueueFull fired on two bulk callers sharing it
+                )
             self._admitted += 1
             if bounded:
                 self._by_caller[caller] = mine + 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -19,7 +19,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -48,6 +48,15 @@ def log_fields(logger: logging.Logger, level: int, **fields: Any) -> None:
     fields = {k: v for k, v in fields.items() if v is not None}
     words = (f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}" for k, v in fields.items())
     logger.log(level, " ".join(words), extra={"fields": fields})
+
+
+def announce(message: str, out: Any) -> None:
+    """The "listening on" line, on ``out`` (stdout: scripts and tests read the port from it); a JSON object
+    where the logs are JSON, so that a pipeline reading stdout too gets one JSON object a line."""
+    if _json:
+        record = logging.LogRecord("adain.server", logging.INFO, __file__, 0, message, None, None)
+        message = JsonFormatter().format(record)
+    print(message, file=out, flush=True)
 
 
 def fatal(message: str) -> None:

@@ -125,6 +125,7 @@ class ServerProcess:
         t.start()
         t.join(timeout)
         line = result[0] if result else ""
+        self.listen_line = line
         m = LISTEN_RE.search(line)
         if not m:
             self.kill()

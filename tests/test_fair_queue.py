@@ -72,11 +72,14 @@ def test_one_caller_cannot_take_every_place() -> None:
     a1.release()  # idempotent
     batcher.admit(caller="A")  # 3 places taken: A 2, B 1; the last is kept for a caller with none queued
     with pytest.raises(QueueFullError, match=r"full for callers with requests queued already \(max_queue=4, of "
-                                             r"which the last 1 are kept for callers with none\); this caller has 1"):
+                                             r"which the last 1 are kept for callers with none\); this caller has 1"
+                       ) as held:
         batcher.admit(caller="B")
+    assert held.value.reason == "reserved"  # not a full queue (AdainQueueFull counts only "max_queue")
     batcher.admit(caller="C")
-    with pytest.raises(QueueFullError, match=r"the request queue is full \(max_queue=4\)"):
+    with pytest.raises(QueueFullError, match=r"the request queue is full \(max_queue=4\)") as full:
         batcher.admit(caller="D")
+    assert full.value.reason == "max_queue"
 
 
 def test_two_bulk_callers_at_their_shares_leave_room_for_others() -> None:

@@ -264,6 +264,8 @@ def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
     assert calls["json-trace"]["trace_id"] == TRACE and "trace_id" not in ok
     assert ok["message"].startswith("request_id=json-ok method=Stylize code=OK ms=")
     assert any(e["message"].startswith("model loaded") for e in lines)
+    # stdout's one line is JSON too (a pipeline reading both streams read it as unparsed text)
+    assert json.loads(srv.listen_line)["message"] == f"adain-server listening on 127.0.0.1:{srv.port}"
 
 
 def test_keep_exif_copies_the_date_not_the_location(client: StyleTransferClient) -> None:
