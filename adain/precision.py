@@ -9,6 +9,7 @@ about twice as fast, and float32 elsewhere, where bf16 is emulated and slower.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 from pathlib import Path
@@ -48,6 +49,30 @@ def cpu_features() -> list[str]:
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without, bf16 is emulated and slow."""
     return bool(BF16_FLAGS & cpu_info()[1])
+
+
+def cpu_quota(root: Path = Path("/")) -> int | None:
+    """The CPUs this process may use, where something limits it below the machine's: the CPUs it may run
+    on (affinity, a cpuset) or its container's CPU limit (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``),
+    rounded up. None where neither limits it. torch (and OpenVINO, given torch's count) start one thread a
+    core of the node: in a pod limited to 2 CPUs on a 64-core node, 64 threads took turns on 2 CPUs."""
+    import math
+    import os
+
+    limits = []
+    with contextlib.suppress(AttributeError, OSError):
+        if len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
+            limits.append(len(os.sched_getaffinity(0)))
+    for path, period_path in (("sys/fs/cgroup/cpu.max", None),
+                              ("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            text = (root / path).read_text().split()
+            quota, period = (text[0], text[1]) if period_path is None else (text[0], (root / period_path).read_text())
+            if quota not in ("max", "-1") and int(quota) > 0 and int(period) > 0:
+                limits.append(max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError, IndexError):
+            continue
+    return min(limits) if limits else None
 
 
 def wants_bf16(precision: str, cuda: bool) -> bool:

@@ -41,6 +41,7 @@ def _main(argv: Sequence[str] | None) -> int:
     import torch
 
     from adain.errors import NoDecoderError
+    from adain.precision import cpu_quota
     from adain.stylizer import Stylizer
     from adain.tiling import Tiling
 
@@ -48,6 +49,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
+    elif (quota := cpu_quota()) is not None and quota < torch.get_num_threads():
+        torch.set_num_threads(quota)  # a container's CPU limit: not one thread a core of the node
+        log.info("torch threads: %d (this container's CPU limit or affinity)", quota)
     device = None if settings.device == "auto" else settings.device
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         logs.fatal(f"--device {device}: CUDA is not available here")

@@ -154,7 +154,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                   "float32 elsewhere), bf16 or fp32"),
     "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
                 "torch), torch, openvino or onnxruntime (pip install 'adain[fast]')"),
-    "torch-threads": (non_negative_int, "torch intra-op threads; 0 keeps torch's default"),
+    "torch-threads": (non_negative_int, "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
+                      "container's CPU limit (cgroup cpu.max) or affinity where lower"),
     "max-batch-size": (positive_int, "most requests rendered in one batch"),
     "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill"),
     "max-queue": (positive_int, "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),

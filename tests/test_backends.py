@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -191,3 +192,26 @@ def test_folded_decoder_is_the_decoder(decoder_path: Path, alpha_decoder: Path) 
             want, got = dec(x, alpha), folded(x, alpha)
         assert got.shape == want.shape == (2, 3, 40, 72)
         assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+def test_threads_follow_the_containers_cpu_limit(tmp_path: Path) -> None:
+    """In a pod limited to 2 CPUs torch starts one thread a core of the node; cgroup's cpu.max says 2."""
+    from adain.precision import cpu_quota
+
+    cgroup = tmp_path / "sys/fs/cgroup"
+    cgroup.mkdir(parents=True)
+    expected_affinity = None
+    if len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):  # this process is pinned itself
+        expected_affinity = len(os.sched_getaffinity(0))
+    assert cpu_quota(tmp_path) == expected_affinity  # nothing readable: no limit
+    (cgroup / "cpu.max").write_text("max 100000\n")  # v2: no limit
+    assert cpu_quota(tmp_path) == expected_affinity
+    (cgroup / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 threads
+    assert cpu_quota(tmp_path) == min(2, expected_affinity or 2)
+    (cgroup / "cpu.max").unlink()
+    (cgroup / "cpu").mkdir()
+    (cgroup / "cpu/cpu.cfs_quota_us").write_text("-1\n")  # v1: no limit
+    (cgroup / "cpu/cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) == expected_affinity
+    (cgroup / "cpu/cpu.cfs_quota_us").write_text("50000\n")  # half a CPU: 1 thread
+    assert cpu_quota(tmp_path) == 1
