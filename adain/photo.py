@@ -28,12 +28,25 @@ EXIF_GPS_IFD = 0x8825
 EXIF_ORIENTATION = 0x0112
 EXIF_IFD = 0x8769
 EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the original's, not the output's
+# IFD0 tags that describe how a TIFF stores its pixels (size, strips, samples, compression, palette, tiles) and
+# its ICC profile: the original file's layout, wrong in any other file (a TIFF written with them is unreadable)
+LAYOUT_TAGS = (0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x0111, 0x0115, 0x0116, 0x0117, 0x011C, 0x013D, 0x0140,
+               0x0142, 0x0143, 0x0144, 0x0145, 0x0152, 0x0153, 0x0154, 0x0155, 0x0201, 0x0202, 0x0211, 0x0212,
+               0x8773)
+
+
+def without_layout(exif: Image.Exif) -> Image.Exif:
+    """``exif`` without the original file's layout tags (LAYOUT_TAGS): what describes the photo, not its file."""
+    for tag in LAYOUT_TAGS:
+        exif.pop(tag, None)
+    return exif
 
 
 def exif_to_keep(data: bytes) -> bytes | None:
     """The EXIF of an encoded photo to write into its stylized copy (None: it has none, or it cannot be
     read): the date, camera and exposure stay; the GPS location goes (a stylized photo is often shared where
-    the original is not); the orientation is upright (decoding applied it) and the pixel size is dropped."""
+    the original is not); the orientation is upright (decoding applied it); the pixel size, the original
+    file's layout and its ICC profile (the output is sRGB, untagged) are dropped."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             exif = img.getexif()
@@ -43,6 +56,7 @@ def exif_to_keep(data: bytes) -> bytes | None:
             for tag in EXIF_PIXEL_SIZE:
                 sub.pop(tag, None)
             exif.pop(EXIF_GPS_IFD, None)
+            without_layout(exif)  # a TIFF's strips and size, a JPEG's stale IFD0 size, a profile not the output's
             if EXIF_ORIENTATION in exif:
                 exif[EXIF_ORIENTATION] = 1
             return exif.tobytes()

@@ -20,6 +20,7 @@ import grpc
 from PIL import Image
 
 from adain.files import write_whole
+from adain.photo import without_layout
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
@@ -223,23 +224,38 @@ def _too_big(field: str, what: str, size: int, max_bytes: int) -> StyleTransferE
 
 
 def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None = None) -> bytes:
-    """Bytes to send for an image: a file's bytes, the bytes themselves, or a PIL image as PNG (CMYK as
-    TIFF), its ICC profile kept so that the server reads its colours as the file that it came from has them.
+    """Bytes to send for an image: a file's bytes, the bytes themselves, or a PIL image as PNG (CMYK, and
+    32-bit int or float greys, as TIFF), its ICC profile and EXIF kept so that the server reads it as the
+    library reads the same image: colours as its file has them, upright by its EXIF orientation.
     A path must name a regular file (a device such as /dev/zero or a FIFO is refused before it is read), and
     no image may be larger than ``max_bytes`` (the client's message limit: a file is measured before it is
     read)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     elif isinstance(image, Image.Image):
-        icc = image.info.get("icc_profile")
+        kept: dict[str, Any] = {}
+        image.load()  # (saving loads it anyway; a TIFF is turned by its orientation as it loads, the tag then gone)
+        if icc := image.info.get("icc_profile"):
+            kept["icc_profile"] = icc
+        if image.getexif():  # the orientation: turned upright, as the library does; a copy (not the caller's)
+            exif = Image.Exif()
+            exif.load(image.getexif().tobytes())
+            if without_layout(exif):
+                kept["exif"] = exif
         buf = io.BytesIO()
-        if image.mode == "CMYK":
-            image.save(buf, "TIFF", compression="tiff_deflate", **({"icc_profile": icc} if icc else {}))
+        encoding = "TIFF" if image.mode in ("CMYK", "I", "F") else "PNG"
+        if encoding == "TIFF":  # as they are: the server reads them as the library does
+            image.save(buf, "TIFF", compression="tiff_deflate", **kept)
         elif image.mode in ("1", "L", "LA", "I;16", "P", "RGB", "RGBA"):
-            image.save(buf, "PNG", compress_level=1, **({"icc_profile": icc} if icc else {}))
+            image.save(buf, "PNG", compress_level=1, **kept)
         else:  # other modes are converted here, so the profile no longer describes the pixels
-            image.convert("RGB").save(buf, "PNG", compress_level=1)
+            kept.pop("icc_profile", None)
+            image.convert("RGB").save(buf, "PNG", compress_level=1, **kept)
         data = buf.getvalue()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise _local_error(field, f"the PIL image is {_mib(len(data))} as {encoding} (lossless), more than the "
+                               f"{_mib(max_bytes)} a message to the server may hold: pass "
+                               "its file's path or bytes (their own encoding) instead, or save it as JPEG yourself")
     elif isinstance(image, (str, os.PathLike)):
         return _file_bytes(Path(image), field, max_bytes)
     else:

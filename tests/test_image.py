@@ -262,3 +262,37 @@ def test_exif_kept_without_the_location(fmt: str) -> None:
     assert exif_to_keep(encode_image(IMG, "png")) is None  # nothing to keep
     assert exif_to_keep(b"not an image") is None  # an odd block never fails the image
     assert not Image.open(io.BytesIO(encode_image(IMG, fmt, quality=90))).getexif()  # none unless asked
+    # a TIFF's layout (strips, samples, size, compression) and profile describe its file, not the photo
+    tiff = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    synth_image(40, 30).save(tiff, "TIFF", exif=exif, icc_profile=icc_rgb(P3_D50))
+    kept = Image.open(io.BytesIO(encode_image(IMG, fmt, quality=90, exif=exif_to_keep(tiff.getvalue())))).getexif()
+    assert kept[0x010F] == "TestCam" and not {0x0100, 0x0101, 0x0103, 0x0111, 0x0117, 0x8773} & set(kept)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF F", "TIFF I", "TIFF"])
+def test_the_client_sends_a_pil_image_as_the_library_reads_it(fmt: str) -> None:
+    """A PIL image given to the thin client arrives as the library reads that image: upright by its EXIF
+    orientation (the client dropped the EXIF: sideways) and with float and 32-bit greys at their levels (black
+    and near white)."""
+    from adain.client._client import image_bytes
+
+    fmt, _, mode = fmt.partition(" ")
+    rng = np.random.default_rng(0)
+    if mode == "F":
+        pixels = rng.random((40, 30)).astype("float32")
+    elif mode == "I":
+        pixels = (rng.random((40, 30)) * 60000).astype("int32")
+    else:
+        pixels = (rng.random((40, 30, 3)) * 255).astype("uint8")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: the camera was held upright
+    stored = io.BytesIO()
+    Image.fromarray(pixels, mode or "RGB").save(stored, fmt, exif=exif, **({"quality": 95} if fmt != "TIFF" else {}))
+    image = Image.open(io.BytesIO(stored.getvalue()))
+    sent = np.asarray(load_image(image_bytes(image)), dtype=float)
+    if fmt != "TIFF":  # (Pillow turns a TIFF as it opens it)
+        assert image.getexif().get(0x0112) == 6  # the caller's image is left as it was
+    library = np.asarray(load_image(image), dtype=float)
+    assert library.shape == sent.shape == (30, 40, 3) and np.abs(library - sent).max() == 0

@@ -141,6 +141,11 @@ def test_stylize_returns_the_image_the_client_gets(web: WebProcess, client) -> N
     heic = encoded(Image.open(io.BytesIO(CONTENT)), "HEIF")  # a phone's photo, as an iPhone saves it
     r = _post(web.url, [("content", ("IMG_0001.HEIC", heic, "image/heic")), _png("styles", STYLE)])
     assert r.status_code == 200 and r.headers["x-image-size"] == "64x48", r.text
+    # a camera's JPEG with a second picture after it (MPO, as Pillow names it): read as the server reads it
+    photo, mpo = Image.open(io.BytesIO(CONTENT)), io.BytesIO()
+    photo.save(mpo, "MPO", save_all=True, append_images=[photo.resize((16, 12))])
+    r = _post(web.url, [("content", ("DSC_0001.JPG", mpo.getvalue(), "image/jpeg")), _png("styles", STYLE)])
+    assert r.status_code == 200 and r.headers["x-image-size"] == "64x48", r.text
     assert httpx.get(web.url + "/healthz").json() == {"status": "SERVING"}
 
 

@@ -128,7 +128,7 @@ def image(data: bytes, field: str, limits: Limits) -> bytes:
         if is_heif(data[:12]):  # a phone's photo, and no pillow-heif here: the server reads it, or says why not
             return data
         raise BadInput(field, f"not an image this service reads ({INPUT_NAMES})") from None
-    if fmt not in INPUT_FORMATS:
+    if fmt not in INPUT_FORMATS and fmt != "MPO":  # MPO: a JPEG with more pictures after it (cameras; a JPEG plugin)
         raise BadInput(field, f"{fmt} images are not read ({INPUT_NAMES})")
     if w * h > limits.max_pixels:
         raise BadInput(field, f"{w} x {h} is over the limit of max_pixels={limits.max_pixels}")
