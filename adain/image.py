@@ -138,8 +138,10 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr *= 255.0 / peak
     elif img.mode == "F":
-        arr = np.array(img, dtype=np.float32)
-        if arr.max() <= 1.0:
+        arr = np.nan_to_num(np.array(img, dtype=np.float32), copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        # levels in [0, 1] as float images store them, unless more than a few pixels say 0-255: one pixel at
+        # 1.0000001 (or a NaN) read a whole 0-1 image as 0-255, black
+        if np.count_nonzero(arr > 1.0) <= max(1, arr.size // 1000):
             arr *= 255.0
     if arr is not None:
         arr += 0.5

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 
 from PIL import Image, ImageCms
 
@@ -93,6 +93,25 @@ def _srgb() -> ImageCms.ImageCmsProfile:
 
 
 _SPACE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}  # an ICC colour space -> the PIL mode it describes
+SRGB_TOLERANCE = 6  # levels
+_GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# Colours an sRGB profile leaves where they are (within a level) and any other moves: greys (a curve other than
+# sRGB's: a linear one), primaries and a skin tone (other primaries)
+_PROBE = ((0, 0, 0), (255, 255, 255), (64, 64, 64), (128, 128, 128), (192, 192, 192), (255, 0, 0), (0, 255, 0),
+          (0, 0, 255), (200, 100, 50))
+
+
+@lru_cache(maxsize=64)
+def _is_srgb(icc: bytes) -> bool:
+    """Whether an RGB profile is sRGB in effect, by what it does to a few colours, not by its name (GIMP's
+    "Linear sRGB" was taken as sRGB: its photos came out 43 levels dark): none moves more than SRGB_TOLERANCE
+    levels (a gamma-2.2 "sRGB" moves darks by 4-5; Display P3 a skin tone by 16, a linear profile greys by 73)."""
+    try:
+        probe = Image.frombytes("RGB", (len(_PROBE), 1), bytes(v for rgb in _PROBE for v in rgb))
+        out = ImageCms.profileToProfile(probe, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return False
+    return max(abs(a - b) for a, b in zip(probe.tobytes(), out.tobytes())) <= SRGB_TOLERANCE
 
 
 def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:
@@ -107,15 +126,14 @@ def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> 
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         space = profile.profile.xcolor_space.strip()
-        description = ImageCms.getProfileDescription(profile) or ""
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return flatten(img)
     mode = _SPACE_MODES.get(space)
-    if mode is None or (space == "RGB" and "srgb" in description.lower()):
+    if mode is None or (space == "RGB" and _is_srgb(icc)):
         return flatten(img)
     if img.mode != mode:
-        if mode == "CMYK":  # a CMYK profile on pixels that are not CMYK: not this image's profile
-            return flatten(img)
+        if mode == "CMYK" or (mode == "L" and img.mode not in _GREY_MODES):
+            return flatten(img)  # a CMYK or grey profile on colour pixels: not this image's profile
         img = flatten(img)
         if mode == "L":
             img = img.convert("L")

@@ -102,6 +102,26 @@ def test_profiles_that_change_nothing_or_cannot_be_used_leave_the_pixels() -> No
     assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1))[1] > 240
 
 
+def test_a_profile_is_judged_by_what_it_does_not_by_its_name() -> None:
+    # GIMP's linear profile has "sRGB" in its name: its mid grey 128 is sRGB's 188, not 128
+    linear = icc_rgb(SRGB_D50, gamma=1.0, name="GIMP built-in Linear sRGB")
+    assert load_image(_tagged((128, 128, 128), linear)).getpixel((0, 0)) == (188, 188, 188)
+    # a grey profile on colour pixels is not theirs: they are kept (they were made grey)
+    grey = icc_rgb(gamma=2.2, name="Gray gamma 2.2", grey=True)
+    assert load_image(_tagged((200, 60, 40), grey)).getpixel((0, 0)) == (200, 60, 40)
+    r, g, b = load_image(_tagged(90, grey, mode="L")).getpixel((0, 0))  # on grey pixels it applies
+    assert r == g == b
+
+
+def test_float_images_read_as_0_to_1_whatever_a_stray_pixel_says() -> None:
+    levels = np.full((6, 8), 0.5, dtype=np.float32)
+    levels[0, 0] = 1.0000001  # rounding in an editor: the whole image read as 0-255 (black)
+    levels[0, 1] = np.nan
+    out = np.asarray(load_image(encoded(Image.fromarray(levels, "F"), "TIFF")))
+    assert abs(int(out[3, 3, 0]) - 128) <= 1 and out[0, 1, 0] == 0 and out[0, 0, 0] == 255
+    assert np.asarray(load_image(encoded(Image.fromarray(levels * 255, "F"), "TIFF")))[3, 3, 0] in (127, 128)
+
+
 def test_heif_without_pillow_heif_says_what_is_missing(tmp_path) -> None:
     path = tmp_path / "IMG_0001.HEIC"
     path.write_bytes(encoded(IMG, "HEIF"))
