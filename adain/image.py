@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from adain.errors import InvalidInputError
 from adain.photo import heif_missing, heif_support, to_srgb
-from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_name
+from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_cannot_hold, format_name
 
 if TYPE_CHECKING:
     import torch
@@ -243,6 +243,8 @@ def encode_image(
         raise InvalidInputError("format", f"unsupported output format {fmt!r} (png, jpeg, webp)")
     if not 1 <= quality <= 100:
         raise InvalidInputError("quality", f"must be in [1, 100], got {quality}")
+    if why := format_cannot_hold(name, *img.size):
+        raise InvalidInputError("format", why)
     buf = io.BytesIO()
     meta = {"exif": exif} if exif else {}
     if name == "png":

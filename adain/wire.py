@@ -98,6 +98,19 @@ def format_name(text: str) -> str | None:
     return key if key in FORMATS else None
 
 
+MAX_SIDE_BY_FORMAT = {"webp": 16383, "jpeg": 65535}  # what the format can store (PNG: 2**31)
+
+
+def format_cannot_hold(fmt: str, width: int, height: int) -> str | None:
+    """Why an output of ``width`` x ``height`` cannot be written as ``fmt`` (a canonical name), or None: said
+    before rendering (a 16,384-px WebP failed as an internal error after minutes of tiles)."""
+    limit = MAX_SIDE_BY_FORMAT.get(fmt)
+    if limit is None or max(width, height) <= limit:
+        return None
+    return (f"a {fmt.upper()} image is at most {limit:,} px a side; the output is {width:,} x {height:,}: ask for PNG"
+            f"{' or JPEG' if fmt == 'webp' else ''}, or a smaller content_size")
+
+
 def format_from_suffix(suffix: str) -> str | None:
     """The output format a file suffix (".jpeg") asks for, or None."""
     return _SUFFIX_FORMATS.get(suffix.lower())

@@ -40,6 +40,7 @@ from adain.wire import (
     SERVED_BY_KEY,
     TEMPORAL_BY_ENUM,
     Limits,
+    format_cannot_hold,
 )
 
 from .auth import TokenFile, caller_of
@@ -459,7 +460,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         job = self._check(request, request.content)
         refining = job.refine_steps > 0  # an optimisation job: its own threads, never the batch
         # Print size (minutes of tiles) goes to the long-job threads too: known from the header, before decoding
-        long_job = refining or self._tiled(request, job)
+        long_job = refining or self._plan(request, job)
         ticket = None
         if long_job:
             self.refiner.admit()
@@ -524,14 +525,17 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             ),
         )
 
-    def _tiled(self, request: pb.StylizeRequest, job: CheckedJob) -> bool:
-        """Whether the content, as rendered (at most ``content_size``), is tiled; from its header alone. An
-        unreadable header says no: the batch's decode then names the problem."""
+    def _plan(self, request: pb.StylizeRequest, job: CheckedJob) -> bool:
+        """From the content's header alone, before it is decoded: whether it is tiled as rendered (at most
+        ``content_size``), and INVALID_ARGUMENT where the output format cannot hold its size. An unreadable
+        header says untiled: the batch's decode then names the problem."""
         try:
             w, h = header_size(request.content, field="content", max_pixels=self.limits.max_pixels)
         except InvalidInputError:
             return False
-        w, h = longest_size(w, h, job.content_side)
+        w, h = longest_size(w, h, job.content_side)  # (an EXIF turn swaps them: no matter to either rule)
+        if why := format_cannot_hold(FORMAT_BY_ENUM[request.format], w, h):
+            raise ServiceError.invalid([Violation("format", why)])
         return self.stylizer.tiling.wants_pixels(w * h)
 
     async def _render(self, ticket: Any, prepared: Any, deadline: float | None) -> Any:

@@ -268,6 +268,16 @@ def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
     assert json.loads(srv.listen_line)["message"] == f"adain-server listening on 127.0.0.1:{srv.port}"
 
 
+def test_a_size_the_format_cannot_hold_is_refused_before_rendering(client: StyleTransferClient) -> None:
+    # WebP stores at most 16,383 px a side: a 16,384-px panorama failed as INTERNAL after its whole render
+    wide = io.BytesIO()
+    Image.new("RGB", (16384, 64), (10, 20, 30)).save(wide, "PNG")
+    t0 = time.monotonic()
+    err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, wide.getvalue(), STYLE_A, format="webp")
+    assert "at most 16,383 px a side; the output is 16,384 x 64" in str(err) and time.monotonic() - t0 < 5
+    assert client.stylize(wide.getvalue(), STYLE_A, format="webp", content_size=1024).width == 1024
+
+
 def test_keep_exif_copies_the_date_not_the_location(client: StyleTransferClient) -> None:
     photo = photo_with_exif(64, 48, seed=5)
     kept = Image.open(io.BytesIO(client.stylize(photo, STYLE_A, format="jpeg", keep_exif=True).image))
