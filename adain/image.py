@@ -129,13 +129,18 @@ def input_formats() -> list[str]:
     return [f for f in INPUT_FORMATS if f in Image.OPEN]
 
 
-def _to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any mode to 8-bit RGB: 16-bit and float scaled down, CMYK converted, alpha onto ``background``."""
+def _to_rgb(
+    img: Image.Image, background: tuple[int, int, int] = (255, 255, 255), *, numbers: bool = False
+) -> Image.Image:
+    """Any mode to 8-bit RGB: 16-bit and float scaled down, CMYK converted, alpha onto ``background``.
+    ``numbers``: 16- and 32-bit values up to 255 are kept as they are (a label image's labels 3 and 7 in a
+    16-bit PNG read as 0), not scaled from 65535."""
     # float32 and in place: float64 and its temporaries took 1.47 GB for a 140 kB 16-bit PNG
     arr = None
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float32)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        top = arr.max()
+        peak = 255.0 if top <= 255 and (numbers or not img.mode.startswith("I;16")) else 65535.0
         arr *= 255.0 / peak
     elif img.mode == "F":
         arr = np.nan_to_num(np.array(img, dtype=np.float32), copy=False, nan=0.0, posinf=255.0, neginf=0.0)
@@ -174,11 +179,11 @@ def load_image(
         img = ImageOps.exif_transpose(img) or img
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InvalidInputError(field, f"image data is truncated or corrupt: {e}") from e
-    # A mask's or label image's transparent pixels are black (no coverage, no label), as a mask painted on a
+    # A mask's or label image's transparent pixels are black (no coverage; label 0), as a mask painted on a
     # transparent layer means; a photo's are white, as it would look on a white page.
     if mode == "L":
         return img.convert("L") if img.mode in ("L", "RGB", "CMYK", "1") else _to_rgb(img, (0, 0, 0)).convert("L")
-    return _to_rgb(img, (0, 0, 0)) if mode == "raw" else to_srgb(img, _to_rgb)
+    return _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb)
 
 
 def header_size(source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:

@@ -92,6 +92,8 @@ def _mask(
     m = np.asarray(img, dtype=np.uint8)
     if must_cover and int(m.max()) == 0:
         raise InvalidInputError(field, "mask is all black: its style covers no pixel")
+    if int(m.max()) == 1:  # 0 and 1 alone: a binary mask saved as numbers (as 1/255 its style showed nowhere)
+        m = m * np.uint8(255)
     return m
 
 

@@ -47,13 +47,18 @@ INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 
 # --- region labels --------------------------------------------------------------------------------
 def label_value(value: object) -> int | None:
-    """A region label as an int: 0-255 (a grey pixel's level), 0xRRGGBB, or "#rrggbb"; None if invalid."""
+    """A region label as an int: 0-255 (a grey pixel's level), 0xRRGGBB, or "#rrggbb"; None if invalid. A grey
+    colour is its level (#464646 is 70: a colour-coded map's grey pixels are read as levels, so named by its hex
+    it matched none)."""
+    found = None
     if isinstance(value, str) and len(value) == 7 and value.startswith("#"):
         digits = value[1:]
-        return int(digits, 16) if all(c in "0123456789abcdefABCDEF" for c in digits) else None  # no "+f0000"
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFF:
-        return int(value)  # a NumPy integer too
-    return None
+        found = int(digits, 16) if all(c in "0123456789abcdefABCDEF" for c in digits) else None  # no "+f0000"
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFF:
+        found = int(value)  # a NumPy integer too
+    if found is not None and found > 0xFF and found >> 16 == (found >> 8) & 0xFF == found & 0xFF:
+        return found & 0xFF
+    return found
 
 
 # --- colour modes ---------------------------------------------------------------------------------

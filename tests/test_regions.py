@@ -123,6 +123,15 @@ def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:
     swapped = icc_rgb((SRGB_D50[1], SRGB_D50[0], SRGB_D50[2]))
     assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=encoded(Image.fromarray(colour), icc_profile=swapped),
                             label_values=["#ff0000", 3]) == by_masks
+    # a grey colour named by its hex is its level (a colour-coded map's #464646 matched no pixel)
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=Image.fromarray(colour),
+                            label_values=["#ff0000", "#030303"]) == by_masks
+    # labels in a 16-bit image are the numbers stored (3 and 200 were scaled from 65535 to 0)
+    wide = encoded(Image.fromarray(grey.astype(np.uint16)), "PNG")
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], labels=wide, label_values=[200, 3]) == by_masks
+    # a mask of 0s and 1s is a binary mask (as 1/255 its style showed nowhere)
+    ones = [Image.fromarray((np.asarray(m) > 0).astype(np.uint8), "L") for m in (left, middle)]
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=ones) == by_masks
 
 
 def test_masks_covering_everything_blend_like_weights(stylizer: Stylizer) -> None:
