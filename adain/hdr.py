@@ -21,6 +21,7 @@ out a quarter duller. numpy only.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,8 @@ KNEE = np.float32(0.75)  # below this share of reference white, SDR light = HDR 
 BT2020_TO_709 = np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]],
                          np.float32)
 BT2020_LUMA = np.array([0.2627, 0.6780, 0.0593], np.float32)
+BT709_XY = ((0.64, 0.33), (0.30, 0.60), (0.15, 0.06))
+D65 = (0.3127, 0.3290)
 
 
 def is_hdr(frame: object) -> bool:
@@ -96,11 +99,24 @@ def to_sdr(rgb48: np.ndarray, transfer: int, peak_nits: float = 1000.0) -> Image
     return Image.fromarray(tables["srgb"][index].reshape(h, w, 3), "RGB")
 
 
-def wide_to_srgb(rgb48: np.ndarray) -> Image.Image:
-    """An SDR frame's R'G'B' in BT.2020 primaries (H x W x 3 uint16) -> 8-bit sRGB: the curve taken off,
-    the primaries converted (out-of-gamut parts clipped), the curve put back; greys are unchanged."""
+def to_709(primaries: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The linear-light matrix from RGB in ``primaries`` (red, green, blue CIE xy) to BT.709's (sRGB's), white to
+    white (both taken as D65: a photo's white stays white)."""
+
+    def rgb_to_xyz(xy: Sequence[tuple[float, float]]) -> np.ndarray:
+        columns = np.array([[x / y, 1.0, (1 - x - y) / y] for x, y in xy]).T
+        white = np.array([D65[0] / D65[1], 1.0, (1 - D65[0] - D65[1]) / D65[1]])
+        return columns * np.linalg.solve(columns, white)  # each primary scaled so that R = G = B = 1 is white
+
+    return (np.linalg.inv(rgb_to_xyz(BT709_XY)) @ rgb_to_xyz(primaries)).astype(np.float32)
+
+
+def wide_to_srgb(rgb48: np.ndarray, matrix: np.ndarray = BT2020_TO_709) -> Image.Image:
+    """An SDR frame's R'G'B' in wider primaries than sRGB's (BT.2020; ``matrix`` for others, from
+    :func:`to_709`) as H x W x 3 uint16 -> 8-bit sRGB: the curve taken off, the primaries converted
+    (out-of-gamut parts clipped), the curve put back; greys are unchanged."""
     tables = _tables()
     h, w = rgb48.shape[:2]
-    linear = np.clip(np.dot(tables["sdr"][rgb48].reshape(-1, 3), BT2020_TO_709.T), 0, 1)
+    linear = np.clip(np.dot(tables["sdr"][rgb48].reshape(-1, 3), matrix.T), 0, 1)
     index = (linear * 16384 + 0.5).astype(np.int32)
     return Image.fromarray(tables["srgb"][index].reshape(h, w, 3), "RGB")

@@ -114,6 +114,26 @@ def _is_srgb(icc: bytes) -> bool:
     return max(abs(a - b) for a, b in zip(probe.tobytes(), out.tobytes())) <= SRGB_TOLERANCE
 
 
+def _from_code_points(img: Image.Image, nclx: dict, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """A HEIF photo that gives its colours as code points (ISO/IEC 23091-2: an 'nclx' box) and no ICC profile:
+    primaries other than sRGB's (Display P3, BT.2020) converted, as the video path converts BT.2020 clips (a P3
+    orange, 200,100,50, is sRGB's 215,93,31; read as sRGB it was duller). The transfer is taken as sRGB's (the
+    SDR curves differ by a few levels in the darks); HDR code points (PQ, HLG) are not converted here."""
+    rgb = flatten(img)
+    if nclx.get("color_primaries") in (None, 1, 2) or nclx.get("transfer_characteristics") in (16, 18):
+        return rgb  # BT.709 (sRGB's) or unspecified; HDR stills: as stored
+    try:
+        xy = [(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"]))
+              for c in ("red", "green", "blue")]
+    except (KeyError, TypeError, ValueError):
+        return rgb
+    import numpy as np
+
+    from adain.hdr import to_709, wide_to_srgb
+
+    return wide_to_srgb(np.asarray(rgb, np.uint16) * np.uint16(257), to_709(xy))
+
+
 def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:
     """``img`` with its embedded ICC profile applied: an RGB image in sRGB. Without a profile, with an
     sRGB one, or with one that is unreadable or describes another colour space than the pixels (as
@@ -122,7 +142,8 @@ def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> 
     white, 16-bit scaled down)."""
     icc = img.info.get("icc_profile")
     if not icc:
-        return flatten(img)
+        nclx = img.info.get("nclx_profile")  # pillow-heif's: a HEIF photo's colours by code points instead
+        return _from_code_points(img, nclx, flatten) if isinstance(nclx, dict) else flatten(img)
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         space = profile.profile.xcolor_space.strip()

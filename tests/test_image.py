@@ -122,6 +122,20 @@ def test_float_images_read_as_0_to_1_whatever_a_stray_pixel_says() -> None:
     assert np.asarray(load_image(encoded(Image.fromarray(levels * 255, "F"), "TIFF")))[3, 3, 0] in (127, 128)
 
 
+def test_a_heif_photo_tagged_by_code_points_is_converted_to_srgb(tmp_path) -> None:
+    """No ICC profile, colours as code points (nclx): Display P3 primaries are converted (read as sRGB, a P3
+    orange came out duller); sRGB's are left as they are."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    flat = Image.new("RGB", (32, 32), (200, 100, 50))
+    got = {}
+    for name, primaries in (("p3", 12), ("srgb", 1)):
+        pillow_heif.from_pillow(flat).save(tmp_path / f"{name}.heic", quality=-1, color_primaries=primaries,
+                                           transfer_characteristics=13, matrix_coefficients=6, full_range_flag=1)
+        got[name] = np.asarray(load_image(tmp_path / f"{name}.heic"), dtype=int)[16, 16]
+    assert np.abs(got["p3"] - (215, 93, 31)).max() <= 3, got  # P3's orange in sRGB
+    assert np.abs(got["srgb"] - (200, 100, 50)).max() <= 3, got
+
+
 def test_heif_without_pillow_heif_says_what_is_missing(tmp_path) -> None:
     path = tmp_path / "IMG_0001.HEIC"
     path.write_bytes(encoded(IMG, "HEIF"))
