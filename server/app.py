@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from importlib import metadata
 from typing import Any
 
@@ -309,6 +310,9 @@ class StyleTransferServer:
         grace = self.settings.grace_seconds if grace is None else grace
         self.drain.draining = True
         await self.health.enter_graceful_shutdown()
+        if shed := self.batcher.shed(time.monotonic() + grace):
+            log.info("draining: %d queued request(s) refused at once (they would not be rendered in %.1f s)",
+                     shed, grace)
         if self.drain.inflight:
             log.info("draining %d call(s) in flight (up to %.1f s)", self.drain.inflight, grace)
             left = await self.drain.wait(grace)

@@ -115,6 +115,7 @@ class Batcher:
         self._turns = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._batch_s: float | None = None  # a batch's render time, a running average: what a drain expects
 
     # -- event-loop side ------------------------------------------------------------------------
     def admit(self, bounded: bool = True, caller: Hashable = None) -> Ticket:
@@ -192,6 +193,27 @@ class Batcher:
                 return
             self._thread = threading.Thread(target=self._run, name="adain-render", daemon=True)
             self._thread.start()
+
+    def shed(self, until: float) -> int:
+        """For a drain that ends at ``until`` (monotonic): refuse at once, with ClosedError, the requests
+        waiting that would not be rendered by then at the batches' average time, newest first, so that their
+        clients retry on another replica now (they waited out the whole grace, then were cut). Returns how
+        many; none before a batch has been timed."""
+        with self._cond:
+            if self._batch_s is None or not self._pending:
+                return 0
+            batches = max(0, int((until - time.monotonic()) / self._batch_s) - 1)  # the one rendering now
+            keep = batches * self.max_batch_size
+            shed = sorted(self._pending, key=lambda it: it.enqueued)[keep:]
+            for it in shed:
+                self._pending.remove(it)
+                it.ticket.release()
+            self._cond.notify_all()
+        for it in shed:
+            self._post(it, error=ClosedError(
+                f"the server is shutting down, and its queue would not reach this request within its grace "
+                f"({len(shed)} refused at once, so that they are retried elsewhere)"))
+        return len(shed)
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new admissions, render what is queued, and stop the thread."""
@@ -293,6 +315,8 @@ class Batcher:
                     self._post(it, error=e)
                 continue
             inference_s = time.monotonic() - t0
+            with self._cond:
+                self._batch_s = inference_s if self._batch_s is None else 0.7 * self._batch_s + 0.3 * inference_s
             queue_s = [t0 - it.enqueued for it in live]
             if self._on_batch is not None:
                 try:

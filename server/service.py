@@ -551,6 +551,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             raise
         except DeadlineDropped as e:
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
+        except ClosedError as e:  # shed by a drain: retried on another replica
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.cuda's
                 raise ServiceError(

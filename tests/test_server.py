@@ -33,7 +33,7 @@ from adain.server.service import fields_within
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import ServerProcess, free_port, health_status
-from synth import band_mask, encoded, make_image, make_mask, photo_with_exif, pixels
+from synth import band_mask, encoded, make_image, make_mask, photo_with_exif, pixels, synth_image
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -662,6 +662,40 @@ def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
         channel.close()
         log = "".join(srv.stderr_lines)
         assert "Traceback" not in log, log
+    finally:
+        srv.kill()
+
+
+def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(decoder_path: Path) -> None:
+    # Eight 512-px calls, one a batch, a 3-s grace: the queue's tail would wait out the grace and then be cut;
+    # it is refused when the drain starts (UNAVAILABLE: clients retry on another replica), the head finishes.
+    srv = ServerProcess(decoder_path, "--max-batch-size", "1", "--max-batch-delay-ms", "0", "--grace-seconds", "3")
+    photo = encoded(synth_image(512, 512, seed=4), "PNG")
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60, retries=0) as client:
+            # one batch timed: what the drain's estimate is from; of the 7 waiting, those past the grace go
+            batch_s = client.stylize(photo, STYLE_A).timings.inference_ms / 1000
+            expected = 7 - max(0, int(3 / batch_s) - 1)
+
+            def call() -> tuple[str, float]:
+                try:
+                    client.stylize(photo, STYLE_A)
+                    return "OK", time.monotonic()
+                except StyleTransferError as e:
+                    return e.code.name, time.monotonic()
+
+            with ThreadPoolExecutor(8) as pool:
+                calls = [pool.submit(call) for _ in range(8)]
+                time.sleep(0.5)  # all queued, the first rendering
+                signalled = time.monotonic()
+                srv.proc.send_signal(15)
+                ends = [c.result(timeout=60) for c in calls]
+        codes = [code for code, _ in ends]
+        assert "OK" in codes and set(codes) <= {"OK", "UNAVAILABLE"}, codes
+        refused_early = [t - signalled for code, t in ends if code == "UNAVAILABLE" and t - signalled < 1.5]
+        assert len(refused_early) >= max(1, expected - 1), (batch_s, ends)  # not after the whole grace
+        assert srv.proc.wait(30) == 0
     finally:
         srv.kill()
 
