@@ -42,7 +42,8 @@ FORMAT_BY_ENUM = {value: name for name, value in FORMAT_ENUM.items()}
 # --- inputs ---------------------------------------------------------------------------------------
 # PIL's names of what is decoded (GIF: its 1st frame; HEIF where pillow-heif is installed: adain.photo)
 INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF")
-INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic",
+                  ".heif")
 INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 
 # --- region labels --------------------------------------------------------------------------------

@@ -38,13 +38,13 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, load_image, longest_size
-from adain.wire import COLOR_MODES, LIBRARY_NAME_RE, Limits, style_too_small
+from adain.wire import COLOR_MODES, INPUT_SUFFIXES, LIBRARY_NAME_RE, Limits, style_too_small
 
 from .registry import style_id
 
 log = logging.getLogger("adain.server")
 
-SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
+SUFFIXES = INPUT_SUFFIXES  # one list with the CLI's folders
 NAME_RE = LIBRARY_NAME_RE  # one rule with the thin client, which saves thumbnails by name
 ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id: a name may not look like one
 MAX_STYLES = 1000  # a folder of photos given by mistake fails fast instead of decoding for minutes
