@@ -182,7 +182,9 @@ def load_image(
     # A mask's or label image's transparent pixels are black (no coverage; label 0), as a mask painted on a
     # transparent layer means; a photo's are white, as it would look on a white page.
     if mode == "L":
-        return img.convert("L") if img.mode in ("L", "RGB", "CMYK", "1") else _to_rgb(img, (0, 0, 0)).convert("L")
+        if img.mode in ("L", "RGB", "CMYK", "1"):
+            return img.convert("L")
+        return _to_rgb(img, (0, 0, 0), numbers=True).convert("L")  # a 16-bit mask of 0s and 1s: numbers
     return _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb)
 
 
@@ -252,6 +254,8 @@ def encode_image(
         raise InvalidInputError("format", why)
     buf = io.BytesIO()
     meta = {"exif": exif} if exif else {}
+    if name == "jpeg" and exif and len(exif) > 65527:  # a JPEG's EXIF segment holds 64 KB: kept EXIF is a nicety
+        meta = {}
     if name == "png":
         img.save(buf, "PNG", compress_level=6, **meta)
     elif name == "jpeg":

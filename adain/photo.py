@@ -15,9 +15,12 @@ module too, without torch.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from functools import cache, lru_cache
+from functools import cache
 
 from PIL import Image, ImageCms
 
@@ -32,7 +35,10 @@ EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the orig
 # its ICC profile: the original file's layout, wrong in any other file (a TIFF written with them is unreadable)
 LAYOUT_TAGS = (0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x0111, 0x0115, 0x0116, 0x0117, 0x011C, 0x013D, 0x0140,
                0x0142, 0x0143, 0x0144, 0x0145, 0x0152, 0x0153, 0x0154, 0x0155, 0x0201, 0x0202, 0x0211, 0x0212,
-               0x8773)
+               0x8773,
+               # and an editor's resources a TIFF keeps there (Photoshop's, its layers, XMP, IPTC): up to megabytes,
+               # past the 64 KB a JPEG's EXIF may take
+               0x8649, 0x935C, 0x02BC, 0x83BB)
 
 
 def without_layout(exif: Image.Exif) -> Image.Exif:
@@ -101,8 +107,27 @@ _PROBE = ((0, 0, 0), (255, 255, 255), (64, 64, 64), (128, 128, 128), (192, 192, 
           (0, 0, 255), (200, 100, 50))
 
 
-@lru_cache(maxsize=64)
+_SRGB_SEEN: OrderedDict[bytes, bool] = OrderedDict()  # a profile's sha256 -> whether it is sRGB; the last 64
+_SRGB_LOCK = threading.Lock()
+
+
 def _is_srgb(icc: bytes) -> bool:
+    """:func:`_probe_srgb`, remembered by the profile's digest (the bytes themselves as keys would hold up to 64
+    profiles of up to the message limit each)."""
+    key = hashlib.sha256(icc).digest()
+    with _SRGB_LOCK:
+        if key in _SRGB_SEEN:
+            _SRGB_SEEN.move_to_end(key)
+            return _SRGB_SEEN[key]
+    found = _probe_srgb(icc)
+    with _SRGB_LOCK:
+        _SRGB_SEEN[key] = found
+        while len(_SRGB_SEEN) > 64:
+            _SRGB_SEEN.popitem(last=False)
+    return found
+
+
+def _probe_srgb(icc: bytes) -> bool:
     """Whether an RGB profile is sRGB in effect, by what it does to a few colours, not by its name (GIMP's
     "Linear sRGB" was taken as sRGB: its photos came out 43 levels dark): none moves more than SRGB_TOLERANCE
     levels (a gamma-2.2 "sRGB" moves darks by 4-5; Display P3 a skin tone by 16, a linear profile greys by 73)."""
@@ -131,7 +156,12 @@ def _from_code_points(img: Image.Image, nclx: dict, flatten: Callable[[Image.Ima
 
     from adain.hdr import to_709, wide_to_srgb
 
-    return wide_to_srgb(np.asarray(rgb, np.uint16) * np.uint16(257), to_709(xy))
+    matrix, pixels = to_709(xy), np.asarray(rgb)
+    out = np.empty_like(pixels)
+    for y in range(0, pixels.shape[0], 256):  # in strips: the whole image at once took 40 bytes a pixel
+        strip = pixels[y:y + 256].astype(np.uint16) * np.uint16(257)
+        out[y:y + 256] = np.asarray(wide_to_srgb(strip, matrix))
+    return Image.fromarray(out, "RGB")
 
 
 def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:

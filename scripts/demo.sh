@@ -20,7 +20,7 @@ for _ in $(seq 1 120); do
   kill -0 "$SERVER" 2>/dev/null || { echo "the server did not start:"; cat "$OUT/server.log"; exit 1; }
   sleep 0.5
 done
-ADDR=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$OUT/server.log" | head -1)
+ADDR=$(sed -n 's/.*listening on \([^ "]*\).*/\1/p' "$OUT/server.log" | head -1)
 [ -n "$ADDR" ] || { echo "the server did not start:"; cat "$OUT/server.log"; exit 1; }
 # Health goes SERVING once the model is loaded and warmed up.
 "$BIN/python" - "$ADDR" <<'PY'

@@ -43,7 +43,7 @@ def main() -> None:
     web = None
     try:
         line = server.stdout.readline()
-        address = re.search(r"listening on (\S+)", line).group(1)
+        address = re.search(r"listening on ([^\s\"]+)", line).group(1)  # (a JSON line under --log-format json)
         port = free_port()
         web = subprocess.Popen([sys.executable, "-m", "adain.web", "--server", address, "--port", str(port)],
                                cwd=REPO, stderr=subprocess.DEVNULL)

@@ -196,15 +196,26 @@ class Batcher:
 
     def shed(self, until: float) -> int:
         """For a drain that ends at ``until`` (monotonic): refuse at once, with ClosedError, the requests
-        waiting that would not be rendered by then at the batches' average time, newest first, so that their
-        clients retry on another replica now (they waited out the whole grace, then were cut). Returns how
-        many; none before a batch has been timed."""
+        waiting that would not be rendered by then at the batches' average time, so that their clients retry on
+        another replica now (they waited out the whole grace, then were cut). Batches are counted as they form,
+        oldest first: each size its own (a batch takes one size, up to its limit). A video stream's frames are
+        left to finish (the stream drains as a call). Returns how many; none before a batch has been timed."""
         with self._cond:
             if self._batch_s is None or not self._pending:
                 return 0
             batches = max(0, int((until - time.monotonic()) / self._batch_s) - 1)  # the one rendering now
-            keep = batches * self.max_batch_size
-            shed = sorted(self._pending, key=lambda it: it.enqueued)[keep:]
+            room: dict[Hashable, int] = {}  # places left in each size's last batch
+            shed = []
+            for it in sorted(self._pending, key=lambda it: it.enqueued):
+                if not it.ticket.bounded:
+                    continue
+                if room.get(it.key, 0) == 0:  # a batch of its own
+                    if batches == 0:
+                        shed.append(it)
+                        continue
+                    batches -= 1
+                    room[it.key] = self._batch_limit(it.key)
+                room[it.key] -= 1
             for it in shed:
                 self._pending.remove(it)
                 it.ticket.release()

@@ -459,10 +459,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         large enough to render in tiles, on the long-job threads), encoded."""
         job = self._check(request, request.content)
         refining = job.refine_steps > 0  # an optimisation job: its own threads, never the batch
-        # Print size (minutes of tiles) goes to the long-job threads too: known from the header, before decoding
-        long_job = refining or self._plan(request, job)
+        long_job = refining
         ticket = None
-        if long_job:
+        if refining:
             self.refiner.admit()
         else:
             ticket = self._admit()
@@ -471,6 +470,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
         refine_ms = queue_ms = 0.0
         try:
+            # Print size (minutes of tiles) goes to the long-job threads too: known from the header, before
+            # decoding (in the pool: a PNG's text chunks come before its size, and reading them took seconds)
+            if await loop.run_in_executor(self.pool, self._plan, request, job) and not refining:
+                ticket.release()
+                ticket = None
+                self.refiner.admit()
+                long_job = True
             try:
                 if long_job:  # decoded on its thread when its turn comes (a waiting job holds only its bytes)
                     t_run = time.perf_counter()
@@ -497,7 +503,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 exif = exif_to_keep(request.content) if request.keep_exif else None
                 return encode_image(image, FORMAT_BY_ENUM[request.format], request.quality or DEFAULT_QUALITY, exif)
 
-            data = await loop.run_in_executor(self.pool, encode)
+            try:
+                data = await loop.run_in_executor(self.pool, encode)
+            except InvalidInputError as e:  # what the format cannot hold, where the header did not say it first
+                raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
             if long_job:
@@ -527,12 +536,12 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
 
     def _plan(self, request: pb.StylizeRequest, job: CheckedJob) -> bool:
         """From the content's header alone, before it is decoded: whether it is tiled as rendered (at most
-        ``content_size``), and INVALID_ARGUMENT where the output format cannot hold its size. An unreadable
-        header says untiled: the batch's decode then names the problem."""
+        ``content_size``; a refine's output is that size too), and INVALID_ARGUMENT where the header cannot be
+        read or the output format cannot hold its size (said now, not after a wait for a long-job thread)."""
         try:
             w, h = header_size(request.content, field="content", max_pixels=self.limits.max_pixels)
-        except InvalidInputError:
-            return False
+        except InvalidInputError as e:
+            raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
         w, h = longest_size(w, h, job.content_side)  # (an EXIF turn swaps them: no matter to either rule)
         if why := format_cannot_hold(FORMAT_BY_ENUM[request.format], w, h):
             raise ServiceError.invalid([Violation("format", why)])

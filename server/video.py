@@ -230,6 +230,8 @@ class VideoService:
             result = await frame.item.future
         except DeadlineDropped as e:
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
+        except ClosedError as e:  # (a drain sheds single requests, not frames; should one come: retried elsewhere)
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
         frame.item = None
         frame.ticket.release()
         t0 = time.perf_counter()

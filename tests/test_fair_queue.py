@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import re
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from adain.client import StyleTransferError
 from adain.client.aio import AsyncStyleTransferClient
-from adain.server.batcher import Batcher, QueueFullError
+from adain.server.batcher import Batcher, ClosedError, QueueFullError
 from adain.server.config import parse_settings
 from adain.server.fairpool import FairExecutor
 from helpers import ServerProcess, WebProcess, free_port
@@ -240,3 +241,40 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
         if web_page is not None:
             web_page.stop()
         srv.kill()
+
+
+def test_a_drain_sheds_what_its_grace_cannot_reach_counting_batches_by_size() -> None:
+    """Sixteen requests of four sizes, four of each, batches of 8 at most, 0.2 s each: a 1.1-s grace reaches four
+    batches after the one rendering (one per size), so nothing is shed; with eight sizes, those of the newest
+    four sizes are (counted as full batches of 8, none was). A video's frames are never shed."""
+    async def main(sizes: int, grace: float) -> tuple[int, list[str]]:
+        gate = threading.Event()
+
+        def render(batch: list) -> list:
+            gate.wait(10)
+            return batch
+
+        batcher = Batcher(render, max_batch_size=8, max_delay_s=0, max_queue=64)
+        batcher.start()
+        batcher._batch_s = 0.2  # as timed by earlier batches
+        items = [batcher.submit(batcher.admit(caller=f"c{i}"), i, key=(64, 64 + 8 * (i % sizes)), deadline=None)
+                 for i in range(16)]
+        frame = batcher.submit(batcher.admit(bounded=False), "frame", key=(32, 32), deadline=None)
+        await asyncio.sleep(0.05)  # the first batch is rendering
+        shed = batcher.shed(time.monotonic() + grace)
+        gate.set()
+        outcomes = []
+        for it in [*items, frame]:
+            try:
+                await it.future
+                outcomes.append("ok")
+            except ClosedError:
+                outcomes.append("shed")
+        batcher.close(5)
+        return shed, outcomes
+
+    shed, outcomes = asyncio.run(main(4, 1.1))
+    assert shed == 0 and outcomes.count("shed") == 0
+    shed, outcomes = asyncio.run(main(8, 1.1))
+    assert shed == outcomes.count("shed") > 0 and outcomes[-1] == "ok"
+    assert outcomes[:5] == ["ok"] * 5 and outcomes[13:16] == ["shed"] * 3  # the oldest sizes go first

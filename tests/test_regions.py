@@ -132,6 +132,8 @@ def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:
     # a mask of 0s and 1s is a binary mask (as 1/255 its style showed nowhere)
     ones = [Image.fromarray((np.asarray(m) > 0).astype(np.uint8), "L") for m in (left, middle)]
     assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=ones) == by_masks
+    ones16 = [encoded(Image.fromarray((np.asarray(m) > 0).astype(np.uint16)), "PNG") for m in (left, middle)]
+    assert stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=ones16) == by_masks  # as a segmentation tool saves
 
 
 def test_masks_covering_everything_blend_like_weights(stylizer: Stylizer) -> None:
