@@ -56,6 +56,10 @@ class Metrics(Exporter):
         self.library_styles = Gauge("adain_library_styles", "Styles in the style library (--styles-dir)", registry=r)
         self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)
         self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
+        self.video_idle = Counter(
+            "adain_video_idle_ended", "StylizeVideo streams ended because their client sent no frame, or took no "
+            "reply, for video_idle_s (counted in adain_requests_total as DEADLINE_EXCEEDED too: a client's pause, "
+            "which the deadline alert subtracts)", registry=r)
         self.server = Info("adain_server", "What this replica runs: the version, the decoder's weights, device, "
                            "backend and precision (a rollout shows as two sets of labels)", registry=r)
 

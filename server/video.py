@@ -148,6 +148,7 @@ class VideoService:
         (the client reads it after the replies it has), then the handler's task is cancelled, out of the write
         that would wait for the client, and the stream's finally frees its place."""
         message = self._idle("the client took no frame")
+        self.metrics.video_idle.inc()
 
         async def end() -> None:
             try:  # returns once the client has read up to the status, which may be never
@@ -185,6 +186,7 @@ class VideoService:
                 except StopAsyncIteration:
                     break
                 except (asyncio.TimeoutError, TimeoutError):  # a paused or vanished client (3.10: not the same)
+                    self.metrics.video_idle.inc()
                     raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle("no frame came")) from None
                 if ended.is_set():  # Python 3.11's wait_for returns a message that came as it was cancelled (and
                     return  # the reader went on to render a frame for nobody, or wait on the window for good)

@@ -741,12 +741,14 @@ def test_a_stream_whose_client_sends_nothing_is_ended(limited) -> None:
         gate.wait(60)
 
     stream = client.stylize_video(stalled(), STYLE)
+    idle_before = _metric(srv, "adain_video_idle_ended_total")
     try:
         assert next(stream).index == 0
         started = time.monotonic()
         err = _expect(grpc.StatusCode.DEADLINE_EXCEEDED, lambda: next(stream))
         assert f"no frame came for {IDLE_S} s (video_idle_s)" in err.details
         assert IDLE_S - 1 < time.monotonic() - started < IDLE_S + 15
+        assert _metric(srv, "adain_video_idle_ended_total") == idle_before + 1  # the deadline alert subtracts it
         assert _metric(srv, "adain_video_streams") == 0
         assert len(list(client.stylize_video(frames, STYLE))) == 2  # the only slot is free again
     finally:
@@ -759,6 +761,7 @@ def test_a_stream_whose_client_reads_nothing_is_ended(limited) -> None:
     from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 
     srv, _ = limited
+    idle_before = _metric(srv, "adain_video_idle_ended_total")
     frames = [make_image(128, 96, seed=i, kind="noise") for i in range(6)]  # PNG replies of ~40 KB
     options = pb.VideoOptions(styles=[pb.Style(image=STYLE)], format=pb.IMAGE_FORMAT_PNG, temporal=pb.TEMPORAL_NONE)
     messages = [pb.VideoRequest(options=options)] + [pb.VideoRequest(frame=f) for f in frames]
@@ -776,6 +779,7 @@ def test_a_stream_whose_client_reads_nothing_is_ended(limited) -> None:
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert f"the client took no frame for {IDLE_S} s (video_idle_s)" in e.value.details()
     assert "code=DEADLINE_EXCEEDED" in "".join(srv.stderr_lines)
+    assert _metric(srv, "adain_video_idle_ended_total") == idle_before + 1
 
 
 def test_single_images_are_served_while_a_video_runs(limited) -> None:
