@@ -61,8 +61,9 @@ def cpu_quota(root: Path = Path("/")) -> int | None:
 
     limits = []
     with contextlib.suppress(AttributeError, OSError):
-        if len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
-            limits.append(len(os.sched_getaffinity(0)))
+        allowed = len(os.sched_getaffinity(0))
+        if allowed < (os.cpu_count() or 0):
+            limits.append(allowed)
     for path, period_path in (("sys/fs/cgroup/cpu.max", None),
                               ("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "sys/fs/cgroup/cpu/cpu.cfs_period_us")):
         try:

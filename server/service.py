@@ -492,7 +492,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                     prepared = await loop.run_in_executor(self.pool, self.stylizer.prepare, job)
                     prepare_ms = (time.perf_counter() - t0) * 1000
             except InvalidInputError as e:
-                raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
+                raise _invalid(e, request) from e
             self.metrics.prepare_seconds.observe(prepare_ms / 1000)
             if not long_job:
                 result = await self._render(ticket, prepared, deadline)
@@ -506,7 +506,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             try:
                 data = await loop.run_in_executor(self.pool, encode)
             except InvalidInputError as e:  # what the format cannot hold, where the header did not say it first
-                raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
+                raise _invalid(e, request) from e
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
             if long_job:
@@ -541,7 +541,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         try:
             w, h = header_size(request.content, field="content", max_pixels=self.limits.max_pixels)
         except InvalidInputError as e:
-            raise ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)]) from e
+            raise _invalid(e, request) from e
         w, h = longest_size(w, h, job.content_side)  # (an EXIF turn swaps them: no matter to either rule)
         if why := format_cannot_hold(FORMAT_BY_ENUM[request.format], w, h):
             raise ServiceError.invalid([Violation("format", why)])
@@ -687,6 +687,11 @@ def _region_options(msg: pb.StylizeRequest | pb.VideoOptions) -> dict[str, Any]:
     if any(s.HasField("alpha") for s in styles):
         options["region_alphas"] = [s.alpha if s.HasField("alpha") else 1.0 for s in styles]
     return options
+
+
+def _invalid(e: InvalidInputError, request: pb.StylizeRequest) -> ServiceError:
+    """The library's refusal of a request as INVALID_ARGUMENT naming the request's own field."""
+    return ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)])
 
 
 def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> str:
