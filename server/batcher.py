@@ -116,6 +116,7 @@ class Batcher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._batch_s: float | None = None  # a batch's render time, a running average: what a drain expects
+        self._rendering_since: float | None = None  # when the batch rendering now began; None when idle
 
     # -- event-loop side ------------------------------------------------------------------------
     def admit(self, bounded: bool = True, caller: Hashable = None) -> Ticket:
@@ -203,7 +204,11 @@ class Batcher:
         with self._cond:
             if self._batch_s is None or not self._pending:
                 return 0
-            batches = max(0, int((until - time.monotonic()) / self._batch_s) - 1)  # the one rendering now
+            now = time.monotonic()
+            # the queue's turn comes when the batch rendering now ends (by the average), or now when none is:
+            # counting one as rendering when none was shed the whole queue of a slow replica (CI, 2 cores)
+            free = now if self._rendering_since is None else max(now, self._rendering_since + self._batch_s)
+            batches = max(0, int((until - free) / self._batch_s))
             room: dict[Hashable, int] = {}  # places left in each size's last batch
             shed = []
             for it in sorted(self._pending, key=lambda it: it.enqueued):
@@ -316,6 +321,8 @@ class Batcher:
             if not live:
                 continue
             t0 = time.monotonic()
+            with self._cond:
+                self._rendering_since = t0
             try:
                 outputs = self._render([it.prepared for it in live])
                 if len(outputs) != len(live):
@@ -324,9 +331,12 @@ class Batcher:
                 log.exception("render failed for a batch of %d", len(live))
                 for it in live:
                     self._post(it, error=e)
+                with self._cond:
+                    self._rendering_since = None
                 continue
             inference_s = time.monotonic() - t0
             with self._cond:
+                self._rendering_since = None
                 self._batch_s = inference_s if self._batch_s is None else 0.7 * self._batch_s + 0.3 * inference_s
             queue_s = [t0 - it.enqueued for it in live]
             if self._on_batch is not None:

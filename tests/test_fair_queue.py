@@ -278,3 +278,28 @@ def test_a_drain_sheds_what_its_grace_cannot_reach_counting_batches_by_size() ->
     shed, outcomes = asyncio.run(main(8, 1.1))
     assert shed == outcomes.count("shed") > 0 and outcomes[-1] == "ok"
     assert outcomes[:5] == ["ok"] * 5 and outcomes[13:16] == ["shed"] * 3  # the oldest sizes go first
+
+
+def test_a_drain_with_nothing_rendering_gives_the_queue_the_whole_grace() -> None:
+    """Three requests of three sizes waiting for their batches to fill (none rendering), 1 s a batch, a 2.5-s grace:
+    two batches fit, one is shed. Counting one batch as rendering when none was shed a slow replica's whole queue."""
+    async def main() -> tuple[int, list[str]]:
+        batcher = Batcher(lambda batch: batch, max_batch_size=8, max_delay_s=30, max_queue=64)
+        batcher.start()
+        batcher._batch_s = 1.0  # as timed by earlier batches
+        items = [batcher.submit(batcher.admit(caller=f"c{i}"), i, key=(64, 64 + 8 * i), deadline=None)
+                 for i in range(3)]
+        await asyncio.sleep(0.05)  # the head waits for its batch to fill
+        shed = batcher.shed(time.monotonic() + 2.5)
+        batcher.close(5)  # what is left renders now
+        outcomes = []
+        for it in items:
+            try:
+                await it.future
+                outcomes.append("ok")
+            except ClosedError:
+                outcomes.append("shed")
+        return shed, outcomes
+
+    shed, outcomes = asyncio.run(main())
+    assert shed == 1 and outcomes == ["ok", "ok", "shed"]
