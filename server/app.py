@@ -143,6 +143,7 @@ class StyleTransferServer:
             busy=lambda: self.batcher.depth > 0,  # fast requests preparing, queued, rendering or encoding
             refused=lambda: self.metrics.queue_refused.labels("max_refine_jobs").inc(),
         )
+        self.metrics.long_jobs.set_function(lambda: self.refiner.admitted)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.health_server: grpc.aio.Server | None = None  # --health-port: plaintext, health only

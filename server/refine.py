@@ -81,6 +81,11 @@ class RefineService:
         with self._lock:
             self._admitted -= 1
 
+    @property
+    def admitted(self) -> int:
+        """Jobs running or waiting for a thread (adain_long_jobs)."""
+        return self._admitted
+
     async def run(
         self,
         prepare: Callable[[], Prepared],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adain.client import StyleTransferClient
-from helpers import ServerProcess, free_port, write_test_decoder
+from helpers import ServerProcess, write_test_decoder
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,12 +51,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(decoder_path: Path) -> Iterator[ServerProcess]:
     """The main server: default limits, batching with a 50 ms window, metrics on a free port."""
-    metrics_port = free_port()
     srv = ServerProcess(
-        decoder_path, "--max-batch-size", "8", "--max-batch-delay-ms", "50", "--metrics-port", str(metrics_port),
-        "--style-registry-size", "16",
+        decoder_path, "--max-batch-size", "8", "--max-batch-delay-ms", "50", "--style-registry-size", "16",
     )
-    srv.metrics_port = metrics_port
     try:
         srv.wait_serving()
         yield srv

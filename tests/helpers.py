@@ -95,8 +95,11 @@ class ServerProcess:
             sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder), "--device", "cpu",
             "--torch-threads", "1", "--log-level", "WARNING", *args,
         ]
-        if "--metrics-port" not in args:
-            cmd += ["--metrics-port", "0"]
+        if "--metrics-port" in args:
+            self.metrics_port = int(args[args.index("--metrics-port") + 1])
+        else:  # a known port: tests wait on its metrics (queue depth) instead of sleeping a guessed time
+            self.metrics_port = free_port()
+            cmd += ["--metrics-port", str(self.metrics_port)]
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
@@ -143,6 +146,21 @@ class ServerProcess:
                 return
             time.sleep(0.1)
         raise TimeoutError("server never reported SERVING")
+
+    def metric(self, name: str) -> float:
+        """The first sample of an unlabelled metric, as scraped now."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+        assert values, f"no metric {name}"
+        return values[0]
+
+    def wait_queued(self, at_least: int, timeout: float = 30.0, metric: str = "adain_queue_depth") -> None:
+        """Until ``at_least`` requests are admitted and waiting (adain_queue_depth; adain_long_jobs for refine and
+        print-size jobs): what a test's sleep guessed."""
+        end = time.monotonic() + timeout
+        while (depth := self.metric(metric)) < at_least:
+            assert time.monotonic() < end, f"only {depth:.0f} of {at_least} requests queued after {timeout} s"
+            time.sleep(0.05)
 
     def terminate(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

@@ -170,7 +170,7 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
         async with AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice, \
                 AsyncStyleTransferClient(srv.target, token=BOB, timeout=60, retries=0) as bob:
             first = asyncio.ensure_future(alice.stylize(CONTENT, STYLE))
-            await asyncio.sleep(0.5)
+            await asyncio.to_thread(srv.wait_queued, 1)  # her one place is taken
             outcomes = await asyncio.gather(first, alice.stylize(CONTENT, STYLE), bob.stylize(CONTENT, STYLE),
                                             return_exceptions=True)
             return outcomes, await bob.server_info()
@@ -209,7 +209,7 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
                 AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice:
             first = asyncio.ensure_future(web.stylize(CONTENT, STYLE, end_user="203.0.113.1"))
             first_alice = asyncio.ensure_future(alice.stylize(CONTENT, STYLE, end_user="x"))
-            await asyncio.sleep(0.5)
+            await asyncio.to_thread(srv.wait_queued, 2)
             return await asyncio.gather(
                 first, first_alice,
                 web.stylize(CONTENT, STYLE, end_user="203.0.113.1"),  # the same visitor: their share is taken

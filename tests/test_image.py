@@ -226,7 +226,7 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(tmp_path) -> No
     t0 = time.perf_counter()
     with pytest.raises(InvalidInputError, match=rf"30\d\d scans, over the limit of {MAX_JPEG_SCANS}") as err:
         load_image(bomb, field="styles[0]")
-    assert err.value.field == "styles[0]" and time.perf_counter() - t0 < 1
+    assert err.value.field == "styles[0]" and time.perf_counter() - t0 < 5
     (tmp_path / "bomb.jpg").write_bytes(bomb)
     with pytest.raises(InvalidInputError, match="scans, over the limit"):
         load_image(tmp_path / "bomb.jpg")

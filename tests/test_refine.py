@@ -219,7 +219,7 @@ def test_refine_through_the_server(client: StyleTransferClient) -> None:
         first, second = pool.map(lambda _: client.stylize(C_BYTES, A_BYTES, refine_steps=20), range(2))
     waited = max(first.timings, second.timings, key=lambda t: t.queue_ms)
     assert waited.queue_ms > 0.5 * min(first.timings.refine_ms, second.timings.refine_ms)
-    assert waited.refine_ms < 1.5 * (first.timings.refine_ms + second.timings.refine_ms - waited.refine_ms)
+    assert waited.refine_ms < 2.5 * (first.timings.refine_ms + second.timings.refine_ms - waited.refine_ms)
 
 
 @pytest.mark.parametrize(
@@ -278,7 +278,7 @@ def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
         stub = pb_grpc.StyleTransferStub(channel)
         calls = [stub.Stylize.future(request, timeout=60) for _ in range(5)]
         try:
-            time.sleep(1.0)  # the five admitted (their checks take milliseconds)
+            server.wait_queued(5, metric="adain_long_jobs")  # the five admitted
             with pytest.raises(grpc.RpcError) as info:
                 stub.Stylize(request, timeout=30)
         finally:

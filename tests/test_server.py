@@ -274,7 +274,7 @@ def test_a_size_the_format_cannot_hold_is_refused_before_rendering(client: Style
     Image.new("RGB", (16384, 64), (10, 20, 30)).save(wide, "PNG")
     t0 = time.monotonic()
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, wide.getvalue(), STYLE_A, format="webp")
-    assert "at most 16,383 px a side; the output is 16,384 x 64" in str(err) and time.monotonic() - t0 < 5
+    assert "at most 16,383 px a side; the output is 16,384 x 64" in str(err) and time.monotonic() - t0 < 15
     assert client.stylize(wide.getvalue(), STYLE_A, format="webp", content_size=1024).width == 1024
 
 
@@ -392,7 +392,7 @@ def test_a_million_style_entries_get_one_violation_at_once(server: ServerProcess
     assert not fields_within(group + b"\x12\x00" * 100, 72) and fields_within(group + b"\x12\x00" * 8, 72)
     t0 = time.monotonic()
     assert fields_within(b"\x08" + b"\xff" * 1_000_000, 72)  # a million-byte number: 18 s on the loop, squared
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 1  # linear: milliseconds (1 s: a busy machine's pause is not the bug)
     many = ServiceError.invalid([Violation(f"styles[{i}].weight", "bad") for i in range(100)])
     assert len(many.violations) == MAX_VIOLATIONS + 1 and many.violations[-1].description == "and 80 more problems"
 
@@ -488,13 +488,6 @@ def slow(decoder_path: Path):
         srv.terminate()
 
 
-def _metric(server: ServerProcess, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
-    assert values, f"no metric {name}"
-    return values[0]
-
-
 def test_cancel_and_deadline_free_the_request(slow: ServerProcess) -> None:
     """Cancelled and expired calls end as such, leave the queue at once, are never rendered, and the
     server answers the next call."""
@@ -505,7 +498,7 @@ def test_cancel_and_deadline_free_the_request(slow: ServerProcess) -> None:
             request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A)])
             futures = [stub.Stylize.future(request, timeout=60) for _ in range(2)]
             deadline = time.monotonic() + 10
-            while _metric(slow, "adain_queue_depth") < 2:  # both admitted and waiting for their batch
+            while slow.metric("adain_queue_depth") < 2:  # both admitted and waiting for their batch
                 assert time.monotonic() < deadline, "the requests never reached the queue"
                 time.sleep(0.05)
             for f in futures:
@@ -513,14 +506,14 @@ def test_cancel_and_deadline_free_the_request(slow: ServerProcess) -> None:
             for f in futures:
                 assert f.cancelled() and f.code() == grpc.StatusCode.CANCELLED
             deadline = time.monotonic() + 10
-            while _metric(slow, "adain_queue_depth") > 0:
+            while slow.metric("adain_queue_depth") > 0:
                 assert time.monotonic() < deadline, "cancelled requests still hold their places"
                 time.sleep(0.05)
         time.sleep(3.2)  # past the batch window: a request left in the queue would have been rendered by now
-        assert _metric(slow, "adain_inference_seconds_count") == 0, "a cancelled or expired request was rendered"
+        assert slow.metric("adain_inference_seconds_count") == 0, "a cancelled or expired request was rendered"
         assert health_status(slow.target) == SERVING
         _good_call(client)
-        assert _metric(slow, "adain_inference_seconds_count") == 1
+        assert slow.metric("adain_inference_seconds_count") == 1
 
 
 # --- limits: pixels, message size, queue bound ----------------------------------------------------
@@ -646,7 +639,7 @@ def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
         with StyleTransferClient(srv.target, timeout=60, retries=0) as client:
             with ThreadPoolExecutor(1) as pool:
                 in_flight = pool.submit(client.stylize, CONTENT, STYLE_A)
-                time.sleep(0.7)  # admitted, waiting for its batch
+                srv.wait_queued(1)  # admitted, waiting for its batch
                 srv.proc.send_signal(15)
                 deadline = time.monotonic() + 10
                 while NOT_SERVING not in seen and time.monotonic() < deadline:
@@ -669,10 +662,10 @@ def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
 def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(
     decoder_path: Path, client: StyleTransferClient
 ) -> None:
-    # Eight 512-px calls, one a batch, a grace of about four and a half batches: the queue's tail would wait out the
-    # grace and then be cut; it is refused when the drain starts (UNAVAILABLE: clients retry on another replica),
-    # the head finishes. The grace is sized from a batch timed on the shared server: a fixed 3 s was shorter than
-    # two batches on CI's slower machine.
+    # 512-px calls one a batch, a grace of about four and a half batches, and a few more calls than it can take: the
+    # queue's tail would wait out the grace and then be cut; it is refused when the drain starts (UNAVAILABLE:
+    # clients retry on another replica), the head finishes. The grace is sized from a batch timed on the shared
+    # server (a fixed 3 s was shorter than two batches on CI's slower machine), the number of calls from this one's.
     photo = encoded(synth_image(512, 512, seed=4), "PNG")
     grace = round(max(2.0, 4.5 * client.stylize(photo, STYLE_A).timings.inference_ms / 1000), 1)
     srv = ServerProcess(decoder_path, "--max-batch-size", "1", "--max-batch-delay-ms", "0",
@@ -681,6 +674,8 @@ def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60, retries=0) as mine:
             batch_s = mine.stylize(photo, STYLE_A).timings.inference_ms / 1000  # what the drain's estimate is from
+            fit = int(grace / batch_s)  # batches the grace holds
+            n = min(fit + 5, 30)
 
             def call() -> tuple[str, float]:
                 try:
@@ -689,17 +684,18 @@ def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(
                 except StyleTransferError as e:
                     return e.code.name, time.monotonic()
 
-            with ThreadPoolExecutor(8) as pool:
-                calls = [pool.submit(call) for _ in range(8)]
-                time.sleep(0.5)  # all queued, the first rendering
+            with ThreadPoolExecutor(n) as pool:
+                calls = [pool.submit(call) for _ in range(n)]
+                srv.wait_queued(n - 3)  # all admitted, the first few (at most) rendered
+                queued = int(srv.metric("adain_queue_depth"))
                 signalled = time.monotonic()
                 srv.proc.send_signal(15)
-                ends = [c.result(timeout=60) for c in calls]
+                ends = [c.result(timeout=120) for c in calls]
         codes = [code for code, _ in ends]
         assert "OK" in codes and set(codes) <= {"OK", "UNAVAILABLE"}, (grace, batch_s, codes)
         refused_early = [t - signalled for code, t in ends if code == "UNAVAILABLE" and t - signalled < grace / 2]
-        # of the 7 waiting, those past the grace: at least 7 - grace / batch_s, less one for timing's slack
-        assert len(refused_early) >= max(1, 7 - int(grace / batch_s) - 1), (grace, batch_s, ends, signalled)
+        # those past the grace: at least all queued but the batches it holds, less one for timing's slack
+        assert len(refused_early) >= max(1, queued - fit - 1), (grace, batch_s, queued, ends, signalled)
         assert srv.proc.wait(30) == 0
     finally:
         srv.kill()
@@ -712,7 +708,7 @@ def test_sighup_drains_and_a_second_signal_stops_at_once(decoder_path: Path) -> 
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60, retries=0) as client, ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.stylize, CONTENT, STYLE_A)
-            time.sleep(0.7)  # admitted, waiting for its batch
+            srv.wait_queued(1)  # admitted, waiting for its batch
             srv.proc.send_signal(signal.SIGHUP)
             time.sleep(0.5)
             assert srv.proc.poll() is None  # draining, not killed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -665,11 +664,6 @@ def limited(decoder_path: Path):
         srv.terminate()
 
 
-def _metric(server: ServerProcess, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
-
-
 def test_rpc_limits(limited) -> None:
     srv, client = limited
     frames = [make_image(64, 48, seed=i) for i in range(7)]
@@ -687,7 +681,7 @@ def test_rpc_limits(limited) -> None:
     assert next(first).index == 0
     err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: list(client.stylize_video(frames[:2], STYLE)))
     assert "max_video_streams=1" in err.details
-    assert _metric(srv, 'adain_queue_refused_total{reason="max_video_streams"}') == 1  # what the alerts count
+    assert srv.metric('adain_queue_refused_total{reason="max_video_streams"}') == 1  # what the alerts count
     gate.set()
     assert [r.index for r in first] == [1]
     assert srv.alive()
@@ -701,11 +695,11 @@ def test_a_clip_of_more_frames_than_the_server_takes_is_refused_before_sending(l
 
     srv, client = limited
     make_video(tmp_path / f"long{suffix}", frames=9)
-    before = _metric(srv, "adain_video_frames_total")
+    before = srv.metric("adain_video_frames_total")
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, stylize_video_file, client, tmp_path / f"long{suffix}",
                   tmp_path / "out.mp4", STYLE)
     assert "9 frames, over the server's limit of max_video_frames=6" in err.details and "--fps" in err.details
-    assert _metric(srv, "adain_video_frames_total") == before and not (tmp_path / "out.mp4").exists()
+    assert srv.metric("adain_video_frames_total") == before and not (tmp_path / "out.mp4").exists()
     (tmp_path / "style.png").write_bytes(STYLE)  # the CLI names the clip once
     assert main([str(tmp_path / f"long{suffix}"), "-s", str(tmp_path / "style.png"), "-o", str(tmp_path / "out.mp4"),
                  "--server", srv.target]) == 1
@@ -722,10 +716,10 @@ def test_rpc_cancel_midway_frees_the_stream(limited) -> None:
         assert next(stream).index == 0
         stream.close()  # the caller stops reading: the client cancels the call
         deadline = time.monotonic() + 10
-        while _metric(srv, "adain_video_streams") != 0:
+        while srv.metric("adain_video_streams") != 0:
             assert time.monotonic() < deadline, "the cancelled stream still holds its slot"
             time.sleep(0.05)
-        assert _metric(srv, "adain_queue_depth") == 0  # read at the scrape: it was a value set on events
+        assert srv.metric("adain_queue_depth") == 0  # read at the scrape: it was a value set on events
     assert len(list(client.stylize_video(frames[:3], STYLE))) == 3  # the only slot is free again
     assert client.stylize(frames[0], STYLE).width == 64
 
@@ -741,15 +735,15 @@ def test_a_stream_whose_client_sends_nothing_is_ended(limited) -> None:
         gate.wait(60)
 
     stream = client.stylize_video(stalled(), STYLE)
-    idle_before = _metric(srv, "adain_video_idle_ended_total")
+    idle_before = srv.metric("adain_video_idle_ended_total")
     try:
+        started = time.monotonic()  # before frame 0 is answered: the server's wait begins as it takes it
         assert next(stream).index == 0
-        started = time.monotonic()
         err = _expect(grpc.StatusCode.DEADLINE_EXCEEDED, lambda: next(stream))
         assert f"no frame came for {IDLE_S} s (video_idle_s)" in err.details
         assert IDLE_S - 1 < time.monotonic() - started < IDLE_S + 15
-        assert _metric(srv, "adain_video_idle_ended_total") == idle_before + 1  # the deadline alert subtracts it
-        assert _metric(srv, "adain_video_streams") == 0
+        assert srv.metric("adain_video_idle_ended_total") == idle_before + 1  # the deadline alert subtracts it
+        assert srv.metric("adain_video_streams") == 0
         assert len(list(client.stylize_video(frames, STYLE))) == 2  # the only slot is free again
     finally:
         gate.set()
@@ -761,7 +755,7 @@ def test_a_stream_whose_client_reads_nothing_is_ended(limited) -> None:
     from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 
     srv, _ = limited
-    idle_before = _metric(srv, "adain_video_idle_ended_total")
+    idle_before = srv.metric("adain_video_idle_ended_total")
     frames = [make_image(128, 96, seed=i, kind="noise") for i in range(6)]  # PNG replies of ~40 KB
     options = pb.VideoOptions(styles=[pb.Style(image=STYLE)], format=pb.IMAGE_FORMAT_PNG, temporal=pb.TEMPORAL_NONE)
     messages = [pb.VideoRequest(options=options)] + [pb.VideoRequest(frame=f) for f in frames]
@@ -769,9 +763,9 @@ def test_a_stream_whose_client_reads_nothing_is_ended(limited) -> None:
     with grpc.insecure_channel(srv.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         call = pb_grpc.StyleTransferStub(channel).StylizeVideo(iter(messages), timeout=120)
         started = time.monotonic()
-        while _metric(srv, "adain_video_streams") != 1:
+        while srv.metric("adain_video_streams") != 1:
             time.sleep(0.05)
-        while _metric(srv, "adain_video_streams") != 0:  # ended by the server, not by the client's deadline
+        while srv.metric("adain_video_streams") != 0:  # ended by the server, not by the client's deadline
             assert time.monotonic() - started < IDLE_S + 30, "the stream nobody reads still holds its place"
             time.sleep(0.2)
         with pytest.raises(grpc.RpcError) as e:
@@ -779,7 +773,7 @@ def test_a_stream_whose_client_reads_nothing_is_ended(limited) -> None:
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert f"the client took no frame for {IDLE_S} s (video_idle_s)" in e.value.details()
     assert "code=DEADLINE_EXCEEDED" in "".join(srv.stderr_lines)
-    assert _metric(srv, "adain_video_idle_ended_total") == idle_before + 1
+    assert srv.metric("adain_video_idle_ended_total") == idle_before + 1
 
 
 def test_single_images_are_served_while_a_video_runs(limited) -> None:
