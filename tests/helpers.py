@@ -193,7 +193,7 @@ class WebProcess:
         )
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
-        end = time.monotonic() + 30
+        end = time.monotonic() + 60  # its imports, on a machine running two test workers
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"adain-web exited {self.proc.returncode}: {''.join(self.stderr)}")

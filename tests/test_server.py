@@ -195,12 +195,17 @@ def test_concurrent_clients_get_their_own_answers(server: ServerProcess, client:
         c, s, a = job
         return client.stylize(c, s, alpha=a)
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(run, jobs))
-    for i, (ref, got) in enumerate(zip(reference, results)):
-        assert (got.width, got.height) == (64, 48)
-        assert _close(ref, got.image), f"job {i}: the concurrent answer differs from the sequential one"
-    assert max(r.timings.batch_size for r in results) >= 2, "8 simultaneous same-size requests were never batched"
+    batched = 0
+    for _ in range(3):  # a burst on a busy machine can miss the 50-ms window: up to three
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(run, jobs))
+        for i, (ref, got) in enumerate(zip(reference, results)):
+            assert (got.width, got.height) == (64, 48)
+            assert _close(ref, got.image), f"job {i}: the concurrent answer differs from the sequential one"
+        batched = max(batched, *(r.timings.batch_size for r in results))
+        if batched >= 2:
+            break
+    assert batched >= 2, "8 simultaneous same-size requests were never batched"
     # The batch-size histogram counts it, too.
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
     assert 'adain_requests_total{code="OK",method="Stylize"}' in text
@@ -569,18 +574,23 @@ def test_queue_bound(limited) -> None:
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, _burst_one, client, content)
     assert "max_queue=2" in err.details
-    styles = [make_image(70, 70, seed=100 + i) for i in range(16)]  # a style's decode takes a place too
-
-    def register(i: int) -> grpc.StatusCode:
+    # A style's decode takes a place too. It takes milliseconds: on a busy machine a burst's calls can come one
+    # after another and all find room (CI, two test workers), so up to five bursts, of new styles each time.
+    def register(style: bytes) -> grpc.StatusCode:
         try:
-            client.register_style(styles[i])
+            client.register_style(style)
             return grpc.StatusCode.OK
         except StyleTransferError as e:
             return e.code
 
-    with ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(register, range(16)))
+    codes = []
+    for burst in range(5):
+        with ThreadPoolExecutor(16) as pool:
+            codes += pool.map(register, [make_image(70, 70, seed=100 + 16 * burst + i) for i in range(16)])
+        if grpc.StatusCode.RESOURCE_EXHAUSTED in codes:
+            break
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes, codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert srv.alive()
     _good_call(client)
 
