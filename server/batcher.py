@@ -263,6 +263,7 @@ class Batcher:
                 if self._head() is not head:
                     continue
                 batch = [head] + [it for it in same if it is not head][: most - 1]
+                self._rendering_since = time.monotonic()  # shed() counts it as rendering from here
                 for it in batch:
                     self._pending.remove(it)
                     it.ticket.release()
@@ -306,43 +307,46 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch()  # marks it rendering, under the lock that takes it from the queue
             if batch is None:
                 return
-            now = time.monotonic()
-            live = []
-            for it in batch:
-                if it.future.done():  # cancelled by its handler in the meantime
-                    continue
-                if it.deadline is not None and now >= it.deadline:
-                    self._post(it, error=DeadlineDropped("the deadline passed while the request was queued"))
-                    continue
-                live.append(it)
-            if not live:
-                continue
-            t0 = time.monotonic()
-            with self._cond:
-                self._rendering_since = t0
             try:
-                outputs = self._render([it.prepared for it in live])
-                if len(outputs) != len(live):
-                    raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
-            except Exception as e:  # every waiter must hear about it
-                log.exception("render failed for a batch of %d", len(live))
-                for it in live:
-                    self._post(it, error=e)
+                self._render_batch(batch)
+            finally:
                 with self._cond:
                     self._rendering_since = None
+
+    def _render_batch(self, batch: list[Item]) -> None:
+        now = time.monotonic()
+        live = []
+        for it in batch:
+            if it.future.done():  # cancelled by its handler in the meantime
                 continue
-            inference_s = time.monotonic() - t0
-            with self._cond:
-                self._rendering_since = None
-                self._batch_s = inference_s if self._batch_s is None else 0.7 * self._batch_s + 0.3 * inference_s
-            queue_s = [t0 - it.enqueued for it in live]
-            if self._on_batch is not None:
-                try:
-                    self._on_batch(len(live), inference_s, queue_s)
-                except Exception:  # metrics must not break serving
-                    log.exception("batch metrics callback failed")
-            for it, out, q in zip(live, outputs, queue_s):
-                self._post(it, BatchResult(out, q * 1000.0, inference_s * 1000.0, len(live)))
+            if it.deadline is not None and now >= it.deadline:
+                self._post(it, error=DeadlineDropped("the deadline passed while the request was queued"))
+                continue
+            live.append(it)
+        if not live:
+            return
+        t0 = time.monotonic()
+        try:
+            outputs = self._render([it.prepared for it in live])
+            if len(outputs) != len(live):
+                raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
+        except Exception as e:  # every waiter must hear about it
+            log.exception("render failed for a batch of %d", len(live))
+            for it in live:
+                self._post(it, error=e)
+            return
+        inference_s = time.monotonic() - t0
+        with self._cond:
+            self._rendering_since = None
+            self._batch_s = inference_s if self._batch_s is None else 0.7 * self._batch_s + 0.3 * inference_s
+        queue_s = [t0 - it.enqueued for it in live]
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(live), inference_s, queue_s)
+            except Exception:  # metrics must not break serving
+                log.exception("batch metrics callback failed")
+        for it, out, q in zip(live, outputs, queue_s):
+            self._post(it, BatchResult(out, q * 1000.0, inference_s * 1000.0, len(live)))

@@ -52,8 +52,8 @@ class Metrics(Exporter):
             ["caller", "code"], registry=r,
         )
         self.queue_depth = Gauge("adain_queue_depth", "Stylize requests admitted and not yet rendering", registry=r)
-        self.long_jobs = Gauge("adain_long_jobs", "Refine and print-size jobs admitted: running or waiting for a "
-                               "long-job thread (max_refine_jobs + max_refine_queue at most)", registry=r)
+        self.long_jobs = Gauge("adain_long_jobs", "Refine and print-size jobs admitted: waiting for a long-job "
+                               "thread, running or answering (max_refine_jobs + max_refine_queue at most)", registry=r)
         self.registered_styles = Gauge("adain_registered_styles", "Styles held by the style registry", registry=r)
         self.library_styles = Gauge("adain_library_styles", "Styles in the style library (--styles-dir)", registry=r)
         self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)

@@ -95,20 +95,29 @@ class ServerProcess:
             sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder), "--device", "cpu",
             "--torch-threads", "1", "--log-level", "WARNING", *args,
         ]
-        if "--metrics-port" in args:
-            self.metrics_port = int(args[args.index("--metrics-port") + 1])
-        else:  # a known port: tests wait on its metrics (queue depth) instead of sleeping a guessed time
-            self.metrics_port = free_port()
-            cmd += ["--metrics-port", str(self.metrics_port)]
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
-        )
-        self.stderr_lines: list[str] = []
-        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
-        self._stderr_thread.start()
         self.credentials = credentials
-        self.port = self._read_port(timeout=90)
+        ours = "--metrics-port" not in args
+        for attempt in range(3):
+            if ours:  # a known port: tests wait on its metrics (queue depth) instead of sleeping a guessed time
+                self.metrics_port = free_port()
+                extra = ["--metrics-port", str(self.metrics_port)]
+            else:
+                self.metrics_port, extra = int(args[args.index("--metrics-port") + 1]), []
+            self.proc = subprocess.Popen(
+                cmd + extra, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
+            )
+            self.stderr_lines: list[str] = []
+            self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+            self._stderr_thread.start()
+            try:
+                self.port = self._read_port(timeout=90)
+                break
+            except RuntimeError:
+                # the free port was taken before the server bound it (another test worker): another one
+                self._stderr_thread.join(5)  # its last words (the process has ended)
+                if not ours or attempt == 2 or "Address already in use" not in "".join(self.stderr_lines):
+                    raise
         self.target = f"127.0.0.1:{self.port}"
 
     def _drain_stderr(self) -> None:

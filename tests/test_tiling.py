@@ -170,8 +170,8 @@ def test_a_tiled_job_stops_at_its_deadline(tiling_server: ServerProcess) -> None
         assert client.stylize(synth_image(64, 48), STYLE, timeout=60).width == 64
     # the job itself stopped (at its next statistics box or tile), not only the call: the server falls idle. It
     # looks for it between boxes, so it may still be finishing one (seconds on a slow machine): a quiet 1.5 s is
-    # waited for, up to 30 s; a job that went on through its 48 boxes and tiles would keep it busy longer.
-    quiet_by = time.monotonic() + 30
+    # waited for, up to 12 s; a job that went on through its 48 boxes and tiles would keep it busy longer.
+    quiet_by = time.monotonic() + 12
     while True:
         cpu = _cpu_seconds(tiling_server.proc.pid)
         time.sleep(1.5)
