@@ -340,7 +340,6 @@ class Batcher:
             return
         inference_s = time.monotonic() - t0
         with self._cond:
-            self._rendering_since = None
             self._batch_s = inference_s if self._batch_s is None else 0.7 * self._batch_s + 0.3 * inference_s
         queue_s = [t0 - it.enqueued for it in live]
         if self._on_batch is not None:

@@ -156,10 +156,13 @@ class ServerProcess:
             time.sleep(0.1)
         raise TimeoutError("server never reported SERVING")
 
+    def metrics_text(self) -> str:
+        """Its /metrics page, scraped now."""
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+
     def metric(self, name: str) -> float:
-        """The first sample of an unlabelled metric, as scraped now."""
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
-        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+        """The first sample of a metric (with its labels, if any, written out in ``name``), as scraped now."""
+        values = [float(line.split()[-1]) for line in self.metrics_text().splitlines() if line.startswith(name + " ")]
         assert values, f"no metric {name}"
         return values[0]
 

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -99,8 +98,7 @@ def test_tls_files_refuse_a_key_that_does_not_fit(tmp_path: Path) -> None:
 def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# one line a client\n{OLD}\n")
-    metrics_port = free_port()
-    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--metrics-port", str(metrics_port))
+    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens))
     try:
         srv.wait_serving()  # health needs no token (kubelet probes send none)
         with StyleTransferClient(srv.target, timeout=60, retries=0) as anonymous:
@@ -163,8 +161,7 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
             _rewrite(token_file, NEW + "\n")
             assert _code(follower) == grpc.StatusCode.OK
         assert health_status(srv.target) is not None
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
-            metrics = reply.read().decode()
+        metrics = srv.metrics_text()
         assert 'adain_requests_total{code="UNAUTHENTICATED",method="Stylize"} 4.0' in metrics, metrics
         log = "".join(srv.stderr_lines)
         assert "code=UNAUTHENTICATED" in log and "token=wrong" in log and "token=none" in log

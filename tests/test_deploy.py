@@ -152,9 +152,8 @@ def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
 
 def test_alerts_name_metrics_the_server_exports(server: ServerProcess) -> None:
     """adain-web's metrics are checked the same way in test_web (its metrics test)."""
-    import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+    text = server.metrics_text()
     wanted = {m for m in alert_metrics() if not m.startswith("adain_web_")}
     assert wanted and wanted <= exported_metrics(text), wanted - exported_metrics(text)
     info = re.search(r"^adain_server_info\{(.*)\} 1\.0$", text, re.M)

@@ -7,7 +7,6 @@ import contextvars
 import re
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ from adain.client.aio import AsyncStyleTransferClient
 from adain.server.batcher import Batcher, ClosedError, QueueFullError
 from adain.server.config import parse_settings
 from adain.server.fairpool import FairExecutor
-from helpers import ServerProcess, WebProcess, free_port
+from helpers import ServerProcess, WebProcess
 from synth import make_image
 
 CONTENT = make_image(48, 32, seed=61)
@@ -161,10 +160,8 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
     # A batch waits up to 3 s to fill: Alice's first request holds her one place that long.
-    metrics_port = free_port()
     srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "4", "--max-queue-per-caller",
-                        "1", "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port),
-                        "--log-level", "INFO")  # a refusal is logged at INFO
+                        "1", "--max-batch-delay-ms", "3000", "--log-level", "INFO")  # a refusal is logged at INFO
 
     async def main() -> tuple[list, dict]:
         async with AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice, \
@@ -185,8 +182,7 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
         assert info["batching"]["max_queue_per_caller"] == 1
         assert "code=RESOURCE_EXHAUSTED" in "".join(srv.stderr_lines)
         assert "caller=alice" in "".join(srv.stderr_lines)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
-            text = reply.read().decode()
+        text = srv.metrics_text()
         assert 'adain_queue_refused_total{reason="max_queue_per_caller"} 1.0' in text
         assert 'adain_caller_requests_total{caller="alice",code="RESOURCE_EXHAUSTED"} 1.0' in text  # who uses it
         assert 'adain_caller_requests_total{caller="bob",code="OK"} 2.0' in text  # Stylize, GetServerInfo

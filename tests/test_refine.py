@@ -268,7 +268,6 @@ def test_cancel_and_deadline_stop_a_refine_promptly(client: StyleTransferClient)
 def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
     """max_refine_jobs (1) + max_refine_queue (4) admitted; the sixth is RESOURCE_EXHAUSTED naming both limits
     and counted in adain_queue_refused_total{reason="max_refine_jobs"}, which the alerts watch."""
-    import urllib.request
 
     from adain.v1 import style_transfer_pb2 as pb
     from adain.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -286,7 +285,7 @@ def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
                 call.cancel()
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_refine_jobs=1, max_refine_queue=4" in info.value.details()
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    text = server.metrics_text()
     assert 'adain_queue_refused_total{reason="max_refine_jobs"} 1.0' in text
 
 

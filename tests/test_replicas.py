@@ -7,7 +7,6 @@ import re
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import main
-from helpers import ServerProcess, free_port
+from helpers import ServerProcess
 from synth import make_image
 
 STYLE = make_image(40, 40, seed=51, kind="noise")
@@ -29,10 +28,7 @@ class Replicas:
     def __init__(self, decoder: Path, n: int = 3) -> None:
         self.servers: list[ServerProcess] = []
         for _ in range(n):
-            port = free_port()
-            srv = ServerProcess(decoder, "--metrics-port", str(port), "--log-level", "INFO", "--grace-seconds", "20")
-            srv.metrics_port = port
-            self.servers.append(srv)
+            self.servers.append(ServerProcess(decoder, "--log-level", "INFO", "--grace-seconds", "20"))
         for srv in self.servers:
             srv.wait_serving()
         self.target = ",".join(s.target for s in self.servers)
@@ -42,7 +38,7 @@ class Replicas:
         return sum("method=Stylize code=OK" in line for line in srv.stderr_lines)
 
     def metrics_ok(self, srv: ServerProcess) -> int:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=10).read().decode()
+        text = srv.metrics_text()
         m = re.search(r'adain_requests_total\{code="OK",method="Stylize"\} (\d+)', text)
         return int(float(m.group(1))) if m else 0
 

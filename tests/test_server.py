@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -207,7 +206,7 @@ def test_concurrent_clients_get_their_own_answers(server: ServerProcess, client:
             break
     assert batched >= 2, "8 simultaneous same-size requests were never batched"
     # The batch-size histogram counts it, too.
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    text = server.metrics_text()
     assert 'adain_requests_total{code="OK",method="Stylize"}' in text
     assert "adain_batch_size_bucket" in text and "adain_queue_seconds_bucket" in text
     assert "adain_inference_seconds_count" in text
@@ -433,7 +432,7 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess) -
                 call()
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, info.value.details())
             assert info.value.details().startswith("request: not a valid adain.v1."), info.value.details()
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    text = server.metrics_text()
     assert 'adain_requests_total{code="INVALID_ARGUMENT",method="StylizeVideo"}' in text
     options = pb.VideoRequest(options=pb.VideoOptions(styles=[pb.Style(image=STYLE_A)]))
     with grpc.insecure_channel(server.target) as channel:  # a message with neither part is named as such
@@ -502,10 +501,7 @@ def test_cancel_and_deadline_free_the_request(slow: ServerProcess) -> None:
             stub = pb_grpc.StyleTransferStub(channel)
             request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A)])
             futures = [stub.Stylize.future(request, timeout=60) for _ in range(2)]
-            deadline = time.monotonic() + 10
-            while slow.metric("adain_queue_depth") < 2:  # both admitted and waiting for their batch
-                assert time.monotonic() < deadline, "the requests never reached the queue"
-                time.sleep(0.05)
+            slow.wait_queued(2, timeout=10)  # both admitted and waiting for their batch
             for f in futures:
                 assert f.cancel()
             for f in futures:

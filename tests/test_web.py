@@ -51,6 +51,16 @@ def _post(url: str, files: list[tuple[str, tuple[str, bytes, str]]], data: dict 
     return httpx.post(url + "/api/stylize", files=files, data=data or {}, timeout=60)
 
 
+def _first_step(web: WebProcess, request_id: str, timeout: float = 60) -> dict:
+    """A refine's progress once it has taken its first step (it is running on the server's refine thread)."""
+    deadline = time.monotonic() + timeout
+    while (seen := httpx.get(f"{web.url}/api/progress/{request_id}", timeout=10)).status_code == 404 or \
+            seen.json()["step"] < 1:
+        assert time.monotonic() < deadline, seen.text
+        time.sleep(0.1)
+    return seen.json()
+
+
 def _png(name: str, data: bytes) -> tuple[str, tuple[str, bytes, str]]:
     return name, (f"{name}.png", data, "image/png")
 
@@ -78,12 +88,7 @@ def test_a_refine_shows_its_steps_and_stops_when_the_page_goes(web: WebProcess) 
     head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
     page = socket.create_connection(("127.0.0.1", web.port))
     page.sendall(f"POST /api/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + body)
-    deadline = time.monotonic() + 60
-    while (seen := httpx.get(web.url + "/api/progress/refine-followed", timeout=10)).status_code == 404 or \
-            seen.json()["step"] < 1:
-        assert time.monotonic() < deadline, seen.text
-        time.sleep(0.1)
-    assert seen.json()["steps"] == 500
+    assert _first_step(web, "refine-followed")["steps"] == 500
     page.close()  # the page goes away
     t0 = time.monotonic()
     after = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "1"})
@@ -159,7 +164,7 @@ def test_the_servers_limits_are_asked_again_like_its_library(server: ServerProce
     from adain.wire import Limits
 
     def asked() -> float:
-        text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+        text = server.metrics_text()
         return sum(float(n) for n in re.findall(r'adain_requests_total\{[^}]*method="GetServerInfo"[^}]*\} (\S+)',
                                                    text))
 
@@ -288,7 +293,7 @@ def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerP
     assert clip_frames(probe(tmp_path / "raw.h264"), None, 0.0, None) == 0  # neither: the running job stops
 
     def stylized() -> float:
-        text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+        text = server.metrics_text()
         return float(re.search(r"^adain_video_frames_total (\S+)$", text, re.M).group(1))
 
     jobs = VideoJobs(client, max_frames=8)
@@ -537,11 +542,7 @@ def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
             web.url + "/api/stylize", files=long_job, data={"refine_steps": "60"},
             headers={"X-Request-Id": "the-long-one"}, timeout=120)))
         first.start()
-        deadline = time.monotonic() + 60  # it holds the only refine place once it steps (a fixed 1 s was a guess)
-        while (seen := httpx.get(web.url + "/api/progress/the-long-one", timeout=10)).status_code == 404 or \
-                seen.json()["step"] < 1:
-            assert time.monotonic() < deadline, seen.text
-            time.sleep(0.1)
+        _first_step(web, "the-long-one")  # it holds the only refine place once it steps (a fixed 1 s was a guess)
         r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "5"})
         first.join(120)
         assert r.status_code == 429, r.text
