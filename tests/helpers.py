@@ -21,6 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 LISTEN_RE = re.compile(r"adain-server listening on (\S+):(\d+)")
+# For a test server whose test makes no refine call: a server with refine on warms it up before SERVING, and a
+# process's first optimiser imports torch._dynamo (~3 s of CPU at each start, on a 2-core machine that the
+# suite's two workers share).
+NO_REFINE = ("--max-refine-steps", "0")
 
 
 def write_test_decoder(path: Path, seed: int = 0) -> Path:

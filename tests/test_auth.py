@@ -17,7 +17,7 @@ from adain.client import StyleTransferClient, StyleTransferError
 from adain.server.auth import RECHECK_S, TlsFiles, TokenFile, bearer_token, read_tokens
 from adain.server.config import parse_settings
 from adain.v1 import style_transfer_pb2 as pb
-from helpers import REPO, ServerProcess, free_port, health_status, make_certificates
+from helpers import NO_REFINE, REPO, ServerProcess, free_port, health_status, make_certificates
 from synth import make_image
 
 CONTENT = make_image(48, 32, seed=31)
@@ -193,7 +193,7 @@ def test_mutual_tls_and_certificate_rotation(decoder_path: Path, tmp_path: Path)
     creds = grpc.ssl_channel_credentials(Path(p["server-ca.pem"]).read_bytes(), Path(p["client.key"]).read_bytes(),
                                          Path(p["client.pem"]).read_bytes())
     health_port = free_port()
-    srv = ServerProcess(decoder_path, "--tls-cert", str(live_cert), "--tls-key", str(live_key),
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--tls-cert", str(live_cert), "--tls-key", str(live_key),
                         "--tls-client-ca", p["client-ca.pem"], "--health-port", str(health_port), credentials=creds)
     try:
         srv.wait_serving()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import CliError, main, parse_style
-from helpers import REPO, ServerProcess, free_port, make_certificates
+from helpers import NO_REFINE, REPO, ServerProcess, free_port, make_certificates
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, photo_with_exif, pixels
 
 CONTENT = make_image(64, 48, seed=21)
@@ -137,7 +137,7 @@ def test_tls(decoder_path: Path, tmp_path: Path) -> None:
         pytest.skip("openssl is not available to make a test certificate")
     cert, key, ca = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "server-ca.pem"
     creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
-    srv = ServerProcess(decoder_path, "--tls-cert", str(cert), "--tls-key", str(key), credentials=creds)
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--tls-cert", str(cert), "--tls-key", str(key), credentials=creds)
     try:
         srv.wait_serving()
         with StyleTransferClient(srv.target, tls=True, root_certificates=ca, timeout=60) as c:
@@ -443,16 +443,17 @@ def test_save_writes_whole_files_with_the_usual_permissions(server: ServerProces
                                                             tmp_path: Path) -> None:
     """A write that fails (here ``ulimit -f``) leaves the old file as it was and no temporary one; a new
     file gets 0o666 less the umask, not mkstemp's 0o600."""
-    import resource
-
     (tmp_path / "o").mkdir()
     out = tmp_path / "o" / "out.png"
     out.write_bytes(b"the old output")
+    # The limit is set by the child itself, not in a preexec_fn: a child forked (not spawned) from this
+    # process, whose gRPC channels are live, can abort before it execs (grpcio >= 1.80, grpc/grpc#43055).
+    limited = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY));"
+               " sys.argv[0] = 'adain-stylize'; runpy.run_module('adain.client.cli', run_name='__main__')")
     proc = subprocess.run(
-        [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(out),
+        [sys.executable, "-c", limited, str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(out),
          "--server", server.target],
         capture_output=True, text=True, timeout=60, cwd=REPO,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY)),
     )
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"adain-stylize: error: -o {out}: cannot write: File too large"], proc.stderr

@@ -16,26 +16,49 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import main
-from helpers import ServerProcess
+from helpers import NO_REFINE, ServerProcess
 from synth import make_image
 
 STYLE = make_image(40, 40, seed=51, kind="noise")
 
 
 class Replicas:
-    """Three servers with the test decoder, metrics on known ports and access logs on (INFO)."""
+    """Three servers with the test decoder, metrics on known ports and access logs on (INFO), no refine (these
+    tests make none). One set serves the module: a replica a test stopped is replaced (``heal``) before the next."""
 
     def __init__(self, decoder: Path, n: int = 3) -> None:
-        self.servers: list[ServerProcess] = []
-        for _ in range(n):
-            self.servers.append(ServerProcess(decoder, "--log-level", "INFO", "--grace-seconds", "20"))
+        self.decoder = decoder
+        self.servers = [self._start() for _ in range(n)]
         for srv in self.servers:
             srv.wait_serving()
-        self.target = ",".join(s.target for s in self.servers)
+
+    def _start(self) -> ServerProcess:
+        return ServerProcess(self.decoder, "--log-level", "INFO", "--grace-seconds", "20", *NO_REFINE)
+
+    @property
+    def target(self) -> str:
+        return ",".join(s.target for s in self.servers)
+
+    def heal(self) -> None:
+        """A fresh server in place of each one that has exited."""
+        for i, srv in enumerate(self.servers):
+            if not srv.alive():
+                self.servers[i] = self._start()
+                self.servers[i].wait_serving()
 
     def stylize_ok(self, srv: ServerProcess) -> int:
         """Successful Stylize calls the replica logged (its access log survives its exit, unlike /metrics)."""
         return sum("method=Stylize code=OK" in line for line in srv.stderr_lines)
+
+    def served_since(self, before: list[int], at_least: int) -> list[int]:
+        """Each replica's logged successes since ``before``, once they add up to ``at_least``: the access log is
+        read from each process's stderr by a thread, which on a busy machine lags the replies by a moment."""
+        end = time.monotonic() + 30
+        while (served := [self.stylize_ok(s) - b for s, b in zip(self.servers, before)]) and sum(served) < at_least:
+            assert time.monotonic() < end, (served, at_least)
+            time.sleep(0.1)
+        time.sleep(0.5)  # anything logged twice comes with the rest
+        return [self.stylize_ok(s) - b for s, b in zip(self.servers, before)]
 
     def metrics_ok(self, srv: ServerProcess) -> int:
         text = srv.metrics_text()
@@ -48,11 +71,17 @@ class Replicas:
                 srv.terminate()
 
 
-@pytest.fixture()
-def replicas(decoder_path: Path) -> Iterator[Replicas]:
+@pytest.fixture(scope="module")
+def replica_set(decoder_path: Path) -> Iterator[Replicas]:
     r = Replicas(decoder_path)
     yield r
     r.stop()
+
+
+@pytest.fixture()
+def replicas(replica_set: Replicas) -> Replicas:
+    replica_set.heal()
+    return replica_set
 
 
 def _folder(tmp_path: Path, n: int) -> tuple[Path, Path]:
@@ -83,9 +112,10 @@ def _check_outputs(out: Path, expected: dict[str, np.ndarray]) -> None:
 def test_folder_reaches_every_replica(replicas: Replicas, tmp_path: Path, capsys) -> None:
     src, style = _folder(tmp_path, 12)
     out = tmp_path / "out"
+    before = [replicas.metrics_ok(s) for s in replicas.servers]
     assert main([str(src), "-s", str(style), "-o", str(out), "--server", replicas.target, "-j", "3"]) == 0
     printed = capsys.readouterr().out
-    counts = [replicas.metrics_ok(s) for s in replicas.servers]
+    counts = [replicas.metrics_ok(s) - b for s, b in zip(replicas.servers, before)]
     assert all(c > 0 for c in counts) and sum(counts) == 12, counts
     line = next(x for x in printed.splitlines() if x.startswith("images per replica:"))
     assert all(f":{s.port} " in line for s in replicas.servers), line
@@ -95,8 +125,9 @@ def test_folder_reaches_every_replica(replicas: Replicas, tmp_path: Path, capsys
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_a_replica_going_away_midway_loses_nothing(replicas: Replicas, tmp_path: Path, capsys, how: str) -> None:
     src, style = _folder(tmp_path, 30)
-    expected = _expected(tmp_path, src, style, replicas.servers[0].target)
     before = [replicas.stylize_ok(s) for s in replicas.servers]
+    expected = _expected(tmp_path, src, style, replicas.servers[0].target)
+    before = [b + n for b, n in zip(before, replicas.served_since(before, 30))]  # the 30 made for `expected`
     out = tmp_path / "out"
     code: list[int] = []
     run = threading.Thread(target=lambda: code.append(main([
@@ -111,7 +142,7 @@ def test_a_replica_going_away_midway_loses_nothing(replicas: Replicas, tmp_path:
     assert code == [0], capsys.readouterr()
     _check_outputs(out, expected)
     victim.proc.wait(30)
-    served = [replicas.stylize_ok(s) - b for s, b in zip(replicas.servers, before)]
+    served = replicas.served_since(before, 30)
     assert sum(served) >= 30  # every output was made by some replica (a killed one may have done some twice)
     if how == "SIGTERM":
         assert sum(served) == 30, served  # drained, not killed: nothing done twice
@@ -124,8 +155,9 @@ def test_a_replica_going_away_midway_loses_nothing(replicas: Replicas, tmp_path:
 
 
 def test_a_style_registered_on_one_replica_works_on_all(replicas: Replicas) -> None:
+    style = make_image(40, 40, seed=52, kind="noise")  # not STYLE: the folders above registered it everywhere
     with StyleTransferClient(replicas.servers[0].target, timeout=60) as one:
-        sid = one.register_style(STYLE)
+        sid = one.register_style(style)
     with StyleTransferClient(replicas.target, timeout=60) as client:
         # Another client: replicas 2 and 3 do not know the id and this client has no bytes for it.
         answers = []
@@ -137,7 +169,7 @@ def test_a_style_registered_on_one_replica_works_on_all(replicas: Replicas) -> N
                 answers.append("unknown")
         assert "unknown" in answers  # so the case below is real
         # The client that registered it: every replica answers, those without it get the bytes.
-        sid2 = client.register_style(STYLE)
+        sid2 = client.register_style(style)
         assert sid2 == sid
         served = {client.stylize(make_image(64, 48, seed=1), StyleRef(sid)).served_by for _ in range(6)}
     assert len(served) == 3, served

@@ -31,7 +31,7 @@ from adain.server.errors import MAX_VIOLATIONS, ServiceError, Violation
 from adain.server.service import fields_within
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import ServerProcess, free_port, health_status
+from helpers import NO_REFINE, ServerProcess, free_port, health_status
 from synth import band_mask, encoded, make_image, make_mask, photo_with_exif, pixels, synth_image
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -246,7 +246,7 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
     """--log-format json: every line one JSON object; a call's line has its fields as keys."""
-    srv = ServerProcess(decoder_path, "--log-format", "json", "--log-level", "INFO")
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--log-format", "json", "--log-level", "INFO")
     try:
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60) as c:
@@ -483,7 +483,7 @@ def test_register_bad_style(client: StyleTransferClient) -> None:
 def slow(decoder_path: Path):
     """A server whose batch window (3 s) keeps every request queued long enough to cancel it for sure."""
     metrics_port = free_port()
-    srv = ServerProcess(decoder_path, "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port))
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port))
     srv.metrics_port = metrics_port
     try:
         srv.wait_serving()
@@ -525,6 +525,7 @@ def limited(decoder_path: Path):
     srv = ServerProcess(
         decoder_path, "--max-pixels", "5000", "--max-message-mb", "1", "--max-queue", "2", "--max-batch-size", "1",
         "--max-batch-delay-ms", "0", "--workers", "1", "--max-queue-per-caller", "2",  # one caller: the whole queue
+        *NO_REFINE,
     )
     try:
         srv.wait_serving()
@@ -604,7 +605,7 @@ def test_a_connections_age_ends_no_call_in_flight(decoder_path: Path) -> None:
     """Connections end after --max-connection-age-s so clients re-resolve, but the calls on one run to their
     end: a clip streamed over 4 s on a connection that ages out after 1 s gets every frame (a bounded age
     grace, once --grace-seconds, cut such calls as UNAVAILABLE)."""
-    srv = ServerProcess(decoder_path, "--max-connection-age-s", "1", "--grace-seconds", "1")
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-connection-age-s", "1", "--grace-seconds", "1")
     try:
         srv.wait_serving()
 
@@ -626,7 +627,8 @@ def test_a_connections_age_ends_no_call_in_flight(decoder_path: Path) -> None:
 
 def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
     # A long batching window keeps a request in flight while SIGTERM arrives.
-    srv = ServerProcess(decoder_path, "--max-batch-delay-ms", "2000", "--max-batch-size", "8", "--grace-seconds", "20")
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-delay-ms", "2000", "--max-batch-size", "8",
+                        "--grace-seconds", "20")
     try:
         srv.wait_serving()
         seen: list[int] = []
@@ -674,7 +676,7 @@ def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(
     # server (a fixed 3 s was shorter than two batches on CI's slower machine), the number of calls from this one's.
     photo = encoded(synth_image(512, 512, seed=4), "PNG")
     grace = round(max(2.0, 4.5 * client.stylize(photo, STYLE_A).timings.inference_ms / 1000), 1)
-    srv = ServerProcess(decoder_path, "--max-batch-size", "1", "--max-batch-delay-ms", "0",
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-size", "1", "--max-batch-delay-ms", "0",
                         "--grace-seconds", str(grace))
     try:
         srv.wait_serving()
@@ -714,7 +716,8 @@ def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(
 
 def test_sighup_drains_and_a_second_signal_stops_at_once(decoder_path: Path) -> None:
     # SIGHUP killed the server with no drain; a second SIGTERM was ignored until the whole grace had passed.
-    srv = ServerProcess(decoder_path, "--max-batch-delay-ms", "8000", "--max-batch-size", "8", "--grace-seconds", "60")
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-delay-ms", "8000", "--max-batch-size", "8",
+                        "--grace-seconds", "60")
     try:
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60, retries=0) as client, ThreadPoolExecutor(1) as pool:

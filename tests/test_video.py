@@ -20,7 +20,7 @@ from adain.client.cli import main
 from adain.image import load_image
 from adain.media import MediaError, VideoReader, VideoWriter, atomic_output, container_for
 from adain.video import VideoStream, stylize_video
-from helpers import ServerProcess, free_port
+from helpers import NO_REFINE, ServerProcess, free_port
 from synth import band_mask, encoded, hlg_signal, make_hlg_clip, make_image, make_video, synth_image, video_facts
 
 torch.set_num_threads(1)
@@ -654,7 +654,7 @@ IDLE_S = 8  # the limited server's --video-idle-s
 def limited(decoder_path: Path):
     metrics_port = free_port()
     srv = ServerProcess(decoder_path, "--max-video-frames", "6", "--max-video-streams", "1", "--video-window", "2",
-                        "--video-idle-s", str(IDLE_S), "--metrics-port", str(metrics_port))
+                        *NO_REFINE, "--video-idle-s", str(IDLE_S), "--metrics-port", str(metrics_port))
     srv.metrics_port = metrics_port
     try:
         srv.wait_serving()
