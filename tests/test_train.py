@@ -102,36 +102,20 @@ def resumes_exactly(data: Path, tmp_path: Path, flags: tuple[str, ...]) -> tuple
 
 
 def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path) -> None:
-    """Two steps, stop, two more == four steps in one go (same data, alphas, RNG and optimizer state), with
-    alpha sampling, the recon and teacher terms on, from a decoder file's weights; the export records the knobs."""
+    """Two steps, stop, two more == four steps in one go (same data, alphas, RNG, optimizer state and weight
+    average), with every knob on at once (one set of runs: each is a process of seconds): alpha sampling, the
+    recon and teacher terms, from a decoder file's weights, a weight average. The export records the knobs and
+    writes the average (the last step's weights with --raw)."""
     teacher = ("--teacher", str(decoder_path), "--teacher-weight", "100")
     flags = ("--workers", "0", "--init", str(decoder_path), "--content-scale", "2", "--recon-scale", "1", *ALPHA_FLAGS,
-             *teacher)
-    straight, _ = resumes_exactly(data, tmp_path, flags)
+             *teacher, "--lr", "1e-3", "--lr-decay", "0", "--ema", "0.5")
+    straight, weights = resumes_exactly(data, tmp_path, flags)
     rows = logged(straight)
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in logged(tmp_path / "split")], rel=1e-5)
     assert all(r["alpha_zero"] == 0.5 and r["recon_weight"] == 10 and "recon" in r for r in rows)
     assert any(r["recon"] > 0 for r in rows)  # some samples were drawn at alpha 0
     assert all(r["teacher_weight"] == 100 and r["teacher"] >= 0 for r in rows)
     assert any(r["teacher"] > 0 for r in rows)  # samples at alpha 1 once the decoder had moved off the teacher
-    exported = tmp_path / "decoder.pt"
-    subprocess.run([sys.executable, "-m", "adain.train", "export", str(straight / "checkpoint.pt"), str(exported)],
-                   check=True, env=ENV, capture_output=True)
-    meta = Stylizer(str(exported), device="cpu", backend="torch").info["decoder_meta"]
-    assert (meta["alpha_zero"], meta["alpha_one"], meta["recon_weight"], meta["recon_feature_weight"]) == (
-        0.5, 0.25, 10, 1)
-    assert meta["content_scale"] == 2 and meta["recon_scale"] == 1 and meta["teacher_weight"] == 100
-    assert meta["teacher"]["file"] == str(decoder_path) and meta["teacher"]["version"].startswith("sha256:")
-    assert meta["init"]["file"] == str(decoder_path) and meta["init"]["version"].startswith("sha256:")
-
-
-def test_cooldown_and_ema(data: Path, tmp_path: Path) -> None:
-    """The lr falls linearly to 0 over the --cooldown steps before --steps; the weight average resumes
-    exactly and is what export writes (the last step's weights with --raw)."""
-    flags = ("--workers", "0", "--lr", "1e-3", "--lr-decay", "0", "--ema", "0.5")
-    train(data, tmp_path / "cool", 4, *flags, "--cooldown", "3")
-    assert [r["lr"] for r in logged(tmp_path / "cool")] == pytest.approx([1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3])
-    straight, weights = resumes_exactly(data, tmp_path, flags)  # (a cooldown would move with each leg's --steps)
     ema = torch.load(straight / "checkpoint.pt", weights_only=False)["ema"]
     split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["ema"]
     assert all(torch.allclose(ema[k], split[k], atol=1e-6) for k in ema)
@@ -142,7 +126,20 @@ def test_cooldown_and_ema(data: Path, tmp_path: Path) -> None:
                         "--fp32", *extra], check=True, env=ENV, capture_output=True)
         decoder, file = load_decoder(exported)
         assert all(torch.equal(v, want[k]) for k, v in decoder.state_dict().items())
-        assert file.meta["cooldown"] == 0 and file.meta["ema"] == (None if extra else 0.5)
+        meta = file.meta
+        assert meta["cooldown"] == 0 and meta["ema"] == (None if extra else 0.5)
+        assert (meta["alpha_zero"], meta["alpha_one"], meta["recon_weight"], meta["recon_feature_weight"]) == (
+            0.5, 0.25, 10, 1)
+        assert meta["content_scale"] == 2 and meta["recon_scale"] == 1 and meta["teacher_weight"] == 100
+        assert meta["teacher"]["file"] == str(decoder_path) and meta["teacher"]["version"].startswith("sha256:")
+        assert meta["init"]["file"] == str(decoder_path) and meta["init"]["version"].startswith("sha256:")
+
+
+def test_cooldown(data: Path, tmp_path: Path) -> None:
+    """The lr falls linearly to 0 over the --cooldown steps before --steps (its resume: the test above)."""
+    flags = ("--workers", "0", "--lr", "1e-3", "--lr-decay", "0")
+    train(data, tmp_path / "cool", 4, *flags, "--cooldown", "3")
+    assert [r["lr"] for r in logged(tmp_path / "cool")] == pytest.approx([1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3])
 
 
 @pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1"),
