@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +39,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except ValueError as e:
         logs.fatal(str(e))
         return 2
+    if busy := _busy_port(settings):  # the same error the start would end with, seconds later
+        logs.fatal(busy)
+        return 1
 
     import torch
 
@@ -87,6 +92,33 @@ def _exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _busy_port(settings: Settings) -> str | None:
+    """The error for the first port the server is to listen on that another process already listens on, found
+    before the model loads (a start with a taken port failed only after it, seconds later; a rollout's crash
+    loop paid them every time). A probe: only a refused bind counts; anything else (a name that does not resolve,
+    a port that is taken between this and the real start) is left to the start itself, which checks again."""
+    host = settings.host
+    ports = [(settings.port, f"cannot listen on {host}:{settings.port}"),
+             (settings.metrics_port, f"cannot serve metrics on {host}:{settings.metrics_port}: Address already in use"),
+             (settings.health_port, f"cannot listen on {host}:{settings.health_port} (--health-port)")]
+    for port, error in ports:
+        if port > 0 and _listened_on(host, port):
+            return error
+    return None
+
+
+def _listened_on(host: str, port: int) -> bool:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # as the servers bind: an address whose last connection is in TIME_WAIT is free, a listener's is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE
+    return False
 
 
 def _check_files(settings: Settings) -> None:

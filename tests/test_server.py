@@ -802,18 +802,20 @@ def test_no_installed_decoder_exits_with_the_library_message(tmp_path: Path) -> 
 def test_busy_port_is_a_clear_error(server: ServerProcess, decoder_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "adain.server", "--port", str(server.port), "--decoder", str(decoder_path),
-         "--metrics-port", "0", "--torch-threads", "1"],
+         "--metrics-port", "0", "--torch-threads", "1", "--log-level", "INFO"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0
     assert "adain-server: error: cannot listen on" in proc.stderr and "Traceback" not in proc.stderr
+    assert "model loaded" not in proc.stderr  # found before the model loads (seconds), not after
     proc = subprocess.run(
         [sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder_path),
-         "--metrics-port", str(server.metrics_port), "--torch-threads", "1"],
+         "--metrics-port", str(server.metrics_port), "--torch-threads", "1", "--log-level", "INFO"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0
     assert "cannot serve metrics on" in proc.stderr and "Traceback" not in proc.stderr
+    assert "model loaded" not in proc.stderr
     # a health port another gRPC server holds (gRPC shares ports between processes unless told not to)
     other = grpc.server(ThreadPoolExecutor(1))
     busy = other.add_insecure_port("127.0.0.1:0")
@@ -821,13 +823,14 @@ def test_busy_port_is_a_clear_error(server: ServerProcess, decoder_path: Path) -
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder_path),
-             "--metrics-port", "0", "--health-port", str(busy), "--torch-threads", "1"],
+             "--metrics-port", "0", "--health-port", str(busy), "--torch-threads", "1", "--log-level", "INFO"],
             capture_output=True, text=True, timeout=120,
         )
     finally:
         other.stop(None)
     assert proc.returncode != 0
     assert f"cannot listen on 127.0.0.1:{busy} (--health-port)" in proc.stderr and "Traceback" not in proc.stderr
+    assert "model loaded" not in proc.stderr
 
 
 def test_help_lists_flags_env_and_defaults() -> None:
