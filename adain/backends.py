@@ -8,7 +8,8 @@ does not care which runs them.
   ``INFERENCE_PRECISION_HINT`` f32 or bf16 and the thread count of torch. Converted models are kept on
   disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by the weights, the Winograd form and
   the runtime's version, and so are the compiled graphs (OpenVINO's ``CACHE_DIR``), so a restart builds
-  the backend in a fraction of a second (~10 s the first time). A shape seen a second time also gets a
+  the backend in a fraction of a second (~10 s the first time). Processes starting together take turns at a
+  conversion (a lock file beside the entry): one converts, the others read its graph. A shape seen a second time also gets a
   graph compiled for it alone (faster than the shape-generic one; at most two kept, the most used, see _StaticShapes).
 * ``onnxruntime``: the modules exported to ONNX (dynamic axes) and run by ONNX Runtime's CPU provider,
   float32 only.
@@ -28,6 +29,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -216,22 +218,15 @@ def _openvino(
     core = ov.Core()
     folder = cache_dir() / "openvino" / _weights_key(module, example, "openvino", ov.get_version(), form)
     xml = folder / "model.xml"
-    model = None
-    if xml.is_file():
-        try:
-            model = core.read_model(xml)
-        except Exception as e:  # a damaged cache entry: convert again
-            log.warning("openvino: cached model %s unreadable (%s), converting again", xml, e)
+    model = _cached_model(core, xml)
     if model is None:
-        if form == WINOGRAD_FORM:
-            module = winograd(module)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, example)
-        shapes = [ov.PartialShape([-1, e.shape[1], -1, -1]) for e in example]
-        model = ov.convert_model(traced, input=shapes)
-        if _save_openvino(ov, model, folder):  # read back: the compiled-graph cache knows it by its file form
-            model = core.read_model(xml)
+        with _one_at_a_time(folder.parent / f".{folder.name}.lock"):
+            model = _cached_model(core, xml)  # converted by another process while this one waited
+            if model is None:
+                model = _convert(ov, module, example, form)
+                shutil.rmtree(folder, ignore_errors=True)  # a damaged entry, if any, makes way
+                if _save_openvino(ov, model, folder):  # read back: the compiled-graph cache knows its file form
+                    model = core.read_model(xml)
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's default is bf16 where it can
         "INFERENCE_NUM_THREADS": threads,
@@ -342,6 +337,60 @@ class _StaticShapes:
                 del self.kept[least]
             self.kept[shapes] = entry
             return entry
+
+
+def _cached_model(core: object, xml: Path) -> object | None:
+    """The converted graph kept in the cache, or None (none yet, or a damaged one: converted again)."""
+    if not xml.is_file():
+        return None
+    try:
+        return core.read_model(xml)  # type: ignore[attr-defined]
+    except Exception as e:  # a damaged cache entry
+        log.warning("openvino: cached model %s unreadable (%s), converting again", xml, e)
+        return None
+
+
+def _convert(ov: object, module: nn.Module, example: tuple[torch.Tensor, ...], form: str) -> object:
+    if form == WINOGRAD_FORM:
+        module = winograd(module)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, example)
+    shapes = [ov.PartialShape([-1, e.shape[1], -1, -1]) for e in example]  # type: ignore[attr-defined]
+    return ov.convert_model(traced, input=shapes)  # type: ignore[attr-defined]
+
+
+LOCK_WAIT_S = 300.0  # the longest one process waits for another's conversion before converting itself
+
+
+@contextlib.contextmanager
+def _one_at_a_time(path: Path) -> Iterator[None]:
+    """Processes that start together with an empty cache (replicas on one node, the test suite's two workers)
+    take turns at a conversion (5-10 s of CPU each, ~1.5 GB at its peak): the first converts and saves, the
+    others then read its graph. The wait is bounded (a converter that hung: this one converts too, after
+    LOCK_WAIT_S); without fcntl (Windows) or a lockable cache folder each converts, as before."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a")  # held for the block
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        end = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    log.warning("openvino: %s held over %.0f s; converting here too", path, LOCK_WAIT_S)
+                    break
+                time.sleep(0.1)
+            except OSError:  # a filesystem without locks
+                break
+        yield
 
 
 def _save_openvino(ov: object, model: object, folder: Path) -> bool:

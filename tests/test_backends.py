@@ -215,3 +215,52 @@ def test_threads_follow_the_containers_cpu_limit(tmp_path: Path) -> None:
     assert cpu_quota(tmp_path) == expected_affinity
     (cgroup / "cpu/cpu.cfs_quota_us").write_text("50000\n")  # half a CPU: 1 thread
     assert cpu_quota(tmp_path) == 1
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (pip install 'adain[fast]')")
+def test_processes_starting_together_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """One converts while the others wait on the cache entry's lock, then read its graph (the suite's two
+    workers converted the same decoder side by side); a lock held too long is not waited on for ever."""
+    import fcntl
+    import threading
+
+    import openvino as ov
+
+    monkeypatch.setenv("ADAIN_CACHE_DIR", str(tmp_path))
+    traced = []
+    trace = torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: traced.append(1) or trace(*a, **k))
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    example = (torch.rand(1, 3, 16, 16),)
+    key = backends._weights_key(module, example, "openvino", ov.get_version(), "")
+    folder = tmp_path / "openvino" / key
+    folder.parent.mkdir(parents=True)
+    x = torch.rand(2, 3, 24, 40)
+    with torch.no_grad():
+        want = module(x).numpy()
+
+    def build(out: list) -> None:
+        out.append(backends._openvino(module, example, False, 1, "", 1))
+
+    got: list = []
+    with open(folder.parent / f".{key}.lock", "a") as lock:  # another process, converting
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=build, args=(got,))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not got and not traced  # waiting for the lock, not converting
+        assert backends._save_openvino(ov, backends._convert(ov, module, example, ""), folder)
+    waiter.join(60)
+    assert got and len(traced) == 1  # the waiter read the other's graph
+    assert np.abs(got[0](x.numpy()) - want).max() <= 1e-5
+
+    monkeypatch.setattr(backends, "LOCK_WAIT_S", 0.5)
+    monkeypatch.setenv("ADAIN_CACHE_DIR", str(tmp_path / "hung"))
+    folder = tmp_path / "hung" / "openvino" / key
+    folder.parent.mkdir(parents=True)
+    with open(folder.parent / f".{key}.lock", "a") as lock, caplog.at_level(logging.WARNING, "adain.backends"):
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a converter that hung
+        run = backends._openvino(module, example, False, 1, "", 1)
+    assert len(traced) == 2 and "converting here too" in caplog.text
+    assert np.abs(run(x.numpy()) - want).max() <= 1e-5
