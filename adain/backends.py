@@ -9,8 +9,9 @@ does not care which runs them.
   disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by the weights, the Winograd form and
   the runtime's version, and so are the compiled graphs (OpenVINO's ``CACHE_DIR``), so a restart builds
   the backend in a fraction of a second (~10 s the first time). Processes starting together take turns at a
-  conversion (a lock file beside the entry): one converts, the others read its graph. A shape seen a second time also gets a
-  graph compiled for it alone (faster than the shape-generic one; at most two kept, the most used, see _StaticShapes).
+  conversion (a lock file beside the entry): one converts, the others read its graph. A shape seen a second
+  time also gets a graph compiled for it alone (faster than the shape-generic one; at most two kept, the most
+  used, see _StaticShapes).
 * ``onnxruntime``: the modules exported to ONNX (dynamic axes) and run by ONNX Runtime's CPU provider,
   float32 only.
 

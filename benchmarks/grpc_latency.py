@@ -69,7 +69,8 @@ class Server:
     def __init__(self, decoder: str, device: str, extra: list[str]) -> None:
         cmd = [sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0", "--decoder", decoder,
                "--device", device, "--log-level", "WARNING",
-               "--max-queue-per-caller", "65536", *extra]  # every client here is one caller: give it the whole queue
+               "--max-queue-per-caller", "65536", "--max-refine-steps", "0",  # plain calls only: no refine warm-up
+               *extra]  # every client here is one caller: give it the whole queue
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.err: list[str] = []
         threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()

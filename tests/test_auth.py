@@ -98,7 +98,7 @@ def test_tls_files_refuse_a_key_that_does_not_fit(tmp_path: Path) -> None:
 def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# one line a client\n{OLD}\n")
-    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens))
+    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), *NO_REFINE)
     try:
         srv.wait_serving()  # health needs no token (kubelet probes send none)
         with StyleTransferClient(srv.target, timeout=60, retries=0) as anonymous:

@@ -24,7 +24,7 @@ from adain.client.aio import AsyncStyleTransferClient
 from adain.client.cli import main as cli
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import ServerProcess, WebProcess, browser_or_skip, wait_for
+from helpers import NO_REFINE, ServerProcess, WebProcess, browser_or_skip, wait_for
 from synth import make_image, pixels
 
 CONTENT = make_image(64, 48, seed=51)
@@ -54,7 +54,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def lib_server(decoder_path: Path, folder: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(decoder_path, "--styles-dir", str(folder), "--log-level", "INFO")
+    srv = ServerProcess(decoder_path, "--styles-dir", str(folder), "--log-level", "INFO", *NO_REFINE)
     try:
         srv.wait_serving()
         yield srv

@@ -23,7 +23,7 @@ from adain import Stylizer
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import main
 from adain.tiling import BUFFER_BYTES_PER_PIXEL, Tiling
-from helpers import REPO, ServerProcess
+from helpers import NO_REFINE, REPO, ServerProcess
 from synth import band_mask, encoded, synth_image
 
 TILE, HALO = 128, 64
@@ -130,7 +130,7 @@ def _rss(pid: int, key: str) -> int:
 @pytest.fixture(scope="module")
 def tiling_server(decoder_path: Path) -> ServerProcess:
     srv = ServerProcess(decoder_path, "--tile-threshold", "1", "--tile-size", "512", "--tile-halo", "32",
-                        "--max-message-mb", "64", "--torch-threads", "2")
+                        "--max-message-mb", "64", "--torch-threads", "2", *NO_REFINE)
     srv.wait_serving()
     yield srv
     srv.terminate()
@@ -192,7 +192,7 @@ def test_print_size_calls_waiting_for_their_turn_hold_only_their_bytes(decoder_p
     Image.new("RGB", (6000, 5000), (120, 90, 60)).save(buf, "PNG")  # 30 MP, 30 KB
     big = buf.getvalue()
     srv = ServerProcess(decoder_path, "--tile-threshold", "1000000", "--tile-size", "256", "--max-refine-jobs", "1",
-                        "--max-refine-queue", "4", "--max-pixels", "40000000")
+                        "--max-refine-queue", "4", "--max-pixels", "40000000", *NO_REFINE)
     try:
         srv.wait_serving()
         idle = _rss(srv.proc.pid, "VmRSS")
@@ -229,7 +229,7 @@ def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_
     for i in range(4):
         synth_image(512, 512, seed=20 + i, kind="noise").save(tmp_path / f"s{i}.png")
     srv = ServerProcess(decoder_path, "--max-message-mb", "0.1", "--styles-dir", str(tmp_path), "--log-level", "INFO",
-                        "--style-registry-mb", "0.01")
+                        "--style-registry-mb", "0.01", *NO_REFINE)
     try:
         srv.wait_serving()
         content = encoded(synth_image(320, 240, seed=9, kind="noise"), "JPEG", quality=30)

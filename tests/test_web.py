@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from helpers import (
+    NO_REFINE,
     REPO,
     ServerProcess,
     WebProcess,
@@ -557,7 +558,7 @@ def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
 def test_a_clip_over_the_servers_lower_frame_limit_is_a_400(decoder_path: Path, tmp_path: Path) -> None:
     # adain-web's own limit (900) took the clip, which then failed once sent, naming a temporary file's path
     # and the CLI's flags: the server's lower limit holds at the upload.
-    backend = ServerProcess(decoder_path, "--max-video-frames", "10")
+    backend = ServerProcess(decoder_path, "--max-video-frames", "10", *NO_REFINE)
     web = None
     try:
         backend.wait_serving()
