@@ -131,6 +131,8 @@ class VideoService:
             ended.set()
             if reader is not None:
                 reader.cancel()
+                while not queue.empty():  # a put waiting on the full window returns, should the cancel be lost
+                    queue.get_nowait()
             for frame in in_flight:  # cancelled midway: take our frames out of the queue at once
                 if frame.item is not None:
                     self.batcher.withdraw(frame.item)
@@ -209,6 +211,8 @@ class VideoService:
                 except InvalidInputError as e:  # the frame's own problem, or one of the options' found with it
                     field = e.field if e.field.startswith("frames[") else option_field(e.field)
                     raise ServiceError.invalid([Violation(field, e.description)]) from e
+                if ended.is_set():  # the call ended as the frame was prepared: its ticket went with the call
+                    return
                 frame.prepare_ms = (time.perf_counter() - t0) * 1000
                 frame.item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
                 await queue.put(frame)  # waits while the window is full
@@ -217,13 +221,21 @@ class VideoService:
                 raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the stream's deadline passed")
             if index == 0:
                 raise ServiceError.invalid([Violation("frame", "the stream carried no frames")])
-            await queue.put(None)
-        except asyncio.CancelledError:
+            await self._hand(queue, None, ended)
+        except (asyncio.CancelledError, GeneratorExit):
             raise
         except ClosedError as e:
-            await queue.put(ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)))
+            await self._hand(queue, ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)), ended)
         except BaseException as e:  # noqa: BLE001 - handed to the call, which ends with it
-            await queue.put(e)
+            await self._hand(queue, e, ended)
+
+    @staticmethod
+    async def _hand(queue: asyncio.Queue, last: BaseException | None, ended: asyncio.Event) -> None:
+        """The reader's last word to the call, unless the call has ended (nobody reads the queue then): the
+        reader's cancellation can be lost (3.11's wait_for swallows one that comes as a message does), and a
+        put on a full window then waited for good, the task left pending until the server stopped."""
+        if not ended.is_set():
+            await queue.put(last)
 
     async def _finish(
         self, stream: Any, frame: _Frame, fmt: int, quality: int, loop: asyncio.AbstractEventLoop
