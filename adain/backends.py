@@ -221,13 +221,14 @@ def _openvino(
     xml = folder / "model.xml"
     model = _cached_model(core, xml)
     if model is None:
-        with _one_at_a_time(folder.parent / f".{folder.name}.lock"):
-            model = _cached_model(core, xml)  # converted by another process while this one waited
+        with _one_at_a_time(folder.parent / f".{folder.name}.lock") as alone:
+            model = _cached_model(core, xml, quiet=True)  # converted by another process while this one waited
             if model is None:
                 model = _convert(ov, module, example, form)
-                shutil.rmtree(folder, ignore_errors=True)  # a damaged entry, if any, makes way
+                if alone and folder.exists():  # a damaged entry makes way (never another converter's new one)
+                    shutil.rmtree(folder, ignore_errors=True)
                 if _save_openvino(ov, model, folder):  # read back: the compiled-graph cache knows its file form
-                    model = core.read_model(xml)
+                    model = _cached_model(core, xml) or model
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's default is bf16 where it can
         "INFERENCE_NUM_THREADS": threads,
@@ -340,14 +341,15 @@ class _StaticShapes:
             return entry
 
 
-def _cached_model(core: object, xml: Path) -> object | None:
+def _cached_model(core: object, xml: Path, quiet: bool = False) -> object | None:
     """The converted graph kept in the cache, or None (none yet, or a damaged one: converted again)."""
     if not xml.is_file():
         return None
     try:
         return core.read_model(xml)  # type: ignore[attr-defined]
-    except Exception as e:  # a damaged cache entry
-        log.warning("openvino: cached model %s unreadable (%s), converting again", xml, e)
+    except Exception as e:  # a damaged cache entry (or one removed as it was read)
+        if not quiet:
+            log.warning("openvino: cached model %s unreadable (%s), converting again", xml, e)
         return None
 
 
@@ -365,33 +367,37 @@ LOCK_WAIT_S = 300.0  # the longest one process waits for another's conversion be
 
 
 @contextlib.contextmanager
-def _one_at_a_time(path: Path) -> Iterator[None]:
-    """Processes that start together with an empty cache (replicas on one node, the test suite's two workers)
-    take turns at a conversion (5-10 s of CPU each, ~1.5 GB at its peak): the first converts and saves, the
-    others then read its graph. The wait is bounded (a converter that hung: this one converts too, after
-    LOCK_WAIT_S); without fcntl (Windows) or a lockable cache folder each converts, as before."""
+def _one_at_a_time(path: Path) -> Iterator[bool]:
+    """Processes that start together with an empty cache (replicas sharing a volume, the test suite's two
+    workers) take turns at a conversion (5-10 s of CPU each, ~1.5 GB at its peak): the first converts and
+    saves, the others then read its graph. The wait is bounded (a converter that hung: this one converts too,
+    after LOCK_WAIT_S); without fcntl (Windows) or a lockable cache folder each converts, as before. Yields
+    whether this process holds the lock."""
     try:
         import fcntl
 
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path, "a")  # held for the block
     except (ImportError, OSError):
-        yield
+        yield False
         return
     with lock:
         end = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+                held = True
                 break
             except BlockingIOError:
                 if time.monotonic() > end:
                     log.warning("openvino: %s held over %.0f s; converting here too", path, LOCK_WAIT_S)
+                    held = False
                     break
                 time.sleep(0.1)
             except OSError:  # a filesystem without locks
+                held = False
                 break
-        yield
+        yield held
 
 
 def _save_openvino(ov: object, model: object, folder: Path) -> bool:

@@ -97,21 +97,35 @@ def _exit_now(code: int) -> NoReturn:
 def _busy_port(settings: Settings) -> str | None:
     """The error for the first port the server is to listen on that another process already listens on, found
     before the model loads (a start with a taken port failed only after it, seconds later; a rollout's crash
-    loop paid them every time). A probe: only a refused bind counts; anything else (a name that does not resolve,
-    a port that is taken between this and the real start) is left to the start itself, which checks again."""
+    loop paid them every time). A probe: only a refused bind counts; anything else (a name that does not resolve
+    or is malformed, a port that is taken between this and the real start) is left to the start itself, which
+    checks again. gRPC takes a port when it can bind any address of the host (``[::]`` falls back to 0.0.0.0),
+    so its ports are busy only when every one is; the metrics exporter binds the first address alone."""
     host = settings.host
-    ports = [(settings.port, f"cannot listen on {host}:{settings.port}"),
-             (settings.metrics_port, f"cannot serve metrics on {host}:{settings.metrics_port}: Address already in use"),
-             (settings.health_port, f"cannot listen on {host}:{settings.health_port} (--health-port)")]
-    for port, error in ports:
-        if port > 0 and _listened_on(host, port):
+    ports = [(settings.port, True, f"cannot listen on {host}:{settings.port}"),
+             (settings.metrics_port, False,
+              f"cannot serve metrics on {host}:{settings.metrics_port}: Address already in use"),
+             (settings.health_port, True, f"cannot listen on {host}:{settings.health_port} (--health-port)")]
+    for port, grpc_like, error in ports:
+        if port > 0 and _listened_on(host, port, grpc_like):
             return error
     return None
 
 
-def _listened_on(host: str, port: int) -> bool:
+def _listened_on(host: str, port: int, every_address: bool) -> bool:
+    name = host.strip("[]")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        addresses = [a[:3] + a[4:] for a in socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)]
+    except (OSError, ValueError):  # no such name here; a malformed one (UnicodeError): the start's own error
+        return False
+    if name == "::":
+        addresses.append((socket.AF_INET, socket.SOCK_STREAM, 0, ("0.0.0.0", port)))
+    refused = [_bind_refused(*a) for a in (addresses if every_address else addresses[:1])]
+    return bool(refused) and all(refused)
+
+
+def _bind_refused(family: int, kind: int, proto: int, address: tuple) -> bool:
+    try:
         with socket.socket(family, kind, proto) as probe:
             # as the servers bind: an address whose last connection is in TIME_WAIT is free, a listener's is not
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

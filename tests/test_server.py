@@ -9,6 +9,7 @@ import math
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -246,7 +247,7 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
     """--log-format json: every line one JSON object; a call's line has its fields as keys."""
-    srv = ServerProcess(decoder_path, *NO_REFINE, "--log-format", "json", "--log-level", "INFO")
+    srv = ServerProcess(decoder_path, "--log-format", "json", "--log-level", "INFO")  # refine on: its warm-up logs too
     try:
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60) as c:
@@ -826,11 +827,43 @@ def test_busy_port_is_a_clear_error(server: ServerProcess, decoder_path: Path) -
              "--metrics-port", "0", "--health-port", str(busy), "--torch-threads", "1", "--log-level", "INFO"],
             capture_output=True, text=True, timeout=120,
         )
+        # A port taken after the probe, as the model loads: the start's own bind says so (the probe off here).
+        unprobed = "import sys, adain.server.__main__ as m; m._busy_port = lambda s: None; sys.exit(m.main())"
+        late = subprocess.run(
+            [sys.executable, "-c", unprobed, "--port", "0", "--decoder", str(decoder_path), "--metrics-port",
+             str(free_port()), "--health-port", str(busy), "--torch-threads", "1", *NO_REFINE],
+            capture_output=True, text=True, timeout=120,
+        )
     finally:
         other.stop(None)
     assert proc.returncode != 0
     assert f"cannot listen on 127.0.0.1:{busy} (--health-port)" in proc.stderr and "Traceback" not in proc.stderr
     assert "model loaded" not in proc.stderr
+    assert late.returncode == 1 and "Traceback" not in late.stderr, late.stderr
+    assert f"cannot listen on 127.0.0.1:{busy} (--health-port)" in late.stderr
+
+
+def test_the_port_probe_refuses_only_what_grpc_would() -> None:
+    """A malformed host is left to the start's own error; gRPC on [::] falls back to 0.0.0.0 when
+    the IPv6 side is taken, so that is not busy for a gRPC port (it is for the metrics exporter)."""
+    from adain.server.__main__ import _listened_on
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert _listened_on("127.0.0.1", port, True) and _listened_on("0.0.0.0", port, True)
+        assert not _listened_on("a..b", port, True)  # UnicodeError: a ValueError
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6) as held:
+            held.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                held.bind(("::", 0))
+            except OSError:
+                return  # IPv6 off in this machine's kernel
+            held.listen()
+            port = held.getsockname()[1]
+            assert not _listened_on("[::]", port, True) and _listened_on("[::]", port, False)
 
 
 def test_help_lists_flags_env_and_defaults() -> None:

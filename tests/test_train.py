@@ -140,8 +140,8 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
 
 
 def test_cooldown_under_bf16_autocast(data: Path, tmp_path: Path) -> None:
-    """The lr falls linearly to 0 over the --cooldown steps before --steps (its resume: the test above); and
-    training runs under bf16 autocast on a CPU (emulated where it has no bf16 units), its losses finite."""
+    """The lr falls linearly to 0 over the --cooldown steps before --steps (not resumed: a cooldown moves with
+    each leg's --steps); and training runs under bf16 autocast on a CPU (emulated where it has no bf16 units)."""
     out = tmp_path / "cool"
     train(data, out, 4, "--workers", "0", "--lr", "1e-3", "--lr-decay", "0", "--cooldown", "3", "--precision", "bf16")
     rows = logged(out)
