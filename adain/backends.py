@@ -221,7 +221,7 @@ def _openvino(
     xml = folder / "model.xml"
     model = _cached_model(core, xml)
     if model is None:
-        with _one_at_a_time(folder.parent / f".{folder.name}.lock") as alone:
+        with _one_at_a_time(_lock_file(folder)) as alone:
             model = _cached_model(core, xml, quiet=True)  # converted by another process while this one waited
             if model is None:
                 model = _convert(ov, module, example, form)
@@ -382,22 +382,27 @@ def _one_at_a_time(path: Path) -> Iterator[bool]:
         yield False
         return
     with lock:
-        end = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
-                held = True
-                break
-            except BlockingIOError:
-                if time.monotonic() > end:
-                    log.warning("openvino: %s held over %.0f s; converting here too", path, LOCK_WAIT_S)
-                    held = False
-                    break
-                time.sleep(0.1)
-            except OSError:  # a filesystem without locks
-                held = False
-                break
-        yield held
+        yield _wait_for_lock(fcntl, lock, path)  # the lock goes when the file closes
+
+
+def _wait_for_lock(fcntl: object, lock: object, path: Path) -> bool:
+    end = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[attr-defined]
+            return True
+        except BlockingIOError:
+            if time.monotonic() > end:
+                log.warning("openvino: %s held over %.0f s; converting here too", path, LOCK_WAIT_S)
+                return False
+            time.sleep(0.1)
+        except OSError:  # a filesystem without locks
+            return False
+
+
+def _lock_file(folder: Path) -> Path:
+    """Where the processes converting into ``folder`` take turns (beside it: the folder is renamed into place)."""
+    return folder.parent / f".{folder.name}.lock"
 
 
 def _save_openvino(ov: object, model: object, folder: Path) -> bool:

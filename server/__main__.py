@@ -104,7 +104,7 @@ def _busy_port(settings: Settings) -> str | None:
     host = settings.host
     ports = [(settings.port, True, f"cannot listen on {host}:{settings.port}"),
              (settings.metrics_port, False,
-              f"cannot serve metrics on {host}:{settings.metrics_port}: Address already in use"),
+              f"cannot serve metrics on {host}:{settings.metrics_port}: {os.strerror(errno.EADDRINUSE)}"),
              (settings.health_port, True, f"cannot listen on {host}:{settings.health_port} (--health-port)")]
     for port, grpc_like, error in ports:
         if port > 0 and _listened_on(host, port, grpc_like):

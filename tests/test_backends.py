@@ -244,7 +244,7 @@ def test_processes_starting_together_convert_once(tmp_path: Path, monkeypatch: p
         out.append(backends._openvino(module, example, False, 1, "", 1))
 
     got: list = []
-    with open(folder.parent / f".{key}.lock", "a") as lock:  # another process, converting
+    with open(backends._lock_file(folder), "a") as lock:  # another process, converting
         fcntl.flock(lock, fcntl.LOCK_EX)
         waiter = threading.Thread(target=build, args=(got,))
         waiter.start()
@@ -259,7 +259,7 @@ def test_processes_starting_together_convert_once(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("ADAIN_CACHE_DIR", str(tmp_path / "hung"))
     folder = tmp_path / "hung" / "openvino" / key
     folder.parent.mkdir(parents=True)
-    with open(folder.parent / f".{key}.lock", "a") as lock, caplog.at_level(logging.WARNING, "adain.backends"):
+    with open(backends._lock_file(folder), "a") as lock, caplog.at_level(logging.WARNING, "adain.backends"):
         fcntl.flock(lock, fcntl.LOCK_EX)  # a converter that hung
         run = backends._openvino(module, example, False, 1, "", 1)
     assert len(traced) == 2 and "converting here too" in caplog.text

@@ -53,12 +53,15 @@ class Replicas:
     def served_since(self, before: list[int], at_least: int) -> list[int]:
         """Each replica's logged successes since ``before``, once they add up to ``at_least``: the access log is
         read from each process's stderr by a thread, which on a busy machine lags the replies by a moment."""
+        def served() -> list[int]:
+            return [self.stylize_ok(s) - b for s, b in zip(self.servers, before)]
+
         end = time.monotonic() + 30
-        while (served := [self.stylize_ok(s) - b for s, b in zip(self.servers, before)]) and sum(served) < at_least:
-            assert time.monotonic() < end, (served, at_least)
+        while sum(served()) < at_least:
+            assert time.monotonic() < end, (served(), at_least)
             time.sleep(0.1)
         time.sleep(0.5)  # anything logged twice comes with the rest
-        return [self.stylize_ok(s) - b for s, b in zip(self.servers, before)]
+        return served()
 
     def metrics_ok(self, srv: ServerProcess) -> int:
         text = srv.metrics_text()
