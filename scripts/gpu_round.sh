@@ -70,25 +70,22 @@ if [ "$PART" != bench ]; then
 COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --save-every 500
         --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --content-scale 2
         "${TRAIN[@]}" ${EXTRA:-})
-export_to() {  # checkpoint dir -> decoder file, the metadata saying what it is
-  "$PY" -m adain.train export "$1/checkpoint.pt" "$2" \
-    --data "../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80" --note "$3"
-}
-train() {
+EXPORT=(--export-data "../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80")
+train() {  # each run writes its decoder file itself at its end (--export), the metadata saying what it is
   name=$1 dir=$2; shift 2
-  "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" > "$dir.txt" 2>&1
+  "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" --export "$dir-v1.pt" "${EXPORT[@]}" \
+    --export-note "GPU round: fine-tuned from the shipped decoder, variant $name $*" > "$dir.txt" 2>&1
   echo "$name: training exit $?" >> "$dir.txt"
-  export_to "$dir" "$dir-v1.pt" "GPU round: fine-tuned from the shipped decoder, variant $name $*" >> "$dir.txt" 2>&1
   cp "$dir/log.jsonl" "$OUT/$name-log.jsonl"
   # the detail path on top (architecture 3), as the shipped decoder has it: alpha 1 stays this v1's
   GROWN=(--content "$DATA/content" --style "$DATA/style" --detail --style-weight 3 --lr-decay 5e-4 --alpha-one 0
-         --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}")
+         --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}" "${EXPORT[@]}")
   "$PY" -m adain.train "${GROWN[@]}" --init "$dir-v1.pt" --out "$dir-d1" --steps "${GROW_STEPS[0]}" --lr 1e-3 \
-    --alpha-zero 0.5 --max-minutes 0.75 --save-every "${GROW_STEPS[0]}" >> "$dir.txt" 2>&1 &&
-  export_to "$dir-d1" "$dir-d1.pt" "GPU round: detail path, run 1" >> "$dir.txt" 2>&1 &&
+    --alpha-zero 0.5 --max-minutes 0.75 --save-every "${GROW_STEPS[0]}" \
+    --export "$dir-d1.pt" --export-note "GPU round: detail path, run 1" >> "$dir.txt" 2>&1 &&
   "$PY" -m adain.train "${GROWN[@]}" --init "$dir-d1.pt" --out "$dir-d2" --steps "${GROW_STEPS[1]}" --lr 3e-4 \
-    --alpha-zero 0.8 --max-minutes 1.25 --save-every "${GROW_STEPS[1]}" >> "$dir.txt" 2>&1 &&
-  export_to "$dir-d2" "$OUT/$name-decoder.pt" "GPU round: variant $name $* with the detail path grown on it" \
+    --alpha-zero 0.8 --max-minutes 1.25 --save-every "${GROW_STEPS[1]}" \
+    --export "$OUT/$name-decoder.pt" --export-note "GPU round: variant $name $* with the detail path grown on it" \
     >> "$dir.txt" 2>&1
   grown=$?
   echo "$name: detail path exit $grown" >> "$dir.txt"

@@ -151,7 +151,7 @@ def test_cooldown_under_bf16_autocast(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1"),
-                                   ("--cooldown", "-1"), ("--ema", "1")])
+                                   ("--cooldown", "-1"), ("--ema", "1"), ("--export-note", "x")])
 def test_flags_refused(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     from adain.train.train import parse_args
 

@@ -3,6 +3,7 @@
     adain-train --content DIR --style DIR --out runs/x [--steps 20000] [--resume]
     torchrun --nproc_per_node N -m adain.train --content DIR --style DIR --out runs/x
     adain-train export runs/x/checkpoint.pt adain/assets/decoder.pt --data "what it was trained on"
+    adain-train ... --export runs/x/decoder.pt     (the same file at the run's end, in the same process)
 
 loss = content + style_weight * style (+ recon terms), where content is the MSE between relu4_1 of the
 output and the target, and style sums, over relu1_1..relu4_1, the MSE of channel means plus that of
@@ -118,6 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=500, help="sample grid and loss plot every N steps")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and checkpoint) after this long; 0 = no limit")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--export", type=Path, default=None,
+                   help="at the run's end, also write its decoder file here (fp16, as `adain-train export` does)")
+    p.add_argument("--export-data", default="", help="with --export: what the decoder was trained on (metadata)")
+    p.add_argument("--export-note", default="", help="with --export: free text for the metadata")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument(
         "--precision",
@@ -141,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--cooldown must be >= 0 and --ema in [0, 1), got {args.cooldown}, {args.ema}")
     if args.detail and args.init is None and not args.resume:
         p.error("--detail grows a trained decoder: give it --init (e.g. adain/assets/decoder.pt)")
+    if args.export is None and (args.export_data or args.export_note):
+        p.error("--export-data and --export-note go with --export FILE")
     args.alpha_input = args.alpha_input or args.detail
     return args
 
@@ -497,23 +504,16 @@ def plot_losses(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def export(argv: list[str] | None = None) -> None:
-    """Checkpoint -> the product's decoder file (fp16) with its metadata record."""
-    p = argparse.ArgumentParser(prog="adain-train export", description=export.__doc__)
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("output", type=Path)
-    p.add_argument("--data", default="", help="what the decoder was trained on (goes into the metadata)")
-    p.add_argument("--note", default="", help="free text for the metadata, e.g. 'CPU interim decoder'")
-    p.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16, half the size)")
-    p.add_argument("--raw", action="store_true", help="the last step's weights, not the --ema average")
-    args = p.parse_args(argv)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+def export_checkpoint(checkpoint: Path, output: Path, data: str = "", note: str = "", half: bool = True,
+                      raw: bool = False) -> dict[str, Any]:
+    """Checkpoint -> the product's decoder file with its metadata record; returns the record."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     targs = state.get("args", {})
     decoder = Decoder(alpha_input=bool(targs.get("alpha_input")), detail=bool(targs.get("detail")))
-    ema = state.get("ema") if not args.raw else None
+    ema = state.get("ema") if not raw else None
     decoder.load_state_dict(ema if ema is not None else state["decoder"])
     meta = {
-        "data": args.data or f"content={targs.get('content')} style={targs.get('style')}",
+        "data": data or f"content={targs.get('content')} style={targs.get('style')}",
         "steps": int(state["step"]),
         "batch_size": targs.get("batch_size"),
         "crop": targs.get("crop"),
@@ -524,14 +524,32 @@ def export(argv: list[str] | None = None) -> None:
         "init": state.get("init") or None,
         "teacher": state.get("teacher"),
         "final_losses": {k: round(float(v), 5) for k, v in state.get("losses", {}).items()},
-        "note": args.note,
+        "note": note,
         "exported": time.strftime("%Y-%m-%d"),
     }
-    save_decoder(decoder, args.output, meta, half=not args.fp32)
-    load_decoder(args.output)  # refuse to leave behind a file the Stylizer would not load
-    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB): {json.dumps(meta)}")
+    save_decoder(decoder, output, meta, half=half)
+    load_decoder(output)  # refuse to leave behind a file the Stylizer would not load
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {json.dumps(meta)}", flush=True)
+    return meta
+
+
+def export(argv: list[str] | None = None) -> None:
+    """Checkpoint -> the product's decoder file (fp16) with its metadata record."""
+    p = argparse.ArgumentParser(prog="adain-train export", description=export.__doc__)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--data", default="", help="what the decoder was trained on (goes into the metadata)")
+    p.add_argument("--note", default="", help="free text for the metadata, e.g. 'CPU interim decoder'")
+    p.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16, half the size)")
+    p.add_argument("--raw", action="store_true", help="the last step's weights, not the --ema average")
+    args = p.parse_args(argv)
+    export_checkpoint(args.checkpoint, args.output, args.data, args.note, half=not args.fp32, raw=args.raw)
 
 
 def train(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    Trainer(parse_args(argv)).run()
+    args = parse_args(argv)
+    trainer = Trainer(args)
+    trainer.run()
+    if args.export and trainer.main:  # the run's end (its steps, --max-minutes or SIGTERM) as a decoder file
+        export_checkpoint(args.out / "checkpoint.pt", args.export, args.export_data, args.export_note)
