@@ -21,9 +21,11 @@ from adain.wire import (
     COLOR_MODES,
     DEFAULT_CONTENT_WEIGHT,
     DEFAULT_STYLE_WEIGHT,
+    DEFAULT_TV_WEIGHT,
     OPTIMIZERS,
     REFINE_CONTENT_WEIGHT,
     REFINE_INITS,
+    REFINE_TV_WEIGHT,
     TEMPORAL_MODES,
     Limits,
     color_mode,
@@ -56,7 +58,7 @@ class Job:
     refine_init: str = "adain"
     content_weight: float | None = None  # None: 5 for a refine, 1 for the classic method (adain.wire)
     style_weight: float = DEFAULT_STYLE_WEIGHT
-    tv_weight: float = 0.0
+    tv_weight: float | None = None  # None: 1e3 for a refine, 0 for the classic method (adain.wire)
     refine_size: int | None = None
     optimizer: str = "lbfgs"
 
@@ -165,7 +167,7 @@ class Job:
             )
         for name in ("content_weight", "style_weight", "tv_weight"):
             value = getattr(self, name)
-            if name == "content_weight" and value is None:
+            if name != "style_weight" and value is None:
                 continue
             if not is_number(value) or value < 0:
                 bad.append(InvalidInputError(name, f"must be a finite number >= 0, got {value!r}"))
@@ -184,6 +186,11 @@ class Job:
         if self.content_weight is not None:
             return self.content_weight
         return DEFAULT_CONTENT_WEIGHT if self.refine_init == "content" else REFINE_CONTENT_WEIGHT
+
+    def _tv_weight(self) -> float:
+        if self.tv_weight is not None:
+            return self.tv_weight
+        return DEFAULT_TV_WEIGHT if self.refine_init == "content" else REFINE_TV_WEIGHT
 
     def check(self, limits: Limits, *, content: bool = True) -> CheckedJob:
         """The job with its values resolved; raises InvalidInputError (all problems in ``.problems``)."""
@@ -211,7 +218,7 @@ class Job:
             refine_init=self.refine_init,
             content_weight=float(self._content_weight()),
             style_weight=float(self.style_weight),
-            tv_weight=float(self.tv_weight),
+            tv_weight=float(self._tv_weight()),
             refine_size=int(self.refine_size) if self.refine_size else None,
             optimizer=self.optimizer,
         )
@@ -233,7 +240,7 @@ class CheckedJob:
     refine_init: str = "adain"
     content_weight: float = DEFAULT_CONTENT_WEIGHT
     style_weight: float = DEFAULT_STYLE_WEIGHT
-    tv_weight: float = 0.0
+    tv_weight: float = DEFAULT_TV_WEIGHT
     refine_size: int | None = None
     optimizer: str = "lbfgs"
     masks: tuple[ImageSource, ...] | None = None
