@@ -91,8 +91,8 @@ DEFAULT_CONTENT_WEIGHT = 1.0  # the classic method's (from the content)
 # classic method's 100-iteration content and Gram losses in 0.12x its time, where weight 1 never did).
 REFINE_CONTENT_WEIGHT = 5.0
 DEFAULT_STYLE_WEIGHT = 10.0  # the ratio style/content is the knob; see the README's refine table
-# A refine's pixels gather a fine speckle (in flat areas a faint diagonal grid) that doubled the image's
-# high-frequency energy (384 px, 30 iterations). Total variation at 1e3 takes most of it back for 1-4% of the
+# A refine's pixels gather a fine speckle (in flat areas a faint diagonal grid) that raised the image's
+# high-frequency energy 1.6-2x (384 px, 30 iterations). Total variation at 1e3 takes most of it back for 1-4% of the
 # objective; 3e3 cost a busy style a fifth of its Gram gain, 1e4 blurred (README, "the optimisation method").
 # The classic method keeps Gatys et al.'s objective: 1e3 tripled its Gram loss on a busy style.
 REFINE_TV_WEIGHT = 1e3

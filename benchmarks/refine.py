@@ -9,8 +9,8 @@ pairs (``--pairs``, one count per size):
 
 * AdaIN: ``Stylizer.render`` of the prepared job;
 * AdaIN + refine N: ``adain.optimize`` from that output (the library's defaults: L-BFGS, Gram style
-  term, ``REFINE_TARGET`` as content target), the rows at N steps snapshots of one run (exactly the
-  iterates a run of N takes);
+  term, total variation 1000, ``REFINE_TARGET`` as content target), the rows at N steps snapshots of one
+  run (exactly the iterates a run of N takes);
 * classic N: the same optimisation from the content image with the content's own features as the
   content term (Gatys et al.), ``refine_init="content"``;
 * AdaIN + refine N at S px (sizes above ``--refine-size`` S): the library's ``refine`` with

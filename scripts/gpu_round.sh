@@ -70,16 +70,20 @@ if [ "$PART" != bench ]; then
 COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --save-every 500
         --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --content-scale 2
         "${TRAIN[@]}" ${EXTRA:-})
-EXPORT=(--export-data "../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80")
+WHAT="../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80"
 train() {  # each run writes its decoder file itself at its end (--export), the metadata saying what it is
   name=$1 dir=$2; shift 2
-  "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" --export "$dir-v1.pt" "${EXPORT[@]}" \
+  "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" --export "$dir-v1.pt" --export-data "$WHAT" \
     --export-note "GPU round: fine-tuned from the shipped decoder, variant $name $*" > "$dir.txt" 2>&1
-  echo "$name: training exit $?" >> "$dir.txt"
+  echo "$name: training (and its export) exit $?" >> "$dir.txt"
+  if [ ! -f "$dir-v1.pt" ] && [ -f "$dir/checkpoint.pt" ]; then  # it failed (not at its end): its last checkpoint
+    "$PY" -m adain.train export "$dir/checkpoint.pt" "$dir-v1.pt" --data "$WHAT" \
+      --note "GPU round: variant $name $*, the last checkpoint of a run that failed" >> "$dir.txt" 2>&1
+  fi
   cp "$dir/log.jsonl" "$OUT/$name-log.jsonl"
   # the detail path on top (architecture 3), as the shipped decoder has it: alpha 1 stays this v1's
   GROWN=(--content "$DATA/content" --style "$DATA/style" --detail --style-weight 3 --lr-decay 5e-4 --alpha-one 0
-         --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}" "${EXPORT[@]}")
+         --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}" --export-data "$WHAT")
   "$PY" -m adain.train "${GROWN[@]}" --init "$dir-v1.pt" --out "$dir-d1" --steps "${GROW_STEPS[0]}" --lr 1e-3 \
     --alpha-zero 0.5 --max-minutes 0.75 --save-every "${GROW_STEPS[0]}" \
     --export "$dir-d1.pt" --export-note "GPU round: detail path, run 1" >> "$dir.txt" 2>&1 &&
@@ -89,7 +93,9 @@ train() {  # each run writes its decoder file itself at its end (--export), the 
     >> "$dir.txt" 2>&1
   grown=$?
   echo "$name: detail path exit $grown" >> "$dir.txt"
-  [ $grown = 0 ] || cp "$dir-v1.pt" "$OUT/$name-decoder.pt"  # the convolutions still come back
+  if [ $grown != 0 ]; then  # the convolutions still come back
+    cp "$dir-v1.pt" "$OUT/$name-decoder.pt" 2>/dev/null || echo "$name: no decoder" >> "$dir.txt"
+  fi
 }
 mkdir -p "${RUNS[@]}"
 # Rounds 1-2 trained one decoder for every alpha and traded alpha 0 against alpha 1's style; the CPU A/Bs

@@ -59,29 +59,24 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     # as if killed between a log line and its checkpoint: the resumed run logs that step again, once
     with (out / "log.jsonl").open("a") as f:
         f.write(json.dumps({"step": 3, "time": 0.0, "lr": 0.0, "loss": 1.0, "content": 1.0, "style": 1.0}) + "\n")
-    train(data, out, 3, "--resume")
+    exported = tmp_path / "decoder.pt"  # written by the run at its end (--export), as `adain-train export` does
+    train(data, out, 3, "--resume", "--export", str(exported), "--export-data", "synthetic")
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3
     rows = logged(out)
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[2]["time"] > 0  # the real step 3, not the stale line
     assert any(not torch.equal(before[k], v) for k, v in ckpt["decoder"].items())
 
-    exported = tmp_path / "decoder.pt"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "adain.train",
-            "export",
-            str(out / "checkpoint.pt"),
-            str(exported),
-            "--data",
-            "synthetic",
-        ],
-        check=True,
-        env=ENV,
-        capture_output=True,
-    )
+    # a run whose weights go non-finite stops with an error, keeps its last good checkpoint and exports nothing
+    stopped = subprocess.run([sys.executable, "-m", "adain.train", "--content", str(data / "content"), "--style",
+                              str(data / "style"), "--out", str(out), "--steps", "8", "--batch-size", "2", "--crop",
+                              "32", "--workers", "0", "--resume", "--lr", "1e30", "--export", str(tmp_path / "x.pt")],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert stopped.returncode != 0 and "non-finite loss" in stopped.stderr, stopped.stderr[-3000:]
+    kept = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert 3 <= kept["step"] < 8 and all(v.isfinite().all() for v in kept["decoder"].values())
+    assert not (tmp_path / "x.pt").exists()
+
     st = Stylizer(str(exported), device="cpu", backend="torch")  # a runtime would convert each new decoder
     meta = st.info["decoder_meta"]
     assert meta["steps"] == 3 and meta["data"] == "synthetic"
@@ -151,7 +146,8 @@ def test_cooldown_under_bf16_autocast(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1"),
-                                   ("--cooldown", "-1"), ("--ema", "1"), ("--export-note", "x")])
+                                   ("--cooldown", "-1"), ("--ema", "1"), ("--export-note", "x"), ("--export", "."),
+                                   ("--export", "runs/decoder/checkpoint.pt")])
 def test_flags_refused(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     from adain.train.train import parse_args
 

@@ -120,7 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and checkpoint) after this long; 0 = no limit")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--export", type=Path, default=None,
-                   help="at the run's end, also write its decoder file here (fp16, as `adain-train export` does)")
+                   help="at the run's end (its steps, --max-minutes or SIGTERM; not after an error), also write its "
+                   "decoder file here: fp16, the --ema average where there is one, as `adain-train export` does")
     p.add_argument("--export-data", default="", help="with --export: what the decoder was trained on (metadata)")
     p.add_argument("--export-note", default="", help="with --export: free text for the metadata")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
@@ -148,8 +149,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--detail grows a trained decoder: give it --init (e.g. adain/assets/decoder.pt)")
     if args.export is None and (args.export_data or args.export_note):
         p.error("--export-data and --export-note go with --export FILE")
+    if args.export is not None:  # found at parse time, not after the whole run
+        taken = {args.out / "checkpoint.pt": "the run's checkpoint", args.init: "--init"}
+        clash = next((what for path, what in taken.items() if path is not None and same_file(args.export, path)), None)
+        if args.export.is_dir() or clash:
+            p.error(f"--export {args.export} is {clash or 'a folder'}: give the decoder file's own path")
     args.alpha_input = args.alpha_input or args.detail
     return args
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (either may not exist yet)."""
+    return a.resolve() == b.resolve()
 
 
 def _worker_leaves_process_group(worker_id: int) -> None:
@@ -407,15 +418,17 @@ class Trainer:
         def on_term(signum: int, frame: Any) -> None:  # SIGTERM: finish the step, checkpoint, exit
             stop["flag"] = True
 
-        signal.signal(signal.SIGTERM, on_term)
+        previous = signal.signal(signal.SIGTERM, on_term)
         bar = tqdm(total=args.steps, initial=self.step, disable=not self.main, unit="step", dynamic_ncols=True)
         logf = self._open_log() if self.main else None
         sums: dict[str, float] = {}
         n = 0
+        diverged = False
         try:
             while self.step < args.steps and not stop["flag"] and time.monotonic() < deadline:
                 losses = self.train_step()
                 if not all(math.isfinite(v) for v in losses.values()):
+                    diverged = True  # this step's update made the weights non-finite: the last checkpoint stays
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
                 self.step += 1
                 n += 1
@@ -450,7 +463,8 @@ class Trainer:
         finally:
             if n:  # the losses of the steps since the last log line
                 self.last_losses = {k: v / n for k, v in sums.items()}
-            self._save()
+            if not diverged:  # a checkpoint of non-finite weights took the place of the last good one
+                self._save()
             # Stop the DataLoader workers now: left to garbage collection, they may outlive the
             # interpreter's shutdown, where torch skips its orderly stop of them.
             self.content = self.style = self.sharp = None
@@ -459,6 +473,7 @@ class Trainer:
                 logf.close()
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
+            signal.signal(signal.SIGTERM, previous)  # what follows (an --export) stops at a SIGTERM
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
