@@ -45,6 +45,7 @@ from .metrics import Metrics
 from .refine import RefineLimits, RefineService
 from .registry import StyleRegistry
 from .service import StyleTransferServicer, add_servicer, current_caller
+from .unread import UnreadRequests
 from .video import VideoLimits, VideoService
 
 log = logging.getLogger("adain.server")
@@ -204,7 +205,10 @@ class StyleTransferServer:
             limits = self.stylizer.limits
             library = StyleLibrary(s.styles_dir, limits.max_pixels, limits.max_styles, limits.style_size)
         tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
-        interceptors = []
+        # first, so that it sees every call, one whose token is refused too
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            UnreadRequests(s.max_message_bytes, lambda method: self.metrics.requests_unread.labels(method).inc())
+        ]
         if s.auth_tokens_file:
             tokens = TokenFile(s.auth_tokens_file)
             self.servicer.tokens = tokens

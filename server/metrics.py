@@ -21,6 +21,11 @@ class Metrics(Exporter):
         self.requests = Counter(
             "adain_requests", "gRPC requests handled, by method and status code", ["method", "code"], registry=r
         )
+        self.requests_unread = Counter(
+            "adain_requests_unread", "Calls that ended before their request message arrived, by method: over "
+            "--max-message-mb (gRPC itself answers RESOURCE_EXHAUSTED; in adain_requests_total no handler ran) or "
+            "the client went away while sending it", ["method"], registry=r,
+        )
         self.request_seconds = Histogram(
             "adain_request_seconds", "Server time per request, by method", ["method"], buckets=_LATENCY_BUCKETS,
             registry=r,

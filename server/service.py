@@ -104,6 +104,11 @@ async def _call(
         ended = context.code()  # ended by the server beside the handler (a stream whose client reads nothing)
         if ended is not None and ended != grpc.StatusCode.OK:
             code, detail = ended, context.details() or ""
+        elif method == "StylizeVideo" and code == grpc.StatusCode.CANCELLED:  # the one stream of requests:
+            # gRPC ends it so when a message is too large (a call with one request: server/unread.py)
+            detail = (f"the client cancelled, or sent a message over the limit of "
+                      f"{servicer.info.limits.max_message_bytes} bytes (max_message_bytes), which gRPC refused "
+                      "with RESOURCE_EXHAUSTED")
         raise
     except grpc.aio.AbortError:
         code = context.code() or grpc.StatusCode.UNKNOWN

@@ -23,6 +23,8 @@ from adain import Stylizer
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import main
 from adain.tiling import BUFFER_BYTES_PER_PIXEL, Tiling
+from adain.v1 import style_transfer_pb2 as pb
+from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import NO_REFINE, REPO, ServerProcess
 from synth import band_mask, encoded, synth_image
 
@@ -225,7 +227,8 @@ def _cpu_seconds(pid: int) -> float:
 def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_path: Path) -> None:
     """A photo, a clip's frame and the library's list: each over the reply limit is RESOURCE_EXHAUSTED saying
     what to ask for instead, and logged as such (gRPC's own refusal was logged as OK). And a style larger than
-    the whole style registry is refused (it would have pushed every other registered style out)."""
+    the whole style registry is refused (it would have pushed every other registered style out). A request
+    over the limit, which gRPC refuses before any handler runs, is logged and counted all the same."""
     for i in range(4):
         synth_image(512, 512, seed=20 + i, kind="noise").save(tmp_path / f"s{i}.png")
     srv = ServerProcess(decoder_path, "--max-message-mb", "0.1", "--styles-dir", str(tmp_path), "--log-level", "INFO",
@@ -252,7 +255,27 @@ def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_
             with pytest.raises(StyleTransferError) as err:  # a style larger than the whole registry: refused
                 client.register_style(content)
             assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "(style_registry_mb)" in err.value.details
+        big = encoded(synth_image(256, 256, seed=3, kind="noise"))  # ~200 KB: over 0.1 MB on the way in
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Stylize(pb.StylizeRequest(content=big, styles=[pb.Style(image=STYLE)]), timeout=30,
+                             metadata=(("x-request-id", "too-big-1"),))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            options = pb.VideoRequest(options=pb.VideoOptions(styles=[pb.Style(image=STYLE)]))
+            with pytest.raises(grpc.RpcError) as err:  # a clip's frame: its stream ends as a cancel would
+                list(stub.StylizeVideo(iter([options, pb.VideoRequest(frame=big)]), timeout=30))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30).limits.max_message_bytes  # still serving
+        deadline = time.monotonic() + 30  # the calls' ends are logged as their tasks end, after the clients' answers
+        while (srv.metric('adain_requests_unread_total{method="Stylize"}') < 1
+               or "method=StylizeVideo code=CANCELLED" not in "".join(srv.stderr_lines)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert 'adain_requests_unread_total{method="GetServerInfo"}' not in srv.metrics_text()
         log = "".join(srv.stderr_lines)
+        assert "request_id=too-big-1 method=Stylize outcome=unread" in log and "max_message_bytes" in log, log
+        assert "method=StylizeVideo code=CANCELLED" in log and "sent a message over the limit of 104857" in log
         assert "method=ListStyles code=RESOURCE_EXHAUSTED" in log and "Traceback" not in log
     finally:
         srv.terminate()
