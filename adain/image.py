@@ -188,6 +188,16 @@ def load_image(
     return _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb)
 
 
+def stored_format(source: ImageSource, *, field: str = "image") -> str | None:
+    """The format the image is stored in ("JPEG", "PNG", ...; None for a PIL image made in memory), from
+    its header: a label image's colours drift where it is JPEG."""
+    img = _open(source, field)
+    if img is source:  # a caller's own image: not ours to close
+        return img.format
+    with img:
+        return img.format
+
+
 def header_size(source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(w, h) as stored (before an EXIF turn, which keeps the pixel count), read from the header alone: what a
     server needs to plan a job's memory before decoding it. Raises InvalidInputError as load_image does for an

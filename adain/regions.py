@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from adain.errors import InvalidInputError
-from adain.image import load_image
+from adain.image import load_image, stored_format
 from adain.job import CheckedJob
 from adain.ops import masked_adain, weighted_mean_std
 from adain.prepared import Stats, Targets
@@ -114,13 +114,50 @@ def _label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list
     grey &= g == b
     np.copyto(label, r, where=grey)
     del grey
+    values = list(job.label_values or ())
+    lossy = stored_format(job.labels, field="labels") in LOSSY_FORMATS
+    if lossy:
+        _snap(label, rgb, values)
     maps = []
-    for i, value in enumerate(job.label_values or ()):
+    for i, value in enumerate(values):
         hit = label == value
         if not hit.any():
-            raise InvalidInputError(f"styles[{i}].label", f"no pixel of labels has label {_label_name(value)}")
+            hint = " (its JPEG compression changed the colours: send labels as PNG)" if lossy else ""
+            raise InvalidInputError(f"styles[{i}].label", f"no pixel of labels has label {_label_name(value)}{hint}")
         maps.append(hit.astype(np.uint8) * 255)
     return maps
+
+
+# A JPEG label image has no pixel of its colours as painted: #ff0000 comes back as #fe0000 or #ff0101, at any
+# quality (0 exact pixels of three colours at q95), and a region's edge passes through other colours; its job
+# was refused ("no pixel of labels has label #ff0000"). A pixel of a lossy label image takes a requested label
+# within this many levels in every channel (and within less than half the way to the next requested one, so
+# that the grey labels 1, 2, 3 of a segmentation stay exact). Its flat areas are then recovered; a pixel or two
+# at the edges may keep the photo, and other colours within the distance take the label: PNG is exact.
+LOSSY_FORMATS = ("JPEG", "MPO")
+LOSSY_TOLERANCE = 24
+
+
+def _label_colours(value: int) -> set[tuple[int, int, int]]:
+    """The colours of pixels with this label: a grey level's, and below 256 also the colour 0x0000vv."""
+    if value >= 256:
+        return {((value >> 16) & 255, (value >> 8) & 255, value & 255)}
+    return {(value, value, value), (0, 0, value)}
+
+
+def _snap(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
+    """Give each pixel of ``rgb`` near a requested label's colour that label, in ``label`` (in place)."""
+    colours = [(value, colour) for value in set(values) for colour in _label_colours(value)]
+    for value, colour in colours:
+        gaps = [max(abs(a - b) for a, b in zip(colour, other)) for v, other in colours if v != value]
+        tolerance = min([LOSSY_TOLERANCE] + [(gap - 1) // 2 for gap in gaps])
+        if tolerance <= 0:
+            continue
+        near = np.ones(label.shape, dtype=bool)
+        for k, level in enumerate(colour):  # a channel at a time in uint8: an int copy of a 64 MP image is 0.8 GB
+            channel = rgb[..., k]
+            near &= (np.maximum(channel, level) - np.minimum(channel, level)) <= tolerance
+        np.copyto(label, np.uint32(value), where=near)
 
 
 def _label_name(value: int) -> str:

@@ -106,6 +106,25 @@ def test_two_style_mask_gives_the_image_it_always_did(stylizer: Stylizer) -> Non
     assert d.max() <= 1 and d.mean() < 0.01, (float(d.max()), float(d.mean()))
 
 
+def test_a_jpeg_label_image_keeps_its_regions(stylizer: Stylizer) -> None:
+    """A JPEG has no pixel of its label colours as painted (#ff0000 comes back #fe0101 and the like), so its job
+    was refused: a pixel near a requested colour now takes its label. A grey segmentation's neighbouring labels
+    (1, 2) stay exact, as no pixel can be told apart from the next label by distance."""
+    colour = np.zeros((64, 96, 3), np.uint8)  # black: label 0, named by no style, so the photo
+    colour[:, :40], colour[16:48, 48:80] = (255, 0, 0), (0, 0, 255)
+    regions = {fmt: stylizer.prepare(Job(CONTENT, [STYLE_A, STYLE_B], labels=encoded(Image.fromarray(colour), fmt),
+                                         label_values=["#ff0000", "#0000ff"])).regions for fmt in ("PNG", "JPEG")}
+    differ = (regions["PNG"].int() - regions["JPEG"].int()).abs() > 127
+    assert 0 < differ.float().mean() < 0.05, float(differ.float().mean())  # a pixel or two at the edges
+    inner = differ[..., 4:-4, 4:36].any() or differ[..., 20:44, 52:76].any()
+    assert not inner  # the regions' insides, whole
+    grey = np.full((64, 96), 2, np.uint8)
+    grey[:, :48] = 1
+    jpeg = encoded(Image.fromarray(grey, "L"), "JPEG")
+    ours = stylizer.prepare(Job(CONTENT, [STYLE_A, STYLE_B], labels=jpeg, label_values=[1, 2])).regions
+    assert ours[0, 0, :, :40].min() == 255 and ours[0, 1, :, 56:].min() == 255
+
+
 def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:
     left, middle = band_mask(96, 64, 0, 32), band_mask(96, 64, 32, 64)
     by_masks = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=[left, middle])
