@@ -189,8 +189,8 @@ def load_image(
 
 
 def stored_format(source: ImageSource, *, field: str = "image") -> str | None:
-    """The format the image is stored in ("JPEG", "PNG", ...; None for a PIL image made in memory), from
-    its header: a label image's colours drift where it is JPEG."""
+    """The format the image is stored in ("JPEG", "PNG", ...), from its header: a label image's colours drift
+    where it is JPEG. None for a PIL image made in memory (``convert`` of a JPEG's included)."""
     img = _open(source, field)
     if img is source:  # a caller's own image: not ours to close
         return img.format

@@ -128,35 +128,36 @@ def _label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list
     return maps
 
 
-# A JPEG label image has no pixel of its colours as painted: #ff0000 comes back as #fe0000 or #ff0101, at any
-# quality (0 exact pixels of three colours at q95), and a region's edge passes through other colours; its job
-# was refused ("no pixel of labels has label #ff0000"). A pixel of a lossy label image takes a requested label
-# within this many levels in every channel (and within less than half the way to the next requested one, so
-# that the grey labels 1, 2, 3 of a segmentation stay exact). Its flat areas are then recovered; a pixel or two
-# at the edges may keep the photo, and other colours within the distance take the label: PNG is exact.
-LOSSY_FORMATS = ("JPEG", "MPO")
-LOSSY_TOLERANCE = 24
+# A JPEG label image has no pixel of its colours as painted: #ff0000 comes back as #fe0000 or #fe0002, at any
+# quality (0 exact pixels of three colours at q95), and its job was refused ("no pixel of labels has label
+# #ff0000"). A flat area comes back within 1-3 levels of its colour (q50-q95), so a pixel of a lossy label
+# image within LOSSY_TOLERANCE levels in every channel of a requested colour label takes it; less where another
+# requested colour, or a grey, is nearer than twice that (a colour within 6 levels of an unrequested one's
+# cannot be told apart, and an edge's mixed pixels keep the photo). Grey labels are never snapped: a
+# segmentation's levels 0, 3, 5 are neighbours, and a grey JPEG's flat areas come back exact.
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "AVIF", "HEIF")  # WebP, AVIF and HEIF may be lossless: then nothing moves
+LOSSY_TOLERANCE = 6
 
 
-def _label_colours(value: int) -> set[tuple[int, int, int]]:
-    """The colours of pixels with this label: a grey level's, and below 256 also the colour 0x0000vv."""
-    if value >= 256:
-        return {((value >> 16) & 255, (value >> 8) & 255, value & 255)}
-    return {(value, value, value), (0, 0, value)}
+def _label_colour(value: int) -> tuple[int, int, int] | None:
+    """The colour (not grey) of the pixels with this label; None for a grey level. Below 256 a label is also
+    the colour 0x0000vv (a pure blue, #0000ff, is label 255)."""
+    return ((value >> 16) & 255, (value >> 8) & 255, value & 255) if value >= 256 else (0, 0, value) if value else None
 
 
 def _snap(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
-    """Give each pixel of ``rgb`` near a requested label's colour that label, in ``label`` (in place)."""
-    colours = [(value, colour) for value in set(values) for colour in _label_colours(value)]
-    for value, colour in colours:
-        gaps = [max(abs(a - b) for a, b in zip(colour, other)) for v, other in colours if v != value]
+    """Give each pixel of ``rgb`` near a requested colour label's colour that label, in ``label`` (in place)."""
+    colours = {v: c for v in set(values) if (c := _label_colour(v)) is not None}
+    levels = np.arange(256)
+    for value, colour in colours.items():
+        gaps = [max(abs(a - b) for a, b in zip(colour, other)) for v, other in colours.items() if v != value]
+        gaps.append(-(-(max(colour) - min(colour)) // 2))  # to the nearest grey
         tolerance = min([LOSSY_TOLERANCE] + [(gap - 1) // 2 for gap in gaps])
         if tolerance <= 0:
             continue
         near = np.ones(label.shape, dtype=bool)
-        for k, level in enumerate(colour):  # a channel at a time in uint8: an int copy of a 64 MP image is 0.8 GB
-            channel = rgb[..., k]
-            near &= (np.maximum(channel, level) - np.minimum(channel, level)) <= tolerance
+        for k, level in enumerate(colour):  # a lookup a channel: no int copy of a 64 MP image (0.8 GB)
+            near &= (np.abs(levels - level) <= tolerance)[rgb[..., k]]
         np.copyto(label, np.uint32(value), where=near)
 
 

@@ -34,7 +34,7 @@ from adain.video import VideoStream
 from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
 
 from . import logs
-from .auth import TlsFiles, TokenAuth, TokenFile
+from .auth import TlsFiles, TokenAuth, TokenFile, bearer_token
 from .batcher import Batcher
 from .config import Settings
 from .drain import Drain
@@ -206,9 +206,9 @@ class StyleTransferServer:
             library = StyleLibrary(s.styles_dir, limits.max_pixels, limits.max_styles, limits.style_size)
         tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
         # first, so that it sees every call, one whose token is refused too
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            UnreadRequests(s.max_message_bytes, lambda method: self.metrics.requests_unread.labels(method).inc())
-        ]
+        unread = UnreadRequests(s.max_message_bytes, lambda method: self.metrics.requests_unread.labels(method).inc(),
+                                caller=self._token_name, stopping=lambda: self.drain.draining)
+        interceptors: list[grpc.aio.ServerInterceptor] = [unread]
         if s.auth_tokens_file:
             tokens = TokenFile(s.auth_tokens_file)
             self.servicer.tokens = tokens
@@ -298,6 +298,12 @@ class StyleTransferServer:
                     raise BadStyleError(f"--styles-dir: {style.path}: {e.description}") from None
                 library.reject(style, e.description)
                 self.metrics.library_styles.set(len(library))
+
+    def _token_name(self, metadata: Any) -> str | None:
+        """The name of a call's token, where the server checks tokens (the unread calls' log lines)."""
+        tokens = self.servicer.tokens
+        found = tokens.lookup(bearer_token(metadata)) if tokens is not None else None
+        return found[0] if found is not None else None
 
     async def warm_up(self) -> None:
         """Start batching, run one dummy stylization off the event loop (and compute the library's style

@@ -114,6 +114,7 @@ class Batcher:
         self._last_turn: dict[Hashable, int] = {}  # callers with requests waiting -> when they were last served
         self._turns = 0
         self._closed = False
+        self._draining = False  # shed() was called: a batch no longer waits to fill
         self._thread: threading.Thread | None = None
         self._batch_s: float | None = None  # a batch's render time, a running average: what a drain expects
         self._rendering_since: float | None = None  # when the batch rendering now began; None when idle
@@ -200,8 +201,11 @@ class Batcher:
         waiting that would not be rendered by then at the batches' average time, so that their clients retry on
         another replica now (they waited out the whole grace, then were cut). Batches are counted as they form,
         oldest first: each size its own (a batch takes one size, up to its limit). A video stream's frames are
-        left to finish (the stream drains as a call). Returns how many; none before a batch has been timed."""
+        left to finish (the stream drains as a call). Returns how many; none before a batch has been timed.
+        From now on a batch starts at once, without waiting to fill: no new calls come, and the grace is short."""
         with self._cond:
+            self._draining = True
+            self._cond.notify_all()
             if self._batch_s is None or not self._pending:
                 return 0
             now = time.monotonic()
@@ -252,7 +256,7 @@ class Batcher:
                 most = self._batch_limit(head.key)
                 while True:
                     same = [it for it in self._pending if it.key == head.key]
-                    if len(same) >= most or self._closed:
+                    if len(same) >= most or self._closed or self._draining:
                         break
                     remaining = head.enqueued + self.max_delay_s - time.monotonic()
                     if remaining <= 0:

@@ -98,7 +98,7 @@ def test_tls_files_refuse_a_key_that_does_not_fit(tmp_path: Path) -> None:
 def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# one line a client\n{OLD}\n")
-    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), *NO_REFINE)
+    srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--log-level", "INFO", *NO_REFINE)
     try:
         srv.wait_serving()  # health needs no token (kubelet probes send none)
         with StyleTransferClient(srv.target, timeout=60, retries=0) as anonymous:
@@ -124,8 +124,18 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
                 with pytest.raises(grpc.RpcError) as info:
                     stylize(junk, metadata=metadata, timeout=60)
                 assert info.value.code() == code, info.value.details()
-        assert "over 72 fields: more than max_styles=8 styles" in info.value.details()
+            assert "over 72 fields: more than max_styles=8 styles" in info.value.details()
+            with pytest.raises(grpc.RpcError) as over:  # over the 32 MiB limit: gRPC refuses it before any handler
+                stylize(junk + b"\x12\x00" * (1 << 20), metadata=(("authorization", f"Bearer {OLD}"),
+                                                               ("x-request-id", "over-32"),), timeout=60)
+            assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert _peak_rss(srv.proc.pid) - idle < 300 << 20, (_peak_rss(srv.proc.pid) - idle) >> 20
+        deadline = time.monotonic() + 30  # logged with the caller its token names, as the call's task ends
+        while "request_id=over-32 method=Stylize outcome=unread" not in "".join(srv.stderr_lines):
+            assert time.monotonic() < deadline, "".join(srv.stderr_lines)[-3000:]
+            time.sleep(0.05)
+        line = next(x for x in srv.stderr_lines if "request_id=over-32" in x)
+        assert f"caller={TokenFile(tokens).lookup(OLD)[0]} " in line, line
         with StyleTransferClient(srv.target, timeout=60, token=OLD) as good:
             assert good.stylize(CONTENT, STYLE).width == 48
             assert good.server_info()["device"] == "cpu"

@@ -97,6 +97,24 @@ def test_two_bulk_callers_at_their_shares_leave_room_for_others() -> None:
     assert batcher.depth == 64
 
 
+def test_a_drain_ends_a_batchs_wait_to_fill() -> None:
+    """A batch waits up to max_delay_s for more requests of its size; once a drain starts (shed) none will come
+    and its grace is short, so the batch starts at once (it waited out its whole delay)."""
+    async def main() -> float:
+        batcher = Batcher(lambda batch: batch, max_batch_size=8, max_delay_s=120, max_queue=8)
+        batcher.start()
+        future = batcher.submit(batcher.admit(caller="A"), "x", key=(64, 64), deadline=None).future
+        await asyncio.sleep(0.2)
+        assert not future.done()  # waiting for company
+        t0 = time.monotonic()
+        batcher.shed(time.monotonic() + 30)
+        assert (await asyncio.wait_for(future, 60)).output == "x"
+        batcher.close(5)
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < 60  # well before the 120 s it would have waited
+
+
 def test_a_batchs_pixels_are_bounded() -> None:
     # Eight 1-MP photos of one size made one batch: 16 GB in a pod of 8.
     batches: list[int] = []

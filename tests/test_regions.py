@@ -123,6 +123,15 @@ def test_a_jpeg_label_image_keeps_its_regions(stylizer: Stylizer) -> None:
     jpeg = encoded(Image.fromarray(grey, "L"), "JPEG")
     ours = stylizer.prepare(Job(CONTENT, [STYLE_A, STYLE_B], labels=jpeg, label_values=[1, 2])).regions
     assert ours[0, 0, :, :40].min() == 255 and ours[0, 1, :, 56:].min() == 255
+    # labels no style names keep the photo: a segmentation's 0 and 5 beside 3, a colour 20 levels from another
+    grey[:, :32], grey[:, 32:64], grey[:, 64:] = 3, 0, 5
+    ours = stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(Image.fromarray(grey, "L"), "JPEG"),
+                                label_values=[3])).regions
+    assert ours[0, 0, :, :24].min() == 255 and ours[0, 0, :, 40:56].max() == 0 and ours[0, 0, :, 72:].max() == 0
+    colour[:, :48], colour[:, 48:] = (0, 80, 100), (0, 60, 100)  # a train and a bus of a city's segmentation
+    ours = stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(Image.fromarray(colour), "JPEG"),
+                                label_values=["#005064"])).regions
+    assert ours[0, 0, :, :40].min() == 255 and ours[0, 0, :, 56:].max() == 0
 
 
 def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -717,13 +718,18 @@ def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(
 
 def test_sighup_drains_and_a_second_signal_stops_at_once(decoder_path: Path) -> None:
     # SIGHUP killed the server with no drain; a second SIGTERM was ignored until the whole grace had passed.
-    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-delay-ms", "8000", "--max-batch-size", "8",
-                        "--grace-seconds", "60")
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--grace-seconds", "60")
+    more = threading.Event()
+
+    def frames() -> Iterator[bytes]:  # a clip whose client has more to send: a call the drain waits for
+        yield CONTENT
+        more.wait(60)
+
     try:
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60, retries=0) as client, ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(client.stylize, CONTENT, STYLE_A)
-            srv.wait_queued(1)  # admitted, waiting for its batch
+            in_flight = pool.submit(lambda: list(client.stylize_video(frames(), STYLE_A)))
+            srv.wait_queued(1, metric="adain_video_streams")
             srv.proc.send_signal(signal.SIGHUP)
             time.sleep(0.5)
             assert srv.proc.poll() is None  # draining, not killed
@@ -734,6 +740,7 @@ def test_sighup_drains_and_a_second_signal_stops_at_once(decoder_path: Path) -> 
                 in_flight.result(timeout=30)
         assert "SIGTERM again while draining: stopping now, 1 call(s) abandoned" in "".join(srv.stderr_lines)
     finally:
+        more.set()
         srv.kill()
 
 
