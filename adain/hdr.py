@@ -78,9 +78,12 @@ def _tables() -> dict[str, np.ndarray]:
             "srgb": np.clip(srgb * 255 + 0.5, 0, 255).astype(np.uint8)}
 
 
-def to_sdr(rgb48: np.ndarray, transfer: int, peak_nits: float = 1000.0) -> Image.Image:
+def to_sdr(
+    rgb48: np.ndarray, transfer: int, peak_nits: float = 1000.0, matrix: np.ndarray = BT2020_TO_709
+) -> Image.Image:
     """A frame's R'G'B' (H x W x 3 uint16, BT.2020, PQ or HLG) -> an 8-bit sRGB image. ``peak_nits``: the
-    display HLG is rendered for (its OOTF's gamma)."""
+    display HLG is rendered for (its OOTF's gamma). ``matrix``: to BT.709 from other primaries (:func:`to_709`;
+    an HDR still's), HLG's luminance still taken by BT.2020's weights."""
     tables = _tables()
     h, w = rgb48.shape[:2]
     if transfer == PQ:
@@ -90,7 +93,7 @@ def to_sdr(rgb48: np.ndarray, transfer: int, peak_nits: float = 1000.0) -> Image
         luma = np.maximum(scene @ BT2020_LUMA, np.float32(1e-8))
         gamma = np.float32(1.2 + 0.42 * np.log10(peak_nits / 1000))
         light = scene * (np.power(luma, gamma - 1) * np.float32(peak_nits / REFERENCE_WHITE))[:, None]  # OOTF
-    linear = np.maximum(np.dot(light, BT2020_TO_709.T), 0)  # (N, 3) x (3, 3): one BLAS call
+    linear = np.maximum(np.dot(light, matrix.T), 0)  # (N, 3) x (3, 3): one BLAS call
     peak = np.maximum(np.maximum(linear[:, 0], linear[:, 1]), linear[:, 2])
     # highlights rolled off on the largest channel, keeping each pixel's hue; below the knee, unchanged
     rolled = KNEE + (1 - KNEE) * (1 - np.exp((KNEE - np.maximum(peak, KNEE)) / (1 - KNEE)))

@@ -143,24 +143,31 @@ def _from_code_points(img: Image.Image, nclx: dict, flatten: Callable[[Image.Ima
     """A HEIF photo that gives its colours as code points (ISO/IEC 23091-2: an 'nclx' box) and no ICC profile:
     primaries other than sRGB's (Display P3, BT.2020) converted, as the video path converts BT.2020 clips (a P3
     orange, 200,100,50, is sRGB's 215,93,31; read as sRGB it was duller). The transfer is taken as sRGB's (the
-    SDR curves differ by a few levels in the darks); HDR code points (PQ, HLG) are not converted here."""
+    SDR curves differ by a few levels in the darks). An HDR still (PQ or HLG, BT.2020 as a rule) is taken to
+    SDR as HDR video frames are (``adain.hdr.to_sdr``): read as stored, its reference white came out at ~150 of
+    255 and the whole picture flat and dim. pillow-heif hands over 8 bits of its 10: a little banding at most."""
     rgb = flatten(img)
-    if nclx.get("color_primaries") in (None, 1, 2) or nclx.get("transfer_characteristics") in (16, 18):
-        return rgb  # BT.709 (sRGB's) or unspecified; HDR stills: as stored
-    try:
-        xy = [(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"]))
-              for c in ("red", "green", "blue")]
-    except (KeyError, TypeError, ValueError):
-        return rgb
+    transfer, primaries = nclx.get("transfer_characteristics"), nclx.get("color_primaries")
+    hdr = transfer in (16, 18)
+    if primaries in (None, 1, 2) and not hdr:
+        return rgb  # BT.709 (sRGB's) or unspecified
     import numpy as np
 
-    from adain.hdr import to_709, wide_to_srgb
+    from adain.hdr import BT2020, BT2020_TO_709, to_709, to_sdr, wide_to_srgb
 
-    matrix, pixels = to_709(xy), np.asarray(rgb)
+    matrix = BT2020_TO_709  # BT.2020's, and an HDR still's that names none (HDR is BT.2020 as a rule)
+    if primaries not in (BT2020, None, 2):
+        try:
+            matrix = to_709([(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"]))
+                             for c in ("red", "green", "blue")])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            if not hdr:
+                return rgb
+    pixels = np.asarray(rgb)
     out = np.empty_like(pixels)
     for y in range(0, pixels.shape[0], 256):  # in strips: the whole image at once took 40 bytes a pixel
         strip = pixels[y:y + 256].astype(np.uint16) * np.uint16(257)
-        out[y:y + 256] = np.asarray(wide_to_srgb(strip, matrix))
+        out[y:y + 256] = np.asarray(to_sdr(strip, transfer, matrix=matrix) if hdr else wide_to_srgb(strip, matrix))
     return Image.fromarray(out, "RGB")
 
 

@@ -136,6 +136,25 @@ def test_a_heif_photo_tagged_by_code_points_is_converted_to_srgb(tmp_path) -> No
     assert np.abs(got["srgb"] - (200, 100, 50)).max() <= 3, got
 
 
+def test_an_hdr_heif_still_is_taken_to_sdr(tmp_path) -> None:
+    """PQ and HLG stills (BT.2020) go to SDR as HDR clips' frames do: HDR reference white (203 cd/m2: PQ's
+    signal 0.58, HLG's 0.75) lands near 245 of 255, where read as stored it was 148 or 191, flat and dim."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from adain.hdr import REFERENCE_WHITE
+
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+    y = (REFERENCE_WHITE / 10000) ** m1
+    pq_white = round(((c1 + c2 * y) / (1 + c3 * y)) ** m2 * 255)  # SMPTE ST 2084's inverse EOTF
+    got = {}
+    for name, transfer, level in (("pq", 16, pq_white), ("hlg", 18, round(0.75 * 255))):
+        pillow_heif.from_pillow(Image.new("RGB", (32, 32), (level,) * 3)).save(
+            tmp_path / f"{name}.heic", quality=-1, color_primaries=9, transfer_characteristics=transfer,
+            matrix_coefficients=9, full_range_flag=1)
+        got[name] = (level, np.asarray(load_image(tmp_path / f"{name}.heic"), dtype=int)[16, 16])
+    for name, (stored, out) in got.items():
+        assert out.max() - out.min() <= 2 and 235 <= out.mean() <= 252, (name, stored, out)  # a grey, bright
+
+
 def test_heif_without_pillow_heif_says_what_is_missing(tmp_path) -> None:
     path = tmp_path / "IMG_0001.HEIC"
     path.write_bytes(encoded(IMG, "HEIF"))
