@@ -35,6 +35,7 @@ KNEE = np.float32(0.75)  # below this share of reference white, SDR light = HDR 
 BT2020_TO_709 = np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]],
                          np.float32)
 BT2020_LUMA = np.array([0.2627, 0.6780, 0.0593], np.float32)
+BT709_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 BT709_XY = ((0.64, 0.33), (0.30, 0.60), (0.15, 0.06))
 D65 = (0.3127, 0.3290)
 
@@ -90,7 +91,8 @@ def to_sdr(
         light = tables["pq"][rgb48].reshape(-1, 3)  # relative to reference white
     else:
         scene = tables["hlg"][rgb48].reshape(-1, 3)
-        luma = np.maximum(scene @ BT2020_LUMA, np.float32(1e-8))
+        weights = BT2020_LUMA if matrix is BT2020_TO_709 else BT709_LUMA @ matrix  # Y in the frame's primaries
+        luma = np.maximum(scene @ weights, np.float32(1e-8))
         gamma = np.float32(1.2 + 0.42 * np.log10(peak_nits / 1000))
         light = scene * (np.power(luma, gamma - 1) * np.float32(peak_nits / REFERENCE_WHITE))[:, None]  # OOTF
     linear = np.maximum(np.dot(light, matrix.T), 0)  # (N, 3) x (3, 3): one BLAS call

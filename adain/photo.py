@@ -161,8 +161,11 @@ def _from_code_points(img: Image.Image, nclx: dict, flatten: Callable[[Image.Ima
             matrix = to_709([(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"]))
                              for c in ("red", "green", "blue")])
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            matrix = None
+        if matrix is None or not np.isfinite(matrix).all():  # no primaries, or nonsense ones: as stored
             if not hdr:
                 return rgb
+            matrix = BT2020_TO_709
     pixels = np.asarray(rgb)
     out = np.empty_like(pixels)
     for y in range(0, pixels.shape[0], 256):  # in strips: the whole image at once took 40 bytes a pixel

@@ -153,6 +153,13 @@ def test_an_hdr_heif_still_is_taken_to_sdr(tmp_path) -> None:
         got[name] = (level, np.asarray(load_image(tmp_path / f"{name}.heic"), dtype=int)[16, 16])
     for name, (stored, out) in got.items():
         assert out.max() - out.min() <= 2 and 235 <= out.mean() <= 252, (name, stored, out)  # a grey, bright
+    # a colour by its own primaries: the same signal in Display P3 is less saturated in sRGB than in BT.2020
+    for name, primaries in (("bt2020", 9), ("p3", 12)):
+        pillow_heif.from_pillow(Image.new("RGB", (32, 32), (pq_white, 120, 110))).save(
+            tmp_path / f"{name}.heic", quality=-1, color_primaries=primaries, transfer_characteristics=16,
+            matrix_coefficients=9, full_range_flag=1)
+        got[name] = np.asarray(load_image(tmp_path / f"{name}.heic"), dtype=int)[16, 16]
+    assert got["p3"][1] > got["bt2020"][1] + 10, got  # by their own primaries: 253,116,103 and 249,139,113
 
 
 def test_heif_without_pillow_heif_says_what_is_missing(tmp_path) -> None:

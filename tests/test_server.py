@@ -628,8 +628,8 @@ def test_a_connections_age_ends_no_call_in_flight(decoder_path: Path) -> None:
 
 
 def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
-    # A long batching window keeps a request in flight while SIGTERM arrives.
-    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-delay-ms", "2000", "--max-batch-size", "8",
+    # A long batching window keeps a request in flight while SIGTERM arrives (the drain then starts its batch).
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-delay-ms", "20000", "--max-batch-size", "8",
                         "--grace-seconds", "20")
     try:
         srv.wait_serving()
@@ -728,7 +728,7 @@ def test_sighup_drains_and_a_second_signal_stops_at_once(decoder_path: Path) -> 
     try:
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60, retries=0) as client, ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(lambda: list(client.stylize_video(frames(), STYLE_A)))
+            in_flight = pool.submit(lambda: list(client.stylize_video(frames(), STYLE_A, timeout=30)))
             srv.wait_queued(1, metric="adain_video_streams")
             srv.proc.send_signal(signal.SIGHUP)
             time.sleep(0.5)
