@@ -84,7 +84,7 @@ def to_sdr(
 ) -> Image.Image:
     """A frame's R'G'B' (H x W x 3 uint16, BT.2020, PQ or HLG) -> an 8-bit sRGB image. ``peak_nits``: the
     display HLG is rendered for (its OOTF's gamma). ``matrix``: to BT.709 from other primaries (:func:`to_709`;
-    an HDR still's), HLG's luminance still taken by BT.2020's weights."""
+    an HDR still's), HLG's luminance then taken in those primaries."""
     tables = _tables()
     h, w = rgb48.shape[:2]
     if transfer == PQ:

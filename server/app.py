@@ -302,8 +302,7 @@ class StyleTransferServer:
     def _token_name(self, metadata: Any) -> str | None:
         """The name of a call's token, where the server checks tokens (the unread calls' log lines)."""
         tokens = self.servicer.tokens
-        found = tokens.lookup(bearer_token(metadata)) if tokens is not None else None
-        return found[0] if found is not None else None
+        return tokens.caller(bearer_token(metadata)) if tokens is not None else None
 
     async def warm_up(self) -> None:
         """Start batching, run one dummy stylization off the event loop (and compute the library's style

@@ -520,8 +520,8 @@ def plot_losses(log_path: Path, png: Path) -> None:
 
 
 def export_checkpoint(checkpoint: Path, output: Path, data: str = "", note: str = "", half: bool = True,
-                      raw: bool = False) -> dict[str, Any]:
-    """Checkpoint -> the product's decoder file with its metadata record; returns the record."""
+                      raw: bool = False) -> None:
+    """Checkpoint -> the product's decoder file with its metadata record."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     targs = state.get("args", {})
     decoder = Decoder(alpha_input=bool(targs.get("alpha_input")), detail=bool(targs.get("detail")))
@@ -545,7 +545,6 @@ def export_checkpoint(checkpoint: Path, output: Path, data: str = "", note: str 
     save_decoder(decoder, output, meta, half=half)
     load_decoder(output)  # refuse to leave behind a file the Stylizer would not load
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {json.dumps(meta)}", flush=True)
-    return meta
 
 
 def export(argv: list[str] | None = None) -> None:
