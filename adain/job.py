@@ -25,7 +25,6 @@ from adain.wire import (
     OPTIMIZERS,
     REFINE_CONTENT_WEIGHT,
     REFINE_INITS,
-    REFINE_TV_WEIGHT,
     TEMPORAL_MODES,
     Limits,
     color_mode,
@@ -58,7 +57,7 @@ class Job:
     refine_init: str = "adain"
     content_weight: float | None = None  # None: 5 for a refine, 1 for the classic method (adain.wire)
     style_weight: float = DEFAULT_STYLE_WEIGHT
-    tv_weight: float | None = None  # None: 1e3 for a refine, 0 for the classic method (adain.wire)
+    tv_weight: float | None = None  # None: 1e3 for a full-size refine, else 0 (adain.wire)
     refine_size: int | None = None
     optimizer: str = "lbfgs"
 
@@ -187,10 +186,10 @@ class Job:
             return self.content_weight
         return DEFAULT_CONTENT_WEIGHT if self.refine_init == "content" else REFINE_CONTENT_WEIGHT
 
-    def _tv_weight(self) -> float:
+    def _tv_weight(self) -> float | None:
         if self.tv_weight is not None:
-            return self.tv_weight
-        return DEFAULT_TV_WEIGHT if self.refine_init == "content" else REFINE_TV_WEIGHT
+            return float(self.tv_weight)
+        return DEFAULT_TV_WEIGHT if self.refine_init == "content" else None  # a refine's: by its working size
 
     def check(self, limits: Limits, *, content: bool = True) -> CheckedJob:
         """The job with its values resolved; raises InvalidInputError (all problems in ``.problems``)."""
@@ -218,7 +217,7 @@ class Job:
             refine_init=self.refine_init,
             content_weight=float(self._content_weight()),
             style_weight=float(self.style_weight),
-            tv_weight=float(self._tv_weight()),
+            tv_weight=self._tv_weight(),
             refine_size=int(self.refine_size) if self.refine_size else None,
             optimizer=self.optimizer,
         )
@@ -240,7 +239,7 @@ class CheckedJob:
     refine_init: str = "adain"
     content_weight: float = DEFAULT_CONTENT_WEIGHT
     style_weight: float = DEFAULT_STYLE_WEIGHT
-    tv_weight: float = DEFAULT_TV_WEIGHT
+    tv_weight: float | None = DEFAULT_TV_WEIGHT  # None: a refine's default, by its working size (adain.optimize)
     refine_size: int | None = None
     optimizer: str = "lbfgs"
     masks: tuple[ImageSource, ...] | None = None

@@ -42,6 +42,7 @@ from adain.ops import gram, luminance, mean_std, weighted_mean_std
 from adain.prepared import Prepared
 from adain.regions import maps_at
 from adain.tiling import BYTES_PER_PIXEL, Tiling
+from adain.wire import REFINE_TV_WEIGHT
 
 
 class Steps(Protocol):
@@ -251,13 +252,14 @@ def objective_for(
     *,
     style_loss: str = "gram",
     target: str = "adain",
-    style_scale: float = 1.0,
+    scale: float = 1.0,
 ) -> Objective:
     """The objective of a prepared job at the size of ``content`` (its content image, maybe scaled).
     ``target="content"`` makes the content term the content's own relu4_1 (the classic choice).
-    ``style_scale``: each style as the job uses it (at most its style_size), scaled by the content's
-    scaling, so that a texture keeps its size relative to the image at a reduced working size (scaling
-    style_size instead left a style smaller than it unscaled: 1.33x too coarse at refine_size 240)."""
+    ``scale``: the working size over the full size. Each style as the job uses it (at most its style_size)
+    is scaled by it, so that a texture keeps its size relative to the image at a reduced working size
+    (scaling style_size instead left a style smaller than it unscaled: 1.33x too coarse at refine_size
+    240); and an unset tv_weight follows it (:func:`default_tv_weight`)."""
     job = prepared.job
     assert job is not None, "prepared from a CheckedJob"
     encoder = stylizer.encoder
@@ -272,8 +274,8 @@ def objective_for(
             if w == 0 and regions is None:
                 continue
             style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
-            if style_scale < 1:
-                style = _scaled(style, max(1, round(max(style.shape[2:]) * style_scale)))
+            if scale < 1:
+                style = _scaled(style, max(1, round(max(style.shape[2:]) * scale)))
             styles.append((encoder(style.to(content.device)), w))
     return Objective(
         encoder,
@@ -283,7 +285,7 @@ def objective_for(
         region_alphas=job.region_alphas,
         content_weight=job.content_weight,
         style_weight=job.style_weight * job.alpha,
-        tv_weight=job.tv_weight,
+        tv_weight=job.tv_weight if job.tv_weight is not None else default_tv_weight(scale),
         style_loss=style_loss,
     )
 
@@ -309,12 +311,19 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
         prepared,
         work_content,
         target="content" if job.refine_init == "content" else REFINE_TARGET,
-        style_scale=side / max(h, w),  # the style shrinks with the content
+        scale=side / max(h, w),  # the style shrinks with the content
     )
     x = optimize(objective, small, job.refine_steps, optimizer=job.optimizer, on_step=on_step)
     if small is not start:  # the change, upsampled onto the full-size start
         x = (start + F.interpolate(x - small, size=(h, w), mode="bicubic", align_corners=False)).clamp(0, 1)
     return to_image(finish(x, prepared))
+
+
+def default_tv_weight(scale: float) -> float:
+    """A refine's total variation weight when the job leaves it unset: REFINE_TV_WEIGHT at full size
+    (``scale`` 1), none at a reduced working size, whose upsampled change carries no speckle and whose
+    smoothing took the style's texture from the full-size image (adain.wire)."""
+    return REFINE_TV_WEIGHT if scale >= 1 else 0.0
 
 
 def max_refine_pixels(threshold: int) -> int | None:

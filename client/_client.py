@@ -657,7 +657,7 @@ class StyleTransferClient(_ClientBase):
         (``refine_init="adain"``) or from the content (``"content"``: the classic method of Gatys et al.),
         with the loss weights ``content_weight``, ``style_weight``, ``tv_weight`` (None: the server's
         defaults: content 5 for a refine and 1 for the classic method, style 10, total variation 1000 for
-        a refine and 0 for the classic method), at ``refine_size`` px (0: full size), by ``optimizer``
+        a full-size refine, else 0), at ``refine_size`` px (0: full size), by ``optimizer``
         "lbfgs" or "adam". ``on_progress``
         gets a :class:`RefineProgress` after every iteration (the call then uses StylizeWithProgress).
         Such calls take seconds to minutes: give a ``timeout`` to match.
