@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from adain.bmff import HEAD_BYTES, nclx_profile
 from adain.errors import InvalidInputError
 from adain.photo import heif_missing, heif_support, to_srgb
 from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_cannot_hold, format_name
@@ -114,13 +115,20 @@ def _open(source: ImageSource, field: str) -> Image.Image:
 def _jpeg_scans(source: ImageSource) -> int:
     """How many scans (start-of-scan markers) a JPEG's bytes hold: 0xFF 0xDA occurs nowhere else, for the
     coded data escapes every 0xFF (a few in an embedded thumbnail or profile count too, harmlessly)."""
+    data = _stored_bytes(source)
+    return 0 if data is None else data.count(b"\xff\xda")  # None: a PIL image, already the caller's
+
+
+def _stored_bytes(source: ImageSource, limit: int = -1) -> bytes | None:
+    """The bytes an image is stored as (the first ``limit`` of them); None for a PIL image."""
     if isinstance(source, KeyedImage):
         source = source.data
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source).count(b"\xff\xda")
+        return bytes(source if limit < 0 else memoryview(source)[:limit])
     if isinstance(source, (str, Path)):
-        return Path(source).read_bytes().count(b"\xff\xda")
-    return 0  # a PIL image: already the caller's
+        with open(source, "rb") as f:
+            return f.read(limit)
+    return None
 
 
 def input_formats() -> list[str]:
@@ -171,6 +179,10 @@ def load_image(
     """
     img = _open(source, field)
     w, h = _checked_size(img, field, max_pixels)
+    if img.format == "AVIF" and mode == "RGB" and "nclx_profile" not in img.info:  # Pillow leaves it unread
+        nclx = nclx_profile(_stored_bytes(source, HEAD_BYTES) or b"")
+        if nclx:
+            img.info["nclx_profile"] = nclx
     if img.format in ("JPEG", "MPO") and (scans := _jpeg_scans(source)) > MAX_JPEG_SCANS:  # MPO: JPEGs in one
         raise InvalidInputError(field, f"JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (a progressive "
                                 "JPEG has about 10; save it again)")

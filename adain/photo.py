@@ -140,12 +140,13 @@ def _probe_srgb(icc: bytes) -> bool:
 
 
 def _from_code_points(img: Image.Image, nclx: dict, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:
-    """A HEIF photo that gives its colours as code points (ISO/IEC 23091-2: an 'nclx' box) and no ICC profile:
+    """A HEIF or AVIF photo that gives its colours as code points (ISO/IEC 23091-2: an 'nclx' box) and no ICC profile:
     primaries other than sRGB's (Display P3, BT.2020) converted, as the video path converts BT.2020 clips (a P3
     orange, 200,100,50, is sRGB's 215,93,31; read as sRGB it was duller). The transfer is taken as sRGB's (the
     SDR curves differ by a few levels in the darks). An HDR still (PQ or HLG, BT.2020 as a rule) is taken to
     SDR as HDR video frames are (``adain.hdr.to_sdr``): read as stored, its reference white came out at ~150 of
-    255 and the whole picture flat and dim. pillow-heif hands over 8 bits of its 10: a little banding at most."""
+    255 and the whole picture flat and dim. pillow-heif and Pillow's AVIF hand over 8 bits of the 10 or 12
+    stored: a little banding at most."""
     rgb = flatten(img)
     transfer, primaries = nclx.get("transfer_characteristics"), nclx.get("color_primaries")
     hdr = transfer in (16, 18)
@@ -182,7 +183,7 @@ def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> 
     white, 16-bit scaled down)."""
     icc = img.info.get("icc_profile")
     if not icc:
-        nclx = img.info.get("nclx_profile")  # pillow-heif's: a HEIF photo's colours by code points instead
+        nclx = img.info.get("nclx_profile")  # colours by code points instead: pillow-heif's, or adain.bmff's (AVIF)
         return _from_code_points(img, nclx, flatten) if isinstance(nclx, dict) else flatten(img)
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))

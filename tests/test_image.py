@@ -162,6 +162,43 @@ def test_an_hdr_heif_still_is_taken_to_sdr(tmp_path) -> None:
     assert got["p3"][1] > got["bt2020"][1] + 10, got  # by their own primaries: 253,116,103 and 249,139,113
 
 
+def _avif_tagged(img: Image.Image, primaries: int, transfer: int) -> bytes:
+    """An AVIF whose 'nclx' colour box names other primaries and transfer than the sRGB ones Pillow writes
+    (the pixels' matrix kept, so they decode as written)."""
+    data = bytearray(encoded(img, "AVIF", quality=100))
+    at = data.index(b"colrnclx") + 8
+    assert data[at : at + 4] == bytes([0, 1, 0, 13]), bytes(data[at : at + 6])  # sRGB: the box is found
+    data[at : at + 4] = primaries.to_bytes(2, "big") + transfer.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_an_avif_tagged_by_code_points_is_converted(tmp_path) -> None:
+    """Pillow does not hand over an AVIF's colour box: a Display P3 AVIF was read as sRGB (duller) and a PQ one
+    flat and dim. Its code points are read from the file (adain.bmff), as pillow-heif gives a HEIF's."""
+    from adain.bmff import nclx_profile
+    from adain.hdr import REFERENCE_WHITE
+
+    orange = Image.new("RGB", (32, 32), (200, 100, 50))
+    p3 = _avif_tagged(orange, 12, 13)
+    assert nclx_profile(p3)["color_primaries"] == 12 and nclx_profile(p3)["color_primary_red_x"] == 0.68
+    (tmp_path / "p3.avif").write_bytes(p3)
+    for source in (p3, tmp_path / "p3.avif"):
+        assert np.abs(np.asarray(load_image(source), dtype=int)[16, 16] - (215, 93, 31)).max() <= 4
+    srgb = np.asarray(load_image(encoded(orange, "AVIF", quality=100)), dtype=int)[16, 16]
+    assert np.abs(srgb - (200, 100, 50)).max() <= 4, srgb
+    raw = np.asarray(load_image(p3, mode="raw"), dtype=int)[16, 16]  # a label image: as stored
+    assert np.abs(raw - (200, 100, 50)).max() <= 4, raw
+
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+    y = (REFERENCE_WHITE / 10000) ** m1
+    pq_white = round(((c1 + c2 * y) / (1 + c3 * y)) ** m2 * 255)
+    out = np.asarray(load_image(_avif_tagged(Image.new("RGB", (32, 32), (pq_white,) * 3), 9, 16)), dtype=int)[16, 16]
+    assert out.max() - out.min() <= 3 and 235 <= out.mean() <= 252, (pq_white, out)  # read as stored: ~148
+    for broken in (p3[:60], p3.replace(b"ipco", b"ipcX"), p3.replace(b"meta", b"mexa"), b"", b"\0" * 64):
+        nclx_profile(broken)  # never an error: a file whose boxes do not parse is read as stored
+    assert nclx_profile(p3.replace(b"ipco", b"ipcX")) is None
+
+
 def test_heif_without_pillow_heif_says_what_is_missing(tmp_path) -> None:
     path = tmp_path / "IMG_0001.HEIC"
     path.write_bytes(encoded(IMG, "HEIF"))
