@@ -21,11 +21,13 @@ PRIMARIES_XY = {
     9: ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046)),  # BT.2020
     12: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060)),  # Display P3
 }
+MAX_ITEMS = 1 << 16  # version 0's item ids are 16 bits: a file names no more items than that
 HEAD_BYTES = 1 << 20  # the meta box comes before the pixels and is a few hundred bytes as a rule
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, payload end) of each box in data[start:end]; stops at the first malformed one."""
+    """(type, payload start, payload end) of each box in data[start:end]; stops at the first malformed one. A
+    box that runs past ``end`` is cut there: the file's head holds the start of a large meta box."""
     at = start
     while at + 8 <= end:
         size, kind = struct.unpack_from(">I4s", data, at)
@@ -36,8 +38,9 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]
             size, head = struct.unpack_from(">Q", data, at + 8)[0], 16
         elif size == 0:
             size = end - at
-        if size < head or at + size > end:
+        if size < head:
             return
+        size = min(size, end - at)
         yield kind, at + head, at + size
         at += size
 
@@ -46,19 +49,18 @@ def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | 
     return next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
 
 
-def _primary_properties(data: bytes, meta: tuple[int, int], count: int) -> list[int] | None:
+def _primary_properties(data: bytes, meta: tuple[int, int], count: int) -> set[int] | None:
     """The 0-based ipco indices of the primary item's properties, from pitm and ipma; None if either is missing."""
     pitm, iprp = _child(data, *meta, b"pitm"), _child(data, *meta, b"iprp")
     ipma = _child(data, *iprp, b"ipma") if iprp else None
-    if pitm is None or ipma is None or pitm[1] - pitm[0] < 6:
+    if pitm is None or ipma is None or pitm[1] - pitm[0] < (8 if data[pitm[0]] else 6) or ipma[1] - ipma[0] < 8:
         return None
-    version = data[pitm[0]]
-    item = struct.unpack_from(">I" if version else ">H", data, pitm[0] + 4)[0]
+    item = struct.unpack_from(">I" if data[pitm[0]] else ">H", data, pitm[0] + 4)[0]
     at, end = ipma
     version, flags = data[at], int.from_bytes(data[at + 1 : at + 4], "big")
     entries = struct.unpack_from(">I", data, at + 4)[0]
     at += 8
-    for _ in range(entries):
+    for _ in range(min(entries, (end - at) // 3, MAX_ITEMS)):  # an entry takes 3 bytes at least
         id_size, wide = (4 if version else 2), bool(flags & 1)
         if at + id_size + 1 > end:
             return None
@@ -73,7 +75,7 @@ def _primary_properties(data: bytes, meta: tuple[int, int], count: int) -> list[
             indices = [data[at + i] & 0x7F for i in range(n)]
         at += n * (2 if wide else 1)
         if item_id == item:
-            return [i - 1 for i in indices if 0 < i <= count]
+            return {i - 1 for i in indices if 0 < i <= count}
     return None
 
 

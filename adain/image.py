@@ -124,10 +124,13 @@ def _stored_bytes(source: ImageSource, limit: int = -1) -> bytes | None:
     if isinstance(source, KeyedImage):
         source = source.data
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source if limit < 0 else memoryview(source)[:limit])
+        return bytes(source if limit < 0 else memoryview(source).cast("B")[:limit])
     if isinstance(source, (str, Path)):
-        with open(source, "rb") as f:
-            return f.read(limit)
+        try:
+            with open(source, "rb") as f:
+                return f.read(limit)
+        except OSError:  # gone or unreadable since it was opened: the caller's decode says so
+            return None
     return None
 
 
@@ -179,7 +182,8 @@ def load_image(
     """
     img = _open(source, field)
     w, h = _checked_size(img, field, max_pixels)
-    if img.format == "AVIF" and mode == "RGB" and "nclx_profile" not in img.info:  # Pillow leaves it unread
+    if img.format == "AVIF" and mode == "RGB" and not {"nclx_profile", "icc_profile"} & img.info.keys():
+        # Pillow leaves the code points unread (an ICC profile comes first anyway)
         nclx = nclx_profile(_stored_bytes(source, HEAD_BYTES) or b"")
         if nclx:
             img.info["nclx_profile"] = nclx

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--content-weight is the knob")
     p.add_argument("--tv-weight", type=non_negative_float, default=None, metavar="W",
                    help="optimisation: weight of a smoothness (total variation) loss (default: the server's, 1000 for "
-                   "a full-size --refine, 0 with --refine-size or --classic)")
+                   "a full-size --refine, 0 when it works below full size (--refine-size, or a large image) or "
+                   "with --classic)")
     p.add_argument("--refine-size", type=non_negative_int, default=0, metavar="N",
                    help="optimisation: work at this longest side and upsample the change (default 0: full size)")
     return p

@@ -197,6 +197,7 @@ def test_an_avif_tagged_by_code_points_is_converted(tmp_path) -> None:
     for broken in (p3[:60], p3.replace(b"ipco", b"ipcX"), p3.replace(b"meta", b"mexa"), b"", b"\0" * 64):
         nclx_profile(broken)  # never an error: a file whose boxes do not parse is read as stored
     assert nclx_profile(p3.replace(b"ipco", b"ipcX")) is None
+    assert nclx_profile(p3[: p3.index(b"ipma")])["color_primaries"] == 12  # a head that cuts the meta box short
 
 
 def test_heif_without_pillow_heif_says_what_is_missing(tmp_path) -> None:
