@@ -17,7 +17,7 @@ pairs (``--pairs``, one count per size):
   ``refine_size=S``, i.e. N iterations at S px (content and style scaled down together), the change
   upsampled onto the full-size AdaIN output; one run per N;
 * AdaIN + refine N, content weight W (``--refine-content-weights``): full-size refine with another
-  content weight than the library's default (5), as snapshots of one run.
+  content weight than the library's default (5), as snapshots of one run; and at S px, one run per N.
 
 Seconds: wall time of making the output from a prepared job (style statistics computed beforehand), the
 decoder pass included for refine. Losses, the same yardstick for every row and ``benchmarks/quality.py``'s:
@@ -38,6 +38,7 @@ vs Adam), by the losses above and seconds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import statistics
@@ -113,9 +114,13 @@ def run_pair(
     return results
 
 
-def run_refine_size(st: Stylizer, content: Image.Image, style: Image.Image, size: int, steps: int, side: int):
+def run_refine_size(
+    st: Stylizer, content: Image.Image, style: Image.Image, size: int, steps: int, side: int,
+    content_weight: float | None = None,
+):
     """The library's refine at a reduced working size ``side``: (output, seconds from a prepared job)."""
-    job = Job(content, [style], content_size=size, style_size=size, refine_steps=steps, refine_size=side)
+    job = Job(content, [style], content_size=size, style_size=size, refine_steps=steps, refine_size=side,
+              content_weight=content_weight)
     prepared = st.prepare(job)
     t0 = time.perf_counter()
     out = refine(st, prepared)
@@ -195,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
                     if args.save_samples and i == 0:
                         save_sample(args.save_samples, size, label, img)
             if args.refine_size and size > args.refine_size:
-                for steps in args.refine_steps:
-                    img, sec = run_refine_size(st, c[1], s[1], size, steps, args.refine_size)
+                for cw, steps in itertools.product([None, *args.refine_content_weights], args.refine_steps):
+                    img, sec = run_refine_size(st, c[1], s[1], size, steps, args.refine_size, cw)
                     label = f"AdaIN + refine {steps} at {args.refine_size} px"
+                    if cw is not None:
+                        label += f", content weight {cw:g}"
                     rows.setdefault(label, []).append({**measure(img, c, s, size), "seconds": sec})
                     if args.save_samples and i == 0:
                         save_sample(args.save_samples, size, label, img)
@@ -218,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                 if lb.startswith("AdaIN") and " px" not in lb and "weight" not in lb
             ],
             f"AdaIN + refine at {args.refine_size} px": [
-                (m["seconds"], m) for lb, m in means.items() if lb.startswith("AdaIN +") and " px" in lb
+                (m["seconds"], m)
+                for lb, m in means.items()
+                if lb.startswith("AdaIN +") and " px" in lb and "weight" not in lb
             ],
             "classic": [(m["seconds"], m) for lb, m in means.items() if lb.startswith("classic")],
         }
