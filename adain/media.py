@@ -126,12 +126,15 @@ def is_media(path: str | Path) -> bool:
 
 
 def probe(path: str | Path) -> VideoInfo | None:
-    """The video in ``path``, or None when it is no video (a still image, a GIF of one frame, not media)."""
+    """The video in ``path``, or None when it is no video (a still image, a GIF of one frame, not media).
+    Raises MediaError for a video this FFmpeg cannot decode."""
     av = _av()
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 return None
+            if why := _undecodable(c):
+                raise MediaError(f"{path}: {why}")
             v = c.streams.video[0]
             info = _info(c, v)
             if c.format.name == "gif" and _gif_frames(path) < 2:
@@ -139,6 +142,17 @@ def probe(path: str | Path) -> VideoInfo | None:
             return info
     except (av.error.FFmpegError, OSError, UnicodeDecodeError):
         return None
+
+
+def _undecodable(c: Any) -> str | None:
+    """Why this FFmpeg cannot read the container's first video stream, or any of its sound (PyAV gives such a
+    stream no codec context); None where it can."""
+    if c.streams.video and c.streams.video[0].codec_context is None:
+        return "this FFmpeg has no decoder for the clip's video codec (convert it, e.g. to H.264)"
+    if c.streams.audio and all(a.codec_context is None for a in c.streams.audio):
+        return ("this FFmpeg has no decoder for the clip's sound (convert it, or leave it out: "
+                "ffmpeg -i IN -an -c:v copy OUT)")
+    return None
 
 
 def _gif_frames(path: str | Path) -> int:
@@ -176,6 +190,7 @@ def _alpha_decoder(v: Any) -> Any:
 
 
 _SEEK_BY_BYTES = ("mpegts", "mpeg", "mpegvideo")  # FFmpeg's demuxers whose seek may land past a keyframe
+_AVFMT_NOTIMESTAMPS = 0x80  # libavformat's flag of a demuxer without timestamps (raw H.264, HEVC, ...)
 
 # A display rotation in quarter turns counterclockwise -> the transpose that shows the frame that way
 _TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
@@ -270,10 +285,13 @@ class VideoReader:
             self._c.close()
             raise MediaError(f"{path}: the file has no video stream" + (
                 " (nor any other: an MP4 or MOV cut short loses its index; is the file complete?)" if empty else ""))
+        if why := _undecodable(self._c):
+            self._c.close()
+            raise MediaError(f"{path}: {why}")
         self._v = self._c.streams.video[0]
         self._v.thread_type = "AUTO"
         self._decoder = _alpha_decoder(self._v)  # None: the stream's own
-        self.audio_stream = self._c.streams.audio[0] if self._c.streams.audio else None
+        self.audio_stream = next((a for a in self._c.streams.audio if a.codec_context is not None), None)
         self.info = _info(self._c, self._v)
         sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
@@ -285,7 +303,6 @@ class VideoReader:
             raise MediaError(f"{path}: the clip is {length:.2f} s long; a start at {self.start:g} s is past its end")
         self.total = self.info.frames_read(self.rate, self.start, self.end)  # 0: the container does not say
         self.audio: collections.deque[tuple[Any, float]] = collections.deque()
-        self.done = threading.Event()  # set once the whole file was demuxed (all audio is in ``audio``)
         self.count = 0
         self._lock = threading.Lock()  # one step of frames() at a time, or close()
         self._closed = False
@@ -320,7 +337,10 @@ class VideoReader:
         # anywhere (a broadcast recording's at hours), and a part was cut against it, the whole written after
         # as long a wait.
         origin = max(0.0, self._c.start_time / 1e6) if self._c.start_time is not None else 0.0  # AV_TIME_BASE
-        if start > 0 and self._c.format.name not in _SEEK_BY_BYTES:
+        # A raw stream (H.264, HEVC: no timestamps) cannot seek by time: FFmpeg read it to its end looking for
+        # one, and then no frame came. It is read from its beginning too.
+        raw = self._c.format.flags & _AVFMT_NOTIMESTAMPS
+        if start > 0 and self._c.format.name not in _SEEK_BY_BYTES and not raw:
             with contextlib.suppress(av.error.FFmpegError):  # a format that cannot seek is read from its beginning
                 self._c.seek(int((start + origin) / self._v.time_base), stream=self._v)
         try:
@@ -365,8 +385,6 @@ class VideoReader:
                         yield _upright(frame, self.max_side, self.sar), t - start
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
-        finally:
-            self.done.set()
         if sent == 0:
             raise MediaError(f"{self.path}: the video has no frames" + (" in that part" if self.trimmed else ""))
         if self.trimmed:
@@ -393,6 +411,11 @@ class VideoReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one existing file (a clip's output its own source would overwrite it)."""
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 @contextlib.contextmanager
@@ -506,6 +529,7 @@ class VideoWriter:
             cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = _BT709, _BT709, _BT709, _LIMITED
         self._source = source
         self._a_out = self._a_encoder = None
+        self._a_next: int | None = None  # where the next re-encoded sound frame starts, in its time base
         if source is not None and source.audio_stream is not None:
             self._add_audio(source.audio_stream, fmt)
         self._last_pts = -1
@@ -561,7 +585,12 @@ class VideoWriter:
             self._c.mux(packet)
             return
         for frame in self._a_encoder.decode(packet):
-            frame.pts = None
+            # The frame keeps its time, so a sound that starts late or has a gap stays in step with the picture
+            # (numbered from 0 instead, it was pulled early); never backwards (a muxer refuses that).
+            if frame.pts is not None and frame.time_base:
+                if self._a_next is not None and frame.pts < self._a_next:
+                    frame.pts = self._a_next
+                self._a_next = frame.pts + round(frame.samples / (frame.sample_rate * frame.time_base))
             for out in self._a_out.encode(frame):
                 self._c.mux(out)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -272,11 +271,11 @@ def stylize_video(
     number of frames; ``progress(done, total)`` is called after each (total 0 when unknown). ``max_fps``:
     at most this many frames a second are stylized and written (the others dropped; the sound in step);
     ``start`` and ``duration`` (seconds) take a part of the clip, its sound too."""
-    from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side
+    from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side, same_file
 
     stream = VideoStream(stylizer, styles, **options)
     container = container_for(output)
-    if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
+    if same_file(output, source):
         raise InvalidInputError("output", f"{output} is the source clip: it would be overwritten")
     # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)

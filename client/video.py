@@ -80,9 +80,11 @@ def stylize_video_file(
     and written (the others dropped, the sound in step); ``start`` and ``duration`` (seconds) take a part
     of the clip (its sound too). Raises MediaError or StyleTransferError; on any failure no output file is
     left."""
-    from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side
+    from adain.media import MediaError, VideoReader, VideoWriter, atomic_output, container_for, decode_side, same_file
 
     container = container_for(output)
+    if same_file(output, source):
+        raise MediaError(f"{output} is the source clip: it would be overwritten")
     # frames scaled while decoding when the server is to stylize them smaller: fewer bytes to send
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
     with reader, atomic_output(output) as tmp:

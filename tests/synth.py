@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -55,10 +56,11 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, audio: bool | str = False,
-               times: list[float] | None = None) -> None:
+               times: list[float] | None = None, audio_start: float = 0.0) -> None:
     """A clip of a square moving over a gradient, written with PyAV (codec from the suffix: H.264 for
     .mp4/.mov/.mkv, VP9 for .webm, GIF for .gif); ``audio`` adds a 440 Hz tone (AAC, Opus for .webm, or the
-    encoder it names). ``times``: each frame's time in seconds (a variable rate), else ``i / fps``."""
+    encoder it names), from ``audio_start`` seconds. ``times``: each frame's time in seconds (a variable rate),
+    else ``i / fps``."""
     import av
 
     path = str(path)
@@ -93,13 +95,24 @@ def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, 
             tone = (0.2 * np.sin(2 * np.pi * 440 * k / a.rate))[None, :]
             tone = tone.astype(np.float32) if fmt.startswith("flt") else (tone * 32767).astype(np.int16)
             af = av.AudioFrame.from_ndarray(tone, format=fmt, layout="mono")
-            af.sample_rate, af.pts = a.rate, t
+            af.sample_rate, af.pts = a.rate, t + round(audio_start * a.rate)
             for packet in a.encode(af):
                 out.mux(packet)
             t += step
         for packet in a.encode(None):
             out.mux(packet)
     out.close()
+
+
+def unknown_codec_clip(path, what: str) -> Path:
+    """An MKV whose video or sound ("video", "sound") names a codec no FFmpeg has (its Matroska codec id
+    changed in place): PyAV gives such a stream no decoder."""
+    make_video(path, frames=6, audio="pcm_s16le")
+    data = Path(path).read_bytes()
+    old, new = (b"V_MPEG4/ISO/AVC", b"V_ZZZZZ/ISO/AVC") if what == "video" else (b"A_PCM/INT/LIT", b"A_ZZZ/INT/LIT")
+    assert data.count(old) == 1
+    Path(path).write_bytes(data.replace(old, new))
+    return Path(path)
 
 
 def video_facts(path) -> dict:

@@ -21,7 +21,17 @@ from adain.image import load_image
 from adain.media import MediaError, VideoReader, VideoWriter, atomic_output, container_for
 from adain.video import VideoStream, stylize_video
 from helpers import NO_REFINE, ServerProcess, free_port
-from synth import band_mask, encoded, hlg_signal, make_hlg_clip, make_image, make_video, synth_image, video_facts
+from synth import (
+    band_mask,
+    encoded,
+    hlg_signal,
+    make_hlg_clip,
+    make_image,
+    make_video,
+    synth_image,
+    unknown_codec_clip,
+    video_facts,
+)
 
 torch.set_num_threads(1)
 STYLE = make_image(40, 40, seed=22, kind="noise")
@@ -211,6 +221,20 @@ def test_sound_the_container_cannot_hold_is_encoded_again(tmp_path: Path, audio:
     assert abs(_audio_seconds(tmp_path / f"out{suffix}") - _audio_seconds(tmp_path / "in.mkv")) < 0.05
 
 
+def test_sound_encoded_again_keeps_its_time(tmp_path: Path) -> None:
+    """A sound that starts after the picture (a camera's PCM, 0.5 s late) stays where it was when the output
+    container makes it AAC: numbered from 0 instead, it came 0.5 s early, out of step with the picture."""
+    import av
+
+    make_video(tmp_path / "late.mkv", frames=24, audio="pcm_s16le", audio_start=0.5)
+    for suffix in (".mp4", ".mkv"):  # encoded again, and copied
+        _copy(tmp_path / "late.mkv", tmp_path / f"out{suffix}")
+        with av.open(str(tmp_path / f"out{suffix}")) as c:
+            times = [(float(f.time), f.samples / f.sample_rate) for f in c.decode(audio=0)]
+        first, end = times[0][0], times[-1][0] + times[-1][1]
+        assert abs(first - 0.5) < 0.03 and abs(end - 2.5) < 0.05, (suffix, first, end)
+
+
 def test_a_variable_rate_clip_keeps_every_frame_at_its_time(tmp_path: Path) -> None:
     # A phone in low light: 30 frames a second, then 15. Every frame was once held to the average rate's
     # grid (39 of 45 came, the 25th 0.22 s late: the picture behind its sound).
@@ -280,6 +304,16 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
     make_video(tmp_path / "cam.ts", frames=40, fps=10)  # one keyframe: a seek lands past it
     with VideoReader(tmp_path / "cam.ts", start=0.5, duration=1.0) as r:
         assert len(list(r.frames())) == r.total == 10
+    # a raw H.264 stream has no timestamps: FFmpeg's seek read it to its end, and no frame of a part came
+    make_video(tmp_path / "raw.h264", frames=30, fps=10)  # read at FFmpeg's 25 a second: the stream says no rate
+    with VideoReader(tmp_path / "raw.h264") as r:
+        whole, rate = [np.asarray(img) for img, _ in r.frames()], float(r.rate)
+    with VideoReader(tmp_path / "raw.h264", start=0.4, duration=0.2) as r:
+        part = list(r.frames())
+    first = round(0.4 * rate)
+    assert len(part) == round(0.2 * rate)
+    assert [t for _, t in part] == pytest.approx([i / rate for i in range(len(part))])
+    assert all(np.array_equal(np.asarray(img), whole[first + i]) for i, (img, _) in enumerate(part))
     make_video(tmp_path / "picture.webm", frames=20, fps=10)  # 2 s of picture, then 6 s of sound beside it
     make_video(tmp_path / "sound.webm", frames=60, fps=10, audio=True)
     _mux(tmp_path / "long_sound.webm", (tmp_path / "picture.webm", "video"), (tmp_path / "sound.webm", "audio"))
@@ -706,6 +740,10 @@ def test_a_clip_of_more_frames_than_the_server_takes_is_refused_before_sending(l
     assert capsys.readouterr().err.count(f"long{suffix}") == 1
     # a part that fits is taken
     assert stylize_video_file(client, tmp_path / f"long{suffix}", tmp_path / "out.mp4", STYLE, duration=0.4) == 5
+    before = (tmp_path / f"long{suffix}").read_bytes()  # as the in-process call, it refuses to write over its source
+    with pytest.raises(MediaError, match="is the source clip: it would be overwritten"):
+        stylize_video_file(client, tmp_path / f"long{suffix}", tmp_path / f"long{suffix}", STYLE, duration=0.4)
+    assert (tmp_path / f"long{suffix}").read_bytes() == before
 
 
 def test_rpc_cancel_midway_frees_the_stream(limited) -> None:
@@ -904,6 +942,9 @@ BAD_VIDEOS = {
     "truncated-gif": (lambda c, t: _truncated(c["anim.gif"], t), "truncated"),
     "no-video-stream": (lambda c, t: _audio_only(t), "no video stream"),
     "no-frames": (lambda c, t: _no_frames(t), "no frames"),
+    # PyAV gives a stream FFmpeg has no decoder for no codec context: an AttributeError's traceback, the file left open
+    "unknown-video-codec": (lambda c, t: unknown_codec_clip(t / "v.mkv", "video"), "no decoder for the clip's video"),
+    "unknown-sound-codec": (lambda c, t: unknown_codec_clip(t / "a.mkv", "sound"), "no decoder for the clip's sound"),
 }
 
 

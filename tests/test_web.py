@@ -29,7 +29,16 @@ from helpers import (
     free_port,
     wait_for,
 )
-from synth import encoded, make_image, make_mask, make_video, photo_with_exif, pixels, video_facts
+from synth import (
+    encoded,
+    make_image,
+    make_mask,
+    make_video,
+    photo_with_exif,
+    pixels,
+    unknown_codec_clip,
+    video_facts,
+)
 
 CONTENT = make_image(64, 48, seed=31)
 STYLE = make_image(40, 40, seed=32, kind="noise")
@@ -339,6 +348,8 @@ BAD_CLIPS = {
     "size-past-int32": (lambda tmp: _clip(tmp, 6), {"size": "99999999999999999999"}, "size",
                         "over the limit of max_content_side="),
     "too-many-frames-even-so": (lambda tmp: _clip(tmp, 72), {"fps": "6"}, "content", "at that frame rate"),
+    "unknown-codec": (lambda tmp: ("content", ("clip.mkv", unknown_codec_clip(tmp / "u.mkv", "video").read_bytes(),
+                                               "video/x-matroska")), {}, "content", "no decoder for the clip's video"),
 }
 
 

@@ -633,14 +633,17 @@ async def _read_video_form(
 
 async def _clip(content: UploadFile, folder: Path, limits: Limits) -> tuple[Path, Any]:
     """The uploaded clip saved into ``folder``, and what its header says, once it is a video within max_pixels."""
-    from adain.media import is_media, probe
+    from adain.media import MediaError, is_media, probe
 
     source = folder / "upload"
     with source.open("wb") as f:
         await run_in_threadpool(shutil.copyfileobj, content.file, f, 1 << 20)
     if source.stat().st_size == 0:
         raise BadInput("content", "the file is empty")
-    info = await run_in_threadpool(lambda: probe(source) if is_media(source) else None)
+    try:
+        info = await run_in_threadpool(lambda: probe(source) if is_media(source) else None)
+    except MediaError as e:  # named as the page names it, not by this server's folder
+        raise BadInput("content", str(e).replace(f"{source}: ", "", 1)) from None
     if info is None:
         raise BadInput("content", "not a video this page reads (MP4, MOV, MKV, WebM or an animated GIF)")
     if info.width * info.height > limits.max_pixels:
