@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -177,6 +178,15 @@ class ServerProcess:
         while (depth := self.metric(metric)) < at_least:
             assert time.monotonic() < end, f"only {depth:.0f} of {at_least} requests queued after {timeout} s"
             time.sleep(0.05)
+
+    def wait_logged(self, done: Callable[[str], bool], timeout: float = 30.0) -> str:
+        """Its log (stderr) once ``done(log)`` holds: a call's line is written after its reply, and read from the
+        pipe by a thread, so a test that looked right after a reply sometimes missed it."""
+        end = time.monotonic() + timeout
+        while not done(text := "".join(self.stderr_lines)):
+            assert time.monotonic() < end, text[-3000:]
+            time.sleep(0.05)
+        return text
 
     def terminate(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

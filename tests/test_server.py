@@ -456,10 +456,8 @@ def test_a_stream_past_its_deadline_is_logged_as_one(server: ServerProcess) -> N
             list(pb_grpc.StyleTransferStub(channel).StylizeVideo(requests(), timeout=1.5,
                                                                   metadata=(("x-request-id", rid),)))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = time.monotonic() + 10
-    while not any(rid in line for line in server.stderr_lines) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    line = next((line for line in server.stderr_lines if rid in line), "".join(server.stderr_lines[-5:]))
+    server.wait_logged(lambda log: rid in log)
+    line = next(line for line in server.stderr_lines if rid in line)
     assert "code=DEADLINE_EXCEEDED" in line, line
 
 
