@@ -56,10 +56,11 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, audio: bool | str = False,
-               times: list[float] | None = None, audio_start: float = 0.0) -> None:
+               times: list[float] | None = None, audio_start: float = 0.0, bad_sound_packet: int = 0) -> None:
     """A clip of a square moving over a gradient, written with PyAV (codec from the suffix: H.264 for
     .mp4/.mov/.mkv, VP9 for .webm, GIF for .gif); ``audio`` adds a 440 Hz tone (AAC, Opus for .webm, or the
-    encoder it names), from ``audio_start`` seconds. ``times``: each frame's time in seconds (a variable rate),
+    encoder it names), from ``audio_start`` seconds; its ``bad_sound_packet``-th packet (from 1) is
+    corrupt (zeroed after 2 bytes). ``times``: each frame's time in seconds (a variable rate),
     else ``i / fps``."""
     import av
 
@@ -89,6 +90,7 @@ def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, 
     if a is not None:
         length = times[-1] + 1 / fps if times else frames / fps
         step, total, t = (960 if a_codec == "libopus" else 1024), int(length * a.rate), 0
+        sound_packets = 0
         fmt = a.codec_context.format.name  # the encoder's own sample format (PCM's is no float)
         while t < total:
             k = np.arange(t, t + step)
@@ -97,11 +99,22 @@ def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, 
             af = av.AudioFrame.from_ndarray(tone, format=fmt, layout="mono")
             af.sample_rate, af.pts = a.rate, t + round(audio_start * a.rate)
             for packet in a.encode(af):
-                out.mux(packet)
+                sound_packets += 1
+                out.mux(_zeroed(packet, a) if sound_packets == bad_sound_packet else packet)
             t += step
         for packet in a.encode(None):
             out.mux(packet)
     out.close()
+
+
+def _zeroed(packet, stream):
+    import av
+
+    data = bytes(packet)
+    bad = av.Packet(data[:2] + bytes(len(data) - 2))
+    bad.pts, bad.dts, bad.duration, bad.time_base, bad.stream = (packet.pts, packet.dts, packet.duration,
+                                                                  packet.time_base, stream)
+    return bad
 
 
 def unknown_codec_clip(path, what: str) -> Path:

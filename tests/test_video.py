@@ -18,7 +18,7 @@ from adain import InvalidInputError, Stylizer
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import main
 from adain.image import load_image
-from adain.media import MediaError, VideoReader, VideoWriter, atomic_output, container_for
+from adain.media import MediaError, MediaWriteError, VideoReader, VideoWriter, atomic_output, container_for
 from adain.video import VideoStream, stylize_video
 from helpers import NO_REFINE, ServerProcess, free_port
 from synth import (
@@ -165,6 +165,13 @@ def test_video_calls_refuse_what_they_would_get_wrong(stylizer: Stylizer, clips:
         VideoStream(stylizer, [STYLE], refine_steps=2)  # accepted, and not done
     stream = VideoStream(stylizer, STYLE, temporal="none")  # one style, as Stylizer.stylize takes it
     assert stream.stylize(synth_image(32, 24)).size == (32, 24)
+    # corrupt sound decoded for the output (FLAC into MOV becomes AAC): the clip's fault, named as such (it was a
+    # MediaWriteError, "cannot write the video", which a service reports as its own failure)
+    make_video(tmp_path / "bad_sound.mkv", frames=12, audio="flac", bad_sound_packet=3)
+    with pytest.raises(MediaError, match="bad_sound.mkv: corrupt sound data") as err:
+        stylize_video(stylizer, tmp_path / "bad_sound.mkv", tmp_path / "out.mov", [STYLE], temporal="none")
+    assert not isinstance(err.value, MediaWriteError)
+    (tmp_path / "bad_sound.mkv").unlink()
     assert not list(tmp_path.glob("*out*")) and sorted(p.name for p in tmp_path.iterdir()) == ["same.mp4"]
 
 
