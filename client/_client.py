@@ -10,6 +10,7 @@ import math
 import os
 import re
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -565,6 +566,14 @@ class _ClientBase:
                 check_request_size(request, self.max_message_bytes)
 
 
+def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event) -> None:
+    """Cancel ``call`` once ``stop()`` says so, asking four times a second until the call has ended."""
+    while not ended.wait(0.25):
+        if stop():
+            call.cancel()
+            return
+
+
 class StyleTransferClient(_ClientBase):
     """A blocking client of ``adain.v1.StyleTransfer``; thread-safe (share one across threads).
     (:class:`adain.client.aio.AsyncStyleTransferClient` is the same for asyncio.)
@@ -715,6 +724,7 @@ class StyleTransferClient(_ClientBase):
         timeout: float | None = None,
         request_id: str | None = None,
         end_user: str | None = None,
+        stop: Callable[[], bool] | None = None,
         **options: Any,
     ) -> Iterator[VideoFrameResult]:
         """Stylize a video's frames in order over one StylizeVideo stream; yields each stylized frame as
@@ -726,7 +736,9 @@ class StyleTransferClient(_ClientBase):
         the server's default) and ``temporal_strength`` in [0, 1) (None: the server's default); ``end_user``
         as in :meth:`stylize`. ``timeout`` bounds the whole stream (None: no deadline; the instance default is
         not used, since a clip may take far longer than one image). An exception raised while reading ``frames`` cancels
-        the stream and is raised here.
+        the stream and is raised here. ``stop()`` is asked four times a second while the stream runs: True cancels
+        it (StyleTransferError CANCELLED here), also while no reply comes (a caller that stops between replies
+        waited for the next one, for ever where the server or the network had gone silent).
         """
         first = video_options(styles, max_bytes=self.max_message_bytes, **options)
         failure: list[Exception] = []
@@ -744,6 +756,9 @@ class StyleTransferClient(_ClientBase):
         metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=metadata)
         holder.append(call)
+        ended = threading.Event()
+        if stop is not None:
+            threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop", daemon=True).start()
         try:
             for reply in call:
                 yield frame_result(reply)
@@ -752,6 +767,7 @@ class StyleTransferClient(_ClientBase):
                 raise failure[0] from None
             raise _rpc_error(e, request_id) from None
         finally:
+            ended.set()
             call.cancel()  # a no-op once the stream has ended; frees the server's state if we stopped early
         if failure:
             raise failure[0]

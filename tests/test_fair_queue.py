@@ -248,10 +248,19 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
         (tmp_path / "web-token").write_text(web_token + "\n")
         web_page = WebProcess(srv.target, "--token-file", str(tmp_path / "web-token"), "--forwarded-for")
         files = [("content", ("c.png", CONTENT, "image/png")), ("styles", ("s.png", STYLE, "image/png"))]
-        for headers in ({}, {"X-Forwarded-For": "10.9.9.9, 198.51.100.7"}):
+        # a proxy that adds a line of its own: the visitor's forged line came first and was taken
+        for headers in ({}, {"X-Forwarded-For": "10.9.9.9, 198.51.100.7"},
+                        [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "198.51.100.8")]):
             r = httpx.post(web_page.url + "/api/stylize", files=files, headers=headers, timeout=60)
             assert r.status_code == 200, r.text
-        srv.wait_logged(lambda log: {"web/127.0.0.1", "web/198.51.100.7"} <= callers(log))
+        srv.wait_logged(lambda log: {"web/127.0.0.1", "web/198.51.100.7", "web/198.51.100.8"} <= callers(log))
+        assert "web/6.6.6.6" not in callers("".join(srv.stderr_lines))
+        web_page.stop()
+        # without --forwarded-for the visitor is the peer whatever it sends (uvicorn took a local peer's header)
+        web_page = WebProcess(srv.target, "--token-file", str(tmp_path / "web-token"))
+        r = httpx.post(web_page.url + "/api/stylize", files=files, headers={"X-Forwarded-For": "6.6.6.7"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert "web/6.6.6.7" not in callers(srv.wait_logged(lambda log: log.count("caller=web/127.0.0.1") >= 2))
         assert srv.terminate() == 0
     finally:
         if web_page is not None:

@@ -769,6 +769,31 @@ def test_rpc_cancel_midway_frees_the_stream(limited) -> None:
     assert client.stylize(frames[0], STYLE).width == 64
 
 
+def test_a_stream_stops_when_asked_while_no_reply_comes(limited) -> None:
+    """``stop`` cancels a stream between replies: a caller that checked only as frames came back (the web page's
+    cancel, its abandoned clips) waited for good on a server or network gone silent."""
+    srv, client = limited
+    gate = threading.Event()
+
+    def stalled():  # the server then has nothing to answer: no reply comes
+        gate.wait(30)
+        yield make_image(64, 48)
+
+    asked = threading.Event()
+    try:
+        started = time.monotonic()
+        threading.Timer(0.5, asked.set).start()
+        with pytest.raises(StyleTransferError) as info:
+            list(client.stylize_video(stalled(), STYLE, stop=asked.is_set))
+        assert info.value.code == grpc.StatusCode.CANCELLED and time.monotonic() - started < IDLE_S / 2
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 10
+    while srv.metric("adain_video_streams") != 0:  # the server's stream ended too
+        assert time.monotonic() < deadline, "the stopped stream still holds its slot"
+        time.sleep(0.05)
+
+
 def test_a_stream_whose_client_sends_nothing_is_ended(limited) -> None:
     # A paused or vanished client (a CLI stopped with Ctrl-Z) held one of --max-video-streams for good.
     srv, client = limited

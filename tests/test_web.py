@@ -379,6 +379,8 @@ BAD = {
                      {"label": ["#e6194b", "#3cb44b"]}, "label"),
     "label-not-a-colour": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
                            {"label": "red"}, "styles[0].label"),
+    "label-unicode-digit": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
+                            {"label": "\u00b2"}, "styles[0].label"),  # "²": a digit to isdigit, a 500 from int()
     "label-not-painted": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
                           {"label": "#4363d8"}, "styles[0].label"),  # the server's: no pixel has it
     "labels-wrong-size": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", make_mask(8, 8))],

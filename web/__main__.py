@@ -75,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
                 return 2
         print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+        # proxy_headers off: uvicorn's default takes X-Forwarded-For from a peer at 127.0.0.1 as the client's
+        # address, so any local process could name the visitor; --forwarded-for is the one switch for that
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10,
+                    proxy_headers=False)
     return 0
 
 

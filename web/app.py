@@ -345,7 +345,9 @@ def create_app(
     def end_user(connection: Request | WebSocket) -> str | None:
         """Who the page's call is for, for the server's queue (it listens where adain-web's token is a front)."""
         if settings.forwarded_for:
-            hops = [h.strip() for h in connection.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+            # every X-Forwarded-For line: a proxy may add a line of its own rather than extend the client's
+            lines = connection.headers.getlist("x-forwarded-for")
+            hops = [h.strip() for h in ",".join(lines).split(",") if h.strip()]
             if hops:
                 return hops[-1]  # the address the proxy in front of us saw (earlier ones the client could write)
         return connection.client.host if connection.client else None
@@ -573,8 +575,9 @@ async def _regions(form: Any, styles: int, limits: Limits, problems: Problems) -
         problems.add("label", f"{plural(len(values), 'label')} for {plural(styles, 'style')} (one per style)")
     parsed = []
     for i, text in enumerate(values[:styles]):
-        value = label_value(int(text) if str(text).isdigit() else str(text).lower())
-        if value is None or (str(text).isdigit() and value > 255):
+        digits = str(text).isascii() and str(text).isdigit()  # "²" is a digit to isdigit, and no int
+        value = label_value(int(text) if digits else str(text).lower())
+        if value is None or (digits and value > 255):
             problems.add(f"styles[{i}].label", f"must be a grey level 0-255 or a colour #rrggbb, got {text!r}")
         parsed.append(value)
     return {"labels": await problems.wait(_image(labels, "labels", limits)), "label_values": parsed}

@@ -188,26 +188,33 @@ class VideoJobs:
         from adain.client.video import stylize_video_file
         from adain.media import MediaError, MediaWriteError
 
-        def on_frame() -> None:
-            job.done += 1
-            if time.monotonic() - job.seen > self.abandon_s:
+        def stopped() -> bool:
+            """Cancelled, or abandoned (nobody asked about it for abandon_s): asked after each frame and, by the
+            client, while none comes (a server gone silent held the job, its thread and its files for good)."""
+            if job.error is None and not job.cancel.is_set() and time.monotonic() - job.seen > self.abandon_s:
                 job.error = error_json("CANCELLED", f"nobody asked about this clip for {self.abandon_s:g} s: taken "
                                        "as abandoned")["error"]
-                raise Cancelled
-            if job.cancel.is_set():
+            return job.cancel.is_set() or job.error is not None
+
+        def on_frame() -> None:
+            job.done += 1
+            if stopped():
                 raise Cancelled
 
         state, error = "failed", None  # set on the job at the end, once its folder is as that state says
         client = _FrameCap(self.client, self.max_frames) if self.max_frames else self.client
         try:
-            stylize_video_file(client, source, job.result, styles, on_frame=on_frame, **options)
+            stylize_video_file(client, source, job.result, styles, on_frame=on_frame, stop=stopped, **options)
             state = "done"
         except Cancelled:
             state, error = "cancelled", job.error  # abandoned: on_frame said why
         except TooManyFrames as e:
             error = error_json("INVALID_ARGUMENT", str(e), [("content", str(e))])["error"]
         except StyleTransferError as e:
-            error = error_json(e.code.name, *public_error(e))["error"]
+            if stopped():  # the client cancelled the stream while no frame came: cancelled or abandoned
+                state, error = "cancelled", job.error
+            else:
+                error = error_json(e.code.name, *public_error(e))["error"]
         except MediaWriteError:  # writing the result failed: this service's fault, not the clip's
             log.exception("clip job %s: writing its result failed", job.id)
             error = error_json("INTERNAL", INTERNAL)["error"]
@@ -219,12 +226,13 @@ class VideoJobs:
             error = error_json("INTERNAL", INTERNAL)["error"]
         finally:
             source.unlink(missing_ok=True)
-            if job.cancel.is_set():  # cancelled by its caller (it says so already), whatever the last frame did
-                state, error = "cancelled", None
-            if state != "done":
-                self.discard(job.folder)
-            job.state, job.error = state, error
-            job.finished = time.monotonic()
+            with self.lock:  # with remove(): a DELETE just after the last look at ``cancel`` is not overwritten
+                if job.cancel.is_set():  # cancelled by its caller (it says so already), whatever the last frame did
+                    state, error = "cancelled", None
+                if state != "done":
+                    self.discard(job.folder)
+                job.state, job.error = state, error
+                job.finished = time.monotonic()
 
     def _purge(self) -> None:
         """Forget finished jobs past ``keep_s`` (cancelled ones past ``cancelled_keep_s``), and the oldest beyond
