@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from adain.encoder import feature_size
 from adain.errors import InvalidInputError
 from adain.image import load_image, stored_format
 from adain.job import CheckedJob
@@ -73,11 +74,18 @@ def _resized(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 def maps_at(regions: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """Region levels (``region_maps``, or a tile of them) as maps in [0, 1] at ``size`` (h, w), bilinear.
-    A map at a time: a float copy of all of them at full size is what holding levels saves."""
+    A map at a time: a float copy of all of them at full size is what holding levels saves. Shrunk to the
+    relu4_1 grid of its own pixels (``feature_size``: a cell per 8 x 8 pixels), a map is first made whole cells
+    (its last row and column repeated), as the image is padded: sampled at H / ceil(H / 8) px apart instead of
+    8, a region's edge drifted up to a cell (8 px) outwards towards the bottom and right."""
     size = tuple(size)
+    h, w = regions.shape[2:]
+    cells = size == feature_size(h, w) and size != (h, w) and (h % 8 or w % 8)
     out = torch.empty(1, regions.shape[1], *size, device=regions.device)
     for k in range(regions.shape[1]):
         m = regions[:, k : k + 1].float().div_(255)
+        if cells:
+            m = F.pad(m, (0, 8 * size[1] - w, 0, 8 * size[0] - h), mode="replicate")
         out[:, k : k + 1] = m if m.shape[2:] == size else F.interpolate(
             m, size=size, mode="bilinear", align_corners=False)
     return out

@@ -160,7 +160,8 @@ class Stylizer:
                 (mean, std), style_grey = self._style_stats(
                     source, f"styles[{i}]", job.style_size, job.color, content, content_key)
                 targets.append((mean, std, w))
-                greys.append(style_grey)
+                if w > 0:  # a zero-weight style kept for its region is never applied: its colours do not count
+                    greys.append(style_grey)
             # the other colour modes choose the output's colours themselves
             grey = job.color is None and bool(greys) and all(greys)
         chroma_from = None

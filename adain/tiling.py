@@ -63,10 +63,10 @@ class Tiling:
     stats_halo: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("tile", "halo", "stats_halo"):
+        for name in ("tile", "halo", "stats_box", "stats_halo"):  # the relu4_1 grid: off it, features and pixels part
             value = getattr(self, name)
-            if value < (16 if name == "tile" else 0) or value % 8:
-                raise ValueError(f"{name} must be a multiple of 8 (tile at least 16), got {value}")
+            if value < (16 if name in ("tile", "stats_box") else 0) or value % 8:
+                raise ValueError(f"{name} must be a multiple of 8 (tile and stats_box at least 16), got {value}")
         if self.threshold < -1 or self.stats_box < 16 or self.stats_pixels < self.stats_box**2:
             raise ValueError("threshold must be -1 (auto), 0 (never) or a pixel count; stats_box at least 16 "
                              "and stats_pixels at least one box")

@@ -213,6 +213,10 @@ def test_a_grey_styles_region_is_grey_and_the_rest_keeps_the_photos_colours(styl
     assert half[1] > 0.75 * half[0], half
     stream = VideoStream(stylizer, [grey_style], temporal="smooth")
     assert all(spread(np.asarray(stream.stylize(CONTENT), int)) == 0 for _ in range(2))
+    # a colour style of weight 0 with a region of its own is never applied: the grey one still makes grey
+    right = band_mask(96, 64, 48, 96)
+    out = np.asarray(stylizer.stylize(CONTENT, [grey_style, NOISE], weights=[1, 0], masks=[left, right]), int)
+    assert spread(out[:, :36]) == 0, spread(out[:, :36])
 
 
 BAD = {
@@ -247,3 +251,18 @@ def test_beyond_max_styles_only_the_count_is_reported() -> None:
     assert len(problems) <= 1 + 2 * Limits().max_styles, [p.field for p in problems]
     labelled = Job(CONTENT, [STYLE_A] * 1000, labels=Image.new("L", (96, 64)), label_values=[None] * 1000)
     assert len(labelled.problems(Limits())) <= 1 + Limits().max_styles
+
+
+@pytest.mark.parametrize("h", [200, 201, 204, 207])
+def test_a_region_lands_on_its_own_cells_at_any_height(h: int) -> None:
+    """A region map shrunk to the relu4_1 grid (a cell per 8 x 8 pixels) keeps its edge where the pixels put it:
+    at a height no multiple of 8 the samples were H / ceil(H / 8) px apart, not 8, and the region spread up to
+    a cell (8 px) outwards at the bottom (a region ending 10 px above the bottom of 201 took rows 192-199)."""
+    end = h - 10  # the region: rows 0 .. end - 1, and every column
+    levels = torch.zeros(1, 1, h, 40, dtype=torch.uint8)
+    levels[:, :, :end] = 255
+    cells = maps_at(levels, (-(-h // 8), 5))[0, 0, :, 0]
+    centres = torch.arange(len(cells)) * 8 + 3.5  # each cell's centre row (the last cell's padding repeats row h-1)
+    assert torch.equal(cells > 0.5, centres.clamp(max=h - 1) < end), (h, cells.tolist())
+    aligned = maps_at(F.pad(levels, (0, 0, 0, 8 * len(cells) - h), mode="replicate"), (len(cells), 5))
+    assert torch.equal(cells, aligned[0, 0, :, 0])  # what a whole-cell map gives, as at a multiple of 8

@@ -99,6 +99,8 @@ def test_tiling_settings_are_checked() -> None:
         Tiling(1, tile=100)
     with pytest.raises(ValueError, match="halo must be a multiple of 8"):
         Tiling(1, halo=30)
+    with pytest.raises(ValueError, match="stats_box must be a multiple of 8"):  # off the grid: up to 255 levels off
+        Tiling(1, stats_box=60)
     assert not Tiling(0).threshold and Stylizer(None, "cpu", tiling=Tiling(-1)).tiling.threshold > 1 << 20
 
 
