@@ -29,7 +29,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -83,7 +83,8 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS}); several replicas: "
                    "comma-separated IP:PORT list, or dns:///NAME:PORT (calls are balanced round-robin)")
     p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
-                   help="deadline of each call to the server, seconds (default 120)")
+                   help="deadline of each call to the server, seconds (default 120); for a video, of each frame's "
+                   "reply")
     p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
                    help="retries of a call the server answers UNAVAILABLE (default 2)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
@@ -516,7 +517,7 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
     try:
         return stylize_video_file(client, src, out, styles, on_start=lambda n: bar.reset(total=n or None),
                                   on_frame=lambda: bar.update(1), max_fps=args.fps, start=args.start,
-                                  duration=args.duration, **_video_options(args))
+                                  duration=args.duration, frame_timeout=args.timeout, **_video_options(args))
     finally:
         bar.close()
 
@@ -675,16 +676,16 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
         futures = {pool.submit(one, *t): t for t in tasks}
         pending = set(futures)
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            while pending:  # each as it ends: the bar moves (FIRST_EXCEPTION waited for all of them)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     content, _, out = futures[f]
                     bar.update(1)
                     err = f.exception()
                     if err is None:
                         continue
-                    if isinstance(err, StyleTransferError) and err.code == grpc.StatusCode.INVALID_ARGUMENT:
-                        failed += 1  # a bad content image: say so and go on with the others
+                    if isinstance(err, StyleTransferError) and _this_content_only(err):
+                        failed += 1  # a bad or too large content image: say so and go on with the others
                         bar.write(f"{PROG}: error: {content}: {err.details}", file=sys.stderr)
                         continue
                     if isinstance(err, StyleTransferError):
@@ -711,6 +712,19 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     if served:
         print("images per replica: " + ", ".join(f"{name} {n}" for name, n in sorted(served.items())))
     return 1 if failed else 0
+
+
+def _this_content_only(err: StyleTransferError) -> bool:
+    """Whether a folder run's failed call was this content's own doing, so the run goes on with the others: an
+    image the server refuses, one whose upload or output is over a message limit, one past the deadline. A style
+    or an option it refuses (the same for every content: it was said once per content), the server's full queue
+    or its absence stop the run."""
+    field = err.violations[0][0] if err.violations else err.details.split(":", 1)[0]
+    if err.code == grpc.StatusCode.INVALID_ARGUMENT:
+        return not field.startswith(("styles[", "options.styles["))
+    if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the reply limit, or gRPC's own for the upload
+        return "over the reply limit" in err.details or "larger than max" in err.details
+    return err.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def _style_names(styles: list[tuple[Any, float]]) -> list[tuple[Any, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import io
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,16 @@ def stylize_video_file(
     max_fps: float | None = None,
     start: float = 0.0,
     duration: float | None = None,
+    frame_timeout: float | None = None,
     **options: Any,
 ) -> int:
     """Stylize the video ``source`` into ``output`` (container from its suffix, audio copied); returns the
     frame count. ``options`` are :meth:`StyleTransferClient.stylize_video`'s; ``on_start(total)`` (0 when
     unknown) and ``on_frame()`` report progress; ``max_fps``: at most this many frames a second are sent
     and written (the others dropped, the sound in step); ``start`` and ``duration`` (seconds) take a part
-    of the clip (its sound too). Raises MediaError or StyleTransferError; on any failure no output file is
-    left."""
+    of the clip (its sound too); ``frame_timeout`` (seconds) ends the stream with DEADLINE_EXCEEDED when no
+    stylized frame comes back for that long (a clip as a whole has no deadline: a server or network gone silent
+    held it for good). Raises MediaError or StyleTransferError; on any failure no output file is left."""
     from adain.media import MediaError, VideoReader, VideoWriter, atomic_output, container_for, decode_side, same_file
 
     container = container_for(output)
@@ -100,9 +103,18 @@ def stylize_video_file(
 
         writer = None
         count = 0
+        last, stalled, asked = [time.monotonic()], [], options.pop("stop", None)
+
+        def stop() -> bool:
+            if frame_timeout is not None and time.monotonic() - last[0] > frame_timeout:
+                stalled.append(True)
+                return True
+            return bool(asked and asked())
+
         try:
             for result in client.stylize_video(frames(), styles, format=FRAME_FORMAT[0], quality=FRAME_FORMAT[1],
-                                               **options):
+                                               stop=stop, **options):
+                last[0] = time.monotonic()
                 img = result.to_pil()
                 if writer is None:
                     writer = VideoWriter(tmp, width=img.width, height=img.height, rate=reader.rate,
@@ -113,6 +125,13 @@ def stylize_video_file(
                     on_frame()
             if writer is not None:
                 writer.close()
+        except StyleTransferError as e:
+            if writer is not None:
+                writer.abort()
+            if stalled and e.code == grpc.StatusCode.CANCELLED:
+                raise StyleTransferError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{source}: no stylized frame came back "
+                                         f"for {frame_timeout:g} s after frame {count}") from None
+            raise
         except BaseException:
             if writer is not None:
                 writer.abort()

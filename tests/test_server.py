@@ -551,6 +551,29 @@ def test_message_over_the_limit(limited) -> None:
     _good_call(client)
 
 
+def test_a_folder_run_goes_on_past_one_images_limit_and_stops_on_a_style(limited, tmp_path: Path, capsys) -> None:
+    """A folder run: one photo over the message limit is that photo's failure (the run stopped there, the others
+    never tried); a style the server does not know is the run's, said once (it was said for every content)."""
+    from adain.client.cli import main
+
+    srv, _ = limited
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a_huge.png").write_bytes(make_image(16, 16) + b"\0" * (1536 * 1024))  # over --max-message-mb 1
+    for name in ("b.png", "c.png"):
+        (folder / name).write_bytes(make_image(40, 30))
+    (tmp_path / "style.png").write_bytes(STYLE_A)
+    out = tmp_path / "out"
+    argv = ["-s", str(tmp_path / "style.png"), "-o", str(out), "--server", srv.target, "-j", "1", "--retries", "0"]
+    assert main([str(folder), *argv]) == 1
+    err = capsys.readouterr().err
+    assert "a_huge.png" in err and "RESOURCE_EXHAUSTED" not in err.split("a_huge.png")[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["b_stylized_style.png", "c_stylized_style.png"]
+    assert main([str(folder), "-s", "id:" + "0" * 64, "-o", str(tmp_path / "out2"), "--server", srv.target]) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "style" in lines[0] and "unknown" in lines[0], lines
+
+
 def test_queue_bound(limited) -> None:
     srv, client = limited
     content = make_image(70, 70, seed=11)  # under --max-pixels 5000

@@ -794,6 +794,32 @@ def test_a_stream_stops_when_asked_while_no_reply_comes(limited) -> None:
         time.sleep(0.05)
 
 
+def test_a_clip_whose_replies_stop_coming_ends_at_the_frame_timeout(decoder_path: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    """A clip's stream has no deadline, so a server that stopped answering held the CLI for good (--timeout applied
+    to images only): ``frame_timeout`` (the CLI's --timeout) ends it when no frame comes back for that long. The
+    server here holds the frames for a batch of 8 that never fills (20 s)."""
+    from adain.client.video import stylize_video_file
+
+    srv = ServerProcess(decoder_path, "--max-batch-size", "8", "--max-batch-delay-ms", "20000", *NO_REFINE)
+    try:
+        srv.wait_serving()
+        make_video(tmp_path / "clip.mp4", frames=6)
+        with StyleTransferClient(srv.target, timeout=30, retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(StyleTransferError) as info:
+                stylize_video_file(client, tmp_path / "clip.mp4", tmp_path / "out.mp4", STYLE, frame_timeout=1.5)
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - started < 10
+            assert "no stylized frame came back for 1.5 s after frame 0" in info.value.details
+        (tmp_path / "style.png").write_bytes(STYLE)
+        assert main([str(tmp_path / "clip.mp4"), "-s", str(tmp_path / "style.png"), "-o", str(tmp_path / "o.mp4"),
+                     "--timeout", "1.5", "--server", srv.target]) == 1
+        assert "no stylized frame came back for 1.5 s" in capsys.readouterr().err
+        assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "o.mp4").exists()
+    finally:
+        srv.kill()
+
+
 def test_a_stream_whose_client_sends_nothing_is_ended(limited) -> None:
     # A paused or vanished client (a CLI stopped with Ctrl-Z) held one of --max-video-streams for good.
     srv, client = limited
