@@ -343,6 +343,12 @@ def _format(text: str) -> str:
     return format_name(text) or text
 
 
+def _refuse_quality_for_png(args: argparse.Namespace, fmt: str, what: str) -> None:
+    """--quality with a PNG output did nothing, without a word (PNG is lossless)."""
+    if args.quality is not None and fmt == "png":
+        raise CliError(f"--quality: only for JPEG and WebP outputs; {what} PNG, which is lossless")
+
+
 def _output_format(path: Path) -> str:
     fmt = format_from_suffix(path.suffix)
     if fmt is None:
@@ -473,6 +479,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
         if args.format is not None and args.format != fmt:  # else one of the two would be ignored
             raise CliError(f"--format {args.format}: -o {out} is a {fmt.upper()} file by its extension; give one "
                            f"or the other (or -o ending in {FORMAT_SUFFIXES[args.format]})")
+    _refuse_quality_for_png(args, fmt, f"-o {out} is")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [content]))
     refine = _refine_options(args)
     bar = None
@@ -633,6 +640,7 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             raise CliError(f"-o {shown}: that is the content folder {folder}: the outputs would be taken as "
                            "contents the next time; give another folder")
     fmt = args.format or "png"
+    _refuse_quality_for_png(args, fmt, "the outputs are (--format png, the default)")
     ext = FORMAT_SUFFIXES[fmt]
     named = _style_names(styles)
     tasks = [(c, source, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for source, stem in named]

@@ -214,6 +214,11 @@ def test_cli_regions_by_masks_and_labels(server: ServerProcess, client: StyleTra
     assert "3 masks for 2 styles" in _cli_failure([c, "-s", a, "-s", b, *["--mask", str(d / "m0.png")] * 3, "-o", o,
                                                    *srv], capsys)
     assert "--label needs --labels" in _cli_failure([c, "-s", a, "--label", "3", "-o", o, *srv], capsys)
+    # --quality with a PNG output made byte-identical files, without a word: PNG is lossless
+    assert "--quality: only for JPEG and WebP outputs" in _cli_failure([c, "-s", a, "--quality", "10", "-o", o,
+                                                                        *srv], capsys)
+    assert "outputs are (--format png" in _cli_failure([str(d), "-s", a, "--quality", "10", "-o", str(d / "q/"),
+                                                        *srv], capsys)
     assert "--label" in _cli_failure([c, "-s", a, "--labels", str(d / "labels.png"), "--label", "red", "-o", o,
                                       *srv], capsys)
     line = _cli_failure([c, "-s", a, "--labels", str(d / "labels.png"), "--label", "9", "-o", o, *srv], capsys)
