@@ -141,7 +141,7 @@ class StyleTransferServer:
         self.refiner = RefineService(
             stylizer,
             RefineLimits(settings.max_refine_jobs, settings.max_refine_queue),  # steps: Stylizer.limits
-            busy=lambda: self.batcher.depth > 0,  # fast requests preparing, queued, rendering or encoding
+            busy=lambda: self.batcher.busy,  # fast requests preparing, queued or rendering
             refused=lambda: self.metrics.queue_refused.labels("max_refine_jobs").inc(),
         )
         self.metrics.long_jobs.set_function(lambda: self.refiner.admitted)

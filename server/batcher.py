@@ -164,6 +164,12 @@ class Batcher:
         """Requests admitted and not yet rendering (preparing or waiting)."""
         return self._admitted
 
+    @property
+    def busy(self) -> bool:
+        """Requests admitted, or a batch rendering: what a long job gives way to (``depth`` alone is 0 while a
+        batch renders, its tickets released as it was taken, and a refine iteration ran beside it)."""
+        return self._admitted > 0 or self._rendering_since is not None
+
     def submit(self, ticket: Ticket, prepared: Any, key: Hashable, deadline: float | None) -> Item:
         """Queue a prepared request; await ``item.future`` for a :class:`BatchResult`.
 

@@ -115,6 +115,34 @@ def test_a_drain_ends_a_batchs_wait_to_fill() -> None:
     assert asyncio.run(main()) < 60  # well before the 120 s it would have waited
 
 
+def test_the_batcher_is_busy_while_a_batch_renders() -> None:
+    """Long jobs (refine, print size) give way while the batcher is busy: its depth drops to 0 as a batch is taken,
+    so a refine iteration ran beside the render it was to wait for."""
+    rendering, finish = threading.Event(), threading.Event()
+
+    def render(batch: list[str]) -> list[str]:
+        rendering.set()
+        finish.wait(30)
+        return batch
+
+    async def main() -> None:
+        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=8)
+        batcher.start()
+        assert not batcher.busy
+        future = batcher.submit(batcher.admit(caller="A"), "x", key=(64, 64), deadline=None).future
+        assert await asyncio.to_thread(rendering.wait, 30)
+        assert batcher.depth == 0 and batcher.busy  # taken from the queue, rendering
+        finish.set()
+        await asyncio.wait_for(future, 30)
+        end = time.monotonic() + 10  # the render thread marks the batch done just after posting its results
+        while batcher.busy:
+            assert time.monotonic() < end, "still busy after its batch"
+            await asyncio.sleep(0.01)
+        batcher.close(5)
+
+    asyncio.run(main())
+
+
 def test_a_batchs_pixels_are_bounded() -> None:
     # Eight 1-MP photos of one size made one batch: 16 GB in a pod of 8.
     batches: list[int] = []
