@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--grpc", action="store_true", help="p50 of plain calls while refine jobs run on a local server")
     p.add_argument("--grpc-steps", type=int, default=150)
-    p.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "results" / "refine.png")
+    p.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "results" / "refine.png",
+                   help="plot PNG ('' for none)")
     p.add_argument("--save-samples", type=Path, default=None, help="write every row's output of the first pair")
     args = p.parse_args(argv)
     if args.threads:
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(target <= -30%) and the content loss by {100 * (r['content'] / a['content'] - 1):+.1f}% "
                 "(target <= +10%)"
             )
-    if args.plot:
+    if str(args.plot) not in ("", "."):  # Path("") is "."
         plot(curves, args.plot)
         print(f"\nplot: {args.plot}")
     if args.ablations:

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{diff.mean():.2f} / {diff.max():.0f} |"
         )
 
-    if str(args.plot):
+    if str(args.plot) not in ("", "."):  # Path("") is "." (it wrote ".png")
         title = f"Stylizer.stylize, style {args.style_size} px, {device}, {torch.get_num_threads()} threads"
         save_plot([(f"{size} px {label}", c, wm) for label, size, c, wm, _ in rows], args.plot, title)
         print(f"\nplot: {args.plot}")
