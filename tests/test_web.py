@@ -249,6 +249,11 @@ def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None
     busy = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6, "b.mp4"), _png("styles", STYLE)],
                       timeout=60)
     assert busy.status_code == 429 and busy.headers["retry-after"] and busy.json()["error"]["message"]
+    # said before the upload is read (it was read whole first, up to 200 MB spooled and copied): a body that is
+    # no form at all gets the 429 too
+    unread = httpx.post(web.url + "/api/videos", content=b"not read", timeout=60,
+                        headers={"content-type": "multipart/form-data; boundary=x"})
+    assert unread.status_code == 429, unread.text
     job_id = first.json()["id"]
     early = httpx.get(f"{web.url}/api/videos/{job_id}/result")  # not done yet: a precondition, not a missing job
     assert early.status_code == 409 and early.json()["error"]["code"] == "FAILED_PRECONDITION", early.text

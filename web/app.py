@@ -413,6 +413,10 @@ def create_app(
         if jobs is None:
             return _error(501, "UNIMPLEMENTED", "this page was installed without video support: "
                           "pip install 'adain[video]' where adain-web runs")
+        try:
+            jobs.check_room()  # before the upload is read: a full page answered 429 only after taking it all
+        except Busy as e:
+            return _error(429, "RESOURCE_EXHAUSTED", str(e), headers={"Retry-After": "10"})
         limits = await current_limits()
         folder = jobs.new_folder()
         files = f"one content clip and at most {plural(limits.max_styles, 'style')}"

@@ -117,7 +117,7 @@ class VideoJobs:
         self.root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # start() holds it through check_room()
 
     def running(self) -> int:
         with self.lock:
@@ -127,6 +127,14 @@ class VideoJobs:
         """Jobs running and not cancelled: one cancelled a moment ago (a frame still in flight) frees its place at
         once, so that the page's next clip is not told the server is busy (the server's own stream limit holds)."""
         return sum(j.finished is None and j.state != "cancelled" for j in self.jobs.values())
+
+    def check_room(self) -> None:
+        """Raises Busy where ``start`` would: said before an upload is read (up to 200 MB spooled, then copied,
+        each time), and checked again by ``start``."""
+        with self.lock:
+            self._purge()
+            if self._running() >= self.max_running:
+                raise Busy(f"{self.max_running} clip(s) are being stylized already; try again when one is done")
 
     def new_folder(self) -> Path:
         """A folder for an upload about to become a job (removed by ``discard`` if it does not)."""
@@ -139,9 +147,7 @@ class VideoJobs:
               **options: Any) -> VideoJob:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
         with self.lock:
-            self._purge()
-            if self._running() >= self.max_running:
-                raise Busy(f"{self.max_running} clip(s) are being stylized already; try again when one is done")
+            self.check_room()
             job = VideoJob(uuid.uuid4().hex, folder, name, total)
             self.jobs[job.id] = job
         thread = threading.Thread(target=self._run, args=(job, source, styles, options), name=f"video-{job.id[:8]}",
