@@ -49,10 +49,9 @@ def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | 
     return next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
 
 
-def _primary_properties(data: bytes, meta: tuple[int, int], count: int) -> set[int] | None:
+def _primary_properties(data: bytes, meta: tuple[int, int], iprp: tuple[int, int], count: int) -> set[int] | None:
     """The 0-based ipco indices of the primary item's properties, from pitm and ipma; None if either is missing."""
-    pitm, iprp = _child(data, *meta, b"pitm"), _child(data, *meta, b"iprp")
-    ipma = _child(data, *iprp, b"ipma") if iprp else None
+    pitm, ipma = _child(data, *meta, b"pitm"), _child(data, *iprp, b"ipma")
     if pitm is None or ipma is None or pitm[1] - pitm[0] < (8 if data[pitm[0]] else 6) or ipma[1] - ipma[0] < 8:
         return None
     item = struct.unpack_from(">I" if data[pitm[0]] else ">H", data, pitm[0] + 4)[0]
@@ -94,7 +93,7 @@ def nclx_profile(data: bytes) -> dict | None:
         if ipco is None:
             return None
         props = list(_boxes(data, *ipco))
-        chosen = _primary_properties(data, meta, len(props))
+        chosen = _primary_properties(data, meta, iprp, len(props))
         for i, (kind, start, end) in enumerate(props):
             if kind != b"colr" or end - start < 11 or data[start : start + 4] != b"nclx":
                 continue

@@ -587,8 +587,7 @@ class VideoWriter:
         try:
             frames = self._a_encoder.decode(packet)
         except _av().error.FFmpegError as e:  # the clip's fault, not the writer's (a service's own failure)
-            where = self._source.path if self._source is not None else "the source"
-            raise MediaError(f"{where}: corrupt sound data ({e.strerror or e})") from None
+            raise MediaError(f"{self._source.path}: corrupt sound data ({e.strerror or e})") from None
         for frame in frames:
             # The frame keeps its time, so a sound that starts late or has a gap stays in step with the picture
             # (numbered from 0 instead, it was pulled early); never backwards (a muxer refuses that).

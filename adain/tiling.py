@@ -67,9 +67,8 @@ class Tiling:
             value = getattr(self, name)
             if value < (16 if name in ("tile", "stats_box") else 0) or value % 8:
                 raise ValueError(f"{name} must be a multiple of 8 (tile and stats_box at least 16), got {value}")
-        if self.threshold < -1 or self.stats_box < 16 or self.stats_pixels < self.stats_box**2:
-            raise ValueError("threshold must be -1 (auto), 0 (never) or a pixel count; stats_box at least 16 "
-                             "and stats_pixels at least one box")
+        if self.threshold < -1 or self.stats_pixels < self.stats_box**2:
+            raise ValueError("threshold must be -1 (auto), 0 (never) or a pixel count; stats_pixels at least one box")
 
     def wants(self, job: Prepared) -> bool:
         h, w = job.content.shape[2:]

@@ -125,15 +125,11 @@ def stylize_video_file(
                     on_frame()
             if writer is not None:
                 writer.close()
-        except StyleTransferError as e:
+        except BaseException as e:
             if writer is not None:
                 writer.abort()
-            if stalled and e.code == grpc.StatusCode.CANCELLED:
+            if stalled and isinstance(e, StyleTransferError) and e.code == grpc.StatusCode.CANCELLED:
                 raise StyleTransferError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{source}: no stylized frame came back "
                                          f"for {frame_timeout:g} s after frame {count}") from None
-            raise
-        except BaseException:
-            if writer is not None:
-                writer.abort()
             raise
     return count
