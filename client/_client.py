@@ -380,6 +380,9 @@ def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
     return StyleTransferError(code, " ".join(details.split()), request_id=rid, violations=_parse_violations(trailing))
 
 
+MAX_RETRIES = 4  # gRPC's retry policy allows at most 5 attempts; more would be cut to that silently
+
+
 def service_config(retries: int) -> str:
     """The channel's service config: round-robin over every address the target resolves to, gRPC
     client-side health checking (a replica reporting NOT_SERVING, e.g. draining, gets no new calls), and
@@ -390,7 +393,7 @@ def service_config(retries: int) -> str:
     }
     if retries > 0:
         policy = {
-            "maxAttempts": min(retries, 4) + 1,
+            "maxAttempts": retries + 1,
             "initialBackoff": "0.1s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2,
@@ -483,6 +486,8 @@ class _ClientBase:
         client_certificate: bytes | str | os.PathLike | None = None,
         client_key: bytes | str | os.PathLike | None = None,
     ) -> None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+            raise ValueError(f"retries must be a whole number in [0, {MAX_RETRIES}] (gRPC's limit), got {retries!r}")
         self.target = target
         self.timeout = timeout
         self._registered: OrderedDict[str, bytes] = OrderedDict()  # styles this client registered, by id
@@ -583,7 +588,7 @@ class StyleTransferClient(_ClientBase):
     gRPC health is not SERVING. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
     (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
     many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
-    another replica where there are several (0 disables; at most 4). Message size limits default to
+    another replica where there are several (0 disables; at most 4, gRPC's limit: more is a ValueError). Message size limits default to
     32 MiB each way, like the server's (``max_message_mb``): a file larger than that is refused before it
     is read, and a request larger than that before it is sent, naming the file or the largest parts.
 

@@ -52,7 +52,7 @@ from adain.wire import (
     format_name,
 )
 
-from ._client import FLOAT32_MAX, LibraryStyle, Preset, StyleRef, StyleTransferClient, StyleTransferError
+from ._client import FLOAT32_MAX, MAX_RETRIES, LibraryStyle, Preset, StyleRef, StyleTransferClient, StyleTransferError
 from .video import is_video, stylize_video_file
 
 PROG = "adain-stylize"
@@ -85,8 +85,8 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
                    help="deadline of each call to the server, seconds (default 120); for a video, of each frame's "
                    "reply")
-    p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
-                   help="retries of a call the server answers UNAVAILABLE (default 2)")
+    p.add_argument("--retries", type=int_in_range(0, MAX_RETRIES), default=2, metavar="N",
+                   help=f"retries of a call the server answers UNAVAILABLE, 0-{MAX_RETRIES} (default 2)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     p.add_argument("--ca-cert", metavar="PEM", help="root certificate(s) for TLS (implies --tls)")
     p.add_argument("--client-cert", metavar="PEM", help="this client's certificate chain, for a server that asks for "

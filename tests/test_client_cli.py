@@ -130,6 +130,9 @@ def test_unreachable_server_fails_fast_with_unavailable() -> None:
         with pytest.raises(StyleTransferError) as info:
             c.stylize(CONTENT, STYLE_A)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    # gRPC allows 4 retries at most: more was cut to 4 without a word
+    with pytest.raises(ValueError, match=r"retries must be a whole number in \[0, 4\].*got 9"):
+        StyleTransferClient(f"127.0.0.1:{port}", retries=9)
 
 
 def test_tls(decoder_path: Path, tmp_path: Path) -> None:
@@ -404,6 +407,8 @@ def test_cli_refuses_what_it_would_silently_get_wrong(server: ServerProcess, fil
     assert "--mask: an empty path" in _cli_failure([c, "-s", a, "--mask", "", "-o", o, *srv], capsys)
     assert "--labels: an empty path" in _cli_failure([c, "-s", a, "--labels", "", "--label", "1", "-o", o, *srv],
                                                      capsys)
+    assert main([c, "-s", a, "--retries", "5", "-o", o, *srv]) == 2
+    assert "--retries: must be in [0, 4], got 5" in capsys.readouterr().err
     assert not Path(o).exists()
 
 
