@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def _parse(text: str, kind: type[int] | type[float]) -> float:
@@ -74,3 +75,8 @@ def one_of(choices: Sequence[str], normalise: Callable[[str], str] = str.lower) 
         return value
 
     return check
+
+
+def optional_path(text: str) -> Path | None:
+    """A path, or None for '' (``--plot ''`` for no plot): ``Path('')`` is ``.``, which is truthy."""
+    return Path(text) if text else None

@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 from adain import Stylizer
+from adain.argtypes import optional_path
 from adain.backends import ExportedBackend
 from adain.decoder import _CONVS
 from adain.encoder import LAYERS, POOL_BEFORE
@@ -127,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-direct", action="store_true",
                    help="skip the OpenVINO fp32 row without the Winograd form (direct convolutions, as before it)")
     p.add_argument("--decoder", default=None, help="decoder file (default: the shipped one)")
-    p.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="bar plot PNG ('' for none)")
+    p.add_argument("--plot", type=optional_path, default=DEFAULT_PLOT, help="bar plot PNG ('' for none)")
     return p.parse_args(argv)
 
 
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = ", ".join(f"{s} px {conv_flops(s) / 1e9:.0f} G" for s in args.sizes)
     floor = ", ".join(f"{s} px {conv_flops(s) / peak / 1e6:.0f} ms" for s in args.sizes)
     print(f"\nconvolution FLOPs per image: {flops}; floor at the matmul rate: {floor}")
-    if str(args.plot) not in ("", "."):  # Path("") is "."
+    if args.plot:
         save_plot(rows, refs, args.plot, f"{model}, {torch.get_num_threads()} threads")
         print(f"plot: {args.plot}")
     return 0

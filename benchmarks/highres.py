@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from adain.argtypes import optional_path
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PLOT = REPO / "benchmarks" / "results" / "highres.png"
 TORCH_BYTES_PER_PIXEL = 900
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=768)
     p.add_argument("--halo", type=int, default=64)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per row")
-    p.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
+    p.add_argument("--plot", type=optional_path, default=DEFAULT_PLOT)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tiled", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--content", type=Path, help=argparse.SUPPRESS)
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         diff = f"{r['diff_mean']:.2f} / {r['diff_p99']:.0f}" if "diff_mean" in r else ""
         print(f"| {r['side']} x {r['side']} | {r['backend']} | {'yes' if r['tiled'] else 'no'} | {r['seconds']:.1f} "
               f"| {ratio} | {r['peak_bytes'] / 2**30:.2f} GiB | {diff} |")
-    if str(args.plot) and rows:
+    if args.plot and rows:
         save_plot(rows, args.plot)
         print(f"plot: {args.plot}")
     return 0

@@ -55,6 +55,7 @@ from quality import SHARED_EVAL, Evaluator, fit_to, load_folder  # noqa: E402
 from stylize_speed import cpu_name  # noqa: E402
 
 from adain import Job, Stylizer  # noqa: E402
+from adain.argtypes import optional_path  # noqa: E402
 from adain.image import to_image, to_tensor  # noqa: E402
 from adain.ops import gram  # noqa: E402
 from adain.optimize import REFINE_TARGET, objective_for, optimize, refine  # noqa: E402
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--grpc", action="store_true", help="p50 of plain calls while refine jobs run on a local server")
     p.add_argument("--grpc-steps", type=int, default=150)
-    p.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "results" / "refine.png",
+    p.add_argument("--plot", type=optional_path, default=Path(__file__).resolve().parent / "results" / "refine.png",
                    help="plot PNG ('' for none)")
     p.add_argument("--save-samples", type=Path, default=None, help="write every row's output of the first pair")
     args = p.parse_args(argv)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(target <= -30%) and the content loss by {100 * (r['content'] / a['content'] - 1):+.1f}% "
                 "(target <= +10%)"
             )
-    if str(args.plot) not in ("", "."):  # Path("") is "."
+    if args.plot:
         plot(curves, args.plot)
         print(f"\nplot: {args.plot}")
     if args.ablations:

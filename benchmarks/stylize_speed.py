@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from adain import Limits, NoDecoderError, Stylizer
+from adain.argtypes import optional_path
 from adain.encoder import Encoder
 from adain.precision import PRECISIONS, cpu_info
 
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--style-size", type=int, default=512, help="style image longest side")
     p.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS, help="one or more, compared")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="bar plot PNG ('' for none)")
+    p.add_argument("--plot", type=optional_path, default=DEFAULT_PLOT, help="bar plot PNG ('' for none)")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be >= 1")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{diff.mean():.2f} / {diff.max():.0f} |"
         )
 
-    if str(args.plot) not in ("", "."):  # Path("") is "." (it wrote ".png")
+    if args.plot:
         title = f"Stylizer.stylize, style {args.style_size} px, {device}, {torch.get_num_threads()} threads"
         save_plot([(f"{size} px {label}", c, wm) for label, size, c, wm, _ in rows], args.plot, title)
         print(f"\nplot: {args.plot}")

@@ -588,9 +588,10 @@ class StyleTransferClient(_ClientBase):
     gRPC health is not SERVING. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
     (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
     many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
-    another replica where there are several (0 disables; at most 4, gRPC's limit: more is a ValueError). Message size limits default to
-    32 MiB each way, like the server's (``max_message_mb``): a file larger than that is refused before it
-    is read, and a request larger than that before it is sent, naming the file or the largest parts.
+    another replica where there are several (0 disables; at most 4, gRPC's limit: more is a ValueError).
+    Message size limits default to 32 MiB each way, like the server's (``max_message_mb``): a file larger
+    than that is refused before it is read, and a request larger than that before it is sent, naming the
+    file or the largest parts.
 
     A server that wants callers to prove who they are takes ``token`` (sent as ``authorization: Bearer``
     on every call; prefer TLS, the token is a password) or ``token_file`` (its first line, read again when
