@@ -99,6 +99,11 @@ def test_a_refine_shows_its_steps_and_stops_when_the_page_goes(web: WebProcess) 
     page = socket.create_connection(("127.0.0.1", web.port))
     page.sendall(f"POST /api/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + body)
     assert _first_step(web, "refine-followed")["steps"] == 500
+    # a second refine with the same id would share its progress entry, and the first to end removed both
+    again = httpx.post(web.url + "/api/stylize", headers={"X-Request-Id": "refine-followed"}, timeout=60,
+                       files=[_png("content", CONTENT), _png("styles", STYLE)], data={"refine_steps": "1"})
+    assert again.status_code == 409 and "X-Request-Id 'refine-followed' is running" in again.text, again.text
+    assert _first_step(web, "refine-followed")["steps"] == 500
     page.close()  # the page goes away
     t0 = time.monotonic()
     after = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "1"})

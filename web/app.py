@@ -369,10 +369,12 @@ def create_app(
         if not REQUEST_ID_RE.fullmatch(request_id):
             request_id = str(uuid.uuid4())
         steps = options.get("refine_steps") or 0
+        if steps and not refines.start(request_id, steps):
+            return _error(409, "ALREADY_EXISTS", f"a refine with X-Request-Id {request_id!r} is running: each "
+                          "call needs an id of its own (or none)", headers={"Retry-After": "1"})
         gone = threading.Event()  # the page went away: a refine's call is cancelled at its next step
         watcher = asyncio.create_task(watch_disconnect(request, gone)) if steps else None
         if steps:
-            refines.start(request_id, steps)
             options["on_progress"] = refines.callback(request_id, gone)
         try:
             result = await run_in_threadpool(client.stylize, timeout=settings.timeout, end_user=end_user(request),

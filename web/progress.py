@@ -45,9 +45,14 @@ class RefineProgress:
 
         return on_progress
 
-    def start(self, request_id: str, steps: int) -> None:
+    def start(self, request_id: str, steps: int) -> bool:
+        """Follow a refine; False when one with that id runs already (the two would share one entry, and the
+        first to end would remove the other's)."""
         with self._lock:
+            if request_id in self._steps:
+                return False
             self._steps[request_id] = (0, steps)
+            return True
 
     def end(self, request_id: str) -> None:
         with self._lock:
