@@ -333,6 +333,30 @@ def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerP
         jobs.close()
 
 
+def test_a_finished_clip_is_forgotten_on_time_without_requests(client, tmp_path: Path) -> None:
+    """Finished clips were purged only as requests came: a page left alone kept them on disk past keep_s."""
+    import shutil
+
+    from adain.web.video import VideoJobs
+
+    make_video(tmp_path / "clip.mp4", frames=3)
+    jobs = VideoJobs(client, keep_s=1.0)
+    try:
+        folder = jobs.new_folder()
+        shutil.copy(tmp_path / "clip.mp4", folder / "upload")
+        job = jobs.start(folder, folder / "upload", "clip_stylized.mp4", 3, [STYLE], temporal="none")
+        end = time.monotonic() + 120
+        while job.finished is None and time.monotonic() < end:
+            time.sleep(0.1)
+        assert job.state == "done" and job.result.exists(), job.state_json()
+        end = time.monotonic() + 10
+        while folder.exists() and time.monotonic() < end:  # no get(), no request: the sweeper's own rounds
+            time.sleep(0.2)
+        assert not folder.exists() and job.id not in jobs.jobs
+    finally:
+        jobs.close()
+
+
 def test_a_clip_that_says_neither_count_nor_duration_fails_at_the_limit(web: WebProcess, tmp_path: Path) -> None:
     """Raw H.264 says neither: it is taken (202) and fails as it reaches for frame 31 of a limit of 30."""
     make_video(tmp_path / "raw.h264", frames=40)

@@ -118,6 +118,8 @@ class VideoJobs:
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.RLock()  # start() holds it through check_room()
+        self._closed = threading.Event()
+        self._sweeper: threading.Thread | None = None  # started with the first job
 
     def running(self) -> int:
         with self.lock:
@@ -154,7 +156,19 @@ class VideoJobs:
                                   daemon=True)
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
+        with self.lock:
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="video-sweeper", daemon=True)
+                self._sweeper.start()
         return job
+
+    def _sweep(self) -> None:
+        """Forget expired jobs and their files on time: purged only as requests came, a page left alone kept
+        its finished clips on disk past ``keep_s`` until the next visitor."""
+        every = max(1.0, min(60.0, self.keep_s, self.cancelled_keep_s))
+        while not self._closed.wait(every):
+            with self.lock:
+                self._purge()
 
     def get(self, job_id: str) -> VideoJob | None:
         with self.lock:
@@ -183,6 +197,7 @@ class VideoJobs:
 
     def close(self, wait_s: float = 10.0) -> None:
         """Cancel every job, wait for the threads (bounded), remove every file."""
+        self._closed.set()
         for job in list(self.jobs.values()):
             job.cancel.set()
         deadline = time.monotonic() + wait_s
