@@ -22,6 +22,7 @@ from PIL import Image
 from adain.client import LibraryPreset, Preset, StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.aio import AsyncStyleTransferClient
 from adain.client.cli import main as cli
+from adain.image import load_image
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from helpers import NO_REFINE, ServerProcess, WebProcess, browser_or_skip, wait_for
@@ -79,6 +80,21 @@ def _until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < end, "the server did not follow the folder"
         time.sleep(0.2)
+
+
+def test_thumbnails_of_many_sizes_read_the_style_once(monkeypatch) -> None:
+    """A fifth size cleared the kept ones and decoded the style's file again, for every style of the list
+    (0.2 s each for a 12-MP photo): sizes now come from one MAX_THUMBNAIL-px copy, the last four kept."""
+    import adain.server.library as library
+
+    data = make_image(600, 400, seed=3)
+    style = library.LibraryStyle("big", hashlib.sha256(data).hexdigest(), data, 600, 400, (0, 0, 0), Path("big.png"))
+    reads = []
+    monkeypatch.setattr(library, "load_image", lambda *a, **k: reads.append(1) or load_image(*a, **k))
+    for size in (16, 64, 512, 100, 200, 16, 64):
+        thumb = Image.open(io.BytesIO(style.thumbnail(size)))
+        assert thumb.format == "JPEG" and thumb.size == (size, round(size * 2 / 3)), (size, thumb.size)
+    assert len(reads) == 1 and list(style._thumbnails) == [512, 100, 200, 16, 64][1:]
 
 
 def test_library_styles_are_listed_and_named_in_requests(lib_server: ServerProcess,
