@@ -28,12 +28,26 @@ class Violation:
 
 
 MAX_VIOLATIONS = SHOWN  # the library's bound on the problems one error lists, for the same reason
+# A failure's text travels in trailers, twice (grpc-message, percent-encoded, and the details, base64, with the
+# violations): gRPC clients refuse metadata over 8 KiB at random and over 16 KiB always, and then see
+# RESOURCE_EXHAUSTED "received metadata size exceeds soft limit" instead of the error. These bytes (UTF-8) keep
+# the trailers under 7 KiB whatever the text: three typos of a large library's names once made 11.6 KiB.
+MAX_MESSAGE_BYTES = 1000
+MAX_DESCRIPTION_BYTES = 300
+MAX_VIOLATIONS_BYTES = 2000
+
+
+def clip_bytes(text: str, most: int) -> str:
+    """``text`` cut to at most ``most`` bytes of UTF-8, marked with '...' where it was cut."""
+    data = text.encode()
+    return text if len(data) <= most else data[: most - 3].decode(errors="ignore") + "..."
 
 
 class ServiceError(Exception):
     """Ends a call with ``code``; INVALID_ARGUMENT carries google.rpc.BadRequest field violations."""
 
     def __init__(self, code: grpc.StatusCode, message: str, violations: list[Violation] | None = None) -> None:
+        message = clip_bytes(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -41,12 +55,20 @@ class ServiceError(Exception):
 
     @classmethod
     def invalid(cls, violations: list[Violation]) -> ServiceError:
-        """INVALID_ARGUMENT listing the violations, at most MAX_VIOLATIONS of them (a request of a million style
-        entries once listed each: a 73 MB log line, and a trailer too large to send)."""
-        if len(violations) > MAX_VIOLATIONS:
-            more = len(violations) - MAX_VIOLATIONS
-            violations = [*violations[:MAX_VIOLATIONS], Violation("request", f"and {more} more problems")]
-        return cls(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(str(v) for v in violations), violations)
+        """INVALID_ARGUMENT listing the violations, at most MAX_VIOLATIONS of them and MAX_VIOLATIONS_BYTES in
+        all (a request of a million style entries once listed each: a 73 MB log line, and a trailer too large
+        to send)."""
+        kept: list[Violation] = []
+        size = 0
+        for v in violations[:MAX_VIOLATIONS]:
+            v = Violation(clip_bytes(v.field, 100), clip_bytes(v.description, MAX_DESCRIPTION_BYTES))
+            size += len(v.field.encode()) + len(v.description.encode())
+            if kept and size > MAX_VIOLATIONS_BYTES:
+                break
+            kept.append(v)
+        if len(kept) < len(violations):
+            kept.append(Violation("request", f"and {len(violations) - len(kept)} more problems"))
+        return cls(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(str(v) for v in kept), kept)
 
     @classmethod
     def reply_too_large(cls, what: str, size: int, limit: int, advice: str) -> ServiceError:

@@ -329,7 +329,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         preset = self.library.preset(msg.preset) if self.library is not None else None
         if preset is None:
             names = self.library.presets() if self.library is not None else []
-            shown = ", ".join(p.name for p in names) or "none"
+            shown = _listing([p.name for p in names])
             bad.append(Violation(f"{prefix}preset", f"no preset named {_clipped(msg.preset)!r} on this server "
                                  f"(it has: {shown}; see ListStyles)"))
             return {}
@@ -358,9 +358,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                     f"{self.registry.max_count}); register it with RegisterStyle")
         if self.library is None:
             return f"unknown style {key!r}: not a registered style's id, and this server has no style library"
-        names = self.library.names()
-        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-        return f"no style named {key!r} in this server's library (it has: {shown or 'none'}; see ListStyles)"
+        return f"no style named {key!r} in this server's library (it has: {_listing(self.library.names())}; see " \
+               "ListStyles)"
 
     def _check(
         self,
@@ -707,6 +706,18 @@ def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> st
         which = request.styles[i].WhichOneof("source") if i < len(request.styles) else None
         return f"{field}.{which or 'image'}"
     return field
+
+
+def _listing(names: list[str], most: int = 160) -> str:
+    """The first names that fit in ``most`` characters, and how many more (an error message lists them: it
+    travels in a trailer, with every other violation's)."""
+    shown: list[str] = []
+    for name in names:
+        if shown and len(", ".join([*shown, name])) > most:
+            break
+        shown.append(name)
+    more = len(names) - len(shown)
+    return (", ".join(shown) or "none") + (f" and {more} more" if more else "")
 
 
 def _clipped(text: str, most: int = 80) -> str:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.precision import cpu_has_bf16, cpu_info
-from adain.server.errors import MAX_VIOLATIONS, ServiceError, Violation
+from adain.server.errors import MAX_VIOLATIONS, ServiceError, Violation, status_trailers
 from adain.server.service import fields_within
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -401,6 +401,26 @@ def test_a_million_style_entries_get_one_violation_at_once(server: ServerProcess
     assert time.monotonic() - t0 < 1  # linear: milliseconds (1 s: a busy machine's pause is not the bug)
     many = ServiceError.invalid([Violation(f"styles[{i}].weight", "bad") for i in range(100)])
     assert len(many.violations) == MAX_VIOLATIONS + 1 and many.violations[-1].description == "and 80 more problems"
+
+
+def test_a_failure_fits_in_its_trailers_whatever_its_text() -> None:
+    """Three typos of a 25-style library's long names made 11.6 KiB of trailers (the message is sent twice):
+    the client saw RESOURCE_EXHAUSTED "received metadata size exceeds soft limit (8192)", not the error."""
+    from adain.server.service import _listing
+
+    def trailer_bytes(err: ServiceError) -> int:  # as gRPC counts them: names, values and 32 a header
+        message = sum(3 if b < 0x20 or b > 0x7E or b == 0x25 else 1 for b in err.message.encode())
+        return len("grpc-message") + message + 32 + sum(len(k) + len(v) + 32 for k, v in status_trailers(err))
+
+    names = [f"{'é' * 50}-{i}" for i in range(25)]
+    shown = _listing(names)
+    assert len(shown) < 200 and shown.endswith(" more") and shown.startswith(names[0])
+    assert _listing(["a", "b"]) == "a, b" and _listing([]) == "none"
+    worst = ServiceError.invalid([Violation(f"styles[{i}].style_id", f"no style named {'ü' * 80!r}: {shown} "
+                                            + "é" * 500) for i in range(8)])
+    assert trailer_bytes(worst) < 7 * 1024, trailer_bytes(worst)
+    assert worst.violations[0].field == "styles[0].style_id" and worst.violations[-1].field == "request"
+    assert trailer_bytes(ServiceError(grpc.StatusCode.INTERNAL, "ß" * 100_000)) < 7 * 1024
 
 
 def test_bad_request_details_are_google_rpc(server: ServerProcess) -> None:
