@@ -24,7 +24,7 @@ from adain.errors import InvalidInputError
 from adain.image import encode_image
 from adain.job import CheckedJob
 from adain.v1 import style_transfer_pb2 as pb
-from adain.wire import FORMAT_BY_ENUM
+from adain.wire import FORMAT_BY_ENUM, format_cannot_hold
 
 from .batcher import Batcher, ClosedError, DeadlineDropped
 from .errors import ServiceError, Violation
@@ -110,7 +110,7 @@ class VideoService:
             except InvalidInputError as e:
                 raise ServiceError.invalid([Violation(option_field(e.field), e.description)]) from e
             reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, ended, deadline, caller,
-                                                    option_field))
+                                                    option_field, FORMAT_BY_ENUM[fmt]))
             while True:
                 got = await queue.get()
                 if got is None:
@@ -174,6 +174,7 @@ class VideoService:
         deadline: float | None,
         caller: str,
         option_field: Callable[[str], str],
+        fmt: str,
     ) -> None:
         """Take frames off the wire, prepare them in order and queue them for rendering; ``queue``'s bound
         is the window. Ends the queue with None, or with the exception that ends the call; stops once the
@@ -213,6 +214,9 @@ class VideoService:
                     raise ServiceError.invalid([Violation(field, e.description)]) from e
                 if ended.is_set():  # the call ended as the frame was prepared: its ticket went with the call
                     return
+                height, width = prepared.content.shape[2:]  # the output's size (every frame's: checked above)
+                if index == 0 and (why := format_cannot_hold(fmt, width, height)):  # said now, not after rendering
+                    raise ServiceError.invalid([Violation(option_field("format"), why)])
                 frame.prepare_ms = (time.perf_counter() - t0) * 1000
                 frame.item = self.batcher.submit(ticket, prepared, prepared.batch_key, deadline)
                 await queue.put(frame)  # waits while the window is full

@@ -679,6 +679,22 @@ def test_rpc_unknown_temporal_is_named_with_the_other_problems(server: ServerPro
     assert "options.temporal: unknown value 9" in e.value.details() and "options.temporal_strength" in e.value.details()
 
 
+def test_rpc_a_frame_too_wide_for_webp_is_refused_before_rendering(server: ServerProcess) -> None:
+    # it rendered, then failed to encode: INTERNAL and a traceback (Stylize said INVALID_ARGUMENT at once)
+    from adain.v1 import style_transfer_pb2 as pb
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    options = pb.VideoOptions(styles=[pb.Style(image=STYLE)], format=pb.IMAGE_FORMAT_WEBP,
+                              temporal=pb.TEMPORAL_NONE)
+    messages = [pb.VideoRequest(options=options), pb.VideoRequest(frame=make_image(16384, 16))]
+    with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", -1)]) as channel:
+        call = pb_grpc.StyleTransferStub(channel).StylizeVideo(iter(messages), timeout=60)
+        with pytest.raises(grpc.RpcError) as e:
+            list(call)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "options.format: a WEBP image is at most 16,383 px a side" in e.value.details()
+
+
 def test_rpc_reading_error_cancels_and_is_raised(client: StyleTransferClient) -> None:
     def frames():
         yield make_image(64, 48)
