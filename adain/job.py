@@ -22,6 +22,7 @@ from adain.wire import (
     DEFAULT_CONTENT_WEIGHT,
     DEFAULT_STYLE_WEIGHT,
     DEFAULT_TV_WEIGHT,
+    MAX_LOSS_WEIGHT,
     OPTIMIZERS,
     REFINE_CONTENT_WEIGHT,
     REFINE_INITS,
@@ -168,8 +169,9 @@ class Job:
             value = getattr(self, name)
             if name != "style_weight" and value is None:
                 continue
-            if not is_number(value) or value < 0:
-                bad.append(InvalidInputError(name, f"must be a finite number >= 0, got {value!r}"))
+            if not is_number(value) or not 0 <= value <= MAX_LOSS_WEIGHT:
+                bad.append(InvalidInputError(name, f"must be a finite number in [0, {MAX_LOSS_WEIGHT:g}], "
+                                                   f"got {value!r}"))
         if (
             is_number(self.content_weight)
             and is_number(self.style_weight)

@@ -155,8 +155,11 @@ class Objective:
         loss = self.content_weight * F.mse_loss(feats.relu4_1.float(), self.content_target)
         loss = loss + self.style_weight * self.style_term(feats)
         if self.tv_weight:
-            tv = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
-            loss = loss + self.tv_weight * tv
+            # (an axis one pixel long has no neighbours: its empty mean was NaN, and L-BFGS then failed)
+            if x.shape[-2] > 1:
+                loss = loss + self.tv_weight * (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean()
+            if x.shape[-1] > 1:
+                loss = loss + self.tv_weight * (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
         return loss
 
 
@@ -217,7 +220,7 @@ def optimize(
             x = image()
             loss = objective(x) + BOUND_WEIGHT * (x - x.detach().clamp(0, 1)).pow(2).mean()
             loss.backward()
-            last = float(loss.detach())
+            last = _finite(loss, state.get("n_iter", 0))
             return loss
 
         for stop in stops:
@@ -235,14 +238,23 @@ def optimize(
                 opt.zero_grad()
                 loss = objective(p)
                 loss.backward()
+            last = _finite(loss, step)
             opt.step()
             with torch.no_grad():
                 p.clamp_(0, 1)
-            last = float(loss.detach())
             report(step, snap=step in checkpoints)
     else:
         raise ValueError(f"optimizer must be lbfgs or adam, got {optimizer!r}")
     return image().detach().clamp(0, 1)
+
+
+def _finite(loss: torch.Tensor, iteration: int) -> float:
+    """The loss as a number; an error where it is not finite (pixels from a NaN loss came back black, as a
+    result that looked fine to the caller)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the optimisation's loss became {value} at iteration {iteration}")
+    return value
 
 
 def objective_for(

@@ -90,6 +90,7 @@ DEFAULT_CONTENT_WEIGHT = 1.0  # the classic method's (from the content)
 # decoder's error: it weighs content 5x (benchmarks/refine.py; at 256 px, 4 pairs, 10 iterations reach the
 # classic method's 100-iteration content and Gram losses in 0.12x its time, where weight 1 never did).
 REFINE_CONTENT_WEIGHT = 5.0
+MAX_LOSS_WEIGHT = 1e9  # content/style/tv weights: beyond, the loss overflows float32 (3e38 gave NaN, black pixels)
 DEFAULT_STYLE_WEIGHT = 10.0  # the ratio style/content is the knob; see the README's refine table
 # A refine's pixels gather a fine speckle (in flat areas a faint diagonal grid) that raised the image's
 # high-frequency energy 1.6-2x (384 px, 30 iterations). Total variation at 1e3 takes most of it back for 1-4% of the

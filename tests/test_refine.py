@@ -208,6 +208,20 @@ def test_a_callback_that_raises_stops_at_once(stylizer: Stylizer) -> None:
     assert seen == [1, 2]
 
 
+@pytest.mark.parametrize("size", [(64, 1), (1, 40), (1, 1)])
+def test_a_refine_one_pixel_high_or_wide_works(stylizer: Stylizer, size: tuple[int, int]) -> None:
+    # the total variation's empty mean was NaN there, and L-BFGS's line search raised IndexError
+    content = Image.new("RGB", size, (120, 80, 40))
+    for optimizer in ("lbfgs", "adam"):
+        out = stylizer.stylize(content, STYLE_A, refine_steps=2, tv_weight=1000, optimizer=optimizer)
+        assert out.size == size and np.isfinite(np.asarray(out, dtype=np.float32)).all()
+
+
+def test_a_loss_that_is_not_finite_stops_the_optimisation() -> None:
+    with pytest.raises(FloatingPointError, match="loss became nan at iteration"):
+        optimize(lambda x: (x * math.nan).sum(), torch.zeros(1, 3, 4, 4), 3)
+
+
 @pytest.mark.parametrize(
     ("options", "field", "words"),
     [
@@ -217,7 +231,8 @@ def test_a_callback_that_raises_stops_at_once(stylizer: Stylizer) -> None:
         ({"refine_steps": 0, "refine_init": "content"}, "refine_steps", "steps >= 1"),
         ({"refine_steps": 5, "refine_init": "noise"}, "refine_init", "adain, content"),
         ({"refine_steps": 5, "content_weight": math.nan}, "content_weight", "finite"),
-        ({"refine_steps": 5, "style_weight": -1.0}, "style_weight", ">= 0"),
+        ({"refine_steps": 5, "style_weight": -1.0}, "style_weight", "in [0, 1e+09]"),
+        ({"refine_steps": 5, "style_weight": 3e38}, "style_weight", "in [0, 1e+09]"),  # NaN loss, black pixels
         ({"refine_steps": 5, "tv_weight": math.inf}, "tv_weight", "finite"),
         ({"refine_steps": 5, "content_weight": 0, "style_weight": 0}, "style_weight", "both 0"),
         ({"refine_steps": 5, "refine_size": 8}, "refine_size", ">= 16"),
@@ -263,6 +278,7 @@ def test_refine_through_the_server(client: StyleTransferClient) -> None:
         ({"refine_steps": 100000}, "refine_steps", "max_refine_steps=500"),
         ({"refine_steps": 5, "content_weight": math.nan}, "content_weight", "finite"),
         ({"refine_steps": 5, "style_weight": math.inf}, "style_weight", "finite"),
+        ({"refine_steps": 5, "style_weight": 3e38}, "style_weight", "in [0, 1e+09]"),
         ({"refine_steps": 5, "refine_size": 4}, "refine_size", ">= 16"),
     ],
 )
