@@ -70,9 +70,9 @@ class TorchBackend:
         with torch.inference_mode(), self._autocast():
             return self.encoder(x.contiguous(memory_format=torch.channels_last)).relu4_1
 
-    def decode(self, x: torch.Tensor, alpha: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        """Images from targets (N x 512 x h x w) and alphas (N, or N x 1 x h x w maps); ``image``: the contents
-        (N x 3 x 8h x 8w), which a decoder with the detail path needs."""
+    def decode(self, x: torch.Tensor, alpha: torch.Tensor | float, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Images from targets (N x 512 x h x w) and alphas (one number, N, or N x 1 x h x w maps); ``image``: the
+        contents (N x 3 x 8h x 8w), which a decoder with the detail path needs."""
         if image is not None:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
@@ -138,7 +138,7 @@ class ExportedBackend(TorchBackend):
         y = self._run("encoder", self._encode, (x,))
         return super().relu4_1(x) if y is None else y
 
-    def decode(self, x: torch.Tensor, alpha: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, alpha: torch.Tensor | float, image: torch.Tensor | None = None) -> torch.Tensor:
         inputs: tuple[torch.Tensor, ...] = (x,)
         if self.decoder.alpha_input:
             inputs = (x, alpha_channel(alpha, x))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,10 @@ class DecoderFile:
 
 def alpha_channel(alpha: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """An alpha-input decoder's extra channel for targets ``x`` (N x C x h x w): ``alpha`` as a number,
-    one per sample (N) or a map (N x 1 x h x w), made an N x 1 x h x w map of x's dtype."""
+    one per sample (N) or a map (N x 1 x h x w), made an N x 1 x h x w map of x's dtype. A number is filled in
+    on x's device (no host-to-device copy: a CUDA graph can capture it)."""
+    if isinstance(alpha, (int, float)):
+        return x.new_full((x.shape[0], 1, *x.shape[2:]), float(alpha))
     a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
     if a.dim() <= 1:
         a = a.reshape(-1, 1, 1, 1)
@@ -164,19 +168,20 @@ def _inputs(decoder: Decoder | FoldedDecoder, x: torch.Tensor, alpha: torch.Tens
     """The first conv's input (the targets, with the alpha map where the decoder takes it) and the detail
     path's corrections per conv index: what the decoder and its folded form both start from."""
     a = alpha_channel(alpha, x) if decoder.alpha_input else None
-    fixes = _detail(decoder, a, image)
+    fixes = _detail(decoder, a, image, alpha == 1 if isinstance(alpha, (int, float)) else None)
     return (x if a is None else torch.cat([x, a], dim=1)), fixes
 
 
-def _detail(decoder: Decoder | FoldedDecoder, alpha: torch.Tensor | None,
-            image: torch.Tensor | None) -> dict[int, torch.Tensor]:
+def _detail(decoder: Decoder | FoldedDecoder, alpha: torch.Tensor | None, image: torch.Tensor | None,
+            all_one: bool | None = None) -> dict[int, torch.Tensor]:
     """The detail path's corrections per conv index ({} without one) for the decoder's alpha map. Where every
     alpha is 1 they are exactly zero, so eager calls skip them (3-4% of a 512-px stylization); a traced graph
-    (the exported runtimes) keeps them."""
+    (the exported runtimes) keeps them. ``all_one``: said by the caller where alpha was a number, so the map is
+    not read back from the device (a sync per call, and an error inside a CUDA graph's capture)."""
     require_image(decoder, image)
     if decoder.detail is None or alpha is None:
         return {}
-    if not torch.jit.is_tracing() and bool((alpha == 1).all()):
+    if not torch.jit.is_tracing() and (all_one if all_one is not None else bool((alpha == 1).all())):
         return {}
     return decoder.detail(image, alpha)
 
@@ -186,8 +191,14 @@ def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half:
     dtype = torch.float16 if half else torch.float32
     state = {k: v.detach().to("cpu", dtype) for k, v in decoder.state_dict().items()}
     record = {"format": FORMAT, "arch_version": decoder.arch_version, "meta": dict(meta), "state_dict": state}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(record, path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")  # whole or not at all: a run killed mid-write left half a file
+    try:
+        torch.save(record, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _load_failure(data: bytes, error: Exception) -> str:

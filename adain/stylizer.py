@@ -231,9 +231,12 @@ class Stylizer:
             t = job.propagate(t)
         return job.alpha * t + (1 - job.alpha) * feat.float()
 
-    def _decoder_alphas(self, jobs: Sequence[Prepared], size: tuple[int, int]) -> torch.Tensor:
-        """What an alpha-aware decoder is told: one alpha per job, or a map per job where any has regions."""
+    def _decoder_alphas(self, jobs: Sequence[Prepared], size: tuple[int, int]) -> torch.Tensor | float:
+        """What an alpha-aware decoder is told: one number where every job has the same alpha (the decoder then
+        reads nothing back from the device), else one alpha per job, or a map per job where any has regions."""
         if not self.decoder.alpha_input or all(j.regions is None for j in jobs):
+            if len({j.alpha for j in jobs}) == 1:
+                return float(jobs[0].alpha)
             return torch.tensor([j.alpha for j in jobs], device=self.device)
         maps = []
         for j in jobs:

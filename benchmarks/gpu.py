@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     paths16 = {"bf16 weights": bf16_path(dec16), "folded decoder, bf16": bf16_path(folded16)}
     compiled = torch.compile(paths16["bf16 weights"])
     rows = []
+    profile_batch = max((b for b in args.batches if b <= 8), default=min(args.batches))  # 8, or the largest below
     for batch in args.batches:
         x = torch.rand(batch, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
 
@@ -103,26 +104,38 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
                 return st.decoder(adain(st.encoder(x).relu4_1, mean, std), 1.0, x)
 
-        modes: list[tuple[str, Callable[[], object]]] = [("eager", step)]
+        # Each mode is built as its turn comes, and a failure costs its row alone: a capture that failed on
+        # the first graph once took every row with it, the eager ones too.
+        modes: list[tuple[str, Callable[[], Callable[[], object]]]] = [("eager", lambda step=step: step)]
         if device.type == "cuda":
-            modes.append(("cuda graph", cuda_graph(step, x)))
-            modes += [(f"{label}, cuda graph", cuda_graph(inference(path, x), x)) for label, path in paths16.items()]
+            modes.append(("cuda graph", lambda step=step, x=x: cuda_graph(step, x)))
+            modes += [(f"{label}, cuda graph", lambda path=path, x=x: cuda_graph(inference(path, x), x))
+                      for label, path in paths16.items()]
             if batch in args.compile_batches:
-                t0 = time.perf_counter()
-                try:  # a compiler failure costs this row, not the benchmark
-                    modes.append(("compiled, cuda graph", cuda_graph(inference(compiled, x), x)))
+                modes.append(("compiled, cuda graph", lambda x=x: cuda_graph(inference(compiled, x), x)))
+        if args.profile and batch == profile_batch:
+            try:
+                profile(step, device)
+            except Exception as e:  # noqa: BLE001
+                print(f"# profile at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
+        for mode, build in modes:
+            t0 = time.perf_counter()
+            try:
+                fn = build()
+                if mode.startswith("compiled"):
                     print(f"# torch.compile at batch {batch}: {time.perf_counter() - t0:.0f} s", flush=True)
-                except Exception as e:  # noqa: BLE001
-                    print(f"# torch.compile at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
-        if args.profile and batch == min(8, max(args.batches)):
-            profile(step, device)
-        for mode, fn in modes:
-            ips = throughput(fn, batch, args.seconds, device)
-            row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1)}
-            if batch == 1:
-                row["p50_ms"] = round(latency_ms(fn, device), 2)
+                ips = throughput(fn, batch, args.seconds, device)
+                row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1)}
+                if batch == 1:
+                    row["p50_ms"] = round(latency_ms(fn, device), 2)
+            except Exception as e:  # noqa: BLE001
+                print(f"# {mode} at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
+                continue
             rows.append(row)
             print(json.dumps(row), flush=True)
+    if not rows:
+        print("no row was measured")
+        return 1
     best = max(rows, key=lambda r: r["images_per_s"])
     print(f"best: {best['images_per_s']:.0f} images/s ({best['mode']}, batch {best['batch']})")
     if args.json:

@@ -19,7 +19,8 @@
 # training MINUTES + ~1.5 (data loaders, export); the detail path, expected ~1.5 (2.5 at most). A device
 # session has 15 minutes in all, the machine's start included, so the plan is two calls, ~12 minutes:
 #   PART=train (MINUTES=3.5: ~6.5 minutes, 8.5 at most; timeout_s 540), then at once PART=bench
-#   (~3.5 minutes, 4.7 at most; timeout_s 300), then give_back.
+#   (~3.5 minutes, 4.7 at most; timeout_s 300, or status's budget_left_s less a minute where that is less:
+#   a slow training call leaves less, and a call cut by the lease returns nothing), then give_back.
 # Then, here: python benchmarks/quality.py --decoder A.pt B.pt --pairs 11 --gatys-pairs 0 --sweep (the
 #   shipped decoder in the same run); ship only if alpha 1 is better and alpha 0 / the slider hold.
 # DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
@@ -41,7 +42,7 @@ if ! "$PY" -c "import adain.train, adain.server" 2> /dev/null; then  # not insta
 fi
 if compgen -G "$GPU/wheels/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/adain-site \
-    "$GPU"/wheels/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/adain-site
+    "$GPU"/wheels/*.whl && export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/adain-site
 fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
   TRAIN=(--steps 2 --batch-size 2 --crop 64 --workers 0 --device cpu --precision fp32 --log-every 1)
@@ -81,6 +82,8 @@ train() {  # each run writes its decoder file itself at its end (--export), the 
       --note "GPU round: variant $name $*, the last checkpoint of a run that failed" >> "$dir.txt" 2>&1
   fi
   cp "$dir/log.jsonl" "$OUT/$name-log.jsonl"
+  # back in OUT at once: a call cut short during the detail path (its timeout, the lease) still returns this
+  cp "$dir-v1.pt" "$OUT/$name-decoder.pt" 2>/dev/null || echo "$name: no decoder" >> "$dir.txt"
   # the detail path on top (architecture 3), as the shipped decoder has it: alpha 1 stays this v1's
   GROWN=(--content "$DATA/content" --style "$DATA/style" --detail --style-weight 3 --lr-decay 5e-4 --alpha-one 0
          --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}" --export-data "$WHAT")
@@ -89,13 +92,14 @@ train() {  # each run writes its decoder file itself at its end (--export), the 
     --export "$dir-d1.pt" --export-note "GPU round: detail path, run 1" >> "$dir.txt" 2>&1 &&
   "$PY" -m adain.train "${GROWN[@]}" --init "$dir-d1.pt" --out "$dir-d2" --steps "${GROW_STEPS[1]}" --lr 3e-4 \
     --alpha-zero 0.8 --max-minutes 1.25 --save-every "${GROW_STEPS[1]}" \
-    --export "$OUT/$name-decoder.pt" --export-note "GPU round: variant $name $* with the detail path grown on it" \
-    >> "$dir.txt" 2>&1
-  grown=$?
-  echo "$name: detail path exit $grown" >> "$dir.txt"
-  if [ $grown != 0 ]; then  # the convolutions still come back
-    cp "$dir-v1.pt" "$OUT/$name-decoder.pt" 2>/dev/null || echo "$name: no decoder" >> "$dir.txt"
-  fi
+    --export "$dir-v3.pt" --export-note "GPU round: variant $name $* with the detail path grown on it" \
+    >> "$dir.txt" 2>&1 &&
+  mv "$dir-v3.pt" "$OUT/$name-decoder.pt"  # over the version 1 (the convolutions alone) copied above
+  echo "$name: detail path exit $?" >> "$dir.txt"
+  # its two runs stop at --max-minutes: fewer steps than the recipe's weakens alpha 0 for reasons of its own
+  "$PY" -c "import sys; from adain.decoder import load_decoder as l; f = l(sys.argv[1])[1]
+print(sys.argv[2] + ': returned decoder', f.path.name, 'steps', f.meta.get('steps'), 'of', sys.argv[3], f.meta.get('note', ''))" \
+    "$OUT/$name-decoder.pt" "$name" "${GROW_STEPS[1]} (detail run 2)" >> "$dir.txt" 2>&1
 }
 mkdir -p "${RUNS[@]}"
 # Rounds 1-2 trained one decoder for every alpha and traded alpha 0 against alpha 1's style; the CPU A/Bs

@@ -68,6 +68,19 @@ def test_folded_decoder_runs_the_detail_path(grown: tuple[Path, Path]) -> None:
     assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
 
 
+def test_a_numeric_alpha_reads_nothing_back_from_the_device(grown: tuple[Path, Path]) -> None:
+    """A CUDA graph cannot capture a read-back or a host-to-device copy: the v3 decoder's alpha-1 check made one
+    and the GPU round's graph rows all failed. On the meta device any read-back raises, as it would there."""
+    dec = load_decoder(grown[1])[0]
+    for module in (dec, FoldedDecoder(dec)):
+        module = module.to("meta")
+        x, img = torch.empty(2, 512, 5, 9, device="meta"), torch.empty(2, 3, 40, 72, device="meta")
+        for alpha in (1.0, 0.4, 1):
+            assert module(x, alpha, img).shape == (2, 3, 40, 72)
+        with pytest.raises(RuntimeError, match="meta"):  # a tensor of alphas is looked at: the check is real
+            module(x, torch.ones(2, device="meta"), img)
+
+
 @pytest.mark.parametrize("runtime", ["torch", *RUNTIMES])
 def test_every_runtime_runs_it_alone_in_a_batch_and_with_regions(runtime: str, grown: tuple[Path, Path]) -> None:
     st = Stylizer(grown[1], device="cpu", precision="fp32", backend=runtime)
