@@ -40,7 +40,7 @@ from adain.errors import StoppedError
 from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std
 from adain.prepared import Prepared
-from adain.regions import maps_at
+from adain.regions import maps_at, region_weights
 from adain.tiling import BYTES_PER_PIXEL, Tiling
 from adain.wire import REFINE_TV_WEIGHT
 
@@ -106,18 +106,25 @@ class Objective:
         style_loss: str = "gram",
     ) -> None:
         """``styles``: each style's features and weight (weights summing to 1); with ``regions``
-        (1 x K x H x W, ``adain.regions``) each style is matched under its own map, scaled by its area and
-        region alpha, and uncovered pixels have no style term."""
+        (1 x K x H x W at the image's size, ``adain.regions``) each style is matched under its share of each
+        position (its map times its weight, overlaps normalised, as the forward pass blends them: a style of
+        weight 0 applies nowhere; its features may be None), scaled by that share's area and its region
+        alpha, and uncovered pixels have no style term."""
         self.encoder = encoder
         self.content_target = content_target.float()
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.kind = style_loss
-        self.regions = regions
         self.region_alphas = list(region_alphas) if region_alphas is not None else [1.0] * len(styles)
+        self.shares: list[torch.Tensor] = []  # per layer, 1 x K x h x w: each style's share of each cell
         if regions is None:  # one mixed target per layer
             self.targets = [[self._mix([(self._stats(f[i]), w) for f, w in styles]) for i in range(4)]]
         else:  # one target per region and layer
-            self.targets = [[self._stats(f[i]) for i in range(4)] for f, _ in styles]
+            p = region_weights(regions, [w for _, w in styles], None, 1.0)[0]
+            h, w = p.shape[2:]
+            for cell in (1, 2, 4, 8):  # VGG's layers floor at each pooling: a layer sees 8 * (h // 8) rows, ...
+                hh, ww = h // cell * cell, w // cell * cell
+                self.shares.append(F.avg_pool2d(p[..., :hh, :ww], cell) if cell > 1 else p)
+            self.targets = [None if f is None else [self._stats(f[i]) for i in range(4)] for f, _ in styles]
 
     def _stats(self, feat: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         feat = feat.float()
@@ -135,16 +142,17 @@ class Objective:
     def style_term(self, feats: Features) -> torch.Tensor:
         total = torch.zeros((), device=feats[0].device)
         for i, feat in enumerate(feats):
-            if self.regions is None:
+            if not self.shares:
                 regions = [(None, self.targets[0][i], 1.0)]
             else:
-                m = F.interpolate(self.regions, size=feat.shape[2:], mode="bilinear", align_corners=False)
+                m = self.shares[i]
+                assert m.shape[2:] == feat.shape[2:], (m.shape, feat.shape)
                 regions = [
-                    (m[:, k : k + 1], t[i], float(m[:, k].mean()) * a)
+                    (m[:, k : k + 1], None if t is None else t[i], float(m[:, k].mean()) * a)
                     for k, (t, a) in enumerate(zip(self.targets, self.region_alphas))
                 ]
             for weight, target, area in regions:
-                if area < 1e-3:
+                if area < 1e-3 or target is None:
                     continue
                 ours = self._stats(feat, weight)
                 total = total + area * sum(F.mse_loss(a, b) for a, b in zip(ours, target))
@@ -283,7 +291,9 @@ def objective_for(
         aim = stylizer.target(feat, prepared) if target == "adain" else feat
         styles = []
         for i, (source, w) in enumerate(zip(job.styles, job.weights)):
-            if w == 0 and regions is None:
+            if w == 0:  # applied nowhere (with regions: kept in its place, without features)
+                if regions is not None:
+                    styles.append((None, 0.0))
                 continue
             style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
             if scale < 1:

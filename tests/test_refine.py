@@ -22,7 +22,7 @@ from adain.image import to_tensor
 from adain.ops import luminance
 from adain.optimize import REFINE_BYTES_PER_PIXEL, objective_for, optimize, working_side
 from adain.tiling import BYTES_PER_PIXEL, Tiling
-from synth import make_image, make_mask, pixels, synth_image
+from synth import band_mask, make_image, make_mask, pixels, synth_image
 
 CONTENT = synth_image(64, 48, seed=31)
 STYLE_A = synth_image(48, 48, seed=32, kind="noise")
@@ -176,6 +176,26 @@ def test_a_smaller_working_size_lowers_the_full_size_style_term(stylizer: Styliz
     with torch.no_grad():
         before, after = (float(objective.style_term(stylizer.encoder(to_tensor(im)))) for im in (plain, refined))
     assert after < 0.95 * before, (before, after)
+
+
+def test_a_refine_with_regions_follows_the_weights(stylizer: Stylizer) -> None:
+    """With masks the refine measured each style under its mask alone: the weights did nothing (the style term
+    was the same for 0.9/0.1, 0.1/0.9 and 1/0) and a style of weight 0 was painted into its region, which the
+    forward pass leaves as the photo. Now each style's share is its map times its weight, as there."""
+    content = synth_image(64, 52, seed=31)  # 52: not a multiple of 8, where the layers floor
+    left, right = band_mask(64, 52, 0, 32), band_mask(64, 52, 32, 64)
+    x = stylizer.encoder(to_tensor(synth_image(64, 52, seed=40)))
+
+    def term(styles: list, masks: list, weights: list | None = None) -> float:
+        prepared = stylizer.prepare(Job(content, styles, masks=masks, weights=weights, refine_steps=1))
+        with torch.no_grad():
+            return float(objective_for(stylizer, prepared, prepared.content).style_term(x))
+
+    both = [STYLE_A, STYLE_B]
+    assert term(both, [left, right], [1, 0]) == pytest.approx(term([STYLE_A], [left]), rel=1e-5)
+    assert term(both, [left, right], [0, 1]) == pytest.approx(term([STYLE_B], [right]), rel=1e-5)
+    shared = term(both, [left, left], [0.9, 0.1]), term(both, [left, left], [0.1, 0.9])
+    assert abs(shared[0] - shared[1]) > 0.05 * max(shared), shared
 
 
 def test_a_refine_works_within_a_memory_share(decoder_path: Path) -> None:
