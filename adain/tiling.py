@@ -34,7 +34,9 @@ from PIL import Image
 
 from adain.backends import generic_shapes
 from adain.encoder import padded_size
+from adain.ops import EPS, mean_std
 from adain.prepared import Prepared, Stats
+from adain.regions import maps_at
 
 # Peak working memory of a plain render, measured: 0.9 KB/px torch, 1.8 KB/px OpenVINO direct, ~2.1 KB/px
 # OpenVINO with the Winograd form (its transformed tiles: 681 MiB for a 576-px tile in test_tiling). Decoder
@@ -83,7 +85,7 @@ class Tiling:
     def peak_bytes(self) -> int:
         """The working memory one tile needs (what the tile size implies), besides the image buffers
         (BUFFER_BYTES_PER_PIXEL a pixel of the image)."""
-        return (self.tile + 2 * self.halo) ** 2 * BYTES_PER_PIXEL
+        return (self.tile + 2 * max(self.halo, self.stats_halo)) ** 2 * BYTES_PER_PIXEL  # a box is at most a tile
 
 
 def auto_threshold(device: torch.device) -> int:
@@ -154,7 +156,9 @@ def whole_image_stats(
     cost no second encoder pass. ``on_box()`` is called after each box (it may raise to stop the job:
     this pass is the encoder's share of the whole work, tens of seconds at print size)."""
     h, w = job.content.shape[2:]
-    halo = min(tiling.stats_halo, tiling.halo)
+    # its own context, whatever the tiles' halo: the tiles take their features from this pass (a halo of 8
+    # left relu4_1 off by up to 15.6 at every box's edge, 0 by 48)
+    halo = tiling.stats_halo
     sums: dict[int, list[torch.Tensor]] = {}
     covering = h * w <= tiling.stats_pixels
     whole: torch.Tensor | None = None
@@ -177,20 +181,42 @@ def whole_image_stats(
                 if whole is None:
                     whole = torch.empty(1, feat.shape[1], -(-h // 8), -(-w // 8), dtype=torch.float16)
                 whole[:, :, y0 // 8 : y0 // 8 + feat.shape[2], x0 // 8 : x0 // 8 + feat.shape[3]] = feat.cpu()
-        for k, (mean, std) in recorded.items():
-            n = float((y1 - y0) * (x1 - x0)) if box.regions is None else float(box.regions[:, k].sum()) / 255
-            mean, std = mean.double(), std.double()
-            acc = sums.setdefault(k, [torch.zeros_like(mean), torch.zeros_like(mean), torch.zeros(())])
-            acc[0] += n * mean
-            acc[1] += n * (std**2 + mean**2)
-            acc[2] += n
+        # Weighed by relu4_1 cells, over which the statistics are averages (an edge box 1 px wide has a whole
+        # cell column; by pixels it weighed an eighth: 5% off at 257 x 193), and a region by its map at that
+        # grid, recomputed here: a region nearly absent from a box fell back to the box's unweighted statistics.
+        cells = float(feat.shape[2] * feat.shape[3])
+        _accumulate(sums, None, cells, mean_std(feat))
+        maps = None if box.regions is None else maps_at(box.regions.to(feat.device), feat.shape[2:]).double()
+        for k, stats in recorded.items():
+            if maps is None:
+                _accumulate(sums, k, cells, stats)
+                continue
+            mk, f = maps[:, k : k + 1], feat.double()
+            n = float(mk.sum())
+            if n > 0:
+                mean = (f * mk).sum(dim=(2, 3), keepdim=True) / n
+                var = ((f - mean) ** 2 * mk).sum(dim=(2, 3), keepdim=True) / n + EPS
+                _accumulate(sums, k, n, (mean, var.sqrt()))
         if on_box is not None:
             on_box()
-    out: dict[int, Stats] = {}
-    for k, (m1, m2, n) in sums.items():
-        mean = m1 / n
-        out[k] = (mean.float(), (m2 / n - mean**2).clamp_min(0).sqrt().float())
-    return out, whole
+    combined = {k: _combined(*acc) for k, acc in sums.items()}
+    everything, total = combined.pop(None), float(sums[None][2])
+    # as untiled (ops.weighted_mean_std): a region of under 1e-3 of the cells takes the whole image's statistics
+    return {k: stats if float(sums[k][2]) >= 1e-3 * total else everything for k, stats in combined.items()}, whole
+
+
+def _accumulate(sums: dict, key: int | None, n: float, stats: Stats) -> None:
+    """Add ``n`` positions of (mean, std) to ``sums[key]``: the weight, and the first and second moments."""
+    mean, std = stats[0].double(), stats[1].double()
+    acc = sums.setdefault(key, [torch.zeros_like(mean), torch.zeros_like(mean), torch.zeros((), dtype=torch.float64)])
+    acc[0] += n * mean
+    acc[1] += n * (std**2 + mean**2)
+    acc[2] += n
+
+
+def _combined(m1: torch.Tensor, m2: torch.Tensor, n: torch.Tensor) -> Stats:
+    mean = m1 / n
+    return mean.float(), (m2 / n - mean**2).clamp_min(0).sqrt().float()
 
 
 def _ramp(start: int, end: int, core0: int, core1: int) -> np.ndarray:

@@ -94,6 +94,37 @@ def test_statistics_come_from_the_whole_image(untiled: Stylizer) -> None:
     assert d_sampled <= 8.0 and d_sampled < d_naive / 4, (d_sampled, d_naive)
 
 
+@pytest.mark.parametrize("size", [(257, 193), (329, 251)])
+def test_whole_image_statistics_are_exact_at_any_size(untiled: Stylizer, size: tuple[int, int]) -> None:
+    """The boxes' statistics were weighed by pixels, but they are averages over relu4_1 cells: an edge box one
+    pixel wide (a whole cell column) counted an eighth, 3% / 69% off the mean / std at 257 x 193. A region
+    nearly absent from a box took that box's unweighted statistics (36% off for a 10 x 5-px region); and a
+    small tile halo shrank the boxes' context too."""
+    import torch
+
+    from adain import Job
+    from adain.ops import weighted_mean_std
+    from adain.regions import maps_at
+    from adain.tiling import whole_image_stats
+
+    w, h = size
+    small = np.zeros((h, w), np.uint8)
+    small[100:105, 200:210] = 255
+    masks = [Image.fromarray(small), Image.fromarray(255 - small)]
+    prepared = untiled.prepare(Job(CONTENT.resize(size), [STYLE, STYLE_B], masks=masks))
+    with torch.inference_mode():
+        feat = untiled.encoder.encode([prepared.content], run=untiled.backend.relu4_1)[0]
+    maps = maps_at(prepared.regions, feat.shape[2:])
+    for tiling in (Tiling(1, tile=64, halo=64, stats_box=64, stats_halo=64), Tiling(1, tile=64, halo=0, stats_box=64,
+                                                                                      stats_halo=64)):
+        stats, _ = whole_image_stats(untiled, prepared, tiling)
+        assert sorted(stats) == [0, 1]
+        for k, (mean, std) in stats.items():
+            want_mean, want_std = weighted_mean_std(feat, maps[:, k : k + 1])
+            assert (mean - want_mean).abs().max() <= 1e-4 * want_mean.abs().max(), k
+            assert ((std - want_std).abs() / want_std).max() <= 1e-3, k
+
+
 def test_tiling_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="tile must be a multiple of 8"):
         Tiling(1, tile=100)
