@@ -41,7 +41,7 @@ from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std
 from adain.prepared import Prepared
 from adain.regions import maps_at, region_weights
-from adain.tiling import BYTES_PER_PIXEL, Tiling
+from adain.tiling import BYTES_PER_PIXEL, Tiling, render_tiled
 from adain.wire import REFINE_TV_WEIGHT
 
 
@@ -319,7 +319,15 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     assert job is not None and job.refine_steps > 0
     content = prepared.content.float()  # grey for "luminance": then the grey image is optimised
     if job.refine_init == "adain":  # from the decoder's colours: the grey step (adain.colours) comes once, at the end
-        out = to_tensor(stylizer.render([replace(prepared, grey=False)])[0]).to(content.device)
+        first = replace(prepared, grey=False)
+        if stylizer.tiling.wants(first):  # print size: minutes of tiles, stoppable between them as iterations are
+            t0 = time.perf_counter()
+            tick = None if on_step is None else (
+                lambda done, total: on_step(Progress(0, job.refine_steps, 0.0, time.perf_counter() - t0)))
+            rendered = render_tiled(stylizer, first, stylizer.tiling, on_step=tick)
+        else:
+            rendered = stylizer.render([first])[0]
+        out = to_tensor(rendered).to(content.device)
         start = luminance(out).expand(-1, 3, -1, -1) if prepared.chroma_from is not None else out
     else:
         start = content

@@ -198,6 +198,27 @@ def test_a_refine_with_regions_follows_the_weights(stylizer: Stylizer) -> None:
     assert abs(shared[0] - shared[1]) > 0.05 * max(shared), shared
 
 
+def test_a_print_size_refine_can_be_stopped_while_its_first_render_is_tiled(decoder_path: Path) -> None:
+    """Its decoder pass (minutes at print size) ran without a look at cancel or deadline, and without yielding
+    to fast calls: now every tile says step 0, and a callback that raises stops it there."""
+    tiled = Stylizer(str(decoder_path), "cpu", precision="fp32", tiling=Tiling(1, tile=64, halo=16))
+    content = synth_image(200, 150, seed=5)
+    assert tiled.tiling.wants_pixels(200 * 150)
+    seen = []
+
+    def on_step(p) -> None:
+        seen.append(p.step)
+        if len(seen) == 3:
+            raise StoppedError("cancelled")
+
+    with pytest.raises(StoppedError):
+        tiled.stylize(content, STYLE_A, refine_steps=3, refine_size=32, on_step=on_step)
+    assert seen == [0, 0, 0]
+    seen.clear()
+    out = tiled.stylize(content, STYLE_A, refine_steps=2, refine_size=32, on_step=lambda p: seen.append(p.step))
+    assert out.size == (200, 150) and seen.count(0) >= 4 and seen[-2:] == [1, 2], seen
+
+
 def test_a_refine_works_within_a_memory_share(decoder_path: Path) -> None:
     # Unbounded, a refine optimised at the content's full size: 5.5 GB at 1024 px, ~50 GB for a phone photo.
     # Over max_refine_pixels it works as refine_size would, at the largest size within them.
