@@ -16,10 +16,8 @@ from typing import Any
 from adain.argtypes import (
     int_in_range,
     non_negative_float,
-    non_negative_int,
     one_of,
     positive_float,
-    positive_int,
     unit_interval,
 )
 from adain.precision import BACKENDS, PRECISIONS
@@ -127,6 +125,20 @@ def _message_mb(text: str) -> float:
     return value
 
 
+def _count(low: int) -> Callable[[str], int]:
+    """A whole number >= low that fits the proto's 32-bit fields (GetServerInfo reports the limits): above
+    2**31 - 1 the server failed at start with a traceback, after loading its model."""
+    return int_in_range(low, 2**31 - 1)
+
+
+def _registry_mb(text: str) -> float:
+    """At least a KiB: below a byte, the registry's limit came to 0 and the start failed with a traceback."""
+    value = positive_float(text)
+    if value < 1 / 1024:
+        raise argparse.ArgumentTypeError(f"must be at least 1/1024 MiB (1 KiB), got {text}")
+    return value
+
+
 def _strength(text: str) -> float:
     value = unit_interval(text)
     if value >= 1:
@@ -154,37 +166,37 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                   "float32 elsewhere), bf16 or fp32"),
     "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
                 "torch), torch, openvino or onnxruntime (pip install 'adain[fast]')"),
-    "torch-threads": (non_negative_int, "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
+    "torch-threads": (_count(0), "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
                       "container's CPU limit (cgroup cpu.max) or affinity where lower"),
-    "max-batch-size": (positive_int, "most requests rendered in one batch"),
+    "max-batch-size": (_count(1), "most requests rendered in one batch"),
     "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill"),
-    "max-queue": (positive_int, "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
-    "max-queue-per-caller": (non_negative_int, "most of --max-queue one caller may hold (callers: a token's name, "
+    "max-queue": (_count(1), "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
+    "max-queue-per-caller": (_count(0), "most of --max-queue one caller may hold (callers: a token's name, "
                              "else the peer's address; they take turns); 0: half of --max-queue"),
-    "workers": (positive_int, "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
+    "workers": (_count(1), "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
     "max-message-mb": (_message_mb, "largest gRPC message received or sent, MiB (0.0625 to 2047: gRPC counts bytes "
                        "in 32 bits)"),
-    "max-pixels": (positive_int, "largest content, style or mask image, in pixels (width x height)"),
-    "max-content-side": (positive_int, "longest side a content is rendered at; also the limit of content_size and "
+    "max-pixels": (_count(1), "largest content, style or mask image, in pixels (width x height)"),
+    "max-content-side": (_count(1), "longest side a content is rendered at; also the limit of content_size and "
                          "style_size"),
-    "style-size": (positive_int, "longest side styles are scaled to when a request leaves style_size at 0"),
+    "style-size": (_count(1), "longest side styles are scaled to when a request leaves style_size at 0"),
     "tile-threshold": (int_in_range(-1, 1 << 40), "contents over this many pixels render in tiles (bounded memory); "
                        "-1: from the machine's memory (a quarter of it at 3 KB a pixel), 0: never"),
-    "tile-size": (positive_int, "tile side in pixels (a multiple of 8); with the halo it sets a tile's memory"),
-    "tile-halo": (non_negative_int, "pixels of context around each tile (a multiple of 8); tiles blend across it"),
-    "max-styles": (positive_int, "most styles in one request"),
-    "style-registry-size": (positive_int, "most styles kept by RegisterStyle (least recently used go first)"),
-    "style-registry-mb": (positive_float, "most bytes of style images kept by RegisterStyle, MiB"),
+    "tile-size": (_count(1), "tile side in pixels (a multiple of 8); with the halo it sets a tile's memory"),
+    "tile-halo": (_count(0), "pixels of context around each tile (a multiple of 8); tiles blend across it"),
+    "max-styles": (_count(1), "most styles in one request"),
+    "style-registry-size": (_count(1), "most styles kept by RegisterStyle (least recently used go first)"),
+    "style-registry-mb": (_registry_mb, "most bytes of style images kept by RegisterStyle, MiB"),
     "styles-dir": (_optional_path, "a folder of style images that requests name by file stem (Style.style_id "
                    "\"mosaic\" for mosaic.jpg; ListStyles lists them); read again when it changes"),
-    "style-cache-size": (positive_int, "style feature cache entries (by image hash and size)"),
-    "max-refine-steps": (non_negative_int, "most optimisation iterations (refine_steps) of one request; 0 turns "
+    "style-cache-size": (_count(1), "style feature cache entries (by image hash and size)"),
+    "max-refine-steps": (_count(0), "most optimisation iterations (refine_steps) of one request; 0 turns "
                          "the optimisation method off"),
-    "max-refine-jobs": (positive_int, "optimisation requests running at once, outside the batch of fast requests"),
-    "max-refine-queue": (non_negative_int, "optimisation requests waiting for a place; beyond: RESOURCE_EXHAUSTED"),
-    "max-video-frames": (positive_int, "most frames in one StylizeVideo stream"),
-    "max-video-streams": (positive_int, "most StylizeVideo streams at once; beyond: RESOURCE_EXHAUSTED"),
-    "video-window": (positive_int, "frames of one video stream being prepared, rendered or sent at once"),
+    "max-refine-jobs": (_count(1), "optimisation requests running at once, outside the batch of fast requests"),
+    "max-refine-queue": (_count(0), "optimisation requests waiting for a place; beyond: RESOURCE_EXHAUSTED"),
+    "max-video-frames": (_count(1), "most frames in one StylizeVideo stream"),
+    "max-video-streams": (_count(1), "most StylizeVideo streams at once; beyond: RESOURCE_EXHAUSTED"),
+    "video-window": (_count(1), "frames of one video stream being prepared, rendered or sent at once"),
     "video-idle-s": (positive_float, "a video stream whose client sends no frame, or takes no reply, for this "
                      "long is ended (DEADLINE_EXCEEDED), so a paused or vanished client keeps no stream's place"),
     "temporal": (one_of(TEMPORAL_MODES), f"temporal mode of video streams that do not choose one: "

@@ -956,7 +956,10 @@ def test_settings_from_environment() -> None:
     assert s.max_batch_size == 4
     # a side port above 65535 (gRPC took 99999 mod 65536 silently), a message limit gRPC cannot hold or no reply fits
     for flag, value in (("--metrics-port", "99999"), ("--health-port", "70000"), ("--max-message-mb", "1e9"),
-                        ("--max-message-mb", "0.0000001")):
+                        ("--max-message-mb", "0.0000001"),
+                        # past the proto's 32-bit limits, or a registry of no bytes: tracebacks after the model loaded
+                        ("--max-content-side", "4294967296"), ("--max-queue", "2147483648"),
+                        ("--style-registry-mb", "1e-7")):
         with pytest.raises(SystemExit):
             parse_settings([flag, value], environ={})
     assert parse_settings(["--metrics-port", "-1", "--max-message-mb", "2047"], environ={}).metrics_port == -1
