@@ -82,9 +82,10 @@ def read_presets(path: Path) -> dict[str, StylePreset]:
         if not isinstance(styles, dict) or not styles:
             raise ValueError(f"{where}: styles must be an object of style names and weights, e.g. {{\"mosaic\": 1}}")
         weights = list(styles.values())
+        # checked as float32, what a call carries: 1e39 became inf (every call with the preset failed), 1e-46 0
         if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-                   for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"{where}: weights must be numbers >= 0, not all 0")
+                   and math.isfinite(_f32(w)) for w in weights) or sum(_f32(w) for w in weights) <= 0:
+            raise ValueError(f"{where}: weights must be numbers >= 0 and at most 3.4e38 (float32), not all 0")
         alpha = spec.get("alpha", 1.0)
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
             raise ValueError(f"{where}: alpha must be a number in [0, 1], got {alpha!r}")

@@ -409,7 +409,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             problems = list(e.problems) + problems
         if preset_failed:  # its styles are missing because the preset is: one violation says so
             problems = [p for p in problems if p.field != "styles"]
-        bad += [Violation(prefix + _proto_field(p.field, msg), p.description) for p in problems]
+        bad += [_violation(p.field, p.description, msg, prefix) for p in problems]
         if bad:
             raise ServiceError.invalid(bad)
         return checked
@@ -695,12 +695,23 @@ def _region_options(msg: pb.StylizeRequest | pb.VideoOptions) -> dict[str, Any]:
 
 def _invalid(e: InvalidInputError, request: pb.StylizeRequest) -> ServiceError:
     """The library's refusal of a request as INVALID_ARGUMENT naming the request's own field."""
-    return ServiceError.invalid([Violation(_proto_field(e.field, request), e.description)])
+    return ServiceError.invalid([_violation(e.field, e.description, request)])
+
+
+def _violation(field: str, description: str, request: pb.StylizeRequest | pb.VideoOptions,
+               prefix: str = "") -> Violation:
+    """A Job's problem as the request's: its field path (:func:`_proto_field`), and a style that came from the
+    request's preset named as the preset's (the request has no styles[i] to name)."""
+    if request.preset and field.startswith("styles["):
+        description = f"{field} of preset {request.preset!r}: {description}"
+    return Violation(prefix + _proto_field(field, request), description)
 
 
 def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> str:
     """A Job field as the request's field path: what the proto adds is the style's source
-    ("styles[1]" -> "styles[1].image" or "styles[1].style_id")."""
+    ("styles[1]" -> "styles[1].image" or "styles[1].style_id"), or the preset the styles came from."""
+    if field.startswith("styles[") and request.preset:
+        return "preset"
     if field.startswith("styles[") and field.endswith("]"):
         i = int(field[len("styles[") : -1])
         which = request.styles[i].WhichOneof("source") if i < len(request.styles) else None

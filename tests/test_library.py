@@ -144,6 +144,21 @@ def test_presets_name_a_look(lib_server: ServerProcess, lib_client: StyleTransfe
             pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=60)
     assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "preset: give styles or a preset, not both" in raw.value.details()
+    # a preset's style refused at the size asked for is the preset's: the request has no styles[1]
+    with pytest.raises(StyleTransferError) as e:
+        lib_client.stylize(CONTENT, Preset("dotted"), style_size=20)
+    assert e.value.violations == [("preset", "styles[1] of preset 'dotted': 20 x 13 px as used (style_size 20) is "
+                                   "too small to carry a style: its shorter side needs 16 px")], e.value.violations
+
+
+def test_preset_weights_are_checked_as_float32(tmp_path: Path) -> None:
+    """1e39 is finite as JSON reads it and inf as a call carries it: every call with the preset failed."""
+    from adain.server.library import read_presets
+
+    for weights in ({"a": 1e39}, {"a": 1e-46}):
+        (tmp_path / "presets.json").write_text(json.dumps({"p": {"styles": weights}}))
+        with pytest.raises(ValueError, match=r"preset 'p': weights must be numbers >= 0 and at most 3.4e38"):
+            read_presets(tmp_path / "presets.json")
 
 
 def test_unknown_names_say_what_the_library_has(lib_client: StyleTransferClient, client: StyleTransferClient) -> None:
