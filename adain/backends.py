@@ -17,7 +17,7 @@ does not care which runs them.
 
 ``auto`` on a CPU takes OpenVINO when it is installed (it measured fastest on every machine so far:
 ``benchmarks/backends.py``), else torch; on a GPU torch. The runtimes are an optional install extra
-(``pip install 'adain[fast]'``); without them everything runs on torch. A runtime that fails on one
+(the ``fast`` extra: ``pip install -e '.[fast]'``); without them everything runs on torch. A runtime that fails on one
 input shape is logged and that shape runs on torch from then on; nothing is fatal after start-up.
 """
 
@@ -185,7 +185,7 @@ def make_backend(
             if name != "auto":
                 raise RuntimeError(
                     f"backend {candidate} is not usable here ({type(e).__name__}: {e}); "
-                    "install it with pip install 'adain[fast]' or choose another backend"
+                    "install it (the 'fast' extra: pip install -e '.[fast]') or choose another backend"
                 ) from e
             log.info("backend auto: %s not usable (%s: %s), trying the next", candidate, type(e).__name__, e)
     raise AssertionError("unreachable: torch is always last")

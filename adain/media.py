@@ -4,7 +4,7 @@ No torch here: the thin client demuxes and muxes with this module, the server ne
 Reading yields RGB PIL frames with their times; the audio packets met on the way are kept, in order, for
 the writer to copy unchanged into the output, interleaved by time. Every problem is a :class:`MediaError`
 with a message that names it (no video stream, no frames, corrupt or truncated data, a codec that is
-missing). Requires the ``video`` extra (``pip install 'adain[video]'``).
+missing). Requires the ``video`` extra (``pip install -e '.[video]'``).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _av() -> Any:
     try:
         import av
     except ImportError as e:  # pragma: no cover - an install problem
-        raise MediaError("video needs PyAV: pip install 'adain[video]'") from e
+        raise MediaError("video needs PyAV (the 'video' extra: pip install -e '.[video]')") from e
     return av
 
 

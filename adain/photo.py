@@ -89,7 +89,8 @@ def is_heif(head: bytes) -> bool:
 def heif_missing(head: bytes) -> str | None:
     """For a file Pillow could not identify: a message when it is a HEIF image and pillow-heif is absent."""
     if is_heif(head) and not heif_support():
-        return "a HEIC/HEIF image: reading it needs pillow-heif on the server (pip install 'adain[heif]')"
+        return ("a HEIC/HEIF image: reading it needs pillow-heif on the server (the 'heif' extra: "
+                "pip install -e '.[heif]')")
     return None
 
 

@@ -793,8 +793,7 @@ class StyleTransferClient(_ClientBase):
 
     def health(self, *, timeout: float | None = 5.0) -> str:
         """The server's gRPC health status of the StyleTransfer service: "SERVING", "NOT_SERVING" (e.g.
-        draining) or "UNKNOWN"; raises StyleTransferError when the server cannot be reached. Needs
-        grpcio-health-checking (the ``web`` and ``server`` extras have it)."""
+        draining) or "UNKNOWN"; raises StyleTransferError when the server cannot be reached."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self._channel)

@@ -772,10 +772,7 @@ def _server_info(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         info = client.server_info()
-        try:
-            info["health"] = client.health()
-        except ImportError:  # grpcio-health-checking is in the server and web extras, not the base install
-            pass
+        info["health"] = client.health()
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0
 

@@ -48,7 +48,7 @@ def alpha_decoder(tmp_path_factory: pytest.TempPathFactory, decoder_path: Path) 
     return path
 
 
-@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (the 'fast' extra)")
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_runtime_matches_eager(runtime: str, eager: Stylizer, decoder_path: Path) -> None:
     st = Stylizer(decoder_path, device="cpu", precision="fp32", backend=runtime)
@@ -66,7 +66,7 @@ def test_runtime_matches_eager(runtime: str, eager: Stylizer, decoder_path: Path
         assert np.abs(pixels(got) - pixels(want)).max() <= 1
 
 
-@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (the 'fast' extra)")
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_runtime_encoder_at_many_shapes(runtime: str, eager: Stylizer, decoder_path: Path) -> None:
     """Shapes where a runtime once went wrong on one CPU and not another (OpenVINO's Winograd form on an
@@ -78,7 +78,7 @@ def test_runtime_encoder_at_many_shapes(runtime: str, eager: Stylizer, decoder_p
         assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item(), (h, w)
 
 
-@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (pip install 'adain[fast]')")
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
 def test_openvino_fixed_shape_graphs(eager: Stylizer, decoder_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shape seen a second time gets its own fixed-shape graph (faster) with the same pixels; at most two
     are kept, and a third shape takes a place only once it is used twice as often as the least used (three
@@ -110,7 +110,7 @@ def test_openvino_fixed_shape_graphs(eager: Stylizer, decoder_path: Path, monkey
     assert (1, 3, 64, 64) not in {shapes[0] for shapes in statics.kept}
 
 
-@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (the 'fast' extra)")
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_runtime_alpha_decoder_with_regions(runtime: str, alpha_decoder: Path) -> None:
     """A version-2 decoder takes a per-sample alpha or a map (regions): both reach the exported graph."""
@@ -137,7 +137,7 @@ def test_auto_falls_back_to_torch_when_runtimes_are_missing(
         Stylizer(decoder_path, device="cpu", backend="openvino")
 
 
-@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (pip install 'adain[fast]')")
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (the 'fast' extra)")
 def test_runtime_failure_on_a_shape_runs_that_shape_on_torch(
     eager: Stylizer, decoder_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -217,7 +217,7 @@ def test_threads_follow_the_containers_cpu_limit(tmp_path: Path) -> None:
     assert cpu_quota(tmp_path) == 1
 
 
-@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (pip install 'adain[fast]')")
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
 def test_processes_starting_together_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """One converts while the others wait on the cache entry's lock, then read its graph (the suite's two

@@ -414,7 +414,7 @@ def create_app(
     async def start_video(request: Request) -> JSONResponse:
         if jobs is None:
             return _error(501, "UNIMPLEMENTED", "this page was installed without video support: "
-                          "pip install 'adain[video]' where adain-web runs")
+                          "install the 'video' extra where adain-web runs (pip install -e '.[video]')")
         try:
             jobs.check_room()  # before the upload is read: a full page answered 429 only after taking it all
         except Busy as e:
