@@ -214,7 +214,7 @@ except InvalidInputError as e:
     print(e.field, "|", e)
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert run.stdout.startswith("content | ") and "pip install -e '.[heif]' " in run.stdout, run.stdout + run.stderr
+    assert run.stdout.startswith("content | ") and "pip install -e '.[heif]'" in run.stdout, run.stdout + run.stderr
 
 
 def test_alpha_is_composited_onto_white() -> None:
