@@ -54,9 +54,46 @@ def test_callers_take_turns() -> None:
 
     results = asyncio.run(main())
     assert results == ["A1", "A2", "A3", "B1", "B2", "B3", "C1"]  # each caller gets its own results
-    # A had nothing else waiting when A1 was taken, so A2 starts the round; then B and C, who were never
-    # served; then A again (served longest ago), then B. First come first served would be A1 A2 A3 B1 B2 B3 C1.
-    assert order == ["A1", "A2", "B1", "C1", "A3", "B2", "B3"]
+    # B and C were never served, so they go first; then A (served longest ago), B, A, B. First come first
+    # served would be A1 A2 A3 B1 B2 B3 C1.
+    assert order == ["A1", "B1", "C1", "A2", "B2", "A3", "B3"]
+
+
+def test_a_caller_sending_as_batches_form_does_not_starve_a_backlog() -> None:
+    """A caller whose queue emptied with each batch (one request at a time, or a video's window taken whole)
+    counted as never served, and headed every batch while another's backlog of another size got none: 98
+    batches to 0 in a second."""
+    heads: list[str] = []
+
+    def render(batch: list[str]) -> list[str]:
+        heads.append(batch[0])
+        time.sleep(0.01)
+        return batch
+
+    async def main() -> None:
+        batcher = Batcher(render, max_batch_size=8, max_delay_s=0, max_queue=64)
+        batcher.start()
+        stop = False
+
+        async def backlog() -> None:  # B: always 20 waiting, of its own size
+            while not stop:
+                await batcher.submit(batcher.admit(caller="B"), "B", key=(64, 64), deadline=None).future
+
+        workers = [asyncio.ensure_future(backlog()) for _ in range(20)]
+        await asyncio.sleep(0.2)
+        heads.clear()
+        t0, sent = time.monotonic(), []
+        while time.monotonic() - t0 < 1.0:  # A: one request every 5 ms against a 10-ms render
+            sent.append(batcher.submit(batcher.admit(caller="A"), "A", key=(32, 32), deadline=None).future)
+            await asyncio.sleep(0.005)
+        stop = True
+        await asyncio.gather(*sent)
+        for w in workers:
+            w.cancel()
+        batcher.close(5)
+
+    asyncio.run(main())
+    assert heads.count("B") >= 0.3 * len(heads) and heads.count("A") >= 0.3 * len(heads), heads
 
 
 def test_one_caller_cannot_take_every_place() -> None:
