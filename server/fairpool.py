@@ -30,12 +30,30 @@ class FairExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
+        caller = self._caller()
+        work = (future, fn, args, kwargs)
         with self._cond:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._lines.setdefault(self._caller(), deque()).append((future, fn, args, kwargs))
+            self._lines.setdefault(caller, deque()).append(work)
             self._cond.notify()
+        future.add_done_callback(lambda f: self._drop(caller, work) if f.cancelled() else None)
         return future
+
+    def _drop(self, caller: Hashable, work: tuple) -> None:
+        """Take a cancelled piece of work out of its line at once: left there, it held its request's bytes
+        until a thread reached it, one a round, while its ticket was already free (a caller sending its share
+        and cancelling, again and again, had 200 MiB waiting with nothing admitted)."""
+        with self._cond:  # (re-entrant: shutdown cancels under it)
+            line = self._lines.get(caller)
+            if line is None:
+                return
+            try:
+                line.remove(work)
+            except ValueError:  # taken by a thread already
+                return
+            if not line:
+                del self._lines[caller]
 
     def _next(self) -> tuple[Future, Callable, tuple, dict] | None:
         """The oldest piece of work of the caller whose turn it is (that caller goes to the back), or None

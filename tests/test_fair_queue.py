@@ -231,6 +231,34 @@ def test_callers_take_turns_at_the_prepare_threads() -> None:
         pool.submit(work, "late")
 
 
+def test_cancelled_prepare_work_lets_go_of_its_request_at_once() -> None:
+    """Cancelled work stayed in its caller's line, holding its request's bytes, until a thread reached it (one
+    a round): a caller sending its share and cancelling, again and again, had 200 MiB waiting there."""
+    import gc
+    import weakref
+
+    class Request:  # stands for a request's bytes
+        pass
+
+    pool = FairExecutor(1, lambda: "caller", name="test-cancel")
+    gate = threading.Event()
+    try:
+        busy = pool.submit(gate.wait, 10)  # the one thread is busy
+        requests = [Request() for _ in range(50)]
+        refs = [weakref.ref(r) for r in requests]
+        futures = [pool.submit(lambda r: r, r) for r in requests]
+        del requests
+        assert all(f.cancel() for f in futures)
+        del futures
+        gc.collect()
+        assert not any(ref() for ref in refs)  # freed while the thread is still busy
+        kept = pool.submit(lambda: "after")
+        gate.set()
+        assert busy.result(10) and kept.result(10) == "after"
+    finally:
+        pool.shutdown(wait=True)
+
+
 def test_per_caller_setting() -> None:
     assert parse_settings([]).per_caller == 32  # half of --max-queue 64
     assert parse_settings(["--max-queue", "5"]).per_caller == 3
