@@ -187,7 +187,10 @@ class Batcher:
         return item
 
     def withdraw(self, item: Item) -> None:
-        """Take a (cancelled) request out of the queue, if it is still waiting, and free its place."""
+        """Take a (cancelled) request out of the queue, if it is still waiting, and free its place; its future
+        is cancelled (call this on its loop), so a batch that has it already skips it: an ended video stream's
+        frames in a forming batch were rendered for nobody."""
+        item.future.cancel()
         with self._cond:
             try:
                 self._pending.remove(item)

@@ -5,14 +5,15 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { content: null, video: false, job: null, request: null, styles: [],
+const state = { content: null, video: false, job: null, request: null, upload: null, reading: false, styles: [],
   info: { max_styles: 8, max_refine_steps: 0 } };
 let resultUrl = null;
+let originalUrl = null;  // the chosen photo's or clip's, shown as the original (revoked when another is chosen)
 const VIDEO_SUFFIXES = /\.(mp4|m4v|mov|mkv|webm)$/i;
 // Region colours: each style keeps its own while it is chosen (a painting survives removing another style).
 const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
 const paint = { brush: undefined, size: 40, painted: false, drawing: false, last: null, ready: false,
-  cursor: null, penDown: false };  // cursor, penDown: the keyboard's brush (photo pixels)
+  cursor: null, penDown: false, url: null };  // cursor, penDown: the keyboard's brush (photo pixels)
 
 function isVideo(file) {
   return file.type.startsWith("video/") || VIDEO_SUFFIXES.test(file.name);
@@ -44,21 +45,34 @@ function setContent(file) {
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
   $("exif-row").hidden = $("format-row").hidden = state.video;
   $("original-caption").textContent = "Original";
-  const url = URL.createObjectURL(file);
+  const last = originalUrl;
+  originalUrl = URL.createObjectURL(file);
   $("original").hidden = $("output").hidden = state.video;
   $("original-video").hidden = !state.video;  // the stylized clip's player shows when it has one
-  if (state.video) $("original-video").src = url; else $("original").src = url;
+  if (state.video) {
+    $("original").removeAttribute("src");  // (its error listener ignores an image without a src)
+    $("original-video").src = originalUrl;
+  } else {
+    unloadVideo($("original-video"));
+    $("original").src = originalUrl;
+  }
+  if (last) URL.revokeObjectURL(last);  // nothing shows it now
 }
 
 // A new content: the result shown was the last one's, and so is a clip or photos still on their way (stopped).
 function forgetResult() {
   if (state.request) state.request.abort();  // a photo on its way: its busy state and outcome go with it
+  if (state.upload) { state.upload.abort(); state.upload = null; }  // a clip still uploading: no job starts
   if (state.job) cancelVideo();
-  if (batch.running) { batch.cancelled = true; batch.results = []; }
+  if (batch.running) batch.cancelled = true;
+  batch.run = null;  // a photo of the run still on its way is not recorded
+  batch.results = [];
   $("output").removeAttribute("src");
+  if (resultUrl) { URL.revokeObjectURL(resultUrl); resultUrl = null; }  // (its Download is hidden below)
   clearOutputVideo();
   $("download").hidden = true;
   $("batch-results").hidden = $("download-all").hidden = true;
+  clearBatchResults();
   $("pair").hidden = false;
 }
 
@@ -94,6 +108,7 @@ function removeStyle(index, fromButton = false) {
     if (button) button.setAttribute("aria-pressed", "false");
   }
   renderStyles();
+  if (gone.url) URL.revokeObjectURL(gone.url);  // its image left the list with it
   if (!fromButton) return;
   // the list is drawn anew: focus goes to the next style's Remove (or the last one's), else to adding one
   const removes = document.querySelectorAll("#styles li button");
@@ -107,7 +122,8 @@ function renderStyles() {
   state.styles.forEach((style, i) => {
     const li = document.createElement("li");
     const img = document.createElement("img");
-    img.src = URL.createObjectURL(style.file);
+    style.url = style.url || URL.createObjectURL(style.file);  // one per style, not one per drawing
+    img.src = style.url;
     img.alt = "";
     const box = document.createElement("div");
     const label = document.createElement("label");
@@ -152,7 +168,11 @@ function resetPainter(file) {
   $("paint").setAttribute("aria-expanded", "false");
   $("paint").disabled = !file;
   $("paint-why").hidden = Boolean(file);  // a disabled button says nothing of why
-  if (file) $("paint-photo").src = URL.createObjectURL(file);
+  if (!file) return;
+  const last = paint.url;
+  paint.url = URL.createObjectURL(file);
+  $("paint-photo").src = paint.url;
+  if (last) URL.revokeObjectURL(last);
 }
 
 function photoShown() {
@@ -477,6 +497,7 @@ function settleFocus() {
 }
 
 async function stylize() {
+  if (state.reading) return;  // pressed again while the painting is read (Stylize is disabled only after)
   if (live.stream) stopLive();
   clearErrors();
   if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
@@ -488,7 +509,9 @@ async function stylize() {
   const data = commonForm();
   const content = state.content;  // another one chosen meanwhile: this result is not shown beside it
   if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
-  const regions = await labelsImage();
+  state.reading = true;  // a big painting takes a moment to read
+  let regions;
+  try { regions = await labelsImage(); } finally { state.reading = false; }
   if (regions) {
     if ($("mask").files[0]) { $("labels-error").textContent = "Use either a mask or painted regions, not both."; return; }
     if (regions.missing.length) {
@@ -599,13 +622,17 @@ function revealResult() {
   }
 }
 
-// Unload the stylized clip: taking its src away alone leaves the last one loaded (and playing).
+// Unload the stylized clip.
 function clearOutputVideo() {
-  const video = $("output-video");
+  unloadVideo($("output-video"));
+  $("output-video").hidden = true;
+}
+
+// Taking a player's src away alone leaves the last clip loaded (and playing).
+function unloadVideo(video) {
   video.pause();
   video.removeAttribute("src");
   video.load();
-  video.hidden = true;
 }
 
 function showProgress(job) {
@@ -625,10 +652,22 @@ async function submitVideo() {
   clearOutputVideo();  // the last clip's result goes while this one runs
   videoBusy(true);
   let mine = null;  // this call's job: another may have started by the time it ends (after a Cancel)
+  const content = state.content;  // another one chosen meanwhile: this clip's result is not shown beside it
+  // The upload (up to minutes): Cancel, or another content chosen, stops it (there is no job to cancel yet).
+  // Once the server has answered, its answer is read to the end (it names the job, then cancelled).
+  const sending = new AbortController();
+  const upload = state.upload = { stopped: false, answered: false,
+    abort() { this.stopped = true; if (!this.answered) sending.abort(); } };
   try {
-    const response = await fetch("/api/videos", { method: "POST", body: videoForm() });
+    const response = await fetch("/api/videos", { method: "POST", body: videoForm(), signal: sending.signal });
+    upload.answered = true;
     let job = null;
     try { job = await response.json(); } catch (e) { /* not JSON */ }
+    if (upload.stopped || state.content !== content) {  // stopped as the upload ended: so is its job
+      if (response.status === 202 && job) fetch(`/api/videos/${job.id}`, { method: "DELETE" }).catch(() => {});
+      return;
+    }
+    state.upload = null;
     if (response.status !== 202) { showError(job, response.status); videoBusy(false); return; }
     state.job = mine = job.id;
     showProgress(job);
@@ -647,7 +686,7 @@ async function submitVideo() {
       job = await poll.json();
       showProgress(job);
     }
-    if (cancelled()) return;
+    if (cancelled() || state.content !== content) return;
     if (job.state === "done") {
       const video = $("output-video");
       video.src = job.result;
@@ -662,10 +701,11 @@ async function submitVideo() {
       $("form-error").textContent = (job.error && job.error.message) || "Cancelled.";
     }
   } catch (e) {
-    $("form-error").textContent = "The page lost its connection to the server. Try again.";
+    if (e.name !== "AbortError") $("form-error").textContent = "The page lost its connection to the server. Try again.";
   } finally {
+    if (state.upload === upload) state.upload = null;
     if (state.job === mine) state.job = null;
-    if (state.job === null) videoBusy(false);
+    if (state.job === null && state.upload === null) videoBusy(false);
   }
 }
 
@@ -681,6 +721,13 @@ async function cancelVideo() {
     $("form-error").textContent = "Cancelled.";
     return;
   }
+  if (state.upload) {  // the clip still uploading: no job has started
+    state.upload.abort();
+    state.upload = null;
+    videoBusy(false);
+    $("form-error").textContent = "Cancelled.";
+    return;
+  }
   const id = state.job;
   if (!id) return;
   state.job = null;  // the polling loop stops; the server stops after the frame in flight
@@ -691,7 +738,8 @@ async function cancelVideo() {
 }
 
 // --- several photos: stylized one after another, shown together, saved as one zip ------------------------
-const batch = { files: [], results: [], running: false, cancelled: false };
+// run: the run whose results are shown (null once forgotten); urls: its images' (revoked with them)
+const batch = { files: [], results: [], running: false, cancelled: false, run: null, urls: [] };
 const MAX_BATCH = 100;
 
 function setBatch(files) {
@@ -721,12 +769,20 @@ function setBatch(files) {
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
+// The last run's images and their Download links taken away, and their URLs released.
+function clearBatchResults() {
+  $("batch-results").replaceChildren();
+  batch.urls.forEach((url) => URL.revokeObjectURL(url));
+  batch.urls = [];
+}
+
 async function submitBatch() {
   const grid = $("batch-results");
-  grid.replaceChildren();
+  clearBatchResults();
   grid.hidden = false;
   revealResult();
   $("download").hidden = true;
+  const run = batch.run = {};  // forgetResult forgets it: what it still brings is not recorded
   batch.results = [];
   batch.cancelled = false;
   batch.running = true;
@@ -749,9 +805,12 @@ async function submitBatch() {
         response = await fetch("/api/stylize", { method: "POST", body: data });
         if (response.status !== 429 || tries >= 30) break;
         await sleep(1000 * Number(response.headers.get("Retry-After") || 1));
+        if (batch.cancelled || batch.run !== run) break;  // Cancel while waiting: this photo is not sent again
       }
+      if (batch.run !== run || (batch.cancelled && response.status === 429)) break;
       if (response.ok) {
         const blob = await response.blob();
+        if (batch.run !== run) break;  // forgotten (another content chosen) while it came
         const stem = file.name.replace(/\.[^.]*$/, "") || "photo";
         const taken = new Set(batch.results.map((r) => r.name));
         let name = `${stem}_stylized.${suffix()}`;
@@ -759,6 +818,7 @@ async function submitBatch() {
         batch.results.push({ name, blob });
         const img = document.createElement("img");
         img.src = URL.createObjectURL(blob);
+        batch.urls.push(img.src);
         img.alt = `${file.name}, stylized`;
         const link = document.createElement("a");
         link.href = img.src;
@@ -769,6 +829,7 @@ async function submitBatch() {
       } else {
         let body = null;
         try { body = await response.json(); } catch (e) { /* not JSON */ }
+        if (batch.run !== run) break;
         const message = body && body.error && body.error.message;
         const fields = ((body && body.error && body.error.violations) || []).map((v) => v.field);
         const photos = fields.length ? fields.every((f) => f === "content") : /^content\b/.test(message || "");
@@ -784,12 +845,14 @@ async function submitBatch() {
       $("progress").value = i + 1;
     }
   } catch (e) {
-    $("form-error").textContent = "The page lost its connection to the server. Try again.";
+    if (batch.run === run) $("form-error").textContent = "The page lost its connection to the server. Try again.";
   } finally {
     batch.running = false;
     videoBusy(false);
-    $("download-all").hidden = batch.results.length < 2;
-    $("status").textContent = `${batch.results.length} of ${batch.files.length} photos stylized, under Result.`;
+    if (batch.run === run) {  // (forgotten: the page has moved on, and says nothing of this run)
+      $("download-all").hidden = batch.results.length < 2;
+      $("status").textContent = `${batch.results.length} of ${batch.files.length} photos stylized, under Result.`;
+    }
   }
 }
 
