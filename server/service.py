@@ -51,7 +51,7 @@ from .library import ID_RE, MAX_THUMBNAIL, StyleLibrary
 from .logs import log_fields
 from .metrics import Metrics
 from .refine import RefineService
-from .registry import StyleRegistry
+from .registry import StyleRegistry, style_id
 from .video import VideoService
 
 if TYPE_CHECKING:
@@ -582,15 +582,18 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             raise ServiceError.invalid([Violation("image", f"{len(data):,} bytes, over the registry's limit of "
                                                            f"{self.registry.max_bytes:,} (style_registry_mb)")])
         loop = asyncio.get_running_loop()
-        decode = functools.partial(load_image, data, field="image", max_pixels=self.limits.max_pixels)
+
+        def decode() -> tuple[Any, str]:  # the id too: hashing is no work for the event loop
+            return load_image(data, field="image", max_pixels=self.limits.max_pixels), style_id(data)
+
         ticket = self._admit()  # its decode takes a place in the queue as a stylize's does (they were unbounded)
         try:
-            img = await loop.run_in_executor(self.pool, decode)
+            img, key = await loop.run_in_executor(self.pool, decode)
         except InvalidInputError as e:
             raise ServiceError.invalid([Violation(e.field, e.description)]) from e
         finally:
             ticket.release()
-        key = self.registry.add(data)
+        key = self.registry.add(data, key)
         self.metrics.registered_styles.set(len(self.registry))
         return pb.RegisterStyleResponse(style_id=key, width=img.width, height=img.height)
 

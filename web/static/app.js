@@ -931,8 +931,10 @@ function saveBlob(blob, name) {
 }
 
 // --- the live camera: frames over a WebSocket into one server stream, stylized frames back ----------------
-const live = { ws: null, stream: null, inFlight: 0, frames: 0, started: 0, grab: null, session: 0 };
+// size: the session's frames' [width, height] (the server takes no other size in a session)
+const live = { ws: null, stream: null, inFlight: 0, frames: 0, started: 0, grab: null, session: 0, size: null };
 const LIVE_IN_FLIGHT = 2;  // frames on their way at once: the rate follows the server's, the delay stays short
+const LIVE_RETRIES = 2;  // a restart refused for a full server is tried again a second later, this many times
 
 function liveSupported() {
   return Boolean(navigator.mediaDevices && navigator.mediaDevices.getUserMedia && window.WebSocket);
@@ -967,18 +969,22 @@ async function startLive() {
     await $("live-camera").play();
   }
   showLive(true);
-  openLive();
+  openLive(0);
 }
 
 // A new session with the options as they are now (a change of style, strength or size starts one).
-async function openLive() {
+// retries: a restart's session refused as the server is full (1013, before any frame) is tried again a second
+// later, this many times: the session just closed may hold its place on the server a moment longer.
+async function openLive(retries = LIVE_RETRIES) {
   closeLive();
   const session = ++live.session;
+  let refused = null;  // the server's refusal, said only if it is not tried again
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/api/live`);
   ws.binaryType = "blob";
   live.ws = ws;
   live.inFlight = live.frames = 0;
+  live.size = null;
   $("live-status").textContent = "Connecting…";
   ws.onopen = async () => {
     ws.send(JSON.stringify({
@@ -996,7 +1002,9 @@ async function openLive() {
     if (typeof event.data === "string") {  // the server's error: the session ends
       let body = null;
       try { body = JSON.parse(event.data); } catch (e) { /* not JSON */ }
-      showError(body, errorStatus(body && body.error));
+      const error = body && body.error;
+      if (retries && !live.frames && error && error.code === "RESOURCE_EXHAUSTED") { refused = body; return; }
+      showError(body, errorStatus(error));
       return;
     }
     live.inFlight -= 1;
@@ -1008,14 +1016,20 @@ async function openLive() {
       canvas.height = bitmap.height;
     }
     canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();  // (its memory, at once: not when it is collected)
     canvas.dataset.frames = String(live.frames);
     const rate = live.frames / ((performance.now() - live.started) / 1000);
     $("live-status").textContent = `Live: ${rate.toFixed(1)} frames a second`;
     sendFrame(ws);
   };
-  ws.onclose = () => {
+  ws.onclose = (event) => {
     if (session !== live.session) return;  // replaced by a newer session
     live.ws = null;
+    if (refused && event.code === 1013) {  // (the status still says "Connecting…")
+      setTimeout(() => { if (session === live.session && live.stream) openLive(retries - 1); }, 1000);
+      return;
+    }
+    if (refused) showError(refused, errorStatus(refused.error));
     $("live-status").textContent = "Stopped.";
   };
 }
@@ -1026,9 +1040,14 @@ function sendFrame(ws) {
   if (!video.videoWidth) { setTimeout(() => sendFrame(ws), 100); return; }
   const side = Number($("live-size").value);
   const scale = Math.min(1, side / Math.max(video.videoWidth, video.videoHeight));
+  const width = Math.max(8, Math.round(video.videoWidth * scale));
+  const height = Math.max(8, Math.round(video.videoHeight * scale));
+  // the camera turned, or its resolution changed: the server refuses a frame of another size, so a new session
+  if (live.size && (live.size[0] !== width || live.size[1] !== height)) { openLive(); return; }
+  live.size = [width, height];
   live.grab = live.grab || document.createElement("canvas");
-  live.grab.width = Math.max(8, Math.round(video.videoWidth * scale));
-  live.grab.height = Math.max(8, Math.round(video.videoHeight * scale));
+  live.grab.width = width;
+  live.grab.height = height;
   live.grab.getContext("2d").drawImage(video, 0, 0, live.grab.width, live.grab.height);
   live.inFlight += 1;
   live.grab.toBlob((blob) => { if (ws.readyState === WebSocket.OPEN) ws.send(blob); }, "image/jpeg", 0.85);
