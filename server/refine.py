@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,38 @@ class Ran:
     prepare_s: float
 
 
+class Place:
+    """An admitted long job's place, freed once its call has let it go (:meth:`release`, idempotent) and,
+    where the job ran on a thread, that thread has ended: a cancelled call's thread runs on to its next
+    check (a decode, a tile), and its place freed at the cancel let more jobs in than the limits say."""
+
+    def __init__(self, service: RefineService) -> None:
+        self._service = service
+        self._holders = 1  # the call
+        self._call_released = False
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._call_released:
+                return
+            self._call_released = True
+        self._let_go()
+
+    def hold_until(self, future: Future) -> None:
+        """Keep the place until ``future`` (the job's thread's) is done too."""
+        with self._lock:
+            self._holders += 1
+        future.add_done_callback(lambda _: self._let_go())
+
+    def _let_go(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
+            self._service._release()
+
+
 @dataclass(frozen=True)
 class RefineLimits:
     max_jobs: int
@@ -66,7 +98,8 @@ class RefineService:
         self._admitted = 0
         self._lock = threading.Lock()
 
-    def admit(self) -> None:
+    def admit(self) -> Place:
+        """A long job's place (running or waiting); raises RESOURCE_EXHAUSTED when there is none."""
         with self._lock:
             if self._admitted >= self.limits.max_jobs + self.limits.max_queue:
                 self.refused()
@@ -76,8 +109,9 @@ class RefineService:
                     f"{self.limits.max_jobs}, max_refine_queue={self.limits.max_queue})",
                 )
             self._admitted += 1
+        return Place(self)
 
-    def release(self) -> None:
+    def _release(self) -> None:
         with self._lock:
             self._admitted -= 1
 
@@ -92,6 +126,7 @@ class RefineService:
         deadline: float | None,
         on_progress: Callable[[Progress], None] | None = None,
         tiled: bool = False,
+        place: Place | None = None,
     ) -> Ran:
         """The job ``prepare`` gives (called on the job's thread), refined, or ``tiled`` rendered tile by
         tile, with its times (the queue's apart: a reply's refine_ms counted it, and queue_ms said 0); raises
@@ -130,8 +165,11 @@ class RefineService:
                 image = refine(self.stylizer, prepared, on_step=on_step)
             return Ran(image, start - queued, ready - start)
 
+        future = self.pool.submit(timed)
+        if place is not None:
+            place.hold_until(future)  # not freed by the call's end while its thread still runs
         try:
-            return await loop.run_in_executor(self.pool, timed)
+            return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             stop.set()  # the thread stops at its next iteration; the call is already gone
             raise

@@ -464,9 +464,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         job = self._check(request, request.content)
         refining = job.refine_steps > 0  # an optimisation job: its own threads, never the batch
         long_job = refining
-        ticket = None
+        ticket = place = None
         if refining:
-            self.refiner.admit()
+            place = self.refiner.admit()
         else:
             ticket = self._admit()
         loop = asyncio.get_running_loop()
@@ -479,13 +479,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             if await loop.run_in_executor(self.pool, self._plan, request, job) and not refining:
                 ticket.release()
                 ticket = None
-                self.refiner.admit()
+                place = self.refiner.admit()
                 long_job = True
             try:
                 if long_job:  # decoded on its thread when its turn comes (a waiting job holds only its bytes)
                     t_run = time.perf_counter()
-                    ran = await self.refiner.run(
-                        functools.partial(self.stylizer.prepare, job), deadline, on_progress, tiled=not refining)
+                    ran = await self.refiner.run(functools.partial(self.stylizer.prepare, job), deadline,
+                                                 on_progress, tiled=not refining, place=place)
                     prepare_ms, queue_ms = ran.prepare_s * 1000, ran.waited_s * 1000
                     ran_ms = (time.perf_counter() - t_run) * 1000 - prepare_ms - queue_ms
                     refine_ms = ran_ms if refining else 0.0
@@ -513,8 +513,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 raise _invalid(e, request) from e
             encode_ms = (time.perf_counter() - t1) * 1000
         finally:
-            if long_job:
-                self.refiner.release()
+            if place is not None:
+                place.release()
             elif ticket is not None:
                 ticket.release()
         if len(data) > self.max_reply_bytes:

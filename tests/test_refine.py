@@ -312,6 +312,50 @@ def test_refine_through_the_server(client: StyleTransferClient) -> None:
     assert waited.refine_ms < 2.5 * (first.timings.refine_ms + second.timings.refine_ms - waited.refine_ms)
 
 
+def test_a_cancelled_long_job_keeps_its_place_until_its_thread_ends() -> None:
+    """The place was freed at the cancel while the job's thread ran on to its next check (a whole decode at
+    print size), so more jobs were let in than max_refine_jobs + max_refine_queue."""
+    import asyncio
+    import contextlib
+
+    from adain.server.errors import ServiceError
+    from adain.server.refine import RefineLimits, RefineService
+
+    service = RefineService(None, RefineLimits(max_jobs=1, max_queue=0), busy=lambda: False)  # type: ignore[arg-type]
+    gate, started = threading.Event(), threading.Event()
+
+    def prepare():  # a decode that takes a while, then fails (no model here)
+        started.set()
+        gate.wait(30)
+        raise RuntimeError("decoded")
+
+    async def main() -> None:
+        place = service.admit()
+        task = asyncio.create_task(service.run(prepare, None, place=place))
+        assert await asyncio.to_thread(started.wait, 30)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        place.release()
+        place.release()  # idempotent
+        assert service.admitted == 1  # its thread is still decoding
+        with pytest.raises(ServiceError, match="too many refine jobs"):
+            service.admit()
+        gate.set()
+        end = time.monotonic() + 30
+        while service.admitted:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.01)
+        service.admit().release()
+        assert service.admitted == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+        service.close()
+
+
 @pytest.mark.parametrize(
     ("options", "field", "words"),
     [
