@@ -529,6 +529,8 @@ def test_uploads_over_the_limit_are_refused_before_they_are_read(web: WebProcess
     big = os.urandom(2 * 2**20)  # the fixture's limit is 1 MB
     r = _post(web.url, [_png("content", big), _png("styles", STYLE)])
     assert r.status_code == 413 and "1 MB" in r.json()["error"]["message"]
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]  # answered outside the headers' middleware
+    assert r.headers["x-content-type-options"] == "nosniff"
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body streams in
         yield b'--xyz\r\nContent-Disposition: form-data; name="content"; filename="a.png"\r\n\r\n'
@@ -759,6 +761,7 @@ LIVE_BAD = {  # the first message, what follows it, the field, the message's wor
     "styles-a-string": ({"styles": "upload"}, [], "styles", "got a string"),
     "not-an-image": ({"styles": ["upload"]}, [b"not an image"], "styles[0].image", "not an image"),
     "style-as-text": ({"styles": ["upload"]}, ["a text message"], "styles[0]", "binary message, got a text"),
+    "alpha-of-400-digits": ({"styles": ["id:waves"], "alpha": 10**400}, [], "alpha", "finite"),  # OverflowError
     "frame-not-an-image": ({"styles": ["upload"]}, [STYLE, b"not an image"], "frame", "frame: not an image"),
     "frame-of-another-size": ({"styles": ["upload"], "temporal": "none"},
                               [STYLE, "frame", make_image(32, 24, fmt="JPEG")], "frame", "frame: "),  # "frames[1]"
@@ -797,6 +800,24 @@ def test_other_sites_pages_are_refused(web: WebProcess) -> None:
     with _live(web.url, origin=web.url) as ws:  # the page's own origin
         ws.send(json.dumps({"styles": []}))
         assert _live_error(ws)[0]["violations"][0]["field"] == "styles"
+
+
+def test_live_timeouts_say_so_and_whose_silence_it_was(server: ServerProcess) -> None:
+    """A page that sent no options was dropped without a word (1006); a page that stops sending is told."""
+    web = WebProcess(server.target, "--live-idle-s", "2")
+    try:
+        with _live(web.url) as ws:  # no options
+            error, code = _live_error(ws)
+        assert error["code"] == "DEADLINE_EXCEEDED" and "no options" in error["message"] and code == 1013, error
+        with _live(web.url) as ws:
+            ws.send(json.dumps({"styles": ["upload"], "temporal": "none"}))
+            ws.send(STYLE)
+            ws.send(make_image(64, 48, seed=78, fmt="JPEG"))
+            assert isinstance(ws.recv(timeout=60), bytes)
+            error, code = _live_error(ws)  # then nothing from the page
+        assert error["code"] == "DEADLINE_EXCEEDED" and error["message"] == "no frame for 2 s" and code == 1013, error
+    finally:
+        web.stop()
 
 
 def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:

@@ -175,12 +175,23 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), *self.HEADERS]
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception:  # Starlette's own 500 is plain text and comes from outside this middleware
+            logging.getLogger("adain.web").exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = JSONResponse(error_json("INTERNAL", "an error on this server (its log says more)"), status_code=500)
+            await body(scope, receive, with_headers)
 
 
 class SameOrigin:
@@ -238,9 +249,9 @@ def create_app(
 
     app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
-    app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
                        by_prefix={"/api/videos": settings.max_video_bytes})
+    app.add_middleware(SecurityHeaders)  # outside the others: their own answers (a 413 by Content-Length) get them
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")

@@ -147,6 +147,8 @@ def style_name(text: Any, field: str) -> StyleRef:
 def number(text: Any, field: str) -> float:
     try:
         value = float(text)
+    except OverflowError:  # a JSON integer of 400 digits: it ended the live socket with a traceback
+        raise BadInput(field, f"must be a finite number, got {str(text)[:40]}...") from None
     except (TypeError, ValueError):
         raise BadInput(field, f"not a number: {text!r}") from None
     if not math.isfinite(value):

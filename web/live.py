@@ -42,6 +42,7 @@ CLOSE_BAD_INPUT = 1008  # WebSocket close codes (RFC 6455): policy violation
 CLOSE_ERROR = 1011  # internal error
 CLOSE_TRY_LATER = 1013
 MAX_WAITING = 16  # frames received and not yet taken by the stream: a page that sends without waiting
+MAX_OUT = 32  # frames received and not yet sent back (a page that sends and does not read)
 OPTIONS = ("styles", "weights", "alpha", "preserve_color", "temporal")  # the first message's keys
 FRAME_FIELD_RE = re.compile(r"frames\[\d+\]")  # the server names a stream's frames by index; the page: "frame"
 
@@ -74,16 +75,26 @@ class LiveSessions:
             await _fail(ws, CLOSE_TRY_LATER, "RESOURCE_EXHAUSTED", f"{self.settings.max_sessions} live camera "
                         "session(s) are running already; try again in a moment")
             return
+        handed = [False]  # the session's place passed to its stream's thread, which frees it as it ends
         try:
-            options = await self._options(ws, limits)
-            await self._stream(ws, {**options, "end_user": end_user}, limits)
+            try:
+                options = await self._options(ws, limits)
+            except (asyncio.TimeoutError, TimeoutError):  # one class from 3.11; closed without a word, it was 1006
+                await _fail(ws, CLOSE_TRY_LATER, "DEADLINE_EXCEEDED", f"no options (or style image) came for "
+                            f"{self.settings.idle_seconds:g} s")
+                return
+            await self._stream(ws, {**options, "end_user": end_user}, limits, handed)
         except BadInput as e:
             await _fail(ws, CLOSE_BAD_INPUT, "INVALID_ARGUMENT", str(e), [(e.field, e.description)])
-        except (WebSocketDisconnect, asyncio.TimeoutError, TimeoutError):  # one class from 3.11
+        except WebSocketDisconnect:
             pass
         finally:
-            with self._lock:
-                self.running -= 1
+            if not handed[0]:
+                self._free()
+
+    def _free(self) -> None:
+        with self._lock:
+            self.running -= 1
 
     async def _receive(self, ws: WebSocket, timeout: float) -> dict[str, Any]:
         message = await asyncio.wait_for(ws.receive(), timeout)
@@ -132,12 +143,17 @@ class LiveSessions:
         options["temporal"] = temporal(spec.get("temporal"))
         return options
 
-    async def _stream(self, ws: WebSocket, options: dict[str, Any], limits: Limits) -> None:
-        """Frames in, through one StylizeVideo stream on a thread, stylized frames out."""
+    async def _stream(self, ws: WebSocket, options: dict[str, Any], limits: Limits, handed: list[bool]) -> None:
+        """Frames in, through one StylizeVideo stream on a thread, stylized frames out. The stream is cancelled
+        as the session ends (a closed page, an error, a timeout): ended by its last frame instead, the server
+        rendered the frames in flight for nobody and held the stream's place, and the page's next session (each
+        change of options starts one) was refused. The session's place is freed when the thread ends."""
         s = self.settings
         loop = asyncio.get_running_loop()
         frames: queue.Queue[bytes | None] = queue.Queue()
         replies: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        ended = threading.Event()
+        returned = [0]  # frames sent back to the page
 
         def put(item: bytes | Exception | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
@@ -146,15 +162,18 @@ class LiveSessions:
         def run() -> None:
             try:
                 for frame in self.client.stylize_video(iter(frames.get, None), format="jpeg", quality=s.quality,
-                                                       **options):
+                                                       stop=ended.is_set, **options):
                     put(frame.image)
             except Exception as e:  # StyleTransferError: the server's answer; anything else: logged, reported
-                put(e)
+                if not ended.is_set():  # (cancelled because the session ended: nobody to tell)
+                    put(e)
             finally:
                 put(None)
+                self._free()
 
+        handed[0] = True
         threading.Thread(target=run, name="adain-live", daemon=True).start()
-        sender = asyncio.create_task(_send(ws, replies))
+        sender = asyncio.create_task(_send(ws, replies, returned))
         sent, started = 0, loop.time()
         try:
             while not sender.done():
@@ -169,7 +188,9 @@ class LiveSessions:
                 try:
                     data = receive.result().get("bytes")
                 except (asyncio.TimeoutError, TimeoutError):
+                    # the page sends as frames come back: while some are out, the silence is the server's
                     why = (f"a live session lasts at most {s.max_seconds:g} s; start it again" if left <= s.idle_seconds
+                           else f"the server sent no frame back for {s.idle_seconds:g} s" if sent > returned[0]
                            else f"no frame for {s.idle_seconds:g} s")
                     await _fail(ws, CLOSE_TRY_LATER, "DEADLINE_EXCEEDED", why)
                     break
@@ -178,22 +199,25 @@ class LiveSessions:
                 if len(data) > s.max_frame_bytes:
                     raise BadInput("frame", f"a frame of {len(data)} bytes, over the limit of {s.max_frame_bytes}")
                 image(data, "frame", limits)  # its header, here: named as every frame error is
-                if frames.qsize() >= MAX_WAITING:
-                    raise BadInput("frame", f"{MAX_WAITING} frames are waiting already: send the next frame when "
-                                   "one comes back")
+                if frames.qsize() >= MAX_WAITING or sent - returned[0] >= MAX_OUT:  # (replies the page leaves unread
+                    raise BadInput("frame", f"{sent - returned[0]} frames have not come back yet: send the next "
+                                   "frame when one comes back")  # piled up here, unbounded)
                 frames.put(data)
                 sent += 1
         finally:
-            frames.put(None)  # the stream ends after the frames in flight; the thread then stops
+            ended.set()  # the stream is cancelled (polled by the client four times a second); the thread then stops
+            frames.put(None)
             log.info("live camera session: %d frame(s) in %.1f s", sent, loop.time() - started)
 
 
-async def _send(ws: WebSocket, replies: asyncio.Queue) -> None:
-    """Send each stylized frame; on the stream's error, send it and close. Returns when the stream ends."""
+async def _send(ws: WebSocket, replies: asyncio.Queue, returned: list[int]) -> None:
+    """Send each stylized frame (counted in ``returned``); on the stream's error, send it and close. Returns when
+    the stream ends."""
     while (item := await replies.get()) is not None:
         if isinstance(item, StyleTransferError):
             close = {"INVALID_ARGUMENT": CLOSE_BAD_INPUT, "RESOURCE_EXHAUSTED": CLOSE_TRY_LATER,
-                     "UNAVAILABLE": CLOSE_TRY_LATER}.get(item.code.name, CLOSE_ERROR)
+                     "UNAVAILABLE": CLOSE_TRY_LATER, "DEADLINE_EXCEEDED": CLOSE_TRY_LATER}.get(item.code.name,
+                                                                                              CLOSE_ERROR)
             message, violations = public_error(item)
             await _fail(ws, close, item.code.name, _page_names(message), [(_page_names(f), t) for f, t in violations])
         elif isinstance(item, Exception):
@@ -202,6 +226,7 @@ async def _send(ws: WebSocket, replies: asyncio.Queue) -> None:
         else:
             with contextlib.suppress(Exception):  # the page left: keep draining until the stream ends
                 await ws.send_bytes(item)
+            returned[0] += 1
 
 
 def _page_names(text: str) -> str:
