@@ -36,10 +36,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = create_beside(path)
     try:
         yield tmp
+        os.replace(tmp, path)  # inside: a rename that fails (``path`` a folder) left the .part file behind
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
 
 
 def write_whole(path: str | os.PathLike, data: bytes) -> None:

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
+import re
+import threading
 import warnings
+from itertools import islice
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from adain.bmff import HEAD_BYTES, nclx_profile
 from adain.errors import InvalidInputError
-from adain.photo import heif_missing, heif_support, to_srgb
+from adain.photo import PNG_SIGNATURE, heif_missing, heif_support, png_chunk_limit, png_chunks, to_srgb
 from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_cannot_hold, format_name
 
 if TYPE_CHECKING:
@@ -44,9 +48,21 @@ DEFAULT_MAX_PIXELS = Limits.max_pixels  # 40 MP: a 6000 x 6000 photo is fine, a 
 # thousands of times (15 bytes each) held a decode worker for minutes. libjpeg's own progressive script has
 # 10 scans, tuned encoders a few more.
 MAX_JPEG_SCANS = 100
+# Pillow reads a JPEG's segments before the first scan in Python, and what lies between them a byte at a time:
+# 8 MiB of 0xFF fill took 4.4 s to open (0.5 us a byte). A camera's JPEG has 10-30 segments (with a 1 MB profile or
+# extended XMP a few hundred) and no fill; 4096 segments cost Pillow ~10 ms and 64 KiB of fill ~35 ms.
+MAX_JPEG_MARKERS = 4096
+MAX_JPEG_FILL = 64 * 1024
 
-# We check the pixel count ourselves, before decoding, with our own limit and message.
-Image.MAX_IMAGE_PIXELS = None
+# Markers in a JPEG: 0xFF then anything but 0x00 (a stuffed 0xFF in coded data) or 0xFF (fill before a marker);
+# within a scan's coded data its restart markers (0xFFD0-D7) do not end it either.
+_MARKER = re.compile(rb"\xff[\x01-\xfe]")
+_MARKER_IN_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_STANDALONE = frozenset((0x01, *range(0xD0, 0xDA)))  # TEM, RSTn, SOI, EOI: no length follows
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the turn that makes the pixels upright
+_PIXELS_LOCK = threading.Lock()
 heif_support()  # HEIC/HEIF photos, where pillow-heif is installed
 
 
@@ -77,7 +93,7 @@ def image_key(source: ImageSource, field: str) -> str:
     return h.hexdigest()
 
 
-def _open(source: ImageSource, field: str) -> Image.Image:
+def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, KeyedImage):
@@ -85,7 +101,9 @@ def _open(source: ImageSource, field: str) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise InvalidInputError(field, "image data is empty")
-        fp: io.BytesIO | Path = io.BytesIO(bytes(source))
+        data = bytes(source)
+        _check_layout(data, field)
+        fp: io.BytesIO | Path = io.BytesIO(data)
     elif isinstance(source, (str, Path)):
         fp = Path(source)
         if not fp.exists():
@@ -94,8 +112,10 @@ def _open(source: ImageSource, field: str) -> Image.Image:
             raise InvalidInputError(field, f"{fp} is not a regular file (a folder, a device or a pipe)")
         if fp.stat().st_size == 0:
             raise InvalidInputError(field, f"image file is empty: {fp}")
+        _check_file_layout(fp, field)
     else:
         raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
+    _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF/TIFF tags; errors still raise
@@ -108,15 +128,91 @@ def _open(source: ImageSource, field: str) -> Image.Image:
                 head = f.read(16)
         why = heif_missing(head) or f"not a decodable image (supported: {', '.join(INPUT_FORMATS)})"
         raise InvalidInputError(field, why) from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InvalidInputError(field, f"cannot read image header: {e}") from e
+    except Image.DecompressionBombError as e:  # over twice our own limit: Pillow's guard, raised to it, says first
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise InvalidInputError(field, f"image is {pixels[1] + ' pixels, over' if pixels else 'over'} the limit of "
+                                f"{max_pixels}") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any header a plugin cannot parse is the file's fault, not ours: a
+        # RuntimeError (an AVIF whose primary item is missing, HEIF's security limits) was answered INTERNAL
+        raise InvalidInputError(field, f"cannot read image header: {_why(e)}") from e
 
 
-def _jpeg_scans(source: ImageSource) -> int:
-    """How many scans (start-of-scan markers) a JPEG's bytes hold: 0xFF 0xDA occurs nowhere else, for the
-    coded data escapes every 0xFF (a few in an embedded thumbnail or profile count too, harmlessly)."""
-    data = _stored_bytes(source)
-    return 0 if data is None else data.count(b"\xff\xda")  # None: a PIL image, already the caller's
+def _why(e: Exception) -> str:
+    return str(e) or type(e).__name__
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open what our own limit allows (checked with our message once the header is read): its guard, a
+    DecompressionBombError past twice Image.MAX_IMAGE_PIXELS (179 MP by default), refused a 16K print (268 MP) that
+    a server's --max-pixels allowed. Raised to our limit, never lowered and never to None (set once at import, that
+    took the guard away from any application that imported this module)."""
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= max_pixels:
+        return
+    with _PIXELS_LOCK:  # two limits raised at once: the lower may not win
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _check_file_layout(path: Path, field: str) -> None:
+    """:func:`_check_layout` of a file, mapped (a walk of a PNG's chunks reads only their headers)."""
+    try:
+        with open(path, "rb") as f:
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # gone, unreadable or empty since it was checked: Image.open says so
+        return
+    with view:
+        _check_layout(view, field)
+
+
+def _check_layout(data: bytes | mmap.mmap, field: str) -> None:
+    """Refuse a JPEG or PNG that Pillow would spend seconds parsing in Python, before it does."""
+    if data[:3] == b"\xff\xd8\xff":
+        layout = _jpeg_layout(data, whole=False)
+        if layout.markers > MAX_JPEG_MARKERS:
+            raise InvalidInputError(field, f"JPEG with over {MAX_JPEG_MARKERS} markers before its image data, which "
+                                    "no camera or editor writes; save it again")
+        if layout.fill > MAX_JPEG_FILL:
+            raise InvalidInputError(field, f"JPEG with {layout.fill} bytes of fill or junk between its segments (over "
+                                    f"{MAX_JPEG_FILL}), which no camera or editor writes; save it again")
+    elif data[:8] == PNG_SIGNATURE:
+        limit = png_chunk_limit(len(data))
+        if sum(1 for _ in islice(png_chunks(data), limit + 1)) > limit:
+            raise InvalidInputError(field, f"PNG of over {limit} chunks ({len(data)} bytes), which no camera or "
+                                    "editor writes; save it again")
+
+
+class JpegLayout(NamedTuple):
+    scans: int  # start-of-scan markers
+    markers: int  # markers walked (past MAX_JPEG_MARKERS: the walk stopped there)
+    fill: int  # bytes between segments before the first scan (0xFF fill, junk)
+
+
+def _jpeg_layout(data: bytes | mmap.mmap, *, whole: bool = True) -> JpegLayout:
+    """Walk a JPEG's segments, each skipped by its length (an EXIF thumbnail's own scans and end lie inside one)
+    and a scan's coded data to the next marker, up to its first end-of-image marker: a motion photo (Pixel,
+    Samsung) has a video after it, whose bytes held 0xFFDA by chance often enough to refuse the photo as a scan
+    bomb. ``whole`` False: to the first scan, what Pillow parses in Python. 3 ms for an 8 MB photo; 7 ms a MiB at
+    worst (coded data all stuffed 0xFF00), in C, and at most MAX_JPEG_MARKERS steps in Python."""
+    scans = markers = fill = 0
+    at, pattern = 2, _MARKER  # after the start-of-image marker
+    while markers <= MAX_JPEG_MARKERS and fill <= MAX_JPEG_FILL and (found := pattern.search(data, at)):
+        if not scans:
+            fill += found.start() - at
+        markers += 1
+        kind, at = data[found.start() + 1], found.end()
+        if kind == 0xD9 and scans:  # end of image (before any scan Pillow reads on, and so do we)
+            break
+        if kind in _STANDALONE:
+            continue
+        at += int.from_bytes(data[at:at + 2], "big")  # the length counts itself, not the marker
+        if kind == 0xDA:
+            scans += 1
+            if not whole:
+                break
+            pattern = _MARKER_IN_SCAN
+    return JpegLayout(scans, markers, fill)
 
 
 def _stored_bytes(source: ImageSource, limit: int = -1) -> bytes | None:
@@ -140,15 +236,30 @@ def input_formats() -> list[str]:
     return [f for f in INPUT_FORMATS if f in Image.OPEN]
 
 
+_WIDE_GREYS = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _to_rgb(
     img: Image.Image, background: tuple[int, int, int] = (255, 255, 255), *, numbers: bool = False
 ) -> Image.Image:
     """Any mode to 8-bit RGB: 16-bit and float scaled down, CMYK converted, alpha onto ``background``.
     ``numbers``: 16- and 32-bit values up to 255 are kept as they are (a label image's labels 3 and 7 in a
     16-bit PNG read as 0), not scaled from 65535."""
+    img = _levels(img, numbers=numbers)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        under = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(under, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _levels(img: Image.Image, *, numbers: bool) -> Image.Image:
+    """A 16-bit, 32-bit or float image as 8-bit "L" (see :func:`_to_rgb`); any other as it is."""
     # float32 and in place: float64 and its temporaries took 1.47 GB for a 140 kB 16-bit PNG
     arr = None
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode in _WIDE_GREYS:
         arr = np.asarray(img, dtype=np.float32)
         top = arr.max()
         peak = 255.0 if top <= 255 and (numbers or not img.mode.startswith("I;16")) else 65535.0
@@ -159,17 +270,45 @@ def _to_rgb(
         # 1.0000001 (or a NaN) read a whole 0-1 image as 0-255, black
         if np.count_nonzero(arr > 1.0) <= max(1, arr.size // 1000):
             arr *= 255.0
-    if arr is not None:
-        arr += 0.5
-        np.clip(arr, 0, 255, out=arr)
-        img = Image.fromarray(arr.astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        rgba = img.convert("RGBA")
-        under = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(under, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
+    if arr is None:
+        return img
+    arr += 0.5
+    np.clip(arr, 0, 255, out=arr)
+    return Image.fromarray(arr.astype(np.uint8), "L")
+
+
+def _key_as_alpha(img: Image.Image, *, numbers: bool) -> Image.Image:
+    """An image with a colour key (a PNG's tRNS on a grey, RGB or 16-bit image: the one value that is transparent)
+    with an alpha channel instead, so that its transparent pixels go the way an RGBA image's do (white in a photo,
+    nothing covered in a mask): the key was ignored, and a logo's keyed background kept its stored colour."""
+    key = img.info.get("transparency")
+    if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        return img.convert("RGBA")
+    if img.mode in ("1", "L") and isinstance(key, int):
+        return img.convert("LA")
+    if img.mode in _WIDE_GREYS and isinstance(key, int):
+        # from the stored values: Pillow's convert compares the key with them clipped to 8 bits (a key of 300 made
+        # no pixel transparent) and clips the levels too
+        alpha = Image.fromarray(np.where(np.asarray(img) == key, 0, 255).astype(np.uint8), "L")
+        keyed = Image.merge("LA", (_levels(img, numbers=numbers), alpha))
+        keyed.info = {k: v for k, v in img.info.items() if k != "transparency"}  # its profile still applies
+        return keyed
+    return img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says. Not ImageOps.exif_transpose: it writes the EXIF again without
+    the tag, which failed for a photo that decodes fine where another tag is odd (ImageLength or XResolution
+    stored as text: struct.error, TypeError). The turned image has no EXIF or XMP left (an orientation decoding it
+    again would apply twice); what an output keeps is read from the file (``adain.photo.exif_to_keep``)."""
+    orientation = img.getexif().get(0x0112)
+    turn = _TURNS.get(orientation) if isinstance(orientation, int) else None
+    if turn is None:
+        return img
+    out = img.transpose(turn)
+    for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"):
+        out.info.pop(key, None)
+    return out
 
 
 def load_image(
@@ -180,34 +319,54 @@ def load_image(
 
     Raises InvalidInputError for empty, undecodable, truncated, zero-size or over-limit images.
     """
-    img = _open(source, field)
+    img = _open(source, field, max_pixels)
     w, h = _checked_size(img, field, max_pixels)
     if img.format == "AVIF" and mode == "RGB" and not {"nclx_profile", "icc_profile"} & img.info.keys():
         # Pillow leaves the code points unread (an ICC profile comes first anyway)
         nclx = nclx_profile(_stored_bytes(source, HEAD_BYTES) or b"")
         if nclx:
             img.info["nclx_profile"] = nclx
-    if img.format in ("JPEG", "MPO") and (scans := _jpeg_scans(source)) > MAX_JPEG_SCANS:  # MPO: JPEGs in one
-        raise InvalidInputError(field, f"JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (a progressive "
-                                "JPEG has about 10; save it again)")
+    if img.format in ("JPEG", "MPO"):  # MPO: JPEGs in one
+        _check_scans(source, field)
     try:
         img.load()
-        img = ImageOps.exif_transpose(img) or img
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise InvalidInputError(field, f"image data is truncated or corrupt: {e}") from e
+        img = _upright(img)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder's failure on hostile data is the file's fault, not ours:
+        # an AVIF's or HEIF's garbled data (RuntimeError, EOFError) was answered INTERNAL
+        raise InvalidInputError(field, f"image data is truncated or corrupt: {_why(e)}") from e
+    img = _key_as_alpha(img, numbers=mode != "RGB")
     # A mask's or label image's transparent pixels are black (no coverage; label 0), as a mask painted on a
     # transparent layer means; a photo's are white, as it would look on a white page.
     if mode == "L":
         if img.mode in ("L", "RGB", "CMYK", "1"):
-            return img.convert("L")
-        return _to_rgb(img, (0, 0, 0), numbers=True).convert("L")  # a 16-bit mask of 0s and 1s: numbers
-    return _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb)
+            out = img.convert("L")
+        else:
+            out = _to_rgb(img, (0, 0, 0), numbers=True).convert("L")  # a 16-bit mask of 0s and 1s: numbers
+    else:
+        out = _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb)
+    return out.copy() if out is source else out  # a caller's PIL image is never handed back to be changed
 
 
-def stored_format(source: ImageSource, *, field: str = "image") -> str | None:
+def _check_scans(source: ImageSource, field: str) -> None:
+    data = _stored_bytes(source)
+    if data is None:  # a PIL image: already the caller's
+        return
+    layout = _jpeg_layout(data)
+    if layout.scans > MAX_JPEG_SCANS:
+        at_least = "at least " if layout.markers > MAX_JPEG_MARKERS else ""
+        raise InvalidInputError(field, f"JPEG with {at_least}{layout.scans} scans, over the limit of {MAX_JPEG_SCANS} "
+                                "(a progressive JPEG has about 10; save it again)")
+    if layout.markers > MAX_JPEG_MARKERS:
+        raise InvalidInputError(field, f"JPEG with over {MAX_JPEG_MARKERS} markers, which no camera or editor writes; "
+                                "save it again")
+
+
+def stored_format(source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """The format the image is stored in ("JPEG", "PNG", ...), from its header: a label image's colours drift
     where it is JPEG. None for a PIL image made in memory (``convert`` of a JPEG's included)."""
-    img = _open(source, field)
+    img = _open(source, field, max_pixels)
     if img is source:  # a caller's own image: not ours to close
         return img.format
     with img:
@@ -218,7 +377,7 @@ def header_size(source: ImageSource, *, field: str = "image", max_pixels: int = 
     """(w, h) as stored (before an EXIF turn, which keeps the pixel count), read from the header alone: what a
     server needs to plan a job's memory before decoding it. Raises InvalidInputError as load_image does for an
     unreadable, zero-size or over-limit image."""
-    img = _open(source, field)
+    img = _open(source, field, max_pixels)
     if img is source:  # a caller's own image: not ours to close
         return _checked_size(img, field, max_pixels)
     with img:

@@ -114,7 +114,7 @@ def format_name(text: str) -> str | None:
     return key if key in FORMATS else None
 
 
-MAX_SIDE_BY_FORMAT = {"webp": 16383, "jpeg": 65535}  # what the format can store (PNG: 2**31)
+MAX_SIDE_BY_FORMAT = {"webp": 16383, "jpeg": 65500}  # what encoders write (PNG: 2**31); libjpeg: 65500, not 65535
 
 
 def format_cannot_hold(fmt: str, width: int, height: int) -> str | None:

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from adain.errors import InvalidInputError
-from adain.image import MAX_JPEG_SCANS, encode_image, load_image
-from adain.photo import exif_to_keep
+from adain.image import MAX_JPEG_MARKERS, MAX_JPEG_SCANS, encode_image, header_size, load_image
+from adain.photo import exif_to_keep, heif_support
 from adain.wire import Limits
 from synth import P3_D50, SRGB_D50, encoded, icc_rgb, jpeg_scan_bomb, photo_with_exif, synth_image
 
@@ -394,3 +394,189 @@ def test_the_client_sends_a_pil_image_as_the_library_reads_it(fmt: str) -> None:
         assert image.getexif().get(0x0112) == 6  # the caller's image is left as it was
     library = np.asarray(load_image(image), dtype=float)
     assert library.shape == sent.shape == (30, 40, 3) and np.abs(library - sent).max() == 0
+
+
+def _exif_with_text(tag: int) -> bytes:
+    """A little-endian EXIF block: Orientation 6, and ``tag`` (a number by the standard) stored as text."""
+    entries = [(0x0112, 3, 1, struct.pack("<HH", 6, 0)), (tag, 2, 4, b"abc\0")]
+    ifd = struct.pack("<H", 2) + b"".join(struct.pack("<HHI", t, kind, n) + v for t, kind, n, v in sorted(entries))
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd + bytes(4)
+
+
+@pytest.mark.parametrize("tag", [0x0101, 0x011A])  # ImageLength (struct.error), XResolution (TypeError)
+def test_an_odd_exif_tag_does_not_fail_the_turn(tag: int) -> None:
+    """exif_transpose wrote the EXIF again to drop the orientation, and failed on a tag stored as text: a photo
+    that decodes fine was answered INTERNAL. The turn is ours now; the pixels are those of a plain orientation 6."""
+    odd = encoded(IMG, "JPEG", quality=95, exif=_exif_with_text(tag))
+    plain = encoded(IMG, "JPEG", quality=95, exif=photo_exif_orientation(6))
+    out = load_image(odd)
+    assert out.size == (30, 40) and np.array_equal(np.asarray(out), np.asarray(load_image(plain)))
+    assert not out.getexif()  # turned: no orientation left to apply twice where the image is decoded again
+    assert load_image(out).size == (30, 40)
+
+
+def photo_exif_orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def _garbled_after(data: bytes, box: bytes) -> bytes:
+    """``data`` with every byte after ``box``'s header changed (a box's payload garbled; its length kept)."""
+    at = data.index(box) + len(box)
+    return data[:at] + bytes((b * 7 + 13) & 0xFF for b in data[at:])
+
+
+def test_corrupt_avif_and_heif_are_invalid_input(tmp_path) -> None:
+    """A plugin's own errors on hostile data (RuntimeError, EOFError) were answered INTERNAL."""
+    avif = encoded(IMG, "AVIF")
+    pitm = avif.index(b"pitm")
+    bad = {"garbled avif": _garbled_after(avif, b"mdat"),  # RuntimeError as it decodes
+           "avif without its primary item": avif[:pitm + 8] + b"\0\x63" + avif[pitm + 10:]}  # RuntimeError as it opens
+    if heif_support():
+        bad["garbled heif"] = _garbled_after(encoded(IMG, "HEIF"), b"mdat")  # EOFError
+    for name, data in bad.items():
+        with pytest.raises(InvalidInputError, match="corrupt|cannot read") as err:
+            load_image(data, field="content")
+        assert err.value.field == "content", name
+        (tmp_path / "bad").write_bytes(data)
+        with pytest.raises(InvalidInputError):
+            load_image(tmp_path / "bad")
+    with pytest.raises(InvalidInputError, match="cannot read image header"):
+        header_size(bad["avif without its primary item"])
+
+
+def test_a_motion_photo_is_one_jpeg_and_its_video(tmp_path) -> None:
+    """A Pixel's or Samsung's motion photo has an MP4 after the JPEG's end: 0xFFDA in its bytes (128 in 8 MiB by
+    chance) counted as scans and refused the photo. Scans are counted to the end of the image, segments skipped
+    whole (an EXIF thumbnail's own scan is not the photo's), and a scan bomb is still one."""
+    photo = encoded(synth_image(64, 48), "JPEG", progressive=True)
+    video = b"\0\0\0\x18ftypmp42" + np.random.default_rng(0).bytes(8 << 20)
+    assert (photo + video).count(b"\xff\xda") > MAX_JPEG_SCANS
+    t0 = time.perf_counter()
+    assert load_image(photo + video).size == (64, 48)
+    assert time.perf_counter() - t0 < 1
+    (tmp_path / "PXL_MP.jpg").write_bytes(photo + video)
+    assert load_image(tmp_path / "PXL_MP.jpg").size == (64, 48)
+    thumbnail = encoded(synth_image(16, 12), "JPEG", progressive=True)
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(thumbnail) * 20) + thumbnail * 20  # 20 thumbnails' scans in one
+    assert load_image(photo[:2] + app1 + photo[2:]).size == (64, 48)
+    with pytest.raises(InvalidInputError, match="scans, over the limit"):
+        load_image(jpeg_scan_bomb(64, 48, 200) + video)
+
+
+def _png_chunk(kind: bytes, body: bytes = b"") -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_jpeg_fill_and_png_chunk_floods_are_refused_before_pillow_parses_them(tmp_path) -> None:
+    """Pillow parses a JPEG's header a byte at a time and a PNG's chunks one by one, in Python: 8 MiB of 0xFF fill
+    took 4.4 s to open, 300,000 empty PNG chunks 1.1 s (and as many after the pixels 1 s to load)."""
+    jpeg = encoded(IMG, "JPEG")
+    comments = b"\xff\xfe\x00\x02" * (MAX_JPEG_MARKERS + 1)  # empty COM segments
+    png = encoded(IMG, "PNG")
+    idat = png.index(b"IDAT") - 4
+    floods = {"fill": (jpeg[:2] + b"\xff" * (8 << 20) + jpeg[2:], "bytes of fill"),
+              "markers": (jpeg[:2] + comments + jpeg[2:], f"over {MAX_JPEG_MARKERS} markers"),
+              "chunks": (png[:idat] + _png_chunk(b"zzZz") * 300_000 + png[idat:], "chunks"),
+              "chunks after": (png[:-12] + _png_chunk(b"zzZz") * 300_000 + png[-12:], "chunks")}
+    for name, (data, what) in floods.items():
+        t0 = time.perf_counter()
+        with pytest.raises(InvalidInputError, match=f"{what}.*save it again") as err:
+            header_size(data, field="content")
+        assert err.value.field == "content" and time.perf_counter() - t0 < 1, name
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InvalidInputError, match="save it again"):
+            load_image(tmp_path / name)
+    # what cameras and editors write stays: a few segments and a little fill; libpng's 8 KiB IDATs
+    assert load_image(jpeg[:2] + b"\xff\xfe\x00\x02" * 100 + b"\xff" * 1000 + jpeg[2:]).size == (40, 30)
+    assert load_image(png[:idat] + _png_chunk(b"zzZz") * 1000 + png[idat:]).size == (40, 30)
+
+
+@pytest.mark.parametrize("mode,key", [("RGB", (10, 20, 30)), ("L", 7), ("I;16", 300)])
+def test_a_colour_key_is_transparency(mode: str, key) -> None:
+    """A PNG's tRNS on an RGB, grey or 16-bit image (one value that is transparent) was ignored: the keyed pixels
+    kept their colour in a photo and covered everything in a mask. They are white and uncovered, as alpha's are."""
+    img = Image.new(mode, (4, 4), key)
+    img.putpixel((0, 0), (250, 250, 250) if mode == "RGB" else 250 if mode == "L" else 60000)
+    level = 233 if mode == "I;16" else 250  # 60000 of 65535
+    data = encoded(img, "PNG", transparency=key)
+    assert Image.open(io.BytesIO(data)).info["transparency"] == key
+    content, mask, labels = load_image(data), load_image(data, mode="L"), load_image(data, mode="raw")
+    assert content.getpixel((1, 1)) == (255, 255, 255) and mask.getpixel((1, 1)) == 0
+    assert labels.getpixel((1, 1)) == (0, 0, 0)
+    assert content.getpixel((0, 0)) == (level,) * 3 and mask.getpixel((0, 0)) == level  # the rest as stored
+    assert load_image(encoded(img, "PNG")).getpixel((1, 1)) != (255, 255, 255)  # without a key: as stored
+
+
+def test_kept_exif_says_srgb() -> None:
+    """An Adobe RGB camera's ColorSpace (0xFFFF, uncalibrated) and interoperability index ("R03") were kept, so a
+    viewer that reads them took the output, sRGB without a profile, as Adobe RGB."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    sub = exif.get_ifd(0x8769)
+    sub[0x9003], sub[0xA001], sub[0xA005] = "2026:07:14 10:11:12", 0xFFFF, {1: "R03"}
+    original = encoded(IMG, "JPEG", exif=exif.tobytes())
+    assert Image.open(io.BytesIO(original)).getexif().get_ifd(0xA005) == {1: "R03"}
+    kept = Image.open(io.BytesIO(encode_image(IMG, "jpeg", exif=exif_to_keep(original)))).getexif()
+    assert kept.get_ifd(0x8769) == {0x9003: "2026:07:14 10:11:12", 0xA001: 1}
+    assert kept.get_ifd(0xA005) == {} and 0xA005 not in kept
+
+
+def test_a_pngs_exif_is_read_without_decoding_it() -> None:
+    """Pillow's getexif decodes a whole PNG to look for an eXIf chunk after its pixels (54 ms at 3 MP, for most
+    PNGs, which have none). Read without decoding: found after pixels that cannot be decoded at all."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    png = encoded(IMG, "PNG")
+    iend = len(png) - 12
+    idat = png.index(b"IDAT") + 4
+    garbled = png[:idat] + bytes(20) + png[idat + 20:]  # (its CRC wrong too)
+    late = garbled[:iend] + _png_chunk(b"eXIf", exif.tobytes()) + garbled[iend:]
+    kept = exif_to_keep(late)
+    assert kept is not None
+    assert Image.open(io.BytesIO(encode_image(IMG, "png", exif=kept))).getexif()[0x010F] == "TestCam"
+    assert exif_to_keep(encoded(IMG, "PNG", exif=exif.tobytes())) is not None  # before the pixels, as Pillow writes
+    assert exif_to_keep(garbled) is None
+
+
+PILLOW_GUARD = """
+from PIL import Image
+default = Image.MAX_IMAGE_PIXELS
+import adain.image
+print(Image.MAX_IMAGE_PIXELS == default)
+"""
+
+
+def test_pillows_bomb_guard_is_raised_to_our_limit_not_removed(monkeypatch) -> None:
+    """Importing adain.image set Image.MAX_IMAGE_PIXELS = None, taking the guard from any application that
+    imported it. It is left, and raised to a limit above it: --max-pixels of a 16K print (268 MP) still opens."""
+    run = subprocess.run([sys.executable, "-c", PILLOW_GUARD], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "True", run.stdout + run.stderr
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default, restored after the test
+    bomb = _png_header_only(16384, 16384)  # 268 MP: past twice Pillow's limit
+    with pytest.raises(InvalidInputError, match=f"268435456 pixels, over the limit of {Limits().max_pixels}"):
+        header_size(bomb)
+    assert header_size(bomb, max_pixels=16384 * 16384) == (16384, 16384)
+    assert Image.MAX_IMAGE_PIXELS == 16384 * 16384
+    with pytest.raises(InvalidInputError, match="over the limit of 1000"):
+        header_size(bomb, max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == 16384 * 16384  # never lowered
+
+
+def test_jpeg_side_limit_is_libjpegs() -> None:
+    """libjpeg writes at most 65,500 px a side: 65,501-65,535 was let through and failed after rendering."""
+    assert load_image(encode_image(Image.new("RGB", (65500, 1)), "jpeg")).size == (65500, 1)
+    with pytest.raises(InvalidInputError, match="65,500 px a side"):
+        encode_image(Image.new("RGB", (65501, 1)), "jpeg")
+
+
+def test_atomic_path_leaves_nothing_when_the_rename_fails(tmp_path) -> None:
+    """A folder where the output goes: the rename failed outside the cleanup and left the .part file."""
+    from adain.files import atomic_path
+
+    (tmp_path / "out.png").mkdir()
+    with pytest.raises(OSError):
+        with atomic_path(tmp_path / "out.png") as tmp:
+            tmp.write_bytes(b"image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
