@@ -156,8 +156,13 @@ def _undecodable(c: Any) -> str | None:
 
 
 def _gif_frames(path: str | Path) -> int:
-    with Image.open(path) as img:
-        return getattr(img, "n_frames", 1)
+    """A GIF's frame count; 2 where Pillow will not open it for its size (over twice its guard): FFmpeg reads
+    it as a clip then, whose frames are checked against the pixel limit like any clip's."""
+    try:
+        with Image.open(path) as img:
+            return getattr(img, "n_frames", 1)
+    except Image.DecompressionBombError:
+        return 2
 
 
 def _info(c: Any, v: Any) -> VideoInfo:

@@ -180,9 +180,7 @@ class StylizeResult:
     served_by: str = ""  # the replica that answered (its x-served-by), when the server says
 
     def to_pil(self) -> Image.Image:
-        img = Image.open(io.BytesIO(self.image))
-        img.load()
-        return img
+        return _decoded(self.image, self.width * self.height)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the encoded bytes as they are (use a file extension that matches ``format``), whole or not
@@ -205,9 +203,18 @@ class VideoFrameResult:
     timings: Timings
 
     def to_pil(self) -> Image.Image:
-        img = Image.open(io.BytesIO(self.image))
-        img.load()
-        return img
+        return _decoded(self.image, self.width * self.height)
+
+
+def _decoded(data: bytes, pixels: int) -> Image.Image:
+    """The server's image, decoded. Pillow refuses over twice Image.MAX_IMAGE_PIXELS (179 MP by default) as a
+    decompression bomb, and a print the server made for us can be larger (16K: 268 MP): its guard is raised to
+    the size the reply says (never lowered), for this image of our own server's."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < pixels:
+        Image.MAX_IMAGE_PIXELS = pixels
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
 
 
 def _local_error(field: str, message: str) -> StyleTransferError:

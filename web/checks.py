@@ -19,7 +19,8 @@ from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, 
 
 # adain-web reads only images' headers here and compares their size with the server's max_pixels itself, so
 # PIL's own guard (a warning past ~89 MP, DecompressionBombError past ~179 MP) would only turn a huge image's
-# "W x H is over the limit" into "not an image" or log noise; adain.image sets the same when it is imported.
+# "W x H is over the limit" into "not an image" or log noise: off in adain-web's own process (the library,
+# adain.image, only raises it to its limit, leaving it to the applications that import it).
 Image.MAX_IMAGE_PIXELS = None
 
 log = logging.getLogger("adain.web")
