@@ -82,7 +82,7 @@ async def _call(
     code = grpc.StatusCode.OK
     detail = ""
     try:
-        with servicer.drain.track():
+        with servicer.drain.track(context):
             # Refuse before any header goes out: a call that got no response headers is retried on
             # another replica by the client's retry policy.
             if servicer.drain.draining:
