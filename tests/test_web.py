@@ -300,7 +300,6 @@ def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerP
     that says neither (raw H.264) fails as it reaches for the frame past adain-web's --max-video-frames,
     which is never sent (a 2,000-frame WebM once went through a limit of 900)."""
     import re
-    import shutil
 
     from adain.media import probe
     from adain.web.video import VideoJobs, clip_frames
@@ -319,12 +318,7 @@ def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerP
     jobs = VideoJobs(client, max_frames=8)
     try:
         before = stylized()
-        folder = jobs.new_folder()
-        shutil.copy(tmp_path / "raw.h264", folder / "upload")
-        job = jobs.start(folder, folder / "upload", "raw_stylized.mp4", 0, [STYLE], temporal="none")
-        end = time.monotonic() + 120
-        while job.finished is None and time.monotonic() < end:
-            time.sleep(0.1)
+        folder, job = _run_job(jobs, tmp_path / "raw.h264", 0)
         assert job.state == "failed" and job.error["code"] == "INVALID_ARGUMENT", job.state_json()
         assert "more than 8 frames" in job.error["message"] and "--max-video-frames" in job.error["message"]
         assert job.error["violations"] == [{"field": "content", "description": job.error["message"]}]
@@ -333,21 +327,27 @@ def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerP
         jobs.close()
 
 
-def test_a_finished_clip_is_forgotten_on_time_without_requests(client, tmp_path: Path) -> None:
-    """Finished clips were purged only as requests came: a page left alone kept them on disk past keep_s."""
+def _run_job(jobs, clip: Path, total: int) -> tuple[Path, object]:
+    """A clip run as a job of ``jobs`` (as an upload becomes one), until it ends: (its folder, the job)."""
     import shutil
 
+    folder = jobs.new_folder()
+    shutil.copy(clip, folder / "upload")
+    job = jobs.start(folder, folder / "upload", f"{clip.stem}_stylized.mp4", total, [STYLE], temporal="none")
+    end = time.monotonic() + 120
+    while job.finished is None and time.monotonic() < end:
+        time.sleep(0.1)
+    return folder, job
+
+
+def test_a_finished_clip_is_forgotten_on_time_without_requests(client, tmp_path: Path) -> None:
+    """Finished clips were purged only as requests came: a page left alone kept them on disk past keep_s."""
     from adain.web.video import VideoJobs
 
     make_video(tmp_path / "clip.mp4", frames=3)
     jobs = VideoJobs(client, keep_s=1.0)
     try:
-        folder = jobs.new_folder()
-        shutil.copy(tmp_path / "clip.mp4", folder / "upload")
-        job = jobs.start(folder, folder / "upload", "clip_stylized.mp4", 3, [STYLE], temporal="none")
-        end = time.monotonic() + 120
-        while job.finished is None and time.monotonic() < end:
-            time.sleep(0.1)
+        folder, job = _run_job(jobs, tmp_path / "clip.mp4", 3)
         assert job.state == "done" and job.result.exists(), job.state_json()
         end = time.monotonic() + 10
         while folder.exists() and time.monotonic() < end:  # no get(), no request: the sweeper's own rounds
