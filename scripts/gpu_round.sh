@@ -101,6 +101,7 @@ train() {  # each run writes its decoder file itself at its end (--export), the 
 print(sys.argv[2] + ': returned decoder', f.path.name, 'steps', f.meta.get('steps'), 'of', sys.argv[3], f.meta.get('note', ''))" \
     "$OUT/$name-decoder.pt" "$name" "${GROW_STEPS[1]} (detail run 2)" >> "$dir.txt" 2>&1
 }
+for r in "${RUNS[@]}"; do rm -rf "$r" "$r"-d1 "$r"-d2 "$r"-*.pt; done  # a second round: adain-train refuses a used --out
 mkdir -p "${RUNS[@]}"
 # Rounds 1-2 trained one decoder for every alpha and traded alpha 0 against alpha 1's style; the CPU A/Bs
 # since found no shared decoder that does both (docs/MODEL_CARD.md). Decoder v3 ends that trade: its

@@ -65,6 +65,10 @@ LOGGED_KNOBS = (
     "style_weight", "alpha_zero", "alpha_one", "recon_weight", "recon_feature_weight", "content_scale", "recon_scale",
     "teacher_weight",
 )
+# What a resumed run compares with its checkpoint's, saying what moved (it goes on with the new command line's: a
+# resume without --cooldown or --ema dropped them without a word, and the lr jumped back up)
+RESUMED_KNOBS = (*LOGGED_KNOBS, "lr", "lr_decay", "cooldown", "ema", "batch_size", "crop", "content_weight",
+                 "precision", "steps", "detail", "alpha_input")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,6 +151,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--cooldown must be >= 0 and --ema in [0, 1), got {args.cooldown}, {args.ema}")
     if args.detail and args.init is None and not args.resume:
         p.error("--detail grows a trained decoder: give it --init (e.g. adain/assets/decoder.pt)")
+    if args.detail and args.alpha_one >= 1:  # the path is zero at alpha 1: such a batch has nothing to learn
+        p.error("--detail trains what alpha below 1 does: give --alpha-one under 1 (the shipped recipe: 0)")
+    checkpoint = args.out / "checkpoint.pt"
+    if args.resume and not checkpoint.exists():  # a mistyped --out started afresh (with --detail: on random convs)
+        p.error(f"--resume: no checkpoint at {checkpoint}")
+    if not args.resume and checkpoint.exists():  # started afresh there, it emptied the log and overwrote the run
+        p.error(f"{checkpoint} exists: continue it with --resume, or give another --out")
     if args.export is None and (args.export_data or args.export_note):
         p.error("--export-data and --export-note go with --export FILE")
     if args.export is not None:  # found at parse time, not after the whole run
@@ -313,6 +324,11 @@ class Trainer:
         torch.save(state, tmp)
         tmp.replace(self.ckpt_path)  # atomic: a crash mid-write never leaves a broken checkpoint
 
+    def _finite(self) -> bool:
+        """Whether every weight (and the average) is finite: checked before a checkpoint takes the last one's place."""
+        tensors = [*self.decoder.parameters(), *(self.ema or {}).values()]
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+
     def _load(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.decoder.load_state_dict(state["decoder"])
@@ -320,6 +336,12 @@ class Trainer:
         self.step = int(state["step"])
         self.last_losses = state.get("losses", {})
         self.init_meta = state.get("init", {})
+        saved = state.get("args", {})
+        now = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}
+        changed = [f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in RESUMED_KNOBS
+                   if k in saved and k in now and saved[k] != now[k]]
+        if changed and self.main:  # a resume takes this command line's settings: say what moved
+            log.warning("resumed with other settings than the checkpoint's run: %s", "; ".join(changed))
         ema = state.get("ema")
         self.ema = None if ema is None else {k: v.to(self.device) for k, v in ema.items()}
         rng = state["rng"]
@@ -341,14 +363,21 @@ class Trainer:
         a = self.args
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + self.step * self.world + self.rank)
         u, v = torch.rand(n, generator=g), torch.rand(n, generator=g)
-        return torch.where(u < a.alpha_zero, 0.0, torch.where(u < a.alpha_zero + a.alpha_one, 1.0, v))
+        alpha = torch.where(u < a.alpha_zero, 0.0, torch.where(u < a.alpha_zero + a.alpha_one, 1.0, v))
+        if a.detail and bool((alpha == 1).all()):  # nothing in the loss would need a gradient: backward failed
+            alpha[-1] = v[-1]  # (and a resumed run drew the same batch, and failed there again)
+        return alpha
 
     def train_step(self) -> dict[str, float]:
         args = self.args
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         content, style = self._batch(self.content), self._batch(self.style)
-        alpha = self.alphas(content.shape[0]).to(self.device)
+        drawn = self.alphas(content.shape[0])
+        alpha = drawn.to(self.device)
+        # the decoder is told a number where every alpha is 1 (known here, on the host): it then reads nothing
+        # back from the device to skip its detail path
+        decoder_alpha: torch.Tensor | float = 1.0 if bool((drawn == 1).all()) else alpha
         at_zero = (alpha == 0).float()
         a4 = alpha.view(-1, 1, 1, 1)
         if self.sharp is not None:
@@ -360,7 +389,7 @@ class Trainer:
                 s_feats = self.encoder(style)
                 s_mean, s_std = mean_std(s_feats.relu4_1)
                 target = (a4 * adain(c4, s_mean, s_std).float() + (1 - a4) * c4.float()).to(c4.dtype)
-            out = self.model(target, alpha, content)  # the content: what a detail path reads (others ignore it)
+            out = self.model(target, decoder_alpha, content)  # the content: what a detail path reads (others ignore)
             o_feats = self.encoder(out)
             loss_c = F.mse_loss(o_feats.relu4_1.float(), target.float())
             loss_s = style_loss(o_feats, s_feats, weights=alpha)
@@ -415,17 +444,31 @@ class Trainer:
         deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes > 0 else math.inf
         stop = {"flag": False}
 
-        def on_term(signum: int, frame: Any) -> None:  # SIGTERM: finish the step, checkpoint, exit
+        def on_term(signum: int, frame: Any) -> None:  # SIGTERM, Ctrl-C: finish the step, checkpoint, exit
             stop["flag"] = True
+            if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        def stopping() -> bool:
+            """Whether to stop before the next step: decided together under torchrun (each rank's own clock
+            and signal let one start a step the others never joined: a crash with gloo, NCCL's 10-minute
+            timeout with NCCL)."""
+            local = stop["flag"] or time.monotonic() >= deadline
+            if self.world == 1:
+                return local
+            flag = torch.tensor([float(local)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.item())
 
         previous = signal.signal(signal.SIGTERM, on_term)
+        previous_int = signal.signal(signal.SIGINT, on_term)
         bar = tqdm(total=args.steps, initial=self.step, disable=not self.main, unit="step", dynamic_ncols=True)
         logf = self._open_log() if self.main else None
         sums: dict[str, float] = {}
         n = 0
         diverged = False
         try:
-            while self.step < args.steps and not stop["flag"] and time.monotonic() < deadline:
+            while self.step < args.steps and not stopping():
                 losses = self.train_step()
                 if not all(math.isfinite(v) for v in losses.values()):
                     diverged = True  # this step's update made the weights non-finite: the last checkpoint stays
@@ -463,7 +506,9 @@ class Trainer:
         finally:
             if n:  # the losses of the steps since the last log line
                 self.last_losses = {k: v / n for k, v in sums.items()}
-            if not diverged:  # a checkpoint of non-finite weights took the place of the last good one
+            # a checkpoint of non-finite weights took the place of the last good one (under torchrun another rank's
+            # NaN gradients reach these weights through the all-reduce while this rank's loss looked fine)
+            if not diverged and self._finite():
                 self._save()
             # Stop the DataLoader workers now: left to garbage collection, they may outlive the
             # interpreter's shutdown, where torch skips its orderly stop of them.
@@ -474,6 +519,7 @@ class Trainer:
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
             signal.signal(signal.SIGTERM, previous)  # what follows (an --export) stops at a SIGTERM
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
