@@ -16,7 +16,8 @@ def create_beside(path: Path) -> Path:
     """A new empty file ``.NAME.RANDOM.part`` in ``path``'s folder, made by the kernel with 0o666 less the
     umask (and any default ACL), as the output itself would be (mkstemp's 0o600 would make it private)."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        # the name cut: 15 bytes longer than a legal name of 241 or more, it failed with ENAMETOOLONG
+        tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:
@@ -35,6 +36,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     tmp = create_beside(path)
     try:
+        with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode (a private 0600 output
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # came back world-readable)
         yield tmp
         os.replace(tmp, path)  # inside: a rename that fails (``path`` a folder) left the .part file behind
     except BaseException:

@@ -30,6 +30,7 @@ PRESET_PREFIX = "preset:"  # "preset:<name>" names a preset of the server's libr
 # A library style's or preset's name (the server's --styles-dir): a plain file name, no folder and no "..", so
 # that a client may save a style's thumbnail as NAME.jpg; the client checks a server's names against it too.
 LIBRARY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+STYLE_ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id (sha256 hex): a library name may not look like one
 
 # --- output formats -------------------------------------------------------------------------------
 FORMATS = ("png", "jpeg", "webp")

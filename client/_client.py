@@ -250,6 +250,10 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
             exif.load(image.getexif().tobytes())
             if without_layout(exif):
                 kept["exif"] = exif
+        if image.mode in ("PA", "La", "RGBa"):  # alpha kept (PA became RGB, its transparent pixels coloured)
+            image = image.convert("RGBA")
+        elif image.mode.startswith("I;16") and image.mode != "I;16":  # big-endian 16-bit (TIFFs, >u2 arrays):
+            image = image.convert("I")  # as 16-bit levels, scaled by the server (converted to RGB, they clipped)
         buf = io.BytesIO()
         encoding = "TIFF" if image.mode in ("CMYK", "I", "F") else "PNG"
         if encoding == "TIFF":  # as they are: the server reads them as the library does
@@ -574,8 +578,10 @@ class _ClientBase:
         balancing that replica would otherwise fail the id on every turn."""
         for style in request.styles:
             if style.WhichOneof("source") == "style_id" and style.style_id in self._inline:
-                style.image = self._registered[style.style_id]
-                check_request_size(request, self.max_message_bytes)
+                data = self._registered.get(style.style_id)  # (another thread may have let it go since)
+                if data is not None:
+                    style.image = data
+                    check_request_size(request, self.max_message_bytes)
 
 
 def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event) -> None:

@@ -47,6 +47,7 @@ from adain.wire import (
     LIBRARY_NAME_RE,
     PRESET_PREFIX,
     STYLE_ID_PREFIX,
+    STYLE_ID_RE,
     TEMPORAL_MODES,
     format_from_suffix,
     format_name,
@@ -591,7 +592,8 @@ def _content_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known)
+            found = sorted(p for p in path.iterdir()  # not hidden files (macOS's ._photo.jpg is no photo)
+                           if p.is_file() and p.suffix.lower() in known and not p.name.startswith("."))
             if not found:
                 raise CliError(f"{path}: no images or videos in this folder ({', '.join(known)})")
             files += found
@@ -600,9 +602,10 @@ def _content_files(paths: list[Path]) -> list[Path]:
             files.append(path)
     stems: dict[str, Path] = {}
     for f in files:
-        if f.stem in stems and stems[f.stem] != f:
-            raise CliError(f"{stems[f.stem]} and {f}: two contents named {f.stem!r} would write outputs of one name")
-        stems[f.stem] = f
+        key = f.stem.casefold()  # A.jpg and a.png: one file on macOS and Windows
+        if key in stems and stems[key] != f:
+            raise CliError(f"{stems[key]} and {f}: two contents named {f.stem!r} would write outputs of one name")
+        stems[key] = f
     return list(dict.fromkeys(files))
 
 
@@ -674,10 +677,13 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
 
     served: Counter[str] = Counter()  # outputs per replica (x-served-by), for the summary
 
+    lock = threading.Lock()  # (-j threads)
+
     def one(content: Path, ref: StyleRef, out: Path) -> None:
         result = client.stylize(content, ref, format=fmt, **options)
         result.save(out)
-        served[result.served_by or "?"] += 1
+        with lock:
+            served[result.served_by or "?"] += 1
 
     failed = 0
     with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
@@ -701,9 +707,11 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
                     if isinstance(err, OSError):
                         raise CliError(f"{out}: cannot write: {err.strerror or err}")
                     raise err
-        finally:  # an error, Ctrl-C or SIGTERM: the images not started are not started (those running finish)
-            for p in pending:
+        except BaseException:  # an error, Ctrl-C or SIGTERM: those not started are not started, those running are
+            for p in pending:  # cancelled (closing the channel; they ran to their end, minutes with --refine)
                 p.cancel()
+            client.close()
+            raise
     for src, ref, out in video_tasks:  # one at a time: a stream keeps the server busy on its own
         try:
             _stylize_video(client, args, src, out, ref)
@@ -728,8 +736,8 @@ def _this_content_only(err: StyleTransferError) -> bool:
     or an option it refuses (the same for every content: it was said once per content), the server's full queue
     or its absence stop the run."""
     field = err.violations[0][0] if err.violations else err.details.split(":", 1)[0]
-    if err.code == grpc.StatusCode.INVALID_ARGUMENT:
-        return not field.startswith(("styles[", "options.styles["))
+    if err.code == grpc.StatusCode.INVALID_ARGUMENT:  # the content, its size (the request's, or the format's for it)
+        return field in ("content", "request", "format") or field.startswith("content.")
     if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the reply limit, or gRPC's own for the upload
         return "over the reply limit" in err.details or "larger than max" in err.details
     return err.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -739,19 +747,21 @@ def _style_names(styles: list[tuple[Any, float]]) -> list[tuple[Any, str]]:
     """Each style once, with the name its outputs carry (a file's stem, a registered id's first 12 characters,
     a library style's or preset's name): two styles of one name would write outputs of one name, and are
     refused as two contents of one stem are."""
-    named: dict[str, Any] = {}
+    named: dict[str, tuple[Any, str, str]] = {}
     for source, _weight in styles:
         if isinstance(source, Preset):
             stem, shown = source.name, f"{PRESET_PREFIX}{source.name}"
-        elif isinstance(source, StyleRef):
-            stem, shown = source.id[:12], f"{STYLE_ID_PREFIX}{source.id}"
+        elif isinstance(source, StyleRef):  # a library name whole (cut, two names of one start were refused)
+            stem = source.id[:12] if STYLE_ID_RE.fullmatch(source.id) else source.id
+            shown = f"{STYLE_ID_PREFIX}{source.id}"
         else:
             stem, shown = source.stem, str(source)
-        if stem in named and named[stem][0] != source:
-            raise CliError(f"--style {named[stem][1]} and {shown}: two styles named {stem!r} would write outputs of "
+        key = stem.casefold()
+        if key in named and named[key][0] != source:
+            raise CliError(f"--style {named[key][1]} and {shown}: two styles named {stem!r} would write outputs of "
                            "one name")
-        named[stem] = (source, shown)
-    return [(source, stem) for stem, (source, _shown) in named.items()]
+        named[key] = (source, shown, stem)
+    return [(source, stem) for source, _shown, stem in named.values()]
 
 
 def build_query_parser(flag: str) -> argparse.ArgumentParser:

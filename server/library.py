@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import struct
 import threading
 from collections import OrderedDict
@@ -39,7 +38,7 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import KeyedImage, load_image, longest_size
-from adain.wire import COLOR_MODES, INPUT_SUFFIXES, LIBRARY_NAME_RE, Limits, style_too_small
+from adain.wire import COLOR_MODES, INPUT_SUFFIXES, LIBRARY_NAME_RE, STYLE_ID_RE, Limits, style_too_small
 
 from .registry import style_id
 
@@ -47,7 +46,7 @@ log = logging.getLogger("adain.server")
 
 SUFFIXES = INPUT_SUFFIXES  # one list with the CLI's folders
 NAME_RE = LIBRARY_NAME_RE  # one rule with the thin client, which saves thumbnails by name
-ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id: a name may not look like one
+ID_RE = STYLE_ID_RE  # a registered style's id: a name may not look like one
 MAX_STYLES = 1000  # a folder of photos given by mistake fails fast instead of decoding for minutes
 MAX_THUMBNAIL = 512
 RECHECK_S = 1.0

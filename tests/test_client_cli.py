@@ -298,6 +298,12 @@ def test_cli_folder_reports_a_bad_image_and_goes_on(server: ServerProcess, tmp_p
     line = _one_error_line(capsys)
     assert "bad.png" in line and "content:" in line
     assert [p.name for p in out.iterdir()] == ["good_stylized_a.png"]
+    # an option the server refuses is every content's: said once, and the run stops (it was said for each)
+    (contents / "bad.png").unlink()
+    (contents / "other.png").write_bytes(CONTENT)
+    line = _cli_failure([str(contents), "-s", "preset:nosuch", "-o", str(tmp_path / "p"), "--server", server.target],
+                        capsys)
+    assert "no preset named 'nosuch'" in line
 
 
 def _cli_failure(argv: list[str], capsys) -> str:
@@ -354,6 +360,44 @@ def test_a_library_style_prints_its_thumbnails_size_not_its_bytes() -> None:
 
     shown = repr([LibraryStyle("ink", "ab" * 32, 640, 480, b"\xff" * 9000)])
     assert "thumbnail=<9000 bytes>" in shown and len(shown) < 200
+
+
+def test_output_names_of_styles_and_contents() -> None:
+    """Library names were cut to 12 characters like a registered id (two names of one start were refused);
+    names differing only in case (one file on macOS and Windows) were not; hidden files were contents."""
+    from adain.client.cli import _style_names
+
+    named = _style_names([(StyleRef("vangogh_starry_night"), 1.0), (StyleRef("vangogh_starry_sky"), 1.0),
+                          (StyleRef("ab" * 32), 1.0)])
+    assert [stem for _, stem in named] == ["vangogh_starry_night", "vangogh_starry_sky", "ab" * 6]
+    with pytest.raises(CliError, match="two styles named"):
+        _style_names([(Path("Monet.jpg"), 1.0), (Path("monet.png"), 1.0)])
+
+
+def test_pil_images_of_other_modes_are_sent_as_they_look() -> None:
+    """A transparent PA image was sent as RGB with its hidden colour, and big-endian 16-bit (a TIFF's, an >u2
+    array's) clipped to 255 as RGB; the library composites alpha onto white and scales 16-bit."""
+    from adain.client._client import image_bytes
+    from adain.image import load_image
+
+    pa = Image.new("PA", (8, 8))
+    pa.putpalette([231, 9, 9] * 256)
+    assert load_image(image_bytes(pa)).getpixel((0, 0)) == (255, 255, 255)
+    wide = Image.fromarray(np.full((8, 8), 40000, dtype=">u2"))
+    assert wide.mode.startswith("I;16") and wide.mode != "I;16"
+    level = load_image(image_bytes(wide)).getpixel((0, 0))
+    assert level[0] == level[1] == level[2] and abs(level[0] - round(40000 / 65535 * 255)) <= 1, level
+
+
+def test_a_folders_hidden_files_are_no_contents(tmp_path: Path) -> None:
+    from adain.client.cli import _content_files
+
+    (tmp_path / "cat.jpg").write_bytes(make_image(16, 16, fmt="JPEG"))
+    (tmp_path / "._cat.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    assert [p.name for p in _content_files([tmp_path])] == ["cat.jpg"]
+    (tmp_path / "Cat.png").write_bytes(make_image(16, 16))
+    with pytest.raises(CliError, match="two contents named"):
+        _content_files([tmp_path])
 
 
 def test_parse_style_names_after_id_and_preset() -> None:
@@ -468,6 +512,7 @@ def test_save_writes_whole_files_with_the_usual_permissions(server: ServerProces
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"adain-stylize: error: -o {out}: cannot write: File too large"], proc.stderr
     assert out.read_bytes() == b"the old output" and [p.name for p in out.parent.iterdir()] == ["out.png"]
+    out.unlink()
     old = os.umask(0o027)
     try:
         assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(out), "--server",
@@ -475,6 +520,15 @@ def test_save_writes_whole_files_with_the_usual_permissions(server: ServerProces
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o640 and Image.open(out).size == (64, 48)
+    # a file replaced keeps its mode (a private output came back world-readable), and a long legal name works
+    # (the temporary name, 15 bytes longer, failed with ENAMETOOLONG)
+    out.chmod(0o600)
+    long = tmp_path / "o" / ("x" * 250 + ".png")
+    for target in (out, long):
+        assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(target), "--server",
+                     server.target]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and Image.open(long).size == (64, 48)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["out.png", long.name])
 
 
 def test_cli_video_to_webm_resamples_the_sound(server: ServerProcess, files: dict[str, Path], tmp_path: Path,

@@ -26,6 +26,7 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path) -> None:
         "import adain, adain.client, adain.client.cli\n"
         "from adain.client import StyleTransferClient\n"
         "import grpc_health.v1.health_pb2  # health() and --server-info's health: in the base install\n"
+        "import google.rpc.error_details_pb2  # the violations: a style a replica lacks is sent again as bytes\n"
         "print('ok')\n"
     )
     out = subprocess.run([str(py), "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=60)
