@@ -7,7 +7,8 @@ from one of three forms (``Job`` fields):
   soft edge;
 * ``labels`` + ``label_values``: one image whose pixels name regions; style i takes the pixels whose
   label is ``label_values[i]``. A grey pixel (r = g = b) has label r (0-255), any other pixel the colour
-  0xRRGGBB, so a greyscale segmentation and a colour-coded one both work. Several styles may share a
+  0xRRGGBB (a blue (0, 0, b) marked ``COLOUR_LABEL | b``), so a greyscale segmentation and a colour-coded one
+  both work. Several styles may share a
   label (they blend by weight there); pixels whose label names no style keep the content;
 * ``mask`` (the original two-style form): white takes styles[0], black styles[1] (maps m and 1 - m).
 
@@ -34,8 +35,7 @@ from adain.image import load_image, stored_format
 from adain.job import CheckedJob
 from adain.ops import masked_adain, weighted_mean_std
 from adain.prepared import Stats, Targets
-
-_EPS = 1e-6
+from adain.wire import COLOUR_LABEL
 
 
 def region_maps(
@@ -121,7 +121,11 @@ def _label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list
     grey = r == g
     grey &= g == b
     np.copyto(label, r, where=grey)
-    del grey
+    blue = r == 0  # (0, 0, b), b > 0: a colour under 256, marked apart from the grey level b
+    blue &= g == 0
+    blue &= b > 0
+    label[blue] |= COLOUR_LABEL
+    del grey, blue
     values = list(job.label_values or ())
     lossy = stored_format(job.labels, field="labels") in LOSSY_FORMATS
     if lossy:
@@ -148,9 +152,8 @@ LOSSY_TOLERANCE = 6
 
 
 def _label_colour(value: int) -> tuple[int, int, int] | None:
-    """The colour (not grey) of the pixels with this label; None for a grey level. Below 256 a label is also
-    the colour 0x0000vv (a pure blue, #0000ff, is label 255)."""
-    return ((value >> 16) & 255, (value >> 8) & 255, value & 255) if value >= 256 else (0, 0, value) if value else None
+    """The colour (not grey) of the pixels with this label; None for a grey level (below 256)."""
+    return ((value >> 16) & 255, (value >> 8) & 255, value & 255) if value >= 256 else None
 
 
 def _snap(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
@@ -170,7 +173,7 @@ def _snap(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
 
 
 def _label_name(value: int) -> str:
-    return str(value) if value < 256 else f"#{value:06x}"
+    return str(value) if value < 256 else f"#{value & 0xFFFFFF:06x}"
 
 
 def region_weights(
@@ -181,7 +184,9 @@ def region_weights(
     w = torch.tensor(list(weights), dtype=regions.dtype, device=regions.device).view(1, -1, 1, 1)
     mw = regions * w
     total = mw.sum(dim=1, keepdim=True)
-    p = torch.where(total > _EPS, mw / total.clamp_min(_EPS), torch.zeros_like(mw))
+    # normalised wherever any weight reaches (a cut-off at 1e-6 left a region whose weight was 1e-6 covered but
+    # with no style to blend: a flat wash, 60 levels off, where 1e-5 gave what any weight gives)
+    p = mw / torch.where(total > 0, total, torch.ones_like(total))
     cover = (regions * (w > 0)).sum(dim=1, keepdim=True).clamp(max=1)
     strength = torch.ones_like(total)
     if region_alphas is not None:

@@ -48,17 +48,29 @@ INPUT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".t
 INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 
 # --- region labels --------------------------------------------------------------------------------
+COLOUR_LABEL = 1 << 24  # marks a colour label under 256: pure blues (0, 0, b) were the grey levels b's labels
+
+
 def label_value(value: object) -> int | None:
     """A region label as an int: 0-255 (a grey pixel's level), 0xRRGGBB, or "#rrggbb"; None if invalid. A grey
     colour is its level (#464646 is 70: a colour-coded map's grey pixels are read as levels, so named by its hex
-    it matched none)."""
+    it matched none). A colour (0, 0, b) is ``COLOUR_LABEL | b``: as 0x0000bb it was grey level b's label too,
+    and a segmentation's navy car (0, 0, 142) took the grey 142's pixels (``COLOUR_LABEL | rgb`` is taken too)."""
     found = None
     if isinstance(value, str) and len(value) == 7 and value.startswith("#"):
         digits = value[1:]
-        found = int(digits, 16) if all(c in "0123456789abcdefABCDEF" for c in digits) else None  # no "+f0000"
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFF:
+        if all(c in "0123456789abcdefABCDEF" for c in digits):  # no "+f0000"
+            found = int(digits, 16)
+            if 0 < found < 256:
+                found |= COLOUR_LABEL
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= COLOUR_LABEL | 0xFFFFFF:
         found = int(value)  # a NumPy integer too
-    if found is not None and found > 0xFF and found >> 16 == (found >> 8) & 0xFF == found & 0xFF:
+        if found & COLOUR_LABEL:
+            rgb = found & 0xFFFFFF
+            found = rgb if rgb >= 256 else found if rgb else None  # the flag is needed below 256 alone
+        elif found > 0xFFFFFF:
+            found = None
+    if found is not None and 0xFF < found <= 0xFFFFFF and found >> 16 == (found >> 8) & 0xFF == found & 0xFF:
         return found & 0xFF
     return found
 

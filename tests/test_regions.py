@@ -134,6 +134,28 @@ def test_a_jpeg_label_image_keeps_its_regions(stylizer: Stylizer) -> None:
     assert ours[0, 0, :, :40].min() == 255 and ours[0, 0, :, 56:].max() == 0
 
 
+def test_a_blue_label_is_not_a_grey_one(stylizer: Stylizer) -> None:
+    """A colour (0, 0, b) had label b, a grey level's: blue and white were one region, and a colour-coded map's
+    navy car (0, 0, 142) took the grey 142's pixels too."""
+    labels = np.zeros((64, 96, 3), np.uint8)
+    labels[:, :32], labels[:, 32:64], labels[:, 64:] = (0, 0, 255), 255, (0, 0, 142)
+    labels[:16, 64:] = 142  # the grey level of the same number
+    ours = stylizer.prepare(Job(CONTENT, [STYLE_A, STYLE_B, STYLE_A], labels=encoded(Image.fromarray(labels)),
+                                label_values=["#0000ff", 255, "#00008e"])).regions[0]
+    assert ours[0, :, :32].min() == 255 and ours[0, :, 32:].max() == 0
+    assert ours[1, :, 32:64].min() == 255 and ours[1, :, :32].max() == 0 and ours[1, :, 64:].max() == 0
+    assert ours[2, 16:, 64:].min() == 255 and ours[2, :16].max() == 0
+    with pytest.raises(InvalidInputError, match="no pixel of labels has label #000001"):
+        stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(Image.fromarray(labels)), label_values=["#000001"]))
+
+
+def test_a_tiny_weight_is_a_weight(stylizer: Stylizer) -> None:
+    """Below 1e-6 after normalising, a region was covered with no style to blend: a flat wash 60 levels off."""
+    left, right = band_mask(96, 64, 0, 48), band_mask(96, 64, 48, 96)
+    outs = [stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=[left, right], weights=[1, w]) for w in (1.0, 1e-7)]
+    assert _levels(outs[0], outs[1]).max() <= 1
+
+
 def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:
     left, middle = band_mask(96, 64, 0, 32), band_mask(96, 64, 32, 64)
     by_masks = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=[left, middle])
