@@ -44,6 +44,9 @@ from adain.prepared import Prepared, Stats, Targets
 from adain.stylizer import Stylizer
 from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
 
+MIN_CONSISTENT = 0.5  # share of a frame's pixels whose flow must be consistent to carry the last one over
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601, as adain.ops.luminance
+
 
 class _Flow:
     """Backward flow from frame t to t-1, with the pixels where it agrees with the forward flow."""
@@ -180,7 +183,11 @@ class VideoStream:
             h, w = prepared.content.shape[2:]
             grey = np.asarray(img.convert("L").resize((w, h), Image.Resampling.BILINEAR))
             if self._prev_grey is not None:
-                self._warps[self.index] = self._flow.between(self._prev_grey, grey)
+                warp = self._flow.between(self._prev_grey, grey)
+                # A cut: consistent flow between unrelated frames is chance (under 10% of pixels; 93% or more
+                # within a scene), and carried the old scene's strokes into the new one for frames (85 levels)
+                if warp[2].mean() >= MIN_CONSISTENT:
+                    self._warps[self.index] = warp
             self._prev_grey = grey
         self.index += 1
         return prepared
@@ -244,6 +251,8 @@ class VideoStream:
             # and std back.
             mean, std = out.mean((0, 1)), out.std((0, 1)) + 1e-6
             out = (out - mean) / std * fresh.std((0, 1)) + fresh.mean((0, 1))
+            if self.job.color == "luminance":  # the blend's light, the frame's own colours (they drifted 3 levels)
+                out = fresh + (out @ LUMA - fresh @ LUMA)[..., None]
         self._prev_out = out
         return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
 
