@@ -443,6 +443,11 @@ def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
         return Path(value).read_bytes()
 
 
+# What a gRPC header value may hold: a token outside it failed every call with "INTERNAL: Invalid metadata"
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+TOKEN_RULE = "a token is printable ASCII without spaces (what an HTTP/2 header carries)"
+
+
 class _TokenSource:
     """The bearer token: given, or the first line of a file read again when it changes."""
 
@@ -450,6 +455,8 @@ class _TokenSource:
         if token is not None and path is not None:
             raise ValueError("give token or token_file, not both")
         self._token = token.strip() if token else None
+        if self._token is not None and not TOKEN_RE.fullmatch(self._token):
+            raise _local_error("token", TOKEN_RULE)
         self._path = path
         self._seen: tuple[int, int] | None = None
         if path is not None:  # a missing, unreadable or empty file is an error now, not at the first call
@@ -471,6 +478,8 @@ class _TokenSource:
                 token = next((x for x in lines if x and not x.startswith("#")), None)
                 if token is None:
                     raise ValueError(f"{os.fspath(self._path)} holds no token")
+                if not TOKEN_RE.fullmatch(token):
+                    raise ValueError(f"{os.fspath(self._path)}: {TOKEN_RULE}")
                 self._token, self._seen = token, (st.st_mtime_ns, st.st_size)
         except (OSError, ValueError, UnicodeDecodeError):
             if self._token is None:  # at first: say so; later, a file being rewritten keeps the last token

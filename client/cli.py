@@ -782,7 +782,7 @@ def _server_info(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         info = client.server_info()
-        info["health"] = client.health()
+        info["health"] = client.health(timeout=client.timeout)  # --timeout, as the other call
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0
 
@@ -819,9 +819,14 @@ def _list_styles(args: argparse.Namespace) -> int:
     width = max(len(s.name) for s in styles)
     for s in styles:
         print(f"{s.name:<{width}}  {s.width:>5} x {s.height:<5}  {s.style_id[:12]}")
-    for p in presets:
+    for p in presets:  # names the server sent: printed as names only (control characters meant for the terminal)
+        if not LIBRARY_NAME_RE.fullmatch(p.name) or not all(LIBRARY_NAME_RE.fullmatch(n) for n, _ in p.styles):
+            print(f"{PROG}: warning: skipped the preset named {p.name[:100]!r} the server listed: its name or its "
+                  "styles' are no library names", file=sys.stderr)
+            continue
         blend = " + ".join(f"{name} {weight:g}" for name, weight in p.styles)
-        print(f"preset:{p.name}  {blend}; alpha {p.alpha:g}; colours: {p.preserve_color or 'the styles'}")
+        colours = p.preserve_color if p.preserve_color in COLOR_MODES else "the styles"
+        print(f"preset:{p.name}  {blend}; alpha {p.alpha:g}; colours: {colours}")
     return 0
 
 

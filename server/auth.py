@@ -121,10 +121,11 @@ def read_tokens(path: str) -> list[tuple[str, str, bool]]:
         if front:
             words = words[:2]
         name, token = ("", words[0]) if len(words) == 1 else (words[0], words[-1])
-        if len(words) > 2 or len(token) < MIN_TOKEN_CHARS or not NAME_RE.fullmatch(name or "x"):
+        if (len(words) > 2 or len(token) < MIN_TOKEN_CHARS or not token.isascii()  # (no client could send it)
+                or not NAME_RE.fullmatch(name or "x")):
             raise ValueError(
                 f"{path} line {n}: expected [NAME] TOKEN or NAME TOKEN front (a name of letters, digits, '.', '_', "
-                f"'-'; a token of at least {MIN_TOKEN_CHARS} characters)"
+                f"'-'; a token of at least {MIN_TOKEN_CHARS} printable ASCII characters)"
             )
         tokens.append((name, token, front))
     if not tokens:

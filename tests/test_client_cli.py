@@ -133,6 +133,10 @@ def test_unreachable_server_fails_fast_with_unavailable() -> None:
     # gRPC allows 4 retries at most: more was cut to 4 without a word
     with pytest.raises(ValueError, match=r"retries must be a whole number in \[0, 4\].*got 9"):
         StyleTransferClient(f"127.0.0.1:{port}", retries=9)
+    # a token no header can carry failed every call with "INTERNAL: Invalid metadata"
+    with pytest.raises(StyleTransferError, match="printable ASCII") as info:
+        StyleTransferClient(f"127.0.0.1:{port}", token="héllo-token-0123456789")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_tls(decoder_path: Path, tmp_path: Path) -> None:
