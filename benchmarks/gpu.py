@@ -97,6 +97,28 @@ def main(argv: list[str] | None = None) -> int:
     compiled = torch.compile(paths16["bf16 weights"])
     rows = []
     profile_batch = max((b for b in args.batches if b <= 8), default=min(args.batches))  # 8, or the largest below
+    try:
+        measure(args, rows, profile_batch, st, mean, std, paths16, compiled)
+    except KeyboardInterrupt:  # the round's timeout (SIGINT): what was measured is still written
+        print("# interrupted: the rows so far", flush=True)
+    if not rows:
+        print("no row was measured")
+        return 1
+    best = max(rows, key=lambda r: r["images_per_s"])
+    print(f"best: {best['images_per_s']:.0f} images/s ({best['mode']}, batch {best['batch']})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": name, "size": s, "dtype": str(dtype), "rows": rows}, indent=1))
+    if args.plot:
+        save_plot(rows, args.plot, f"{name}, {s} px, {str(dtype).removeprefix('torch.')}")
+    return 0
+
+
+def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: Stylizer, mean: torch.Tensor,
+            std: torch.Tensor, paths16: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+            compiled: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Every batch size's rows, appended to ``rows`` as each is measured (and printed)."""
+    device, dtype, s = st.device, st.dtype, args.size
     for batch in args.batches:
         x = torch.rand(batch, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
 
@@ -133,17 +155,6 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if not rows:
-        print("no row was measured")
-        return 1
-    best = max(rows, key=lambda r: r["images_per_s"])
-    print(f"best: {best['images_per_s']:.0f} images/s ({best['mode']}, batch {best['batch']})")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": name, "size": s, "dtype": str(dtype), "rows": rows}, indent=1))
-    if args.plot:
-        save_plot(rows, args.plot, f"{name}, {s} px, {str(dtype).removeprefix('torch.')}")
-    return 0
 
 
 def inference(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[..., torch.Tensor]:

@@ -74,6 +74,7 @@ COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/deco
 WHAT="../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80"
 train() {  # each run writes its decoder file itself at its end (--export), the metadata saying what it is
   name=$1 dir=$2; shift 2
+  rm -f "$OUT/$name-decoder.pt"  # an older round's is not this one's
   "$PY" -m adain.train "${COMMON[@]}" --out "$dir" "$@" --export "$dir-v1.pt" --export-data "$WHAT" \
     --export-note "GPU round: fine-tuned from the shipped decoder, variant $name $*" > "$dir.txt" 2>&1
   echo "$name: training (and its export) exit $?" >> "$dir.txt"
@@ -87,18 +88,25 @@ train() {  # each run writes its decoder file itself at its end (--export), the 
   # the detail path on top (architecture 3), as the shipped decoder has it: alpha 1 stays this v1's
   GROWN=(--content "$DATA/content" --style "$DATA/style" --detail --style-weight 3 --lr-decay 5e-4 --alpha-one 0
          --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}" --export-data "$WHAT")
-  "$PY" -m adain.train "${GROWN[@]}" --init "$dir-v1.pt" --out "$dir-d1" --steps "${GROW_STEPS[0]}" --lr 1e-3 \
+  # each bounded (--max-minutes, and a timeout should a run hang: SIGTERM finishes its step and exports)
+  timeout -k 30 150 "$PY" -m adain.train "${GROWN[@]}" --init "$dir-v1.pt" --out "$dir-d1" --steps "${GROW_STEPS[0]}" --lr 1e-3 \
     --alpha-zero 0.5 --max-minutes 0.75 --save-every "${GROW_STEPS[0]}" \
     --export "$dir-d1.pt" --export-note "GPU round: detail path, run 1" >> "$dir.txt" 2>&1 &&
-  "$PY" -m adain.train "${GROWN[@]}" --init "$dir-d1.pt" --out "$dir-d2" --steps "${GROW_STEPS[1]}" --lr 3e-4 \
+  timeout -k 30 200 "$PY" -m adain.train "${GROWN[@]}" --init "$dir-d1.pt" --out "$dir-d2" --steps "${GROW_STEPS[1]}" --lr 3e-4 \
     --alpha-zero 0.8 --max-minutes 1.25 --save-every "${GROW_STEPS[1]}" \
     --export "$dir-v3.pt" --export-note "GPU round: variant $name $* with the detail path grown on it" \
     >> "$dir.txt" 2>&1 &&
   mv "$dir-v3.pt" "$OUT/$name-decoder.pt"  # over the version 1 (the convolutions alone) copied above
   echo "$name: detail path exit $?" >> "$dir.txt"
   # its two runs stop at --max-minutes: fewer steps than the recipe's weakens alpha 0 for reasons of its own
-  "$PY" -c "import sys; from adain.decoder import load_decoder as l; f = l(sys.argv[1])[1]
-print(sys.argv[2] + ': returned decoder', f.path.name, 'steps', f.meta.get('steps'), 'of', sys.argv[3], f.meta.get('note', ''))" \
+  "$PY" -c "import sys
+from adain.decoder import load_decoder as l
+try:
+    d, f = l(sys.argv[1])
+    print(sys.argv[2] + ': returned decoder', f.path.name, 'architecture', d.arch_version, 'steps', f.meta.get('steps'),
+          'of', sys.argv[3] if d.arch_version == 3 else 'its run', f.meta.get('note', ''))
+except Exception as e:
+    print(sys.argv[2] + ': returned decoder: none (' + str(e)[:200] + ')')" \
     "$OUT/$name-decoder.pt" "$name" "${GROW_STEPS[1]} (detail run 2)" >> "$dir.txt" 2>&1
 }
 for r in "${RUNS[@]}"; do rm -rf "$r" "$r"-d1 "$r"-d2 "$r"-*.pt; done  # a second round: adain-train refuses a used --out
@@ -134,7 +142,7 @@ fi
 # (b) benchmarks: in-process, then over gRPC
 mkdir -p "$RUNDIR"
 {
-  timeout -k 20 "${LIMITS[0]}" "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$RUNDIR/bench.json" --plot "$OUT/bench.png"; a=$?
+  timeout -s INT -k 20 "${LIMITS[0]}" "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$RUNDIR/bench.json" --plot "$OUT/bench.png"; a=$?
   timeout -s INT -k 20 "${LIMITS[1]}" "$PY" benchmarks/grpc_latency.py "${GRPC[@]}"; b=$?
   echo "benchmarks: exit $(( a > b ? a : b )) (gpu.py $a, grpc_latency.py $b; 124 = timed out)"
 } > "$OUT/bench.txt" 2>&1

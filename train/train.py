@@ -510,6 +510,8 @@ class Trainer:
             # NaN gradients reach these weights through the all-reduce while this rank's loss looked fine)
             if not diverged and self._finite():
                 self._save()
+            elif not diverged and self.main:  # said: an --export then writes the last checkpoint's weights
+                log.error("non-finite weights at step %d: the checkpoint was not updated", self.step)
             # Stop the DataLoader workers now: left to garbage collection, they may outlive the
             # interpreter's shutdown, where torch skips its orderly stop of them.
             self.content = self.style = self.sharp = None
