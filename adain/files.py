@@ -36,9 +36,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     tmp = create_beside(path)
     try:
-        with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode (a private 0600 output
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # came back world-readable)
         yield tmp
+        with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode (a private 0600 output came
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # back world-readable); after the writes: 0444 too
         os.replace(tmp, path)  # inside: a rename that fails (``path`` a folder) left the .part file behind
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -123,7 +123,7 @@ class Objective:
             h, w = p.shape[2:]
             for cell in (1, 2, 4, 8):  # VGG's layers floor at each pooling: a layer sees 8 * (h // 8) rows, ...
                 hh, ww = h // cell * cell, w // cell * cell
-                self.shares.append(F.avg_pool2d(p[..., :hh, :ww], cell) if cell > 1 else p)
+                self.shares.append(p if cell == 1 else F.avg_pool2d(p[..., :hh, :ww], cell) if hh and ww else p)
             self.targets = [None if f is None else [self._stats(f[i]) for i in range(4)] for f, _ in styles]
 
     def _stats(self, feat: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -146,7 +146,8 @@ class Objective:
                 regions = [(None, self.targets[0][i], 1.0)]
             else:
                 m = self.shares[i]
-                assert m.shape[2:] == feat.shape[2:], (m.shape, feat.shape)
+                if m.shape[2:] != feat.shape[2:]:  # a side under 16 px, which the encoder pads: stretched to it
+                    m = F.interpolate(self.shares[0], size=feat.shape[2:], mode="bilinear", align_corners=False)
                 regions = [
                     (m[:, k : k + 1], None if t is None else t[i], float(m[:, k].mean()) * a)
                     for k, (t, a) in enumerate(zip(self.targets, self.region_alphas))

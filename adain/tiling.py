@@ -187,11 +187,12 @@ def whole_image_stats(
         cells = float(feat.shape[2] * feat.shape[3])
         _accumulate(sums, None, cells, mean_std(feat))
         maps = None if box.regions is None else maps_at(box.regions.to(feat.device), feat.shape[2:]).double()
+        f = None if maps is None else feat.double()
         for k, stats in recorded.items():
             if maps is None:
                 _accumulate(sums, k, cells, stats)
                 continue
-            mk, f = maps[:, k : k + 1], feat.double()
+            mk = maps[:, k : k + 1]
             n = float(mk.sum())
             if n > 0:
                 mean = (f * mk).sum(dim=(2, 3), keepdim=True) / n

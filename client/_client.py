@@ -250,8 +250,10 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
             exif.load(image.getexif().tobytes())
             if without_layout(exif):
                 kept["exif"] = exif
-        if image.mode in ("PA", "La", "RGBa"):  # alpha kept (PA became RGB, its transparent pixels coloured)
+        if image.mode in ("PA", "RGBa"):  # alpha kept (PA became RGB, its transparent pixels coloured)
             image = image.convert("RGBA")
+        elif image.mode == "La":
+            image = image.convert("LA")
         elif image.mode.startswith("I;16") and image.mode != "I;16":  # big-endian 16-bit (TIFFs, >u2 arrays):
             image = image.convert("I")  # as 16-bit levels, scaled by the server (converted to RGB, they clipped)
         buf = io.BytesIO()

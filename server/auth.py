@@ -46,6 +46,7 @@ MIN_TOKEN_CHARS = 16  # a guessable token is no protection
 FRONT = "front"  # the third word of a token line: this caller speaks for many end users
 MAX_END_USER_CHARS = 128
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII: what a gRPC header carries (the client's rule too)
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 RECHECK_S = 1.0  # a token file is looked at no more often than this
 
@@ -121,7 +122,7 @@ def read_tokens(path: str) -> list[tuple[str, str, bool]]:
         if front:
             words = words[:2]
         name, token = ("", words[0]) if len(words) == 1 else (words[0], words[-1])
-        if (len(words) > 2 or len(token) < MIN_TOKEN_CHARS or not token.isascii()  # (no client could send it)
+        if (len(words) > 2 or len(token) < MIN_TOKEN_CHARS or not TOKEN_RE.fullmatch(token)  # (none could send it)
                 or not NAME_RE.fullmatch(name or "x")):
             raise ValueError(
                 f"{path} line {n}: expected [NAME] TOKEN or NAME TOKEN front (a name of letters, digits, '.', '_', "

@@ -291,8 +291,9 @@ class Batcher:
                 waiting = {it.ticket.caller for it in self._pending}
                 floor = min((self._last_turn.get(c, -1) for c in waiting), default=-1)
                 kept = {c: t for c, t in self._last_turn.items() if t >= floor or c in waiting}
-                if len(kept) > MAX_TURNS_KEPT:  # many callers (a front's end users): the most recent turns
-                    kept = dict(sorted(kept.items(), key=lambda ct: ct[1])[-MAX_TURNS_KEPT:])
+                if len(kept) > MAX_TURNS_KEPT:  # many callers (a front's end users): the most recent turns, and
+                    recent = dict(sorted(kept.items(), key=lambda ct: ct[1])[-MAX_TURNS_KEPT:])  # every waiting one's
+                    kept = {c: t for c, t in kept.items() if c in recent or c in waiting}
                 self._last_turn = kept
                 return batch
 

@@ -31,7 +31,8 @@ MAX_VIOLATIONS = SHOWN  # the library's bound on the problems one error lists, f
 # A failure's text travels in trailers, twice (grpc-message, percent-encoded, and the details, base64, with the
 # violations): gRPC clients refuse metadata over 8 KiB at random and over 16 KiB always, and then see
 # RESOURCE_EXHAUSTED "received metadata size exceeds soft limit" instead of the error. These bytes (UTF-8) keep
-# the trailers under 7 KiB whatever the text: three typos of a large library's names once made 11.6 KiB.
+# the trailers under 7.5 KiB whatever the text (percent-encoded non-ASCII included): three typos of a large
+# library's names once made 11.6 KiB.
 MAX_MESSAGE_BYTES = 1000
 MAX_DESCRIPTION_BYTES = 300
 MAX_VIOLATIONS_BYTES = 2000

@@ -37,21 +37,19 @@ class FairExecutor(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._lines.setdefault(caller, deque()).append(work)
             self._cond.notify()
-        future.add_done_callback(lambda f: self._drop(caller, work) if f.cancelled() else None)
-        return future
+        future.add_done_callback(lambda f: self._drop(caller, f) if f.cancelled() else None)  # (not ``work``: a
+        return future  # cycle through the future kept every request's bytes and result until a full collection)
 
-    def _drop(self, caller: Hashable, work: tuple) -> None:
+    def _drop(self, caller: Hashable, future: Future) -> None:
         """Take a cancelled piece of work out of its line at once: left there, it held its request's bytes
         until a thread reached it, one a round, while its ticket was already free (a caller sending its share
         and cancelling, again and again, had 200 MiB waiting with nothing admitted)."""
         with self._cond:  # (re-entrant: shutdown cancels under it)
             line = self._lines.get(caller)
-            if line is None:
+            work = next((w for w in line if w[0] is future), None) if line is not None else None
+            if work is None:  # taken by a thread already
                 return
-            try:
-                line.remove(work)
-            except ValueError:  # taken by a thread already
-                return
+            line.remove(work)
             if not line:
                 del self._lines[caller]
 
@@ -85,10 +83,10 @@ class FairExecutor(Executor):
         with self._cond:
             self._shutdown = True
             if cancel_futures:
-                for line in self._lines.values():
+                lines, self._lines = self._lines, OrderedDict()  # (a cancel drops its entry: not while iterating)
+                for line in lines.values():
                     for future, *_ in line:
                         future.cancel()
-                self._lines.clear()
             self._cond.notify_all()
         if wait:
             for t in self._threads:

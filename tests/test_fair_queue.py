@@ -255,7 +255,14 @@ def test_cancelled_prepare_work_lets_go_of_its_request_at_once() -> None:
         kept = pool.submit(lambda: "after")
         gate.set()
         assert busy.result(10) and kept.result(10) == "after"
+        gate.clear()
+        busy = pool.submit(gate.wait, 10)
+        queued = [pool.submit(lambda: 1) for _ in range(3)]
+        pool.shutdown(wait=False, cancel_futures=True)  # each cancel drops its entry: not while it is iterated
+        assert all(f.cancelled() for f in queued)
+        gate.set()
     finally:
+        gate.set()
         pool.shutdown(wait=True)
 
 
