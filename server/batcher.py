@@ -227,11 +227,10 @@ class Batcher:
             room: dict[Hashable, int] = {}  # places left in each size's last batch
             shed = []
             for it in sorted(self._pending, key=lambda it: it.enqueued):
-                if not it.ticket.bounded:
-                    continue
                 if room.get(it.key, 0) == 0:  # a batch of its own
                     if batches == 0:
-                        shed.append(it)
+                        if it.ticket.bounded:  # (a stream's frame is never shed, but takes its batch when it can:
+                            shed.append(it)  # left out of the count, the requests after it were kept, then cut)
                         continue
                     batches -= 1
                     room[it.key] = self._batch_limit(it.key)
