@@ -149,6 +149,7 @@ class AsyncStyleTransferClient(_ClientBase):
         timeout: float | None = None,
         request_id: str | None = None,
         end_user: str | None = None,
+        stop: Callable[[], bool] | None = None,
         **options: Any,
     ) -> AsyncIterator[VideoFrameResult]:
         """Stylize frames in order over one StylizeVideo stream, yielding each stylized frame as it comes
@@ -156,7 +157,8 @@ class AsyncStyleTransferClient(_ClientBase):
         or an async iterable of images, read as the stream has room; ``options`` are
         :meth:`StyleTransferClient.stylize_video`'s (temporal mode included). ``timeout`` bounds the whole
         stream (None: no deadline). An exception raised while reading ``frames`` cancels the stream and is
-        raised here; leaving the loop early cancels it too."""
+        raised here; leaving the loop early cancels it too. ``stop()`` is asked four times a second, as by the
+        blocking client: True cancels the stream (StyleTransferError CANCELLED here), while no reply comes too."""
         first = await asyncio.to_thread(video_options, styles, max_bytes=self.max_message_bytes, **options)
         failure: list[BaseException] = []
         holder: list[Any] = []
@@ -178,16 +180,33 @@ class AsyncStyleTransferClient(_ClientBase):
 
         call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=self._metadata(request_id, end_user))
         holder.append(call)
+        stopped: list[bool] = []
+
+        async def watch() -> None:
+            while not call.done():
+                await asyncio.sleep(0.25)
+                if stop is not None and stop():
+                    stopped.append(True)
+                    call.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch()) if stop is not None else None
         try:
             async for reply in call:
                 yield frame_result(reply)
+            if stopped:  # (ended by the cancel, without an error from the iteration)
+                raise StyleTransferError(grpc.StatusCode.CANCELLED, "the stream was stopped (stop() said so)")
         except (grpc.RpcError, asyncio.CancelledError) as e:
             if failure:
                 raise failure[0] from None
+            if stopped:
+                raise StyleTransferError(grpc.StatusCode.CANCELLED, "the stream was stopped (stop() said so)") from None
             if isinstance(e, grpc.RpcError):
                 raise _rpc_error(e, request_id) from None
             raise
         finally:
+            if watcher is not None:
+                watcher.cancel()
             call.cancel()
         if failure:
             raise failure[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -121,6 +122,17 @@ def test_video_from_an_async_or_a_plain_iterable(server: ServerProcess) -> None:
             first = await anext(stream)  # leaving early cancels the stream
             await stream.aclose()
             assert first.index == 0
+
+            async def slow() -> AsyncIterator[bytes]:  # a camera whose next frame is long in coming
+                yield frames[0]
+                await asyncio.sleep(30)
+                yield frames[1]
+
+            got, t0 = [], time.monotonic()
+            with pytest.raises(StyleTransferError) as info:  # stop=, as the blocking client has it
+                async for f in client.stylize_video(slow(), STYLE, temporal="none", stop=lambda: bool(got)):
+                    got.append(f)
+            assert info.value.code == grpc.StatusCode.CANCELLED and len(got) == 1 and time.monotonic() - t0 < 20
             return a, b
 
     a, b = asyncio.run(main())
