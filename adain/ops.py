@@ -7,7 +7,7 @@ import torch
 
 EPS = 1e-5
 # BT.601 full-range RGB -> Y (the JPEG convention), for the luminance-only colour mode.
-_RGB_TO_Y = (0.299, 0.587, 0.114)
+RGB_TO_Y = (0.299, 0.587, 0.114)  # BT.601 luma weights
 
 
 def mean_std(feat: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +86,7 @@ def masked_adain(
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W RGB -> N x 1 x H x W luminance (BT.601)."""
-    return (rgb * torch.tensor(_RGB_TO_Y, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (rgb * torch.tensor(RGB_TO_Y, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 def with_luminance(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -40,12 +40,13 @@ from PIL import Image
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, load_image
 from adain.job import CheckedJob, Job, style_list, temporal_problems
+from adain.ops import RGB_TO_Y
 from adain.prepared import Prepared, Stats, Targets
 from adain.stylizer import Stylizer
 from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
 
 MIN_CONSISTENT = 0.5  # share of a frame's pixels whose flow must be consistent to carry the last one over
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601, as adain.ops.luminance
+LUMA = np.array(RGB_TO_Y, np.float32)  # as adain.ops.luminance
 
 
 class _Flow:

@@ -18,6 +18,7 @@ REQUEST_ID_KEY = "x-request-id"
 # A caller's request id that is passed on, logged and sent back: printable ASCII, no spaces (a newline in one
 # forged a log line, and gRPC failed the reply that echoed it)
 REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # a bearer token: printable ASCII, what a gRPC header carries
 AUTH_KEY = "authorization"  # "Bearer <token>", where the server asks for tokens
 END_USER_KEY = "x-adain-end-user"  # the person a front end (a "front" token) calls for: a caller of their own
 SERVED_BY_KEY = "x-served-by"  # which replica answered (reply metadata), for per-replica counts

@@ -41,6 +41,7 @@ from adain.wire import (
     SERVICE_NAME,
     STYLE_ID_PREFIX,
     TEMPORAL_ENUM,
+    TOKEN_RE,
     color_mode,
     format_name,
     label_value,
@@ -445,8 +446,7 @@ def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
         return Path(value).read_bytes()
 
 
-# What a gRPC header value may hold: a token outside it failed every call with "INTERNAL: Invalid metadata"
-TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+# adain.wire.TOKEN_RE: a token outside it failed every call with "INTERNAL: Invalid metadata"
 TOKEN_RULE = "a token is printable ASCII without spaces (what an HTTP/2 header carries)"
 
 

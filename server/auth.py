@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY
+from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY, TOKEN_RE
 
 from .errors import request_id, trace_id
 from .logs import log_fields
@@ -46,7 +46,6 @@ MIN_TOKEN_CHARS = 16  # a guessable token is no protection
 FRONT = "front"  # the third word of a token line: this caller speaks for many end users
 MAX_END_USER_CHARS = 128
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII: what a gRPC header carries (the client's rule too)
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 RECHECK_S = 1.0  # a token file is looked at no more often than this
 

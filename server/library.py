@@ -46,7 +46,6 @@ log = logging.getLogger("adain.server")
 
 SUFFIXES = INPUT_SUFFIXES  # one list with the CLI's folders
 NAME_RE = LIBRARY_NAME_RE  # one rule with the thin client, which saves thumbnails by name
-ID_RE = STYLE_ID_RE  # a registered style's id: a name may not look like one
 MAX_STYLES = 1000  # a folder of photos given by mistake fails fast instead of decoding for minutes
 MAX_THUMBNAIL = 512
 RECHECK_S = 1.0
@@ -72,7 +71,7 @@ def read_presets(path: Path) -> dict[str, StylePreset]:
     presets = {}
     for name, spec in data.items():
         where = f"{path}: preset {name!r}"
-        if not NAME_RE.fullmatch(name) or ID_RE.fullmatch(name):
+        if not NAME_RE.fullmatch(name) or STYLE_ID_RE.fullmatch(name):
             raise ValueError(f"{where}: a name is 1-64 letters, digits, '.', '_' or '-', and starts with a "
                              "letter or digit")
         if not isinstance(spec, dict) or set(spec) - {"styles", "alpha", "preserve_color"}:
@@ -193,7 +192,7 @@ class StyleLibrary:
             if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES or not entry.is_file():
                 continue
             name = entry.stem
-            if not NAME_RE.fullmatch(name) or ID_RE.fullmatch(name):
+            if not NAME_RE.fullmatch(name) or STYLE_ID_RE.fullmatch(name):
                 problem = (f"{entry}: a style's name (the file's stem) must be 1-64 letters, digits, '.', '_' or "
                            "'-', starting with a letter or digit, and not 64 hex digits (that is a registered "
                            "style's id)")

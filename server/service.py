@@ -38,6 +38,7 @@ from adain.wire import (
     REFINE_INIT_BY_ENUM,
     REQUEST_ID_KEY,
     SERVED_BY_KEY,
+    STYLE_ID_RE,
     TEMPORAL_BY_ENUM,
     Limits,
     format_cannot_hold,
@@ -47,7 +48,7 @@ from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
 from .errors import ServiceError, Violation, reply_limit, request_id, status_trailers, trace_id
-from .library import ID_RE, MAX_THUMBNAIL, StyleLibrary
+from .library import MAX_THUMBNAIL, StyleLibrary
 from .logs import log_fields
 from .metrics import Metrics
 from .refine import RefineService
@@ -353,7 +354,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
 
     def _unknown_style(self, key: str) -> str:
         key = _clipped(key)
-        if ID_RE.fullmatch(key):
+        if STYLE_ID_RE.fullmatch(key):
             return (f"unknown style id {key!r} (never registered, or dropped from the registry of "
                     f"{self.registry.max_count}); register it with RegisterStyle")
         if self.library is None:
