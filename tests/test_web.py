@@ -840,6 +840,10 @@ def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:
             assert error["code"] == "RESOURCE_EXHAUSTED" and code == 1013
             error, code = _live_error(first)  # then no more than 5 s in all
         assert error["code"] == "DEADLINE_EXCEEDED" and "at most 5 s" in error["message"] and code == 1013
+        end = time.monotonic() + 10  # its place is free once its server stream has ended (cancelled: moments)
+        while "adain_web_live_sessions 0.0" not in scrape():
+            assert time.monotonic() < end, "the ended session kept its place"
+            time.sleep(0.05)
         with _live(web.url, origin="https://partner.example") as again:  # free again; an allowed origin
             again.send(json.dumps({"styles": ["upload"]}))
             again.send(STYLE)
