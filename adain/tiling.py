@@ -23,6 +23,8 @@ Stylizer's own render for each tile, so they work as untiled.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -233,6 +235,28 @@ def _ramp(start: int, end: int, core0: int, core1: int) -> np.ndarray:
     return weights
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim  # glibc only
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the pages of freed heap memory back to the system, after each box and tile.
+
+    The runtime reallocates its buffers as the shape changes from box to tile to edge tile, and glibc, once
+    a freed block of a few MB has raised its mmap threshold, serves later ones from the heap and keeps the
+    freed pages: a server's peak over a 1,600 x 1,200 tiled call (OpenVINO, 512-px tiles) was 0.97-1.16 GB
+    over idle on the first call and crept to 1.28 GB over twelve; trimmed here it is 0.89-0.94 GB, flat,
+    at no measurable cost (a call ~10 s either way). No-op where the C library has no malloc_trim."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 def render_tiled(
     stylizer: object, job: Prepared, tiling: Tiling, on_step: Callable[[int, int], None] | None = None
 ) -> Image.Image:
@@ -247,6 +271,7 @@ def render_tiled(
     def step() -> None:
         nonlocal done
         done += 1
+        release_freed_memory()
         if on_step is not None:
             on_step(done, boxes + rows * cols)
 
