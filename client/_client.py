@@ -678,9 +678,10 @@ class StyleTransferClient(_ClientBase):
         defaults: :func:`_fill_options` and :func:`stylize_request`, which build the request for this client
         and the asyncio one).
 
-        ``alpha`` in [0, 1] (None: the server's default, 1). ``preserve_color``: None, "coral" (the AdaIN
-        paper's colour-statistics matching; True means this) or "luminance". ``mask``: an image of the
-        content's size, with exactly 2 styles (white takes styles[0], black styles[1]). Regions (any
+        ``alpha`` in [0, 1] (None: the server's default, 1, or a preset's). ``preserve_color``: "coral" (the
+        AdaIN paper's colour-statistics matching; True means this), "luminance", "none" (False: the styles'
+        colours even with a preset that keeps the content's) or None (unset: none, or a preset's). ``mask``:
+        an image of the content's size, with exactly 2 styles (white takes styles[0], black styles[1]). Regions (any
         number): ``masks``, one greyscale image per style, or ``labels``, an image whose pixel values
         name regions, with ``label_values``, one per style (0-255 for a grey pixel, or a colour 0xRRGGBB
         or "#rrggbb"); ``region_alphas``: each region's strength. Uncovered pixels keep the content.
@@ -1004,7 +1005,8 @@ def _fill(
         msg.preset = styles.name
     else:
         msg.styles.extend(_styles(styles, weights, max_bytes))
-    msg.preserve_color = COLOR_ENUM[color]
+    if preserve_color is not None:  # "none" or False is sent: none even where a preset has a mode
+        msg.preserve_color = COLOR_ENUM[color]
     msg.content_size = _uint(content_size, "content_size")
     msg.style_size = _uint(style_size, "style_size")
     msg.format = FORMAT_ENUM[fmt]

@@ -159,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ".mkv, .webm or .gif); or a folder (one that exists, or ends in '/'), which several contents need")
     p.add_argument("--alpha", type=unit_interval, default=None,
                    help="style strength in [0, 1] (default 1, or a preset's)")
-    p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_MODES, default=None,
+    p.add_argument("--preserve-color", nargs="?", const="coral", choices=(*COLOR_MODES, "none"), default=None,
                    help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
-                   "luminance")
+                   "luminance; none takes the styles' colours even where a preset keeps the content's")
     p.add_argument("--mask", action="append", metavar="MASK",
                    help="regions: a greyscale mask of the content's size per --style, in order (white: the style's "
                    "region; pixels no mask covers keep the photo); or one mask for 2 styles (white takes the "
@@ -839,7 +839,8 @@ def _bare_preserve_color(argv: list[str]) -> list[str]:
         if arg == "--":
             break
         nxt = out[i + 1]
-        if arg == "--preserve-color" and nxt not in COLOR_MODES and ("." in nxt or "/" in nxt or Path(nxt).exists()):
+        mode = nxt in (*COLOR_MODES, "none")
+        if arg == "--preserve-color" and not mode and ("." in nxt or "/" in nxt or Path(nxt).exists()):
             out[i] = "--preserve-color=coral"
     return out
 

@@ -348,7 +348,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         look: dict[str, Any] = {"styles": styles, "weights": [w for _, w in preset.styles]}
         if not msg.HasField("alpha"):
             look["alpha"] = preset.alpha
-        if msg.preserve_color == pb.PRESERVE_COLOR_NONE:
+        if not msg.HasField("preserve_color"):  # a NONE the request sets is its own choice
             look["preserve_color"] = preset.preserve_color
         return look
 

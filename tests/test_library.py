@@ -133,6 +133,11 @@ def test_presets_name_a_look(lib_server: ServerProcess, lib_client: StyleTransfe
     own = lib_client.stylize(CONTENT, Preset("dotted"), alpha=1.0, preserve_color="coral")
     mine = lib_client.stylize(CONTENT, [(DOTS, 0.75), (STRIPES, 0.25)], alpha=1.0, preserve_color="coral")
     assert np.array_equal(pixels(own.image), pixels(mine.image))
+    # "none" is a choice of its own (an unset field is the preset's): the styles' colours, with the preset
+    plain = lib_client.stylize(CONTENT, Preset("dotted"), preserve_color="none")
+    assert np.array_equal(pixels(plain.image), pixels(lib_client.stylize(CONTENT, [(DOTS, 0.75), (STRIPES, 0.25)],
+                                                                           alpha=0.8).image))
+    assert not np.array_equal(pixels(plain.image), pixels(by_preset.image))
     assert len(list(lib_client.stylize_video([CONTENT, CONTENT], Preset("dotted"), temporal="none"))) == 2
     with pytest.raises(StyleTransferError) as e:
         lib_client.stylize(CONTENT, Preset("dottted"))
@@ -192,6 +197,9 @@ def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, tmp_p
     assert cli([str(content), "-s", "id:dots:0.5", "-s", "id:stripes", "-o", str(out), *srv]) == 0
     assert Image.open(out).size == (64, 48)
     assert cli([str(content), "-s", "preset:dotted", "-o", str(out), *srv]) == 0
+    kept = pixels(out.read_bytes())
+    assert cli([str(content), "-s", "preset:dotted", "--preserve-color", "none", "-o", str(out), *srv]) == 0
+    assert not np.array_equal(pixels(out.read_bytes()), kept)  # the styles' colours, not the preset's luminance
     capsys.readouterr()
     assert cli([str(content), "-s", "preset:dotted", "-s", "id:dots", "-o", str(out), *srv]) == 1
     assert "stands alone" in capsys.readouterr().err
