@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "its library) as JSON, and exit (needs no CONTENT, --style or -o)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .mov, "
-                   ".mkv, .webm or .gif); or a folder (one that exists, or ends in '/'), which several contents need")
+                   ".mkv, .webm or .gif); or a folder (one that exists, or ends in '/'), which several contents need: "
+                   "CONTENT_stylized.EXT in it for one content, CONTENT_stylized_STYLE.EXT for several")
     p.add_argument("--alpha", type=unit_interval, default=None,
                    help="style strength in [0, 1] (default 1, or a preset's)")
     p.add_argument("--preserve-color", nargs="?", const="coral", choices=(*COLOR_MODES, "none"), default=None,
