@@ -708,7 +708,7 @@ class StyleTransferClient(_ClientBase):
         def send() -> tuple[Any, str | None, str]:
             if on_progress is None:
                 return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user)
-            return (*self._call_with_progress(request, on_progress, timeout, request_id, end_user), "")
+            return self._call_with_progress(request, on_progress, timeout, request_id, end_user)
 
         try:
             reply, rid, served_by = send()
@@ -727,7 +727,7 @@ class StyleTransferClient(_ClientBase):
         timeout: float | None,
         request_id: str | None,
         end_user: str | None = None,
-    ) -> tuple[pb.StylizeResponse, str | None]:
+    ) -> tuple[pb.StylizeResponse, str | None, str]:
         metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeWithProgress(
             request, timeout=self._deadline(timeout), metadata=metadata
@@ -745,7 +745,7 @@ class StyleTransferClient(_ClientBase):
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
             raise _no_result(request_id)
-        return reply, _metadata_value(call.initial_metadata(), REQUEST_ID_KEY) or request_id
+        return reply, *_reply_ids(call.initial_metadata(), None, request_id)  # the stream's own: served_by too
 
     def stylize_video(
         self,

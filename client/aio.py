@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from adain.v1 import style_transfer_pb2 as pb
-from adain.wire import REQUEST_ID_KEY, SERVICE_NAME
+from adain.wire import SERVICE_NAME
 
 from ._client import (
     ImageInput,
@@ -35,7 +35,6 @@ from ._client import (
     StylizeResult,
     VideoFrameResult,
     _ClientBase,
-    _metadata_value,
     _no_result,
     _progress,
     _reply_ids,
@@ -139,7 +138,7 @@ class AsyncStyleTransferClient(_ClientBase):
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
             raise _no_result(request_id)
-        return reply, _metadata_value(initial, REQUEST_ID_KEY) or request_id, ""
+        return reply, *_reply_ids(initial, None, request_id)  # the stream's own: served_by too
 
     async def stylize_video(
         self,
