@@ -36,7 +36,7 @@ from PIL import Image
 
 from adain.colours import finish
 from adain.encoder import Encoder, Features
-from adain.errors import StoppedError
+from adain.errors import InvalidInputError, StoppedError
 from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std
 from adain.prepared import Prepared
@@ -299,6 +299,7 @@ def objective_for(
             style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
             if scale < 1:
                 style = _scaled(style, max(1, round(max(style.shape[2:]) * scale)))
+            _check_style_pixels(style, i, stylizer.tiling.threshold and max(stylizer.tiling.threshold, 1 << 20))
             styles.append((encoder(style.to(content.device)), w))
     return Objective(
         encoder,
@@ -311,6 +312,18 @@ def objective_for(
         tv_weight=job.tv_weight if job.tv_weight is not None else default_tv_weight(scale),
         style_loss=style_loss,
     )
+
+
+def _check_style_pixels(style: torch.Tensor, i: int, most: int) -> None:
+    """A refine keeps its styles' features whole (every layer, for their Gram matrices): a style is at most
+    the tiling threshold's pixels as used (at least 1 MP, the automatic threshold's floor), as a content untiled
+    is: a 64-MP one at a print-size style_size would have taken tens of GB. (The AdaIN path measures a style that
+    large box by box instead.)"""
+    h, w = style.shape[2:]
+    if most > 0 and h * w > most:
+        raise InvalidInputError("style_size", f"styles[{i}] is {w} x {h} px as a refine uses it, over the {most:,} px "
+                                "a refine's style may have on this server; give a smaller "
+                                "style_size")
 
 
 def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None) -> Image.Image:

@@ -32,7 +32,7 @@ from adain.optimize import max_refine_pixels, refine
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
-from adain.tiling import Tiling, auto_threshold, render_tiled
+from adain.tiling import Tiling, auto_threshold, image_stats, render_tiled
 from adain.wire import Limits, style_too_small
 
 
@@ -200,7 +200,11 @@ class Stylizer:
             small = style_too_small(w, h, size)  # its statistics would be a few cells': a flat wash over the photo
             if small:
                 raise InvalidInputError(name, small)
-            stats = mean_std(self.encoder.encode([style], run=self.backend.relu4_1)[0])
+            if self.tiling.wants_pixels(h * w):  # as large as a print: box by box, in bounded memory
+                stats = image_stats(lambda x: self.encoder.encode([x], run=self.backend.relu4_1)[0], style,
+                                    self.tiling)
+            else:
+                stats = mean_std(self.encoder.encode([style], run=self.backend.relu4_1)[0])
             grey = is_grey(style)
         self.cache.put(key, (stats, grey))
         return stats, grey

@@ -208,6 +208,27 @@ def whole_image_stats(
     return {k: stats if float(sums[k][2]) >= 1e-3 * total else everything for k, stats in combined.items()}, whole
 
 
+def image_stats(
+    encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tiling: Tiling
+) -> Stats:
+    """relu4_1 statistics of an image too large to encode whole (a style at a print-size ``style_size``: the
+    encoder alone took ~0.5 KB a pixel, so 64 MP went past any pod's memory), as ``whole_image_stats`` takes a
+    content's: boxes with ``stats_halo`` px of context, measured on their interiors, combined exactly.
+    ``encode``: 1 x 3 x h x w -> relu4_1."""
+    h, w = image.shape[2:]
+    halo = tiling.stats_halo
+    sums: dict[int | None, list[torch.Tensor]] = {}
+    with generic_shapes(), torch.inference_mode():  # one set of runtime buffers, as for a tiled content
+        for y0, y1, x0, x1 in stats_boxes(h, w, tiling):
+            ry0, ry1, rx0, rx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+            feat = encode(image[:, :, ry0:ry1, rx0:rx1])
+            fy, fx = (y0 - ry0) // 8, (x0 - rx0) // 8
+            feat = feat[:, :, fy : fy + -(-(y1 - y0) // 8), fx : fx + -(-(x1 - x0) // 8)]
+            _accumulate(sums, None, float(feat.shape[2] * feat.shape[3]), mean_std(feat))
+            release_freed_memory()
+    return _combined(*sums[None])
+
+
 def _accumulate(sums: dict, key: int | None, n: float, stats: Stats) -> None:
     """Add ``n`` positions of (mean, std) to ``sums[key]``: the weight, and the first and second moments."""
     mean, std = stats[0].double(), stats[1].double()

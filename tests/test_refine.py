@@ -236,6 +236,19 @@ def test_a_refine_works_within_a_memory_share(decoder_path: Path) -> None:
     assert not np.array_equal(np.asarray(out), np.asarray(uncapped.stylize(content, STYLE_A, refine_steps=3)))
 
 
+def test_a_refines_style_is_bounded_as_a_content_is(decoder_path: Path) -> None:
+    """A refine keeps its styles' features whole: a style over the tiling threshold as used (a print-size
+    style_size) is refused naming style_size, where it would have taken tens of GB; its AdaIN render is fine."""
+    bounded = Stylizer(str(decoder_path), "cpu", precision="fp32", tiling=Tiling(threshold=1 << 20))
+    style = synth_image(1100, 1000, seed=33)  # 1.1 MP
+    assert bounded.stylize(CONTENT, style, style_size=1100).size == CONTENT.size  # measured box by box
+    with pytest.raises(InvalidInputError) as info:
+        bounded.stylize(CONTENT, style, style_size=1100, refine_steps=2)
+    assert info.value.field == "style_size" and "1100 x 1000 px as a refine uses it, over the 1,048,576" in str(
+        info.value), info.value
+    assert bounded.stylize(CONTENT, style, style_size=1000, refine_steps=2).size == CONTENT.size
+
+
 def test_a_callback_that_raises_stops_at_once(stylizer: Stylizer) -> None:
     seen: list[int] = []
 

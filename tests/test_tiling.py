@@ -17,11 +17,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adain import Stylizer
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import main
+from adain.image import to_tensor
 from adain.tiling import BUFFER_BYTES_PER_PIXEL, Tiling
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -92,6 +94,25 @@ def test_statistics_come_from_the_whole_image(untiled: Stylizer) -> None:
     stitched = np.concatenate([np.concatenate(naive[:3], 1), np.concatenate(naive[3:], 1)], 0)
     d_naive = np.abs(stitched - want).mean()
     assert d_sampled <= 8.0 and d_sampled < d_naive / 4, (d_sampled, d_naive)
+
+
+def test_a_style_at_print_size_is_measured_box_by_box(untiled: Stylizer, tiled: Stylizer) -> None:
+    """A style over the tiling threshold as used (a large style_size) has its statistics taken on boxes, in
+    bounded memory, as a content's are: the same statistics, the same picture."""
+    from adain.ops import mean_std
+    from adain.tiling import image_stats
+
+    style = to_tensor(Image.open(REPO / "examples" / "style" / "mosaic.png").convert("RGB").resize((329, 251)))
+    encode = untiled.backend.relu4_1
+    with torch.inference_mode():
+        want = mean_std(untiled.encoder.encode([style], run=encode)[0])
+        got = image_stats(lambda x: untiled.encoder.encode([x], run=encode)[0], style,
+                          Tiling(1, tile=128, halo=64, stats_box=128, stats_halo=48))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3), (a - b).abs().max()
+    small = CONTENT.resize((200, 150))  # not tiled itself: only its style is
+    d = np.abs(px(tiled.stylize(small, STYLE, style_size=600)) - px(untiled.stylize(small, STYLE, style_size=600)))
+    assert d.mean() <= 1.0, d.mean()
 
 
 @pytest.mark.parametrize("size", [(257, 193), (329, 251)])
