@@ -150,7 +150,9 @@ class StyleTransferServer:
         self.health_server: grpc.aio.Server | None = None  # --health-port: plaintext, health only
         self.port: int | None = None
         self.library = library  # --styles-dir (read by start() where the caller did not)
-        self._warmed: set[str] = set()  # library style ids whose statistics were computed ahead
+        # the ids of the library's styles now whose statistics were computed ahead (or tried): what the
+        # library no longer holds leaves, so a long-lived server keeps no id of every version it ever saw
+        self._warmed: set[str] = set()
         self._library_checked = False  # the start's warm-up (strict) took the library first: the watcher waits
         self.metrics_port: int | None = None
         info = server_info(settings, stylizer.info)
@@ -282,10 +284,12 @@ class StyleTransferServer:
         self.metrics.library_styles.set(len(library))
         if not strict and not self._library_checked:
             return  # the watcher's pass before the start's warm-up: that one checks (and fails the start)
-        fresh = [s for s in library.styles() if s.id not in self._warmed]
+        styles = library.styles()
+        fresh = [s for s in styles if s.id not in self._warmed]
         # Every fresh one counts as seen, so that a library larger than the cache is not warmed a cacheful a
-        # pass, pushing out what calls use.
-        self._warmed.update(s.id for s in fresh)
+        # pass, pushing out what calls use; an id the library no longer has is forgotten (a file that comes
+        # back is a new arrival, and a bad one then is checked again, as its new version is).
+        self._warmed = {s.id for s in styles}
         self._library_checked = True
         if not fresh:
             return  # the watcher's usual pass: nothing new

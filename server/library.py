@@ -161,6 +161,12 @@ def _signature(path: Path) -> tuple[int, int, int]:
     return (s.st_mtime_ns, s.st_size, s.st_ino)
 
 
+NO_SIGNATURE = (0, 0, 0)  # a fault of a name or of the folder, not of one version of a file
+# A fault warned about: (kind, what, version). Kinds: "folder" (unreadable), "file" (a path the library
+# cannot take by its name), "style" (a style's file, by name, per version), "presets".
+WarnKey = tuple[str, str, tuple[int, int, int]]
+
+
 class StyleLibrary:
     """The styles of one folder by name, kept in step with the folder by :meth:`watch`."""
 
@@ -175,11 +181,18 @@ class StyleLibrary:
         self._styles: dict[str, LibraryStyle] = {}
         self._replaced: dict[str, LibraryStyle] = {}  # the versions the last refresh replaced: reject() restores
         self._lock = threading.Lock()
+        # One refresh or reject at a time: a pass rebuilds _warned, which reject() adds to.
+        self._pass = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warned: set[tuple[str, tuple[int, int, int]]] = set()
+        # The faults warned about that are still there: rebuilt by every pass that reads the folder (from the
+        # faults it still finds), so a fault that went and comes back is warned about again, and the set holds
+        # what the folder holds now, not every bad version a sync tool's partial writes ever made.
+        self._warned: set[WarnKey] = set()
+        self._found: set[WarnKey] = set()  # the faults the pass in progress found
         self._presets: dict[str, StylePreset] = {}
         self._presets_seen: tuple[int, int, int] | None = None
+        self._presets_fault: WarnKey | None = None  # the presets file's version that failed, while it is there
         self.refresh(strict=True)
 
     def _files(self, strict: bool) -> dict[str, Path]:
@@ -198,7 +211,7 @@ class StyleLibrary:
                            "style's id)")
                 if strict:
                     raise ValueError(problem)
-                self._warn_once((str(entry), (0, 0, 0)), f"{problem} (left out)")
+                self._fault(("file", str(entry), NO_SIGNATURE), f"{problem} (left out)")
                 continue
             found.setdefault(name, []).append(entry)
         files: dict[str, Path] = {}
@@ -214,9 +227,9 @@ class StyleLibrary:
             if served in paths:
                 files[name] = served
                 left = [p for p in paths if p != served]
-                self._warn_once((str(left[0]), (0, 0, 0)), f"{problem} ({', '.join(map(str, left))} left out)")
+                self._fault(("file", str(left[0]), NO_SIGNATURE), f"{problem} ({', '.join(map(str, left))} left out)")
             else:
-                self._warn_once((str(paths[0]), (0, 0, 0)), f"{problem} (both left out)")
+                self._fault(("file", str(paths[0]), NO_SIGNATURE), f"{problem} (both left out)")
         if len(files) > MAX_STYLES:
             raise ValueError(f"{self.folder} holds {len(files)} style images, over the limit of {MAX_STYLES}")
         return files
@@ -232,25 +245,38 @@ class StyleLibrary:
 
     def refresh(self, strict: bool = False) -> None:
         """Read what changed in the folder. ``strict`` (at start): any fault is an error; else a fault
-        keeps the last good state of what it concerns, logged once per version of the file."""
-        try:
-            files = self._files(strict)
-        except (OSError, ValueError) as e:
-            if strict:
-                raise ValueError(f"--styles-dir: {e}") from None
-            self._warn_once(("", (0, 0, 0)), f"style library {self.folder} cannot be read (kept as it was): {e}")
-            return
+        keeps the last good state of what it concerns, logged once per version of the file (once per
+        outage of the folder, once while a name cannot be taken)."""
+        with self._pass:
+            self._found = set()
+            try:
+                files = self._files(strict)
+            except (OSError, ValueError) as e:
+                if strict:
+                    raise ValueError(f"--styles-dir: {e}") from None
+                # Nothing could be seen: every fault known stays known (and its version is still not read).
+                self._fault(("folder", "", NO_SIGNATURE),
+                            f"style library {self.folder} cannot be read (kept as it was): {e}")
+                return
+            self._refresh(files, strict)
+            # What this pass found is all that is still wrong: a fault fixed, gone or of a replaced version is
+            # forgotten (the folder's, too, so that the next outage is logged).
+            self._warned, self._found = self._found, set()
+
+    def _refresh(self, files: dict[str, Path], strict: bool) -> None:
         with self._lock:
             old = dict(self._styles)
         new: dict[str, LibraryStyle] = {}
         for name, path in files.items():
-            sig = (0, 0, 0)
+            sig = NO_SIGNATURE
             try:
                 sig = _signature(path)
                 if name in old and old[name].signature == sig:
                     new[name] = old[name]
                     continue
-                if (name, sig) in self._warned:  # this version failed already: not read again until it changes
+                failed = ("style", name, sig)
+                if failed in self._warned:  # this version failed already: not read again until it changes
+                    self._found.add(failed)
                     if name in old:
                         new[name] = old[name]
                     continue
@@ -260,7 +286,7 @@ class StyleLibrary:
                 if strict:
                     raise ValueError(f"--styles-dir: {path}: {why}") from None
                 kept = "keeping its last good image" if name in old else "left out"
-                self._warn_once((name, sig), f"style {path}: {why} ({kept})")
+                self._fault(("style", name, sig), f"style {path}: {why} ({kept})")
                 if name in old:
                     new[name] = old[name]
         added = sorted(new.keys() - old.keys())
@@ -283,8 +309,11 @@ class StyleLibrary:
         except OSError:
             sig = None
         if sig == self._presets_seen and not strict:
+            if self._presets_fault is not None:  # the same bad version: still a fault, already warned about
+                self._found.add(self._presets_fault)
             return
         self._presets_seen = sig
+        self._presets_fault = None
         try:
             presets = read_presets(path) if sig is not None else {}
             for p in presets.values():  # a typo in a style's name is caught here, not by the first caller
@@ -298,7 +327,8 @@ class StyleLibrary:
         except (OSError, ValueError) as e:
             if strict:
                 raise ValueError(f"--styles-dir: {e}") from None
-            self._warn_once((PRESETS_FILE, sig or (0, 0, 0)), f"{e} (keeping the last good presets)")
+            self._presets_fault = ("presets", PRESETS_FILE, sig or NO_SIGNATURE)
+            self._fault(self._presets_fault, f"{e} (keeping the last good presets)")
             return
         if presets or self._presets:
             log.info("style library presets: %s", ", ".join(sorted(presets)) or "none")
@@ -309,17 +339,18 @@ class StyleLibrary:
         """Take back a style the library took but the model cannot prepare (found by the server computing its
         statistics ahead): as a bad file found by :meth:`refresh` is, it keeps the name's last good image (or
         is left out), with one warning, and that version of the file is not read again until it changes."""
-        key = (style.name, style.signature)
-        with self._lock:
-            if self._styles.get(style.name) is not style:
-                return  # replaced or removed meanwhile
-            previous = self._replaced.pop(style.name, None)
-            if previous is not None:
-                self._styles[style.name] = previous
-            else:
-                del self._styles[style.name]
-        kept = "keeping its last good image" if previous is not None else "left out"
-        self._warn_once(key, f"style {style.path}: {why} ({kept})")  # refresh() skips this version from now on
+        with self._pass:
+            with self._lock:
+                if self._styles.get(style.name) is not style:
+                    return  # replaced or removed meanwhile
+                previous = self._replaced.pop(style.name, None)
+                if previous is not None:
+                    self._styles[style.name] = previous
+                else:
+                    del self._styles[style.name]
+            kept = "keeping its last good image" if previous is not None else "left out"
+            # refresh() skips this version from now on (and keeps its key while the file is this version)
+            self._fault(("style", style.name, style.signature), f"style {style.path}: {why} ({kept})")
 
     def preset(self, name: str) -> StylePreset | None:
         with self._lock:
@@ -329,7 +360,9 @@ class StyleLibrary:
         with self._lock:
             return [self._presets[n] for n in sorted(self._presets)]
 
-    def _warn_once(self, key: tuple[str, tuple[int, int, int]], message: str) -> None:
+    def _fault(self, key: WarnKey, message: str) -> None:
+        """A fault the folder holds now: logged unless it was already there at the last pass."""
+        self._found.add(key)
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message)

@@ -405,3 +405,103 @@ def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_p
     with pytest.raises(RuntimeError) as e:
         ServerProcess(decoder_path, "--styles-dir", str(styles))
     assert "--styles-dir" in str(e.value) and expected in str(e.value)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_a_fault_that_goes_and_comes_back_is_warned_about_again(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """One warning per fault while it lasts (a pass a second repeats none), but a fault fixed or gone is
+    forgotten: a bad name or an outage of the folder that comes back weeks later is warned about again (it
+    was never logged again), and what is remembered is what the folder holds now, not every bad version a
+    sync tool's partial writes ever made."""
+    from adain.server.library import StyleLibrary
+
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    _put(styles, "a.png", DOTS)
+    library = StyleLibrary(str(styles), 1 << 24)
+    good = library.get("a")
+    with caplog.at_level(logging.WARNING, logger="adain.server"):
+        # a name that cannot be one: warned, gone, back -> warned again
+        _put(styles, "bad name.png", DOTS)
+        library.refresh()
+        library.refresh()
+        assert _warnings(caplog, "bad name.png") == 1
+        (styles / "bad name.png").unlink()
+        library.refresh()
+        _put(styles, "bad name.png", DOTS)
+        library.refresh()
+        assert _warnings(caplog, "bad name.png") == 2
+        (styles / "bad name.png").unlink()
+
+        # the folder unreadable (a volume gone), readable, unreadable again -> two warnings
+        away = tmp_path / "away"
+        for _ in range(2):
+            styles.rename(away)
+            library.refresh()
+            library.refresh()
+            away.rename(styles)
+            library.refresh()
+            assert library.styles() == [good]
+        assert _warnings(caplog, "cannot be read") == 2
+
+        # a file rewritten in place (each partial write a version): one warning each, only the current kept
+        for i in range(5):
+            (styles / "a.png").write_bytes(DOTS[: len(DOTS) // 2 + i])
+            os.utime(styles / "a.png", ns=(i * 10**9, i * 10**9))  # each write a version, however fast
+            library.refresh()
+            library.refresh()
+            assert library.styles() == [good]
+        assert _warnings(caplog, "a.png") == 5 and len(library._warned) == 1
+        _put(styles, "a.png", STRIPES)  # written whole: read, and nothing is remembered against it
+        library.refresh()
+        assert library.get("a").id == hashlib.sha256(STRIPES).hexdigest() and library._warned == set()
+        _put(styles, "a.png", DOTS[:100])  # broken again: warned again
+        library.refresh()
+        assert _warnings(caplog, "a.png") == 6
+
+        # a bad presets file: one warning while it lasts; fixed, then broken again -> warned again
+        for text in ("{", json.dumps({"p": {"styles": {"a": 1}}}), "[1]"):
+            _put(styles, "presets.json", text.encode())
+            library.refresh()
+            library.refresh()
+        assert _warnings(caplog, "presets.json") == 2
+        (styles / "a.png").unlink()
+        (styles / "presets.json").unlink()
+        library.refresh()
+    assert library.styles() == [] and library._warned == set()
+
+
+
+def test_the_server_forgets_the_ids_of_styles_the_library_no_longer_has(decoder_path: Path, tmp_path: Path) -> None:
+    """The ids whose statistics the server computed ahead kept every version of every style ever seen, for
+    the server's life (a folder synced for weeks): now they are the library's ids, and a style removed and
+    put back is prepared again."""
+    from adain import Stylizer
+    from adain.server.app import StyleTransferServer
+    from adain.server.config import Settings
+    from adain.server.library import StyleLibrary
+
+    _put(tmp_path, "dots.png", DOTS)
+    _put(tmp_path, "stripes.jpg", STRIPES)
+    library = StyleLibrary(str(tmp_path), 1 << 24)
+    app = StyleTransferServer(Settings(), Stylizer(decoder_path, device="cpu", precision="fp32"), library)
+    try:
+        def ids() -> set[str]:
+            return {s.id for s in library.styles()}
+
+        app.warm_library(strict=True)
+        assert app._warmed == ids() and len(ids()) == 2
+        (tmp_path / "stripes.jpg").unlink()
+        other = make_image(40, 40, seed=62, kind="noise")
+        _put(tmp_path, "dots.png", other)
+        library.refresh()
+        app.warm_library()
+        assert app._warmed == ids() == {hashlib.sha256(other).hexdigest()}
+    finally:
+        app.pool.shutdown(wait=False, cancel_futures=True)
+        app.refiner.close()
+        app.metrics.close()

@@ -357,6 +357,71 @@ def test_a_finished_clip_is_forgotten_on_time_without_requests(client, tmp_path:
         jobs.close()
 
 
+def _lock_free(lock) -> bool:
+    """Whether another thread can take ``lock`` (an RLock its holder would take again)."""
+    got: list[bool] = []
+
+    def take() -> None:
+        if lock.acquire(timeout=2):
+            lock.release()
+            got.append(True)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    return bool(got)
+
+
+def test_clip_files_are_deleted_off_the_request_and_outside_the_lock(client, tmp_path: Path, monkeypatch) -> None:
+    """get(), check_room(), remove() and discard() run on the page's event loop (it asks every second), and
+    deleted the folders they purged there, holding the jobs' lock (an upload or a result is up to 200 MB): the
+    loop and every other request waited. A folder is now gone from its place at once (the job answers as
+    before) and its files are deleted on another thread, never under the lock; nothing is left behind."""
+    import shutil
+
+    from adain.web import video
+    from adain.web.video import VideoJobs
+
+    make_video(tmp_path / "clip.mp4", frames=3)
+    (tmp_path / "junk.mp4").write_bytes(b"not a clip at all" * 100)
+    jobs = VideoJobs(client, max_kept=1)
+    rmtree = shutil.rmtree
+    deletions: list[tuple[threading.Thread, bool]] = []  # (the thread, whether the lock was held)
+
+    def recorded(path, *args, **kwargs):
+        deletions.append((threading.current_thread(), not _lock_free(jobs.lock)))
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(video.shutil, "rmtree", recorded)
+    try:
+        first_folder, first = _run_job(jobs, tmp_path / "clip.mp4", 3)
+        second_folder, second = _run_job(jobs, tmp_path / "clip.mp4", 3)
+        assert first.state == second.state == "done" and first_folder.exists(), first.state_json()
+        assert jobs.get(second.id) is second and jobs.get(first.id) is None  # past max_kept: purged by get()
+        assert not first_folder.exists()
+        assert jobs.remove(second.id) and not second_folder.exists() and jobs.get(second.id) is None
+        upload = jobs.new_folder()
+        (upload / "upload").write_bytes(b"x" * 1000)
+        jobs.discard(upload)  # an upload that did not become a job
+        assert not upload.exists()
+        third_folder, third = _run_job(jobs, tmp_path / "clip.mp4", 3)
+        jobs.keep_s = 0.0
+        jobs.check_room()  # purges the third, past keep_s now
+        assert not third_folder.exists() and third.id not in jobs.jobs
+        failed_folder, failed = _run_job(jobs, tmp_path / "junk.mp4", 0)  # its own thread deletes its folder
+        assert failed.state == "failed" and not failed_folder.exists(), failed.state_json()
+        end = time.monotonic() + 10
+        while list(jobs.root.iterdir()) and time.monotonic() < end:  # the deleter's work, done shortly
+            time.sleep(0.05)
+        assert list(jobs.root.iterdir()) == []
+        assert len(deletions) == 5, deletions
+        assert all(thread is not threading.main_thread() and not held for thread, held in deletions), deletions
+    finally:
+        monkeypatch.undo()
+        jobs.close()
+    assert not jobs.root.exists()
+
+
 def test_a_clip_that_says_neither_count_nor_duration_fails_at_the_limit(web: WebProcess, tmp_path: Path) -> None:
     """Raw H.264 says neither: it is taken (202) and fails as it reaches for frame 31 of a limit of 30."""
     make_video(tmp_path / "raw.h264", frames=40)

@@ -5,7 +5,10 @@ its result, an MP4 every browser plays, for a while. No FastAPI here: ``web.app`
 A job runs on its own thread. At most ``max_running`` run at once (the page gets 429 beyond, and the
 server's own stream limit still holds); a finished job's file is kept ``keep_s`` seconds, and at most
 ``max_kept`` finished jobs are kept (the oldest go first); every file lives in one temporary folder that
-``close`` removes. A cancelled job stops after the frame in flight and leaves no file; so does a running
+``close`` removes. A folder to remove is first renamed aside (at once: it is gone from its place before the
+job's state or the request says so) and deleted on a thread of its own: an upload and a result are up to 200 MB,
+and requests that purge (the page asks every second) run on the event loop, holding the jobs' lock.
+A cancelled job stops after the frame in flight and leaves no file; so does a running
 job nobody has asked about for ``abandon_s`` seconds (its page was closed: the page asks every second).
 A job cancelled by its caller says "cancelled" from that moment and frees its place among the running ones
 (its thread stops after the frame in flight), and is forgotten ``cancelled_keep_s`` after it stopped.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -117,9 +122,12 @@ class VideoJobs:
         self.root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
-        self.lock = threading.RLock()  # start() holds it through check_room()
+        self.lock = threading.RLock()
         self._closed = threading.Event()
         self._sweeper: threading.Thread | None = None  # started with the first job
+        self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()  # set aside, for the deleter
+        self._deleter: threading.Thread | None = None  # started with the first folder to delete
+        self._deleter_lock = threading.Lock()
 
     def running(self) -> int:
         with self.lock:
@@ -134,24 +142,36 @@ class VideoJobs:
         """Raises Busy where ``start`` would: said before an upload is read (up to 200 MB spooled, then copied,
         each time), and checked again by ``start``."""
         with self.lock:
-            self._purge()
-            if self._running() >= self.max_running:
-                raise Busy(f"{self.max_running} clip(s) are being stylized already; try again when one is done")
+            doomed = self._purge()
+            busy = self._running() >= self.max_running
+        self._delete(doomed)  # outside the lock
+        if busy:
+            raise Busy(self._busy())
+
+    def _busy(self) -> str:
+        return f"{self.max_running} clip(s) are being stylized already; try again when one is done"
 
     def new_folder(self) -> Path:
         """A folder for an upload about to become a job (removed by ``discard`` if it does not)."""
         return Path(tempfile.mkdtemp(dir=self.root))
 
     def discard(self, folder: Path) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
+        """Remove ``folder``: gone from its place at once, its files deleted by the deleter thread (this is
+        called from the page's request handlers, on the event loop)."""
+        self._delete([folder])
 
     def start(self, folder: Path, source: Path, name: str, total: int, styles: list[Any],
               **options: Any) -> VideoJob:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
-        with self.lock:
-            self.check_room()
-            job = VideoJob(uuid.uuid4().hex, folder, name, total)
-            self.jobs[job.id] = job
+        with self.lock:  # the room checked and taken at once
+            doomed = self._purge()
+            busy = self._running() >= self.max_running
+            if not busy:
+                job = VideoJob(uuid.uuid4().hex, folder, name, total)
+                self.jobs[job.id] = job
+        self._delete(doomed)
+        if busy:
+            raise Busy(self._busy())
         thread = threading.Thread(target=self._run, args=(job, source, styles, options), name=f"video-{job.id[:8]}",
                                   daemon=True)
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
@@ -168,15 +188,17 @@ class VideoJobs:
         every = max(1.0, min(60.0, self.keep_s, self.cancelled_keep_s))
         while not self._closed.wait(every):
             with self.lock:
-                self._purge()
+                doomed = self._purge()
+            self._delete(doomed)
 
     def get(self, job_id: str) -> VideoJob | None:
         with self.lock:
-            self._purge()
+            doomed = self._purge()
             job = self.jobs.get(job_id)
             if job is not None:
                 job.seen = time.monotonic()
-            return job
+        self._delete(doomed)
+        return job
 
     def remove(self, job_id: str) -> bool:
         """Cancel a running job (its state says so at once: its thread stops after the frame in flight and
@@ -190,10 +212,10 @@ class VideoJobs:
             if job.finished is None or job.cancel.is_set():
                 job.cancel.set()
                 job.state = "cancelled"
-            else:
-                del self.jobs[job_id]
-                self.discard(job.folder)
-            return True
+                return True
+            del self.jobs[job_id]
+        self._delete([job.folder])
+        return True
 
     def close(self, wait_s: float = 10.0) -> None:
         """Cancel every job, wait for the threads (bounded), remove every file."""
@@ -203,6 +225,11 @@ class VideoJobs:
         deadline = time.monotonic() + wait_s
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        with self._deleter_lock:  # _closed is set: nothing is queued after this stop
+            deleter = self._deleter
+            self._doomed.put(None)
+        if deleter is not None:  # what it has not deleted by then is inside root: removed below either way
+            deleter.join(max(0.0, deadline - time.monotonic()))
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, job: VideoJob, source: Path, styles: list[Any], options: dict[str, Any]) -> None:
@@ -247,21 +274,59 @@ class VideoJobs:
             error = error_json("INTERNAL", INTERNAL)["error"]
         finally:
             source.unlink(missing_ok=True)
+            aside = None
             with self.lock:  # with remove(): a DELETE just after the last look at ``cancel`` is not overwritten
                 if job.cancel.is_set():  # cancelled by its caller (it says so already), whatever the last frame did
                     state, error = "cancelled", None
-                if state != "done":
-                    self.discard(job.folder)
+                if state != "done":  # gone before the state says so; deleted below, outside the lock
+                    aside = self._set_aside(job.folder)
                 job.state, job.error = state, error
                 job.finished = time.monotonic()
+            if aside is not None:  # this job's own thread: no request waits on it
+                shutil.rmtree(aside, ignore_errors=True)
 
-    def _purge(self) -> None:
+    def _purge(self) -> list[Path]:
         """Forget finished jobs past ``keep_s`` (cancelled ones past ``cancelled_keep_s``), and the oldest beyond
-        ``max_kept`` (lock held)."""
+        ``max_kept`` (lock held); returns their folders, for the caller to :meth:`_delete` once it let go of
+        the lock."""
         now = time.monotonic()
         finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
+        doomed: list[Path] = []
         for i, job in enumerate(finished):
             keep = self.cancelled_keep_s if job.cancel.is_set() else self.keep_s
             if now - (job.finished or now) > keep or i < len(finished) - self.max_kept:
                 del self.jobs[job.id]
-                self.discard(job.folder)
+                doomed.append(job.folder)
+        return doomed
+
+    def _set_aside(self, folder: Path) -> Path | None:
+        """``folder`` renamed to a hidden name in ``root`` (one rename, however large it is): gone from its place
+        at once. Returns what to delete, None where it is gone already."""
+        aside = self.root / f".deleted-{uuid.uuid4().hex}"
+        try:
+            os.rename(folder, aside)
+        except FileNotFoundError:
+            return None
+        except OSError:  # cannot be renamed (e.g. another file system): deleted where it is
+            return folder
+        return aside
+
+    def _delete(self, folders: list[Path]) -> None:
+        """Remove ``folders`` off the caller's thread: each set aside now, deleted by the deleter thread."""
+        for folder in folders:
+            aside = self._set_aside(folder)
+            if aside is None:
+                continue
+            with self._deleter_lock:  # with close(): queued before its stop, or deleted here
+                if not self._closed.is_set():
+                    if self._deleter is None:
+                        self._deleter = threading.Thread(target=self._delete_loop, name="video-deleter",
+                                                         daemon=True)
+                        self._deleter.start()
+                    self._doomed.put(aside)
+                    continue
+            shutil.rmtree(aside, ignore_errors=True)  # closing: the deleter has stopped, or is stopping
+
+    def _delete_loop(self) -> None:
+        while (folder := self._doomed.get()) is not None:
+            shutil.rmtree(folder, ignore_errors=True)
