@@ -101,11 +101,16 @@ def _busy_port(settings: Settings) -> str | None:
     or is malformed, a port that is taken between this and the real start) is left to the start itself, which
     checks again. gRPC takes a port when it can bind any address of the host (``[::]`` falls back to 0.0.0.0),
     so its ports are busy only when every one is; the metrics exporter binds the first address alone."""
-    host = settings.host
-    ports = [(settings.port, True, f"cannot listen on {host}:{settings.port}"),
+    host, in_use = settings.host, os.strerror(errno.EADDRINUSE)
+    # A second server on one machine trips on the fixed defaults: say what gets it going (--port 0 picks a free
+    # port; --metrics-port 0 or negative serves no metrics, see config.py's help: no free-port choice there).
+    ports = [(settings.port, True,
+              f"cannot listen on {host}:{settings.port}: {in_use} (another adain-server? --port 0 picks a free "
+              "port, or give another)"),
              (settings.metrics_port, False,
-              f"cannot serve metrics on {host}:{settings.metrics_port}: {os.strerror(errno.EADDRINUSE)}"),
-             (settings.health_port, True, f"cannot listen on {host}:{settings.health_port} (--health-port)")]
+              f"cannot serve metrics on {host}:{settings.metrics_port}: {in_use} (another adain-server? give "
+              "--metrics-port 0 to serve no metrics, or another port)"),
+             (settings.health_port, True, f"cannot listen on {host}:{settings.health_port} (--health-port): {in_use}")]
     for port, grpc_like, error in ports:
         if port > 0 and _listened_on(host, port, grpc_like):
             return error

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
+import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from adain.argtypes import int_in_range, positive_float, positive_int
 from adain.client.cli import CliError, add_connection_args, connect
+
+if TYPE_CHECKING:
+    from adain.client import StyleTransferClient
+
+log = logging.getLogger("adain.web")
+START_HEALTH_TIMEOUT_S = 5.0  # the one look at the server at start (in a thread: the page starts meanwhile)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,10 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
-    try:
+    try:  # a --server gRPC would misread (http://..., no port) is refused here, by the client's own check
         client = connect(args, max_message_mb=max_message_mb)
     except CliError as e:
         print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    # before anything listens: a taken --port failed in uvicorn after the URL line had been printed
+    if problem := cannot_listen(args.host, args.port):
+        client.close()
+        print(f"adain-web: error: cannot listen on {_hostport(args.host, args.port)}: {problem}", file=sys.stderr,
+              flush=True)
         return 2
     with client:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
@@ -78,12 +94,80 @@ def main(argv: Sequence[str] | None = None) -> int:
             except OSError as e:
                 print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
                 return 2
-        print(f"adain-web: http://{args.host}:{args.port}/ (server {args.server})", file=sys.stderr, flush=True)
+        # Not an error: the server may start later (the page answers 503 until then), but say so, and why.
+        threading.Thread(target=_look_at_server, args=(client, args.server), name="server-check",
+                         daemon=True).start()
         # proxy_headers off: uvicorn's default takes X-Forwarded-For from a peer at 127.0.0.1 as the client's
         # address, so any local process could name the visitor; --forwarded-for is the one switch for that
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10,
-                    proxy_headers=False)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                timeout_graceful_shutdown=10, proxy_headers=False)
+        server = _server_class()(config, f"adain-web: http://{_hostport(args.host, args.port)}/ (server {args.server})")
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        if not server.started:  # uvicorn's own start failed (a port taken since the check): it said why
+            return 3
     return 0
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on ``host``:``port`` (as asyncio binds: each address the name resolves to,
+    SO_REUSEADDR, IPv6 sockets v6-only; an address family the machine lacks is skipped), or None. A probe: the
+    socket is closed again; a port taken between this and uvicorn's start is uvicorn's own error."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:  # no such name; a malformed one
+        return getattr(e, "strerror", None) or str(e)
+    for family, kind, proto, _name, address in dict.fromkeys(infos):
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL:  # asyncio skips those (a family not enabled here)
+                return e.strerror or str(e)
+    return None
+
+
+def _look_at_server(client: StyleTransferClient, target: str) -> None:
+    """One health check at start, logged: an address that answers nothing (a typo'd port, a server not up
+    yet) was seen only after a first call, as "not available right now"."""
+    from adain.client import StyleTransferError
+
+    try:
+        status = client.health(timeout=START_HEALTH_TIMEOUT_S)
+    except StyleTransferError as e:
+        log.warning("the server %s does not answer (%s: %s); the page answers 503 until it does", target,
+                    e.code.name, e.details)
+        return
+    log.info("the server %s answers: %s", target, status)
+
+
+def _server_class() -> type:
+    """uvicorn.Server with the URL line (a class made here: uvicorn is imported lazily, as the app is)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, printing the page's URL once it listens (before, a taken port failed after the
+        line had invited the user to open another process's page)."""
+
+        def __init__(self, config: uvicorn.Config, line: str) -> None:
+            super().__init__(config)
+            self.line = line
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(self.line, file=sys.stderr, flush=True)
+
+    return Server
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ heif_support()  # so that a HEIC upload's header is checked here too, where pill
 RETRY_AFTER_S = 1  # told to a client the backend turned away as full
 LIBRARY_TTL_S = 10.0  # the server's style library is asked again after this long (it follows its folder)
 THUMBNAIL_PX = 256
+HEALTH_WARN_S = 60.0  # /healthz logs why the server is unreachable at most this often (probes ask every few s)
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
@@ -306,13 +307,26 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    # when /healthz last logged why the server is out (at most once a HEALTH_WARN_S), and whether it is out now
+    unreachable: dict[str, Any] = {"warned": -math.inf, "down": False}
+
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> JSONResponse:
         try:
             status = await run_in_threadpool(client.health, timeout=min(5.0, settings.timeout))
         except StyleTransferError as e:
             message, _ = public_error(e, logging.DEBUG)  # probes ask every few seconds: no WARNING each time
+            # ...but once a HEALTH_WARN_S: an operator saw UNREACHABLE and nothing in the log saying why
+            unreachable["down"] = True
+            if time.monotonic() - unreachable["warned"] >= HEALTH_WARN_S:
+                unreachable["warned"] = time.monotonic()
+                logging.getLogger("adain.web").warning(
+                    "/healthz: the server %s does not answer (%s: %s); logged at most once a minute",
+                    client.target, e.code.name, e.details)
             return JSONResponse({"status": "UNREACHABLE", "detail": message}, status_code=503)
+        if unreachable["down"]:
+            unreachable["down"] = False
+            logging.getLogger("adain.web").info("/healthz: the server %s answers again: %s", client.target, status)
         return JSONResponse({"status": status}, status_code=200 if status == "SERVING" else 503)
 
     @app.api_route("/api/info", methods=["GET", "HEAD"])

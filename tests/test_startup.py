@@ -1,0 +1,118 @@
+"""What adain-web and adain-server say at start about the addresses they are given: a --server gRPC cannot
+use, a server that does not answer, a port another process holds. Real processes; none loads a model (the
+server's port checks come before it)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from helpers import REPO, free_port
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+@contextmanager
+def _held_port() -> Iterator[int]:
+    """A port another process would hold: bound and listening."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+@pytest.mark.parametrize(("server", "says"), [
+    ("http://127.0.0.1:50051", "HOST:PORT"),
+    ("127.0.0.1", "no port"),
+    ("localhost:70000", "1-65535"),
+    ("::1:50051", "[::1]:"),
+    ("10.0.0.5:50051,10.0.0.6", "no port"),
+])
+def test_web_refuses_a_malformed_server_at_start(server: str, says: str) -> None:
+    """It started, and every call then said "not available right now" (gRPC: "Misformatted domain name", or a
+    missing port taken as 443). The client's own check refuses it (adain.client's target_problem, via connect):
+    one line naming the flag, before anything listens."""
+    proc = _run("adain.web", "--server", server, "--port", str(free_port()))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("adain-web: error: --server") and server in lines[0] and says in lines[0], lines[0]
+
+
+def test_web_logs_an_unreachable_server_at_start_and_healthz_says_why_once() -> None:
+    """Nobody listens on the server's port: the page starts (the server may come later), and says so at once,
+    with gRPC's reason, before any request; /healthz says why too, once a minute, however often it is asked."""
+    server, port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adain.web", "--server", f"dns:///127.0.0.1:{server}", "--port", str(port),
+         "--log-level", "info", "--retries", "0"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+
+    def wait_for(text: str) -> str:
+        end = time.monotonic() + 60
+        while text not in (log := "".join(lines)):
+            assert proc.poll() is None and time.monotonic() < end, log
+            time.sleep(0.05)
+        return log
+
+    try:
+        log = wait_for("does not answer")
+        warning = next(line for line in log.splitlines() if "does not answer" in line)
+        assert "WARNING" in warning and f"127.0.0.1:{server}" in warning and "Connection refused" in warning, log
+        log = wait_for(f"adain-web: http://127.0.0.1:{port}/")
+        assert log.index("Uvicorn running on") < log.index("adain-web: http://"), log  # once it listens
+        for _ in range(3):
+            r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
+            assert r.status_code == 503 and r.json()["status"] == "UNREACHABLE"
+            assert str(server) not in r.text  # the reason is the log's, not the public's
+        log = wait_for("/healthz: the server")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    said = [line for line in log.splitlines() if "/healthz: the server" in line]
+    assert len(said) == 1 and "WARNING" in said[0] and f"127.0.0.1:{server}" in said[0], log
+    assert "Connection refused" in said[0] and "Traceback" not in log, log
+
+
+def test_web_refuses_a_busy_port_before_its_url_line() -> None:
+    """uvicorn failed on the taken port (rc 3) after the URL line had invited the user to another process's page."""
+    with _held_port() as port:
+        proc = _run("adain.web", "--server", "127.0.0.1:50051", "--port", str(port))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"adain-web: error: cannot listen on 127.0.0.1:{port}: Address already in use"], proc.stderr
+
+
+def test_server_busy_ports_say_why_and_what_to_do() -> None:
+    with _held_port() as port:
+        grpc_port = _run("adain.server", "--port", str(port), "--metrics-port", "0")
+        metrics_port = _run("adain.server", "--port", "0", "--metrics-port", str(port))
+        health_port = _run("adain.server", "--port", "0", "--metrics-port", "0", "--health-port", str(port))
+    for proc in (grpc_port, metrics_port, health_port):
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and "model loaded" not in proc.stderr
+    assert grpc_port.stderr.startswith(f"adain-server: error: cannot listen on 127.0.0.1:{port}: Address already in "
+                                       "use (another adain-server? --port 0 picks a free port"), grpc_port.stderr
+    assert metrics_port.stderr.startswith(
+        f"adain-server: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use (another "
+        "adain-server? give --metrics-port 0 to serve no metrics, or another port)"), metrics_port.stderr
+    assert health_port.stderr.startswith(
+        f"adain-server: error: cannot listen on 127.0.0.1:{port} (--health-port): Address already in use"), \
+        health_port.stderr
+    # what the hints say is so: --port 0 picks a free port, --metrics-port 0 serves no metrics
+    from adain.server.config import build_parser
+
+    text = " ".join(build_parser({}).format_help().split())
+    assert "0 picks a free port" in text and "0 or negative disables" in text
