@@ -29,6 +29,8 @@ from adain.wire import (
     COLOR_BY_ENUM,
     COLOR_ENUM,
     DEFAULT_ADDRESS,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     DEFAULT_QUALITY,
     END_USER_KEY,
     FORMAT_BY_ENUM,
@@ -417,24 +419,97 @@ def service_config(retries: int) -> str:
     return json.dumps(config)
 
 
-def channel_target(target: str) -> str:
-    """What gRPC is given: ``host:port`` and any URI gRPC accepts (``dns:///name:port`` for a Kubernetes
-    headless Service) as they are; a comma-separated list of IP addresses (``127.0.0.1:50051,
-    127.0.0.1:50052``) as one ``ipv4:``/``ipv6:`` target, so the calls are balanced over them."""
-    parts = [p.strip() for p in target.split(",") if p.strip()]
-    if len(parts) <= 1:
-        return target.strip()
-    ipv6 = all(p.startswith("[") for p in parts)
-    for p in parts:
-        host = p.rsplit(":", 1)[0].strip("[]")
+# gRPC's own target schemes (grpc/doc/naming.md) besides dns:, ipv4: and ipv6: (whose ports are checked)
+_PASSED_SCHEMES = ("unix", "unix-abstract", "vsock", "xds")
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_EXAMPLE = f"e.g. {DEFAULT_ADDRESS}, [::1]:{DEFAULT_PORT}, dns:///NAME:PORT or unix:/PATH"
+
+
+def target_problem(target: str) -> str | None:
+    """What is wrong with a target that gRPC would take and then fail every call on, or None. gRPC reads
+    ``http://host:port`` as a host name ("Misformatted domain name"), takes a missing port as 443 (never
+    adain-server's) and a port over 65535 modulo 65536; so every form that can carry a port must carry a valid
+    one. The forms: HOST:PORT, [IPV6]:PORT, a comma-separated list of IP:PORT, dns:[//DNS/]NAME:PORT,
+    ipv4:/ipv6: lists, and unix:, unix-abstract:, vsock:, xds: as they are."""
+    text = target.strip()
+    if not text:
+        return f"empty: give the server's HOST:PORT ({_EXAMPLE})"
+    m = _SCHEME_RE.match(text)
+    scheme, rest = (m.group(1).lower(), text[m.end() :]) if m else ("", text)
+    if scheme in _PASSED_SCHEMES:
+        return None if rest.strip("/") else f"{text} names nothing ({_EXAMPLE})"
+    if scheme == "dns":
+        if rest.startswith("//"):  # dns://RESOLVER/NAME:PORT; dns:///NAME:PORT: the system's resolver
+            resolver, slash, rest = rest[2:].partition("/")
+            if not slash:
+                return f"{text}: names no host: dns:///NAME:PORT (three slashes) for the system's resolver"
+        problem = _host_port(rest)
+        return f"{text}: {problem}" if problem else None
+    if m and rest.startswith("//"):  # http://, https://, grpc://: gRPC reads the whole as a host name
+        netloc = rest[2:].split("/")[0] or DEFAULT_HOST
+        if ":" not in netloc.rpartition("]")[2]:
+            netloc += f":{DEFAULT_PORT}"
+        return (f"{text}: a URL, not a gRPC address: give HOST:PORT ({netloc}); TLS is chosen by the client's "
+                "tls or root_certificates (adain-stylize --tls, --ca-cert), not by a scheme")
+    listed = scheme in ("ipv4", "ipv6")
+    parts = [p.strip() for p in (rest if listed else text).split(",")]
+    for part in parts:
+        problem = _host_port(part, ip=listed or len(parts) > 1)
+        if problem:
+            return f"{text}: {problem}" if len(parts) == 1 and not listed else f"{text}: {part!r}: {problem}"
+    return None
+
+
+def _host_port(text: str, ip: bool = False) -> str | None:
+    """The problem with one HOST:PORT, or None (``ip``: the host must be an IP address, as in a list)."""
+    if not text:
+        return f"an empty address ({_EXAMPLE})"
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return f"malformed; an IPv6 address is [ADDRESS]:PORT, e.g. [::1]:{DEFAULT_PORT}"
+        has_port, port = bool(port), port[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"[{host}] is no IPv6 address"
+    else:
+        if text.count(":") > 1:
+            return f"an IPv6 address goes in brackets, e.g. [::1]:{DEFAULT_PORT}"
+        host, sep, port = text.rpartition(":")
+        has_port = bool(sep)
+        if not sep:
+            host = text
+    if not has_port or not port:  # gRPC would take 443
+        shown = f"[{host}]" if text.startswith("[") else host
+        return f"no port: give HOST:PORT, e.g. {shown}:{DEFAULT_PORT} (adain-server's default)"
+    if not host:
+        return f"no host before the port ({_EXAMPLE})"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"the port must be a number in 1-65535, got {port!r}"
+    if ip:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise StyleTransferError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"server: a list of addresses must be IP addresses (got {p!r}); for names use one "
-                "dns:///name:port target whose name resolves to every replica",
-            ) from None
+            return ("a list of addresses must be IP addresses; for names use one dns:///NAME:PORT target whose "
+                    "name resolves to every replica")
+    return None
+
+
+def channel_target(target: str) -> str:
+    """What gRPC is given: ``host:port`` and any URI gRPC accepts (``dns:///name:port`` for a Kubernetes
+    headless Service) as they are; a comma-separated list of IP addresses (``127.0.0.1:50051,
+    127.0.0.1:50052``) as one ``ipv4:``/``ipv6:`` target, so the calls are balanced over them. A target gRPC
+    would misread (:func:`target_problem`) is a StyleTransferError naming ``server``."""
+    problem = target_problem(target)
+    if problem is not None:
+        raise _local_error("server", problem)
+    text = target.strip()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    m = _SCHEME_RE.match(text)
+    if len(parts) <= 1 or (m and m.group(1).lower() in ("dns", "ipv4", "ipv6", *_PASSED_SCHEMES)):
+        return text
+    ipv6 = all(p.startswith("[") for p in parts)
     return ("ipv6:" if ipv6 else "ipv4:") + ",".join(parts)
 
 
@@ -448,6 +523,17 @@ def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
 
 # adain.wire.TOKEN_RE: a token outside it failed every call with "INTERNAL: Invalid metadata"
 TOKEN_RULE = "a token is printable ASCII without spaces (what an HTTP/2 header carries)"
+
+
+def _token_file_problem(line: str) -> str:
+    """Why a token file's first line is no token: the server's tokens file (``NAME TOKEN`` lines, adain-server
+    --auth-tokens-file) given to a client was refused as "printable ASCII without spaces", which did not say
+    what to give instead."""
+    fields = line.split()
+    if len(fields) == 2 and all(TOKEN_RE.fullmatch(f) for f in fields):
+        return ("this looks like the server's --auth-tokens-file (NAME TOKEN lines); give the client a file that "
+                "holds the token alone")
+    return f"the file's first line must be the token alone: {TOKEN_RULE}"
 
 
 class _TokenSource:
@@ -481,7 +567,7 @@ class _TokenSource:
                 if token is None:
                     raise ValueError(f"{os.fspath(self._path)} holds no token")
                 if not TOKEN_RE.fullmatch(token):
-                    raise ValueError(f"{os.fspath(self._path)}: {TOKEN_RULE}")
+                    raise ValueError(f"{os.fspath(self._path)}: {_token_file_problem(token)}")
                 self._token, self._seen = token, (st.st_mtime_ns, st.st_size)
         except (OSError, ValueError, UnicodeDecodeError):
             if self._token is None:  # at first: say so; later, a file being rewritten keeps the last token
@@ -608,11 +694,13 @@ class StyleTransferClient(_ClientBase):
     (:class:`adain.client.aio.AsyncStyleTransferClient` is the same for asyncio.)
 
     ``target`` is ``host:port``, a comma-separated list of IP:port (replicas), or any gRPC target
-    (``dns:///name:port``); calls are balanced round-robin over every address, skipping replicas whose
-    gRPC health is not SERVING. ``timeout`` (seconds) is the default deadline of each call. ``tls=True``
-    (or giving ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how
-    many times a call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on
-    another replica where there are several (0 disables; at most 4, gRPC's limit: more is a ValueError).
+    (``dns:///name:port``, ``unix:/path``); a port is required (gRPC would take 443), and a URL
+    (``http://...``) is refused (TLS is ``tls``'s choice): a StyleTransferError naming ``server``. Calls are
+    balanced round-robin over every address, skipping replicas whose gRPC health is not SERVING.
+    ``timeout`` (seconds) is the default deadline of each call. ``tls=True`` (or giving
+    ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how many times a
+    call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on another replica
+    where there are several (0 disables; at most 4, gRPC's limit: more is a ValueError).
     Message size limits default to 32 MiB each way, like the server's (``max_message_mb``): a file larger
     than that is refused before it is read, and a request larger than that before it is sent, naming the
     file or the largest parts.

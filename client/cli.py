@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import stat
 import sys
@@ -123,7 +124,7 @@ def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
 
 # the client's argument names in its errors -> the flags that set them
 _CLIENT_FLAGS = {"token_file": "--token-file", "root_certificates": "--ca-cert", "client_certificate": "--client-cert",
-                 "client_key": "--client-key", "server": "--server"}
+                 "client_key": "--client-key", "server": "--server", "token": "$ADAIN_TOKEN"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-styles", action="store_true",
                    help="list the styles of the server's library and exit (needs no CONTENT, --style or -o; "
                    "--thumbnails DIR saves their thumbnails)")
+    # here for --help, and to be refused with a word (it was "the following arguments are required")
+    p.add_argument("--thumbnails", metavar="DIR", help="with --list-styles: also save each style's thumbnail (a "
+                   "JPEG of at most 256 px) into DIR as NAME.jpg")
     p.add_argument("--server-info", action="store_true",
                    help="print what the server runs (model, weights, backend, precision, CPU, limits, batching, "
                    "its library) as JSON, and exit (needs no CONTENT, --style or -o)")
@@ -314,31 +318,121 @@ def _style_source(spec: str, source: str) -> StyleRef | Preset | Path:
     return path
 
 
-def _check_readable(path: Path, what: str) -> None:
+def _check_readable(path: Path, what: str, allow_empty: bool = False) -> None:
     """A regular file that can be opened: a folder, a device (/dev/zero: endless) or a FIFO (a read that never
-    returns) is refused before anything reads it."""
+    returns) is refused before anything reads it; so is an empty file (unless ``allow_empty``: a folder run's
+    content, said by the server and passed over), which the server named only as "image data is empty"."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
             raise CliError(f"{what}: {path} is not a regular file (a folder, a device or a pipe)")
+        if st.st_size == 0 and not allow_empty:
+            raise CliError(f"{what}: {path} is empty (0 bytes)")
         with path.open("rb") as f:
             f.read(1)
     except OSError as e:
         raise CliError(f"{what}: cannot read {path}: {e.strerror or e}") from None
 
 
-def _describe(e: StyleTransferError, args: argparse.Namespace) -> str:
+# gRPC's words for a peer that answered the HTTP/2 preface in HTTP/1 text ("HTTP/1.1 400", "<!DOCTYPE"): its
+# own, or the frame type it read, a printable character (a TLS port's reply reads otherwise: "Socket closed")
+_HTTP1_RE = re.compile(r"http1\.x server|Expected SETTINGS frame as the first frame, got frame type (\d+)")
+
+
+def _http1_peer(details: str) -> bool:
+    m = _HTTP1_RE.search(details)
+    return m is not None and (m.group(1) is None or 0x21 <= int(m.group(1)) <= 0x7E)
+
+
+def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool = False) -> str:
+    """A failed call in the CLI's words; ``cli_terms``: the request's field names as the flags and files
+    that set them (one content's request: its styles[i] are the --style flags in order)."""
     server = args.server
     if e.code == grpc.StatusCode.UNAVAILABLE:
         tls = args.tls or args.ca_cert or args.client_cert
         hint = "; over TLS: is --ca-cert the server's CA, and does it want a --client-cert?" if tls else ""
+        if _http1_peer(e.details):
+            hint = "; this is an HTTP server, not adain-server (the web page's port?)"
         return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}{hint}"
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; see --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
-        return e.details
+        said = _in_cli_terms(e, args) if cli_terms else e.details
+        return said.replace("see ListStyles", "see --list-styles")
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
     return f"{e.code.name}: {e.details}"
+
+
+# the request's own fields (StylizeRequest, VideoOptions) -> the flags that set them
+_OPTION_FLAGS = {
+    "alpha": "--alpha", "preserve_color": "--preserve-color", "content_size": "--size", "style_size": "--style-size",
+    "quality": "--quality", "keep_exif": "--keep-exif", "refine_steps": "--refine", "refine_init": "--classic",
+    "content_weight": "--content-weight", "style_weight": "--style-weight", "tv_weight": "--tv-weight",
+    "refine_size": "--refine-size", "temporal": "--temporal", "temporal_strength": "--temporal-strength",
+    "styles": "--style", "weights": "--style", "masks": "--mask", "label_values": "--label",
+    "region_alphas": "--region-alpha",
+}
+_STYLE_FIELD_RE = re.compile(r"styles\[(\d+)\](?:\.(\w+))?")
+
+
+def _nth(values: Sequence[Any] | None, i: int) -> Any:
+    return values[i] if values and i < len(values) else None
+
+
+def _cli_term(field: str, args: argparse.Namespace) -> tuple[str | None, str | None] | None:
+    """A request field of one content's call as (flag, the value given to it): styles[1].image -> ("--style",
+    the second style as given), mask -> ("--mask", its file), content -> (None, the content file); None for a
+    field no flag sets (a frame, the request as a whole)."""
+    field = field.removeprefix("options.")  # a video's options
+    m = _STYLE_FIELD_RE.fullmatch(field)
+    if m:
+        i, part = int(m.group(1)), m.group(2)
+        if part in (None, "image", "style_id", "weight"):
+            return ("--style", _nth(args.style, i))
+        if part == "mask":
+            return ("--mask", _nth(args.mask, i))
+        if part == "label":
+            return ("--label", _nth(args.label, i))
+        if part == "alpha":
+            alpha = _nth(args.region_alpha, i)
+            return ("--region-alpha", None if alpha is None else f"{alpha:g}")
+        return None
+    if field == "content":
+        return (None, str(args.content))
+    if field == "mask":  # the one mask of two styles
+        return ("--mask", _nth(args.mask, 0))
+    if field == "labels":
+        return ("--labels", args.labels)
+    if field == "preset":
+        return ("--style", _nth(args.style, 0))
+    if field == "format":  # the output's, by -o's extension or --format
+        return ("--format", args.format) if args.format else ("-o", args.output)
+    flag = _OPTION_FLAGS.get(field)
+    return None if flag is None else (flag, None)
+
+
+def _in_cli_terms(e: StyleTransferError, args: argparse.Namespace) -> str:
+    """``e.details`` with each field named as the flag and file that set it ("styles[1].image: not a decodable
+    image" -> "--style b.png: not a decodable image"), the server's descriptions as they are."""
+    pairs = list(e.violations)
+    if not pairs:  # no BadRequest detail (googleapis-common-protos missing): the first field, in the text
+        field, sep, rest = e.details.partition(": ")
+        if not sep:
+            return e.details
+        pairs = [(field, rest)]
+    said = []
+    for field, description in pairs:
+        term = _cli_term(field, args)
+        if term is None:
+            said.append(f"{field}: {description}")
+            continue
+        flag, value = term
+        if value is not None and description.startswith((f"{value} ", f"{value}:")):  # the client named it
+            said.append(f"{flag}: {description}" if flag else description)
+        else:
+            said.append(f"{' '.join(x for x in (flag, value) if x)}: {description}")
+    return "; ".join(said)
 
 
 def _format(text: str) -> str:
@@ -351,10 +445,22 @@ def _refuse_quality_for_png(args: argparse.Namespace, fmt: str, what: str) -> No
         raise CliError(f"--quality: only for JPEG and WebP outputs; {what} PNG, which is lossless")
 
 
-def _output_format(path: Path) -> str:
+# adain.media.VIDEO_SUFFIXES (importing it needs numpy, the video extra; a test checks that the two agree)
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
+
+
+def _output_format(path: Path, content: Path) -> str:
     fmt = format_from_suffix(path.suffix)
     if fmt is None:
-        raise CliError(f"-o {path}: cannot tell the output format from {path.suffix or 'no extension'!r} "
+        suffix = path.suffix.lower()
+        if suffix in VIDEO_OUTPUT_SUFFIXES:
+            kind = "for videos (animated)" if suffix == ".gif" else "a video container"
+            raise CliError(f"-o {path}: {content} is an image, and {path.suffix} is {kind}; an image's output "
+                           "format is .png, .jpg, .jpeg or .webp")
+        if not suffix:
+            raise CliError(f"-o {path}: no extension to tell the output format by (use .png, .jpg, .jpeg or "
+                           f".webp; or end the name with '/' for a folder: -o {path}/)")
+        raise CliError(f"-o {path}: cannot tell the output format from {path.suffix!r} "
                        "(use .png, .jpg, .jpeg or .webp)")
     return fmt
 
@@ -467,8 +573,7 @@ def _refuse_overwriting(out: Path, shown: str, inputs: dict) -> None:
 
 
 def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
-    content = Path(args.content)
-    _check_readable(content, "CONTENT")
+    content = Path(args.content)  # checked by _run
     flags = _video_flags(args)
     if flags:
         raise CliError(f"{flags[0]}: only for videos, and {content} is an image")
@@ -477,7 +582,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
         out = Path(args.output) / f"{content.stem}_stylized{FORMAT_SUFFIXES[fmt]}"
     else:
         out = Path(args.output)
-        fmt = _output_format(out)
+        fmt = _output_format(out, content)
         if args.format is not None and args.format != fmt:  # else one of the two would be ignored
             raise CliError(f"--format {args.format}: -o {out} is a {fmt.upper()} file by its extension; give one "
                            f"or the other (or -o ending in {FORMAT_SUFFIXES[args.format]})")
@@ -499,7 +604,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
         result = client.stylize(content, _blend(styles), format=fmt, on_progress=progress if bar else None,
                                 keep_exif=args.keep_exif, **_options(args), **refine)
     except StyleTransferError as e:
-        raise CliError(_describe(e, args)) from None
+        raise CliError(_describe(e, args, cli_terms=True)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -531,10 +636,17 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
         bar.close()
 
 
-def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -> CliError:
+def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path, single: bool = True) -> CliError:
+    """``single``: the one content of the run (its styles[i] are the --style flags; in a folder run each style
+    goes alone, and the fields keep the request's names)."""
     if isinstance(e, StyleTransferError):  # a style's or another option's problem is not the clip's
-        said = _describe(e, args)  # the client's own checks name the clip already
-        return CliError(said if e.details.startswith(("options.", f"{src}:")) else f"{src}: {said}")
+        if e.details.startswith(f"{src}:"):  # the client's own checks name the clip already
+            return CliError(_describe(e, args))
+        field = e.violations[0][0] if e.violations else e.details.partition(": ")[0]
+        option = e.code == grpc.StatusCode.INVALID_ARGUMENT and (
+            field.startswith("options.") or (single and _cli_term(field, args) is not None))
+        said = _describe(e, args, cli_terms=single)
+        return CliError(said if option else f"{src}: {said}")
     if isinstance(e, OSError):
         return CliError(f"-o {out}: cannot write: {e.strerror or e}")
     return CliError(str(e))  # MediaError: names the file and the problem
@@ -562,7 +674,7 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
         except MediaError as e:
             raise CliError(str(e)) from None
         raise CliError(f"-o {args.output}: {src} is a video, so the output must be a video file "
-                       f"({', '.join(VIDEO_SUFFIXES)}) or a folder")
+                       f"({', '.join(VIDEO_SUFFIXES)}) or a folder (one that exists, or a name ending in '/')")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -599,7 +711,7 @@ def _content_files(paths: list[Path]) -> list[Path]:
                 raise CliError(f"{path}: no images or videos in this folder ({', '.join(known)})")
             files += found
         else:
-            _check_readable(path, "CONTENT")
+            _check_readable(path, "CONTENT", allow_empty=True)  # the server names it, and the others go on
             files.append(path)
     stems: dict[str, Path] = {}
     for f in files:
@@ -721,14 +833,20 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
                 isinstance(e, StyleTransferError) and e.code == grpc.StatusCode.INVALID_ARGUMENT
             )
             if not bad_input:
-                raise _video_error(e, args, src, out) from None
+                raise _video_error(e, args, src, out, single=False) from None
             failed += 1  # a bad video: say so and go on with the others
-            print(f"{PROG}: error: {_video_error(e, args, src, out)}", file=sys.stderr, flush=True)
+            print(f"{PROG}: error: {_video_error(e, args, src, out, single=False)}", file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
-    print(f"{total - failed} of {total} outputs written to {shown} ({len(tasks)} images, {len(video_tasks)} videos)")
-    if served:
-        print("images per replica: " + ", ".join(f"{name} {n}" for name, n in sorted(served.items())))
+    print(f"{total - failed} of {_count(total, 'output')} written to {shown} ({_count(len(tasks), 'image')}, "
+          f"{_count(len(video_tasks), 'video')})")
+    if served:  # a video's stream names no replica to this client: said, not left to be read as all outputs
+        unsaid = " (videos not counted)" if video_tasks else ""
+        print("images per replica: " + ", ".join(f"{name} {n}" for name, n in sorted(served.items())) + unsaid)
     return 1 if failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _this_content_only(err: StyleTransferError) -> bool:
@@ -819,7 +937,8 @@ def _list_styles(args: argparse.Namespace) -> int:
             raise CliError(f"--thumbnails {folder}: cannot write: {e.strerror or e}") from None
     width = max(len(s.name) for s in styles)
     for s in styles:
-        print(f"{s.name:<{width}}  {s.width:>5} x {s.height:<5}  {s.style_id[:12]}")
+        # the file's digest, labelled: it changes when the file does, and is no id for -s id:... (the name is)
+        print(f"{s.name:<{width}}  {s.width:>5} x {s.height:<5}  sha256:{s.style_id[:12]}")
     for p in presets:  # names the server sent: printed as names only (control characters meant for the terminal)
         if not LIBRARY_NAME_RE.fullmatch(p.name) or not all(LIBRARY_NAME_RE.fullmatch(n) for n, _ in p.styles):
             print(f"{PROG}: warning: skipped the preset named {p.name[:100]!r} the server listed: its name or its "
@@ -846,13 +965,24 @@ def _bare_preserve_color(argv: list[str]) -> list[str]:
     return out
 
 
+def _flag_given(flag: str, argv: list[str]) -> bool:
+    """Whether ``flag`` is among the options of ``argv`` (before a "--")."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return any(a == flag or a.startswith(flag + "=") for a in options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     query = next((f for f in ("--list-styles", "--server-info") if f in argv), None)  # no CONTENT, --style, -o
     parser = build_query_parser(query) if query else build_parser()
     argv = _bare_preserve_color(argv)
     try:
+        alone = "--thumbnails DIR goes with --list-styles (adain-stylize --list-styles --thumbnails DIR)"
+        if query is None and _flag_given("--thumbnails", argv):  # before the parser asks for CONTENT, -s, -o
+            parser.error(alone)
         args = parser.parse_args(argv)
+        if query is None and args.thumbnails is not None:  # an abbreviation of it
+            parser.error(alone)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
     # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
@@ -895,6 +1025,7 @@ def _run(args: argparse.Namespace, query: str | None) -> int:
     single = len(paths) == 1 and paths[0].is_file()
     if single:
         args.content = content = paths[0]
+        _check_readable(content, "CONTENT")  # before is_video opens it (a FIFO named .mp4 would hang there)
     styles: list[tuple[Any, float]] = []
     for spec in args.style:
         source, weight = parse_style(spec)

@@ -229,7 +229,7 @@ def test_cli_regions_by_masks_and_labels(server: ServerProcess, client: StyleTra
     assert "--label" in _cli_failure([c, "-s", a, "--labels", str(d / "labels.png"), "--label", "red", "-o", o,
                                       *srv], capsys)
     line = _cli_failure([c, "-s", a, "--labels", str(d / "labels.png"), "--label", "9", "-o", o, *srv], capsys)
-    assert "styles[0].label" in line and "no pixel" in line
+    assert "error: --label 9: no pixel" in line  # the flag, not the request's styles[0].label
     assert not Path(o).exists()
 
 
@@ -329,8 +329,9 @@ def test_cli_failures_are_one_line(server: ServerProcess, files: dict[str, Path]
     assert "--alpha" in _cli_failure([c, "-s", a, "--alpha", "x", "-o", o, *srv], capsys)
     assert "output format" in _cli_failure([c, "-s", a, "-o", o + ".gif", *srv], capsys)
     # The server says no: corrupt content, a mask of the wrong size, an unknown style id.
-    assert "content:" in _cli_failure([str(files["broken.png"]), "-s", a, "-o", o, *srv], capsys)
-    assert "mask:" in _cli_failure([c, "-s", a, "-s", a, "--mask", a, "-o", o, *srv], capsys)
+    assert f"error: {files['broken.png']}: not a decodable" in _cli_failure([str(files["broken.png"]), "-s", a, "-o",
+                                                                             o, *srv], capsys)
+    assert f"error: --mask {a}: mask is" in _cli_failure([c, "-s", a, "-s", a, "--mask", a, "-o", o, *srv], capsys)
     assert "unknown style id" in _cli_failure([c, "-s", "id:" + "f" * 64, "-o", o, *srv], capsys)
     assert not Path(o).exists()
 
@@ -435,8 +436,8 @@ def test_cli_refuses_what_it_would_silently_get_wrong(server: ServerProcess, fil
         assert f"{flag}: only for videos" in _cli_failure([c, "-s", a, flag, value, "-o", o, *srv], capsys)
     line = _cli_failure([c, "-s", a, "-s", a, "--labels", c, "--label", "300", "--label", "2", "-o", o, *srv], capsys)
     assert "--label: 300 is no grey level 0-255" in line
-    assert "content_weight" in _cli_failure([c, "-s", a, "--refine", "1", "--content-weight", "1e40", "-o", o, *srv],
-                                            capsys)
+    assert "--content-weight: 1e+40 is out of range" in _cli_failure([c, "-s", a, "--refine", "1", "--content-weight",
+                                                                       "1e40", "-o", o, *srv], capsys)
     # a library name that reads as a number reaches the server as a name (this one has no library)
     line = _cli_failure([c, "-s", "id:1977", "-o", o, *srv], capsys)
     assert "no such file" not in line and "1977" in line
@@ -611,7 +612,7 @@ def test_client_refuses_what_it_cannot_send(server: ServerProcess, client: Style
     with big.open("wb") as f:  # 40 MiB, sparse: nothing is written, and nothing may be read
         f.truncate(40 * 2**20)
     line = _cli_failure([str(big), "-s", a, "-o", o, *srv], capsys)
-    assert f"content: {big} is 40 MiB, more than the 32 MiB" in line and "max_message_mb" in line
+    assert f"error: {big} is 40 MiB, more than the 32 MiB" in line and "max_message_mb" in line
     os.mkfifo(tmp_path / "fifo.png")
     for path in ("/dev/zero", str(tmp_path / "fifo.png")):
         assert "not a regular file" in _cli_failure([path, "-s", a, "-o", o, *srv], capsys)

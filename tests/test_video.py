@@ -1071,7 +1071,7 @@ def test_cli_refuses_image_flags_for_videos(server: ServerProcess, clips: dict[s
     (tmp_path / "bad.png").write_bytes(b"no image")
     assert main([clip, "-s", str(tmp_path / "bad.png"), "-o", str(tmp_path / "out.mp4"), *srv]) != 0
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("adain-stylize: error: options.styles[0].image: "), line
+    assert line.startswith(f"adain-stylize: error: --style {tmp_path / 'bad.png'}: "), line
 
 
 def test_cli_says_a_sound_file_has_no_video(server: ServerProcess, clips: dict[str, Path], tmp_path: Path,

@@ -1,0 +1,290 @@
+"""What ``adain-stylize`` says when something is wrong, in the words of its own command line: the flags and
+files the user gave, not the request's field names; addresses, token files and outputs it cannot use, said
+before anything is sent. Found by a new user's walkthrough."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from adain.client import StyleTransferClient, StyleTransferError
+from adain.client.cli import _describe, build_parser, main
+from helpers import ServerProcess, free_port
+from synth import make_image, make_mask
+
+CONTENT = make_image(64, 48, seed=81)
+STYLE = make_image(40, 40, seed=82, kind="noise")
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for name, data in {"content.png": CONTENT, "a.png": STYLE, "notimage.png": b"not an image at all",
+                       "wrongsize.png": make_mask(30, 30), "empty.png": b""}.items():
+        (tmp_path / name).write_bytes(data)
+        out[name] = tmp_path / name
+    return out
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str], code: int = 1) -> str:
+    """The one error line of a failed run (its exit status ``code``)."""
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adain-stylize: error: "), err
+    return lines[0].removeprefix("adain-stylize: error: ")
+
+
+# --- the server's refusals of one content's request, named as the CLI's flags and files ------------------------
+
+
+def test_one_contents_refusals_name_the_flags_and_files(server: ServerProcess, files: dict[str, Path],
+                                                        tmp_path: Path, capsys) -> None:
+    c, a, bad, wrong = (str(files[n]) for n in ("content.png", "a.png", "notimage.png", "wrongsize.png"))
+    srv, o = ["--server", server.target], str(tmp_path / "out.png")
+    # styles[1].image (0-based, the file never named)
+    line = _error([c, "-s", a, "-s", bad, "-o", o, *srv], capsys)
+    assert line.startswith(f"--style {bad}: not a decodable image"), line
+    # a style given with its weight is named as given
+    line = _error([c, "-s", a, "-s", f"{bad}:0.5", "-o", o, *srv], capsys)
+    assert line.startswith(f"--style {bad}:0.5: not a decodable image"), line
+    # styles[0].mask, and the one mask of two styles ("mask")
+    assert _error([c, "-s", a, "--mask", wrong, "-o", o, *srv], capsys) == \
+        f"--mask {wrong}: mask is 30 x 30, content is 64 x 48"
+    assert _error([c, "-s", a, "-s", a, "--mask", wrong, "-o", o, *srv], capsys) == \
+        f"--mask {wrong}: mask is 30 x 30, content is 64 x 48"
+    # labels and styles[i].label
+    line = _error([c, "-s", a, "-s", a, "--labels", wrong, "--label", "1", "--label", "2", "-o", o, *srv], capsys)
+    assert line == f"--labels {wrong}: labels is 30 x 30, content is 64 x 48"
+    line = _error([c, "-s", a, "-s", a, "--labels", c, "--label", "1", "--label", "2", "-o", o, *srv], capsys)
+    assert line.startswith("--label 1: no pixel of labels has label 1"), line
+    # styles[0].alpha
+    line = _error([c, "-s", a, "--region-alpha", "0.5", "-o", o, *srv], capsys)
+    assert line.startswith("--region-alpha 0.5: a per-style alpha needs regions"), line
+    # refine_steps: the server's description kept
+    assert _error([c, "-s", a, "--refine", "9999", "-o", o, *srv], capsys) == \
+        "--refine: 9999 is over the limit of max_refine_steps=500"
+    # content: the file
+    line = _error([bad, "-s", a, "-o", o, *srv], capsys)
+    assert line.startswith(f"{bad}: not a decodable image"), line
+    # an unknown library name or preset: the flag, and --list-styles (no ListStyles, an RPC's name)
+    line = _error([c, "-s", "id:wave", "-o", o, *srv], capsys)
+    assert line.startswith("--style id:wave: unknown style 'wave'"), line
+    line = _error([c, "-s", "preset:nosuch", "-o", o, *srv], capsys)
+    assert line.startswith("--style preset:nosuch: no preset named 'nosuch'") and "see --list-styles)" in line, line
+    assert "ListStyles" not in line
+    assert not Path(o).exists()
+
+
+def test_a_videos_option_is_named_without_options_dot(server: ServerProcess, files: dict[str, Path],
+                                                      tmp_path: Path, capsys) -> None:
+    pytest.importorskip("av")
+    from synth import make_video
+
+    clip = tmp_path / "clip.mp4"
+    make_video(clip, frames=3)
+    a, bad, wrong = str(files["a.png"]), str(files["notimage.png"]), str(files["wrongsize.png"])
+    srv, o = ["--server", server.target], str(tmp_path / "out.mp4")
+    assert _error([str(clip), "-s", a, "--mask", wrong, "-o", o, *srv], capsys) == \
+        f"--mask {wrong}: mask is 30 x 30, content is 64 x 48"
+    line = _error([str(clip), "-s", a, "-s", bad, "-o", o, *srv], capsys)
+    assert line.startswith(f"--style {bad}: not a decodable image"), line
+    # a folder of an image and a clip: the summary counts each kind, and says the replica line counts images only
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(CONTENT)
+    (folder / "clip.mp4").write_bytes(clip.read_bytes())
+    assert main([str(folder), "-s", a, "-o", f"{tmp_path}/out/", *srv]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"2 of 2 outputs written to {tmp_path}/out/ (1 image, 1 video)", out
+    assert out[1].startswith("images per replica: ") and out[1].endswith(" 1 (videos not counted)"), out
+
+
+def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
+    """Without the BadRequest detail (googleapis-common-protos is optional) the first field of the text is
+    translated; a folder run (each style alone: styles[0] is not the first --style) keeps the request's."""
+    args = build_parser().parse_args(["c.png", "-s", "a.png", "-s", "b.png", "-o", "o.png"])
+    args.content = Path("c.png")
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "styles[1].image: not a decodable image")
+    assert _describe(e, args, cli_terms=True) == "--style b.png: not a decodable image"
+    assert _describe(e, args) == "styles[1].image: not a decodable image"
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "request: and 3 more problems")
+    assert _describe(e, args, cli_terms=True) == "request: and 3 more problems"
+    # several violations, each named; a description that names the file already is not told it twice
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "...", violations=[
+        ("content", "c.png is 40 MiB, more than the 32 MiB"), ("options.alpha", "must be in [0, 1]")])
+    assert _describe(e, args, cli_terms=True) == "c.png is 40 MiB, more than the 32 MiB; --alpha: must be in [0, 1]"
+
+
+# --- before anything is sent --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "says"), [
+    ("127.0.0.1:99999", "127.0.0.1:99999: the port must be a number in 1-65535, got '99999'"),
+    ("127.0.0.1", "127.0.0.1: no port: give HOST:PORT, e.g. 127.0.0.1:50051"),
+    ("http://127.0.0.1:50051", "a URL, not a gRPC address: give HOST:PORT (127.0.0.1:50051); TLS is chosen by"),
+    ("https://stylize.example.com", "give HOST:PORT (stylize.example.com:50051)"),
+    ("[::1]", "[::1]: no port"),
+    ("::1", "an IPv6 address goes in brackets"),
+    (":50051", "no host before the port"),
+    ("dns:///adain.example.com", "dns:///adain.example.com: no port"),
+    ("10.0.0.5:50051,10.0.0.6", "'10.0.0.6': no port"),
+    ("a.example:50051,b.example:50051", "a list of addresses must be IP addresses"),
+])
+def test_addresses_grpc_would_misread_are_refused(target: str, says: str, files: dict[str, Path],
+                                                 tmp_path: Path, capsys) -> None:
+    from adain.client.aio import AsyncStyleTransferClient
+
+    for client in (StyleTransferClient, AsyncStyleTransferClient):  # (refused before a channel is opened)
+        with pytest.raises(StyleTransferError) as info:
+            client(target)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.details.startswith("server: ")
+        assert says in info.value.details and info.value.violations[0][0] == "server", info.value.details
+    line = _error([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png"), "--server",
+                   target], capsys)
+    assert line.startswith("--server: ") and says in line, line
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:50051", "localhost:50051", "[::1]:50051", "dns:///localhost:50051",
+                                    "dns://8.8.8.8/adain.example.com:50051", "unix:/tmp/adain.sock",
+                                    "unix-abstract:adain", "ipv4:127.0.0.1:1,127.0.0.1:2", "10.0.0.5:1,10.0.0.6:2",
+                                    "[::1]:1,[::2]:2", " 127.0.0.1:50051 "])
+def test_the_documented_address_forms_are_taken(target: str) -> None:
+    StyleTransferClient(target).close()  # no connection is made until a call
+
+
+def test_an_http_server_is_named_as_one(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """The web page's port (or any HTTP/1 server) given as --server: gRPC's own words say little."""
+    from adain.client.cli import _http1_peer
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # (to stderr, which the test reads)
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        line = _error([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png"),
+                       "--server", f"127.0.0.1:{web.server_address[1]}", "--retries", "0", "--timeout", "20"], capsys)
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert line.startswith("cannot reach the server") and line.endswith(
+        "; this is an HTTP server, not adain-server (the web page's port?)"), line
+    assert _http1_peer("Trying to connect an http1.x server")
+    assert _http1_peer("Failed parsing HTTP/2 (Expected SETTINGS frame as the first frame, got frame type 80)")
+    assert not _http1_peer("Failed parsing HTTP/2 (Expected SETTINGS frame as the first frame, got frame type 4)")
+    assert not _http1_peer("ipv4:127.0.0.1:50996: Socket closed")  # a TLS port, plaintext
+
+
+def test_the_servers_token_file_given_to_the_client(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    argv = [str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png"), "--server",
+            f"127.0.0.1:{free_port()}", "--token-file"]
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("# callers\nweb-frontend 0123456789abcdef0123456789abcdef\nbatch 0123456789abcdef0123\n")
+    assert _error([*argv, str(tokens)], capsys) == (
+        f"--token-file: {tokens}: this looks like the server's --auth-tokens-file (NAME TOKEN lines); give the "
+        "client a file that holds the token alone")
+    tokens.write_text("a token with spaces\n")
+    line = _error([*argv, str(tokens)], capsys)
+    assert line.startswith(f"--token-file: {tokens}: the file's first line must be the token alone: a token is "
+                           "printable ASCII without spaces"), line
+
+
+def test_outputs_named_without_a_usable_extension(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    c, a = str(files["content.png"]), str(files["a.png"])
+    srv = ["--server", f"127.0.0.1:{free_port()}"]  # refused before any call
+    noext = str(tmp_path / "stylized")
+    line = _error([c, "-s", a, "-o", noext, *srv], capsys)
+    assert line == (f"-o {noext}: no extension to tell the output format by (use .png, .jpg, .jpeg or .webp; or "
+                    f"end the name with '/' for a folder: -o {noext}/)")
+    line = _error([c, "-s", a, "-o", str(tmp_path / "x.mp4"), *srv], capsys)
+    assert line == (f"-o {tmp_path / 'x.mp4'}: {c} is an image, and .mp4 is a video container; an image's output "
+                    "format is .png, .jpg, .jpeg or .webp")
+    assert f"{c} is an image, and .gif is for videos" in _error([c, "-s", a, "-o", str(tmp_path / "x.gif"), *srv],
+                                                                capsys)
+    assert list(tmp_path.glob("x.*")) == [] and not Path(noext).exists()
+
+
+def test_the_video_suffixes_agree_with_the_media_module() -> None:
+    pytest.importorskip("numpy")
+    from adain.client.cli import VIDEO_OUTPUT_SUFFIXES
+    from adain.media import VIDEO_SUFFIXES
+
+    assert VIDEO_OUTPUT_SUFFIXES == VIDEO_SUFFIXES
+
+
+def test_an_empty_content_file_is_named(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    empty, a = files["empty.png"], str(files["a.png"])
+    srv = ["--server", f"127.0.0.1:{free_port()}"]
+    assert _error([str(empty), "-s", a, "-o", str(tmp_path / "o.png"), *srv], capsys) == \
+        f"CONTENT: {empty} is empty (0 bytes)"
+    assert _error([str(files["content.png"]), "-s", str(empty), "-o", str(tmp_path / "o.png"), *srv], capsys) == \
+        f"--style {empty}: {empty} is empty (0 bytes)"
+
+
+def test_folder_summary_counts_in_words(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
+                                        capsys) -> None:
+    """'(1 images, 0 videos)'; an empty file among several contents is that content's failure, the others go on."""
+    srv, a = ["--server", server.target], str(files["a.png"])
+    assert main([str(files["content.png"]), str(files["empty.png"]), "-s", a, "-o", f"{tmp_path}/o/", *srv]) == 1
+    out, err = capsys.readouterr()
+    assert f"{files['empty.png']}: content: image data is empty" in err
+    assert out.splitlines()[0] == f"1 of 2 outputs written to {tmp_path}/o/ (2 images, 0 videos)"
+    assert "videos not counted" not in out
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "photo.png").write_bytes(CONTENT)
+    assert main([str(tmp_path / "one"), "-s", a, "-o", f"{tmp_path}/p/", *srv]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"1 of 1 output written to {tmp_path}/p/ (1 image, 0 videos)"
+
+
+# --- --list-styles and --thumbnails ---------------------------------------------------------------------------
+
+
+def test_thumbnails_goes_with_list_styles(capsys) -> None:
+    assert main(["--help"]) == 0
+    assert "--thumbnails DIR" in capsys.readouterr().out
+    said = "--thumbnails DIR goes with --list-styles (adain-stylize --list-styles --thumbnails DIR) (see --help)"
+    assert _error(["--thumbnails", "t2"], capsys, code=2) == said
+    assert _error(["photo.jpg", "-s", "a.png", "-o", "o.png", "--thumb", "t2"], capsys, code=2) == said
+
+
+@pytest.fixture()
+def library_server() -> Iterator[str]:
+    """A server whose library holds one style (ListStyles only)."""
+    from adain.v1 import style_transfer_pb2 as pb
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    class Library(pb_grpc.StyleTransferServicer):
+        def ListStyles(self, request, context):  # noqa: N802 (the gRPC method's name)
+            return pb.ListStylesResponse(styles=[pb.LibraryStyle(name="mosaic", style_id="b9eb099105ea" + "0" * 52,
+                                                                 width=40, height=30)])
+
+    srv = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_StyleTransferServicer_to_server(Library(), srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        srv.stop(None)
+
+
+def test_list_styles_labels_the_digest(library_server: str, capsys) -> None:
+    """Its last column was a bare 12-hex prefix of the style id, which reads as an id for -s id:... and is none."""
+    assert main(["--list-styles", "--server", library_server]) == 0
+    assert capsys.readouterr().out.split() == ["mosaic", "40", "x", "30", "sha256:b9eb099105ea"]
+
+
+def test_connect_names_the_token_variable(monkeypatch, files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    monkeypatch.setenv("ADAIN_TOKEN", "a b")
+    monkeypatch.delenv("ADAIN_TOKEN_FILE", raising=False)
+    line = _error([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png"), "--server",
+                   f"127.0.0.1:{free_port()}"], capsys)
+    assert line.startswith("$ADAIN_TOKEN: a token is printable ASCII"), line
