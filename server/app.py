@@ -235,11 +235,12 @@ class StyleTransferServer:
         except RuntimeError as e:
             port = 0
             reason = f": {e}"
-        else:
-            reason = ""
+        else:  # gRPC says no more; checked free before the model loaded, so most likely taken since
+            reason = ": the address is in use or cannot be bound"
         if not port:
             self.metrics.close()
-            raise OSError(f"cannot listen on {address}{reason}")
+            raise OSError(f"cannot listen on {address}{reason} (another adain-server? --port 0 picks a free port, "
+                          "or give another)")
         if s.health_port > 0:
             self.health_server = await self._serve_health(f"{s.host}:{s.health_port}")
         self.servicer.replica = s.replica_name or f"{socket.gethostname()}:{port}"
@@ -263,7 +264,7 @@ class StyleTransferServer:
         except RuntimeError:
             pass
         self.metrics.close()  # the start fails: nothing may stay listening
-        raise OSError(f"cannot listen on {address} (--health-port)")
+        raise OSError(f"cannot listen on {address} (--health-port): the address is in use or cannot be bound")
 
     def _warmup_sync(self) -> None:
         content, style = _warmup_images()

@@ -888,7 +888,7 @@ def test_busy_port_is_a_clear_error(server: ServerProcess, decoder_path: Path) -
     assert f"cannot listen on 127.0.0.1:{busy} (--health-port)" in proc.stderr and "Traceback" not in proc.stderr
     assert "model loaded" not in proc.stderr
     assert late.returncode == 1 and "Traceback" not in late.stderr, late.stderr
-    assert f"cannot listen on 127.0.0.1:{busy} (--health-port)" in late.stderr
+    assert f"cannot listen on 127.0.0.1:{busy} (--health-port): the address is in use" in late.stderr, late.stderr
 
 
 def test_the_port_probe_refuses_only_what_grpc_would() -> None:
