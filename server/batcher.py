@@ -23,6 +23,7 @@ import asyncio
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -336,6 +337,7 @@ class Batcher:
             try:
                 self._render_batch(batch)
             finally:
+                batch = None  # its requests' inputs (and a failure's error) are not kept while the next is awaited
                 with self._cond:
                     self._rendering_since = None
 
@@ -358,8 +360,14 @@ class Batcher:
                 raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as e:  # every waiter must hear about it
             log.exception("render failed for a batch of %d", len(live))
+            # Logged: the render's frames (the batch's tensors) go now, not with the last waiter to let go of the
+            # error; their line numbers stay for the waiters' own logs.
+            traceback.clear_frames(e.__traceback__)
             for it in live:
                 self._post(it, error=e)
+            # The error's traceback holds this frame, which keeps its locals once it has returned, and these
+            # requests' futures hold the error: a cycle, with the whole batch, that only a full collection freed.
+            batch = live = it = None
             return
         inference_s = time.monotonic() - t0
         with self._cond:

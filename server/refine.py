@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -174,8 +175,15 @@ class RefineService:
             stop.set()  # the thread stops at its next iteration; the call is already gone
             raise
         except StoppedError as e:
+            # Its status says all: the stopped thread's frames (the content, the tiles' buffers, the optimiser's
+            # state) go now, not with the last reference to the error (they keep their line numbers).
+            traceback.clear_frames(e.__traceback__)
             code = grpc.StatusCode.DEADLINE_EXCEEDED if e.reason == "deadline" else grpc.StatusCode.CANCELLED
             raise ServiceError(code, f"{'tiled render' if tiled else 'refine'} stopped: {e.reason}") from e
+        finally:
+            # The future holds the job's error, whose traceback holds this frame: a cycle that only a full
+            # collection (rare in a server's heap) freed, with everything the job's frames hold.
+            future = None
 
     @staticmethod
     def _check(stop: threading.Event, deadline: float | None) -> None:

@@ -442,6 +442,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             task.cancel()
             if getter is not None:  # a call cancelled while waiting: no pending task left behind to log an ERROR
                 getter.cancel()
+            # The task holds its error, whose traceback holds this frame: a cycle that kept the request and its
+            # job (the task's frames) until a full collection, rare in a server's heap.
+            task = getter = None
 
     def _admit(self) -> Any:
         """A place in the queue for this call's caller (a ticket to release), or RESOURCE_EXHAUSTED."""
@@ -573,6 +576,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"out of memory rendering a batch: {type(e).__name__}"
                 ) from e
             raise
+        finally:
+            # Its future holds the error raised here, whose traceback holds this frame: a cycle that kept the
+            # request's job until a full collection, rare in a server's heap.
+            item = None
 
     @rpc("RegisterStyle")
     async def RegisterStyle(self, request: pb.RegisterStyleRequest, context: grpc.aio.ServicerContext, rid: str) -> Any:

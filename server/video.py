@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ class VideoService:
                 in_flight.remove(got)
                 self.metrics.video_frames.inc()
         finally:
+            got = None  # an error raised from it has this frame (the stream, its last frames) in its traceback
             ended.set()
             if reader is not None:
                 reader.cancel()
@@ -184,13 +186,19 @@ class VideoService:
         messages = aiter(requests)
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(anext(messages), self.limits.idle_s)
-                except StopAsyncIteration:
-                    break
+                try:  # the end comes as None: every stream's StopAsyncIteration made the cycle said below
+                    message = await asyncio.wait_for(anext(messages, None), self.limits.idle_s)
                 except (asyncio.TimeoutError, TimeoutError):  # a paused or vanished client (3.10: not the same)
                     self.metrics.video_idle.inc()
                     raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle("no frame came")) from None
+                except Exception as e:
+                    # wait_for's frame holds its task, which holds the error, whose traceback holds that frame and
+                    # this one (the stream, its last frame): a cycle that only a full collection freed. Its frames'
+                    # locals go now; their line numbers stay for the log.
+                    traceback.clear_frames(e.__traceback__)
+                    raise
+                if message is None:
+                    break
                 if ended.is_set():  # Python 3.11's wait_for returns a message that came as it was cancelled (and
                     return  # the reader went on to render a frame for nobody, or wait on the window for good)
                 part = message.WhichOneof("part")
@@ -250,7 +258,12 @@ class VideoService:
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
         except ClosedError as e:  # (a drain sheds single requests, not frames; should one come: retried elsewhere)
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
-        frame.item = None
+        finally:
+            # Resolved: nothing to withdraw, and a failed one's future holds an error whose traceback holds this
+            # frame (a cycle, with the stream, until a full collection). A cancelled one may still be queued: the
+            # stream's end withdraws it.
+            if frame.item.future.done() and not frame.item.future.cancelled():
+                frame.item = None
         frame.ticket.release()
         t0 = time.perf_counter()
 
