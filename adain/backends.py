@@ -18,7 +18,8 @@ does not care which runs them.
 ``auto`` on a CPU takes OpenVINO when it is installed (it measured fastest on every machine so far:
 ``benchmarks/backends.py``), else torch; on a GPU torch. The runtimes are an optional install extra
 (the ``fast`` extra: ``pip install -e '.[fast]'``); without them everything runs on torch. A runtime that fails on one
-input shape is logged and that shape runs on torch from then on; nothing is fatal after start-up.
+input shape is logged and that shape runs on torch for a while, and from then on once it has failed
+GIVE_UP_FAILURES times in a row; nothing is fatal after start-up.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import tempfile
 import threading
 import time
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +92,28 @@ class _Relu41(nn.Module):
         return self.encoder(x).relu4_1
 
 
+RETRY_AFTER_CALLS = 100  # a shape the runtime failed goes back to it after this many calls of the backend,
+RETRY_AFTER_S = 60.0  # or this long, whichever comes first: a failure may pass (an allocation under memory pressure)
+GIVE_UP_FAILURES = 3  # failures in a row after which a shape stays on torch
+FAILED_SHAPES = 256  # shapes whose failures are remembered, the oldest forgotten first (bounded bookkeeping)
+
+
+@dataclass
+class _Failure:
+    """A shape's failures in a row on a runtime, and when the last was (in the backend's calls and in time)."""
+
+    count: int = 0
+    call: int = 0
+    at: float = 0.0
+
+
 class ExportedBackend(TorchBackend):
     """Encoder and decoder run by an exported runtime (``openvino`` or ``onnxruntime``), on the CPU.
 
-    A call that the runtime fails (say it cannot compile a shape) is logged once and that shape runs on
-    torch from then on, so a runtime's gap costs speed, never a request.
+    A call that the runtime fails (say it cannot compile a shape, or an allocation failed) runs on torch, so a
+    runtime's gap costs speed, never a request. That shape runs on torch until RETRY_AFTER_CALLS calls or
+    RETRY_AFTER_S have passed, then the runtime gets it again; after GIVE_UP_FAILURES failures in a row it
+    stays on torch (logged once). At most FAILED_SHAPES shapes are remembered, the oldest forgotten first.
     """
 
     def __init__(
@@ -120,19 +139,49 @@ class ExportedBackend(TorchBackend):
         example = (torch.rand(1, 512, 4, 4),) + ((torch.ones(1, 1, 4, 4),) if decoder.alpha_input else ())
         example += (torch.rand(1, 3, 32, 32),) if decoder.detail is not None else ()
         self._decode = builder(modules[1], example, bf16, threads, form, 64)  # its input: 1/8 resolution
-        self._failed: set[tuple[str, tuple[int, ...]]] = set()
+        self._failures: OrderedDict[tuple[str, tuple[int, ...]], _Failure] = OrderedDict()  # the newest last
+        self._calls = 0
+        self._failures_lock = threading.Lock()  # calls come from several threads
 
     def _run(self, part: str, run: Run, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
         key = (part, tuple(inputs[0].shape))
-        if key in self._failed:
-            return None
+        with self._failures_lock:
+            self._calls += 1
+            failure = self._failures.get(key)
+            if failure is not None:
+                if failure.count >= GIVE_UP_FAILURES:
+                    return None
+                now = time.monotonic()
+                if self._calls - failure.call < RETRY_AFTER_CALLS and now - failure.at < RETRY_AFTER_S:
+                    return None
+                failure.call, failure.at = self._calls, now  # this call retries; the others wait a cool-off more
         try:
-            return torch.from_numpy(run(*(t.detach().float().contiguous().numpy() for t in inputs)))
+            y = torch.from_numpy(run(*(t.detach().float().contiguous().numpy() for t in inputs)))
         except Exception as e:  # the runtime's own errors: no common base class
-            log.warning("%s failed on the %s for shape %s, running it on torch from now on: %s",
-                        self.name, part, key[1], e)
-            self._failed.add(key)
+            self._failed(key, e)
             return None
+        if failure is not None:
+            with self._failures_lock:
+                self._failures.pop(key, None)  # the streak is broken: it counts from 0 again
+        return y
+
+    def _failed(self, key: tuple[str, tuple[int, ...]], error: Exception) -> None:
+        with self._failures_lock:
+            failure = self._failures.pop(key, None) or _Failure()
+            failure.count += 1
+            failure.call, failure.at = self._calls, time.monotonic()
+            self._failures[key] = failure
+            while len(self._failures) > FAILED_SHAPES:
+                self._failures.popitem(last=False)
+            count = failure.count
+        part, shape = key
+        if count >= GIVE_UP_FAILURES:
+            log.warning("%s failed on the %s for shape %s %d times in a row, running it on torch from now on: %s",
+                        self.name, part, shape, count, error)
+        else:  # the first of a streak is worth a warning; a retry's failure less so
+            log.log(logging.WARNING if count == 1 else logging.INFO,
+                    "%s failed on the %s for shape %s, running it on torch (tried again after %d calls or %.0f s): %s",
+                    self.name, part, shape, RETRY_AFTER_CALLS, RETRY_AFTER_S, error)
 
     def relu4_1(self, x: torch.Tensor) -> torch.Tensor:
         y = self._run("encoder", self._encode, (x,))
@@ -300,7 +349,10 @@ class _StaticShapes:
 
     When all places are taken, a shape replaces the least used kept one only once it has been asked for
     twice as often: three sizes in turn (portrait, landscape, square photos) evicted and compiled one graph
-    on every call, 344 ms a call against 68 ms; now the third stays on the generic graph."""
+    on every call, 344 ms a call against 68 ms; now the third stays on the generic graph.
+
+    A graph is compiled outside the lock, one at a time, by the call that asked for it: every other call (any
+    thread, this shape too) goes on meanwhile, on its kept graph or the generic one."""
 
     def __init__(
         self, compile_static: Callable[[tuple[tuple[int, ...], ...]], object], scale: int = 1, bound: int = 2
@@ -309,14 +361,15 @@ class _StaticShapes:
         self.uses: Counter[tuple[tuple[int, ...], ...]] = Counter()  # calls of each shape (bounded bookkeeping)
         self.failed: set[tuple[tuple[int, ...], ...]] = set()
         self.kept: dict[tuple[tuple[int, ...], ...], tuple[object, threading.Lock]] = {}
-        self.lock = threading.Lock()
+        self.compiling: tuple[tuple[int, ...], ...] | None = None  # the shape whose graph is being compiled
+        self.lock = threading.Lock()  # every call takes it: held for bookkeeping only, never for a compile
 
     def get(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[object, threading.Lock] | None:
         """The fixed-shape request and its lock for these input shapes, or None (use the generic graph)."""
+        n, _, h, w = shapes[0]
+        if n * h * w * self.scale > FIXED_SHAPE_MAX_PIXELS:
+            return None
         with self.lock:
-            n, _, h, w = shapes[0]
-            if n * h * w * self.scale > FIXED_SHAPE_MAX_PIXELS:
-                return None
             if len(self.uses) > 256:  # a bound on the bookkeeping: the kept shapes' counts stay
                 self.uses = Counter({k: self.uses[k] for k in self.kept})
             if self.uses.total() >= DECAY_CALLS:  # recent calls count most: traffic that changes is followed
@@ -324,21 +377,27 @@ class _StaticShapes:
             self.uses[shapes] += 1
             if shapes in self.kept:
                 return self.kept[shapes]
-            if shapes in self.failed or self.uses[shapes] < 2:
-                return None
+            if shapes in self.failed or self.uses[shapes] < 2 or self.compiling is not None:
+                return None  # (a compile under way: one at a time, each takes all the threads it is given)
             least = min(self.kept, key=self.uses.__getitem__) if len(self.kept) >= self.bound else None
             if least is not None and self.uses[shapes] < 2 * self.uses[least]:
                 return None  # not worth a compile and an eviction yet
-            try:
-                entry = (self.compile(shapes), threading.Lock())
-            except Exception as e:  # the runtime's own errors
-                log.warning("openvino: no fixed-shape graph for %s, the generic one serves it: %s", shapes, e)
-                self.failed.add(shapes)
-                return None
-            if least is not None:
-                del self.kept[least]
-            self.kept[shapes] = entry
-            return entry
+            self.compiling = shapes
+        entry: tuple[object, threading.Lock] | None = None
+        try:
+            entry = (self.compile(shapes), threading.Lock())
+        except Exception as e:  # the runtime's own errors
+            log.warning("openvino: no fixed-shape graph for %s, the generic one serves it: %s", shapes, e)
+        finally:
+            with self.lock:
+                self.compiling = None
+                if entry is None:
+                    self.failed.add(shapes)
+                else:  # the least used one now makes way (the counts moved during the compile; nothing else adds)
+                    if len(self.kept) >= self.bound:
+                        del self.kept[min(self.kept, key=self.uses.__getitem__)]
+                    self.kept[shapes] = entry
+        return entry
 
 
 def _cached_model(core: object, xml: Path, quiet: bool = False) -> object | None:
@@ -405,21 +464,40 @@ def _lock_file(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.lock"
 
 
+STALE_TMP_S = 3600.0  # a save takes seconds: a .tmp-* folder this old was left by a process that died in one
+
+
 def _save_openvino(ov: object, model: object, folder: Path) -> bool:
     """Write the converted graph next to the cache atomically (a folder renamed into place), so that
     several processes starting at once never read a half-written one. A failure only costs speed.
-    True when the folder now holds a graph (this one, or another process's)."""
+    True when the folder now holds a graph (this one, or another process's). Called under the conversion
+    lock; it also removes the stale .tmp-* folders there (_sweep_stale_tmp)."""
+    tmp: Path | None = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_tmp(folder.parent)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
         ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)  # type: ignore[attr-defined]
         try:
             tmp.rename(folder)
-        except OSError:  # another process got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as e:
+            tmp = None
+        except OSError:  # another process got there first: its graph serves
+            pass
+    except Exception as e:  # OSError, and OpenVINO's RuntimeError ("Can't open bin file", a full disk)
         log.warning("openvino: could not cache the converted model in %s: %s", folder, e)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return (folder / "model.xml").is_file()
+
+
+def _sweep_stale_tmp(parent: Path) -> None:
+    """Remove the .tmp-* folders under ``parent`` older than STALE_TMP_S (a process killed mid-save)."""
+    now = time.time()
+    for tmp in parent.glob(".tmp-*"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: left
+            if tmp.is_dir() and now - tmp.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _onnxruntime(
@@ -442,6 +520,7 @@ def _onnxruntime(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    options.enable_mem_pattern = False  # its memory plans, one per input shape seen, are never freed: a leak per size
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def run(*arrays: np.ndarray) -> np.ndarray:

@@ -156,7 +156,7 @@ def test_runtime_failure_on_a_shape_runs_that_shape_on_torch(
         got = st.stylize(CONTENT, STYLE)
         again = st.stylize(CONTENT, STYLE)
     assert "failed on the encoder for shape (1, 3, 64, 104), running it on torch" in caplog.text
-    assert calls.count((1, 3, 64, 104)) == 1  # not retried: that shape stays on torch
+    assert calls.count((1, 3, 64, 104)) == 1  # not retried within its cool-off: that shape stays on torch
     want = pixels(eager.stylize(CONTENT, STYLE))
     assert np.abs(pixels(got) - want).max() <= 1 and np.abs(pixels(again) - want).max() <= 1
 
@@ -264,3 +264,131 @@ def test_processes_starting_together_convert_once(tmp_path: Path, monkeypatch: p
         run = backends._openvino(module, example, False, 1, "", 1)
     assert len(traced) == 2 and "converting here too" in caplog.text
     assert np.abs(run(x.numpy()) - want).max() <= 1e-5
+
+
+@pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (the 'fast' extra)")
+def test_runtime_failure_is_retried_given_up_and_bounded(
+    eager: Stylizer, decoder_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure may pass (an allocation under memory pressure): after a cool-off the shape goes back to the
+    runtime. One that fails GIVE_UP_FAILURES times in a row stays on torch, logged once; the failures
+    remembered are bounded, the oldest forgotten first. Every call gets the right answer meanwhile."""
+    monkeypatch.setattr(backends, "RETRY_AFTER_CALLS", 3)
+    monkeypatch.setattr(backends, "FAILED_SHAPES", 2)
+    st = Stylizer(decoder_path, device="cpu", precision="fp32", backend=RUNTIMES[0])
+    backend = st.backend
+    compiled = backend._encode
+    passing, failing, other, another = ((1, 3, side, side) for side in (16, 24, 32, 40))
+    failures = {passing: 1, failing: 99, other: 1, another: 1}  # the runtime's failures to come, per shape
+    calls: list[tuple[int, ...]] = []
+
+    def flaky(*arrays: np.ndarray) -> np.ndarray:  # stands in for a runtime short of memory now and then
+        calls.append(arrays[0].shape)
+        if failures[arrays[0].shape] > 0:
+            failures[arrays[0].shape] -= 1
+            raise RuntimeError("cannot allocate memory")
+        return compiled(*arrays)
+
+    def check(shape: tuple[int, ...]) -> None:
+        x = torch.rand(shape)
+        a, b = backend.relu4_1(x), eager.backend.relu4_1(x)
+        assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item(), shape
+
+    backend._encode = flaky
+    with caplog.at_level(logging.INFO, logger="adain.backends"):
+        for _ in range(12):  # the backend's calls 1, 3, 5...: passing; 2, 4, 6...: failing
+            check(passing)
+            check(failing)
+    # passing: failed at call 1, on torch at call 3 (cooling off), back on the runtime from call 5 (it worked)
+    assert calls.count(passing) == 1 + 10 and ("encoder", passing) not in backend._failures
+    assert calls.count(failing) == 3  # failed at calls 2, 6 and 10 (each after a cool-off), then given up
+    assert caplog.text.count("running it on torch from now on") == 1
+    assert "failed on the encoder for shape (1, 3, 24, 24) 3 times in a row, running it on torch from now on" \
+        in caplog.text
+    check(other)
+    check(another)
+    assert list(backend._failures) == [("encoder", other), ("encoder", another)]  # the given-up one forgotten
+    check(failing)
+    assert calls.count(failing) == 4  # forgotten: tried again
+
+
+def test_fixed_shape_compile_stalls_no_other_call() -> None:
+    """A fixed-shape graph compiles (0.2-0.4 s) outside the lock that every call takes: the other threads'
+    calls are answered meanwhile (a kept shape gets its graph, others the generic one), the shape is compiled
+    once, and one compile runs at a time."""
+    import threading
+
+    kept, slow, other = ((1, 3, 8, 8),), ((1, 3, 16, 16),), ((1, 3, 24, 24),)
+    started, release = threading.Event(), threading.Event()
+    compiled: list[tuple[tuple[int, ...], ...]] = []
+
+    def compile_static(shapes: tuple[tuple[int, ...], ...]) -> str:
+        compiled.append(shapes)
+        if shapes == slow:
+            started.set()
+            assert release.wait(30)
+        return f"graph for {shapes[0]}"
+
+    statics = backends._StaticShapes(compile_static, bound=2)
+    for _ in range(2):
+        got = statics.get(kept)
+    assert got is not None and got[0] == "graph for (1, 3, 8, 8)"
+    assert statics.get(slow) is None  # seen once
+    result: list = []
+    compiler = threading.Thread(target=lambda: result.append(statics.get(slow)), daemon=True)
+    compiler.start()  # its second call: compiles, held on `release`
+    assert started.wait(30)
+
+    def answered(shapes: tuple[tuple[int, ...], ...]) -> list:
+        out: list = []
+        caller = threading.Thread(target=lambda: out.append(statics.get(shapes)), daemon=True)
+        caller.start()
+        caller.join(5)
+        return out  # empty: it waited for the compile
+
+    try:
+        assert answered(kept) == [got]
+        assert answered(slow) == [None]  # being compiled: the generic graph meanwhile, not compiled twice
+        assert answered(other) == [None] and answered(other) == [None]  # worth a graph, but one compile at a time
+    finally:
+        release.set()
+    compiler.join(30)
+    assert result and result[0] is not None and result[0][0] == "graph for (1, 3, 16, 16)"
+    assert compiled == [kept, slow] and set(statics.kept) == {kept, slow} and statics.compiling is None
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
+def test_converted_graph_that_cannot_be_saved_costs_only_speed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenVINO raises RuntimeError, not OSError, when it cannot write a file (here: a file-size limit, as a
+    full disk or quota): the save is skipped with a warning, and its .tmp-* folder goes. A .tmp-* folder left
+    by a process killed mid-save goes once it is an hour old."""
+    import resource
+    import signal
+
+    import openvino as ov
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1)).eval()  # 9 KB of weights
+    model = backends._convert(ov, module, (torch.rand(1, 16, 8, 8),), "")
+    folder = tmp_path / "openvino" / "entry"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limit[1]))
+        with caplog.at_level(logging.WARNING, logger="adain.backends"):
+            saved = backends._save_openvino(ov, model, folder)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert not saved and not folder.exists() and "could not cache the converted model" in caplog.text
+    assert not list(folder.parent.glob(".tmp-*"))
+
+    stale, fresh = folder.parent / ".tmp-stale", folder.parent / ".tmp-fresh"
+    for tmp in (stale, fresh):
+        tmp.mkdir()
+        (tmp / "model.xml").write_text("<half")
+    hours_ago = backends.time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    assert backends._save_openvino(ov, model, folder) and (folder / "model.xml").is_file()
+    assert not stale.exists() and fresh.exists()  # a save under way in another process keeps its folder
