@@ -392,6 +392,8 @@ class _StaticShapes:
             with self.lock:
                 self.compiling = None
                 if entry is None:
+                    if len(self.failed) >= 256:  # a bound on the bookkeeping: those shapes may try once more
+                        self.failed.clear()
                     self.failed.add(shapes)
                 else:  # the least used one now makes way (the counts moved during the compile; nothing else adds)
                     if len(self.kept) >= self.bound:
