@@ -93,7 +93,8 @@ class _Relu41(nn.Module):
 
 
 RETRY_AFTER_CALLS = 100  # a shape the runtime failed goes back to it after this many calls of the backend,
-RETRY_AFTER_S = 60.0  # or this long, whichever comes first: a failure may pass (an allocation under memory pressure)
+RETRY_AFTER_S = 60.0  # and this long, whichever comes last: a failure may pass (an allocation under memory pressure);
+# under load 100 calls pass in seconds, and all three tries within one spell of pressure gave the shape up
 GIVE_UP_FAILURES = 3  # failures in a row after which a shape stays on torch
 FAILED_SHAPES = 256  # shapes whose failures are remembered, the oldest forgotten first (bounded bookkeeping)
 
@@ -111,7 +112,7 @@ class ExportedBackend(TorchBackend):
     """Encoder and decoder run by an exported runtime (``openvino`` or ``onnxruntime``), on the CPU.
 
     A call that the runtime fails (say it cannot compile a shape, or an allocation failed) runs on torch, so a
-    runtime's gap costs speed, never a request. That shape runs on torch until RETRY_AFTER_CALLS calls or
+    runtime's gap costs speed, never a request. That shape runs on torch until RETRY_AFTER_CALLS calls and
     RETRY_AFTER_S have passed, then the runtime gets it again; after GIVE_UP_FAILURES failures in a row it
     stays on torch (logged once). At most FAILED_SHAPES shapes are remembered, the oldest forgotten first.
     """
@@ -147,26 +148,33 @@ class ExportedBackend(TorchBackend):
         key = (part, tuple(inputs[0].shape))
         with self._failures_lock:
             self._calls += 1
+            started = self._calls
             failure = self._failures.get(key)
             if failure is not None:
                 if failure.count >= GIVE_UP_FAILURES:
                     return None
                 now = time.monotonic()
-                if self._calls - failure.call < RETRY_AFTER_CALLS and now - failure.at < RETRY_AFTER_S:
+                if self._calls - failure.call < RETRY_AFTER_CALLS or now - failure.at < RETRY_AFTER_S:
                     return None
                 failure.call, failure.at = self._calls, now  # this call retries; the others wait a cool-off more
         try:
             y = torch.from_numpy(run(*(t.detach().float().contiguous().numpy() for t in inputs)))
         except Exception as e:  # the runtime's own errors: no common base class
-            self._failed(key, e)
+            self._failed(key, e, started, retry=failure is not None)
             return None
         if failure is not None:
             with self._failures_lock:
                 self._failures.pop(key, None)  # the streak is broken: it counts from 0 again
         return y
 
-    def _failed(self, key: tuple[str, tuple[int, ...]], error: Exception) -> None:
+    def _failed(self, key: tuple[str, tuple[int, ...]], error: Exception, started: int, retry: bool) -> None:
+        """Count a failure of the call that ``started`` as the backend's call number ``started`` (``retry``: the
+        one retry after a cool-off). Calls that ran at once and failed together count once: one passing shortage
+        of memory failing three threads' calls would have given the shape up without a retry."""
         with self._failures_lock:
+            known = self._failures.get(key)
+            if known is not None and not retry and started <= known.call:
+                return  # it started before that failure was counted: the same incident
             failure = self._failures.pop(key, None) or _Failure()
             failure.count += 1
             failure.call, failure.at = self._calls, time.monotonic()
@@ -180,7 +188,7 @@ class ExportedBackend(TorchBackend):
                         self.name, part, shape, count, error)
         else:  # the first of a streak is worth a warning; a retry's failure less so
             log.log(logging.WARNING if count == 1 else logging.INFO,
-                    "%s failed on the %s for shape %s, running it on torch (tried again after %d calls or %.0f s): %s",
+                    "%s failed on the %s for shape %s, running it on torch (tried again after %d calls and %.0f s): %s",
                     self.name, part, shape, RETRY_AFTER_CALLS, RETRY_AFTER_S, error)
 
     def relu4_1(self, x: torch.Tensor) -> torch.Tensor:

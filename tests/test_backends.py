@@ -274,6 +274,7 @@ def test_runtime_failure_is_retried_given_up_and_bounded(
     runtime. One that fails GIVE_UP_FAILURES times in a row stays on torch, logged once; the failures
     remembered are bounded, the oldest forgotten first. Every call gets the right answer meanwhile."""
     monkeypatch.setattr(backends, "RETRY_AFTER_CALLS", 3)
+    monkeypatch.setattr(backends, "RETRY_AFTER_S", 0.0)
     monkeypatch.setattr(backends, "FAILED_SHAPES", 2)
     st = Stylizer(decoder_path, device="cpu", precision="fp32", backend=RUNTIMES[0])
     backend = st.backend
@@ -310,6 +311,24 @@ def test_runtime_failure_is_retried_given_up_and_bounded(
     assert list(backend._failures) == [("encoder", other), ("encoder", another)]  # the given-up one forgotten
     check(failing)
     assert calls.count(failing) == 4  # forgotten: tried again
+    # calls that fail together count once: three threads short of memory at one moment are one failure
+    import threading
+
+    together = (1, 3, 48, 48)
+    failures[together] = 3
+    barrier = threading.Barrier(3)
+
+    def at_once(*arrays: np.ndarray) -> np.ndarray:
+        barrier.wait(10)  # all three inside the runtime before any fails
+        return flaky(*arrays)
+
+    backend._encode = at_once
+    threads = [threading.Thread(target=check, args=(together,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert backend._failures[("encoder", together)].count == 1
 
 
 def test_fixed_shape_compile_stalls_no_other_call() -> None:
