@@ -425,12 +425,13 @@ _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _EXAMPLE = f"e.g. {DEFAULT_ADDRESS}, [::1]:{DEFAULT_PORT}, dns:///NAME:PORT or unix:/PATH"
 
 
-def target_problem(target: str) -> str | None:
+def target_problem(target: str, tls: bool = False) -> str | None:
     """What is wrong with a target that gRPC would take and then fail every call on, or None. gRPC reads
     ``http://host:port`` as a host name ("Misformatted domain name"), takes a missing port as 443 (never
-    adain-server's) and a port over 65535 modulo 65536; so every form that can carry a port must carry a valid
-    one. The forms: HOST:PORT, [IPV6]:PORT, a comma-separated list of IP:PORT, dns:[//DNS/]NAME:PORT,
-    ipv4:/ipv6: lists, and unix:, unix-abstract:, vsock:, xds: as they are."""
+    adain-server's, but TLS's: with ``tls`` it may be left out, as behind an ingress) and a port over 65535
+    modulo 65536. The forms: HOST:PORT, [IPV6]:PORT, a comma-separated list of IP:PORT (empty items skipped, as
+    a list built in a shell may end with a comma), dns:[//DNS/]NAME:PORT, ipv4:/ipv6: lists, and unix:,
+    unix-abstract:, vsock:, xds: as they are."""
     text = target.strip()
     if not text:
         return f"empty: give the server's HOST:PORT ({_EXAMPLE})"
@@ -443,7 +444,7 @@ def target_problem(target: str) -> str | None:
             resolver, slash, rest = rest[2:].partition("/")
             if not slash:
                 return f"{text}: names no host: dns:///NAME:PORT (three slashes) for the system's resolver"
-        problem = _host_port(rest)
+        problem = _host_port(rest, tls=tls)
         return f"{text}: {problem}" if problem else None
     if m and rest.startswith("//"):  # http://, https://, grpc://: gRPC reads the whole as a host name
         netloc = rest[2:].split("/")[0] or DEFAULT_HOST
@@ -452,16 +453,17 @@ def target_problem(target: str) -> str | None:
         return (f"{text}: a URL, not a gRPC address: give HOST:PORT ({netloc}); TLS is chosen by the client's "
                 "tls or root_certificates (adain-stylize --tls, --ca-cert), not by a scheme")
     listed = scheme in ("ipv4", "ipv6")
-    parts = [p.strip() for p in (rest if listed else text).split(",")]
+    parts = [p.strip() for p in (rest if listed else text).split(",") if p.strip()] or [""]
     for part in parts:
-        problem = _host_port(part, ip=listed or len(parts) > 1)
+        problem = _host_port(part, ip=listed or len(parts) > 1, tls=tls)
         if problem:
             return f"{text}: {problem}" if len(parts) == 1 and not listed else f"{text}: {part!r}: {problem}"
     return None
 
 
-def _host_port(text: str, ip: bool = False) -> str | None:
-    """The problem with one HOST:PORT, or None (``ip``: the host must be an IP address, as in a list)."""
+def _host_port(text: str, ip: bool = False, tls: bool = False) -> str | None:
+    """The problem with one HOST:PORT, or None (``ip``: the host must be an IP address, as in a list; ``tls``:
+    no port means 443)."""
     if not text:
         return f"an empty address ({_EXAMPLE})"
     if text.startswith("["):
@@ -479,13 +481,13 @@ def _host_port(text: str, ip: bool = False) -> str | None:
         host, sep, port = text.rpartition(":")
         has_port = bool(sep)
         if not sep:
-            host = text
-    if not has_port or not port:  # gRPC would take 443
+            host, port = text, ""
+    if (not has_port and not tls) or (has_port and not port):  # gRPC would take 443
         shown = f"[{host}]" if text.startswith("[") else host
         return f"no port: give HOST:PORT, e.g. {shown}:{DEFAULT_PORT} (adain-server's default)"
     if not host:
         return f"no host before the port ({_EXAMPLE})"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
         return f"the port must be a number in 1-65535, got {port!r}"
     if ip:
         try:
@@ -496,12 +498,12 @@ def _host_port(text: str, ip: bool = False) -> str | None:
     return None
 
 
-def channel_target(target: str) -> str:
+def channel_target(target: str, tls: bool = False) -> str:
     """What gRPC is given: ``host:port`` and any URI gRPC accepts (``dns:///name:port`` for a Kubernetes
     headless Service) as they are; a comma-separated list of IP addresses (``127.0.0.1:50051,
     127.0.0.1:50052``) as one ``ipv4:``/``ipv6:`` target, so the calls are balanced over them. A target gRPC
     would misread (:func:`target_problem`) is a StyleTransferError naming ``server``."""
-    problem = target_problem(target)
+    problem = target_problem(target, tls)
     if problem is not None:
         raise _local_error("server", problem)
     text = target.strip()
@@ -611,7 +613,7 @@ class _ClientBase:
         ]
         opts.append(("grpc.service_config", service_config(retries)))
         opts.extend(options)
-        target = channel_target(target)
+        target = channel_target(target, bool(tls or root_certificates is not None or client_certificate is not None))
         if (client_certificate is None) != (client_key is None):
             raise ValueError("client_certificate and client_key go together")
         self._token = _TokenSource(token, token_file)
@@ -767,8 +769,8 @@ class StyleTransferClient(_ClientBase):
         and the asyncio one).
 
         ``alpha`` in [0, 1] (None: the server's default, 1, or a preset's). ``preserve_color``: "coral" (the
-        AdaIN paper's colour-statistics matching; True means this), "luminance", "none" (False: the styles'
-        colours even with a preset that keeps the content's) or None (unset: none, or a preset's). ``mask``:
+        AdaIN paper's colour-statistics matching; True means this), "luminance", "none" (the styles' colours
+        even with a preset that keeps the content's) or None (unset, as False is: none, or a preset's). ``mask``:
         an image of the content's size, with exactly 2 styles (white takes styles[0], black styles[1]). Regions (any
         number): ``masks``, one greyscale image per style, or ``labels``, an image whose pixel values
         name regions, with ``label_values``, one per style (0-255 for a grey pixel, or a colour 0xRRGGBB
@@ -1093,8 +1095,8 @@ def _fill(
         msg.preset = styles.name
     else:
         msg.styles.extend(_styles(styles, weights, max_bytes))
-    if preserve_color is not None:  # "none" or False is sent: none even where a preset has a mode
-        msg.preserve_color = COLOR_ENUM[color]
+    if color is not None or preserve_color == "none":  # "none" is sent: none even where a preset has a mode
+        msg.preserve_color = COLOR_ENUM[color]  # (False and "" stay unset, as they always were)
     msg.content_size = _uint(content_size, "content_size")
     msg.style_size = _uint(style_size, "style_size")
     msg.format = FORMAT_ENUM[fmt]

@@ -154,9 +154,17 @@ def test_addresses_grpc_would_misread_are_refused(target: str, says: str, files:
 @pytest.mark.parametrize("target", ["127.0.0.1:50051", "localhost:50051", "[::1]:50051", "dns:///localhost:50051",
                                     "dns://8.8.8.8/adain.example.com:50051", "unix:/tmp/adain.sock",
                                     "unix-abstract:adain", "ipv4:127.0.0.1:1,127.0.0.1:2", "10.0.0.5:1,10.0.0.6:2",
-                                    "[::1]:1,[::2]:2", " 127.0.0.1:50051 "])
+                                    "[::1]:1,[::2]:2", " 127.0.0.1:50051 ", "10.0.0.5:1,10.0.0.6:2,"])
 def test_the_documented_address_forms_are_taken(target: str) -> None:
     StyleTransferClient(target).close()  # no connection is made until a call
+
+
+@pytest.mark.parametrize("target", ["stylize.example.com", "dns:///stylize.example.com", "[::1]"])
+def test_with_tls_no_port_is_443(target: str) -> None:
+    """Behind an ingress or a load balancer TLS's port is the usual one: gRPC's 443 is what is meant."""
+    StyleTransferClient(target, tls=True).close()
+    with pytest.raises(StyleTransferError, match="no port"):
+        StyleTransferClient(target.replace("[::1]", "[::1]:"), tls=False)
 
 
 def test_an_http_server_is_named_as_one(files: dict[str, Path], tmp_path: Path, capsys) -> None:
