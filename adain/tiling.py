@@ -24,7 +24,6 @@ Stylizer's own render for each tile, so they work as untiled.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -258,7 +257,7 @@ def _ramp(start: int, end: int, core0: int, core1: int) -> np.ndarray:
 
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim  # glibc only
+        return ctypes.CDLL(None).malloc_trim  # the process's own C library; glibc only (find_library ran ldconfig)
     except (OSError, AttributeError, TypeError):
         return None
 

@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.run()
         except KeyboardInterrupt:
             pass
+        except SystemExit:  # uvicorn's start exits 1 where it cannot bind (a port taken since the check)
+            if server.started:
+                raise
         if not server.started:  # uvicorn's own start failed (a port taken since the check): it said why
             return 3
     return 0
@@ -125,7 +128,11 @@ def cannot_listen(host: str, port: int) -> str | None:
         return getattr(e, "strerror", None) or str(e)
     for family, kind, proto, _name, address in dict.fromkeys(infos):
         try:
-            with socket.socket(family, kind, proto) as probe:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # a family this kernel lacks (IPv6 off, ::1 in /etc/hosts): asyncio skips it too
+            continue
+        try:
+            with probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
