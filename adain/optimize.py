@@ -41,7 +41,7 @@ from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std
 from adain.prepared import Prepared
 from adain.regions import maps_at, region_weights
-from adain.tiling import BYTES_PER_PIXEL, Tiling, render_tiled
+from adain.tiling import BYTES_PER_PIXEL, MIN_AUTO_THRESHOLD, Tiling, render_tiled
 from adain.wire import REFINE_TV_WEIGHT
 
 
@@ -299,7 +299,7 @@ def objective_for(
             style = stylizer.style_tensor(source, f"styles[{i}]", job.style_size, job.color, content)
             if scale < 1:
                 style = _scaled(style, max(1, round(max(style.shape[2:]) * scale)))
-            _check_style_pixels(style, i, stylizer.tiling.threshold and max(stylizer.tiling.threshold, 1 << 20))
+            _check_style_pixels(style, i, stylizer.tiling.threshold)
             styles.append((encoder(style.to(content.device)), w))
     return Objective(
         encoder,
@@ -314,11 +314,12 @@ def objective_for(
     )
 
 
-def _check_style_pixels(style: torch.Tensor, i: int, most: int) -> None:
+def _check_style_pixels(style: torch.Tensor, i: int, threshold: int) -> None:
     """A refine keeps its styles' features whole (every layer, for their Gram matrices): a style is at most
     the tiling threshold's pixels as used (at least 1 MP, the automatic threshold's floor), as a content untiled
     is: a 64-MP one at a print-size style_size would have taken tens of GB. (The AdaIN path measures a style that
     large box by box instead.)"""
+    most = max(threshold, MIN_AUTO_THRESHOLD) if threshold > 0 else 0  # 0: tiling off, no bound
     h, w = style.shape[2:]
     if most > 0 and h * w > most:
         raise InvalidInputError("style_size", f"styles[{i}] is {w} x {h} px as a refine uses it, over the {most:,} px "

@@ -201,8 +201,7 @@ class Stylizer:
             if small:
                 raise InvalidInputError(name, small)
             if self.tiling.wants_pixels(h * w):  # as large as a print: box by box, in bounded memory
-                stats = image_stats(lambda x: self.encoder.encode([x], run=self.backend.relu4_1)[0], style,
-                                    self.tiling)
+                stats = image_stats(self, style, self.tiling)
             else:
                 stats = mean_std(self.encoder.encode([style], run=self.backend.relu4_1)[0])
             grey = is_grey(style)

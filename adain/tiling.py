@@ -27,6 +27,7 @@ import ctypes
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ BYTES_PER_PIXEL = 3072
 # reply bytes, the blending band (measured 61 B/px through the server at 3,000 x 2,000), and up to 4K the
 # whole image's relu4_1 in fp16 (16 B/px)
 BUFFER_BYTES_PER_PIXEL = 100
+MIN_AUTO_THRESHOLD = 1 << 20  # pixels: the automatic threshold's floor, whatever the memory
 MEMORY_SHARE = 0.25  # of the device's memory that one plain render may take before tiling takes over
 
 
@@ -96,7 +98,7 @@ def auto_threshold(device: torch.device) -> int:
         total = torch.cuda.get_device_properties(device).total_memory
     else:
         total = mem_total()
-    return max(1 << 20, int(total * MEMORY_SHARE / BYTES_PER_PIXEL))
+    return max(MIN_AUTO_THRESHOLD, int(total * MEMORY_SHARE / BYTES_PER_PIXEL))
 
 
 def mem_total(root: Path = Path("/")) -> int:
@@ -163,8 +165,8 @@ def whole_image_stats(
     sums: dict[int, list[torch.Tensor]] = {}
     covering = h * w <= tiling.stats_pixels
     whole: torch.Tensor | None = None
+    encode = partial(_encode, stylizer)
     for y0, y1, x0, x1 in stats_boxes(h, w, tiling):
-        ry0, ry1, rx0, rx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
         box = _crop(job, y0, y1, x0, x1)
         recorded: dict[int, Stats] = {}
 
@@ -173,10 +175,7 @@ def whole_image_stats(
             return stats
 
         with torch.inference_mode():
-            context = _crop(job, ry0, ry1, rx0, rx1).content
-            feat = stylizer.encoder.encode([context], run=stylizer.backend.relu4_1)[0]  # type: ignore[attr-defined]
-            fy, fx = (y0 - ry0) // 8, (x0 - rx0) // 8
-            feat = feat[:, :, fy : fy + -(-(y1 - y0) // 8), fx : fx + -(-(x1 - x0) // 8)]
+            feat = box_features(encode, job.content, (y0, y1, x0, x1), halo)
             stylizer.target(feat, replace(box, smooth=record))  # type: ignore[attr-defined]
             if covering:
                 if whole is None:
@@ -207,22 +206,34 @@ def whole_image_stats(
     return {k: stats if float(sums[k][2]) >= 1e-3 * total else everything for k, stats in combined.items()}, whole
 
 
-def image_stats(
-    encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tiling: Tiling
-) -> Stats:
+def _encode(stylizer: object, image: torch.Tensor) -> torch.Tensor:
+    """1 x 3 x h x w -> relu4_1, by the Stylizer's encoder on its backend."""
+    return stylizer.encoder.encode([image], run=stylizer.backend.relu4_1)[0]  # type: ignore[attr-defined]
+
+
+def box_features(
+    encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, box: tuple[int, int, int, int], halo: int
+) -> torch.Tensor:
+    """relu4_1 of one box (y0, y1, x0, x1) of ``image``: encoded with ``halo`` px of context, cut to the box's
+    own cells."""
+    h, w = image.shape[2:]
+    y0, y1, x0, x1 = box
+    ry0, rx0 = max(0, y0 - halo), max(0, x0 - halo)
+    feat = encode(image[:, :, ry0 : min(h, y1 + halo), rx0 : min(w, x1 + halo)])
+    fy, fx = (y0 - ry0) // 8, (x0 - rx0) // 8
+    return feat[:, :, fy : fy + -(-(y1 - y0) // 8), fx : fx + -(-(x1 - x0) // 8)]
+
+
+def image_stats(stylizer: object, image: torch.Tensor, tiling: Tiling) -> Stats:
     """relu4_1 statistics of an image too large to encode whole (a style at a print-size ``style_size``: the
     encoder alone took ~0.5 KB a pixel, so 64 MP went past any pod's memory), as ``whole_image_stats`` takes a
-    content's: boxes with ``stats_halo`` px of context, measured on their interiors, combined exactly.
-    ``encode``: 1 x 3 x h x w -> relu4_1."""
+    content's: boxes with ``stats_halo`` px of context, measured on their interiors, combined exactly."""
     h, w = image.shape[2:]
-    halo = tiling.stats_halo
     sums: dict[int | None, list[torch.Tensor]] = {}
+    encode = partial(_encode, stylizer)
     with generic_shapes(), torch.inference_mode():  # one set of runtime buffers, as for a tiled content
-        for y0, y1, x0, x1 in stats_boxes(h, w, tiling):
-            ry0, ry1, rx0, rx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
-            feat = encode(image[:, :, ry0:ry1, rx0:rx1])
-            fy, fx = (y0 - ry0) // 8, (x0 - rx0) // 8
-            feat = feat[:, :, fy : fy + -(-(y1 - y0) // 8), fx : fx + -(-(x1 - x0) // 8)]
+        for box in stats_boxes(h, w, tiling):
+            feat = box_features(encode, image, box, tiling.stats_halo)
             _accumulate(sums, None, float(feat.shape[2] * feat.shape[3]), mean_std(feat))
             release_freed_memory()
     return _combined(*sums[None])
