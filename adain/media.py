@@ -29,8 +29,8 @@ from adain.files import atomic_path
 from adain.hdr import is_hdr, is_wide_sdr, to_sdr, wide_to_srgb
 from adain.image import longest_size
 from adain.job import is_number
+from adain.wire import VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
 # What a folder of contents is searched for: the above, and containers FFmpeg reads that are not written.
 READ_VIDEO_SUFFIXES = VIDEO_SUFFIXES + (".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp",
                                        ".ogv")

@@ -47,6 +47,8 @@ INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF")
 INPUT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic",
                   ".heif")
 INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
+# The containers a clip is written as (adain.media); here, where the thin client's CLI can read them without numpy
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
 
 # --- region labels --------------------------------------------------------------------------------
 COLOUR_LABEL = 1 << 24  # marks a colour label under 256: pure blues (0, 0, b) were the grey levels b's labels

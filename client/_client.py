@@ -613,12 +613,13 @@ class _ClientBase:
         ]
         opts.append(("grpc.service_config", service_config(retries)))
         opts.extend(options)
-        target = channel_target(target, bool(tls or root_certificates is not None or client_certificate is not None))
+        secure = bool(tls or root_certificates is not None or client_certificate is not None)
+        target = channel_target(target, secure)
         if (client_certificate is None) != (client_key is None):
             raise ValueError("client_certificate and client_key go together")
         self._token = _TokenSource(token, token_file)
         creds = None
-        if tls or root_certificates is not None or client_certificate is not None:
+        if secure:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_pem(root_certificates, "root_certificates"),
                 private_key=_pem(client_key, "client_key"),

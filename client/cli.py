@@ -50,6 +50,7 @@ from adain.wire import (
     STYLE_ID_PREFIX,
     STYLE_ID_RE,
     TEMPORAL_MODES,
+    VIDEO_SUFFIXES,
     format_from_suffix,
     format_name,
 )
@@ -122,6 +123,8 @@ def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
         raise CliError(f"--token-file: {e}" if args.token_file else str(e)) from None
 
 
+COLOR_CHOICES = (*COLOR_MODES, "none")  # --preserve-color's: none is sent, and overrides a preset's mode
+
 # the client's argument names in its errors -> the flags that set them
 _CLIENT_FLAGS = {"token_file": "--token-file", "root_certificates": "--ca-cert", "client_certificate": "--client-cert",
                  "client_key": "--client-key", "server": "--server", "token": "$ADAIN_TOKEN"}
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "CONTENT_stylized.EXT in it for one content, CONTENT_stylized_STYLE.EXT for several")
     p.add_argument("--alpha", type=unit_interval, default=None,
                    help="style strength in [0, 1] (default 1, or a preset's)")
-    p.add_argument("--preserve-color", nargs="?", const="coral", choices=(*COLOR_MODES, "none"), default=None,
+    p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_CHOICES, default=None,
                    help="keep the content's colours: coral (the AdaIN paper's, the default when given alone) or "
                    "luminance; none takes the styles' colours even where a preset keeps the content's")
     p.add_argument("--mask", action="append", metavar="MASK",
@@ -445,15 +448,11 @@ def _refuse_quality_for_png(args: argparse.Namespace, fmt: str, what: str) -> No
         raise CliError(f"--quality: only for JPEG and WebP outputs; {what} PNG, which is lossless")
 
 
-# adain.media.VIDEO_SUFFIXES (importing it needs numpy, the video extra; a test checks that the two agree)
-VIDEO_OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
-
-
 def _output_format(path: Path, content: Path) -> str:
     fmt = format_from_suffix(path.suffix)
     if fmt is None:
         suffix = path.suffix.lower()
-        if suffix in VIDEO_OUTPUT_SUFFIXES:
+        if suffix in VIDEO_SUFFIXES:
             kind = "for videos (animated)" if suffix == ".gif" else "a video container"
             raise CliError(f"-o {path}: {content} is an image, and {path.suffix} is {kind}; an image's output "
                            "format is .png, .jpg, .jpeg or .webp")
@@ -653,8 +652,6 @@ def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path, s
 
 
 def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
-    from adain.media import VIDEO_SUFFIXES
-
     src = Path(args.content)
     out = Path(args.output)
     if args.refine:
@@ -691,8 +688,6 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
 
 
 def _video_suffix(src: Path) -> str:
-    from adain.media import VIDEO_SUFFIXES
-
     return src.suffix.lower() if src.suffix.lower() in VIDEO_SUFFIXES else ".mp4"
 
 
@@ -959,8 +954,7 @@ def _bare_preserve_color(argv: list[str]) -> list[str]:
         if arg == "--":
             break
         nxt = out[i + 1]
-        mode = nxt in (*COLOR_MODES, "none")
-        if arg == "--preserve-color" and not mode and ("." in nxt or "/" in nxt or Path(nxt).exists()):
+        if arg == "--preserve-color" and nxt not in COLOR_CHOICES and ("." in nxt or "/" in nxt or Path(nxt).exists()):
             out[i] = "--preserve-color=coral"
     return out
 

@@ -222,10 +222,10 @@ def test_outputs_named_without_a_usable_extension(files: dict[str, Path], tmp_pa
 
 def test_the_video_suffixes_agree_with_the_media_module() -> None:
     pytest.importorskip("numpy")
-    from adain.client.cli import VIDEO_OUTPUT_SUFFIXES
+    from adain.client.cli import VIDEO_SUFFIXES as CLI_VIDEO_SUFFIXES
     from adain.media import VIDEO_SUFFIXES
 
-    assert VIDEO_OUTPUT_SUFFIXES == VIDEO_SUFFIXES
+    assert CLI_VIDEO_SUFFIXES == VIDEO_SUFFIXES
 
 
 def test_an_empty_content_file_is_named(files: dict[str, Path], tmp_path: Path, capsys) -> None:
