@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import logs
-from .config import Settings, parse_settings
+from .config import PORT_TAKEN_HINT, Settings, parse_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,8 +105,7 @@ def _busy_port(settings: Settings) -> str | None:
     # A second server on one machine trips on the fixed defaults: say what gets it going (--port 0 picks a free
     # port; --metrics-port 0 or negative serves no metrics, see config.py's help: no free-port choice there).
     ports = [(settings.port, True,
-              f"cannot listen on {host}:{settings.port}: {in_use} (another adain-server? --port 0 picks a free "
-              "port, or give another)"),
+              f"cannot listen on {host}:{settings.port}: {in_use} {PORT_TAKEN_HINT}"),
              (settings.metrics_port, False,
               f"cannot serve metrics on {host}:{settings.metrics_port}: {in_use} (another adain-server? give "
               "--metrics-port 0 to serve no metrics, or another port)"),

@@ -36,7 +36,7 @@ from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
 from . import logs
 from .auth import TlsFiles, TokenAuth, TokenFile, bearer_token
 from .batcher import Batcher
-from .config import Settings
+from .config import PORT_TAKEN_HINT, Settings
 from .drain import Drain
 from .errors import reply_limit
 from .fairpool import FairExecutor
@@ -114,6 +114,9 @@ def _warmup_images() -> tuple[Image.Image, Image.Image]:
     g = Image.linear_gradient("L").resize((64, 64))
     r = Image.radial_gradient("L").resize((64, 64))
     return Image.merge("RGB", (g, r, g.transpose(Image.Transpose.ROTATE_90))), Image.merge("RGB", (r, g, r))
+
+
+UNBOUND = "the address is in use or cannot be bound"  # where gRPC gives no reason
 
 
 class StyleTransferServer:
@@ -236,11 +239,10 @@ class StyleTransferServer:
             port = 0
             reason = f": {e}"
         else:  # gRPC says no more; checked free before the model loaded, so most likely taken since
-            reason = ": the address is in use or cannot be bound"
+            reason = f": {UNBOUND}"
         if not port:
             self.metrics.close()
-            raise OSError(f"cannot listen on {address}{reason} (another adain-server? --port 0 picks a free port, "
-                          "or give another)")
+            raise OSError(f"cannot listen on {address}{reason} {PORT_TAKEN_HINT}")
         if s.health_port > 0:
             self.health_server = await self._serve_health(f"{s.host}:{s.health_port}")
         self.servicer.replica = s.replica_name or f"{socket.gethostname()}:{port}"
@@ -264,7 +266,7 @@ class StyleTransferServer:
         except RuntimeError:
             pass
         self.metrics.close()  # the start fails: nothing may stay listening
-        raise OSError(f"cannot listen on {address} (--health-port): the address is in use or cannot be bound")
+        raise OSError(f"cannot listen on {address} (--health-port): {UNBOUND}")
 
     def _warmup_sync(self) -> None:
         content, style = _warmup_images()

@@ -23,6 +23,9 @@ from adain.argtypes import (
 from adain.precision import BACKENDS, PRECISIONS
 from adain.wire import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH, TEMPORAL_MODES, Limits
 
+# what a taken gRPC port is told to do, by the start's probe and by the bind itself alike
+PORT_TAKEN_HINT = "(another adain-server? --port 0 picks a free port, or give another)"
+
 ENV_PREFIX = "ADAIN_"
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
