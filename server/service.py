@@ -94,6 +94,8 @@ async def _call(
             context.set_trailing_metadata(rid_md)
     except ServiceError as e:
         code, detail = e.code, e.message
+        if context.cancelled():  # nobody hears this status: a video stream gRPC cut for a message over the limit
+            code, detail = grpc.StatusCode.CANCELLED, _cancelled_detail(servicer, method)  # ends its requests first
         await context.abort(e.code, e.message, trailing_metadata=rid_md + status_trailers(e))
     except (asyncio.CancelledError, GeneratorExit):
         remaining = context.time_remaining()
@@ -105,11 +107,8 @@ async def _call(
         ended = context.code()  # ended by the server beside the handler (a stream whose client reads nothing)
         if ended is not None and ended != grpc.StatusCode.OK:
             code, detail = ended, context.details() or ""
-        elif method == "StylizeVideo" and code == grpc.StatusCode.CANCELLED:  # the one stream of requests:
-            # gRPC ends it so when a message is too large (a call with one request: server/unread.py)
-            detail = (f"the client cancelled, or sent a message over the limit of "
-                      f"{servicer.info.limits.max_message_bytes} bytes (max_message_bytes), which gRPC refused "
-                      "with RESOURCE_EXHAUSTED")
+        elif code == grpc.StatusCode.CANCELLED:
+            detail = _cancelled_detail(servicer, method)
         raise
     except grpc.aio.AbortError:
         code = context.code() or grpc.StatusCode.UNKNOWN
@@ -130,6 +129,15 @@ async def _call(
         quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
         log_fields(log, logging.INFO if quiet else logging.WARNING, request_id=rid, method=method, code=code.name,
                    ms=round(elapsed * 1000, 1), caller=caller, trace_id=trace, detail=detail or None)
+
+
+def _cancelled_detail(servicer: StyleTransferServicer, method: str) -> str:
+    """What a cancelled call's log line says: for the one stream of requests, StylizeVideo, gRPC ends it so
+    when a message is too large (a call with one request: server/unread.py)."""
+    if method != "StylizeVideo":
+        return ""
+    return (f"the client cancelled, or sent a message over the limit of {servicer.info.limits.max_message_bytes} "
+            "bytes (max_message_bytes), which gRPC refused with RESOURCE_EXHAUSTED")
 
 
 @dataclass(frozen=True)
