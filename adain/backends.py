@@ -427,7 +427,9 @@ def _convert(ov: object, module: nn.Module, example: tuple[torch.Tensor, ...], f
         module = winograd(module)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(module, example)
+        # no check_trace: it traces and runs the module again to compare (~1 s of a first start, 2 s with the
+        # imports it pulls in), and these modules have no data-dependent branches for it to find
+        traced = torch.jit.trace(module, example, check_trace=False)
     shapes = [ov.PartialShape([-1, e.shape[1], -1, -1]) for e in example]  # type: ignore[attr-defined]
     return ov.convert_model(traced, input=shapes)  # type: ignore[attr-defined]
 
