@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return lambda x: decoder(adain(enc16(x.to(dtype)).relu4_1, mean16, std16), 1.0, x.to(dtype))
 
     paths16 = {"bf16 weights": bf16_path(dec16), "folded decoder, bf16": bf16_path(folded16)}
-    compiled = torch.compile(paths16["bf16 weights"])
+    # wrapped only where it runs (its imports alone take seconds: the CPU dry run has no use for them)
+    compiled = torch.compile(paths16["bf16 weights"]) if device.type == "cuda" and args.compile_batches else None
     rows = []
     profile_batch = max((b for b in args.batches if b <= 8), default=min(args.batches))  # 8, or the largest below
     try:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: Stylizer, mean: torch.Tensor,
             std: torch.Tensor, paths16: dict[str, Callable[[torch.Tensor], torch.Tensor]],
-            compiled: Callable[[torch.Tensor], torch.Tensor]) -> None:
+            compiled: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
     """Every batch size's rows, appended to ``rows`` as each is measured (and printed)."""
     device, dtype, s = st.device, st.dtype, args.size
     for batch in args.batches:
@@ -133,7 +134,7 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
             modes.append(("cuda graph", lambda step=step, x=x: cuda_graph(step, x)))
             modes += [(f"{label}, cuda graph", lambda path=path, x=x: cuda_graph(inference(path, x), x))
                       for label, path in paths16.items()]
-            if batch in args.compile_batches:
+            if compiled is not None and batch in args.compile_batches:
                 modes.append(("compiled, cuda graph", lambda x=x: cuda_graph(inference(compiled, x), x)))
         if args.profile and batch == profile_batch:
             try:
