@@ -14,12 +14,16 @@ import torch
 
 from adain import Stylizer
 from adain.decoder import load_decoder
+from adain.train.__main__ import main as export_main
 from synth import synth_image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def train(data: Path, out: Path, steps: int, *extra: str, launcher: list[str] | None = None) -> str:
+def train(data: Path, out: Path, steps: int, *extra: str, launcher: list[str] | None = None,
+          sample_every: int = 1000) -> str:
+    """One run of the real script in its own process; samples (and their loss plot, ~1.3 s each) only where
+    a test looks at them."""
     cmd = (launcher or [sys.executable, "-m"]) + [
         "adain.train",
         "--content", str(data / "content"),
@@ -31,7 +35,7 @@ def train(data: Path, out: Path, steps: int, *extra: str, launcher: list[str] | 
         "--workers", "1",
         "--log-every", "1",
         "--save-every", "1",
-        "--sample-every", "2",
+        "--sample-every", str(sample_every),
         *extra,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
@@ -45,7 +49,7 @@ def logged(out: Path) -> list[dict]:
 
 def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    err = train(data, out, 2)
+    err = train(data, out, 2, sample_every=2)
     assert "skipping unreadable image" in err and "corrupt.jpg" in err
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2 and {"decoder", "optimizer", "rng"} <= set(ckpt)
@@ -121,8 +125,7 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     assert any(not torch.allclose(ema[k], weights[k]) for k in ema)  # an average, not the last weights
     for extra, want in (((), ema), (("--raw",), weights)):
         exported = tmp_path / f"decoder{len(extra)}.pt"
-        subprocess.run([sys.executable, "-m", "adain.train", "export", str(straight / "checkpoint.pt"), str(exported),
-                        "--fp32", *extra], check=True, env=ENV, capture_output=True)
+        export_main(["export", str(straight / "checkpoint.pt"), str(exported), "--fp32", *extra])  # in-process
         decoder, file = load_decoder(exported)
         assert all(torch.equal(v, want[k]) for k, v in decoder.state_dict().items())
         meta = file.meta
