@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 from test_backends import CONTENT, RUNTIMES, STYLE, pixels  # the same runtime checks, a v3 decoder
-from test_train import ENV, export_main, logged, resumes_exactly, train
+from test_train import ENV, logged, resumes_exactly, train
 
 from adain import Stylizer
 from adain.decoder import FoldedDecoder, load_decoder, save_decoder
 from adain.tiling import Tiling
+from adain.train.train import export
 from synth import band_mask, encoded, synth_image
 
 torch.set_num_threads(1)
@@ -117,7 +118,7 @@ def test_training_grows_the_path_on_a_frozen_decoder(data: Path, tmp_path: Path,
     assert all(torch.equal(a[k], init[k]) for k in init if k.startswith("convs."))
     assert any(not torch.equal(a[k], init[k]) for k in init if k.startswith("detail."))
     exported = tmp_path / "decoder.pt"
-    export_main(["export", str(straight / "checkpoint.pt"), str(exported)])  # in-process (a process: below)
+    export([str(straight / "checkpoint.pt"), str(exported)])  # `adain-train export` in-process (in a process: below)
     st = Stylizer(str(exported), device="cpu", precision="fp32", backend="torch")
     base = Stylizer(decoder_path, device="cpu", precision="fp32", backend="torch")
     assert st.info["arch_version"] == 3 and st.info["decoder_meta"]["detail"] is True

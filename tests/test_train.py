@@ -14,7 +14,7 @@ import torch
 
 from adain import Stylizer
 from adain.decoder import load_decoder
-from adain.train.__main__ import main as export_main
+from adain.train.train import export
 from synth import synth_image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -125,7 +125,7 @@ def test_resume_continues_exactly(data: Path, tmp_path: Path, decoder_path: Path
     assert any(not torch.allclose(ema[k], weights[k]) for k in ema)  # an average, not the last weights
     for extra, want in (((), ema), (("--raw",), weights)):
         exported = tmp_path / f"decoder{len(extra)}.pt"
-        export_main(["export", str(straight / "checkpoint.pt"), str(exported), "--fp32", *extra])  # in-process
+        export([str(straight / "checkpoint.pt"), str(exported), "--fp32", *extra])  # `adain-train export`, in-process
         decoder, file = load_decoder(exported)
         assert all(torch.equal(v, want[k]) for k, v in decoder.state_dict().items())
         meta = file.meta
