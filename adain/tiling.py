@@ -27,7 +27,6 @@ import ctypes
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +164,6 @@ def whole_image_stats(
     sums: dict[int, list[torch.Tensor]] = {}
     covering = h * w <= tiling.stats_pixels
     whole: torch.Tensor | None = None
-    encode = partial(_encode, stylizer)
     for y0, y1, x0, x1 in stats_boxes(h, w, tiling):
         box = _crop(job, y0, y1, x0, x1)
         recorded: dict[int, Stats] = {}
@@ -175,7 +173,7 @@ def whole_image_stats(
             return stats
 
         with torch.inference_mode():
-            feat = box_features(encode, job.content, (y0, y1, x0, x1), halo)
+            feat = box_features(stylizer, job.content, (y0, y1, x0, x1), halo)
             stylizer.target(feat, replace(box, smooth=record))  # type: ignore[attr-defined]
             if covering:
                 if whole is None:
@@ -206,20 +204,14 @@ def whole_image_stats(
     return {k: stats if float(sums[k][2]) >= 1e-3 * total else everything for k, stats in combined.items()}, whole
 
 
-def _encode(stylizer: object, image: torch.Tensor) -> torch.Tensor:
-    """1 x 3 x h x w -> relu4_1, by the Stylizer's encoder on its backend."""
-    return stylizer.encoder.encode([image], run=stylizer.backend.relu4_1)[0]  # type: ignore[attr-defined]
-
-
-def box_features(
-    encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, box: tuple[int, int, int, int], halo: int
-) -> torch.Tensor:
-    """relu4_1 of one box (y0, y1, x0, x1) of ``image``: encoded with ``halo`` px of context, cut to the box's
-    own cells."""
+def box_features(stylizer: object, image: torch.Tensor, box: tuple[int, int, int, int], halo: int) -> torch.Tensor:
+    """relu4_1 of one box (y0, y1, x0, x1) of ``image`` by the Stylizer's encoder on its backend: encoded with
+    ``halo`` px of context, cut to the box's own cells."""
     h, w = image.shape[2:]
     y0, y1, x0, x1 = box
     ry0, rx0 = max(0, y0 - halo), max(0, x0 - halo)
-    feat = encode(image[:, :, ry0 : min(h, y1 + halo), rx0 : min(w, x1 + halo)])
+    context = image[:, :, ry0 : min(h, y1 + halo), rx0 : min(w, x1 + halo)]
+    feat = stylizer.encoder.encode([context], run=stylizer.backend.relu4_1)[0]  # type: ignore[attr-defined]
     fy, fx = (y0 - ry0) // 8, (x0 - rx0) // 8
     return feat[:, :, fy : fy + -(-(y1 - y0) // 8), fx : fx + -(-(x1 - x0) // 8)]
 
@@ -230,10 +222,9 @@ def image_stats(stylizer: object, image: torch.Tensor, tiling: Tiling) -> Stats:
     content's: boxes with ``stats_halo`` px of context, measured on their interiors, combined exactly."""
     h, w = image.shape[2:]
     sums: dict[int | None, list[torch.Tensor]] = {}
-    encode = partial(_encode, stylizer)
     with generic_shapes(), torch.inference_mode():  # one set of runtime buffers, as for a tiled content
         for box in stats_boxes(h, w, tiling):
-            feat = box_features(encode, image, box, tiling.stats_halo)
+            feat = box_features(stylizer, image, box, tiling.stats_halo)
             _accumulate(sums, None, float(feat.shape[2] * feat.shape[3]), mean_std(feat))
             release_freed_memory()
     return _combined(*sums[None])
