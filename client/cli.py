@@ -53,6 +53,7 @@ from adain.wire import (
     VIDEO_SUFFIXES,
     format_from_suffix,
     format_name,
+    plural,
 )
 
 from ._client import FLOAT32_MAX, MAX_RETRIES, LibraryStyle, Preset, StyleRef, StyleTransferClient, StyleTransferError
@@ -720,7 +721,7 @@ def _content_files(paths: list[Path]) -> list[Path]:
 def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     from tqdm import tqdm
 
-    from adain.media import VIDEO_SUFFIXES, MediaError
+    from adain.media import MediaError
 
     if args.mask or args.labels:
         raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; several contents run each "
@@ -832,16 +833,12 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             failed += 1  # a bad video: say so and go on with the others
             print(f"{PROG}: error: {_video_error(e, args, src, out, single=False)}", file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
-    print(f"{total - failed} of {_count(total, 'output')} written to {shown} ({_count(len(tasks), 'image')}, "
-          f"{_count(len(video_tasks), 'video')})")
+    print(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
+          f"{plural(len(video_tasks), 'video')})")
     if served:  # a video's stream names no replica to this client: said, not left to be read as all outputs
         unsaid = " (videos not counted)" if video_tasks else ""
         print("images per replica: " + ", ".join(f"{name} {n}" for name, n in sorted(served.items())) + unsaid)
     return 1 if failed else 0
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _this_content_only(err: StyleTransferError) -> bool:

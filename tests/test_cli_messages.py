@@ -220,14 +220,6 @@ def test_outputs_named_without_a_usable_extension(files: dict[str, Path], tmp_pa
     assert list(tmp_path.glob("x.*")) == [] and not Path(noext).exists()
 
 
-def test_the_video_suffixes_agree_with_the_media_module() -> None:
-    pytest.importorskip("numpy")
-    from adain.client.cli import VIDEO_SUFFIXES as CLI_VIDEO_SUFFIXES
-    from adain.media import VIDEO_SUFFIXES
-
-    assert CLI_VIDEO_SUFFIXES == VIDEO_SUFFIXES
-
-
 def test_an_empty_content_file_is_named(files: dict[str, Path], tmp_path: Path, capsys) -> None:
     empty, a = files["empty.png"], str(files["a.png"])
     srv = ["--server", f"127.0.0.1:{free_port()}"]
