@@ -172,6 +172,11 @@ def style_too_small(width: int, height: int, style_size: int) -> str | None:
             f"side needs {MIN_STYLE_SIDE} px")
 
 
+def plural(count: int, word: str) -> str:
+    """"1 style", "2 styles": a count in a message (the web page's and the CLI's)."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one stylization may ask for: enforced by the Stylizer, set by the server's flags and

@@ -63,6 +63,7 @@ from adain.wire import (
     Limits,
     format_name,
     label_value,
+    plural,
 )
 
 from .checks import (
@@ -72,7 +73,6 @@ from .checks import (
     error_json,
     image,
     number,
-    plural,
     public_error,
     style_count,
     style_name,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferError
 from adain.photo import is_heif
-from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits
+from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits, plural
 
 # adain-web reads only images' headers here and compares their size with the server's max_pixels itself, so
 # PIL's own guard (a warning past ~89 MP, DecompressionBombError past ~179 MP) would only turn a huge image's
@@ -50,11 +50,6 @@ def error_json(code: str, message: str, violations: list[tuple[str, str]] | tupl
     texts at most MAX_ERROR_TEXT characters (they may quote what the caller sent)."""
     return {"error": {"code": code, "message": _clipped(message),
                       "violations": [{"field": _clipped(f), "description": _clipped(d)} for f, d in violations]}}
-
-
-def plural(count: int, word: str) -> str:
-    """"1 style", "2 styles": a count in a message."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def public_error(e: StyleTransferError, level: int = logging.WARNING) -> tuple[str, list[tuple[str, str]]]:
