@@ -73,13 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
         return 2
-    # before anything listens: a taken --port failed in uvicorn after the URL line had been printed
-    if problem := cannot_listen(args.host, args.port):
-        client.close()
-        print(f"adain-web: error: cannot listen on {_hostport(args.host, args.port)}: {problem}", file=sys.stderr,
-              flush=True)
-        return 2
     with client:
+        # before anything listens: a taken --port failed in uvicorn after the URL line had been printed
+        if problem := cannot_listen(args.host, args.port):
+            print(f"adain-web: error: cannot listen on {_hostport(args.host, args.port)}: {problem}",
+                  file=sys.stderr, flush=True)
+            return 2
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
