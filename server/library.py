@@ -192,7 +192,6 @@ class StyleLibrary:
         self._found: set[WarnKey] = set()  # the faults the pass in progress found
         self._presets: dict[str, StylePreset] = {}
         self._presets_seen: tuple[int, int, int] | None = None
-        self._presets_fault: WarnKey | None = None  # the presets file's version that failed, while it is there
         self.refresh(strict=True)
 
     def _files(self, strict: bool) -> dict[str, Path]:
@@ -308,12 +307,12 @@ class StyleLibrary:
             sig = _signature(path) if path.is_file() else None
         except OSError:
             sig = None
+        key: WarnKey = ("presets", PRESETS_FILE, sig or NO_SIGNATURE)
         if sig == self._presets_seen and not strict:
-            if self._presets_fault is not None:  # the same bad version: still a fault, already warned about
-                self._found.add(self._presets_fault)
+            if key in self._warned:  # the same bad version: still a fault, already warned about
+                self._found.add(key)
             return
         self._presets_seen = sig
-        self._presets_fault = None
         try:
             presets = read_presets(path) if sig is not None else {}
             for p in presets.values():  # a typo in a style's name is caught here, not by the first caller
@@ -327,8 +326,7 @@ class StyleLibrary:
         except (OSError, ValueError) as e:
             if strict:
                 raise ValueError(f"--styles-dir: {e}") from None
-            self._presets_fault = ("presets", PRESETS_FILE, sig or NO_SIGNATURE)
-            self._fault(self._presets_fault, f"{e} (keeping the last good presets)")
+            self._fault(key, f"{e} (keeping the last good presets)")
             return
         if presets or self._presets:
             log.info("style library presets: %s", ", ".join(sorted(presets)) or "none")
