@@ -509,8 +509,10 @@ def channel_target(target: str, tls: bool = False) -> str:
     text = target.strip()
     parts = [p.strip() for p in text.split(",") if p.strip()]
     m = _SCHEME_RE.match(text)
-    if len(parts) <= 1 or (m and m.group(1).lower() in ("dns", "ipv4", "ipv6", *_PASSED_SCHEMES)):
+    if m and m.group(1).lower() in ("dns", "ipv4", "ipv6", *_PASSED_SCHEMES):
         return text
+    if len(parts) <= 1:  # one address, less a list's trailing comma (gRPC failed to parse "host:port,")
+        return parts[0] if parts else text
     ipv6 = all(p.startswith("[") for p in parts)
     return ("ipv6:" if ipv6 else "ipv4:") + ",".join(parts)
 

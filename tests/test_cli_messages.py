@@ -159,6 +159,18 @@ def test_the_documented_address_forms_are_taken(target: str) -> None:
     StyleTransferClient(target).close()  # no connection is made until a call
 
 
+def test_a_list_built_in_a_shell_reaches_the_server(server) -> None:
+    """A trailing comma is taken (a list built in a shell) and left out of what gRPC is given: a single
+    address with one was passed on as it was, and every call failed (UNAVAILABLE: "Failed to parse port")."""
+    from adain.client._client import channel_target
+
+    assert channel_target("127.0.0.1:50051,") == "127.0.0.1:50051"
+    assert channel_target("10.0.0.5:1,10.0.0.6:2,") == "ipv4:10.0.0.5:1,10.0.0.6:2"
+    assert channel_target(" 127.0.0.1:50051 ") == "127.0.0.1:50051"
+    with StyleTransferClient(server.target + ",", timeout=30, retries=0) as client:
+        assert client.server_info()["limits"]["max_styles"]
+
+
 @pytest.mark.parametrize("target", ["stylize.example.com", "dns:///stylize.example.com", "[::1]"])
 def test_with_tls_no_port_is_443(target: str) -> None:
     """Behind an ingress or a load balancer TLS's port is the usual one: gRPC's 443 is what is meant."""
