@@ -46,6 +46,9 @@ from adain.stylizer import Stylizer
 from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
 
 MIN_CONSISTENT = 0.5  # share of a frame's pixels whose flow must be consistent to carry the last one over
+# How far a pixel's region levels (0-255) may differ from its flow source's for the past to be carried over it:
+# a fixed mask's edge stays put while the scene moves across it (see _Flow.within_regions).
+REGION_TOLERANCE = 32
 LUMA = np.array(RGB_TO_Y, np.float32)  # as adain.ops.luminance
 
 
@@ -74,6 +77,19 @@ class _Flow:
         consistent = err <= 0.01 * ((back**2).sum(-1) + (fwd_at**2).sum(-1)) + 0.5
         inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
         return map_x, map_y, consistent & inside
+
+    def within_regions(self, warp: tuple[np.ndarray, np.ndarray, np.ndarray],
+                       regions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``warp`` with the pixels whose flow crosses a region's edge taken out of ``consistent``. A mask stays
+        where it is while the scene moves across it: carried over, the previous output of one region dragged its
+        style into the next, the smear growing with the recursion (on a 4-px/frame pan, 40 levels within 16 px
+        of the edge against 9 far from it)."""
+        map_x, map_y, consistent = warp
+        worst = np.zeros(consistent.shape, np.uint8)
+        for levels in regions[0].cpu().numpy():  # K maps, H x W levels at the frame's stylized size
+            source = self.cv2.remap(levels, map_x, map_y, self.cv2.INTER_LINEAR, borderMode=self.cv2.BORDER_REPLICATE)
+            np.maximum(worst, self.cv2.absdiff(source, levels), out=worst)
+        return map_x, map_y, consistent & (worst <= REGION_TOLERANCE)
 
     def _calc(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """DIS's flow from ``a`` to ``b``, for frames of any size: a side under ``MIN_SIDE`` is padded (edge
@@ -180,11 +196,13 @@ class VideoStream:
         if self.temporal in ("smooth", "smooth-flow"):
             prepared.smooth = self._smooth
         if self._flow is not None:
-            prepared.propagate = functools.partial(self._propagate, self.index)
+            prepared.propagate = functools.partial(self._propagate, self.index, prepared.regions)
             h, w = prepared.content.shape[2:]
             grey = np.asarray(img.convert("L").resize((w, h), Image.Resampling.BILINEAR))
             if self._prev_grey is not None:
                 warp = self._flow.between(self._prev_grey, grey)
+                if prepared.regions is not None:
+                    warp = self._flow.within_regions(warp, prepared.regions)
                 # A cut: consistent flow between unrelated frames is chance (under 10% of pixels; 93% or more
                 # within a scene), and carried the old scene's strokes into the new one for frames (85 levels)
                 if warp[2].mean() >= MIN_CONSISTENT:
@@ -210,13 +228,15 @@ class VideoStream:
         (mean, _), (last_mean, last_std) = own, last
         return float(((mean.float() - last_mean.float()).abs() / (last_std.float() + 1e-5)).mean()) > cls.CUT
 
-    def _propagate(self, index: int, target: Any) -> Any:
+    def _propagate(self, index: int, regions: Any, target: Any) -> Any:
         """Frame ``index``'s AdaIN target with the previous frame's warped onto it where the flow is
         consistent, renormalised to the frame's own channel statistics; recursive, so a static area keeps
-        its texture. Decoding a target that follows the scene is what keeps the strokes in place."""
+        its texture. Decoding a target that follows the scene is what keeps the strokes in place. ``regions``:
+        the frame's (``Prepared.regions``), or None."""
         import torch.nn.functional as F
 
         from adain.ops import mean_std
+        from adain.regions import maps_at
 
         warp = self._warps.get(index)
         if warp is not None and self._prev_target is not None and self._prev_target.shape == target.shape:
@@ -224,7 +244,12 @@ class VideoStream:
             own = target.float()
             warped = F.grid_sample(self._prev_target, grid.to(own.device), mode="bicubic", padding_mode="border",
                                    align_corners=True)
-            weight = share.to(own.device) * self.strength
+            share = share.to(own.device)
+            if regions is not None:  # as in _Flow.within_regions, for the cells: the warp reaches 2 cells across
+                m = maps_at(regions.to(own.device), target.shape[2:])
+                moved = F.grid_sample(m, grid.to(own.device), mode="bicubic", padding_mode="border", align_corners=True)
+                share = share * ((moved - m).abs().amax(1, keepdim=True) <= REGION_TOLERANCE / 255)
+            weight = share * self.strength
             mixed = (1 - weight) * own + weight * warped
             # Blending averages textures and so flattens them; the frame's own statistics put the
             # contrast back (without this the style loss rises ~10% at the same stability).
