@@ -239,6 +239,9 @@ def input_formats() -> list[str]:
 _WIDE_GREYS = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+CUTOUT_SPREAD = 8  # channel levels apart: a visible pixel this coloured is no grey paint (see _cutout_alpha)
+
+
 def _to_rgb(
     img: Image.Image, background: tuple[int, int, int] = (255, 255, 255), *, numbers: bool = False
 ) -> Image.Image:
@@ -342,11 +345,31 @@ def load_image(
     if mode == "L":
         if img.mode in ("L", "RGB", "CMYK", "1"):
             out = img.convert("L")
+        elif (alpha := _cutout_alpha(img)) is not None:
+            out = alpha
         else:
             out = _to_rgb(img, (0, 0, 0), numbers=True).convert("L")  # a 16-bit mask of 0s and 1s: numbers
     else:
         out = _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb)
     return out.copy() if out is source else out  # a caller's PIL image is never handed back to be changed
+
+
+def _cutout_alpha(img: Image.Image) -> Image.Image | None:
+    """A mask given as a cutout (a photo's subject on a transparent background, as background removers save
+    it): its alpha channel, "L". Read as paint on a transparent layer (brightness times alpha), the subject's
+    dark parts (hair, a dark coat) got a fraction of the style. Told from paint by colour: a mask's levels are
+    grey, so a visible pixel with colour (over 1% of them, channels over ``CUTOUT_SPREAD`` apart) means the
+    alpha is the mask; grey paint on a transparent layer stays brightness times alpha. None where it is not one."""
+    if img.mode not in ("RGBA", "RGBa", "P", "PA"):
+        return None
+    rgba = np.asarray(img.convert("RGBA"))
+    if rgba[..., 3].min() == 255:  # opaque throughout: a plain mask, read by its brightness
+        return None
+    rgb = rgba[..., :3][rgba[..., 3] > 0]
+    spread = rgb.max(axis=1).astype(np.int16) - rgb.min(axis=1)
+    if not np.count_nonzero(spread > CUTOUT_SPREAD) > 0.01 * max(len(rgb), 1):
+        return None
+    return Image.fromarray(np.ascontiguousarray(rgba[..., 3]), "L")
 
 
 def _check_scans(source: ImageSource, field: str) -> None:

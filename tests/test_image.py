@@ -243,6 +243,23 @@ def test_a_masks_transparent_pixels_cover_nothing() -> None:
     assert load_image(encoded(pal, "PNG", transparency=0), mode="L").getpixel((0, 0)) == 0
 
 
+def test_a_cutout_given_as_a_mask_covers_its_whole_subject() -> None:
+    """A background remover's cutout: a coloured subject on a transparent background. Its alpha is the mask;
+    read by brightness, the subject's dark red coat got a seventh of the style (35 levels). Grey paint
+    on a transparent layer keeps its level (50% grey, half of the style)."""
+    cutout = np.zeros((8, 8, 4), np.uint8)
+    cutout[2:6, 2:6] = (90, 10, 20, 255)  # the subject: a dark red coat
+    cutout[2:6, 6] = (240, 200, 150, 128)  # its edge, half transparent
+    mask = np.asarray(load_image(encoded(Image.fromarray(cutout, "RGBA"), "PNG"), mode="L"))
+    assert (mask[2:6, 2:6] == 255).all() and (mask[2:6, 6] == 128).all() and mask[0, 0] == 0
+    paint = np.zeros((8, 8, 4), np.uint8)
+    paint[2:6, 2:6] = (128, 128, 128, 255)
+    mask = np.asarray(load_image(encoded(Image.fromarray(paint, "RGBA"), "PNG"), mode="L"))
+    assert (mask[2:6, 2:6] == 128).all() and mask[0, 0] == 0
+    opaque = Image.fromarray(np.dstack([np.full((8, 8, 3), (90, 10, 20), np.uint8), np.full((8, 8), 255, np.uint8)]))
+    assert np.asarray(load_image(encoded(opaque, "PNG"), mode="L")).max() < 60  # no transparency: its brightness
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height with almost no pixel data behind it (a bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
