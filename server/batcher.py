@@ -118,6 +118,7 @@ class Batcher:
         self._turns = 0
         self._closed = False
         self._draining = False  # shed() was called: a batch no longer waits to fill
+        self._drain_until: float | None = None  # when the drain's grace ends (monotonic)
         self._thread: threading.Thread | None = None
         self._batch_s: float | None = None  # a batch's render time, a running average: what a drain expects
         self._rendering_since: float | None = None  # when the batch rendering now began; None when idle
@@ -185,6 +186,8 @@ class Batcher:
                 raise ClosedError("the render thread is not running")
             self._pending.append(item)
             self._cond.notify_all()
+            shed = self._beyond_grace()  # draining: it, or others its turn put behind it, would be cut at the grace
+        self._refuse(shed)
         return item
 
     def withdraw(self, item: Item) -> None:
@@ -211,40 +214,62 @@ class Batcher:
     def shed(self, until: float) -> int:
         """For a drain that ends at ``until`` (monotonic): refuse at once, with ClosedError, the requests
         waiting that would not be rendered by then at the batches' average time, so that their clients retry on
-        another replica now (they waited out the whole grace, then were cut). Batches are counted as they form,
-        oldest first: each size its own (a batch takes one size, up to its limit). A video stream's frames are
-        left to finish (the stream drains as a call). Returns how many; none before a batch has been timed.
-        From now on a batch starts at once, without waiting to fill: no new calls come, and the grace is short."""
+        another replica now (they waited out the whole grace, then were cut). Batches are counted in the order
+        the render thread takes them (callers' turns, a size a batch: see :meth:`_batches`). A video stream's
+        frames are left to finish (the stream drains as a call). Returns how many; none before a batch has been
+        timed. From now on a batch starts at once, without waiting to fill (no new calls come, and the grace is
+        short), and a request still being prepared when the drain began is refused as it is submitted where
+        the queue would not reach it by ``until``."""
         with self._cond:
             self._draining = True
+            self._drain_until = until
+            self._cond.notify_all()  # a batch waiting to fill starts
+            shed = self._beyond_grace()
+        self._refuse(shed)
+        return len(shed)
+
+    def _beyond_grace(self) -> list[Item]:
+        """Take out of the queue the requests a drain's grace will not reach (lock held); see :meth:`shed`."""
+        if self._batch_s is None or not self._pending or self._drain_until is None:
+            return []
+        now = time.monotonic()
+        # the queue's turn comes when the batch rendering now ends (by the average), or now when none is:
+        # counting one as rendering when none was shed the whole queue of a slow replica (CI, 2 cores)
+        free = now if self._rendering_since is None else max(now, self._rendering_since + self._batch_s)
+        fit = max(0, int((self._drain_until - free) / self._batch_s))
+        # (a stream's frame is never shed, but takes its batch when it comes: left out of the count, the
+        # requests after it were kept, then cut)
+        shed = [it for batch in self._batches()[fit:] for it in batch if it.ticket.bounded]
+        for it in shed:
+            self._pending.remove(it)
+            it.ticket.release()
+        if shed:
             self._cond.notify_all()
-            if self._batch_s is None or not self._pending:
-                return 0
-            now = time.monotonic()
-            # the queue's turn comes when the batch rendering now ends (by the average), or now when none is:
-            # counting one as rendering when none was shed the whole queue of a slow replica (CI, 2 cores)
-            free = now if self._rendering_since is None else max(now, self._rendering_since + self._batch_s)
-            batches = max(0, int((until - free) / self._batch_s))
-            room: dict[Hashable, int] = {}  # places left in each size's last batch
-            shed = []
-            for it in sorted(self._pending, key=lambda it: it.enqueued):
-                if room.get(it.key, 0) == 0:  # a batch of its own
-                    if batches == 0:
-                        if it.ticket.bounded:  # (a stream's frame is never shed, but takes its batch when it can:
-                            shed.append(it)  # left out of the count, the requests after it were kept, then cut)
-                        continue
-                    batches -= 1
-                    room[it.key] = self._batch_limit(it.key)
-                room[it.key] -= 1
-            for it in shed:
-                self._pending.remove(it)
-                it.ticket.release()
-            self._cond.notify_all()
+        return shed
+
+    def _batches(self) -> list[list[Item]]:
+        """The waiting requests as the render thread will take them, batch by batch (lock held): as
+        :meth:`_next_batch` does, the head is the oldest request of the caller whose turn it is, and a batch is
+        it and the oldest others of its size. Counted oldest first instead, a drain kept a bulk caller's backlog
+        and refused the single requests of callers whose turn came first (which were then rendered, and the
+        backlog's tail cut at the grace)."""
+        turns, turn = dict(self._last_turn), self._turns
+        left, batches = list(self._pending), []
+        while left:
+            head = min(left, key=lambda it: turns.get(it.ticket.caller, -1))  # the first of the least: the oldest
+            same = [it for it in left if it.key == head.key and it is not head]
+            batch = [head] + same[: self._batch_limit(head.key) - 1]
+            for it in batch:
+                left.remove(it)
+                turns[it.ticket.caller], turn = turn, turn + 1
+            batches.append(batch)
+        return batches
+
+    def _refuse(self, shed: list[Item]) -> None:
         for it in shed:
             self._post(it, error=ClosedError(
                 f"the server is shutting down, and its queue would not reach this request within its grace "
                 f"({len(shed)} refused at once, so that they are retried elsewhere)"))
-        return len(shed)
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new admissions, render what is queued, and stop the thread."""

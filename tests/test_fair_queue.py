@@ -410,6 +410,50 @@ def test_a_drain_sheds_what_its_grace_cannot_reach_counting_batches_by_size() ->
     assert outcomes[:5] == ["ok"] * 5 and outcomes[13:16] == ["shed"] * 3  # the oldest sizes go first
 
 
+def test_a_drain_sheds_by_the_render_threads_order_and_refuses_late_arrivals() -> None:
+    """A bulk caller's five requests queued before three single callers' (a batch each, 1 s, one rendering, a
+    3.5-s grace: two more batches fit after it). The render thread takes the singles first (their turn), so the drain
+    keeps two of them and sheds the third and the backlog; counted oldest first, it kept two of the backlog
+    and refused the singles, and the backlog was cut at the grace. A request prepared while the drain began
+    is refused as it comes where the queue will not reach it, and rendered where it will."""
+    async def main() -> tuple[list[str], str, str]:
+        gate = threading.Event()
+
+        def render(batch: list) -> list:
+            gate.wait(10)
+            return batch
+
+        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=64)
+        batcher.start()
+        batcher._batch_s = 1.0  # as timed by earlier batches
+        batcher.submit(batcher.admit(caller="bulk"), "first", key=(64, 64), deadline=None)
+        await asyncio.sleep(0.05)  # rendering, held by the gate
+        items = [batcher.submit(batcher.admit(caller="bulk"), f"bulk{i}", key=(64, 64), deadline=None)
+                 for i in range(5)]
+        items += [batcher.submit(batcher.admit(caller=c), c, key=(64, 64), deadline=None) for c in "ABC"]
+        batcher.shed(time.monotonic() + 3.5)
+        late = batcher.submit(batcher.admit(caller="D"), "late", key=(64, 64), deadline=None)
+        await asyncio.sleep(0.05)
+        late_shed = late.future.done() and isinstance(late.future.exception(), ClosedError)
+        gate.set()
+
+        async def outcome(it: object) -> str:
+            try:
+                await it.future  # type: ignore[attr-defined]
+                return "ok"
+            except ClosedError:
+                return "shed"
+
+        outcomes = [await outcome(it) for it in items]
+        batcher._drain_until = time.monotonic() + 60  # a longer grace: a late request that fits is rendered
+        fits = await outcome(batcher.submit(batcher.admit(caller="E"), "fits", key=(64, 64), deadline=None))
+        batcher.close(5)
+        return outcomes, "shed" if late_shed else "kept", fits
+
+    outcomes, late, fits = asyncio.run(main())
+    assert outcomes == ["shed"] * 5 + ["ok", "ok", "shed"] and late == "shed" and fits == "ok", (outcomes, late)
+
+
 def test_a_drain_with_nothing_rendering_gives_the_queue_the_whole_grace() -> None:
     """Three requests of three sizes waiting for their batches to fill (none rendering), 1 s a batch, a 2.5-s grace:
     two batches fit, one is shed. Counting one batch as rendering when none was shed a slow replica's whole queue."""
