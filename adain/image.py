@@ -280,6 +280,21 @@ def _levels(img: Image.Image, *, numbers: bool) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), "L")
 
 
+def _grey_key_in_levels(img: Image.Image) -> None:
+    """A 2- or 4-bit grey PNG's colour key (its one transparent level) in the levels Pillow reads (before
+    ``load``, while its raw mode says the bit depth): Pillow scales the pixels to 0-255 but keeps the key as
+    stored, so a 2-bit image's key 1 (read 85) matched no pixel, and its transparent pixels were grey. A 1-bit
+    one's key is scaled by Pillow itself."""
+    key = img.info.get("transparency")
+    if img.format != "PNG" or img.mode != "L" or not isinstance(key, int) or not img.tile:
+        return
+    args = img.tile[0].args
+    raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    bits = 2 if raw.startswith("L;2") else 4 if raw.startswith("L;4") else 8
+    if bits < 8:
+        img.info["transparency"] = key * (255 // (2**bits - 1))
+
+
 def _key_as_alpha(img: Image.Image, *, numbers: bool) -> Image.Image:
     """An image with a colour key (a PNG's tRNS on a grey, RGB or 16-bit image: the one value that is transparent)
     with an alpha channel instead, so that its transparent pixels go the way an RGBA image's do (white in a photo,
@@ -331,6 +346,7 @@ def load_image(
             img.info["nclx_profile"] = nclx
     if img.format in ("JPEG", "MPO"):  # MPO: JPEGs in one
         _check_scans(source, field)
+    _grey_key_in_levels(img)
     try:
         img.load()
         img = _upright(img)

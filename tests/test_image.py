@@ -526,6 +526,20 @@ def test_a_colour_key_is_transparency(mode: str, key) -> None:
     assert load_image(encoded(img, "PNG")).getpixel((1, 1)) != (255, 255, 255)  # without a key: as stored
 
 
+@pytest.mark.parametrize("bits,row,key", [(2, 0b00011011, 1), (4, 0x0123, 2)])
+def test_a_low_bit_grey_pngs_colour_key_is_its_stored_level(bits: int, row: int, key: int) -> None:
+    """Pillow reads a 2- or 4-bit grey PNG's levels scaled to 0-255 (level 1 of 2 bits: 85) and keeps its tRNS key
+    as stored (1): the key matched no pixel, and the transparent one was grey in a photo and covered in a mask."""
+    ihdr = struct.pack(">IIBBBBB", 4, 1, bits, 0, 0, 0, 0)
+    raw = b"\0" + row.to_bytes(1 if bits == 2 else 2, "big")  # one row of levels 0, 1, 2, 3 (filter byte first)
+    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"tRNS", struct.pack(">H", key))
+            + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND"))
+    step = 255 // (2**bits - 1)
+    content, mask = np.asarray(load_image(data))[0, :, 0], np.asarray(load_image(data, mode="L"))[0]
+    want = [255 if level == key else level * step for level in range(4)]
+    assert content.tolist() == want and mask.tolist() == [0 if level == key else level * step for level in range(4)]
+
+
 def test_kept_exif_says_srgb() -> None:
     """An Adobe RGB camera's ColorSpace (0xFFFF, uncalibrated) and interoperability index ("R03") were kept, so a
     viewer that reads them took the output, sRGB without a profile, as Adobe RGB."""
