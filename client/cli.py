@@ -362,7 +362,9 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; see --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
         said = _in_cli_terms(e, args) if cli_terms else e.details
-        return said.replace("see ListStyles", "see --list-styles")
+        # the RPCs the server names, as this command's words
+        return said.replace("see ListStyles", "see --list-styles").replace(
+            "register it with RegisterStyle", "pass its image instead (--style FILE)")
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
     return f"{e.code.name}: {e.details}"

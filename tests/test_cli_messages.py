@@ -79,6 +79,8 @@ def test_one_contents_refusals_name_the_flags_and_files(server: ServerProcess, f
     line = _error([c, "-s", "preset:nosuch", "-o", o, *srv], capsys)
     assert line.startswith("--style preset:nosuch: no preset named 'nosuch'") and "see --list-styles)" in line, line
     assert "ListStyles" not in line
+    line = _error([c, "-s", f"id:{'ab' * 32}", "-o", o, *srv], capsys)  # an unknown registered id: no RegisterStyle
+    assert line.startswith(f"--style id:{'ab' * 32}: unknown style id") and line.endswith("(--style FILE)"), line
     assert not Path(o).exists()
 
 
