@@ -118,7 +118,7 @@ def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
             client_key=args.client_key, **options,
         )
     except StyleTransferError as e:  # a file the client could not read, or a --server it cannot use
-        field, _, detail = e.details.partition(": ")
+        field, detail = (_violations(e) or [("", "")])[0]
         raise CliError(f"{_CLIENT_FLAGS[field]}: {detail}" if field in _CLIENT_FLAGS else e.details) from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise CliError(f"--token-file: {e}" if args.token_file else str(e)) from None
@@ -418,15 +418,39 @@ def _cli_term(field: str, args: argparse.Namespace) -> tuple[str | None, str | N
     return None if flag is None else (flag, None)
 
 
+def _violations(e: StyleTransferError) -> list[tuple[str, str]]:
+    """A failed call's (field, description) pairs: its BadRequest detail, or without one (googleapis-common-protos
+    is optional) the first field of its text; none where the text names no field."""
+    if e.violations:
+        return list(e.violations)
+    field, sep, rest = e.details.partition(": ")
+    return [(field, rest)] if sep else []
+
+
+def _one_content(args: argparse.Namespace, content: Path, spec: str) -> argparse.Namespace:
+    """``args`` as one call of a folder run sees them: that content and the one style it runs (its styles[0],
+    ``spec`` as given to --style), so that a refusal names the flag and file that set the field."""
+    return argparse.Namespace(**{**vars(args), "content": content, "style": [spec]})
+
+
+def _content_failed(e: StyleTransferError, args: argparse.Namespace, content: Path) -> str:
+    """A failed call for ``content`` (``args`` as that call sees them: see :func:`_one_content`) in the CLI's
+    words: a flag's problem as the flag says it (the content file is named where the field is it), anything
+    else after the content's name."""
+    if e.details.startswith(f"{content}:"):  # the client's own checks name the file already
+        return _describe(e, args)
+    said = _describe(e, args, cli_terms=True)
+    field = (_violations(e) or [("", "")])[0][0]
+    option = e.code == grpc.StatusCode.INVALID_ARGUMENT and _cli_term(field, args) is not None
+    return said if option else f"{content}: {said}"
+
+
 def _in_cli_terms(e: StyleTransferError, args: argparse.Namespace) -> str:
     """``e.details`` with each field named as the flag and file that set it ("styles[1].image: not a decodable
     image" -> "--style b.png: not a decodable image"), the server's descriptions as they are."""
-    pairs = list(e.violations)
-    if not pairs:  # no BadRequest detail (googleapis-common-protos missing): the first field, in the text
-        field, sep, rest = e.details.partition(": ")
-        if not sep:
-            return e.details
-        pairs = [(field, rest)]
+    pairs = _violations(e)
+    if not pairs:
+        return e.details
     said = []
     for field, description in pairs:
         term = _cli_term(field, args)
@@ -638,17 +662,10 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
         bar.close()
 
 
-def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path, single: bool = True) -> CliError:
-    """``single``: the one content of the run (its styles[i] are the --style flags; in a folder run each style
-    goes alone, and the fields keep the request's names)."""
+def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -> CliError:
+    """``args`` as this clip's call sees them (a folder run's: :func:`_one_content`)."""
     if isinstance(e, StyleTransferError):  # a style's or another option's problem is not the clip's
-        if e.details.startswith(f"{src}:"):  # the client's own checks name the clip already
-            return CliError(_describe(e, args))
-        field = e.violations[0][0] if e.violations else e.details.partition(": ")[0]
-        option = e.code == grpc.StatusCode.INVALID_ARGUMENT and (
-            field.startswith("options.") or (single and _cli_term(field, args) is not None))
-        said = _describe(e, args, cli_terms=single)
-        return CliError(said if option else f"{src}: {said}")
+        return CliError(_content_failed(e, args, src))
     if isinstance(e, OSError):
         return CliError(f"-o {out}: cannot write: {e.strerror or e}")
     return CliError(str(e))  # MediaError: names the file and the problem
@@ -728,6 +745,9 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     if args.mask or args.labels:
         raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; several contents run each "
                        "style alone")
+    if args.region_alpha:  # else sent with each style alone: "2 region alphas for 1 styles"
+        raise CliError("--region-alpha: a region's strength needs regions (--mask or --labels), which need one "
+                       "content file; several contents run each style alone")
     weighted = next((spec for spec, (_source, weight) in zip(args.style, styles) if weight != 1), None)
     if weighted is not None:  # else dropped without a word: each output is one style at full weight
         raise CliError(f"--style {weighted}: a weight blends styles, which needs one content file; several "
@@ -783,15 +803,14 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             refs[source] = StyleRef(client.register_style(source))
         except StyleTransferError as e:
             raise CliError(f"style {source}: {_describe(e, args)}") from None
-    tasks = [(c, refs[source], out) for c, source, out in tasks]
-    video_tasks = [(v, refs[source], out) for v, source, out in video_tasks]
+    spec_of = {source: spec for spec, (source, _weight) in zip(args.style, styles)}  # each as given to --style
 
     served: Counter[str] = Counter()  # outputs per replica (x-served-by), for the summary
 
     lock = threading.Lock()  # (-j threads)
 
-    def one(content: Path, ref: StyleRef, out: Path) -> None:
-        result = client.stylize(content, ref, format=fmt, **options)
+    def one(content: Path, source: Any, out: Path) -> None:
+        result = client.stylize(content, refs[source], format=fmt, **options)
         result.save(out)
         with lock:
             served[result.served_by or "?"] += 1
@@ -804,17 +823,18 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             while pending:  # each as it ends: the bar moves (FIRST_EXCEPTION waited for all of them)
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
-                    content, _, out = futures[f]
+                    content, source, out = futures[f]
                     bar.update(1)
                     err = f.exception()
                     if err is None:
                         continue
-                    if isinstance(err, StyleTransferError) and _this_content_only(err):
-                        failed += 1  # a bad or too large content image: say so and go on with the others
-                        bar.write(f"{PROG}: error: {content}: {err.details}", file=sys.stderr)
-                        continue
                     if isinstance(err, StyleTransferError):
-                        raise CliError(f"{content}: {_describe(err, args)}")
+                        said = _content_failed(err, _one_content(args, content, spec_of[source]), content)
+                        if not _this_content_only(err):
+                            raise CliError(said)
+                        failed += 1  # a bad or too large content image: say so and go on with the others
+                        bar.write(f"{PROG}: error: {said}", file=sys.stderr)
+                        continue
                     if isinstance(err, OSError):
                         raise CliError(f"{out}: cannot write: {err.strerror or err}")
                     raise err
@@ -823,17 +843,18 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
                 p.cancel()
             client.close()
             raise
-    for src, ref, out in video_tasks:  # one at a time: a stream keeps the server busy on its own
+    for src, source, out in video_tasks:  # one at a time: a stream keeps the server busy on its own
         try:
-            _stylize_video(client, args, src, out, ref)
+            _stylize_video(client, args, src, out, refs[source])
         except (MediaError, StyleTransferError, OSError) as e:
             bad_input = isinstance(e, MediaError) or (
                 isinstance(e, StyleTransferError) and e.code == grpc.StatusCode.INVALID_ARGUMENT
             )
             if not bad_input:
-                raise _video_error(e, args, src, out, single=False) from None
+                raise _video_error(e, _one_content(args, src, spec_of[source]), src, out) from None
             failed += 1  # a bad video: say so and go on with the others
-            print(f"{PROG}: error: {_video_error(e, args, src, out, single=False)}", file=sys.stderr, flush=True)
+            said = _video_error(e, _one_content(args, src, spec_of[source]), src, out)
+            print(f"{PROG}: error: {said}", file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
     print(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
           f"{plural(len(video_tasks), 'video')})")
@@ -848,7 +869,7 @@ def _this_content_only(err: StyleTransferError) -> bool:
     image the server refuses, one whose upload or output is over a message limit, one past the deadline. A style
     or an option it refuses (the same for every content: it was said once per content), the server's full queue
     or its absence stop the run."""
-    field = err.violations[0][0] if err.violations else err.details.split(":", 1)[0]
+    field = (_violations(err) or [("", "")])[0][0]
     if err.code == grpc.StatusCode.INVALID_ARGUMENT:  # the content, its size (the request's, or the format's for it)
         return field in ("content", "request", "format") or field.startswith("content.")
     if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the reply limit, or gRPC's own for the upload

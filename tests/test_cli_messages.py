@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from adain.client import StyleTransferClient, StyleTransferError
-from adain.client.cli import _describe, build_parser, main
+from adain.client.cli import _content_failed, _describe, _one_content, build_parser, main
 from helpers import ServerProcess, free_port
 from synth import make_image, make_mask
 
@@ -110,7 +110,8 @@ def test_a_videos_option_is_named_without_options_dot(server: ServerProcess, fil
 
 def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
     """Without the BadRequest detail (googleapis-common-protos is optional) the first field of the text is
-    translated; a folder run (each style alone: styles[0] is not the first --style) keeps the request's."""
+    translated; a folder run's call (each style alone: its styles[0] is that style, not the first --style) names
+    its own style and content: it said "a.png: styles[0].style_id: ..." and "b.png: content: ..."."""
     args = build_parser().parse_args(["c.png", "-s", "a.png", "-s", "b.png", "-o", "o.png"])
     args.content = Path("c.png")
     e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "styles[1].image: not a decodable image")
@@ -122,6 +123,13 @@ def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
     e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "...", violations=[
         ("content", "c.png is 40 MiB, more than the 32 MiB"), ("options.alpha", "must be in [0, 1]")])
     assert _describe(e, args, cli_terms=True) == "c.png is 40 MiB, more than the 32 MiB; --alpha: must be in [0, 1]"
+    one = _one_content(args, Path("in/d.png"), "b.png")
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "styles[0].style_id: too small to carry a style")
+    assert _content_failed(e, one, Path("in/d.png")) == "--style b.png: too small to carry a style"
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "content: not a decodable image")
+    assert _content_failed(e, one, Path("in/d.png")) == "in/d.png: not a decodable image"
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "request: and 3 more problems")
+    assert _content_failed(e, one, Path("in/d.png")) == "in/d.png: request: and 3 more problems"
 
 
 # --- before anything is sent --------------------------------------------------------------------------------------
@@ -249,7 +257,7 @@ def test_folder_summary_counts_in_words(server: ServerProcess, files: dict[str, 
     srv, a = ["--server", server.target], str(files["a.png"])
     assert main([str(files["content.png"]), str(files["empty.png"]), "-s", a, "-o", f"{tmp_path}/o/", *srv]) == 1
     out, err = capsys.readouterr()
-    assert f"{files['empty.png']}: content: image data is empty" in err
+    assert f"error: {files['empty.png']}: image data is empty" in err  # the file, not also the field "content"
     assert out.splitlines()[0] == f"1 of 2 outputs written to {tmp_path}/o/ (2 images, 0 videos)"
     assert "videos not counted" not in out
     (tmp_path / "one").mkdir()
