@@ -142,9 +142,8 @@ class VideoJobs:
         """Raises Busy where ``start`` would: said before an upload is read (up to 200 MB spooled, then copied,
         each time), and checked again by ``start``."""
         with self.lock:
-            doomed = self._purge()
+            self._purge()
             busy = self._running() >= self.max_running
-        self._delete(doomed)  # outside the lock
         if busy:
             raise Busy(self._busy())
 
@@ -164,12 +163,11 @@ class VideoJobs:
               **options: Any) -> VideoJob:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
         with self.lock:  # the room checked and taken at once
-            doomed = self._purge()
+            self._purge()
             busy = self._running() >= self.max_running
             if not busy:
                 job = VideoJob(uuid.uuid4().hex, folder, name, total)
                 self.jobs[job.id] = job
-        self._delete(doomed)
         if busy:
             raise Busy(self._busy())
         thread = threading.Thread(target=self._run, args=(job, source, styles, options), name=f"video-{job.id[:8]}",
@@ -188,16 +186,14 @@ class VideoJobs:
         every = max(1.0, min(60.0, self.keep_s, self.cancelled_keep_s))
         while not self._closed.wait(every):
             with self.lock:
-                doomed = self._purge()
-            self._delete(doomed)
+                self._purge()
 
     def get(self, job_id: str) -> VideoJob | None:
         with self.lock:
-            doomed = self._purge()
+            self._purge()
             job = self.jobs.get(job_id)
             if job is not None:
                 job.seen = time.monotonic()
-        self._delete(doomed)
         return job
 
     def remove(self, job_id: str) -> bool:
@@ -285,10 +281,10 @@ class VideoJobs:
             if aside is not None:  # this job's own thread: no request waits on it
                 shutil.rmtree(aside, ignore_errors=True)
 
-    def _purge(self) -> list[Path]:
+    def _purge(self) -> None:
         """Forget finished jobs past ``keep_s`` (cancelled ones past ``cancelled_keep_s``), and the oldest beyond
-        ``max_kept`` (lock held); returns their folders, for the caller to :meth:`_delete` once it let go of
-        the lock."""
+        ``max_kept``, and delete their folders (lock held: each is one rename here, its files deleted by the
+        deleter thread)."""
         now = time.monotonic()
         finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
         doomed: list[Path] = []
@@ -297,7 +293,7 @@ class VideoJobs:
             if now - (job.finished or now) > keep or i < len(finished) - self.max_kept:
                 del self.jobs[job.id]
                 doomed.append(job.folder)
-        return doomed
+        self._delete(doomed)
 
     def _set_aside(self, folder: Path) -> Path | None:
         """``folder`` renamed to a hidden name in ``root`` (one rename, however large it is): gone from its place
