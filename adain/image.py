@@ -14,7 +14,6 @@ import io
 import math
 import mmap
 import re
-import threading
 import warnings
 from itertools import islice
 from os import PathLike
@@ -26,7 +25,7 @@ from PIL import Image
 
 from adain.bmff import HEAD_BYTES, nclx_profile
 from adain.errors import InvalidInputError
-from adain.photo import PNG_SIGNATURE, heif_missing, heif_support, png_chunk_limit, png_chunks, to_srgb
+from adain.photo import PNG_SIGNATURE, allow_pixels, heif_missing, heif_support, png_chunk_limit, png_chunks, to_srgb
 from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_cannot_hold, format_name
 
 if TYPE_CHECKING:
@@ -63,7 +62,6 @@ _STANDALONE = frozenset((0x01, *range(0xD0, 0xDA)))  # TEM, RSTn, SOI, EOI: no l
 _TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
           8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the turn that makes the pixels upright
-_PIXELS_LOCK = threading.Lock()
 heif_support()  # HEIC/HEIF photos, where pillow-heif is installed
 
 
@@ -116,7 +114,7 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         _check_file_layout(fp, field)
     else:
         raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
-    _allow_pixels(max_pixels)
+    allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF/TIFF tags; errors still raise
@@ -142,18 +140,6 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
 
 def _why(e: Exception) -> str:
     return str(e) or type(e).__name__
-
-
-def _allow_pixels(max_pixels: int) -> None:
-    """Let Pillow open what our own limit allows (checked with our message once the header is read): its guard, a
-    DecompressionBombError past twice Image.MAX_IMAGE_PIXELS (179 MP by default), refused a 16K print (268 MP) that
-    a server's --max-pixels allowed. Raised to our limit, never lowered and never to None (set once at import, that
-    took the guard away from any application that imported this module)."""
-    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= max_pixels:
-        return
-    with _PIXELS_LOCK:  # two limits raised at once: the lower may not win
-        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
-            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _check_file_layout(path: Path, field: str) -> None:

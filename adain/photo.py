@@ -142,6 +142,21 @@ def _srgb() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
+_PIXELS_LOCK = threading.Lock()
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open what our own limit allows (checked with our message once the header is read): its guard, a
+    DecompressionBombError past twice Image.MAX_IMAGE_PIXELS (179 MP by default), refused a 16K print (268 MP) that
+    a server's --max-pixels allowed. Raised to our limit, never lowered and never to None (set once at import, that
+    took the guard away from any application that imported this module)."""
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= max_pixels:
+        return
+    with _PIXELS_LOCK:  # two limits raised at once: the lower may not win
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 _SPACE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}  # an ICC colour space -> the PIL mode it describes
 SRGB_TOLERANCE = 6  # levels
 _GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")

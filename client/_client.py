@@ -21,7 +21,7 @@ import grpc
 from PIL import Image
 
 from adain.files import write_whole
-from adain.photo import without_layout
+from adain.photo import allow_pixels, without_layout
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
@@ -210,11 +210,9 @@ class VideoFrameResult:
 
 
 def _decoded(data: bytes, pixels: int) -> Image.Image:
-    """The server's image, decoded. Pillow refuses over twice Image.MAX_IMAGE_PIXELS (179 MP by default) as a
-    decompression bomb, and a print the server made for us can be larger (16K: 268 MP): its guard is raised to
-    the size the reply says (never lowered), for this image of our own server's."""
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < pixels:
-        Image.MAX_IMAGE_PIXELS = pixels
+    """The server's image, decoded: a print it made for us can be over Pillow's decompression-bomb guard (16K:
+    268 MP), raised to the size the reply says (see ``allow_pixels``)."""
+    allow_pixels(pixels)
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
