@@ -3,6 +3,7 @@ Chromium (images: ``synth``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -72,6 +73,29 @@ def make_certificates(folder: Path, *names: str) -> bool:
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{name}-ca.pem", "-CAkey", f"{name}-ca.key",
                 "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{name}.pem")
     return True
+
+
+@contextlib.contextmanager
+def library_stub(styles: list) -> Iterator[str]:
+    """A gRPC server on 127.0.0.1 that answers ListStyles alone, with ``styles`` (``pb.LibraryStyle``s): a
+    server saying what the tests need it to (a hostile one's names, say). Yields its address."""
+    from concurrent import futures
+
+    from adain.v1 import style_transfer_pb2 as pb
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    class Library(pb_grpc.StyleTransferServicer):
+        def ListStyles(self, request, context):  # noqa: N802 (the gRPC method's name)
+            return pb.ListStylesResponse(styles=styles)
+
+    srv = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_StyleTransferServicer_to_server(Library(), srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        srv.stop(None)
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -15,7 +14,7 @@ import pytest
 
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import _content_failed, _describe, _one_content, build_parser, main
-from helpers import ServerProcess, free_port
+from helpers import ServerProcess, free_port, library_stub
 from synth import make_image, make_mask
 
 CONTENT = make_image(64, 48, seed=81)
@@ -281,21 +280,9 @@ def test_thumbnails_goes_with_list_styles(capsys) -> None:
 def library_server() -> Iterator[str]:
     """A server whose library holds one style (ListStyles only)."""
     from adain.v1 import style_transfer_pb2 as pb
-    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 
-    class Library(pb_grpc.StyleTransferServicer):
-        def ListStyles(self, request, context):  # noqa: N802 (the gRPC method's name)
-            return pb.ListStylesResponse(styles=[pb.LibraryStyle(name="mosaic", style_id="b9eb099105ea" + "0" * 52,
-                                                                 width=40, height=30)])
-
-    srv = grpc.server(futures.ThreadPoolExecutor(2))
-    pb_grpc.add_StyleTransferServicer_to_server(Library(), srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        srv.stop(None)
+    with library_stub([pb.LibraryStyle(name="mosaic", style_id="b9eb099105ea" + "0" * 52, width=40, height=30)]) as a:
+        yield a
 
 
 def test_list_styles_labels_the_digest(library_server: str, capsys) -> None:

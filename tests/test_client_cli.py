@@ -17,7 +17,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import CliError, main, parse_style
-from helpers import NO_REFINE, REPO, ServerProcess, free_port, make_certificates
+from helpers import NO_REFINE, REPO, ServerProcess, free_port, library_stub, make_certificates
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, photo_with_exif, pixels
 
 CONTENT = make_image(64, 48, seed=21)
@@ -634,30 +634,16 @@ def test_client_refuses_what_it_cannot_send(server: ServerProcess, client: Style
 def test_list_styles_never_writes_a_thumbnail_outside_its_folder(tmp_path: Path, capsys) -> None:
     """--thumbnails DIR saves DIR/NAME.jpg with NAME from the server's reply: a hostile server (or anyone on the
     default plaintext connection) names its styles with paths. The fake server here stands for that server."""
-    from concurrent import futures
-
     from adain.v1 import style_transfer_pb2 as pb
-    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 
     outside = tmp_path / "outside"
     outside.mkdir()
     names = ["../outside/relative", str(outside / "absolute"), "..", "\x1b[2Jclear", "good"]
-
-    class Hostile(pb_grpc.StyleTransferServicer):
-        def ListStyles(self, request, context):  # noqa: N802 (the gRPC method's name)
-            return pb.ListStylesResponse(styles=[
-                pb.LibraryStyle(name=name, style_id=f"{i:064x}", width=1, height=1, thumbnail=b"#!/bin/sh\n")
-                for i, name in enumerate(names)])
-
-    hostile = grpc.server(futures.ThreadPoolExecutor(2))
-    pb_grpc.add_StyleTransferServicer_to_server(Hostile(), hostile)
-    port = hostile.add_insecure_port("127.0.0.1:0")
-    hostile.start()
-    try:
-        thumbs = tmp_path / "thumbs"
-        assert main(["--list-styles", "--server", f"127.0.0.1:{port}", "--thumbnails", str(thumbs)]) == 0
-    finally:
-        hostile.stop(None)
+    hostile = [pb.LibraryStyle(name=name, style_id=f"{i:064x}", width=1, height=1, thumbnail=b"#!/bin/sh\n")
+               for i, name in enumerate(names)]
+    thumbs = tmp_path / "thumbs"
+    with library_stub(hostile) as address:
+        assert main(["--list-styles", "--server", address, "--thumbnails", str(thumbs)]) == 0
     assert list(outside.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["outside", "thumbs"]
     assert [p.name for p in thumbs.iterdir()] == ["good.jpg"]
     out, err = capsys.readouterr()
