@@ -440,9 +440,12 @@ def _content_failed(e: StyleTransferError, args: argparse.Namespace, content: Pa
     if e.details.startswith(f"{content}:"):  # the client's own checks name the file already
         return _describe(e, args)
     said = _describe(e, args, cli_terms=True)
+    if said.startswith(f"{content}:"):  # the field was the content
+        return said
     field = (_violations(e) or [("", "")])[0][0]
+    # a flag's problem is every content's; one this content alone has (its size for --format webp) names it
     option = e.code == grpc.StatusCode.INVALID_ARGUMENT and _cli_term(field, args) is not None
-    return said if option else f"{content}: {said}"
+    return said if option and not _this_content_only(e) else f"{content}: {said}"
 
 
 def _in_cli_terms(e: StyleTransferError, args: argparse.Namespace) -> str:

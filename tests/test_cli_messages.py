@@ -129,6 +129,10 @@ def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
     assert _content_failed(e, one, Path("in/d.png")) == "in/d.png: not a decodable image"
     e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "request: and 3 more problems")
     assert _content_failed(e, one, Path("in/d.png")) == "in/d.png: request: and 3 more problems"
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "format: a WEBP image is at most 16383 px a side")
+    one.format = "webp"  # this content's size: the flag that set the format, after the content it failed for
+    said = _content_failed(e, one, Path("in/d.png"))
+    assert said == "in/d.png: --format webp: a WEBP image is at most 16383 px a side", said
 
 
 # --- before anything is sent --------------------------------------------------------------------------------------
