@@ -186,7 +186,10 @@ class Batcher:
                 raise ClosedError("the render thread is not running")
             self._pending.append(item)
             self._cond.notify_all()
-            shed = self._beyond_grace()  # draining: it, or others its turn put behind it, would be cut at the grace
+            # draining: where the grace would not reach all that is queued with it, it is refused (its turn may
+            # come before requests kept when the drain began: they stay kept); a stream's frame is never refused,
+            # and those it puts out of reach go instead
+            shed = self._beyond_grace(only=item if ticket.bounded else None)
         self._refuse(shed)
         return item
 
@@ -219,7 +222,7 @@ class Batcher:
         frames are left to finish (the stream drains as a call). Returns how many; none before a batch has been
         timed. From now on a batch starts at once, without waiting to fill (no new calls come, and the grace is
         short), and a request still being prepared when the drain began is refused as it is submitted where
-        the queue would not reach it by ``until``."""
+        the queue with it would not be reached by ``until`` (the requests kept stay kept, whatever its turn)."""
         with self._cond:
             self._draining = True
             self._drain_until = until
@@ -228,8 +231,9 @@ class Batcher:
         self._refuse(shed)
         return len(shed)
 
-    def _beyond_grace(self) -> list[Item]:
-        """Take out of the queue the requests a drain's grace will not reach (lock held); see :meth:`shed`."""
+    def _beyond_grace(self, only: Item | None = None) -> list[Item]:
+        """Take out of the queue the requests a drain's grace will not reach (lock held); see :meth:`shed`.
+        ``only``: that request alone, where any would be out of reach (one just come, whose turn may be early)."""
         if self._batch_s is None or not self._pending or self._drain_until is None:
             return []
         now = time.monotonic()
@@ -240,6 +244,8 @@ class Batcher:
         # (a stream's frame is never shed, but takes its batch when it comes: left out of the count, the
         # requests after it were kept, then cut)
         shed = [it for batch in self._batches()[fit:] for it in batch if it.ticket.bounded]
+        if only is not None:
+            shed = [only] if shed else []
         for it in shed:
             self._pending.remove(it)
             it.ticket.release()

@@ -454,6 +454,39 @@ def test_a_drain_sheds_by_the_render_threads_order_and_refuses_late_arrivals() -
     assert outcomes == ["shed"] * 5 + ["ok", "ok", "shed"] and late == "shed" and fits == "ok", (outcomes, late)
 
 
+def test_a_request_come_during_a_drain_does_not_push_out_one_kept() -> None:
+    """One batch fits the grace after the one rendering, and holds the bulk caller's next request. A new caller's
+    request comes while the drain runs: its turn is earlier, but the request kept stays kept, and it is refused."""
+    async def main() -> list[str]:
+        gate = threading.Event()
+
+        def render(batch: list) -> list:
+            gate.wait(10)
+            return batch
+
+        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=64)
+        batcher.start()
+        batcher._batch_s = 1.0
+        batcher.submit(batcher.admit(caller="bulk"), "first", key=(64, 64), deadline=None)
+        await asyncio.sleep(0.05)  # rendering, held by the gate
+        kept = batcher.submit(batcher.admit(caller="bulk"), "kept", key=(64, 64), deadline=None)
+        assert batcher.shed(time.monotonic() + 2.5) == 0
+        late = batcher.submit(batcher.admit(caller="new"), "late", key=(64, 64), deadline=None)
+        await asyncio.sleep(0.05)
+        gate.set()
+        outcomes = []
+        for it in (kept, late):
+            try:
+                await it.future
+                outcomes.append("ok")
+            except ClosedError:
+                outcomes.append("shed")
+        batcher.close(5)
+        return outcomes
+
+    assert asyncio.run(main()) == ["ok", "shed"]
+
+
 def test_a_drain_with_nothing_rendering_gives_the_queue_the_whole_grace() -> None:
     """Three requests of three sizes waiting for their batches to fill (none rendering), 1 s a batch, a 2.5-s grace:
     two batches fit, one is shed. Counting one batch as rendering when none was shed a slow replica's whole queue."""
