@@ -278,8 +278,8 @@ def _grey_key_in_levels(img: Image.Image) -> None:
     args = img.tile[0].args
     raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
     bits = 2 if raw.startswith("L;2") else 4 if raw.startswith("L;4") else 8
-    if bits < 8:
-        img.info["transparency"] = key * (255 // (2**bits - 1))
+    if bits < 8 and 0 <= key < 2**bits:  # a stored level (one scaled already, by us or a later Pillow, is over it)
+        img.info["transparency"] = key * (255 // (2**bits - 1))  # (a caller's unloaded image: as loading it would)
 
 
 def _key_as_alpha(img: Image.Image, *, numbers: bool) -> Image.Image:

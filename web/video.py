@@ -284,7 +284,7 @@ class VideoJobs:
     def _purge(self) -> None:
         """Forget finished jobs past ``keep_s`` (cancelled ones past ``cancelled_keep_s``), and the oldest beyond
         ``max_kept``, and delete their folders (lock held: each is one rename here, its files deleted by the
-        deleter thread)."""
+        deleter thread; once closing, deleted here)."""
         now = time.monotonic()
         finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
         doomed: list[Path] = []
