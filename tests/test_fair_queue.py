@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -373,33 +374,43 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
         srv.kill()
 
 
+def _gated_batcher(max_batch_size: int, batch_s: float) -> tuple[Batcher, threading.Event]:
+    """A started batcher whose batches render when the gate is set, timed at ``batch_s`` a batch (as by earlier
+    batches): a drain's sums with a batch rendering for as long as a test needs."""
+    gate = threading.Event()
+
+    def render(batch: list) -> list:
+        gate.wait(10)
+        return batch
+
+    batcher = Batcher(render, max_batch_size=max_batch_size, max_delay_s=0, max_queue=64)
+    batcher.start()
+    batcher._batch_s = batch_s
+    return batcher, gate
+
+
+async def _outcome(item: Any) -> str:
+    """"ok" where the request was rendered, "shed" where a drain refused it."""
+    try:
+        await item.future
+        return "ok"
+    except ClosedError:
+        return "shed"
+
+
 def test_a_drain_sheds_what_its_grace_cannot_reach_counting_batches_by_size() -> None:
     """Sixteen requests of four sizes, four of each, batches of 8 at most, 0.2 s each: a 1.1-s grace reaches four
     batches after the one rendering (one per size), so nothing is shed; with eight sizes, those of the newest
     four sizes are (counted as full batches of 8, none was). A video's frames are never shed."""
     async def main(sizes: int, grace: float) -> tuple[int, list[str]]:
-        gate = threading.Event()
-
-        def render(batch: list) -> list:
-            gate.wait(10)
-            return batch
-
-        batcher = Batcher(render, max_batch_size=8, max_delay_s=0, max_queue=64)
-        batcher.start()
-        batcher._batch_s = 0.2  # as timed by earlier batches
+        batcher, gate = _gated_batcher(8, 0.2)
         items = [batcher.submit(batcher.admit(caller=f"c{i}"), i, key=(64, 64 + 8 * (i % sizes)), deadline=None)
                  for i in range(16)]
         frame = batcher.submit(batcher.admit(bounded=False), "frame", key=(32, 32), deadline=None)
         await asyncio.sleep(0.05)  # the first batch is rendering
         shed = batcher.shed(time.monotonic() + grace)
         gate.set()
-        outcomes = []
-        for it in [*items, frame]:
-            try:
-                await it.future
-                outcomes.append("ok")
-            except ClosedError:
-                outcomes.append("shed")
+        outcomes = [await _outcome(it) for it in [*items, frame]]
         batcher.close(5)
         return shed, outcomes
 
@@ -417,15 +428,7 @@ def test_a_drain_sheds_by_the_render_threads_order_and_refuses_late_arrivals() -
     and refused the singles, and the backlog was cut at the grace. A request prepared while the drain began
     is refused as it comes where the queue will not reach it, and rendered where it will."""
     async def main() -> tuple[list[str], str, str]:
-        gate = threading.Event()
-
-        def render(batch: list) -> list:
-            gate.wait(10)
-            return batch
-
-        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=64)
-        batcher.start()
-        batcher._batch_s = 1.0  # as timed by earlier batches
+        batcher, gate = _gated_batcher(1, 1.0)
         batcher.submit(batcher.admit(caller="bulk"), "first", key=(64, 64), deadline=None)
         await asyncio.sleep(0.05)  # rendering, held by the gate
         items = [batcher.submit(batcher.admit(caller="bulk"), f"bulk{i}", key=(64, 64), deadline=None)
@@ -436,17 +439,9 @@ def test_a_drain_sheds_by_the_render_threads_order_and_refuses_late_arrivals() -
         await asyncio.sleep(0.05)
         late_shed = late.future.done() and isinstance(late.future.exception(), ClosedError)
         gate.set()
-
-        async def outcome(it: object) -> str:
-            try:
-                await it.future  # type: ignore[attr-defined]
-                return "ok"
-            except ClosedError:
-                return "shed"
-
-        outcomes = [await outcome(it) for it in items]
+        outcomes = [await _outcome(it) for it in items]
         batcher._drain_until = time.monotonic() + 60  # a longer grace: a late request that fits is rendered
-        fits = await outcome(batcher.submit(batcher.admit(caller="E"), "fits", key=(64, 64), deadline=None))
+        fits = await _outcome(batcher.submit(batcher.admit(caller="E"), "fits", key=(64, 64), deadline=None))
         batcher.close(5)
         return outcomes, "shed" if late_shed else "kept", fits
 
@@ -458,15 +453,7 @@ def test_a_request_come_during_a_drain_does_not_push_out_one_kept() -> None:
     """One batch fits the grace after the one rendering, and holds the bulk caller's next request. A new caller's
     request comes while the drain runs: its turn is earlier, but the request kept stays kept, and it is refused."""
     async def main() -> list[str]:
-        gate = threading.Event()
-
-        def render(batch: list) -> list:
-            gate.wait(10)
-            return batch
-
-        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=64)
-        batcher.start()
-        batcher._batch_s = 1.0
+        batcher, gate = _gated_batcher(1, 1.0)
         batcher.submit(batcher.admit(caller="bulk"), "first", key=(64, 64), deadline=None)
         await asyncio.sleep(0.05)  # rendering, held by the gate
         kept = batcher.submit(batcher.admit(caller="bulk"), "kept", key=(64, 64), deadline=None)
@@ -474,13 +461,7 @@ def test_a_request_come_during_a_drain_does_not_push_out_one_kept() -> None:
         late = batcher.submit(batcher.admit(caller="new"), "late", key=(64, 64), deadline=None)
         await asyncio.sleep(0.05)
         gate.set()
-        outcomes = []
-        for it in (kept, late):
-            try:
-                await it.future
-                outcomes.append("ok")
-            except ClosedError:
-                outcomes.append("shed")
+        outcomes = [await _outcome(it) for it in (kept, late)]
         batcher.close(5)
         return outcomes
 
@@ -499,13 +480,7 @@ def test_a_drain_with_nothing_rendering_gives_the_queue_the_whole_grace() -> Non
         await asyncio.sleep(0.05)  # the head waits for its batch to fill
         shed = batcher.shed(time.monotonic() + 2.5)
         batcher.close(5)  # what is left renders now
-        outcomes = []
-        for it in items:
-            try:
-                await it.future
-                outcomes.append("ok")
-            except ClosedError:
-                outcomes.append("shed")
+        outcomes = [await _outcome(it) for it in items]
         return shed, outcomes
 
     shed, outcomes = asyncio.run(main())
