@@ -8,13 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from adain import Stylizer
 from adain.decoder import load_decoder
-from adain.train.train import export
+from adain.train.train import Trainer, export
 from synth import synth_image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -228,3 +229,17 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_0(data: Path, tmp_pa
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
     assert step == logged(out)[-1]["step"] >= 2
+
+
+def test_a_weight_average_forgets_random_starting_weights() -> None:
+    """--ema D from random weights: the average started at them and kept D^t of them (14% at 0.999 after 2,000
+    steps: an export of part noise). It warms up, (1 + t) / (10 + t) at first; from an --init's trained weights the
+    average starts there, at D, as the cool-down runs measured."""
+    linear = torch.nn.Linear(2, 2)
+    for init_meta, want in (({}, 0.9), ({"file": "decoder.pt"}, 0.001)):
+        with torch.no_grad():
+            linear.weight.fill_(1.0)
+        state = SimpleNamespace(ema={"weight": torch.zeros(2, 2)}, decoder=linear, args=SimpleNamespace(ema=0.999),
+                                step=0, init_meta=init_meta)
+        Trainer._update_ema(state)  # the first step: the weights moved from 0 to 1
+        assert torch.allclose(state.ema["weight"], torch.full((2, 2), want)), (init_meta, state.ema["weight"])
