@@ -180,6 +180,7 @@ class VideoStream:
         self._warps: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._prev_target: Any = None
         self._levels: np.ndarray | None = None  # the regions' maps (K x H x W levels) on the CPU, for the flow
+        self._cells: Any = None  # and as [0, 1] maps at relu4_1's size (1 x K x h x w), for the warped target
         self.output_blend = self.strength * self.OUTPUT_SHARE
 
     # --- the three steps ---------------------------------------------------------------------
@@ -250,7 +251,9 @@ class VideoStream:
                                    align_corners=True)
             share = share.to(own.device)
             if regions is not None:  # as in _Flow.within_regions, for the cells: the warp reaches 2 cells across
-                m = maps_at(regions.to(own.device), target.shape[2:])
+                if self._cells is None:  # the same every frame (one mask, one size): made once
+                    self._cells = maps_at(regions.to(own.device), target.shape[2:])
+                m = self._cells
                 moved = F.grid_sample(m, grid.to(own.device), mode="bicubic", padding_mode="border", align_corners=True)
                 share = share * ((moved - m).abs().amax(1, keepdim=True) <= REGION_TOLERANCE / 255)
             weight = share * self.strength

@@ -114,8 +114,8 @@ def test_smoothing_starts_again_at_a_scene_cut(stylizer: Stylizer, mode: str) ->
     assert np.abs(outs[6] - alone).mean() < 1.0, np.abs(outs[6] - alone).mean()  # the cut: b's own statistics
 
 
-def _panning(img: Image.Image, n: int) -> list[Image.Image]:
-    return [Image.fromarray(np.roll(np.asarray(img), 2 * i, axis=1)) for i in range(n)]
+def _panning(img: Image.Image, n: int, step: int = 2) -> list[Image.Image]:
+    return [Image.fromarray(np.roll(np.asarray(img), step * i, axis=1)) for i in range(n)]
 
 
 def test_flow_starts_again_at_a_scene_cut(stylizer: Stylizer) -> None:
@@ -182,7 +182,7 @@ def test_flow_does_not_carry_a_style_across_a_fixed_masks_edge() -> None:
             np.uint8))
 
     styles, mask, w = [tinted(1, (1, 0.2, 0.2)), tinted(2, (0.2, 0.3, 1))], make_mask(128, 64), 128
-    frames = [Image.fromarray(np.roll(np.asarray(synth_image(w, 64, seed=3)), 4 * i, axis=1)) for i in range(8)]
+    frames = _panning(synth_image(w, 64, seed=3), 8, step=4)
     alone, flow = (VideoStream(stylizer, styles, mask=mask, temporal=t) for t in ("none", "flow"))
     pairs = [(np.asarray(alone.stylize(f), np.float32), np.asarray(flow.stylize(f), np.float32)) for f in frames]
 
