@@ -427,6 +427,12 @@ def _violations(e: StyleTransferError) -> list[tuple[str, str]]:
     return [(field, rest)] if sep else []
 
 
+def _first_field(e: StyleTransferError) -> str:
+    """The field a failed call names first ("" where it names none)."""
+    pairs = _violations(e)
+    return pairs[0][0] if pairs else ""
+
+
 def _one_content(args: argparse.Namespace, content: Path, spec: str) -> argparse.Namespace:
     """``args`` as one call of a folder run sees them: that content and the one style it runs (its styles[0],
     ``spec`` as given to --style), so that a refusal names the flag and file that set the field."""
@@ -442,7 +448,7 @@ def _content_failed(e: StyleTransferError, args: argparse.Namespace, content: Pa
     said = _describe(e, args, cli_terms=True)
     if said.startswith(f"{content}:"):  # the field was the content
         return said
-    field = (_violations(e) or [("", "")])[0][0]
+    field = _first_field(e)
     # a flag's problem is every content's; one this content alone has (its size for --format webp) names it
     option = e.code == grpc.StatusCode.INVALID_ARGUMENT and _cli_term(field, args) is not None
     return said if option and not _this_content_only(e) else f"{content}: {said}"
@@ -853,11 +859,11 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             bad_input = isinstance(e, MediaError) or (
                 isinstance(e, StyleTransferError) and e.code == grpc.StatusCode.INVALID_ARGUMENT
             )
+            error = _video_error(e, _one_content(args, src, spec_of[source]), src, out)
             if not bad_input:
-                raise _video_error(e, _one_content(args, src, spec_of[source]), src, out) from None
+                raise error from None
             failed += 1  # a bad video: say so and go on with the others
-            said = _video_error(e, _one_content(args, src, spec_of[source]), src, out)
-            print(f"{PROG}: error: {said}", file=sys.stderr, flush=True)
+            print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
     print(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
           f"{plural(len(video_tasks), 'video')})")
@@ -872,7 +878,7 @@ def _this_content_only(err: StyleTransferError) -> bool:
     image the server refuses, one whose upload or output is over a message limit, one past the deadline. A style
     or an option it refuses (the same for every content: it was said once per content), the server's full queue
     or its absence stop the run."""
-    field = (_violations(err) or [("", "")])[0][0]
+    field = _first_field(err)
     if err.code == grpc.StatusCode.INVALID_ARGUMENT:  # the content, its size (the request's, or the format's for it)
         return field in ("content", "request", "format") or field.startswith("content.")
     if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the reply limit, or gRPC's own for the upload
