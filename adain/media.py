@@ -29,7 +29,7 @@ from adain.files import atomic_path
 from adain.hdr import is_hdr, is_wide_sdr, to_sdr, wide_to_srgb
 from adain.image import longest_size
 from adain.job import is_number
-from adain.wire import VIDEO_SUFFIXES
+from adain.wire import MIN_FPS, VIDEO_SUFFIXES
 
 # What a folder of contents is searched for: the above, and containers FFmpeg reads that are not written.
 READ_VIDEO_SUFFIXES = VIDEO_SUFFIXES + (".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp",
@@ -269,8 +269,8 @@ class VideoReader:
             raise MediaError(f"a clip is read from a file: expected a path, got a {type(path).__name__}")
         self.path = Path(path)
         self.max_side = max_side
-        if max_fps is not None and not (is_number(max_fps) and max_fps > 0):
-            raise MediaError(f"max_fps must be a finite number > 0, got {max_fps!r}")  # -1 looped for ever
+        if max_fps is not None and not (is_number(max_fps) and max_fps >= MIN_FPS):  # -1 looped for ever
+            raise MediaError(f"max_fps must be a finite number >= {MIN_FPS:g}, got {max_fps!r}")
         bad_duration = duration is not None and not (is_number(duration) and duration > 0)
         if not (is_number(start) and start >= 0) or bad_duration:
             raise MediaError(f"a clip's start must be >= 0 and its duration > 0 seconds, got {start}, {duration}")
@@ -330,7 +330,6 @@ class VideoReader:
 
     def _frames(self) -> Iterator[tuple[Image.Image, float]]:
         av = _av()
-        streams = [self._v] + ([self.audio_stream] if self.audio_stream is not None else [])
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
         step, keep = 1 / float(self.rate), None  # the next time a frame is kept from (max_fps)
         slack = 0.5 / float(self.info.rate)  # the frame nearest a kept time counts as on it
@@ -346,10 +345,18 @@ class VideoReader:
         # one, and then no frame came. It is read from its beginning too.
         raw = self._c.format.flags & _AVFMT_NOTIMESTAMPS
         if start > 0 and self._c.format.name not in _SEEK_BY_BYTES and not raw:
-            with contextlib.suppress(av.error.FFmpegError):  # a format that cannot seek is read from its beginning
+            # a format that cannot seek is read from its beginning; so is a start past an int64 of time base
+            # units (a clip that declares no duration, so that the start was not checked against it)
+            with contextlib.suppress(av.error.FFmpegError, OverflowError):
                 self._c.seek(int((start + origin) / self._v.time_base), stream=self._v)
         try:
-            for packet in self._c.demux(streams):
+            # every stream: the container's duration, which a truncated file is told by, covers them all (a
+            # subtitle cue or a second sound track that ends after the picture is not a file cut short)
+            for packet in self._c.demux():
+                if packet.stream is not self._v and packet.stream is not self.audio_stream:
+                    if packet.pts is not None:
+                        reached = max(reached, float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin)
+                    continue
                 if packet.stream is self.audio_stream:
                     if packet.dts is not None:
                         t = float(packet.pts * packet.time_base) - origin if packet.pts is not None else 0.0

@@ -46,6 +46,7 @@ from adain.wire import (
     FORMATS,
     INPUT_SUFFIXES,
     LIBRARY_NAME_RE,
+    MIN_FPS,
     PRESET_PREFIX,
     STYLE_ID_PREFIX,
     STYLE_ID_RE,
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"server's, {DEFAULT_TEMPORAL})")
     p.add_argument("--temporal-strength", type=_strength, default=None, metavar="S",
                    help="video: how much of the past each frame keeps, in [0, 1) (default: the server's)")
-    p.add_argument("--fps", type=positive_float, default=None, metavar="N",
+    p.add_argument("--fps", type=_fps, default=None, metavar="N",
                    help="video: at most N frames a second (the others are dropped: half the rate, half the time; "
                    "the sound stays in step; default: as filmed)")
     p.add_argument("--start", type=non_negative_float, default=0.0, metavar="S",
@@ -253,6 +254,14 @@ def _strength(text: str) -> float:
     value = unit_interval(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _fps(text: str) -> float:
+    value = positive_float(text)
+    if value < MIN_FPS:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_FPS:g} (a frame each {1 / MIN_FPS:,.0f} s), "
+                                         f"got {text}")
     return value
 
 

@@ -458,6 +458,8 @@ def test_cli_refuses_what_it_would_silently_get_wrong(server: ServerProcess, fil
                                                      capsys)
     assert main([c, "-s", a, "--retries", "5", "-o", o, *srv]) == 2
     assert "--retries: must be in [0, 4], got 5" in capsys.readouterr().err
+    assert main([c, "-s", a, "--fps", "0.0001", "-o", o, *srv]) == 2  # was a ZeroDivisionError's traceback
+    assert "--fps: must be at least 0.001 (a frame each 1,000 s), got 0.0001" in capsys.readouterr().err
     assert not Path(o).exists()
 
 

@@ -407,6 +407,13 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
         assert r.info.duration > 5 and r.total == 20 and len(list(r.frames())) == 20
     with VideoReader(tmp_path / "long_sound.webm", start=0.5) as r:
         assert r.total == 15
+    # a second sound track (a commentary) that runs on: the container's duration is its, and a whole file was
+    # refused as "truncated: the data ends at 2.03 s of the 6.02 s it declares"
+    make_video(tmp_path / "short_sound.webm", frames=20, fps=10, audio=True)
+    _mux(tmp_path / "two_tracks.webm", (tmp_path / "picture.webm", "video"), (tmp_path / "short_sound.webm", "audio"),
+         (tmp_path / "sound.webm", "audio"))
+    with VideoReader(tmp_path / "two_tracks.webm") as r:
+        assert r.info.duration > 5 and len(list(r.frames())) == 20
     # a broadcast TS's clock starts at hours: times count from its first timestamp (a part was cut against
     # the clock, and the whole written after as long a wait)
     make_video(tmp_path / "dvb.ts", times=[3600 + i / 10 for i in range(30)])
@@ -429,6 +436,36 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
     make_video(tmp_path / "paused.mp4", times=paused)
     with VideoReader(tmp_path / "paused.mp4", start=0.5) as r:
         assert [round(t, 2) for _, t in r.frames()] == [0.0, 0.3, 0.4, 0.5, 0.6]  # the frame on screen at 0.5 first
+
+
+def test_a_start_past_any_time_a_streamed_webm_holds(tmp_path: Path) -> None:
+    """A WebM written as a stream (a browser's MediaRecorder: no seeking back) declares no duration, so a start
+    is not checked against one; a start of 1e20 s overflowed FFmpeg's seek target (an OverflowError). It is read
+    from the beginning, and no frame is in that part."""
+    import av
+
+    class Stream(io.RawIOBase):  # written once, front to back
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            return self.f.write(b)
+
+    with open(tmp_path / "live.webm", "wb") as f, av.open(Stream(f), "w", format="webm") as out:
+        v = out.add_stream("libvpx-vp9", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 24, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 40 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+    with VideoReader(tmp_path / "live.webm", start=1e20) as r:
+        assert r.info.duration == 0
+        with pytest.raises(MediaError, match="no frames in that part"):
+            list(r.frames())
 
 
 def test_a_see_through_webm_is_read_over_white(tmp_path: Path) -> None:
