@@ -4,6 +4,7 @@ server's port checks come before it)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,9 +20,9 @@ import pytest
 from helpers import REPO, free_port
 
 
-def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
 
 
 @contextmanager
@@ -93,6 +95,16 @@ def test_web_refuses_a_busy_port_before_its_url_line() -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"adain-web: error: cannot listen on 127.0.0.1:{port}: Address already in use"], proc.stderr
+
+
+def test_web_that_cannot_serve_its_metrics_leaves_no_folder(tmp_path: Path) -> None:
+    """A taken --metrics-port: it says so and exits 2, and its clips' temporary folder (made when the page was
+    built, removed only by a shutdown that never came) is not left behind."""
+    with _held_port() as port:
+        proc = _run("adain.web", "--server", "127.0.0.1:50051", "--port", str(free_port()), "--metrics-port",
+                    str(port), env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert proc.returncode == 2 and "adain-web: error:" in proc.stderr and "in use" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_server_busy_ports_say_why_and_what_to_do() -> None:

@@ -434,6 +434,25 @@ def test_a_clip_that_says_neither_count_nor_duration_fails_at_the_limit(web: Web
     assert job["done"] <= 30
 
 
+def _gif(w: int, h: int, frames: int = 4) -> bytes:
+    images = [Image.new("RGB", (w, h), (40 * i, 100, 200)) for i in range(frames)]
+    out = io.BytesIO()
+    images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def test_a_clip_jobs_failure_names_the_field_as_the_page_does(web: WebProcess, tmp_path: Path) -> None:
+    """The server refuses a stream's options as "options.alpha" and its frames as "frames[i]"; the page shows
+    an error next to the control its field names ("alpha"), as the photo path's and the live camera's do."""
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE)],
+                   data={"alpha": "7", "temporal": "none"}, timeout=60)
+    assert r.status_code == 202, r.text  # the server's limit: it is asked with the stream's first message
+    job = _finished(web, r.json())
+    assert job["state"] == "failed" and job["error"]["code"] == "INVALID_ARGUMENT", job
+    assert [v["field"] for v in job["error"]["violations"]] == ["alpha"], job
+    assert not job["error"]["message"].startswith("options."), job
+
+
 BAD_CLIPS = {
     "an-image": (lambda tmp: _png("content", CONTENT), {}, "content", "not a video"),
     "too-many-frames": (lambda tmp: _clip(tmp, 36), {}, "content", "max_video_frames=30"),
@@ -442,7 +461,12 @@ BAD_CLIPS = {
     "temporal": (lambda tmp: _clip(tmp, 6), {"temporal": "wobbly"}, "temporal", "none, smooth, flow"),
     "size": (lambda tmp: _clip(tmp, 6), {"size": "8"}, "size", ">= 16"),
     "image-only-field": (lambda tmp: _clip(tmp, 6), {"refine_steps": "5"}, "refine_steps", "unknown field"),
-    "fps": (lambda tmp: _clip(tmp, 6), {"fps": "-2"}, "fps", "must be > 0"),
+    "fps": (lambda tmp: _clip(tmp, 6), {"fps": "-2"}, "fps", "must be at least 0.001"),
+    "fps-rounds-to-0": (lambda tmp: _clip(tmp, 6), {"fps": "0.0001"}, "fps", "must be at least 0.001"),  # was a 202,
+    # then INTERNAL: the rate, a fraction over at most 1001, was 0 and the reader divided by it
+    "one-pixel-wide": (lambda tmp: ("content", ("thin.gif", _gif(1, 40), "image/gif")), {}, "content",
+                       "1 x 40 frames are too small for a video (2 x 2 at least)"),  # was a 202, then the failure
+    # named the result's file in this server's temporary folder
     "fps-twice": (lambda tmp: _clip(tmp, 6), {"fps": ["6", "10"]}, "fps", "given 2 times; once only"),
     "size-past-int32": (lambda tmp: _clip(tmp, 6), {"size": "99999999999999999999"}, "size",
                         "over the limit of max_content_side="),

@@ -58,6 +58,7 @@ from adain.photo import heif_support
 from adain.wire import (
     COLOR_MODES,
     FORMATS,
+    MIN_FPS,
     REQUEST_ID_RE,
     TEMPORAL_MODES,
     Limits,
@@ -631,8 +632,8 @@ async def _read_video_form(
     fps = None
     if form.get("fps") not in (None, "", "0"):
         fps = problems.check(number, form["fps"], "fps")
-        if fps is not None and fps <= 0:
-            problems.add("fps", f"must be > 0 (or empty: as filmed), got {form['fps']!r}")
+        if fps is not None and fps < MIN_FPS:
+            problems.add("fps", f"must be at least {MIN_FPS:g} (or empty: as filmed), got {form['fps']!r}")
     start = problems.check(number, form["start"], "start") if form.get("start") not in (None, "") else 0.0
     if start is not None and start < 0:
         problems.add("start", f"must be >= 0 seconds, got {form['start']!r}")
@@ -658,6 +659,13 @@ async def _read_video_form(
     if form.get("size") not in (None, "", "0"):
         options["content_size"] = problems.check(whole, form["size"], "size", 16,
                                                  ("max_content_side", limits.max_content_side))
+    if clip is not None and not problems.found:  # the result is an MP4: 4:2:0, even sides of 2 px at least
+        from adain.image import longest_size  # (as the clip is scaled while it is read)
+
+        w, h = longest_size(clip[1].width, clip[1].height, options.get("content_size"))
+        if min(w, h) < 2:
+            problems.add("content", f"{w} x {h} frames" + (" at that size" if options.get("content_size") else "")
+                         + " are too small for a video (2 x 2 at least)")
     problems.raise_any()
     assert clip is not None and isinstance(content, UploadFile)
     source = clip[0]

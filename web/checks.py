@@ -38,6 +38,7 @@ TRANSPORT_RE = re.compile(r"ipv[46]:|unix:|dns:|\d+\.\d+\.\d+\.\d+|\[[0-9a-f]*:[
                           r"^cancelled$", re.I)
 
 
+FRAME_FIELD_RE = re.compile(r"frames\[\d+\]")  # the server names a stream's frames by index
 MAX_ERROR_TEXT = 500  # characters of a message or description: a 100,000-character field came back twice
 
 
@@ -61,6 +62,18 @@ def public_error(e: StyleTransferError, level: int = logging.WARNING) -> tuple[s
         log.log(level, "the backend call failed: %s: %s", e.code.name, e.details)
         return fixed, []
     return e.details, list(e.violations)
+
+
+def stream_error(e: StyleTransferError, frame: str) -> tuple[str, list[tuple[str, str]]]:
+    """:func:`public_error` of a video stream, its fields named as the page names them: the stream's options
+    are its first message ("options.alpha" is "alpha"), and a frame ("frames[3]") is ``frame``: the live
+    camera's "frame", a clip's "content"."""
+    message, violations = public_error(e)
+
+    def page(text: str) -> str:
+        return FRAME_FIELD_RE.sub(frame, text.removeprefix("options."), count=1)
+
+    return page(message), [(page(f), d) for f, d in violations]
 
 
 class BadInput(Exception):

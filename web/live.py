@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import queue
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.wire import Limits
 
-from .checks import BadInput, color, error_json, image, number, public_error, style_count, style_name, temporal, weights
+from .checks import BadInput, color, error_json, image, number, stream_error, style_count, style_name, temporal, weights
 from .metrics import REFUSED_KEY
 
 log = logging.getLogger("adain.web")
@@ -44,7 +43,6 @@ CLOSE_TRY_LATER = 1013
 MAX_WAITING = 16  # frames received and not yet taken by the stream: a page that sends without waiting
 MAX_OUT = 32  # frames received and not yet sent back (a page that sends and does not read)
 OPTIONS = ("styles", "weights", "alpha", "preserve_color", "temporal")  # the first message's keys
-FRAME_FIELD_RE = re.compile(r"frames\[\d+\]")  # the server names a stream's frames by index; the page: "frame"
 
 
 @dataclass(frozen=True)
@@ -218,8 +216,7 @@ async def _send(ws: WebSocket, replies: asyncio.Queue, returned: list[int]) -> N
             close = {"INVALID_ARGUMENT": CLOSE_BAD_INPUT, "RESOURCE_EXHAUSTED": CLOSE_TRY_LATER,
                      "UNAVAILABLE": CLOSE_TRY_LATER, "DEADLINE_EXCEEDED": CLOSE_TRY_LATER}.get(item.code.name,
                                                                                               CLOSE_ERROR)
-            message, violations = public_error(item)
-            await _fail(ws, close, item.code.name, _page_names(message), [(_page_names(f), t) for f, t in violations])
+            await _fail(ws, close, item.code.name, *stream_error(item, "frame"))
         elif isinstance(item, Exception):
             log.error("live camera stream failed", exc_info=item)
             await _fail(ws, CLOSE_ERROR, "INTERNAL", f"the live stream failed: {type(item).__name__}")
@@ -227,12 +224,6 @@ async def _send(ws: WebSocket, replies: asyncio.Queue, returned: list[int]) -> N
             with contextlib.suppress(Exception):  # the page left: keep draining until the stream ends
                 await ws.send_bytes(item)
             returned[0] += 1
-
-
-def _page_names(text: str) -> str:
-    """A server's field names as the page knows them: the stream's options are its first message
-    ("options.alpha" is "alpha"), and a frame is "frame" (the server says "frames[3]")."""
-    return FRAME_FIELD_RE.sub("frame", text.removeprefix("options."), count=1)
 
 
 def _json_type(value: Any) -> str:

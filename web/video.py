@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from adain.client import StyleTransferClient, StyleTransferError
 
-from .checks import error_json, public_error
+from .checks import error_json, stream_error
 
 if TYPE_CHECKING:
     from adain.media import VideoInfo
@@ -119,7 +119,7 @@ class VideoJobs:
         self.client, self.max_running, self.keep_s, self.max_kept = client, max_running, keep_s, max_kept
         self.abandon_s, self.cancelled_keep_s = abandon_s, cancelled_keep_s
         self.max_frames = max_frames  # frames a job may send (adain-web --max-video-frames; 0: no limit)
-        self.root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
+        self._root: Path | None = None  # made with the first upload: a page that failed to start left it behind
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.RLock()
@@ -128,6 +128,14 @@ class VideoJobs:
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()  # set aside, for the deleter
         self._deleter: threading.Thread | None = None  # started with the first folder to delete
         self._deleter_lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """The folder of every job's files, made when first needed."""
+        with self.lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
+            return self._root
 
     def running(self) -> int:
         with self.lock:
@@ -226,7 +234,8 @@ class VideoJobs:
             self._doomed.put(None)
         if deleter is not None:  # what it has not deleted by then is inside root: removed below either way
             deleter.join(max(0.0, deadline - time.monotonic()))
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
 
     def _run(self, job: VideoJob, source: Path, styles: list[Any], options: dict[str, Any]) -> None:
         from adain.client.video import stylize_video_file
@@ -258,12 +267,12 @@ class VideoJobs:
             if stopped():  # the client cancelled the stream while no frame came: cancelled or abandoned
                 state, error = "cancelled", job.error
             else:
-                error = error_json(e.code.name, *public_error(e))["error"]
+                error = error_json(e.code.name, *stream_error(e, "content"))["error"]
         except MediaWriteError:  # writing the result failed: this service's fault, not the clip's
             log.exception("clip job %s: writing its result failed", job.id)
             error = error_json("INTERNAL", INTERNAL)["error"]
-        except MediaError as e:  # the clip: named as its page named it, not by this server's folder
-            message = str(e).replace(str(source), "the clip")
+        except MediaError as e:  # the clip and its result: named as the page names them, not by this server's folder
+            message = str(e).replace(str(source), "the clip").replace(str(job.result), "the result")
             error = error_json("INVALID_ARGUMENT", message, [("content", message)])["error"]
         except Exception:  # noqa: BLE001 - a job's failure is reported on its state, never lost
             log.exception("clip job %s failed", job.id)
