@@ -1112,6 +1112,18 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
         "clearErrors(); const error = {code: 'UNAVAILABLE', message: 'm', violations: []};"
         "showError({error}, errorStatus(error)); return document.getElementById('form-error').textContent;"
     ).startswith("The style-transfer server is not available")
+    # an animated GIF is a clip (it was sent as a photo, and one frame came back), shown as a picture (a video
+    # player does not play a GIF); a GIF of one frame is a photo
+    (tmp_path / "dance.gif").write_bytes(_gif(64, 48, frames=6))
+    (tmp_path / "still.gif").write_bytes(_gif(64, 48, frames=1))
+    for name, kind in (("dance.gif", "Clip"), ("still.gif", "Photo")):
+        browser.execute_script("document.getElementById('content').value = ''")
+        browser.find_element(By.ID, "content").send_keys(str(tmp_path / name))
+        wait_for(browser, lambda d, name=name: name in d.find_element(By.ID, "content-name").text)
+        assert browser.find_element(By.ID, "content-name").text.startswith(f"{kind}: {name}")
+        assert browser.find_element(By.ID, "fps-row").is_displayed() == (kind == "Clip")
+        assert browser.execute_script("return [document.getElementById('original').hidden, "
+                                      "document.getElementById('original-video').hidden]") == [False, True]
     severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe  # no 404 (a favicon, a poll of a cancelled job) in the console
 

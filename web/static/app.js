@@ -15,14 +15,48 @@ const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4
 const paint = { brush: undefined, size: 40, painted: false, drawing: false, last: null, ready: false,
   cursor: null, penDown: false, url: null };  // cursor, penDown: the keyboard's brush (photo pixels)
 
+const animated = new WeakSet();  // GIFs of more than one frame: clips, as the server and the CLI take them
+
 function isVideo(file) {
-  return file.type.startsWith("video/") || VIDEO_SUFFIXES.test(file.name);
+  return file.type.startsWith("video/") || VIDEO_SUFFIXES.test(file.name) || animated.has(file);
 }
 
-// What was chosen or dropped: one photo or clip, or several photos (stylized one after another).
-function setFiles(files) {
+function isGif(file) {
+  return file.type === "image/gif" || /\.gif$/i.test(file.name);
+}
+
+// A GIF's frames, counted to 2: its blocks walked (extensions and images, each a chain of sub-blocks).
+function gifFrames(b) {
+  if (b.length < 13 || b[0] !== 0x47 || b[1] !== 0x49 || b[2] !== 0x46) return 0;  // "GIF"
+  let i = 13 + (b[10] & 0x80 ? 3 << ((b[10] & 7) + 1) : 0);  // the header, the global colour table
+  const subBlocks = () => { while (i < b.length && b[i] !== 0) i += b[i] + 1; i += 1; };
+  let frames = 0;
+  while (i < b.length && frames < 2) {
+    const kind = b[i++];
+    if (kind === 0x21) { i += 1; subBlocks(); }  // an extension: its label, its data
+    else if (kind === 0x2c) {  // an image: its descriptor, local colour table, LZW code size and data
+      frames += 1;
+      const flags = b[i + 8];
+      i += 9 + (flags & 0x80 ? 3 << ((flags & 7) + 1) : 0) + 1;
+      subBlocks();
+    } else break;  // the trailer (or what is not a GIF's)
+  }
+  return frames;
+}
+
+// What was chosen or dropped: one photo or clip, or several photos (stylized one after another). An animated
+// GIF is a clip (it was sent as a photo, and its first frame came back).
+async function setFiles(files) {
   files = [...files];
+  for (const file of files.filter(isGif)) {
+    try { if (gifFrames(new Uint8Array(await file.arrayBuffer())) > 1) animated.add(file); } catch (e) { /* a photo */ }
+  }
   if (files.length > 1) setBatch(files); else setContent(files[0]);
+}
+
+// The original is shown as a picture (an animated GIF too: a video player does not play one) or as a video.
+function originalIsPicture() {
+  return !state.video || Boolean(state.content && isGif(state.content));
 }
 
 function setContent(file) {
@@ -47,9 +81,10 @@ function setContent(file) {
   $("original-caption").textContent = "Original";
   const last = originalUrl;
   originalUrl = URL.createObjectURL(file);
-  $("original").hidden = $("output").hidden = state.video;
-  $("original-video").hidden = !state.video;  // the stylized clip's player shows when it has one
-  if (state.video) {
+  $("output").hidden = state.video;
+  $("original").hidden = !originalIsPicture();
+  $("original-video").hidden = originalIsPicture();  // the stylized clip's player shows when it has one
+  if (!originalIsPicture()) {
     $("original").removeAttribute("src");  // (its error listener ignores an image without a src)
     $("original-video").src = originalUrl;
   } else {
@@ -944,8 +979,10 @@ function showLive(on) {
   $("pair").hidden = false;
   if (on) $("batch-results").hidden = $("download-all").hidden = true;
   $("live-row").hidden = $("live-camera").hidden = $("live-output").hidden = !on;
-  $("original").hidden = $("output").hidden = on || state.video;
-  $("original-video").hidden = $("output-video").hidden = on || !state.video;
+  $("output").hidden = on || state.video;
+  $("output-video").hidden = on || !state.video;
+  $("original").hidden = on || !originalIsPicture();
+  $("original-video").hidden = on || originalIsPicture();
   $("temporal-row").hidden = !(on || state.video);
   $("mask-row").hidden = $("regions-row").hidden = on || state.video;  // a photo's options, not the camera's
   $("refine-row").hidden = on || state.video || !state.info.max_refine_steps;
@@ -1103,8 +1140,8 @@ function init() {
   $("original").addEventListener("error", () => { if ($("original").getAttribute("src")) noPreview(); });
   $("original-video").addEventListener("error", noPreview);
   $("content").addEventListener("change", (e) => setFiles(e.target.files));
-  $("camera").addEventListener("change", (e) => setContent(e.target.files[0]));
-  $("camcorder").addEventListener("change", (e) => setContent(e.target.files[0]));
+  $("camera").addEventListener("change", (e) => setFiles(e.target.files));
+  $("camcorder").addEventListener("change", (e) => setFiles(e.target.files));
   $("style-upload").addEventListener("change", (e) => {
     for (const file of e.target.files) addStyle(file, file.name, null);
     e.target.value = "";
