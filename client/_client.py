@@ -673,11 +673,13 @@ class _ClientBase:
             check_request_size(request, self.max_message_bytes)
         return replaced
 
-    def _with_known_bytes(self, request: pb.StylizeRequest) -> None:
+    def _with_known_bytes(self, request: pb.StylizeRequest | pb.VideoOptions, every: bool = False) -> None:
         """Send as bytes the registered styles that a replica was found not to know: with round-robin
-        balancing that replica would otherwise fail the id on every turn."""
+        balancing that replica would otherwise fail the id on every turn. ``every``: each one this client
+        registered (a video stream's: it is not sent again once its frames are read, so a replica that
+        lacks one would end it for good; the bytes go once per stream)."""
         for style in request.styles:
-            if style.WhichOneof("source") == "style_id" and style.style_id in self._inline:
+            if style.WhichOneof("source") == "style_id" and (every or style.style_id in self._inline):
                 data = self._registered.get(style.style_id)  # (another thread may have let it go since)
                 if data is not None:
                     style.image = data
@@ -863,6 +865,7 @@ class StyleTransferClient(_ClientBase):
         waited for the next one, for ever where the server or the network had gone silent).
         """
         first = video_options(styles, max_bytes=self.max_message_bytes, **options)
+        self._with_known_bytes(first, every=True)
         failure: list[Exception] = []
         holder: list[Any] = []
 

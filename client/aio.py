@@ -159,6 +159,7 @@ class AsyncStyleTransferClient(_ClientBase):
         raised here; leaving the loop early cancels it too. ``stop()`` is asked four times a second, as by the
         blocking client: True cancels the stream (StyleTransferError CANCELLED here), while no reply comes too."""
         first = await asyncio.to_thread(video_options, styles, max_bytes=self.max_message_bytes, **options)
+        self._with_known_bytes(first, every=True)
         failure: list[BaseException] = []
         holder: list[Any] = []
 

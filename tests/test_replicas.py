@@ -175,4 +175,10 @@ def test_a_style_registered_on_one_replica_works_on_all(replicas: Replicas) -> N
         sid2 = client.register_style(style)
         assert sid2 == sid
         served = {client.stylize(make_image(64, 48, seed=1), StyleRef(sid)).served_by for _ in range(6)}
-    assert len(served) == 3, served
+        assert len(served) == 3, served
+        # A video stream is not sent again once its frames are read: it carries the bytes of a style this client
+        # registered from its start (a stream on a replica without it ended INVALID_ARGUMENT, every time).
+        sid3 = client.register_style(make_image(40, 40, seed=53, kind="noise"))  # on one replica
+        for _ in range(3):  # one stream to each
+            frames = list(client.stylize_video([make_image(64, 48, seed=1)] * 2, StyleRef(sid3), temporal="none"))
+            assert len(frames) == 2
