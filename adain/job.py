@@ -199,6 +199,8 @@ class Job:
         if bad:
             raise InvalidInputError.of(bad)
         weights = [1.0] * len(self.styles) if self.weights is None else [float(w) for w in self.weights]
+        if self.mask is not None:  # the two-style mask places its styles by the mask alone (no weights): here,
+            weights = [1.0, 1.0]  # so that every step agrees (a refine took them: [1, 0] lost styles[1])
         top = max(weights)  # first to 1 at most: two weights of 1e308 summed to inf, and every style to 0
         weights = [w / top for w in weights]
         total = sum(weights)

@@ -152,9 +152,7 @@ class Stylizer:
             targets, grey = styles
         else:
             targets, greys = [], []
-            # The two-style mask places its styles by the mask alone (weights never applied to it).
-            weights = (0.5, 0.5) if job.mask is not None else job.weights
-            for i, (source, w) in enumerate(zip(job.styles, weights)):
+            for i, (source, w) in enumerate(zip(job.styles, job.weights)):
                 if w == 0 and regions is None:
                     continue  # a zero weight drops the style
                 (mean, std), style_grey = self._style_stats(

@@ -196,6 +196,12 @@ def test_a_refine_with_regions_follows_the_weights(stylizer: Stylizer) -> None:
     assert term(both, [left, right], [0, 1]) == pytest.approx(term([STYLE_B], [right]), rel=1e-5)
     shared = term(both, [left, left], [0.9, 0.1]), term(both, [left, left], [0.1, 0.9])
     assert abs(shared[0] - shared[1]) > 0.05 * max(shared), shared
+    # the two-style mask places its styles by the mask alone, in the forward pass and so in a refine: weights
+    # [1, 0] dropped styles[1]'s term there, and its half drifted back to the photo
+    prepared = stylizer.prepare(Job(content, both, mask=band_mask(64, 52, 0, 32), weights=[1, 0], refine_steps=1))
+    assert prepared.job.weights == (0.5, 0.5)
+    with torch.no_grad():
+        assert all(t is not None for t in objective_for(stylizer, prepared, prepared.content).targets)
 
 
 def test_a_print_size_refine_can_be_stopped_while_its_first_render_is_tiled(decoder_path: Path) -> None:
