@@ -238,7 +238,7 @@ def test_video_calls_refuse_what_they_would_get_wrong(stylizer: Stylizer, clips:
     with pytest.raises(MediaError, match="a clip is read from a file: expected a path, got a bytes"):
         stylize_video(stylizer, clips["silent.mp4"].read_bytes(), tmp_path / "out.mp4", [STYLE])
     for bad in (-1, 0, float("nan"), "x"):  # -1 looped for ever, 0 divided by zero, NaN was ignored
-        with pytest.raises(MediaError, match="max_fps must be a finite number > 0"):
+        with pytest.raises(MediaError, match="max_fps must be a finite number >= 0.001"):
             stylize_video(stylizer, clips["silent.mp4"], tmp_path / "out.mp4", [STYLE], max_fps=bad)
     with pytest.raises(InvalidInputError, match="refine_steps: the optimisation method is for images"):
         VideoStream(stylizer, [STYLE], refine_steps=2)  # accepted, and not done
@@ -436,6 +436,17 @@ def test_clips_as_editors_and_cameras_make_them(tmp_path: Path) -> None:
     make_video(tmp_path / "paused.mp4", times=paused)
     with VideoReader(tmp_path / "paused.mp4", start=0.5) as r:
         assert [round(t, 2) for _, t in r.frames()] == [0.0, 0.3, 0.4, 0.5, 0.6]  # the frame on screen at 0.5 first
+
+
+def test_a_parts_count_is_the_frames_it_reads(tmp_path: Path) -> None:
+    """The count said before reading (what max_video_frames is checked against, by the client and the page) is
+    what comes: its span x its rate rounded up was a frame over (0.34 s of a 30-a-second clip from 0.33 s: 11
+    said, 10 read), and a clip within a server's limit was refused before it was sent."""
+    make_video(tmp_path / "c.mp4", frames=30, fps=30)
+    for start, duration, fps in [(0.33, 0.34, None), (0.1, 0.5, None), (0.05, None, 11), (0.2, 0.6, 7.5),
+                                 (0, None, 7), (0.5, 0.25, 6), (0.0, 0.45, None), (0.61, None, None)]:
+        with VideoReader(tmp_path / "c.mp4", start=start, duration=duration, max_fps=fps) as r:
+            assert r.total == len(list(r.frames())), (start, duration, fps, r.total)
 
 
 def test_a_start_past_any_time_a_streamed_webm_holds(tmp_path: Path) -> None:
