@@ -103,13 +103,26 @@ class VideoInfo:
 
     def frames_read(self, rate: float | Fraction, start: float = 0.0, end: float = math.inf) -> int:
         """The frames that come when the clip is read at ``rate`` a second (its own, or fewer: the rest are
-        dropped) from ``start`` to ``end`` seconds, as far as the file says: a part by its span of the video,
-        the whole by its :attr:`length` (a 0 let a clip of any length past max_video_frames); 0 where it says
-        nothing."""
+        dropped) from ``start`` to ``end`` seconds, as far as the file says (the whole by its :attr:`length`, a
+        part by its video's duration; a 0 let a clip of any length past max_video_frames); 0 where it says
+        nothing. Counted by the reader's own rules on a steady rate (``VideoReader._frames``): a part opens with
+        the frame on screen at its start, the nearest within half a frame counting as on it, and ends before the
+        frame within half a frame of its end; a lower rate keeps the first frame at or past each tick, less half
+        a frame. Its span x its rate, rounded up, was a frame over (10 frames of 30 a second in 0.34 s came as
+        11), and a clip within a server's limit was refused."""
+        native = float(self.rate)
+        first, stop = 0, self.length  # frames [first, stop) at the clip's own rate
         if (start > 0 or end < math.inf) and self.video_duration:
-            span = min(end, self.video_duration) - start
-            return math.ceil(span * rate - 1e-6) if span > 0 else 0
-        return math.ceil(self.length * rate / self.rate)
+            first = max(0, math.ceil(start * native - 0.5 - 1e-6))
+            stop = round(self.video_duration * native)
+            if end < math.inf:
+                stop = min(stop, math.ceil(end * native - 0.5 - 1e-6))
+        if stop <= first:
+            return 0
+        if rate >= self.rate:
+            return stop - first
+        begin = max(start, first / native)  # the first frame's time (one on screen before the start: the start)
+        return math.floor(((stop - 0.5) / native - begin) * float(rate) + 1e-6) + 1
 
 
 def is_media(path: str | Path) -> bool:
