@@ -88,6 +88,7 @@ def stylize_video_file(
     container = container_for(output)
     if same_file(output, source):
         raise MediaError(f"{output} is the source clip: it would be overwritten")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)  # as StylizeResult.save does (the CLI did it itself)
     # frames scaled while decoding when the server is to stylize them smaller: fewer bytes to send
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
     with reader, atomic_output(output) as tmp:
