@@ -160,8 +160,9 @@ class Stylizer:
                 targets.append((mean, std, w))
                 if w > 0:  # a zero-weight style kept for its region is never applied: its colours do not count
                     greys.append(style_grey)
-            # the other colour modes choose the output's colours themselves
-            grey = job.color is None and bool(greys) and all(greys)
+            # "luminance" keeps the photo's colours itself; "coral" made each style the content's colours, so a
+            # black-and-white photo's are grey (it came back sepia: the decoder's own faint colour)
+            grey = job.color != "luminance" and bool(greys) and all(greys)
         chroma_from = None
         if job.color == "luminance":
             chroma_from = content

@@ -199,6 +199,11 @@ def test_grey_styles_give_grey_pictures(stylizer: Stylizer) -> None:
     # a coloured style, or a coloured one beside the grey one, keeps its colours
     assert chroma(stylizer.stylize(CONTENT, [STYLE_A])) > 5
     assert not is_grey(stylizer.stylize(CONTENT, [grey_style, STYLE_A]))
+    # keeping a black-and-white photo's colours (coral) keeps it grey, whatever the style's colours
+    bw = CONTENT.convert("L").convert("RGB")
+    assert is_grey(stylizer.stylize(bw, [STYLE_A], preserve_color="coral"))
+    assert is_grey(stylizer.stylize(bw, [grey_style], preserve_color="coral"))
+    assert not is_grey(stylizer.stylize(CONTENT, [grey_style], preserve_color="coral"))  # a colour photo's: colour
 
 
 def test_preserve_color_coral_matches_colour_statistics(stylizer: Stylizer) -> None:
