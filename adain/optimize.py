@@ -67,6 +67,9 @@ FIRST_STEP = 1 / 255  # mean pixel change of L-BFGS's first step (see optimize)
 # the classic method ran to [-1.41, 1.58] and the final clamp took its objective from 34 back to 386 (plain
 # AdaIN's level); at this weight 41 (refine, 30 steps: 67.7 -> 61.3), weights 0.3-100 tried at 256 px.
 BOUND_WEIGHT = 2e5
+# The loss weights' scale: only their ratios matter, so the largest is brought down to this, the others with it
+# (a style weight of 1e8, within the accepted 1e9, overflowed to NaN in the line search's first iteration).
+MAX_TERM_WEIGHT = 1e6
 ADAM_LR = 0.02  # pixels in [0, 1]; benchmarks/refine.py --ablations compares Adam with L-BFGS
 REFINE_TARGET = "content"  # the content term of a refine; benchmarks/refine.py --ablations measured it
 # Working memory of a refine, a pixel of the image optimised: VGG's activations to relu4_1 with their gradients
@@ -112,7 +115,9 @@ class Objective:
         alpha, and uncovered pixels have no style term."""
         self.encoder = encoder
         self.content_target = content_target.float()
-        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        down = min(1.0, MAX_TERM_WEIGHT / max(content_weight, style_weight, tv_weight, 1e-30))  # see MAX_TERM_WEIGHT
+        self.content_weight, self.style_weight, self.tv_weight = (w * down for w in (content_weight, style_weight,
+                                                                                   tv_weight))
         self.kind = style_loss
         self.region_alphas = list(region_alphas) if region_alphas is not None else [1.0] * len(styles)
         self.shares: list[torch.Tensor] = []  # per layer, 1 x K x h x w: each style's share of each cell

@@ -125,6 +125,18 @@ def test_a_refine_smooths_its_speckle_by_default(stylizer: Stylizer) -> None:
     assert speckle(smooth) < 0.9 * speckle(plain), (speckle(smooth), speckle(plain))
 
 
+def test_the_largest_accepted_loss_weights_optimise(stylizer: Stylizer) -> None:
+    """Only the weights' ratios matter: a style weight of 1e8 (the limit is 1e9) made the line search's first
+    iteration NaN, and the server answered INTERNAL. The largest is brought down to MAX_TERM_WEIGHT, the others
+    with it, so a weight and ten times it against ten times the other are the same refine."""
+    content, style = make_image(64, 48), make_image(64, 64, seed=2, kind="noise")
+    for weights in ({"style_weight": 1e9}, {"style_weight": 1e9, "tv_weight": 1e9, "content_weight": 1e9}):
+        assert stylizer.stylize(content, style, refine_steps=3, **weights).size == (64, 48)
+    a = stylizer.stylize(content, style, refine_steps=3, style_weight=1e8, content_weight=1)
+    b = stylizer.stylize(content, style, refine_steps=3, style_weight=1e9, content_weight=10)
+    assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
 def test_a_refine_at_a_reduced_size_does_not_smooth_by_default(stylizer: Stylizer) -> None:
     """At a reduced working size the upsampled change carries no speckle, and total variation there took the
     style's texture from the full-size image: unset, it is 1e3 at full size and 0 below (an explicit one holds)."""
