@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -110,9 +111,10 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
     )
 
 
-def _warmup_images() -> tuple[Image.Image, Image.Image]:
-    g = Image.linear_gradient("L").resize((64, 64))
-    r = Image.radial_gradient("L").resize((64, 64))
+def _warmup_images(max_pixels: int = 64 * 64) -> tuple[Image.Image, Image.Image]:
+    side = min(64, math.isqrt(max_pixels))  # (--max-pixels 4000 failed the start: 64 x 64 is 4096)
+    g = Image.linear_gradient("L").resize((side, side))
+    r = Image.radial_gradient("L").resize((side, side))
     return Image.merge("RGB", (g, r, g.transpose(Image.Transpose.ROTATE_90))), Image.merge("RGB", (r, g, r))
 
 
@@ -269,10 +271,10 @@ class StyleTransferServer:
         raise OSError(f"cannot listen on {address} (--health-port): {UNBOUND}")
 
     def _warmup_sync(self) -> None:
-        content, style = _warmup_images()
+        content, style = _warmup_images(self.settings.max_pixels)  # within the limits, whatever they are
         self.stylizer.stylize(content, [style])
         if self.settings.max_refine_steps:  # a process's first backward pass is ~10x slower than the next
-            self.stylizer.stylize(content, [style], refine_steps=2)
+            self.stylizer.stylize(content, [style], refine_steps=min(2, self.settings.max_refine_steps))
 
     def warm_library(self, strict: bool = False) -> None:
         """Compute the library's style statistics ahead of the first call that names each style (the default
@@ -296,7 +298,7 @@ class StyleTransferServer:
         self._library_checked = True
         if not fresh:
             return  # the watcher's usual pass: nothing new
-        content, _ = _warmup_images()
+        content, _ = _warmup_images(self.settings.max_pixels)
         for style in fresh[: self.stylizer.cache.size]:
             try:
                 self.stylizer.prepare(Job(content=content, styles=[style.source]))

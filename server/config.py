@@ -21,7 +21,15 @@ from adain.argtypes import (
     unit_interval,
 )
 from adain.precision import BACKENDS, PRECISIONS
-from adain.wire import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH, TEMPORAL_MODES, Limits
+from adain.wire import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_TEMPORAL,
+    DEFAULT_TEMPORAL_STRENGTH,
+    MIN_STYLE_SIDE,
+    TEMPORAL_MODES,
+    Limits,
+)
 
 # what a taken gRPC port is told to do, by the start's probe and by the bind itself alike
 PORT_TAKEN_HINT = "(another adain-server? --port 0 picks a free port, or give another)"
@@ -134,6 +142,34 @@ def _count(low: int) -> Callable[[str], int]:
     return int_in_range(low, 2**31 - 1)
 
 
+def _style_room(low: int, what: str) -> Callable[[str], int]:
+    """A limit under which no style fits (a style's shorter side needs MIN_STYLE_SIDE px): every call would
+    fail, the start's warm-up first (a traceback, after loading the model)."""
+    count = _count(1)
+
+    def check(text: str) -> int:
+        value = count(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low} ({what}), got {text}")
+        return value
+
+    return check
+
+
+_STYLE_PIXELS = _style_room(MIN_STYLE_SIDE**2, f"a style of {MIN_STYLE_SIDE} x {MIN_STYLE_SIDE} px")
+_STYLE_SIDE = _style_room(MIN_STYLE_SIDE, f"a style's shorter side needs {MIN_STYLE_SIDE} px")
+
+
+def _connection_age(text: str) -> float:
+    """gRPC takes it in milliseconds as a 32-bit int: 30 days failed the start with an OverflowError."""
+    value = non_negative_float(text)
+    most = (2**31 - 1) // 1000
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most} s (24.8 days: gRPC counts milliseconds in 32 bits; "
+                                         f"0: never), got {text}")
+    return value
+
+
 def _registry_mb(text: str) -> float:
     """At least a KiB: below a byte, the registry's limit came to 0 and the start failed with a traceback."""
     value = positive_float(text)
@@ -179,10 +215,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "workers": (_count(1), "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
     "max-message-mb": (_message_mb, "largest gRPC message received or sent, MiB (0.0625 to 2047: gRPC counts bytes "
                        "in 32 bits)"),
-    "max-pixels": (_count(1), "largest content, style or mask image, in pixels (width x height)"),
-    "max-content-side": (_count(1), "longest side a content is rendered at; also the limit of content_size and "
+    "max-pixels": (_STYLE_PIXELS, "largest content, style or mask image, in pixels (width x height)"),
+    "max-content-side": (_STYLE_SIDE, "longest side a content is rendered at; also the limit of content_size and "
                          "style_size"),
-    "style-size": (_count(1), "longest side styles are scaled to when a request leaves style_size at 0"),
+    "style-size": (_STYLE_SIDE, "longest side styles are scaled to when a request leaves style_size at 0"),
     "tile-threshold": (int_in_range(-1, 1 << 40), "contents over this many pixels render in tiles (bounded memory); "
                        "-1: from the machine's memory (a quarter of it at 3 KB a pixel), 0: never"),
     "tile-size": (_count(1), "tile side in pixels (a multiple of 8); with the halo it sets a tile's memory"),
@@ -215,7 +251,7 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                          "calls without 'authorization: Bearer <token>' get UNAUTHENTICATED (health stays open); "
                          "read again when it changes"),
     "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
-    "max-connection-age-s": (non_negative_float, "close each client connection after this long (gracefully), so "
+    "max-connection-age-s": (_connection_age, "close each client connection after this long (gracefully), so "
                              "clients re-resolve and balance onto new replicas; 0: never"),
     "replica-name": (str, "this replica's name in the x-served-by reply metadata"),
     "log-level": (one_of(LOG_LEVELS, str.upper), "DEBUG, INFO, WARNING or ERROR"),

@@ -555,6 +555,18 @@ def limited(decoder_path: Path):
         srv.terminate()
 
 
+def test_a_server_with_small_limits_warms_up_within_them(decoder_path: Path) -> None:
+    """The warm-up stylized 64 x 64 with 2 refine steps whatever the limits: --max-pixels 4000 or
+    --max-refine-steps 1 failed the start ("warm-up failed" and a traceback; health never SERVING)."""
+    srv = ServerProcess(decoder_path, "--max-pixels", "4000", "--max-refine-steps", "1")
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60, retries=0) as c:
+            assert c.stylize(make_image(60, 60), STYLE_A, refine_steps=1).to_pil().size == (60, 60)
+    finally:
+        srv.terminate()
+
+
 def test_too_many_pixels(limited) -> None:
     _, client = limited
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.stylize, make_image(100, 100), STYLE_A)
@@ -959,7 +971,11 @@ def test_settings_from_environment() -> None:
                         ("--max-message-mb", "0.0000001"),
                         # past the proto's 32-bit limits, or a registry of no bytes: tracebacks after the model loaded
                         ("--max-content-side", "4294967296"), ("--max-queue", "2147483648"),
-                        ("--style-registry-mb", "1e-7")):
+                        ("--style-registry-mb", "1e-7"),
+                        # no style fits (its shorter side needs 16 px): every call failed, the warm-up first
+                        ("--max-pixels", "255"), ("--style-size", "8"), ("--max-content-side", "15"),
+                        # gRPC's milliseconds in 32 bits: an OverflowError's traceback after the model loaded
+                        ("--max-connection-age-s", "2592000")):
         with pytest.raises(SystemExit):
             parse_settings([flag, value], environ={})
     assert parse_settings(["--metrics-port", "-1", "--max-message-mb", "2047"], environ={}).metrics_port == -1
