@@ -16,8 +16,10 @@ def create_beside(path: Path) -> Path:
     """A new empty file ``.NAME.RANDOM.part`` in ``path``'s folder, made by the kernel with 0o666 less the
     umask (and any default ACL), as the output itself would be (mkstemp's 0o600 would make it private)."""
     for _ in range(100):
-        # the name cut: 15 bytes longer than a legal name of 241 or more, it failed with ENAMETOOLONG
-        tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.part")
+        # the name cut to 200 bytes (not characters: 80 CJK ones are 240): 15 bytes longer than a legal name of
+        # 241 or more, it failed with ENAMETOOLONG
+        head = os.fsdecode(os.fsencode(path.name)[:200].decode("utf-8", "ignore").encode())
+        tmp = path.with_name(f".{head}.{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:

@@ -531,11 +531,12 @@ def test_save_writes_whole_files_with_the_usual_permissions(server: ServerProces
     # (the temporary name, 15 bytes longer, failed with ENAMETOOLONG)
     out.chmod(0o600)
     long = tmp_path / "o" / ("x" * 250 + ".png")
-    for target in (out, long):
+    wide = tmp_path / "o" / ("写" * 83 + ".png")  # 253 bytes: cut at 200 characters, it was 605
+    for target in (out, long, wide):
         assert main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(target), "--server",
                      server.target]) == 0
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and Image.open(long).size == (64, 48)
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["out.png", long.name])
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and Image.open(long).size == Image.open(wide).size == (64, 48)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["out.png", long.name, wide.name])
 
 
 def test_cli_video_to_webm_resamples_the_sound(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
