@@ -18,7 +18,7 @@ def create_beside(path: Path) -> Path:
     for _ in range(100):
         # the name cut to 200 bytes (not characters: 80 CJK ones are 240): 15 bytes longer than a legal name of
         # 241 or more, it failed with ENAMETOOLONG
-        head = os.fsdecode(os.fsencode(path.name)[:200].decode("utf-8", "ignore").encode())
+        head = os.fsencode(path.name)[:200].decode("utf-8", "ignore")
         tmp = path.with_name(f".{head}.{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
