@@ -51,6 +51,7 @@ from adain.wire import (
 
 DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0
+NO_DEADLINE_S = 1e9  # a timeout this long or longer (31 years; inf too) is no deadline: see no_deadline_past
 DEFAULT_MAX_MESSAGE_MB = 32
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite value of a float field on the wire
 
@@ -303,6 +304,13 @@ def _file_bytes(path: Path, field: str, max_bytes: int | None) -> bytes:
     if max_bytes is not None and len(data) > max_bytes:
         raise _too_big(field, str(path), len(data), max_bytes)
     return data
+
+
+def no_deadline_past(timeout: float | None) -> float | None:
+    """A timeout as gRPC takes it: over NO_DEADLINE_S (inf too) none; gRPC counts a deadline in int64
+    nanoseconds, and ~7.4e9 s or more overflowed into one already past (DEADLINE_EXCEEDED at once, which told
+    the caller to give a longer --timeout)."""
+    return None if timeout is not None and timeout >= NO_DEADLINE_S else timeout
 
 
 def check_request_size(request: Any, max_bytes: int) -> None:
@@ -643,7 +651,7 @@ class _ClientBase:
         return metadata or None
 
     def _deadline(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
+        return no_deadline_past(self.timeout if timeout is None else timeout)
 
     def _remember(self, style_id: str, data: bytes) -> str:
         """Keep a registered style's bytes (the last REMEMBERED_STYLES) for replicas that lack it."""
@@ -879,7 +887,7 @@ class StyleTransferClient(_ClientBase):
                 holder[0].cancel()
 
         metadata = self._metadata(request_id, end_user)
-        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=metadata)
+        call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout), metadata=metadata)
         holder.append(call)
         ended = threading.Event()
         if stop is not None:
@@ -917,7 +925,7 @@ class StyleTransferClient(_ClientBase):
 
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=no_deadline_past(timeout))
         except grpc.RpcError as e:
             raise _rpc_error(e, None) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -44,6 +44,7 @@ from ._client import (
     image_bytes,
     library_presets,
     library_styles,
+    no_deadline_past,
     server_info_dict,
     stylize_request,
     stylize_result,
@@ -178,7 +179,8 @@ class AsyncStyleTransferClient(_ClientBase):
                 failure.append(e)
                 holder[0].cancel()
 
-        call = self._stub.StylizeVideo(requests(), timeout=timeout, metadata=self._metadata(request_id, end_user))
+        call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout),
+                                       metadata=self._metadata(request_id, end_user))
         holder.append(call)
         stopped: list[bool] = []
 
@@ -247,7 +249,8 @@ class AsyncStyleTransferClient(_ClientBase):
 
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                                     timeout=no_deadline_past(timeout))
         except grpc.RpcError as e:
             raise _rpc_error(e, None) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -461,6 +461,8 @@ def test_cli_refuses_what_it_would_silently_get_wrong(server: ServerProcess, fil
     assert main([c, "-s", a, "--fps", "0.0001", "-o", o, *srv]) == 2  # was a ZeroDivisionError's traceback
     assert "--fps: must be at least 0.001 (a frame each 1,000 s), got 0.0001" in capsys.readouterr().err
     assert not Path(o).exists()
+    # a timeout past gRPC's int64 nanoseconds is none (it was a deadline already past: "did not answer in time")
+    assert main([c, "-s", a, "--timeout", "1e10", "-o", o, *srv]) == 0 and Path(o).exists()
 
 
 def test_cli_folder_mode_refuses_outputs_of_one_name(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
