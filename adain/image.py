@@ -25,7 +25,16 @@ from PIL import Image
 
 from adain.bmff import HEAD_BYTES, nclx_profile
 from adain.errors import InvalidInputError
-from adain.photo import PNG_SIGNATURE, allow_pixels, heif_missing, heif_support, png_chunk_limit, png_chunks, to_srgb
+from adain.photo import (
+    PNG_SIGNATURE,
+    allow_pixels,
+    grey_key_in_levels,
+    heif_missing,
+    heif_support,
+    png_chunk_limit,
+    png_chunks,
+    to_srgb,
+)
 from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_cannot_hold, format_name
 
 if TYPE_CHECKING:
@@ -239,7 +248,7 @@ def _to_rgb(
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        rgba = img.convert("RGBA")
+        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")  # (Pillow has no La -> RGBA)
         under = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(under, rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
@@ -265,21 +274,6 @@ def _levels(img: Image.Image, *, numbers: bool) -> Image.Image:
     arr += 0.5
     np.clip(arr, 0, 255, out=arr)
     return Image.fromarray(arr.astype(np.uint8), "L")
-
-
-def _grey_key_in_levels(img: Image.Image) -> None:
-    """A 2- or 4-bit grey PNG's colour key (its one transparent level) in the levels Pillow reads (before
-    ``load``, while its raw mode says the bit depth): Pillow scales the pixels to 0-255 but keeps the key as
-    stored, so a 2-bit image's key 1 (read 85) matched no pixel, and its transparent pixels were grey. A 1-bit
-    one's key is scaled by Pillow itself."""
-    key = img.info.get("transparency")
-    if img.format != "PNG" or img.mode != "L" or not isinstance(key, int) or not img.tile:
-        return
-    args = img.tile[0].args
-    raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
-    bits = 2 if raw.startswith("L;2") else 4 if raw.startswith("L;4") else 8
-    if bits < 8 and 0 <= key < 2**bits:  # a stored level (one scaled already, by us or a later Pillow, is over it)
-        img.info["transparency"] = key * (255 // (2**bits - 1))  # (a caller's unloaded image: as loading it would)
 
 
 def _key_as_alpha(img: Image.Image, *, numbers: bool) -> Image.Image:
@@ -333,7 +327,7 @@ def load_image(
             img.info["nclx_profile"] = nclx
     if img.format in ("JPEG", "MPO"):  # MPO: JPEGs in one
         _check_scans(source, field)
-    _grey_key_in_levels(img)
+    grey_key_in_levels(img)
     try:
         img.load()
         img = _upright(img)

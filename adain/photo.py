@@ -58,6 +58,21 @@ def without_layout(exif: Image.Exif) -> Image.Exif:
     return exif
 
 
+def grey_key_in_levels(img: Image.Image) -> None:
+    """A 2- or 4-bit grey PNG's colour key (its one transparent level) in the levels Pillow reads (before
+    ``load``, while its raw mode says the bit depth): Pillow scales the pixels to 0-255 but keeps the key as
+    stored, so a 2-bit image's key 1 (read 85) matched no pixel, and its transparent pixels were grey. A 1-bit
+    one's key is scaled by Pillow itself. (Here, without numpy: the thin client sends a caller's PIL image.)"""
+    key = img.info.get("transparency")
+    if img.format != "PNG" or img.mode != "L" or not isinstance(key, int) or not img.tile:
+        return
+    args = img.tile[0].args
+    raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    bits = 2 if raw.startswith("L;2") else 4 if raw.startswith("L;4") else 8
+    if bits < 8 and 0 <= key < 2**bits:  # a stored level (one scaled already, by us or a later Pillow, is over it)
+        img.info["transparency"] = key * (255 // (2**bits - 1))  # (a caller's unloaded image: as loading it would)
+
+
 def exif_to_keep(data: bytes) -> bytes | None:
     """The EXIF of an encoded photo to write into its stylized copy (None: it has none, or it cannot be
     read): the date, camera and exposure stay; the GPS location goes (a stylized photo is often shared where

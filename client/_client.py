@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import io
 import ipaddress
@@ -10,6 +11,7 @@ import math
 import os
 import re
 import stat
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,7 +23,7 @@ import grpc
 from PIL import Image
 
 from adain.files import write_whole
-from adain.photo import allow_pixels, without_layout
+from adain.photo import EXIF_ORIENTATION, allow_pixels, grey_key_in_levels, without_layout
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
@@ -233,6 +235,16 @@ def _too_big(field: str, what: str, size: int, max_bytes: int) -> StyleTransferE
                         "may hold (the client's max_message_mb; the server has its own, adain-server --max-message-mb)")
 
 
+def _as_i16(image: Image.Image) -> Image.Image:
+    """A 16-bit grey image in another byte order (I;16B, I;16N, I;16L) as Pillow's little-endian I;16."""
+    data = image.tobytes()
+    if image.mode == "I;16B" or (image.mode == "I;16N" and sys.byteorder == "big"):
+        swapped = array.array("H", data)
+        swapped.byteswap()
+        data = swapped.tobytes()
+    return Image.frombytes("I;16", image.size, data)
+
+
 def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None = None) -> bytes:
     """Bytes to send for an image: a file's bytes, the bytes themselves, or a PIL image as PNG (CMYK, and
     32-bit int or float greys, as TIFF), its ICC profile and EXIF kept so that the server reads it as the
@@ -244,20 +256,27 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
         data = bytes(image)
     elif isinstance(image, Image.Image):
         kept: dict[str, Any] = {}
+        grey_key_in_levels(image)  # a 2- or 4-bit grey PNG's key in the levels loading reads (it matched none)
         image.load()  # (saving loads it anyway; a TIFF is turned by its orientation as it loads, the tag then gone)
         if icc := image.info.get("icc_profile"):
             kept["icc_profile"] = icc
         if image.getexif():  # the orientation: turned upright, as the library does; a copy (not the caller's)
-            exif = Image.Exif()
-            exif.load(image.getexif().tobytes())
-            if without_layout(exif):
+            try:
+                exif = Image.Exif()
+                exif.load(image.getexif().tobytes())
+                without_layout(exif)
+            except Exception:  # noqa: BLE001 - a tag Pillow cannot write again (text where a number goes): a
+                exif = Image.Exif()  # TypeError out of the client; the orientation alone is what the server reads
+                if (turn := image.getexif().get(EXIF_ORIENTATION)) in range(2, 9):
+                    exif[EXIF_ORIENTATION] = turn
+            if exif:
                 kept["exif"] = exif
         if image.mode in ("PA", "RGBa"):  # alpha kept (PA became RGB, its transparent pixels coloured)
             image = image.convert("RGBA")
         elif image.mode == "La":
             image = image.convert("LA")
-        elif image.mode.startswith("I;16") and image.mode != "I;16":  # big-endian 16-bit (TIFFs, >u2 arrays):
-            image = image.convert("I")  # as 16-bit levels, scaled by the server (converted to RGB, they clipped)
+        elif image.mode.startswith("I;16") and image.mode != "I;16":  # other byte orders (TIFFs, >u2 arrays): as
+            image = _as_i16(image)  # a 16-bit PNG's levels (as "I", a dark one's were read as 0-255: 250x brighter)
         buf = io.BytesIO()
         encoding = "TIFF" if image.mode in ("CMYK", "I", "F") else "PNG"
         if encoding == "TIFF":  # as they are: the server reads them as the library does

@@ -392,6 +392,8 @@ def test_pil_images_of_other_modes_are_sent_as_they_look() -> None:
     assert wide.mode.startswith("I;16") and wide.mode != "I;16"
     level = load_image(image_bytes(wide)).getpixel((0, 0))
     assert level[0] == level[1] == level[2] and abs(level[0] - round(40000 / 65535 * 255)) <= 1, level
+    dark = Image.fromarray(np.full((8, 8), 250, dtype=">u2"))  # as the library reads it: 250 of 65535 is black
+    assert load_image(image_bytes(dark)).getpixel((0, 0)) == load_image(dark).getpixel((0, 0)) == (1, 1, 1)
 
 
 def test_a_folders_hidden_files_are_no_contents(tmp_path: Path) -> None:

@@ -50,6 +50,12 @@ def test_modes_become_rgb(mode: str) -> None:
     assert out.mode == "RGB"
 
 
+def test_a_premultiplied_pil_image_is_read_as_its_straight_twin() -> None:
+    """A caller's La image (grey, premultiplied alpha) raised Pillow's ValueError: it has no La -> RGBA."""
+    assert load_image(Image.new("La", (8, 8), (100, 128))).getpixel((0, 0)) == \
+        load_image(Image.new("LA", (8, 8), (199, 128))).getpixel((0, 0))
+
+
 def _sixteen_bit() -> Image.Image:
     arr = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
     return Image.frombytes("I;16", (40, 30), arr.tobytes())
@@ -430,6 +436,11 @@ def test_an_odd_exif_tag_does_not_fail_the_turn(tag: int) -> None:
     assert out.size == (30, 40) and np.array_equal(np.asarray(out), np.asarray(load_image(plain)))
     assert not out.getexif()  # turned: no orientation left to apply twice where the image is decoded again
     assert load_image(out).size == (30, 40)
+    # the thin client, given it as a PIL image, sends its orientation alone (a TypeError or struct.error came out)
+    from adain.client._client import image_bytes
+
+    sent = load_image(image_bytes(Image.open(io.BytesIO(odd))))
+    assert sent.size == (30, 40) and np.abs(np.asarray(sent, float) - np.asarray(out, float)).max() <= 1
 
 
 def photo_exif_orientation(value: int) -> bytes:
@@ -538,6 +549,9 @@ def test_a_low_bit_grey_pngs_colour_key_is_its_stored_level(bits: int, row: int,
     content, mask = np.asarray(load_image(data))[0, :, 0], np.asarray(load_image(data, mode="L"))[0]
     want = [255 if level == key else level * step for level in range(4)]
     assert content.tolist() == want and mask.tolist() == [0 if level == key else level * step for level in range(4)]
+    from adain.client._client import image_bytes  # a caller's PIL image of it, through the thin client
+
+    assert np.asarray(load_image(image_bytes(Image.open(io.BytesIO(data)))))[0, :, 0].tolist() == want
 
 
 def test_kept_exif_says_srgb() -> None:
