@@ -220,7 +220,8 @@ class StyleTransferServer:
             tokens = TokenFile(s.auth_tokens_file)
             self.servicer.tokens = tokens
             denied = self.metrics.requests
-            interceptors.append(TokenAuth(tokens, lambda method: denied.labels(method, "UNAUTHENTICATED").inc()))
+            interceptors.append(TokenAuth(tokens, lambda method: denied.labels(method, "UNAUTHENTICATED").inc(),
+                                          lambda: self.servicer.replica))
             log.info("bearer tokens required: %d accepted, from %s", len(tokens), s.auth_tokens_file)
         server = grpc.aio.server(options=options, interceptors=interceptors)
         add_servicer(self.servicer, server)

@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY, TOKEN_RE
+from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY, SERVED_BY_KEY, TOKEN_RE
 
 from .errors import request_id, trace_id
 from .logs import log_fields
@@ -235,9 +235,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED for a call without a listed bearer token (health excepted). ``on_denied(method)``
     counts it; the log line names the method, the peer and whether a token came, never the token."""
 
-    def __init__(self, tokens: TokenFile, on_denied: Callable[[str], None] = lambda method: None) -> None:
+    def __init__(self, tokens: TokenFile, on_denied: Callable[[str], None] = lambda method: None,
+                 replica: Callable[[], str] = lambda: "") -> None:
         self.tokens = tokens
         self.on_denied = on_denied
+        self.replica = replica  # this replica's name (known once the port is bound), as every reply says it
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
@@ -249,11 +251,13 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         token = bearer_token(metadata)
         if self.tokens.allows(token):
             return handler
-        return _denial(handler, details.method, metadata, token is not None, self.on_denied)
+        return _denial(handler, details.method, metadata, token is not None, self.on_denied, self.replica())
 
 
-def _denial(handler: Any, method: str, metadata: Any, had_token: bool, on_denied: Callable[[str], None]) -> Any:
-    """A handler of the same kind as ``handler`` that ends the call with UNAUTHENTICATED."""
+def _denial(handler: Any, method: str, metadata: Any, had_token: bool, on_denied: Callable[[str], None],
+            replica: str) -> Any:
+    """A handler of the same kind as ``handler`` that ends the call with UNAUTHENTICATED, naming the replica as
+    every reply does (which one has a stale token file is what an operator asks)."""
     name = method.rsplit("/", 1)[-1]
     message = "the token is not valid" if had_token else "this server needs an 'authorization: Bearer <token>'"
 
@@ -265,7 +269,8 @@ def _denial(handler: Any, method: str, metadata: Any, had_token: bool, on_denied
         log_fields(log, logging.WARNING, request_id=rid, method=name, code="UNAUTHENTICATED", ms=0.0,
                    caller=caller_of(context, None), trace_id=trace_id(metadata), detail=message,
                    token="wrong" if had_token else "none")
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message,
+                            trailing_metadata=((REQUEST_ID_KEY, rid), (SERVED_BY_KEY, replica)))
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
         await deny(context)

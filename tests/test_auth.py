@@ -124,6 +124,9 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
                 with pytest.raises(grpc.RpcError) as info:
                     stylize(junk, metadata=metadata, timeout=60)
                 assert info.value.code() == code, info.value.details()
+                # a refusal names its replica as every reply does (which one has a stale token file?)
+                served_by = dict(info.value.trailing_metadata()).get("x-served-by", "")
+                assert served_by.endswith(f":{srv.target.rsplit(':', 1)[1]}"), info.value.trailing_metadata()
             assert "over 72 fields: more than max_styles=8 styles" in info.value.details()
             with pytest.raises(grpc.RpcError) as over:  # over the 32 MiB limit: gRPC refuses it before any handler
                 stylize(junk + b"\x12\x00" * (1 << 20), metadata=(("authorization", f"Bearer {OLD}"),
