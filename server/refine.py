@@ -45,6 +45,7 @@ class Ran:
     image: Any
     waited_s: float
     prepare_s: float
+    steps: int = 0  # a refine's iterations run (L-BFGS may converge before the steps asked for)
 
 
 class Place:
@@ -139,8 +140,10 @@ class RefineService:
 
         loop = asyncio.get_running_loop()
         stop = threading.Event()
+        steps = [0]  # the iterations a refine has run
 
         def on_step(progress: Progress) -> None:
+            steps[0] = max(steps[0], progress.step)
             self._check(stop, deadline)
             if on_progress is not None:
                 loop.call_soon_threadsafe(on_progress, progress)
@@ -162,9 +165,9 @@ class RefineService:
                     self.stylizer, prepared, self.stylizer.tiling,
                     on_step=lambda done, total: on_step(Progress(done, total, 0.0, time.perf_counter() - ready)),
                 )
-            else:
-                image = refine(self.stylizer, prepared, on_step=on_step)
-            return Ran(image, start - queued, ready - start)
+                return Ran(image, start - queued, ready - start)
+            image = refine(self.stylizer, prepared, on_step=on_step)
+            return Ran(image, start - queued, ready - start, steps[0])
 
         future = self.pool.submit(timed)
         if place is not None:
