@@ -294,32 +294,31 @@ class StyleLibrary:
         with self._lock:
             self._styles = new
             self._replaced = {n: old[n] for n in changed}
-        self._refresh_presets(strict)
+        self._refresh_presets(strict, bool(added or removed))
         if strict:
             log.info("style library %s: %d style(s): %s", self.folder, len(new), ", ".join(sorted(new)) or "none")
         elif added or removed or changed:
             log.info("style library reloaded: %d style(s); added %s, replaced %s, removed %s", len(new),
                      added or "none", changed or "none", removed or "none")
 
-    def _refresh_presets(self, strict: bool) -> None:
+    def _refresh_presets(self, strict: bool, styles_changed: bool = False) -> None:
+        """Read again where the file or the set of styles changed: a preset naming a style the library does not
+        have (a typo, or a file since removed) is left out, with a warning, until it has it (at the start: the
+        start fails). A preset kept whose style had gone was still offered, and every call naming it failed."""
         path = self.folder / PRESETS_FILE
         try:
             sig = _signature(path) if path.is_file() else None
         except OSError:
             sig = None
         key: WarnKey = ("presets", PRESETS_FILE, sig or NO_SIGNATURE)
-        if sig == self._presets_seen and not strict:
-            if key in self._warned:  # the same bad version: still a fault, already warned about
-                self._found.add(key)
+        if sig == self._presets_seen and not strict and not styles_changed:
+            # the same version and styles: its faults are still there, already warned about
+            self._found |= {k for k in self._warned if k[0] in ("presets", "preset")}
             return
         self._presets_seen = sig
         try:
             presets = read_presets(path) if sig is not None else {}
-            for p in presets.values():  # a typo in a style's name is caught here, not by the first caller
-                missing = [s for s, _ in p.styles if s not in self._styles]
-                if missing:
-                    raise ValueError(f"{path}: preset {p.name!r} names {', '.join(map(repr, missing))}, which the "
-                                     f"library has no style of")
+            for p in presets.values():
                 if len(p.styles) > self.max_styles:
                     raise ValueError(f"{path}: preset {p.name!r} blends {len(p.styles)} styles, over this server's "
                                      f"max_styles={self.max_styles}")
@@ -328,7 +327,15 @@ class StyleLibrary:
                 raise ValueError(f"--styles-dir: {e}") from None
             self._fault(key, f"{e} (keeping the last good presets)")
             return
-        if presets or self._presets:
+        for p in list(presets.values()):  # a typo in a style's name is caught here, not by the first caller
+            if missing := [s for s, _ in p.styles if s not in self._styles]:
+                why = (f"{path}: preset {p.name!r} names {', '.join(map(repr, missing))}, which the library has no "
+                       "style of")
+                if strict:
+                    raise ValueError(f"--styles-dir: {why}")
+                self._fault(("preset", p.name, sig or NO_SIGNATURE), f"{why} (left out until it has)")
+                del presets[p.name]
+        if (presets or self._presets) and (strict or presets.keys() != self._presets.keys()):
             log.info("style library presets: %s", ", ".join(sorted(presets)) or "none")
         with self._lock:
             self._presets = presets

@@ -331,6 +331,30 @@ def test_a_second_file_of_one_name_does_not_displace_the_first(tmp_path: Path) -
     assert [s.name for s in library.styles()] == ["mosaic"]
 
 
+def test_a_preset_whose_style_goes_is_left_out_until_it_comes_back(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Presets were checked only when presets.json changed: a style file removed left its preset offered (the page
+    showed its button) and every call naming it failed, with no warning."""
+    from adain.server.library import StyleLibrary
+
+    _put(tmp_path, "a.png", DOTS)
+    _put(tmp_path, "b.png", STRIPES)
+    (tmp_path / "presets.json").write_text(json.dumps({"ab": {"styles": {"a": 1, "b": 1}}, "a": {"styles": {"a": 1}}}))
+    library = StyleLibrary(str(tmp_path), 1 << 24)
+    assert [p.name for p in library.presets()] == ["a", "ab"]
+    (tmp_path / "b.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="adain.server"):
+        library.refresh()
+        library.refresh()
+    assert [p.name for p in library.presets()] == ["a"] and library.preset("ab") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'presets.json'}: preset 'ab' names 'b', which the library has no style of (left out until it "
+        "has)"]
+    _put(tmp_path, "b.png", STRIPES)
+    library.refresh()
+    assert [p.name for p in library.presets()] == ["a", "ab"]
+
+
 def test_a_preset_this_server_could_never_serve_is_refused_at_start(tmp_path: Path) -> None:
     """A preset blending more styles than --max-styles would fail every call that names it: said at start."""
     from adain.server.library import StyleLibrary
