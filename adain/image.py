@@ -51,7 +51,7 @@ class KeyedImage(NamedTuple):
 
 ImageSource = bytes | bytearray | memoryview | str | Path | Image.Image | KeyedImage
 
-DEFAULT_MAX_PIXELS = Limits.max_pixels  # 40 MP: a 6000 x 6000 photo is fine, a 50k x 50k bomb is not
+DEFAULT_MAX_PIXELS = Limits.max_pixels  # 67 MP: a 6000 x 6000 photo is fine, a 50k x 50k bomb is not
 
 # A progressive JPEG's scans are each a pass over the whole image: a small file that repeats one scan
 # thousands of times (15 bytes each) held a decode worker for minutes. libjpeg's own progressive script has

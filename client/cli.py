@@ -373,7 +373,8 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
         said = _in_cli_terms(e, args) if cli_terms else e.details
         # the RPCs the server names, as this command's words
         return said.replace("see ListStyles", "see --list-styles").replace(
-            "register it with RegisterStyle", "pass its image instead (--style FILE)")
+            "register it with RegisterStyle", "pass its image instead (--style FILE)").replace(
+            "or a smaller content_size", "or a smaller --size")
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
     return f"{e.code.name}: {e.details}"

@@ -133,6 +133,8 @@ def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
     one.format = "webp"  # this content's size: the flag that set the format, after the content it failed for
     said = _content_failed(e, one, Path("in/d.png"))
     assert said == "in/d.png: --format webp: a WEBP image is at most 16383 px a side", said
+    e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "format: ...: ask for PNG, or a smaller content_size")
+    assert _describe(e, args).endswith("or a smaller --size")  # the flag, not the request's field
 
 
 # --- before anything is sent --------------------------------------------------------------------------------------
