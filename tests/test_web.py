@@ -331,7 +331,7 @@ def _run_job(jobs, clip: Path, total: int) -> tuple[Path, object]:
     """A clip run as a job of ``jobs`` (as an upload becomes one), until it ends: (its folder, the job)."""
     import shutil
 
-    folder = jobs.new_folder()
+    folder = jobs.reserve()
     shutil.copy(clip, folder / "upload")
     job = jobs.start(folder, folder / "upload", f"{clip.stem}_stylized.mp4", total, [STYLE], temporal="none")
     end = time.monotonic() + 120
@@ -353,6 +353,26 @@ def test_a_finished_clip_is_forgotten_on_time_without_requests(client, tmp_path:
         while folder.exists() and time.monotonic() < end:  # no get(), no request: the sweeper's own rounds
             time.sleep(0.2)
         assert not folder.exists() and job.id not in jobs.jobs
+    finally:
+        jobs.close()
+
+
+def test_uploads_being_read_hold_their_places(client, tmp_path: Path) -> None:
+    """Only running jobs counted: six visitors' uploads at once were all read (each spooled, then copied: up to
+    400 MB of the pod's disk apiece) while one job's place was free. An upload holds a place from before it is
+    read until it is a job or is discarded."""
+    from adain.web.video import Busy, VideoJobs
+
+    make_video(tmp_path / "clip.mp4", frames=3)
+    jobs = VideoJobs(client, max_running=1)
+    try:
+        first = jobs.reserve()
+        with pytest.raises(Busy, match="1 clip\\(s\\) are being uploaded or stylized already"):
+            jobs.reserve()
+        jobs.discard(first)  # refused (a bad form): its place is free again
+        folder, job = _run_job(jobs, tmp_path / "clip.mp4", 3)  # its upload's place became the job's
+        assert job.state == "done", job.state_json()
+        jobs.reserve()
     finally:
         jobs.close()
 
@@ -400,7 +420,7 @@ def test_clip_files_are_deleted_off_the_request_and_outside_the_lock(client, tmp
         assert jobs.get(second.id) is second and jobs.get(first.id) is None  # past max_kept: purged by get()
         assert not first_folder.exists()
         assert jobs.remove(second.id) and not second_folder.exists() and jobs.get(second.id) is None
-        upload = jobs.new_folder()
+        upload = jobs.reserve()
         (upload / "upload").write_bytes(b"x" * 1000)
         jobs.discard(upload)  # an upload that did not become a job
         assert not upload.exists()

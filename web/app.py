@@ -442,13 +442,12 @@ def create_app(
             return _error(501, "UNIMPLEMENTED", "this page was installed without video support: "
                           "install the 'video' extra where adain-web runs (pip install -e '.[video]')")
         try:
-            jobs.check_room()  # before the upload is read: a full page answered 429 only after taking it all
+            folder = jobs.reserve()  # before the upload is read: a full page answered 429 only after taking it all
         except Busy as e:
             return _error(429, "RESOURCE_EXHAUSTED", str(e), headers={"Retry-After": "10"})
-        limits = await current_limits()
-        folder = jobs.new_folder()
-        files = f"one content clip and at most {plural(limits.max_styles, 'style')}"
         try:
+            limits = await current_limits()
+            files = f"one content clip and at most {plural(limits.max_styles, 'style')}"
             async with _form(request, limits.max_styles + 1, files) as form:
                 source, name, total, options = await _read_video_form(form, limits, folder, video_frames())
             job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)

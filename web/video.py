@@ -120,6 +120,7 @@ class VideoJobs:
         self.abandon_s, self.cancelled_keep_s = abandon_s, cancelled_keep_s
         self.max_frames = max_frames  # frames a job may send (adain-web --max-video-frames; 0: no limit)
         self._root: Path | None = None  # made with the first upload: a page that failed to start left it behind
+        self._uploads: set[Path] = set()  # folders of uploads being read: each holds a place (reserve)
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.RLock()
@@ -147,33 +148,42 @@ class VideoJobs:
         return sum(j.finished is None and j.state != "cancelled" for j in self.jobs.values())
 
     def check_room(self) -> None:
-        """Raises Busy where ``start`` would: said before an upload is read (up to 200 MB spooled, then copied,
-        each time), and checked again by ``start``."""
+        """Raises Busy where ``reserve`` would."""
         with self.lock:
             self._purge()
-            busy = self._running() >= self.max_running
+            busy = self._running() + len(self._uploads) >= self.max_running
         if busy:
             raise Busy(self._busy())
 
     def _busy(self) -> str:
-        return f"{self.max_running} clip(s) are being stylized already; try again when one is done"
+        return f"{self.max_running} clip(s) are being uploaded or stylized already; try again when one is done"
 
-    def new_folder(self) -> Path:
-        """A folder for an upload about to become a job (removed by ``discard`` if it does not)."""
-        return Path(tempfile.mkdtemp(dir=self.root))
+    def reserve(self) -> Path:
+        """A place for a clip and a folder for its upload, taken before the upload is read (up to 200 MB
+        spooled, then copied): uploads in progress hold places too, so that --max-video-jobs bounds the disk
+        (six visitors' uploads at once were all read while one job's place was free). Raises Busy; the place is
+        the job's (``start``) or given back (``discard``)."""
+        with self.lock:
+            self.check_room()
+            folder = Path(tempfile.mkdtemp(dir=self.root))
+            self._uploads.add(folder)
+        return folder
 
     def discard(self, folder: Path) -> None:
-        """Remove ``folder``: gone from its place at once, its files deleted by the deleter thread (this is
-        called from the page's request handlers, on the event loop)."""
+        """Remove ``folder`` and give its place back: gone from its place at once, its files deleted by the
+        deleter thread (this is called from the page's request handlers, on the event loop)."""
+        with self.lock:
+            self._uploads.discard(folder)
         self._delete([folder])
 
     def start(self, folder: Path, source: Path, name: str, total: int, styles: list[Any],
               **options: Any) -> VideoJob:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
-        with self.lock:  # the room checked and taken at once
+        with self.lock:  # the room checked and taken at once (this upload's own place counts as free)
             self._purge()
-            busy = self._running() >= self.max_running
+            busy = self._running() + len(self._uploads - {folder}) >= self.max_running
             if not busy:
+                self._uploads.discard(folder)
                 job = VideoJob(uuid.uuid4().hex, folder, name, total)
                 self.jobs[job.id] = job
         if busy:
