@@ -43,7 +43,7 @@ def test_manifests_pass_kubernetes_validate() -> None:
         kubernetes_validate.validate(doc, "1.30.0", strict=True)  # raises on any schema error
         kinds.append(doc["kind"])
     assert sorted(kinds) == ["Deployment", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-                             "PodDisruptionBudget", "Service", "Service", "Service"]
+                             "PodDisruptionBudget", "PodDisruptionBudget", "Service", "Service", "Service"]
 
 
 def test_pods_meet_the_restricted_pod_security_standard() -> None:
@@ -82,7 +82,8 @@ def test_manifests_agree_with_the_server() -> None:
     assert set(env) <= flags, f"not server settings: {set(env) - flags}"
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert env["ADAIN_CACHE_DIR"] in mounts  # a volume: the converted graphs outlive a container restart
-    assert pod["terminationGracePeriodSeconds"] > float(env["ADAIN_GRACE_SECONDS"])
+    wait = float(container["lifecycle"]["preStop"]["exec"]["command"][1])  # proxies learn of the removal first
+    assert pod["terminationGracePeriodSeconds"] > wait + float(env["ADAIN_GRACE_SECONDS"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == 50051
     # the overall health says NOT_SERVING while draining too: liveness must not fail before the drain ends
@@ -113,6 +114,17 @@ def test_the_web_deployment_agrees_with_adain_web() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] != "/healthz"  # a server outage restarts no page
     service = _named(docs, "Service", "adain-web")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    pod = deployment["spec"]["template"]["spec"]
+    wait = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > wait + 10  # uvicorn's timeout_graceful_shutdown (web/__main__)
+    assert _named(docs, "PodDisruptionBudget", "adain-web")["spec"]["selector"] == deployment["spec"]["selector"]
+    # the Prometheus Operator ignores the annotations: its PodMonitors scrape the ports the pods name
+    found = yaml.safe_load_all((DEPLOY / "prometheus" / "podmonitors.yaml").read_text())
+    monitors = {d["metadata"]["name"]: d for d in found}
+    for name, port in (("adain-web", "metrics"), ("adain-server", "metrics")):
+        selected = _named(docs, "Deployment", name)["spec"]["selector"]["matchLabels"]
+        assert monitors[name]["spec"]["selector"]["matchLabels"] == selected
+        assert monitors[name]["spec"]["podMetricsEndpoints"][0]["port"] == port
     assert service["spec"]["sessionAffinity"] == "ClientIP"  # a clip's job is asked of the pod that has it
     text = (DEPLOY / "Dockerfile.web").read_text()
     assert 'pip install --no-cache-dir ".[web]"' in text and "torch" not in text.split("FROM", 1)[1].replace(
