@@ -200,8 +200,12 @@ def whole_image_stats(
             on_box()
     combined = {k: _combined(*acc) for k, acc in sums.items()}
     everything, total = combined.pop(None), float(sums[None][2])
-    # as untiled (ops.weighted_mean_std): a region of under 1e-3 of the cells takes the whole image's statistics
-    return {k: stats if float(sums[k][2]) >= 1e-3 * total else everything for k, stats in combined.items()}, whole
+    # as untiled (ops.weighted_mean_std): a region of under 1e-3 of the cells takes the whole image's statistics;
+    # so does one no sampled box reached (above stats_pixels), which each tile had normalised by its own: seams
+    regions = 1 if job.regions is None else int(job.regions.shape[1])
+    stats = {k: everything for k in range(regions)}
+    stats.update({k: s for k, s in combined.items() if float(sums[k][2]) >= 1e-3 * total})
+    return stats, whole
 
 
 def box_features(stylizer: object, image: torch.Tensor, box: tuple[int, int, int, int], halo: int) -> torch.Tensor:

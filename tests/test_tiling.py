@@ -148,6 +148,21 @@ def test_whole_image_statistics_are_exact_at_any_size(untiled: Stylizer, size: t
             assert ((std - want_std).abs() / want_std).max() <= 1e-3, k
 
 
+def test_a_region_no_sampled_box_reaches_is_one_normalisation_for_every_tile() -> None:
+    """Above stats_pixels the statistics come from sampled boxes; a region none reached was normalised by each
+    tile's own statistics, and its dark half's two tiles came out 101 and 63 (20 and 20 untiled): a seam."""
+    tiling = Tiling(threshold=1, tile=64, halo=16, stats_box=64, stats_halo=32, stats_pixels=4096)
+    tiled = Stylizer(None, "cpu", backend="torch", precision="fp32", tiling=tiling)
+    content = np.asarray(synth_image(256, 192, seed=1, kind="noise"), np.float32)
+    content[:, :128] *= 0.3
+    strip = np.zeros((192, 256), np.uint8)
+    strip[8:56] = 255  # the one sampled box is rows 64-128
+    out = np.asarray(tiled.stylize(Image.fromarray(content.astype(np.uint8)), [synth_image(128, 128, seed=2)],
+                                   masks=[Image.fromarray(strip)]), np.float32)
+    dark = [float(out[16:48, x : x + 64].mean()) for x in (0, 64)]
+    assert abs(dark[0] - dark[1]) < 12, dark
+
+
 def test_tiling_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="tile must be a multiple of 8"):
         Tiling(1, tile=100)
