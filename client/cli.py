@@ -357,6 +357,15 @@ def _http1_peer(details: str) -> bool:
     return m is not None and (m.group(1) is None or 0x21 <= int(m.group(1)) <= 0x7E)
 
 
+def _cli_words(said: str) -> str:
+    """What the server suggests, in this command's words: its RPCs and request fields as the flags that do it
+    (a print's reply over the message limit said "ask for format JPEG or a smaller content_size")."""
+    return (said.replace("see ListStyles", "see --list-styles")
+            .replace("register it with RegisterStyle", "pass its image instead (--style FILE)")
+            .replace("ask for format JPEG", "ask for --format jpeg")
+            .replace("or a smaller content_size", "or a smaller --size"))
+
+
 def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool = False) -> str:
     """A failed call in the CLI's words; ``cli_terms``: the request's field names as the flags and files
     that set them (one content's request: its styles[i] are the --style flags in order)."""
@@ -370,14 +379,10 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; see --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
-        said = _in_cli_terms(e, args) if cli_terms else e.details
-        # the RPCs the server names, as this command's words
-        return said.replace("see ListStyles", "see --list-styles").replace(
-            "register it with RegisterStyle", "pass its image instead (--style FILE)").replace(
-            "or a smaller content_size", "or a smaller --size")
+        return _cli_words(_in_cli_terms(e, args) if cli_terms else e.details)
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
-    return f"{e.code.name}: {e.details}"
+    return f"{e.code.name}: {_cli_words(e.details)}"
 
 
 # the request's own fields (StylizeRequest, VideoOptions) -> the flags that set them

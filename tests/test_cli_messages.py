@@ -135,6 +135,9 @@ def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
     assert said == "in/d.png: --format webp: a WEBP image is at most 16383 px a side", said
     e = StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "format: ...: ask for PNG, or a smaller content_size")
     assert _describe(e, args).endswith("or a smaller --size")  # the flag, not the request's field
+    e = StyleTransferError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the output is 448x298 as PNG, 301,878 bytes, over "
+                           "the reply limit of 61,440 bytes: ask for format JPEG or a smaller content_size")
+    assert _describe(e, args).endswith("ask for --format jpeg or a smaller --size"), _describe(e, args)
 
 
 # --- before anything is sent --------------------------------------------------------------------------------------
