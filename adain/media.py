@@ -125,6 +125,11 @@ class VideoInfo:
         return math.floor(((stop - 0.5) / native - begin) * float(rate) + 1e-6) + 1
 
 
+def _packet_end(packet: Any, origin: float) -> float:
+    """Where a packet's data ends (its time plus its duration, where it says one), in seconds from ``origin``."""
+    return float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
+
+
 def is_media(path: str | Path) -> bool:
     """Whether FFmpeg reads ``path`` as a container with a video or audio stream; not for the images it
     also reads (its image demuxers, ``image2`` and ``*_pipe``)."""
@@ -368,7 +373,7 @@ class VideoReader:
             for packet in self._c.demux():
                 if packet.stream is not self._v and packet.stream is not self.audio_stream:
                     if packet.pts is not None:
-                        reached = max(reached, float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin)
+                        reached = max(reached, _packet_end(packet, origin))
                     continue
                 if packet.stream is self.audio_stream:
                     if packet.dts is not None:
@@ -382,7 +387,7 @@ class VideoReader:
                             self.audio.append((packet, t - start))
                     continue
                 if packet.pts is not None and packet.duration:  # a GIF's last frame may be shown for seconds
-                    reached = max(reached, float((packet.pts + packet.duration) * packet.time_base) - origin)
+                    reached = max(reached, _packet_end(packet, origin))
                 decoded = packet.decode() if self._decoder is None else self._decoder.decode(
                     packet if packet.size else None)
                 for frame in decoded:

@@ -485,7 +485,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
         refine_ms = queue_ms = 0.0
-        refine_steps = job.refine_steps
+        refine_steps = 0
         try:
             # Print size (minutes of tiles) goes to the long-job threads too: known from the header, before
             # decoding (in the pool: a PNG's text chunks come before its size, and reading them took seconds)
@@ -502,7 +502,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                     prepare_ms, queue_ms = ran.prepare_s * 1000, ran.waited_s * 1000
                     ran_ms = (time.perf_counter() - t_run) * 1000 - prepare_ms - queue_ms
                     refine_ms = ran_ms if refining else 0.0
-                    refine_steps = ran.steps if refining else 0  # run: L-BFGS may converge before the steps asked for
+                    refine_steps = ran.steps  # those run (L-BFGS may converge before the steps asked; a tile run: 0)
                     inference_ms = 0.0 if refining else ran_ms
                     image, result = ran.image, None
                 else:
