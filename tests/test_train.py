@@ -21,12 +21,8 @@ from synth import synth_image
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def train(data: Path, out: Path, steps: int, *extra: str, launcher: list[str] | None = None,
-          sample_every: int = 1000) -> str:
-    """One run of the real script in its own process; samples (and their loss plot, ~1.3 s each) only where
-    a test looks at them."""
-    cmd = (launcher or [sys.executable, "-m"]) + [
-        "adain.train",
+def _argv(data: Path, out: Path, steps: int, sample_every: int, extra: tuple[str, ...]) -> list[str]:
+    return [
         "--content", str(data / "content"),
         "--style", str(data / "style"),
         "--out", str(out),
@@ -39,9 +35,26 @@ def train(data: Path, out: Path, steps: int, *extra: str, launcher: list[str] | 
         "--sample-every", str(sample_every),
         *extra,
     ]  # fmt: skip
+
+
+def train(data: Path, out: Path, steps: int, *extra: str, launcher: list[str] | None = None,
+          sample_every: int = 1000) -> str:
+    """One run of the real script in its own process; samples (and their loss plot, ~1.3 s each) only where
+    a test looks at them."""
+    cmd = (launcher or [sys.executable, "-m"]) + ["adain.train", *_argv(data, out, steps, sample_every, extra)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
+
+
+def train_here(data: Path, out: Path, steps: int, *extra: str) -> None:
+    """The same run in this process, for tests of what a run computes (not of its process: signals, data
+    workers, torchrun): a process of its own costs ~5 s of imports (torch, and torch._dynamo, which
+    torch.optim imports at its first optimizer) for steps of milliseconds. Data loading stays in this
+    process (--workers 0): a worker forked from a test process with live gRPC channels can abort."""
+    from adain.train.__main__ import main
+
+    main(_argv(data, out, steps, 1000, (*extra, "--workers", "0")))
 
 
 def logged(out: Path) -> list[dict]:
@@ -65,7 +78,7 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     with (out / "log.jsonl").open("a") as f:
         f.write(json.dumps({"step": 3, "time": 0.0, "lr": 0.0, "loss": 1.0, "content": 1.0, "style": 1.0}) + "\n")
     exported = tmp_path / "decoder.pt"  # written by the run at its end (--export), as `adain-train export` does
-    train(data, out, 3, "--resume", "--export", str(exported), "--export-data", "synthetic")
+    train_here(data, out, 3, "--resume", "--export", str(exported), "--export-data", "synthetic")
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3
     rows = logged(out)
@@ -73,11 +86,8 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(before[k], v) for k, v in ckpt["decoder"].items())
 
     # a run whose weights go non-finite stops with an error, keeps its last good checkpoint and exports nothing
-    stopped = subprocess.run([sys.executable, "-m", "adain.train", "--content", str(data / "content"), "--style",
-                              str(data / "style"), "--out", str(out), "--steps", "8", "--batch-size", "2", "--crop",
-                              "32", "--workers", "0", "--resume", "--lr", "1e30", "--export", str(tmp_path / "x.pt")],
-                             capture_output=True, text=True, env=ENV, timeout=300)
-    assert stopped.returncode != 0 and "non-finite loss" in stopped.stderr, stopped.stderr[-3000:]
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        train_here(data, out, 8, "--resume", "--lr", "1e30", "--export", str(tmp_path / "x.pt"))
     kept = torch.load(out / "checkpoint.pt", weights_only=False)
     assert 3 <= kept["step"] < 8 and all(v.isfinite().all() for v in kept["decoder"].values())
     assert not (tmp_path / "x.pt").exists()
@@ -96,9 +106,9 @@ def resumes_exactly(data: Path, tmp_path: Path, flags: tuple[str, ...]) -> tuple
     """Four steps in one go and two + two resumed, into tmp_path/straight and tmp_path/split: the decoder
     weights must agree. Returns the straight run's folder and its weights."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(data, straight, 4, *flags)
-    train(data, split, 2, *flags)
-    train(data, split, 4, *flags, "--resume")
+    train_here(data, straight, 4, *flags)
+    train_here(data, split, 2, *flags)
+    train_here(data, split, 4, *flags, "--resume")
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["decoder"]
     b = torch.load(split / "checkpoint.pt", weights_only=False)["decoder"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -142,7 +152,7 @@ def test_cooldown_under_bf16_autocast(data: Path, tmp_path: Path) -> None:
     """The lr falls linearly to 0 over the --cooldown steps before --steps (not resumed: a cooldown moves with
     each leg's --steps); and training runs under bf16 autocast on a CPU (emulated where it has no bf16 units)."""
     out = tmp_path / "cool"
-    train(data, out, 4, "--workers", "0", "--lr", "1e-3", "--lr-decay", "0", "--cooldown", "3", "--precision", "bf16")
+    train_here(data, out, 4, "--lr", "1e-3", "--lr-decay", "0", "--cooldown", "3", "--precision", "bf16")
     rows = logged(out)
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3])
     assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "content", "style"))
