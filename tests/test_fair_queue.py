@@ -279,9 +279,9 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
     """Alice's second request finds her share taken, Bob's still gets a place; the log names them."""
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
-    # A batch waits up to 3 s to fill: Alice's first request holds her one place that long.
+    # A batch waits up to 1.5 s to fill: Alice's first request holds her one place that long.
     srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "4", "--max-queue-per-caller",
-                        "1", *NO_REFINE, "--max-batch-delay-ms", "3000", "--log-level", "INFO")  # refusals: INFO
+                        "1", *NO_REFINE, "--max-batch-delay-ms", "1500", "--log-level", "INFO")  # refusals: INFO
 
     async def main() -> tuple[list, dict]:
         async with AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice, \
@@ -318,7 +318,7 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {ALICE}\nweb {web_token} front\n")
     srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "8", "--max-queue-per-caller",
-                        "1", *NO_REFINE, "--max-batch-delay-ms", "3000", "--log-level", "INFO")
+                        "1", *NO_REFINE, "--max-batch-delay-ms", "1500", "--log-level", "INFO")
 
     async def main() -> list:
         async with AsyncStyleTransferClient(srv.target, token=web_token, timeout=60, retries=0) as web, \
@@ -351,7 +351,7 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
         web_page = WebProcess(srv.target, "--token-file", str(tmp_path / "web-token"), "--forwarded-for")
         files = [("content", ("c.png", CONTENT, "image/png")), ("styles", ("s.png", STYLE, "image/png"))]
         # a proxy that adds a line of its own: the visitor's forged line came first and was taken
-        # (three visitors at once: one batch window of the 3 s above, not three)
+        # (three visitors at once: one batch window of the 1.5 s above, not three)
         with ThreadPoolExecutor(3) as pool:
             answers = pool.map(lambda headers: httpx.post(web_page.url + "/api/stylize", files=files, headers=headers,
                                                           timeout=60),

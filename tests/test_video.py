@@ -831,7 +831,7 @@ def test_rpc_reading_error_cancels_and_is_raised(client: StyleTransferClient) ->
         list(client.stylize_video(frames(), STYLE))
 
 
-IDLE_S = 8  # the limited server's --video-idle-s
+IDLE_S = 5  # the limited server's --video-idle-s (the two idle tests wait it out)
 
 
 @pytest.fixture(scope="module")

@@ -698,7 +698,7 @@ def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
         long_job = [_png("content", make_image(128, 96, seed=5)), _png("styles", STYLE)]
         results: list[httpx.Response] = []
         first = threading.Thread(target=lambda: results.append(httpx.post(
-            web.url + "/api/stylize", files=long_job, data={"refine_steps": "20"},
+            web.url + "/api/stylize", files=long_job, data={"refine_steps": "8"},
             headers={"X-Request-Id": "the-long-one"}, timeout=120)))
         first.start()
         _first_step(web, "the-long-one")  # it holds the only refine place once it steps (a fixed 1 s was a guess)
