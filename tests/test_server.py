@@ -725,11 +725,11 @@ def test_sigterm_drains_then_exits_0(decoder_path: Path) -> None:
 def test_a_drain_refuses_at_once_what_it_could_not_render_in_its_grace(
     decoder_path: Path, client: StyleTransferClient
 ) -> None:
-    # 384-px calls one a batch, a grace of about four and a half batches, and a few more calls than it can take: the
+    # 256-px calls one a batch, a grace of about four and a half batches, and a few more calls than it can take: the
     # queue's tail would wait out the grace and then be cut; it is refused when the drain starts (UNAVAILABLE:
     # clients retry on another replica), the head finishes. The grace is sized from a batch timed on the shared
     # server (a fixed 3 s was shorter than two batches on CI's slower machine), the number of calls from this one's.
-    photo = encoded(synth_image(384, 384, seed=4), "PNG")
+    photo = encoded(synth_image(256, 256, seed=4), "PNG")
     grace = round(max(2.0, 4.5 * client.stylize(photo, STYLE_A).timings.inference_ms / 1000), 1)
     srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-size", "1", "--max-batch-delay-ms", "0",
                         "--grace-seconds", str(grace))
