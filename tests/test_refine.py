@@ -92,14 +92,14 @@ def test_classic_method_runs_from_the_content(stylizer: Stylizer) -> None:
 def test_what_is_delivered_keeps_what_the_optimisation_reached(stylizer: Stylizer) -> None:
     """L-BFGS's pixels are free during the run: they ran to [-1.4, 1.6] and the final clamp took the classic
     method's objective from 34 back to 386 (plain AdaIN's level). A penalty keeps them near [0, 1], so the
-    image delivered scores about what was last reported."""
+    image delivered scores about what was last reported (here 83.1 and 83.1; 75.9 and 221 without the penalty)."""
     examples = Path(__file__).parents[1] / "examples"
-    content = Image.open(examples / "content" / "cat.jpg").convert("RGB").resize((128, 128))
+    content = Image.open(examples / "content" / "cat.jpg").convert("RGB").resize((96, 96))
     style = examples / "style" / "mosaic.png"
-    prepared = stylizer.prepare(Job(content, [style], refine_steps=40, refine_init="content", style_size=256))
+    prepared = stylizer.prepare(Job(content, [style], refine_steps=25, refine_init="content", style_size=128))
     objective = objective_for(stylizer, prepared, prepared.content, target="content")
     losses: list[float] = []
-    out = optimize(objective, prepared.content, 40, on_step=lambda p: losses.append(p.loss))
+    out = optimize(objective, prepared.content, 25, on_step=lambda p: losses.append(p.loss))
     with torch.no_grad():
         delivered = float(objective(out))
     assert delivered < 1.15 * losses[-1], (losses[-1], delivered)
@@ -117,10 +117,11 @@ def test_a_refine_smooths_its_speckle_by_default(stylizer: Stylizer) -> None:
         a = np.asarray(img.convert("L"), dtype=np.float64)
         return float(((4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]) ** 2).mean())
 
-    # the shipped decoder (the test decoder's own output is noise), a busy style: 7,530 without, 5,887 with
+    # the shipped decoder (the test decoder's own output is noise), a busy style: 8,322 without, 6,906 with (at
+    # 160 px and 10 steps, in 2.5x the time: 7,530 and 5,891)
     shipped, examples = Stylizer(None, "cpu", precision="fp32"), Path(__file__).parents[1] / "examples"
     content, style = examples / "content" / "cat.jpg", examples / "style" / "strokes.png"
-    smooth, plain = (shipped.stylize(content, style, refine_steps=10, content_size=160, style_size=160, **tv)
+    smooth, plain = (shipped.stylize(content, style, refine_steps=8, content_size=112, style_size=112, **tv)
                      for tv in ({}, {"tv_weight": 0}))
     assert speckle(smooth) < 0.9 * speckle(plain), (speckle(smooth), speckle(plain))
 
