@@ -304,7 +304,7 @@ def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_
     the whole style registry is refused (it would have pushed every other registered style out). A request
     over the limit, which gRPC refuses before any handler runs, is logged and counted all the same."""
     for i in range(4):
-        synth_image(512, 512, seed=20 + i, kind="noise").save(tmp_path / f"s{i}.png")
+        synth_image(256, 256, seed=20 + i, kind="noise").save(tmp_path / f"s{i}.png")
     srv = ServerProcess(decoder_path, "--max-message-mb", "0.1", "--styles-dir", str(tmp_path), "--log-level", "INFO",
                         "--style-registry-mb", "0.01", *NO_REFINE)
     try:
