@@ -92,7 +92,7 @@ def test_a_refine_shows_its_steps_and_stops_when_the_page_goes(web: WebProcess) 
     # A refine showed only a spinner, and one the page left (Cancel, a closed tab) held the server's only
     # refine place until the call's deadline: the next visitor's refine waited 118 s.
     request = httpx.Request("POST", web.url + "/api/stylize", headers={"X-Request-Id": "refine-followed"},
-                            files=[_png("content", make_image(256, 256, seed=1)), _png("styles", STYLE)],
+                            files=[_png("content", make_image(128, 128, seed=1)), _png("styles", STYLE)],
                             data={"refine_steps": "500"})
     body = request.read()
     head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
@@ -1280,7 +1280,7 @@ def test_page_shows_a_refines_steps_and_cancel_stops_it(web: WebProcess, browser
     from selenium.webdriver.common.by import By
 
     content = tmp_path / "photo.png"
-    content.write_bytes(make_image(256, 256, seed=41))
+    content.write_bytes(make_image(128, 128, seed=41))
     _open_with(browser, web, content, "waves")
     wait_for(browser, lambda d: not d.find_element(By.ID, "refine-row").get_attribute("hidden"))
     steps = browser.find_element(By.ID, "refine_steps")
