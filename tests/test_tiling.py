@@ -282,7 +282,7 @@ def test_print_size_calls_waiting_for_their_turn_hold_only_their_bytes(decoder_p
                 return e.code.name
 
         with ThreadPoolExecutor(5) as pool:  # the first runs (minutes here): all stop at their deadlines
-            codes = list(pool.map(call, [8, 4, 4, 4, 4]))
+            codes = list(pool.map(call, [6, 3, 3, 3, 3]))
         assert codes == ["DEADLINE_EXCEEDED"] * 5, codes
         grew = _rss(srv.proc.pid, "VmHWM") - idle
         tile_bytes = int(StyleTransferClient(srv.target).server_info()["limits"]["tile_memory_bytes"])
