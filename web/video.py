@@ -150,10 +150,15 @@ class VideoJobs:
     def check_room(self) -> None:
         """Raises Busy where ``reserve`` would."""
         with self.lock:
-            self._purge()
-            busy = self._running() + len(self._uploads) >= self.max_running
+            busy = self._full()
         if busy:
             raise Busy(self._busy())
+
+    def _full(self, own: Path | None = None) -> bool:
+        """Whether every place is taken, by jobs running and uploads being read (``own``, an upload about to
+        become a job, counts as free). Under the lock."""
+        self._purge()
+        return self._running() + len(self._uploads - {own}) >= self.max_running
 
     def _busy(self) -> str:
         return f"{self.max_running} clip(s) are being uploaded or stylized already; try again when one is done"
@@ -180,8 +185,7 @@ class VideoJobs:
               **options: Any) -> VideoJob:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
         with self.lock:  # the room checked and taken at once (this upload's own place counts as free)
-            self._purge()
-            busy = self._running() + len(self._uploads - {folder}) >= self.max_running
+            busy = self._full(folder)
             if not busy:
                 self._uploads.discard(folder)
                 job = VideoJob(uuid.uuid4().hex, folder, name, total)
