@@ -197,7 +197,6 @@ class VideoStream:
         self._own: dict[int, Stats] = {}  # and the last frame's own
         self._carry = temporal in ("flow", "smooth-flow")  # the past carried over by the flow
         self._flow = _Flow() if temporal != "none" else None  # every mode that remembers judges cuts by the flow
-        self._cuts: set[int] = set()  # the frames the flow took for a scene's first
         self._prev_grey: np.ndarray | None = None
         self._prev_out: np.ndarray | None = None
         self._warps: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -218,10 +217,9 @@ class VideoStream:
             raise InvalidInputError(name, f"frame is {img.width} x {img.height}, the stream's frames are {w} x {h}")
         prepared = self.stylizer.prepare(dataclasses.replace(self.job, content=img), self._styles)
         self._styles = self._styles or (prepared.targets, prepared.grey)  # computed once, with the first frame
-        if self.temporal in ("smooth", "smooth-flow"):
-            prepared.smooth = functools.partial(self._smooth, self.index)
         if self._carry:
             prepared.propagate = functools.partial(self._propagate, self.index, prepared.regions)
+        cut = False  # whether the flow takes this frame for a new scene's first
         if self._flow is not None:
             h, w = prepared.content.shape[2:]
             if not self._carry:  # only the cut is wanted: judged smaller (DIS's time grows with the pixels)
@@ -233,22 +231,24 @@ class VideoStream:
                 # A cut carried the old scene's strokes into the new one for frames (85 levels), and averaged
                 # statistics normalised the new one with the old one's (a dark blur). Judged before the regions'
                 # edges are taken out: a detailed mask is no cut.
-                if self._flow.scene_share(grey, warp[2]) < MIN_CONSISTENT:
-                    self._cuts.add(self.index)
-                elif self._carry:
+                cut = self._flow.scene_share(grey, warp[2]) < MIN_CONSISTENT
+                if not cut and self._carry:
                     if prepared.regions is not None:
                         if self._levels is None:  # the same maps every frame (one mask, one size): read back once
                             self._levels = prepared.regions[0].cpu().numpy()
                         warp = self._flow.within_regions(warp, self._levels)
                     self._warps[self.index] = warp
             self._prev_grey = grey
+        if self.temporal in ("smooth", "smooth-flow"):
+            prepared.smooth = functools.partial(self._smooth, cut)
         self.index += 1
         return prepared
 
-    def _smooth(self, index: int, region: int, stats: Stats) -> Stats:
+    def _smooth(self, cut: bool, region: int, stats: Stats) -> Stats:
+        """A region's statistics averaged with the last frames'; ``cut``: the flow took the frame for a new scene."""
         prev, last = self._stats.get(region), self._own.get(region)
         self._own[region] = stats
-        if prev is not None and index not in self._cuts and not self._cut(last, stats):
+        if prev is not None and not cut and not self._cut(last, stats):
             s = self.strength
             stats = ((1 - s) * stats[0] + s * prev[0], (1 - s) * stats[1] + s * prev[1])
         self._stats[region] = stats  # after a cut the average starts again from the new scene
@@ -297,7 +297,6 @@ class VideoStream:
 
     def finish(self, index: int, output: Image.Image) -> Image.Image:
         """Frame ``index``'s final output: with flow, the warped previous output blended in. Call in order."""
-        self._cuts.discard(index)  # smoothed already (render comes before finish)
         if not self._carry:
             return output
         cv2 = self._flow.cv2
