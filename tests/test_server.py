@@ -33,7 +33,7 @@ from adain.server.errors import MAX_VIOLATIONS, ServiceError, Violation, status_
 from adain.server.service import fields_within
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import NO_REFINE, ServerProcess, free_port, health_status
+from helpers import NO_REFINE, ServerProcess, WebProcess, free_port, health_status
 from synth import band_mask, encoded, make_image, make_mask, photo_with_exif, pixels, synth_image
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -581,6 +581,29 @@ def test_message_over_the_limit(limited) -> None:
     huge = make_image(16, 16) + b"\0" * (1536 * 1024)  # 1.5 MiB: over --max-message-mb 1
     _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, client.stylize, huge, STYLE_A)
     _good_call(client)
+
+
+def test_the_page_answers_an_upload_over_the_servers_message_limit_413(limited) -> None:
+    """adain-web with --max-upload-mb above the server's --max-message-mb: the server's gRPC refuses such a
+    request (RESOURCE_EXHAUSTED), which the page answered 429 "busy, try again" (never helping). Now 413 saying
+    the server's limit, and adain-web warns of the mismatch at start."""
+    import httpx
+
+    srv, _ = limited
+    web = WebProcess(srv.target, "--max-upload-mb", "4")
+    try:
+        huge = make_image(16, 16) + b"\0" * (1536 * 1024)
+        files = [("content", ("c.png", huge, "image/png")), ("styles", ("s.png", STYLE_A, "image/png"))]
+        r = httpx.post(web.url + "/api/stylize", files=files, timeout=60)
+        assert r.status_code == 413 and "retry-after" not in r.headers, r.text
+        assert r.json()["error"]["message"] == "the request is 1.5 MB, over the 1 MB the stylization server takes: " \
+            "send smaller images", r.text
+        files[0] = ("content", ("c.png", CONTENT, "image/png"))
+        assert httpx.post(web.url + "/api/stylize", files=files, timeout=60).status_code == 200
+    finally:
+        web.stop()
+    log = "".join(web.stderr)
+    assert "--max-upload-mb 4 is above the server's message limit (adain-server --max-message-mb 1)" in log, log
 
 
 def test_a_folder_run_goes_on_past_one_images_limit_and_stops_on_a_style(limited, tmp_path: Path, capsys) -> None:

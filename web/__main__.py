@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
                 return 2
         # Not an error: the server may start later (the page answers 503 until then), but say so, and why.
-        threading.Thread(target=_look_at_server, args=(client, args.server), name="server-check",
-                         daemon=True).start()
+        threading.Thread(target=_look_at_server, args=(client, args.server, settings.max_upload_bytes),
+                         name="server-check", daemon=True).start()
         # proxy_headers off: uvicorn's default takes X-Forwarded-For from a peer at 127.0.0.1 as the client's
         # address, so any local process could name the visitor; --forwarded-for is the one switch for that
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -142,18 +142,23 @@ def cannot_listen(host: str, port: int) -> str | None:
     return None
 
 
-def _look_at_server(client: StyleTransferClient, target: str) -> None:
+def _look_at_server(client: StyleTransferClient, target: str, max_upload_bytes: int) -> None:
     """One health check at start, logged: an address that answers nothing (a typo'd port, a server not up
-    yet) was seen only after a first call, as "not available right now"."""
+    yet) was seen only after a first call, as "not available right now". And its message limit: uploads
+    between it and --max-upload-mb are refused by the server (413), which the operator should hear of first."""
     from adain.client import StyleTransferError
 
     try:
         status = client.health(timeout=START_HEALTH_TIMEOUT_S)
+        limit = client.server_info(timeout=START_HEALTH_TIMEOUT_S)["limits"].get("max_message_bytes", 0)
     except StyleTransferError as e:
         log.warning("the server %s does not answer (%s: %s); the page answers 503 until it does", target,
                     e.code.name, e.details)
         return
     log.info("the server %s answers: %s", target, status)
+    if limit and max_upload_bytes > limit:
+        log.warning("--max-upload-mb %g is above the server's message limit (adain-server --max-message-mb %g): "
+                    "uploads between the two are refused (413)", max_upload_bytes / 2**20, limit / 2**20)
 
 
 def _server_class() -> type:

@@ -23,7 +23,8 @@ client (no torch, no second engine).
 Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "description"}]}}``: 400 for a
 bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...), 413 for a body
 over the upload limit (refused before it is read whole), 429 with Retry-After when the backend is full
-(RESOURCE_EXHAUSTED; 413 when the result is over the reply limit), 503 when it is unreachable or
+(RESOURCE_EXHAUSTED; 413 when the result is over the reply limit, or the request over the server's message
+limit), 503 when it is unreachable or
 draining, 504 when it runs past the deadline. A backend that cannot be reached is answered with a fixed
 message: gRPC's details name its internal address, so they go to this process's log (WARNING) only.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import shutil
 import threading
 import time
@@ -94,6 +96,7 @@ RETRY_AFTER_S = 1  # told to a client the backend turned away as full
 LIBRARY_TTL_S = 10.0  # the server's style library is asked again after this long (it follows its folder)
 THUMBNAIL_PX = 256
 HEALTH_WARN_S = 60.0  # /healthz logs why the server is unreachable at most this often (probes ask every few s)
+log = logging.getLogger("adain.web")
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
@@ -189,7 +192,7 @@ class SecurityHeaders:
         try:
             await self.app(scope, receive, with_headers)
         except Exception:  # Starlette's own 500 is plain text and comes from outside this middleware
-            logging.getLogger("adain.web").exception("%s %s failed", scope.get("method"), scope.get("path"))
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if started:
                 raise
             body = JSONResponse(error_json("INTERNAL", "an error on this server (its log says more)"), status_code=500)
@@ -227,6 +230,18 @@ class SameOrigin:
 
 def _too_large(limit: int) -> str:
     return f"the upload is over the limit of {limit / 2**20:g} MB"
+
+
+# gRPC's own words for a request over the server's --max-message-mb: possible only where adain-web's
+# --max-upload-mb is above it, and answered 429 "busy, try again" (which never helps) until told apart
+SERVER_TOO_LARGE_RE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _over_server_limit(size: int, limit: int, upload_limit: int) -> str:
+    log.warning("a request of %d bytes was over the server's message limit of %d bytes: adain-web --max-upload-mb "
+                "(%g) is above adain-server --max-message-mb (%g)", size, limit, upload_limit / 2**20, limit / 2**20)
+    return (f"the request is {size / 2**20:.1f} MB, over the {limit / 2**20:g} MB the stylization server takes: "
+            "send smaller images")
 
 
 def _error(
@@ -321,13 +336,13 @@ def create_app(
             unreachable["down"] = True
             if time.monotonic() - unreachable["warned"] >= HEALTH_WARN_S:
                 unreachable["warned"] = time.monotonic()
-                logging.getLogger("adain.web").warning(
+                log.warning(
                     "/healthz: the server %s does not answer (%s: %s); logged at most once a minute",
                     client.target, e.code.name, e.details)
             return JSONResponse({"status": "UNREACHABLE", "detail": message}, status_code=503)
         if unreachable["down"]:
             unreachable["down"] = False
-            logging.getLogger("adain.web").info("/healthz: the server %s answers again: %s", client.target, status)
+            log.info("/healthz: the server %s answers again: %s", client.target, status)
         return JSONResponse({"status": status}, status_code=200 if status == "SERVING" else 503)
 
     @app.api_route("/api/info", methods=["GET", "HEAD"])
@@ -412,6 +427,8 @@ def create_app(
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply limit" in (e.details or ""):
                 status = 413  # the result is too large to send: retrying will not help, a smaller one will
             message, violations = public_error(e)
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and (over := SERVER_TOO_LARGE_RE.search(e.details or "")):
+                status, message = 413, _over_server_limit(int(over[1]), int(over[2]), settings.max_upload_bytes)
             headers = {**(_retry_after(status) or {}), "X-Request-Id": e.request_id or request_id}
             return _error(status, e.code.name, message, violations, headers)
         finally:
