@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from adain import InvalidInputError, Stylizer, regions
+from adain import InvalidInputError, Stylizer
 from adain.image import to_image, to_tensor
 from adain.job import Job
 from adain.ops import masked_adain, mean_std, weighted_mean_std
@@ -156,7 +156,7 @@ def test_an_anti_aliased_label_image_has_no_seam(stylizer: Stylizer, monkeypatch
     ours = stylizer.prepare(job).regions[0].numpy()
     wrong = (ours != np.stack([majority == 1, majority == 2]) * 255).any(0)
     assert not (wrong & ~tie).any(), np.argwhere(wrong & ~tie).tolist()
-    monkeypatch.setattr(regions, "BLEND_BAND", 5)
+    monkeypatch.setattr("adain.labels.BLEND_BAND", 5)
     assert np.array_equal(stylizer.prepare(job).regions[0].numpy(), ours)
     # a grey pixel is an id, never a blend: a segmentation's sliver of 20 between 10 and 40 keeps the photo
     grey = np.full((64, 96), 40, np.uint8)
