@@ -76,6 +76,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated
 
 
+class _OnlyWithListStyles(argparse.Action):
+    """An option of --list-styles given to a stylizing command: an error as soon as it is read."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.error("--thumbnails DIR goes with --list-styles (adain-stylize --list-styles --thumbnails DIR)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, no usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -157,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-styles", action="store_true",
                    help="list the styles of the server's library and exit (needs no CONTENT, --style or -o; "
                    "--thumbnails DIR saves their thumbnails)")
-    # here for --help, and to be refused with a word (it was "the following arguments are required")
-    p.add_argument("--thumbnails", metavar="DIR", help="with --list-styles: also save each style's thumbnail (a "
-                   "JPEG of at most 256 px) into DIR as NAME.jpg")
+    # here for --help, and refused with a word as it is read (at the end, the parser said only "the following
+    # arguments are required"); --list-styles has a parser of its own, where it belongs
+    p.add_argument("--thumbnails", metavar="DIR", action=_OnlyWithListStyles, help="with --list-styles: also save "
+                   "each style's thumbnail (a JPEG of at most 256 px) into DIR as NAME.jpg")
     p.add_argument("--server-info", action="store_true",
                    help="print what the server runs (model, weights, backend, precision, CPU, limits, batching, "
                    "its library) as JSON, and exit (needs no CONTENT, --style or -o)")
@@ -1003,24 +1011,13 @@ def _bare_preserve_color(argv: list[str]) -> list[str]:
     return out
 
 
-def _flag_given(flag: str, argv: list[str]) -> bool:
-    """Whether ``flag`` is among the options of ``argv`` (before a "--")."""
-    options = argv[: argv.index("--")] if "--" in argv else argv
-    return any(a == flag or a.startswith(flag + "=") for a in options)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     query = next((f for f in ("--list-styles", "--server-info") if f in argv), None)  # no CONTENT, --style, -o
     parser = build_query_parser(query) if query else build_parser()
     argv = _bare_preserve_color(argv)
     try:
-        alone = "--thumbnails DIR goes with --list-styles (adain-stylize --list-styles --thumbnails DIR)"
-        if query is None and _flag_given("--thumbnails", argv):  # before the parser asks for CONTENT, -s, -o
-            parser.error(alone)
         args = parser.parse_args(argv)
-        if query is None and args.thumbnails is not None:  # an abbreviation of it
-            parser.error(alone)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
     # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
