@@ -124,13 +124,14 @@ def _blends(
     label: np.ndarray, rgb: np.ndarray, wanted: np.ndarray, y0: int, y1: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The blended pixels of rows y0..y1 (flat indices into ``label``) and the labels they take, reading
-    BLEND_REACH rows either side (the image's edge repeated beyond it, never an end of a blend)."""
+    BLEND_REACH + 1 rows either side (the image's edge repeated beyond it, never an end of a blend)."""
     r, (h, w) = BLEND_REACH, label.shape
-    top, bottom = max(0, y0 - r), min(h, y1 + r)
-    pad = ((r - (y0 - top), r - (bottom - y1)), (r, r))
+    m = r + 1  # a row more than a window reaches: whether its last row is inside a region needs the next one
+    top, bottom = max(0, y0 - m), min(h, y1 + m)
+    pad = ((m - (y0 - top), m - (bottom - y1)), (m, m))
     lab = np.pad(label[top:bottom], pad, mode="edge")
     inside = np.zeros(lab.shape, dtype=bool)
-    inside[pad[0][0]:lab.shape[0] - pad[0][1], r:-r] = True
+    inside[pad[0][0]:lab.shape[0] - pad[0][1], m:-m] = True
     requested = np.isin(lab, wanted)
     requested &= inside
     endpoint = _uniform3(lab)
@@ -141,13 +142,13 @@ def _blends(
     band = rgb[top:bottom]
     grey = band[..., 0] == band[..., 1]
     grey &= band[..., 1] == band[..., 2]
-    near[pad[0][0]:lab.shape[0] - pad[0][1], r:-r] &= ~grey  # a grey pixel is an id: its own label, always
-    near[:r], near[-r:], near[:, :r], near[:, -r:] = False, False, False, False  # the band's own rows only
+    near[pad[0][0]:lab.shape[0] - pad[0][1], m:-m] &= ~grey  # a grey pixel is an id: its own label, always
+    near[:m], near[-m:], near[:, :m], near[:, -m:] = False, False, False, False  # the band's own rows only
     cands = np.flatnonzero(near)
     if not len(cands):
         return cands, label.ravel()[:0]
     del near, inside
-    w2 = w + 2 * r
+    w2 = w + 2 * m
     steps = np.arange(-r, r + 1)
     offsets = (steps[:, None] * w2 + steps[None, :]).ravel()  # the 7 x 7 window, as flat steps
     # a channel at a time: numpy reduces over a last axis of 3 ten times slower
@@ -178,7 +179,7 @@ def _blends(
         taken.append(at[take])
         labels.append(lab[nearest[take]])
     at = np.concatenate(taken)
-    return (at // w2 + y0 - r) * w + at % w2 - r, np.concatenate(labels)  # padded row r is row y0
+    return (at // w2 + y0 - m) * w + at % w2 - m, np.concatenate(labels)  # padded row m is row y0
 
 
 def _grown(mask: np.ndarray, r: int) -> np.ndarray:

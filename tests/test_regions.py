@@ -166,6 +166,32 @@ def test_an_anti_aliased_label_image_has_no_seam(stylizer: Stylizer, monkeypatch
     assert ours[:, :47].min() == 255 and ours[:, 47:].max() == 0
 
 
+def test_blended_edges_read_in_bands_are_the_same_as_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random small label images of three colours and their blends: read in bands of 3 to 7 rows, the labels are
+    those read whole (a band judged whether its windows' outer rows were inside a region by a repeated row, and
+    a pixel here and there moved), and only pixels given a requested label change."""
+    import adain.labels as labels
+
+    rng = np.random.default_rng(1)
+    for trial in range(400):
+        h, w = (int(n) for n in rng.integers(1, 30, 2))
+        palette = rng.integers(0, 256, (3, 3)).astype(np.uint8)
+        pick = rng.integers(0, 3, (h, w))
+        rgb = palette[pick]
+        blend = rng.random((h, w)) < 0.3
+        rgb[blend] = (palette[pick[blend]].astype(int) + palette[(pick[blend] + 1) % 3]) // 2
+        given = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        wanted = [int(given[rng.integers(0, h), rng.integers(0, w)])]
+        whole = given.copy()
+        labels._unblend(whole, rgb, wanted)
+        monkeypatch.setattr(labels, "BLEND_BAND", int(rng.integers(3, 8)))
+        banded = given.copy()
+        labels._unblend(banded, rgb, wanted)
+        monkeypatch.undo()
+        assert np.array_equal(banded, whole), trial
+        assert np.isin(whole[whole != given], wanted).all(), trial
+
+
 def test_a_blue_label_is_not_a_grey_one(stylizer: Stylizer) -> None:
     """A colour (0, 0, b) had label b, a grey level's: blue and white were one region, and a colour-coded map's
     navy car (0, 0, 142) took the grey 142's pixels too."""
