@@ -130,8 +130,9 @@ def _blends(
     top, bottom = max(0, y0 - m), min(h, y1 + m)
     pad = ((m - (y0 - top), m - (bottom - y1)), (m, m))
     lab = np.pad(label[top:bottom], pad, mode="edge")
+    image = (slice(pad[0][0], lab.shape[0] - pad[0][1]), slice(m, -m))  # the padded band's pixels of the image
     inside = np.zeros(lab.shape, dtype=bool)
-    inside[pad[0][0]:lab.shape[0] - pad[0][1], m:-m] = True
+    inside[image] = True
     requested = np.isin(lab, wanted)
     requested &= inside
     endpoint = _uniform3(lab)
@@ -142,7 +143,7 @@ def _blends(
     band = rgb[top:bottom]
     grey = band[..., 0] == band[..., 1]
     grey &= band[..., 1] == band[..., 2]
-    near[pad[0][0]:lab.shape[0] - pad[0][1], m:-m] &= ~grey  # a grey pixel is an id: its own label, always
+    near[image] &= ~grey  # a grey pixel is an id: its own label, always
     near[:m], near[-m:], near[:, :m], near[:, -m:] = False, False, False, False  # the band's own rows only
     cands = np.flatnonzero(near)
     if not len(cands):
@@ -151,35 +152,42 @@ def _blends(
     w2 = w + 2 * m
     steps = np.arange(-r, r + 1)
     offsets = (steps[:, None] * w2 + steps[None, :]).ravel()  # the 7 x 7 window, as flat steps
-    # a channel at a time: numpy reduces over a last axis of 3 ten times slower
     flat = [np.pad(rgb[top:bottom, :, k], pad, mode="edge").ravel() for k in range(3)]
     ends, requested, lab = endpoint.ravel(), requested.ravel(), lab.ravel()
     taken, labels = [], []
     for s in range(0, len(cands), BLEND_CHUNK):
         at = cands[s:s + BLEND_CHUNK]
-        window = at[:, None] + offsets
-        colours = [c[window].astype(np.float32) for c in flat]
-        pixel = [c[at].astype(np.float32)[:, None] for c in flat]
-        gap = np.maximum(np.maximum(np.abs(colours[0] - pixel[0]), np.abs(colours[1] - pixel[1])),
-                         np.abs(colours[2] - pixel[2]))
-        isend = ends[window]
-        gap[~isend] = np.inf
-        rows = np.arange(len(at))
-        a = gap.argmin(axis=1)
-        nearest = window[rows, a]  # the nearest colour: the side the blend joins
-        line = [c - c[rows, a][:, None] for c in colours]
-        rel = [p - c[rows, a][:, None] for p, c in zip(pixel, colours)]
-        t = (rel[0] * line[0] + rel[1] * line[1] + rel[2] * line[2]) / np.maximum(
-            line[0] * line[0] + line[1] * line[1] + line[2] * line[2], 1)
-        span = np.maximum(np.maximum(np.abs(line[0]), np.abs(line[1])), np.abs(line[2]))
-        off = np.maximum(np.maximum(np.abs(rel[0] - t * line[0]), np.abs(rel[1] - t * line[1])),
-                         np.abs(rel[2] - t * line[2]))
-        blend = isend & (span >= BLEND_MIN_GAP) & (t >= 0) & (t <= 1) & (off <= BLEND_TOLERANCE)
-        take = blend.any(axis=1) & requested[nearest] & np.isfinite(gap[rows, a])
+        take, nearest = _joins(at, at[:, None] + offsets, flat, ends)
+        take &= requested[nearest]
         taken.append(at[take])
         labels.append(lab[nearest[take]])
     at = np.concatenate(taken)
     return (at // w2 + y0 - m) * w + at % w2 - m, np.concatenate(labels)  # padded row m is row y0
+
+
+def _joins(
+    at: np.ndarray, window: np.ndarray, flat: list[np.ndarray], ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For pixels ``at`` (flat indices) and their windows: whether each is a blend whose nearer side is its
+    window's nearest end colour, and where that end is. A channel at a time (``flat``: r, g, b): numpy reduces
+    over a last axis of 3 ten times slower."""
+    colours = [c[window].astype(np.float32) for c in flat]
+    pixel = [c[at].astype(np.float32)[:, None] for c in flat]
+    gap = np.maximum(np.maximum(np.abs(colours[0] - pixel[0]), np.abs(colours[1] - pixel[1])),
+                     np.abs(colours[2] - pixel[2]))
+    isend = ends[window]
+    gap[~isend] = np.inf
+    rows = np.arange(len(at))
+    a = gap.argmin(axis=1)
+    line = [c - c[rows, a][:, None] for c in colours]  # from the nearest end to each other pixel
+    rel = [p - c[rows, a][:, None] for p, c in zip(pixel, colours)]
+    t = (rel[0] * line[0] + rel[1] * line[1] + rel[2] * line[2]) / np.maximum(
+        line[0] * line[0] + line[1] * line[1] + line[2] * line[2], 1)
+    span = np.maximum(np.maximum(np.abs(line[0]), np.abs(line[1])), np.abs(line[2]))
+    off = np.maximum(np.maximum(np.abs(rel[0] - t * line[0]), np.abs(rel[1] - t * line[1])),
+                     np.abs(rel[2] - t * line[2]))
+    blend = isend & (span >= BLEND_MIN_GAP) & (t >= 0) & (t <= 1) & (off <= BLEND_TOLERANCE)
+    return blend.any(axis=1) & np.isfinite(gap[rows, a]), window[rows, a]
 
 
 def _grown(mask: np.ndarray, r: int) -> np.ndarray:
