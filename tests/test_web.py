@@ -279,6 +279,58 @@ def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None
     assert httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled"
 
 
+def test_the_page_forgets_its_oldest_clip_to_keep_within_max_disk_mb(server: ServerProcess, tmp_path: Path) -> None:
+    """Uploads and results live in the pod's emptyDir until fetched, which evicts the pod (every visitor's request
+    and clip) when it outgrows its sizeLimit. With --max-disk-mb, an upload (counted as twice --max-video-mb)
+    makes room by forgetting the oldest finished clip."""
+    web = WebProcess(server.target, "--max-video-mb", "0.006", "--max-disk-mb", "0.0125")  # room for 1 upload
+    style = ("styles", ("s.png", make_image(16, 16, seed=32, kind="noise"), "image/png"))
+    make_video(tmp_path / "clip.mp4", frames=3)
+    files = [("content", ("clip.mp4", (tmp_path / "clip.mp4").read_bytes(), "video/mp4")), style]
+    try:
+        first = _finished(web, httpx.post(web.url + "/api/videos", files=files, timeout=60).json())
+        assert first["state"] == "done", first
+        second = httpx.post(web.url + "/api/videos", files=files, timeout=60)
+        assert second.status_code == 202 and _finished(web, second.json())["state"] == "done", second.text
+        assert httpx.get(f"{web.url}/api/videos/{first['id']}").status_code == 404  # forgotten to make room
+    finally:
+        web.stop()
+    from adain.web.__main__ import main
+
+    assert main(["--max-video-mb", "10", "--max-disk-mb", "15"]) == 2  # no upload would ever fit
+
+
+def test_clip_jobs_keep_within_their_disk_budget(client, tmp_path: Path) -> None:
+    """An upload being read counts at its most; finished clips are forgotten, oldest first, to make room; where
+    running jobs and uploads fill the budget the next upload waits (Busy: 429); a running clip outgrowing it
+    fails saying so, leaving no file (a result grows frame by frame, and whole at the end)."""
+    from adain.web.video import Busy, VideoJobs
+
+    make_video(tmp_path / "clip.mp4", frames=3)
+    size = (tmp_path / "clip.mp4").stat().st_size
+    jobs = VideoJobs(client, max_running=3, max_disk_bytes=5 * size, upload_bytes=2 * size)
+    try:
+        folder, first = _run_job(jobs, tmp_path / "clip.mp4", 3)
+        assert first.state == "done" and first.result.exists(), first.state_json()
+        held = jobs.reserve()  # 2 sizes held + the first result, under 5
+        assert folder.exists()
+        other = jobs.reserve()  # 4 held: the first result goes
+        assert not folder.exists() and first.id not in jobs.jobs
+        with pytest.raises(Busy, match=r"fill the disk space this page keeps for clips \(0\.0\d+ MB\)"):
+            jobs.reserve()  # 6 sizes over 5, nothing finished to forget
+        jobs.discard(held), jobs.discard(other)
+    finally:
+        jobs.close()
+    jobs = VideoJobs(client, max_disk_bytes=size // 2)  # not even the upload (a source of size bytes) fits
+    try:
+        folder, job = _run_job(jobs, tmp_path / "clip.mp4", 3)
+        assert job.state == "failed" and job.error["code"] == "RESOURCE_EXHAUSTED", job.state_json()
+        assert "outgrew the disk space this page keeps for clips" in job.error["message"]
+        assert "--max-disk-mb" in job.error["message"] and not folder.exists()
+    finally:
+        jobs.close()
+
+
 def test_a_clip_nobody_asks_about_is_cancelled(server: ServerProcess, tmp_path: Path) -> None:
     web = WebProcess(server.target, "--video-abandon-s", "1", "--max-video-frames", "300")
     try:

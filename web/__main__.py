@@ -33,6 +33,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="largest clip upload (with its styles), MB (default 200)")
     p.add_argument("--max-video-frames", type=positive_int, default=900,
                    help="most frames a clip may have (default 900: 30 s at 30 fps); the server's own limit holds too")
+    p.add_argument("--max-disk-mb", type=positive_float, default=2048.0, metavar="MB",
+                   help="disk space for clips' uploads and results (default 2048; an upload counts as twice "
+                   "--max-video-mb, as it is spooled, then copied): the oldest finished clips go first to make "
+                   "room, then uploads wait (429) and a clip outgrowing it fails; keep it under the temporary "
+                   "folder's size (a pod's emptyDir sizeLimit)")
     p.add_argument("--max-video-jobs", type=positive_int, default=1,
                    help="clips stylized at once (default 1); more get 429 and try again")
     p.add_argument("--video-abandon-s", type=positive_float, default=300.0, metavar="S",
@@ -67,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .metrics import WebMetrics
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.max_disk_mb < 2 * args.max_video_mb:
+        print(f"adain-web: error: --max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb "
+              f"({args.max_video_mb:g}): no clip upload would fit (it is spooled, then copied)", file=sys.stderr)
+        return 2
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
     try:  # a --server gRPC would misread (http://..., no port) is refused here, by the client's own check
         client = connect(args, max_message_mb=max_message_mb)
@@ -82,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
+                               max_disk_bytes=int(args.max_disk_mb * 2**20),
                                live=LiveSettings(max_sessions=args.max_live, max_seconds=args.live_max_s,
                                                  idle_seconds=args.live_idle_s),
                                forwarded_for=args.forwarded_for, allowed_origins=tuple(args.allowed_origin))

@@ -124,6 +124,7 @@ class WebSettings:
     max_video_jobs: int = 1  # clips stylized at once; 429 beyond
     video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
     video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
+    max_disk_bytes: int = 2048 * 1024 * 1024  # clips' uploads and results at most (oldest results go first)
     live: LiveSettings = LiveSettings()  # the live camera (web.live)
     forwarded_for: bool = False  # the end user is the last X-Forwarded-For address (behind a proxy), not the peer
     allowed_origins: tuple[str, ...] = ()  # other sites whose pages may call this API from a browser
@@ -256,7 +257,9 @@ def create_app(
     """The app over ``client`` (which it does not close), counted in ``metrics`` when given. No interactive
     docs: they load scripts from other sites, and the page loads nothing from anywhere but here."""
     jobs = VideoJobs(client, max_running=settings.max_video_jobs, keep_s=settings.video_keep_s,
-                     abandon_s=settings.video_abandon_s, max_frames=settings.max_video_frames) if _has_av() else None
+                     abandon_s=settings.video_abandon_s, max_frames=settings.max_video_frames,
+                     max_disk_bytes=settings.max_disk_bytes, upload_bytes=2 * settings.max_video_bytes,
+                     ) if _has_av() else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

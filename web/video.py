@@ -4,7 +4,9 @@ its result, an MP4 every browser plays, for a while. No FastAPI here: ``web.app`
 
 A job runs on its own thread. At most ``max_running`` run at once (the page gets 429 beyond, and the
 server's own stream limit still holds); a finished job's file is kept ``keep_s`` seconds, and at most
-``max_kept`` finished jobs are kept (the oldest go first); every file lives in one temporary folder that
+``max_kept`` finished jobs are kept (the oldest go first), fewer where their files and the uploads being read
+(each counted at its most) would pass ``max_disk_bytes``: then an upload waits (Busy) and a running clip whose
+result outgrows it fails (OutOfDisk); every file lives in one temporary folder that
 ``close`` removes. A folder to remove is first renamed aside (at once: it is gone from its place before the
 job's state or the request says so) and deleted on a thread of its own: an upload and a result are up to 200 MB,
 and requests that purge (the page asks every second) run on the event loop, holding the jobs' lock.
@@ -61,6 +63,15 @@ class TooManyFrames(Exception):
                          "fewer frames a second")
 
 
+class OutOfDisk(Exception):
+    """A running clip's result outgrew the disk budget, with no finished clip left to make room."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(f"the stylized clip outgrew the disk space this page keeps for clips "
+                         f"({budget / 2**20:.4g} MB, adain-web --max-disk-mb): take a shorter part of it "
+                         "(start, duration) or a smaller size")
+
+
 def clip_frames(info: VideoInfo, fps: float | None, start: float, duration: float | None) -> int:
     """The frames a clip sends, for the max_video_frames check: of its part (``start``, ``duration``) where one
     is taken, at most ``fps`` a second. A container that declares no count (WebM, MKV, raw H.264) is counted
@@ -115,8 +126,10 @@ class VideoJob:
 class VideoJobs:
     def __init__(self, client: StyleTransferClient, *, max_running: int = 1, keep_s: float = 1800.0,
                  max_kept: int = 8, abandon_s: float = 300.0, cancelled_keep_s: float = 60.0,
-                 max_frames: int = 0) -> None:
+                 max_frames: int = 0, max_disk_bytes: int = 0, upload_bytes: int = 0) -> None:
         self.client, self.max_running, self.keep_s, self.max_kept = client, max_running, keep_s, max_kept
+        self.max_disk_bytes = max_disk_bytes  # the jobs' files at most (adain-web --max-disk-mb; 0: no limit)
+        self.upload_bytes = upload_bytes  # what an upload being read may take: spooled, then copied
         self.abandon_s, self.cancelled_keep_s = abandon_s, cancelled_keep_s
         self.max_frames = max_frames  # frames a job may send (adain-web --max-video-frames; 0: no limit)
         self._root: Path | None = None  # made with the first upload: a page that failed to start left it behind
@@ -163,6 +176,31 @@ class VideoJobs:
     def _busy(self) -> str:
         return f"{self.max_running} clip(s) are being uploaded or stylized already; try again when one is done"
 
+    def _disk_used(self) -> int:
+        """The jobs' files, each upload being read counted at its most. Under the lock."""
+        used = len(self._uploads) * self.upload_bytes
+        for job in self.jobs.values():
+            for path, _, names in os.walk(job.folder):
+                for name in names:
+                    try:
+                        used += os.stat(os.path.join(path, name)).st_size
+                    except OSError:  # written or deleted meanwhile
+                        pass
+        return used
+
+    def _room_for(self, need: int) -> bool:
+        """Whether ``need`` bytes more fit ``max_disk_bytes``, forgetting the oldest finished clips (and their files)
+        until they do, as ``max_kept`` does: a pod whose emptyDir outgrows its sizeLimit is evicted, and every
+        visitor's request and clip with it. Under the lock."""
+        if not self.max_disk_bytes:
+            return True
+        finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
+        while (over := self._disk_used() + need > self.max_disk_bytes) and finished:
+            job = finished.pop(0)
+            del self.jobs[job.id]
+            self._delete([job.folder])
+        return not over
+
     def reserve(self) -> Path:
         """A place for a clip and a folder for its upload, taken before the upload is read (up to 200 MB
         spooled, then copied): uploads in progress hold places too, so that --max-video-jobs bounds the disk
@@ -170,6 +208,9 @@ class VideoJobs:
         the job's (``start``) or given back (``discard``)."""
         with self.lock:
             self.check_room()
+            if not self._room_for(self.upload_bytes):
+                raise Busy(f"the clips being stylized fill the disk space this page keeps for clips "
+                           f"({self.max_disk_bytes / 2**20:.4g} MB); try again when one is done")
             folder = Path(tempfile.mkdtemp(dir=self.root))
             self._uploads.add(folder)
         return folder
@@ -267,16 +308,25 @@ class VideoJobs:
             job.done += 1
             if stopped():
                 raise Cancelled
+            with self.lock:  # the result grows a frame at a time: finished clips make room, or this one stops
+                if not self._room_for(0):
+                    raise OutOfDisk(self.max_disk_bytes)
 
         state, error = "failed", None  # set on the job at the end, once its folder is as that state says
         client = _FrameCap(self.client, self.max_frames) if self.max_frames else self.client
         try:
             stylize_video_file(client, source, job.result, styles, on_frame=on_frame, stop=stopped, **options)
+            source.unlink(missing_ok=True)
+            with self.lock:  # and whole: the encoder holds frames back (x264's look-ahead) and writes them at the end
+                if not self._room_for(0):
+                    raise OutOfDisk(self.max_disk_bytes)
             state = "done"
         except Cancelled:
             state, error = "cancelled", job.error  # abandoned: on_frame said why
         except TooManyFrames as e:
             error = error_json("INVALID_ARGUMENT", str(e), [("content", str(e))])["error"]
+        except OutOfDisk as e:
+            error = error_json("RESOURCE_EXHAUSTED", str(e))["error"]
         except StyleTransferError as e:
             if stopped():  # the client cancelled the stream while no frame came: cancelled or abandoned
                 state, error = "cancelled", job.error
