@@ -118,12 +118,12 @@ def test_the_web_deployment_agrees_with_adain_web() -> None:
     wait = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] > wait + 10  # uvicorn's timeout_graceful_shutdown (web/__main__)
     assert _named(docs, "PodDisruptionBudget", "adain-web")["spec"]["selector"] == deployment["spec"]["selector"]
-    # the clips' disk budget, and photo uploads being spooled (1 GiB), inside the emptyDir, which the pod requests
+    # the clips' disk budget and the photo uploads being spooled inside the emptyDir, which the pod requests
     mb = {"Gi": 1024, "Mi": 1}
     tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     size_mb = float(tmp["emptyDir"]["sizeLimit"][:-2]) * mb[tmp["emptyDir"]["sizeLimit"][-2:]]
-    assert 2 * args.max_video_mb <= args.max_disk_mb <= size_mb - 1024
+    assert 2 * args.max_video_mb <= args.max_disk_mb <= size_mb - args.max_photos * args.max_upload_mb
     request = container["resources"]["requests"]["ephemeral-storage"]
     assert float(request[:-2]) * mb[request[-2:]] >= size_mb
     # the Prometheus Operator ignores the annotations: its PodMonitors scrape the ports the pods name

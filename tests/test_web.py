@@ -279,6 +279,32 @@ def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None
     assert httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled"
 
 
+def test_photo_calls_at_once_are_bounded_before_their_uploads_are_read(server: ServerProcess) -> None:
+    """Each photo call holds its upload (spooled to the pod's emptyDir past 1 MB) for its whole call: unbounded, a
+    burst of them could fill the disk and get the pod evicted. Past --max-photos, 429 before the body is read;
+    the place is given back when a call ends, even one whose caller went away mid-upload."""
+    web = WebProcess(server.target, "--max-photos", "1")
+    slow = socket.create_connection(("127.0.0.1", web.port))
+    try:
+        slow.sendall(b"POST /api/stylize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
+                     b"Content-Length: 100000\r\n\r\n--xyz\r\n")  # and the rest never comes
+        end = time.monotonic() + 10
+        while (r := httpx.post(web.url + "/api/stylize", files=[_png("content", CONTENT)])).status_code != 429:
+            assert r.status_code == 400 and time.monotonic() < end, r.text  # (no style) until the slow one counts
+            time.sleep(0.05)
+        assert r.json()["error"]["message"] == "this page stylizes 1 photo at once, and is doing so; try again in " \
+            "a moment" and r.headers["retry-after"] == "1"
+        slow.close()
+        end = time.monotonic() + 10
+        files = [_png("content", CONTENT), _png("styles", STYLE)]
+        while (r := _post(web.url, files)).status_code == 429 and time.monotonic() < end:
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+    finally:
+        slow.close()
+        web.stop()
+
+
 def test_the_page_forgets_its_oldest_clip_to_keep_within_max_disk_mb(server: ServerProcess, tmp_path: Path) -> None:
     """Uploads and results live in the pod's emptyDir until fetched, which evicts the pod (every visitor's request
     and clip) when it outgrows its sizeLimit. With --max-disk-mb, an upload (counted as twice --max-video-mb)

@@ -33,6 +33,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="largest clip upload (with its styles), MB (default 200)")
     p.add_argument("--max-video-frames", type=positive_int, default=900,
                    help="most frames a clip may have (default 900: 30 s at 30 fps); the server's own limit holds too")
+    p.add_argument("--max-photos", type=positive_int, default=32, metavar="N",
+                   help="photo calls at once (default 32; each holds its upload, up to --max-upload-mb, on the "
+                   "temporary folder's disk for its whole call); more get 429 before their upload is read")
     p.add_argument("--max-disk-mb", type=positive_float, default=2048.0, metavar="MB",
                    help="disk space for clips' uploads and results (default 2048; an upload counts as twice "
                    "--max-video-mb, as it is spooled, then copied): the oldest finished clips go first to make "
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
-                               max_disk_bytes=int(args.max_disk_mb * 2**20),
+                               max_disk_bytes=int(args.max_disk_mb * 2**20), max_photo_calls=args.max_photos,
                                live=LiveSettings(max_sessions=args.max_live, max_seconds=args.live_max_s,
                                                  idle_seconds=args.live_idle_s),
                                forwarded_for=args.forwarded_for, allowed_origins=tuple(args.allowed_origin))

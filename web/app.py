@@ -125,6 +125,7 @@ class WebSettings:
     video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
     video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
     max_disk_bytes: int = 2048 * 1024 * 1024  # clips' uploads and results at most (oldest results go first)
+    max_photo_calls: int = 32  # photo calls at once (each holds its upload on disk); 429 beyond
     live: LiveSettings = LiveSettings()  # the live camera (web.live)
     forwarded_for: bool = False  # the end user is the last X-Forwarded-For address (behind a proxy), not the peer
     allowed_origins: tuple[str, ...] = ()  # other sites whose pages may call this API from a browser
@@ -157,6 +158,30 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class PhotosAtOnce:
+    """ASGI middleware: at most ``limit`` photo calls (POST /api/stylize) at once; another gets 429 before its
+    body is read. Each holds its upload, spooled to the temporary folder's disk past 1 MB, for its whole call:
+    unbounded, a burst of them filled a pod's emptyDir, which evicts it with every visitor's request."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit, self.running = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/stylize":
+            await self.app(scope, receive, send)
+            return
+        if self.running >= self.limit:  # one event loop: no lock needed between the check and the count
+            busy = f"this page stylizes {plural(self.limit, 'photo')} at once, and is doing so; try again in a moment"
+            await _error(429, "RESOURCE_EXHAUSTED", busy, headers={"Retry-After": str(RETRY_AFTER_S)})(
+                scope, receive, send)
+            return
+        self.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.running -= 1
 
 
 class SecurityHeaders:
@@ -271,6 +296,7 @@ def create_app(
     app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
                        by_prefix={"/api/videos": settings.max_video_bytes})
+    app.add_middleware(PhotosAtOnce, limit=settings.max_photo_calls)
     app.add_middleware(SecurityHeaders)  # outside the others: their own answers (a 413 by Content-Length) get them
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
