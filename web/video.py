@@ -201,6 +201,13 @@ class VideoJobs:
             self._delete([job.folder])
         return not over
 
+    def _check_disk(self) -> None:
+        """Raises OutOfDisk where the files are over ``max_disk_bytes`` with no finished clip left to forget (a
+        running clip's result has outgrown it)."""
+        with self.lock:
+            if not self._room_for(0):
+                raise OutOfDisk(self.max_disk_bytes)
+
     def reserve(self) -> Path:
         """A place for a clip and a folder for its upload, taken before the upload is read (up to 200 MB
         spooled, then copied): uploads in progress hold places too, so that --max-video-jobs bounds the disk
@@ -308,18 +315,14 @@ class VideoJobs:
             job.done += 1
             if stopped():
                 raise Cancelled
-            with self.lock:  # the result grows a frame at a time: finished clips make room, or this one stops
-                if not self._room_for(0):
-                    raise OutOfDisk(self.max_disk_bytes)
+            self._check_disk()  # the result grows a frame at a time
 
         state, error = "failed", None  # set on the job at the end, once its folder is as that state says
         client = _FrameCap(self.client, self.max_frames) if self.max_frames else self.client
         try:
             stylize_video_file(client, source, job.result, styles, on_frame=on_frame, stop=stopped, **options)
             source.unlink(missing_ok=True)
-            with self.lock:  # and whole: the encoder holds frames back (x264's look-ahead) and writes them at the end
-                if not self._room_for(0):
-                    raise OutOfDisk(self.max_disk_bytes)
+            self._check_disk()  # and whole: the encoder holds frames back (x264's look-ahead), written at the end
             state = "done"
         except Cancelled:
             state, error = "cancelled", job.error  # abandoned: on_frame said why
