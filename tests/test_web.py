@@ -1040,7 +1040,8 @@ def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:
         assert 'adain_web_requests_total{route="/api/live",status="websocket"} 2.0' in text
         assert 'adain_web_requests_total{route="/api/live",status="429"} 1.0' in text  # the one turned away
         assert 'adain_web_requests_total{route="/api/info",status="200"}' in text  # by route template and status
-        assert "adain_web_video_jobs_running 0.0" in text
+        assert "adain_web_video_jobs_running 0.0" in text and "adain_web_photo_calls 0.0" in text
+        assert "adain_web_clip_disk_budget_bytes 2.147483648e+09" in text  # --max-disk-mb's 2048 by default
         wanted = {m for m in alert_metrics() if m.startswith("adain_web_")}  # deploy/prometheus/alerts.yaml
         assert wanted and wanted <= exported_metrics(text), wanted - exported_metrics(text)
     finally:

@@ -160,28 +160,36 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-class PhotosAtOnce:
-    """ASGI middleware: at most ``limit`` photo calls (POST /api/stylize) at once; another gets 429 before its
-    body is read. Each holds its upload, spooled to the temporary folder's disk past 1 MB, for its whole call:
-    unbounded, a burst of them filled a pod's emptyDir, which evicts it with every visitor's request."""
+class PhotoCalls:
+    """Photo calls (POST /api/stylize) in progress, and how many may be."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit, self.running = app, limit, 0
+    def __init__(self, limit: int) -> None:
+        self.limit, self.running = limit, 0
+
+
+class PhotosAtOnce:
+    """ASGI middleware: at most ``calls.limit`` photo calls at once; another gets 429 before its body is read.
+    Each holds its upload, spooled to the temporary folder's disk past 1 MB, for its whole call: unbounded, a
+    burst of them could fill a pod's emptyDir, which evicts it with every visitor's request."""
+
+    def __init__(self, app: ASGIApp, calls: PhotoCalls) -> None:
+        self.app, self.calls = app, calls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/stylize":
             await self.app(scope, receive, send)
             return
-        if self.running >= self.limit:  # one event loop: no lock needed between the check and the count
-            busy = f"this page stylizes {plural(self.limit, 'photo')} at once, and is doing so; try again in a moment"
+        calls = self.calls
+        if calls.running >= calls.limit:  # one event loop: no lock needed between the check and the count
+            busy = f"this page stylizes {plural(calls.limit, 'photo')} at once, and is doing so; try again in a moment"
             await _error(429, "RESOURCE_EXHAUSTED", busy, headers={"Retry-After": str(RETRY_AFTER_S)})(
                 scope, receive, send)
             return
-        self.running += 1
+        calls.running += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.running -= 1
+            calls.running -= 1
 
 
 class SecurityHeaders:
@@ -296,7 +304,8 @@ def create_app(
     app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
                        by_prefix={"/api/videos": settings.max_video_bytes})
-    app.add_middleware(PhotosAtOnce, limit=settings.max_photo_calls)
+    photo_calls = PhotoCalls(settings.max_photo_calls)
+    app.add_middleware(PhotosAtOnce, calls=photo_calls)
     app.add_middleware(SecurityHeaders)  # outside the others: their own answers (a 413 by Content-Length) get them
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
@@ -409,7 +418,9 @@ def create_app(
 
     live = LiveSessions(client, settings.live)
     if metrics is not None:
-        metrics.follow(lambda: live.running, lambda: jobs.running() if jobs is not None else 0)
+        metrics.follow(lambda: live.running, lambda: jobs.running() if jobs is not None else 0,
+                       lambda: photo_calls.running, lambda: jobs.disk_used() if jobs is not None else 0,
+                       settings.max_disk_bytes)
         app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refused requests are counted too
 
     def end_user(connection: Request | WebSocket) -> str | None:

@@ -1,6 +1,7 @@
 """adain-web's Prometheus metrics (``--metrics-port``): what someone running the page for the public watches,
 on a port of its own (not the page's, so the public never sees them). Requests by route and status and their
-time, live camera sessions and clip jobs running. The server's own metrics say the rest (queue, inference).
+time, live camera sessions, clip jobs running, photo calls in progress and the clips' disk use. The server's own
+metrics say the rest (queue, inference).
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ class WebMetrics(Exporter):
                                  "route", ["route"], buckets=_BUCKETS, registry=r)
         self.live_sessions = Gauge("adain_web_live_sessions", "Live camera sessions open", registry=r)
         self.video_jobs = Gauge("adain_web_video_jobs_running", "Clip jobs stylizing now", registry=r)
+        self.photo_calls = Gauge("adain_web_photo_calls", "Photo calls in progress (at most --max-photos)", registry=r)
+        self.clip_disk = Gauge("adain_web_clip_disk_bytes", "Clips' files on disk, uploads being read counted at "
+                               "their most", registry=r)
+        self.clip_disk_budget = Gauge("adain_web_clip_disk_budget_bytes", "--max-disk-mb, in bytes", registry=r)
 
-    def follow(self, live_sessions: Callable[[], float], video_jobs: Callable[[], float]) -> None:
-        """Read the two gauges from the app's own counts at each scrape."""
+    def follow(self, live_sessions: Callable[[], float], video_jobs: Callable[[], float],
+               photo_calls: Callable[[], float], clip_disk: Callable[[], float], clip_disk_budget: int) -> None:
+        """Read the gauges from the app's own counts at each scrape."""
         self.live_sessions.set_function(live_sessions)
         self.video_jobs.set_function(video_jobs)
+        self.photo_calls.set_function(photo_calls)
+        self.clip_disk.set_function(clip_disk)
+        self.clip_disk_budget.set(clip_disk_budget)
 
 
 class MetricsMiddleware:

@@ -176,6 +176,11 @@ class VideoJobs:
     def _busy(self) -> str:
         return f"{self.max_running} clip(s) are being uploaded or stylized already; try again when one is done"
 
+    def disk_used(self) -> int:
+        """Bytes the jobs' files take now, uploads being read counted at their most (the metrics' gauge)."""
+        with self.lock:
+            return self._disk_used()
+
     def _disk_used(self) -> int:
         """The jobs' files, each upload being read counted at its most. Under the lock."""
         used = len(self._uploads) * self.upload_bytes
