@@ -95,10 +95,12 @@ def _snap(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
 # that are requested or inside a region (their 3 x 3 all one label) when that one is requested and the pixel lies
 # on the line from it to another such colour nearby (within BLEND_TOLERANCE levels a channel), at least
 # BLEND_MIN_GAP levels from it: a blend nearer the requested side joins it. So a region of an unrequested label
-# stays the photo (its own inside is nearer), and colours nearer than BLEND_MIN_GAP (a city map's train and bus)
-# are no blend of each other. Grey pixels are never moved, as in a lossy image: a grey segmentation's sliver of
-# id 20 between 10 and 40 is one (an argmax of upsampled scores leaves such slivers), so a soft edge between two
-# grey labels keeps its blends (and the photo); a colour's blend with black or white is a colour, and moves.
+# stays the photo (its own inside is nearer), a colour that fills a 3 x 3 block anywhere in the image is a label
+# however thin it is elsewhere (a city map's road in a sliver between building and sidewalk lies on their line),
+# and colours nearer than BLEND_MIN_GAP (a city map's train and bus) are no blend of each other. Grey pixels are
+# never moved, as in a lossy image: a grey segmentation's sliver of id 20 between 10 and 40 is one (an argmax of
+# upsampled scores leaves such slivers), so a soft edge between two grey labels keeps its blends (and the
+# photo); a colour's blend with black or white is a colour, and moves.
 BLEND_REACH = 3
 BLEND_TOLERANCE = 8
 BLEND_MIN_GAP = 24
@@ -110,9 +112,15 @@ def _unblend(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
     """Give an anti-aliased edge's blended pixels the requested label they are nearer (in ``label``, in place).
     A band's changes are written once the next band has been read, so every band sees the labels as given."""
     wanted = np.array(sorted(set(values)), dtype=label.dtype)
+    h = label.shape[0]
+    named = np.zeros(COLOUR_LABEL << 1, dtype=bool)  # by label: whether it fills a 3 x 3 block anywhere (32 MB)
+    for y0 in range(0, h, BLEND_BAND):
+        y1, top = min(h, y0 + BLEND_BAND), max(0, y0 - 1)
+        band = label[top:min(h, y1 + 1)]
+        named[band[y0 - top:y0 - top + y1 - y0][_uniform3(band)[y0 - top:y0 - top + y1 - y0]]] = True
     pending = None
-    for y0 in range(0, label.shape[0], BLEND_BAND):
-        found = _blends(label, rgb, wanted, y0, min(label.shape[0], y0 + BLEND_BAND))
+    for y0 in range(0, h, BLEND_BAND):
+        found = _blends(label, rgb, wanted, named, y0, min(h, y0 + BLEND_BAND))
         if pending is not None:
             label.ravel()[pending[0]] = pending[1]
         pending = found
@@ -121,7 +129,7 @@ def _unblend(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
 
 
 def _blends(
-    label: np.ndarray, rgb: np.ndarray, wanted: np.ndarray, y0: int, y1: int
+    label: np.ndarray, rgb: np.ndarray, wanted: np.ndarray, named: np.ndarray, y0: int, y1: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The blended pixels of rows y0..y1 (flat indices into ``label``) and the labels they take, reading
     BLEND_REACH + 1 rows either side (the image's edge repeated beyond it, never an end of a blend)."""
@@ -140,6 +148,7 @@ def _blends(
     endpoint &= inside
     near = _grown(requested, r - 1)
     near &= ~endpoint
+    near &= ~named[lab]  # a label that fills a block somewhere is one, however thin it is here
     band = rgb[top:bottom]
     grey = band[..., 0] == band[..., 1]
     grey &= band[..., 1] == band[..., 2]

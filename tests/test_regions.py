@@ -158,6 +158,13 @@ def test_an_anti_aliased_label_image_has_no_seam(stylizer: Stylizer, monkeypatch
     assert not (wrong & ~tie).any(), np.argwhere(wrong & ~tie).tolist()
     monkeypatch.setattr("adain.labels.BLEND_BAND", 5)
     assert np.array_equal(stylizer.prepare(job).regions[0].numpy(), ours)
+    # a colour that fills a block somewhere is a label, never a blend: a city map's road in a 1-px sliver between
+    # building (grey 70) and sidewalk lies on their line, 6 levels off it, yet keeps the photo
+    city, road = np.zeros((64, 96, 3), np.uint8), (128, 64, 128)
+    city[:, :40], city[:, 40], city[:, 41:80], city[:, 80:] = (70, 70, 70), road, (244, 35, 232), road
+    ours = stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(Image.fromarray(city)),
+                                label_values=[70])).regions[0, 0]
+    assert ours[:, :40].min() == 255 and ours[:, 40:].max() == 0
     # a grey pixel is an id, never a blend: a segmentation's sliver of 20 between 10 and 40 keeps the photo
     grey = np.full((64, 96), 40, np.uint8)
     grey[:, :47], grey[:, 47] = 10, 20
