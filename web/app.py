@@ -24,9 +24,10 @@ Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "descri
 bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...), 413 for a body
 over the upload limit (refused before it is read whole), 429 with Retry-After when the backend is full
 (RESOURCE_EXHAUSTED; 413 when the result is over the reply limit, or the request over the server's message
-limit), 503 when it is unreachable or
-draining, 504 when it runs past the deadline. A backend that cannot be reached is answered with a fixed
-message: gRPC's details name its internal address, so they go to this process's log (WARNING) only.
+limit) or this page is (``--max-photos`` photo calls at once, clip places, the clips' disk budget), 503 when
+it is unreachable or draining, 504 when it runs past the deadline. A backend that cannot be reached is
+answered with a fixed message: gRPC's details name its internal address, so they go to this process's log
+(WARNING) only.
 """
 
 from __future__ import annotations
