@@ -40,12 +40,14 @@ def label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[
     blue &= g == 0
     blue &= b > 0
     label[blue] |= COLOUR_LABEL
-    del grey, blue
+    del blue
     values = list(job.label_values or ())
     lossy = stored_format(job.labels, field="labels") in LOSSY_FORMATS
     if lossy:
         _snap(label, rgb, values)
-    _unblend(label, rgb, values)
+    if not grey.all():  # only colour pixels are ever blends: a grey segmentation has none
+        _unblend(label, rgb, grey, values)
+    del grey
     maps = []
     for i, value in enumerate(values):
         hit = label == value
@@ -108,19 +110,21 @@ BLEND_CHUNK = 1 << 16  # edge pixels at a time: 49 neighbours' colours each, 30 
 BLEND_BAND = 256  # rows at a time: a band's own copies, not the whole image's (at 64 MP, a GB)
 
 
-def _unblend(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
-    """Give an anti-aliased edge's blended pixels the requested label they are nearer (in ``label``, in place).
-    A band's changes are written once the next band has been read, so every band sees the labels as given."""
+def _unblend(label: np.ndarray, rgb: np.ndarray, grey: np.ndarray, values: Sequence[int]) -> None:
+    """Give an anti-aliased edge's blended pixels the requested label they are nearer (in ``label``, in place;
+    ``grey``: where r = g = b). A band's changes are written once the next band has been read, so every band
+    sees the labels as given."""
     wanted = np.array(sorted(set(values)), dtype=label.dtype)
     h = label.shape[0]
+    inside = np.empty(label.shape, dtype=bool)  # whether each pixel's 3 x 3 is all one label
     named = np.zeros(COLOUR_LABEL << 1, dtype=bool)  # by label: whether it fills a 3 x 3 block anywhere (32 MB)
     for y0 in range(0, h, BLEND_BAND):
         y1, top = min(h, y0 + BLEND_BAND), max(0, y0 - 1)
-        band = label[top:min(h, y1 + 1)]
-        named[band[y0 - top:y0 - top + y1 - y0][_uniform3(band)[y0 - top:y0 - top + y1 - y0]]] = True
+        inside[y0:y1] = _uniform3(label[top:min(h, y1 + 1)])[y0 - top:y0 - top + y1 - y0]
+        named[label[y0:y1][inside[y0:y1]]] = True
     pending = None
     for y0 in range(0, h, BLEND_BAND):
-        found = _blends(label, rgb, wanted, named, y0, min(h, y0 + BLEND_BAND))
+        found = _blends(label, rgb, grey, inside, wanted, named, y0, min(h, y0 + BLEND_BAND))
         if pending is not None:
             label.ravel()[pending[0]] = pending[1]
         pending = found
@@ -129,39 +133,33 @@ def _unblend(label: np.ndarray, rgb: np.ndarray, values: Sequence[int]) -> None:
 
 
 def _blends(
-    label: np.ndarray, rgb: np.ndarray, wanted: np.ndarray, named: np.ndarray, y0: int, y1: int
+    label: np.ndarray, rgb: np.ndarray, grey: np.ndarray, inside: np.ndarray, wanted: np.ndarray, named: np.ndarray,
+    y0: int, y1: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The blended pixels of rows y0..y1 (flat indices into ``label``) and the labels they take, reading
-    BLEND_REACH + 1 rows either side (the image's edge repeated beyond it, never an end of a blend)."""
+    BLEND_REACH rows either side (nothing beyond the image is an end of a blend)."""
     r, (h, w) = BLEND_REACH, label.shape
-    m = r + 1  # a row more than a window reaches: whether its last row is inside a region needs the next one
-    top, bottom = max(0, y0 - m), min(h, y1 + m)
-    pad = ((m - (y0 - top), m - (bottom - y1)), (m, m))
-    lab = np.pad(label[top:bottom], pad, mode="edge")
-    image = (slice(pad[0][0], lab.shape[0] - pad[0][1]), slice(m, -m))  # the padded band's pixels of the image
-    inside = np.zeros(lab.shape, dtype=bool)
-    inside[image] = True
-    requested = np.isin(lab, wanted)
-    requested &= inside
-    endpoint = _uniform3(lab)
+    top, bottom = max(0, y0 - r), min(h, y1 + r)
+    pad = ((r - (y0 - top), r - (bottom - y1)), (r, r))  # to the windows' reach, beyond the image too
+    image = (slice(pad[0][0], pad[0][0] + bottom - top), slice(r, r + w))  # the padded band's pixels of the image
+    lab = np.pad(label[top:bottom], pad)
+    requested = np.zeros(lab.shape, dtype=bool)
+    requested[image] = np.isin(label[top:bottom], wanted)
+    endpoint = np.pad(inside[top:bottom], pad)
     endpoint |= requested
-    endpoint &= inside
     near = _grown(requested, r - 1)
     near &= ~endpoint
     near &= ~named[lab]  # a label that fills a block somewhere is one, however thin it is here
-    band = rgb[top:bottom]
-    grey = band[..., 0] == band[..., 1]
-    grey &= band[..., 1] == band[..., 2]
-    near[image] &= ~grey  # a grey pixel is an id: its own label, always
-    near[:m], near[-m:], near[:, :m], near[:, -m:] = False, False, False, False  # the band's own rows only
+    near[image] &= ~grey[top:bottom]  # a grey pixel is an id: its own label, always
+    near[:r], near[-r:], near[:, :r], near[:, -r:] = False, False, False, False  # the band's own rows only
     cands = np.flatnonzero(near)
     if not len(cands):
         return cands, label.ravel()[:0]
-    del near, inside
-    w2 = w + 2 * m
+    del near
+    w2 = w + 2 * r
     steps = np.arange(-r, r + 1)
     offsets = (steps[:, None] * w2 + steps[None, :]).ravel()  # the 7 x 7 window, as flat steps
-    flat = [np.pad(rgb[top:bottom, :, k], pad, mode="edge").ravel() for k in range(3)]
+    flat = [np.pad(rgb[top:bottom, :, k], pad).ravel() for k in range(3)]
     ends, requested, lab = endpoint.ravel(), requested.ravel(), lab.ravel()
     taken, labels = [], []
     for s in range(0, len(cands), BLEND_CHUNK):
@@ -171,7 +169,7 @@ def _blends(
         taken.append(at[take])
         labels.append(lab[nearest[take]])
     at = np.concatenate(taken)
-    return (at // w2 + y0 - m) * w + at % w2 - m, np.concatenate(labels)  # padded row m is row y0
+    return (at // w2 + y0 - r) * w + at % w2 - r, np.concatenate(labels)  # padded row r is row y0
 
 
 def _joins(

@@ -189,11 +189,12 @@ def test_blended_edges_read_in_bands_are_the_same_as_read_whole(monkeypatch: pyt
         rgb[blend] = (palette[pick[blend]].astype(int) + palette[(pick[blend] + 1) % 3]) // 2
         given = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
         wanted = [int(given[rng.integers(0, h), rng.integers(0, w)])]
+        grey = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
         whole = given.copy()
-        labels._unblend(whole, rgb, wanted)
+        labels._unblend(whole, rgb, grey, wanted)
         monkeypatch.setattr(labels, "BLEND_BAND", int(rng.integers(3, 8)))
         banded = given.copy()
-        labels._unblend(banded, rgb, wanted)
+        labels._unblend(banded, rgb, grey, wanted)
         monkeypatch.undo()
         assert np.array_equal(banded, whole), trial
         assert np.isin(whole[whole != given], wanted).all(), trial
