@@ -465,11 +465,12 @@ def create_app(
             return Response(status_code=499)  # nobody reads it: "client closed request", as nginx counts it
         except StyleTransferError as e:
             status = HTTP_STATUS.get(e.code, 502)
-            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply limit" in (e.details or ""):
-                status = 413  # the result is too large to send: retrying will not help, a smaller one will
             message, violations = public_error(e)
-            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and (over := SERVER_TOO_LARGE_RE.search(e.details or "")):
-                status, message = 413, _over_server_limit(int(over[1]), int(over[2]), settings.max_upload_bytes)
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # too large, not busy: retrying will not help
+                if "reply limit" in (e.details or ""):
+                    status = 413  # the result: a smaller one will
+                elif over := SERVER_TOO_LARGE_RE.search(e.details or ""):
+                    status, message = 413, _over_server_limit(int(over[1]), int(over[2]), settings.max_upload_bytes)
             headers = {**(_retry_after(status) or {}), "X-Request-Id": e.request_id or request_id}
             return _error(status, e.code.name, message, violations, headers)
         finally:

@@ -199,7 +199,7 @@ class VideoJobs:
         visitor's request and clip with it. Under the lock."""
         if not self.max_disk_bytes:
             return True
-        finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
+        finished = self._finished()
         while (over := self._disk_used() + need > self.max_disk_bytes) and finished:
             job = finished.pop(0)
             del self.jobs[job.id]
@@ -367,7 +367,7 @@ class VideoJobs:
         ``max_kept``, and delete their folders (lock held: each is one rename here, its files deleted by the
         deleter thread; once closing, deleted here)."""
         now = time.monotonic()
-        finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
+        finished = self._finished()
         doomed: list[Path] = []
         for i, job in enumerate(finished):
             keep = self.cancelled_keep_s if job.cancel.is_set() else self.keep_s
@@ -375,6 +375,10 @@ class VideoJobs:
                 del self.jobs[job.id]
                 doomed.append(job.folder)
         self._delete(doomed)
+
+    def _finished(self) -> list[VideoJob]:
+        """The finished jobs, the oldest first: the first to be forgotten. Under the lock."""
+        return sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
 
     def _set_aside(self, folder: Path) -> Path | None:
         """``folder`` renamed to a hidden name in ``root`` (one rename, however large it is): gone from its place
