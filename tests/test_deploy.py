@@ -119,13 +119,14 @@ def test_the_web_deployment_agrees_with_adain_web() -> None:
     assert pod["terminationGracePeriodSeconds"] > wait + 10  # uvicorn's timeout_graceful_shutdown (web/__main__)
     assert _named(docs, "PodDisruptionBudget", "adain-web")["spec"]["selector"] == deployment["spec"]["selector"]
     # the clips' disk budget and the photo uploads being spooled inside the emptyDir, which the pod requests
-    mb = {"Gi": 1024, "Mi": 1}
+    def mib(quantity: str) -> float:  # "3Gi", "512Mi"
+        return float(quantity[:-2]) * {"Gi": 1024, "Mi": 1}[quantity[-2:]]
+
     tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    size_mb = float(tmp["emptyDir"]["sizeLimit"][:-2]) * mb[tmp["emptyDir"]["sizeLimit"][-2:]]
+    size_mb = mib(tmp["emptyDir"]["sizeLimit"])
     assert 2 * args.max_video_mb <= args.max_disk_mb <= size_mb - args.max_photos * args.max_upload_mb
-    request = container["resources"]["requests"]["ephemeral-storage"]
-    assert float(request[:-2]) * mb[request[-2:]] >= size_mb
+    assert mib(container["resources"]["requests"]["ephemeral-storage"]) >= size_mb
     # the Prometheus Operator ignores the annotations: its PodMonitors scrape the ports the pods name
     found = yaml.safe_load_all((DEPLOY / "prometheus" / "podmonitors.yaml").read_text())
     monitors = {d["metadata"]["name"]: d for d in found}
