@@ -165,7 +165,8 @@ class Timings:
 
 @dataclass(frozen=True)
 class RefineProgress:
-    """One optimisation iteration done, as StylizeWithProgress reports it."""
+    """One step of a long call done, as StylizeWithProgress reports it: a refine's iteration, or a statistics box
+    or tile of a content over the server's tile threshold (loss 0)."""
 
     step: int
     steps: int
@@ -819,7 +820,8 @@ class StyleTransferClient(_ClientBase):
         defaults: content 5 for a refine and 1 for the classic method, style 10, total variation 1000 for
         a full-size refine, else 0), at ``refine_size`` px (0: full size), by ``optimizer``
         "lbfgs" or "adam". ``on_progress``
-        gets a :class:`RefineProgress` after every iteration (the call then uses StylizeWithProgress).
+        gets a :class:`RefineProgress` after every iteration, and after each statistics box and tile of a content
+        the server renders in tiles (the call then uses StylizeWithProgress; a call rendered whole reports none).
         Such calls take seconds to minutes: give a ``timeout`` to match.
         """
         request = stylize_request(content, styles, max_bytes=self.max_message_bytes, **options)

@@ -11,10 +11,12 @@ above the untiled image's ratio at the same place.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,7 @@ from adain.image import to_tensor
 from adain.tiling import BUFFER_BYTES_PER_PIXEL, Tiling
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import NO_REFINE, REPO, ServerProcess
+from helpers import NO_REFINE, REPO, ServerProcess, WebProcess, browser_or_skip, wait_for
 from synth import band_mask, encoded, synth_image
 
 TILE, HALO = 128, 64
@@ -255,6 +257,131 @@ def test_a_tiled_job_stops_at_its_deadline(tiling_server: ServerProcess) -> None
         if _cpu_seconds(tiling_server.proc.pid) - cpu < 0.5:
             break
         assert time.monotonic() < quiet_by, "the abandoned job is still running"
+
+
+def test_the_cli_shows_a_large_photos_parts_in_a_terminal(tiling_server: ServerProcess, tmp_path: Path) -> None:
+    """A print-size photo took a minute or more (70 s for 12 MP on a 2-core CPU) with nothing on the terminal; now
+    its statistics boxes and tiles are a progress bar there. In a pipe or a script the call stays a plain
+    Stylize (the other tests here run so)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    content = tmp_path / "photo.jpg"
+    synth_image(800, 600, seed=5).save(content, quality=90)  # four statistics boxes, four 512-px tiles
+    (tmp_path / "style.png").write_bytes(STYLE)
+    lead, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal's width: tqdm's bar
+    proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", str(content), "-s", str(tmp_path / "style.png"),
+                             "-o", str(tmp_path / "out.jpg"), "--server", tiling_server.target], cwd=REPO,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    shown = b""
+    while True:  # read as it writes (a full pty would hold the process up), to the end
+        try:
+            chunk = os.read(lead, 4096)
+        except OSError:  # EIO: every writer has closed it
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(lead)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, shown.decode(errors="replace")
+    assert b"out.jpg (800 x 600)" in out
+    bar = shown.decode(errors="replace").replace("\r", "\n")
+    assert "large photo: 100%" in bar and "8/8" in bar, bar
+
+
+@pytest.fixture(scope="module")
+def tiled_web(tiling_server: ServerProcess) -> WebProcess:
+    web = WebProcess(tiling_server.target)
+    yield web
+    web.stop()
+
+
+BIG = encoded(synth_image(3000, 2000, seed=8), "JPEG")  # minutes of 512-px tiles on the tiling server's one thread
+
+
+def _until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _cancelled(server: ServerProcess) -> int:
+    return sum("method=StylizeWithProgress code=CANCELLED" in line for line in server.stderr_lines)
+
+
+def _long_job_place_is_free(web: WebProcess) -> None:
+    """A small photo (tiled too on this server) comes back at once: the big one is not holding the only long-job
+    place any more (it would for minutes)."""
+    small = [("content", ("small.png", encoded(synth_image(64, 48, seed=2)), "image/png")),
+             ("styles", ("s.png", STYLE, "image/png"))]
+    t0 = time.monotonic()
+    assert httpx.post(web.url + "/api/stylize", files=small, timeout=60).status_code == 200
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_large_photo_shows_its_parts_over_http_and_stops_when_the_page_goes(
+    tiling_server: ServerProcess, tiled_web: WebProcess
+) -> None:
+    """A photo over the tile threshold is a long job like a refine: adain-web showed nothing of its minutes, and one
+    whose page went away ran on to its end (or deadline) holding the server's only long-job place. Now adain-web
+    follows it (GET /api/progress/ID: the statistics boxes, then the tiles) and cancels it at its next box or tile
+    when the page goes."""
+    request = httpx.Request("POST", tiled_web.url + "/api/stylize", headers={"X-Request-Id": "tiled-followed"},
+                            files=[("content", ("big.jpg", BIG, "image/jpeg")),
+                                   ("styles", ("s.png", STYLE, "image/png"))])
+    body = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
+    page = socket.create_connection(("127.0.0.1", tiled_web.port))
+    page.sendall(f"POST /api/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + body)
+    seen: list[dict] = []
+
+    def started() -> bool:
+        r = httpx.get(f"{tiled_web.url}/api/progress/tiled-followed", timeout=10)
+        seen[:] = [r.json()] if r.status_code == 200 else []
+        return bool(seen) and seen[0]["step"] >= 1
+
+    _until(started, timeout=90)
+    assert seen[0]["steps"] == 24 + 24, seen  # 512-px statistics boxes (a box is at most a tile), then the tiles
+    cancelled = _cancelled(tiling_server)
+    page.close()  # the page goes away: the job stops at its next box or tile
+    _until(lambda: _cancelled(tiling_server) > cancelled)
+    assert any("request_id=tiled-followed" in line and "code=CANCELLED" in line for line in tiling_server.stderr_lines)
+    assert httpx.get(f"{tiled_web.url}/api/progress/tiled-followed", timeout=10).status_code == 404
+    _long_job_place_is_free(tiled_web)
+
+
+def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
+    tiling_server: ServerProcess, tiled_web: WebProcess, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser = browser_or_skip()
+    try:
+        (tmp_path / "large.jpg").write_bytes(BIG)
+        browser.get(tiled_web.url + "/")
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+        browser.find_element(By.ID, "content").send_keys(str(tmp_path / "large.jpg"))
+        browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+        browser.find_element(By.ID, "submit").click()
+        text = wait_for(browser, lambda d: (t := d.find_element(By.ID, "progress-text").text).startswith(
+            "Large photo: part") and not t.startswith("Large photo: part 0") and t, timeout=90)
+        assert text.endswith("of 48"), text
+        assert browser.find_element(By.ID, "busy").get_attribute("hidden")  # the bar, not the spinner
+        cancelled = _cancelled(tiling_server)
+        browser.find_element(By.ID, "cancel").click()
+        assert browser.find_element(By.ID, "form-error").text == "Cancelled."
+        _until(lambda: _cancelled(tiling_server) > cancelled)
+        _long_job_place_is_free(tiled_web)
+    finally:
+        browser.quit()
 
 
 def test_print_size_calls_waiting_for_their_turn_hold_only_their_bytes(decoder_path: Path) -> None:

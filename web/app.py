@@ -86,7 +86,7 @@ from .checks import (
 )
 from .live import LiveSessions, LiveSettings
 from .metrics import MetricsMiddleware, WebMetrics
-from .progress import ClientGone, RefineProgress, watch_disconnect
+from .progress import ClientGone, PhotoProgress, watch_disconnect
 from .video import Busy, VideoJobs, clip_frames
 
 HERE = Path(__file__).resolve().parent
@@ -311,7 +311,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
-    refines = RefineProgress()  # the photos being refined now, for their pages to follow
+    progress = PhotoProgress()  # the photo calls running now, for their pages to follow
     known: dict[str, Any] = {"at": -math.inf, "limits": None}  # the backend's limits, and when they were asked
     library: dict[str, Any] = {"at": -math.inf, "styles": {}, "presets": []}
 
@@ -451,13 +451,15 @@ def create_app(
         if not REQUEST_ID_RE.fullmatch(request_id):
             request_id = str(uuid.uuid4())
         steps = options.get("refine_steps") or 0
-        if steps and not refines.start(request_id, steps):
-            return _error(409, "ALREADY_EXISTS", f"a refine with X-Request-Id {request_id!r} is running: each "
-                          "call needs an id of its own (or none)", headers={"Retry-After": "1"})
-        gone = threading.Event()  # the page went away: a refine's call is cancelled at its next step
-        watcher = asyncio.create_task(watch_disconnect(request, gone)) if steps else None
-        if steps:
-            options["on_progress"] = refines.callback(request_id, gone)
+        followed = progress.start(request_id, steps)  # not where another call runs with that id: it has its entry
+        if steps and not followed:  # a refine is the page's own, and a page follows what it starts
+            return _error(409, "ALREADY_EXISTS", f"a photo call with X-Request-Id {request_id!r} is running: each "
+                          "refine needs an id of its own (or none)", headers={"Retry-After": "1"})
+        # Every call reports its steps (a refine's, a print-size photo's boxes and tiles: minutes either way), and
+        # one whose page went away is cancelled at its next step, its long-job place free for the next visitor.
+        gone = threading.Event()
+        watcher = asyncio.create_task(watch_disconnect(request, gone))
+        options["on_progress"] = progress.callback(request_id if followed else None, gone)
         try:
             result = await run_in_threadpool(client.stylize, timeout=settings.timeout, end_user=end_user(request),
                                              request_id=request_id, **options)
@@ -474,9 +476,9 @@ def create_app(
             headers = {**(_retry_after(status) or {}), "X-Request-Id": e.request_id or request_id}
             return _error(status, e.code.name, message, violations, headers)
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                refines.end(request_id)
+            watcher.cancel()
+            if followed:
+                progress.end(request_id)
         fmt = result.format
         return Response(
             result.image,
@@ -489,10 +491,10 @@ def create_app(
         )
 
     @app.get("/api/progress/{request_id}")
-    async def refine_progress(request_id: str) -> dict[str, int]:
-        found = refines.get(request_id)
+    async def photo_progress(request_id: str) -> dict[str, int]:
+        found = progress.get(request_id)
         if found is None:
-            raise HTTPException(404, f"no refine running with request id {request_id[:128]!r}")
+            raise HTTPException(404, f"no photo call running with request id {request_id[:128]!r}")
         return found
 
     @app.post("/api/videos", status_code=202)

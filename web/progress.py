@@ -1,9 +1,11 @@
-"""A photo's refine, followed and stopped from the page: its steps as they come (``GET /api/progress/ID``),
-and the server's job cancelled when the page goes away.
+"""A photo's long work, followed and stopped from the page: a refine's iterations or a print-size photo's
+statistics boxes and tiles as they come (``GET /api/progress/ID``), and the server's job cancelled when the
+page goes away.
 
-A refine takes seconds to minutes. The page showed a spinner the whole time, and one it cancelled (or a
-closed tab) kept the server's only refine place busy until the call's deadline (118 s measured for a 500-step
-refine abandoned after 2 s), while everyone else's refine waited or was refused.
+A refine takes seconds to minutes, and so does a photo over the server's tile threshold (a 12-MP phone photo:
+70 s on a 2-core CPU). The page showed a spinner the whole time, and one it cancelled (or a closed tab) kept the
+server's only long-job place busy until the call's deadline (118 s measured for a 500-step refine abandoned
+after 2 s), while everyone else's refine or large photo waited or was refused.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ class ClientGone(Exception):
     """The page that asked went away: raised from the progress callback, so the client cancels the call."""
 
 
-class RefineProgress:
-    """The steps of the refines running now, by request id (a page polls its own, an id it made)."""
+class PhotoProgress:
+    """The steps of the photo calls running now, by request id (a page polls its own, an id it made): a
+    refine's iterations, or a tiled render's boxes and tiles; (0, 0) until the server reports one."""
 
     def __init__(self) -> None:
         self._steps: dict[str, tuple[int, int]] = {}
@@ -34,19 +37,21 @@ class RefineProgress:
             found = self._steps.get(request_id)
         return None if found is None else {"step": found[0], "steps": found[1]}
 
-    def callback(self, request_id: str, gone: threading.Event) -> Callable[[Any], None]:
-        """``on_progress`` for the client: records each step, and stops the call once ``gone`` is set."""
+    def callback(self, request_id: str | None, gone: threading.Event) -> Callable[[Any], None]:
+        """``on_progress`` for the client: records each step (under ``request_id``, where it is followed), and
+        stops the call once ``gone`` is set."""
 
         def on_progress(p: Any) -> None:
             if gone.is_set():
                 raise ClientGone("the page went away")
-            with self._lock:
-                self._steps[request_id] = (p.step, p.steps)
+            if request_id is not None:
+                with self._lock:
+                    self._steps[request_id] = (p.step, p.steps)
 
         return on_progress
 
     def start(self, request_id: str, steps: int) -> bool:
-        """Follow a refine; False when one with that id runs already (the two would share one entry, and the
+        """Follow a call; False when one with that id runs already (the two would share one entry, and the
         first to end would remove the other's)."""
         with self._lock:
             if request_id in self._steps:

@@ -572,7 +572,7 @@ async function stylize() {
   const request = state.request = new AbortController();
   const steps = $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
   const id = requestId();
-  if (steps > 0) followRefine(id, steps, request);
+  followPhoto(id, steps, request);
   try {
     const response = await fetch("/api/stylize", { method: "POST", body: data, signal: request.signal,
                                                    headers: { "X-Request-Id": id } });
@@ -599,24 +599,29 @@ async function stylize() {
     button.disabled = false;
     button.textContent = "Stylize";
     $("busy").hidden = true;
-    if (steps > 0 && !state.job && !batch.running) $("progress-row").hidden = true;
+    if (!state.job && !batch.running) $("progress-row").hidden = true;
     $("result").setAttribute("aria-busy", "false");
   }
 }
 
-// A refine takes seconds to minutes: its steps are shown as the server reports them, and Cancel (or leaving
-// the page) stops the server's job, which held the only refine place until its deadline.
+// A refine, or a photo over the server's tile threshold (rendered in parts: its statistics, then its tiles),
+// takes seconds to minutes: its steps are shown as the server reports them, and Cancel (or leaving the page)
+// stops the server's job, which held the only long-job place until its deadline. Other photos keep the spinner.
 function requestId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));  // randomUUID needs https; this works on http too
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function followRefine(id, steps, request) {
-  $("busy").hidden = true;
-  $("progress-row").hidden = false;
-  $("progress").max = steps;
-  $("progress").value = 0;
-  $("progress-text").textContent = `Refining: step 0 of ${steps}`;
+async function followPhoto(id, steps, request) {
+  const show = (p) => {
+    $("busy").hidden = true;
+    $("progress-row").hidden = false;
+    $("progress").max = p.steps;
+    $("progress").value = p.step;
+    $("progress-text").textContent = steps > 0 ? `Refining: step ${p.step} of ${p.steps}`
+                                               : `Large photo: part ${p.step} of ${p.steps}`;
+  };
+  if (steps > 0) show({ step: 0, steps });
   while (state.request === request && !request.signal.aborted) {
     await sleep(500);
     if (state.request !== request) return;
@@ -624,8 +629,7 @@ async function followRefine(id, steps, request) {
       const reply = await fetch(`/api/progress/${id}`);
       if (!reply.ok || state.request !== request) continue;  // not started yet, or done
       const p = await reply.json();
-      $("progress").value = p.step;
-      $("progress-text").textContent = `Refining: step ${p.step} of ${p.steps}`;
+      if (p.steps > 0) show(p);  // 0: nothing reported yet (a photo rendered whole never reports)
     } catch (e) { /* the next poll tries again */ }
   }
 }
@@ -745,7 +749,7 @@ async function submitVideo() {
 }
 
 async function cancelVideo() {
-  if (state.request && !batch.running) {  // a photo's refine: the server stops it at its next step
+  if (state.request && !batch.running) {  // a photo's refine or tiles: the server stops at its next step
     state.request.abort();
     $("progress-row").hidden = true;
     $("form-error").textContent = "Cancelled.";
