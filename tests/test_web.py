@@ -121,6 +121,19 @@ def test_keep_exif_over_http(web: WebProcess) -> None:
     assert r.status_code == 400 and r.json()["error"]["violations"][0]["field"] == "keep_exif"
 
 
+def test_a_photo_is_rendered_at_the_size_asked_for(web: WebProcess) -> None:
+    """``size``, a photo's longest side (a clip had it, a photo did not: a 12-MP phone photo took its minute
+    whatever the visitor wanted); never scaled up, and a bad one named."""
+    files = [_png("content", CONTENT), _png("styles", STYLE)]  # 64 x 48
+    for size, expected in (("32", "32x24"), ("1024", "64x48"), ("0", "64x48"), ("", "64x48")):
+        r = _post(web.url, files, {"size": size})
+        assert r.status_code == 200 and r.headers["X-Image-Size"] == expected, (size, r.text)
+        assert Image.open(io.BytesIO(r.content)).size == tuple(map(int, expected.split("x")))
+    for bad in ("8", "big", "1.5", "99999"):
+        r = _post(web.url, files, {"size": bad})
+        assert r.status_code == 400 and _field(r) == "size", (bad, r.text)
+
+
 def test_page_and_assets_load_nothing_from_other_sites(web: WebProcess) -> None:
     page = httpx.get(web.url + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -1079,6 +1092,21 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path)
     assert browser.execute_script("return document.getElementById('live-camera').srcObject") is None
     assert browser.find_element(By.ID, "form-error").text == ""
     assert not _csp_refusals(browser)
+
+
+def test_page_renders_a_photo_at_the_size_chosen(web: WebProcess, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    content = tmp_path / "large.jpg"
+    content.write_bytes(make_image(1500, 1000, seed=5, fmt="JPEG"))
+    _open_with(browser, web, content, "mosaic")
+    Select(browser.find_element(By.ID, "photo-size")).select_by_value("1024")
+    browser.find_element(By.ID, "submit").click()
+    size = wait_for(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
+        "[i.naturalWidth, i.naturalHeight] : null;"), timeout=90)
+    assert size == [1024, 683]
 
 
 def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ HTTP_STATUS = {
     grpc.StatusCode.CANCELLED: 503,
 }
 IMAGE_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "mask", "labels", "label", "refine_steps",
-                "format", "keep_exif")
+                "size", "format", "keep_exif")
 VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temporal", "size", "fps", "start",
                 "duration")
 REPEATED_FIELDS = ("styles", "weights", "label")  # one per style; every other field is given once at most
@@ -643,6 +643,7 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     if form.get("refine_steps") not in (None, "", "0"):
         options["refine_steps"] = problems.check(whole, form["refine_steps"], "refine_steps", 0,
                                                  ("max_refine_steps", limits.max_refine_steps))
+    options.update(_size(form, limits, problems))
     fmt = format_name(form.get("format") or "png")
     if fmt is None:
         problems.add("format", f"must be one of {', '.join(FORMATS)}; got {form.get('format')!r}")
@@ -653,6 +654,14 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     options["keep_exif"] = keep in ("1", "true", "on")
     problems.raise_any()
     return options
+
+
+def _size(form: Any, limits: Limits, problems: Problems) -> dict[str, Any]:
+    """``size``, a photo's or a clip's longest side as rendered (0 or empty: as taken; never scaled up)."""
+    if form.get("size") in (None, "", "0"):
+        return {}
+    return {"content_size": problems.check(whole, form["size"], "size", 16,
+                                           ("max_content_side", limits.max_content_side))}
 
 
 async def _regions(form: Any, styles: int, limits: Limits, problems: Problems) -> dict[str, Any]:
@@ -716,9 +725,7 @@ async def _read_video_form(
     options["max_fps"] = fps
     options["start"], options["duration"] = start, duration
     options["temporal"] = problems.check(temporal, form.get("temporal"))
-    if form.get("size") not in (None, "", "0"):
-        options["content_size"] = problems.check(whole, form["size"], "size", 16,
-                                                 ("max_content_side", limits.max_content_side))
+    options.update(_size(form, limits, problems))
     if clip is not None and not problems.found:  # the result is an MP4: 4:2:0, even sides of 2 px at least
         from adain.image import longest_size  # (as the clip is scaled while it is read)
 

@@ -77,7 +77,7 @@ function setContent(file) {
   $("mask-row").hidden = $("regions-row").hidden = state.video;
   resetPainter(state.video ? null : file);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
-  $("exif-row").hidden = $("format-row").hidden = state.video;
+  $("exif-row").hidden = $("format-row").hidden = $("photo-size-row").hidden = state.video;
   $("original-caption").textContent = "Original";
   const last = originalUrl;
   originalUrl = URL.createObjectURL(file);
@@ -508,6 +508,14 @@ function commonForm(content = state.content) {
   return data;
 }
 
+// What a photo's call (one photo, or each of several) takes beyond the styles: refine steps, its size, the format.
+function photoOptions(data) {
+  if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
+  data.append("size", $("photo-size").value);
+  data.append("format", $("format").value);
+  data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
+}
+
 async function submit(event) {
   event.preventDefault();
   $("status").textContent = "";
@@ -558,9 +566,7 @@ async function stylize() {
     data.append("labels", regions.blob, "regions.png");
     for (const style of state.styles) data.append("label", style.colour);
   }
-  if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
-  data.append("format", $("format").value);
-  data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
+  photoOptions(data);
 
   const button = $("submit");
   button.disabled = true;
@@ -803,7 +809,7 @@ function setBatch(files) {
   $("mask-row").hidden = $("regions-row").hidden = true;
   resetPainter(null);
   $("refine-row").hidden = !state.info.max_refine_steps;
-  $("exif-row").hidden = $("format-row").hidden = false;
+  $("exif-row").hidden = $("format-row").hidden = $("photo-size-row").hidden = false;
 }
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
@@ -838,9 +844,7 @@ async function submitBatch() {
       let response;
       for (let tries = 0; ; tries++) {  // a busy server (429) is asked again a moment later
         const data = commonForm(file);
-        if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
-        data.append("format", $("format").value);
-        data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
+        photoOptions(data);
         response = await fetch("/api/stylize", { method: "POST", body: data });
         if (response.status !== 429 || tries >= 30) break;
         await sleep(1000 * Number(response.headers.get("Retry-After") || 1));
