@@ -163,15 +163,22 @@ def _check_file_layout(path: Path, field: str) -> None:
 
 
 def _check_layout(data: bytes | mmap.mmap, field: str) -> None:
-    """Refuse a JPEG or PNG that Pillow would spend seconds parsing in Python, before it does."""
+    """Refuse, before Pillow opens it, a JPEG or PNG whose header Pillow would spend seconds parsing in Python, or a
+    JPEG whose scans would hold a decode worker for minutes (its segments walked once, here: the scans were walked
+    again from the start at decode time, and a path read whole into memory for it)."""
     if data[:3] == b"\xff\xd8\xff":
-        layout = _jpeg_layout(data, whole=False)
-        if layout.markers > MAX_JPEG_MARKERS:
-            raise InvalidInputError(field, f"JPEG with over {MAX_JPEG_MARKERS} markers before its image data, which "
-                                    "no camera or editor writes; save it again")
+        layout = _jpeg_layout(data)
         if layout.fill > MAX_JPEG_FILL:
             raise InvalidInputError(field, f"JPEG with {layout.fill} bytes of fill or junk between its segments (over "
                                     f"{MAX_JPEG_FILL}), which no camera or editor writes; save it again")
+        if layout.scans > MAX_JPEG_SCANS:
+            at_least = "at least " if layout.markers > MAX_JPEG_MARKERS else ""
+            raise InvalidInputError(field, f"JPEG with {at_least}{layout.scans} scans, over the limit of "
+                                    f"{MAX_JPEG_SCANS} (a progressive JPEG has about 10; save it again)")
+        if layout.markers > MAX_JPEG_MARKERS:
+            where = "" if layout.scans else " before its image data"
+            raise InvalidInputError(field, f"JPEG with over {MAX_JPEG_MARKERS} markers{where}, which no camera or "
+                                    "editor writes; save it again")
     elif data[:8] == PNG_SIGNATURE:
         limit = png_chunk_limit(len(data))
         if sum(1 for _ in islice(png_chunks(data), limit + 1)) > limit:
@@ -185,12 +192,12 @@ class JpegLayout(NamedTuple):
     fill: int  # bytes between segments before the first scan (0xFF fill, junk)
 
 
-def _jpeg_layout(data: bytes | mmap.mmap, *, whole: bool = True) -> JpegLayout:
+def _jpeg_layout(data: bytes | mmap.mmap) -> JpegLayout:
     """Walk a JPEG's segments, each skipped by its length (an EXIF thumbnail's own scans and end lie inside one)
     and a scan's coded data to the next marker, up to its first end-of-image marker: a motion photo (Pixel,
     Samsung) has a video after it, whose bytes held 0xFFDA by chance often enough to refuse the photo as a scan
-    bomb. ``whole`` False: to the first scan, what Pillow parses in Python. 3 ms for an 8 MB photo; 7 ms a MiB at
-    worst (coded data all stuffed 0xFF00), in C, and at most MAX_JPEG_MARKERS steps in Python."""
+    bomb. 3 ms for an 8 MB photo; 7 ms a MiB at worst (coded data all stuffed 0xFF00), in C, and at most
+    MAX_JPEG_MARKERS steps in Python."""
     scans = markers = fill = 0
     at, pattern = 2, _MARKER  # after the start-of-image marker
     while markers <= MAX_JPEG_MARKERS and fill <= MAX_JPEG_FILL and (found := pattern.search(data, at)):
@@ -205,8 +212,6 @@ def _jpeg_layout(data: bytes | mmap.mmap, *, whole: bool = True) -> JpegLayout:
         at += int.from_bytes(data[at:at + 2], "big")  # the length counts itself, not the marker
         if kind == 0xDA:
             scans += 1
-            if not whole:
-                break
             pattern = _MARKER_IN_SCAN
     return JpegLayout(scans, markers, fill)
 
@@ -325,8 +330,6 @@ def load_image(
         nclx = nclx_profile(_stored_bytes(source, HEAD_BYTES) or b"")
         if nclx:
             img.info["nclx_profile"] = nclx
-    if img.format in ("JPEG", "MPO"):  # MPO: JPEGs in one
-        _check_scans(source, field)
     grey_key_in_levels(img)
     try:
         img.load()
@@ -370,20 +373,6 @@ def _cutout_alpha(img: Image.Image) -> Image.Image | None:
     rgb = sample[..., :3][sample[..., 3] > 0]
     spread = rgb.max(axis=1).astype(np.int16) - rgb.min(axis=1)
     return alpha if np.count_nonzero(spread > CUTOUT_SPREAD) > 0.01 * max(len(rgb), 1) else None
-
-
-def _check_scans(source: ImageSource, field: str) -> None:
-    data = _stored_bytes(source)
-    if data is None:  # a PIL image: already the caller's
-        return
-    layout = _jpeg_layout(data)
-    if layout.scans > MAX_JPEG_SCANS:
-        at_least = "at least " if layout.markers > MAX_JPEG_MARKERS else ""
-        raise InvalidInputError(field, f"JPEG with {at_least}{layout.scans} scans, over the limit of {MAX_JPEG_SCANS} "
-                                "(a progressive JPEG has about 10; save it again)")
-    if layout.markers > MAX_JPEG_MARKERS:
-        raise InvalidInputError(field, f"JPEG with over {MAX_JPEG_MARKERS} markers, which no camera or editor writes; "
-                                "save it again")
 
 
 def stored_format(source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
