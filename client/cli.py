@@ -847,8 +847,15 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
 
     lock = threading.Lock()  # (-j threads)
 
+    follow = sys.stderr.isatty()  # a refine's steps or a print-size photo's parts, beside the bar: minutes each
+
     def one(content: Path, source: Any, out: Path) -> None:
-        result = client.stylize(content, refs[source], format=fmt, **options)
+        def progress(p: Any) -> None:
+            bar.set_postfix_str(f"{content.name}: {'step' if options['refine_steps'] else 'part'} {p.step} of "
+                                f"{p.steps}")
+
+        result = client.stylize(content, refs[source], format=fmt, on_progress=progress if follow else None,
+                                **options)
         result.save(out)
         with lock:
             served[result.served_by or "?"] += 1
@@ -862,6 +869,7 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     content, source, out = futures[f]
+                    bar.set_postfix_str("", refresh=False)  # its parts are done; one still running says its own
                     bar.update(1)
                     err = f.exception()
                     if err is None:

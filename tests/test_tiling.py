@@ -259,10 +259,9 @@ def test_a_tiled_job_stops_at_its_deadline(tiling_server: ServerProcess) -> None
         assert time.monotonic() < quiet_by, "the abandoned job is still running"
 
 
-def test_the_cli_shows_a_large_photos_parts_in_a_terminal(tiling_server: ServerProcess, tmp_path: Path) -> None:
-    """A print-size photo took a minute or more (70 s for 12 MP on a 2-core CPU) with nothing on the terminal; now
-    its statistics boxes and tiles are a progress bar there. In a pipe or a script the call stays a plain
-    Stylize (the other tests here run so)."""
+def _in_a_terminal(args: list[str]) -> tuple[bytes, str]:
+    """``adain-stylize ARGS`` with its stderr on a terminal (a pty of 120 columns: tqdm draws no bar in 0): its
+    stdout, and what the terminal showed, each carriage return a new line."""
     import fcntl
     import pty
     import struct
@@ -270,14 +269,10 @@ def test_the_cli_shows_a_large_photos_parts_in_a_terminal(tiling_server: ServerP
     import sys
     import termios
 
-    content = tmp_path / "photo.jpg"
-    synth_image(800, 600, seed=5).save(content, quality=90)  # four statistics boxes, four 512-px tiles
-    (tmp_path / "style.png").write_bytes(STYLE)
     lead, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal's width: tqdm's bar
-    proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", str(content), "-s", str(tmp_path / "style.png"),
-                             "-o", str(tmp_path / "out.jpg"), "--server", tiling_server.target], cwd=REPO,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", *args], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
     shown = b""
     while True:  # read as it writes (a full pty would hold the process up), to the end
@@ -290,10 +285,26 @@ def test_the_cli_shows_a_large_photos_parts_in_a_terminal(tiling_server: ServerP
         shown += chunk
     os.close(lead)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace").replace("\r", "\n")
+    assert proc.returncode == 0, text
+    return out, text
+
+
+def test_the_cli_shows_a_large_photos_parts_in_a_terminal(tiling_server: ServerProcess, tmp_path: Path) -> None:
+    """A print-size photo took a minute or more (70 s for 12 MP on a 2-core CPU) with nothing on the terminal; now
+    its statistics boxes and tiles are a progress bar there, and in a folder run they are named beside the
+    images' bar. In a pipe or a script the call stays a plain Stylize (the other tests here run so)."""
+    (tmp_path / "in").mkdir()
+    content = tmp_path / "in" / "photo.jpg"
+    synth_image(800, 600, seed=5).save(content, quality=90)  # four statistics boxes, four 512-px tiles
+    (tmp_path / "style.png").write_bytes(STYLE)
+    common = ["-s", str(tmp_path / "style.png"), "--server", tiling_server.target]
+    out, shown = _in_a_terminal([str(content), "-o", str(tmp_path / "out.jpg"), *common])
     assert b"out.jpg (800 x 600)" in out
-    bar = shown.decode(errors="replace").replace("\r", "\n")
-    assert "large photo: 100%" in bar and "8/8" in bar, bar
+    assert "large photo: 100%" in shown and "8/8" in shown, shown
+    out, shown = _in_a_terminal([str(tmp_path / "in"), "-o", str(tmp_path / "outs") + "/", *common])
+    assert b"1 of 1 output written" in out
+    assert "photo.jpg: part 1 of 8" in shown and "photo.jpg: part 8 of 8" in shown, shown
 
 
 @pytest.fixture(scope="module")
