@@ -391,6 +391,24 @@ def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
         assert browser.find_element(By.ID, "form-error").text == "Cancelled."
         _until(lambda: _cancelled(tiling_server) > cancelled)
         _long_job_place_is_free(tiled_web)
+        # several photos, the first large: its parts beside its number, and Cancel stops it, not after it
+        (tmp_path / "small.png").write_bytes(encoded(synth_image(64, 48, seed=3)))
+        browser.get(tiled_web.url + "/")
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+        browser.find_element(By.ID, "content").send_keys(f"{tmp_path / 'large.jpg'}\n{tmp_path / 'small.png'}")
+        assert browser.find_element(By.ID, "content-name").text.startswith("2 photos")
+        browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+        browser.find_element(By.ID, "submit").click()
+        text = wait_for(browser, lambda d: (t := d.find_element(By.ID, "progress-text").text).startswith(
+            "Photo 1 of 2: ") and t, timeout=90)
+        assert text.endswith(" of 48 done"), text
+        cancelled = _cancelled(tiling_server)
+        browser.find_element(By.ID, "cancel").click()
+        _until(lambda: _cancelled(tiling_server) > cancelled)
+        wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled())
+        assert browser.find_element(By.ID, "form-error").text == "Cancelled."
+        assert browser.find_elements(By.CSS_SELECTOR, "#batch-results figure") == []  # the small one never sent
+        _long_job_place_is_free(tiled_web)
     finally:
         browser.quit()
 

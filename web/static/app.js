@@ -100,7 +100,8 @@ function forgetResult() {
   if (state.upload) { state.upload.abort(); state.upload = null; }  // a clip still uploading: no job starts
   if (state.job) cancelVideo();
   if (batch.running) batch.cancelled = true;
-  batch.run = null;  // a photo of the run still on its way is not recorded
+  if (batch.request) batch.request.abort();  // a photo of the run still on its way is stopped
+  batch.run = null;  // and what the run still brings is not recorded
   batch.results = [];
   $("output").removeAttribute("src");
   if (resultUrl) { URL.revokeObjectURL(resultUrl); resultUrl = null; }  // (its Download is hidden below)
@@ -578,7 +579,16 @@ async function stylize() {
   const request = state.request = new AbortController();
   const steps = $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
   const id = requestId();
-  followPhoto(id, steps, request);
+  const show = (p) => {
+    $("busy").hidden = true;
+    $("progress-row").hidden = false;
+    $("progress").max = p.steps;
+    $("progress").value = p.step;
+    $("progress-text").textContent = steps > 0 ? `Refining: step ${p.step} of ${p.steps}`
+                                               : `Large photo: part ${p.step} of ${p.steps}`;
+  };
+  if (steps > 0) show({ step: 0, steps });
+  const stopFollowing = followSteps(id, show);
   try {
     const response = await fetch("/api/stylize", { method: "POST", body: data, signal: request.signal,
                                                    headers: { "X-Request-Id": id } });
@@ -601,6 +611,7 @@ async function stylize() {
   } catch (e) {
     if (e.name !== "AbortError") $("form-error").textContent = "The page lost its connection to the server. Try again.";
   } finally {
+    stopFollowing();
     if (state.request === request) state.request = null;
     button.disabled = false;
     button.textContent = "Stylize";
@@ -618,26 +629,22 @@ function requestId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function followPhoto(id, steps, request) {
-  const show = (p) => {
-    $("busy").hidden = true;
-    $("progress-row").hidden = false;
-    $("progress").max = p.steps;
-    $("progress").value = p.step;
-    $("progress-text").textContent = steps > 0 ? `Refining: step ${p.step} of ${p.steps}`
-                                               : `Large photo: part ${p.step} of ${p.steps}`;
-  };
-  if (steps > 0) show({ step: 0, steps });
-  while (state.request === request && !request.signal.aborted) {
-    await sleep(500);
-    if (state.request !== request) return;
-    try {
-      const reply = await fetch(`/api/progress/${id}`);
-      if (!reply.ok || state.request !== request) continue;  // not started yet, or done
-      const p = await reply.json();
-      if (p.steps > 0) show(p);  // 0: nothing reported yet (a photo rendered whole never reports)
-    } catch (e) { /* the next poll tries again */ }
-  }
+// GET /api/progress/ID every half second, each step the server has reported handed to onStep, until the
+// function it returns is called (0 steps: nothing reported yet; a photo rendered whole never reports).
+function followSteps(id, onStep) {
+  let following = true;
+  (async () => {
+    while (following) {
+      await sleep(500);
+      try {
+        const reply = await fetch(`/api/progress/${id}`);
+        if (!reply.ok || !following) continue;  // not started yet, or done
+        const p = await reply.json();
+        if (p.steps > 0 && following) onStep(p);
+      } catch (e) { /* the next poll tries again */ }
+    }
+  })();
+  return () => { following = false; };
 }
 
 // --- clips: a job on the server, followed until it is done ---------------------------------------------
@@ -762,7 +769,8 @@ async function cancelVideo() {
     return;
   }
   if (batch.running) {
-    batch.cancelled = true;  // the photo on its way is finished, no more are sent
+    batch.cancelled = true;  // no more are sent, and the photo on its way is stopped (a large one takes minutes)
+    if (batch.request) batch.request.abort();
     $("form-error").textContent = "Cancelled.";
     return;
   }
@@ -784,7 +792,7 @@ async function cancelVideo() {
 
 // --- several photos: stylized one after another, shown together, saved as one zip ------------------------
 // run: the run whose results are shown (null once forgotten); urls: its images' (revoked with them)
-const batch = { files: [], results: [], running: false, cancelled: false, run: null, urls: [] };
+const batch = { files: [], results: [], running: false, cancelled: false, run: null, urls: [], request: null };
 const MAX_BATCH = 100;
 
 function setBatch(files) {
@@ -837,7 +845,8 @@ async function submitBatch() {
   try {
     for (const [i, file] of batch.files.entries()) {
       if (batch.cancelled) break;
-      $("progress-text").textContent = `Photo ${i + 1} of ${batch.files.length}`;
+      const which = `Photo ${i + 1} of ${batch.files.length}`;
+      $("progress-text").textContent = which;
       const figure = document.createElement("figure");
       const caption = document.createElement("figcaption");
       caption.textContent = file.name;
@@ -845,7 +854,19 @@ async function submitBatch() {
       for (let tries = 0; ; tries++) {  // a busy server (429) is asked again a moment later
         const data = commonForm(file);
         photoOptions(data);
-        response = await fetch("/api/stylize", { method: "POST", body: data });
+        const id = requestId();  // a large photo's parts (or a refine's steps) shown beside its number
+        const stopFollowing = followSteps(id, (p) => {
+          if (batch.run === run) $("progress-text").textContent = `${which}: ${p.step} of ${p.steps} done`;
+        });
+        batch.request = new AbortController();  // Cancel stops this photo too: the server drops it at its next step
+        try {
+          response = await fetch("/api/stylize", { method: "POST", body: data, signal: batch.request.signal,
+                                                   headers: { "X-Request-Id": id } });
+        } finally {
+          stopFollowing();
+          batch.request = null;
+        }
+        if (batch.run === run) $("progress-text").textContent = which;
         if (response.status !== 429 || tries >= 30) break;
         await sleep(1000 * Number(response.headers.get("Retry-After") || 1));
         if (batch.cancelled || batch.run !== run) break;  // Cancel while waiting: this photo is not sent again
@@ -888,7 +909,9 @@ async function submitBatch() {
       $("progress").value = i + 1;
     }
   } catch (e) {
-    if (batch.run === run) $("form-error").textContent = "The page lost its connection to the server. Try again.";
+    if (batch.run === run && e.name !== "AbortError") {
+      $("form-error").textContent = "The page lost its connection to the server. Try again.";
+    }
   } finally {
     batch.running = false;
     videoBusy(false);
