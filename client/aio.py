@@ -98,7 +98,8 @@ class AsyncStyleTransferClient(_ClientBase):
     ) -> StylizeResult:
         """Stylize ``content`` with ``styles``; ``options`` are :meth:`StyleTransferClient.stylize`'s (alpha,
         weights, regions, sizes, format, refine...), and so is ``end_user``. ``on_progress`` may be a function or
-        a coroutine function; it gets a :class:`RefineProgress` after every optimisation step."""
+        a coroutine function; it gets a :class:`RefineProgress` after every optimisation step, or statistics box
+        and tile of a content the server renders in tiles."""
         request = await asyncio.to_thread(stylize_request, content, styles, max_bytes=self.max_message_bytes,
                                           **options)
         self._with_known_bytes(request)
