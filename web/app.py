@@ -451,7 +451,7 @@ def create_app(
         if not REQUEST_ID_RE.fullmatch(request_id):
             request_id = str(uuid.uuid4())
         steps = options.get("refine_steps") or 0
-        followed = progress.start(request_id, steps)  # not where another call runs with that id: it has its entry
+        followed = progress.start(request_id, steps)  # False where a call with this id runs (it keeps its entry)
         if steps and not followed:  # a refine is the page's own, and a page follows what it starts
             return _error(409, "ALREADY_EXISTS", f"a photo call with X-Request-Id {request_id!r} is running: each "
                           "refine needs an id of its own (or none)", headers={"Retry-After": "1"})
