@@ -28,7 +28,9 @@ from adain.errors import InvalidInputError
 from adain.photo import (
     PNG_SIGNATURE,
     allow_pixels,
+    converts_code_points,
     grey_key_in_levels,
+    heif_deep_pixels,
     heif_missing,
     heif_support,
     png_chunk_limit,
@@ -331,9 +333,13 @@ def load_image(
         if nclx:
             img.info["nclx_profile"] = nclx
     grey_key_in_levels(img)
+    img, rgb48 = _at_depth(img, source) if mode == "RGB" else (img, None)
     try:
         img.load()
-        img = _upright(img)
+        upright = _upright(img)
+        if upright is not img:  # turned by its EXIF (pillow-heif turns a HEIF itself: not met); deep pixels are not
+            rgb48 = None
+        img = upright
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - a decoder's failure on hostile data is the file's fault, not ours:
@@ -350,8 +356,24 @@ def load_image(
         else:
             out = _to_rgb(img, (0, 0, 0), numbers=True).convert("L")  # a 16-bit mask of 0s and 1s: numbers
     else:
-        out = _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb)
+        out = _to_rgb(img, (0, 0, 0), numbers=True) if mode == "raw" else to_srgb(img, _to_rgb, rgb48)
     return out.copy() if out is source else out  # a caller's PIL image is never handed back to be changed
+
+
+def _at_depth(img: Image.Image, source: ImageSource) -> tuple[Image.Image, np.ndarray | None]:
+    """A HEIF photo whose code points ask for a conversion (an HDR curve, wide primaries), decoded once at its
+    stored depth (see :func:`adain.photo.heif_deep_pixels`): its 8-bit image (for everything but the colours)
+    and its 16-bit pixels; else ``img`` as it is, and None."""
+    if (img.format != "HEIF" or img.mode != "RGB" or "icc_profile" in img.info
+            or not converts_code_points(img.info.get("nclx_profile"))):
+        return img, None
+    rgb48 = heif_deep_pixels(_stored_bytes(source), img.size)
+    if rgb48 is None:
+        return img, None
+    shallow = Image.fromarray((rgb48 >> 8).astype(np.uint8), "RGB")
+    shallow.info = dict(img.info)  # its EXIF, its code points
+    img.close()  # (ours: a caller's own image has no bytes to read again, so never gets here)
+    return shallow, rgb48
 
 
 def _cutout_alpha(img: Image.Image) -> Image.Image | None:

@@ -23,8 +23,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from functools import cache
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageCms
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # ISO-BMFF 'ftyp'
 
@@ -213,19 +217,49 @@ def _probe_srgb(icc: bytes) -> bool:
     return max(abs(a - b) for a, b in zip(probe.tobytes(), out.tobytes())) <= SRGB_TOLERANCE
 
 
-def _from_code_points(img: Image.Image, nclx: dict, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:
+def converts_code_points(nclx: object) -> bool:
+    """Whether a photo's 'nclx' code points ask for a conversion: primaries other than sRGB's, or an HDR curve."""
+    if not isinstance(nclx, dict):
+        return False
+    return nclx.get("transfer_characteristics") in (16, 18) or nclx.get("color_primaries") not in (None, 1, 2)
+
+
+def heif_deep_pixels(data: bytes | None, size: tuple[int, int]) -> np.ndarray | None:
+    """A HEIF photo's primary image at its stored depth, H x W x 3 uint16 (10 or 12 bits scaled to 16), where it has
+    more than 8 bits: pillow-heif's Pillow plugin hands over 8, and an HDR still's curve spreads those over SDR's
+    whole range (PQ's reference white is signal 148 of 255: a ramp from black to it came out in 126 levels, steps of
+    up to 4: bands across a sky). None for an 8-bit photo, one with alpha, or one that does not decode to the
+    plugin's ``size``. (Pillow's own AVIF decoder has no such choice: an AVIF stays at 8 bits.)"""
+    if data is None or not heif_support():
+        return None
+    import numpy as np
+    from pillow_heif import open_heif
+
+    try:
+        heif = open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+        if heif.mode != "RGB;16":  # 8 bits ("RGB"), or alpha
+            return None
+        pixels = np.asarray(heif)
+    except Exception:  # noqa: BLE001 - the plugin decoded it already: the 8 bits it gave stand
+        return None
+    return pixels if pixels.shape == (size[1], size[0], 3) and pixels.dtype == np.uint16 else None
+
+
+def _from_code_points(
+    img: Image.Image, nclx: dict, flatten: Callable[[Image.Image], Image.Image], rgb48: np.ndarray | None = None
+) -> Image.Image:
     """A HEIF or AVIF photo that gives its colours as code points (ISO/IEC 23091-2: an 'nclx' box) and no ICC profile:
     primaries other than sRGB's (Display P3, BT.2020) converted, as the video path converts BT.2020 clips (a P3
     orange, 200,100,50, is sRGB's 215,93,31; read as sRGB it was duller). The transfer is taken as sRGB's (the
     SDR curves differ by a few levels in the darks). An HDR still (PQ or HLG, BT.2020 as a rule) is taken to
     SDR as HDR video frames are (``adain.hdr.to_sdr``): read as stored, its reference white came out at ~150 of
-    255 and the whole picture flat and dim. pillow-heif and Pillow's AVIF hand over 8 bits of the 10 or 12
-    stored: a little banding at most."""
+    255 and the whole picture flat and dim. ``rgb48``: the pixels at their stored depth (a HEIF's, from
+    :func:`heif_deep_pixels`), used in place of the 8 bits Pillow's AVIF and pillow-heif's plugin hand over."""
+    if not converts_code_points(nclx):
+        return flatten(img)  # BT.709 (sRGB's) or unspecified
     rgb = flatten(img)
     transfer, primaries = nclx.get("transfer_characteristics"), nclx.get("color_primaries")
     hdr = transfer in (16, 18)
-    if primaries in (None, 1, 2) and not hdr:
-        return rgb  # BT.709 (sRGB's) or unspecified
     import numpy as np
 
     from adain.hdr import BT2020, BT2020_TO_709, to_709, to_sdr, wide_to_srgb
@@ -242,23 +276,27 @@ def _from_code_points(img: Image.Image, nclx: dict, flatten: Callable[[Image.Ima
                 return rgb
             matrix = BT2020_TO_709
     pixels = np.asarray(rgb)
+    if rgb48 is not None and rgb48.shape != pixels.shape:  # (turned otherwise: never, by its caller)
+        rgb48 = None
     out = np.empty_like(pixels)
     for y in range(0, pixels.shape[0], 256):  # in strips: the whole image at once took 40 bytes a pixel
-        strip = pixels[y:y + 256].astype(np.uint16) * np.uint16(257)
+        strip = rgb48[y:y + 256] if rgb48 is not None else pixels[y:y + 256].astype(np.uint16) * np.uint16(257)
         out[y:y + 256] = np.asarray(to_sdr(strip, transfer, matrix=matrix) if hdr else wide_to_srgb(strip, matrix))
     return Image.fromarray(out, "RGB")
 
 
-def to_srgb(img: Image.Image, flatten: Callable[[Image.Image], Image.Image]) -> Image.Image:
+def to_srgb(
+    img: Image.Image, flatten: Callable[[Image.Image], Image.Image], rgb48: np.ndarray | None = None
+) -> Image.Image:
     """``img`` with its embedded ICC profile applied: an RGB image in sRGB. Without a profile, with an
     sRGB one, or with one that is unreadable or describes another colour space than the pixels (as
     browsers do, the pixels are then taken as sRGB), ``flatten(img)`` alone: the caller's conversion of
     any mode to 8-bit RGB, also used first on modes a profile cannot be applied to directly (alpha onto
-    white, 16-bit scaled down)."""
+    white, 16-bit scaled down). ``rgb48``: a HEIF's pixels at their stored depth, for its code points."""
     icc = img.info.get("icc_profile")
     if not icc:
         nclx = img.info.get("nclx_profile")  # colours by code points instead: pillow-heif's, or adain.bmff's (AVIF)
-        return _from_code_points(img, nclx, flatten) if isinstance(nclx, dict) else flatten(img)
+        return _from_code_points(img, nclx, flatten, rgb48) if isinstance(nclx, dict) else flatten(img)
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         space = profile.profile.xcolor_space.strip()

@@ -168,6 +168,28 @@ def test_an_hdr_heif_still_is_taken_to_sdr(tmp_path) -> None:
     assert got["p3"][1] > got["bt2020"][1] + 10, got  # by their own primaries: 253,116,103 and 249,139,113
 
 
+def test_an_hdr_heif_is_read_at_its_stored_depth() -> None:
+    """pillow-heif's Pillow plugin hands over 8 of a HEIF's 10 bits, and PQ puts SDR's whole range in its lower 148
+    levels: a smooth ramp from black to reference white came out in 126 levels with steps of up to 4 and up to 2
+    off the curve. Decoded at its depth it is the curve's, level for level."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from adain.hdr import to_sdr
+
+    w, h = 1024, 4
+    ramp = np.repeat(np.repeat((np.linspace(0, 0.58, w) * 65535).round().astype(np.uint16)[None, :, None], h, 0), 3, 2)
+    buf = io.BytesIO()
+    pillow_heif.from_bytes(mode="RGB;16", size=(w, h), data=ramp.tobytes()).save(
+        buf, format="HEIF", quality=-1, color_primaries=9, transfer_characteristics=16, matrix_coefficients=9,
+        full_range_flag=1)
+    stored = np.asarray(pillow_heif.open_heif(io.BytesIO(buf.getvalue()), convert_hdr_to_8bit=False))
+    assert len(np.unique(stored)) > 500  # 10 bits kept by the lossless encode
+    row = np.asarray(load_image(buf.getvalue()), dtype=int)[h // 2, :, 1]
+    assert np.array_equal(row, np.asarray(to_sdr(stored, 16), dtype=int)[h // 2, :, 1])  # the curve's, exactly
+    eight = np.asarray(to_sdr((stored >> 8) * np.uint16(257), 16), dtype=int)[h // 2, :, 1]  # as read before
+    assert np.abs(np.diff(eight)).max() >= 3 and len(np.unique(eight)) < 130  # bands
+    assert np.abs(np.diff(row)).max() <= 1 and len(np.unique(row)) > 240
+
+
 def _avif_tagged(img: Image.Image, primaries: int, transfer: int) -> bytes:
     """An AVIF whose 'nclx' colour box names other primaries and transfer than the sRGB ones Pillow writes
     (the pixels' matrix kept, so they decode as written)."""
