@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region-alpha", action="append", type=unit_interval, metavar="A",
                    help="each region's strength in [0, 1], one per --style, in order (with --mask or --labels)")
     p.add_argument("--size", type=non_negative_int, default=0, metavar="N",
-                   help="longest side the content is rendered at (0: as it is; default 0)")
+                   help="longest side the content is rendered at (0: as it is; default 0). Smaller is quicker and "
+                   "gives bolder strokes: a 12-MP photo as it is takes minutes of tiles on a CPU, at 1024 seconds")
     p.add_argument("--style-size", type=non_negative_int, default=0, metavar="N",
                    help="longest side of the styles (0: the server's default, 512)")
     p.add_argument("--keep-exif", action="store_true",
