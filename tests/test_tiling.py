@@ -373,6 +373,7 @@ def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
     tiling_server: ServerProcess, tiled_web: WebProcess, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     browser = browser_or_skip()
     try:
@@ -381,6 +382,8 @@ def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
         wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
         browser.find_element(By.ID, "content").send_keys(str(tmp_path / "large.jpg"))
         browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+        assert Select(browser.find_element(By.ID, "photo-size")).first_selected_option.text == "2048 px"
+        Select(browser.find_element(By.ID, "photo-size")).select_by_value("0")  # as taken: 48 parts
         browser.find_element(By.ID, "submit").click()
         text = wait_for(browser, lambda d: (t := d.find_element(By.ID, "progress-text").text).startswith(
             "Large photo: part") and not t.startswith("Large photo: part 0") and t, timeout=90)
@@ -398,6 +401,7 @@ def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
         browser.find_element(By.ID, "content").send_keys(f"{tmp_path / 'large.jpg'}\n{tmp_path / 'small.png'}")
         assert browser.find_element(By.ID, "content-name").text.startswith("2 photos")
         browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+        Select(browser.find_element(By.ID, "photo-size")).select_by_value("0")
         browser.find_element(By.ID, "submit").click()
         text = wait_for(browser, lambda d: (t := d.find_element(By.ID, "progress-text").text).startswith(
             "Photo 1 of 2: ") and t, timeout=90)

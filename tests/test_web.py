@@ -1101,7 +1101,9 @@ def test_page_renders_a_photo_at_the_size_chosen(web: WebProcess, browser, tmp_p
     content = tmp_path / "large.jpg"
     content.write_bytes(make_image(1500, 1000, seed=5, fmt="JPEG"))
     _open_with(browser, web, content, "mosaic")
-    Select(browser.find_element(By.ID, "photo-size")).select_by_value("1024")
+    size = Select(browser.find_element(By.ID, "photo-size"))
+    assert size.first_selected_option.get_attribute("value") == "2048"  # the page's default; the API's: as taken
+    size.select_by_value("1024")
     browser.find_element(By.ID, "submit").click()
     size = wait_for(browser, lambda d: d.execute_script(
         "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
