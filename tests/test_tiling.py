@@ -369,6 +369,19 @@ def test_a_large_photo_shows_its_parts_over_http_and_stops_when_the_page_goes(
     _long_job_place_is_free(tiled_web)
 
 
+def test_a_photo_past_the_pages_time_limit_says_what_to_do(tiling_server: ServerProcess) -> None:
+    """A photo that runs past adain-web's --timeout was told "try again in a moment", which takes as long again."""
+    web = WebProcess(tiling_server.target, "--timeout", "2")
+    try:
+        r = httpx.post(web.url + "/api/stylize", timeout=60, files=[("content", ("big.jpg", BIG, "image/jpeg")),
+                                                                    ("styles", ("s.png", STYLE, "image/png"))])
+        assert r.status_code == 504, r.text
+        message = r.json()["error"]["message"]
+        assert "longer than the 2 s this page allows" in message and "smaller size" in message, message
+    finally:
+        web.stop()
+
+
 def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
     tiling_server: ServerProcess, tiled_web: WebProcess, tmp_path: Path
 ) -> None:
