@@ -276,6 +276,19 @@ def browser_or_skip():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+def open_page_with(browser, web: WebProcess, content: Path | str, *styles: str) -> None:
+    """The page loaded with ``content`` chosen (several files: their paths on lines of one string) and the
+    gallery's ``styles`` added."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(content))
+    for name in styles:
+        browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == len(styles))
+
+
 def wait_for(driver, condition, timeout: float = 60):
     from selenium.webdriver.support.ui import WebDriverWait
 

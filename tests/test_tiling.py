@@ -29,7 +29,7 @@ from adain.image import to_tensor
 from adain.tiling import BUFFER_BYTES_PER_PIXEL, Tiling
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import NO_REFINE, REPO, ServerProcess, WebProcess, browser_or_skip, wait_for
+from helpers import NO_REFINE, REPO, ServerProcess, WebProcess, browser_or_skip, open_page_with, wait_for
 from synth import band_mask, encoded, synth_image
 
 TILE, HALO = 128, 64
@@ -324,8 +324,11 @@ def _until(condition, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+CANCELLED = "method=StylizeWithProgress code=CANCELLED"
+
+
 def _cancelled(server: ServerProcess) -> int:
-    return sum("method=StylizeWithProgress code=CANCELLED" in line for line in server.stderr_lines)
+    return "".join(server.stderr_lines).count(CANCELLED)
 
 
 def _long_job_place_is_free(web: WebProcess) -> None:
@@ -363,7 +366,7 @@ def test_a_large_photo_shows_its_parts_over_http_and_stops_when_the_page_goes(
     assert seen[0]["steps"] == 24 + 24, seen  # 512-px statistics boxes (a box is at most a tile), then the tiles
     cancelled = _cancelled(tiling_server)
     page.close()  # the page goes away: the job stops at its next box or tile
-    _until(lambda: _cancelled(tiling_server) > cancelled)
+    tiling_server.wait_logged(lambda log: log.count(CANCELLED) > cancelled, timeout=60)
     assert any("request_id=tiled-followed" in line and "code=CANCELLED" in line for line in tiling_server.stderr_lines)
     assert httpx.get(f"{tiled_web.url}/api/progress/tiled-followed", timeout=10).status_code == 404
     _long_job_place_is_free(tiled_web)
@@ -391,10 +394,7 @@ def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
     browser = browser_or_skip()
     try:
         (tmp_path / "large.jpg").write_bytes(BIG)
-        browser.get(tiled_web.url + "/")
-        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-        browser.find_element(By.ID, "content").send_keys(str(tmp_path / "large.jpg"))
-        browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+        open_page_with(browser, tiled_web, tmp_path / "large.jpg", "mosaic")
         assert Select(browser.find_element(By.ID, "photo-size")).first_selected_option.text == "2048 px"
         Select(browser.find_element(By.ID, "photo-size")).select_by_value("0")  # as taken: 48 parts
         browser.find_element(By.ID, "submit").click()
@@ -405,15 +405,12 @@ def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
         cancelled = _cancelled(tiling_server)
         browser.find_element(By.ID, "cancel").click()
         assert browser.find_element(By.ID, "form-error").text == "Cancelled."
-        _until(lambda: _cancelled(tiling_server) > cancelled)
+        tiling_server.wait_logged(lambda log: log.count(CANCELLED) > cancelled, timeout=60)
         _long_job_place_is_free(tiled_web)
         # several photos, the first large: its parts beside its number, and Cancel stops it, not after it
         (tmp_path / "small.png").write_bytes(encoded(synth_image(64, 48, seed=3)))
-        browser.get(tiled_web.url + "/")
-        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-        browser.find_element(By.ID, "content").send_keys(f"{tmp_path / 'large.jpg'}\n{tmp_path / 'small.png'}")
+        open_page_with(browser, tiled_web, f"{tmp_path / 'large.jpg'}\n{tmp_path / 'small.png'}", "mosaic")
         assert browser.find_element(By.ID, "content-name").text.startswith("2 photos")
-        browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
         Select(browser.find_element(By.ID, "photo-size")).select_by_value("0")
         browser.find_element(By.ID, "submit").click()
         text = wait_for(browser, lambda d: (t := d.find_element(By.ID, "progress-text").text).startswith(
@@ -421,7 +418,7 @@ def test_page_shows_a_large_photos_parts_and_cancel_stops_it(
         assert text.endswith(" of 48 done"), text
         cancelled = _cancelled(tiling_server)
         browser.find_element(By.ID, "cancel").click()
-        _until(lambda: _cancelled(tiling_server) > cancelled)
+        tiling_server.wait_logged(lambda log: log.count(CANCELLED) > cancelled, timeout=60)
         wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled())
         assert browser.find_element(By.ID, "form-error").text == "Cancelled."
         assert browser.find_elements(By.CSS_SELECTOR, "#batch-results figure") == []  # the small one never sent

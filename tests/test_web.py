@@ -27,6 +27,7 @@ from helpers import (
     browser_or_skip,
     exported_metrics,
     free_port,
+    open_page_with,
     wait_for,
 )
 from synth import (
@@ -845,16 +846,11 @@ def _set_range(driver, element, value: float) -> None:
     )
 
 
-def _open_with(browser, web: WebProcess, content: Path, *styles: str) -> None:
-    """The page loaded with ``content`` chosen and the gallery's ``styles`` added."""
-    from selenium.webdriver.common.by import By
-
-    browser.get(web.url + "/")
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-    browser.find_element(By.ID, "content").send_keys(str(content))
-    for name in styles:
-        browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == len(styles))
+def _shown_size(browser, timeout: float = 60) -> list[int]:
+    """The stylized photo's size as the page shows it, once it has come."""
+    return wait_for(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
+        "[i.naturalWidth, i.naturalHeight] : null;"), timeout=timeout)
 
 
 def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:
@@ -882,10 +878,7 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
         labelled = browser.execute_script("return arguments[0].labels && arguments[0].labels.length", el)
         assert labelled, el.get_attribute("id")
     browser.find_element(By.ID, "submit").send_keys(Keys.ENTER)
-    size = wait_for(browser, lambda d: d.execute_script(
-        "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
-        "[i.naturalWidth, i.naturalHeight] : null;"))
-    assert size == [96, 64]
+    assert _shown_size(browser) == [96, 64]
     # a keyboard user is not left on the page itself: the result's heading has focus, Download is the next Tab,
     # and a screen reader is told it is done
     wait_for(browser, lambda d: d.switch_to.active_element.get_attribute("id") == "result-heading")
@@ -1100,15 +1093,12 @@ def test_page_renders_a_photo_at_the_size_chosen(web: WebProcess, browser, tmp_p
 
     content = tmp_path / "large.jpg"
     content.write_bytes(make_image(1500, 1000, seed=5, fmt="JPEG"))
-    _open_with(browser, web, content, "mosaic")
+    open_page_with(browser, web, content, "mosaic")
     size = Select(browser.find_element(By.ID, "photo-size"))
     assert size.first_selected_option.get_attribute("value") == "2048"  # the page's default; the API's: as taken
     size.select_by_value("1024")
     browser.find_element(By.ID, "submit").click()
-    size = wait_for(browser, lambda d: d.execute_script(
-        "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "
-        "[i.naturalWidth, i.naturalHeight] : null;"), timeout=90)
-    assert size == [1024, 683]
+    assert _shown_size(browser, timeout=90) == [1024, 683]
 
 
 def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tmp_path: Path) -> None:
@@ -1351,7 +1341,7 @@ def test_page_paints_regions_with_the_keyboard(web: WebProcess, browser, tmp_pat
 
     content = tmp_path / "photo.png"
     content.write_bytes(make_image(96, 64, seed=45))
-    _open_with(browser, web, content, "waves")
+    open_page_with(browser, web, content, "waves")
     browser.find_element(By.ID, "paint").click()
     canvas = browser.find_element(By.ID, "paint-canvas")
     wait_for(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)
@@ -1390,7 +1380,7 @@ def test_page_shows_a_refines_steps_and_cancel_stops_it(web: WebProcess, browser
 
     content = tmp_path / "photo.png"
     content.write_bytes(make_image(128, 128, seed=41))
-    _open_with(browser, web, content, "waves")
+    open_page_with(browser, web, content, "waves")
     wait_for(browser, lambda d: not d.find_element(By.ID, "refine-row").get_attribute("hidden"))
     steps = browser.find_element(By.ID, "refine_steps")
     steps.clear()
@@ -1427,7 +1417,7 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
 
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is not a photo")
-    _open_with(browser, web, fake, "mosaic")
+    open_page_with(browser, web, fake, "mosaic")
     browser.find_element(By.ID, "submit").send_keys(Keys.ENTER)  # from the keyboard
     message = wait_for(browser, lambda d: d.find_element(By.ID, "content-error").text)
     assert "not an image" in message and not message.startswith("content")  # beside the photo: no field name
