@@ -5,6 +5,7 @@ file. Standard library only: the thin client writes its images this way, ``adain
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -45,6 +46,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the OSError that writing ``path`` whole would meet, before the work that makes its bytes (a
+    refine or a print-size photo took minutes, then failed to save): a file where a folder must be, ``path`` a
+    folder, a folder that takes no new file (a temporary file is made beside ``path`` and removed), or, where
+    its folder is still to be made, an existing folder above it that takes none. Nothing is left behind."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    for above in reversed(path.parents):
+        if above.exists() and not above.is_dir():  # making the folder said only "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(above))
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
+    if path.parent.is_dir():
+        if not path.exists() or stat.S_ISREG(os.stat(path).st_mode):  # a device or pipe is written in place
+            try:
+                create_beside(path).unlink()
+            except OSError as e:  # named by its folder, not by the temporary file's name
+                raise type(e)(e.errno, e.strerror, str(path.parent)) from None
+        return
+    nearest = next(above for above in path.parents if above.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(nearest))
 
 
 def write_whole(path: str | os.PathLike, data: bytes) -> None:

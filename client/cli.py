@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 import grpc
 
 from adain.argtypes import int_in_range, non_negative_float, non_negative_int, one_of, positive_float, unit_interval
+from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
     DEFAULT_ADDRESS,
@@ -631,6 +632,17 @@ def _refuse_overwriting(out: Path, shown: str, inputs: dict) -> None:
         raise CliError(f"-o {shown}: the output {out} would overwrite the {what} file {path}; give another output")
 
 
+def _check_writable(out: Path, shown: str) -> None:
+    """Refuse, before any call, an output that could not be written: a refine or a print-size photo rendered for
+    minutes, then failed to save ("File exists"). Its folder is made by the save, as before."""
+    try:
+        check_writable(out)
+    except (NotADirectoryError, IsADirectoryError) as e:
+        raise CliError(f"-o {shown}: cannot write there: {e.filename} is {e.strerror}") from None
+    except OSError as e:
+        raise CliError(f"-o {shown}: cannot write in the folder {e.filename}: {e.strerror or e}") from None
+
+
 def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     content = Path(args.content)  # checked by _run
     flags = _video_flags(args)
@@ -648,6 +660,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
     _refuse_quality_for_png(args, fmt, f"-o {out} is")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [content]))
     refine = _refine_options(args)
+    _check_writable(out, args.output)
     # Steps are reported where someone watches: a refine, or a terminal that would stare at a print-size photo's
     # minute or more of tiles (70 s for 12 MP on a 2-core CPU) with no sign of life; elsewhere a plain Stylize.
     steps = refine["refine_steps"]
@@ -732,10 +745,7 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
         raise CliError(f"-o {args.output}: {src} is a video, so the output must be a video file "
                        f"({', '.join(VIDEO_SUFFIXES)}) or a folder (one that exists, or a name ending in '/')")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"-o {args.output}: cannot create the folder {out.parent}: {e.strerror or e}") from None
+    _check_writable(out, args.output)
     from adain.media import MediaError
 
     try:
@@ -822,10 +832,7 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
     inputs = _input_files(args, styles, files)
     for _, _, out in tasks + video_tasks:
         _refuse_overwriting(out, shown, inputs)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"-o {shown}: cannot create the folder: {e.strerror or e}") from None
+    _check_writable((tasks + video_tasks)[0][2], shown)
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
     if args.refine and videos:  # said, not done silently: the optimisation method is for images

@@ -504,6 +504,34 @@ def test_cli_output_folder_for_one_content(server: ServerProcess, files: dict[st
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["content_stylized.jpg", "content_stylized.png"]
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_any_call(files: dict[str, Path], tmp_path: Path,
+                                                                     capsys) -> None:
+    """A photo, a clip and a folder run whose -o cannot be written are refused before the server is called
+    (here none listens, so a call would be "cannot reach the server"): a refine rendered for 17 s, then said
+    "cannot write: File exists". Nothing is left behind."""
+    from synth import make_video
+
+    clip = tmp_path / "clip.mp4"
+    make_video(clip, frames=2)
+    (tmp_path / "a_file").write_bytes(b"")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "content_stylized.png").mkdir()  # a folder where -o o/ puts the photo
+    c, a, srv = str(files["content.png"]), str(files["a.png"]), ["--server", f"127.0.0.1:{free_port()}"]
+    before = sorted(tmp_path.rglob("*"))
+    is_file, is_folder = f"{tmp_path}/a_file is a file, not a folder", f"{tmp_path}/o/content_stylized.png is a folder"
+    for argv, wrong in (([c, "-s", a, "--refine", "3", "-o", f"{tmp_path}/a_file/x.png"], is_file),
+                        ([c, "-s", a, "-o", f"{tmp_path}/a_file/sub/"], is_file),
+                        ([c, "-s", a, "-o", f"{tmp_path}/o/"], f"{is_folder}, not a file"),
+                        ([str(clip), "-s", a, "-o", f"{tmp_path}/a_file/x.mp4"], is_file),
+                        ([c, str(clip), "-s", a, "-o", f"{tmp_path}/a_file/out/"], is_file)):
+        line = _cli_failure([*argv, *srv], capsys)
+        assert line == f"adain-stylize: error: -o {argv[-1]}: cannot write there: {wrong}", line
+    assert sorted(tmp_path.rglob("*")) == before
+    # A folder still to be made is made by the save, not by the check: a run that fails leaves none.
+    line = _cli_failure([c, "-s", a, "-o", f"{tmp_path}/new/sub/x.png", *srv], capsys)
+    assert "cannot reach the server" in line and not (tmp_path / "new").exists()
+
+
 def test_save_writes_whole_files_with_the_usual_permissions(server: ServerProcess, files: dict[str, Path],
                                                             tmp_path: Path) -> None:
     """A write that fails (here ``ulimit -f``) leaves the old file as it was and no temporary one; a new
