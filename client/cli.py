@@ -839,6 +839,7 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
         applies = f"applies to the {len(contents)} image(s)" if contents else "applies to images, and there are none"
         print(f"{PROG}: note: --refine {applies}; the {len(videos)} video(s) are stylized without it (seconds "
               "per frame)", file=sys.stderr, flush=True)
+    spec_of = {source: spec for spec, (source, _weight) in zip(args.style, styles)}  # each as given to --style
     # Send each style image once, then refer to it by id.
     refs: dict[Any, Any] = {}
     for source, _stem in named:
@@ -847,9 +848,8 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
             continue
         try:
             refs[source] = StyleRef(client.register_style(source))
-        except StyleTransferError as e:
-            raise CliError(f"style {source}: {_describe(e, args)}") from None
-    spec_of = {source: spec for spec, (source, _weight) in zip(args.style, styles)}  # each as given to --style
+        except StyleTransferError as e:  # its one field, image, is the --style named
+            raise CliError(f"--style {spec_of[source]}: {_describe(e, args).removeprefix('image: ')}") from None
 
     served: Counter[str] = Counter()  # outputs per replica (x-served-by), for the summary
 

@@ -34,6 +34,7 @@ from adain.wire import (
     COLOR_ENUM,
     DEFAULT_QUALITY,
     FORMAT_BY_ENUM,
+    MIN_STYLE_SIDE,
     OPTIMIZER_BY_ENUM,
     REFINE_INIT_BY_ENUM,
     REQUEST_ID_KEY,
@@ -611,6 +612,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             raise ServiceError.invalid([Violation(e.field, e.description)]) from e
         finally:
             ticket.release()
+        # Styles are only scaled down: one too small at the largest style_size a call may ask for could only
+        # fail each call naming its id (the library refuses such files at the default size, whose calls it is)
+        largest = longest_size(img.width, img.height, self.limits.max_content_side)
+        if min(largest) < MIN_STYLE_SIDE:
+            raise ServiceError.invalid([Violation("image", f"{img.width} x {img.height} px is too small to carry a "
+                                                           f"style at any style_size: its shorter side needs "
+                                                           f"{MIN_STYLE_SIDE} px as used")])
         key = self.registry.add(data, key)
         self.metrics.registered_styles.set(len(self.registry))
         return pb.RegisterStyleResponse(style_id=key, width=img.width, height=img.height)

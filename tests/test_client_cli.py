@@ -308,6 +308,13 @@ def test_cli_folder_reports_a_bad_image_and_goes_on(server: ServerProcess, tmp_p
     line = _cli_failure([str(contents), "-s", "preset:nosuch", "-o", str(tmp_path / "p"), "--server", server.target],
                         capsys)
     assert "no preset named 'nosuch'" in line
+    # a style the server cannot use is named by its --style, before any content is sent
+    (tmp_path / "tiny.png").write_bytes(make_image(10, 10))
+    line = _cli_failure([str(contents), "-s", str(files["a.png"]), "-s", str(tmp_path / "tiny.png"), "-o",
+                         str(tmp_path / "t"), "--server", server.target], capsys)
+    assert line == (f"adain-stylize: error: --style {tmp_path / 'tiny.png'}: 10 x 10 px is too small to carry a "
+                    "style at any style_size: its shorter side needs 16 px as used"), line
+    assert not (tmp_path / "t").exists()
 
 
 def _cli_failure(argv: list[str], capsys) -> str:

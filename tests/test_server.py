@@ -496,6 +496,13 @@ def test_a_long_style_id_is_quoted_clipped(server: ServerProcess) -> None:
 def test_register_bad_style(client: StyleTransferClient) -> None:
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.register_style, b"junk")
     assert err.details.startswith("image:")
+    # Styles are only scaled down: a style too small at any style_size got an id every call with it failed on
+    for w, h in ((10, 10), (3, 500)):
+        err = _expect(grpc.StatusCode.INVALID_ARGUMENT, client.register_style, make_image(w, h, seed=5))
+        assert err.details == (f"image: {w} x {h} px is too small to carry a style at any style_size: its shorter "
+                               "side needs 16 px as used"), err.details
+    sid = client.register_style(make_image(20, 600, seed=5))  # 17 x 512 at the default size: it carries one
+    assert client.stylize(CONTENT, f"id:{sid}").width == 64
     _good_call(client)
 
 
