@@ -383,6 +383,8 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
     if e.code == grpc.StatusCode.UNAVAILABLE:
         tls = args.tls or args.ca_cert or args.client_cert
         hint = "; over TLS: is --ca-cert the server's CA, and does it want a --client-cert?" if tls else ""
+        if tls and "WRONG_VERSION_NUMBER" in e.details:  # what came back was no TLS record
+            hint = "; the server does not speak TLS there: leave out --tls and --ca-cert (or start it with TLS)"
         if _http1_peer(e.details):
             hint = "; this is an HTTP server, not adain-server (the web page's port?)"
         return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}{hint}"

@@ -5,6 +5,7 @@ before anything is sent. Found by a new user's walkthrough."""
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,27 @@ def test_an_http_server_is_named_as_one(files: dict[str, Path], tmp_path: Path, 
     assert _http1_peer("Failed parsing HTTP/2 (Expected SETTINGS frame as the first frame, got frame type 80)")
     assert not _http1_peer("Failed parsing HTTP/2 (Expected SETTINGS frame as the first frame, got frame type 4)")
     assert not _http1_peer("ipv4:127.0.0.1:50996: Socket closed")  # a TLS port, plaintext
+
+
+def test_tls_to_a_plaintext_server_is_one_line_that_says_so(server: ServerProcess, files: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """--tls against a server without TLS: gRPC's core printed a log line of its own before the CLI's one error
+    line (GRPC_VERBOSITY is read as gRPC loads, so the console commands set it first), and the hint asked about
+    certificates where the server speaks no TLS at all."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("adain-")}
+    assert scripts["adain-stylize"] == "adain.commands:stylize" and scripts["adain-web"] == "adain.commands:web"
+    run = "import sys; from adain.commands import stylize; sys.argv[0] = 'adain-stylize'; sys.exit(stylize())"
+    proc = subprocess.run([sys.executable, "-c", run, str(files["content.png"]), "-s", str(files["a.png"]), "-o",
+                           str(tmp_path / "o.png"), "--server", server.target, "--tls", "--retries", "0"],
+                          capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                                           if k != "GRPC_VERBOSITY"})
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("adain-stylize: error: cannot reach the server") and proc.stderr.rstrip().endswith(
+        "; the server does not speak TLS there: leave out --tls and --ca-cert (or start it with TLS)"), proc.stderr
 
 
 def test_the_servers_token_file_given_to_the_client(files: dict[str, Path], tmp_path: Path, capsys) -> None:
