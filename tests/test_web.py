@@ -1056,7 +1056,8 @@ def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:
 
 def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path) -> None:
     """Chromium's fake camera (640 x 480) through the page: frames come back stylized; a new size starts a new
-    session; a picture can be saved; Stop lets the camera go."""
+    session; a picture can be saved; removing the last style pauses it (it went on in the style removed);
+    Stop lets the camera go and brings back the photo's result with its Download (it came back without)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -1064,7 +1065,14 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path)
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
     browser.find_element(By.ID, "live-start").click()
     wait_for(browser, lambda d: "at least one style" in d.find_element(By.ID, "styles-error").text)
-    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    waves = browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]')
+    waves.click()
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_image(64, 48, seed=3))
+    browser.find_element(By.ID, "content").send_keys(str(photo))
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "download").is_displayed(), timeout=90)
+    result = browser.find_element(By.ID, "output").get_attribute("src")
     browser.find_element(By.ID, "live-start").click()
     frames = "return Number(document.getElementById('live-output').dataset.frames || 0)"
     size = "const c = document.getElementById('live-output'); return Math.max(c.width, c.height);"
@@ -1080,7 +1088,16 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path)
     saved = tmp_path / "stylized-live.png"
     wait_for(browser, lambda d: saved.exists() and saved.stat().st_size > 0, timeout=20)
     assert max(Image.open(saved).size) == 256
+    waves.click()  # no style left
+    wait_for(browser, lambda d: d.find_element(By.ID, "live-status").text == "Paused: choose a style to go on.")
+    paused_at = browser.execute_script(frames)
+    time.sleep(2)
+    assert browser.execute_script(frames) == paused_at
+    waves.click()  # a new session (its count starts again)
+    wait_for(browser, lambda d: "frames a second" in d.find_element(By.ID, "live-status").text, timeout=90)
     browser.find_element(By.ID, "live-stop").click()
+    assert browser.find_element(By.ID, "download").is_displayed()
+    assert browser.find_element(By.ID, "output").get_attribute("src") == result
     assert not browser.find_element(By.ID, "live-row").is_displayed()
     assert browser.execute_script("return document.getElementById('live-camera').srcObject") is None
     assert browser.find_element(By.ID, "form-error").text == ""
@@ -1127,7 +1144,7 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#batch-results figure")) == 3, timeout=120)
     captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#batch-results figcaption")]
     assert captions[0].startswith("one.png") and captions[1].startswith("two.jpg")
-    assert captions[2].startswith("broken.png: content:"), captions[2]  # the server's error, this photo only
+    assert captions[2].startswith("broken.png: not an image"), captions[2]  # the server's error, this photo only
     sizes = browser.execute_script(
         "return [...document.querySelectorAll('#batch-results img')].map(i => [i.naturalWidth, i.naturalHeight]);")
     assert sizes == [[80, 60], [60, 80]]
@@ -1150,6 +1167,8 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     assert "max_refine_steps" in message
     wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled())
     assert browser.find_elements(By.CSS_SELECTOR, "#batch-results figure") == []
+    status = browser.find_element(By.ID, "status").get_attribute("textContent")
+    assert status == "Stopped: an option was refused (see its error); 0 of 3 photos stylized.", status
 
 
 def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:

@@ -630,10 +630,13 @@ function requestId() {
 }
 
 // GET /api/progress/ID every half second, each step the server has reported handed to onStep, until the
-// function it returns is called (0 steps: nothing reported yet; a photo rendered whole never reports).
+// function it returns is called (0 steps: nothing reported yet; a photo rendered whole never reports). The first
+// poll waits a second: a photo done sooner has no steps to show, and each poll outside its call (404) was an
+// error line in the browser's console, for every small photo.
 function followSteps(id, onStep) {
   let following = true;
   (async () => {
+    await sleep(500);
     while (following) {
       await sleep(500);
       try {
@@ -839,6 +842,7 @@ async function submitBatch() {
   batch.results = [];
   batch.cancelled = false;
   batch.running = true;
+  let stopped = false;  // by an option's error
   videoBusy(true);  // the progress row, with Cancel
   $("progress").max = batch.files.length;
   $("progress").value = 0;
@@ -899,9 +903,10 @@ async function submitBatch() {
         const photos = fields.length ? fields.every((f) => f === "content") : /^content\b/.test(message || "");
         if (response.status !== 400 || !message || !photos) {  // not this photo's fault (an option's): stop, say why
           showError(body, response.status);
+          stopped = true;
           break;
         }
-        caption.textContent = `${file.name}: ${message}`;  // this photo only; the others go on
+        caption.textContent = `${file.name}: ${message.replace(/^content: /, "")}`;  // this photo only; others go on
         caption.className = "error";
       }
       figure.append(caption);
@@ -917,7 +922,10 @@ async function submitBatch() {
     videoBusy(false);
     if (batch.run === run) {  // (forgotten: the page has moved on, and says nothing of this run)
       $("download-all").hidden = batch.results.length < 2;
-      $("status").textContent = `${batch.results.length} of ${batch.files.length} photos stylized, under Result.`;
+      // stopped by an option's error: the count read "0 of 2 photos stylized, under Result" over an empty grid
+      $("status").textContent = stopped ? `Stopped: an option was refused (see its error); ${batch.results.length} of `
+        + `${batch.files.length} photos stylized.` : `${batch.results.length} of ${batch.files.length} photos `
+        + "stylized, under Result.";
     }
   }
 }
@@ -1019,6 +1027,13 @@ function showLive(on) {
   $("refine-row").hidden = on || state.video || !state.info.max_refine_steps;
   $("exif-row").hidden = $("format-row").hidden = on || state.video;
   $("download").hidden = true;
+  if (!on) {  // the result shown before the camera comes back with its Download (it came back without one)
+    const several = batch.files.length > 1 && batch.results.length > 0;
+    $("pair").hidden = several;
+    $("batch-results").hidden = !several;
+    $("download-all").hidden = !several || batch.results.length < 2;
+    $("download").hidden = several || !(state.video ? $("output-video").getAttribute("src") : resultUrl);
+  }
   $("original-caption").textContent = on ? "Camera" : "Original";
   if (on) $("result").hidden = false;
 }
@@ -1144,9 +1159,14 @@ function saveSnapshot() {
   canvas.toBlob((blob) => saveBlob(blob, "stylized-live.png"), "image/png");
 }
 
-// While live, a changed option starts a new session with it.
+// While live, a changed option starts a new session with it; with no style left the session ends (it went on in
+// the style removed), the camera kept, until a style is chosen again.
 function liveChanged() {
-  if (live.stream && state.styles.length) openLive();
+  if (!live.stream) return;
+  if (state.styles.length) { openLive(); return; }
+  live.session += 1;
+  closeLive();
+  $("live-status").textContent = "Paused: choose a style to go on.";
 }
 
 // A HEIC photo or an HEVC clip (what iPhones make) reaches the server fine, but many browsers cannot show it.
