@@ -32,11 +32,24 @@ def create_beside(path: Path) -> Path:
     raise FileExistsError(f"{path}: no free temporary name beside it")
 
 
+def _followed(path: str | os.PathLike) -> Path:
+    """``path``, or where it links to: a link's target is what an output replaces, not the link."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
+def _special(path: str | os.PathLike) -> bool:
+    """Whether ``path`` exists as a device or pipe (``/dev/null``): written in place, never replaced by a file."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary file beside ``path`` to write into: renamed to ``path`` when the block ends normally,
     removed when it raises. A symbolic link is followed (its target is replaced, not the link)."""
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    path = _followed(path)
     tmp = create_beside(path)
     try:
         yield tmp
@@ -53,14 +66,14 @@ def check_writable(path: str | os.PathLike) -> None:
     refine or a print-size photo took minutes, then failed to save): a file where a folder must be, ``path`` a
     folder, a folder that takes no new file (a temporary file is made beside ``path`` and removed), or, where
     its folder is still to be made, an existing folder above it that takes none. Nothing is left behind."""
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    path = _followed(path)
     for above in reversed(path.parents):
         if above.exists() and not above.is_dir():  # making the folder said only "File exists"
             raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(above))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
     if path.parent.is_dir():
-        if not path.exists() or stat.S_ISREG(os.stat(path).st_mode):  # a device or pipe is written in place
+        if not _special(path):
             try:
                 create_beside(path).unlink()
             except OSError as e:  # named by its folder, not by the temporary file's name
@@ -74,11 +87,7 @@ def check_writable(path: str | os.PathLike) -> None:
 def write_whole(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all (see :func:`atomic_path`); a device or pipe that exists
     (``/dev/null``) is written to as it is: it cannot be half-written, and must not be replaced by a file."""
-    try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        special = False
-    if special:
+    if _special(path):
         with open(path, "wb") as f:
             f.write(data)
         return

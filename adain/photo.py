@@ -217,11 +217,14 @@ def _probe_srgb(icc: bytes) -> bool:
     return max(abs(a - b) for a, b in zip(probe.tobytes(), out.tobytes())) <= SRGB_TOLERANCE
 
 
+HDR_TRANSFERS = (16, 18)  # ISO/IEC 23091-2 transfer_characteristics: PQ, HLG
+
+
 def converts_code_points(nclx: object) -> bool:
     """Whether a photo's 'nclx' code points ask for a conversion: primaries other than sRGB's, or an HDR curve."""
     if not isinstance(nclx, dict):
         return False
-    return nclx.get("transfer_characteristics") in (16, 18) or nclx.get("color_primaries") not in (None, 1, 2)
+    return nclx.get("transfer_characteristics") in HDR_TRANSFERS or nclx.get("color_primaries") not in (None, 1, 2)
 
 
 def heif_deep_pixels(data: bytes | None, size: tuple[int, int]) -> np.ndarray | None:
@@ -259,7 +262,7 @@ def _from_code_points(
         return flatten(img)  # BT.709 (sRGB's) or unspecified
     rgb = flatten(img)
     transfer, primaries = nclx.get("transfer_characteristics"), nclx.get("color_primaries")
-    hdr = transfer in (16, 18)
+    hdr = transfer in HDR_TRANSFERS
     import numpy as np
 
     from adain.hdr import BT2020, BT2020_TO_709, to_709, to_sdr, wide_to_srgb

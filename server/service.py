@@ -43,6 +43,7 @@ from adain.wire import (
     TEMPORAL_BY_ENUM,
     Limits,
     format_cannot_hold,
+    style_too_small,
 )
 
 from .auth import TokenFile, caller_of
@@ -615,7 +616,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         # Styles are only scaled down: one too small at the largest style_size a call may ask for could only
         # fail each call naming its id (the library refuses such files at the default size, whose calls it is)
         largest = longest_size(img.width, img.height, self.limits.max_content_side)
-        if min(largest) < MIN_STYLE_SIDE:
+        if style_too_small(*largest, self.limits.max_content_side):
             raise ServiceError.invalid([Violation("image", f"{img.width} x {img.height} px is too small to carry a "
                                                            f"style at any style_size: its shorter side needs "
                                                            f"{MIN_STYLE_SIDE} px as used")])

@@ -923,9 +923,9 @@ async function submitBatch() {
     if (batch.run === run) {  // (forgotten: the page has moved on, and says nothing of this run)
       $("download-all").hidden = batch.results.length < 2;
       // stopped by an option's error: the count read "0 of 2 photos stylized, under Result" over an empty grid
-      $("status").textContent = stopped ? `Stopped: an option was refused (see its error); ${batch.results.length} of `
-        + `${batch.files.length} photos stylized.` : `${batch.results.length} of ${batch.files.length} photos `
-        + "stylized, under Result.";
+      const done = `${batch.results.length} of ${batch.files.length} photos stylized`;
+      $("status").textContent = stopped ? `Stopped: an option was refused (see its error); ${done}.`
+                                        : `${done}, under Result.`;
     }
   }
 }
@@ -1015,8 +1015,12 @@ function liveSupported() {
 }
 
 function showLive(on) {
-  $("pair").hidden = false;
-  if (on) $("batch-results").hidden = $("download-all").hidden = true;
+  // the camera off: the result shown before it comes back (a photo's or a clip's with its Download: it came back
+  // without one, or several photos' grid)
+  const several = !on && batch.files.length > 1 && batch.results.length > 0;
+  $("pair").hidden = several;
+  $("batch-results").hidden = !several;
+  $("download-all").hidden = !several || batch.results.length < 2;
   $("live-row").hidden = $("live-camera").hidden = $("live-output").hidden = !on;
   $("output").hidden = on || state.video;
   $("output-video").hidden = on || !state.video;
@@ -1026,14 +1030,7 @@ function showLive(on) {
   $("mask-row").hidden = $("regions-row").hidden = on || state.video;  // a photo's options, not the camera's
   $("refine-row").hidden = on || state.video || !state.info.max_refine_steps;
   $("exif-row").hidden = $("format-row").hidden = on || state.video;
-  $("download").hidden = true;
-  if (!on) {  // the result shown before the camera comes back with its Download (it came back without one)
-    const several = batch.files.length > 1 && batch.results.length > 0;
-    $("pair").hidden = several;
-    $("batch-results").hidden = !several;
-    $("download-all").hidden = !several || batch.results.length < 2;
-    $("download").hidden = several || !(state.video ? $("output-video").getAttribute("src") : resultUrl);
-  }
+  $("download").hidden = on || several || !(state.video ? $("output-video").getAttribute("src") : resultUrl);
   $("original-caption").textContent = on ? "Camera" : "Original";
   if (on) $("result").hidden = false;
 }
