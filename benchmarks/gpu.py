@@ -10,7 +10,9 @@ multiply-adds in three of its nine convolutions) in a CUDA graph; and, for the b
 ``--compile-batches``, ``torch.compile`` (inductor fuses the reflection pads, ReLUs and upsamples into
 Triton kernels) in a CUDA graph. Reported:
 images/s over ``--seconds`` of back-to-back batches (synchronised at the end), and at batch 1 the
-median latency of single calls. ``--profile`` prints the kernels that take the most time in one eager
+median latency of single calls, and each mode's largest pixel difference from eager's output (on the
+0-1 scale: bf16 rounds to ~0.004 near 1, so a few hundredths are bf16, not a wrong picture).
+``--profile`` prints the kernels that take the most time in one eager
 batch of 8, or of the largest size under 8 (where the time goes, for the next round). On a CPU (the dry
 run that ``scripts/gpu_round.sh`` is tested with) only the eager rows run. Random contents; the shipped
 decoder unless ``--decoder``.
@@ -141,14 +143,16 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
                 profile(step, device)
             except Exception as e:  # noqa: BLE001
                 print(f"# profile at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
+        reference = step().float()  # eager's pixels: a faster mode must give the same picture
         for mode, build in modes:
             t0 = time.perf_counter()
             try:
                 fn = build()
                 if mode.startswith("compiled"):
                     print(f"# torch.compile at batch {batch}: {time.perf_counter() - t0:.0f} s", flush=True)
+                diff = (fn().float().clamp(0, 1) - reference.clamp(0, 1)).abs().max().item()
                 ips = throughput(fn, batch, args.seconds, device)
-                row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1)}
+                row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1), "max_diff": round(diff, 4)}
                 if batch == 1:
                     row["p50_ms"] = round(latency_ms(fn, device), 2)
             except Exception as e:  # noqa: BLE001

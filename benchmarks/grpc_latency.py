@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import re
 import statistics
@@ -29,6 +30,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -121,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="one-at-a-time calls for each latency median (default 3)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput (default 8)")
     p.add_argument("--requests", type=int, default=8, help="requests in all for each throughput run (default 8)")
+    p.add_argument("--client-processes", type=int, default=1,
+                   help="processes the many clients are spread over (default 1: threads of this one)")
     p.add_argument("--max-batch-size", type=int, default=8, help="the server's --max-batch-size (default 8)")
+    p.add_argument("--workers", type=int, default=None, help="the server's --workers (default: the server's)")
+    p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"],
+                   help="the reply's format, in process and over gRPC (default png)")
     p.add_argument("--content", help="content image (default: synthetic)")
     p.add_argument("--style", help="style image (default: synthetic)")
     args = p.parse_args(argv)
@@ -153,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from adain.client import StyleTransferClient
     from adain.image import encode_image
+    from adain.job import Job
     from adain.stylizer import Stylizer
 
     device = None if args.device == "auto" else args.device
@@ -160,29 +168,49 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     # The server loads while this process does; latencies are then measured alternately (local, remote),
     # so that a load that drifts (another job on the machine) hits both alike.
-    server = Server(decoder, args.device, ["--max-batch-size", str(args.max_batch_size), "--backend", args.backend])
+    extra = ["--max-batch-size", str(args.max_batch_size), "--backend", args.backend]
+    extra += ["--workers", str(args.workers)] if args.workers else []
+    server = Server(decoder, args.device, extra)
     try:
         st = Stylizer(decoder=decoder, device=device, backend=args.backend)
         dev = str(st.device)
         if st.cuda:
             print(f"# GPU: {torch.cuda.get_device_name(st.device)}")
 
-        def local() -> None:
-            img = st.stylize(content, [style])
+        def sync() -> None:
             if st.cuda:
                 torch.cuda.synchronize()
-            encode_image(img, "png")
+
+        def local() -> None:
+            img = st.stylize(content, [style])
+            sync()
+            encode_image(img, args.format)
+
+        def steps() -> tuple[float, float, float]:
+            """One in-process call's three steps, ms: prepare (decode, checks, cached style), render, encode."""
+            t0 = time.perf_counter()
+            prepared = st.prepare(Job(content, [style]))
+            t1 = time.perf_counter()
+            img = st.render([prepared])[0]
+            sync()
+            t2 = time.perf_counter()
+            encode_image(img, args.format)
+            return (t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000
 
         server.wait_serving()
         with StyleTransferClient(server.target, timeout=600, retries=0) as client:
             info = client.server_info()
             # Each row is printed as it is measured: a run cut short by its timeout keeps what it had.
-            print(f"# device {dev} (server: {info['device']}, {info['dtype']}); {args.runs} runs per median, "
+            print(f"# device {dev} (server: {info['device']}, {info['dtype']}, {args.workers or 'default'} workers); "
+                  f"{args.format} replies; {args.runs} runs per median, "
                   f"{args.requests} requests per throughput run ({one_requests(args.requests)} with one client); "
                   f"max batch {args.max_batch_size}")
             print(f"{'measure':<{WIDTH}}  value\n{'-' * WIDTH}  {'-' * 30}", flush=True)
             local()  # warm up, and cache the style
-            client.stylize(content, style)
+            client.stylize(content, style, format=args.format)
+            parts = [statistics.median(t) for t in zip(*(steps() for _ in range(args.runs)))]
+            row(f"in-process steps: prepare, render, {args.format} encode",
+                "  ".join(f"{t:.1f}" for t in parts) + " ms")
             # torch is measurably faster on a worker thread than on the main thread here (OpenMP), and the
             # server renders on a worker thread: time the library both ways, compare with the worker one.
             worker = ThreadPoolExecutor(1)
@@ -191,28 +219,37 @@ def main(argv: list[str] | None = None) -> int:
                 main_ms.append(median_ms(local, 1)[0])
                 local_ms.append(worker.submit(median_ms, local, 1).result()[0])
                 t0 = time.perf_counter()
-                r = client.stylize(content, style)
+                r = client.stylize(content, style, format=args.format)
                 remote_ms.append((time.perf_counter() - t0) * 1000)
                 inference_ms.append(r.timings.inference_ms)
             worker.shutdown()
             local_med, remote_med = statistics.median(local_ms), statistics.median(remote_ms)
-            row("in-process Stylizer + PNG encode, main thread", f"{statistics.median(main_ms):9.1f} ms")
-            row("in-process Stylizer + PNG encode, worker thread", f"{local_med:9.1f} ms")
+            row(f"in-process Stylizer + {args.format} encode, main thread", f"{statistics.median(main_ms):9.1f} ms")
+            row(f"in-process Stylizer + {args.format} encode, worker thread", f"{local_med:9.1f} ms")
             row("gRPC end-to-end latency (median)",
                 f"{remote_med:9.1f} ms  (server inference {statistics.median(inference_ms):.1f} ms)")
             row("ratio gRPC / in-process (worker thread)", f"{remote_med / local_med:9.2f} x")
 
-            def throughput(clients: int, requests: int) -> None:
-                batches: list[int] = []
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(clients) as pool:
-                    for r in pool.map(lambda _: client.stylize(content, style), range(requests)):
-                        batches.append(r.timings.batch_size)
-                ips = requests / (time.perf_counter() - t0)
-                row(f"throughput, {clients} client{'s' if clients > 1 else ''}",
-                    f"{ips:9.2f} img/s  (mean batch {statistics.mean(batches):.1f})")
+            def throughput(clients: int, requests: int, processes: int = 1) -> None:
+                if processes > 1:  # the load from several processes: one Python process's GIL capped it
+                    ctx = multiprocessing.get_context("spawn")  # (gRPC does not survive a fork)
+                    start = time.time() + 3 + 0.25 * processes  # each connected and waiting by then
+                    shares = [(server.target, content, style, args.format, len(range(i, clients, processes)),
+                               len(range(i, requests, processes)), start) for i in range(processes)]
+                    with ctx.Pool(processes) as pool:
+                        results = pool.starmap(client_share, shares)
+                    ips = requests / (max(r[1] for r in results) - min(r[0] for r in results))
+                    batches = [b for r in results for b in r[2]]
+                else:
+                    t0 = time.time()
+                    batches = client_share(server.target, content, style, args.format, clients, requests, 0,
+                                           client)[2]
+                    ips = requests / (time.time() - t0)
+                label = f"{clients} client{'s' if clients > 1 else ''}"
+                label += f" in {processes} processes" if processes > 1 else ""
+                row(f"throughput, {label}", f"{ips:9.2f} img/s  (mean batch {statistics.mean(batches):.1f})")
 
-            throughput(args.clients, args.requests)  # the figure the speed issue asks for, first
+            throughput(args.clients, args.requests, args.client_processes)  # the figure the issue asks for, first
             throughput(1, one_requests(args.requests))
     finally:
         server.stop()
@@ -222,6 +259,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 WIDTH = 48
+
+
+def client_share(target: str, content: bytes, style: bytes, fmt: str, threads: int, requests: int,
+                 start: float, client: Any = None) -> tuple[float, float, list[int]]:
+    """``requests`` calls from ``threads`` threads on one channel (``client``'s, else a new one), from the
+    wall-clock time ``start`` (or at once): the times of the first call's start and of the last reply, and each
+    reply's batch size. The throughput over several processes is theirs from the first start to the last end."""
+    from adain.client import StyleTransferClient
+
+    own = client is None
+    client = client or StyleTransferClient(target, timeout=600, retries=0)
+    try:
+        if own:
+            client.server_info()  # connected before the clock starts
+        time.sleep(max(0.0, start - time.time()))
+        t0 = time.time()
+        with ThreadPoolExecutor(threads) as pool:
+            batches = [r.timings.batch_size for r in pool.map(
+                lambda _: client.stylize(content, style, format=fmt), range(requests))]
+        return t0, time.time(), batches
+    finally:
+        if own:
+            client.close()
 
 
 def row(name: str, value: str) -> None:
