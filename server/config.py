@@ -56,7 +56,7 @@ class Settings:
     max_batch_delay_ms: float = 10
     max_queue: int = 64
     max_queue_per_caller: int = 0
-    workers: int = 2
+    workers: int = 0
     max_message_mb: float = 32
     max_pixels: int = Limits.max_pixels
     max_content_side: int = Limits.max_content_side
@@ -212,7 +212,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-queue": (_count(1), "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
     "max-queue-per-caller": (_count(0), "most of --max-queue one caller may hold (callers: a token's name, "
                              "else the peer's address; they take turns); 0: half of --max-queue"),
-    "workers": (_count(1), "threads that decode and validate requests (Stylizer.prepare) and encode replies"),
+    "workers": (_count(0), "threads that decode and validate requests (Stylizer.prepare) and encode replies; "
+                "0: 2 on a CPU (the model takes the cores), one a usable CPU on a GPU (they are the work there)"),
     "max-message-mb": (_message_mb, "largest gRPC message received or sent, MiB (0.0625 to 2047: gRPC counts bytes "
                        "in 32 bits)"),
     "max-pixels": (_STYLE_PIXELS, "largest content, style or mask image, in pixels (width x height)"),

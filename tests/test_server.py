@@ -311,6 +311,16 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert {"JPEG", "PNG", "WEBP", "AVIF", "HEIF"} <= set(info["input_formats"])  # HEIF: the dev install's heif extra
 
 
+def test_prepare_workers_follow_the_device() -> None:
+    """--workers 0 (the default, reported as 2 above on a CPU): on a GPU the decoding and encoding are the work,
+    so one thread a usable CPU."""
+    from adain.precision import cpu_quota
+    from adain.server.app import prepare_workers
+
+    assert prepare_workers(cuda=False) == 2
+    assert prepare_workers(cuda=True) == (cpu_quota() or os.cpu_count())
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 
