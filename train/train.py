@@ -129,6 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-data", default="", help="with --export: what the decoder was trained on (metadata)")
     p.add_argument("--export-note", default="", help="with --export: free text for the metadata")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder and decoder (inductor: the pads, ReLUs and upsamples fused; the "
+                   "forward pass ran 3-5x faster on an H200); its first step compiles (a minute or so), and a compile "
+                   "that fails is logged and the run goes on eager")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -249,6 +253,9 @@ class Trainer:
             if self.main:
                 log.info("starting from the weights of %s (%s)", args.init, init_file.version)
         self.model = DistributedDataParallel(self.decoder) if self.world > 1 else self.decoder
+        # what the step calls: compiled with --compile (checkpoints save the modules themselves, unprefixed)
+        self.encode: Any = torch.compile(self.encoder) if args.compile else self.encoder
+        self.forward: Any = torch.compile(self.model) if args.compile else self.model
         if args.ema == 0:
             self.ema = None
         elif self.ema is None:  # the average starts at the weights the run starts from (a trained --init)
@@ -387,13 +394,13 @@ class Trainer:
             content = torch.where(a4 == 0, self._batch(self.sharp), content)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad():
-                c_feats = self.encoder(content)
+                c_feats = self.encode(content)
                 c4 = c_feats.relu4_1
-                s_feats = self.encoder(style)
+                s_feats = self.encode(style)
                 s_mean, s_std = mean_std(s_feats.relu4_1)
                 target = (a4 * adain(c4, s_mean, s_std).float() + (1 - a4) * c4.float()).to(c4.dtype)
-            out = self.model(target, decoder_alpha, content)  # the content: what a detail path reads (others ignore)
-            o_feats = self.encoder(out)
+            out = self.forward(target, decoder_alpha, content)  # the content: what a detail path reads (others ignore)
+            o_feats = self.encode(out)
             loss_c = F.mse_loss(o_feats.relu4_1.float(), target.float())
             loss_s = style_loss(o_feats, s_feats, weights=alpha)
             loss = args.content_weight * loss_c + args.style_weight * loss_s
@@ -419,6 +426,17 @@ class Trainer:
         self._update_ema()
         self._last_batch = (content, style, out)
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def _first_step(self) -> dict[str, float]:
+        """The first compiled step; a compile that fails (no compiler, an op inductor cannot lower) costs the
+        run its speed, not the run: it goes on eager."""
+        try:
+            return self.train_step()
+        except Exception as e:  # noqa: BLE001 (torch's compile errors have no one base class)
+            if self.main:
+                log.warning("torch.compile failed (%s: %s): training eager", type(e).__name__, str(e)[:300])
+            self.encode, self.forward = self.encoder, self.model
+            return self.train_step()
 
     # --- outputs people look at --------------------------------------------------------------
     def _write_samples(self) -> None:
@@ -470,9 +488,11 @@ class Trainer:
         sums: dict[str, float] = {}
         n = 0
         diverged = False
+        first = True
         try:
             while self.step < args.steps and not stopping():
-                losses = self.train_step()
+                losses = self._first_step() if first and self.encode is not self.encoder else self.train_step()
+                first = False
                 if not all(math.isfinite(v) for v in losses.values()):
                     diverged = True  # this step's update made the weights non-finite: the last checkpoint stays
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
