@@ -53,7 +53,7 @@ class Settings:
     backend: str = "auto"
     torch_threads: int = 0
     max_batch_size: int = 8
-    max_batch_delay_ms: float = 10
+    max_batch_delay_ms: float = 0
     max_queue: int = 64
     max_queue_per_caller: int = 0
     workers: int = 0
@@ -208,7 +208,9 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "torch-threads": (_count(0), "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
                       "container's CPU limit (cgroup cpu.max) or affinity where lower"),
     "max-batch-size": (_count(1), "most requests rendered in one batch"),
-    "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill"),
+    "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill; 0: "
+                           "none, a batch is what queued while the last one rendered (a wait bought no throughput "
+                           "on a CPU and ~17%% on an H200 at 512 px, and cost its length in latency)"),
     "max-queue": (_count(1), "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
     "max-queue-per-caller": (_count(0), "most of --max-queue one caller may hold (callers: a token's name, "
                              "else the peer's address; they take turns); 0: half of --max-queue"),
