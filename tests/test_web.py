@@ -1350,6 +1350,10 @@ def test_page_paints_regions(web: WebProcess, browser, client, tmp_path: Path) -
     left = browser.execute_async_script(
         "const done = arguments[arguments.length - 1]; labelsImage().then((r) => done(r.missing));")
     assert left == [1]  # strokes has painted nothing: the page will say so beside it
+    # the canvas is read back (labels, an eraser per colour) and says so at its first use: Chromium's console
+    # had "Multiple readback operations using getImageData are faster with the willReadFrequently attribute"
+    read_back = [e["message"] for e in browser.get_log("browser") if "willReadFrequently" in e["message"]]
+    assert not read_back, read_back
 
 
 def test_page_paints_regions_with_the_keyboard(web: WebProcess, browser, tmp_path: Path) -> None:

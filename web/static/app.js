@@ -263,10 +263,16 @@ function pointerAt(event) {
   return { x: event.offsetX * k, y: event.offsetY * k };
 }
 
+// The painting's 2D context. It is read back (the labels sent, an eraser per colour), so it says so: the first
+// getContext fixes a canvas's attributes, and without it Chromium warned of repeated getImageData.
+function paintContext() {
+  return $("paint-canvas").getContext("2d", { willReadFrequently: true });
+}
+
 // Paint (or erase) a dot at ``at`` (photo pixels), or a line to it from the last point painted.
 function strokeTo(at, start) {
   const canvas = $("paint-canvas");
-  const ctx = canvas.getContext("2d");
+  const ctx = paintContext();
   const width = paint.size * canvas.width / canvas.clientWidth;  // the brush size is in page pixels
   ctx.globalCompositeOperation = paint.brush ? "source-over" : "destination-out";
   ctx.fillStyle = ctx.strokeStyle = paint.brush || "#000";
@@ -339,7 +345,7 @@ function hideBrushCursor() {
 function erasePaint(colour) {
   const canvas = $("paint-canvas");
   if (!paint.painted || !canvas.width) return;
-  const ctx = canvas.getContext("2d");
+  const ctx = paintContext();
   const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
   const d = pixels.data;
   const rgb = PALETTE.map(hexRgb);
@@ -371,7 +377,7 @@ function hexRgb(hex) {
 async function labelsImage() {
   if (!paint.painted || !paint.ready) return null;
   const canvas = $("paint-canvas");
-  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  const pixels = paintContext().getImageData(0, 0, canvas.width, canvas.height);
   const d = pixels.data;
   const rgb = PALETTE.map(hexRgb);
   const counts = new Map();
@@ -1208,7 +1214,7 @@ function init() {
   $("paint-photo").addEventListener("load", photoShown);
   $("paint-clear").addEventListener("click", () => {
     const canvas = $("paint-canvas");
-    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    paintContext().clearRect(0, 0, canvas.width, canvas.height);
     paint.painted = false;
   });
   $("brush-size").addEventListener("input", () => {
