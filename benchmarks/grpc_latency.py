@@ -7,11 +7,14 @@
 It starts its own ``adain-server`` subprocess on a free port (metrics off) and, in this process, a
 Stylizer with the same decoder and device. Latency: the median of ``--runs`` one-at-a-time calls of a
 ``--size`` px content with a ``--size`` px style (the style's features are cached after the first call
-on both sides, as in steady state). In process, a call is ``Stylizer.stylize`` + PNG encoding, timed on
-the main thread and on a worker thread (as the server renders); the ratio gRPC / worker-thread shows what
-gRPC, (de)serialisation, queueing and batching add. Local and remote calls alternate, so that a drifting
+on both sides, as in steady state). In process, a call is ``Stylizer.stylize`` + encoding (``--format``),
+timed on the main thread and on a worker thread (as the server renders); the ratio gRPC / worker-thread shows
+what gRPC, (de)serialisation, queueing and batching add. Local and remote calls alternate, so that a drifting
 load (another job on the machine) hits both alike. Throughput: images per second with ``--clients``
-concurrent clients sending ``--requests`` requests in all, then with one client sending an eighth of them.
+concurrent clients sending ``--requests`` requests in all (threads of this process, or spread over
+``--client-processes``: in one, the clients' own Python, under one GIL, may be part of the ceiling), then
+with one client sending an eighth of them. A row before them splits one in-process call into prepare,
+render and encode.
 Each row is printed as it is measured.
 """
 
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         with StyleTransferClient(server.target, timeout=600, retries=0) as client:
             info = client.server_info()
             # Each row is printed as it is measured: a run cut short by its timeout keeps what it had.
-            print(f"# device {dev} (server: {info['device']}, {info['dtype']}, {args.workers or 'default'} workers); "
+            print(f"# device {dev} (server: {info['device']}, {info['dtype']}, "
+                  f"{info['batching']['prepare_workers']} prepare workers); "
                   f"{args.format} replies; {args.runs} runs per median, "
                   f"{args.requests} requests per throughput run ({one_requests(args.requests)} with one client); "
                   f"max batch {args.max_batch_size}")
@@ -231,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             row("ratio gRPC / in-process (worker thread)", f"{remote_med / local_med:9.2f} x")
 
             def throughput(clients: int, requests: int, processes: int = 1) -> None:
-                if processes > 1:  # the load from several processes: one Python process's GIL capped it
+                processes = min(processes, clients)
+                if processes > 1:  # the load from several processes: one process's GIL may cap it
                     ctx = multiprocessing.get_context("spawn")  # (gRPC does not survive a fork)
                     start = time.time() + 3 + 0.25 * processes  # each connected and waiting by then
                     shares = [(server.target, content, style, args.format, len(range(i, clients, processes)),

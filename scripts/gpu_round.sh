@@ -62,8 +62,9 @@ else
   GROW=(--batch-size 8 --crop 128 --workers 3 --precision bf16 --log-every 50)  # the shipped v3's recipe
   GROW_STEPS=(250 1121)
   BENCH=(--size 512 --batches 1 4 16 32 --seconds 1 --compile-batches 32 --profile)
-  # the clients in 8 processes: in one, their Python was the ceiling; PNG (the default reply) and JPEG, whose
-  # encode is ~30x cheaper: round 3 found the host's PNG encoding, not the GPU, bounding the gRPC figures
+  # the clients in 8 processes (in one, their Python under one GIL may be part of the ceiling); PNG (the
+  # default reply), then JPEG (2.7 ms to encode there, PNG 96 at zlib 6): round 3 found the host's PNG
+  # encoding, not the GPU, bounding the gRPC figures
   GRPC=(--size 512 --runs 5 --clients 32 --requests 256 --device cuda --max-batch-size 32 --client-processes 8)
   FORMATS=(png jpeg)
   RUNS=("$RUNDIR/A" "$RUNDIR/B")
