@@ -528,6 +528,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             except InvalidInputError as e:  # what the format cannot hold, where the header did not say it first
                 raise _invalid(e, request) from e
             encode_ms = (time.perf_counter() - t1) * 1000
+            self.metrics.encode_seconds.labels(FORMAT_BY_ENUM[request.format]).observe(encode_ms / 1000)
         finally:
             if place is not None:
                 place.release()

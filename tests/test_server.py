@@ -212,6 +212,8 @@ def test_concurrent_clients_get_their_own_answers(server: ServerProcess, client:
     assert 'adain_requests_total{code="OK",method="Stylize"}' in text
     assert "adain_batch_size_bucket" in text and "adain_queue_seconds_bucket" in text
     assert "adain_inference_seconds_count" in text
+    assert 'adain_encode_seconds_count{format="png"}' in text  # the host's share, beside the model's
+    assert "adain_prepare_seconds_count" in text
 
 
 def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient) -> None:
