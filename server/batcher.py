@@ -94,7 +94,7 @@ class Batcher:
         render: RenderFn,
         *,
         max_batch_size: int = 8,
-        max_delay_s: float = 0.01,
+        max_delay_s: float = 0.0,  # the server's --max-batch-delay-ms default: what queued during a render
         max_queue: int = 64,
         max_per_caller: int | None = None,
         max_batch_pixels: int | None = None,
