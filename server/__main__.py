@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from adain.commands import quiet_grpc
+
 from . import logs
 from .config import PORT_TAKEN_HINT, Settings, parse_settings
 
@@ -26,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     # gRPC's core logs at INFO in its own plain format (a failed TLS handshake: one line per stray connection),
     # past --log-format json; its errors still show. GRPC_VERBOSITY set in the environment wins.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    quiet_grpc()
     settings = parse_settings(argv)
     logs.setup(settings.log_level, settings.log_format)
     log = logging.getLogger("adain.server")
