@@ -35,7 +35,8 @@ class Metrics(Exporter):
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.encode_seconds = Histogram(
-            "adain_encode_seconds", "Encoding the reply image, by format, from the render's end (a wait for a "
+            "adain_encode_seconds", "Encoding a Stylize reply's image (video frames are not counted), by format, "
+            "from the render's end (a wait for a "
             "prepare thread included): on a GPU the host's work that bounds a replica (a 512-px PNG took ~100 ms on "
             "an H200's host, its render ~7)", ["format"], buckets=_LATENCY_BUCKETS, registry=r,
         )

@@ -518,17 +518,18 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 result = await self._render(ticket, prepared, deadline)
                 image = result.output
             t1 = time.perf_counter()
+            fmt = FORMAT_BY_ENUM[request.format]
 
             def encode() -> bytes:
                 exif = exif_to_keep(request.content) if request.keep_exif else None
-                return encode_image(image, FORMAT_BY_ENUM[request.format], request.quality or DEFAULT_QUALITY, exif)
+                return encode_image(image, fmt, request.quality or DEFAULT_QUALITY, exif)
 
             try:
                 data = await loop.run_in_executor(self.pool, encode)
             except InvalidInputError as e:  # what the format cannot hold, where the header did not say it first
                 raise _invalid(e, request) from e
             encode_ms = (time.perf_counter() - t1) * 1000
-            self.metrics.encode_seconds.labels(FORMAT_BY_ENUM[request.format]).observe(encode_ms / 1000)
+            self.metrics.encode_seconds.labels(fmt).observe(encode_ms / 1000)
         finally:
             if place is not None:
                 place.release()
