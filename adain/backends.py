@@ -12,6 +12,8 @@ does not care which runs them.
   conversion (a lock file beside the entry): one converts, the others read its graph. A shape seen a second
   time also gets a graph compiled for it alone (faster than the shape-generic one; at most two kept, the most
   used, see _StaticShapes).
+* ``compiled``: the modules compiled by ``torch.compile`` for dynamic shapes (``adain.compiled``), for a GPU,
+  where eager is bound by copies and pads that inductor fuses; compiled once at start (a minute).
 * ``onnxruntime``: the modules exported to ONNX (dynamic axes) and run by ONNX Runtime's CPU provider,
   float32 only.
 
@@ -42,54 +44,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from adain.compiled import CompiledBackend
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
+from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
 from adain.precision import BACKENDS, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
 
 log = logging.getLogger("adain.backends")
 Run = Callable[..., np.ndarray]  # float32 arrays in, the one output out
-
-
-class TorchBackend:
-    """The modules, eager: the reference every other backend is compared with."""
-
-    name = "torch"
-
-    def __init__(self, encoder: Encoder, decoder: Decoder, device: torch.device, bf16: bool) -> None:
-        self.encoder, self.decoder, self.device = encoder, decoder, device
-        self.dtype = torch.bfloat16 if bf16 else torch.float32
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32)
-
-    def relu4_1(self, x: torch.Tensor) -> torch.Tensor:
-        """relu4_1 of a batch of images (N x 3 x H x W, H and W multiples of 8)."""
-        with torch.inference_mode(), self._autocast():
-            return self.encoder(x.contiguous(memory_format=torch.channels_last)).relu4_1
-
-    def decode(self, x: torch.Tensor, alpha: torch.Tensor | float, image: torch.Tensor | None = None) -> torch.Tensor:
-        """Images from targets (N x 512 x h x w) and alphas (one number, N, or N x 1 x h x w maps); ``image``: the
-        contents (N x 3 x 8h x 8w), which a decoder with the detail path needs."""
-        if image is not None:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            return self.decoder(x.to(memory_format=torch.channels_last), alpha, image)
-
-
-class _Relu41(nn.Module):
-    """The encoder with one output, as exporters want it."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x).relu4_1
 
 
 RETRY_AFTER_CALLS = 100  # a shape the runtime failed goes back to it after this many calls of the backend,
@@ -224,9 +187,11 @@ def make_backend(
     """
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "compiled":  # torch.compile on any device (a GPU's choice: adain.compiled)
+        return CompiledBackend(encoder, decoder, device, bf16)
     if device.type != "cpu":
         if name in ("openvino", "onnxruntime"):
-            raise ValueError(f"backend {name} runs on the CPU here; on {device.type} use torch or auto")
+            raise ValueError(f"backend {name} runs on the CPU here; on {device.type} use torch, compiled or auto")
         return TorchBackend(encoder, decoder, device, bf16)
     if name == "onnxruntime" and bf16:
         if explicit_precision:

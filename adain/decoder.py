@@ -175,13 +175,15 @@ def _inputs(decoder: Decoder | FoldedDecoder, x: torch.Tensor, alpha: torch.Tens
 def _detail(decoder: Decoder | FoldedDecoder, alpha: torch.Tensor | None, image: torch.Tensor | None,
             all_one: bool | None = None) -> dict[int, torch.Tensor]:
     """The detail path's corrections per conv index ({} without one) for the decoder's alpha map. Where every
-    alpha is 1 they are exactly zero, so eager calls skip them (3-4% of a 512-px stylization); a traced graph
-    (the exported runtimes) keeps them. ``all_one``: said by the caller where alpha was a number, so the map is
-    not read back from the device (a sync per call, and an error inside a CUDA graph's capture)."""
+    alpha is 1 they are exactly zero, so eager calls skip them (3-4% of a 512-px stylization); a traced or
+    compiled graph (the exported runtimes, adain.compiled) keeps them. ``all_one``: said by the caller where
+    alpha was a number, so the map is not read back from the device (a sync per call, and an error inside a
+    CUDA graph's capture)."""
     require_image(decoder, image)
     if decoder.detail is None or alpha is None:
         return {}
-    if not torch.jit.is_tracing() and (all_one if all_one is not None else bool((alpha == 1).all())):
+    graph = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if not graph and (all_one if all_one is not None else bool((alpha == 1).all())):
         return {}
     return decoder.detail(image, alpha)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 PRECISIONS = ("auto", "bf16", "fp32")
 # "auto": on a CPU the fastest runtime installed (see adain.backends), on a GPU torch
-BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+BACKENDS = ("auto", "torch", "compiled", "openvino", "onnxruntime")
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of bf16 units
 _SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
 

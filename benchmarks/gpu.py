@@ -8,7 +8,9 @@ inputs copied into its static buffer; no Python or launch cost per layer); bf16 
 casts) in a CUDA graph; the same with the folded decoder (``adain.decoder.FoldedDecoder``: 2.25x fewer
 multiply-adds in three of its nine convolutions) in a CUDA graph; and, for the batch sizes in
 ``--compile-batches``, ``torch.compile`` (inductor fuses the reflection pads, ReLUs and upsamples into
-Triton kernels) in a CUDA graph. Reported:
+Triton kernels) in a CUDA graph; and, at every batch size with ``--compiled-backend``, the
+``compiled`` backend the server runs with ``--backend compiled`` (``adain.compiled``: compiled once for
+dynamic shapes, no CUDA graph, called as the Stylizer calls it). Reported:
 images/s over ``--seconds`` of back-to-back batches (synchronised at the end), and at batch 1 the
 median latency of single calls, and each mode's largest pixel difference from eager's output (on the
 0-1 scale: bf16 rounds to ~0.004 near 1, so a few hundredths are bf16, not a wrong picture).
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 
 from adain import Stylizer
+from adain.compiled import CompiledBackend
 from adain.decoder import FoldedDecoder
 from adain.ops import adain, mean_std
 from adain.precision import cpu_info
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     p.add_argument("--plot", type=Path, default=None, help="images/s against batch size, PNG")
     p.add_argument("--compile-batches", type=int, nargs="*", default=[], help="also torch.compile at these sizes")
+    p.add_argument("--compiled-backend", action="store_true",
+                   help="also the server's --backend compiled (adain.compiled), at every batch size")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one eager batch of 8")
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
@@ -98,10 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     paths16 = {"bf16 weights": bf16_path(dec16), "folded decoder, bf16": bf16_path(folded16)}
     # wrapped only where it runs (its imports alone take seconds: the CPU dry run has no use for them)
     compiled = torch.compile(paths16["bf16 weights"]) if device.type == "cuda" and args.compile_batches else None
+    served = None  # the server's compiled backend: compiled here, once, for every batch size
+    if device.type == "cuda" and args.compiled_backend:
+        t0 = time.perf_counter()
+        served = CompiledBackend(st.encoder, st.decoder, device, dtype == torch.bfloat16)
+        print(f"# compiled backend: {'built' if served.compiled else 'FAILED, eager'} in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
     profile_batch = max((b for b in args.batches if b <= 8), default=min(args.batches))  # 8, or the largest below
     try:
-        measure(args, rows, profile_batch, st, mean, std, paths16, compiled)
+        measure(args, rows, profile_batch, st, mean, std, paths16, compiled, served)
     except KeyboardInterrupt:  # the round's timeout (SIGINT): what was measured is still written
         print("# interrupted: the rows so far", flush=True)
     if not rows:
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: Stylizer, mean: torch.Tensor,
             std: torch.Tensor, paths16: dict[str, Callable[[torch.Tensor], torch.Tensor]],
-            compiled: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+            compiled: Callable[[torch.Tensor], torch.Tensor] | None, served: CompiledBackend | None) -> None:
     """Every batch size's rows, appended to ``rows`` as each is measured (and printed)."""
     device, dtype, s = st.device, st.dtype, args.size
     for batch in args.batches:
@@ -136,8 +147,12 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
             modes.append(("cuda graph", lambda step=step, x=x: cuda_graph(step, x)))
             modes += [(f"{label}, cuda graph", lambda path=path, x=x: cuda_graph(inference(path, x), x))
                       for label, path in paths16.items()]
+            if served is not None:
+                modes.append(("compiled backend", lambda x=x: inference(
+                    lambda inp: served.decode(adain(served.relu4_1(inp), mean, std), 1.0, inp), x)))
             if compiled is not None and batch in args.compile_batches:
-                modes.append(("compiled, cuda graph", lambda x=x: cuda_graph(inference(compiled, x), x)))
+                modes.append(("compiled, cuda graph",
+                              lambda x=x: stance_default(lambda: cuda_graph(inference(compiled, x), x))))
         if args.profile and batch == profile_batch:
             try:
                 profile(step, device)
@@ -160,6 +175,13 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
                 continue
             rows.append(row)
             print(json.dumps(row), flush=True)
+
+
+def stance_default(build: Callable[[], Callable[[], torch.Tensor]]) -> Callable[[], torch.Tensor]:
+    """``build()`` with torch.compile compiling (the compiled backend's warm-up leaves the process compiling
+    nothing new, as a server wants it)."""
+    with torch.compiler.set_stance("default"):
+        return build()
 
 
 def inference(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[..., torch.Tensor]:

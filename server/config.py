@@ -204,7 +204,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "precision": (one_of(PRECISIONS), "auto (bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, detected at start; "
                   "float32 elsewhere), bf16 or fp32"),
     "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
-                "torch), torch, openvino or onnxruntime (the 'fast' extra: pip install -e '.[fast]')"),
+                "torch), torch, compiled (torch.compile, for a GPU: compiles for a minute at start), openvino or "
+                "onnxruntime (the 'fast' extra: pip install -e '.[fast]')"),
     "torch-threads": (_count(0), "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
                       "container's CPU limit (cgroup cpu.max) or affinity where lower"),
     "max-batch-size": (_count(1), "most requests rendered in one batch"),

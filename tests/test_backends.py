@@ -162,7 +162,7 @@ def test_runtime_failure_on_a_shape_runs_that_shape_on_torch(
 
 
 def test_backend_and_precision_errors(decoder_path: Path) -> None:
-    with pytest.raises(ValueError, match="backend must be one of auto, torch, openvino, onnxruntime"):
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, compiled, openvino, onnxruntime"):
         Stylizer(decoder_path, device="cpu", backend="tensorrt")
     st = Stylizer(decoder_path, device="cpu", backend="torch")
     with pytest.raises(ValueError, match="onnxruntime runs fp32 only"):

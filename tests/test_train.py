@@ -159,6 +159,17 @@ def test_cooldown_under_bf16_autocast(data: Path, tmp_path: Path) -> None:
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
 
 
+def test_cooldown_by_the_clock(data: Path, tmp_path: Path) -> None:
+    """--cooldown-minutes takes the lr down over the last minutes of --max-minutes, whatever the step rate (a
+    compiled run on a lent GPU), and the run stops at its deadline, not its --steps."""
+    out = tmp_path / "clock"
+    train_here(data, out, 100000, "--lr", "1e-3", "--lr-decay", "0", "--max-minutes", "0.15",
+               "--cooldown-minutes", "0.15")
+    lrs = [r["lr"] for r in logged(out)]
+    assert len(lrs) >= 2 and lrs == sorted(lrs, reverse=True) and lrs[0] < 1e-3 and lrs[-1] < lrs[0], lrs
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] < 100000
+
+
 def test_a_compile_that_fails_trains_eager(data: Path, tmp_path: Path) -> None:
     """--compile where inductor cannot build (no working C++ compiler): logged, and the run goes on eager to its
     end, so a GPU round's one call is not lost to it. (A compile that works gave this run's losses to 4 digits
@@ -173,7 +184,8 @@ def test_a_compile_that_fails_trains_eager(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1"),
-                                   ("--cooldown", "-1"), ("--ema", "1"), ("--export-note", "x"), ("--export", "."),
+                                   ("--cooldown", "-1"), ("--ema", "1"),
+                                   ("--cooldown-minutes", "1"), ("--export-note", "x"), ("--export", "."),
                                    ("--export", "runs/decoder/checkpoint.pt")])
 def test_flags_refused(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     from adain.train.train import parse_args

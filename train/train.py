@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-decay", type=float, default=5e-5, help="lr / (1 + lr_decay * step)")
     p.add_argument("--cooldown", type=int, default=0,
                    help="over the last N steps before --steps, take the lr linearly down to 0")
+    p.add_argument("--cooldown-minutes", type=float, default=0,
+                   help="the same by the clock: over the last M minutes of --max-minutes (a budgeted run whose "
+                   "step rate is not known in advance, as a compiled one on a lent GPU)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
                    "export writes it instead of the last step's weights")
@@ -153,6 +156,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--teacher and a --teacher-weight above 0 go together")
     if args.cooldown < 0 or not 0 <= args.ema < 1:
         p.error(f"--cooldown must be >= 0 and --ema in [0, 1), got {args.cooldown}, {args.ema}")
+    if not 0 <= args.cooldown_minutes <= args.max_minutes or (args.cooldown_minutes and not args.max_minutes):
+        p.error(f"--cooldown-minutes needs --max-minutes and at most its length, got {args.cooldown_minutes} "
+                f"of {args.max_minutes}")
     if args.detail and args.init is None and not args.resume:
         p.error("--detail grows a trained decoder: give it --init (e.g. adain/assets/decoder.pt)")
     if args.detail and args.alpha_one >= 1:  # the path is zero at alpha 1: such a batch has nothing to learn
@@ -220,6 +226,7 @@ class Trainer:
             self.decoder.convs.requires_grad_(False)
         self.opt = torch.optim.Adam([p for p in self.decoder.parameters() if p.requires_grad], lr=args.lr)
         self.step = 0
+        self.remaining = math.inf  # seconds left of --max-minutes, as the ranks agree on it (run() sets it)
         self.last_losses: dict[str, float] = {}
         self.init_meta: dict[str, Any] = {}
         self.ema: dict[str, torch.Tensor] | None = None
@@ -294,6 +301,8 @@ class Trainer:
         lr = a.lr / (1.0 + a.lr_decay * step)
         if a.cooldown > 0:
             lr *= min(1.0, (a.steps - step) / a.cooldown)
+        if a.cooldown_minutes > 0:
+            lr *= min(1.0, max(0.0, self.remaining) / (a.cooldown_minutes * 60))
         return lr
 
     def _loader(self, folder: Path, seed: int, start: int, scale: float = 1.0) -> Any:
@@ -474,12 +483,16 @@ class Trainer:
             """Whether to stop before the next step: decided together under torchrun (each rank's own clock
             and signal let one start a step the others never joined: a crash with gloo, NCCL's 10-minute
             timeout with NCCL)."""
-            local = stop["flag"] or time.monotonic() >= deadline
+            left = deadline - time.monotonic()
+            local = stop["flag"] or left <= 0
             if self.world == 1:
+                self.remaining = left
                 return local
-            flag = torch.tensor([float(local)], device=self.device)
+            # the time left too, the least of the ranks': a clock cool-down's lr must be the same on every rank
+            flag = torch.tensor([float(local), -min(left, 1e9)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            return bool(flag.item())
+            self.remaining = -flag[1].item()
+            return bool(flag[0].item())
 
         previous = signal.signal(signal.SIGTERM, on_term)
         previous_int = signal.signal(signal.SIGINT, on_term)
@@ -605,6 +618,8 @@ def export_checkpoint(checkpoint: Path, output: Path, data: str = "", note: str 
         "crop": targs.get("crop"),
         "detail": bool(targs.get("detail")),  # the detail path grown and trained alone (architecture 3)
         "cooldown": targs.get("cooldown", 0),
+        "cooldown_minutes": targs.get("cooldown_minutes", 0),
+        "lr": targs.get("lr"), "lr_decay": targs.get("lr_decay"),  # with the cool-downs, what a run's lr was
         "ema": targs.get("ema", 0.0) if ema is not None else None,  # None: the last step's weights
         **{k: targs.get(k) for k in LOGGED_KNOBS if k in targs},
         "init": state.get("init") or None,
