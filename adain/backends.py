@@ -12,8 +12,9 @@ does not care which runs them.
   conversion (a lock file beside the entry): one converts, the others read its graph. A shape seen a second
   time also gets a graph compiled for it alone (faster than the shape-generic one; at most two kept, the most
   used, see _StaticShapes).
-* ``compiled``: the modules compiled by ``torch.compile`` for dynamic shapes (``adain.compiled``), for a GPU,
-  where eager is bound by copies and pads that inductor fuses; compiled once at start (a minute).
+* ``compiled``: the modules compiled by ``torch.compile`` for a few static shapes (``adain.compiled``), for a
+  GPU, where eager is bound by copies and pads that inductor fuses; compiled at start (~20 s a shape), eager
+  for the other shapes.
 * ``onnxruntime``: the modules exported to ONNX (dynamic axes) and run by ONNX Runtime's CPU provider,
   float32 only.
 
@@ -36,7 +37,7 @@ import threading
 import time
 import warnings
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adain.compiled import CompiledBackend
+from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
@@ -177,9 +178,11 @@ Backend = TorchBackend  # the interface: name, precision, relu4_1(x), decode(x, 
 
 
 def make_backend(
-    name: str, encoder: Encoder, decoder: Decoder, device: torch.device, bf16: bool, explicit_precision: bool
+    name: str, encoder: Encoder, decoder: Decoder, device: torch.device, bf16: bool, explicit_precision: bool,
+    compile_shapes: Sequence[Shape] = DEFAULT_SHAPES,
 ) -> TorchBackend:
-    """The backend called ``name`` (one of BACKENDS) for these modules.
+    """The backend called ``name`` (one of BACKENDS) for these modules; ``compile_shapes``: what ``compiled``
+    compiles for (batch, height, width).
 
     An explicitly named runtime that is missing or fails to build is an error (the operator asked for it);
     ``auto`` logs why it skips one and takes the next. ONNX Runtime runs float32 only on a CPU: asked for
@@ -188,7 +191,7 @@ def make_backend(
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "compiled":  # torch.compile on any device (a GPU's choice: adain.compiled)
-        return CompiledBackend(encoder, decoder, device, bf16)
+        return CompiledBackend(encoder, decoder, device, bf16, compile_shapes)
     if device.type != "cpu":
         if name in ("openvino", "onnxruntime"):
             raise ValueError(f"backend {name} runs on the CPU here; on {device.type} use torch, compiled or auto")

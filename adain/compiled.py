@@ -1,22 +1,23 @@
-"""The ``compiled`` backend: the encoder and decoder compiled by ``torch.compile`` (inductor), for a GPU.
+"""The ``compiled`` backend: the encoder and decoder compiled by ``torch.compile`` (inductor) for a few static
+shapes, for a GPU.
 
-Why: on an H200 the eager path runs 257-312 images/s at 512 px, bound by copies and reflection pads (63% of
-its GPU time), which inductor fuses into its own kernels; compiled, the same network ran 922-1,557 images/s
-in ``benchmarks/gpu.py`` (in a CUDA graph there), pixels within bf16's rounding of eager's.
+Why: on an H200 the eager path runs ~310 images/s at 512 px, bound by copies and reflection pads (63% of its
+GPU time), which inductor fuses into its own kernels. Measured there (round 4, batch 32, 512 px, bf16
+autocast): the decoder alone 544 images/s eager, **2,234 compiled for that one shape**, but 419 compiled for
+dynamic shapes (any batch, height and width: generic indexing, no tuned kernels), slower than eager. So:
 
-How it stays predictable in a server, where sizes vary from one request to the next:
-* Each network is compiled once, at construction, for dynamic shapes (any batch of 2 or more, any height
-  and width): one warm-up call per graph, on a small input. A batch of one is run as two (its row twice),
-  so it takes the same graph rather than a specialised one of its own (a compile of its own, and its
-  warm-up).
-* The decoder has two graphs: alpha 1 everywhere (what most calls ask; the detail path is exactly zero
-  there and skipped) and any alpha (the alpha map computed outside, the detail path always run).
-* After the warm-up the process's compiler stance is ``eager_on_recompile``: an input the graphs do not cover
-  (a feature map one pixel high) runs eager instead of compiling for a minute while every request waits.
-  That stance is process-wide: it also stops any later ``torch.compile`` in this process from compiling,
-  which a server does not mind; a library user who compiles other code should not use this backend.
+* Each network is compiled for static shapes chosen at construction (``shapes``: batch x height x width of
+  the content, default 512 x 512 at batches 1, 4, 16 and 32), one compile each (~20 s on a GPU's host), all
+  before the backend is used: a server is not SERVING until they are done.
+* A call whose size was compiled runs in the smallest compiled batch that holds it, its rows padded by
+  repeating the last (a batch of 3 as one of 4; at most 4x the work where compiled is ~4x faster). Any other
+  call runs eager: no compile happens on the request path (a minute while every request waits).
+* The decoder is compiled at alpha 1 (the default, and what most calls ask); other alphas and maps run eager.
 * A compile that fails (no C++ compiler or Triton, an op inductor cannot lower) is logged and the backend
   runs eager: a faster path costs speed when missing, never a request.
+* After the warm-up the process's compiler stance is ``eager_on_recompile``: should a compiled graph's guards
+  still fail on some input, it runs eager rather than compiling. That stance is process-wide: it also stops
+  later ``torch.compile`` calls in this process from compiling, which a server does not mind.
 
 Not used: CUDA graphs (``mode="reduce-overhead"``); their trees are recorded per thread, and the server calls
 the encoder from its prepare threads too.
@@ -26,91 +27,120 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import torch
 
-from adain.decoder import Decoder, alpha_channel, require_image
+from adain.decoder import Decoder, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
 
 log = logging.getLogger("adain.compiled")
-WARM_SIZE = (64, 80)  # the warm-up content (H x W): small, unequal sides (equal ones could tie them in the graph)
+Shape = tuple[int, int, int]  # batch, height, width of the content (multiples of 8: as the encoder pads it)
+DEFAULT_SHAPES: tuple[Shape, ...] = tuple((n, 512, 512) for n in (1, 4, 16, 32))
+
+
+def batch_steps(max_batch: int) -> list[int]:
+    """The batch sizes to compile for batches up to ``max_batch``: powers of 4 below it, and it (padding a
+    batch up to the next costs at most 4x its work, and the compiled graphs run ~4x eager's speed)."""
+    steps = [1]
+    while steps[-1] * 4 < max_batch:
+        steps.append(steps[-1] * 4)
+    return sorted({*steps, max_batch})
 
 
 class CompiledBackend(TorchBackend):
-    """The modules compiled by inductor for dynamic shapes, warmed at construction; eager where not covered."""
+    """The modules compiled by inductor for ``shapes``, each warmed at construction; eager for the rest."""
 
     name = "compiled"
 
     def __init__(self, encoder: Encoder, decoder: Decoder, device: torch.device, bf16: bool,
-                 compiler: str = "inductor") -> None:
+                 shapes: Sequence[Shape] = DEFAULT_SHAPES, compiler: str = "inductor") -> None:
         """``compiler``: torch.compile's backend (``aot_eager`` traces the same graphs without generating code:
-        the tests' seconds, not a CPU's two minutes)."""
+        the tests' seconds, not a CPU's minutes)."""
         super().__init__(encoder, decoder, device, bf16)
+        for n, h, w in shapes:
+            if n < 1 or h < 16 or w < 16 or h % 8 or w % 8:
+                raise ValueError(f"compiled shapes are batch >= 1 x height x width, multiples of 8 and >= 16; "
+                                 f"got {n} x {h} x {w}")
         self.compiler = compiler
-        self.compiled = False  # whether the graphs are in use (a failed compile leaves the eager path)
+        self.calls: Counter[str] = Counter()  # "compiled" and "eager": which path the calls took
+        self._batches: dict[tuple[int, int], list[int]] = {}  # (height, width) -> the batch sizes compiled
+        self._enc: Callable[..., torch.Tensor] = self.encoder  # until compiled (unused: no shape is)
+        self._dec: Callable[..., torch.Tensor] = _AlphaOne(decoder)
+        # every shape is a compile of the same two functions: room for them all in dynamo's cache of each
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, len(shapes) + 2)
         t0 = time.perf_counter()
         try:
+            self._enc = torch.compile(_Relu41(encoder), dynamic=False, backend=compiler)
+            self._dec = torch.compile(self._dec, dynamic=False, backend=compiler)
             with torch.compiler.set_stance("default"):  # another one's warm-up left the process not compiling
-                self._compile()
+                for n, h, w in sorted(set(shapes)):
+                    self._warm(n, h, w)
         except Exception as e:  # noqa: BLE001 (inductor's errors have no one base class)
-            self.compiled = False
+            self._batches.clear()
             log.warning("torch.compile failed (%s: %s): the compiled backend runs eager", type(e).__name__,
                         str(e)[:300])
             return
         torch.compiler.set_stance("eager_on_recompile")
-        log.info("compiled the encoder and decoder for dynamic shapes in %.0f s", time.perf_counter() - t0)
+        log.info("compiled the encoder and decoder for %d shapes in %.0f s", len(set(shapes)), time.perf_counter() - t0)
 
-    def _compile(self) -> None:
-        """The graphs, each compiled by its first call: the warm-up goes through the same methods as a request,
-        so that its inputs are what a request's are (inference tensors, the same dtypes)."""
-        dec = self.decoder
+    @property
+    def compiled(self) -> bool:
+        """Whether any compiled graph is in use (a failed compile leaves the eager path alone)."""
+        return bool(self._batches)
 
-        def one(x: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-            return dec(x, 1.0, image)
+    def _warm(self, n: int, h: int, w: int) -> None:
+        image = torch.rand(n, 3, h, w, device=self.device)
+        self._batches.setdefault((h, w), []).append(n)
+        self._batches[(h, w)].sort()
+        self.decode(self.relu4_1(image), 1.0, image)
 
-        def mapped(x: torch.Tensor, alpha: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-            return dec(x, alpha, image)
-
-        def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-            return torch.compile(fn, dynamic=True, backend=self.compiler)
-
-        self._enc = compiled(_Relu41(self.encoder))
-        self._one = compiled(one)
-        # the alpha-aware decoders only: a version 1 ignores alpha, so alpha 1's graph is all of it
-        self._mapped = compiled(mapped) if dec.alpha_input or dec.detail is not None else None
-        self.compiled = True
-        image = torch.rand(2, 3, *WARM_SIZE, device=self.device)
-        feats = self.relu4_1(image)
-        for alpha in (1.0, 0.5):
-            self.decode(feats, alpha, image)
-
-    def _run(self, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor | None) -> torch.Tensor:
-        """``fn`` on a batch of two or more: a batch of one goes as its row twice (the graphs are compiled for
-        a batch dimension that varies, which excludes 1), and comes back as one. Inputs are made inference
-        tensors in channels_last, as the graphs were compiled for (another kind would not match them)."""
+    def _run(self, fn: Callable[..., torch.Tensor], size: tuple[int, int],
+             *inputs: torch.Tensor | None) -> torch.Tensor | None:
+        """``fn`` on the smallest compiled batch for ``size`` (content height, width) that holds these inputs,
+        padded with their last row; None where no compiled shape holds them. Inputs are made inference tensors
+        in channels_last, as the graphs were compiled for (another kind would not match them)."""
         n = inputs[0].shape[0]
-        if n == 1:
-            inputs = tuple(None if t is None else t.expand(2, *t.shape[1:]) for t in inputs)
+        batch = next((b for b in self._batches.get(size, ()) if b >= n), None)
+        if batch is None:
+            self.calls["eager"] += 1
+            return None
+        self.calls["compiled"] += 1
         with torch.inference_mode(), self._autocast():
-            y = fn(*(None if t is None else _ready(t) for t in inputs))
-        return y[:1] if n == 1 else y
+            ready = [None if t is None else _padded(t, batch) for t in inputs]
+            return fn(*ready)[:n]
 
     def relu4_1(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(self._enc, x) if self.compiled else super().relu4_1(x)
+        y = self._run(self._enc, tuple(x.shape[2:]), x)
+        return super().relu4_1(x) if y is None else y
 
     def decode(self, x: torch.Tensor, alpha: torch.Tensor | float, image: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.compiled:
-            return super().decode(x, alpha, image)
         require_image(self.decoder, image)
-        image = image if self.decoder.detail is not None else None
-        if self._mapped is None or (isinstance(alpha, (int, float)) and alpha == 1):
-            return self._run(self._one, x, image)
-        return self._run(self._mapped, x, alpha_channel(alpha, x), image)
+        y = None
+        if isinstance(alpha, (int, float)) and alpha == 1:
+            size = (x.shape[2] * 8, x.shape[3] * 8)
+            y = self._run(self._dec, size, x, image if self.decoder.detail is not None else None)
+        return super().decode(x, alpha, image) if y is None else y
 
 
-def _ready(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as an inference tensor in channels_last (called in inference mode): a copy where it is not one."""
+class _AlphaOne(torch.nn.Module):
+    """The decoder at alpha 1, as one module to compile (a version 3 is given the content, which it then skips)."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(x, 1.0, image)
+
+
+def _padded(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """``t`` as an inference tensor in channels_last with ``batch`` rows, its last repeated (called in inference
+    mode): a copy where it is not one already."""
+    if t.shape[0] < batch:
+        t = torch.cat([t, t[-1:].expand(batch - t.shape[0], *t.shape[1:])])
     t = t.contiguous(memory_format=torch.channels_last)
     return t if t.is_inference() else t.clone(memory_format=torch.channels_last)

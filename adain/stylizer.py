@@ -22,6 +22,7 @@ from PIL import Image
 from adain.backends import make_backend
 from adain.cache import StyleCache
 from adain.colours import finish, is_grey
+from adain.compiled import DEFAULT_SHAPES
 from adain.decoder import load_decoder
 from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
 from adain.errors import InvalidInputError
@@ -42,7 +43,8 @@ class Stylizer:
     CUDA when present, else CPU; ``precision="auto"`` is bf16 where the device computes it natively
     (a GPU, a CPU with AVX512-BF16 or AMX) and float32 elsewhere (``adain.precision``). The encoder and
     decoder run on ``backend`` (``adain.backends``: ``auto`` takes OpenVINO on a CPU when installed);
-    always inference mode. ``limits`` bound every job. Contents over ``tiling.threshold`` pixels
+    always inference mode; ``compile_shapes`` (batch, height, width) are what ``backend="compiled"`` compiles
+    for (``adain.compiled``). ``limits`` bound every job. Contents over ``tiling.threshold`` pixels
     (default: from the device's memory) are rendered in tiles (``adain.tiling``).
     """
 
@@ -56,6 +58,7 @@ class Stylizer:
         precision: str = "auto",
         backend: str = "auto",
         tiling: Tiling | None = None,
+        compile_shapes: Sequence[tuple[int, int, int]] = DEFAULT_SHAPES,
     ) -> None:
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(f"limits must be an adain.Limits, got a {type(limits).__name__}")
@@ -67,7 +70,8 @@ class Stylizer:
         self.decoder = dec.to(self.device, memory_format=torch.channels_last)
         self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)
         bf16 = wants_bf16(precision, self.cuda)
-        self.backend = make_backend(backend, self.encoder, self.decoder, self.device, bf16, precision != "auto")
+        self.backend = make_backend(backend, self.encoder, self.decoder, self.device, bf16, precision != "auto",
+                                    compile_shapes)
         self.dtype = self.backend.dtype
         tiling = tiling or Tiling()
         if tiling.threshold < 0:

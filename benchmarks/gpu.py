@@ -9,8 +9,8 @@ casts) in a CUDA graph; the same with the folded decoder (``adain.decoder.Folded
 multiply-adds in three of its nine convolutions) in a CUDA graph; and, for the batch sizes in
 ``--compile-batches``, ``torch.compile`` (inductor fuses the reflection pads, ReLUs and upsamples into
 Triton kernels) in a CUDA graph; and, at every batch size with ``--compiled-backend``, the
-``compiled`` backend the server runs with ``--backend compiled`` (``adain.compiled``: compiled once for
-dynamic shapes, no CUDA graph, called as the Stylizer calls it). Reported:
+``compiled`` backend the server runs with ``--backend compiled`` (``adain.compiled``: compiled for each of
+these batch sizes at this size, no CUDA graph, called as the Stylizer calls it). Reported:
 images/s over ``--seconds`` of back-to-back batches (synchronised at the end), and at batch 1 the
 median latency of single calls, and each mode's largest pixel difference from eager's output (on the
 0-1 scale: bf16 rounds to ~0.004 near 1, so a few hundredths are bf16, not a wrong picture).
@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     paths16 = {"bf16 weights": bf16_path(dec16), "folded decoder, bf16": bf16_path(folded16)}
     # wrapped only where it runs (its imports alone take seconds: the CPU dry run has no use for them)
     compiled = torch.compile(paths16["bf16 weights"]) if device.type == "cuda" and args.compile_batches else None
-    served = None  # the server's compiled backend: compiled here, once, for every batch size
+    served = None  # the server's compiled backend, compiled here for each batch size at this size
     if device.type == "cuda" and args.compiled_backend:
         t0 = time.perf_counter()
-        served = CompiledBackend(st.encoder, st.decoder, device, dtype == torch.bfloat16)
+        served = CompiledBackend(st.encoder, st.decoder, device, dtype == torch.bfloat16,
+                                 [(b, s, s) for b in args.batches])
         print(f"# compiled backend: {'built' if served.compiled else 'FAILED, eager'} in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     rows = []

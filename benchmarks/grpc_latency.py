@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from adain.client import StyleTransferClient
+    from adain.compiled import batch_steps
     from adain.image import encode_image
     from adain.job import Job
     from adain.stylizer import Stylizer
@@ -173,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     # so that a load that drifts (another job on the machine) hits both alike.
     extra = ["--max-batch-size", str(args.max_batch_size), "--backend", args.backend]
     extra += ["--workers", str(args.workers)] if args.workers else []
+    side = -(-args.size // 8) * 8  # the content as the encoder pads it: what --backend compiled compiles for
+    extra += ["--compile-sizes", f"{side}x{side}"]
     server = Server(decoder, args.device, extra)
     try:
-        st = Stylizer(decoder=decoder, device=device, backend=args.backend)
+        st = Stylizer(decoder=decoder, device=device, backend=args.backend,
+                      compile_shapes=[(n, side, side) for n in batch_steps(args.max_batch_size)])
         dev = str(st.device)
         if st.cuda:
             print(f"# GPU: {torch.cuda.get_device_name(st.device)}")

@@ -15,7 +15,7 @@ from typing import NoReturn
 from adain.commands import quiet_grpc
 
 from . import logs
-from .config import PORT_TAKEN_HINT, Settings, parse_settings
+from .config import PORT_TAKEN_HINT, Settings, compile_sizes, parse_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +47,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     import torch
 
+    from adain.compiled import batch_steps
     from adain.errors import NoDecoderError
     from adain.precision import cpu_quota
     from adain.stylizer import Stylizer
@@ -74,6 +75,8 @@ def _main(argv: Sequence[str] | None) -> int:
             device=device,
             precision=settings.precision,
             backend=settings.backend,
+            compile_shapes=[(n, h, w) for h, w in compile_sizes(settings.compile_sizes)
+                            for n in batch_steps(settings.max_batch_size)],
             tiling=tiling,
             limits=settings.limits,
             cache_size=settings.style_cache_size,

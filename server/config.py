@@ -51,6 +51,7 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"
+    compile_sizes: str = "512x512"
     torch_threads: int = 0
     max_batch_size: int = 8
     max_batch_delay_ms: float = 0
@@ -136,6 +137,23 @@ def _message_mb(text: str) -> float:
     return value
 
 
+def compile_sizes(text: str) -> list[tuple[int, int]]:
+    """``--compile-sizes``: HxW[,HxW...] (content sizes as the encoder pads them: multiples of 8, >= 16)."""
+    sizes = []
+    for part in text.replace(" ", "").lower().split(","):
+        h, sep, w = part.partition("x")
+        if not (sep and h.isdigit() and w.isdigit()) or int(h) % 8 or int(w) % 8 or min(int(h), int(w)) < 16:
+            raise argparse.ArgumentTypeError(f"must be HxW[,HxW...] with sides multiples of 8 and >= 16 (a "
+                                             f"content is padded to those), got {text!r}")
+        sizes.append((int(h), int(w)))
+    return sizes
+
+
+def _compile_sizes(text: str) -> str:
+    compile_sizes(text)
+    return text
+
+
 def _count(low: int) -> Callable[[str], int]:
     """A whole number >= low that fits the proto's 32-bit fields (GetServerInfo reports the limits): above
     2**31 - 1 the server failed at start with a traceback, after loading its model."""
@@ -206,6 +224,9 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
                 "torch), torch, compiled (torch.compile, for a GPU: compiles for a minute at start), openvino or "
                 "onnxruntime (the 'fast' extra: pip install -e '.[fast]')"),
+    "compile-sizes": (_compile_sizes, "with --backend compiled: the content sizes (HxW[,HxW...], as padded to "
+                      "multiples of 8) compiled at start, each at batch sizes up to --max-batch-size (~20 s a "
+                      "compile on a GPU's host); other sizes run eager"),
     "torch-threads": (_count(0), "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
                       "container's CPU limit (cgroup cpu.max) or affinity where lower"),
     "max-batch-size": (_count(1), "most requests rendered in one batch"),

@@ -867,6 +867,14 @@ def test_bad_flags_fail_the_start_naming_them(tmp_path: Path, case: str) -> None
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_compile_sizes_are_checked_as_flags() -> None:
+    """A size no content pads to is refused by the flag's parser, before torch loads."""
+    proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--compile-sizes", "512x512,512x500"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "argument --compile-sizes: must be HxW[,HxW...] with sides multiples of 8" in (
+        proc.stderr) and "'512x512,512x500'" in proc.stderr, proc.stderr
+
+
 def test_a_start_up_error_is_json_where_the_logs_are(tmp_path: Path) -> None:
     # a log pipeline read the plain line as unparsed text, without its level
     proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0",
