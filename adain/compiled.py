@@ -17,7 +17,8 @@ dynamic shapes (any batch, height and width: generic indexing, no tuned kernels)
   runs eager: a faster path costs speed when missing, never a request.
 * After the warm-up the process's compiler stance is ``eager_on_recompile``: should a compiled graph's guards
   still fail on some input, it runs eager rather than compiling. That stance is process-wide: it also stops
-  later ``torch.compile`` calls in this process from compiling, which a server does not mind.
+  later ``torch.compile`` calls in this process from compiling, which a server does not mind; and dynamo's
+  ``recompile_limit`` is raised to hold every shape (each is a compile of the same two functions).
 
 Not used: CUDA graphs (``mode="reduce-overhead"``); their trees are recorded per thread, and the server calls
 the encoder from its prepare threads too.
