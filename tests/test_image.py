@@ -35,6 +35,20 @@ def test_formats_decode_from_bytes_and_paths(fmt: str, tmp_path) -> None:
     assert load_image(str(path)).size == (40, 30)
 
 
+def test_to_image_rounds_and_clamps_each_pixel() -> None:
+    """A tensor's bytes, made where the tensor is: clamped to [0, 1], rounded to the nearest level, in RGB
+    order, whatever its memory layout (the decoder's is channels_last)."""
+    import torch
+
+    from adain.image import to_image
+
+    t = torch.rand(1, 3, 7, 5) * 1.2 - 0.1
+    want = np.rint(np.clip(t[0].permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
+    for x in (t, t.contiguous(memory_format=torch.channels_last), t[0]):
+        img = to_image(x)
+        assert img.mode == "RGB" and img.size == (5, 7) and np.array_equal(np.asarray(img), want)
+
+
 def test_exif_orientation_is_honoured() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees clockwise: the upright image is 30 x 40
