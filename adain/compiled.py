@@ -77,8 +77,11 @@ class CompiledBackend(TorchBackend):
         try:
             self._enc = torch.compile(_Relu41(encoder), dynamic=False, backend=compiler)
             self._dec = torch.compile(self._dec, dynamic=False, backend=compiler)
+            todo = sorted(set(shapes))
             with torch.compiler.set_stance("default"):  # another one's warm-up left the process not compiling
-                for n, h, w in sorted(set(shapes)):
+                for i, (n, h, w) in enumerate(todo, 1):  # long work says where it is (minutes on a CPU)
+                    log.info("compiling shape %d of %d: batch %d x %d x %d (%.0f s so far)", i, len(todo), n, h, w,
+                             time.perf_counter() - t0)
                     self._warm(n, h, w)
         except Exception as e:  # noqa: BLE001 (inductor's errors have no one base class)
             self._batches.clear()

@@ -37,10 +37,14 @@ def default_stance() -> Iterator[None]:
     torch.compiler.set_stance("default")
 
 
-def test_compiled_shapes_padded_batches_and_the_rest_eager(modules: tuple[Encoder, torch.nn.Module]) -> None:
+def test_compiled_shapes_padded_batches_and_the_rest_eager(modules: tuple[Encoder, torch.nn.Module],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     encoder, decoder = modules
-    compiled = CompiledBackend(encoder, decoder, CPU, bf16=False, shapes=[(1, 64, 80), (3, 64, 80)],
-                               compiler="aot_eager")
+    with caplog.at_level(logging.INFO, logger="adain.compiled"):
+        compiled = CompiledBackend(encoder, decoder, CPU, bf16=False, shapes=[(3, 64, 80), (1, 64, 80)],
+                                   compiler="aot_eager")
+    assert "compiling shape 1 of 2: batch 1 x 64 x 80 (" in caplog.text, caplog.text
+    assert "compiling shape 2 of 2: batch 3 x 64 x 80" in caplog.text and "for 2 shapes in" in caplog.text
     eager = TorchBackend(encoder, decoder, CPU, bf16=False)
     assert compiled.compiled and compiled.name == "compiled" and compiled.precision == "fp32"
     calls = []
