@@ -191,7 +191,11 @@ def make_backend(
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "compiled":  # torch.compile on any device (a GPU's choice: adain.compiled)
-        return CompiledBackend(encoder, decoder, device, bf16, compile_shapes)
+        backend = CompiledBackend(encoder, decoder, device, bf16, compile_shapes)
+        if not backend.compiled:  # asked for by name: an error, as for the other runtimes
+            raise RuntimeError(f"backend compiled is not usable here (torch.compile failed: {backend.failure}); "
+                               "choose another backend (torch runs the same network eager)")
+        return backend
     if device.type != "cpu":
         if name in ("openvino", "onnxruntime"):
             raise ValueError(f"backend {name} runs on the CPU here; on {device.type} use torch, compiled or auto")

@@ -14,7 +14,9 @@ dynamic shapes (any batch, height and width: generic indexing, no tuned kernels)
   call runs eager: no compile happens on the request path (a minute while every request waits).
 * The decoder is compiled at alpha 1 (the default, and what most calls ask); other alphas and maps run eager.
 * A compile that fails (no C++ compiler or Triton, an op inductor cannot lower) is logged and the backend
-  runs eager: a faster path costs speed when missing, never a request.
+  runs eager. Asked for by name (``make_backend``: the server's ``--backend compiled``, a Stylizer's
+  ``backend="compiled"``) that is an error at start instead, as for any runtime asked for by name: a GPU pod
+  serving at a quarter of the speed it was sized for should not look ready.
 * After the warm-up the process's compiler stance is ``eager_on_recompile``: should a compiled graph's guards
   still fail on some input, it runs eager rather than compiling. That stance is process-wide: it also stops
   later ``torch.compile`` calls in this process from compiling, which a server does not mind; and dynamo's
@@ -67,6 +69,7 @@ class CompiledBackend(TorchBackend):
                                  f"got {n} x {h} x {w}")
         self.compiler = compiler
         self.calls: Counter[str] = Counter()  # "compiled" and "eager": which path the calls took
+        self.failure = ""  # why the compile failed, where it did
         self._batches: dict[tuple[int, int], list[int]] = {}  # (height, width) -> the batch sizes compiled
         self._enc: Callable[..., torch.Tensor] = self.encoder  # until compiled (unused: no shape is)
         self._dec: Callable[..., torch.Tensor] = _AlphaOne(decoder)
@@ -85,8 +88,8 @@ class CompiledBackend(TorchBackend):
                     self._warm(n, h, w)
         except Exception as e:  # noqa: BLE001 (inductor's errors have no one base class)
             self._batches.clear()
-            log.warning("torch.compile failed (%s: %s): the compiled backend runs eager", type(e).__name__,
-                        str(e)[:300])
+            self.failure = f"{type(e).__name__}: {str(e)[:300]}"
+            log.warning("torch.compile failed (%s): the compiled backend runs eager", self.failure)
             return
         torch.compiler.set_stance("eager_on_recompile")
         log.info("compiled the encoder and decoder for %d shapes in %.0f s", len(set(shapes)), time.perf_counter() - t0)

@@ -84,3 +84,14 @@ def test_a_compile_that_fails_runs_eager(modules: tuple[Encoder, torch.nn.Module
     feats = backend.relu4_1(x)
     assert torch.equal(feats, eager.relu4_1(x))
     assert torch.equal(backend.decode(feats, 1.0, x), eager.decode(feats, 1.0, x))
+
+
+def test_asked_for_by_name_a_failed_compile_is_an_error(modules: tuple[Encoder, torch.nn.Module],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--backend compiled`` whose compile fails (here: inductor without a working C++ compiler) stops the start
+    naming why, as a missing runtime asked for by name does: a pod at eager's speed must not look ready."""
+    from adain.backends import make_backend
+
+    monkeypatch.setenv("CXX", "/bin/false")
+    with pytest.raises(RuntimeError, match=r"backend compiled is not usable here \(torch.compile failed: "):
+        make_backend("compiled", *modules, CPU, bf16=False, explicit_precision=False, compile_shapes=[(1, 16, 16)])
