@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,8 +32,10 @@ def modules() -> tuple[Encoder, torch.nn.Module]:
 
 
 @pytest.fixture(autouse=True)
-def default_stance() -> Iterator[None]:
-    """The backend leaves the process compiling nothing new: other tests in this worker get it back."""
+def default_stance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The backend leaves the process compiling nothing new: other tests in this worker get it back. (And
+    torch's trace logger, at DEBUG, is kept out of the captured logs: thousands of records a compile.)"""
+    monkeypatch.setattr(logging.getLogger("torch.__trace"), "disabled", True)
     yield
     torch.compiler.set_stance("default")
 
@@ -87,11 +90,16 @@ def test_a_compile_that_fails_runs_eager(modules: tuple[Encoder, torch.nn.Module
 
 
 def test_asked_for_by_name_a_failed_compile_is_an_error(modules: tuple[Encoder, torch.nn.Module],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``--backend compiled`` whose compile fails (here: inductor without a working C++ compiler) stops the start
     naming why, as a missing runtime asked for by name does: a pod at eager's speed must not look ready."""
+    from torch._inductor import config
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
     from adain.backends import make_backend
 
-    monkeypatch.setenv("CXX", "/bin/false")
-    with pytest.raises(RuntimeError, match=r"backend compiled is not usable here \(torch.compile failed: "):
+    monkeypatch.setattr(config.cpp, "cxx", (None, "/bin/false"))  # what CXX=/bin/false at its import would set
+    # an empty cache: a graph compiled before (an earlier run of this test, with a compiler) is not compiled again
+    with temporary_cache_dir(str(tmp_path)), pytest.raises(
+            RuntimeError, match=r"backend compiled is not usable here \(torch.compile failed: "):
         make_backend("compiled", *modules, CPU, bf16=False, explicit_precision=False, compile_shapes=[(1, 16, 16)])
