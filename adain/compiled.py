@@ -92,7 +92,7 @@ class CompiledBackend(TorchBackend):
             log.warning("torch.compile failed (%s): the compiled backend runs eager", self.failure)
             return
         torch.compiler.set_stance("eager_on_recompile")
-        log.info("compiled the encoder and decoder for %d shapes in %.0f s", len(set(shapes)), time.perf_counter() - t0)
+        log.info("compiled the encoder and decoder for %d shapes in %.0f s", len(todo), time.perf_counter() - t0)
 
     @property
     def compiled(self) -> bool:

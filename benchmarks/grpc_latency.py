@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from adain.client import StyleTransferClient
     from adain.compiled import batch_steps
+    from adain.encoder import padded_size
     from adain.image import encode_image
     from adain.job import Job
     from adain.stylizer import Stylizer
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     # so that a load that drifts (another job on the machine) hits both alike.
     extra = ["--max-batch-size", str(args.max_batch_size), "--backend", args.backend]
     extra += ["--workers", str(args.workers)] if args.workers else []
-    side = -(-args.size // 8) * 8  # the content as the encoder pads it: what --backend compiled compiles for
+    side, _ = padded_size(args.size, args.size)  # the content as the encoder pads it: what compiled compiles for
     extra += ["--compile-sizes", f"{side}x{side}"]
     server = Server(decoder, args.device, extra)
     try:

@@ -60,7 +60,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   COOLING=(--max-minutes 2 --cooldown-minutes 1 --ema 0.9)  # the steps end it first
   RUNS=("$RUNDIR/dry-A")
   LIMIT=160  # gpu.py's; a busy CPU (the test suite's two workers); within the test's own 600 s
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # two trainings side by side: two threads each took 2x as long
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the test suite's other worker has the other core
 else
   # compiled: round 3 trained at the eager kernels' rate (~310 crops/s for both runs); a failed compile trains eager
   TRAIN=(--batch-size 32 --crop 256 --workers 12 --precision bf16 --compile)
@@ -71,9 +71,7 @@ else
   # the targets: round 4 found its first form (dynamic shapes) at 245 images/s, slower than eager's 313, and the
   # decoder compiled for one static shape at 2,234 against eager's 544 (batch 32, 512 px)
   BENCH=(--size 512 --batches 1 32 --seconds 1 --compiled-backend --profile)
-  # the clients in 8 processes (in one, their Python under one GIL may be part of the ceiling); PNG (the
-  # default reply), then JPEG (2.7 ms to encode there, PNG 96 at zlib 6): round 3 found the host's PNG
-  # encoding, not the GPU, bounding the gRPC figures
+  # the clients in 8 processes (in one, their Python under one GIL may be part of the ceiling)
   GRPC=(--size 512 --runs 5 --clients 32 --requests 256 --device cuda --max-batch-size 32 --client-processes 8)
   # the server compiled (512 x 512 at batches 1, 4, 16 and 32) with JPEG replies (round 4, eager, 16 prepare
   # workers, no batch wait: 78.9 images/s with PNG replies at zlib level 1, 71.6 with the dynamic-shape compile
@@ -139,7 +137,7 @@ mkdir -p "${RUNS[@]}"
 # trains what only a GPU can: the convolutions under it, at alpha 1 (the paper's objective), on 256-px
 # crops; its weakness is the content loss at alpha 1 (docs/MODEL_CARD.md, "Known weaknesses").
 train A "${RUNS[0]}" --style-weight 2 --lr-decay 0 "${COOLING[@]}"
-for r in "${RUNS[@]}"; do echo "== $r"; grep -E "^[AB]: " "$r.txt"; tail -c 2500 "$r.txt"; done >> "$OUT/train.txt"
+for r in "${RUNS[@]}"; do echo "== $r"; grep -E "^A: " "$r.txt"; tail -c 2500 "$r.txt"; done >> "$OUT/train.txt"
 "$PY" - "$OUT" "${RUNS[@]}" <<'EOF'
 import sys
 from pathlib import Path

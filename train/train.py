@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--teacher and a --teacher-weight above 0 go together")
     if args.cooldown < 0 or not 0 <= args.ema < 1:
         p.error(f"--cooldown must be >= 0 and --ema in [0, 1), got {args.cooldown}, {args.ema}")
-    if not 0 <= args.cooldown_minutes <= args.max_minutes or (args.cooldown_minutes and not args.max_minutes):
+    if not 0 <= args.cooldown_minutes <= args.max_minutes:  # no --max-minutes (0): none
         p.error(f"--cooldown-minutes needs --max-minutes and at most its length, got {args.cooldown_minutes} "
                 f"of {args.max_minutes}")
     if args.detail and args.init is None and not args.resume:
@@ -501,11 +501,9 @@ class Trainer:
         sums: dict[str, float] = {}
         n = 0
         diverged = False
-        first = True
         try:
             while self.step < args.steps and not stopping():
-                losses = self._first_step() if first and self.encode is not self.encoder else self.train_step()
-                first = False
+                losses = self._first_step() if n == 0 and self.encode is not self.encoder else self.train_step()
                 if not all(math.isfinite(v) for v in losses.values()):
                     diverged = True  # this step's update made the weights non-finite: the last checkpoint stays
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
