@@ -15,6 +15,7 @@ import math
 import mmap
 import re
 import warnings
+import zlib
 from itertools import islice
 from os import PathLike
 from pathlib import Path
@@ -483,8 +484,10 @@ def encode_image(
     if name == "png":
         # zlib's fastest level: half the time of level 6 for 8-9% more bytes (stylized 512-px images, 23-33 ms
         # against 45-78 here); on a GPU server the PNG encode was the work (96 of a call's 135 ms on an H200's
-        # host), and a small file is what JPEG and WebP are for
-        img.save(buf, "PNG", compress_level=1, **meta)
+        # host), and a small file is what JPEG and WebP are for. Run-length matching only (Z_RLE): a stylized
+        # image's strokes rarely repeat exactly, so zlib's search for longer matches costs and gains nothing
+        # (11 eval photos stylized at 512 px, AMD EPYC: 14.3 ms against 18.8 a 512-px image, 8% fewer bytes)
+        img.save(buf, "PNG", compress_level=1, compress_type=zlib.Z_RLE, **meta)
     elif name == "jpeg":
         # full-resolution colour (4:4:4): a stylized image's colour changes at every stroke, and halved colour
         # (4:2:0, the encoder's default) smeared it; at any quality 4:4:4 gives 0.5-3 dB more for the same bytes
