@@ -249,15 +249,23 @@ def main(argv: list[str] | None = None) -> int:
                     with ctx.Pool(processes) as pool:
                         results = pool.starmap(client_share, shares)
                     ips = requests / (max(r[1] for r in results) - min(r[0] for r in results))
-                    batches = [b for r in results for b in r[2]]
+                    calls = [c for r in results for c in r[2]]
                 else:
                     t0 = time.time()
-                    batches = client_share(server.target, content, style, args.format, clients, requests, 0,
-                                           client)[2]
+                    calls = client_share(server.target, content, style, args.format, clients, requests, 0,
+                                         client)[2]
                     ips = requests / (time.time() - t0)
                 label = f"{clients} client{'s' if clients > 1 else ''}"
                 label += f" in {processes} processes" if processes > 1 else ""
-                row(f"throughput, {label}", f"{ips:9.2f} img/s  (mean batch {statistics.mean(batches):.1f})")
+                mean = [statistics.mean(c[k] for c in calls) for k in range(len(CALL_PARTS) + 1)]
+                row(f"throughput, {label}", f"{ips:9.2f} img/s  (mean batch {mean[-1]:.1f})")
+                # where a call's time went under this load, as the server timed it: steps that grow far past
+                # their in-process time above wait for the host (cores, GIL); a large queue, for the render;
+                # the rest (the client's time less the server's steps) is gRPC, the event loop and the client
+                rest = mean[0] - sum(mean[1:-1])
+                row("  a call under that load, mean ms",
+                    f"{mean[0]:.1f} = " + " + ".join(f"{name} {v:.1f}" for name, v in zip(CALL_PARTS[1:], mean[1:]))
+                    + f" + rest {rest:.1f}")
 
             throughput(args.clients, args.requests, args.client_processes)  # the figure the issue asks for, first
             throughput(1, one_requests(args.requests))
@@ -269,13 +277,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 WIDTH = 48
+# what client_share records of each call, in this order (then its batch size)
+CALL_PARTS = ("client", "prepare", "queue", "render", "encode")
 
 
 def client_share(target: str, content: bytes, style: bytes, fmt: str, threads: int, requests: int,
-                 start: float, client: Any = None) -> tuple[float, float, list[int]]:
+                 start: float, client: Any = None) -> tuple[float, float, list[tuple[float, ...]]]:
     """``requests`` calls from ``threads`` threads on one channel (``client``'s, else a new one), from the
-    wall-clock time ``start`` (or at once): the times of the first call's start and of the last reply, and each
-    reply's batch size. The throughput over several processes is theirs from the first start to the last end."""
+    wall-clock time ``start`` (or at once): the times of the first call's start and of the last reply, and for
+    each call its time as the client saw it, the server's timings of its steps (ms, as CALL_PARTS) and its batch
+    size. The throughput over several processes is theirs from the first start to the last end."""
     from adain.client import StyleTransferClient
 
     own = client is None
@@ -284,11 +295,17 @@ def client_share(target: str, content: bytes, style: bytes, fmt: str, threads: i
         if own:
             client.server_info()  # connected before the clock starts
         time.sleep(max(0.0, start - time.time()))
+        def call(_: int) -> tuple[float, ...]:
+            t = time.perf_counter()
+            r = client.stylize(content, style, format=fmt)
+            s = r.timings
+            return ((time.perf_counter() - t) * 1000, s.prepare_ms, s.queue_ms, s.inference_ms, s.encode_ms,
+                    s.batch_size)
+
         t0 = time.time()
         with ThreadPoolExecutor(threads) as pool:
-            batches = [r.timings.batch_size for r in pool.map(
-                lambda _: client.stylize(content, style, format=fmt), range(requests))]
-        return t0, time.time(), batches
+            calls = list(pool.map(call, range(requests)))
+        return t0, time.time(), calls
     finally:
         if own:
             client.close()
