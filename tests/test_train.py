@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 from adain import Stylizer
 from adain.decoder import load_decoder
@@ -184,7 +185,7 @@ def test_a_compile_that_fails_trains_eager(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1"),
-                                   ("--cooldown", "-1"), ("--ema", "1"),
+                                   ("--cooldown", "-1"), ("--ema", "1"), ("--style-crop", "0"),
                                    ("--cooldown-minutes", "1"), ("--export-note", "x"), ("--export", "."),
                                    ("--export", "runs/decoder/checkpoint.pt")])
 def test_flags_refused(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,6 +226,27 @@ def test_alpha_zero_samples_at_the_recon_scale(data: Path, tmp_path: Path) -> No
     for i, a in enumerate(alpha.tolist()):
         assert torch.equal(content[i].contiguous(), (sharp if a == 0 else scaled)[i])
     assert parse_args(["--content", ".", "--style", ".", "--content-scale", "2"]).recon_scale == 2  # the default
+
+
+def test_style_crop_apart_from_the_contents(data: Path, tmp_path: Path) -> None:
+    """--style-crop: the styles are cut at their own size, shown at the contents' in the samples, and the
+    exported decoder's metadata says both."""
+    from adain.decoder import load_decoder
+    from adain.train.train import Trainer, parse_args
+
+    flags = ["--content", str(data / "content"), "--style", str(data / "style"), "--out", str(tmp_path / "run"),
+             "--crop", "48", "--style-crop", "32", "--batch-size", "2", "--workers", "0"]
+    t = Trainer(parse_args(flags))
+    t.train_step()
+    content, style, out = t._last_batch
+    assert content.shape[2:] == out.shape[2:] == (48, 48) and style.shape[2:] == (32, 32)
+    out = tmp_path / "whole"  # the real run: its samples and its export
+    train_here(data, out, 1, "--crop", "48", "--style-crop", "32", "--sample-every", "1",
+               "--export", str(tmp_path / "d.pt"), "--export-data", "synthetic")
+    assert Image.open(out / "samples" / "step_0000001.png").size == (2 * 48, 3 * 48)
+    meta = load_decoder(tmp_path / "d.pt")[1].meta
+    assert (meta["crop"], meta["style_crop"]) == (48, 32)
+    assert parse_args(["--content", ".", "--style", ".", "--crop", "64"]).style_crop == 64  # the default
 
 
 def test_torchrun_two_processes_gloo(data: Path, tmp_path: Path) -> None:

@@ -67,8 +67,8 @@ LOGGED_KNOBS = (
 )
 # What a resumed run compares with its checkpoint's, saying what moved (it goes on with the new command line's: a
 # resume without --cooldown or --ema dropped them without a word, and the lr jumped back up)
-RESUMED_KNOBS = (*LOGGED_KNOBS, "lr", "lr_decay", "cooldown", "ema", "batch_size", "crop", "content_weight",
-                 "precision", "steps", "detail", "alpha_input")
+RESUMED_KNOBS = (*LOGGED_KNOBS, "lr", "lr_decay", "cooldown", "ema", "batch_size", "crop", "style_crop",
+                 "content_weight", "precision", "steps", "detail", "alpha_input")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=160_000, help="train until this many steps in all")
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
     p.add_argument("--crop", type=int, default=256, help="random crop size (pixels)")
+    p.add_argument("--style-crop", type=int, default=None,
+                   help="the style images' crop size (default: --crop): a larger content crop (AdaIN's statistics "
+                   "over more of the photo, as a whole image's at inference) need not blow up 224-px paintings")
     p.add_argument("--content-scale", type=float, default=1.0,
                    help="upscale content photos by this before cropping (2: objects at the size a 512-px "
                    "stylization shows them when the photos are ~256 px)")
@@ -148,6 +151,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--alpha-zero and --alpha-one must be in [0, 1] with a sum <= 1, got {shares}")
     if args.recon_scale is None:
         args.recon_scale = args.content_scale
+    if args.style_crop is None:
+        args.style_crop = args.crop
+    if args.crop < 1 or args.style_crop < 1:
+        p.error(f"--crop and --style-crop must be >= 1 pixel, got {args.crop}, {args.style_crop}")
     if not (args.content_scale > 0 and args.recon_scale > 0):
         p.error(f"--content-scale and --recon-scale must be > 0, got {args.content_scale}, {args.recon_scale}")
     if args.recon_weight < 0 or args.recon_feature_weight < 0 or args.teacher_weight < 0:
@@ -279,7 +286,7 @@ class Trainer:
         # The same draws (same photos) at the alpha-0 samples' scale, where that differs.
         same = args.recon_scale == args.content_scale
         self.sharp = None if same else self._loader(args.content, args.seed, start, args.recon_scale)
-        self.style = self._loader(args.style, args.seed + 1, start)
+        self.style = self._loader(args.style, args.seed + 1, start, crop=args.style_crop)
 
     def _weights(self) -> dict[str, torch.Tensor]:
         """A float32 copy of the decoder's weights, on its device: the average is updated every step, so it
@@ -305,8 +312,8 @@ class Trainer:
             lr *= min(1.0, max(0.0, self.remaining) / (a.cooldown_minutes * 60))
         return lr
 
-    def _loader(self, folder: Path, seed: int, start: int, scale: float = 1.0) -> Any:
-        ds = ImageFolder(folder, crop=self.args.crop, seed=seed, rescale=(0.8 * scale, 1.25 * scale))
+    def _loader(self, folder: Path, seed: int, start: int, scale: float = 1.0, crop: int | None = None) -> Any:
+        ds = ImageFolder(folder, crop=crop or self.args.crop, seed=seed, rescale=(0.8 * scale, 1.25 * scale))
         dl = DataLoader(
             ds,
             batch_size=self.args.batch_size,
@@ -450,6 +457,8 @@ class Trainer:
     # --- outputs people look at --------------------------------------------------------------
     def _write_samples(self) -> None:
         content, style, out = (t[:4].detach().float().cpu() for t in self._last_batch)
+        if style.shape[2:] != content.shape[2:]:  # --style-crop: shown at the content's size, in one row each
+            style = F.interpolate(style, size=content.shape[2:], mode="bilinear", align_corners=False)
         rows = torch.cat([torch.cat(list(t), dim=2) for t in (content, style, out.clamp(0, 1))], dim=1)
         (self.args.out / "samples").mkdir(exist_ok=True)
         to_image(rows).save(self.args.out / "samples" / f"step_{self.step:07d}.png")
@@ -614,6 +623,7 @@ def export_checkpoint(checkpoint: Path, output: Path, data: str = "", note: str 
         "steps": int(state["step"]),
         "batch_size": targs.get("batch_size"),
         "crop": targs.get("crop"),
+        "style_crop": targs.get("style_crop", targs.get("crop")),
         "detail": bool(targs.get("detail")),  # the detail path grown and trained alone (architecture 3)
         "cooldown": targs.get("cooldown", 0),
         "cooldown_minutes": targs.get("cooldown_minutes", 0),
