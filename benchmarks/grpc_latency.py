@@ -14,7 +14,10 @@ load (another job on the machine) hits both alike. Throughput: images per second
 concurrent clients sending ``--requests`` requests in all (threads of this process, or spread over
 ``--client-processes``: in one, the clients' own Python, under one GIL, may be part of the ceiling), then
 with one client sending an eighth of them. A row before them splits one in-process call into prepare,
-render and encode.
+render and encode; a row under each says where a call's time went under that load, as the server timed it.
+``--replicas N`` starts N servers on the same device and the client balances over them (its round robin over
+a list of addresses, as for replicas on separate machines): whether processes of their own (each its own
+GIL, its own batcher) take a host-bound GPU server further than one process's threads.
 Each row is printed as it is measured.
 """
 
@@ -130,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="processes the many clients are spread over (default 1: threads of this one)")
     p.add_argument("--max-batch-size", type=int, default=8, help="the server's --max-batch-size (default 8)")
     p.add_argument("--workers", type=int, default=None, help="the server's --workers (default: the server's)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="servers started on the same device, the client balancing over them (default 1)")
     p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"],
                    help="the reply's format, in process and over gRPC (default png)")
     p.add_argument("--content", help="content image (default: synthetic)")
     p.add_argument("--style", help="style image (default: synthetic)")
     args = p.parse_args(argv)
+    if args.replicas < 1:
+        p.error(f"--replicas must be >= 1, got {args.replicas}")
 
     from adain.decoder import DEFAULT_DECODER
 
@@ -177,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     extra += ["--workers", str(args.workers)] if args.workers else []
     side, _ = padded_size(args.size, args.size)  # the content as the encoder pads it: what compiled compiles for
     extra += ["--compile-sizes", f"{side}x{side}"]
-    server = Server(decoder, args.device, extra)
+    servers: list[Server] = []
     try:
+        servers += [Server(decoder, args.device, extra) for _ in range(args.replicas)]
+        target = ",".join(s.target for s in servers)  # the client's round robin over them
         st = Stylizer(decoder=decoder, device=device, backend=args.backend,
                       compile_shapes=[(n, side, side) for n in batch_steps(args.max_batch_size)])
         dev = str(st.device)
@@ -205,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             encode_image(img, args.format)
             return (t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000
 
-        server.wait_serving()
-        with StyleTransferClient(server.target, timeout=600, retries=0) as client:
+        for server in servers:
+            server.wait_serving()
+        with StyleTransferClient(target, timeout=600, retries=0) as client:
             info = client.server_info()
             # Each row is printed as it is measured: a run cut short by its timeout keeps what it had.
-            print(f"# device {dev} (server: {info['device']}, {info['dtype']}, "
+            print(f"# device {dev} ({len(servers)} server{'s' if len(servers) > 1 else ''}: {info['device']}, "
+                  f"{info['dtype']}, "
                   f"{info['batching']['prepare_workers']} prepare workers); "
                   f"{args.format} replies; {args.runs} runs per median, "
                   f"{args.requests} requests per throughput run ({one_requests(args.requests)} with one client); "
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 if processes > 1:  # the load from several processes: one process's GIL may cap it
                     ctx = multiprocessing.get_context("spawn")  # (gRPC does not survive a fork)
                     start = time.time() + 3 + 0.25 * processes  # each connected and waiting by then
-                    shares = [(server.target, content, style, args.format, len(range(i, clients, processes)),
+                    shares = [(target, content, style, args.format, len(range(i, clients, processes)),
                                len(range(i, requests, processes)), start) for i in range(processes)]
                     with ctx.Pool(processes) as pool:
                         results = pool.starmap(client_share, shares)
@@ -252,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                     calls = [c for r in results for c in r[2]]
                 else:
                     t0 = time.time()
-                    calls = client_share(server.target, content, style, args.format, clients, requests, 0,
+                    calls = client_share(target, content, style, args.format, clients, requests, 0,
                                          client)[2]
                     ips = requests / (time.time() - t0)
                 label = f"{clients} client{'s' if clients > 1 else ''}"
                 label += f" in {processes} processes" if processes > 1 else ""
                 mean = [statistics.mean(c[k] for c in calls) for k in range(len(CALL_PARTS) + 1)]
-                row(f"throughput, {label}", f"{ips:9.2f} img/s  (mean batch {mean[-1]:.1f})")
+                answered = f", {len({c[-1] for c in calls})} servers answered" if len(servers) > 1 else ""
+                row(f"throughput, {label}", f"{ips:9.2f} img/s  (mean batch {mean[-1]:.1f}{answered})")
                 # where a call's time went under this load, as the server timed it: steps that grow far past
                 # their in-process time above wait for the host (cores, GIL); a large queue, for the render;
                 # the rest (the client's time less the server's steps) is gRPC, the event loop and the client
@@ -270,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             throughput(args.clients, args.requests, args.client_processes)  # the figure the issue asks for, first
             throughput(1, one_requests(args.requests))
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
         if tmp is not None:
             tmp.cleanup()
     return 0
@@ -282,11 +295,12 @@ CALL_PARTS = ("client", "prepare", "queue", "render", "encode")
 
 
 def client_share(target: str, content: bytes, style: bytes, fmt: str, threads: int, requests: int,
-                 start: float, client: Any = None) -> tuple[float, float, list[tuple[float, ...]]]:
+                 start: float, client: Any = None) -> tuple[float, float, list[tuple[Any, ...]]]:
     """``requests`` calls from ``threads`` threads on one channel (``client``'s, else a new one), from the
     wall-clock time ``start`` (or at once): the times of the first call's start and of the last reply, and for
-    each call its time as the client saw it, the server's timings of its steps (ms, as CALL_PARTS) and its batch
-    size. The throughput over several processes is theirs from the first start to the last end."""
+    each call its time as the client saw it, the server's timings of its steps (ms, as CALL_PARTS), its batch
+    size and the server that answered. The throughput over several processes is theirs from the first start to
+    the last end."""
     from adain.client import StyleTransferClient
 
     own = client is None
@@ -295,12 +309,12 @@ def client_share(target: str, content: bytes, style: bytes, fmt: str, threads: i
         if own:
             client.server_info()  # connected before the clock starts
         time.sleep(max(0.0, start - time.time()))
-        def call(_: int) -> tuple[float, ...]:
+        def call(_: int) -> tuple[Any, ...]:
             t = time.perf_counter()
             r = client.stylize(content, style, format=fmt)
             s = r.timings
             return ((time.perf_counter() - t) * 1000, s.prepare_ms, s.queue_ms, s.inference_ms, s.encode_ms,
-                    s.batch_size)
+                    s.batch_size, r.served_by)
 
         t0 = time.time()
         with ThreadPoolExecutor(threads) as pool:

@@ -39,6 +39,7 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
         assert conv.arch_version == 1 and file.meta["steps"] == 2 and file.meta["content_scale"] == 2
         assert (file.meta["alpha_one"], file.meta["style_weight"], file.meta["teacher"]) == (1, style_weight, None)
         assert (file.meta["cooldown_minutes"], file.meta["ema"], file.meta["lr_decay"]) == (1, 0.9, 0), file.meta
+        assert (file.meta["crop"], file.meta["style_crop"]) == (32, 24), file.meta
         assert file.meta["init"]["file"] == "adain/assets/decoder.pt"
         dec, file = load_decoder(out / f"{name}-decoder.pt")
         assert dec.arch_version == 3 and file.meta["detail"] and file.meta["alpha_zero"] == 0.8, file.meta
@@ -49,6 +50,7 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     bench = (out / "bench.txt").read_text()
     assert '"mode": "eager"' in bench and "best:" in bench, bench
     assert "benchmarks: exit 0 " in bench and "clients in 2 processes" in bench and "jpeg replies" in bench, bench
+    assert "2 servers answered" in bench and "a call under that load" in bench, bench  # two servers, balanced
     summary = (out / "train.txt").read_text()
     assert "A: training (and its export) exit 0" in summary and "A: detail path exit 0" in summary, summary
     assert "A: returned decoder A-decoder.pt architecture 3 steps 2 of 2 (detail run 2)" in summary, summary
