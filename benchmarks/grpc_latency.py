@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     extra += ["--compile-sizes", f"{side}x{side}"]
     servers: list[Server] = []
     try:
-        servers += [Server(decoder, args.device, extra) for _ in range(args.replicas)]
+        for _ in range(args.replicas):  # one at a time: one that fails to start leaves the others to be stopped
+            servers.append(Server(decoder, args.device, extra))
         target = ",".join(s.target for s in servers)  # the client's round robin over them
         st = Stylizer(decoder=decoder, device=device, backend=args.backend,
                       compile_shapes=[(n, side, side) for n in batch_steps(args.max_batch_size)])
