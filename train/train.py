@@ -267,9 +267,11 @@ class Trainer:
             if self.main:
                 log.info("starting from the weights of %s (%s)", args.init, init_file.version)
         self.model = DistributedDataParallel(self.decoder) if self.world > 1 else self.decoder
-        # what the step calls: compiled with --compile (checkpoints save the modules themselves, unprefixed)
-        self.encode: Any = torch.compile(self.encoder) if args.compile else self.encoder
-        self.forward: Any = torch.compile(self.model) if args.compile else self.model
+        # what the step calls: compiled with --compile (checkpoints save the modules themselves, unprefixed).
+        # Static shapes: with --style-crop the encoder sees two sizes, and the second would otherwise be compiled for
+        # dynamic shapes, which ran slower than eager on an H200 (round 4, the server's first compiled backend)
+        self.encode: Any = torch.compile(self.encoder, dynamic=False) if args.compile else self.encoder
+        self.forward: Any = torch.compile(self.model, dynamic=False) if args.compile else self.model
         if args.ema == 0:
             self.ema = None
         elif self.ema is None:  # the average starts at the weights the run starts from (a trained --init)
