@@ -15,9 +15,15 @@ images/s over ``--seconds`` of back-to-back batches (synchronised at the end), a
 median latency of single calls, and each mode's largest pixel difference from eager's output (on the
 0-1 scale: bf16 rounds to ~0.004 near 1, so a few hundredths are bf16, not a wrong picture).
 ``--profile`` prints the kernels that take the most time in one eager
-batch of 8, or of the largest size under 8 (where the time goes, for the next round). On a CPU (the dry
-run that ``scripts/gpu_round.sh`` is tested with) only the eager rows run. Random contents; the shipped
-decoder unless ``--decoder``.
+batch of 8, or of the largest size under 8 (where the time goes, for the next round).
+``--prepare-threads N`` times ``Stylizer.prepare`` (a JPEG's decode, the checks, the cached style, the
+content's copy to the device) from N threads as the server's pool calls it, with the device idle and then
+while another thread renders batches of 32 as the server's batcher does; and, under the same load, the
+copy alone, as prepare makes it (blocking, from pageable memory) and from pinned memory without blocking.
+Over gRPC, round 4's server got 79 images/s from 16 threads whose steps allow ~390: a blocking copy on
+the default stream waits for every kernel queued before it, so each prepare may wait for a whole batch.
+On a CPU (the dry run that ``scripts/gpu_round.sh`` is tested with) only the eager rows run. Random
+contents; the shipped decoder unless ``--decoder``.
 """
 
 from __future__ import annotations
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compiled-backend", action="store_true",
                    help="also the server's --backend compiled (adain.compiled), at every batch size")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one eager batch of 8")
+    p.add_argument("--prepare-threads", type=int, default=0,
+                   help="time prepare from this many threads, idle and under a render's load (default 0: not)")
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
     st = Stylizer(args.decoder, args.device, precision="auto", backend="torch")
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     profile_batch = max((b for b in args.batches if b <= 8), default=min(args.batches))  # 8, or the largest below
     try:
+        if args.prepare_threads:
+            prepare_under_load(st, args.size, args.prepare_threads, args.seconds)
         measure(args, rows, profile_batch, st, mean, std, paths16, compiled, served)
     except KeyboardInterrupt:  # the round's timeout (SIGINT): what was measured is still written
         print("# interrupted: the rows so far", flush=True)
@@ -176,6 +186,86 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
                 continue
             rows.append(row)
             print(json.dumps(row), flush=True)
+
+
+def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, batch: int = 32) -> None:
+    """Prepare's time from ``threads`` threads, the device idle, then under a render thread's load; then the
+    content's copy alone under that load, blocking from pageable memory against non-blocking from pinned."""
+    import io
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    from adain.image import load_image, to_tensor
+    from adain.job import Job
+
+    def jpeg(seed: int) -> bytes:
+        arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    content, style = jpeg(1), jpeg(2)
+    st.prepare(Job(content, [style]))  # the style's statistics cached, as in steady state
+    pixels = to_tensor(load_image(content))
+
+    def pageable() -> None:
+        pixels.to(st.device)
+
+    def pinned() -> None:
+        if st.cuda:
+            pixels.pin_memory().to(st.device, non_blocking=True)
+        else:  # nothing to pin for (the dry run)
+            pixels.to(st.device)
+
+    def timed(fn: Callable[[], object]) -> tuple[float, float]:
+        """p50 ms of ``fn`` and calls/s, from ``threads`` threads for ``seconds``."""
+        end = time.perf_counter() + seconds
+
+        def worker(_: int) -> list[float]:
+            out = []
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1000)
+            return out
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            ms = [m for part in pool.map(worker, range(threads)) for m in part]
+        return statistics.median(ms), len(ms) / (time.perf_counter() - t0)
+
+    def prepare() -> None:
+        st.prepare(Job(content, [style]))
+
+    jobs = [st.prepare(Job(content, [style])) for _ in range(batch)]
+    st.render(jobs)  # warm
+    stop = threading.Event()
+    renders = []
+
+    def render_loop() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            st.render(jobs)  # to PIL images: the device work, then its copies back, as the batcher's
+            renders.append(time.perf_counter() - t0)
+
+    print(f"# prepare from {threads} threads, a {size}-px JPEG, style cached:", flush=True)
+    p50, rate = timed(prepare)
+    print(f"prepare, device idle: p50 {p50:.1f} ms, {rate:.0f}/s", flush=True)
+    loader = threading.Thread(target=render_loop, daemon=True)
+    loader.start()
+    try:
+        for label, fn in (("prepare", prepare), ("its copy alone, pageable, blocking", pageable),
+                          ("the copy from pinned memory, non-blocking", pinned)):
+            p50, rate = timed(fn)
+            print(f"{label}, while batches of {batch} render: p50 {p50:.1f} ms, {rate:.0f}/s", flush=True)
+    finally:
+        stop.set()
+        loader.join()
+    if renders:
+        print(f"# a render of {batch} took {statistics.median(renders) * 1000:.0f} ms (median of {len(renders)})")
 
 
 def stance_default(build: Callable[[], Callable[[], torch.Tensor]]) -> Callable[[], torch.Tensor]:

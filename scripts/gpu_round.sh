@@ -56,7 +56,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   TRAIN=(--steps 2 --batch-size 2 --crop 32 --style-crop 24 --workers 0 --device cpu --precision fp32 --log-every 1)
   GROW=(--batch-size 2 --crop 32 --workers 0 --device cpu --precision fp32 --log-every 1)
   GROW_STEPS=(2 2)
-  BENCH=(--size 64 --batches 1 2 --seconds 0.2 --device cpu --profile)
+  BENCH=(--size 64 --batches 1 2 --seconds 0.2 --device cpu --profile --prepare-threads 2)
   GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2 --client-processes 2 --send jpeg)
   SERVED=("jpeg torch 150 2")  # each gRPC run: reply format, the server's --backend, its time limit (s), servers
   COOLING=(--max-minutes 2 --cooldown-minutes 1 --ema 0.9)  # the steps end it first
@@ -76,7 +76,8 @@ else
   # the compiled backend that the server runs (adain.compiled: static shapes, no CUDA graph), at the batch sizes of
   # the targets: round 4 found its first form (dynamic shapes) at 245 images/s, slower than eager's 313, and the
   # decoder compiled for one static shape at 2,234 against eager's 544 (batch 32, 512 px)
-  BENCH=(--size 512 --batches 1 32 --seconds 1 --compiled-backend --profile)
+  # and prepare from 16 threads under a render's load: does its blocking copy to the GPU wait for the batch?
+  BENCH=(--size 512 --batches 1 32 --seconds 1 --compiled-backend --profile --prepare-threads 16)
   # the clients in 8 processes (in one, their Python under one GIL may be part of the ceiling), sending JPEG as
   # photos come (round 4 sent PNG: its decode, 9.2 ms of the host's time a call, was most of a call's prepare)
   GRPC=(--size 512 --runs 5 --clients 32 --requests 256 --device cuda --max-batch-size 32 --client-processes 8
