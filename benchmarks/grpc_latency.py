@@ -178,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from adain.client import StyleTransferClient
-    from adain.compiled import batch_steps
     from adain.encoder import padded_size
     from adain.image import encode_image
     from adain.job import Job
@@ -198,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.replicas):  # one at a time: one that fails to start leaves the others to be stopped
             servers.append(Server(decoder, args.device, extra))
         target = ",".join(s.target for s in servers)  # the client's round robin over them
-        st = Stylizer(decoder=decoder, device=device, backend=args.backend,
-                      compile_shapes=[(n, side, side) for n in batch_steps(args.max_batch_size)])
+        # in process only single calls: one shape to compile (the server compiles its batch sizes meanwhile)
+        st = Stylizer(decoder=decoder, device=device, backend=args.backend, compile_shapes=[(1, side, side)])
         dev = str(st.device)
         if st.cuda:
             print(f"# GPU: {torch.cuda.get_device_name(st.device)}")
