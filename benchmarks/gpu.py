@@ -191,23 +191,16 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
 def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, batch: int = 32) -> None:
     """Prepare's time from ``threads`` threads, the device idle, then under a render thread's load; then the
     content's copy alone under that load, blocking from pageable memory against non-blocking from pinned."""
-    import io
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
-    from PIL import Image
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from grpc_latency import synthetic  # the images its gRPC runs send (--send jpeg)
 
     from adain.image import load_image, to_tensor
     from adain.job import Job
 
-    def jpeg(seed: int) -> bytes:
-        arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, "JPEG", quality=90)
-        return buf.getvalue()
-
-    content, style = jpeg(1), jpeg(2)
+    content, style = synthetic(size, 1, "jpeg"), synthetic(size, 2, "jpeg")
     st.prepare(Job(content, [style]))  # the style's statistics cached, as in steady state
     pixels = to_tensor(load_image(content))
 

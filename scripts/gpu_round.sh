@@ -7,9 +7,9 @@
 #     256-px crops of the paintings, style weight 2 as the shipped one, lr 1e-4 held, then taken to 0 over the last
 #     COOL minutes by the clock, the weights' moving average exported: round 3's two variants side by side made
 #     ~960 eager steps each and moved the style loss only; round 4's 256-px crops lowered the training content
-#     loss 11% while the 512-px evaluation's rose 2.5%), exported as architecture 1 (the paper's decoder; the shipped file's unused
-#     alpha channel is dropped, not trained into a bias at alpha 1); then grows the detail path on it
-#     with the shipped decoder's recipe (docs/MODEL_CARD.md, "Decoder v3": 250 steps, then 1,121 at
+#     loss 11% while the 512-px evaluation's rose 2.5%), exported as architecture 1 (the paper's decoder; the
+#     shipped file's unused alpha channel is dropped, not trained into a bias at alpha 1); then grows the
+#     detail path on it with the shipped decoder's recipe (docs/MODEL_CARD.md, "Decoder v3": 250 steps, then 1,121 at
 #     --alpha-zero 0.8; expected to take a minute or two there, 20 on this CPU), so that the returned
 #     decoder is a version 3 like the shipped one, ready to compare (the version 1 is kept if that fails);
 # (b) benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager, CUDA graphs, the compiled
@@ -96,7 +96,7 @@ if [ "$PART" != bench ]; then
   "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 } | tee "$OUT/train.txt"
 
-# (a) training: two variants side by side on the one GPU
+# (a) training: one run with the GPU to itself
 COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/decoder.pt --save-every 500
         --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --content-scale 2
         "${TRAIN[@]}" ${EXTRA:-})
@@ -144,7 +144,7 @@ mkdir -p "${RUNS[@]}"
 # Rounds 1-2 trained one decoder for every alpha and traded alpha 0 against alpha 1's style; the CPU A/Bs
 # since found no shared decoder that does both (docs/MODEL_CARD.md). Decoder v3 ends that trade: its
 # detail path (adain/detail.py) gives alpha 0 the photo and vanishes at alpha 1. So a GPU round now
-# trains what only a GPU can: the convolutions under it, at alpha 1 (the paper's objective), on 256-px
+# trains what only a GPU can: the convolutions under it, at alpha 1 (the paper's objective), on large
 # crops; its weakness is the content loss at alpha 1 (docs/MODEL_CARD.md, "Known weaknesses").
 train A "${RUNS[0]}" --style-weight 2 --lr-decay 0 "${COOLING[@]}"
 for r in "${RUNS[@]}"; do echo "== $r"; grep -E "^A: " "$r.txt"; tail -c 2500 "$r.txt"; done >> "$OUT/train.txt"
