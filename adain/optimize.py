@@ -50,6 +50,7 @@ class Steps(Protocol):
 
     encoder: Encoder
     tiling: Tiling
+    device: torch.device
 
     def target(self, feat: torch.Tensor, job: Prepared) -> torch.Tensor: ...
 
@@ -291,7 +292,7 @@ def objective_for(
     encoder = stylizer.encoder
     regions = prepared.regions
     if regions is not None:
-        regions = maps_at(regions, content.shape[2:])
+        regions = maps_at(regions.to(content.device), content.shape[2:])
     with torch.no_grad():
         feat = encoder(content).relu4_1
         aim = stylizer.target(feat, prepared) if target == "adain" else feat
@@ -337,7 +338,7 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     the content (``"content"``), ``refine_steps`` iterations, at ``refine_size`` when it is smaller."""
     job = prepared.job
     assert job is not None and job.refine_steps > 0
-    content = prepared.content.float()  # grey for "luminance": then the grey image is optimised
+    content = prepared.content.to(stylizer.device).float()  # grey for "luminance": then the grey image is optimised
     if job.refine_init == "adain":  # from the decoder's colours: the grey step (adain.colours) comes once, at the end
         first = replace(prepared, grey=False)
         if stylizer.tiling.wants(first):  # print size: minutes of tiles, stoppable between them as iterations are

@@ -21,7 +21,10 @@ Targets = list[tuple[torch.Tensor, torch.Tensor, float]]  # (mean, std, weight) 
 class Prepared:
     """A decoded job, ready for ``Stylizer.render``."""
 
-    content: torch.Tensor  # 1 x 3 x H x W in [0, 1], on the model's device (grey for "luminance")
+    # 1 x 3 x H x W in [0, 1] (grey for "luminance"). Its tensors stay on the host (pinned on a GPU, unless tiled):
+    # a server prepares in many threads while one renders, and a copy to the GPU from a preparing thread waited
+    # behind every kernel of the batch in flight; render copies each content once, from pinned memory, queued.
+    content: torch.Tensor
     targets: Targets
     alpha: float
     # One map per style, 1 x K x H x W uint8 levels (``adain.regions``: 255 is all of the style): where each

@@ -171,11 +171,13 @@ class Stylizer:
         if job.color == "luminance":
             chroma_from = content
             content = luminance(content).expand(-1, 3, -1, -1)
+        if self.cuda and not self.tiling.wants_pixels(img.width * img.height):
+            content = content.contiguous().pin_memory()  # render's copy waits for nothing (adain.prepared)
         return Prepared(
-            content=content.to(self.device),
+            content=content,
             targets=targets,
             alpha=job.alpha,
-            regions=None if regions is None else regions.to(self.device),
+            regions=regions,
             region_alphas=job.region_alphas,
             chroma_from=chroma_from,
             grey=grey,
@@ -250,7 +252,7 @@ class Stylizer:
             if j.regions is None:
                 a = torch.full((1, 1, h, w), j.alpha, device=self.device)
             else:
-                a = alpha_map(j.regions, [t[2] for t in j.targets], j.region_alphas, j.alpha, (h, w))
+                a = alpha_map(j.regions.to(self.device), [t[2] for t in j.targets], j.region_alphas, j.alpha, (h, w))
             maps.append(pad_to(a, *size))
         return torch.cat(maps)
 
@@ -278,15 +280,18 @@ class Stylizer:
             groups.setdefault(job.batch_key, []).append(i)
         for (ph, pw), idx in groups.items():
             with torch.inference_mode():
+                # Each content's one copy to the device, made by the thread that runs the device (adain.prepared).
+                need = feats is None or self.decoder.detail is not None
+                contents = [jobs[i].content.to(self.device, non_blocking=True) for i in idx] if need else []
                 if feats is None:
-                    group = self.encoder.encode([jobs[i].content for i in idx], run=self.backend.relu4_1)
+                    group = self.encoder.encode(contents, run=self.backend.relu4_1)
                 else:
                     group = [feats[i].to(self.device, self.dtype) for i in idx]
                 targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(group, idx)]
                 alphas = self._decoder_alphas([jobs[i] for i in idx], (ph // 8, pw // 8))
                 images = None
                 if self.decoder.detail is not None:  # the detail path sees the contents, padded as encoded
-                    images = pad_batch([jobs[i].content for i in idx]).to(self.device)
+                    images = pad_batch(contents)
                 y = self.backend.decode(torch.cat(targets).to(group[0].dtype), alphas, images)
             for k, i in enumerate(idx):
                 job = jobs[i]

@@ -94,15 +94,16 @@ def run_pair(
         content_weight=content_weight,
     )
     prepared = st.prepare(job)
+    content = prepared.content.to(st.device)  # prepared on the host (adain.prepared)
     t0 = time.perf_counter()
     if init == "adain":
-        start = to_tensor(st.render([prepared])[0]).contiguous()
+        start = to_tensor(st.render([prepared])[0]).to(st.device).contiguous()
     else:
-        start = prepared.content.clone()
+        start = content.clone()
     t_start = time.perf_counter() - t0
     results = {0: (to_image(start), t_start)}
     t1 = time.perf_counter()
-    objective = objective_for(st, prepared, prepared.content, style_loss=style_loss, target=target)
+    objective = objective_for(st, prepared, content, style_loss=style_loss, target=target)
     t_setup = time.perf_counter() - t1
 
     def on_step(p) -> None:
