@@ -17,11 +17,13 @@ median latency of single calls, and each mode's largest pixel difference from ea
 ``--profile`` prints the kernels that take the most time in one eager
 batch of 8, or of the largest size under 8 (where the time goes, for the next round).
 ``--prepare-threads N`` times ``Stylizer.prepare`` (a JPEG's decode, the checks, the cached style, the
-content's copy to the device) from N threads as the server's pool calls it, with the device idle and then
-while another thread renders batches of 32 as the server's batcher does; and, under the same load, the
-copy alone, as prepare makes it (blocking, from pageable memory) and from pinned memory without blocking.
-Over gRPC, round 4's server got 79 images/s from 16 threads whose steps allow ~390: a blocking copy on
-the default stream waits for every kernel queued before it, so each prepare may wait for a whole batch.
+content copied into pinned memory) from N threads as the server's pool calls it, with the device idle and
+then while another thread renders batches of 32 as the server's batcher does; and, under the same load, the
+content's copy to the device alone, as prepare made it until round 5 (blocking, from pageable memory) and
+as render now makes it (from pinned memory, queued without blocking). Over gRPC, round 4's server got 79
+images/s from 16 threads whose steps allow ~390: a blocking copy on the default stream waits for every
+kernel queued before it, so each prepare could wait for a whole batch; prepare now leaves the pixels on the
+host (``adain.prepared``).
 On a CPU (the dry run that ``scripts/gpu_round.sh`` is tested with) only the eager rows run. Random
 contents; the shipped decoder unless ``--decoder``.
 """
@@ -190,7 +192,8 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
 
 def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, batch: int = 32) -> None:
     """Prepare's time from ``threads`` threads, the device idle, then under a render thread's load; then the
-    content's copy alone under that load, blocking from pageable memory against non-blocking from pinned."""
+    content's copy alone under that load, blocking from pageable memory (prepare's until round 5) against
+    non-blocking from pinned (render's now)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 

@@ -12,7 +12,8 @@
 #     detail path on it with the shipped decoder's recipe (docs/MODEL_CARD.md, "Decoder v3": 250 steps, then 1,121 at
 #     --alpha-zero 0.8; expected to take a minute or two there, 20 on this CPU), so that the returned
 #     decoder is a version 3 like the shipped one, ready to compare (the version 1 is kept if that fails);
-# (b) benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager, CUDA graphs, the compiled
+# (b) checks every path of the library on the GPU against the CPU (benchmarks/gpu_paths.py), then
+#     benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager, CUDA graphs, the compiled
 #     backend), and over gRPC (a real server, N concurrent clients in several processes, single-request latency):
 #     the compiled backend with JPEG replies, then 4 eager servers sharing the GPU.
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
@@ -57,6 +58,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   GROW=(--batch-size 2 --crop 32 --workers 0 --device cpu --precision fp32 --log-every 1)
   GROW_STEPS=(2 2)
   BENCH=(--size 64 --batches 1 2 --seconds 0.2 --device cpu --profile --prepare-threads 2)
+  PATHS=(--size 64 --device cpu)
   GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2 --client-processes 2 --send jpeg)
   SERVED=("jpeg torch 150 2")  # each gRPC run: reply format, the server's --backend, its time limit (s), servers
   COOLING=(--max-minutes 2 --cooldown-minutes 1 --ema 0.9)  # the steps end it first
@@ -78,6 +80,9 @@ else
   # decoder compiled for one static shape at 2,234 against eager's 544 (batch 32, 512 px)
   # and prepare from 16 threads under a render's load: does its blocking copy to the GPU wait for the batch?
   BENCH=(--size 512 --batches 1 32 --seconds 1 --compiled-backend --profile --prepare-threads 16)
+  # every path of the library on the GPU against the CPU (~20 s): the suite runs on CPUs only, where a tensor on
+  # the wrong device cannot show, and the prepared pixels now stay on the host until render copies them
+  PATHS=(--size 96)
   # the clients in 8 processes (in one, their Python under one GIL may be part of the ceiling), sending JPEG as
   # photos come (round 4 sent PNG: its decode, 9.2 ms of the host's time a call, was most of a call's prepare)
   GRPC=(--size 512 --runs 5 --clients 32 --requests 256 --device cuda --max-batch-size 32 --client-processes 8
@@ -170,15 +175,15 @@ fi
 # (b) benchmarks: in-process, then over gRPC
 mkdir -p "$RUNDIR"
 {
+  timeout -s INT -k 10 90 "$PY" benchmarks/gpu_paths.py "${PATHS[@]}"; b=$?
   timeout -s INT -k 20 "$LIMIT" "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$RUNDIR/bench.json" --plot "$OUT/bench.png"; a=$?
-  b=0
   for run in "${SERVED[@]}"; do
     read -r f backend limit replicas <<< "$run"
     timeout -s INT -k 20 "$limit" "$PY" benchmarks/grpc_latency.py "${GRPC[@]}" --format "$f" --backend "$backend" \
       --replicas "${replicas:-1}"; c=$?
     b=$(( c > b ? c : b ))
   done
-  echo "benchmarks: exit $(( a > b ? a : b )) (gpu.py $a, grpc_latency.py $b; 124 = timed out)"
+  echo "benchmarks: exit $(( a > b ? a : b )) (gpu.py $a, gpu_paths.py and grpc_latency.py $b; 124 = timed out)"
 } > "$OUT/bench.txt" 2>&1
 cat "$RUNDIR/bench.json" >> "$OUT/bench.txt" 2>/dev/null
 tail -n 30 "$OUT/bench.txt"

@@ -51,6 +51,7 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     assert '"mode": "eager"' in bench and "best:" in bench, bench
     assert "benchmarks: exit 0 " in bench and "clients in 2 processes" in bench, bench
     assert "jpeg sent, jpeg replies" in bench, bench
+    assert "paths: 11 ok, 0 not" in bench and "tiled: ok" in bench, bench  # every path, here CPU against CPU
     assert "prepare, while batches of 32 render: p50" in bench, bench
     assert "2 servers answered" in bench and "a call under that load" in bench, bench  # two servers, balanced
     summary = (out / "train.txt").read_text()
