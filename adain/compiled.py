@@ -38,6 +38,7 @@ import torch
 from adain.decoder import Decoder, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
+from adain.precision import COMPILE_SIZE_RULE, is_compile_size
 
 log = logging.getLogger("adain.compiled")
 Shape = tuple[int, int, int]  # batch, height, width of the content (multiples of 8: as the encoder pads it)
@@ -64,8 +65,8 @@ class CompiledBackend(TorchBackend):
         the tests' seconds, not a CPU's minutes)."""
         super().__init__(encoder, decoder, device, bf16)
         for n, h, w in shapes:
-            if n < 1 or h < 16 or w < 16 or h % 8 or w % 8:
-                raise ValueError(f"compiled shapes are batch >= 1 x height x width, multiples of 8 and >= 16; "
+            if n < 1 or not is_compile_size(h, w):
+                raise ValueError(f"compiled shapes are batch >= 1 x height x width, {COMPILE_SIZE_RULE}; "
                                  f"got {n} x {h} x {w}")
         self.compiler = compiler
         self.calls: Counter[str] = Counter()  # "compiled" and "eager": which path the calls took

@@ -20,7 +20,7 @@ from adain.argtypes import (
     positive_float,
     unit_interval,
 )
-from adain.precision import BACKENDS, PRECISIONS
+from adain.precision import BACKENDS, COMPILE_SIZE_RULE, PRECISIONS, is_compile_size
 from adain.wire import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -142,9 +142,8 @@ def compile_sizes(text: str) -> list[tuple[int, int]]:
     sizes = []
     for part in text.replace(" ", "").lower().split(","):
         h, sep, w = part.partition("x")
-        if not (sep and h.isdigit() and w.isdigit()) or int(h) % 8 or int(w) % 8 or min(int(h), int(w)) < 16:
-            raise argparse.ArgumentTypeError(f"must be HxW[,HxW...] with sides multiples of 8 and >= 16 (a "
-                                             f"content is padded to those), got {text!r}")
+        if not (sep and h.isdigit() and w.isdigit() and is_compile_size(int(h), int(w))):
+            raise argparse.ArgumentTypeError(f"must be HxW[,HxW...] with {COMPILE_SIZE_RULE}, got {text!r}")
         sizes.append((int(h), int(w)))
     return sizes
 
