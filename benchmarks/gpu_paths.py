@@ -1,12 +1,13 @@
 """Every path of the library on a device, against the same on the CPU: a check for the GPU round.
 
-    python benchmarks/gpu_paths.py [--size 96] [--device cuda]
+    python benchmarks/gpu_paths.py [--size 96] [--device cuda] [--sheet paths.png]
 
 The test suite runs on CPUs only, where a tensor left on the wrong device cannot show. Each path a user can
 take (alpha, blended styles, both colour modes, a two-style mask, regions, a batch of two sizes, a tiled
 content, the optimisation method, a video's frames) runs here on ``--device`` and on the CPU, both in fp32
 without TF32, and prints one row: the largest and mean difference of the two outputs in 8-bit levels, or
 the error that path raised. A row is ``ok`` when its mean difference is under one level. Exit 1 if any is not.
+``--sheet F`` saves each path's last output on both and their difference as one PNG, to look at.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def tiled(st: Stylizer, tile: int) -> Iterator[None]:
 
 
 def cases(size: int) -> dict[str, Callable[[Stylizer], list[Image.Image]]]:
-    content, style, other = picture(size, 1), picture(size, 2), picture(size, 3)
+    content, style = picture(size, 1), picture(size, 2)
+    squares = (np.indices((size, size)) // 8).sum(0) % 2  # a second style unlike the first: a mask's halves show
+    other = Image.fromarray(np.where(squares[..., None], [250, 140, 20], [20, 40, 160]).astype(np.uint8), "RGB")
     half = np.zeros((size, size), np.uint8)
     half[:, : size // 2] = 255
     mask = png(Image.fromarray(half, "L"))
@@ -88,6 +91,25 @@ def cases(size: int) -> dict[str, Callable[[Stylizer], list[Image.Image]]]:
     }
 
 
+def save_sheet(rows: list[tuple[str, Image.Image, Image.Image]], path: Path) -> None:
+    """One row a path: its first output on the device, on the CPU, and their difference x 16 (to look at)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.4 * len(rows)), squeeze=False)
+    for (label, ours, cpu), ax in zip(rows, axes):
+        diff = np.abs(np.asarray(ours, np.int16) - np.asarray(cpu, np.int16)) * 16
+        for a, img, title in zip(ax, (ours, cpu, np.clip(diff, 0, 255).astype(np.uint8)),
+                                 (label, "CPU", "difference x 16")):
+            a.imshow(img)
+            a.set_title(title, fontsize=8)
+            a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def compare(ours: list[Image.Image], cpu: list[Image.Image]) -> tuple[int, float]:
     """Largest and mean absolute difference in 8-bit levels over every output image."""
     diffs = [np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)) for a, b in zip(ours, cpu, strict=True)]
@@ -99,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=96, help="the contents' side (the tiled one is twice it)")
     p.add_argument("--device", default=None, help="the device checked (default: cuda when present, else cpu)")
     p.add_argument("--decoder", default=None)
+    p.add_argument("--sheet", type=Path, default=None, help="save every path's outputs side by side here (PNG)")
     args = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both: a difference is the path's, not TF32's
     torch.backends.cudnn.allow_tf32 = False
@@ -108,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     st.tiling, cpu.tiling = replace(st.tiling, threshold=0), replace(cpu.tiling, threshold=0)  # tiled: its own case
     name = torch.cuda.get_device_name(st.device) if st.cuda else cpu_info()[0]
     print(f"# every path on {st.device} ({name}) against the CPU ({cpu_info()[0]}), {args.size} px, fp32", flush=True)
-    bad, paths = 0, cases(args.size)
+    bad, paths, sheet = 0, cases(args.size), []
     for label, run in paths.items():
         try:
-            max_diff, mean_diff = compare(run(st), run(cpu))
+            ours, theirs = run(st), run(cpu)
+            max_diff, mean_diff = compare(ours, theirs)
+            sheet.append((label, ours[-1], theirs[-1]))
         except Exception as e:  # noqa: BLE001 - a path's failure is its row's figure
             bad += 1
             print(f"{label}: FAILED: {type(e).__name__}: {e}"[:400], flush=True)
@@ -120,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         bad += verdict != "ok"
         print(f"{label}: {verdict}, max {max_diff}, mean {mean_diff:.3f} levels", flush=True)
     print(f"paths: {len(paths) - bad} ok, {bad} not, in {time.perf_counter() - t0:.0f} s")
+    if args.sheet and sheet:
+        save_sheet(sheet, args.sheet)
     return 1 if bad else 0
 
 

@@ -17,7 +17,7 @@
 #     backend), and over gRPC (a real server, N concurrent clients in several processes, single-request latency):
 #     the compiled backend with JPEG replies, then 4 eager servers sharing the GPU.
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
-#   A-decoder.pt A-log.jsonl train.txt loss.png bench.txt bench.png
+#   A-decoder.pt A-log.jsonl train.txt loss.png bench.txt bench.png paths.png
 # PART=train or PART=bench runs one half in its own device call, so that the decoders come back even
 # when the benchmarks run long. Every step is bounded (--max-minutes, `timeout`), so a slow one costs its
 # own figures, never the decoders. Timings seen on an H200: ~1 minute to start the machine; round 4's
@@ -176,7 +176,7 @@ fi
 # (b) benchmarks: in-process, then over gRPC
 mkdir -p "$RUNDIR"
 {
-  timeout -s INT -k 10 60 "$PY" benchmarks/gpu_paths.py "${PATHS[@]}"; b=$?
+  timeout -s INT -k 10 60 "$PY" benchmarks/gpu_paths.py "${PATHS[@]}" --sheet "$OUT/paths.png"; b=$?
   timeout -s INT -k 20 "$LIMIT" "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$RUNDIR/bench.json" --plot "$OUT/bench.png"; a=$?
   for run in "${SERVED[@]}"; do
     read -r f backend limit replicas <<< "$run"

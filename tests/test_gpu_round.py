@@ -14,7 +14,7 @@ from adain.decoder import load_decoder
 from helpers import REPO
 from synth import synth_image
 
-FILES = {"A-decoder.pt", "A-log.jsonl", "train.txt", "loss.png", "bench.txt", "bench.png"}
+FILES = {"A-decoder.pt", "A-log.jsonl", "train.txt", "loss.png", "bench.txt", "bench.png", "paths.png"}
 
 
 def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
