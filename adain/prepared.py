@@ -21,7 +21,7 @@ Targets = list[tuple[torch.Tensor, torch.Tensor, float]]  # (mean, std, weight) 
 class Prepared:
     """A decoded job, ready for ``Stylizer.render``."""
 
-    # 1 x 3 x H x W in [0, 1] (grey for "luminance"). Its tensors stay on the host (pinned on a GPU, unless tiled):
+    # 1 x 3 x H x W in [0, 1] (grey for "luminance"). Its tensors stay on the host (on a GPU, pinned up to 1 MP):
     # a server prepares in many threads while one renders, and a copy to the GPU from a preparing thread waited
     # behind every kernel of the batch in flight; render copies each content once, from pinned memory, queued.
     content: torch.Tensor

@@ -36,6 +36,12 @@ from adain.regions import alpha_map, region_maps, regional_target
 from adain.tiling import Tiling, auto_threshold, image_stats, render_tiled
 from adain.wire import Limits, style_too_small
 
+# On a GPU, contents up to this many pixels are prepared into pinned memory, so that render's copy to the device
+# is queued without waiting: the batched sizes a server's throughput rests on. torch keeps pinned blocks for
+# reuse, each rounded up to a power of two: a larger content's would hold up to twice its size of the host's
+# memory for good, for a copy that its own render outlasts many times.
+PINNED_PIXELS = 1 << 20
+
 
 class Stylizer:
     """AdaIN style transfer with the shipped decoder (or ``decoder=path``). Thread-safe.
@@ -171,7 +177,7 @@ class Stylizer:
         if job.color == "luminance":
             chroma_from = content
             content = luminance(content).expand(-1, 3, -1, -1)
-        if self.cuda and not self.tiling.wants_pixels(img.width * img.height):
+        if self.cuda and img.width * img.height <= PINNED_PIXELS:
             content = content.contiguous().pin_memory()  # render's copy waits for nothing (adain.prepared)
         return Prepared(
             content=content,
