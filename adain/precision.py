@@ -17,16 +17,18 @@ from pathlib import Path
 PRECISIONS = ("auto", "bf16", "fp32")
 # "auto": on a CPU the fastest runtime installed (see adain.backends), on a GPU torch
 BACKENDS = ("auto", "torch", "compiled", "openvino", "onnxruntime")
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of bf16 units
+_SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
+
+
 # What the compiled backend (adain.compiled) can compile for: the sizes the encoder pads every content to
-# (adain.encoder.padded_size: multiples of 8, at least 16), the only ones that reach it. Here, without torch,
-# so that the server checks its flag before it loads a model.
+# (adain.encoder.padded_size: multiples of 8, at least 16), the only ones that reach it.
 COMPILE_SIZE_RULE = "sides multiples of 8 and >= 16 (a content is padded to those)"
 
 
 def is_compile_size(h: int, w: int) -> bool:
+    """COMPILE_SIZE_RULE, here without torch: the server checks its flag before it loads a model."""
     return min(h, w) >= 16 and h % 8 == 0 and w % 8 == 0
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of bf16 units
-_SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
 
 
 @functools.cache
