@@ -14,8 +14,12 @@ these batch sizes at this size, no CUDA graph, called as the Stylizer calls it).
 images/s over ``--seconds`` of back-to-back batches (synchronised at the end), and at batch 1 the
 median latency of single calls, and each mode's largest pixel difference from eager's output (on the
 0-1 scale: bf16 rounds to ~0.004 near 1, so a few hundredths are bf16, not a wrong picture).
-``--profile`` prints the kernels that take the most time in one eager
-batch of 8, or of the largest size under 8 (where the time goes, for the next round).
+Then, at each batch size, ``Stylizer.render`` itself, as the server's batcher calls it (eager, and on the
+compiled backend): the network's rows plus the per-job steps around it (AdaIN targets, the contents' copies
+to the device, the images made and copied back), on the gRPC runs' JPEG content, style cached (the pixel
+difference is from the eager render's): the issue's in-process figure for what the server runs.
+``--profile`` prints the kernels that take the most time in one eager batch of 8, or of the largest size
+under 8 (where the time goes, for the next round).
 ``--prepare-threads N`` times ``Stylizer.prepare`` (a JPEG's decode, the checks, the cached style, the
 content copied into pinned memory) from N threads as the server's pool calls it, with the device idle and
 then while another thread renders batches of 32 as the server's batcher does; and, under the same load, the
@@ -39,6 +43,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from adain import Stylizer
@@ -171,23 +176,68 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
                 profile(step, device)
             except Exception as e:  # noqa: BLE001
                 print(f"# profile at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
-        reference = step().float()  # eager's pixels: a faster mode must give the same picture
-        for mode, build in modes:
-            t0 = time.perf_counter()
-            try:
-                fn = build()
-                if mode.startswith("compiled"):
-                    print(f"# torch.compile at batch {batch}: {time.perf_counter() - t0:.0f} s", flush=True)
-                diff = (fn().float().clamp(0, 1) - reference.clamp(0, 1)).abs().max().item()
-                ips = throughput(fn, batch, args.seconds, device)
-                row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1), "max_diff": round(diff, 4)}
-                if batch == 1:
-                    row["p50_ms"] = round(latency_ms(fn, device), 2)
-            except Exception as e:  # noqa: BLE001
-                print(f"# {mode} at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
-                continue
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        timed_rows(args, rows, batch, modes, step(), device)  # eager's pixels: a faster mode must give the same picture
+        # What the server's batcher calls: the per-job steps (AdaIN targets, the copies to and from the device, the
+        # images made) around the network, on JPEG contents as the gRPC runs send them, style cached.
+        jobs = synthetic_jobs(st, s, batch)
+        renders = [("Stylizer.render, eager", lambda jobs=jobs: rendering(st, st.backend, jobs))]
+        if served is not None:
+            renders.append(("Stylizer.render, compiled backend", lambda jobs=jobs: rendering(st, served, jobs)))
+        timed_rows(args, rows, batch, renders, st.render(jobs), device)
+
+
+def pixels(out: torch.Tensor | list) -> torch.Tensor:
+    """A mode's output as N x 3 x H x W in [0, 1] on the host: a batch of images, or PIL images (Stylizer.render)."""
+    if isinstance(out, torch.Tensor):
+        return out.float().clamp(0, 1).cpu()
+    return torch.stack([torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1) for img in out])
+
+
+def timed_rows(args: argparse.Namespace, rows: list[dict], batch: int,
+               modes: list[tuple[str, Callable[[], Callable[[], object]]]], reference: object,
+               device: torch.device) -> None:
+    """Each mode built, checked against ``reference`` (its largest pixel difference, 0-1) and timed: a row each."""
+    reference = pixels(reference)  # type: ignore[arg-type]
+    for mode, build in modes:
+        t0 = time.perf_counter()
+        try:
+            fn = build()
+            if mode.startswith("compiled"):
+                print(f"# torch.compile at batch {batch}: {time.perf_counter() - t0:.0f} s", flush=True)
+            diff = (pixels(fn()) - reference).abs().max().item()  # type: ignore[arg-type]
+            ips = throughput(fn, batch, args.seconds, device)
+            row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1), "max_diff": round(diff, 4)}
+            if batch == 1:
+                row["p50_ms"] = round(latency_ms(fn, device), 2)
+        except Exception as e:  # noqa: BLE001
+            print(f"# {mode} at batch {batch} failed: {type(e).__name__}: {e}"[:500], flush=True)
+            continue
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def synthetic_jobs(st: Stylizer, size: int, n: int) -> list:
+    """``n`` prepared jobs of the gRPC runs' synthetic JPEG content and style (the style's statistics cached)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from grpc_latency import synthetic  # the images its gRPC runs send (--send jpeg)
+
+    from adain.job import Job
+
+    content, style = synthetic(size, 1, "jpeg"), synthetic(size, 2, "jpeg")
+    return [st.prepare(Job(content, [style])) for _ in range(n)]
+
+
+def rendering(st: Stylizer, backend: object, jobs: list) -> Callable[[], list]:
+    """``st.render(jobs)`` on ``backend`` (the Stylizer's own put back after each call)."""
+
+    def run() -> list:
+        own, st.backend = st.backend, backend
+        try:
+            return st.render(jobs)
+        finally:
+            st.backend = own
+
+    return run
 
 
 def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, batch: int = 32) -> None:

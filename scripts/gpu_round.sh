@@ -78,6 +78,7 @@ else
   # the compiled backend that the server runs (adain.compiled: static shapes, no CUDA graph), at the batch sizes of
   # the targets: round 4 found its first form (dynamic shapes) at 245 images/s, slower than eager's 313, and the
   # decoder compiled for one static shape at 2,234 against eager's 544 (batch 32, 512 px)
+  # then Stylizer.render itself, eager and compiled (the per-job steps around the network: what the server runs);
   # and prepare from 16 threads under a render's load: did its blocking copy to the GPU wait for the batch (prepare
   # now leaves the pixels on the host; the rows time that old copy beside render's new one)?
   BENCH=(--size 512 --batches 1 32 --seconds 1 --compiled-backend --profile --prepare-threads 16)

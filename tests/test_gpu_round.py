@@ -49,6 +49,7 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
         assert all(torch.equal(under[k], v) for k, v in conv.state_dict().items())
     bench = (out / "bench.txt").read_text()
     assert '"mode": "eager"' in bench and "best:" in bench, bench
+    assert '"mode": "Stylizer.render, eager"' in bench, bench  # what the server's batcher runs, per-job steps and all
     assert "benchmarks: exit 0 " in bench and "clients in 2 processes" in bench, bench
     assert "jpeg sent, jpeg replies" in bench, bench
     assert "paths: 11 ok, 0 not" in bench and "tiled: ok" in bench, bench  # every path, here CPU against CPU
