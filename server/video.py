@@ -111,7 +111,7 @@ class VideoService:
             except InvalidInputError as e:
                 raise ServiceError.invalid([Violation(option_field(e.field), e.description)]) from e
             reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, ended, deadline, caller,
-                                                    option_field, FORMAT_BY_ENUM[fmt]))
+                                                    option_field, FORMAT_BY_ENUM[fmt], context.cancelled))
             while True:
                 got = await queue.get()
                 if got is None:
@@ -177,10 +177,11 @@ class VideoService:
         caller: str,
         option_field: Callable[[str], str],
         fmt: str,
+        cancelled: Callable[[], bool],
     ) -> None:
         """Take frames off the wire, prepare them in order and queue them for rendering; ``queue``'s bound
         is the window. Ends the queue with None, or with the exception that ends the call; stops once the
-        stream has ``ended``."""
+        stream has ``ended``. ``cancelled``: whether gRPC has cancelled the call."""
         loop = asyncio.get_running_loop()
         index = 0
         messages = aiter(requests)
@@ -232,6 +233,13 @@ class VideoService:
             if deadline is not None and time.monotonic() > deadline - 0.1:  # ended by its deadline, not the caller
                 raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the stream's deadline passed")
             if index == 0:
+                # gRPC ends the requests of a call it cut (a frame over the message limit) a moment before it marks
+                # the call cancelled: waited for, so that the call is logged as the cancel it is (once, under load,
+                # it was logged as this). An empty stream, a client's bug, is told the same 0.25 s later.
+                for _ in range(25):
+                    if cancelled():
+                        break
+                    await asyncio.sleep(0.01)
                 raise ServiceError.invalid([Violation("frame", "the stream carried no frames")])
             await self._hand(queue, None, ended)
         except (asyncio.CancelledError, GeneratorExit):
