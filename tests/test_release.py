@@ -259,6 +259,9 @@ class _Context:
     def time_remaining(self) -> float | None:
         return self.remaining
 
+    def cancelled(self) -> bool:
+        return False
+
 
 def test_a_progress_call_that_fails_frees_its_request(stylizer: Stylizer) -> None:
     server = StyleTransferServer(parse_settings(["--max-batch-delay-ms", "0"]), stylizer)
