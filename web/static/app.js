@@ -1096,6 +1096,8 @@ async function openLive(retries = LIVE_RETRIES) {
     live.inFlight -= 1;
     live.frames += 1;
     const bitmap = await createImageBitmap(event.data);
+    // paused, stopped or replaced while the frame was decoded: drawn, it would put back "Live" over "Paused"
+    if (session !== live.session) { bitmap.close(); return; }
     const canvas = $("live-output");
     if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
       canvas.width = bitmap.width;
