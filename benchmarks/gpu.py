@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -194,17 +195,17 @@ def pixels(out: torch.Tensor | list) -> torch.Tensor:
 
 
 def timed_rows(args: argparse.Namespace, rows: list[dict], batch: int,
-               modes: list[tuple[str, Callable[[], Callable[[], object]]]], reference: object,
+               modes: list[tuple[str, Callable[[], Callable[[], Any]]]], reference: torch.Tensor | list,
                device: torch.device) -> None:
     """Each mode built, checked against ``reference`` (its largest pixel difference, 0-1) and timed: a row each."""
-    reference = pixels(reference)  # type: ignore[arg-type]
+    want = pixels(reference)
     for mode, build in modes:
         t0 = time.perf_counter()
         try:
             fn = build()
             if mode.startswith("compiled"):
                 print(f"# torch.compile at batch {batch}: {time.perf_counter() - t0:.0f} s", flush=True)
-            diff = (pixels(fn()) - reference).abs().max().item()  # type: ignore[arg-type]
+            diff = (pixels(fn()) - want).abs().max().item()
             ips = throughput(fn, batch, args.seconds, device)
             row = {"batch": batch, "mode": mode, "images_per_s": round(ips, 1), "max_diff": round(diff, 4)}
             if batch == 1:
