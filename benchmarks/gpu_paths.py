@@ -31,19 +31,13 @@ from adain.tiling import Tiling
 from adain.video import VideoStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_latency import synthetic  # noqa: E402 - a sibling script
+from grpc_latency import encoded, synthetic  # noqa: E402 - a sibling script
 
 
 def picture(size: int, seed: int, shift: int = 0) -> Image.Image:
     """The gRPC benchmark's synthetic image, moved ``shift`` px right (a video's frames)."""
     img = np.asarray(Image.open(io.BytesIO(synthetic(size, seed))).convert("RGB"))
     return Image.fromarray(np.roll(img, shift, axis=1), "RGB")
-
-
-def png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 @contextlib.contextmanager
@@ -63,8 +57,8 @@ def cases(size: int) -> dict[str, Callable[[Stylizer], list[Image.Image]]]:
     other = Image.fromarray(np.where(squares[..., None], [250, 140, 20], [20, 40, 160]).astype(np.uint8), "RGB")
     half = np.zeros((size, size), np.uint8)
     half[:, : size // 2] = 255
-    mask = png(Image.fromarray(half, "L"))
-    rest = png(Image.fromarray(255 - half, "L"))
+    mask = encoded(Image.fromarray(half, "L"), "png")
+    rest = encoded(Image.fromarray(255 - half, "L"), "png")
     small = content.resize((size * 3 // 4, size // 2))
 
     def video(st: Stylizer) -> list[Image.Image]:
