@@ -180,7 +180,8 @@ def measure(args: argparse.Namespace, rows: list[dict], profile_batch: int, st: 
         timed_rows(args, rows, batch, modes, step(), device)  # eager's pixels: a faster mode must give the same picture
         # What the server's batcher calls: the per-job steps (AdaIN targets, the copies to and from the device, the
         # images made) around the network, on JPEG contents as the gRPC runs send them, style cached.
-        jobs = synthetic_jobs(st, s, batch)
+        job = synthetic_job(s)
+        jobs = [st.prepare(job) for _ in range(batch)]  # the style's statistics cached after the first
         renders = [("Stylizer.render, eager", lambda jobs=jobs: rendering(st, st.backend, jobs))]
         if served is not None:
             renders.append(("Stylizer.render, compiled backend", lambda jobs=jobs: rendering(st, served, jobs)))
@@ -217,15 +218,14 @@ def timed_rows(args: argparse.Namespace, rows: list[dict], batch: int,
         print(json.dumps(row), flush=True)
 
 
-def synthetic_jobs(st: Stylizer, size: int, n: int) -> list:
-    """``n`` prepared jobs of the gRPC runs' synthetic JPEG content and style (the style's statistics cached)."""
+def synthetic_job(size: int) -> Any:
+    """A job of the gRPC runs' synthetic content and style, as JPEG (what they send with --send jpeg)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from grpc_latency import synthetic  # the images its gRPC runs send (--send jpeg)
+    from grpc_latency import synthetic
 
     from adain.job import Job
 
-    content, style = synthetic(size, 1, "jpeg"), synthetic(size, 2, "jpeg")
-    return [st.prepare(Job(content, [style])) for _ in range(n)]
+    return Job(synthetic(size, 1, "jpeg"), [synthetic(size, 2, "jpeg")])
 
 
 def rendering(st: Stylizer, backend: object, jobs: list) -> Callable[[], list]:
@@ -248,15 +248,11 @@ def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, ba
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from grpc_latency import synthetic  # the images its gRPC runs send (--send jpeg)
-
     from adain.image import load_image, to_tensor
-    from adain.job import Job
 
-    content, style = synthetic(size, 1, "jpeg"), synthetic(size, 2, "jpeg")
-    st.prepare(Job(content, [style]))  # the style's statistics cached, as in steady state
-    pixels = to_tensor(load_image(content))
+    job = synthetic_job(size)
+    st.prepare(job)  # the style's statistics cached, as in steady state
+    pixels = to_tensor(load_image(job.content))
 
     def pageable() -> None:
         pixels.to(st.device)
@@ -285,9 +281,9 @@ def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, ba
         return statistics.median(ms), len(ms) / (time.perf_counter() - t0)
 
     def prepare() -> None:
-        st.prepare(Job(content, [style]))
+        st.prepare(job)
 
-    jobs = [st.prepare(Job(content, [style])) for _ in range(batch)]
+    jobs = [st.prepare(job) for _ in range(batch)]
     st.render(jobs)  # warm
     stop = threading.Event()
     renders = []
