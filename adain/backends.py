@@ -5,7 +5,8 @@ does not care which runs them.
 * ``torch``: the modules themselves, eager, channels_last, bf16 autocast where asked.
 * ``openvino``: the same modules (the decoder folded: ``adain.decoder.FoldedDecoder``) traced once and
   converted to OpenVINO, compiled for the CPU with dynamic shapes (any size, any batch),
-  ``INFERENCE_PRECISION_HINT`` f32 or bf16 and the thread count of torch. Converted models are kept on
+  ``INFERENCE_PRECISION_HINT`` f32 or bf16 (or the graphs quantized to int8 first: ``adain.int8``) and the
+  thread count of torch. Converted models are kept on
   disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by the weights, the Winograd form and
   the runtime's version, and so are the compiled graphs (OpenVINO's ``CACHE_DIR``), so a restart builds
   the backend in a fraction of a second (~10 s the first time). Processes starting together take turns at a
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adain import int8
 from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
@@ -82,10 +84,12 @@ class ExportedBackend(TorchBackend):
     """
 
     def __init__(
-        self, runtime: str, encoder: Encoder, decoder: Decoder, bf16: bool, threads: int, winograd_form: bool = True
+        self, runtime: str, encoder: Encoder, decoder: Decoder, bf16: bool, threads: int, winograd_form: bool = True,
+        quantized: bool = False,
     ) -> None:
         super().__init__(encoder, decoder, torch.device("cpu"), bf16)
         self.name = runtime
+        self.quantized = quantized  # int8 graphs (adain.int8, OpenVINO only); a shape they fail runs on torch, fp32
         builder = _openvino if runtime == "openvino" else _onnxruntime
         # The folded decoder: the same function, 2.25x fewer multiply-adds in the three convolutions that
         # follow an upsampling (0.89 -> 0.79 s for a 512-px decode in OpenVINO; eager torch gains nothing).
@@ -98,15 +102,23 @@ class ExportedBackend(TorchBackend):
         # 1e-4). The fault is in its strided 1 x 8 convolution (the column transform) when that outputs one
         # column from two or more rows; padding one more tile column avoids it, but there the direct graph
         # was faster anyway (486 against 546 ms for a 512-px encode + decode), so they run the direct graph.
-        form = WINOGRAD_FORM if winograd_form and not bf16 and runtime == "openvino" and not _avx512() else ""
+        # (int8: the direct graph, whose convolutions NNCF quantizes.)
+        plain = not winograd_form or bf16 or quantized or runtime != "openvino" or _avx512()
+        form = "" if plain else WINOGRAD_FORM
         # Traced at a small size: the graphs are shape-generic (dynamic axes).
-        self._encode = builder(modules[0], (torch.rand(1, 3, 32, 32),), bf16, threads, form, 1)
+        quantize = {p: int8.Quantizer(p, encoder, decoder) if quantized else None for p in ("encoder", "decoder")}
+        self._encode = builder(modules[0], (torch.rand(1, 3, 32, 32),), bf16, threads, form, 1, quantize["encoder"])
         example = (torch.rand(1, 512, 4, 4),) + ((torch.ones(1, 1, 4, 4),) if decoder.alpha_input else ())
         example += (torch.rand(1, 3, 32, 32),) if decoder.detail is not None else ()
-        self._decode = builder(modules[1], example, bf16, threads, form, 64)  # its input: 1/8 resolution
+        # the decoder's input is at 1/8 resolution: 64 image pixels a pixel
+        self._decode = builder(modules[1], example, bf16, threads, form, 64, quantize["decoder"])
         self._failures: OrderedDict[tuple[str, tuple[int, ...]], _Failure] = OrderedDict()  # the newest last
         self._calls = 0
         self._failures_lock = threading.Lock()  # calls come from several threads
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.quantized else super().precision
 
     def _run(self, part: str, run: Run, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
         key = (part, tuple(inputs[0].shape))
@@ -179,17 +191,20 @@ Backend = TorchBackend  # the interface: name, precision, relu4_1(x), decode(x, 
 
 def make_backend(
     name: str, encoder: Encoder, decoder: Decoder, device: torch.device, bf16: bool, explicit_precision: bool,
-    compile_shapes: Sequence[Shape] = DEFAULT_SHAPES,
+    compile_shapes: Sequence[Shape] = DEFAULT_SHAPES, quantized: bool = False,
 ) -> TorchBackend:
     """The backend called ``name`` (one of BACKENDS) for these modules; ``compile_shapes``: what ``compiled``
-    compiles for (batch, height, width).
+    compiles for (batch, height, width); ``quantized``: precision int8 (adain.int8).
 
     An explicitly named runtime that is missing or fails to build is an error (the operator asked for it);
     ``auto`` logs why it skips one and takes the next. ONNX Runtime runs float32 only on a CPU: asked for
-    bf16 explicitly it is an error, under ``precision="auto"`` it runs float32.
+    bf16 explicitly it is an error, under ``precision="auto"`` it runs float32. int8 runs on OpenVINO only,
+    on a CPU: asked for elsewhere, or where OpenVINO or NNCF is missing, it is an error.
     """
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if quantized:
+        return _int8_backend(name, encoder, decoder, device)
     if name == "compiled":  # torch.compile on any device (a GPU's choice: adain.compiled)
         backend = CompiledBackend(encoder, decoder, device, bf16, compile_shapes)
         if not backend.compiled:  # asked for by name: an error, as for the other runtimes
@@ -220,6 +235,21 @@ def make_backend(
     raise AssertionError("unreachable: torch is always last")
 
 
+def _int8_backend(name: str, encoder: Encoder, decoder: Decoder, device: torch.device) -> ExportedBackend:
+    if device.type != "cpu":
+        raise ValueError(f"precision int8 runs on the CPU (OpenVINO); on {device.type} use bf16, fp32 or auto")
+    if name not in ("auto", "openvino"):
+        raise ValueError(f"precision int8 runs on backend openvino (or auto), not {name}")
+    why = int8.available()
+    if why:
+        raise RuntimeError(f"precision int8 is not usable here: {why}")
+    try:
+        return ExportedBackend("openvino", encoder, decoder, False, torch.get_num_threads(), quantized=True)
+    except Exception as e:
+        raise RuntimeError(f"precision int8 is not usable here ({type(e).__name__}: {e}); "
+                           "choose precision bf16, fp32 or auto") from e
+
+
 # --- the runtimes ---------------------------------------------------------------------------------
 def _weights_key(module: nn.Module, example: tuple[torch.Tensor, ...], *parts: str) -> str:
     """A name for one module's converted graph: its weights, its inputs' ranks and the versions."""
@@ -239,14 +269,17 @@ def cache_dir() -> Path:
 
 
 def _openvino(
-    module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str, scale: int
+    module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str, scale: int,
+    quantize: int8.Quantizer | None = None,
 ) -> Run:
     """``form``: WINOGRAD_FORM to convert the module's wide convolutions (adain.winograd) first, or "".
-    ``scale``: image pixels per pixel of the module's input (bounds the fixed-shape graphs by image size)."""
+    ``scale``: image pixels per pixel of the module's input (bounds the fixed-shape graphs by image size).
+    ``quantize``: applied to the converted graph before it is cached (int8)."""
     import openvino as ov
 
     core = ov.Core()
-    folder = cache_dir() / "openvino" / _weights_key(module, example, "openvino", ov.get_version(), form)
+    recipe = (quantize.key,) if quantize is not None else ()
+    folder = cache_dir() / "openvino" / _weights_key(module, example, "openvino", ov.get_version(), form, *recipe)
     xml = folder / "model.xml"
     model = _cached_model(core, xml)
     if model is None:
@@ -254,6 +287,8 @@ def _openvino(
             model = _cached_model(core, xml, quiet=True)  # converted by another process while this one waited
             if model is None:
                 model = _convert(ov, module, example, form)
+                if quantize is not None:
+                    model = quantize(model)
                 if alone and folder.exists():  # a damaged entry makes way (never another converter's new one)
                     shutil.rmtree(folder, ignore_errors=True)
                 if _save_openvino(ov, model, folder):  # read back: the compiled-graph cache knows its file form
@@ -485,9 +520,12 @@ def _sweep_stale_tmp(parent: Path) -> None:
 
 
 def _onnxruntime(
-    module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str, scale: int
+    module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str, scale: int,
+    quantize: int8.Quantizer | None = None,
 ) -> Run:
-    """As _openvino (``scale`` unused: no fixed-shape graphs here)."""
+    """As _openvino (``scale`` unused: no fixed-shape graphs here; ``quantize`` refused: make_backend does)."""
+    if quantize is not None:
+        raise ValueError("onnxruntime runs no int8 graphs here")
     import io
 
     import onnxruntime as ort

@@ -4,7 +4,8 @@ runtime backend's name, and what this CPU has (no torch here, so the server's fl
 Machines differ from one session to the next (an AMD EPYC with AVX512-BF16, an Intel Xeon with AVX-512
 and no bf16 units, an AMD EPYC with AVX2 only), so choices follow the CPU found at run time:
 ``precision="auto"`` is bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16 or AMX), where it is
-about twice as fast, and float32 elsewhere, where bf16 is emulated and slower.
+about twice as fast, and float32 elsewhere, where bf16 is emulated and slower. ``"int8"`` (OpenVINO on a
+CPU: ``adain.int8``) is faster again but moves the pixels more, so only a caller who asks gets it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import functools
 import platform
 from pathlib import Path
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "int8")  # int8: inference on a CPU, asked for by name (adain.int8)
+TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
 # "auto": on a CPU the fastest runtime installed (see adain.backends), on a GPU torch
 BACKENDS = ("auto", "torch", "compiled", "openvino", "onnxruntime")
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of bf16 units
@@ -87,7 +89,7 @@ def cpu_quota(root: Path = Path("/")) -> int | None:
 
 
 def wants_bf16(precision: str, cuda: bool) -> bool:
-    """Whether ``precision`` means bf16 on this device; refuses an unknown name."""
+    """Whether ``precision`` means bf16 on this device (int8's float parts run float32); refuses an unknown name."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision == "bf16" or (precision == "auto" and (cuda or cpu_has_bf16()))

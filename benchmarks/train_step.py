@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adain.precision import PRECISIONS
+from adain.precision import TRAIN_PRECISIONS
 from adain.train.train import Trainer
 from adain.train.train import parse_args as train_args
 
@@ -40,7 +40,7 @@ def synth_folder(folder: Path, count: int, size: int, seed: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=TRAIN_PRECISIONS)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=4, help="timed steps per precision (median reported)")

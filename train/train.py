@@ -56,7 +56,7 @@ from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
 from adain.image import to_image
 from adain.ops import adain, mean_std, style_loss
-from adain.precision import PRECISIONS, wants_bf16
+from adain.precision import TRAIN_PRECISIONS, wants_bf16
 from adain.train.data import ImageFolder, InfiniteSampler
 
 log = logging.getLogger("adain.train")
@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "that fails is logged and the run goes on eager")
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=TRAIN_PRECISIONS,
         default="auto",
         help="autocast dtype; auto = bf16 on GPU, fp32 on CPU (bf16 also pays on CPUs with AVX512-BF16 or AMX)",
     )
