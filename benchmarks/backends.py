@@ -1,7 +1,7 @@
 """Speed of every runtime backend x precision against the plain eager reference, in one run.
 
     python benchmarks/backends.py [--sizes 256 512 1024] [--runs 3] [--backends torch openvino onnxruntime]
-                                  [--precisions fp32 bf16] [--no-compile] [--plot PATH]
+                                  [--precisions fp32 bf16 int8] [--no-compile] [--plot PATH]
 
 The reference is what pytorch-AdaIN runs: the same layer shapes as plain float32 eager ``nn.Sequential``
 modules (reflection pads, convs, ReLUs, max pools, nearest upsampling), contiguous layout, ``no_grad``;
@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from adain import Stylizer
+from adain import Stylizer, int8
 from adain.argtypes import optional_path
 from adain.backends import ExportedBackend
 from adain.decoder import _CONVS
@@ -123,7 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--runs", type=int, default=3, help="timed calls per row (median), after one warm-up")
     p.add_argument("--backends", nargs="+", default=["torch", "openvino", "onnxruntime"])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"], choices=["fp32", "bf16", "int8"],
+                   help="int8: OpenVINO only (adain.int8)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     p.add_argument("--no-direct", action="store_true",
                    help="skip the OpenVINO fp32 row without the Winograd form (direct convolutions, as before it)")
@@ -148,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions:
             if backend == "onnxruntime" and precision == "bf16":
                 continue  # float32 only on a CPU
+            if precision == "int8" and (backend != "openvino" or int8.available()):
+                if backend == "openvino":
+                    print(f"# openvino int8: skipped, {int8.available()}")
+                continue  # OpenVINO only
             t0 = time.perf_counter()
             configs.append((backend, precision, Stylizer(args.decoder, "cpu", precision=precision, backend=backend)))
             print(f"# {backend} {precision}: built in {time.perf_counter() - t0:.1f} s")

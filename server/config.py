@@ -219,7 +219,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "decoder": (_optional_path, "decoder weights file (adain.decoder.save_decoder format)"),
     "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
     "precision": (one_of(PRECISIONS), "auto (bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, detected at start; "
-                  "float32 elsewhere), bf16 or fp32"),
+                  "float32 elsewhere), bf16, fp32, or int8 (OpenVINO on a CPU, the networks quantized at the "
+                  "first start: faster, pixels a few levels off; the 'int8' extra: pip install -e '.[int8]')"),
     "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
                 "torch), torch, compiled (torch.compile, for a GPU: compiles for a minute at start), openvino or "
                 "onnxruntime (the 'fast' extra: pip install -e '.[fast]')"),

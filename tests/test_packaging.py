@@ -28,6 +28,9 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path) -> None:
         "from adain.client import StyleTransferClient\n"
         "import grpc_health.v1.health_pb2  # health() and --server-info's health: in the base install\n"
         "import google.rpc.error_details_pb2  # the violations: a style a replica lacks is sent again as bytes\n"
+        "from importlib import resources  # precision int8 calibrates on these (adain.int8): in the wheel\n"
+        "names = sorted(e.name for e in resources.files('adain').joinpath('assets', 'calibration').iterdir())\n"
+        "assert len(names) == 7 and names[0] == 'content-astronaut.jpg', names\n"
         "print('ok')\n"
     )
     out = subprocess.run([str(py), "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=60)
