@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from adain.precision import PRECISIONS  # (no torch: the client processes import this file)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="no trained decoder: time the pipeline with an untrained one (results are noise)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--backend", default="auto", help="the runtime, as the server's --backend (default auto)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="as the server's --precision (default auto)")
     p.add_argument("--size", type=int, default=512, help="content and style size, px (default 512)")
     p.add_argument("--runs", type=int, default=3, help="one-at-a-time calls for each latency median (default 3)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput (default 8)")
@@ -184,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     from adain.stylizer import Stylizer
 
     device = None if args.device == "auto" else args.device
-    print(f"# {label}; backend {args.backend}; {args.size} px content and style; torch {torch.__version__}, "
+    print(f"# {label}; backend {args.backend}, precision {args.precision}; {args.size} px content and style; "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     # The server loads while this process does; latencies are then measured alternately (local, remote),
     # so that a load that drifts (another job on the machine) hits both alike.
-    extra = ["--max-batch-size", str(args.max_batch_size), "--backend", args.backend]
+    extra = ["--max-batch-size", str(args.max_batch_size), "--backend", args.backend, "--precision", args.precision]
     extra += ["--workers", str(args.workers)] if args.workers else []
     side, _ = padded_size(args.size, args.size)  # the content as the encoder pads it: what compiled compiles for
     extra += ["--compile-sizes", f"{side}x{side}"]
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(Server(decoder, args.device, extra))
         target = ",".join(s.target for s in servers)  # the client's round robin over them
         # in process only single calls: one shape to compile (the server compiles its batch sizes meanwhile)
-        st = Stylizer(decoder=decoder, device=device, backend=args.backend, compile_shapes=[(1, side, side)])
+        st = Stylizer(decoder=decoder, device=device, backend=args.backend, precision=args.precision,
+                      compile_shapes=[(1, side, side)])
         dev = str(st.device)
         if st.cuda:
             print(f"# GPU: {torch.cuda.get_device_name(st.device)}")
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             info = client.server_info()
             # Each row is printed as it is measured: a run cut short by its timeout keeps what it had.
             print(f"# device {dev} ({len(servers)} server{'s' if len(servers) > 1 else ''}: {info['device']}, "
-                  f"{info['dtype']}, "
+                  f"{info['backend']} {info['precision']}, "
                   f"{info['batching']['prepare_workers']} prepare workers); "
                   f"{args.send} sent, {args.format} replies; {args.runs} runs per median, "
                   f"{args.requests} requests per throughput run ({one_requests(args.requests)} with one client); "
