@@ -1,6 +1,6 @@
 """Print-size renders: peak memory and seconds, tiled against untiled where untiled fits.
 
-    python benchmarks/highres.py [--sizes 2048 4096 8192] [--backend auto] [--tile 768 --halo 64]
+    python benchmarks/highres.py [--sizes 2048 4096 8192] [--backend auto] [--precision auto] [--tile 768 --halo 64]
 
 Each row runs in its own process (so peaks do not mix): the Stylizer is loaded and warmed up, its
 resident memory taken as the idle baseline, then one square synthetic content of the given side (a
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from adain.argtypes import optional_path
+from adain.precision import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PLOT = REPO / "benchmarks" / "results" / "highres.png"
@@ -48,7 +49,8 @@ def child(args: argparse.Namespace) -> None:
 
     tiling = Tiling(1 if args.tiled else 0, tile=args.tile, halo=args.halo)
     limits = Limits(max_pixels=1 << 30, max_content_side=1 << 15)
-    st = Stylizer(None, backend=args.backend, tiling=tiling, limits=limits)
+    precision = "auto" if args.precision == "int8" and args.backend == "torch" else args.precision  # (OpenVINO only)
+    st = Stylizer(None, backend=args.backend, precision=precision, tiling=tiling, limits=limits)
     style = REPO / "examples" / "style" / "mosaic.png"
     st.stylize(Image.new("RGB", (256, 256), (120, 130, 140)), style)  # warm-up
     idle = status("VmRSS")
@@ -62,13 +64,14 @@ def child(args: argparse.Namespace) -> None:
         np.save(args.save, np.asarray(out))
     elif args.save:
         out.save(args.save, quality=92)  # to look at
-    print(json.dumps({"seconds": seconds, "peak_bytes": peak, "backend": st.backend.name,
+    print(json.dumps({"seconds": seconds, "peak_bytes": peak, "backend": f"{st.backend.name} {st.backend.precision}",
                       "size": list(out.size)}), flush=True)
 
 
 def run_row(content: Path, backend: str, tiled: bool, args: argparse.Namespace, save: Path | None) -> dict | None:
     cmd = [sys.executable, __file__, "--child", "--content", str(content), "--backend", backend,
-           "--tile", str(args.tile), "--halo", str(args.halo)] + (["--tiled"] if tiled else [])
+           "--precision", args.precision, "--tile", str(args.tile), "--halo", str(args.halo)]
+    cmd += ["--tiled"] if tiled else []
     if save is not None:
         cmd += ["--save", str(save)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="int8: the torch rows (where untiled "
+                   "does not fit the backend's memory) run auto")
     p.add_argument("--tile", type=int, default=768)
     p.add_argument("--halo", type=int, default=64)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per row")
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from adain.tiling import BYTES_PER_PIXEL, mem_total
 
     total = mem_total()
-    print(f"# highres: CPU {cpu_info()[0]}, memory {total / 2**30:.0f} GiB, backend {args.backend}, "
+    print(f"# highres: CPU {cpu_info()[0]}, memory {total / 2**30:.0f} GiB, backend {args.backend} {args.precision}, "
           f"tiles {args.tile} px + halo {args.halo}; mosaic style; one call per row, each in its own process")
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="adain-highres-"))
