@@ -44,10 +44,12 @@ log = logging.getLogger("adain.int8")
 RECIPE = "int8-v4"  # in the cache key of a quantized graph (with float_parts): change it with the recipe or images
 CALIBRATION_SIZE = 256  # the images' longest side
 ALPHAS = (1.0, 0.5, 0.0)
+
+
 def float_parts(part: str, decoder: Decoder) -> tuple[list[str], list[str]]:
     """What stays float in ``part`` (see the module's docstring for why): name patterns and op types of the
-    converted graph. Each must match something (NNCF checks): a pattern that silently matched nothing once
-    left the last convolution quantized."""
+    converted graph. Each must match something (NNCF checks): patterns that silently matched nothing once left
+    the detail path quantized (21 levels off)."""
     if part == "encoder":
         return [".*block1_conv1.*"], []
     ends = [r".*convs\.0.*", r".*convs\.8.*"]  # the decoder's first and last convolutions
