@@ -37,6 +37,7 @@ from PIL import Image
 
 from adain.decoder import Decoder
 from adain.encoder import Encoder
+from adain.image import resize_longest, to_tensor
 from adain.ops import adain, mean_std
 
 log = logging.getLogger("adain.int8")
@@ -70,18 +71,14 @@ def available() -> str:
 
 
 def _images(kind: str) -> list[torch.Tensor]:
-    """The packaged calibration images of one kind (content, style) as 1 x 3 x H x W in [0, 1], sides
-    multiples of 8 (as the encoder pads every content)."""
+    """The packaged calibration images of one kind (content, style) as 1 x 3 x H x W in [0, 1], cut to sides
+    that are multiples of 8 (the sizes the encoder works at)."""
     out = []
     for entry in sorted(resources.files("adain").joinpath("assets", "calibration").iterdir(), key=lambda e: e.name):
-        if not entry.name.startswith(kind + "-"):
-            continue
-        with entry.open("rb") as f:
-            img = Image.open(f).convert("RGB")
-            img.thumbnail((CALIBRATION_SIZE, CALIBRATION_SIZE))
-            w, h = img.size
-            img = img.crop((0, 0, w // 8 * 8, h // 8 * 8))
-        out.append(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255)
+        if entry.name.startswith(kind + "-"):
+            with entry.open("rb") as f:
+                x = to_tensor(resize_longest(Image.open(f).convert("RGB"), CALIBRATION_SIZE))
+            out.append(x[..., : x.shape[2] // 8 * 8, : x.shape[3] // 8 * 8])
     if not out:
         raise FileNotFoundError(f"no {kind} calibration images in adain/assets/calibration")
     return out
