@@ -619,7 +619,7 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
         while not list(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         found = [p.suffix for p in out_dir.iterdir()]
-        if found != [".part"]:  # (failed once in a full run, not reproduced since: say what the CLI did)
+        if found != [".part"]:  # (say what the CLI did)
             proc.kill()
             pytest.fail(f"expected one .part file, found {found}; the CLI's stderr: {proc.communicate(timeout=30)[1]}")
         proc.send_signal(signal.SIGTERM)
@@ -628,6 +628,31 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
         proc.kill()
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "adain-stylize: error: interrupted", err
     assert "Traceback" not in err and list(out_dir.iterdir()) == []
+
+
+def test_close_after_an_interrupt_as_a_call_starts_returns(server: ServerProcess, monkeypatch,
+                                                           files: dict[str, Path]) -> None:
+    """The SIGTERM test above hung once in ~30 runs under load (4 of 160 in a sweep of the signal's moment):
+    the CLI's exit closes the channel, and gRPC's close waits for every streaming call to let go. A signal
+    whose handler runs as gRPC has started such a call but not yet the thread that polls for its events
+    leaves one that never does (a known kind of gRPC bug: grpc/grpc#19973 fixed it for a call's own wait,
+    not for this moment, in grpcio 1.85). Here the interrupt lands exactly there; close() must still
+    return."""
+    import threading
+
+    import grpc._channel as grpc_channel  # gRPC's own module: where the signal's handler ran
+
+    def interrupted(state: object) -> None:
+        raise KeyboardInterrupt
+
+    client = StyleTransferClient(server.target)
+    monkeypatch.setattr(grpc_channel, "_run_channel_spin_thread", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        next(client.stylize_video([str(files["content.png"])], str(files["a.png"])))
+    closer = threading.Thread(target=client.close, daemon=True)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() hung on the interrupted call"
 
 
 def test_an_interrupt_as_the_temporary_file_is_made_leaves_none(tmp_path: Path, monkeypatch) -> None:
