@@ -183,7 +183,12 @@ class ExportedBackend(TorchBackend):
 
 
 def _avx512() -> bool:
-    return "avx512f" in cpu_info()[1]
+    """Whether OpenVINO runs AVX-512 kernels here: the CPU has them, and oneDNN is not held below them
+    (``ONEDNN_MAX_CPU_ISA``, which OpenVINO honours: AVX2 or lower makes this machine compute as an AVX2 CPU does,
+    how the README's int8 figures for CPUs without bf16 units or VNNI were measured)."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    below = limit == "AVX" or limit.startswith(("AVX2", "SSE"))  # (AVX2_VNNI too; AVX512_* is not below)
+    return "avx512f" in cpu_info()[1] and not below
 
 
 Backend = TorchBackend  # the interface: name, precision, relu4_1(x), decode(x, alpha, image)

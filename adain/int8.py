@@ -2,9 +2,10 @@
 
 Why: int8 convolutions run on a CPU's integer dot-product units (AVX512-VNNI, AVX-VNNI, AMX), about twice
 bf16's multiply-adds. Measured on an AMD EPYC with AVX512-BF16 and VNNI (2 threads, 512 px, style cached;
-``benchmarks/backends.py``): float32 569 ms, bf16 317 ms, int8 245 ms. The pixels move further from
-float32's than bf16's (a mean ~3 levels of 255 against 0.4), though the quality benchmark's losses and
-alpha-0 PSNR stay those of float32 (README, Speed). So int8 is asked for by name
+``benchmarks/backends.py``): float32 569 ms, bf16 317 ms, int8 245 ms; on CPUs without bf16 units, where
+``auto`` runs float32, 1.3-2.3x that (README, Speed). The pixels move further from float32's than bf16's (a
+mean of 2-7 levels of 255 against 0.4-0.7, hard-edged styles most, the encoder most of it), though the quality
+benchmark's losses and alpha-0 PSNR stay those of float32 (README, Speed). So int8 is asked for by name
 (``Stylizer(precision="int8")``, the server's ``--precision int8``); ``auto`` never takes it.
 
 How: NNCF's post-training quantization (its default: symmetric 8-bit weights and activations, with bias

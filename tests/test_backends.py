@@ -411,3 +411,17 @@ def test_converted_graph_that_cannot_be_saved_costs_only_speed(
     os.utime(stale, (hours_ago, hours_ago))
     assert backends._save_openvino(ov, model, folder) and (folder / "model.xml").is_file()
     assert not stale.exists() and fresh.exists()  # a save under way in another process keeps its folder
+
+
+def test_avx512_kernels_follow_onednn_isa_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float32 takes the Winograd form only where OpenVINO runs no AVX-512 kernels (they miscomputed it): on a
+    CPU without AVX-512, or one whose oneDNN is held to AVX2 or lower (ONEDNN_MAX_CPU_ISA, as the README's
+    figures for CPUs without bf16 units were measured); a limit at an AVX-512 level leaves them."""
+    monkeypatch.setattr(backends, "cpu_info", lambda: ("a CPU", frozenset({"avx2", "avx512f"})))
+    for limit, avx512 in (("", True), ("AVX512_CORE", True), ("avx512_core_vnni", True), ("AVX2", False),
+                          ("AVX2_VNNI", False), ("AVX", False), ("SSE41", False)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+        assert backends._avx512() is avx512, limit
+    monkeypatch.setattr(backends, "cpu_info", lambda: ("a CPU", frozenset({"avx2"})))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert not backends._avx512()
