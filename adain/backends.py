@@ -51,7 +51,7 @@ from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
-from adain.precision import BACKENDS, cpu_info
+from adain.precision import BACKENDS, cpu_has_bf16, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
 
 log = logging.getLogger("adain.backends")
@@ -220,6 +220,9 @@ def make_backend(
         if name in ("openvino", "onnxruntime"):
             raise ValueError(f"backend {name} runs on the CPU here; on {device.type} use torch, compiled or auto")
         return TorchBackend(encoder, decoder, device, bf16)
+    if bf16 and explicit_precision and not cpu_has_bf16():  # allowed (a test, a comparison), but never unnoticed
+        log.warning("precision bf16 on a CPU without bf16 units (AVX512-BF16, AMX): emulated, 2.7x (OpenVINO) to "
+                    "9x (torch) the time of fp32 (README, Speed); precision auto runs fp32 here")
     if name == "onnxruntime" and bf16:
         if explicit_precision:
             raise ValueError("backend onnxruntime runs fp32 only on a CPU: use precision fp32, or backend openvino")
@@ -232,10 +235,9 @@ def make_backend(
             return ExportedBackend(candidate, encoder, decoder, bf16, threads)
         except Exception as e:
             if name != "auto":
-                raise RuntimeError(
-                    f"backend {candidate} is not usable here ({type(e).__name__}: {e}); "
-                    "install it (the 'fast' extra: pip install -e '.[fast]') or choose another backend"
-                ) from e
+                fix = ("install it (the 'fast' extra: pip install -e '.[fast]') or choose another backend"
+                       if isinstance(e, ImportError) else "choose another backend or precision")  # (installed)
+                raise RuntimeError(f"backend {candidate} is not usable here ({type(e).__name__}: {e}); {fix}") from e
             log.info("backend auto: %s not usable (%s: %s), trying the next", candidate, type(e).__name__, e)
     raise AssertionError("unreachable: torch is always last")
 

@@ -425,3 +425,35 @@ def test_avx512_kernels_follow_onednn_isa_limit(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(backends, "cpu_info", lambda: ("a CPU", frozenset({"avx2"})))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
     assert not backends._avx512()
+
+
+def test_bf16_asked_for_on_a_cpu_without_bf16_units_is_warned(
+    decoder_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fleet's ADAIN_PRECISION=bf16 on a node without bf16 units runs 2.7-9x slower than fp32: it runs, but
+    the start log says so; auto runs fp32 there and says nothing."""
+    import adain.precision
+
+    monkeypatch.setattr(adain.precision, "cpu_info", lambda: ("a CPU", frozenset({"avx2", "avx512f"})))
+    with caplog.at_level(logging.WARNING, logger="adain.backends"):
+        auto = Stylizer(decoder_path, device="cpu", backend="torch")
+        assert auto.dtype == torch.float32 and "without bf16 units" not in caplog.text
+        asked = Stylizer(decoder_path, device="cpu", precision="bf16", backend="torch")
+    assert asked.dtype == torch.bfloat16
+    assert "precision bf16 on a CPU without bf16 units (AVX512-BF16, AMX): emulated" in caplog.text
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
+def test_installed_runtime_that_cannot_build_names_no_install(decoder_path: Path, tmp_path: Path) -> None:
+    """OpenVINO installed but unable to build the networks (bf16 where oneDNN is held to AVX2: no bf16 pooling)
+    is an error that says so, and does not tell the operator to install what is installed."""
+    import subprocess
+
+    code = (f"from adain import Stylizer\nStylizer({str(decoder_path)!r}, device='cpu', precision='bf16', "
+            "backend='openvino')")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ADAIN_CACHE_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if run.returncode == 0:
+        pytest.skip("this OpenVINO builds bf16 under AVX2: no failure to name")
+    error = run.stderr[run.stderr.rindex("RuntimeError: backend openvino is not usable here"):]  # (OpenVINO's lines)
+    assert error.rstrip().endswith("); choose another backend or precision") and "pip install" not in error
