@@ -2,11 +2,13 @@
 GRPC_VERBOSITY once, as it loads, and logs at INFO in a format of its own (a failed TLS handshake printed a
 line before the CLI's one-line error, and into adain-web's log). Its errors still show;
 a GRPC_VERBOSITY set by the user wins. (``adain-server`` calls :func:`quiet_grpc` in its main, which imports
-gRPC late.)"""
+gRPC late.) Ctrl-C while they load (their first tenth of a second) is one line and exit 130, as later, not a
+traceback from inside an import."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 
 def quiet_grpc() -> None:
@@ -14,15 +16,24 @@ def quiet_grpc() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+def _interrupted(prog: str) -> int:
+    print(f"{prog}: error: interrupted", file=sys.stderr, flush=True)
+    return 130
+
+
 def stylize() -> int:
     quiet_grpc()
-    from adain.client.cli import main
-
+    try:
+        from adain.client.cli import main
+    except KeyboardInterrupt:
+        return _interrupted("adain-stylize")
     return main()
 
 
 def web() -> int:
     quiet_grpc()
-    from adain.web.__main__ import main
-
+    try:
+        from adain.web.__main__ import main
+    except KeyboardInterrupt:
+        return _interrupted("adain-web")
     return main()

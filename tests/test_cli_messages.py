@@ -243,6 +243,27 @@ def test_tls_to_a_plaintext_server_is_one_line_that_says_so(server: ServerProces
         "; the server does not speak TLS there: leave out --tls and --ca-cert (or start it with TLS)"), proc.stderr
 
 
+@pytest.mark.parametrize(("command", "module"), [("stylize", "adain.client.cli"), ("web", "adain.web.__main__")])
+def test_ctrl_c_while_a_command_loads_is_one_line(command: str, module: str) -> None:
+    """Ctrl-C in a console command's first tenth of a second (its imports) printed a traceback from inside an
+    import; now the one line and exit 130 it gets later. The interrupt is put in the import itself."""
+    import subprocess
+    import sys
+
+    run = f"""
+import sys
+class Interrupted:  # Ctrl-C as {module} is imported
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupted())
+from adain import commands
+sys.exit(commands.{command}())
+"""
+    proc = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr == f"adain-{command}: error: interrupted\n", proc.stderr
+
+
 def test_the_servers_token_file_given_to_the_client(files: dict[str, Path], tmp_path: Path, capsys) -> None:
     argv = [str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png"), "--server",
             f"127.0.0.1:{free_port()}", "--token-file"]
