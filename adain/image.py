@@ -26,6 +26,7 @@ from PIL import Image
 
 from adain.bmff import HEAD_BYTES, nclx_profile
 from adain.errors import InvalidInputError
+from adain.files import bytes_written
 from adain.photo import (
     PNG_SIGNATURE,
     allow_pixels,
@@ -491,8 +492,10 @@ def encode_image(
     elif name == "jpeg":
         # full-resolution colour (4:4:4): a stylized image's colour changes at every stroke, and halved colour
         # (4:2:0, the encoder's default) smeared it; at any quality 4:4:4 gives 0.5-3 dB more for the same bytes
-        # (3 examples at 512 px: q90 36.5 dB in 85 kB, where 4:2:0 gave 32.9 in 62 and 34.4 at q95 in 87)
-        img.save(buf, "JPEG", quality=quality, subsampling=0, **meta)
+        # (3 examples at 512 px: q90 36.5 dB in 85 kB, where 4:2:0 gave 32.9 in 62 and 34.4 at q95 in 87).
+        # Into a file with a descriptor: Pillow's JPEG encoder holds the GIL otherwise (adain.files.bytes_written)
+        return bytes_written(lambda f: img.save(f, "JPEG", quality=quality, subsampling=0, **meta))
     else:
         img.save(buf, name.upper(), quality=quality, **meta)
     return buf.getvalue()
+

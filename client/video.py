@@ -9,7 +9,6 @@ is written to a temporary name and renamed when complete.
 from __future__ import annotations
 
 import collections
-import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 from PIL import Image
 
+from adain.files import bytes_written
 from adain.wire import INPUT_SUFFIXES
 
 from ._client import StyleTransferClient, StyleTransferError
@@ -46,9 +46,8 @@ def is_video(path: Path) -> bool:
 
 
 def _encode(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=FRAME_FORMAT[1])
-    return buf.getvalue()
+    """A frame as sent: off the GIL (an asyncio caller's event loop runs meanwhile; ``bytes_written``)."""
+    return bytes_written(lambda f: img.save(f, "JPEG", quality=FRAME_FORMAT[1]))
 
 
 def _check_length(client: StyleTransferClient, source: Path, frames: int, cut: bool) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from PIL import Image
 
 from adain.errors import InvalidInputError
+from adain.files import bytes_written
 from adain.image import KeyedImage, load_image, longest_size
 from adain.wire import COLOR_MODES, INPUT_SUFFIXES, LIBRARY_NAME_RE, STYLE_ID_RE, Limits, style_too_small
 
@@ -151,9 +152,7 @@ class LibraryStyle:
 
 
 def _jpeg(img: Image.Image, quality: int) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return bytes_written(lambda f: img.save(f, "JPEG", quality=quality))
 
 
 def _signature(path: Path) -> tuple[int, int, int]:

@@ -409,6 +409,28 @@ def test_encode(fmt: str, magic: bytes) -> None:
         encode_image(IMG, "gif")
 
 
+def test_jpeg_encoded_through_a_descriptor_is_the_bytes_a_buffer_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JPEG replies are encoded into an in-memory file with a descriptor (Pillow's encoder then lets go of the
+    GIL: benchmarks/gil.py); where the OS has none, into a buffer. The bytes are the same, EXIF and all."""
+    import os
+
+    kept = exif_to_keep(photo_with_exif(64, 48))
+    images = [IMG, synth_image(1031, 17), synth_image(3, 700)]  # wider than one write, a tall thin one
+
+    def encodes() -> list[bytes]:
+        return [encode_image(im, "jpeg", quality=q, exif=e) for im in images for q in (5, 90) for e in (None, kept)]
+
+    through_fd = encodes()
+
+    def none_left(*_: object) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", none_left)
+    through_buffer = encodes()
+    assert through_fd == through_buffer
+    assert all(load_image(data).size == im.size for data, im in zip(through_buffer[::4], images))
+
+
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_exif_kept_without_the_location(fmt: str) -> None:
     """A photo's date and camera survive into its stylized copy; its GPS location and its pixel size do not,
