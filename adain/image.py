@@ -30,6 +30,7 @@ from adain.files import bytes_written
 from adain.photo import (
     PNG_SIGNATURE,
     allow_pixels,
+    avif_deep_pixels,
     converts_code_points,
     grey_key_in_levels,
     heif_deep_pixels,
@@ -363,13 +364,17 @@ def load_image(
 
 
 def _at_depth(img: Image.Image, source: ImageSource) -> tuple[Image.Image, np.ndarray | None]:
-    """A HEIF photo whose code points ask for a conversion (an HDR curve, wide primaries), decoded once at its
-    stored depth (see :func:`adain.photo.heif_deep_pixels`): its 8-bit image (for everything but the colours)
-    and its 16-bit pixels; else ``img`` as it is, and None."""
-    if (img.format != "HEIF" or img.mode != "RGB" or "icc_profile" in img.info
-            or not converts_code_points(img.info.get("nclx_profile"))):
+    """A HEIF or AVIF photo whose code points ask for a conversion (an HDR curve, wide primaries), decoded once
+    more at its stored depth (:func:`adain.photo.heif_deep_pixels`, :func:`adain.photo.avif_deep_pixels`): its
+    8-bit image (for everything but the colours) and its 16-bit pixels; else ``img`` as it is, and None."""
+    nclx = img.info.get("nclx_profile")
+    if (img.format not in ("HEIF", "AVIF") or img.mode != "RGB" or "icc_profile" in img.info
+            or not converts_code_points(nclx)):
         return img, None
-    rgb48 = heif_deep_pixels(_stored_bytes(source), img.size)
+    if img.format == "HEIF":
+        rgb48 = heif_deep_pixels(_stored_bytes(source), img.size)
+    else:
+        rgb48 = avif_deep_pixels(_stored_bytes(source), img.size, nclx)
     if rgb48 is None:
         return img, None
     shallow = Image.fromarray((rgb48 >> 8).astype(np.uint8), "RGB")

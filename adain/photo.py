@@ -9,8 +9,8 @@ they are never converted (a label's exact colour is its name).
 
 AVIF is read by Pillow itself (11.3 and later); HEIC/HEIF needs ``pillow-heif`` (``pip install
 'adain[heif]'``), an opt-in extra because its binary wheels bundle the x265 encoder and are GPLv2.
-Without it a HEIF file is refused with a message that says so. Pillow only: the web front end uses this
-module too, without torch.
+Without it a HEIF file is refused with a message that says so. Pillow only (and PyAV, where installed, for
+an HDR or wide-gamut AVIF's pixels at their stored depth): the web front end uses this module too, without torch.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def heif_deep_pixels(data: bytes | None, size: tuple[int, int]) -> np.ndarray | 
     more than 8 bits: pillow-heif's Pillow plugin hands over 8, and an HDR still's curve spreads those over SDR's
     whole range (PQ's reference white is signal 148 of 255: a ramp from black to it came out in 126 levels, steps of
     up to 4: bands across a sky). None for an 8-bit photo, one with alpha, or one that does not decode to the
-    plugin's ``size``. (Pillow's own AVIF decoder has no such choice: an AVIF stays at 8 bits.)"""
+    plugin's ``size``. (Pillow's own AVIF decoder has no such choice: an AVIF's are :func:`avif_deep_pixels`.)"""
     if data is None or not heif_support():
         return None
     import numpy as np
@@ -248,6 +248,43 @@ def heif_deep_pixels(data: bytes | None, size: tuple[int, int]) -> np.ndarray | 
     return pixels if pixels.shape == (size[1], size[0], 3) and pixels.dtype == np.uint16 else None
 
 
+def avif_deep_pixels(data: bytes | None, size: tuple[int, int], nclx: dict) -> np.ndarray | None:
+    """An AVIF's primary image at its stored depth, H x W x 3 uint16 (10 or 12 bits scaled to 16), decoded by PyAV
+    (FFmpeg's dav1d; the 'video' extra) where it has more than 8 bits: Pillow's own AVIF decoder hands over 8, and
+    an HDR still's curve then bands as a HEIF's did (:func:`heif_deep_pixels`). Its YUV is read by the file's
+    'nclx' box (``nclx``, adain.bmff's: the matrix and range; FFmpeg's frame would take the AV1 stream's own).
+    None without PyAV, for an 8-bit image, for one that is not a single coded image (a grid of tiles comes out of
+    FFmpeg as one stream a tile; alpha as a second stream), or one that does not decode to Pillow's ``size``."""
+    if data is None:
+        return None
+    try:
+        import av
+    except ImportError:
+        return None
+    import numpy as np
+
+    try:
+        with av.open(io.BytesIO(data), "r") as container:
+            if len(container.streams) != 1 or len(container.streams.video) != 1:
+                return None
+            stream = container.streams.video[0]
+            if (stream.codec_context.width, stream.codec_context.height) != size:  # a tile of a grid, say
+                return None
+            stream.codec_context.options = {"max_pixels": str(size[0] * size[1])}  # the size Pillow checked
+            frame = next(container.decode(stream))
+            if frame.format.components[0].bits <= 8 or (frame.width, frame.height) != size:
+                return None
+            matrix, full = nclx.get("matrix_coefficients"), nclx.get("full_range_flag")
+            if matrix not in (None, 2):  # 2: unspecified (ISO/IEC 23091-2): the stream's own
+                frame.colorspace = matrix
+            if full in (0, 1):
+                frame.color_range = 2 if full else 1  # FFmpeg's AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG
+            pixels = frame.to_ndarray(format="rgb48le")
+    except Exception:  # noqa: BLE001 - Pillow decoded it already: the 8 bits it gave stand
+        return None
+    return pixels if pixels.shape == (size[1], size[0], 3) and pixels.dtype == np.uint16 else None
+
+
 def _from_code_points(
     img: Image.Image, nclx: dict, flatten: Callable[[Image.Image], Image.Image], rgb48: np.ndarray | None = None
 ) -> Image.Image:
@@ -256,8 +293,8 @@ def _from_code_points(
     orange, 200,100,50, is sRGB's 215,93,31; read as sRGB it was duller). The transfer is taken as sRGB's (the
     SDR curves differ by a few levels in the darks). An HDR still (PQ or HLG, BT.2020 as a rule) is taken to
     SDR as HDR video frames are (``adain.hdr.to_sdr``): read as stored, its reference white came out at ~150 of
-    255 and the whole picture flat and dim. ``rgb48``: the pixels at their stored depth (a HEIF's, from
-    :func:`heif_deep_pixels`), used in place of the 8 bits Pillow's AVIF and pillow-heif's plugin hand over."""
+    255 and the whole picture flat and dim. ``rgb48``: the pixels at their stored depth (from
+    :func:`heif_deep_pixels`, :func:`avif_deep_pixels`), used in place of the 8 bits the decoders hand over."""
     if not converts_code_points(nclx):
         return flatten(img)  # BT.709 (sRGB's) or unspecified
     rgb = flatten(img)
@@ -295,7 +332,7 @@ def to_srgb(
     sRGB one, or with one that is unreadable or describes another colour space than the pixels (as
     browsers do, the pixels are then taken as sRGB), ``flatten(img)`` alone: the caller's conversion of
     any mode to 8-bit RGB, also used first on modes a profile cannot be applied to directly (alpha onto
-    white, 16-bit scaled down). ``rgb48``: a HEIF's pixels at their stored depth, for its code points."""
+    white, 16-bit scaled down). ``rgb48``: a HEIF's or AVIF's pixels at their stored depth, for its code points."""
     icc = img.info.get("icc_profile")
     if not icc:
         nclx = img.info.get("nclx_profile")  # colours by code points instead: pillow-heif's, or adain.bmff's (AVIF)

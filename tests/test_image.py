@@ -204,6 +204,51 @@ def test_an_hdr_heif_is_read_at_its_stored_depth() -> None:
     assert np.abs(np.diff(row)).max() <= 1 and len(np.unique(row)) > 240
 
 
+def _avif_10bit(rgb48: np.ndarray, primaries: int, transfer: int, matrix: int, full: bool) -> bytes:
+    """A 10-bit AVIF of ``rgb48`` (H x W x 3 uint16) by FFmpeg's SVT-AV1 encoder, its 'nclx' box as given."""
+    av = pytest.importorskip("av")
+    if "libsvtav1" not in av.codecs_available:
+        pytest.skip("this PyAV has no SVT-AV1 encoder")
+    from fractions import Fraction
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="avif") as out:
+        stream = out.add_stream("libsvtav1", rate=1, options={"crf": "2", "preset": "8"})
+        stream.width, stream.height, stream.pix_fmt = rgb48.shape[1], rgb48.shape[0], "yuv420p10le"
+        cc = stream.codec_context
+        cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = primaries, transfer, matrix, 2 if full else 1
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb48), format="rgb48le")
+        frame = frame.reformat(format="yuv420p10le", dst_color_range=2 if full else 1)
+        frame.pts, frame.time_base = 0, Fraction(1)
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_an_hdr_avif_is_read_at_its_stored_depth(full: bool) -> None:
+    """Pillow's AVIF decoder hands over 8 of an AVIF's 10 bits, and an HDR still's curve bands them as a HEIF's did
+    (a ramp from black to PQ's reference white in ~126 levels, steps of up to 4). PyAV decodes it at its depth, its
+    YUV read by the file's code points (full or limited range): the curve's, level for level."""
+    from adain.hdr import to_sdr
+    from adain.photo import avif_deep_pixels
+
+    w, h = 1024, 64
+    ramp = np.repeat(np.repeat((np.linspace(0, 0.58, w) * 65535).round().astype(np.uint16)[None, :, None], h, 0), 3, 2)
+    data = _avif_10bit(ramp, 9, 16, 9, full)
+    stored = avif_deep_pixels(data, (w, h), {"matrix_coefficients": 9, "full_range_flag": int(full)})
+    assert stored is not None and len(np.unique(stored[h // 2, :, 1])) > 400  # 10 bits' worth of levels
+    assert np.abs(stored[h // 2, :, 1].astype(int) - ramp[h // 2, :, 1]).mean() < 0.003 * 65535  # as encoded
+    row = np.asarray(load_image(data), dtype=int)[h // 2, :, 1]
+    assert np.array_equal(row, np.asarray(to_sdr(stored, 16), dtype=int)[h // 2, :, 1])  # the curve's, exactly
+    eight = np.asarray(to_sdr((stored >> 8) * np.uint16(257), 16), dtype=int)[h // 2, :, 1]  # as read before
+    assert np.abs(np.diff(eight)).max() >= 4  # bands (here 126-157 levels with the encoder's noise)
+    assert np.abs(np.diff(row)).max() <= 2 and len(np.unique(row)) > max(230, len(np.unique(eight)) + 60)  # 244-246
+    # what it does not take: an 8-bit AVIF (Pillow's 8 are all), or bytes that are no AVIF
+    assert avif_deep_pixels(encoded(Image.new("RGB", (64, 64)), "AVIF"), (64, 64), {}) is None
+    assert avif_deep_pixels(data, (w, h + 2), {}) is None and avif_deep_pixels(data[:300], (w, h), {}) is None
+
+
 def _avif_tagged(img: Image.Image, primaries: int, transfer: int) -> bytes:
     """An AVIF whose 'nclx' colour box names other primaries and transfer than the sRGB ones Pillow writes
     (the pixels' matrix kept, so they decode as written)."""
