@@ -21,6 +21,7 @@ Every failure prints one line ``adain-stylize: error: ...`` to stderr and exits 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -29,7 +30,7 @@ import stat
 import sys
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, NoReturn
@@ -59,6 +60,7 @@ from adain.wire import (
 )
 
 from ._client import FLOAT32_MAX, MAX_RETRIES, LibraryStyle, Preset, StyleRef, StyleTransferClient, StyleTransferError
+from .local import LocalServer, LocalServerError
 from .video import is_video, stylize_video_file
 
 PROG = "adain-stylize"
@@ -110,6 +112,44 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    "$ADAIN_TOKEN_FILE; or put the token itself in $ADAIN_TOKEN); read again when it changes")
 
 
+def add_local_arg(p: argparse.ArgumentParser) -> None:
+    """--local: the command starts a server of its own (client.local), for a machine that runs none."""
+    p.add_argument("--local", action="store_true",
+                   help="start a server for this command on this machine and stop it at the end (needs the server "
+                   "extra, torch; its settings: ADAIN_* variables, e.g. ADAIN_PRECISION); not with --server or TLS")
+
+
+# the flags --local replaces (a server of its own, on 127.0.0.1 with a token of its own), by their dests
+_LOCAL_REPLACES = {"server": "--server", "tls": "--tls", "ca_cert": "--ca-cert", "client_cert": "--client-cert",
+                   "client_key": "--client-key", "token_file": "--token-file"}
+
+
+@contextlib.contextmanager
+def served(args: argparse.Namespace, given: Sequence[str]) -> Iterator[None]:
+    """With --local, a server of this command's own, started and SERVING, ``args`` pointing at it; stopped when
+    the block ends, however it ends. ``given``: the connection flags given on the command line (refused)."""
+    if not getattr(args, "local", False):
+        yield
+        return
+    if given:
+        raise CliError(f"--local starts a server of its own on this machine: not with {', '.join(given)}")
+
+    def starting() -> None:
+        print(f"{PROG}: starting a server for this command (--local): the model loads, a few seconds (the first "
+              "time on this machine converts it: up to a minute)", file=sys.stderr, flush=True)
+
+    server = LocalServer()
+    try:
+        with server as (address, token_file):
+            args.server, args.token_file, args.tls, args.ca_cert = address, token_file, False, None
+            args.client_cert = args.client_key = None
+            with connect(args) as probe:
+                server.wait_serving(lambda: probe.health(timeout=2), starting)
+            yield
+    except LocalServerError as e:
+        raise CliError(str(e)) from None
+
+
 def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
     """The client the flags of :func:`add_connection_args` describe (``options``: more constructor arguments).
     A missing or unreadable certificate, key or token file is a CliError naming its flag."""
@@ -143,7 +183,8 @@ _CLIENT_FLAGS = {"token_file": "--token-file", "root_certificates": "--ca-cert",
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
-        description="Stylize images with a running adain-server (AdaIN arbitrary style transfer).",
+        description="Stylize images with a running adain-server (AdaIN arbitrary style transfer), or with one "
+        "started for the command (--local).",
         epilog="Examples:\n"
         "  adain-stylize photo.jpg --style starry.jpg --style mosaic.jpg:0.3 --alpha 0.8 -o out.png\n"
         "  adain-stylize photos/ --style a.jpg --style b.jpg -o stylized/ --format jpeg\n\n"
@@ -206,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"output format of images written into an -o folder: {', '.join(FORMATS)} (default png); an "
                    "output file takes its extension's")
     add_connection_args(p)
+    add_local_arg(p)
     p.add_argument("-j", "--jobs", type=non_negative_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
     p.add_argument("--temporal", type=one_of(TEMPORAL_MODES), default=None, metavar="MODE",
@@ -387,6 +429,8 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
             hint = "; the server does not speak TLS there: leave out --tls and --ca-cert (or start it with TLS)"
         if _http1_peer(e.details):
             hint = "; this is an HTTP server, not adain-server (the web page's port?)"
+        elif not tls and "Connection refused" in e.details and not getattr(args, "local", False):
+            hint = "; is adain-server running there? Start one, or add --local to run one for this command"
         return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}{hint}"
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; see --timeout)"
@@ -964,6 +1008,7 @@ def build_query_parser(flag: str) -> argparse.ArgumentParser:
         p.add_argument("--thumbnails", metavar="DIR", help="also save each style's thumbnail (a JPEG of at most 256 "
                        "px) into DIR as NAME.jpg")
     add_connection_args(p)
+    add_local_arg(p)
     return p
 
 
@@ -1044,11 +1089,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
+    # (a flag's value from its variable, $ADAIN_SERVER say, is its default: --local simply replaces it)
+    given = [flag for dest, flag in _LOCAL_REPLACES.items() if getattr(args, dest) != parser.get_default(dest)]
     # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        return _run(args, query)
+        with served(args, given):
+            return _run(args, query)
     except CliError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1

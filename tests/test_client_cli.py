@@ -723,3 +723,101 @@ def test_list_styles_never_writes_a_thumbnail_outside_its_folder(tmp_path: Path,
     assert all(w.startswith("adain-stylize: warning: skipped the style named ") for w in warnings), err
     assert "'../outside/relative'" in warnings[0] and "1-64 letters, digits" in warnings[0]
     assert "\x1b" not in err  # the name is quoted, its control characters escaped
+
+
+# --- --local: a server of the command's own ---------------------------------------------------------------------
+
+
+def _local_servers(cli_pid: int) -> list[int]:
+    """The pids of the servers a CLI process started with --local (its children running adain.server)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == cli_pid and b"adain.server" in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _gone(pid: int, within: float) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            if (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True  # exited; its parent (dead itself) has not reaped it yet
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture()
+def local_env(decoder_path: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment of a CLI whose --local server is the tests' (their decoder, torch on one thread)."""
+    return dict(os.environ, ADAIN_DECODER=str(decoder_path), ADAIN_DEVICE="cpu", ADAIN_BACKEND="torch",
+                ADAIN_TORCH_THREADS="1", ADAIN_MAX_REFINE_STEPS="0", TMPDIR=str(tmp_path), ADAIN_SERVER="10.0.0.1:1")
+
+
+def test_local_stylizes_without_a_running_server(files: dict[str, Path], tmp_path: Path, local_env) -> None:
+    """--local starts a server for the command (its settings from ADAIN_* variables; $ADAIN_SERVER is replaced, not
+    an error), stylizes, and stops it: nothing is left running or in the temporary folder."""
+    out = tmp_path / "out" / "x.png"
+    proc = subprocess.run([sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s",
+                           str(files["a.png"]), "-o", str(out), "--local"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=local_env)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (64, 48)
+    assert not list(tmp_path.glob("adain-local-*"))  # its token and log removed
+    info = subprocess.run([sys.executable, "-m", "adain.client.cli", "--server-info", "--local"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env=local_env)
+    assert info.returncode == 0 and '"backend": "torch"' in info.stdout, info.stderr
+
+
+def test_local_refuses_a_server_and_says_why_its_server_did_not_start(files: dict[str, Path], tmp_path: Path,
+                                                                      local_env) -> None:
+    args = [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s", str(files["a.png"]),
+            "-o", str(tmp_path / "x.png"), "--local"]
+    for extra in (["--server", "127.0.0.1:1"], ["--tls"]):
+        proc = subprocess.run(args + extra, capture_output=True, text=True, timeout=60, cwd=REPO, env=local_env)
+        assert proc.returncode == 1 and f"not with {extra[0]}" in proc.stderr, proc.stderr
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env=dict(local_env, ADAIN_PRECISION="bogus"))
+    assert proc.returncode == 1 and not (tmp_path / "x.png").exists()
+    assert proc.stderr.strip().endswith("adain-server: error: ADAIN_PRECISION='bogus': must be one of auto, bf16, "
+                                        "fp32, int8, got 'bogus'"), proc.stderr  # the server's line, no usage block
+    # without --local, where nothing listens, the message says how to get a server
+    free = subprocess.run(args[:-1] + ["--server", f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env=local_env)
+    assert "add --local" in free.stderr, free.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, and the parent-death signal, are Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_local_server_stops_with_the_command_however_it_ends(files: dict[str, Path], tmp_path: Path, local_env,
+                                                             sig: signal.Signals) -> None:
+    """Ctrl-C: the command stops its server (exit 130). SIGKILL, which no handler sees: the kernel sends the server
+    SIGTERM as its parent dies (Linux's parent-death signal), so no server is left running."""
+    folder = tmp_path / "contents"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"c{i}.png").write_bytes(CONTENT)
+    cli = subprocess.Popen([sys.executable, "-m", "adain.client.cli", str(folder), "-s", str(files["a.png"]), "-o",
+                            str(tmp_path / "out") + "/", "--local", "--size", "256"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO, env=local_env)
+    try:
+        end = time.monotonic() + 60
+        while not (tmp_path / "out").is_dir() or not any((tmp_path / "out").iterdir()):  # serving: outputs come
+            assert cli.poll() is None and time.monotonic() < end, cli.stderr.read() if cli.poll() is not None else ""
+            time.sleep(0.05)
+        servers = _local_servers(cli.pid)
+        assert len(servers) == 1
+        cli.send_signal(sig)
+        code = cli.wait(30)
+        assert _gone(servers[0], 15), "the --local server outlived its command"
+        assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), cli.stderr.read()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
