@@ -70,13 +70,13 @@ class CliError(Exception):
     """A failure to report as one line and exit 1."""
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is (a video's temporary file removed, pending images not started), but
     exiting 143."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 class _OnlyWithListStyles(argparse.Action):
@@ -124,10 +124,17 @@ _LOCAL_REPLACES = {"server": "--server", "tls": "--tls", "ca_cert": "--ca-cert",
                    "client_key": "--client-key", "token_file": "--token-file"}
 
 
+def local_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The connection flags given on the command line, which --local refuses (a value from a variable, such as
+    $ADAIN_SERVER, is the flag's default: --local simply replaces it)."""
+    return [flag for dest, flag in _LOCAL_REPLACES.items() if getattr(args, dest) != parser.get_default(dest)]
+
+
 @contextlib.contextmanager
-def served(args: argparse.Namespace, given: Sequence[str]) -> Iterator[None]:
+def served(args: argparse.Namespace, given: Sequence[str], prog: str = PROG, front: bool = False) -> Iterator[None]:
     """With --local, a server of this command's own, started and SERVING, ``args`` pointing at it; stopped when
-    the block ends, however it ends. ``given``: the connection flags given on the command line (refused)."""
+    the block ends, however it ends. ``given``: :func:`local_conflicts` (refused); ``front``: the command speaks
+    for many end users (adain-web: its visitors take turns in the server's queue)."""
     if not getattr(args, "local", False):
         yield
         return
@@ -135,10 +142,10 @@ def served(args: argparse.Namespace, given: Sequence[str]) -> Iterator[None]:
         raise CliError(f"--local starts a server of its own on this machine: not with {', '.join(given)}")
 
     def starting() -> None:
-        print(f"{PROG}: starting a server for this command (--local): the model loads, a few seconds (the first "
+        print(f"{prog}: starting a server for this command (--local): the model loads, a few seconds (the first "
               "time on this machine converts it: up to a minute)", file=sys.stderr, flush=True)
 
-    server = LocalServer()
+    server = LocalServer(prog, front)
     try:
         with server as (address, token_file):
             args.server, args.token_file, args.tls, args.ca_cert = address, token_file, False, None
@@ -1089,11 +1096,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
-    # (a flag's value from its variable, $ADAIN_SERVER say, is its default: --local simply replaces it)
-    given = [flag for dest, flag in _LOCAL_REPLACES.items() if getattr(args, dest) != parser.get_default(dest)]
+    given = local_conflicts(parser, args)
     # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         with served(args, given):
             return _run(args, query)
@@ -1108,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as e:
         print(f"{PROG}: error: interrupted", file=sys.stderr, flush=True)
-        return 128 + signal.SIGTERM if isinstance(e, _Terminated) else 130
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -15,7 +15,6 @@ No torch here: the server is another process (``python -m adain.server``).
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import secrets
 import shutil
@@ -47,10 +46,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between
 
 
 class LocalServer:
-    """``with LocalServer() as (address, token_file):`` an adain-server on 127.0.0.1, SERVING, taking calls that
-    carry the token in ``token_file``; stopped, and its folder removed, at the end of the block."""
+    """``with LocalServer() as (address, token_file):`` an adain-server on 127.0.0.1 taking calls that carry the
+    token in ``token_file`` (then :meth:`wait_serving`); stopped, and its folder removed, at the end of the block."""
 
-    def __init__(self, log: Path | None = None) -> None:
+    def __init__(self, name: str = "adain-stylize", front: bool = False, log: Path | None = None) -> None:
+        self.name, self.front = name, front  # the caller's name in its log; front: it speaks for many (adain-web)
         self.log_path = log
         self._folder: Path | None = None
         self._proc: subprocess.Popen | None = None
@@ -70,14 +70,16 @@ class LocalServer:
             raise LocalServerError("--local runs a server in this command, which needs torch: install the server "
                                    "extra (pip install 'adain[server]'), or give --server HOST:PORT")
         self._folder = Path(tempfile.mkdtemp(prefix="adain-local-"))  # 0700: this user's alone
-        token_file = self._folder / "token"
-        token_file.write_text(secrets.token_urlsafe(32) + "\n")
-        os.chmod(token_file, 0o600)
+        token = secrets.token_urlsafe(32)
+        token_file, tokens = self._folder / "token", self._folder / "tokens"  # the client's, the server's
+        for path, line in ((token_file, token), (tokens, f"{self.name} {token}{' front' if self.front else ''}")):
+            path.touch(0o600)
+            path.write_text(line + "\n")
         log = open(self.log_path or self._folder / "server.log", "wb")  # noqa: SIM115 - the child writes it
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "adain.server", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-                 "--health-port", "0", "--auth-tokens-file", str(token_file), "--log-level", "WARNING"],
+                 "--health-port", "0", "--auth-tokens-file", str(tokens), "--log-level", "WARNING"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )

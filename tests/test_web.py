@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -1453,3 +1454,49 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
     browser.set_window_size(360, 800)
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{overflow} px wider than a 360-px screen"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_local_serves_the_page_with_a_server_of_its_own(decoder_path: Path, tmp_path: Path) -> None:
+    """adain-web --local: one command for the page on one machine. It starts a server for itself (the settings of
+    its ADAIN_* variables), serves photos through it, and on SIGTERM stops it (exit 143), its folder removed."""
+    port = free_port()
+    env = dict(os.environ, ADAIN_DECODER=str(decoder_path), ADAIN_DEVICE="cpu", ADAIN_BACKEND="torch",
+               ADAIN_TORCH_THREADS="1", ADAIN_MAX_REFINE_STEPS="0", TMPDIR=str(tmp_path))
+    web = subprocess.Popen([sys.executable, "-m", "adain.web", "--local", "--port", str(port), "--log-level",
+                            "warning"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=env)
+    try:
+        end = time.monotonic() + 120
+        while True:  # the page listens once its server is SERVING
+            assert web.poll() is None and time.monotonic() < end, web.stderr.read() if web.poll() is not None else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "SERVING"}:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = _post(f"http://127.0.0.1:{port}", [_png("content", CONTENT), _png("styles", STYLE)])
+        assert r.status_code == 200 and r.headers["x-image-size"] == "64x48", r.text
+        servers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and _parent_of(p) == web.pid and b"adain.server" in _cmdline(p)]
+        assert len(servers) == 1 and len(list(tmp_path.glob("adain-local-*"))) == 1
+        web.send_signal(signal.SIGTERM)
+        assert web.wait(30) == 143, web.stderr.read()
+        assert not Path(f"/proc/{servers[0]}").exists() and not list(tmp_path.glob("adain-local-*"))
+    finally:
+        if web.poll() is None:
+            web.kill()
+
+
+def _parent_of(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

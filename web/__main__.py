@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -12,7 +13,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from adain.argtypes import int_in_range, positive_float, positive_int
-from adain.client.cli import CliError, add_connection_args, connect
+from adain.client.cli import (
+    CliError,
+    Terminated,
+    add_connection_args,
+    add_local_arg,
+    connect,
+    local_conflicts,
+    on_sigterm,
+    served,
+)
 
 if TYPE_CHECKING:
     from adain.client import StyleTransferClient
@@ -24,6 +34,7 @@ START_HEALTH_TIMEOUT_S = 5.0  # the one look at the server at start (in a thread
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="adain-web", description=__doc__)
     add_connection_args(p)
+    add_local_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int_in_range(1, 65535), default=8080, help="HTTP port (default 8080)")
@@ -63,22 +74,49 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="serve Prometheus metrics (requests by route and status, live sessions, clip jobs) on this "
                    "port of --host (default 0: none; a port of its own, so the public never sees them)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.local_given = local_conflicts(p, args)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.max_disk_mb < 2 * args.max_video_mb:
+        print(f"adain-web: error: --max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb "
+              f"({args.max_video_mb:g}): no clip upload would fit (it is spooled, then copied)", file=sys.stderr)
+        return 2
+    # --local: SIGTERM unwinds as Ctrl-C does (uvicorn raises it again after its graceful stop), so the server of
+    # the page's own is stopped and its folder removed (exit 143); without --local the signal ends it as before
+    # before anything listens, and before --local starts a server: a taken --port failed in uvicorn after the
+    # URL line had been printed
+    if problem := cannot_listen(args.host, args.port):
+        print(f"adain-web: error: cannot listen on {_hostport(args.host, args.port)}: {problem}", file=sys.stderr,
+              flush=True)
+        return 2
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if args.local and main_thread else None
+    try:
+        with served(args, args.local_given, prog="adain-web", front=True):
+            return _serve(args)
+    except CliError as e:
+        print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except Terminated:
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The page in front of ``args.server``, until it is stopped."""
     import uvicorn
 
     from .app import WebSettings, create_app
     from .live import LiveSettings
     from .metrics import WebMetrics
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.max_disk_mb < 2 * args.max_video_mb:
-        print(f"adain-web: error: --max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb "
-              f"({args.max_video_mb:g}): no clip upload would fit (it is spooled, then copied)", file=sys.stderr)
-        return 2
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
     try:  # a --server gRPC would misread (http://..., no port) is refused here, by the client's own check
         client = connect(args, max_message_mb=max_message_mb)
@@ -86,11 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
         return 2
     with client:
-        # before anything listens: a taken --port failed in uvicorn after the URL line had been printed
-        if problem := cannot_listen(args.host, args.port):
-            print(f"adain-web: error: cannot listen on {_hostport(args.host, args.port)}: {problem}",
-                  file=sys.stderr, flush=True)
-            return 2
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
@@ -116,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = _server_class()(config, f"adain-web: http://{_hostport(args.host, args.port)}/ (server {args.server})")
         try:
             server.run()
+        except Terminated:  # --local's SIGTERM, raised again by uvicorn after its graceful stop: exit 143
+            raise
         except KeyboardInterrupt:
             pass
         except SystemExit:  # uvicorn's start exits 1 where it cannot bind (a port taken since the check)
