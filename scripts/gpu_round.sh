@@ -27,6 +27,8 @@
 #   (~5 minutes, round 4's took 213 s with one gRPC run of two; 8.5 at most, more than a session has left:
 #   timeout_s is status's budget_left_s less 30 s while the machine is warm, because a call cut by the lease
 #   returns nothing, while one cut by its timeout returns what bench.txt had, row by row), then give_back.
+# The bench call may carry .gpu-bench instead (GPU=.gpu-bench PART=bench ...; carry [".gpu-bench"]): no training
+#   data, and py-spy for grpc_latency.py --gil (without it that row says py-spy is not installed).
 # Then, here: python benchmarks/quality.py --decoder A-decoder.pt --pairs 11 --gatys-pairs 0 --sweep (the
 #   shipped decoder in the same run); ship only if alpha 1 is better and alpha 0 / the slider hold.
 # DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
