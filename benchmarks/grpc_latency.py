@@ -45,7 +45,7 @@ from PIL import Image
 from adain.precision import PRECISIONS  # (no torch: the client processes import this file)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gil import GilSampler  # noqa: E402
+from gil_sampler import GilSampler  # noqa: E402 - a sibling module
 
 REPO = Path(__file__).resolve().parents[1]
 
