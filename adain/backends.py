@@ -36,7 +36,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
+from adain.errors import warnings_ignored
 from adain.precision import BACKENDS, cpu_has_bf16, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
 
@@ -442,8 +442,7 @@ def _cached_model(core: object, xml: Path, quiet: bool = False) -> object | None
 def _convert(ov: object, module: nn.Module, example: tuple[torch.Tensor, ...], form: str) -> object:
     if form == WINOGRAD_FORM:
         module = winograd(module)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), warnings_ignored():
         # no check_trace: it traces and runs the module again to compare (~1 s of a first start, 2 s with the
         # imports it pulls in), and these modules have no data-dependent branches for it to find
         traced = torch.jit.trace(module, example, check_trace=False)
@@ -543,8 +542,7 @@ def _onnxruntime(
     names = [f"in{i}" for i in range(len(example))]
     module = winograd(module) if form == WINOGRAD_FORM else module
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), warnings_ignored():
         torch.onnx.export(
             module, example, buffer, input_names=names, output_names=["out"], dynamo=False, opset_version=17,
             dynamic_axes={n: {0: "n", 2: "h", 3: "w"} for n in names} | {"out": {0: "n", 2: "H", 3: "W"}},

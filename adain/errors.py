@@ -3,12 +3,16 @@
 Every rejected image or argument raises :class:`InvalidInputError` (a ``ValueError``).
 ``field`` names what was wrong (``"content"``, ``"styles[1].weight"``, ``"alpha"``...), so that
 the server can turn it into an INVALID_ARGUMENT status that names the field and the limit. A job with
-several problems raises one error for the first that lists them all in ``problems``.
+several problems raises one error for the first that lists them all in ``problems``. And the library's one
+way to silence warnings (:func:`warnings_ignored`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 
 SHOWN = 20  # problems a message lists: a million bad entries once made a 73 MB message
 
@@ -46,3 +50,17 @@ class StoppedError(RuntimeError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"stopped: {reason}")
         self.reason = reason
+
+
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def warnings_ignored() -> Iterator[None]:
+    """Warnings ignored in this block, one thread's block at a time. ``warnings.catch_warnings`` saves the process's
+    one list of filters and puts it back: two threads' blocks interleaved (a server's prepare threads opening
+    images) put back the other's "ignore", which stayed for good and silenced every later warning of the process
+    (4 threads opening images: 2 runs of 3)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

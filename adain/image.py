@@ -14,7 +14,6 @@ import io
 import math
 import mmap
 import re
-import warnings
 import zlib
 from itertools import islice
 from os import PathLike
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from adain.bmff import HEAD_BYTES, nclx_profile
-from adain.errors import InvalidInputError
+from adain.errors import InvalidInputError, warnings_ignored
 from adain.files import bytes_written
 from adain.photo import (
     PNG_SIGNATURE,
@@ -130,8 +129,7 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
     allow_pixels(max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL warns on odd EXIF/TIFF tags; errors still raise
+        with warnings_ignored():  # PIL warns on odd EXIF/TIFF tags; errors still raise
             return Image.open(fp, formats=input_formats())
     except Image.UnidentifiedImageError as e:
         if isinstance(fp, io.BytesIO):

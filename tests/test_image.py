@@ -730,3 +730,32 @@ def test_atomic_path_leaves_nothing_when_the_rename_fails(tmp_path) -> None:
         with atomic_path(tmp_path / "out.png") as tmp:
             tmp.write_bytes(b"image")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_images_opened_in_threads_leave_the_warning_filters_as_they_were() -> None:
+    """Each open ignores Pillow's warnings on odd tags. warnings.catch_warnings puts back the process's one filter
+    list, so two threads' opens interleaved left an "ignore everything" filter for good (2 runs of 3 with 4
+    threads): every later warning of a server was silenced."""
+    import threading
+    import warnings
+
+    data = encoded(synth_image(64, 48), "JPEG")
+    before = list(warnings.filters)
+
+    def opens() -> None:
+        for _ in range(300):
+            load_image(data)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch often, inside the blocks too: each round caught the fault
+    try:
+        for _ in range(3):
+            threads = [threading.Thread(target=opens) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert warnings.filters == before
+    finally:
+        sys.setswitchinterval(interval)
+        warnings.filters[:] = before
