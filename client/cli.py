@@ -157,6 +157,14 @@ def served(args: argparse.Namespace, given: Sequence[str], prog: str = PROG, fro
         raise CliError(str(e)) from None
 
 
+@contextlib.contextmanager
+def session(args: argparse.Namespace) -> Iterator[StyleTransferClient]:
+    """The command's client: of --server, or with --local of a server started for it (only now, once the
+    command's own checks have passed: a mistyped path costs no server start)."""
+    with served(args, args.local_given), connect(args) as client:
+        yield client
+
+
 def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
     """The client the flags of :func:`add_connection_args` describe (``options``: more constructor arguments).
     A missing or unreadable certificate, key or token file is a CliError naming its flag."""
@@ -1022,7 +1030,7 @@ def build_query_parser(flag: str) -> argparse.ArgumentParser:
 def _server_info(args: argparse.Namespace) -> int:
     import json
 
-    with connect(args) as client:
+    with session(args) as client:
         info = client.server_info()
         info["health"] = client.health(timeout=client.timeout)  # --timeout, as the other call
     print(json.dumps(info, indent=2, sort_keys=True))
@@ -1044,7 +1052,7 @@ def _valid_names(styles: list[LibraryStyle]) -> list[LibraryStyle]:
 
 
 def _list_styles(args: argparse.Namespace) -> int:
-    with connect(args) as client:
+    with session(args) as client:
         styles, presets = client.library(thumbnail_size=256 if args.thumbnails else 0)
     styles = _valid_names(styles)
     if not styles:
@@ -1096,13 +1104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
-    given = local_conflicts(parser, args)
+    args.local_given = local_conflicts(parser, args)
     # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
-        with served(args, given):
-            return _run(args, query)
+        return _run(args, query)
     except CliError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1
@@ -1150,7 +1157,7 @@ def _run(args: argparse.Namespace, query: str | None) -> int:
     if len(args.mask or []) == 1 and len(styles) == 2 and any(w != 1 for _, w in styles):
         raise CliError("--mask: one mask with two styles places them by the mask alone (white the first, black "
                        "the second), so weights do nothing; give each style its own --mask to blend by weight")
-    with connect(args) as client:
+    with session(args) as client:
         if not single:
             return _run_folder(client, args, styles)
         if is_video(content):
