@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             c.join(60)
         server.stop()
 
-    if gil.error or not requests:
+    if gil.error or not requests or not gil.steps:
         raise SystemExit(f"gil: error: {gil.summary(requests)}")
     print(f"# {cpu_name()}, {os.cpu_count()} CPUs; server: device {args.device}, backend {args.backend}, precision "
           f"{args.precision}, {args.torch_threads} torch thread(s); {args.size} px, {args.send} in, {args.format} out")

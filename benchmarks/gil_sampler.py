@@ -47,9 +47,13 @@ class GilSampler:
         if spy is None:
             self.error = "py-spy is not installed (pip install py-spy)"
             return self
-        self._proc = subprocess.Popen(
-            [spy, "record", "--gil", "--nonblocking", "--rate", str(self.rate), "--format", "raw", "-o",
-             str(self._raw), "--pid", str(self.pid)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:  # (never an error of the benchmark around it: its figures come first)
+            self._proc = subprocess.Popen(
+                [spy, "record", "--gil", "--nonblocking", "--rate", str(self.rate), "--format", "raw", "-o",
+                 str(self._raw), "--pid", str(self.pid)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        except OSError as e:
+            self.error = f"py-spy could not run: {e}"
+            return self
         assert self._proc.stdout is not None
         for line in self._proc.stdout:  # "Sampling process N times a second": attached (else it exits, saying why)
             if "Sampling process" in line:
@@ -75,7 +79,7 @@ class GilSampler:
         """py-spy's raw format: a stack (frames from the thread's root, ';'-separated), a space, a count."""
         for line in raw.splitlines():
             stack, _, n = line.rpartition(" ")
-            if not stack:
+            if not stack or not n.isdigit():
                 continue
             step = next((name for name, frame in STEPS if frame in stack), "the rest")
             self.steps[step] += int(n)
@@ -93,5 +97,7 @@ class GilSampler:
             return self.error or "no request ended while sampling"
         ms = self.ms(requests)
         total = sum(ms.values())
+        if total <= 0:  # a run too short for one sample of the GIL held (a dry run's few calls)
+            return f"no sample of the GIL held in {requests} requests (py-spy at {self.rate}/s): too short a run"
         steps = " + ".join(f"{step} {v:.2f}" for step, v in ms.items())
         return f"{total:.2f} = {steps}; one process: at most {1000 / total:.0f} requests/s"

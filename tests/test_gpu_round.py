@@ -59,3 +59,18 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     summary = (out / "train.txt").read_text()
     assert "A: training (and its export) exit 0" in summary and "A: detail path exit 0" in summary, summary
     assert "A: returned decoder A-decoder.pt architecture 3 steps 2 of 2 (detail run 2)" in summary, summary
+
+
+def test_the_gil_sampler_reads_py_spys_lines_and_says_when_it_has_none() -> None:
+    """benchmarks/gil_sampler.py: py-spy's raw lines (a thread's stack, a count) summed by step into ms a request;
+    a run too short for one sample says so (it divided by zero, which ended grpc_latency.py's run there)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gil_sampler import GilSampler
+
+    gil = GilSampler(pid=0, rate=1000)
+    gil._parse("Thread.run (threading.py:982);BaseEventLoop.run_forever (asyncio/base_events.py:607);Handle._run "
+               "(asyncio/events.py:80) 30\nThread.run (threading.py:982);Stylizer.prepare (adain/stylizer.py:170);"
+               "to_tensor (adain/image.py:450) 10\nnot a line of py-spy's\n")
+    assert gil.summary(10) == ("4.00 = event loop (gRPC, asyncio) 3.00 + prepare 1.00; one process: at most 250 "
+                               "requests/s")
+    assert GilSampler(pid=0).summary(10).startswith("no sample of the GIL held in 10 requests")
