@@ -159,8 +159,9 @@ def served(args: argparse.Namespace, given: Sequence[str], prog: str = PROG, fro
 
 @contextlib.contextmanager
 def session(args: argparse.Namespace) -> Iterator[StyleTransferClient]:
-    """The command's client: of --server, or with --local of a server started for it (only now, once the
-    command's own checks have passed: a mistyped path costs no server start)."""
+    """The command's client: of --server, or with --local of a server started for it (only now, after the
+    checks of the content and style paths: a mistyped path costs no server start; the checks made while the
+    contents are sent, such as an output that is an input, come after it)."""
     with served(args, args.local_given), connect(args) as client:
         yield client
 

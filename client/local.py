@@ -15,6 +15,7 @@ No torch here: the server is another process (``python -m adain.server``).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import secrets
 import shutil
@@ -69,6 +70,9 @@ class LocalServer:
         if importlib.util.find_spec("torch") is None:
             raise LocalServerError("--local runs a server in this command, which needs torch: install the server "
                                    "extra (pip install 'adain[server]'), or give --server HOST:PORT")
+        tls = [v for v in ("ADAIN_TLS_CERT", "ADAIN_TLS_KEY", "ADAIN_TLS_CLIENT_CA") if os.environ.get(v)]
+        if tls:  # it would serve TLS that the command's plaintext client never passes: a wait of minutes
+            raise LocalServerError(f"--local serves plaintext on 127.0.0.1: unset {', '.join(tls)} for it")
         self._folder = Path(tempfile.mkdtemp(prefix="adain-local-"))  # 0700: this user's alone
         token = secrets.token_urlsafe(32)
         token_file, tokens = self._folder / "token", self._folder / "tokens"  # the client's, the server's
@@ -77,9 +81,12 @@ class LocalServer:
             path.write_text(line + "\n")
         log = open(self.log_path or self._folder / "server.log", "wb")  # noqa: SIM115 - the child writes it
         try:
+            # -P: not the working folder first on the server's path (a signal.py there broke its start; 3.11+)
+            safe = ["-P"] if sys.version_info >= (3, 11) else []
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "adain.server", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-                 "--health-port", "0", "--auth-tokens-file", str(tokens), "--log-level", "WARNING"],
+                [sys.executable, *safe, "-m", "adain.server", "--host", "127.0.0.1", "--port", "0",
+                 "--metrics-port", "0", "--health-port", "0", "--auth-tokens-file", str(tokens),
+                 "--log-level", "WARNING"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
@@ -132,16 +139,20 @@ class LocalServer:
     def stop(self) -> None:
         """SIGTERM (it drains and exits), SIGKILL after STOP_WAIT_S; then its folder is removed."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
+        folder, self._folder = self._folder, None
+        try:
+            if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:
                     proc.wait(STOP_WAIT_S)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.stdout is not None:
+                except BaseException:  # a second Ctrl-C as it stops: no more waiting
+                    proc.kill()
+                    raise
+        finally:  # its token and log go, however the wait ended
+            if proc is not None and proc.stdout is not None:
                 proc.stdout.close()
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)

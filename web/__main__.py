@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Terminated:
         return 128 + signal.SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C while --local's server starts (uvicorn's own is caught in _serve)
+        print("adain-web: error: interrupted", file=sys.stderr, flush=True)
+        return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
