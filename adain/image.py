@@ -481,10 +481,16 @@ def encode_image(
         raise InvalidInputError("quality", f"must be in [1, 100], got {quality}")
     if why := format_cannot_hold(name, *img.size):
         raise InvalidInputError("format", why)
-    buf = io.BytesIO()
     meta = {"exif": exif} if exif else {}
     if name == "jpeg" and exif and len(exif) > 65527:  # a JPEG's EXIF segment holds 64 KB: kept EXIF is a nicety
         meta = {}
+    if name == "jpeg":
+        # full-resolution colour (4:4:4): a stylized image's colour changes at every stroke, and halved colour
+        # (4:2:0, the encoder's default) smeared it; at any quality 4:4:4 gives 0.5-3 dB more for the same bytes
+        # (3 examples at 512 px: q90 36.5 dB in 85 kB, where 4:2:0 gave 32.9 in 62 and 34.4 at q95 in 87).
+        # Into a file with a descriptor: Pillow's JPEG encoder holds the GIL otherwise (adain.files.bytes_written)
+        return bytes_written(lambda f: img.save(f, "JPEG", quality=quality, subsampling=0, **meta))
+    buf = io.BytesIO()
     if name == "png":
         # zlib's fastest level: half the time of level 6 for 8-9% more bytes (stylized 512-px images, 23-33 ms
         # against 45-78 here); on a GPU server the PNG encode was the work (96 of a call's 135 ms on an H200's
@@ -492,13 +498,6 @@ def encode_image(
         # image's strokes rarely repeat exactly, so zlib's search for longer matches costs and gains nothing
         # (11 eval photos stylized at 512 px, AMD EPYC: 14.3 ms against 18.8 a 512-px image, 8% fewer bytes)
         img.save(buf, "PNG", compress_level=1, compress_type=zlib.Z_RLE, **meta)
-    elif name == "jpeg":
-        # full-resolution colour (4:4:4): a stylized image's colour changes at every stroke, and halved colour
-        # (4:2:0, the encoder's default) smeared it; at any quality 4:4:4 gives 0.5-3 dB more for the same bytes
-        # (3 examples at 512 px: q90 36.5 dB in 85 kB, where 4:2:0 gave 32.9 in 62 and 34.4 at q95 in 87).
-        # Into a file with a descriptor: Pillow's JPEG encoder holds the GIL otherwise (adain.files.bytes_written)
-        return bytes_written(lambda f: img.save(f, "JPEG", quality=quality, subsampling=0, **meta))
     else:
         img.save(buf, name.upper(), quality=quality, **meta)
     return buf.getvalue()
-

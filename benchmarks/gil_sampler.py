@@ -31,7 +31,7 @@ def py_spy() -> str | None:
 
 class GilSampler:
     """``with GilSampler(pid) as gil:`` samples the process's GIL holder while the block runs; then
-    ``gil.report(requests)`` says how many ms of GIL a request took, by step, or why nothing was sampled."""
+    ``gil.summary(requests)`` says how many ms of GIL a request took, by step, or why nothing was sampled."""
 
     def __init__(self, pid: int, rate: int = 1000) -> None:
         self.pid, self.rate = pid, rate

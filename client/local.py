@@ -50,9 +50,8 @@ class LocalServer:
     """``with LocalServer() as (address, token_file):`` an adain-server on 127.0.0.1 taking calls that carry the
     token in ``token_file`` (then :meth:`wait_serving`); stopped, and its folder removed, at the end of the block."""
 
-    def __init__(self, name: str = "adain-stylize", front: bool = False, log: Path | None = None) -> None:
+    def __init__(self, name: str = "adain-stylize", front: bool = False) -> None:
         self.name, self.front = name, front  # the caller's name in its log; front: it speaks for many (adain-web)
-        self.log_path = log
         self._folder: Path | None = None
         self._proc: subprocess.Popen | None = None
 
@@ -79,7 +78,7 @@ class LocalServer:
         for path, line in ((token_file, token), (tokens, f"{self.name} {token}{' front' if self.front else ''}")):
             path.touch(0o600)
             path.write_text(line + "\n")
-        log = open(self.log_path or self._folder / "server.log", "wb")  # noqa: SIM115 - the child writes it
+        log = open(self._folder / "server.log", "wb")  # noqa: SIM115 - the child writes it
         try:
             # -P: not the working folder first on the server's path (a signal.py there broke its start; 3.11+)
             safe = ["-P"] if sys.version_info >= (3, 11) else []
@@ -127,7 +126,7 @@ class LocalServer:
 
     def _said(self) -> str:
         """The tail of the server's log, for an error."""
-        path = self.log_path or (self._folder / "server.log" if self._folder else None)
+        path = self._folder / "server.log" if self._folder else None
         try:
             lines = path.read_bytes()[-4000:].decode("utf-8", "replace").strip().splitlines() if path else []
         except OSError:

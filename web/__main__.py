@@ -86,20 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adain-web: error: --max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb "
               f"({args.max_video_mb:g}): no clip upload would fit (it is spooled, then copied)", file=sys.stderr)
         return 2
-    # --local: SIGTERM unwinds as Ctrl-C does (uvicorn raises it again after its graceful stop), so the server of
-    # the page's own is stopped and its folder removed (exit 143); without --local the signal ends it as before
     # before anything listens, and before --local starts a server: a taken --port failed in uvicorn after the
     # URL line had been printed
     if problem := cannot_listen(args.host, args.port):
         print(f"adain-web: error: cannot listen on {_hostport(args.host, args.port)}: {problem}", file=sys.stderr,
               flush=True)
         return 2
+    # --local: SIGTERM unwinds as Ctrl-C does (uvicorn raises it again after its graceful stop), so the server of
+    # the page's own is stopped and its folder removed (exit 143); without --local the signal ends it as before
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if args.local and main_thread else None
     try:
         with served(args, args.local_given, prog="adain-web", front=True):
             return _serve(args)
-    except CliError as e:
+    except CliError as e:  # --local's, or a --server gRPC would misread (http://..., no port): the client's check
         print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
         return 2
     except Terminated:
@@ -121,12 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .metrics import WebMetrics
 
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
-    try:  # a --server gRPC would misread (http://..., no port) is refused here, by the client's own check
-        client = connect(args, max_message_mb=max_message_mb)
-    except CliError as e:
-        print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    with client:
+    with connect(args, max_message_mb=max_message_mb) as client:
         settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
