@@ -124,10 +124,18 @@ _LOCAL_REPLACES = {"server": "--server", "tls": "--tls", "ca_cert": "--ca-cert",
                    "client_key": "--client-key", "token_file": "--token-file"}
 
 
-def local_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The connection flags given on the command line, which --local refuses (a value from a variable, such as
-    $ADAIN_SERVER, is the flag's default: --local simply replaces it)."""
-    return [flag for dest, flag in _LOCAL_REPLACES.items() if getattr(args, dest) != parser.get_default(dest)]
+def local_conflicts(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """The connection flags given on the command line, which --local refuses, even where the value given is the
+    default (``--server localhost:50051``). A value from a variable, such as $ADAIN_SERVER, is the flag's default:
+    --local simply replaces it. ``argv`` parsed once more with those defaults unset tells them apart."""
+    unset = object()
+    saved = {dest: parser.get_default(dest) for dest in _LOCAL_REPLACES}
+    parser.set_defaults(**dict.fromkeys(saved, unset))
+    try:
+        probe = parser.parse_args(argv)  # parsed once already: no error here
+    finally:
+        parser.set_defaults(**saved)
+    return [flag for dest, flag in _LOCAL_REPLACES.items() if getattr(probe, dest) is not unset]
 
 
 @contextlib.contextmanager
@@ -160,8 +168,8 @@ def served(args: argparse.Namespace, given: Sequence[str], prog: str = PROG, fro
 @contextlib.contextmanager
 def session(args: argparse.Namespace) -> Iterator[StyleTransferClient]:
     """The command's client: of --server, or with --local of a server started for it (only now, after the
-    checks of the content and style paths: a mistyped path costs no server start; the checks made while the
-    contents are sent, such as an output that is an input, come after it)."""
+    command's own checks of its flags and paths: a mistake the CLI can see costs no server start; what only the
+    server checks, such as a content's size, comes after it)."""
     with served(args, args.local_given), connect(args) as client:
         yield client
 
@@ -705,7 +713,7 @@ def _check_writable(out: Path, shown: str) -> None:
         raise CliError(f"-o {shown}: cannot write in the folder {e.filename}: {e.strerror or e}") from None
 
 
-def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
+def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     content = Path(args.content)  # checked by _run
     flags = _video_flags(args)
     if flags:
@@ -723,6 +731,7 @@ def _run_single(client: StyleTransferClient, args: argparse.Namespace, styles: l
     _refuse_overwriting(out, args.output, _input_files(args, styles, [content]))
     refine = _refine_options(args)
     _check_writable(out, args.output)
+    client = later.enter_context(session(args))
     # Steps are reported where someone watches: a refine, or a terminal that would stare at a print-size photo's
     # minute or more of tiles (70 s for 12 MP on a 2-core CPU) with no sign of life; elsewhere a plain Stylize.
     steps = refine["refine_steps"]
@@ -785,7 +794,7 @@ def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -
     return CliError(str(e))  # MediaError: names the file and the problem
 
 
-def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
+def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     src = Path(args.content)
     out = Path(args.output)
     if args.refine:
@@ -808,6 +817,7 @@ def _run_video(client: StyleTransferClient, args: argparse.Namespace, styles: li
                        f"({', '.join(VIDEO_SUFFIXES)}) or a folder (one that exists, or a name ending in '/')")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))
     _check_writable(out, args.output)
+    client = later.enter_context(session(args))
     from adain.media import MediaError
 
     try:
@@ -848,7 +858,7 @@ def _content_files(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
+def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
     from tqdm import tqdm
 
     from adain.media import MediaError
@@ -902,6 +912,7 @@ def _run_folder(client: StyleTransferClient, args: argparse.Namespace, styles: l
         print(f"{PROG}: note: --refine {applies}; the {len(videos)} video(s) are stylized without it (seconds "
               "per frame)", file=sys.stderr, flush=True)
     spec_of = {source: spec for spec, (source, _weight) in zip(args.style, styles)}  # each as given to --style
+    client = later.enter_context(session(args))
     # Send each style image once, then refer to it by id.
     refs: dict[Any, Any] = {}
     for source, _stem in named:
@@ -1105,7 +1116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
-    args.local_given = local_conflicts(parser, args)
+    args.local_given = local_conflicts(parser, argv)
     # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
@@ -1158,12 +1169,13 @@ def _run(args: argparse.Namespace, query: str | None) -> int:
     if len(args.mask or []) == 1 and len(styles) == 2 and any(w != 1 for _, w in styles):
         raise CliError("--mask: one mask with two styles places them by the mask alone (white the first, black "
                        "the second), so weights do nothing; give each style its own --mask to blend by weight")
-    with session(args) as client:
+    # each run checks its flags and paths, then connects (with --local, starts its server) in ``later``
+    with contextlib.ExitStack() as later:
         if not single:
-            return _run_folder(client, args, styles)
+            return _run_folder(later, args, styles)
         if is_video(content):
-            return _run_video(client, args, styles)
-        return _run_single(client, args, styles)
+            return _run_video(later, args, styles)
+        return _run_single(later, args, styles)
 
 
 if __name__ == "__main__":

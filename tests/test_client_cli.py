@@ -17,6 +17,7 @@ from PIL import Image
 
 from adain.client import StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import CliError, main, parse_style
+from adain.wire import DEFAULT_ADDRESS
 from helpers import NO_REFINE, REPO, ServerProcess, free_port, library_stub, make_certificates
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, photo_with_exif, pixels
 
@@ -780,9 +781,14 @@ def test_local_refuses_a_server_and_says_why_its_server_did_not_start(files: dic
                                                                       local_env) -> None:
     args = [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s", str(files["a.png"]),
             "-o", str(tmp_path / "x.png"), "--local"]
-    for extra in (["--server", "127.0.0.1:1"], ["--tls"]):
+    for extra in (["--server", "127.0.0.1:1"], ["--tls"], ["--server", DEFAULT_ADDRESS]):  # given, even as default
         proc = subprocess.run(args + extra, capture_output=True, text=True, timeout=60, cwd=REPO, env=local_env)
         assert proc.returncode == 1 and f"not with {extra[0]}" in proc.stderr, proc.stderr
+    # what the command checks itself is refused before its server starts (no ~2 s wait for it)
+    over = args[:-3] + ["-o", str(files["a.png"]), "--local"]
+    proc = subprocess.run(over, capture_output=True, text=True, timeout=60, cwd=REPO, env=local_env)
+    assert proc.returncode == 1 and "would overwrite the --style file" in proc.stderr, proc.stderr
+    assert "starting a server" not in proc.stderr, proc.stderr
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO,
                           env=dict(local_env, ADAIN_PRECISION="bogus"))
     assert proc.returncode == 1 and not (tmp_path / "x.png").exists()

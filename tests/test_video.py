@@ -773,10 +773,12 @@ def test_rpc_regions_hold_for_every_frame(client: StyleTransferClient, clips: di
     by_labels = list(client.stylize_video(frames, [STYLE, other], labels=encoded(Image.fromarray(labels, "L")),
                                           label_values=[1, 2], temporal="none"))
     stream = VideoStream(stylizer, [STYLE, other], temporal="none", masks=masks)
-    for r, s, f in zip(results, by_labels, frames):
+    for i, (r, s, f) in enumerate(zip(results, by_labels, frames)):
         local = np.asarray(stream.stylize(f), dtype=np.int16)
-        assert np.abs(np.asarray(r.to_pil(), dtype=np.int16) - local).max() <= SERVED_LEVELS
-        assert np.abs(np.asarray(s.to_pil(), dtype=np.int16) - local).max() <= SERVED_LEVELS
+        for form, served in (("masks", r), ("labels", s)):  # a failure says where and how much (a flake, twice)
+            off = np.abs(np.asarray(served.to_pil(), dtype=np.int16) - local).max(axis=2)
+            assert off.max() <= SERVED_LEVELS, (form, i, int(off.max()), np.argwhere(off > 2)[:8].tolist(),
+                                                int((off > 2).sum()), np.bincount(off.ravel()).tolist())
 
 
 def _expect(code: grpc.StatusCode, fn, *args, **kwargs) -> StyleTransferError:

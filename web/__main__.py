@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "port of --host (default 0: none; a port of its own, so the public never sees them)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = p.parse_args(argv)
-    args.local_given = local_conflicts(p, args)
+    args.local_given = local_conflicts(p, sys.argv[1:] if argv is None else argv)
     return args
 
 
