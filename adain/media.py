@@ -106,8 +106,8 @@ class VideoInfo:
         dropped) from ``start`` to ``end`` seconds, as far as the file says (the whole by its :attr:`length`, a
         part by its video's duration; a 0 let a clip of any length past max_video_frames); 0 where it says
         nothing. Counted by the reader's own rules on a steady rate (``VideoReader._frames``): a part opens with
-        the frame on screen at its start, the nearest within half a frame counting as on it, and ends before the
-        frame within half a frame of its end; a lower rate keeps the first frame at or past each tick, less half
+        the frame on screen at its start, however short the part, the nearest within half a frame counting as on
+        it (and coming at the start's time), and ends before the frame within half a frame of its end; a lower rate keeps the first frame at or past each tick, less half
         a frame. Its span x its rate, rounded up, was a frame over (10 frames of 30 a second in 0.34 s came as
         11), and a clip within a server's limit was refused."""
         native = float(self.rate)
@@ -115,8 +115,10 @@ class VideoInfo:
         if (start > 0 or end < math.inf) and self.video_duration:
             first = max(0, math.ceil(start * native - 0.5 - 1e-6))
             stop = round(self.video_duration * native)
-            if end < math.inf:
-                stop = min(stop, math.ceil(end * native - 0.5 - 1e-6))
+            if start * native < stop:  # a start past the last frame's time, before the picture's end: that frame
+                first = min(first, stop - 1)
+            if end < math.inf:  # the frame on screen at the start comes however short the part
+                stop = min(stop, max(first + 1, math.ceil(end * native - 0.5 - 1e-6)))
         if stop <= first:
             return 0
         if rate >= self.rate:
@@ -396,14 +398,14 @@ class VideoReader:
                          else (self.count - 1) / float(self.info.rate))
                     reached = max(reached, t + 1 / float(self.info.rate))
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)
-                        shown = frame  # before the start (from the keyframe the seek went to), on screen at it
+                        shown = frame, t  # before the start (from the keyframe the seek went to), on screen at it
                         continue
-                    due = [(frame, t)]
+                    due = [(frame, t if sent or not start or t > start + slack - 1e-6 else start)]  # the nearest: on it
                     if shown is not None and t > start + slack - 1e-6:  # none at the start itself (a variable-rate
-                        due.insert(0, (shown, start))  # clip's): the one on screen then opens the part
+                        due.insert(0, (shown[0], start))  # clip's): the one on screen then opens the part
                     shown = None
                     for frame, t in due:
-                        if t >= end - slack:
+                        if t >= end - slack and sent:  # (the part's first frame comes however short the part)
                             return  # past the end of a trimmed clip: the rest is not read
                         if self.limited:  # else every frame comes (a variable-rate clip's too), at its own time
                             if keep is not None and t < keep - slack:
@@ -413,6 +415,9 @@ class VideoReader:
                                 keep += step
                         sent += 1
                         yield _upright(frame, self.max_side, self.sar), t - start
+            if shown is not None and start < shown[1] + 1 / float(self.info.rate):  # the last frame, on screen at
+                sent += 1  # a start after its time (a start past the picture's end finds none)
+                yield _upright(shown[0], self.max_side, self.sar), 0.0
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         if sent == 0:

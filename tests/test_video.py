@@ -463,9 +463,26 @@ def test_a_parts_count_is_the_frames_it_reads(tmp_path: Path) -> None:
     said, 10 read), and a clip within a server's limit was refused before it was sent."""
     make_video(tmp_path / "c.mp4", frames=30, fps=30)
     for start, duration, fps in [(0.33, 0.34, None), (0.1, 0.5, None), (0.05, None, 11), (0.2, 0.6, 7.5),
-                                 (0, None, 7), (0.5, 0.25, 6), (0.0, 0.45, None), (0.61, None, None)]:
+                                 (0, None, 7), (0.5, 0.25, 6), (0.0, 0.45, None), (0.61, None, None),
+                                 (0.99, None, None), (0.975, 0.5, 7), (0.0, 0.001, None), (0.5, 0.001, 7)]:
         with VideoReader(tmp_path / "c.mp4", start=start, duration=duration, max_fps=fps) as r:
-            assert r.total == len(list(r.frames())), (start, duration, fps, r.total)
+            times = [t for _, t in r.frames()]
+            assert r.total == len(times), (start, duration, fps, r.total)
+            assert times[0] == 0, (start, duration, fps, times)  # the frame on screen (or nearest) opens the part
+
+
+def test_a_part_opens_with_the_frame_on_screen_however_short(tmp_path: Path) -> None:
+    """Found by an outside tester: a start inside the last frame's time (0.88 s of a 1-s clip at 8 a second) got
+    "no frames in that part" (the frame on screen was held for a later one that never came), and a duration
+    under half a frame got none, which the server then refused naming its proto field."""
+    make_video(tmp_path / "c.mp4", frames=8, fps=8)
+    with VideoReader(tmp_path / "c.mp4") as r:
+        whole = [np.asarray(img) for img, _ in r.frames()]
+    for start, duration, index in [(0.88, None, 7), (0.99, 100, 7), (0.3, 0.01, 2), (0.0, 0.01, 0), (0.7, 0.01, 6)]:
+        with VideoReader(tmp_path / "c.mp4", start=start, duration=duration) as r:
+            got = list(r.frames())
+            assert r.total == len(got) == 1 and got[0][1] == 0, (start, duration)
+            assert np.array_equal(np.asarray(got[0][0]), whole[index]), (start, duration)
 
 
 def test_a_start_past_any_time_a_streamed_webm_holds(tmp_path: Path) -> None:
