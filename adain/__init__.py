@@ -6,25 +6,25 @@ same namespace; the Stylizer loads torch on first use. ``Job`` and ``Limits`` ne
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
-
-from adain.errors import InvalidInputError, NoDecoderError
-from adain.wire import Limits
 
 __all__ = ["InvalidInputError", "Job", "Limits", "NoDecoderError", "Stylizer"]
 
 if TYPE_CHECKING:
+    from adain.errors import InvalidInputError, NoDecoderError
     from adain.job import Job
     from adain.stylizer import Stylizer
+    from adain.wire import Limits
+
+# Each name is imported on first use: adain.job imports numpy and Pillow, adain.wire protobuf, adain.stylizer
+# torch. Importing the package itself runs nothing, so a command's Ctrl-C as it starts reaches the command's own
+# handler (adain.commands), not a traceback from inside this file's imports.
+_HOMES = {"InvalidInputError": "adain.errors", "NoDecoderError": "adain.errors", "Job": "adain.job",
+          "Limits": "adain.wire", "Stylizer": "adain.stylizer"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Stylizer":
-        from adain.stylizer import Stylizer
-
-        return Stylizer
-    if name == "Job":  # adain.job imports numpy and Pillow (through adain.image): not for the thin client
-        from adain.job import Job
-
-        return Job
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'adain' has no attribute {name!r}")

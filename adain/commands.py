@@ -1,9 +1,10 @@
-"""The console commands ``adain-stylize`` and ``adain-web``, started before gRPC is imported: its core reads
-GRPC_VERBOSITY once, as it loads, and logs at INFO in a format of its own (a failed TLS handshake printed a
-line before the CLI's one-line error, and into adain-web's log). Its errors still show;
-a GRPC_VERBOSITY set by the user wins. (``adain-server`` calls :func:`quiet_grpc` in its main, which imports
-gRPC late.) Ctrl-C while they load (their first tenth of a second) is one line and exit 130, as later, not a
-traceback from inside an import."""
+"""The console commands ``adain-stylize``, ``adain-web`` and ``adain-server``, started before gRPC is imported:
+its core reads GRPC_VERBOSITY once, as it loads, and logs at INFO in a format of its own (a failed TLS handshake
+printed a line before the CLI's one-line error, and into adain-web's log). Its errors still show; a
+GRPC_VERBOSITY set by the user wins. (``adain-server`` calls :func:`quiet_grpc` in its main, which imports gRPC
+late.) Ctrl-C while they load (their first tenth of a second) is exit 130 (the CLI's and the page's with one
+line), as later, not a traceback from inside an import; ``import adain`` itself imports nothing (its names
+load on first use), so the window before these handlers is the interpreter's own start."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def stylize() -> int:
         from adain.client.cli import main
     except KeyboardInterrupt:
         return _interrupted("adain-stylize")
+    return main()
+
+
+def server() -> int:
+    """``adain-server``: its own main answers Ctrl-C while the model loads; this, while its modules load."""
+    try:
+        from adain.server.__main__ import main
+    except KeyboardInterrupt:
+        return 130
     return main()
 
 
