@@ -107,9 +107,9 @@ class VideoInfo:
         part by its video's duration; a 0 let a clip of any length past max_video_frames); 0 where it says
         nothing. Counted by the reader's own rules on a steady rate (``VideoReader._frames``): a part opens with
         the frame on screen at its start, however short the part, the nearest within half a frame counting as on
-        it (and coming at the start's time), and ends before the frame within half a frame of its end; a lower rate keeps the first frame at or past each tick, less half
-        a frame. Its span x its rate, rounded up, was a frame over (10 frames of 30 a second in 0.34 s came as
-        11), and a clip within a server's limit was refused."""
+        it (and coming at the start's time), and ends before the frame within half a frame of its end; a lower
+        rate keeps the first frame at or past each tick, less half a frame. Its span x its rate, rounded up, was a
+        frame over (10 frames of 30 a second in 0.34 s came as 11), and a clip within a server's limit was refused."""
         native = float(self.rate)
         first, stop = 0, self.length  # frames [first, stop) at the clip's own rate
         if (start > 0 or end < math.inf) and self.video_duration:
