@@ -433,12 +433,16 @@ def _http1_peer(details: str) -> bool:
     return m is not None and (m.group(1) is None or 0x21 <= int(m.group(1)) <= 0x7E)
 
 
-def _cli_words(said: str) -> str:
+def _cli_words(said: str, args: argparse.Namespace) -> str:
     """What the server suggests, in this command's words: its RPCs and request fields as the flags that do it
-    (a print's reply over the message limit said "ask for format JPEG or a smaller content_size")."""
+    (a print's reply over the message limit said "ask for format JPEG or a smaller content_size"; JPEG is asked
+    for by -o's extension where -o names a file: --format beside a .png file is refused)."""
+    output = getattr(args, "output", None)
+    one_file = output and isinstance(args.content, (str, Path)) and not _names_folder(output)  # (set by _run)
+    jpeg = f"a .jpg output (-o {Path(output).with_suffix('.jpg')})" if one_file else "--format jpeg"
     return (said.replace("see ListStyles", "see --list-styles")
             .replace("register it with RegisterStyle", "pass its image instead (--style FILE)")
-            .replace("ask for format JPEG", "ask for --format jpeg")
+            .replace("ask for format JPEG", f"ask for {jpeg}")
             .replace("or a smaller content_size", "or a smaller --size"))
 
 
@@ -459,10 +463,32 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; see --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
-        return _cli_words(_in_cli_terms(e, args) if cli_terms else e.details)
+        return _cli_words(_in_cli_terms(e, args) if cli_terms else e.details, args)
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
-    return f"{e.code.name}: {_cli_words(e.details)}"
+    if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and (over := _REQUEST_OVER_RE.search(e.details)):
+        return _request_over_limit(int(over.group(1)), int(over.group(2)), args)
+    return f"{e.code.name}: {_cli_words(e.details, args)}"
+
+
+# gRPC's own refusal of a request over the server's receive limit (no handler of ours runs to name a field)
+_REQUEST_OVER_RE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _request_over_limit(size: int, limit: int, args: argparse.Namespace) -> str:
+    """A request over the server's message limit, with the largest file it carried by its flag: gRPC said only
+    "RESOURCE_EXHAUSTED: SERVER: Received message larger than max (12018771 vs. 1048576)"."""
+    content, labels = getattr(args, "content", None), getattr(args, "labels", None)  # (none in --list-styles')
+    sent = [(None, content)] if isinstance(content, (str, Path)) else []  # one content (a folder run's args:
+    sent += [("--style", parse_style(spec)[0]) for spec in getattr(args, "style", None) or []]  # its own)
+    sent += [("--mask", m) for m in getattr(args, "mask", None) or []] + ([("--labels", labels)] if labels else [])
+    sizes = [(os.path.getsize(path), flag, str(path)) for flag, path in sent if os.path.isfile(path)]
+    said = (f"the request, {size:,} bytes, is over the server's message limit of {limit:,} bytes (its "
+            "--max-message-mb)")
+    if not sizes:
+        return said
+    bytes_, flag, path = max(sizes)
+    return f"{said}; the largest file in it: {f'{flag} ' if flag else ''}{path}, {bytes_:,} bytes: send it smaller"
 
 
 # the request's own fields (StylizeRequest, VideoOptions) -> the flags that set them

@@ -138,7 +138,11 @@ def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
     assert _describe(e, args).endswith("or a smaller --size")  # the flag, not the request's field
     e = StyleTransferError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the output is 448x298 as PNG, 301,878 bytes, over "
                            "the reply limit of 61,440 bytes: ask for format JPEG or a smaller content_size")
-    assert _describe(e, args).endswith("ask for --format jpeg or a smaller --size"), _describe(e, args)
+    # JPEG asked for as this command can: by -o's extension for one file (--format beside o.png is refused), by
+    # --format for a folder of outputs
+    assert _describe(e, args).endswith("ask for a .jpg output (-o o.jpg) or a smaller --size"), _describe(e, args)
+    folder = build_parser().parse_args(["c.png", "d.png", "-s", "a.png", "-o", "out"])
+    assert _describe(e, folder).endswith("ask for --format jpeg or a smaller --size"), _describe(e, folder)
 
 
 # --- before anything is sent --------------------------------------------------------------------------------------

@@ -602,6 +602,25 @@ def test_message_over_the_limit(limited) -> None:
     _good_call(client)
 
 
+def test_the_cli_names_the_largest_file_of_a_request_over_the_limit(limited, tmp_path: Path, capsys) -> None:
+    """Found by an outside tester: a style over the server's message limit got gRPC's own words,
+    "RESOURCE_EXHAUSTED: SERVER: Received message larger than max (12018771 vs. 1048576)", naming no file or flag."""
+    from adain.client.cli import main
+
+    srv, _ = limited
+    (tmp_path / "c.png").write_bytes(CONTENT)
+    big = tmp_path / "big style.png"
+    big.write_bytes(make_image(16, 16) + b"\0" * (1536 * 1024))
+    out = tmp_path / "o.png"
+    argv = [str(tmp_path / "c.png"), "-s", str(big), "-o", str(out), "--server", srv.target, "--retries", "0"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"adain-stylize: error: the request, [\d,]+ bytes, is over the server's message limit of "
+                        rf"1,048,576 bytes \(its --max-message-mb\); the largest file in it: --style "
+                        rf"{re.escape(str(big))}, {big.stat().st_size:,} bytes: send it smaller", err), err
+    assert not out.exists()
+
+
 def test_the_page_answers_an_upload_over_the_servers_message_limit_413(limited) -> None:
     """adain-web with --max-upload-mb above the server's --max-message-mb: the server's gRPC refuses such a
     request (RESOURCE_EXHAUSTED), which the page answered 429 "busy, try again" (never helping). Now 413 saying
