@@ -450,6 +450,9 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
     """A failed call in the CLI's words; ``cli_terms``: the request's field names as the flags and files
     that set them (one content's request: its styles[i] are the --style flags in order)."""
     server = args.server
+    if e.code == grpc.StatusCode.UNAVAILABLE and "Cancelling all calls" in e.details:  # gRPC's server stop
+        return (f"the server at {server} stopped during the call (UNAVAILABLE: {e.details}): it was shut down, and "
+                "this call ran past its drain (adain-server --grace-seconds); run it again once a server is up")
     if e.code == grpc.StatusCode.UNAVAILABLE:
         tls = args.tls or args.ca_cert or args.client_cert
         hint = "; over TLS: is --ca-cert the server's CA, and does it want a --client-cert?" if tls else ""

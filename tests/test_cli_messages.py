@@ -143,6 +143,9 @@ def test_the_fields_of_a_reply_without_details_and_of_a_folder_run() -> None:
     assert _describe(e, args).endswith("ask for a .jpg output (-o o.jpg) or a smaller --size"), _describe(e, args)
     folder = build_parser().parse_args(["c.png", "d.png", "-s", "a.png", "-o", "out"])
     assert _describe(e, folder).endswith("ask for --format jpeg or a smaller --size"), _describe(e, folder)
+    # a server stopped mid-call (gRPC's words as it cuts the calls left after the drain) was "cannot reach"
+    e = StyleTransferError(grpc.StatusCode.UNAVAILABLE, "Cancelling all calls")
+    assert _describe(e, args).startswith(f"the server at {args.server} stopped during the call"), _describe(e, args)
 
 
 # --- before anything is sent --------------------------------------------------------------------------------------
