@@ -86,7 +86,25 @@ class _OnlyWithListStyles(argparse.Action):
         parser.error("--thumbnails DIR goes with --list-styles (adain-stylize --list-styles --thumbnails DIR)")
 
 
+class _Once(argparse._StoreAction):
+    """A flag that takes one value, given twice: refused (argparse kept the last, so ``-o a.png -o b.png``
+    wrote b.png alone, without a word), as the page's API refuses a field given twice."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        seen = namespace.__dict__.setdefault("_flags_given", set())
+        if self.dest in seen:
+            parser.error(f"{'/'.join(self.option_strings)}: given twice, and it takes one value")
+        seen.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)  # every flag of one value (positionals take theirs once anyway)
+        self.register("action", "store", _Once)
+
     def error(self, message: str) -> NoReturn:  # one line, no usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 

@@ -293,6 +293,19 @@ def test_the_servers_token_file_given_to_the_client(files: dict[str, Path], tmp_
                            "printable ASCII without spaces"), line
 
 
+def test_a_flag_of_one_value_given_twice_is_refused(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Found by an outside tester: argparse kept the last, so -o a.png -o b.png wrote b.png alone, and
+    --alpha 0.5 --alpha 0.7 ran at 0.7, without a word; the page's API refuses a field given twice."""
+    c, a = str(files["content.png"]), str(files["a.png"])
+    srv = ["--server", f"127.0.0.1:{free_port()}"]  # refused before any call
+    out = tmp_path / "out"
+    for twice, flags in ((["-o", f"{out}/x.png", f"--output={out}/y.png"], "-o/--output"),
+                         (["--alpha", "0.5", "--alpha", "0.7", "-o", f"{out}/z.png"], "--alpha")):
+        assert _error([c, "-s", a, *twice, *srv], capsys, code=2) == (
+            f"{flags}: given twice, and it takes one value (see --help)")
+    assert not out.exists()
+
+
 def test_outputs_named_without_a_usable_extension(files: dict[str, Path], tmp_path: Path, capsys) -> None:
     c, a = str(files["content.png"]), str(files["a.png"])
     srv = ["--server", f"127.0.0.1:{free_port()}"]  # refused before any call
