@@ -10,6 +10,22 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
+
+
+def package_version() -> str:
+    """This install's version (``--version``, GetServerInfo's server_version); "unknown" from a bare checkout."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("adain")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_version_arg(p: Any, prog: str) -> None:
+    """--version on an argparse parser: the command and this install's version."""
+    p.add_argument("--version", action="version", version=f"{prog} {package_version()}")
 
 
 def quiet_grpc() -> None:

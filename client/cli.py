@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 import grpc
 
 from adain.argtypes import int_in_range, non_negative_float, non_negative_int, one_of, positive_float, unit_interval
+from adain.commands import add_version_arg
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its kind.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_arg(p, PROG)
     p.add_argument("content", metavar="CONTENT", nargs="+",
                    help="content image or video (MP4, MOV, MKV, WebM, animated GIF); or several, or folders of them "
                    "(every content x every style, into the -o folder)")

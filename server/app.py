@@ -20,7 +20,6 @@ import socket
 import sys
 import time
 from dataclasses import replace
-from importlib import metadata
 from typing import Any
 
 import grpc
@@ -28,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
+from adain.commands import package_version
 from adain.errors import InvalidInputError
 from adain.image import input_formats
 from adain.job import Job
@@ -58,13 +58,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DRAIN_LINGER_S = 0.5  # after the drain: how long late calls are refused before the server stops
 
 
-def _package_version() -> str:
-    try:
-        return metadata.version("adain")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
     """GetServerInfo's reply: the model as the Stylizer reports it (limits included: what it enforces),
     the server's own limits and batching settings."""
@@ -81,7 +74,7 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
         cpu_model=model["cpu_model"],
         cpu_features=model["cpu_features"],
         input_formats=input_formats(),
-        server_version=_package_version(),
+        server_version=package_version(),
         limits=pb.Limits(
             max_pixels=limits["max_pixels"],
             max_content_side=limits["max_content_side"],

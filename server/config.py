@@ -20,6 +20,7 @@ from adain.argtypes import (
     positive_float,
     unit_interval,
 )
+from adain.commands import add_version_arg
 from adain.precision import BACKENDS, COMPILE_SIZE_RULE, PRECISIONS, is_compile_size
 from adain.wire import (
     DEFAULT_HOST,
@@ -313,6 +314,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "Prometheus metrics). Every flag can also be set with an environment variable, shown in its help; "
         "a flag on the command line wins.",
     )
+    add_version_arg(parser, "adain-server")
     for flag, (kind, help_text) in _OPTIONS.items():
         attr = flag.replace("-", "_")
         default = getattr(defaults, attr)

@@ -377,3 +377,18 @@ def test_connect_names_the_token_variable(monkeypatch, files: dict[str, Path], t
     line = _error([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png"), "--server",
                    f"127.0.0.1:{free_port()}"], capsys)
     assert line.startswith("$ADAIN_TOKEN: a token is printable ASCII"), line
+
+
+def test_each_command_says_its_version(capsys) -> None:
+    """--version: "adain-stylize --version" asked for CONTENT, --style and -o (an outside tester)."""
+    from importlib.metadata import version
+
+    from adain.server.config import parse_settings
+    from adain.web.__main__ import parse_args
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"adain-stylize {version('adain')}\n"
+    for prog, parse in (("adain-server", parse_settings), ("adain-web", parse_args)):
+        with pytest.raises(SystemExit) as exited:
+            parse(["--version"])
+        assert exited.value.code == 0 and capsys.readouterr().out == f"{prog} {version('adain')}\n"

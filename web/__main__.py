@@ -23,6 +23,7 @@ from adain.client.cli import (
     on_sigterm,
     served,
 )
+from adain.commands import add_version_arg
 
 if TYPE_CHECKING:
     from adain.client import StyleTransferClient
@@ -33,6 +34,7 @@ START_HEALTH_TIMEOUT_S = 5.0  # the one look at the server at start (in a thread
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="adain-web", description=__doc__)
+    add_version_arg(p, "adain-web")
     add_connection_args(p)
     add_local_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
