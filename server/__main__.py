@@ -107,6 +107,8 @@ def _busy_port(settings: Settings) -> str | None:
     checks again. gRPC takes a port when it can bind any address of the host (``[::]`` falls back to 0.0.0.0),
     so its ports are busy only when every one is; the metrics exporter binds the first address alone."""
     host, in_use = settings.host, os.strerror(errno.EADDRINUSE)
+    if why := _host_error(host):  # gRPC's own log line, then "another adain-server?", said nothing of the host
+        return f"cannot listen on {host}:{settings.port}: {why}"
     # A second server on one machine trips on the fixed defaults: say what gets it going (--port 0 picks a free
     # port; --metrics-port 0 or negative serves no metrics, see config.py's help: no free-port choice there).
     ports = [(settings.port, True,
@@ -131,6 +133,26 @@ def _listened_on(host: str, port: int, every_address: bool) -> bool:
         addresses.append((socket.AF_INET, socket.SOCK_STREAM, 0, ("0.0.0.0", port)))
     refused = [_bind_refused(*a) for a in (addresses if every_address else addresses[:1])]
     return bool(refused) and all(refused)
+
+
+def _host_error(host: str) -> str | None:
+    """Why the server cannot listen on ``host`` at all, before the model loads: a name that does not resolve
+    (found after it, by the metrics exporter), an address no interface of this machine has (gRPC's log line)."""
+    hint = "give one of this machine's addresses or names, or 0.0.0.0 or [::] for all of them"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        return f"{e.strerror} (--host: {hint})"
+    except (OSError, ValueError):  # a malformed name (UnicodeError): the start's own error
+        return None
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            return (f"{e.strerror} (--host {host} is no address of this machine: give one of its own, or 0.0.0.0 "
+                    "or [::] for all of them)")
+    return None
 
 
 def _bind_refused(family: int, kind: int, proto: int, address: tuple) -> bool:

@@ -929,6 +929,21 @@ def test_no_installed_decoder_exits_with_the_library_message(tmp_path: Path) -> 
     assert "no trained decoder is installed" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_host_that_is_not_this_machines_is_a_clear_error(decoder_path: Path) -> None:
+    """Found by an outside tester: --host 1.2.3.4 printed gRPC's own log line, then a hint about a port another
+    server holds; a name that does not resolve failed only after the model loaded (seconds)."""
+    for host, said in (("192.0.2.1", "--host 192.0.2.1 is no address of this machine"),  # TEST-NET-1
+                       ("no-such-host.invalid", "(--host: give one of this machine's addresses or names")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "adain.server", "--host", host, "--port", "0", "--decoder", str(decoder_path),
+             "--metrics-port", "0", "--torch-threads", "1", "--log-level", "INFO"],
+            capture_output=True, text=True, timeout=120,
+        )
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr  # before the model loads, gRPC's log too
+        assert lines[0].startswith(f"adain-server: error: cannot listen on {host}:0: ") and said in lines[0], lines
+
+
 def test_busy_port_is_a_clear_error(server: ServerProcess, decoder_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "adain.server", "--port", str(server.port), "--decoder", str(decoder_path),
