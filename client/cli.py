@@ -200,7 +200,7 @@ def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
         raise CliError("--client-cert and --client-key go together")
     token = None if args.token_file else (os.environ.get("ADAIN_TOKEN") or "").strip() or None
     for flag, path in (("--ca-cert", args.ca_cert), ("--client-cert", args.client_cert),
-                       ("--client-key", args.client_key), ("--token-file", args.token_file)):
+                       ("--client-key", args.client_key), (_named(args, "token_file"), args.token_file)):
         if path and not os.path.isfile(path):
             raise CliError(f"{flag}: no such file: {path}")
     try:
@@ -211,9 +211,23 @@ def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
         )
     except StyleTransferError as e:  # a file the client could not read, or a --server it cannot use
         field, detail = (_violations(e) or [("", "")])[0]
-        raise CliError(f"{_CLIENT_FLAGS[field]}: {detail}" if field in _CLIENT_FLAGS else e.details) from None
+        raise CliError(f"{_named(args, field)}: {detail}" if field in _CLIENT_FLAGS else e.details) from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise CliError(f"--token-file: {e}" if args.token_file else str(e)) from None
+        raise CliError(f"{_named(args, 'token_file')}: {e}" if args.token_file else str(e)) from None
+
+
+# the connection flags whose default is a variable's: named as the variable where the value came from it
+_FLAG_VARIABLES = {"server": "ADAIN_SERVER", "token_file": "ADAIN_TOKEN_FILE"}
+
+
+def _named(args: argparse.Namespace, field: str) -> str:
+    """The flag that set a client argument, or the variable where the command line gave none (ADAIN_SERVER=x
+    was reported as "--server: x: no port" by a command given no --server). ``args.local_given``: the flags
+    given (:func:`local_conflicts`)."""
+    variable = _FLAG_VARIABLES.get(field)
+    if variable and os.environ.get(variable) and _CLIENT_FLAGS[field] not in getattr(args, "local_given", ()):
+        return f"${variable}"
+    return _CLIENT_FLAGS[field]
 
 
 COLOR_CHOICES = (*COLOR_MODES, "none")  # --preserve-color's: none is sent, and overrides a preset's mode

@@ -392,3 +392,18 @@ def test_each_command_says_its_version(capsys) -> None:
         with pytest.raises(SystemExit) as exited:
             parse(["--version"])
         assert exited.value.code == 0 and capsys.readouterr().out == f"{prog} {version('adain')}\n"
+
+
+def test_a_connection_value_from_a_variable_is_named_as_the_variable(files: dict[str, Path], tmp_path: Path,
+                                                                     capsys, monkeypatch) -> None:
+    """ADAIN_SERVER=garbage with no --server was "--server: garbage: no port" (an outside tester)."""
+    argv = [str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png")]
+    monkeypatch.setenv("ADAIN_SERVER", "garbage")
+    assert _error(argv, capsys).startswith("$ADAIN_SERVER: garbage: no port")
+    assert _error([*argv, "--server", "junk"], capsys).startswith("--server: junk: no port")
+    monkeypatch.setenv("ADAIN_SERVER", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ADAIN_TOKEN_FILE", str(tmp_path / "none"))
+    assert _error(argv, capsys) == f"$ADAIN_TOKEN_FILE: no such file: {tmp_path / 'none'}"
+    given = _error([*argv, "--token-file", str(tmp_path / "no")], capsys)
+    assert given == f"--token-file: no such file: {tmp_path / 'no'}"
+    assert not (tmp_path / "o.png").exists()
