@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from PIL import Image
 
+from adain.errors import counted
 from adain.files import write_whole
 from adain.photo import EXIF_ORIENTATION, allow_pixels, grey_key_in_levels, without_layout
 from adain.v1 import style_transfer_pb2 as pb
@@ -1161,7 +1162,8 @@ def _fill_regions(
     n = len(msg.styles)
     for name, values in (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas)):
         if values is not None and len(values) != n:
-            raise _local_error(name, f"{len(values)} {name.replace('_', ' ')} for {n} styles (one per style)")
+            raise _local_error(name, f"{counted(len(values), name.replace('_', ' ')[:-1])}"
+                                     f" for {counted(n, 'style')} (one per style)")
     for i, style in enumerate(msg.styles):
         if masks is not None:
             style.mask = image_bytes(masks[i], f"styles[{i}].mask", max_bytes)

@@ -39,6 +39,7 @@ import grpc
 
 from adain.argtypes import int_in_range, non_negative_float, non_negative_int, one_of, positive_float, unit_interval
 from adain.commands import add_version_arg
+from adain.errors import counted
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -677,21 +678,24 @@ def _region_options(args: argparse.Namespace) -> dict[str, Any]:
         out["mask"] = masks[0]
     elif masks:
         if len(masks) != n:
-            raise CliError(f"--mask: {len(masks)} masks for {n} styles (give one per --style, in order)")
+            raise CliError(f"--mask: {counted(len(masks), 'mask')}"
+                           f" for {counted(n, 'style')} (give one per --style, in order)")
         out["masks"] = masks
     if args.labels is not None:
         if masks:
             raise CliError("--labels: give regions either by --mask or by --labels, not both")
         labels = args.label or []
         if len(labels) != n:
-            raise CliError(f"--label: {len(labels)} labels for {n} styles (give one per --style, in order)")
+            raise CliError(f"--label: {counted(len(labels), 'label')}"
+                           f" for {counted(n, 'style')} (give one per --style, in order)")
         out["labels"] = _image_arg(args.labels, "--labels")
         out["label_values"] = [_label_arg(v) for v in labels]
     elif args.label:
         raise CliError("--label needs --labels (the label image)")
     if args.region_alpha:
         if len(args.region_alpha) != n:
-            raise CliError(f"--region-alpha: {len(args.region_alpha)} values for {n} styles (one per --style)")
+            raise CliError(f"--region-alpha: {counted(len(args.region_alpha), 'value')}"
+                           f" for {counted(n, 'style')} (one per --style)")
         out["region_alphas"] = args.region_alpha
     return out
 

@@ -18,6 +18,7 @@ from adain.image import to_tensor
 from adain.job import Job
 from adain.ops import adain, mean_std
 from adain.stylizer import _pinned
+from adain.wire import Limits
 from synth import encoded, synth_image
 
 torch.set_num_threads(1)
@@ -415,3 +416,13 @@ def test_a_style_too_small_to_carry_one_is_refused(stylizer: Stylizer) -> None:
             stylizer.stylize(CONTENT, [STYLE_A, encoded(synth_image(*size, seed=4))])
         assert e.value.field == "styles[1]" and f"{used} px as used" in str(e.value), e.value
     assert stylizer.stylize(CONTENT, encoded(synth_image(16, 16, seed=4))).size == (96, 64)
+
+
+def test_counts_in_messages_are_in_words() -> None:
+    """"0 labels for 1 styles" (an outside tester): one is singular."""
+    with pytest.raises(InvalidInputError) as err:
+        Job(STYLE_A, [STYLE_A], labels=Image.new("L", (8, 8)), label_values=[]).check(Limits())
+    assert "0 labels for 1 style (one per style)" in str(err.value), str(err.value)
+    with pytest.raises(InvalidInputError) as err:
+        Job(STYLE_A, [STYLE_A, STYLE_B], weights=[1]).check(Limits())
+    assert "1 weight for 2 styles" in str(err.value), str(err.value)
