@@ -37,7 +37,15 @@ from typing import Any, NoReturn
 
 import grpc
 
-from adain.argtypes import int_in_range, non_negative_float, non_negative_int, one_of, positive_float, unit_interval
+from adain.argtypes import (
+    int_in_range,
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from adain.commands import add_version_arg
 from adain.errors import counted
 from adain.files import check_writable
@@ -307,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "output file takes its extension's")
     add_connection_args(p)
     add_local_arg(p)
-    p.add_argument("-j", "--jobs", type=non_negative_int, default=4, metavar="N",
+    p.add_argument("-j", "--jobs", type=positive_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
     p.add_argument("--temporal", type=one_of(TEMPORAL_MODES), default=None, metavar="MODE",
                    help=f"video: how frames are kept stable in time: {', '.join(TEMPORAL_MODES)} (default: the "
@@ -435,6 +443,8 @@ def _style_source(spec: str, source: str) -> StyleRef | Preset | Path:
         hint = ""
         if source == spec and ":" in spec:  # a suffix that is no weight was taken as part of the name
             hint = f" (the part after the last ':', {spec.rpartition(':')[2]!r}, is not a number, so it is no weight)"
+        elif source != spec and Path(spec).is_file():  # a file named "st:2" whose suffix was read as a weight
+            hint = f" (the file {spec} exists: its ':{spec.rpartition(':')[2]}' was read as a weight; give {spec}:1)"
         elif not path.suffix and len(path.parts) == 1:
             hint = f" (a style of the server's library is id:{source}; --list-styles lists them)"
         raise CliError(f"--style {spec}: no such file: {source}{hint}")
@@ -911,7 +921,12 @@ def _content_files(paths: list[Path]) -> list[Path]:
             found = sorted(p for p in path.iterdir()  # not hidden files (macOS's ._photo.jpg is no photo)
                            if p.is_file() and p.suffix.lower() in known and not p.name.startswith("."))
             if not found:
-                raise CliError(f"{path}: no images or videos in this folder ({', '.join(known)})")
+                inner = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+                deeper = ""
+                if inner:  # a folder of folders (one an album): said, not searched
+                    shown = ", ".join(inner[:3]) + (", ..." if len(inner) > 3 else "")
+                    deeper = f"; its subfolders ({shown}) are not searched: give them as CONTENT too"
+                raise CliError(f"{path}: no images or videos in this folder ({', '.join(known)}){deeper}")
             files += found
         else:
             _check_readable(path, "CONTENT", allow_empty=True)  # the server names it, and the others go on
@@ -962,7 +977,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             raise CliError(f"-o {shown}: that is the content folder {folder}: the outputs would be taken as "
                            "contents the next time; give another folder")
     fmt = args.format or "png"
-    _refuse_quality_for_png(args, fmt, "the outputs are (--format png, the default)")
+    _refuse_quality_for_png(args, fmt, f"the outputs are (--format png{'' if args.format else ', the default'})")
     ext = FORMAT_SUFFIXES[fmt]
     named = _style_names(styles)
     tasks = [(c, source, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for source, stem in named]

@@ -407,3 +407,25 @@ def test_a_connection_value_from_a_variable_is_named_as_the_variable(files: dict
     given = _error([*argv, "--token-file", str(tmp_path / "no")], capsys)
     assert given == f"--token-file: no such file: {tmp_path / 'no'}"
     assert not (tmp_path / "o.png").exists()
+
+
+def test_small_refusals_an_outside_tester_found_unclear(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """-j 0 was taken; a folder whose images are in subfolders said only "no images"; --format png given said
+    "(--format png, the default)"; a style file named st:2 was "no such file: st", no word of the weight."""
+    c, a = str(files["content.png"]), str(files["a.png"])
+    srv = ["--server", f"127.0.0.1:{free_port()}"]  # refused before any call
+    out = f"{tmp_path}/out/"
+    assert _error([c, "-s", a, "-o", out, "-j", "0", *srv], capsys, code=2) == (
+        "argument -j/--jobs: must be >= 1, got 0 (see --help)")
+    (tmp_path / "album" / "2025").mkdir(parents=True)
+    (tmp_path / "album" / "2025" / "p.png").write_bytes(files["content.png"].read_bytes())
+    assert _error([str(tmp_path / "album"), "-s", a, "-o", out, *srv], capsys).endswith(
+        "; its subfolders (2025) are not searched: give them as CONTENT too")
+    assert _error([c, c, "-s", a, "-o", out, "--format", "png", "--quality", "80", *srv], capsys) == (
+        "--quality: only for JPEG and WebP outputs; the outputs are (--format png) PNG, which is lossless")
+    named = tmp_path / "st:2"
+    named.write_bytes(files["a.png"].read_bytes())
+    assert _error([c, "-s", str(named), "-o", out, *srv], capsys) == (
+        f"--style {named}: no such file: {tmp_path / 'st'} (the file {named} exists: its ':2' was read as a weight; "
+        f"give {named}:1)")
+    assert not (tmp_path / "out").exists()
