@@ -142,7 +142,7 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     except Image.DecompressionBombError as e:  # over twice our own limit: Pillow's guard, raised to it, says first
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         raise InvalidInputError(field, f"image is {pixels[1] + ' pixels, over' if pixels else 'over'} the limit of "
-                                f"{max_pixels}") from e
+                                f"max_pixels={max_pixels}") from e
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - any header a plugin cannot parse is the file's fault, not ours: a
@@ -428,7 +428,8 @@ def _checked_size(img: Image.Image, field: str, max_pixels: int) -> tuple[int, i
     if w <= 0 or h <= 0:
         raise InvalidInputError(field, f"image has zero size ({w} x {h})")
     if w * h > max_pixels:
-        raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of {max_pixels}")
+        raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of "
+                                f"max_pixels={max_pixels}")
     return w, h
 
 
