@@ -38,6 +38,7 @@ from adain.wire import (
     END_USER_KEY,
     FORMAT_BY_ENUM,
     FORMAT_ENUM,
+    FORMAT_SUFFIXES,
     OPTIMIZER_ENUM,
     PRESET_PREFIX,
     REFINE_INIT_ENUM,
@@ -48,6 +49,7 @@ from adain.wire import (
     TEMPORAL_ENUM,
     TOKEN_RE,
     color_mode,
+    format_from_suffix,
     format_name,
     label_value,
 )
@@ -192,9 +194,14 @@ class StylizeResult:
         return _decoded(self.image, self.width * self.height)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the encoded bytes as they are (use a file extension that matches ``format``), whole or not
-        at all (see :func:`adain.files.write_whole`)."""
+        """Write the encoded bytes as they are, whole or not at all (see :func:`adain.files.write_whole`). A
+        path whose extension names another output format is a ValueError: ``save("out.jpg")`` on a PNG result
+        wrote PNG bytes under .jpg (ask for ``format="jpeg"``, or name it .png)."""
         path = Path(path)
+        named = format_from_suffix(path.suffix)
+        if named is not None and named != self.format:
+            raise ValueError(f"{path}: this result is {self.format.upper()} and {path.suffix} names "
+                             f"{named.upper()}: ask for format={named!r}, or save it as {FORMAT_SUFFIXES[self.format]}")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_whole(path, self.image)
         return path

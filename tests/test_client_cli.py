@@ -73,6 +73,12 @@ def test_client_accepts_paths_bytes_pil_and_tuples(client: StyleTransferClient, 
     assert (by_path.width, by_path.height) == (64, 48)  # b.jpg is a JPEG: close, not equal
     saved = by_bytes.save(files["content.png"].parent / "sub" / "out.png")
     assert Image.open(saved).size == (64, 48)
+    # an extension that names another format: PNG bytes were written under .jpg (an outside tester)
+    with pytest.raises(ValueError, match=r"out.jpg: this result is PNG and .jpg names JPEG: ask for "
+                                         r"format='jpeg', or save it as .png"):
+        by_bytes.save(files["content.png"].parent / "out.jpg")
+    assert not (files["content.png"].parent / "out.jpg").exists()
+    assert by_bytes.save(files["content.png"].parent / "out.bin").read_bytes() == by_bytes.image  # no format named
     assert by_bytes.to_pil().mode == "RGB"
 
 
