@@ -1023,7 +1023,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
         with lock:
             served[result.served_by or "?"] += 1
 
-    failed = 0
+    failed, told = 0, set()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
         futures = {pool.submit(one, *t): t for t in tasks}
         pending = set(futures)
@@ -1042,7 +1042,9 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                         if not _this_content_only(err):
                             raise CliError(said)
                         failed += 1  # a bad or too large content image: say so and go on with the others
-                        bar.write(f"{PROG}: error: {said}", file=sys.stderr)
+                        if said not in told:  # once, not once per style (the same line, nothing between them)
+                            told.add(said)
+                            bar.write(f"{PROG}: error: {said}", file=sys.stderr)
                         continue
                     if isinstance(err, OSError):
                         raise CliError(f"{out}: cannot write: {err.strerror or err}")
