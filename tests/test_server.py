@@ -1028,8 +1028,8 @@ def test_help_lists_flags_env_and_defaults() -> None:
         if line.startswith("  -"):
             flag = line.split()[0]
         options[flag] = f"{options.get(flag, '')} {line.strip()}".strip()
-    assert sorted(options) == sorted(["-h,", *(f"--{flag}" for flag in _OPTIONS)])
-    del options["-h,"]
+    assert sorted(options) == sorted(["-h,", "--version", *(f"--{flag}" for flag in _OPTIONS)])
+    del options["-h,"], options["--version"]  # argparse's own: no variable
     for flag, line in options.items():
         assert line.count("default:") == 1, line
         assert re.search(rf"\(default: [^;()\s][^;()]*; env {env_name(flag[2:])}\)$", line), line
