@@ -8,6 +8,7 @@ import io
 import ipaddress
 import json
 import math
+import numbers
 import os
 import re
 import stat
@@ -16,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +184,7 @@ class RefineProgress:
 class StylizeResult:
     """A stylized image as the server encoded it (``format``: "png", "jpeg" or "webp")."""
 
-    image: bytes
+    image: bytes = dataclass_field(repr=False)  # (print(result) showed hundreds of KB of it)
     width: int
     height: int
     format: str
@@ -211,7 +213,7 @@ class StylizeResult:
 class VideoFrameResult:
     """One stylized frame of a StylizeVideo stream (``index`` counts from 0, in the order sent)."""
 
-    image: bytes
+    image: bytes = dataclass_field(repr=False)
     index: int
     width: int
     height: int
@@ -339,6 +341,9 @@ def no_deadline_past(timeout: float | None) -> float | None:
     """A timeout as gRPC takes it: over NO_DEADLINE_S (inf too) none; gRPC counts a deadline in int64
     nanoseconds, and ~7.4e9 s or more overflowed into one already past (DEADLINE_EXCEEDED at once, which told
     the caller to give a longer --timeout)."""
+    if timeout is not None and (isinstance(timeout, (str, bool)) or not isinstance(timeout, numbers.Real)
+                                or not timeout > 0):  # 0 was "passed while queued", -1 a bare "Deadline Exceeded"
+        raise _local_error("timeout", f"must be a number of seconds > 0 (None: no deadline), got {timeout!r}")
     return None if timeout is not None and timeout >= NO_DEADLINE_S else timeout
 
 
@@ -370,12 +375,31 @@ def _style_message(style: Any, weight: float | None, i: int, max_bytes: int | No
     return msg
 
 
+def _per_style(values: Any, name: str) -> list[Any] | None:
+    """A per-style argument (weights, masks, label_values, region_alphas) as a list: a string was taken apart
+    character by character (weights="10" ran as [1, 0], without a word), a float raised TypeError."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes, bytearray, memoryview, Image.Image)) or not isinstance(values, Iterable):
+        raise _local_error(name, f"must be a list, one per style; got a {type(values).__name__}")
+    return list(values)
+
+
+def _is_preset(style: Any) -> bool:
+    return isinstance(style, Preset) or (isinstance(style, str) and style.startswith(PRESET_PREFIX))
+
+
 def _styles(styles: Any, weights: Sequence[float] | None, max_bytes: int | None = None) -> list[pb.Style]:
-    if isinstance(styles, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, StyleRef, tuple)):
+    if isinstance(styles, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, StyleRef, tuple)) or \
+            not isinstance(styles, Iterable):  # one style (None or a number: named as styles[0] below)
         styles = [styles]
     items = list(styles)
+    weights = _per_style(weights, "weights")
     if weights is not None and len(weights) != len(items):
-        raise _local_error("weights", f"{len(weights)} weights for {len(items)} styles")
+        raise _local_error("weights", f"{counted(len(weights), 'weight')} for {counted(len(items), 'style')}")
+    if any(_is_preset(item) for item in items):  # (it was "styles[0]: no such file: preset:calm-sea")
+        raise _local_error("preset", "a preset stands alone: it has its own styles and weights; give it by itself, "
+                           "not in a list with styles")
     out = []
     for i, item in enumerate(items):
         weight = None if weights is None else weights[i]
@@ -635,6 +659,10 @@ class _ClientBase:
     ) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
             raise ValueError(f"retries must be a whole number in [0, {MAX_RETRIES}] (gRPC's limit), got {retries!r}")
+        try:
+            no_deadline_past(timeout)
+        except StyleTransferError as e:
+            raise ValueError(e.details) from None
         self.target = target
         self.timeout = timeout
         self._registered: OrderedDict[str, bytes] = OrderedDict()  # styles this client registered, by id
@@ -664,13 +692,15 @@ class _ClientBase:
             )
         self._channel = self._open(target, creds, opts)
         self._stub = pb_grpc.StyleTransferStub(self._channel)
+        self._closed = False  # set by close(): a call after it is a StyleTransferError, not gRPC's ValueError
 
     def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
         raise NotImplementedError
 
     def _metadata(self, request_id: str | None, end_user: str | None = None) -> tuple[tuple[str, str], ...] | None:
         """What every call sends besides its request: the request id, the end user (for a front end's calls)
-        and the token, when there are."""
+        and the token, when there are. Every call asks for it first, so a closed client refuses here."""
+        self._check_open()
         metadata = ((REQUEST_ID_KEY, request_id),) if request_id else ()
         if end_user:
             metadata += ((END_USER_KEY, end_user),)
@@ -678,6 +708,11 @@ class _ClientBase:
         if token:
             metadata += ((AUTH_KEY, f"Bearer {token}"),)
         return metadata or None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StyleTransferError(grpc.StatusCode.FAILED_PRECONDITION, "this client is closed (close() or the end "
+                                     "of its with block); make a new one")
 
     def _deadline(self, timeout: float | None) -> float | None:
         return no_deadline_past(self.timeout if timeout is None else timeout)
@@ -768,6 +803,7 @@ class StyleTransferClient(_ClientBase):
         1.85). The CLI then hung on exit, 4 times in 160 SIGTERMs under load. So the close runs on a thread of
         its own and gets CLOSE_WAIT_S: past that it is left to the process's exit (the channel takes no new
         calls either way)."""
+        self._closed = True
         closer = threading.Thread(target=self._channel.close, name="adain-client-close", daemon=True)
         closer.start()
         closer.join(CLOSE_WAIT_S)
@@ -961,6 +997,7 @@ class StyleTransferClient(_ClientBase):
         draining) or "UNKNOWN"; raises StyleTransferError when the server cannot be reached."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        self._check_open()
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=no_deadline_past(timeout))
@@ -1167,6 +1204,8 @@ def _fill_regions(
 ) -> None:
     """Set the per-style mask, label and alpha (after the styles) and the labels image."""
     n = len(msg.styles)
+    masks, label_values, region_alphas = (_per_style(v, name) for v, name in (
+        (masks, "masks"), (label_values, "label_values"), (region_alphas, "region_alphas")))
     for name, values in (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas)):
         if values is not None and len(values) != n:
             raise _local_error(name, f"{counted(len(values), name.replace('_', ' ')[:-1])}"
@@ -1217,10 +1256,10 @@ def _fill_refine(
 
 
 def _float(value: Any, field: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise _local_error(field, f"not a number: {value!r}") from None
+    """A number's value: not a string ("0.5") or a bool, which float() took and the library refuses."""
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, numbers.Real):
+        raise _local_error(field, f"not a number: {value!r}")
+    return float(value)
 
 
 def _float32(value: Any, field: str) -> float:
@@ -1233,10 +1272,7 @@ def _float32(value: Any, field: str) -> float:
 
 
 def _uint(value: Any, field: str) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise _local_error(field, f"not a number: {value!r}") from None
+    number = _float(value, field)
     if not math.isfinite(number) or number < 0 or number != int(number) or number >= 2**32:
         raise _local_error(field, f"must be a whole number >= 0, got {value!r}")
     return int(number)

@@ -65,6 +65,7 @@ class AsyncStyleTransferClient(_ClientBase):
         return grpc.aio.insecure_channel(target, options=options)
 
     async def close(self) -> None:
+        self._closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncStyleTransferClient:
@@ -248,6 +249,7 @@ class AsyncStyleTransferClient(_ClientBase):
         """"SERVING", "NOT_SERVING" or "UNKNOWN" (needs grpcio-health-checking)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        self._check_open()
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),

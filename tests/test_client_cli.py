@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import stat
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adain.client import StyleRef, StyleTransferClient, StyleTransferError
+from adain.client import Preset, StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import CliError, main, parse_style
 from adain.wire import DEFAULT_ADDRESS
 from helpers import NO_REFINE, REPO, ServerProcess, free_port, library_stub, make_certificates
@@ -119,6 +120,58 @@ def test_local_input_errors_are_style_transfer_errors(client: StyleTransferClien
     with pytest.raises(StyleTransferError) as info:
         client.stylize(CONTENT, STYLE_A, preserve_color="sepia")
     assert info.value.details.startswith("preserve_color:")
+
+
+def test_the_clients_arguments_are_checked_as_the_librarys(server: ServerProcess) -> None:
+    """Found by an outside tester: weights="10" ran as [1, 0] without a word, masks="sky.png" was "7 masks";
+    weights=1.0, styles=None and region_alphas=0.5 raised TypeError; alpha="0.5" and alpha=True were sent; a
+    preset among styles was "no such file: preset:..."; timeout=0 or -1 came back as DEADLINE_EXCEEDED; a call
+    after close() raised gRPC's ValueError (the asyncio client's UsageError)."""
+    def refused(field: str, **kwargs) -> str:
+        with pytest.raises(StyleTransferError) as info:
+            c.stylize(CONTENT, kwargs.pop("styles", [STYLE_A, STYLE_B]), **kwargs)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.violations[0][0] == field, (
+            info.value.details)
+        return info.value.details
+
+    with StyleTransferClient(server.target, timeout=60) as c:
+        assert refused("weights", weights="10") == "weights: must be a list, one per style; got a str"
+        assert refused("weights", weights=1.0) == "weights: must be a list, one per style; got a float"
+        assert refused("masks", masks="sky.png") == "masks: must be a list, one per style; got a str"
+        assert refused("region_alphas", region_alphas=0.5).startswith("region_alphas: must be a list")
+        assert refused("label_values", labels=CONTENT, label_values=255).startswith("label_values: must be a list")
+        assert refused("weights", weights=[1]) == "weights: 1 weight for 2 styles"
+        assert refused("styles[0]", styles=None).startswith("styles[0]: ")
+        assert refused("styles[0]", styles=5).startswith("styles[0]: ")
+        for alpha in ("0.5", True):
+            assert refused("alpha", alpha=alpha) == f"alpha: not a number: {alpha!r}"
+        assert refused("preset", styles=["preset:calm-sea", STYLE_A]).startswith("preset: a preset stands alone")
+        assert refused("preset", styles=[STYLE_A, Preset("calm-sea")]).startswith("preset: a preset stands alone")
+        for timeout in (0, -1, math.nan, "5"):
+            with pytest.raises(StyleTransferError, match=r"^INVALID_ARGUMENT: timeout: must be a number of seconds"):
+                c.stylize(CONTENT, STYLE_A, timeout=timeout)
+        assert "image=" not in repr(c.stylize(CONTENT, STYLE_A))  # not hundreds of KB of bytes
+    with pytest.raises(ValueError, match="timeout: must be a number of seconds > 0"):
+        StyleTransferClient(server.target, timeout=0)
+    for call in (lambda: c.stylize(CONTENT, STYLE_A), c.health, c.list_styles):
+        with pytest.raises(StyleTransferError) as info:
+            call()
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "closed" in info.value.details
+
+    async def closed_async() -> str:
+        from adain.client.aio import AsyncStyleTransferClient
+
+        async with AsyncStyleTransferClient(server.target) as ac:
+            await ac.health()
+        try:
+            await ac.stylize(CONTENT, STYLE_A)
+        except StyleTransferError as e:
+            return e.code.name
+        return "no error"
+
+    import asyncio
+
+    assert asyncio.run(closed_async()) == "FAILED_PRECONDITION"
 
 
 def test_server_errors_carry_code_details_and_violations(client: StyleTransferClient) -> None:
