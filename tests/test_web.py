@@ -745,6 +745,34 @@ def test_uploads_over_the_limit_are_refused_before_they_are_read(web: WebProcess
     assert _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)]).status_code == 200  # still serving
 
 
+def test_the_page_polls_no_steps_a_call_cannot_have(tmp_path: Path) -> None:
+    """A photo call reports steps only as a refine or over the tile threshold; the page polled every call that
+    took over a second, and with the server down (a 503 after about 1.3 s of retries) each poll was a 404 in the
+    browser's console (an outside tester)."""
+    from selenium.webdriver.common.by import By
+
+    web = WebProcess(f"127.0.0.1:{free_port()}", "--timeout", "5")  # nothing listens there
+    browser = browser_or_skip()
+    try:
+        (tmp_path / "photo.png").write_bytes(CONTENT)
+        open_page_with(browser, web, tmp_path / "photo.png", "mosaic")
+        browser.execute_script("state.info.tile_threshold_pixels = 1000000")  # as a server's /api/info says
+        browser.execute_script(  # its answer 2 s late, as retries against a server going down made it
+            "const real = window.fetch; window.fetch = async (url, init) => { const r = await real(url, init);"
+            "if (String(url).endsWith('/api/stylize')) await new Promise((ok) => setTimeout(ok, 2000)); return r; }")
+        browser.find_element(By.ID, "submit").click()
+        wait_for(browser, lambda d: "not available" in d.find_element(By.ID, "form-error").text, timeout=30)
+        polls = [e["message"] for e in browser.get_log("browser") if "/api/progress/" in e["message"]]
+        assert not polls, polls
+        assert browser.execute_script("return hasSteps(0)") is False
+        assert browser.execute_script("return hasSteps(5)") is True  # a refine's
+        browser.execute_script("state.info.tile_threshold_pixels = 1000")  # 64 x 48 is over it: parts to follow
+        assert browser.execute_script("return hasSteps(0)") is True
+    finally:
+        browser.quit()
+        web.stop()
+
+
 def test_backend_down_is_503(tmp_path: Path) -> None:
     """503, and never the backend's internal address (gRPC's details name it): a fixed message to the public,
     the details in adain-web's log; a clip's job and the live camera alike."""

@@ -344,6 +344,7 @@ def create_app(
                 return known["limits"] or Limits()
             known["limits"], known["at"] = _limits(info.get("limits", {})), time.monotonic()
             known["video_frames"] = int(info.get("limits", {}).get("max_video_frames") or 0)
+            known["tile_threshold"] = int(info.get("limits", {}).get("tile_threshold_pixels") or 0)
         return known["limits"]
 
     def video_frames() -> int:
@@ -403,6 +404,8 @@ def create_app(
             "max_styles": limits.max_styles,
             "max_refine_steps": limits.max_refine_steps,
             "max_pixels": limits.max_pixels,
+            # photos over it render in parts, whose steps the page follows (0: never, or not known yet)
+            "tile_threshold_pixels": known.get("tile_threshold", 0),
             "color_modes": ["none", *COLOR_MODES],
             "formats": list(FORMATS),
             "video": None if jobs is None else {"max_upload_mb": settings.max_video_bytes / 2**20,

@@ -594,7 +594,7 @@ async function stylize() {
                                                : `Large photo: part ${p.step} of ${p.steps}`;
   };
   if (steps > 0) show({ step: 0, steps });
-  const stopFollowing = followSteps(id, show);
+  const stopFollowing = hasSteps(steps) ? followSteps(id, show) : () => {};
   try {
     const response = await fetch("/api/stylize", { method: "POST", body: data, signal: request.signal,
                                                    headers: { "X-Request-Id": id } });
@@ -633,6 +633,20 @@ async function stylize() {
 function requestId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));  // randomUUID needs https; this works on http too
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Whether this photo's call reports steps: a refine, or a photo over the server's tile threshold at the size
+// asked for (with a margin: the page scales as the server does, to a pixel or so). Any other call reports
+// none, and each poll that ends after it (the server down: its 503 after about 1.3 s of retries) was a 404 in
+// the browser's console. Where the threshold or the photo's size is not known, it follows.
+function hasSteps(steps) {
+  const threshold = state.info && state.info.tile_threshold_pixels;
+  const img = $("original");
+  const w = img.getAttribute("src") ? img.naturalWidth : 0, h = img.getAttribute("src") ? img.naturalHeight : 0;
+  if (steps > 0 || !threshold || !w || !h) return true;
+  const side = Number($("photo-size").value || 0);
+  const scale = side > 0 ? Math.min(1, side / Math.max(w, h)) : 1;
+  return w * scale * h * scale > 0.9 * threshold;
 }
 
 // GET /api/progress/ID every half second, each step the server has reported handed to onStep, until the
