@@ -922,7 +922,8 @@ def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Pat
     wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#styles li"))
     assert browser.switch_to.active_element.get_attribute("data-name") == "waves"
     browser.find_element(By.ID, "download").click()
-    path = downloads / "stylized.jpg"  # JPEG unless the page is told otherwise: a phone's photo as PNG is large
+    path = downloads / "photo_stylized.jpg"  # JPEG unless told otherwise: a phone's photo as PNG is large; named
+    # after the photo, as several photos' and a clip's are (it was stylized.jpg)
     wait_for(browser, lambda d: path.exists() and path.stat().st_size > 0, timeout=20)
     assert Image.open(path).size == (96, 64) and Image.open(path).format == "JPEG"
     assert not _csp_refusals(browser)  # the page's own policy lets it do all of this (blob: results)

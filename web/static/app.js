@@ -611,7 +611,7 @@ async function stylize() {
     resultUrl = URL.createObjectURL(blob);
     $("output").src = resultUrl;
     $("download").href = resultUrl;
-    $("download").download = `stylized.${suffix()}`;
+    $("download").download = `${stemOf(content)}_stylized.${suffix()}`;  // as several photos' and a clip's
     $("download").hidden = false;
     $("status").textContent = "Done: the stylized photo is under Result, with Download.";
   } catch (e) {
@@ -899,7 +899,7 @@ async function submitBatch() {
       if (response.ok) {
         const blob = await response.blob();
         if (batch.run !== run) break;  // forgotten (another content chosen) while it came
-        const stem = file.name.replace(/\.[^.]*$/, "") || "photo";
+        const stem = stemOf(file);
         const taken = new Set(batch.results.map((r) => r.name));
         let name = `${stem}_stylized.${suffix()}`;
         for (let n = 2; taken.has(name); n++) name = `${stem}_stylized_${n}.${suffix()}`;
@@ -951,6 +951,10 @@ async function submitBatch() {
 }
 
 // The file suffix of the chosen output format.
+function stemOf(file) {
+  return file.name.replace(/\.[^.]*$/, "") || "photo";
+}
+
 function suffix() {
   return { jpeg: "jpg", png: "png", webp: "webp" }[$("format").value] || "png";
 }
