@@ -701,6 +701,15 @@ def test_a_forms_every_problem_comes_back_in_one_answer(web: WebProcess, tmp_pat
     r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE)],
                    data={"fps": "-2", "temporal": "wobbly", "size": "8"}, timeout=60)
     assert [v["field"] for v in r.json()["error"]["violations"]] == ["fps", "temporal", "size"], r.text
+    # weights the server refuses are refused here: a clip's job was taken (202), to fail once it ran
+    for weights, field in ((["0", "0"], "styles.weight"), (["1", "-1"], "styles[1].weight")):
+        r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE),
+                                                       _png("styles", STYLE)], data={"weights": weights}, timeout=60)
+        assert r.status_code == 400 and _field(r) == field, r.text
+    # a body that is no multipart form (JSON) says so; it was "content: a content image file is required"
+    r = httpx.post(web.url + "/api/stylize", json={"content": "photo.jpg"})
+    assert r.status_code == 400 and _field(r) == "form" and r.json()["error"]["message"] == (
+        "form: expected a multipart/form-data body (curl -F, a browser's FormData), got application/json"), r.text
 
 
 def test_every_error_is_json_and_probes_may_use_head(web: WebProcess, tmp_path: Path) -> None:

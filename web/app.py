@@ -581,7 +581,12 @@ def _limits(reported: dict[str, Any]) -> Limits:
 @asynccontextmanager
 async def _form(request: Request, max_files: int, files: str) -> AsyncIterator[FormData]:
     """The request's multipart form (its uploads closed after); a body the parser refuses (too many files or
-    fields, no multipart boundary) is a BadInput naming the field it concerns, as the checks here do."""
+    fields, no multipart boundary) is a BadInput naming the field it concerns, as the checks here do; so is a
+    body of another kind (JSON was read as an empty form: "content: a content image file is required")."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise BadInput("form", f"expected a multipart/form-data body (curl -F, a browser's FormData), got "
+                       f"{kind[:60] or 'no Content-Type'}")
     try:
         form = await request.form(max_files=max_files, max_fields=MAX_FORM_FIELDS)
     except StarletteHTTPException as e:

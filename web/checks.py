@@ -187,7 +187,14 @@ def style_count(count: int, limits: Limits, what: str) -> None:
 def weights(values: list[Any], styles: int) -> list[float]:
     if len(values) != styles:
         raise BadInput("weights", f"{plural(len(values), 'weight')} for {plural(styles, 'style')} (one per style)")
-    return [number(w, f"styles[{i}].weight") for i, w in enumerate(values)]
+    out = [number(w, f"styles[{i}].weight") for i, w in enumerate(values)]
+    # what the server refuses, refused here: a clip's job was taken (202), to fail once its frames went out
+    for i, w in enumerate(out):
+        if w < 0:
+            raise BadInput(f"styles[{i}].weight", f"must be a finite number >= 0, got {values[i]!r}")
+    if out and sum(out) <= 0:
+        raise BadInput("styles.weight", "all style weights are zero; at least one must be > 0")  # as the server
+    return out
 
 
 def color(value: Any) -> str | None:
