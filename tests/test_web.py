@@ -288,6 +288,11 @@ def test_clips_one_at_a_time_and_cancel(web: WebProcess, tmp_path: Path) -> None
             break
         time.sleep(0.1)
     assert again.status_code == 202 and _finished(web, again.json())["state"] == "done"
+    head = httpx.head(f"{web.url}/api/videos/{again.json()['id']}/result")  # its size before its bytes (was 405)
+    assert head.status_code == 200 and int(head.headers["content-length"]) > 0 and head.content == b"", head
+    assert httpx.delete(f"{web.url}/api/videos/{again.json()['id']}").status_code == 204  # a finished one: gone
+    gone = httpx.get(f"{web.url}/api/videos/{again.json()['id']}")
+    assert gone.status_code == 404 and "deleted" in gone.json()["error"]["message"], gone.text
     assert httpx.get(f"{web.url}/api/videos/{job_id}").json()["state"] == "cancelled"  # stopped, still answered
     # a DELETE again (a leaving page's, which a browser may send twice) changes nothing: still answered
     assert httpx.delete(f"{web.url}/api/videos/{job_id}").status_code == 204

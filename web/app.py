@@ -533,14 +533,15 @@ def create_app(
     def _job(job_id: str) -> Any:
         job = jobs.get(job_id) if jobs is not None else None
         if job is None:
-            raise HTTPException(404, f"no clip job {job_id!r} (finished ones are kept {settings.video_keep_s:g} s)")
+            raise HTTPException(404, f"no clip job {job_id!r}: never made, deleted, or finished over "
+                                     f"{settings.video_keep_s:g} s ago")
         return job
 
     @app.get("/api/videos/{job_id}")
     async def video_state(job_id: str) -> dict[str, Any]:
         return _job(job_id).state_json()
 
-    @app.get("/api/videos/{job_id}/result")
+    @app.api_route("/api/videos/{job_id}/result", methods=["GET", "HEAD"])  # HEAD: its size, before the bytes
     async def video_result(job_id: str) -> FileResponse:
         job = _job(job_id)
         if job.state != "done":
