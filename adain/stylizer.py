@@ -80,7 +80,12 @@ class Stylizer:
     ) -> None:
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(f"limits must be an adain.Limits, got a {type(limits).__name__}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError):  # torch's own message lists its every device type, ours the two we run on
+            raise ValueError(f"device {device!r}: not a device; give 'cpu', 'cuda' or 'cuda:N'") from None
+        if self.device.type not in ("cpu", "cuda"):  # mps, xpu, meta: backends here are the CPU's and CUDA's
+            raise ValueError(f"device {device!r}: this library runs on 'cpu' or 'cuda' ('cuda:N')")
         self.cuda = self.device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():  # else torch's AssertionError at the first tensor
             raise ValueError(f"device {device}: CUDA is not available here")

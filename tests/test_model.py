@@ -151,6 +151,12 @@ def test_bf16_on_cpu_is_close_to_float32(stylizer: Stylizer, decoder_path: Path)
     assert (to_tensor(a) - to_tensor(b)).abs().mean().item() < 3 / 255
     with pytest.raises(ValueError, match="precision"):
         Stylizer(decoder_path, device="cpu", precision="fp8")
+    # torch's RuntimeError listed its every device type (an outside tester); a device it knows that no backend
+    # here runs on was taken, to fail later
+    with pytest.raises(ValueError, match=r"^device 'tpu': not a device; give 'cpu', 'cuda' or 'cuda:N'$"):
+        Stylizer(decoder_path, device="tpu")
+    with pytest.raises(ValueError, match=r"^device 'meta': this library runs on 'cpu' or 'cuda'"):
+        Stylizer(decoder_path, device="meta")
 
 
 def test_cache_hit_skips_the_style_encoder(decoder_path: Path) -> None:
