@@ -778,6 +778,9 @@ def test_the_page_polls_no_steps_a_call_cannot_have(tmp_path: Path) -> None:
         wait_for(browser, lambda d: "not available" in d.find_element(By.ID, "form-error").text, timeout=30)
         polls = [e["message"] for e in browser.get_log("browser") if "/api/progress/" in e["message"]]
         assert not polls, polls
+        # no "Stylized" caption over the empty slot the failed call left
+        assert not browser.find_element(By.CSS_SELECTOR, "#output + video + canvas + figcaption").is_displayed()
+        assert browser.find_element(By.ID, "original-caption").is_displayed()
         assert browser.execute_script("return hasSteps(0)") is False
         assert browser.execute_script("return hasSteps(5)") is True  # a refine's
         browser.execute_script("state.info.tile_threshold_pixels = 1000")  # 64 x 48 is over it: parts to follow

@@ -68,7 +68,8 @@ function setContent(file) {
   state.content = file;
   state.video = isVideo(file);
   const kind = state.video ? "Clip" : "Photo";
-  $("content-name").textContent = `${kind}: ${file.name} (${Math.round(file.size / 1024)} kB)`;
+  const size = file.size < 1024 ? `${file.size} bytes` : `${Math.round(file.size / 1024)} kB`;  // not "0 kB"
+  $("content-name").textContent = `${kind}: ${file.name} (${size})`;
   if (state.video && !state.info.video) {
     $("content-error").textContent = "This page was installed without video support: choose a photo.";
   }
