@@ -744,6 +744,11 @@ async function submitVideo() {
       return;
     }
     state.upload = null;
+    if (response.status === 429) {  // not "the server is busy": this page stylizes so many clips at once
+      $("form-error").textContent = "Another clip is being stylized right now. Try again when it is done.";
+      videoBusy(false);
+      return;
+    }
     if (response.status !== 202) { showError(job, response.status); videoBusy(false); return; }
     state.job = mine = job.id;
     showProgress(job);
