@@ -1131,6 +1131,10 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path)
     wait_for(browser, lambda d: d.execute_script(frames) >= 3, timeout=90)
     assert "frames a second" in browser.find_element(By.ID, "live-status").text
     assert browser.execute_script(size) == 384  # the default size
+    assert not browser.find_element(By.ID, "photo-size-row").is_displayed()  # the camera's size is Live size
+    select = browser.find_element(By.ID, "live-size").rect
+    live_label = browser.find_element(By.CSS_SELECTOR, 'label[for="live-size"]').rect
+    assert select["x"] - (live_label["x"] + live_label["width"]) < 40  # beside its label, not 14rem away
     Select(browser.find_element(By.ID, "live-size")).select_by_value("256")  # a new session at the new size
     wait_for(browser, lambda d: d.execute_script(size) == 256 and d.execute_script(frames) >= 2, timeout=90)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -1149,6 +1153,7 @@ def test_page_stylizes_the_live_camera(web: WebProcess, browser, tmp_path: Path)
     wait_for(browser, lambda d: "frames a second" in d.find_element(By.ID, "live-status").text, timeout=90)
     browser.find_element(By.ID, "live-stop").click()
     assert browser.find_element(By.ID, "download").is_displayed()
+    assert browser.find_element(By.ID, "photo-size-row").is_displayed()  # the photo's again
     assert browser.find_element(By.ID, "output").get_attribute("src") == result
     assert not browser.find_element(By.ID, "live-row").is_displayed()
     assert browser.execute_script("return document.getElementById('live-camera').srcObject") is None

@@ -1059,7 +1059,7 @@ function showLive(on) {
   $("temporal-row").hidden = !(on || state.video);
   $("mask-row").hidden = $("regions-row").hidden = on || state.video;  // a photo's options, not the camera's
   $("refine-row").hidden = on || state.video || !state.info.max_refine_steps;
-  $("exif-row").hidden = $("format-row").hidden = on || state.video;
+  $("exif-row").hidden = $("format-row").hidden = $("photo-size-row").hidden = on || state.video;  // (live size: its own)
   $("download").hidden = on || several || !(state.video ? $("output-video").getAttribute("src") : resultUrl);
   $("original-caption").textContent = on ? "Camera" : "Original";
   if (on) $("result").hidden = false;
