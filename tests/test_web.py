@@ -782,6 +782,13 @@ def test_the_page_polls_no_steps_a_call_cannot_have(tmp_path: Path) -> None:
         assert not browser.find_element(By.CSS_SELECTOR, "#output + video + canvas + figcaption").is_displayed()
         assert browser.find_element(By.ID, "original-caption").is_displayed()
         assert browser.execute_script("return hasSteps(0)") is False
+        # beside a style, its image's problem without the field's name; a pixel limit in words (an outside tester)
+        assert browser.execute_script("return besideControl('styles[1].image', 'not an image')") == "not an image"
+        assert browser.execute_script("return besideControl('styles[1].weight', 'must be >= 0')") == (
+            "weight: must be >= 0")
+        assert browser.execute_script(
+            "return besideControl('content', '9000 x 9000 is over the limit of max_pixels=67108864')") == (
+            "9000 x 9000 is more pixels than this server takes (67,108,864)")
         assert browser.execute_script("return hasSteps(5)") is True  # a refine's
         browser.execute_script("state.info.tile_threshold_pixels = 1000")  # 64 x 48 is over it: parts to follow
         assert browser.execute_script("return hasSteps(0)") is True

@@ -465,7 +465,10 @@ function clearErrors() {
 function besideControl(field, description) {
   const style = /^styles\[\d+\]\.?(.*)$/.exec(field || "");
   const rest = style ? style[1] : (field || "").replace(/^[^.[]*\.?/, "");
-  return rest ? `${rest}: ${description}` : description;
+  // a style's image is the style itself ("image: not an image..." beside it named a field); a limit in words
+  const said = description.replace(/over the limit of max_pixels=(\d+)/,
+                                   (_, n) => `more pixels than this server takes (${Number(n).toLocaleString("en")})`);
+  return rest && rest !== "image" ? `${rest}: ${said}` : said;
 }
 
 // A server field ("styles[1].image", "content", "alpha"...) -> the message area beside its control.
