@@ -245,6 +245,14 @@ def test_the_web_page_offers_the_library(lib_server: ServerProcess, lib_client: 
             assert [driver.find_element(By.ID, f"weight-{i}-value").text for i in (0, 1)] == ["0.75", "0.25"]
             assert driver.find_element(By.ID, "alpha-value").text == "0.80"  # strength and colours, set by hand
             assert driver.find_element(By.ID, "preserve_color").get_attribute("value") == "luminance"
+            pressed = "return document.querySelector('#presets button[data-preset=\"dotted\"]')" \
+                ".getAttribute('aria-pressed')"
+            wait_for(driver, lambda d: d.execute_script(pressed) == "true")  # the preset on shows (it never did)
+            driver.execute_script("const a = document.getElementById('alpha'); a.value = '0.5';"
+                                  "a.dispatchEvent(new Event('input'));")
+            assert driver.execute_script(pressed) == "false"  # changed by hand: no longer the preset
+            driver.find_element(By.CSS_SELECTOR, '#presets button[data-preset="dotted"]').click()
+            wait_for(driver, lambda d: d.execute_script(pressed) == "true")
             driver.find_element(By.ID, "submit").click()
             size = wait_for(driver, lambda d: d.execute_script(
                 "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "

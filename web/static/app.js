@@ -154,6 +154,7 @@ function removeStyle(index, fromButton = false) {
 
 function renderStyles() {
   liveChanged();
+  markPresets();
   const list = $("styles");
   list.replaceChildren();
   state.styles.forEach((style, i) => {
@@ -178,6 +179,7 @@ function renderStyles() {
     slider.addEventListener("input", () => {
       style.weight = Number(slider.value);
       out.textContent = style.weight.toFixed(2);
+      markPresets();
     });
     slider.addEventListener("change", liveChanged);
     box.append(label, document.createElement("br"), slider);
@@ -434,6 +436,7 @@ async function loadInfo() {
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.preset = preset.name;
+    button.setAttribute("aria-pressed", "false");
     button.textContent = preset.name;
     button.addEventListener("click", () => applyPreset(preset));
     $("presets").append(button);
@@ -454,6 +457,21 @@ async function applyPreset(preset) {
   $("alpha-value").textContent = Number(preset.alpha).toFixed(2);
   $("preserve_color").value = preset.preserve_color;
   liveChanged();  // the strength and colours too, while the camera is live
+  markPresets();
+}
+
+// Each preset's button pressed while the page's styles, weights, strength and colours are the preset's: which one
+// is on shows (its buttons never did), and stops showing once something is changed by hand.
+function markPresets() {
+  const near = (a, b) => Math.abs(Number(a) - Number(b)) < 0.005;
+  for (const button of $("presets").querySelectorAll("button")) {
+    const preset = (state.info.presets || []).find((p) => p.name === button.dataset.preset);
+    const on = Boolean(preset) && preset.styles.length === state.styles.length
+      && preset.styles.every((part, i) => state.styles[i].example === part.style && near(state.styles[i].weight,
+                                                                                        part.weight))
+      && near($("alpha").value, preset.alpha) && $("preserve_color").value === preset.preserve_color;
+    button.setAttribute("aria-pressed", String(on));
+  }
 }
 
 function clearErrors() {
@@ -1229,7 +1247,11 @@ function init() {
     for (const file of e.target.files) addStyle(file, file.name, null);
     e.target.value = "";
   });
-  $("alpha").addEventListener("input", () => { $("alpha-value").textContent = Number($("alpha").value).toFixed(2); });
+  $("alpha").addEventListener("input", () => {
+    $("alpha-value").textContent = Number($("alpha").value).toFixed(2);
+    markPresets();
+  });
+  $("preserve_color").addEventListener("change", markPresets);
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
