@@ -60,9 +60,24 @@ class AsyncStyleTransferClient(_ClientBase):
     close()``); many calls may run at once on it."""
 
     def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
+        try:  # gRPC's channel belongs to this loop; made outside one, to the loop of its first call
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         if creds is not None:
             return grpc.aio.secure_channel(target, creds, options=options)
         return grpc.aio.insecure_channel(target, options=options)
+
+    def _check_open(self) -> None:
+        """Closed, or called from another event loop than its own (a second ``asyncio.run``): said, where gRPC
+        raised "RuntimeError: Event loop is closed" and left a coroutine never awaited."""
+        super()._check_open()
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise StyleTransferError(grpc.StatusCode.FAILED_PRECONDITION, "this client belongs to another event "
+                                     "loop (a client per asyncio.run: make it inside the loop that uses it)")
 
     async def close(self) -> None:
         self._closed = True

@@ -171,7 +171,23 @@ def test_the_clients_arguments_are_checked_as_the_librarys(server: ServerProcess
 
     import asyncio
 
+    from adain.client.aio import AsyncStyleTransferClient
+
     assert asyncio.run(closed_async()) == "FAILED_PRECONDITION"
+    # one client in two asyncio.run calls: gRPC's "Event loop is closed" and a coroutine never awaited, before
+    async def made() -> tuple[AsyncStyleTransferClient, str]:
+        client = AsyncStyleTransferClient(server.target)
+        return client, await client.health()
+
+    async def health(client: AsyncStyleTransferClient) -> str:
+        try:
+            return await client.health()
+        except StyleTransferError as e:
+            return e.details
+
+    shared, status = asyncio.run(made())
+    assert status == "SERVING"
+    assert asyncio.run(health(shared)).startswith("this client belongs to another event loop")
 
 
 def test_server_errors_carry_code_details_and_violations(client: StyleTransferClient) -> None:
