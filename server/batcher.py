@@ -88,6 +88,14 @@ class Item:
 RenderFn = Callable[[Sequence[Any]], Sequence[Any]]
 
 
+def _units(item: Item) -> int:
+    """A request's share of its batch's render time: its padded pixels where its key is a size (h, w), else 1."""
+    key = item.key
+    if isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, int) for k in key):
+        return max(1, key[0] * key[1])
+    return 1
+
+
 class Batcher:
     def __init__(
         self,
@@ -120,8 +128,12 @@ class Batcher:
         self._draining = False  # shed() was called: a batch no longer waits to fill
         self._drain_until: float | None = None  # when the drain's grace ends (monotonic)
         self._thread: threading.Thread | None = None
-        self._batch_s: float | None = None  # a batch's render time, a running average: what a drain expects
+        # A request's render time per pixel (per request where keys are no sizes), a running average: what a drain
+        # expects. One average a batch, whatever its size, took a batch of 7 for one of 1 after single calls, so
+        # a drain kept a queue it could not render and cut it all at the grace's end.
+        self._unit_s: float | None = None
         self._rendering_since: float | None = None  # when the batch rendering now began; None when idle
+        self._rendering_units = 0  # that batch's pixels
 
     # -- event-loop side ------------------------------------------------------------------------
     def admit(self, bounded: bool = True, caller: Hashable = None) -> Ticket:
@@ -216,8 +228,8 @@ class Batcher:
 
     def shed(self, until: float) -> int:
         """For a drain that ends at ``until`` (monotonic): refuse at once, with ClosedError, the requests
-        waiting that would not be rendered by then at the batches' average time, so that their clients retry on
-        another replica now (they waited out the whole grace, then were cut). Batches are counted in the order
+        waiting that would not be rendered by then at the average render time a pixel, so that their clients
+        retry on another replica now (they waited out the whole grace, then were cut). Batches are counted in the order
         the render thread takes them (callers' turns, a size a batch: see :meth:`_batches`). A video stream's
         frames are left to finish (the stream drains as a call). Returns how many; none before a batch has been
         timed. From now on a batch starts at once, without waiting to fill (no new calls come, and the grace is
@@ -234,16 +246,22 @@ class Batcher:
     def _beyond_grace(self, only: Item | None = None) -> list[Item]:
         """Take out of the queue the requests a drain's grace will not reach (lock held); see :meth:`shed`.
         ``only``: that request alone, where any would be out of reach (one just come, whose turn may be early)."""
-        if self._batch_s is None or not self._pending or self._drain_until is None:
+        if self._unit_s is None or not self._pending or self._drain_until is None:
             return []
         now = time.monotonic()
         # the queue's turn comes when the batch rendering now ends (by the average), or now when none is:
         # counting one as rendering when none was shed the whole queue of a slow replica (CI, 2 cores)
-        free = now if self._rendering_since is None else max(now, self._rendering_since + self._batch_s)
-        fit = max(0, int((self._drain_until - free) / self._batch_s))
+        free = now if self._rendering_since is None else max(
+            now, self._rendering_since + self._rendering_units * self._unit_s)
+        batches, fit, end = self._batches(), 0, free
+        for batch in batches:  # each batch's time by its pixels; the first that ends past the grace, and all after
+            end += sum(_units(it) for it in batch) * self._unit_s
+            if end > self._drain_until:
+                break
+            fit += 1
         # (a stream's frame is never shed, but takes its batch when it comes: left out of the count, the
         # requests after it were kept, then cut)
-        shed = [it for batch in self._batches()[fit:] for it in batch if it.ticket.bounded]
+        shed = [it for batch in batches[fit:] for it in batch if it.ticket.bounded]
         if only is not None:
             shed = [only] if shed else []
         for it in shed:
@@ -310,6 +328,7 @@ class Batcher:
                     continue
                 batch = [head] + [it for it in same if it is not head][: most - 1]
                 self._rendering_since = time.monotonic()  # shed() counts it as rendering from here
+                self._rendering_units = sum(_units(it) for it in batch)
                 for it in batch:
                     self._pending.remove(it)
                     it.ticket.release()
@@ -402,7 +421,8 @@ class Batcher:
             return
         inference_s = time.monotonic() - t0
         with self._cond:
-            self._batch_s = inference_s if self._batch_s is None else 0.7 * self._batch_s + 0.3 * inference_s
+            unit_s = inference_s / max(1, sum(_units(it) for it in live))
+            self._unit_s = unit_s if self._unit_s is None else 0.7 * self._unit_s + 0.3 * unit_s
         queue_s = [t0 - it.enqueued for it in live]
         if self._on_batch is not None:
             try:

@@ -375,8 +375,9 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
 
 
 def _gated_batcher(max_batch_size: int, batch_s: float) -> tuple[Batcher, threading.Event]:
-    """A started batcher whose batches render when the gate is set, timed at ``batch_s`` a batch (as by earlier
-    batches): a drain's sums with a batch rendering for as long as a test needs."""
+    """A started batcher whose batches render when the gate is set, timed at ``batch_s`` a 64 x 64 request (as by
+    earlier batches; a drain counts each request by its pixels): a drain's sums with a batch rendering for as
+    long as a test needs."""
     gate = threading.Event()
 
     def render(batch: list) -> list:
@@ -385,7 +386,7 @@ def _gated_batcher(max_batch_size: int, batch_s: float) -> tuple[Batcher, thread
 
     batcher = Batcher(render, max_batch_size=max_batch_size, max_delay_s=0, max_queue=64)
     batcher.start()
-    batcher._batch_s = batch_s
+    batcher._unit_s = batch_s / (64 * 64)
     return batcher, gate
 
 
@@ -398,27 +399,26 @@ async def _outcome(item: Any) -> str:
         return "shed"
 
 
-def test_a_drain_sheds_what_its_grace_cannot_reach_counting_batches_by_size() -> None:
-    """Sixteen requests of four sizes, four of each, batches of 8 at most, 0.2 s each: a 1.1-s grace reaches four
-    batches after the one rendering (one per size), so nothing is shed; with eight sizes, those of the newest
-    four sizes are (counted as full batches of 8, none was). A video's frames are never shed."""
-    async def main(sizes: int, grace: float) -> tuple[int, list[str]]:
-        batcher, gate = _gated_batcher(8, 0.2)
-        items = [batcher.submit(batcher.admit(caller=f"c{i}"), i, key=(64, 64 + 8 * (i % sizes)), deadline=None)
-                 for i in range(16)]
+def test_a_drain_counts_each_batch_by_its_pixels() -> None:
+    """Found by an outside tester: one average a batch, whatever its size, was timed on batches of one, so a drain
+    took a batch of eight for as long as one, kept what it could not render and cut it all at the grace's end.
+    Here a 64 x 64 request takes 0.1 s: one renders, then a batch of eight 64 x 64 (0.8 s) fits a 1.5-s grace
+    and one of eight 128 x 128 (3.2 s) does not, so it is refused at once. A video's frame is never shed."""
+    async def main() -> tuple[int, list[str]]:
+        batcher, gate = _gated_batcher(8, 0.1)
+        batcher.submit(batcher.admit(caller="first"), "first", key=(64, 64), deadline=None)
+        await asyncio.sleep(0.05)  # rendering, held by the gate
+        items = [batcher.submit(batcher.admit(caller=f"c{i}"), i, key=(64, 64) if i < 8 else (128, 128),
+                                deadline=None) for i in range(16)]
         frame = batcher.submit(batcher.admit(bounded=False), "frame", key=(32, 32), deadline=None)
-        await asyncio.sleep(0.05)  # the first batch is rendering
-        shed = batcher.shed(time.monotonic() + grace)
+        shed = batcher.shed(time.monotonic() + 1.5)
         gate.set()
         outcomes = [await _outcome(it) for it in [*items, frame]]
         batcher.close(5)
         return shed, outcomes
 
-    shed, outcomes = asyncio.run(main(4, 1.1))
-    assert shed == 0 and outcomes.count("shed") == 0
-    shed, outcomes = asyncio.run(main(8, 1.1))
-    assert shed == outcomes.count("shed") > 0 and outcomes[-1] == "ok"
-    assert outcomes[:5] == ["ok"] * 5 and outcomes[13:16] == ["shed"] * 3  # the oldest sizes go first
+    shed, outcomes = asyncio.run(main())
+    assert shed == 8 and outcomes == ["ok"] * 8 + ["shed"] * 8 + ["ok"], outcomes
 
 
 def test_a_drain_sheds_by_the_render_threads_order_and_refuses_late_arrivals() -> None:
@@ -474,7 +474,7 @@ def test_a_drain_with_nothing_rendering_gives_the_queue_the_whole_grace() -> Non
     async def main() -> tuple[int, list[str]]:
         batcher = Batcher(lambda batch: batch, max_batch_size=8, max_delay_s=30, max_queue=64)
         batcher.start()
-        batcher._batch_s = 1.0  # as timed by earlier batches
+        batcher._unit_s = 1.0 / (64 * 64)  # as timed by earlier batches: 1 s a 64 x 64 request
         items = [batcher.submit(batcher.admit(caller=f"c{i}"), i, key=(64, 64 + 8 * i), deadline=None)
                  for i in range(3)]
         await asyncio.sleep(0.05)  # the head waits for its batch to fill
