@@ -341,8 +341,9 @@ class StyleTransferServer:
             log.info("draining %d call(s) in flight (up to %.1f s)", self.drain.inflight, grace)
             left = await self.drain.wait(grace)
             if left:
-                log.warning("%d call(s) still in flight after %.1f s; they are cancelled (UNAVAILABLE) as the "
-                            "server stops, in about %.1f s", left, grace, 2 * min(DRAIN_LINGER_S, grace) + 0.2)
+                log.warning("%d call(s) still in flight after %.1f s; they have up to %.1f s more, then those left "
+                            "are cancelled (UNAVAILABLE) as the server stops", left, grace,
+                            2 * min(DRAIN_LINGER_S, grace) + 0.2)
         # Calls already on their way get a clean UNAVAILABLE (retried on another replica) while clients'
         # health checks see NOT_SERVING; stopping at once would cancel them, and CANCELLED is not retried.
         await asyncio.sleep(min(DRAIN_LINGER_S, grace))
