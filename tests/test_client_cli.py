@@ -869,7 +869,7 @@ def test_local_refuses_a_server_and_says_why_its_server_did_not_start(files: dic
                           env=dict(local_env, ADAIN_PRECISION="bogus"))
     assert proc.returncode == 1 and not (tmp_path / "x.png").exists()
     assert proc.stderr.strip().endswith("adain-server: error: ADAIN_PRECISION='bogus': must be one of auto, bf16, "
-                                        "fp32, int8, got 'bogus'"), proc.stderr  # the server's line, no usage block
+                                        "fp32, int8, got 'bogus' (see --help)"), proc.stderr  # the server's line
     # without --local, where nothing listens, the message says how to get a server
     free = subprocess.run(args[:-1] + ["--server", f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
                           timeout=60, cwd=REPO, env=local_env)

@@ -1045,6 +1045,9 @@ def test_settings_from_environment() -> None:
     assert (s.max_queue, s.port, s.device, s.max_batch_size) == (5, 1234, "cpu", 8)
     with pytest.raises(SystemExit):
         parse_settings([], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})
+    with pytest.raises(SystemExit):  # a default style size its own max-content-side refuses (an outside tester)
+        parse_settings(["--style-size", "2048", "--max-content-side", "1024"], environ={})
+    assert parse_settings(["--style-size", "1024", "--max-content-side", "1024"], environ={}).style_size == 1024
     proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0"], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ, ADAIN_MAX_STYLES="many"))
     assert proc.returncode == 2 and "error: ADAIN_MAX_STYLES='many': not a whole number" in proc.stderr, proc.stderr
