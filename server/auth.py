@@ -74,6 +74,7 @@ class TlsFiles:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)  # the key fits the chain
         except ssl.SSLError as e:
             raise ValueError(f"{cert} and {key} are not a certificate chain and its private key: {e}") from None
+        _check_dates(cert)
         client_ca = None
         if self.require_client_auth:
             client_ca = Path(self.paths[2]).read_bytes()
@@ -106,6 +107,32 @@ class TlsFiles:
         except Exception:  # never let an exception reach gRPC's handshake
             log.exception("TLS reload failed")
             return None
+
+
+EXPIRY_WARNING_S = 14 * 86400  # a certificate this close to its end is warned of as it is loaded
+
+
+def _check_dates(cert: str) -> None:
+    """ValueError for a certificate outside its validity dates: an expired one was served (SERVING, the plaintext
+    health probe said so) while every client refused the handshake, and a rotation to one replaced the last good
+    ones. A warning for one that ends within two weeks. Read with CPython's own decoder (no cryptography package);
+    where it is missing, nothing is checked."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return
+    try:
+        info = decode(cert)
+        not_before, not_after = (ssl.cert_time_to_seconds(info[k]) for k in ("notBefore", "notAfter"))
+    except (ssl.SSLError, OSError, KeyError, ValueError):  # read by load_cert_chain already: left to gRPC
+        return
+    now = time.time()
+    if now > not_after:
+        raise ValueError(f"{cert}: the certificate expired on {info['notAfter']}; clients refuse it")
+    if now < not_before:
+        raise ValueError(f"{cert}: the certificate is not valid before {info['notBefore']}; clients refuse it")
+    if not_after - now < EXPIRY_WARNING_S:
+        log.warning("%s: the certificate expires on %s, in %.1f days", cert, info["notAfter"],
+                    (not_after - now) / 86400)
 
 
 def read_tokens(path: str) -> list[tuple[str, str, bool]]:

@@ -92,6 +92,42 @@ def test_tls_files_refuse_a_key_that_does_not_fit(tmp_path: Path) -> None:
         parse_settings(["--tls-client-ca", str(tmp_path / "a-ca.pem")])  # client CA without TLS
 
 
+def _expired_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost valid in January 2020 only, and its key (openssl ca sets the dates)."""
+    (folder / "db").mkdir()
+    (folder / "db" / "index.txt").write_text("")
+    (folder / "db" / "serial").write_text("01\n")
+    (folder / "ca.cnf").write_text("[ca]\ndefault_ca=c\n[c]\ndatabase=db/index.txt\nserial=db/serial\n"
+                                   "new_certs_dir=db\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n")
+    for args in (["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "old.key", "-out", "old.csr", "-subj",
+                  "/CN=localhost"],
+                 ["ca", "-batch", "-config", "ca.cnf", "-selfsign", "-keyfile", "old.key", "-in", "old.csr", "-out",
+                  "old.pem", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z"]):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=folder)
+    return folder / "old.pem", folder / "old.key"
+
+
+def test_an_expired_certificate_is_refused_and_a_rotation_to_one_keeps_the_last_good(tmp_path: Path, caplog) -> None:
+    """Found by an outside tester: an expired certificate started a server that said SERVING (its plaintext health
+    probe too) while every client refused the handshake, and a rotation to one replaced the last good files."""
+    if not make_certificates(tmp_path, "good"):
+        pytest.skip("openssl is not available to make test certificates")
+    old_pem, old_key = _expired_certificate(tmp_path)
+    with pytest.raises(ValueError, match=r"old.pem: the certificate expired on Feb  1 00:00:00 2020 GMT"):
+        TlsFiles(str(old_pem), str(old_key))
+    live_pem, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copy(tmp_path / "good.pem", live_pem)
+    shutil.copy(tmp_path / "good.key", live_key)
+    files = TlsFiles(str(live_pem), str(live_key))  # valid for a day: warned of
+    assert any("expires on" in r.getMessage() for r in caplog.records)
+    good = files.config
+    time.sleep(0.02)  # a new modification time
+    shutil.copy(old_pem, live_pem)
+    shutil.copy(old_key, live_key)
+    assert files._fetch() is None and files.config is good  # the last good ones kept
+    assert any("cannot be used yet" in r.getMessage() and "expired" in r.getMessage() for r in caplog.records)
+
+
 # --- the real server ------------------------------------------------------------------------------
 
 
