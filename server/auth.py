@@ -287,6 +287,8 @@ def _denial(handler: Any, method: str, metadata: Any, had_token: bool, on_denied
     every reply does (which one has a stale token file is what an operator asks)."""
     name = method.rsplit("/", 1)[-1]
     message = "the token is not valid" if had_token else "this server needs an 'authorization: Bearer <token>'"
+    if not had_token and any(key == AUTH_KEY for key, _ in metadata or ()):  # sent, in another form
+        message = "the authorization entry must read 'Bearer <token>' (the word Bearer, a space, the token)"
 
     rid = request_id(metadata)
 

@@ -155,6 +155,11 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
         idle = _peak_rss(srv.proc.pid)
         with grpc.insecure_channel(srv.target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
             stylize = channel.unary_unary("/adain.v1.StyleTransfer/Stylize")
+            with pytest.raises(grpc.RpcError) as info:  # the token without "Bearer ": said so (it was "needs one")
+                stylize(pb.StylizeRequest(content=CONTENT).SerializeToString(), metadata=(("authorization", OLD),),
+                        timeout=60)
+            assert info.value.details().startswith("the authorization entry must read 'Bearer <token>'"), (
+                info.value.details())
             for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED),
                                    ((("authorization", f"Bearer {OLD}"),), grpc.StatusCode.INVALID_ARGUMENT)):
                 with pytest.raises(grpc.RpcError) as info:
@@ -209,7 +214,7 @@ def test_tokens_against_the_real_server(decoder_path: Path, tmp_path: Path) -> N
             assert _code(follower) == grpc.StatusCode.OK
         assert health_status(srv.target) is not None
         metrics = srv.metrics_text()
-        assert 'adain_requests_total{code="UNAUTHENTICATED",method="Stylize"} 4.0' in metrics, metrics
+        assert 'adain_requests_total{code="UNAUTHENTICATED",method="Stylize"} 5.0' in metrics, metrics
         log = "".join(srv.stderr_lines)
         assert "code=UNAUTHENTICATED" in log and "token=wrong" in log and "token=none" in log
         assert "ms=0.0 caller=ipv4:127.0.0.1" in log  # the fields of every call's line
