@@ -15,7 +15,7 @@ from typing import NoReturn
 from adain.commands import quiet_grpc
 
 from . import logs
-from .config import PORT_TAKEN_HINT, Settings, compile_sizes, parse_settings
+from .config import PORT_TAKEN_HINT, Settings, compile_sizes, parse_settings, unknown_variables
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +32,8 @@ def _main(argv: Sequence[str] | None) -> int:
     settings = parse_settings(argv)
     logs.setup(settings.log_level, settings.log_format)
     log = logging.getLogger("adain.server")
+    for warning in unknown_variables():
+        log.warning("%s", warning)
     from .library import StyleLibrary
 
     try:  # before the model loads (seconds): a bad style, certificate or token file fails the start at once

@@ -305,6 +305,27 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
+# ADAIN_* variables that are not the server's flags, read by the rest of the package (the client, the CLI, the
+# compiled-graph cache, the demo script)
+OTHER_VARIABLES = ("ADAIN_CACHE_DIR", "ADAIN_SERVER", "ADAIN_TOKEN", "ADAIN_TOKEN_FILE", "ADAIN_WEB_PORT",
+                   "ADAIN_SKIP_VENV_TEST")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for the ADAIN_* variables no part of the package reads, each with the flag's variable nearest
+    its name: a misspelt ADAIN_MAX_QUEUEE=5 was ignored without a word (the default queue served)."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = [env_name(flag) for flag in _OPTIONS] + list(OTHER_VARIABLES)
+    out = []
+    for name in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known):
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        out.append(f"{name} is no setting of adain-server and is ignored" + (f" (did you mean {near[0]}?)"
+                                                                              if near else ""))
+    return out
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, as adain-stylize's: 40 lines of usage buried it
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -1045,6 +1045,10 @@ def test_settings_from_environment() -> None:
     assert (s.max_queue, s.port, s.device, s.max_batch_size) == (5, 1234, "cpu", 8)
     with pytest.raises(SystemExit):
         parse_settings([], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})
+    from adain.server.config import unknown_variables
+
+    assert unknown_variables({"ADAIN_MAX_QUEUEE": "5", "ADAIN_SERVER": "x", "ADAIN_PORT": "1", "HOME": "/"}) == [
+        "ADAIN_MAX_QUEUEE is no setting of adain-server and is ignored (did you mean ADAIN_MAX_QUEUE?)"]  # was silent
     with pytest.raises(SystemExit):  # a default style size its own max-content-side refuses (an outside tester)
         parse_settings(["--style-size", "2048", "--max-content-side", "1024"], environ={})
     assert parse_settings(["--style-size", "1024", "--max-content-side", "1024"], environ={}).style_size == 1024
