@@ -43,6 +43,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except ValueError as e:
         logs.fatal(str(e))
         return 2
+    if why := _host_error(settings.host):  # (was gRPC's log line and a taken port's hint) a setting's fault: exit 2
+        logs.fatal(f"cannot listen on {settings.host}:{settings.port}: {why}")
+        return 2
     if busy := _busy_port(settings):  # the same error the start would end with, seconds later
         logs.fatal(busy)
         return 1
@@ -109,8 +112,6 @@ def _busy_port(settings: Settings) -> str | None:
     checks again. gRPC takes a port when it can bind any address of the host (``[::]`` falls back to 0.0.0.0),
     so its ports are busy only when every one is; the metrics exporter binds the first address alone."""
     host, in_use = settings.host, os.strerror(errno.EADDRINUSE)
-    if why := _host_error(host):  # gRPC's own log line, then "another adain-server?", said nothing of the host
-        return f"cannot listen on {host}:{settings.port}: {why}"
     # A second server on one machine trips on the fixed defaults: say what gets it going (--port 0 picks a free
     # port; --metrics-port 0 or negative serves no metrics, see config.py's help: no free-port choice there).
     ports = [(settings.port, True,

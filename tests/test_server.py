@@ -940,7 +940,7 @@ def test_a_host_that_is_not_this_machines_is_a_clear_error(decoder_path: Path) -
             capture_output=True, text=True, timeout=120,
         )
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and len(lines) == 1, proc.stderr  # before the model loads, gRPC's log too
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # a setting's fault; before the model loads
         assert lines[0].startswith(f"adain-server: error: cannot listen on {host}:0: ") and said in lines[0], lines
 
 
