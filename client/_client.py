@@ -75,7 +75,9 @@ class StyleTransferError(Exception):
     ``code`` is the ``grpc.StatusCode`` (INVALID_ARGUMENT for a local input that cannot be read);
     ``details`` is the server's message (``"styles[1].weight: must be ..."``); ``violations`` lists the
     (field, description) pairs of a google.rpc.BadRequest when the server sent one (and
-    googleapis-common-protos is installed); ``request_id`` is the call's x-request-id when known.
+    googleapis-common-protos is installed); ``request_id`` is the call's x-request-id when known;
+    ``retry_after`` the seconds the server asks a caller to wait before trying again (its google.rpc.RetryInfo:
+    a full queue's), else None.
     """
 
     def __init__(
@@ -85,12 +87,14 @@ class StyleTransferError(Exception):
         *,
         request_id: str | None = None,
         violations: Sequence[tuple[str, str]] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
         self.request_id = request_id
         self.violations = list(violations)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -413,24 +417,28 @@ def _styles(styles: Any, weights: Sequence[float] | None, max_bytes: int | None 
     return out
 
 
-def _parse_violations(metadata: Iterable[tuple[str, Any]] | None) -> list[tuple[str, str]]:
+def _parse_details(metadata: Iterable[tuple[str, Any]] | None) -> tuple[list[tuple[str, str]], float | None]:
+    """A failure's rich details: its BadRequest's (field, description) pairs and its RetryInfo's delay in seconds."""
     try:
         from google.rpc import error_details_pb2, status_pb2
     except ImportError:  # googleapis-common-protos is optional for the client
-        return []
+        return [], None
     out: list[tuple[str, str]] = []
+    retry: float | None = None
     for key, value in metadata or ():
         if key != "grpc-status-details-bin":
             continue
         try:
             status = status_pb2.Status.FromString(value)
         except Exception:
-            return []
+            return [], None
         for detail in status.details:
-            bad = error_details_pb2.BadRequest()
+            bad, info = error_details_pb2.BadRequest(), error_details_pb2.RetryInfo()
             if detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
                 out.extend((v.field, v.description) for v in bad.field_violations)
-    return out
+            elif detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+                retry = info.retry_delay.ToMilliseconds() / 1000
+    return out, retry
 
 
 def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
@@ -452,7 +460,9 @@ def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
     details = (e.details() if callable(getattr(e, "details", None)) else None) or str(code.name)
     trailing = e.trailing_metadata() if callable(getattr(e, "trailing_metadata", None)) else None
     rid = _metadata_value(trailing, REQUEST_ID_KEY) or request_id
-    return StyleTransferError(code, " ".join(details.split()), request_id=rid, violations=_parse_violations(trailing))
+    violations, retry_after = _parse_details(trailing)
+    return StyleTransferError(code, " ".join(details.split()), request_id=rid, violations=violations,
+                              retry_after=retry_after)
 
 
 MAX_RETRIES = 4  # gRPC's retry policy allows at most 5 attempts; more would be cut to that silently

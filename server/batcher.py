@@ -219,6 +219,17 @@ class Batcher:
         item.ticket.release()
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def retry_after(self) -> float:
+        """When a refused request may find a place: places free as the batch rendering now ends and the next is
+        taken, so its remaining time by the average a pixel (0.1 s at least; 1 s before any batch is timed)."""
+        with self._cond:
+            if self._unit_s is None:
+                return 1.0
+            if self._rendering_since is None:
+                return 0.1
+            end = self._rendering_since + self._rendering_units * self._unit_s
+            return min(60.0, max(0.1, end - time.monotonic()))
+
     def start(self) -> None:
         with self._cond:
             if self._thread is not None:

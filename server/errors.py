@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -45,14 +45,17 @@ def clip_bytes(text: str, most: int) -> str:
 
 
 class ServiceError(Exception):
-    """Ends a call with ``code``; INVALID_ARGUMENT carries google.rpc.BadRequest field violations."""
+    """Ends a call with ``code``; INVALID_ARGUMENT carries google.rpc.BadRequest field violations, and a refusal
+    that a later try may pass (a full queue) google.rpc.RetryInfo: ``retry_after_s``, when to try again."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, violations: list[Violation] | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, violations: list[Violation] | None = None,
+                 retry_after_s: float | None = None) -> None:
         message = clip_bytes(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.message = message
         self.violations = violations or []
+        self.retry_after_s = retry_after_s
 
     @classmethod
     def invalid(cls, violations: list[Violation]) -> ServiceError:
@@ -98,6 +101,12 @@ def status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:
                 ]
             )
         )
+        status.details.append(detail)
+    if err.retry_after_s is not None:  # a client's backoff reads it (gRPC's own retries do not)
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(err.retry_after_s * 1000)))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status.details.append(detail)
     assert status.code != code_pb2.OK
     return tuple(rpc_status.to_status(status).trailing_metadata)

@@ -462,7 +462,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             return self.batcher.admit(caller=current_caller.get())
         except QueueFullError as e:
             self.metrics.queue_refused.labels(e.reason).inc()
-            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e),
+                               retry_after_s=self.batcher.retry_after()) from e
         except ClosedError as e:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)) from e
 

@@ -687,6 +687,8 @@ def test_queue_bound(limited) -> None:
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, _burst_one, client, content)
     assert "max_queue=2" in err.details
+    # when to try again, as google.rpc.RetryInfo (none was sent): the batch rendering now's time left, >= 0.1 s
+    assert err.retry_after is not None and 0.1 <= err.retry_after <= 60, err.retry_after
     # A style's decode takes a place too. It takes milliseconds: on a busy machine a burst's calls can come one
     # after another and all find room (CI, two test workers), so up to five bursts, of new styles each time.
     def register(style: bytes) -> grpc.StatusCode:

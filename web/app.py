@@ -480,7 +480,7 @@ def create_app(
                     status = 413  # the result: a smaller one will
                 elif over := SERVER_TOO_LARGE_RE.search(e.details or ""):
                     status, message = 413, _over_server_limit(int(over[1]), int(over[2]), settings.max_upload_bytes)
-            headers = {**(_retry_after(status) or {}), "X-Request-Id": e.request_id or request_id}
+            headers = {**(_retry_after(status, e.retry_after) or {}), "X-Request-Id": e.request_id or request_id}
             return _error(status, e.code.name, message, violations, headers)
         finally:
             watcher.cancel()
@@ -557,8 +557,13 @@ def create_app(
     return app
 
 
-def _retry_after(status: int) -> dict[str, str] | None:
-    return {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)} if status in (429, 503) else None
+def _retry_after(status: int, asked: float | None = None) -> dict[str, str] | None:
+    """Retry-After for a 429 or 503: the server's own estimate where it sent one (RetryInfo), in whole seconds."""
+    if status not in (429, 503):
+        return None
+    if asked is not None and status == 429:
+        return {"Retry-After": str(max(1, math.ceil(asked)))}
+    return {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)}
 
 
 def _has_av() -> bool:
