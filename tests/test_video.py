@@ -756,10 +756,13 @@ def test_still_gif_is_an_image() -> None:
 
 
 # The largest difference allowed between a server's frame and the library's, in 8-bit levels. On a CPU with bf16
-# units both run OpenVINO in bf16; one suite run there found 4 (the other pixels within 2), while 8 repeats of the
-# test alone found 0 each time, as did batch sizes 1-4 and 1 or 2 threads in process: the cause is not known.
-# A wrong region or frame is tens of levels off.
-SERVED_LEVELS = 4
+# units both run OpenVINO in bf16, and they are equal (0 levels: 6 x 4 frames against a fresh server). Twice in
+# suite runs under load a frame differed: 4 levels, then 5, with the whole frame off by 1-2 (of 3,072 pixels, 322
+# equal, 1,786 one level off, 788 two, 176 more than 2): another numeric path, not a wrong region. Not found in
+# process: batches of 1-12 mixed with other jobs of the frame's padded size (other styles, alpha 0.5), 1 or 2
+# threads, fixed-shape graphs against the generic one, 3 threads at once, shape history. A wrong region or frame
+# is tens of levels off.
+SERVED_LEVELS = 8
 
 
 def _frame_bytes(path: Path) -> list[bytes]:
