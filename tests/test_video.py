@@ -759,7 +759,7 @@ def test_still_gif_is_an_image() -> None:
 # units both run OpenVINO in bf16, and they are equal (0 levels: 6 x 4 frames against a fresh server). Twice in
 # suite runs under load a frame differed: 4 levels, then 5, with the whole frame off by 1-2 (of 3,072 pixels, 322
 # equal, 1,786 one level off, 788 two, 176 more than 2): another numeric path, not a wrong region. Not found in
-# process: batches of 1-12 mixed with other jobs of the frame's padded size (other styles, alpha 0.5), 1 or 2
+# process: batches of 1-11 mixed with other jobs of the frame's padded size (other styles, alpha 0.5), 1 or 2
 # threads, fixed-shape graphs against the generic one, 3 threads at once, shape history. A wrong region or frame
 # is tens of levels off.
 SERVED_LEVELS = 8
