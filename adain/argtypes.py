@@ -1,4 +1,5 @@
-"""argparse value checkers shared by ``adain-stylize`` and ``adain-server`` (no torch: both start fast).
+"""argparse value checkers shared by ``adain-stylize`` and ``adain-server`` (no torch: both start fast), and
+their parser's one-line errors (:class:`OneLineParser`).
 
 Each raises ``argparse.ArgumentTypeError`` naming the limit, which argparse reports as
 ``argument --flag: must be ..., got ...``.
@@ -10,6 +11,15 @@ import argparse
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An error is one line, ``PROG: error: ... (see --help)``: argparse's usage block (40 lines of the server's
+    flags) buried it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parse(text: str, kind: type[int] | type[float]) -> float:

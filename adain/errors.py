@@ -64,8 +64,3 @@ def warnings_ignored() -> Iterator[None]:
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def counted(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless one: "1 style", "0 labels" (messages said "for 1 styles")."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -15,7 +15,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from adain.errors import InvalidInputError, counted
+from adain.errors import InvalidInputError
 from adain.image import ImageSource, KeyedImage
 from adain.wire import (
     COLOR_MODES,
@@ -30,6 +30,7 @@ from adain.wire import (
     Limits,
     color_mode,
     label_value,
+    plural,
 )
 
 
@@ -83,7 +84,7 @@ class Job:
                 bad.append(InvalidInputError(name, f"must be a list, one per style; got a {type(value).__name__}"))
         weights = [1.0] * n if not is_list(self.weights) else list(self.weights)
         if len(weights) != n:
-            bad.append(InvalidInputError("weights", f"{counted(len(weights), 'weight')} for {counted(n, 'style')}"))
+            bad.append(InvalidInputError("weights", f"{plural(len(weights), 'weight')} for {plural(n, 'style')}"))
         finite = True
         for i, w in enumerate(weights[: limits.max_styles]):  # beyond the limit only the count is reported
             if not is_number(w) or w < 0:
@@ -119,8 +120,8 @@ class Job:
         if self.masks is not None and is_list(self.masks):
             masks = list(self.masks)
             if len(masks) != n:
-                bad.append(InvalidInputError("masks", f"{counted(len(masks), 'mask')}"
-                                                      f" for {counted(n, 'style')} (one per style)"))
+                bad.append(InvalidInputError("masks", f"{plural(len(masks), 'mask')}"
+                                                      f" for {plural(n, 'style')} (one per style)"))
             bad += [
                 InvalidInputError(f"styles[{i}].mask", "every style needs a mask when one has (its region)")
                 for i, m in enumerate(masks[:most])
@@ -129,8 +130,8 @@ class Job:
         if self.labels is not None:
             values = list(self.label_values) if is_list(self.label_values) else []
             if len(values) != n:
-                bad.append(InvalidInputError("label_values", f"{counted(len(values), 'label')}"
-                                                             f" for {counted(n, 'style')} (one per style)"))
+                bad.append(InvalidInputError("label_values", f"{plural(len(values), 'label')}"
+                                                             f" for {plural(n, 'style')} (one per style)"))
             for i, v in enumerate(values[:most]):
                 if v is None:
                     bad.append(InvalidInputError(f"styles[{i}].label", "every style needs a label when labels is set"))
@@ -144,8 +145,8 @@ class Job:
             if not forms:
                 bad.append(InvalidInputError("styles[0].alpha", "a per-style alpha needs regions (masks or labels)"))
             elif len(alphas) != n:
-                bad.append(InvalidInputError("region_alphas", f"{counted(len(alphas), 'region alpha')}"
-                                                              f" for {counted(n, 'style')}"))
+                bad.append(InvalidInputError("region_alphas", f"{plural(len(alphas), 'region alpha')}"
+                                                              f" for {plural(n, 'style')}"))
             for i, a in enumerate(alphas[:most]):
                 if not is_number(a) or not 0 <= a <= 1:
                     bad.append(InvalidInputError(f"styles[{i}].alpha", f"must be a number in [0, 1], got {a!r}"))

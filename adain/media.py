@@ -400,9 +400,10 @@ class VideoReader:
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)
                         shown = frame, t  # before the start (from the keyframe the seek went to), on screen at it
                         continue
-                    due = [(frame, t if sent or not start or t > start + slack - 1e-6 else start)]  # the nearest: on it
-                    if shown is not None and t > start + slack - 1e-6:  # none at the start itself (a variable-rate
-                        due.insert(0, (shown[0], start))  # clip's): the one on screen then opens the part
+                    late = t > start + slack - 1e-6  # not the nearest to the start
+                    due = [(frame, t if sent or not start or late else start)]  # the nearest: on it
+                    if shown is not None and late:  # none at the start itself (a variable-rate clip's): the
+                        due.insert(0, (shown[0], start))  # one on screen then opens the part
                     shown = None
                     for frame, t in due:
                         if t >= end - slack and sent:  # (the part's first frame comes however short the part)

@@ -24,7 +24,6 @@ from typing import Any
 import grpc
 from PIL import Image
 
-from adain.errors import counted
 from adain.files import write_whole
 from adain.photo import EXIF_ORIENTATION, allow_pixels, grey_key_in_levels, without_layout
 from adain.v1 import style_transfer_pb2 as pb
@@ -54,6 +53,7 @@ from adain.wire import (
     format_from_suffix,
     format_name,
     label_value,
+    plural,
 )
 
 DEFAULT_TARGET = DEFAULT_ADDRESS
@@ -344,9 +344,9 @@ def _file_bytes(path: Path, field: str, max_bytes: int | None) -> bytes:
 def no_deadline_past(timeout: float | None) -> float | None:
     """A timeout as gRPC takes it: over NO_DEADLINE_S (inf too) none; gRPC counts a deadline in int64
     nanoseconds, and ~7.4e9 s or more overflowed into one already past (DEADLINE_EXCEEDED at once, which told
-    the caller to give a longer --timeout)."""
-    if timeout is not None and (isinstance(timeout, (str, bool)) or not isinstance(timeout, numbers.Real)
-                                or not timeout > 0):  # 0 was "passed while queued", -1 a bare "Deadline Exceeded"
+    the caller to give a longer --timeout). One <= 0, NaN or no number is refused: 0 came back as "the deadline
+    passed while the request was queued", -1 as a bare "Deadline Exceeded"."""
+    if timeout is not None and not (_real(timeout) and timeout > 0):
         raise _local_error("timeout", f"must be a number of seconds > 0 (None: no deadline), got {timeout!r}")
     return None if timeout is not None and timeout >= NO_DEADLINE_S else timeout
 
@@ -400,7 +400,7 @@ def _styles(styles: Any, weights: Sequence[float] | None, max_bytes: int | None 
     items = list(styles)
     weights = _per_style(weights, "weights")
     if weights is not None and len(weights) != len(items):
-        raise _local_error("weights", f"{counted(len(weights), 'weight')} for {counted(len(items), 'style')}")
+        raise _local_error("weights", f"{plural(len(weights), 'weight')} for {plural(len(items), 'style')}")
     if any(_is_preset(item) for item in items):  # (it was "styles[0]: no such file: preset:calm-sea")
         raise _local_error("preset", "a preset stands alone: it has its own styles and weights; give it by itself, "
                            "not in a list with styles")
@@ -1214,12 +1214,13 @@ def _fill_regions(
 ) -> None:
     """Set the per-style mask, label and alpha (after the styles) and the labels image."""
     n = len(msg.styles)
-    masks, label_values, region_alphas = (_per_style(v, name) for v, name in (
-        (masks, "masks"), (label_values, "label_values"), (region_alphas, "region_alphas")))
-    for name, values in (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas)):
+    per_style = {name: _per_style(values, name) for name, values in
+                 (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas))}
+    masks, label_values, region_alphas = per_style.values()
+    for name, values in per_style.items():
         if values is not None and len(values) != n:
-            raise _local_error(name, f"{counted(len(values), name.replace('_', ' ')[:-1])}"
-                                     f" for {counted(n, 'style')} (one per style)")
+            raise _local_error(name, f"{plural(len(values), name.replace('_', ' ')[:-1])}"
+                                     f" for {plural(n, 'style')} (one per style)")
     for i, style in enumerate(msg.styles):
         if masks is not None:
             style.mask = image_bytes(masks[i], f"styles[{i}].mask", max_bytes)
@@ -1265,9 +1266,13 @@ def _fill_refine(
             setattr(msg, name, _float32(value, name))
 
 
+def _real(value: Any) -> bool:
+    """A real number, NumPy's too; not a bool, nor a string ("0.5"), which float() took and the library refuses."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _float(value: Any, field: str) -> float:
-    """A number's value: not a string ("0.5") or a bool, which float() took and the library refuses."""
-    if isinstance(value, (str, bytes, bool)) or not isinstance(value, numbers.Real):
+    if not _real(value):
         raise _local_error(field, f"not a number: {value!r}")
     return float(value)
 

@@ -33,11 +33,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
 from adain.argtypes import (
+    OneLineParser,
     int_in_range,
     non_negative_float,
     non_negative_int,
@@ -47,7 +48,6 @@ from adain.argtypes import (
     unit_interval,
 )
 from adain.commands import add_version_arg
-from adain.errors import counted
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -109,14 +109,11 @@ class _Once(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(OneLineParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register("action", None, _Once)  # every flag of one value (positionals take theirs once anyway)
         self.register("action", "store", _Once)
-
-    def error(self, message: str) -> NoReturn:  # one line, no usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -526,17 +523,17 @@ _REQUEST_OVER_RE = re.compile(r"Received message larger than max \((\d+) vs\. (\
 def _request_over_limit(size: int, limit: int, args: argparse.Namespace) -> str:
     """A request over the server's message limit, with the largest file it carried by its flag: gRPC said only
     "RESOURCE_EXHAUSTED: SERVER: Received message larger than max (12018771 vs. 1048576)"."""
-    content, labels = getattr(args, "content", None), getattr(args, "labels", None)  # (none in --list-styles')
-    sent = [(None, content)] if isinstance(content, (str, Path)) else []  # one content (a folder run's args:
-    sent += [("--style", parse_style(spec)[0]) for spec in getattr(args, "style", None) or []]  # its own)
-    sent += [("--mask", m) for m in getattr(args, "mask", None) or []] + ([("--labels", labels)] if labels else [])
-    sizes = [(os.path.getsize(path), flag, str(path)) for flag, path in sent if os.path.isfile(path)]
+    content = getattr(args, "content", None)  # one content (a folder run's args: _one_content's, its own)
+    styles = [Path(parse_style(spec)[0]) for spec in getattr(args, "style", None) or []]  # (id:NAME: no file)
+    sent = _named_inputs(args, styles, [Path(content)] if isinstance(content, (str, Path)) else [])
+    sizes = [(os.path.getsize(path), what, str(path)) for what, path in sent if os.path.isfile(path)]
     said = (f"the request, {size:,} bytes, is over the server's message limit of {limit:,} bytes (its "
             "--max-message-mb)")
     if not sizes:
         return said
-    bytes_, flag, path = max(sizes)
-    return f"{said}; the largest file in it: {f'{flag} ' if flag else ''}{path}, {bytes_:,} bytes: send it smaller"
+    bytes_, what, path = max(sizes)
+    named = path if what == "CONTENT" else f"{what} {path}"
+    return f"{said}; the largest file in it: {named}, {bytes_:,} bytes: send it smaller"
 
 
 # the request's own fields (StylizeRequest, VideoOptions) -> the flags that set them
@@ -688,24 +685,24 @@ def _region_options(args: argparse.Namespace) -> dict[str, Any]:
         out["mask"] = masks[0]
     elif masks:
         if len(masks) != n:
-            raise CliError(f"--mask: {counted(len(masks), 'mask')}"
-                           f" for {counted(n, 'style')} (give one per --style, in order)")
+            raise CliError(f"--mask: {plural(len(masks), 'mask')}"
+                           f" for {plural(n, 'style')} (give one per --style, in order)")
         out["masks"] = masks
     if args.labels is not None:
         if masks:
             raise CliError("--labels: give regions either by --mask or by --labels, not both")
         labels = args.label or []
         if len(labels) != n:
-            raise CliError(f"--label: {counted(len(labels), 'label')}"
-                           f" for {counted(n, 'style')} (give one per --style, in order)")
+            raise CliError(f"--label: {plural(len(labels), 'label')}"
+                           f" for {plural(n, 'style')} (give one per --style, in order)")
         out["labels"] = _image_arg(args.labels, "--labels")
         out["label_values"] = [_label_arg(v) for v in labels]
     elif args.label:
         raise CliError("--label needs --labels (the label image)")
     if args.region_alpha:
         if len(args.region_alpha) != n:
-            raise CliError(f"--region-alpha: {counted(len(args.region_alpha), 'value')}"
-                           f" for {counted(n, 'style')} (one per --style)")
+            raise CliError(f"--region-alpha: {plural(len(args.region_alpha), 'value')}"
+                           f" for {plural(n, 'style')} (one per --style)")
         out["region_alphas"] = args.region_alpha
     return out
 
@@ -753,12 +750,18 @@ def _names_folder(output: str) -> bool:
     return output.endswith(("/", os.sep)) or Path(output).is_dir()
 
 
+def _named_inputs(args: argparse.Namespace, styles: Sequence[Any], contents: Sequence[Path]) -> list[tuple[str, Path]]:
+    """The files a run reads, each with what names it: "CONTENT", "--style" (``styles``: their sources, files
+    as Paths), "--mask", "--labels"."""
+    named = [("CONTENT", c) for c in contents] + [("--style", s) for s in styles if isinstance(s, Path)]
+    mask, labels = getattr(args, "mask", None), getattr(args, "labels", None)  # (none in --list-styles')
+    return named + [("--mask", Path(m)) for m in mask or []] + ([("--labels", Path(labels))] if labels else [])
+
+
 def _input_files(args: argparse.Namespace, styles: list[tuple[Any, float]], contents: list[Path]) -> dict:
     """The files a run reads, by (device, inode): an output that is one of them would overwrite it."""
-    named = [("CONTENT", c) for c in contents] + [("--style", s) for s, _ in styles if isinstance(s, Path)]
-    named += [("--mask", Path(m)) for m in args.mask or []] + ([("--labels", Path(args.labels))] if args.labels else [])
     ids = {}
-    for what, path in named:
+    for what, path in _named_inputs(args, [s for s, _ in styles], contents):
         try:
             st = os.stat(path)
         except OSError:
@@ -1024,7 +1027,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             served[result.served_by or "?"] += 1
 
     failed, told = 0, set()
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
+    with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
         futures = {pool.submit(one, *t): t for t in tasks}
         pending = set(futures)
         try:

@@ -11,9 +11,10 @@ import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, NoReturn
+from typing import Any
 
 from adain.argtypes import (
+    OneLineParser,
     int_in_range,
     non_negative_float,
     one_of,
@@ -326,15 +327,10 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, as adain-stylize's: 40 lines of usage buried it
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     environ = os.environ if environ is None else environ
     defaults = Settings()
-    parser = _Parser(
+    parser = OneLineParser(
         prog="adain-server",
         description="AdaIN style-transfer gRPC server (service adain.v1.StyleTransfer, health, reflection, "
         "Prometheus metrics). Every flag can also be set with an environment variable, shown in its help; "

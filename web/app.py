@@ -342,9 +342,10 @@ def create_app(
                 info = await run_in_threadpool(client.server_info, timeout=min(5.0, settings.timeout))
             except StyleTransferError:
                 return known["limits"] or Limits()
-            known["limits"], known["at"] = _limits(info.get("limits", {})), time.monotonic()
-            known["video_frames"] = int(info.get("limits", {}).get("max_video_frames") or 0)
-            known["tile_threshold"] = int(info.get("limits", {}).get("tile_threshold_pixels") or 0)
+            reported = info.get("limits", {})
+            known["limits"], known["at"] = _limits(reported), time.monotonic()
+            known["video_frames"] = int(reported.get("max_video_frames") or 0)
+            known["tile_threshold"] = int(reported.get("tile_threshold_pixels") or 0)
         return known["limits"]
 
     def video_frames() -> int:

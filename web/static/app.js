@@ -664,7 +664,7 @@ function requestId() {
 function hasSteps(steps) {
   const threshold = state.info && state.info.tile_threshold_pixels;
   const img = $("original");
-  const w = img.getAttribute("src") ? img.naturalWidth : 0, h = img.getAttribute("src") ? img.naturalHeight : 0;
+  const [w, h] = img.getAttribute("src") ? [img.naturalWidth, img.naturalHeight] : [0, 0];
   if (steps > 0 || !threshold || !w || !h) return true;
   const side = Number($("photo-size").value || 0);
   const scale = side > 0 ? Math.min(1, side / Math.max(w, h)) : 1;
