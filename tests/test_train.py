@@ -193,7 +193,9 @@ def test_flags_refused(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str
 
     with pytest.raises(SystemExit) as e:
         parse_args(["--content", ".", "--style", ".", *flags])
-    assert e.value.code == 2 and flags[0] in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and flags[0] in err
+    assert len(err.splitlines()) == 1 and err.startswith("adain-train: error: "), err  # no usage block above it
 
 
 def test_alpha_draws() -> None:

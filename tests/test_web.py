@@ -90,6 +90,16 @@ def test_web_imports_no_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def test_a_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # as adain-stylize's and adain-server's: argparse's usage block came first and buried it
+    from adain.web.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--port", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "adain-web: error: argument --port: must be in [1, 65535], got 0 (see --help)\n"
+
+
 def test_a_refine_shows_its_steps_and_stops_when_the_page_goes(web: WebProcess) -> None:
     # A refine showed only a spinner, and one the page left (Cancel, a closed tab) held the server's only
     # refine place until the call's deadline: the next visitor's refine waited 118 s.

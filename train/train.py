@@ -52,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from adain.argtypes import OneLineParser
 from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
 from adain.image import to_image
@@ -72,7 +73,7 @@ RESUMED_KNOBS = (*LOGGED_KNOBS, "lr", "lr_decay", "cooldown", "ema", "batch_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="adain-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--content", type=Path, required=True, help="folder of content photos (recursive)")
@@ -645,7 +646,7 @@ def export_checkpoint(checkpoint: Path, output: Path, data: str = "", note: str 
 
 def export(argv: list[str] | None = None) -> None:
     """Checkpoint -> the product's decoder file (fp16) with its metadata record."""
-    p = argparse.ArgumentParser(prog="adain-train export", description=export.__doc__)
+    p = OneLineParser(prog="adain-train export", description=export.__doc__)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--data", default="", help="what the decoder was trained on (goes into the metadata)")

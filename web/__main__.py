@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from adain.argtypes import int_in_range, positive_float, positive_int
+from adain.argtypes import OneLineParser, int_in_range, positive_float, positive_int
 from adain.client.cli import (
     CliError,
     Terminated,
@@ -33,7 +33,7 @@ START_HEALTH_TIMEOUT_S = 5.0  # the one look at the server at start (in a thread
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="adain-web", description=__doc__)
+    p = OneLineParser(prog="adain-web", description=__doc__)
     add_version_arg(p, "adain-web")
     add_connection_args(p)
     add_local_arg(p)
