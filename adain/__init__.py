@@ -9,19 +9,20 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["InvalidInputError", "Job", "Limits", "NoDecoderError", "Stylizer"]
+__all__ = ["InvalidInputError", "Job", "Limits", "NoDecoderError", "StoppedError", "Stylizer", "Tiling"]
 
 if TYPE_CHECKING:
-    from adain.errors import InvalidInputError, NoDecoderError
+    from adain.errors import InvalidInputError, NoDecoderError, StoppedError
     from adain.job import Job
     from adain.stylizer import Stylizer
+    from adain.tiling import Tiling
     from adain.wire import Limits
 
 # Each name is imported on first use: adain.job imports numpy and Pillow, adain.wire protobuf, adain.stylizer
 # torch. Importing the package itself runs nothing, so a command's Ctrl-C as it starts reaches the command's own
 # handler (adain.commands), not a traceback from inside this file's imports.
-_HOMES = {"InvalidInputError": "adain.errors", "NoDecoderError": "adain.errors", "Job": "adain.job",
-          "Limits": "adain.wire", "Stylizer": "adain.stylizer"}
+_HOMES = {"InvalidInputError": "adain.errors", "NoDecoderError": "adain.errors", "StoppedError": "adain.errors",
+          "Job": "adain.job", "Limits": "adain.wire", "Stylizer": "adain.stylizer", "Tiling": "adain.tiling"}
 
 
 def __getattr__(name: str) -> Any:

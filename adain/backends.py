@@ -211,6 +211,9 @@ def make_backend(
     if quantized:
         return _int8_backend(name, encoder, decoder, device)
     if name == "compiled":  # torch.compile on any device (a GPU's choice: adain.compiled)
+        if device.type == "cpu":  # allowed (its tests run here), but never unnoticed: a minute or two a shape
+            log.warning("backend compiled on a CPU: compiling %d shapes takes minutes, and runs no faster than "
+                        "openvino (auto's choice here); it is meant for a GPU", len(compile_shapes))
         backend = CompiledBackend(encoder, decoder, device, bf16, compile_shapes)
         if not backend.compiled:  # asked for by name: an error, as for the other runtimes
             raise RuntimeError(f"backend compiled is not usable here (torch.compile failed: {backend.failure}); "

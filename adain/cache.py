@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -12,7 +13,9 @@ class StyleCache:
     """Least recently used entries go first; ``size`` 0 keeps nothing. Counts hits and misses."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 0:  # None failed at the first put
+            raise ValueError(f"cache_size must be a whole number >= 0 (0: no cache), got {size!r}")
+        self.size = int(size)
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0

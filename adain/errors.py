@@ -26,6 +26,12 @@ class InvalidInputError(ValueError):
         self.description = message
         self.problems: tuple[InvalidInputError, ...] = (self,)
 
+    def __reduce__(self) -> tuple:
+        # pickle (a process pool's worker handing its error back) rebuilt it from args, one message where
+        # __init__ takes two: a TypeError, and the pool broken for good. Its problems (itself among them) and its
+        # message come back as state.
+        return type(self), (self.field, self.description), {**self.__dict__, "args": self.args}
+
     @classmethod
     def of(cls, problems: Sequence[InvalidInputError]) -> InvalidInputError:
         """One error to raise for several: the first, carrying all of them in ``problems``; its message
@@ -50,6 +56,9 @@ class StoppedError(RuntimeError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"stopped: {reason}")
         self.reason = reason
+
+    def __reduce__(self) -> tuple:  # rebuilt from args it said "stopped: stopped: cancelled"
+        return type(self), (self.reason,), self.__dict__
 
 
 _WARNINGS_LOCK = threading.RLock()

@@ -16,7 +16,7 @@ import mmap
 import re
 import zlib
 from itertools import islice
-from os import PathLike
+from os import PathLike, fsdecode
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -53,7 +53,7 @@ class KeyedImage(NamedTuple):
     data: bytes
 
 
-ImageSource = bytes | bytearray | memoryview | str | Path | Image.Image | KeyedImage
+ImageSource = bytes | bytearray | memoryview | str | PathLike | Image.Image | KeyedImage
 
 DEFAULT_MAX_PIXELS = Limits.max_pixels  # 67 MP: a 6000 x 6000 photo is fine, a 50k x 50k bomb is not
 
@@ -96,13 +96,22 @@ def image_key(source: ImageSource, field: str) -> str:
         h.update(source)
     elif isinstance(source, (str, PathLike)):
         try:
-            with open(source, "rb") as f:
+            with open(_path(source, field), "rb") as f:
                 h.update(f.read())
         except OSError as e:
             raise InvalidInputError(field, f"cannot read image file {source}: {e.strerror}") from e
     else:
         raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
     return h.hexdigest()
+
+
+def _path(source: str | PathLike, field: str) -> Path:
+    """A path given as a str or any os.PathLike (os.scandir's entries too); an empty one is refused as such
+    (Path("") is ".", and was said to be a folder)."""
+    name = fsdecode(source)
+    if not name:
+        raise InvalidInputError(field, "the path is empty")
+    return Path(name)
 
 
 def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -116,8 +125,8 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         data = bytes(source)
         _check_layout(data, field)
         fp: io.BytesIO | Path = io.BytesIO(data)
-    elif isinstance(source, (str, Path)):
-        fp = Path(source)
+    elif isinstance(source, (str, PathLike)):
+        fp = _path(source, field)
         if not fp.exists():
             raise InvalidInputError(field, f"no such image file: {fp}")
         if not fp.is_file():  # a folder, or a device or pipe whose read may never end
@@ -225,7 +234,7 @@ def _stored_bytes(source: ImageSource, limit: int = -1) -> bytes | None:
         source = source.data
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source if limit < 0 else memoryview(source).cast("B")[:limit])
-    if isinstance(source, (str, Path)):
+    if isinstance(source, (str, PathLike)):
         try:
             with open(source, "rb") as f:
                 return f.read(limit)

@@ -10,10 +10,11 @@ either; a CheckedJob is not checked again. Field names in errors are the Job's, 
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, KeyedImage
@@ -62,6 +63,18 @@ class Job:
     tv_weight: float | None = None  # None: 1e3 for a full-size refine, else 0 (adain.wire)
     refine_size: int | None = None
     optimizer: str = "lbfgs"
+
+    @classmethod
+    def of(cls, caller: str, content: ImageSource | None, styles: Sequence[ImageSource], options: dict) -> Job:
+        """The job a public call's ``**options`` ask for; an option no Job has is a TypeError naming ``caller``
+        and the nearest field (it said "Job.__init__() got an unexpected keyword argument 'alhpa'")."""
+        names = [f.name for f in fields(cls) if f.name not in ("content", "styles")]
+        for name in options:
+            if name not in names:
+                near = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; its options: {', '.join(names)}"
+                raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")
+        return cls(content, styles, **options)
 
     def problems(self, limits: Limits, *, content: bool = True) -> list[InvalidInputError]:
         """Every problem with the arguments that needs no decoding; empty when there is none.
@@ -262,8 +275,14 @@ def too_many_styles(n: int, limits: Limits) -> InvalidInputError:
 
 
 def is_number(value: object) -> bool:
-    """A finite real number: a NumPy scalar too (np.float32(0.5) was refused as no number), never a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number: a NumPy scalar too (np.float32(0.5) was refused as no number), never a bool; an int
+    past a float's range is none (math.isfinite raised OverflowError for alpha=10**400)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _is_int(value: object) -> bool:

@@ -78,8 +78,10 @@ class Stylizer:
         tiling: Tiling | None = None,
         compile_shapes: Sequence[tuple[int, int, int]] = DEFAULT_SHAPES,
     ) -> None:
-        if limits is not None and not isinstance(limits, Limits):
-            raise TypeError(f"limits must be an adain.Limits, got a {type(limits).__name__}")
+        for name, value, kind in (("limits", limits, Limits), ("tiling", tiling, Tiling)):
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(f"{name} must be an adain.{kind.__name__}, got a {type(value).__name__}")
+        self.cache = StyleCache(cache_size)  # its argument checked before the model loads
         try:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except (RuntimeError, TypeError):  # torch's own message lists its every device type, ours the two we run on
@@ -101,7 +103,6 @@ class Stylizer:
             tiling = replace(tiling, threshold=auto_threshold(self.device))
         self.tiling = tiling
         self.limits = limits or Limits()
-        self.cache = StyleCache(cache_size)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class Stylizer:
     ) -> Image.Image:
         """Stylize one content image; ``options`` are the fields of :class:`Job`. With ``refine_steps`` the
         optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration."""
-        prepared = self.prepare(Job(content, style_list(styles), **options))
+        prepared = self.prepare(Job.of("stylize", content, style_list(styles), options))
         if prepared.job is not None and prepared.job.refine_steps:
             return refine(self, prepared, on_step=on_step)
         return self.render([prepared])[0]
@@ -151,11 +152,13 @@ class Stylizer:
         styles, prepared = style_list(styles), []
         for i, content in enumerate(contents):
             try:
-                prepared.append(self.prepare(Job(content, styles, **options)))
+                prepared.append(self.prepare(Job.of("stylize_batch", content, styles, options)))
             except InvalidInputError as e:
-                if e.field != "content":
-                    raise
-                raise InvalidInputError(f"contents[{i}]", e.description) from None
+                if e.field == "content":
+                    raise InvalidInputError(f"contents[{i}]", e.description) from None
+                if ", content is " in e.description:  # a mask's size against this content's: say which content
+                    raise InvalidInputError(e.field, e.description.replace("content", f"contents[{i}]")) from None
+                raise
         if options.get("refine_steps"):
             return [refine(self, p) for p in prepared]
         return self.render(prepared)

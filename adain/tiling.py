@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,6 +68,10 @@ class Tiling:
     stats_halo: int = 32
 
     def __post_init__(self) -> None:
+        for name in ("threshold", "tile", "halo", "stats_pixels", "stats_box", "stats_halo"):
+            value = getattr(self, name)  # a float tile failed at the first tiled render, a str with a bare TypeError
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
         for name in ("tile", "halo", "stats_box", "stats_halo"):  # the relu4_1 grid: off it, features and pixels part
             value = getattr(self, name)
             if value < (16 if name in ("tile", "stats_box") else 0) or value % 8:

@@ -166,7 +166,7 @@ class VideoStream:
     ) -> None:
         """``options`` are the per-image fields of :class:`adain.job.Job` (weights, alpha, preserve_color,
         mask, content_size, style_size); InvalidInputError lists every problem with them."""
-        job = Job(None, style_list(styles), **options)
+        job = Job.of("VideoStream", None, style_list(styles), options)
         bad = job.problems(stylizer.limits, content=False) + temporal_problems(temporal, strength)
         if options.get("refine_steps"):  # else accepted and not done
             bad.append(InvalidInputError("refine_steps", "the optimisation method is for images (seconds a frame)"))

@@ -96,6 +96,9 @@ class StyleTransferError(Exception):
         self.violations = list(violations)
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple:  # pickle rebuilt it from args, one message where __init__ takes two (a pool broke)
+        return type(self), (self.code, self.details), self.__dict__
+
 
 @dataclass(frozen=True)
 class StyleRef:

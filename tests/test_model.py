@@ -274,6 +274,8 @@ BAD_ARGS = [
     ({"alpha": 1.5}, "alpha"),
     ({"alpha": -0.1}, "alpha"),
     ({"alpha": math.nan}, "alpha"),
+    ({"alpha": 10**400}, "alpha"),  # past a float's range: OverflowError from math.isfinite
+    ({"weights": [10**400, 1]}, "styles[0].weight"),
     ({"preserve_color": "sepia"}, "preserve_color"),
     ({"mask": Image.new("L", (10, 10))}, "mask"),
     ({"content_size": 0}, "content_size"),
@@ -398,6 +400,10 @@ def test_stylize_batch_names_the_content_and_refines(stylizer: Stylizer) -> None
     with pytest.raises(InvalidInputError) as e:
         stylizer.stylize_batch([CONTENT, b"no image", CONTENT], STYLE_A)
     assert e.value.field == "contents[1]"
+    with pytest.raises(InvalidInputError) as e:  # a mask fits one content, not another: which one is said
+        stylizer.stylize_batch([CONTENT, synth_image(64, 64, seed=5)], [STYLE_A, STYLE_B],
+                               mask=Image.new("L", (96, 64)))
+    assert str(e.value) == "mask: mask is 96 x 64, contents[1] is 64 x 64", e.value
     with pytest.raises(InvalidInputError, match=r"contents: must be a list of content images, got a str"):
         stylizer.stylize_batch("photo.png", STYLE_A)
     plain = stylizer.stylize_batch([CONTENT], STYLE_A)[0]
@@ -413,6 +419,80 @@ def test_limits_are_checked(decoder_path: Path) -> None:
             Limits(**{name: 0})  # max_content_side 0 made every output 1 x 1
     with pytest.raises(TypeError, match="limits must be an adain.Limits, got a dict"):
         Stylizer(decoder_path, device="cpu", limits={"max_styles": 2})
+
+
+def test_the_stylizers_own_arguments_are_checked_as_it_is_made(decoder_path: Path) -> None:
+    """An outside tester's: these were taken, then failed inside the first call (a TypeError from the cache or
+    the tiling), or silently meant no cache (-1)."""
+    from adain.tiling import Tiling
+
+    for size in (None, "a", -1, 1.5):
+        with pytest.raises(ValueError, match=f"cache_size must be a whole number >= 0 \\(0: no cache\\), got {size!r}"):
+            Stylizer(decoder_path, device="cpu", cache_size=size)
+    with pytest.raises(TypeError, match="tiling must be an adain.Tiling, got a dict"):
+        Stylizer(decoder_path, device="cpu", tiling={"threshold": 0})
+    with pytest.raises(TypeError, match="tile must be a whole number, got 128.0"):
+        Tiling(threshold=1, tile=128.0)
+    with pytest.raises(TypeError, match="threshold must be a whole number, got 'x'"):
+        Tiling(threshold="x")
+    import adain
+
+    assert adain.Tiling is Tiling and adain.StoppedError.__module__ == "adain.errors"
+
+
+def test_an_unknown_option_names_the_call_and_the_nearest_one(stylizer: Stylizer) -> None:
+    said = r"^stylize\(\) got an unexpected keyword argument 'alhpa' \(did you mean 'alpha'\?\)$"
+    with pytest.raises(TypeError, match=said):
+        stylizer.stylize(CONTENT, [STYLE_A], alhpa=0.5)  # it said Job.__init__()
+    with pytest.raises(TypeError, match=r"^stylize_batch\(\) got an unexpected keyword argument 'zzz'; its options: "):
+        stylizer.stylize_batch([CONTENT], [STYLE_A], zzz=1)
+
+
+def test_errors_cross_a_process_pool() -> None:
+    """A worker's error comes back whole: InvalidInputError was rebuilt from its one message where it takes two,
+    a TypeError that broke the pool for good (BrokenProcessPool on every later call)."""
+    import copy
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    import grpc
+
+    from adain.client import StyleTransferError
+    from adain.errors import StoppedError
+
+    err = InvalidInputError.of([InvalidInputError("alpha", "too big"), InvalidInputError("weights", "none")])
+    for again in (pickle.loads(pickle.dumps(err)), copy.deepcopy(err)):
+        assert (str(again), again.field, again.description) == (str(err), "alpha", "too big")
+        assert [p.field for p in again.problems] == ["alpha", "weights"] and again.problems[0] is again
+    stopped = pickle.loads(pickle.dumps(StoppedError("cancelled")))
+    assert (str(stopped), stopped.reason) == ("stopped: cancelled", "cancelled")  # "stopped: stopped: cancelled"
+    call = StyleTransferError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", request_id="r1",
+                              violations=[("a", "b")], retry_after=1.5)
+    again = pickle.loads(pickle.dumps(call))
+    assert (again.code, again.details, again.request_id, again.violations, again.retry_after, str(again)) == (
+        call.code, "queue full", "r1", [("a", "b")], 1.5, str(call))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(InvalidInputError, match="alpha: must be"):
+            pool.submit(_check_alpha, 2.0).result()
+        assert pool.submit(_check_alpha, 0.5).result() is None  # the pool still works
+
+
+def _check_alpha(alpha: float) -> None:
+    Job(STYLE_A, [STYLE_A], alpha=alpha).check(Limits())
+
+
+def test_any_path_like_is_a_path_and_an_empty_one_is_said(stylizer: Stylizer, tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "content.png").write_bytes(encoded(CONTENT))
+    (tmp_path / "style.png").write_bytes(STYLE_A)
+    entries = {e.name: e for e in os.scandir(tmp_path)}  # os.DirEntry: "expected image bytes, a path or ..."
+    out = stylizer.stylize(entries["content.png"], [entries["style.png"]])
+    assert diff(out, stylizer.stylize(CONTENT, [STYLE_A])) < 1e-6
+    for where in ({"content": ""}, {"styles": [""]}):  # said to be "." and a folder
+        with pytest.raises(InvalidInputError, match=r": the path is empty$"):
+            stylizer.stylize(where.get("content", CONTENT), where.get("styles", [STYLE_A]))
 
 
 def test_a_style_too_small_to_carry_one_is_refused(stylizer: Stylizer) -> None:
