@@ -47,7 +47,7 @@ from adain.argtypes import (
     positive_int,
     unit_interval,
 )
-from adain.commands import add_version_arg
+from adain.commands import Terminated, add_version_arg, on_sigterm
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -78,15 +78,6 @@ PROG = "adain-stylize"
 
 class CliError(Exception):
     """A failure to report as one line and exit 1."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (a video's temporary file removed, pending images not started), but
-    exiting 143."""
-
-
-def on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
 
 
 class _OnlyWithListStyles(argparse.Action):

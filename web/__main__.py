@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING
 from adain.argtypes import OneLineParser, int_in_range, positive_float, positive_int
 from adain.client.cli import (
     CliError,
-    Terminated,
     add_connection_args,
     add_local_arg,
     connect,
     local_conflicts,
-    on_sigterm,
     served,
 )
-from adain.commands import add_version_arg
+from adain.commands import Terminated, add_version_arg, on_sigterm
 
 if TYPE_CHECKING:
     from adain.client import StyleTransferClient
