@@ -142,10 +142,16 @@ class Stylizer:
         return self.render([prepared])[0]
 
     def stylize_batch(
-        self, contents: Sequence[ImageSource], styles: ImageSource | Sequence[ImageSource], **options: Any
+        self,
+        contents: Sequence[ImageSource],
+        styles: ImageSource | Sequence[ImageSource],
+        *,
+        on_step: Callable[[Any], None] | None = None,
+        **options: Any,
     ) -> list[Image.Image]:
         """Stylize several contents with the same styles and options; same-size contents share a batch
-        (with ``refine_steps``, each is optimised in turn). A content's problem names it: ``contents[i]``."""
+        (with ``refine_steps``, each is optimised in turn, ``on_step`` called after each of its iterations). A
+        content's problem names it: ``contents[i]``."""
         if not is_list(contents):
             raise InvalidInputError("contents", f"must be a list of content images, got a {type(contents).__name__}"
                                                 " (one content: stylize())")
@@ -160,7 +166,7 @@ class Stylizer:
                     raise InvalidInputError(e.field, e.description.replace("content", f"contents[{i}]")) from None
                 raise
         if options.get("refine_steps"):
-            return [refine(self, p) for p in prepared]
+            return [refine(self, p, on_step=on_step) for p in prepared]
         return self.render(prepared)
 
     # --- step 1: decode, style statistics ----------------------------------------------------

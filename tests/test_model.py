@@ -407,7 +407,9 @@ def test_stylize_batch_names_the_content_and_refines(stylizer: Stylizer) -> None
     with pytest.raises(InvalidInputError, match=r"contents: must be a list of content images, got a str"):
         stylizer.stylize_batch("photo.png", STYLE_A)
     plain = stylizer.stylize_batch([CONTENT], STYLE_A)[0]
-    refined = stylizer.stylize_batch([CONTENT], STYLE_A, refine_steps=2)[0]  # was the plain output, silently
+    steps: list = []
+    refined = stylizer.stylize_batch([CONTENT], STYLE_A, refine_steps=2, on_step=steps.append)[0]  # was the plain
+    assert len(steps) == 2  # output, silently; and on_step was "Job.__init__() got an unexpected keyword argument"
     assert diff(refined, stylizer.stylize(CONTENT, STYLE_A, refine_steps=2)) < 1e-6 and diff(refined, plain) > 0.01
 
 
