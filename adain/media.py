@@ -17,7 +17,7 @@ import re
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,25 @@ class VideoInfo:
         return math.floor(((stop - 0.5) / native - begin) * float(rate) + 1e-6) + 1
 
 
+def counted(path: str | Path, info: VideoInfo) -> VideoInfo:
+    """``info`` with the frames its file holds, counted as packets (a demux, no decode), and their average rate,
+    where the container declares no count (MKV, WebM). Its duration x its nominal rate is a guess there, and a
+    variable-rate MKV of 12 frames was refused as "61 frames, over the limit of max_video_frames=30"; a limit
+    check counts before it refuses. ``info`` as it is where the file cannot be read again or holds none."""
+    if info.frames:
+        return info
+    av = _av()
+    try:
+        with av.open(str(path)) as c:
+            n = sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+    except (av.error.FFmpegError, OSError, IndexError):
+        return info
+    if not n:
+        return info
+    rate = Fraction(n / info.video_duration).limit_denominator(1001) if info.video_duration else info.rate
+    return replace(info, frames=n, rate=rate)
+
+
 def _packet_end(packet: Any, origin: float) -> float:
     """Where a packet's data ends (its time plus its duration, where it says one), in seconds from ``origin``."""
     return float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
@@ -188,8 +207,14 @@ def _gif_frames(path: str | Path) -> int:
 def _info(c: Any, v: Any) -> VideoInfo:
     rate = v.average_rate or v.guessed_rate or Fraction(25)
     duration = c.duration / 1e6 if c.duration else (v.frames / float(rate) if v.frames else 0.0)  # AV_TIME_BASE
+    video = _stream_seconds(v) or duration
+    if "matroska" in c.format.name and c.duration and c.start_time:  # its durations are where the streams end: a
+        # clip starting late (a recorder's second segment, a cut that kept its times) was "truncated", its length
+        # counted from 0
+        origin = c.start_time / 1e6
+        duration, video = max(0.0, duration - origin), max(0.0, video - origin)
     return VideoInfo(v.codec_context.width, v.codec_context.height, Fraction(rate), v.frames or 0,
-                     bool(c.streams.audio), c.format.name, duration, _stream_seconds(v) or duration)
+                     bool(c.streams.audio), c.format.name, duration, video)
 
 
 def _stream_seconds(v: Any) -> float:
@@ -329,6 +354,9 @@ class VideoReader:
         self.total = self.info.frames_read(self.rate, self.start, self.end)  # 0: the container does not say
         self.audio: collections.deque[tuple[Any, float]] = collections.deque()
         self.count = 0
+        # where the last frame that came stops being shown, seconds from the start, once all have come: its own
+        # time (a GIF's last delay), the part's end or the file's, whichever is first; None until then
+        self.end_time: float | None = None
         self._lock = threading.Lock()  # one step of frames() at a time, or close()
         self._closed = False
 
@@ -353,7 +381,8 @@ class VideoReader:
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
         step, keep = 1 / float(self.rate), None  # the next time a frame is kept from (max_fps)
         slack = 0.5 / float(self.info.rate)  # the frame nearest a kept time counts as on it
-        start, end, sent, shown = self.start, self.end, 0, None
+        start, end, sent, shown, shown_until = self.start, self.end, 0, None, 0.0
+        seen = heard = -math.inf  # the latest picture and sound times yet
         # to the keyframe before the start; the frames from there to the start are decoded, dropped. MPEG
         # streams (a camcorder's .MTS, .TS, .MPG) seek by byte and land past the keyframe, so the decoder
         # dropped every frame up to the next one (a part of 10 frames came as 3, or none): read from the top.
@@ -380,12 +409,13 @@ class VideoReader:
                 if packet.stream is self.audio_stream:
                     if packet.dts is not None:
                         t = float(packet.pts * packet.time_base) - origin if packet.pts is not None else 0.0
+                        heard = self._forward(t, heard, "sound")
                         reached = max(reached, t + float((packet.duration or 0) * packet.time_base))
                         if not self.trimmed or start - 1e-6 <= t < end:  # (an AAC's first packet may be < 0)
                             if start or origin:  # the sound starts where the (trimmed) clip does
                                 shift = round((start + origin) / packet.time_base)
-                                packet.pts -= shift
-                                packet.dts = max(packet.dts - shift, 0)
+                                packet.pts -= shift  # (an AAC's first packet may then be < 0, as it is
+                                packet.dts -= shift  # unshifted; clamped to 0, it was refused beside the next)
                             self.audio.append((packet, t - start))
                     continue
                 if packet.pts is not None and packet.duration:  # a GIF's last frame may be shown for seconds
@@ -396,6 +426,9 @@ class VideoReader:
                     self.count += 1
                     t = (float(frame.time) - origin if frame.time is not None
                          else (self.count - 1) / float(self.info.rate))
+                    seen = self._forward(t, seen, "picture")
+                    own = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+                    shown_until = t + (own or 1 / float(self.info.rate))  # a GIF's last frame may hold for seconds
                     reached = max(reached, t + 1 / float(self.info.rate))
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)
                         shown = frame, t  # before the start (from the keyframe the seek went to), on screen at it
@@ -407,6 +440,7 @@ class VideoReader:
                     shown = None
                     for frame, t in due:
                         if t >= end - slack and sent:  # (the part's first frame comes however short the part)
+                            self.end_time = end - start
                             return  # past the end of a trimmed clip: the rest is not read
                         if self.limited:  # else every frame comes (a variable-rate clip's too), at its own time
                             if keep is not None and t < keep - slack:
@@ -416,6 +450,7 @@ class VideoReader:
                                 keep += step
                         sent += 1
                         yield _upright(frame, self.max_side, self.sar), t - start
+            self.end_time = max(0.0, min(shown_until, end) - start)
             if shown is not None and start < shown[1] + 1 / float(self.info.rate):  # the last frame, on screen at
                 sent += 1  # a start after its time (a start past the picture's end finds none)
                 yield _upright(shown[0], self.max_side, self.sar), 0.0
@@ -429,12 +464,25 @@ class VideoReader:
         # average rate, which FFmpeg measures on the first frames, refused whole variable-rate MKVs
         if self.info.frames and self.count < self.info.length:
             raise MediaError(f"{self.path}: truncated: {self.count} of the {self.info.length} frames it declares")
-        declared = self._c.duration / 1e6 if self._c.duration else 0.0  # AV_TIME_BASE
+        declared = self.info.duration if self._c.duration else 0.0  # (a Matroska's counted from its start)
         if declared and reached < declared - 2 / float(self.info.rate) - 0.05:
             raise MediaError(f"{self.path}: truncated: the data ends at {reached:.2f} s of the {declared:.2f} s "
                              "it declares")
         if self._c.format.name == "gif" and not _ends_with_gif_trailer(self.path):
             raise MediaError(f"{self.path}: truncated: the GIF has no trailer (it was cut off)")
+
+    JUMP = 0.5  # seconds back that a stream's times may go (a broken file's jitter) before it is refused
+
+    def _forward(self, t: float, latest: float, what: str) -> float:
+        """The latest time of a stream, ``t`` among them; a time far before the latest is refused. Files joined end
+        to end (``cat a.ts b.ts``, each part's clock from 0) went back to 0 halfway: the second part's frames
+        were taken as before the start and dropped without a word (half the clip), and its sound, copied,
+        was refused by the muxer as "cannot write the video"."""
+        if t < latest - self.JUMP:
+            raise MediaError(f"{self.path}: its {what}'s times jump back from {latest:.2f} s to {t:.2f} s (files "
+                             "joined end to end?): write it again with times that run on, e.g. "
+                             "ffmpeg -i IN -c copy OUT.mp4")
+        return max(latest, t)
 
     def close(self) -> None:
         with self._lock:
@@ -569,6 +617,8 @@ class VideoWriter:
         if source is not None and source.audio_stream is not None:
             self._add_audio(source.audio_stream, fmt)
         self._last_pts = -1
+        self._pending: tuple[Image.Image, int] | None = None  # the frame written last, not yet encoded
+        self._shown: dict[int, int] = {}  # a frame's pts -> its time on screen, for its packet
         self.codec = codec
 
     def _add_audio(self, a_in: Any, fmt: str) -> None:
@@ -588,8 +638,8 @@ class VideoWriter:
         self._a_encoder = a_in.codec_context
 
     def write(self, image: Image.Image, time: float) -> None:
-        """Append one frame shown at ``time`` seconds (times are made strictly increasing)."""
-        av = _av()
+        """Append one frame shown at ``time`` seconds (times are made strictly increasing). It is encoded when
+        the next comes (or at :meth:`close`), which says how long it is shown."""
         if image.size != self.size:
             if (image.width - image.width % 2, image.height - image.height % 2) != self.size:
                 w, h = self.size
@@ -598,14 +648,29 @@ class VideoWriter:
         pts = max(self._last_pts + 1, round(time / self.time_base))
         self._last_pts = pts
         with self._ffmpeg():
-            frame = av.VideoFrame.from_image(image.convert("RGB")) if self._yuv else _paletted(image)
-            if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
-                frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
-            frame.pts = pts
-            frame.time_base = self.time_base
-            for packet in self._v.encode(frame):
-                self._c.mux(packet)
+            if self._pending is not None:
+                self._encode(*self._pending, until=pts)
+            self._pending = image, pts
             self._mux_audio(until=time)
+
+    def _encode(self, image: Image.Image, pts: int, until: int | None) -> None:
+        """One frame, shown from ``pts`` to ``until`` (time base units; None: for 1/rate). Each packet is given its
+        frame's time on screen: the encoders gave each 1/rate, so a GIF's last frame held for 2 s came out held
+        for 0.57 s, and one frame of a 3-s clip at --fps 0.001 made a 1,000-s video."""
+        av = _av()
+        frame = av.VideoFrame.from_image(image.convert("RGB")) if self._yuv else _paletted(image)
+        if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
+            frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
+        frame.pts = pts
+        frame.time_base = self.time_base
+        step = max(1, round(1 / (self.rate * self.time_base)))
+        self._shown[pts] = until - pts if until is not None and until > pts else step
+        self._mux_video(self._v.encode(frame))
+
+    def _mux_video(self, packets: list[Any]) -> None:
+        for packet in packets:  # (an encoder's packets may come frames later: its delay, B-frames)
+            packet.duration = self._shown.pop(packet.pts, packet.duration)
+            self._c.mux(packet)
 
     def _mux_audio(self, until: float) -> None:
         if self._a_out is None or self._source is None:
@@ -635,10 +700,14 @@ class VideoWriter:
                 self._c.mux(out)
 
     def close(self) -> None:
-        """Flush the encoder, copy the audio that is left, and finish the file."""
+        """Encode the last frame, shown until the source's :attr:`VideoReader.end_time` (else for 1/rate), flush the
+        encoder, copy the audio that is left, and finish the file."""
         with self._ffmpeg():
-            for packet in self._v.encode(None):
-                self._c.mux(packet)
+            if self._pending is not None:
+                end = self._source.end_time if self._source is not None else None
+                self._encode(*self._pending, until=None if end is None else round(end / self.time_base))
+                self._pending = None
+            self._mux_video(self._v.encode(None))
             if self._source is not None:
                 self._mux_audio(until=math.inf)
                 if self._a_encoder is not None:

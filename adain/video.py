@@ -348,6 +348,8 @@ def stylize_video(
     container = container_for(output)
     if same_file(output, source):
         raise InvalidInputError("output", f"{output} is the source clip: it would be overwritten")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)  # as the thin client's (a FileNotFoundError named the
+    # temporary file)
     # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
     with reader, atomic_output(output) as tmp:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from PIL import Image
@@ -21,6 +22,9 @@ from adain.files import bytes_written
 from adain.wire import INPUT_SUFFIXES
 
 from ._client import StyleTransferClient, StyleTransferError
+
+if TYPE_CHECKING:
+    from adain.media import VideoReader
 
 FRAME_FORMAT = ("jpeg", 95)  # the wire format of frames, both ways
 
@@ -50,15 +54,27 @@ def _encode(img: Image.Image) -> bytes:
     return bytes_written(lambda f: img.save(f, "JPEG", quality=FRAME_FORMAT[1]))
 
 
-def _check_length(client: StyleTransferClient, source: Path, frames: int, cut: bool) -> None:
-    """Refuse a clip that declares more frames than the server takes, before sending any: the server can only
+def _check_length(client: StyleTransferClient, reader: VideoReader, max_fps: float | None) -> None:
+    """Refuse a clip that holds more frames than the server takes, before sending any: the server can only
     count them as they come, and says so after stylizing its limit's worth (an hour and a half of work at
-    the default 9,000 on a CPU)."""
+    the default 9,000 on a CPU). A count the container does not declare (MKV, WebM) is counted before it
+    refuses (``adain.media.counted``), and ``reader.total`` (the progress bar's) is then that count."""
+    frames = reader.total
     limit = client.server_info()["limits"].get("max_video_frames", 0) if frames else 0
-    if limit and frames > limit:
+    if not limit or frames <= limit:
+        return
+    from adain.media import counted
+
+    info = counted(reader.path, reader.info)
+    if info is not reader.info:
+        rate = min(info.rate, Fraction(max_fps).limit_denominator(1001)) if max_fps is not None else info.rate
+        frames = reader.total = info.frames_read(rate, reader.start, reader.end)
+    if frames > limit:
+        cut = max_fps is not None or reader.trimmed
         raise StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, (
-            f"{source}: {frames} frames{' in that part, at that rate' if cut else ''}, over the server's limit of "
-            f"max_video_frames={limit}: take a part of the clip (--start/--duration) or fewer frames a second (--fps)"))
+            f"{reader.path}: {frames} frames{' in that part, at that rate' if cut else ''}, over the server's limit "
+            f"of max_video_frames={limit}: take a part of the clip (--start/--duration) or fewer frames a second "
+            "(--fps)"))
 
 
 def stylize_video_file(
@@ -91,7 +107,7 @@ def stylize_video_file(
     # frames scaled while decoding when the server is to stylize them smaller: fewer bytes to send
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
     with reader, atomic_output(output) as tmp:
-        _check_length(client, source, reader.total, max_fps is not None or reader.trimmed)
+        _check_length(client, reader, max_fps)
         if on_start is not None:
             on_start(reader.total)
         times: collections.deque[float] = collections.deque()

@@ -88,7 +88,7 @@ def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, 
     for packet in stream.encode(None):
         out.mux(packet)
     if a is not None:
-        length = times[-1] + 1 / fps if times else frames / fps
+        length = times[-1] - times[0] + 1 / fps if times else frames / fps  # (from audio_start)
         step, total, t = (960 if a_codec == "libopus" else 1024), int(length * a.rate), 0
         sound_packets = 0
         fmt = a.codec_context.format.name  # the encoder's own sample format (PCM's is no float)

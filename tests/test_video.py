@@ -485,6 +485,69 @@ def test_a_part_opens_with_the_frame_on_screen_however_short(tmp_path: Path) -> 
             assert np.array_equal(np.asarray(got[0][0]), whole[index]), (start, duration)
 
 
+def _stream_seconds(path: Path) -> dict[str, float]:
+    import av
+
+    with av.open(str(path)) as c:
+        return {s.type: float(s.duration * s.time_base) for s in c.streams if s.duration}
+
+
+def test_clocks_as_recorders_and_joins_leave_them(tmp_path: Path) -> None:
+    """An outside tester's clips. An MKV whose streams start at 10 s (a recorder's second segment) was "truncated:
+    the data ends at 2.00 s of the 12.00 s it declares" (Matroska's durations are where streams end), and with
+    sound "cannot write the video" (the sound's first packet clamped to 0 beside the next). Two TS files joined
+    end to end (each clock from 0) lost the second without a word, or failed naming the output."""
+    import av
+
+    make_video(tmp_path / "late.mkv", frames=24, times=[10 + i / 12 for i in range(24)], audio=True, audio_start=10)
+    with VideoReader(tmp_path / "late.mkv") as r:
+        assert abs(r.info.duration - 2.0) < 0.1 and r.total == 24
+    _copy(tmp_path / "late.mkv", tmp_path / "late.mp4")
+    assert video_facts(tmp_path / "late.mp4")["frames"] == 24 and abs(_audio_seconds(tmp_path / "late.mp4") - 2) < 0.1
+    for sound in (False, True):
+        make_video(tmp_path / "a.ts", frames=12, audio=sound)
+        make_video(tmp_path / "b.ts", frames=12, audio=sound)
+        (tmp_path / "joined.ts").write_bytes((tmp_path / "a.ts").read_bytes() + (tmp_path / "b.ts").read_bytes())
+        with av.open(str(tmp_path / "joined.ts")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 24  # all there, for a player that follows the clock
+        with VideoReader(tmp_path / "joined.ts") as r, pytest.raises(MediaError) as e:
+            list(r.frames())
+        said = f"its {'sound' if sound else 'picture'}'s times jump back from "
+        assert said in str(e.value) and "(files joined end to end?)" in str(e.value), e.value
+
+
+def test_the_last_frame_is_shown_for_its_own_time(tmp_path: Path) -> None:
+    """Each frame of a written clip is on screen until the next; the last one until its own end (a GIF's last
+    delay, or the source's end when frames are dropped): encoders gave it 1/rate, so a GIF holding its last
+    frame 2 s held it 0.57 s, and one frame of a 3-s clip at max_fps 0.001 made a 1,000-s video."""
+    gif = [Image.fromarray(np.full((32, 48, 3), 60 * i, np.uint8)) for i in range(4)]
+    gif[0].save(tmp_path / "hold.gif", save_all=True, append_images=gif[1:], duration=[100, 100, 100, 2000], loop=0)
+    _copy(tmp_path / "hold.gif", tmp_path / "out.gif")
+    with Image.open(tmp_path / "out.gif") as out:
+        delays = [(out.seek(i), out.info["duration"])[1] for i in range(out.n_frames)]
+    assert delays == [100, 100, 100, 2000], delays
+    _copy(tmp_path / "hold.gif", tmp_path / "out.mp4")
+    assert abs(_stream_seconds(tmp_path / "out.mp4")["video"] - 2.3) < 0.01
+    make_video(tmp_path / "three.mp4", frames=36, fps=12, audio=True)
+    _copy(tmp_path / "three.mp4", tmp_path / "one.mp4", max_fps=0.001)
+    assert video_facts(tmp_path / "one.mp4")["frames"] == 1
+    assert abs(_stream_seconds(tmp_path / "one.mp4")["video"] - 3) < 0.01
+    _copy(tmp_path / "three.mp4", tmp_path / "part.mp4", start=1, duration=1)  # a part: until its end
+    assert abs(_stream_seconds(tmp_path / "part.mp4")["video"] - 1) < 0.01
+
+
+def test_a_count_no_container_declares_is_counted_before_a_limit_refuses(tmp_path: Path) -> None:
+    """A variable-rate MKV whose nominal rate is 30 holds 12 frames in 2 s: its duration x its rate said 61, and a
+    limit of 30 refused it (the CLI's and the page's check before sending)."""
+    from adain.media import counted
+
+    times = [0, 0.05, 0.1, 0.4, 0.45, 0.9, 1.0, 1.05, 1.5, 1.7, 1.75, 2.0]
+    make_video(tmp_path / "vfr.mkv", times=times, fps=30)
+    with VideoReader(tmp_path / "vfr.mkv") as r:
+        assert r.total > 30 and counted(r.path, r.info).frames == 12 == len(list(r.frames()))
+        assert counted(r.path, r.info).frames_read(counted(r.path, r.info).rate) == 12
+
+
 def test_a_start_past_any_time_a_streamed_webm_holds(tmp_path: Path) -> None:
     """A WebM written as a stream (a browser's MediaRecorder: no seeking back) declares no duration, so a start
     is not checked against one; a start of 1e20 s overflowed FFmpeg's seek target (an OverflowError). It is read
@@ -740,6 +803,7 @@ def test_a_refusing_encoder_is_a_media_error_naming_the_output(tmp_path: Path) -
         with atomic_output(out) as tmp:
             writer = VideoWriter(tmp, width=16, height=70000, rate=Fraction(10), container="gif")
             writer.write(Image.new("RGB", (16, 70000)), 0.0)
+            writer.close()  # (a frame is encoded when the next comes, or here: that says how long it is shown)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -736,6 +736,10 @@ async def _read_video_form(
         if info.duration and start >= info.duration:
             problems.add("start", f"the clip is {info.duration:.1f} s long; {start:g} s is past its end")
         frames = clip_frames(info, fps, start, duration)  # declared, or by the duration (WebM declares none)
+        if frames > max_frames and not info.frames:  # a guess from the duration: counted before it refuses
+            from adain.media import counted
+
+            frames = clip_frames(await run_in_threadpool(counted, clip[0], info), fps, start, duration)
         if frames > max_frames:
             problems.add("content", f"{frames} frames, over the limit of max_video_frames={max_frames}"
                          + (" (at that frame rate)" if fps else "")
