@@ -24,23 +24,34 @@ class InvalidInputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.description = message
-        self.problems: tuple[InvalidInputError, ...] = (self,)
+        self._others: tuple[InvalidInputError, ...] = ()
+
+    @property
+    def problems(self) -> tuple[InvalidInputError, ...]:
+        """This problem and the others found with it. (Held as itself among them, every error was a reference
+        cycle: its traceback's frames, with the decoded images in them, waited for the cyclic collector, and a
+        server refusing 8K contents held 256 MB more after each refusal.)"""
+        return (self, *self._others)
 
     def __reduce__(self) -> tuple:
         # pickle (a process pool's worker handing its error back) rebuilt it from args, one message where
-        # __init__ takes two: a TypeError, and the pool broken for good. Its problems (itself among them) and its
-        # message come back as state.
+        # __init__ takes two: a TypeError, and the pool broken for good. Its other problems and its message come
+        # back as state.
         return type(self), (self.field, self.description), {**self.__dict__, "args": self.args}
 
     @classmethod
     def of(cls, problems: Sequence[InvalidInputError]) -> InvalidInputError:
         """One error to raise for several: the first, carrying all of them in ``problems``; its message
-        lists them all (at most ``SHOWN``), so a printed error does not hide the second mistake."""
-        first = problems[0]
-        first.problems = tuple(problems)
-        if len(problems) > 1:
-            shown = "; ".join(f"{p.field}: {p.description}" for p in problems[:SHOWN])
-            more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+        lists them all (at most ``SHOWN``), so a printed error does not hide the second mistake. A list given is
+        emptied: the caller's frame, in the raised error's traceback, would hold the error (a cycle)."""
+        found = tuple(problems)
+        if isinstance(problems, list):
+            problems.clear()
+        first = found[0]
+        first._others = tuple(p for p in found[1:] if p is not first)
+        if len(found) > 1:
+            shown = "; ".join(f"{p.field}: {p.description}" for p in found[:SHOWN])
+            more = f" (and {len(found) - SHOWN} more)" if len(found) > SHOWN else ""
             first.args = (shown + more,)
         return first
 

@@ -442,6 +442,9 @@ def _checked_size(img: Image.Image, field: str, max_pixels: int) -> tuple[int, i
     return w, h
 
 
+REDUCING_GAP = 8.0  # a downscale by 16x or more is done in two steps; below it, by Lanczos alone (as always)
+
+
 def longest_size(w: int, h: int, limit: int | None) -> tuple[int, int]:
     """(w, h) scaled down (never up) so that the longest side is at most ``limit``, aspect kept: the one
     rule for images and for clips scaled while decoding (``adain.media``), so the two agree to the pixel."""
@@ -452,9 +455,11 @@ def longest_size(w: int, h: int, limit: int | None) -> tuple[int, int]:
 
 
 def resize_longest(img: Image.Image, limit: int | None) -> Image.Image:
-    """Downscale (never upscale) so that the longest side is at most ``limit``; keeps the aspect ratio."""
+    """Downscale (never upscale) so that the longest side is at most ``limit``; keeps the aspect ratio. Past 16x
+    smaller, by whole factors first (Pillow's ``reducing_gap``): Lanczos alone holds a coefficient a source
+    pixel an output pixel along each side, and a 1 x 60,000,000 PNG (within max_pixels) was a MemoryError."""
     size = longest_size(img.width, img.height, limit)
-    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -4,6 +4,7 @@ that go into a google.rpc.BadRequest detail (the grpc-status-details-bin trailer
 from __future__ import annotations
 
 import re
+import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,18 @@ def clip_bytes(text: str, most: int) -> str:
     """``text`` cut to at most ``most`` bytes of UTF-8, marked with '...' where it was cut."""
     data = text.encode()
     return text if len(data) <= most else data[: most - 3].decode(errors="ignore") + "..."
+
+
+def release(error: BaseException | None) -> None:
+    """Clear the local variables of the finished frames a failed call's exceptions hold (its chain: causes and
+    contexts). Exceptions kept alive by a reference cycle (asyncio's futures, a traceback's frame holding its own
+    exception) wait for the cyclic collector, and their frames with them: a server refusing a 6000 x 6000
+    content for its mask held 137 MB more after each refusal (the decoded content in prepare's frames)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # (frames still running are left as they are)
+        error = error.__cause__ or error.__context__
 
 
 class ServiceError(Exception):

@@ -49,7 +49,7 @@ from adain.wire import (
 from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
-from .errors import ServiceError, Violation, reply_limit, request_id, status_trailers, trace_id
+from .errors import ServiceError, Violation, release, reply_limit, request_id, status_trailers, trace_id
 from .library import MAX_THUMBNAIL, StyleLibrary
 from .logs import log_fields
 from .metrics import Metrics
@@ -96,6 +96,7 @@ async def _call(
             context.set_trailing_metadata(rid_md)
     except ServiceError as e:
         code, detail = e.code, e.message
+        release(e)
         if context.cancelled():  # nobody hears this status: a video stream gRPC cut for a message over the limit
             code, detail = grpc.StatusCode.CANCELLED, _cancelled_detail(servicer, method)  # ends its requests first
         await context.abort(e.code, e.message, trailing_metadata=rid_md + status_trailers(e))
@@ -115,9 +116,10 @@ async def _call(
     except grpc.aio.AbortError:
         code = context.code() or grpc.StatusCode.UNKNOWN
         raise
-    except Exception:
+    except Exception as e:
         code = grpc.StatusCode.INTERNAL
         log.exception("request %s: %s failed", rid, method)
+        release(e)
         detail = f"internal error (request id {rid})"
         await context.abort(code, detail, trailing_metadata=rid_md)
     finally:

@@ -425,6 +425,25 @@ def test_a_16_bit_image_decodes_in_bounded_memory() -> None:
     assert int(run.stdout) < 250, f"{run.stdout.strip()} MB"
 
 
+MEASURE_THIN = """
+import resource
+from PIL import Image
+from adain.image import resize_longest
+img = Image.new("RGB", (1, 60_000_000))  # a 233-kB PNG decodes to this, within max_pixels
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(resize_longest(img, 16384).size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def test_a_thin_image_is_scaled_down_in_bounded_memory() -> None:
+    # An outside tester's 1 x 60,000,000 PNG: Lanczos alone wanted a coefficient a source row an output row (GBs:
+    # a MemoryError, INTERNAL from the server); by whole factors first, then Lanczos
+    run = subprocess.run([sys.executable, "-c", MEASURE_THIN], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    size, mb = run.stdout.rsplit(" ", 1)
+    assert size == "(1, 16384)" and int(mb) < 400, run.stdout
+
+
 def test_missing_and_empty_files(tmp_path) -> None:
     with pytest.raises(InvalidInputError, match="no such image file"):
         load_image(tmp_path / "nope.png")

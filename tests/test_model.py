@@ -514,3 +514,21 @@ def test_counts_in_messages_are_in_words() -> None:
     with pytest.raises(InvalidInputError) as err:
         Job(STYLE_A, [STYLE_A, STYLE_B], weights=[1]).check(Limits())
     assert "1 weight for 2 styles" in str(err.value), str(err.value)
+
+
+def test_a_refusal_leaves_no_reference_cycle(stylizer: Stylizer) -> None:
+    """An InvalidInputError held itself in ``problems``: a cycle through its traceback's frames, so each refused
+    content (decoded in those frames) stayed in memory until the cyclic collector ran (a server refusing 8K
+    contents for their mask grew 256 MB a call)."""
+    import gc
+
+    wrong = Image.new("L", (10, 10))
+    for bad in ({"mask": wrong}, {"mask": wrong, "alpha": 2}):
+        gc.collect()
+        gc.disable()
+        try:
+            with pytest.raises(InvalidInputError):
+                stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], **bad)
+            assert gc.collect() == 0, bad
+        finally:
+            gc.enable()
