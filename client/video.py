@@ -98,7 +98,16 @@ def stylize_video_file(
     of the clip (its sound too); ``frame_timeout`` (seconds) ends the stream with DEADLINE_EXCEEDED when no
     stylized frame comes back for that long (a clip as a whole has no deadline: a server or network gone silent
     held it for good). Raises MediaError or StyleTransferError; on any failure no output file is left."""
-    from adain.media import MediaError, VideoReader, VideoWriter, atomic_output, container_for, decode_side, same_file
+    from adain.media import (
+        MediaError,
+        Stopped,
+        VideoReader,
+        VideoWriter,
+        atomic_output,
+        container_for,
+        decode_side,
+        same_file,
+    )
 
     container = container_for(output)
     if same_file(output, source):
@@ -113,7 +122,7 @@ def stylize_video_file(
         times: collections.deque[float] = collections.deque()
 
         def frames() -> Iterator[bytes]:  # runs on gRPC's thread, as the stream has room
-            for img, t in reader.frames():
+            for img, t in reader.frames(stop=stop):  # (dropped frames too: asked at every decoded one)
                 times.append(t)
                 yield _encode(img)
 
@@ -144,8 +153,13 @@ def stylize_video_file(
         except BaseException as e:
             if writer is not None:
                 writer.abort()
+            read_stopped = isinstance(e, Stopped)  # the reader's, between frames sent: as the stream's own stop
+            if read_stopped:
+                e = StyleTransferError(grpc.StatusCode.CANCELLED, f"{source}: stopped: its caller asked")
             if stalled and isinstance(e, StyleTransferError) and e.code == grpc.StatusCode.CANCELLED:
                 raise StyleTransferError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{source}: no stylized frame came back "
                                          f"for {frame_timeout:g} s after frame {count}") from None
+            if read_stopped:
+                raise e from None
             raise
     return count

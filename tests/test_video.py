@@ -548,6 +548,25 @@ def test_a_count_no_container_declares_is_counted_before_a_limit_refuses(tmp_pat
         assert counted(r.path, r.info).frames_read(counted(r.path, r.info).rate) == 12
 
 
+def test_a_stop_is_asked_at_every_frame_decoded(tmp_path: Path, client: StyleTransferClient) -> None:
+    """A security tester's: a cancelled clip job read at --fps 0.001 decoded its 200,000 tiny frames on (its
+    page's place freed at once), since stop was asked only as frames were sent; now at each one decoded."""
+    from adain.client.video import stylize_video_file
+    from adain.media import Stopped
+
+    make_video(tmp_path / "many.mp4", frames=120, w=16, h=16, fps=100)
+    asked = []
+    with VideoReader(tmp_path / "many.mp4", max_fps=0.001) as r, pytest.raises(Stopped):
+        for _ in r.frames(stop=lambda: len(asked) > 10 or asked.append(1)):
+            pass
+    assert r.count == 12  # of 120: one sent, the rest dropped, each decoded one asked about
+    calls = []
+    with pytest.raises(StyleTransferError) as e:
+        stylize_video_file(client, tmp_path / "many.mp4", tmp_path / "out.mp4", [STYLE], max_fps=0.001,
+                           stop=lambda: len(calls) > 30 or calls.append(1))
+    assert e.value.code == grpc.StatusCode.CANCELLED and len(calls) == 31 and not (tmp_path / "out.mp4").exists()
+
+
 def test_a_start_past_any_time_a_streamed_webm_holds(tmp_path: Path) -> None:
     """A WebM written as a stream (a browser's MediaRecorder: no seeking back) declares no duration, so a start
     is not checked against one; a start of 1e20 s overflowed FFmpeg's seek target (an OverflowError). It is read

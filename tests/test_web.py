@@ -1064,6 +1064,29 @@ def test_other_sites_pages_are_refused(web: WebProcess) -> None:
         assert _live_error(ws)[0]["violations"][0]["field"] == "styles"
 
 
+def test_a_name_made_to_resolve_here_is_refused(web: WebProcess, server: ServerProcess) -> None:
+    """DNS rebinding (a security tester's): another site's name made to resolve to 127.0.0.1 is, to the browser,
+    this page's origin (Origin and Host agree), and its page could stylize and read the replies. On loopback the
+    page answers to its addresses and localhost alone, and to the names --allowed-host gives."""
+    port = web.url.rsplit(":", 1)[1]
+    rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    files = [_png("content", CONTENT), _png("styles", STYLE)]
+    r = httpx.post(web.url + "/api/stylize", files=files, headers=rebound, timeout=60)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "PERMISSION_DENIED", r.text
+    assert "'evil.example'" in r.json()["error"]["message"] and "--allowed-host" in r.json()["error"]["message"]
+    assert httpx.get(web.url + "/api/info", headers={"Host": f"evil.example:{port}"}).status_code == 403
+    for name in ("localhost", "127.0.0.1", "[::1]", "127.0.0.2"):
+        assert httpx.get(web.url + "/api/info", headers={"Host": f"{name}:{port}"}).status_code == 200, name
+    allowing = WebProcess(server.target, "--allowed-host", "Studio.Example")
+    try:
+        port = allowing.url.rsplit(":", 1)[1]
+        for name, status in (("studio.example", 200), ("localhost", 200), ("evil.example", 403)):
+            got = httpx.get(allowing.url + "/api/info", headers={"Host": f"{name}:{port}"}).status_code
+            assert got == status, name
+    finally:
+        allowing.stop()
+
+
 def test_live_timeouts_say_so_and_whose_silence_it_was(server: ServerProcess) -> None:
     """A page that sent no options was dropped without a word (1006); a page that stops sending is told."""
     web = WebProcess(server.target, "--live-idle-s", "2")

@@ -70,6 +70,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                    help="another site (https://example.org) whose pages may call this API from a browser; by "
                    "default only this page may (repeat for more)")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a name this page answers to in a request's Host (repeat for more). Listening on loopback "
+                   "(the default --host) it answers to its addresses and localhost alone, so that another site "
+                   "whose name is made to resolve here (DNS rebinding) is refused; listening elsewhere, to any "
+                   "name unless this is given (give the names it is served by)")
     p.add_argument("--metrics-port", type=int_in_range(0, 65535), default=0, metavar="PORT",
                    help="serve Prometheus metrics (requests by route and status, live sessions, clip jobs) on this "
                    "port of --host (default 0: none; a port of its own, so the public never sees them)")
@@ -128,7 +133,9 @@ def _serve(args: argparse.Namespace) -> int:
                                max_disk_bytes=int(args.max_disk_mb * 2**20), max_photo_calls=args.max_photos,
                                live=LiveSettings(max_sessions=args.max_live, max_seconds=args.live_max_s,
                                                  idle_seconds=args.live_idle_s),
-                               forwarded_for=args.forwarded_for, allowed_origins=tuple(args.allowed_origin))
+                               forwarded_for=args.forwarded_for, allowed_origins=tuple(args.allowed_origin),
+                               allowed_hosts=None if args.allowed_host is None else tuple(args.allowed_host),
+                               listen_host=args.host)
         metrics = WebMetrics() if args.metrics_port > 0 else None
         app = create_app(client, settings, metrics)
         if metrics is not None:

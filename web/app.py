@@ -33,6 +33,7 @@ answered with a fixed message: gRPC's details name its internal address, so they
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import re
@@ -130,6 +131,9 @@ class WebSettings:
     live: LiveSettings = LiveSettings()  # the live camera (web.live)
     forwarded_for: bool = False  # the end user is the last X-Forwarded-For address (behind a proxy), not the peer
     allowed_origins: tuple[str, ...] = ()  # other sites whose pages may call this API from a browser
+    # names a request's Host may give (HostCheck); None: loopback names alone where the page listens on loopback
+    allowed_hosts: tuple[str, ...] | None = None
+    listen_host: str = "127.0.0.1"  # where adain-web listens (--host): whether the Host is checked by default
 
 
 class BodyLimit:
@@ -234,6 +238,51 @@ class SecurityHeaders:
             await body(scope, receive, with_headers)
 
 
+def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, as --host takes it) is this machine's loopback alone."""
+    address = _address(host)
+    return host.lower().rstrip(".") == "localhost" or (address is not None and address.is_loopback)
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host is not a name this page answers to is refused (403; a socket closed
+    with 1008). A site's page whose name is made to resolve to 127.0.0.1 (DNS rebinding) is, to the browser, the
+    same origin as this page: its Origin and Host agree, so SameOrigin let it upload, stylize and read the
+    replies, with the token adain-web holds. An address (127.0.0.1, a pod's IP: a probe's) is always taken, as
+    rebinding needs a name; so is ``localhost``, and the names ``allowed`` gives (--allowed-host). Listening
+    elsewhere than on loopback with none given (a service behind names this page cannot know), any Host is."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] | None, listen_host: str) -> None:
+        self.app = app
+        checked = allowed is not None or is_loopback(listen_host)
+        self.names = {"localhost", *(n.lower().strip("[]").rstrip(".") for n in allowed or ())} if checked else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.names is None or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 or "]:" in host else host  # less the port
+        name = name.strip("[]").rstrip(".")
+        if name not in self.names and _address(name) is None:
+            if scope["type"] == "websocket":
+                await receive()  # the handshake
+                await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+                return
+            message = (f"this page does not answer to the name {name or '(none)'!r}: open it by its address or a "
+                       f"name it answers to ({', '.join(sorted(self.names))}; adain-web --allowed-host adds names)")
+            await _error(403, "PERMISSION_DENIED", message)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class SameOrigin:
     """ASGI middleware: a browser's POST, DELETE or WebSocket from another site's page is refused (403; the
     socket closed with 1008), so a page elsewhere cannot spend this server's time through a visitor's
@@ -303,6 +352,7 @@ def create_app(
 
     app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts, listen_host=settings.listen_host)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
                        by_prefix={"/api/videos": settings.max_video_bytes})
     photo_calls = PhotoCalls(settings.max_photo_calls)
