@@ -123,7 +123,7 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         if len(source) == 0:
             raise InvalidInputError(field, "image data is empty")
         data = bytes(source)
-        _check_layout(data, field)
+        check_layout(data, field)
         fp: io.BytesIO | Path = io.BytesIO(data)
     elif isinstance(source, (str, PathLike)):
         fp = _path(source, field)
@@ -164,17 +164,17 @@ def _why(e: Exception) -> str:
 
 
 def _check_file_layout(path: Path, field: str) -> None:
-    """:func:`_check_layout` of a file, mapped (a walk of a PNG's chunks reads only their headers)."""
+    """:func:`check_layout` of a file, mapped (a walk of a PNG's chunks reads only their headers)."""
     try:
         with open(path, "rb") as f:
             view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):  # gone, unreadable or empty since it was checked: Image.open says so
         return
     with view:
-        _check_layout(view, field)
+        check_layout(view, field)
 
 
-def _check_layout(data: bytes | mmap.mmap, field: str) -> None:
+def check_layout(data: bytes | mmap.mmap, field: str) -> None:
     """Refuse, before Pillow opens it, a JPEG or PNG whose header Pillow would spend seconds parsing in Python, or a
     JPEG whose scans would hold a decode worker for minutes (its segments walked once, here: the scans were walked
     again from the start at decode time, and a path read whole into memory for it)."""

@@ -316,8 +316,8 @@ def test_photo_calls_at_once_are_bounded_before_their_uploads_are_read(server: S
     web = WebProcess(server.target, "--max-photos", "1")
     slow = socket.create_connection(("127.0.0.1", web.port))
     try:
-        slow.sendall(b"POST /api/stylize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
-                     b"Content-Length: 100000\r\n\r\n--xyz\r\n")  # and the rest never comes
+        slow.sendall(b"POST /api/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                     b"boundary=xyz\r\nContent-Length: 100000\r\n\r\n--xyz\r\n")  # and the rest never comes
         end = time.monotonic() + 10
         while (r := httpx.post(web.url + "/api/stylize", files=[_png("content", CONTENT)])).status_code != 429:
             assert r.status_code == 400 and time.monotonic() < end, r.text  # (no style) until the slow one counts
@@ -330,6 +330,25 @@ def test_photo_calls_at_once_are_bounded_before_their_uploads_are_read(server: S
         while (r := _post(web.url, files)).status_code == 429 and time.monotonic() < end:
             time.sleep(0.1)
         assert r.status_code == 200, r.text
+    finally:
+        slow.close()
+        web.stop()
+
+
+def test_a_stalled_upload_is_answered_and_its_place_freed(server: ServerProcess) -> None:
+    """A security tester's: an upload that sends nothing held its place for good (every photo place, with 32
+    connections; the clip place for 300 s and more). Past --upload-idle-s without a byte: 408, the place free."""
+    web = WebProcess(server.target, "--max-photos", "1", "--upload-idle-s", "1")
+    slow = socket.create_connection(("127.0.0.1", web.port))
+    try:
+        t0 = time.monotonic()
+        slow.sendall(b"POST /api/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                     b"boundary=xyz\r\nContent-Length: 100000\r\n\r\n--xyz\r\n")  # and the rest never comes
+        slow.settimeout(20)
+        answer = slow.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408") and "no byte of it came for 1 s" in answer, answer
+        assert time.monotonic() - t0 < 10
+        assert _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)]).status_code == 200  # its place
     finally:
         slow.close()
         web.stop()
@@ -1087,6 +1106,17 @@ def test_a_name_made_to_resolve_here_is_refused(web: WebProcess, server: ServerP
         allowing.stop()
 
 
+def test_a_header_pillow_would_take_seconds_on_is_refused_as_the_server_refuses_it(web: WebProcess) -> None:
+    """A security tester's: adain-web checked uploads' headers on its event loop without the server's guards, and
+    a 19-MB JPEG of fill held every request (/healthz too) for 3 s, PNGs of a million chunks for 9. The guards
+    come first now (and the check runs on a worker thread)."""
+    jpeg = make_image(40, 30, seed=3, fmt="JPEG")
+    flood = jpeg[:2] + b"\xff" * (512 << 10) + jpeg[2:]  # (this page's upload limit is 1 MB)
+    r = httpx.post(web.url + "/api/stylize", files=[("content", ("c.jpg", flood, "image/jpeg")), _png("styles", STYLE)],
+                   timeout=60)
+    assert r.status_code == 400 and _field(r) == "content" and "bytes of fill" in r.text, r.text
+
+
 def test_live_timeouts_say_so_and_whose_silence_it_was(server: ServerProcess) -> None:
     """A page that sent no options was dropped without a word (1006); a page that stops sending is told."""
     web = WebProcess(server.target, "--live-idle-s", "2")
@@ -1101,6 +1131,34 @@ def test_live_timeouts_say_so_and_whose_silence_it_was(server: ServerProcess) ->
             assert isinstance(ws.recv(timeout=60), bytes)
             error, code = _live_error(ws)  # then nothing from the page
         assert error["code"] == "DEADLINE_EXCEEDED" and error["message"] == "no frame for 2 s" and code == 1013, error
+    finally:
+        web.stop()
+
+
+def test_one_visitor_holds_one_live_session_and_a_silent_one_goes_soon(server: ServerProcess) -> None:
+    """A security tester's: two sockets that sent nothing held both live sessions (the default 2) for 29.5 s at a
+    time, again and again. A visitor holds one; the options must come within 10 s (or --live-idle-s)."""
+    web = WebProcess(server.target, "--live-idle-s", "3")
+    try:
+        with _live(web.url) as first:
+            with _live(web.url) as second:  # the same visitor (this address), while its first is open
+                error, code = _live_error(second)
+            assert error["code"] == "RESOURCE_EXHAUSTED" and "one a visitor" in error["message"] and code == 1013
+            t0 = time.monotonic()
+            error, code = _live_error(first)  # it sent no options
+            assert error["code"] == "DEADLINE_EXCEEDED" and "no options" in error["message"], error
+            assert time.monotonic() - t0 < 6
+        end = time.monotonic() + 10
+        while True:  # its place is the visitor's again
+            with _live(web.url) as again:
+                again.send(json.dumps({"styles": ["upload"]}))
+                again.send(STYLE)
+                again.send(make_image(64, 48, seed=78, fmt="JPEG"))
+                reply = again.recv(timeout=60)
+            if isinstance(reply, bytes) or time.monotonic() > end:
+                break
+            time.sleep(0.1)
+        assert isinstance(reply, bytes), reply
     finally:
         web.stop()
 

@@ -44,14 +44,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="largest clip upload (with its styles), MB (default 200)")
     p.add_argument("--max-video-frames", type=positive_int, default=900,
                    help="most frames a clip may have (default 900: 30 s at 30 fps); the server's own limit holds too")
-    p.add_argument("--max-photos", type=positive_int, default=32, metavar="N",
-                   help="photo calls at once (default 32; each holds its upload, up to --max-upload-mb, on the "
-                   "temporary folder's disk for its whole call); more get 429 before their upload is read")
+    p.add_argument("--max-photos", type=positive_int, default=16, metavar="N",
+                   help="photo calls at once (default 16; each holds its upload, up to --max-upload-mb, on the "
+                   "temporary folder's disk for its whole call, and about 3 times it in memory as it is sent: "
+                   "~60 MB at 20 MB); more get 429 before their upload is read")
     p.add_argument("--max-disk-mb", type=positive_float, default=2048.0, metavar="MB",
                    help="disk space for clips' uploads and results (default 2048; an upload counts as twice "
                    "--max-video-mb, as it is spooled, then copied): the oldest finished clips go first to make "
                    "room, then uploads wait (429) and a clip outgrowing it fails; keep it under the temporary "
                    "folder's size (a pod's emptyDir sizeLimit)")
+    p.add_argument("--upload-idle-s", type=positive_float, default=30.0, metavar="S",
+                   help="an upload that sends nothing for this long, or that comes slower than 256 kB/s on average "
+                   "past 2 minutes, is answered 408 and its place freed (default 30)")
     p.add_argument("--max-video-jobs", type=positive_int, default=1,
                    help="clips stylized at once (default 1); more get 429 and try again")
     p.add_argument("--video-abandon-s", type=positive_float, default=300.0, metavar="S",
@@ -135,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                  idle_seconds=args.live_idle_s),
                                forwarded_for=args.forwarded_for, allowed_origins=tuple(args.allowed_origin),
                                allowed_hosts=None if args.allowed_host is None else tuple(args.allowed_host),
-                               listen_host=args.host)
+                               listen_host=args.host, upload_idle_s=args.upload_idle_s)
         metrics = WebMetrics() if args.metrics_port > 0 else None
         app = create_app(client, settings, metrics)
         if metrics is not None:

@@ -76,7 +76,7 @@ from .checks import (
     Problems,
     color,
     error_json,
-    image,
+    image_checked,
     number,
     public_error,
     style_count,
@@ -112,8 +112,13 @@ VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temp
                 "duration")
 REPEATED_FIELDS = ("styles", "weights", "label")  # one per style; every other field is given once at most
 MAX_FORM_FIELDS = 50  # the form's values (not files): the styles by name, their weights and labels, the options
-ERROR_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "FAILED_PRECONDITION",
-               413: "PAYLOAD_TOO_LARGE"}
+ERROR_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 408: "DEADLINE_EXCEEDED",
+               409: "FAILED_PRECONDITION", 413: "PAYLOAD_TOO_LARGE"}
+# An upload must keep coming: a body that stalls for WebSettings.upload_idle_s, or that is slower on average than
+# BODY_RATE past BODY_GRACE_S, is 408. Idle or trickling uploads held every photo place (and the clip place,
+# 300 s and more).
+BODY_GRACE_S = 120.0
+BODY_RATE = 256 * 1024  # bytes a second
 
 
 @dataclass(frozen=True)
@@ -127,21 +132,23 @@ class WebSettings:
     video_keep_s: float = 1800.0  # how long a finished clip is kept for its page to fetch
     video_abandon_s: float = 300.0  # a running clip nobody asked about for this long is cancelled
     max_disk_bytes: int = 2048 * 1024 * 1024  # clips' uploads and results at most (oldest results go first)
-    max_photo_calls: int = 32  # photo calls at once (each holds its upload on disk); 429 beyond
+    max_photo_calls: int = 16  # photo calls at once (each holds its upload on disk, ~3x it in memory); 429 beyond
     live: LiveSettings = LiveSettings()  # the live camera (web.live)
     forwarded_for: bool = False  # the end user is the last X-Forwarded-For address (behind a proxy), not the peer
     allowed_origins: tuple[str, ...] = ()  # other sites whose pages may call this API from a browser
     # names a request's Host may give (HostCheck); None: loopback names alone where the page listens on loopback
     allowed_hosts: tuple[str, ...] | None = None
     listen_host: str = "127.0.0.1"  # where adain-web listens (--host): whether the Host is checked by default
+    upload_idle_s: float = 30.0  # an upload that sends nothing this long is 408 (BodyLimit)
 
 
 class BodyLimit:
     """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or while it streams in
-    (413), so an oversized upload is never read whole."""
+    (413), so an oversized upload is never read whole; and one that stalls or trickles (408: BODY_IDLE_S)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, by_prefix: dict[str, int] | None = None) -> None:
-        self.app, self.max_bytes, self.by_prefix = app, max_bytes, by_prefix or {}
+    def __init__(self, app: ASGIApp, max_bytes: int, by_prefix: dict[str, int] | None = None,
+                 idle_s: float = 30.0) -> None:
+        self.app, self.max_bytes, self.by_prefix, self.idle_s = app, max_bytes, by_prefix or {}, idle_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,12 +159,22 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > limit:
             await _error(413, "PAYLOAD_TOO_LARGE", _too_large(limit))(scope, receive, send)
             return
-        seen = 0
+        seen, done = 0, False
+        deadline = time.monotonic() + max(BODY_GRACE_S, limit / BODY_RATE)
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # the body is in: a later receive waits for the client to leave, for as long as it takes
+                return await receive()
+            left = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.idle_s, left)))
+            except asyncio.TimeoutError:
+                why = f"no byte of it came for {self.idle_s:g} s" if left > self.idle_s else (
+                    f"it came slower than {BODY_RATE // 1024} kB/s")
+                raise HTTPException(408, f"the upload stalled: {why}; send it again") from None
             seen += len(message.get("body", b""))
+            done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > limit:
                 raise HTTPException(413, _too_large(limit))
             return message
@@ -354,7 +371,7 @@ def create_app(
     app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts, listen_host=settings.listen_host)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
-                       by_prefix={"/api/videos": settings.max_video_bytes})
+                       by_prefix={"/api/videos": settings.max_video_bytes}, idle_s=settings.upload_idle_s)
     photo_calls = PhotoCalls(settings.max_photo_calls)
     app.add_middleware(PhotosAtOnce, calls=photo_calls)
     app.add_middleware(SecurityHeaders)  # outside the others: their own answers (a 413 by Content-Length) get them
@@ -843,5 +860,5 @@ async def _style(item: Any, i: int, limits: Limits) -> bytes | StyleRef:
 
 
 async def _image(upload: UploadFile, field: str, limits: Limits) -> bytes:
-    """The upload's bytes, checked as :func:`checks.image` checks them."""
-    return image(await upload.read(), field, limits)
+    """The upload's bytes, checked as :func:`checks.image` checks them (on a worker thread)."""
+    return await image_checked(await upload.read(), field, limits)

@@ -32,7 +32,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.wire import Limits
 
-from .checks import BadInput, color, error_json, image, number, stream_error, style_count, style_name, temporal, weights
+from .checks import (
+    BadInput,
+    color,
+    error_json,
+    image_checked,
+    number,
+    stream_error,
+    style_count,
+    style_name,
+    temporal,
+    weights,
+)
 from .metrics import REFUSED_KEY
 
 log = logging.getLogger("adain.web")
@@ -43,6 +54,10 @@ CLOSE_TRY_LATER = 1013
 MAX_WAITING = 16  # frames received and not yet taken by the stream: a page that sends without waiting
 MAX_OUT = 32  # frames received and not yet sent back (a page that sends and does not read)
 OPTIONS = ("styles", "weights", "alpha", "preserve_color", "temporal")  # the first message's keys
+# A page sends its options as its socket opens; one that sends none within this (or --live-idle-s, if shorter)
+# is dropped. With the idle time alone, sockets that sent nothing held every session 29.5 s at a time.
+OPTIONS_S = 10.0
+PER_VISITOR = 1  # live sessions one visitor (end_user: an address) may hold at once, of max_sessions
 
 
 @dataclass(frozen=True)
@@ -61,17 +76,23 @@ class LiveSessions:
         self.client = client
         self.settings = settings
         self.running = 0
+        self._visitors: dict[str, int] = {}  # sessions by visitor
         self._lock = threading.Lock()
 
     async def serve(self, ws: WebSocket, limits: Limits, end_user: str | None = None) -> None:
         await ws.accept()
+        visitor = end_user or ""
         with self._lock:
             full = self.running >= self.settings.max_sessions
-            self.running += not full
-        if full:
+            theirs = not full and self._visitors.get(visitor, 0) >= PER_VISITOR
+            if not (full or theirs):
+                self.running += 1
+                self._visitors[visitor] = self._visitors.get(visitor, 0) + 1
+        if full or theirs:
             ws.scope[REFUSED_KEY] = "429"  # counted as refused, as a full backend's HTTP answer is
-            await _fail(ws, CLOSE_TRY_LATER, "RESOURCE_EXHAUSTED", f"{self.settings.max_sessions} live camera "
-                        "session(s) are running already; try again in a moment")
+            why = (f"{self.settings.max_sessions} live camera session(s) are running already" if full else
+                   "you have a live camera session running already (one a visitor)")
+            await _fail(ws, CLOSE_TRY_LATER, "RESOURCE_EXHAUSTED", f"{why}; try again in a moment")
             return
         handed = [False]  # the session's place passed to its stream's thread, which frees it as it ends
         try:
@@ -79,7 +100,7 @@ class LiveSessions:
                 options = await self._options(ws, limits)
             except (asyncio.TimeoutError, TimeoutError):  # one class from 3.11; closed without a word, it was 1006
                 await _fail(ws, CLOSE_TRY_LATER, "DEADLINE_EXCEEDED", f"no options (or style image) came for "
-                            f"{self.settings.idle_seconds:g} s")
+                            f"{self._options_s:g} s")
                 return
             await self._stream(ws, {**options, "end_user": end_user}, limits, handed)
         except BadInput as e:
@@ -89,6 +110,14 @@ class LiveSessions:
         finally:
             if not handed[0]:
                 self._free()
+            with self._lock:  # the visitor's own count: as its socket ends (a page opening its next at once is
+                self._visitors[visitor] -= 1  # not refused while the last one's server stream winds down)
+                if not self._visitors[visitor]:
+                    del self._visitors[visitor]
+
+    @property
+    def _options_s(self) -> float:
+        return min(OPTIONS_S, self.settings.idle_seconds)
 
     def _free(self) -> None:
         with self._lock:
@@ -102,7 +131,7 @@ class LiveSessions:
 
     async def _options(self, ws: WebSocket, limits: Limits) -> dict[str, Any]:
         """The first message (and the uploaded styles after it) as stylize_video's options."""
-        first = (await self._receive(ws, self.settings.idle_seconds)).get("text")
+        first = (await self._receive(ws, self._options_s)).get("text")
         try:
             spec = json.loads(first) if first is not None else None
         except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes ("[" * 100000)
@@ -120,11 +149,11 @@ class LiveSessions:
         chosen: list[Any] = []
         for i, style in enumerate(styles or []):
             if style == "upload":
-                data = (await self._receive(ws, self.settings.idle_seconds)).get("bytes")
+                data = (await self._receive(ws, self._options_s)).get("bytes")
                 if data is None:
                     raise BadInput(f"styles[{i}]", "expected the style's image as a binary message, got a text "
                                    "message")
-                chosen.append(image(data, f"styles[{i}].image", limits))
+                chosen.append(await image_checked(data, f"styles[{i}].image", limits))
             else:
                 chosen.append(style_name(style, f"styles[{i}]"))
         options: dict[str, Any] = {"styles": chosen}
@@ -196,7 +225,7 @@ class LiveSessions:
                     raise BadInput("frame", "frames are binary messages (JPEG or PNG images)")
                 if len(data) > s.max_frame_bytes:
                     raise BadInput("frame", f"a frame of {len(data)} bytes, over the limit of {s.max_frame_bytes}")
-                image(data, "frame", limits)  # its header, here: named as every frame error is
+                await image_checked(data, "frame", limits)  # its header, here: named as every frame error is
                 if frames.qsize() >= MAX_WAITING or sent - returned[0] >= MAX_OUT:  # (replies the page leaves unread
                     raise BadInput("frame", f"{sent - returned[0]} frames have not come back yet: send the next "
                                    "frame when one comes back")  # piled up here, unbounded)
