@@ -330,6 +330,7 @@ def test_photo_calls_at_once_are_bounded_before_their_uploads_are_read(server: S
         while (r := _post(web.url, files)).status_code == 429 and time.monotonic() < end:
             time.sleep(0.1)
         assert r.status_code == 200, r.text
+        assert "Traceback" not in "".join(web.stderr), "".join(web.stderr)  # a cut upload: 57 lines at ERROR, each
     finally:
         slow.close()
         web.stop()
