@@ -139,7 +139,9 @@ class WebSettings:
     allowed_origins: tuple[str, ...] = ()  # other sites whose pages may call this API from a browser
     # names a request's Host may give (HostCheck); None: loopback names alone where the page listens on loopback
     allowed_hosts: tuple[str, ...] | None = None
-    listen_host: str = "127.0.0.1"  # where adain-web listens (--host): whether the Host is checked by default
+    # where adain-web listens (--host), which says whether a Host is checked by default; None (an app served by
+    # its embedder, who knows its names): only where allowed_hosts is given
+    listen_host: str | None = None
     upload_idle_s: float = 30.0  # an upload that sends nothing this long is 408 (BodyLimit)
 
 
@@ -277,9 +279,9 @@ class HostCheck:
     rebinding needs a name; so is ``localhost``, and the names ``allowed`` gives (--allowed-host). Listening
     elsewhere than on loopback with none given (a service behind names this page cannot know), any Host is."""
 
-    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] | None, listen_host: str) -> None:
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] | None, listen_host: str | None) -> None:
         self.app = app
-        checked = allowed is not None or is_loopback(listen_host)
+        checked = allowed is not None or (listen_host is not None and is_loopback(listen_host))
         self.names = {"localhost", *(n.lower().strip("[]").rstrip(".") for n in allowed or ())} if checked else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
