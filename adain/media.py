@@ -642,7 +642,12 @@ class VideoWriter:
         # at a rate the encoder takes (Opus: 48 kHz for 44.1 kHz AAC); PyAV's encode() puts the decoded
         # frames through an AudioResampler to the stream's rate, sample format and frame size.
         codec = _AUDIO_FALLBACK[fmt]
-        self._a_out = self._c.add_stream(codec, rate=_audio_rate(codec, a_in.codec_context.sample_rate))
+        # the source's channels where the encoders here write them as such (checked: mono, stereo, 5.1 in AAC and
+        # Opus), else stereo: a mono clip came out stereo, a 5.1 one lost its surround
+        channels = a_in.codec_context.layout.nb_channels if a_in.codec_context.layout is not None else 2
+        layout = {1: "mono", 6: "5.1"}.get(channels, "stereo")  # (a PCM's order may be unnamed: "2 channels")
+        self._a_out = self._c.add_stream(codec, rate=_audio_rate(codec, a_in.codec_context.sample_rate),
+                                         layout=layout)
         self._a_encoder = a_in.codec_context
 
     def write(self, image: Image.Image, time: float) -> None:

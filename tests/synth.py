@@ -56,12 +56,13 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, audio: bool | str = False,
-               times: list[float] | None = None, audio_start: float = 0.0, bad_sound_packet: int = 0) -> None:
+               times: list[float] | None = None, audio_start: float = 0.0, bad_sound_packet: int = 0,
+               sound_layout: str | None = None) -> None:
     """A clip of a square moving over a gradient, written with PyAV (codec from the suffix: H.264 for
     .mp4/.mov/.mkv, VP9 for .webm, GIF for .gif); ``audio`` adds a 440 Hz tone (AAC, Opus for .webm, or the
-    encoder it names), from ``audio_start`` seconds; its ``bad_sound_packet``-th packet (from 1) is
-    corrupt (zeroed after 2 bytes). ``times``: each frame's time in seconds (a variable rate),
-    else ``i / fps``."""
+    encoder it names; ``sound_layout``: its channels, stereo by default), from ``audio_start`` seconds; its
+    ``bad_sound_packet``-th packet (from 1) is corrupt (zeroed after 2 bytes). ``times``: each frame's time in
+    seconds (a variable rate), else ``i / fps``."""
     import av
 
     path = str(path)
@@ -75,7 +76,8 @@ def make_video(path, frames: int = 24, w: int = 64, h: int = 48, fps: int = 12, 
     frames = len(times) if times else frames
     webm = path.endswith(".webm")
     a_codec = audio if isinstance(audio, str) else "libopus" if webm else "aac"
-    a = out.add_stream(a_codec, rate=48000 if a_codec == "libopus" else 44100) if audio else None
+    a_rate = 48000 if a_codec == "libopus" else 44100
+    a = out.add_stream(a_codec, rate=a_rate, **({"layout": sound_layout} if sound_layout else {})) if audio else None
     base = np.asarray(synth_image(w, h, seed=5, kind="gradient"))
     for i in range(frames):
         arr = base.copy()

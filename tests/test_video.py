@@ -326,6 +326,20 @@ def test_sound_the_container_cannot_hold_is_encoded_again(tmp_path: Path, audio:
     assert abs(_audio_seconds(tmp_path / f"out{suffix}") - _audio_seconds(tmp_path / "in.mkv")) < 0.05
 
 
+def test_sound_encoded_again_keeps_its_channels(tmp_path: Path) -> None:
+    """An outside tester's: a mono 8-kHz PCM clip came out stereo, a 5.1 one in WebM stereo (its surround lost)."""
+    import av
+
+    for layout, suffix in (("mono", ".mp4"), ("5.1", ".webm")):
+        make_video(tmp_path / "in.mkv", frames=12, audio="pcm_s16le" if layout == "mono" else True,
+                   sound_layout=layout)
+        _copy(tmp_path / "in.mkv", tmp_path / f"out{suffix}")
+        with av.open(str(tmp_path / f"out{suffix}")) as c:
+            got = c.streams.audio[0].codec_context
+            assert (got.name, got.layout.nb_channels) == ({".mp4": "aac", ".webm": "opus"}[suffix],
+                                                          {"mono": 1, "5.1": 6}[layout]), (layout, got.layout)
+
+
 def test_sound_encoded_again_keeps_its_time(tmp_path: Path) -> None:
     """A sound that starts after the picture (a camera's PCM, 0.5 s late) stays where it was when the output
     container makes it AAC: numbered from 0 instead, it came 0.5 s early, out of step with the picture."""
