@@ -334,6 +334,13 @@ class VideoReader:
             raise MediaError(f"{path}: not a readable video ({why})") from None
         except OSError as e:
             raise MediaError(f"{path}: cannot open: {e.strerror or e}") from None
+        if self._c.format.name == "image2" or self._c.format.name.endswith("_pipe"):  # FFmpeg's still-image readers
+            self._c.close()
+            with open(path, "rb") as f:
+                head = f.read(64)
+            animated = head[:4] == b"RIFF" and head[8:12] == b"WEBP" and b"ANIM" in head
+            raise MediaError(f"{path}: " + ("an animated WebP, whose frames this FFmpeg cannot decode: convert it to "
+                                            "MP4 or GIF" if animated else "a still image, not a video"))
         if not self._c.streams.video:
             empty = not self._c.streams.audio
             self._c.close()

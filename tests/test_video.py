@@ -530,6 +530,19 @@ def test_clocks_as_recorders_and_joins_leave_them(tmp_path: Path) -> None:
         assert said in str(e.value) and "(files joined end to end?)" in str(e.value), e.value
 
 
+def test_an_animated_webp_or_a_still_is_said_to_be_so(tmp_path: Path) -> None:
+    """An outside tester's: an animated WebP (whose frames this FFmpeg does not decode) was "corrupt video data
+    after 0 frames (Invalid data found when processing input)"."""
+    frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(4)]
+    frames[0].save(tmp_path / "a.webp", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "still.png")
+    for name, said in (("a.webp", "an animated WebP, whose frames this FFmpeg cannot decode: convert it to MP4 or GIF"),
+                       ("still.png", "a still image, not a video")):
+        with pytest.raises(MediaError) as e:
+            VideoReader(tmp_path / name)
+        assert str(e.value) == f"{tmp_path / name}: {said}"
+
+
 def test_the_last_frame_is_shown_for_its_own_time(tmp_path: Path) -> None:
     """Each frame of a written clip is on screen until the next; the last one until its own end (a GIF's last
     delay, or the source's end when frames are dropped): encoders gave it 1/rate, so a GIF holding its last
