@@ -454,7 +454,10 @@ class VideoReader:
                         due.insert(0, (shown[0], start))  # one on screen then opens the part
                     shown = None
                     for frame, t in due:
-                        if t >= end - slack and sent:  # (the part's first frame comes however short the part)
+                        # within half its own time of the end: not in the part (the first frame comes however
+                        # short the part); a GIF's own delays, not its average (a frame on screen for the part's
+                        # last 70 ms was left out, the average rate's half frame being 80)
+                        if t >= end - (0.5 * own if own else slack) and sent:
                             self.end_time = end - start
                             return  # past the end of a trimmed clip: the rest is not read
                         if self.limited:  # else every frame comes (a variable-rate clip's too), at its own time

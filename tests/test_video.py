@@ -561,6 +561,11 @@ def test_the_last_frame_is_shown_for_its_own_time(tmp_path: Path) -> None:
     assert abs(_stream_seconds(tmp_path / "one.mp4")["video"] - 3) < 0.01
     _copy(tmp_path / "three.mp4", tmp_path / "part.mp4", start=1, duration=1)  # a part: until its end
     assert abs(_stream_seconds(tmp_path / "part.mp4")["video"] - 1) < 0.01
+    gif = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(6)]  # at 0, .1, .3, .35, .65, .75
+    gif[0].save(tmp_path / "vfr.gif", save_all=True, append_images=gif[1:], duration=[100, 200, 50, 300, 100, 250])
+    with VideoReader(tmp_path / "vfr.gif", start=0.32, duration=0.4) as r:  # the frame at .65 is on for 70 ms of it
+        assert [round(t, 2) for _, t in r.frames()] == [0, 0.33] and abs(r.end_time - 0.4) < 1e-6  # (it was left
+        # out by the average rate's half frame, 80 ms, and the part came as one frame of 0.16 s)
 
 
 def test_a_count_no_container_declares_is_counted_before_a_limit_refuses(tmp_path: Path) -> None:
