@@ -1206,6 +1206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StyleTransferError as e:
         print(f"{PROG}: error: {_describe(e, args)}", file=sys.stderr, flush=True)
         return 1
+    except BrokenPipeError:  # its reader went away (--server-info | head): nobody to tell; as a shell's SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would say it again)
+        return 128 + signal.SIGPIPE
     except OSError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1

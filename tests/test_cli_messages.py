@@ -434,3 +434,17 @@ def test_small_refusals_an_outside_tester_found_unclear(files: dict[str, Path], 
         f"--style {named}: no such file: {tmp_path / 'st'} (the file {named} exists: its ':2' was read as a weight; "
         f"give {named}:1)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_gone_from_the_pipe_is_no_error(server: ServerProcess) -> None:
+    """``adain-stylize --server-info | head``: the reader went away, and the CLI said "error: [Errno 32] Broken pipe"
+    (an outside tester's). Now nothing, and the shell's SIGPIPE status."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", "--server", server.target, "--server-info"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141 and err == b"", err

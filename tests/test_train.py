@@ -100,6 +100,48 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     assert st.stylize(synth_image(33, 21), [synth_image(20, 20, seed=5)]).size == (33, 21)
 
 
+def test_what_cannot_train_or_export_is_one_line(data: Path, tmp_path: Path, capsys) -> None:
+    """An outside tester's: missing or empty folders, a folder of unreadable images and an unreadable checkpoint
+    ended in tracebacks (and an empty --out); ``export`` onto the checkpoint itself overwrote it (exit 0, and the
+    run could not be resumed); --save-every 0 failed after the first step."""
+    from adain.train.train import parse_args
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    for folder, said in ((tmp_path / "nope", "no such folder"), (data / "content" / "img0.png", "not a folder"),
+                         (tmp_path / "empty", "no jpg, png or webp images in it or its subfolders")):
+        with pytest.raises(SystemExit):
+            parse_args(["--content", str(folder), "--style", str(data / "style"), "--out", str(tmp_path / "r")])
+        assert capsys.readouterr().err == f"adain-train: error: --content {folder}: {said} (see --help)\n"
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as e:
+        train_here(data, tmp_path / "r", 1, "--content", str(tmp_path / "bad"))
+    assert str(e.value) == f"adain-train: error: no readable image in {tmp_path / 'bad'}: its 1 images were all skipped"
+
+    from adain.train.__main__ import main
+
+    run = tmp_path / "run"
+    train_here(data, run, 1)
+    checkpoint = run / "checkpoint.pt"
+    kept = checkpoint.read_bytes()
+    (tmp_path / "half.pt").write_bytes(kept[: len(kept) // 2])
+    main(["export", str(checkpoint), str(tmp_path / "decoder.pt")])
+    capsys.readouterr()
+    for source, output, said in ((checkpoint, checkpoint, f"{checkpoint} is the checkpoint itself"),
+                                 (checkpoint, tmp_path, f"{tmp_path} is a folder"),
+                                 (tmp_path / "nope.pt", tmp_path / "o.pt", f"{tmp_path / 'nope.pt'}: no such file"),
+                                 (tmp_path / "half.pt", tmp_path / "o.pt", f"{tmp_path / 'half.pt'}: not a readable "
+                                  "checkpoint"),
+                                 (tmp_path / "decoder.pt", tmp_path / "o.pt", f"{tmp_path / 'decoder.pt'}: a decoder "
+                                  "file (export takes the run's checkpoint.pt)")):
+        with pytest.raises(SystemExit) as e:
+            main(["export", str(source), str(output)])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith(f"adain-train export: error: {said}") and err.count("\n") == 1, err
+    assert checkpoint.read_bytes() == kept and not (tmp_path / "o.pt").exists()
+
+
 ALPHA_FLAGS = ("--alpha-zero", "0.5", "--alpha-one", "0.25", "--recon-weight", "10", "--recon-feature-weight", "1")
 
 
@@ -187,7 +229,9 @@ def test_a_compile_that_fails_trains_eager(data: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("flags", [("--teacher", "d.pt"), ("--teacher-weight", "1"), ("--teacher-weight", "-1"),
                                    ("--cooldown", "-1"), ("--ema", "1"), ("--style-crop", "0"),
                                    ("--cooldown-minutes", "1"), ("--export-note", "x"), ("--export", "."),
-                                   ("--export", "runs/decoder/checkpoint.pt")])
+                                   ("--export", "runs/decoder/checkpoint.pt"), ("--steps", "0"), ("--save-every", "0"),
+                                   ("--log-every", "0"), ("--sample-every", "0"), ("--batch-size", "0"),
+                                   ("--workers", "-1")])
 def test_flags_refused(flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     from adain.train.train import parse_args
 

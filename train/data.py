@@ -23,6 +23,15 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
+def has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds any image :func:`list_images` would list (stops at the first)."""
+    return any(p.suffix.lower() in EXTENSIONS and p.is_file() for p in Path(folder).rglob("*"))
+
+
+class NoReadableImage(RuntimeError):
+    """Every image of a folder was skipped as unreadable."""
+
+
 class ImageFolder(Dataset):
     """Random crops of the images in a folder, addressed by an endless draw number.
 
@@ -36,6 +45,8 @@ class ImageFolder(Dataset):
         if not self.paths:
             raise ValueError(f"no jpg/png/webp images under {folder}")
         self.crop, self.seed, self.rescale = crop, seed, rescale
+        self.folder = folder
+        self._warned: set[Path] = set()  # unreadable files said once (in this process): each pass said them again
         self._perm: tuple[int, list[int]] = (-1, [])
 
     def __len__(self) -> int:
@@ -55,8 +66,10 @@ class ImageFolder(Dataset):
             try:
                 return load_image(path, field=str(path))
             except InvalidInputError as e:
-                log.warning("skipping unreadable image %s", e)
-        raise RuntimeError("no readable image in the folder")
+                if path not in self._warned:
+                    self._warned.add(path)
+                    log.warning("skipping unreadable image %s: %s", path, e.description)
+        raise NoReadableImage(f"no readable image in {self.folder}: its {len(self.paths)} images were all skipped")
 
     def __getitem__(self, pos: int) -> torch.Tensor:
         rng = random.Random(self.seed * 1_000_003 + pos)

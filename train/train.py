@@ -1,6 +1,6 @@
 """Train the AdaIN decoder (Huang & Belongie, 2017) against the frozen, normalised VGG19 encoder.
 
-    adain-train --content DIR --style DIR --out runs/x [--steps 20000] [--resume]
+    adain-train --content DIR --style DIR --out runs/x [--steps 160000] [--resume]
     torchrun --nproc_per_node N -m adain.train --content DIR --style DIR --out runs/x
     adain-train export runs/x/checkpoint.pt adain/assets/decoder.pt --data "what it was trained on"
     adain-train ... --export runs/x/decoder.pt     (the same file at the run's end, in the same process)
@@ -40,6 +40,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from adain.argtypes import OneLineParser
+from adain.argtypes import OneLineParser, int_in_range
 from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
 from adain.image import to_image
 from adain.ops import adain, mean_std, style_loss
 from adain.precision import TRAIN_PRECISIONS, wants_bf16
-from adain.train.data import ImageFolder, InfiniteSampler
+from adain.train.data import ImageFolder, InfiniteSampler, NoReadableImage, has_images
 
 log = logging.getLogger("adain.train")
 # Settings a resumed run may change: logged on every line and stored in the exported decoder's metadata.
@@ -79,8 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--content", type=Path, required=True, help="folder of content photos (recursive)")
     p.add_argument("--style", type=Path, required=True, help="folder of style images (recursive)")
     p.add_argument("--out", type=Path, default=Path("runs/decoder"), help="checkpoint, log and samples go here")
-    p.add_argument("--steps", type=int, default=160_000, help="train until this many steps in all")
-    p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
+    p.add_argument("--steps", type=int_in_range(1), default=160_000, help="train until this many steps in all "
+                   "(default 160000, the paper's)")
+    p.add_argument("--batch-size", type=int_in_range(1), default=8, help="images per step and process (default 8)")
     p.add_argument("--crop", type=int, default=256, help="random crop size (pixels)")
     p.add_argument("--style-crop", type=int, default=None,
                    help="the style images' crop size (default: --crop): a larger content crop (AdaIN's statistics "
@@ -123,11 +125,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, default=None,
                    help="start from this decoder file's weights (e.g. adain/assets/decoder.pt) instead of random; "
                    "a --resume with a checkpoint ignores it")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
+    p.add_argument("--workers", type=int_in_range(0), default=2, help="DataLoader workers per process (default 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and on exit)")
-    p.add_argument("--log-every", type=int, default=10, help="JSONL loss record every N steps")
-    p.add_argument("--sample-every", type=int, default=500, help="sample grid and loss plot every N steps")
+    p.add_argument("--save-every", type=int_in_range(1), default=500, help="checkpoint every N steps (and on exit)")
+    p.add_argument("--log-every", type=int_in_range(1), default=10, help="JSONL loss record every N steps")
+    p.add_argument("--sample-every", type=int_in_range(1), default=500,
+                   help="sample grid and loss plot every N steps")
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and checkpoint) after this long; 0 = no limit")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--export", type=Path, default=None,
@@ -147,6 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="autocast dtype; auto = bf16 on GPU, fp32 on CPU (bf16 also pays on CPUs with AVX512-BF16 or AMX)",
     )
     args = p.parse_args(argv)
+    for flag, folder in (("--content", args.content), ("--style", args.style)):  # (a traceback, an empty --out)
+        if not folder.is_dir():
+            p.error(f"{flag} {folder}: " + ("not a folder" if folder.exists() else "no such folder"))
+        if not has_images(folder):
+            p.error(f"{flag} {folder}: no jpg, png or webp images in it or its subfolders")
     shares = (args.alpha_zero, args.alpha_one)
     if not all(0 <= x <= 1 for x in shares) or sum(shares) > 1:
         p.error(f"--alpha-zero and --alpha-one must be in [0, 1] with a sum <= 1, got {shares}")
@@ -568,6 +576,9 @@ class Trainer:
                 dist.destroy_process_group()
             signal.signal(signal.SIGTERM, previous)  # what follows (an --export) stops at a SIGTERM
             signal.signal(signal.SIGINT, previous_int)
+        if stop["flag"] and self.main and self.step < args.steps:  # (it ended with the bar alone, exit 0)
+            log.warning("stopped at step %d of %d by a signal: checkpoint saved; --resume continues it", self.step,
+                        args.steps)
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
@@ -613,10 +624,28 @@ def plot_losses(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+class ExportError(Exception):
+    """A checkpoint that cannot be exported, or an output it cannot go to; the message says which and why."""
+
+
 def export_checkpoint(checkpoint: Path, output: Path, data: str = "", note: str = "", half: bool = True,
                       raw: bool = False) -> None:
-    """Checkpoint -> the product's decoder file with its metadata record."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    """Checkpoint -> the product's decoder file with its metadata record. Raises ExportError."""
+    if output.is_dir():
+        raise ExportError(f"{output} is a folder: give the decoder file's own path")
+    if output.exists() and same_file(output, checkpoint):  # it overwrote the run's checkpoint (no --resume after)
+        raise ExportError(f"{output} is the checkpoint itself: give the decoder file's own path")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise ExportError(f"{checkpoint}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - a truncated zip, an empty or a text file: torch's many ways to say it
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ExportError(f"{checkpoint}: not a readable checkpoint ({why})") from None
+    if not isinstance(state, dict) or "decoder" not in state or "step" not in state:
+        kind = "a decoder file (export takes the run's checkpoint.pt)" if isinstance(state, dict) and "state_dict" \
+            in state else "no training checkpoint"
+        raise ExportError(f"{checkpoint}: {kind}")
     targs = state.get("args", {})
     decoder = Decoder(alpha_input=bool(targs.get("alpha_input")), detail=bool(targs.get("detail")))
     ema = state.get("ema") if not raw else None
@@ -654,13 +683,19 @@ def export(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32", action="store_true", help="keep float32 (default: fp16, half the size)")
     p.add_argument("--raw", action="store_true", help="the last step's weights, not the --ema average")
     args = p.parse_args(argv)
-    export_checkpoint(args.checkpoint, args.output, args.data, args.note, half=not args.fp32, raw=args.raw)
+    try:
+        export_checkpoint(args.checkpoint, args.output, args.data, args.note, half=not args.fp32, raw=args.raw)
+    except ExportError as e:
+        p.exit(1, f"adain-train export: error: {e}\n")
 
 
 def train(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     trainer = Trainer(args)
-    trainer.run()
+    try:
+        trainer.run()
+    except NoReadableImage as e:  # (a traceback from inside the DataLoader)
+        sys.exit(f"adain-train: error: {e}")
     if args.export and trainer.main:  # the run's end (its steps, --max-minutes or SIGTERM) as a decoder file
         export_checkpoint(args.out / "checkpoint.pt", args.export, args.export_data, args.export_note)
