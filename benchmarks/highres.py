@@ -136,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
             if tiled and save.suffix == ".npy":
                 save.unlink(missing_ok=True)
-    print(f"# outputs over 4096 px kept to look at: {tmp}/*.jpg")
+    for path in tmp.iterdir():  # the inputs and the untiled arrays (3 MB at 1024 px, GBs at 4K): only the
+        if path.suffix == ".npy" or path.name.startswith("content-"):  # outputs over 4096 px are kept
+            path.unlink()
+    if any(tmp.iterdir()):
+        print(f"# outputs over 4096 px kept to look at: {tmp}/*.jpg")
+    else:
+        tmp.rmdir()
     print()
     print("| content | backend | tiled | seconds | x untiled | peak above idle | tiled vs untiled, mean / p99 |")
     print("|---:|---|---|---:|---:|---:|---:|")
