@@ -442,7 +442,9 @@ class VideoReader:
                     t = (float(frame.time) - origin if frame.time is not None
                          else (self.count - 1) / float(self.info.rate))
                     seen = self._forward(t, seen, "picture")
-                    own = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+                    # its own time on screen, where frames have times (a raw stream's are counted at the rate)
+                    timed = frame.time is not None and frame.duration and frame.time_base
+                    own = float(frame.duration * frame.time_base) if timed else 0.0
                     shown_until = t + (own or 1 / float(self.info.rate))  # a GIF's last frame may hold for seconds
                     reached = max(reached, t + 1 / float(self.info.rate))
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)
