@@ -14,6 +14,7 @@ import re
 import stat
 import sys
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -836,6 +837,7 @@ class StyleTransferClient(_ClientBase):
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered)."""
+        request_id = request_id or new_request_id()
         metadata = self._metadata(request_id, end_user)
         try:
             reply, call = method.with_call(
@@ -916,6 +918,7 @@ class StyleTransferClient(_ClientBase):
         request_id: str | None,
         end_user: str | None = None,
     ) -> tuple[pb.StylizeResponse, str | None, str]:
+        request_id = request_id or new_request_id()
         metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeWithProgress(
             request, timeout=self._deadline(timeout), metadata=metadata
@@ -973,6 +976,7 @@ class StyleTransferClient(_ClientBase):
                 failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
                 holder[0].cancel()
 
+        request_id = request_id or new_request_id()
         metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout), metadata=metadata)
         holder.append(call)
@@ -1161,6 +1165,13 @@ def frame_result(reply: pb.VideoFrame) -> VideoFrameResult:
 
 def _progress(p: pb.Progress) -> RefineProgress:
     return RefineProgress(p.step, p.steps, p.loss, p.elapsed_ms)
+
+
+def new_request_id() -> str:
+    """The id a call sends where its caller gave none: made here, not by the server, so that a call gRPC refuses
+    before any handler runs (a message over the server's limit) still has one, the one the server logged it
+    under (an outside SRE's: such a refusal came back with request_id None)."""
+    return str(uuid.uuid4())
 
 
 def _no_result(request_id: str | None) -> StyleTransferError:

@@ -44,6 +44,7 @@ from ._client import (
     image_bytes,
     library_presets,
     library_styles,
+    new_request_id,
     no_deadline_past,
     server_info_dict,
     stylize_request,
@@ -93,6 +94,7 @@ class AsyncStyleTransferClient(_ClientBase):
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered)."""
+        request_id = request_id or new_request_id()
         call = method(request, timeout=self._deadline(timeout), metadata=self._metadata(request_id, end_user))
         try:
             reply = await call
@@ -137,6 +139,7 @@ class AsyncStyleTransferClient(_ClientBase):
         self, request: pb.StylizeRequest, on_progress: ProgressCallback, timeout: float | None, request_id: str | None,
         end_user: str | None = None,
     ) -> tuple[Any, str | None, str]:
+        request_id = request_id or new_request_id()
         call = self._stub.StylizeWithProgress(
             request, timeout=self._deadline(timeout), metadata=self._metadata(request_id, end_user)
         )
@@ -196,6 +199,7 @@ class AsyncStyleTransferClient(_ClientBase):
                 failure.append(e)
                 holder[0].cancel()
 
+        request_id = request_id or new_request_id()
         call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout),
                                        metadata=self._metadata(request_id, end_user))
         holder.append(call)

@@ -598,7 +598,10 @@ def test_too_many_pixels(limited) -> None:
 def test_message_over_the_limit(limited) -> None:
     _, client = limited
     huge = make_image(16, 16) + b"\0" * (1536 * 1024)  # 1.5 MiB: over --max-message-mb 1
-    _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, client.stylize, huge, STYLE_A)
+    err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, client.stylize, huge, STYLE_A)
+    # refused by gRPC before any handler, it came back with no request id (an SRE's): the client makes one and
+    # sends it, the one the server logs the refusal under (test_auth checks that log line for a given id)
+    assert re.fullmatch(r"[0-9a-f-]{36}", err.request_id or ""), err.request_id
     _good_call(client)
 
 
