@@ -105,6 +105,11 @@ class VideoInfo:
         by_time = round(self.video_duration * self.rate)
         return min(self.frames, by_time) if self.frames and by_time else self.frames or by_time
 
+    def read_rate(self, max_fps: float | None) -> Fraction:
+        """The rate the clip's frames come at when read at most ``max_fps`` a second: its own, or ``max_fps`` where
+        that is lower (the other frames dropped), as the reader, the client's limit check and the page count."""
+        return Fraction(max_fps).limit_denominator(1001) if max_fps is not None and max_fps < self.rate else self.rate
+
     def frames_read(self, rate: float | Fraction, start: float = 0.0, end: float = math.inf) -> int:
         """The frames that come when the clip is read at ``rate`` a second (its own, or fewer: the rest are
         dropped) from ``start`` to ``end`` seconds, as far as the file says (the whole by its :attr:`length`, a
@@ -357,7 +362,7 @@ class VideoReader:
         sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         self.limited = max_fps is not None and max_fps < self.info.rate  # frames are dropped to max_fps
-        self.rate = Fraction(max_fps).limit_denominator(1001) if self.limited else self.info.rate  # of those read
+        self.rate = self.info.read_rate(max_fps)  # of those read
         length = self.info.duration
         if self.start and length and self.start >= length:
             self._c.close()

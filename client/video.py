@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +66,7 @@ def _check_length(client: StyleTransferClient, reader: VideoReader, max_fps: flo
 
     info = counted(reader.path, reader.info)
     if info is not reader.info:
-        rate = min(info.rate, Fraction(max_fps).limit_denominator(1001)) if max_fps is not None else info.rate
-        frames = reader.total = info.frames_read(rate, reader.start, reader.end)
+        frames = reader.total = info.frames_read(info.read_rate(max_fps), reader.start, reader.end)
     if frames > limit:
         cut = max_fps is not None or reader.trimmed
         raise StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, (

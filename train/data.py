@@ -18,14 +18,19 @@ log = logging.getLogger("adain.train")
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
+def _images(folder: Path) -> Iterator[Path]:
+    """Every jpg/png/webp under ``folder`` (recursive), as found."""
+    return (p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
 def list_images(folder: Path) -> list[Path]:
     """Every jpg/png/webp under ``folder`` (recursive), sorted so runs are reproducible."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    return sorted(_images(folder))
 
 
 def has_images(folder: Path) -> bool:
     """Whether ``folder`` holds any image :func:`list_images` would list (stops at the first)."""
-    return any(p.suffix.lower() in EXTENSIONS and p.is_file() for p in Path(folder).rglob("*"))
+    return next(_images(folder), None) is not None
 
 
 class NoReadableImage(RuntimeError):

@@ -147,7 +147,8 @@ class WebSettings:
 
 class BodyLimit:
     """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or while it streams in
-    (413), so an oversized upload is never read whole; and one that stalls or trickles (408: BODY_IDLE_S)."""
+    (413), so an oversized upload is never read whole; and one that stalls or trickles (408: ``idle_s``,
+    BODY_RATE)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, by_prefix: dict[str, int] | None = None,
                  idle_s: float = 30.0) -> None:
@@ -258,6 +259,20 @@ class SecurityHeaders:
             await body(scope, receive, with_headers)
 
 
+def _bare(name: str) -> str:
+    """A host name as compared: lower case, no IPv6 brackets, no root dot."""
+    return name.lower().strip("[]").rstrip(".")
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, reason: str, message: str) -> None:
+    """A request a guard turns away: 403 PERMISSION_DENIED saying ``message``; a WebSocket closed with 1008."""
+    if scope["type"] == "websocket":
+        await receive()  # the handshake
+        await send({"type": "websocket.close", "code": 1008, "reason": reason})
+        return
+    await _error(403, "PERMISSION_DENIED", message)(scope, receive, send)
+
+
 def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(name.strip("[]"))
@@ -268,7 +283,7 @@ def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or an address, as --host takes it) is this machine's loopback alone."""
     address = _address(host)
-    return host.lower().rstrip(".") == "localhost" or (address is not None and address.is_loopback)
+    return _bare(host) == "localhost" or (address is not None and address.is_loopback)
 
 
 class HostCheck:
@@ -282,23 +297,18 @@ class HostCheck:
     def __init__(self, app: ASGIApp, allowed: tuple[str, ...] | None, listen_host: str | None) -> None:
         self.app = app
         checked = allowed is not None or (listen_host is not None and is_loopback(listen_host))
-        self.names = {"localhost", *(n.lower().strip("[]").rstrip(".") for n in allowed or ())} if checked else None
+        self.names = {"localhost", *(_bare(n) for n in allowed or ())} if checked else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.names is None or scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1").lower()
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 or "]:" in host else host  # less the port
-        name = name.strip("[]").rstrip(".")
+        name = _bare(host.rsplit(":", 1)[0] if host.count(":") == 1 or "]:" in host else host)  # less the port
         if name not in self.names and _address(name) is None:
-            if scope["type"] == "websocket":
-                await receive()  # the handshake
-                await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
-                return
-            message = (f"this page does not answer to the name {name or '(none)'!r}: open it by its address or a "
-                       f"name it answers to ({', '.join(sorted(self.names))}; adain-web --allowed-host adds names)")
-            await _error(403, "PERMISSION_DENIED", message)(scope, receive, send)
+            await _refuse(scope, receive, send, "host not allowed", f"this page does not answer to the name "
+                          f"{name or '(none)'!r}: open it by its address or a name it answers to "
+                          f"({', '.join(sorted(self.names))}; adain-web --allowed-host adds names)")
             return
         await self.app(scope, receive, send)
 
@@ -317,12 +327,8 @@ class SameOrigin:
         headers = dict(scope.get("headers") or ())
         origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/").lower()
         if guarded and origin and not self._same(origin, headers) and origin not in self.allowed:
-            message = f"requests from pages of {origin} are not accepted here (adain-web --allowed-origin)"
-            if scope["type"] == "websocket":
-                await receive()  # the handshake
-                await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
-                return
-            await _error(403, "PERMISSION_DENIED", message)(scope, receive, send)
+            await _refuse(scope, receive, send, "origin not allowed",
+                          f"requests from pages of {origin} are not accepted here (adain-web --allowed-origin)")
             return
         await self.app(scope, receive, send)
 
@@ -424,8 +430,6 @@ def create_app(
         server = known.get("video_frames") or 0
         return min(settings.max_video_frames, server) if server else settings.max_video_frames
 
-    # Starlette's own HTTPException (an unknown route, a method not allowed, a malformed multipart body) is the
-    # base of FastAPI's: one handler answers both as JSON errors.
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         # the visitor went away mid-upload: nobody reads this answer; a line, not 57 of traceback at ERROR each
@@ -433,6 +437,8 @@ def create_app(
         log.info("%s %s: the client went away before its upload was in", request.method, request.url.path)
         return _error(400, "CANCELLED", "the upload was cut off")
 
+    # Starlette's own HTTPException (an unknown route, a method not allowed, a malformed multipart body) is the
+    # base of FastAPI's: one handler answers both as JSON errors.
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, ERROR_CODES.get(exc.status_code, "ERROR"), str(exc.detail), headers=exc.headers)

@@ -24,6 +24,7 @@ import json
 import logging
 import queue
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,19 +77,18 @@ class LiveSessions:
         self.client = client
         self.settings = settings
         self.running = 0
-        self._visitors: dict[str, int] = {}  # sessions by visitor (end_user)
+        self._visitors: Counter[str] = Counter()  # sessions by visitor (end_user)
         self._lock = threading.Lock()
 
     async def serve(self, ws: WebSocket, limits: Limits, end_user: str | None = None) -> None:
         await ws.accept()
-        visitor = end_user  # None: not known (no peer address), so not counted apart
-        with self._lock:
+        with self._lock:  # a visitor not known (no peer address, end_user None) is not counted apart
             full = self.running >= self.settings.max_sessions
-            theirs = not full and visitor is not None and self._visitors.get(visitor, 0) >= PER_VISITOR
+            theirs = not full and end_user is not None and self._visitors[end_user] >= PER_VISITOR
             if not (full or theirs):
                 self.running += 1
-                if visitor is not None:
-                    self._visitors[visitor] = self._visitors.get(visitor, 0) + 1
+                if end_user is not None:
+                    self._visitors[end_user] += 1
         if full or theirs:
             ws.scope[REFUSED_KEY] = "429"  # counted as refused, as a full backend's HTTP answer is
             why = (f"{self.settings.max_sessions} live camera session(s) are running already" if full else
@@ -111,11 +111,11 @@ class LiveSessions:
         finally:
             if not handed[0]:
                 self._free()
-            with self._lock:  # the visitor's own count: as its socket ends (a page opening its next at once is
-                if visitor is not None:  # not refused while the last one's server stream winds down)
-                    self._visitors[visitor] -= 1
-                    if not self._visitors[visitor]:
-                        del self._visitors[visitor]
+            if end_user is not None:  # the visitor's own count: as its socket ends (a page opening its next at once
+                with self._lock:  # is not refused while the last one's server stream winds down)
+                    self._visitors[end_user] -= 1
+                    if not self._visitors[end_user]:
+                        del self._visitors[end_user]
 
     @property
     def _options_s(self) -> float:

@@ -77,8 +77,7 @@ def clip_frames(info: VideoInfo, fps: float | None, start: float, duration: floa
     is taken, at most ``fps`` a second. A container that declares no count (WebM, MKV, raw H.264) is counted
     as its duration x its frame rate (taking its 0 let a clip of any length through); 0 where it says
     neither (the running job stops at the limit then)."""
-    rate = min(float(info.rate), fps) if fps else info.rate  # frames over fps a second are dropped
-    return info.frames_read(rate, start, start + duration if duration else math.inf)
+    return info.frames_read(info.read_rate(fps), start, start + duration if duration else math.inf)
 
 
 class _FrameCap:
