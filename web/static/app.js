@@ -483,10 +483,21 @@ function clearErrors() {
 function besideControl(field, description) {
   const style = /^styles\[\d+\]\.?(.*)$/.exec(field || "");
   const rest = style ? style[1] : (field || "").replace(/^[^.[]*\.?/, "");
-  // a style's image is the style itself ("image: not an image..." beside it named a field); a limit in words
-  const said = description.replace(/over the limit of max_pixels=(\d+)/,
-                                   (_, n) => `more pixels than this server takes (${Number(n).toLocaleString("en")})`);
+  // a style's image is the style itself ("image: not an image..." beside it named a field)
+  const said = limitInWords(description);
   return rest && rest !== "image" ? `${rest}: ${said}` : said;
+}
+
+// The server's limits by their setting's name ("over the limit of max_refine_steps=500") in a visitor's words.
+const LIMIT_WORDS = { max_refine_steps: "refine steps", max_video_frames: "frames", max_styles: "styles",
+                      max_content_side: "pixels a side" };
+
+function limitInWords(message) {
+  return message
+    .replace(/over the limit of max_pixels=(\d+)/,
+             (_, n) => `more pixels than this server takes (${Number(n).toLocaleString("en")})`)
+    .replace(/over the limit of (\w+)=(\d+)/, (all, name, n) => (LIMIT_WORDS[name]
+      ? `over this server's limit of ${Number(n).toLocaleString("en")} ${LIMIT_WORDS[name]}` : all));
 }
 
 // A server field ("styles[1].image", "content", "alpha"...) -> the message area beside its control.
@@ -516,12 +527,21 @@ function showError(body, status) {
   if (error.violations && error.violations.length) {
     for (const v of error.violations) {
       const area = errorArea(v.field);
-      const text = area === $("form-error") ? `${v.field}: ${v.description}` : besideControl(v.field, v.description);
+      const text = area === $("form-error") ? `${v.field}: ${limitInWords(v.description)}`
+                                            : besideControl(v.field, v.description);
       area.textContent = (area.textContent ? area.textContent + " " : "") + text;
     }
   } else {
-    $("form-error").textContent = plain[status] || error.message;
+    $("form-error").textContent = plain[status] || limitInWords(error.message || "");
   }
+}
+
+// Why a photo cannot be sent whole under the page's upload limit, or null: said at once, beside the photo
+// (uploaded first, a 23-MB photo was refused only after it, below Stylize and without its name).
+function overUpload(file) {
+  const limit = state.info && state.info.max_upload_mb;
+  if (!limit || file.size <= limit * 2 ** 20) return null;
+  return `${(file.size / 2 ** 20).toFixed(1)} MB, over this page's upload limit of ${limit} MB: send a smaller photo`;
 }
 
 // What a photo and a clip send alike: the content, the styles with their weights, strength and colours.
@@ -574,10 +594,18 @@ async function stylize() {
   clearErrors();
   if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
   if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
+  const refine = $("refine_steps");  // "abc" reads as "": it was sent as 0 and stylized unrefined, without a word
+  if (!$("refine-row").hidden && !refine.validity.valid) {
+    $("refine_steps-error").textContent = `Type a whole number of steps from 0 (off) to ${refine.max}.`;
+    refine.focus();
+    return;
+  }
   $("pair").hidden = batch.files.length > 1;
   $("batch-results").hidden = $("download-all").hidden = true;
   if (batch.files.length > 1) { await submitBatch(); return; }
   if (state.video) { await submitVideo(); return; }
+  const over = overUpload(state.content);
+  if (over) { $("content-error").textContent = over; return; }
   const data = commonForm();
   const content = state.content;  // another one chosen meanwhile: this result is not shown beside it
   if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
@@ -612,8 +640,7 @@ async function stylize() {
     $("progress-row").hidden = false;
     $("progress").max = p.steps;
     $("progress").value = p.step;
-    $("progress-text").textContent = steps > 0 ? `Refining: step ${p.step} of ${p.steps}`
-                                               : `Large photo: part ${p.step} of ${p.steps}`;
+    sayProgress(steps > 0 ? `Refining: step ${p.step} of ${p.steps}` : `Large photo: part ${p.step} of ${p.steps}`);
   };
   if (steps > 0) show({ step: 0, steps });
   const stopFollowing = hasSteps(steps) ? followSteps(id, show) : () => {};
@@ -633,7 +660,7 @@ async function stylize() {
     resultUrl = URL.createObjectURL(blob);
     $("output").src = resultUrl;
     $("download").href = resultUrl;
-    $("download").download = `${stemOf(content)}_stylized.${suffix()}`;  // as several photos' and a clip's
+    $("download").download = `${stemOf(content)}_stylized.${suffix(blob)}`;  // as several photos' and a clip's
     $("download").hidden = false;
     $("status").textContent = "Done: the stylized photo is under Result, with Download.";
   } catch (e) {
@@ -732,11 +759,24 @@ function unloadVideo(video) {
   video.load();
 }
 
+// A long job's progress, shown, and said to a screen reader every PROGRESS_SAID_MS: the result area is busy
+// while it runs (nothing in it is read out), so a minutes-long clip was silent until "Done".
+const PROGRESS_SAID_MS = 10000;
+let progressSaid = -Infinity;
+
+function sayProgress(text) {
+  $("progress-text").textContent = text;
+  if (performance.now() - progressSaid >= PROGRESS_SAID_MS) {
+    progressSaid = performance.now();
+    $("status").textContent = text;
+  }
+}
+
 function showProgress(job) {
   const total = job.total || 0;
   $("progress").max = Math.max(total, 1);
   if (total) $("progress").value = job.done; else $("progress").removeAttribute("value");
-  $("progress-text").textContent = total ? `Frame ${job.done} of ${total}` : `Frame ${job.done}`;
+  sayProgress(total ? `Frame ${job.done} of ${total}` : `Frame ${job.done}`);
 }
 
 async function submitVideo() {
@@ -811,24 +851,32 @@ async function submitVideo() {
   }
 }
 
+// "Cancelled." said and focused: Cancel, just pressed, is hidden, and focus fell past the end of the page.
+function sayCancelled() {
+  const said = $("form-error");
+  said.textContent = "Cancelled.";
+  said.tabIndex = -1;
+  said.focus();
+}
+
 async function cancelVideo() {
   if (state.request && !batch.running) {  // a photo's refine or tiles: the server stops at its next step
     state.request.abort();
     $("progress-row").hidden = true;
-    $("form-error").textContent = "Cancelled.";
+    sayCancelled();
     return;
   }
   if (batch.running) {
     batch.cancelled = true;  // no more are sent, and the photo on its way is stopped (a large one takes minutes)
     if (batch.request) batch.request.abort();
-    $("form-error").textContent = "Cancelled.";
+    sayCancelled();
     return;
   }
   if (state.upload) {  // the clip still uploading: no job has started
     state.upload.abort();
     state.upload = null;
     videoBusy(false);
-    $("form-error").textContent = "Cancelled.";
+    sayCancelled();
     return;
   }
   const id = state.job;
@@ -836,7 +884,7 @@ async function cancelVideo() {
   state.job = null;  // the polling loop stops; the server stops after the frame in flight
   videoBusy(false);  // at once: Stylize waited for the loop's next second
   clearOutputVideo();
-  $("form-error").textContent = "Cancelled.";
+  sayCancelled();
   try { await fetch(`/api/videos/${id}`, { method: "DELETE" }); } catch (e) { /* it stops unasked for anyway */ }
 }
 
@@ -889,7 +937,7 @@ async function submitBatch() {
   batch.results = [];
   batch.cancelled = false;
   batch.running = true;
-  let stopped = false;  // by an option's error
+  let stopped = null;  // why, where an error not a photo's own stopped the run
   videoBusy(true);  // the progress row, with Cancel
   $("progress").max = batch.files.length;
   $("progress").value = 0;
@@ -897,17 +945,26 @@ async function submitBatch() {
     for (const [i, file] of batch.files.entries()) {
       if (batch.cancelled) break;
       const which = `Photo ${i + 1} of ${batch.files.length}`;
-      $("progress-text").textContent = which;
+      sayProgress(which);
       const figure = document.createElement("figure");
       const caption = document.createElement("figcaption");
       caption.textContent = file.name;
+      const over = overUpload(file);
+      if (over) {  // not sent: this photo's fault, the others go on
+        caption.textContent = `${file.name}: ${over}`;
+        caption.className = "error";
+        figure.append(caption);
+        grid.append(figure);
+        $("progress").value = i + 1;
+        continue;
+      }
       let response;
       for (let tries = 0; ; tries++) {  // a busy server (429) is asked again a moment later
         const data = commonForm(file);
         photoOptions(data);
         const id = requestId();  // a large photo's parts (or a refine's steps) shown beside its number
         const stopFollowing = followSteps(id, (p) => {
-          if (batch.run === run) $("progress-text").textContent = `${which}: ${p.step} of ${p.steps} done`;
+          if (batch.run === run) sayProgress(`${which}: ${p.step} of ${p.steps} done`);
         });
         batch.request = new AbortController();  // Cancel stops this photo too: the server drops it at its next step
         try {
@@ -917,7 +974,7 @@ async function submitBatch() {
           stopFollowing();
           batch.request = null;
         }
-        if (batch.run === run) $("progress-text").textContent = which;
+        if (batch.run === run) sayProgress(which);
         if (response.status !== 429 || tries >= 30) break;
         await sleep(1000 * Number(response.headers.get("Retry-After") || 1));
         if (batch.cancelled || batch.run !== run) break;  // Cancel while waiting: this photo is not sent again
@@ -928,8 +985,8 @@ async function submitBatch() {
         if (batch.run !== run) break;  // forgotten (another content chosen) while it came
         const stem = stemOf(file);
         const taken = new Set(batch.results.map((r) => r.name));
-        let name = `${stem}_stylized.${suffix()}`;
-        for (let n = 2; taken.has(name); n++) name = `${stem}_stylized_${n}.${suffix()}`;
+        let name = `${stem}_stylized.${suffix(blob)}`;
+        for (let n = 2; taken.has(name); n++) name = `${stem}_stylized_${n}.${suffix(blob)}`;
         batch.results.push({ name, blob });
         const img = document.createElement("img");
         img.src = URL.createObjectURL(blob);
@@ -947,10 +1004,12 @@ async function submitBatch() {
         if (batch.run !== run) break;
         const message = body && body.error && body.error.message;
         const fields = ((body && body.error && body.error.violations) || []).map((v) => v.field);
-        const photos = fields.length ? fields.every((f) => f === "content") : /^content\b/.test(message || "");
-        if (response.status !== 400 || !message || !photos) {  // not this photo's fault (an option's): stop, say why
+        // this photo's fault: a content error, or too large (its upload, or its result for the reply limit)
+        const photos = response.status === 413 || (response.status === 400 &&
+          (fields.length ? fields.every((f) => f === "content") : /^content\b/.test(message || "")));
+        if (!message || !photos) {  // not this photo's fault (an option's, a busy or lost server): stop, say why
           showError(body, response.status);
-          stopped = true;
+          stopped = response.status === 400 ? "an option was refused (see its error)" : "see the error";
           break;
         }
         caption.textContent = `${file.name}: ${message.replace(/^content: /, "")}`;  // this photo only; others go on
@@ -971,19 +1030,21 @@ async function submitBatch() {
       $("download-all").hidden = batch.results.length < 2;
       // stopped by an option's error: the count read "0 of 2 photos stylized, under Result" over an empty grid
       const done = `${batch.results.length} of ${batch.files.length} photos stylized`;
-      $("status").textContent = stopped ? `Stopped: an option was refused (see its error); ${done}.`
+      $("status").textContent = stopped ? `Stopped: ${stopped}; ${done}.`
                                         : `${done}, under Result.`;
     }
   }
 }
 
-// The file suffix of the chosen output format.
+// A file's name without its suffix, the stem of its result's.
 function stemOf(file) {
   return file.name.replace(/\.[^.]*$/, "") || "photo";
 }
 
-function suffix() {
-  return { jpeg: "jpg", png: "png", webp: "webp" }[$("format").value] || "png";
+// A result's suffix from its own type (the reply's): "Save as" changed while it was made named a JPEG ".png".
+function suffix(blob) {
+  const byType = { "image/jpeg": "jpg", "image/png": "png", "image/webp": "webp" }[blob.type];
+  return byType || { jpeg: "jpg", png: "png", webp: "webp" }[$("format").value] || "png";
 }
 
 // A zip of the results, stored as they are (the images are compressed already), built here: nothing to install.
@@ -1100,6 +1161,7 @@ async function startLive() {
     await $("live-camera").play();
   }
   showLive(true);
+  revealResult();  // on a phone the camera's view is screens below its button: nothing seemed to happen
   openLive(0);
 }
 
@@ -1151,6 +1213,8 @@ async function openLive(retries = LIVE_RETRIES) {
     canvas.getContext("2d").drawImage(bitmap, 0, 0);
     bitmap.close();  // (its memory, at once: not when it is collected)
     canvas.dataset.frames = String(live.frames);
+    // the rate, rewritten at every frame, is not read out (it would be, several times a second); its start is
+    if (live.frames === 1) $("status").textContent = "Live: the stylized camera is under Result.";
     const rate = live.frames / ((performance.now() - live.started) / 1000);
     $("live-status").textContent = `Live: ${rate.toFixed(1)} frames a second`;
     sendFrame(ws);
@@ -1163,7 +1227,7 @@ async function openLive(retries = LIVE_RETRIES) {
       return;
     }
     if (refused) showError(refused, errorStatus(refused.error));
-    $("live-status").textContent = "Stopped.";
+    $("live-status").textContent = $("status").textContent = "Stopped.";
   };
 }
 
@@ -1216,7 +1280,7 @@ function liveChanged() {
   if (state.styles.length) { openLive(); return; }
   live.session += 1;
   closeLive();
-  $("live-status").textContent = "Paused: choose a style to go on.";
+  $("live-status").textContent = $("status").textContent = "Paused: choose a style to go on.";
 }
 
 // A HEIC photo or an HEVC clip (what iPhones make) reaches the server fine, but many browsers cannot show it.
@@ -1234,7 +1298,10 @@ function init() {
   });
   $("live-start").hidden = !liveSupported();
   $("live-start").addEventListener("click", startLive);
-  $("live-stop").addEventListener("click", stopLive);
+  $("live-stop").addEventListener("click", () => {
+    stopLive();
+    $("live-start").focus();  // (Stop is hidden with the camera's row: focus fell off the page)
+  });
   $("live-snapshot").addEventListener("click", saveSnapshot);
   $("download-all").addEventListener("click", downloadAll);
   for (const id of ["alpha", "preserve_color", "temporal", "live-size"]) $(id).addEventListener("change", liveChanged);
@@ -1281,7 +1348,8 @@ function init() {
   canvas.addEventListener("pointermove", (e) => { if (paint.drawing) strokeTo(pointerAt(e), false); });
   canvas.addEventListener("keydown", paintKey);
   canvas.addEventListener("focus", () => {  // the ring shows where the keyboard's brush is before a key moves it
-    if (paint.ready && canvas.width) showBrushCursor();
+    // (a keyboard's focus only: a click's drew it in the middle, away from where the mouse painted)
+    if (paint.ready && canvas.width && canvas.matches(":focus-visible")) showBrushCursor();
   });
   canvas.addEventListener("blur", hideBrushCursor);
   for (const end of ["pointerup", "pointercancel"]) {
