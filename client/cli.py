@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from PIL import Image
 
 from adain.argtypes import (
     OneLineParser,
@@ -69,7 +70,16 @@ from adain.wire import (
     plural,
 )
 
-from ._client import FLOAT32_MAX, MAX_RETRIES, LibraryStyle, Preset, StyleRef, StyleTransferClient, StyleTransferError
+from ._client import (
+    DEFAULT_TIMEOUT,
+    FLOAT32_MAX,
+    MAX_RETRIES,
+    LibraryStyle,
+    Preset,
+    StyleRef,
+    StyleTransferClient,
+    StyleTransferError,
+)
 from .local import LocalServer, LocalServerError
 from .video import is_video, stylize_video_file
 
@@ -107,15 +117,42 @@ class _Parser(OneLineParser):
         self.register("action", "store", _Once)
 
 
+# An image's deadline where --timeout is not given: print-size photos render in tiles for minutes on a CPU (a
+# 24-MP one took 112 s of the 120 a call had, and failed at 120 s on a busier machine) and a refine takes
+# seconds a step, so a fixed 120 s failed the README's own print example.
+PER_MEGAPIXEL_S = 10.0
+PER_REFINE_STEP_S = 3.0
+
+
+def timeout_of(args: argparse.Namespace) -> float:
+    """--timeout, or the default deadline of a call."""
+    return DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+
+
+def image_timeout(args: argparse.Namespace, content: Path, refine_steps: int) -> float:
+    """--timeout, or one that grows with this image's work: its pixels at --size and its refine steps."""
+    if args.timeout is not None:
+        return args.timeout
+    try:
+        with Image.open(content) as img:  # the header only
+            w, h = img.size
+    except Exception:  # noqa: BLE001 (the server says what is wrong with it)
+        return DEFAULT_TIMEOUT
+    side = getattr(args, "size", 0)
+    scale = min(1.0, side / max(w, h)) if side else 1.0  # (never scaled up)
+    return DEFAULT_TIMEOUT + PER_MEGAPIXEL_S * w * h * scale**2 / 1e6 + PER_REFINE_STEP_S * refine_steps
+
+
 def add_connection_args(p: argparse.ArgumentParser) -> None:
     """--server, --timeout, --retries, TLS and the token: how a command reaches adain-server (the CLI's and
     adain-web's, one set of rules); :func:`connect` makes the client from them."""
     p.add_argument("--server", default=os.environ.get("ADAIN_SERVER", DEFAULT_ADDRESS), metavar="HOST:PORT",
                    help=f"server address (default: $ADAIN_SERVER or {DEFAULT_ADDRESS}); several replicas: "
                    "comma-separated IP:PORT list, or dns:///NAME:PORT (calls are balanced round-robin)")
-    p.add_argument("--timeout", type=positive_float, default=120.0, metavar="S",
-                   help="deadline of each call to the server, seconds (default 120); for a video, of each frame's "
-                   "reply")
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="S",
+                   help=f"deadline of each call to the server, seconds (default {DEFAULT_TIMEOUT:g}; adain-stylize's "
+                   f"for an image grows with its work: {PER_MEGAPIXEL_S:g} more a megapixel rendered and "
+                   f"{PER_REFINE_STEP_S:g} a --refine step); for a video, of each frame's reply")
     p.add_argument("--retries", type=int_in_range(0, MAX_RETRIES), default=2, metavar="N",
                    help=f"retries of a call the server answers UNAVAILABLE, 0-{MAX_RETRIES} (default 2)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
@@ -202,7 +239,7 @@ def connect(args: argparse.Namespace, **options: Any) -> StyleTransferClient:
             raise CliError(f"{flag}: no such file: {path}")
     try:
         return StyleTransferClient(
-            args.server, timeout=args.timeout, tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
+            args.server, timeout=timeout_of(args), tls=args.tls or bool(args.ca_cert), root_certificates=args.ca_cert,
             retries=args.retries, token=token, token_file=args.token_file, client_certificate=args.client_cert,
             client_key=args.client_key, **options,
         )
@@ -497,7 +534,7 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
             hint = "; is adain-server running there? Start one, or add --local to run one for this command"
         return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}{hint}"
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; see --timeout)"
+        return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; raise --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
         return _cli_words(_in_cli_terms(e, args) if cli_terms else e.details, args)
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
@@ -822,7 +859,8 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
 
     try:
         result = client.stylize(content, _blend(styles), format=fmt, on_progress=progress if follow else None,
-                                keep_exif=args.keep_exif, **_options(args), **refine)
+                                keep_exif=args.keep_exif, timeout=image_timeout(args, content, steps),
+                                **_options(args), **refine)
     except StyleTransferError as e:
         raise CliError(_describe(e, args, cli_terms=True)) from None
     finally:
@@ -851,7 +889,7 @@ def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: P
     try:
         return stylize_video_file(client, src, out, styles, on_start=lambda n: bar.reset(total=n or None),
                                   on_frame=lambda: bar.update(1), max_fps=args.fps, start=args.start,
-                                  duration=args.duration, frame_timeout=args.timeout, **_video_options(args))
+                                  duration=args.duration, frame_timeout=timeout_of(args), **_video_options(args))
     finally:
         bar.close()
 
@@ -1012,7 +1050,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                                 f"{p.steps}")
 
         result = client.stylize(content, refs[source], format=fmt, on_progress=progress if follow else None,
-                                **options)
+                                timeout=image_timeout(args, content, options["refine_steps"]), **options)
         result.save(out)
         with lock:
             served[result.served_by or "?"] += 1

@@ -903,3 +903,24 @@ def test_local_server_stops_with_the_command_however_it_ends(files: dict[str, Pa
     finally:
         if cli.poll() is None:
             cli.kill()
+
+
+def test_an_images_deadline_grows_with_its_work(tmp_path: Path) -> None:
+    """No --timeout: 120 s, plus 10 a megapixel rendered and 3 a refine step (a 24-MP print's tiles failed at the
+    fixed 120 s on a busy CPU, the README's own example); a --timeout given is the deadline, whatever the work."""
+    from adain.client.cli import build_parser, image_timeout, timeout_of
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4000, 3000)).save(big)  # 12 MP
+    args = build_parser().parse_args([str(big), "-s", str(big), "-o", "x.png"])
+    assert timeout_of(args) == 120 and image_timeout(args, big, 0) == pytest.approx(240)
+    assert image_timeout(args, big, 100) == pytest.approx(540)
+    args = build_parser().parse_args([str(big), "-s", str(big), "-o", "x.png", "--size", "1000"])  # 1000 x 750 rendered
+    assert image_timeout(args, big, 0) == pytest.approx(127.5)
+    args = build_parser().parse_args([str(big), "-s", str(big), "-o", "x.png", "--size", "8000"])  # never scaled up
+    assert image_timeout(args, big, 0) == pytest.approx(240)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")  # the server says what is wrong with it, in the default time
+    assert image_timeout(args, broken, 0) == 120
+    args = build_parser().parse_args([str(big), "-s", str(big), "-o", "x.png", "--timeout", "30"])
+    assert timeout_of(args) == 30 and image_timeout(args, big, 100) == 30

@@ -891,6 +891,12 @@ def test_bad_flags_fail_the_start_naming_them(tmp_path: Path, case: str) -> None
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_a_tile_halo_too_small_to_hide_the_borders_is_refused() -> None:
+    proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--tile-halo", "8"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--tile-halo: must be in [32, 2147483647], got 8" in proc.stderr, proc.stderr
+
+
 def test_compile_sizes_are_checked_as_flags() -> None:
     """A size no content pads to is refused by the flag's parser, before torch loads."""
     proc = subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--compile-sizes", "512x512,512x500"],

@@ -20,6 +20,7 @@ from adain.client.cli import (
     connect,
     local_conflicts,
     served,
+    timeout_of,
 )
 from adain.commands import Terminated, add_version_arg, on_sigterm
 
@@ -131,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     max_message_mb = max(args.max_upload_mb * 1.1 + 1, 64)  # a whole upload fits in one request
     with connect(args, max_message_mb=max_message_mb) as client:
-        settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
+        settings = WebSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=timeout_of(args),
                                max_video_bytes=int(args.max_video_mb * 2**20), max_video_frames=args.max_video_frames,
                                max_video_jobs=args.max_video_jobs, video_abandon_s=args.video_abandon_s,
                                max_disk_bytes=int(args.max_disk_mb * 2**20), max_photo_calls=args.max_photos,
