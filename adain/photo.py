@@ -40,6 +40,9 @@ EXIF_PIXEL_SIZE = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the orig
 # ColorSpace (1: sRGB) and the interoperability IFD (its "R03" index: Adobe RGB): an Adobe RGB camera's 0xFFFF and
 # "R03" were kept, and a viewer that reads them showed the output, sRGB without a profile, as Adobe RGB (oversaturated)
 EXIF_COLOR_SPACE, EXIF_INTEROP_IFD = 0xA001, 0xA005
+# A JPEG's EXIF segment holds 64 KB; a camera's maker note (its private data) is what makes EXIF larger
+EXIF_JPEG_MAX = 65527
+EXIF_LARGE = (0x927C, 0x9286)  # MakerNote, UserComment
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pillow reads a PNG's chunks one by one in Python (~3.7 us each): 300,000 empty ones took 1.1 s to open, as many
 # 0-byte IDATs or chunks after the pixels 1 s to load. A PNG may have 10,000 and one more per 4 KiB (libpng writes
@@ -98,7 +101,12 @@ def exif_to_keep(data: bytes) -> bytes | None:
             without_layout(exif)  # a TIFF's strips and size, a JPEG's stale IFD0 size, a profile not the output's
             if EXIF_ORIENTATION in exif:
                 exif[EXIF_ORIENTATION] = 1
-            return exif.tobytes()
+            kept = exif.tobytes()
+            if len(kept) > EXIF_JPEG_MAX:  # the date and camera kept without it: a JPEG's was dropped whole
+                for tag in EXIF_LARGE:
+                    sub.pop(tag, None)
+                kept = exif.tobytes()
+            return kept
     except Exception:  # noqa: BLE001 - metadata is a nicety: an odd block never fails the image
         return None
 
@@ -346,8 +354,10 @@ def to_srgb(
     if mode is None or (space == "RGB" and _is_srgb(icc)):
         return flatten(img)
     if img.mode != mode:
-        if mode == "CMYK" or (mode == "L" and img.mode not in _GREY_MODES):
-            return flatten(img)  # a CMYK or grey profile on colour pixels: not this image's profile
+        if mode == "CMYK" or (mode == "L") != (img.mode in _GREY_MODES):
+            # a CMYK or grey profile on colour pixels, or an RGB one on grey pixels (an outside tester's grey JPEG
+            # tagged ProPhoto came out 17 levels lighter; Photoshop ignores such a profile): not this image's
+            return flatten(img)
         img = flatten(img)
         if mode == "L":
             img = img.convert("L")

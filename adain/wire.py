@@ -45,7 +45,7 @@ FORMAT_BY_ENUM = {value: name for name, value in FORMAT_ENUM.items()}
 # PIL's names of what is decoded (GIF: its 1st frame; HEIF where pillow-heif is installed: adain.photo)
 INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF")
 INPUT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic",
-                  ".heif")
+                  ".heif", ".mpo")  # MPO: a 3D or multi-shot camera's JPEG (its first picture)
 INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 # The containers a clip is written as (adain.media); here, where the thin client's CLI can read them without numpy
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")

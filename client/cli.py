@@ -29,6 +29,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -510,10 +511,13 @@ def _cli_words(said: str, args: argparse.Namespace) -> str:
     output = getattr(args, "output", None)
     one_file = output and isinstance(args.content, (str, Path)) and not _names_folder(output)  # (set by _run)
     jpeg = f"a .jpg output (-o {Path(output).with_suffix('.jpg')})" if one_file else "--format jpeg"
-    return (said.replace("see ListStyles", "see --list-styles")
+    said = (said.replace("see ListStyles", "see --list-styles")
             .replace("register it with RegisterStyle", "pass its image instead (--style FILE)")
             .replace("ask for format JPEG", f"ask for {jpeg}")
             .replace("or a smaller content_size", "or a smaller --size"))
+    # the request's other field names in the text as their flags ("--style-weight: content_weight and style_weight
+    # are both 0"); the two-word ones only, which prose does not use
+    return _FIELD_WORD_RE.sub(lambda m: _OPTION_FLAGS[m.group(0)], said)
 
 
 def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool = False) -> str:
@@ -574,6 +578,7 @@ _OPTION_FLAGS = {
     "region_alphas": "--region-alpha",
 }
 _STYLE_FIELD_RE = re.compile(r"styles\[(\d+)\](?:\.(\w+))?")
+_FIELD_WORD_RE = re.compile(r"(?<![\w.\[-])(?:" + "|".join(f for f in _OPTION_FLAGS if "_" in f) + r")(?![\w\]=])")
 
 
 def _nth(values: Sequence[Any] | None, i: int) -> Any:
@@ -1049,13 +1054,24 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             bar.set_postfix_str(f"{content.name}: {'step' if options['refine_steps'] else 'part'} {p.step} of "
                                 f"{p.steps}")
 
-        result = client.stylize(content, refs[source], format=fmt, on_progress=progress if follow else None,
-                                timeout=image_timeout(args, content, options["refine_steps"]), **options)
+        timeout = image_timeout(args, content, options["refine_steps"])
+        give_up = time.monotonic() + timeout
+        while True:
+            try:
+                result = client.stylize(content, refs[source], format=fmt, on_progress=progress if follow else None,
+                                        timeout=timeout, **options)
+                break
+            except StyleTransferError as e:
+                # a full queue (a refine's or a print's: one place, four waiting) is waited for as the server
+                # asks, within the image's own time (-j 8, or two users' folder runs, failed the whole run)
+                wait_s = e.retry_after if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+                if wait_s is None or time.monotonic() + wait_s > give_up or stopped.wait(wait_s):
+                    raise
         result.save(out)
         with lock:
             served[result.served_by or "?"] += 1
 
-    failed, told = 0, set()
+    failed, told, stopped = 0, set(), threading.Event()
     with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
         futures = {pool.submit(one, *t): t for t in tasks}
         pending = set(futures)
@@ -1082,6 +1098,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                         raise CliError(f"{out}: cannot write: {err.strerror or err}")
                     raise err
         except BaseException:  # an error, Ctrl-C or SIGTERM: those not started are not started, those running are
+            stopped.set()  # (those waiting for a place in a full queue)
             for p in pending:  # cancelled (closing the channel; they ran to their end, minutes with --refine)
                 p.cancel()
             client.close()

@@ -924,3 +924,40 @@ def test_an_images_deadline_grows_with_its_work(tmp_path: Path) -> None:
     assert image_timeout(args, broken, 0) == 120
     args = build_parser().parse_args([str(big), "-s", str(big), "-o", "x.png", "--timeout", "30"])
     assert timeout_of(args) == 30 and image_timeout(args, big, 100) == 30
+
+
+def test_cli_says_request_fields_as_flags(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
+                                          capsys) -> None:
+    c, a, o = str(files["content.png"]), str(files["a.png"]), str(tmp_path / "x.png")
+    line = _cli_failure([c, "-s", a, "--refine", "3", "--style-weight", "0", "--content-weight", "0", "-o", o,
+                         "--server", server.target], capsys)
+    assert line.endswith("--content-weight and --style-weight are both 0"), line  # not the request's field names
+
+
+def test_a_folder_run_waits_for_places_in_a_full_refine_queue(decoder_path: Path, tmp_path: Path, capsys) -> None:
+    """Four refines at once (-j 4) where the server takes one and queues one: the other two are refused
+    RESOURCE_EXHAUSTED with a RetryInfo, and wait for it (the whole run failed at the first refusal)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        (photos / f"p{i}.png").write_bytes(make_image(48, 40, seed=i))
+    style = tmp_path / "s.png"
+    style.write_bytes(STYLE_A)
+    srv = ServerProcess(decoder_path, "--max-refine-jobs", "1", "--max-refine-queue", "1", "--log-level", "INFO")
+    try:
+        srv.wait_serving()
+        assert main([str(photos), "-s", str(style), "--refine", "2", "-j", "4", "-o", str(tmp_path / "out"),
+                     "--server", srv.target]) == 0, capsys.readouterr().err
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}_stylized.png" for i in range(4)]
+        assert any("RESOURCE_EXHAUSTED" in line for line in srv.stderr_lines)  # (it was full, and refused)
+    finally:
+        srv.kill()
+
+
+def test_a_folder_run_takes_a_3d_cameras_mpo(server: ServerProcess, files: dict[str, Path], tmp_path: Path) -> None:
+    """An .MPO (Fujifilm 3D, Nintendo 3DS: JPEGs in one file) worked named, and was skipped in a folder."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(files["content.png"]).convert("RGB").save(photos / "m10.MPO", "MPO")
+    assert main([str(photos), "-s", str(files["a.png"]), "-o", str(tmp_path / "out"), "--server", server.target]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["m10_stylized_a.png"]

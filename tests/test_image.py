@@ -131,6 +131,9 @@ def test_a_profile_is_judged_by_what_it_does_not_by_its_name() -> None:
     assert load_image(_tagged((200, 60, 40), grey)).getpixel((0, 0)) == (200, 60, 40)
     r, g, b = load_image(_tagged(90, grey, mode="L")).getpixel((0, 0))  # on grey pixels it applies
     assert r == g == b
+    # and an RGB profile on grey pixels is not theirs either (a grey JPEG tagged ProPhoto came out lighter)
+    for fmt in ("JPEG", "PNG"):
+        assert load_image(_tagged(90, linear, fmt, mode="L")).getpixel((0, 0)) == (90, 90, 90), fmt
 
 
 def test_float_images_read_as_0_to_1_whatever_a_stray_pixel_says() -> None:
@@ -514,6 +517,21 @@ def test_exif_kept_without_the_location(fmt: str) -> None:
     synth_image(40, 30).save(tiff, "TIFF", exif=exif, icc_profile=icc_rgb(P3_D50))
     kept = Image.open(io.BytesIO(encode_image(IMG, fmt, quality=90, exif=exif_to_keep(tiff.getvalue())))).getexif()
     assert kept[0x010F] == "TestCam" and not {0x0100, 0x0101, 0x0103, 0x0111, 0x0117, 0x8773} & set(kept)
+
+
+def test_a_large_maker_note_is_dropped_not_the_whole_exif() -> None:
+    """An EXIF over a JPEG's 64 KB (a camera's 100-kB maker note) kept the date and camera in a PNG and lost
+    everything in a JPEG, without a word: the maker note goes, the rest is kept in every format."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    sub = exif.get_ifd(0x8769)
+    sub[0x927C] = b"\x01" * 100_000
+    sub[0x9003] = "2024:05:01 10:00:00"
+    kept = exif_to_keep(encoded(IMG, "PNG", exif=exif.tobytes()))
+    assert kept is not None and len(kept) < 65527
+    for fmt in ("jpeg", "png"):
+        back = Image.open(io.BytesIO(encode_image(IMG, fmt, quality=90, exif=kept))).getexif()
+        assert back[0x010F] == "TestCam" and back.get_ifd(0x8769) == {0x9003: "2024:05:01 10:00:00"}, fmt
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF F", "TIFF I", "TIFF"])
