@@ -5,10 +5,14 @@ A grey style (a pencil drawing, ink, a black-and-white photo) should give a grey
 paints faint colour of its own: 13-21 levels of chroma at the 99th percentile on the example styles made
 grey. So where every style applied is grey, the output's chroma is scaled by 1 - A, the local style
 strength (alpha, or a region's): grey where fully stylized, the photo's colours where unstyled (alpha 0,
-unpainted regions), in between by the strength. Luminance is left exactly as the decoder made it.
+unpainted regions), in between by the strength. With regions of grey and coloured styles, A is the grey
+styles' share of it at each pixel (a grey region beside a coloured one came out 18 levels coloured: the
+correction waited for every style to be grey). Luminance is left exactly as the decoder made it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -26,6 +30,18 @@ def is_grey(image: torch.Tensor) -> bool:
     return float((off <= GREY_LEVELS).float().mean()) >= GREY_SHARE
 
 
+def grey_styles(greys: Sequence[bool], weights: Sequence[float], regions: bool) -> bool | tuple[bool, ...]:
+    """``Prepared.grey`` of a job from whether each of its targets' styles is grey: True where every style
+    applied (weight over 0) is, and with ``regions`` where only some are, which ones (by target), else False.
+    Without regions every style applies everywhere: a coloured one colours every pixel."""
+    applied = [g for g, w in zip(greys, weights) if w > 0]
+    if applied and all(applied):
+        return True
+    if regions and any(applied):
+        return tuple(g and w > 0 for g, w in zip(greys, weights))
+    return False
+
+
 def finish(img: torch.Tensor, job: Prepared) -> torch.Tensor:
     """The decoder's (or the optimiser's) output ``img`` (1 x 3 x H x W, job's content size) with the job's
     colour choices applied."""
@@ -37,7 +53,10 @@ def finish(img: torch.Tensor, job: Prepared) -> torch.Tensor:
     if job.regions is None:
         keep: float | torch.Tensor = 1 - job.alpha
     else:
-        a = alpha_map(job.regions.to(img.device), [t[2] for t in job.targets], job.region_alphas, job.alpha,
-                      img.shape[2:])
+        strengths = job.region_alphas
+        if job.grey is not True:  # which styles are grey: their share of the strength (A of the grey ones alone)
+            ones = strengths or [1.0] * len(job.targets)
+            strengths = tuple(a if g else 0.0 for a, g in zip(ones, job.grey))  # type: ignore[arg-type]
+        a = alpha_map(job.regions.to(img.device), [t[2] for t in job.targets], strengths, job.alpha, img.shape[2:])
         keep = 1 - a
     return (y + (img - y) * keep).clamp(0, 1)

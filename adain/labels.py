@@ -4,6 +4,12 @@ A grey pixel (r = g = b) has label r (0-255), any other pixel the colour 0xRRGGB
 ``COLOUR_LABEL | b``). A label's colour is its name, so the image is read as stored; two kinds of image that
 change colours are forgiven: lossy formats (a pixel near a requested colour takes it) and anti-aliased edges
 (a pixel blended from two colours takes the nearer one's label, where that one is requested).
+
+A label image with transparency (a label layer exported from a painting program) is read by its alpha, not
+composited: a pixel at least half opaque (``PAINTED``) has its own colour's (or grey level's) label, and one
+under that is unpainted, black (label 0, #000000), as a fully transparent one always was. Composited onto black,
+red painted at half opacity was #800000 and grey 200 was 100: labels of their own, so a soft or low-opacity brush
+left its pixels as the photo, or the job was refused ("no pixel of labels has label #ff0000").
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from adain.errors import InvalidInputError
-from adain.image import load_image, stored_format
+from adain.image import ImageSource, _key_as_alpha, _open, _upright, load_image, stored_format
 from adain.job import CheckedJob
+from adain.photo import grey_key_in_levels
 from adain.wire import COLOUR_LABEL
 
 
@@ -25,8 +32,11 @@ def label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[
     img = load_image(job.labels, field="labels", max_pixels=max_pixels, mode="raw")  # type: ignore[arg-type]
     if img.size != size:
         raise InvalidInputError("labels", f"labels is {img.width} x {img.height}, content is {size[0]} x {size[1]}")
+    painted = _painted(job.labels, max_pixels)  # type: ignore[arg-type]
+    faint = painted is not None and bool(((painted[1] > 0) & (painted[1] < PAINTED)).any())
     # built in place in 4 bytes a pixel: int64 arrays and their temporaries took 4.6 GB at 64 MP
-    rgb = np.asarray(img, dtype=np.uint8)
+    rgb = np.asarray(img, dtype=np.uint8) if painted is None else painted[0]
+    img = painted = None  # type: ignore[assignment]
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     label = r.astype(np.uint32)
     label <<= 8
@@ -53,9 +63,35 @@ def label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[
         hit = label == value
         if not hit.any():
             hint = " (its JPEG compression changed the colours: send labels as PNG)" if lossy else ""
+            if faint:
+                hint += " (pixels under 50% opaque are unpainted)"
             raise InvalidInputError(f"styles[{i}].label", f"no pixel of labels has label {_label_name(value)}{hint}")
         maps.append(hit.astype(np.uint8) * 255)
     return maps
+
+
+PAINTED = 128  # alpha from which a label image's pixel is painted (at least half covered): its own label
+
+
+def _painted(source: ImageSource, max_pixels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A label image with transparency as (H x W x 3 RGB, H x W alpha), uint8, upright: each pixel's own colour
+    where it is painted (alpha at least ``PAINTED``), black elsewhere; None for an opaque image (read as it always
+    was). Decoded a second time, after ``load_image`` has checked it (errors, size, limits): only such images."""
+    img = _open(source, "labels", max_pixels)
+    if img.mode not in ("RGBA", "RGBa", "LA", "La", "PA") and "transparency" not in img.info:
+        return None
+    grey_key_in_levels(img)
+    img.load()
+    img = _key_as_alpha(_upright(img), numbers=True)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return None
+    rgba = np.asarray((img.convert("LA") if img.mode == "La" else img).convert("RGBA"), dtype=np.uint8)
+    alpha = rgba[..., 3].copy()
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    rgb[alpha < PAINTED] = 0
+    return rgb, alpha
 
 
 # A JPEG label image has no pixel of its colours as painted: #ff0000 comes back as #fe0000 or #fe0002, at any

@@ -41,7 +41,7 @@ from adain.image import ImageSource, to_image, to_tensor
 from adain.ops import gram, luminance, mean_std, weighted_mean_std
 from adain.prepared import Prepared
 from adain.regions import maps_at, region_weights
-from adain.tiling import BYTES_PER_PIXEL, MIN_AUTO_THRESHOLD, Tiling, render_tiled
+from adain.tiling import BYTES_PER_PIXEL, MIN_AUTO_THRESHOLD, Tiling, render_tiled, tiled_parts
 from adain.wire import REFINE_TV_WEIGHT
 
 
@@ -81,13 +81,18 @@ REFINE_BYTES_PER_PIXEL = 8192
 
 @dataclass(frozen=True)
 class Progress:
-    """What the callback gets after each step."""
+    """What the callback gets after each step: one monotonic count of the call's work (what a progress bar
+    shows), and the optimisation's own iterations (what a reply says were run)."""
 
-    step: int  # 1 .. steps
+    # 1 .. steps: the iterations done; a refine of a tiled (print-size) content counts its first render's
+    # statistics boxes and tiles first (``adain.tiling.tiled_parts``), its iterations after them. Where L-BFGS
+    # converges before the iterations asked, a last report says steps of steps: the work is done.
+    step: int
     steps: int
-    loss: float  # the objective where the step ended (L-BFGS's accepted point; Adam: where it began)
-    seconds: float  # since the optimisation started
+    loss: float  # the objective where the step ended (L-BFGS's accepted point; Adam: where it began; 0 for a tile)
+    seconds: float  # since the call's work started (a tiled refine's: its tiles' time, then the iterations')
     image: torch.Tensor | None = None  # the clamped iterate, at the checkpoints asked for
+    iteration: int = 0  # the optimisation's iterations done (0 during a tiled render; fewer than asked: converged)
 
 
 OnStep = Callable[[Progress], None]
@@ -220,7 +225,7 @@ def optimize(
         nonlocal done
         if on_step is not None and (step > done or snap):
             snapshot = image().detach().clamp(0, 1) if snap else None
-            on_step(Progress(step, steps, last, time.perf_counter() - t0, snapshot))
+            on_step(Progress(step, steps, last, time.perf_counter() - t0, snapshot, iteration=step))
         done = max(done, step)
 
     stops = sorted({c for c in checkpoints if 0 < c < steps} | {steps})
@@ -244,8 +249,10 @@ def optimize(
             with torch.enable_grad():
                 opt.step(closure)
             report(state["n_iter"], snap=stop in checkpoints)
-            if state["n_iter"] < stop:
-                break  # converged
+            if state["n_iter"] < stop:  # converged: a last report ends a caller's bar (at the optimum from the
+                if on_step is not None:  # start it got no report at all)
+                    on_step(Progress(steps, steps, last, time.perf_counter() - t0, iteration=state["n_iter"]))
+                break
     elif optimizer == "adam":
         opt = torch.optim.Adam([p], lr=ADAM_LR)
         for step in range(1, steps + 1):
@@ -338,13 +345,15 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     the content (``"content"``), ``refine_steps`` iterations, at ``refine_size`` when it is smaller."""
     job = prepared.job
     assert job is not None and job.refine_steps > 0
+    t0 = time.perf_counter()
+    parts = 0  # a tiled first render's statistics boxes and tiles: counted before the iterations (see Progress)
     content = prepared.content.to(stylizer.device).float()  # grey for "luminance": then the grey image is optimised
     if job.refine_init == "adain":  # from the decoder's colours: the grey step (adain.colours) comes once, at the end
         first = replace(prepared, grey=False)
         if stylizer.tiling.wants(first):  # print size: minutes of tiles, stoppable between them as iterations are
-            t0 = time.perf_counter()
-            tick = None if on_step is None else (
-                lambda done, total: on_step(Progress(0, job.refine_steps, 0.0, time.perf_counter() - t0)))
+            parts = tiled_parts(*first.content.shape[2:], stylizer.tiling)
+            tick = None if on_step is None else (lambda done, total: on_step(
+                Progress(done, total + job.refine_steps, 0.0, time.perf_counter() - t0)))
             rendered = render_tiled(stylizer, first, stylizer.tiling, on_step=tick)
         else:
             rendered = stylizer.render([first])[0]
@@ -364,7 +373,12 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
         target="content" if job.refine_init == "content" else REFINE_TARGET,
         scale=side / max(h, w),  # the style shrinks with the content
     )
-    x = optimize(objective, small, job.refine_steps, optimizer=job.optimizer, on_step=on_step)
+    counted = on_step
+    if on_step is not None:  # after the tiles, and the time since the call's work started (it went back to 0)
+        since = time.perf_counter() - t0
+        counted = lambda p: on_step(  # noqa: E731
+            replace(p, step=p.step + parts, steps=p.steps + parts, seconds=p.seconds + since))
+    x = optimize(objective, small, job.refine_steps, optimizer=job.optimizer, on_step=counted)
     if small is not start:  # the change, upsampled onto the full-size start
         x = (start + F.interpolate(x - small, size=(h, w), mode="bicubic", align_corners=False)).clamp(0, 1)
     return to_image(finish(x, prepared))

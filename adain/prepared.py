@@ -32,7 +32,9 @@ class Prepared:
     regions: torch.Tensor | None = None
     region_alphas: tuple[float, ...] | None = None  # each region's strength (times ``alpha``)
     chroma_from: torch.Tensor | None = None  # the original RGB content, to keep its colours
-    grey: bool = False  # every style applied is grey: the output is made grey where stylized (adain.colours)
+    # every style applied is grey (True), or with regions which styles are (by target): the output is made grey
+    # where they stylize it (adain.colours)
+    grey: bool | tuple[bool, ...] = False
     batch_key: tuple[int, int] = (0, 0)  # padded (H, W): equal keys share a batch
     # Replaces the content statistics of region k before normalisation (a video's running average);
     # called in render, in job order.

@@ -22,7 +22,7 @@ from PIL import Image
 
 from adain.backends import make_backend
 from adain.cache import StyleCache
-from adain.colours import finish, is_grey
+from adain.colours import finish, grey_styles, is_grey
 from adain.compiled import DEFAULT_SHAPES
 from adain.decoder import load_decoder
 from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
@@ -194,11 +194,10 @@ class Stylizer:
                 (mean, std), style_grey = self._style_stats(
                     source, f"styles[{i}]", job.style_size, job.color, content, content_key)
                 targets.append((mean, std, w))
-                if w > 0:  # a zero-weight style kept for its region is never applied: its colours do not count
-                    greys.append(style_grey)
+                greys.append(style_grey)  # a zero-weight style kept for its region is never applied: not counted
             # "luminance" keeps the photo's colours itself; "coral" made each style the content's colours, so a
             # black-and-white photo's are grey (it came back sepia: the decoder's own faint colour)
-            grey = job.color != "luminance" and bool(greys) and all(greys)
+            grey = job.color != "luminance" and grey_styles(greys, [t[2] for t in targets], regions is not None)
         chroma_from = None
         if job.color == "luminance":
             chroma_from = content

@@ -288,6 +288,11 @@ def release_freed_memory() -> None:
         _TRIM(0)
 
 
+def tiled_parts(h: int, w: int, tiling: Tiling) -> int:
+    """The steps ``render_tiled`` reports for an h x w content: its statistics boxes, then its tiles."""
+    return len(stats_boxes(h, w, tiling)) + math.ceil(h / tiling.tile) * math.ceil(w / tiling.tile)
+
+
 def render_tiled(
     stylizer: object, job: Prepared, tiling: Tiling, on_step: Callable[[int, int], None] | None = None
 ) -> Image.Image:
@@ -296,7 +301,7 @@ def render_tiled(
     both passes; it may raise to stop the job)."""
     h, w = job.content.shape[2:]
     rows, cols = math.ceil(h / tiling.tile), math.ceil(w / tiling.tile)
-    boxes = len(stats_boxes(h, w, tiling))
+    parts = tiled_parts(h, w, tiling)
     done = 0
 
     def step() -> None:
@@ -304,7 +309,7 @@ def render_tiled(
         done += 1
         release_freed_memory()
         if on_step is not None:
-            on_step(done, boxes + rows * cols)
+            on_step(done, parts)
 
     with generic_shapes():  # memory: one set of runtime buffers, as BYTES_PER_PIXEL counts
         return _render_tiled(stylizer, job, tiling, step, rows, cols)

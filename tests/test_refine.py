@@ -20,8 +20,8 @@ from adain.client.cli import main
 from adain.errors import InvalidInputError, StoppedError
 from adain.image import to_tensor
 from adain.ops import luminance
-from adain.optimize import REFINE_BYTES_PER_PIXEL, objective_for, optimize, working_side
-from adain.tiling import BYTES_PER_PIXEL, Tiling
+from adain.optimize import REFINE_BYTES_PER_PIXEL, Progress, objective_for, optimize, working_side
+from adain.tiling import BYTES_PER_PIXEL, Tiling, stats_boxes, tiled_parts
 from synth import band_mask, make_image, make_mask, pixels, synth_image
 
 CONTENT = synth_image(64, 48, seed=31)
@@ -219,23 +219,43 @@ def test_a_refine_with_regions_follows_the_weights(stylizer: Stylizer) -> None:
 
 def test_a_print_size_refine_can_be_stopped_while_its_first_render_is_tiled(decoder_path: Path) -> None:
     """Its decoder pass (minutes at print size) ran without a look at cancel or deadline, and without yielding
-    to fast calls: now every tile says step 0, and a callback that raises stops it there."""
+    to fast calls: now every box and tile is a step, and a callback that raises stops it there. One count: the
+    boxes and tiles, then the iterations (every tile said step 0 of the iterations, a bar at 0% for minutes, and
+    the time went back to 0 when the iterations began)."""
     tiled = Stylizer(str(decoder_path), "cpu", precision="fp32", tiling=Tiling(1, tile=64, halo=16))
     content = synth_image(200, 150, seed=5)
     assert tiled.tiling.wants_pixels(200 * 150)
+    parts = tiled_parts(150, 200, tiled.tiling)
+    assert parts == len(stats_boxes(150, 200, tiled.tiling)) + 4 * 3
     seen = []
 
     def on_step(p) -> None:
-        seen.append(p.step)
+        seen.append((p.step, p.steps))
         if len(seen) == 3:
             raise StoppedError("cancelled")
 
     with pytest.raises(StoppedError):
         tiled.stylize(content, STYLE_A, refine_steps=3, refine_size=32, on_step=on_step)
-    assert seen == [0, 0, 0]
-    seen.clear()
-    out = tiled.stylize(content, STYLE_A, refine_steps=2, refine_size=32, on_step=lambda p: seen.append(p.step))
-    assert out.size == (200, 150) and seen.count(0) >= 4 and seen[-2:] == [1, 2], seen
+    assert seen == [(1, parts + 3), (2, parts + 3), (3, parts + 3)]
+    reports: list[Progress] = []
+    out = tiled.stylize(content, STYLE_A, refine_steps=2, refine_size=32, on_step=reports.append)
+    assert out.size == (200, 150)
+    assert [(p.step, p.steps) for p in reports] == [(k, parts + 2) for k in range(1, parts + 3)], reports
+    assert [p.iteration for p in reports[-2:]] == [1, 2] and not any(p.iteration for p in reports[:-2])
+    assert all(a.seconds <= b.seconds for a, b in zip(reports, reports[1:])), [p.seconds for p in reports]
+
+
+def test_a_refine_that_converges_at_once_ends_its_progress(stylizer: Stylizer) -> None:
+    """From the content with only its own term L-BFGS is done before its first iteration: no report came at all,
+    and a bar asked for 20 steps got nothing. Now a last report says the work is done, with the iterations run."""
+    reports: list[Progress] = []
+    stylizer.stylize(CONTENT, STYLE_A, refine_steps=20, refine_init="content", style_weight=0, tv_weight=0,
+                     on_step=reports.append)
+    assert reports and (reports[-1].step, reports[-1].steps) == (20, 20), reports
+    assert reports[-1].iteration < 20 and all(p.iteration == p.step for p in reports[:-1])
+    reports.clear()  # one not converged reports as it did: each iteration, the last one the end
+    stylizer.stylize(CONTENT, STYLE_A, refine_steps=3, on_step=reports.append)
+    assert [(p.step, p.steps, p.iteration) for p in reports] == [(1, 3, 1), (2, 3, 2), (3, 3, 3)]
 
 
 def test_a_refine_works_within_a_memory_share(decoder_path: Path) -> None:

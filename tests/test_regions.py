@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image, ImageDraw
 from adain import InvalidInputError, Stylizer
 from adain.image import to_image, to_tensor
 from adain.job import Job
-from adain.ops import masked_adain, mean_std, weighted_mean_std
+from adain.ops import luminance, masked_adain, mean_std, weighted_mean_std
 from adain.regions import maps_at
 from adain.video import VideoStream
 from adain.wire import Limits
@@ -215,6 +216,33 @@ def test_a_blue_label_is_not_a_grey_one(stylizer: Stylizer) -> None:
         stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(Image.fromarray(labels)), label_values=["#000001"]))
 
 
+def test_a_label_painted_at_partial_opacity_keeps_its_colour(stylizer: Stylizer) -> None:
+    """A label image's pixel at least half opaque has its own colour's label, not its colour composited onto
+    black (red at alpha 128 was #800000: "no pixel of labels has label #ff0000"); under half it is unpainted."""
+    left = np.zeros((64, 96), bool)
+    left[:, :48] = True
+
+    def regions(labels: Image.Image, value: object) -> torch.Tensor:
+        return stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(labels), label_values=[value])).regions
+
+    rgba = np.zeros((64, 96, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere as stored, also where transparent: there no label
+    rgba[..., 3] = np.where(left, 128, 0)
+    opaque = np.zeros((64, 96, 3), np.uint8)
+    opaque[left] = (255, 0, 0)
+    expected = regions(Image.fromarray(opaque), "#ff0000")
+    assert torch.equal(regions(Image.fromarray(rgba, "RGBA"), "#ff0000"), expected)
+    rgba[..., 3] = np.where(left, 255, 0)  # as it always was where opaque
+    assert torch.equal(regions(Image.fromarray(rgba, "RGBA"), "#ff0000"), expected)
+    # a grey level is a label alike: 200 at half opacity is 200 (it was 100)
+    la = np.stack([np.full((64, 96), 200, np.uint8), np.where(left, 160, 0).astype(np.uint8)], axis=-1)
+    assert torch.equal(regions(Image.fromarray(la, "LA"), 200), regions(Image.fromarray(np.where(left, 200, 0)
+                                                                                        .astype(np.uint8)), 200))
+    rgba[..., 3] = np.where(left, 100, 0)  # under half: unpainted, and the error says why
+    with pytest.raises(InvalidInputError, match="under 50% opaque"):
+        regions(Image.fromarray(rgba, "RGBA"), "#ff0000")
+
+
 def test_a_tiny_weight_is_a_weight(stylizer: Stylizer) -> None:
     """Below 1e-6 after normalising, a region was covered with no style to blend: a flat wash 60 levels off."""
     left, right = band_mask(96, 64, 0, 48), band_mask(96, 64, 48, 96)
@@ -305,6 +333,24 @@ def test_a_grey_styles_region_is_grey_and_the_rest_keeps_the_photos_colours(styl
     right = band_mask(96, 64, 48, 96)
     out = np.asarray(stylizer.stylize(CONTENT, [grey_style, NOISE], weights=[1, 0], masks=[left, right]), int)
     assert spread(out[:, :36]) == 0, spread(out[:, :36])
+
+
+def test_a_grey_styles_region_is_grey_beside_a_coloured_styles(stylizer: Stylizer) -> None:
+    """Where only grey styles apply the output is grey, whatever other regions apply (the correction waited for
+    every style to be grey: a grey region beside a coloured one kept 18 levels of the decoder's colour); where a
+    grey and a coloured style overlap, its chroma is scaled by the grey share."""
+    grey_style = NOISE.convert("L").convert("RGB")
+    left, right = band_mask(96, 64, 0, 48), band_mask(96, 64, 48, 96)
+    spread = lambda a: np.abs(a[..., 0] - a[..., 2]).mean()  # noqa: E731
+    for regions in (dict(masks=[left, right]), dict(mask=left)):
+        out = np.asarray(stylizer.stylize(CONTENT, [grey_style, NOISE], **regions), int)
+        assert spread(out[:, :40]) == 0 and spread(out[:, 56:]) > 10, (regions, spread(out[:, :40]))
+    # both everywhere, equal weights, region alphas 1 and 0.5: A = 0.75, of which the grey style's 0.5: chroma halved
+    job = stylizer.prepare(Job(CONTENT, [grey_style, NOISE], masks=[Image.new("L", (96, 64), 255)] * 2,
+                               region_alphas=[1, 0.5]))
+    raw, out = (to_tensor(stylizer.render([j])[0]) for j in (replace(job, grey=False), job))
+    y = luminance(raw)
+    assert float((out - (y + (raw - y) * 0.5)).abs().max()) * 255 <= 1.5
 
 
 BAD = {
