@@ -514,6 +514,7 @@ def _cli_words(said: str, args: argparse.Namespace) -> str:
     said = (said.replace("see ListStyles", "see --list-styles")
             .replace("register it with RegisterStyle", "pass its image instead (--style FILE)")
             .replace("ask for format JPEG", f"ask for {jpeg}")
+            .replace("ask for a lower quality", "ask for a lower --quality")
             .replace("or a smaller content_size", "or a smaller --size"))
     # the request's other field names in the text as their flags ("--style-weight: content_weight and style_weight
     # are both 0"); the two-word ones only, which prose does not use

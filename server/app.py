@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -111,6 +112,25 @@ def _warmup_images(max_pixels: int = 64 * 64) -> tuple[Image.Image, Image.Image]
     g = Image.linear_gradient("L").resize((side, side))
     r = Image.radial_gradient("L").resize((side, side))
     return Image.merge("RGB", (g, r, g.transpose(Image.Transpose.ROTATE_90))), Image.merge("RGB", (r, g, r))
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(server: grpc.aio.Server, names: Sequence[str]) -> None:
+    """Server reflection as v1alpha (grpcio-reflection's) and v1, the service's final name: its messages are
+    v1alpha's field for field, so one servicer answers both (a tool that speaks only v1 got UNIMPLEMENTED)."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        ),
+    }),))
 
 
 def prepare_workers(cuda: bool) -> int:
@@ -230,9 +250,8 @@ class StyleTransferServer:
         server = grpc.aio.server(options=options, interceptors=interceptors)
         add_servicer(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
+        enable_reflection(
+            server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         )
         # Metrics first: a busy metrics port fails the start before anything listens.
         self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
@@ -278,6 +297,9 @@ class StyleTransferServer:
     def _warmup_sync(self) -> None:
         content, style = _warmup_images(self.settings.max_pixels)  # within the limits, whatever they are
         self.stylizer.stylize(content, [style])
+        t0 = time.monotonic()  # once more, warm: a drain's estimate until a batch is timed
+        self.stylizer.stylize(content, [style])
+        self.batcher.seed_unit((time.monotonic() - t0) / (content.width * content.height))
         if self.settings.max_refine_steps:  # a process's first backward pass is ~10x slower than the next
             self.stylizer.stylize(content, [style], refine_steps=min(2, self.settings.max_refine_steps))
 

@@ -132,6 +132,7 @@ class Batcher:
         # expects. One average a batch, whatever its size, took a batch of 7 for one of 1 after single calls, so
         # a drain kept a queue it could not render and cut it all at the grace's end.
         self._unit_s: float | None = None
+        self._unit_seeded = False  # _unit_s is the start's warm-up's (see seed_unit), until a batch is timed
         self._rendering_since: float | None = None  # when the batch rendering now began; None when idle
         self._rendering_units = 0  # that batch's pixels
 
@@ -219,6 +220,15 @@ class Batcher:
         item.ticket.release()
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def seed_unit(self, unit_s: float) -> None:
+        """A render time a pixel from the start's warm-up, for a drain (and a refusal's RetryInfo) before any batch
+        is timed: a server stopped soon after its start refused none of its queue early (its clients waited out
+        the grace, then were cut). A small warm-up image costs more a pixel than a real one, so this errs towards
+        refusing early; the first batch timed replaces it."""
+        with self._cond:
+            if self._unit_s is None:
+                self._unit_s, self._unit_seeded = unit_s, True
+
     def retry_after(self) -> float:
         """When a refused request may find a place: places free as the batch rendering now ends and the next is
         taken, so its remaining time by the average a pixel (0.1 s at least; 1 s before any batch is timed)."""
@@ -242,10 +252,11 @@ class Batcher:
         waiting that would not be rendered by then at the average render time a pixel, so that their clients
         retry on another replica now (they waited out the whole grace, then were cut). Batches are counted in the order
         the render thread takes them (callers' turns, a size a batch: see :meth:`_batches`). A video stream's
-        frames are left to finish (the stream drains as a call). Returns how many; none before a batch has been
-        timed. From now on a batch starts at once, without waiting to fill (no new calls come, and the grace is
-        short), and a request still being prepared when the drain began is refused as it is submitted where
-        the queue with it would not be reached by ``until`` (the requests kept stay kept, whatever its turn)."""
+        frames are left to finish (the stream drains as a call). Returns how many (before a batch has been
+        timed, by the warm-up's time: :meth:`seed_unit`). From now on a batch starts at once, without waiting to
+        fill (no new calls come, and the grace is short), and a request still being prepared when the drain began
+        is refused as it is submitted where the queue with it would not be reached by ``until`` (the requests
+        kept stay kept, whatever its turn)."""
         with self._cond:
             self._draining = True
             self._drain_until = until
@@ -433,7 +444,9 @@ class Batcher:
         inference_s = time.monotonic() - t0
         with self._cond:
             unit_s = inference_s / max(1, sum(_units(it) for it in live))
-            self._unit_s = unit_s if self._unit_s is None else 0.7 * self._unit_s + 0.3 * unit_s
+            first = self._unit_s is None or self._unit_seeded
+            self._unit_s = unit_s if first else 0.7 * self._unit_s + 0.3 * unit_s
+            self._unit_seeded = False
         queue_s = [t0 - it.enqueued for it in live]
         if self._on_batch is not None:
             try:

@@ -271,7 +271,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-video-streams": (_count(1), "most StylizeVideo streams at once; beyond: RESOURCE_EXHAUSTED"),
     "video-window": (_count(1), "frames of one video stream being prepared, rendered or sent at once"),
     "video-idle-s": (positive_float, "a video stream whose client sends no frame, or takes no reply, for this "
-                     "long is ended (DEADLINE_EXCEEDED), so a paused or vanished client keeps no stream's place"),
+                     "long is ended (DEADLINE_EXCEEDED), so a paused or vanished client keeps no stream's place; "
+                     "the no-frame clock runs only while none of its frames is on the server (from its last reply)"),
     "temporal": (one_of(TEMPORAL_MODES), f"temporal mode of video streams that do not choose one: "
                  f"{', '.join(TEMPORAL_MODES)}"),
     "temporal-strength": (_strength, "how much of the past a video frame keeps, in [0, 1), when a stream "

@@ -4,6 +4,8 @@ that go into a google.rpc.BadRequest detail (the grpc-status-details-bin trailer
 from __future__ import annotations
 
 import re
+import threading
+import time
 import traceback
 import uuid
 from collections.abc import Sequence
@@ -72,12 +74,13 @@ class ServiceError(Exception):
 
     @classmethod
     def invalid(cls, violations: list[Violation]) -> ServiceError:
-        """INVALID_ARGUMENT listing the violations, at most MAX_VIOLATIONS of them and MAX_VIOLATIONS_BYTES in
-        all (a request of a million style entries once listed each: a 73 MB log line, and a trailer too large
-        to send)."""
+        """INVALID_ARGUMENT listing the violations, at most MAX_VIOLATIONS entries in all ("and N more problems"
+        the last of them where some are left out) and MAX_VIOLATIONS_BYTES (a request of a million style entries
+        once listed each: a 73 MB log line, and a trailer too large to send)."""
         kept: list[Violation] = []
         size = 0
-        for v in violations[:MAX_VIOLATIONS]:
+        shown = violations[:MAX_VIOLATIONS] if len(violations) <= MAX_VIOLATIONS else violations[:MAX_VIOLATIONS - 1]
+        for v in shown:
             v = Violation(clip_bytes(v.field, 100), clip_bytes(v.description, MAX_DESCRIPTION_BYTES))
             size += len(v.field.encode()) + len(v.description.encode())
             if kept and size > MAX_VIOLATIONS_BYTES:
@@ -90,15 +93,67 @@ class ServiceError(Exception):
     @classmethod
     def reply_too_large(cls, what: str, size: int, limit: int, advice: str) -> ServiceError:
         """A reply over the message limit: said before sending, with what to ask for instead (gRPC would
-        end the call with a bare "Sent message larger than max", logged here as if it had succeeded)."""
-        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}, {size:,} bytes, over the reply limit of {limit:,} "
-                   f"bytes (max_message_bytes): {advice}")
+        end the call with a bare "Sent message larger than max", logged here as if it had succeeded). ``limit``
+        is :func:`reply_limit`'s; the message names max_message_bytes as GetServerInfo reports it, and the room
+        kept from it (a number of its own was taken for a different limit). No RetryInfo: a retry never fits."""
+        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   f"{what}, {size:,} bytes, over the reply limit of {limit:,} bytes (max_message_bytes="
+                   f"{limit + REPLY_ROOM:,}, less {REPLY_ROOM:,} kept for the reply's other fields): {advice}")
+
+
+class PlaceClock:
+    """When one of a bounded number of places (a long job's, a video stream's) may be free, for a refusal's
+    RetryInfo: the oldest holder's expected end by the mean time places have been held (an average over the
+    last few, which move with the load), 1 s at least and 60 at most; 5 s before any place was given back.
+    The batcher's estimate is no use here: these places are held for seconds to minutes, outside its batches."""
+
+    DEFAULT_S = 5.0
+    SHORTEST_S = 1.0
+    LONGEST_S = 60.0
+
+    def __init__(self) -> None:
+        self._held: dict[int, float] = {}  # a place's token -> when it was taken (monotonic)
+        self._next = 0
+        self._mean_s: float | None = None
+        self._lock = threading.Lock()  # (long jobs free their places on their threads)
+
+    def taken(self) -> int:
+        """A place taken now: the token to give back to :meth:`freed`."""
+        with self._lock:
+            self._next += 1
+            self._held[self._next] = time.monotonic()
+            return self._next
+
+    def freed(self, token: int) -> None:
+        with self._lock:
+            since = self._held.pop(token, None)
+            if since is not None:
+                held = time.monotonic() - since
+                self._mean_s = held if self._mean_s is None else 0.8 * self._mean_s + 0.2 * held
+
+    def retry_after(self) -> float:
+        with self._lock:
+            if self._mean_s is None or not self._held:
+                return self.DEFAULT_S
+            left = min(self._held.values()) + self._mean_s - time.monotonic()
+            return min(self.LONGEST_S, max(self.SHORTEST_S, left))
+
+
+REPLY_ROOM = 4096  # bytes of the message limit kept for a reply's fields besides its image
 
 
 def reply_limit(max_message_bytes: int) -> int:
     """The largest image a reply may carry: the message limit less room for the reply's other fields (no
     limit where the message size has none)."""
-    return max_message_bytes - 4096 if max_message_bytes else 1 << 62
+    return max_message_bytes - REPLY_ROOM if max_message_bytes else 1 << 62
+
+
+def smaller_image_advice(fmt: str) -> str:
+    """What a caller whose image was over the reply limit as ``fmt`` can ask for instead: JPEG only where it
+    asked for PNG (a JPEG is no smaller than a WebP at the same quality, and was what it asked for)."""
+    if fmt == "png":
+        return "ask for format JPEG or a smaller content_size"
+    return "ask for a lower quality or a smaller content_size"  # (the CLI puts its flag for the field's name)
 
 
 def status_trailers(err: ServiceError) -> tuple[tuple[str, Any], ...]:

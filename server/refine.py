@@ -26,7 +26,7 @@ import grpc
 
 from adain.errors import StoppedError
 
-from .errors import ServiceError
+from .errors import PlaceClock, ServiceError
 
 if TYPE_CHECKING:
     from adain.optimize import Progress
@@ -53,8 +53,9 @@ class Place:
     where the job ran on a thread, that thread has ended: a cancelled call's thread runs on to its next
     check (a decode, a tile), and its place freed at the cancel let more jobs in than the limits say."""
 
-    def __init__(self, service: RefineService) -> None:
+    def __init__(self, service: RefineService, token: int) -> None:
         self._service = service
+        self._token = token  # its place in the service's PlaceClock
         self._holders = 1  # the call
         self._call_released = False
         self._lock = threading.Lock()
@@ -77,7 +78,7 @@ class Place:
             self._holders -= 1
             last = self._holders == 0
         if last:
-            self._service._release()
+            self._service._release(self._token)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class RefineService:
         self.pool = ThreadPoolExecutor(limits.max_jobs, thread_name_prefix="adain-refine")
         self._admitted = 0
         self._lock = threading.Lock()
+        self.clock = PlaceClock()  # when a refused job may find a place (its RetryInfo)
 
     def admit(self) -> Place:
         """A long job's place (running or waiting); raises RESOURCE_EXHAUSTED when there is none."""
@@ -109,13 +111,15 @@ class RefineService:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"too many refine jobs: {self._admitted} running or waiting (max_refine_jobs="
                     f"{self.limits.max_jobs}, max_refine_queue={self.limits.max_queue})",
+                    retry_after_s=self.clock.retry_after(),
                 )
             self._admitted += 1
-        return Place(self)
+        return Place(self, self.clock.taken())
 
-    def _release(self) -> None:
+    def _release(self, token: int) -> None:
         with self._lock:
             self._admitted -= 1
+        self.clock.freed(token)
 
     @property
     def admitted(self) -> int:
@@ -143,7 +147,7 @@ class RefineService:
         steps = [0]  # the iterations a refine has run
 
         def on_step(progress: Progress) -> None:
-            steps[0] = max(steps[0], progress.step)
+            steps[0] = max(steps[0], progress.iteration)
             self._check(stop, deadline)
             if on_progress is not None:
                 loop.call_soon_threadsafe(on_progress, progress)

@@ -14,6 +14,7 @@ import contextvars
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -43,19 +44,29 @@ from adain.wire import (
     TEMPORAL_BY_ENUM,
     Limits,
     format_cannot_hold,
+    label_value,
     style_too_small,
 )
 
 from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
 from .drain import Drain
-from .errors import ServiceError, Violation, release, reply_limit, request_id, status_trailers, trace_id
+from .errors import (
+    ServiceError,
+    Violation,
+    release,
+    reply_limit,
+    request_id,
+    smaller_image_advice,
+    status_trailers,
+    trace_id,
+)
 from .library import MAX_THUMBNAIL, StyleLibrary
 from .logs import log_fields
 from .metrics import Metrics
 from .refine import RefineService
 from .registry import StyleRegistry, style_id
-from .video import VideoService
+from .video import VideoService, cancelled_soon
 
 if TYPE_CHECKING:
     from adain.stylizer import Stylizer
@@ -328,13 +339,16 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if which != "style_id":
             bad.append(Violation(f"{prefix}styles[{i}]", "set image or style_id"))
             return b""
-        data = self.registry.get(style.style_id)
+        key = style.style_id
+        if STYLE_ID_RE.fullmatch(key.lower()):  # hex digits in either case (a client's sha256 may be upper case)
+            key = key.lower()
+        data = self.registry.get(key)
         if data is not None:
-            return KeyedImage(style.style_id, data)
+            return KeyedImage(key, data)
         named = self.library.get(style.style_id) if self.library is not None else None
         if named is not None:
             return named.source
-        bad.append(Violation(f"{prefix}styles[{i}].style_id", self._unknown_style(style.style_id)))
+        bad.append(Violation(f"{prefix}styles[{i}].style_id", self._unknown_style(key)))
         return b""
 
     def _preset(self, msg: pb.StylizeRequest | pb.VideoOptions, bad: list[Violation], prefix: str) -> dict[str, Any]:
@@ -365,6 +379,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         return look
 
     def _unknown_style(self, key: str) -> str:
+        if STYLE_ID_RE.fullmatch(key) and self.library is not None:
+            # ListStyles gives each library style's id too (its file's sha256, the cache key): a client that took
+            # it for what Style.style_id takes was told to register it
+            named = next((s.name for s in self.library.styles() if s.id == key), None)
+            if named is not None:
+                return (f"{key!r} is the id of the library style {named!r}, not a registered style's: send its name "
+                        f"({named!r}) as style_id")
         key = _clipped(key)
         if STYLE_ID_RE.fullmatch(key):
             return (f"unknown style id {key!r} (never registered, or dropped from the registry of "
@@ -422,6 +443,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             problems = list(e.problems) + problems
         if preset_failed:  # its styles are missing because the preset is: one violation says so
             problems = [p for p in problems if p.field != "styles"]
+        problems = [_wire_label(p, msg) for p in problems]
         bad += [_violation(p.field, p.description, msg, prefix) for p in problems]
         if bad:
             raise ServiceError.invalid(bad)
@@ -540,8 +562,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 ticket.release()
         if len(data) > self.max_reply_bytes:
             raise ServiceError.reply_too_large(
-                f"the output is {image.width}x{image.height} as {FORMAT_BY_ENUM[request.format].upper()}", len(data),
-                self.max_reply_bytes, "ask for format JPEG or a smaller content_size")
+                f"the output is {image.width}x{image.height} as {fmt.upper()}", len(data), self.max_reply_bytes,
+                smaller_image_advice(fmt))
         return pb.StylizeResponse(
             image=data,
             width=image.width,
@@ -634,6 +656,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self, requests: AsyncIterator[pb.VideoRequest], context: grpc.aio.ServicerContext, rid: str
     ) -> AsyncIterator[pb.VideoFrame]:
         first = await anext(aiter(requests), None)
+        if first is None:  # a client that cancelled before sending anything is a cancel, not bad input
+            await cancelled_soon(context.cancelled)
         if first is None or first.WhichOneof("part") != "options":
             raise ServiceError.invalid([Violation("options", "the first message of a stream must carry the options")])
         opts = first.options
@@ -726,6 +750,24 @@ def _region_options(msg: pb.StylizeRequest | pb.VideoOptions) -> dict[str, Any]:
     if any(s.HasField("alpha") for s in styles):
         options["region_alphas"] = [s.alpha if s.HasField("alpha") else 1.0 for s in styles]
     return options
+
+
+LABEL_FIELD_RE = re.compile(r"styles\[(\d+)\]\.label")
+# What Style.label (a uint32) may be, as the proto says: the library's message names "#rrggbb" too, which no
+# uint32 can be sent as.
+WIRE_LABEL_RULE = ("must be a grey level 0-255, a colour 0xRRGGBB (up to 0xFFFFFF), or 0x1000000 | 0xRRGGBB "
+                   "(what a colour under 256, (0, 0, b), must be: 0x1000000 | b)")
+
+
+def _wire_label(problem: InvalidInputError, msg: pb.StylizeRequest | pb.VideoOptions) -> InvalidInputError:
+    """A label value out of range, said in the wire's terms (the library's message is for Python callers)."""
+    m = LABEL_FIELD_RE.fullmatch(problem.field)
+    if m is None or int(m.group(1)) >= len(msg.styles) or msg.preset:
+        return problem
+    style = msg.styles[int(m.group(1))]
+    if not style.HasField("label") or label_value(style.label) is not None:  # a value no pixel has, say
+        return problem
+    return InvalidInputError(problem.field, f"{WIRE_LABEL_RULE}, got {style.label} ({style.label:#x})")
 
 
 def _invalid(e: InvalidInputError, request: pb.StylizeRequest) -> ServiceError:

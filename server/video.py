@@ -28,7 +28,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.wire import FORMAT_BY_ENUM, format_cannot_hold
 
 from .batcher import Batcher, ClosedError, DeadlineDropped
-from .errors import ServiceError, Violation
+from .errors import PlaceClock, ServiceError, Violation, smaller_image_advice
 from .metrics import Metrics
 
 log = logging.getLogger("adain.server")
@@ -43,6 +43,18 @@ class VideoLimits:
     default_strength: float  # for streams that leave temporal_strength unset
     idle_s: float = 60.0  # the longest wait for a client's next frame
     max_reply_bytes: int = 1 << 62  # a frame's reply (the message limit, less room for its other fields)
+
+
+async def cancelled_soon(cancelled: Callable[[], bool]) -> bool:
+    """Whether a call whose requests ended is cancelled. gRPC ends the requests of a call it cut (a client's
+    cancel, a frame over the message limit) a moment before it marks the call cancelled: waited for, so that the
+    call is logged as the cancel it is (once, under load, it was logged as an empty stream). An empty stream, a
+    client's bug, is told the same 0.25 s later."""
+    for _ in range(25):
+        if cancelled():
+            return True
+        await asyncio.sleep(0.01)
+    return cancelled()
 
 
 @dataclass
@@ -73,6 +85,7 @@ class VideoService:
         self.default_temporal = limits.default_temporal
         self.default_strength = limits.default_strength
         self.active = 0
+        self.clock = PlaceClock()  # when a refused stream may find a place (its RetryInfo)
         self._ending: set[asyncio.Task] = set()  # calls being ended for not reading (see _end_unread)
 
     async def run(
@@ -95,14 +108,18 @@ class VideoService:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.active} video streams are running, the limit is max_video_streams={self.limits.max_streams}",
+                retry_after_s=self.clock.retry_after(),
             )
         self.active += 1
+        place = self.clock.taken()
         self.metrics.video_streams.set(self.active)
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
         queue: asyncio.Queue[_Frame | BaseException | None] = asyncio.Queue(maxsize=self.limits.window)
         in_flight: list[_Frame] = []
+        answered = asyncio.Event()  # set while none of the client's frames is on the server: its idle clock runs
+        answered.set()
         ended = asyncio.Event()
         reader: asyncio.Task | None = None
         try:
@@ -110,8 +127,8 @@ class VideoService:
                 stream = await loop.run_in_executor(self.pool, self.open_stream, job, temporal, strength)
             except InvalidInputError as e:
                 raise ServiceError.invalid([Violation(option_field(e.field), e.description)]) from e
-            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, ended, deadline, caller,
-                                                    option_field, FORMAT_BY_ENUM[fmt], context.cancelled))
+            reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, answered, ended, deadline,
+                                                    caller, option_field, FORMAT_BY_ENUM[fmt], context.cancelled))
             while True:
                 got = await queue.get()
                 if got is None:
@@ -127,6 +144,8 @@ class VideoService:
                 finally:
                     unread.cancel()
                 in_flight.remove(got)
+                if not in_flight:  # the client has every reply it waits for: from now on it owes the next frame
+                    answered.set()
                 self.metrics.video_frames.inc()
         finally:
             got = None  # an error raised from it has this frame (the stream, its last frames) in its traceback
@@ -140,6 +159,7 @@ class VideoService:
                     self.batcher.withdraw(frame.item)
                 frame.ticket.release()
             self.active -= 1
+            self.clock.freed(place)
             self.metrics.video_streams.set(self.active)
 
     def _idle(self, what: str) -> str:
@@ -172,6 +192,7 @@ class VideoService:
         requests: AsyncIterator[pb.VideoRequest],
         queue: asyncio.Queue,
         in_flight: list[_Frame],
+        answered: asyncio.Event,
         ended: asyncio.Event,
         deadline: float | None,
         caller: str,
@@ -181,21 +202,19 @@ class VideoService:
     ) -> None:
         """Take frames off the wire, prepare them in order and queue them for rendering; ``queue``'s bound
         is the window. Ends the queue with None, or with the exception that ends the call; stops once the
-        stream has ``ended``. ``cancelled``: whether gRPC has cancelled the call."""
+        stream has ``ended``. ``answered``: set while none of the stream's frames is on the server (the idle
+        clock runs only then). ``cancelled``: whether gRPC has cancelled the call."""
         loop = asyncio.get_running_loop()
         index = 0
         messages = aiter(requests)
         try:
             while True:
                 try:  # the end comes as None: every stream's StopAsyncIteration made the cycle said below
-                    message = await asyncio.wait_for(anext(messages, None), self.limits.idle_s)
-                except (asyncio.TimeoutError, TimeoutError):  # a paused or vanished client (3.10: not the same)
-                    self.metrics.video_idle.inc()
-                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle("no frame came")) from None
+                    message = await self._next(messages, answered)
                 except Exception as e:
-                    # wait_for's frame holds its task, which holds the error, whose traceback holds that frame and
-                    # this one (the stream, its last frame): a cycle that only a full collection freed. Its frames'
-                    # locals go now; their line numbers stay for the log.
+                    # the read's task holds the error, whose traceback holds that frame and this one (the stream,
+                    # its last frame): a cycle that only a full collection freed. Its frames' locals go now; their
+                    # line numbers stay for the log.
                     traceback.clear_frames(e.__traceback__)
                     raise
                 if message is None:
@@ -204,23 +223,28 @@ class VideoService:
                     return  # the reader went on to render a frame for nobody, or wait on the window for good)
                 part = message.WhichOneof("part")
                 if part is None:
-                    raise ServiceError.invalid([Violation("frame", f"message {index + 2} of the stream carries "
-                                                                   "neither a frame nor options")])
+                    # frames are named by their index in the stream, as the library names a bad frame ("frames[1]")
+                    raise ServiceError.invalid([Violation(f"frames[{index}]", f"message {index + 2} of the stream "
+                                                                              "carries neither a frame nor options")])
                 if part != "frame":
                     raise ServiceError.invalid([Violation("options", "only the first message may carry options")])
                 if index >= self.limits.max_frames:
                     raise ServiceError.invalid(
-                        [Violation("frame", f"more than max_video_frames={self.limits.max_frames} frames")]
+                        [Violation(f"frames[{index}]", f"more than max_video_frames={self.limits.max_frames} frames")]
                     )
                 ticket = self.batcher.admit(bounded=False, caller=caller)  # the window bounds a stream's frames
                 frame = _Frame(index, ticket)
                 in_flight.append(frame)
+                answered.clear()
                 t0 = time.perf_counter()
                 try:
                     prepared = await loop.run_in_executor(self.pool, stream.prepare, message.frame)
                 except InvalidInputError as e:  # the frame's own problem, or one of the options' found with it
-                    field = e.field if e.field.startswith("frames[") else option_field(e.field)
-                    raise ServiceError.invalid([Violation(field, e.description)]) from e
+                    if e.field.startswith("frames["):
+                        raise ServiceError.invalid([Violation(e.field, e.description)]) from e
+                    # a mask's or labels' size against the frame's: the library's "content" is a stream's frames
+                    description = e.description.replace(", content is ", ", frames are ")
+                    raise ServiceError.invalid([Violation(option_field(e.field), description)]) from e
                 if ended.is_set():  # the call ended as the frame was prepared: its ticket went with the call
                     return
                 height, width = prepared.content.shape[2:]  # the output's size (every frame's: checked above)
@@ -233,14 +257,8 @@ class VideoService:
             if deadline is not None and time.monotonic() > deadline - 0.1:  # ended by its deadline, not the caller
                 raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the stream's deadline passed")
             if index == 0:
-                # gRPC ends the requests of a call it cut (a frame over the message limit) a moment before it marks
-                # the call cancelled: waited for, so that the call is logged as the cancel it is (once, under load,
-                # it was logged as this). An empty stream, a client's bug, is told the same 0.25 s later.
-                for _ in range(25):
-                    if cancelled():
-                        break
-                    await asyncio.sleep(0.01)
-                raise ServiceError.invalid([Violation("frame", "the stream carried no frames")])
+                await cancelled_soon(cancelled)  # then logged as the cancel it is
+                raise ServiceError.invalid([Violation("frames", "the stream carried no frames")])
             await self._hand(queue, None, ended)
         except (asyncio.CancelledError, GeneratorExit):
             raise
@@ -248,6 +266,32 @@ class VideoService:
             await self._hand(queue, ServiceError(grpc.StatusCode.UNAVAILABLE, str(e)), ended)
         except BaseException as e:  # noqa: BLE001 - handed to the call, which ends with it
             await self._hand(queue, e, ended)
+
+    async def _next(self, messages: AsyncIterator[pb.VideoRequest], answered: asyncio.Event) -> Any:
+        """The client's next message (None at its end), or DEADLINE_EXCEEDED once it has owed one for idle_s:
+        the clock runs only while ``answered`` (none of its frames on the server). While the server renders, a
+        client that waits for its replies before sending more (a live camera, in lock-step) owes nothing; a
+        stream ended while its frames rendered was ended for the server's slowness."""
+        read = asyncio.ensure_future(anext(messages, None))
+        try:
+            if not answered.is_set():
+                waiting = asyncio.ensure_future(answered.wait())
+                try:
+                    await asyncio.wait({read, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+            # The clock starts as the last reply went out (frames come only through this reader: none is taken
+            # while it waits here, so ``answered`` stays set).
+            if not read.done():
+                await asyncio.wait({read}, timeout=self.limits.idle_s)
+            if not read.done():  # a paused or vanished client
+                self.metrics.video_idle.inc()
+                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle("no frame came"))
+            return read.result()
+        finally:
+            if not read.done():  # cancelled, or ended idle: its read goes with the call
+                read.cancel()
+            read = None  # (its task holds a failed read's error, whose traceback holds this frame)
 
     @staticmethod
     async def _hand(queue: asyncio.Queue, last: BaseException | None, ended: asyncio.Event) -> None:
@@ -283,7 +327,7 @@ class VideoService:
         if len(data) > self.limits.max_reply_bytes:
             raise ServiceError.reply_too_large(
                 f"frame {frame.index} is {image.width}x{image.height} as {FORMAT_BY_ENUM[fmt].upper()}", len(data),
-                self.limits.max_reply_bytes, "ask for format JPEG or a smaller content_size")
+                self.limits.max_reply_bytes, smaller_image_advice(FORMAT_BY_ENUM[fmt]))
         return pb.VideoFrame(
             image=data,
             index=frame.index,

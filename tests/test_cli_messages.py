@@ -94,7 +94,7 @@ def test_a_videos_option_is_named_without_options_dot(server: ServerProcess, fil
     a, bad, wrong = str(files["a.png"]), str(files["notimage.png"]), str(files["wrongsize.png"])
     srv, o = ["--server", server.target], str(tmp_path / "out.mp4")
     assert _error([str(clip), "-s", a, "--mask", wrong, "-o", o, *srv], capsys) == \
-        f"--mask {wrong}: mask is 30 x 30, content is 64 x 48"
+        f"--mask {wrong}: mask is 30 x 30, frames are 64 x 48"  # a stream has frames, not a content
     line = _error([str(clip), "-s", a, "-s", bad, "-o", o, *srv], capsys)
     assert line.startswith(f"--style {bad}: not a decodable image"), line
     # a folder of an image and a clip: the summary counts each kind, and says the replica line counts images only

@@ -390,7 +390,7 @@ def test_cli_folder_reports_a_bad_image_and_goes_on(server: ServerProcess, tmp_p
     line = _cli_failure([str(contents), "-s", str(files["a.png"]), "-s", str(tmp_path / "tiny.png"), "-o",
                          str(tmp_path / "t"), "--server", server.target], capsys)
     assert line == (f"adain-stylize: error: --style {tmp_path / 'tiny.png'}: 10 x 10 px is too small to carry a "
-                    "style at any style_size: its shorter side needs 16 px as used"), line
+                    "style at any --style-size: its shorter side needs 16 px as used"), line
     assert not (tmp_path / "t").exists()
 
 
@@ -948,7 +948,7 @@ def test_a_folder_run_waits_for_places_in_a_full_refine_queue(decoder_path: Path
         srv.wait_serving()
         assert main([str(photos), "-s", str(style), "--refine", "2", "-j", "4", "-o", str(tmp_path / "out"),
                      "--server", srv.target]) == 0, capsys.readouterr().err
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}_stylized.png" for i in range(4)]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}_stylized_s.png" for i in range(4)]
         assert any("RESOURCE_EXHAUSTED" in line for line in srv.stderr_lines)  # (it was full, and refused)
     finally:
         srv.kill()

@@ -485,3 +485,23 @@ def test_a_drain_with_nothing_rendering_gives_the_queue_the_whole_grace() -> Non
 
     shed, outcomes = asyncio.run(main())
     assert shed == 1 and outcomes == ["ok", "ok", "shed"]
+
+
+def test_a_drain_before_any_batch_is_timed_sheds_by_the_warm_ups_time() -> None:
+    """A server stopped soon after its start had timed no batch and refused none of its queue early: its
+    clients waited out the grace, then were cut. The warm-up's time a pixel stands in, until a batch replaces it."""
+    async def main() -> tuple[int, list[str], float]:
+        batcher = Batcher(lambda batch: batch, max_batch_size=8, max_delay_s=30, max_queue=64)
+        batcher.start()
+        batcher.seed_unit(1.0 / (64 * 64))  # the warm-up: 1 s a 64 x 64 render
+        items = [batcher.submit(batcher.admit(caller=f"c{i}"), i, key=(64, 64 + 8 * i), deadline=None)
+                 for i in range(3)]
+        await asyncio.sleep(0.05)
+        shed = batcher.shed(time.monotonic() + 2.5)
+        batcher.close(5)
+        outcomes = [await _outcome(it) for it in items]
+        return shed, outcomes, batcher._unit_s
+
+    shed, outcomes, unit_s = asyncio.run(main())
+    assert shed == 1 and outcomes == ["ok", "ok", "shed"]
+    assert unit_s < 1e-3 / (64 * 64)  # the batches timed replaced the warm-up's (not averaged with it)

@@ -84,7 +84,14 @@ def test_health_serving_and_reflection(server: ServerProcess) -> None:
         ask = reflection_pb2.ServerReflectionRequest(list_services="")
         replies = stub.ServerReflectionInfo(iter([ask]), timeout=10)
         names = {s.name for r in replies for s in r.list_services_response.service}
+        # v1 too, the service's final name (the same messages): a tool that speaks only v1 got UNIMPLEMENTED
+        v1 = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                   request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                   response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol="adain.v1.StyleTransfer")
+        files = [f for r in v1(iter([ask]), timeout=10) for f in r.file_descriptor_response.file_descriptor_proto]
     assert {"adain.v1.StyleTransfer", "grpc.health.v1.Health"} <= names
+    assert files and any(b"StyleTransfer" in f for f in files)
 
 
 @pytest.mark.parametrize("styles", [[STYLE_A], [STYLE_A, (STYLE_B, 0.5), (STYLE_C, 0.25)]], ids=["1-style", "3-styles"])
@@ -412,7 +419,10 @@ def test_a_million_style_entries_get_one_violation_at_once(server: ServerProcess
     assert fields_within(b"\x08" + b"\xff" * 1_000_000, 72)  # a million-byte number: 18 s on the loop, squared
     assert time.monotonic() - t0 < 1  # linear: milliseconds (1 s: a busy machine's pause is not the bug)
     many = ServiceError.invalid([Violation(f"styles[{i}].weight", "bad") for i in range(100)])
-    assert len(many.violations) == MAX_VIOLATIONS + 1 and many.violations[-1].description == "and 80 more problems"
+    # at most MAX_VIOLATIONS entries in all, as the README says: the last says how many more
+    assert len(many.violations) == MAX_VIOLATIONS and many.violations[-1].description == "and 81 more problems"
+    exactly = ServiceError.invalid([Violation(f"styles[{i}].weight", "bad") for i in range(MAX_VIOLATIONS)])
+    assert len(exactly.violations) == MAX_VIOLATIONS and exactly.violations[-1].field == "styles[19].weight"
 
 
 def test_a_failure_fits_in_its_trailers_whatever_its_text() -> None:
@@ -472,7 +482,7 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess) -
     with grpc.insecure_channel(server.target) as channel:  # a message with neither part is named as such
         with pytest.raises(grpc.RpcError) as info:
             list(pb_grpc.StyleTransferStub(channel).StylizeVideo(iter([options, pb.VideoRequest()]), timeout=30))
-    assert info.value.details() == "frame: message 2 of the stream carries neither a frame nor options"
+    assert info.value.details() == "frames[0]: message 2 of the stream carries neither a frame nor options"
 
 
 def test_a_stream_past_its_deadline_is_logged_as_one(server: ServerProcess) -> None:

@@ -1028,6 +1028,7 @@ def test_rpc_limits(limited) -> None:
     assert next(first).index == 0
     err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: list(client.stylize_video(frames[:2], STYLE)))
     assert "max_video_streams=1" in err.details
+    assert err.retry_after is not None and 1 <= err.retry_after <= 60, err.retry_after  # as a full queue's
     assert srv.metric('adain_queue_refused_total{reason="max_video_streams"}') == 1  # what the alerts count
     gate.set()
     assert [r.index for r in first] == [1]

@@ -888,7 +888,8 @@ def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:
         r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "5"})
         first.join(120)
         assert r.status_code == 429, r.text
-        assert r.json()["error"]["code"] == "RESOURCE_EXHAUSTED" and r.headers["retry-after"] == "1"
+        # when the place may be free: the long-job queue's own estimate (5 s before any job has ended)
+        assert r.json()["error"]["code"] == "RESOURCE_EXHAUSTED" and 1 <= int(r.headers["retry-after"]) <= 60
         assert results and results[0].status_code == 200
     finally:
         if web:
