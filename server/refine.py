@@ -9,6 +9,10 @@ print-size calls waiting took a replica to its pod's 8 GiB limit). Between itera
 yields to the batcher: while fast requests are queued or rendering,
 the next iteration waits, so plain Stylize calls keep their latency on a CPU the two would otherwise
 share. A cancelled call or a passed deadline stops the job at the next iteration (StoppedError).
+
+Callers take turns, as in the fast queue: a thread that frees takes the oldest waiting job of the caller served
+least recently, and the last place is kept for a caller that holds none (one caller's five refines took every
+place, and another's came back RESOURCE_EXHAUSTED; queued behind four, it ran last).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,9 +58,10 @@ class Place:
     where the job ran on a thread, that thread has ended: a cancelled call's thread runs on to its next
     check (a decode, a tile), and its place freed at the cancel let more jobs in than the limits say."""
 
-    def __init__(self, service: RefineService, token: int) -> None:
+    def __init__(self, service: RefineService, token: int, caller: str) -> None:
         self._service = service
         self._token = token  # its place in the service's PlaceClock
+        self.caller = caller
         self._holders = 1  # the call
         self._call_released = False
         self._lock = threading.Lock()
@@ -78,7 +84,7 @@ class Place:
             self._holders -= 1
             last = self._holders == 0
         if last:
-            self._service._release(self._token)
+            self._service._release(self._token, self.caller)
 
 
 @dataclass(frozen=True)
@@ -99,27 +105,83 @@ class RefineService:
         self.refused = refused
         self.pool = ThreadPoolExecutor(limits.max_jobs, thread_name_prefix="adain-refine")
         self._admitted = 0
+        self._held: Counter[str] = Counter()  # places by caller
         self._lock = threading.Lock()
         self.clock = PlaceClock()  # when a refused job may find a place (its RetryInfo)
+        # jobs waiting for a thread, (caller, arrival, work, future), and the callers' last turns (see _dispatch)
+        self._waiting: list[tuple[str, int, Callable[[], Any], Future]] = []
+        self._running = 0
+        self._arrivals = 0
+        self._last_turn: dict[str, int] = {}
+        self._turns = 0
 
-    def admit(self) -> Place:
-        """A long job's place (running or waiting); raises RESOURCE_EXHAUSTED when there is none."""
+    def admit(self, caller: str = "") -> Place:
+        """A long job's place (running or waiting) for ``caller``; raises RESOURCE_EXHAUSTED when there is none,
+        or when only the last is left and this caller holds one already (it is kept for the others)."""
+        total = self.limits.max_jobs + self.limits.max_queue
         with self._lock:
-            if self._admitted >= self.limits.max_jobs + self.limits.max_queue:
+            held = self._held[caller]
+            if self._admitted >= total or (held and self._admitted >= total - 1):
                 self.refused()
-                raise ServiceError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"too many refine jobs: {self._admitted} running or waiting (max_refine_jobs="
-                    f"{self.limits.max_jobs}, max_refine_queue={self.limits.max_queue})",
-                    retry_after_s=self.clock.retry_after(),
-                )
+                why = (f"too many refine jobs: {self._admitted} running or waiting (max_refine_jobs="
+                       f"{self.limits.max_jobs}, max_refine_queue={self.limits.max_queue})")
+                if self._admitted < total:
+                    why = (f"this caller holds {held} of the {total} long-job places (max_refine_jobs + "
+                           "max_refine_queue); the last is kept for other callers")
+                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, why, retry_after_s=self.clock.retry_after())
             self._admitted += 1
-        return Place(self, self.clock.taken())
+            self._held[caller] += 1
+        return Place(self, self.clock.taken(), caller)
 
-    def _release(self, token: int) -> None:
+    def _release(self, token: int, caller: str) -> None:
         with self._lock:
             self._admitted -= 1
+            self._held[caller] -= 1
+            if not self._held[caller]:
+                del self._held[caller]
         self.clock.freed(token)
+
+    def _submit(self, caller: str, work: Callable[[], Any]) -> Future:
+        """``work`` run on a long-job thread when its turn comes (see :meth:`_dispatch`); its future."""
+        future: Future = Future()
+        with self._lock:
+            self._arrivals += 1
+            self._waiting.append((caller, self._arrivals, work, future))
+        self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        """Start waiting jobs while threads are free: each time the oldest of the caller served least recently
+        (a caller never served first), so callers take turns whatever the order their jobs came in."""
+        start = []
+        with self._lock:
+            while self._waiting and self._running < self.limits.max_jobs:
+                job = min(self._waiting, key=lambda w: (self._last_turn.get(w[0], -1), w[1]))
+                self._waiting.remove(job)
+                self._last_turn[job[0]] = self._turns
+                self._turns += 1
+                self._running += 1
+                start.append(job)
+        for _caller, _arrival, work, future in start:
+            try:
+                self.pool.submit(self._run_one, work, future)
+            except RuntimeError:  # closed meanwhile (the server stopping): not run
+                future.cancel()
+                with self._lock:
+                    self._running -= 1
+
+    def _run_one(self, work: Callable[[], Any], future: Future) -> None:
+        try:
+            if future.set_running_or_notify_cancel():  # (cancelled while it waited: not run)
+                try:
+                    future.set_result(work())
+                except BaseException as e:  # noqa: BLE001 - the call's, raised where it awaits the future
+                    future.set_exception(e)
+        finally:
+            future = None  # type: ignore[assignment]  # (the error's traceback holds this frame)
+            with self._lock:
+                self._running -= 1
+            self._dispatch()
 
     @property
     def admitted(self) -> int:
@@ -173,7 +235,7 @@ class RefineService:
             image = refine(self.stylizer, prepared, on_step=on_step)
             return Ran(image, start - queued, ready - start, steps[0])
 
-        future = self.pool.submit(timed)
+        future = self._submit(place.caller if place is not None else "", timed)
         if place is not None:
             place.hold_until(future)  # not freed by the call's end while its thread still runs
         try:
@@ -200,4 +262,8 @@ class RefineService:
             raise StoppedError("deadline")
 
     def close(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for *_, future in waiting:
+            future.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -505,7 +505,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         long_job = refining
         ticket = place = None
         if refining:
-            place = self.refiner.admit()
+            place = self.refiner.admit(current_caller.get())
         else:
             ticket = self._admit()
         loop = asyncio.get_running_loop()
@@ -519,7 +519,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             if await loop.run_in_executor(self.pool, self._plan, request, job) and not refining:
                 ticket.release()
                 ticket = None
-                place = self.refiner.admit()
+                place = self.refiner.admit(current_caller.get())
                 long_job = True
             try:
                 if long_job:  # decoded on its thread when its turn comes (a waiting job holds only its bytes)

@@ -375,6 +375,52 @@ def test_refine_through_the_server(client: StyleTransferClient) -> None:
     assert waited.refine_ms < 2.5 * (first.timings.refine_ms + second.timings.refine_ms - waited.refine_ms)
 
 
+def test_long_jobs_take_turns_by_caller_and_keep_a_place_for_another() -> None:
+    """Alice's five refines took every place and Bob's came back RESOURCE_EXHAUSTED; queued behind her four, it
+    ran last. Now her fifth is refused (the last place is Bob's to take), and a thread that frees takes the
+    oldest job of the caller served least recently."""
+    import asyncio
+
+    from adain.server.errors import ServiceError
+    from adain.server.refine import RefineLimits, RefineService
+
+    service = RefineService(None, RefineLimits(max_jobs=1, max_queue=4), busy=lambda: False)  # type: ignore[arg-type]
+    gate, order = threading.Event(), []
+
+    def job(name: str):
+        def prepare():  # a job's work (it fails after: no model here)
+            order.append(name)
+            gate.wait(30)
+            raise RuntimeError("done")
+        return prepare
+
+    async def main() -> None:
+        places = [service.admit("alice") for _ in range(4)]
+        with pytest.raises(ServiceError, match="the last is kept for other callers") as info:
+            service.admit("alice")
+        assert info.value.retry_after_s is not None
+        places.append(service.admit("bob"))
+        with pytest.raises(ServiceError, match="too many refine jobs: 5 running or waiting"):
+            service.admit("carol")
+        names = ["alice1", "alice2", "alice3", "alice4", "bob1"]
+        tasks = []
+        for name, place in zip(names, places):
+            tasks.append(asyncio.create_task(service.run(job(name), None, place=place)))
+            await asyncio.sleep(0.05)  # in this order: alice1 runs, the rest wait
+        gate.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for place in places:  # (the call's end lets its place go)
+            place.release()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+        service.close()
+    assert order == ["alice1", "bob1", "alice2", "alice3", "alice4"], order
+    assert service.admitted == 0
+
+
 def test_a_cancelled_long_job_keeps_its_place_until_its_thread_ends() -> None:
     """The place was freed at the cancel while the job's thread ran on to its next check (a whole decode at
     print size), so more jobs were let in than max_refine_jobs + max_refine_queue."""
@@ -464,8 +510,9 @@ def test_cancel_and_deadline_stop_a_refine_promptly(client: StyleTransferClient)
 
 
 def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
-    """max_refine_jobs (1) + max_refine_queue (4) admitted; the sixth is RESOURCE_EXHAUSTED naming both limits
-    and counted in adain_queue_refused_total{reason="max_refine_jobs"}, which the alerts watch."""
+    """max_refine_jobs (1) + max_refine_queue (4) places, the last kept for another caller: one caller's fifth is
+    RESOURCE_EXHAUSTED naming both limits, and counted in adain_queue_refused_total{reason="max_refine_jobs"},
+    which the alerts watch."""
 
     from adain.v1 import style_transfer_pb2 as pb
     from adain.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -473,16 +520,17 @@ def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
     request = pb.StylizeRequest(content=C_BYTES, styles=[pb.Style(image=A_BYTES)], refine_steps=500)
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.StyleTransferStub(channel)
-        calls = [stub.Stylize.future(request, timeout=60) for _ in range(5)]
+        calls = [stub.Stylize.future(request, timeout=60) for _ in range(4)]
         try:
-            server.wait_queued(5, metric="adain_long_jobs")  # the five admitted
+            server.wait_queued(4, metric="adain_long_jobs")  # the four admitted
             with pytest.raises(grpc.RpcError) as info:
                 stub.Stylize(request, timeout=30)
         finally:
             for call in calls:
                 call.cancel()
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "max_refine_jobs=1, max_refine_queue=4" in info.value.details()
+    assert info.value.details() == ("this caller holds 4 of the 5 long-job places (max_refine_jobs + "
+                                    "max_refine_queue); the last is kept for other callers"), info.value.details()
     text = server.metrics_text()
     assert 'adain_queue_refused_total{reason="max_refine_jobs"} 1.0' in text
 

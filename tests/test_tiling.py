@@ -438,7 +438,7 @@ def test_print_size_calls_waiting_for_their_turn_hold_only_their_bytes(decoder_p
     Image.new("RGB", (6000, 5000), (120, 90, 60)).save(buf, "PNG")  # 30 MP, 30 KB
     big = buf.getvalue()
     srv = ServerProcess(decoder_path, "--tile-threshold", "1000000", "--tile-size", "256", "--max-refine-jobs", "1",
-                        "--max-refine-queue", "4", "--max-pixels", "40000000", *NO_REFINE)
+                        "--max-refine-queue", "5", "--max-pixels", "40000000", *NO_REFINE)  # (one caller: 5 of 6)
     try:
         srv.wait_serving()
         idle = _rss(srv.proc.pid, "VmRSS")
