@@ -171,7 +171,7 @@ class StyleTransferServer:
             stylizer,
             RefineLimits(settings.max_refine_jobs, settings.max_refine_queue),  # steps: Stylizer.limits
             busy=lambda: self.batcher.busy,  # fast requests preparing, queued or rendering
-            refused=lambda: self.metrics.queue_refused.labels("max_refine_jobs").inc(),
+            refused=lambda reason: self.metrics.queue_refused.labels(reason).inc(),
         )
         self.metrics.long_jobs.set_function(lambda: self.refiner.admitted)
         self.health = health.aio.HealthServicer()

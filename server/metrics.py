@@ -54,8 +54,9 @@ class Metrics(Exporter):
         self.queue_refused = Counter(
             "adain_queue_refused", "Requests refused a place: the queue was full (max_queue), their caller held "
             "its share (max_queue_per_caller) or asked for one of the places kept for callers with none queued "
-            "(reserved), the long-job threads were full (max_refine_jobs: refine and print-size jobs) or the video "
-            "streams (max_video_streams)", ["reason"], registry=r,
+            "(reserved), the long-job threads were full (max_refine_jobs: refine and print-size jobs), the last "
+            "long-job place was kept for another caller (long_job_reserved) or the video streams were full "
+            "(max_video_streams)", ["reason"], registry=r,
         )
         self.caller_requests = Counter(
             "adain_caller_requests", "gRPC requests by caller (a token's name: who uses the service; \"anonymous\" "

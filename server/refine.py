@@ -95,10 +95,12 @@ class RefineLimits:
 
 class RefineService:
     """Runs prepared refine jobs; ``busy()`` says whether fast work is waiting (the batcher's depth);
-    ``refused()`` is told of each job turned away (the server counts it with the queue's refusals)."""
+    ``refused(reason)`` is told of each job turned away (the server counts it with the queue's refusals):
+    ``max_refine_jobs`` where every place was taken, ``long_job_reserved`` where the last was kept for another
+    caller (one caller held back, not a full server)."""
 
     def __init__(self, stylizer: Stylizer, limits: RefineLimits, busy: Callable[[], bool],
-                 refused: Callable[[], None] = lambda: None) -> None:
+                 refused: Callable[[str], None] = lambda reason: None) -> None:
         self.stylizer = stylizer
         self.limits = limits
         self.busy = busy
@@ -122,7 +124,7 @@ class RefineService:
         with self._lock:
             held = self._held[caller]
             if self._admitted >= total or (held and self._admitted >= total - 1):
-                self.refused()
+                self.refused("max_refine_jobs" if self._admitted >= total else "long_job_reserved")
                 why = (f"too many refine jobs: {self._admitted} running or waiting (max_refine_jobs="
                        f"{self.limits.max_jobs}, max_refine_queue={self.limits.max_queue})")
                 if self._admitted < total:

@@ -511,8 +511,8 @@ def test_cancel_and_deadline_stop_a_refine_promptly(client: StyleTransferClient)
 
 def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
     """max_refine_jobs (1) + max_refine_queue (4) places, the last kept for another caller: one caller's fifth is
-    RESOURCE_EXHAUSTED naming both limits, and counted in adain_queue_refused_total{reason="max_refine_jobs"},
-    which the alerts watch."""
+    RESOURCE_EXHAUSTED naming both limits, and counted in adain_queue_refused_total{reason="long_job_reserved"}
+    (a full server's are reason="max_refine_jobs")."""
 
     from adain.v1 import style_transfer_pb2 as pb
     from adain.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -532,7 +532,7 @@ def test_refine_jobs_past_their_queue_are_refused_and_counted(server) -> None:
     assert info.value.details() == ("this caller holds 4 of the 5 long-job places (max_refine_jobs + "
                                     "max_refine_queue); the last is kept for other callers"), info.value.details()
     text = server.metrics_text()
-    assert 'adain_queue_refused_total{reason="max_refine_jobs"} 1.0' in text
+    assert 'adain_queue_refused_total{reason="long_job_reserved"} 1.0' in text  # one caller held back
 
 
 def test_plain_calls_are_served_while_refine_jobs_run(client: StyleTransferClient) -> None:
