@@ -370,6 +370,24 @@ def load_image(
     return out.copy() if out is source else out  # a caller's PIL image is never handed back to be changed
 
 
+def stored_rgba(
+    source: ImageSource, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray | None:
+    """An image with transparency as stored, upright, H x W x 4 uint8, its colours not composited (a label
+    layer's half-opaque red is red); None where it has no alpha. For a source :func:`load_image` has checked."""
+    img = _open(source, field, max_pixels)
+    if img.mode not in ("RGBA", "RGBa", "LA", "La", "PA") and "transparency" not in img.info:
+        return None
+    grey_key_in_levels(img)
+    img.load()
+    img = _key_as_alpha(_upright(img), numbers=True)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return None
+    return np.asarray((img.convert("LA") if img.mode == "La" else img).convert("RGBA"), dtype=np.uint8)
+
+
 def _at_depth(img: Image.Image, source: ImageSource) -> tuple[Image.Image, np.ndarray | None]:
     """A HEIF or AVIF photo whose code points ask for a conversion (an HDR curve, wide primaries), decoded once
     more at its stored depth (:func:`adain.photo.heif_deep_pixels`, :func:`adain.photo.avif_deep_pixels`): its

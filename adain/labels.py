@@ -19,9 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from adain.errors import InvalidInputError
-from adain.image import ImageSource, _key_as_alpha, _open, _upright, load_image, stored_format
+from adain.image import ImageSource, load_image, stored_format, stored_rgba
 from adain.job import CheckedJob
-from adain.photo import grey_key_in_levels
 from adain.wire import COLOUR_LABEL
 
 
@@ -77,17 +76,9 @@ def _painted(source: ImageSource, max_pixels: int) -> tuple[np.ndarray, np.ndarr
     """A label image with transparency as (H x W x 3 RGB, H x W alpha), uint8, upright: each pixel's own colour
     where it is painted (alpha at least ``PAINTED``), black elsewhere; None for an opaque image (read as it always
     was). Decoded a second time, after ``load_image`` has checked it (errors, size, limits): only such images."""
-    img = _open(source, "labels", max_pixels)
-    if img.mode not in ("RGBA", "RGBa", "LA", "La", "PA") and "transparency" not in img.info:
+    rgba = stored_rgba(source, field="labels", max_pixels=max_pixels)
+    if rgba is None:
         return None
-    grey_key_in_levels(img)
-    img.load()
-    img = _key_as_alpha(_upright(img), numbers=True)
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode not in ("RGBA", "RGBa", "LA", "La", "PA"):
-        return None
-    rgba = np.asarray((img.convert("LA") if img.mode == "La" else img).convert("RGBA"), dtype=np.uint8)
     alpha = rgba[..., 3].copy()
     rgb = np.ascontiguousarray(rgba[..., :3])
     rgb[alpha < PAINTED] = 0
