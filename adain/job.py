@@ -10,7 +10,6 @@ either; a CheckedJob is not checked again. Field names in errors are the Job's, 
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from adain.wire import (
     color_mode,
     label_value,
     plural,
+    refuse_unknown,
 )
 
 
@@ -68,12 +68,7 @@ class Job:
     def of(cls, caller: str, content: ImageSource | None, styles: Sequence[ImageSource], options: dict) -> Job:
         """The job a public call's ``**options`` ask for; an option no Job has is a TypeError naming ``caller``
         and the nearest field (it said "Job.__init__() got an unexpected keyword argument 'alhpa'")."""
-        names = [f.name for f in fields(cls) if f.name not in ("content", "styles")]
-        for name in options:
-            if name not in names:
-                near = difflib.get_close_matches(name, names, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else f"; its options: {', '.join(names)}"
-                raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")
+        refuse_unknown(caller, options, [f.name for f in fields(cls) if f.name not in ("content", "styles")])
         return cls(content, styles, **options)
 
     def problems(self, limits: Limits, *, content: bool = True) -> list[InvalidInputError]:

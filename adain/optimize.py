@@ -98,6 +98,13 @@ class Progress:
 OnStep = Callable[[Progress], None]
 
 
+def parts_progress(on_step: OnStep, more: int = 0) -> Callable[[int, int], None]:
+    """A tiled render's ``on_step(done, total)`` as Progress reports, timed from now, its total counting
+    ``more`` steps to come (a refine's iterations)."""
+    t0 = time.perf_counter()
+    return lambda done, total: on_step(Progress(done, total + more, 0.0, time.perf_counter() - t0))
+
+
 class Objective:
     """The loss of an image (1 x 3 x h x w in [0, 1]) against targets computed once."""
 
@@ -345,6 +352,7 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     the content (``"content"``), ``refine_steps`` iterations, at ``refine_size`` when it is smaller."""
     job = prepared.job
     assert job is not None and job.refine_steps > 0
+    tick = None if on_step is None else parts_progress(on_step, job.refine_steps)  # (timed from the call's start)
     t0 = time.perf_counter()
     parts = 0  # a tiled first render's statistics boxes and tiles: counted before the iterations (see Progress)
     content = prepared.content.to(stylizer.device).float()  # grey for "luminance": then the grey image is optimised
@@ -352,8 +360,6 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
         first = replace(prepared, grey=False)
         if stylizer.tiling.wants(first):  # print size: minutes of tiles, stoppable between them as iterations are
             parts = tiled_parts(*first.content.shape[2:], stylizer.tiling)
-            tick = None if on_step is None else (lambda done, total: on_step(
-                Progress(done, total + job.refine_steps, 0.0, time.perf_counter() - t0)))
             rendered = render_tiled(stylizer, first, stylizer.tiling, on_step=tick)
         else:
             rendered = stylizer.render([first])[0]

@@ -30,7 +30,7 @@ from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job, is_list, style_list
 from adain.ops import adain, coral, luminance, mean_std
-from adain.optimize import max_refine_pixels, refine
+from adain.optimize import max_refine_pixels, parts_progress, refine
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
@@ -135,10 +135,13 @@ class Stylizer:
         **options: Any,
     ) -> Image.Image:
         """Stylize one content image; ``options`` are the fields of :class:`Job`. With ``refine_steps`` the
-        optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration."""
+        optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration; a content
+        rendered in tiles calls it after each statistics box and tile (it may raise StoppedError to stop)."""
         prepared = self.prepare(Job.of("stylize", content, style_list(styles), options))
         if prepared.job is not None and prepared.job.refine_steps:
             return refine(self, prepared, on_step=on_step)
+        if on_step is not None and self.tiling.wants(prepared):  # minutes of tiles: said, and stoppable
+            return render_tiled(self, prepared, self.tiling, on_step=parts_progress(on_step))
         return self.render([prepared])[0]
 
     def stylize_batch(

@@ -7,8 +7,10 @@ enums are mapped onto these names by their naming convention (``IMAGE_FORMAT_<NA
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from adain.v1 import style_transfer_pb2 as pb
@@ -200,3 +202,16 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"Limits.{name} must be an integer >= {least}, got {value!r}")
+
+
+def refuse_unknown(
+    caller: str, given: Iterable[str], names: Sequence[str], renamed: dict[str, str] | None = None
+) -> None:
+    """A TypeError naming ``caller`` and the nearest of its ``names`` for the first option given that is not one
+    of them (the library and both clients alike: the client's said "_fill_options() got an unexpected keyword
+    argument 'alhpa'", an internal function's name and no hint); ``renamed``: another API's names for these."""
+    for name in given:
+        if name not in names:
+            near = [renamed[name]] if renamed and name in renamed else difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; its options: {', '.join(names)}"
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import inspect
 import io
 import ipaddress
 import json
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 from PIL import Image
@@ -55,6 +57,7 @@ from adain.wire import (
     format_name,
     label_value,
     plural,
+    refuse_unknown,
 )
 
 DEFAULT_TARGET = DEFAULT_ADDRESS
@@ -652,6 +655,16 @@ class _TokenSource:
         return self._token
 
 
+def header_value(text: str) -> str:
+    """``text`` as a header can carry it: as it is where it is printable ASCII without spaces, else with the
+    characters that are not (and ``%``) percent-encoded as UTF-8. A service passing on its caller's request id
+    or user name ("café-42", "José") got gRPC's own exception from the asyncio client, and INTERNAL "Invalid
+    metadata" from the blocking one; encoded, distinct names stay distinct (the server takes turns by them)."""
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text
+    return "".join(c if c.isascii() and c.isprintable() and c not in " %" else quote(c, safe="") for c in text)
+
+
 class _ClientBase:
     """What the blocking and the asyncio client share: the channel's settings, the token, the styles this
     client registered. A subclass opens the channel (``_open``) and makes the calls."""
@@ -704,9 +717,12 @@ class _ClientBase:
                 private_key=_pem(client_key, "client_key"),
                 certificate_chain=_pem(client_certificate, "client_certificate"),
             )
-        self._channel = self._open(target, creds, opts)
-        self._stub = pb_grpc.StyleTransferStub(self._channel)
         self._closed = False  # set by close(): a call after it is a StyleTransferError, not gRPC's ValueError
+        self._connect(target, creds, opts)
+
+    def _connect(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
+        self._channel = self._open(target, creds, options)
+        self._stub = pb_grpc.StyleTransferStub(self._channel)
 
     def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
         raise NotImplementedError
@@ -715,9 +731,9 @@ class _ClientBase:
         """What every call sends besides its request: the request id, the end user (for a front end's calls)
         and the token, when there are. Every call asks for it first, so a closed client refuses here."""
         self._check_open()
-        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else ()
+        metadata = ((REQUEST_ID_KEY, header_value(request_id)),) if request_id else ()
         if end_user:
-            metadata += ((END_USER_KEY, end_user),)
+            metadata += ((END_USER_KEY, header_value(end_user)),)
         token = self._token()
         if token:
             metadata += ((AUTH_KEY, f"Bearer {token}"),)
@@ -1109,6 +1125,7 @@ def stylize_request(
     """The StylizeRequest of :meth:`StyleTransferClient.stylize`'s options (both clients build it here),
     checking what can be checked before anything is sent; ``options``: those of :func:`_fill_options`;
     ``max_bytes``: the client's message limit (each file measured before it is read, then the whole)."""
+    refuse_unknown("stylize", options, STYLIZE_OPTIONS, LIBRARY_NAMES)
     request = pb.StylizeRequest(content=image_bytes(content, "content", max_bytes), keep_exif=bool(keep_exif))
     _fill_options(request, styles, max_bytes=max_bytes, **options)
     _fill_refine(request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer)
@@ -1123,6 +1140,7 @@ def video_options(
 ) -> pb.VideoOptions:
     """The first message of a StylizeVideo stream, from :meth:`StyleTransferClient.stylize_video`'s options
     (``options``: those of :func:`_fill_options`; ``max_bytes``: as in :func:`stylize_request`)."""
+    refuse_unknown("stylize_video", options, VIDEO_OPTIONS)
     first = pb.VideoOptions()
     _fill_options(first, styles, max_bytes=max_bytes, **options)
     if max_bytes is not None:
@@ -1305,3 +1323,15 @@ def _uint(value: Any, field: str) -> int:
     if not math.isfinite(number) or number < 0 or number != int(number) or number >= 2**32:
         raise _local_error(field, f"must be a whole number >= 0, got {value!r}")
     return int(number)
+
+
+def _keywords(*functions: Callable[..., Any]) -> tuple[str, ...]:
+    return tuple(name for f in functions for name, p in inspect.signature(f).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "max_bytes")
+
+
+# what a call's options may name, for an unknown one's hint (a call's own arguments too: on_step for on_progress)
+CALL_ARGUMENTS = ("on_progress", "timeout", "request_id", "end_user")
+LIBRARY_NAMES = {"on_step": "on_progress"}  # the library's Stylizer.stylize names it so
+STYLIZE_OPTIONS = (*_keywords(_fill_options, stylize_request), *CALL_ARGUMENTS)
+VIDEO_OPTIONS = (*_keywords(_fill_options, video_options), "timeout", "request_id", "end_user", "stop")

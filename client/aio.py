@@ -17,8 +17,9 @@ queue, a refine stops).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -60,11 +61,31 @@ class AsyncStyleTransferClient(_ClientBase):
     options are :class:`StyleTransferClient`'s. Use it from one event loop (``async with``, or ``await
     close()``); many calls may run at once on it."""
 
-    def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
-        try:  # gRPC's channel belongs to this loop; made outside one, to the loop of its first call
+    def _connect(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
+        """gRPC's channel belongs to the event loop it is made in: made outside one (a module-level client of a
+        FastAPI or aiohttp app), it is made in the loop of the first call (made at once, it was bound to a loop
+        that never ran, and every call failed with "attached to a different loop")."""
+        self._channel: Any = None
+        self._stub_now: Any = None
+        try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            self._loop = None
+            self._loop, self._later = None, (target, creds, options)
+            return
+        super()._connect(target, creds, options)
+
+    @property
+    def _stub(self) -> Any:
+        if self._stub_now is None and not self._closed:  # made outside a loop: connected in this call's
+            self._loop = asyncio.get_running_loop()
+            super()._connect(*self._later)
+        return self._stub_now
+
+    @_stub.setter
+    def _stub(self, stub: Any) -> None:
+        self._stub_now = stub
+
+    def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
         if creds is not None:
             return grpc.aio.secure_channel(target, creds, options=options)
         return grpc.aio.insecure_channel(target, options=options)
@@ -81,8 +102,23 @@ class AsyncStyleTransferClient(_ClientBase):
                                      "loop (a client per asyncio.run: make it inside the loop that uses it)")
 
     async def close(self) -> None:
+        """Close the channel; calls still running raise StyleTransferError CANCELLED (gRPC raised
+        CancelledError in their tasks, which asyncio, gather and TaskGroup read as the task's own cancel)."""
         self._closed = True
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+
+    @contextlib.contextmanager
+    def _cut_by_close(self, request_id: str | None) -> Iterator[None]:
+        """A call's CancelledError that close() caused, not its task's cancel, as StyleTransferError."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)  # (3.11: on 3.10 a cancel is a cancel)
+            if self._closed and cancelling is not None and not cancelling():
+                said = "the client was closed while this call ran (close(), or the end of its async with block)"
+                raise StyleTransferError(grpc.StatusCode.CANCELLED, said, request_id=request_id) from None
+            raise
 
     async def __aenter__(self) -> AsyncStyleTransferClient:
         return self
@@ -97,8 +133,9 @@ class AsyncStyleTransferClient(_ClientBase):
         request_id = request_id or new_request_id()
         call = method(request, timeout=self._deadline(timeout), metadata=self._metadata(request_id, end_user))
         try:
-            reply = await call
-            initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+            with self._cut_by_close(request_id):
+                reply = await call
+                initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id) from None
         return (reply, *_reply_ids(initial, trailing, request_id))
@@ -145,14 +182,15 @@ class AsyncStyleTransferClient(_ClientBase):
         )
         reply = None
         try:
-            async for event in call:
-                if event.WhichOneof("event") == "progress":
-                    done = on_progress(_progress(event.progress))
-                    if inspect.isawaitable(done):
-                        await done
-                else:
-                    reply = event.result
-            initial = await call.initial_metadata()
+            with self._cut_by_close(request_id):
+                async for event in call:
+                    if event.WhichOneof("event") == "progress":
+                        done = on_progress(_progress(event.progress))
+                        if inspect.isawaitable(done):
+                            await done
+                    else:
+                        reply = event.result
+                initial = await call.initial_metadata()
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id) from None
         finally:
@@ -177,7 +215,10 @@ class AsyncStyleTransferClient(_ClientBase):
         or an async iterable of images, read as the stream has room; ``options`` are
         :meth:`StyleTransferClient.stylize_video`'s (temporal mode included). ``timeout`` bounds the whole
         stream (None: no deadline). An exception raised while reading ``frames`` cancels the stream and is
-        raised here; leaving the loop early cancels it too. ``stop()`` is asked four times a second, as by the
+        raised here; leaving the loop early cancels it at once where the generator goes with the loop (``async for
+        f in client.stylize_video(...)``); one kept in a variable is cancelled only when it is closed or collected,
+        so close it (``async with contextlib.aclosing(client.stylize_video(...)) as frames``: a kept one held its
+        stream's place for seconds). ``stop()`` is asked four times a second, as by the
         blocking client: True cancels the stream (StyleTransferError CANCELLED here), while no reply comes too."""
         first = await asyncio.to_thread(video_options, styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(first, every=True)
@@ -215,8 +256,9 @@ class AsyncStyleTransferClient(_ClientBase):
 
         watcher = asyncio.ensure_future(watch()) if stop is not None else None
         try:
-            async for reply in call:
-                yield frame_result(reply)
+            with self._cut_by_close(request_id):
+                async for reply in call:
+                    yield frame_result(reply)
             if stopped:  # (ended by the cancel, without an error from the iteration)
                 raise StyleTransferError(grpc.StatusCode.CANCELLED, "the stream was stopped (stop() said so)")
         except (grpc.RpcError, asyncio.CancelledError) as e:
@@ -269,6 +311,7 @@ class AsyncStyleTransferClient(_ClientBase):
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         self._check_open()
+        self._stub  # noqa: B018 (made outside a loop: connected now, in this one)
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),

@@ -203,7 +203,7 @@ class RefineService:
         ServiceError (CANCELLED/DEADLINE_EXCEEDED) when stopped, and what ``prepare`` raises.
         ``on_progress`` is called on the event loop (for a tiled job: step = statistics boxes + tiles done,
         loss 0). The caller has admitted the job."""
-        from adain.optimize import Progress, refine
+        from adain.optimize import parts_progress, refine
         from adain.tiling import render_tiled
 
         loop = asyncio.get_running_loop()
@@ -229,10 +229,7 @@ class RefineService:
             prepared = prepare()
             ready = time.perf_counter()
             if tiled:
-                image = render_tiled(
-                    self.stylizer, prepared, self.stylizer.tiling,
-                    on_step=lambda done, total: on_step(Progress(done, total, 0.0, time.perf_counter() - ready)),
-                )
+                image = render_tiled(self.stylizer, prepared, self.stylizer.tiling, on_step=parts_progress(on_step))
                 return Ran(image, start - queued, ready - start)
             image = refine(self.stylizer, prepared, on_step=on_step)
             return Ran(image, start - queued, ready - start, steps[0])

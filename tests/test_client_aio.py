@@ -162,3 +162,81 @@ def test_streams_cancelled_at_once_leave_the_server_serving(server: ServerProces
 
     assert asyncio.run(main()) == 48
     assert server.alive()
+
+
+def test_a_client_made_outside_an_event_loop_works_in_the_loop_of_its_first_call(server: ServerProcess) -> None:
+    """A module-level client (a FastAPI or aiohttp app's) failed every call: "attached to a different loop"."""
+    client = AsyncStyleTransferClient(server.target, timeout=60)  # no loop runs here
+
+    async def main() -> tuple[int, str]:
+        result = await client.stylize(CONTENT, STYLE)
+        health = await client.health()
+        await client.close()
+        return result.width, health
+
+    assert asyncio.run(main()) == (48, "SERVING")
+    never_used = AsyncStyleTransferClient(server.target)
+    asyncio.run(never_used.close())  # closed before any call: nothing to close, no error
+
+
+def test_ids_and_user_names_a_header_cannot_carry_are_sent_encoded(server: ServerProcess) -> None:
+    """A service passing on its caller's request id or user name ("café-42", "José") got gRPC's own exception
+    from this client and INTERNAL "Invalid metadata" from the blocking one."""
+    from adain.client import StyleTransferClient
+
+    async def main() -> list[str | None]:
+        async with AsyncStyleTransferClient(server.target, timeout=60) as client:
+            return [(await client.stylize(CONTENT, STYLE, request_id=rid, end_user="José")).request_id
+                    for rid in ("café-42", "a\nb", "tab\there", "plain-1")]
+
+    assert asyncio.run(main()) == ["caf%C3%A9-42", "a%0Ab", "tab%09here", "plain-1"]
+    with StyleTransferClient(server.target, timeout=60) as blocking:
+        assert blocking.stylize(CONTENT, STYLE, request_id="100% café").request_id == "100%25%20caf%C3%A9"
+
+
+def test_calls_running_when_the_client_closes_raise_its_error_not_a_cancel(server: ServerProcess) -> None:
+    """close() with calls in flight raised CancelledError in tasks nobody cancelled: FastAPI, gather and
+    TaskGroup read it as the task's own cancel."""
+    async def main() -> tuple[object, object]:
+        client = AsyncStyleTransferClient(server.target, timeout=60)
+
+        async def call() -> object:
+            try:
+                return await client.stylize(CONTENT, STYLE, refine_steps=200)
+            except (StyleTransferError, asyncio.CancelledError) as e:
+                return e
+
+        task = asyncio.create_task(call())
+        await asyncio.sleep(1.0)
+        await client.close()
+        got = await task
+        cancelled = asyncio.create_task(AsyncStyleTransferClient(server.target).stylize(CONTENT, STYLE,
+                                                                                     refine_steps=200))
+        await asyncio.sleep(0.5)
+        cancelled.cancel()  # a task's own cancel is still a cancel
+        try:
+            await cancelled
+            own: object = None
+        except asyncio.CancelledError as e:
+            own = e
+        return got, own
+
+    got, own = asyncio.run(main())
+    assert isinstance(got, StyleTransferError) and got.code == grpc.StatusCode.CANCELLED, got
+    assert "the client was closed while this call ran" in got.details and got.request_id
+    assert isinstance(own, asyncio.CancelledError)
+
+
+def test_a_misspelt_option_is_named_with_the_nearest_one() -> None:
+    from adain.client import StyleTransferClient
+
+    with StyleTransferClient("127.0.0.1:1") as client:  # refused before anything is sent
+        for kwargs, said in (({"alhpa": 0.5}, "'alhpa' (did you mean 'alpha'?)"),
+                             ({"on_step": print}, "'on_step' (did you mean 'on_progress'?)")):
+            with pytest.raises(TypeError, match="stylize") as info:
+                client.stylize(CONTENT, STYLE, **kwargs)
+            assert str(info.value) == f"stylize() got an unexpected keyword argument {said}"
+        with pytest.raises(TypeError) as info:
+            list(client.stylize_video([CONTENT], STYLE, temporl="flow"))
+        assert str(info.value) == "stylize_video() got an unexpected keyword argument 'temporl' (did you mean " \
+                                  "'temporal'?)"

@@ -72,6 +72,26 @@ def test_tiled_matches_untiled_without_seams(untiled: Stylizer, tiled: Stylizer)
         assert (seam_ratios(got, axis, TILE) <= seam_ratios(want, axis, TILE) + 0.1).all()
 
 
+def test_a_tiled_render_reports_its_parts_and_can_be_stopped(tiled: Stylizer) -> None:
+    """The library's on_step was called for a refine only: an embedding service got no progress, and no way to
+    stop, during a print's minutes of tiles (the server reported them)."""
+    from adain.errors import StoppedError
+
+    seen: list[tuple[int, int]] = []
+    plain = px(tiled.stylize(CONTENT, STYLE))
+    got = px(tiled.stylize(CONTENT, STYLE, on_step=lambda p: seen.append((p.step, p.steps))))
+    assert np.array_equal(got, plain)  # the same picture
+    total = seen[-1][1]
+    assert total > 2 and seen == [(i, total) for i in range(1, total + 1)], seen
+
+    def stop(p) -> None:
+        if p.step == 2:
+            raise StoppedError("cancelled")
+
+    with pytest.raises(StoppedError):
+        tiled.stylize(CONTENT, STYLE, on_step=stop)
+
+
 @pytest.mark.parametrize("options", [
     {"weights": [0.3, 0.7], "alpha": 0.6},
     {"preserve_color": "luminance"},
