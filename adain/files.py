@@ -11,6 +11,7 @@ import io
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -83,8 +84,12 @@ def check_writable(path: str | os.PathLike) -> None:
                 raise type(e)(e.errno, e.strerror, str(path.parent)) from None
         return
     nearest = next(above for above in path.parents if above.exists())
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(nearest))
+    probe = nearest / f".{path.name}.{os.getpid()}.{threading.get_ident()}.probe"
+    try:  # a folder made and removed: the error making the real ones would meet (on a read-only mount that is
+        probe.mkdir()  # "Read-only file system", where asking for access said "Permission denied")
+        probe.rmdir()
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(nearest)) from None
 
 
 def write_whole(path: str | os.PathLike, data: bytes) -> None:

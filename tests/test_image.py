@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+import shlex
+import shutil
 import struct
 import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -797,3 +801,22 @@ def test_images_opened_in_threads_leave_the_warning_filters_as_they_were() -> No
     finally:
         sys.setswitchinterval(interval)
         warnings.filters[:] = before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a read-only bind mount needs root and unshare")
+def test_a_missing_folder_on_a_read_only_mount_says_read_only(tmp_path: Path) -> None:
+    """Asked for access, a read-only mount said "Permission denied" for an output in a folder still to be made
+    (an outside tester's); the error making the folder would meet is said now."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    code = ("from adain.files import check_writable\n"
+            "for p in ('ro/sub/out.png', 'ro/out.png'):\n"
+            "    try:\n        check_writable(p)\n    except OSError as e:\n        print(e.strerror)\n")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind ro ro && mount -o remount,ro,bind ro && "
+                           f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 and "mount" in proc.stderr:
+        pytest.skip(f"no bind mount here: {proc.stderr.strip()[:100]}")
+    assert proc.stdout.splitlines() == ["Read-only file system"] * 2, (proc.stdout, proc.stderr)
+    assert list(ro.iterdir()) == []  # nothing left behind
