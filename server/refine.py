@@ -166,13 +166,19 @@ class RefineService:
                 start.append(job)
         for _caller, _arrival, work, future in start:
             try:
-                self.pool.submit(self._run_one, work, future)
+                self.pool.submit(self._run_one, [work, future])
             except RuntimeError:  # closed meanwhile (the server stopping): not run
                 future.cancel()
                 with self._lock:
                     self._running -= 1
 
-    def _run_one(self, work: Callable[[], Any], future: Future) -> None:
+    def _run_one(self, job: list) -> None:
+        """Run ``job``'s [work, future]. Handed over in a list emptied here: a failed job's traceback holds this
+        frame and, through it, the pool's frame that called it, whose arguments held the future, which holds
+        the error: a cycle, with everything the job's frames held (its decoded content), that only a full
+        collection freed."""
+        work, future = job
+        job.clear()
         try:
             if future.set_running_or_notify_cancel():  # (cancelled while it waited: not run)
                 try:
@@ -180,7 +186,7 @@ class RefineService:
                 except BaseException as e:  # noqa: BLE001 - the call's, raised where it awaits the future
                     future.set_exception(e)
         finally:
-            future = None  # type: ignore[assignment]  # (the error's traceback holds this frame)
+            work = future = None  # type: ignore[assignment]  # (the error's traceback holds this frame)
             with self._lock:
                 self._running -= 1
             self._dispatch()
