@@ -359,6 +359,8 @@ class StyleTransferServer:
         if shed := self.batcher.shed(time.monotonic() + grace):
             log.info("draining: %d queued request(s) refused at once (they would not be rendered in %.1f s)",
                      shed, grace)
+        if shed := self.refiner.shed(time.monotonic() + grace):
+            log.info("draining: %d waiting long job(s) refused at once (they would not end in %.1f s)", shed, grace)
         if self.drain.inflight:
             log.info("draining %d call(s) in flight (up to %.1f s)", self.drain.inflight, grace)
             left = await self.drain.wait(grace)

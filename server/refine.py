@@ -18,6 +18,7 @@ place, and another's came back RESOURCE_EXHAUSTED; queued behind four, it ran la
 from __future__ import annotations
 
 import asyncio
+import heapq
 import threading
 import time
 import traceback
@@ -113,6 +114,7 @@ class RefineService:
         # jobs waiting for a thread, (caller, arrival, work, future), and the callers' last turns (see _dispatch)
         self._waiting: list[tuple[str, int, Callable[[], Any], Future]] = []
         self._running = 0
+        self._started: dict[int, float] = {}  # when each running job began (a drain's estimate)
         self._arrivals = 0
         self._last_turn: dict[str, int] = {}
         self._turns = 0
@@ -166,19 +168,52 @@ class RefineService:
                 start.append(job)
         for _caller, _arrival, work, future in start:
             try:
-                self.pool.submit(self._run_one, [work, future])
+                self.pool.submit(self._run_one, [work, future, id(future)])
             except RuntimeError:  # closed meanwhile (the server stopping): not run
                 future.cancel()
                 with self._lock:
                     self._running -= 1
+
+    def shed(self, until: float) -> int:
+        """For a drain that ends at ``until`` (monotonic): refuse at once, UNAVAILABLE, the jobs waiting for a
+        thread that would not end by then, so that their clients retry them on another replica now (a queued
+        refine waited out the whole grace, then was cut). Counted in the order the threads would take them, by
+        the mean time a job has held its place (every waiting job where none has ended yet). Returns how many."""
+        now = time.monotonic()
+        with self._lock:
+            mean = self.clock.mean_s
+            ends = sorted(now + max(0.0, (mean or 0.0) - (now - t)) for t in self._started.values())
+            ends += [now] * (self.limits.max_jobs - len(ends))  # threads free now
+            turns, turn, left, shed = dict(self._last_turn), self._turns, list(self._waiting), []
+            while left:  # as _dispatch will take them
+                job = min(left, key=lambda w: (turns.get(w[0], -1), w[1]))
+                left.remove(job)
+                turns[job[0]], turn = turn, turn + 1
+                start = heapq.heappop(ends)
+                if mean is None or start + mean > until:
+                    shed.append(job)
+                    heapq.heappush(ends, start)
+                else:
+                    heapq.heappush(ends, start + mean)
+            for job in shed:
+                self._waiting.remove(job)
+        for *_, future in shed:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the server is shutting down, and its long-job queue would not reach this job within its grace "
+                    f"({len(shed)} refused at once, so that they are retried elsewhere)"))
+        return len(shed)
 
     def _run_one(self, job: list) -> None:
         """Run ``job``'s [work, future]. Handed over in a list emptied here: a failed job's traceback holds this
         frame and, through it, the pool's frame that called it, whose arguments held the future, which holds
         the error: a cycle, with everything the job's frames held (its decoded content), that only a full
         collection freed."""
-        work, future = job
+        work, future, key = job
         job.clear()
+        with self._lock:
+            self._started[key] = time.monotonic()
         try:
             if future.set_running_or_notify_cancel():  # (cancelled while it waited: not run)
                 try:
@@ -189,6 +224,7 @@ class RefineService:
             work = future = None  # type: ignore[assignment]  # (the error's traceback holds this frame)
             with self._lock:
                 self._running -= 1
+                del self._started[key]
             self._dispatch()
 
     @property

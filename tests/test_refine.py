@@ -421,6 +421,56 @@ def test_long_jobs_take_turns_by_caller_and_keep_a_place_for_another() -> None:
     assert service.admitted == 0
 
 
+def test_a_drain_refuses_at_once_the_long_jobs_its_grace_would_not_reach() -> None:
+    """A refine queued behind a running one waited out the whole grace, then was cut (an SRE's tour): a drain
+    refuses the waiting jobs that would not end in time (UNAVAILABLE: retried elsewhere now); the running one
+    goes on. By the mean time a job held its place: where none has ended yet, every waiting job."""
+    import asyncio
+
+    from adain.server.errors import ServiceError
+    from adain.server.refine import RefineLimits, RefineService
+
+    service = RefineService(None, RefineLimits(max_jobs=1, max_queue=4), busy=lambda: False)  # type: ignore[arg-type]
+    gate = threading.Event()
+
+    def prepare():  # a job's work (it fails after: no model here)
+        gate.wait(30)
+        raise RuntimeError("done")
+
+    async def outcome(place) -> str:
+        try:
+            await service.run(prepare, None, place=place)
+        except ServiceError as e:
+            return e.code.name
+        except RuntimeError:
+            return "ran"
+        finally:
+            place.release()
+        return "?"
+
+    async def main() -> tuple[list[str], int, int]:
+        tasks = []
+        for caller in ("a", "b", "c"):
+            tasks.append(asyncio.create_task(outcome(service.admit(caller))))
+            await asyncio.sleep(0.05)  # a runs, b and c wait
+        shed = service.shed(time.monotonic() + 5)  # no job has ended: no estimate, so both are refused
+        gate.set()
+        outcomes = await asyncio.gather(*tasks)
+        gate.clear()  # one job has ended now: a mean to count by
+        tasks = [asyncio.create_task(outcome(service.admit(c))) for c in ("d", "e")]
+        await asyncio.sleep(0.05)
+        kept = service.shed(time.monotonic() + 60)  # e's turn comes well within the grace
+        gate.set()
+        return outcomes + await asyncio.gather(*tasks), shed, kept
+
+    try:
+        outcomes, shed, kept = asyncio.run(main())
+    finally:
+        gate.set()
+        service.close()
+    assert (outcomes, shed, kept) == (["ran", "UNAVAILABLE", "UNAVAILABLE", "ran", "ran"], 2, 0), (outcomes, shed)
+
+
 def test_a_cancelled_long_job_keeps_its_place_until_its_thread_ends() -> None:
     """The place was freed at the cancel while the job's thread ran on to its next check (a whole decode at
     print size), so more jobs were let in than max_refine_jobs + max_refine_queue."""
