@@ -144,6 +144,12 @@ def image_timeout(args: argparse.Namespace, content: Path, refine_steps: int) ->
     return DEFAULT_TIMEOUT + PER_MEGAPIXEL_S * w * h * scale**2 / 1e6 + PER_REFINE_STEP_S * refine_steps
 
 
+class _NoTokenFlag(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        parser.error("--token: a token is not given on the command line (the shell's history and the process list "
+                     "would show it): put it in a file (--token-file FILE, first line) or in $ADAIN_TOKEN")
+
+
 def add_connection_args(p: argparse.ArgumentParser) -> None:
     """--server, --timeout, --retries, TLS and the token: how a command reaches adain-server (the CLI's and
     adain-web's, one set of rules); :func:`connect` makes the client from them."""
@@ -164,6 +170,9 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", default=os.environ.get("ADAIN_TOKEN_FILE") or None, metavar="FILE",
                    help="file whose first line is the bearer token, for a server that asks for one (default: "
                    "$ADAIN_TOKEN_FILE; or put the token itself in $ADAIN_TOKEN); read again when it changes")
+    # A token on the command line would be in the shell's history and the process list; argparse took
+    # "--token SECRET" as --token-file's abbreviation and printed "--token-file: no such file: SECRET".
+    p.add_argument("--token", action=_NoTokenFlag, nargs="?", help=argparse.SUPPRESS)
 
 
 def add_local_arg(p: argparse.ArgumentParser) -> None:

@@ -961,3 +961,13 @@ def test_a_folder_run_takes_a_3d_cameras_mpo(server: ServerProcess, files: dict[
     Image.open(files["content.png"]).convert("RGB").save(photos / "m10.MPO", "MPO")
     assert main([str(photos), "-s", str(files["a.png"]), "-o", str(tmp_path / "out"), "--server", server.target]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["m10_stylized_a.png"]
+
+
+def test_a_token_on_the_command_line_is_refused_without_echoing_it(files: dict[str, Path], tmp_path: Path,
+                                                                  capsys) -> None:
+    """--token SECRET was taken as --token-file's abbreviation: "--token-file: no such file: SECRET" in CI logs."""
+    for flag in (["--token", "MY-SECRET-TOKEN-0123456789"], ["--token=MY-SECRET-TOKEN-0123456789"]):
+        code = main([str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "x.png"), *flag])
+        err = capsys.readouterr().err
+        assert code == 2 and "--token: a token is not given on the command line" in err
+        assert "SECRET" not in err and "--token-file FILE" in err
