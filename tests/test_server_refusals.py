@@ -218,3 +218,18 @@ def test_a_label_out_of_range_is_told_in_the_wires_terms(strict) -> None:
     assert err.details() == ("styles[0].label: must be a grey level 0-255, a colour 0xRRGGBB (up to 0xFFFFFF), or "
                              "0x1000000 | 0xRRGGBB (what a colour under 256, (0, 0, b), must be: 0x1000000 | b), "
                              "got 33554432 (0x2000000)")
+
+
+def test_refusals_are_left_out_of_the_latency_histogram(server: ServerProcess) -> None:
+    """A refusal's microseconds (bad input, a full queue) pulled adain_request_seconds down just as a server was
+    overloaded (an SRE's tour); adain_requests_total counts them."""
+
+    name = 'adain_request_seconds_count{method="Stylize"}'
+    with StyleTransferClient(server.target, timeout=60) as client:
+        client.stylize(make_image(32, 24, seed=1), make_image(32, 32, seed=2))
+        served = server.metric(name)
+        with pytest.raises(StyleTransferError):
+            client.stylize(b"not an image", make_image(32, 32, seed=2))
+        assert server.metric(name) == served
+        client.stylize(make_image(32, 24, seed=1), make_image(32, 32, seed=2))
+        assert server.metric(name) == served + 1
