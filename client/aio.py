@@ -227,6 +227,12 @@ class AsyncStyleTransferClient(_ClientBase):
 
         async def requests() -> AsyncIterator[pb.VideoRequest]:
             yield pb.VideoRequest(options=first)
+            # The frames wait for the server's response headers, sent once it has taken the stream: written into
+            # a stream it had refused, grpc.aio raised INTERNAL "Internal error from Core" in place of its status
+            # (one refusal in four under load; grpc/grpc#36066). A server that sends them at once loses nothing.
+            await holder[0].initial_metadata()
+            if holder[0].done():
+                return
             try:
                 i = 0
                 async for frame in _aiter(frames):

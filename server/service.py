@@ -282,13 +282,16 @@ def rpc(method: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., 
     return wrap
 
 
-def stream_rpc(method: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
-    """A streaming handler ``fn(self, requests, context, rid)`` (an async generator) inside :func:`_call`."""
+def stream_rpc(
+    method: str, early_headers: bool = True
+) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
+    """A streaming handler ``fn(self, requests, context, rid)`` (an async generator) inside :func:`_call`;
+    ``early_headers=False``: the handler sends its response headers itself (StylizeVideo: once admitted)."""
 
     def wrap(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         @functools.wraps(fn)
         async def handler(self: StyleTransferServicer, requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with _call(self, method, context, stream=True) as rid:
+            async with _call(self, method, context, stream=early_headers) as rid:
                 if isinstance(requests, Undecodable):  # a server stream's one request
                     raise requests.refusal()
                 if hasattr(requests, "__aiter__"):  # a client stream: each message checked as it comes
@@ -654,7 +657,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self.metrics.registered_styles.set(len(self.registry))
         return pb.RegisterStyleResponse(style_id=key, width=img.width, height=img.height)
 
-    @stream_rpc("StylizeVideo")
+    @stream_rpc("StylizeVideo", early_headers=False)
     async def StylizeVideo(
         self, requests: AsyncIterator[pb.VideoRequest], context: grpc.aio.ServicerContext, rid: str
     ) -> AsyncIterator[pb.VideoFrame]:
@@ -671,9 +674,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             more.insert(0, InvalidInputError("temporal", f"unknown value {opts.temporal}"))
         job = self._check(opts, None, "options.", more)
         quality = opts.quality or DEFAULT_QUALITY
+        # The response headers (the request id) go out once the stream is admitted: a client that sends its frames
+        # only then never writes into a stream already refused (grpc.aio's client then raised INTERNAL "Internal
+        # error from Core" for one in four refusals under load, losing RESOURCE_EXHAUSTED and its RetryInfo).
+        headers = ((REQUEST_ID_KEY, rid), (SERVED_BY_KEY, self.replica))
         async for frame in self.video.run(
             job, temporal, strength, opts.format, quality, requests, context, current_caller.get(),
-            lambda field: "options." + _proto_field(field, opts),
+            lambda field: "options." + _proto_field(field, opts), headers,
         ):
             yield frame
 

@@ -99,6 +99,7 @@ class VideoService:
         context: grpc.aio.ServicerContext,
         caller: str = "",
         option_field: Callable[[str], str] = lambda field: "options." + field,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> AsyncIterator[pb.VideoFrame]:
         """The stylized frames of one stream, in order (the options message was read already); ``caller``
         takes turns with the others in the batch queue; ``option_field`` names a problem the library finds in
@@ -127,6 +128,8 @@ class VideoService:
                 stream = await loop.run_in_executor(self.pool, self.open_stream, job, temporal, strength)
             except InvalidInputError as e:
                 raise ServiceError.invalid([Violation(option_field(e.field), e.description)]) from e
+            if headers:  # admitted, its styles read: the client may send its frames (see StylizeVideo's handler)
+                await context.send_initial_metadata(headers)
             reader = asyncio.create_task(self._read(stream, requests, queue, in_flight, answered, ended, deadline,
                                                     caller, option_field, FORMAT_BY_ENUM[fmt], context.cancelled))
             while True:

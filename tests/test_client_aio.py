@@ -240,3 +240,24 @@ def test_a_misspelt_option_is_named_with_the_nearest_one() -> None:
             list(client.stylize_video([CONTENT], STYLE, temporl="flow"))
         assert str(info.value) == "stylize_video() got an unexpected keyword argument 'temporl' (did you mean " \
                                   "'temporal'?)"
+
+
+def test_streams_refused_under_load_say_why(server: ServerProcess) -> None:
+    """Twenty streams at once against two places: grpc.aio's client raised INTERNAL "Internal error from Core" for
+    up to half of the refusals (frames written into a stream already refused), losing RESOURCE_EXHAUSTED and its
+    RetryInfo; the frames now wait for the headers the server sends once it has taken the stream."""
+    async def main() -> list[tuple[str, bool]]:
+        async with AsyncStyleTransferClient(server.target, timeout=60) as client:
+            async def one(i: int) -> tuple[str, bool]:
+                try:
+                    async for _ in client.stylize_video([CONTENT] * 4, STYLE, request_id=f"load-{i}"):
+                        pass
+                    return "OK", True
+                except StyleTransferError as e:
+                    return e.code.name, e.retry_after is not None
+
+            return await asyncio.gather(*(one(i) for i in range(20)))
+
+    outcomes = asyncio.run(main())
+    assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+    assert ("OK", True) in outcomes and all(said for _, said in outcomes), outcomes

@@ -155,7 +155,8 @@ def test_a_stream_cancelled_before_its_options_is_counted_as_cancelled(strict) -
     try:
         with grpc.insecure_channel(srv.target) as channel:
             call = pb_grpc.StyleTransferStub(channel).StylizeVideo(nothing(), timeout=60)
-            call.initial_metadata()  # the handler runs: it sends its headers first
+            # the handler runs, waiting for the options (its headers come only once a stream is admitted)
+            time.sleep(1.0)
             call.cancel()
             deadline = time.monotonic() + 15
             while _count(srv, "StylizeVideo", "CANCELLED") == cancelled:
