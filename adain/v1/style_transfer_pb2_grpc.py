@@ -97,7 +97,11 @@ class StyleTransferServicer:
     def StylizeVideo(self, request_iterator, context):
         """Stylizes a video's frames in order, keeping them stable in time. The first request message
         carries the options, every later one a frame; a reply message comes back for every frame, in
-        order. The client demuxes and muxes containers; the server sees only images.
+        order. The client demuxes and muxes containers; the server sees only images. The response
+        headers (x-request-id, x-served-by) come once the stream is taken (its options checked, a place
+        free); a refused stream gets its status alone. Send the frames after the headers: a client that
+        writes into a refused stream may see its own transport error instead of the status (grpc.aio
+        raised INTERNAL "Internal error from Core").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

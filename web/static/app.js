@@ -1178,6 +1178,7 @@ async function openLive(retries = LIVE_RETRIES) {
   live.ws = ws;
   live.inFlight = live.frames = 0;
   live.size = null;
+  live.announced = false;
   $("live-status").textContent = "Connecting…";
   ws.onopen = async () => {
     ws.send(JSON.stringify({
@@ -1214,7 +1215,10 @@ async function openLive(retries = LIVE_RETRIES) {
     bitmap.close();  // (its memory, at once: not when it is collected)
     canvas.dataset.frames = String(live.frames);
     // the rate, rewritten at every frame, is not read out (it would be, several times a second); its start is
-    if (live.frames === 1) $("status").textContent = "Live: the stylized camera is under Result.";
+    if (!live.announced) {  // (once a session: two frames in flight both counted before either was drawn)
+      live.announced = true;
+      $("status").textContent = "Live: the stylized camera is under Result.";
+    }
     const rate = live.frames / ((performance.now() - live.started) / 1000);
     $("live-status").textContent = `Live: ${rate.toFixed(1)} frames a second`;
     sendFrame(ws);
