@@ -835,6 +835,31 @@ def test_the_page_polls_no_steps_a_call_cannot_have(tmp_path: Path) -> None:
         web.stop()
 
 
+def test_a_server_refusing_the_pages_token_is_said_in_its_log(decoder_path: Path, tmp_path: Path) -> None:
+    """A server that checks tokens, a page given none: every photo was a 502 with the server's words about bearer
+    tokens and nothing in adain-web's log (a platform engineer's review; /healthz stays SERVING: health needs no
+    token). The public gets a fixed message, the log says what to set."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("web web-token-0123456789abcdef front\n")
+    backend = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), *NO_REFINE)
+    web = None
+    try:
+        backend.wait_serving()
+        web = WebProcess(backend.target)
+        r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {})
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["message"] == "the stylization server refused this page's calls; the site's " \
+                                                "operator has been told"
+        end = time.monotonic() + 10
+        while not any("give adain-web --token-file" in line for line in web.stderr):
+            assert time.monotonic() < end, web.stderr
+            time.sleep(0.05)
+    finally:
+        if web is not None:
+            web.stop()
+        backend.kill()
+
+
 def test_backend_down_is_503(tmp_path: Path) -> None:
     """503, and never the backend's internal address (gRPC's details name it): a fixed message to the public,
     the details in adain-web's log; a clip's job and the live camera alike."""

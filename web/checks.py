@@ -36,6 +36,10 @@ UNREACHABLE = {
     grpc.StatusCode.CANCELLED: "the call to the stylization server was cut off; try again in a moment",
     grpc.StatusCode.UNKNOWN: "the call to the stylization server was cut off; try again in a moment",
 }
+# A server that checks tokens refusing this page's (none given, or not listed): every photo was a 502 with the
+# server's words about bearer tokens, and nothing in this page's log
+REFUSED_PAGE = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+REFUSED_PAGE_SAID = "the stylization server refused this page's calls; the site's operator has been told"
 TRANSPORT_RE = re.compile(r"ipv[46]:|unix:|dns:|\d+\.\d+\.\d+\.\d+|\[[0-9a-f]*:[0-9a-f:]*\]|failed to connect|"
                           r"backends? failing|socket|connection|stream removed|goaway|rst_stream|deadline exceeded|"
                           r"^cancelled$", re.I)
@@ -60,6 +64,10 @@ def public_error(e: StyleTransferError, level: int = logging.WARNING) -> tuple[s
     """(message, violations) of a failed backend call as the public may see them: a backend that cannot be
     reached (UNAVAILABLE; a deadline or a cut-off whose details are gRPC's transport words) gets a fixed
     message, and its details, which name the backend's internal address, go to this process's log only."""
+    if e.code in REFUSED_PAGE:  # the operator's wiring, not the visitor's doing: said in the log, where it was not
+        log.error("the server refused this page's calls (%s: %s): give adain-web --token-file with a token the "
+                  "server's --auth-tokens-file lists (a front token)", e.code.name, e.details)
+        return REFUSED_PAGE_SAID, []
     fixed = UNREACHABLE.get(e.code)
     if fixed and (e.code == grpc.StatusCode.UNAVAILABLE or not e.details or TRANSPORT_RE.search(e.details)):
         log.log(level, "the backend call failed: %s: %s", e.code.name, e.details)
