@@ -76,8 +76,8 @@ class AsyncStyleTransferClient(_ClientBase):
 
     @property
     def _stub(self) -> Any:
-        if self._stub_now is None and not self._closed:  # made outside a loop: connected in this call's
-            self._loop = asyncio.get_running_loop()
+        if self._stub_now is None:  # made outside a loop: connected in this call's (closed first: said so)
+            self._check_open()
             super()._connect(*self._later)
         return self._stub_now
 

@@ -178,6 +178,13 @@ def test_a_client_made_outside_an_event_loop_works_in_the_loop_of_its_first_call
     never_used = AsyncStyleTransferClient(server.target)
     asyncio.run(never_used.close())  # closed before any call: nothing to close, no error
 
+    async def after_close() -> StyleTransferError:
+        with pytest.raises(StyleTransferError) as info:
+            await never_used.stylize(CONTENT, STYLE)
+        return info.value
+
+    assert asyncio.run(after_close()).code == grpc.StatusCode.FAILED_PRECONDITION
+
 
 def test_ids_and_user_names_a_header_cannot_carry_are_sent_encoded(server: ServerProcess) -> None:
     """A service passing on its caller's request id or user name ("café-42", "José") got gRPC's own exception
