@@ -731,6 +731,9 @@ class _ClientBase:
         """What every call sends besides its request: the request id, the end user (for a front end's calls)
         and the token, when there are. Every call asks for it first, so a closed client refuses here."""
         self._check_open()
+        for name, value in (("request_id", request_id), ("end_user", end_user)):
+            if value is not None and not isinstance(value, str):
+                raise _local_error(name, f"must be a str, got a {type(value).__name__}")
         metadata = ((REQUEST_ID_KEY, header_value(request_id)),) if request_id else ()
         if end_user:
             metadata += ((END_USER_KEY, header_value(end_user)),)

@@ -199,6 +199,9 @@ def test_ids_and_user_names_a_header_cannot_carry_are_sent_encoded(server: Serve
     assert asyncio.run(main()) == ["caf%C3%A9-42", "a%0Ab", "tab%09here", "plain-1"]
     with StyleTransferClient(server.target, timeout=60) as blocking:
         assert blocking.stylize(CONTENT, STYLE, request_id="100% café").request_id == "100%25%20caf%C3%A9"
+        with pytest.raises(StyleTransferError) as info:
+            blocking.stylize(CONTENT, STYLE, request_id=42)  # type: ignore[arg-type]
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.violations[0][0] == "request_id"
 
 
 def test_calls_running_when_the_client_closes_raise_its_error_not_a_cancel(server: ServerProcess) -> None:
