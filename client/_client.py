@@ -660,8 +660,8 @@ def header_value(text: str) -> str:
     characters that are not (and ``%``) percent-encoded as UTF-8. A service passing on its caller's request id
     or user name ("café-42", "José") got gRPC's own exception from the asyncio client, and INTERNAL "Invalid
     metadata" from the blocking one; encoded, distinct names stay distinct (the server takes turns by them)."""
-    if text.isascii() and text.isprintable() and " " not in text:
-        return text
+    if text.isascii() and text.isprintable() and " " not in text and "%" not in text:
+        return text  # (with a "%" it is encoded too: "Jos%C3%A9" was sent as "José" is)
     return "".join(c if c.isascii() and c.isprintable() and c not in " %" else quote(c, safe="") for c in text)
 
 

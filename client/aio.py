@@ -102,8 +102,9 @@ class AsyncStyleTransferClient(_ClientBase):
                                      "loop (a client per asyncio.run: make it inside the loop that uses it)")
 
     async def close(self) -> None:
-        """Close the channel; calls still running raise StyleTransferError CANCELLED (gRPC raised
-        CancelledError in their tasks, which asyncio, gather and TaskGroup read as the task's own cancel)."""
+        """Close the channel; calls still running raise StyleTransferError CANCELLED on Python 3.11 and later (gRPC
+        raised CancelledError in their tasks, which asyncio, gather and TaskGroup read as the task's own cancel;
+        3.10 cannot tell the two apart, and there they stay CancelledError)."""
         self._closed = True
         if self._channel is not None:
             await self._channel.close()

@@ -588,7 +588,9 @@ _OPTION_FLAGS = {
     "region_alphas": "--region-alpha",
 }
 _STYLE_FIELD_RE = re.compile(r"styles\[(\d+)\](?:\.(\w+))?")
-_FIELD_WORD_RE = re.compile(r"(?<![\w.\[-])(?:" + "|".join(f for f in _OPTION_FLAGS if "_" in f) + r")(?![\w\]=])")
+# (not in a path: "--style p/style_size.png" became "p/--style-size.png")
+_FIELD_WORD_RE = re.compile(r"(?<![\w.\[/\\-])(?:" + "|".join(f for f in _OPTION_FLAGS if "_" in f)
+                            + r")(?![\w\]=./\\])")
 
 
 def _nth(values: Sequence[Any] | None, i: int) -> Any:
@@ -1069,7 +1071,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
         while True:
             try:
                 result = client.stylize(content, refs[source], format=fmt, on_progress=progress if follow else None,
-                                        timeout=timeout, **options)
+                                        timeout=max(0.1, give_up - time.monotonic()), **options)
                 break
             except StyleTransferError as e:
                 # a full queue (a refine's or a print's: one place, four waiting) is waited for as the server

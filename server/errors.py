@@ -3,6 +3,7 @@ that go into a google.rpc.BadRequest detail (the grpc-status-details-bin trailer
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
 import time
@@ -143,6 +144,10 @@ class PlaceClock:
             left = min(self._held.values()) + self._mean_s - time.monotonic()
             return min(self.LONGEST_S, max(self.SHORTEST_S, left))
 
+
+# Set once a call's work has begun (it was admitted): a refusal before it is left out of adain_request_seconds, a
+# failure after it (a print's reply over the limit, a stream's bad frame after hundreds rendered) is not
+work_began: contextvars.ContextVar[bool] = contextvars.ContextVar("work_began", default=False)
 
 REPLY_ROOM = 4096  # bytes of the message limit kept for a reply's fields besides its image
 

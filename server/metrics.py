@@ -27,9 +27,9 @@ class Metrics(Exporter):
             "the client went away while sending it", ["method"], registry=r,
         )
         self.request_seconds = Histogram(
-            "adain_request_seconds", "Server time per request, by method; requests refused before any work (bad "
-            "input, a full queue: adain_requests_total counts them) left out", ["method"], buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "adain_request_seconds", "Server time per request, by method; requests refused before their work began "
+            "(bad input, a full queue: adain_requests_total counts them) left out", ["method"],
+            buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.prepare_seconds = Histogram(
             "adain_prepare_seconds", "Decoding, validation and style features per request (Stylizer.prepare)",

@@ -115,6 +115,8 @@ class RefineService:
         self._waiting: list[tuple[str, int, Callable[[], Any], Future]] = []
         self._running = 0
         self._started: dict[int, float] = {}  # when each running job began (a drain's estimate)
+        self._run_mean_s: float | None = None  # the mean time a job ran (a drain's estimate)
+        self._drain_until: float | None = None  # a drain's end (monotonic), once one began
         self._arrivals = 0
         self._last_turn: dict[str, int] = {}
         self._turns = 0
@@ -141,18 +143,35 @@ class RefineService:
         with self._lock:
             self._admitted -= 1
             self._held[caller] -= 1
-            if not self._held[caller]:
-                del self._held[caller]
+            if not self._held[caller]:  # it holds nothing: forgotten, turns included (a caller a visitor, for a
+                del self._held[caller]  # front token: the turns grew with every visitor), new again if it comes
+                self._last_turn.pop(caller, None)
         self.clock.freed(token)
 
     def _submit(self, caller: str, work: Callable[[], Any]) -> Future:
-        """``work`` run on a long-job thread when its turn comes (see :meth:`_dispatch`); its future."""
+        """``work`` run on a long-job thread when its turn comes (see :meth:`_dispatch`); its future. During a
+        drain, a job that would not end within it is refused at once (admitted before the drain, it reached the
+        queue after: it waited out the grace, then was cut)."""
         future: Future = Future()
         with self._lock:
             self._arrivals += 1
-            self._waiting.append((caller, self._arrivals, work, future))
+            job = (caller, self._arrivals, work, future)
+            late = self._drain_until is not None and job in self._beyond(self._waiting, self._drain_until, job)
+            if not late:
+                self._waiting.append(job)
+        if late:
+            self._refuse([job], 1)
+            return future
+        future.add_done_callback(self._forget)
         self._dispatch()
         return future
+
+    def _forget(self, future: Future) -> None:
+        """A waiting job whose call went away (cancelled) leaves the queue at once: left there, it was counted
+        by a drain as work to come and took its caller's turn."""
+        if future.cancelled():
+            with self._lock:
+                self._waiting = [w for w in self._waiting if w[3] is not future]
 
     def _dispatch(self) -> None:
         """Start waiting jobs while threads are free: each time the oldest of the caller served least recently
@@ -162,6 +181,8 @@ class RefineService:
             while self._waiting and self._running < self.limits.max_jobs:
                 job = min(self._waiting, key=lambda w: (self._last_turn.get(w[0], -1), w[1]))
                 self._waiting.remove(job)
+                if job[3].done():  # (cancelled)
+                    continue
                 self._last_turn[job[0]] = self._turns
                 self._turns += 1
                 self._running += 1
@@ -177,33 +198,49 @@ class RefineService:
     def shed(self, until: float) -> int:
         """For a drain that ends at ``until`` (monotonic): refuse at once, UNAVAILABLE, the jobs waiting for a
         thread that would not end by then, so that their clients retry them on another replica now (a queued
-        refine waited out the whole grace, then was cut). Counted in the order the threads would take them, by
-        the mean time a job has held its place (every waiting job where none has ended yet). Returns how many."""
-        now = time.monotonic()
+        refine waited out the whole grace, then was cut); jobs that reach the queue later are judged as they
+        come (:meth:`_submit`). Returns how many."""
         with self._lock:
-            mean = self.clock.mean_s
-            ends = sorted(now + max(0.0, (mean or 0.0) - (now - t)) for t in self._started.values())
-            ends += [now] * (self.limits.max_jobs - len(ends))  # threads free now
-            turns, turn, left, shed = dict(self._last_turn), self._turns, list(self._waiting), []
-            while left:  # as _dispatch will take them
-                job = min(left, key=lambda w: (turns.get(w[0], -1), w[1]))
-                left.remove(job)
-                turns[job[0]], turn = turn, turn + 1
-                start = heapq.heappop(ends)
-                if mean is None or start + mean > until:
-                    shed.append(job)
-                    heapq.heappush(ends, start)
-                else:
-                    heapq.heappush(ends, start + mean)
+            self._drain_until = until
+            shed = self._beyond(self._waiting, until)
             for job in shed:
                 self._waiting.remove(job)
-        for *_, future in shed:
+        self._refuse(shed, len(shed))
+        return len(shed)
+
+    def _beyond(self, jobs: list, until: float, last: tuple | None = None) -> list:
+        """Of ``jobs`` (and ``last``, counted after them all), those that would not end by ``until``, counted in
+        the order the threads would take them, by the mean time a job has run (all of them before any has
+        ended). Lock held."""
+        now = time.monotonic()
+        mean = self._run_mean_s
+        ends = sorted(now + max(0.0, (mean or 0.0) - (now - t)) for t in self._started.values())
+        ends += [now] * (self.limits.max_jobs - len(ends))  # threads free now
+        heapq.heapify(ends)
+        turns, turn, left, beyond = dict(self._last_turn), self._turns, [j for j in jobs if not j[3].done()], []
+        while left or last is not None:
+            if left:  # as _dispatch will take them
+                job = min(left, key=lambda w: (turns.get(w[0], -1), w[1]))
+                left.remove(job)
+            else:
+                job, last = last, None
+            turns[job[0]], turn = turn, turn + 1
+            start = heapq.heappop(ends)
+            if mean is None or start + mean > until:
+                beyond.append(job)
+                heapq.heappush(ends, start)
+            else:
+                heapq.heappush(ends, start + mean)
+        return beyond
+
+    @staticmethod
+    def _refuse(jobs: list, count: int) -> None:
+        for *_, future in jobs:
             if future.set_running_or_notify_cancel():
                 future.set_exception(ServiceError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"the server is shutting down, and its long-job queue would not reach this job within its grace "
-                    f"({len(shed)} refused at once, so that they are retried elsewhere)"))
-        return len(shed)
+                    f"({count} refused at once, so that they are retried elsewhere)"))
 
     def _run_one(self, job: list) -> None:
         """Run ``job``'s [work, future]. Handed over in a list emptied here: a failed job's traceback holds this
@@ -212,10 +249,13 @@ class RefineService:
         collection freed."""
         work, future, key = job
         job.clear()
+        t0 = time.monotonic()
         with self._lock:
-            self._started[key] = time.monotonic()
+            self._started[key] = t0
+        ran = False
         try:
             if future.set_running_or_notify_cancel():  # (cancelled while it waited: not run)
+                ran = True
                 try:
                     future.set_result(work())
                 except BaseException as e:  # noqa: BLE001 - the call's, raised where it awaits the future
@@ -225,6 +265,9 @@ class RefineService:
             with self._lock:
                 self._running -= 1
                 del self._started[key]
+                if ran:  # a drain's estimate: a job's own run, not its place's hold (queue and decode included)
+                    took = time.monotonic() - t0
+                    self._run_mean_s = took if self._run_mean_s is None else 0.8 * self._run_mean_s + 0.2 * took
             self._dispatch()
 
     @property

@@ -60,6 +60,7 @@ from .errors import (
     smaller_image_advice,
     status_trailers,
     trace_id,
+    work_began,
 )
 from .library import MAX_THUMBNAIL, StyleLibrary
 from .logs import log_fields
@@ -75,7 +76,8 @@ log = logging.getLogger("adain.server")
 
 
 # Who makes the call being handled (set by _call as the call begins; tasks started by the handler see it).
-# codes of calls refused before any work, left out of adain_request_seconds (counted in adain_requests_total)
+# codes of calls refused before any work (work_began unset), left out of adain_request_seconds (counted in
+# adain_requests_total)
 REFUSED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
 current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_caller", default="")
 
@@ -97,6 +99,7 @@ async def _call(
     start = time.perf_counter()
     code = grpc.StatusCode.OK
     detail = ""
+    work_began.set(False)
     try:
         with servicer.drain.track(context):
             # Refuse before any header goes out: a call that got no response headers is retried on
@@ -140,7 +143,8 @@ async def _call(
         servicer.metrics.requests.labels(method, code.name).inc()
         account = caller.split("/", 1)[0] if servicer.tokens is not None else "anonymous"
         servicer.metrics.caller_requests.labels(account, code.name).inc()
-        if code not in REFUSED:  # a refusal's microseconds pulled the latency down just as a server was overloaded
+        if code not in REFUSED or work_began.get():  # a refusal's microseconds pulled the latency down as a server
+            # was overloaded
             servicer.metrics.request_seconds.labels(method).observe(elapsed)
         # the callers' own doing (bad input; over a limit or a share, which a bulk caller hits thousands of
         # times a minute) is INFO, counted in the metrics; the rest WARNING
@@ -512,6 +516,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         ticket = place = None
         if refining:
             place = self.refiner.admit(current_caller.get())
+            work_began.set(True)  # (a long job: its decoding and minutes of work on its thread)
         else:
             ticket = self._admit()
         loop = asyncio.get_running_loop()
@@ -526,6 +531,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 ticket.release()
                 ticket = None
                 place = self.refiner.admit(current_caller.get())
+                work_began.set(True)
                 long_job = True
             try:
                 if long_job:  # decoded on its thread when its turn comes (a waiting job holds only its bytes)
@@ -541,6 +547,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
                 else:
                     t0 = time.perf_counter()
                     prepared = await loop.run_in_executor(self.pool, self.stylizer.prepare, job)
+                    work_began.set(True)  # decoded: what fails now (the reply's size) failed after work
                     prepare_ms = (time.perf_counter() - t0) * 1000
             except InvalidInputError as e:
                 raise _invalid(e, request) from e

@@ -28,7 +28,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.wire import FORMAT_BY_ENUM, format_cannot_hold
 
 from .batcher import Batcher, ClosedError, DeadlineDropped
-from .errors import PlaceClock, ServiceError, Violation, smaller_image_advice
+from .errors import PlaceClock, ServiceError, Violation, smaller_image_advice, work_began
 from .metrics import Metrics
 
 log = logging.getLogger("adain.server")
@@ -112,6 +112,7 @@ class VideoService:
                 retry_after_s=self.clock.retry_after(),
             )
         self.active += 1
+        work_began.set(True)
         place = self.clock.taken()
         self.metrics.video_streams.set(self.active)
         loop = asyncio.get_running_loop()

@@ -204,6 +204,7 @@ def test_ids_and_user_names_a_header_cannot_carry_are_sent_encoded(server: Serve
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.violations[0][0] == "request_id"
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling(): on 3.10 a close's cancel is a cancel")
 def test_calls_running_when_the_client_closes_raise_its_error_not_a_cancel(server: ServerProcess) -> None:
     """close() with calls in flight raised CancelledError in tasks nobody cancelled: FastAPI, gather and
     TaskGroup read it as the task's own cancel."""

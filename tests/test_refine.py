@@ -471,6 +471,68 @@ def test_a_drain_refuses_at_once_the_long_jobs_its_grace_would_not_reach() -> No
     assert (outcomes, shed, kept) == (["ran", "UNAVAILABLE", "UNAVAILABLE", "ran", "ran"], 2, 0), (outcomes, shed)
 
 
+def test_a_long_job_reaching_the_queue_during_a_drain_and_a_cancelled_one_are_judged_as_they_are() -> None:
+    """Found by a review: a refine admitted before the drain but queued after it (its header was still being
+    read) was never shed, and waited out the grace; a waiting job whose call went away stayed in the queue,
+    took its caller's turn and counted as work to come."""
+    import asyncio
+
+    from adain.server.errors import ServiceError
+    from adain.server.refine import RefineLimits, RefineService
+
+    service = RefineService(None, RefineLimits(max_jobs=1, max_queue=4), busy=lambda: False)  # type: ignore[arg-type]
+    gate, order = threading.Event(), []
+
+    def job(name: str):
+        def prepare():
+            order.append(name)
+            gate.wait(30)
+            raise RuntimeError("done")
+        return prepare
+
+    async def outcome(name: str, place) -> str:
+        try:
+            await service.run(job(name), None, place=place)
+        except ServiceError as e:
+            return e.code.name
+        except RuntimeError:
+            return "ran"
+        finally:
+            place.release()
+        return "?"
+
+    async def main() -> list[str]:
+        bob0 = asyncio.create_task(outcome("bob0", service.admit("bob")))
+        await asyncio.sleep(0.05)  # bob0 runs
+        alice1 = asyncio.create_task(outcome("alice1", service.admit("alice")))
+        await asyncio.sleep(0.05)
+        alice1.cancel()  # gone while it waited: not alice's turn taken, not counted
+        bob1 = asyncio.create_task(outcome("bob1", service.admit("bob")))
+        await asyncio.sleep(0.05)
+        alice2 = asyncio.create_task(outcome("alice2", service.admit("alice")))
+        await asyncio.sleep(0.05)
+        gate.set()
+        got = [await bob0, await bob1, await alice2]
+        gate.clear()  # jobs have run: a mean to count by (well under a second)
+        running = asyncio.create_task(outcome("carol0", service.admit("carol")))
+        await asyncio.sleep(0.05)
+        late = service.admit("dave")  # admitted before the drain ...
+        assert service.shed(time.monotonic() + 0.01) == 0  # (nothing waiting yet)
+        got.append(await outcome("dave0", late))  # ... queued after it: refused at once, not cut at the end
+        gate.set()
+        got.append(await running)
+        return got
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        gate.set()
+        service.close()
+    assert order[:3] == ["bob0", "alice2", "bob1"], order  # alice's turn was not spent by her cancelled job
+    assert outcomes == ["ran", "ran", "ran", "UNAVAILABLE", "ran"], outcomes
+    assert service.admitted == 0
+
+
 def test_a_cancelled_long_job_keeps_its_place_until_its_thread_ends() -> None:
     """The place was freed at the cancel while the job's thread ran on to its next check (a whole decode at
     print size), so more jobs were let in than max_refine_jobs + max_refine_queue."""
