@@ -1334,7 +1334,7 @@ def _keywords(*functions: Callable[..., Any]) -> tuple[str, ...]:
 
 
 # what a call's options may name, for an unknown one's hint (a call's own arguments too: on_step for on_progress)
-CALL_ARGUMENTS = ("on_progress", "timeout", "request_id", "end_user")
+CALL_ARGUMENTS = ("timeout", "request_id", "end_user")
 LIBRARY_NAMES = {"on_step": "on_progress"}  # the library's Stylizer.stylize names it so
-STYLIZE_OPTIONS = (*_keywords(_fill_options, stylize_request), *CALL_ARGUMENTS)
-VIDEO_OPTIONS = (*_keywords(_fill_options, video_options), "timeout", "request_id", "end_user", "stop")
+STYLIZE_OPTIONS = (*_keywords(_fill_options, stylize_request), "on_progress", *CALL_ARGUMENTS)
+VIDEO_OPTIONS = (*_keywords(_fill_options, video_options), *CALL_ARGUMENTS, "stop")

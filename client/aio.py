@@ -74,11 +74,15 @@ class AsyncStyleTransferClient(_ClientBase):
             return
         super()._connect(target, creds, options)
 
-    @property
-    def _stub(self) -> Any:
-        if self._stub_now is None:  # made outside a loop: connected in this call's (closed first: said so)
+    def _connected(self) -> None:
+        """Made outside a loop: connected now, in this call's (closed first: said so)."""
+        if self._stub_now is None:
             self._check_open()
             super()._connect(*self._later)
+
+    @property
+    def _stub(self) -> Any:
+        self._connected()
         return self._stub_now
 
     @_stub.setter
@@ -318,7 +322,7 @@ class AsyncStyleTransferClient(_ClientBase):
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         self._check_open()
-        self._stub  # noqa: B018 (made outside a loop: connected now, in this one)
+        self._connected()
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),

@@ -1066,8 +1066,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             bar.set_postfix_str(f"{content.name}: {'step' if options['refine_steps'] else 'part'} {p.step} of "
                                 f"{p.steps}")
 
-        timeout = image_timeout(args, content, options["refine_steps"])
-        give_up = time.monotonic() + timeout
+        give_up = time.monotonic() + image_timeout(args, content, options["refine_steps"])
         while True:
             try:
                 result = client.stylize(content, refs[source], format=fmt, on_progress=progress if follow else None,

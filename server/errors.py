@@ -132,11 +132,6 @@ class PlaceClock:
                 held = time.monotonic() - since
                 self._mean_s = held if self._mean_s is None else 0.8 * self._mean_s + 0.2 * held
 
-    @property
-    def mean_s(self) -> float | None:
-        """The mean time a place has been held (None before any was given back)."""
-        return self._mean_s
-
     def retry_after(self) -> float:
         with self._lock:
             if self._mean_s is None or not self._held:

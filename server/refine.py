@@ -88,6 +88,12 @@ class Place:
             self._service._release(self._token, self.caller)
 
 
+def _next_turn(jobs: list, last_turn: dict[str, int]) -> tuple:
+    """Of waiting (caller, arrival, work, future) jobs, the one whose turn it is: the oldest of the caller served
+    least recently (a caller never served first)."""
+    return min(jobs, key=lambda w: (last_turn.get(w[0], -1), w[1]))
+
+
 @dataclass(frozen=True)
 class RefineLimits:
     max_jobs: int
@@ -179,7 +185,7 @@ class RefineService:
         start = []
         with self._lock:
             while self._waiting and self._running < self.limits.max_jobs:
-                job = min(self._waiting, key=lambda w: (self._last_turn.get(w[0], -1), w[1]))
+                job = _next_turn(self._waiting, self._last_turn)
                 self._waiting.remove(job)
                 if job[3].done():  # (cancelled)
                     continue
@@ -220,7 +226,7 @@ class RefineService:
         turns, turn, left, beyond = dict(self._last_turn), self._turns, [j for j in jobs if not j[3].done()], []
         while left or last is not None:
             if left:  # as _dispatch will take them
-                job = min(left, key=lambda w: (turns.get(w[0], -1), w[1]))
+                job = _next_turn(left, turns)
                 left.remove(job)
             else:
                 job, last = last, None

@@ -76,10 +76,10 @@ log = logging.getLogger("adain.server")
 
 
 # Who makes the call being handled (set by _call as the call begins; tasks started by the handler see it).
-# codes of calls refused before any work (work_began unset), left out of adain_request_seconds (counted in
-# adain_requests_total)
-REFUSED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
 current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("current_caller", default="")
+# codes of calls refused before any work (work_began unset), left out of adain_request_seconds (counted in
+# adain_requests_total): their microseconds pulled the latency down just as a server was overloaded
+REFUSED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
 
 
 @contextlib.asynccontextmanager
@@ -95,7 +95,7 @@ async def _call(
     # Asked once, first: a cancelled call's context no longer has a peer to give (asking then crashed grpc).
     caller = caller_of(context, servicer.tokens)
     current_caller.set(caller)
-    rid_md = ((REQUEST_ID_KEY, rid), (SERVED_BY_KEY, servicer.replica))
+    rid_md = servicer.reply_ids(rid)
     start = time.perf_counter()
     code = grpc.StatusCode.OK
     detail = ""
@@ -143,8 +143,7 @@ async def _call(
         servicer.metrics.requests.labels(method, code.name).inc()
         account = caller.split("/", 1)[0] if servicer.tokens is not None else "anonymous"
         servicer.metrics.caller_requests.labels(account, code.name).inc()
-        if code not in REFUSED or work_began.get():  # a refusal's microseconds pulled the latency down as a server
-            # was overloaded
+        if code not in REFUSED or work_began.get():
             servicer.metrics.request_seconds.labels(method).observe(elapsed)
         # the callers' own doing (bad input; over a limit or a share, which a bulk caller hits thousands of
         # times a minute) is INFO, counted in the metrics; the rest WARNING
@@ -387,6 +386,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if not msg.HasField("preserve_color"):  # a NONE the request sets is its own choice
             look["preserve_color"] = preset.preserve_color
         return look
+
+    def reply_ids(self, rid: str) -> tuple[tuple[str, str], ...]:
+        """The metadata every reply carries: its request id and this replica's name."""
+        return (REQUEST_ID_KEY, rid), (SERVED_BY_KEY, self.replica)
 
     def _unknown_style(self, key: str) -> str:
         if STYLE_ID_RE.fullmatch(key) and self.library is not None:
@@ -684,7 +687,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         # The response headers (the request id) go out once the stream is admitted: a client that sends its frames
         # only then never writes into a stream already refused (grpc.aio's client then raised INTERNAL "Internal
         # error from Core" for one in four refusals under load, losing RESOURCE_EXHAUSTED and its RetryInfo).
-        headers = ((REQUEST_ID_KEY, rid), (SERVED_BY_KEY, self.replica))
+        headers = self.reply_ids(rid)
         async for frame in self.video.run(
             job, temporal, strength, opts.format, quality, requests, context, current_caller.get(),
             lambda field: "options." + _proto_field(field, opts), headers,

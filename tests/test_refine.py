@@ -375,6 +375,43 @@ def test_refine_through_the_server(client: StyleTransferClient) -> None:
     assert waited.refine_ms < 2.5 * (first.timings.refine_ms + second.timings.refine_ms - waited.refine_ms)
 
 
+class _GatedJobs:
+    """A long-job service of one thread and four waiting places, no model: its jobs record their name, wait for
+    ``gate``, then fail; :meth:`outcome` says how a call ended ("ran", or its status), its place let go."""
+
+    def __init__(self) -> None:
+        from adain.server.refine import RefineLimits, RefineService
+
+        self.service = RefineService(None, RefineLimits(max_jobs=1, max_queue=4),  # type: ignore[arg-type]
+                                     busy=lambda: False)
+        self.gate = threading.Event()
+        self.order: list[str] = []
+
+    def job(self, name: str):
+        def prepare():
+            self.order.append(name)
+            self.gate.wait(30)
+            raise RuntimeError("done")
+        return prepare
+
+    async def outcome(self, name: str, place) -> str:
+        from adain.server.errors import ServiceError
+
+        try:
+            await self.service.run(self.job(name), None, place=place)
+        except ServiceError as e:
+            return e.code.name
+        except RuntimeError:
+            return "ran"
+        finally:
+            place.release()
+        return "?"
+
+    def close(self) -> None:
+        self.gate.set()
+        self.service.close()
+
+
 def test_long_jobs_take_turns_by_caller_and_keep_a_place_for_another() -> None:
     """Alice's five refines took every place and Bob's came back RESOURCE_EXHAUSTED; queued behind her four, it
     ran last. Now her fifth is refused (the last place is Bob's to take), and a thread that frees takes the
@@ -382,17 +419,9 @@ def test_long_jobs_take_turns_by_caller_and_keep_a_place_for_another() -> None:
     import asyncio
 
     from adain.server.errors import ServiceError
-    from adain.server.refine import RefineLimits, RefineService
 
-    service = RefineService(None, RefineLimits(max_jobs=1, max_queue=4), busy=lambda: False)  # type: ignore[arg-type]
-    gate, order = threading.Event(), []
-
-    def job(name: str):
-        def prepare():  # a job's work (it fails after: no model here)
-            order.append(name)
-            gate.wait(30)
-            raise RuntimeError("done")
-        return prepare
+    jobs = _GatedJobs()
+    service = jobs.service
 
     async def main() -> None:
         places = [service.admit("alice") for _ in range(4)]
@@ -405,69 +434,47 @@ def test_long_jobs_take_turns_by_caller_and_keep_a_place_for_another() -> None:
         names = ["alice1", "alice2", "alice3", "alice4", "bob1"]
         tasks = []
         for name, place in zip(names, places):
-            tasks.append(asyncio.create_task(service.run(job(name), None, place=place)))
+            tasks.append(asyncio.create_task(jobs.outcome(name, place)))
             await asyncio.sleep(0.05)  # in this order: alice1 runs, the rest wait
-        gate.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for place in places:  # (the call's end lets its place go)
-            place.release()
+        jobs.gate.set()
+        await asyncio.gather(*tasks)
 
     try:
         asyncio.run(main())
     finally:
-        gate.set()
-        service.close()
-    assert order == ["alice1", "bob1", "alice2", "alice3", "alice4"], order
+        jobs.close()
+    assert jobs.order == ["alice1", "bob1", "alice2", "alice3", "alice4"], jobs.order
     assert service.admitted == 0
 
 
 def test_a_drain_refuses_at_once_the_long_jobs_its_grace_would_not_reach() -> None:
     """A refine queued behind a running one waited out the whole grace, then was cut (an SRE's tour): a drain
     refuses the waiting jobs that would not end in time (UNAVAILABLE: retried elsewhere now); the running one
-    goes on. By the mean time a job held its place: where none has ended yet, every waiting job."""
+    goes on. By the mean time a job ran: where none has ended yet, every waiting job."""
     import asyncio
 
-    from adain.server.errors import ServiceError
-    from adain.server.refine import RefineLimits, RefineService
-
-    service = RefineService(None, RefineLimits(max_jobs=1, max_queue=4), busy=lambda: False)  # type: ignore[arg-type]
-    gate = threading.Event()
-
-    def prepare():  # a job's work (it fails after: no model here)
-        gate.wait(30)
-        raise RuntimeError("done")
-
-    async def outcome(place) -> str:
-        try:
-            await service.run(prepare, None, place=place)
-        except ServiceError as e:
-            return e.code.name
-        except RuntimeError:
-            return "ran"
-        finally:
-            place.release()
-        return "?"
+    jobs = _GatedJobs()
+    service = jobs.service
 
     async def main() -> tuple[list[str], int, int]:
         tasks = []
         for caller in ("a", "b", "c"):
-            tasks.append(asyncio.create_task(outcome(service.admit(caller))))
+            tasks.append(asyncio.create_task(jobs.outcome(caller, service.admit(caller))))
             await asyncio.sleep(0.05)  # a runs, b and c wait
         shed = service.shed(time.monotonic() + 5)  # no job has ended: no estimate, so both are refused
-        gate.set()
+        jobs.gate.set()
         outcomes = await asyncio.gather(*tasks)
-        gate.clear()  # one job has ended now: a mean to count by
-        tasks = [asyncio.create_task(outcome(service.admit(c))) for c in ("d", "e")]
+        jobs.gate.clear()  # one job has ended now: a mean to count by
+        tasks = [asyncio.create_task(jobs.outcome(c, service.admit(c))) for c in ("d", "e")]
         await asyncio.sleep(0.05)
         kept = service.shed(time.monotonic() + 60)  # e's turn comes well within the grace
-        gate.set()
+        jobs.gate.set()
         return outcomes + await asyncio.gather(*tasks), shed, kept
 
     try:
         outcomes, shed, kept = asyncio.run(main())
     finally:
-        gate.set()
-        service.close()
+        jobs.close()
     assert (outcomes, shed, kept) == (["ran", "UNAVAILABLE", "UNAVAILABLE", "ran", "ran"], 2, 0), (outcomes, shed)
 
 
@@ -477,29 +484,8 @@ def test_a_long_job_reaching_the_queue_during_a_drain_and_a_cancelled_one_are_ju
     took its caller's turn and counted as work to come."""
     import asyncio
 
-    from adain.server.errors import ServiceError
-    from adain.server.refine import RefineLimits, RefineService
-
-    service = RefineService(None, RefineLimits(max_jobs=1, max_queue=4), busy=lambda: False)  # type: ignore[arg-type]
-    gate, order = threading.Event(), []
-
-    def job(name: str):
-        def prepare():
-            order.append(name)
-            gate.wait(30)
-            raise RuntimeError("done")
-        return prepare
-
-    async def outcome(name: str, place) -> str:
-        try:
-            await service.run(job(name), None, place=place)
-        except ServiceError as e:
-            return e.code.name
-        except RuntimeError:
-            return "ran"
-        finally:
-            place.release()
-        return "?"
+    jobs = _GatedJobs()
+    service, outcome = jobs.service, jobs.outcome
 
     async def main() -> list[str]:
         bob0 = asyncio.create_task(outcome("bob0", service.admit("bob")))
@@ -511,24 +497,23 @@ def test_a_long_job_reaching_the_queue_during_a_drain_and_a_cancelled_one_are_ju
         await asyncio.sleep(0.05)
         alice2 = asyncio.create_task(outcome("alice2", service.admit("alice")))
         await asyncio.sleep(0.05)
-        gate.set()
+        jobs.gate.set()
         got = [await bob0, await bob1, await alice2]
-        gate.clear()  # jobs have run: a mean to count by (well under a second)
+        jobs.gate.clear()  # jobs have run: a mean to count by (well under a second)
         running = asyncio.create_task(outcome("carol0", service.admit("carol")))
         await asyncio.sleep(0.05)
         late = service.admit("dave")  # admitted before the drain ...
         assert service.shed(time.monotonic() + 0.01) == 0  # (nothing waiting yet)
         got.append(await outcome("dave0", late))  # ... queued after it: refused at once, not cut at the end
-        gate.set()
+        jobs.gate.set()
         got.append(await running)
         return got
 
     try:
         outcomes = asyncio.run(main())
     finally:
-        gate.set()
-        service.close()
-    assert order[:3] == ["bob0", "alice2", "bob1"], order  # alice's turn was not spent by her cancelled job
+        jobs.close()
+    assert jobs.order[:3] == ["bob0", "alice2", "bob1"], jobs.order  # alice's turn was not spent by her cancelled job
     assert outcomes == ["ran", "ran", "ran", "UNAVAILABLE", "ran"], outcomes
     assert service.admitted == 0
 

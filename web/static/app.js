@@ -949,13 +949,16 @@ async function submitBatch() {
       const figure = document.createElement("figure");
       const caption = document.createElement("figcaption");
       caption.textContent = file.name;
+      const shown = () => {  // this photo's result or error, in the grid
+        figure.append(caption);
+        grid.append(figure);
+        $("progress").value = i + 1;
+      };
       const over = overUpload(file);
       if (over) {  // not sent: this photo's fault, the others go on
         caption.textContent = `${file.name}: ${over}`;
         caption.className = "error";
-        figure.append(caption);
-        grid.append(figure);
-        $("progress").value = i + 1;
+        shown();
         continue;
       }
       let response;
@@ -1015,9 +1018,7 @@ async function submitBatch() {
         caption.textContent = `${file.name}: ${message.replace(/^content: /, "")}`;  // this photo only; others go on
         caption.className = "error";
       }
-      figure.append(caption);
-      grid.append(figure);
-      $("progress").value = i + 1;
+      shown();
     }
   } catch (e) {
     if (batch.run === run && e.name !== "AbortError") {
