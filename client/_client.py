@@ -727,20 +727,24 @@ class _ClientBase:
     def _open(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
         raise NotImplementedError
 
-    def _metadata(self, request_id: str | None, end_user: str | None = None) -> tuple[tuple[str, str], ...] | None:
-        """What every call sends besides its request: the request id, the end user (for a front end's calls)
-        and the token, when there are. Every call asks for it first, so a closed client refuses here."""
+    def _metadata(
+        self, request_id: str | None, end_user: str | None = None
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """(the call's request id, what it sends besides its request): the id (a new one where the caller gave
+        none), the end user (for a front end's calls) and the token, when there is one. Every call asks for it
+        first, so a closed client refuses here."""
         self._check_open()
         for name, value in (("request_id", request_id), ("end_user", end_user)):
             if value is not None and not isinstance(value, str):
                 raise _local_error(name, f"must be a str, got a {type(value).__name__}")
-        metadata = ((REQUEST_ID_KEY, header_value(request_id)),) if request_id else ()
+        request_id = request_id or new_request_id()
+        metadata: tuple[tuple[str, str], ...] = ((REQUEST_ID_KEY, header_value(request_id)),)
         if end_user:
             metadata += ((END_USER_KEY, header_value(end_user)),)
         token = self._token()
         if token:
             metadata += ((AUTH_KEY, f"Bearer {token}"),)
-        return metadata or None
+        return request_id, metadata
 
     def _check_open(self) -> None:
         if self._closed:
@@ -856,8 +860,7 @@ class StyleTransferClient(_ClientBase):
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered)."""
-        request_id = request_id or new_request_id()
-        metadata = self._metadata(request_id, end_user)
+        request_id, metadata = self._metadata(request_id, end_user)
         try:
             reply, call = method.with_call(
                 request, timeout=self._deadline(timeout), metadata=metadata
@@ -937,8 +940,7 @@ class StyleTransferClient(_ClientBase):
         request_id: str | None,
         end_user: str | None = None,
     ) -> tuple[pb.StylizeResponse, str | None, str]:
-        request_id = request_id or new_request_id()
-        metadata = self._metadata(request_id, end_user)
+        request_id, metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeWithProgress(
             request, timeout=self._deadline(timeout), metadata=metadata
         )
@@ -995,8 +997,7 @@ class StyleTransferClient(_ClientBase):
                 failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
                 holder[0].cancel()
 
-        request_id = request_id or new_request_id()
-        metadata = self._metadata(request_id, end_user)
+        request_id, metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout), metadata=metadata)
         holder.append(call)
         ended = threading.Event()

@@ -45,7 +45,6 @@ from ._client import (
     image_bytes,
     library_presets,
     library_styles,
-    new_request_id,
     no_deadline_past,
     server_info_dict,
     stylize_request,
@@ -135,8 +134,8 @@ class AsyncStyleTransferClient(_ClientBase):
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered)."""
-        request_id = request_id or new_request_id()
-        call = method(request, timeout=self._deadline(timeout), metadata=self._metadata(request_id, end_user))
+        request_id, metadata = self._metadata(request_id, end_user)
+        call = method(request, timeout=self._deadline(timeout), metadata=metadata)
         try:
             with self._cut_by_close(request_id):
                 reply = await call
@@ -181,9 +180,9 @@ class AsyncStyleTransferClient(_ClientBase):
         self, request: pb.StylizeRequest, on_progress: ProgressCallback, timeout: float | None, request_id: str | None,
         end_user: str | None = None,
     ) -> tuple[Any, str | None, str]:
-        request_id = request_id or new_request_id()
+        request_id, metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeWithProgress(
-            request, timeout=self._deadline(timeout), metadata=self._metadata(request_id, end_user)
+            request, timeout=self._deadline(timeout), metadata=metadata
         )
         reply = None
         try:
@@ -251,9 +250,9 @@ class AsyncStyleTransferClient(_ClientBase):
                 failure.append(e)
                 holder[0].cancel()
 
-        request_id = request_id or new_request_id()
+        request_id, metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout),
-                                       metadata=self._metadata(request_id, end_user))
+                                       metadata=metadata)
         holder.append(call)
         stopped: list[bool] = []
 
