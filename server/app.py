@@ -59,6 +59,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DRAIN_LINGER_S = 0.5  # after the drain: how long late calls are refused before the server stops
 
 
+# ServerInfo.features: the parts of adain.v1 this server implements (the proto names each one's fields). A client
+# checks a name before sending a field an older server would drop unread; a name stays while the package is v1.
+FEATURES = ("video", "progress", "refine", "regions", "library", "keep_exif", "tiling")
+
+
 def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
     """GetServerInfo's reply: the model as the Stylizer reports it (limits included: what it enforces),
     the server's own limits and batching settings."""
@@ -76,6 +81,7 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
         cpu_features=model["cpu_features"],
         input_formats=input_formats(),
         server_version=package_version(),
+        features=FEATURES,
         limits=pb.Limits(
             max_pixels=limits["max_pixels"],
             max_content_side=limits["max_content_side"],
@@ -251,7 +257,8 @@ class StyleTransferServer:
         add_servicer(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(
-            server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME,
+                     REFLECTION_V1)
         )
         # Metrics first: a busy metrics port fails the start before anything listens.
         self.metrics_port = self.metrics.serve(s.host, s.metrics_port)

@@ -28,6 +28,54 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
         assert fresh == (REPO / "adain" / "v1" / name).read_bytes(), f"adain/v1/{name} is stale: run proto/generate.sh"
 
 
+WIRE = REPO / "proto" / "wire-v1.txt"  # every name, number, type and presence adain.v1 has had: clients rely on them
+
+
+def wire_lines() -> list[str]:
+    """The contract as generated clients see it, a line per field, enum value and method. A field's number and
+    type are its wire; its name, JSON; its presence (proto3 optional) and oneof, the shape of generated code
+    (Go: a field made optional became a pointer, and clients built on the old type stopped compiling)."""
+    lines: list[str] = []
+
+    def message(m: descriptor.Descriptor) -> None:
+        for f in m.fields:
+            kind = f.message_type.full_name if f.message_type else f.enum_type.full_name if f.enum_type else next(
+                k[5:].lower() for k, v in vars(descriptor.FieldDescriptor).items() if k[:5] == "TYPE_" and v == f.type)
+            repeated = getattr(f, "is_repeated", None)  # (newer protobuf; label elsewhere)
+            repeated = f.label == f.LABEL_REPEATED if repeated is None else repeated
+            lines.append(f"field {m.full_name} {f.number} {f.name} {kind} repeated={repeated} "
+                         f"presence={f.has_presence} oneof={f.containing_oneof.name if f.containing_oneof else ''}")
+        for nested in m.nested_types:
+            message(nested)
+        for e in m.enum_types:
+            enum(e)
+
+    def enum(e: descriptor.EnumDescriptor) -> None:
+        lines.extend(f"enum {e.full_name} {v.number} {v.name}" for v in e.values)
+
+    for m in pb.DESCRIPTOR.message_types_by_name.values():
+        message(m)
+    for e in pb.DESCRIPTOR.enum_types_by_name.values():
+        enum(e)
+    for s in pb.DESCRIPTOR.services_by_name.values():
+        lines.extend(f"rpc {s.full_name}.{r.name} {r.input_type.full_name} -> {r.output_type.full_name} "
+                     f"client_streaming={r.client_streaming} server_streaming={r.server_streaming}"
+                     for r in s.methods)
+    return sorted(lines)
+
+
+def test_nothing_a_client_relies_on_changed() -> None:
+    """No field, enum value or method of adain.v1 is taken away, renumbered, retyped or reshaped: other services
+    generate clients from the proto. A new one is recorded in proto/wire-v1.txt, the list of what was promised."""
+    promised = WIRE.read_text().splitlines()
+    now = wire_lines()
+    broken = sorted(set(promised) - set(now))
+    assert not broken, "these break existing clients (add new fields instead):\n" + "\n".join(broken)
+    new = sorted(set(now) - set(promised))
+    assert not new, (f"new in the contract: record it with `python tests/test_proto.py` (it writes {WIRE.name}):\n"
+                     + "\n".join(new))
+
+
 def test_service_and_messages() -> None:
     assert pb.DESCRIPTOR.package == "adain.v1"
     service = pb.DESCRIPTOR.services_by_name["StyleTransfer"]
@@ -69,3 +117,8 @@ def test_alpha_presence_distinguishes_zero() -> None:
     zero = pb.StylizeRequest(alpha=0.0)
     assert not unset.HasField("alpha") and zero.HasField("alpha")
     assert pb.StylizeRequest.FromString(zero.SerializeToString()).HasField("alpha")
+
+
+if __name__ == "__main__":  # record the contract's additions (never to hide a removal: the test above names those)
+    WIRE.write_text("\n".join(sorted(set(wire_lines()) | set(WIRE.read_text().splitlines() if WIRE.exists() else ())))
+                    + "\n")

@@ -336,7 +336,7 @@ class Batching(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., prepare_workers: _Optional[int] = ..., max_queue_per_caller: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles", "default_temporal", "default_temporal_strength", "backend", "precision", "cpu_model", "cpu_features", "input_formats", "library_styles")
+    __slots__ = ("model", "arch_version", "weights_version", "decoder_meta_json", "device", "dtype", "limits", "batching", "server_version", "registered_styles", "default_temporal", "default_temporal_strength", "backend", "precision", "cpu_model", "cpu_features", "input_formats", "library_styles", "features")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCH_VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +355,7 @@ class ServerInfo(_message.Message):
     CPU_FEATURES_FIELD_NUMBER: _ClassVar[int]
     INPUT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     LIBRARY_STYLES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     model: str
     arch_version: int
     weights_version: str
@@ -373,4 +374,5 @@ class ServerInfo(_message.Message):
     cpu_features: _containers.RepeatedScalarFieldContainer[str]
     input_formats: _containers.RepeatedScalarFieldContainer[str]
     library_styles: int
-    def __init__(self, model: _Optional[str] = ..., arch_version: _Optional[int] = ..., weights_version: _Optional[str] = ..., decoder_meta_json: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., server_version: _Optional[str] = ..., registered_styles: _Optional[int] = ..., default_temporal: _Optional[_Union[Temporal, str]] = ..., default_temporal_strength: _Optional[float] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., input_formats: _Optional[_Iterable[str]] = ..., library_styles: _Optional[int] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., arch_version: _Optional[int] = ..., weights_version: _Optional[str] = ..., decoder_meta_json: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., server_version: _Optional[str] = ..., registered_styles: _Optional[int] = ..., default_temporal: _Optional[_Union[Temporal, str]] = ..., default_temporal_strength: _Optional[float] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., input_formats: _Optional[_Iterable[str]] = ..., library_styles: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
