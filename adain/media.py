@@ -146,8 +146,8 @@ def counted(path: str | Path, info: VideoInfo) -> VideoInfo:
     av = _av()
     try:
         with av.open(str(path)) as c:
-            n = sum(1 for p in c.demux(c.streams.video[0]) if p.size)
-    except (av.error.FFmpegError, OSError, IndexError):
+            n = sum(1 for p in c.demux(_moving(c)) if p.size)
+    except (av.error.FFmpegError, OSError, TypeError):
         return info
     if not n:
         return info
@@ -168,7 +168,7 @@ def is_media(path: str | Path) -> bool:
         with av.open(str(path)) as c:
             if c.format.name == "image2" or c.format.name.endswith("_pipe"):
                 return False
-            return bool(c.streams.video or c.streams.audio)
+            return bool(_moving(c) or c.streams.audio)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError):
         return False
 
@@ -179,11 +179,11 @@ def probe(path: str | Path) -> VideoInfo | None:
     av = _av()
     try:
         with av.open(str(path)) as c:
-            if not c.streams.video:
+            v = _moving(c)
+            if v is None:
                 return None
             if why := _undecodable(c):
                 raise MediaError(f"{path}: {why}")
-            v = c.streams.video[0]
             info = _info(c, v)
             if c.format.name == "gif" and _gif_frames(path) < 2:
                 return None  # a still GIF is an image
@@ -192,10 +192,20 @@ def probe(path: str | Path) -> VideoInfo | None:
         return None
 
 
+def _moving(c: Any) -> Any:
+    """The container's first video stream that moves, or None: a music file's cover picture (an attached
+    picture, FFmpeg's one-packet "video" stream) is not a clip; stylized as one, the output's picture lasted 11 us
+    beside two seconds of sound."""
+    from av.stream import Disposition
+
+    stills = Disposition.attached_pic | Disposition.timed_thumbnails
+    return next((v for v in c.streams.video if not v.disposition & stills), None)
+
+
 def _undecodable(c: Any) -> str | None:
     """Why this FFmpeg cannot read the container's first video stream, or any of its sound (PyAV gives such a
     stream no codec context); None where it can."""
-    if c.streams.video and c.streams.video[0].codec_context is None:
+    if (v := _moving(c)) is not None and v.codec_context is None:
         return "this FFmpeg has no decoder for the clip's video codec (convert it, e.g. to H.264)"
     if c.streams.audio and all(a.codec_context is None for a in c.streams.audio):
         return ("this FFmpeg has no decoder for the clip's sound (convert it, or leave it out: "
@@ -346,15 +356,16 @@ class VideoReader:
             animated = head[:4] == b"RIFF" and head[8:12] == b"WEBP" and b"ANIM" in head
             raise MediaError(f"{path}: " + ("an animated WebP, whose frames this FFmpeg cannot decode: convert it to "
                                             "MP4 or GIF" if animated else "a still image, not a video"))
-        if not self._c.streams.video:
-            empty = not self._c.streams.audio
+        if _moving(self._c) is None:
+            empty, cover = not self._c.streams.audio, bool(self._c.streams.video)
             self._c.close()
             raise MediaError(f"{path}: the file has no video stream" + (
-                " (nor any other: an MP4 or MOV cut short loses its index; is the file complete?)" if empty else ""))
+                " (nor any other: an MP4 or MOV cut short loses its index; is the file complete?)" if empty else
+                " (only a cover picture)" if cover else ""))
         if why := _undecodable(self._c):
             self._c.close()
             raise MediaError(f"{path}: {why}")
-        self._v = self._c.streams.video[0]
+        self._v = _moving(self._c)
         self._v.thread_type = "AUTO"
         self._decoder = _alpha_decoder(self._v)  # None: the stream's own
         self.audio_stream = next((a for a in self._c.streams.audio if a.codec_context is not None), None)
@@ -362,6 +373,9 @@ class VideoReader:
         sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         self.limited = max_fps is not None and max_fps < self.info.rate  # frames are dropped to max_fps
+        # under it on average, a variable-rate clip may still burst over it (a frame 5 ms after the last): such a
+        # frame is dropped too (a quarter of the interval's slack for times rounded to a coarse time base)
+        self._min_gap = 0.75 / max_fps if max_fps is not None and not self.limited else 0.0
         self.rate = self.info.read_rate(max_fps)  # of those read
         length = self.info.duration
         if self.start and length and self.start >= length:
@@ -397,7 +411,7 @@ class VideoReader:
     def _frames(self, stop: Callable[[], bool] | None) -> Iterator[tuple[Image.Image, float]]:
         av = _av()
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
-        step, keep = 1 / float(self.rate), None  # the next time a frame is kept from (max_fps)
+        step, keep, kept = 1 / float(self.rate), None, -math.inf  # the next time a frame is kept from (max_fps)
         slack = 0.5 / float(self.info.rate)  # the frame nearest a kept time counts as on it
         start, end, sent, shown, shown_until = self.start, self.end, 0, None, 0.0
         seen = heard = -math.inf  # the latest picture and sound times yet
@@ -473,6 +487,9 @@ class VideoReader:
                             keep = (t if keep is None else keep) + step
                             while keep <= t - slack:  # a gap in a variable-rate clip: no burst after it
                                 keep += step
+                        elif sent and 0 <= t - kept < self._min_gap:  # (an AVI's B-frames' times go back: kept)
+                            continue  # dropped: a burst over max_fps
+                        kept = t
                         sent += 1
                         yield _upright(frame, self.max_side, self.sar), t - start
             self.end_time = max(0.0, min(shown_until, end) - start)
@@ -667,21 +684,27 @@ class VideoWriter:
                                          layout=layout)
         self._a_encoder = a_in.codec_context
 
-    def write(self, image: Image.Image, time: float) -> None:
+    def write(self, image: Image.Image, time: float) -> bool:
         """Append one frame shown at ``time`` seconds (times are made strictly increasing). It is encoded when
-        the next comes (or at :meth:`close`), which says how long it is shown."""
+        the next comes (or at :meth:`close`), which says how long it is shown. False: left out, a GIF's frame
+        less than 1/GIF_MAX_FPS after the one before (a variable-rate clip's burst), which browsers would show
+        for 1/10 s (its delay of 10 ms: the clip slowed there)."""
         if image.size != self.size:
             if (image.width - image.width % 2, image.height - image.height % 2) != self.size:
                 w, h = self.size
                 raise MediaError(f"frame is {image.width} x {image.height}, the video is {w} x {h}")
             image = image.crop((0, 0, *self.size))
-        pts = max(self._last_pts + 1, round(time / self.time_base))
+        own = round(time / self.time_base)
+        if self.codec == "gif" and self._pending is not None and own < self._last_pts + 2:
+            return False
+        pts = max(self._last_pts + 1, own)
         self._last_pts = pts
         with self._ffmpeg():
             if self._pending is not None:
                 self._encode(*self._pending, until=pts)
             self._pending = image, pts
             self._mux_audio(until=time)
+        return True
 
     def _encode(self, image: Image.Image, pts: int, until: int | None) -> None:
         """One frame, shown from ``pts`` to ``until`` (time base units; None: for 1/rate). Each packet is given its

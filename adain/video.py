@@ -339,7 +339,7 @@ def stylize_video(
 ) -> int:
     """Stylize the video file ``source`` into ``output`` (container from its suffix; audio copied), in
     process; ``options`` as for :class:`VideoStream`. The file appears only when complete. Returns the
-    number of frames; ``progress(done, total)`` is called after each (total 0 when unknown). ``max_fps``:
+    number of frames written (a GIF leaves out a burst's: ``VideoWriter.write``); ``progress(done, total)`` is called after each (total 0 when unknown). ``max_fps``:
     at most this many frames a second are stylized and written (the others dropped; the sound in step);
     ``start`` and ``duration`` (seconds) take a part of the clip, its sound too."""
     from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side, same_file
@@ -353,14 +353,14 @@ def stylize_video(
     # frames scaled while decoding when they are to be stylized smaller (4K: its tone mapping and copies)
     reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
     with reader, atomic_output(output) as tmp:
-        writer = None
+        writer, written = None, 0
         try:
             for img, t in reader.frames():
                 out = stream.stylize(img)
                 if writer is None:
                     writer = VideoWriter(tmp, width=out.width, height=out.height, rate=reader.rate,
                                          source=reader, container=container)
-                writer.write(out, t)
+                written += writer.write(out, t)
                 if progress is not None:
                     progress(stream.index, reader.total)
             writer.close()
@@ -368,4 +368,4 @@ def stylize_video(
             if writer is not None:
                 writer.abort()
             raise
-    return stream.index
+    return written

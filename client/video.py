@@ -26,18 +26,20 @@ if TYPE_CHECKING:
     from adain.media import VideoReader
 
 FRAME_FORMAT = ("jpeg", 95)  # the wire format of frames, both ways
+ANIMATED_SUFFIXES = (".gif", ".png", ".webp")  # images that may hold an animation
 
 
 def is_video(path: Path) -> bool:
     """Whether ``path`` is to be handled as a video, by its content: an image Pillow decodes (a GIF of one
-    frame included) is not; an animated GIF, or any media file FFmpeg reads (even one without a video
-    stream, which the reader then names as the problem), is, whatever its suffix; else the suffix says
-    (so a broken .png is a bad image and a broken .mp4 a bad video)."""
-    if path.suffix.lower() in INPUT_SUFFIXES and path.suffix.lower() != ".gif":
+    frame included) is not; an animated GIF, PNG or WebP, or any media file FFmpeg reads (even one without a
+    video stream, which the reader then names as the problem), is, whatever its suffix; else the suffix says
+    (so a broken .png is a bad image and a broken .mp4 a bad video). An animation taken as an image was cut
+    to its first frame without a word (the reader says where FFmpeg cannot decode one: an animated WebP)."""
+    if path.suffix.lower() in INPUT_SUFFIXES and path.suffix.lower() not in ANIMATED_SUFFIXES:
         return False
     try:
-        with Image.open(path) as img:
-            return img.format == "GIF" and getattr(img, "n_frames", 1) > 1  # other images: their first frame
+        with Image.open(path) as img:  # (a camera's MPO holds two frames, a stereo pair: an image)
+            return img.format in ("GIF", "PNG", "WEBP") and getattr(img, "n_frames", 1) > 1
     except Exception:  # noqa: BLE001 - not an image Pillow knows: ask FFmpeg
         pass
     from adain.media import READ_VIDEO_SUFFIXES, MediaError, is_media
@@ -142,8 +144,7 @@ def stylize_video_file(
                 if writer is None:
                     writer = VideoWriter(tmp, width=img.width, height=img.height, rate=reader.rate,
                                          source=reader, container=container)
-                writer.write(img, times.popleft())
-                count += 1
+                count += writer.write(img, times.popleft())
                 if on_frame is not None:
                     on_frame()
             if writer is not None:

@@ -374,6 +374,66 @@ def test_a_variable_rate_clip_keeps_every_frame_at_its_time(tmp_path: Path) -> N
         assert np.abs(np.array([float(f.time) for f in c.decode(video=0)]) - kept).max() < 0.002
 
 
+def test_a_burst_stays_under_max_fps_and_a_gifs_limit(tmp_path: Path) -> None:
+    """A variable-rate clip under --fps on average may burst over it (a video tester's: frames 5 ms apart at
+    --fps 20, all kept; written into a GIF as 10-ms delays, which browsers show for 100 ms)."""
+    import av
+
+    times = [0, 0.1, 0.2, 0.205, 0.21, 0.3, 0.4, 0.5, 0.6, 0.7]
+    make_video(tmp_path / "burst.mp4", times=times, fps=14)
+    with VideoReader(tmp_path / "burst.mp4") as r:
+        assert np.allclose([t for _, t in r.frames()], times, atol=1e-3)  # without --fps: every frame
+    with VideoReader(tmp_path / "burst.mp4", max_fps=20) as r:
+        assert not r.limited  # (under 20 on average: the burst is what is over it)
+        assert np.allclose([t for _, t in r.frames()], [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], atol=1e-3)
+    with VideoReader(tmp_path / "burst.mp4", max_fps=100) as r:
+        assert len(list(r.frames())) == 9  # 100 a second allows 7.5 ms: only the 5-ms frame goes
+    _copy(tmp_path / "burst.mp4", tmp_path / "burst.gif")
+    with av.open(str(tmp_path / "burst.gif")) as c:
+        got = [round(float(f.time), 2) for f in c.decode(video=0)]
+    assert got == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]  # no frame under 20 ms after the one before
+
+
+def test_a_cover_picture_is_no_clip(tmp_path: Path) -> None:
+    """A song with cover art (FFmpeg's one-packet video stream, marked attached_pic) was stylized as a clip whose
+    picture lasted 11 us beside its sound."""
+    import av
+    from av.stream import Disposition
+
+    from adain.media import probe
+
+    path = tmp_path / "song.m4a"
+    with av.open(str(path), "w", format="mp4") as out:
+        a, v = out.add_stream("aac", rate=44100), out.add_stream("mjpeg", rate=1)
+        v.width = v.height = 32
+        v.pix_fmt, v.disposition = "yuvj420p", Disposition.attached_pic
+        cover = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24").reformat(format="yuvj420p")
+        cover.pts = 0
+        tone = av.AudioFrame.from_ndarray((0.2 * np.sin(np.arange(44100) / 10)).astype(np.float32)[None, :],
+                                          format="fltp", layout="mono")
+        tone.sample_rate = 44100
+        for packet in [*v.encode(cover), *v.encode(None), *a.encode(tone), *a.encode(None)]:
+            out.mux(packet)
+    with pytest.raises(MediaError, match=r"song.m4a: the file has no video stream \(only a cover picture\)$"):
+        VideoReader(path)
+    assert probe(path) is None
+
+
+def test_an_animated_png_or_webp_is_a_video_to_the_cli(tmp_path: Path) -> None:
+    """An animated PNG or WebP given to the CLI was cut to its first frame without a word (a GIF was a video)."""
+    from adain.client.video import is_video
+
+    frames = [synth_image(32, 24, seed=i) for i in range(3)]
+    for name in ("a.png", "a.webp", "a.gif"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100)
+        frames[0].save(tmp_path / f"still-{name}")
+        assert is_video(tmp_path / name) and not is_video(tmp_path / f"still-{name}"), name
+    with VideoReader(tmp_path / "a.png") as r:
+        assert len(list(r.frames())) == 3
+    with pytest.raises(MediaError, match="an animated WebP, whose frames this FFmpeg cannot decode"):
+        VideoReader(tmp_path / "a.webp")
+
+
 def _cut_by_copy(src: Path, dst: Path, at: float) -> None:
     """``ffmpeg -ss AT -i SRC -c copy DST``: packets from the keyframe before ``at``, times shifted so that
     ``at`` is 0; the MP4 muxer writes an edit list hiding the frames before it, which players do not show."""
