@@ -3,7 +3,8 @@ its core reads GRPC_VERBOSITY once, as it loads, and logs at INFO in a format of
 printed a line before the CLI's one-line error, and into adain-web's log). Its errors still show; a
 GRPC_VERBOSITY set by the user wins. (``adain-server`` calls :func:`quiet_grpc` in its main, which imports gRPC
 late.) Ctrl-C while they load (their first tenth of a second) is exit 130 (the CLI's and the page's with one
-line), as later, not a traceback from inside an import, and so is the CLI's SIGTERM (exit 143); ``import adain``
+line), as later, not a traceback from inside an import, and so is the CLI's SIGTERM (exit 143) and SIGHUP (a closed
+terminal or SSH session: exit 129, its temporary file removed as for the others); ``import adain``
 itself imports nothing (its names load on first use), so the window before these handlers is the interpreter's
 own start."""
 
@@ -17,12 +18,32 @@ from typing import Any
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (a video's temporary file removed, pending images not started), but
-    exiting 143."""
+    """SIGTERM (or the CLI's SIGHUP), handled as Ctrl-C is (a video's temporary file removed, pending images not
+    started), but exiting 128 + its number: 143 (129)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_signalled: list[int] = []  # the signals the handlers below took: one that lands in a C module's start comes out
+# as a SystemError or ImportError ("execution of module PIL._imagingcms raised unreported exception"), the
+# KeyboardInterrupt lost, and was a traceback (exit 1) in 1 of 40 tries
 
 
 def on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
+    _signalled.append(signum)
+    raise Terminated(signum)
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _signalled.append(signum)
+    raise KeyboardInterrupt
+
+
+def interrupted_code(e: KeyboardInterrupt) -> int:
+    """The exit status of a command a signal ended: 128 + its number (130 for Ctrl-C)."""
+    return 128 + e.signum if isinstance(e, Terminated) else 128 + signal.SIGINT
 
 
 def package_version() -> str:
@@ -47,16 +68,27 @@ def quiet_grpc() -> None:
 
 def _interrupted(prog: str, e: KeyboardInterrupt) -> int:
     print(f"{prog}: error: interrupted", file=sys.stderr, flush=True)
-    return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+    return interrupted_code(e)
 
 
 def _run(prog: str, load: Callable[[], Callable[[], int]]) -> int:
     """The command's main, loaded; Ctrl-C (SIGTERM for the CLI) before main's own handlers take it (its imports,
-    its parser's: a traceback from inside importlib.metadata in 6 of 40 tries) is one line too."""
+    its parser's: a traceback from inside importlib.metadata in 6 of 40 tries) is one line too, and so is the
+    import error a signal leaves where it interrupts a C module's start."""
     try:
         return load()()
     except KeyboardInterrupt as e:
         return _interrupted(prog, e)
+    except (SystemError, ImportError):
+        if not _signalled:
+            raise
+        last = _signalled[-1]
+        return _interrupted(prog, KeyboardInterrupt() if last == signal.SIGINT else Terminated(last))
+
+
+def _on_signals(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Install ``handlers`` (signal -> handler); returns the ones they replaced."""
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
 
 
 def _cli_main() -> Callable[[], int]:
@@ -73,11 +105,12 @@ def _web_main() -> Callable[[], int]:
 
 def stylize() -> int:
     quiet_grpc()
-    signal.signal(signal.SIGTERM, on_sigterm)  # from the start: main keeps it while it runs (it was killed, no line)
+    # from the start: main keeps them while it runs (it was killed, no line; a closed terminal left a .part file)
+    previous = _on_signals({signal.SIGTERM: on_sigterm, signal.SIGHUP: on_sigterm, signal.SIGINT: _on_sigint})
     try:
         return _run("adain-stylize", _cli_main)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _on_signals(previous)
 
 
 def server() -> int:
@@ -93,4 +126,8 @@ def web() -> int:
     """``adain-web``: SIGTERM keeps its default until main knows whether it runs a --local server (uvicorn stops
     on it gracefully otherwise)."""
     quiet_grpc()
-    return _run("adain-web", _web_main)
+    previous = _on_signals({signal.SIGINT: _on_sigint})
+    try:
+        return _run("adain-web", _web_main)
+    finally:
+        _on_signals(previous)

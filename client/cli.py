@@ -49,7 +49,7 @@ from adain.argtypes import (
     positive_int,
     unit_interval,
 )
-from adain.commands import Terminated, add_version_arg, on_sigterm
+from adain.commands import add_version_arg, interrupted_code, on_sigterm
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -213,6 +213,8 @@ def served(args: argparse.Namespace, given: Sequence[str], prog: str = PROG, fro
         raise CliError(f"--local starts a server of its own on this machine: not with {', '.join(given)}")
 
     def starting() -> None:
+        if getattr(args, "quiet", False):
+            return
         print(f"{prog}: starting a server for this command (--local): the model loads, a few seconds (the first "
               "time on this machine converts it: up to a minute)", file=sys.stderr, flush=True)
 
@@ -316,9 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print what the server runs (model, weights, backend, precision, CPU, limits, batching, "
                    "its library) as JSON, and exit (needs no CONTENT, --style or -o)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .mov, "
-                   ".mkv, .webm or .gif); or a folder (one that exists, or ends in '/'), which several contents need: "
-                   "CONTENT_stylized.EXT in it for one content, CONTENT_stylized_STYLE.EXT for several")
+                   help="output file (format from its extension: .png, .jpg/.jpeg, .webp; for a video .mp4, .m4v, "
+                   ".mov, .mkv, .webm or .gif, which holds no sound); or a folder (one that exists, or ends in "
+                   "'/'), which several contents need: CONTENT_stylized.EXT in it for one content, "
+                   "CONTENT_stylized_STYLE.EXT for several")
     p.add_argument("--alpha", type=unit_interval, default=None,
                    help="style strength in [0, 1] (default 1, or a preset's)")
     p.add_argument("--preserve-color", nargs="?", const="coral", choices=COLOR_CHOICES, default=None,
@@ -352,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_local_arg(p)
     p.add_argument("-j", "--jobs", type=positive_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors and warnings (for cron and scripts: the exit status says how it "
+                   "went; progress bars show only on a terminal anyway)")
     p.add_argument("--temporal", type=one_of(TEMPORAL_MODES), default=None, metavar="MODE",
                    help=f"video: how frames are kept stable in time: {', '.join(TEMPORAL_MODES)} (default: the "
                    f"server's, {DEFAULT_TEMPORAL})")
@@ -703,6 +709,9 @@ def _output_format(path: Path, content: Path) -> str:
             kind = "for videos (animated)" if suffix == ".gif" else "a video container"
             raise CliError(f"-o {path}: {content} is an image, and {path.suffix} is {kind}; an image's output "
                            "format is .png, .jpg, .jpeg or .webp")
+        if str(path) == "-" or str(path).startswith("/dev/"):  # (the folder hint sent '-o -' to '-o -/')
+            raise CliError(f"-o {path}: outputs are written to files (under a temporary name, renamed when "
+                           "complete), not to standard output or a device: write a file, then cat it")
         if not suffix:
             raise CliError(f"-o {path}: no extension to tell the output format by (use .png, .jpg, .jpeg or "
                            f".webp; or end the name with '/' for a folder: -o {path}/)")
@@ -950,7 +959,7 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
         n = _stylize_video(client, args, src, out, _blend(styles))
     except (MediaError, StyleTransferError, OSError) as e:
         raise _video_error(e, args, src, out) from None
-    print(f"{out} ({n} frames)")
+    print(f"{out} ({plural(n, 'frame')})")
     return 0
 
 
@@ -1038,7 +1047,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     _check_writable((tasks + video_tasks)[0][2], shown)
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
-    if args.refine and videos:  # said, not done silently: the optimisation method is for images
+    if args.refine and videos and not args.quiet:  # said, not done silently: the method is for images
         applies = f"applies to the {len(contents)} image(s)" if contents else "applies to images, and there are none"
         print(f"{PROG}: note: --refine {applies}; the {len(videos)} video(s) are stylized without it (seconds "
               "per frame)", file=sys.stderr, flush=True)
@@ -1261,11 +1270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a usage error (already printed as one line)
         return int(e.code or 0)
     args.local_given = local_conflicts(parser, argv)
-    # SIGTERM (a service manager, kill, a container stopping) as Ctrl-C: no temporary file left behind
+    # SIGTERM (a service manager, kill, a container stopping) and SIGHUP (a closed terminal or SSH session) as
+    # Ctrl-C: no temporary file left behind (SIGHUP's default left a video's .part file in the output folder)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    previous = {n: signal.signal(n, on_sigterm) for n in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     try:
-        return _run(args, query)
+        with contextlib.ExitStack() as quiet:
+            if getattr(args, "quiet", False):  # the lines saying what was written (a cron job's mail every run)
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+            return _run(args, query)
     except CliError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 1
@@ -1280,10 +1293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as e:
         print(f"{PROG}: error: interrupted", file=sys.stderr, flush=True)
-        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+        return interrupted_code(e)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _run(args: argparse.Namespace, query: str | None) -> int:
@@ -1297,6 +1310,8 @@ def _run(args: argparse.Namespace, query: str | None) -> int:
         raise CliError("-o: an empty path (give a file, or a folder ending in '/')")
     paths = [Path(c) for c in args.content]
     for path in paths:
+        if str(path) == "-" and not path.exists():
+            raise CliError("CONTENT: '-': contents are read from files, not standard input (save it to a file)")
         if not path.exists():
             raise CliError(f"CONTENT: no such file or folder: {path}")
         if not (path.is_dir() or path.is_file()):

@@ -266,6 +266,23 @@ def test_cli_single_blend(server: ServerProcess, files: dict[str, Path], capsys)
     assert Image.open(first).tobytes() == Image.open(out).tobytes()
 
 
+def test_cli_quiet_and_standard_streams(server: ServerProcess, files: dict[str, Path], capsys) -> None:
+    """--quiet prints nothing where all went well (a cron job mailed its output line every run); '-' for the
+    content or the output is refused saying why (the folder hint sent '-o -' to '-o -/', a usage error)."""
+    out = files["content.png"].parent / "quiet.png"
+    argv = [str(files["content.png"]), "-s", str(files["a.png"]), "--server", server.target]
+    assert main([*argv, "-o", str(out), "-q"]) == 0
+    assert capsys.readouterr() == ("", "") and Image.open(out).size == (64, 48)
+    for output in ("-", "/dev/stdout"):
+        assert main([*argv, "-o", output]) == 1
+        assert capsys.readouterr().err == (f"adain-stylize: error: -o {output}: outputs are written to files (under a "
+                                           "temporary name, renamed when complete), not to standard output or a "
+                                           "device: write a file, then cat it\n")
+    assert main(["-", *argv[1:], "-o", str(out)]) == 1
+    assert capsys.readouterr().err == ("adain-stylize: error: CONTENT: '-': contents are read from files, not "
+                                       "standard input (save it to a file)\n")
+
+
 def test_cli_keeps_exif_when_asked(server: ServerProcess, files: dict[str, Path], tmp_path: Path, capsys) -> None:
     photo, out = tmp_path / "phone.jpg", tmp_path / "out.jpg"
     photo.write_bytes(photo_with_exif(64, 48))
@@ -680,8 +697,9 @@ def test_cli_video_to_webm_resamples_the_sound(server: ServerProcess, files: dic
     assert list(tmp_path.rglob("*.part")) == []  # no temporary file left
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: a closed terminal left its .part
 def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess, files: dict[str, Path],
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, sig: signal.Signals) -> None:
     from synth import make_video
 
     clip = tmp_path / "long.mp4"
@@ -699,11 +717,11 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
         if found != [".part"]:  # (say what the CLI did)
             proc.kill()
             pytest.fail(f"expected one .part file, found {found}; the CLI's stderr: {proc.communicate(timeout=30)[1]}")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "adain-stylize: error: interrupted", err
+    assert proc.returncode == 128 + sig and err.strip().splitlines()[-1] == "adain-stylize: error: interrupted", err
     assert "Traceback" not in err and list(out_dir.iterdir()) == []
 
 
