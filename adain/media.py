@@ -580,6 +580,19 @@ def container_for(path: str | Path) -> str:
     return name
 
 
+def _gif_loop(source: VideoReader | None) -> dict[str, str]:
+    """The GIF muxer's loop option: a GIF's own (one that plays once came out looping for ever; Pillow's "loop" is
+    the NETSCAPE count, absent for once), and for ever for any other clip (FFmpeg's default)."""
+    if source is None or source.info.container != "gif":
+        return {}
+    try:
+        with Image.open(source.path) as img:
+            loop = img.info.get("loop")
+    except (OSError, Image.DecompressionBombError):
+        return {}
+    return {"loop": "-1" if loop is None else str(loop)}
+
+
 def _paletted(image: Image.Image) -> Any:
     """A GIF's frame: its own 256 colours (median cut) and Floyd-Steinberg dithering. FFmpeg's fixed 3-3-2
     palette (rgb8) without dithering was 14-16 levels off on average where MP4 is 1.5, in bands."""
@@ -618,7 +631,7 @@ class VideoWriter:
                              "hundredths of a second, and browsers slow shorter ones); this clip has "
                              f"{float(rate):.4g}: take fewer frames a second (the CLI's --fps), or write a video file")
         with self._ffmpeg():
-            self._c = av.open(str(path), "w", format=fmt)
+            self._c = av.open(str(path), "w", format=fmt, options=_gif_loop(source) if codec == "gif" else {})
         try:
             with self._ffmpeg():
                 self._setup(codec, fmt, rate, source)

@@ -394,6 +394,21 @@ def test_a_burst_stays_under_max_fps_and_a_gifs_limit(tmp_path: Path) -> None:
     assert got == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]  # no frame under 20 ms after the one before
 
 
+def test_a_gif_keeps_its_loop_count(tmp_path: Path) -> None:
+    """A GIF that plays once came out looping for ever; a clip into a GIF loops for ever (FFmpeg's default)."""
+    frames = [synth_image(32, 24, seed=i) for i in range(3)]
+    for loop in (None, 0, 2):
+        frames[0].save(tmp_path / "in.gif", save_all=True, append_images=frames[1:], duration=100,
+                       **({} if loop is None else {"loop": loop}))
+        _copy(tmp_path / "in.gif", tmp_path / "out.gif")
+        with Image.open(tmp_path / "out.gif") as out:
+            assert (out.info.get("loop"), out.n_frames) == (loop, 3)
+    make_video(tmp_path / "clip.mp4", frames=3)
+    _copy(tmp_path / "clip.mp4", tmp_path / "clip.gif")
+    with Image.open(tmp_path / "clip.gif") as out:
+        assert out.info.get("loop") == 0
+
+
 def test_a_cover_picture_is_no_clip(tmp_path: Path) -> None:
     """A song with cover art (FFmpeg's one-packet video stream, marked attached_pic) was stylized as a clip whose
     picture lasted 11 us beside its sound."""
