@@ -116,6 +116,10 @@ def _path(source: str | PathLike, field: str) -> Path:
 
 def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
+        if type(getattr(source, "_im", None)).__name__ == "DeferredError":  # Pillow's mark of a closed image
+            # (its "Operation on closed image" was said as "image data is truncated or corrupt")
+            raise InvalidInputError(field, "the PIL image is closed (its close() was called, or its with block "
+                                           "ended): pass one still open, or a copy made before")
         return source
     if isinstance(source, KeyedImage):
         source = source.data

@@ -285,8 +285,11 @@ def _is_int(value: object) -> bool:
 
 
 def is_list(value: object) -> bool:
-    """A list of per-style values (a str, bytes or one image would be taken apart character by character)."""
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray, memoryview, KeyedImage))
+    """A list of per-style values (a str, bytes or one image would be taken apart character by character), or a
+    NumPy array of one dimension (``weights=np.array([0.3, 0.7])``: a notebook's, refused as "got a ndarray")."""
+    if isinstance(value, Sequence):
+        return not isinstance(value, (str, bytes, bytearray, memoryview, KeyedImage))
+    return type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 1
 
 
 def style_list(styles: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:

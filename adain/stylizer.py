@@ -13,6 +13,7 @@ the content encoder and the decoder for many prepared jobs at once, batching tho
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
@@ -54,6 +55,16 @@ def _pinned(content: torch.Tensor) -> torch.Tensor:
         return content
 
 
+_forked: list[bool] = []  # whether the at-fork handler below is registered (once a process)
+
+
+def _one_thread_in_a_forked_child() -> None:
+    """torch's OpenMP pool (and OpenVINO's) does not survive a fork: a child forked once a Stylizer had run its
+    first parallel op (at creation) hung for ever at its next one (a ProcessPoolExecutor on Linux, whose default
+    start method is fork, never returned). One thread in the child runs; spawn or forkserver keep every core."""
+    torch.set_num_threads(1)
+
+
 class Stylizer:
     """AdaIN style transfer with the shipped decoder (or ``decoder=path``). Thread-safe.
 
@@ -78,6 +89,9 @@ class Stylizer:
         tiling: Tiling | None = None,
         compile_shapes: Sequence[tuple[int, int, int]] = DEFAULT_SHAPES,
     ) -> None:
+        if not _forked and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_one_thread_in_a_forked_child)
+            _forked.append(True)
         for name, value, kind in (("limits", limits, Limits), ("tiling", tiling, Tiling)):
             if value is not None and not isinstance(value, kind):
                 raise TypeError(f"{name} must be an adain.{kind.__name__}, got a {type(value).__name__}")
@@ -103,6 +117,11 @@ class Stylizer:
             tiling = replace(tiling, threshold=auto_threshold(self.device))
         self.tiling = tiling
         self.limits = limits or Limits()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Stylizer holds a loaded model and its runtime's threads: it cannot be pickled into "
+                        "another process (an argument to a spawned worker); make one in each worker, e.g. in a "
+                        "ProcessPoolExecutor's initializer")
 
     @property
     def info(self) -> dict[str, Any]:

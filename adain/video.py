@@ -339,8 +339,9 @@ def stylize_video(
 ) -> int:
     """Stylize the video file ``source`` into ``output`` (container from its suffix; audio copied), in
     process; ``options`` as for :class:`VideoStream`. The file appears only when complete. Returns the
-    number of frames written (a GIF leaves out a burst's: ``VideoWriter.write``); ``progress(done, total)`` is called after each (total 0 when unknown). ``max_fps``:
-    at most this many frames a second are stylized and written (the others dropped; the sound in step);
+    number of frames written (a GIF leaves out a burst's: ``VideoWriter.write``); ``progress(done, total)`` is
+    called after each (total 0 when unknown). ``max_fps``: at most this many frames a second are stylized and
+    written (the others dropped; the sound in step);
     ``start`` and ``duration`` (seconds) take a part of the clip, its sound too."""
     from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side, same_file
 

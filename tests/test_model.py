@@ -480,6 +480,48 @@ def test_errors_cross_a_process_pool() -> None:
         assert pool.submit(_check_alpha, 0.5).result() is None  # the pool still works
 
 
+def test_a_forked_worker_runs_and_a_stylizer_is_no_pickle(stylizer: Stylizer, decoder_path: Path) -> None:
+    """A library user's ProcessPoolExecutor (fork, Linux's default) hung for ever once a Stylizer had been made in
+    the parent: torch's thread pool does not survive a fork (the children now run on one thread). A fresh process,
+    as a notebook is (this test's worker holds gRPC channels, which a fork must not copy)."""
+    import pickle
+    import subprocess
+    import sys
+
+    with pytest.raises(TypeError, match="a Stylizer holds a loaded model .* make one in each worker"):
+        pickle.dumps(stylizer)
+    run = f"""
+import multiprocessing as mp, sys
+from concurrent.futures import ProcessPoolExecutor
+import numpy as np
+from PIL import Image
+import adain
+st = adain.Stylizer({str(decoder_path)!r}, device="cpu")
+img = lambda seed: Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), np.uint8))
+here = st.stylize(img(1), [img(2)]).tobytes()
+def work(_):
+    return st.stylize(img(1), [img(2)]).tobytes()
+with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
+    print(all(out == here for out in pool.map(work, range(2), timeout=60)))
+"""
+    proc = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "True\n", proc.stderr[-2000:]
+
+
+def test_numpy_weights_and_a_closed_image(stylizer: Stylizer) -> None:
+    """A notebook's: weights as a NumPy array were refused ("got a ndarray"), a closed PIL image was "truncated or
+    corrupt"."""
+    import numpy as np
+
+    styles = [STYLE_A, encoded(synth_image(48, 48, seed=9))]
+    assert diff(stylizer.stylize(CONTENT, styles, weights=np.array([0.3, 0.7])),
+                stylizer.stylize(CONTENT, styles, weights=[0.3, 0.7])) == 0
+    closed = synth_image(64, 48)
+    closed.close()
+    with pytest.raises(InvalidInputError, match=r"^content: the PIL image is closed"):
+        stylizer.stylize(closed, [STYLE_A])
+
+
 def _check_alpha(alpha: float) -> None:
     Job(STYLE_A, [STYLE_A], alpha=alpha).check(Limits())
 
