@@ -68,6 +68,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def float_in_range(low: float, high: float) -> Callable[[str], float]:
+    """A finite number in (low, high]: a size in MiB, which must be above 0 and is bounded by what it feeds."""
+
+    def check(text: str) -> float:
+        value = _finite(text)
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"must be > {low:g} and at most {high:g}, got {text}")
+        return value
+
+    return check
+
+
 def unit_interval(text: str) -> float:
     value = _finite(text)
     if not 0.0 <= value <= 1.0:

@@ -601,6 +601,33 @@ def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
         return Path(value).read_bytes()
 
 
+def _check_tls(root: bytes | None, chain: bytes | None, key: bytes | None, chain_file: Any, key_file: Any) -> None:
+    """TLS material that gRPC would take and then fail every call with (adain-web started, its health 503 for
+    good, blaming "Connection refused"): a CA file that holds no certificate, a client certificate or key that
+    is no PEM, a key that is not the certificate's (checked where both are files: Python's ssl reads files)."""
+    import ssl
+
+    if root is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=root.decode("ascii"))
+        except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
+            raise _local_error("root_certificates", f"holds no PEM certificate that reads ({_ssl_why(e)})") from None
+    if chain is not None and b"-----BEGIN CERTIFICATE-----" not in chain:
+        raise _local_error("client_certificate", "holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    if key is not None and b"PRIVATE KEY-----" not in key:
+        raise _local_error("client_key", "holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
+    if isinstance(chain_file, (str, os.PathLike)) and isinstance(key_file, (str, os.PathLike)):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(chain_file, key_file)
+        except ssl.SSLError as e:
+            raise _local_error("client_key", f"is not the key of the client certificate, or either does not read "
+                                             f"({_ssl_why(e)})") from None
+
+
+def _ssl_why(e: Exception) -> str:
+    return getattr(e, "reason", None) or str(e)
+
+
 # adain.wire.TOKEN_RE: a token outside it failed every call with "INTERNAL: Invalid metadata"
 TOKEN_RULE = "a token is printable ASCII without spaces (what an HTTP/2 header carries)"
 
@@ -712,11 +739,10 @@ class _ClientBase:
         self._token = _TokenSource(token, token_file)
         creds = None
         if secure:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_pem(root_certificates, "root_certificates"),
-                private_key=_pem(client_key, "client_key"),
-                certificate_chain=_pem(client_certificate, "client_certificate"),
-            )
+            root, key, chain = (_pem(root_certificates, "root_certificates"), _pem(client_key, "client_key"),
+                                _pem(client_certificate, "client_certificate"))
+            _check_tls(root, chain, key, client_certificate, client_key)
+            creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
         self._closed = False  # set by close(): a call after it is a StyleTransferError, not gRPC's ValueError
         self._connect(target, creds, opts)
 

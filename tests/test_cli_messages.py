@@ -16,7 +16,7 @@ import pytest
 
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import _content_failed, _describe, _one_content, build_parser, main
-from helpers import ServerProcess, free_port, library_stub
+from helpers import ServerProcess, free_port, library_stub, make_certificates
 from synth import make_image, make_mask
 
 CONTENT = make_image(64, 48, seed=81)
@@ -204,6 +204,44 @@ def test_with_tls_no_port_is_443(target: str) -> None:
     StyleTransferClient(target, tls=True).close()
     with pytest.raises(StyleTransferError, match="no port"):
         StyleTransferClient(target.replace("[::1]", "[::1]:"), tls=False)
+
+
+def test_tls_files_grpc_would_fail_every_call_with_are_said_first(files: dict[str, Path], tmp_path: Path,
+                                                                  capsys) -> None:
+    """A CA file that holds no certificate, a key that is not the certificate's: gRPC took them and failed every
+    call (adain-web started, its health 503 for good, blaming "Connection refused")."""
+    if not make_certificates(tmp_path, "a", "b"):
+        pytest.skip("no openssl")
+    (tmp_path / "notpem.pem").write_text("not a certificate\n")
+    argv = [str(files["content.png"]), "-s", str(files["a.png"]), "-o", str(tmp_path / "o.png"), "--server",
+            f"127.0.0.1:{free_port()}"]
+    assert _error([*argv, "--ca-cert", str(tmp_path / "notpem.pem")], capsys).startswith(
+        "--ca-cert: holds no PEM certificate that reads (")
+    mtls = ["--ca-cert", str(tmp_path / "a-ca.pem"), "--client-cert", str(tmp_path / "a.pem")]
+    assert _error([*argv, *mtls, "--client-key", str(tmp_path / "b.key")], capsys).startswith(
+        "--client-key: is not the key of the client certificate, or either does not read (")
+    assert _error([*argv, *mtls[:3], str(tmp_path / "a.key"), "--client-key", str(tmp_path / "a.key")],
+                  capsys) == "--client-cert: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    from adain.web.__main__ import main as web
+
+    assert web(["--port", str(free_port()), "--server", f"127.0.0.1:{free_port()}", "--ca-cert",
+                str(tmp_path / "notpem.pem")]) == 2
+    assert capsys.readouterr().err.startswith("adain-web: error: --ca-cert: holds no PEM certificate that reads")
+
+
+def test_web_flags_an_operator_gets_wrong(capsys) -> None:
+    """From an operator's tour: --max-upload-mb 3000 was a traceback (gRPC's channel limit is an int32 of bytes),
+    an origin without its scheme or a host with one never matched, and [::] (as the manifest said) was "Name or
+    service not known"."""
+    from adain.web.__main__ import parse_args
+
+    assert parse_args(["--host", "[::]"]).host == "::"
+    for flag, value, said in (("--max-upload-mb", "3000", "must be > 0 and at most 1800, got 3000"),
+                              ("--allowed-origin", "example.org", "an origin is scheme://host[:port]"),
+                              ("--allowed-host", "http://x", "a host name (e.g. styles.example.org), no scheme")):
+        with pytest.raises(SystemExit) as info:
+            parse_args([flag, value])
+        assert info.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_an_http_server_is_named_as_one(files: dict[str, Path], tmp_path: Path, capsys) -> None:

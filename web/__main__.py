@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 import signal
 import socket
 import sys
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from adain.argtypes import OneLineParser, int_in_range, positive_float, positive_int
+from adain.argtypes import OneLineParser, float_in_range, int_in_range, positive_float, positive_int
 from adain.client.cli import (
     CliError,
     add_connection_args,
@@ -31,25 +32,51 @@ log = logging.getLogger("adain.web")
 START_HEALTH_TIMEOUT_S = 5.0  # the one look at the server at start (in a thread: the page starts meanwhile)
 
 
+# The upload is sent as one message, on a channel whose limit is an int32 of bytes with 10% and 1 MiB to spare
+MAX_UPLOAD_MB = 1800
+
+
+def _bare_host(text: str) -> str:
+    """An address to listen on, IPv6 with or without its brackets (uvicorn takes it without: "[::]", as the
+    manifest said to give it, was "Name or service not known")."""
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
+def _origin(text: str) -> str:
+    """A site as browsers send it in Origin: scheme://host[:port], nothing after ("example.org" never matched)."""
+    if not re.fullmatch(r"https?://[^/\s]+", text.rstrip("/")):
+        raise argparse.ArgumentTypeError(f"an origin is scheme://host[:port], as a browser sends it (e.g. "
+                                         f"https://example.org), got {text!r}")
+    return text
+
+
+def _host_name(text: str) -> str:
+    """A name the page answers to in Host: a name or address, with a port or without, no scheme or path."""
+    if not text or "/" in text or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"a host name (e.g. styles.example.org), no scheme or path, got {text!r}")
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog="adain-web", description=__doc__)
     add_version_arg(p, "adain-web")
     add_connection_args(p)
     add_local_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                   "only; 0.0.0.0 for every interface)")
+    p.add_argument("--host", type=_bare_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1: "
+                   "this machine only; 0.0.0.0 for every interface, :: for every IPv6 one, [::] alike)")
     p.add_argument("--port", type=int_in_range(1, 65535), default=8080, help="HTTP port (default 8080)")
-    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, metavar="MB",
-                   help="largest request body (content, styles and mask together), MB (default 20)")
-    p.add_argument("--max-video-mb", type=positive_float, default=200.0, metavar="MB",
-                   help="largest clip upload (with its styles), MB (default 200)")
+    p.add_argument("--max-upload-mb", type=float_in_range(0, MAX_UPLOAD_MB), default=20.0, metavar="MiB",
+                   help=f"largest request body (content, styles and mask together), MiB (default 20, at most "
+                   f"{MAX_UPLOAD_MB:g}: it goes to the server as one gRPC message)")
+    p.add_argument("--max-video-mb", type=positive_float, default=200.0, metavar="MiB",
+                   help="largest clip upload (with its styles), MiB (default 200)")
     p.add_argument("--max-video-frames", type=positive_int, default=900,
                    help="most frames a clip may have (default 900: 30 s at 30 fps); the server's own limit holds too")
     p.add_argument("--max-photos", type=positive_int, default=16, metavar="N",
                    help="photo calls at once (default 16; each holds its upload, up to --max-upload-mb, on the "
                    "temporary folder's disk for its whole call, and about 3 times it in memory as it is sent: "
-                   "~60 MB at 20 MB); more get 429 before their upload is read")
-    p.add_argument("--max-disk-mb", type=positive_float, default=2048.0, metavar="MB",
+                   "~60 MiB at 20 MiB); more get 429 before their upload is read")
+    p.add_argument("--max-disk-mb", type=positive_float, default=2048.0, metavar="MiB",
                    help="disk space for clips' uploads and results (default 2048; an upload counts as twice "
                    "--max-video-mb, as it is spooled, then copied): the oldest finished clips go first to make "
                    "room, then uploads wait (429) and a clip outgrowing it fails; keep it under the temporary "
@@ -72,10 +99,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--forwarded-for", action="store_true",
                    help="behind a reverse proxy: a page's visitor is the last X-Forwarded-For address, not the "
                    "proxy's (the server gives each visitor a turn where adain-web's token is marked front)")
-    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+    p.add_argument("--allowed-origin", action="append", type=_origin, default=[], metavar="ORIGIN",
                    help="another site (https://example.org) whose pages may call this API from a browser; by "
                    "default only this page may (repeat for more)")
-    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+    p.add_argument("--allowed-host", action="append", type=_host_name, default=None, metavar="NAME",
                    help="a name this page answers to in a request's Host (repeat for more). Listening on loopback "
                    "(the default --host) it answers to its addresses and localhost alone, so that another site "
                    "whose name is made to resolve here (DNS rebinding) is refused; listening elsewhere, to any "
