@@ -671,7 +671,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
     async def StylizeVideo(
         self, requests: AsyncIterator[pb.VideoRequest], context: grpc.aio.ServicerContext, rid: str
     ) -> AsyncIterator[pb.VideoFrame]:
-        first = await anext(aiter(requests), None)
+        first = await self.video.first(requests)
         if first is None:  # a client that cancelled before sending anything is a cancel, not bad input
             await cancelled_soon(context.cancelled)
         if first is None or first.WhichOneof("part") != "options":
@@ -782,7 +782,7 @@ WIRE_LABEL_RULE = ("must be a grey level 0-255, a colour 0xRRGGBB (up to 0xFFFFF
 def _wire_label(problem: InvalidInputError, msg: pb.StylizeRequest | pb.VideoOptions) -> InvalidInputError:
     """A label value out of range, said in the wire's terms (the library's message is for Python callers)."""
     m = LABEL_FIELD_RE.fullmatch(problem.field)
-    if m is None or int(m.group(1)) >= len(msg.styles) or msg.preset:
+    if m is None or int(m.group(1)) >= len(msg.styles) or _from_preset(msg):
         return problem
     style = msg.styles[int(m.group(1))]
     if not style.HasField("label") or label_value(style.label) is not None:  # a value no pixel has, say
@@ -799,15 +799,33 @@ def _violation(field: str, description: str, request: pb.StylizeRequest | pb.Vid
                prefix: str = "") -> Violation:
     """A Job's problem as the request's: its field path (:func:`_proto_field`), and a style that came from the
     request's preset named as the preset's (the request has no styles[i] to name)."""
-    if request.preset and field.startswith("styles["):
-        description = f"{field} of preset {request.preset!r}: {description}"
+    if _from_preset(request) and field.startswith("styles["):
+        description = f"{field} of preset {_clipped(request.preset)!r}: {description}"
+    field, description = _wire_regions(field, description, request)
     return Violation(prefix + _proto_field(field, request), description)
+
+
+def _from_preset(request: pb.StylizeRequest | pb.VideoOptions) -> bool:
+    """Whether the request's styles are its preset's (a request that gives both has its own, and is refused for
+    it: a problem in its styles[i] was said to be the preset's, a preset that did not exist)."""
+    return bool(request.preset) and not request.styles
+
+
+def _wire_regions(field: str, description: str, request: pb.StylizeRequest | pb.VideoOptions) -> tuple[str, str]:
+    """The library's per-style lists (``masks``, ``label_values``) said as the wire's fields: a client generated
+    from the proto has no field by those names (a fuzzer's: the BadRequest named them)."""
+    if description.startswith("give one form of regions"):  # (the library names its second form)
+        description = description.replace("masks", "styles[].mask")
+        return ("mask" if field == "masks" else field), description
+    if field == "label_values" and _from_preset(request):  # the only way a count can differ on the wire
+        return "labels", "a preset's styles carry no labels: give the styles themselves, each with its Style.label"
+    return field, description
 
 
 def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> str:
     """A Job field as the request's field path: what the proto adds is the style's source
     ("styles[1]" -> "styles[1].image" or "styles[1].style_id"), or the preset the styles came from."""
-    if field.startswith("styles[") and request.preset:
+    if field.startswith("styles[") and _from_preset(request):
         return "preset"
     if field.startswith("styles[") and field.endswith("]"):
         i = int(field[len("styles[") : -1])

@@ -271,7 +271,15 @@ class VideoService:
         except BaseException as e:  # noqa: BLE001 - handed to the call, which ends with it
             await self._hand(queue, e, ended)
 
-    async def _next(self, messages: AsyncIterator[pb.VideoRequest], answered: asyncio.Event) -> Any:
+    async def first(self, requests: AsyncIterator[pb.VideoRequest]) -> Any:
+        """A stream's first message (None where it ended first), or DEADLINE_EXCEEDED after idle_s: a client that
+        opened a stream and never spoke kept a server task for its whole deadline (for ever without one)."""
+        owed = asyncio.Event()
+        owed.set()
+        return await self._next(aiter(requests), owed, "no options came")
+
+    async def _next(self, messages: AsyncIterator[pb.VideoRequest], answered: asyncio.Event,
+                    missing: str = "no frame came") -> Any:
         """The client's next message (None at its end), or DEADLINE_EXCEEDED once it has owed one for idle_s:
         the clock runs only while ``answered`` (none of its frames on the server). While the server renders, a
         client that waits for its replies before sending more (a live camera, in lock-step) owes nothing; a
@@ -290,7 +298,7 @@ class VideoService:
                 await asyncio.wait({read}, timeout=self.limits.idle_s)
             if not read.done():  # a paused or vanished client
                 self.metrics.video_idle.inc()
-                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle("no frame came"))
+                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, self._idle(missing))
             return read.result()
         finally:
             if not read.done():  # cancelled, or ended idle: its read goes with the call

@@ -31,9 +31,10 @@ IDLE_S = 1
 @pytest.fixture(scope="module")
 def strict(decoder_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """A server with a 64 KiB message limit, one long-job place and no long-job queue, a library of one style
-    ("mosaic"), a 1 s video idle time and batches that wait 1.5 s to fill."""
+    ("mosaic") and one preset of it ("one"), a 1 s video idle time and batches that wait 1.5 s to fill."""
     library = tmp_path_factory.mktemp("library")
     (library / "mosaic.png").write_bytes(make_image(64, 64, seed=5, kind="noise"))
+    (library / "presets.json").write_text('{"one": {"styles": {"mosaic": 1}}}')
     srv = ServerProcess(decoder_path, "--max-message-mb", "0.0625", "--max-refine-jobs", "1", "--max-refine-queue",
                         "0", "--tile-threshold", "30000", "--tile-size", "256", "--styles-dir", str(library),
                         "--video-idle-s", str(IDLE_S), "--max-batch-size", "8", "--max-batch-delay-ms",
@@ -155,8 +156,9 @@ def test_a_stream_cancelled_before_its_options_is_counted_as_cancelled(strict) -
     try:
         with grpc.insecure_channel(srv.target) as channel:
             call = pb_grpc.StyleTransferStub(channel).StylizeVideo(nothing(), timeout=60)
-            # the handler runs, waiting for the options (its headers come only once a stream is admitted)
-            time.sleep(1.0)
+            # the handler runs, waiting for the options (its headers come only once a stream is admitted), for
+            # less than the idle time (IDLE_S), which would end the stream first
+            time.sleep(IDLE_S / 2)
             call.cancel()
             deadline = time.monotonic() + 15
             while _count(srv, "StylizeVideo", "CANCELLED") == cancelled:
@@ -185,6 +187,59 @@ def test_a_stream_without_frames_names_the_frames(strict) -> None:
             list(pb_grpc.StyleTransferStub(channel).StylizeVideo(iter([options]), timeout=60))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "frames: the stream carried no frames"
+
+
+def test_a_stream_that_never_sends_its_options_is_ended_when_idle(strict) -> None:
+    """A client that opened a stream and never spoke kept a server task for its whole deadline (a fuzzer's piled
+    up 25 of them), for ever without one."""
+    srv, _ = strict
+    gate = threading.Event()
+
+    def silent():
+        gate.wait(30)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            began = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                list(pb_grpc.StyleTransferStub(channel).StylizeVideo(silent(), timeout=30))
+            took = time.monotonic() - began
+    finally:
+        gate.set()
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and took < 15, took
+    assert info.value.details().startswith(f"no options came for {IDLE_S} s (video_idle_s)"), info.value.details()
+
+
+def _fields(err: grpc.RpcError) -> list[str]:
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = next(status_pb2.Status.FromString(v) for k, v in err.trailing_metadata() if k == "grpc-status-details-bin")
+    found = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found += [v.field for v in bad.field_violations]
+    return found
+
+
+def test_region_and_preset_problems_name_the_wires_fields(strict) -> None:
+    """A fuzzer's: BadRequest named the library's "masks" and "label_values", which no client generated from the
+    proto has, and a request's own bad weight beside a preset was said to be the preset's (one that did not
+    exist)."""
+    srv, _ = strict
+    band = make_mask(64, 48)
+    err = _raw(srv, pb.StylizeRequest(content=CONTENT, mask=band, styles=[pb.Style(image=STYLE, mask=band),
+                                                                         pb.Style(image=STYLE, mask=band)]))
+    assert _fields(err) == ["mask"] and err.details() == (
+        "mask: give one form of regions, not mask and styles[].mask"), err.details()
+    labels = encoded(Image.fromarray(np.full((48, 64), 7, np.uint8)))
+    err = _raw(srv, pb.StylizeRequest(content=CONTENT, preset="one", labels=labels))
+    assert _fields(err) == ["labels"] and err.details() == (
+        "labels: a preset's styles carry no labels: give the styles themselves, each with its Style.label")
+    err = _raw(srv, pb.StylizeRequest(content=CONTENT, preset="nope", styles=[pb.Style(image=STYLE, weight=-1)]))
+    assert _fields(err) == ["preset", "styles[0].weight"] and "of preset" not in err.details(), err.details()
 
 
 def test_a_library_styles_id_is_told_apart_from_an_unknown_one(strict) -> None:
