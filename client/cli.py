@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video: take S seconds from --start (default: to the end); its sound too")
     p.add_argument("--refine", type=non_negative_int, default=0, metavar="N",
                    help="then N iterations of the optimisation method (Gatys et al.) on the output: finer "
-                   "texture, seconds per iteration on a CPU; raise --timeout to match (default 0: off)")
+                   "texture, seconds per iteration on a CPU; the deadline grows with the steps (default 0: off)")
     p.add_argument("--classic", action="store_true",
                    help="with --refine N: start from the content image instead of the decoder's output (the "
                    "classic method, to compare; it needs a few hundred iterations)")

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from adain.argtypes import OneLineParser, int_in_range
+from adain.commands import add_version_arg
 from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
 from adain.image import to_image
@@ -73,10 +74,20 @@ RESUMED_KNOBS = (*LOGGED_KNOBS, "lr", "lr_decay", "cooldown", "ema", "batch_size
                  "content_weight", "precision", "steps", "detail", "alpha_input")
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each flag's default where its help does not say it (ten did not)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unsaid = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        if "default" in text or not action.option_strings or unsaid:
+            return text
+        return f"{text} (default {action.default})"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = OneLineParser(
-        prog="adain-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(prog="adain-train", description=__doc__, formatter_class=_Help)
+    add_version_arg(p, "adain-train")
     p.add_argument("--content", type=Path, required=True, help="folder of content photos (recursive)")
     p.add_argument("--style", type=Path, required=True, help="folder of style images (recursive)")
     p.add_argument("--out", type=Path, default=Path("runs/decoder"), help="checkpoint, log and samples go here")
@@ -93,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recon-scale", type=float, default=None,
                    help="the content scale of the samples at alpha 0 (default: --content-scale); 1 keeps the "
                    "photos' own detail for the reconstruction while the other samples train at 2")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate at step 0")
     p.add_argument("--lr-decay", type=float, default=5e-5, help="lr / (1 + lr_decay * step)")
     p.add_argument("--cooldown", type=int, default=0,
                    help="over the last N steps before --steps, take the lr linearly down to 0")
@@ -103,8 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
                    "export writes it instead of the last step's weights")
-    p.add_argument("--style-weight", type=float, default=10.0)
-    p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--style-weight", type=float, default=10.0, help="the style loss's weight")
+    p.add_argument("--content-weight", type=float, default=1.0, help="the content loss's weight")
     p.add_argument("--alpha-zero", type=float, default=0.0, help="share of samples trained at alpha 0 (reconstruction)")
     p.add_argument("--alpha-one", type=float, default=1.0,
                    help="share of samples at alpha 1; the rest draw alpha uniformly in (0, 1)")
@@ -126,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from this decoder file's weights (e.g. adain/assets/decoder.pt) instead of random; "
                    "a --resume with a checkpoint ignores it")
     p.add_argument("--workers", type=int_in_range(0), default=2, help="DataLoader workers per process (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the crops, the order and the weights' start")
     p.add_argument("--save-every", type=int_in_range(1), default=500, help="checkpoint every N steps (and on exit)")
     p.add_argument("--log-every", type=int_in_range(1), default=10, help="JSONL loss record every N steps")
     p.add_argument("--sample-every", type=int_in_range(1), default=500,

@@ -58,7 +58,7 @@ def _host_name(text: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = OneLineParser(prog="adain-web", description=__doc__)
+    p = OneLineParser(prog="adain-web", description=(__doc__ or "").replace("``", ""))  # (reST quotes, in --help)
     add_version_arg(p, "adain-web")
     add_connection_args(p)
     add_local_arg(p)
@@ -110,7 +110,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int_in_range(0, 65535), default=0, metavar="PORT",
                    help="serve Prometheus metrics (requests by route and status, live sessions, clip jobs) on this "
                    "port of --host (default 0: none; a port of its own, so the public never sees them)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="the page's log and uvicorn's (default info: a line a request)")
     args = p.parse_args(argv)
     args.local_given = local_conflicts(p, sys.argv[1:] if argv is None else argv)
     return args
