@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import socket
@@ -15,7 +16,15 @@ from typing import NoReturn
 from adain.commands import quiet_grpc
 
 from . import logs
-from .config import PORT_TAKEN_HINT, Settings, compile_sizes, parse_settings, unknown_variables
+from .config import (
+    PORT_TAKEN_HINT,
+    Settings,
+    compile_sizes,
+    listen_address,
+    parse_settings,
+    settings_warnings,
+    unknown_variables,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +41,7 @@ def _main(argv: Sequence[str] | None) -> int:
     settings = parse_settings(argv)
     logs.setup(settings.log_level, settings.log_format)
     log = logging.getLogger("adain.server")
-    for warning in unknown_variables():
+    for warning in unknown_variables() + settings_warnings(settings, argv):
         log.warning("%s", warning)
     from .library import StyleLibrary
 
@@ -44,7 +53,7 @@ def _main(argv: Sequence[str] | None) -> int:
         logs.fatal(str(e))
         return 2
     if why := _host_error(settings.host):  # (was gRPC's log line and a taken port's hint) a setting's fault: exit 2
-        logs.fatal(f"cannot listen on {settings.host}:{settings.port}: {why}")
+        logs.fatal(f"cannot listen on {listen_address(settings.host, settings.port)}: {why}")
         return 2
     if busy := _busy_port(settings):  # the same error the start would end with, seconds later
         logs.fatal(busy)
@@ -112,14 +121,15 @@ def _busy_port(settings: Settings) -> str | None:
     checks again. gRPC takes a port when it can bind any address of the host (``[::]`` falls back to 0.0.0.0),
     so its ports are busy only when every one is; the metrics exporter binds the first address alone."""
     host, in_use = settings.host, os.strerror(errno.EADDRINUSE)
+    at = functools.partial(listen_address, host)
     # A second server on one machine trips on the fixed defaults: say what gets it going (--port 0 picks a free
     # port; --metrics-port 0 or negative serves no metrics, see config.py's help: no free-port choice there).
     ports = [(settings.port, True,
-              f"cannot listen on {host}:{settings.port}: {in_use} {PORT_TAKEN_HINT}"),
+              f"cannot listen on {at(settings.port)}: {in_use} {PORT_TAKEN_HINT}"),
              (settings.metrics_port, False,
-              f"cannot serve metrics on {host}:{settings.metrics_port}: {in_use} (another adain-server? give "
+              f"cannot serve metrics on {at(settings.metrics_port)}: {in_use} (another adain-server? give "
               "--metrics-port 0 to serve no metrics, or another port)"),
-             (settings.health_port, True, f"cannot listen on {host}:{settings.health_port} (--health-port): {in_use}")]
+             (settings.health_port, True, f"cannot listen on {at(settings.health_port)} (--health-port): {in_use}")]
     for port, grpc_like, error in ports:
         if port > 0 and _listened_on(host, port, grpc_like):
             return error
@@ -146,8 +156,8 @@ def _host_error(host: str) -> str | None:
         family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
         return f"{e.strerror} (--host: {hint})"
-    except (OSError, ValueError):  # a malformed name (UnicodeError): the start's own error
-        return None
+    except (OSError, ValueError) as e:  # a malformed name (UnicodeError): gRPC failed it after the model loaded
+        return f"not a host name or address: {e} (--host: {hint})"
     try:
         with socket.socket(family, kind, proto) as probe:
             probe.bind(address)
@@ -177,13 +187,16 @@ def _check_files(settings: Settings) -> None:
     files = {"--decoder": settings.decoder, "--tls-cert": settings.tls_cert, "--tls-key": settings.tls_key,
              "--tls-client-ca": settings.tls_client_ca, "--auth-tokens-file": settings.auth_tokens_file}
     for flag, path in files.items():
-        if path and not Path(path).is_file():
-            raise ValueError(f"{flag} {path}: no such file")
+        if path and not Path(path).is_file():  # (a folder was "no such file")
+            raise ValueError(f"{flag} {path}: {'is a folder, not a file' if Path(path).is_dir() else 'no such file'}")
     try:
         if settings.tls_cert and settings.tls_key:
             TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.auth_tokens_file:
-            TokenFile(settings.auth_tokens_file)
+            try:
+                TokenFile(settings.auth_tokens_file)
+            except ValueError as e:  # named by its path: by the flag too
+                raise ValueError(f"--auth-tokens-file: {e}") from None
     except OSError as e:
         raise ValueError(f"cannot read {e.filename or 'a TLS or token file'}: {e.strerror or e}") from None
 

@@ -40,7 +40,7 @@ from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
 from . import logs
 from .auth import TlsFiles, TokenAuth, TokenFile, bearer_token
 from .batcher import Batcher
-from .config import PORT_TAKEN_HINT, Settings
+from .config import PORT_TAKEN_HINT, Settings, listen_address
 from .drain import Drain
 from .errors import reply_limit
 from .fairpool import FairExecutor
@@ -262,7 +262,7 @@ class StyleTransferServer:
         )
         # Metrics first: a busy metrics port fails the start before anything listens.
         self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
-        address = f"{s.host}:{s.port}"
+        address = listen_address(s.host, s.port)
         try:
             if tls is not None:
                 port = server.add_secure_port(address, tls.credentials())
@@ -277,7 +277,7 @@ class StyleTransferServer:
             self.metrics.close()
             raise OSError(f"cannot listen on {address}{reason} {PORT_TAKEN_HINT}")
         if s.health_port > 0:
-            self.health_server = await self._serve_health(f"{s.host}:{s.health_port}")
+            self.health_server = await self._serve_health(listen_address(s.host, s.health_port))
         self.servicer.replica = s.replica_name or f"{socket.gethostname()}:{port}"
         await server.start()
         self.server = server
@@ -403,20 +403,23 @@ async def serve(settings: Settings, stylizer: Any, out=None, library: StyleLibra
     except (OSError, ValueError) as e:  # a port in use, an unreadable or bad certificate or token file
         logs.fatal(str(e))
         return 1
-    host = settings.host
-    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    logs.announce(f"adain-server listening on {shown}:{port}", out)
+    logs.announce(f"adain-server listening on {listen_address(settings.host, port)}", out)
     if app.metrics_port:
-        log.info("metrics on http://%s:%d/metrics", shown, app.metrics_port)
+        log.info("metrics on http://%s/metrics", listen_address(settings.host, app.metrics_port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    first: list[signal.Signals] = []
 
     def on_signal(sig: signal.Signals) -> None:
         """The first drains; a second one, while the drain waits for work in flight, ends the process now."""
         if stop.is_set():
-            log.warning("%s again while draining: stopping now, %d call(s) abandoned", sig.name, app.drain.inflight)
+            # (a SIGHUP after a SIGTERM was "SIGHUP again")
+            came = f"{sig.name} again" if sig == first[0] else f"{sig.name} after {first[0].name}"
+            log.warning("%s while draining: stopping now, %d call(s) abandoned", came, app.drain.inflight)
             logging.shutdown()
             os._exit(128 + sig)
+        first.append(sig)
         stop.set()
 
     # SIGHUP too: a terminal closing (or a supervisor's) once killed the server without its drain

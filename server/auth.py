@@ -80,6 +80,7 @@ class TlsFiles:
             client_ca = Path(self.paths[2]).read_bytes()
             if b"-----BEGIN CERTIFICATE-----" not in client_ca:
                 raise ValueError(f"{self.paths[2]} holds no PEM certificate")
+            _check_ca_dates(self.paths[2], client_ca)
         return grpc.ssl_server_certificate_configuration(
             [(Path(key).read_bytes(), Path(cert).read_bytes())], root_certificates=client_ca
         )
@@ -110,13 +111,17 @@ class TlsFiles:
 
 
 EXPIRY_WARNING_S = 14 * 86400  # a certificate this close to its end is warned of as it is loaded
+# The near ends warned of, (file, the certificate's end): the start reads the files twice (before the model loads,
+# and as it listens), and the warning came twice.
+_warned_expiry: set[tuple[str, str]] = set()
+PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def _check_dates(cert: str) -> None:
+def _check_dates(cert: str, what: str = "the certificate", shown: str | None = None) -> None:
     """ValueError for a certificate outside its validity dates: an expired one was served (SERVING, the plaintext
     health probe said so) while every client refused the handshake, and a rotation to one replaced the last good
     ones. A warning for one that ends within two weeks. Read with CPython's own decoder (no cryptography package);
-    where it is missing, nothing is checked."""
+    where it is missing, nothing is checked. ``shown``: the file named in messages, where ``cert`` is a copy."""
     decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
     if decode is None:
         return
@@ -125,22 +130,53 @@ def _check_dates(cert: str) -> None:
         not_before, not_after = (ssl.cert_time_to_seconds(info[k]) for k in ("notBefore", "notAfter"))
     except (ssl.SSLError, OSError, KeyError, ValueError):  # read by load_cert_chain already: left to gRPC
         return
-    now = time.time()
+    now, shown = time.time(), shown or cert
     if now > not_after:
-        raise ValueError(f"{cert}: the certificate expired on {info['notAfter']}; clients refuse it")
+        raise ValueError(f"{shown}: {what} expired on {info['notAfter']}; clients refuse it")
     if now < not_before:
-        raise ValueError(f"{cert}: the certificate is not valid before {info['notBefore']}; clients refuse it")
-    if not_after - now < EXPIRY_WARNING_S:
-        log.warning("%s: the certificate expires on %s, in %.1f days", cert, info["notAfter"],
-                    (not_after - now) / 86400)
+        raise ValueError(f"{shown}: {what} is not valid before {info['notBefore']}; clients refuse it")
+    if not_after - now < EXPIRY_WARNING_S and (shown, info["notAfter"]) not in _warned_expiry:
+        _warned_expiry.add((shown, info["notAfter"]))
+        log.warning("%s: %s expires on %s, in %.1f days", shown, what, info["notAfter"], (not_after - now) / 86400)
+
+
+def _check_ca_dates(path: str, pem: bytes) -> None:
+    """Each certificate of the client CA file within its dates: an expired CA was taken (SERVING) and every mTLS
+    client then failed the handshake. CPython's decoder reads a file's first certificate: each is copied alone."""
+    import tempfile
+
+    blocks = PEM_CERT_RE.findall(pem)
+    with tempfile.TemporaryDirectory(prefix="adain-ca-") as folder:
+        for n, block in enumerate(blocks, 1):
+            one = Path(folder) / f"{n}.pem"
+            one.write_bytes(block + b"\n")
+            what = "the client CA certificate" + (f" ({_subject(one)}, {n} of {len(blocks)})" if len(blocks) > 1
+                                                  else "")
+            _check_dates(str(one), what, shown=f"--tls-client-ca {path}")
+
+
+def _subject(cert: Path) -> str:
+    """A certificate's common name, to tell which of a CA file's it is (its place in the file where it has none)."""
+    try:
+        subject = ssl._ssl._test_decode_cert(str(cert))["subject"]  # type: ignore[attr-defined]
+        return next(f"CN={v}" for rdn in subject for k, v in rdn if k == "commonName")
+    except Exception:  # no name: the place in the file says which
+        return "no common name"
 
 
 def read_tokens(path: str) -> list[tuple[str, str, bool]]:
     """The (name, token, front) triples of a token file (name "" where a line has none; front: the line ends
     with "front"); ValueError when it has none, or a line is not ``[NAME] TOKEN`` or ``NAME TOKEN front``
-    with a token of at least MIN_TOKEN_CHARS."""
+    with a token of at least MIN_TOKEN_CHARS, a token is on two lines or the file is not UTF-8."""
     tokens = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    lines: dict[str, int] = {}  # token -> the line it is on
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:  # (was "'utf-8' codec can't decode byte 0xff in position 1", no file named)
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); a token file is "
+                         "text, one [NAME] TOKEN a line") from None
+    for n, line in enumerate(text.splitlines(), 1):
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
@@ -154,6 +190,9 @@ def read_tokens(path: str) -> list[tuple[str, str, bool]]:
                 f"{path} line {n}: expected [NAME] TOKEN or NAME TOKEN front (a name of letters, digits, '.', '_', "
                 f"'-'; a token of at least {MIN_TOKEN_CHARS} printable ASCII characters)"
             )
+        if token in lines:  # one token, two callers: its calls were the last line's without a word
+            raise ValueError(f"{path} lines {lines[token]} and {n}: the same token twice (a token names one caller)")
+        lines[token] = n
         tokens.append((name, token, front))
     if not tokens:
         raise ValueError(f"{path} holds no token")

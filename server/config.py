@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -118,8 +119,61 @@ class Settings:
         return Settings(**values)
 
 
-def _optional_path(text: str) -> str | None:
-    return text or None
+def _path(what: str) -> Callable[[str], str]:
+    """A file or folder's path. An empty one is an error, not "unset": ``ADAIN_TLS_CERT=`` or
+    ``--auth-tokens-file ''`` started a plaintext server with no tokens without a word (an empty ADAIN_PORT was
+    an error already)."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"an empty path (give a {what}, or leave it unset)")
+        return text
+
+    return check
+
+
+_FILE, _FOLDER = _path("file"), _path("folder")
+
+# More threads than this helped no machine and broke the start: --torch-threads 100000 was a segfault (exit 139,
+# no word), 5000 never warmed up, --workers 100000 a traceback ("can't start new thread").
+MAX_THREADS = 1024
+_THREADS = int_in_range(0, MAX_THREADS)
+# Longest --max-batch-delay-ms: 1e9 was taken (a lone request waited 11 days); a batch window is milliseconds.
+MAX_BATCH_DELAY_MS = 10_000
+MAX_REPLICA_NAME = 128
+
+
+def _batch_delay(text: str) -> float:
+    value = non_negative_float(text)
+    if value > MAX_BATCH_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_BATCH_DELAY_MS}] ms, got {text}")
+    return value
+
+
+def _replica_name(text: str) -> str:
+    """Sent as the x-served-by metadata value: gRPC takes printable ASCII alone. 'pod é' or a newline started a
+    server whose every call then failed on the client (INTERNAL "Invalid metadata") while it logged code=OK."""
+    if len(text) > MAX_REPLICA_NAME or not all(" " <= c <= "~" for c in text):
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_REPLICA_NAME} printable ASCII characters (space to "
+                                         f"'~': it is sent as gRPC metadata), got {text!r}")
+    return text
+
+
+def _host(text: str) -> str:
+    """An address or name to listen on; an IPv6 address bare (::1) or in brackets ([::1])."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty address (give one of this machine's addresses or names, or "
+                                         "0.0.0.0 or [::] for every interface)")
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if "[" in inner or "]" in inner or (inner is not text and ":" not in inner):
+        raise argparse.ArgumentTypeError(f"brackets go around an IPv6 address alone ([::1]), got {text!r}")
+    return text
+
+
+def listen_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC and people read it: a bare IPv6 address in brackets (gRPC failed "::1:50051" after the
+    model loaded, as a misformatted name)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def _side_port(text: str) -> int:
@@ -204,8 +258,12 @@ def _registry_mb(text: str) -> float:
 
 
 def _strength(text: str) -> float:
-    value = unit_interval(text)
-    if value >= 1:
+    """[0, 1): one range in every message (-0.1 was told [0, 1], 1 was told [0, 1))."""
+    try:
+        value = unit_interval(text)
+    except argparse.ArgumentTypeError:
+        value = -1.0
+    if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
@@ -219,12 +277,13 @@ def _device(text: str) -> str:
 
 # flag name -> (type, help). The default comes from Settings.
 _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "host": (str, "address to listen on (0.0.0.0 or [::] for every interface)"),
+    "host": (_host, "address to listen on (0.0.0.0 or [::] for every interface; an IPv6 address bare or in "
+             "brackets)"),
     "port": (int_in_range(0, 65535), "gRPC port; 0 picks a free port (the 'listening on' line shows it)"),
     "metrics-port": (_side_port, "Prometheus metrics HTTP port (on --host); 0 or negative disables"),
     "health-port": (_side_port, "a second, plaintext port serving only gRPC health, for probes that speak no TLS "
                     "or tokens (Kubernetes' gRPC probes); 0 or negative: none"),
-    "decoder": (_optional_path, "decoder weights file (adain.decoder.save_decoder format)"),
+    "decoder": (_FILE, "decoder weights file (adain.decoder.save_decoder format)"),
     "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
     "precision": (one_of(PRECISIONS), "auto (bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, detected at start; "
                   "float32 elsewhere), bf16, fp32, or int8 (OpenVINO on a CPU, the networks quantized at the "
@@ -235,17 +294,20 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "compile-sizes": (_compile_sizes, "with --backend compiled: the content sizes (HxW[,HxW...], as padded to "
                       "multiples of 8) compiled at start, each at batch sizes up to --max-batch-size (~20 s a "
                       "compile on a GPU's host); other sizes run eager"),
-    "torch-threads": (_count(0), "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
-                      "container's CPU limit (cgroup cpu.max) or affinity where lower"),
+    "torch-threads": (_THREADS, "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
+                      "container's CPU limit (cgroup cpu.max) or affinity where lower; at most "
+                      f"{MAX_THREADS}"),
     "max-batch-size": (_count(1), "most requests rendered in one batch"),
-    "max-batch-delay-ms": (non_negative_float, "longest time the oldest request waits for a batch to fill; 0: "
+    "max-batch-delay-ms": (_batch_delay, "longest time the oldest request waits for a batch to fill; 0: "
                            "none, a batch is what queued while the last one rendered (a wait bought no throughput "
-                           "on a CPU and ~17%% on an H200 at 512 px, and cost its length in latency)"),
+                           "on a CPU and ~17%% on an H200 at 512 px, and cost its length in latency); at most "
+                           f"{MAX_BATCH_DELAY_MS}"),
     "max-queue": (_count(1), "most Stylize requests admitted and not yet rendering; beyond: RESOURCE_EXHAUSTED"),
     "max-queue-per-caller": (_count(0), "most of --max-queue one caller may hold (callers: a token's name, "
                              "else the peer's address; they take turns); 0: half of --max-queue"),
-    "workers": (_count(0), "threads that decode and validate requests (Stylizer.prepare) and encode replies; "
-                "0: 2 on a CPU (the model takes the cores), one a usable CPU on a GPU (they are the work there)"),
+    "workers": (_THREADS, "threads that decode and validate requests (Stylizer.prepare) and encode replies; "
+                "0: 2 on a CPU (the model takes the cores), one a usable CPU on a GPU (they are the work there); "
+                f"at most {MAX_THREADS}"),
     "max-message-mb": (_message_mb, "largest gRPC message received or sent, MiB (0.0625 to 2047: gRPC counts bytes "
                        "in 32 bits)"),
     "max-pixels": (_STYLE_PIXELS, "largest content, style or mask image, in pixels (width x height)"),
@@ -260,7 +322,7 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-styles": (_count(1), "most styles in one request"),
     "style-registry-size": (_count(1), "most styles kept by RegisterStyle (least recently used go first)"),
     "style-registry-mb": (_registry_mb, "most bytes of style images kept by RegisterStyle, MiB"),
-    "styles-dir": (_optional_path, "a folder of style images that requests name by file stem (Style.style_id "
+    "styles-dir": (_FOLDER, "a folder of style images that requests name by file stem (Style.style_id "
                    "\"mosaic\" for mosaic.jpg; ListStyles lists them); read again when it changes"),
     "style-cache-size": (_count(1), "style feature cache entries (by image hash and size)"),
     "max-refine-steps": (_count(0), "most optimisation iterations (refine_steps) of one request; 0 turns "
@@ -277,18 +339,20 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                  f"{', '.join(TEMPORAL_MODES)}"),
     "temporal-strength": (_strength, "how much of the past a video frame keeps, in [0, 1), when a stream "
                           "does not say"),
-    "tls-cert": (_optional_path, "PEM certificate chain file; with --tls-key, serve TLS"),
-    "tls-key": (_optional_path, "PEM private key file; with --tls-cert, serve TLS"),
-    "tls-client-ca": (_optional_path, "PEM CA certificate(s): with TLS, require a client certificate signed by one "
+    "tls-cert": (_FILE, "PEM certificate chain file; with --tls-key, serve TLS"),
+    "tls-key": (_FILE, "PEM private key file; with --tls-cert, serve TLS"),
+    "tls-client-ca": (_FILE, "PEM CA certificate(s): with TLS, require a client certificate signed by one "
                       "(mutual TLS). The TLS files are read again when they change"),
-    "auth-tokens-file": (_optional_path, "file of accepted bearer tokens, one per line as [NAME] TOKEN (the token "
+    "auth-tokens-file": (_FILE, "file of accepted bearer tokens, one per line as [NAME] TOKEN (the token "
                          "16+ characters; the name is the caller in logs and queue turns; # comments): "
                          "calls without 'authorization: Bearer <token>' get UNAUTHENTICATED (health stays open); "
                          "read again when it changes"),
-    "grace-seconds": (non_negative_float, "on SIGTERM/Ctrl-C, how long work in flight may take to finish"),
+    "grace-seconds": (non_negative_float, "on SIGTERM, SIGHUP or Ctrl-C (SIGINT), how long work in flight may "
+                      "take to finish"),
     "max-connection-age-s": (_connection_age, "close each client connection after this long (gracefully), so "
                              "clients re-resolve and balance onto new replicas; 0: never"),
-    "replica-name": (str, "this replica's name in the x-served-by reply metadata"),
+    "replica-name": (_replica_name, f"this replica's name in the x-served-by reply metadata (at most "
+                     f"{MAX_REPLICA_NAME} printable ASCII characters)"),
     "log-level": (one_of(LOG_LEVELS, str.upper), "DEBUG, INFO, WARNING or ERROR"),
     "log-format": (one_of(("text", "json")), "text (a line for a person) or json (an object a line, a call's fields "
                    "as keys, for a log pipeline)"),
@@ -367,7 +431,53 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     return parser
 
 
+def _on_command_line(flag: str, argv: Sequence[str]) -> bool:
+    return any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in argv)
+
+
+def _named(flag: str, value: Any, argv: Sequence[str], environ: Mapping[str, str]) -> str:
+    """How a message names a setting: ``--flag VALUE``, ``ADAIN_FLAG=VALUE`` where it came from the variable, or
+    ``--flag VALUE (the default)`` where from neither."""
+    if _on_command_line(flag, argv):
+        return f"--{flag} {value}"
+    return f"{env_name(flag)}={value}" if env_name(flag) in environ else f"--{flag} {value} (the default)"
+
+
+def _port_clash(ns: argparse.Namespace, argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """Two of the server's own listeners on one port: found after the model loaded, as "another adain-server?"
+    (exit 1), though no other process was to blame."""
+    ports = {"port": ns.port, "metrics-port": ns.metrics_port, "health-port": ns.health_port}
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port <= 0:  # 0: a free one; negative: none
+            continue
+        if port in seen:
+            return f"{_named(flag, port, argv, environ)}: the same port as --{seen[port]} (give each its own)"
+        seen[port] = flag
+    return None
+
+
+def settings_warnings(settings: Settings, argv: Sequence[str] | None = None,
+                      environ: Mapping[str, str] | None = None) -> list[str]:
+    """Settings taken, but not as given: warned of at start, not refused (a caller relies on each: the per-caller
+    share is capped by design, and benchmarks/grpc_latency.py gives --compile-sizes whatever the backend)."""
+    environ = os.environ if environ is None else environ
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = []
+    if settings.max_queue_per_caller > settings.max_queue:
+        out.append(f"{_named('max-queue-per-caller', settings.max_queue_per_caller, argv, environ)} is over "
+                   f"--max-queue {settings.max_queue}: one caller may hold the whole queue ({settings.per_caller}), "
+                   "no more")
+    if settings.backend != "compiled" and (_on_command_line("compile-sizes", argv)
+                                           or env_name("compile-sizes") in environ):
+        out.append(f"{_named('compile-sizes', settings.compile_sizes, argv, environ)} is ignored: only --backend "
+                   f"compiled compiles (this server's is {settings.backend})")
+    return out
+
+
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(environ)
     ns = parser.parse_args(argv)
     bad = [v for v in vars(ns).values() if isinstance(v, _BadVariable)]
@@ -381,4 +491,6 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     if ns.style_size > ns.max_content_side:
         parser.error(f"--style-size {ns.style_size} is over --max-content-side {ns.max_content_side}, the limit of "
                      "every side a request asks for (a style's too)")
+    if clash := _port_clash(ns, argv, environ):
+        parser.error(clash)
     return Settings(**vars(ns))

@@ -175,7 +175,9 @@ class StyleLibrary:
         self.max_pixels = max_pixels
         self.max_styles = max_styles  # a preset blending more could never be used on this server
         self.style_size = style_size  # the default: a style too small at it would fail every call naming it
-        if not self.folder.is_dir():
+        if not self.folder.is_dir():  # (a file was "no such folder")
+            if self.folder.exists():
+                raise ValueError(f"--styles-dir: {self.folder} is a file, not a folder")
             raise ValueError(f"--styles-dir: no such folder: {self.folder}")
         self._styles: dict[str, LibraryStyle] = {}
         self._replaced: dict[str, LibraryStyle] = {}  # the versions the last refresh replaced: reject() restores
@@ -200,7 +202,10 @@ class StyleLibrary:
         meant cannot be told)."""
         found: dict[str, list[Path]] = {}
         for entry in sorted(self.folder.iterdir()):
-            if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES or not entry.is_file():
+            # A link to nothing is a style's file that cannot be read (as an empty one is), not a file to skip
+            # without a word: read below, it fails the start, or keeps the name's last good image.
+            dangling = entry.is_symlink() and not entry.exists()
+            if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES or not (entry.is_file() or dangling):
                 continue
             name = entry.stem
             if not NAME_RE.fullmatch(name) or STYLE_ID_RE.fullmatch(name):
@@ -281,6 +286,8 @@ class StyleLibrary:
                 new[name] = self._load(name, path)
             except (OSError, InvalidInputError) as e:
                 why = e.description if isinstance(e, InvalidInputError) else (e.strerror or str(e))
+                if isinstance(e, FileNotFoundError) and path.is_symlink():
+                    why = f"a link to {os.readlink(path)}, which does not exist"
                 if strict:
                     raise ValueError(f"--styles-dir: {path}: {why}") from None
                 kept = "keeping its last good image" if name in old else "left out"

@@ -870,7 +870,7 @@ def test_sighup_drains_and_a_second_signal_stops_at_once(decoder_path: Path) -> 
             assert srv.proc.wait(10) == 128 + signal.SIGTERM and time.monotonic() - started < 5
             with pytest.raises(StyleTransferError):
                 in_flight.result(timeout=30)
-        assert "SIGTERM again while draining: stopping now, 1 call(s) abandoned" in "".join(srv.stderr_lines)
+        assert "SIGTERM after SIGHUP while draining: stopping now, 1 call(s) abandoned" in "".join(srv.stderr_lines)
     finally:
         more.set()
         srv.kill()
