@@ -362,7 +362,7 @@ BAD = {
     "mask-all-black": (dict(styles=[STYLE_A], masks=[Image.new("L", (64, 48))]), "styles[0].mask"),
     "mask-not-every-style": (dict(styles=[STYLE_A, STYLE_B], masks=[band_mask(64, 48, 0, 9), b""]), "styles[1].mask"),
     "mask-and-masks": (dict(styles=[STYLE_A, STYLE_B], mask=make_mask(64, 48), masks=[make_mask(64, 48)] * 2),
-                       "masks"),
+                       "mask"),  # (the wire's field: "masks" is the library's name for the styles' masks)
     "label-no-pixel-has": (dict(labels=LABELS, label_values=[5]), "styles[0].label"),
     "labels-wrong-size": (dict(labels=make_mask(8, 8), label_values=[0]), "labels"),
     "region-alpha-no-regions": (dict(region_alphas=[0.5]), "styles[0].alpha"),

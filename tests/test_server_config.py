@@ -49,7 +49,7 @@ def _refusal(argv: list[str], capsys: pytest.CaptureFixture[str], environ: dict[
     # 100000 threads: a segfault (exit 139), a traceback; a lone request waiting 11 days
     (["--torch-threads", "100000"], {}, "argument --torch-threads: must be in [0, 1024], got 100000"),
     (["--workers", "100000"], {}, "argument --workers: must be in [0, 1024], got 100000"),
-    (["--max-batch-delay-ms", "1e9"], {}, "argument --max-batch-delay-ms: must be in [0, 10000] ms, got 1e9"),
+    (["--max-batch-delay-ms", "1e9"], {}, "argument --max-batch-delay-ms: must be in [0, 60000] ms, got 1e9"),
     # an empty path was "unset": a plaintext server with no tokens, without a word
     ([], {"ADAIN_AUTH_TOKENS_FILE": ""}, "ADAIN_AUTH_TOKENS_FILE='': an empty path (give a file, or leave it unset)"),
     ([], {"ADAIN_TLS_CERT": "", "ADAIN_TLS_KEY": ""}, "ADAIN_TLS_CERT='': an empty path"),
@@ -77,9 +77,9 @@ def test_settings_refused_as_flags(argv: list[str], environ: dict[str, str], say
 
 def test_settings_taken_at_their_limits() -> None:
     s = parse_settings(["--replica-name", "pod-1 (eu) ~" + "x" * 116, "--torch-threads", "1024", "--workers", "1024",
-                        "--max-batch-delay-ms", "10000", "--host", "::1", "--port", "0", "--metrics-port", "0",
+                        "--max-batch-delay-ms", "60000", "--host", "::1", "--port", "0", "--metrics-port", "0",
                         "--health-port", "0"], {})
-    assert (s.torch_threads, s.workers, s.max_batch_delay_ms, s.host) == (1024, 1024, 10000, "::1")
+    assert (s.torch_threads, s.workers, s.max_batch_delay_ms, s.host) == (1024, 1024, 60000, "::1")
     assert parse_settings(["--port", "9000", "--metrics-port", "-1", "--health-port", "-1"], {}).port == 9000
 
 
