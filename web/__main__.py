@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import logging
 import re
@@ -10,8 +11,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from adain.argtypes import OneLineParser, float_in_range, int_in_range, positive_float, positive_int
 from adain.client.cli import (
@@ -34,6 +36,11 @@ START_HEALTH_TIMEOUT_S = 5.0  # the one look at the server at start (in a thread
 
 # The upload is sent as one message, on a channel whose limit is an int32 of bytes with 10% and 1 MiB to spare
 MAX_UPLOAD_MB = 1800
+THROTTLE_S = 60.0  # a log line anyone can provoke at will is let through once in this long, the rest counted
+# asyncio's words (logged, with a traceback, for each connection it cannot take) once file descriptors run out:
+# ~20,000 a second, 480 MB of log a minute, filling a pod's disk; and uvicorn's for each --limit-concurrency 503
+ACCEPT_FAILED = "socket.accept() out of system resource"
+OVER_CONCURRENCY = "Exceeded concurrency limit."
 
 
 def _bare_host(text: str) -> str:
@@ -96,9 +103,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live-idle-s", type=positive_float, default=30.0, metavar="S",
                    help="end a live camera session whose page sends nothing (or whose server sends no frame back) "
                    "for this long, seconds (default 30)")
+    p.add_argument("--header-timeout-s", type=positive_float, default=20.0, metavar="S",
+                   help="close a connection that has not sent a whole request head (its line and headers) this "
+                   "long after it opened or after its last answer (default 20; uvicorn has no such limit: slow "
+                   "headers held connections, and file descriptors, for good)")
+    p.add_argument("--limit-concurrency", type=int_in_range(0, 1_000_000), default=None, metavar="N",
+                   help="connections (and requests being answered) at once past which a request gets 503 (default "
+                   "128 + 4 x (--max-photos + --max-live + --max-video-jobs): room for every place's upload and its "
+                   "page's polling, and the pages' own loads; 0: no limit)")
     p.add_argument("--forwarded-for", action="store_true",
                    help="behind a reverse proxy: a page's visitor is the last X-Forwarded-For address, not the "
-                   "proxy's (the server gives each visitor a turn where adain-web's token is marked front)")
+                   "proxy's (the server gives each visitor a turn where adain-web's token is marked front); a "
+                   "value that is no IP address counts as the proxy's own")
     p.add_argument("--allowed-origin", action="append", type=_origin, default=[], metavar="ORIGIN",
                    help="another site (https://example.org) whose pages may call this API from a browser; by "
                    "default only this page may (repeat for more)")
@@ -113,8 +129,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="the page's log and uvicorn's (default info: a line a request)")
     args = p.parse_args(argv)
+    if args.limit_concurrency is None:
+        args.limit_concurrency = default_concurrency(args.max_photos, args.max_live, args.max_video_jobs)
     args.local_given = local_conflicts(p, sys.argv[1:] if argv is None else argv)
     return args
+
+
+def default_concurrency(photos: int, live: int, clips: int) -> int:
+    """--limit-concurrency's default: four connections a place (its upload or socket, its page's polling, a page
+    load beside them) and 128 for everything else: pages loading (up to 6 connections each, kept open 5 s after),
+    probes, calls answered 429 and asked again each second."""
+    return 128 + 4 * (photos + live + clips)
+
+
+class Throttle(logging.Filter):
+    """Lets through one record a ``every_s`` whose message starts with ``prefix`` (the next one that passes says
+    how many were held back), and calls ``counted`` for each: a line anyone can provoke at will must not fill the
+    disk. Other records pass untouched."""
+
+    def __init__(self, prefix: str, every_s: float = THROTTLE_S, counted: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.prefix, self.every_s, self.counted = prefix, every_s, counted
+        self.last, self.held = -float("inf"), 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith(self.prefix)):
+            return True
+        if self.counted is not None:
+            self.counted()
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            self.held += 1
+            return False
+        first, _, rest = record.msg.partition("\n")
+        record.msg = "\n".join([f"{first} (logged at most once in {self.every_s:g} s; {self.held} held back "
+                                 "before this one)", *([rest] if rest else [])])
+        self.last, self.held = now, 0
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,9 +232,18 @@ def _serve(args: argparse.Namespace) -> int:
         threading.Thread(target=_look_at_server, args=(client, args.server, settings.max_upload_bytes),
                          name="server-check", daemon=True).start()
         # proxy_headers off: uvicorn's default takes X-Forwarded-For from a peer at 127.0.0.1 as the client's
-        # address, so any local process could name the visitor; --forwarded-for is the one switch for that
+        # address, so any local process could name the visitor; --forwarded-for is the one switch for that.
+        # No "server: uvicorn": a tester's first step is to look up what it runs.
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                timeout_graceful_shutdown=10, proxy_headers=False)
+                                timeout_graceful_shutdown=10, proxy_headers=False, server_header=False,
+                                limit_concurrency=args.limit_concurrency or None,
+                                http=_head_timeout_protocol(args.header_timeout_s,
+                                                            metrics.slow_heads.inc if metrics else None))
+        # added after Config, which sets up uvicorn's logging (dictConfig keeps filters already there, too)
+        logging.getLogger("asyncio").addFilter(
+            Throttle(ACCEPT_FAILED, counted=metrics.accept_failures.inc if metrics else None))
+        logging.getLogger("uvicorn.error").addFilter(
+            Throttle(OVER_CONCURRENCY, counted=metrics.over_concurrency.inc if metrics else None))
         server = _server_class()(config, f"adain-web: http://{_hostport(args.host, args.port)}/ (server {args.server})")
         try:
             server.run()
@@ -245,6 +305,54 @@ def _look_at_server(client: StyleTransferClient, target: str, max_upload_bytes: 
     if limit and max_upload_bytes > limit:
         log.warning("--max-upload-mb %g is above the server's message limit (adain-server --max-message-mb %g): "
                     "uploads between the two are refused (413)", max_upload_bytes / 2**20, limit / 2**20)
+
+
+def _head_timeout_protocol(timeout_s: float, closed: Callable[[], None] | None) -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request head ``timeout_s`` after it
+    opened or after its last answer (``closed`` is called for each). uvicorn times out neither (only the idle
+    keep-alive, once an answer has gone): a connection sending a header line every few seconds, or nothing,
+    was held for good, until file descriptors ran out and the page took no connection at all."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeout(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(timeout_s, self._head_late)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():  # the next request's head has its time from now
+                self._arm()
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            self._disarm()  # the WebSocket's own protocol has the connection now (the live camera times it)
+            super().handle_websocket_upgrade(event)
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            # IDLE: h11 has no request head of the peer's (a request being read or answered is past it)
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                if closed is not None:
+                    closed()
+                self.transport.close()
+
+    return HeadTimeout
 
 
 def _server_class() -> type:

@@ -24,7 +24,8 @@ Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "descri
 bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...), 413 for a body
 over the upload limit (refused before it is read whole), 429 with Retry-After when the backend is full
 (RESOURCE_EXHAUSTED; 413 when the result is over the reply limit, or the request over the server's message
-limit) or this page is (``--max-photos`` photo calls at once, clip places, the clips' disk budget), 503 when
+limit) or this page is (``--max-photos`` photo calls at once and a visitor's share of them, clip places, one
+clip upload at a time a visitor, the clips' disk budget), 503 when
 it is unreachable or draining, 504 when it runs past the deadline. A backend that cannot be reached is
 answered with a fixed message: gRPC's details name its internal address, so they go to this process's log
 (WARNING) only.
@@ -55,7 +56,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import LibraryStyle, StyleRef, StyleTransferClient, StyleTransferError
@@ -76,6 +77,7 @@ from .checks import (
     BadInput,
     Problems,
     color,
+    display_name,
     error_json,
     image_checked,
     number,
@@ -186,36 +188,110 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class Visitors:
+    """Who a request is for: the peer's address, or behind a proxy (``forwarded_for``) the last X-Forwarded-For
+    address. The server gives each a queue share, and this page each a share of its photo and clip places."""
+
+    def __init__(self, forwarded_for: bool) -> None:
+        self.forwarded_for = forwarded_for
+        self.warned = False  # a proxy that sends no address is said once (the log is no one's to flood)
+
+    def end_user(self, connection: HTTPConnection) -> str | None:
+        """The visitor's address, as the server's queue names it (it listens where adain-web's token is a front)."""
+        peer = connection.client.host if connection.client else None
+        if not self.forwarded_for:
+            return peer
+        # every X-Forwarded-For line: a proxy may add a line of its own rather than extend the client's
+        lines = connection.headers.getlist("x-forwarded-for")
+        hops = [h.strip() for h in ",".join(lines).split(",") if h.strip()]
+        if not hops:
+            return peer
+        # the address the proxy in front of us saw (earlier ones the client could write); only an address: any
+        # text ("<script>", a new one each call) was a new caller with a queue share of its own
+        address = _forwarded_address(hops[-1])
+        if address is None:
+            if not self.warned:
+                self.warned = True
+                log.warning("--forwarded-for: the proxy's X-Forwarded-For ends in %r, not an address; such "
+                            "requests count as the proxy's own (%s) (said once)", hops[-1][:100], peer)
+            return peer
+        return address
+
+    def key(self, connection: HTTPConnection) -> str | None:
+        """The visitor as this page's per-visitor limits count it: an IPv6 address by its /64 (one machine holds
+        a whole /64 and may pick any address of it), anything else as the server names it."""
+        return share_key(self.end_user(connection))
+
+
+def _forwarded_address(text: str) -> str | None:
+    """An X-Forwarded-For value as an address (a port some proxies add, 1.2.3.4:5678 or [::1]:5678, left off), or
+    None where it is none."""
+    for candidate in (text, text.rsplit(":", 1)[0] if text.count(":") == 1 or text.startswith("[") else None):
+        if candidate is not None and (address := _address(candidate)) is not None:
+            return str(address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else str(address)
+    return None
+
+
+def share_key(end_user: str | None) -> str | None:
+    address = _address(end_user) if end_user else None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return end_user
+
+
+def visitor_share(places: int) -> int:
+    """Photo places one visitor may hold at once: a quarter of them, at least one (one visitor trickling uploads
+    held every place, so that everyone else got 429 while nothing was being stylized)."""
+    return max(1, math.ceil(places / 4))
+
+
 class PhotoCalls:
-    """Photo calls (POST /api/stylize) in progress, and how many may be."""
+    """Photo calls (POST /api/stylize) in progress, and how many may be, in all and by one visitor."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.running = limit, 0
+        self.per_visitor = visitor_share(limit)
+        self.by_visitor: Counter[str] = Counter()
 
 
 class PhotosAtOnce:
-    """ASGI middleware: at most ``calls.limit`` photo calls at once; another gets 429 before its body is read.
-    Each holds its upload, spooled to the temporary folder's disk past 1 MB, for its whole call: unbounded, a
-    burst of them could fill a pod's emptyDir, which evicts it with every visitor's request."""
+    """ASGI middleware: at most ``calls.limit`` photo calls at once, ``calls.per_visitor`` of them a visitor's;
+    another gets 429 before its body is read. Each holds its upload, spooled to the temporary folder's disk past
+    1 MB, for its whole call: unbounded, a burst of them could fill a pod's emptyDir, which evicts it with every
+    visitor's request."""
 
-    def __init__(self, app: ASGIApp, calls: PhotoCalls) -> None:
-        self.app, self.calls = app, calls
+    def __init__(self, app: ASGIApp, calls: PhotoCalls, visitors: Visitors) -> None:
+        self.app, self.calls, self.visitors = app, calls, visitors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/stylize":
             await self.app(scope, receive, send)
             return
         calls = self.calls
-        if calls.running >= calls.limit:  # one event loop: no lock needed between the check and the count
+        visitor = self.visitors.key(HTTPConnection(scope))
+        # one event loop: no lock needed between the checks and the counts
+        if calls.running >= calls.limit:
             busy = f"this page stylizes {plural(calls.limit, 'photo')} at once, and is doing so; try again in a moment"
+        elif visitor is not None and calls.by_visitor[visitor] >= calls.per_visitor:
+            busy = (f"you have {plural(calls.per_visitor, 'photo call')} on this page already (at most "
+                    f"{calls.per_visitor} a visitor, of its {calls.limit}); try again when one is done")
+        else:
+            busy = ""
+        if busy:
             await _error(429, "RESOURCE_EXHAUSTED", busy, headers={"Retry-After": str(RETRY_AFTER_S)})(
                 scope, receive, send)
             return
         calls.running += 1
+        if visitor is not None:
+            calls.by_visitor[visitor] += 1
         try:
             await self.app(scope, receive, send)
         finally:
             calls.running -= 1
+            if visitor is not None:
+                calls.by_visitor[visitor] -= 1
+                if not calls.by_visitor[visitor]:
+                    del calls.by_visitor[visitor]
 
 
 class SecurityHeaders:
@@ -382,7 +458,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
                        by_prefix={"/api/videos": settings.max_video_bytes}, idle_s=settings.upload_idle_s)
     photo_calls = PhotoCalls(settings.max_photo_calls)
-    app.add_middleware(PhotosAtOnce, calls=photo_calls)
+    visitors = Visitors(settings.forwarded_for)
+    app.add_middleware(PhotosAtOnce, calls=photo_calls, visitors=visitors)
     app.add_middleware(SecurityHeaders)  # outside the others: their own answers (a 413 by Content-Length) get them
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
@@ -511,15 +588,7 @@ def create_app(
                        settings.max_disk_bytes)
         app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refused requests are counted too
 
-    def end_user(connection: Request | WebSocket) -> str | None:
-        """Who the page's call is for, for the server's queue (it listens where adain-web's token is a front)."""
-        if settings.forwarded_for:
-            # every X-Forwarded-For line: a proxy may add a line of its own rather than extend the client's
-            lines = connection.headers.getlist("x-forwarded-for")
-            hops = [h.strip() for h in ",".join(lines).split(",") if h.strip()]
-            if hops:
-                return hops[-1]  # the address the proxy in front of us saw (earlier ones the client could write)
-        return connection.client.host if connection.client else None
+    end_user = visitors.end_user
 
     @app.websocket("/api/live")
     async def live_camera(ws: WebSocket) -> None:
@@ -594,7 +663,8 @@ def create_app(
             return _error(501, "UNIMPLEMENTED", "this page was installed without video support: "
                           "install the 'video' extra where adain-web runs (pip install -e '.[video]')")
         try:
-            folder = jobs.reserve()  # before the upload is read: a full page answered 429 only after taking it all
+            # before the upload is read: a full page answered 429 only after taking it all
+            folder = jobs.reserve(visitors.key(request))
         except Busy as e:
             return _error(429, "RESOURCE_EXHAUSTED", str(e), headers={"Retry-After": "10"})
         try:
@@ -842,7 +912,7 @@ async def _read_video_form(
     problems.raise_any()
     assert clip is not None and isinstance(content, UploadFile)
     source = clip[0]
-    stem = Path(content.filename or "clip").stem or "clip"
+    stem = display_name(Path(content.filename or "clip").stem) or "clip"  # it goes into Content-Disposition
     return source, f"{stem}_stylized.mp4", frames, options
 
 

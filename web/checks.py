@@ -7,6 +7,7 @@ import io
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -164,6 +165,13 @@ def image(data: bytes, field: str, limits: Limits) -> bytes:
 async def image_checked(data: bytes, field: str, limits: Limits) -> bytes:
     """:func:`image` on a worker thread, off the event loop."""
     return await run_in_threadpool(image, data, field, limits)
+
+
+def display_name(text: str) -> str:
+    """``text`` without control and format characters (Unicode Cc, Cf), for a file name this page hands back
+    (Content-Disposition, a job's state): a right-to-left override made "clip\u202e4pm.exe" show as
+    "clipexe.mp4"; a line break could split a header."""
+    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
 
 
 def style_name(text: Any, field: str) -> StyleRef:

@@ -32,6 +32,13 @@ class WebMetrics(Exporter):
         self.clip_disk = Gauge("adain_web_clip_disk_bytes", "Clips' files on disk, uploads being read counted at "
                                "their most", registry=r)
         self.clip_disk_budget = Gauge("adain_web_clip_disk_budget_bytes", "--max-disk-mb, in bytes", registry=r)
+        # what the log says at most once a minute (anyone can provoke them at will), counted in full
+        self.accept_failures = Counter("adain_web_accept_failures", "Connections the page could not take: out of "
+                                       "file descriptors (or memory)", registry=r)
+        self.over_concurrency = Counter("adain_web_over_concurrency", "Requests answered 503 past "
+                                        "--limit-concurrency", registry=r)
+        self.slow_heads = Counter("adain_web_slow_heads", "Connections closed for sending no whole request head "
+                                  "within --header-timeout-s", registry=r)
 
     def follow(self, live_sessions: Callable[[], float], video_jobs: Callable[[], float],
                photo_calls: Callable[[], float], clip_disk: Callable[[], float], clip_disk_budget: int) -> None:

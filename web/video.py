@@ -132,7 +132,8 @@ class VideoJobs:
         self.abandon_s, self.cancelled_keep_s = abandon_s, cancelled_keep_s
         self.max_frames = max_frames  # frames a job may send (adain-web --max-video-frames; 0: no limit)
         self._root: Path | None = None  # made with the first upload: a page that failed to start left it behind
-        self._uploads: set[Path] = set()  # folders of uploads being read: each holds a place (reserve)
+        # folders of uploads being read, and whose (a visitor's key; None: not known): see reserve
+        self._uploads: dict[Path, str | None] = {}
         self.jobs: dict[str, VideoJob] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.RLock()
@@ -167,10 +168,11 @@ class VideoJobs:
             raise Busy(self._busy())
 
     def _full(self, own: Path | None = None) -> bool:
-        """Whether every place is taken, by jobs running and uploads being read (``own``, an upload about to
-        become a job, counts as free). Under the lock."""
+        """Whether every place is taken: by jobs running and, where no disk budget bounds the uploads, by uploads
+        being read too (``own``, an upload about to become a job, counts as free). Under the lock."""
         self._purge()
-        return self._running() + len(self._uploads - {own}) >= self.max_running
+        uploads = 0 if self.max_disk_bytes and self.upload_bytes else len(self._uploads.keys() - {own})
+        return self._running() + uploads >= self.max_running
 
     def _busy(self) -> str:
         return f"{self.max_running} clip(s) are being uploaded or stylized already; try again when one is done"
@@ -212,25 +214,30 @@ class VideoJobs:
             if not self._room_for(0):
                 raise OutOfDisk(self.max_disk_bytes)
 
-    def reserve(self) -> Path:
-        """A place for a clip and a folder for its upload, taken before the upload is read (up to 200 MB
-        spooled, then copied): uploads in progress hold places too, so that --max-video-jobs bounds the disk
-        (six visitors' uploads at once were all read while one job's place was free). Raises Busy; the place is
-        the job's (``start``) or given back (``discard``)."""
+    def reserve(self, visitor: str | None = None) -> Path:
+        """A folder for a clip's upload (up to 200 MB spooled, then copied), taken before it is read, while a
+        job's place is free. With a disk budget the uploads being read are bounded by it (each counted at its
+        most) and take a job's place only once read (``start``): one visitor trickling an upload held the only
+        place, and every other got 429, for minutes at a time. Without one they hold places, so that
+        --max-video-jobs bounds the disk (six visitors' uploads at once were all read while one job's place was
+        free). A visitor (``visitor``, None: not known) reads one upload at a time. Raises Busy; the folder
+        becomes the job's (``start``) or is given back (``discard``)."""
         with self.lock:
             self.check_room()
+            if visitor is not None and visitor in self._uploads.values():
+                raise Busy("you are uploading a clip already (one at a time a visitor); try again when it is in")
             if not self._room_for(self.upload_bytes):
                 raise Busy(f"the clips being stylized fill the disk space this page keeps for clips "
                            f"({self.max_disk_bytes / 2**20:.4g} MB); try again when one is done")
             folder = Path(tempfile.mkdtemp(dir=self.root))
-            self._uploads.add(folder)
+            self._uploads[folder] = visitor
         return folder
 
     def discard(self, folder: Path) -> None:
         """Remove ``folder`` and give its place back: gone from its place at once, its files deleted by the
         deleter thread (this is called from the page's request handlers, on the event loop)."""
         with self.lock:
-            self._uploads.discard(folder)
+            self._uploads.pop(folder, None)
         self._delete([folder])
 
     def start(self, folder: Path, source: Path, name: str, total: int, styles: list[Any],
@@ -239,7 +246,7 @@ class VideoJobs:
         with self.lock:  # the room checked and taken at once (this upload's own place counts as free)
             busy = self._full(folder)
             if not busy:
-                self._uploads.discard(folder)
+                self._uploads.pop(folder, None)
                 job = VideoJob(uuid.uuid4().hex, folder, name, total)
                 self.jobs[job.id] = job
         if busy:
