@@ -34,6 +34,15 @@ from adain.wire import (
     Limits,
 )
 
+# --max-concurrent-rpcs 0: the calls that hold no queue place get this many places above the queues' own: health
+# Watch streams (a client's channel holds one open on each connection), GetServerInfo, ListStyles, messages still
+# arriving. At it, ~45 KB a call (the tester's unread ListStyles replies): about 50 MB.
+RPC_MARGIN = 1024
+# --max-calls-per-caller 0: a caller's places in the queues, and this many more (quick calls, replies being sent)
+CALLER_MARGIN = 16
+# --max-connections 0: half the open-file limit, at most this many (an idle connection kept ~18 KB and a file)
+MAX_CONNECTIONS_DEFAULT = 10_000
+
 # what a taken gRPC port is told to do, by the start's probe and by the bind itself alike
 PORT_TAKEN_HINT = "(another adain-server? --port 0 picks a free port, or give another)"
 
@@ -88,6 +97,12 @@ class Settings:
     auth_tokens_file: str | None = None
     grace_seconds: float = 10
     max_connection_age_s: float = 300
+    max_connection_idle_s: float = 120
+    max_connections: int = 0
+    max_concurrent_streams: int = 128
+    max_concurrent_rpcs: int = 0
+    max_calls_per_caller: int = 0
+    message_timeout_s: float = 60
     replica_name: str = ""
     log_level: str = "INFO"
     log_format: str = "text"
@@ -108,6 +123,39 @@ class Settings:
         """--max-queue-per-caller as enforced: 0 is half of --max-queue; never above it."""
         wanted = self.max_queue_per_caller or (self.max_queue + 1) // 2
         return max(1, min(wanted, self.max_queue))
+
+    @property
+    def concurrent_rpcs(self) -> int:
+        """--max-concurrent-rpcs as enforced: 0 is every place the queues hold (fast requests queued and
+        rendering, long jobs, video streams) plus RPC_MARGIN for quick calls (health, info, lists, uploads)."""
+        if self.max_concurrent_rpcs:
+            return self.max_concurrent_rpcs
+        return (self.max_queue + self.max_batch_size + self.max_refine_jobs + self.max_refine_queue
+                + self.max_video_streams + RPC_MARGIN)
+
+    @property
+    def caller_calls(self) -> int:
+        """Most calls one caller can have admitted at once: its share of the queue, the video streams and the
+        long jobs. Its channel carries them all on one connection, so --max-concurrent-streams must hold them."""
+        return self.per_caller + self.max_video_streams + self.max_refine_jobs + self.max_refine_queue
+
+    @property
+    def calls_per_caller(self) -> int:
+        """--max-calls-per-caller as enforced: 0 is what one caller may have admitted (caller_calls) and
+        rendering (--max-batch-size) plus CALLER_MARGIN for its quick calls and replies on their way."""
+        return self.max_calls_per_caller or self.caller_calls + self.max_batch_size + CALLER_MARGIN
+
+    def connections(self, open_files: int | None = None) -> int:
+        """--max-connections as enforced: 0 is half the process's open-file limit (each connection is a file;
+        at the limit every call failed, a good caller's too), at most MAX_CONNECTIONS_DEFAULT."""
+        if self.max_connections:
+            return self.max_connections
+        if open_files is None:
+            import resource
+
+            open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            open_files = MAX_CONNECTIONS_DEFAULT * 2 if open_files == resource.RLIM_INFINITY else open_files
+        return max(16, min(MAX_CONNECTIONS_DEFAULT, open_files // 2))
 
     @property
     def max_message_bytes(self) -> int:
@@ -321,7 +369,8 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "tile-halo": (_count(MIN_TILE_HALO), f"pixels of context around each tile (a multiple of 8, at least "
                   f"{MIN_TILE_HALO}: below, tile borders show); tiles blend across it"),
     "max-styles": (_count(1), "most styles in one request"),
-    "style-registry-size": (_count(1), "most styles kept by RegisterStyle (least recently used go first)"),
+    "style-registry-size": (_count(1), "most styles kept by RegisterStyle; when full, the least recently used style "
+                            "of the caller holding the most goes (a caller's flood evicts its own)"),
     "style-registry-mb": (_registry_mb, "most bytes of style images kept by RegisterStyle, MiB"),
     "styles-dir": (_FOLDER, "a folder of style images that requests name by file stem (Style.style_id "
                    "\"mosaic\" for mosaic.jpg; ListStyles lists them); read again when it changes"),
@@ -352,6 +401,26 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                       "take to finish"),
     "max-connection-age-s": (_connection_age, "close each client connection after this long (gracefully), so "
                              "clients re-resolve and balance onto new replicas; 0: never"),
+    "max-connection-idle-s": (_connection_age, "close a client connection that has had no call for this long "
+                              "(gracefully: a gRPC client reconnects at its next call), so idle connections hold "
+                              "no file; 0: never"),
+    "max-connections": (_count(0), "most client connections at once; beyond, a new one is closed as it comes; 0: "
+                        f"half the open-file limit, at most {MAX_CONNECTIONS_DEFAULT}"),
+    "max-concurrent-streams": (_count(1), "most calls at once on one client connection (HTTP/2 streams; a "
+                               "client's further calls wait for a place on its side); at least what one caller may "
+                               "have admitted: its queue share, the video streams and the long jobs"),
+    "max-concurrent-rpcs": (_count(0), "most calls at once on the server, over every connection; beyond, gRPC "
+                            "answers RESOURCE_EXHAUSTED at once (health checks on --port too: give probes "
+                            "--health-port); 0: --max-queue + --max-batch-size + --max-refine-jobs + "
+                            f"--max-refine-queue + --max-video-streams + {RPC_MARGIN}"),
+    "max-calls-per-caller": (_count(0), "most calls one caller (a token's name, a front end's user, else the "
+                             "peer's address) may have on the server at once; beyond, RESOURCE_EXHAUSTED at once, "
+                             "so one caller cannot take every place of --max-concurrent-rpcs; 0: its queue share + "
+                             "--max-video-streams + --max-refine-jobs + --max-refine-queue + --max-batch-size + "
+                             f"{CALLER_MARGIN}"),
+    "message-timeout-s": (non_negative_float, "longest a call's request message may take to arrive, from the call's "
+                          "start; beyond, the call ends (DEADLINE_EXCEEDED), so a stream that never sends its message "
+                          "holds no place; 0: never"),
     "replica-name": (_replica_name, f"this replica's name in the x-served-by reply metadata (at most "
                      f"{MAX_REPLICA_NAME} printable ASCII characters)"),
     "log-level": (one_of(LOG_LEVELS, str.upper), "DEBUG, INFO, WARNING or ERROR"),
@@ -469,6 +538,14 @@ def settings_warnings(settings: Settings, argv: Sequence[str] | None = None,
         out.append(f"{_named('max-queue-per-caller', settings.max_queue_per_caller, argv, environ)} is over "
                    f"--max-queue {settings.max_queue}: one caller may hold the whole queue ({settings.per_caller}), "
                    "no more")
+    if settings.max_concurrent_streams < settings.caller_calls:
+        out.append(f"{_named('max-concurrent-streams', settings.max_concurrent_streams, argv, environ)} is under the "
+                   f"{settings.caller_calls} calls one caller may have admitted (its queue share, video streams and "
+                   "long jobs): a caller's calls beyond it wait on its own side instead of being served or refused")
+    if settings.max_concurrent_rpcs and settings.max_concurrent_rpcs < settings.max_queue + settings.max_batch_size:
+        out.append(f"{_named('max-concurrent-rpcs', settings.max_concurrent_rpcs, argv, environ)} is under --max-queue"
+                   f" + --max-batch-size ({settings.max_queue + settings.max_batch_size}): gRPC refuses calls the "
+                   "queue would take (RESOURCE_EXHAUSTED) before they reach it")
     if settings.backend != "compiled" and (_on_command_line("compile-sizes", argv)
                                            or env_name("compile-sizes") in environ):
         out.append(f"{_named('compile-sizes', settings.compile_sizes, argv, environ)} is ignored: only --backend "

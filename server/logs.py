@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -42,12 +43,25 @@ def setup(level: str, fmt: str = "text") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+# A value written bare: no space, '=', quote or backslash, nothing unprintable (what a logfmt parser splits on)
+_BARE = re.compile(r"[^\s=\"'\\]+")
+
+
+def logfmt_value(value: Any) -> str:
+    """A value as a logfmt word: bare where it can be, else in double quotes with quotes, backslashes and control
+    characters escaped. A front end's end user ``a b code=OK`` was written as ``caller=web/a b code=OK``: a second,
+    forged code field for whatever reads the line."""
+    text = str(value)
+    if _BARE.fullmatch(text) and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 def log_fields(logger: logging.Logger, level: int, **fields: Any) -> None:
-    """One line of ``key=value`` words (a string with spaces quoted), with the fields on the record; None
-    values are left out."""
+    """One line of ``key=value`` words (logfmt: a value with spaces, '=' or quotes quoted), with the fields on
+    the record; None values are left out."""
     fields = {k: v for k, v in fields.items() if v is not None}
-    words = (f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}" for k, v in fields.items())
-    logger.log(level, " ".join(words), extra={"fields": fields})
+    logger.log(level, " ".join(f"{k}={logfmt_value(v)}" for k, v in fields.items()), extra={"fields": fields})
 
 
 def announce(message: str, out: Any) -> None:

@@ -23,8 +23,9 @@ class Metrics(Exporter):
         )
         self.requests_unread = Counter(
             "adain_requests_unread", "Calls that ended before their request message arrived, by method: over "
-            "--max-message-mb (gRPC itself answers RESOURCE_EXHAUSTED; in adain_requests_total no handler ran) or "
-            "the client went away while sending it", ["method"], registry=r,
+            "--max-message-mb (gRPC itself answers RESOURCE_EXHAUSTED; in adain_requests_total no handler ran), "
+            "the client went away while sending it, or it took over --message-timeout-s (DEADLINE_EXCEEDED)",
+            ["method"], registry=r,
         )
         self.request_seconds = Histogram(
             "adain_request_seconds", "Server time per request, by method; requests refused before their work began "
@@ -56,8 +57,10 @@ class Metrics(Exporter):
             "adain_queue_refused", "Requests refused a place: the queue was full (max_queue), their caller held "
             "its share (max_queue_per_caller) or asked for one of the places kept for callers with none queued "
             "(reserved), the long-job threads were full (max_refine_jobs: refine and print-size jobs), the last "
-            "long-job place was kept for another caller (long_job_reserved) or the video streams were full "
-            "(max_video_streams)", ["reason"], registry=r,
+            "long-job place was kept for another caller (long_job_reserved), the video streams were full "
+            "(max_video_streams), the server held max_concurrent_rpcs calls (gRPC refused it before any handler; a "
+            "video stream or reflection call so refused is not counted) or the caller held max_calls_per_caller "
+            "calls (health checks apart: 64 a caller)", ["reason"], registry=r,
         )
         self.caller_requests = Counter(
             "adain_caller_requests", "gRPC requests by caller (a token's name: who uses the service; \"anonymous\" "

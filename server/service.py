@@ -351,7 +351,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         key = style.style_id
         if STYLE_ID_RE.fullmatch(key.lower()):  # hex digits in either case (a client's sha256 may be upper case)
             key = key.lower()
-        data = self.registry.get(key)
+        data = self.registry.get(key, current_caller.get())  # a use: it counts for this caller now
         if data is not None:
             return KeyedImage(key, data)
         named = self.library.get(style.style_id) if self.library is not None else None
@@ -663,7 +663,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             raise ServiceError.invalid([Violation("image", f"{img.width} x {img.height} px is too small to carry a "
                                                            f"style at any style_size: its shorter side needs "
                                                            f"{MIN_STYLE_SIDE} px as used")])
-        key = self.registry.add(data, key)
+        key = self.registry.add(data, key, current_caller.get())  # the registry's room is shared by caller
         self.metrics.registered_styles.set(len(self.registry))
         return pb.RegisterStyleResponse(style_id=key, width=img.width, height=img.height)
 

@@ -84,8 +84,8 @@ def test_manifests_agree_with_the_server() -> None:
     assert env["ADAIN_CACHE_DIR"] in mounts  # a volume: the converted graphs outlive a container restart
     wait = float(container["lifecycle"]["preStop"]["exec"]["command"][1])  # proxies learn of the removal first
     assert pod["terminationGracePeriodSeconds"] > wait + float(env["ADAIN_GRACE_SECONDS"])
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == 50051
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the health port: answered at the call cap
+        assert container[probe]["grpc"]["port"] == int(env["ADAIN_HEALTH_PORT"])
     # the overall health says NOT_SERVING while draining too: liveness must not fail before the drain ends
     live = container["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] > pod["terminationGracePeriodSeconds"]

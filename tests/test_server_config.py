@@ -99,6 +99,27 @@ def test_settings_taken_but_not_as_given_are_warned_of() -> None:
         "ADAIN_COMPILE_SIZES=256x256 is ignored: only --backend compiled compiles (this server's is auto)"]
 
 
+def test_connection_and_call_limits_derive_from_the_queues() -> None:
+    """The limits an outside tester's streams and connections found missing: derived from the queues where 0, set
+    by flag or variable, and a per-connection stream limit under what one caller may have admitted warned of."""
+    s = parse_settings([], {})
+    assert (s.max_concurrent_streams, s.max_connection_idle_s, s.message_timeout_s) == (128, 120, 60)
+    # the queue 64 + a batch 8 + long jobs 1 + 4 + video 2, and 1024 for health Watches and quick calls
+    assert s.concurrent_rpcs == 64 + 8 + 1 + 4 + 2 + 1024
+    assert s.caller_calls == 32 + 2 + 1 + 4 and s.calls_per_caller == 39 + 8 + 16
+    assert s.connections(open_files=20_000) == 10_000 and s.connections(open_files=1024) == 512
+    environ = {"ADAIN_MAX_CONCURRENT_RPCS": "50", "ADAIN_MAX_CALLS_PER_CALLER": "5", "ADAIN_MAX_CONNECTIONS": "7",
+               "ADAIN_MAX_CONNECTION_IDLE_S": "0", "ADAIN_MESSAGE_TIMEOUT_S": "2.5"}
+    s = parse_settings(["--max-concurrent-streams", "8"], environ)
+    assert (s.concurrent_rpcs, s.calls_per_caller, s.connections(), s.max_connection_idle_s, s.message_timeout_s,
+            s.max_concurrent_streams) == (50, 5, 7, 0, 2.5, 8)
+    assert settings_warnings(s, ["--max-concurrent-streams", "8"], environ) == [
+        "--max-concurrent-streams 8 is under the 39 calls one caller may have admitted (its queue share, video "
+        "streams and long jobs): a caller's calls beyond it wait on its own side instead of being served or refused",
+        "ADAIN_MAX_CONCURRENT_RPCS=50 is under --max-queue + --max-batch-size (72): gRPC refuses calls the queue "
+        "would take (RESOURCE_EXHAUSTED) before they reach it"]
+
+
 def _server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "adain.server", "--port", "0", "--metrics-port", "0", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
