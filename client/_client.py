@@ -473,6 +473,7 @@ def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
 
 
 MAX_RETRIES = 4  # gRPC's retry policy allows at most 5 attempts; more would be cut to that silently
+MAX_RECONNECT_BACKOFF_MS = 5000  # the longest wait between a channel's tries to reach a server that is down
 
 
 def service_config(retries: int) -> str:
@@ -729,6 +730,10 @@ class _ClientBase:
             ("grpc.enable_retries", 1 if retries > 0 else 0),
             # A request bigger than the retry buffer is never retried: let whole images be retried.
             ("grpc.per_rpc_retry_buffer_size", limit),
+            # gRPC's reconnect backoff grows to 120 s: a server back after a 2-minute outage was not called for up
+            # to a minute more (adain-web answered 503 for 50-69 s after it served). A try every few seconds costs
+            # nothing beside a call.
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
         opts.append(("grpc.service_config", service_config(retries)))
         opts.extend(options)
