@@ -87,8 +87,11 @@ def _run(prog: str, load: Callable[[], Callable[[], int]]) -> int:
 
 
 def _on_signals(handlers: dict[int, Any]) -> dict[int, Any]:
-    """Install ``handlers`` (signal -> handler); returns the ones they replaced."""
-    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    """Install ``handlers`` (signal -> handler) where the signal is not ignored; returns the ones they replaced. An
+    ignored one stays so: ``nohup adain-stylize ...`` (SIGHUP ignored) was ended when its terminal closed, and a
+    script's background job (SIGINT ignored) by Ctrl-C."""
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()
+            if signal.getsignal(signum) is not signal.SIG_IGN}
 
 
 def _cli_main() -> Callable[[], int]:

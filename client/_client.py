@@ -609,17 +609,25 @@ def _check_tls(root: bytes | None, chain: bytes | None, key: bytes | None, chain
     import ssl
 
     if root is not None:
+        # the certificates alone: a bundle's comments may be any text (a CA's name with accents was refused)
+        blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", root, re.S)
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=root.decode("ascii"))
-        except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
+            if not blocks:
+                raise ValueError("no -----BEGIN CERTIFICATE----- block")
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                cadata=b"\n".join(blocks).decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as e:
             raise _local_error("root_certificates", f"holds no PEM certificate that reads ({_ssl_why(e)})") from None
     if chain is not None and b"-----BEGIN CERTIFICATE-----" not in chain:
         raise _local_error("client_certificate", "holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     if key is not None and b"PRIVATE KEY-----" not in key:
         raise _local_error("client_key", "holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
+    if key is not None and b"ENCRYPTED" in key.split(b"-----END", 1)[0]:  # (OpenSSL would ask for its pass phrase)
+        raise _local_error("client_key", "is encrypted: gRPC takes no pass phrase (write it out unencrypted, e.g. "
+                                         "openssl pkey -in KEY -out KEY.plain, and keep that file private)")
     if isinstance(chain_file, (str, os.PathLike)) and isinstance(key_file, (str, os.PathLike)):
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(chain_file, key_file)
+        try:  # (a pass phrase asked for all the same is none: never a prompt on the terminal)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(chain_file, key_file, password=lambda: b"")
         except ssl.SSLError as e:
             raise _local_error("client_key", f"is not the key of the client certificate, or either does not read "
                                              f"({_ssl_why(e)})") from None

@@ -356,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=positive_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="print nothing but errors and warnings (for cron and scripts: the exit status says how it "
-                   "went; progress bars show only on a terminal anyway)")
+                   help="print no line saying what was written, nor --local's note (for cron and scripts: the exit "
+                   "status says how it went; errors and warnings still show, and progress bars on a terminal)")
     p.add_argument("--temporal", type=one_of(TEMPORAL_MODES), default=None, metavar="MODE",
                    help=f"video: how frames are kept stable in time: {', '.join(TEMPORAL_MODES)} (default: the "
                    f"server's, {DEFAULT_TEMPORAL})")
@@ -1273,7 +1273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a service manager, kill, a container stopping) and SIGHUP (a closed terminal or SSH session) as
     # Ctrl-C: no temporary file left behind (SIGHUP's default left a video's .part file in the output folder)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {n: signal.signal(n, on_sigterm) for n in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
+    previous = {n: signal.signal(n, on_sigterm) for n in (signal.SIGTERM, signal.SIGHUP)  # (nohup's SIGHUP stays
+                if main_thread and signal.getsignal(n) is not signal.SIG_IGN}  # ignored)
     try:
         with contextlib.ExitStack() as quiet:
             if getattr(args, "quiet", False):  # the lines saying what was written (a cron job's mail every run)

@@ -36,8 +36,9 @@ from adain.wire import (
 
 # --max-concurrent-rpcs 0: the calls that hold no queue place get this many places above the queues' own: health
 # Watch streams (a client's channel holds one open on each connection), GetServerInfo, ListStyles, messages still
-# arriving. At it, ~45 KB a call (the tester's unread ListStyles replies): about 50 MB.
-RPC_MARGIN = 1024
+# arriving. At it, ~45 KB a call (the tester's unread ListStyles replies): about 200 MB. Above one caller's
+# health Watches (unread.HEALTH_PER_CALLER, 1,024): one address alone cannot fill it.
+RPC_MARGIN = 4096
 # --max-calls-per-caller 0: a caller's places in the queues, and this many more (quick calls, replies being sent)
 CALLER_MARGIN = 16
 # --max-connections 0: half the open-file limit, at most this many (an idle connection kept ~18 KB and a file)

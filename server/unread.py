@@ -44,7 +44,9 @@ HEALTH = "/grpc.health.v1.Health/"
 # Health checks one caller may have in flight, apart from its other calls: the client's channel holds a Watch
 # open on each connection (client-side health checking), and a probe's Check is short; a host running many
 # clients behind one address stays under it, one caller opening Watches to fill max_concurrent_rpcs does not.
-HEALTH_PER_CALLER = 64
+# 64 refused the 65th channel of one host (a process pool, pods behind one NAT): gRPC marks a connection whose Watch
+# is refused unhealthy, and every call on it failed UNAVAILABLE.
+HEALTH_PER_CALLER = 1024
 
 
 async def _replies(out: Any) -> AsyncIterator[Any]:

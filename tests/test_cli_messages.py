@@ -229,6 +229,45 @@ def test_tls_files_grpc_would_fail_every_call_with_are_said_first(files: dict[st
     assert capsys.readouterr().err.startswith("adain-web: error: --ca-cert: holds no PEM certificate that reads")
 
 
+def test_a_signal_the_caller_ignores_stays_ignored() -> None:
+    """``nohup adain-stylize ...`` (SIGHUP ignored) was ended when its terminal closed: the command's handler
+    replaced the ignore. The hang-up comes as the CLI loads; the command goes on (here: --version)."""
+    import subprocess
+    import sys
+
+    run = """
+import os, signal, sys
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+class HangUp:
+    def find_spec(self, name, path=None, target=None):
+        if name == "adain.client.cli":
+            os.kill(os.getpid(), signal.SIGHUP)
+sys.meta_path.insert(0, HangUp())
+sys.argv = ["adain-stylize", "--version"]
+from adain import commands
+sys.exit(commands.stylize())
+"""
+    proc = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.split()[0]) == (0, "adain-stylize"), proc.stderr
+
+
+def test_tls_files_a_bundle_or_an_encrypted_key(tmp_path: Path) -> None:
+    """A CA bundle whose comments are not ASCII was refused (it works with gRPC); an encrypted key made OpenSSL ask
+    for its pass phrase on the terminal (the client hung)."""
+    import subprocess
+
+    if not make_certificates(tmp_path, "a"):
+        pytest.skip("no openssl")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes("# NetLock Arany (Class Gold) Főtanúsítvány\n".encode() + (tmp_path / "a-ca.pem").read_bytes())
+    StyleTransferClient(f"127.0.0.1:{free_port()}", root_certificates=bundle).close()
+    subprocess.run(["openssl", "pkey", "-in", "a.key", "-aes256", "-passout", "pass:secret", "-out", "enc.key"],
+                   check=True, capture_output=True, timeout=60, cwd=tmp_path)
+    with pytest.raises(StyleTransferError, match="client_key: is encrypted: gRPC takes no pass phrase"):
+        StyleTransferClient(f"127.0.0.1:{free_port()}", root_certificates=bundle,
+                            client_certificate=tmp_path / "a.pem", client_key=tmp_path / "enc.key")
+
+
 def test_web_flags_an_operator_gets_wrong(capsys) -> None:
     """From an operator's tour: --max-upload-mb 3000 was a traceback (gRPC's channel limit is an int32 of bytes),
     an origin without its scheme or a host with one never matched, and [::] (as the manifest said) was "Name or

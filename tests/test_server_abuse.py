@@ -229,3 +229,20 @@ def test_one_callers_registrations_evict_its_own(srv: ServerProcess) -> None:
         assert register(bob, BOB, 100) == mine  # content-addressed: one copy, now counted for Bob's use
         info = bob.GetServerInfo(pb.GetServerInfoRequest(), metadata=_auth(BOB), timeout=30)
         assert info.registered_styles == 4
+
+
+def test_many_channels_from_one_host_are_served(server: ServerProcess) -> None:
+    """Each channel of our client holds a health Watch open (client-side health checking): a cap of 64 Watches a
+    caller failed the 65th channel of one host (a process pool) with UNAVAILABLE on every call."""
+    from adain.client._client import service_config
+
+    options = [("grpc.service_config", service_config(0)), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(server.target, options=options) for _ in range(70)]
+    try:
+        failed = [i for i, c in enumerate(channels)
+                  if _code(lambda c=c: pb_grpc.StyleTransferStub(c).GetServerInfo(pb.GetServerInfoRequest(),
+                                                                                   timeout=30)) != grpc.StatusCode.OK]
+        assert not failed, failed
+    finally:
+        for c in channels:
+            c.close()

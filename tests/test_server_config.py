@@ -104,8 +104,8 @@ def test_connection_and_call_limits_derive_from_the_queues() -> None:
     by flag or variable, and a per-connection stream limit under what one caller may have admitted warned of."""
     s = parse_settings([], {})
     assert (s.max_concurrent_streams, s.max_connection_idle_s, s.message_timeout_s) == (128, 120, 60)
-    # the queue 64 + a batch 8 + long jobs 1 + 4 + video 2, and 1024 for health Watches and quick calls
-    assert s.concurrent_rpcs == 64 + 8 + 1 + 4 + 2 + 1024
+    # the queue 64 + a batch 8 + long jobs 1 + 4 + video 2, and 4096 for health Watches and quick calls
+    assert s.concurrent_rpcs == 64 + 8 + 1 + 4 + 2 + 4096
     assert s.caller_calls == 32 + 2 + 1 + 4 and s.calls_per_caller == 39 + 8 + 16
     assert s.connections(open_files=20_000) == 10_000 and s.connections(open_files=1024) == 512
     environ = {"ADAIN_MAX_CONCURRENT_RPCS": "50", "ADAIN_MAX_CALLS_PER_CALLER": "5", "ADAIN_MAX_CONNECTIONS": "7",

@@ -107,10 +107,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="close a connection that has not sent a whole request head (its line and headers) this "
                    "long after it opened or after its last answer (default 20; uvicorn has no such limit: slow "
                    "headers held connections, and file descriptors, for good)")
-    p.add_argument("--limit-concurrency", type=int_in_range(0, 1_000_000), default=None, metavar="N",
-                   help="connections (and requests being answered) at once past which a request gets 503 (default "
-                   "128 + 4 x (--max-photos + --max-live + --max-video-jobs): room for every place's upload and its "
-                   "page's polling, and the pages' own loads; 0: no limit)")
+    p.add_argument("--limit-concurrency", type=int_in_range(0, 1_000_000), default=0, metavar="N",
+                   help="connections at once, idle ones included (uvicorn counts them so), past which a request gets "
+                   "503 (default 0: no limit; a limit of a few hundred let ~200 empty connections, reopened every "
+                   "--header-timeout-s, turn every visitor away: bound connections per address in the proxy)")
     p.add_argument("--forwarded-for", action="store_true",
                    help="behind a reverse proxy: a page's visitor is the last X-Forwarded-For address, not the "
                    "proxy's (the server gives each visitor a turn where adain-web's token is marked front); a "
@@ -129,17 +129,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="the page's log and uvicorn's (default info: a line a request)")
     args = p.parse_args(argv)
-    if args.limit_concurrency is None:
-        args.limit_concurrency = default_concurrency(args.max_photos, args.max_live, args.max_video_jobs)
     args.local_given = local_conflicts(p, sys.argv[1:] if argv is None else argv)
     return args
-
-
-def default_concurrency(photos: int, live: int, clips: int) -> int:
-    """--limit-concurrency's default: four connections a place (its upload or socket, its page's polling, a page
-    load beside them) and 128 for everything else: pages loading (up to 6 connections each, kept open 5 s after),
-    probes, calls answered 429 and asked again each second."""
-    return 128 + 4 * (photos + live + clips)
 
 
 class Throttle(logging.Filter):
