@@ -90,7 +90,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "folder's size (a pod's emptyDir sizeLimit)")
     p.add_argument("--upload-idle-s", type=positive_float, default=30.0, metavar="S",
                    help="an upload that sends nothing for this long, or that comes slower than 256 kB/s on average "
-                   "past 2 minutes, is answered 408 and its place freed (default 30)")
+                   "past 2 minutes, is refused (400, not 408, which browsers send again unasked) and its place freed "
+                   "(default 30)")
     p.add_argument("--max-video-jobs", type=positive_int, default=1,
                    help="clips stylized at once (default 1); more get 429 and try again")
     p.add_argument("--video-abandon-s", type=positive_float, default=300.0, metavar="S",

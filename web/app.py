@@ -21,10 +21,11 @@ client (no torch, no second engine).
                           answer HEAD too, for probes)
 
 Errors are JSON ``{"error": {"code", "message", "violations": [{"field", "description"}]}}``: 400 for a
-bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...), 413 for a body
-over the upload limit (refused before it is read whole), 429 with Retry-After when the backend is full
-(RESOURCE_EXHAUSTED; 413 when the result is over the reply limit, or the request over the server's message
-limit) or this page is (``--max-photos`` photo calls at once and a visitor's share of them, clip places, one
+bad input (fields named as in the proto: ``content``, ``styles[1].image``, ``alpha``...) and, with the code
+DEADLINE_EXCEEDED, for an upload that stalled or came too slowly (not 408: browsers send a 408'd POST again
+unasked), 413 for a body over the upload limit (refused before it is read whole), 429 with Retry-After when the
+backend is full (RESOURCE_EXHAUSTED; 413 when the result is over the reply limit, or the request over the server's
+message limit) or this page is (``--max-photos`` photo calls at once and a visitor's share of them, clip places, one
 clip upload at a time a visitor, the clips' disk budget), 503 when
 it is unreachable or draining, 504 when it runs past the deadline. A backend that cannot be reached is
 answered with a fixed message: gRPC's details name its internal address, so they go to this process's log
@@ -89,7 +90,7 @@ from .checks import (
     whole,
 )
 from .live import LiveSessions, LiveSettings
-from .metrics import MetricsMiddleware, WebMetrics
+from .metrics import REFUSED_KEY, MetricsMiddleware, WebMetrics
 from .progress import ClientGone, PhotoProgress, watch_disconnect
 from .video import Busy, VideoJobs, clip_frames
 
@@ -118,8 +119,8 @@ MAX_FORM_FIELDS = 50  # the form's values (not files): the styles by name, their
 ERROR_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 408: "DEADLINE_EXCEEDED",
                409: "FAILED_PRECONDITION", 413: "PAYLOAD_TOO_LARGE"}
 # An upload must keep coming: a body that stalls for WebSettings.upload_idle_s, or that is slower on average than
-# BODY_RATE past BODY_GRACE_S, is 408. Idle or trickling uploads held every photo place (and the clip place,
-# 300 s and more).
+# BODY_RATE past BODY_GRACE_S, is refused (UploadStalled). Idle or trickling uploads held every photo place (and the
+# clip place, 300 s and more).
 BODY_GRACE_S = 120.0
 BODY_RATE = 256 * 1024  # bytes a second
 
@@ -144,13 +145,24 @@ class WebSettings:
     # where adain-web listens (--host), which says whether a Host is checked by default; None (an app served by
     # its embedder, who knows its names): only where allowed_hosts is given
     listen_host: str | None = None
-    upload_idle_s: float = 30.0  # an upload that sends nothing this long is 408 (BodyLimit)
+    upload_idle_s: float = 30.0  # an upload that sends nothing this long is refused (BodyLimit, UploadStalled)
+
+
+class UploadStalled(Exception):
+    """An upload that stalled or trickled (BodyLimit): answered 400 DEADLINE_EXCEEDED naming ``content``, not 408,
+    which Chromium (and other browsers) send again unasked where the request went over a reused keep-alive
+    connection: a page's slow upload spun for twice the time, then was told to send it again, which fails the
+    same way. Counted as 408 in adain_web_requests, as before, and logged."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
 
 
 class BodyLimit:
     """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or while it streams in
-    (413), so an oversized upload is never read whole; and one that stalls or trickles (408: ``idle_s``,
-    BODY_RATE)."""
+    (413), so an oversized upload is never read whole; and one that stalls or trickles (UploadStalled:
+    ``idle_s``, BODY_RATE)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, by_prefix: dict[str, int] | None = None,
                  idle_s: float = 30.0) -> None:
@@ -166,7 +178,8 @@ class BodyLimit:
             await _error(413, "PAYLOAD_TOO_LARGE", _too_large(limit))(scope, receive, send)
             return
         seen, done = 0, False
-        deadline = time.monotonic() + max(BODY_GRACE_S, limit / BODY_RATE)
+        start = time.monotonic()
+        deadline = start + max(BODY_GRACE_S, limit / BODY_RATE)
 
         async def limited() -> Message:
             nonlocal seen, done
@@ -176,9 +189,19 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, min(self.idle_s, left)))
             except asyncio.TimeoutError:
-                why = f"no byte of it came for {self.idle_s:g} s" if left > self.idle_s else (
-                    f"it came slower than {BODY_RATE // 1024} kB/s")
-                raise HTTPException(408, f"the upload stalled: {why}; send it again") from None
+                scope[REFUSED_KEY] = "408"  # the metric's series for stalled uploads, as it was
+                clip = scope["path"].startswith("/api/videos")
+                if left > self.idle_s:
+                    why = (f"no byte of the upload came for {self.idle_s:g} s (the connection dropped or stalled); "
+                           "check the connection and send it again")
+                else:
+                    why = (f"the upload came slower than {BODY_RATE // 1024} kB/s on average, too slow to finish "
+                           f"in time ({seen / 2**20:.1f} MB in {time.monotonic() - start:.0f} s): send "
+                           + ("a shorter clip (a part of it) or a smaller file" if clip else
+                              "a smaller photo (fewer megabytes)") + ", or use a faster connection")
+                log.info("%s %s: the upload stalled after %d bytes in %.0f s", scope.get("method"), scope["path"],
+                         seen, time.monotonic() - start)
+                raise UploadStalled(why, "content") from None
             seen += len(message.get("body", b""))
             done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > limit:
@@ -507,6 +530,10 @@ def create_app(
         server = known.get("video_frames") or 0
         return min(settings.max_video_frames, server) if server else settings.max_video_frames
 
+    @app.exception_handler(UploadStalled)
+    async def stalled(request: Request, exc: UploadStalled) -> JSONResponse:
+        return _error(400, "DEADLINE_EXCEEDED", f"{exc.field}: {exc.message}", [(exc.field, exc.message)])
+
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         # the visitor went away mid-upload: nobody reads this answer; a line, not 57 of traceback at ERROR each
@@ -565,6 +592,7 @@ def create_app(
             "max_styles": limits.max_styles,
             "max_refine_steps": limits.max_refine_steps,
             "max_pixels": limits.max_pixels,
+            "max_content_side": limits.max_content_side,  # the page's size choices stop at it
             # photos over it render in parts, whose steps the page follows (0: never, or not known yet)
             "tile_threshold_pixels": known.get("tile_threshold", 0),
             "color_modes": ["none", *COLOR_MODES],

@@ -409,6 +409,7 @@ async function loadInfo() {
     return;
   }
   $("camcorder-label").hidden = !state.info.video;
+  capSizes();
   $("refine_steps").max = String(state.info.max_refine_steps);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
   for (const example of state.info.examples) {
@@ -442,6 +443,30 @@ async function loadInfo() {
     $("presets").append(button);
   }
   $("presets-row").hidden = !(state.info.presets || []).length;
+}
+
+// The size choices this server takes: none over its max_content_side (a 2048-px default on a server of 1,024
+// had every photo refused, a small one too), its own largest offered instead, and that the default where the
+// usual one is over it. "As taken" is scaled down to it by the server.
+function capSizes() {
+  const max = Number(state.info.max_content_side) || 0;
+  if (!max) return;
+  for (const [id, usual] of [["photo-size", "2048"], ["size", "640"]]) {
+    const select = $(id);
+    const sides = () => [...select.options].filter((o) => Number(o.value) > 0);
+    const over = sides().filter((o) => Number(o.value) > max);
+    over.forEach((o) => o.remove());
+    if (over.length && !sides().some((o) => Number(o.value) === max)) {
+      const largest = new Option(`${max} px (this server's largest)`, String(max));
+      select.insertBefore(largest, select.querySelector('option[value="0"]'));
+    }
+    const asTaken = select.querySelector('option[value="0"]');
+    if (asTaken && over.length) asTaken.textContent = `${id === "size" ? "as filmed" : "as taken"}, at most ${max} px`;
+    const kept = sides().map((o) => o.value);
+    if (!kept.includes(select.value)) {  // the usual default, or the largest under it
+      select.value = kept.includes(usual) ? usual : kept[kept.length - 1] || "0";
+    }
+  }
 }
 
 // A preset of the server's library: its styles (the library's, by name) with their weights, its strength and
@@ -506,6 +531,7 @@ function errorArea(field) {
   if (style && $(`style-error-${style[1]}`)) return $(`style-error-${style[1]}`);
   if (field && field.startsWith("styles")) return $("styles-error");
   const name = (field || "").split(/[.[]/)[0];
+  if (name === "size" && !state.video) return $("photo-size-error");  // a photo's size, not the clip's row
   return $(`${name}-error`) || $("form-error");
 }
 
@@ -563,6 +589,51 @@ function photoOptions(data) {
   data.append("size", $("photo-size").value);
   data.append("format", $("format").value);
   data.append("keep_exif", $("keep_exif").checked ? "1" : "0");
+}
+
+// POST ``data`` with XMLHttpRequest, which reports an upload's progress (fetch does not: a 1.5-MB photo on a slow
+// line sat 33 s under "this takes a few seconds", with no Cancel): onUpload(fraction) as it goes out. The answer
+// comes as a Response, read as fetch's is; ``signal`` aborts it (an AbortError, as fetch's), a failed connection
+// is a TypeError, as fetch's.
+function post(url, data, { signal, headers = {}, onUpload } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    const aborted = () => reject(new DOMException("The upload was stopped.", "AbortError"));
+    if (signal && signal.aborted) { aborted(); return; }
+    xhr.open("POST", url);
+    xhr.responseType = "blob";
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    if (onUpload) {
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable && e.total) onUpload(e.loaded / e.total); };
+      xhr.upload.onload = () => onUpload(1);
+    }
+    xhr.onload = () => {
+      const answer = new Headers();
+      for (const line of xhr.getAllResponseHeaders().split("\r\n")) {
+        const at = line.indexOf(":");
+        if (at > 0) answer.append(line.slice(0, at).trim(), line.slice(at + 1).trim());
+      }
+      const empty = [101, 204, 205, 304].includes(xhr.status);  // a Response of these takes no body
+      resolve(new Response(empty ? null : xhr.response, { status: xhr.status, headers: answer }));
+    };
+    xhr.onerror = xhr.ontimeout = () => reject(new TypeError("The connection to the server failed."));
+    xhr.onabort = aborted;
+    if (signal) signal.addEventListener("abort", () => xhr.abort(), { once: true });
+    xhr.send(data);
+  });
+}
+
+// An upload's progress, in the progress row (its Cancel stops it) once it has taken a moment: a small photo's
+// upload is over before it could be read.
+function uploadShown(started, what) {
+  return (fraction) => {
+    if (fraction >= 1 || performance.now() - started < 300) return;
+    $("busy").hidden = true;
+    $("progress-row").hidden = false;
+    $("progress").max = 1;
+    $("progress").value = fraction;
+    sayProgress(`Uploading ${what}… ${Math.floor(fraction * 100)}%`);
+  };
 }
 
 async function submit(event) {
@@ -644,9 +715,19 @@ async function stylize() {
   };
   if (steps > 0) show({ step: 0, steps });
   const stopFollowing = hasSteps(steps) ? followSteps(id, show) : () => {};
+  const uploading = uploadShown(performance.now(), "the photo");
+  let uploadSaid = false;
+  const onUpload = (fraction) => {
+    if (fraction < 1) { uploading(fraction); uploadSaid = !$("progress-row").hidden; return; }
+    if (!uploadSaid) return;
+    uploadSaid = false;
+    if (steps > 0) { show({ step: 0, steps }); return; }  // the refine's steps, as before the upload
+    $("progress-row").hidden = true;  // sent: the spinner, until a large photo's parts (if any) come
+    $("busy").hidden = false;
+  };
   try {
-    const response = await fetch("/api/stylize", { method: "POST", body: data, signal: request.signal,
-                                                   headers: { "X-Request-Id": id } });
+    const response = await post("/api/stylize", data, { signal: request.signal, headers: { "X-Request-Id": id },
+                                                        onUpload });
     if (!response.ok) {
       let body = null;
       try { body = await response.json(); } catch (e) { /* not JSON */ }
@@ -795,8 +876,16 @@ async function submitVideo() {
   const sending = new AbortController();
   const upload = state.upload = { stopped: false, answered: false,
     abort() { this.stopped = true; if (!this.answered) sending.abort(); } };
+  await dropOrphans();  // a clip this page lost track of would have it refused as "another clip" (its own)
   try {
-    const response = await fetch("/api/videos", { method: "POST", body: videoForm(), signal: sending.signal });
+    const started = performance.now();
+    const onUpload = (fraction) => {  // the bar shows the upload, then the frames
+      if (fraction >= 1 || performance.now() - started < 300 || state.upload !== upload) return;
+      $("progress").max = 1;
+      $("progress").value = fraction;
+      sayProgress(`Uploading the clip… ${Math.floor(fraction * 100)}%`);
+    };
+    const response = await post("/api/videos", videoForm(), { signal: sending.signal, onUpload });
     upload.answered = true;
     let job = null;
     try { job = await response.json(); } catch (e) { /* not JSON */ }
@@ -814,21 +903,50 @@ async function submitVideo() {
     state.job = mine = job.id;
     showProgress(job);
     const cancelled = () => state.job !== mine;  // Cancel pressed: cancelVideo has said so, stop asking
+    // A poll that gets no answer (a network blip, adain-web restarting, a proxy's 502) is tried again each second
+    // for up to RECONNECT_MS: one failed poll ended the page's job while the clip ran on, unseen, and its place
+    // refused the visitor's next try as "another clip".
+    let failingSince = null;
     while (job.state === "running" && !cancelled()) {
       await sleep(1000);
       if (cancelled()) return;
-      const poll = await fetch(`/api/videos/${job.id}`);
+      let poll = null;
+      let polled = null;
+      try {
+        poll = await fetch(`/api/videos/${job.id}`);
+        polled = poll.ok ? await poll.json() : null;
+      } catch (e) { poll = null; /* no answer: tried again below */ }
       if (cancelled()) return;
-      if (!poll.ok) {
+      if (polled) {
+        job = polled;
+        failingSince = null;
+        showProgress(job);
+        continue;
+      }
+      if (poll && poll.status === 404) {  // adain-web restarted (its jobs go with it), or forgot this one
+        $("form-error").textContent = "The clip was lost: the page's server restarted (or forgot it) while it was "
+          + "being stylized. Press Stylize to send it again.";
+        job = null;
+        break;
+      }
+      if (poll && poll.status < 500) {  // an answer that will not change (not a server that is away)
         let body = null;
         try { body = await poll.json(); } catch (e) { /* not JSON */ }
         showError(body, poll.status);
+        job = null;
         break;
       }
-      job = await poll.json();
-      showProgress(job);
+      failingSince = failingSince === null ? performance.now() : failingSince;
+      if (performance.now() - failingSince >= RECONNECT_MS) {
+        forgetJob(job.id);  // stopped on the server as soon as it answers again (best effort)
+        $("form-error").textContent = `The page lost its connection to the server for ${RECONNECT_MS / 1000} s `
+          + "and stopped the clip. Check the connection, then press Stylize to send it again.";
+        job = null;
+        break;
+      }
+      sayProgress(`Reconnecting to the server… (frame ${job.done}${job.total ? ` of ${job.total}` : ""} so far)`);
     }
-    if (cancelled() || state.content !== content) return;
+    if (!job || cancelled() || state.content !== content) return;
     if (job.state === "done") {
       const video = $("output-video");
       video.src = job.result;
@@ -849,6 +967,36 @@ async function submitVideo() {
     if (state.job === mine) state.job = null;
     if (state.job === null && state.upload === null) videoBusy(false);
   }
+}
+
+// How long a running clip's page keeps asking a server that does not answer before it gives the clip up. (let:
+// the tests shorten it.)
+let RECONNECT_MS = 30000;
+// Clips this page gave up following: deleted once the server answers (they held its clip place, refusing the
+// visitor's next try), asked again every few seconds for as long as the server keeps an unwatched clip.
+const orphans = new Set();
+
+function forgetJob(id) {
+  orphans.add(id);
+  (async () => {
+    for (let tries = 0; tries < 60 && orphans.has(id); tries++) {
+      await deleteJob(id);
+      if (orphans.has(id)) await sleep(5000);
+    }
+    orphans.delete(id);
+  })();
+}
+
+// DELETE a clip; once the server has answered it (204, or 404: gone already), it is no orphan.
+async function deleteJob(id) {
+  try {
+    const reply = await fetch(`/api/videos/${id}`, { method: "DELETE" });
+    if (reply.status < 500) orphans.delete(id);
+  } catch (e) { /* no answer: asked again */ }
+}
+
+async function dropOrphans() {
+  await Promise.all([...orphans].map(deleteJob));
 }
 
 // "Cancelled." said and focused: Cancel, just pressed, is hidden, and focus fell past the end of the page.
@@ -970,9 +1118,14 @@ async function submitBatch() {
           if (batch.run === run) sayProgress(`${which}: ${p.step} of ${p.steps} done`);
         });
         batch.request = new AbortController();  // Cancel stops this photo too: the server drops it at its next step
+        const sent = performance.now();
+        const onUpload = (fraction) => {  // a large photo on a slow line: its upload's share, then its number
+          if (batch.run !== run || performance.now() - sent < 300) return;
+          sayProgress(fraction < 1 ? `${which}: uploading… ${Math.floor(fraction * 100)}%` : which);
+        };
         try {
-          response = await fetch("/api/stylize", { method: "POST", body: data, signal: batch.request.signal,
-                                                   headers: { "X-Request-Id": id } });
+          response = await post("/api/stylize", data, { signal: batch.request.signal, onUpload,
+                                                        headers: { "X-Request-Id": id } });
         } finally {
           stopFollowing();
           batch.request = null;
@@ -1173,6 +1326,7 @@ async function openLive(retries = LIVE_RETRIES) {
   closeLive();
   const session = ++live.session;
   let refused = null;  // the server's refusal, said only if it is not tried again
+  let said = false;  // the server said why the session ends
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/api/live`);
   ws.binaryType = "blob";
@@ -1189,7 +1343,12 @@ async function openLive(retries = LIVE_RETRIES) {
       preserve_color: $("preserve_color").value,
       temporal: $("temporal").value,
     }));
-    for (const s of state.styles) if (!s.ref) ws.send(await s.file.arrayBuffer());
+    for (const s of state.styles) {
+      if (s.ref) continue;
+      const bytes = await s.file.arrayBuffer();
+      if (ws.readyState !== WebSocket.OPEN) return;  // refused or closed meanwhile (a send now is a console error)
+      ws.send(bytes);
+    }
     live.started = performance.now();
     for (let i = 0; i < LIVE_IN_FLIGHT; i++) sendFrame(ws);
   };
@@ -1198,7 +1357,8 @@ async function openLive(retries = LIVE_RETRIES) {
       let body = null;
       try { body = JSON.parse(event.data); } catch (e) { /* not JSON */ }
       const error = body && body.error;
-      if (retries && !live.frames && error && error.code === "RESOURCE_EXHAUSTED") { refused = body; return; }
+      if (!live.frames && error && error.code === "RESOURCE_EXHAUSTED") { refused = body; return; }
+      said = true;
       showError(body, errorStatus(error));
       return;
     }
@@ -1227,12 +1387,23 @@ async function openLive(retries = LIVE_RETRIES) {
   ws.onclose = (event) => {
     if (session !== live.session) return;  // replaced by a newer session
     live.ws = null;
-    if (refused && event.code === 1013) {  // (the status still says "Connecting…")
+    if (refused && retries && event.code === 1013) {  // (the status still says "Connecting…")
       setTimeout(() => { if (session === live.session && live.stream) openLive(retries - 1); }, 1000);
       return;
     }
-    if (refused) showError(refused, errorStatus(refused.error));
-    $("live-status").textContent = $("status").textContent = "Stopped.";
+    // However it ends, the camera is let go and the controls are the page's again (the preview played on, the
+    // camera's light on, with Save and Stop shown, after the server went away)
+    const focused = $("live-row").contains(document.activeElement);
+    stopLive();
+    if (focused) $("live-start").focus();
+    if (refused) {  // in the server's words: "you have a live camera session running already (one a visitor)"
+      $("form-error").textContent = "The live camera is busy: it is on in another tab or window of yours (stop "
+        + "it there), or the server is full. Try again in a moment.";
+    } else if (!said) {
+      $("form-error").textContent = "The live camera stopped: the connection to the server was lost. "
+        + "Press Live camera to start it again.";
+    }
+    $("status").textContent = "Stopped.";
   };
 }
 
@@ -1299,7 +1470,8 @@ function init() {
   // Leaving the page for good (a reload, a closed tab) cancels its clip, which would hold the only clip slot
   // for minutes and tell the reloaded page the server is busy; a page kept for Back (persisted) goes on.
   window.addEventListener("pagehide", (e) => {
-    if (!e.persisted && state.job) fetch(`/api/videos/${state.job}`, { method: "DELETE", keepalive: true });
+    if (e.persisted) return;
+    for (const id of [state.job, ...orphans]) if (id) fetch(`/api/videos/${id}`, { method: "DELETE", keepalive: true });
   });
   $("live-start").hidden = !liveSupported();
   $("live-start").addEventListener("click", startLive);
