@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adain.client import StyleTransferClient
-from helpers import ServerProcess, write_test_decoder
+from helpers import ServerProcess, browser_or_skip, write_test_decoder
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,3 +77,13 @@ def server(decoder_path: Path) -> Iterator[ServerProcess]:
 def client(server: ServerProcess) -> Iterator[StyleTransferClient]:
     with StyleTransferClient(server.target, timeout=60, retries=2) as c:
         yield c
+
+
+@pytest.fixture()
+def browser() -> Iterator:
+    """Headless Chromium driven by Selenium (the page's tests; skipped with a reason where it is missing)."""
+    driver = browser_or_skip()
+    try:
+        yield driver
+    finally:
+        driver.quit()

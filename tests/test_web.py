@@ -946,15 +946,6 @@ def test_a_clip_over_the_servers_lower_frame_limit_is_a_400(decoder_path: Path, 
 
 
 
-@pytest.fixture()
-def browser() -> Iterator:
-    driver = browser_or_skip()
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 
 
 def _set_range(driver, element, value: float) -> None:

@@ -14,17 +14,8 @@ import httpx
 import pytest
 
 import helpers
-from helpers import NO_REFINE, ServerProcess, WebProcess, browser_or_skip, free_port, open_page_with, wait_for
+from helpers import NO_REFINE, ServerProcess, WebProcess, free_port, open_page_with, wait_for
 from synth import make_image, make_video
-
-
-@pytest.fixture()
-def browser() -> Iterator:
-    driver = browser_or_skip()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _network(browser, offline: bool = False, upload: int = -1) -> None:
