@@ -258,7 +258,8 @@ class StyleTransferServer:
                                 on_refused=self._over_capacity, caller=self._token_name,
                                 stopping=lambda: self.drain.draining, timeout_s=s.message_timeout_s,
                                 max_calls=s.concurrent_rpcs, max_per_caller=s.calls_per_caller,
-                                who=lambda context: caller_of(context, self.servicer.tokens))
+                                who=lambda context: caller_of(context, self.servicer.tokens),
+                                reply_ids=lambda rid: self.servicer.reply_ids(rid))
         interceptors: list[grpc.aio.ServerInterceptor] = [unread]
         if s.auth_tokens_file:
             tokens = TokenFile(s.auth_tokens_file)

@@ -72,6 +72,8 @@ class _Call:
     empty = False  # the client ended its side without a message
     counted: tuple[str, str] | None = None  # the (kind, caller) it counts for (max_per_caller)
     over_share: str | None = None  # refused: its caller had its share in flight (the reason)
+    rid: str | None = None  # the request id its refusal sent back (logged under it)
+    who: str | None = None  # its caller as the share counts it (a peer's address where no token names it)
 
     def __init__(self, health: bool = False) -> None:
         self.health = health  # a health check: counted apart (each client channel holds a Watch open)
@@ -95,6 +97,7 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
         max_calls: int = 0,
         who: Callable[[grpc.aio.ServicerContext], str] | None = None,
         max_per_caller: int = 0,
+        reply_ids: Callable[[str], Any] = lambda rid: (),
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.on_unread = on_unread
@@ -105,6 +108,7 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
         self.max_calls = max_calls
         self.who = who
         self.max_per_caller = max_per_caller
+        self.reply_ids = reply_ids  # a refusal's trailing metadata (x-request-id, x-served-by), as every reply's
         self._calls: dict[tuple[str, str], int] = {}  # calls in flight by (HEALTH or "", who(context))
 
     async def intercept_service(
@@ -148,8 +152,8 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
                 self.on_unread(method)
                 outcome = {"outcome": "unread"}
                 detail = f"the request message never arrived: {self._why(call)}"
-            log_fields(log, logging.INFO, request_id=request_id(metadata), method=method, **outcome,
-                       ms=round((time.perf_counter() - start) * 1000, 1), caller=self.caller(metadata),
+            log_fields(log, logging.INFO, request_id=call.rid or request_id(metadata), method=method, **outcome,
+                       ms=round((time.perf_counter() - start) * 1000, 1), caller=self.caller(metadata) or call.who,
                        trace_id=trace_id(metadata), detail=detail)
 
         task.add_done_callback(ended)
@@ -162,8 +166,9 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
             method = details.method.rsplit("/", 1)[-1]
             self.on_refused(method, "max_calls_per_caller")
             metadata = details.invocation_metadata
-            log_fields(log, logging.INFO, request_id=request_id(metadata), method=method, code="RESOURCE_EXHAUSTED",
-                       caller=self.caller(metadata), trace_id=trace_id(metadata), detail=call.over_share)
+            log_fields(log, logging.INFO, request_id=call.rid or request_id(metadata), method=method,
+                       code="RESOURCE_EXHAUSTED", caller=self.caller(metadata) or call.who, trace_id=trace_id(metadata),
+                       detail=call.over_share)
 
     def _counted(self, handler: Any, call: _Call) -> Any:
         """``handler`` (a request stream) counted for its caller as it begins, or refused over its share."""
@@ -234,6 +239,7 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
         if not done:
             read.cancel()
             call.timed_out = True
+            self._say_ids(context, call)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"the request message did not arrive within {self.timeout_s:g} s of the call's start "
                                 "(message_timeout_s)")
@@ -243,6 +249,7 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
             if self._ended(context, call):  # gRPC has answered already
                 raise asyncio.CancelledError from None
             call.empty = True
+            self._say_ids(context, call)
             await context.abort(grpc.StatusCode.INTERNAL, "the call's request side ended without a request message")
 
     async def _admit(self, context: grpc.aio.ServicerContext, call: _Call) -> None:
@@ -251,16 +258,23 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
         read, took every place of max_concurrent_rpcs, and every other caller was refused."""
         if self.who is None or not self.max_per_caller:
             return
-        name = self.who(context)
+        name = call.who = self.who(context)
         key, most = ((HEALTH, name), HEALTH_PER_CALLER) if call.health else (("", name), self.max_per_caller)
         held = self._calls.get(key, 0)
         if held >= most:
             what = (f"health checks in flight, its most ({most})" if call.health else
                     f"calls in flight on this server, its most (max_calls_per_caller={most})")
             call.over_share = f"this caller ({name}) has {held} {what}; retry as one ends"
+            self._say_ids(context, call)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, call.over_share)
         self._calls[key] = held + 1
         call.counted = key
+
+    def _say_ids(self, context: grpc.aio.ServicerContext, call: _Call) -> None:
+        """A refusal made here carries the call's request id and the replica back, as every reply does (they came
+        without: the caller could not find the line the server logged them under)."""
+        call.rid = request_id(context.invocation_metadata())
+        context.set_trailing_metadata(tuple(self.reply_ids(call.rid)))
 
     def _release(self, key: tuple[str, str]) -> None:
         left = self._calls[key] - 1

@@ -87,9 +87,12 @@ def test_calls_beyond_the_limits_are_refused_and_probes_keep_a_port(srv: ServerP
         assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # on another connection: her 2 calls in flight are her share
         with pytest.raises(grpc.RpcError) as share:
-            alice2.GetServerInfo(info, metadata=_auth(ALICE), timeout=10)
+            alice2.GetServerInfo(info, metadata=_auth(ALICE, x_request_id="over-her-share"), timeout=10)
         assert share.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_calls_per_caller=2" in share.value.details(), share.value.details()
+        # its request id and replica come back as every reply's (a reviewer's: this refusal had neither)
+        trailers = dict(share.value.trailing_metadata())
+        assert trailers.get("x-request-id") == "over-her-share" and trailers.get("x-served-by"), trailers
         held.append(bob.Stylize.future(_request(), metadata=_auth(BOB), timeout=60))
         srv.wait_queued(3)
         # 3 calls on the server: gRPC refuses the next at once, health on the main port too
@@ -113,6 +116,8 @@ def test_calls_beyond_the_limits_are_refused_and_probes_keep_a_port(srv: ServerP
     line = next(x for x in log.splitlines() if "request_id=over-the-cap" in x)
     assert "code=RESOURCE_EXHAUSTED" in line and "max_concurrent_rpcs=3" in line, line
     assert "request_id=waited" not in log
+    line = next(x for x in log.splitlines() if "request_id=over-her-share" in x)
+    assert "code=RESOURCE_EXHAUSTED" in line and "caller=alice" in line, line
     metrics = srv.metrics_text()
     for reason in ("max_concurrent_rpcs", "max_calls_per_caller"):
         assert f'adain_queue_refused_total{{reason="{reason}"}}' in metrics, reason
