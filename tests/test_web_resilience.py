@@ -151,6 +151,14 @@ def test_a_clip_rides_out_a_blip_is_given_up_after_a_long_one_and_said_lost_when
         assert "lost its connection to the server for 2 s" in browser.find_element("id", "form-error").text
         _network(browser)
         wait_for(browser, lambda d: _job_state(web, job) in ("cancelled", "gone"), timeout=20)
+        # Cancel pressed while reconnecting (a reviewer's): its DELETE was lost, and the clip held its place
+        browser.execute_script("RECONNECT_MS = 30000")
+        job = _start_clip(browser)
+        _network(browser, offline=True)
+        wait_for(browser, lambda d: "Reconnecting" in _text(d, "progress-text"), timeout=10)
+        browser.find_element("id", "cancel").click()
+        _network(browser)
+        wait_for(browser, lambda d: _job_state(web, job) in ("cancelled", "gone"), timeout=20)
         # adain-web restarted under the page (on its port): its clips went with it
         job = _start_clip(browser)
         web.stop()
@@ -179,6 +187,11 @@ def test_the_pages_sizes_stop_at_the_servers_limit_and_a_size_error_is_beside_it
         sides = browser.execute_script("return [...document.getElementById('photo-size').options].map(o => o.value)")
         assert sides == ["1024", "0"], sides
         assert browser.execute_script("return document.getElementById('photo-size').value") == "1024"
+        # a limit between the choices: the page defaults to it, not to the smallest left (a reviewer's, at 1500)
+        assert browser.execute_script(
+            "state.info.max_content_side = 500; const p = document.getElementById('photo-size'); p.add(new Option("
+            "'2048', '2048')); p.value = '2048'; capSizes(); return [p.value, document.getElementById('size').value]"
+        ) == ["500", "500"]
         browser.find_element("id", "submit").click()
         wait_for(browser, lambda d: d.find_element("id", "download").is_displayed(), timeout=60)
         assert browser.find_element("id", "form-error").text == ""

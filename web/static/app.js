@@ -403,6 +403,7 @@ async function labelsImage() {
 async function loadInfo() {
   try {
     const response = await fetch("/api/info");
+    if (!response.ok) throw new Error(`the page's server answered ${response.status}`);
     state.info = await response.json();
   } catch (e) {
     $("form-error").textContent = "The page could not reach its server. Reload to try again.";
@@ -455,6 +456,7 @@ function capSizes() {
     const select = $(id);
     const sides = () => [...select.options].filter((o) => Number(o.value) > 0);
     const over = sides().filter((o) => Number(o.value) > max);
+    const was = select.value;  // (removing the selected option moves the choice to the first: the smallest)
     over.forEach((o) => o.remove());
     if (over.length && !sides().some((o) => Number(o.value) === max)) {
       const largest = new Option(`${max} px (this server's largest)`, String(max));
@@ -463,7 +465,7 @@ function capSizes() {
     const asTaken = select.querySelector('option[value="0"]');
     if (asTaken && over.length) asTaken.textContent = `${id === "size" ? "as filmed" : "as taken"}, at most ${max} px`;
     const kept = sides().map((o) => o.value);
-    if (!kept.includes(select.value)) {  // the usual default, or the largest under it
+    if (!kept.includes(was)) {  // the usual default, or the largest under it
       select.value = kept.includes(usual) ? usual : kept[kept.length - 1] || "0";
     }
   }
@@ -544,7 +546,7 @@ function errorStatus(error) {
 function showError(body, status) {
   const error = (body && body.error) || { message: `The server answered ${status}.`, violations: [] };
   const plain = {
-    429: "The server is busy right now. Try again in a moment.",
+    429: error.message ? `Busy: ${error.message}. Try again in a moment.` : "The server is busy right now. Try again in a moment.",
     503: "The style-transfer server is not available right now. Try again later.",
     504: "The server took too long. Try a smaller photo or fewer refine steps.",
     501: error.message,
@@ -894,8 +896,9 @@ async function submitVideo() {
       return;
     }
     state.upload = null;
-    if (response.status === 429) {  // not "the server is busy": this page stylizes so many clips at once
-      $("form-error").textContent = "Another clip is being stylized right now. Try again when it is done.";
+    if (response.status === 429) {  // not "the server is busy": the page's own clip places, said by the page
+      $("form-error").textContent = (job && job.error && job.error.message) ||
+        "Another clip is being stylized right now. Try again when it is done.";
       videoBusy(false);
       return;
     }
@@ -1033,7 +1036,8 @@ async function cancelVideo() {
   videoBusy(false);  // at once: Stylize waited for the loop's next second
   clearOutputVideo();
   sayCancelled();
-  try { await fetch(`/api/videos/${id}`, { method: "DELETE" }); } catch (e) { /* it stops unasked for anyway */ }
+  // until the server answers: cancelled while reconnecting, the DELETE was lost and the clip held its place
+  forgetJob(id);
 }
 
 // --- several photos: stylized one after another, shown together, saved as one zip ------------------------
