@@ -54,6 +54,7 @@ from .drain import Drain
 from .errors import (
     ServiceError,
     Violation,
+    cancelled_soon,
     release,
     reply_limit,
     request_id,
@@ -67,7 +68,7 @@ from .logs import log_fields
 from .metrics import Metrics
 from .refine import RefineService
 from .registry import StyleRegistry, style_id
-from .video import VideoService, cancelled_soon
+from .video import VideoService
 
 if TYPE_CHECKING:
     from adain.stylizer import Stylizer

@@ -28,7 +28,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.wire import FORMAT_BY_ENUM, format_cannot_hold
 
 from .batcher import Batcher, ClosedError, DeadlineDropped
-from .errors import PlaceClock, ServiceError, Violation, smaller_image_advice, work_began
+from .errors import PlaceClock, ServiceError, Violation, cancelled_soon, smaller_image_advice, work_began
 from .metrics import Metrics
 
 log = logging.getLogger("adain.server")
@@ -43,18 +43,6 @@ class VideoLimits:
     default_strength: float  # for streams that leave temporal_strength unset
     idle_s: float = 60.0  # the longest wait for a client's next frame
     max_reply_bytes: int = 1 << 62  # a frame's reply (the message limit, less room for its other fields)
-
-
-async def cancelled_soon(cancelled: Callable[[], bool]) -> bool:
-    """Whether a call whose requests ended is cancelled. gRPC ends the requests of a call it cut (a client's
-    cancel, a frame over the message limit) a moment before it marks the call cancelled: waited for, so that the
-    call is logged as the cancel it is (once, under load, it was logged as an empty stream). An empty stream, a
-    client's bug, is told the same 0.25 s later."""
-    for _ in range(25):
-        if cancelled():
-            return True
-        await asyncio.sleep(0.01)
-    return cancelled()
 
 
 @dataclass

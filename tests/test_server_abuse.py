@@ -251,3 +251,25 @@ def test_many_channels_from_one_host_are_served(server: ServerProcess) -> None:
     finally:
         for c in channels:
             c.close()
+
+
+def test_a_cancel_before_the_message_is_logged_as_one(srv: ServerProcess) -> None:
+    """gRPC ends a cancelled call's requests a moment before it marks it cancelled: a reviewer's 32 cancels before
+    their message were logged, 8 of them, as calls that "ended the request side without one"."""
+    with _channel(srv) as channel:
+        for i in range(8):
+            release = threading.Event()
+
+            def nothing(release: threading.Event = release) -> Iterator[bytes]:
+                release.wait(30)
+                return
+                yield b""
+
+            call = channel.stream_unary(SERVICE + "GetServerInfo").future(
+                nothing(), metadata=_auth(ALICE, x_request_id=f"cancelled-{i}"), timeout=30)
+            time.sleep(0.2)  # its headers at the server
+            call.cancel()
+            release.set()
+    log = srv.wait_logged(lambda log: all(f"request_id=cancelled-{i}" in log for i in range(8)))
+    lines = [x for x in log.splitlines() if "request_id=cancelled-" in x]
+    assert not [x for x in lines if "without one" in x], lines
