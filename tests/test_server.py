@@ -316,6 +316,9 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert info["limits"]["max_styles"] == 8 and info["limits"]["default_style_size"] == 512
     assert info["limits"]["max_message_bytes"] == 32 * 1024 * 1024
     assert info["limits"]["max_pixels"] == 8192 * 8192 and info["limits"]["max_content_side"] == 16384
+    # the abuse limits, as enforced (0 given: derived from the queues; this server's queue is 64, its batches 8)
+    assert (info["limits"]["max_calls_per_caller"], info["limits"]["max_concurrent_rpcs"],
+            info["limits"]["max_concurrent_streams"], info["limits"]["message_timeout_s"]) == (63, 4175, 128, 60)
     assert info["batching"] == {"max_batch_size": 8, "max_batch_delay_ms": 50.0, "max_queue": 64, "prepare_workers": 2,
                                   "max_queue_per_caller": 32}
     assert {"JPEG", "PNG", "WEBP", "AVIF", "HEIF"} <= set(info["input_formats"])  # HEIF: the dev install's heif extra

@@ -284,7 +284,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_pixels", "max_content_side", "default_style_size", "max_styles", "max_message_bytes", "style_registry_size", "max_video_frames", "max_video_streams", "video_window", "max_refine_steps", "max_refine_jobs", "max_refine_queue", "tile_threshold_pixels", "tile_size", "tile_halo", "tile_memory_bytes", "max_refine_pixels")
+    __slots__ = ("max_pixels", "max_content_side", "default_style_size", "max_styles", "max_message_bytes", "style_registry_size", "max_video_frames", "max_video_streams", "video_window", "max_refine_steps", "max_refine_jobs", "max_refine_queue", "tile_threshold_pixels", "tile_size", "tile_halo", "tile_memory_bytes", "max_refine_pixels", "max_calls_per_caller", "max_concurrent_rpcs", "max_concurrent_streams", "message_timeout_s")
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTENT_SIDE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STYLE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +302,10 @@ class Limits(_message.Message):
     TILE_HALO_FIELD_NUMBER: _ClassVar[int]
     TILE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_REFINE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALLS_PER_CALLER_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_RPCS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     max_pixels: int
     max_content_side: int
     default_style_size: int
@@ -319,7 +323,11 @@ class Limits(_message.Message):
     tile_halo: int
     tile_memory_bytes: int
     max_refine_pixels: int
-    def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_video_streams: _Optional[int] = ..., video_window: _Optional[int] = ..., max_refine_steps: _Optional[int] = ..., max_refine_jobs: _Optional[int] = ..., max_refine_queue: _Optional[int] = ..., tile_threshold_pixels: _Optional[int] = ..., tile_size: _Optional[int] = ..., tile_halo: _Optional[int] = ..., tile_memory_bytes: _Optional[int] = ..., max_refine_pixels: _Optional[int] = ...) -> None: ...
+    max_calls_per_caller: int
+    max_concurrent_rpcs: int
+    max_concurrent_streams: int
+    message_timeout_s: float
+    def __init__(self, max_pixels: _Optional[int] = ..., max_content_side: _Optional[int] = ..., default_style_size: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., style_registry_size: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_video_streams: _Optional[int] = ..., video_window: _Optional[int] = ..., max_refine_steps: _Optional[int] = ..., max_refine_jobs: _Optional[int] = ..., max_refine_queue: _Optional[int] = ..., tile_threshold_pixels: _Optional[int] = ..., tile_size: _Optional[int] = ..., tile_halo: _Optional[int] = ..., tile_memory_bytes: _Optional[int] = ..., max_refine_pixels: _Optional[int] = ..., max_calls_per_caller: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ..., max_concurrent_streams: _Optional[int] = ..., message_timeout_s: _Optional[float] = ...) -> None: ...
 
 class Batching(_message.Message):
     __slots__ = ("max_batch_size", "max_batch_delay_ms", "max_queue", "prepare_workers", "max_queue_per_caller")
