@@ -27,12 +27,27 @@ SERVED_BY_KEY = "x-served-by"  # which replica answered (reply metadata), for pe
 DEFAULT_HOST = "127.0.0.1"  # the server listens on loopback unless told otherwise
 DEFAULT_PORT = 50051
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+
+def bare_host(host: str) -> str:
+    """An address without the brackets an IPv6 one may be given in ("[::1]" -> "::1"; uvicorn and getaddrinfo take
+    it bare)."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC and people read it: a bare IPv6 address in brackets (gRPC failed "::1:50051" after the
+    server's model loaded, as a misformatted name)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
 DEFAULT_QUALITY = 90
 STYLE_ID_PREFIX = "id:"  # "id:<sha256>" names a registered style where a path could stand
 PRESET_PREFIX = "preset:"  # "preset:<name>" names a preset of the server's library in place of the styles
 # A library style's or preset's name (the server's --styles-dir): a plain file name, no folder and no "..", so
 # that a client may save a style's thumbnail as NAME.jpg; the client checks a server's names against it too.
 LIBRARY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# one PEM certificate of a file that may hold several (a CA bundle, whose comments between them may be any text)
+PEM_CERTIFICATE_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 STYLE_ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id (sha256 hex): a library name may not look like one
 
 # --- output formats -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from adain.wire import (
     FORMAT_ENUM,
     FORMAT_SUFFIXES,
     OPTIMIZER_ENUM,
+    PEM_CERTIFICATE_RE,
     PRESET_PREFIX,
     REFINE_INIT_ENUM,
     REQUEST_ID_KEY,
@@ -610,7 +611,7 @@ def _check_tls(root: bytes | None, chain: bytes | None, key: bytes | None, chain
 
     if root is not None:
         # the certificates alone: a bundle's comments may be any text (a CA's name with accents was refused)
-        blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", root, re.S)
+        blocks = PEM_CERTIFICATE_RE.findall(root)
         try:
             if not blocks:
                 raise ValueError("no -----BEGIN CERTIFICATE----- block")

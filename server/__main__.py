@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from adain.commands import quiet_grpc
+from adain.wire import host_port
 
 from . import logs
 from .config import (
     PORT_TAKEN_HINT,
     Settings,
     compile_sizes,
-    listen_address,
     parse_settings,
     settings_warnings,
     unknown_variables,
@@ -53,7 +53,7 @@ def _main(argv: Sequence[str] | None) -> int:
         logs.fatal(str(e))
         return 2
     if why := _host_error(settings.host):  # (was gRPC's log line and a taken port's hint) a setting's fault: exit 2
-        logs.fatal(f"cannot listen on {listen_address(settings.host, settings.port)}: {why}")
+        logs.fatal(f"cannot listen on {host_port(settings.host, settings.port)}: {why}")
         return 2
     if busy := _busy_port(settings):  # the same error the start would end with, seconds later
         logs.fatal(busy)
@@ -121,7 +121,7 @@ def _busy_port(settings: Settings) -> str | None:
     checks again. gRPC takes a port when it can bind any address of the host (``[::]`` falls back to 0.0.0.0),
     so its ports are busy only when every one is; the metrics exporter binds the first address alone."""
     host, in_use = settings.host, os.strerror(errno.EADDRINUSE)
-    at = functools.partial(listen_address, host)
+    at = functools.partial(host_port, host)
     # A second server on one machine trips on the fixed defaults: say what gets it going (--port 0 picks a free
     # port; --metrics-port 0 or negative serves no metrics, see config.py's help: no free-port choice there).
     ports = [(settings.port, True,

@@ -35,12 +35,12 @@ from adain.job import Job
 from adain.precision import cpu_quota
 from adain.v1 import style_transfer_pb2 as pb
 from adain.video import VideoStream
-from adain.wire import SERVICE_NAME, TEMPORAL_ENUM
+from adain.wire import SERVICE_NAME, TEMPORAL_ENUM, host_port
 
 from . import logs
 from .auth import TlsFiles, TokenAuth, TokenFile, bearer_token, caller_of
 from .batcher import Batcher
-from .config import PORT_TAKEN_HINT, Settings, listen_address
+from .config import PORT_TAKEN_HINT, Settings
 from .drain import Drain
 from .errors import reply_limit
 from .fairpool import FairExecutor
@@ -284,7 +284,7 @@ class StyleTransferServer:
         )
         # Metrics first: a busy metrics port fails the start before anything listens.
         self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
-        address = listen_address(s.host, s.port)
+        address = host_port(s.host, s.port)
         try:
             if tls is not None:
                 port = server.add_secure_port(address, tls.credentials())
@@ -299,7 +299,7 @@ class StyleTransferServer:
             self.metrics.close()
             raise OSError(f"cannot listen on {address}{reason} {PORT_TAKEN_HINT}")
         if s.health_port > 0:
-            self.health_server = await self._serve_health(listen_address(s.host, s.health_port))
+            self.health_server = await self._serve_health(host_port(s.host, s.health_port))
         self.servicer.replica = s.replica_name or f"{socket.gethostname()}:{port}"
         await server.start()
         self.server = server
@@ -432,9 +432,9 @@ async def serve(settings: Settings, stylizer: Any, out=None, library: StyleLibra
     except (OSError, ValueError) as e:  # a port in use, an unreadable or bad certificate or token file
         logs.fatal(str(e))
         return 1
-    logs.announce(f"adain-server listening on {listen_address(settings.host, port)}", out)
+    logs.announce(f"adain-server listening on {host_port(settings.host, port)}", out)
     if app.metrics_port:
-        log.info("metrics on http://%s/metrics", listen_address(settings.host, app.metrics_port))
+        log.info("metrics on http://%s/metrics", host_port(settings.host, app.metrics_port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

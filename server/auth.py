@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from adain.wire import AUTH_KEY, END_USER_KEY, REQUEST_ID_KEY, SERVED_BY_KEY, TOKEN_RE
+from adain.wire import AUTH_KEY, END_USER_KEY, PEM_CERTIFICATE_RE, REQUEST_ID_KEY, SERVED_BY_KEY, TOKEN_RE
 
 from .errors import request_id, trace_id
 from .logs import log_fields
@@ -114,7 +114,6 @@ EXPIRY_WARNING_S = 14 * 86400  # a certificate this close to its end is warned o
 # The near ends warned of, (file, the certificate's end): the start reads the files twice (before the model loads,
 # and as it listens), and the warning came twice.
 _warned_expiry: set[tuple[str, str]] = set()
-PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
 def _check_dates(cert: str, what: str = "the certificate", shown: str | None = None) -> None:
@@ -145,7 +144,7 @@ def _check_ca_dates(path: str, pem: bytes) -> None:
     client then failed the handshake. CPython's decoder reads a file's first certificate: each is copied alone."""
     import tempfile
 
-    blocks = PEM_CERT_RE.findall(pem)
+    blocks = PEM_CERTIFICATE_RE.findall(pem)
     with tempfile.TemporaryDirectory(prefix="adain-ca-") as folder:
         for n, block in enumerate(blocks, 1):
             one = Path(folder) / f"{n}.pem"

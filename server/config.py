@@ -32,6 +32,7 @@ from adain.wire import (
     MIN_STYLE_SIDE,
     TEMPORAL_MODES,
     Limits,
+    bare_host,
 )
 
 # --max-concurrent-rpcs 0: the calls that hold no queue place get this many places above the queues' own: health
@@ -214,16 +215,11 @@ def _host(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty address (give one of this machine's addresses or names, or "
                                          "0.0.0.0 or [::] for every interface)")
-    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    inner = bare_host(text)
     if "[" in inner or "]" in inner or (inner is not text and ":" not in inner):
         raise argparse.ArgumentTypeError(f"brackets go around an IPv6 address alone ([::1]), got {text!r}")
     return text
 
-
-def listen_address(host: str, port: int) -> str:
-    """``host:port`` as gRPC and people read it: a bare IPv6 address in brackets (gRPC failed "::1:50051" after the
-    model loaded, as a misformatted name)."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def _side_port(text: str) -> int:

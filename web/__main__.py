@@ -26,6 +26,7 @@ from adain.client.cli import (
     timeout_of,
 )
 from adain.commands import Terminated, add_version_arg, on_sigterm
+from adain.wire import bare_host, host_port
 
 if TYPE_CHECKING:
     from adain.client import StyleTransferClient
@@ -41,12 +42,6 @@ THROTTLE_S = 60.0  # a log line anyone can provoke at will is let through once i
 # ~20,000 a second, 480 MB of log a minute, filling a pod's disk; and uvicorn's for each --limit-concurrency 503
 ACCEPT_FAILED = "socket.accept() out of system resource"
 OVER_CONCURRENCY = "Exceeded concurrency limit."
-
-
-def _bare_host(text: str) -> str:
-    """An address to listen on, IPv6 with or without its brackets (uvicorn takes it without: "[::]", as the
-    manifest said to give it, was "Name or service not known")."""
-    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
 
 
 def _origin(text: str) -> str:
@@ -69,7 +64,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_version_arg(p, "adain-web")
     add_connection_args(p)
     add_local_arg(p)
-    p.add_argument("--host", type=_bare_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1: "
+    # (uvicorn takes an IPv6 address without brackets: "[::]", as the manifest said to give it, was "Name or
+    # service not known")
+    p.add_argument("--host", type=bare_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1: "
                    "this machine only; 0.0.0.0 for every interface, :: for every IPv6 one, [::] alike)")
     p.add_argument("--port", type=int_in_range(1, 65535), default=8080, help="HTTP port (default 8080)")
     p.add_argument("--max-upload-mb", type=float_in_range(0, MAX_UPLOAD_MB), default=20.0, metavar="MiB",
@@ -170,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # before anything listens, and before --local starts a server: a taken --port failed in uvicorn after the
     # URL line had been printed
     if problem := cannot_listen(args.host, args.port):
-        print(f"adain-web: error: cannot listen on {_hostport(args.host, args.port)}: {problem}", file=sys.stderr,
+        print(f"adain-web: error: cannot listen on {host_port(args.host, args.port)}: {problem}", file=sys.stderr,
               flush=True)
         return 2
     # --local: SIGTERM unwinds as Ctrl-C does (uvicorn raises it again after its graceful stop), so the server of
@@ -236,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
             Throttle(ACCEPT_FAILED, counted=metrics.accept_failures.inc if metrics else None))
         logging.getLogger("uvicorn.error").addFilter(
             Throttle(OVER_CONCURRENCY, counted=metrics.over_concurrency.inc if metrics else None))
-        server = _server_class()(config, f"adain-web: http://{_hostport(args.host, args.port)}/ (server {args.server})")
+        server = _server_class()(config, f"adain-web: http://{host_port(args.host, args.port)}/ (server {args.server})")
         try:
             server.run()
         except Terminated:  # --local's SIGTERM, raised again by uvicorn after its graceful stop: exit 143
@@ -249,10 +246,6 @@ def _serve(args: argparse.Namespace) -> int:
         if not server.started:  # uvicorn's own start failed (a port taken since the check): it said why
             return 3
     return 0
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def cannot_listen(host: str, port: int) -> str | None:
