@@ -457,7 +457,6 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             problems = list(e.problems) + problems
         if preset_failed:  # its styles are missing because the preset is: one violation says so
             problems = [p for p in problems if p.field != "styles"]
-        problems = [_wire_label(p, msg) for p in problems]
         bad += [_violation(p.field, p.description, msg, prefix) for p in problems]
         if bad:
             raise ServiceError.invalid(bad)
@@ -774,21 +773,9 @@ def _region_options(msg: pb.StylizeRequest | pb.VideoOptions) -> dict[str, Any]:
 
 
 LABEL_FIELD_RE = re.compile(r"styles\[(\d+)\]\.label")
-# What Style.label (a uint32) may be, as the proto says: the library's message names "#rrggbb" too, which no
-# uint32 can be sent as.
+# What Style.label (a uint32) may be, as the proto says (_wire_terms)
 WIRE_LABEL_RULE = ("must be a grey level 0-255, a colour 0xRRGGBB (up to 0xFFFFFF), or 0x1000000 | 0xRRGGBB "
                    "(what a colour under 256, (0, 0, b), must be: 0x1000000 | b)")
-
-
-def _wire_label(problem: InvalidInputError, msg: pb.StylizeRequest | pb.VideoOptions) -> InvalidInputError:
-    """A label value out of range, said in the wire's terms (the library's message is for Python callers)."""
-    m = LABEL_FIELD_RE.fullmatch(problem.field)
-    if m is None or int(m.group(1)) >= len(msg.styles) or _from_preset(msg):
-        return problem
-    style = msg.styles[int(m.group(1))]
-    if not style.HasField("label") or label_value(style.label) is not None:  # a value no pixel has, say
-        return problem
-    return InvalidInputError(problem.field, f"{WIRE_LABEL_RULE}, got {style.label} ({style.label:#x})")
 
 
 def _invalid(e: InvalidInputError, request: pb.StylizeRequest) -> ServiceError:
@@ -802,7 +789,7 @@ def _violation(field: str, description: str, request: pb.StylizeRequest | pb.Vid
     request's preset named as the preset's (the request has no styles[i] to name)."""
     if _from_preset(request) and field.startswith("styles["):
         description = f"{field} of preset {_clipped(request.preset)!r}: {description}"
-    field, description = _wire_regions(field, description, request)
+    field, description = _wire_terms(field, description, request)
     return Violation(prefix + _proto_field(field, request), description)
 
 
@@ -812,14 +799,21 @@ def _from_preset(request: pb.StylizeRequest | pb.VideoOptions) -> bool:
     return bool(request.preset) and not request.styles
 
 
-def _wire_regions(field: str, description: str, request: pb.StylizeRequest | pb.VideoOptions) -> tuple[str, str]:
-    """The library's per-style lists (``masks``, ``label_values``) said as the wire's fields: a client generated
-    from the proto has no field by those names (a fuzzer's: the BadRequest named them)."""
+def _wire_terms(field: str, description: str, request: pb.StylizeRequest | pb.VideoOptions) -> tuple[str, str]:
+    """A Job's problem in the wire's terms, where the library's are for Python callers: its per-style lists
+    (``masks``, ``label_values``) as the wire's fields (a client generated from the proto has no field by those
+    names: a fuzzer's BadRequest named them), and a label value out of range as what a uint32 Style.label may be
+    (the library's message names "#rrggbb" too, which no uint32 can be sent as)."""
     if description.startswith("give one form of regions"):  # (the library names its second form)
         description = description.replace("masks", "styles[].mask")
         return ("mask" if field == "masks" else field), description
     if field == "label_values" and _from_preset(request):  # the only way a count can differ on the wire
         return "labels", "a preset's styles carry no labels: give the styles themselves, each with its Style.label"
+    m = LABEL_FIELD_RE.fullmatch(field)
+    if m is not None and int(m.group(1)) < len(request.styles) and not _from_preset(request):
+        style = request.styles[int(m.group(1))]
+        if style.HasField("label") and label_value(style.label) is None:  # (not a value no pixel has, say)
+            return field, f"{WIRE_LABEL_RULE}, got {style.label} ({style.label:#x})"
     return field, description
 
 
