@@ -86,12 +86,13 @@ def _run(prog: str, load: Callable[[], Callable[[], int]]) -> int:
         return _interrupted(prog, KeyboardInterrupt() if last == signal.SIGINT else Terminated(last))
 
 
-def _on_signals(handlers: dict[int, Any]) -> dict[int, Any]:
-    """Install ``handlers`` (signal -> handler) where the signal is not ignored; returns the ones they replaced. An
-    ignored one stays so: ``nohup adain-stylize ...`` (SIGHUP ignored) was ended when its terminal closed, and a
-    script's background job (SIGINT ignored) by Ctrl-C."""
-    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()
-            if signal.getsignal(signum) is not signal.SIG_IGN}
+def on_signals(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Install ``handlers`` (signal -> handler) where the signal is not ignored; returns the ones they replaced,
+    for a later call to put back (one installed outside Python, None, put back as the default). An ignored one
+    stays so: ``nohup adain-stylize ...`` (SIGHUP ignored) was ended when its terminal closed, and a script's
+    background job (SIGINT ignored) by Ctrl-C."""
+    return {signum: signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            for signum, handler in handlers.items() if signal.getsignal(signum) is not signal.SIG_IGN}
 
 
 def _cli_main() -> Callable[[], int]:
@@ -109,11 +110,11 @@ def _web_main() -> Callable[[], int]:
 def stylize() -> int:
     quiet_grpc()
     # from the start: main keeps them while it runs (it was killed, no line; a closed terminal left a .part file)
-    previous = _on_signals({signal.SIGTERM: on_sigterm, signal.SIGHUP: on_sigterm, signal.SIGINT: _on_sigint})
+    previous = on_signals({signal.SIGTERM: on_sigterm, signal.SIGHUP: on_sigterm, signal.SIGINT: _on_sigint})
     try:
         return _run("adain-stylize", _cli_main)
     finally:
-        _on_signals(previous)
+        on_signals(previous)
 
 
 def server() -> int:
@@ -129,8 +130,8 @@ def web() -> int:
     """``adain-web``: SIGTERM keeps its default until main knows whether it runs a --local server (uvicorn stops
     on it gracefully otherwise)."""
     quiet_grpc()
-    previous = _on_signals({signal.SIGINT: _on_sigint})
+    previous = on_signals({signal.SIGINT: _on_sigint})
     try:
         return _run("adain-web", _web_main)
     finally:
-        _on_signals(previous)
+        on_signals(previous)

@@ -49,7 +49,7 @@ from adain.argtypes import (
     positive_int,
     unit_interval,
 )
-from adain.commands import add_version_arg, interrupted_code, on_sigterm
+from adain.commands import add_version_arg, interrupted_code, on_signals, on_sigterm
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -1273,8 +1273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a service manager, kill, a container stopping) and SIGHUP (a closed terminal or SSH session) as
     # Ctrl-C: no temporary file left behind (SIGHUP's default left a video's .part file in the output folder)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {n: signal.signal(n, on_sigterm) for n in (signal.SIGTERM, signal.SIGHUP)  # (nohup's SIGHUP stays
-                if main_thread and signal.getsignal(n) is not signal.SIG_IGN}  # ignored)
+    previous = on_signals({signal.SIGTERM: on_sigterm, signal.SIGHUP: on_sigterm}) if main_thread else {}
     try:
         with contextlib.ExitStack() as quiet:
             if getattr(args, "quiet", False):  # the lines saying what was written (a cron job's mail every run)
@@ -1296,8 +1295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: interrupted", file=sys.stderr, flush=True)
         return interrupted_code(e)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        on_signals(previous)
 
 
 def _run(args: argparse.Namespace, query: str | None) -> int:
