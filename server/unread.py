@@ -61,6 +61,10 @@ async def _replies(out: Any) -> AsyncIterator[Any]:
             yield reply
 
 
+def _method(details: grpc.HandlerCallDetails) -> str:
+    return details.method.rsplit("/", 1)[-1]
+
+
 class _Call:
     """What one watched call's wrapper learnt about its message."""
 
@@ -137,24 +141,16 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
                 self._release(call.counted)
             if call.read:
                 return
-            method = details.method.rsplit("/", 1)[-1]
-            metadata = details.invocation_metadata
+            ms = round((time.perf_counter() - start) * 1000, 1)
             if call.over_share is not None:
-                self.on_refused(method, "max_calls_per_caller")
-                outcome = {"code": "RESOURCE_EXHAUSTED"}
-                detail = call.over_share
+                self._refused(details, call, "max_calls_per_caller", call.over_share, ms=ms)
             elif not call.began and not self.stopping():  # gRPC's own refusal, over maximum_concurrent_rpcs
-                self.on_refused(method, "max_concurrent_rpcs")
-                outcome = {"code": "RESOURCE_EXHAUSTED"}
-                detail = (f"over max_concurrent_rpcs={self.max_calls} calls at once on this server (gRPC refused it "
-                          "before its handler began)")
+                self._refused(details, call, "max_concurrent_rpcs", f"over max_concurrent_rpcs={self.max_calls} calls "
+                              "at once on this server (gRPC refused it before its handler began)", ms=ms)
             else:
-                self.on_unread(method)
-                outcome = {"outcome": "unread"}
-                detail = f"the request message never arrived: {self._why(call)}"
-            log_fields(log, logging.INFO, request_id=call.rid or request_id(metadata), method=method, **outcome,
-                       ms=round((time.perf_counter() - start) * 1000, 1), caller=self.caller(metadata) or call.who,
-                       trace_id=trace_id(metadata), detail=detail)
+                self.on_unread(_method(details))
+                self._said(details, call, f"the request message never arrived: {self._why(call)}", outcome="unread",
+                           ms=ms)
 
         task.add_done_callback(ended)
         return self._streamed(handler, call)._replace(request_deserializer=deserialize)
@@ -163,12 +159,18 @@ class UnreadRequests(grpc.aio.ServerInterceptor):
         if call.counted is not None:
             self._release(call.counted)
         if call.over_share is not None:  # its handler never ran: no line of its own
-            method = details.method.rsplit("/", 1)[-1]
-            self.on_refused(method, "max_calls_per_caller")
-            metadata = details.invocation_metadata
-            log_fields(log, logging.INFO, request_id=call.rid or request_id(metadata), method=method,
-                       code="RESOURCE_EXHAUSTED", caller=self.caller(metadata) or call.who, trace_id=trace_id(metadata),
-                       detail=call.over_share)
+            self._refused(details, call, "max_calls_per_caller", call.over_share)
+
+    def _refused(self, details: grpc.HandlerCallDetails, call: _Call, reason: str, detail: str, **more: Any) -> None:
+        """A call refused over a limit (``reason``, the metric's): counted, and its line logged."""
+        self.on_refused(_method(details), reason)
+        self._said(details, call, detail, code="RESOURCE_EXHAUSTED", **more)
+
+    def _said(self, details: grpc.HandlerCallDetails, call: _Call, detail: str, **outcome: Any) -> None:
+        """The access log's line of a call the handler never logged (its fields as the handler's line has them)."""
+        metadata = details.invocation_metadata
+        log_fields(log, logging.INFO, request_id=call.rid or request_id(metadata), method=_method(details), **outcome,
+                   caller=self.caller(metadata) or call.who, trace_id=trace_id(metadata), detail=detail)
 
     def _counted(self, handler: Any, call: _Call) -> Any:
         """``handler`` (a request stream) counted for its caller as it begins, or refused over its share."""
