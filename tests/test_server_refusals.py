@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,6 +61,12 @@ def _raw(srv: ServerProcess, request: pb.StylizeRequest) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=60)
     return info.value
+
+
+def _silent(gate: threading.Event) -> Iterator[pb.VideoRequest]:
+    """A stream's requests that send nothing until ``gate`` is set (at most 30 s), then end."""
+    gate.wait(30)
+    yield from ()
 
 
 def _count(srv: ServerProcess, method: str, code: str) -> float:
@@ -148,14 +155,9 @@ def test_a_stream_cancelled_before_its_options_is_counted_as_cancelled(strict) -
     cancelled = _count(srv, "StylizeVideo", "CANCELLED")
     invalid = _count(srv, "StylizeVideo", "INVALID_ARGUMENT")
     gate = threading.Event()
-
-    def nothing():
-        gate.wait(30)
-        yield from ()
-
     try:
         with grpc.insecure_channel(srv.target) as channel:
-            call = pb_grpc.StyleTransferStub(channel).StylizeVideo(nothing(), timeout=60)
+            call = pb_grpc.StyleTransferStub(channel).StylizeVideo(_silent(gate), timeout=60)
             # the handler runs, waiting for the options (its headers come only once a stream is admitted), for
             # less than the idle time (IDLE_S), which would end the stream first
             time.sleep(IDLE_S / 2)
@@ -194,16 +196,11 @@ def test_a_stream_that_never_sends_its_options_is_ended_when_idle(strict) -> Non
     up 25 of them), for ever without one."""
     srv, _ = strict
     gate = threading.Event()
-
-    def silent():
-        gate.wait(30)
-        yield from ()
-
     try:
         with grpc.insecure_channel(srv.target) as channel:
             began = time.monotonic()
             with pytest.raises(grpc.RpcError) as info:
-                list(pb_grpc.StyleTransferStub(channel).StylizeVideo(silent(), timeout=30))
+                list(pb_grpc.StyleTransferStub(channel).StylizeVideo(_silent(gate), timeout=30))
             took = time.monotonic() - began
     finally:
         gate.set()
