@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests in flight at once in folder mode (default 4)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print no line saying what was written, nor --local's note (for cron and scripts: the exit "
-                   "status says how it went; errors and warnings still show, and progress bars on a terminal)")
+                   "status says how it went; errors and warnings still show), and no progress bar")
     p.add_argument("--temporal", type=one_of(TEMPORAL_MODES), default=None, metavar="MODE",
                    help=f"video: how frames are kept stable in time: {', '.join(TEMPORAL_MODES)} (default: the "
                    f"server's, {DEFAULT_TEMPORAL})")
@@ -870,14 +870,12 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     # minute or more of tiles (70 s for 12 MP on a 2-core CPU) with no sign of life; elsewhere a plain Stylize.
     steps = refine["refine_steps"]
     follow = bool(steps) or sys.stderr.isatty()
-    if follow:
-        from tqdm import tqdm
-    bar = tqdm(total=steps, unit="step", desc="refine", disable=None) if steps else None
+    bar = _bar(args, total=steps, unit="step", desc="refine") if steps else None
 
     def progress(p: Any) -> None:
         nonlocal bar
         if bar is None:  # a content over the server's tile threshold: its statistics boxes, then its tiles
-            bar = tqdm(total=p.steps, unit="part", desc="large photo", disable=None)
+            bar = _bar(args, total=p.steps, unit="part", desc="large photo")
         bar.total = p.steps
         if steps:
             bar.set_postfix(loss=f"{p.loss:.4g}", refresh=False)  # shown by the update: this step's, not the last's
@@ -900,6 +898,13 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     return 0
 
 
+def _bar(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """A tqdm progress bar, shown only on a terminal and not with -q (a quiet run on a terminal still drew them)."""
+    from tqdm import tqdm
+
+    return tqdm(disable=True if getattr(args, "quiet", False) else None, **kwargs)
+
+
 def _video_options(args: argparse.Namespace) -> dict[str, Any]:
     options = _options(args)
     del options["quality"]  # frames travel as JPEG 95; the output's quality is the video encoder's
@@ -909,9 +914,7 @@ def _video_options(args: argparse.Namespace) -> dict[str, Any]:
 def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: Path, out: Path, styles: Any) -> int:
     """One video, with a progress bar of frames and frames per second. Raises MediaError,
     StyleTransferError or OSError (see ``_video_error``)."""
-    from tqdm import tqdm
-
-    bar = tqdm(unit="frame", desc=src.name, disable=None)
+    bar = _bar(args, unit="frame", desc=src.name)
     try:
         return stylize_video_file(client, src, out, styles, on_start=lambda n: bar.reset(total=n or None),
                                   on_frame=lambda: bar.update(1), max_fps=args.fps, start=args.start,
@@ -999,8 +1002,6 @@ def _content_files(paths: list[Path]) -> list[Path]:
 
 
 def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
-    from tqdm import tqdm
-
     from adain.media import MediaError
 
     if args.mask or args.labels:
@@ -1092,7 +1093,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             served[result.served_by or "?"] += 1
 
     failed, told, stopped = 0, set(), threading.Event()
-    with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(tasks), unit="img", disable=None) as bar:
+    with ThreadPoolExecutor(args.jobs) as pool, _bar(args, total=len(tasks), unit="img") as bar:
         futures = {pool.submit(one, *t): t for t in tasks}
         pending = set(futures)
         try:

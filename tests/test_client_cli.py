@@ -283,6 +283,37 @@ def test_cli_quiet_and_standard_streams(server: ServerProcess, files: dict[str, 
                                        "standard input (save it to a file)\n")
 
 
+def test_cli_quiet_draws_no_progress_bar_on_a_terminal(server: ServerProcess, files: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    """A folder run on a terminal draws its bar; with -q it drew it all the same (a quiet run in a shell)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    def stderr_on_a_terminal(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # (0 columns: an empty bar)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), str(files["a.png"]), "-s",
+             str(files["a.png"]), "-o", f"{tmp_path}/out/", "--server", server.target, *extra],
+            stdout=subprocess.DEVNULL, stderr=follower, cwd=REPO)
+        os.close(follower)
+        said = b""
+        try:
+            while chunk := os.read(leader, 4096):
+                said += chunk
+        except OSError:  # EIO: the child closed the terminal's last end
+            pass
+        finally:
+            os.close(leader)
+        assert proc.wait(timeout=60) == 0, said
+        return said.decode(errors="replace")
+
+    assert "2/2" in stderr_on_a_terminal()
+    assert stderr_on_a_terminal("-q") == ""
+
+
 def test_cli_keeps_exif_when_asked(server: ServerProcess, files: dict[str, Path], tmp_path: Path, capsys) -> None:
     photo, out = tmp_path / "phone.jpg", tmp_path / "out.jpg"
     photo.write_bytes(photo_with_exif(64, 48))
@@ -706,17 +737,21 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
     make_video(clip, frames=120, fps=12)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    # PYTHONFAULTHANDLER: where the CLI was, should it never make its file (once in CI: no file, no word in 60 s)
     proc = subprocess.Popen(
         [sys.executable, "-m", "adain.client.cli", str(clip), "-s", str(files["a.png"]), "-o", str(out_dir / "k.mp4"),
-         "--server", server.target], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+         "--server", server.target], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
         deadline = time.monotonic() + 60
         while not list(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         found = [p.suffix for p in out_dir.iterdir()]
-        if found != [".part"]:  # (say what the CLI did)
-            proc.kill()
-            pytest.fail(f"expected one .part file, found {found}; the CLI's stderr: {proc.communicate(timeout=30)[1]}")
+        if found != [".part"]:  # (say what the CLI did: SIGABRT makes faulthandler print every thread's stack)
+            proc.send_signal(signal.SIGABRT)
+            err = proc.communicate(timeout=30)[1]
+            pytest.fail(f"expected one .part file, found {found}; the CLI's stderr: {err}\nthe server's last lines: "
+                        f"{''.join(server.stderr_lines[-20:])}")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
