@@ -586,6 +586,11 @@ function commonForm(content = state.content) {
 }
 
 // What a photo's call (one photo, or each of several) takes beyond the styles: refine steps, its size, the format.
+// The refine steps a photo call asks for (0: none, or refine not offered).
+function refineSteps() {
+  return $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
+}
+
 function photoOptions(data) {
   if (!$("refine-row").hidden) data.append("refine_steps", $("refine_steps").value || "0");
   data.append("size", $("photo-size").value);
@@ -706,7 +711,7 @@ async function stylize() {
   $("busy").hidden = false;
   $("download").hidden = true;
   const request = state.request = new AbortController();
-  const steps = $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
+  const steps = refineSteps();
   const id = requestId();
   const show = (p) => {
     $("busy").hidden = true;
@@ -716,7 +721,9 @@ async function stylize() {
     sayProgress(steps > 0 ? `Refining: step ${p.step} of ${p.steps}` : `Large photo: part ${p.step} of ${p.steps}`);
   };
   if (steps > 0) show({ step: 0, steps });
-  const stopFollowing = hasSteps(steps) ? followSteps(id, show) : () => {};
+  const img = $("original");
+  const [w, h] = img.getAttribute("src") ? [img.naturalWidth, img.naturalHeight] : [0, 0];
+  const stopFollowing = hasSteps(steps, w, h) ? followSteps(id, show) : () => {};
   const uploading = uploadShown(performance.now(), "the photo");
   let uploadSaid = false;
   const onUpload = (fraction) => {
@@ -770,15 +777,25 @@ function requestId() {
 // Whether this photo's call reports steps: a refine, or a photo over the server's tile threshold at the size
 // asked for (with a margin: the page scales as the server does, to a pixel or so). Any other call reports
 // none, and each poll that ends after it (the server down: its 503 after about 1.3 s of retries) was a 404 in
-// the browser's console. Where the threshold or the photo's size is not known, it follows.
-function hasSteps(steps) {
+// the browser's console. Where the threshold or the photo's size (w x h; 0 unknown) is not known, it follows.
+function hasSteps(steps, w, h) {
   const threshold = state.info && state.info.tile_threshold_pixels;
-  const img = $("original");
-  const [w, h] = img.getAttribute("src") ? [img.naturalWidth, img.naturalHeight] : [0, 0];
   if (steps > 0 || !threshold || !w || !h) return true;
   const side = Number($("photo-size").value || 0);
   const scale = side > 0 ? Math.min(1, side / Math.max(w, h)) : 1;
   return w * scale * h * scale > 0.9 * threshold;
+}
+
+// A photo file's width and height, [0, 0] where the browser cannot decode it (the server says why).
+async function pixelSize(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const size = [bitmap.width, bitmap.height];
+    bitmap.close();
+    return size;
+  } catch (e) {
+    return [0, 0];
+  }
 }
 
 // GET /api/progress/ID every half second, each step the server has reported handed to onStep, until the
@@ -1113,14 +1130,16 @@ async function submitBatch() {
         shown();
         continue;
       }
+      // its size, read here: each photo of a run was followed, its polls 404s in the console for a small one
+      const [w, h] = await pixelSize(file);
       let response;
       for (let tries = 0; ; tries++) {  // a busy server (429) is asked again a moment later
         const data = commonForm(file);
         photoOptions(data);
         const id = requestId();  // a large photo's parts (or a refine's steps) shown beside its number
-        const stopFollowing = followSteps(id, (p) => {
+        const stopFollowing = hasSteps(refineSteps(), w, h) ? followSteps(id, (p) => {
           if (batch.run === run) sayProgress(`${which}: ${p.step} of ${p.steps} done`);
-        });
+        }) : () => {};
         batch.request = new AbortController();  // Cancel stops this photo too: the server drops it at its next step
         const sent = performance.now();
         const onUpload = (fraction) => {  // a large photo on a slow line: its upload's share, then its number
