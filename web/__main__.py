@@ -25,7 +25,7 @@ from adain.client.cli import (
     served,
     timeout_of,
 )
-from adain.commands import Terminated, add_version_arg, on_sigterm
+from adain.commands import Terminated, add_version_arg, on_signals, on_sigterm
 from adain.wire import bare_host, host_port
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --local: SIGTERM unwinds as Ctrl-C does (uvicorn raises it again after its graceful stop), so the server of
     # the page's own is stopped and its folder removed (exit 143); without --local the signal ends it as before
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if args.local and main_thread else None
+    previous = on_signals({signal.SIGTERM: on_sigterm}) if args.local and main_thread else {}
     try:
         with served(args, args.local_given, prog="adain-web", front=True):
             return _serve(args)
@@ -186,8 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("adain-web: error: interrupted", file=sys.stderr, flush=True)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        on_signals(previous)
 
 
 def _serve(args: argparse.Namespace) -> int:
