@@ -116,18 +116,26 @@ EXPIRY_WARNING_S = 14 * 86400  # a certificate this close to its end is warned o
 _warned_expiry: set[tuple[str, str]] = set()
 
 
-def _check_dates(cert: str, what: str = "the certificate", shown: str | None = None) -> None:
+def _decoded(cert: str) -> dict | None:
+    """A PEM file's first certificate as CPython's own decoder reads it (no cryptography package); None where that
+    decoder is missing or the file is not one (read by load_cert_chain already: left to gRPC)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    try:
+        return decode(cert) if decode is not None else None
+    except (ssl.SSLError, OSError, ValueError):
+        return None
+
+
+def _check_dates(cert: str, what: str = "the certificate", shown: str | None = None,
+                 info: dict | None = None) -> None:
     """ValueError for a certificate outside its validity dates: an expired one was served (SERVING, the plaintext
     health probe said so) while every client refused the handshake, and a rotation to one replaced the last good
-    ones. A warning for one that ends within two weeks. Read with CPython's own decoder (no cryptography package);
-    where it is missing, nothing is checked. ``shown``: the file named in messages, where ``cert`` is a copy."""
-    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
-    if decode is None:
-        return
+    ones. A warning for one that ends within two weeks. Where it cannot be decoded, nothing is checked. ``shown``:
+    the file named in messages, where ``cert`` is a copy; ``info``: ``cert`` decoded already."""
+    info = info or _decoded(cert)
     try:
-        info = decode(cert)
         not_before, not_after = (ssl.cert_time_to_seconds(info[k]) for k in ("notBefore", "notAfter"))
-    except (ssl.SSLError, OSError, KeyError, ValueError):  # read by load_cert_chain already: left to gRPC
+    except (TypeError, KeyError, ValueError):  # not decoded, or no dates
         return
     now, shown = time.time(), shown or cert
     if now > not_after:
@@ -149,18 +157,16 @@ def _check_ca_dates(path: str, pem: bytes) -> None:
         for n, block in enumerate(blocks, 1):
             one = Path(folder) / f"{n}.pem"
             one.write_bytes(block + b"\n")
-            what = "the client CA certificate" + (f" ({_subject(one)}, {n} of {len(blocks)})" if len(blocks) > 1
+            info = _decoded(str(one))
+            what = "the client CA certificate" + (f" ({_subject(info)}, {n} of {len(blocks)})" if len(blocks) > 1
                                                   else "")
-            _check_dates(str(one), what, shown=f"--tls-client-ca {path}")
+            _check_dates(str(one), what, shown=f"--tls-client-ca {path}", info=info)
 
 
-def _subject(cert: Path) -> str:
+def _subject(info: dict | None) -> str:
     """A certificate's common name, to tell which of a CA file's it is (its place in the file where it has none)."""
-    try:
-        subject = ssl._ssl._test_decode_cert(str(cert))["subject"]  # type: ignore[attr-defined]
-        return next(f"CN={v}" for rdn in subject for k, v in rdn if k == "commonName")
-    except Exception:  # no name: the place in the file says which
-        return "no common name"
+    subject = (info or {}).get("subject", ())
+    return next((f"CN={v}" for rdn in subject for k, v in rdn if k == "commonName"), "no common name")
 
 
 def read_tokens(path: str) -> list[tuple[str, str, bool]]:
