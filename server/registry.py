@@ -54,9 +54,7 @@ class StyleRegistry:
                 return key
             self._items[key] = (bytes(data), caller)
             self._bytes += len(data)
-            holder = self._holders.setdefault(caller, _Holder())
-            holder.keys[key] = next(self._clock)
-            holder.bytes += len(data)
+            self._count_for(key, caller, len(data))
             while len(self._items) > 1 and (len(self._items) > self.max_count or self._bytes > self.max_bytes):
                 self._evict(keep=key, by_bytes=len(self._items) <= self.max_count, adder=caller)
         return key
@@ -81,9 +79,13 @@ class StyleRegistry:
         if owner != caller:
             self._drop_from(owner, key, len(data))
             self._items[key] = (data, caller)
-            self._holders.setdefault(caller, _Holder()).bytes += len(data)
-        holder = self._holders[caller]
-        holder.keys.pop(key, None)
+        self._count_for(key, caller, len(data))
+
+    def _count_for(self, key: str, caller: str, size: int) -> None:
+        """``key`` (``size`` bytes) counts for ``caller`` from now on, as its most recent use."""
+        holder = self._holders.setdefault(caller, _Holder())
+        if holder.keys.pop(key, None) is None:  # new to it
+            holder.bytes += size
         holder.keys[key] = next(self._clock)
 
     def _drop_from(self, caller: str, key: str, size: int) -> None:
