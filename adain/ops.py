@@ -89,6 +89,15 @@ def luminance(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb * torch.tensor(RGB_TO_Y, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
+def matched_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """A style's luminance (N x 1 x H x W) with the content's mean and spread, for luminance-only transfer (Gatys
+    et al. 2016, "Preserving Color in Neural Artistic Style Transfer"): unmatched, the output's light followed the
+    style's (a dark style turned a bright photo's skin dark brown). A flat style stays flat, at the content's mean."""
+    y, c = luminance(style), luminance(content)
+    spread = c.std() / y.std().clamp_min(1e-6)
+    return ((y - y.mean()) * spread + c.mean()).clamp(0, 1)
+
+
 def with_luminance(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Replace the luminance of ``rgb`` by ``y`` and keep its chroma (Cb, Cr); clamped to [0, 1]."""
     return (rgb + (y - luminance(rgb))).clamp(0, 1)

@@ -30,13 +30,13 @@ from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
 from adain.job import CheckedJob, Job, is_list, style_list
-from adain.ops import adain, coral, luminance, mean_std
+from adain.ops import adain, coral, luminance, matched_luminance, mean_std
 from adain.optimize import max_refine_pixels, parts_progress, refine
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
 from adain.tiling import Tiling, auto_threshold, image_stats, render_tiled
-from adain.wire import Limits, style_too_small
+from adain.wire import COLOR_MODES, Limits, style_too_small
 
 # On a GPU, contents up to this many pixels are prepared into pinned memory, so that render's copy to the device
 # is queued without waiting: the batched sizes a server's throughput rests on. torch keeps pinned blocks for
@@ -204,8 +204,9 @@ class Stylizer:
         img = resize_longest(img, job.content_side)
         regions = region_maps(job, source_size, img.size, max_pixels)
         content = to_tensor(img)
-        # "coral" matches each style's colours to this content, so the content is part of the style's key.
-        content_key = image_key(img, "content") if job.color == "coral" and styles is None else None
+        # "coral" matches each style's colours to this content, "luminance" its light: the content is part of the
+        # style's key.
+        content_key = image_key(img, "content") if job.color in COLOR_MODES and styles is None else None
         if styles is not None:
             targets, grey = styles
         else:
@@ -270,12 +271,13 @@ class Stylizer:
         self, source: ImageSource, name: str, size: int, mode: str | None, content: torch.Tensor
     ) -> torch.Tensor:
         """A style image as the encoder sees it: decoded, scaled to ``size``, its colours matched to the
-        content ("coral") or made grey ("luminance"). 1 x 3 x h x w on the CPU."""
+        content ("coral") or made grey with the content's mean and spread of light ("luminance"). 1 x 3 x h x w
+        on the CPU."""
         style = to_tensor(resize_longest(load_image(source, field=name, max_pixels=self.limits.max_pixels), size))
         if mode == "coral":
             return coral(style[0], content[0].cpu()).unsqueeze(0)
         if mode == "luminance":
-            return luminance(style).expand(-1, 3, -1, -1)
+            return matched_luminance(style, content.cpu()).expand(-1, 3, -1, -1)
         return style
 
     # --- step 2: encode contents, mix AdaIN targets, decode (batched) ------------------------
