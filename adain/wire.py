@@ -24,6 +24,12 @@ TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # a bearer token: printable ASCII, what 
 AUTH_KEY = "authorization"  # "Bearer <token>", where the server asks for tokens
 END_USER_KEY = "x-adain-end-user"  # the person a front end (a "front" token) calls for: a caller of their own
 SERVED_BY_KEY = "x-served-by"  # which replica answered (reply metadata), for per-replica counts
+# ServerInfo.features: the parts of adain.v1 this server implements (the proto names each one's fields), also sent
+# with every reply (FEATURES_KEY, comma-separated): a field an older server does not know is dropped unread (proto3),
+# so a client that sent one checks the reply came from a server that has it (a mixed fleet mid-upgrade answered
+# masks with a plain blend, exit 0). A name stays while the package is v1.
+FEATURES = ("video", "progress", "refine", "regions", "library", "keep_exif", "tiling")
+FEATURES_KEY = "x-adain-features"
 DEFAULT_HOST = "127.0.0.1"  # the server listens on loopback unless told otherwise
 DEFAULT_PORT = 50051
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"

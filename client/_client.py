@@ -40,6 +40,7 @@ from adain.wire import (
     DEFAULT_PORT,
     DEFAULT_QUALITY,
     END_USER_KEY,
+    FEATURES_KEY,
     FORMAT_BY_ENUM,
     FORMAT_ENUM,
     FORMAT_SUFFIXES,
@@ -456,11 +457,43 @@ def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str
     return None
 
 
-def _reply_ids(initial: Any, trailing: Any, request_id: str | None) -> tuple[str | None, str]:
-    """A unary reply's (request id, the replica that answered) from its metadata."""
-    rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY)
+def _reply_ids(
+    initial: Any, trailing: Any, request_id: str | None, needed: Sequence[str] = ()
+) -> tuple[str | None, str]:
+    """A reply's (request id, the replica that answered) from its metadata. ``needed``: the features the request
+    used (:func:`needed_features`); a reply from a server that does not list one is refused (StyleTransferError
+    UNIMPLEMENTED): an older server drops such fields unread and answers without them."""
+    rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY) or request_id
     served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
-    return rid or request_id, served_by
+    if needed:
+        listed = _metadata_value(initial, FEATURES_KEY) or _metadata_value(trailing, FEATURES_KEY) or ""
+        missing = [f for f in needed if f not in listed.split(",")]
+        if missing:
+            raise StyleTransferError(grpc.StatusCode.UNIMPLEMENTED, (
+                f"the server that answered{f' ({served_by})' if served_by else ''} does not list "
+                f"{' or '.join(repr(m) for m in missing)} in its features, which this call uses "
+                f"({'; '.join(FEATURE_FIELDS[m] for m in missing)}): an older adain server drops such fields unread "
+                "and answers without them, so its result was not taken. Upgrade that server, or leave the option out"),
+                request_id=rid)
+    return rid, served_by
+
+
+# What each feature a request may need is in the client's terms (the options of stylize and stylize_video).
+FEATURE_FIELDS = {"regions": "masks, labels or region_alphas", "keep_exif": "keep_exif",
+                  "library": "a preset (preset:NAME)"}
+
+
+def needed_features(msg: pb.StylizeRequest | pb.VideoOptions) -> list[str]:
+    """The features of :data:`adain.wire.FEATURES` a request uses that servers before them dropped without a word
+    (the others were answered with an error, or came with the first video and refine)."""
+    needed = []
+    if msg.labels or any(s.mask or s.HasField("label") or s.HasField("alpha") for s in msg.styles):
+        needed.append("regions")
+    if isinstance(msg, pb.StylizeRequest) and msg.keep_exif:
+        needed.append("keep_exif")
+    if msg.preset:  # (a server with presets but before preserve_color's presence ignored a NONE given beside one)
+        needed.append("library")
+    return needed
 
 
 def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
@@ -897,9 +930,10 @@ class StyleTransferClient(_ClientBase):
         return reply, rid
 
     def _call_from(
-        self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None,
+        needed: Sequence[str] = (),
     ) -> tuple[Any, str | None, str]:
-        """(reply, request id, the replica that answered)."""
+        """(reply, request id, the replica that answered); ``needed``: as :func:`_reply_ids`."""
         request_id, metadata = self._metadata(request_id, end_user)
         try:
             reply, call = method.with_call(
@@ -907,7 +941,7 @@ class StyleTransferClient(_ClientBase):
             )
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id) from None
-        return (reply, *_reply_ids(call.initial_metadata(), call.trailing_metadata(), request_id))
+        return (reply, *_reply_ids(call.initial_metadata(), call.trailing_metadata(), request_id, needed))
 
     def stylize(
         self,
@@ -956,11 +990,12 @@ class StyleTransferClient(_ClientBase):
         """
         request = stylize_request(content, styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(request)
+        needed = needed_features(request)
 
         def send() -> tuple[Any, str | None, str]:
             if on_progress is None:
-                return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user)
-            return self._call_with_progress(request, on_progress, timeout, request_id, end_user)
+                return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed)
+            return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed)
 
         try:
             reply, rid, served_by = send()
@@ -979,6 +1014,7 @@ class StyleTransferClient(_ClientBase):
         timeout: float | None,
         request_id: str | None,
         end_user: str | None = None,
+        needed: Sequence[str] = (),
     ) -> tuple[pb.StylizeResponse, str | None, str]:
         request_id, metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeWithProgress(
@@ -997,7 +1033,7 @@ class StyleTransferClient(_ClientBase):
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
             raise _no_result(request_id)
-        return reply, *_reply_ids(call.initial_metadata(), None, request_id)  # the stream's own: served_by too
+        return reply, *_reply_ids(call.initial_metadata(), None, request_id, needed)  # the stream's own: served_by too
 
     def stylize_video(
         self,
@@ -1043,8 +1079,11 @@ class StyleTransferClient(_ClientBase):
         ended = threading.Event()
         if stop is not None:
             threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop", daemon=True).start()
+        needed = needed_features(first)
         try:
             for reply in call:
+                if needed and reply.index == 0:  # (frames regions apply to: none taken from a server without them)
+                    _reply_ids(call.initial_metadata(), None, request_id, needed)
                 yield frame_result(reply)
         except grpc.RpcError as e:
             if failure:

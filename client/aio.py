@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -45,6 +45,7 @@ from ._client import (
     image_bytes,
     library_presets,
     library_styles,
+    needed_features,
     no_deadline_past,
     server_info_dict,
     stylize_request,
@@ -131,9 +132,10 @@ class AsyncStyleTransferClient(_ClientBase):
         await self.close()
 
     async def _unary(
-        self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None,
+        needed: Sequence[str] = (),
     ) -> tuple[Any, str | None, str]:
-        """(reply, request id, the replica that answered)."""
+        """(reply, request id, the replica that answered); ``needed``: as the blocking client's."""
         request_id, metadata = self._metadata(request_id, end_user)
         call = method(request, timeout=self._deadline(timeout), metadata=metadata)
         try:
@@ -142,7 +144,7 @@ class AsyncStyleTransferClient(_ClientBase):
                 initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id) from None
-        return (reply, *_reply_ids(initial, trailing, request_id))
+        return (reply, *_reply_ids(initial, trailing, request_id, needed))
 
     async def stylize(
         self,
@@ -162,11 +164,12 @@ class AsyncStyleTransferClient(_ClientBase):
         request = await asyncio.to_thread(stylize_request, content, styles, max_bytes=self.max_message_bytes,
                                           **options)
         self._with_known_bytes(request)
+        needed = needed_features(request)
 
         async def send() -> tuple[Any, str | None, str]:
             if on_progress is None:
-                return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user)
-            return await self._with_progress(request, on_progress, timeout, request_id, end_user)
+                return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user, needed)
+            return await self._with_progress(request, on_progress, timeout, request_id, end_user, needed)
 
         try:
             reply, rid, served_by = await send()
@@ -178,7 +181,7 @@ class AsyncStyleTransferClient(_ClientBase):
 
     async def _with_progress(
         self, request: pb.StylizeRequest, on_progress: ProgressCallback, timeout: float | None, request_id: str | None,
-        end_user: str | None = None,
+        end_user: str | None = None, needed: Sequence[str] = (),
     ) -> tuple[Any, str | None, str]:
         request_id, metadata = self._metadata(request_id, end_user)
         call = self._stub.StylizeWithProgress(
@@ -201,7 +204,7 @@ class AsyncStyleTransferClient(_ClientBase):
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
             raise _no_result(request_id)
-        return reply, *_reply_ids(initial, None, request_id)  # the stream's own: served_by too
+        return reply, *_reply_ids(initial, None, request_id, needed)  # the stream's own: served_by too
 
     async def stylize_video(
         self,
@@ -265,9 +268,12 @@ class AsyncStyleTransferClient(_ClientBase):
                     return
 
         watcher = asyncio.ensure_future(watch()) if stop is not None else None
+        needed = needed_features(first)
         try:
             with self._cut_by_close(request_id):
                 async for reply in call:
+                    if needed and reply.index == 0:  # (frames regions apply to: none taken from a server without them)
+                        _reply_ids(await call.initial_metadata(), None, request_id, needed)
                     yield frame_result(reply)
             if stopped:  # (ended by the cancel, without an error from the iteration)
                 raise StyleTransferError(grpc.StatusCode.CANCELLED, "the stream was stopped (stop() said so)")

@@ -35,7 +35,7 @@ from adain.job import Job
 from adain.precision import cpu_quota
 from adain.v1 import style_transfer_pb2 as pb
 from adain.video import VideoStream
-from adain.wire import SERVICE_NAME, TEMPORAL_ENUM, host_port
+from adain.wire import FEATURES, SERVICE_NAME, TEMPORAL_ENUM, host_port
 
 from . import logs
 from .auth import TlsFiles, TokenAuth, TokenFile, bearer_token, caller_of
@@ -57,11 +57,6 @@ log = logging.getLogger("adain.server")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DRAIN_LINGER_S = 0.5  # after the drain: how long late calls are refused before the server stops
-
-
-# ServerInfo.features: the parts of adain.v1 this server implements (the proto names each one's fields). A client
-# checks a name before sending a field an older server would drop unread; a name stays while the package is v1.
-FEATURES = ("video", "progress", "refine", "regions", "library", "keep_exif", "tiling")
 
 
 def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:

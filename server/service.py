@@ -34,6 +34,8 @@ from adain.wire import (
     COLOR_BY_ENUM,
     COLOR_ENUM,
     DEFAULT_QUALITY,
+    FEATURES,
+    FEATURES_KEY,
     FORMAT_BY_ENUM,
     MIN_STYLE_SIDE,
     OPTIMIZER_BY_ENUM,
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
     from adain.stylizer import Stylizer
 
 log = logging.getLogger("adain.server")
+SERVED_FEATURES = ",".join(FEATURES)  # (FEATURES_KEY: sent with every reply)
 
 
 # Who makes the call being handled (set by _call as the call begins; tasks started by the handler see it).
@@ -389,8 +392,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         return look
 
     def reply_ids(self, rid: str) -> tuple[tuple[str, str], ...]:
-        """The metadata every reply carries: its request id and this replica's name."""
-        return (REQUEST_ID_KEY, rid), (SERVED_BY_KEY, self.replica)
+        """The metadata every reply carries: its request id, this replica's name and what it implements."""
+        return (REQUEST_ID_KEY, rid), (SERVED_BY_KEY, self.replica), (FEATURES_KEY, SERVED_FEATURES)
 
     def _unknown_style(self, key: str) -> str:
         if STYLE_ID_RE.fullmatch(key) and self.library is not None:

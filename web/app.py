@@ -522,6 +522,7 @@ def create_app(
             known["limits"], known["at"] = _limits(reported), time.monotonic()
             known["video_frames"] = int(reported.get("max_video_frames") or 0)
             known["tile_threshold"] = int(reported.get("tile_threshold_pixels") or 0)
+            known["features"] = list(info.get("features") or [])  # empty: a server older than the list
         return known["limits"]
 
     def video_frames() -> int:
@@ -595,6 +596,8 @@ def create_app(
             "max_content_side": limits.max_content_side,  # the page's size choices stop at it
             # photos over it render in parts, whose steps the page follows (0: never, or not known yet)
             "tile_threshold_pixels": known.get("tile_threshold", 0),
+            # what the server implements (GetServerInfo.features); null until it first answers
+            "features": known.get("features"),
             "color_modes": ["none", *COLOR_MODES],
             "formats": list(FORMATS),
             "video": None if jobs is None else {"max_upload_mb": settings.max_video_bytes / 2**20,

@@ -413,6 +413,14 @@ async function loadInfo() {
   capSizes();
   $("refine_steps").max = String(state.info.max_refine_steps);
   $("refine-row").hidden = state.video || !state.info.max_refine_steps;
+  // A server older than keep_exif refuses a photo that asks for it (it would drop it unread): the box, ticked by
+  // default, is cleared and disabled there, saying why, rather than failing every photo.
+  const features = state.info.features;
+  if (Array.isArray(features) && !features.includes("keep_exif")) {
+    $("keep_exif").checked = false;
+    $("keep_exif").disabled = true;
+    $("keep_exif").nextElementSibling.textContent += " (this page's server is too old to keep them)";
+  }
   for (const example of state.info.examples) {
     const button = document.createElement("button");
     button.type = "button";

@@ -1,0 +1,160 @@
+"""A fleet mid-upgrade. A server older than a field drops it unread (proto3) and answers without it: a new client's
+masks came back as a plain blend, exit 0 (an outside tester's rolling upgrade). Every reply of this server lists
+what it implements (x-adain-features), and the client refuses a reply that lacks a feature its request used
+(UNIMPLEMENTED, naming it); a plain call to the old server is still served. The old server here is a stand-in: the
+contract's Stylize and StylizeVideo as a server before regions answered them (each image back, no new field read)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from PIL import Image
+
+from adain.client import StyleTransferClient, StyleTransferError
+from adain.client.aio import AsyncStyleTransferClient
+from adain.v1 import style_transfer_pb2 as pb
+from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+from adain.wire import FEATURES, FEATURES_KEY, SERVICE_NAME
+from helpers import ServerProcess, WebProcess, wait_for
+from synth import band_mask, make_image, photo_with_exif
+
+CONTENT = make_image(64, 48, seed=61)
+STYLES = [make_image(40, 40, seed=62, kind="noise"), make_image(40, 40, seed=63)]
+MASKS = [band_mask(64, 48, 0, 30), band_mask(64, 48, 30, 64)]
+
+
+class _OldServicer(pb_grpc.StyleTransferServicer):
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
+        return pb.ServerInfo(model="adain-vgg19", limits=pb.Limits(max_styles=4, max_pixels=1 << 24))  # no features
+
+    def Stylize(self, request: pb.StylizeRequest, context: grpc.ServicerContext) -> pb.StylizeResponse:
+        with Image.open(io.BytesIO(request.content)) as img:
+            w, h = img.size
+        context.set_trailing_metadata((("x-request-id", "old-1"),))
+        return pb.StylizeResponse(image=request.content, width=w, height=h, format=pb.IMAGE_FORMAT_PNG)
+
+    def StylizeWithProgress(self, request: pb.StylizeRequest, context: grpc.ServicerContext) -> Iterator:
+        yield pb.StylizeEvent(result=self.Stylize(request, context))
+
+    def StylizeVideo(self, requests: Iterator[pb.VideoRequest], context: grpc.ServicerContext) -> Iterator:
+        context.send_initial_metadata((("x-request-id", "old-2"),))  # at once, as every version did
+        index = 0
+        for r in requests:
+            if r.WhichOneof("part") == "frame":
+                with Image.open(io.BytesIO(r.frame)) as img:
+                    w, h = img.size
+                yield pb.VideoFrame(image=r.frame, index=index, width=w, height=h, format=pb.IMAGE_FORMAT_JPEG)
+                index += 1
+
+
+@pytest.fixture(scope="module")
+def old() -> Iterator[str]:
+    """An old server on 127.0.0.1 (its address), with gRPC health as every version had."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_StyleTransferServicer_to_server(_OldServicer(), server)
+    checks = health.HealthServicer()
+    checks.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def _refused(call, feature: str) -> str:
+    with pytest.raises(StyleTransferError) as info:
+        call()
+    assert info.value.code == grpc.StatusCode.UNIMPLEMENTED, info.value
+    assert f"does not list {feature!r} in its features" in info.value.details, info.value.details
+    return info.value.details
+
+
+def test_a_reply_without_a_feature_the_call_used_is_refused(old: str) -> None:
+    with StyleTransferClient(old, timeout=30) as client:
+        assert client.stylize(CONTENT, STYLES[0]).image == CONTENT  # a plain call: served
+        said = _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS), "regions")
+        assert "(masks, labels or region_alphas)" in said and "Upgrade that server" in said
+        _refused(lambda: client.stylize(CONTENT, STYLES, labels=MASKS[0], label_values=[0, 255]), "regions")
+        _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS, region_alphas=[1, 0.5]), "regions")
+        _refused(lambda: client.stylize(photo_with_exif(64, 48), STYLES[0], keep_exif=True), "keep_exif")
+        _refused(lambda: client.stylize(CONTENT, "preset:vintage", preserve_color=None), "library")
+        # a clip: refused at its first frame, before any is handed on
+        frames = [CONTENT] * 3
+        assert len(list(client.stylize_video(frames, STYLES[0]))) == 3
+        _refused(lambda: list(client.stylize_video(frames, STYLES, masks=MASKS)), "regions")
+
+
+def test_the_asyncio_client_refuses_it_too(old: str) -> None:
+    async def run() -> None:
+        async with AsyncStyleTransferClient(old, timeout=30) as client:
+            assert (await client.stylize(CONTENT, STYLES[0])).image == CONTENT
+            with pytest.raises(StyleTransferError, match="does not list 'regions'") as info:
+                await client.stylize(CONTENT, STYLES, masks=MASKS)
+            assert info.value.code == grpc.StatusCode.UNIMPLEMENTED
+            with pytest.raises(StyleTransferError, match="does not list 'regions'"):
+                async for _ in client.stylize_video([CONTENT] * 2, STYLES, masks=MASKS):
+                    pass
+
+    asyncio.run(run())
+
+
+def test_every_reply_lists_the_servers_features(server: ServerProcess, old: str) -> None:
+    """The server's replies carry the list (its refusals too); over a mixed fleet, a call with masks is either
+    stylized by regions or refused, never answered as a plain blend."""
+    from adain.v1 import style_transfer_pb2_grpc
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = style_transfer_pb2_grpc.StyleTransferStub(channel)
+        _, call = stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=30)
+        assert dict(call.trailing_metadata())[FEATURES_KEY] == ",".join(FEATURES)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Stylize(pb.StylizeRequest(content=b"not an image"), timeout=30)
+        assert dict(info.value.trailing_metadata())[FEATURES_KEY] == ",".join(FEATURES)
+    with StyleTransferClient(f"{server.target},{old}", timeout=60) as client:
+        plain = client.stylize(CONTENT, STYLES[0], weights=[1]).image
+        outcomes = set()
+        for _ in range(6):
+            try:
+                result = client.stylize(CONTENT, STYLES, masks=MASKS)
+            except StyleTransferError as e:
+                assert e.code == grpc.StatusCode.UNIMPLEMENTED, e
+                outcomes.add("refused")
+            else:
+                assert result.image not in (CONTENT, plain) and result.served_by, result.served_by
+                outcomes.add("regions")
+        assert outcomes == {"refused", "regions"}
+
+
+def test_the_page_before_an_old_server_clears_its_keep_exif_box(server: ServerProcess, old: str, browser) -> None:
+    """Ticked by default, the box made every photo a refusal once the client checks the reply: where the server does
+    not list keep_exif, the page clears and disables it, saying why, and a photo is served."""
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    for target, has in ((server.target, True), (old, False)):
+        web = WebProcess(target)
+        try:
+            features = httpx.get(web.url + "/api/info", timeout=30).json()["features"]
+            assert ("keep_exif" in features) is has, features
+            browser.get(web.url + "/")
+            box = browser.find_element(By.ID, "keep_exif")
+            wait_for(browser, lambda d: d.execute_script("return state.info.features !== undefined"))
+            assert (box.is_selected(), box.is_enabled()) == ((True, True) if has else (False, False))
+            said = browser.find_element(By.CSS_SELECTOR, "label[for=keep_exif]").text
+            assert said.endswith("(this page's server is too old to keep them)") is not has, said
+            if not has:
+                reply = httpx.post(web.url + "/api/stylize", files={"content": ("c.png", CONTENT),
+                                                                    "styles": ("s.png", STYLES[0])}, timeout=60)
+                assert reply.status_code == 200, reply.text
+        finally:
+            web.stop()
