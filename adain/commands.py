@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -54,6 +55,23 @@ def package_version() -> str:
         return metadata.version("adain")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def build_version() -> str:
+    """The package's version and, after a "+", the first 8 hex digits of a sha256 of its Python code (GetServerInfo's
+    server_version and adain_server_info's label): the version alone stays 0.1.0 from commit to commit, so two
+    revisions side by side mid-upgrade looked like one, and AdainReplicasDiffer could not fire."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    files = []
+    for folder, dirs, names in os.walk(root, followlinks=True):  # (a checkout's client/, server/: links)
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files += [Path(folder) / n for n in names if n.endswith(".py")]
+    for f in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return f"{package_version()}+{digest.hexdigest()[:8]}"
 
 
 def add_version_arg(p: Any, prog: str) -> None:

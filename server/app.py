@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
-from adain.commands import package_version
+from adain.commands import build_version
 from adain.errors import InvalidInputError
 from adain.image import input_formats
 from adain.job import Job
@@ -75,7 +75,7 @@ def server_info(settings: Settings, model: dict[str, Any]) -> pb.ServerInfo:
         cpu_model=model["cpu_model"],
         cpu_features=model["cpu_features"],
         input_formats=input_formats(),
-        server_version=package_version(),
+        server_version=build_version(),
         features=FEATURES,
         limits=pb.Limits(
             max_pixels=limits["max_pixels"],

@@ -324,6 +324,12 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert {"JPEG", "PNG", "WEBP", "AVIF", "HEIF"} <= set(info["input_formats"])  # HEIF: the dev install's heif extra
     # what a client checks before sending a field an older server would drop unread (the proto's names)
     assert info["features"] == ["video", "progress", "refine", "regions", "library", "keep_exif", "tiling"]
+    # the version, and a digest of the code (the version alone is one from commit to commit: two revisions side by
+    # side read as one, and AdainReplicasDiffer never fired)
+    from adain.commands import build_version, package_version
+
+    assert info["server_version"] == build_version() and re.fullmatch(
+        re.escape(package_version()) + r"\+[0-9a-f]{8}", info["server_version"]), info["server_version"]
 
 
 def test_prepare_workers_follow_the_device() -> None:
