@@ -1135,7 +1135,8 @@ class StyleTransferClient(_ClientBase):
         none; at most 512). Every replica of a service reads the same folder, so a name works wherever a call
         lands."""
         request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
-        reply, _ = self._call(self._stub.ListStyles, request, timeout, None)
+        with _no_library():
+            reply, _ = self._call(self._stub.ListStyles, request, timeout, None)
         return library_styles(reply), library_presets(reply)
 
     def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
@@ -1145,6 +1146,18 @@ class StyleTransferClient(_ClientBase):
     def list_presets(self, *, timeout: float | None = None) -> list[LibraryPreset]:
         """The presets of the server's library (see :meth:`library`)."""
         return self.library(timeout=timeout)[1]
+
+
+@contextlib.contextmanager
+def _no_library() -> Iterator[None]:
+    """ListStyles on a server older than the library: said so (it was gRPC's "UNIMPLEMENTED: Method not found!")."""
+    try:
+        yield
+    except StyleTransferError as e:
+        if e.code != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        raise StyleTransferError(e.code, "this server has no style library: it is older than ListStyles (upgrade it)",
+                                 request_id=e.request_id) from None
 
 
 def server_info_dict(reply: pb.ServerInfo) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from ._client import (
     StylizeResult,
     VideoFrameResult,
     _ClientBase,
+    _no_library,
     _no_result,
     _progress,
     _reply_ids,
@@ -311,7 +312,8 @@ class AsyncStyleTransferClient(_ClientBase):
     ) -> tuple[list[LibraryStyle], list[LibraryPreset]]:
         """The server's styles and presets in one call (see :meth:`StyleTransferClient.library`)."""
         request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
-        reply, _, _ = await self._unary(self._stub.ListStyles, request, timeout, None)
+        with _no_library():
+            reply, _, _ = await self._unary(self._stub.ListStyles, request, timeout, None)
         return library_styles(reply), library_presets(reply)
 
     async def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:

@@ -88,6 +88,8 @@ def test_a_reply_without_a_feature_the_call_used_is_refused(old: str) -> None:
         _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS, region_alphas=[1, 0.5]), "regions")
         _refused(lambda: client.stylize(photo_with_exif(64, 48), STYLES[0], keep_exif=True), "keep_exif")
         _refused(lambda: client.stylize(CONTENT, "preset:vintage", preserve_color=None), "library")
+        with pytest.raises(StyleTransferError, match="this server has no style library: it is older than ListStyles"):
+            client.list_styles()  # (was gRPC's "UNIMPLEMENTED: Method not found!")
         # a clip: refused at its first frame, before any is handed on
         frames = [CONTENT] * 3
         assert len(list(client.stylize_video(frames, STYLES[0]))) == 3
