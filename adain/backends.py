@@ -21,7 +21,7 @@ does not care which runs them.
 
 ``auto`` on a CPU takes OpenVINO when it is installed (it measured fastest on every machine so far:
 ``benchmarks/backends.py``), else torch; on a GPU torch. The runtimes are an optional install extra
-(the ``fast`` extra: ``pip install -e '.[fast]'``); without them everything runs on torch. A runtime that fails on one
+(the ``fast`` extra: ``pip install 'adain[fast]'``); without them everything runs on torch. A runtime that fails on one
 input shape is logged and that shape runs on torch for a while, and from then on once it has failed
 GIVE_UP_FAILURES times in a row; nothing is fatal after start-up.
 """
@@ -50,7 +50,7 @@ from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
-from adain.errors import warnings_ignored
+from adain.errors import install_hint, warnings_ignored
 from adain.precision import BACKENDS, cpu_has_bf16, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
 
@@ -238,7 +238,7 @@ def make_backend(
             return ExportedBackend(candidate, encoder, decoder, bf16, threads)
         except Exception as e:
             if name != "auto":
-                fix = ("install it (the 'fast' extra: pip install -e '.[fast]') or choose another backend"
+                fix = (f"install it (the 'fast' extra: {install_hint('fast')}) or choose another backend"
                        if isinstance(e, ImportError) else "choose another backend or precision")  # (installed)
                 raise RuntimeError(f"backend {candidate} is not usable here ({type(e).__name__}: {e}); {fix}") from e
             log.info("backend auto: %s not usable (%s: %s), trying the next", candidate, type(e).__name__, e)

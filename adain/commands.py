@@ -10,12 +10,15 @@ own start."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from adain.errors import install_hint
 
 
 class Terminated(KeyboardInterrupt):
@@ -89,6 +92,20 @@ def _interrupted(prog: str, e: KeyboardInterrupt) -> int:
     return interrupted_code(e)
 
 
+@contextlib.contextmanager
+def _extra(prog: str, extra: str) -> Iterator[None]:
+    """A module of ``extra`` missing, as the command loads or runs: one line saying what to install (adain-server
+    and adain-train ended in a numpy traceback where only the thin client was installed, adain-web in uvicorn's)."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        if not e.name or e.name.split(".")[0] == "adain":
+            raise
+        print(f"{prog}: error: {e.name} is not installed: {prog} needs the '{extra}' extra ({install_hint(extra)})",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def _run(prog: str, load: Callable[[], Callable[[], int]]) -> int:
     """The command's main, loaded; Ctrl-C (SIGTERM for the CLI) before main's own handlers take it (its imports,
     its parser's: a traceback from inside importlib.metadata in 6 of 40 tries) is one line too, and so is the
@@ -137,11 +154,12 @@ def stylize() -> int:
 
 def server() -> int:
     """``adain-server``: its own main answers Ctrl-C while the model loads; this, while its modules load."""
-    try:
-        from adain.server.__main__ import main
-    except KeyboardInterrupt:
-        return 130
-    return main()
+    with _extra("adain-server", "server"):
+        try:
+            from adain.server.__main__ import main
+        except KeyboardInterrupt:
+            return 130
+        return main()
 
 
 def web() -> int:
@@ -150,6 +168,15 @@ def web() -> int:
     quiet_grpc()
     previous = on_signals({signal.SIGINT: _on_sigint})
     try:
-        return _run("adain-web", _web_main)
+        with _extra("adain-web", "web"):
+            return _run("adain-web", _web_main)
     finally:
         on_signals(previous)
+
+
+def train() -> None:
+    """``adain-train``."""
+    with _extra("adain-train", "train"):
+        from adain.train.__main__ import main
+
+        main()

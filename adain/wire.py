@@ -72,6 +72,9 @@ INPUT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".t
 INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 # The containers a clip is written as (adain.media); here, where the thin client's CLI can read them without numpy
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
+# What a folder of contents is searched for: the above, and containers FFmpeg reads that are not written.
+READ_VIDEO_SUFFIXES = VIDEO_SUFFIXES + (".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp",
+                                       ".ogv")
 # the fewest frames a second a clip is read at (a frame each 1,000 s): a rate kept as a fraction over at most
 # 1001 (NTSC's) rounded anything under 1/2002 to 0, and the reader divided by it
 MIN_FPS = 0.001

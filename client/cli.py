@@ -50,6 +50,7 @@ from adain.argtypes import (
     unit_interval,
 )
 from adain.commands import add_version_arg, interrupted_code, on_signals, on_sigterm
+from adain.errors import MediaError
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -62,6 +63,7 @@ from adain.wire import (
     LIBRARY_NAME_RE,
     MIN_FPS,
     PRESET_PREFIX,
+    READ_VIDEO_SUFFIXES,
     STYLE_ID_PREFIX,
     STYLE_ID_RE,
     TEMPORAL_MODES,
@@ -82,7 +84,7 @@ from ._client import (
     StyleTransferError,
 )
 from .local import LocalServer, LocalServerError
-from .video import is_video, stylize_video_file
+from .video import is_video, media, stylize_video_file
 
 PROG = "adain-stylize"
 
@@ -945,10 +947,8 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
     if _names_folder(args.output):  # the same container as the input, named after it
         out = out / f"{src.stem}_stylized{_video_suffix(src)}"
     elif out.suffix.lower() not in VIDEO_SUFFIXES:
-        from adain.media import MediaError, VideoReader
-
         try:  # a file with sound and no picture (an .m4a) is no video: say that, not the output's suffix
-            VideoReader(src).close()
+            media().VideoReader(src).close()
         except MediaError as e:
             raise CliError(str(e)) from None
         raise CliError(f"-o {args.output}: {src} is a video, so the output must be a video file "
@@ -956,8 +956,6 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
     _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))
     _check_writable(out, args.output)
     client = later.enter_context(session(args))
-    from adain.media import MediaError
-
     try:
         n = _stylize_video(client, args, src, out, _blend(styles))
     except (MediaError, StyleTransferError, OSError) as e:
@@ -973,8 +971,6 @@ def _video_suffix(src: Path) -> str:
 def _content_files(paths: list[Path]) -> list[Path]:
     """The files of several CONTENT arguments: each folder's images and videos (by suffix), and each file as
     given (the server says if it is no image); outputs are named by stem, so two contents may not share one."""
-    from adain.media import READ_VIDEO_SUFFIXES
-
     known = tuple(dict.fromkeys(INPUT_SUFFIXES + READ_VIDEO_SUFFIXES))  # .gif is both
     files: list[Path] = []
     for path in paths:
@@ -1002,8 +998,6 @@ def _content_files(paths: list[Path]) -> list[Path]:
 
 
 def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: list[tuple[Any, float]]) -> int:
-    from adain.media import MediaError
-
     if args.mask or args.labels:
         raise CliError(f"--{'mask' if args.mask else 'labels'} needs one content file; several contents run each "
                        "style alone")

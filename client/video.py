@@ -17,16 +17,30 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from PIL import Image
 
+from adain.errors import MediaError, Stopped, install_hint
 from adain.files import bytes_written
-from adain.wire import INPUT_SUFFIXES
+from adain.wire import INPUT_SUFFIXES, READ_VIDEO_SUFFIXES
 
 from ._client import StyleTransferClient, StyleTransferError
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from adain.media import VideoReader
 
 FRAME_FORMAT = ("jpeg", 95)  # the wire format of frames, both ways
 ANIMATED_SUFFIXES = (".gif", ".png", ".webp")  # images that may hold an animation
+
+
+def media() -> ModuleType:
+    """``adain.media`` (numpy and PyAV), or a MediaError saying what to install: the thin client (no numpy) ended
+    in a traceback for a folder, a clip or a file that is no image."""
+    try:
+        import adain.media
+    except ImportError as e:
+        raise MediaError(f"video needs PyAV and numpy (the 'video' extra: {install_hint('video')}); "
+                         f"{e.name or 'a module'} is not installed") from None
+    return adain.media
 
 
 def is_video(path: Path) -> bool:
@@ -42,10 +56,8 @@ def is_video(path: Path) -> bool:
             return img.format in ("GIF", "PNG", "WEBP") and getattr(img, "n_frames", 1) > 1
     except Exception:  # noqa: BLE001 - not an image Pillow knows: ask FFmpeg
         pass
-    from adain.media import READ_VIDEO_SUFFIXES, MediaError, is_media
-
     try:
-        return is_media(path) or path.suffix.lower() in READ_VIDEO_SUFFIXES
+        return media().is_media(path) or path.suffix.lower() in READ_VIDEO_SUFFIXES
     except MediaError:  # no PyAV: a video suffix still says video, and the reader will say what is missing
         return path.suffix.lower() in READ_VIDEO_SUFFIXES
 
@@ -64,9 +76,7 @@ def _check_length(client: StyleTransferClient, reader: VideoReader, max_fps: flo
     limit = client.server_info()["limits"].get("max_video_frames", 0) if frames else 0
     if not limit or frames <= limit:
         return
-    from adain.media import counted
-
-    info = counted(reader.path, reader.info)
+    info = media().counted(reader.path, reader.info)
     if info is not reader.info:
         frames = reader.total = info.frames_read(info.read_rate(max_fps), reader.start, reader.end)
     if frames > limit:
@@ -98,24 +108,15 @@ def stylize_video_file(
     of the clip (its sound too); ``frame_timeout`` (seconds) ends the stream with DEADLINE_EXCEEDED when no
     stylized frame comes back for that long (a clip as a whole has no deadline: a server or network gone silent
     held it for good). Raises MediaError or StyleTransferError; on any failure no output file is left."""
-    from adain.media import (
-        MediaError,
-        Stopped,
-        VideoReader,
-        VideoWriter,
-        atomic_output,
-        container_for,
-        decode_side,
-        same_file,
-    )
+    m = media()
 
-    container = container_for(output)
-    if same_file(output, source):
+    container = m.container_for(output)
+    if m.same_file(output, source):
         raise MediaError(f"{output} is the source clip: it would be overwritten")
     Path(output).parent.mkdir(parents=True, exist_ok=True)  # as StylizeResult.save does (the CLI did it itself)
     # frames scaled while decoding when the server is to stylize them smaller: fewer bytes to send
-    reader = VideoReader(source, max_side=decode_side(options), max_fps=max_fps, start=start, duration=duration)
-    with reader, atomic_output(output) as tmp:
+    reader = m.VideoReader(source, max_side=m.decode_side(options), max_fps=max_fps, start=start, duration=duration)
+    with reader, m.atomic_output(output) as tmp:
         _check_length(client, reader, max_fps)
         if on_start is not None:
             on_start(reader.total)
@@ -142,7 +143,7 @@ def stylize_video_file(
                 last[0] = time.monotonic()
                 img = result.to_pil()
                 if writer is None:
-                    writer = VideoWriter(tmp, width=img.width, height=img.height, rate=reader.rate,
+                    writer = m.VideoWriter(tmp, width=img.width, height=img.height, rate=reader.rate,
                                          source=reader, container=container)
                 count += writer.write(img, times.popleft())
                 if on_frame is not None:

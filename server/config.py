@@ -333,10 +333,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "device": (_device, "auto (cuda when available, else cpu), cpu, cuda or cuda:N"),
     "precision": (one_of(PRECISIONS), "auto (bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, detected at start; "
                   "float32 elsewhere), bf16, fp32, or int8 (OpenVINO on a CPU, the networks quantized at the "
-                  "first start: faster, pixels a few levels off; the 'int8' extra: pip install -e '.[int8]')"),
+                  "first start: faster, pixels a few levels off; the 'int8' extra: pip install 'adain[int8]')"),
     "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
                 "torch), torch, compiled (torch.compile, for a GPU: compiles for a minute at start), openvino or "
-                "onnxruntime (the 'fast' extra: pip install -e '.[fast]')"),
+                "onnxruntime (the 'fast' extra: pip install 'adain[fast]')"),
     "compile-sizes": (_compile_sizes, "with --backend compiled: the content sizes (HxW[,HxW...], as padded to "
                       "multiples of 8) compiled at start, each at batch sizes up to --max-batch-size (~20 s a "
                       "compile on a GPU's host); other sizes run eager"),

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ServerProcess
+from synth import make_image, make_video
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(os.environ.get("ADAIN_SKIP_VENV_TEST") == "1", reason="ADAIN_SKIP_VENV_TEST=1 (offline)")
-def test_base_install_imports_the_client_without_torch(tmp_path: Path) -> None:
+def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: ServerProcess) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)  # installed into by this pip (--python): ensurepip took 6 s of 20
     py = env_dir / "bin" / "python"
@@ -42,3 +45,22 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path) -> None:
         [str(py), "-c", "import adain; adain.Stylizer"], capture_output=True, text=True, cwd=tmp_path
     )
     assert model.returncode != 0 and "torch" in model.stderr
+    # Several photos, and a clip, with the thin client alone (no numpy): the photos are stylized and the clip says
+    # what to install (both ended in a numpy traceback, as did adain-server and adain-train)
+    for name, seed in (("a.png", 1), ("b.png", 2), ("s.png", 3)):
+        (tmp_path / name).write_bytes(make_image(48, 32, seed=seed))
+    make_video(tmp_path / "clip.mp4", frames=3)
+    stylize = [str(env_dir / "bin" / "adain-stylize"), "--server", server.target, "-s", "s.png"]
+    run = subprocess.run([*stylize, "a.png", "b.png", "-o", "out/"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert run.returncode == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_stylized_s.png", "b_stylized_s.png"], run.stderr
+    run = subprocess.run([*stylize, "clip.mp4", "-o", "c.mp4"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "video needs PyAV and numpy (the 'video' extra: pip install 'adain[video]'" in run.stderr, run.stderr
+    for command, extra in (("adain-server", "server"), ("adain-train", "train"), ("adain-web", "web")):
+        run = subprocess.run([str(env_dir / "bin" / command)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith(f"{command}: error: ") and f"needs the '{extra}' extra (pip install " \
+            f"'adain[{extra}]'; in a checkout: pip install -e '.[{extra}]')" in run.stderr, run.stderr

@@ -61,6 +61,7 @@ from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import LibraryStyle, StyleRef, StyleTransferClient, StyleTransferError
+from adain.errors import install_hint
 from adain.photo import heif_support
 from adain.wire import (
     COLOR_MODES,
@@ -692,7 +693,7 @@ def create_app(
     async def start_video(request: Request) -> JSONResponse:
         if jobs is None:
             return _error(501, "UNIMPLEMENTED", "this page was installed without video support: "
-                          "install the 'video' extra where adain-web runs (pip install -e '.[video]')")
+                          f"install the 'video' extra where adain-web runs ({install_hint('video')})")
         try:
             # before the upload is read: a full page answered 429 only after taking it all
             folder = jobs.reserve(visitors.key(request))
