@@ -1,9 +1,12 @@
-"""Compute the per-filter scales of Gatys et al.'s normalised VGG and write adain/assets/vgg_norm.pt.
+"""Compute the per-filter scales of Gatys et al.'s normalised VGG (written to --out, vgg_norm.pt here by default).
 
 Each conv filter's ReLU output is scaled to mean activation 1 over natural images (here: photos and
-paintings of the training data, resized so the longest side is 256). Run once; the result ships:
+paintings of the training data, resized so the longest side is 256). Run once; the result ships as
+adain/assets/vgg_norm.pt, which the shipped decoder was trained with: a decoder trained on other scales needs its
+own file, so this never writes the shipped one unless --out names it (it did by default, and an installed package's
+pictures changed by 59 levels without a word):
 
-    python -m adain.train.vgg_norm ../shared/data/train --limit 300
+    python -m adain.train.vgg_norm ../shared/data/train --limit 300 --out adain/assets/vgg_norm.pt
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=Path, help="folder with content/ and style/ image folders")
     p.add_argument("--limit", type=int, default=300, help="images taken from each of content/ and style/")
-    p.add_argument("--out", type=Path, default=NORM_FILE)
+    p.add_argument("--out", type=Path, default=Path("vgg_norm.pt"),
+                   help=f"where the scales are written (default vgg_norm.pt here; the shipped file is {NORM_FILE})")
     args = p.parse_args()
     rng = random.Random(0)
     paths = []
