@@ -28,4 +28,13 @@ _HOMES = {"InvalidInputError": "adain.errors", "NoDecoderError": "adain.errors",
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
         return getattr(import_module(_HOMES[name]), name)
+    if name == "__version__":  # this install's (the commands' --version)
+        from adain.commands import package_version
+
+        return package_version()
     raise AttributeError(f"module 'adain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (dir() listed only this file's imports, lazy names being no attributes yet)."""
+    return sorted([*__all__, "__version__"])

@@ -34,6 +34,10 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: S
         "from importlib import resources  # precision int8 calibrates on these (adain.int8): in the wheel\n"
         "names = sorted(e.name for e in resources.files('adain').joinpath('assets', 'calibration').iterdir())\n"
         "assert len(names) == 7 and names[0] == 'content-astronaut.jpg', names\n"
+        "from importlib import metadata  # the licence and the assets' terms travel with the package\n"
+        "assert any(str(f).endswith('LICENSE') for f in metadata.files('adain')), 'no LICENSE'\n"
+        "assert resources.files('adain').joinpath('assets', 'NOTICE.md').is_file(), 'no assets/NOTICE.md'\n"
+        "assert adain.__version__ == metadata.version('adain') and 'Stylizer' in dir(adain)\n"
         "print('ok')\n"
     )
     out = subprocess.run([str(py), "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=60)
