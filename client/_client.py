@@ -251,6 +251,15 @@ def _local_error(field: str, message: str) -> StyleTransferError:
     return StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", violations=[(field, message)])
 
 
+def _frames_not_a_file(frames: Any) -> None:
+    """stylize_video's frames are images; one path (a clip's) was read a character at a time ("frames[0]: no such
+    file: r")."""
+    if isinstance(frames, (str, bytes, os.PathLike)):
+        raise _local_error("frames", f"an iterable of images, not one {type(frames).__name__} ({str(frames)[:80]!r}): "
+                           "a video file goes through adain.client.video.stylize_video_file(client, source, output, "
+                           "styles)")
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.3g} MiB"
 
@@ -1059,6 +1068,7 @@ class StyleTransferClient(_ClientBase):
         it (StyleTransferError CANCELLED here), also while no reply comes (a caller that stops between replies
         waited for the next one, for ever where the server or the network had gone silent).
         """
+        _frames_not_a_file(frames)
         first = video_options(styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(first, every=True)
         failure: list[Exception] = []

@@ -36,6 +36,7 @@ from ._client import (
     StylizeResult,
     VideoFrameResult,
     _ClientBase,
+    _frames_not_a_file,
     _no_library,
     _no_result,
     _progress,
@@ -228,6 +229,7 @@ class AsyncStyleTransferClient(_ClientBase):
         so close it (``async with contextlib.aclosing(client.stylize_video(...)) as frames``: a kept one held its
         stream's place for seconds). ``stop()`` is asked four times a second, as by the
         blocking client: True cancels the stream (StyleTransferError CANCELLED here), while no reply comes too."""
+        _frames_not_a_file(frames)
         first = await asyncio.to_thread(video_options, styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(first, every=True)
         failure: list[BaseException] = []

@@ -272,3 +272,22 @@ def test_streams_refused_under_load_say_why(server: ServerProcess) -> None:
     outcomes = asyncio.run(main())
     assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
     assert ("OK", True) in outcomes and all(said for _, said in outcomes), outcomes
+
+
+def test_a_clips_path_as_frames_is_refused_saying_what_takes_one(tmp_path) -> None:
+    """stylize_video takes images; one path was read a character at a time ("frames[0]: no such file: r")."""
+    from adain.client import StyleTransferClient
+
+    clip = str(tmp_path / "real.mp4")
+    with StyleTransferClient("127.0.0.1:9", timeout=5) as client:  # (refused before any call)
+        with pytest.raises(StyleTransferError, match=r"frames: an iterable of images, not one str \('.*real\.mp4'\): "
+                           r"a video file goes through adain\.client\.video\.stylize_video_file"):
+            list(client.stylize_video(clip, "style.png"))
+
+    async def run() -> None:
+        async with AsyncStyleTransferClient("127.0.0.1:9", timeout=5) as client:
+            with pytest.raises(StyleTransferError, match="frames: an iterable of images, not one PosixPath"):
+                async for _ in client.stylize_video(tmp_path / "real.mp4", "style.png"):
+                    pass
+
+    asyncio.run(run())
