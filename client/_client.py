@@ -254,10 +254,14 @@ def _local_error(field: str, message: str) -> StyleTransferError:
 def _frames_not_a_file(frames: Any) -> None:
     """stylize_video's frames are images; one path (a clip's) was read a character at a time ("frames[0]: no such
     file: r")."""
-    if isinstance(frames, (str, bytes, os.PathLike)):
-        raise _local_error("frames", f"an iterable of images, not one {type(frames).__name__} ({str(frames)[:80]!r}): "
-                           "a video file goes through adain.client.video.stylize_video_file(client, source, output, "
-                           "styles)")
+    if isinstance(frames, (str, os.PathLike)):
+        said = f"one {type(frames).__name__} ({os.fspath(frames)!r})"
+    elif isinstance(frames, (bytes, bytearray)):
+        said = "one bytes object"
+    else:
+        return
+    raise _local_error("frames", f"an iterable of images, not {said}: a video file goes through "
+                       "adain.client.video.stylize_video_file(client, source, output, styles)")
 
 
 def _mib(n: int) -> str:

@@ -133,7 +133,8 @@ def test_auto_falls_back_to_torch_when_runtimes_are_missing(
     assert st.backend.name == "torch"
     assert "openvino not usable" in caplog.text
     assert pixels(st.stylize(CONTENT, STYLE)).shape == (61, 97, 3)
-    with pytest.raises(RuntimeError, match=r"openvino is not usable.*the 'fast' extra: pip install -e '\.\[fast\]'"):
+    with pytest.raises(RuntimeError, match=r"openvino is not usable.*the 'fast' extra: pip install 'adain\[fast\]'; "
+                       r"in a checkout: pip install -e '\.\[fast\]'\)"):
         Stylizer(decoder_path, device="cpu", backend="openvino")
 
 

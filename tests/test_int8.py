@@ -117,8 +117,8 @@ def test_int8_is_refused_where_it_cannot_run(decoder_path: Path, monkeypatch: py
     with pytest.raises(ValueError, match="precision int8 runs on the CPU"):
         make_backend("auto", st.encoder, st.decoder, torch.device("cuda"), False, True, quantized=True)
     monkeypatch.setitem(sys.modules, "nncf", None)  # import now raises ImportError
-    with pytest.raises(RuntimeError, match=r"precision int8 is not usable here: nncf is not installed "
-                                           r"\(pip install -e '\.\[int8\]'\)"):
+    with pytest.raises(RuntimeError, match=r"precision int8 is not usable here: nncf is not installed \(pip install "
+                                           r"'adain\[int8\]'; in a checkout: pip install -e '\.\[int8\]'\)"):
         Stylizer(decoder_path, device="cpu", precision="int8")
 
 
