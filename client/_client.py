@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import quote
 
 import grpc
@@ -62,6 +62,9 @@ from adain.wire import (
     refuse_unknown,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # (typing's own from 3.11)
+
 DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0
 NO_DEADLINE_S = 1e9  # a timeout this long or longer (31 years; inf too) is no deadline: see no_deadline_past
@@ -69,6 +72,44 @@ DEFAULT_MAX_MESSAGE_MB = 32
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite value of a float field on the wire
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
+
+
+class ImageOptions(TypedDict, total=False):
+    """The options an image and a clip share (``_fill_options``'s), for type checkers: ``**options`` was Any,
+    and mypy took ``alhpa=0.8`` or ``alpha="high"`` without a word (the call refuses them when it runs)."""
+
+    weights: Sequence[float] | None
+    alpha: float | None
+    preserve_color: str | bool | None
+    mask: ImageInput | None
+    masks: Sequence[ImageInput] | None
+    labels: ImageInput | None
+    label_values: Sequence[int | str] | None
+    region_alphas: Sequence[float] | None
+    content_size: int
+    style_size: int
+    format: str
+    quality: int
+
+
+class StylizeOptions(ImageOptions, total=False):
+    """:meth:`StyleTransferClient.stylize`'s options (``stylize_request``'s)."""
+
+    refine_steps: int
+    refine_init: str
+    content_weight: float | None
+    style_weight: float | None
+    tv_weight: float | None
+    refine_size: int
+    optimizer: str
+    keep_exif: bool
+
+
+class VideoStreamOptions(ImageOptions, total=False):
+    """:meth:`StyleTransferClient.stylize_video`'s options (``video_options``')."""
+
+    temporal: str | None
+    temporal_strength: float | None
 
 
 REMEMBERED_STYLES = 64  # registered styles whose bytes a client keeps for replicas that lack them
@@ -965,7 +1006,7 @@ class StyleTransferClient(_ClientBase):
         timeout: float | None = None,
         request_id: str | None = None,
         end_user: str | None = None,
-        **options: Any,
+        **options: Unpack[StylizeOptions],
     ) -> StylizeResult:
         """Stylize ``content`` (a path, bytes or a PIL image) with one or more styles.
 
@@ -1057,7 +1098,7 @@ class StyleTransferClient(_ClientBase):
         request_id: str | None = None,
         end_user: str | None = None,
         stop: Callable[[], bool] | None = None,
-        **options: Any,
+        **options: Unpack[VideoStreamOptions],
     ) -> Iterator[VideoFrameResult]:
         """Stylize a video's frames in order over one StylizeVideo stream; yields each stylized frame as
         it comes back, in order.

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -33,8 +33,10 @@ from ._client import (
     LibraryStyle,
     RefineProgress,
     StyleTransferError,
+    StylizeOptions,
     StylizeResult,
     VideoFrameResult,
+    VideoStreamOptions,
     _ClientBase,
     _frames_not_a_file,
     _no_library,
@@ -54,6 +56,9 @@ from ._client import (
     stylize_result,
     video_options,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # (typing's own from 3.11)
 
 ProgressCallback = Callable[[RefineProgress], Awaitable[None] | None]
 
@@ -157,7 +162,7 @@ class AsyncStyleTransferClient(_ClientBase):
         timeout: float | None = None,
         request_id: str | None = None,
         end_user: str | None = None,
-        **options: Any,
+        **options: Unpack[StylizeOptions],
     ) -> StylizeResult:
         """Stylize ``content`` with ``styles``; ``options`` are :meth:`StyleTransferClient.stylize`'s (alpha,
         weights, regions, sizes, format, refine...), and so is ``end_user``. ``on_progress`` may be a function or
@@ -217,7 +222,7 @@ class AsyncStyleTransferClient(_ClientBase):
         request_id: str | None = None,
         end_user: str | None = None,
         stop: Callable[[], bool] | None = None,
-        **options: Any,
+        **options: Unpack[VideoStreamOptions],
     ) -> AsyncIterator[VideoFrameResult]:
         """Stylize frames in order over one StylizeVideo stream, yielding each stylized frame as it comes
         back: ``async for frame in client.stylize_video(frames, style): ...``. ``frames`` is an iterable
