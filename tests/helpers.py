@@ -21,6 +21,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adain.wire import SERVICE_NAME
+
 REPO = Path(__file__).resolve().parents[1]
 LISTEN_RE = re.compile(r"adain-server listening on (\S+):(\d+)")
 # For a test server whose test makes no refine call: a server with refine on warms it up before SERVING, and a
@@ -76,11 +78,35 @@ def make_certificates(folder: Path, *names: str) -> bool:
 
 
 @contextlib.contextmanager
-def library_stub(styles: list) -> Iterator[str]:
-    """A gRPC server on 127.0.0.1 that answers ListStyles alone, with ``styles`` (``pb.LibraryStyle``s): a
-    server saying what the tests need it to (a hostile one's names, say). Yields its address."""
+def stand_in_server(servicer: object, health: bool = False) -> Iterator[str]:
+    """A gRPC server on 127.0.0.1 serving ``servicer`` (a ``StyleTransferServicer``: a server saying what the tests
+    need it to, a hostile one or one of an older version), with gRPC health SERVING where ``health``. Yields its
+    address."""
     from concurrent import futures
 
+    from adain.v1 import style_transfer_pb2_grpc as pb_grpc
+
+    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_StyleTransferServicer_to_server(servicer, srv)
+    if health:
+        from grpc_health.v1 import health as grpc_health
+
+        checks = grpc_health.HealthServicer()
+        for service in (SERVICE_NAME, ""):
+            checks.set(service, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(checks, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        srv.stop(None)
+
+
+@contextlib.contextmanager
+def library_stub(styles: list) -> Iterator[str]:
+    """A server that answers ListStyles alone, with ``styles`` (``pb.LibraryStyle``s): a hostile one's names, say.
+    Yields its address."""
     from adain.v1 import style_transfer_pb2 as pb
     from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -88,14 +114,8 @@ def library_stub(styles: list) -> Iterator[str]:
         def ListStyles(self, request, context):  # noqa: N802 (the gRPC method's name)
             return pb.ListStylesResponse(styles=styles)
 
-    srv = grpc.server(futures.ThreadPoolExecutor(2))
-    pb_grpc.add_StyleTransferServicer_to_server(Library(), srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        srv.stop(None)
+    with stand_in_server(Library()) as address:
+        yield address
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
@@ -19,8 +18,8 @@ from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.aio import AsyncStyleTransferClient
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from adain.wire import FEATURES, FEATURES_KEY, SERVICE_NAME
-from helpers import ServerProcess, WebProcess, wait_for
+from adain.wire import FEATURES, FEATURES_KEY
+from helpers import ServerProcess, WebProcess, stand_in_server, wait_for
 from synth import band_mask, make_image, photo_with_exif
 
 CONTENT = make_image(64, 48, seed=61)
@@ -55,20 +54,8 @@ class _OldServicer(pb_grpc.StyleTransferServicer):
 @pytest.fixture(scope="module")
 def old() -> Iterator[str]:
     """An old server on 127.0.0.1 (its address), with gRPC health as every version had."""
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_StyleTransferServicer_to_server(_OldServicer(), server)
-    checks = health.HealthServicer()
-    checks.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    checks.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
+    with stand_in_server(_OldServicer(), health=True) as address:
+        yield address
 
 
 def _refused(call, feature: str) -> str:
