@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1364,6 +1365,17 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
         assert z.testzip() is None and z.namelist() == ["one_stylized.png", "two_stylized.jpg"]
         assert [Image.open(io.BytesIO(z.read(n))).format for n in z.namelist()] == ["PNG", "JPEG"]
         assert [Image.open(io.BytesIO(z.read(n))).size for n in z.namelist()] == [(80, 60), (60, 80)]
+        # made on Unix, mode 0644: Info-ZIP's unzip read a zip "made on MS-DOS" with CP437 names (mojibake)
+        assert {(i.create_system, i.external_attr >> 16) for i in z.infolist()} == {(3, 0o100644)}
+    named = browser.execute_async_script(  # the page's own zip of a non-ASCII name, as unzip extracts it
+        "const done = arguments[0]; zipBlob([{name: 'café_写真.png', blob: new Blob(['x'])}])"
+        ".then((b) => b.arrayBuffer()).then((a) => done(Array.from(new Uint8Array(a))));")
+    (tmp_path / "names.zip").write_bytes(bytes(named))
+    if shutil.which("unzip"):
+        (tmp_path / "unzipped").mkdir()
+        subprocess.run(["unzip", "-q", str(tmp_path / "names.zip"), "-d", str(tmp_path / "unzipped")], check=True,
+                       env={**os.environ, "LC_ALL": "C.UTF-8"})
+        assert [p.name for p in (tmp_path / "unzipped").iterdir()] == ["café_写真.png"]
     # An option's error is no photo's: the run stops at the first and says it beside the control (it was
     # repeated under every photo, each sent in turn), the limit in words. (The page's own check of the field,
     # which knows the server's limit, is widened to let the server's answer through.)

@@ -1258,12 +1258,15 @@ async function zipBlob(entries) {
     const data = new Uint8Array(await blob.arrayBuffer());
     const fname = encoder.encode(name);
     const crc = crc32(data);
-    // local header (30 bytes) and central directory entry (46): version 2.0, UTF-8 names, stored, 1980-01-01
+    // local header (30 bytes) and central directory entry (46): version 2.0, UTF-8 names, stored, 1980-01-01,
+    // made on Unix as a file of mode 0644 (made "on MS-DOS", Info-ZIP's unzip read the UTF-8 names as CP437:
+    // café_stylized.png came out as caf+®_stylized.png)
     const local = new DataView(new ArrayBuffer(30));
     const entry = new DataView(new ArrayBuffer(46));
     local.setUint32(0, 0x04034b50, true);
     entry.setUint32(0, 0x02014b50, true);
-    entry.setUint16(4, 20, true);
+    entry.setUint16(4, 0x0314, true);
+    entry.setUint32(38, 0o100644 * 0x10000, true);
     for (const [view, at] of [[local, 4], [entry, 6]]) {
       view.setUint16(at, 20, true);
       view.setUint16(at + 2, 0x0800, true);
