@@ -11,6 +11,7 @@ import io
 import os
 import secrets
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +23,10 @@ def create_beside(path: Path) -> Path:
     umask (and any default ACL), as the output itself would be (mkstemp's 0o600 would make it private)."""
     for _ in range(100):
         # the name cut to 200 bytes (not characters: 80 CJK ones are 240): 15 bytes longer than a legal name of
-        # 241 or more, it failed with ENAMETOOLONG
-        head = os.fsencode(path.name)[:200].decode("utf-8", "ignore")
+        # 241 or more, it failed with ENAMETOOLONG. Cut and read back in the file system's encoding: read as UTF-8
+        # where it is not (a Latin-1 or ASCII locale, Python not in UTF-8 mode), a name came back with characters
+        # it cannot hold (UnicodeEncodeError, and a folder run stopped there)
+        head = os.fsencode(path.name)[:200].decode(sys.getfilesystemencoding(), "ignore")
         tmp = path.with_name(f".{head}.{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))

@@ -21,6 +21,7 @@ Every failure prints one line ``adain-stylize: error: ...`` to stderr and exits 
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import math
 import os
@@ -1255,6 +1256,36 @@ def _bare_preserve_color(argv: list[str]) -> list[str]:
     return out
 
 
+def _names_as_they_were(e: UnicodeError) -> tuple[bytes, int]:
+    """Standard output's encoding errors: a file name's undecodable bytes (surrogate escapes) written as they were,
+    another character the stream cannot hold as a backslash escape. A name it could not encode ended a run that had
+    written its output in a traceback, exit 1 (PYTHONIOENCODING=ascii; Windows' cp1252 for a pipe)."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    out = b"".join(bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace")
+                   for c in e.object[e.start:e.end])
+    return out, e.end
+
+
+codecs.register_error("adain-names", _names_as_they_were)
+
+
+@contextlib.contextmanager
+def _printable_names() -> Iterator[None]:
+    """Standard output with :func:`_names_as_they_were` for the block (a stream that cannot be set is left)."""
+    out = sys.stdout
+    errors = getattr(out, "errors", None)
+    if errors is None or not hasattr(out, "reconfigure"):
+        yield
+        return
+    out.reconfigure(errors="adain-names")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # (closed meanwhile)
+            out.reconfigure(errors=errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     query = next((f for f in ("--list-styles", "--server-info") if f in argv), None)  # no CONTENT, --style, -o
@@ -1270,7 +1301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = on_signals({signal.SIGTERM: on_sigterm, signal.SIGHUP: on_sigterm}) if main_thread else {}
     try:
-        with contextlib.ExitStack() as quiet:
+        with contextlib.ExitStack() as quiet, _printable_names():
             if getattr(args, "quiet", False):  # the lines saying what was written (a cron job's mail every run)
                 quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
             return _run(args, query)

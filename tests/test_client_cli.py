@@ -314,6 +314,25 @@ def test_cli_quiet_draws_no_progress_bar_on_a_terminal(server: ServerProcess, fi
     assert stderr_on_a_terminal("-q") == ""
 
 
+def test_cli_names_outside_the_locales_encoding(server: ServerProcess, files: dict[str, Path], tmp_path: Path) -> None:
+    """An ASCII locale with Python not in UTF-8 mode: an Arabic name's temporary file was made in UTF-8's reading
+    of its bytes (UnicodeEncodeError, and a folder run stopped there); a stdout that cannot encode a name ended a
+    run that had written its output in a traceback, exit 1 (PYTHONIOENCODING=ascii)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "مرحبا.png", "café.png", "z.png"):
+        (folder / name).write_bytes(files["content.png"].read_bytes())
+    run = subprocess.run(
+        [sys.executable, "-m", "adain.client.cli", str(folder), "-s", str(files["a.png"]), "-o", f"{tmp_path}/out/",
+         "--server", server.target], capture_output=True, cwd=REPO, timeout=120,
+        env={**os.environ, "LC_ALL": "POSIX", "LANG": "POSIX", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+             "PYTHONIOENCODING": "ascii"})
+    assert run.returncode == 0 and b"Traceback" not in run.stderr, run.stderr.decode(errors="replace")
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert written == sorted(f"{n[:-4]}_stylized_a.png" for n in os.listdir(folder)), written
+    assert "4 of 4" in run.stdout.decode(), run.stdout
+
+
 def test_cli_keeps_exif_when_asked(server: ServerProcess, files: dict[str, Path], tmp_path: Path, capsys) -> None:
     photo, out = tmp_path / "phone.jpg", tmp_path / "out.jpg"
     photo.write_bytes(photo_with_exif(64, 48))
