@@ -99,3 +99,12 @@ def install_hint(extra: str) -> str:
     """How an optional part is installed, for messages: as a package, and in a source checkout (the hints named
     only the checkout's form, which means nothing to someone who installed a wheel)."""
     return f"pip install 'adain[{extra}]'; in a checkout: pip install -e '.[{extra}]'"
+
+
+def one_line(text: str) -> str:
+    """``text`` with its unprintable characters (newlines, escapes, a right-to-left override) written as Python
+    escapes: one message, one line. A file named with a newline split an error or a log line in two, the second
+    forged by whoever named the file."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

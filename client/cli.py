@@ -51,7 +51,7 @@ from adain.argtypes import (
     unit_interval,
 )
 from adain.commands import add_version_arg, interrupted_code, on_signals, on_sigterm
-from adain.errors import MediaError
+from adain.errors import MediaError, one_line
 from adain.files import check_writable
 from adain.wire import (
     COLOR_MODES,
@@ -1108,7 +1108,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                         failed += 1  # a bad or too large content image: say so and go on with the others
                         if said not in told:  # once, not once per style (the same line, nothing between them)
                             told.add(said)
-                            bar.write(f"{PROG}: error: {said}", file=sys.stderr)
+                            bar.write(f"{PROG}: error: {one_line(said)}", file=sys.stderr)
                         continue
                     if isinstance(err, OSError):
                         raise CliError(f"{out}: cannot write: {err.strerror or err}")
@@ -1130,7 +1130,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             if not bad_input:
                 raise error from None
             failed += 1  # a bad video: say so and go on with the others
-            print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+            print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
     print(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
           f"{plural(len(video_tasks), 'video')})")
@@ -1208,7 +1208,7 @@ def _valid_names(styles: list[LibraryStyle]) -> list[LibraryStyle]:
             valid.append(s)
         else:  # repr: the name may hold control characters meant for the terminal
             print(f"{PROG}: warning: skipped the style named {s.name[:100]!r} the server listed: a style name is "
-                  "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", file=sys.stderr)
+                  "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit", file=sys.stderr)
     return valid
 
 
@@ -1305,17 +1305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, "quiet", False):  # the lines saying what was written (a cron job's mail every run)
                 quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
             return _run(args, query)
-    except CliError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+    except CliError as e:  # (one line: a file named with a newline split it in two)
+        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
         return 1
     except StyleTransferError as e:
-        print(f"{PROG}: error: {_describe(e, args)}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {one_line(_describe(e, args))}", file=sys.stderr, flush=True)
         return 1
     except BrokenPipeError:  # its reader went away (--server-info | head): nobody to tell; as a shell's SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would say it again)
         return 128 + signal.SIGPIPE
     except OSError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt as e:
         print(f"{PROG}: error: interrupted", file=sys.stderr, flush=True)

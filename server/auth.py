@@ -192,8 +192,8 @@ def read_tokens(path: str) -> list[tuple[str, str, bool]]:
         if (len(words) > 2 or len(token) < MIN_TOKEN_CHARS or not TOKEN_RE.fullmatch(token)  # (none could send it)
                 or not NAME_RE.fullmatch(name or "x")):
             raise ValueError(
-                f"{path} line {n}: expected [NAME] TOKEN or NAME TOKEN front (a name of letters, digits, '.', '_', "
-                f"'-'; a token of at least {MIN_TOKEN_CHARS} printable ASCII characters)"
+                f"{path} line {n}: expected [NAME] TOKEN or NAME TOKEN front (a name of ASCII letters, digits, '.', "
+                f"'_', '-'; a token of at least {MIN_TOKEN_CHARS} printable ASCII characters)"
             )
         if token in lines:  # one token, two callers: its calls were the last line's without a word
             raise ValueError(f"{path} lines {lines[token]} and {n}: the same token twice (a token names one caller)")

@@ -73,7 +73,7 @@ def read_presets(path: Path) -> dict[str, StylePreset]:
     for name, spec in data.items():
         where = f"{path}: preset {name!r}"
         if not NAME_RE.fullmatch(name) or STYLE_ID_RE.fullmatch(name):
-            raise ValueError(f"{where}: a name is 1-64 letters, digits, '.', '_' or '-', and starts with a "
+            raise ValueError(f"{where}: a name is 1-64 ASCII letters, digits, '.', '_' or '-', and starts with a "
                              "letter or digit")
         if not isinstance(spec, dict) or set(spec) - {"styles", "alpha", "preserve_color"}:
             raise ValueError(f"{where}: expected an object of styles, alpha and preserve_color")
@@ -209,7 +209,7 @@ class StyleLibrary:
                 continue
             name = entry.stem
             if not NAME_RE.fullmatch(name) or STYLE_ID_RE.fullmatch(name):
-                problem = (f"{entry}: a style's name (the file's stem) must be 1-64 letters, digits, '.', '_' or "
+                problem = (f"{entry}: a style's name (the file's stem) must be 1-64 ASCII letters, digits, '.', '_' or "
                            "'-', starting with a letter or digit, and not 64 hex digits (that is a registered "
                            "style's id)")
                 if strict:

@@ -14,6 +14,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from adain.errors import one_line
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -31,6 +33,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, each event on one line: the message's unprintable characters escaped (a style file named with a
+    newline in --styles-dir wrote its warning as two lines, the second anything its name said). Tracebacks keep
+    their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 _json = False  # whether setup() chose JSON: start-up errors follow
 
 
@@ -39,7 +51,7 @@ def setup(level: str, fmt: str = "text") -> None:
     global _json
     _json = fmt == "json"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

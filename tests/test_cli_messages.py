@@ -537,3 +537,18 @@ def test_a_reader_gone_from_the_pipe_is_no_error(server: ServerProcess) -> None:
     err = proc.stderr.read()
     proc.stderr.close()
     assert proc.wait(timeout=60) == 141 and err == b"", err
+
+
+def test_a_name_with_a_newline_stays_on_its_errors_line(tmp_path: Path, capsys) -> None:
+    """A file named with a newline split the error in two, the second line whatever the name said; a server's log
+    line too (a style file so named in --styles-dir)."""
+    import logging
+
+    from adain.server.logs import TEXT_FORMAT, TextFormatter
+
+    named = tmp_path / "new\nadain-stylize: error: forged.png"
+    said = _error([str(named), "-s", str(named), "-o", str(tmp_path / "o.png"), "--server", "127.0.0.1:9"], capsys)
+    assert "new\\nadain-stylize: error: forged.png" in said, said
+    record = logging.LogRecord("adain.server", logging.WARNING, __file__, 0, "styles/%s: a style's name...", ("a\nb",),
+                               None)
+    assert TextFormatter(TEXT_FORMAT).format(record).endswith("styles/a\\nb: a style's name...")

@@ -870,7 +870,7 @@ def test_list_styles_never_writes_a_thumbnail_outside_its_folder(tmp_path: Path,
     warnings = err.strip().splitlines()
     assert len(warnings) == 4, err
     assert all(w.startswith("adain-stylize: warning: skipped the style named ") for w in warnings), err
-    assert "'../outside/relative'" in warnings[0] and "1-64 letters, digits" in warnings[0]
+    assert "'../outside/relative'" in warnings[0] and "1-64 ASCII letters, digits" in warnings[0]
     assert "\x1b" not in err  # the name is quoted, its control characters escaped
 
 
