@@ -766,7 +766,7 @@ class _TokenSource:
         try:
             st = os.stat(self._path)
             if (st.st_mtime_ns, st.st_size) != self._seen:
-                lines = [x.strip() for x in Path(self._path).read_text(encoding="utf-8").splitlines()]
+                lines = [x.strip() for x in Path(self._path).read_text(encoding="utf-8-sig").splitlines()]
                 token = next((x for x in lines if x and not x.startswith("#")), None)
                 if token is None:
                     raise ValueError(f"{os.fspath(self._path)} holds no token")

@@ -176,7 +176,7 @@ def read_tokens(path: str) -> list[tuple[str, str, bool]]:
     tokens = []
     lines: dict[str, int] = {}  # token -> the line it is on
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # (a BOM: Notepad writes one)
     except UnicodeDecodeError as e:  # (was "'utf-8' codec can't decode byte 0xff in position 1", no file named)
         line = e.object[: e.start].count(b"\n") + 1
         raise ValueError(f"{path} line {line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); a token file is "

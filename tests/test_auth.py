@@ -47,6 +47,12 @@ def test_token_file_rules(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text(f"# the web front end\n{OLD}\n\n  web-frontend  {NEW}  \nweb {NEW}x front\n")
     assert read_tokens(str(path)) == [("", OLD, False), ("web-frontend", NEW, False), ("web", NEW + "x", True)]
+    path.write_bytes(f"\ufeffweb {NEW} front\r\n".encode())  # a BOM and CRLF, as Notepad writes (it was "line 1")
+    assert read_tokens(str(path)) == [("web", NEW, True)]
+    from adain.client._client import _TokenSource
+
+    path.write_bytes(f"\ufeff{OLD}\r\n".encode())  # the client's --token-file too
+    assert _TokenSource(None, path)() == OLD
     for text, says in (("", "holds no token"), ("# only a comment\n", "holds no token"),
                        ("short\n", "line 1: expected \\[NAME\\] TOKEN"), ("a b c\n", "line 1"),
                        (f"{NEW} front\n", "line 1"), (f"web {NEW} frontdoor\n", "line 1"),
