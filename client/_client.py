@@ -253,7 +253,7 @@ class StylizeResult:
         """Write the encoded bytes as they are, whole or not at all (see :func:`adain.files.write_whole`). A
         path whose extension names another output format is a ValueError: ``save("out.jpg")`` on a PNG result
         wrote PNG bytes under .jpg (ask for ``format="jpeg"``, or name it .png)."""
-        path = Path(path)
+        path = Path(os.fsdecode(path))
         named = format_from_suffix(path.suffix)
         if named is not None and named != self.format:
             raise ValueError(f"{path}: this result is {self.format.upper()} and {path.suffix} names "
@@ -370,8 +370,8 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
             raise _local_error(field, f"the PIL image is {_mib(len(data))} as {encoding} (lossless), more than the "
                                f"{_mib(max_bytes)} a message to the server may hold: pass "
                                "its file's path or bytes (their own encoding) instead, or save it as JPEG yourself")
-    elif isinstance(image, (str, os.PathLike)):
-        return _file_bytes(Path(image), field, max_bytes)
+    elif isinstance(image, (str, os.PathLike)):  # (one whose path is bytes too: os.scandir(b"photos")'s entries)
+        return _file_bytes(Path(os.fsdecode(image)), field, max_bytes)
     else:
         raise _local_error(field, f"expected a path, bytes or a PIL image, got {type(image).__name__}")
     if max_bytes is not None and len(data) > max_bytes:
@@ -687,7 +687,7 @@ def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
     with _reading(field, value):
-        return Path(value).read_bytes()
+        return Path(os.fsdecode(value)).read_bytes()
 
 
 def _check_tls(root: bytes | None, chain: bytes | None, key: bytes | None, chain_file: Any, key_file: Any) -> None:

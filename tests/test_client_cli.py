@@ -333,6 +333,13 @@ def test_cli_names_outside_the_locales_encoding(server: ServerProcess, files: di
     assert "4 of 4" in run.stdout.decode(), run.stdout
 
 
+def test_a_path_of_bytes_is_a_path(client: StyleTransferClient, files: dict[str, Path], tmp_path: Path) -> None:
+    """os.scandir(b"photos")'s entries (non-UTF-8 names need them) and bytes paths to save: pathlib's TypeError."""
+    entry = next(e for e in os.scandir(os.fsencode(files["content.png"].parent)) if e.name == b"content.png")
+    saved = client.stylize(entry, files["a.png"]).save(os.fsencode(tmp_path / "out.png"))
+    assert saved == tmp_path / "out.png" and Image.open(saved).size == (64, 48)
+
+
 def test_cli_keeps_exif_when_asked(server: ServerProcess, files: dict[str, Path], tmp_path: Path, capsys) -> None:
     photo, out = tmp_path / "phone.jpg", tmp_path / "out.jpg"
     photo.write_bytes(photo_with_exif(64, 48))
