@@ -18,6 +18,21 @@ from pathlib import Path
 from typing import IO
 
 
+def temp_problem() -> str | None:
+    """Why no temporary file can be made here (TMPDIR, else /tmp, /var/tmp...: Python's choice), or None. A
+    read-only root file system without a writable /tmp passed the probes and then failed: the server's warm-up
+    (torch writes its compile cache there), a page's large uploads and every clip."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile():
+            pass
+    except OSError as e:
+        return (f"no writable temporary folder ({e.strerror or e}): set TMPDIR to one, or mount one at /tmp "
+                "(Kubernetes: an emptyDir)")
+    return None
+
+
 def create_beside(path: Path) -> Path:
     """A new empty file ``.NAME.RANDOM.part`` in ``path``'s folder, made by the kernel with 0o666 less the
     umask (and any default ACL), as the output itself would be (mkstemp's 0o600 would make it private)."""

@@ -93,3 +93,18 @@ def wants_bf16(precision: str, cuda: bool) -> bool:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision == "bf16" or (precision == "auto" and (cuda or cpu_has_bf16()))
+
+
+def give_openvino_a_home() -> None:
+    """Set HOME to the temporary folder where the process has none (HOME unset and no passwd entry: an arbitrary
+    UID, as OpenShift runs pods), before OpenVINO loads: its telemetry asks for the home directory, and OpenVINO
+    failed to load ("Could not determine home directory"), --backend auto running torch at half the speed."""
+    import os
+    import tempfile
+
+    if os.environ.get("HOME"):
+        return
+    try:
+        Path.home()
+    except RuntimeError:
+        os.environ["HOME"] = tempfile.gettempdir()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from adain.commands import quiet_grpc
+from adain.files import temp_problem
 from adain.wire import host_port
 
 from . import logs
@@ -58,6 +59,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if busy := _busy_port(settings):  # the same error the start would end with, seconds later
         logs.fatal(busy)
         return 1
+    if no_temp := temp_problem():  # the warm-up failed on it after the model loaded, a restart loop
+        logs.fatal(f"{no_temp}; the server needs one (torch's compile cache, as the model warms up)")
+        return 2
 
     import torch
 

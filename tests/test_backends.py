@@ -458,3 +458,23 @@ def test_installed_runtime_that_cannot_build_names_no_install(decoder_path: Path
         pytest.skip("this OpenVINO builds bf16 under AVX2: no failure to name")
     error = run.stderr[run.stderr.rindex("RuntimeError: backend openvino is not usable here"):]  # (OpenVINO's lines)
     assert error.rstrip().endswith("); choose another backend or precision") and "pip install" not in error
+
+
+def test_a_process_without_a_home_gets_one_before_openvino_loads(monkeypatch) -> None:
+    """An arbitrary UID with no HOME (OpenShift's): OpenVINO's telemetry failed on Path.home() and auto ran torch,
+    at half the speed, saying so only at INFO. Such a process is given the temporary folder as its HOME."""
+    import tempfile
+    from pathlib import Path
+
+    from adain.precision import give_openvino_a_home
+
+    def nobody() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(Path, "home", nobody)  # (what pathlib says with HOME unset and no passwd entry)
+    give_openvino_a_home()
+    assert os.environ["HOME"] == tempfile.gettempdir()
+    monkeypatch.setenv("HOME", "/home/someone")
+    give_openvino_a_home()
+    assert os.environ["HOME"] == "/home/someone"

@@ -56,6 +56,11 @@ def test_pods_meet_the_restricted_pod_security_standard() -> None:
         for container in pod["containers"]:
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+            # a read-only image, and a /tmp of their own to write: without one the server's warm-up failed after
+            # the model loaded (a restart loop) and the page failed large photos and every clip
+            assert context["readOnlyRootFilesystem"] is True
+            tmp = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+            assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp)
     # the HPA owns the server's replica count: a replicas field reset it to 3 on every apply
     assert "replicas" not in _named(docs, "Deployment", "adain-server")["spec"]
     assert _named(docs, "HorizontalPodAutoscaler", "adain-server")["spec"]["minReplicas"] >= 2

@@ -128,3 +128,18 @@ def test_server_busy_ports_say_why_and_what_to_do() -> None:
 
     text = " ".join(build_parser({}).format_help().split())
     assert "0 picks a free port" in text and "0 or negative disables" in text
+
+
+def test_no_writable_temporary_folder_is_said_at_start() -> None:
+    """A read-only root file system without a /tmp to write: the server loaded its model, then its warm-up failed
+    (torch's compile cache), over and over; the page passed its probes and then failed large photos and every
+    clip. Both say so before anything else. (As root every folder is writable: Python's choice is made to fail.)"""
+    for module, prog, args in (("adain.server", "adain-server", ["--port", "0", "--metrics-port", "0"]),
+                               ("adain.web", "adain-web", ["--port", str(free_port())])):
+        code = ("import runpy, sys, tempfile; tempfile.tempdir = '/nonexistent/tmp'; "
+                f"sys.argv = {[prog, *args]!r}; "
+                f"runpy.run_module('{module}', run_name='__main__', alter_sys=True)")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith(f"{prog}: error: no writable temporary folder (") and \
+            "set TMPDIR to one, or mount one at /tmp (Kubernetes: an emptyDir)" in proc.stderr, proc.stderr

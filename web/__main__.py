@@ -26,6 +26,7 @@ from adain.client.cli import (
     timeout_of,
 )
 from adain.commands import Terminated, add_version_arg, on_signals, on_sigterm
+from adain.files import temp_problem
 from adain.wire import bare_host, host_port
 
 if TYPE_CHECKING:
@@ -166,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # before anything listens, and before --local starts a server: a taken --port failed in uvicorn after the
     # URL line had been printed
+    if no_temp := temp_problem():  # large uploads and every clip are spooled there: it passed its probes, then 500s
+        print(f"adain-web: error: {no_temp}; the page needs one (uploads over 1 MB and clips are written there)",
+              file=sys.stderr, flush=True)
+        return 2
     if problem := cannot_listen(args.host, args.port):
         print(f"adain-web: error: cannot listen on {host_port(args.host, args.port)}: {problem}", file=sys.stderr,
               flush=True)
