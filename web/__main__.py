@@ -106,6 +106,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="close a connection that has not sent a whole request head (its line and headers) this "
                    "long after it opened or after its last answer (default 20; uvicorn has no such limit: slow "
                    "headers held connections, and file descriptors, for good)")
+    p.add_argument("--grace-seconds", type=positive_float, default=20.0, metavar="S",
+                   help="on SIGTERM, how long requests in flight (a photo's call) may still take before they are cut "
+                   "(default 20: a Kubernetes pod's 30 s grace period less its preStop wait; it was 10, whatever "
+                   "the pod allowed, and a large photo was cut with a plain 500); clip jobs are cancelled at once")
     p.add_argument("--limit-concurrency", type=int_in_range(0, 1_000_000), default=0, metavar="N",
                    help="connections at once, idle ones included (uvicorn counts them so), past which a request gets "
                    "503 (default 0: no limit; a limit of a few hundred let ~200 empty connections, reopened every "
@@ -228,7 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
         # address, so any local process could name the visitor; --forwarded-for is the one switch for that.
         # No "server: uvicorn": a tester's first step is to look up what it runs.
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                timeout_graceful_shutdown=10, proxy_headers=False, server_header=False,
+                                timeout_graceful_shutdown=args.grace_seconds, proxy_headers=False, server_header=False,
                                 limit_concurrency=args.limit_concurrency or None,
                                 http=_head_timeout_protocol(args.header_timeout_s,
                                                             metrics.slow_heads.inc if metrics else None))
