@@ -11,13 +11,16 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from adain.commands import quiet_grpc
 from adain.files import temp_problem
 from adain.wire import host_port
 
 from . import logs
+
+if TYPE_CHECKING:
+    from adain.tiling import Tiling
 from .config import (
     PORT_TAKEN_HINT,
     Settings,
@@ -103,7 +106,25 @@ def _main(argv: Sequence[str] | None) -> int:
         logs.fatal(str(e))
         return 2
     log.info("model loaded: %s", stylizer.info)
+    if stylizer.device.type == "cpu" and (short := _memory_short(stylizer.tiling)):
+        log.warning("%s", short)
     _exit_now(asyncio.run(serve(settings, stylizer, library=library)))
+
+
+def _memory_short(tiling: Tiling) -> str | None:
+    """A warning where this process may use less memory than one render its tiling allows takes (a photo at the
+    threshold rendered whole, or one tile of a larger one): in a 1-GiB container the threshold's 1-MP floor and a
+    2.5-GB tile got the server killed for memory by a 768-px photo, with no word at the start."""
+    from adain.tiling import BYTES_PER_PIXEL, mem_total
+
+    limit = mem_total()
+    need = max(tiling.peak_bytes(), max(tiling.threshold, 0) * BYTES_PER_PIXEL)
+    if need <= limit:
+        return None
+    return (f"this process may use {limit / 2**30:.1f} GiB (its container's limit, or the machine's), and one render "
+            f"takes up to {need / 2**30:.1f} GiB (a photo of {tiling.threshold:,} px whole, or one "
+            f"{tiling.tile}-px tile of a larger one): such a photo may get the server killed for memory. Give it "
+            "more memory, or a smaller --tile-size and --tile-threshold")
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -545,3 +545,17 @@ def test_a_reply_over_the_message_limit_says_what_to_do(decoder_path: Path, tmp_
         assert "method=ListStyles code=RESOURCE_EXHAUSTED" in log and "Traceback" not in log
     finally:
         srv.terminate()
+
+
+def test_a_container_too_small_for_one_render_is_warned_of_at_start(monkeypatch) -> None:
+    """In a 1-GiB container the automatic threshold's 1-MP floor and a 2.3-GB tile got the server killed for memory
+    by a 768-px photo, with no word at the start (an outside platform engineer)."""
+    from adain import tiling as tiling_module
+    from adain.server.__main__ import _memory_short
+
+    small = Tiling(threshold=1 << 20)
+    monkeypatch.setattr(tiling_module, "mem_total", lambda: 1 << 30)
+    said = _memory_short(small)
+    assert said is not None and said.startswith("this process may use 1.0 GiB") and "3.0 GiB" in said, said
+    monkeypatch.setattr(tiling_module, "mem_total", lambda: 8 << 30)
+    assert _memory_short(small) is None
