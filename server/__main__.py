@@ -108,6 +108,9 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info("model loaded: %s", stylizer.info)
     if stylizer.device.type == "cpu" and (short := _memory_short(stylizer.tiling)):
         log.warning("%s", short)
+    if not settings.max_connections:  # (the 33rd connection under ulimit -n 64 was refused with no word anywhere)
+        log.info("client connections: at most %d at once (--max-connections 0: half the open-file limit); beyond, "
+                 "a new one is closed as it comes", settings.connections())
     _exit_now(asyncio.run(serve(settings, stylizer, library=library)))
 
 
