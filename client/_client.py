@@ -550,14 +550,18 @@ def needed_features(msg: pb.StylizeRequest | pb.VideoOptions) -> list[str]:
     return needed
 
 
-def _rpc_error(e: grpc.RpcError, request_id: str | None) -> StyleTransferError:
+def _rpc_error(e: grpc.RpcError, request_id: str | None, needed: Sequence[str] = ()) -> StyleTransferError:
+    """``needed``: as :func:`_reply_ids`; a refusal of bad input from a server that lists no features says that it
+    may be older than them (a preset sent to one before the library was refused "at least 1 style is required")."""
     code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
-    details = (e.details() if callable(getattr(e, "details", None)) else None) or str(code.name)
+    details = " ".join(((e.details() if callable(getattr(e, "details", None)) else None) or str(code.name)).split())
     trailing = e.trailing_metadata() if callable(getattr(e, "trailing_metadata", None)) else None
     rid = _metadata_value(trailing, REQUEST_ID_KEY) or request_id
     violations, retry_after = _parse_details(trailing)
-    return StyleTransferError(code, " ".join(details.split()), request_id=rid, violations=violations,
-                              retry_after=retry_after)
+    if needed and code == grpc.StatusCode.INVALID_ARGUMENT and _metadata_value(trailing, FEATURES_KEY) is None:
+        details += (" (this server lists no features: it may be older than what this call uses, "
+                    f"{'; '.join(FEATURE_FIELDS[f] for f in needed)})")
+    return StyleTransferError(code, details, request_id=rid, violations=violations, retry_after=retry_after)
 
 
 MAX_RETRIES = 4  # gRPC's retry policy allows at most 5 attempts; more would be cut to that silently
@@ -994,7 +998,7 @@ class StyleTransferClient(_ClientBase):
                 request, timeout=self._deadline(timeout), metadata=metadata
             )
         except grpc.RpcError as e:
-            raise _rpc_error(e, request_id) from None
+            raise _rpc_error(e, request_id, needed) from None
         return (reply, *_reply_ids(call.initial_metadata(), call.trailing_metadata(), request_id, needed))
 
     def stylize(
@@ -1082,7 +1086,7 @@ class StyleTransferClient(_ClientBase):
                 else:
                     reply = event.result
         except grpc.RpcError as e:
-            raise _rpc_error(e, request_id) from None
+            raise _rpc_error(e, request_id, needed) from None
         finally:
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
@@ -1143,7 +1147,7 @@ class StyleTransferClient(_ClientBase):
         except grpc.RpcError as e:
             if failure:
                 raise failure[0] from None
-            raise _rpc_error(e, request_id) from None
+            raise _rpc_error(e, request_id, needed) from None
         finally:
             ended.set()
             call.cancel()  # a no-op once the stream has ended; frees the server's state if we stopped early

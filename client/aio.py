@@ -150,7 +150,7 @@ class AsyncStyleTransferClient(_ClientBase):
                 reply = await call
                 initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
         except grpc.RpcError as e:
-            raise _rpc_error(e, request_id) from None
+            raise _rpc_error(e, request_id, needed) from None
         return (reply, *_reply_ids(initial, trailing, request_id, needed))
 
     async def stylize(
@@ -206,7 +206,7 @@ class AsyncStyleTransferClient(_ClientBase):
                         reply = event.result
                 initial = await call.initial_metadata()
         except grpc.RpcError as e:
-            raise _rpc_error(e, request_id) from None
+            raise _rpc_error(e, request_id, needed) from None
         finally:
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
@@ -291,7 +291,7 @@ class AsyncStyleTransferClient(_ClientBase):
             if stopped:
                 raise StyleTransferError(grpc.StatusCode.CANCELLED, "the stream was stopped (stop() said so)") from None
             if isinstance(e, grpc.RpcError):
-                raise _rpc_error(e, request_id) from None
+                raise _rpc_error(e, request_id, needed) from None
             raise
         finally:
             if watcher is not None:

@@ -32,6 +32,8 @@ class _OldServicer(pb_grpc.StyleTransferServicer):
         return pb.ServerInfo(model="adain-vgg19", limits=pb.Limits(max_styles=4, max_pixels=1 << 24))  # no features
 
     def Stylize(self, request: pb.StylizeRequest, context: grpc.ServicerContext) -> pb.StylizeResponse:
+        if not request.styles:  # (a preset, a field it does not know, leaves none)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "styles: at least 1 style is required")
         with Image.open(io.BytesIO(request.content)) as img:
             w, h = img.size
         context.set_trailing_metadata((("x-request-id", "old-1"),))
@@ -74,7 +76,10 @@ def test_a_reply_without_a_feature_the_call_used_is_refused(old: str) -> None:
         _refused(lambda: client.stylize(CONTENT, STYLES, labels=MASKS[0], label_values=[0, 255]), "regions")
         _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS, region_alphas=[1, 0.5]), "regions")
         _refused(lambda: client.stylize(photo_with_exif(64, 48), STYLES[0], keep_exif=True), "keep_exif")
-        _refused(lambda: client.stylize(CONTENT, "preset:vintage", preserve_color=None), "library")
+        with pytest.raises(StyleTransferError) as info:  # refused by the old server: why it may be, said
+            client.stylize(CONTENT, "preset:vintage")
+        assert info.value.details == ("styles: at least 1 style is required (this server lists no features: it may "
+                                      "be older than what this call uses, a preset (preset:NAME))"), info.value
         with pytest.raises(StyleTransferError, match="this server has no style library: it is older than ListStyles"):
             client.list_styles()  # (was gRPC's "UNIMPLEMENTED: Method not found!")
         # a clip: refused at its first frame, before any is handed on
