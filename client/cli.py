@@ -1195,6 +1195,9 @@ def _server_info(args: argparse.Namespace) -> int:
         info = client.server_info()
         info["health"] = client.health(timeout=client.timeout)  # --timeout, as the other call
     print(json.dumps(info, indent=2, sort_keys=True))
+    if not info.get("features"):  # its zeros read as limits ("message_timeout_s": 0 is "never" on a newer one)
+        print(f"{PROG}: warning: this server lists no features: it is older than that field, and the fields it does "
+              "not know show as 0 or empty", file=sys.stderr)
     return 0
 
 

@@ -68,7 +68,7 @@ def _refused(call, feature: str) -> str:
     return info.value.details
 
 
-def test_a_reply_without_a_feature_the_call_used_is_refused(old: str) -> None:
+def test_a_reply_without_a_feature_the_call_used_is_refused(old: str, capsys) -> None:
     with StyleTransferClient(old, timeout=30) as client:
         assert client.stylize(CONTENT, STYLES[0]).image == CONTENT  # a plain call: served
         said = _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS), "regions")
@@ -80,6 +80,10 @@ def test_a_reply_without_a_feature_the_call_used_is_refused(old: str) -> None:
             client.stylize(CONTENT, "preset:vintage")
         assert info.value.details == ("styles: at least 1 style is required (this server lists no features: it may "
                                       "be older than what this call uses, a preset (preset:NAME))"), info.value
+        from adain.client.cli import main
+
+        assert main(["--server-info", "--server", old]) == 0  # its zeros are said to be unknowns
+        assert capsys.readouterr().err.startswith("adain-stylize: warning: this server lists no features: it is older")
         with pytest.raises(StyleTransferError, match="this server has no style library: it is older than ListStyles"):
             client.list_styles()  # (was gRPC's "UNIMPLEMENTED: Method not found!")
         # a clip: refused at its first frame, before any is handed on
