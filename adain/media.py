@@ -150,6 +150,28 @@ def _packet_end(packet: Any, origin: float) -> float:
     return float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
 
 
+def _browser_gif_times(path: str | Path) -> dict[int, tuple[float, float]] | None:
+    """A GIF's frames as browsers time them, {pts: (seconds from the start, seconds on screen)}, where any delay is
+    under 2/100 s (browsers show such a frame for 1/10 s; FFmpeg reads a 0 as that, a 1 as itself); None where no
+    delay is (the file's own times stand). A GIF of 10-ms delays, which a browser plays at 10 frames a second,
+    was read at 100: its clip came out five times faster, half its frames left out by the GIF writer."""
+    av = _av()
+    with av.open(str(path)) as c:
+        stream = _moving(c)
+        if stream is None:
+            return None
+        packets = sorted((p.pts, p.duration or 0) for p in c.demux(stream) if p.pts is not None)
+        base = float(stream.time_base)
+    if not any(d * base < 0.02 for _, d in packets):
+        return None
+    times, at = {}, 0.0
+    for pts, d in packets:
+        shown = d * base if d * base >= 0.02 else 0.1
+        times[pts] = (at, shown)
+        at += shown
+    return times
+
+
 def is_media(path: str | Path) -> bool:
     """Whether FFmpeg reads ``path`` as a container with a video or audio stream; not for the images it
     also reads (its image demuxers, ``image2`` and ``*_pipe``)."""
@@ -360,6 +382,11 @@ class VideoReader:
         self._decoder = _alpha_decoder(self._v)  # None: the stream's own
         self.audio_stream = next((a for a in self._c.streams.audio if a.codec_context is not None), None)
         self.info = _info(self._c, self._v)
+        self._gif_times = _browser_gif_times(path) if self.info.container == "gif" else None
+        if self._gif_times:  # its length and rate as a browser plays it
+            shown = sum(d for _, d in self._gif_times.values())
+            self.info = replace(self.info, duration=shown, video_duration=shown,
+                                rate=Fraction(len(self._gif_times) / shown).limit_denominator(1000))
         sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         self.limited = max_fps is not None and max_fps < self.info.rate  # frames are dropped to max_fps
@@ -415,7 +442,7 @@ class VideoReader:
         # A raw stream (H.264, HEVC: no timestamps) cannot seek by time: FFmpeg read it to its end looking for
         # one, and then no frame came. It is read from its beginning too.
         raw = self._c.format.flags & _AVFMT_NOTIMESTAMPS
-        if start > 0 and self._c.format.name not in _SEEK_BY_BYTES and not raw:
+        if start > 0 and self._c.format.name not in _SEEK_BY_BYTES and not raw and self._gif_times is None:
             # a format that cannot seek is read from its beginning; so is a start past an int64 of time base
             # units (a clip that declares no duration, so that the start was not checked against it)
             with contextlib.suppress(av.error.FFmpegError, OverflowError):
@@ -454,6 +481,9 @@ class VideoReader:
                     # its own time on screen, where frames have times (a raw stream's are counted at the rate)
                     timed = frame.time is not None and frame.duration and frame.time_base
                     own = float(frame.duration * frame.time_base) if timed else 0.0
+                    if self._gif_times is not None and frame.pts in self._gif_times:  # as a browser shows it
+                        t, own = self._gif_times[frame.pts]
+                        reached = max(reached, t + own)
                     shown_until = t + (own or 1 / float(self.info.rate))  # a GIF's last frame may hold for seconds
                     reached = max(reached, t + 1 / float(self.info.rate))
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)

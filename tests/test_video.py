@@ -409,6 +409,29 @@ def test_a_gif_keeps_its_loop_count(tmp_path: Path) -> None:
         assert out.info.get("loop") == 0
 
 
+def test_a_gifs_short_delays_are_read_as_browsers_play_them(tmp_path: Path) -> None:
+    """Delays under 2/100 s are shown for 1/10 s by browsers: a GIF of 10-ms delays, which plays at 10 frames a
+    second, was read at 100 (its clip five times faster, half its frames dropped by the GIF writer). A delay of
+    2/100 s or more stands, and so does every time of a GIF without such a delay."""
+    frames = [synth_image(32, 24, seed=i) for i in range(6)]
+    frames[0].save(tmp_path / "in.gif", save_all=True, append_images=frames[1:], duration=[10, 10, 500, 10, 20, 10])
+    with VideoReader(tmp_path / "in.gif") as r:
+        assert [round(t, 3) for _, t in r.frames()] == [0.0, 0.1, 0.2, 0.7, 0.8, 0.82]
+        assert round(r.info.duration, 3) == round(r.end_time, 3) == 0.92
+    with VideoReader(tmp_path / "in.gif", start=0.25, duration=0.6) as r:  # a part, in the times a browser shows
+        assert [round(t, 3) for _, t in r.frames()] == [0.0, 0.45, 0.55]
+    _copy(tmp_path / "in.gif", tmp_path / "out.gif")
+    with Image.open(tmp_path / "out.gif") as out:
+        delays = []
+        for i in range(out.n_frames):
+            out.seek(i)
+            delays.append(out.info["duration"])
+    assert delays == [100, 100, 500, 100, 20, 100], delays
+    frames[0].save(tmp_path / "even.gif", save_all=True, append_images=frames[1:], duration=20)
+    with VideoReader(tmp_path / "even.gif") as r:
+        assert [round(t, 3) for _, t in r.frames()] == [0.0, 0.02, 0.04, 0.06, 0.08, 0.1]
+
+
 def test_a_cover_picture_is_no_clip(tmp_path: Path) -> None:
     """A song with cover art (FFmpeg's one-packet video stream, marked attached_pic) was stylized as a clip whose
     picture lasted 11 us beside its sound."""
