@@ -511,25 +511,34 @@ def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str
     return None
 
 
-def _reply_ids(
-    initial: Any, trailing: Any, request_id: str | None, needed: Sequence[str] = ()
-) -> tuple[str | None, str]:
-    """A reply's (request id, the replica that answered) from its metadata. ``needed``: the features the request
-    used (:func:`needed_features`); a reply from a server that does not list one is refused (StyleTransferError
-    UNIMPLEMENTED): an older server drops such fields unread and answers without them."""
+def _reply_ids(initial: Any, trailing: Any, request_id: str | None) -> tuple[str | None, str]:
+    """A reply's (request id, the replica that answered) from its metadata."""
     rid = _metadata_value(trailing, REQUEST_ID_KEY) or _metadata_value(initial, REQUEST_ID_KEY) or request_id
     served_by = _metadata_value(initial, SERVED_BY_KEY) or _metadata_value(trailing, SERVED_BY_KEY) or ""
-    if needed:
-        listed = _metadata_value(initial, FEATURES_KEY) or _metadata_value(trailing, FEATURES_KEY) or ""
-        missing = [f for f in needed if f not in listed.split(",")]
-        if missing:
-            raise StyleTransferError(grpc.StatusCode.UNIMPLEMENTED, (
-                f"the server that answered{f' ({served_by})' if served_by else ''} does not list "
-                f"{' or '.join(repr(m) for m in missing)} in its features, which this call uses "
-                f"({'; '.join(FEATURE_FIELDS[m] for m in missing)}): an older adain server drops such fields unread "
-                "and answers without them, so its result was not taken. Upgrade that server, or leave the option out"),
-                request_id=rid)
     return rid, served_by
+
+
+def _unlisted(initial: Any, trailing: Any, needed: Sequence[str]) -> list[str] | None:
+    """The features of ``needed`` (:func:`needed_features`) that the reply's server does not list in its
+    x-adain-features; None where the reply carries no list (a server older than it: ask its GetServerInfo)."""
+    if not needed:
+        return []
+    listed = _metadata_value(initial, FEATURES_KEY) or _metadata_value(trailing, FEATURES_KEY)
+    return None if listed is None else [f for f in needed if f not in listed.split(",")]
+
+
+def _unserved(missing: Sequence[str], served_by: str, rid: str | None) -> StyleTransferError:
+    """A reply refused: its server does not have ``missing``, which an older server drops unread and answers
+    without (StyleTransferError UNIMPLEMENTED)."""
+    return StyleTransferError(grpc.StatusCode.UNIMPLEMENTED, (
+        f"the server that answered{f' ({served_by})' if served_by else ''} does not list "
+        f"{' or '.join(repr(m) for m in missing)} in its features, which this call uses "
+        f"({'; '.join(FEATURE_FIELDS[m] for m in missing)}): an older adain server drops such fields unread "
+        "and answers without them, so its result was not taken. Upgrade that server, or leave the option out"),
+        request_id=rid)
+
+
+FEATURES_KEPT = 64  # replicas whose GetServerInfo.features a client keeps (servers older than x-adain-features)
 
 
 # What each feature a request may need is in the client's terms (the options of stylize and stylize_video).
@@ -822,6 +831,8 @@ class _ClientBase:
         self.timeout = timeout
         self._registered: OrderedDict[str, bytes] = OrderedDict()  # styles this client registered, by id
         self._inline: set[str] = set()  # registered ids some replica did not know: sent as bytes from then on
+        # replica (x-served-by) -> its GetServerInfo.features, for servers that list them there alone
+        self._features: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         limit = int(max_message_mb * 1024 * 1024)
         self.max_message_bytes = limit  # what one request may hold: larger images are refused before reading
         opts: list[tuple[str, Any]] = [
@@ -850,6 +861,14 @@ class _ClientBase:
             creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
         self._closed = False  # set by close(): a call after it is a StyleTransferError, not gRPC's ValueError
         self._connect(target, creds, opts)
+
+    def _keep_features(self, reply: pb.ServerInfo, initial: Any, trailing: Any) -> None:
+        """A GetServerInfo answer's features, kept by the replica that gave it."""
+        _, replica = _reply_ids(initial, trailing, None)
+        self._features[replica] = tuple(reply.features)
+        self._features.move_to_end(replica)
+        while len(self._features) > FEATURES_KEPT:
+            self._features.popitem(last=False)
 
     def _connect(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
         self._channel = self._open(target, creds, options)
@@ -983,6 +1002,29 @@ class StyleTransferClient(_ClientBase):
         self.close()
 
     # -- calls -------------------------------------------------------------------------------
+    def _check_served(self, initial: Any, trailing: Any, needed: Sequence[str], request_id: str | None
+                      ) -> tuple[str | None, str]:
+        """The reply's (request id, replica), refused (:func:`_unserved`) where its server lacks a feature the call
+        used: by the list the reply carries, else (a server from before that list) by the replica's own
+        GetServerInfo.features, asked of the replicas until it answers (a server with the list in GetServerInfo
+        alone had every call with masks refused)."""
+        rid, served_by = _reply_ids(initial, trailing, request_id)
+        missing = _unlisted(initial, trailing, needed)
+        if missing is None:
+            for _ in range(4):  # round robin: another replica may answer first
+                if served_by in self._features or not served_by:
+                    break
+                try:
+                    reply, call = self._stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=10,
+                                                                     metadata=self._metadata(None)[1])
+                except grpc.RpcError:
+                    break
+                self._keep_features(reply, call.initial_metadata(), call.trailing_metadata())
+            missing = [f for f in needed if f not in self._features.get(served_by, ())]
+        if missing:
+            raise _unserved(missing, served_by, rid)
+        return rid, served_by
+
     def _call(self, method: Any, request: Any, timeout: float | None, request_id: str | None) -> tuple[Any, str | None]:
         reply, rid, _ = self._call_from(method, request, timeout, request_id)
         return reply, rid
@@ -999,7 +1041,7 @@ class StyleTransferClient(_ClientBase):
             )
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id, needed) from None
-        return (reply, *_reply_ids(call.initial_metadata(), call.trailing_metadata(), request_id, needed))
+        return (reply, *self._check_served(call.initial_metadata(), call.trailing_metadata(), needed, request_id))
 
     def stylize(
         self,
@@ -1091,7 +1133,7 @@ class StyleTransferClient(_ClientBase):
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
             raise _no_result(request_id)
-        return reply, *_reply_ids(call.initial_metadata(), None, request_id, needed)  # the stream's own: served_by too
+        return reply, *self._check_served(call.initial_metadata(), None, needed, request_id)  # (served_by too)
 
     def stylize_video(
         self,
@@ -1142,7 +1184,7 @@ class StyleTransferClient(_ClientBase):
         try:
             for reply in call:
                 if needed and reply.index == 0:  # (frames regions apply to: none taken from a server without them)
-                    _reply_ids(call.initial_metadata(), None, request_id, needed)
+                    self._check_served(call.initial_metadata(), None, needed, request_id)
                 yield frame_result(reply)
         except grpc.RpcError as e:
             if failure:

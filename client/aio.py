@@ -45,6 +45,8 @@ from ._client import (
     _reply_ids,
     _rpc_error,
     _uint,
+    _unlisted,
+    _unserved,
     frame_result,
     image_bytes,
     library_presets,
@@ -138,6 +140,26 @@ class AsyncStyleTransferClient(_ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _check_served(self, initial: Any, trailing: Any, needed: Sequence[str], request_id: str | None
+                            ) -> tuple[str | None, str]:
+        """As the blocking client's: a reply refused where its server lacks a feature the call used."""
+        rid, served_by = _reply_ids(initial, trailing, request_id)
+        missing = _unlisted(initial, trailing, needed)
+        if missing is None:
+            for _ in range(4):  # round robin: another replica may answer first
+                if served_by in self._features or not served_by:
+                    break
+                call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10, metadata=self._metadata(None)[1])
+                try:
+                    reply = await call
+                    self._keep_features(reply, await call.initial_metadata(), await call.trailing_metadata())
+                except grpc.RpcError:
+                    break
+            missing = [f for f in needed if f not in self._features.get(served_by, ())]
+        if missing:
+            raise _unserved(missing, served_by, rid)
+        return rid, served_by
+
     async def _unary(
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None,
         needed: Sequence[str] = (),
@@ -151,7 +173,7 @@ class AsyncStyleTransferClient(_ClientBase):
                 initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id, needed) from None
-        return (reply, *_reply_ids(initial, trailing, request_id, needed))
+        return (reply, *await self._check_served(initial, trailing, needed, request_id))
 
     async def stylize(
         self,
@@ -211,7 +233,7 @@ class AsyncStyleTransferClient(_ClientBase):
             call.cancel()  # a no-op once ended; stops the server's job if on_progress raised
         if reply is None:
             raise _no_result(request_id)
-        return reply, *_reply_ids(initial, None, request_id, needed)  # the stream's own: served_by too
+        return reply, *await self._check_served(initial, None, needed, request_id)  # (served_by too)
 
     async def stylize_video(
         self,
@@ -281,7 +303,7 @@ class AsyncStyleTransferClient(_ClientBase):
             with self._cut_by_close(request_id):
                 async for reply in call:
                     if needed and reply.index == 0:  # (frames regions apply to: none taken from a server without them)
-                        _reply_ids(await call.initial_metadata(), None, request_id, needed)
+                        await self._check_served(await call.initial_metadata(), None, needed, request_id)
                     yield frame_result(reply)
             if stopped:  # (ended by the cancel, without an error from the iteration)
                 raise StyleTransferError(grpc.StatusCode.CANCELLED, "the stream was stopped (stop() said so)")

@@ -60,6 +60,34 @@ def old() -> Iterator[str]:
         yield address
 
 
+class _YesterdaysServicer(_OldServicer):
+    """A server from the day GetServerInfo.features came, the day before the same list came with every reply."""
+
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
+        context.set_trailing_metadata((("x-served-by", "yesterday"),))
+        return pb.ServerInfo(model="adain-vgg19", features=FEATURES)
+
+    def Stylize(self, request: pb.StylizeRequest, context: grpc.ServicerContext) -> pb.StylizeResponse:
+        reply = super().Stylize(request, context)
+        context.set_trailing_metadata((("x-request-id", "y-1"), ("x-served-by", "yesterday")))
+        return reply
+
+
+def test_a_server_listing_its_features_in_server_info_alone_is_taken_at_its_word(capsys) -> None:
+    """Its replies carry no list, its GetServerInfo does: a call with masks was refused (a page upgraded before its
+    servers failed every photo, its keep_exif box ticked by what GetServerInfo said)."""
+    with stand_in_server(_YesterdaysServicer(), health=True) as address:
+        with StyleTransferClient(address, timeout=30) as client:
+            assert client.stylize(CONTENT, STYLES, masks=MASKS).served_by == "yesterday"
+            assert client.stylize(photo_with_exif(64, 48), STYLES[0], keep_exif=True).image
+
+        async def run() -> None:
+            async with AsyncStyleTransferClient(address, timeout=30) as client:
+                assert (await client.stylize(CONTENT, STYLES, masks=MASKS)).served_by == "yesterday"
+
+        asyncio.run(run())
+
+
 def _refused(call, feature: str) -> str:
     with pytest.raises(StyleTransferError) as info:
         call()
