@@ -91,7 +91,17 @@ PROG = "adain-stylize"
 
 
 class CliError(Exception):
-    """A failure to report as one line and exit 1."""
+    """A failure to report as one line and exit 1 (``lines``: the lines after it are meant, each escaped alone:
+    --local's server log)."""
+
+    def __init__(self, message: str, lines: bool = False) -> None:
+        super().__init__(message)
+        self.lines = lines
+
+    def shown(self) -> str:
+        """The message as printed: one line (a name's newline escaped), or each of its lines escaped."""
+        text = str(self)
+        return "\n".join(one_line(line) for line in text.split("\n")) if self.lines else one_line(text)
 
 
 class _OnlyWithListStyles(argparse.Action):
@@ -229,8 +239,8 @@ def served(args: argparse.Namespace, given: Sequence[str], prog: str = PROG, fro
             with connect(args) as probe:
                 server.wait_serving(lambda: probe.health(timeout=2), starting)
             yield
-    except LocalServerError as e:
-        raise CliError(str(e)) from None
+    except LocalServerError as e:  # (the server's log lines after it)
+        raise CliError(str(e), lines=True) from None
 
 
 @contextlib.contextmanager
@@ -1278,7 +1288,8 @@ def _printable_names() -> Iterator[None]:
     """Standard output with :func:`_names_as_they_were` for the block (a stream that cannot be set is left)."""
     out = sys.stdout
     errors = getattr(out, "errors", None)
-    if errors is None or not hasattr(out, "reconfigure"):
+    # (the main thread's alone: runs on other threads at once would each put back what another had set)
+    if errors is None or not hasattr(out, "reconfigure") or threading.current_thread() is not threading.main_thread():
         yield
         return
     out.reconfigure(errors="adain-names")
@@ -1306,10 +1317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as quiet, _printable_names():
             if getattr(args, "quiet", False):  # the lines saying what was written (a cron job's mail every run)
-                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+                devnull = open(os.devnull, "w", errors="adain-names")  # (in the locale's encoding: a name it cannot
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(devnull)))  # encode, a traceback)
             return _run(args, query)
     except CliError as e:  # (one line: a file named with a newline split it in two)
-        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {e.shown()}", file=sys.stderr, flush=True)
         return 1
     except StyleTransferError as e:
         print(f"{PROG}: error: {one_line(_describe(e, args))}", file=sys.stderr, flush=True)

@@ -549,6 +549,11 @@ def test_a_name_with_a_newline_stays_on_its_errors_line(tmp_path: Path, capsys) 
     named = tmp_path / "new\nadain-stylize: error: forged.png"
     said = _error([str(named), "-s", str(named), "-o", str(tmp_path / "o.png"), "--server", "127.0.0.1:9"], capsys)
     assert "new\\nadain-stylize: error: forged.png" in said, said
+    from adain.client.cli import CliError
+
+    # --local's failure keeps the server's log lines, each its own (they were run together by the escaping)
+    assert CliError("the local server did not start; it said:\nline 1\nline\x1b2", lines=True).shown() == (
+        "the local server did not start; it said:\nline 1\nline\\x1b2")
     record = logging.LogRecord("adain.server", logging.WARNING, __file__, 0, "styles/%s: a style's name...", ("a\nb",),
                                None)
     assert TextFormatter(TEXT_FORMAT).format(record).endswith("styles/a\\nb: a style's name...")

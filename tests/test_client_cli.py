@@ -331,6 +331,12 @@ def test_cli_names_outside_the_locales_encoding(server: ServerProcess, files: di
     written = sorted(os.listdir(tmp_path / "out"))
     assert written == sorted(f"{n[:-4]}_stylized_a.png" for n in os.listdir(folder)), written
     assert "4 of 4" in run.stdout.decode(), run.stdout
+    quiet = subprocess.run(  # -q: its stdout, the null device, was opened in the locale's encoding, strict
+        [sys.executable, "-m", "adain.client.cli", str(folder / "a.png"), "-s", str(files["a.png"]), "-o",
+         str(tmp_path / "out" / "خرج.png"), "-q", "--server", server.target], capture_output=True, cwd=REPO,
+        timeout=120, env={**os.environ, "LC_ALL": "POSIX", "LANG": "POSIX", "PYTHONUTF8": "0",
+                          "PYTHONCOERCECLOCALE": "0"})
+    assert quiet.returncode == 0 and quiet.stderr == b"", quiet.stderr.decode(errors="replace")
 
 
 def test_a_path_of_bytes_is_a_path(client: StyleTransferClient, files: dict[str, Path], tmp_path: Path) -> None:
