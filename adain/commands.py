@@ -60,20 +60,24 @@ def package_version() -> str:
         return "unknown"
 
 
-def build_version() -> str:
-    """The package's version and, after a "+", the first 8 hex digits of a sha256 of its Python code (GetServerInfo's
-    server_version and adain_server_info's label): the version alone stays 0.1.0 from commit to commit, so two
-    revisions side by side mid-upgrade looked like one, and AdainReplicasDiffer could not fire."""
-    import hashlib
+PACKAGES = ("adain", "adain.v1", "adain.client", "adain.server", "adain.train", "adain.web")  # (pyproject's)
 
-    root = Path(__file__).resolve().parent
+
+def build_version() -> str:
+    """The package's version and, after a "+", the first 8 hex digits of a sha256 of its Python code, each of its
+    packages' modules by package and name (GetServerInfo's server_version and adain_server_info's label): the
+    version alone stays 0.1.0 from commit to commit, so two revisions side by side mid-upgrade looked like one, and
+    AdainReplicasDiffer could not fire. By package, not by folder: a checkout keeps client/, server/, web/ and
+    train/ beside adain/, a wheel inside it."""
+    import hashlib
+    from importlib.util import find_spec
+
     digest = hashlib.sha256()
-    files = []
-    for folder, dirs, names in os.walk(root, followlinks=True):  # (a checkout's client/, server/: links)
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        files += [Path(folder) / n for n in names if n.endswith(".py")]
-    for f in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
-        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    for name in PACKAGES:
+        spec = find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            for f in sorted(Path(folder).glob("*.py")):
+                digest.update(f"{name}/{f.name}".encode() + b"\0" + f.read_bytes() + b"\0")
     return f"{package_version()}+{digest.hexdigest()[:8]}"
 
 

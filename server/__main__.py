@@ -106,7 +106,7 @@ def _main(argv: Sequence[str] | None) -> int:
         logs.fatal(str(e))
         return 2
     log.info("model loaded: %s", stylizer.info)
-    if stylizer.device.type == "cpu" and (short := _memory_short(stylizer.tiling)):
+    if stylizer.device.type == "cpu" and (short := _memory_short(stylizer.tiling, stylizer.limits.max_pixels)):
         log.warning("%s", short)
     if not settings.max_connections:  # (the 33rd connection under ulimit -n 64 was refused with no word anywhere)
         log.info("client connections: at most %d at once (--max-connections 0: half the open-file limit); beyond, "
@@ -114,18 +114,20 @@ def _main(argv: Sequence[str] | None) -> int:
     _exit_now(asyncio.run(serve(settings, stylizer, library=library)))
 
 
-def _memory_short(tiling: Tiling) -> str | None:
+def _memory_short(tiling: Tiling, max_pixels: int) -> str | None:
     """A warning where this process may use less memory than one render its tiling allows takes (a photo at the
-    threshold rendered whole, or one tile of a larger one): in a 1-GiB container the threshold's 1-MP floor and a
-    2.5-GB tile got the server killed for memory by a 768-px photo, with no word at the start."""
+    threshold rendered whole, or one tile of a larger one; with tiling off, a photo of max_pixels): in a 1-GiB
+    container the threshold's 1-MP floor and a 2.5-GB tile got the server killed for memory by a 768-px photo, with
+    no word at the start."""
     from adain.tiling import BYTES_PER_PIXEL, mem_total
 
     limit = mem_total()
-    need = max(tiling.peak_bytes(), max(tiling.threshold, 0) * BYTES_PER_PIXEL)
+    whole = tiling.threshold if tiling.threshold > 0 else max_pixels  # (0: never tiled)
+    need = max(tiling.peak_bytes(), whole * BYTES_PER_PIXEL)
     if need <= limit:
         return None
     return (f"this process may use {limit / 2**30:.1f} GiB (its container's limit, or the machine's), and one render "
-            f"takes up to {need / 2**30:.1f} GiB (a photo of {tiling.threshold:,} px whole, or one "
+            f"takes up to {need / 2**30:.1f} GiB (a photo of {whole:,} px whole, or one "
             f"{tiling.tile}-px tile of a larger one): such a photo may get the server killed for memory. Give it "
             "more memory, or a smaller --tile-size and --tile-threshold")
 

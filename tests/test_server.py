@@ -332,6 +332,19 @@ def test_server_info(client: StyleTransferClient) -> None:
         re.escape(package_version()) + r"\+[0-9a-f]{8}", info["server_version"]), info["server_version"]
 
 
+def test_the_build_version_covers_every_package(monkeypatch) -> None:
+    """A change to the server's code alone changes it (in a checkout it hashed adain/ alone, the server, client,
+    web and training code living beside it)."""
+    from adain.commands import build_version
+
+    before, real = build_version(), Path.read_bytes
+    for changed in ("service.py", "cli.py", "app.py", "train.py", "ops.py"):  # server, client, web, train, adain
+        monkeypatch.setattr(Path, "read_bytes", lambda self, name=changed: real(self) + b"#" * (self.name == name))
+        assert build_version() != before, changed
+    monkeypatch.setattr(Path, "read_bytes", real)
+    assert build_version() == before
+
+
 def test_prepare_workers_follow_the_device() -> None:
     """--workers 0 (the default, reported as 2 above on a CPU): on a GPU the decoding and encoding are the work,
     so one thread a usable CPU."""
