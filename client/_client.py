@@ -62,8 +62,10 @@ from adain.wire import (
     refuse_unknown,
 )
 
-if TYPE_CHECKING:
-    from typing_extensions import Unpack  # (typing's own from 3.11)
+if sys.version_info >= (3, 11):  # (at run time too: typing.get_type_hints reads it)
+    from typing import Unpack
+elif TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +60,10 @@ from ._client import (
     video_options,
 )
 
-if TYPE_CHECKING:
-    from typing_extensions import Unpack  # (typing's own from 3.11)
+if sys.version_info >= (3, 11):  # (at run time too: typing.get_type_hints reads it)
+    from typing import Unpack
+elif TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 ProgressCallback = Callable[[RefineProgress], Awaitable[None] | None]
 
