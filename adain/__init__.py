@@ -37,4 +37,4 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     """The public names (dir() listed only this file's imports, lazy names being no attributes yet)."""
-    return sorted([*__all__, "__version__"])
+    return sorted({*__all__, "__version__", *(k for k in globals() if k.startswith("__"))})  # (__file__, __path__)
