@@ -13,12 +13,19 @@ import pytest
 from adain.client import StyleTransferClient
 from helpers import ServerProcess, browser_or_skip, write_test_decoder
 
+KEPT_VARIABLES = ("ADAIN_SKIP_VENV_TEST", "ADAIN_CACHE_DIR")  # (the offline switch; converted graphs' folder)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Converted runtime graphs (adain.backends) go to a folder of this session, not the user's cache;
     server subprocesses inherit it, so each decoder is converted once per session. Each of N workers
     (pytest-xdist) computes on its share of the cores: two workers of two threads each on two cores spun
     against each other (two refines side by side took 23 s each, 15.5 s at one thread each)."""
+    # The servers, pages and commands the tests start read ADAIN_* settings: a contributor's shell that exported
+    # one while trying the server (ADAIN_MAX_QUEUE=5) failed tests that check the defaults. Those the suite
+    # itself reads are kept.
+    for name in [n for n in os.environ if n.startswith("ADAIN_") and n not in KEPT_VARIABLES]:
+        del os.environ[name]
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, len(os.sched_getaffinity(0)) // workers)

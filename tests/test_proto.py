@@ -25,7 +25,8 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
                    env={**os.environ, "PYTHON": sys.executable})
     for name in STUBS:
         fresh = (tmp_path / "adain" / "v1" / name).read_bytes()
-        assert fresh == (REPO / "adain" / "v1" / name).read_bytes(), f"adain/v1/{name} is stale: run proto/generate.sh"
+        assert fresh == (REPO / "adain" / "v1" / name).read_bytes(), (
+            f"adain/v1/{name} is stale: run `sh proto/generate.sh` (grpcio-tools==1.85.1)")
 
 
 WIRE = REPO / "proto" / "wire-v1.txt"  # every name, number, type and presence adain.v1 has had: clients rely on them
@@ -70,10 +71,11 @@ def test_nothing_a_client_relies_on_changed() -> None:
     promised = WIRE.read_text().splitlines()
     now = wire_lines()
     broken = sorted(set(promised) - set(now))
-    assert not broken, "these break existing clients (add new fields instead):\n" + "\n".join(broken)
+    assert not broken, ("these break existing clients (add new fields instead; a line of your own that no release "
+                        f"has carried yet may be deleted from proto/{WIRE.name} by hand):\n" + "\n".join(broken))
     new = sorted(set(now) - set(promised))
-    assert not new, (f"new in the contract: record it with `python tests/test_proto.py` (it writes {WIRE.name}):\n"
-                     + "\n".join(new))
+    assert not new, (f"new in the contract: record it with `.venv/bin/python tests/test_proto.py` (it writes "
+                     f"{WIRE.name}):\n" + "\n".join(new))
 
 
 def test_service_and_messages() -> None:
