@@ -864,13 +864,38 @@ class _ClientBase:
         self._closed = False  # set by close(): a call after it is a StyleTransferError, not gRPC's ValueError
         self._connect(target, creds, opts)
 
-    def _keep_features(self, reply: pb.ServerInfo, initial: Any, trailing: Any) -> None:
-        """A GetServerInfo answer's features, kept by the replica that gave it."""
+    def _keep_features(self, reply: pb.ServerInfo, initial: Any, trailing: Any) -> str:
+        """A GetServerInfo answer's features, kept by the replica that gave it (returned)."""
         _, replica = _reply_ids(initial, trailing, None)
         self._features[replica] = tuple(reply.features)
         self._features.move_to_end(replica)
         while len(self._features) > FEATURES_KEPT:
             self._features.popitem(last=False)
+        return replica
+
+    def _served_by_list(self, initial: Any, trailing: Any, needed: Sequence[str], request_id: str | None
+                        ) -> tuple[str | None, str, bool]:
+        """A reply's (request id, replica, whether it carries no list to check ``needed`` by); refused where the
+        list it carries lacks a needed feature."""
+        rid, served_by = _reply_ids(initial, trailing, request_id)
+        missing = _unlisted(initial, trailing, needed)
+        if missing:
+            raise _unserved(missing, served_by, rid)
+        return rid, served_by, missing is None
+
+    def _to_ask(self, unlisted: bool, served_by: str) -> int:
+        """How many GetServerInfo calls may find the replica's features (round robin: another replica may answer
+        first): none where the reply had a list, or its features are known, or it has no name to match."""
+        return 4 if unlisted and served_by and served_by not in self._features else 0
+
+    def _served_by_info(self, needed: Sequence[str], unlisted: bool, served_by: str, rid: str | None
+                        ) -> tuple[str | None, str]:
+        """(request id, replica), refused where a reply without the list came from a replica whose kept features
+        lack a needed one (none known: all lacking)."""
+        missing = [f for f in needed if f not in self._features.get(served_by, ())] if unlisted else []
+        if missing:
+            raise _unserved(missing, served_by, rid)
+        return rid, served_by
 
     def _connect(self, target: str, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
         self._channel = self._open(target, creds, options)
@@ -1010,22 +1035,16 @@ class StyleTransferClient(_ClientBase):
         used: by the list the reply carries, else (a server from before that list) by the replica's own
         GetServerInfo.features, asked of the replicas until it answers (a server with the list in GetServerInfo
         alone had every call with masks refused)."""
-        rid, served_by = _reply_ids(initial, trailing, request_id)
-        missing = _unlisted(initial, trailing, needed)
-        if missing is None:
-            for _ in range(4):  # round robin: another replica may answer first
-                if served_by in self._features or not served_by:
-                    break
-                try:
-                    reply, call = self._stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=10,
-                                                                     metadata=self._metadata(None)[1])
-                except grpc.RpcError:
-                    break
-                self._keep_features(reply, call.initial_metadata(), call.trailing_metadata())
-            missing = [f for f in needed if f not in self._features.get(served_by, ())]
-        if missing:
-            raise _unserved(missing, served_by, rid)
-        return rid, served_by
+        rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
+        for _ in range(self._to_ask(unlisted, served_by)):
+            try:
+                reply, call = self._stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=10,
+                                                                 metadata=self._metadata(None)[1])
+            except grpc.RpcError:
+                break
+            if self._keep_features(reply, call.initial_metadata(), call.trailing_metadata()) == served_by:
+                break
+        return self._served_by_info(needed, unlisted, served_by, rid)
 
     def _call(self, method: Any, request: Any, timeout: float | None, request_id: str | None) -> tuple[Any, str | None]:
         reply, rid, _ = self._call_from(method, request, timeout, request_id)

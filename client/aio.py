@@ -43,11 +43,8 @@ from ._client import (
     _no_library,
     _no_result,
     _progress,
-    _reply_ids,
     _rpc_error,
     _uint,
-    _unlisted,
-    _unserved,
     frame_result,
     image_bytes,
     library_presets,
@@ -146,22 +143,17 @@ class AsyncStyleTransferClient(_ClientBase):
     async def _check_served(self, initial: Any, trailing: Any, needed: Sequence[str], request_id: str | None
                             ) -> tuple[str | None, str]:
         """As the blocking client's: a reply refused where its server lacks a feature the call used."""
-        rid, served_by = _reply_ids(initial, trailing, request_id)
-        missing = _unlisted(initial, trailing, needed)
-        if missing is None:
-            for _ in range(4):  # round robin: another replica may answer first
-                if served_by in self._features or not served_by:
+        rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
+        for _ in range(self._to_ask(unlisted, served_by)):
+            call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10, metadata=self._metadata(None)[1])
+            try:
+                reply = await call
+                replica = self._keep_features(reply, await call.initial_metadata(), await call.trailing_metadata())
+                if replica == served_by:
                     break
-                call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10, metadata=self._metadata(None)[1])
-                try:
-                    reply = await call
-                    self._keep_features(reply, await call.initial_metadata(), await call.trailing_metadata())
-                except grpc.RpcError:
-                    break
-            missing = [f for f in needed if f not in self._features.get(served_by, ())]
-        if missing:
-            raise _unserved(missing, served_by, rid)
-        return rid, served_by
+            except grpc.RpcError:
+                break
+        return self._served_by_info(needed, unlisted, served_by, rid)
 
     async def _unary(
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None,
