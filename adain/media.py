@@ -172,6 +172,16 @@ def _browser_gif_times(path: str | Path) -> dict[int, tuple[float, float]] | Non
     return times
 
 
+def _as_browsers_show(info: VideoInfo, times: dict[int, tuple[float, float]] | None) -> VideoInfo:
+    """``info`` with a GIF's length and rate as browsers play it (:func:`_browser_gif_times`), where they differ:
+    the page's upload check (probe) read a 10-ms GIF as a tenth of the length the reader did."""
+    if not times:
+        return info
+    shown = sum(d for _, d in times.values())
+    rate = Fraction(len(times) / shown).limit_denominator(1000)
+    return replace(info, duration=shown, video_duration=shown, rate=rate)
+
+
 def is_media(path: str | Path) -> bool:
     """Whether FFmpeg reads ``path`` as a container with a video or audio stream; not for the images it
     also reads (its image demuxers, ``image2`` and ``*_pipe``)."""
@@ -199,7 +209,7 @@ def probe(path: str | Path) -> VideoInfo | None:
             info = _info(c, v)
             if c.format.name == "gif" and _gif_frames(path) < 2:
                 return None  # a still GIF is an image
-            return info
+        return _as_browsers_show(info, _browser_gif_times(path) if info.container == "gif" else None)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError):
         return None
 
@@ -383,10 +393,7 @@ class VideoReader:
         self.audio_stream = next((a for a in self._c.streams.audio if a.codec_context is not None), None)
         self.info = _info(self._c, self._v)
         self._gif_times = _browser_gif_times(path) if self.info.container == "gif" else None
-        if self._gif_times:  # its length and rate as a browser plays it
-            shown = sum(d for _, d in self._gif_times.values())
-            self.info = replace(self.info, duration=shown, video_duration=shown,
-                                rate=Fraction(len(self._gif_times) / shown).limit_denominator(1000))
+        self.info = _as_browsers_show(self.info, self._gif_times)
         sar = self._v.sample_aspect_ratio  # None or 0 where the file does not say: square
         self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         self.limited = max_fps is not None and max_fps < self.info.rate  # frames are dropped to max_fps

@@ -541,6 +541,7 @@ def _unserved(missing: Sequence[str], served_by: str, rid: str | None) -> StyleT
 
 
 FEATURES_KEPT = 64  # replicas whose GetServerInfo.features a client keeps (servers older than x-adain-features)
+FEATURES_ASK_S = 5.0  # each GetServerInfo that learns them (a call that does nothing: milliseconds)
 
 
 # What each feature a request may need is in the client's terms (the options of stylize and stylize_video).
@@ -570,8 +571,8 @@ def _rpc_error(e: grpc.RpcError, request_id: str | None, needed: Sequence[str] =
     rid = _metadata_value(trailing, REQUEST_ID_KEY) or request_id
     violations, retry_after = _parse_details(trailing)
     if needed and code == grpc.StatusCode.INVALID_ARGUMENT and _metadata_value(trailing, FEATURES_KEY) is None:
-        details += (" (this server lists no features: it may be older than what this call uses, "
-                    f"{'; '.join(FEATURE_FIELDS[f] for f in needed)})")
+        details += (" (its reply lists no features: if the server is older than what this call uses, "
+                    f"{'; '.join(FEATURE_FIELDS[f] for f in needed)}, it did not read them)")
     return StyleTransferError(code, details, request_id=rid, violations=violations, retry_after=retry_after)
 
 
@@ -883,15 +884,33 @@ class _ClientBase:
             raise _unserved(missing, served_by, rid)
         return rid, served_by, missing is None
 
-    def _to_ask(self, unlisted: bool, served_by: str) -> int:
-        """How many GetServerInfo calls may find the replica's features (round robin: another replica may answer
-        first): none where the reply had a list, or its features are known, or it has no name to match."""
-        return 4 if unlisted and served_by and served_by not in self._features else 0
+    def _to_ask(self, unlisted: bool, served_by: str) -> bool:
+        """Whether the replica's GetServerInfo is to be asked: its reply had no list, it has a name to match, and its
+        features are not known yet."""
+        return unlisted and bool(served_by) and served_by not in self._features
+
+    @staticmethod
+    def _asked_enough(served_by: str, replica: str, seen: set[str]) -> bool:
+        """Whether asking GetServerInfo can stop: ``replica`` (the one that answered it) is the one looked for, or
+        has answered before (one whole turn of the round robin: five replicas or more were never all asked in four
+        calls, and their results were refused), or FEATURES_KEPT have."""
+        if replica == served_by or replica in seen or len(seen) >= FEATURES_KEPT:
+            return True
+        seen.add(replica)
+        return False
+
+    @staticmethod
+    def _not_learned(served_by: str, rid: str | None, why: str) -> StyleTransferError:
+        return StyleTransferError(grpc.StatusCode.UNAVAILABLE, (
+            f"could not learn what the server that answered ({served_by}) implements: its reply lists no features, "
+            f"and {why}; its result was not taken (try again)"), request_id=rid)
 
     def _served_by_info(self, needed: Sequence[str], unlisted: bool, served_by: str, rid: str | None
                         ) -> tuple[str | None, str]:
-        """(request id, replica), refused where a reply without the list came from a replica whose kept features
-        lack a needed one (none known: all lacking)."""
+        """(request id, replica), refused where a reply without the list came from a replica whose features (its
+        GetServerInfo's) lack a needed one, or could not be learned (UNAVAILABLE: not the same as lacking)."""
+        if unlisted and served_by and served_by not in self._features:
+            raise self._not_learned(served_by, rid, "GetServerInfo reached only other replicas")
         missing = [f for f in needed if f not in self._features.get(served_by, ())] if unlisted else []
         if missing:
             raise _unserved(missing, served_by, rid)
@@ -1036,13 +1055,15 @@ class StyleTransferClient(_ClientBase):
         GetServerInfo.features, asked of the replicas until it answers (a server with the list in GetServerInfo
         alone had every call with masks refused)."""
         rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
-        for _ in range(self._to_ask(unlisted, served_by)):
+        seen: set[str] = set()
+        while self._to_ask(unlisted, served_by):
             try:
-                reply, call = self._stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=10,
+                reply, call = self._stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S,
                                                                  metadata=self._metadata(None)[1])
-            except grpc.RpcError:
-                break
-            if self._keep_features(reply, call.initial_metadata(), call.trailing_metadata()) == served_by:
+            except grpc.RpcError as e:
+                raise self._not_learned(served_by, rid, f"GetServerInfo failed ({_rpc_error(e, None)})") from None
+            if self._asked_enough(served_by, self._keep_features(reply, call.initial_metadata(),
+                                                                 call.trailing_metadata()), seen):
                 break
         return self._served_by_info(needed, unlisted, served_by, rid)
 

@@ -29,6 +29,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.wire import SERVICE_NAME
 
 from ._client import (
+    FEATURES_ASK_S,
     ImageInput,
     LibraryPreset,
     LibraryStyle,
@@ -144,14 +145,16 @@ class AsyncStyleTransferClient(_ClientBase):
                             ) -> tuple[str | None, str]:
         """As the blocking client's: a reply refused where its server lacks a feature the call used."""
         rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
-        for _ in range(self._to_ask(unlisted, served_by)):
-            call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10, metadata=self._metadata(None)[1])
+        seen: set[str] = set()
+        while self._to_ask(unlisted, served_by):
+            call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S,
+                                            metadata=self._metadata(None)[1])
             try:
                 reply = await call
                 replica = self._keep_features(reply, await call.initial_metadata(), await call.trailing_metadata())
-                if replica == served_by:
-                    break
-            except grpc.RpcError:
+            except grpc.RpcError as e:
+                raise self._not_learned(served_by, rid, f"GetServerInfo failed ({_rpc_error(e, None)})") from None
+            if self._asked_enough(served_by, replica, seen):
                 break
         return self._served_by_info(needed, unlisted, served_by, rid)
 

@@ -106,7 +106,8 @@ def _main(argv: Sequence[str] | None) -> int:
         logs.fatal(str(e))
         return 2
     log.info("model loaded: %s", stylizer.info)
-    if stylizer.device.type == "cpu" and (short := _memory_short(stylizer.tiling, stylizer.limits.max_pixels)):
+    largest = min(stylizer.limits.max_pixels, stylizer.limits.max_content_side ** 2)  # (contents are scaled to it)
+    if stylizer.device.type == "cpu" and (short := _memory_short(stylizer.tiling, largest)):
         log.warning("%s", short)
     if not settings.max_connections:  # (the 33rd connection under ulimit -n 64 was refused with no word anywhere)
         log.info("client connections: at most %d at once (--max-connections 0: half the open-file limit); beyond, "
@@ -114,22 +115,26 @@ def _main(argv: Sequence[str] | None) -> int:
     _exit_now(asyncio.run(serve(settings, stylizer, library=library)))
 
 
-def _memory_short(tiling: Tiling, max_pixels: int) -> str | None:
+def _memory_short(tiling: Tiling, largest: int) -> str | None:
     """A warning where this process may use less memory than one render its tiling allows takes (a photo at the
-    threshold rendered whole, or one tile of a larger one; with tiling off, a photo of max_pixels): in a 1-GiB
+    threshold rendered whole, or one tile of a larger one; with tiling off, the largest content): in a 1-GiB
     container the threshold's 1-MP floor and a 2.5-GB tile got the server killed for memory by a 768-px photo, with
     no word at the start."""
     from adain.tiling import BYTES_PER_PIXEL, mem_total
 
     limit = mem_total()
-    whole = tiling.threshold if tiling.threshold > 0 else max_pixels  # (0: never tiled)
-    need = max(tiling.peak_bytes(), whole * BYTES_PER_PIXEL)
+    if tiling.threshold > 0:
+        need = max(tiling.peak_bytes(), tiling.threshold * BYTES_PER_PIXEL)
+        what = f"a photo of {tiling.threshold:,} px whole, or one {tiling.tile}-px tile of a larger one"
+        fix = "a smaller --tile-size and --tile-threshold"
+    else:  # never tiled: the largest content whole
+        need, what = largest * BYTES_PER_PIXEL, f"a photo of {largest:,} px, rendered whole: tiling is off"
+        fix = "tiling on (--tile-threshold), or a lower --max-pixels or --max-content-side"
     if need <= limit:
         return None
     return (f"this process may use {limit / 2**30:.1f} GiB (its container's limit, or the machine's), and one render "
-            f"takes up to {need / 2**30:.1f} GiB (a photo of {whole:,} px whole, or one "
-            f"{tiling.tile}-px tile of a larger one): such a photo may get the server killed for memory. Give it "
-            "more memory, or a smaller --tile-size and --tile-threshold")
+            f"takes up to {need / 2**30:.1f} GiB ({what}): such a photo may get the server killed for memory. Give "
+            f"it more memory, or {fix}")
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -63,13 +63,18 @@ def old() -> Iterator[str]:
 class _YesterdaysServicer(_OldServicer):
     """A server from the day GetServerInfo.features came, the day before the same list came with every reply."""
 
+    def __init__(self, name: str = "yesterday", info_fails: bool = False) -> None:
+        self.name, self.info_fails = name, info_fails
+
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
-        context.set_trailing_metadata((("x-served-by", "yesterday"),))
+        if self.info_fails:
+            context.abort(grpc.StatusCode.INTERNAL, "no info today")
+        context.set_trailing_metadata((("x-served-by", self.name),))
         return pb.ServerInfo(model="adain-vgg19", features=FEATURES)
 
     def Stylize(self, request: pb.StylizeRequest, context: grpc.ServicerContext) -> pb.StylizeResponse:
         reply = super().Stylize(request, context)
-        context.set_trailing_metadata((("x-request-id", "y-1"), ("x-served-by", "yesterday")))
+        context.set_trailing_metadata((("x-request-id", "y-1"), ("x-served-by", self.name)))
         return reply
 
 
@@ -86,6 +91,24 @@ def test_a_server_listing_its_features_in_server_info_alone_is_taken_at_its_word
                 assert (await client.stylize(CONTENT, STYLES, masks=MASKS)).served_by == "yesterday"
 
         asyncio.run(run())
+    # six such replicas behind one address list: four GetServerInfo calls never reached the one that had answered
+    # (round robin), and its result was refused as lacking the feature
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        names = [f"replica-{i}" for i in range(6)]
+        target = ",".join(stack.enter_context(stand_in_server(_YesterdaysServicer(n), health=True)) for n in names)
+        with StyleTransferClient(target, timeout=30) as client:
+            served = {client.stylize(CONTENT, STYLES, masks=MASKS).served_by for _ in range(12)}
+        assert served <= set(names) and len(served) > 1, served
+    # one whose GetServerInfo fails: said so, not "does not list"
+    with stand_in_server(_YesterdaysServicer(info_fails=True), health=True) as address:
+        with StyleTransferClient(address, timeout=30, retries=0) as client:
+            with pytest.raises(StyleTransferError) as info:
+                client.stylize(CONTENT, STYLES, masks=MASKS)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.details.startswith(
+        "could not learn what the server that answered (yesterday) implements: its reply lists no features, and "
+        "GetServerInfo failed (INTERNAL: no info today)"), info.value
 
 
 def _refused(call, feature: str) -> str:
@@ -106,8 +129,9 @@ def test_a_reply_without_a_feature_the_call_used_is_refused(old: str, capsys) ->
         _refused(lambda: client.stylize(photo_with_exif(64, 48), STYLES[0], keep_exif=True), "keep_exif")
         with pytest.raises(StyleTransferError) as info:  # refused by the old server: why it may be, said
             client.stylize(CONTENT, "preset:vintage")
-        assert info.value.details == ("styles: at least 1 style is required (this server lists no features: it may "
-                                      "be older than what this call uses, a preset (preset:NAME))"), info.value
+        assert info.value.details == ("styles: at least 1 style is required (its reply lists no features: if the "
+                                      "server is older than what this call uses, a preset (preset:NAME), it did not "
+                                      "read them)"), info.value
         from adain.client.cli import main
 
         assert main(["--server-info", "--server", old]) == 0  # its zeros are said to be unknowns

@@ -559,5 +559,6 @@ def test_a_container_too_small_for_one_render_is_warned_of_at_start(monkeypatch)
     assert said is not None and said.startswith("this process may use 1.0 GiB") and "3.0 GiB" in said, said
     monkeypatch.setattr(tiling_module, "mem_total", lambda: 8 << 30)
     assert _memory_short(small, 1 << 26) is None
-    said = _memory_short(Tiling(threshold=0), 1 << 26)  # never tiled: a photo of max_pixels whole (it said nothing)
-    assert said is not None and "192.0 GiB (a photo of 67,108,864 px whole" in said, said
+    said = _memory_short(Tiling(threshold=0), 1 << 26)  # never tiled: the largest content whole (it said nothing)
+    assert said is not None and "192.0 GiB (a photo of 67,108,864 px, rendered whole: tiling is off)" in said, said
+    assert _memory_short(Tiling(threshold=0), 1 << 20) is None  # (max_content_side 1024: 3 GiB of 8)
