@@ -16,7 +16,7 @@ import stat
 import sys
 import threading
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -890,14 +890,13 @@ class _ClientBase:
         return unlisted and bool(served_by) and served_by not in self._features
 
     @staticmethod
-    def _asked_enough(served_by: str, replica: str, seen: set[str]) -> bool:
+    def _asked_enough(served_by: str, replica: str, seen: Counter[str]) -> bool:
         """Whether asking GetServerInfo can stop: ``replica`` (the one that answered it) is the one looked for, or
-        has answered before (one whole turn of the round robin: five replicas or more were never all asked in four
-        calls, and their results were refused), or FEATURES_KEPT have."""
-        if replica == served_by or replica in seen or len(seen) >= FEATURES_KEPT:
-            return True
-        seen.add(replica)
-        return False
+        has answered three times (three turns of the round robin, whose turn grows as the channel connects to more
+        replicas: five replicas or more were never all asked in four calls, and their results were refused), or
+        FEATURES_KEPT calls were made."""
+        seen[replica] += 1
+        return replica == served_by or seen[replica] >= 3 or seen.total() >= FEATURES_KEPT
 
     @staticmethod
     def _not_learned(served_by: str, rid: str | None, why: str) -> StyleTransferError:
@@ -1055,7 +1054,7 @@ class StyleTransferClient(_ClientBase):
         GetServerInfo.features, asked of the replicas until it answers (a server with the list in GetServerInfo
         alone had every call with masks refused)."""
         rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
-        seen: set[str] = set()
+        seen: Counter[str] = Counter()
         while self._to_ask(unlisted, served_by):
             try:
                 reply, call = self._stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S,

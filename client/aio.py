@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import inspect
 import sys
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -145,7 +146,7 @@ class AsyncStyleTransferClient(_ClientBase):
                             ) -> tuple[str | None, str]:
         """As the blocking client's: a reply refused where its server lacks a feature the call used."""
         rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
-        seen: set[str] = set()
+        seen: Counter[str] = Counter()
         while self._to_ask(unlisted, served_by):
             call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S,
                                             metadata=self._metadata(None)[1])
