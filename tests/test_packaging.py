@@ -26,7 +26,8 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: S
     # wheel, and this test, had files the source no longer has)
     source = tmp_path / "source"
     shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", "runs", "out", ".gpu*", "node_modules"))
+        ".git", ".venv", "build", "dist", "data_local", "*.egg-info", "__pycache__", "runs", "out", ".gpu*",
+        "node_modules", ".pytest_cache", ".ruff_cache"))  # (what .gitignore leaves out)
     pip = [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--disable-pip-version-check",
            str(source)]
     proc = subprocess.run(pip, capture_output=True, text=True, timeout=600)
