@@ -359,6 +359,11 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if data is not None:
             return KeyedImage(key, data)
         named = self.library.get(style.style_id) if self.library is not None else None
+        if named is None and self.library is not None and STYLE_ID_RE.fullmatch(key):
+            # a library style's id (ListStyles gives it; it is its bytes' sha256, as a registered style's is): those
+            # very bytes, served. It was refused, naming the style: a style registered on one replica whose bytes
+            # were a library style's failed on every other, the client's resending of its bytes never asked for
+            named = next((s for s in self.library.styles() if s.id == key), None)
         if named is not None:
             return named.source
         bad.append(Violation(f"{prefix}styles[{i}].style_id", self._unknown_style(key)))
@@ -396,13 +401,6 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         return (REQUEST_ID_KEY, rid), (SERVED_BY_KEY, self.replica), (FEATURES_KEY, SERVED_FEATURES)
 
     def _unknown_style(self, key: str) -> str:
-        if STYLE_ID_RE.fullmatch(key) and self.library is not None:
-            # ListStyles gives each library style's id too (its file's sha256, the cache key): a client that took
-            # it for what Style.style_id takes was told to register it
-            named = next((s.name for s in self.library.styles() if s.id == key), None)
-            if named is not None:
-                return (f"{key!r} is the id of the library style {named!r}, not a registered style's: send its name "
-                        f"({named!r}) as style_id")
         key = _clipped(key)
         if STYLE_ID_RE.fullmatch(key):
             return (f"unknown style id {key!r} (never registered, or dropped from the registry of "
