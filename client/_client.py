@@ -540,6 +540,7 @@ def _unserved(missing: Sequence[str], served_by: str, rid: str | None) -> StyleT
         request_id=rid)
 
 
+NO_FEATURES_HINT = " (its reply lists no features: "  # how _rpc_error's hint begins (the CLI keeps it)
 FEATURES_KEPT = 64  # replicas whose GetServerInfo.features a client keeps (servers older than x-adain-features)
 FEATURES_ASK_S = 5.0  # each GetServerInfo that learns them (a call that does nothing: milliseconds)
 
@@ -571,7 +572,7 @@ def _rpc_error(e: grpc.RpcError, request_id: str | None, needed: Sequence[str] =
     rid = _metadata_value(trailing, REQUEST_ID_KEY) or request_id
     violations, retry_after = _parse_details(trailing)
     if needed and code == grpc.StatusCode.INVALID_ARGUMENT and _metadata_value(trailing, FEATURES_KEY) is None:
-        details += (" (its reply lists no features: if the server is older than what this call uses, "
+        details += (f"{NO_FEATURES_HINT}if the server is older than what this call uses, "
                     f"{'; '.join(FEATURE_FIELDS[f] for f in needed)}, it did not read them)")
     return StyleTransferError(code, details, request_id=rid, violations=violations, retry_after=retry_after)
 

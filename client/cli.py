@@ -78,6 +78,7 @@ from ._client import (
     DEFAULT_TIMEOUT,
     FLOAT32_MAX,
     MAX_RETRIES,
+    NO_FEATURES_HINT,
     LibraryStyle,
     Preset,
     StyleRef,
@@ -569,7 +570,11 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; raise --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
-        return _cli_words(_in_cli_terms(e, args) if cli_terms else e.details, args)
+        said = _cli_words(_in_cli_terms(e, args) if cli_terms else e.details, args)
+        hint = e.details.find(NO_FEATURES_HINT)  # (the violations, which the CLI words, do not carry it)
+        return said + e.details[hint:] if hint >= 0 and NO_FEATURES_HINT not in said else said
+    if e.code == grpc.StatusCode.UNIMPLEMENTED:  # a feature's name as the server lists it, not as a flag
+        return f"{e.code.name}: {e.details}"
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
     if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and (over := _REQUEST_OVER_RE.search(e.details)):

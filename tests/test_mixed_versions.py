@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -119,7 +120,7 @@ def _refused(call, feature: str) -> str:
     return info.value.details
 
 
-def test_a_reply_without_a_feature_the_call_used_is_refused(old: str, capsys) -> None:
+def test_a_reply_without_a_feature_the_call_used_is_refused(old: str, capsys, tmp_path: Path) -> None:
     with StyleTransferClient(old, timeout=30) as client:
         assert client.stylize(CONTENT, STYLES[0]).image == CONTENT  # a plain call: served
         said = _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS), "regions")
@@ -134,6 +135,14 @@ def test_a_reply_without_a_feature_the_call_used_is_refused(old: str, capsys) ->
                                       "read them)"), info.value
         from adain.client.cli import main
 
+        # the CLI's words: the hint kept beside its flags; a feature by the name the server lists
+        (tmp_path / "c.jpg").write_bytes(photo_with_exif(64, 48))
+        (tmp_path / "s.png").write_bytes(STYLES[0])
+        c, out = str(tmp_path / "c.jpg"), str(tmp_path / "o.jpg")
+        assert main([c, "-s", "preset:vintage", "-o", out, "--server", old]) == 1
+        assert capsys.readouterr().err.strip().endswith("a preset (preset:NAME), it did not read them)")
+        assert main([c, "-s", str(tmp_path / "s.png"), "--keep-exif", "-o", out, "--server", old]) == 1
+        assert "does not list 'keep_exif' in its features" in capsys.readouterr().err
         assert main(["--server-info", "--server", old]) == 0  # its zeros are said to be unknowns
         assert capsys.readouterr().err.startswith("adain-stylize: warning: this server lists no features: it is older")
         with pytest.raises(StyleTransferError, match="this server has no style library: it is older than ListStyles"):
