@@ -532,14 +532,19 @@ def _unlisted(initial: Any, trailing: Any, needed: Sequence[str]) -> list[str] |
 def _unserved(missing: Sequence[str], served_by: str, rid: str | None) -> StyleTransferError:
     """A reply refused: its server does not have ``missing``, which an older server drops unread and answers
     without (StyleTransferError UNIMPLEMENTED)."""
-    return StyleTransferError(grpc.StatusCode.UNIMPLEMENTED, (
+    e = StyleTransferError(grpc.StatusCode.UNIMPLEMENTED, (
         f"the server that answered{f' ({served_by})' if served_by else ''} does not list "
         f"{' or '.join(repr(m) for m in missing)} in its features, which this call uses "
-        f"({'; '.join(FEATURE_FIELDS[m] for m in missing)}): an older adain server drops such fields unread "
-        "and answers without them, so its result was not taken. Upgrade that server, or leave the option out"),
-        request_id=rid)
+        f"({'; '.join(FEATURE_FIELDS[m] for m in missing)}): a server older than a feature drops its fields unread "
+        "and answers without them, and one older than the list (before 2026-12-05) cannot say, so its result was "
+        "not taken. Upgrade that server, or leave the option out"), request_id=rid)
+    e.unserved = True  # (sent once more: over several replicas the next may have it)
+    return e
 
 
+# A call refused for a feature its replica lacks is sent this many times in all: over a fleet mid-upgrade, round
+# robin sends the next try to another replica (the page failed every other photo with keep_exif ticked)
+UNSERVED_TRIES = 2
 NO_FEATURES_HINT = " (its reply lists no features: "  # how _rpc_error's hint begins (the CLI keeps it)
 FEATURES_KEPT = 64  # replicas whose GetServerInfo.features a client keeps (servers older than x-adain-features)
 FEATURES_ASK_S = 5.0  # each GetServerInfo that learns them (a call that does nothing: milliseconds)
@@ -1135,9 +1140,15 @@ class StyleTransferClient(_ClientBase):
         needed = needed_features(request)
 
         def send() -> tuple[Any, str | None, str]:
-            if on_progress is None:
-                return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed)
-            return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed)
+            for tries_left in reversed(range(UNSERVED_TRIES)):  # a replica without a feature: once more, elsewhere
+                try:
+                    if on_progress is None:
+                        return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed)
+                    return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed)
+                except StyleTransferError as e:
+                    if not tries_left or not getattr(e, "unserved", False):
+                        raise
+            raise AssertionError("unreachable")
 
         try:
             reply, rid, served_by = send()

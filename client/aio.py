@@ -31,6 +31,7 @@ from adain.wire import SERVICE_NAME
 
 from ._client import (
     FEATURES_ASK_S,
+    UNSERVED_TRIES,
     ImageInput,
     LibraryPreset,
     LibraryStyle,
@@ -195,9 +196,15 @@ class AsyncStyleTransferClient(_ClientBase):
         needed = needed_features(request)
 
         async def send() -> tuple[Any, str | None, str]:
-            if on_progress is None:
-                return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user, needed)
-            return await self._with_progress(request, on_progress, timeout, request_id, end_user, needed)
+            for tries_left in reversed(range(UNSERVED_TRIES)):  # a replica without a feature: once more, elsewhere
+                try:
+                    if on_progress is None:
+                        return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user, needed)
+                    return await self._with_progress(request, on_progress, timeout, request_id, end_user, needed)
+                except StyleTransferError as e:
+                    if not tries_left or not getattr(e, "unserved", False):
+                        raise
+            raise AssertionError("unreachable")
 
         try:
             reply, rid, served_by = await send()
