@@ -1128,11 +1128,16 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                     if isinstance(err, OSError):
                         raise CliError(f"{out}: cannot write: {err.strerror or err}")
                     raise err
-        except BaseException:  # an error, Ctrl-C or SIGTERM: those not started are not started, those running are
-            stopped.set()  # (those waiting for a place in a full queue)
-            for p in pending:  # cancelled (closing the channel; they ran to their end, minutes with --refine)
+        except BaseException as e:  # an error, Ctrl-C or SIGTERM: those not started are not started, those running
+            stopped.set()  # are (those waiting for a place in a full queue) cancelled (closing the channel; they ran to
+            for p in pending:  # their end, minutes with --refine)
                 p.cancel()
             client.close()
+            if isinstance(e, CliError):  # what was written before it stopped: said, as a finished run says it
+                written = sum(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+                total = len(tasks) + len(video_tasks)
+                raise CliError(f"{e} ({written} of {plural(total, 'output')} written to {shown} before the run "
+                               "stopped)") from None
             raise
     for src, source, out in video_tasks:  # one at a time: a stream keeps the server busy on its own
         try:

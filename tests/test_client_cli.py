@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -465,6 +466,8 @@ def test_cli_folder_reports_a_bad_image_and_goes_on(server: ServerProcess, tmp_p
     line = _cli_failure([str(contents), "-s", "preset:nosuch", "-o", str(tmp_path / "p"), "--server", server.target],
                         capsys)
     assert "no preset named 'nosuch'" in line
+    # and says what was written before it stopped (a finished run's tally; a stopped one said nothing of it)
+    assert re.search(r" \([01] of 2 outputs written to \S+ before the run stopped\)$", line), line
     # a style the server cannot use is named by its --style, before any content is sent
     (tmp_path / "tiny.png").write_bytes(make_image(10, 10))
     line = _cli_failure([str(contents), "-s", str(files["a.png"]), "-s", str(tmp_path / "tiny.png"), "-o",
