@@ -1277,9 +1277,9 @@ class StyleTransferClient(_ClientBase):
 
     def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The server's model, weights version, device, backend, precision, CPU, limits and batching settings,
-        as a dict."""
-        reply, _ = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
-        return server_info_dict(reply)
+        as a dict; ``served_by``: the replica that answered, where it says (over several, they may differ)."""
+        reply, _, served_by = self._call_from(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
+        return server_info_dict(reply, served_by)
 
     def library(
         self, *, thumbnail_size: int = 0, timeout: float | None = None
@@ -1314,8 +1314,9 @@ def _no_library() -> Iterator[None]:
                                  request_id=e.request_id) from None
 
 
-def server_info_dict(reply: pb.ServerInfo) -> dict[str, Any]:
-    """GetServerInfo's reply as a dict (decoder_meta parsed, uint64 limits as ints)."""
+def server_info_dict(reply: pb.ServerInfo, served_by: str = "") -> dict[str, Any]:
+    """GetServerInfo's reply as a dict (decoder_meta parsed, uint64 limits as ints), with ``served_by`` where
+    the replica that answered named itself (over a mixed fleet, which one's this is)."""
     from google.protobuf import json_format
 
     info = json_format.MessageToDict(
@@ -1330,6 +1331,8 @@ def server_info_dict(reply: pb.ServerInfo) -> dict[str, Any]:
         for key, value in list(info.get(group, {}).items()):
             if isinstance(value, str) and value.isdigit():  # uint64 fields come as strings in JSON form
                 info[group][key] = int(value)
+    if served_by:
+        info["served_by"] = served_by
     return info
 
 

@@ -339,8 +339,8 @@ class AsyncStyleTransferClient(_ClientBase):
 
     async def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The server's model, device, backend, limits and batching settings, as a dict."""
-        reply, _, _ = await self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
-        return server_info_dict(reply)
+        reply, _, served_by = await self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout, None)
+        return server_info_dict(reply, served_by)
 
     async def library(
         self, *, thumbnail_size: int = 0, timeout: float | None = None

@@ -324,6 +324,7 @@ def test_server_info(client: StyleTransferClient) -> None:
     assert {"JPEG", "PNG", "WEBP", "AVIF", "HEIF"} <= set(info["input_formats"])  # HEIF: the dev install's heif extra
     # what a client checks before sending a field an older server would drop unread (the proto's names)
     assert info["features"] == ["video", "progress", "refine", "regions", "library", "keep_exif", "tiling"]
+    assert info["served_by"].endswith(":" + client.target.rsplit(":", 1)[1])  # which replica answered (a fleet's)
     # the version, and a digest of the code (the version alone is one from commit to commit: two revisions side by
     # side read as one, and AdainReplicasDiffer never fired)
     from adain.commands import build_version, package_version
