@@ -569,8 +569,9 @@ def needed_features(msg: pb.StylizeRequest | pb.VideoOptions) -> list[str]:
 
 
 def _rpc_error(e: grpc.RpcError, request_id: str | None, needed: Sequence[str] = ()) -> StyleTransferError:
-    """``needed``: as :func:`_reply_ids`; a refusal of bad input from a server that lists no features says that it
-    may be older than them (a preset sent to one before the library was refused "at least 1 style is required")."""
+    """``needed``: the features the call used (:func:`needed_features`); a refusal of bad input whose reply lists
+    no features says the server, if older, did not read them (a preset sent to one before the library was refused
+    "at least 1 style is required")."""
     code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
     details = " ".join(((e.details() if callable(getattr(e, "details", None)) else None) or str(code.name)).split())
     trailing = e.trailing_metadata() if callable(getattr(e, "trailing_metadata", None)) else None
@@ -1080,7 +1081,8 @@ class StyleTransferClient(_ClientBase):
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None,
         needed: Sequence[str] = (),
     ) -> tuple[Any, str | None, str]:
-        """(reply, request id, the replica that answered); ``needed``: as :func:`_reply_ids`."""
+        """(reply, request id, the replica that answered); ``needed``: the features the call used, checked against
+        the reply (:meth:`_check_served`)."""
         request_id, metadata = self._metadata(request_id, end_user)
         try:
             reply, call = method.with_call(

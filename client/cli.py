@@ -105,6 +105,12 @@ class CliError(Exception):
         return "\n".join(one_line(line) for line in text.split("\n")) if self.lines else one_line(text)
 
 
+def _error_line(message: str) -> str:
+    """An error as the CLI prints it: one line, a name's newline or escape written as such (a file named with a
+    newline split the line in two, the second whatever the name said)."""
+    return f"{PROG}: error: {one_line(message)}"
+
+
 class _OnlyWithListStyles(argparse.Action):
     """An option of --list-styles given to a stylizing command: an error as soon as it is read."""
 
@@ -1123,7 +1129,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                         failed += 1  # a bad or too large content image: say so and go on with the others
                         if said not in told:  # once, not once per style (the same line, nothing between them)
                             told.add(said)
-                            bar.write(f"{PROG}: error: {one_line(said)}", file=sys.stderr)
+                            bar.write(_error_line(said), file=sys.stderr)
                         continue
                     if isinstance(err, OSError):
                         raise CliError(f"{out}: cannot write: {err.strerror or err}")
@@ -1150,7 +1156,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             if not bad_input:
                 raise error from None
             failed += 1  # a bad video: say so and go on with the others
-            print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr, flush=True)
+            print(_error_line(str(error)), file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
     print(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
           f"{plural(len(video_tasks), 'video')})")
@@ -1334,13 +1340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e.shown()}", file=sys.stderr, flush=True)
         return 1
     except StyleTransferError as e:
-        print(f"{PROG}: error: {one_line(_describe(e, args))}", file=sys.stderr, flush=True)
+        print(_error_line(_describe(e, args)), file=sys.stderr, flush=True)
         return 1
     except BrokenPipeError:  # its reader went away (--server-info | head): nobody to tell; as a shell's SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would say it again)
         return 128 + signal.SIGPIPE
     except OSError as e:
-        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        print(_error_line(str(e)), file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt as e:
         print(f"{PROG}: error: interrupted", file=sys.stderr, flush=True)
