@@ -258,22 +258,25 @@ class RefineService:
         t0 = time.monotonic()
         with self._lock:
             self._started[key] = t0
-        ran = False
         try:
             if future.set_running_or_notify_cancel():  # (cancelled while it waited: not run)
-                ran = True
+                result, error = None, None
                 try:
-                    future.set_result(work())
+                    result = work()
                 except BaseException as e:  # noqa: BLE001 - the call's, raised where it awaits the future
-                    future.set_exception(e)
+                    error = e
+                with self._lock:  # a drain's estimate: a job's own run (not its place's hold), counted before its
+                    took = time.monotonic() - t0  # caller learns the end: a job it sends next is judged by it
+                    self._run_mean_s = took if self._run_mean_s is None else 0.8 * self._run_mean_s + 0.2 * took
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
         finally:
-            work = future = None  # type: ignore[assignment]  # (the error's traceback holds this frame)
+            work = future = result = error = None  # type: ignore[assignment]  # (the error's traceback holds this frame)
             with self._lock:
                 self._running -= 1
                 del self._started[key]
-                if ran:  # a drain's estimate: a job's own run, not its place's hold (queue and decode included)
-                    took = time.monotonic() - t0
-                    self._run_mean_s = took if self._run_mean_s is None else 0.8 * self._run_mean_s + 0.2 * took
             self._dispatch()
 
     @property
