@@ -413,6 +413,13 @@ class Batcher:
                 with self._cond:
                     self._rendering_since = None
 
+    def _rendered(self) -> None:
+        """The batch no longer counts as rendering, before its waiters hear of its end: one woken (or any call in
+        between) read it as still rendering (busy, a longer Retry-After, a drain's queue behind it)."""
+        with self._cond:
+            self._rendering_since = None
+            self._rendering_units = 0
+
     def _render_batch(self, batch: list[Item]) -> None:
         now = time.monotonic()
         live = []
@@ -435,6 +442,7 @@ class Batcher:
             # Logged: the render's frames (the batch's tensors) go now, not with the last waiter to let go of the
             # error; their line numbers stay for the waiters' own logs.
             traceback.clear_frames(e.__traceback__)
+            self._rendered()
             for it in live:
                 self._post(it, error=e)
             # The error's traceback holds this frame, which keeps its locals once it has returned, and these
@@ -447,6 +455,7 @@ class Batcher:
             first = self._unit_s is None or self._unit_seeded
             self._unit_s = unit_s if first else 0.7 * self._unit_s + 0.3 * unit_s
             self._unit_seeded = False
+        self._rendered()
         queue_s = [t0 - it.enqueued for it in live]
         if self._on_batch is not None:
             try:

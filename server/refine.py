@@ -265,9 +265,10 @@ class RefineService:
                     result = work()
                 except BaseException as e:  # noqa: BLE001 - the call's, raised where it awaits the future
                     error = e
-                with self._lock:  # a drain's estimate: a job's own run (not its place's hold), counted before its
-                    took = time.monotonic() - t0  # caller learns the end: a job it sends next is judged by it
+                with self._lock:  # a drain's estimate: a job's own run (not its place's hold), and its thread free,
+                    took = time.monotonic() - t0  # counted before its caller learns the end: a job it sends next
                     self._run_mean_s = took if self._run_mean_s is None else 0.8 * self._run_mean_s + 0.2 * took
+                    self._started.pop(key, None)  # is judged by them
                 if error is None:
                     future.set_result(result)
                 else:
@@ -276,7 +277,7 @@ class RefineService:
             work = future = result = error = None  # type: ignore[assignment]  # (the error's traceback holds this frame)
             with self._lock:
                 self._running -= 1
-                del self._started[key]
+                self._started.pop(key, None)
             self._dispatch()
 
     @property

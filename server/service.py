@@ -473,7 +473,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext, rid: str
     ) -> AsyncIterator[pb.StylizeEvent]:
         events: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.ensure_future(self._stylize(request, context, rid, events.put_nowait))
+        ctx = contextvars.copy_context()  # the task's: what it sets (work_began) is read back for the call's metrics
+        task = asyncio.get_running_loop().create_task(self._stylize(request, context, rid, events.put_nowait),
+                                                      context=ctx)
         getter: asyncio.Future[Any] | None = None
         try:
             while not task.done():
@@ -488,6 +490,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
             yield pb.StylizeEvent(result=await task)
         finally:
             task.cancel()
+            if ctx.get(work_began):  # adain_request_seconds counts a refusal after work (the call's own context)
+                work_began.set(True)
             if getter is not None:  # a call cancelled while waiting: no pending task left behind to log an ERROR
                 getter.cancel()
             # The task holds its error, whose traceback holds this frame: a cycle that kept the request and its

@@ -505,3 +505,36 @@ def test_a_drain_before_any_batch_is_timed_sheds_by_the_warm_ups_time() -> None:
     shed, outcomes, unit_s = asyncio.run(main())
     assert shed == 1 and outcomes == ["ok", "ok", "shed"]
     assert unit_s < 1e-3 / (64 * 64)  # the batches timed replaced the warm-up's (not averaged with it)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_batch_no_longer_counts_as_rendering_when_its_waiters_hear_of_its_end(fails: bool) -> None:
+    """Results were posted before the batch stopped counting as rendering (a concurrency review): a waiter woken by
+    its result, or a call in between, saw it busy, a longer Retry-After and, in a drain, a queue behind an ended
+    batch, which refused a request due at once. What the batch looks like is read as each result is posted."""
+
+    def render(batch: list[str]) -> list[str]:
+        if fails:
+            raise RuntimeError("render failed")
+        return batch
+
+    seen: list[tuple[bool, bool]] = []
+
+    async def main() -> None:
+        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=4)
+        post = batcher._post
+
+        def probe(item, result=None, error=None) -> None:  # on the render thread, as the result is handed over
+            seen.append((batcher._rendering_since is not None, batcher.busy))
+            post(item, result, error)
+
+        batcher._post = probe  # type: ignore[method-assign]
+        batcher.start()
+        try:
+            await batcher.submit(batcher.admit(caller="a"), "x", key="k", deadline=None).future
+        except RuntimeError:
+            pass
+        batcher.close(5)
+
+    asyncio.run(main())
+    assert seen == [(False, False)], seen

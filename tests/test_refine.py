@@ -689,15 +689,16 @@ def test_cli_refine_and_classic(client: StyleTransferClient, server, tmp_path: P
 def test_a_jobs_run_counts_in_the_drain_estimate_before_its_caller_learns_it_ended() -> None:
     """The test above failed once in a full run: its caller, woken by the first job's end, sent the next job before
     the job's thread had counted its run time, so the drain had no estimate and refused a job due in 0.1 s of a 5-s
-    grace. The estimate is counted before the job's future is resolved (a callback on it runs as it is)."""
+    grace. The estimate, and its thread free (a review: the thread still looked busy for the mean's time), are
+    counted before the job's future is resolved (a callback on it runs as it is)."""
     jobs = _GatedJobs()
     service = jobs.service
     seen: list = []
     try:
         future = service._submit("a", jobs.job("a"))
-        future.add_done_callback(lambda _f: seen.append(service._run_mean_s))
+        future.add_done_callback(lambda _f: seen.append((service._run_mean_s, dict(service._started))))
         jobs.gate.set()
         assert isinstance(future.exception(timeout=10), RuntimeError)
     finally:
         jobs.close()
-    assert len(seen) == 1 and seen[0] is not None, seen
+    assert len(seen) == 1 and seen[0][0] is not None and seen[0][1] == {}, seen  # its thread counted free too

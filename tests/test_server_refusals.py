@@ -292,3 +292,15 @@ def test_refusals_are_left_out_of_the_latency_histogram(server: ServerProcess) -
         assert server.metric(name) == served
         client.stylize(make_image(32, 24, seed=1), make_image(32, 32, seed=2))
         assert server.metric(name) == served + 1
+
+
+def test_a_progress_calls_refusal_after_work_is_in_the_latency_histogram(strict) -> None:
+    """StylizeWithProgress (every photo adain-web sends) ran its work in a task whose context was a copy, so the
+    mark that work began never reached the call: a reply over the limit after minutes of tiles was left out of
+    adain_request_seconds, as a refusal before any work is (a concurrency review)."""
+    srv, client = strict
+    name = 'adain_request_seconds_count{method="StylizeWithProgress"}'
+    before = srv.metric(name) if name in srv.metrics_text() else 0.0
+    # LARGE: over the tiling threshold (a long job) and, as PNG, over the reply limit
+    _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, client.stylize, LARGE, STYLE, format="png", on_progress=lambda _p: None)
+    assert srv.metric(name) == before + 1
