@@ -125,6 +125,7 @@ class Batcher:
         self._last_turn: dict[Hashable, int] = {}  # callers with requests waiting -> when they were last served
         self._turns = 0
         self._closed = False
+        self._stopped = False  # the render thread has taken its last batch (closed and drained)
         self._draining = False  # shed() was called: a batch no longer waits to fill
         self._drain_until: float | None = None  # when the drain's grace ends (monotonic)
         self._thread: threading.Thread | None = None
@@ -195,7 +196,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = Item(prepared, key, ticket, loop, loop.create_future(), deadline)
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None or self._stopped or not self._thread.is_alive():
                 raise ClosedError("the render thread is not running")
             self._pending.append(item)
             self._cond.notify_all()
@@ -333,6 +334,7 @@ class Batcher:
                 while not self._pending and not self._closed:
                     self._cond.wait()
                 if not self._pending:
+                    self._stopped = True  # (under the lock: a submit from now on is refused, not left unrendered)
                     return None  # closed and drained
                 head = self._head()
                 most = self._batch_limit(head.key)

@@ -200,8 +200,8 @@ class LiveSessions:
                 put(None)
                 self._free()
 
-        handed[0] = True
         threading.Thread(target=run, name="adain-live", daemon=True).start()
+        handed[0] = True  # (after: a thread that could not start frees nothing, and the session's place was kept)
         sender = asyncio.create_task(_send(ws, replies, returned))
         sent, started = 0, loop.time()
         try:
