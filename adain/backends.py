@@ -105,6 +105,7 @@ class ExportedBackend(TorchBackend):
         # (int8: the direct graph, whose convolutions NNCF quantizes.)
         plain = not winograd_form or bf16 or quantized or runtime != "openvino" or _avx512()
         form = "" if plain else WINOGRAD_FORM
+        self.form = form  # what the graphs run: WINOGRAD_FORM or "" (direct convolutions)
         # Traced at a small size: the graphs are shape-generic (dynamic axes).
         quantize = {p: int8.Quantizer(p, encoder, decoder) if quantized else None for p in ("encoder", "decoder")}
         self._encode = builder(modules[0], (torch.rand(1, 3, 32, 32),), bf16, threads, form, 1, quantize["encoder"])

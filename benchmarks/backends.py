@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             configs.append((backend, precision, Stylizer(args.decoder, "cpu", precision=precision, backend=backend)))
             print(f"# {backend} {precision}: built in {time.perf_counter() - t0:.1f} s")
     if "openvino" in args.backends and importlib.util.find_spec("openvino") is not None:
-        if "fp32" in args.precisions and not args.no_direct:  # what the Winograd form gains, in the same run
+        form = next((getattr(st.backend, "form", "") for b, p, st in configs if (b, p) == ("openvino", "fp32")), "")
+        if "fp32" in args.precisions and not args.no_direct and not form:  # AVX-512: the fp32 row is direct already
+            print("# openvino fp32 runs the direct graph on this CPU (AVX-512): no second direct row")
+        elif "fp32" in args.precisions and not args.no_direct:  # what the Winograd form gains, in the same run
             st = Stylizer(args.decoder, "cpu", precision="fp32", backend="torch")
             st.backend = ExportedBackend("openvino", st.encoder, st.decoder, False, torch.get_num_threads(),
                                          winograd_form=False)
