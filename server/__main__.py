@@ -85,6 +85,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         logs.fatal(f"--device {device}: CUDA is not available here")
         return 2
+    settings = settings.for_device(device.startswith("cuda") if device else torch.cuda.is_available())
     try:
         tiling = Tiling(settings.tile_threshold, tile=settings.tile_size, halo=settings.tile_halo)
     except ValueError as e:

@@ -162,6 +162,7 @@ class StyleTransferServer:
     """One grpc.aio server around a Stylizer; see the module docstring for the lifecycle."""
 
     def __init__(self, settings: Settings, stylizer: Any, library: StyleLibrary | None = None) -> None:
+        settings = settings.for_device(stylizer.cuda)
         if not settings.workers:
             settings = replace(settings, workers=prepare_workers(stylizer.cuda))
         self.settings = settings

@@ -281,7 +281,8 @@ def test_shares_by_token_name_on_the_real_server(decoder_path: Path, tmp_path: P
     tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
     # A batch waits up to 1.5 s to fill: Alice's first request holds her one place that long.
     srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "4", "--max-queue-per-caller",
-                        "1", *NO_REFINE, "--max-batch-delay-ms", "1500", "--log-level", "INFO")  # refusals: INFO
+                        "1", *NO_REFINE, "--max-batch-size", "8", "--max-batch-delay-ms", "1500",
+                        "--log-level", "INFO")  # refusals: INFO
 
     async def main() -> tuple[list, dict]:
         async with AsyncStyleTransferClient(srv.target, token=ALICE, timeout=60, retries=0) as alice, \
@@ -318,7 +319,7 @@ def test_a_front_ends_visitors_are_callers_of_their_own(decoder_path: Path, tmp_
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {ALICE}\nweb {web_token} front\n")
     srv = ServerProcess(decoder_path, "--auth-tokens-file", str(tokens), "--max-queue", "8", "--max-queue-per-caller",
-                        "1", *NO_REFINE, "--max-batch-delay-ms", "1500", "--log-level", "INFO")
+                        "1", *NO_REFINE, "--max-batch-size", "8", "--max-batch-delay-ms", "1500", "--log-level", "INFO")
 
     async def main() -> list:
         async with AsyncStyleTransferClient(srv.target, token=web_token, timeout=60, retries=0) as web, \

@@ -263,6 +263,7 @@ def test_json_logs_carry_each_calls_fields(decoder_path: Path) -> None:
         srv.wait_serving()
         with StyleTransferClient(srv.target, timeout=60) as c:
             c.stylize(CONTENT, STYLE_A, request_id="json-ok")
+            assert c.server_info()["batching"]["max_batch_size"] == 1  # the default on a CPU
             _expect(grpc.StatusCode.INVALID_ARGUMENT, c.stylize, CONTENT, STYLE_A, alpha=2.0, request_id="json-bad")
         with grpc.insecure_channel(srv.target) as channel:  # a caller with OpenTelemetry sends a traceparent
             request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A)])
@@ -558,7 +559,8 @@ def test_register_bad_style(client: StyleTransferClient) -> None:
 def slow(decoder_path: Path):
     """A server whose batch window (3 s) keeps every request queued long enough to cancel it for sure."""
     metrics_port = free_port()
-    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-delay-ms", "3000", "--metrics-port", str(metrics_port))
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--max-batch-size", "8", "--max-batch-delay-ms", "3000",
+                        "--metrics-port", str(metrics_port))
     srv.metrics_port = metrics_port
     try:
         srv.wait_serving()
@@ -1062,7 +1064,7 @@ def test_help_lists_flags_env_and_defaults() -> None:
                           text=True, timeout=60)
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
-    for flag, env, default in [("--max-batch-size", "ADAIN_MAX_BATCH_SIZE", "8"), ("--port", "ADAIN_PORT", "50051"),
+    for flag, env, default in [("--max-batch-size", "ADAIN_MAX_BATCH_SIZE", "0"), ("--port", "ADAIN_PORT", "50051"),
                                ("--max-queue", "ADAIN_MAX_QUEUE", "64"), ("--max-message-mb", "ADAIN_MAX_MESSAGE_MB",
                                                                           "32")]:
         assert flag in text and env in text
@@ -1089,7 +1091,10 @@ def test_settings_from_environment() -> None:
 
     s = parse_settings(["--max-queue", "5"], environ={"ADAIN_MAX_QUEUE": "7", "ADAIN_PORT": "1234",
                                                       "ADAIN_DEVICE": "cpu"})
-    assert (s.max_queue, s.port, s.device, s.max_batch_size) == (5, 1234, "cpu", 8)
+    assert (s.max_queue, s.port, s.device, s.max_batch_size) == (5, 1234, "cpu", 0)
+    # 0 is settled by the device: a CPU's batches added no throughput and made requests wait for each other
+    assert (s.for_device(cuda=False).max_batch_size, s.for_device(cuda=True).max_batch_size) == (1, 8)
+    assert parse_settings(["--max-batch-size", "4"], environ={}).for_device(cuda=False).max_batch_size == 4
     with pytest.raises(SystemExit):
         parse_settings([], environ={"ADAIN_MAX_BATCH_SIZE": "zero"})
     from adain.server.config import unknown_variables

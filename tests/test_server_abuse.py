@@ -39,7 +39,8 @@ def srv(decoder_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     server = ServerProcess(decoder_path, *NO_REFINE, "--auth-tokens-file", str(tokens), "--log-level", "INFO",
                            "--health-port", str(free_port()), "--max-concurrent-rpcs", "3", "--max-calls-per-caller",
                            "2", "--max-concurrent-streams", "2", "--max-connection-idle-s", "1",
-                           "--message-timeout-s", str(TIMEOUT_S), "--max-batch-delay-ms", "20000",
+                           "--message-timeout-s", str(TIMEOUT_S), "--max-batch-size", "8",
+                           "--max-batch-delay-ms", "20000",
                            "--style-registry-size", "4")
     try:
         server.wait_serving()

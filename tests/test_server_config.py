@@ -102,15 +102,15 @@ def test_settings_taken_but_not_as_given_are_warned_of() -> None:
 def test_connection_and_call_limits_derive_from_the_queues() -> None:
     """The limits an outside tester's streams and connections found missing: derived from the queues where 0, set
     by flag or variable, and a per-connection stream limit under what one caller may have admitted warned of."""
-    s = parse_settings([], {})
+    s = parse_settings([], {}).for_device(cuda=False)  # (a CPU's batches of 1)
     assert (s.max_concurrent_streams, s.max_connection_idle_s, s.message_timeout_s) == (128, 120, 60)
-    # the queue 64 + a batch 8 + long jobs 1 + 4 + video 2, and 4096 for health Watches and quick calls
-    assert s.concurrent_rpcs == 64 + 8 + 1 + 4 + 2 + 4096
-    assert s.caller_calls == 32 + 2 + 1 + 4 and s.calls_per_caller == 39 + 8 + 16
+    # the queue 64 + a batch 1 + long jobs 1 + 4 + video 2, and 4096 for health Watches and quick calls
+    assert s.concurrent_rpcs == 64 + 1 + 1 + 4 + 2 + 4096
+    assert s.caller_calls == 32 + 2 + 1 + 4 and s.calls_per_caller == 39 + 1 + 16
     assert s.connections(open_files=20_000) == 10_000 and s.connections(open_files=1024) == 512
     environ = {"ADAIN_MAX_CONCURRENT_RPCS": "50", "ADAIN_MAX_CALLS_PER_CALLER": "5", "ADAIN_MAX_CONNECTIONS": "7",
                "ADAIN_MAX_CONNECTION_IDLE_S": "0", "ADAIN_MESSAGE_TIMEOUT_S": "2.5"}
-    s = parse_settings(["--max-concurrent-streams", "8"], environ)
+    s = parse_settings(["--max-concurrent-streams", "8"], environ).for_device(cuda=True)  # (a GPU's batches of 8)
     assert (s.concurrent_rpcs, s.calls_per_caller, s.connections(), s.max_connection_idle_s, s.message_timeout_s,
             s.max_concurrent_streams) == (50, 5, 7, 0, 2.5, 8)
     assert settings_warnings(s, ["--max-concurrent-streams", "8"], environ) == [
