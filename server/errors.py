@@ -190,9 +190,27 @@ def request_id(metadata: Sequence[tuple[str, Any]] | None) -> str:
     """The caller's x-request-id (trimmed to 128 characters), or a new one where there is none or it is not
     printable ASCII without spaces (``REQUEST_ID_RE``): every reply and every failure carries it back."""
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID_RE.fullmatch(rid := value.strip()[:128]):
+        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID_RE.fullmatch(rid := _trimmed(value)):
             return rid
     return str(uuid.uuid4())
+
+
+def _trimmed(value: str, most: int = 128) -> str:
+    """``value`` stripped and cut to ``most`` characters, never inside a percent-escape (the clients encode what
+    a header cannot carry: "%C3%A9" cut to "%C3%A" decoded to nothing a log search finds)."""
+    rid = value.strip()
+    if len(rid) > most:
+        rid = rid[:most]
+        for back in (1, 2):
+            if rid[-back:].startswith("%"):
+                rid = rid[:-back]
+        if escapes := re.search(r"(?:%[0-9A-Fa-f]{2})+$", rid):  # nor inside a character's bytes ("%C3" of é)
+            try:
+                bytes.fromhex(escapes.group().replace("%", "")).decode()
+            except UnicodeDecodeError as e:
+                if e.reason == "unexpected end of data":
+                    rid = rid[:escapes.start() + 3 * e.start]
+    return rid
 
 
 TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
