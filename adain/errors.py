@@ -104,7 +104,8 @@ def install_hint(extra: str) -> str:
 def one_line(text: str) -> str:
     """``text`` with its unprintable characters (newlines, escapes, a right-to-left override) written as Python
     escapes: one message, one line. A file named with a newline split an error or a log line in two, the second
-    forged by whoever named the file."""
+    forged by whoever named the file. Where it escapes, a backslash is written doubled: a name with a backslash
+    and an "n" in it then reads apart from one with a newline."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)

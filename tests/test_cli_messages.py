@@ -557,3 +557,12 @@ def test_a_name_with_a_newline_stays_on_its_errors_line(tmp_path: Path, capsys) 
     record = logging.LogRecord("adain.server", logging.WARNING, __file__, 0, "styles/%s: a style's name...", ("a\nb",),
                                None)
     assert TextFormatter(TEXT_FORMAT).format(record).endswith("styles/a\\nb: a style's name...")
+
+
+def test_an_escaped_name_reads_apart_from_one_with_a_backslash() -> None:
+    """A name with a backslash and an "n" printed as one with a newline did (a leftover of the locale tour): where a
+    line is escaped, its backslashes are doubled; a name with no unprintable character is printed as it is."""
+    from adain.errors import one_line
+
+    assert one_line("a\\nb\nc") == "a\\\\nb\\nc" != one_line("a\nb\nc") == "a\\nb\\nc"
+    assert one_line("C:\\photos\\cat.jpg") == "C:\\photos\\cat.jpg"
