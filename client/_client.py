@@ -15,6 +15,7 @@ import re
 import stat
 import sys
 import threading
+import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,7 +29,7 @@ import grpc
 from PIL import Image
 
 from adain.files import write_whole
-from adain.photo import EXIF_ORIENTATION, allow_pixels, grey_key_in_levels, without_layout
+from adain.photo import EXIF_ORIENTATION, grey_key_in_levels, without_layout
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
@@ -249,7 +250,7 @@ class StylizeResult:
     served_by: str = ""  # the replica that answered (its x-served-by), when the server says
 
     def to_pil(self) -> Image.Image:
-        return _decoded(self.image, self.width * self.height)
+        return _decoded(self.image, self.width, self.height, self.format)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the encoded bytes as they are, whole or not at all (see :func:`adain.files.write_whole`). A
@@ -277,16 +278,38 @@ class VideoFrameResult:
     timings: Timings
 
     def to_pil(self) -> Image.Image:
-        return _decoded(self.image, self.width * self.height)
+        return _decoded(self.image, self.width, self.height, self.format)
 
 
-def _decoded(data: bytes, pixels: int) -> Image.Image:
-    """The server's image, decoded: a print it made for us can be over Pillow's decompression-bomb guard (16K:
-    268 MP), raised to the size the reply says (see ``allow_pixels``)."""
-    allow_pixels(pixels)
-    img = Image.open(io.BytesIO(data))
+def _decoded(data: bytes, width: int, height: int, fmt: str) -> Image.Image:
+    """The server's image, decoded by its format's own Pillow reader: a print it made for us can be over Pillow's
+    decompression-bomb guard (16K: 268 MP), which ``Image.open`` applies and which is process-wide (raising it to
+    the size a reply claimed lowered it for the whole application, a thread-safety review found: any
+    upload it then checked). The image must be the size the reply says."""
+    reader = _READERS.get(fmt)
+    img = reader(io.BytesIO(data)) if reader is not None else Image.open(io.BytesIO(data))
+    if img.size != (width, height):
+        raise ValueError(f"the server's {fmt.upper()} is {img.size[0]}x{img.size[1]}, and its reply says "
+                         f"{width}x{height}")
     img.load()
     return img
+
+
+def _readers() -> dict[str, Callable[[io.BytesIO], Image.Image]]:
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    readers: dict[str, Callable[[io.BytesIO], Image.Image]] = {
+        "png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.JpegImageFile}
+    try:
+        from PIL import WebPImagePlugin
+
+        readers["webp"] = WebPImagePlugin.WebPImageFile
+    except ImportError:  # a Pillow without WebP: Image.open says so
+        pass
+    return readers
+
+
+_READERS = _readers()
 
 
 def _local_error(field: str, message: str) -> StyleTransferError:
@@ -548,6 +571,8 @@ UNSERVED_TRIES = 2
 NO_FEATURES_HINT = " (its reply lists no features: "  # how _rpc_error's hint begins (the CLI keeps it)
 FEATURES_KEPT = 64  # replicas whose GetServerInfo.features a client keeps (servers older than x-adain-features)
 FEATURES_ASK_S = 5.0  # each GetServerInfo that learns them (a call that does nothing: milliseconds)
+FEATURES_ASKS = 24  # GetServerInfo calls one reply may make to reach the replica that answered it
+FEATURES_FOR_S = 60.0  # how long what a replica's GetServerInfo said is taken as what it implements
 
 
 # What each feature a request may need is in the client's terms (the options of stylize and stylize_video).
@@ -842,7 +867,8 @@ class _ClientBase:
         self._registered: OrderedDict[str, bytes] = OrderedDict()  # styles this client registered, by id
         self._inline: set[str] = set()  # registered ids some replica did not know: sent as bytes from then on
         # replica (x-served-by) -> its GetServerInfo.features, for servers that list them there alone
-        self._features: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._features: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()  # (when learned, features)
+        self._lock = threading.Lock()  # the three above, shared by the threads (or tasks) of one client
         limit = int(max_message_mb * 1024 * 1024)
         self.max_message_bytes = limit  # what one request may hold: larger images are refused before reading
         opts: list[tuple[str, Any]] = [
@@ -875,11 +901,19 @@ class _ClientBase:
     def _keep_features(self, reply: pb.ServerInfo, initial: Any, trailing: Any) -> str:
         """A GetServerInfo answer's features, kept by the replica that gave it (returned)."""
         _, replica = _reply_ids(initial, trailing, None)
-        self._features[replica] = tuple(reply.features)
-        self._features.move_to_end(replica)
-        while len(self._features) > FEATURES_KEPT:
-            self._features.popitem(last=False)
+        with self._lock:
+            self._features[replica] = (time.monotonic(), tuple(reply.features))
+            self._features.move_to_end(replica)
+            while len(self._features) > FEATURES_KEPT:
+                self._features.popitem(last=False)
         return replica
+
+    def _known_features(self, replica: str) -> tuple[str, ...] | None:
+        """A replica's features as learned within FEATURES_FOR_S, else None (to be asked again: a replica rolled
+        back or replaced under its name kept the first answer for the client's life)."""
+        with self._lock:
+            known = self._features.get(replica)
+        return known[1] if known is not None and time.monotonic() - known[0] < FEATURES_FOR_S else None
 
     def _served_by_list(self, initial: Any, trailing: Any, needed: Sequence[str], request_id: str | None
                         ) -> tuple[str | None, str, bool]:
@@ -894,16 +928,15 @@ class _ClientBase:
     def _to_ask(self, unlisted: bool, served_by: str) -> bool:
         """Whether the replica's GetServerInfo is to be asked: its reply had no list, it has a name to match, and its
         features are not known yet."""
-        return unlisted and bool(served_by) and served_by not in self._features
+        return unlisted and bool(served_by) and self._known_features(served_by) is None
 
     @staticmethod
     def _asked_enough(served_by: str, replica: str, seen: Counter[str]) -> bool:
         """Whether asking GetServerInfo can stop: ``replica`` (the one that answered it) is the one looked for, or
-        has answered three times (three turns of the round robin, whose turn grows as the channel connects to more
-        replicas: five replicas or more were never all asked in four calls, and their results were refused), or
-        FEATURES_KEPT calls were made."""
+        FEATURES_ASKS calls were made. (Three turns of the round robin were the bound: other threads' calls take
+        turns of the same channel between this call's asks, and good results were refused as not learned.)"""
         seen[replica] += 1
-        return replica == served_by or seen[replica] >= 3 or seen.total() >= FEATURES_KEPT
+        return replica == served_by or seen.total() >= FEATURES_ASKS
 
     @staticmethod
     def _not_learned(served_by: str, rid: str | None, why: str) -> StyleTransferError:
@@ -915,9 +948,10 @@ class _ClientBase:
                         ) -> tuple[str | None, str]:
         """(request id, replica), refused where a reply without the list came from a replica whose features (its
         GetServerInfo's) lack a needed one, or could not be learned (UNAVAILABLE: not the same as lacking)."""
-        if unlisted and served_by and served_by not in self._features:
+        known = self._known_features(served_by) if unlisted and served_by else ()
+        if known is None:
             raise self._not_learned(served_by, rid, "GetServerInfo reached only other replicas")
-        missing = [f for f in needed if f not in self._features.get(served_by, ())] if unlisted else []
+        missing = [f for f in needed if f not in known] if unlisted else []
         if missing:
             raise _unserved(missing, served_by, rid)
         return rid, served_by
@@ -958,11 +992,23 @@ class _ClientBase:
 
     def _remember(self, style_id: str, data: bytes) -> str:
         """Keep a registered style's bytes (the last REMEMBERED_STYLES) for replicas that lack it."""
-        self._registered[style_id] = data
-        self._registered.move_to_end(style_id)
-        while len(self._registered) > REMEMBERED_STYLES:
-            self._inline.discard(self._registered.popitem(last=False)[0])
+        with self._lock:  # (two threads: one's move_to_end found its style evicted by the other, a KeyError)
+            self._registered[style_id] = data
+            self._registered.move_to_end(style_id)
+            while len(self._registered) > REMEMBERED_STYLES:
+                self._inline.discard(self._registered.popitem(last=False)[0])
         return style_id
+
+    @contextlib.contextmanager
+    def _unless_closed(self) -> Iterator[None]:
+        """gRPC's ValueError for a call on a channel that close() closed after the call's own check (another
+        thread's close): the same StyleTransferError FAILED_PRECONDITION as a call after close()."""
+        try:
+            yield
+        except ValueError:
+            if self._closed:
+                self._check_open()
+            raise
 
     def _inline_unknown_styles(self, request: pb.StylizeRequest, error: StyleTransferError) -> bool:
         """Replace the registered styles the server did not know by their bytes, where this client has
@@ -1064,8 +1110,9 @@ class StyleTransferClient(_ClientBase):
         seen: Counter[str] = Counter()
         while self._to_ask(unlisted, served_by):
             try:
-                reply, call = self._stub.GetServerInfo.with_call(pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S,
-                                                                 metadata=self._metadata(None)[1])
+                with self._unless_closed():
+                    reply, call = self._stub.GetServerInfo.with_call(
+                        pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S, metadata=self._metadata(None)[1])
             except grpc.RpcError as e:
                 raise self._not_learned(served_by, rid, f"GetServerInfo failed ({_rpc_error(e, None)})") from None
             if self._asked_enough(served_by, self._keep_features(reply, call.initial_metadata(),
@@ -1085,9 +1132,8 @@ class StyleTransferClient(_ClientBase):
         the reply (:meth:`_check_served`)."""
         request_id, metadata = self._metadata(request_id, end_user)
         try:
-            reply, call = method.with_call(
-                request, timeout=self._deadline(timeout), metadata=metadata
-            )
+            with self._unless_closed():
+                reply, call = method.with_call(request, timeout=self._deadline(timeout), metadata=metadata)
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id, needed) from None
         return (reply, *self._check_served(call.initial_metadata(), call.trailing_metadata(), needed, request_id))
@@ -1172,9 +1218,8 @@ class StyleTransferClient(_ClientBase):
         needed: Sequence[str] = (),
     ) -> tuple[pb.StylizeResponse, str | None, str]:
         request_id, metadata = self._metadata(request_id, end_user)
-        call = self._stub.StylizeWithProgress(
-            request, timeout=self._deadline(timeout), metadata=metadata
-        )
+        with self._unless_closed():
+            call = self._stub.StylizeWithProgress(request, timeout=self._deadline(timeout), metadata=metadata)
         reply = None
         try:
             for event in call:
@@ -1219,6 +1264,7 @@ class StyleTransferClient(_ClientBase):
         self._with_known_bytes(first, every=True)
         failure: list[Exception] = []
         holder: list[Any] = []
+        held = threading.Event()  # the call is in holder
 
         def requests() -> Iterator[pb.VideoRequest]:
             yield pb.VideoRequest(options=first)
@@ -1227,11 +1273,15 @@ class StyleTransferClient(_ClientBase):
                     yield pb.VideoRequest(frame=image_bytes(frame, f"frames[{i}]", self.max_message_bytes))
             except Exception as e:  # noqa: BLE001 - raised again in the caller's thread (GeneratorExit is
                 failure.append(e)  # not caught: it is gRPC closing the iterator at the end of the call)
-                holder[0].cancel()
+                held.wait(5)  # (a frame that failed at once: the caller's thread had not kept the call yet)
+                if holder:
+                    holder[0].cancel()
 
         request_id, metadata = self._metadata(request_id, end_user)
-        call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout), metadata=metadata)
+        with self._unless_closed():
+            call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout), metadata=metadata)
         holder.append(call)
+        held.set()
         ended = threading.Event()
         if stop is not None:
             threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop", daemon=True).start()
@@ -1272,7 +1322,9 @@ class StyleTransferClient(_ClientBase):
         self._check_open()
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=no_deadline_past(timeout))
+            with self._unless_closed():
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                                   timeout=no_deadline_past(timeout))
         except grpc.RpcError as e:
             raise _rpc_error(e, None) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -149,11 +149,13 @@ class AsyncStyleTransferClient(_ClientBase):
         rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
         seen: Counter[str] = Counter()
         while self._to_ask(unlisted, served_by):
-            call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S,
-                                            metadata=self._metadata(None)[1])
             try:
-                reply = await call
-                replica = self._keep_features(reply, await call.initial_metadata(), await call.trailing_metadata())
+                with self._cut_by_close(rid):  # (a close() meanwhile: the caller's task read it as its own cancel)
+                    call = self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S,
+                                                    metadata=self._metadata(None)[1])
+                    reply = await call
+                    replica = self._keep_features(reply, await call.initial_metadata(),
+                                                  await call.trailing_metadata())
             except grpc.RpcError as e:
                 raise self._not_learned(served_by, rid, f"GetServerInfo failed ({_rpc_error(e, None)})") from None
             if self._asked_enough(served_by, replica, seen):

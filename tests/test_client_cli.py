@@ -1059,3 +1059,72 @@ def test_a_token_on_the_command_line_is_refused_without_echoing_it(files: dict[s
         err = capsys.readouterr().err
         assert code == 2 and "--token: a token is not given on the command line" in err
         assert "SECRET" not in err and "--token-file FILE" in err
+
+
+def test_to_pil_leaves_pillows_guard_as_it_was_and_checks_the_size() -> None:
+    """to_pil raised Pillow's process-wide decompression-bomb guard to whatever size a reply claimed (a reply saying
+    4e9 x 4e9 took it away from every upload the application checked after: a thread-safety review). A result is
+    read by its format's own reader, over the guard where the print is that large, and must be the size it says."""
+    import io
+
+    from adain.client import StylizeResult, Timings
+
+    def result(width: int, height: int, reply: tuple[int, int], fmt: str = "png") -> StylizeResult:
+        out = io.BytesIO()
+        Image.new("L" if width * height > 10_000 else "RGB", (width, height)).save(out, fmt.upper())
+        return StylizeResult(out.getvalue(), *reply, fmt, Timings(0, 0, 0, 0, 1), "r")
+
+    guard = Image.MAX_IMAGE_PIXELS
+    big = int(guard * 2.2) // 10_000  # over twice the guard: Image.open refuses it as a bomb
+    assert result(big, 10_000, (big, 10_000)).to_pil().size == (big, 10_000)
+    for fmt in ("png", "jpeg", "webp"):
+        assert result(30, 20, (30, 20), fmt).to_pil().size == (30, 20)
+        with pytest.raises(ValueError, match=rf"the server's {fmt.upper()} is 30x20, and its reply says 4000000000x2"):
+            result(30, 20, (4_000_000_000, 2), fmt).to_pil()
+    assert Image.MAX_IMAGE_PIXELS == guard
+
+
+def test_a_close_from_another_thread_is_a_style_transfer_error(server: ServerProcess) -> None:
+    """A call that passed the closed check as another thread closed the client got gRPC's ValueError ("Cannot invoke
+    RPC on closed channel!"), past an application's except StyleTransferError (9 in 30 rounds of 16 threads: a
+    thread-safety review)."""
+    import threading
+
+    outcomes: list[str] = []
+    for _ in range(12):
+        client = StyleTransferClient(server.target, timeout=30, retries=0)
+        client.health()
+
+        def calls(client: StyleTransferClient = client) -> None:
+            while True:
+                try:
+                    client.server_info()
+                except StyleTransferError:
+                    return
+                except Exception as e:  # noqa: BLE001 - what the test looks for
+                    outcomes.append(f"{type(e).__name__}: {e}")
+                    return
+
+        threads = [threading.Thread(target=calls) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+        client.close()
+        for t in threads:
+            t.join(30)
+    assert not outcomes, outcomes
+
+
+def test_a_frame_that_fails_at_once_logs_nothing_from_grpcs_thread(server: ServerProcess, caplog) -> None:
+    """The frames are read on gRPC's thread, which cancelled the call through a list the caller's thread filled
+    only once StylizeVideo returned: a frame that failed first logged gRPC's "Exception iterating requests!" with
+    an IndexError (7 calls in 100: a thread-safety review). The caller got the right error either way."""
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="grpc")
+    with StyleTransferClient(server.target, timeout=30) as client:
+        for _ in range(40):
+            with pytest.raises(StyleTransferError, match="frames\\[0\\]: no such file"):
+                list(client.stylize_video(["/nonexistent/frame0.png"], make_image(32, 32, seed=2)))
+    time.sleep(0.3)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +111,90 @@ def test_a_server_listing_its_features_in_server_info_alone_is_taken_at_its_word
     assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.details.startswith(
         "could not learn what the server that answered (yesterday) implements: its reply lists no features, and "
         "GetServerInfo failed (INTERNAL: no info today)"), info.value
+
+
+def test_a_replica_is_found_while_other_threads_share_the_round_robin() -> None:
+    """Asking GetServerInfo stopped after three turns of the round robin, but other threads' calls take turns of the
+    same channel in between: 6 of 40 good results were refused UNAVAILABLE "could not learn" (a thread-safety
+    review). Six threads of plain calls beside each call with masks, on a fresh client each time."""
+    import threading
+
+    with stand_in_server(_YesterdaysServicer("r1"), health=True) as a, \
+            stand_in_server(_YesterdaysServicer("r2"), health=True) as b:
+        refused = []
+        for _ in range(25):
+            with StyleTransferClient(f"{a},{b}", retries=0, timeout=10) as client:
+                client.stylize(CONTENT, STYLES)  # (connected to both)
+                client.stylize(CONTENT, STYLES)
+                stop = threading.Event()
+
+                def plain(client: StyleTransferClient = client, stop: threading.Event = stop) -> None:
+                    while not stop.is_set():
+                        client.stylize(CONTENT, STYLES[0])
+
+                threads = [threading.Thread(target=plain) for _ in range(6)]
+                for t in threads:
+                    t.start()
+                try:
+                    client.stylize(CONTENT, STYLES, masks=MASKS)
+                except StyleTransferError as e:
+                    refused.append(e.details)
+                finally:
+                    stop.set()
+                    for t in threads:
+                        t.join()
+    assert not refused, refused
+
+
+def test_what_a_replica_said_is_asked_again_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica's GetServerInfo answer was kept for the client's life: one replaced under its name (rolled back to
+    a version without a feature, or the other way) was judged by its predecessor's features for good (a
+    thread-safety review). It is taken for FEATURES_FOR_S, then asked again."""
+    from adain.client import _client
+
+    class Counted(_YesterdaysServicer):
+        asked = 0
+
+        def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
+            Counted.asked += 1
+            return super().GetServerInfo(request, context)
+
+    with stand_in_server(Counted("r"), health=True) as address:
+        with StyleTransferClient(address, timeout=30) as client:
+            client.stylize(CONTENT, STYLES, masks=MASKS)
+            client.stylize(CONTENT, STYLES, masks=MASKS)
+            assert Counted.asked == 1  # known: not asked for every call
+            monkeypatch.setattr(_client, "FEATURES_FOR_S", 0.5)
+            time.sleep(0.6)
+            client.stylize(CONTENT, STYLES, masks=MASKS)
+            assert Counted.asked == 2
+
+
+def test_the_asyncio_clients_close_during_the_ask_is_no_cancel_of_the_callers_task() -> None:
+    """close() while a reply's server was being asked for its features left gRPC's CancelledError in the caller's
+    task, which asyncio, gather and TaskGroup read as the task's own cancel (a thread-safety review): it is the
+    StyleTransferError CANCELLED that close() promises."""
+
+    class SlowInfo(_YesterdaysServicer):
+        def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
+            time.sleep(1.0)
+            return super().GetServerInfo(request, context)
+
+    async def run() -> tuple[str, bool]:
+        client = AsyncStyleTransferClient(address, timeout=10)
+        task = asyncio.ensure_future(client.stylize(CONTENT, STYLES, masks=MASKS))
+        await asyncio.sleep(0.5)  # answered; its server is being asked
+        await client.close()
+        try:
+            await task
+        except StyleTransferError as e:
+            return e.code.name, task.cancelled()
+        except asyncio.CancelledError:
+            return "CancelledError", task.cancelled()
+        return "a result", False
+
+    with stand_in_server(SlowInfo("y"), health=True) as address:
+        assert asyncio.run(run()) == ("CANCELLED", False)
 
 
 def _refused(call, feature: str) -> str:
