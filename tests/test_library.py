@@ -253,6 +253,19 @@ def test_the_web_page_offers_the_library(lib_server: ServerProcess, lib_client: 
             assert driver.execute_script(pressed) == "false"  # changed by hand: no longer the preset
             driver.find_element(By.CSS_SELECTOR, '#presets button[data-preset="dotted"]').click()
             wait_for(driver, lambda d: d.execute_script(pressed) == "true")
+            # a double click on a slow line: its styles once (they were doubled: the two runs interleaved)
+            from selenium.webdriver.common.action_chains import ActionChains
+
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": True})
+            slow = {"offline": False, "latency": 300, "downloadThroughput": -1, "uploadThroughput": -1}
+            driver.execute_cdp_cmd("Network.emulateNetworkConditions", slow)
+            ActionChains(driver).double_click(
+                driver.find_element(By.CSS_SELECTOR, '#presets button[data-preset="dotted"]')).perform()
+            time.sleep(3)
+            driver.execute_cdp_cmd("Network.emulateNetworkConditions", {**slow, "latency": 0})
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#styles li")) == 2
+            wait_for(driver, lambda d: d.execute_script(pressed) == "true")
             driver.find_element(By.ID, "submit").click()
             size = wait_for(driver, lambda d: d.execute_script(
                 "const i = document.getElementById('output'); return i.complete && i.naturalWidth ? "

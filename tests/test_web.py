@@ -1728,3 +1728,27 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_live_camera_pressed_twice_as_it_opens_leaves_no_camera_on(web: WebProcess, browser) -> None:
+    """Live camera pressed again before the camera opened (a double click, a click while the browser's prompt is up)
+    opened a second stream and stopped only one: the camera stayed on after Stop (a review of the page's races).
+    The page's getUserMedia is wrapped only to keep each stream it gives."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.execute_script("""window.streams = [];
+      const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+      navigator.mediaDevices.getUserMedia = async (c) => {
+        const s = await open(c); window.streams.push(s); return s;
+      };""")
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)
+    ActionChains(browser).double_click(browser.find_element(By.ID, "live-start")).perform()
+    frames = "return Number(document.getElementById('live-output').dataset.frames || 0)"
+    wait_for(browser, lambda d: d.execute_script(frames) >= 1, timeout=90)
+    browser.find_element(By.ID, "live-stop").click()
+    tracks = "return window.streams.flatMap((s) => s.getVideoTracks().map((t) => t.readyState))"
+    wait_for(browser, lambda d: d.execute_script(tracks) and "live" not in d.execute_script(tracks), timeout=10)

@@ -54,6 +54,16 @@ async function setFiles(files) {
   if (files.length > 1) setBatch(files); else setContent(files[0]);
 }
 
+// What is still on its way stops: a photo's call, a clip's upload or job, a batch (what it brings is not recorded).
+function stopRunning() {
+  if (state.request) state.request.abort();  // a photo on its way: its busy state and outcome go with it
+  if (state.upload) { state.upload.abort(); state.upload = null; }  // a clip still uploading: no job starts
+  if (state.job) cancelVideo();
+  if (batch.running) batch.cancelled = true;
+  if (batch.request) batch.request.abort();  // a photo of the run still on its way is stopped
+  batch.run = null;  // and what the run still brings is not recorded
+}
+
 // The original is shown as a picture (an animated GIF too: a video player does not play one) or as a video.
 function originalIsPicture() {
   return !state.video || Boolean(state.content && isGif(state.content));
@@ -61,7 +71,7 @@ function originalIsPicture() {
 
 function setContent(file) {
   if (!file) return;
-  if (live.stream) stopLive();
+  if (live.stream || live.opening) stopLive();
   forgetResult();
   clearErrors();
   batch.files = [];
@@ -97,12 +107,7 @@ function setContent(file) {
 
 // A new content: the result shown was the last one's, and so is a clip or photos still on their way (stopped).
 function forgetResult() {
-  if (state.request) state.request.abort();  // a photo on its way: its busy state and outcome go with it
-  if (state.upload) { state.upload.abort(); state.upload = null; }  // a clip still uploading: no job starts
-  if (state.job) cancelVideo();
-  if (batch.running) batch.cancelled = true;
-  if (batch.request) batch.request.abort();  // a photo of the run still on its way is stopped
-  batch.run = null;  // and what the run still brings is not recorded
+  stopRunning();
   batch.results = [];
   $("output").removeAttribute("src");
   if (resultUrl) { URL.revokeObjectURL(resultUrl); resultUrl = null; }  // (its Download is hidden below)
@@ -127,8 +132,9 @@ function addStyle(file, name, example, ref, weight = 1) {
 }
 
 // An example style chosen (by its button or a preset): its image fetched and added, its button pressed.
-async function addExample(example, weight = 1) {
+async function addExample(example, weight = 1, wanted = () => true) {
   const blob = await (await fetch(example.url)).blob();
+  if (!wanted()) return;  // (a preset clicked again meanwhile: its own run adds it)
   const file = new File([blob], example.url.split("/").pop(), { type: blob.type });
   if (!addStyle(file, example.name, example.name, example.style, weight)) return;
   const button = document.querySelector(`#gallery button[data-name="${example.name}"]`);
@@ -481,12 +487,15 @@ function capSizes() {
 
 // A preset of the server's library: its styles (the library's, by name) with their weights, its strength and
 // colours, set on the page as if chosen by hand (each can be changed after).
+let presetRun = 0;  // the last preset clicked: one clicked before it, still adding its styles, stops
 async function applyPreset(preset) {
+  const run = ++presetRun;  // (a double click, or two presets at once, interleaved: styles doubled or mixed)
   clearErrors();
   for (const style of [...state.styles]) removeStyle(state.styles.indexOf(style));
   for (const part of preset.styles) {
     const example = state.info.examples.find((e) => e.name === part.style);
-    if (example) await addExample(example, part.weight);
+    if (example) await addExample(example, part.weight, () => run === presetRun);
+    if (run !== presetRun) return;
   }
   $("alpha").value = String(preset.alpha);
   $("alpha-value").textContent = Number(preset.alpha).toFixed(2);
@@ -536,9 +545,12 @@ function limitInWords(message) {
 }
 
 // A server field ("styles[1].image", "content", "alpha"...) -> the message area beside its control.
-function errorArea(field) {
+function errorArea(field, sent = state.styles) {
   const style = /^styles\[(\d+)\]/.exec(field || "");
-  if (style && $(`style-error-${style[1]}`)) return $(`style-error-${style[1]}`);
+  // the style the call sent, where it is in the list now (one removed meanwhile moved the others' places: its
+  // error was shown beside the style that took its place); one no longer in the list: the list's own area
+  const now = style ? state.styles.indexOf(sent[Number(style[1])]) : -1;
+  if (now >= 0 && $(`style-error-${now}`)) return $(`style-error-${now}`);
   if (field && field.startsWith("styles")) return $("styles-error");
   const name = (field || "").split(/[.[]/)[0];
   if (name === "size" && !state.video) return $("photo-size-error");  // a photo's size, not the clip's row
@@ -551,7 +563,7 @@ function errorStatus(error) {
   return error && error.code === "UNAVAILABLE" ? 503 : 400;
 }
 
-function showError(body, status) {
+function showError(body, status, sent = state.styles) {
   const error = (body && body.error) || { message: `The server answered ${status}.`, violations: [] };
   const plain = {
     429: error.message ? `Busy: ${error.message}. Try again in a moment.` : "The server is busy right now. Try again in a moment.",
@@ -562,9 +574,12 @@ function showError(body, status) {
   };
   if (error.violations && error.violations.length) {
     for (const v of error.violations) {
-      const area = errorArea(v.field);
-      const text = area === $("form-error") ? `${v.field}: ${limitInWords(v.description)}`
-                                            : besideControl(v.field, v.description);
+      const area = errorArea(v.field, sent);
+      let text = area === $("form-error") ? `${v.field}: ${limitInWords(v.description)}`
+                                          : besideControl(v.field, v.description);
+      const style = /^styles\[(\d+)\]/.exec(v.field || "");
+      const gone = style && sent[Number(style[1])];
+      if (gone && !state.styles.includes(gone)) text = `${gone.name} (removed since): ${text}`;
       area.textContent = (area.textContent ? area.textContent + " " : "") + text;
     }
   } else {
@@ -597,6 +612,13 @@ function commonForm(content = state.content) {
 // The refine steps a photo call asks for (0: none, or refine not offered).
 function refineSteps() {
   return $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
+}
+
+// What a photo's result is made with (the painting aside), to tell a result made before a change from one after.
+function photoSettings() {
+  const mask = $("mask").files[0];
+  return JSON.stringify([state.styles.map((st) => [st.name, st.weight]), $("alpha").value, $("preserve_color").value,
+    refineSteps(), $("photo-size").value, $("format").value, $("keep_exif").checked, mask ? mask.name : ""]);
 }
 
 function photoOptions(data) {
@@ -676,7 +698,7 @@ function settleFocus() {
 
 async function stylize() {
   if (state.reading) return;  // pressed again while the painting is read (Stylize is disabled only after)
-  if (live.stream) stopLive();
+  if (live.stream || live.opening) stopLive();
   clearErrors();
   if (!state.content) { $("content-error").textContent = "Choose a photo first."; $("content").focus(); return; }
   if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style."; return; }
@@ -693,6 +715,8 @@ async function stylize() {
   const over = overUpload(state.content);
   if (over) { $("content-error").textContent = over; return; }
   const data = commonForm();
+  const sent = [...state.styles];  // an error names a style by its place in these
+  const made = photoSettings();  // a preset clicked during the call showed its result under the new styles
   const content = state.content;  // another one chosen meanwhile: this result is not shown beside it
   if ($("mask").files[0]) data.append("mask", $("mask").files[0]);
   state.reading = true;  // a big painting takes a moment to read
@@ -745,32 +769,37 @@ async function stylize() {
   try {
     const response = await post("/api/stylize", data, { signal: request.signal, headers: { "X-Request-Id": id },
                                                         onUpload });
+    if (state.request !== request) return;  // another press since: only the last one's answer is shown
     if (!response.ok) {
       let body = null;
       try { body = await response.json(); } catch (e) { /* not JSON */ }
-      showError(body, response.status);
+      showError(body, response.status, sent);
       $("output").removeAttribute("src");
       return;
     }
     const blob = await response.blob();
-    if (state.content !== content) return;
+    if (state.content !== content || state.request !== request) return;
     if (resultUrl) URL.revokeObjectURL(resultUrl);
     resultUrl = URL.createObjectURL(blob);
     $("output").src = resultUrl;
     $("download").href = resultUrl;
     $("download").download = `${stemOf(content)}_stylized.${suffix(blob)}`;  // as several photos' and a clip's
     $("download").hidden = false;
-    $("status").textContent = "Done: the stylized photo is under Result, with Download.";
+    $("status").textContent = photoSettings() === made ? "Done: the stylized photo is under Result, with Download."
+      : "Done, with the settings as they were when Stylize was pressed (changed since: press Stylize again for the "
+        + "new ones). The stylized photo is under Result, with Download.";
   } catch (e) {
     if (e.name !== "AbortError") $("form-error").textContent = "The page lost its connection to the server. Try again.";
   } finally {
     stopFollowing();
     if (state.request === request) state.request = null;
-    button.disabled = false;
-    button.textContent = "Stylize";
-    $("busy").hidden = true;
-    if (!state.job && !batch.running) $("progress-row").hidden = true;
-    $("result").setAttribute("aria-busy", "false");
+    if (!state.request) {  // (a newer press's call still running keeps its button, spinner and bar)
+      button.disabled = false;
+      button.textContent = "Stylize";
+      $("busy").hidden = true;
+      if (!state.job && !batch.running) $("progress-row").hidden = true;
+      $("result").setAttribute("aria-busy", "false");
+    }
   }
 }
 
@@ -993,7 +1022,9 @@ async function submitVideo() {
   } finally {
     if (state.upload === upload) state.upload = null;
     if (state.job === mine) state.job = null;
-    if (state.job === null && state.upload === null) videoBusy(false);
+    // (a photo's call or a batch started since: Stylize stays theirs. A clip's loop that woke after the clip was
+    // replaced by a photo re-enabled it mid-call, a second press followed, and the older result was shown last)
+    if (state.job === null && state.upload === null && !state.request && !batch.running) videoBusy(false);
   }
 }
 
@@ -1080,11 +1111,14 @@ function setBatch(files) {
     $("content-error").textContent = `At most ${MAX_BATCH} photos at once.`;
     return;
   }
-  if (live.stream) stopLive();
+  if (live.stream || live.opening) stopLive();
   forgetResult();
   batch.files = files;
   state.content = files[0];
   state.video = false;
+  $("original").removeAttribute("src");  // the last single photo was left as "Original" beside an empty result
+  unloadVideo($("original-video"));
+  if (originalUrl) { URL.revokeObjectURL(originalUrl); originalUrl = null; }
   const names = files.slice(0, 3).map((f) => f.name).join(", ") + (files.length > 3 ? ", …" : "");
   $("content-name").textContent = `${files.length} photos: ${names}`;
   // a mask or a painting fits one photo; the size, rate and steadiness are a clip's
@@ -1140,6 +1174,7 @@ async function submitBatch() {
       }
       // its size, read here: each photo of a run was followed, its polls 404s in the console for a small one
       const [w, h] = await pixelSize(file);
+      if (batch.cancelled || batch.run !== run) break;  // Cancel (or a new choice) while its size was read
       let response;
       for (let tries = 0; ; tries++) {  // a busy server (429) is asked again a moment later
         const data = commonForm(file);
@@ -1306,7 +1341,8 @@ function saveBlob(blob, name) {
 
 // --- the live camera: frames over a WebSocket into one server stream, stylized frames back ----------------
 // size: the session's frames' [width, height] (the server takes no other size in a session)
-const live = { ws: null, stream: null, inFlight: 0, frames: 0, started: 0, grab: null, session: 0, size: null };
+const live = { ws: null, stream: null, inFlight: 0, frames: 0, started: 0, grab: null, session: 0, size: null,
+               opening: false };
 const LIVE_IN_FLIGHT = 2;  // frames on their way at once: the rate follows the server's, the delay stays short
 const LIVE_RETRIES = 2;  // a restart refused for a full server is tried again a second later, this many times
 
@@ -1338,13 +1374,25 @@ function showLive(on) {
 async function startLive() {
   clearErrors();
   if (!state.styles.length) { $("styles-error").textContent = "Choose at least one style first."; return; }
+  if (live.opening) return;  // pressed again while the camera opens (its prompt): a second stream was never stopped
+  stopRunning();  // a photo, clip or batch still running: its result appeared inside the live view
   if (!live.stream) {
+    const session = live.session;
+    let stream;
+    live.opening = true;
     try {
-      live.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
+      stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
     } catch (e) {
       $("content-error").textContent = `The camera could not be opened (${e.name}): allow the page to use it.`;
       return;
+    } finally {
+      live.opening = false;
     }
+    if (live.session !== session) {  // left while it opened (a photo chosen, Stop): the camera goes off again
+      stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    live.stream = stream;
     $("live-camera").srcObject = live.stream;
     await $("live-camera").play();
   }
