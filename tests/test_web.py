@@ -1752,3 +1752,57 @@ def test_live_camera_pressed_twice_as_it_opens_leaves_no_camera_on(web: WebProce
     browser.find_element(By.ID, "live-stop").click()
     tracks = "return window.streams.flatMap((s) => s.getVideoTracks().map((t) => t.readyState))"
     wait_for(browser, lambda d: d.execute_script(tracks) and "live" not in d.execute_script(tracks), timeout=10)
+
+
+def test_a_clip_folder_removed_by_a_cleaner_is_made_again(server: ServerProcess, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cleaner of /tmp removed adain-web's clip folder: every clip after failed with 500 until a restart, and a
+    finished clip's result was a 500 while its job said done (an operator's storage tour). The folder is made
+    again; a result that is gone is 410, saying so."""
+    import shutil as sh
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    web = WebProcess(server.target)
+    try:
+        r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE)], timeout=60)
+        assert r.status_code == 202, r.text
+        job = _finished(web, r.json())
+        assert job["state"] == "done", job
+        for folder in temp.glob("adain-web-videos-*"):
+            sh.rmtree(folder)
+        gone = httpx.get(web.url + job["result"], timeout=30)
+        assert gone.status_code == 410 and "gone from this page's temporary folder" in gone.text, gone.text
+        r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE)], timeout=60)
+        assert r.status_code == 202, r.text
+        assert _finished(web, r.json())["state"] == "done"
+    finally:
+        web.stop()
+    assert "Traceback" not in "".join(web.stderr), "".join(web.stderr)
+
+
+def test_a_full_or_read_only_temporary_folder_is_said_as_such() -> None:
+    """A full temporary folder (uploads spooled there, clips kept there) answered 500 INTERNAL with a traceback (an
+    operator's storage tour): 507 RESOURCE_EXHAUSTED naming it, whatever wraps the error."""
+    import errno
+
+    from adain.web.app import storage_error
+    from adain.web.video import _storage_said
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        try:
+            raise full
+        except OSError as e:
+            raise RuntimeError("copying the upload failed") from e
+    except RuntimeError as wrapped:
+        group = Exception("a task group's")  # (an ExceptionGroup's members, on Python 3.10 too)
+        group.exceptions = (wrapped,)  # type: ignore[attr-defined]
+        said = storage_error(group)
+    assert said is not None and said.endswith("is full: it cannot take uploads or clips now; try again later "
+                                              "(its operator is told)"), said
+    assert "is read-only" in storage_error(OSError(errno.EROFS, "Read-only file system"))
+    assert storage_error(OSError(errno.ENOENT, "No such file")) is None and storage_error(ValueError()) is None
+    assert _storage_said("out.mp4: cannot write the video: [Errno 28] No space left on device") == "is full"
+    assert _storage_said("out.mp4: cannot write the video: Invalid argument") is None

@@ -35,11 +35,13 @@ answered with a fixed message: gRPC's details name its internal address, so they
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import math
 import re
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -118,7 +120,7 @@ VIDEO_FIELDS = ("content", "styles", "weights", "alpha", "preserve_color", "temp
 REPEATED_FIELDS = ("styles", "weights", "label")  # one per style; every other field is given once at most
 MAX_FORM_FIELDS = 50  # the form's values (not files): the styles by name, their weights and labels, the options
 ERROR_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 408: "DEADLINE_EXCEEDED",
-               409: "FAILED_PRECONDITION", 413: "PAYLOAD_TOO_LARGE"}
+               409: "FAILED_PRECONDITION", 410: "NOT_FOUND", 413: "PAYLOAD_TOO_LARGE"}
 # An upload must keep coming: a body that stalls for WebSettings.upload_idle_s, or that is slower on average than
 # BODY_RATE past BODY_GRACE_S, is refused (UploadStalled). Idle or trickling uploads held every photo place (and the
 # clip place, 300 s and more).
@@ -351,12 +353,39 @@ class SecurityHeaders:
 
         try:
             await self.app(scope, receive, with_headers)
-        except Exception:  # Starlette's own 500 is plain text and comes from outside this middleware
-            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+        except Exception as e:  # Starlette's own 500 is plain text and comes from outside this middleware
+            full = storage_error(e)
+            if full:  # this page's temporary folder full or read-only: said, not INTERNAL (an operator's tour)
+                log.error("%s %s: %s", scope.get("method"), scope.get("path"), full)
+            else:
+                log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            body = JSONResponse(error_json("INTERNAL", "an error on this server (its log says more)"), status_code=500)
+            internal = error_json("INTERNAL", "an error on this server (its log says more)")
+            body = (JSONResponse(error_json("RESOURCE_EXHAUSTED", full), status_code=507, headers={"Retry-After": "30"})
+                    if full else JSONResponse(internal, status_code=500))
             await body(scope, receive, with_headers)
+
+
+STORAGE_ERRNOS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EROFS: "is read-only"}
+
+
+def storage_error(e: BaseException) -> str | None:
+    """What an error that is this process's storage's (a full, over-quota or read-only temporary folder: uploads
+    are spooled there, clips kept there) says to a caller, or None: found in ``e``, its causes and an exception
+    group's members. The folder is named as Python's tempfile takes it."""
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in STORAGE_ERRNOS:
+            return (f"this page's temporary folder ({tempfile.gettempdir()}) {STORAGE_ERRNOS[x.errno]}: it cannot "
+                    "take uploads or clips now; try again later (its operator is told)")
+        todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+    return None
 
 
 def _bare(name: str) -> str:
@@ -732,6 +761,9 @@ def create_app(
         job = _job(job_id)
         if job.state != "done":
             raise HTTPException(409, f"the clip is {job.state}, not done")
+        if not job.result.is_file():  # (a cleaner of /tmp took it: its job said done, and this was a 500)
+            raise HTTPException(410, "the stylized clip is gone from this page's temporary folder (removed by another "
+                                     "program); send the clip again")
         return FileResponse(job.result, media_type="video/mp4", filename=job.name)
 
     @app.delete("/api/videos/{job_id}")

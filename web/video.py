@@ -21,6 +21,7 @@ says too little, fails as it reaches for one frame more.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -147,8 +148,8 @@ class VideoJobs:
     def root(self) -> Path:
         """The folder of every job's files, made when first needed."""
         with self.lock:
-            if self._root is None:
-                self._root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
+            if self._root is None or not self._root.is_dir():  # (a cleaner of /tmp removed it: every clip after
+                self._root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))  # failed until a restart)
             return self._root
 
     def running(self) -> int:
@@ -346,9 +347,14 @@ class VideoJobs:
                 state, error = "cancelled", job.error
             else:
                 error = error_json(e.code.name, *stream_error(e, "content"))["error"]
-        except MediaWriteError:  # writing the result failed: this service's fault, not the clip's
-            log.exception("clip job %s: writing its result failed", job.id)
-            error = error_json("INTERNAL", INTERNAL)["error"]
+        except MediaWriteError as e:  # writing the result failed: this service's fault, not the clip's
+            if full := _storage_said(str(e)):  # its disk full or read-only: said as such
+                log.error("clip job %s: writing its result failed: %s", job.id, e)
+                error = error_json("RESOURCE_EXHAUSTED", f"the clip could not be stylized: this page's temporary "
+                                   f"folder {full}; try again later")["error"]
+            else:
+                log.exception("clip job %s: writing its result failed", job.id)
+                error = error_json("INTERNAL", INTERNAL)["error"]
         except MediaError as e:  # the clip and its result: named as the page names them, not by this server's folder
             message = str(e).replace(str(source), "the clip").replace(str(job.result), "the result")
             error = error_json("INVALID_ARGUMENT", message, [("content", message)])["error"]
@@ -417,3 +423,12 @@ class VideoJobs:
     def _delete_loop(self) -> None:
         while (folder := self._doomed.get()) is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _storage_said(message: str) -> str | None:
+    """Whether FFmpeg's message (its error's text: MediaWriteError keeps no errno) is a full, over-quota or
+    read-only disk's, and what to say of it."""
+    for code, said in ((errno.ENOSPC, "is full"), (errno.EDQUOT, "is over its quota"), (errno.EROFS, "is read-only")):
+        if os.strerror(code) in message:
+            return said
+    return None
