@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from datetime import datetime, timezone
@@ -82,7 +83,13 @@ def announce(message: str, out: Any) -> None:
     if _json:
         record = logging.LogRecord("adain.server", logging.INFO, __file__, 0, message, None, None)
         message = JsonFormatter().format(record)
-    print(message, file=out, flush=True)
+    try:
+        print(message, file=out, flush=True)
+    except (OSError, ValueError) as e:  # stdout on a full disk, closed, or a pipe nobody reads: the server serves
+        logging.getLogger("adain.server").warning(  # on (it exited 1 with the model loaded and nothing said)
+            "%s (not on standard output: %s)", message, getattr(e, "strerror", None) or e)
+        if out is sys.stdout:  # what it holds unwritten would fail the exit's flush too (exit status 120)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
 
 
 def fatal(message: str) -> None:

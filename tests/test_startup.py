@@ -143,3 +143,34 @@ def test_no_writable_temporary_folder_is_said_at_start() -> None:
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith(f"{prog}: error: no writable temporary folder (") and \
             "set TMPDIR to one, or mount one at /tmp (Kubernetes: an emptyDir)" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_a_server_whose_stdout_is_full_serves_and_says_where_it_listens(decoder_path: Path) -> None:
+    """With its standard output on a full disk the server exited 1 once its model had loaded, nothing said, at its
+    "listening on" line (an operator's storage tour): the line goes to the log, and it serves."""
+    from grpc_health.v1 import health_pb2
+
+    from helpers import health_status
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.Popen([sys.executable, "-m", "adain.server", "--decoder", str(decoder_path), "--port", "0",
+                                 "--metrics-port", "0", "--backend", "torch"], cwd=REPO, stdout=full,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        said = ""
+        while "listening on" not in said:
+            said = proc.stderr.readline()
+            assert said, "the server ended before it listened"
+        assert "(not on standard output: No space left on device)" in said, said
+        port = int(said.split("listening on 127.0.0.1:")[1].split()[0])
+        deadline = time.monotonic() + 60
+        while health_status(f"127.0.0.1:{port}") != serving:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        proc.stderr.close()
