@@ -75,12 +75,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = create_beside(path)
     try:
         yield tmp
+        _synced(tmp)
         with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode (a private 0600 output came
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # back world-readable); after the writes: 0444 too
         os.replace(tmp, path)  # inside: a rename that fails (``path`` a folder) left the .part file behind
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _synced(path: Path) -> None:
+    """``path``'s bytes on the disk before it is renamed into place: after a power cut a new output could show up
+    empty under its name on some file systems (renamed before its data was written back). Best effort: a file
+    system that cannot sync a file (EINVAL) is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # (the rename says what is wrong)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EROFS, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -52,7 +52,7 @@ from adain.argtypes import (
 )
 from adain.commands import add_version_arg, interrupted_code, on_signals, on_sigterm
 from adain.errors import MediaError, one_line
-from adain.files import check_writable
+from adain.files import check_writable, write_whole
 from adain.wire import (
     COLOR_MODES,
     DEFAULT_ADDRESS,
@@ -1250,12 +1250,14 @@ def _list_styles(args: argparse.Namespace) -> int:
         return 0
     if args.thumbnails:
         folder = Path(args.thumbnails)
+        path = folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for s in styles:  # names checked by _valid_names: each file is in folder
-                (folder / f"{s.name}.jpg").write_bytes(s.thumbnail)
+                path = folder / f"{s.name}.jpg"
+                write_whole(path, s.thumbnail)  # (a full disk left one cut short under its name)
         except OSError as e:
-            raise CliError(f"--thumbnails {folder}: cannot write: {e.strerror or e}") from None
+            raise CliError(f"--thumbnails {path}: cannot write: {e.strerror or e}") from None
     width = max(len(s.name) for s in styles)
     for s in styles:
         # the file's digest, labelled: it changes when the file does, and is no id for -s id:... (the name is)
@@ -1331,7 +1333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = on_signals({signal.SIGTERM: on_sigterm, signal.SIGHUP: on_sigterm}) if main_thread else {}
     try:
-        with contextlib.ExitStack() as quiet, _printable_names():
+        with contextlib.ExitStack() as quiet, contextlib.redirect_stdout(_GuardedStdout(sys.stdout)), \
+                _printable_names():
             if getattr(args, "quiet", False):  # the lines saying what was written (a cron job's mail every run)
                 devnull = open(os.devnull, "w", errors="adain-names")  # (in the locale's encoding: a name it cannot
                 quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(devnull)))  # encode, a traceback)
@@ -1345,6 +1348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # its reader went away (--server-info | head): nobody to tell; as a shell's SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would say it again)
         return 128 + signal.SIGPIPE
+    except _StdoutError as e:  # (said "[Errno 28] No space left on device", naming nothing)
+        with contextlib.suppress(OSError, ValueError):  # (the exit's flush would fail again)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{PROG}: error: standard output: cannot write: {e.strerror or e}", file=sys.stderr, flush=True)
+        return 1
     except OSError as e:
         print(_error_line(str(e)), file=sys.stderr, flush=True)
         return 1
@@ -1353,6 +1361,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupted_code(e)
     finally:
         on_signals(previous)
+
+
+class _StdoutError(OSError):
+    """What this command prints could not be written (stdout on a full disk): said as standard output's."""
+
+
+class _GuardedStdout:
+    """Standard output whose write errors are :class:`_StdoutError` (an OSError from a print names no file)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        try:
+            return self._out.write(text)
+        except BrokenPipeError:  # its reader went away: as before (a shell's SIGPIPE)
+            raise
+        except OSError as e:
+            raise _StdoutError(e.errno, e.strerror) from None
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _StdoutError(e.errno, e.strerror) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
 
 
 def _run(args: argparse.Namespace, query: str | None) -> int:

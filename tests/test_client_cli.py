@@ -1061,7 +1061,7 @@ def test_a_token_on_the_command_line_is_refused_without_echoing_it(files: dict[s
         assert "SECRET" not in err and "--token-file FILE" in err
 
 
-def test_to_pil_leaves_pillows_guard_as_it_was_and_checks_the_size() -> None:
+def test_to_pil_leaves_pillows_guard_as_it_was_and_checks_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """to_pil raised Pillow's process-wide decompression-bomb guard to whatever size a reply claimed (a reply saying
     4e9 x 4e9 took it away from every upload the application checked after: a thread-safety review). A result is
     read by its format's own reader, over the guard where the print is that large, and must be the size it says."""
@@ -1074,7 +1074,8 @@ def test_to_pil_leaves_pillows_guard_as_it_was_and_checks_the_size() -> None:
         Image.new("L" if width * height > 10_000 else "RGB", (width, height)).save(out, fmt.upper())
         return StylizeResult(out.getvalue(), *reply, fmt, Timings(0, 0, 0, 0, 1), "r")
 
-    guard = Image.MAX_IMAGE_PIXELS
+    guard = 89_478_485  # Pillow's default (other tests in this process may have raised it: set for this one)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", guard)
     big = int(guard * 2.2) // 10_000  # over twice the guard: Image.open refuses it as a bomb
     assert result(big, 10_000, (big, 10_000)).to_pil().size == (big, 10_000)
     for fmt in ("png", "jpeg", "webp"):
@@ -1128,3 +1129,17 @@ def test_a_frame_that_fails_at_once_logs_nothing_from_grpcs_thread(server: Serve
                 list(client.stylize_video(["/nonexistent/frame0.png"], make_image(32, 32, seed=2)))
     time.sleep(0.3)
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_a_full_stdout_is_named(server: ServerProcess, files: dict[str, Path], tmp_path: Path) -> None:
+    """Standard output on a full disk: the command said "[Errno 28] No space left on device", naming nothing (a cron
+    job's log on a full disk; its outputs were all written: an operator's storage tour)."""
+    out = tmp_path / "out.png"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s",
+                               str(files["a.png"]), "-o", str(out), "--server", server.target], cwd=REPO,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr == (
+        "adain-stylize: error: standard output: cannot write: No space left on device\n"), proc.stderr
+    assert Image.open(out).size == (64, 48)  # the output itself is whole
