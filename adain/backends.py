@@ -528,7 +528,11 @@ def _save_openvino(ov: object, model: object, folder: Path) -> bool:
         except OSError:  # another process got there first: its graph serves
             pass
     except Exception as e:  # OSError, and OpenVINO's RuntimeError ("Can't open bin file", a full disk)
-        log.warning("openvino: could not cache the converted model in %s: %s", folder, e)
+        full = ""  # (a full disk's own words from OpenVINO: "basic_ios::clear: iostream error")
+        with contextlib.suppress(OSError):
+            st = os.statvfs(folder.parent if folder.parent.is_dir() else cache_dir())
+            full = " (its disk has under 256 MB free)" if st.f_bavail * st.f_frsize < 256 * 2**20 else ""
+        log.warning("openvino: could not cache the converted model in %s: %s%s", folder, e, full)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

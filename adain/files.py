@@ -28,9 +28,47 @@ def temp_problem() -> str | None:
         with tempfile.TemporaryFile():
             pass
     except OSError as e:
-        return (f"no writable temporary folder ({e.strerror or e}): set TMPDIR to one, or mount one at /tmp "
+        why = "; ".join(f"{d} {said}" for d, said in _temp_folders()) or e.strerror or str(e)
+        return (f"no writable temporary folder ({why}): set TMPDIR to one, or mount one at /tmp "
                 "(Kubernetes: an emptyDir)")
     return None
+
+
+def _temp_folders() -> list[tuple[str, str]]:
+    """Python's candidates for a temporary folder (TMPDIR first), each with what is wrong with it: an operator
+    told "no writable temporary folder" looked at permissions where the disk was full."""
+    out = []
+    for folder in dict.fromkeys(d for d in (os.environ.get("TMPDIR"), "/tmp", "/var/tmp", "/usr/tmp") if d):
+        if not os.path.isdir(folder):
+            said = "does not exist"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            said = "cannot be written in"
+        elif os.statvfs(folder).f_flag & os.ST_RDONLY:
+            said = "is read-only"
+        elif _full(folder):
+            said = "is full"
+        else:
+            continue  # (nothing seen wrong with it: the error says what is)
+        out.append((folder, said))
+    return out
+
+
+def _full(folder: str) -> bool:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize < 64 * 1024 or (st.f_files > 0 and st.f_favail == 0)
+
+
+def temp_fallback() -> str | None:
+    """A warning where TMPDIR is set and Python's temporary files go elsewhere (TMPDIR full, read-only or missing:
+    Python passes it over without a word, and an operator who pointed it at a large volume got the pod's small
+    /tmp), else None. Call after :func:`temp_problem` found a folder."""
+    import tempfile
+
+    wanted = os.environ.get("TMPDIR")
+    if not wanted or os.path.realpath(tempfile.gettempdir()) == os.path.realpath(wanted):
+        return None
+    said = next((why for d, why in _temp_folders() if d == wanted), "is passed over by Python")
+    return f"TMPDIR={wanted} {said}: temporary files (uploads, clips, compile caches) go to {tempfile.gettempdir()}"
 
 
 def create_beside(path: Path) -> Path:

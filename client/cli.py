@@ -52,7 +52,7 @@ from adain.argtypes import (
 )
 from adain.commands import add_version_arg, interrupted_code, on_signals, on_sigterm
 from adain.errors import MediaError, one_line
-from adain.files import check_writable, write_whole
+from adain.files import check_writable, temp_problem, write_whole
 from adain.wire import (
     COLOR_MODES,
     DEFAULT_ADDRESS,
@@ -231,6 +231,8 @@ def served(args: argparse.Namespace, given: Sequence[str], prog: str = PROG, fro
         return
     if given:
         raise CliError(f"--local starts a server of its own on this machine: not with {', '.join(given)}")
+    if no_temp := temp_problem():  # (Python's own "No usable temporary directory found in [...]")
+        raise CliError(f"--local: {no_temp}; its server needs one")
 
     def starting() -> None:
         if getattr(args, "quiet", False):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from adain.commands import quiet_grpc
-from adain.files import temp_problem
+from adain.files import temp_fallback, temp_problem
 from adain.wire import host_port
 
 from . import logs
@@ -65,6 +65,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if no_temp := temp_problem():  # the warm-up failed on it after the model loaded, a restart loop
         logs.fatal(f"{no_temp}; the server needs one (torch's compile cache, as the model warms up)")
         return 2
+    if fallback := temp_fallback():
+        log.warning("%s", fallback)
 
     import torch
 

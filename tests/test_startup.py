@@ -174,3 +174,25 @@ def test_a_server_whose_stdout_is_full_serves_and_says_where_it_listens(decoder_
         proc.terminate()
         assert proc.wait(30) == 0
         proc.stderr.close()
+
+
+def test_a_tmpdir_python_passes_over_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TMPDIR full, read-only or missing: Python takes /tmp instead without a word (an operator who pointed it at a
+    large volume got the pod's small /tmp: a storage tour). adain-web and adain-server warn at start."""
+    from adain.files import temp_fallback
+
+    missing = tmp_path / "missing"
+    env = {**os.environ, "TMPDIR": str(missing)}
+    proc = subprocess.Popen([sys.executable, "-m", "adain.web", "--port", str(free_port()), "--server",
+                             "127.0.0.1:1"], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
+    try:
+        line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stderr.close()
+    assert line.startswith(f"adain-web: warning: TMPDIR={missing} does not exist: temporary files (uploads, clips, "
+                           "compile caches) go to /"), line
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert temp_fallback() is None  # (not set: nothing to say)

@@ -26,7 +26,7 @@ from adain.client.cli import (
     timeout_of,
 )
 from adain.commands import Terminated, add_version_arg, on_signals, on_sigterm
-from adain.files import temp_problem
+from adain.files import temp_fallback, temp_problem
 from adain.wire import bare_host, host_port
 
 if TYPE_CHECKING:
@@ -175,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adain-web: error: {no_temp}; the page needs one (uploads over 1 MB and clips are written there)",
               file=sys.stderr, flush=True)
         return 2
+    if fallback := temp_fallback():
+        print(f"adain-web: warning: {fallback}", file=sys.stderr, flush=True)
     if problem := cannot_listen(args.host, args.port):
         print(f"adain-web: error: cannot listen on {host_port(args.host, args.port)}: {problem}", file=sys.stderr,
               flush=True)
