@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 import os
 import re
@@ -311,27 +312,32 @@ def decode_side(options: dict[str, Any]) -> int | None:
     return options.get("content_size") or None
 
 
-def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1)) -> Image.Image:
+def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1), reformatter: Any = None
+             ) -> Image.Image:
     """A decoded frame as it is meant to be seen: in SDR sRGB (an HDR frame tone-mapped, ``adain.hdr``),
     and turned: a phone films portrait clips as landscape frames with a display matrix saying "turn a
     quarter" (PyAV's ``frame.rotation``: -90, that is 90 degrees clockwise, for an upright iPhone), which
     players apply and a plain decode does not. Pixels that are not square (``sar``, the stream's sample
     aspect ratio: a camcorder's 1440 x 1080 shown as 1920 x 1080) are made square, as players show them.
     ``max_side``: scaled down (Lanczos, by FFmpeg) in the same conversion, before the rest of the work,
-    where the frame is to be stylized smaller anyway."""
+    where the frame is to be stylized smaller anyway. ``reformatter``: a PyAV VideoReformatter to convert with,
+    one a reader (a frame's own, ``frame.reformat``, kept FFmpeg's scaler and its threads with the frame, which
+    reading its side data put in a reference cycle: two threads a frame until a garbage collection, 404 in a
+    soak's adain-web)."""
+    convert = frame.reformat if reformatter is None else functools.partial(reformatter.reformat, frame)
     width = max(1, round(frame.width * sar))
     w, h = longest_size(width, frame.height, max_side)
     size = {} if (w, h) == (frame.width, frame.height) else {"width": w, "height": h, "interpolation": "LANCZOS"}
     if any(c.is_alpha for c in frame.format.components):  # see-through parts over white, as a still's are
-        rgba = Image.fromarray(frame.reformat(format="rgba", **size).to_ndarray(), "RGBA")
+        rgba = Image.fromarray(convert(format="rgba", **size).to_ndarray(), "RGBA")
         img = Image.new("RGB", rgba.size, (255, 255, 255))
         img.paste(rgba, mask=rgba.getchannel("A"))
     elif is_hdr(frame):  # a phone's HLG or PQ clip: tone-mapped to SDR, not shown flat and washed out
-        img = to_sdr(frame.reformat(format="rgb48le", **size).to_ndarray(), frame.color_trc)
+        img = to_sdr(convert(format="rgb48le", **size).to_ndarray(), frame.color_trc)
     elif is_wide_sdr(frame):  # BT.2020 colours shown as BT.709's were a quarter duller
-        img = wide_to_srgb(frame.reformat(format="rgb48le", **size).to_ndarray())
+        img = wide_to_srgb(convert(format="rgb48le", **size).to_ndarray())
     else:
-        img = frame.reformat(format="rgb24", **size).to_image()
+        img = convert(format="rgb24", **size).to_image()
     for turn in _display_turns(frame):
         img = img.transpose(turn)
     return img
@@ -355,6 +361,7 @@ class VideoReader:
             raise MediaError(f"a clip is read from a file: expected a path, got a {type(path).__name__}")
         self.path = Path(path)
         self.max_side = max_side
+        self._reformatter = av.video.reformatter.VideoReformatter()  # one scaler for the clip (see _upright)
         if max_fps is not None and not (is_number(max_fps) and max_fps >= MIN_FPS):  # -1 looped for ever
             raise MediaError(f"max_fps must be a finite number >= {MIN_FPS:g}, got {max_fps!r}")
         bad_duration = duration is not None and not (is_number(duration) and duration > 0)
@@ -518,11 +525,11 @@ class VideoReader:
                             continue  # dropped: a burst over max_fps
                         kept = t
                         sent += 1
-                        yield _upright(frame, self.max_side, self.sar), t - start
+                        yield _upright(frame, self.max_side, self.sar, self._reformatter), t - start
             self.end_time = max(0.0, min(shown_until, end) - start)
             if shown is not None and start < shown[1] + 1 / float(self.info.rate):  # the last frame, on screen at
                 sent += 1  # a start after its time (a start past the picture's end finds none)
-                yield _upright(shown[0], self.max_side, self.sar), 0.0
+                yield _upright(shown[0], self.max_side, self.sar, self._reformatter), 0.0
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         if sent == 0:
@@ -690,6 +697,7 @@ class VideoWriter:
         self._v.pix_fmt = "pal8" if codec == "gif" else "yuv420p"  # a GIF's frames: a palette each (_paletted)
         self._v.options = dict(_ENCODER_OPTIONS.get(codec, {}))
         self._yuv = codec != "gif"
+        self._reformatter = _av().video.reformatter.VideoReformatter()
         if self._yuv:  # BT.709, limited range, and said so: untagged, players guess (BT.709 for HD, 601 for SD)
             cc = self._v.codec_context
             cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = _BT709, _BT709, _BT709, _LIMITED
@@ -753,7 +761,8 @@ class VideoWriter:
         av = _av()
         frame = av.VideoFrame.from_image(image.convert("RGB")) if self._yuv else _paletted(image)
         if self._yuv:  # converted here with the matrix the stream is tagged with (left to FFmpeg: BT.601)
-            frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
+            frame = self._reformatter.reformat(frame, format="yuv420p", dst_colorspace=_BT709,
+                                               dst_color_range=_LIMITED)  # (one scaler for the clip, not a frame's)
         frame.pts = pts
         frame.time_base = self.time_base
         step = max(1, round(1 / (self.rate * self.time_base)))
