@@ -1806,3 +1806,40 @@ def test_a_full_or_read_only_temporary_folder_is_said_as_such() -> None:
     assert storage_error(OSError(errno.ENOENT, "No such file")) is None and storage_error(ValueError()) is None
     assert _storage_said("out.mp4: cannot write the video: [Errno 28] No space left on device") == "is full"
     assert _storage_said("out.mp4: cannot write the video: Invalid argument") is None
+
+
+def test_a_clip_waits_for_a_stream_of_the_servers_when_all_are_taken(decoder_path: Path, tmp_path: Path) -> None:
+    """A clip job was accepted (202) and failed a second later, "2 video streams are running, the limit is
+    max_video_streams=2", a flag the visitor cannot act on (a soak's SRE): it waits as the server asks (RetryInfo),
+    up to STREAM_WAIT_S, before its first frame."""
+    import threading
+
+    from adain.client import StyleTransferClient
+
+    srv = ServerProcess(decoder_path, "--max-video-streams", "1", *NO_REFINE)
+    web = None
+    try:
+        srv.wait_serving()
+        web = WebProcess(srv.target)
+        go = threading.Event()
+
+        def slow_frames():
+            yield make_image(64, 48, seed=1)
+            go.wait(60)  # the server's one stream is held until the page's clip has been refused once
+
+        with StyleTransferClient(srv.target, timeout=120) as other:
+            holder = threading.Thread(target=lambda: list(other.stylize_video(slow_frames(), STYLE)))
+            holder.start()
+            time.sleep(1.5)  # its stream is open
+            r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE)], timeout=60)
+            assert r.status_code == 202, r.text
+            time.sleep(2)
+            job = httpx.get(f"{web.url}/api/videos/{r.json()['id']}", timeout=10).json()
+            assert job["state"] == "running", job  # waiting, not failed
+            go.set()
+            holder.join(60)
+            assert _finished(web, job)["state"] == "done"
+    finally:
+        if web is not None:
+            web.stop()
+        srv.terminate()

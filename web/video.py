@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from adain.client import StyleTransferClient, StyleTransferError
 
 from .checks import error_json, stream_error
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from adain.media import VideoInfo
 
 log = logging.getLogger("adain.web")
+STREAM_WAIT_S = 120.0  # how long a clip job waits for a video stream of the server's, where all are taken
 INTERNAL = "the clip could not be stylized because of an error on this server (its log says more)"
 
 
@@ -332,7 +335,17 @@ class VideoJobs:
         state, error = "failed", None  # set on the job at the end, once its folder is as that state says
         client = _FrameCap(self.client, self.max_frames) if self.max_frames else self.client
         try:
-            stylize_video_file(client, source, job.result, styles, on_frame=on_frame, stop=stopped, **options)
+            give_up = time.monotonic() + STREAM_WAIT_S
+            while True:
+                try:
+                    stylize_video_file(client, source, job.result, styles, on_frame=on_frame, stop=stopped, **options)
+                    break
+                except StyleTransferError as e:  # the server's streams all taken: waited for as it asks, before any
+                    wait_s = e.retry_after if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and not job.done else None
+                    if wait_s is None or time.monotonic() + wait_s > give_up or stopped():  # frame (it was a job
+                        raise  # accepted, 202, then failed at once: "max_video_streams=2", a flag of the server's)
+                    if job.cancel.wait(wait_s):
+                        raise Cancelled from None
             source.unlink(missing_ok=True)
             self._check_disk()  # and whole: the encoder holds frames back (x264's look-ahead), written at the end
             state = "done"
