@@ -21,8 +21,6 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adain.wire import SERVICE_NAME
-
 REPO = Path(__file__).resolve().parents[1]
 LISTEN_RE = re.compile(r"adain-server listening on (\S+):(\d+)")
 # For a test server whose test makes no refine call: a server with refine on warms it up before SERVING, and a
@@ -77,6 +75,21 @@ def make_certificates(folder: Path, *names: str) -> bool:
     return True
 
 
+class _AlwaysServing(health_pb2_grpc.HealthServicer):
+    """Health SERVING, to Check and Watch. (grpcio-health-checking's servicer sends a Watch's answer holding its lock,
+    which the close of a Watch cancelled meanwhile waits for on the thread that would send it: a stand-in that
+    many short-lived clients had watched hung at its stop, a test run with it.)"""
+
+    def Check(self, request, context):  # noqa: N802 (gRPC's names)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    def Watch(self, request, context):  # noqa: N802
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        ended = threading.Event()
+        if context.add_callback(ended.set):  # (False: the call has ended already)
+            ended.wait()
+
+
 @contextlib.contextmanager
 def stand_in_server(servicer: object, health: bool = False) -> Iterator[str]:
     """A gRPC server on 127.0.0.1 serving ``servicer`` (a ``StyleTransferServicer``: a server saying what the tests
@@ -86,15 +99,10 @@ def stand_in_server(servicer: object, health: bool = False) -> Iterator[str]:
 
     from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 
-    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    srv = grpc.server(futures.ThreadPoolExecutor(16))
     pb_grpc.add_StyleTransferServicer_to_server(servicer, srv)
     if health:
-        from grpc_health.v1 import health as grpc_health
-
-        checks = grpc_health.HealthServicer()
-        for service in (SERVICE_NAME, ""):
-            checks.set(service, health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(checks, srv)
+        health_pb2_grpc.add_HealthServicer_to_server(_AlwaysServing(), srv)
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
     try:
