@@ -151,8 +151,10 @@ class VideoJobs:
     def root(self) -> Path:
         """The folder of every job's files, made when first needed."""
         with self.lock:
-            if self._root is None or not self._root.is_dir():  # (a cleaner of /tmp removed it: every clip after
-                self._root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))  # failed until a restart)
+            # made again where a cleaner of /tmp removed it (every clip after failed until a restart), never once
+            # closed (close removes it)
+            if self._root is None or (not self._closed.is_set() and not self._root.is_dir()):
+                self._root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
             return self._root
 
     def running(self) -> int:
