@@ -262,7 +262,13 @@ class StylizeResult:
             raise ValueError(f"{path}: this result is {self.format.upper()} and {path.suffix} names "
                              f"{named.upper()}: ask for format={named!r}, or save it as {FORMAT_SUFFIXES[self.format]}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(path, self.image)
+        try:
+            write_whole(path, self.image)
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            # (a full disk's error named no file: the write into the temporary file beside it failed)
+            raise type(e)(e.errno, e.strerror, str(path)) from None
         return path
 
 

@@ -1143,3 +1143,13 @@ def test_a_full_stdout_is_named(server: ServerProcess, files: dict[str, Path], t
     assert proc.returncode == 1 and proc.stderr == (
         "adain-stylize: error: standard output: cannot write: No space left on device\n"), proc.stderr
     assert Image.open(out).size == (64, 48)  # the output itself is whole
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_save_on_a_full_disk_names_the_file() -> None:
+    """StylizeResult.save on a full disk raised "[Errno 28] No space left on device" naming no file (a storage tour)."""
+    from adain.client import StylizeResult, Timings
+
+    with pytest.raises(OSError) as info:
+        StylizeResult(b"x" * 10, 1, 1, "png", Timings(0, 0, 0, 0, 1), "r").save("/dev/full")
+    assert info.value.filename == "/dev/full" and "No space left on device" in str(info.value)
