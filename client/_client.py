@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -937,12 +937,12 @@ class _ClientBase:
         return unlisted and bool(served_by) and self._known_features(served_by) is None
 
     @staticmethod
-    def _asked_enough(served_by: str, replica: str, seen: Counter[str]) -> bool:
-        """Whether asking GetServerInfo can stop: ``replica`` (the one that answered it) is the one looked for, or
-        FEATURES_ASKS calls were made. (Three turns of the round robin were the bound: other threads' calls take
-        turns of the same channel between this call's asks, and good results were refused as not learned.)"""
-        seen[replica] += 1
-        return replica == served_by or seen.total() >= FEATURES_ASKS
+    def _asked_enough(served_by: str, replica: str, asked: int) -> bool:
+        """Whether asking GetServerInfo can stop: ``replica`` (the one that answered the ``asked``-th call) is the
+        one looked for, or FEATURES_ASKS calls were made. (Three turns of the round robin were the bound: other
+        threads' calls take turns of the same channel between this call's asks, and good results were refused as
+        not learned.)"""
+        return replica == served_by or asked >= FEATURES_ASKS
 
     @staticmethod
     def _not_learned(served_by: str, rid: str | None, why: str) -> StyleTransferError:
@@ -1113,7 +1113,7 @@ class StyleTransferClient(_ClientBase):
         GetServerInfo.features, asked of the replicas until it answers (a server with the list in GetServerInfo
         alone had every call with masks refused)."""
         rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
-        seen: Counter[str] = Counter()
+        asked = 0
         while self._to_ask(unlisted, served_by):
             try:
                 with self._unless_closed():
@@ -1121,8 +1121,9 @@ class StyleTransferClient(_ClientBase):
                         pb.GetServerInfoRequest(), timeout=FEATURES_ASK_S, metadata=self._metadata(None)[1])
             except grpc.RpcError as e:
                 raise self._not_learned(served_by, rid, f"GetServerInfo failed ({_rpc_error(e, None)})") from None
+            asked += 1
             if self._asked_enough(served_by, self._keep_features(reply, call.initial_metadata(),
-                                                                 call.trailing_metadata()), seen):
+                                                                 call.trailing_metadata()), asked):
                 break
         return self._served_by_info(needed, unlisted, served_by, rid)
 

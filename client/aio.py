@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import inspect
 import sys
-from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +146,7 @@ class AsyncStyleTransferClient(_ClientBase):
                             ) -> tuple[str | None, str]:
         """As the blocking client's: a reply refused where its server lacks a feature the call used."""
         rid, served_by, unlisted = self._served_by_list(initial, trailing, needed, request_id)
-        seen: Counter[str] = Counter()
+        asked = 0
         while self._to_ask(unlisted, served_by):
             try:
                 with self._cut_by_close(rid):  # (a close() meanwhile: the caller's task read it as its own cancel)
@@ -158,7 +157,8 @@ class AsyncStyleTransferClient(_ClientBase):
                                                   await call.trailing_metadata())
             except grpc.RpcError as e:
                 raise self._not_learned(served_by, rid, f"GetServerInfo failed ({_rpc_error(e, None)})") from None
-            if self._asked_enough(served_by, replica, seen):
+            asked += 1
+            if self._asked_enough(served_by, replica, asked):
                 break
         return self._served_by_info(needed, unlisted, served_by, rid)
 

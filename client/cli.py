@@ -1376,17 +1376,19 @@ class _GuardedStdout:
         self._out = out
 
     def write(self, text: str) -> int:
-        try:
+        with self._said_as_stdouts():
             return self._out.write(text)
-        except BrokenPipeError:  # its reader went away: as before (a shell's SIGPIPE)
-            raise
-        except OSError as e:
-            raise _StdoutError(e.errno, e.strerror) from None
 
     def flush(self) -> None:
-        try:
+        with self._said_as_stdouts():
             self._out.flush()
-        except BrokenPipeError:
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _said_as_stdouts() -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:  # its reader went away: as before (a shell's SIGPIPE)
             raise
         except OSError as e:
             raise _StdoutError(e.errno, e.strerror) from None
