@@ -39,23 +39,19 @@ def _temp_folders() -> list[tuple[str, str]]:
     told "no writable temporary folder" looked at permissions where the disk was full."""
     out = []
     for folder in dict.fromkeys(d for d in (os.environ.get("TMPDIR"), "/tmp", "/var/tmp", "/usr/tmp") if d):
-        if not os.path.isdir(folder):
+        st = os.statvfs(folder) if os.path.isdir(folder) else None
+        if st is None:
             said = "does not exist"
         elif not os.access(folder, os.W_OK | os.X_OK):
             said = "cannot be written in"
-        elif os.statvfs(folder).f_flag & os.ST_RDONLY:
+        elif st.f_flag & os.ST_RDONLY:
             said = "is read-only"
-        elif _full(folder):
+        elif st.f_bavail * st.f_frsize < 64 * 1024 or (st.f_files > 0 and st.f_favail == 0):  # (bytes, inodes)
             said = "is full"
         else:
             continue  # (nothing seen wrong with it: the error says what is)
         out.append((folder, said))
     return out
-
-
-def _full(folder: str) -> bool:
-    st = os.statvfs(folder)
-    return st.f_bavail * st.f_frsize < 64 * 1024 or (st.f_files > 0 and st.f_favail == 0)
 
 
 def temp_fallback() -> str | None:

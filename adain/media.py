@@ -312,19 +312,18 @@ def decode_side(options: dict[str, Any]) -> int | None:
     return options.get("content_size") or None
 
 
-def _upright(frame: Any, max_side: int | None = None, sar: Fraction = Fraction(1), reformatter: Any = None
-             ) -> Image.Image:
+def _upright(frame: Any, reformatter: Any, max_side: int | None = None, sar: Fraction = Fraction(1)) -> Image.Image:
     """A decoded frame as it is meant to be seen: in SDR sRGB (an HDR frame tone-mapped, ``adain.hdr``),
     and turned: a phone films portrait clips as landscape frames with a display matrix saying "turn a
     quarter" (PyAV's ``frame.rotation``: -90, that is 90 degrees clockwise, for an upright iPhone), which
     players apply and a plain decode does not. Pixels that are not square (``sar``, the stream's sample
     aspect ratio: a camcorder's 1440 x 1080 shown as 1920 x 1080) are made square, as players show them.
     ``max_side``: scaled down (Lanczos, by FFmpeg) in the same conversion, before the rest of the work,
-    where the frame is to be stylized smaller anyway. ``reformatter``: a PyAV VideoReformatter to convert with,
+    where the frame is to be stylized smaller anyway. ``reformatter``: the PyAV VideoReformatter to convert with,
     one a reader (a frame's own, ``frame.reformat``, kept FFmpeg's scaler and its threads with the frame, which
     reading its side data put in a reference cycle: two threads a frame until a garbage collection, 404 in a
     soak's adain-web)."""
-    convert = frame.reformat if reformatter is None else functools.partial(reformatter.reformat, frame)
+    convert = functools.partial(reformatter.reformat, frame)
     width = max(1, round(frame.width * sar))
     w, h = longest_size(width, frame.height, max_side)
     size = {} if (w, h) == (frame.width, frame.height) else {"width": w, "height": h, "interpolation": "LANCZOS"}
@@ -525,11 +524,11 @@ class VideoReader:
                             continue  # dropped: a burst over max_fps
                         kept = t
                         sent += 1
-                        yield _upright(frame, self.max_side, self.sar, self._reformatter), t - start
+                        yield _upright(frame, self._reformatter, self.max_side, self.sar), t - start
             self.end_time = max(0.0, min(shown_until, end) - start)
             if shown is not None and start < shown[1] + 1 / float(self.info.rate):  # the last frame, on screen at
                 sent += 1  # a start after its time (a start past the picture's end finds none)
-                yield _upright(shown[0], self.max_side, self.sar, self._reformatter), 0.0
+                yield _upright(shown[0], self._reformatter, self.max_side, self.sar), 0.0
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.path}: corrupt video data after {self.count} frames ({e.strerror or e})") from None
         if sent == 0:
