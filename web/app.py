@@ -35,7 +35,6 @@ answered with a fixed message: gRPC's details name its internal address, so they
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
 import math
@@ -78,6 +77,7 @@ from adain.wire import (
 )
 
 from .checks import (
+    STORAGE_ERRNOS,
     BadInput,
     Problems,
     color,
@@ -365,9 +365,6 @@ class SecurityHeaders:
             body = (JSONResponse(error_json("RESOURCE_EXHAUSTED", full), status_code=507, headers={"Retry-After": "30"})
                     if full else JSONResponse(internal, status_code=500))
             await body(scope, receive, with_headers)
-
-
-STORAGE_ERRNOS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EROFS: "is read-only"}
 
 
 def storage_error(e: BaseException) -> str | None:

@@ -3,6 +3,7 @@ cheap ones, naming the field as the proto does; the server checks the rest."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import math
@@ -47,6 +48,8 @@ TRANSPORT_RE = re.compile(r"ipv[46]:|unix:|dns:|\d+\.\d+\.\d+\.\d+|\[[0-9a-f]*:[
 
 
 FRAME_FIELD_RE = re.compile(r"frames\[\d+\]")  # the server names a stream's frames by index
+# What a full, over-quota or read-only disk is said to be (adain-web's temporary folder: uploads, clips)
+STORAGE_ERRNOS = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EROFS: "is read-only"}
 MAX_ERROR_TEXT = 500  # characters of a message or description: a 100,000-character field came back twice
 
 

@@ -21,7 +21,6 @@ says too little, fails as it reaches for one frame more.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ import grpc
 
 from adain.client import StyleTransferClient, StyleTransferError
 
-from .checks import error_json, stream_error
+from .checks import STORAGE_ERRNOS, error_json, stream_error
 
 if TYPE_CHECKING:
     from adain.media import VideoInfo
@@ -443,7 +442,7 @@ class VideoJobs:
 def _storage_said(message: str) -> str | None:
     """Whether FFmpeg's message (its error's text: MediaWriteError keeps no errno) is a full, over-quota or
     read-only disk's, and what to say of it."""
-    for code, said in ((errno.ENOSPC, "is full"), (errno.EDQUOT, "is over its quota"), (errno.EROFS, "is read-only")):
+    for code, said in STORAGE_ERRNOS.items():
         if os.strerror(code) in message:
             return said
     return None

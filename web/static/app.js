@@ -544,12 +544,17 @@ function limitInWords(message) {
       ? `over this server's limit of ${Number(n).toLocaleString("en")} ${LIMIT_WORDS[name]}` : all));
 }
 
+// The style a server field ("styles[1].image") names, of those the call sent; null for another field.
+function sentStyle(field, sent) {
+  const style = /^styles\[(\d+)\]/.exec(field || "");
+  return style ? sent[Number(style[1])] || null : null;
+}
+
 // A server field ("styles[1].image", "content", "alpha"...) -> the message area beside its control.
 function errorArea(field, sent = state.styles) {
-  const style = /^styles\[(\d+)\]/.exec(field || "");
   // the style the call sent, where it is in the list now (one removed meanwhile moved the others' places: its
   // error was shown beside the style that took its place); one no longer in the list: the list's own area
-  const now = style ? state.styles.indexOf(sent[Number(style[1])]) : -1;
+  const now = state.styles.indexOf(sentStyle(field, sent));
   if (now >= 0 && $(`style-error-${now}`)) return $(`style-error-${now}`);
   if (field && field.startsWith("styles")) return $("styles-error");
   const name = (field || "").split(/[.[]/)[0];
@@ -577,8 +582,7 @@ function showError(body, status, sent = state.styles) {
       const area = errorArea(v.field, sent);
       let text = area === $("form-error") ? `${v.field}: ${limitInWords(v.description)}`
                                           : besideControl(v.field, v.description);
-      const style = /^styles\[(\d+)\]/.exec(v.field || "");
-      const gone = style && sent[Number(style[1])];
+      const gone = sentStyle(v.field, sent);
       if (gone && !state.styles.includes(gone)) text = `${gone.name} (removed since): ${text}`;
       area.textContent = (area.textContent ? area.textContent + " " : "") + text;
     }
