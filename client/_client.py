@@ -571,9 +571,21 @@ def _unserved(missing: Sequence[str], served_by: str, rid: str | None) -> StyleT
     return e
 
 
-# A call refused for a feature its replica lacks is sent this many times in all: over a fleet mid-upgrade, round
-# robin sends the next try to another replica (the page failed every other photo with keep_exif ticked)
-UNSERVED_TRIES = 2
+# A call refused for a feature its replica lacks is sent again, up to this many times in all: over a fleet
+# mid-upgrade, round robin sends the next try to another replica (the page failed every other photo with keep_exif
+# ticked). Round robin only picks among replicas already connected, so a client whose other replicas were still
+# connecting was answered by the old one every time (1 in 12 calls of a loaded test): the tries after the second
+# wait UNSERVED_PAUSES_S first, time for the others to connect.
+UNSERVED_TRIES = 4
+UNSERVED_PAUSES_S = (0.0, 0.0, 0.2, 0.5)  # before each try
+
+
+def unserved_retry(e: StyleTransferError, tries_left: int) -> float | None:
+    """Seconds to wait before sending once more a call that raised ``e``, or None to raise it: only a reply
+    refused for a feature its replica lacks (:func:`_unserved`) is sent again."""
+    if not tries_left or not getattr(e, "unserved", False):
+        return None
+    return UNSERVED_PAUSES_S[UNSERVED_TRIES - tries_left]
 NO_FEATURES_HINT = " (its reply lists no features: "  # how _rpc_error's hint begins (the CLI keeps it)
 FEATURES_KEPT = 64  # replicas whose GetServerInfo.features a client keeps (servers older than x-adain-features)
 FEATURES_ASK_S = 5.0  # each GetServerInfo that learns them (a call that does nothing: milliseconds)
@@ -736,6 +748,23 @@ def channel_target(target: str, tls: bool = False) -> str:
     return ("ipv6:" if ipv6 else "ipv4:") + ",".join(parts)
 
 
+def one_server(target: str) -> bool:
+    """Whether a channel target (:func:`channel_target`'s) names one server alone: one IP address, or a socket
+    path. A host name may resolve to several replicas."""
+    scheme = (m.group(1).lower() if (m := _SCHEME_RE.match(target)) else "")
+    if scheme in ("unix", "unix-abstract", "vsock"):
+        return True
+    if "," in target or scheme not in ("", "ipv4", "ipv6"):
+        return False
+    host = target[len(scheme) + 1:] if scheme else target
+    host = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _pem(value: bytes | str | os.PathLike | None, field: str) -> bytes | None:
     """PEM bytes, or a file's; a file that cannot be read is a StyleTransferError naming ``field``."""
     if value is None or isinstance(value, bytes):
@@ -892,6 +921,9 @@ class _ClientBase:
         opts.extend(options)
         secure = bool(tls or root_certificates is not None or client_certificate is not None)
         target = channel_target(target, secure)
+        # one server behind the target: a refused reply sent again would reach it again (a balancer in front of one
+        # address balances connections, not calls)
+        self._unserved_tries = 1 if one_server(target) else UNSERVED_TRIES
         if (client_certificate is None) != (client_key is None):
             raise ValueError("client_certificate and client_key go together")
         self._token = _TokenSource(token, token_file)
@@ -1195,14 +1227,15 @@ class StyleTransferClient(_ClientBase):
         needed = needed_features(request)
 
         def send() -> tuple[Any, str | None, str]:
-            for tries_left in reversed(range(UNSERVED_TRIES)):  # a replica without a feature: once more, elsewhere
+            for tries_left in reversed(range(self._unserved_tries)):  # a replica without a feature: elsewhere
                 try:
                     if on_progress is None:
                         return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed)
                     return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed)
                 except StyleTransferError as e:
-                    if not tries_left or not getattr(e, "unserved", False):
+                    if (pause := unserved_retry(e, tries_left)) is None:
                         raise
+                    time.sleep(pause)
             raise AssertionError("unreachable")
 
         try:

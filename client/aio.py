@@ -30,7 +30,6 @@ from adain.wire import SERVICE_NAME
 
 from ._client import (
     FEATURES_ASK_S,
-    UNSERVED_TRIES,
     ImageInput,
     LibraryPreset,
     LibraryStyle,
@@ -56,6 +55,7 @@ from ._client import (
     server_info_dict,
     stylize_request,
     stylize_result,
+    unserved_retry,
     video_options,
 )
 
@@ -198,14 +198,15 @@ class AsyncStyleTransferClient(_ClientBase):
         needed = needed_features(request)
 
         async def send() -> tuple[Any, str | None, str]:
-            for tries_left in reversed(range(UNSERVED_TRIES)):  # a replica without a feature: once more, elsewhere
+            for tries_left in reversed(range(self._unserved_tries)):  # a replica without a feature: elsewhere
                 try:
                     if on_progress is None:
                         return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user, needed)
                     return await self._with_progress(request, on_progress, timeout, request_id, end_user, needed)
                 except StyleTransferError as e:
-                    if not tries_left or not getattr(e, "unserved", False):
+                    if (pause := unserved_retry(e, tries_left)) is None:
                         raise
+                    await asyncio.sleep(pause)
             raise AssertionError("unreachable")
 
         try:
