@@ -1081,6 +1081,27 @@ class _ClientBase:
                     check_request_size(request, self.max_message_bytes)
 
 
+class _Gate:
+    """Holds a stream's frames until its replica is checked: open, they go; refused, none is read."""
+
+    def __init__(self) -> None:
+        self._decided = threading.Event()
+        self._open = False
+
+    def open(self) -> None:
+        self._open = True
+        self._decided.set()
+
+    def close(self) -> None:
+        """Refuse, unless opened already."""
+        self._decided.set()
+
+    def passed(self) -> bool:
+        """Wait until decided: whether the frames may go."""
+        self._decided.wait()
+        return self._open
+
+
 def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event) -> None:
     """Cancel ``call`` once ``stop()`` says so, asking four times a second until the call has ended."""
     while not ended.wait(0.25):
@@ -1302,12 +1323,62 @@ class StyleTransferClient(_ClientBase):
         _frames_not_a_file(frames)
         first = video_options(styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(first, every=True)
+        needed = needed_features(first)
         failure: list[Exception] = []
+        request_id, metadata = self._metadata(request_id, end_user)
+        tries = self._unserved_tries if needed else 1
+        call, ended = None, threading.Event()
+        try:
+            for tries_left in reversed(range(tries)):
+                # A stream using a feature sends its frames once the replica that took it is known to have it:
+                # refused (its headers name the replica), it is opened again elsewhere as a photo's call is sent
+                # again, no frame read yet (over a fleet mid-upgrade every other clip failed at its first frame).
+                gate = _Gate() if needed else None
+                call, ended = self._open_video(first, frames, failure, timeout, metadata, gate), threading.Event()
+                if stop is not None:
+                    threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop",
+                                     daemon=True).start()
+                if gate is None:
+                    break
+                try:
+                    headers = call.initial_metadata()  # (returns at the call's end too: refused before its headers)
+                    if not call.done():  # (ended: its error is raised below, no frame read)
+                        self._check_served(headers, None, needed, request_id)
+                        gate.open()
+                except StyleTransferError as e:
+                    ended.set()
+                    call.cancel()
+                    if (pause := unserved_retry(e, tries_left)) is None:
+                        raise
+                    time.sleep(pause)
+                    continue
+                finally:
+                    gate.close()  # (once open, nothing: else its frames are never read)
+                break
+            for reply in call:
+                yield frame_result(reply)
+        except grpc.RpcError as e:
+            if failure:
+                raise failure[0] from None
+            raise _rpc_error(e, request_id, needed) from None
+        finally:
+            ended.set()
+            if call is not None:
+                call.cancel()  # a no-op once the stream has ended; frees the server's state if we stopped early
+        if failure:
+            raise failure[0]
+
+    def _open_video(self, first: pb.VideoOptions, frames: Iterable[ImageInput], failure: list[Exception],
+                    timeout: float | None, metadata: Any, gate: _Gate | None) -> Any:
+        """A StylizeVideo call sending ``first``, then ``frames`` (once ``gate`` opens, where there is one); an
+        exception raised reading them cancels the call and is kept in ``failure``."""
         holder: list[Any] = []
         held = threading.Event()  # the call is in holder
 
         def requests() -> Iterator[pb.VideoRequest]:
             yield pb.VideoRequest(options=first)
+            if gate is not None and not gate.passed():
+                return  # refused: the frames stay unread, for the next replica
             try:
                 for i, frame in enumerate(frames):
                     yield pb.VideoRequest(frame=image_bytes(frame, f"frames[{i}]", self.max_message_bytes))
@@ -1317,29 +1388,11 @@ class StyleTransferClient(_ClientBase):
                 if holder:
                     holder[0].cancel()
 
-        request_id, metadata = self._metadata(request_id, end_user)
         with self._unless_closed():
             call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout), metadata=metadata)
         holder.append(call)
         held.set()
-        ended = threading.Event()
-        if stop is not None:
-            threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop", daemon=True).start()
-        needed = needed_features(first)
-        try:
-            for reply in call:
-                if needed and reply.index == 0:  # (frames regions apply to: none taken from a server without them)
-                    self._check_served(call.initial_metadata(), None, needed, request_id)
-                yield frame_result(reply)
-        except grpc.RpcError as e:
-            if failure:
-                raise failure[0] from None
-            raise _rpc_error(e, request_id, needed) from None
-        finally:
-            ended.set()
-            call.cancel()  # a no-op once the stream has ended; frees the server's state if we stopped early
-        if failure:
-            raise failure[0]
+        return call
 
     def register_style(self, image: ImageInput, *, timeout: float | None = None, request_id: str | None = None) -> str:
         """Store a style image on the server; returns its id (sha256 hex of the bytes sent).

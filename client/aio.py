@@ -268,37 +268,43 @@ class AsyncStyleTransferClient(_ClientBase):
         _frames_not_a_file(frames)
         first = await asyncio.to_thread(video_options, styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(first, every=True)
+        needed = needed_features(first)
         failure: list[BaseException] = []
-        holder: list[Any] = []
-
-        async def requests() -> AsyncIterator[pb.VideoRequest]:
-            yield pb.VideoRequest(options=first)
-            # The frames wait for the server's response headers, sent once it has taken the stream: written into
-            # a stream it had refused, grpc.aio raised INTERNAL "Internal error from Core" in place of its status
-            # (one refusal in four under load; grpc/grpc#36066). A server that sends them at once loses nothing.
-            await holder[0].initial_metadata()
-            if holder[0].done():
-                return
-            try:
-                i = 0
-                async for frame in _aiter(frames):
-                    if isinstance(frame, bytes) and len(frame) <= self.max_message_bytes:
-                        data = frame  # nothing to read or encode
-                    else:
-                        data = await asyncio.to_thread(image_bytes, frame, f"frames[{i}]", self.max_message_bytes)
-                    yield pb.VideoRequest(frame=data)
-                    i += 1
-            except Exception as e:  # noqa: BLE001 - raised again to the caller, below
-                failure.append(e)
-                holder[0].cancel()
-
-        request_id, metadata = self._metadata(request_id, end_user)
-        call = self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout),
-                                       metadata=metadata)
-        holder.append(call)
         stopped: list[bool] = []
 
-        async def watch() -> None:
+        def open_call(gate: asyncio.Event | None, passed: list[bool]) -> Any:
+            """A StylizeVideo call: the options, then the frames once ``gate`` is set with ``passed`` true."""
+            holder: list[Any] = []
+
+            async def requests() -> AsyncIterator[pb.VideoRequest]:
+                yield pb.VideoRequest(options=first)
+                # The frames wait for the server's response headers, sent once it has taken the stream: written
+                # into a stream it had refused, grpc.aio raised INTERNAL "Internal error from Core" in place of its
+                # status (one refusal in four under load; grpc/grpc#36066). A server that sends them at once loses
+                # nothing. A stream using a feature waits too for its replica's check (the blocking client's).
+                await holder[0].initial_metadata()
+                if gate is not None:
+                    await gate.wait()
+                if holder[0].done() or (gate is not None and not passed):
+                    return
+                try:
+                    i = 0
+                    async for frame in _aiter(frames):
+                        if isinstance(frame, bytes) and len(frame) <= self.max_message_bytes:
+                            data = frame  # nothing to read or encode
+                        else:
+                            data = await asyncio.to_thread(image_bytes, frame, f"frames[{i}]",
+                                                           self.max_message_bytes)
+                        yield pb.VideoRequest(frame=data)
+                        i += 1
+                except Exception as e:  # noqa: BLE001 - raised again to the caller, below
+                    failure.append(e)
+                    holder[0].cancel()
+
+            holder.append(self._stub.StylizeVideo(requests(), timeout=no_deadline_past(timeout), metadata=metadata))
+            return holder[0]
+
+        async def watch(call: Any) -> None:
             while not call.done():
                 await asyncio.sleep(0.25)
                 if stop is not None and stop():
@@ -306,13 +312,34 @@ class AsyncStyleTransferClient(_ClientBase):
                     call.cancel()
                     return
 
-        watcher = asyncio.ensure_future(watch()) if stop is not None else None
-        needed = needed_features(first)
+        request_id, metadata = self._metadata(request_id, end_user)
+        call: Any = None
+        watcher: asyncio.Future | None = None
         try:
             with self._cut_by_close(request_id):
+                for tries_left in reversed(range(self._unserved_tries if needed else 1)):
+                    gate, passed = (asyncio.Event() if needed else None), []
+                    call = open_call(gate, passed)
+                    watcher = asyncio.ensure_future(watch(call)) if stop is not None else None
+                    if gate is None:
+                        break
+                    try:  # (as the blocking client's: a replica without a feature the stream uses, elsewhere)
+                        headers = await call.initial_metadata()
+                        if not call.done():
+                            await self._check_served(headers, None, needed, request_id)
+                            passed.append(True)
+                    except StyleTransferError as e:
+                        if watcher is not None:
+                            watcher.cancel()
+                        call.cancel()
+                        if (pause := unserved_retry(e, tries_left)) is None:
+                            raise
+                        await asyncio.sleep(pause)
+                        continue
+                    finally:
+                        gate.set()
+                    break
                 async for reply in call:
-                    if needed and reply.index == 0:  # (frames regions apply to: none taken from a server without them)
-                        await self._check_served(await call.initial_metadata(), None, needed, request_id)
                     yield frame_result(reply)
             if stopped:  # (ended by the cancel, without an error from the iteration)
                 raise StyleTransferError(grpc.StatusCode.CANCELLED, "the stream was stopped (stop() said so)")
@@ -327,7 +354,8 @@ class AsyncStyleTransferClient(_ClientBase):
         finally:
             if watcher is not None:
                 watcher.cancel()
-            call.cancel()
+            if call is not None:
+                call.cancel()
         if failure:
             raise failure[0]
 

@@ -318,3 +318,42 @@ def test_a_refused_reply_is_sent_again_only_where_another_replica_may_answer() -
                 _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS), "regions")
             assert Counted.calls == calls, target
             assert (time.monotonic() - start >= 0.7) == (calls == 4)
+
+
+def test_a_clip_refused_by_a_replica_without_its_feature_is_opened_again_elsewhere(server: ServerProcess,
+                                                                                    old: str) -> None:
+    """A stream using a feature sends its frames once the replica that took it is known to have it; refused, it is
+    opened again on the next replica with no frame read (over a fleet mid-upgrade every other clip with regions
+    failed at its first frame). To the old server alone: refused, nothing read."""
+    read: list[int] = []
+
+    def frames(n: int = 2) -> Iterator[bytes]:
+        for i in range(n):
+            read.append(i)
+            yield CONTENT
+
+    def stylized(got: list) -> bool:
+        return len(got) == 2 and all(f.image != CONTENT for f in got) and read == [0, 1]
+
+    with StyleTransferClient(f"{server.target},{old}", timeout=60) as client:
+        for _ in range(4):
+            read.clear()
+            assert stylized(list(client.stylize_video(frames(), STYLES, masks=MASKS)))
+    with StyleTransferClient(old, timeout=60) as client:
+        read.clear()
+        _refused(lambda: list(client.stylize_video(frames(), STYLES, masks=MASKS)), "regions")
+        assert read == []
+
+    async def run() -> None:
+        async with AsyncStyleTransferClient(f"{server.target},{old}", timeout=60) as client:
+            for _ in range(4):
+                read.clear()
+                assert stylized([f async for f in client.stylize_video(frames(), STYLES, masks=MASKS)])
+        async with AsyncStyleTransferClient(old, timeout=60) as client:
+            read.clear()
+            with pytest.raises(StyleTransferError, match="does not list 'regions'"):
+                async for _ in client.stylize_video(frames(), STYLES, masks=MASKS):
+                    pass
+            assert read == []
+
+    asyncio.run(run())
