@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 from urllib.parse import quote
 
 import grpc
@@ -68,6 +68,7 @@ if sys.version_info >= (3, 11):  # (at run time too: typing.get_type_hints reads
 elif TYPE_CHECKING:
     from typing_extensions import Unpack
 
+_T = TypeVar("_T")
 DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0
 NO_DEADLINE_S = 1e9  # a timeout this long or longer (31 years; inf too) is no deadline: see no_deadline_past
@@ -1198,6 +1199,17 @@ class StyleTransferClient(_ClientBase):
             raise _rpc_error(e, request_id, needed) from None
         return (reply, *self._check_served(call.initial_metadata(), call.trailing_metadata(), needed, request_id))
 
+    def _until_served(self, send: Callable[[], _T]) -> _T:
+        """``send()``, sent again where its replica lacked what it used (:func:`unserved_retry`)."""
+        for tries_left in reversed(range(self._unserved_tries)):
+            try:
+                return send()
+            except StyleTransferError as e:
+                if (pause := unserved_retry(e, tries_left)) is None:
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
     def stylize(
         self,
         content: ImageInput,
@@ -1248,25 +1260,18 @@ class StyleTransferClient(_ClientBase):
         needed = needed_features(request)
 
         def send() -> tuple[Any, str | None, str]:
-            for tries_left in reversed(range(self._unserved_tries)):  # a replica without a feature: elsewhere
-                try:
-                    if on_progress is None:
-                        return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed)
-                    return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed)
-                except StyleTransferError as e:
-                    if (pause := unserved_retry(e, tries_left)) is None:
-                        raise
-                    time.sleep(pause)
-            raise AssertionError("unreachable")
+            if on_progress is None:
+                return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed)
+            return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed)
 
         try:
-            reply, rid, served_by = send()
+            reply, rid, served_by = self._until_served(send)
         except StyleTransferError as e:
             # A replica that does not know a style this client registered (registries are per replica):
             # send that style's bytes instead, once.
             if not self._inline_unknown_styles(request, e):
                 raise
-            reply, rid, served_by = send()
+            reply, rid, served_by = self._until_served(send)
         return stylize_result(reply, rid, served_by)
 
     def _call_with_progress(
@@ -1436,8 +1441,11 @@ class StyleTransferClient(_ClientBase):
         none; at most 512). Every replica of a service reads the same folder, so a name works wherever a call
         lands."""
         request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
-        with _no_library():
-            reply, _ = self._call(self._stub.ListStyles, request, timeout, None)
+        def send() -> Any:
+            with _no_library():
+                return self._call(self._stub.ListStyles, request, timeout, None)[0]
+
+        reply = self._until_served(send)
         return library_styles(reply), library_presets(reply)
 
     def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:
@@ -1457,8 +1465,10 @@ def _no_library() -> Iterator[None]:
     except StyleTransferError as e:
         if e.code != grpc.StatusCode.UNIMPLEMENTED:
             raise
-        raise StyleTransferError(e.code, "this server has no style library: it is older than ListStyles (upgrade it)",
-                                 request_id=e.request_id) from None
+        said = StyleTransferError(e.code, "this server has no style library: it is older than ListStyles (upgrade it)",
+                                  request_id=e.request_id)
+        said.unserved = True  # (over several replicas, the next may have it)
+        raise said from None
 
 
 def server_info_dict(reply: pb.ServerInfo, served_by: str = "") -> dict[str, Any]:

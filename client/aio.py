@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -64,6 +64,7 @@ if sys.version_info >= (3, 11):  # (at run time too: typing.get_type_hints reads
 elif TYPE_CHECKING:
     from typing_extensions import Unpack
 
+_T = TypeVar("_T")
 ProgressCallback = Callable[[RefineProgress], Awaitable[None] | None]
 
 
@@ -198,24 +199,28 @@ class AsyncStyleTransferClient(_ClientBase):
         needed = needed_features(request)
 
         async def send() -> tuple[Any, str | None, str]:
-            for tries_left in reversed(range(self._unserved_tries)):  # a replica without a feature: elsewhere
-                try:
-                    if on_progress is None:
-                        return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user, needed)
-                    return await self._with_progress(request, on_progress, timeout, request_id, end_user, needed)
-                except StyleTransferError as e:
-                    if (pause := unserved_retry(e, tries_left)) is None:
-                        raise
-                    await asyncio.sleep(pause)
-            raise AssertionError("unreachable")
+            if on_progress is None:
+                return await self._unary(self._stub.Stylize, request, timeout, request_id, end_user, needed)
+            return await self._with_progress(request, on_progress, timeout, request_id, end_user, needed)
 
         try:
-            reply, rid, served_by = await send()
+            reply, rid, served_by = await self._until_served(send)
         except StyleTransferError as e:
-            if not self._inline_unknown_styles(request, e):
-                raise
-            reply, rid, served_by = await send()  # a replica that did not know a style this client registered
+            if not self._inline_unknown_styles(request, e):  # a replica that did not know a style this client
+                raise  # registered: its bytes, once
+            reply, rid, served_by = await self._until_served(send)
         return stylize_result(reply, rid, served_by)
+
+    async def _until_served(self, send: Callable[[], Awaitable[_T]]) -> _T:
+        """``await send()``, sent again where its replica lacked what it used (the blocking client's)."""
+        for tries_left in reversed(range(self._unserved_tries)):
+            try:
+                return await send()
+            except StyleTransferError as e:
+                if (pause := unserved_retry(e, tries_left)) is None:
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def _with_progress(
         self, request: pb.StylizeRequest, on_progress: ProgressCallback, timeout: float | None, request_id: str | None,
@@ -378,8 +383,11 @@ class AsyncStyleTransferClient(_ClientBase):
     ) -> tuple[list[LibraryStyle], list[LibraryPreset]]:
         """The server's styles and presets in one call (see :meth:`StyleTransferClient.library`)."""
         request = pb.ListStylesRequest(thumbnail_size=_uint(thumbnail_size, "thumbnail_size"))
-        with _no_library():
-            reply, _, _ = await self._unary(self._stub.ListStyles, request, timeout, None)
+        async def send() -> Any:
+            with _no_library():
+                return (await self._unary(self._stub.ListStyles, request, timeout, None))[0]
+
+        reply = await self._until_served(send)
         return library_styles(reply), library_presets(reply)
 
     async def list_styles(self, *, thumbnail_size: int = 0, timeout: float | None = None) -> list[LibraryStyle]:

@@ -357,3 +357,20 @@ def test_a_clip_refused_by_a_replica_without_its_feature_is_opened_again_elsewhe
             assert read == []
 
     asyncio.run(run())
+
+
+def test_the_library_asked_over_a_mixed_fleet_is_asked_again_of_another_replica(server: ServerProcess,
+                                                                                 old: str) -> None:
+    """ListStyles reaching a replica older than it (UNIMPLEMENTED) is asked of the next one, as a photo's call is
+    sent again (adain-stylize --list-styles and the page's presets failed every other time mid-upgrade)."""
+    with StyleTransferClient(server.target, timeout=30) as client:
+        library = client.library()
+    with StyleTransferClient(f"{server.target},{old}", timeout=30) as client:
+        assert all(client.library() == library for _ in range(6))
+
+    async def run() -> None:
+        async with AsyncStyleTransferClient(f"{server.target},{old}", timeout=30) as client:
+            for _ in range(6):
+                assert await client.library() == library
+
+    asyncio.run(run())
