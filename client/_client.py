@@ -1340,12 +1340,12 @@ class StyleTransferClient(_ClientBase):
                 # again, no frame read yet (over a fleet mid-upgrade every other clip failed at its first frame).
                 gate = _Gate() if needed else None
                 call, ended = self._open_video(first, frames, failure, timeout, metadata, gate), threading.Event()
-                if stop is not None:
-                    threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop",
-                                     daemon=True).start()
-                if gate is None:
-                    break
                 try:
+                    if stop is not None:
+                        threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop",
+                                         daemon=True).start()
+                    if gate is None:
+                        break
                     headers = call.initial_metadata()  # (returns at the call's end too: refused before its headers)
                     if not call.done():  # (ended: its error is raised below, no frame read)
                         self._check_served(headers, None, needed, request_id)
@@ -1358,7 +1358,8 @@ class StyleTransferClient(_ClientBase):
                     time.sleep(pause)
                     continue
                 finally:
-                    gate.close()  # (once open, nothing: else its frames are never read)
+                    if gate is not None:
+                        gate.close()  # (once open, nothing: else its frames are never read, its thread let go)
                 break
             for reply in call:
                 yield frame_result(reply)
