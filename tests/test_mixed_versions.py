@@ -317,7 +317,7 @@ def test_a_refused_reply_is_sent_again_only_where_another_replica_may_answer() -
                 start = time.monotonic()
                 _refused(lambda: client.stylize(CONTENT, STYLES, masks=MASKS), "regions")
             assert Counted.calls == calls, target
-            assert (time.monotonic() - start >= 0.7) == (calls == 4)
+            assert calls == 1 or time.monotonic() - start >= 0.7  # (the waits before the last two)
 
 
 def test_a_clip_refused_by_a_replica_without_its_feature_is_opened_again_elsewhere(server: ServerProcess,
