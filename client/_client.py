@@ -73,6 +73,13 @@ DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0
 NO_DEADLINE_S = 1e9  # a timeout this long or longer (31 years; inf too) is no deadline: see no_deadline_past
 DEFAULT_MAX_MESSAGE_MB = 32
+# A connection with calls in flight is pinged after a minute without a frame, and closed when 20 s pass without the
+# answer: a call on a dead link (black-holed, a frozen host) fails UNAVAILABLE in ~80 s, where a clip or a refine
+# with no deadline waited for ever. adain-server takes pings this often (--keepalive-s); gRPC's default server
+# refuses them under every 5 minutes, so a server older than 2026-12-05 closes a quiet connection after 3 pings.
+KEEPALIVE_OPTIONS = (("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+                     ("grpc.http2.ping_timeout_ms", 20_000),  # (what gRPC 1.85 waits on: keepalive_timeout_ms is not)
+                     ("grpc.http2.max_pings_without_data", 0))  # (else 2 pings, then none, on a quiet call)
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite value of a float field on the wire
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
@@ -917,9 +924,10 @@ class _ClientBase:
             # to a minute more (adain-web answered 503 for 50-69 s after it served). A try every few seconds costs
             # nothing beside a call.
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+            *KEEPALIVE_OPTIONS,
         ]
         opts.append(("grpc.service_config", service_config(retries)))
-        opts.extend(options)
+        opts = [*options, *opts]  # gRPC takes a key's first value: the caller's win (they were ignored after ours)
         secure = bool(tls or root_certificates is not None or client_certificate is not None)
         target = channel_target(target, secure)
         # one server behind the target: a refused reply sent again would reach it again (a balancer in front of one
@@ -1122,7 +1130,8 @@ class StyleTransferClient(_ClientBase):
     ``timeout`` (seconds) is the default deadline of each call. ``tls=True`` (or giving
     ``root_certificates``, PEM bytes or a file path) uses a TLS channel. ``retries`` is how many times a
     call that fails with UNAVAILABLE is retried, with backoff, by gRPC's retry policy, on another replica
-    where there are several (0 disables; at most 4, gRPC's limit: more is a ValueError).
+    where there are several (0 disables; at most 4, gRPC's limit: more is a ValueError). ``options``: gRPC channel
+    arguments, which take the place of the client's own of the same name (keepalive, message sizes, retries).
     Message size limits default to 32 MiB each way, like the server's (``max_message_mb``): a file larger
     than that is refused before it is read, and a request larger than that before it is sent, naming the
     file or the largest parts.

@@ -155,7 +155,24 @@ def connection_limits(s: Settings) -> list[tuple[str, int]]:
                ("grpc.max_allowed_incoming_connections", s.connections())]
     if s.max_connection_idle_s > 0:  # a client's channel reconnects at its next call
         options.append(("grpc.max_connection_idle_ms", int(s.max_connection_idle_s * 1000)))
-    return options
+    return options + keepalive_options(s.keepalive_s)
+
+
+KEEPALIVE_TIMEOUT_S = 20.0  # gRPC's default wait for a ping's answer, the most --keepalive-s takes
+
+
+def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
+    """Pings that find a client gone without a word (a black-holed link: gRPC waited as long as TCP did, hours),
+    and the pings taken from clients: ours ping every minute, and gRPC's default refuses any more often than every
+    5 minutes (closing the connection and its calls, "too_many_pings")."""
+    ms = int(keepalive_s * 1000)
+    taken = [("grpc.http2.min_ping_interval_without_data_ms", min(ms, 10_000) if ms > 0 else 10_000)]
+    if ms <= 0:
+        return taken
+    wait = int(min(keepalive_s, KEEPALIVE_TIMEOUT_S) * 1000)
+    return [*taken, ("grpc.keepalive_time_ms", ms), ("grpc.keepalive_timeout_ms", wait),
+            ("grpc.http2.ping_timeout_ms", wait),  # (what gRPC 1.85 waits on; keepalive_timeout_ms is not used)
+            ("grpc.http2.max_pings_without_data", 0)]  # (else 2 pings, then none, in a quiet refine)
 
 
 class StyleTransferServer:

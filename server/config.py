@@ -101,6 +101,7 @@ class Settings:
     grace_seconds: float = 10
     max_connection_age_s: float = 300
     max_connection_idle_s: float = 120
+    keepalive_s: float = 30
     max_connections: int = 0
     max_concurrent_streams: int = 128
     max_concurrent_rpcs: int = 0
@@ -302,6 +303,14 @@ def _connection_age(text: str) -> float:
     return value
 
 
+def _keepalive(text: str) -> float:
+    """A ping a second at most: gRPC took 1 ms, a ping a millisecond on every connection."""
+    value = _connection_age(text)
+    if 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or at least 1 s, got {text}")
+    return value
+
+
 def _registry_mb(text: str) -> float:
     """At least a KiB: below a byte, the registry's limit came to 0 and the start failed with a traceback."""
     value = positive_float(text)
@@ -409,6 +418,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max-connection-idle-s": (_connection_age, "close a client connection that has had no call for this long "
                               "(gracefully: a gRPC client reconnects at its next call), so idle connections hold "
                               "no file; 0: never"),
+    "keepalive-s": (_keepalive, "ping a client connection with calls in flight after this long without a frame "
+                    "from it, and close it when the ping goes unanswered for this long again (at most 20 s): its "
+                    "calls are cancelled and their places freed (a client gone without a word, a dead link or a frozen "
+                    "host, held its stream or refine job to the end); clients may ping this often too; 0: never"),
     "max-connections": (_count(0), "most client connections at once; beyond, a new one is closed as it comes; 0: "
                         f"half the open-file limit, at most {MAX_CONNECTIONS_DEFAULT}"),
     "max-concurrent-streams": (_count(1), "most calls at once on one client connection (HTTP/2 streams; a "
