@@ -565,6 +565,10 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
     if e.code == grpc.StatusCode.UNAVAILABLE and "Cancelling all calls" in e.details:  # gRPC's server stop
         return (f"the server at {server} stopped during the call (UNAVAILABLE: {e.details}): it was shut down, and "
                 "this call ran past its drain (adain-server --grace-seconds); run it again once a server is up")
+    if e.code == grpc.StatusCode.UNAVAILABLE and _LOST_RE.search(e.details):  # reached, then cut: not "cannot reach"
+        why = " (no answer to a ping for 20 s: the link went dead)" if "ping timeout" in e.details else ""
+        return (f"the connection to the server at {server} was lost during the call (UNAVAILABLE: {e.details}){why}; "
+                "run it again")
     if e.code == grpc.StatusCode.UNAVAILABLE:
         tls = args.tls or args.ca_cert or args.client_cert
         hint = "; over TLS: is --ca-cert the server's CA, and does it want a --client-cert?" if tls else ""
@@ -575,6 +579,9 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
         elif not tls and "Connection refused" in e.details and not getattr(args, "local", False):
             hint = "; is adain-server running there? Start one, or add --local to run one for this command"
         return f"cannot reach the server at {server} (UNAVAILABLE): {e.details}{hint}"
+    if e.code == grpc.StatusCode.DEADLINE_EXCEEDED and "(message_timeout_s)" in e.details:  # the server's limit
+        return (f"the request did not reach the server at {server} in time (DEADLINE_EXCEEDED: {e.details}): over a "
+                "slow link, send a smaller file, or raise the server's --message-timeout-s")
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; raise --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -589,6 +596,10 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
         return _request_over_limit(int(over.group(1)), int(over.group(2)), args)
     return f"{e.code.name}: {_cli_words(e.details, args)}"
 
+
+# gRPC's words for a connection that was up and went: a reply cut mid-way read "cannot reach the server" (whose
+# log said OK), as did a link found dead by the keepalive pings
+_LOST_RE = re.compile(r"Stream removed|Connection reset|Broken pipe")
 
 # gRPC's own refusal of a request over the server's receive limit (no handler of ours runs to name a field)
 _REQUEST_OVER_RE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")

@@ -566,3 +566,22 @@ def test_an_escaped_name_reads_apart_from_one_with_a_backslash() -> None:
 
     assert one_line("a\\nb\nc") == "a\\\\nb\\nc" != one_line("a\nb\nc") == "a\\nb\\nc"
     assert one_line("C:\\photos\\cat.jpg") == "C:\\photos\\cat.jpg"
+
+
+def test_a_lost_connection_and_the_servers_upload_limit_are_told_apart() -> None:
+    """From a flaky-network tour: a reply cut mid-way (the server's log said OK) and a link found dead by the pings
+    read "cannot reach the server"; the server's --message-timeout-s over a slow upload said "raise --timeout",
+    which cannot help."""
+    args = build_parser().parse_args(["c.png", "-s", "a.png", "-o", "o.png", "--server", "h:1"])
+    said = _describe(StyleTransferError(grpc.StatusCode.UNAVAILABLE, "Stream removed (ping timeout)"), args)
+    assert said.startswith("the connection to the server at h:1 was lost during the call") and "link went dead" in said
+    cut = "Stream removed (sendmsg: Broken pipe (32))"
+    said = _describe(StyleTransferError(grpc.StatusCode.UNAVAILABLE, cut), args)
+    assert "was lost during the call" in said and "ping" not in said
+    said = _describe(StyleTransferError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"), args)
+    assert said.startswith("cannot reach the server at h:1")
+    late = ("the request message did not arrive within 60 s of the call's start (message_timeout_s)")
+    said = _describe(StyleTransferError(grpc.StatusCode.DEADLINE_EXCEEDED, late), args)
+    assert "raise the server's --message-timeout-s" in said and "raise --timeout" not in said
+    said = _describe(StyleTransferError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), args)
+    assert said.endswith("raise --timeout)")
