@@ -40,7 +40,7 @@ from adain.wire import FEATURES, SERVICE_NAME, TEMPORAL_ENUM, host_port
 from . import logs
 from .auth import TlsFiles, TokenAuth, TokenFile, bearer_token, caller_of
 from .batcher import Batcher
-from .config import PORT_TAKEN_HINT, Settings
+from .config import KEEPALIVE_TIMEOUT_S, PORT_TAKEN_HINT, Settings
 from .drain import Drain
 from .errors import reply_limit
 from .fairpool import FairExecutor
@@ -156,9 +156,6 @@ def connection_limits(s: Settings) -> list[tuple[str, int]]:
     if s.max_connection_idle_s > 0:  # a client's channel reconnects at its next call
         options.append(("grpc.max_connection_idle_ms", int(s.max_connection_idle_s * 1000)))
     return options + keepalive_options(s.keepalive_s)
-
-
-KEEPALIVE_TIMEOUT_S = 20.0  # gRPC's default wait for a ping's answer, the most --keepalive-s takes
 
 
 def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:

@@ -303,6 +303,9 @@ def _connection_age(text: str) -> float:
     return value
 
 
+KEEPALIVE_TIMEOUT_S = 20.0  # how long a ping's answer is waited for (gRPC's default), at most: --keepalive-s
+
+
 def _keepalive(text: str) -> float:
     """A ping a second at most: gRPC took 1 ms, a ping a millisecond on every connection."""
     value = _connection_age(text)

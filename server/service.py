@@ -52,6 +52,7 @@ from adain.wire import (
 
 from .auth import TokenFile, caller_of
 from .batcher import Batcher, ClosedError, DeadlineDropped, QueueFullError
+from .config import KEEPALIVE_TIMEOUT_S
 from .drain import Drain
 from .errors import (
     ServiceError,
@@ -161,7 +162,8 @@ def _cancelled_detail(servicer: StyleTransferServicer, method: str) -> str:
     when a message is too large (a call with one request: server/unread.py)."""
     if method != "StylizeVideo":
         return ""
-    return (f"the client cancelled, or sent a message over the limit of {servicer.info.limits.max_message_bytes} "
+    return (f"the client cancelled, its connection was lost (a ping unanswered for {KEEPALIVE_TIMEOUT_S:g} s; a "
+            f"stalled reader), or it sent a message over the limit of {servicer.info.limits.max_message_bytes} "
             "bytes (max_message_bytes), which gRPC refused with RESOURCE_EXHAUSTED")
 
 

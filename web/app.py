@@ -684,8 +684,8 @@ def create_app(
             message, violations = public_error(e)
             if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:  # "try again in a moment" would take as long again
                 message = (f"stylizing this photo took longer than the {settings.timeout:g} s this page allows (a "
-                           "large photo, refine steps or a busy server): choose a smaller size or fewer refine "
-                           "steps, or try again later")
+                           "large photo, refine steps, a busy server, or a server that stopped answering): choose a "
+                           "smaller size or fewer refine steps, or try again later")
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # too large, not busy: retrying will not help
                 if "reply limit" in (e.details or ""):
                     status = 413  # the result: a smaller one will
