@@ -73,10 +73,11 @@ DEFAULT_TARGET = DEFAULT_ADDRESS
 DEFAULT_TIMEOUT = 120.0
 NO_DEADLINE_S = 1e9  # a timeout this long or longer (31 years; inf too) is no deadline: see no_deadline_past
 DEFAULT_MAX_MESSAGE_MB = 32
-# A connection with calls in flight is pinged after a minute without a frame, and closed when 20 s pass without the
-# answer: a call on a dead link (black-holed, a frozen host) fails UNAVAILABLE in ~80 s, where a clip or a refine
-# with no deadline waited for ever. adain-server takes pings this often (--keepalive-s); gRPC's default server
-# refuses them under every 5 minutes, so a server older than 2026-12-05 closes a quiet connection after 3 pings.
+# A connection with calls in flight (an idle channel's health Watch is one) is pinged after a minute without a
+# frame, and closed when 20 s pass without the answer: a call on a dead link (black-holed, a frozen host) fails
+# UNAVAILABLE in ~80 s, where a clip or a refine with no deadline waited for ever. adain-server takes pings this
+# often (--keepalive-s); gRPC's default server refuses them under every 5 minutes, so a server older than
+# 2026-12-05 closes a quiet connection after 3 pings.
 KEEPALIVE_OPTIONS = (("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
                      ("grpc.http2.ping_timeout_ms", 20_000),  # (what gRPC 1.85 waits on: keepalive_timeout_ms is not)
                      ("grpc.http2.max_pings_without_data", 0))  # (else 2 pings, then none, on a quiet call)
@@ -757,15 +758,24 @@ def channel_target(target: str, tls: bool = False) -> str:
 
 
 def one_server(target: str) -> bool:
-    """Whether a channel target (:func:`channel_target`'s) names one server alone: one IP address, or a socket
-    path. A host name may resolve to several replicas."""
+    """Whether a channel target (:func:`channel_target`'s) names one server alone: one IP address or localhost (also
+    as dns:, or a list of one), or a socket path. Another host name may resolve to several replicas."""
     scheme = (m.group(1).lower() if (m := _SCHEME_RE.match(target)) else "")
     if scheme in ("unix", "unix-abstract", "vsock"):
         return True
-    if "," in target or scheme not in ("", "ipv4", "ipv6"):
+    if scheme in _PASSED_SCHEMES:  # xds:
         return False
-    host = target[len(scheme) + 1:] if scheme else target
-    host = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0]
+    if scheme not in ("ipv4", "ipv6", "dns"):  # (HOST:PORT: the host read as a scheme)
+        scheme = ""
+    rest = target[len(scheme) + 1:] if scheme else target
+    if scheme == "dns" and rest.startswith("//"):  # dns://RESOLVER/NAME:PORT
+        rest = rest[2:].partition("/")[2]
+    parts = [p.strip() for p in rest.split(",") if p.strip()]
+    if len(parts) != 1:
+        return False
+    host = parts[0][1:].partition("]")[0] if parts[0].startswith("[") else parts[0].rpartition(":")[0] or parts[0]
+    if host.lower() == "localhost":
+        return True
     try:
         ipaddress.ip_address(host)
     except ValueError:

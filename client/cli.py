@@ -565,7 +565,8 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
     if e.code == grpc.StatusCode.UNAVAILABLE and "Cancelling all calls" in e.details:  # gRPC's server stop
         return (f"the server at {server} stopped during the call (UNAVAILABLE: {e.details}): it was shut down, and "
                 "this call ran past its drain (adain-server --grace-seconds); run it again once a server is up")
-    if e.code == grpc.StatusCode.UNAVAILABLE and _LOST_RE.search(e.details):  # reached, then cut: not "cannot reach"
+    if e.code == grpc.StatusCode.UNAVAILABLE and _LOST_RE.search(e.details) and not _NEVER_CONNECTED_RE.match(
+            e.details):  # reached, then cut: not "cannot reach"
         why = " (no answer to a ping for 20 s: the link went dead)" if "ping timeout" in e.details else ""
         return (f"the connection to the server at {server} was lost during the call (UNAVAILABLE: {e.details}){why}; "
                 "run it again")
@@ -600,6 +601,7 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
 # gRPC's words for a connection that was up and went: a reply cut mid-way read "cannot reach the server" (whose
 # log said OK), as did a link found dead by the keepalive pings
 _LOST_RE = re.compile(r"Stream removed|Connection reset|Broken pipe")
+_NEVER_CONNECTED_RE = re.compile(r"failed to connect to all addresses|connections to all backends failing")
 
 # gRPC's own refusal of a request over the server's receive limit (no handler of ours runs to name a field)
 _REQUEST_OVER_RE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
