@@ -78,8 +78,10 @@ DEFAULT_MAX_MESSAGE_MB = 32
 # UNAVAILABLE in ~80 s, where a clip or a refine with no deadline waited for ever. adain-server takes pings this
 # often (--keepalive-s); gRPC's default server refuses them under every 5 minutes, so a server older than
 # 2026-12-05 closes a quiet connection after 3 pings.
-KEEPALIVE_OPTIONS = (("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
-                     ("grpc.http2.ping_timeout_ms", 20_000),  # (what gRPC 1.85 waits on: keepalive_timeout_ms is not)
+PING_TIMEOUT_S = 20  # how long a ping's answer is waited for (the CLI says it when a link is found dead)
+KEEPALIVE_OPTIONS = (("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", PING_TIMEOUT_S * 1000),
+                     # (what gRPC 1.85 waits on: keepalive_timeout_ms is not)
+                     ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_S * 1000),
                      ("grpc.http2.max_pings_without_data", 0))  # (else 2 pings, then none, on a quiet call)
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite value of a float field on the wire
 
@@ -595,6 +597,8 @@ def unserved_retry(e: StyleTransferError, tries_left: int) -> float | None:
     if not tries_left or not getattr(e, "unserved", False):
         return None
     return UNSERVED_PAUSES_S[UNSERVED_TRIES - tries_left]
+
+
 NO_FEATURES_HINT = " (its reply lists no features: "  # how _rpc_error's hint begins (the CLI keeps it)
 FEATURES_KEPT = 64  # replicas whose GetServerInfo.features a client keeps (servers older than x-adain-features)
 FEATURES_ASK_S = 5.0  # each GetServerInfo that learns them (a call that does nothing: milliseconds)

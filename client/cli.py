@@ -79,6 +79,7 @@ from ._client import (
     FLOAT32_MAX,
     MAX_RETRIES,
     NO_FEATURES_HINT,
+    PING_TIMEOUT_S,
     LibraryStyle,
     Preset,
     StyleRef,
@@ -567,7 +568,8 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
                 "this call ran past its drain (adain-server --grace-seconds); run it again once a server is up")
     if e.code == grpc.StatusCode.UNAVAILABLE and _LOST_RE.search(e.details) and not _NEVER_CONNECTED_RE.match(
             e.details):  # reached, then cut: not "cannot reach"
-        why = " (no answer to a ping for 20 s: the link went dead)" if "ping timeout" in e.details else ""
+        dead = "ping timeout" in e.details
+        why = f" (no answer to a ping for {PING_TIMEOUT_S} s: the link went dead)" if dead else ""
         return (f"the connection to the server at {server} was lost during the call (UNAVAILABLE: {e.details}){why}; "
                 "run it again")
     if e.code == grpc.StatusCode.UNAVAILABLE:
