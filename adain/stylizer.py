@@ -3,7 +3,7 @@
 The path of an image, each step in one place:
     bytes --(image.load_image)--> PIL --(image.to_tensor)--> tensor --(Encoder.encode)--> relu4_1
     --(ops.adain, mixed by weight / mask, then alpha)--> target --(Decoder, with the content where it has the
-    detail path)--> tensor --(image.to_image)--> PIL
+    detail path)--> tensor --(batched.to_images)--> PIL
 
 Work is split in two so a server can batch: ``prepare(job)`` decodes one checked request and looks up
 its style statistics (LRU-cached, so a repeated style costs no encoder pass); ``render(prepared)`` runs
@@ -22,13 +22,14 @@ import torch
 from PIL import Image
 
 from adain.backends import make_backend
+from adain.batched import plain_targets, to_images
 from adain.cache import StyleCache
-from adain.colours import finish, grey_styles, is_grey
+from adain.colours import grey_styles, is_grey
 from adain.compiled import DEFAULT_SHAPES
 from adain.decoder import load_decoder
 from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
 from adain.errors import InvalidInputError
-from adain.image import ImageSource, image_key, load_image, resize_longest, to_image, to_tensor
+from adain.image import ImageSource, image_key, load_image, resize_longest, to_tensor
 from adain.job import CheckedJob, Job, is_list, style_list
 from adain.ops import adain, coral, luminance, matched_luminance, mean_std
 from adain.optimize import max_refine_pixels, parts_progress, refine
@@ -342,14 +343,16 @@ class Stylizer:
                     group = self.encoder.encode(contents, run=self.backend.relu4_1)
                 else:
                     group = [feats[i].to(self.device, self.dtype) for i in idx]
-                targets = [pad_to(self.target(f, jobs[i]), ph // 8, pw // 8) for f, i in zip(group, idx)]
-                alphas = self._decoder_alphas([jobs[i] for i in idx], (ph // 8, pw // 8))
+                batch = [jobs[i] for i in idx]
+                # the targets as batch ops where the jobs allow, else job by job (adain.batched: why)
+                target = plain_targets(group, batch, (ph // 8, pw // 8))
+                if target is None:
+                    target = torch.cat([pad_to(self.target(f, job), ph // 8, pw // 8) for f, job in zip(group, batch)])
+                alphas = self._decoder_alphas(batch, (ph // 8, pw // 8))
                 images = None
                 if self.decoder.detail is not None:  # the detail path sees the contents, padded as encoded
                     images = pad_batch(contents)
-                y = self.backend.decode(torch.cat(targets).to(group[0].dtype), alphas, images)
-            for k, i in enumerate(idx):
-                job = jobs[i]
-                h, w = job.content.shape[2:]
-                out[i] = to_image(finish(y[k : k + 1, :, :h, :w].float().clamp(0, 1), job))
+                y = self.backend.decode(target.to(group[0].dtype), alphas, images)
+                for i, img in zip(idx, to_images(y, batch)):
+                    out[i] = img
         return out  # type: ignore[return-value]

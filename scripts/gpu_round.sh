@@ -14,14 +14,16 @@
 #     decoder is a version 3 like the shipped one, ready to compare (the version 1 is kept if that fails);
 # (b) checks every path of the library on the GPU against the CPU (benchmarks/gpu_paths.py), then
 #     benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager, CUDA graphs, the compiled
-#     backend), and over gRPC (a real server, N concurrent clients in several processes, single-request latency):
-#     the compiled backend with JPEG replies, then 4 eager servers sharing the GPU.
+#     backend), the ops a render dispatches and its time beside a thread holding the GIL (benchmarks/render_ops.py),
+#     and over gRPC (a real server, N concurrent clients in several processes, single-request latency): the
+#     compiled backend with JPEG replies, then 4 compiled servers sharing the GPU.
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
 #   A-decoder.pt A-log.jsonl train.txt loss.png bench.txt bench.png paths.png
 # PART=train or PART=bench runs one half in its own device call, so that the decoders come back even
 # when the benchmarks run long. Every step is bounded (--max-minutes, `timeout`), so a slow one costs its
 # own figures, never the decoders. Timings seen on an H200: ~1 minute to start the machine; round 4's
-# PART=train call (MINUTES=5.5) took 402 s. A device session has 15 minutes in all, the machine's start
+# PART=train call (MINUTES=5.5) took 402 s. On an H100 (round 5): 35 s to start, PART=train 431 s, PART=bench 177 s
+# (with 4 eager servers; 4 compiled ones compile 4 shapes each, side by side: more). A device session has 15 minutes in all, the machine's start
 # included, so the plan is two calls, ~14 minutes:
 #   PART=train (MINUTES=5.5: ~7 minutes, 9 at most; timeout_s 560), then at once PART=bench
 #   (~5 minutes, round 4's took 213 s with one gRPC run of two; 8.5 at most, more than a session has left:
@@ -71,6 +73,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   GRPC=(--size 64 --runs 1 --clients 2 --requests 4 --device cpu --max-batch-size 2 --client-processes 2 --send jpeg
         --gil)
   SERVED=("jpeg torch 150 2")  # each gRPC run: reply format, the server's --backend, its time limit (s), servers
+  RENDER=("--size 32 --batch 4 --runs 1 --device cpu")  # render_ops.py runs: its arguments
   COOLING=(--max-minutes 2 --cooldown-minutes 1 --ema 0.9)  # the steps end it first
   RUNS=("$RUNDIR/dry-A")
   LIMIT=160  # gpu.py's; a busy CPU (the test suite's two workers); within the test's own 600 s
@@ -105,7 +108,12 @@ else
   # workers, no batch wait: 78.9 images/s with PNG replies at zlib level 1, 71.6 with the dynamic-shape compile
   # and JPEG; host-bound: prepare 9.2 ms, render 6.0, PNG encode 32.0 a call); then 4 eager servers on the GPU,
   # the client balancing over them: does a process each (its own GIL and batcher) lift the host's ceiling?
-  SERVED=("jpeg compiled 200 1" "jpeg torch 120 4")
+  # (round 5, H100: the compiled server 119 images/s, its render of a batch 91 ms under load against 58 in process;
+  # 4 eager servers 198/s with batches of 4.7: the render was the limit there, so round 6 runs 4 compiled ones)
+  SERVED=("jpeg compiled 200 1" "jpeg compiled 240 4")
+  # the ops a render dispatches beyond the network and a render beside a thread holding the GIL (adain.batched),
+  # at 512 px eager and compiled: round 5's render under the server's load took 1.6x its time in process
+  RENDER=("--size 512 --batch 32 --device cuda --backend torch" "--size 512 --batch 32 --device cuda --backend compiled")
   RUNS=("$RUNDIR/A")
   LIMIT=180  # gpu.py's (four compiles); with the gRPC runs', 8.5 minutes at most: timeout_s is budget_left_s less 30 s
 fi
@@ -192,13 +200,18 @@ mkdir -p "$RUNDIR"
 {
   timeout -s INT -k 10 60 "$PY" benchmarks/gpu_paths.py "${PATHS[@]}" --sheet "$OUT/paths.png"; b=$?
   timeout -s INT -k 20 "$LIMIT" "$PY" benchmarks/gpu.py "${BENCH[@]}" --json "$RUNDIR/bench.json" --plot "$OUT/bench.png"; a=$?
+  for r in "${RENDER[@]}"; do
+    # shellcheck disable=SC2086 # (each its own arguments)
+    timeout -s INT -k 10 90 "$PY" benchmarks/render_ops.py $r; c=$?
+    b=$(( c > b ? c : b ))
+  done
   for run in "${SERVED[@]}"; do
     read -r f backend limit replicas <<< "$run"
     timeout -s INT -k 20 "$limit" "$PY" benchmarks/grpc_latency.py "${GRPC[@]}" --format "$f" --backend "$backend" \
       --replicas "${replicas:-1}"; c=$?
     b=$(( c > b ? c : b ))
   done
-  echo "benchmarks: exit $(( a > b ? a : b )) (gpu.py $a, gpu_paths.py and grpc_latency.py $b; 124 = timed out)"
+  echo "benchmarks: exit $(( a > b ? a : b )) (gpu.py $a, gpu_paths.py, render_ops.py and grpc_latency.py $b; 124 = timed out)"
 } > "$OUT/bench.txt" 2>&1
 cat "$RUNDIR/bench.json" >> "$OUT/bench.txt" 2>/dev/null
 tail -n 30 "$OUT/bench.txt"
