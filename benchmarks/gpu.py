@@ -297,18 +297,30 @@ def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, ba
     print(f"# prepare from {threads} threads, a {size}-px JPEG, style cached:", flush=True)
     p50, rate = timed(prepare)
     print(f"prepare, device idle: p50 {p50:.1f} ms, {rate:.0f}/s", flush=True)
-    loader = threading.Thread(target=render_loop, daemon=True)
-    loader.start()
-    try:
-        for label, fn in (("prepare", prepare), ("its copy alone, pageable, blocking", pageable),
-                          ("the copy from pinned memory, non-blocking", pinned)):
-            p50, rate = timed(fn)
-            print(f"{label}, while batches of {batch} render: p50 {p50:.1f} ms, {rate:.0f}/s", flush=True)
-    finally:
-        stop.set()
-        loader.join()
-    if renders:
-        print(f"# a render of {batch} took {statistics.median(renders) * 1000:.0f} ms (median of {len(renders)})")
+    # Round 5 (H100, 16 torch threads): a render of 32 took 1,573 ms beside 16 preparing threads, 58 alone. Each
+    # preparing thread's torch ops ran an OpenMP team of its own (16 x 16 threads on 16 cores), and the render
+    # thread waited for the GIL after each of its ops: timed again with one torch thread, as a GPU server can run.
+    threads_before = torch.get_num_threads()
+    for torch_threads in dict.fromkeys((threads_before, 1)):
+        torch.set_num_threads(torch_threads)
+        stop = threading.Event()
+        renders.clear()
+        loader = threading.Thread(target=render_loop, daemon=True)
+        loader.start()
+        try:
+            rows = (("prepare", prepare), ("its copy alone, pageable, blocking", pageable),
+                    ("the copy from pinned memory, non-blocking", pinned))
+            for label, fn in rows if torch_threads == threads_before else rows[:1]:
+                p50, rate = timed(fn)
+                print(f"{label}, while batches of {batch} render ({torch_threads} torch threads): p50 {p50:.1f} ms, "
+                      f"{rate:.0f}/s", flush=True)
+        finally:
+            stop.set()
+            loader.join()
+        if renders:
+            print(f"# a render of {batch} took {statistics.median(renders) * 1000:.0f} ms beside them "
+                  f"({torch_threads} torch threads, median of {len(renders)})", flush=True)
+    torch.set_num_threads(threads_before)
 
 
 def stance_default(build: Callable[[], Callable[[], torch.Tensor]]) -> Callable[[], torch.Tensor]:

@@ -53,7 +53,7 @@ def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     assert "benchmarks: exit 0 " in bench and "clients in 2 processes" in bench, bench
     assert "jpeg sent, jpeg replies" in bench, bench
     assert "paths: 11 ok, 0 not" in bench and "tiled: ok" in bench, bench  # every path, here CPU against CPU
-    assert "prepare, while batches of 32 render: p50" in bench, bench
+    assert "prepare, while batches of 32 render (1 torch threads): p50" in bench, bench
     assert "ops a job beyond the network" in bench and "beside a Python thread" in bench, bench  # render_ops.py
     assert "2 servers answered" in bench and "a call under that load" in bench, bench  # two servers, balanced
     assert "the first server's GIL a request (py-spy), ms" in bench, bench  # figures, or why py-spy could not
