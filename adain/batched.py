@@ -49,7 +49,10 @@ def _times(numbers: list[float], x: torch.Tensor) -> torch.Tensor:
     rounded to ``x``'s type: a bf16 batch gives a job's target to the bit as alone, not a float32 one)."""
     if len(set(numbers)) == 1:
         return numbers[0] * x
-    return (torch.tensor(numbers, dtype=torch.float32, device=x.device).view(-1, 1, 1, 1) * x).to(x.dtype)
+    column = torch.tensor(numbers, dtype=torch.float32).view(-1, 1, 1, 1)
+    if x.device.type == "cuda":  # queued behind the encoder: a copy from pageable memory waited for it
+        column = column.pin_memory().to(x.device, non_blocking=True)
+    return (column * x).to(x.dtype)
 
 
 def to_images(y: torch.Tensor, jobs: Sequence[Prepared]) -> list[Image.Image]:
