@@ -16,7 +16,7 @@
 #     benchmarks the GPU: in-process images/s at 512 px for batch sizes 1-32 (eager, CUDA graphs, the compiled
 #     backend), the ops a render dispatches and its time beside a thread holding the GIL (benchmarks/render_ops.py),
 #     and over gRPC (a real server, N concurrent clients in several processes, single-request latency): the
-#     compiled backend with JPEG replies, then 4 compiled servers sharing the GPU.
+#     compiled backend with JPEG replies, then 4 compiled servers sharing the GPU, then one eager server.
 # OUT_DIR gets 8 files at most, each well under 16 MiB (fp16 weights, no optimizer state):
 #   A-decoder.pt A-log.jsonl train.txt loss.png bench.txt bench.png paths.png
 # PART=train or PART=bench runs one half in its own device call, so that the decoders come back even
@@ -110,8 +110,10 @@ else
   # and JPEG; host-bound: prepare 9.2 ms, render 6.0, PNG encode 32.0 a call); then 4 eager servers on the GPU,
   # the client balancing over them: does a process each (its own GIL and batcher) lift the host's ceiling?
   # (round 5, H100: the compiled server 119 images/s, its render of a batch 91 ms under load against 58 in process;
-  # 4 eager servers 198/s with batches of 4.7: the render was the limit there, so round 6 runs 4 compiled ones)
-  SERVED=("jpeg compiled 200 1" "jpeg compiled 240 4")
+  # 4 eager servers 198/s with batches of 4.7: the render was the limit there, so round 6 runs 4 compiled ones;
+  # then one eager server, last (the first cut should time run short): whether the server's auto should compile on
+  # a GPU wants both over gRPC in one run)
+  SERVED=("jpeg compiled 200 1" "jpeg compiled 240 4" "jpeg torch 90 1")
   # the ops a render dispatches beyond the network and a render beside a thread holding the GIL (adain.batched),
   # at 512 px eager and compiled: round 5's render under the server's load took 1.6x its time in process
   RENDER=("--size 512 --batch 32 --device cuda --backend torch" "--size 512 --batch 32 --device cuda --backend compiled")
