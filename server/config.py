@@ -354,11 +354,11 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                   "float32 elsewhere), bf16, fp32, or int8 (OpenVINO on a CPU, the networks quantized at the "
                   "first start: faster, pixels a few levels off; the 'int8' extra: pip install 'adain[int8]')"),
     "backend": (one_of(BACKENDS), "what runs the encoder and decoder: auto (OpenVINO on a CPU when installed, else "
-                "torch), torch, compiled (torch.compile, for a GPU: compiles for a minute at start), openvino or "
-                "onnxruntime (the 'fast' extra: pip install 'adain[fast]')"),
+                "torch), torch, compiled (torch.compile, for a GPU: ~16-20 s a shape at start, 3 shapes by "
+                "default), openvino or onnxruntime (the 'fast' extra: pip install 'adain[fast]')"),
     "compile-sizes": (_compile_sizes, "with --backend compiled: the content sizes (HxW[,HxW...], as padded to "
-                      "multiples of 8) compiled at start, each at batch sizes up to --max-batch-size (~20 s a "
-                      "compile on a GPU's host); other sizes run eager"),
+                      "multiples of 8) compiled at start, each at batch sizes up to --max-batch-size (~16-20 s "
+                      "a shape on a GPU's host); other sizes run eager: list the sizes callers send (512x384 too)"),
     "torch-threads": (_THREADS, "torch intra-op threads (OpenVINO uses as many); 0: one a core, or the "
                       "container's CPU limit (cgroup cpu.max) or affinity where lower; at most "
                       f"{MAX_THREADS}"),
