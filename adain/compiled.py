@@ -70,6 +70,9 @@ class CompiledBackend(TorchBackend):
                                  f"got {n} x {h} x {w}")
         self.compiler = compiler
         self.calls: Counter[str] = Counter()  # "compiled" and "eager": which path the calls took
+        # the decoder's runs by path (a size not compiled, alpha below 1: eager): the server's
+        # adain_compiled_decoder_runs_total, for an operator to see how much of the traffic the compiles cover
+        self.renders: Counter[str] = Counter()
         self.failure = ""  # why the compile failed, where it did
         self._batches: dict[tuple[int, int], list[int]] = {}  # (height, width) -> the batch sizes compiled
         self._enc: Callable[..., torch.Tensor] = self.encoder  # until compiled (unused: no shape is)
@@ -89,10 +92,12 @@ class CompiledBackend(TorchBackend):
                     self._warm(n, h, w)
         except Exception as e:  # noqa: BLE001 (inductor's errors have no one base class)
             self._batches.clear()
+            self.renders.clear()
             self.failure = f"{type(e).__name__}: {str(e)[:300]}"
             log.warning("torch.compile failed (%s): the compiled backend runs eager", self.failure)
             return
         torch.compiler.set_stance("eager_on_recompile")
+        self.renders.clear()  # (the warm-ups' runs are not traffic)
         log.info("compiled the encoder and decoder for %d shapes in %.0f s", len(todo), time.perf_counter() - t0)
 
     @property
@@ -131,6 +136,7 @@ class CompiledBackend(TorchBackend):
         if isinstance(alpha, (int, float)) and alpha == 1:
             size = (x.shape[2] * 8, x.shape[3] * 8)
             y = self._run(self._dec, size, x, image if self.decoder.detail is not None else None)
+        self.renders["eager" if y is None else "compiled"] += 1
         return super().decode(x, alpha, image) if y is None else y
 
 

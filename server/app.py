@@ -182,6 +182,8 @@ class StyleTransferServer:
         self.settings = settings
         self.stylizer = stylizer
         self.metrics = Metrics(settings.max_batch_size)
+        if (renders := getattr(getattr(stylizer, "backend", None), "renders", None)) is not None:  # compiled
+            self.metrics.watch_compiled(renders)
         self.registry = StyleRegistry(settings.style_registry_size, int(settings.style_registry_mb * 1024 * 1024))
         self.batcher = Batcher(
             stylizer.render,

@@ -103,3 +103,23 @@ def test_asked_for_by_name_a_failed_compile_is_an_error(modules: tuple[Encoder, 
     with temporary_cache_dir(str(tmp_path)), pytest.raises(
             RuntimeError, match=r"backend compiled is not usable here \(torch.compile failed: "):
         make_backend("compiled", *modules, CPU, bf16=False, explicit_precision=False, compile_shapes=[(1, 16, 16)])
+
+
+def test_the_server_exports_which_path_each_render_took(modules: tuple[Encoder, torch.nn.Module]) -> None:
+    """adain_compiled_decoder_runs_total{path}: an operator sees the traffic the compiles do not cover (a size not
+    compiled, alpha below 1), the warm-ups not counted."""
+    from prometheus_client import generate_latest
+
+    from adain.server.metrics import Metrics
+
+    encoder, decoder = modules
+    compiled = CompiledBackend(encoder, decoder, CPU, bf16=False, shapes=[(1, 64, 80)], compiler="aot_eager")
+    metrics = Metrics()
+    metrics.watch_compiled(compiled.renders)
+    assert 'adain_compiled_decoder_runs_total{path="compiled"} 0.0' in generate_latest(metrics.registry).decode()
+    x, other = torch.rand(1, 3, 64, 80), torch.rand(1, 3, 72, 80)
+    for image, alpha in [(x, 1.0), (x, 1.0), (x, 0.5), (other, 1.0)]:
+        compiled.decode(compiled.relu4_1(image), alpha, image)
+    text = generate_latest(metrics.registry).decode()
+    assert 'adain_compiled_decoder_runs_total{path="compiled"} 2.0' in text, text
+    assert 'adain_compiled_decoder_runs_total{path="eager"} 2.0' in text, text
