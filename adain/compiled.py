@@ -92,12 +92,10 @@ class CompiledBackend(TorchBackend):
                     self._warm(n, h, w)
         except Exception as e:  # noqa: BLE001 (inductor's errors have no one base class)
             self._batches.clear()
-            self.renders.clear()
             self.failure = f"{type(e).__name__}: {str(e)[:300]}"
             log.warning("torch.compile failed (%s): the compiled backend runs eager", self.failure)
             return
         torch.compiler.set_stance("eager_on_recompile")
-        self.renders.clear()  # (the warm-ups' runs are not traffic)
         log.info("compiled the encoder and decoder for %d shapes in %.0f s", len(todo), time.perf_counter() - t0)
 
     @property
@@ -110,6 +108,7 @@ class CompiledBackend(TorchBackend):
         self._batches.setdefault((h, w), []).append(n)
         self._batches[(h, w)].sort()
         self.decode(self.relu4_1(image), 1.0, image)
+        self.renders.clear()  # (a warm-up's run is not traffic)
 
     def _run(self, fn: Callable[..., torch.Tensor], size: tuple[int, int],
              *inputs: torch.Tensor | None) -> torch.Tensor | None:

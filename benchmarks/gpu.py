@@ -285,8 +285,7 @@ def prepare_under_load(st: Stylizer, size: int, threads: int, seconds: float, ba
 
     jobs = [st.prepare(job) for _ in range(batch)]
     st.render(jobs)  # warm
-    stop = threading.Event()
-    renders = []
+    renders: list[float] = []
 
     def render_loop() -> None:
         while not stop.is_set():

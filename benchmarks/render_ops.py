@@ -22,21 +22,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grpc_latency import synthetic  # noqa: E402 - a sibling script's test image
 
 from adain.job import Job  # noqa: E402
 from adain.precision import cpu_info  # noqa: E402
 from adain.stylizer import Stylizer  # noqa: E402
-
-
-def synthetic(size: int, seed: int) -> Image.Image:
-    """A smooth random RGB image (no file needed)."""
-    cells = np.random.default_rng(seed).random((size // 8 + 1, size // 8 + 1, 3)) * 255
-    return Image.fromarray(cells.astype(np.uint8)).resize((size, size), Image.BICUBIC)
 
 
 def count_ops(fn) -> int:

@@ -22,9 +22,9 @@
 # PART=train or PART=bench runs one half in its own device call, so that the decoders come back even
 # when the benchmarks run long. Every step is bounded (--max-minutes, `timeout`), so a slow one costs its
 # own figures, never the decoders. Timings seen on an H200: ~1 minute to start the machine; round 4's
-# PART=train call (MINUTES=5.5) took 402 s. On an H100 (round 5): 35 s to start, PART=train 431 s, PART=bench 177 s
-# (with 4 eager servers; 4 compiled ones compile 4 shapes each, side by side: more). A device session has 15 minutes in all, the machine's start
-# included, so the plan is two calls, ~14 minutes:
+# PART=train call (MINUTES=5.5) took 402 s. On an H100 (round 5): 35 s to start, PART=train 431 s, PART=bench
+# 177 s (with 4 eager servers; 4 compiled ones compile 4 shapes each, side by side: more). A device session has
+# 15 minutes in all, the machine's start included, so the plan is two calls, ~14 minutes:
 #   PART=train (MINUTES=5.5: ~7 minutes, 9 at most; timeout_s 560), then at once PART=bench
 #   (~5 minutes, round 4's took 213 s with one gRPC run of two; 8.5 at most, more than a session has left:
 #   timeout_s is status's budget_left_s less 30 s while the machine is warm, because a call cut by the lease
@@ -107,7 +107,7 @@ else
         --send jpeg --gil)
   # the server compiled (512 x 512 at batches 1, 4, 16 and 32) with JPEG replies (round 4, eager, 16 prepare
   # workers, no batch wait: 78.9 images/s with PNG replies at zlib level 1, 71.6 with the dynamic-shape compile
-  # and JPEG; host-bound: prepare 9.2 ms, render 6.0, PNG encode 32.0 a call); then 4 eager servers on the GPU,
+  # and JPEG; host-bound: prepare 9.2 ms, render 6.0, PNG encode 32.0 a call); then several servers on the GPU,
   # the client balancing over them: does a process each (its own GIL and batcher) lift the host's ceiling?
   # (round 5, H100: the compiled server 119 images/s, its render of a batch 91 ms under load against 58 in process;
   # 4 eager servers 198/s with batches of 4.7: the render was the limit there, so round 6 runs 4 compiled ones;

@@ -103,9 +103,7 @@ class Metrics(Exporter):
 
 
 class _CompiledRuns:
-    """adain_compiled_decoder_runs_total{path}: with --backend compiled, the renders that ran a compiled graph and
-    those that ran eager (a content size not in --compile-sizes, a batch over the largest compiled, alpha below 1):
-    eager's share is traffic the compiles do not cover (a 4:3 photo at 512 px, by default)."""
+    """adain_compiled_decoder_runs_total{path}, read from the backend's tally at each scrape (its help says what)."""
 
     def __init__(self, renders: Tally[str]) -> None:
         self.renders = renders
