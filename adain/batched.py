@@ -49,10 +49,16 @@ def _times(numbers: list[float], x: torch.Tensor) -> torch.Tensor:
     rounded to ``x``'s type: a bf16 batch gives a job's target to the bit as alone, not a float32 one)."""
     if len(set(numbers)) == 1:
         return numbers[0] * x
-    column = torch.tensor(numbers, dtype=torch.float32).view(-1, 1, 1, 1)
-    if x.device.type == "cuda":  # queued behind the encoder: a copy from pageable memory waited for it
-        column = column.pin_memory().to(x.device, non_blocking=True)
-    return (column * x).to(x.dtype)
+    return (per_job(numbers, x.device).view(-1, 1, 1, 1) * x).to(x.dtype)
+
+
+def per_job(numbers: Sequence[float], device: torch.device) -> torch.Tensor:
+    """One float32 number a job on ``device``; to a GPU from pinned memory, queued: a copy from pageable memory
+    waited for the kernels already queued (the batch's encoder) before the render could queue more."""
+    column = torch.tensor(list(numbers), dtype=torch.float32)
+    if device.type == "cuda":
+        return column.pin_memory().to(device, non_blocking=True)
+    return column.to(device)
 
 
 def to_images(y: torch.Tensor, jobs: Sequence[Prepared]) -> list[Image.Image]:

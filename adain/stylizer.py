@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from adain.backends import make_backend
-from adain.batched import plain_targets, to_images
+from adain.batched import per_job, plain_targets, to_images
 from adain.cache import StyleCache
 from adain.colours import grey_styles, is_grey
 from adain.compiled import DEFAULT_SHAPES
@@ -301,7 +301,7 @@ class Stylizer:
         if not self.decoder.alpha_input or all(j.regions is None for j in jobs):
             if len({j.alpha for j in jobs}) == 1:
                 return float(jobs[0].alpha)
-            return torch.tensor([j.alpha for j in jobs], device=self.device)
+            return per_job([j.alpha for j in jobs], self.device)
         maps = []
         for j in jobs:
             h, w = feature_size(*j.content.shape[2:])
