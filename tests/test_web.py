@@ -1770,7 +1770,7 @@ def test_a_clip_folder_removed_by_a_cleaner_is_made_again(server: ServerProcess,
         assert r.status_code == 202, r.text
         job = _finished(web, r.json())
         assert job["state"] == "done", job
-        for folder in temp.glob("adain-web-videos-*"):
+        for folder in temp.glob("adain-web-clips-*"):
             sh.rmtree(folder)
         gone = httpx.get(web.url + job["result"], timeout=30)
         assert gone.status_code == 410 and "gone from this page's temporary folder" in gone.text, gone.text
@@ -1780,6 +1780,50 @@ def test_a_clip_folder_removed_by_a_cleaner_is_made_again(server: ServerProcess,
     finally:
         web.stop()
     assert "Traceback" not in "".join(web.stderr), "".join(web.stderr)
+
+
+def test_a_killed_pages_clip_folder_is_removed_by_the_next_start_and_a_living_ones_kept(
+        server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """adain-web killed (SIGKILL: out of memory, a liveness probe) could not remove its clip folder, and each
+    restarted container in a pod (whose /tmp emptyDir outlives it) kept its predecessor's clips beside its own until
+    the pod was evicted. The next start removes a killed page's folder; a living page's (the same temporary folder
+    shared) and an older version's are kept."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    older = temp / "adain-web-videos-abc123"  # (a version before the lock: never taken for a dead one's)
+    older.mkdir()
+    killed, living = WebProcess(server.target), WebProcess(server.target)
+    try:
+        folders = {}
+        for name, web in (("killed", killed), ("living", living)):
+            r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 3), _png("styles", STYLE)], timeout=60)
+            assert r.status_code == 202, r.text
+            assert _finished(web, r.json())["state"] == "done"
+            folders[name] = set(temp.glob("adain-web-clips-*")) - set(folders.values())
+            assert len(folders[name]) == 1, folders
+            folders[name] = folders[name].pop()
+            assert any(f.name == "result.mp4" for f in folders[name].rglob("*")), list(folders[name].rglob("*"))
+        killed.proc.kill()
+        killed.proc.wait(15)
+        assert folders["killed"].is_dir()  # what it left
+        restarted = WebProcess(server.target)
+        try:
+            assert not folders["killed"].exists(), list(temp.iterdir())
+            assert folders["living"].is_dir() and older.is_dir(), list(temp.iterdir())
+            r = httpx.post(restarted.url + "/api/videos", files=[_clip(tmp_path, 3), _png("styles", STYLE)],
+                           timeout=60)
+            assert _finished(restarted, r.json())["state"] == "done"
+        finally:
+            restarted.stop()
+        assert "left by adain-web processes that ended without removing them" in "".join(restarted.stderr), \
+            "".join(restarted.stderr)
+        assert "Traceback" not in "".join(restarted.stderr), "".join(restarted.stderr)
+        assert folders["living"].is_dir()  # a page that stops removes its own
+    finally:
+        living.stop()
+    assert not folders["living"].exists()
+    assert {f.name for f in temp.iterdir()} == {older.name}, list(temp.iterdir())
 
 
 def test_a_full_or_read_only_temporary_folder_is_said_as_such() -> None:

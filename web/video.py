@@ -17,6 +17,13 @@ A job cancelled by its caller says "cancelled" from that moment and frees its pl
 A job never sends more than ``max_frames`` frames (adain-web --max-video-frames): the upload's check counts
 what the container declares or its duration says (:func:`clip_frames`), and a clip that says neither, or
 says too little, fails as it reaches for one frame more.
+
+A process that is killed (SIGKILL, the OOM killer, a failed liveness probe) cannot remove its folder: its clips
+stayed in the temporary folder for good, and in a pod, whose /tmp emptyDir outlives a container's restart, each
+restart left its predecessor's uploads and results (up to --max-disk-mb) beside its own until the kubelet evicted
+the pod over the emptyDir's sizeLimit. So each process holds a lock on its folder (``flock``, which the kernel
+lets go of when the process ends, however it ends), and a new ``VideoJobs`` removes the folders whose lock it can
+take: :func:`sweep_left_behind`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
     from adain.media import VideoInfo
 
 log = logging.getLogger("adain.web")
+FOLDER_PREFIX = "adain-web-clips-"  # a process's clip folder in the temporary folder, locked while it lives
 STREAM_WAIT_S = 120.0  # how long a clip job waits for a video stream of the server's, where all are taken
 INTERNAL = "the clip could not be stylized because of an error on this server (its log says more)"
 
@@ -125,6 +133,70 @@ class VideoJob:
                 "result": f"/api/videos/{self.id}/result" if self.state == "done" else None, "filename": self.name}
 
 
+def _locked_folder() -> tuple[Path, int | None]:
+    """A new clip folder in the temporary folder and the descriptor that holds its lock for this process's life
+    (None where there is no ``flock``: Windows). It is made under a hidden name, locked, then renamed: a folder
+    that bears the name is always locked, so :func:`sweep_left_behind` never takes one being made."""
+    staging = Path(tempfile.mkdtemp(prefix="." + FOLDER_PREFIX))
+    fd = _locked(staging)
+    folder = staging.with_name(staging.name[1:])
+    os.rename(staging, folder)  # (the same directory, the lock with it)
+    return folder, fd
+
+
+def _locked(folder: Path) -> int | None:
+    """A descriptor of ``folder`` holding an exclusive ``flock`` on it, or None (held by another process, gone, or
+    no ``flock`` here)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+STAGING_STALE_S = 60.0  # a hidden folder still unrenamed this long was left by a process that died making it
+
+
+def sweep_left_behind(temp: Path | None = None) -> int:
+    """Remove the clip folders of adain-web processes that ended without removing them (killed), in ``temp``
+    (default: Python's temporary folder): those whose lock can be taken (a living process holds its own; other
+    pages sharing the folder keep theirs). Folders of versions before the lock (``adain-web-videos-*``) are left.
+    Returns the bytes freed, and logs what it removed."""
+    temp = Path(temp or tempfile.gettempdir())
+    freed, count = 0, 0
+    for folder in [*temp.glob(FOLDER_PREFIX + "*"), *temp.glob("." + FOLDER_PREFIX + "*")]:
+        try:
+            staging = folder.name.startswith(".")
+            if staging and time.time() - folder.stat().st_mtime < STAGING_STALE_S:
+                continue  # (being made: locked a moment later)
+        except OSError:
+            continue
+        fd = _locked(folder)
+        if fd is None:
+            continue
+        try:
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # (removed meanwhile by another sweeper)
+            size = 0
+        finally:
+            os.close(fd)
+        freed, count = freed + size, count + (not folder.exists())
+    if count:
+        log.warning("removed %d clip folder(s) in %s (%.1f MB) left by adain-web processes that ended without "
+                    "removing them (killed: SIGKILL, out of memory, a liveness probe)", count, temp, freed / 2**20)
+    return freed
+
+
 class VideoJobs:
     def __init__(self, client: StyleTransferClient, *, max_running: int = 1, keep_s: float = 1800.0,
                  max_kept: int = 8, abandon_s: float = 300.0, cancelled_keep_s: float = 60.0,
@@ -135,6 +207,7 @@ class VideoJobs:
         self.abandon_s, self.cancelled_keep_s = abandon_s, cancelled_keep_s
         self.max_frames = max_frames  # frames a job may send (adain-web --max-video-frames; 0: no limit)
         self._root: Path | None = None  # made with the first upload: a page that failed to start left it behind
+        self._root_lock: int | None = None  # the descriptor holding its flock (None: no lock on this platform)
         # folders of uploads being read, and whose (a visitor's key; None: not known): see reserve
         self._uploads: dict[Path, str | None] = {}
         self.jobs: dict[str, VideoJob] = {}
@@ -145,6 +218,7 @@ class VideoJobs:
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()  # set aside, for the deleter
         self._deleter: threading.Thread | None = None  # started with the first folder to delete
         self._deleter_lock = threading.Lock()
+        sweep_left_behind()
 
     @property
     def root(self) -> Path:
@@ -153,8 +227,14 @@ class VideoJobs:
             # made again where a cleaner of /tmp removed it (every clip after failed until a restart), never once
             # closed (close removes it)
             if self._root is None or (not self._closed.is_set() and not self._root.is_dir()):
-                self._root = Path(tempfile.mkdtemp(prefix="adain-web-videos-"))
+                self._unlock_root()
+                self._root, self._root_lock = _locked_folder()
             return self._root
+
+    def _unlock_root(self) -> None:
+        if self._root_lock is not None:
+            os.close(self._root_lock)
+            self._root_lock = None
 
     def running(self) -> int:
         with self.lock:
@@ -314,6 +394,7 @@ class VideoJobs:
             deleter.join(max(0.0, deadline - time.monotonic()))
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
+        self._unlock_root()
 
     def _run(self, job: VideoJob, source: Path, styles: list[Any], options: dict[str, Any]) -> None:
         from adain.client.video import stylize_video_file
