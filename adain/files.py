@@ -13,6 +13,7 @@ import secrets
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -102,12 +103,21 @@ def _special(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, sweep: bool = False) -> Iterator[Path]:
     """A temporary file beside ``path`` to write into: renamed to ``path`` when the block ends normally,
-    removed when it raises. A symbolic link is followed (its target is replaced, not the link)."""
+    removed when it raises. A symbolic link is followed (its target is replaced, not the link).
+
+    ``sweep`` (a clip's writer): a process killed in the block (SIGKILL, a library caller's worker stopped by
+    SIGTERM, which Python does not turn into an exception) cannot remove its temporary file, and a clip's could
+    be hundreds of MB, hidden. So the file is locked while it is written (``flock``: the kernel lets go of it when
+    the process ends, however it ends), and this write removes the earlier ones of ``path`` whose lock it can take
+    (:func:`_sweep_parts`). Not for images: it lists the folder, once an output (a folder run's thousands)."""
     path = _followed(path)
     tmp = create_beside(path)
+    held = locked(tmp) if sweep else None
     try:
+        if held is not None:
+            _sweep_parts(path, tmp)
         yield tmp
         _synced(tmp)
         with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode (a private 0600 output came
@@ -116,6 +126,56 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def locked(path: Path) -> int | None:
+    """A descriptor of ``path`` (a file or a folder) holding an exclusive ``flock`` on it, or None: held by another
+    process, gone, or no ``flock`` here (Windows, a file system without locks). The kernel lets go of it when the
+    process ends, however it ends: a file whose lock can be taken is no living writer's."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+PART_QUIET_S = 2.0  # a temporary file written this recently is left: it may be locked a moment after it was made
+
+
+def _sweep_parts(path: Path, mine: Path) -> None:
+    """Remove the temporary files of earlier writes of ``path`` (besides ``mine``) that no living process holds."""
+    import glob
+
+    head = mine.name[: -len(".part")].rsplit(".", 1)[0]  # ".NAME" as create_beside cut it
+    for part in path.parent.glob(glob.escape(head) + ".*.part"):
+        if part == mine:
+            continue
+        try:
+            if time.time() - part.stat().st_mtime < PART_QUIET_S:
+                continue
+        except OSError:
+            continue
+        fd = locked(part)
+        if fd is None:
+            continue
+        try:
+            part.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _synced(path: Path) -> None:

@@ -582,7 +582,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write into, renamed to ``path`` when the block ends normally and
     removed when it raises (``adain.files.atomic_path``); a MediaError raised in the block names ``path``, not
     the temporary name."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sweep=True) as tmp:
         try:
             yield tmp
         except MediaError as e:

@@ -820,3 +820,45 @@ def test_a_missing_folder_on_a_read_only_mount_says_read_only(tmp_path: Path) ->
         pytest.skip(f"no bind mount here: {proc.stderr.strip()[:100]}")
     assert proc.stdout.splitlines() == ["Read-only file system"] * 2, (proc.stdout, proc.stderr)
     assert list(ro.iterdir()) == []  # nothing left behind
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_output(tmp_path: Path) -> None:
+    """A process killed while it wrote a clip (SIGKILL; a library caller's worker stopped by SIGTERM, which Python
+    does not turn into an exception) left its hidden .part file for good (hundreds of MB). The next write of the same
+    output removes it; a living writer's and another output's are kept."""
+    import signal
+
+    from adain.files import atomic_path
+
+    out = tmp_path / "clip.mp4"
+    write = ("import os, signal, sys\nfrom pathlib import Path\nfrom adain.files import atomic_path\n"
+             "with atomic_path(Path(sys.argv[1]), sweep=True) as tmp:\n    tmp.write_bytes(b'x' * 100_000)\n"
+             "    print('in', flush=True)\n    if sys.argv[2] == 'kill':\n"
+             "        os.kill(os.getpid(), signal.SIGKILL)\n"
+             "    sys.stdin.readline()\n")
+    killed = subprocess.run([sys.executable, "-c", write, str(out), "kill"], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = list(tmp_path.glob(".clip.mp4.*.part"))
+    assert len(left) == 1 and left[0].stat().st_size == 100_000
+    other = subprocess.run([sys.executable, "-c", write, str(tmp_path / "other.mp4"), "kill"], timeout=60)
+    assert other.returncode == -signal.SIGKILL
+    living = subprocess.Popen([sys.executable, "-c", write, str(out), "wait"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert living.stdout.readline() == "in\n"
+        alive = set(tmp_path.glob(".clip.mp4.*.part")) - set(left)
+        assert len(alive) == 1
+        for part in tmp_path.glob(".*.part"):  # written a while ago (a part written this instant is left)
+            os.utime(part, (time.time() - 60, time.time() - 60))
+        with atomic_path(out, sweep=True) as tmp:  # (as adain.media writes a clip)
+            tmp.write_bytes(b"whole")
+        assert out.read_bytes() == b"whole"
+        assert not left[0].exists(), "the killed writer's temporary file is still there"
+        assert all(p.exists() for p in alive), "a living writer's temporary file was removed"
+        assert len(list(tmp_path.glob(".other.mp4.*.part"))) == 1  # another output's: its own next write
+        living.communicate("\n", timeout=60)
+        assert living.returncode == 0
+    finally:
+        living.kill()
+    assert out.read_bytes() == b"x" * 100_000  # the living writer finished: its file renamed into place
+    assert [p.name for p in tmp_path.glob(".clip.mp4.*")] == []

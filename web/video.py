@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from adain.client import StyleTransferClient, StyleTransferError
+from adain.files import locked
 
 from .checks import STORAGE_ERRNOS, error_json, stream_error
 
@@ -138,29 +139,10 @@ def _locked_folder() -> tuple[Path, int | None]:
     (None where there is no ``flock``: Windows). It is made under a hidden name, locked, then renamed: a folder
     that bears the name is always locked, so :func:`sweep_left_behind` never takes one being made."""
     staging = Path(tempfile.mkdtemp(prefix="." + FOLDER_PREFIX))
-    fd = _locked(staging)
+    fd = locked(staging)
     folder = staging.with_name(staging.name[1:])
     os.rename(staging, folder)  # (the same directory, the lock with it)
     return folder, fd
-
-
-def _locked(folder: Path) -> int | None:
-    """A descriptor of ``folder`` holding an exclusive ``flock`` on it, or None (held by another process, gone, or
-    no ``flock`` here)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 STAGING_STALE_S = 60.0  # a hidden folder still unrenamed this long was left by a process that died making it
@@ -180,7 +162,7 @@ def sweep_left_behind(temp: Path | None = None) -> int:
                 continue  # (being made: locked a moment later)
         except OSError:
             continue
-        fd = _locked(folder)
+        fd = locked(folder)
         if fd is None:
             continue
         try:
