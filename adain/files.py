@@ -233,20 +233,26 @@ def write_whole(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def bytes_written(write: Callable[[IO[bytes]], object]) -> bytes:
+def bytes_written(write: Callable[[IO[bytes]], object], writable: bool = False) -> bytes | bytearray:
     """The bytes ``write`` writes into an in-memory file, one with a descriptor (Linux's memfd) where the OS
     offers it. Pillow lets go of the GIL only while it encodes into a file descriptor: its JPEG encoder held it
     for a whole encode into a BytesIO (~0.9 ms a 512-px image, ~7 ms a 1080p frame), which for a server is
     serial work beside every other thread's (one process then serves at most 1000 / its GIL ms a request calls
     a second: ``benchmarks/gil.py``) and for an asyncio program a stalled event loop. The bytes are the same
-    either way. (Pillow's PNG and WebP encoders let go of it anyway.)"""
+    either way. (Pillow's PNG and WebP encoders let go of it anyway.) ``writable``: a bytearray (numpy and torch
+    arrays over it may be written), read into without a further copy."""
     try:
         fd = os.memfd_create("adain-encode", os.MFD_CLOEXEC)
     except (AttributeError, OSError):  # not Linux, or no descriptor left: into a buffer, holding the GIL
         buf = io.BytesIO()
         write(buf)
-        return buf.getvalue()
+        return bytearray(buf.getbuffer()) if writable else buf.getvalue()
     with open(fd, "w+b") as f:
         write(f)
+        size = f.tell()
         f.seek(0)
-        return f.read()
+        if not writable:
+            return f.read()
+        out = bytearray(size)
+        f.readinto(out)
+        return out

@@ -862,3 +862,29 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_out
         living.kill()
     assert out.read_bytes() == b"x" * 100_000  # the living writer finished: its file renamed into place
     assert [p.name for p in tmp_path.glob(".clip.mp4.*")] == []
+
+
+def test_to_tensor_copies_the_pixels_without_tobytes_and_gives_the_same_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``np.asarray(img)`` copies the pixels with ``Image.tobytes``, which holds the GIL for the whole copy (0.3-0.4 ms
+    in one piece a 512-px image): serial work beside a server's event loop and render thread. to_tensor copies them
+    with Pillow's PPM writer into an in-memory file, without it: the same values and layout (channels last)."""
+    import torch
+
+    from adain.image import to_tensor
+
+    def reference(img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img, dtype=np.uint8)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+    rng = np.random.default_rng(5)
+    cases = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in
+             ((37, 53, 3), (37, 53), (1, 1, 3), (1, 7000, 3), (2600, 1700, 3))]  # (the last in several blocks)
+    cases.append(Image.open(io.BytesIO(encoded(cases[0], "jpeg"))))  # not loaded yet
+    cases.append(Image.open(io.BytesIO(encoded(cases[0], "jpeg"))).crop((3, 5, 40, 30)))
+    expected = [reference(img) for img in cases]
+    monkeypatch.setattr(Image.Image, "tobytes", lambda *a, **k: pytest.fail("to_tensor copied with tobytes"))
+    for img, want in zip(cases, expected):
+        got = to_tensor(img)
+        assert got.dtype == torch.float32 and got.shape == want.shape and torch.equal(got, want), img
+        assert got.is_contiguous(memory_format=torch.channels_last), got.stride()
