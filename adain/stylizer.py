@@ -200,7 +200,10 @@ class Stylizer:
         if isinstance(job, Job):
             job = job.check(self.limits)
         max_pixels = self.limits.max_pixels
-        img = load_image(job.content, field="content", max_pixels=max_pixels)
+        # (decoded smaller where it is a large JPEG, unless masks or labels must match its stored size)
+        plain = job.masks is None and job.labels is None and job.mask is None
+        img = load_image(job.content, field="content", max_pixels=max_pixels,
+                         longest=job.content_side if plain else None)
         source_size = img.size
         img = resize_longest(img, job.content_side)
         regions = region_maps(job, source_size, img.size, max_pixels)
@@ -274,7 +277,8 @@ class Stylizer:
         """A style image as the encoder sees it: decoded, scaled to ``size``, its colours matched to the
         content ("coral") or made grey with the content's mean and spread of light ("luminance"). 1 x 3 x h x w
         on the CPU."""
-        style = to_tensor(resize_longest(load_image(source, field=name, max_pixels=self.limits.max_pixels), size))
+        img = load_image(source, field=name, max_pixels=self.limits.max_pixels, longest=size)
+        style = to_tensor(resize_longest(img, size))
         if mode == "coral":
             return coral(style[0], content[0].cpu()).unsqueeze(0)
         if mode == "luminance":

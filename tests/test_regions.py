@@ -400,3 +400,16 @@ def test_a_region_lands_on_its_own_cells_at_any_height(h: int) -> None:
     assert torch.equal(cells > 0.5, centres.clamp(max=h - 1) < end), (h, cells.tolist())
     aligned = maps_at(F.pad(levels, (0, 0, 0, 8 * len(cells) - h), mode="replicate"), (len(cells), 5))
     assert torch.equal(cells, aligned[0, 0, :, 0])  # what a whole-cell map gives, as at a multiple of 8
+
+
+def test_a_large_jpeg_content_with_a_mask_of_its_stored_size_is_stylized(stylizer: Stylizer) -> None:
+    """A large JPEG is decoded at a smaller DCT scale when it is downscaled after (``load_image(longest=...)``), but a
+    mask or label image must match the content's stored size: with regions it is decoded whole, the mask taken;
+    without, the prepared content is the same size either way."""
+    photo = encoded(synth_image(1800, 1200, seed=4), "JPEG")
+    mask = band_mask(1800, 1200, 0, 900)
+    prepared = stylizer.prepare(Job(photo, [STYLE_A, STYLE_B], mask=mask, content_size=256))
+    assert prepared.content.shape[2:] == (171, 256) and prepared.regions is not None
+    plain = stylizer.prepare(Job(photo, [STYLE_A], content_size=256))
+    assert plain.content.shape == prepared.content.shape
+    assert (plain.content - prepared.content).abs().max() * 255 < 8  # (a downscale's filter apart, no more)
