@@ -9,6 +9,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import secrets
 import stat
 import sys
@@ -109,14 +110,18 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False) -> Iterator[Path]:
 
     ``sweep`` (a clip's writer): a process killed in the block (SIGKILL, a library caller's worker stopped by
     SIGTERM, which Python does not turn into an exception) cannot remove its temporary file, and a clip's could
-    be hundreds of MB, hidden. So the file is locked while it is written (``flock``: the kernel lets go of it when
-    the process ends, however it ends), and this write removes the earlier ones of ``path`` whose lock it can take
-    (:func:`_sweep_parts`). Not for images: it lists the folder, once an output (a folder run's thousands)."""
+    be hundreds of MB, hidden. So every write locks its file while it writes (``flock``: the kernel lets go of it
+    when the process ends, however it ends), and a sweeping one removes the earlier ones of ``path`` whose lock it
+    can take (:func:`_sweep_parts`). Not for images: it lists the folder, once an output (a folder run's
+    thousands)."""
     path = _followed(path)
     tmp = create_beside(path)
-    held = locked(tmp) if sweep else None
     try:
-        if held is not None:
+        held = locked(tmp)  # (every write: one that does not sweep must not be swept by one that does)
+    except OSError:
+        held = None  # (out of descriptors: unlocked, and sweeping nothing)
+    try:
+        if held is not None and sweep:
             _sweep_parts(path, tmp)
         yield tmp
         _synced(tmp)
@@ -131,27 +136,43 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False) -> Iterator[Path]:
             os.close(held)
 
 
-def locked(path: Path) -> int | None:
-    """A descriptor of ``path`` (a file or a folder) holding an exclusive ``flock`` on it, or None: held by another
-    process, gone, or no ``flock`` here (Windows, a file system without locks). The kernel lets go of it when the
-    process ends, however it ends: a file whose lock can be taken is no living writer's."""
+# a lock not to be had: held by another process (EWOULDBLOCK), or no flock on this file system
+_NOT_LOCKED = {errno.EWOULDBLOCK, errno.EAGAIN, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
+
+def locked(path: Path, folder: bool = False) -> int | None:
+    """A descriptor of ``path``, a regular file (or a ``folder``), holding an exclusive ``flock`` on it; None where it
+    is held by another process, is gone or is something else (a link, a pipe: never waited on), or where there is no
+    ``flock`` (Windows, a file system without locks). The kernel lets go of the lock when the process ends, however
+    it ends: a file whose lock can be taken is no living writer's. Raises OSError for the rest (out of descriptors)."""
     try:
         import fcntl
     except ImportError:
         return None
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if folder else 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symbolic link (O_NOFOLLOW)
+            return None
+        raise
     try:
+        if not (stat.S_ISDIR if folder else stat.S_ISREG)(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         os.close(fd)
-        return None
+        if e.errno in _NOT_LOCKED:
+            return None
+        raise
     return fd
 
 
 PART_QUIET_S = 2.0  # a temporary file written this recently is left: it may be locked a moment after it was made
+_HEX = re.compile("[0-9a-f]{8}")
 
 
 def _sweep_parts(path: Path, mine: Path) -> None:
@@ -159,15 +180,15 @@ def _sweep_parts(path: Path, mine: Path) -> None:
     import glob
 
     head = mine.name[: -len(".part")].rsplit(".", 1)[0]  # ".NAME" as create_beside cut it
-    for part in path.parent.glob(glob.escape(head) + ".*.part"):
-        if part == mine:
+    for part in path.parent.glob(glob.escape(head) + ".????????.part"):  # (its token: 8 hex digits)
+        if part == mine or not _HEX.fullmatch(part.name[len(head) + 1 : -len(".part")]):
             continue
         try:
-            if time.time() - part.stat().st_mtime < PART_QUIET_S:
+            if time.time() - part.lstat().st_mtime < PART_QUIET_S:
                 continue
+            fd = locked(part)
         except OSError:
             continue
-        fd = locked(part)
         if fd is None:
             continue
         try:

@@ -537,7 +537,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     import torch
 
     channels = {"RGB": 3, "L": 1}.get(img.mode)
-    if channels is not None:
+    if channels is not None and img.width and img.height:  # (Pillow writes no empty image)
         w, h = img.size
         data = bytes_written(lambda f: img.save(f, "PPM"), writable=True)  # a header, then the H x W x C bytes
         pixels = np.frombuffer(data, np.uint8, offset=len(data) - w * h * channels).reshape(1, h, w, channels)

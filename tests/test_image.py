@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -840,28 +841,38 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_out
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     left = list(tmp_path.glob(".clip.mp4.*.part"))
     assert len(left) == 1 and left[0].stat().st_size == 100_000
-    other = subprocess.run([sys.executable, "-c", write, str(tmp_path / "other.mp4"), "kill"], timeout=60)
-    assert other.returncode == -signal.SIGKILL
+    for name in ("other.mp4", "clip.mp4.gif"):  # other outputs' (one whose name goes on from this one's)
+        other = subprocess.run([sys.executable, "-c", write, str(tmp_path / name), "kill"], timeout=60)
+        assert other.returncode == -signal.SIGKILL
+    os.mkfifo(tmp_path / ".clip.mp4.deadbeef.part")  # (opened to be locked, a pipe waited for a writer for ever)
     living = subprocess.Popen([sys.executable, "-c", write, str(out), "wait"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert living.stdout.readline() == "in\n"
-        alive = set(tmp_path.glob(".clip.mp4.*.part")) - set(left)
+        alive = set(tmp_path.glob(".clip.mp4.????????.part")) - set(left) - {tmp_path / ".clip.mp4.deadbeef.part"}
         assert len(alive) == 1
         for part in tmp_path.glob(".*.part"):  # written a while ago (a part written this instant is left)
             os.utime(part, (time.time() - 60, time.time() - 60))
-        with atomic_path(out, sweep=True) as tmp:  # (as adain.media writes a clip)
-            tmp.write_bytes(b"whole")
+        def write_clip() -> None:
+            with atomic_path(out, sweep=True) as tmp:  # (as adain.media writes a clip)
+                tmp.write_bytes(b"whole")
+
+        writer = threading.Thread(target=write_clip, daemon=True)
+        writer.start()
+        writer.join(30)
+        assert not writer.is_alive(), "the write hung"
         assert out.read_bytes() == b"whole"
         assert not left[0].exists(), "the killed writer's temporary file is still there"
         assert all(p.exists() for p in alive), "a living writer's temporary file was removed"
-        assert len(list(tmp_path.glob(".other.mp4.*.part"))) == 1  # another output's: its own next write
+        for name in ("other.mp4", "clip.mp4.gif"):  # another output's: its own next write removes it
+            assert len(list(tmp_path.glob(f".{name}.*.part"))) == 1, name
+        assert (tmp_path / ".clip.mp4.deadbeef.part").exists()  # not a file: left
         living.communicate("\n", timeout=60)
         assert living.returncode == 0
     finally:
         living.kill()
     assert out.read_bytes() == b"x" * 100_000  # the living writer finished: its file renamed into place
-    assert [p.name for p in tmp_path.glob(".clip.mp4.*")] == []
+    assert sorted(p.name for p in tmp_path.glob(".clip.mp4.*") if ".gif." not in p.name) == [".clip.mp4.deadbeef.part"]
 
 
 def test_to_tensor_copies_the_pixels_without_tobytes_and_gives_the_same_tensor(monkeypatch: pytest.MonkeyPatch) -> None:

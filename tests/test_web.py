@@ -1793,6 +1793,7 @@ def test_a_killed_pages_clip_folder_is_removed_by_the_next_start_and_a_living_on
     monkeypatch.setenv("TMPDIR", str(temp))
     older = temp / "adain-web-videos-abc123"  # (a version before the lock: never taken for a dead one's)
     older.mkdir()
+    os.mkfifo(temp / "adain-web-clips-fifo")  # (opened to be locked, a pipe waited for a writer: no start)
     killed, living = WebProcess(server.target), WebProcess(server.target)
     try:
         folders = {}
@@ -1800,7 +1801,7 @@ def test_a_killed_pages_clip_folder_is_removed_by_the_next_start_and_a_living_on
             r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 3), _png("styles", STYLE)], timeout=60)
             assert r.status_code == 202, r.text
             assert _finished(web, r.json())["state"] == "done"
-            folders[name] = set(temp.glob("adain-web-clips-*")) - set(folders.values())
+            folders[name] = set(temp.glob("adain-web-clips-*")) - {*folders.values(), temp / "adain-web-clips-fifo"}
             assert len(folders[name]) == 1, folders
             folders[name] = folders[name].pop()
             assert any(f.name == "result.mp4" for f in folders[name].rglob("*")), list(folders[name].rglob("*"))
@@ -1823,7 +1824,7 @@ def test_a_killed_pages_clip_folder_is_removed_by_the_next_start_and_a_living_on
     finally:
         living.stop()
     assert not folders["living"].exists()
-    assert {f.name for f in temp.iterdir()} == {older.name}, list(temp.iterdir())
+    assert {f.name for f in temp.iterdir()} == {older.name, "adain-web-clips-fifo"}, list(temp.iterdir())
 
 
 def test_a_full_or_read_only_temporary_folder_is_said_as_such() -> None:

@@ -28,11 +28,13 @@ take: :func:`sweep_left_behind`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import queue
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -136,13 +138,32 @@ class VideoJob:
 
 def _locked_folder() -> tuple[Path, int | None]:
     """A new clip folder in the temporary folder and the descriptor that holds its lock for this process's life
-    (None where there is no ``flock``: Windows). It is made under a hidden name, locked, then renamed: a folder
-    that bears the name is always locked, so :func:`sweep_left_behind` never takes one being made."""
+    (None where there is no ``flock``: Windows, a file system without it). It is made under a hidden name, locked,
+    then renamed: a folder that bears the name is locked where locks exist, so :func:`sweep_left_behind` never
+    takes one being made or in use. Raises OSError where the lock cannot be taken (out of descriptors)."""
     staging = Path(tempfile.mkdtemp(prefix="." + FOLDER_PREFIX))
-    fd = locked(staging)
-    folder = staging.with_name(staging.name[1:])
-    os.rename(staging, folder)  # (the same directory, the lock with it)
+    fd = None
+    try:
+        fd = locked(staging, folder=True)  # (None: no flock here, where no sweep can take it either)
+        folder = staging.with_name(staging.name[1:])
+        os.rename(staging, folder)  # (the same directory, the lock with it)
+    except BaseException:  # out of descriptors, say: never a folder under the name unlocked, nor one left
+        if fd is not None:
+            os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return folder, fd
+
+
+def _size(folder: Path) -> int:
+    """The bytes of the files in ``folder`` and its folders (links not followed)."""
+    total = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(parent, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 STAGING_STALE_S = 60.0  # a hidden folder still unrenamed this long was left by a process that died making it
@@ -158,18 +179,16 @@ def sweep_left_behind(temp: Path | None = None) -> int:
     for folder in [*temp.glob(FOLDER_PREFIX + "*"), *temp.glob("." + FOLDER_PREFIX + "*")]:
         try:
             staging = folder.name.startswith(".")
-            if staging and time.time() - folder.stat().st_mtime < STAGING_STALE_S:
+            if staging and time.time() - folder.lstat().st_mtime < STAGING_STALE_S:
                 continue  # (being made: locked a moment later)
+            fd = locked(folder, folder=True)
         except OSError:
             continue
-        fd = locked(folder)
         if fd is None:
             continue
         try:
-            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            size = _size(folder)
             shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # (removed meanwhile by another sweeper)
-            size = 0
         finally:
             os.close(fd)
         freed, count = freed + size, count + (not folder.exists())
