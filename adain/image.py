@@ -218,7 +218,7 @@ def _jpeg_layout(data: bytes | mmap.mmap) -> JpegLayout:
     try:
         while markers <= MAX_JPEG_MARKERS and fill <= MAX_JPEG_FILL:
             if scans:
-                start = _next_in_scan(pixels, at)
+                start = _next_in_scan(data, pixels, at)
             else:
                 found = _MARKER.search(data, at)
                 start = found.start() if found else -1
@@ -235,28 +235,36 @@ def _jpeg_layout(data: bytes | mmap.mmap) -> JpegLayout:
             at += int.from_bytes(data[at:at + 2], "big")  # the length counts itself, not the marker
             if kind == 0xDA:
                 scans += 1
+    except BaseException as e:  # (the search's frames, kept by a traceback, hold views of a mapped file: its close
+        raise e.with_traceback(None)  # noqa: B904 - would fail ("cannot close exported pointers exist") in its place)
     finally:
         del pixels  # (a mapped file's view: mmap cannot close while an array holds it)
     return JpegLayout(scans, markers, fill)
 
 
-SCAN_SEARCH_FIRST = 4096  # bytes searched first for the next marker in coded data (then 4x more each time)
+_MARKER_IN_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")  # 0xFF, then not stuffing, a restart nor fill
+SCAN_NEAR = 256  # bytes searched by the regular expression first: markers close together (a table's, a scan's)
+SCAN_CHUNK = 1 << 20  # then numpy's chunks, 4 KiB first, 4x larger each time up to this (its arrays' memory)
 
 
-def _next_in_scan(data: np.ndarray, at: int) -> int:
-    """Where the first marker at or after ``at`` in a scan's coded data is (0xFF and a byte that is not 0x00,
-    stuffing; 0xD0-0xD7, a restart; nor 0xFF, fill), or -1: what ``re`` found with ``\\xff[\\x01-\\xcf\\xd8-\\xfe]``,
-    found by numpy, because a regular expression held the GIL for the whole search, which runs to the end of a
-    scan's data (2-3 ms in one piece a 4-MB photo: a server's other threads waited), where numpy lets go of it."""
-    last, size = len(data) - 1, SCAN_SEARCH_FIRST
+def _next_in_scan(data: bytes | mmap.mmap, pixels: np.ndarray, at: int) -> int:
+    """Where the first marker at or after ``at`` in a scan's coded data is (``_MARKER_IN_SCAN``: 0xFF and a byte
+    that is not 0x00, stuffing, 0xD0-0xD7, a restart, nor 0xFF, fill), or -1. Near ``at`` by the regular
+    expression, then by numpy (``pixels``: ``data`` as uint8): a regular expression held the GIL for the whole
+    search, which runs to the end of a scan's data (2-3 ms in one piece a 4-MB photo: a server's other threads
+    waited), where numpy lets go of it; markers close together cost numpy a chunk each (25x the regex's time)."""
+    near = _MARKER_IN_SCAN.search(data, at, at + SCAN_NEAR + 1)
+    if near:
+        return near.start()
+    at, size, last = at + SCAN_NEAR, 4096, len(pixels) - 1
     while at < last:
         end = min(last, at + size)
-        ff = np.flatnonzero(data[at:end] == 0xFF) + at
-        after = data[ff + 1]
-        hits = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
-        if hits.size:
-            return int(hits[0])
-        at, size = end, size * 4
+        after = pixels[at + 1 : end + 1]
+        hit = (pixels[at:end] == 0xFF) & (after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))
+        first = int(hit.argmax())
+        if hit[first]:
+            return at + first
+        at, size = end, min(size * 4, SCAN_CHUNK)
     return -1
 
 
@@ -368,17 +376,21 @@ def load_image(
 
     ``longest``: the longest side the caller downscales the image to next (``resize_longest``). A JPEG at least
     ``2 * DRAFT_GAP`` times larger is decoded at a smaller DCT scale (1/2, 1/4 or 1/8: libjpeg's scaled decode,
-    Pillow's ``draft``) that keeps at least ``DRAFT_GAP`` times that side, so the image comes back smaller than
-    stored, its sides in proportion: why a caller that must know the stored size (a mask must match it) leaves
-    it out. ``max_pixels`` still counts the stored pixels.
+    Pillow's ``draft``) that keeps at least ``DRAFT_GAP`` times that side, then downscaled to it here: it comes
+    back at the size ``resize_longest`` gives from the stored size, to the pixel, not at its stored size, which is
+    why a caller that must know that (a mask must match it) leaves ``longest`` out. ``max_pixels`` still counts
+    the stored pixels. A caller's own PIL image is decoded whole (a draft would change it).
 
     Raises InvalidInputError for empty, undecodable, truncated, zero-size or over-limit images.
     """
     img = _open(source, field, max_pixels)
     w, h = _checked_size(img, field, max_pixels)
-    if longest and img.format == "JPEG" and mode == "RGB" and max(w, h) >= 2 * DRAFT_GAP * longest:
+    drafted = None  # the size a whole decode downscaled to ``longest`` has, where a JPEG is decoded smaller
+    if (longest and img is not source and img.format in ("JPEG", "MPO") and mode == "RGB"  # (a caller's own image
+            and max(w, h) >= 2 * DRAFT_GAP * longest):  # is not changed: draft works in place)
         keep = DRAFT_GAP * longest / max(w, h)
         img.draft(None, (math.ceil(w * keep), math.ceil(h * keep)))
+        drafted = longest_size(w, h, longest)
     if img.format == "AVIF" and mode == "RGB" and not {"nclx_profile", "icc_profile"} & img.info.keys():
         # Pillow leaves the code points unread (an ICC profile comes first anyway)
         nclx = nclx_profile(_stored_bytes(source, HEAD_BYTES) or b"")
@@ -388,6 +400,8 @@ def load_image(
     img, rgb48 = _at_depth(img, source) if mode == "RGB" else (img, None)
     try:
         img.load()
+        if drafted is not None and img.size != drafted:  # the DCT scale's sides are rounded up: not in proportion,
+            img = img.resize(drafted, Image.Resampling.LANCZOS)  # so to the whole decode's size here, to the pixel
         upright = _upright(img)
         if upright is not img:  # turned by its EXIF (pillow-heif turns a HEIF itself: not met); deep pixels are not
             rgb48 = None
