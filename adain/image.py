@@ -87,7 +87,7 @@ def image_key(source: ImageSource, field: str) -> str:
         # (two palette images of the same indices once shared a key, and the second got the first's colours)
         orientation = source.getexif().get(0x0112, 1) if hasattr(source, "getexif") else 1
         h.update(f"{source.mode}{source.size}{source.info.get('transparency')!r}{orientation}".encode())
-        h.update(source.tobytes())
+        h.update(pixel_bytes(source))  # (a coloured job's content, every call: off the GIL)
         if source.mode in ("P", "PA") and source.palette is not None:
             h.update(source.palette.tobytes())
         h.update(source.info.get("icc_profile") or b"")
@@ -541,20 +541,27 @@ def resize_longest(img: Image.Image, limit: int | None) -> Image.Image:
     return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB (or L) PIL image -> float32 tensor 1 x C x H x W in [0, 1] (channels last in memory).
+PPM_MODES = ("RGB", "L")  # the modes whose bytes Pillow's PPM writer writes as ``tobytes`` gives them
 
-    The pixels are copied out of Pillow by its PPM writer into an in-memory file (``bytes_written``), during which
-    Pillow lets go of the GIL: ``np.asarray(img)`` (Pillow's ``tobytes``) held it for the whole copy, 0.3-0.4 ms in
-    one piece a 512-px image and ~1 ms at 1024 (AMX Xeon), serial work beside a server's event loop, render thread
-    and other preparing threads. The same values and layout."""
+
+def pixel_bytes(img: Image.Image) -> bytes | memoryview:
+    """``img.tobytes()``, copied off the GIL for RGB and L images (a writable buffer): by Pillow's PPM writer into an
+    in-memory file (``bytes_written``), during which Pillow lets go of it, where ``tobytes`` held it for the whole
+    copy, 0.3-0.4 ms in one piece a 512-px image and ~1 ms at 1024 (AMX Xeon): serial work beside a server's event
+    loop, render thread and other preparing threads. The same bytes."""
+    if img.mode not in PPM_MODES or not (img.width and img.height):  # (Pillow writes no empty image)
+        return img.tobytes()
+    data = bytes_written(lambda f: img.save(f, "PPM"), writable=True)  # a header, then the H x W x C bytes
+    return memoryview(data)[len(data) - img.width * img.height * len(img.mode):]
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB (or L) PIL image -> float32 tensor 1 x C x H x W in [0, 1] (channels last in memory), its pixels copied
+    out of Pillow off the GIL (:func:`pixel_bytes`; ``np.asarray(img)`` held it)."""
     import torch
 
-    channels = {"RGB": 3, "L": 1}.get(img.mode)
-    if channels is not None and img.width and img.height:  # (Pillow writes no empty image)
-        w, h = img.size
-        data = bytes_written(lambda f: img.save(f, "PPM"), writable=True)  # a header, then the H x W x C bytes
-        pixels = np.frombuffer(data, np.uint8, offset=len(data) - w * h * channels).reshape(1, h, w, channels)
+    if img.mode in PPM_MODES:
+        pixels = np.frombuffer(pixel_bytes(img), np.uint8).reshape(1, img.height, img.width, len(img.mode))
         return torch.from_numpy(pixels).to(torch.float32).div_(255.0).permute(0, 3, 1, 2)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:

@@ -881,7 +881,7 @@ def test_to_tensor_copies_the_pixels_without_tobytes_and_gives_the_same_tensor(m
     with Pillow's PPM writer into an in-memory file, without it: the same values and layout (channels last)."""
     import torch
 
-    from adain.image import to_tensor
+    from adain.image import image_key, to_tensor
 
     def reference(img: Image.Image) -> torch.Tensor:
         arr = np.asarray(img, dtype=np.uint8)
@@ -894,7 +894,9 @@ def test_to_tensor_copies_the_pixels_without_tobytes_and_gives_the_same_tensor(m
     cases.append(Image.open(io.BytesIO(encoded(cases[0], "jpeg"))))  # not loaded yet
     cases.append(Image.open(io.BytesIO(encoded(cases[0], "jpeg"))).crop((3, 5, 40, 30)))
     expected = [reference(img) for img in cases]
-    monkeypatch.setattr(Image.Image, "tobytes", lambda *a, **k: pytest.fail("to_tensor copied with tobytes"))
+    keys = [image_key(img, "content") for img in cases[:2]]  # (a coloured job's content key: its pixels hashed)
+    monkeypatch.setattr(Image.Image, "tobytes", lambda *a, **k: pytest.fail("copied with tobytes"))
+    assert [image_key(img, "content") for img in cases[:2]] == keys  # the same keys, off the GIL too
     for img, want in zip(cases, expected):
         got = to_tensor(img)
         assert got.dtype == torch.float32 and got.shape == want.shape and torch.equal(got, want), img
