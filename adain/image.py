@@ -377,7 +377,7 @@ def load_image(
     ``longest``: the longest side the caller downscales the image to next (``resize_longest``). A JPEG at least
     ``2 * DRAFT_GAP`` times larger is decoded at a smaller DCT scale (1/2, 1/4 or 1/8: libjpeg's scaled decode,
     Pillow's ``draft``) that keeps at least ``DRAFT_GAP`` times that side, then downscaled to it here: it comes
-    back at the size ``resize_longest`` gives from the stored size, to the pixel, not at its stored size, which is
+    back at the size ``resize_longest`` gives from the stored size, to the pixel, not at its full size, which is
     why a caller that must know that (a mask must match it) leaves ``longest`` out. ``max_pixels`` still counts
     the stored pixels. A caller's own PIL image is decoded whole (a draft would change it).
 

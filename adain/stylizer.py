@@ -200,7 +200,7 @@ class Stylizer:
         if isinstance(job, Job):
             job = job.check(self.limits)
         max_pixels = self.limits.max_pixels
-        # (decoded smaller where it is a large JPEG, unless masks or labels must match its stored size)
+        # (decoded smaller where it is a large JPEG, unless masks or labels must match its full size)
         plain = job.masks is None and job.labels is None and job.mask is None
         img = load_image(job.content, field="content", max_pixels=max_pixels,
                          longest=job.content_side if plain else None)

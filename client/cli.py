@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each region's strength in [0, 1], one per --style, in order (with --mask or --labels)")
     p.add_argument("--size", type=non_negative_int, default=0, metavar="N",
                    help="longest side the content is rendered at (0: as it is; default 0). Smaller is quicker and "
-                   "gives bolder strokes: a 12-MP photo as it is takes minutes of tiles on a CPU, at 1024 seconds")
+                   "gives bolder strokes: a 12-MP photo as it is renders in tiles, 25 s to minutes on a CPU; at "
+                   "1024 px it takes seconds")
     p.add_argument("--style-size", type=non_negative_int, default=0, metavar="N",
                    help="longest side of the styles (0: the server's default, 512)")
     p.add_argument("--keep-exif", action="store_true",
@@ -1177,7 +1178,8 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     total = len(tasks) + len(video_tasks)
     print(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
           f"{plural(len(video_tasks), 'video')})")
-    if served:  # a video's stream names no replica to this client: said, not left to be read as all outputs
+    if served and not args.local:  # (--local: the command's own server, its name a random vm:port, noise)
+        # a video's stream names no replica to this client: said, not left to be read as all outputs
         unsaid = " (videos not counted)" if video_tasks else ""
         print("images per replica: " + ", ".join(f"{name} {n}" for name, n in sorted(served.items())) + unsaid)
     return 1 if failed else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -936,6 +937,15 @@ def test_local_stylizes_without_a_running_server(files: dict[str, Path], tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (64, 48)
     assert not list(tmp_path.glob("adain-local-*"))  # its token and log removed
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(files["content.png"], folder / "p.png")
+    run = subprocess.run([sys.executable, "-m", "adain.client.cli", str(folder), "-s", str(files["a.png"]), "-o",
+                          f"{tmp_path}/outs/", "--local"], capture_output=True, text=True, timeout=120, cwd=REPO,
+                         env=local_env)
+    assert run.returncode == 0, run.stderr
+    # (no "images per replica: vm:PORT 1": its own server's name is noise, said only where replicas are)
+    assert run.stdout.splitlines() == [f"1 of 1 output written to {tmp_path}/outs/ (1 image, 0 videos)"], run.stdout
     info = subprocess.run([sys.executable, "-m", "adain.client.cli", "--server-info", "--local"], capture_output=True,
                           text=True, timeout=120, cwd=REPO, env=local_env)
     assert info.returncode == 0 and '"backend": "torch"' in info.stdout, info.stderr
