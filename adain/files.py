@@ -124,6 +124,8 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False) -> Iterator[Path]:
         if held is not None and sweep:
             _sweep_parts(path, tmp)
         yield tmp
+        if held is not None and sweep:  # again: a write killed a moment before this one began was too recent
+            _sweep_parts(path, tmp)
         _synced(tmp)
         with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode (a private 0600 output came
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # back world-readable); after the writes: 0444 too
@@ -169,6 +171,70 @@ def locked(path: Path, folder: bool = False) -> int | None:
             return None
         raise
     return fd
+
+
+def locked_folder(prefix: str) -> tuple[Path, int | None]:
+    """A new private folder ``prefix`` + random in the temporary folder, and the descriptor that holds its lock for
+    this process's life (None where there is no ``flock``), so that :func:`sweep_folders` of a later process can
+    tell it from one whose process was killed. Made under a hidden name, locked, then renamed: a folder that bears
+    the name is locked where locks exist. Raises OSError where the lock cannot be taken (out of descriptors)."""
+    import shutil
+    import tempfile
+
+    staging = Path(tempfile.mkdtemp(prefix="." + prefix))
+    fd = None
+    try:
+        fd = locked(staging, folder=True)  # (None: no flock here, where no sweep can take it either)
+        folder = staging.with_name(staging.name[1:])
+        os.rename(staging, folder)  # (the same directory, the lock with it)
+    except BaseException:  # out of descriptors, say: never a folder under the name unlocked, nor one left
+        if fd is not None:
+            os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder, fd
+
+
+STAGING_STALE_S = 60.0  # a hidden folder still unrenamed this long was left by a process that died making it
+
+
+def sweep_folders(prefix: str, temp: Path | None = None) -> tuple[int, int]:
+    """Remove the folders :func:`locked_folder` made with ``prefix`` in ``temp`` (default: the temporary folder)
+    whose lock can be taken: their processes ended without removing them (killed). A living process's, links,
+    files and other users' folders that cannot be opened are left. Returns how many were removed and their bytes."""
+    import shutil
+    import tempfile
+
+    temp = Path(temp or tempfile.gettempdir())
+    freed = count = 0
+    for folder in [*temp.glob(prefix + "*"), *temp.glob("." + prefix + "*")]:
+        try:
+            if folder.name.startswith(".") and time.time() - folder.lstat().st_mtime < STAGING_STALE_S:
+                continue  # (being made: locked a moment later)
+            fd = locked(folder, folder=True)
+        except OSError:
+            continue
+        if fd is None:
+            continue
+        try:
+            size = _size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+        if not folder.exists():
+            freed, count = freed + size, count + 1
+    return count, freed
+
+
+def _size(folder: Path) -> int:
+    """The bytes of the files in ``folder`` and its folders (links not followed)."""
+    total = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(parent, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 PART_QUIET_S = 2.0  # a temporary file written this recently is left: it may be locked a moment after it was made

@@ -22,12 +22,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from adain.files import locked_folder, sweep_folders
+
+FOLDER_PREFIX = "adain-local-"  # the command's folder in the temporary folder: its token, the server's tokens, log
 STOP_WAIT_S = 10.0  # an idle server stops in ~0.5 s; one whose call was cut off drains first
 START_WAIT_S = 600.0  # a first start on a machine converts the networks (OpenVINO: ~10 s; int8 quantizes: more)
 
@@ -53,6 +55,7 @@ class LocalServer:
     def __init__(self, name: str = "adain-stylize", front: bool = False) -> None:
         self.name, self.front = name, front  # the caller's name in its log; front: it speaks for many (adain-web)
         self._folder: Path | None = None
+        self._lock: int | None = None  # the descriptor holding the folder's flock
         self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> tuple[str, str]:
@@ -72,7 +75,10 @@ class LocalServer:
         tls = [v for v in ("ADAIN_TLS_CERT", "ADAIN_TLS_KEY", "ADAIN_TLS_CLIENT_CA") if os.environ.get(v)]
         if tls:  # it would serve TLS that the command's plaintext client never passes: a wait of minutes
             raise LocalServerError(f"--local serves plaintext on 127.0.0.1: unset {', '.join(tls)} for it")
-        self._folder = Path(tempfile.mkdtemp(prefix="adain-local-"))  # 0700: this user's alone
+        # 0700: this user's alone; locked while this command lives, so that the next --local removes the folders of
+        # commands that were killed (SIGKILL left its token, tokens and log, one folder a kill)
+        sweep_folders(FOLDER_PREFIX)
+        self._folder, self._lock = locked_folder(FOLDER_PREFIX)
         token = secrets.token_urlsafe(32)
         token_file, tokens = self._folder / "token", self._folder / "tokens"  # the client's, the server's
         for path, line in ((token_file, token), (tokens, f"{self.name} {token}{' front' if self.front else ''}")):
@@ -155,3 +161,6 @@ class LocalServer:
                 proc.stdout.close()
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                os.close(lock)

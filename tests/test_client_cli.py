@@ -1001,6 +1001,13 @@ def test_local_server_stops_with_the_command_however_it_ends(files: dict[str, Pa
     finally:
         if cli.poll() is None:
             cli.kill()
+    left = list(tmp_path.glob("adain-local-*"))  # (TMPDIR: local_env's) its token and log: SIGKILL leaves them
+    assert len(left) == (1 if sig == signal.SIGKILL else 0), left
+    if sig == signal.SIGKILL:  # the next --local removes a killed command's folder (one a kill, for good, before)
+        info = subprocess.run([sys.executable, "-m", "adain.client.cli", "--server-info", "--local"],
+                              capture_output=True, text=True, timeout=120, cwd=REPO, env=local_env)
+        assert info.returncode == 0, info.stderr
+        assert not list(tmp_path.glob("adain-local-*")), list(tmp_path.glob("adain-local-*"))
 
 
 def test_an_images_deadline_grows_with_its_work(tmp_path: Path) -> None:

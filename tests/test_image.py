@@ -823,7 +823,8 @@ def test_a_missing_folder_on_a_read_only_mount_says_read_only(tmp_path: Path) ->
     assert list(ro.iterdir()) == []  # nothing left behind
 
 
-def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_output(tmp_path: Path) -> None:
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process killed while it wrote a clip (SIGKILL; a library caller's worker stopped by SIGTERM, which Python
     does not turn into an exception) left its hidden .part file for good (hundreds of MB). The next write of the same
     output removes it; a living writer's and another output's are kept."""
@@ -872,6 +873,18 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_out
     finally:
         living.kill()
     assert out.read_bytes() == b"x" * 100_000  # the living writer finished: its file renamed into place
+    # run again at once after a kill (a retry loop): the killed part is too recent as the write begins, and is
+    # removed as it ends (a clip's write takes longer than PART_QUIET_S)
+    monkeypatch.setattr("adain.files.PART_QUIET_S", 0.3)
+    def parts() -> list[Path]:
+        return [p for p in tmp_path.glob(".clip.mp4.????????.part") if p.name != ".clip.mp4.deadbeef.part"]
+
+    again = subprocess.run([sys.executable, "-c", write, str(out), "kill"], timeout=60)
+    assert again.returncode == -signal.SIGKILL and len(parts()) == 1
+    with atomic_path(out, sweep=True) as tmp:
+        time.sleep(0.4)
+        tmp.write_bytes(b"again")
+    assert out.read_bytes() == b"again" and not parts(), parts()
     assert sorted(p.name for p in tmp_path.glob(".clip.mp4.*") if ".gif." not in p.name) == [".clip.mp4.deadbeef.part"]
 
 

@@ -28,13 +28,11 @@ take: :func:`sweep_left_behind`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import queue
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -47,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from adain.client import StyleTransferClient, StyleTransferError
-from adain.files import locked
+from adain.files import locked_folder, sweep_folders
 
 from .checks import STORAGE_ERRNOS, error_json, stream_error
 
@@ -136,65 +134,16 @@ class VideoJob:
                 "result": f"/api/videos/{self.id}/result" if self.state == "done" else None, "filename": self.name}
 
 
-def _locked_folder() -> tuple[Path, int | None]:
-    """A new clip folder in the temporary folder and the descriptor that holds its lock for this process's life
-    (None where there is no ``flock``: Windows, a file system without it). It is made under a hidden name, locked,
-    then renamed: a folder that bears the name is locked where locks exist, so :func:`sweep_left_behind` never
-    takes one being made or in use. Raises OSError where the lock cannot be taken (out of descriptors)."""
-    staging = Path(tempfile.mkdtemp(prefix="." + FOLDER_PREFIX))
-    fd = None
-    try:
-        fd = locked(staging, folder=True)  # (None: no flock here, where no sweep can take it either)
-        folder = staging.with_name(staging.name[1:])
-        os.rename(staging, folder)  # (the same directory, the lock with it)
-    except BaseException:  # out of descriptors, say: never a folder under the name unlocked, nor one left
-        if fd is not None:
-            os.close(fd)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder, fd
-
-
-def _size(folder: Path) -> int:
-    """The bytes of the files in ``folder`` and its folders (links not followed)."""
-    total = 0
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(parent, name))
-                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-    return total
-
-
-STAGING_STALE_S = 60.0  # a hidden folder still unrenamed this long was left by a process that died making it
-
-
 def sweep_left_behind(temp: Path | None = None) -> int:
     """Remove the clip folders of adain-web processes that ended without removing them (killed), in ``temp``
     (default: Python's temporary folder): those whose lock can be taken (a living process holds its own; other
-    pages sharing the folder keep theirs). Folders of versions before the lock (``adain-web-videos-*``) are left.
-    Returns the bytes freed, and logs what it removed."""
-    temp = Path(temp or tempfile.gettempdir())
-    freed, count = 0, 0
-    for folder in [*temp.glob(FOLDER_PREFIX + "*"), *temp.glob("." + FOLDER_PREFIX + "*")]:
-        try:
-            staging = folder.name.startswith(".")
-            if staging and time.time() - folder.lstat().st_mtime < STAGING_STALE_S:
-                continue  # (being made: locked a moment later)
-            fd = locked(folder, folder=True)
-        except OSError:
-            continue
-        if fd is None:
-            continue
-        try:
-            size = _size(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
-        freed, count = freed + size, count + (not folder.exists())
+    pages sharing the folder keep theirs; ``files.sweep_folders``). Folders of versions before the lock
+    (``adain-web-videos-*``) are left. Returns the bytes freed, and logs what it removed."""
+    count, freed = sweep_folders(FOLDER_PREFIX, temp)
     if count:
-        log.warning("removed %d clip folder(s) in %s (%.1f MB) left by adain-web processes that ended without "
-                    "removing them (killed: SIGKILL, out of memory, a liveness probe)", count, temp, freed / 2**20)
+        log.warning("removed %d clip folder(s) in %s (%s) left by adain-web processes that ended without removing "
+                    "them (killed: SIGKILL, out of memory, a liveness probe)", count, temp or tempfile.gettempdir(),
+                    f"{freed / 2**20:.1f} MB" if freed >= 2**20 else f"{freed / 1024:.0f} KB")
     return freed
 
 
@@ -229,7 +178,7 @@ class VideoJobs:
             # closed (close removes it)
             if self._root is None or (not self._closed.is_set() and not self._root.is_dir()):
                 self._unlock_root()
-                self._root, self._root_lock = _locked_folder()
+                self._root, self._root_lock = locked_folder(FOLDER_PREFIX)
             return self._root
 
     def _unlock_root(self) -> None:
