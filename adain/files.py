@@ -11,6 +11,7 @@ import io
 import os
 import re
 import secrets
+import shutil
 import stat
 import sys
 import threading
@@ -178,7 +179,6 @@ def locked_folder(prefix: str) -> tuple[Path, int | None]:
     this process's life (None where there is no ``flock``), so that :func:`sweep_folders` of a later process can
     tell it from one whose process was killed. Made under a hidden name, locked, then renamed: a folder that bears
     the name is locked where locks exist. Raises OSError where the lock cannot be taken (out of descriptors)."""
-    import shutil
     import tempfile
 
     staging = Path(tempfile.mkdtemp(prefix="." + prefix))
@@ -202,28 +202,40 @@ def sweep_folders(prefix: str, temp: Path | None = None) -> tuple[int, int]:
     """Remove the folders :func:`locked_folder` made with ``prefix`` in ``temp`` (default: the temporary folder)
     whose lock can be taken: their processes ended without removing them (killed). A living process's, links,
     files and other users' folders that cannot be opened are left. Returns how many were removed and their bytes."""
-    import shutil
     import tempfile
 
     temp = Path(temp or tempfile.gettempdir())
     freed = count = 0
     for folder in [*temp.glob(prefix + "*"), *temp.glob("." + prefix + "*")]:
-        try:
-            if folder.name.startswith(".") and time.time() - folder.lstat().st_mtime < STAGING_STALE_S:
-                continue  # (being made: locked a moment later)
-            fd = locked(folder, folder=True)
-        except OSError:
-            continue
-        if fd is None:
-            continue
-        try:
-            size = _size(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
-        if not folder.exists():
+        quiet_s = STAGING_STALE_S if folder.name.startswith(".") else 0.0  # (being made: locked a moment later)
+        size = _remove_unheld(folder, quiet_s, folder=True)
+        if size is not None:
             freed, count = freed + size, count + 1
     return count, freed
+
+
+def _remove_unheld(path: Path, quiet_s: float, folder: bool = False) -> int | None:
+    """Remove ``path`` (a file, or a ``folder`` and what it holds) where no living process holds its lock
+    (:func:`locked`) and it was not modified in the last ``quiet_s`` (it may be locked a moment after it was made);
+    its bytes, or None where it was left."""
+    try:
+        if quiet_s and time.time() - path.lstat().st_mtime < quiet_s:
+            return None
+        fd = locked(path, folder=folder)
+    except OSError:
+        return None
+    if fd is None:
+        return None
+    try:
+        size = _size(path) if folder else os.fstat(fd).st_size
+        if folder:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return None if os.path.lexists(path) else size
 
 
 def _size(folder: Path) -> int:
@@ -247,22 +259,8 @@ def _sweep_parts(path: Path, mine: Path) -> None:
 
     head = mine.name[: -len(".part")].rsplit(".", 1)[0]  # ".NAME" as create_beside cut it
     for part in path.parent.glob(glob.escape(head) + ".????????.part"):  # (its token: 8 hex digits)
-        if part == mine or not _HEX.fullmatch(part.name[len(head) + 1 : -len(".part")]):
-            continue
-        try:
-            if time.time() - part.lstat().st_mtime < PART_QUIET_S:
-                continue
-            fd = locked(part)
-        except OSError:
-            continue
-        if fd is None:
-            continue
-        try:
-            part.unlink(missing_ok=True)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        if part != mine and _HEX.fullmatch(part.name[len(head) + 1 : -len(".part")]):
+            _remove_unheld(part, PART_QUIET_S)
 
 
 def _synced(path: Path) -> None:

@@ -70,6 +70,7 @@ MAX_JPEG_FILL = 64 * 1024
 # Markers in a JPEG: 0xFF then anything but 0x00 (a stuffed 0xFF in coded data) or 0xFF (fill before a marker);
 # within a scan's coded data its restart markers (0xFFD0-D7) do not end it either.
 _MARKER = re.compile(rb"\xff[\x01-\xfe]")
+_MARKER_IN_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _STANDALONE = frozenset((0x01, *range(0xD0, 0xDA)))  # TEM, RSTn, SOI, EOI: no length follows
 _TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -242,7 +243,6 @@ def _jpeg_layout(data: bytes | mmap.mmap) -> JpegLayout:
     return JpegLayout(scans, markers, fill)
 
 
-_MARKER_IN_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")  # 0xFF, then not stuffing, a restart nor fill
 SCAN_NEAR = 256  # bytes searched by the regular expression first: markers close together (a table's, a scan's)
 SCAN_CHUNK = 1 << 20  # then numpy's chunks, 4 KiB first, 4x larger each time up to this (its arrays' memory)
 
