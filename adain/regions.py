@@ -135,7 +135,9 @@ def regional_target(
     """The AdaIN target of one content's relu4_1 (1 x C x h x w) with region levels (1 x K x H x W, any size)."""
     m = maps_at(regions.to(feat.device), feat.shape[2:])
     p, a = region_weights(m, [w for _, _, w in targets], region_alphas, alpha)
-    mixed = 0
+    # zeros where no region reaches, as p gives them: a region that reaches no relu4_1 cell at all (a small spot
+    # between the 8x sampling points) left the int 0, which a clip's flow propagation could not warp
+    mixed = torch.zeros_like(feat, dtype=torch.float32)
     for k, (mean, std, _) in enumerate(targets):
         mk = m[:, k : k + 1]
         if float(p[:, k].max()) == 0:

@@ -440,6 +440,13 @@ class Batcher:
             if len(outputs) != len(live):
                 raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as e:  # every waiter must hear about it
+            if len(live) > 1:  # one request's failure is not its batch mates': each is rendered alone
+                log.exception("render failed for a batch of %d: rendering each request alone", len(live))
+                traceback.clear_frames(e.__traceback__)
+                del e
+                self._render_alone(live)
+                batch = live = None
+                return
             log.exception("render failed for a batch of %d", len(live))
             # Logged: the render's frames (the batch's tensors) go now, not with the last waiter to let go of the
             # error; their line numbers stay for the waiters' own logs.
@@ -452,17 +459,51 @@ class Batcher:
             batch = live = it = None
             return
         inference_s = time.monotonic() - t0
+        self._timed(live, inference_s)
+        self._rendered()
+        queue_s = [t0 - it.enqueued for it in live]
+        self._observe(len(live), inference_s, queue_s)
+        for it, out, q in zip(live, outputs, queue_s):
+            self._post(it, BatchResult(out, q * 1000.0, inference_s * 1000.0, len(live)))
+
+    def _render_alone(self, live: list[Item]) -> None:
+        """A failed batch's requests one at a time: the one whose input fails the render (a bug's trigger) gets
+        the error, the others their images. The results are handed over once all are done, so that none is
+        heard of while the batch still counts as rendering."""
+        posts: list[tuple[Item, Any, BaseException | None]] = []
+        for it in live:
+            if it.future.done():
+                continue
+            t0 = time.monotonic()
+            if it.deadline is not None and t0 >= it.deadline:
+                posts.append((it, None, DeadlineDropped("the deadline passed while the request was queued")))
+                continue
+            try:
+                out = self._render([it.prepared])[0]
+            except Exception as e:
+                log.exception("render failed for one request of a failed batch")
+                traceback.clear_frames(e.__traceback__)
+                posts.append((it, None, e))
+                continue
+            inference_s = time.monotonic() - t0
+            self._observe(1, inference_s, [t0 - it.enqueued])
+            posts.append((it, BatchResult(out, (t0 - it.enqueued) * 1000.0, inference_s * 1000.0, 1), None))
+        self._rendered()
+        for it, result, error in posts:
+            self._post(it, result, error)
+        # the errors' tracebacks hold this frame, whose locals would hold the requests (see _render_batch's cycle)
+        posts = live = it = result = error = None  # type: ignore[assignment]
+
+    def _observe(self, size: int, inference_s: float, queue_s: list[float]) -> None:
+        if self._on_batch is not None:
+            try:
+                self._on_batch(size, inference_s, queue_s)
+            except Exception:  # metrics must not break serving
+                log.exception("batch metrics callback failed")
+
+    def _timed(self, live: list[Item], inference_s: float) -> None:
         with self._cond:
             unit_s = inference_s / max(1, sum(_units(it) for it in live))
             first = self._unit_s is None or self._unit_seeded
             self._unit_s = unit_s if first else 0.7 * self._unit_s + 0.3 * unit_s
             self._unit_seeded = False
-        self._rendered()
-        queue_s = [t0 - it.enqueued for it in live]
-        if self._on_batch is not None:
-            try:
-                self._on_batch(len(live), inference_s, queue_s)
-            except Exception:  # metrics must not break serving
-                log.exception("batch metrics callback failed")
-        for it, out, q in zip(live, outputs, queue_s):
-            self._post(it, BatchResult(out, q * 1000.0, inference_s * 1000.0, len(live)))

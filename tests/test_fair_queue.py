@@ -539,3 +539,39 @@ def test_a_batch_no_longer_counts_as_rendering_when_its_waiters_hear_of_its_end(
 
     asyncio.run(main())
     assert seen == [(False, False)], seen
+
+
+def test_a_request_that_fails_its_batch_fails_alone() -> None:
+    """One request whose input made the render raise (a bug's trigger: a clip's frame with a mask reaching no
+    feature cell did) failed every request batched with it, other callers' photos too. Now the batch's requests
+    are rendered again one at a time, and only the one that fails alone gets the error."""
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def render(batch: list[str]) -> list[str]:
+        gate.wait(10)  # the first batch holds the thread until all four are queued behind it
+        calls.append(list(batch))
+        if "bad" in batch:
+            raise ValueError("this input breaks the render")
+        return [name.upper() for name in batch]
+
+    async def main() -> list[str]:
+        batcher = Batcher(render, max_batch_size=4, max_delay_s=0, max_queue=8)
+        batcher.start()
+
+        def send(caller: str, name: str) -> asyncio.Future:
+            return batcher.submit(batcher.admit(caller=caller), name, key="64x64", deadline=None).future
+
+        first = send("a", "first")
+        await asyncio.sleep(0.1)
+        futures = [send("a", "one"), send("b", "bad"), send("c", "two"), send("a", "three")]
+        gate.set()
+        results = await asyncio.gather(first, *futures, return_exceptions=True)
+        batcher.close(5)
+        return [r.output if hasattr(r, "output") else f"{type(r).__name__}: {r}" for r in results]
+
+    results = asyncio.run(main())
+    assert results == ["FIRST", "ONE", "ValueError: this input breaks the render", "TWO", "THREE"], results
+    batched = [c for c in calls if len(c) > 1]
+    assert len(batched) == 1 and sorted(batched[0]) == ["bad", "one", "three", "two"], calls  # then alone:
+    assert sorted(c[0] for c in calls if len(c) == 1) == ["bad", "first", "one", "three", "two"], calls

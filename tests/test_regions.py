@@ -316,6 +316,20 @@ def test_regions_work_with_colour_refine_and_video(stylizer: Stylizer) -> None:
     assert _levels(frames[0], plain).max() <= 1 and frames[1].size == CONTENT.size
 
 
+@pytest.mark.parametrize("temporal", ["flow", "smooth-flow"])
+def test_a_region_that_reaches_no_feature_cell_gives_the_photo_in_a_clip_too(stylizer: Stylizer,
+                                                                              temporal: str) -> None:
+    """A one-pixel mask between relu4_1's sampling points reaches no cell: a photo comes back as the photo,
+    and a clip with optical flow crashed on it (INTERNAL, failing the other requests batched with the frame)."""
+    mask = Image.new("L", CONTENT.size, 0)
+    mask.putpixel((0, 0), 255)
+    photo = stylizer.stylize(CONTENT, [STYLE_A], masks=[mask])
+    stream = VideoStream(stylizer, [STYLE_A], temporal=temporal, masks=[mask])
+    frames = [stream.stylize(CONTENT) for _ in range(2)]
+    assert [f.size for f in frames] == [CONTENT.size] * 2
+    assert _levels(frames[0], photo).max() <= 1 and _levels(frames[1], photo).max() <= 1
+
+
 def test_a_grey_styles_region_is_grey_and_the_rest_keeps_the_photos_colours(stylizer: Stylizer) -> None:
     """Grey styles make grey pictures where they apply (adain.colours): by region, refined and in a clip."""
     grey_style = NOISE.convert("L").convert("RGB")
