@@ -1133,6 +1133,23 @@ def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event) ->
             return
 
 
+@contextlib.contextmanager
+def _stoppable(call: Any, stop: Callable[[], bool], request_id: str | None) -> Iterator[None]:
+    """Around waiting for ``call``: cancelled once ``stop()`` says so (:func:`_cancel_when`, on a thread of its
+    own), which raises StyleTransferError CANCELLED here, however the cancel surfaced."""
+    ended = threading.Event()
+    threading.Thread(target=_cancel_when, args=(call, stop, ended), name="call-stop", daemon=True).start()
+    try:
+        yield
+    except (grpc.RpcError, grpc.FutureCancelledError) as e:
+        if isinstance(e, grpc.RpcError) and e.code() != grpc.StatusCode.CANCELLED or not stop():
+            raise
+        raise StyleTransferError(grpc.StatusCode.CANCELLED, "the call was stopped (stop() said so)",
+                                 request_id=request_id) from None
+    finally:
+        ended.set()
+
+
 class StyleTransferClient(_ClientBase):
     """A blocking client of ``adain.v1.StyleTransfer``; thread-safe (share one across threads).
     (:class:`adain.client.aio.AsyncStyleTransferClient` is the same for asyncio.)
@@ -1210,14 +1227,19 @@ class StyleTransferClient(_ClientBase):
 
     def _call_from(
         self, method: Any, request: Any, timeout: float | None, request_id: str | None, end_user: str | None = None,
-        needed: Sequence[str] = (),
+        needed: Sequence[str] = (), stop: Callable[[], bool] | None = None,
     ) -> tuple[Any, str | None, str]:
         """(reply, request id, the replica that answered); ``needed``: the features the call used, checked against
-        the reply (:meth:`_check_served`)."""
+        the reply (:meth:`_check_served`); ``stop``: as :meth:`stylize`'s."""
         request_id, metadata = self._metadata(request_id, end_user)
         try:
             with self._unless_closed():
-                reply, call = method.with_call(request, timeout=self._deadline(timeout), metadata=metadata)
+                if stop is None:
+                    reply, call = method.with_call(request, timeout=self._deadline(timeout), metadata=metadata)
+                else:
+                    call = method.future(request, timeout=self._deadline(timeout), metadata=metadata)
+                    with _stoppable(call, stop, request_id):
+                        reply = call.result()
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id, needed) from None
         return (reply, *self._check_served(call.initial_metadata(), call.trailing_metadata(), needed, request_id))
@@ -1242,6 +1264,7 @@ class StyleTransferClient(_ClientBase):
         timeout: float | None = None,
         request_id: str | None = None,
         end_user: str | None = None,
+        stop: Callable[[], bool] | None = None,
         **options: Unpack[StylizeOptions],
     ) -> StylizeResult:
         """Stylize ``content`` (a path, bytes or a PIL image) with one or more styles.
@@ -1276,7 +1299,10 @@ class StyleTransferClient(_ClientBase):
         "lbfgs" or "adam". ``on_progress``
         gets a :class:`RefineProgress` after every iteration, and after each statistics box and tile of a content
         the server renders in tiles (the call then uses StylizeWithProgress; a call rendered whole reports none).
-        Such calls take seconds to minutes: give a ``timeout`` to match.
+        Such calls take seconds to minutes: give a ``timeout`` to match. ``stop()`` (from another thread's point of
+        view: a front end's "has my visitor gone?") is asked four times a second while the call runs: True cancels
+        it, the server's work included (StyleTransferError CANCELLED here); the asyncio client's call is cancelled
+        with its task.
         """
         request = stylize_request(content, styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(request)
@@ -1284,8 +1310,8 @@ class StyleTransferClient(_ClientBase):
 
         def send() -> tuple[Any, str | None, str]:
             if on_progress is None:
-                return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed)
-            return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed)
+                return self._call_from(self._stub.Stylize, request, timeout, request_id, end_user, needed, stop)
+            return self._call_with_progress(request, on_progress, timeout, request_id, end_user, needed, stop)
 
         try:
             reply, rid, served_by = self._until_served(send)
@@ -1305,17 +1331,19 @@ class StyleTransferClient(_ClientBase):
         request_id: str | None,
         end_user: str | None = None,
         needed: Sequence[str] = (),
+        stop: Callable[[], bool] | None = None,
     ) -> tuple[pb.StylizeResponse, str | None, str]:
         request_id, metadata = self._metadata(request_id, end_user)
         with self._unless_closed():
             call = self._stub.StylizeWithProgress(request, timeout=self._deadline(timeout), metadata=metadata)
         reply = None
         try:
-            for event in call:
-                if event.WhichOneof("event") == "progress":
-                    on_progress(_progress(event.progress))
-                else:
-                    reply = event.result
+            with _stoppable(call, stop, request_id) if stop is not None else contextlib.nullcontext():
+                for event in call:
+                    if event.WhichOneof("event") == "progress":
+                        on_progress(_progress(event.progress))
+                    else:
+                        reply = event.result
         except grpc.RpcError as e:
             raise _rpc_error(e, request_id, needed) from None
         finally:

@@ -241,6 +241,26 @@ def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient
     assert err.request_id == "bad-1"
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_stop_cancels_a_call_on_the_server(server: ServerProcess, client: StyleTransferClient, progress: bool) -> None:
+    """``stop()`` ends a photo call at once, the server's work with it (CANCELLED in its log): a front end's visitor
+    who went away had no way to stop a photo rendered whole, which reports no step (a soak tour's)."""
+    big = make_image(1024, 1024, seed=5, fmt="JPEG")  # seconds on the test server's one thread
+    rid = f"stopped-{'progress' if progress else 'unary'}-{time.monotonic_ns()}"
+    t0 = time.monotonic()
+    err = _expect(grpc.StatusCode.CANCELLED, client.stylize, big, STYLE_A, request_id=rid, timeout=60,
+                  stop=lambda: time.monotonic() - t0 > 0.3, on_progress=(lambda p: None) if progress else None)
+    assert err.details == "the call was stopped (stop() said so)" and err.request_id == rid
+    assert time.monotonic() - t0 < 2.0
+    deadline = time.monotonic() + 30
+    while not (lines := [line for line in server.stderr_lines if rid in line]):
+        assert time.monotonic() < deadline, "no log line for the stopped call"
+        time.sleep(0.05)
+    assert "code=CANCELLED" in lines[0], lines
+    result = client.stylize(CONTENT, STYLE_A, stop=lambda: False, on_progress=(lambda p: None) if progress else None)
+    assert (result.width, result.height) == (64, 48)  # a stop that never says so: the call as without it
+
+
 def test_a_request_id_with_control_characters_is_replaced() -> None:
     # gRPC passes header values its own clients would refuse: a newline in one forged a line of the text log,
     # and echoing it back failed the call with INTERNAL "Invalid metadata".

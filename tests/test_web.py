@@ -65,6 +65,23 @@ def _post(url: str, files: list[tuple[str, tuple[str, bytes, str]]], data: dict 
     return httpx.post(url + "/api/stylize", files=files, data=data or {}, timeout=60)
 
 
+def test_a_photo_whose_visitor_went_away_is_cancelled_on_the_server(server: ServerProcess, web: WebProcess) -> None:
+    """A soak tour's: a photo rendered whole reports no step, so a visitor who gave up (a closed tab, a client's
+    timeout) left it rendering on the server to its end, holding the visitor's photo place: their next photo got
+    429 for as long. The page now cancels the server's call within a second of the visitor going."""
+    rid = f"gone-{time.monotonic_ns()}"
+    big = make_image(1024, 1024, seed=5, fmt="JPEG", quality=80)  # seconds on the test server's one thread
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(web.url + "/api/stylize", files=[("content", ("c.jpg", big, "image/jpeg")),
+                                                     ("styles", ("s.png", STYLE, "image/png"))],
+                   headers={"X-Request-Id": rid}, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 30
+    while not (lines := [line for line in server.stderr_lines if rid in line]):  # (an OK is INFO: not logged)
+        assert time.monotonic() < deadline, "the server logged no cancel: the call ran to its end"
+        time.sleep(0.05)
+    assert "code=CANCELLED" in lines[0], lines
+
+
 def _first_step(web: WebProcess, request_id: str, timeout: float = 60) -> dict:
     """A refine's progress once it has taken its first step (it is running on the server's refine thread)."""
     deadline = time.monotonic() + timeout

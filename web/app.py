@@ -675,11 +675,15 @@ def create_app(
         watcher = asyncio.create_task(watch_disconnect(request, gone))
         options["on_progress"] = progress.callback(request_id if followed else None, gone)
         try:
+            # stop: a photo rendered whole reports no step, and its page's going away held the visitor's place (and the
+            # server's) to its end: the next photo of a visitor who gave up was refused for its whole render
             result = await run_in_threadpool(client.stylize, timeout=settings.timeout, end_user=end_user(request),
-                                             request_id=request_id, **options)
+                                             request_id=request_id, stop=gone.is_set, **options)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it: "client closed request", as nginx counts it
         except StyleTransferError as e:
+            if gone.is_set() and e.code == grpc.StatusCode.CANCELLED:
+                return Response(status_code=499)
             status = HTTP_STATUS.get(e.code, 502)
             message, violations = public_error(e)
             if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:  # "try again in a moment" would take as long again
