@@ -444,6 +444,50 @@ def test_a_clip_nobody_asks_about_is_cancelled(server: ServerProcess, tmp_path: 
         web.stop()
 
 
+def test_sigterm_stops_clips_at_once_and_answers_a_photo_cut_at_the_grace_503(server: ServerProcess,
+                                                                              tmp_path: Path) -> None:
+    """A soak tour's: a photo still running at the end of --grace-seconds got a plain-text 500 and a traceback at
+    ERROR (read as a bug in every rollout), and a clip was cancelled only once the photos in flight had ended (with
+    a refine holding the grace, it rendered to its end, its result deleted unread). Now the clip stops at once, and
+    the cut photo is a JSON 503 with Retry-After whose call the server cancels too."""
+    web = WebProcess(server.target, "--grace-seconds", "3", "--max-video-frames", "300")
+    try:
+        make_video(tmp_path / "long.mp4", frames=240, w=96, h=64)
+        clip = httpx.post(web.url + "/api/videos", files=[("content", ("long.mp4", (tmp_path / "long.mp4").read_bytes(),
+                          "video/mp4")), _png("styles", STYLE)], timeout=60)
+        assert clip.status_code == 202, clip.text
+        rid = f"cut-{time.monotonic_ns()}"
+        photo: list[httpx.Response] = []
+        sender = threading.Thread(target=lambda: photo.append(httpx.post(
+            web.url + "/api/stylize", files=[_png("content", make_image(160, 120, seed=7)), _png("styles", STYLE)],
+            data={"refine_steps": "500"}, headers={"X-Request-Id": rid}, timeout=60)))
+        sender.start()
+        _first_step(web, rid)
+        assert httpx.get(f"{web.url}/api/videos/{clip.json()['id']}").json()["state"] == "running"
+        seen = len(server.stderr_lines)
+        t0 = time.monotonic()
+        web.proc.send_signal(signal.SIGTERM)
+
+        def logged(method: str) -> float:
+            while not any(method in line and "code=CANCELLED" in line for line in server.stderr_lines[seen:]):
+                assert time.monotonic() < t0 + 30, f"no cancelled {method}: {server.stderr_lines[seen:]}"
+                time.sleep(0.02)
+            return time.monotonic() - t0
+
+        assert logged("method=StylizeVideo") < 2.5  # before the grace's end (old: once the photo had ended)
+        sender.join(30)
+        r = photo[0]
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"]["code"] == "UNAVAILABLE" and "send it again" in r.json()["error"]["message"]
+        assert logged(f"request_id={rid}") < 10  # the refine, cut on the server too
+        web.proc.wait(30)
+        log = "".join(web.stderr)
+        assert "Traceback" not in log and "cut at the end of --grace-seconds" in log, log
+    finally:
+        if web.proc.poll() is None:
+            web.stop()
+
+
 def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerProcess, client,
                                                                  tmp_path: Path) -> None:
     """WebM, MKV and raw H.264 declare no frame count: a WebM is counted by its duration x its rate, and a clip

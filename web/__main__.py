@@ -367,6 +367,13 @@ def _server_class() -> type:
             if self.started:
                 print(self.line, file=sys.stderr, flush=True)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """The page's own stop first (clips end at once: ``app.state.begin_stop``), then uvicorn's grace."""
+            begin_stop = getattr(getattr(self.config.app, "state", None), "begin_stop", None)
+            if begin_stop is not None:
+                begin_stop()
+            await super().shutdown(sockets)
+
     return Server
 
 

@@ -320,6 +320,43 @@ class PhotosAtOnce:
                     del calls.by_visitor[visitor]
 
 
+class Stopping:
+    """Whether adain-web is stopping (SIGTERM: its uvicorn server says so as the grace begins)."""
+
+    began = False
+
+
+class GraceEnd:
+    """ASGI middleware: a call still running when ``--grace-seconds`` end (uvicorn cancels its task) is answered 503
+    UNAVAILABLE with Retry-After, in JSON as every error. It was a plain-text 500 with a traceback at ERROR, which the
+    RUNBOOK reads as a bug of adain-web's, in a routine rollout that cut a large photo."""
+
+    def __init__(self, app: ASGIApp, stopping: Stopping) -> None:
+        self.app, self.stopping = app, stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if started or not self.stopping.began:
+                raise
+            log.warning("%s %s: cut at the end of --grace-seconds as the page stopped: answered 503",
+                        scope.get("method"), scope.get("path"))
+            await _error(503, "UNAVAILABLE", "this page is stopping (a restart or a rollout) and cut this call at "
+                         "the end of its grace period: send it again", headers={"Retry-After": str(RETRY_AFTER_S)})(
+                scope, receive, send)
+
+
 class SecurityHeaders:
     """ASGI middleware: every HTTP answer says what a browser may do with it. The page loads only its own
     scripts, styles and images (and the blob: URLs it makes for results), may not be framed by another site
@@ -502,7 +539,17 @@ def create_app(
         if jobs is not None:
             await run_in_threadpool(jobs.close)  # running clips cancelled, every file removed
 
+    stopping = Stopping()
+
+    def begin_stop() -> None:
+        """As SIGTERM's grace begins (adain-web's uvicorn server calls it): clips stop at once, the photos in
+        flight have the grace, and those it cuts are answered 503 (GraceEnd)."""
+        stopping.began = True
+        if jobs is not None:
+            jobs.stop_running()
+
     app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.begin_stop = begin_stop
     app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts, listen_host=settings.listen_host)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
@@ -510,6 +557,7 @@ def create_app(
     photo_calls = PhotoCalls(settings.max_photo_calls)
     visitors = Visitors(settings.forwarded_for)
     app.add_middleware(PhotosAtOnce, calls=photo_calls, visitors=visitors)
+    app.add_middleware(GraceEnd, stopping=stopping)  # outside PhotosAtOnce: a cut call's place is given back first
     app.add_middleware(SecurityHeaders)  # outside the others: their own answers (a 413 by Content-Length) get them
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
@@ -681,6 +729,9 @@ def create_app(
                                              request_id=request_id, stop=gone.is_set, **options)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it: "client closed request", as nginx counts it
+        except asyncio.CancelledError:  # cut at the end of the grace as the page stops: the server's call with it
+            gone.set()
+            raise
         except StyleTransferError as e:
             if gone.is_set() and e.code == grpc.StatusCode.CANCELLED:
                 return Response(status_code=499)

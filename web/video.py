@@ -329,6 +329,17 @@ class VideoJobs:
         self._delete([job.folder])
         return True
 
+    def stop_running(self) -> None:
+        """As the page stops (SIGTERM): each running clip ends at its next frame (or within a quarter second while
+        none comes), its state "cancelled" saying why; the files go at :meth:`close`. A clip was cancelled only
+        once every photo call in flight had ended, and one rendered to its end while a refine held the grace,
+        for a result deleted unread."""
+        with self.lock:
+            for job in self.jobs.values():
+                if job.finished is None and job.error is None and not job.cancel.is_set():
+                    job.error = error_json("UNAVAILABLE", "this page stopped (a restart or a rollout) before the "
+                                           "clip was done: send it again")["error"]
+
     def close(self, wait_s: float = 10.0) -> None:
         """Cancel every job, wait for the threads (bounded), remove every file."""
         self._closed.set()
