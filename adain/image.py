@@ -145,11 +145,9 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         with warnings_ignored():  # PIL warns on odd EXIF/TIFF tags; errors still raise
             return Image.open(fp, formats=input_formats())
     except Image.UnidentifiedImageError as e:
-        if isinstance(fp, io.BytesIO):
-            head = fp.getvalue()[:16]
-        else:
-            with fp.open("rb") as f:
-                head = f.read(16)
+        head = _head(fp)
+        if kind := claimed_format(head):  # a PNG cut after its signature: no plugin took it
+            raise InvalidInputError(field, f"cannot read image header: a truncated or corrupt {kind} file") from e
         why = heif_missing(head) or f"not a decodable image (supported: {', '.join(INPUT_FORMATS)})"
         raise InvalidInputError(field, why) from e
     except Image.DecompressionBombError as e:  # over twice our own limit: Pillow's guard, raised to it, says first
@@ -160,11 +158,39 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise
     except Exception as e:  # noqa: BLE001 - any header a plugin cannot parse is the file's fault, not ours: a
         # RuntimeError (an AVIF whose primary item is missing, HEIF's security limits) was answered INTERNAL
-        raise InvalidInputError(field, f"cannot read image header: {_why(e)}") from e
+        kind = claimed_format(_head(fp))  # (a cut WebP said only "could not create decoder object")
+        said = f"a truncated or corrupt {kind} file ({_why(e)})" if kind else _why(e)
+        raise InvalidInputError(field, f"cannot read image header: {said}") from e
 
 
 def _why(e: Exception) -> str:
     return str(e) or type(e).__name__
+
+
+def _head(fp: io.BytesIO | Path) -> bytes:
+    if isinstance(fp, io.BytesIO):
+        return fp.getvalue()[:16]
+    try:
+        with fp.open("rb") as f:
+            return f.read(16)
+    except OSError:
+        return b""
+
+
+_FORMAT_NAMES = {"WEBP": "WebP", "HEIF": "HEIF/HEIC"}  # Pillow's format ids, as people write them
+
+
+def claimed_format(head: bytes) -> str | None:
+    """The input format whose signature ``head`` (a file's first 16 bytes) has, by Pillow's own test, as a reader
+    would call it ("WebP"), or None: what a file that fails to open meant to be."""
+    for fmt in input_formats():
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(head):
+                return _FORMAT_NAMES.get(fmt, fmt)
+        except Exception:  # noqa: BLE001, S112 - a plugin's test that cannot read 16 bytes: not that format
+            continue
+    return None
 
 
 def _check_file_layout(path: Path, field: str) -> None:

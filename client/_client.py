@@ -624,6 +624,11 @@ def needed_features(msg: pb.StylizeRequest | pb.VideoOptions) -> list[str]:
     return needed
 
 
+# gRPC's own refusal of a request over the server's receive limit (no handler of the server's runs to name a field);
+# "CLIENT: Received ..." is a reply over this client's own
+REQUEST_OVER_RE = re.compile(r"SERVER: Received message larger than max \((\d+) vs\. (\d+)\)")
+
+
 def _rpc_error(e: grpc.RpcError, request_id: str | None, needed: Sequence[str] = ()) -> StyleTransferError:
     """``needed``: the features the call used (:func:`needed_features`); a refusal of bad input whose reply lists
     no features says the server, if older, did not read them (a preset sent to one before the library was refused
@@ -633,6 +638,9 @@ def _rpc_error(e: grpc.RpcError, request_id: str | None, needed: Sequence[str] =
     trailing = e.trailing_metadata() if callable(getattr(e, "trailing_metadata", None)) else None
     rid = _metadata_value(trailing, REQUEST_ID_KEY) or request_id
     violations, retry_after = _parse_details(trailing)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (over := REQUEST_OVER_RE.search(details)):
+        details += (f": the request, {int(over[1]):,} bytes, is over the server's message limit of {int(over[2]):,} "
+                    "bytes (its --max-message-mb; GetServerInfo's limits.max_message_bytes): send smaller images")
     if needed and code == grpc.StatusCode.INVALID_ARGUMENT and _metadata_value(trailing, FEATURES_KEY) is None:
         details += (f"{NO_FEATURES_HINT}if the server is older than what this call uses, "
                     f"{'; '.join(FEATURE_FIELDS[f] for f in needed)}, it did not read them)")

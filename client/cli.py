@@ -80,6 +80,7 @@ from ._client import (
     MAX_RETRIES,
     NO_FEATURES_HINT,
     PING_TIMEOUT_S,
+    REQUEST_OVER_RE,
     LibraryStyle,
     Preset,
     StyleRef,
@@ -596,7 +597,7 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
         return f"{e.code.name}: {e.details}"
     if e.code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server at {server} wants a valid token (UNAUTHENTICATED: {e.details}; see --token-file)"
-    if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and (over := _REQUEST_OVER_RE.search(e.details)):
+    if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and (over := REQUEST_OVER_RE.search(e.details)):
         return _request_over_limit(int(over.group(1)), int(over.group(2)), args)
     return f"{e.code.name}: {_cli_words(e.details, args)}"
 
@@ -605,10 +606,6 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
 # log said OK), as did a link found dead by the keepalive pings
 _LOST_RE = re.compile(r"Stream removed|Connection reset|Broken pipe")
 _NEVER_CONNECTED_RE = re.compile(r"failed to connect to all addresses|connections to all backends failing")
-
-# gRPC's own refusal of a request over the server's receive limit (no handler of ours runs to name a field)
-_REQUEST_OVER_RE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
-
 
 def _request_over_limit(size: int, limit: int, args: argparse.Namespace) -> str:
     """A request over the server's message limit, with the largest file it carried by its flag: gRPC said only

@@ -621,6 +621,22 @@ def test_corrupt_avif_and_heif_are_invalid_input(tmp_path) -> None:
         header_size(bad["avif without its primary item"])
 
 
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "JPEG", "GIF", "TIFF", "AVIF"])
+def test_a_cut_header_names_the_format_it_began_as(fmt: str) -> None:
+    """A soak tour's: a WebP cut short was "cannot read image header: could not create decoder object" from the
+    server and "not an image this service reads (JPEG, PNG, WebP, ...)" from adain-web."""
+    from adain.web.checks import BadInput, image
+
+    data = encoded(synth_image(96, 64, seed=3, kind="noise"), fmt)[:30]
+    name = {"WEBP": "WebP"}.get(fmt, fmt)
+    with pytest.raises(InvalidInputError, match=f"cannot read image header: a truncated or corrupt {name} file"):
+        load_image(data, field="content")
+    with pytest.raises(BadInput, match=f"a truncated or corrupt {name} file"):
+        image(data, "content", Limits())
+    with pytest.raises(InvalidInputError, match=r"not a decodable image \(supported"):
+        load_image(b"not an image at all, whatever it says", field="content")
+
+
 def test_a_motion_photo_is_one_jpeg_and_its_video(tmp_path) -> None:
     """A Pixel's or Samsung's motion photo has an MP4 after the JPEG's end: 0xFFDA in its bytes (128 in 8 MiB by
     chance) counted as scans and refused the photo. Scans are counted to the end of the image, segments skipped

@@ -685,6 +685,12 @@ def test_the_cli_names_the_largest_file_of_a_request_over_the_limit(limited, tmp
                         rf"1,048,576 bytes \(its --max-message-mb\); the largest file in it: --style "
                         rf"{re.escape(str(big))}, {big.stat().st_size:,} bytes: send it smaller", err), err
     assert not out.exists()
+    # the library's caller too (a soak tour's: gRPC's words alone)
+    with StyleTransferClient(srv.target, retries=0) as library:
+        err = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, library.stylize, CONTENT, big.read_bytes())
+    assert re.search(r"the request, [\d,]+ bytes, is over the server's message limit of 1,048,576 bytes \(its "
+                     r"--max-message-mb; GetServerInfo's limits.max_message_bytes\): send smaller images$",
+                     err.details), err.details
 
 
 def test_the_page_answers_an_upload_over_the_servers_message_limit_413(limited) -> None:

@@ -38,7 +38,6 @@ import asyncio
 import ipaddress
 import logging
 import math
-import re
 import shutil
 import tempfile
 import threading
@@ -62,6 +61,7 @@ from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adain.client import LibraryStyle, StyleRef, StyleTransferClient, StyleTransferError
+from adain.client._client import REQUEST_OVER_RE
 from adain.errors import install_hint
 from adain.photo import heif_support
 from adain.wire import (
@@ -505,9 +505,8 @@ def _too_large(limit: int) -> str:
     return f"the upload is over the limit of {limit / 2**20:g} MB"
 
 
-# gRPC's own words for a request over the server's --max-message-mb: possible only where adain-web's
-# --max-upload-mb is above it, and answered 429 "busy, try again" (which never helps) until told apart
-SERVER_TOO_LARGE_RE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+# (REQUEST_OVER_RE: gRPC's own words for a request over the server's --max-message-mb: possible only where
+# adain-web's --max-upload-mb is above it, and answered 429 "busy, try again" (which never helps) until told apart)
 
 
 def _over_server_limit(size: int, limit: int, upload_limit: int) -> str:
@@ -744,7 +743,7 @@ def create_app(
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # too large, not busy: retrying will not help
                 if "reply limit" in (e.details or ""):
                     status = 413  # the result: a smaller one will
-                elif over := SERVER_TOO_LARGE_RE.search(e.details or ""):
+                elif over := REQUEST_OVER_RE.search(e.details or ""):
                     status, message = 413, _over_server_limit(int(over[1]), int(over[2]), settings.max_upload_bytes)
             headers = {**(_retry_after(status, e.retry_after) or {}), "X-Request-Id": e.request_id or request_id}
             return _error(status, e.code.name, message, violations, headers)
