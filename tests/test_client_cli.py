@@ -497,8 +497,8 @@ def test_cli_failures_are_one_line(server: ServerProcess, files: dict[str, Path]
     assert "--alpha" in _cli_failure([c, "-s", a, "--alpha", "x", "-o", o, *srv], capsys)
     assert "output format" in _cli_failure([c, "-s", a, "-o", o + ".gif", *srv], capsys)
     # The server says no: corrupt content, a mask of the wrong size, an unknown style id.
-    assert f"error: {files['broken.png']}: not a decodable" in _cli_failure([str(files["broken.png"]), "-s", a, "-o",
-                                                                             o, *srv], capsys)
+    assert f"error: {files['broken.png']}: cannot read image header: a truncated or corrupt PNG file" in \
+        _cli_failure([str(files["broken.png"]), "-s", a, "-o", o, *srv], capsys)
     assert f"error: --mask {a}: mask is" in _cli_failure([c, "-s", a, "-s", a, "--mask", a, "-o", o, *srv], capsys)
     assert "unknown style id" in _cli_failure([c, "-s", "id:" + "f" * 64, "-o", o, *srv], capsys)
     assert not Path(o).exists()
