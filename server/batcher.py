@@ -435,27 +435,22 @@ class Batcher:
         if not live:
             return
         t0 = time.monotonic()
+        alone = False
         try:
             outputs = self._render([it.prepared for it in live])
             if len(outputs) != len(live):
                 raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as e:  # every waiter must hear about it
-            if len(live) > 1:  # one request's failure is not its batch mates': each is rendered alone
-                log.exception("render failed for a batch of %d: rendering each request alone", len(live))
-                traceback.clear_frames(e.__traceback__)
-                del e
-                self._render_alone(live)
-                batch = live = None
+            if len(live) == 1:
+                self._failed(live, e)
+                batch = live = it = None  # (see _failed)
                 return
-            log.exception("render failed for a batch of %d", len(live))
-            # Logged: the render's frames (the batch's tensors) go now, not with the last waiter to let go of the
-            # error; their line numbers stay for the waiters' own logs.
+            # one request's failure is not its batch mates': each is rendered alone, below
+            log.exception("render failed for a batch of %d: rendering each request alone", len(live))
             traceback.clear_frames(e.__traceback__)
-            self._rendered()
-            for it in live:
-                self._post(it, error=e)
-            # The error's traceback holds this frame, which keeps its locals once it has returned, and these
-            # requests' futures hold the error: a cycle, with the whole batch, that only a full collection freed.
+            alone = True
+        if alone:  # (out of the except block: the requests' own errors are not chained to the batch's)
+            self._render_alone(live)
             batch = live = it = None
             return
         inference_s = time.monotonic() - t0
@@ -465,6 +460,20 @@ class Batcher:
         self._observe(len(live), inference_s, queue_s)
         for it, out, q in zip(live, outputs, queue_s):
             self._post(it, BatchResult(out, q * 1000.0, inference_s * 1000.0, len(live)))
+
+    def _failed(self, live: list[Item], e: Exception) -> None:
+        """A batch's render raised ``e``: every request hears of it."""
+        log.exception("render failed for a batch of %d", len(live))
+        # Logged: the render's frames (the batch's tensors) go now, not with the last waiter to let go of the
+        # error; their line numbers stay for the waiters' own logs.
+        traceback.clear_frames(e.__traceback__)
+        self._rendered()
+        for it in live:
+            self._post(it, error=e)
+        # The error's traceback holds the caller's frame, which keeps its locals once it has returned, and these
+        # requests' futures hold the error: a cycle, with the whole batch, that only a full collection freed (the
+        # caller lets go of its own).
+        live = it = None  # type: ignore[assignment]
 
     def _render_alone(self, live: list[Item]) -> None:
         """A failed batch's requests one at a time: the one whose input fails the render (a bug's trigger) gets

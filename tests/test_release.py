@@ -173,8 +173,8 @@ def test_a_cancelled_long_job_frees_its_job_once_its_thread_stops(stylizer: Styl
 
 # --- the batch queue (server.batcher, Stylize's _render) ------------------------------------------------
 @contextlib.contextmanager
-def batch_queue(render: Callable[[Any], Any]) -> Iterator[tuple[Batcher, StyleTransferServicer]]:
-    batcher = Batcher(render, max_batch_size=4, max_delay_s=0, max_queue=8)
+def batch_queue(render: Callable[[Any], Any], delay_s: float = 0) -> Iterator[tuple[Batcher, StyleTransferServicer]]:
+    batcher = Batcher(render, max_batch_size=4, max_delay_s=delay_s, max_queue=8)
     batcher.start()
     servicer = StyleTransferServicer(  # only the batcher is used by _render
         stylizer=None, batcher=batcher, registry=None, metrics=None, pool=None, limits=None,  # type: ignore[arg-type]
@@ -204,9 +204,11 @@ def test_a_request_dropped_in_the_batch_queue_frees_it(stylizer: Stylizer) -> No
         assert freed(lambda: refs[0]() is None), "a request dropped in the queue outlived its call"
 
 
-def test_a_batch_whose_render_fails_frees_its_requests(stylizer: Stylizer) -> None:
+@pytest.mark.parametrize("delay_s", [0, 0.5])
+def test_a_batch_whose_render_fails_frees_its_requests(stylizer: Stylizer, delay_s: float) -> None:
     """The render's error reaches every request of the batch, and is logged with its traceback; then neither
-    the requests nor the render's own tensors are kept."""
+    the requests nor the render's own tensors are kept. With a delay the two requests are one batch, rendered
+    again one at a time once it fails (each fails alone here): its frame kept the last request (a run under load)."""
     refs: list[weakref.ref] = []
     tensors: list[weakref.ref] = []
 
@@ -233,7 +235,7 @@ def test_a_batch_whose_render_fails_frees_its_requests(stylizer: Stylizer) -> No
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        with batch_queue(render) as (batcher, servicer), collector_off():
+        with batch_queue(render, delay_s) as (batcher, servicer), collector_off():
             errors = asyncio.run(call(batcher, servicer))
             assert [str(e) for e in errors] == ["out of something"] * 2
             assert len(refs) == 2 and tensors
@@ -247,6 +249,7 @@ def test_a_batch_whose_render_fails_frees_its_requests(stylizer: Stylizer) -> No
         logger.propagate = True
     text = logged.getvalue()
     assert "render failed for a batch of" in text and "Traceback" in text and "in render" in text, text
+    assert ("rendering each request alone" in text) == bool(delay_s), text
 
 
 # --- StylizeWithProgress ---------------------------------------------------------------------------------
