@@ -14,6 +14,7 @@ import io
 import math
 import mmap
 import re
+import struct
 import zlib
 from itertools import islice
 from os import PathLike, fsdecode
@@ -158,8 +159,9 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise
     except Exception as e:  # noqa: BLE001 - any header a plugin cannot parse is the file's fault, not ours: a
         # RuntimeError (an AVIF whose primary item is missing, HEIF's security limits) was answered INTERNAL
-        kind = claimed_format(_head(fp))  # (a cut WebP said only "could not create decoder object")
-        said = f"a truncated or corrupt {kind} file ({_why(e)})" if kind else _why(e)
+        said = _why(e)
+        if (kind := claimed_format(_head(fp))) and cut_short(e):  # (a cut WebP: "could not create decoder object")
+            said = f"a truncated or corrupt {kind} file ({said})"
         raise InvalidInputError(field, f"cannot read image header: {said}") from e
 
 
@@ -178,6 +180,14 @@ def _head(fp: io.BytesIO | Path) -> bytes:
 
 
 _FORMAT_NAMES = {"WEBP": "WebP", "HEIF": "HEIF/HEIC"}  # Pillow's format ids, as people write them
+
+
+def cut_short(e: BaseException) -> bool:
+    """Whether a plugin's error while reading a header is what a file cut short gives (not a variant it does not
+    read, such as a BMP with JPEG compression, which says so itself)."""
+    text = str(e).lower()
+    return isinstance(e, (EOFError, struct.error)) or any(
+        w in text for w in ("truncated", "could not create decoder", "not enough data", "premature end"))
 
 
 def claimed_format(head: bytes) -> str | None:

@@ -43,3 +43,9 @@ class Prepared:
     # (a video's optical flow); called in render, in job order.
     propagate: Callable[[torch.Tensor], torch.Tensor] | None = None
     job: CheckedJob | None = None  # what it was prepared from (the optimisation method reads its options)
+
+    @property
+    def repeatable(self) -> bool:
+        """Whether rendering it again gives the same image: a clip's frame does not (``smooth`` and ``propagate``
+        move its stream's state on), so a server does not render it again after its batch failed."""
+        return self.smooth is None and self.propagate is None

@@ -1133,10 +1133,17 @@ class _Gate:
         return self._open
 
 
-def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event) -> None:
-    """Cancel ``call`` once ``stop()`` says so, asking four times a second until the call has ended."""
+def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event, said: list[Any] | None = None) -> None:
+    """Cancel ``call`` once ``stop()`` says so, asking four times a second until the call has ended; ``said`` gets
+    True, or what ``stop()`` raised (which cancels it too), before the cancel."""
     while not ended.wait(0.25):
-        if stop():
+        try:
+            stopped: Any = stop()
+        except Exception as e:  # noqa: BLE001 - the caller's: raised in its own thread (:func:`_stoppable`)
+            stopped = e
+        if stopped:
+            if said is not None:
+                said.append(stopped if isinstance(stopped, Exception) else True)
             call.cancel()
             return
 
@@ -1144,14 +1151,17 @@ def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event) ->
 @contextlib.contextmanager
 def _stoppable(call: Any, stop: Callable[[], bool], request_id: str | None) -> Iterator[None]:
     """Around waiting for ``call``: cancelled once ``stop()`` says so (:func:`_cancel_when`, on a thread of its
-    own), which raises StyleTransferError CANCELLED here, however the cancel surfaced."""
-    ended = threading.Event()
-    threading.Thread(target=_cancel_when, args=(call, stop, ended), name="call-stop", daemon=True).start()
+    own), which raises StyleTransferError CANCELLED here, however the cancel surfaced; a ``stop()`` that raised
+    cancels it and its error is raised here."""
+    ended, said = threading.Event(), []
+    threading.Thread(target=_cancel_when, args=(call, stop, ended, said), name="call-stop", daemon=True).start()
     try:
         yield
-    except (grpc.RpcError, grpc.FutureCancelledError) as e:
-        if isinstance(e, grpc.RpcError) and e.code() != grpc.StatusCode.CANCELLED or not stop():
+    except (grpc.RpcError, grpc.FutureCancelledError):
+        if not said:  # (not this thread's cancel: as it is)
             raise
+        if isinstance(said[0], Exception):
+            raise said[0] from None
         raise StyleTransferError(grpc.StatusCode.CANCELLED, "the call was stopped (stop() said so)",
                                  request_id=request_id) from None
     finally:
@@ -1309,8 +1319,8 @@ class StyleTransferClient(_ClientBase):
         the server renders in tiles (the call then uses StylizeWithProgress; a call rendered whole reports none).
         Such calls take seconds to minutes: give a ``timeout`` to match. ``stop()`` (from another thread's point of
         view: a front end's "has my visitor gone?") is asked four times a second while the call runs: True cancels
-        it, the server's work included (StyleTransferError CANCELLED here); the asyncio client's call is cancelled
-        with its task.
+        it, the server's work included (StyleTransferError CANCELLED here; an exception it raises cancels it too,
+        and is raised here); the asyncio client's call is cancelled with its task.
         """
         request = stylize_request(content, styles, max_bytes=self.max_message_bytes, **options)
         self._with_known_bytes(request)

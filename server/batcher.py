@@ -107,6 +107,7 @@ class Batcher:
         max_per_caller: int | None = None,
         max_batch_pixels: int | None = None,
         on_batch: Callable[[int, float, Sequence[float]], None] | None = None,
+        repeatable: Callable[[Any], bool] = lambda item: getattr(item, "repeatable", True),  # (Prepared's)
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or (max_per_caller is not None and max_per_caller < 1):
             raise ValueError("max_batch_size, max_queue and max_per_caller must be >= 1")
@@ -118,6 +119,7 @@ class Batcher:
         self.reserve = max(1, max_queue // 8) if max_queue > 1 else 0  # places for callers with nothing queued
         self.max_batch_pixels = max_batch_pixels
         self._on_batch = on_batch  # (batch size, inference seconds, queue seconds of each)
+        self._repeatable = repeatable  # whether an item may be rendered again alone once its batch failed
         self._cond = threading.Condition()
         self._pending: deque[Item] = deque()
         self._admitted = 0
@@ -435,23 +437,26 @@ class Batcher:
         if not live:
             return
         t0 = time.monotonic()
-        alone = False
+        again: list[Item] = []
         try:
             outputs = self._render([it.prepared for it in live])
             if len(outputs) != len(live):
                 raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as e:  # every waiter must hear about it
-            if len(live) == 1:
+            again = [it for it in live if self._repeatable(it.prepared)] if len(live) > 1 else []
+            if not again:
                 self._failed(live, e)
                 batch = live = it = None  # (see _failed)
                 return
-            # one request's failure is not its batch mates': each is rendered alone, below
-            log.exception("render failed for a batch of %d: rendering each request alone", len(live))
+            # one request's failure is not its batch mates': they are rendered alone, below (a clip's frame is not:
+            # its render moved its stream's state on, and again would be a wrong frame, not an error)
+            log.exception("render failed for a batch of %d: rendering %d of its requests alone", len(live), len(again))
             traceback.clear_frames(e.__traceback__)
-            alone = True
-        if alone:  # (out of the except block: the requests' own errors are not chained to the batch's)
-            self._render_alone(live)
-            batch = live = it = None
+            kept = {id(it) for it in again}
+            failed = [(it, e) for it in live if id(it) not in kept]
+        if again:  # (out of the except block: the requests' own errors are not chained to the batch's)
+            self._render_alone(again, failed)
+            batch = live = it = again = failed = None  # type: ignore[assignment]
             return
         inference_s = time.monotonic() - t0
         self._timed(live, inference_s)
@@ -475,18 +480,15 @@ class Batcher:
         # caller lets go of its own).
         live = it = None  # type: ignore[assignment]
 
-    def _render_alone(self, live: list[Item]) -> None:
+    def _render_alone(self, live: list[Item], failed: list[tuple[Item, BaseException]]) -> None:
         """A failed batch's requests one at a time: the one whose input fails the render (a bug's trigger) gets
-        the error, the others their images. The results are handed over once all are done, so that none is
-        heard of while the batch still counts as rendering."""
-        posts: list[tuple[Item, Any, BaseException | None]] = []
+        the error, the others their images; ``failed`` get the batch's error. The results are handed over once all
+        are done, so that none is heard of while the batch still counts as rendering."""
+        posts: list[tuple[Item, Any, BaseException | None]] = [(it, None, e) for it, e in failed]
         for it in live:
-            if it.future.done():
+            if it.future.done():  # (past its deadline: gRPC ends the call, which cancels it)
                 continue
             t0 = time.monotonic()
-            if it.deadline is not None and t0 >= it.deadline:
-                posts.append((it, None, DeadlineDropped("the deadline passed while the request was queued")))
-                continue
             try:
                 out = self._render([it.prepared])[0]
             except Exception as e:
@@ -501,7 +503,7 @@ class Batcher:
         for it, result, error in posts:
             self._post(it, result, error)
         # the errors' tracebacks hold this frame, whose locals would hold the requests (see _render_batch's cycle)
-        posts = live = it = result = error = None  # type: ignore[assignment]
+        posts = live = failed = it = out = result = error = None  # type: ignore[assignment]
 
     def _observe(self, size: int, inference_s: float, queue_s: list[float]) -> None:
         if self._on_batch is not None:

@@ -556,7 +556,9 @@ def test_a_request_that_fails_its_batch_fails_alone() -> None:
         return [name.upper() for name in batch]
 
     async def main() -> list[str]:
-        batcher = Batcher(render, max_batch_size=4, max_delay_s=0, max_queue=8)
+        # a clip's frame may not be rendered again (its render moved its stream's state on: a review's)
+        batcher = Batcher(render, max_batch_size=8, max_delay_s=0, max_queue=8,
+                          repeatable=lambda name: not name.startswith("frame"))
         batcher.start()
 
         def send(caller: str, name: str) -> asyncio.Future:
@@ -564,14 +566,15 @@ def test_a_request_that_fails_its_batch_fails_alone() -> None:
 
         first = send("a", "first")
         await asyncio.sleep(0.1)
-        futures = [send("a", "one"), send("b", "bad"), send("c", "two"), send("a", "three")]
+        futures = [send("a", "one"), send("b", "bad"), send("c", "two"), send("d", "frame"), send("a", "three")]
         gate.set()
         results = await asyncio.gather(first, *futures, return_exceptions=True)
         batcher.close(5)
         return [r.output if hasattr(r, "output") else f"{type(r).__name__}: {r}" for r in results]
 
     results = asyncio.run(main())
-    assert results == ["FIRST", "ONE", "ValueError: this input breaks the render", "TWO", "THREE"], results
+    broke = "ValueError: this input breaks the render"
+    assert results == ["FIRST", "ONE", broke, "TWO", broke, "THREE"], results  # the frame: the batch's error
     batched = [c for c in calls if len(c) > 1]
-    assert len(batched) == 1 and sorted(batched[0]) == ["bad", "one", "three", "two"], calls  # then alone:
+    assert len(batched) == 1 and sorted(batched[0]) == ["bad", "frame", "one", "three", "two"], calls  # then alone:
     assert sorted(c[0] for c in calls if len(c) == 1) == ["bad", "first", "one", "three", "two"], calls

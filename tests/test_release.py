@@ -249,7 +249,7 @@ def test_a_batch_whose_render_fails_frees_its_requests(stylizer: Stylizer, delay
         logger.propagate = True
     text = logged.getvalue()
     assert "render failed for a batch of" in text and "Traceback" in text and "in render" in text, text
-    assert ("rendering each request alone" in text) == bool(delay_s), text
+    assert ("of its requests alone" in text) == bool(delay_s), text
 
 
 # --- StylizeWithProgress ---------------------------------------------------------------------------------

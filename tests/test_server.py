@@ -259,6 +259,9 @@ def test_stop_cancels_a_call_on_the_server(server: ServerProcess, client: StyleT
     assert "code=CANCELLED" in lines[0], lines
     result = client.stylize(CONTENT, STYLE_A, stop=lambda: False, on_progress=(lambda p: None) if progress else None)
     assert (result.width, result.height) == (64, 48)  # a stop that never says so: the call as without it
+    if not progress:  # a stop that raises stops the call, and its error is the caller's (it was lost on its thread)
+        with pytest.raises(ZeroDivisionError):
+            client.stylize(big, STYLE_A, timeout=60, stop=lambda: 1 / 0)
 
 
 def test_a_request_id_with_control_characters_is_replaced() -> None:

@@ -488,6 +488,26 @@ def test_sigterm_stops_clips_at_once_and_answers_a_photo_cut_at_the_grace_503(se
             web.stop()
 
 
+def test_no_clip_starts_once_the_page_is_stopping(client, tmp_path: Path) -> None:
+    """A review's: an upload being read as SIGTERM came became a job after the running ones were stopped, and
+    rendered through the grace. Once stopping, a clip's upload is refused before it is read and at its start."""
+    from adain.web.video import PageStopping, VideoJobs
+
+    jobs = VideoJobs(client)
+    try:
+        folder = jobs.reserve()  # an upload on its way
+        make_video(folder / "clip.mp4", frames=3)
+        jobs.stop_running()
+        with pytest.raises(PageStopping, match="this page is stopping"):
+            jobs.start(folder, folder / "clip.mp4", "clip.mp4", 3, [STYLE])
+        with pytest.raises(PageStopping):
+            jobs.reserve()
+        jobs.discard(folder)
+        assert not jobs.jobs
+    finally:
+        jobs.close()
+
+
 def test_a_clip_that_does_not_say_its_length_stops_at_max_frames(server: ServerProcess, client,
                                                                  tmp_path: Path) -> None:
     """WebM, MKV and raw H.264 declare no frame count: a WebM is counted by its duration x its rate, and a clip

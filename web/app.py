@@ -95,7 +95,7 @@ from .checks import (
 from .live import LiveSessions, LiveSettings
 from .metrics import REFUSED_KEY, MetricsMiddleware, WebMetrics
 from .progress import ClientGone, PhotoProgress, watch_disconnect
-from .video import Busy, VideoJobs, clip_frames
+from .video import Busy, PageStopping, VideoJobs, clip_frames
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -779,6 +779,8 @@ def create_app(
             folder = jobs.reserve(visitors.key(request))
         except Busy as e:
             return _error(429, "RESOURCE_EXHAUSTED", str(e), headers={"Retry-After": "10"})
+        except PageStopping as e:
+            return _error(503, "UNAVAILABLE", str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
         try:
             limits = await current_limits()
             files = f"one content clip and at most {plural(limits.max_styles, 'style')}"
@@ -791,6 +793,9 @@ def create_app(
         except Busy as e:
             jobs.discard(folder)
             return _error(429, "RESOURCE_EXHAUSTED", str(e), headers={"Retry-After": "10"})
+        except PageStopping as e:  # read as the page began to stop
+            jobs.discard(folder)
+            return _error(503, "UNAVAILABLE", str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
         except BaseException:
             jobs.discard(folder)
             raise

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adain.client import StyleRef, StyleTransferError
 from adain.errors import InvalidInputError, warnings_ignored
-from adain.image import check_layout, claimed_format
+from adain.image import check_layout, claimed_format, cut_short
 from adain.photo import is_heif
 from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits, plural
 
@@ -154,11 +154,13 @@ def image(data: bytes, field: str, limits: Limits) -> bytes:
     try:
         with warnings_ignored(), Image.open(io.BytesIO(data)) as img:  # (odd EXIF/TIFF tags: stderr noise)
             fmt, (w, h) = img.format, img.size
-    except Exception:
+    except Exception as e:
         if is_heif(data[:12]):  # a phone's photo, and no pillow-heif here: the server reads it, or says why not
             return data
         if kind := claimed_format(data[:16]):  # (a cut WebP was "not an image this service reads")
-            raise BadInput(field, f"a truncated or corrupt {kind} file") from None
+            if cut_short(e) or isinstance(e, Image.UnidentifiedImageError):
+                raise BadInput(field, f"a truncated or corrupt {kind} file") from None
+            raise BadInput(field, f"a {kind} file this service cannot read ({_clipped(str(e))})") from None
         raise BadInput(field, f"not an image this service reads ({INPUT_NAMES})") from None
     if fmt not in INPUT_FORMATS and fmt != "MPO":  # MPO: a JPEG with more pictures after it (cameras; a JPEG plugin)
         raise BadInput(field, f"{fmt} images are not read ({INPUT_NAMES})")

@@ -66,6 +66,13 @@ class Busy(Exception):
     """``max_running`` jobs are running already."""
 
 
+class PageStopping(Exception):
+    """The page is stopping (SIGTERM): no clip starts (:meth:`VideoJobs.stop_running`)."""
+
+    def __init__(self) -> None:
+        super().__init__("this page is stopping (a restart or a rollout): send the clip again")
+
+
 class TooManyFrames(Exception):
     """A running clip reached for a frame past ``max_frames`` (its container did not say how many it has)."""
 
@@ -147,6 +154,16 @@ def sweep_left_behind(temp: Path | None = None) -> int:
     return freed
 
 
+def _either(a: threading.Event, b: threading.Event, timeout: float) -> bool:
+    """Whether ``a`` or ``b`` is set within ``timeout`` seconds (asked ten times a second)."""
+    end = time.monotonic() + timeout
+    while not (a.is_set() or b.is_set()):
+        if (left := end - time.monotonic()) <= 0:
+            return False
+        b.wait(min(0.1, left))
+    return True
+
+
 class VideoJobs:
     def __init__(self, client: StyleTransferClient, *, max_running: int = 1, keep_s: float = 1800.0,
                  max_kept: int = 8, abandon_s: float = 300.0, cancelled_keep_s: float = 60.0,
@@ -164,6 +181,7 @@ class VideoJobs:
         self.threads: list[threading.Thread] = []
         self.lock = threading.RLock()
         self._closed = threading.Event()
+        self._stopping = threading.Event()  # the page is stopping: no clip starts, and none waits for a stream
         self._sweeper: threading.Thread | None = None  # started with the first job
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()  # set aside, for the deleter
         self._deleter: threading.Thread | None = None  # started with the first folder to delete
@@ -258,6 +276,8 @@ class VideoJobs:
         free). A visitor (``visitor``, None: not known) reads one upload at a time. Raises Busy; the folder
         becomes the job's (``start``) or is given back (``discard``)."""
         with self.lock:
+            if self._stopping.is_set():
+                raise PageStopping
             self.check_room()
             if visitor is not None and visitor in self._uploads.values():
                 raise Busy("you are uploading a clip already (one at a time a visitor); try again when it is in")
@@ -279,6 +299,8 @@ class VideoJobs:
               **options: Any) -> VideoJob:
         """Stylize ``source`` (inside ``folder``, which the job then owns) on a new thread. Raises Busy."""
         with self.lock:  # the room checked and taken at once (this upload's own place counts as free)
+            if self._stopping.is_set():  # (an upload read as the page began to stop: a review's)
+                raise PageStopping
             busy = self._full(folder)
             if not busy:
                 self._uploads.pop(folder, None)
@@ -339,6 +361,7 @@ class VideoJobs:
                 if job.finished is None and job.error is None and not job.cancel.is_set():
                     job.error = error_json("UNAVAILABLE", "this page stopped (a restart or a rollout) before the "
                                            "clip was done: send it again")["error"]
+            self._stopping.set()  # after: it wakes a clip waiting for a stream of the server's, which reads that
 
     def close(self, wait_s: float = 10.0) -> None:
         """Cancel every job, wait for the threads (bounded), remove every file."""
@@ -387,7 +410,7 @@ class VideoJobs:
                     wait_s = e.retry_after if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and not job.done else None
                     if wait_s is None or time.monotonic() + wait_s > give_up or stopped():  # frame (it was a job
                         raise  # accepted, 202, then failed at once: "max_video_streams=2", a flag of the server's)
-                    if job.cancel.wait(wait_s):
+                    if _either(job.cancel, self._stopping, wait_s):
                         raise Cancelled from None
             source.unlink(missing_ok=True)
             self._check_disk()  # and whole: the encoder holds frames back (x264's look-ahead), written at the end
