@@ -1391,7 +1391,8 @@ class StyleTransferClient(_ClientBase):
         as in :meth:`stylize`. ``timeout`` bounds the whole stream (None: no deadline; the instance default is
         not used, since a clip may take far longer than one image). An exception raised while reading ``frames`` cancels
         the stream and is raised here. ``stop()`` is asked four times a second while the stream runs: True cancels
-        it (StyleTransferError CANCELLED here), also while no reply comes (a caller that stops between replies
+        it (StyleTransferError CANCELLED here; an exception it raises cancels it too, and is raised here), also
+        while no reply comes (a caller that stops between replies
         waited for the next one, for ever where the server or the network had gone silent).
         """
         _frames_not_a_file(frames)
@@ -1401,7 +1402,7 @@ class StyleTransferClient(_ClientBase):
         failure: list[Exception] = []
         request_id, metadata = self._metadata(request_id, end_user)
         tries = self._unserved_tries if needed else 1
-        call, ended = None, threading.Event()
+        call, ended, stopped_by = None, threading.Event(), []
         try:
             for tries_left in reversed(range(tries)):
                 # A stream using a feature sends its frames once the replica that took it is known to have it:
@@ -1411,8 +1412,8 @@ class StyleTransferClient(_ClientBase):
                 call, ended = self._open_video(first, frames, failure, timeout, metadata, gate), threading.Event()
                 try:
                     if stop is not None:
-                        threading.Thread(target=_cancel_when, args=(call, stop, ended), name="video-stop",
-                                         daemon=True).start()
+                        threading.Thread(target=_cancel_when, args=(call, stop, ended, stopped_by),
+                                         name="video-stop", daemon=True).start()
                     if gate is None:
                         break
                     headers = call.initial_metadata()  # (returns at the call's end too: refused before its headers)
@@ -1435,6 +1436,8 @@ class StyleTransferClient(_ClientBase):
         except grpc.RpcError as e:
             if failure:
                 raise failure[0] from None
+            if stopped_by and isinstance(stopped_by[0], Exception):  # a stop() that raised: the caller's error
+                raise stopped_by[0] from None
             raise _rpc_error(e, request_id, needed) from None
         finally:
             ended.set()

@@ -1202,6 +1202,19 @@ def test_a_stream_stops_when_asked_while_no_reply_comes(limited) -> None:
     while srv.metric("adain_video_streams") != 0:  # the server's stream ended too
         assert time.monotonic() < deadline, "the stopped stream still holds its slot"
         time.sleep(0.05)
+    gate.clear()
+
+    def broken() -> bool:
+        raise LookupError("stop() broke")
+
+    try:  # a stop() that raises stops the stream, and its error is the caller's (it died on its thread, unheard)
+        with pytest.raises(LookupError, match=r"stop\(\) broke"):
+            list(client.stylize_video(stalled(), STYLE, stop=broken))
+    finally:
+        gate.set()
+    while srv.metric("adain_video_streams") != 0:
+        assert time.monotonic() < deadline + 10, "the stopped stream still holds its slot"
+        time.sleep(0.05)
 
 
 def test_a_clip_whose_replies_stop_coming_ends_at_the_frame_timeout(decoder_path: Path, tmp_path: Path,

@@ -429,13 +429,19 @@ def test_clip_jobs_keep_within_their_disk_budget(client, tmp_path: Path) -> None
         jobs.close()
 
 
+def _long_clip(web: WebProcess, tmp_path: Path) -> httpx.Response:
+    """A 240-frame clip sent to ``web`` (seconds of work for the test server): its 202."""
+    make_video(tmp_path / "long.mp4", frames=240, w=96, h=64)
+    r = httpx.post(web.url + "/api/videos", files=[("content", ("long.mp4", (tmp_path / "long.mp4").read_bytes(),
+                   "video/mp4")), _png("styles", STYLE)], timeout=60)
+    assert r.status_code == 202, r.text
+    return r
+
+
 def test_a_clip_nobody_asks_about_is_cancelled(server: ServerProcess, tmp_path: Path) -> None:
     web = WebProcess(server.target, "--video-abandon-s", "1", "--max-video-frames", "300")
     try:
-        make_video(tmp_path / "long.mp4", frames=240, w=96, h=64)
-        r = httpx.post(web.url + "/api/videos", files=[("content", ("long.mp4", (tmp_path / "long.mp4").read_bytes(),
-                       "video/mp4")), _png("styles", STYLE)], timeout=60)
-        assert r.status_code == 202, r.text
+        r = _long_clip(web, tmp_path)
         time.sleep(5)  # its page was closed: no one asks (and its first frames came, however slow the start)
         job = _finished(web, httpx.get(f"{web.url}/api/videos/{r.json()['id']}").json())
         assert job["state"] == "cancelled" and "abandoned" in job["error"]["message"], job
@@ -452,10 +458,7 @@ def test_sigterm_stops_clips_at_once_and_answers_a_photo_cut_at_the_grace_503(se
     the cut photo is a JSON 503 with Retry-After whose call the server cancels too."""
     web = WebProcess(server.target, "--grace-seconds", "3", "--max-video-frames", "300")
     try:
-        make_video(tmp_path / "long.mp4", frames=240, w=96, h=64)
-        clip = httpx.post(web.url + "/api/videos", files=[("content", ("long.mp4", (tmp_path / "long.mp4").read_bytes(),
-                          "video/mp4")), _png("styles", STYLE)], timeout=60)
-        assert clip.status_code == 202, clip.text
+        clip = _long_clip(web, tmp_path)
         rid = f"cut-{time.monotonic_ns()}"
         photo: list[httpx.Response] = []
         sender = threading.Thread(target=lambda: photo.append(httpx.post(
