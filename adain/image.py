@@ -147,7 +147,7 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
             return Image.open(fp, formats=input_formats())
     except Image.UnidentifiedImageError as e:
         head = _head(fp)
-        if kind := claimed_format(head):  # a PNG cut after its signature: no plugin took it
+        if kind := claimed_format(head):  # a PNG cut after its signature: no plugin took it (cut_short)
             raise InvalidInputError(field, f"cannot read image header: a truncated or corrupt {kind} file") from e
         why = heif_missing(head) or f"not a decodable image (supported: {', '.join(INPUT_FORMATS)})"
         raise InvalidInputError(field, why) from e
@@ -183,10 +183,11 @@ _FORMAT_NAMES = {"WEBP": "WebP", "HEIF": "HEIF/HEIC"}  # Pillow's format ids, as
 
 
 def cut_short(e: BaseException) -> bool:
-    """Whether a plugin's error while reading a header is what a file cut short gives (not a variant it does not
-    read, such as a BMP with JPEG compression, which says so itself)."""
+    """Whether an error while opening a file whose signature names a format is what a file cut short gives: no
+    plugin took it, or its plugin ran out of bytes (not a variant it does not read, such as a BMP with JPEG
+    compression, which says so itself)."""
     text = str(e).lower()
-    return isinstance(e, (EOFError, struct.error)) or any(
+    return isinstance(e, (EOFError, struct.error, Image.UnidentifiedImageError)) or any(
         w in text for w in ("truncated", "could not create decoder", "not enough data", "premature end"))
 
 

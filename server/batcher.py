@@ -443,7 +443,13 @@ class Batcher:
             if len(outputs) != len(live):
                 raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as e:  # every waiter must hear about it
-            again = [it for it in live if self._repeatable(it.prepared)] if len(live) > 1 else []
+            failed: list[tuple[Item, BaseException]] = []
+            if len(live) > 1:
+                for it in live:
+                    if self._repeatable(it.prepared):
+                        again.append(it)
+                    else:
+                        failed.append((it, e))
             if not again:
                 self._failed(live, e)
                 batch = live = it = None  # (see _failed)
@@ -452,8 +458,6 @@ class Batcher:
             # its render moved its stream's state on, and again would be a wrong frame, not an error)
             log.exception("render failed for a batch of %d: rendering %d of its requests alone", len(live), len(again))
             traceback.clear_frames(e.__traceback__)
-            kept = {id(it) for it in again}
-            failed = [(it, e) for it in live if id(it) not in kept]
         if again:  # (out of the except block: the requests' own errors are not chained to the batch's)
             self._render_alone(again, failed)
             batch = live = it = again = failed = None  # type: ignore[assignment]

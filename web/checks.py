@@ -158,7 +158,7 @@ def image(data: bytes, field: str, limits: Limits) -> bytes:
         if is_heif(data[:12]):  # a phone's photo, and no pillow-heif here: the server reads it, or says why not
             return data
         if kind := claimed_format(data[:16]):  # (a cut WebP was "not an image this service reads")
-            if cut_short(e) or isinstance(e, Image.UnidentifiedImageError):
+            if cut_short(e):
                 raise BadInput(field, f"a truncated or corrupt {kind} file") from None
             raise BadInput(field, f"a {kind} file this service cannot read ({_clipped(str(e))})") from None
         raise BadInput(field, f"not an image this service reads ({INPUT_NAMES})") from None
