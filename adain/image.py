@@ -152,6 +152,8 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         why = heif_missing(head) or f"not a decodable image (supported: {', '.join(INPUT_FORMATS)})"
         raise InvalidInputError(field, why) from e
     except Image.DecompressionBombError as e:  # over twice our own limit: Pillow's guard, raised to it, says first
+        if size := _declared_size(fp):  # (with a count only: the sides are what a caller can act on)
+            raise InvalidInputError(field, _over_limit(*size, max_pixels)) from e
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         raise InvalidInputError(field, f"image is {pixels[1] + ' pixels, over' if pixels else 'over'} the limit of "
                                 f"max_pixels={max_pixels}") from e
@@ -163,6 +165,27 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         if (kind := claimed_format(_head(fp))) and cut_short(e):  # (a cut WebP: "could not create decoder object")
             said = f"a truncated or corrupt {kind} file ({said})"
         raise InvalidInputError(field, f"cannot read image header: {said}") from e
+
+
+def _declared_size(fp: io.BytesIO | Path) -> tuple[int, int] | None:
+    """The sides a header declares, read by the plugin that takes it, without Image.open's pixel guard (which
+    raised before the size could be asked); None where no plugin reads it."""
+    head = _head(fp)
+    for fmt in input_formats():
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        taken = factory is not None and (accept is None or accept(head))
+        if not taken or isinstance(taken, str):  # (an accept's string: the plugin's reason to refuse it)
+            continue
+        try:
+            with warnings_ignored(), (fp.open("rb") if isinstance(fp, Path) else io.BytesIO(fp.getvalue())) as f:
+                return factory(f, "").size
+        except Exception:  # noqa: BLE001, S112 - a plugin that cannot read it: the next one may
+            continue
+    return None
+
+
+def _over_limit(w: int, h: int, max_pixels: int) -> str:
+    return f"image is {w} x {h} = {w * h} pixels, over the limit of max_pixels={max_pixels}"
 
 
 def _why(e: Exception) -> str:
@@ -548,8 +571,7 @@ def _checked_size(img: Image.Image, field: str, max_pixels: int) -> tuple[int, i
     if w <= 0 or h <= 0:
         raise InvalidInputError(field, f"image has zero size ({w} x {h})")
     if w * h > max_pixels:
-        raise InvalidInputError(field, f"image is {w} x {h} = {w * h} pixels, over the limit of "
-                                f"max_pixels={max_pixels}")
+        raise InvalidInputError(field, _over_limit(w, h, max_pixels))
     return w, h
 
 
