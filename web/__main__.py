@@ -39,6 +39,7 @@ START_HEALTH_TIMEOUT_S = 5.0  # the one look at the server at start (in a thread
 # The upload is sent as one message, on a channel whose limit is an int32 of bytes with 10% and 1 MiB to spare
 MAX_UPLOAD_MB = 1800
 THROTTLE_S = 60.0  # a log line anyone can provoke at will is let through once in this long, the rest counted
+CUT_SAY_S = 1.0  # after the grace: how long the calls it cut may take to answer 503 or say so in the log
 # asyncio's words (logged, with a traceback, for each connection it cannot take) once file descriptors run out:
 # ~20,000 a second, 480 MB of log a minute, filling a pod's disk; and uvicorn's for each --limit-concurrency 503
 ACCEPT_FAILED = "socket.accept() out of system resource"
@@ -162,6 +163,20 @@ class Throttle(logging.Filter):
         return True
 
 
+class CutWhileStopping(logging.Filter):
+    """Drops uvicorn's ERROR for an answer cut short once the page is stopping: GraceEnd has said which call's
+    answer the grace's end cut, at WARNING, and an ERROR in a routine rollout reads as a bug (RUNBOOK)."""
+
+    SAID = "ASGI callable returned without completing response."
+
+    def __init__(self, stopping: object) -> None:
+        super().__init__()
+        self.stopping = stopping
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == self.SAID and getattr(self.stopping, "began", False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -243,6 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
             Throttle(ACCEPT_FAILED, counted=metrics.accept_failures.inc if metrics else None))
         logging.getLogger("uvicorn.error").addFilter(
             Throttle(OVER_CONCURRENCY, counted=metrics.over_concurrency.inc if metrics else None))
+        logging.getLogger("uvicorn.error").addFilter(CutWhileStopping(app.state.stopping))
         server = _server_class()(config, f"adain-web: http://{host_port(args.host, args.port)}/ (server {args.server})")
         try:
             server.run()
@@ -368,11 +384,15 @@ def _server_class() -> type:
                 print(self.line, file=sys.stderr, flush=True)
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            """The page's own stop first (clips end at once: ``app.state.begin_stop``), then uvicorn's grace."""
+            """The page's own stop first (clips end at once: ``app.state.begin_stop``), then uvicorn's grace; then
+            a moment for the calls the grace's end cancelled to say so (GraceEnd: a 503, a line in the log), which
+            uvicorn does not wait for: the process could end first."""
             begin_stop = getattr(getattr(self.config.app, "state", None), "begin_stop", None)
             if begin_stop is not None:
                 begin_stop()
             await super().shutdown(sockets)
+            if cut := [t for t in self.server_state.tasks if not t.done()]:
+                await asyncio.wait(cut, timeout=CUT_SAY_S)
 
     return Server
 

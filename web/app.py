@@ -329,7 +329,9 @@ class Stopping:
 class GraceEnd:
     """ASGI middleware: a call still running when ``--grace-seconds`` end (uvicorn cancels its task) is answered 503
     UNAVAILABLE with Retry-After, in JSON as every error. It was a plain-text 500 with a traceback at ERROR, which the
-    RUNBOOK reads as a bug of adain-web's, in a routine rollout that cut a large photo."""
+    RUNBOOK reads as a bug of adain-web's, in a routine rollout that cut a large photo. One cut mid-answer (a clip's
+    download to a slow reader) cannot be answered again: said in one line, and uvicorn closes its connection (the
+    client sees its answer cut short), where it was "Exception in ASGI application" and a traceback."""
 
     def __init__(self, app: ASGIApp, stopping: Stopping) -> None:
         self.app, self.stopping = app, stopping
@@ -348,8 +350,12 @@ class GraceEnd:
         try:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
-            if started or not self.stopping.began:
+            if not self.stopping.began:
                 raise
+            if started:  # (uvicorn's "returned without completing response" that follows: dropped, __main__)
+                log.warning("%s %s: cut mid-answer at the end of --grace-seconds as the page stopped: its connection "
+                            "is closed", scope.get("method"), scope.get("path"))
+                return
             log.warning("%s %s: cut at the end of --grace-seconds as the page stopped: answered 503",
                         scope.get("method"), scope.get("path"))
             await _error(503, "UNAVAILABLE", "this page is stopping (a restart or a rollout) and cut this call at "
@@ -548,7 +554,7 @@ def create_app(
             jobs.stop_running()
 
     app = FastAPI(title="adain-web", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.begin_stop = begin_stop
+    app.state.begin_stop, app.state.stopping = begin_stop, stopping
     app.add_middleware(SameOrigin, allowed=settings.allowed_origins)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts, listen_host=settings.listen_host)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
