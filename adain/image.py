@@ -328,7 +328,7 @@ def _next_in_scan(data: bytes | mmap.mmap, pixels: np.ndarray, at: int) -> int:
     return -1
 
 
-def _stored_bytes(source: ImageSource, limit: int = -1) -> bytes | None:
+def stored_bytes(source: ImageSource, limit: int = -1) -> bytes | None:
     """The bytes an image is stored as (the first ``limit`` of them); None for a PIL image."""
     if isinstance(source, KeyedImage):
         source = source.data
@@ -453,7 +453,7 @@ def load_image(
         drafted = longest_size(w, h, longest)
     if img.format == "AVIF" and mode == "RGB" and not {"nclx_profile", "icc_profile"} & img.info.keys():
         # Pillow leaves the code points unread (an ICC profile comes first anyway)
-        nclx = nclx_profile(_stored_bytes(source, HEAD_BYTES) or b"")
+        nclx = nclx_profile(stored_bytes(source, HEAD_BYTES) or b"")
         if nclx:
             img.info["nclx_profile"] = nclx
     grey_key_in_levels(img)
@@ -513,9 +513,9 @@ def _at_depth(img: Image.Image, source: ImageSource) -> tuple[Image.Image, np.nd
             or not converts_code_points(nclx)):
         return img, None
     if img.format == "HEIF":
-        rgb48 = heif_deep_pixels(_stored_bytes(source), img.size)
+        rgb48 = heif_deep_pixels(stored_bytes(source), img.size)
     else:
-        rgb48 = avif_deep_pixels(_stored_bytes(source), img.size, nclx)
+        rgb48 = avif_deep_pixels(stored_bytes(source), img.size, nclx)
     if rgb48 is None:
         return img, None
     shallow = Image.fromarray((rgb48 >> 8).astype(np.uint8), "RGB")

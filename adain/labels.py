@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from adain.errors import InvalidInputError
-from adain.image import ImageSource, load_image, stored_format, stored_rgba
+from adain.image import ImageSource, load_image, stored_bytes, stored_format, stored_rgba
 from adain.job import CheckedJob
 from adain.wire import COLOUR_LABEL
 
@@ -51,7 +51,7 @@ def label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[
     label[blue] |= COLOUR_LABEL
     del blue
     values = list(job.label_values or ())
-    lossy = stored_format(job.labels, field="labels") in LOSSY_FORMATS
+    lossy = _lossy_format(job.labels)
     if lossy:
         _snap(label, rgb, values)
     if not grey.all():  # only colour pixels are ever blends: a grey segmentation has none
@@ -61,7 +61,7 @@ def label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[
     for i, value in enumerate(values):
         hit = label == value
         if not hit.any():
-            hint = " (its JPEG compression changed the colours: send labels as PNG)" if lossy else ""
+            hint = f" (its {lossy} compression changed the colours: send labels as PNG)" if lossy else ""
             if faint:
                 hint += " (pixels under 50% opaque are unpainted)"
             raise InvalidInputError(f"styles[{i}].label", f"no pixel of labels has label {_label_name(value)}{hint}")
@@ -92,8 +92,30 @@ def _painted(source: ImageSource, max_pixels: int) -> tuple[np.ndarray, np.ndarr
 # requested colour, or a grey, is nearer than twice that (a colour within 6 levels of an unrequested one's
 # cannot be told apart; an edge's mixed pixels are then judged as blends, below). Grey labels are never snapped: a
 # segmentation's levels 0, 3, 5 are neighbours, and a grey JPEG's flat areas come back exact.
-LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "AVIF", "HEIF")  # WebP, AVIF and HEIF may be lossless: then nothing moves
+LOSSY_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP", "AVIF": "AVIF", "HEIF": "HEIF"}  # (as people say them)
 LOSSY_TOLERANCE = 6
+
+
+def _lossy_format(source: ImageSource) -> str | None:
+    """The name of a label image's lossy format, None where nothing moved its colours: a lossless WebP (VP8L) is
+    exact, and was told "its JPEG compression changed the colours". AVIF and HEIF are taken as lossy (lossless
+    ones are rare, and snapping moves no exact pixel)."""
+    fmt = stored_format(source, field="labels")
+    if fmt == "WEBP" and _webp_lossless(stored_bytes(source) or b""):
+        return None
+    return LOSSY_FORMATS.get(fmt or "")
+
+
+def _webp_lossless(data: bytes) -> bool:
+    """Whether a WebP's image is VP8L (lossless), not VP8: its chunks walked from the RIFF header (an extended
+    file, VP8X, has ICC, animation or alpha chunks before it)."""
+    at = 12
+    while at + 8 <= len(data):
+        kind, size = data[at:at + 4], int.from_bytes(data[at + 4:at + 8], "little")
+        if kind in (b"VP8L", b"VP8 "):
+            return kind == b"VP8L"
+        at += 8 + size + (size & 1)
+    return False
 
 
 def _label_colour(value: int) -> tuple[int, int, int] | None:

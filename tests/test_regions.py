@@ -135,6 +135,26 @@ def test_a_jpeg_label_image_keeps_its_regions(stylizer: Stylizer) -> None:
     assert ours[0, 0, :, :40].min() == 255 and ours[0, 0, :, 56:].max() == 0
 
 
+def test_a_missing_labels_hint_names_the_format_that_moved_its_colours(stylizer: Stylizer) -> None:
+    """A property tour's: a label no pixel had was blamed on "its JPEG compression" in a WebP, lossless ones too
+    (where nothing moved: a typo of a label). The hint names the file's lossy format, and a lossless one has none."""
+    labels = Image.new("L", (96, 64), 7)
+    for fmt, options, hint in (("JPEG", {}, " (its JPEG compression changed the colours: send labels as PNG)"),
+                               ("WEBP", {"quality": 80}, " (its WebP compression changed the colours: send labels "
+                                                         "as PNG)"),
+                               ("WEBP", {"lossless": True}, ""), ("PNG", {}, "")):
+        with pytest.raises(InvalidInputError) as e:
+            stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(labels, fmt, **options), label_values=[8]))
+        assert e.value.description == "no pixel of labels has label 8" + hint, (fmt, options, e.value.description)
+    exif = Image.Exif()
+    exif[0x0112] = 1  # (upright: a chunk before the image's)
+    rgba = Image.new("RGBA", (96, 64), (7, 7, 7, 255))  # an extended WebP (VP8X, ALPH before VP8L): walked to it
+    with pytest.raises(InvalidInputError) as e:
+        stylizer.prepare(Job(CONTENT, [STYLE_A], labels=encoded(rgba, "WEBP", lossless=True, exif=exif.tobytes()),
+                             label_values=[8]))
+    assert e.value.description == "no pixel of labels has label 8", e.value.description
+
+
 def test_an_anti_aliased_label_image_has_no_seam(stylizer: Stylizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Drawn large and shrunk (as a painting program's soft brush or a vector export does), a label image's edges
     are blends of the colours either side: labels no style names, so they kept the photo, a seam between two
