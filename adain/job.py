@@ -102,7 +102,8 @@ class Job:
             bad.append(InvalidInputError("styles.weight", "all style weights are zero; at least one must be > 0"))
         if not is_number(self.alpha) or not 0 <= self.alpha <= 1:
             bad.append(InvalidInputError("alpha", f"must be a number in [0, 1], got {self.alpha!r}"))
-        if color_mode(self.preserve_color) not in (None, *COLOR_MODES):
+        mode = color_mode(self.preserve_color)
+        if not isinstance(mode, (str, type(None))) or mode not in (None, *COLOR_MODES):
             modes = ", ".join(("none", *COLOR_MODES))
             bad.append(InvalidInputError("preserve_color", f"must be one of {modes}; got {self.preserve_color!r}"))
         for name in ("content_size", "style_size"):
@@ -132,8 +133,7 @@ class Job:
                                                       f" for {plural(n, 'style')} (one per style)"))
             bad += [
                 InvalidInputError(f"styles[{i}].mask", "every style needs a mask when one has (its region)")
-                for i, m in enumerate(masks[:most])
-                if m is None or (isinstance(m, (bytes, bytearray, memoryview)) and not m)
+                for i, m in enumerate(masks[:most]) if m is None  # (the server's: a style whose mask was not sent)
             ]
         if self.labels is not None:
             values = list(self.label_values) if is_list(self.label_values) else []

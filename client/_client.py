@@ -375,6 +375,8 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
     read)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
+        if not data:  # sent, it is the field left unset: an empty mask was no mask, and the result unmasked
+            raise _local_error(field, "image data is empty")
     elif isinstance(image, Image.Image):
         kept: dict[str, Any] = {}
         grey_key_in_levels(image)  # a 2- or 4-bit grey PNG's key in the levels loading reads (it matched none)
@@ -441,6 +443,8 @@ def _file_bytes(path: Path, field: str, max_bytes: int | None) -> bytes:
             raise _too_big(field, str(path), st.st_size, max_bytes)
         with open(path, "rb") as f:  # read no more than the limit allows, should the file grow meanwhile
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    if not data:  # (as empty bytes: not sent as no image; the server's words, which the CLI puts after the path)
+        raise _local_error(field, "image data is empty")
     if max_bytes is not None and len(data) > max_bytes:
         raise _too_big(field, str(path), len(data), max_bytes)
     return data
@@ -1697,7 +1701,7 @@ def _fill(
     if fmt is None:
         raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
     color = color_mode(preserve_color)
-    if color not in COLOR_ENUM:
+    if not isinstance(color, (str, type(None))) or color not in COLOR_ENUM:  # (a list: TypeError, unhashable)
         raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
     if isinstance(styles, str) and styles.startswith(PRESET_PREFIX):
         styles = Preset(styles[len(PRESET_PREFIX) :])

@@ -122,6 +122,10 @@ def test_local_input_errors_are_style_transfer_errors(client: StyleTransferClien
     with pytest.raises(StyleTransferError) as info:
         client.stylize(CONTENT, STYLE_A, preserve_color="sepia")
     assert info.value.details.startswith("preserve_color:")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(StyleTransferError) as info:
+        client.stylize(CONTENT, [STYLE_A, STYLE_A], mask=tmp_path / "empty.png")
+    assert info.value.details == "mask: image data is empty"
 
 
 def test_the_clients_arguments_are_checked_as_the_librarys(server: ServerProcess) -> None:
@@ -149,6 +153,15 @@ def test_the_clients_arguments_are_checked_as_the_librarys(server: ServerProcess
             assert refused("alpha", alpha=alpha) == f"alpha: not a number: {alpha!r}"
         assert refused("preset", styles=["preset:calm-sea", STYLE_A]).startswith("preset: a preset stands alone")
         assert refused("preset", styles=[STYLE_A, Preset("calm-sea")]).startswith("preset: a preset stands alone")
+        # a property tour's: a list or a dict raised TypeError (unhashable); an empty mask was sent as no mask (the
+        # field unset), and the photo came back stylized without it, OK
+        for mode in (["coral"], {"mode": "coral"}):
+            assert refused("preserve_color", preserve_color=mode).startswith(
+                "preserve_color: must be None, 'coral' or 'luminance'")
+        for empty in (b"", bytearray(), memoryview(b"")):
+            assert refused("mask", mask=empty) == "mask: image data is empty"
+            assert refused("styles[1].mask", masks=[make_mask(64, 48), empty]) == "styles[1].mask: image data is empty"
+        assert refused("styles[0]", styles=[b""]) == "styles[0]: image data is empty"
         for timeout in (0, -1, math.nan, "5"):
             with pytest.raises(StyleTransferError, match=r"^INVALID_ARGUMENT: timeout: must be a number of seconds"):
                 c.stylize(CONTENT, STYLE_A, timeout=timeout)

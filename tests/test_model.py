@@ -6,6 +6,7 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -320,6 +321,9 @@ def test_every_problem_is_in_the_message(stylizer: Stylizer, tmp_path) -> None:
         stylizer.stylize(CONTENT, [STYLE_A], preserve_color="x", alpha=-1)
     assert err.value.field == "alpha" and len(err.value.problems) == 2
     assert "alpha: must be" in str(err.value) and "; preserve_color: must be one of" in str(err.value)
+    for mode in (np.array([1, 2]), ["coral"]):  # an array's comparison raised ValueError (truth value ambiguous)
+        with pytest.raises(InvalidInputError, match="preserve_color: must be one of"):
+            stylizer.stylize(CONTENT, [STYLE_A], preserve_color=mode)
     with pytest.raises(InvalidInputError) as err:
         stylizer.stylize(CONTENT, [STYLE_A], weights=[-1] * 1, alpha=-1, style_size=-1, content_size=-1)
     assert str(err.value).count(": ") == len(err.value.problems) >= 3

@@ -392,6 +392,7 @@ BAD = {
     "mask-all-black": (dict(masks=[band_mask(96, 64, 0, 48), Image.new("L", (96, 64))]), "styles[1].mask"),
     "more-masks-than-styles": (dict(masks=[band_mask(96, 64, 0, 48)] * 3), "masks"),
     "a-style-without-mask": (dict(masks=[band_mask(96, 64, 0, 48), None]), "styles[1].mask"),
+    "empty-masks": (dict(masks=[b"", b""]), "styles[0].mask"),  # "image data is empty", not "needs a mask"
     "label-no-pixel-has": (dict(labels=Image.new("L", (96, 64), 5), label_values=[5, 6]), "styles[1].label"),
     "label-not-a-label": (dict(labels=Image.new("L", (96, 64), 5), label_values=[5, "red"]), "styles[1].label"),
     "labels-wrong-size": (dict(labels=Image.new("L", (9, 9), 5), label_values=[5, 5]), "labels"),
@@ -409,6 +410,8 @@ def test_bad_regions_name_the_field(stylizer: Stylizer, case: str) -> None:
     with pytest.raises(InvalidInputError) as err:
         stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], **kwargs)
     assert err.value.field == field, str(err.value)
+    if case == "empty-masks":
+        assert err.value.description == "image data is empty", str(err.value)
 
 
 def test_beyond_max_styles_only_the_count_is_reported() -> None:

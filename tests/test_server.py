@@ -451,6 +451,18 @@ def test_many_bad_styles_give_one_bounded_error(client: StyleTransferClient) -> 
     assert len(err.violations) <= 8 + 1, err.violations
 
 
+def test_a_style_sent_without_a_mask_beside_one_with_is_named(server: ServerProcess) -> None:
+    """An empty mask is an unset field on the wire: the server names the style whose mask is missing (the Python
+    client refuses an empty one before sending: "image data is empty"; other clients send what they send)."""
+    request = pb.StylizeRequest(content=CONTENT, styles=[pb.Style(image=STYLE_A, mask=encoded(band_mask(64, 48, 0, 9))),
+                                                         pb.Style(image=STYLE_B, mask=b"")])
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "styles[1].mask: every style needs a mask when one has (its region)"
+
+
 def test_a_million_style_entries_get_one_violation_at_once(server: ServerProcess) -> None:
     # Each entry past max_styles still got its own ("every style needs a mask"), all built on the event loop:
     # 16 s without health answers, a 73 MB log line, and a trailer too large to send.
