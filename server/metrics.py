@@ -62,7 +62,7 @@ class Metrics(Exporter):
             "long-job place was kept for another caller (long_job_reserved), the video streams were full "
             "(max_video_streams), the server held max_concurrent_rpcs calls (gRPC refused it before any handler; a "
             "video stream or reflection call so refused is not counted) or the caller held max_calls_per_caller "
-            "calls (health checks apart: 64 a caller)", ["reason"], registry=r,
+            "calls (health checks apart: 1,024 a caller)", ["reason"], registry=r,
         )
         self.caller_requests = Counter(
             "adain_caller_requests", "gRPC requests by caller (a token's name: who uses the service; \"anonymous\" "
