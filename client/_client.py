@@ -1138,9 +1138,10 @@ class _Gate:
 
 
 def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event, said: list[Any] | None = None) -> None:
-    """Cancel ``call`` once ``stop()`` says so, asking four times a second until the call has ended; ``said`` gets
-    True, or what ``stop()`` raised (which cancels it too), before the cancel."""
-    while not ended.wait(0.25):
+    """Cancel ``call`` once ``stop()`` says so, asking at once (a caller gone before the call began was asked first
+    a quarter of a second later, the server rendering meanwhile), then four times a second until the call has ended;
+    ``said`` gets True, or what ``stop()`` raised (which cancels it too), before the cancel."""
+    while not ended.is_set():
         try:
             stopped: Any = stop()
         except Exception as e:  # noqa: BLE001 - the caller's: raised in its own thread (:func:`_stoppable`)
@@ -1150,6 +1151,7 @@ def _cancel_when(call: Any, stop: Callable[[], bool], ended: threading.Event, sa
                 said.append(stopped if isinstance(stopped, Exception) else True)
             call.cancel()
             return
+        ended.wait(0.25)
 
 
 @contextlib.contextmanager
