@@ -497,7 +497,10 @@ class VideoReader:
                     if self._gif_times is not None and frame.pts in self._gif_times:  # as a browser shows it
                         t, own = self._gif_times[frame.pts]
                         reached = max(reached, t + own)
-                    shown_until = t + (own or 1 / float(self.info.rate))  # a GIF's last frame may hold for seconds
+                    # a GIF's last frame may hold for seconds; the latest a frame ends, not the last one's end: MP4 and
+                    # MOV keep each frame's time as the gap to the next in decode order, so with B-frames a frame shown
+                    # earlier holds the time the last one is shown (ours, adain's long-held last frames; a GIF's 2 s)
+                    shown_until = max(shown_until, t + (own or 1 / float(self.info.rate)))
                     reached = max(reached, t + 1 / float(self.info.rate))
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)
                         shown = frame, t  # before the start (from the keyframe the seek went to), on screen at it
@@ -708,7 +711,14 @@ class VideoWriter:
         self._last_pts = -1
         self._pending: tuple[Image.Image, int] | None = None  # the frame written last, not yet encoded
         self._shown: dict[int, int] = {}  # a frame's pts -> its time on screen, for its packet
+        self._end = 0  # where the last frame shown ends (time base units)
         self.codec = codec
+        # MP4 and MOV keep no packet's duration but the last's in decode order (the others: the gaps between decode
+        # times), and end the video at the latest time + duration; with B-frames the last packet is not the last
+        # frame shown, whose own time is lost (a GIF held 2 s at its end came out held 0.1 s)
+        self._gaps_only = fmt in ("mp4", "mov")
+        self._reached = 0  # the latest end as such a file keeps it, for the packets muxed before the last
+        self._before: Any = None  # (pts, dts) of the packet muxed last
 
     def _add_audio(self, a_in: Any, fmt: str) -> None:
         if fmt == "gif":
@@ -766,11 +776,21 @@ class VideoWriter:
         frame.time_base = self.time_base
         step = max(1, round(1 / (self.rate * self.time_base)))
         self._shown[pts] = until - pts if until is not None and until > pts else step
+        self._end = max(self._end, pts + self._shown[pts])
         self._mux_video(self._v.encode(frame))
 
-    def _mux_video(self, packets: list[Any]) -> None:
-        for packet in packets:  # (an encoder's packets may come frames later: its delay, B-frames)
+    def _mux_video(self, packets: list[Any], last: bool = False) -> None:
+        """``last``: the encoder's final packets; in MP4 and MOV the last of them is made to reach where the last
+        frame shown ends, where the gaps kept for the others do not (only then: the file's average rate counts it)."""
+        for i, packet in enumerate(packets):  # (an encoder's packets may come frames later: its delay, B-frames)
             packet.duration = self._shown.pop(packet.pts, packet.duration)
+            if self._gaps_only and packet.pts is not None and packet.dts is not None:
+                if self._before is not None:
+                    self._reached = max(self._reached, self._before[0] + packet.dts - self._before[1])
+                self._before = packet.pts, packet.dts
+                reach = max(self._reached, packet.pts + (packet.duration or 0))
+                if last and i == len(packets) - 1 and reach < self._end:
+                    packet.duration = self._end - packet.pts
             self._c.mux(packet)
 
     def _mux_audio(self, until: float) -> None:
@@ -808,7 +828,7 @@ class VideoWriter:
                 end = self._source.end_time if self._source is not None else None
                 self._encode(*self._pending, until=None if end is None else round(end / self.time_base))
                 self._pending = None
-            self._mux_video(self._v.encode(None))
+            self._mux_video(self._v.encode(None), last=True)
             if self._source is not None:
                 self._mux_audio(until=math.inf)
                 if self._a_encoder is not None:

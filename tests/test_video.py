@@ -656,6 +656,16 @@ def test_the_last_frame_is_shown_for_its_own_time(tmp_path: Path) -> None:
     assert delays == [100, 100, 100, 2000], delays
     _copy(tmp_path / "hold.gif", tmp_path / "out.mp4")
     assert abs(_stream_seconds(tmp_path / "out.mp4")["video"] - 2.3) < 0.01
+    # A property tour's: frames with detail get B-frames, and MP4 and MOV keep each frame's time as the gap to the
+    # next in decode order (the last one's alone as written), so a packet shown earlier came last and the 2 s were
+    # lost: 0.3 s. The track ends where the last frame shown ends, and is read back so (a GIF made of it holds 2 s).
+    busy = [synth_image(16, 16, seed=i).convert("P", palette=Image.Palette.ADAPTIVE) for i in range(3)]
+    busy[0].save(tmp_path / "busy.gif", save_all=True, append_images=busy[1:], duration=[100, 100, 2000], loop=0)
+    for ext in ("mp4", "mov"):
+        _copy(tmp_path / "busy.gif", tmp_path / f"busy.{ext}")
+        assert abs(_stream_seconds(tmp_path / f"busy.{ext}")["video"] - 2.2) < 0.01, ext
+        with VideoReader(tmp_path / f"busy.{ext}") as r:
+            assert [round(t, 2) for _, t in r.frames()] == [0, 0.1, 0.2] and abs(r.end_time - 2.2) < 1e-3, r.end_time
     make_video(tmp_path / "three.mp4", frames=36, fps=12, audio=True)
     _copy(tmp_path / "three.mp4", tmp_path / "one.mp4", max_fps=0.001)
     assert video_facts(tmp_path / "one.mp4")["frames"] == 1
