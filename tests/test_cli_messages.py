@@ -251,6 +251,31 @@ sys.exit(commands.stylize())
     assert (proc.returncode, proc.stdout.split()[0]) == (0, "adain-stylize"), proc.stderr
 
 
+def test_a_signal_python_drops_in_a_finalizer_still_ends_the_command_by_it() -> None:
+    """A clips tour's, once in 500 tries: a SIGTERM printed a traceback ending in "Terminated: 15" and the command
+    exited 0, its work done. A handler's exception raised while a __del__ runs is printed and dropped by Python
+    ("Exception ignored in ..."); the command's exit is the signal's all the same (here in --version's run)."""
+    import subprocess
+    import sys
+
+    run = """
+import os, signal, sys
+from adain import commands
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler raises here, inside __del__: dropped
+def main():
+    Finalized()
+    return 0
+sys.argv = ["adain-stylize"]
+commands.on_signals({signal.SIGTERM: commands.on_sigterm})
+sys.exit(commands._run("adain-stylize", lambda: main, signal_wins=True))  # (as commands.stylize runs it)
+"""
+    proc = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in proc.stderr, proc.stderr  # (Python's own words: the case this is about)
+    assert proc.returncode == 143 and proc.stderr.rstrip().endswith("adain-stylize: error: interrupted"), proc.stderr
+
+
 def test_tls_files_a_bundle_or_an_encrypted_key(tmp_path: Path) -> None:
     """A CA bundle whose comments are not ASCII was refused (it works with gRPC); an encrypted key made OpenSSL ask
     for its pass phrase on the terminal (the client hung)."""
