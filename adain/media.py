@@ -443,7 +443,7 @@ class VideoReader:
         reached = 0.0  # how far into the file the data went, seconds (to tell a truncated file)
         step, keep, kept = 1 / float(self.rate), None, -math.inf  # the next time a frame is kept from (max_fps)
         slack = 0.5 / float(self.info.rate)  # the frame nearest a kept time counts as on it
-        start, end, sent, shown, shown_until = self.start, self.end, 0, None, 0.0
+        start, end, sent, shown, shown_until, latest = self.start, self.end, 0, None, 0.0, 0.0
         seen = heard = -math.inf  # the latest picture and sound times yet
         # to the keyframe before the start; the frames from there to the start are decoded, dropped. MPEG
         # streams (a camcorder's .MTS, .TS, .MPG) seek by byte and land past the keyframe, so the decoder
@@ -497,10 +497,8 @@ class VideoReader:
                     if self._gif_times is not None and frame.pts in self._gif_times:  # as a browser shows it
                         t, own = self._gif_times[frame.pts]
                         reached = max(reached, t + own)
-                    # a GIF's last frame may hold for seconds; the latest a frame ends, not the last one's end: MP4 and
-                    # MOV keep each frame's time as the gap to the next in decode order, so with B-frames a frame shown
-                    # earlier holds the time the last one is shown (ours, adain's long-held last frames; a GIF's 2 s)
-                    shown_until = max(shown_until, t + (own or 1 / float(self.info.rate)))
+                    shown_until = t + (own or 1 / float(self.info.rate))  # a GIF's last frame may hold for seconds
+                    latest = max(latest, shown_until)
                     reached = max(reached, t + 1 / float(self.info.rate))
                     if t < start - 1e-3:  # (a millisecond: a time base's rounding)
                         shown = frame, t  # before the start (from the keyframe the seek went to), on screen at it
@@ -528,6 +526,12 @@ class VideoReader:
                         kept = t
                         sent += 1
                         yield _upright(frame, self._reformatter, self.max_side, self.sar), t - start
+            # MP4 and MOV keep each frame's time as the gap to the next in decode order: with B-frames the last frame
+            # shown may have a short one while a frame shown earlier holds its time (a GIF's last 2 s, as VideoWriter
+            # writes it): the latest a frame ends, up to the length the video declares (a variable-rate clip's pause
+            # on such a frame reached past the clip's end)
+            if self._c.format.name.startswith("mov,"):
+                shown_until = max(shown_until, min(latest, self.info.video_duration))
             self.end_time = max(0.0, min(shown_until, end) - start)
             if shown is not None and start < shown[1] + 1 / float(self.info.rate):  # the last frame, on screen at
                 sent += 1  # a start after its time (a start past the picture's end finds none)
@@ -714,11 +718,13 @@ class VideoWriter:
         self._end = 0  # where the last frame shown ends (time base units)
         self.codec = codec
         # MP4 and MOV keep no packet's duration but the last's in decode order (the others: the gaps between decode
-        # times), and end the video at the latest time + duration; with B-frames the last packet is not the last
-        # frame shown, whose own time is lost (a GIF held 2 s at its end came out held 0.1 s)
+        # times): a file ends at the earlier of the latest time + duration muxed and the last decode time + its
+        # duration (from the first packet's). With B-frames, or an encoder's decode delay, neither reaches where a
+        # last frame held long ends: a GIF held 2 s at its end came out held 0.1 s, a pause before the last frame
+        # ended the file before that frame.
         self._gaps_only = fmt in ("mp4", "mov")
-        self._reached = 0  # the latest end as such a file keeps it, for the packets muxed before the last
-        self._before: Any = None  # (pts, dts) of the packet muxed last
+        self._latest = 0  # the latest time + duration muxed (time base units)
+        self._shift: int | None = None  # the first packet's pts - dts (an encoder's decode delay)
 
     def _add_audio(self, a_in: Any, fmt: str) -> None:
         if fmt == "gif":
@@ -780,17 +786,18 @@ class VideoWriter:
         self._mux_video(self._v.encode(frame))
 
     def _mux_video(self, packets: list[Any], last: bool = False) -> None:
-        """``last``: the encoder's final packets; in MP4 and MOV the last of them is made to reach where the last
-        frame shown ends, where the gaps kept for the others do not (only then: the file's average rate counts it)."""
+        """``last``: the encoder's final packets; in MP4 and MOV the last of them is made long enough for the file
+        to end where the last frame shown ends, where it would not (only then: the file's average rate counts it)."""
         for i, packet in enumerate(packets):  # (an encoder's packets may come frames later: its delay, B-frames)
             packet.duration = self._shown.pop(packet.pts, packet.duration)
             if self._gaps_only and packet.pts is not None and packet.dts is not None:
-                if self._before is not None:
-                    self._reached = max(self._reached, self._before[0] + packet.dts - self._before[1])
-                self._before = packet.pts, packet.dts
-                reach = max(self._reached, packet.pts + (packet.duration or 0))
-                if last and i == len(packets) - 1 and reach < self._end:
-                    packet.duration = self._end - packet.pts
+                if self._shift is None:
+                    self._shift = packet.pts - packet.dts
+                own = packet.duration or 0
+                ends = min(max(self._latest, packet.pts + own), packet.dts + self._shift + own)
+                if last and i == len(packets) - 1 and ends < self._end:
+                    packet.duration = own = max(self._end - packet.pts, self._end - packet.dts - self._shift)
+                self._latest = max(self._latest, packet.pts + own)
             self._c.mux(packet)
 
     def _mux_audio(self, until: float) -> None:

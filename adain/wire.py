@@ -182,8 +182,11 @@ def color_mode(value: str | bool | None) -> str | None:
     "none" and "" mean None. Anything else is returned as given, for the caller's check to refuse."""
     if value is True:
         return "coral"
-    if value is None or (isinstance(value, (str, int, float)) and value in (False, "none", "")):
-        return None  # (a list or an array is no mode: compared, an array raised, and a list was looked up in a dict)
+    try:
+        if value is None or value in (False, "none", ""):  # (NumPy's False and 0 too)
+            return None
+    except (TypeError, ValueError):  # an array: its comparison has no one truth value; the caller refuses it
+        pass
     return value  # type: ignore[return-value]
 
 

@@ -324,6 +324,9 @@ def test_every_problem_is_in_the_message(stylizer: Stylizer, tmp_path) -> None:
     for mode in (np.array([1, 2]), ["coral"]):  # an array's comparison raised ValueError (truth value ambiguous)
         with pytest.raises(InvalidInputError, match="preserve_color: must be one of"):
             stylizer.stylize(CONTENT, [STYLE_A], preserve_color=mode)
+    plain = stylizer.stylize(CONTENT, [STYLE_A])
+    for mode in (np.False_, np.int64(0)):  # NumPy's False and 0 are False and 0 (a review's: the fix refused them)
+        assert stylizer.stylize(CONTENT, [STYLE_A], preserve_color=mode).tobytes() == plain.tobytes()
     with pytest.raises(InvalidInputError) as err:
         stylizer.stylize(CONTENT, [STYLE_A], weights=[-1] * 1, alpha=-1, style_size=-1, content_size=-1)
     assert str(err.value).count(": ") == len(err.value.problems) >= 3

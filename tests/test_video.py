@@ -666,6 +666,31 @@ def test_the_last_frame_is_shown_for_its_own_time(tmp_path: Path) -> None:
         assert abs(_stream_seconds(tmp_path / f"busy.{ext}")["video"] - 2.2) < 0.01, ext
         with VideoReader(tmp_path / f"busy.{ext}") as r:
             assert [round(t, 2) for _, t in r.frames()] == [0, 0.1, 0.2] and abs(r.end_time - 2.2) < 1e-3, r.end_time
+    # a review's: a pause before the last frame (a slide show's, a phone's): x264's decode delay ended the file at
+    # 1.2 s, before that frame (at 2.0 s), though no B-frame came
+    w = VideoWriter(tmp_path / "pause.mp4", width=32, height=32, rate=Fraction(10))
+    for i, t in enumerate([i / 10 for i in range(11)] + [2.0]):
+        w.write(synth_image(32, 32, seed=i, kind="noise"), t)
+    w.close()
+    assert abs(_stream_seconds(tmp_path / "pause.mp4")["video"] - 2.1) < 0.01
+    # and read back: a variable-rate MP4 with B-frames whose pause a frame shown earlier carries (the gap to the next
+    # in decode order) is as long as it says, 2.1 s (2.7 when the reader took the latest a frame ends, unbounded)
+    import av
+
+    with av.open(str(tmp_path / "phone.mp4"), "w") as c:
+        stream = c.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt, stream.codec_context.time_base = "yuv420p", Fraction(1, 90000)
+        stream.options = {"bf": "3", "x264-params": "b-adapt=0:scenecut=0"}
+        for i, t in enumerate([i / 10 for i in range(4)] + [1.3 + i / 10 for i in range(8)]):  # 1 s after the 4th
+            frame = av.VideoFrame.from_image(synth_image(32, 32, seed=i, kind="noise"))
+            frame.pts, frame.time_base = round(t * 90000), Fraction(1, 90000)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    with VideoReader(tmp_path / "phone.mp4") as r:
+        assert len(list(r.frames())) == 12 and abs(r.end_time - 2.1) < 1e-3, r.end_time
     make_video(tmp_path / "three.mp4", frames=36, fps=12, audio=True)
     _copy(tmp_path / "three.mp4", tmp_path / "one.mp4", max_fps=0.001)
     assert video_facts(tmp_path / "one.mp4")["frames"] == 1
