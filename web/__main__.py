@@ -391,8 +391,8 @@ def _server_class() -> type:
             if begin_stop is not None:
                 begin_stop()
             await super().shutdown(sockets)
-            if cut := [t for t in self.server_state.tasks if not t.done()]:
-                await asyncio.wait(cut, timeout=CUT_SAY_S)
+            if not self.force_exit and (cut := [t for t in self.server_state.tasks if not t.done()]):  # (a second
+                await asyncio.wait(cut, timeout=CUT_SAY_S)  # Ctrl-C: at once)
 
     return Server
 
