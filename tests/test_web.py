@@ -122,25 +122,25 @@ def test_a_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_refine_shows_its_steps_and_stops_when_the_page_goes(web: WebProcess) -> None:
     # A refine showed only a spinner, and one the page left (Cancel, a closed tab) held the server's only
     # refine place until the call's deadline: the next visitor's refine waited 118 s.
-    request = httpx.Request("POST", web.url + "/api/stylize", headers={"X-Request-Id": "refine-followed"},
+    request = httpx.Request("POST", web.url + "/api/stylize", headers={"X-Request-Id": "refine/followed"},
                             files=[_png("content", make_image(128, 128, seed=1)), _png("styles", STYLE)],
                             data={"refine_steps": "500"})
     body = request.read()
     head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
     page = socket.create_connection(("127.0.0.1", web.port))
     page.sendall(f"POST /api/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + body)
-    assert _first_step(web, "refine-followed")["steps"] == 500
+    assert _first_step(web, "refine/followed")["steps"] == 500
     # a second refine with the same id would share its progress entry, and the first to end removed both
-    again = httpx.post(web.url + "/api/stylize", headers={"X-Request-Id": "refine-followed"}, timeout=60,
+    again = httpx.post(web.url + "/api/stylize", headers={"X-Request-Id": "refine/followed"}, timeout=60,
                        files=[_png("content", CONTENT), _png("styles", STYLE)], data={"refine_steps": "1"})
-    assert again.status_code == 409 and "X-Request-Id 'refine-followed' is running" in again.text, again.text
-    assert _first_step(web, "refine-followed")["steps"] == 500
+    assert again.status_code == 409 and "X-Request-Id 'refine/followed' is running" in again.text, again.text
+    assert _first_step(web, "refine/followed")["steps"] == 500
     page.close()  # the page goes away
     t0 = time.monotonic()
     after = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)], {"refine_steps": "1"})
     assert after.status_code == 200, after.text
     assert time.monotonic() - t0 < 30  # the abandoned refine stopped at its next step
-    assert httpx.get(web.url + "/api/progress/refine-followed", timeout=10).status_code == 404
+    assert httpx.get(web.url + "/api/progress/refine/followed", timeout=10).status_code == 404
 
 
 def test_keep_exif_over_http(web: WebProcess) -> None:
@@ -763,6 +763,8 @@ BAD_CLIPS = {
     "too-many-frames-even-so": (lambda tmp: _clip(tmp, 72), {"fps": "6"}, "content", "at that frame rate"),
     "unknown-codec": (lambda tmp: ("content", ("clip.mkv", unknown_codec_clip(tmp / "u.mkv", "video").read_bytes(),
                                                "video/x-matroska")), {}, "content", "no decoder for the clip's video"),
+    # a web property tour's: what the server refuses at the first frame was a 202 and a failed job
+    "alpha-over-1": (lambda tmp: _clip(tmp, 6), {"alpha": "2"}, "alpha", "must be a number in [0, 1], got 2.0"),
 }
 
 
@@ -883,6 +885,14 @@ def test_a_forms_every_problem_comes_back_in_one_answer(web: WebProcess, tmp_pat
         r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", STYLE),
                                                        _png("styles", STYLE)], data={"weights": weights}, timeout=60)
         assert r.status_code == 400 and _field(r) == field, r.text
+    # and a style too small to carry one (a property tour's: the clip's job failed at its first frame)
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6), _png("styles", make_image(8, 8))], timeout=60)
+    assert r.status_code == 400 and _field(r) == "styles[0].image" and "too small to carry a style" in r.text, r.text
+    # 0 however written is "as taken" / "as filmed" (a tour's: "0.0" was "must be at least 0.001 ..., got '0.0'")
+    for zero in ("0.0", "00", "-0"):
+        r = httpx.post(web.url + "/api/stylize", files=[_png("content", CONTENT), _png("styles", STYLE)],
+                       data={"size": zero, "refine_steps": zero}, timeout=60)
+        assert r.status_code == 200 and r.headers["x-image-size"] == "64x48", r.text
     # a body that is no multipart form (JSON) says so; it was "content: a content image file is required"
     r = httpx.post(web.url + "/api/stylize", json={"content": "photo.jpg"})
     assert r.status_code == 400 and _field(r) == "form" and r.json()["error"]["message"] == (
@@ -911,6 +921,13 @@ def test_every_error_is_json_and_probes_may_use_head(web: WebProcess, tmp_path: 
     assert r.status_code == 200 and r.headers["x-request-id"] == "photo-42/retry:1"
     r = httpx.post(web.url + "/api/stylize", files=files, headers={"X-Request-Id": "a b"}, timeout=60)
     assert r.status_code == 200 and r.headers["x-request-id"] not in ("a b", "")
+    # as sent, "%" and all (a property tour's: "50%off" came back "50%25off", the client's encoding for gRPC), on a
+    # server's refusal too
+    masked = [*files, _png("styles", STYLE), _png("mask", make_mask(8, 8))]  # (the server's refusal: its size)
+    for rid, sent in (("50%off", files), ("a%20b", files), ("bad%id", masked)):
+        r = httpx.post(web.url + "/api/stylize", files=sent, headers={"X-Request-Id": rid}, timeout=60)
+        assert r.status_code == (400 if sent is masked else 200) and r.headers["x-request-id"] == rid, (
+            r.status_code, r.headers["x-request-id"], r.text)
 
 
 def test_uploads_over_the_limit_are_refused_before_they_are_read(web: WebProcess) -> None:

@@ -83,11 +83,13 @@ from .checks import (
     color,
     display_name,
     error_json,
+    fraction,
     image_checked,
     number,
     public_error,
     style_count,
     style_name,
+    style_size_refused,
     temporal,
     weights,
     whole,
@@ -751,7 +753,8 @@ def create_app(
                     status = 413  # the result: a smaller one will
                 elif over := REQUEST_OVER_RE.search(e.details or ""):
                     status, message = 413, _over_server_limit(int(over[1]), int(over[2]), settings.max_upload_bytes)
-            headers = {**(_retry_after(status, e.retry_after) or {}), "X-Request-Id": e.request_id or request_id}
+            headers = {**(_retry_after(status, e.retry_after) or {}), "X-Request-Id": request_id}  # (as sent: the
+            # client's is percent-encoded for gRPC, and "50%off" came back "50%25off")
             return _error(status, e.code.name, message, violations, headers)
         finally:
             watcher.cancel()
@@ -762,13 +765,13 @@ def create_app(
             result.image,
             media_type=f"image/{fmt}",
             headers={
-                "X-Request-Id": result.request_id,
+                "X-Request-Id": request_id,
                 "X-Image-Size": f"{result.width}x{result.height}",
                 "Content-Disposition": f'inline; filename="stylized.{"jpg" if fmt == "jpeg" else fmt}"',
             },
         )
 
-    @app.get("/api/progress/{request_id}")
+    @app.get("/api/progress/{request_id:path}")  # (an id with "/" in it: "job/1" was never found)
     async def photo_progress(request_id: str) -> dict[str, int]:
         found = progress.get(request_id)
         if found is None:
@@ -918,7 +921,7 @@ async def _style_options(form: Any, limits: Limits, problems: Problems) -> dict[
     if form.getlist("weights"):
         options["weights"] = problems.check(weights, form.getlist("weights"), len(styles))
     if form.get("alpha") not in (None, ""):
-        options["alpha"] = problems.check(number, form["alpha"], "alpha")
+        options["alpha"] = problems.check(fraction, form["alpha"], "alpha")
     options["preserve_color"] = problems.check(color, form.get("preserve_color"))
     return options
 
@@ -938,7 +941,7 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     if isinstance(mask, UploadFile) and (mask.size or mask.filename):
         options["mask"] = await problems.wait(_image(mask, "mask", limits))
     options.update(await _regions(form, len(options["styles"]), limits, problems))
-    if form.get("refine_steps") not in (None, "", "0"):
+    if not _unset(form.get("refine_steps")):
         options["refine_steps"] = problems.check(whole, form["refine_steps"], "refine_steps", 0,
                                                  ("max_refine_steps", limits.max_refine_steps))
     options.update(_size(form, limits, problems))
@@ -954,9 +957,20 @@ async def _read_form(form: Any, limits: Limits) -> dict[str, Any]:
     return options
 
 
+def _unset(text: Any) -> bool:
+    """An optional number left out: empty, or 0 however written ("0.0", "00" and "-0" were refused, "must be at
+    least 0.001 (or empty: as filmed), got '0.0'", where "0" was taken)."""
+    if text in (None, ""):
+        return True
+    try:
+        return float(text) == 0
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def _size(form: Any, limits: Limits, problems: Problems) -> dict[str, Any]:
     """``size``, a photo's or a clip's longest side as rendered (0 or empty: as taken; never scaled up)."""
-    if form.get("size") in (None, "", "0"):
+    if _unset(form.get("size")):
         return {}
     return {"content_size": problems.check(whole, form["size"], "size", 16,
                                            ("max_content_side", limits.max_content_side))}
@@ -997,7 +1011,7 @@ async def _read_video_form(
     else:
         clip = await problems.wait(_clip(content, folder, limits))
     fps = None
-    if form.get("fps") not in (None, "", "0"):
+    if not _unset(form.get("fps")):
         fps = problems.check(number, form["fps"], "fps")
         if fps is not None and fps < MIN_FPS:
             problems.add("fps", f"must be at least {MIN_FPS:g} (or empty: as filmed), got {form['fps']!r}")
@@ -1005,7 +1019,7 @@ async def _read_video_form(
     if start is not None and start < 0:
         problems.add("start", f"must be >= 0 seconds, got {form['start']!r}")
     duration = None
-    if form.get("duration") not in (None, "", "0"):
+    if not _unset(form.get("duration")):
         duration = problems.check(number, form["duration"], "duration")
         if duration is not None and duration <= 0:
             problems.add("duration", f"must be > 0 seconds (or empty: to the end), got {form['duration']!r}")
@@ -1067,7 +1081,9 @@ async def _style(item: Any, i: int, limits: Limits) -> bytes | StyleRef:
     """A style of the form: an uploaded image, or "id:NAME" naming one of the server's library (the server
     says whether it has that name)."""
     if isinstance(item, UploadFile):
-        return await _image(item, f"styles[{i}].image", limits)  # as the server names it
+        data = await _image(item, f"styles[{i}].image", limits)  # as the server names it
+        await run_in_threadpool(style_size_refused, data, f"styles[{i}].image", limits.style_size)
+        return data
     return style_name(item, f"styles[{i}]")
 
 

@@ -18,9 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from adain.client import StyleRef, StyleTransferError
 from adain.errors import InvalidInputError, warnings_ignored
-from adain.image import check_layout, claimed_format, cut_short
+from adain.image import check_layout, claimed_format, cut_short, longest_size
 from adain.photo import is_heif
-from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits, plural
+from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits, plural, style_too_small
 
 # adain-web reads only images' headers here and compares their size with the server's max_pixels itself, so
 # PIL's own guard (a warning past ~89 MP, DecompressionBombError past ~179 MP) would only turn a huge image's
@@ -200,6 +200,27 @@ def number(text: Any, field: str) -> float:
     if not math.isfinite(value):
         raise BadInput(field, f"must be a finite number, got {text!r}")
     return value
+
+
+def fraction(text: Any, field: str) -> float:
+    """A number in [0, 1] (an alpha): what the server refuses, refused here, where a clip's job was taken (202) to
+    fail at its first frame."""
+    value = number(text, field)
+    if not 0 <= value <= 1:
+        raise BadInput(field, f"must be a number in [0, 1], got {value}")
+    return value
+
+
+def style_size_refused(data: bytes, field: str, style_size: int) -> None:
+    """A style image too small to carry a style at the server's default style_size (the server's own check, done
+    here for the same reason as :func:`fraction`); a header Pillow cannot read here (a HEIF) is left to the server."""
+    try:
+        with warnings_ignored(), Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except Exception:  # noqa: BLE001 - the server reads it, or says why not
+        return
+    if why := style_too_small(*longest_size(w, h, style_size), style_size):
+        raise BadInput(field, why)
 
 
 def whole(text: Any, field: str, least: int, most: tuple[str, int] | None = None) -> int:
