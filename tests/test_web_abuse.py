@@ -152,6 +152,21 @@ def test_a_request_head_must_come_whole_in_time() -> None:
         web.stop()
 
 
+def test_malformed_forms_are_said_in_the_log_once_a_minute() -> None:
+    """python-multipart logs each body it cannot parse at WARNING (the answer is a 400, counted): any visitor could
+    write a line a request into the page's log (a property tour's wrote 176). Once a minute, with the count."""
+    web = WebProcess(_nobody())
+    try:
+        for _ in range(5):
+            r = httpx.post(web.url + "/api/stylize", content=b"--xyz\r\nnot a part", timeout=10,
+                           headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+            assert r.status_code == 400, r.text
+        log = "".join(web.stderr)
+        assert log.count("python_multipart") == 1 and "logged at most once in 60 s" in log, log
+    finally:
+        web.stop()
+
+
 def test_connections_past_limit_concurrency_get_503_said_once_a_minute() -> None:
     """uvicorn's limit_concurrency as --limit-concurrency, none by default (uvicorn counts idle connections: a
     default of 204 let ~200 empty ones turn every visitor away); its 503s are said in the log once a minute however

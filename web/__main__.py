@@ -259,6 +259,9 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("uvicorn.error").addFilter(
             Throttle(OVER_CONCURRENCY, counted=metrics.over_concurrency.inc if metrics else None))
         logging.getLogger("uvicorn.error").addFilter(CutWhileStopping(app.state.stopping))
+        # python-multipart says each malformed body at WARNING as it raises (answered 400 and counted): one line a
+        # request at any visitor's will (a property tour's made 176), let through once a minute
+        logging.getLogger("python_multipart.multipart").addFilter(Throttle(""))
         server = _server_class()(config, f"adain-web: http://{host_port(args.host, args.port)}/ (server {args.server})")
         try:
             server.run()
