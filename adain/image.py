@@ -16,6 +16,7 @@ import mmap
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from itertools import islice
 from os import PathLike, fsdecode
 from pathlib import Path
@@ -170,15 +171,10 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
 def _declared_size(fp: io.BytesIO | Path) -> tuple[int, int] | None:
     """The sides a header declares, read by the plugin that takes it, without Image.open's pixel guard (which
     raised before the size could be asked); None where no plugin reads it."""
-    head = _head(fp)
-    for fmt in input_formats():
-        factory, accept = Image.OPEN.get(fmt, (None, None))
-        taken = factory is not None and (accept is None or accept(head))
-        if not taken or isinstance(taken, str):  # (an accept's string: the plugin's reason to refuse it)
-            continue
+    for fmt in _taking(_head(fp)):
         try:
             with warnings_ignored(), (fp.open("rb") if isinstance(fp, Path) else io.BytesIO(fp.getvalue())) as f:
-                return factory(f, "").size
+                return Image.OPEN[fmt][0](f, "").size
         except Exception:  # noqa: BLE001, S112 - a plugin that cannot read it: the next one may
             continue
     return None
@@ -217,14 +213,19 @@ def cut_short(e: BaseException) -> bool:
 def claimed_format(head: bytes) -> str | None:
     """The input format whose signature ``head`` (a file's first 16 bytes) has, by Pillow's own test, as a reader
     would call it ("WebP"), or None: what a file that fails to open meant to be."""
+    fmt = next(_taking(head), None)
+    return _FORMAT_NAMES.get(fmt, fmt) if fmt else None
+
+
+def _taking(head: bytes) -> Iterator[str]:
+    """The input formats (Pillow's ids) whose plugin's signature test takes ``head``, in Pillow's order."""
     for fmt in input_formats():
         accept = Image.OPEN[fmt][1]
         try:
             if accept is not None and accept(head):
-                return _FORMAT_NAMES.get(fmt, fmt)
+                yield fmt
         except Exception:  # noqa: BLE001, S112 - a plugin's test that cannot read 16 bytes: not that format
             continue
-    return None
 
 
 def _check_file_layout(path: Path, field: str) -> None:
