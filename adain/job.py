@@ -102,8 +102,7 @@ class Job:
             bad.append(InvalidInputError("styles.weight", "all style weights are zero; at least one must be > 0"))
         if not is_number(self.alpha) or not 0 <= self.alpha <= 1:
             bad.append(InvalidInputError("alpha", f"must be a number in [0, 1], got {self.alpha!r}"))
-        mode = color_mode(self.preserve_color)
-        if not isinstance(mode, (str, type(None))) or mode not in (None, *COLOR_MODES):
+        if color_mode(self.preserve_color) not in (None, *COLOR_MODES):
             modes = ", ".join(("none", *COLOR_MODES))
             bad.append(InvalidInputError("preserve_color", f"must be one of {modes}; got {self.preserve_color!r}"))
         for name in ("content_size", "style_size"):

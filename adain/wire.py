@@ -179,15 +179,16 @@ def format_from_suffix(suffix: str) -> str | None:
 
 def color_mode(value: str | bool | None) -> str | None:
     """A preserve_color value as a mode name: True means "coral" (the AdaIN paper's way); False, None,
-    "none" and "" mean None. Anything else is returned as given, for the caller's check to refuse."""
+    "none" and "" mean None. Anything else is returned as a string, for the caller's check of the names to refuse
+    (a list as given raised TypeError in a dict's lookup, an array ValueError in a comparison)."""
     if value is True:
         return "coral"
     try:
         if value is None or value in (False, "none", ""):  # (NumPy's False and 0 too)
             return None
-    except (TypeError, ValueError):  # an array: its comparison has no one truth value; the caller refuses it
+    except (TypeError, ValueError):  # an array: its comparison has no one truth value
         pass
-    return value  # type: ignore[return-value]
+    return value if isinstance(value, str) else repr(value)
 
 
 # A style's shorter side, as used (scaled to its style_size), at least: a 1 x 1 or 4 x 4 style gave a flat grey

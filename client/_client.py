@@ -1703,7 +1703,7 @@ def _fill(
     if fmt is None:
         raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
     color = color_mode(preserve_color)
-    if not isinstance(color, (str, type(None))) or color not in COLOR_ENUM:  # (a list: TypeError, unhashable)
+    if color not in COLOR_ENUM:
         raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
     if isinstance(styles, str) and styles.startswith(PRESET_PREFIX):
         styles = Preset(styles[len(PRESET_PREFIX) :])
