@@ -89,7 +89,6 @@ from .checks import (
     public_error,
     style_count,
     style_name,
-    style_size_refused,
     temporal,
     weights,
     whole,
@@ -1081,12 +1080,10 @@ async def _style(item: Any, i: int, limits: Limits) -> bytes | StyleRef:
     """A style of the form: an uploaded image, or "id:NAME" naming one of the server's library (the server
     says whether it has that name)."""
     if isinstance(item, UploadFile):
-        data = await _image(item, f"styles[{i}].image", limits)  # as the server names it
-        await run_in_threadpool(style_size_refused, data, f"styles[{i}].image", limits.style_size)
-        return data
+        return await _image(item, f"styles[{i}].image", limits, style=True)  # as the server names it
     return style_name(item, f"styles[{i}]")
 
 
-async def _image(upload: UploadFile, field: str, limits: Limits) -> bytes:
+async def _image(upload: UploadFile, field: str, limits: Limits, style: bool = False) -> bytes:
     """The upload's bytes, checked as :func:`checks.image` checks them (on a worker thread)."""
-    return await image_checked(await upload.read(), field, limits)
+    return await image_checked(await upload.read(), field, limits, style)

@@ -140,11 +140,13 @@ class Problems:
             raise first
 
 
-def image(data: bytes, field: str, limits: Limits) -> bytes:
+def image(data: bytes, field: str, limits: Limits, style: bool = False) -> bytes:
     """``data``, once its header decodes as an image of a known format within the pixel limit (the name and
     the declared type are not trusted; the backend decodes it fully). The server's guards against headers that
     Pillow spends seconds on (JPEG fill and markers, PNGs of a million chunks) come first: a 19-MB one held
-    adain-web's event loop, and every visitor with it, for 3-9 s. Blocking: see :func:`image_checked`."""
+    adain-web's event loop, and every visitor with it, for 3-9 s. ``style``: also refused where too small to carry a
+    style at the server's style_size, as the server would (a clip's job was taken, 202, to fail at its first frame).
+    Blocking: see :func:`image_checked`."""
     if not data:
         raise BadInput(field, "the file is empty")
     try:
@@ -166,12 +168,14 @@ def image(data: bytes, field: str, limits: Limits) -> bytes:
         raise BadInput(field, f"{fmt} images are not read ({INPUT_NAMES})")
     if w * h > limits.max_pixels:
         raise BadInput(field, f"{w} x {h} is over the limit of max_pixels={limits.max_pixels}")
+    if style and (why := style_too_small(*longest_size(w, h, limits.style_size), limits.style_size)):
+        raise BadInput(field, why)
     return data
 
 
-async def image_checked(data: bytes, field: str, limits: Limits) -> bytes:
+async def image_checked(data: bytes, field: str, limits: Limits, style: bool = False) -> bytes:
     """:func:`image` on a worker thread, off the event loop."""
-    return await run_in_threadpool(image, data, field, limits)
+    return await run_in_threadpool(image, data, field, limits, style)
 
 
 def display_name(text: str) -> str:
@@ -209,18 +213,6 @@ def fraction(text: Any, field: str) -> float:
     if not 0 <= value <= 1:
         raise BadInput(field, f"must be a number in [0, 1], got {value}")
     return value
-
-
-def style_size_refused(data: bytes, field: str, style_size: int) -> None:
-    """A style image too small to carry a style at the server's default style_size (the server's own check, done
-    here for the same reason as :func:`fraction`); a header Pillow cannot read here (a HEIF) is left to the server."""
-    try:
-        with warnings_ignored(), Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-    except Exception:  # noqa: BLE001 - the server reads it, or says why not
-        return
-    if why := style_too_small(*longest_size(w, h, style_size), style_size):
-        raise BadInput(field, why)
 
 
 def whole(text: Any, field: str, least: int, most: tuple[str, int] | None = None) -> int:
