@@ -561,6 +561,17 @@ def _cli_words(said: str, args: argparse.Namespace) -> str:
     return _FIELD_WORD_RE.sub(lambda m: _OPTION_FLAGS[m.group(0)], said)
 
 
+NO_LIBRARY = "this server has no style library"  # (server/service.py's words for an unknown id:NAME)
+
+
+def _library_hint(args: argparse.Namespace) -> str:
+    """Where a server's style library comes from: --local starts its own, which reads ADAIN_STYLES_DIR (the
+    README's `id:mosaic` there said only "this server has no style library", of a server on a random port)."""
+    if getattr(args, "local", False):
+        return "--local's server reads its library from ADAIN_STYLES_DIR=FOLDER, a folder of style images"
+    return "adain-server --styles-dir"
+
+
 def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool = False) -> str:
     """A failed call in the CLI's words; ``cli_terms``: the request's field names as the flags and files
     that set them (one content's request: its styles[i] are the --style flags in order)."""
@@ -591,6 +602,8 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; raise --timeout)"
     if e.code == grpc.StatusCode.INVALID_ARGUMENT:
         said = _cli_words(_in_cli_terms(e, args) if cli_terms else e.details, args)
+        if getattr(args, "local", False) and NO_LIBRARY in e.details:  # its server was never the user's to start
+            said += f" ({_library_hint(args)})"
         hint = e.details.find(NO_FEATURES_HINT)  # (the violations, which the CLI words, do not carry it)
         return said + e.details[hint:] if hint >= 0 and NO_FEATURES_HINT not in said else said
     if e.code == grpc.StatusCode.UNIMPLEMENTED:  # a feature's name as the server lists it, not as a flag
@@ -1262,7 +1275,8 @@ def _list_styles(args: argparse.Namespace) -> int:
         styles, presets = client.library(thumbnail_size=256 if args.thumbnails else 0)
     styles = _valid_names(styles)
     if not styles:
-        print(f"the server at {args.server} has no library styles (adain-server --styles-dir)")
+        whose = "this command's server" if getattr(args, "local", False) else f"the server at {args.server}"
+        print(f"{whose} has no library styles ({_library_hint(args)})")
         return 0
     if args.thumbnails:
         folder = Path(args.thumbnails)

@@ -962,6 +962,13 @@ def test_local_stylizes_without_a_running_server(files: dict[str, Path], tmp_pat
     info = subprocess.run([sys.executable, "-m", "adain.client.cli", "--server-info", "--local"], capture_output=True,
                           text=True, timeout=120, cwd=REPO, env=local_env)
     assert info.returncode == 0 and '"backend": "torch"' in info.stdout, info.stderr
+    # a library style by name: its server has none unless ADAIN_STYLES_DIR gives one, which the error says
+    named = subprocess.run([sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s", "id:mosaic",
+                            "-o", str(tmp_path / "named.png"), "--local"], capture_output=True, text=True, timeout=120,
+                           cwd=REPO, env=local_env)
+    assert named.returncode == 1 and named.stderr.strip().endswith(
+        "--style id:mosaic: unknown style 'mosaic': not a registered style's id, and this server has no style library "
+        "(--local's server reads its library from ADAIN_STYLES_DIR=FOLDER, a folder of style images)"), named.stderr
 
 
 def test_local_refuses_a_server_and_says_why_its_server_did_not_start(files: dict[str, Path], tmp_path: Path,
