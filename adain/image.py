@@ -15,6 +15,7 @@ import math
 import mmap
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from itertools import islice
@@ -86,6 +87,7 @@ def image_key(source: ImageSource, field: str) -> str:
         return source.key
     h = hashlib.sha256()
     if isinstance(source, Image.Image):
+        _load_shared(source, field, None)  # (getexif and the pixels below load it: not from two threads at once)
         # what decoding it takes besides the pixels: the palette, a profile, the transparent index, a turn
         # (two palette images of the same indices once shared a key, and the second got the first's colours)
         orientation = source.getexif().get(0x0112, 1) if hasattr(source, "getexif") else 1
@@ -116,12 +118,38 @@ def _path(source: str | PathLike, field: str) -> Path:
     return Path(name)
 
 
+_SHARED_LOAD = threading.Lock()
+
+
+def _load_shared(img: Image.Image, field: str, max_pixels: int | None) -> None:
+    """A caller's image opened lazily (``Image.open``, its pixels not yet read) is decoded here, once, under a lock:
+    Pillow's loading of one image is not thread-safe, and one such image given to calls in several threads (the
+    Stylizer is) had one thread's load close the file under another's: "image data is truncated or corrupt: I/O
+    operation on closed file" for a good photo, or Pillow's own AssertionError or "broken PNG file" from a style.
+    A loaded image, or one made in memory, has no ``tile`` left to read and takes no lock. ``max_pixels``: checked
+    first, where given (a lazy image's pixels are not decoded over the limit)."""
+    if not getattr(img, "tile", None):
+        return
+    if max_pixels is not None:
+        _checked_size(img, field, max_pixels)
+    with _SHARED_LOAD:
+        if not img.tile:  # loaded by another thread while this one waited
+            return
+        try:
+            img.load()
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - as load_image: the file's fault, said as such
+            raise InvalidInputError(field, f"image data is truncated or corrupt: {_why(e)}") from e
+
+
 def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         if type(getattr(source, "_im", None)).__name__ == "DeferredError":  # Pillow's mark of a closed image
             # (its "Operation on closed image" was said as "image data is truncated or corrupt")
             raise InvalidInputError(field, "the PIL image is closed (its close() was called, or its with block "
                                            "ended): pass one still open, or a copy made before")
+        _load_shared(source, field, max_pixels)
         return source
     if isinstance(source, KeyedImage):
         source = source.data

@@ -593,3 +593,35 @@ def test_a_refusal_leaves_no_reference_cycle(stylizer: Stylizer) -> None:
             assert gc.collect() == 0, bad
         finally:
             gc.enable()
+
+
+def test_a_lazily_opened_image_shared_by_threads_is_read_once(stylizer: Stylizer, tmp_path: Path) -> None:
+    """One ``Image.open`` (its pixels not read yet) given to calls in four threads at once, as content and as
+    style: Pillow's loading of one image is not thread-safe, and a thread's load closed the file under another's
+    ("image data is truncated or corrupt: I/O operation on closed file", or Pillow's raw AssertionError or
+    "broken PNG file" from a style) in 3-7 of 20 calls. Now each call gets the picture the paths give."""
+    import threading
+
+    rng = np.random.default_rng(0)  # noise: the decode takes long enough for the threads to meet in it
+    content, style = tmp_path / "c.jpg", tmp_path / "s.png"
+    Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(content, quality=90)
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(style)
+    want = np.asarray(stylizer.stylize(content, style))
+
+    def call(barrier: threading.Barrier, lazy: tuple[Image.Image, Image.Image], got: list) -> None:
+        barrier.wait()
+        try:
+            got.append(np.asarray(stylizer.stylize(*lazy)))
+        except Exception as e:  # noqa: BLE001 - said in the assertion
+            got.append(f"{type(e).__name__}: {e}")
+
+    for trial in range(4):
+        lazy, barrier, got = (Image.open(content), Image.open(style)), threading.Barrier(4), []
+        threads = [threading.Thread(target=call, args=(barrier, lazy, got)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        bad = [g if isinstance(g, str) else "other pixels" for g in got if isinstance(g, str) or not
+               np.array_equal(g, want)]
+        assert len(got) == 4 and not bad, (trial, bad)
