@@ -40,6 +40,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -337,6 +338,7 @@ def _openvino(
 
     def run(*arrays: np.ndarray) -> np.ndarray:
         static = None if getattr(_generic, "on", False) else statics.get(tuple(a.shape for a in arrays))
+        lock: contextlib.AbstractContextManager[Any]
         if static is not None:
             request, lock = static  # one request per fixed-shape graph, shared by the threads
         else:
@@ -396,16 +398,16 @@ class _StaticShapes:
     against 318 ms.)"""
 
     def __init__(
-        self, compile_static: Callable[[tuple[tuple[int, ...], ...]], object], scale: int = 1, bound: int = 2
+        self, compile_static: Callable[[tuple[tuple[int, ...], ...]], Any], scale: int = 1, bound: int = 2
     ) -> None:
         self.compile, self.scale, self.bound = compile_static, scale, bound
         self.uses: Counter[tuple[tuple[int, ...], ...]] = Counter()  # calls of each shape (bounded bookkeeping)
         self.failed: set[tuple[tuple[int, ...], ...]] = set()
-        self.kept: dict[tuple[tuple[int, ...], ...], tuple[object, threading.Lock]] = {}
+        self.kept: dict[tuple[tuple[int, ...], ...], tuple[Any, threading.Lock]] = {}  # (OpenVINO's: untyped)
         self.compiling: tuple[tuple[int, ...], ...] | None = None  # the shape whose graph is being compiled
         self.lock = threading.Lock()  # every call takes it: held for bookkeeping only, never for a compile
 
-    def get(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[object, threading.Lock] | None:
+    def get(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, threading.Lock] | None:
         """The fixed-shape request and its lock for these input shapes, or None (use the generic graph)."""
         n, _, h, w = shapes[0]
         if n * h * w * self.scale > FIXED_SHAPE_MAX_PIXELS:
@@ -564,7 +566,8 @@ def _onnxruntime(
     buffer = io.BytesIO()
     with torch.no_grad(), warnings_ignored():
         torch.onnx.export(
-            module, example, buffer, input_names=names, output_names=["out"], dynamo=False, opset_version=17,
+            module, example, buffer,  # type: ignore[arg-type]  # (dynamo=False's exporter writes to a file object too)
+            input_names=names, output_names=["out"], dynamo=False, opset_version=17,
             dynamic_axes={n: {0: "n", 2: "h", 3: "w"} for n in names} | {"out": {0: "n", 2: "H", 3: "W"}},
         )
     options = ort.SessionOptions()

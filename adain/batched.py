@@ -41,6 +41,7 @@ def plain_targets(
         s_mean = torch.cat([j.targets[k][0] for j in jobs]).to(dev)
         s_std = torch.cat([j.targets[k][1] for j in jobs]).to(dev)
         t = t + _times([j.targets[k][2] for j in jobs], adain(feat, s_mean, s_std, stats))
+    assert isinstance(t, torch.Tensor)  # (one style at least: Job.problems refuses all weights 0)
     return _times([j.alpha for j in jobs], t) + _times([1 - j.alpha for j in jobs], feat.float())
 
 

@@ -89,7 +89,9 @@ def nclx_profile(data: bytes) -> dict | None:
             return None
         meta = (meta[0] + 4, meta[1])  # a full box: version and flags first
         iprp = _child(data, *meta, b"iprp")
-        ipco = _child(data, *iprp, b"ipco") if iprp else None
+        if iprp is None:
+            return None
+        ipco = _child(data, *iprp, b"ipco")
         if ipco is None:
             return None
         props = list(_boxes(data, *ipco))

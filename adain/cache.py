@@ -13,7 +13,8 @@ class StyleCache:
     """Least recently used entries go first; ``size`` 0 keeps nothing. Counts hits and misses."""
 
     def __init__(self, size: int) -> None:
-        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 0:  # None failed at the first put
+        given: object = size  # checked as whatever a caller passes (a NumPy integer; None failed at the first put)
+        if not isinstance(given, numbers.Integral) or isinstance(given, bool) or given < 0:
             raise ValueError(f"cache_size must be a whole number >= 0 (0: no cache), got {size!r}")
         self.size = int(size)
         self._data: OrderedDict[Hashable, Any] = OrderedDict()

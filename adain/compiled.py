@@ -110,12 +110,12 @@ class CompiledBackend(TorchBackend):
         self.decode(self.relu4_1(image), 1.0, image)
         self.renders.clear()  # (a warm-up's run is not traffic)
 
-    def _run(self, fn: Callable[..., torch.Tensor], size: tuple[int, int],
-             *inputs: torch.Tensor | None) -> torch.Tensor | None:
+    def _run(self, fn: Callable[..., torch.Tensor], size: tuple[int, int], x: torch.Tensor,
+             *more: torch.Tensor | None) -> torch.Tensor | None:
         """``fn`` on the smallest compiled batch for ``size`` (content height, width) that holds these inputs,
         padded with their last row; None where no compiled shape holds them. Inputs are made inference tensors
         in channels_last, as the graphs were compiled for (another kind would not match them)."""
-        n = inputs[0].shape[0]
+        inputs, n = (x, *more), x.shape[0]
         batch = next((b for b in self._batches.get(size, ()) if b >= n), None)
         if batch is None:
             self.calls["eager"] += 1
@@ -126,7 +126,7 @@ class CompiledBackend(TorchBackend):
             return fn(*ready)[:n]
 
     def relu4_1(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._run(self._enc, tuple(x.shape[2:]), x)
+        y = self._run(self._enc, (x.shape[2], x.shape[3]), x)
         return super().relu4_1(x) if y is None else y
 
     def decode(self, x: torch.Tensor, alpha: torch.Tensor | float, image: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,11 @@ class DecoderFile:
     path: Path
     version: str
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _convs(decoder: Decoder) -> list[nn.Conv2d]:
+    """A decoder's convolutions, typed (a ModuleList's items are plain Modules to a type checker)."""
+    return cast("list[nn.Conv2d]", list(decoder.convs))
 
 
 def alpha_channel(alpha: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +119,7 @@ class Decoder(nn.Module):
         """A version-2 copy with the same outputs: the alpha channel starts with zero weights."""
         if self.alpha_input:
             return self
-        new = Decoder(alpha_input=True).to(self.convs[0].weight.device)
+        new = Decoder(alpha_input=True).to(_convs(self)[0].weight.device)
         state = self.state_dict()
         w = state["convs.0.weight"]
         state["convs.0.weight"] = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)
@@ -129,7 +134,7 @@ class Decoder(nn.Module):
             return self
         if self.detail is not None:
             raise ValueError("drop the detail path first (without_detail)")
-        w = self.convs[0].weight
+        w = _convs(self)[0].weight
         if bool(w[:, -1].any()):
             raise ValueError("its alpha channel has learnt weights: dropping them would change its outputs")
         new = Decoder().to(w.device)
@@ -144,7 +149,7 @@ class Decoder(nn.Module):
         if self.detail is not None:
             return self
         base = self.with_alpha_input()
-        new = Decoder(alpha_input=True, detail=True).to(base.convs[0].weight.device)
+        new = Decoder(alpha_input=True, detail=True).to(_convs(base)[0].weight.device)
         new.convs.load_state_dict(base.convs.state_dict())
         return new
 
@@ -152,7 +157,7 @@ class Decoder(nn.Module):
         """The version-2 decoder a version 3 grew on (its outputs at alpha 1; its convolutions to train)."""
         if self.detail is None:
             return self
-        new = Decoder(alpha_input=True).to(self.convs[0].weight.device)
+        new = Decoder(alpha_input=True).to(_convs(self)[0].weight.device)
         new.convs.load_state_dict(self.convs.state_dict())
         return new
 
@@ -276,11 +281,13 @@ class FoldedDecoder(nn.Module):
         self.convs = nn.ModuleList()
         self.folded: list[bool] = []
         after_up = False
-        for conv, (_, _, up) in zip(decoder.convs, _CONVS):
+        for conv, (_, _, up) in zip(_convs(decoder), _CONVS):
             if after_up:
+                assert conv.bias is not None  # (a Conv2d's bias=True default, as the Decoder makes them)
                 w, b = conv.weight.detach(), conv.bias.detach()
                 new = nn.Conv2d(w.shape[1], 4 * w.shape[0], 2)
                 new.weight.data.copy_(_phase_kernels(w))
+                assert new.bias is not None
                 new.bias.data.copy_(b.repeat(4))
                 conv = new
             else:

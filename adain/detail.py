@@ -18,6 +18,8 @@ each branch takes it upsampled bilinearly to its resolution.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +39,7 @@ class Branch(nn.Module):
         self.shift = nn.Parameter(torch.zeros(1, HIDDEN, 1, 1))
         self.write = nn.Conv2d(HIDDEN, channels, 1)
         nn.init.zeros_(self.write.weight)
+        assert self.write.bias is not None  # (a Conv2d's bias=True default)
         nn.init.zeros_(self.write.bias)
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -58,7 +61,7 @@ class DetailPath(nn.Module):
         decoder's alpha map (N x 1 x H/8 x W/8)."""
         out = {}
         for i, branch in self.branches.items():
-            factor = branch.factor
+            factor = cast(Branch, branch).factor  # (a ModuleDict's items are plain Modules to a type checker)
             # Bilinear, not nearest: a soft region edge then fades the detail smoothly, not in 8-px blocks.
             a = F.interpolate(alpha, scale_factor=8 // factor, mode="bilinear", align_corners=False)
             out[int(i)] = branch(image, a)

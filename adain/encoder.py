@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,7 @@ class Encoder(nn.Module):
             b = b / scale
             conv = nn.Conv2d(cin, cout, 3)
             conv.weight.data.copy_(w)
+            assert conv.bias is not None  # (a Conv2d's bias=True default)
             conv.bias.data.copy_(b)
             self.convs[name] = conv
             prev_scale = scale
@@ -147,7 +148,7 @@ class Encoder(nn.Module):
         map is then cut to the part that covers its image, so statistics never count the padding and a
         decoder given the map back (padded the same way) reproduces the image's exact size.
         """
-        x = pad_batch(images).to(self.convs["block1_conv1"].weight.device)
+        x = pad_batch(images).to(cast(nn.Conv2d, self.convs["block1_conv1"]).weight.device)
         if run is None:
             feats = self(x.contiguous(memory_format=torch.channels_last)).relu4_1
         else:

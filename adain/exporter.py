@@ -4,6 +4,8 @@ prometheus-client (the server and web extras); the model library never imports i
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, start_http_server
 
 
@@ -12,7 +14,7 @@ class Exporter:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._http = None
+        self._http: WSGIServer | None = None
 
     def serve(self, host: str, port: int) -> int:
         """Start the exporter on ``port`` (0: any free one); returns the port. An OSError names the address."""

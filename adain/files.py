@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal, overload
 
 
 def temp_problem() -> str | None:
@@ -316,6 +316,18 @@ def write_whole(path: str | os.PathLike, data: bytes) -> None:
         return
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+@overload
+def bytes_written(write: Callable[[IO[bytes]], object], writable: Literal[False] = False) -> bytes: ...
+
+
+@overload
+def bytes_written(write: Callable[[IO[bytes]], object], writable: Literal[True]) -> bytearray: ...
+
+
+@overload
+def bytes_written(write: Callable[[IO[bytes]], object], writable: bool) -> bytes | bytearray: ...
 
 
 def bytes_written(write: Callable[[IO[bytes]], object], writable: bool = False) -> bytes | bytearray:

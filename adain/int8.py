@@ -78,7 +78,7 @@ def _images(kind: str) -> list[torch.Tensor]:
     """The packaged calibration images of one kind (content, style) as 1 x 3 x H x W in [0, 1], cut to sides
     that are multiples of 8 (the sizes the encoder works at)."""
     out = []
-    for entry in sorted(resources.files("adain").joinpath("assets", "calibration").iterdir(), key=lambda e: e.name):
+    for entry in sorted((resources.files("adain") / "assets" / "calibration").iterdir(), key=lambda e: e.name):
         if entry.name.startswith(kind + "-"):
             with entry.open("rb") as f:
                 x = to_tensor(resize_longest(Image.open(f).convert("RGB"), CALIBRATION_SIZE))

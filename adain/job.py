@@ -14,6 +14,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any, TypeGuard, cast
 
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, KeyedImage
@@ -39,7 +40,7 @@ from adain.wire import (
 class Job:
     """One stylization request. Styles are images; ``weights`` (one per style) default to equal."""
 
-    content: ImageSource
+    content: ImageSource | None  # None: a video's template (check(content=False)), its frames given later
     styles: Sequence[ImageSource]
     weights: Sequence[float] | None = None
     alpha: float = 1.0
@@ -242,7 +243,7 @@ class Job:
 class CheckedJob:
     """A job that passed its check: weights sum to 1, ``color`` is None or a mode name, sizes are bounded."""
 
-    content: ImageSource
+    content: ImageSource | None  # None: a video's template, its frames given later
     styles: tuple[ImageSource, ...]
     weights: tuple[float, ...]
     alpha: float
@@ -283,7 +284,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_list(value: object) -> bool:
+def is_list(value: object) -> TypeGuard[Sequence[Any]]:
     """A list of per-style values (a str, bytes or one image would be taken apart character by character), or a
     NumPy array of one dimension (``weights=np.array([0.3, 0.7])``: a notebook's, refused as "got a ndarray")."""
     if isinstance(value, Sequence):
@@ -293,7 +294,7 @@ def is_list(value: object) -> bool:
 
 def style_list(styles: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
     """One style image or a list of them, as a list (a KeyedImage is one image, though a tuple)."""
-    return list(styles) if is_list(styles) else [styles]
+    return list(styles) if is_list(styles) else [cast(ImageSource, styles)]
 
 
 def temporal_problems(mode: str, strength: float | None) -> list[InvalidInputError]:

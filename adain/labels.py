@@ -27,11 +27,13 @@ from adain.wire import COLOUR_LABEL
 def label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[np.ndarray]:
     """One 0/255 map per style (uint8, the content's ``size``) of the pixels of ``job.labels`` whose label is
     its ``label_values[i]``. Raises InvalidInputError naming the field (wrong size, a label no pixel has)."""
+    labels = job.labels
+    assert labels is not None  # (region_maps asks for a job's label maps where it has labels)
     # a label's colour is its name: read as stored, no colour conversion
-    img = load_image(job.labels, field="labels", max_pixels=max_pixels, mode="raw")  # type: ignore[arg-type]
+    img = load_image(labels, field="labels", max_pixels=max_pixels, mode="raw")
     if img.size != size:
         raise InvalidInputError("labels", f"labels is {img.width} x {img.height}, content is {size[0]} x {size[1]}")
-    painted = _painted(job.labels, max_pixels)  # type: ignore[arg-type]
+    painted = _painted(labels, max_pixels)
     faint = painted is not None and bool(((painted[1] > 0) & (painted[1] < PAINTED)).any())
     # built in place in 4 bytes a pixel: int64 arrays and their temporaries took 4.6 GB at 64 MP
     rgb = np.asarray(img, dtype=np.uint8) if painted is None else painted[0]
@@ -51,7 +53,7 @@ def label_maps(job: CheckedJob, size: tuple[int, int], max_pixels: int) -> list[
     label[blue] |= COLOUR_LABEL
     del blue
     values = list(job.label_values or ())
-    lossy = _lossy_format(job.labels)
+    lossy = _lossy_format(labels)
     if lossy:
         _snap(label, rgb, values)
     if not grey.all():  # only colour pixels are ever blends: a grey segmentation has none
@@ -192,7 +194,7 @@ def _blends(
     pad = ((r - (y0 - top), r - (bottom - y1)), (r, r))  # to the windows' reach, beyond the image too
     image = (slice(pad[0][0], pad[0][0] + bottom - top), slice(r, r + w))  # the padded band's pixels of the image
     lab = np.pad(label[top:bottom], pad)
-    requested = np.zeros(lab.shape, dtype=bool)
+    requested: np.ndarray = np.zeros(lab.shape, dtype=bool)  # (NumPy's stubs: 0-d from a shape of any length)
     requested[image] = np.isin(label[top:bottom], wanted)
     endpoint = np.pad(inside[top:bottom], pad)
     endpoint |= requested

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ class Objective:
         self,
         encoder: torch.nn.Module,
         content_target: torch.Tensor,
-        styles: list[tuple[Features, float]],
+        styles: list[tuple[Features | None, float]],
         *,
         regions: torch.Tensor | None = None,
         region_alphas: Sequence[float] | None = None,
@@ -134,8 +134,9 @@ class Objective:
         self.kind = style_loss
         self.region_alphas = list(region_alphas) if region_alphas is not None else [1.0] * len(styles)
         self.shares: list[torch.Tensor] = []  # per layer, 1 x K x h x w: each style's share of each cell
-        if regions is None:  # one mixed target per layer
-            self.targets = [[self._mix([(self._stats(f[i]), w) for f, w in styles]) for i in range(4)]]
+        self.targets: list[list[tuple[torch.Tensor, ...]] | None]  # per style (with regions; None: weight 0) and layer
+        if regions is None:  # one mixed target per layer (features are None only beside regions)
+            self.targets = [[self._mix([(self._stats(f[i]), w) for f, w in styles if f is not None]) for i in range(4)]]
         else:  # one target per region and layer
             p = region_weights(regions, [w for _, w in styles], None, 1.0)[0]
             h, w = p.shape[2:]
@@ -155,13 +156,17 @@ class Objective:
 
     @staticmethod
     def _mix(stats: list[tuple[tuple[torch.Tensor, ...], float]]) -> tuple[torch.Tensor, ...]:
-        return tuple(sum(w * s[k] for s, w in stats) for k in range(len(stats[0][0])))
+        # (a sum of one style at least: a tensor, never sum()'s start 0)
+        return tuple(cast(torch.Tensor, sum(w * s[k] for s, w in stats)) for k in range(len(stats[0][0])))
 
     def style_term(self, feats: Features) -> torch.Tensor:
         total = torch.zeros((), device=feats[0].device)
         for i, feat in enumerate(feats):
+            regions: list[tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None, float]]
             if not self.shares:
-                regions = [(None, self.targets[0][i], 1.0)]
+                mixed = self.targets[0]
+                assert mixed is not None  # (without regions: the one mixed target)
+                regions = [(None, mixed[i], 1.0)]
             else:
                 m = self.shares[i]
                 if m.shape[2:] != feat.shape[2:]:  # a side under 16 px, which the encoder pads: stretched to it
@@ -261,14 +266,14 @@ def optimize(
                     on_step(Progress(steps, steps, last, time.perf_counter() - t0, iteration=state["n_iter"]))
                 break
     elif optimizer == "adam":
-        opt = torch.optim.Adam([p], lr=ADAM_LR)
+        adam = torch.optim.Adam([p], lr=ADAM_LR)
         for step in range(1, steps + 1):
             with torch.enable_grad():
-                opt.zero_grad()
+                adam.zero_grad()
                 loss = objective(p)
                 loss.backward()
             last = _finite(loss, step)
-            opt.step()
+            adam.step()
             with torch.no_grad():
                 p.clamp_(0, 1)
             report(step, snap=step in checkpoints)
@@ -310,7 +315,7 @@ def objective_for(
     with torch.no_grad():
         feat = encoder(content).relu4_1
         aim = stylizer.target(feat, prepared) if target == "adain" else feat
-        styles = []
+        styles: list[tuple[Features | None, float]] = []
         for i, (source, w) in enumerate(zip(job.styles, job.weights)):
             if w == 0:  # applied nowhere (with regions: kept in its place, without features)
                 if regions is not None:
@@ -359,7 +364,8 @@ def refine(stylizer: Steps, prepared: Prepared, *, on_step: OnStep | None = None
     if job.refine_init == "adain":  # from the decoder's colours: the grey step (adain.colours) comes once, at the end
         first = replace(prepared, grey=False)
         if stylizer.tiling.wants(first):  # print size: minutes of tiles, stoppable between them as iterations are
-            parts = tiled_parts(*first.content.shape[2:], stylizer.tiling)
+            h, w = first.content.shape[2:]
+            parts = tiled_parts(h, w, stylizer.tiling)
             rendered = render_tiled(stylizer, first, stylizer.tiling, on_step=tick)
         else:
             rendered = stylizer.render([first])[0]

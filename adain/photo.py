@@ -23,13 +23,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from functools import cache
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard, cast
 
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageFile
 
 from adain.errors import install_hint
 
 if TYPE_CHECKING:
+    import mmap
+
     import numpy as np
 
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # ISO-BMFF 'ftyp'
@@ -73,7 +75,9 @@ def grey_key_in_levels(img: Image.Image) -> None:
     stored, so a 2-bit image's key 1 (read 85) matched no pixel, and its transparent pixels were grey. A 1-bit
     one's key is scaled by Pillow itself. (Here, without numpy: the thin client sends a caller's PIL image.)"""
     key = img.info.get("transparency")
-    if img.format != "PNG" or img.mode != "L" or not isinstance(key, int) or not img.tile:
+    # (only a file Pillow opened has tiles, and the format of one)
+    if img.format != "PNG" or img.mode != "L" or not isinstance(key, int) or not isinstance(img, ImageFile.ImageFile) \
+            or not img.tile:
         return
     args = img.tile[0].args
     raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
@@ -126,7 +130,7 @@ def _exif_of(img: Image.Image, data: bytes) -> Image.Exif:
     return img.getexif()
 
 
-def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+def png_chunks(data: bytes | mmap.mmap) -> Iterator[tuple[bytes, int, int]]:
     """(type, offset of its data, length) of each chunk of a PNG's bytes, through IEND or as far as they go."""
     at = len(PNG_SIGNATURE)
     while at + 8 <= len(data):
@@ -224,13 +228,14 @@ def _probe_srgb(icc: bytes) -> bool:
         out = ImageCms.profileToProfile(probe, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(), outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return False
+    assert out is not None  # (None only inPlace)
     return max(abs(a - b) for a, b in zip(probe.tobytes(), out.tobytes())) <= SRGB_TOLERANCE
 
 
 HDR_TRANSFERS = (16, 18)  # ISO/IEC 23091-2 transfer_characteristics: PQ, HLG
 
 
-def converts_code_points(nclx: object) -> bool:
+def converts_code_points(nclx: object) -> TypeGuard[dict]:
     """Whether a photo's 'nclx' code points ask for a conversion: primaries other than sRGB's, or an HDR curve."""
     if not isinstance(nclx, dict):
         return False
@@ -314,6 +319,7 @@ def _from_code_points(
 
     from adain.hdr import BT2020, BT2020_TO_709, to_709, to_sdr, wide_to_srgb
 
+    matrix: np.ndarray | None  # (None: primaries that give no matrix)
     matrix = BT2020_TO_709  # BT.2020's, and an HDR still's that names none (HDR is BT.2020 as a rule)
     if primaries not in (BT2020, None, 2):
         try:
@@ -331,7 +337,9 @@ def _from_code_points(
     out = np.empty_like(pixels)
     for y in range(0, pixels.shape[0], 256):  # in strips: the whole image at once took 40 bytes a pixel
         strip = rgb48[y:y + 256] if rgb48 is not None else pixels[y:y + 256].astype(np.uint16) * np.uint16(257)
-        out[y:y + 256] = np.asarray(to_sdr(strip, transfer, matrix=matrix) if hdr else wide_to_srgb(strip, matrix))
+        # (hdr: transfer is one of HDR_TRANSFERS)
+        sdr = to_sdr(strip, cast(int, transfer), matrix=matrix) if hdr else wide_to_srgb(strip, matrix)
+        out[y:y + 256] = np.asarray(sdr)
     return Image.fromarray(out, "RGB")
 
 
@@ -364,6 +372,8 @@ def to_srgb(
         if mode == "L":
             img = img.convert("L")
     try:
-        return ImageCms.profileToProfile(img, profile, _srgb(), outputMode="RGB")
+        out = ImageCms.profileToProfile(img, profile, _srgb(), outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return flatten(img)
+    assert out is not None  # (None only inPlace)
+    return out

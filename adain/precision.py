@@ -41,7 +41,7 @@ def cpu_info() -> tuple[str, frozenset[str]]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine() or "unknown", frozenset()
-    model, flags = "unknown", frozenset()
+    model, flags = "unknown", frozenset[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -77,16 +77,16 @@ def maps_at(regions: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.
     relu4_1 grid of its own pixels (``feature_size``: a cell per 8 x 8 pixels), a map is first made whole cells
     (its last row and column repeated), as the image is padded: sampled at H / ceil(H / 8) px apart instead of
     8, a region's edge drifted up to a cell (8 px) outwards towards the bottom and right."""
-    size = tuple(size)
+    hw = tuple(size)
     h, w = regions.shape[2:]
-    cells = size == feature_size(h, w) and size != (h, w) and (h % 8 or w % 8)
-    out = torch.empty(1, regions.shape[1], *size, device=regions.device)
+    cells = hw == feature_size(h, w) and hw != (h, w) and (h % 8 or w % 8)
+    out = torch.empty(1, regions.shape[1], *hw, device=regions.device)
     for k in range(regions.shape[1]):
         m = regions[:, k : k + 1].float().div_(255)
         if cells:
-            m = F.pad(m, (0, 8 * size[1] - w, 0, 8 * size[0] - h), mode="replicate")
-        out[:, k : k + 1] = m if m.shape[2:] == size else F.interpolate(
-            m, size=size, mode="bilinear", align_corners=False)
+            m = F.pad(m, (0, 8 * hw[1] - w, 0, 8 * hw[0] - h), mode="replicate")
+        out[:, k : k + 1] = m if m.shape[2:] == hw else F.interpolate(
+            m, size=hw, mode="bilinear", align_corners=False)
     return out
 
 
@@ -151,7 +151,7 @@ def regional_target(
 
 def alpha_map(
     regions: torch.Tensor, weights: Sequence[float], region_alphas: Sequence[float] | None, alpha: float,
-    size: tuple[int, int],
+    size: tuple[int, int] | torch.Size,
 ) -> torch.Tensor:
     """The local strength A at ``size`` (h, w): what an alpha-aware decoder (architecture 2) is told."""
     m = maps_at(regions, size)

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -107,8 +107,9 @@ class Stylizer:
         if self.cuda and not torch.cuda.is_available():  # else torch's AssertionError at the first tensor
             raise ValueError(f"device {device}: CUDA is not available here")
         dec, self.decoder_file = load_decoder(decoder)
-        self.decoder = dec.to(self.device, memory_format=torch.channels_last)
-        self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)
+        # (Module.to takes memory_format, as documented; torch's overloads leave it out)
+        self.decoder = dec.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.encoder = Encoder().to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         bf16 = wants_bf16(precision, self.cuda)
         self.backend = make_backend(backend, self.encoder, self.decoder, self.device, bf16, precision != "auto",
                                     compile_shapes, quantized=precision == "int8")
@@ -193,7 +194,9 @@ class Stylizer:
         return self.render(prepared)
 
     # --- step 1: decode, style statistics ----------------------------------------------------
-    def prepare(self, job: Job | CheckedJob, styles: tuple[Targets, bool] | None = None) -> Prepared:
+    def prepare(
+        self, job: Job | CheckedJob, styles: tuple[Targets, bool | tuple[bool, ...]] | None = None
+    ) -> Prepared:
         """Decode a job (checking it first unless it is a CheckedJob) and look up (or compute) its style
         statistics, unless ``styles`` gives them with whether they are grey (a video's frames reuse the first
         frame's ``(targets, grey)``). Raises InvalidInputError."""
@@ -202,7 +205,8 @@ class Stylizer:
         max_pixels = self.limits.max_pixels
         # (decoded smaller where it is a large JPEG, unless masks or labels must match its full size)
         plain = job.masks is None and job.labels is None and job.mask is None
-        img = load_image(job.content, field="content", max_pixels=max_pixels,
+        # (a template's None content, given here unchecked, is refused by load_image as no image: InvalidInputError)
+        img = load_image(cast(ImageSource, job.content), field="content", max_pixels=max_pixels,
                          longest=job.content_side if plain else None)
         source_size = img.size
         img = resize_longest(img, job.content_side)
@@ -295,6 +299,7 @@ class Stylizer:
         else:
             stats = smooth(0, mean_std(feat))
             t = sum(w * adain(feat, mean, std, stats) for mean, std, w in job.targets)
+            assert isinstance(t, torch.Tensor)  # (one style at least: Job.problems refuses all weights 0)
         if job.propagate is not None:
             t = job.propagate(t)
         return job.alpha * t + (1 - job.alpha) * feat.float()

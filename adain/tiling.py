@@ -166,7 +166,7 @@ def whole_image_stats(
     # its own context, whatever the tiles' halo: the tiles take their features from this pass (a halo of 8
     # left relu4_1 off by up to 15.6 at every box's edge, 0 by 48)
     halo = tiling.stats_halo
-    sums: dict[int, list[torch.Tensor]] = {}
+    sums: dict[int | None, list[torch.Tensor]] = {}  # by region; None: the whole image
     covering = h * w <= tiling.stats_pixels
     whole: torch.Tensor | None = None
     for y0, y1, x0, x1 in stats_boxes(h, w, tiling):
@@ -192,7 +192,7 @@ def whole_image_stats(
         maps = None if box.regions is None else maps_at(box.regions.to(feat.device), feat.shape[2:]).double()
         f = None if maps is None else feat.double()
         for k, stats in recorded.items():
-            if maps is None:
+            if maps is None or f is None:  # (f is None exactly where maps is)
                 _accumulate(sums, k, cells, stats)
                 continue
             mk = maps[:, k : k + 1]
@@ -208,9 +208,9 @@ def whole_image_stats(
     # as untiled (ops.weighted_mean_std): a region of under 1e-3 of the cells takes the whole image's statistics;
     # so does one no sampled box reached (above stats_pixels), which each tile had normalised by its own: seams
     regions = 1 if job.regions is None else int(job.regions.shape[1])
-    stats = {k: everything for k in range(regions)}
-    stats.update({k: s for k, s in combined.items() if float(sums[k][2]) >= 1e-3 * total})
-    return stats, whole
+    out = {k: everything for k in range(regions)}
+    out.update({k: s for k, s in combined.items() if k is not None and float(sums[k][2]) >= 1e-3 * total})
+    return out, whole
 
 
 def box_features(stylizer: object, image: torch.Tensor, box: tuple[int, int, int, int], halo: int) -> torch.Tensor:

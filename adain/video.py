@@ -69,7 +69,7 @@ class _Flow:
         import cv2
 
         self.cv2 = cv2
-        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self.dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
     def between(self, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(map_x, map_y, consistent) for ``cv2.remap`` of the previous frame onto the current one;
@@ -121,7 +121,8 @@ class _Flow:
         pad_y, pad_x = max(self.MIN_SIDE - h, 0), max(self.MIN_SIDE - w, 0)
         if pad_y or pad_x:
             a, b = (self.cv2.copyMakeBorder(x, 0, pad_y, 0, pad_x, self.cv2.BORDER_REPLICATE) for x in (a, b))
-        return np.ascontiguousarray(self.dis.calc(a, b, None)[:h, :w])
+        # (None: OpenCV allocates the output, where its stubs ask for an array)
+        return np.ascontiguousarray(self.dis.calc(a, b, None)[:h, :w])  # type: ignore[call-overload]
 
     def to_features(self, warp: tuple[np.ndarray, np.ndarray, np.ndarray], fh: int, fw: int) -> tuple[Any, Any]:
         """The same warp at relu4_1's resolution (one cell per 8 x 8 pixels): a ``grid_sample`` grid and
@@ -192,7 +193,8 @@ class VideoStream:
         self.temporal = temporal
         self.strength = DEFAULT_TEMPORAL_STRENGTH if strength is None else float(strength)
         self.index = 0  # frames prepared so far
-        self._styles: tuple[Targets, bool] | None = None  # the styles' statistics and greyness, from frame 0
+        # the styles' statistics and greyness (Prepared.grey), from frame 0
+        self._styles: tuple[Targets, bool | tuple[bool, ...]] | None = None
         self._size: tuple[int, int] | None = None
         self._stats: dict[int, Stats] = {}  # the running average of each region's content statistics
         self._own: dict[int, Stats] = {}  # and the last frame's own
@@ -249,7 +251,8 @@ class VideoStream:
         """A region's statistics averaged with the last frames'; ``cut``: the flow took the frame for a new scene."""
         prev, last = self._stats.get(region), self._own.get(region)
         self._own[region] = stats
-        if prev is not None and not cut and not self._cut(last, stats):
+        # (both are set below, together: last is None only where prev is)
+        if prev is not None and last is not None and not cut and not self._cut(last, stats):
             s = self.strength
             stats = ((1 - s) * stats[0] + s * prev[0], (1 - s) * stats[1] + s * prev[1])
         self._stats[region] = stats  # after a cut the average starts again from the new scene
@@ -275,6 +278,7 @@ class VideoStream:
 
         warp = self._warps.get(index)
         if warp is not None and self._prev_target is not None and self._prev_target.shape == target.shape:
+            assert self._flow is not None  # (propagate is set only where the past is carried: a flow mode)
             grid, share = self._flow.to_features(warp, *target.shape[2:])
             own = target.float()
             warped = F.grid_sample(self._prev_target, grid.to(own.device), mode="bicubic", padding_mode="border",
@@ -300,6 +304,7 @@ class VideoStream:
         """Frame ``index``'s final output: with flow, the warped previous output blended in. Call in order."""
         if not self._carry:
             return output
+        assert self._flow is not None  # (carried: a flow mode)
         cv2 = self._flow.cv2
         out = np.asarray(output, dtype=np.float32)
         warp = self._warps.pop(index, None)
@@ -365,6 +370,7 @@ def stylize_video(
                 written += writer.write(out, t)
                 if progress is not None:
                     progress(stream.index, reader.total)
+            assert writer is not None  # (frames() raises MediaError where it yields none)
             writer.close()
         except BaseException:
             if writer is not None:

@@ -64,6 +64,13 @@ class WinogradConv2d(nn.Module):
     this network) computed as F(tile x tile, r x r). Any input size and batch: the input is padded by
     zeros to whole tiles and the output cut back, all from the input's own shape (traced, not fixed)."""
 
+    # buffers (register_buffer), declared: a Module's attributes are otherwise Tensor | Module to a type checker
+    u: torch.Tensor
+    bias: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    out: torch.Tensor
+
     def __init__(self, conv: nn.Conv2d, tile: int = TILE) -> None:
         super().__init__()
         r = conv.kernel_size[0]

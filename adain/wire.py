@@ -95,7 +95,8 @@ def label_value(value: object) -> int | None:
             found = int(digits, 16)
             if 0 < found < 256:
                 found |= COLOUR_LABEL
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= COLOUR_LABEL | 0xFFFFFF:
+    elif (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and 0 <= int(value) <= COLOUR_LABEL | 0xFFFFFF):
         found = int(value)  # a NumPy integer too
         if found & COLOUR_LABEL:
             rgb = found & 0xFFFFFF
@@ -109,7 +110,7 @@ def label_value(value: object) -> int | None:
 
 # --- colour modes ---------------------------------------------------------------------------------
 COLOR_MODES = ("coral", "luminance")  # besides None: the output takes the style's colours
-COLOR_ENUM: dict[str | None, int] = {None: pb.PRESERVE_COLOR_NONE}
+COLOR_ENUM: dict[str | None, pb.PreserveColor] = {None: pb.PRESERVE_COLOR_NONE}
 COLOR_ENUM.update({name: pb.PreserveColor.Value(f"PRESERVE_COLOR_{name.upper()}") for name in COLOR_MODES})
 COLOR_BY_ENUM = {value: name for name, value in COLOR_ENUM.items()}
 
