@@ -157,6 +157,9 @@ class StyleTransferError(Exception):
         self.violations = list(violations)
         self.retry_after = retry_after
 
+    # True on a reply refused for a feature its replica lacks (:func:`_unserved`): the call is sent again
+    unserved: bool = False
+
     def __reduce__(self) -> tuple:  # pickle rebuilt it from args, one message where __init__ takes two (a pool broke)
         return type(self), (self.code, self.details), self.__dict__
 
@@ -1159,7 +1162,8 @@ def _stoppable(call: Any, stop: Callable[[], bool], request_id: str | None) -> I
     """Around waiting for ``call``: cancelled once ``stop()`` says so (:func:`_cancel_when`, on a thread of its
     own), which raises StyleTransferError CANCELLED here, however the cancel surfaced; a ``stop()`` that raised
     cancels it and its error is raised here."""
-    ended, said = threading.Event(), []
+    ended = threading.Event()
+    said: list[bool | Exception] = []  # (see _cancel_when)
     threading.Thread(target=_cancel_when, args=(call, stop, ended, said), name="call-stop", daemon=True).start()
     try:
         yield
@@ -1408,7 +1412,8 @@ class StyleTransferClient(_ClientBase):
         failure: list[Exception] = []
         request_id, metadata = self._metadata(request_id, end_user)
         tries = self._unserved_tries if needed else 1
-        call, ended, stopped_by = None, threading.Event(), []
+        call, ended = None, threading.Event()
+        stopped_by: list[bool | Exception] = []
         try:
             for tries_left in reversed(range(tries)):
                 # A stream using a feature sends its frames once the replica that took it is known to have it:
@@ -1437,6 +1442,7 @@ class StyleTransferClient(_ClientBase):
                     if gate is not None:
                         gate.close()  # (once open, nothing: else its frames are never read, its thread let go)
                 break
+            assert call is not None  # (the loop above opens it at least once, or raises)
             for reply in call:
                 yield frame_result(reply)
         except grpc.RpcError as e:

@@ -324,7 +324,8 @@ class AsyncStyleTransferClient(_ClientBase):
             with self._cut_by_close(request_id):
                 for tries_left in reversed(range(self._unserved_tries if needed else 1)):
                     self._check_open()  # (closed while a refused stream waited to be opened again)
-                    gate, passed = (asyncio.Event() if needed else None), []
+                    gate = asyncio.Event() if needed else None
+                    passed: list[bool] = []
                     call = open_call(gate, passed)
                     watcher = asyncio.ensure_future(watch(call)) if stop is not None else None
                     if gate is None:

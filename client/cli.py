@@ -550,7 +550,7 @@ def _cli_words(said: str, args: argparse.Namespace) -> str:
     for by -o's extension where -o names a file: --format beside a .png file is refused)."""
     output = getattr(args, "output", None)
     one_file = output and isinstance(args.content, (str, Path)) and not _names_folder(output)  # (set by _run)
-    jpeg = f"a .jpg output (-o {Path(output).with_suffix('.jpg')})" if one_file else "--format jpeg"
+    jpeg = f"a .jpg output (-o {Path(output).with_suffix('.jpg')})" if one_file and output else "--format jpeg"
     said = (said.replace("see ListStyles", "see --list-styles")
             .replace("register it with RegisterStyle", "pass its image instead (--style FILE)")
             .replace("ask for format JPEG", f"ask for {jpeg}")
@@ -604,8 +604,8 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
         said = _cli_words(_in_cli_terms(e, args) if cli_terms else e.details, args)
         if getattr(args, "local", False) and NO_LIBRARY in e.details:  # its server was never the user's to start
             said += f" ({_library_hint(args)})"
-        hint = e.details.find(NO_FEATURES_HINT)  # (the violations, which the CLI words, do not carry it)
-        return said + e.details[hint:] if hint >= 0 and NO_FEATURES_HINT not in said else said
+        at = e.details.find(NO_FEATURES_HINT)  # (the violations, which the CLI words, do not carry it)
+        return said + e.details[at:] if at >= 0 and NO_FEATURES_HINT not in said else said
     if e.code == grpc.StatusCode.UNIMPLEMENTED:  # a feature's name as the server lists it, not as a flag
         return f"{e.code.name}: {e.details}"
     if e.code == grpc.StatusCode.UNAUTHENTICATED:

@@ -107,7 +107,8 @@ class LocalServer:
         """The server's 'listening on' line (it prints it once its port is bound), or '' if it exits first."""
         assert self._proc is not None and self._proc.stdout is not None
         got: list[str] = []
-        reader = threading.Thread(target=lambda: got.append(self._proc.stdout.readline().decode()), daemon=True)
+        stdout = self._proc.stdout
+        reader = threading.Thread(target=lambda: got.append(stdout.readline().decode()), daemon=True)
         reader.start()
         reader.join(START_WAIT_S)
         return got[0] if got else ""
