@@ -225,7 +225,7 @@ class Job:
             mask=self.mask,
             masks=None if self.masks is None else tuple(self.masks),
             labels=self.labels,
-            label_values=None if self.labels is None else tuple(label_value(v) for v in self.label_values or ()),
+            label_values=None if self.labels is None else _label_ints(self.label_values),
             region_alphas=None if self.region_alphas is None else tuple(float(a) for a in self.region_alphas),
             content_side=int(min(self.content_size or limits.max_content_side, limits.max_content_side)),
             style_size=int(self.style_size or limits.style_size),
@@ -278,6 +278,12 @@ def is_number(value: object) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def _label_ints(values: Sequence[int | str] | None) -> tuple[int, ...]:
+    """Checked label values as ints (``problems`` refused any that is none); a NumPy array too, whose truth
+    ``values or ()`` asked (a ValueError for two or more)."""
+    return tuple(cast(int, label_value(v)) for v in (() if values is None else values))
 
 
 def _is_int(value: object) -> bool:

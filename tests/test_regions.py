@@ -270,6 +270,14 @@ def test_a_tiny_weight_is_a_weight(stylizer: Stylizer) -> None:
     assert _levels(outs[0], outs[1]).max() <= 1
 
 
+def test_label_values_as_a_numpy_array() -> None:
+    """Label values as a NumPy array, which the check takes (as weights): Job.check raised ValueError, the truth
+    of an array of two (``label_values or ()``)."""
+    labels = Image.fromarray(np.full((64, 96), 3, np.uint8), "L")
+    job = Job(CONTENT, [STYLE_A, STYLE_B], labels=labels, label_values=np.array([200, 3]))
+    assert job.check(Limits()).label_values == (200, 3)
+
+
 def test_labels_are_the_same_regions_as_masks(stylizer: Stylizer) -> None:
     left, middle = band_mask(96, 64, 0, 32), band_mask(96, 64, 32, 64)
     by_masks = stylizer.stylize(CONTENT, [STYLE_A, STYLE_B], masks=[left, middle])
