@@ -133,7 +133,7 @@ def _load_shared(img: Image.Image, field: str, max_pixels: int | None) -> None:
     if max_pixels is not None:
         _checked_size(img, field, max_pixels)
     with _SHARED_LOAD:
-        if not img.tile:  # loaded by another thread while this one waited
+        if not getattr(img, "tile", None):  # loaded by another thread while this one waited
             return
         try:
             img.load()

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
+# the library and the client, which users' code type-checks against (pyproject's [tool.mypy]; ~15 s)
+.venv/bin/python -m mypy
 # Two workers, each taking whole test files (module fixtures, such as three replicas, stay one per file; the
 # longest files first, tests/conftest.py): the suite waits on server processes as much as it computes, so two cores
 # run it in about two thirds of the time. Three were ~15% faster in one session (486-545 s against 573-710 s on a
