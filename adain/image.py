@@ -42,7 +42,7 @@ from adain.photo import (
     png_chunks,
     to_srgb,
 )
-from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_cannot_hold, format_name
+from adain.wire import DEFAULT_QUALITY, INPUT_FORMATS, Limits, format_cannot_hold, format_name, not_an_image
 
 if TYPE_CHECKING:
     import torch
@@ -105,7 +105,7 @@ def image_key(source: ImageSource, field: str) -> str:
         except OSError as e:
             raise InvalidInputError(field, f"cannot read image file {source}: {e.strerror}") from e
     else:
-        raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
+        raise InvalidInputError(field, not_an_image(source))
     return h.hexdigest()
 
 
@@ -169,7 +169,7 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
             raise InvalidInputError(field, f"image file is empty: {fp}")
         _check_file_layout(fp, field)
     else:
-        raise InvalidInputError(field, f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
+        raise InvalidInputError(field, not_an_image(source))
     allow_pixels(max_pixels)
     try:
         with warnings_ignored():  # PIL warns on odd EXIF/TIFF tags; errors still raise

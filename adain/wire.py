@@ -70,6 +70,16 @@ INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF")
 INPUT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic",
                   ".heif", ".mpo")  # MPO: a 3D or multi-shot camera's JPEG (its first picture)
 INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
+
+
+def not_an_image(source: object) -> str:
+    """The library's and the client's words for an image argument of no kind they take; an array (OpenCV's frames,
+    NumPy's) is told how to make it one, in which channel order (OpenCV's is BGR: a photo's blues came back red)."""
+    said = f"expected image bytes, a path or a PIL image, got {type(source).__name__}"
+    if hasattr(source, "__array_interface__") or hasattr(source, "__array__"):
+        said += (" (an H x W x 3 uint8 array: PIL.Image.fromarray(a) for RGB; OpenCV's BGR frames: "
+                 "PIL.Image.fromarray(a[..., ::-1]))")
+    return said
 # The containers a clip is written as (adain.media); here, where the thin client's CLI can read them without numpy
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
 # What a folder of contents is searched for: the above, and containers FFmpeg reads that are not written.

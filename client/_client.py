@@ -59,6 +59,7 @@ from adain.wire import (
     format_from_suffix,
     format_name,
     label_value,
+    not_an_image,
     plural,
     refuse_unknown,
 )
@@ -420,7 +421,7 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
     elif isinstance(image, (str, os.PathLike)):  # (one whose path is bytes too: os.scandir(b"photos")'s entries)
         return _file_bytes(Path(os.fsdecode(image)), field, max_bytes)
     else:
-        raise _local_error(field, f"expected a path, bytes or a PIL image, got {type(image).__name__}")
+        raise _local_error(field, not_an_image(image))
     if max_bytes is not None and len(data) > max_bytes:
         raise _too_big(field, "the image", len(data), max_bytes)
     return data

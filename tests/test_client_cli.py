@@ -149,6 +149,10 @@ def test_the_clients_arguments_are_checked_as_the_librarys(server: ServerProcess
         assert refused("weights", weights=[1]) == "weights: 1 weight for 2 styles"
         assert refused("styles[0]", styles=None).startswith("styles[0]: ")
         assert refused("styles[0]", styles=5).startswith("styles[0]: ")
+        frame = np.zeros((48, 64, 3), np.uint8)  # an OpenCV frame: told how to make it an image, in which order
+        assert refused("styles[0]", styles=[frame]) == (
+            "styles[0]: expected image bytes, a path or a PIL image, got ndarray (an H x W x 3 uint8 array: "
+            "PIL.Image.fromarray(a) for RGB; OpenCV's BGR frames: PIL.Image.fromarray(a[..., ::-1]))")
         for alpha in ("0.5", True):
             assert refused("alpha", alpha=alpha) == f"alpha: not a number: {alpha!r}"
         assert refused("preset", styles=["preset:calm-sea", STYLE_A]).startswith("preset: a preset stands alone")

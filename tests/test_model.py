@@ -556,6 +556,10 @@ def test_any_path_like_is_a_path_and_an_empty_one_is_said(stylizer: Stylizer, tm
     for where in ({"content": ""}, {"styles": [""]}):  # said to be "." and a folder
         with pytest.raises(InvalidInputError, match=r": the path is empty$"):
             stylizer.stylize(where.get("content", CONTENT), where.get("styles", [STYLE_A]))
+    # an array (an OpenCV frame) is no image, and the error says how to make one, in which channel order
+    with pytest.raises(InvalidInputError, match=r"^content: expected image bytes, a path or a PIL image, got ndarray "
+                       r"\(an H x W x 3 uint8 array: PIL.Image.fromarray\(a\) for RGB; OpenCV's BGR frames: "):
+        stylizer.stylize(np.zeros((48, 64, 3), np.uint8), [STYLE_A])
 
 
 def test_a_style_too_small_to_carry_one_is_refused(stylizer: Stylizer) -> None:
