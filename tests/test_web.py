@@ -734,10 +734,10 @@ def _gif(w: int, h: int, frames: int = 4) -> bytes:
 def test_a_clip_jobs_failure_names_the_field_as_the_page_does(web: WebProcess, tmp_path: Path) -> None:
     """The server refuses a stream's options as "options.alpha" and its frames as "frames[i]"; the page shows
     an error next to the control its field names ("alpha"), as the photo path's and the live camera's do."""
-    # a style the server's library lacks: asked with the stream's first message (an alpha of 7 was, until the page
-    # refused it itself; the page's list of the library may be stale, so a name is the server's to refuse)
-    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6)], data={"styles": "id:nope", "temporal": "none"},
-                   timeout=60)
+    # a registered style's id the server does not have: asked with the stream's first message (an alpha of 7 was,
+    # and a library name, until the page refused them itself)
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6)],
+                   data={"styles": "id:" + "0" * 64, "temporal": "none"}, timeout=60)
     assert r.status_code == 202, r.text
     job = _finished(web, r.json())
     assert job["state"] == "failed" and job["error"]["code"] == "INVALID_ARGUMENT", job
@@ -767,6 +767,9 @@ BAD_CLIPS = {
                                                "video/x-matroska")), {}, "content", "no decoder for the clip's video"),
     # a web property tour's: what the server refuses at the first frame was a 202 and a failed job
     "alpha-over-1": (lambda tmp: _clip(tmp, 6), {"alpha": "2"}, "alpha", "must be a number in [0, 1], got 2.0"),
+    # a name of a library this server does not have: was a 202, then a failed job
+    "unknown-library-name": (lambda tmp: _clip(tmp, 6), {"styles": "id:nope"}, "styles[0].style_id",
+                             "unknown style 'nope': this server has no style library"),
 }
 
 

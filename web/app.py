@@ -69,6 +69,7 @@ from adain.wire import (
     FORMATS,
     MIN_FPS,
     REQUEST_ID_RE,
+    STYLE_ID_RE,
     TEMPORAL_MODES,
     Limits,
     format_name,
@@ -586,6 +587,29 @@ def create_app(
             library["presets"] = presets
         return library["styles"]
 
+    async def refuse_unknown_names(styles: list[Any]) -> None:
+        """A clip's id:NAME styles that the server's library does not have, refused before its job starts (it was
+        taken, 202, to fail at its first frame): the library asked again where a name is not in the last answer
+        (its folder may have gained it), and nothing refused where the server does not answer now (the job waits
+        for it, as for a blip) or has no ListStyles. A 64-hex name may be a registered style's id: the job tries it."""
+        names = [(i, s.id) for i, s in enumerate(styles) if isinstance(s, StyleRef) and not STYLE_ID_RE.fullmatch(s.id)]
+        if not names or all(n in library["styles"] for _, n in names):
+            return
+        try:
+            found, presets = await run_in_threadpool(client.library, thumbnail_size=THUMBNAIL_PX,
+                                                     timeout=min(5.0, settings.timeout))
+        except StyleTransferError:
+            return
+        library.update(styles={f.name: f for f in found}, presets=presets, at=time.monotonic())
+        problems = Problems()  # (in the server's words and field, as a photo's answer has them)
+        have = sorted(library["styles"])
+        listing = ", ".join(have[:12]) + (f" and {len(have) - 12} more" if len(have) > 12 else "")
+        for i, n in names:
+            if n not in library["styles"]:
+                problems.add(f"styles[{i}].style_id", f"no style named {n!r} in this server's library (it has: "
+                             f"{listing})" if have else f"unknown style {n!r}: this server has no style library")
+        problems.raise_any()
+
     async def current_limits() -> Limits:
         """``settings.limits`` where given, else the backend's (GetServerInfo), asked again at most every
         LIBRARY_TTL_S as the library is (a server restarted with other flags has other limits): the defaults
@@ -794,6 +818,7 @@ def create_app(
             files = f"one content clip and at most {plural(limits.max_styles, 'style')}"
             async with _form(request, limits.max_styles + 1, files) as form:
                 source, name, total, options = await _read_video_form(form, limits, folder, video_frames())
+            await refuse_unknown_names(options["styles"])
             job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)
         except BadInput as e:
             jobs.discard(folder)
