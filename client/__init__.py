@@ -17,6 +17,7 @@ server's message). The command line tool is ``adain-stylize`` (:mod:`adain.clien
 
 from ._client import (
     DEFAULT_TARGET,
+    ImageInput,
     LibraryPreset,
     LibraryStyle,
     Preset,
@@ -24,13 +25,16 @@ from ._client import (
     StyleRef,
     StyleTransferClient,
     StyleTransferError,
+    StylizeOptions,
     StylizeResult,
     Timings,
     VideoFrameResult,
+    VideoStreamOptions,
 )
 
 __all__ = [
     "DEFAULT_TARGET",
+    "ImageInput",
     "LibraryPreset",
     "LibraryStyle",
     "Preset",
@@ -38,7 +42,9 @@ __all__ = [
     "StyleRef",
     "StyleTransferClient",
     "StyleTransferError",
+    "StylizeOptions",
     "StylizeResult",
     "Timings",
     "VideoFrameResult",
+    "VideoStreamOptions",
 ]

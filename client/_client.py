@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -1391,7 +1391,7 @@ class StyleTransferClient(_ClientBase):
         end_user: str | None = None,
         stop: Callable[[], bool] | None = None,
         **options: Unpack[VideoStreamOptions],
-    ) -> Iterator[VideoFrameResult]:
+    ) -> Generator[VideoFrameResult, None, None]:
         """Stylize a video's frames in order over one StylizeVideo stream; yields each stylized frame as
         it comes back, in order.
 

@@ -20,7 +20,16 @@ import asyncio
 import contextlib
 import inspect
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -259,7 +268,7 @@ class AsyncStyleTransferClient(_ClientBase):
         end_user: str | None = None,
         stop: Callable[[], bool] | None = None,
         **options: Unpack[VideoStreamOptions],
-    ) -> AsyncIterator[VideoFrameResult]:
+    ) -> AsyncGenerator[VideoFrameResult, None]:
         """Stylize frames in order over one StylizeVideo stream, yielding each stylized frame as it comes
         back: ``async for frame in client.stylize_video(frames, style): ...``. ``frames`` is an iterable
         or an async iterable of images, read as the stream has room; ``options`` are

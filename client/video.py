@@ -9,6 +9,7 @@ is written to a temporary name and renamed when complete.
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,8 +90,8 @@ def _check_length(client: StyleTransferClient, reader: VideoReader, max_fps: flo
 
 def stylize_video_file(
     client: StyleTransferClient,
-    source: Path,
-    output: Path,
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     styles: Any,
     *,
     on_start: Callable[[int], None] | None = None,

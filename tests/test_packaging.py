@@ -77,3 +77,29 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: S
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.startswith(f"{command}: error: ") and f"needs the '{extra}' extra (pip install " \
             f"'adain[{extra}]'; in a checkout: pip install -e '.[{extra}]')" in run.stderr, run.stderr
+    # What a user's type checker reads of the installed wheel: the documented calls check, a misspelt name does not
+    # (a module __getattr__ made `from adain import Stylzer` pass), the generators close in contextlib's helpers
+    (tmp_path / "user.py").write_text(
+        "import contextlib\n"
+        "from adain import Progress, Stylizer\n"
+        "from adain.client import ImageInput, StyleTransferClient, StylizeOptions, VideoStreamOptions\n"
+        "from adain.client.aio import AsyncStyleTransferClient\n"
+        "from adain.client.video import stylize_video_file\n"
+        "def run(c: StyleTransferClient, frames: list[ImageInput], **o: StylizeOptions) -> None:\n"
+        "    with contextlib.closing(c.stylize_video(frames, 'id:waves')) as it:\n"
+        "        for frame in it:\n"
+        "            frame.to_pil().save('f.png')\n"
+        "    stylize_video_file(c, 'in.gif', 'out.gif', 'id:waves')\n"
+        "async def run_async(c: AsyncStyleTransferClient, frames: list[ImageInput]) -> None:\n"
+        "    async with contextlib.aclosing(c.stylize_video(frames, 'id:waves')) as it:\n"
+        "        async for frame in it:\n"
+        "            frame.to_pil().save('f.png')\n"
+        "def steps(p: Progress, o: VideoStreamOptions) -> int:\n"
+        "    return p.iteration\n"
+        "from adain import Stylzer\n"
+    )
+    typed = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable",
+                            str(py), "user.py"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert typed.stdout.splitlines()[0] == ('user.py:17: error: Module "adain" has no attribute "Stylzer"; maybe '
+                                            '"Stylizer"?  [attr-defined]'), typed.stdout
+    assert "Found 1 error in 1 file" in typed.stdout, typed.stdout
