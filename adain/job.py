@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeGuard, cast
+from typing import Any, TypedDict, TypeGuard, cast
 
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, KeyedImage
@@ -34,6 +34,30 @@ from adain.wire import (
     plural,
     refuse_unknown,
 )
+
+
+class JobOptions(TypedDict, total=False):
+    """A Job's options as a public call's ``**options`` (``Stylizer.stylize``'s), for type checkers: they were Any,
+    and mypy took ``alhpa=0.5`` or ``alpha="high"`` without a word (the call refuses them when it runs). The same
+    fields and types as :class:`Job`'s below (a test holds the two together)."""
+
+    weights: Sequence[float] | None
+    alpha: float
+    preserve_color: str | bool | None
+    mask: ImageSource | None
+    masks: Sequence[ImageSource] | None
+    labels: ImageSource | None
+    label_values: Sequence[int | str] | None
+    region_alphas: Sequence[float] | None
+    content_size: int | None
+    style_size: int | None
+    refine_steps: int
+    refine_init: str
+    content_weight: float | None
+    style_weight: float
+    tv_weight: float | None
+    refine_size: int | None
+    optimizer: str
 
 
 @dataclass
@@ -66,7 +90,9 @@ class Job:
     optimizer: str = "lbfgs"
 
     @classmethod
-    def of(cls, caller: str, content: ImageSource | None, styles: Sequence[ImageSource], options: dict) -> Job:
+    def of(
+        cls, caller: str, content: ImageSource | None, styles: Sequence[ImageSource], options: Mapping[str, Any]
+    ) -> Job:
         """The job a public call's ``**options`` ask for; an option no Job has is a TypeError naming ``caller``
         and the nearest field (it said "Job.__init__() got an unexpected keyword argument 'alhpa'")."""
         refuse_unknown(caller, options, [f.name for f in fields(cls) if f.name not in ("content", "styles")])

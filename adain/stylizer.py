@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from PIL import Image
@@ -30,14 +31,19 @@ from adain.decoder import load_decoder
 from adain.encoder import Encoder, feature_size, pad_batch, pad_to, padded_size
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, image_key, load_image, resize_longest, to_tensor
-from adain.job import CheckedJob, Job, is_list, style_list
+from adain.job import CheckedJob, Job, JobOptions, is_list, style_list
 from adain.ops import adain, coral, luminance, matched_luminance, mean_std
-from adain.optimize import max_refine_pixels, parts_progress, refine
+from adain.optimize import OnStep, max_refine_pixels, parts_progress, refine
 from adain.precision import cpu_features, cpu_info, wants_bf16
 from adain.prepared import Prepared, Stats, Targets
 from adain.regions import alpha_map, region_maps, regional_target
 from adain.tiling import Tiling, auto_threshold, image_stats, render_tiled
 from adain.wire import COLOR_MODES, Limits, style_too_small
+
+if sys.version_info >= (3, 11):  # (at run time too: typing.get_type_hints reads it)
+    from typing import Unpack
+elif TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # On a GPU, contents up to this many pixels are prepared into pinned memory, so that render's copy to the device
 # is queued without waiting: the batched sizes a server's throughput rests on. torch keeps pinned blocks for
@@ -152,8 +158,8 @@ class Stylizer:
         content: ImageSource,
         styles: ImageSource | Sequence[ImageSource],
         *,
-        on_step: Callable[[Any], None] | None = None,
-        **options: Any,
+        on_step: OnStep | None = None,
+        **options: Unpack[JobOptions],
     ) -> Image.Image:
         """Stylize one content image; ``options`` are the fields of :class:`Job`. With ``refine_steps`` the
         optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration; a content
@@ -170,8 +176,8 @@ class Stylizer:
         contents: Sequence[ImageSource],
         styles: ImageSource | Sequence[ImageSource],
         *,
-        on_step: Callable[[Any], None] | None = None,
-        **options: Any,
+        on_step: OnStep | None = None,
+        **options: Unpack[JobOptions],
     ) -> list[Image.Image]:
         """Stylize several contents with the same styles and options; same-size contents share a batch
         (with ``refine_steps``, each is optimised in turn, ``on_step`` called after each of its iterations). A

@@ -629,3 +629,17 @@ def test_a_lazily_opened_image_shared_by_threads_is_read_once(stylizer: Stylizer
         bad = [g if isinstance(g, str) else "other pixels" for g in got if isinstance(g, str) or not
                np.array_equal(g, want)]
         assert len(got) == 4 and not bad, (trial, bad)
+
+
+def test_the_typed_options_are_the_jobs_fields() -> None:
+    """Stylizer.stylize's ``**options`` are typed by JobOptions (mypy names ``alhpa=0.5``): the same fields, of the
+    same types, as the Job they make."""
+    import typing
+    from dataclasses import fields
+
+    from adain.job import JobOptions
+
+    job = {f.name: str(f.type) for f in fields(Job) if f.name not in ("content", "styles")}
+    hints = {name: getattr(t, "__forward_arg__", str(t)) for name, t in JobOptions.__annotations__.items()}
+    assert hints == job
+    assert typing.get_type_hints(Stylizer.stylize)  # resolvable at run time (Unpack, on_step's Progress)

@@ -96,10 +96,16 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: S
         "            frame.to_pil().save('f.png')\n"
         "def steps(p: Progress, o: VideoStreamOptions) -> int:\n"
         "    return p.iteration\n"
+        "def library(st: Stylizer) -> None:\n"
+        "    st.stylize('photo.jpg', ['a.jpg'], alpha=0.5, on_step=lambda p: print(p.step, p.steps))\n"
+        "    st.stylize('photo.jpg', ['a.jpg'], alhpa=0.5)\n"
         "from adain import Stylzer\n"
     )
     typed = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable",
                             str(py), "user.py"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert typed.stdout.splitlines()[0] == ('user.py:17: error: Module "adain" has no attribute "Stylzer"; maybe '
-                                            '"Stylizer"?  [attr-defined]'), typed.stdout
-    assert "Found 1 error in 1 file" in typed.stdout, typed.stdout
+    errors = [line for line in typed.stdout.splitlines() if ": error: " in line]
+    assert errors == [
+        'user.py:19: error: Unexpected keyword argument "alhpa" for "stylize" of "Stylizer"; did you mean "alpha"?  '
+        '[call-arg]',
+        'user.py:20: error: Module "adain" has no attribute "Stylzer"; maybe "Stylizer"?  [attr-defined]'], typed.stdout
+    assert "Found 2 errors in 1 file" in typed.stdout, typed.stdout
