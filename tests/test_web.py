@@ -1843,6 +1843,46 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
     assert overflow <= 0, f"{overflow} px wider than a 360-px screen"
 
 
+def test_the_page_on_a_phone(web: WebProcess, browser, tmp_path: Path) -> None:
+    """A phone's screen (360 x 740, as Chrome emulates one): a phone's long file names wrap instead of widening
+    the page, a style's name stays beside its Remove button, fields are 16 px (under it iOS zooms the page into a
+    field tapped), and the stylized picture, under the photo here, is scrolled to when it comes (a tour on a phone
+    saw the page stay on the unchanged photo while "Done" said the result was under Result)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 360, "height": 740, "deviceScaleFactor": 3, "mobile": True})
+    photo = tmp_path / "PXL_20240517_183245123.PORTRAIT.ORIGINAL.png"  # a Pixel's own name for a portrait photo
+    photo.write_bytes(make_image(96, 128, seed=61))
+    style = tmp_path / "PXL_20240517_183245123_my_favourite_painting.png"
+    style.write_bytes(make_image(64, 64, seed=62))
+    open_page_with(browser, web, photo, "mosaic")
+    browser.find_element(By.ID, "style-upload").send_keys(str(style))
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    wide = browser.execute_script("return document.documentElement.scrollWidth") - 360  # (the page zooms out to fit
+    assert wide <= 0, f"{wide} px wider than a 360-px screen"  # what is wider: innerWidth grows with it)
+    clash = browser.execute_script(
+        "const li = document.querySelectorAll('#styles li')[1], label = li.querySelector('label');"
+        "const remove = [...li.querySelectorAll('button')].pop();"
+        "return label.getBoundingClientRect().right - remove.getBoundingClientRect().left;")
+    assert clash <= 0, f"the style's name runs {clash} px under its Remove button"
+    small = browser.execute_script(
+        "return [...document.querySelectorAll('select, input[type=number]')]"
+        ".filter(e => parseFloat(getComputedStyle(e).fontSize) < 16).map(e => e.id);")
+    assert small == [], small
+    browser.find_element(By.CSS_SELECTOR, '#styles li button[aria-label^="Remove"]').send_keys(Keys.ENTER)
+    # (keys, not clicks: Selenium finds a control in view by the window's size, not the emulated screen's)
+    browser.find_element(By.ID, "submit").send_keys(Keys.ENTER)
+    wait_for(browser, lambda d: d.execute_script(
+        "const o = document.getElementById('output'); return o.complete && o.naturalWidth > 0;"), timeout=90)
+    # the stylized picture's top comes to the upper half of the screen (a smooth scroll: waited for)
+    wait_for(browser, lambda d: 0 <= d.execute_script(
+        "return document.getElementById('output').closest('figure').getBoundingClientRect().top;") <= 370, timeout=10)
+    wide = browser.execute_script("return document.documentElement.scrollWidth") - 360  # (the page zooms out to fit
+    assert wide <= 0, f"{wide} px wider than a 360-px screen"  # what is wider: innerWidth grows with it)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
 def test_local_serves_the_page_with_a_server_of_its_own(decoder_path: Path, tmp_path: Path) -> None:
     """adain-web --local: one command for the page on one machine. It starts a server for itself (the settings of

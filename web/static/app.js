@@ -696,7 +696,7 @@ function settleFocus() {
   } else if (error) {
     error.scrollIntoView({ block: "nearest" });
   } else if (lost && !$("result").hidden) {
-    $("result-heading").focus();
+    $("result-heading").focus({ preventScroll: true });  // (not back up from the stylized picture, revealOutput)
   }
 }
 
@@ -785,6 +785,7 @@ async function stylize() {
     if (state.content !== content || state.request !== request) return;
     if (resultUrl) URL.revokeObjectURL(resultUrl);
     resultUrl = URL.createObjectURL(blob);
+    $("output").addEventListener("load", () => revealOutput($("output")), { once: true });  // (its height then)
     $("output").src = resultUrl;
     $("download").href = resultUrl;
     $("download").download = `${stemOf(content)}_stylized.${suffix(blob)}`;  // as several photos' and a clip's
@@ -882,9 +883,22 @@ function videoBusy(busy) {
 // Stylize button is at the bottom, and nothing seemed to happen).
 function revealResult() {
   $("result").hidden = false;
-  if ($("result").getBoundingClientRect().top > window.innerHeight * 0.75) {
-    $("result").scrollIntoView({ behavior: "smooth", block: "start" });
-  }
+  requestAnimationFrame(() => {  // measured once the caller has shown what it shows under it (a batch's bar and
+    // Cancel, shown after this call, stayed below a phone's screen: the page was too short to scroll yet)
+    if ($("result").getBoundingClientRect().top > window.innerHeight * 0.75) {
+      $("result").scrollIntoView({ behavior: "smooth", block: "start" });
+    }
+  });
+}
+
+// The stylized picture or clip, once it comes: on a phone the figures stack, the stylized one under the photo,
+// and the screen showed the unchanged photo while "Done" said the result was under Result (its top at y 790 of 844;
+// at 360 x 740 below the screen). Scrolled to where its top is not in the upper half of the screen, once it has its
+// height (the page is too short to scroll it up before).
+function revealOutput(element) {
+  const box = element.closest("figure") || element;
+  const top = box.getBoundingClientRect().top;
+  if (top < 0 || top > window.innerHeight * 0.5) box.scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
 // Unload the stylized clip.
@@ -1010,6 +1024,7 @@ async function submitVideo() {
     if (!job || cancelled() || state.content !== content) return;
     if (job.state === "done") {
       const video = $("output-video");
+      video.addEventListener("loadedmetadata", () => revealOutput(video), { once: true });
       video.src = job.result;
       video.hidden = false;
       $("download").href = job.result;
@@ -1222,6 +1237,7 @@ async function submitBatch() {
         link.href = img.src;
         link.download = name;
         link.textContent = "Download";
+        link.className = "button";  // a tap target, not a 72 x 16 px link
         figure.append(img);
         caption.append(" ", link);
       } else {
@@ -1252,6 +1268,7 @@ async function submitBatch() {
     videoBusy(false);
     if (batch.run === run) {  // (forgotten: the page has moved on, and says nothing of this run)
       $("download-all").hidden = batch.results.length < 2;
+      if (batch.results.length) revealOutput(grid);  // (the bar and Cancel stay in view while it runs)
       // stopped by an option's error: the count read "0 of 2 photos stylized, under Result" over an empty grid
       const done = `${batch.results.length} of ${batch.files.length} photos stylized`;
       $("status").textContent = stopped ? `Stopped: ${stopped}; ${done}.`
