@@ -206,6 +206,11 @@ class Preset:
     name: str
 
 
+StyleItem = ImageInput | StyleRef | tuple[ImageInput | StyleRef, float]  # a style, or (a style, its weight)
+# a call's ``styles``: one style, a list of them, or a preset (alone: it has its own styles and weights)
+Styles = StyleItem | Preset | Sequence[StyleItem]
+
+
 @dataclass(frozen=True)
 class LibraryPreset:
     """A preset as ListStyles reports it."""
@@ -1287,7 +1292,7 @@ class StyleTransferClient(_ClientBase):
     def stylize(
         self,
         content: ImageInput,
-        styles: Any,
+        styles: Styles,
         *,
         on_progress: Callable[[RefineProgress], None] | None = None,
         timeout: float | None = None,
@@ -1384,7 +1389,7 @@ class StyleTransferClient(_ClientBase):
     def stylize_video(
         self,
         frames: Iterable[ImageInput],
-        styles: Any,
+        styles: Styles,
         *,
         timeout: float | None = None,
         request_id: str | None = None,

@@ -43,6 +43,7 @@ from ._client import (
     LibraryPreset,
     LibraryStyle,
     RefineProgress,
+    Styles,
     StyleTransferError,
     StylizeOptions,
     StylizeResult,
@@ -190,7 +191,7 @@ class AsyncStyleTransferClient(_ClientBase):
     async def stylize(
         self,
         content: ImageInput,
-        styles: Any,
+        styles: Styles,
         *,
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
@@ -261,7 +262,7 @@ class AsyncStyleTransferClient(_ClientBase):
     async def stylize_video(
         self,
         frames: AsyncIterable[ImageInput] | Iterable[ImageInput],
-        styles: Any,
+        styles: Styles,
         *,
         timeout: float | None = None,
         request_id: str | None = None,

@@ -22,7 +22,7 @@ from adain.errors import MediaError, Stopped, install_hint
 from adain.files import bytes_written
 from adain.wire import INPUT_SUFFIXES, READ_VIDEO_SUFFIXES
 
-from ._client import StyleTransferClient, StyleTransferError
+from ._client import Styles, StyleTransferClient, StyleTransferError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -92,7 +92,7 @@ def stylize_video_file(
     client: StyleTransferClient,
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    styles: Any,
+    styles: Styles,
     *,
     on_start: Callable[[int], None] | None = None,
     on_frame: Callable[[], None] | None = None,
