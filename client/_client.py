@@ -22,7 +22,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex, TypedDict, TypeVar
 from urllib.parse import quote
 
 import grpc
@@ -93,29 +93,31 @@ class ImageOptions(TypedDict, total=False):
     """The options an image and a clip share (``_fill_options``'s), for type checkers: ``**options`` was Any,
     and mypy took ``alhpa=0.8`` or ``alpha="high"`` without a word (the call refuses them when it runs)."""
 
-    weights: Sequence[float] | None
-    alpha: float | None
+    # numbers as any real number (NumPy's float32 and int64 too, as the call takes them), lists as any iterable of
+    # them (a NumPy array): typed float and Sequence, mypy refused what runs
+    weights: Iterable[SupportsFloat] | None
+    alpha: SupportsFloat | None
     preserve_color: str | bool | None
     mask: ImageInput | None
     masks: Sequence[ImageInput] | None
     labels: ImageInput | None
-    label_values: Sequence[int | str] | None
-    region_alphas: Sequence[float] | None
-    content_size: int
-    style_size: int
+    label_values: Iterable[SupportsIndex | str] | None
+    region_alphas: Iterable[SupportsFloat] | None
+    content_size: SupportsIndex
+    style_size: SupportsIndex
     format: str
-    quality: int
+    quality: SupportsIndex
 
 
 class StylizeOptions(ImageOptions, total=False):
     """:meth:`StyleTransferClient.stylize`'s options (``stylize_request``'s)."""
 
-    refine_steps: int
+    refine_steps: SupportsIndex
     refine_init: str
-    content_weight: float | None
-    style_weight: float | None
-    tv_weight: float | None
-    refine_size: int
+    content_weight: SupportsFloat | None
+    style_weight: SupportsFloat | None
+    tv_weight: SupportsFloat | None
+    refine_size: SupportsIndex
     optimizer: str
     keep_exif: bool
 
@@ -124,7 +126,7 @@ class VideoStreamOptions(ImageOptions, total=False):
     """:meth:`StyleTransferClient.stylize_video`'s options (``video_options``')."""
 
     temporal: str | None
-    temporal_strength: float | None
+    temporal_strength: SupportsFloat | None
 
 
 REMEMBERED_STYLES = 64  # registered styles whose bytes a client keeps for replicas that lack them
@@ -1612,12 +1614,12 @@ def stylize_request(
     content: ImageInput,
     styles: Any,
     *,
-    refine_steps: int = 0,
+    refine_steps: SupportsIndex = 0,
     refine_init: str = "adain",
-    content_weight: float | None = None,
-    style_weight: float | None = None,
-    tv_weight: float | None = None,
-    refine_size: int = 0,
+    content_weight: SupportsFloat | None = None,
+    style_weight: SupportsFloat | None = None,
+    tv_weight: SupportsFloat | None = None,
+    refine_size: SupportsIndex = 0,
     optimizer: str = "lbfgs",
     keep_exif: bool = False,
     max_bytes: int | None = None,
@@ -1636,7 +1638,8 @@ def stylize_request(
 
 
 def video_options(
-    styles: Any, *, temporal: str | None = None, temporal_strength: float | None = None, max_bytes: int | None = None,
+    styles: Any, *, temporal: str | None = None, temporal_strength: SupportsFloat | None = None,
+    max_bytes: int | None = None,
     **options: Any,
 ) -> pb.VideoOptions:
     """The first message of a StylizeVideo stream, from :meth:`StyleTransferClient.stylize_video`'s options
@@ -1774,12 +1777,12 @@ def _label(value: int | str, i: int) -> int:
 
 def _fill_refine(
     msg: pb.StylizeRequest,
-    steps: int,
+    steps: SupportsIndex,
     init: str,
-    content_weight: float | None,
-    style_weight: float | None,
-    tv_weight: float | None,
-    size: int,
+    content_weight: SupportsFloat | None,
+    style_weight: SupportsFloat | None,
+    tv_weight: SupportsFloat | None,
+    size: SupportsIndex,
     optimizer: str,
 ) -> None:
     """Set a StylizeRequest's optimisation fields (negative steps go to the server, which names them)."""

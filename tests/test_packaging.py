@@ -81,6 +81,7 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: S
     # (a module __getattr__ made `from adain import Stylzer` pass), the generators close in contextlib's helpers
     (tmp_path / "user.py").write_text(
         "import contextlib\n"
+        "from fractions import Fraction\n"
         "from adain import Progress, Stylizer\n"
         "from adain.client import (ImageInput, Preset, StyleRef, StyleTransferClient, StylizeOptions,\n"
         "                          VideoStreamOptions)\n"
@@ -93,6 +94,7 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: S
         "    stylize_video_file(c, 'in.gif', 'out.gif', 'id:waves')\n"
         "    c.stylize('p.jpg', ['a.jpg', ('b.jpg', 0.3), StyleRef('waves')], alpha=0.8)\n"
         "    c.stylize('p.jpg', Preset('calm-sea'))\n"
+        "    c.stylize('p.jpg', 'a.jpg', alpha=Fraction(1, 2), weights=range(1, 2))  # as NumPy's\n"
         "    c.stylize('p.jpg', 42)\n"
         "async def run_async(c: AsyncStyleTransferClient, frames: list[ImageInput]) -> None:\n"
         "    async with contextlib.aclosing(c.stylize_video(frames, 'id:waves')) as it:\n"
@@ -108,10 +110,10 @@ def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: S
     typed = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable",
                             str(py), "user.py"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     errors = [line for line in typed.stdout.splitlines() if ": error: " in line]
-    assert [e.split(": error: ")[0] for e in errors] == ["user.py:14", "user.py:23", "user.py:24"], typed.stdout
-    assert errors[0].startswith('user.py:14: error: Argument 2 to "stylize" of "StyleTransferClient" has incompatible '
+    assert [e.split(": error: ")[0] for e in errors] == ["user.py:16", "user.py:25", "user.py:26"], typed.stdout
+    assert errors[0].startswith('user.py:16: error: Argument 2 to "stylize" of "StyleTransferClient" has incompatible '
                                 'type "int"'), typed.stdout
     assert errors[1:] == [
-        'user.py:23: error: Unexpected keyword argument "alhpa" for "stylize" of "Stylizer"; did you mean "alpha"?  '
+        'user.py:25: error: Unexpected keyword argument "alhpa" for "stylize" of "Stylizer"; did you mean "alpha"?  '
         '[call-arg]',
-        'user.py:24: error: Module "adain" has no attribute "Stylzer"; maybe "Stylizer"?  [attr-defined]'], typed.stdout
+        'user.py:26: error: Module "adain" has no attribute "Stylzer"; maybe "Stylizer"?  [attr-defined]'], typed.stdout
