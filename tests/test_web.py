@@ -1881,6 +1881,16 @@ def test_the_page_on_a_phone(web: WebProcess, browser, tmp_path: Path) -> None:
         "return document.getElementById('output').closest('figure').getBoundingClientRect().top;") <= 370, timeout=10)
     wide = browser.execute_script("return document.documentElement.scrollWidth") - 360  # (the page zooms out to fit
     assert wide <= 0, f"{wide} px wider than a 360-px screen"  # what is wider: innerWidth grows with it)
+    # the phone held sideways: the painting of the portrait photo fits the screen's height (it was 640 x 853 px)
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').send_keys(Keys.ENTER)
+    browser.find_element(By.ID, "paint").send_keys(Keys.ENTER)
+    wait_for(browser, lambda d: d.execute_script("return document.getElementById('paint-canvas').width") == 96)
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 844, "height": 390, "deviceScaleFactor": 3, "mobile": True})
+    box = wait_for(browser, lambda d: d.execute_script(
+        "const r = document.getElementById('paint-canvas').getBoundingClientRect();"
+        "return r.height && [r.width, r.height];"))
+    assert box[1] <= 0.85 * 390 + 1 and abs(box[0] / box[1] - 96 / 128) < 0.02, box  # and the photo's shape
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")

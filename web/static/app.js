@@ -225,6 +225,9 @@ function photoShown() {
   const canvas = $("paint-canvas");
   canvas.width = img.naturalWidth;  // the photo's own pixels (turned as its EXIF says, as the server turns it)
   canvas.height = img.naturalHeight;
+  // the box's width set by the screen's height too (style.css): a portrait photo on a phone held sideways was a
+  // 640 x 853 canvas, under half of it on the screen and the page scrolled only from the strips beside it
+  canvas.parentElement.style.setProperty("--aspect", img.naturalWidth / img.naturalHeight);
   paint.cursor = { x: canvas.width / 2, y: canvas.height / 2 };  // the keyboard's brush starts in the middle
   paint.ready = true;
 }
