@@ -1383,6 +1383,9 @@ def test_live_sessions_are_bounded_and_counted(server: ServerProcess) -> None:
         assert 'adain_web_requests_total{route="/api/live",status="websocket"} 2.0' in text
         assert 'adain_web_requests_total{route="/api/live",status="429"} 1.0' in text  # the one turned away
         assert 'adain_web_requests_total{route="/api/info",status="200"}' in text  # by route template and status
+        # as the alerts name the page's polls, which they leave out (counted as "{request_id:path}", they were not)
+        assert httpx.get(f"{web.url}/api/progress/job/1", timeout=10).status_code == 404
+        assert 'adain_web_requests_total{route="/api/progress/{request_id}",status="404"} 1.0' in scrape()
         assert "adain_web_video_jobs_running 0.0" in text and "adain_web_photo_calls 0.0" in text
         assert "adain_web_clip_disk_budget_bytes 2.147483648e+09" in text  # --max-disk-mb's 2048 by default
         wanted = {m for m in alert_metrics() if m.startswith("adain_web_")}  # deploy/prometheus/alerts.yaml

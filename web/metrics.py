@@ -6,6 +6,7 @@ metrics say the rest (queue, inference).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -50,6 +51,9 @@ class WebMetrics(Exporter):
         self.clip_disk_budget.set(clip_disk_budget)
 
 
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")  # a path parameter's converter, as in {request_id:path}
+
+
 class MetricsMiddleware:
     """ASGI middleware: count each request by the route it matched (its template, ``/api/videos/{job_id}``,
     so ids make no series of their own) and its status, and time it."""
@@ -73,7 +77,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, sending)
         finally:
             route = scope.get("route")
-            name = getattr(route, "path", None) or "unmatched"
+            # the template without its converters: "/api/progress/{request_id:path}" is the route the alerts leave
+            # out as "/api/progress/{request_id}" (counted under the first, a page's polls diluted both web alerts)
+            name = _CONVERTER.sub(r"{\1}", getattr(route, "path", None) or "unmatched")
             # a WebSocket turned away (every live session taken) counts as the 429 an HTTP request would get
             self.metrics.requests.labels(name, scope.get(REFUSED_KEY) or status[0]).inc()
             self.metrics.seconds.labels(name).observe(time.perf_counter() - start)
