@@ -1,80 +1,27 @@
-"""The server's logs: a plain line for a person at a terminal, or one JSON object a line for a log pipeline
-(``--log-format json``: Loki, Elasticsearch or Cloud Logging then read a call's fields without a parser).
-
-A call's log line carries its fields twice over: in the text, as ``key=value`` words, and on the record, as
-``fields``, which the JSON form writes as its own keys (numbers as numbers).
+"""The server's logs: the formats and fields of :mod:`adain.logs` (the page's too), and the server's own lines at
+start: the "listening on" line and a start-up error, each a JSON object where the logs are JSON.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import sys
-from datetime import datetime, timezone
 from typing import Any
 
-from adain.errors import one_line
+from adain import logs as shared
+from adain.logs import TEXT_FORMAT, JsonFormatter, TextFormatter, log_fields, logfmt_value
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        out.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """TEXT_FORMAT, each event on one line: the message's unprintable characters escaped (a style file named with a
-    newline in --styles-dir wrote its warning as two lines, the second anything its name said). Tracebacks keep
-    their lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        record.message = one_line(record.message)
-        return super().formatMessage(record)
-
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "TextFormatter", "announce", "fatal", "log_fields", "logfmt_value", "setup"]
 
 _json = False  # whether setup() chose JSON: start-up errors follow
 
 
 def setup(level: str, fmt: str = "text") -> None:
-    """Log to stderr at ``level`` in ``fmt``: "text" or "json"."""
+    """Log to stderr at ``level`` in ``fmt``: "text" or "json" (adain.logs)."""
     global _json
     _json = fmt == "json"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
-# A value written bare: no space, '=', quote or backslash, nothing unprintable (what a logfmt parser splits on)
-_BARE = re.compile(r"[^\s=\"'\\]+")
-
-
-def logfmt_value(value: Any) -> str:
-    """A value as a logfmt word: bare where it can be, else in double quotes with quotes, backslashes and control
-    characters escaped. A front end's end user ``a b code=OK`` was written as ``caller=web/a b code=OK``: a second,
-    forged code field for whatever reads the line."""
-    text = str(value)
-    if _BARE.fullmatch(text) and text.isprintable():
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-def log_fields(logger: logging.Logger, level: int, **fields: Any) -> None:
-    """One line of ``key=value`` words (logfmt: a value with spaces, '=' or quotes quoted), with the fields on
-    the record; None values are left out."""
-    fields = {k: v for k, v in fields.items() if v is not None}
-    logger.log(level, " ".join(f"{k}={logfmt_value(v)}" for k, v in fields.items()), extra={"fields": fields})
+    shared.setup(level, fmt)
 
 
 def announce(message: str, out: Any) -> None:

@@ -1846,6 +1846,44 @@ def test_page_shows_an_invalid_upload_next_to_its_control(web: WebProcess, brows
     assert overflow <= 0, f"{overflow} px wider than a 360-px screen"
 
 
+def test_the_pages_log_is_json_with_each_requests_id(decoder_path: Path, tmp_path: Path) -> None:
+    """--log-format json: every line of the page's log is a JSON object (uvicorn's too: its own had no time), each
+    request ends with one line (method, path, status, ms, request_id: uvicorn's access line had no id and no
+    duration), every answer carries X-Request-Id (a photo the page refused itself had none, and no line said it),
+    and a clip's stream runs under the id the caller gave, which the server's log says (it said a new one).
+    Progress polls and health probes, several a second, are not at INFO."""
+    backend = ServerProcess(decoder_path, "--log-level", "INFO", "--log-format", "json", *NO_REFINE)
+    web = None
+    try:
+        backend.wait_serving()
+        web = WebProcess(backend.target, "--log-level", "info", "--log-format", "json")
+        r = httpx.post(web.url + "/api/stylize", files=[_png("content", CONTENT), _png("styles", STYLE)],
+                       headers={"X-Request-Id": "photo-1"}, timeout=60)
+        assert r.status_code == 200 and r.headers["x-request-id"] == "photo-1", r.text
+        bad = [("content", ("c.png", b"not an image", "image/png")), _png("styles", STYLE)]
+        r = httpx.post(web.url + "/api/stylize", files=bad, headers={"X-Request-Id": "refused-1"}, timeout=60)
+        assert r.status_code == 400 and r.headers["x-request-id"] == "refused-1", r.text
+        assert httpx.get(web.url + "/api/progress/none", timeout=10).status_code == 404
+        assert httpx.get(web.url + "/healthz", timeout=10).headers["x-request-id"]  # one of its own
+        r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 4), _png("styles", STYLE)],
+                       data={"temporal": "none"}, headers={"X-Request-Id": "clip-1"}, timeout=60)
+        assert r.status_code == 202 and r.headers["x-request-id"] == "clip-1", r.text
+        assert _finished(web, r.json())["state"] == "done"
+    finally:
+        if web:
+            web.stop()
+        backend.terminate()
+    lines = [json.loads(line) for line in "".join(web.stderr).splitlines() if line.strip()]  # each one JSON
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines), lines
+    access = {(a["method"], a["path"], a["status"], a["request_id"])
+              for a in lines if a["logger"] == "adain.web.access"}
+    assert {("POST", "/api/stylize", 200, "photo-1"), ("POST", "/api/stylize", 400, "refused-1"),
+            ("POST", "/api/videos", 202, "clip-1")} <= access, access
+    assert not [a for a in access if a[1].startswith(("/api/progress/", "/healthz"))], access  # at DEBUG
+    said = "".join(backend.stderr_lines)
+    assert '"request_id": "clip-1", "method": "StylizeVideo", "code": "OK"' in said, said[-2000:]
+
+
 def test_the_page_on_a_phone(web: WebProcess, browser, tmp_path: Path) -> None:
     """A phone's screen (360 x 740, as Chrome emulates one): a phone's long file names wrap instead of widening
     the page, a style's name stays beside its Remove button, fields are 16 px (under it iOS zooms the page into a

@@ -27,6 +27,8 @@ from adain.client.cli import (
 )
 from adain.commands import Terminated, add_version_arg, on_signals, on_sigterm
 from adain.files import temp_fallback, temp_problem
+from adain.logs import FORMATS, JsonFormatter
+from adain.logs import setup as log_setup
 from adain.wire import bare_host, host_port
 
 if TYPE_CHECKING:
@@ -131,7 +133,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="serve Prometheus metrics (requests by route and status, live sessions, clip jobs) on this "
                    "port of --host (default 0: none; a port of its own, so the public never sees them)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                   help="the page's log and uvicorn's (default info: a line a request)")
+                   help="the page's log and uvicorn's (default info: a line a request, its id, status and ms)")
+    p.add_argument("--log-format", default="text", choices=FORMATS,
+                   help="text (a line for a person) or json (an object a line, as adain-server --log-format json "
+                   "writes: time in UTC, level, logger, message, and a request's fields: request_id, method, path, "
+                   "status, ms)")
     args = p.parse_args(argv)
     args.local_given = local_conflicts(p, sys.argv[1:] if argv is None else argv)
     return args
@@ -179,7 +185,7 @@ class CutWhileStopping(logging.Filter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_setup(args.log_level, args.log_format)
     if args.max_disk_mb < 2 * args.max_video_mb:
         print(f"adain-web: error: --max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb "
               f"({args.max_video_mb:g}): no clip upload would fit (it is spooled, then copied)", file=sys.stderr)
@@ -248,7 +254,10 @@ def _serve(args: argparse.Namespace) -> int:
         # proxy_headers off: uvicorn's default takes X-Forwarded-For from a peer at 127.0.0.1 as the client's
         # address, so any local process could name the visitor; --forwarded-for is the one switch for that.
         # No "server: uvicorn": a tester's first step is to look up what it runs.
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+        # log_config None: uvicorn's lines go through this process's handler (its own had no time, and no JSON);
+        # its access line is replaced by the page's own (web.access: the request's id, status and ms)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,
+                                access_log=False,
                                 timeout_graceful_shutdown=args.grace_seconds, proxy_headers=False, server_header=False,
                                 limit_concurrency=args.limit_concurrency or None,
                                 http=_head_timeout_protocol(args.header_timeout_s,
@@ -383,8 +392,11 @@ def _server_class() -> type:
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
-            if self.started:
-                print(self.line, file=sys.stderr, flush=True)
+            if self.started:  # (a JSON object where the log is JSON: a pipeline read the plain line as unparsed text)
+                if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+                    log.info("%s", self.line)
+                else:
+                    print(self.line, file=sys.stderr, flush=True)
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             """The page's own stop first (clips end at once: ``app.state.begin_stop``), then uvicorn's grace; then

@@ -42,7 +42,6 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,7 +67,6 @@ from adain.wire import (
     COLOR_MODES,
     FORMATS,
     MIN_FPS,
-    REQUEST_ID_RE,
     STYLE_ID_RE,
     TEMPORAL_MODES,
     Limits,
@@ -77,6 +75,8 @@ from adain.wire import (
     plural,
 )
 
+from . import access
+from .access import RequestIds
 from .checks import (
     STORAGE_ERRNOS,
     BadInput,
@@ -566,6 +566,7 @@ def create_app(
     app.add_middleware(PhotosAtOnce, calls=photo_calls, visitors=visitors)
     app.add_middleware(GraceEnd, stopping=stopping)  # outside PhotosAtOnce: a cut call's place is given back first
     app.add_middleware(SecurityHeaders)  # outside the others: their own answers (a 413 by Content-Length) get them
+    app.add_middleware(RequestIds)  # outside them all: each answer carries its id, each request gets its line
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if GALLERY.is_dir():
         app.mount("/gallery", StaticFiles(directory=GALLERY), name="gallery")
@@ -739,9 +740,7 @@ def create_app(
                 options = await _read_form(form, limits)
         except BadInput as e:
             return _error(400, "INVALID_ARGUMENT", str(e), e.violations)
-        request_id = request.headers.get("x-request-id", "")  # the caller's, to find the call in the server's log
-        if not REQUEST_ID_RE.fullmatch(request_id):
-            request_id = str(uuid.uuid4())
+        request_id = access.request_id(request.scope)  # the caller's, to find the call in the server's log
         steps = options.get("refine_steps") or 0
         followed = progress.start(request_id, steps)  # False where a call with this id runs (it keeps its entry)
         if steps and not followed:  # a refine is the page's own, and a page follows what it starts
@@ -819,7 +818,8 @@ def create_app(
             async with _form(request, limits.max_styles + 1, files) as form:
                 source, name, total, options = await _read_video_form(form, limits, folder, video_frames())
             await refuse_unknown_names(options["styles"])
-            job = jobs.start(folder, source, name, total, end_user=end_user(request), **options)
+            job = jobs.start(folder, source, name, total, end_user=end_user(request),
+                             request_id=access.request_id(request.scope), **options)  # the server's log says it
         except BadInput as e:
             jobs.discard(folder)
             return _error(400, "INVALID_ARGUMENT", str(e), e.violations)

@@ -46,6 +46,7 @@ import grpc
 
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.files import locked_folder, sweep_folders
+from adain.logs import CONTEXT
 
 from .checks import STORAGE_ERRNOS, error_json, stream_error
 
@@ -383,6 +384,8 @@ class VideoJobs:
     def _run(self, job: VideoJob, source: Path, styles: list[Any], options: dict[str, Any]) -> None:
         from adain.client.video import stylize_video_file
         from adain.media import MediaError, MediaWriteError
+
+        CONTEXT.set({"request_id": options["request_id"]} if options.get("request_id") else None)  # (its lines')
 
         def stopped() -> bool:
             """Cancelled, or abandoned (nobody asked about it for abandon_s): asked after each frame and, by the
