@@ -24,6 +24,17 @@ TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # a bearer token: printable ASCII, what 
 AUTH_KEY = "authorization"  # "Bearer <token>", where the server asks for tokens
 END_USER_KEY = "x-adain-end-user"  # the person a front end (a "front" token) calls for: a caller of their own
 SERVED_BY_KEY = "x-served-by"  # which replica answered (reply metadata), for per-replica counts
+TRACEPARENT_KEY = "traceparent"  # W3C Trace Context, as OpenTelemetry's instrumentation sends it
+_TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id_of(traceparent: object) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, so a call's log line can be found from the caller's trace;
+    None for none, a malformed one or the all-zero (invalid) id."""
+    if not isinstance(traceparent, str):
+        return None
+    found = _TRACEPARENT_RE.fullmatch(traceparent.strip().lower())
+    return found.group(1) if found and found.group(1) != "0" * 32 else None
 # ServerInfo.features: the parts of adain.v1 this server implements (the proto names each one's fields), also sent
 # with every reply (FEATURES_KEY, comma-separated): a field an older server does not know is dropped unread (proto3),
 # so a client that sent one checks the reply came from a server that has it (a mixed fleet mid-upgrade answered

@@ -20,7 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from adain.errors import SHOWN
-from adain.wire import REQUEST_ID_KEY, REQUEST_ID_RE
+from adain.wire import REQUEST_ID_KEY, REQUEST_ID_RE, TRACEPARENT_KEY, trace_id_of
 
 
 @dataclass
@@ -213,18 +213,10 @@ def _trimmed(value: str, most: int = 128) -> str:
     return rid
 
 
-TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
-
-
 def trace_id(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
-    """The trace id of a W3C ``traceparent`` (what OpenTelemetry's gRPC instrumentation sends), so a call's
-    log line can be found from the caller's trace; None without one (or an all-zero, invalid one)."""
-    for key, value in metadata or ():
-        if key == "traceparent" and isinstance(value, str):
-            found = TRACEPARENT_RE.fullmatch(value.strip().lower())
-            if found and found.group(1) != "0" * 32:
-                return found.group(1)
-    return None
+    """The trace id of a call's W3C ``traceparent`` (what OpenTelemetry's gRPC instrumentation sends), so its log
+    line can be found from the caller's trace; None without one (or an all-zero, invalid one)."""
+    return next((t for key, value in metadata or () if key == TRACEPARENT_KEY and (t := trace_id_of(value))), None)
 
 
 async def cancelled_soon(cancelled: Callable[[], bool]) -> bool:

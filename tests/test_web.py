@@ -1857,8 +1857,9 @@ def test_the_pages_log_is_json_with_each_requests_id(decoder_path: Path, tmp_pat
     try:
         backend.wait_serving()
         web = WebProcess(backend.target, "--log-level", "info", "--log-format", "json")
+        trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # a W3C traceparent, as OpenTelemetry's
         r = httpx.post(web.url + "/api/stylize", files=[_png("content", CONTENT), _png("styles", STYLE)],
-                       headers={"X-Request-Id": "photo-1"}, timeout=60)
+                       headers={"X-Request-Id": "photo-1", "traceparent": trace}, timeout=60)
         assert r.status_code == 200 and r.headers["x-request-id"] == "photo-1", r.text
         bad = [("content", ("c.png", b"not an image", "image/png")), _png("styles", STYLE)]
         r = httpx.post(web.url + "/api/stylize", files=bad, headers={"X-Request-Id": "refused-1"}, timeout=60)
@@ -1880,6 +1881,8 @@ def test_the_pages_log_is_json_with_each_requests_id(decoder_path: Path, tmp_pat
     assert {("POST", "/api/stylize", 200, "photo-1"), ("POST", "/api/stylize", 400, "refused-1"),
             ("POST", "/api/videos", 202, "clip-1")} <= access, access
     assert not [a for a in access if a[1].startswith(("/api/progress/", "/healthz"))], access  # at DEBUG
+    traced = [a for a in lines if a.get("request_id") == "photo-1" and a["logger"] == "adain.web.access"]
+    assert traced[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736", traced  # the trace leads to the page's line
     said = "".join(backend.stderr_lines)
     assert '"request_id": "clip-1", "method": "StylizeVideo", "code": "OK"' in said, said[-2000:]
 
