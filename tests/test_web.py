@@ -1033,8 +1033,9 @@ def test_backend_down_is_503(tmp_path: Path) -> None:
         for w in (20000, 10000):
             r = _post(web.url, [_png("content", _png_header(w, w)), _png("styles", STYLE)])
             assert r.status_code == 400 and f"{w} x {w} is over the limit of max_pixels" in r.text, r.text
-        r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)])
-        assert r.status_code == 503 and r.json()["error"]["code"] == "UNAVAILABLE", r.text
+        for _ in range(3):  # each visitor's call while the server is out: its own line, one WARNING a minute
+            r = _post(web.url, [_png("content", CONTENT), _png("styles", STYLE)])
+            assert r.status_code == 503 and r.json()["error"]["code"] == "UNAVAILABLE", r.text
         assert r.headers["retry-after"] and r.json()["error"]["message"] == unreachable
         health = httpx.get(web.url + "/healthz")
         assert health.status_code == 503 and health.json()["status"] == "UNREACHABLE"
@@ -1055,6 +1056,7 @@ def test_backend_down_is_503(tmp_path: Path) -> None:
     log = "".join(web.stderr)
     assert "WARNING" in log and f"127.0.0.1:{port}" in log, log  # for whoever runs it
     assert "DecompressionBomb" not in log, log
+    assert log.count("the backend call failed") == 1, log  # (three photos, a clip and a live session)
 
 
 def test_backend_full_is_429_with_retry_after(decoder_path: Path) -> None:

@@ -226,6 +226,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import WebSettings, create_app
+    from .checks import BACKEND_FAILED
     from .live import LiveSettings
     from .metrics import WebMetrics
 
@@ -271,6 +272,9 @@ def _serve(args: argparse.Namespace) -> int:
         # python-multipart says each malformed body at WARNING as it raises (answered 400 and counted): one line a
         # request at any visitor's will (a property tour's made 176), let through once a minute
         logging.getLogger("python_multipart.multipart").addFilter(Throttle(""))
+        # a failed server call's line, at every visitor's call while the server is out (three in 6 s in an SRE tour):
+        # once a minute, as /healthz's; each call's own line (web.access: its status, its request id) still says it
+        logging.getLogger("adain.web").addFilter(Throttle(BACKEND_FAILED))
         server = _server_class()(config, f"adain-web: http://{host_port(args.host, args.port)}/ (server {args.server})")
         try:
             server.run()

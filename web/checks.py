@@ -64,6 +64,9 @@ def error_json(code: str, message: str, violations: list[tuple[str, str]] | tupl
                       "violations": [{"field": _clipped(f), "description": _clipped(d)} for f, d in violations]}}
 
 
+BACKEND_FAILED = "the backend call failed"  # a log line's start (adain-web throttles it)
+
+
 def public_error(e: StyleTransferError, level: int = logging.WARNING) -> tuple[str, list[tuple[str, str]]]:
     """(message, violations) of a failed backend call as the public may see them: a backend that cannot be
     reached (UNAVAILABLE; a deadline or a cut-off whose details are gRPC's transport words) gets a fixed
@@ -74,7 +77,7 @@ def public_error(e: StyleTransferError, level: int = logging.WARNING) -> tuple[s
         return REFUSED_PAGE_SAID, []
     fixed = UNREACHABLE.get(e.code)
     if fixed and (e.code == grpc.StatusCode.UNAVAILABLE or not e.details or TRANSPORT_RE.search(e.details)):
-        log.log(level, "the backend call failed: %s: %s", e.code.name, e.details)
+        log.log(level, BACKEND_FAILED + ": %s: %s", e.code.name, e.details)
         return fixed, []
     return e.details, list(e.violations)
 
