@@ -13,7 +13,10 @@ from adain.exporter import Exporter
 
 log = logging.getLogger("adain.server.metrics")
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# up to 10 minutes: a refine of hundreds of steps, or a print-size photo's tiles, runs minutes (they all fell in +Inf
+# past 60 s); 20 s at AdainInferenceSlow's threshold, which fell between 10 and 30 (its p90 a rough interpolation)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+                    120.0, 300.0, 600.0)
 
 
 class Metrics(Exporter):
