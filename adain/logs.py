@@ -67,12 +67,14 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def setup(level: str, fmt: str = "text") -> None:
-    """Log to stderr at ``level`` in ``fmt``: "text" or "json"."""
+def setup(level: str, fmt: str = "text", force: bool = True) -> None:
+    """Log to stderr at ``level`` in ``fmt``: "text" or "json". ``force`` False leaves a root logger that has
+    handlers already as it is (adain-web's: its main() called in a test's process replaced pytest's handler and
+    left the root at INFO for every later test there)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     handler.addFilter(_WithContext())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=force)
 
 
 # A value written bare: no space, '=', quote or backslash, nothing unprintable (what a logfmt parser splits on)

@@ -185,7 +185,7 @@ class CutWhileStopping(logging.Filter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    log_setup(args.log_level, args.log_format)
+    log_setup(args.log_level, args.log_format, force=False)  # (as its basicConfig did: a test's process keeps its own)
     if args.max_disk_mb < 2 * args.max_video_mb:
         print(f"adain-web: error: --max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb "
               f"({args.max_video_mb:g}): no clip upload would fit (it is spooled, then copied)", file=sys.stderr)
