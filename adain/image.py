@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from adain.bmff import HEAD_BYTES, nclx_profile
 from adain.errors import InvalidInputError, warnings_ignored
@@ -119,6 +119,14 @@ def _path(source: str | PathLike, field: str) -> Path:
 
 
 _SHARED_LOAD = threading.Lock()
+_LOAD_FAILED = "_adain_load_failed"  # a caller's image whose load failed carries the error (Pillow forgets it)
+
+
+def _unloaded(img: Image.Image) -> bool:
+    """Whether a file Pillow opened has pixels still to read: tiles left (JPEG, PNG...), or none yet and no pixels
+    (WebP's and pillow-heif's readers make their tiles in load(): read as loaded, 7 of 240 calls sharing one WebP
+    still raced)."""
+    return bool(getattr(img, "tile", None)) or (isinstance(img, ImageFile.ImageFile) and getattr(img, "_im", 0) is None)
 
 
 def _load_shared(img: Image.Image, field: str, max_pixels: int | None) -> None:
@@ -126,20 +134,26 @@ def _load_shared(img: Image.Image, field: str, max_pixels: int | None) -> None:
     Pillow's loading of one image is not thread-safe, and one such image given to calls in several threads (the
     Stylizer is) had one thread's load close the file under another's: "image data is truncated or corrupt: I/O
     operation on closed file" for a good photo, or Pillow's own AssertionError or "broken PNG file" from a style.
-    A loaded image, or one made in memory, has no ``tile`` left to read and takes no lock. ``max_pixels``: checked
-    first, where given (a lazy image's pixels are not decoded over the limit)."""
-    if not getattr(img, "tile", None):
+    A loaded image, or one made in memory, takes no lock. A load that failed is said again to every later call:
+    Pillow leaves such an image looking loaded, half its pixels decoded, and the calls after the first (or waiting
+    beside it) stylized those. ``max_pixels``: checked first, where given (not decoded over the limit)."""
+    failed = getattr(img, _LOAD_FAILED, None)
+    if failed is None and not _unloaded(img):
         return
     if max_pixels is not None:
         _checked_size(img, field, max_pixels)
     with _SHARED_LOAD:
-        if not getattr(img, "tile", None):  # loaded by another thread while this one waited
+        failed = getattr(img, _LOAD_FAILED, None)
+        if failed is not None:
+            raise InvalidInputError(field, f"image data is truncated or corrupt: {failed}")
+        if not _unloaded(img):  # loaded by another thread while this one waited
             return
         try:
             img.load()
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - as load_image: the file's fault, said as such
+            setattr(img, _LOAD_FAILED, _why(e))
             raise InvalidInputError(field, f"image data is truncated or corrupt: {_why(e)}") from e
 
 

@@ -1018,3 +1018,26 @@ def test_a_large_jpeg_is_decoded_at_a_smaller_scale_when_it_is_downscaled_after(
         load_image(photo, max_pixels=2400 * 1800 - 1, longest=512)
     assert load_image(photo, longest=700).size == (2400, 1800)  # under 2 x DRAFT_GAP larger: whole
     assert load_image(encoded(synth_image(2400, 1800, seed=3), "PNG"), longest=512).size == (2400, 1800)
+
+
+def test_a_callers_lazy_image_is_read_once_and_a_failed_read_is_said_each_time() -> None:
+    """A caller's ``Image.open`` is loaded once under a lock (threads sharing it raced). WebP's reader makes its
+    tiles in load(), so its image looked loaded and was not locked (7 of 240 calls of 8 threads failed, "unrecognized
+    data stream"). A load that failed left the image looking loaded with half its pixels, and later calls stylized
+    those: each is refused as the first was."""
+    from adain.image import _unloaded
+
+    webp = Image.open(io.BytesIO(encoded(synth_image(64, 48, seed=3), "WEBP")))
+    assert _unloaded(webp)
+    assert load_image(webp).size == (64, 48) and not _unloaded(webp)
+    buf = io.BytesIO()  # a PNG whose compressed pixels are garbled mid-way, its checksum right
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    at = data.find(b"IDAT")
+    n = struct.unpack(">I", data[at - 4:at])[0]
+    data[at + 4 + n // 2:at + 4 + n // 2 + 40] = b"\0" * 40
+    data[at + 4 + n:at + 8 + n] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 4 + n])))
+    broken = Image.open(io.BytesIO(bytes(data)))
+    for _ in range(3):
+        with pytest.raises(InvalidInputError, match=r"^content: image data is truncated or corrupt: broken data"):
+            load_image(broken, field="content")
