@@ -236,9 +236,10 @@ def test_the_web_page_offers_the_library(lib_server: ServerProcess, lib_client: 
         assert r.status_code == 400 and r.json()["error"]["violations"] == [{
             "field": "styles[1].style_id", "description": "no style named 'nope' in this server's library (it has: "
             "dots, stripes)"}], r.text
-        r = httpx.post(web.url + "/api/videos", files=clip, data={"styles": "id:dots"}, timeout=60)
-        assert r.status_code == 202, r.text
-        httpx.delete(f"{web.url}/api/videos/{r.json()['id']}")
+        for name in ("id:dots", "id:" + "AB" * 32):  # a registered style's id, upper case too, is the server's to say
+            r = httpx.post(web.url + "/api/videos", files=clip, data={"styles": name}, timeout=60)
+            assert r.status_code == 202, r.text
+            httpx.delete(f"{web.url}/api/videos/{r.json()['id']}")
 
         driver = browser_or_skip()
         try:

@@ -1889,6 +1889,18 @@ def test_the_pages_log_is_json_with_each_requests_id(decoder_path: Path, tmp_pat
     assert '"request_id": "clip-1", "method": "StylizeVideo", "code": "OK"' in said, said[-2000:]
 
 
+def test_the_pages_start_up_lines_are_json_where_its_log_is() -> None:
+    """A start-up warning or error under --log-format json is a JSON object at its level, as adain-server's are (it
+    was a plain "adain-web: warning: TMPDIR=... does not exist" line, which a pipeline read as unparsed text)."""
+    run = subprocess.run([sys.executable, "-m", "adain.web", "--log-format", "json", "--max-video-mb", "10",
+                          "--max-disk-mb", "15"], capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env=dict(os.environ, TMPDIR="/nonexistent-tmp"))
+    lines = [json.loads(line) for line in run.stderr.splitlines()]
+    assert run.returncode == 2 and [(x["level"], x["message"].split(":")[:2]) for x in lines] == [
+        ("ERROR", ["adain-web", " error"])], run.stderr
+    assert "--max-disk-mb 15 is under twice --max-video-mb (10)" in lines[0]["message"], run.stderr
+
+
 def test_the_page_on_a_phone(web: WebProcess, browser, tmp_path: Path) -> None:
     """A phone's screen (360 x 740, as Chrome emulates one): a phone's long file names wrap instead of widening
     the page, a style's name stays beside its Remove button, fields are 16 px (under it iOS zooms the page into a

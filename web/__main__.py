@@ -183,24 +183,35 @@ class CutWhileStopping(logging.Filter):
         return not (record.msg == self.SAID and getattr(self.stopping, "began", False))
 
 
+def _json_log() -> bool:
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
+def _say(kind: str, message: str) -> None:
+    """A start-up line ("error" or "warning"): "adain-web: KIND: ..." on stderr, or a JSON object at that level where
+    the log is JSON (a pipeline read the plain line as unparsed text, without its level; as adain-server's)."""
+    if _json_log():
+        log.log(logging.ERROR if kind == "error" else logging.WARNING, "adain-web: %s: %s", kind, message)
+    else:
+        print(f"adain-web: {kind}: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log_setup(args.log_level, args.log_format, force=False)  # (as its basicConfig did: a test's process keeps its own)
     if args.max_disk_mb < 2 * args.max_video_mb:
-        print(f"adain-web: error: --max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb "
-              f"({args.max_video_mb:g}): no clip upload would fit (it is spooled, then copied)", file=sys.stderr)
+        _say("error", f"--max-disk-mb {args.max_disk_mb:g} is under twice --max-video-mb ({args.max_video_mb:g}): no "
+             "clip upload would fit (it is spooled, then copied)")
         return 2
     # before anything listens, and before --local starts a server: a taken --port failed in uvicorn after the
     # URL line had been printed
     if no_temp := temp_problem():  # large uploads and every clip are spooled there: it passed its probes, then 500s
-        print(f"adain-web: error: {no_temp}; the page needs one (uploads over 1 MB and clips are written there)",
-              file=sys.stderr, flush=True)
+        _say("error", f"{no_temp}; the page needs one (uploads over 1 MB and clips are written there)")
         return 2
     if fallback := temp_fallback():
-        print(f"adain-web: warning: {fallback}", file=sys.stderr, flush=True)
+        _say("warning", fallback)
     if problem := cannot_listen(args.host, args.port):
-        print(f"adain-web: error: cannot listen on {host_port(args.host, args.port)}: {problem}", file=sys.stderr,
-              flush=True)
+        _say("error", f"cannot listen on {host_port(args.host, args.port)}: {problem}")
         return 2
     # --local: SIGTERM unwinds as Ctrl-C does (uvicorn raises it again after its graceful stop), so the server of
     # the page's own is stopped and its folder removed (exit 143); without --local the signal ends it as before
@@ -210,12 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with served(args, args.local_given, prog="adain-web", front=True):
             return _serve(args)
     except CliError as e:  # --local's, or a --server gRPC would misread (http://..., no port): the client's check
-        print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
+        _say("error", str(e))
         return 2
     except Terminated:
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:  # Ctrl-C while --local's server starts (uvicorn's own is caught in _serve)
-        print("adain-web: error: interrupted", file=sys.stderr, flush=True)
+        _say("error", "interrupted")
         return 130
     finally:
         on_signals(previous)
@@ -247,7 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
             try:
                 metrics.serve(args.host, args.metrics_port)
             except OSError as e:
-                print(f"adain-web: error: {e}", file=sys.stderr, flush=True)
+                _say("error", str(e))
                 return 2
         # Not an error: the server may start later (the page answers 503 until then), but say so, and why.
         threading.Thread(target=_look_at_server, args=(client, args.server, settings.max_upload_bytes),
@@ -397,7 +408,7 @@ def _server_class() -> type:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:  # (a JSON object where the log is JSON: a pipeline read the plain line as unparsed text)
-                if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+                if _json_log():
                     log.info("%s", self.line)
                 else:
                     print(self.line, file=sys.stderr, flush=True)

@@ -593,7 +593,8 @@ def create_app(
         taken, 202, to fail at its first frame): the library asked again where a name is not in the last answer
         (its folder may have gained it), and nothing refused where the server does not answer now (the job waits
         for it, as for a blip) or has no ListStyles. A 64-hex name may be a registered style's id: the job tries it."""
-        names = [(i, s.id) for i, s in enumerate(styles) if isinstance(s, StyleRef) and not STYLE_ID_RE.fullmatch(s.id)]
+        names = [(i, s.id) for i, s in enumerate(styles)  # (an id's hex in upper case too, as the server takes it)
+                 if isinstance(s, StyleRef) and not STYLE_ID_RE.fullmatch(s.id.lower())]
         if not names or all(n in library["styles"] for _, n in names):
             return
         try:
