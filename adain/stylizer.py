@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -42,7 +42,7 @@ from adain.wire import COLOR_MODES, Limits, style_too_small
 
 if sys.version_info >= (3, 11):  # (at run time too: typing.get_type_hints reads it)
     from typing import Unpack
-elif TYPE_CHECKING:
+else:  # (torch depends on typing_extensions)
     from typing_extensions import Unpack
 
 # On a GPU, contents up to this many pixels are prepared into pinned memory, so that render's copy to the device
