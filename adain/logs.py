@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from contextvars import ContextVar
@@ -96,3 +97,33 @@ def log_fields(logger: logging.Logger, level: int, **fields: Any) -> None:
     the record; None values are left out."""
     fields = {k: v for k, v in fields.items() if v is not None}
     logger.log(level, " ".join(f"{k}={logfmt_value(v)}" for k, v in fields.items()), extra={"fields": fields})
+
+
+def json_logs() -> bool:
+    """Whether this process logs JSON: :func:`setup` put a JSON handler on the root logger (a process whose root
+    kept handlers of its own, a test's, writes its start-up lines plainly)."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
+def say(logger: logging.Logger, prog: str, kind: str, message: str) -> None:
+    """A command's start-up line, ``kind`` "error" or "warning": "PROG: KIND: ..." on stderr, or a JSON object at
+    that level where the logs are JSON (a log pipeline read the plain line as unparsed text, without its level)."""
+    if json_logs():
+        logger.log(logging.ERROR if kind == "error" else logging.WARNING, "%s: %s: %s", prog, kind, message)
+    else:
+        print(f"{prog}: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def announce(logger: logging.Logger, message: str, out: Any) -> None:
+    """A command's "listening on" line, on ``out`` (the server's stdout: scripts and tests read the port from it);
+    a JSON object where the logs are JSON, so that a pipeline reading it gets one JSON object a line."""
+    if json_logs():
+        record = logging.LogRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+        message = JsonFormatter().format(record)
+    try:
+        print(message, file=out, flush=True)
+    except (OSError, ValueError) as e:  # stdout on a full disk, closed, or a pipe nobody reads: the server serves
+        logger.warning(  # on (it exited 1 with the model loaded and nothing said)
+            "%s (not on standard output: %s)", message, getattr(e, "strerror", None) or e)
+        if out is sys.stdout:  # what it holds unwritten would fail the exit's flush too (exit status 120)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life

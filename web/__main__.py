@@ -27,7 +27,7 @@ from adain.client.cli import (
 )
 from adain.commands import Terminated, add_version_arg, on_signals, on_sigterm
 from adain.files import temp_fallback, temp_problem
-from adain.logs import FORMATS, JsonFormatter
+from adain.logs import FORMATS, announce, say
 from adain.logs import setup as log_setup
 from adain.wire import bare_host, host_port
 
@@ -183,17 +183,9 @@ class CutWhileStopping(logging.Filter):
         return not (record.msg == self.SAID and getattr(self.stopping, "began", False))
 
 
-def _json_log() -> bool:
-    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
-
-
 def _say(kind: str, message: str) -> None:
-    """A start-up line ("error" or "warning"): "adain-web: KIND: ..." on stderr, or a JSON object at that level where
-    the log is JSON (a pipeline read the plain line as unparsed text, without its level; as adain-server's)."""
-    if _json_log():
-        log.log(logging.ERROR if kind == "error" else logging.WARNING, "adain-web: %s: %s", kind, message)
-    else:
-        print(f"adain-web: {kind}: {message}", file=sys.stderr, flush=True)
+    """A start-up line ("error" or "warning"), plain or JSON as the log is (adain.logs.say)."""
+    say(log, "adain-web", kind, message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -408,10 +400,7 @@ def _server_class() -> type:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:  # (a JSON object where the log is JSON: a pipeline read the plain line as unparsed text)
-                if _json_log():
-                    log.info("%s", self.line)
-                else:
-                    print(self.line, file=sys.stderr, flush=True)
+                announce(log, self.line, sys.stderr)
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             """The page's own stop first (clips end at once: ``app.state.begin_stop``), then uvicorn's grace; then
