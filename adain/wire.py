@@ -83,6 +83,26 @@ INPUT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".t
 INPUT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF or HEIC"  # for messages
 
 
+def listing(names: Sequence[str], most: int = 160) -> str:
+    """The first names that fit in ``most`` characters, and how many more (an error message lists them: it
+    travels in a trailer, with every other violation's)."""
+    shown: list[str] = []
+    for name in names:
+        if shown and len(", ".join([*shown, name])) > most:
+            break
+        shown.append(name)
+    more = len(names) - len(shown)
+    return (", ".join(shown) or "none") + (f" and {more} more" if more else "")
+
+
+def no_library_style(name: str, names: Sequence[str] | None) -> str:
+    """A style name (not a registered style's id) that the library ``names`` lacks, or None: no library at all. The
+    server's words, and adain-web's for a clip it refuses before its job starts."""
+    if names is None:
+        return f"unknown style {name!r}: not a registered style's id, and this server has no style library"
+    return f"no style named {name!r} in this server's library (it has: {listing(names)}; see ListStyles)"
+
+
 def not_an_image(source: object) -> str:
     """The library's and the client's words for an image argument of no kind they take; an array (OpenCV's frames,
     NumPy's) is told how to make it one, in which channel order (OpenCV's is BGR: a photo's blues came back red)."""

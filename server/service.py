@@ -47,6 +47,8 @@ from adain.wire import (
     Limits,
     format_cannot_hold,
     label_value,
+    listing,
+    no_library_style,
     style_too_small,
 )
 
@@ -376,7 +378,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         preset = self.library.preset(msg.preset) if self.library is not None else None
         if preset is None:
             names = self.library.presets() if self.library is not None else []
-            shown = _listing([p.name for p in names])
+            shown = listing([p.name for p in names])
             bad.append(Violation(f"{prefix}preset", f"no preset named {_clipped(msg.preset)!r} on this server "
                                  f"(it has: {shown}; see ListStyles)"))
             return {}
@@ -407,10 +409,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServicer):
         if STYLE_ID_RE.fullmatch(key):
             return (f"unknown style id {key!r} (never registered, or dropped from the registry of "
                     f"{self.registry.max_count}); register it with RegisterStyle")
-        if self.library is None:
-            return f"unknown style {key!r}: not a registered style's id, and this server has no style library"
-        return f"no style named {key!r} in this server's library (it has: {_listing(self.library.names())}; see " \
-               "ListStyles)"
+        return no_library_style(key, None if self.library is None else self.library.names())
 
     def _check(
         self,
@@ -834,18 +833,6 @@ def _proto_field(field: str, request: pb.StylizeRequest | pb.VideoOptions) -> st
         which = request.styles[i].WhichOneof("source") if i < len(request.styles) else None
         return f"{field}.{which or 'image'}"
     return field
-
-
-def _listing(names: list[str], most: int = 160) -> str:
-    """The first names that fit in ``most`` characters, and how many more (an error message lists them: it
-    travels in a trailer, with every other violation's)."""
-    shown: list[str] = []
-    for name in names:
-        if shown and len(", ".join([*shown, name])) > most:
-            break
-        shown.append(name)
-    more = len(names) - len(shown)
-    return (", ".join(shown) or "none") + (f" and {more} more" if more else "")
 
 
 def _clipped(text: str, most: int = 80) -> str:

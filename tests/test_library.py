@@ -235,7 +235,7 @@ def test_the_web_page_offers_the_library(lib_server: ServerProcess, lib_client: 
         r = httpx.post(web.url + "/api/videos", files=clip, data={"styles": ["id:dots", "id:nope"]}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["violations"] == [{
             "field": "styles[1].style_id", "description": "no style named 'nope' in this server's library (it has: "
-            "dots, stripes)"}], r.text
+            "dots, stripes; see ListStyles)"}], r.text  # the server's own words (adain.wire.no_library_style)
         for name in ("id:dots", "id:" + "AB" * 32):  # a registered style's id, upper case too, is the server's to say
             r = httpx.post(web.url + "/api/videos", files=clip, data={"styles": name}, timeout=60)
             assert r.status_code == 202, r.text

@@ -495,7 +495,7 @@ def test_a_million_style_entries_get_one_violation_at_once(server: ServerProcess
 def test_a_failure_fits_in_its_trailers_whatever_its_text() -> None:
     """Three typos of a 25-style library's long names made 11.6 KiB of trailers (the message is sent twice):
     the client saw RESOURCE_EXHAUSTED "received metadata size exceeds soft limit (8192)", not the error."""
-    from adain.server.service import _listing
+    from adain.wire import listing as _listing
 
     def trailer_bytes(err: ServiceError) -> int:  # as gRPC counts them: names, values and 32 a header
         message = sum(3 if b < 0x20 or b > 0x7E or b == 0x25 else 1 for b in err.message.encode())

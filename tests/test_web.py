@@ -769,7 +769,7 @@ BAD_CLIPS = {
     "alpha-over-1": (lambda tmp: _clip(tmp, 6), {"alpha": "2"}, "alpha", "must be a number in [0, 1], got 2.0"),
     # a name of a library this server does not have: was a 202, then a failed job
     "unknown-library-name": (lambda tmp: _clip(tmp, 6), {"styles": "id:nope"}, "styles[0].style_id",
-                             "unknown style 'nope': this server has no style library"),
+                             "unknown style 'nope': not a registered style's id, and this server has no style library"),
 }
 
 

@@ -72,6 +72,7 @@ from adain.wire import (
     Limits,
     format_name,
     label_value,
+    no_library_style,
     plural,
 )
 
@@ -574,18 +575,22 @@ def create_app(
     known: dict[str, Any] = {"at": -math.inf, "limits": None}  # the backend's limits, and when they were asked
     library: dict[str, Any] = {"at": -math.inf, "styles": {}, "presets": []}
 
+    async def ask_library() -> bool:
+        """The server's library asked now (ListStyles, with thumbnails) and kept; False where it did not answer
+        (unreachable, or older than ListStyles: what was known stays, asked again in LIBRARY_TTL_S)."""
+        library["at"] = time.monotonic()
+        try:
+            styles, presets = await run_in_threadpool(client.library, thumbnail_size=THUMBNAIL_PX,
+                                                      timeout=min(5.0, settings.timeout))
+        except StyleTransferError:
+            return False
+        library.update(styles={s.name: s for s in styles}, presets=presets)
+        return True
+
     async def library_styles() -> dict[str, LibraryStyle]:
-        """The server's library by name, with thumbnails (ListStyles), asked at most every LIBRARY_TTL_S; an
-        unreachable or older server (UNIMPLEMENTED) keeps what was known."""
+        """The server's library by name, with thumbnails, asked at most every LIBRARY_TTL_S."""
         if time.monotonic() - library["at"] > LIBRARY_TTL_S:
-            library["at"] = time.monotonic()
-            try:
-                styles, presets = await run_in_threadpool(client.library, thumbnail_size=THUMBNAIL_PX,
-                                                          timeout=min(5.0, settings.timeout))
-            except StyleTransferError:
-                return library["styles"]
-            library["styles"] = {s.name: s for s in styles}
-            library["presets"] = presets
+            await ask_library()
         return library["styles"]
 
     async def refuse_unknown_names(styles: list[Any]) -> None:
@@ -595,21 +600,13 @@ def create_app(
         for it, as for a blip) or has no ListStyles. A 64-hex name may be a registered style's id: the job tries it."""
         names = [(i, s.id) for i, s in enumerate(styles)  # (an id's hex in upper case too, as the server takes it)
                  if isinstance(s, StyleRef) and not STYLE_ID_RE.fullmatch(s.id.lower())]
-        if not names or all(n in library["styles"] for _, n in names):
+        if not names or all(n in library["styles"] for _, n in names) or not await ask_library():
             return
-        try:
-            found, presets = await run_in_threadpool(client.library, thumbnail_size=THUMBNAIL_PX,
-                                                     timeout=min(5.0, settings.timeout))
-        except StyleTransferError:
-            return
-        library.update(styles={f.name: f for f in found}, presets=presets, at=time.monotonic())
         problems = Problems()  # (in the server's words and field, as a photo's answer has them)
-        have = sorted(library["styles"])
-        listing = ", ".join(have[:12]) + (f" and {len(have) - 12} more" if len(have) > 12 else "")
+        have = sorted(library["styles"]) or None  # (none: a server without a library)
         for i, n in names:
             if n not in library["styles"]:
-                problems.add(f"styles[{i}].style_id", f"no style named {n!r} in this server's library (it has: "
-                             f"{listing})" if have else f"unknown style {n!r}: this server has no style library")
+                problems.add(f"styles[{i}].style_id", no_library_style(n, have))
         problems.raise_any()
 
     async def current_limits() -> Limits:
