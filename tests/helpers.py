@@ -172,7 +172,6 @@ class ServerProcess:
                 break
             except RuntimeError:
                 # the free port was taken before the server bound it (another test worker): another one
-                self._stderr_thread.join(5)  # its last words (the process has ended)
                 if not ours or attempt == 2 or "Address already in use" not in "".join(self.stderr_lines):
                     raise
         self.target = f"127.0.0.1:{self.port}"
@@ -198,6 +197,8 @@ class ServerProcess:
         m = LISTEN_RE.search(line)
         if not m:
             self.kill()
+            self._stderr_thread.join(5)  # its last words, read before they are quoted (a fresh clone's run quoted
+            # none: the process had ended, its stderr not yet drained)
             raise RuntimeError(f"server did not start: stdout={line!r} stderr={''.join(self.stderr_lines)[-2000:]}")
         # Keep draining stdout so that the server never blocks on a full pipe.
         threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()
