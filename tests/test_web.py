@@ -801,6 +801,8 @@ BAD = {
                            {"label": "red"}, "styles[0].label"),
     "label-unicode-digit": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
                             {"label": "\u00b2"}, "styles[0].label"),  # "²": a digit to isdigit, a 500 from int()
+    "label-of-4301-digits": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
+                             {"label": "1" * 4301}, "styles[0].label"),  # a 500: int() of over 4,300 digits raises
     "label-not-painted": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", LABELS)],
                           {"label": "#4363d8"}, "styles[0].label"),  # the server's: no pixel has it
     "labels-wrong-size": ([_png("content", CONTENT), _png("styles", STYLE), _png("labels", make_mask(8, 8))],

@@ -1011,7 +1011,8 @@ async def _regions(form: Any, styles: int, limits: Limits, problems: Problems) -
     parsed = []
     for i, text in enumerate(values[:styles]):
         digits = str(text).isascii() and str(text).isdigit()  # "²" is a digit to isdigit, and no int
-        value = label_value(int(text) if digits else str(text).lower())
+        # (int() of over 4,300 digits raises: a 500, where any number past 255 is refused below)
+        value = (label_value(int(text)) if len(text) <= 12 else None) if digits else label_value(str(text).lower())
         if value is None or (digits and value > 255):
             problems.add(f"styles[{i}].label", f"must be a grey level 0-255 or a colour #rrggbb, got {text!r}")
         parsed.append(value)
