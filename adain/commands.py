@@ -1,4 +1,4 @@
-"""The console commands ``adain-stylize``, ``adain-web`` and ``adain-server``, started before gRPC is imported:
+"""The console commands. ``adain-stylize``, ``adain-web`` and ``adain-server`` start before gRPC is imported:
 its core reads GRPC_VERBOSITY once, as it loads, and logs at INFO in a format of its own (a failed TLS handshake
 printed a line before the CLI's one-line error, and into adain-web's log). Its errors still show; a
 GRPC_VERBOSITY set by the user wins. (``adain-server`` calls :func:`quiet_grpc` in its main, which imports gRPC
@@ -6,7 +6,8 @@ late.) Ctrl-C while they load (their first tenth of a second) is exit 130 (the C
 line), as later, not a traceback from inside an import, and so is the CLI's SIGTERM (exit 143) and SIGHUP (a closed
 terminal or SSH session: exit 129, its temporary file removed as for the others); ``import adain``
 itself imports nothing (its names load on first use), so the window before these handlers is the interpreter's
-own start."""
+own start. ``adain-train`` is here too: like ``adain-server`` and ``adain-web``, it says in one line which extra
+to install where a module of it is missing."""
 
 from __future__ import annotations
 
