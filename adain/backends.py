@@ -52,7 +52,7 @@ from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
 from adain.errors import install_hint, warnings_ignored
-from adain.precision import BACKENDS, cpu_has_bf16, cpu_info, give_openvino_a_home
+from adain.precision import BACKENDS, before_openvino, cpu_has_bf16, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
 
 log = logging.getLogger("adain.backends")
@@ -298,7 +298,7 @@ def _openvino(
     """``form``: WINOGRAD_FORM to convert the module's wide convolutions (adain.winograd) first, or "".
     ``scale``: image pixels per pixel of the module's input (bounds the fixed-shape graphs by image size).
     ``quantize``: applied to the converted graph before it is cached (int8)."""
-    give_openvino_a_home()
+    before_openvino()
     import openvino as ov
 
     core = ov.Core()

@@ -41,7 +41,7 @@ from adain.encoder import Encoder
 from adain.errors import install_hint
 from adain.image import resize_longest, to_tensor
 from adain.ops import adain, mean_std
-from adain.precision import give_openvino_a_home
+from adain.precision import before_openvino
 
 log = logging.getLogger("adain.int8")
 
@@ -66,7 +66,7 @@ def float_parts(part: str, decoder: Decoder) -> tuple[list[str], list[str]]:
 def available() -> str:
     """Why int8 cannot run here, or "" where it can (OpenVINO and NNCF installed: the ``int8`` extra)."""
     try:
-        give_openvino_a_home()
+        before_openvino()
         import nncf  # noqa: F401
         import openvino  # noqa: F401
     except ImportError as e:

@@ -95,6 +95,22 @@ def wants_bf16(precision: str, cuda: bool) -> bool:
     return precision == "bf16" or (precision == "auto" and (cuda or cpu_has_bf16()))
 
 
+def before_openvino() -> None:
+    """What must be so before OpenVINO (or NNCF) is first imported: a home folder (below), and no telemetry.
+    OpenVINO's model conversion and NNCF send usage events to Google Analytics unless the user opted out (a
+    consent file in ~/intel): each Stylizer started a process that posted one, 47 on a first start, and with no
+    network they hung until their timeout (an interrupted notebook cell filled with their tracebacks). A service
+    should not call out unasked: the telemetry package's import is refused here, which both take as "not
+    installed" (their own stubs, which send nothing); ``ADAIN_OPENVINO_TELEMETRY=1`` leaves it to OpenVINO's own
+    consent. Where the package was imported already (by the caller), it is left as it is."""
+    import os
+    import sys
+
+    give_openvino_a_home()
+    if os.environ.get("ADAIN_OPENVINO_TELEMETRY") != "1":
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # (None: "import refused")
+
+
 def give_openvino_a_home() -> None:
     """Set HOME to the temporary folder where the process has none (HOME unset and no passwd entry: an arbitrary
     UID, as OpenShift runs pods), before OpenVINO loads: its telemetry asks for the home directory, and OpenVINO
