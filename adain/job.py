@@ -76,8 +76,8 @@ class Job:
     labels: ImageSource | None = None
     label_values: Sequence[int | str] | None = None
     region_alphas: Sequence[float] | None = None
-    content_size: int | None = None  # longest side of the content; None keeps it (up to the limit)
-    style_size: int | None = None  # longest side of the styles; None = the limits' default (512)
+    content_size: int | None = None  # longest side of the content; None (or 0) keeps it (up to the limit)
+    style_size: int | None = None  # longest side of the styles; None (or 0) = the limits' default (512)
     # The optimisation method (adain.optimize): iterations (0: off), from "adain" (the decoder's output)
     # or "content" (the classic method); the loss weights; the longest side it works at (None or 0: full).
     # Without refine_steps the others are not used (not refused: a form may always send them).
@@ -95,7 +95,7 @@ class Job:
     ) -> Job:
         """The job a public call's ``**options`` ask for; an option no Job has is a TypeError naming ``caller``
         and the nearest field (it said "Job.__init__() got an unexpected keyword argument 'alhpa'")."""
-        refuse_unknown(caller, options, [f.name for f in fields(cls) if f.name not in ("content", "styles")])
+        refuse_unknown(caller, options, JOB_OPTIONS)
         return cls(content, styles, **options)
 
     def problems(self, limits: Limits, *, content: bool = True) -> list[InvalidInputError]:
@@ -134,8 +134,8 @@ class Job:
             bad.append(InvalidInputError("preserve_color", f"must be one of {modes}; got {self.preserve_color!r}"))
         for name in ("content_size", "style_size"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                bad.append(InvalidInputError(name, f"must be an integer >= 1, got {value!r}"))
+            if value is not None and (not _is_int(value) or value < 0):  # 0: not given, as on the wire and the CLI
+                bad.append(InvalidInputError(name, f"must be an integer >= 0 (0 or None is not given), got {value!r}"))
             elif value is not None and value > limits.max_content_side:
                 bad.append(
                     InvalidInputError(name, f"{value} is over the limit of max_content_side={limits.max_content_side}")
@@ -265,6 +265,9 @@ class Job:
         )
 
 
+JOB_OPTIONS = tuple(f.name for f in fields(Job) if f.name not in ("content", "styles"))  # a call's **options
+
+
 @dataclass(frozen=True)
 class CheckedJob:
     """A job that passed its check: weights sum to 1, ``color`` is None or a mode name, sizes are bounded."""
@@ -329,11 +332,14 @@ def style_list(styles: ImageSource | Sequence[ImageSource]) -> list[ImageSource]
     return list(styles) if is_list(styles) else [cast(ImageSource, styles)]
 
 
-def temporal_problems(mode: str, strength: float | None) -> list[InvalidInputError]:
-    """Problems with a video's temporal mode (see ``adain.wire.TEMPORAL_MODES``) and strength."""
+def temporal_problems(
+    mode: str, strength: float | None, strength_field: str = "temporal_strength"
+) -> list[InvalidInputError]:
+    """Problems with a video's temporal mode (see ``adain.wire.TEMPORAL_MODES``) and strength (named as the
+    caller's API names it: the wire's ``temporal_strength``, the library's ``strength``)."""
     bad = []
     if mode not in TEMPORAL_MODES:
         bad.append(InvalidInputError("temporal", f"must be one of {', '.join(TEMPORAL_MODES)}; got {mode!r}"))
     if strength is not None and (not is_number(strength) or not 0 <= strength < 1):
-        bad.append(InvalidInputError("temporal_strength", f"must be a number in [0, 1), got {strength!r}"))
+        bad.append(InvalidInputError(strength_field, f"must be a number in [0, 1), got {strength!r}"))
     return bad

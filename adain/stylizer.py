@@ -161,9 +161,19 @@ class Stylizer:
         on_step: OnStep | None = None,
         **options: Unpack[JobOptions],
     ) -> Image.Image:
-        """Stylize one content image; ``options`` are the fields of :class:`Job`. With ``refine_steps`` the
-        optimisation method (``adain.optimize``) runs, calling ``on_step`` after every iteration; a content
-        rendered in tiles calls it after each statistics box and tile (it may raise StoppedError to stop)."""
+        """Stylize one content image; ``options`` are the fields of :class:`Job` (keywords: ``help()`` and a
+        notebook's completion see only ``**options``, so here they all are):
+
+        ``weights`` (one per style, relative), ``alpha`` (in [0, 1]), ``preserve_color`` (None, "coral",
+        "luminance"), ``mask`` (two styles: white takes styles[0]); regions: ``masks`` (one per style) or
+        ``labels`` with ``label_values``, and ``region_alphas``; ``content_size``, ``style_size`` (longest
+        sides; None or 0: as it is, and 512); the optimisation method: ``refine_steps`` (0: off),
+        ``refine_init`` ("adain", "content"), ``content_weight``, ``style_weight``, ``tv_weight``,
+        ``refine_size``, ``optimizer`` ("lbfgs", "adam").
+
+        With ``refine_steps`` the optimisation method (``adain.optimize``) runs, calling ``on_step`` after every
+        iteration; a content rendered in tiles calls it after each statistics box and tile (it may raise
+        StoppedError to stop)."""
         prepared = self.prepare(Job.of("stylize", content, style_list(styles), options))
         if prepared.job is not None and prepared.job.refine_steps:
             return refine(self, prepared, on_step=on_step)

@@ -42,11 +42,11 @@ from PIL import Image
 
 from adain.errors import InvalidInputError
 from adain.image import ImageSource, load_image
-from adain.job import CheckedJob, Job, style_list, temporal_problems
+from adain.job import JOB_OPTIONS, CheckedJob, Job, style_list, temporal_problems
 from adain.ops import RGB_TO_Y
 from adain.prepared import Prepared, Stats, Targets
 from adain.stylizer import Stylizer
-from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH
+from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH, refuse_unknown
 
 # Share of a frame's textured pixels whose flow must be consistent (and, warped, the same grey within
 # PHOTO_TOLERANCE) for the scene to go on; under it the frame is a cut (see _Flow.scene_share).
@@ -168,8 +168,9 @@ class VideoStream:
     ) -> None:
         """``options`` are the per-image fields of :class:`adain.job.Job` (weights, alpha, preserve_color,
         mask, content_size, style_size); InvalidInputError lists every problem with them."""
+        _refuse_unknown("VideoStream", options)
         job = Job.of("VideoStream", None, style_list(styles), options)
-        bad = job.problems(stylizer.limits, content=False) + temporal_problems(temporal, strength)
+        bad = job.problems(stylizer.limits, content=False) + temporal_problems(temporal, strength, "strength")
         if options.get("refine_steps"):  # else accepted and not done
             bad.append(InvalidInputError("refine_steps", "the optimisation method is for images (seconds a frame)"))
         if bad:
@@ -331,6 +332,12 @@ class VideoStream:
         return self.finish(index, self.stylizer.render([prepared])[0])
 
 
+def _refuse_unknown(caller: str, options: dict[str, Any], more: tuple[str, ...] = ()) -> None:
+    """An option a video call does not have as a TypeError naming ``caller`` (the stream's own two among the names:
+    ``temporal_strength``, the wire's, was "an unexpected keyword argument" with a list that named neither)."""
+    refuse_unknown(caller, options, [*JOB_OPTIONS, "temporal", "strength", *more], {"temporal_strength": "strength"})
+
+
 def stylize_video(
     stylizer: Stylizer,
     source: str | Path,
@@ -351,6 +358,7 @@ def stylize_video(
     ``start`` and ``duration`` (seconds) take a part of the clip, its sound too."""
     from adain.media import VideoReader, VideoWriter, atomic_output, container_for, decode_side, same_file
 
+    _refuse_unknown("stylize_video", options, ("progress", "max_fps", "start", "duration"))  # (said "VideoStream()")
     stream = VideoStream(stylizer, styles, **options)
     container = container_for(output)
     if same_file(output, source):

@@ -291,7 +291,7 @@ BAD_ARGS = [
     ({"weights": [10**400, 1]}, "styles[0].weight"),
     ({"preserve_color": "sepia"}, "preserve_color"),
     ({"mask": Image.new("L", (10, 10))}, "mask"),
-    ({"content_size": 0}, "content_size"),
+    ({"content_size": -1}, "content_size"),
     ({"style_size": 100_000}, "style_size"),
 ]
 
@@ -413,6 +413,19 @@ def test_one_value_where_a_list_is_wanted_is_named(stylizer: Stylizer) -> None:
         Job(CONTENT, "style.png").check(stylizer.limits)
     keyed = KeyedImage("k1", STYLE_A)  # one image, though a tuple
     assert diff(stylizer.stylize(CONTENT, keyed), stylizer.stylize(CONTENT, STYLE_A)) < 1e-6
+
+
+def test_sizes_of_0_are_not_given_and_the_docstring_names_every_option(stylizer: Stylizer) -> None:
+    """A cross-surface tour's: content_size=0 was refused here and meant "as it is" on the wire, the CLI and the
+    client; a notebook tour's: help(Stylizer.stylize) showed ``**options`` and named none of them."""
+    from adain.job import JobOptions
+
+    plain = stylizer.stylize(CONTENT, STYLE_A)
+    assert diff(stylizer.stylize(CONTENT, STYLE_A, content_size=0, style_size=0), plain) == 0
+    with pytest.raises(InvalidInputError, match=r"content_size: must be an integer >= 0 \(0 or None: not given\)"):
+        stylizer.stylize(CONTENT, STYLE_A, content_size=-1)
+    doc = Stylizer.stylize.__doc__ or ""
+    assert [name for name in JobOptions.__annotations__ if f"``{name}``" not in doc] == []
 
 
 def test_stylize_batch_names_the_content_and_refines(stylizer: Stylizer) -> None:

@@ -276,7 +276,14 @@ def test_video_calls_refuse_what_they_would_get_wrong(stylizer: Stylizer, clips:
 def test_stream_errors(stylizer: Stylizer) -> None:
     with pytest.raises(InvalidInputError) as e:
         VideoStream(stylizer, [STYLE], temporal="wobbly", strength=1.5, alpha=2)
-    assert {p.field for p in e.value.problems} == {"temporal", "temporal_strength", "alpha"}
+    # named as this API names it (it said temporal_strength, the wire's name, which it did not take), and the
+    # wire's name is pointed at this one; stylize_video names itself (it said "VideoStream()")
+    assert {p.field for p in e.value.problems} == {"temporal", "strength", "alpha"}
+    with pytest.raises(TypeError, match=r"^VideoStream\(\) got an unexpected keyword argument 'temporal_strength' "
+                                        r"\(did you mean 'strength'\?\)"):
+        VideoStream(stylizer, [STYLE], temporal_strength=0.5)
+    with pytest.raises(TypeError, match=r"^stylize_video\(\) got an unexpected keyword argument 'alhpa' \(did you"):
+        stylize_video(stylizer, "clip.mp4", "out.mp4", [STYLE], alhpa=0.5)
     stream = VideoStream(stylizer, [STYLE], temporal="none")
     stream.stylize(synth_image(64, 48))
     with pytest.raises(InvalidInputError) as e:
