@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An error is one line, ``PROG: error: ... (see --help)``: argparse's usage block (40 lines of the server's
-    flags) buried it."""
+    flags) buried it. A negative number with an exponent (``--alpha -1e-3``) is a value, as ``-0.001`` is: to
+    argparse's own pattern it was a flag, and the error "expected one argument"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # (argparse's; argument groups made later copy it)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

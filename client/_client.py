@@ -13,12 +13,14 @@ import numbers
 import os
 import re
 import stat
+import struct
 import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -71,7 +73,20 @@ elif TYPE_CHECKING:
 
 _T = TypeVar("_T")
 DEFAULT_TARGET = DEFAULT_ADDRESS
-DEFAULT_TIMEOUT = 120.0
+
+
+class _DefaultTimeout(float):
+    """The client's ``timeout`` where its maker gave none: an image's call given no timeout of its own has this
+    much and as much more as its work needs (:func:`work_seconds`: a fixed 120 s cut a 300-step refine off at
+    step 231, its work lost, where the CLI's deadline grew with the work). A timeout the caller gives is kept."""
+
+
+DEFAULT_TIMEOUT: float = _DefaultTimeout(120.0)
+# An image's work on a CPU, for its deadline (the CLI's and the clients' default): print-size photos render in
+# tiles for minutes (a 24-MP one took 112 s of the 120 a call had, and failed at 120 s on a busier machine) and a
+# refine takes seconds a step.
+PER_MEGAPIXEL_S = 10.0
+PER_REFINE_STEP_S = 3.0
 NO_DEADLINE_S = 1e9  # a timeout this long or longer (31 years; inf too) is no deadline: see no_deadline_past
 DEFAULT_MAX_MESSAGE_MB = 32
 # A connection with calls in flight (an idle channel's health Watch is one) is pinged after a minute without a
@@ -85,6 +100,7 @@ KEEPALIVE_OPTIONS = (("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeou
                      ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_S * 1000),
                      ("grpc.http2.max_pings_without_data", 0))  # (else 2 pings, then none, on a quiet call)
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite value of a float field on the wire
+FLOAT32_TINY = 1.401298464324817e-45  # its smallest above 0
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
@@ -340,9 +356,30 @@ def _readers() -> dict[str, Callable[[io.BytesIO], Image.Image]]:
 _READERS = _readers()
 
 
-def _local_error(field: str, message: str) -> StyleTransferError:
+def _local_error(
+    field: str, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+) -> StyleTransferError:
     """An input the client refuses itself, named as the server would (its field among the violations too)."""
-    return StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", violations=[(field, message)])
+    return StyleTransferError(code, f"{field}: {message}", violations=[(field, message)])
+
+
+def _over_message_limit(field: str, message: str) -> StyleTransferError:
+    """A request over the message limit: RESOURCE_EXHAUSTED, the server's code for one (refused here, it was
+    INVALID_ARGUMENT, and a caller's handling of the server's code missed it)."""
+    return _local_error(field, message, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+@contextlib.contextmanager
+def _options_of_video() -> Iterator[None]:
+    """The client's own refusals of a video's options named as the server names them, fields of the stream's
+    first message (``options.alpha``: they were ``alpha`` here and ``options.alpha`` from the server)."""
+    try:
+        yield
+    except StyleTransferError as e:
+        if e.code != grpc.StatusCode.INVALID_ARGUMENT or not e.violations:
+            raise
+        field, message = e.violations[0]
+        raise _local_error(f"options.{field}", message) from None
 
 
 def _frames_not_a_file(frames: Any) -> None:
@@ -363,8 +400,9 @@ def _mib(n: int) -> str:
 
 
 def _too_big(field: str, what: str, size: int, max_bytes: int) -> StyleTransferError:
-    return _local_error(field, f"{what} is {_mib(size)}, more than the {_mib(max_bytes)} a message to the server "
-                        "may hold (the client's max_message_mb; the server has its own, adain-server --max-message-mb)")
+    return _over_message_limit(
+        field, f"{what} is {_mib(size)}, more than the {_mib(max_bytes)} a message to the server may hold (the "
+        "client's max_message_mb; the server has its own, adain-server --max-message-mb)")
 
 
 def _as_i16(image: Image.Image) -> Image.Image:
@@ -422,9 +460,10 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
             image.convert("RGB").save(buf, "PNG", compress_level=1, **kept)
         data = buf.getvalue()
         if max_bytes is not None and len(data) > max_bytes:
-            raise _local_error(field, f"the PIL image is {_mib(len(data))} as {encoding} (lossless), more than the "
-                               f"{_mib(max_bytes)} a message to the server may hold: pass "
-                               "its file's path or bytes (their own encoding) instead, or save it as JPEG yourself")
+            raise _over_message_limit(
+                field, f"the PIL image is {_mib(len(data))} as {encoding} (lossless), more than the "
+                f"{_mib(max_bytes)} a message to the server may hold: pass its file's path or bytes (their own "
+                "encoding) instead, or save it as JPEG yourself")
     elif isinstance(image, (str, os.PathLike)):  # (one whose path is bytes too: os.scandir(b"photos")'s entries)
         return _file_bytes(Path(os.fsdecode(image)), field, max_bytes)
     else:
@@ -481,9 +520,9 @@ def check_request_size(request: Any, max_bytes: int) -> None:
     for i, style in enumerate(getattr(request, "styles", ())):
         parts += [(f"styles[{i}]", len(style.image)), (f"styles[{i}].mask", len(style.mask))]
     largest = ", ".join(f"{name} {_mib(n)}" for name, n in sorted(parts, key=lambda p: -p[1])[:3] if n)
-    raise _local_error("request", f"{_mib(size)} in all ({largest}), more than the {_mib(max_bytes)} a message to "
-                       "the server may hold (the client's max_message_mb; the server has its own, adain-server "
-                       "--max-message-mb)")
+    raise _over_message_limit(
+        "request", f"{_mib(size)} in all ({largest}), more than the {_mib(max_bytes)} a message to the server may "
+        "hold (the client's max_message_mb; the server has its own, adain-server --max-message-mb)")
 
 
 def _style_message(style: Any, weight: float | None, i: int, max_bytes: int | None = None) -> pb.Style:
@@ -495,7 +534,7 @@ def _style_message(style: Any, weight: float | None, i: int, max_bytes: int | No
     else:
         msg.image = image_bytes(style, f"styles[{i}]", max_bytes)
     if weight is not None:
-        msg.weight = _float32(weight, f"styles[{i}].weight")
+        msg.weight = _float32(weight, f"styles[{i}].weight", zero_differs=True)
     return msg
 
 
@@ -504,7 +543,8 @@ def _per_style(values: Any, name: str) -> list[Any] | None:
     character by character (weights="10" ran as [1, 0], without a word), a float raised TypeError."""
     if values is None:
         return None
-    if isinstance(values, (str, bytes, bytearray, memoryview, Image.Image)) or not isinstance(values, Iterable):
+    if isinstance(values, (str, bytes, bytearray, memoryview, Image.Image, AbstractSet, Mapping)) or \
+            not isinstance(values, Iterable):  # a set's or a dict's order is not the styles': {20, 10} ran as [10, 20]
         raise _local_error(name, f"must be a list, one per style; got a {type(values).__name__}")
     return list(values)
 
@@ -644,6 +684,25 @@ def needed_features(msg: pb.StylizeRequest | pb.VideoOptions) -> list[str]:
 REQUEST_OVER_RE = re.compile(r"SERVER: Received message larger than max \((\d+) vs\. (\d+)\)")
 
 
+def work_seconds(width: int, height: int, content_size: int, refine_steps: int) -> float:
+    """Seconds an image's call needs beyond the base deadline: its pixels as rendered (at ``content_size``,
+    never scaled up) and its refine steps."""
+    longest = max(width, height)
+    scale = content_size / longest if 0 < content_size < longest else 1.0  # (a 400-digit size: no float division)
+    steps = min(max(refine_steps, 0), 2**31)
+    return PER_MEGAPIXEL_S * width * height * scale**2 / 1e6 + PER_REFINE_STEP_S * steps
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """An encoded image's width and height from its header, (0, 0) where it has none Pillow reads (the server
+    says what is wrong with it)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001
+        return 0, 0
+
+
 def _rpc_error(e: grpc.RpcError, request_id: str | None, needed: Sequence[str] = ()) -> StyleTransferError:
     """``needed``: the features the call used (:func:`needed_features`); a refusal of bad input whose reply lists
     no features says the server, if older, did not read them (a preset sent to one before the library was refused
@@ -699,6 +758,8 @@ def target_problem(target: str, tls: bool = False) -> str | None:
     modulo 65536. The forms: HOST:PORT, [IPV6]:PORT, a comma-separated list of IP:PORT (empty items skipped, as
     a list built in a shell may end with a comma), dns:[//DNS/]NAME:PORT, ipv4:/ipv6: lists, and unix:,
     unix-abstract:, vsock:, xds: as they are."""
+    if not isinstance(target, str):  # (a port number alone: an AttributeError from strip)
+        return f"must be a string HOST:PORT ({_EXAMPLE}), not the {type(target).__name__} {target!r}"
     text = target.strip()
     if not text:
         return f"empty: give the server's HOST:PORT ({_EXAMPLE})"
@@ -1074,6 +1135,14 @@ class _ClientBase:
     def _deadline(self, timeout: float | None) -> float | None:
         return no_deadline_past(self.timeout if timeout is None else timeout)
 
+    def _image_timeout(self, request: pb.StylizeRequest, timeout: float | None) -> float | None:
+        """An image call's timeout: the caller's (the call's or the client's), else the default grown with the
+        work (:class:`_DefaultTimeout`)."""
+        if timeout is not None or not isinstance(self.timeout, _DefaultTimeout):
+            return timeout
+        w, h = image_size(request.content)
+        return float(self.timeout) + work_seconds(w, h, request.content_size, request.refine_steps)
+
     def _remember(self, style_id: str, data: bytes) -> str:
         """Keep a registered style's bytes (the last REMEMBERED_STYLES) for replicas that lack it."""
         with self._lock:  # (two threads: one's move_to_end found its style evicted by the other, a KeyError)
@@ -1341,6 +1410,7 @@ class StyleTransferClient(_ClientBase):
         and is raised here); the asyncio client's call is cancelled with its task.
         """
         request = stylize_request(content, styles, max_bytes=self.max_message_bytes, **options)
+        timeout = self._image_timeout(request, timeout)
         self._with_known_bytes(request)
         needed = needed_features(request)
 
@@ -1646,15 +1716,16 @@ def video_options(
     (``options``: those of :func:`_fill_options`; ``max_bytes``: as in :func:`stylize_request`)."""
     refuse_unknown("stylize_video", options, VIDEO_OPTIONS)
     first = pb.VideoOptions()
-    _fill_options(first, styles, max_bytes=max_bytes, **options)
-    if max_bytes is not None:
-        check_request_size(first, max_bytes)
-    if temporal is not None:
-        if temporal not in TEMPORAL_ENUM:
-            raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
-        first.temporal = TEMPORAL_ENUM[temporal]
-    if temporal_strength is not None:
-        first.temporal_strength = _float32(temporal_strength, "temporal_strength")
+    with _options_of_video():
+        _fill_options(first, styles, max_bytes=max_bytes, **options)
+        if max_bytes is not None:
+            check_request_size(first, max_bytes)
+        if temporal is not None:
+            if temporal not in TEMPORAL_ENUM:
+                raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
+            first.temporal = TEMPORAL_ENUM[temporal]
+        if temporal_strength is not None:
+            first.temporal_strength = _float32(temporal_strength, "temporal_strength")
     return first
 
 
@@ -1725,6 +1796,8 @@ def _fill(
     if isinstance(styles, Preset):
         if weights is not None:
             raise _local_error("weights", "a preset has its own weights")
+        if not styles.name:  # (sent, no preset and no styles: "at least 1 style is required")
+            raise _local_error("preset", "an empty preset name (list_presets() names the server's)")
         msg.preset = styles.name
     else:
         msg.styles.extend(_styles(styles, weights, max_bytes))
@@ -1735,7 +1808,7 @@ def _fill(
     msg.format = FORMAT_ENUM[fmt]
     msg.quality = _uint(quality, "quality")
     if alpha is not None:
-        msg.alpha = _float32(alpha, "alpha")
+        msg.alpha = _in_unit_interval(alpha, "alpha")
     if mask is not None:
         msg.mask = image_bytes(mask, "mask", max_bytes)
 
@@ -1754,6 +1827,9 @@ def _fill_regions(
                  (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas))}
     masks, label_values, region_alphas = per_style.values()
     for name, values in per_style.items():
+        if values is not None and msg.preset:  # its styles are the server's: none here to count (was "for 0 styles")
+            raise _local_error(name, f"a preset's styles carry no {name.replace('_', ' ')}: give the styles "
+                               "themselves, each with its own (a preset takes the two-style mask=)")
         if values is not None and len(values) != n:
             raise _local_error(name, f"{plural(len(values), name.replace('_', ' ')[:-1])}"
                                      f" for {plural(n, 'style')} (one per style)")
@@ -1763,7 +1839,7 @@ def _fill_regions(
         if label_values is not None:
             style.label = _label(label_values[i], i)
         if region_alphas is not None:
-            style.alpha = _float32(region_alphas[i], f"styles[{i}].alpha")
+            style.alpha = _in_unit_interval(region_alphas[i], f"styles[{i}].alpha")
     if labels is not None:
         msg.labels = image_bytes(labels, "labels", max_bytes)
 
@@ -1790,10 +1866,7 @@ def _fill_refine(
         raise _local_error("refine_init", f"must be one of {', '.join(REFINE_INIT_ENUM)}, got {init!r}")
     if optimizer not in OPTIMIZER_ENUM:
         raise _local_error("optimizer", f"must be one of {', '.join(OPTIMIZER_ENUM)}, got {optimizer!r}")
-    number = _float(steps, "refine_steps")
-    if not math.isfinite(number) or number != int(number) or abs(number) >= 2**31:
-        raise _local_error("refine_steps", f"must be a whole number, got {steps!r}")
-    msg.refine_steps = int(number)
+    msg.refine_steps = _whole(steps, "refine_steps", -(2**31), 2**31 - 1)  # (an int32: negative ones the server names)
     msg.refine_init = REFINE_INIT_ENUM[init]
     msg.optimizer = OPTIMIZER_ENUM[optimizer]
     msg.refine_size = _uint(size, "refine_size")
@@ -1807,26 +1880,61 @@ def _real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: a 400-digit number's first and last digits, not all of them."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:18]}...{text[-18:]} ({len(text)} characters)"
+
+
 def _float(value: Any, field: str) -> float:
     if not _real(value):
-        raise _local_error(field, f"not a number: {value!r}")
-    return float(value)
+        raise _local_error(field, f"not a number: {_shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # an int past float's range (10**400): OverflowError came out of the client
+        raise _local_error(field, f"{_shown(value)} is out of range (at most {FLOAT32_MAX:.7g} in size)") from None
 
 
-def _float32(value: Any, field: str) -> float:
-    """A float field's value: a finite number beyond float32's range would arrive as infinity (NaN and
-    infinity themselves go to the server, which names them)."""
+def _float32(value: Any, field: str, *, zero_differs: bool = False) -> float:
+    """A float field's value: a finite number beyond float32's range would arrive as infinity (NaN and infinity
+    themselves go to the server, which names them); ``zero_differs``: one too small for it (below ~1.4e-45, not
+    0), which would arrive as 0, is refused (a weight: 1e-46 and 0 were "all style weights are zero")."""
     number = _float(value, field)
     if math.isfinite(number) and abs(number) > FLOAT32_MAX:
-        raise _local_error(field, f"{value!r} is out of range (at most {FLOAT32_MAX:.7g} in size)")
+        raise _local_error(field, f"{_shown(value)} is out of range (at most {FLOAT32_MAX:.7g} in size)")
+    if zero_differs and number != 0 and abs(number) < FLOAT32_TINY / 2:  # rounds to 0 as a float32
+        raise _local_error(field, f"{_shown(value)} is too small to be sent (a float32: {FLOAT32_TINY:.2g} at "
+                           "least, or 0)")
+    return number
+
+
+def _in_unit_interval(value: Any, field: str) -> float:
+    """An alpha (the request's, a region's). One out of [0, 1] that float32 rounds into it is refused here, as
+    the library refuses it (1.00000001 was sent as 1 and taken, where the library, the CLI and the page refuse
+    it); the others go to the server, which names every problem of a request at once."""
+    number = _float32(value, field)
+    if math.isfinite(number) and not 0 <= number <= 1 and 0 <= struct.unpack("f", struct.pack("f", number))[0] <= 1:
+        raise _local_error(field, f"must be a number in [0, 1], got {_shown(value)}")
+    return number
+
+
+def _whole(value: Any, field: str, low: int, high: int) -> int:
+    """An integer field's value: an int (NumPy's too; not 64.0, which the library refuses), ``high`` at most
+    (past it, the field's size on the wire: the server's own limit is lower)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise _local_error(field, f"must be a whole number{' >= 0' if low == 0 else ''}, got {_shown(value)}")
+    number = int(value)
+    if number > high:
+        raise _local_error(field, f"{_shown(value)} is over the most a request can carry ({high}); the server's "
+                           "own limit is lower (server_info()['limits'])")
+    if number < low:
+        raise _local_error(field, f"must be a whole number{' >= 0' if low == 0 else ''}, got {_shown(value)}")
     return number
 
 
 def _uint(value: Any, field: str) -> int:
-    number = _float(value, field)
-    if not math.isfinite(number) or number < 0 or number != int(number) or number >= 2**32:
-        raise _local_error(field, f"must be a whole number >= 0, got {value!r}")
-    return int(number)
+    """A uint32 field's value; None is 0, the field not given (a size of None: as the library's)."""
+    return 0 if value is None else _whole(value, field, 0, 2**32 - 1)
 
 
 def _keywords(*functions: Callable[..., Any]) -> tuple[str, ...]:

@@ -205,6 +205,7 @@ class AsyncStyleTransferClient(_ClientBase):
         and tile of a content the server renders in tiles."""
         request = await asyncio.to_thread(stylize_request, content, styles, max_bytes=self.max_message_bytes,
                                           **options)
+        timeout = self._image_timeout(request, timeout)
         self._with_known_bytes(request)
         needed = needed_features(request)
 

@@ -79,6 +79,8 @@ from ._client import (
     FLOAT32_MAX,
     MAX_RETRIES,
     NO_FEATURES_HINT,
+    PER_MEGAPIXEL_S,
+    PER_REFINE_STEP_S,
     PING_TIMEOUT_S,
     REQUEST_OVER_RE,
     LibraryStyle,
@@ -86,6 +88,7 @@ from ._client import (
     StyleRef,
     StyleTransferClient,
     StyleTransferError,
+    work_seconds,
 )
 from .local import LocalServer, LocalServerError
 from .video import is_video, media, stylize_video_file
@@ -140,20 +143,14 @@ class _Parser(OneLineParser):
         self.register("action", "store", _Once)
 
 
-# An image's deadline where --timeout is not given: print-size photos render in tiles for minutes on a CPU (a
-# 24-MP one took 112 s of the 120 a call had, and failed at 120 s on a busier machine) and a refine takes
-# seconds a step, so a fixed 120 s failed the README's own print example.
-PER_MEGAPIXEL_S = 10.0
-PER_REFINE_STEP_S = 3.0
-
-
 def timeout_of(args: argparse.Namespace) -> float:
     """--timeout, or the default deadline of a call."""
     return DEFAULT_TIMEOUT if args.timeout is None else args.timeout
 
 
 def image_timeout(args: argparse.Namespace, content: Path, refine_steps: int) -> float:
-    """--timeout, or one that grows with this image's work: its pixels at --size and its refine steps."""
+    """--timeout, or one that grows with this image's work (the clients' rule: ``work_seconds``): its pixels at
+    --size and its refine steps."""
     if args.timeout is not None:
         return args.timeout
     try:
@@ -161,9 +158,7 @@ def image_timeout(args: argparse.Namespace, content: Path, refine_steps: int) ->
             w, h = img.size
     except Exception:  # noqa: BLE001 (the server says what is wrong with it)
         return DEFAULT_TIMEOUT
-    side = getattr(args, "size", 0)
-    scale = min(1.0, side / max(w, h)) if side else 1.0  # (never scaled up)
-    return DEFAULT_TIMEOUT + PER_MEGAPIXEL_S * w * h * scale**2 / 1e6 + PER_REFINE_STEP_S * refine_steps
+    return DEFAULT_TIMEOUT + work_seconds(w, h, getattr(args, "size", 0), refine_steps)
 
 
 class _NoTokenFlag(argparse.Action):
@@ -600,7 +595,10 @@ def _describe(e: StyleTransferError, args: argparse.Namespace, cli_terms: bool =
                 "slow link, send a smaller file, or raise the server's --message-timeout-s")
     if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {e.details}; raise --timeout)"
-    if e.code == grpc.StatusCode.INVALID_ARGUMENT:
+    # (the client's own refusal of a file over the message limit is RESOURCE_EXHAUSTED too, as the server's is:
+    # named by its flag or file as a bad input is; never sent, it has no request id)
+    own = e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.violations and e.request_id is None
+    if e.code == grpc.StatusCode.INVALID_ARGUMENT or own:
         said = _cli_words(_in_cli_terms(e, args) if cli_terms else e.details, args)
         if getattr(args, "local", False) and NO_LIBRARY in e.details:  # its server was never the user's to start
             said += f" ({_library_hint(args)})"
@@ -787,7 +785,13 @@ def _region_options(args: argparse.Namespace) -> dict[str, Any]:
     n = len(args.style)
     masks = [_image_arg(m, "--mask") for m in args.mask or []]
     out: dict[str, Any] = {}
-    if len(masks) == 1 and n == 2:
+    preset = n == 1 and args.style[0].startswith(PRESET_PREFIX)  # its styles are the server's: none to count here
+    if preset and (len(masks) > 1 or args.labels is not None or args.label or args.region_alpha):
+        flag = "--mask" if masks else "--labels" if args.labels is not None else \
+            "--label" if args.label else "--region-alpha"
+        raise CliError(f"{flag}: a preset's styles carry no masks, labels or alphas of their own: give the styles "
+                       "themselves (--style each, in order); a preset takes one --mask (of its two styles)")
+    if len(masks) == 1 and (n == 2 or preset):  # (the server says whether the preset has two styles)
         out["mask"] = masks[0]
     elif masks:
         if len(masks) != n:

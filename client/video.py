@@ -9,6 +9,7 @@ is written to a temporary name and renamed when complete.
 from __future__ import annotations
 
 import collections
+import inspect
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,11 @@ def stylize_video_file(
     of the clip (its sound too); ``frame_timeout`` (seconds) ends the stream with DEADLINE_EXCEEDED when no
     stylized frame comes back for that long (a clip as a whole has no deadline: a server or network gone silent
     held it for good). Raises MediaError or StyleTransferError; on any failure no output file is left."""
+    if inspect.iscoroutinefunction(getattr(client, "server_info", None)):  # the asyncio client's coroutines were
+        # read as replies
+        raise TypeError(f"stylize_video_file takes a StyleTransferClient, not a {type(client).__name__}: with the "
+                        "asyncio client, run it in a thread with a blocking client (asyncio.to_thread), or send "
+                        "the frames yourself with its stylize_video")
     m = media()
 
     container = m.container_for(output)

@@ -550,6 +550,27 @@ def test_small_refusals_an_outside_tester_found_unclear(files: dict[str, Path], 
     assert not (tmp_path / "out").exists()
 
 
+def test_numbers_past_the_wire_and_negative_exponents(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """A cross-surface tour's: a 400-digit --size, --style-size, --refine or --refine-size printed a traceback
+    (the deadline's float arithmetic came before the client's checks); --alpha -1e-3 was "expected one argument"
+    (argparse read it as a flag); a preset's one --mask was "1 mask for 0 styles"."""
+    c, a = str(files["content.png"]), str(files["a.png"])
+    srv, o = ["--server", f"127.0.0.1:{free_port()}"], str(tmp_path / "out.png")  # refused before any call
+    huge = "1" + "0" * 400
+    for flags, flag, most in ((["--size", huge], "--size", 2**32 - 1), (["--style-size", huge], "--style-size", 2**32 - 1),
+                              (["--refine", huge], "--refine", 2**31 - 1),
+                              (["--refine", "1", "--refine-size", huge], "--refine-size", 2**32 - 1)):
+        assert _error([c, "-s", a, "-o", o, *flags, *srv], capsys) == (
+            f"{flag}: 100000000000000000...000000000000000000 (401 characters) is over the most a request can carry "
+            f"({most}); the server's own limit is lower (server_info()['limits'])")
+    for flag in ("--alpha", "--region-alpha"):
+        assert _error([c, "-s", a, "-o", o, flag, "-1e-3", *srv], capsys, code=2) == (
+            f"argument {flag}: must be in [0, 1], got -1e-3 (see --help)")
+    line = _error([c, "-s", "preset:calm-sea", "--mask", a, "--mask", a, "-o", o, *srv], capsys)
+    assert line.startswith("--mask: a preset's styles carry no masks, labels or alphas of their own"), line
+    assert not Path(o).exists()
+
+
 def test_a_reader_gone_from_the_pipe_is_no_error(server: ServerProcess) -> None:
     """``adain-stylize --server-info | head``: the reader went away, and the CLI said "error: [Errno 32] Broken pipe"
     (an outside tester's). Now nothing, and the shell's SIGPIPE status."""

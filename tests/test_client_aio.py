@@ -291,3 +291,40 @@ def test_a_clips_path_as_frames_is_refused_saying_what_takes_one(tmp_path) -> No
                     pass
 
     asyncio.run(run())
+
+
+def test_what_a_notebook_user_met(tmp_path) -> None:
+    """A notebook tour's: the asyncio client given to stylize_video_file was "'coroutine' object is not
+    subscriptable" after a never-awaited warning; a port number as the target was an AttributeError."""
+    pytest.importorskip("av")
+    from adain.client import StyleTransferClient
+    from adain.client.video import stylize_video_file
+
+    async def run() -> None:
+        async with AsyncStyleTransferClient("127.0.0.1:9", timeout=5) as client:
+            with pytest.raises(TypeError, match="^stylize_video_file takes a StyleTransferClient, not a "
+                                                "AsyncStyleTransferClient: with the asyncio client, run it in a thread"):
+                stylize_video_file(client, tmp_path / "clip.mp4", tmp_path / "out.mp4", "style.png")  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(StyleTransferError, match=r"^INVALID_ARGUMENT: server: must be a string HOST:PORT .*, not the "
+                                                 r"int 50061$"):
+        StyleTransferClient(50061)  # type: ignore[arg-type]
+
+
+def test_an_image_calls_default_deadline_grows_with_its_work() -> None:
+    """A notebook tour's: a 300-step refine was cut off at step 231 by the client's fixed 120 s (its work lost),
+    where the CLI's deadline grows with the work. Without a timeout of their own, the clients' image calls now
+    have the CLI's; a timeout given (the client's or the call's) is kept as it is."""
+    from adain.client import StyleTransferClient
+    from adain.client._client import DEFAULT_TIMEOUT, PER_MEGAPIXEL_S, PER_REFINE_STEP_S, stylize_request
+
+    big = make_image(2000, 1000, seed=44)  # 2 MP
+    request = stylize_request(big, STYLE, refine_steps=300)
+    with StyleTransferClient("127.0.0.1:9") as plain, StyleTransferClient("127.0.0.1:9", timeout=30) as given:
+        assert plain._image_timeout(request, None) == pytest.approx(
+            DEFAULT_TIMEOUT + 2 * PER_MEGAPIXEL_S + 300 * PER_REFINE_STEP_S)
+        assert plain._image_timeout(request, 5) == 5 and given._image_timeout(request, None) is None
+        smaller = stylize_request(big, STYLE, content_size=500)  # rendered at 500 x 250: an eighth of a megapixel
+        assert plain._image_timeout(smaller, None) == pytest.approx(DEFAULT_TIMEOUT + 0.125 * PER_MEGAPIXEL_S)

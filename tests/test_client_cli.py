@@ -170,6 +170,36 @@ def test_the_clients_arguments_are_checked_as_the_librarys(server: ServerProcess
             with pytest.raises(StyleTransferError, match=r"^INVALID_ARGUMENT: timeout: must be a number of seconds"):
                 c.stylize(CONTENT, STYLE_A, timeout=timeout)
         assert "image=" not in repr(c.stylize(CONTENT, STYLE_A))  # not hundreds of KB of bytes
+        # a cross-surface tour's: 10**400 raised OverflowError; a set's order was taken as the styles' ({20, 10}
+        # ran as [10, 20]); 64.0 was taken as a size, None refused; float32's rounding took alpha 1.00000001 as 1
+        # and made weights of 1e-46 and 0 "all style weights are zero"; past 32 bits "must be a whole number >= 0"
+        huge = 10**400
+        for field in ("alpha", "content_weight"):
+            said = refused(field, **{field: huge, **({"refine_steps": 1} if field == "content_weight" else {})})
+            assert said == f"{field}: 100000000000000000...000000000000000000 (401 characters) is out of range " \
+                "(at most 3.402823e+38 in size)"
+        for field in ("content_size", "style_size", "refine_steps", "quality"):
+            assert "is over the most a request can carry" in refused(field, **{field: huge})
+        assert refused("content_size", content_size=5_000_000_000) == (
+            "content_size: 5000000000 is over the most a request can carry (4294967295); the server's own limit is "
+            "lower (server_info()['limits'])")
+        assert refused("refine_steps", refine_steps=3_000_000_000).startswith(
+            "refine_steps: 3000000000 is over the most a request can carry (2147483647)")
+        for field in ("content_size", "style_size", "refine_steps"):
+            assert refused(field, **{field: 64.0}).startswith(f"{field}: must be a whole number")
+        assert c.stylize(CONTENT, STYLE_A, content_size=None, style_size=np.int64(32)).width == 64
+        assert refused("weights", weights={0.3, 0.7}) == "weights: must be a list, one per style; got a set"
+        assert refused("weights", weights={1.0: "a", 3.0: "b"}) == "weights: must be a list, one per style; got a dict"
+        assert refused("label_values", labels=CONTENT, label_values={20, 10}).endswith("got a set")
+        for alpha in (1.00000001, -1e-46):
+            assert refused("alpha", alpha=alpha) == f"alpha: must be a number in [0, 1], got {alpha!r}"
+        assert refused("styles[1].alpha", masks=[make_mask(64, 48)] * 2, region_alphas=[1, 1.00000001]) == (
+            "styles[1].alpha: must be a number in [0, 1], got 1.00000001")
+        assert refused("styles[0].weight", weights=[1e-46, 0]) == (
+            "styles[0].weight: 1e-46 is too small to be sent (a float32: 1.4e-45 at least, or 0)")
+        with pytest.raises(StyleTransferError) as info:  # out of range and not rounded into it: the server's to say,
+            c.stylize(CONTENT, [STYLE_A, STYLE_B], alpha=1.5, weights=[-1, 1])  # every problem at once
+        assert sorted(f for f, _ in info.value.violations) == ["alpha", "styles[0].weight"]
     with pytest.raises(ValueError, match="timeout: must be a number of seconds > 0"):
         StyleTransferClient(server.target, timeout=0)
     for call in (lambda: c.stylize(CONTENT, STYLE_A), c.health, c.list_styles):
@@ -873,7 +903,8 @@ def test_client_refuses_what_it_cannot_send(server: ServerProcess, client: Style
         with pytest.raises(StyleTransferError, match="styles.0.: .* is not a regular file"):
             client.stylize(CONTENT, path)
     with StyleTransferClient(server.target, max_message_mb=(len(CONTENT) + 100) / 2**20) as small:
-        with pytest.raises(StyleTransferError, match=r"^INVALID_ARGUMENT: request: .* in all \(content"):
+        # RESOURCE_EXHAUSTED, as the server answers a message over its limit (it was INVALID_ARGUMENT here)
+        with pytest.raises(StyleTransferError, match=r"^RESOURCE_EXHAUSTED: request: .* in all \(content"):
             small.stylize(CONTENT, STYLE_A)
     with pytest.raises(StyleTransferError, match=r"styles\[0\]\.weight: 1e\+40 is out of range"):
         client.stylize(CONTENT, [(STYLE_A, 1e40)])

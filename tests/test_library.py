@@ -139,6 +139,14 @@ def test_presets_name_a_look(lib_server: ServerProcess, lib_client: StyleTransfe
                                                                            alpha=0.8).image))
     assert not np.array_equal(pixels(plain.image), pixels(by_preset.image))
     assert len(list(lib_client.stylize_video([CONTENT, CONTENT], Preset("dotted"), temporal="none"))) == 2
+    # per-style regions with a preset: its styles are the server's, none here to count (it was "2 masks for 0
+    # styles"); an empty name is said as one (it was "at least 1 style is required")
+    for options in ({"masks": [CONTENT, CONTENT]}, {"labels": CONTENT, "label_values": [1, 2]}):
+        with pytest.raises(StyleTransferError) as e:
+            lib_client.stylize(CONTENT, Preset("dotted"), **options)
+        assert "a preset's styles carry no" in e.value.details and e.value.violations[0][0] in options
+    with pytest.raises(StyleTransferError, match=r"preset: an empty preset name \(list_presets"):
+        lib_client.stylize(CONTENT, "preset:")
     with pytest.raises(StyleTransferError) as e:
         lib_client.stylize(CONTENT, Preset("dottted"))
     assert e.value.violations == [("preset", "no preset named 'dottted' on this server (it has: dotted; see "
@@ -182,7 +190,8 @@ def test_unknown_names_say_what_the_library_has(lib_client: StyleTransferClient,
     assert "this server has no style library" in e.value.details
 
 
-def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, tmp_path: Path, capsys) -> None:
+def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, lib_client: StyleTransferClient,
+                                                 tmp_path: Path, capsys) -> None:
     srv = ["--server", lib_server.target]
     assert cli(["--list-styles", *srv, "--thumbnails", str(tmp_path / "thumbs")]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -200,6 +209,12 @@ def test_the_cli_lists_and_names_library_styles(lib_server: ServerProcess, tmp_p
     kept = pixels(out.read_bytes())
     assert cli([str(content), "-s", "preset:dotted", "--preserve-color", "none", "-o", str(out), *srv]) == 0
     assert not np.array_equal(pixels(out.read_bytes()), kept)  # the styles' colours, not the preset's luminance
+    # a preset's one --mask is its two styles' mask (it was "1 mask for 0 styles"): the same as the client's mask=
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))).save(mask)
+    assert cli([str(content), "-s", "preset:dotted", "--mask", str(mask), "-o", str(out), *srv]) == 0
+    masked = lib_client.stylize(CONTENT, Preset("dotted"), mask=mask.read_bytes())
+    assert np.array_equal(pixels(out.read_bytes()), pixels(masked.image))
     capsys.readouterr()
     assert cli([str(content), "-s", "preset:dotted", "-s", "id:dots", "-o", str(out), *srv]) == 1
     assert "stands alone" in capsys.readouterr().err

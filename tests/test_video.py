@@ -1079,6 +1079,12 @@ def test_rpc_bad_input(client: StyleTransferClient) -> None:
     err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(
         frames, [STYLE, (STYLE, -1)], temporal_strength=1.0, alpha=3)))
     assert {f for f, _ in err.violations} == {"options.styles[1].weight", "options.alpha", "options.temporal_strength"}
+    # the client's own refusals are named as the server's, fields of the stream's options (they were "temporal",
+    # "content_size", "weights" here and "options.alpha" from the server)
+    for options, field in (({"temporal": "bogus"}, "options.temporal"), ({"content_size": -1}, "options.content_size"),
+                           ({"weights": [1, 2]}, "options.weights"), ({"alpha": 1.00000001}, "options.alpha")):
+        err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(frames, STYLE, **options)))
+        assert [f for f, _ in err.violations] == [field] and err.details.startswith(f"{field}: "), err.details
     # A bad style image is said when the options come, not with a first frame that may be long in coming
     # (the stream would hold a slot meanwhile), and named as on the wire.
     gate = threading.Event()
