@@ -290,6 +290,9 @@ class StylizeResult:
     def to_pil(self) -> Image.Image:
         return _decoded(self.image, self.width, self.height, self.format)
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return _shown_in_a_notebook(self)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the encoded bytes as they are, whole or not at all (see :func:`adain.files.write_whole`). A
         path whose extension names another output format is a ValueError: ``save("out.jpg")`` on a PNG result
@@ -323,6 +326,22 @@ class VideoFrameResult:
 
     def to_pil(self) -> Image.Image:
         return _decoded(self.image, self.width, self.height, self.format)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return _shown_in_a_notebook(self)
+
+
+def _shown_in_a_notebook(result: StylizeResult | VideoFrameResult) -> dict[str, Any]:
+    """A result as a notebook shows it (IPython's display protocol): the picture, where it showed only the
+    dataclass's line (the library's PIL images show themselves); its own bytes for PNG and JPEG, and WebP, which
+    a notebook need not show, as PNG."""
+    if result.format in ("png", "jpeg"):
+        picture = {f"image/{result.format}": result.image}
+    else:
+        buf = io.BytesIO()
+        result.to_pil().save(buf, "PNG", compress_level=1)
+        picture = {"image/png": buf.getvalue()}
+    return {**picture, "text/plain": repr(result)}
 
 
 def _decoded(data: bytes, width: int, height: int, fmt: str) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -83,6 +84,19 @@ def test_client_accepts_paths_bytes_pil_and_tuples(client: StyleTransferClient, 
     assert not (files["content.png"].parent / "out.jpg").exists()
     assert by_bytes.save(files["content.png"].parent / "out.bin").read_bytes() == by_bytes.image  # no format named
     assert by_bytes.to_pil().mode == "RGB"
+
+
+def test_a_result_shows_itself_in_a_notebook(client: StyleTransferClient) -> None:
+    """A notebook tour's: a StylizeResult or a video frame showed only its dataclass line (IPython's display
+    protocol: ``_repr_mimebundle_``); PNG and JPEG as they came, WebP as PNG."""
+    for fmt, kind in (("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/png")):
+        result = client.stylize(CONTENT, STYLE_A, format=fmt)
+        shown = result._repr_mimebundle_()
+        assert sorted(shown) == sorted([kind, "text/plain"]) and shown["text/plain"] == repr(result)
+        assert Image.open(io.BytesIO(shown[kind])).size == (64, 48)
+        assert fmt == "webp" or shown[kind] == result.image
+    frame = next(iter(client.stylize_video([CONTENT], STYLE_A)))
+    assert Image.open(io.BytesIO(frame._repr_mimebundle_()["image/png"])).size == (64, 48)
 
 
 def test_phone_photos_heic_and_colour_profiles(server: ServerProcess, client: StyleTransferClient, tmp_path: Path,
