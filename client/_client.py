@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import contextvars
 import inspect
 import io
 import ipaddress
@@ -388,6 +389,42 @@ def _over_message_limit(field: str, message: str) -> StyleTransferError:
     return _local_error(field, message, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
+# The refusals found so far of the request being built, where it is built under _every_problem
+_FOUND: contextvars.ContextVar[list[StyleTransferError] | None] = contextvars.ContextVar("adain_found", default=None)
+
+
+@contextlib.contextmanager
+def _checked() -> Iterator[None]:
+    """One check of a request's arguments: under :func:`_every_problem` its refusal is kept and the next check
+    made (elsewhere it is raised)."""
+    try:
+        yield
+    except StyleTransferError as e:
+        found = _FOUND.get()
+        if found is None or e.code != grpc.StatusCode.INVALID_ARGUMENT or not e.violations:
+            raise
+        found.append(e)
+
+
+@contextlib.contextmanager
+def _every_problem() -> Iterator[None]:
+    """Build a request, then raise one error naming every problem its checks found, as the library and the server
+    do (the client named the first only: alpha=1.00000001 with weights=[1] for two styles told of the weights,
+    the alpha once they were right)."""
+    found: list[StyleTransferError] = []
+    token = _FOUND.set(found)
+    try:
+        yield
+    finally:
+        _FOUND.reset(token)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        violations = [v for e in found for v in e.violations]
+        raise StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(f"{f}: {m}" for f, m in violations),
+                                 violations=violations)
+
+
 @contextlib.contextmanager
 def _options_of_video() -> Iterator[None]:
     """The client's own refusals of a video's options named as the server names them, fields of the stream's
@@ -397,8 +434,9 @@ def _options_of_video() -> Iterator[None]:
     except StyleTransferError as e:
         if e.code != grpc.StatusCode.INVALID_ARGUMENT or not e.violations:
             raise
-        field, message = e.violations[0]
-        raise _local_error(f"options.{field}", message) from None
+        violations = [(f"options.{field}", message) for field, message in e.violations]
+        raise StyleTransferError(e.code, "; ".join(f"{f}: {m}" for f, m in violations),
+                                 violations=violations) from None
 
 
 def _frames_not_a_file(frames: Any) -> None:
@@ -572,7 +610,10 @@ def _is_preset(style: Any) -> bool:
     return isinstance(style, Preset) or (isinstance(style, str) and style.startswith(PRESET_PREFIX))
 
 
-def _styles(styles: Any, weights: Sequence[float] | None, max_bytes: int | None = None) -> list[pb.Style]:
+def _styles(
+    styles: Any, weights: Sequence[float] | None, max_bytes: int | None = None
+) -> tuple[list[pb.Style], bool]:
+    """The styles' messages, and whether each was taken (a style's problem kept by :func:`_checked`)."""
     if isinstance(styles, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, StyleRef, tuple)) or \
             not isinstance(styles, Iterable):  # one style (None or a number: named as styles[0] below)
         styles = [styles]
@@ -585,15 +626,16 @@ def _styles(styles: Any, weights: Sequence[float] | None, max_bytes: int | None 
                            "not in a list with styles")
     out = []
     for i, item in enumerate(items):
-        weight = None if weights is None else weights[i]
-        if isinstance(item, tuple):
-            if len(item) != 2:
-                raise _local_error(f"styles[{i}]", "a tuple style must be (style, weight)")
-            if weights is not None:
-                raise _local_error(f"styles[{i}]", "give weights either in (style, weight) tuples or in weights=")
-            item, weight = item
-        out.append(_style_message(item, weight, i, max_bytes))
-    return out
+        with _checked():  # (each style's problem said, where several have one)
+            weight = None if weights is None else weights[i]
+            if isinstance(item, tuple):
+                if len(item) != 2:
+                    raise _local_error(f"styles[{i}]", "a tuple style must be (style, weight)")
+                if weights is not None:
+                    raise _local_error(f"styles[{i}]", "give weights either in (style, weight) tuples or in weights=")
+                item, weight = item
+            out.append(_style_message(item, weight, i, max_bytes))
+    return out, len(out) == len(items)
 
 
 def _parse_details(metadata: Iterable[tuple[str, Any]] | None) -> tuple[list[tuple[str, str]], float | None]:
@@ -1695,8 +1737,12 @@ def _fill_options(
 ) -> None:
     """The options an image and a video share (names and defaults, in one place); ``max_bytes``: the largest
     image that may be read (the client's message limit)."""
-    _fill(msg, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality, max_bytes)
-    _fill_regions(msg, masks, labels, label_values, region_alphas, max_bytes)
+    if _fill(msg, styles, weights, alpha, preserve_color, mask, content_size, style_size, format, quality, max_bytes):
+        _fill_regions(msg, masks, labels, label_values, region_alphas, max_bytes)  # (counted against the styles)
+    else:  # the labels image is read all the same (one that cannot be is said with the styles' problem)
+        with _checked():
+            if labels is not None:
+                msg.labels = image_bytes(labels, "labels", max_bytes)
 
 
 def stylize_request(
@@ -1718,9 +1764,13 @@ def stylize_request(
     checking what can be checked before anything is sent; ``options``: those of :func:`_fill_options`;
     ``max_bytes``: the client's message limit (each file measured before it is read, then the whole)."""
     refuse_unknown("stylize", options, STYLIZE_OPTIONS, LIBRARY_NAMES)
-    request = pb.StylizeRequest(content=image_bytes(content, "content", max_bytes), keep_exif=bool(keep_exif))
-    _fill_options(request, styles, max_bytes=max_bytes, **options)
-    _fill_refine(request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size, optimizer)
+    request = pb.StylizeRequest(keep_exif=bool(keep_exif))
+    with _every_problem():
+        with _checked():
+            request.content = image_bytes(content, "content", max_bytes)
+        _fill_options(request, styles, max_bytes=max_bytes, **options)
+        _fill_refine(request, refine_steps, refine_init, content_weight, style_weight, tv_weight, refine_size,
+                     optimizer)
     if max_bytes is not None:
         check_request_size(request, max_bytes)
     return request
@@ -1736,15 +1786,18 @@ def video_options(
     refuse_unknown("stylize_video", options, VIDEO_OPTIONS)
     first = pb.VideoOptions()
     with _options_of_video():
-        _fill_options(first, styles, max_bytes=max_bytes, **options)
+        with _every_problem():
+            _fill_options(first, styles, max_bytes=max_bytes, **options)
+            with _checked():
+                if temporal is not None and temporal not in TEMPORAL_ENUM:
+                    raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
+                if temporal is not None:
+                    first.temporal = TEMPORAL_ENUM[temporal]
+            with _checked():
+                if temporal_strength is not None:
+                    first.temporal_strength = _float32(temporal_strength, "temporal_strength")
         if max_bytes is not None:
             check_request_size(first, max_bytes)
-        if temporal is not None:
-            if temporal not in TEMPORAL_ENUM:
-                raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
-            first.temporal = TEMPORAL_ENUM[temporal]
-        if temporal_strength is not None:
-            first.temporal_strength = _float32(temporal_strength, "temporal_strength")
     return first
 
 
@@ -1802,34 +1855,44 @@ def _fill(
     format: str,
     quality: int,
     max_bytes: int | None = None,
-) -> None:
-    """Set the options a StylizeRequest and a VideoOptions share, checking what can be checked here."""
-    fmt = format_name(format)
-    if fmt is None:
-        raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
-    color = color_mode(preserve_color)
-    if color not in COLOR_ENUM:
-        raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
-    if isinstance(styles, str) and styles.startswith(PRESET_PREFIX):
-        styles = Preset(styles[len(PRESET_PREFIX) :])
-    if isinstance(styles, Preset):
-        if weights is not None:
-            raise _local_error("weights", "a preset has its own weights")
-        if not styles.name:  # (sent, no preset and no styles: "at least 1 style is required")
-            raise _local_error("preset", "an empty preset name (list_presets() names the server's)")
-        msg.preset = styles.name
-    else:
-        msg.styles.extend(_styles(styles, weights, max_bytes))
-    if color is not None or preserve_color == "none":  # "none" is sent: none even where a preset has a mode
-        msg.preserve_color = COLOR_ENUM[color]  # (False and "" stay unset, as they always were)
-    msg.content_size = _uint(content_size, "content_size")
-    msg.style_size = _uint(style_size, "style_size")
-    msg.format = FORMAT_ENUM[fmt]
-    msg.quality = _uint(quality, "quality")
-    if alpha is not None:
-        msg.alpha = _in_unit_interval(alpha, "alpha")
-    if mask is not None:
-        msg.mask = image_bytes(mask, "mask", max_bytes)
+) -> bool:
+    """Set the options a StylizeRequest and a VideoOptions share, checking what can be checked here (each
+    check under :func:`_checked`); whether the styles were taken (the regions are counted against them)."""
+    with _checked():
+        fmt = format_name(format)
+        if fmt is None:
+            raise _local_error("format", f"unsupported output format {format!r} (png, jpeg or webp)")
+        msg.format = FORMAT_ENUM[fmt]
+    with _checked():
+        color = color_mode(preserve_color)
+        if color not in COLOR_ENUM:
+            raise _local_error("preserve_color", f"must be None, 'coral' or 'luminance', got {preserve_color!r}")
+        if color is not None or preserve_color == "none":  # "none" is sent: none even where a preset has a mode
+            msg.preserve_color = COLOR_ENUM[color]  # (False and "" stay unset, as they always were)
+    styles_taken = False
+    with _checked():
+        if isinstance(styles, str) and styles.startswith(PRESET_PREFIX):
+            styles = Preset(styles[len(PRESET_PREFIX) :])
+        if isinstance(styles, Preset):
+            if weights is not None:
+                raise _local_error("weights", "a preset has its own weights")
+            if not styles.name:  # (sent, no preset and no styles: "at least 1 style is required")
+                raise _local_error("preset", "an empty preset name (list_presets() names the server's)")
+            msg.preset = styles.name
+            styles_taken = True
+        else:
+            taken, styles_taken = _styles(styles, weights, max_bytes)
+            msg.styles.extend(taken)
+    for name, value in (("content_size", content_size), ("style_size", style_size), ("quality", quality)):
+        with _checked():
+            setattr(msg, name, _uint(value, name))
+    with _checked():
+        if alpha is not None:
+            msg.alpha = _in_unit_interval(alpha, "alpha")
+    with _checked():
+        if mask is not None:
+            msg.mask = image_bytes(mask, "mask", max_bytes)
+    return styles_taken
 
 
 def _fill_regions(
@@ -1842,25 +1905,31 @@ def _fill_regions(
 ) -> None:
     """Set the per-style mask, label and alpha (after the styles) and the labels image."""
     n = len(msg.styles)
-    per_style = {name: _per_style(values, name) for name, values in
-                 (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas))}
-    masks, label_values, region_alphas = per_style.values()
-    for name, values in per_style.items():
-        if values is not None and msg.preset:  # its styles are the server's: none here to count (was "for 0 styles")
-            raise _local_error(name, f"a preset's styles carry no {name.replace('_', ' ')}: give the styles "
-                               "themselves, each with its own (a preset takes the two-style mask=)")
-        if values is not None and len(values) != n:
-            raise _local_error(name, f"{plural(len(values), name.replace('_', ' ')[:-1])}"
-                                     f" for {plural(n, 'style')} (one per style)")
+    per_style: dict[str, list[Any]] = {}
+    for name, values in (("masks", masks), ("label_values", label_values), ("region_alphas", region_alphas)):
+        with _checked():
+            listed = _per_style(values, name)
+            if listed is not None and msg.preset:  # its styles are the server's: none here to count ("for 0 styles")
+                raise _local_error(name, f"a preset's styles carry no {name.replace('_', ' ')}: give the styles "
+                                   "themselves, each with its own (a preset takes the two-style mask=)")
+            if listed is not None and len(listed) != n:
+                raise _local_error(name, f"{plural(len(listed), name.replace('_', ' ')[:-1])}"
+                                         f" for {plural(n, 'style')} (one per style)")
+            if listed is not None:
+                per_style[name] = listed
     for i, style in enumerate(msg.styles):
-        if masks is not None:
-            style.mask = image_bytes(masks[i], f"styles[{i}].mask", max_bytes)
-        if label_values is not None:
-            style.label = _label(label_values[i], i)
-        if region_alphas is not None:
-            style.alpha = _in_unit_interval(region_alphas[i], f"styles[{i}].alpha")
-    if labels is not None:
-        msg.labels = image_bytes(labels, "labels", max_bytes)
+        if "masks" in per_style:
+            with _checked():
+                style.mask = image_bytes(per_style["masks"][i], f"styles[{i}].mask", max_bytes)
+        if "label_values" in per_style:
+            with _checked():
+                style.label = _label(per_style["label_values"][i], i)
+        if "region_alphas" in per_style:
+            with _checked():
+                style.alpha = _in_unit_interval(per_style["region_alphas"][i], f"styles[{i}].alpha")
+    with _checked():
+        if labels is not None:
+            msg.labels = image_bytes(labels, "labels", max_bytes)
 
 
 def _label(value: int | str, i: int) -> int:
@@ -1881,17 +1950,22 @@ def _fill_refine(
     optimizer: str,
 ) -> None:
     """Set a StylizeRequest's optimisation fields (negative steps go to the server, which names them)."""
-    if init not in REFINE_INIT_ENUM:
-        raise _local_error("refine_init", f"must be one of {', '.join(REFINE_INIT_ENUM)}, got {init!r}")
-    if optimizer not in OPTIMIZER_ENUM:
-        raise _local_error("optimizer", f"must be one of {', '.join(OPTIMIZER_ENUM)}, got {optimizer!r}")
-    msg.refine_steps = _whole(steps, "refine_steps", -(2**31), 2**31 - 1)  # (an int32: negative ones the server names)
-    msg.refine_init = REFINE_INIT_ENUM[init]
-    msg.optimizer = OPTIMIZER_ENUM[optimizer]
-    msg.refine_size = _uint(size, "refine_size")
+    with _checked():
+        if init not in REFINE_INIT_ENUM:
+            raise _local_error("refine_init", f"must be one of {', '.join(REFINE_INIT_ENUM)}, got {init!r}")
+        msg.refine_init = REFINE_INIT_ENUM[init]
+    with _checked():
+        if optimizer not in OPTIMIZER_ENUM:
+            raise _local_error("optimizer", f"must be one of {', '.join(OPTIMIZER_ENUM)}, got {optimizer!r}")
+        msg.optimizer = OPTIMIZER_ENUM[optimizer]
+    with _checked():
+        msg.refine_steps = _whole(steps, "refine_steps", -(2**31), 2**31 - 1)  # (an int32: the server names <0)
+    with _checked():
+        msg.refine_size = _uint(size, "refine_size")
     for name, value in (("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)):
-        if value is not None:
-            setattr(msg, name, _float32(value, name))
+        with _checked():
+            if value is not None:
+                setattr(msg, name, _float32(value, name))
 
 
 def _real(value: Any) -> bool:

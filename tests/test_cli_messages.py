@@ -557,7 +557,8 @@ def test_numbers_past_the_wire_and_negative_exponents(files: dict[str, Path], tm
     c, a = str(files["content.png"]), str(files["a.png"])
     srv, o = ["--server", f"127.0.0.1:{free_port()}"], str(tmp_path / "out.png")  # refused before any call
     huge = "1" + "0" * 400
-    for flags, flag, most in ((["--size", huge], "--size", 2**32 - 1), (["--style-size", huge], "--style-size", 2**32 - 1),
+    for flags, flag, most in ((["--size", huge], "--size", 2**32 - 1),
+                              (["--style-size", huge], "--style-size", 2**32 - 1),
                               (["--refine", huge], "--refine", 2**31 - 1),
                               (["--refine", "1", "--refine-size", huge], "--refine-size", 2**32 - 1)):
         assert _error([c, "-s", a, "-o", o, *flags, *srv], capsys) == (

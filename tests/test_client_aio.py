@@ -303,7 +303,7 @@ def test_what_a_notebook_user_met(tmp_path) -> None:
     async def run() -> None:
         async with AsyncStyleTransferClient("127.0.0.1:9", timeout=5) as client:
             with pytest.raises(TypeError, match="^stylize_video_file takes a StyleTransferClient, not a "
-                                                "AsyncStyleTransferClient: with the asyncio client, run it in a thread"):
+                                                "AsyncStyleTransferClient: with the asyncio client, run it in a"):
                 stylize_video_file(client, tmp_path / "clip.mp4", tmp_path / "out.mp4", "style.png")  # type: ignore[arg-type]
 
     asyncio.run(run())

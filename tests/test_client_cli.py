@@ -214,6 +214,20 @@ def test_the_clients_arguments_are_checked_as_the_librarys(server: ServerProcess
         with pytest.raises(StyleTransferError) as info:  # out of range and not rounded into it: the server's to say,
             c.stylize(CONTENT, [STYLE_A, STYLE_B], alpha=1.5, weights=[-1, 1])  # every problem at once
         assert sorted(f for f, _ in info.value.violations) == ["alpha", "styles[0].weight"]
+        # every problem the client finds, in one error, as the library and the server list theirs (it named the
+        # first only); a file that cannot be read among them
+        with pytest.raises(StyleTransferError) as info:
+            c.stylize(CONTENT, [STYLE_A, "missing.png"], format="gif", alpha=1.00000001, content_size=64.0,
+                      refine_steps=1.5, masks=[make_mask(64, 48)])
+        assert [f for f, _ in info.value.violations] == ["format", "styles[1]", "content_size", "alpha", "refine_steps"]
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.details.startswith(
+            "format: unsupported output format 'gif' (png, jpeg or webp); styles[1]: no such file: missing.png; ")
+        with pytest.raises(StyleTransferError) as info:  # (the masks counted only against styles all taken)
+            c.stylize(CONTENT, [STYLE_A, STYLE_B], masks=[make_mask(64, 48)], weights={1, 2}, quality=-1)
+        assert [f for f, _ in info.value.violations] == ["weights", "quality"]
+        with pytest.raises(StyleTransferError) as info:
+            list(c.stylize_video([CONTENT], STYLE_A, temporal="x", alpha=-1e-46, content_size=1.0))
+        assert [f for f, _ in info.value.violations] == ["options.content_size", "options.alpha", "options.temporal"]
     with pytest.raises(ValueError, match="timeout: must be a number of seconds > 0"):
         StyleTransferClient(server.target, timeout=0)
     for call in (lambda: c.stylize(CONTENT, STYLE_A), c.health, c.list_styles):

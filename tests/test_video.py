@@ -1083,7 +1083,8 @@ def test_rpc_bad_input(client: StyleTransferClient) -> None:
     # "content_size", "weights" here and "options.alpha" from the server)
     for options, field in (({"temporal": "bogus"}, "options.temporal"), ({"content_size": -1}, "options.content_size"),
                            ({"weights": [1, 2]}, "options.weights"), ({"alpha": 1.00000001}, "options.alpha")):
-        err = _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: list(client.stylize_video(frames, STYLE, **options)))
+        err = _expect(grpc.StatusCode.INVALID_ARGUMENT,
+                      lambda options=options: list(client.stylize_video(frames, STYLE, **options)))
         assert [f for f, _ in err.violations] == [field] and err.details.startswith(f"{field}: "), err.details
     # A bad style image is said when the options come, not with a first frame that may be long in coming
     # (the stream would hold a slot meanwhile), and named as on the wire.
