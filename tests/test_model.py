@@ -422,7 +422,7 @@ def test_sizes_of_0_are_not_given_and_the_docstring_names_every_option(stylizer:
 
     plain = stylizer.stylize(CONTENT, STYLE_A)
     assert diff(stylizer.stylize(CONTENT, STYLE_A, content_size=0, style_size=0), plain) == 0
-    with pytest.raises(InvalidInputError, match=r"content_size: must be an integer >= 0 \(0 or None: not given\)"):
+    with pytest.raises(InvalidInputError, match=r"content_size: must be an integer >= 0 \(0 or None is not given\)"):
         stylizer.stylize(CONTENT, STYLE_A, content_size=-1)
     doc = Stylizer.stylize.__doc__ or ""
     assert [name for name in JobOptions.__annotations__ if f"``{name}``" not in doc] == []
