@@ -187,7 +187,12 @@ def _open(source: ImageSource, field: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     allow_pixels(max_pixels)
     try:
         with warnings_ignored():  # PIL warns on odd EXIF/TIFF tags; errors still raise
-            return Image.open(fp, formats=input_formats())
+            img = Image.open(fp, formats=input_formats())
+        # Read through the open file, never memory-mapped (Pillow maps an uncompressed image opened by name): an
+        # uncompressed TIFF turned by its orientation 5-8 was mapped at its turned size, sideways and scrambled,
+        # with no error (Pillow 13), where the same file as bytes was right (a pixel-correctness tour's)
+        img.filename = ""
+        return img
     except Image.UnidentifiedImageError as e:
         head = _head(fp)
         if kind := claimed_format(head):  # a PNG cut after its signature: no plugin took it (cut_short)

@@ -1041,3 +1041,17 @@ def test_a_callers_lazy_image_is_read_once_and_a_failed_read_is_said_each_time()
     for _ in range(3):
         with pytest.raises(InvalidInputError, match=r"^content: image data is truncated or corrupt: broken data"):
             load_image(broken, field="content")
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK"])
+def test_an_uncompressed_tiff_turned_by_its_orientation_reads_the_same_by_path(mode: str, tmp_path: Path) -> None:
+    """A pixel-correctness tour's: Pillow memory-maps an uncompressed image opened by name, and mapped a TIFF of
+    orientation 5-8 at its turned size: sideways and scrambled, no error, where its bytes read right."""
+    upright = Image.fromarray(np.arange(160 * 240, dtype=np.uint32).reshape(160, 240).astype(np.uint8) * 7)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored a quarter turn away: shown turned back
+    path = tmp_path / "turned.tif"
+    upright.convert(mode).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif.tobytes())
+    by_path, by_bytes = load_image(path), load_image(path.read_bytes())
+    assert by_path.size == by_bytes.size == (240, 160)
+    assert np.array_equal(np.asarray(by_path), np.asarray(by_bytes))
