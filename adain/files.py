@@ -318,6 +318,15 @@ def write_whole(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def _file_size_limited() -> bool:
+    """Whether this process runs under a file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``)."""
+    try:
+        import resource
+    except ImportError:  # (not Unix)
+        return False
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
 @overload
 def bytes_written(write: Callable[[IO[bytes]], object], writable: Literal[False] = False) -> bytes: ...
 
@@ -339,8 +348,10 @@ def bytes_written(write: Callable[[IO[bytes]], object], writable: bool = False) 
     either way. (Pillow's PNG and WebP encoders let go of it anyway.) ``writable``: a bytearray (numpy and torch
     arrays over it may be written), read into without a further copy."""
     try:
+        if _file_size_limited():  # a memfd is a file: past the limit its bytes were cut short, without an error
+            raise OSError("a file-size limit (ulimit -f)")  # (a PPM of 24,590 bytes came back as 8,192)
         fd = os.memfd_create("adain-encode", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):  # not Linux, or no descriptor left: into a buffer, holding the GIL
+    except (AttributeError, OSError):  # not Linux, no descriptor left, or a limit: into a buffer, holding the GIL
         buf = io.BytesIO()
         write(buf)
         return bytearray(buf.getbuffer()) if writable else buf.getvalue()

@@ -1055,3 +1055,21 @@ def test_an_uncompressed_tiff_turned_by_its_orientation_reads_the_same_by_path(m
     by_path, by_bytes = load_image(path), load_image(path.read_bytes())
     assert by_path.size == by_bytes.size == (240, 160)
     assert np.array_equal(np.asarray(by_path), np.asarray(by_bytes))
+
+
+def test_an_encode_in_memory_is_whole_under_a_file_size_limit() -> None:
+    """A filesystem tour's: under ``ulimit -f`` (systemd's LimitFSIZE=) the in-memory encodes, Linux memfds and so
+    files, came back cut at the limit without an error (a PPM of 24,590 bytes as 8,192): a clip's frames were
+    "truncated or corrupt" inputs, a server's photos INTERNAL. Such a process encodes into a buffer."""
+    import resource
+
+    code = ("import io, numpy as np\n"
+            "from PIL import Image\n"
+            "from adain.files import bytes_written\n"
+            "im = Image.fromarray((np.random.default_rng(0).random((64, 128, 3)) * 255).astype('uint8'))\n"
+            "ref = io.BytesIO(); im.save(ref, 'PPM')\n"
+            "print(len(ref.getvalue()), len(bytes_written(lambda f: im.save(f, 'PPM'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)))
+    expected, got = out.stdout.split()
+    assert got == expected == "24590", out
