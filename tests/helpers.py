@@ -262,13 +262,14 @@ class ServerProcess:
 class WebProcess:
     """``python -m adain.web`` on a free port in front of ``server``; waits until it answers."""
 
-    def __init__(self, server: str, *args: str) -> None:
+    def __init__(self, server: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "adain.web", "--server", server, "--port", str(self.port), "--log-level", "warning",
              "--retries", "0", *args],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()

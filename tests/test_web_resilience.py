@@ -258,3 +258,48 @@ def test_a_live_session_that_ends_lets_the_camera_go_and_a_second_tab_is_told_wh
         assert browser.execute_script("return window.tracks.map(t => t.readyState)") == ["ended"]
     finally:
         web.stop()
+
+
+def test_a_clip_whose_result_fills_the_temporary_folder_is_said_so(server: ServerProcess, tmp_path: Path) -> None:
+    """A filesystem tour's: a clip that fit the page's temporary folder, with a result that did not, failed
+    INTERNAL with a traceback (FFmpeg's own OSError, not the MediaWriteError the job looked for), where the README
+    promises RESOURCE_EXHAUSTED saying so. Needs a small filesystem: a tmpfs, which root may mount."""
+    import os
+    import subprocess
+
+    import numpy as np
+
+    av = pytest.importorskip("av")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=760k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        clip = tmp_path / "clip.mp4"  # ~0.7 MB of noise: room for the upload, not for the result beside it
+        rng = np.random.default_rng(3)
+        with av.open(str(clip), "w") as out:
+            stream = out.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt, stream.options = 256, 192, "yuv420p", {"crf": "5"}
+            for _ in range(12):
+                frame = av.VideoFrame.from_ndarray((rng.random((192, 256, 3)) * 255).astype("uint8"), format="rgb24")
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+        web = WebProcess(server.target, env={"TMPDIR": str(folder)})
+        try:
+            r = httpx.post(web.url + "/api/videos", files={"content": ("clip.mp4", clip.read_bytes(), "video/mp4"),
+                                                           "styles": ("s.png", make_image(64, 64), "image/png")})
+            assert r.status_code == 202, r.text
+            job = r.json()
+            end = time.monotonic() + 120
+            while (state := httpx.get(f"{web.url}/api/videos/{job['id']}").json())["state"] == "running":
+                assert time.monotonic() < end, state
+                time.sleep(0.3)
+            assert state["state"] == "failed" and state["error"]["code"] == "RESOURCE_EXHAUSTED", state
+            assert "temporary folder is full" in state["error"]["message"]
+            assert httpx.get(web.url + "/healthz").status_code == 200
+        finally:
+            web.stop()
+        assert not any("Traceback" in line for line in web.stderr), "".join(web.stderr)
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

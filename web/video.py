@@ -28,6 +28,7 @@ take: :func:`sweep_left_behind`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -436,6 +437,18 @@ class VideoJobs:
                                    f"folder {full}; try again later")["error"]
             else:
                 log.exception("clip job %s: writing its result failed", job.id)
+                error = error_json("INTERNAL", INTERNAL)["error"]
+        except OSError as e:  # FFmpeg's own (av.error.OSError), writing the result: its errno kept
+            if e.errno in STORAGE_ERRNOS:  # its disk full (a clip that fit, a result that did not), or read-only
+                log.error("clip job %s: writing its result failed: %s", job.id, e)  # (a traceback and INTERNAL)
+                error = error_json("RESOURCE_EXHAUSTED", f"the clip could not be stylized: this page's temporary "
+                                   f"folder {STORAGE_ERRNOS[e.errno]}; try again later")["error"]
+            elif e.errno == errno.ENOENT and not job.result.parent.exists():  # a cleaner of /tmp took its folder
+                log.error("clip job %s: its folder %s was removed while it ran", job.id, job.result.parent)
+                error = error_json("ABORTED", "the clip could not be stylized: this page's temporary folder was "
+                                   "removed while it ran (a cleaner of /tmp?); send it again")["error"]
+            else:
+                log.exception("clip job %s failed", job.id)
                 error = error_json("INTERNAL", INTERNAL)["error"]
         except MediaError as e:  # the clip and its result: named as the page names them, not by this server's folder
             message = str(e).replace(str(source), "the clip").replace(str(job.result), "the result")
