@@ -96,6 +96,9 @@ def image_key(source: ImageSource, field: str) -> str:
         if source.mode in ("P", "PA") and source.palette is not None:
             h.update(source.palette.tobytes())
         h.update(source.info.get("icc_profile") or b"")
+        # a HEIF's colours given as code points (no profile): a P3 one and its pixels copied shared a key, and the
+        # second got the first's statistics (a pixel-correctness tour's)
+        h.update(repr(sorted((source.info.get("nclx_profile") or {}).items())).encode())
     elif isinstance(source, (bytes, bytearray, memoryview)):
         h.update(source)
     elif isinstance(source, (str, PathLike)):

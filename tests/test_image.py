@@ -1073,3 +1073,17 @@ def test_an_encode_in_memory_is_whole_under_a_file_size_limit() -> None:
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)))
     expected, got = out.stdout.split()
     assert got == expected == "24590", out
+
+
+def test_a_pil_images_colour_code_points_are_part_of_its_cache_key() -> None:
+    """A pixel-correctness tour's: a HEIF's colours given as code points (``info["nclx_profile"]``, no profile)
+    were left out of the key, so a Display P3 style and its pixels copied shared one, the second getting the
+    first's statistics."""
+    from adain.image import image_key
+
+    plain = synth_image(32, 24)
+    p3 = plain.copy()
+    p3.info["nclx_profile"] = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6,
+                               "full_range_flag": 1}
+    assert image_key(p3, "styles[0]") != image_key(plain, "styles[0]")
+    assert image_key(p3, "styles[0]") == image_key(p3.copy(), "styles[0]")
