@@ -84,6 +84,9 @@ def create_beside(path: Path) -> Path:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:
             continue
+        except OSError as e:  # named by the output asked for, not the hidden name it was to have (a read-only
+            # folder's error named ".out.png.5dd608b4.part", which never was; no file made, nothing to remove)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         except BaseException:  # Ctrl-C or SIGTERM as it was made (its handler runs at the next call): a
             tmp.unlink(missing_ok=True)  # .part file was left behind, once in CI
             raise
@@ -131,8 +134,14 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode (a private 0600 output came
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # back world-readable); after the writes: 0444 too
         os.replace(tmp, path)  # inside: a rename that fails (``path`` a folder) left the .part file behind
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # (a folder gone read-only meanwhile: its error, not the unlink's)
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp), os.fsencode(tmp)):
+            # named by the output asked for (a write's own error names no file),
+            # not by the hidden file just removed (a full disk's ".out.png.2fd52425.part"); FFmpeg's errors keep
+            # their name read-only: made again as Python's own (OSError makes the errno's subclass)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     finally:
         if held is not None:

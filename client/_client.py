@@ -310,7 +310,7 @@ class StylizeResult:
             if e.filename is not None:
                 raise
             # (a full disk's error named no file: the write into the temporary file beside it failed)
-            raise type(e)(e.errno, e.strerror, str(path)) from None
+            raise OSError(e.errno, e.strerror, str(path)) from None
         return path
 
 

@@ -1087,3 +1087,25 @@ def test_a_pil_images_colour_code_points_are_part_of_its_cache_key() -> None:
                                "full_range_flag": 1}
     assert image_key(p3, "styles[0]") != image_key(plain, "styles[0]")
     assert image_key(p3, "styles[0]") == image_key(p3.copy(), "styles[0]")
+
+
+def test_an_output_that_cannot_be_written_is_named_as_asked(tmp_path: Path) -> None:
+    """A filesystem tour's: a write that failed (a full disk, a read-only or missing folder) named the hidden
+    temporary file ``.out.png.2fd52425.part``, already removed (or never made) when the caller read it."""
+    from adain.files import write_whole
+
+    missing = tmp_path / "no-such-folder" / "out.png"
+    with pytest.raises(FileNotFoundError) as e:
+        write_whole(missing, b"x")
+    assert e.value.filename == str(missing)
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        return  # (a full disk needs root to mount a small one: the rest is checked where it can be)
+    try:
+        with pytest.raises(OSError) as e:
+            write_whole(small / "out.png", b"x" * 100_000)
+        assert e.value.errno == 28 and e.value.filename == str(small / "out.png") and not list(small.iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
