@@ -243,7 +243,10 @@ def make_backend(
                 fix = (f"install it (the 'fast' extra: {install_hint('fast')}) or choose another backend"
                        if isinstance(e, ImportError) else "choose another backend or precision")  # (installed)
                 raise RuntimeError(f"backend {candidate} is not usable here ({type(e).__name__}: {e}); {fix}") from e
-            log.info("backend auto: %s not usable (%s: %s), trying the next", candidate, type(e).__name__, e)
+            # installed and failing is a slower server than it should be (eager torch: ~2x at 512 px), which an
+            # operator must hear of (a cache another user wrote went to torch at INFO); not installed is a choice
+            log.log(logging.INFO if isinstance(e, ImportError) else logging.WARNING,
+                    "backend auto: %s not usable (%s: %s), trying the next", candidate, type(e).__name__, e)
     raise AssertionError("unreachable: torch is always last")
 
 
@@ -331,7 +334,14 @@ def _openvino(
         config["CACHE_DIR"] = str(blobs)
     except OSError as e:
         log.warning("openvino: no compiled-graph cache in %s: %s", blobs, e)
-    compiled = core.compile_model(model, "CPU", config)
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+    except Exception as e:  # noqa: BLE001 - its cache unusable (another user's blobs: "cannot remove: Permission
+        if "CACHE_DIR" not in config:  # denied"): compiled without it, as a cache that cannot be made is
+            raise
+        log.warning("openvino: compiled-graph cache in %s not usable (%s), compiling without it", blobs, e)
+        config.pop("CACHE_DIR")
+        compiled = core.compile_model(model, "CPU", config)
     local = threading.local()  # an infer request serves one call at a time: one per thread
     static_config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # no ~100 MB blob per shape
     statics = _StaticShapes(lambda shapes: _compile_static(core, model, shapes, static_config), scale)
@@ -446,12 +456,13 @@ class _StaticShapes:
 
 
 def _cached_model(core: object, xml: Path, quiet: bool = False) -> object | None:
-    """The converted graph kept in the cache, or None (none yet, or a damaged one: converted again)."""
-    if not xml.is_file():
-        return None
+    """The converted graph kept in the cache, or None (none yet, or a damaged or unreadable one: converted
+    again)."""
     try:
+        if not xml.is_file():  # (inside: another user's folder raises PermissionError here, and auto ran torch)
+            return None
         return core.read_model(xml)  # type: ignore[attr-defined]
-    except Exception as e:  # a damaged cache entry (or one removed as it was read)
+    except Exception as e:  # a damaged cache entry (or one removed as it was read), or one not ours to read
         if not quiet:
             log.warning("openvino: cached model %s unreadable (%s), converting again", xml, e)
         return None
@@ -538,7 +549,10 @@ def _save_openvino(ov: object, model: object, folder: Path) -> bool:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return (folder / "model.xml").is_file()
+    try:
+        return (folder / "model.xml").is_file()
+    except OSError:  # (a folder another user made: not ours to look in)
+        return False
 
 
 def _sweep_stale_tmp(parent: Path) -> None:

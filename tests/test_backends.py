@@ -495,3 +495,22 @@ def test_openvino_sends_no_telemetry_unless_allowed(allowed: str) -> None:
     env = {**os.environ, "ADAIN_OPENVINO_TELEMETRY": allowed}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["openvino_telemetry" if allowed else "openvino.tools.ovc.telemetry_stub"], out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_a_cache_entry_that_cannot_be_looked_at_is_converted_again(tmp_path: Path) -> None:
+    """A filesystem tour's: a cache another user wrote (its folders 0700) raised PermissionError from the look at
+    its graph, outside the guard, and auto dropped OpenVINO for eager torch (about half the speed) saying so at
+    INFO. Looking at an entry that cannot be looked at (here a name too long for the file system, which pathlib
+    raises for as it does for a folder not ours) is a miss: converted again, and not cached."""
+    import openvino as ov
+
+    from adain.backends import _cached_model, _save_openvino
+
+    folder = tmp_path / ("x" * 300)  # ENAMETOOLONG: an OSError pathlib does not take for "no such file"
+    with pytest.raises(OSError):
+        (folder / "model.xml").is_file()
+    assert _cached_model(ov.Core(), folder / "model.xml") is None
+    x = ov.opset13.parameter([1, 3], name="x")
+    model = ov.Model([ov.opset13.relu(x)], [x], "m")  # (a graph to save)
+    assert _save_openvino(ov, model, folder) is False
