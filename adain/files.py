@@ -293,7 +293,15 @@ def check_writable(path: str | os.PathLike) -> None:
     """Raise the OSError that writing ``path`` whole would meet, before the work that makes its bytes (a
     refine or a print-size photo took minutes, then failed to save): a file where a folder must be, ``path`` a
     folder, a folder that takes no new file (a temporary file is made beside ``path`` and removed), or, where
-    its folder is still to be made, an existing folder above it that takes none. Nothing is left behind."""
+    its folder is still to be made, an existing folder above it that takes none; a link on the way to a folder
+    or a file that is not there (it passed as a folder to be made, and the save then failed: "File exists").
+    Nothing is left behind."""
+    given = Path(path)
+    for above in [*reversed(given.parents), given]:
+        if os.path.islink(above) and not above.exists():  # a dangling link: nothing will be made through it
+            if above == given and Path(os.path.realpath(above)).parent.is_dir():
+                break  # (a link to a file still to be written, in a folder that is there: the file replaces it)
+            raise FileNotFoundError(errno.ENOENT, f"a link to {os.readlink(above)}, which is not there", str(above))
     path = _followed(path)
     for above in reversed(path.parents):
         if above.exists() and not above.is_dir():  # making the folder said only "File exists"

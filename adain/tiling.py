@@ -4,9 +4,9 @@ Memory of a plain render grows with the pixel count (about 0.9-1.4 KB a pixel on
 OpenVINO: an 8K content would need 60-170 GB). Here the content is cut into tiles of ``tile`` x ``tile`` pixels;
 each is rendered with a ``halo`` of its neighbours' pixels around it (the network sees real context up
 to the halo, not padding) and the rendered tiles are feathered together: across each overlap a tile's
-weight ramps linearly from 1 at its own core to 0 a quarter of the halo from its edge (``DEAD_HALO``). Rows of tiles are blended in
-a band buffer and written out when complete, so besides the content and the output (uint8) only one band
-of float sums is held.
+weight ramps linearly from 1 at its own core to 0 a quarter of the halo from its edge (``DEAD_HALO``). Rows of
+tiles are blended in a band buffer and written out when complete, so besides the content and the output (uint8)
+only one band of float sums is held.
 
 One normalisation for all tiles (as Thumbnail Instance Normalization, Chen et al. 2022, argues): AdaIN's
 content statistics (per region where there are regions) come from the whole image, not from each tile,

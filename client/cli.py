@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import errno
 import math
 import os
 import re
@@ -899,6 +900,8 @@ def _check_writable(out: Path, shown: str) -> None:
         check_writable(out)
     except (NotADirectoryError, IsADirectoryError) as e:
         raise CliError(f"-o {shown}: cannot write there: {e.filename} is {e.strerror}") from None
+    except FileNotFoundError as e:  # a link on the way to a folder or file that is not there
+        raise CliError(f"-o {shown}: cannot write there: {e.filename} is {e.strerror}") from None
     except OSError as e:
         raise CliError(f"-o {shown}: cannot write in the folder {e.filename}: {e.strerror or e}") from None
 
@@ -1286,6 +1289,8 @@ def _list_styles(args: argparse.Namespace) -> int:
         folder = Path(args.thumbnails)
         path = folder
         try:
+            if folder.exists() and not folder.is_dir():  # ("File exists", from the mkdir)
+                raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
             folder.mkdir(parents=True, exist_ok=True)
             for s in styles:  # names checked by _valid_names: each file is in folder
                 path = folder / f"{s.name}.jpg"

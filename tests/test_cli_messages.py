@@ -634,3 +634,22 @@ def test_a_lost_connection_and_the_servers_upload_limit_are_told_apart() -> None
     assert "raise the server's --message-timeout-s" in said and "raise --timeout" not in said
     said = _describe(StyleTransferError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), args)
     assert said.endswith("raise --timeout)")
+
+
+def test_an_output_through_a_dangling_link_is_refused_before_any_call(files: dict[str, Path], tmp_path: Path,
+                                                                       library_server: str, capsys,
+                                                                       monkeypatch) -> None:
+    """A filesystem tour's: -o through a link to a folder or a file's folder that is not there passed the check made
+    before any call (a dangling link reads as missing: a folder to be made), the server rendered, and the save said
+    "cannot write: File exists"; --thumbnails given a file said "File exists" too."""
+    monkeypatch.chdir(tmp_path)
+    c, a = str(files["content.png"]), str(files["a.png"])
+    srv = ["--server", f"127.0.0.1:{free_port()}"]  # refused before any call: nothing listens there
+    Path("out-link").symlink_to("missing-folder")
+    Path("file-link.png").symlink_to("nowhere/x.png")
+    assert _error([c, "-s", a, "-o", "out-link/", *srv], capsys) == (
+        "-o out-link/: cannot write there: out-link is a link to missing-folder, which is not there")
+    assert _error([c, "-s", a, "-o", "file-link.png", *srv], capsys) == (
+        "-o file-link.png: cannot write there: file-link.png is a link to nowhere/x.png, which is not there")
+    assert _error(["--list-styles", "--thumbnails", c, "--server", library_server], capsys) == (
+        f"--thumbnails {c}: cannot write: a file, not a folder")
