@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +32,7 @@ from torch import nn
 
 from adain.detail import DetailPath
 from adain.errors import NoDecoderError
+from adain.files import check_writable, saved_whole
 
 FORMAT = "adain-decoder"
 ARCH_VERSIONS = (1, 2, 3)  # 2: the alpha map is an input too; 3: and the content image (the detail path)
@@ -199,13 +199,9 @@ def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half:
     state = {k: v.detach().to("cpu", dtype) for k, v in decoder.state_dict().items()}
     record = {"format": FORMAT, "arch_version": decoder.arch_version, "meta": dict(meta), "state_dict": state}
     path = Path(path)
+    check_writable(path)  # (a file on the way was "File exists", from the mkdir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")  # whole or not at all: a run killed mid-write left half a file
-    try:
-        torch.save(record, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    saved_whole(lambda tmp: torch.save(record, tmp), path)  # whole or not at all: a run killed mid-write left half
 
 
 def _load_failure(data: bytes, error: Exception) -> str:

@@ -335,6 +335,38 @@ def write_whole(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def low_space(path: str | os.PathLike) -> str:
+    """" (its disk has N MB free)" where the file system holding ``path`` (or the nearest folder above it that
+    exists) has under 256 MB free, else "": a full disk's own words are often not that (torch's "basic_ios::clear:
+    iostream error", "unexpected pos 18757888 vs 18757776")."""
+    here = Path(path)
+    while not here.is_dir() and here != here.parent:
+        here = here.parent
+    with contextlib.suppress(OSError):
+        st = os.statvfs(here)
+        free = st.f_bavail * st.f_frsize
+        if free < 256 * 2**20:
+            return f" (its disk has {free / 2**20:.0f} MB free)"
+    return ""
+
+
+def saved_whole(save: Callable[[Path], object], path: str | os.PathLike) -> None:
+    """``save(tmp)`` into a temporary file beside ``path``, renamed to ``path`` when it ends: whole or not at all.
+    A failure (a full disk, a read-only folder: torch's RuntimeError or an OSError) removes the temporary file
+    (a 20-MB checkpoint.tmp was left taking a full disk's space) and raises OSError naming ``path`` and why."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0][:200]
+        raise OSError(getattr(e, "errno", None), f"cannot write it: {why}{low_space(path)}", str(path)) from None
+    finally:
+        with contextlib.suppress(OSError):  # (a read-only folder's unlink raised, hiding the write's error)
+            tmp.unlink(missing_ok=True)
+
+
 def _file_size_limited() -> bool:
     """Whether this process runs under a file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``)."""
     try:

@@ -140,6 +140,27 @@ def test_what_cannot_train_or_export_is_one_line(data: Path, tmp_path: Path, cap
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.startswith(f"adain-train export: error: {said}") and err.count("\n") == 1, err
     assert checkpoint.read_bytes() == kept and not (tmp_path / "o.pt").exists()
+    # a filesystem tour's: an --out or an export that cannot be written was a traceback (a full disk's torch.save
+    # said "unexpected pos 18757888 vs 18757776", and left a 20-MB checkpoint.tmp)
+    a_file = tmp_path / "decoder.pt"
+    with pytest.raises(SystemExit) as e:
+        train_here(data, a_file / "run", 1)
+    assert str(e.value) == f"adain-train: error: --out {a_file / 'run'}: cannot make the run's folder: Not a directory"
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(checkpoint), str(a_file / "o.pt")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err == f"adain-train export: error: {a_file}: a file, not a folder\n", err
+    from adain.files import saved_whole
+
+    def cut_short(tmp: Path) -> None:  # torch.save's way of meeting a full disk
+        tmp.write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 18757888 vs 18757776")
+
+    with pytest.raises(OSError, match=r"cannot write it: \[enforce fail") as raised:
+        saved_whole(cut_short, run / "checkpoint.pt")
+    assert raised.value.filename == str(run / "checkpoint.pt") and sorted(p.name for p in run.iterdir()) == sorted(
+        ["checkpoint.pt", "log.jsonl", *[p.name for p in run.iterdir() if p.name.startswith("sample")]])
+    assert checkpoint.read_bytes() == kept
 
 
 ALPHA_FLAGS = ("--alpha-zero", "0.5", "--alpha-one", "0.25", "--recon-weight", "10", "--recon-feature-weight", "1")

@@ -57,6 +57,7 @@ from adain.argtypes import OneLineParser, int_in_range
 from adain.commands import add_version_arg
 from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
+from adain.files import saved_whole
 from adain.image import to_image
 from adain.ops import adain, mean_std, style_loss
 from adain.precision import TRAIN_PRECISIONS, wants_bf16
@@ -241,7 +242,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed crop size: time cuDNN's algorithms once, keep the best
         self.main = self.rank == 0
         self.bf16 = wants_bf16(args.precision, self.cuda)
-        args.out.mkdir(parents=True, exist_ok=True)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only folder, a file on the way: a traceback before
+            raise CheckpointError(f"--out {args.out}: cannot make the run's folder: {e.strerror}") from None
 
         random.seed(args.seed + self.rank)
         torch.manual_seed(args.seed)  # same decoder init on every rank
@@ -258,6 +262,7 @@ class Trainer:
         self.init_meta: dict[str, Any] = {}
         self.ema: dict[str, torch.Tensor] | None = None
         self.ckpt_path = args.out / "checkpoint.pt"
+        self.save_failed = False
         if args.resume and self.ckpt_path.exists():
             self._load(self.ckpt_path)
         elif args.init is not None:
@@ -368,9 +373,11 @@ class Trainer:
                 "numpy": np.random.get_state(),
             },
         }
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.ckpt_path)  # atomic: a crash mid-write never leaves a broken checkpoint
+        try:  # atomic: a crash mid-write never leaves a broken checkpoint, and a failed write keeps the last one
+            saved_whole(lambda tmp: torch.save(state, tmp), self.ckpt_path)
+        except OSError as e:
+            self.save_failed = True  # (not tried again as the run ends: the same error, and the first hidden)
+            raise CheckpointError(f"{e.filename}: {e.strerror}; the last checkpoint written is kept") from None
 
     def _finite(self) -> bool:
         """Whether every weight (and the average) is finite: checked before a checkpoint takes the last one's place."""
@@ -573,7 +580,7 @@ class Trainer:
                 self.last_losses = {k: v / n for k, v in sums.items()}
             # a checkpoint of non-finite weights took the place of the last good one (under torchrun another rank's
             # NaN gradients reach these weights through the all-reduce while this rank's loss looked fine)
-            if not diverged and self._finite():
+            if not diverged and not self.save_failed and self._finite():
                 self._save()
             elif not diverged and self.main:  # said: an --export then writes the last checkpoint's weights
                 log.error("non-finite weights at step %d: the checkpoint was not updated", self.step)
@@ -633,6 +640,10 @@ def plot_losses(log_path: Path, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
+
+
+class CheckpointError(Exception):
+    """The run's folder or a checkpoint that cannot be written (a full disk, a read-only folder): said in one line."""
 
 
 class ExportError(Exception):
@@ -698,15 +709,22 @@ def export(argv: list[str] | None = None) -> None:
         export_checkpoint(args.checkpoint, args.output, args.data, args.note, half=not args.fp32, raw=args.raw)
     except ExportError as e:
         p.exit(1, f"adain-train export: error: {e}\n")
+    except OSError as e:  # the decoder file not written (a full disk, a read-only folder): nothing left of it
+        p.exit(1, f"adain-train export: error: {e.filename}: {e.strerror}\n")
 
 
 def train(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    trainer = Trainer(args)
     try:
+        trainer = Trainer(args)
         trainer.run()
-    except NoReadableImage as e:  # (a traceback from inside the DataLoader)
+    except (NoReadableImage, CheckpointError) as e:  # (a traceback from inside the DataLoader, or torch.save's)
         sys.exit(f"adain-train: error: {e}")
     if args.export and trainer.main:  # the run's end (its steps, --max-minutes or SIGTERM) as a decoder file
-        export_checkpoint(args.out / "checkpoint.pt", args.export, args.export_data, args.export_note)
+        try:
+            export_checkpoint(args.out / "checkpoint.pt", args.export, args.export_data, args.export_note)
+        except ExportError as e:
+            sys.exit(f"adain-train: error: --export: {e}")
+        except OSError as e:
+            sys.exit(f"adain-train: error: --export {e.filename}: {e.strerror}")
