@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -368,11 +369,18 @@ def test_refine_through_the_server(client: StyleTransferClient) -> None:
     same = client.stylize(C_BYTES, A_BYTES, refine_steps=0, on_progress=lambda p: seen.append(p))
     assert np.array_equal(pixels(same.image), pixels(plain.image))  # the progress RPC without refine
     # two at once on the one refine thread: the second's wait is queue_ms, not refine_ms
+    def timed(_: int) -> tuple[float, Any]:
+        start = time.perf_counter()
+        result = client.stylize(C_BYTES, A_BYTES, refine_steps=20)
+        return (time.perf_counter() - start) * 1000, result.timings
+
     with ThreadPoolExecutor(2) as pool:
-        first, second = pool.map(lambda _: client.stylize(C_BYTES, A_BYTES, refine_steps=20), range(2))
-    waited = max(first.timings, second.timings, key=lambda t: t.queue_ms)
-    assert waited.queue_ms > 0.5 * min(first.timings.refine_ms, second.timings.refine_ms)
-    assert waited.refine_ms < 2.5 * (first.timings.refine_ms + second.timings.refine_ms - waited.refine_ms)
+        (wall_a, first), (wall_b, second) = pool.map(timed, range(2))
+    wall, waited = max((wall_a, first), (wall_b, second), key=lambda w: w[1].queue_ms)
+    assert waited.queue_ms > 0.5 * min(first.refine_ms, second.refine_ms)
+    # the wait is not counted in refine_ms too: both fit in the call's own time (a bound on time taken, 2.5x the
+    # other's refine, failed under a loaded machine's uneven speed)
+    assert waited.queue_ms + waited.refine_ms <= wall + 50, (waited, wall)
 
 
 class _GatedJobs:
