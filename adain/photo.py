@@ -343,6 +343,24 @@ def _from_code_points(
     return Image.fromarray(out, "RGB")
 
 
+def code_points_applied(img: Image.Image) -> Image.Image | None:
+    """A PIL image whose colours are given as code points that ask for a conversion (a HEIF's, pillow-heif's
+    ``nclx_profile``) and no ICC profile, in sRGB as the library reads it (alpha onto white, as its own
+    flattening does); None where there is nothing to convert. For the thin client, which sends a PIL image as a
+    PNG: a PNG carries no code points, and the server took the pixels as sRGB (a Display P3 photo came out 9
+    levels off the library's, an HDR one 50: a pixel-correctness tour's)."""
+    nclx = img.info.get("nclx_profile")
+    if img.info.get("icc_profile") or not converts_code_points(nclx) or img.mode not in ("RGB", "RGBA"):
+        return None
+
+    def flatten(im: Image.Image) -> Image.Image:
+        if im.mode == "RGBA":
+            return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+        return im
+
+    return _from_code_points(img, nclx, flatten)
+
+
 def to_srgb(
     img: Image.Image, flatten: Callable[[Image.Image], Image.Image], rgb48: np.ndarray | None = None
 ) -> Image.Image:

@@ -32,7 +32,7 @@ import grpc
 from PIL import Image
 
 from adain.files import write_whole
-from adain.photo import EXIF_ORIENTATION, grey_key_in_levels, without_layout
+from adain.photo import EXIF_ORIENTATION, code_points_applied, grey_key_in_levels, without_layout
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
 from adain.wire import (
@@ -500,6 +500,8 @@ def image_bytes(image: ImageInput, field: str = "image", max_bytes: int | None =
                     exif[EXIF_ORIENTATION] = turn
             if exif:
                 kept["exif"] = exif
+        if (converted := code_points_applied(image)) is not None:  # its colours as code points: in sRGB here
+            image = converted
         if image.mode in ("PA", "RGBa"):  # alpha kept (PA became RGB, its transparent pixels coloured)
             image = image.convert("RGBA")
         elif image.mode == "La":

@@ -1109,3 +1109,23 @@ def test_an_output_that_cannot_be_written_is_named_as_asked(tmp_path: Path) -> N
         assert e.value.errno == 28 and e.value.filename == str(small / "out.png") and not list(small.iterdir())
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_the_clients_bytes_of_a_pil_image_with_code_points_read_as_the_library_reads_it(mode: str) -> None:
+    """A pixel-correctness tour's: a PIL image whose colours are code points (a HEIF's ``nclx_profile``, no ICC
+    profile) was sent as a PNG, which carries none, and the server took its pixels as sRGB: a Display P3 photo 9
+    levels off the library's (max 54), an HDR one 50. The client converts it as the library does."""
+    from adain.client._client import image_bytes
+    from adain.image import to_tensor
+
+    img = synth_image(48, 32).convert(mode)
+    img.info["nclx_profile"] = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6,
+                                "full_range_flag": 1, "color_primary_red_x": 0.68, "color_primary_red_y": 0.32,
+                                "color_primary_green_x": 0.265, "color_primary_green_y": 0.69,
+                                "color_primary_blue_x": 0.15, "color_primary_blue_y": 0.06}  # Display P3
+    library = to_tensor(load_image(img))
+    plain = to_tensor(load_image(Image.fromarray(np.asarray(img))))  # the pixels alone, taken as sRGB
+    sent = to_tensor(load_image(image_bytes(img)))
+    assert (library - plain).abs().max() * 255 > 10  # the conversion matters
+    assert (sent - library).abs().max() * 255 <= 1, (sent - library).abs().max() * 255
