@@ -249,6 +249,10 @@ class Stylizer:
         if job.color == "luminance":
             chroma_from = content
             content = luminance(content).expand(-1, 3, -1, -1)
+        elif job.color == "coral" and grey is True:  # a grey photo, its styles made its colours: the photo's own
+            # colours, not none (grey but for a red umbrella, the umbrella came back grey: chroma 85 -> 0; a
+            # pixel-correctness tour's), which are grey where the decoder would have tinted it
+            chroma_from = content
         if self.cuda and img.width * img.height <= PINNED_PIXELS:
             content = _pinned(content)  # render's copy waits for nothing (adain.prepared)
         return Prepared(

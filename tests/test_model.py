@@ -656,3 +656,21 @@ def test_the_typed_options_are_the_jobs_fields() -> None:
     hints = {name: getattr(t, "__forward_arg__", str(t)) for name, t in JobOptions.__annotations__.items()}
     assert hints == job
     assert typing.get_type_hints(Stylizer.stylize)  # resolvable at run time (Unpack, on_step's Progress)
+
+
+def test_coral_keeps_a_grey_photos_colour_accent(stylizer: Stylizer) -> None:
+    """A pixel-correctness tour's: preserve_color="coral" with a grey photo whose one red umbrella is 1% of it made
+    the styles grey (the photo's colours) and the output grey, umbrella too (chroma 85 -> 0). A grey photo's own
+    colours are kept: grey where the decoder would have tinted it, red where it is red."""
+    photo = np.asarray(synth_image(96, 64, seed=5).convert("L").convert("RGB")).copy()
+    photo[28:36, 44:52] = (220, 30, 30)  # 64 px of 6,144: ~1%
+    grey_style = encoded(synth_image(64, 64, seed=2).convert("L").convert("RGB"))
+
+    def chroma(img: Image.Image) -> np.ndarray:
+        ycc = np.asarray(img.convert("YCbCr"), np.float32)
+        return np.hypot(ycc[..., 1] - 128, ycc[..., 2] - 128)
+
+    out = stylizer.stylize(Image.fromarray(photo), grey_style, preserve_color="coral")
+    umbrella, rest = chroma(out)[29:35, 45:51], np.delete(chroma(out).ravel(), [])
+    assert umbrella.mean() > 0.5 * chroma(Image.fromarray(photo))[29:35, 45:51].mean(), umbrella.mean()
+    assert np.median(rest) <= 1  # and the grey photo grey
