@@ -45,10 +45,10 @@ def _temp_folders() -> list[tuple[str, str]]:
         st = os.statvfs(folder) if os.path.isdir(folder) else None
         if st is None:
             said = "does not exist"
+        elif st.f_flag & os.ST_RDONLY:  # (before access(), which a read-only mount fails too: "cannot be written
+            said = "is read-only"  # in" sent an operator to the permissions)
         elif not os.access(folder, os.W_OK | os.X_OK):
             said = "cannot be written in"
-        elif st.f_flag & os.ST_RDONLY:
-            said = "is read-only"
         elif st.f_bavail * st.f_frsize < 64 * 1024 or (st.f_files > 0 and st.f_favail == 0):  # (bytes, inodes)
             said = "is full"
         else:
@@ -58,13 +58,21 @@ def _temp_folders() -> list[tuple[str, str]]:
 
 
 def temp_fallback() -> str | None:
-    """A warning where TMPDIR is set and Python's temporary files go elsewhere (TMPDIR full, read-only or missing:
-    Python passes it over without a word, and an operator who pointed it at a large volume got the pod's small
-    /tmp), else None. Call after :func:`temp_problem` found a folder."""
+    """A warning where Python's temporary files go elsewhere than asked: TMPDIR set and full, read-only or missing
+    (Python passes it over without a word, and an operator who pointed it at a large volume got the pod's small
+    /tmp), or, TMPDIR unset, no system folder usable and the working folder taken (clips and compile caches were
+    kept there without a word); else None. Call after :func:`temp_problem` found a folder."""
     import tempfile
 
     wanted = os.environ.get("TMPDIR")
-    if not wanted or os.path.realpath(tempfile.gettempdir()) == os.path.realpath(wanted):
+    used = tempfile.gettempdir()
+    if not wanted:
+        if os.path.realpath(used) != os.path.realpath(os.getcwd()):
+            return None
+        why = "; ".join(f"{d} {said}" for d, said in _temp_folders()) or "the system's folders are not usable"
+        return f"no temporary folder ({why}): temporary files (uploads, clips, compile caches) go to the " \
+            f"working folder {used}; set TMPDIR to one"
+    if os.path.realpath(used) == os.path.realpath(wanted):
         return None
     said = next((why for d, why in _temp_folders() if d == wanted), "is passed over by Python")
     return f"TMPDIR={wanted} {said}: temporary files (uploads, clips, compile caches) go to {tempfile.gettempdir()}"

@@ -196,3 +196,24 @@ def test_a_tmpdir_python_passes_over_is_warned_of(tmp_path: Path, monkeypatch: p
                            "compile caches) go to /"), line
     monkeypatch.delenv("TMPDIR", raising=False)
     assert temp_fallback() is None  # (not set: nothing to say)
+    # a filesystem tour's: TMPDIR unset and the system's folders unusable, Python takes the working folder, where
+    # clips and compile caches were kept without a word (its choice, made as Python makes it when /tmp fails)
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    said = temp_fallback()
+    assert said is not None and said.startswith("no temporary folder (") and said.endswith(
+        f"temporary files (uploads, clips, compile caches) go to the working folder {tmp_path}; set TMPDIR to one")
+    # a read-only TMPDIR is said to be read-only (it was "cannot be written in": an operator looked at permissions)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(ro)],
+                                            capture_output=True).returncode == 0:
+        try:
+            monkeypatch.setenv("TMPDIR", str(ro))
+            monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+            assert temp_fallback() == (f"TMPDIR={ro} is read-only: temporary files (uploads, clips, compile "
+                                       "caches) go to /tmp")
+        finally:
+            subprocess.run(["umount", str(ro)], check=False)
