@@ -52,6 +52,7 @@ from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
 from adain.errors import install_hint, warnings_ignored
+from adain.files import low_space
 from adain.precision import BACKENDS, before_openvino, cpu_has_bf16, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
 
@@ -540,12 +541,9 @@ def _save_openvino(ov: object, model: object, folder: Path) -> bool:
             tmp = None
         except OSError:  # another process got there first: its graph serves
             pass
-    except Exception as e:  # OSError, and OpenVINO's RuntimeError ("Can't open bin file", a full disk)
-        full = ""  # (a full disk's own words from OpenVINO: "basic_ios::clear: iostream error")
-        with contextlib.suppress(OSError):
-            st = os.statvfs(folder.parent if folder.parent.is_dir() else cache_dir())
-            full = " (its disk has under 256 MB free)" if st.f_bavail * st.f_frsize < 256 * 2**20 else ""
-        log.warning("openvino: could not cache the converted model in %s: %s%s", folder, e, full)
+    except Exception as e:  # OSError, and OpenVINO's RuntimeError ("Can't open bin file", a full disk: its own
+        # words "basic_ios::clear: iostream error")
+        log.warning("openvino: could not cache the converted model in %s: %s%s", folder, e, low_space(folder))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -359,20 +359,15 @@ def low_space(path: str | os.PathLike) -> str:
 
 
 def saved_whole(save: Callable[[Path], object], path: str | os.PathLike) -> None:
-    """``save(tmp)`` into a temporary file beside ``path``, renamed to ``path`` when it ends: whole or not at all.
-    A failure (a full disk, a read-only folder: torch's RuntimeError or an OSError) removes the temporary file
-    (a 20-MB checkpoint.tmp was left taking a full disk's space) and raises OSError naming ``path`` and why."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
+    """``save(tmp)`` into a temporary file beside ``path`` (:func:`atomic_path`): whole or not at all. A failure
+    (a full disk, a read-only folder: torch's RuntimeError or an OSError) leaves no temporary file (a 20-MB
+    checkpoint.tmp was left taking a full disk's space) and raises OSError naming ``path`` and why."""
     try:
-        save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save(tmp)
     except (OSError, RuntimeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0][:200]
         raise OSError(getattr(e, "errno", None), f"cannot write it: {why}{low_space(path)}", str(path)) from None
-    finally:
-        with contextlib.suppress(OSError):  # (a read-only folder's unlink raised, hiding the write's error)
-            tmp.unlink(missing_ok=True)
 
 
 def _file_size_limited() -> bool:
