@@ -383,6 +383,13 @@ def _local_error(
     return StyleTransferError(code, f"{field}: {message}", violations=[(field, message)])
 
 
+def _refused(violations: list[tuple[str, str]]) -> StyleTransferError:
+    """Inputs the client refuses itself, several at once: each (field, description) among the violations, and the
+    message all of them, as the server words one."""
+    return StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(f"{f}: {m}" for f, m in violations),
+                              violations=violations)
+
+
 def _over_message_limit(field: str, message: str) -> StyleTransferError:
     """A request over the message limit: RESOURCE_EXHAUSTED, the server's code for one (refused here, it was
     INVALID_ARGUMENT, and a caller's handling of the server's code missed it)."""
@@ -420,9 +427,7 @@ def _every_problem() -> Iterator[None]:
     if len(found) == 1:
         raise found[0]
     if found:
-        violations = [v for e in found for v in e.violations]
-        raise StyleTransferError(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(f"{f}: {m}" for f, m in violations),
-                                 violations=violations)
+        raise _refused([v for e in found for v in e.violations])
 
 
 @contextlib.contextmanager
@@ -434,9 +439,7 @@ def _options_of_video() -> Iterator[None]:
     except StyleTransferError as e:
         if e.code != grpc.StatusCode.INVALID_ARGUMENT or not e.violations:
             raise
-        violations = [(f"options.{field}", message) for field, message in e.violations]
-        raise StyleTransferError(e.code, "; ".join(f"{f}: {m}" for f, m in violations),
-                                 violations=violations) from None
+        raise _refused([(f"options.{field}", message) for field, message in e.violations]) from None
 
 
 def _frames_not_a_file(frames: Any) -> None:
@@ -1791,9 +1794,9 @@ def video_options(
         with _every_problem():
             _fill_options(first, styles, max_bytes=max_bytes, **options)
             with _checked():
-                if temporal is not None and temporal not in TEMPORAL_ENUM:
-                    raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
                 if temporal is not None:
+                    if temporal not in TEMPORAL_ENUM:
+                        raise _local_error("temporal", f"must be one of {', '.join(TEMPORAL_ENUM)}, got {temporal!r}")
                     first.temporal = TEMPORAL_ENUM[temporal]
             with _checked():
                 if temporal_strength is not None:
@@ -2016,14 +2019,12 @@ def _in_unit_interval(value: Any, field: str) -> float:
 def _whole(value: Any, field: str, low: int, high: int) -> int:
     """An integer field's value: an int (NumPy's too; not 64.0, which the library refuses), ``high`` at most
     (past it, the field's size on the wire: the server's own limit is lower)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    number = int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+    if number is None or number < low:
         raise _local_error(field, f"must be a whole number{' >= 0' if low == 0 else ''}, got {_shown(value)}")
-    number = int(value)
     if number > high:
         raise _local_error(field, f"{_shown(value)} is over the most a request can carry ({high}); the server's "
                            "own limit is lower (server_info()['limits'])")
-    if number < low:
-        raise _local_error(field, f"must be a whole number{' >= 0' if low == 0 else ''}, got {_shown(value)}")
     return number
 
 
