@@ -265,17 +265,18 @@ def _ramp(start: int, end: int, core0: int, core1: int) -> np.ndarray:
     core, rising linearly from 0 at the inner edge of the halo's outer DEAD_HALO (0 there too) to the core."""
     weights = np.ones(end - start, np.float32)
     if core0 > start:
-        n = core0 - start
-        dead = int(n * DEAD_HALO)
-        weights[:dead] = 0
-        weights[dead:n] = (np.arange(n - dead, dtype=np.float32) + 0.5) / (n - dead)
+        weights[: core0 - start] = _rising(core0 - start)
     if end > core1:
-        n = end - core1
-        dead = int(n * DEAD_HALO)
-        weights[end - start - n : end - start - dead] = (n - dead - np.arange(n - dead, dtype=np.float32) - 0.5) / (
-            n - dead)
-        weights[end - start - dead :] = 0
+        weights[core1 - start :] = _rising(end - core1)[::-1]
     return weights
+
+
+def _rising(n: int) -> np.ndarray:
+    """A halo of ``n`` px from its outer edge in: 0 over its outer DEAD_HALO, then up by even steps to near 1."""
+    dead = int(n * DEAD_HALO)
+    out = np.zeros(n, np.float32)
+    out[dead:] = (np.arange(n - dead, dtype=np.float32) + 0.5) / (n - dead)
+    return out
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
