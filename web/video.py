@@ -430,25 +430,21 @@ class VideoJobs:
                 state, error = "cancelled", job.error
             else:
                 error = error_json(e.code.name, *stream_error(e, "content"))["error"]
-        except MediaWriteError as e:  # writing the result failed: this service's fault, not the clip's
-            if full := _storage_said(str(e)):  # its disk full or read-only: said as such
+        except (MediaWriteError, OSError) as e:  # writing the result failed: this service's fault, not the clip's
+            # (FFmpeg's own av.error.OSError keeps its errno, a MediaWriteError only its words; the OSError fell
+            # through to INTERNAL with a traceback: a clip that fit, a result that did not)
+            full = STORAGE_ERRNOS.get(e.errno) if isinstance(e, OSError) else _storage_said(str(e))
+            if full:  # its disk full or read-only: said as such
                 log.error("clip job %s: writing its result failed: %s", job.id, e)
                 error = error_json("RESOURCE_EXHAUSTED", f"the clip could not be stylized: this page's temporary "
                                    f"folder {full}; try again later")["error"]
-            else:
-                log.exception("clip job %s: writing its result failed", job.id)
-                error = error_json("INTERNAL", INTERNAL)["error"]
-        except OSError as e:  # FFmpeg's own (av.error.OSError), writing the result: its errno kept
-            if e.errno in STORAGE_ERRNOS:  # its disk full (a clip that fit, a result that did not), or read-only
-                log.error("clip job %s: writing its result failed: %s", job.id, e)  # (a traceback and INTERNAL)
-                error = error_json("RESOURCE_EXHAUSTED", f"the clip could not be stylized: this page's temporary "
-                                   f"folder {STORAGE_ERRNOS[e.errno]}; try again later")["error"]
-            elif e.errno == errno.ENOENT and not job.result.parent.exists():  # a cleaner of /tmp took its folder
-                log.error("clip job %s: its folder %s was removed while it ran", job.id, job.result.parent)
+            elif isinstance(e, OSError) and e.errno == errno.ENOENT and not job.result.parent.exists():
+                log.error("clip job %s: its folder %s was removed while it ran", job.id, job.result.parent)  # (a
                 error = error_json("ABORTED", "the clip could not be stylized: this page's temporary folder was "
-                                   "removed while it ran (a cleaner of /tmp?); send it again")["error"]
+                                   "removed while it ran (a cleaner of /tmp?); send it again")["error"]  # cleaner)
             else:
-                log.exception("clip job %s failed", job.id)
+                log.exception("clip job %s failed" if isinstance(e, OSError) else
+                              "clip job %s: writing its result failed", job.id)
                 error = error_json("INTERNAL", INTERNAL)["error"]
         except MediaError as e:  # the clip and its result: named as the page names them, not by this server's folder
             message = str(e).replace(str(source), "the clip").replace(str(job.result), "the result")
