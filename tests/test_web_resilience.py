@@ -81,7 +81,7 @@ def test_the_page_says_a_stalled_upload_once_with_advice_that_works(web: WebProc
     """A photo's upload throttled to a trickle (Chromium's emulation) past --upload-idle-s: one POST (a 408 was
     sent again, and again), and the photo's error beside it, saying what helps (not "send it again")."""
     photo = tmp_path / "photo.png"
-    photo.write_bytes(make_image(160, 120, seed=5, kind="noise"))
+    photo.write_bytes(make_image(64, 48, seed=5, kind="noise"))  # 9 kB: held back ~2 s at 4 kB/s
     open_page_with(browser, web, photo, "waves")
     before = _stylize_calls(web)
     _network(browser, upload=4000)  # Chromium holds the body back (about its size at this rate): a stall
