@@ -15,7 +15,8 @@ Temporal modes (``adain.wire.TEMPORAL_MODES``), ``strength`` s in [0, 1):
 * ``flow`` (the default): the optical flow between the input frames (OpenCV's DIS), where it is
   consistent forwards and backwards, carries the past forward twice. In feature space, the previous
   frame's AdaIN target is warped (bicubic, at relu4_1's resolution) and blended in by ``s`` times the
-  share of consistent pixels of each cell, then given back the frame's own channel statistics; decoding
+  share of consistent pixels of each cell (less where the cell's own target changed: a moving object's
+  neighbours), then given back the frame's own channel statistics; decoding
   a target that follows the scene keeps the strokes in place. In pixels, the previous output is warped
   and blended in by ``OUTPUT_SHARE * s`` (soft-edged around occlusions), again with the fresh frame's
   channel mean and std. Elsewhere (occlusions, new areas, a pixel whose grey is not where its flow says it
@@ -23,7 +24,7 @@ Temporal modes (``adain.wire.TEMPORAL_MODES``), ``strength`` s in [0, 1):
 * ``smooth-flow``: both.
 
 ``benchmarks/video.py`` chose the default (flow, s = 0.95, OUTPUT_SHARE 0.42): on cutBunny it halves the
-warping error of ``none`` for 13% more style loss at 1.17x the time; the README has the table.
+warping error of ``none`` (0.53x) for 10% more style loss at 1.17x the time; the README has the table.
 
 With ``preserve_color="coral"`` (or ``"luminance"``: their light) the styles' colours are matched to the first
 frame, once per stream.
@@ -57,6 +58,12 @@ CUT_SIDE = 256  # the longest side of the frames smooth alone judges cuts on (it
 # How far a pixel's region levels (0-255) may differ from its flow source's for the past to be carried over it:
 # a fixed mask's edge stays put while the scene moves across it (see _Flow.within_regions).
 REGION_TOLERANCE = 32
+# How far a relu4_1 cell's own AdaIN target may move from the previous frame's there (warped; RMS over channels,
+# in the features' spread) and still take the whole carry-over; at CHANGED and beyond it takes none (_unchanged).
+# Chosen on cutBunny (48 frames at 640 x 360, benchmarks/video.py) and a square crossing a texture (the visual tour's
+# ghost, levels off each frame alone along its path): 0.2-0.6 warping error 0.0245 (0.0233 without the check), ghost
+# 9.2 (42.3 without); 0.15-0.45 0.0252 and 7.8; 0.3-0.6 0.0243 and 10.1; a Gaussian exp(-(d / 0.5)^2) 0.0251 and 10.0.
+UNCHANGED, CHANGED = 0.2, 0.6
 LUMA = np.array(RGB_TO_Y, np.float32)  # as adain.ops.luminance
 
 
@@ -205,6 +212,7 @@ class VideoStream:
         self._prev_out: np.ndarray | None = None
         self._warps: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._prev_target: Any = None
+        self._prev_own: Any = None  # the last frame's own AdaIN target, before the past was mixed in
         self._levels: np.ndarray | None = None  # the regions' maps (K x H x W levels) on the CPU, for the flow
         self._cells: Any = None  # and as [0, 1] maps at relu4_1's size (1 x K x h x w), for the warped target
         self.output_blend = self.strength * self.OUTPUT_SHARE
@@ -278,18 +286,23 @@ class VideoStream:
         from adain.regions import maps_at
 
         warp = self._warps.get(index)
+        own = target.float()
+        prev_own, self._prev_own = self._prev_own, own
         if warp is not None and self._prev_target is not None and self._prev_target.shape == target.shape:
             assert self._flow is not None  # (propagate is set only where the past is carried: a flow mode)
+            assert prev_own is not None  # (set with _prev_target)
             grid, share = self._flow.to_features(warp, *target.shape[2:])
-            own = target.float()
-            warped = F.grid_sample(self._prev_target, grid.to(own.device), mode="bicubic", padding_mode="border",
-                                   align_corners=True)
+            grid = grid.to(own.device)
+            warped = F.grid_sample(self._prev_target, grid, mode="bicubic", padding_mode="border", align_corners=True)
             share = share.to(own.device)
+            # and where the cell's own target is what it was (the pixels' checks pass beside a moving object)
+            share = share * _unchanged(own, F.grid_sample(prev_own, grid, mode="bicubic", padding_mode="border",
+                                                          align_corners=True))
             if regions is not None:  # as in _Flow.within_regions, for the cells: the warp reaches 2 cells across
                 if self._cells is None:  # the same every frame (one mask, one size): made once
                     self._cells = maps_at(regions.to(own.device), target.shape[2:])
                 m = self._cells
-                moved = F.grid_sample(m, grid.to(own.device), mode="bicubic", padding_mode="border", align_corners=True)
+                moved = F.grid_sample(m, grid, mode="bicubic", padding_mode="border", align_corners=True)
                 share = share * ((moved - m).abs().amax(1, keepdim=True) <= REGION_TOLERANCE / 255)
             weight = share * self.strength
             mixed = (1 - weight) * own + weight * warped
@@ -330,6 +343,18 @@ class VideoStream:
         index = self.index
         prepared = self.prepare(frame)
         return self.finish(index, self.stylizer.render([prepared])[0])
+
+
+def _unchanged(own: Any, before: Any) -> Any:
+    """How much of each relu4_1 cell's past may be carried over (1 x 1 x h x w, in [0, 1]): 1 where the frame's own
+    target is what the previous frame's own target was there (warped by the flow), down to 0 as it moves by
+    UNCHANGED to CHANGED of the features' spread.
+    The pixels' checks (flow both ways, grey within PHOTO_TOLERANCE) pass beside a moving object, but a cell's
+    features see far beyond its 8 x 8 pixels: carried over at strength 0.95 a frame, the object's features left a
+    trail along its whole path that outlived it by seconds (a visual tour's: 42 levels off each frame alone)."""
+    scale = own.std((2, 3)).pow(2).mean().sqrt() + 1e-6  # the features' spread, one number
+    moved = (own - before).pow(2).mean(1, keepdim=True).sqrt() / scale
+    return (1 - (moved - UNCHANGED) / (CHANGED - UNCHANGED)).clamp(0, 1)
 
 
 def _refuse_unknown(caller: str, options: dict[str, Any], more: tuple[str, ...] = ()) -> None:
