@@ -111,7 +111,9 @@ def say(logger: logging.Logger, prog: str, kind: str, message: str) -> None:
     if json_logs():
         logger.log(logging.ERROR if kind == "error" else logging.WARNING, "%s: %s: %s", prog, kind, message)
     else:
-        print(f"{prog}: {kind}: {message}", file=sys.stderr, flush=True)
+        # escaped as the log's lines are (a style file named with a newline and an escape sequence split the line
+        # and turned the terminal red; an outside tour's)
+        print(f"{prog}: {kind}: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def announce(logger: logging.Logger, message: str, out: Any) -> None:

@@ -460,14 +460,15 @@ def test_a_bad_library_fails_the_start_naming_the_file(decoder_path: Path, tmp_p
         styles.mkdir()
         (styles / "ok.png").write_bytes(DOTS)
     expected = {"missing": "no such folder", "same-name": "two files give the style name 'ok'",
-                "bad-name": "my style.png: a style's name", "corrupt": "bad.jpg: image data is truncated",
+                # (escaped, on one line: the plain start error printed it raw, split, the terminal turned red)
+                "bad-name": "my style\\n\\x1b[31m.png: a style's name", "corrupt": "bad.jpg: image data is truncated",
                 "preset": "preset 'p' names 'nope', which the library has no style of",
                 "too-small": "tiny.png: 4 x 4 px as used (style_size 512) is too small to carry a style: its shorter "
                              "side needs 16 px"}[case]
     if case == "same-name":
         (styles / "ok.jpg").write_bytes(STRIPES)
     elif case == "bad-name":
-        (styles / "my style.png").write_bytes(DOTS)
+        (styles / "my style\n\x1b[31m.png").write_bytes(DOTS)
     elif case == "corrupt":
         (styles / "bad.jpg").write_bytes(STRIPES[: len(STRIPES) // 2])
     elif case == "preset":

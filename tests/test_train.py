@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,15 @@ def logged(out: Path) -> list[dict]:
 
 def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    shutil.copytree(data, tmp_path / "data")
+    data = tmp_path / "data"
+    (data / "content" / "junk\n\x1b[31m.png").write_bytes(b"junk")  # a name with a newline and an escape sequence
     err = train(data, out, 2, sample_every=2)
     assert "skipping unreadable image" in err and "corrupt.jpg" in err
+    # escaped, on one line (it was split in two, and the terminal turned red)
+    said = "junk\\n\\x1b[31m.png: not a decodable image (supported: JPEG, PNG, WEBP, BMP, TIFF, GIF, AVIF, HEIF)"
+    assert "\x1b[31m" not in err and any("WARNING skipping unreadable image" in line and line.endswith(said)
+                                        for line in err.splitlines())
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2 and {"decoder", "optimizer", "rng"} <= set(ckpt)
     rows = logged(out)

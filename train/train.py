@@ -52,13 +52,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from adain.argtypes import OneLineParser, int_in_range
 from adain.commands import add_version_arg
 from adain.decoder import Decoder, load_decoder, save_decoder
 from adain.encoder import Encoder
+from adain.errors import one_line
 from adain.files import saved_whole
 from adain.image import to_image
+from adain.logs import TextFormatter
 from adain.ops import adain, mean_std, style_loss
 from adain.precision import TRAIN_PRECISIONS, wants_bf16
 from adain.train.data import ImageFolder, InfiniteSampler, NoReadableImage, has_images
@@ -714,13 +717,18 @@ def export(argv: list[str] | None = None) -> None:
 
 
 def train(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # the server's text lines: a data file's name with a newline or an escape sequence is escaped (it split the
+    # warning and reached the terminal; an outside tour's)
+    handler = logging.StreamHandler()
+    handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     args = parse_args(argv)
     try:
         trainer = Trainer(args)
-        trainer.run()
+        with logging_redirect_tqdm():  # a warning on a line of its own, not glued to the progress bar's
+            trainer.run()
     except (NoReadableImage, CheckpointError) as e:  # (a traceback from inside the DataLoader, or torch.save's)
-        sys.exit(f"adain-train: error: {e}")
+        sys.exit(f"adain-train: error: {one_line(str(e))}")
     if args.export and trainer.main:  # the run's end (its steps, --max-minutes or SIGTERM) as a decoder file
         try:
             export_checkpoint(args.out / "checkpoint.pt", args.export, args.export_data, args.export_note)
