@@ -273,6 +273,79 @@ def test_clip_becomes_a_job_and_an_mp4(web: WebProcess, tmp_path: Path) -> None:
     assert httpx.get(f"{web.url}/api/videos/{job['id']}").status_code == 404
 
 
+def test_a_clip_named_as_browsers_send_it_downloads_under_its_own_name(web: WebProcess, tmp_path: Path) -> None:
+    """An i18n tour's: a clip named 'quo"te été 東京.mp4' is sent by browsers (and httpx) as "quo%22te ..."
+    (the HTML standard's escape for '"' in a multipart file name), and came back "quo%22te ..._stylized.mp4";
+    its Content-Disposition had only filename*, so curl -OJ saved it as "result" (the URL's last part). And names
+    no file system takes: ".mp4" came back ".mp4_stylized.mp4" (hidden), a Windows path kept its backslashes, a
+    250-byte name made a 259-byte one (each job cancelled once its name is seen)."""
+    clip = _clip(tmp_path, 6)[1][1]
+    for sent, want in ((".mp4", "clip_stylized.mp4"), ("\\\\server\\share\\x.mp4", "x_stylized.mp4"),
+                       ("é" * 125 + ".mp4", "é" * 121 + "_stylized.mp4")):
+        r = httpx.post(web.url + "/api/videos", files=[("content", (sent, clip, "video/mp4")), _png("styles", STYLE)],
+                       timeout=60)
+        assert r.status_code == 202 and r.json()["filename"] == want, (sent, r.text)
+        assert httpx.delete(f"{web.url}/api/videos/{r.json()['id']}").status_code == 204
+    r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 6, 'quo"te été 東京.mp4'), _png("styles", STYLE)],
+                   timeout=60)
+    assert r.status_code == 202, r.text
+    assert r.json()["filename"] == 'quo"te été 東京_stylized.mp4'
+    job = _finished(web, r.json())
+    assert job["state"] == "done", job
+    got = httpx.head(web.url + job["result"], timeout=30)
+    assert got.headers["content-disposition"] == ("attachment; filename=\"quote ete_stylized.mp4\"; "
+                                                  "filename*=utf-8''quo%22te%20%C3%A9t%C3%A9%20%E6%9D%B1%E4%BA%AC"
+                                                  "_stylized.mp4"), got.headers
+    httpx.delete(f"{web.url}/api/videos/{job['id']}")
+
+
+CLIP_NAMES = {  # the name a clip's upload was sent with (as the browser sends it) -> its result's
+    "quote-escaped": ("quo%22te.mp4", 'quo"te_stylized.mp4'),
+    "line-break-escaped": ("new%0D%0Aline.mp4", "newline_stylized.mp4"),  # (then dropped: it would split a header)
+    "other-escapes-kept": ("50%25 off%20.mp4", "50%25 off%20_stylized.mp4"),  # only the three browsers write
+    "nfd": ("cafe\u0301.mp4", "caf\u00e9_stylized.mp4"),
+    "only-a-suffix": (".mp4", "clip_stylized.mp4"),  # was ".mp4_stylized.mp4", a hidden file
+    "hidden": (".beach.mov", "beach_stylized.mp4"),
+    "unc-path": ("\\\\server\\share\\x.mp4", "x_stylized.mp4"),  # (its backslashes were kept)
+    "windows-path": ("C:\\Users\\me\\y.mov", "y_stylized.mp4"),
+    "unix-path": ("videos/z.mp4", "z_stylized.mp4"),
+    "empty": ("", "clip_stylized.mp4"),
+    "long": ("é" * 125 + ".mp4", "é" * 121 + "_stylized.mp4"),  # 250 bytes: made a 259-byte name, 255 at most
+    "long-cut-in-a-character": ("a" + "東" * 90 + ".mp4", "a" + "東" * 80 + "_stylized.mp4"),  # 1 + 240 + 13 bytes
+}
+
+
+@pytest.mark.parametrize("case", list(CLIP_NAMES), ids=list(CLIP_NAMES))
+def test_a_clips_result_is_named_as_a_file_system_takes_it(case: str) -> None:
+    from adain.web.checks import MAX_NAME_BYTES, clip_result_name
+
+    sent, want = CLIP_NAMES[case]
+    assert clip_result_name(sent) == want
+    assert len(want.encode()) <= MAX_NAME_BYTES
+
+
+@pytest.mark.parametrize(("name", "fallback"), [
+    ("clip_stylized.mp4", None),  # plain ASCII: filename only, as before
+    ("été à Paris_stylized.mp4", "ete a Paris_stylized.mp4"),
+    ("東京 夜景_stylized.mp4", "stylized.mp4"),  # nothing of it is ASCII but "_stylized"
+    ('quo"te\\x_stylized.mp4', "quotex_stylized.mp4"),  # what would end or escape the quoted string
+    ("ﬁlm ＃2 東京_stylized.mp4", "film #2_stylized.mp4"),  # NFKD: compatibility forms spelled out
+])
+def test_a_downloads_name_has_an_ascii_fallback(name: str, fallback: str | None) -> None:
+    """RFC 6266: ``filename*`` for the UTF-8 name, and beside it a ``filename`` of ASCII, the one curl -OJ and
+    wget --content-disposition read (without it they saved "result")."""
+    from urllib.parse import quote
+
+    from adain.web.checks import attachment
+
+    said = attachment(name)
+    if fallback is None:
+        assert said == f'attachment; filename="{name}"'
+    else:
+        assert said == f"attachment; filename=\"{fallback}\"; filename*=utf-8''{quote(name, safe='')}"
+        said.encode("latin-1")  # a header's bytes
+
+
 def test_a_part_of_a_clip_over_the_limit(web: WebProcess, tmp_path: Path) -> None:
     """48 frames are over this page's limit of 30; seconds 1 to 3 of them (24 frames) are not."""
     r = httpx.post(web.url + "/api/videos", files=[_clip(tmp_path, 48), _png("styles", STYLE)], timeout=60)
@@ -843,6 +916,9 @@ BAD_FORMS = {  # (files, data, field, the message's words)
     "format-a-file": ([*BASE, _text_file("format", "png")], {}, "format", "expected a value, got a file"),
     "mask-a-value": (BASE, {"mask": "abc"}, "mask", "mask: expected an image file"),
     "labels-a-value": (BASE, {"labels": "abc", "label": "#e6194b"}, "labels", "labels: expected an image file"),
+    # an id:NAME, of a name no library has (it was told "expected an image file or id:NAME"), in the CLI's words
+    "style-name-not-ascii": (BASE, {"styles": "id:ゴッホ"}, "styles[0]", "styles[0]: no style named 'ゴッホ': a style "
+                             "name is 1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"),
     "alpha-twice": (BASE, {"alpha": ["0.5", "0.6"]}, "alpha", "alpha: given 2 times; once only"),
     "content-twice": ([*BASE, _png("content", CONTENT)], {}, "content", "content: given 2 times; once only"),
     "refine-steps-past-int32": (BASE, {"refine_steps": "99999999999999999999"}, "refine_steps",
@@ -1479,6 +1555,19 @@ def test_page_renders_a_photo_at_the_size_chosen(web: WebProcess, browser, tmp_p
     assert _shown_size(browser, timeout=90) == [1024, 683]
 
 
+def _page_with_photos(browser, web: WebProcess, photos: list[Path], tmp_path: Path) -> Path:
+    """The page open with ``photos`` chosen at once; returns the folder its downloads go to."""
+    from selenium.webdriver.common.by import By
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys("\n".join(str(p) for p in photos))
+    return downloads
+
+
 def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tmp_path: Path) -> None:
     """Four photos chosen at once, one of them no image and one over the upload limit: two results and an error
     beside each other's name (the run goes on), then one zip of the two, each named by the format it came in."""
@@ -1493,12 +1582,7 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     assert photos[1].stat().st_size > 60_000
     photos[2].write_bytes(make_image(60, 80, seed=82, fmt="JPEG"))
     photos[3].write_bytes(b"not an image at all")
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    browser.get(web.url + "/")
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-    browser.find_element(By.ID, "content").send_keys("\n".join(str(p) for p in photos))
+    downloads = _page_with_photos(browser, web, photos, tmp_path)
     assert browser.find_element(By.ID, "content-name").text.startswith("4 photos: one.png, big.png, two.jpg, ")
     assert not browser.find_element(By.ID, "regions-row").is_displayed()  # a painting fits one photo
     browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
@@ -1561,6 +1645,42 @@ def test_page_stylizes_several_photos_and_zips_them(web: WebProcess, browser, tm
     assert browser.find_elements(By.CSS_SELECTOR, "#batch-results figure") == []
     status = browser.find_element(By.ID, "status").get_attribute("textContent")
     assert status == "Stopped: an option was refused (see its error); 0 of 4 photos stylized.", status
+
+
+def test_page_zips_names_each_file_system_keeps_apart(web: WebProcess, browser, tmp_path: Path) -> None:
+    """An i18n tour's: the zip of several photos told its names apart as strings, so "café" in NFC and in NFD
+    (as macOS names files), and "Photo" and "photo", were two entries of one name to macOS's and Windows' file
+    systems, the second written over the first; and a 250-byte photo's name made a 259-byte entry, which unzip
+    refused ("File name too long"). Now: compared in NFC and lower case, written NFC, at most 255 bytes; and a
+    hidden photo's result is not hidden."""
+    import zipfile
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    names = ["caf\u00e9.png", "cafe\u0301.png", "Photo.png", "photo.png", "é" * 123 + ".png", ".beach.png"]
+    photos = [tmp_path / "in" / n for n in names]
+    photos[0].parent.mkdir()
+    for i, photo in enumerate(photos):
+        photo.write_bytes(make_image(24, 16, seed=90 + i))
+    downloads = _page_with_photos(browser, web, photos, tmp_path)
+    browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="mosaic"]').click()
+    Select(browser.find_element(By.ID, "format")).select_by_value("png")
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "download-all").is_displayed(), timeout=120)
+    want = ["caf\u00e9_stylized.png", "caf\u00e9_stylized_2.png", "Photo_stylized.png", "photo_stylized_2.png",
+            "é" * 121 + "_stylized.png", "beach_stylized.png"]  # 255 bytes; no hidden file
+    links = browser.find_elements(By.CSS_SELECTOR, "#batch-results a[download]")
+    assert [a.get_attribute("download") for a in links] == want  # each photo's own Download too
+    browser.find_element(By.ID, "download-all").click()
+    saved = downloads / "stylized.zip"
+    wait_for(browser, lambda d: saved.exists() and saved.stat().st_size > 0, timeout=20)
+    with zipfile.ZipFile(saved) as z:
+        assert z.testzip() is None and z.namelist() == want
+    if shutil.which("unzip"):
+        subprocess.run(["unzip", "-q", str(saved), "-d", str(tmp_path / "unzipped")], check=True,
+                       env={**os.environ, "LC_ALL": "C.UTF-8"})
+        assert sorted(p.name for p in (tmp_path / "unzipped").iterdir()) == sorted(want)
 
 
 def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:

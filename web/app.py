@@ -82,8 +82,9 @@ from .checks import (
     STORAGE_ERRNOS,
     BadInput,
     Problems,
+    attachment,
+    clip_result_name,
     color,
-    display_name,
     error_json,
     fraction,
     image_checked,
@@ -851,7 +852,7 @@ def create_app(
         if not job.result.is_file():  # (a cleaner of /tmp took it: its job said done, and this was a 500)
             raise HTTPException(410, "the stylized clip is gone from this page's temporary folder (removed by another "
                                      "program); send the clip again")
-        return FileResponse(job.result, media_type="video/mp4", filename=job.name)
+        return FileResponse(job.result, media_type="video/mp4", headers={"Content-Disposition": attachment(job.name)})
 
     @app.delete("/api/videos/{job_id}")
     async def video_remove(job_id: str) -> Response:
@@ -1075,8 +1076,7 @@ async def _read_video_form(
     problems.raise_any()
     assert clip is not None and isinstance(content, UploadFile)
     source = clip[0]
-    stem = display_name(Path(content.filename or "clip").stem) or "clip"  # it goes into Content-Disposition
-    return source, f"{stem}_stylized.mp4", frames, options
+    return source, clip_result_name(content.filename), frames, options  # (it goes into Content-Disposition)
 
 
 async def _clip(content: UploadFile, folder: Path, limits: Limits) -> tuple[Path, Any]:

@@ -11,6 +11,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import grpc
 from PIL import Image
@@ -29,6 +30,10 @@ from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, 
 Image.MAX_IMAGE_PIXELS = None
 
 log = logging.getLogger("adain.web")
+# A file name's longest, in bytes of UTF-8: ext4's (APFS's and NTFS's, 255 characters, take any name that short)
+MAX_NAME_BYTES = 255
+BROWSER_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}  # what browsers send for these in a multipart file name
+BROWSER_ESCAPE_RE = re.compile("|".join(BROWSER_ESCAPES))
 T = TypeVar("T")
 STYLE_NAME_RE = re.compile(r"id:([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 # What the public is told instead of a failed call's transport details (the backend's address, gRPC's words).
@@ -188,9 +193,49 @@ def display_name(text: str) -> str:
     return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
 
 
+def fit_name(stem: str, tail: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``stem + tail``, the stem cut on a character's boundary so that the whole is at most ``limit`` bytes of
+    UTF-8: a 250-byte clip's name made a 259-byte one, which no file system takes ("File name too long")."""
+    room = max(0, limit - len(tail.encode()))
+    return stem.encode()[:room].decode(errors="ignore") + tail  # (a character cut in two is dropped whole)
+
+
+def clip_result_name(filename: str | None) -> str:
+    """A stylized clip's file name, ``STEM_stylized.mp4``, from the name its upload was sent with: the escapes
+    browsers write for '"', CR and LF in a multipart file name (%22, %0D, %0A, the HTML standard's) decoded (a
+    'quo"te.mp4' from Chrome came back "quo%22te_stylized.mp4"), only the part after the last / or \\ (a Windows
+    path kept its backslashes), NFC, and no hidden file: ".mp4" made ".mp4_stylized.mp4"; an empty stem is
+    "clip". At most MAX_NAME_BYTES."""
+    name = BROWSER_ESCAPE_RE.sub(lambda m: BROWSER_ESCAPES[m[0]], filename or "")
+    name = unicodedata.normalize("NFC", display_name(re.split(r"[/\\]", name)[-1]))
+    stem = name.rsplit(".", 1)[0] if "." in name else name  # (".mp4": all suffix, no stem)
+    return fit_name(stem.lstrip(". ") or "clip", "_stylized.mp4")
+
+
+def attachment(name: str) -> str:
+    """A Content-Disposition for a download named ``name``: with ``filename*`` (RFC 6266, UTF-8) where it is not
+    plain ASCII, beside a ``filename`` of ASCII for the clients that read no other (curl -OJ saved "東京_stylized.mp4"
+    as "result", the URL's last part): accents dropped (NFKD), what is left of the rest, or "stylized.EXT"."""
+    if name.isascii() and name.isprintable() and not set(name) & {'"', "\\"}:
+        return f'attachment; filename="{name}"'
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", stem) if " " <= c <= "~" and c not in '"\\')
+    # the spaces a dropped word leaves: "東京 夜景_stylized" is " _stylized", then "stylized"
+    plain = re.sub(r" +(?=[ _.])", "", plain).strip(" ._-")
+    ext = "".join(c for c in ext if c.isascii() and c.isalnum())
+    fallback = f"{plain or 'stylized'}.{ext}" if ext else plain or "stylized"
+    return f"attachment; filename=\"{fallback}\"; filename*=utf-8''{quote(name, safe='')}"
+
+
 def style_name(text: Any, field: str) -> StyleRef:
     """"id:NAME", a style of the server's library (the server says whether it has that name)."""
     found = STYLE_NAME_RE.fullmatch(str(text))
+    if found is None and str(text).startswith("id:"):  # an id:NAME, of no name a library can have ("id:ゴッホ" was
+        # told "expected an image file or id:NAME"): as the CLI says it
+        raise BadInput(field, f"no style named {str(text)[3:83]!r}: a style name is 1-64 ASCII letters, digits, "
+                       "'.', '_' or '-', starting with a letter or digit")
     if found is None:
         raise BadInput(field, f"expected an image file or id:NAME (a style of the server's library), "
                        f"got {str(text)[:80]!r}")

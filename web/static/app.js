@@ -791,7 +791,7 @@ async function stylize() {
     $("output").addEventListener("load", () => revealOutput($("output")), { once: true });  // (its height then)
     $("output").src = resultUrl;
     $("download").href = resultUrl;
-    $("download").download = `${stemOf(content)}_stylized.${suffix(blob)}`;  // as several photos' and a clip's
+    $("download").download = resultName(stemOf(content), suffix(blob));  // as several photos' and a clip's
     $("download").hidden = false;
     $("status").textContent = photoSettings() === made ? "Done: the stylized photo is under Result, with Download."
       : "Done, with the settings as they were when Stylize was pressed (changed since: press Stylize again for the "
@@ -1227,10 +1227,7 @@ async function submitBatch() {
       if (response.ok) {
         const blob = await response.blob();
         if (batch.run !== run) break;  // forgotten (another content chosen) while it came
-        const stem = stemOf(file);
-        const taken = new Set(batch.results.map((r) => r.name));
-        let name = `${stem}_stylized.${suffix(blob)}`;
-        for (let n = 2; taken.has(name); n++) name = `${stem}_stylized_${n}.${suffix(blob)}`;
+        const name = resultName(stemOf(file), suffix(blob), batch.results.map((r) => r.name));
         batch.results.push({ name, blob });
         const img = document.createElement("img");
         img.src = URL.createObjectURL(blob);
@@ -1280,9 +1277,34 @@ async function submitBatch() {
   }
 }
 
-// A file's name without its suffix, the stem of its result's.
+// A file's name without its suffix, the stem of its result's; no leading dot, which would hide the result on Unix
+// (".beach.png" made ".beach_stylized.png"), as a clip's name has none (the server's clip_result_name).
 function stemOf(file) {
-  return file.name.replace(/\.[^.]*$/, "") || "photo";
+  return file.name.replace(/\.[^.]*$/, "").replace(/^[.\s]+/, "") || "photo";
+}
+
+// The longest file name, in bytes of UTF-8: ext4's (APFS's and NTFS's, 255 characters, take any name that short).
+const MAX_NAME_BYTES = 255;
+
+// A result's file name, STEM_stylized.EXT, in NFC and at most MAX_NAME_BYTES (the stem cut on a character's
+// boundary: a 250-byte photo's name made a zip entry unzip refused, "File name too long"); STEM_stylized_2.EXT
+// where one of ``taken`` (the batch's names) is the same name to macOS's and Windows' file systems, which take
+// "café" in NFC and in NFD, and "Photo" and "photo", for one: two entries of the zip overwrote each other there.
+function resultName(stem, ext, taken = []) {
+  const same = (name) => name.normalize("NFC").toLowerCase();
+  const seen = new Set(taken.map(same));
+  const encoder = new TextEncoder();
+  for (let n = 1; ; n++) {
+    const tail = n === 1 ? `_stylized.${ext}` : `_stylized_${n}.${ext}`;
+    let room = MAX_NAME_BYTES - encoder.encode(tail).length;
+    let kept = "";
+    for (const c of stem.normalize("NFC")) {  // (by code point: a surrogate pair is never cut in two)
+      room -= encoder.encode(c).length;
+      if (room < 0) break;
+      kept += c;
+    }
+    if (!seen.has(same(kept + tail))) return kept + tail;
+  }
 }
 
 // A result's suffix from its own type (the reply's): "Save as" changed while it was made named a JPEG ".png".
@@ -1315,7 +1337,7 @@ async function zipBlob(entries) {
   let offset = 0;
   for (const { name, blob } of entries) {
     const data = new Uint8Array(await blob.arrayBuffer());
-    const fname = encoder.encode(name);
+    const fname = encoder.encode(name.normalize("NFC"));  // (as resultName writes them)
     const crc = crc32(data);
     // local header (30 bytes) and central directory entry (46): version 2.0, UTF-8 names, stored, 1980-01-01,
     // made on Unix as a file of mode 0644 (made "on MS-DOS", Info-ZIP's unzip read the UTF-8 names as CP437:
