@@ -24,6 +24,7 @@ import argparse
 import codecs
 import contextlib
 import errno
+import hashlib
 import math
 import os
 import re
@@ -32,6 +33,7 @@ import stat
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -858,7 +860,102 @@ def _image_flags(args: argparse.Namespace) -> list[str]:
 
 def _names_folder(output: str) -> bool:
     """Whether -o names a folder: one that exists, or a path the user ended with '/' (made if need be)."""
-    return output.endswith(("/", os.sep)) or Path(output).is_dir()
+    return output.endswith(("/", os.sep)) or os.path.isdir(output)  # (Path.is_dir raised on a name too long)
+
+
+def _name_key(name: str) -> str:
+    """What tells two file names apart on every file system: neither case (A.jpg and a.png are one file on macOS
+    and Windows) nor Unicode's two ways of writing an accent (NFC "café" and NFD "cafe" + U+0301, one file on
+    macOS, whose APFS and HFS+ compare names normalized; on Linux two files that look alike). Unicode's canonical
+    caseless match: NFD(casefold(NFD(name)))."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def _twins(what: str, first: str, second: str) -> str:
+    """Two names of one key (:func:`_name_key`), ``what`` ("two contents named" ...) said of them; names that
+    differ only in their Unicode form look the same when printed, so their code points are shown too."""
+    said = f"{what} {first!r}"
+    if first.casefold() != second.casefold():
+        said += f" (one name written two ways in Unicode: {ascii(first)} and {ascii(second)})"
+    return said
+
+
+def _name_max(folder: Path) -> int:
+    """The most bytes a file name may have in ``folder``, or in the nearest folder above it that exists (the save
+    makes the rest): its file system's NAME_MAX (255 on Linux and macOS), 255 where the system does not say
+    (Windows: 255 UTF-16 units, which 255 bytes never exceed)."""
+    here = folder
+    while not os.path.isdir(here) and here != here.parent:
+        here = here.parent
+    try:
+        limit = os.pathconf(here, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 255
+    return limit if limit > 0 else 255
+
+
+def _cut(text: str, size: int) -> str:
+    """The longest start of ``text`` whose bytes, in the file system's encoding, are at most ``size``: never
+    half a character (half a UTF-8 "é" is no name)."""
+    used = 0
+    for end, c in enumerate(text):
+        used += len(os.fsencode(c))
+        if used > size:
+            return text[:end]
+    return text
+
+
+def _fitted(limit: int, stem: str, middle: str, ext: str) -> str:
+    """The name ``stem + middle + ext`` of an output the CLI names itself (``middle``: "_stylized" or
+    "_stylized_STYLE"), cut to ``limit`` bytes (:func:`_name_max`) where it is longer. A content named near the
+    limit (a 250-byte name) had no room for the suffix: its output failed "File name too long", and a folder run
+    stopped there. Written, not refused, as the user asked for an output named after the content: its stem is
+    cut and marked with "~" and 8 hex digits of the whole name's SHA-256, so two names cut alike still write two
+    files, and a run again writes the same one. A style's name that leaves no room is cut with it."""
+    name = stem + middle + ext
+    if len(os.fsencode(name)) <= limit:
+        return name
+    mark = f"~{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
+    room = limit - len(os.fsencode(mark + middle + ext))
+    if room > 0:  # the style's name kept whole: it tells a content's outputs apart
+        return _cut(stem, room) + mark + middle + ext
+    return _cut(stem + middle, limit - len(os.fsencode(mark + ext))) + mark + ext
+
+
+def _name_over(path: Path) -> str | None:
+    """Which name in ``path`` is over its file system's limit (:func:`_name_max`), its bytes and the limit; None
+    where none is."""
+    limit = _name_max(path.parent)
+    for i, part in enumerate(reversed(path.parts)):
+        size = len(os.fsencode(part))
+        if size > limit:
+            which = "its file name" if i == 0 else f"the folder name {part}"
+            return f"{which} is too long ({size} bytes, the most is {limit})"
+    return None
+
+
+def _too_long(path: Path) -> str:
+    """What ENAMETOOLONG meant for ``path``: a name in it over its file system's limit (:func:`_name_over`), or the
+    whole path over the system's (the error said "File name too long", and named the folder)."""
+    if over := _name_over(path):
+        return over
+    try:
+        most = f", the most is {os.pathconf(path.anchor or '.', 'PC_PATH_MAX') - 1}"
+    except (AttributeError, OSError, ValueError):
+        most = ""
+    return f"its path is too long ({len(os.fsencode(path))} bytes{most})"
+
+
+def _cannot_write(out: Path, e: OSError) -> str:
+    """"cannot write: " and why, a name too long said as which name and its bytes (:func:`_too_long`)."""
+    return f"cannot write: {_too_long(out) if e.errno == errno.ENAMETOOLONG else e.strerror or e}"
+
+
+# The errors of writing one output that are that output's alone, said after the rest of a folder run is written: its
+# path over the system's limit, a name a file system refuses (EILSEQ: bytes that are no UTF-8 where names must be;
+# EINVAL: FAT's "a:b.png"), a folder of its name. The others (a full disk or quota, a read-only or unwritable
+# folder, a lost mount) are every output's, and stop the run.
+_ONE_OUTPUTS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EISDIR})
 
 
 def _named_inputs(args: argparse.Namespace, styles: Sequence[Any], contents: Sequence[Path]) -> list[tuple[str, Path]]:
@@ -896,6 +993,8 @@ def _refuse_overwriting(out: Path, shown: str, inputs: dict) -> None:
 def _check_writable(out: Path, shown: str) -> None:
     """Refuse, before any call, an output that could not be written: a refine or a print-size photo rendered for
     minutes, then failed to save ("File exists"). Its folder is made by the save, as before."""
+    if over := _name_over(out):
+        raise CliError(f"-o {shown}: cannot write there: {over}")
     try:
         check_writable(out)
     except (NotADirectoryError, IsADirectoryError) as e:
@@ -903,6 +1002,8 @@ def _check_writable(out: Path, shown: str) -> None:
     except FileNotFoundError as e:  # a link on the way to a folder or file that is not there
         raise CliError(f"-o {shown}: cannot write there: {e.filename} is {e.strerror}") from None
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # (said "cannot write in the folder" and named the file)
+            raise CliError(f"-o {shown}: cannot write there: {_too_long(out)}") from None
         raise CliError(f"-o {shown}: cannot write in the folder {e.filename}: {e.strerror or e}") from None
 
 
@@ -913,7 +1014,8 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
         raise CliError(f"{flags[0]}: only for videos, and {content} is an image")
     if _names_folder(args.output):  # named after the content, in --format (made by save())
         fmt = args.format or "png"
-        out = Path(args.output) / f"{content.stem}_stylized{FORMAT_SUFFIXES[fmt]}"
+        folder = Path(args.output)
+        out = folder / _fitted(_name_max(folder), content.stem, "_stylized", FORMAT_SUFFIXES[fmt])
     else:
         out = Path(args.output)
         fmt = _output_format(out, content)
@@ -952,8 +1054,8 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     try:
         result.save(out)
     except OSError as e:
-        raise CliError(f"-o {out}: cannot write: {e.strerror or e}") from None
-    print(f"{out} ({result.width} x {result.height})")
+        raise CliError(f"-o {out}: {_cannot_write(out, e)}") from None
+    print(one_line(f"{out} ({result.width} x {result.height})"))  # (a name's newline or escape, as errors write it)
     return 0
 
 
@@ -973,7 +1075,7 @@ def _video_options(args: argparse.Namespace) -> dict[str, Any]:
 def _stylize_video(client: StyleTransferClient, args: argparse.Namespace, src: Path, out: Path, styles: Any) -> int:
     """One video, with a progress bar of frames and frames per second. Raises MediaError,
     StyleTransferError or OSError (see ``_video_error``)."""
-    bar = _bar(args, unit="frame", desc=src.name)
+    bar = _bar(args, unit="frame", desc=one_line(src.name))  # (an escape in the name reached the terminal)
     try:
         return stylize_video_file(client, src, out, styles, on_start=lambda n: bar.reset(total=n or None),
                                   on_frame=lambda: bar.update(1), max_fps=args.fps, start=args.start,
@@ -987,7 +1089,7 @@ def _video_error(e: Exception, args: argparse.Namespace, src: Path, out: Path) -
     if isinstance(e, StyleTransferError):  # a style's or another option's problem is not the clip's
         return CliError(_content_failed(e, args, src))
     if isinstance(e, OSError):
-        return CliError(f"-o {out}: cannot write: {e.strerror or e}")
+        return CliError(f"-o {out}: {_cannot_write(out, e)}")
     return CliError(str(e))  # MediaError: names the file and the problem
 
 
@@ -1002,7 +1104,7 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
         raise CliError(f"{flags[0]}: only for images, and {src} is a video (its output takes its container, and "
                        "the video encoder's quality)")
     if _names_folder(args.output):  # the same container as the input, named after it
-        out = out / f"{src.stem}_stylized{_video_suffix(src)}"
+        out = out / _fitted(_name_max(out), src.stem, "_stylized", _video_suffix(src))
     elif out.suffix.lower() not in VIDEO_SUFFIXES:
         try:  # a file with sound and no picture (an .m4a) is no video: say that, not the output's suffix
             media().VideoReader(src).close()
@@ -1017,7 +1119,7 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
         n = _stylize_video(client, args, src, out, _blend(styles))
     except (MediaError, StyleTransferError, OSError) as e:
         raise _video_error(e, args, src, out) from None
-    print(f"{out} ({plural(n, 'frame')})")
+    print(one_line(f"{out} ({plural(n, 'frame')})"))
     return 0
 
 
@@ -1047,9 +1149,10 @@ def _content_files(paths: list[Path]) -> list[Path]:
             files.append(path)
     stems: dict[str, Path] = {}
     for f in files:
-        key = f.stem.casefold()  # A.jpg and a.png: one file on macOS and Windows
+        key = _name_key(f.stem)
         if key in stems and stems[key] != f:
-            raise CliError(f"{stems[key]} and {f}: two contents named {f.stem!r} would write outputs of one name")
+            raise CliError(f"{stems[key]} and {f}: {_twins('two contents named', stems[key].stem, f.stem)} would "
+                           "write outputs of one name")
         stems[key] = f
     return list(dict.fromkeys(files))
 
@@ -1077,28 +1180,39 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
         raise CliError(f"{flags[0]}: only for images, and none of the contents is one")
     shown = args.output  # as typed, its '/' kept
     out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):  # (Path's raised on a name too long)
         raise CliError(f"-o {shown}: several contents (or a folder) need an output folder, and this is a file")
     if not _names_folder(shown) and out_dir.suffix.lower() in INPUT_SUFFIXES + VIDEO_SUFFIXES:
         raise CliError(f"-o {shown}: several contents (or a folder) need an output folder, and this names a file "
                        f"(end it with '/' for a folder of that name)")
     for folder in (p for p in paths if p.is_dir()):
-        if out_dir.is_dir() and os.path.samefile(out_dir, folder):
+        if os.path.isdir(out_dir) and os.path.samefile(out_dir, folder):
             raise CliError(f"-o {shown}: that is the content folder {folder}: the outputs would be taken as "
                            "contents the next time; give another folder")
     fmt = args.format or "png"
     _refuse_quality_for_png(args, fmt, f"the outputs are (--format png{'' if args.format else ', the default'})")
     ext = FORMAT_SUFFIXES[fmt]
     named = _style_names(styles)
-    tasks = [(c, source, out_dir / f"{c.stem}_stylized_{stem}{ext}") for c in contents for source, stem in named]
-    video_tasks = [(v, source, out_dir / f"{v.stem}_stylized_{stem}{_video_suffix(v)}")
-                   for v in videos for source, stem in named]
+    limit, cut = _name_max(out_dir), []
+
+    def output(content: Path, stem: str, suffix: str) -> Path:
+        out = out_dir / _fitted(limit, content.stem, f"_stylized_{stem}", suffix)
+        if out.name != f"{content.stem}_stylized_{stem}{suffix}":
+            cut.append(out)
+        return out
+
+    tasks = [(c, source, output(c, stem, ext)) for c in contents for source, stem in named]
+    video_tasks = [(v, source, output(v, stem, _video_suffix(v))) for v in videos for source, stem in named]
     inputs = _input_files(args, styles, files)
     for _, _, out in tasks + video_tasks:
         _refuse_overwriting(out, shown, inputs)
     _check_writable((tasks + video_tasks)[0][2], shown)
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
+    if cut and not args.quiet:  # said: such an output is not where its content's name would put it
+        print(one_line(f"{PROG}: note: {plural(len(cut), 'output')} named after a content would be over the "
+                       f"{limit} bytes a file name may have in {shown}: the content's part is cut, and marked with ~ "
+                       f"and a digest ({cut[0].name})"), file=sys.stderr, flush=True)
     if args.refine and videos and not args.quiet:  # said, not done silently: the method is for images
         applies = f"applies to the {len(contents)} image(s)" if contents else "applies to images, and there are none"
         print(f"{PROG}: note: --refine {applies}; the {len(videos)} video(s) are stylized without it (seconds "
@@ -1124,8 +1238,8 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
 
     def one(content: Path, source: Any, out: Path) -> None:
         def progress(p: Any) -> None:
-            bar.set_postfix_str(f"{content.name}: {'step' if options['refine_steps'] else 'part'} {p.step} of "
-                                f"{p.steps}")
+            bar.set_postfix_str(f"{one_line(content.name)}: {'step' if options['refine_steps'] else 'part'} "
+                                f"{p.step} of {p.steps}")
 
         give_up = time.monotonic() + image_timeout(args, content, options["refine_steps"])
         while True:
@@ -1167,7 +1281,12 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                             bar.write(_error_line(said), file=sys.stderr)
                         continue
                     if isinstance(err, OSError):
-                        raise CliError(f"{out}: cannot write: {err.strerror or err}")
+                        said = f"{out}: {_cannot_write(out, err)}"
+                        if err.errno not in _ONE_OUTPUTS:  # (every output's: a full disk, a read-only folder)
+                            raise CliError(said)
+                        failed += 1  # this output's own (its name): said, and the others written
+                        bar.write(_error_line(said), file=sys.stderr)
+                        continue
                     raise err
         except BaseException as e:  # an error, Ctrl-C or SIGTERM: those not started are not started, those running
             stopped.set()  # are (those waiting for a place in a full queue) cancelled (closing the channel; they ran to
@@ -1186,15 +1305,15 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
         except (MediaError, StyleTransferError, OSError) as e:
             bad_input = isinstance(e, MediaError) or (
                 isinstance(e, StyleTransferError) and e.code == grpc.StatusCode.INVALID_ARGUMENT
-            )
+            ) or (isinstance(e, OSError) and e.errno in _ONE_OUTPUTS)
             error = _video_error(e, _one_content(args, src, spec_of[source]), src, out)
             if not bad_input:
                 raise error from None
             failed += 1  # a bad video: say so and go on with the others
             print(_error_line(str(error)), file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
-    print(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
-          f"{plural(len(video_tasks), 'video')})")
+    print(one_line(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
+                   f"{plural(len(video_tasks), 'video')})"))
     if served and not args.local:  # (--local: the command's own server, its name a random vm:port, noise)
         # a video's stream names no replica to this client: said, not left to be read as all outputs
         unsaid = " (videos not counted)" if video_tasks else ""
@@ -1228,10 +1347,10 @@ def _style_names(styles: list[tuple[Any, float]]) -> list[tuple[Any, str]]:
             shown = f"{STYLE_ID_PREFIX}{source.id}"
         else:
             stem, shown = source.stem, str(source)
-        key = stem.casefold()
+        key = _name_key(stem)
         if key in named and named[key][0] != source:
-            raise CliError(f"--style {named[key][1]} and {shown}: two styles named {stem!r} would write outputs of "
-                           "one name")
+            raise CliError(f"--style {named[key][1]} and {shown}: {_twins('two styles named', named[key][2], stem)} "
+                           "would write outputs of one name")
         named[key] = (source, shown, stem)
     return [(source, stem) for source, _shown, stem in named.values()]
 
@@ -1283,7 +1402,7 @@ def _list_styles(args: argparse.Namespace) -> int:
     styles = _valid_names(styles)
     if not styles:
         whose = "this command's server" if getattr(args, "local", False) else f"the server at {args.server}"
-        print(f"{whose} has no library styles ({_library_hint(args)})")
+        print(one_line(f"{whose} has no library styles ({_library_hint(args)})"))
         return 0
     if args.thumbnails:
         folder = Path(args.thumbnails)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.server
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import _content_failed, _describe, _one_content, build_parser, main
-from helpers import ServerProcess, free_port, library_stub, make_certificates
+from helpers import REPO, ServerProcess, free_port, library_stub, make_certificates
 from synth import make_image, make_mask
 
 CONTENT = make_image(64, 48, seed=81)
@@ -604,6 +606,67 @@ def test_a_name_with_a_newline_stays_on_its_errors_line(tmp_path: Path, capsys) 
     record = logging.LogRecord("adain.server", logging.WARNING, __file__, 0, "styles/%s: a style's name...", ("a\nb",),
                                None)
     assert TextFormatter(TEXT_FORMAT).format(record).endswith("styles/a\\nb: a style's name...")
+
+
+def test_what_was_written_is_one_line_whatever_the_names(server: ServerProcess, files: dict[str, Path],
+                                                         tmp_path: Path, capsys) -> None:
+    """An outside tour's: the lines saying what was written printed a name as it was, where the error lines escape
+    it: a newline split the line, and an escape sequence (\\x1b[31m) reached the terminal; a progress bar's label
+    (a clip's name, an image's beside a folder run's bar) too."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from synth import make_video
+
+    srv, a = ["--server", server.target], str(files["a.png"])
+    photo, clip = tmp_path / "new\nline\x1b[31m.png", tmp_path / "clip\x1b[41m.mp4"
+    photo.write_bytes(CONTENT)
+    make_video(clip, frames=2)
+    for content, said in ((photo, "new\\nline\\x1b[31m_stylized.png (64 x 48)"),
+                          (clip, "clip\\x1b[41m_stylized.mp4 (2 frames)")):
+        assert main([str(content), "-s", a, "-o", f"{tmp_path}/o/", *srv]) == 0
+        assert capsys.readouterr().out == f"{tmp_path}/o/{said}\n"
+    assert main([str(photo), str(files["content.png"]), "-s", a, "-o", f"{tmp_path}/p\x1b[32m/", *srv]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"2 of 2 outputs written to {tmp_path}/p\\x1b[32m/ (2 images, " \
+        "0 videos)"
+    # on a terminal, the bars' labels: the clip's, and the image's beside the bar while its refine runs
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))  # (0 columns: an empty bar)
+    proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", str(photo), str(clip), "-s", a, "--refine",
+                             "1", "-o", f"{tmp_path}/q/", *srv], stdout=follower, stderr=follower, cwd=REPO)
+    os.close(follower)
+    shown = b""
+    try:
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    except OSError:  # EIO: the child closed the terminal's last end
+        pass
+    finally:
+        os.close(leader)
+    assert proc.wait(timeout=120) == 0, shown
+    assert b"\x1b[31m" not in shown and b"\x1b[41m" not in shown, shown
+    assert b"new\\nline\\x1b[31m.png: step 1 of 1" in shown and b"clip\\x1b[41m.mp4: " in shown, shown
+
+
+def test_names_that_differ_only_in_their_unicode_form_are_one_name(files: dict[str, Path], tmp_path: Path,
+                                                                   capsys) -> None:
+    """An outside tour's: "café" written NFC and NFD (as macOS writes names) in two folders wrote two outputs that
+    look alike, one file on macOS (its file systems compare names normalized); names that differ in case were
+    refused already, for that reason. Said with the code points: the two look the same."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    for folder, name in (("a", nfc), ("b", nfd)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.png").write_bytes(CONTENT)
+    srv, a = ["--server", f"127.0.0.1:{free_port()}"], str(files["a.png"])  # refused before any call
+    two = "(one name written two ways in Unicode: 'caf\\xe9' and 'cafe\\u0301') would write outputs of one name"
+    assert _error([str(tmp_path / "a"), str(tmp_path / "b"), "-s", a, "-o", f"{tmp_path}/o/", *srv], capsys) == (
+        f"{tmp_path}/a/{nfc}.png and {tmp_path}/b/{nfd}.png: two contents named '{nfc}' {two}")
+    nfc_style, nfd_style = tmp_path / "a" / f"{nfc}.png", tmp_path / "b" / f"{nfd}.png"
+    assert _error([str(files["content.png"]), str(files["a.png"]), "-s", str(nfc_style), "-s", str(nfd_style), "-o",
+                   f"{tmp_path}/o/", *srv], capsys) == (
+        f"--style {nfc_style} and {nfd_style}: two styles named '{nfc}' {two}")
 
 
 def test_an_escaped_name_reads_apart_from_one_with_a_backslash() -> None:

@@ -775,6 +775,44 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_call(files: dict
     assert "cannot reach the server" in line and not (tmp_path / "new").exists()
 
 
+def test_a_name_over_the_file_systems_limit(server: ServerProcess, files: dict[str, Path], tmp_path: Path,
+                                           capsys) -> None:
+    """An outside tour's: a content named near the 255-byte limit had no room for "_stylized_STYLE", and its
+    "File name too long" stopped a folder run (7 of 11 written); alone, it blamed the -o folder. Such a name is
+    cut to fit, marked with a digest (two cut alike stay two, a run again writes the same); an output's own
+    write error (here a folder of its name) is that file's failure, said after the rest are written."""
+    photos, a = tmp_path / "in", str(files["a.png"])
+    photos.mkdir()
+    long = "é" * 124  # 248 bytes: 263 with "_stylized_a.png"
+    for name in ("a0.png", "b0.png", f"{long}.png", f"{long}x.png"):
+        (photos / name).write_bytes(CONTENT)
+    out = tmp_path / "out"
+    (out / "b0_stylized_a.png").mkdir(parents=True)  # a folder where b0's output goes
+    srv = ["--server", server.target]
+    for _ in range(2):  # again: the same names, overwritten
+        assert main([str(photos), "-s", a, "-o", f"{out}/", *srv]) == 1
+        said, err = capsys.readouterr()
+        assert said.splitlines()[0] == f"3 of 4 outputs written to {out}/ (4 images, 0 videos)", said
+        assert err.splitlines()[0].startswith("adain-stylize: note: 2 outputs named after a content would be over "
+                                              f"the 255 bytes a file name may have in {out}/"), err
+        assert err.splitlines()[1:] == [f"adain-stylize: error: {out}/b0_stylized_a.png: cannot write: Is a directory"]
+        names = sorted(p.name for p in out.iterdir())
+        assert len(names) == 4 and names[:2] == ["a0_stylized_a.png", "b0_stylized_a.png"], names
+        for name in names[2:]:
+            assert re.fullmatch("é+~[0-9a-f]{8}_stylized_a.png", name) and len(os.fsencode(name)) <= 255, name
+        assert names[2] != names[3]
+    # one content, -o a folder: cut alike, and its line names it; -o a name too long: its bytes and the limit
+    assert main([str(photos / f"{long}.png"), "-s", a, "-o", f"{tmp_path}/one/", *srv]) == 0
+    [written] = (tmp_path / "one").iterdir()
+    assert capsys.readouterr().out == f"{written} (64 x 48)\n" and written.name.endswith("_stylized.png")
+    for folder in ("one", "new"):  # (refused before any call; a folder still to be made checked too)
+        too_long = f"{tmp_path}/{folder}/{long}éééé.png"
+        line = _cli_failure([str(photos / "a0.png"), "-s", a, "-o", too_long, "--server",
+                             f"127.0.0.1:{free_port()}"], capsys)
+        assert line == (f"adain-stylize: error: -o {too_long}: cannot write there: its file name is too long (260 "
+                        "bytes, the most is 255)"), line
+
+
 def test_save_writes_whole_files_with_the_usual_permissions(server: ServerProcess, files: dict[str, Path],
                                                             tmp_path: Path) -> None:
     """A write that fails (here ``ulimit -f``) leaves the old file as it was and no temporary one; a new
