@@ -7,7 +7,8 @@ grey. So where every style applied is grey, the output's chroma is scaled by 1 -
 strength (alpha, or a region's): grey where fully stylized, the photo's colours where unstyled (alpha 0,
 unpainted regions), in between by the strength. With regions of grey and coloured styles, A is the grey
 styles' share of it at each pixel (a grey region beside a coloured one came out 18 levels coloured: the
-correction waited for every style to be grey). Luminance is left exactly as the decoder made it.
+correction waited for every style to be grey). Luminance is left as the decoder made it, but for "luminance"
+mode's mean light (``light_missing``).
 """
 
 from __future__ import annotations
@@ -42,11 +43,22 @@ def grey_styles(greys: Sequence[bool], weights: Sequence[float], regions: bool) 
     return False
 
 
+def light_missing(img: torch.Tensor, content: torch.Tensor) -> float:
+    """How much lighter the content is than the decoder's output, on average (0-1 units). In "luminance" mode the
+    decoder, given a grey content and a grey style with the content's light, made it lighter: 12-21 levels of 255
+    on the example photos with two of the three example styles, and 10-16% of the pixels clipped where the photo's
+    colours were put back (a visual tour's)."""
+    return float(luminance(content.to(img.device)).mean() - luminance(img).mean())
+
+
 def finish(img: torch.Tensor, job: Prepared) -> torch.Tensor:
     """The decoder's (or the optimiser's) output ``img`` (1 x 3 x H x W, job's content size) with the job's
     colour choices applied."""
     if job.chroma_from is not None:
-        return with_luminance(job.chroma_from.to(img.device), luminance(img))
+        y = luminance(img)
+        if job.keep_light:
+            y = y + (job.light if job.light is not None else light_missing(img, job.chroma_from))
+        return with_luminance(job.chroma_from.to(img.device), y)
     if not job.grey:
         return img
     y = luminance(img)

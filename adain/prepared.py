@@ -32,6 +32,11 @@ class Prepared:
     regions: torch.Tensor | None = None
     region_alphas: tuple[float, ...] | None = None  # each region's strength (times ``alpha``)
     chroma_from: torch.Tensor | None = None  # the original RGB content, to keep its colours
+    # "luminance" without regions: the output's light is moved to the content's mean (adain.colours.finish), by
+    # ``light`` where it is given (a tiled render's, measured once on a smaller render of the whole), else by what
+    # the output itself lacks
+    keep_light: bool = False
+    light: float | None = None
     # every style applied is grey (True), or with regions which styles are (by target): the output is made grey
     # where they stylize it (adain.colours)
     grey: bool | tuple[bool, ...] = False

@@ -262,6 +262,7 @@ class Stylizer:
             regions=regions,
             region_alphas=job.region_alphas,
             chroma_from=chroma_from,
+            keep_light=job.color == "luminance" and regions is None,
             grey=grey,
             batch_key=padded_size(*content.shape[2:]),
             job=job,

@@ -183,6 +183,7 @@ def test_style_cache_is_bounded(decoder_path: Path) -> None:
 
 
 def test_preserve_color_luminance_keeps_content_chroma(stylizer: Stylizer) -> None:
+    from adain.colours import light_missing
     from adain.ops import luminance, with_luminance
 
     # The merge: luminance from the stylized image, chroma (RGB minus luminance) from the content.
@@ -202,14 +203,17 @@ def test_preserve_color_luminance_keeps_content_chroma(stylizer: Stylizer) -> No
     matched = (style - style.mean()) * light.std(ddof=1) / style.std(ddof=1) + light.mean()
     matched_style = Image.fromarray(matched.round().clip(0, 255).astype(np.uint8))
     plain = to_tensor(stylizer.stylize(grey(CONTENT), [grey(matched_style)]))
-    expected = with_luminance(to_tensor(CONTENT), luminance(plain))
+    # (its mean light moved to the content's: the decoder makes a grey picture lighter; light_missing)
+    expected = with_luminance(to_tensor(CONTENT), luminance(plain) + light_missing(plain, to_tensor(CONTENT)))
     assert (to_tensor(out) - expected).abs().max() < 6 / 255
-    # a dark style keeps a bright photo's light (a face came out dark brown: the output's light was the style's)
+    # a dark style keeps a bright photo's light (a face came out dark brown: the output's light was the style's), and
+    # the decoder's own lightening is taken out (a visual tour's: 12-21 levels lighter with the shipped decoder)
     dark = Image.fromarray((np.asarray(synth_image(64, 64, seed=4), float) * 0.3).astype(np.uint8))
-    bright = Image.fromarray((np.asarray(CONTENT, float) * 0.5 + 120).astype(np.uint8))
-    kept = stylizer.stylize(bright, [dark], preserve_color="luminance")
-    light = [float(np.asarray(img.convert("L"), float).mean()) for img in (kept, bright, dark)]
-    assert light[0] > light[1] - 0.35 * (light[1] - light[2]), light  # (the test's decoder is no trained one)
+    bright = Image.fromarray((np.asarray(CONTENT, float) * 0.5 + 100).astype(np.uint8))
+    for style in (dark, STYLE_A):
+        kept = stylizer.stylize(bright, [style], preserve_color="luminance")
+        light = [float(np.asarray(img.convert("L"), float).mean()) for img in (kept, bright)]
+        assert abs(light[0] - light[1]) <= 1, light
 
 
 def test_grey_styles_give_grey_pictures(stylizer: Stylizer) -> None:
