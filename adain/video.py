@@ -359,7 +359,7 @@ def _unchanged(own: Any, before: Any) -> Any:
     The pixels' checks (flow both ways, grey within PHOTO_TOLERANCE) pass beside a moving object, but a cell's
     features see far beyond its 8 x 8 pixels: carried over at strength 0.95 a frame, the object's features left a
     trail along its whole path that outlived it by seconds (a visual tour's: 42 levels off each frame alone)."""
-    scale = own.std((2, 3)).pow(2).mean().sqrt() + 1e-6  # the features' spread, one number
+    scale = own.std((2, 3), correction=0).pow(2).mean().sqrt() + 1e-6  # the features' spread, one number
     moved = (own - before).pow(2).mean(1, keepdim=True).sqrt() / scale
     return (1 - (moved - UNCHANGED) / (CHANGED - UNCHANGED)).clamp(0, 1)
 

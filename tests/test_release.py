@@ -249,7 +249,8 @@ def test_a_batch_whose_render_fails_frees_its_requests(stylizer: Stylizer, delay
         logger.propagate = True
     text = logged.getvalue()
     assert "render failed for a batch of" in text and "Traceback" in text and "in render" in text, text
-    assert ("of its requests alone" in text) == bool(delay_s), text
+    if delay_s:  # (without one the two are mostly rendered apart, but one batch under load: a full run's, once)
+        assert "of its requests alone" in text, text
 
 
 # --- StylizeWithProgress ---------------------------------------------------------------------------------
