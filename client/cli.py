@@ -378,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_local_arg(p)
     p.add_argument("-j", "--jobs", type=positive_int, default=4, metavar="N",
                    help="requests in flight at once in folder mode (default 4)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave an output that is already there as it is, and make only the others: a folder run "
+                   "stopped halfway and started again makes the rest (outputs are written whole, so one that is "
+                   "there is complete); without it an output there is replaced")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print no line saying what was written, nor --local's note (for cron and scripts: the exit "
                    "status says how it went; errors and warnings still show), and no progress bar")
@@ -1024,6 +1028,8 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
                            f"or the other (or -o ending in {FORMAT_SUFFIXES[args.format]})")
     _refuse_quality_for_png(args, fmt, f"-o {out} is")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [content]))
+    if _already_there(args, out):
+        return 0
     refine = _refine_options(args)
     _check_writable(out, args.output)
     client = later.enter_context(session(args))
@@ -1057,6 +1063,15 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
         raise CliError(f"-o {out}: {_cannot_write(out, e)}") from None
     print(one_line(f"{out} ({result.width} x {result.height})"))  # (a name's newline or escape, as errors write it)
     return 0
+
+
+def _already_there(args: argparse.Namespace, out: Path) -> bool:
+    """Whether --skip-existing leaves ``out`` as it is (said): it is a file already. Outputs are written
+    whole (a temporary file renamed), so one that is there is complete."""
+    if not (args.skip_existing and os.path.isfile(out)):
+        return False
+    print(one_line(f"{out}: already there, left as it is (--skip-existing)"))  # (-q: stdout goes nowhere)
+    return True
 
 
 def _bar(args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -1113,6 +1128,8 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
         raise CliError(f"-o {args.output}: {src} is a video, so the output must be a video file "
                        f"({', '.join(VIDEO_SUFFIXES)}) or a folder (one that exists, or a name ending in '/')")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))
+    if _already_there(args, out):
+        return 0
     _check_writable(out, args.output)
     client = later.enter_context(session(args))
     try:
@@ -1206,6 +1223,15 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     inputs = _input_files(args, styles, files)
     for _, _, out in tasks + video_tasks:
         _refuse_overwriting(out, shown, inputs)
+    there = 0  # outputs left as they are (--skip-existing)
+    if args.skip_existing:
+        wanted = len(tasks) + len(video_tasks)
+        tasks, video_tasks = ([t for t in ts if not os.path.isfile(t[2])] for ts in (tasks, video_tasks))
+        there = wanted - len(tasks) - len(video_tasks)
+        if not tasks and not video_tasks:  # nothing to make: no server asked (nor --local's started)
+            print(one_line(f"0 of {plural(wanted, 'output')} written to {shown}: all {wanted} already there "
+                           "(--skip-existing)"))
+            return 0
     _check_writable((tasks + video_tasks)[0][2], shown)
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
@@ -1312,8 +1338,9 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             failed += 1  # a bad video: say so and go on with the others
             print(_error_line(str(error)), file=sys.stderr, flush=True)
     total = len(tasks) + len(video_tasks)
+    kept = f"; {there} already there, left as they were (--skip-existing)" if there else ""
     print(one_line(f"{total - failed} of {plural(total, 'output')} written to {shown} ({plural(len(tasks), 'image')}, "
-                   f"{plural(len(video_tasks), 'video')})"))
+                   f"{plural(len(video_tasks), 'video')}){kept}"))
     if served and not args.local:  # (--local: the command's own server, its name a random vm:port, noise)
         # a video's stream names no replica to this client: said, not left to be read as all outputs
         unsaid = " (videos not counted)" if video_tasks else ""

@@ -1189,6 +1189,35 @@ def test_a_folder_run_takes_a_3d_cameras_mpo(server: ServerProcess, files: dict[
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["m10_stylized_a.png"]
 
 
+def test_skip_existing_makes_only_the_outputs_not_there(server: ServerProcess, files: dict[str, Path],
+                                                        tmp_path: Path, capsys) -> None:
+    """A folder run stopped halfway and started again made every output again (a photographer's 500 photos, or a
+    night of refines): --skip-existing leaves those there as they are and makes the rest; with every one there it
+    asks no server at all; a single content's output there is left too."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i in range(3):
+        shutil.copy(files["content.png"], photos / f"p{i}.png")
+    argv = [str(photos), "-s", str(files["a.png"]), "-o", str(out), "--server", server.target]
+    assert main(argv) == 0
+    (out / "p1_stylized_a.png").unlink()  # as if stopped before it
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*argv, "--skip-existing"]) == 0
+    said = capsys.readouterr().out
+    assert "1 of 1 output written to" in said and "2 already there, left as they were (--skip-existing)" in said, said
+    assert sorted(p.name for p in out.iterdir()) == ["p0_stylized_a.png", "p1_stylized_a.png", "p2_stylized_a.png"]
+    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in kept.items())  # not written again
+    # all there: no server asked (this one is not listening)
+    assert main([*argv[:-1], f"127.0.0.1:{free_port()}", "--skip-existing"]) == 0
+    assert "0 of 3 outputs written to" in capsys.readouterr().out
+    one = out / "p0_stylized_a.png"
+    assert main([str(photos / "p0.png"), "-s", str(files["a.png"]), "-o", str(one), "--server",
+                 f"127.0.0.1:{free_port()}", "--skip-existing"]) == 0
+    assert capsys.readouterr().out.strip() == f"{one}: already there, left as it is (--skip-existing)"
+    assert one.stat().st_mtime_ns == kept[one.name]
+
+
 def test_a_token_on_the_command_line_is_refused_without_echoing_it(files: dict[str, Path], tmp_path: Path,
                                                                   capsys) -> None:
     """--token SECRET was taken as --token-file's abbreviation: "--token-file: no such file: SECRET" in CI logs."""
