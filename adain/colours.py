@@ -43,22 +43,24 @@ def grey_styles(greys: Sequence[bool], weights: Sequence[float], regions: bool) 
     return False
 
 
-def light_missing(img: torch.Tensor, content: torch.Tensor) -> float:
+def light_missing(img: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """How much lighter the content is than the decoder's output, on average (0-1 units). In "luminance" mode the
     decoder, given a grey content and a grey style with the content's light, made it lighter: 12-21 levels of 255
     on the example photos with two of the three example styles, and 10-16% of the pixels clipped where the photo's
-    colours were put back (a visual tour's)."""
-    return float(luminance(content.to(img.device)).mean() - luminance(img).mean())
+    colours were put back (a visual tour's). A 0-dim tensor on ``img``'s device: read back, it waited for the
+    GPU once a job."""
+    return luminance(content.to(img.device)).mean() - luminance(img).mean()
 
 
 def finish(img: torch.Tensor, job: Prepared) -> torch.Tensor:
     """The decoder's (or the optimiser's) output ``img`` (1 x 3 x H x W, job's content size) with the job's
     colour choices applied."""
     if job.chroma_from is not None:
+        colours = job.chroma_from.to(img.device)  # (copied once)
         y = luminance(img)
         if job.keep_light:
-            y = y + (job.light if job.light is not None else light_missing(img, job.chroma_from))
-        return with_luminance(job.chroma_from.to(img.device), y)
+            y = y + (job.light if job.light is not None else light_missing(img, colours))
+        return with_luminance(colours, y)
     if not job.grey:
         return img
     y = luminance(img)

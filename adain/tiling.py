@@ -385,7 +385,7 @@ def _light_missing(stylizer: object, job: Prepared) -> float:
     small = replace(job, content=F.interpolate(job.content, size=size, mode="area"), chroma_from=None,
                     keep_light=False, batch_key=padded_size(*size))
     out = to_tensor(stylizer.render_untiled([small])[0])  # type: ignore[attr-defined]
-    return light_missing(out, F.interpolate(job.chroma_from.float(), size=size, mode="area"))
+    return float(light_missing(out, F.interpolate(job.chroma_from.float(), size=size, mode="area")))
 
 
 def _crop(job: Prepared, y0: int, y1: int, x0: int, x1: int) -> Prepared:

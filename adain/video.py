@@ -24,7 +24,7 @@ Temporal modes (``adain.wire.TEMPORAL_MODES``), ``strength`` s in [0, 1):
 * ``smooth-flow``: both.
 
 ``benchmarks/video.py`` chose the default (flow, s = 0.95, OUTPUT_SHARE 0.42): on cutBunny it halves the
-warping error of ``none`` (0.53x) for 10% more style loss at 1.17x the time; the README has the table.
+warping error of ``none`` (0.53x) for 10% more style loss at 1.13x the time; the README has the table.
 
 With ``preserve_color="coral"`` (or ``"luminance"``: their light) the styles' colours are matched to the first
 frame, once per stream.

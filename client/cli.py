@@ -1232,7 +1232,13 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
             print(one_line(f"0 of {plural(wanted, 'output')} written to {shown}: all {wanted} already there "
                            "(--skip-existing)"))
             return 0
-    _check_writable((tasks + video_tasks)[0][2], shown)
+        made = {t[2] for t in tasks + video_tasks}
+        cut = [out for out in cut if out in made]  # (the note counted outputs left as they were)
+        videos = list(dict.fromkeys(v for v, _, _ in video_tasks))
+    # The folder, by a name of no output: an output's own trouble (a folder of its name, a name the file system
+    # refuses) is its failure alone, said after the rest are written; checked on the first output, it stopped the
+    # run before any call, and where it was another output's the run went on (a review's).
+    _check_writable(out_dir / "adain-output-probe.png", shown)
     # the videos of a folder are not refined, and keep no EXIF (a video container has its own metadata)
     options = {**_options(args), **_refine_options(args), "keep_exif": args.keep_exif}
     if cut and not args.quiet:  # said: such an output is not where its content's name would put it

@@ -787,7 +787,9 @@ def test_a_name_over_the_file_systems_limit(server: ServerProcess, files: dict[s
     for name in ("a0.png", "b0.png", f"{long}.png", f"{long}x.png"):
         (photos / name).write_bytes(CONTENT)
     out = tmp_path / "out"
-    (out / "b0_stylized_a.png").mkdir(parents=True)  # a folder where b0's output goes
+    # a folder where a0's output goes: the first output (checked before any call as the folder's stand-in, it
+    # stopped the run where b0's went on: a review's)
+    (out / "a0_stylized_a.png").mkdir(parents=True)
     srv = ["--server", server.target]
     for _ in range(2):  # again: the same names, overwritten
         assert main([str(photos), "-s", a, "-o", f"{out}/", *srv]) == 1
@@ -795,7 +797,7 @@ def test_a_name_over_the_file_systems_limit(server: ServerProcess, files: dict[s
         assert said.splitlines()[0] == f"3 of 4 outputs written to {out}/ (4 images, 0 videos)", said
         assert err.splitlines()[0].startswith("adain-stylize: note: 2 outputs named after a content would be over "
                                               f"the 255 bytes a file name may have in {out}/"), err
-        assert err.splitlines()[1:] == [f"adain-stylize: error: {out}/b0_stylized_a.png: cannot write: Is a directory"]
+        assert err.splitlines()[1:] == [f"adain-stylize: error: {out}/a0_stylized_a.png: cannot write: Is a directory"]
         names = sorted(p.name for p in out.iterdir())
         assert len(names) == 4 and names[:2] == ["a0_stylized_a.png", "b0_stylized_a.png"], names
         for name in names[2:]:

@@ -1280,7 +1280,10 @@ async function submitBatch() {
 // A file's name without its suffix, the stem of its result's; no leading dot, which would hide the result on Unix
 // (".beach.png" made ".beach_stylized.png"), as a clip's name has none (the server's clip_result_name).
 function stemOf(file) {
-  return file.name.replace(/\.[^.]*$/, "").replace(/^[.\s]+/, "") || "photo";
+  // as the server names a clip's (clip_result_name): the part after the last / or \ (a rooted path to a Windows
+  // unzip), no control or format characters (a newline, a right-to-left override: a review's)
+  const name = file.name.split(/[\\/]/).pop().replace(/[\p{Cc}\p{Cf}]/gu, "");
+  return name.replace(/\.[^.]*$/, "").replace(/^[.\s]+/, "").trim() || "photo";
 }
 
 // The longest file name, in bytes of UTF-8: ext4's (APFS's and NTFS's, 255 characters, take any name that short).
