@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,9 @@ def test_train_resume_export_load(data: Path, tmp_path: Path) -> None:
     said = "junk\\n\\x1b[31m.png: not a decodable image (supported: JPEG, PNG, WEBP, BMP, TIFF, GIF, AVIF, HEIF)"
     assert "\x1b[31m" not in err and any("WARNING skipping unreadable image" in line and line.endswith(said)
                                         for line in err.splitlines())
+    # and each such line from a line's start, the bar cleared first: a data worker's was written on the bar's line
+    starts = re.findall(r"(.)\d{4}-\d\d-\d\d [\d:,]+ WARNING skipping", err, re.S)
+    assert starts and set(starts) <= {"\r", "\n"}, starts
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2 and {"decoder", "optimizer", "rng"} <= set(ckpt)
     rows = logged(out)

@@ -34,8 +34,10 @@ Ramanan, "Budgeted Training", ICLR 2020), where a decaying lr leaves the loss on
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import logging.handlers
 import math
 import os
 import random
@@ -215,13 +217,34 @@ def same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _worker_leaves_process_group(worker_id: int) -> None:
-    """Ctrl-C and SIGTERM often reach the whole process group; only the main process should get them
-    (it finishes the step and checkpoints; a worker that died of them would break that). So a worker
+def _worker_start(logs: Any, worker_id: int) -> None:
+    """A data worker's start. Ctrl-C and SIGTERM often reach the whole process group; only the main process should
+    get them (it finishes the step and checkpoints; a worker that died of them would break that). So a worker
     leaves the group rather than ignoring the signals: the DataLoader stops a worker that is slow to
     exit with SIGTERM, and multiprocessing joins it at exit without a timeout, so a worker that
-    ignored SIGTERM hung the exit for good once it was busy when the run ended."""
+    ignored SIGTERM hung the exit for good once it was busy when the run ended. Its log records go to the main
+    process (``logs``, a queue: :class:`_Relay`), whose lines go above the progress bar: a worker's own, written
+    beside the bar, was glued to its line (a review's)."""
     os.setpgrp()
+    logging.getLogger().handlers = [logging.handlers.QueueHandler(logs)]
+
+
+class _Relay(logging.Handler):
+    """The data workers' records, handled in the main process as its own (through its handlers as they are then)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+_worker_logs: Any = None  # (the queue, and its listener started once a process)
+
+
+def _workers_logs() -> Any:
+    global _worker_logs
+    if _worker_logs is None:
+        _worker_logs = torch.multiprocessing.Queue()
+        logging.handlers.QueueListener(_worker_logs, _Relay()).start()  # (a daemon thread: ends with the process)
+    return _worker_logs
 
 
 class Trainer:
@@ -352,7 +375,7 @@ class Trainer:
             pin_memory=self.cuda,
             drop_last=True,
             persistent_workers=self.args.workers > 0,
-            worker_init_fn=_worker_leaves_process_group,
+            worker_init_fn=functools.partial(_worker_start, _workers_logs()) if self.args.workers > 0 else None,
         )
         return iter(dl)
 
