@@ -362,3 +362,28 @@ def exported_metrics(text: str) -> set[str]:
     for family in text_string_to_metric_families(text):
         names |= {family.name + s for s in suffixes.get(family.type, ("",))} | {s.name for s in family.samples}
     return names
+
+
+def cli_on_a_terminal(argv: list[str], columns: int = 80, stdout_too: bool = False, timeout: float = 60) -> bytes:
+    """What ``adain-stylize ARGV`` writes to a terminal (a pty of ``columns``: at 0 tqdm draws an empty bar): its
+    stderr, and its stdout where ``stdout_too``. Asserts it exits 0."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", *argv], cwd=REPO, stderr=follower,
+                            stdout=follower if stdout_too else subprocess.DEVNULL)
+    os.close(follower)
+    shown = b""
+    try:
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    except OSError:  # EIO: the child closed the terminal's last end
+        pass
+    finally:
+        os.close(leader)
+    assert proc.wait(timeout=timeout) == 0, shown
+    return shown

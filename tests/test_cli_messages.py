@@ -18,7 +18,7 @@ import pytest
 
 from adain.client import StyleTransferClient, StyleTransferError
 from adain.client.cli import _content_failed, _describe, _one_content, build_parser, main
-from helpers import REPO, ServerProcess, free_port, library_stub, make_certificates
+from helpers import ServerProcess, cli_on_a_terminal, free_port, library_stub, make_certificates
 from synth import make_image, make_mask
 
 CONTENT = make_image(64, 48, seed=81)
@@ -234,8 +234,6 @@ def test_tls_files_grpc_would_fail_every_call_with_are_said_first(files: dict[st
 def test_a_signal_the_caller_ignores_stays_ignored() -> None:
     """``nohup adain-stylize ...`` (SIGHUP ignored) was ended when its terminal closed: the command's handler
     replaced the ignore. The hang-up comes as the CLI loads; the command goes on (here: --version)."""
-    import subprocess
-    import sys
 
     run = """
 import os, signal, sys
@@ -257,8 +255,6 @@ def test_a_signal_python_drops_in_a_finalizer_still_ends_the_command_by_it() -> 
     """A clips tour's, once in 500 tries: a SIGTERM printed a traceback ending in "Terminated: 15" and the command
     exited 0, its work done. A handler's exception raised while a __del__ runs is printed and dropped by Python
     ("Exception ignored in ..."); the command's exit is the signal's all the same (here in --version's run)."""
-    import subprocess
-    import sys
 
     run = """
 import os, signal, sys
@@ -281,7 +277,6 @@ sys.exit(commands._run("adain-stylize", lambda: main, signal_wins=True))  # (as 
 def test_tls_files_a_bundle_or_an_encrypted_key(tmp_path: Path) -> None:
     """A CA bundle whose comments are not ASCII was refused (it works with gRPC); an encrypted key made OpenSSL ask
     for its pass phrase on the terminal (the client hung)."""
-    import subprocess
 
     if not make_certificates(tmp_path, "a"):
         pytest.skip("no openssl")
@@ -339,8 +334,6 @@ def test_tls_to_a_plaintext_server_is_one_line_that_says_so(server: ServerProces
     """--tls against a server without TLS: gRPC's core printed a log line of its own before the CLI's one error
     line (GRPC_VERBOSITY is read as gRPC loads, so the console commands set it first), and the hint asked about
     certificates where the server speaks no TLS at all."""
-    import subprocess
-    import sys
     from importlib.metadata import entry_points
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("adain-")}
@@ -372,8 +365,6 @@ def test_ctrl_c_while_a_command_loads_is_one_line(command: str, module: str, how
     import; now the one line and exit 130 it gets later (the server's exit 130, as while its model loads). The
     interrupt is put in the import itself. An outside tester still got one 15-30 ms in: ``import adain`` (run
     before the command's handler) imported adain.wire and protobuf; the package now imports nothing itself."""
-    import subprocess
-    import sys
 
     run = f"""
 import os, signal, sys, time
@@ -577,8 +568,6 @@ def test_numbers_past_the_wire_and_negative_exponents(files: dict[str, Path], tm
 def test_a_reader_gone_from_the_pipe_is_no_error(server: ServerProcess) -> None:
     """``adain-stylize --server-info | head``: the reader went away, and the CLI said "error: [Errno 32] Broken pipe"
     (an outside tester's). Now nothing, and the shell's SIGPIPE status."""
-    import subprocess
-    import sys
 
     proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", "--server", server.target, "--server-info"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -613,10 +602,6 @@ def test_what_was_written_is_one_line_whatever_the_names(server: ServerProcess, 
     """An outside tour's: the lines saying what was written printed a name as it was, where the error lines escape
     it: a newline split the line, and an escape sequence (\\x1b[31m) reached the terminal; a progress bar's label
     (a clip's name, an image's beside a folder run's bar) too."""
-    import fcntl
-    import pty
-    import struct
-    import termios
 
     from synth import make_video
 
@@ -632,20 +617,8 @@ def test_what_was_written_is_one_line_whatever_the_names(server: ServerProcess, 
     assert capsys.readouterr().out.splitlines()[0] == f"2 of 2 outputs written to {tmp_path}/p\\x1b[32m/ (2 images, " \
         "0 videos)"
     # on a terminal, the bars' labels: the clip's, and the image's beside the bar while its refine runs
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))  # (0 columns: an empty bar)
-    proc = subprocess.Popen([sys.executable, "-m", "adain.client.cli", str(photo), str(clip), "-s", a, "--refine",
-                             "1", "-o", f"{tmp_path}/q/", *srv], stdout=follower, stderr=follower, cwd=REPO)
-    os.close(follower)
-    shown = b""
-    try:
-        while chunk := os.read(leader, 4096):
-            shown += chunk
-    except OSError:  # EIO: the child closed the terminal's last end
-        pass
-    finally:
-        os.close(leader)
-    assert proc.wait(timeout=120) == 0, shown
+    shown = cli_on_a_terminal([str(photo), str(clip), "-s", a, "--refine", "1", "-o", f"{tmp_path}/q/", *srv],
+                              columns=200, stdout_too=True, timeout=120)
     assert b"\x1b[31m" not in shown and b"\x1b[41m" not in shown, shown
     assert b"new\\nline\\x1b[31m.png: step 1 of 1" in shown and b"clip\\x1b[41m.mp4: " in shown, shown
 

@@ -22,7 +22,7 @@ from PIL import Image
 from adain.client import Preset, StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import CliError, main, parse_style
 from adain.wire import DEFAULT_ADDRESS
-from helpers import NO_REFINE, REPO, ServerProcess, free_port, library_stub, make_certificates
+from helpers import NO_REFINE, REPO, ServerProcess, cli_on_a_terminal, free_port, library_stub, make_certificates
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, photo_with_exif, pixels
 
 CONTENT = make_image(64, 48, seed=21)
@@ -363,29 +363,9 @@ def test_cli_quiet_and_standard_streams(server: ServerProcess, files: dict[str, 
 def test_cli_quiet_draws_no_progress_bar_on_a_terminal(server: ServerProcess, files: dict[str, Path],
                                                        tmp_path: Path) -> None:
     """A folder run on a terminal draws its bar; with -q it drew it all the same (a quiet run in a shell)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
     def stderr_on_a_terminal(*extra: str) -> str:
-        leader, follower = pty.openpty()
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # (0 columns: an empty bar)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), str(files["a.png"]), "-s",
-             str(files["a.png"]), "-o", f"{tmp_path}/out/", "--server", server.target, *extra],
-            stdout=subprocess.DEVNULL, stderr=follower, cwd=REPO)
-        os.close(follower)
-        said = b""
-        try:
-            while chunk := os.read(leader, 4096):
-                said += chunk
-        except OSError:  # EIO: the child closed the terminal's last end
-            pass
-        finally:
-            os.close(leader)
-        assert proc.wait(timeout=60) == 0, said
-        return said.decode(errors="replace")
+        return cli_on_a_terminal([str(files["content.png"]), str(files["a.png"]), "-s", str(files["a.png"]), "-o",
+                                  f"{tmp_path}/out/", "--server", server.target, *extra]).decode(errors="replace")
 
     assert "2/2" in stderr_on_a_terminal()
     assert stderr_on_a_terminal("-q") == ""
