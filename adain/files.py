@@ -78,19 +78,26 @@ def temp_fallback() -> str | None:
     return f"TMPDIR={wanted} {said}: temporary files (uploads, clips, compile caches) go to {tempfile.gettempdir()}"
 
 
-def _head(name: str) -> str:
-    """``name`` cut to 200 bytes (not characters: 80 CJK ones are 240), for a temporary name made from it: 15-25
-    bytes longer than a legal name of 241 or more, it failed with ENAMETOOLONG. Cut and read back in the file
-    system's encoding: read as UTF-8 where it is not (a Latin-1 or ASCII locale, Python not in UTF-8 mode), a name
-    came back with characters it cannot hold (UnicodeEncodeError, and a folder run stopped there)."""
-    return os.fsencode(name)[:200].decode(sys.getfilesystemencoding(), "ignore")
+def _head(name: str, folder: Path, extra: int) -> str:
+    """``name`` cut so that a temporary name made from it in ``folder``, ``extra`` bytes longer, fits the folder's
+    file system (its NAME_MAX, 255 where it does not say; at most 200 bytes kept), in bytes, not characters (80 CJK
+    ones are 240): 15-25 bytes longer than a legal name of 241 or more, it failed with ENAMETOOLONG (and on
+    eCryptfs, whose limit is 143, a name of 128 or more: a review's). Cut and read back in the file system's
+    encoding: read as UTF-8 where it is not (a Latin-1 or ASCII locale, Python not in UTF-8 mode), a name came back
+    with characters it cannot hold (UnicodeEncodeError, and a folder run stopped there)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # (no such call on Windows; a folder still to be made)
+        limit = 255
+    keep = max(1, min(200, (limit if limit > 0 else 255) - extra))
+    return os.fsencode(name)[:keep].decode(sys.getfilesystemencoding(), "ignore")
 
 
 def create_beside(path: Path) -> Path:
     """A new empty file ``.NAME.RANDOM.part`` in ``path``'s folder, made by the kernel with 0o666 less the
     umask (and any default ACL), as the output itself would be (mkstemp's 0o600 would make it private)."""
     for _ in range(100):
-        tmp = path.with_name(f".{_head(path.name)}.{secrets.token_hex(4)}.part")
+        tmp = path.with_name(f".{_head(path.name, path.parent, 15)}.{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:
@@ -327,7 +334,8 @@ def check_writable(path: str | os.PathLike) -> None:
                 raise type(e)(e.errno, e.strerror, str(path.parent)) from None
         return
     nearest = next(above for above in path.parents if above.exists())
-    probe = nearest / f".{_head(path.name)}.{os.getpid()}.{threading.get_ident()}.probe"  # (a name near the limit)
+    tail = f".{os.getpid()}.{threading.get_ident()}.probe"
+    probe = nearest / f".{_head(path.name, nearest, len(tail) + 1)}{tail}"  # (a name near the limit)
     try:  # a folder made and removed: the error making the real ones would meet (on a read-only mount that is
         probe.mkdir()  # "Read-only file system", where asking for access said "Permission denied")
         probe.rmdir()

@@ -843,6 +843,22 @@ def test_a_missing_folder_on_a_read_only_mount_says_read_only(tmp_path: Path) ->
     assert list(ro.iterdir()) == []  # nothing left behind
 
 
+def test_temporary_names_fit_the_file_systems_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: a name fitted to a file system of a short NAME_MAX (eCryptfs: 143 bytes) got a temporary name
+    ~15 bytes longer, and its write (and check_writable's probe) failed. Both are cut to the folder's limit."""
+    from adain.files import check_writable, create_beside
+
+    real = os.pathconf
+    monkeypatch.setattr(os, "pathconf", lambda p, n: 143 if n == "PC_NAME_MAX" else real(p, n))
+    made: list[str] = []
+    monkeypatch.setattr(os, "open", lambda p, *a, real=os.open: (made.append(os.path.basename(p)), real(p, *a))[1])
+    monkeypatch.setattr(os, "mkdir", lambda p, *a, real=os.mkdir: (made.append(os.path.basename(p)), real(p, *a))[1])
+    name = "é" * 68 + ".png"  # 140 bytes
+    create_beside(tmp_path / name).unlink()
+    check_writable(tmp_path / "new" / name)  # its folder still to be made: a probe folder beside it
+    assert len(made) == 2 and all(len(os.fsencode(m)) <= 143 for m in made), [len(os.fsencode(m)) for m in made]
+
+
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_output(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process killed while it wrote a clip (SIGKILL; a library caller's worker stopped by SIGTERM, which Python
