@@ -1125,8 +1125,10 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
             media().VideoReader(src).close()
         except MediaError as e:
             raise CliError(str(e)) from None
+        # a name ending in a space ("trail.mp4 ") read as a video's, the space unseen in the line (a tour's)
+        spaced = f" (its name ends in a space: {out.name!r})" if out.name != out.name.rstrip() else ""
         raise CliError(f"-o {args.output}: {src} is a video, so the output must be a video file "
-                       f"({', '.join(VIDEO_SUFFIXES)}) or a folder (one that exists, or a name ending in '/')")
+                       f"({', '.join(VIDEO_SUFFIXES)}) or a folder (one that exists, or a name ending in '/'){spaced}")
     _refuse_overwriting(out, args.output, _input_files(args, styles, [src]))
     if _already_there(args, out):
         return 0

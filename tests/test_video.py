@@ -1564,6 +1564,11 @@ def test_cli_says_a_sound_file_has_no_video(server: ServerProcess, clips: dict[s
     assert main([str(song), "-s", str(clips["style.png"]), "-o", str(tmp_path / "x.m4a"),
                  "--server", server.target]) != 0
     assert f"{song}: the file has no video stream" in capsys.readouterr().err
+    # a clip's -o ending in a space: said, the space being unseen in the line (a tour's "outv/trail.mp4 ")
+    spaced = f"{tmp_path}/trail.mp4 "
+    assert main([str(clips["silent.mp4"]), "-s", str(clips["style.png"]), "-o", spaced, "--server",
+                 f"127.0.0.1:{free_port()}"]) == 1
+    assert capsys.readouterr().err.rstrip("\n").endswith("(its name ends in a space: 'trail.mp4 ')")
 
 
 @pytest.mark.parametrize("case", list(BAD_VIDEOS), ids=list(BAD_VIDEOS))
