@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,26 +77,52 @@ def temp_fallback() -> str | None:
     return f"TMPDIR={wanted} {said}: temporary files (uploads, clips, compile caches) go to {tempfile.gettempdir()}"
 
 
+def _nearest_folder(path: str | os.PathLike) -> Path:
+    """``path`` if it is a folder, else the nearest folder above it that exists (where a file still to be made, or
+    a folder, would go)."""
+    here = Path(path)
+    while not os.path.isdir(here) and here != here.parent:  # (os.path: Path.is_dir raised on a name too long)
+        here = here.parent
+    return here
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The most bytes a file name may have in ``folder`` (or the nearest folder above it that exists: the save makes
+    the rest): its file system's NAME_MAX (255 on Linux and macOS; eCryptfs 143), 255 where the system does not say
+    (Windows: 255 UTF-16 units, which 255 bytes never exceed)."""
+    try:
+        limit = os.pathconf(_nearest_folder(folder), "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 255
+    return limit if limit > 0 else 255
+
+
+def cut_name(name: str, size: int) -> str:
+    """The longest start of ``name`` whose bytes in the file system's encoding are at most ``size``: never half a
+    character (half a UTF-8 "é" is no name), and in a locale that is not UTF-8 (Latin-1, ASCII, Python not in UTF-8
+    mode) nothing it cannot hold (a name cut as UTF-8 came back with characters it cannot: UnicodeEncodeError, and
+    a folder run stopped there)."""
+    used = 0
+    for end, c in enumerate(name):
+        used += len(os.fsencode(c))
+        if used > size:
+            return name[:end]
+    return name
+
+
 def _head(name: str, folder: Path, extra: int) -> str:
     """``name`` cut so that a temporary name made from it in ``folder``, ``extra`` bytes longer, fits the folder's
-    file system (its NAME_MAX, 255 where it does not say; at most 200 bytes kept), in bytes, not characters (80 CJK
-    ones are 240): 15-25 bytes longer than a legal name of 241 or more, it failed with ENAMETOOLONG (and on
-    eCryptfs, whose limit is 143, a name of 128 or more: a review's). Cut and read back in the file system's
-    encoding: read as UTF-8 where it is not (a Latin-1 or ASCII locale, Python not in UTF-8 mode), a name came back
-    with characters it cannot hold (UnicodeEncodeError, and a folder run stopped there)."""
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):  # (no such call on Windows; a folder still to be made)
-        limit = 255
-    keep = max(1, min(200, (limit if limit > 0 else 255) - extra))
-    return os.fsencode(name)[:keep].decode(sys.getfilesystemencoding(), "ignore")
+    file system (at most 200 bytes kept): 15-25 bytes longer than a legal name of 241 or more, it failed with
+    ENAMETOOLONG (and on eCryptfs, whose limit is 143, a name of 128 or more: a review's)."""
+    return cut_name(name, max(1, min(200, name_max(folder) - extra)))
 
 
 def create_beside(path: Path) -> Path:
     """A new empty file ``.NAME.RANDOM.part`` in ``path``'s folder, made by the kernel with 0o666 less the
     umask (and any default ACL), as the output itself would be (mkstemp's 0o600 would make it private)."""
+    head = _head(path.name, path.parent, 15)
     for _ in range(100):
-        tmp = path.with_name(f".{_head(path.name, path.parent, 15)}.{secrets.token_hex(4)}.part")
+        tmp = path.with_name(f".{head}.{secrets.token_hex(4)}.part")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:
@@ -358,11 +383,8 @@ def low_space(path: str | os.PathLike) -> str:
     """" (its disk has N MB free)" where the file system holding ``path`` (or the nearest folder above it that
     exists) has under 256 MB free, else "": a full disk's own words are often not that (torch's "basic_ios::clear:
     iostream error", "unexpected pos 18757888 vs 18757776")."""
-    here = Path(path)
-    while not here.is_dir() and here != here.parent:
-        here = here.parent
     with contextlib.suppress(OSError):
-        st = os.statvfs(here)
+        st = os.statvfs(_nearest_folder(path))
         free = st.f_bavail * st.f_frsize
         if free < 256 * 2**20:
             return f" (its disk has {free / 2**20:.0f} MB free)"

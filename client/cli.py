@@ -55,7 +55,7 @@ from adain.argtypes import (
 )
 from adain.commands import add_version_arg, interrupted_code, on_signals, on_sigterm
 from adain.errors import MediaError, one_line
-from adain.files import check_writable, temp_problem, write_whole
+from adain.files import check_writable, cut_name, name_max, temp_problem, write_whole
 from adain.wire import (
     COLOR_MODES,
     DEFAULT_ADDRESS,
@@ -884,36 +884,11 @@ def _twins(what: str, first: str, second: str) -> str:
     return said
 
 
-def _name_max(folder: Path) -> int:
-    """The most bytes a file name may have in ``folder``, or in the nearest folder above it that exists (the save
-    makes the rest): its file system's NAME_MAX (255 on Linux and macOS), 255 where the system does not say
-    (Windows: 255 UTF-16 units, which 255 bytes never exceed)."""
-    here = folder
-    while not os.path.isdir(here) and here != here.parent:
-        here = here.parent
-    try:
-        limit = os.pathconf(here, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):
-        return 255
-    return limit if limit > 0 else 255
-
-
-def _cut(text: str, size: int) -> str:
-    """The longest start of ``text`` whose bytes, in the file system's encoding, are at most ``size``: never
-    half a character (half a UTF-8 "é" is no name)."""
-    used = 0
-    for end, c in enumerate(text):
-        used += len(os.fsencode(c))
-        if used > size:
-            return text[:end]
-    return text
-
-
 def _fitted(limit: int, stem: str, middle: str, ext: str) -> str:
     """The name ``stem + middle + ext`` of an output the CLI names itself (``middle``: "_stylized" or
-    "_stylized_STYLE"), cut to ``limit`` bytes (:func:`_name_max`) where it is longer. A content named near the
-    limit (a 250-byte name) had no room for the suffix: its output failed "File name too long", and a folder run
-    stopped there. Written, not refused, as the user asked for an output named after the content: its stem is
+    "_stylized_STYLE"), cut to ``limit`` bytes (:func:`adain.files.name_max`) where it is longer. A content named
+    near the limit (a 250-byte name) had no room for the suffix: its output failed "File name too long", and a
+    folder run stopped there. Written, not refused, as the user asked for an output named after the content: its stem is
     cut and marked with "~" and 8 hex digits of the whole name's SHA-256, so two names cut alike still write two
     files, and a run again writes the same one. A style's name that leaves no room is cut with it."""
     name = stem + middle + ext
@@ -922,14 +897,14 @@ def _fitted(limit: int, stem: str, middle: str, ext: str) -> str:
     mark = f"~{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
     room = limit - len(os.fsencode(mark + middle + ext))
     if room > 0:  # the style's name kept whole: it tells a content's outputs apart
-        return _cut(stem, room) + mark + middle + ext
-    return _cut(stem + middle, limit - len(os.fsencode(mark + ext))) + mark + ext
+        return cut_name(stem, room) + mark + middle + ext
+    return cut_name(stem + middle, limit - len(os.fsencode(mark + ext))) + mark + ext
 
 
 def _name_over(path: Path) -> str | None:
-    """Which name in ``path`` is over its file system's limit (:func:`_name_max`), its bytes and the limit; None
-    where none is."""
-    limit = _name_max(path.parent)
+    """Which name in ``path`` is over its file system's limit (:func:`adain.files.name_max`), its bytes and the
+    limit; None where none is."""
+    limit = name_max(path.parent)
     for i, part in enumerate(reversed(path.parts)):
         size = len(os.fsencode(part))
         if size > limit:
@@ -1019,7 +994,7 @@ def _run_single(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     if _names_folder(args.output):  # named after the content, in --format (made by save())
         fmt = args.format or "png"
         folder = Path(args.output)
-        out = folder / _fitted(_name_max(folder), content.stem, "_stylized", FORMAT_SUFFIXES[fmt])
+        out = folder / _fitted(name_max(folder), content.stem, "_stylized", FORMAT_SUFFIXES[fmt])
     else:
         out = Path(args.output)
         fmt = _output_format(out, content)
@@ -1119,7 +1094,7 @@ def _run_video(later: contextlib.ExitStack, args: argparse.Namespace, styles: li
         raise CliError(f"{flags[0]}: only for images, and {src} is a video (its output takes its container, and "
                        "the video encoder's quality)")
     if _names_folder(args.output):  # the same container as the input, named after it
-        out = out / _fitted(_name_max(out), src.stem, "_stylized", _video_suffix(src))
+        out = out / _fitted(name_max(out), src.stem, "_stylized", _video_suffix(src))
     elif out.suffix.lower() not in VIDEO_SUFFIXES:
         try:  # a file with sound and no picture (an .m4a) is no video: say that, not the output's suffix
             media().VideoReader(src).close()
@@ -1212,7 +1187,7 @@ def _run_folder(later: contextlib.ExitStack, args: argparse.Namespace, styles: l
     _refuse_quality_for_png(args, fmt, f"the outputs are (--format png{'' if args.format else ', the default'})")
     ext = FORMAT_SUFFIXES[fmt]
     named = _style_names(styles)
-    limit, cut = _name_max(out_dir), []
+    limit, cut = name_max(out_dir), []
 
     def output(content: Path, stem: str, suffix: str) -> Path:
         out = out_dir / _fitted(limit, content.stem, f"_stylized_{stem}", suffix)
