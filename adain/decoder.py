@@ -181,9 +181,9 @@ def _detail(decoder: Decoder | FoldedDecoder, alpha: torch.Tensor | None, image:
             all_one: bool | None = None) -> dict[int, torch.Tensor]:
     """The detail path's corrections per conv index ({} without one) for the decoder's alpha map. Where every
     alpha is 1 they are exactly zero, so eager calls skip them (3-4% of a 512-px stylization); a traced or
-    compiled graph (the exported runtimes, adain.compiled) keeps them. ``all_one``: said by the caller where
-    alpha was a number, so the map is not read back from the device (a sync per call, and an error inside a
-    CUDA graph's capture)."""
+    compiled graph keeps them (adain.compiled; the exported runtimes run a second graph without them at alpha
+    1). ``all_one``: said by the caller where alpha was a number, so the map is not read back from the device
+    (a sync per call, and an error inside a CUDA graph's capture)."""
     require_image(decoder, image)
     if decoder.detail is None or alpha is None:
         return {}

@@ -84,12 +84,22 @@ def test_a_numeric_alpha_reads_nothing_back_from_the_device(grown: tuple[Path, P
 
 
 @pytest.mark.parametrize("runtime", ["torch", *RUNTIMES])
-def test_every_runtime_runs_it_alone_in_a_batch_and_with_regions(runtime: str, grown: tuple[Path, Path]) -> None:
+def test_every_runtime_runs_it_alone_in_a_batch_and_with_regions(runtime: str, grown: tuple[Path, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     st = Stylizer(grown[1], device="cpu", precision="fp32", backend=runtime)
     ref = Stylizer(grown[1], device="cpu", precision="fp32", backend="torch")
     assert st.backend.name == runtime
+    parts: list[str] = []  # the exported graphs that ran
+    if runtime != "torch":
+        run = st.backend._run
+        monkeypatch.setattr(st.backend, "_run", lambda part, *rest: parts.append(part) or run(part, *rest))
     got = pixels(st.stylize(CONTENT, STYLE, alpha=0.4))
     assert got.shape == (61, 97, 3) and np.abs(got - pixels(ref.stylize(CONTENT, STYLE, alpha=0.4))).max() <= 1
+    # at alpha 1 the path adds exact zeros: a graph without it runs (as eager skips it), with the same picture
+    got = pixels(st.stylize(CONTENT, STYLE))
+    assert np.abs(got - pixels(ref.stylize(CONTENT, STYLE))).max() <= 1
+    if runtime != "torch":
+        assert [p for p in parts if p != "encoder"] == ["decoder", "decoder at alpha 1"], parts
     contents = [CONTENT, CONTENT.transpose(Image.FLIP_LEFT_RIGHT), synth_image(97, 61, seed=4)]
     batch = st.stylize_batch(contents, STYLE, alpha=0.2)
     for content, img in zip(contents, batch):  # each with its own content's detail, not its neighbour's
