@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -199,8 +200,15 @@ def test_running_out_of_file_descriptors_is_logged_once_a_minute() -> None:
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     sockets: list[socket.socket] = []
     try:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 2, hard))
-        sockets = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(10)]  # in the kernel's backlog
+        # Stopped while the connections queue: the page wakes to all ten in the kernel's backlog, takes two and fails
+        # on each of the rest in one pass. (Made one by one while it ran, a loaded machine's page took the third
+        # before the fourth existed: one failure, then the limit was lifted before the retry a second later.)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 2, hard))
+            sockets = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(10)]
+        finally:
+            os.kill(pid, signal.SIGCONT)
         _until(lambda: "".join(web.stderr), lambda log: "out of system resource" in log)
     finally:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
@@ -214,7 +222,7 @@ def test_running_out_of_file_descriptors_is_logged_once_a_minute() -> None:
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         failures = next(float(line.split()[-1]) for line in scraped.splitlines()
                         if line.startswith("adain_web_accept_failures_total "))
-        assert failures > 1, scraped  # the loop tries its whole backlog at once, and again each second
+        assert failures > 1, scraped  # the loop tries its whole backlog at once (and again each second)
     finally:
         web.stop()
 
