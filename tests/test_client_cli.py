@@ -872,7 +872,8 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
     # PYTHONFAULTHANDLER: where the CLI was, should it never make its file. Seen about once in four full runs, both
     # signals' runs in a row: no file in 60 s, its main thread (the only one) inside StyleTransferClient.__init__'s
     # first lines (a different one each time: a Lock, int(), json.dumps), under load only; not reproduced alone or
-    # beside CPU hogs. The native stack (py-spy) and the kernel's view say more the next time.
+    # beside CPU hogs. Once (12-06) it had sent its first frames and waited for a reply that never came, 0.5 s of CPU
+    # in the 60: so the server's threads are shown too.
     proc = subprocess.Popen(
         [sys.executable, "-m", "adain.client.cli", str(clip), "-s", str(files["a.png"]), "-o", str(out_dir / "k.mp4"),
          "--server", server.target], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
@@ -883,11 +884,11 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
             time.sleep(0.005)
         found = [p.suffix for p in out_dir.iterdir()]
         if found != [".part"]:  # (say what the CLI did: SIGABRT makes faulthandler print every thread's stack)
-            native = _native_stack(proc.pid)
+            native, on_server = _native_stack(proc.pid), _native_stack(server.proc.pid)
             proc.send_signal(signal.SIGABRT)
             err = proc.communicate(timeout=30)[1]
             pytest.fail(f"expected one .part file, found {found}; the CLI's stderr: {err}\n{native}\nthe server's last "
-                        f"lines: {''.join(server.stderr_lines[-20:])}")
+                        f"lines: {''.join(server.stderr_lines[-20:])}\nthe server's threads:\n{on_server}")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -905,10 +906,12 @@ def _native_stack(pid: int) -> str:
             stat_fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             lines.append(f"thread {task.name}: state {stat_fields[0]}, waiting in {(task / 'wchan').read_text()!r}, "
                          f"{stat_fields[11]} user / {stat_fields[12]} system ticks")
-    spy = Path(sys.executable).with_name("py-spy")
-    if spy.exists():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gil_sampler import py_spy
+
+    if spy := py_spy():
         try:
-            run = subprocess.run([str(spy), "dump", "--native", "--pid", str(pid)], capture_output=True, text=True,
+            run = subprocess.run([spy, "dump", "--native", "--pid", str(pid)], capture_output=True, text=True,
                                  timeout=30)
             lines.append(f"py-spy dump --native: {run.stdout}{run.stderr}")
         except subprocess.TimeoutExpired:
