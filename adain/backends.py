@@ -8,8 +8,9 @@ does not care which runs them.
   ``INFERENCE_PRECISION_HINT`` f32 or bf16 (or the graphs quantized to int8 first: ``adain.int8``) and the
   thread count of torch. Converted models are kept on
   disk (``ADAIN_CACHE_DIR``, default ``~/.cache/adain``), keyed by the weights, the Winograd form and
-  the runtime's version, and so are the compiled graphs (OpenVINO's ``CACHE_DIR``), so a restart builds
-  the backend in a fraction of a second (~10 s the first time). Processes starting together take turns at a
+  the runtime's version, and so are the compiled graphs (OpenVINO's ``CACHE_DIR``, in the entry), so a restart
+  builds the backend in a fraction of a second (~10 s the first time); the entries used longest ago go when the
+  cache is over ``ADAIN_CACHE_MAX_MB`` (``adain.diskcache``). Processes starting together take turns at a
   conversion (a lock file beside the entry): one converts, the others read its graph. A shape seen a second
   time also gets a graph compiled for it alone (faster than the shape-generic one; at most two kept, the most
   used, see _StaticShapes).
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adain import int8
+from adain import diskcache, int8
 from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
 from adain.eager import TorchBackend, _Relu41
@@ -123,6 +124,10 @@ class ExportedBackend(TorchBackend):
         if decoder.detail is not None and not quantized:
             self._decode_alpha_one = builder(FoldedDecoder(decoder.without_detail()), example[:2], bf16, threads,
                                              form, 64, None)
+        # The graph cache within its bound, once every part is built (and marked used): a bound kept after the
+        # first part could remove a later part's entry, last used at the previous start, just before reading it.
+        parts = (self._encode, self._decode, self._decode_alpha_one)
+        diskcache.bound(keep=[e for e in (getattr(p, "entry", None) for p in parts) if e is not None])
         self._failures: OrderedDict[tuple[str, tuple[int, ...]], _Failure] = OrderedDict()  # the newest last
         self._calls = 0
         self._failures_lock = threading.Lock()  # calls come from several threads
@@ -304,13 +309,6 @@ def _weights_key(module: nn.Module, example: tuple[torch.Tensor, ...], *parts: s
     return h.hexdigest()[:24]
 
 
-def cache_dir() -> Path:
-    """Where converted graphs are kept: ``ADAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/adain``, else ~/.cache/adain."""
-    if os.environ.get("ADAIN_CACHE_DIR"):
-        return Path(os.environ["ADAIN_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adain"
-
-
 def _openvino(
     module: nn.Module, example: tuple[torch.Tensor, ...], bf16: bool, threads: int, form: str, scale: int,
     quantize: int8.Quantizer | None = None,
@@ -323,12 +321,15 @@ def _openvino(
 
     core = ov.Core()
     recipe = (quantize.key,) if quantize is not None else ()
-    folder = cache_dir() / "openvino" / _weights_key(module, example, "openvino", ov.get_version(), form, *recipe)
+    key = _weights_key(module, example, "openvino", ov.get_version(), form, *recipe)
+    folder = diskcache.cache_dir() / "openvino" / key
     xml = folder / "model.xml"
     model = _cached_model(core, xml)
+    in_cache = model is not None
     if model is None:
         with _one_at_a_time(_lock_file(folder)) as alone:
             model = _cached_model(core, xml, quiet=True)  # converted by another process while this one waited
+            in_cache = model is not None
             if model is None:
                 model = _convert(ov, module, example, form)
                 if quantize is not None:
@@ -336,6 +337,7 @@ def _openvino(
                 if alone and folder.exists():  # a damaged entry makes way (never another converter's new one)
                     shutil.rmtree(folder, ignore_errors=True)
                 if _save_openvino(ov, model, folder):  # read back: the compiled-graph cache knows its file form
+                    in_cache = True
                     model = _cached_model(core, xml) or model
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's default is bf16 where it can
@@ -345,12 +347,14 @@ def _openvino(
         # with every new photo size (0.8 -> 1.4 GB over 300 sizes); 64 keeps it flat (0.88) at the same speed
         "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES,
     }
-    blobs = cache_dir() / "openvino-compiled"  # OpenVINO's own cache of compiled graphs: 1.2 -> 0.15 s a start
-    try:
-        blobs.mkdir(parents=True, exist_ok=True)
-        config["CACHE_DIR"] = str(blobs)
-    except OSError as e:
-        log.warning("openvino: no compiled-graph cache in %s: %s", blobs, e)
+    if in_cache:  # OpenVINO's own cache of compiled graphs (1.2 -> 0.15 s a start), in the entry: removed with it
+        blobs = folder / "compiled"
+        diskcache.used(folder)
+        try:
+            blobs.mkdir(exist_ok=True)
+            config["CACHE_DIR"] = str(blobs)
+        except OSError as e:
+            log.warning("openvino: no compiled-graph cache in %s: %s", blobs, e)
     try:
         compiled = core.compile_model(model, "CPU", config)
     except Exception as e:  # noqa: BLE001 - its cache unusable (another user's blobs: "cannot remove: Permission
@@ -377,6 +381,7 @@ def _openvino(
             return request.get_output_tensor(0).data.copy()
 
     run.statics = statics  # type: ignore[attr-defined]  # for tests and debugging
+    run.entry = folder if in_cache else None  # type: ignore[attr-defined]  # its graph-cache entry (adain.diskcache)
     return run
 
 

@@ -35,6 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
     if "ADAIN_CACHE_DIR" not in os.environ:
         config._adain_cache = os.environ["ADAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="adain-test-cache-")
+        os.environ["ADAIN_CACHE_MAX_MB"] = "0"  # this session's own, removed at its end: no bound to convert again for
 
 
 # The files that take longest (seconds of test time, `--durations=0`, 2026-12-06: web 223, tiling 114,

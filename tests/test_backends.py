@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adain import Stylizer, backends
+from adain import Stylizer, backends, diskcache
 from adain.backends import generic_shapes, make_backend
 from adain.decoder import FoldedDecoder, load_decoder, save_decoder
 from adain.precision import BF16_FLAGS, cpu_has_bf16, cpu_info, wants_bf16
@@ -265,6 +266,81 @@ def test_processes_starting_together_convert_once(tmp_path: Path, monkeypatch: p
         run = backends._openvino(module, example, False, 1, "", 1)
     assert len(traced) == 2 and "converting here too" in caplog.text
     assert np.abs(run(x.numpy()) - want).max() <= 1e-5
+
+
+def _entry(path: Path, size: int, age_s: float) -> Path:
+    """A cache entry made by hand: a folder with a graph of ``size`` bytes, last used ``age_s`` ago."""
+    path.mkdir(parents=True)
+    (path / "model.xml").write_text("<net/>")
+    (path / "model.bin").write_bytes(b"\0" * size)
+    when = time.time() - age_s
+    os.utime(path, (when, when))
+    return path
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
+def test_the_graph_cache_keeps_within_its_bound_least_recently_used_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Every decoder and runtime version added ~0.7 GB that nothing removed. A build that pushes the cache over
+    ADAIN_CACHE_MAX_MB removes the entries used longest ago, the old shared compiled blobs among them, until it is
+    within; one used in the last minutes (another process may be reading it) and the one just built stay. The
+    compiled blobs now live in their entry, and a build marks its entry used."""
+    monkeypatch.setenv("ADAIN_CACHE_DIR", str(tmp_path))
+    mb = 1 << 20
+    legacy = tmp_path / diskcache.LEGACY_BLOBS / "123.blob"
+    legacy.parent.mkdir()
+    legacy.write_bytes(b"\0" * (mb // 2))
+    os.utime(legacy, (time.time() - 3 * 3600,) * 2)
+    oldest, older = _entry(tmp_path / "openvino" / "a", mb, 7200), _entry(tmp_path / "openvino" / "b", mb, 3600)
+    recent = _entry(tmp_path / "openvino" / "c", mb, 60)
+    monkeypatch.setenv("ADAIN_CACHE_MAX_MB", "2.2")  # 3.5 MB and the new graph: two must go, the oldest
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.rand(1, 3, 20, 28)
+    with caplog.at_level(logging.INFO, "adain.diskcache"):
+        run = backends._openvino(module, (x,), False, 1, "", 1)
+        diskcache.bound(keep=[run.entry])  # (as ExportedBackend does once all its parts are built)
+    with torch.no_grad():
+        assert np.abs(run(x.numpy()) - module(x).numpy()).max() <= 1e-5
+    (built,) = {p for p in (tmp_path / "openvino").iterdir() if p.is_dir()} - {oldest, older, recent}
+    assert not legacy.exists() and not oldest.exists() and older.exists() and recent.exists()
+    assert list((built / "compiled").glob("*.blob")) and "removed 2 entries used longest ago" in caplog.text
+    # over a bound only what is in use is left: the newest used minutes ago, and this build's
+    monkeypatch.setenv("ADAIN_CACHE_MAX_MB", "0.1")
+    os.utime(built, (time.time() - 7200,) * 2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "adain.diskcache"):
+        diskcache.bound(keep=[backends._openvino(module, (x,), False, 1, "", 1).entry])  # read from the cache
+    assert {p for p in (tmp_path / "openvino").iterdir() if p.is_dir()} == {recent, built}
+    assert time.time() - built.stat().st_mtime < 60  # marked used by the build that read it
+    assert "over ADAIN_CACHE_MAX_MB=0.1" in caplog.text and "used in the last 10 minutes" in caplog.text
+    # 0: no bound; a value that is no size is said, and the default serves
+    assert diskcache.max_bytes({"ADAIN_CACHE_MAX_MB": "0"}) is None
+    assert diskcache.max_bytes({}) == diskcache.max_bytes({"ADAIN_CACHE_MAX_MB": "lots"}) == diskcache.DEFAULT_MB * mb
+    assert "ADAIN_CACHE_MAX_MB='lots' is not a number of megabytes" in caplog.text
+    assert diskcache.max_bytes({"ADAIN_CACHE_MAX_MB": "-1"}) == diskcache.max_bytes({"ADAIN_CACHE_MAX_MB": "nan"})
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
+def test_a_backend_keeps_the_cache_within_its_bound_once_all_its_parts_are_built(
+        decoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each part's graph (encoder, decoder, the decoder at alpha 1) is an entry with its compiled blobs in it; once
+    all are built, entries used longest ago go, and none of the backend's own, though each was last used long ago
+    (a bound kept after the first part could have removed the next one just before it was read)."""
+    import shutil
+
+    built = Stylizer(decoder_path, device="cpu", precision="fp32", backend="openvino").backend
+    parts = [p for p in (built._encode, built._decode, built._decode_alpha_one) if p is not None]
+    for part in parts:  # the session's entries, linked into a cache of this test's own (no conversion again)
+        shutil.copytree(part.entry, tmp_path / "openvino" / part.entry.name, copy_function=os.link)
+        os.utime(tmp_path / "openvino" / part.entry.name, (time.time() - 7200,) * 2)
+    stranger = _entry(tmp_path / "openvino" / "other-decoder", 1 << 20, 3600)  # used since, but not by this one
+    monkeypatch.setenv("ADAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ADAIN_CACHE_MAX_MB", "1")
+    again = Stylizer(decoder_path, device="cpu", precision="fp32", backend="openvino").backend
+    entries = [p.entry for p in (again._encode, again._decode, again._decode_alpha_one) if p is not None]
+    assert len(entries) == len(parts) and not stranger.exists()
+    assert all(e.parent == tmp_path / "openvino" and time.time() - e.stat().st_mtime < 60 for e in entries)
+    assert all(list((e / "compiled").glob("*.blob")) for e in entries)
 
 
 @pytest.mark.skipif(not RUNTIMES, reason="no optional runtime installed (the 'fast' extra)")

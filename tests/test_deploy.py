@@ -83,10 +83,14 @@ def test_manifests_agree_with_the_server() -> None:
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    flags = {env_name(flag) for flag in _OPTIONS} | {"ADAIN_CACHE_DIR"}  # the last: adain.backends.cache_dir
+    flags = {env_name(flag) for flag in _OPTIONS} | {"ADAIN_CACHE_DIR", "ADAIN_CACHE_MAX_MB"}  # (adain.diskcache's)
     assert set(env) <= flags, f"not server settings: {set(env) - flags}"
-    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert env["ADAIN_CACHE_DIR"] in mounts  # a volume: the converted graphs outlive a container restart
+    # the cache's bound under its volume's sizeLimit: the kubelet evicts a pod whose emptyDir outgrows it
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[env["ADAIN_CACHE_DIR"]])
+    limit_mb = {"Mi": 1, "Gi": 1024}[volume["emptyDir"]["sizeLimit"][-2:]] * int(volume["emptyDir"]["sizeLimit"][:-2])
+    assert 0 < float(env["ADAIN_CACHE_MAX_MB"]) < limit_mb
     wait = float(container["lifecycle"]["preStop"]["exec"]["command"][1])  # proxies learn of the removal first
     assert pod["terminationGracePeriodSeconds"] > wait + float(env["ADAIN_GRACE_SECONDS"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the health port: answered at the call cap
