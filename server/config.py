@@ -470,9 +470,9 @@ def env_name(flag: str) -> str:
 
 
 # ADAIN_* variables that are not the server's flags, read by the rest of the package (the client, the CLI, the
-# compiled-graph cache, the demo script)
-OTHER_VARIABLES = ("ADAIN_CACHE_DIR", "ADAIN_SERVER", "ADAIN_TOKEN", "ADAIN_TOKEN_FILE", "ADAIN_WEB_PORT",
-                   "ADAIN_SKIP_VENV_TEST")
+# graph cache and its bound, OpenVINO's telemetry switch, the demo script)
+OTHER_VARIABLES = ("ADAIN_CACHE_DIR", "ADAIN_CACHE_MAX_MB", "ADAIN_OPENVINO_TELEMETRY", "ADAIN_SERVER", "ADAIN_TOKEN",
+                   "ADAIN_TOKEN_FILE", "ADAIN_WEB_PORT", "ADAIN_SKIP_VENV_TEST")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -33,7 +33,7 @@ from adain.server.errors import MAX_VIOLATIONS, ServiceError, Violation, status_
 from adain.server.service import fields_within
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import NO_REFINE, ServerProcess, WebProcess, free_port, health_status
+from helpers import NO_REFINE, REPO, ServerProcess, WebProcess, free_port, health_status
 from synth import band_mask, encoded, make_image, make_mask, photo_with_exif, pixels, synth_image
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -1147,6 +1147,10 @@ def test_settings_from_environment() -> None:
 
     assert unknown_variables({"ADAIN_MAX_QUEUEE": "5", "ADAIN_SERVER": "x", "ADAIN_PORT": "1", "HOME": "/"}) == [
         "ADAIN_MAX_QUEUEE is no setting of adain-server and is ignored (did you mean ADAIN_MAX_QUEUE?)"]  # was silent
+    # and no variable the package reads is called ignored (ADAIN_OPENVINO_TELEMETRY was, though the library obeys it)
+    read = {name for folder in ("adain", "client", "server", "train", "web") for path in (REPO / folder).rglob("*.py")
+            for name in re.findall(r"[\"'](ADAIN_[A-Z0-9_]+)[\"']", path.read_text())}
+    assert "ADAIN_CACHE_MAX_MB" in read and unknown_variables(dict.fromkeys(read, "1")) == []
     with pytest.raises(SystemExit):  # a default style size its own max-content-side refuses (an outside tester)
         parse_settings(["--style-size", "2048", "--max-content-side", "1024"], environ={})
     assert parse_settings(["--style-size", "1024", "--max-content-side", "1024"], environ={}).style_size == 1024
