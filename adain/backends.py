@@ -49,7 +49,7 @@ from torch import nn
 
 from adain import diskcache, int8
 from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
-from adain.decoder import Decoder, FoldedDecoder, alpha_channel, require_image
+from adain.decoder import Decoder, FoldedDecoder, alpha_channel, every_alpha_one, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
 from adain.errors import install_hint, warnings_ignored
@@ -192,18 +192,13 @@ class ExportedBackend(TorchBackend):
         if self.decoder.alpha_input:
             inputs = (x, alpha_channel(alpha, x))
         require_image(self.decoder, image)
-        if self._decode_alpha_one is not None and _all_one(alpha):
+        if self._decode_alpha_one is not None and every_alpha_one(alpha):  # (a map on the CPU: cheap to read)
             y = self._run("decoder at alpha 1", self._decode_alpha_one, inputs)
         else:
             if image is not None and self.decoder.detail is not None:
                 inputs += (image,)
             y = self._run("decoder", self._decode, inputs)
         return super().decode(x, alpha, image) if y is None else y
-
-
-def _all_one(alpha: torch.Tensor | float) -> bool:
-    """Whether every alpha is 1 (a number, or a map on the CPU: an eighth of the image, cheap to read)."""
-    return alpha == 1 if isinstance(alpha, (int, float)) else bool((alpha == 1).all())
 
 
 def _avx512() -> bool:

@@ -188,9 +188,14 @@ def _detail(decoder: Decoder | FoldedDecoder, alpha: torch.Tensor | None, image:
     if decoder.detail is None or alpha is None:
         return {}
     graph = torch.jit.is_tracing() or torch.compiler.is_compiling()
-    if not graph and (all_one if all_one is not None else bool((alpha == 1).all())):
+    if not graph and (all_one if all_one is not None else every_alpha_one(alpha)):
         return {}
     return decoder.detail(image, alpha)
+
+
+def every_alpha_one(alpha: torch.Tensor | float) -> bool:
+    """Whether every alpha is 1: a number, or a map (read back: on a GPU, a sync)."""
+    return alpha == 1 if isinstance(alpha, (int, float)) else bool((alpha == 1).all())
 
 
 def save_decoder(decoder: Decoder, path: str | Path, meta: dict[str, Any], half: bool = True) -> None:
