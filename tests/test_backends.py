@@ -406,11 +406,13 @@ def test_runtime_failure_is_retried_given_up_and_bounded(
         return flaky(*arrays)
 
     backend._encode = at_once
-    threads = [threading.Thread(target=check, args=(together,)) for _ in range(3)]
+    # (daemons: one stuck, as two were once inside MKL's allocator for 25 minutes, fails the test, not the run)
+    threads = [threading.Thread(target=check, args=(together,), daemon=True) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+    assert not any(t.is_alive() for t in threads), "a thread still running after 30 s"
     assert backend._failures[("encoder", together)].count == 1
 
 
