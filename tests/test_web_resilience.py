@@ -214,6 +214,8 @@ def test_a_live_session_that_ends_lets_the_camera_go_and_a_second_tab_is_told_wh
     camera still on, its preview playing, Save and Stop shown. The camera is let go and the controls reset,
     however a session ends. A second tab's camera refused (one session a visitor) said the server's raw text, and
     a send after the refusal's close was a console error."""
+    from selenium.common.exceptions import TimeoutException
+
     web = WebProcess(server.target, "--live-max-s", "8")
     try:
         browser.get(web.url + "/")
@@ -224,7 +226,15 @@ def test_a_live_session_that_ends_lets_the_camera_go_and_a_second_tab_is_told_wh
         browser.find_element("id", "live-start").click()
         # this session's frames come back (the count is the last session's until its socket is made)
         frames = "return live.stream && live.ws && live.ws.readyState === WebSocket.OPEN ? live.frames : 0"
-        wait_for(browser, lambda d: d.execute_script(frames) >= 1, timeout=60)
+        try:
+            wait_for(browser, lambda d: d.execute_script(frames) >= 1, timeout=60)
+        except TimeoutException:  # once in a fresh clone's full run (12-06): say what the page and both logs show
+            state = browser.execute_script(
+                "return {stream: !!live.stream, ws: live.ws ? live.ws.readyState : null, frames: live.frames, "
+                "shown: Array.from(document.querySelectorAll('[id^=live]')).map(e => e.id + ': ' + "
+                "(e.hidden ? 'hidden' : (e.textContent || '').trim().slice(0, 80)))}")
+            pytest.fail(f"no live frame in 60 s; the page: {state}\nthe page's log: {''.join(web.stderr[-20:])}\n"
+                        f"the server's: {''.join(server.stderr_lines[-20:])}")
         browser.execute_script("window.tracks = live.stream.getTracks()")
         # a second tab of the same visitor: refused, in the page's words, and nothing sent after the close
         browser.switch_to.new_window("tab")
