@@ -126,8 +126,7 @@ class ExportedBackend(TorchBackend):
                                              form, 64, None)
         # The graph cache within its bound, once every part is built (and marked used): a bound kept after the
         # first part could remove a later part's entry, last used at the previous start, just before reading it.
-        parts = (self._encode, self._decode, self._decode_alpha_one)
-        diskcache.bound(keep=[e for e in (getattr(p, "entry", None) for p in parts) if e is not None])
+        diskcache.bound(keep=self.cache_entries)
         self._failures: OrderedDict[tuple[str, tuple[int, ...]], _Failure] = OrderedDict()  # the newest last
         self._calls = 0
         self._failures_lock = threading.Lock()  # calls come from several threads
@@ -135,6 +134,12 @@ class ExportedBackend(TorchBackend):
     @property
     def precision(self) -> str:
         return "int8" if self.quantized else super().precision
+
+    @property
+    def cache_entries(self) -> list[Path]:
+        """Its parts' graph-cache entries (adain.diskcache): none on ONNX Runtime, or where the cache was unwritable."""
+        parts = (self._encode, self._decode, self._decode_alpha_one)
+        return [e for e in (getattr(p, "entry", None) for p in parts) if e is not None]
 
     def _run(self, part: str, run: Run, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
         key = (part, tuple(inputs[0].shape))

@@ -102,7 +102,7 @@ def bound(root: Path | None = None, keep: Iterable[Path] = ()) -> list[Path]:
         log.warning("graph cache %s: not looked at for its bound: %s", root, e)
         return []
     total = sum(size for _, size, _ in found)
-    kept = {Path(p) for p in keep}
+    kept = set(keep)
     now, removed = time.time(), []
     for when, size, path in sorted(found, key=lambda entry: entry[0]):  # the least recently used first
         legacy = path.parent.name == LEGACY_BLOBS  # read by no graph of this version: removed within the bound too

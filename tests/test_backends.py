@@ -335,16 +335,17 @@ def test_a_backend_keeps_the_cache_within_its_bound_once_all_its_parts_are_built
     import shutil
 
     built = Stylizer(decoder_path, device="cpu", precision="fp32", backend="openvino").backend
-    parts = [p for p in (built._encode, built._decode, built._decode_alpha_one) if p is not None]
+    parts = built.cache_entries
+    assert len(parts) == 2 + (built._decode_alpha_one is not None)  # every part has its entry
     for part in parts:  # the session's entries, linked into a cache of this test's own (no conversion again)
-        shutil.copytree(part.entry, tmp_path / "openvino" / part.entry.name, copy_function=os.link)
-        os.utime(tmp_path / "openvino" / part.entry.name, (time.time() - 7200,) * 2)
+        shutil.copytree(part, tmp_path / "openvino" / part.name, copy_function=os.link)
+        os.utime(tmp_path / "openvino" / part.name, (time.time() - 7200,) * 2)
     stranger = _entry(tmp_path / "openvino" / "other-decoder", 1 << 20, 3600)  # used since, but not by this one
     monkeypatch.setenv("ADAIN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("ADAIN_CACHE_MAX_MB", "1")
     again = Stylizer(decoder_path, device="cpu", precision="fp32", backend="openvino").backend
-    entries = [p.entry for p in (again._encode, again._decode, again._decode_alpha_one) if p is not None]
-    assert len(entries) == len(parts) and not stranger.exists()
+    entries = again.cache_entries
+    assert [e.name for e in entries] == [p.name for p in parts] and not stranger.exists()
     assert all(e.parent == tmp_path / "openvino" and time.time() - e.stat().st_mtime < 60 for e in entries)
     assert all(list((e / "compiled").glob("*.blob")) for e in entries)
 
