@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import tempfile
@@ -13,7 +14,16 @@ import pytest
 from adain.client import StyleTransferClient
 from helpers import ServerProcess, browser_or_skip, write_test_decoder
 
-KEPT_VARIABLES = ("ADAIN_SKIP_VENV_TEST", "ADAIN_CACHE_DIR")  # (the offline switch; converted graphs' folder)
+# (the offline switch; converted graphs' folder and its bound, which the controller sets for its workers too)
+KEPT_VARIABLES = ("ADAIN_SKIP_VENV_TEST", "ADAIN_CACHE_DIR", "ADAIN_CACHE_MAX_MB")
+# pytest-timeout (pyproject, 600 s) needs the interpreter: its timer is a Python thread. A main thread stuck in C
+# code that holds the GIL stops that timer too, and on 2026-12-06 a fresh clone's CI ran past its 90 minutes with
+# ~37 tests left and no timeout printed. faulthandler's watchdog is a C thread: a minute after pytest-timeout's
+# limit it writes every thread's Python stack to the real stderr and ends the process (xdist reports the test and
+# replaces its worker). Once the session is over, a process that has not ended in WATCHDOG_EXIT_S (a thread that
+# does not end) goes the same way.
+WATCHDOG_S = 660
+WATCHDOG_EXIT_S = 300
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,6 +46,21 @@ def pytest_configure(config: pytest.Config) -> None:
     if "ADAIN_CACHE_DIR" not in os.environ:
         config._adain_cache = os.environ["ADAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="adain-test-cache-")
         os.environ["ADAIN_CACHE_MAX_MB"] = "0"  # this session's own, removed at its end: no bound to convert again for
+    config._adain_watchdog = os.fdopen(os.dup(2), "w")  # (fd 2 itself is captured during a test)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=item.config._adain_watchdog)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    faulthandler.dump_traceback_later(WATCHDOG_EXIT_S, exit=True, file=session.config._adain_watchdog)
 
 
 # The files that take longest (seconds of test time, `--durations=0`, 2026-12-06: web 223, tiling 114,
