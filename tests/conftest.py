@@ -16,14 +16,18 @@ from helpers import ServerProcess, browser_or_skip, write_test_decoder
 
 # (the offline switch; converted graphs' folder and its bound, which the controller sets for its workers too)
 KEPT_VARIABLES = ("ADAIN_SKIP_VENV_TEST", "ADAIN_CACHE_DIR", "ADAIN_CACHE_MAX_MB")
-# pytest-timeout (pyproject, 600 s) needs the interpreter: its timer is a Python thread. A main thread stuck in C
-# code that holds the GIL stops that timer too, and on 2026-12-06 a fresh clone's CI ran past its 90 minutes with
-# ~37 tests left and no timeout printed. faulthandler's watchdog is a C thread: a minute after pytest-timeout's
-# limit it writes every thread's Python stack to the real stderr and ends the process (xdist reports the test and
-# replaces its worker). Once the session is over, a process that has not ended in WATCHDOG_EXIT_S (a thread that
-# does not end) goes the same way.
-WATCHDOG_S = 660
+# Stuck tests (2026-12-06: a fresh clone's CI ran past its 90 minutes with ~37 tests left). pytest-timeout
+# (pyproject: 300 s, signal method) fails a test that waits too long and the run goes on. A main thread stuck in C
+# code never takes that signal: WATCHDOG_S later faulthandler's watchdog, a C thread that needs no GIL, writes every
+# thread's Python stack to the real stderr and ends the worker, which xdist reports as crashed and replaces. But
+# xdist 3.8's file scheduling loses a crashed worker's file when the other worker has finished (checked: the new
+# worker waits for work that never comes, and so does the run): so the controller, which runs no test, ends too,
+# with its stacks, once no test anywhere has finished for QUIET_S. Once the session is over, a process that has not
+# ended in WATCHDOG_EXIT_S (a thread that does not end) goes the same way.
+WATCHDOG_S = 60  # past pytest-timeout's own limit
+QUIET_S = 900  # no test of the run finished in 15 minutes (the longest takes ~70 s; a stuck one, timeout + 60)
 WATCHDOG_EXIT_S = 300
+_session_config: pytest.Config
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,11 +51,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config._adain_cache = os.environ["ADAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="adain-test-cache-")
         os.environ["ADAIN_CACHE_MAX_MB"] = "0"  # this session's own, removed at its end: no bound to convert again for
     config._adain_watchdog = os.fdopen(os.dup(2), "w")  # (fd 2 itself is captured during a test)
+    global _session_config
+    _session_config = config  # (pytest_runtest_logreport is given no config)
+
+
+def _watchdog(config: pytest.Config, seconds: float) -> None:
+    faulthandler.dump_traceback_later(seconds, exit=True, file=config._adain_watchdog)
+
+
+def _controller(config: pytest.Config) -> bool:
+    """The process that hands test files to xdist's workers and runs none itself."""
+    return config.pluginmanager.has_plugin("dsession")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=item.config._adain_watchdog)
+    _watchdog(item.config, float(item.config.getini("timeout") or 0) + WATCHDOG_S)
     try:
         yield
     finally:
@@ -59,8 +74,19 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _controller(session.config):
+        _watchdog(session.config, QUIET_S)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _controller(_session_config):
+        _watchdog(_session_config, QUIET_S)  # a test finished somewhere: QUIET_S from now
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    faulthandler.dump_traceback_later(WATCHDOG_EXIT_S, exit=True, file=session.config._adain_watchdog)
+    _watchdog(session.config, WATCHDOG_EXIT_S)
 
 
 # The files that take longest (seconds of test time, `--durations=0`, 2026-12-06: web 223, tiling 114,
