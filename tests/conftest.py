@@ -89,12 +89,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     _watchdog(session.config, WATCHDOG_EXIT_S)
 
 
-# The files that take longest (seconds of test time, `--durations=0`, 2026-12-06: web 223, tiling 114,
-# web_resilience 102, server 101, gpu_round 75, client_cli 74), run first: the workers take whole files in
-# collection order (--dist loadfile), and the alphabetical order left test_web.py's browser tests, the longest, to
-# one worker at the end while the other had nothing left to take.
-SLOW_FIRST = ("test_web.py", "test_tiling.py", "test_web_resilience.py", "test_server.py", "test_gpu_round.py",
-              "test_client_cli.py")
+# The files that take longest (seconds of test time, `--durations=0`, 2026-12-06 on the AVX2 EPYC: web 253, server
+# 130, tiling 127, web_resilience 127, video 122, client_cli 85, library 75, train 74, gpu_round 72, refine 66; the
+# other 26 files 3-40 each, 1,598 in all), run first: the workers take whole files in collection order (--dist
+# loadfile with --no-loadscope-reorder, pyproject), so the short ones fill in at the end. (xdist's default order,
+# by number of tests, had left web_resilience's 8 tests and gpu_round's one, two minutes of work, to the end.)
+SLOW_FIRST = ("test_web.py", "test_server.py", "test_tiling.py", "test_web_resilience.py", "test_video.py",
+              "test_client_cli.py", "test_library.py", "test_train.py", "test_gpu_round.py", "test_refine.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from adain.decoder import load_decoder
@@ -17,6 +18,7 @@ from synth import synth_image
 FILES = {"A-decoder.pt", "A-log.jsonl", "train.txt", "loss.png", "bench.txt", "bench.png", "paths.png"}
 
 
+@pytest.mark.timeout(900)  # the round's own limit, 600 s, passes the suite's 300 s
 def test_gpu_round_dry_run_writes_weights_and_figures(tmp_path: Path) -> None:
     data = tmp_path / "data"
     for kind, seed in (("content", 0), ("style", 100)):

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(os.environ.get("ADAIN_SKIP_VENV_TEST") == "1", reason="ADAIN_SKIP_VENV_TEST=1 (offline)")
+@pytest.mark.timeout(900)  # its steps' own limits (pip 600 s, mypy 300 s) pass the suite's 300 s
 def test_base_install_imports_the_client_without_torch(tmp_path: Path, server: ServerProcess) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)  # installed into by this pip (--python): ensurepip took 6 s of 20
