@@ -37,7 +37,7 @@ from adain.v1 import style_transfer_pb2 as pb
 from adain.video import VideoStream
 from adain.wire import FEATURES, SERVICE_NAME, TEMPORAL_ENUM, host_port
 
-from . import logs
+from . import logs, stalled
 from .auth import TlsFiles, TokenAuth, TokenFile, bearer_token, caller_of
 from .batcher import Batcher
 from .config import KEEPALIVE_TIMEOUT_S, PORT_TAKEN_HINT, Settings
@@ -215,6 +215,7 @@ class StyleTransferServer:
         # library no longer holds leaves, so a long-lived server keeps no id of every version it ever saw
         self._warmed: set[str] = set()
         self._library_checked = False  # the start's warm-up (strict) took the library first: the watcher waits
+        self._render_watch: asyncio.Future | None = None  # server/stalled.py, once warmed up
         self.metrics_port: int | None = None
         info = server_info(settings, stylizer.info)
         self.metrics.describe({"version": info.server_version, "model": info.model, "weights": info.weights_version,
@@ -398,11 +399,23 @@ class StyleTransferServer:
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, SERVING)
         log.info("model warmed up; serving")
+        if self.settings.render_stuck_s > 0:
+            self._render_watch = asyncio.ensure_future(stalled.watch(self.batcher, self.settings.render_stuck_s,
+                                                                     self._render_stuck))
+
+    async def _render_stuck(self, stuck: bool) -> None:
+        """The render watch's verdict, in health (a draining server stays NOT_SERVING) and the metric."""
+        self.metrics.render_stuck.set(int(stuck))
+        if not self.drain.draining:
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, NOT_SERVING if stuck else SERVING)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let calls in flight finish (up to ``grace`` s), stop everything."""
         grace = self.settings.grace_seconds if grace is None else grace
         self.drain.draining = True
+        if self._render_watch is not None:
+            self._render_watch.cancel()
         await self.health.enter_graceful_shutdown()
         if shed := self.batcher.shed(time.monotonic() + grace):
             log.info("draining: %d queued request(s) refused at once (they would not be rendered in %.1f s)",

@@ -243,6 +243,15 @@ class Batcher:
             end = self._rendering_since + self._rendering_units * self._unit_s
             return min(60.0, max(0.1, end - time.monotonic()))
 
+    def rendering(self) -> tuple[float, float | None]:
+        """(seconds the batch rendering now has taken, the seconds its pixels take by the average a pixel, None
+        before any is known); (0, None) when idle. What the render watch (server/stalled.py) judges."""
+        with self._cond:
+            if self._rendering_since is None:
+                return 0.0, None
+            expected = None if self._unit_s is None else self._rendering_units * self._unit_s
+            return time.monotonic() - self._rendering_since, expected
+
     def start(self) -> None:
         with self._cond:
             if self._thread is not None:

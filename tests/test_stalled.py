@@ -1,0 +1,100 @@
+"""The render watch (server/stalled.py): a batch that never ends takes the replica out of service, and one that
+ends after all brings it back; a server whose renders take their usual time stays SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2
+
+from adain.client import StyleTransferClient
+from adain.server import stalled
+from adain.server.batcher import Batcher
+from helpers import NO_REFINE, ServerProcess, health_status
+from synth import encoded, synth_image
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_batch_past_its_limit_is_reported_stuck_until_it_ends() -> None:
+    """A real Batcher whose render hangs (a runtime stuck in native code, here a wait on an event): the watch says
+    stuck once the batch passes max(floor, FACTOR x its expected time), and not stuck once it has ended."""
+    timed, hang, hanging = threading.Event(), threading.Event(), threading.Event()
+
+    def render(batch: list[str]) -> list[str]:
+        if batch == ["slow"]:
+            hanging.set()
+            hang.wait(30)
+        else:
+            time.sleep(0.01)  # ~10 ms for 64 x 64 pixels: the average a pixel the watch expects by
+        timed.set()
+        return batch
+
+    async def main() -> list[tuple[float, bool]]:
+        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=8)
+        batcher.start()
+        verdicts: list[tuple[float, bool]] = []
+
+        async def stuck(now: bool) -> None:
+            verdicts.append((time.monotonic() - t0, now))
+
+        def send(name: str) -> asyncio.Future:
+            return batcher.submit(batcher.admit(), name, key=(64, 64), deadline=None).future
+
+        assert batcher.rendering() == (0.0, None)  # idle
+        await send("quick")  # times a pixel: a 64 x 64 batch is expected to take ~10 ms
+        t0 = time.monotonic()
+        watch = asyncio.ensure_future(stalled.watch(batcher, 0.4, stuck))
+        slow = send("slow")
+        await asyncio.to_thread(hanging.wait, 10)
+        running_s, expected_s = batcher.rendering()
+        assert expected_s is not None and 0.005 < expected_s < 0.2 and running_s < 0.4
+        await asyncio.sleep(1.5)  # past the floor (0.4 s), which is past 10x the expected time
+        released.append(time.monotonic() - t0)
+        hang.set()
+        await slow
+        await asyncio.sleep(0.5)
+        watch.cancel()
+        batcher.close(5)
+        return verdicts
+
+    released: list[float] = []
+    verdicts = asyncio.run(main())
+    assert [now for _, now in verdicts] == [True, False], verdicts
+    assert 0.4 <= verdicts[0][0] < released[0] <= verdicts[1][0], (verdicts, released)
+    # the limit: the floor, or FACTOR times the expected time where that is longer (a large batch, a slow CPU)
+    assert stalled.limit_s(300, None) == stalled.limit_s(300, 2.0) == 300
+    assert stalled.limit_s(300, 60.0) == 60.0 * stalled.FACTOR
+
+
+def test_a_server_whose_renders_take_their_usual_time_stays_serving(decoder_path: Path) -> None:
+    """--render-stuck-s at 0.05 s, far under a render's time here: the factor over the expected time keeps every
+    render of its usual length from counting as stuck, health stays SERVING and adain_render_stuck 0."""
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--render-stuck-s", "0.05")
+    try:
+        srv.wait_serving()
+        seen: list[int | None] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                seen.append(health_status(srv.target))
+                time.sleep(0.02)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        style = encoded(synth_image(96, 96, seed=5))
+        with StyleTransferClient(srv.target, timeout=60) as client:
+            for i, side in enumerate((96, 160, 160, 224)):
+                client.stylize(encoded(synth_image(side, side, seed=i)), style)
+        stop.set()
+        poller.join(5)
+        assert seen and set(seen) == {SERVING}, seen
+        assert srv.metric("adain_render_stuck") == 0
+    finally:
+        assert srv.terminate() == 0
+    log = "".join(srv.stderr_lines)
+    assert "render thread has been on one batch" not in log, log
