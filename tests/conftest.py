@@ -66,7 +66,9 @@ def _controller(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    _watchdog(item.config, float(item.config.getini("timeout") or 0) + WATCHDOG_S)
+    marker = item.get_closest_marker("timeout")  # (a test's own, where longer than the suite's)
+    limit = marker.args[0] if marker is not None and marker.args else item.config.getini("timeout")
+    _watchdog(item.config, float(limit or 0) + WATCHDOG_S)
     try:
         yield
     finally:
