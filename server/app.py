@@ -400,7 +400,9 @@ class StyleTransferServer:
                 await self.health.set(name, SERVING)
         log.info("model warmed up; serving")
         if self.settings.render_stuck_s > 0:
-            self._render_watch = asyncio.ensure_future(stalled.watch(self.batcher, self.settings.render_stuck_s,
+            sources = {"the render thread's batch": self.batcher,
+                       "a long job's step (refine, print size)": self.refiner}
+            self._render_watch = asyncio.ensure_future(stalled.watch(sources, self.settings.render_stuck_s,
                                                                      self._render_stuck))
 
     async def _render_stuck(self, stuck: bool) -> None:

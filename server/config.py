@@ -417,9 +417,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
                          "read again when it changes"),
     "grace-seconds": (non_negative_float, "on SIGTERM, SIGHUP or Ctrl-C (SIGINT), how long work in flight may "
                       "take to finish"),
-    "render-stuck-s": (non_negative_float, "a batch still rendering after this long, and after 10x what its "
-                       "pixels take by the running average, sets health NOT_SERVING until it ends (a hung runtime: "
-                       "readiness takes the replica out, liveness restarts it); 0: never"),
+    "render-stuck-s": (non_negative_float, "a batch, or a long job's step (refine iteration, tile), still "
+                       "running after this long and after 10x its expected time by the running averages sets health "
+                       "NOT_SERVING until it ends (a hung runtime: readiness takes the replica out, liveness "
+                       "restarts it); 0: never"),
     "max-connection-age-s": (_connection_age, "close each client connection after this long (gracefully), so "
                              "clients re-resolve and balance onto new replicas; 0: never"),
     "max-connection-idle-s": (_connection_age, "close a client connection that has had no call for this long "

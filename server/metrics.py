@@ -78,8 +78,9 @@ class Metrics(Exporter):
         self.registered_styles = Gauge("adain_registered_styles", "Styles held by the style registry", registry=r)
         self.library_styles = Gauge("adain_library_styles", "Styles in the style library (--styles-dir)", registry=r)
         self.video_streams = Gauge("adain_video_streams", "StylizeVideo streams running", registry=r)
-        self.render_stuck = Gauge("adain_render_stuck", "1 while the batch rendering now has passed --render-stuck-s "
-                                  "(and 10x its expected time): health says NOT_SERVING meanwhile", registry=r)
+        self.render_stuck = Gauge(
+            "adain_render_stuck", "1 while the batch rendering now, or a long job's step, has passed --render-stuck-s "
+            "(and 10x its expected time): health says NOT_SERVING meanwhile", registry=r)
         self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
         self.video_idle = Counter(
             "adain_video_idle_ended", "StylizeVideo streams ended because their client sent no frame, or took no "

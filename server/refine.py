@@ -122,6 +122,10 @@ class RefineService:
         self._running = 0
         self._started: dict[int, float] = {}  # when each running job began (a drain's estimate)
         self._run_mean_s: float | None = None  # the mean time a job ran (a drain's estimate)
+        # when each running job's thread last made a step (an iteration, a statistics box, a tile; its start before
+        # the first) and the mean time between steps: what the stuck watch judges (server/stalled.py)
+        self._stepped: dict[int, float] = {}
+        self._step_mean_s: float | None = None
         self._drain_until: float | None = None  # a drain's end (monotonic), once one began
         self._arrivals = 0
         self._last_turn: dict[str, int] = {}
@@ -258,6 +262,7 @@ class RefineService:
         t0 = time.monotonic()
         with self._lock:
             self._started[key] = t0
+            self._stepped[threading.get_ident()] = t0
         try:
             if future.set_running_or_notify_cancel():  # (cancelled while it waited: not run)
                 result, error = None, None
@@ -278,7 +283,27 @@ class RefineService:
             with self._lock:
                 self._running -= 1
                 self._started.pop(key, None)
+                self._stepped.pop(threading.get_ident(), None)
             self._dispatch()
+
+    def _step(self) -> None:
+        """A running job made a step (on its thread)."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._stepped.get(threading.get_ident())
+            if last is not None:
+                took = now - last
+                self._step_mean_s = took if self._step_mean_s is None else 0.8 * self._step_mean_s + 0.2 * took
+            self._stepped[threading.get_ident()] = now
+
+    def rendering(self) -> tuple[float, float | None]:
+        """(the longest a running job has gone without a step, the mean time between steps, None before any);
+        (0, None) when none runs. What the stuck watch (server/stalled.py) judges, as the batcher's batch."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._stepped:
+                return 0.0, None
+            return now - min(self._stepped.values()), self._step_mean_s
 
     @property
     def admitted(self) -> int:
@@ -306,6 +331,7 @@ class RefineService:
         steps = [0]  # the iterations a refine has run
 
         def on_step(progress: Progress) -> None:
+            self._step()
             steps[0] = max(steps[0], progress.iteration)
             self._check(stop, deadline)
             if on_progress is not None:

@@ -1,5 +1,5 @@
-"""The render watch (server/stalled.py): a batch that never ends takes the replica out of service, and one that
-ends after all brings it back; a server whose renders take their usual time stays SERVING."""
+"""The stuck watch (server/stalled.py): a batch or a long job's step that never ends takes the replica out of service,
+and one that ends after all brings it back; a server whose renders take their usual time stays SERVING."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2
 from adain.client import StyleTransferClient
 from adain.server import stalled
 from adain.server.batcher import Batcher
+from adain.server.refine import RefineLimits, RefineService
 from helpers import NO_REFINE, ServerProcess, health_status
 from synth import encoded, synth_image
 
@@ -47,7 +48,7 @@ def test_a_batch_past_its_limit_is_reported_stuck_until_it_ends() -> None:
         assert batcher.rendering() == (0.0, None)  # idle
         await send("quick")  # times a pixel: a 64 x 64 batch is expected to take ~10 ms
         t0 = time.monotonic()
-        watch = asyncio.ensure_future(stalled.watch(batcher, 0.4, stuck))
+        watch = asyncio.ensure_future(stalled.watch({"the batch": batcher}, 0.4, stuck))
         slow = send("slow")
         await asyncio.to_thread(hanging.wait, 10)
         running_s, expected_s = batcher.rendering()
@@ -68,6 +69,47 @@ def test_a_batch_past_its_limit_is_reported_stuck_until_it_ends() -> None:
     # the limit: the floor, or FACTOR times the expected time where that is longer (a large batch, a slow CPU)
     assert stalled.limit_s(300, None) == stalled.limit_s(300, 2.0) == 300
     assert stalled.limit_s(300, 60.0) == 60.0 * stalled.FACTOR
+
+
+def test_a_long_job_stuck_before_its_next_step_is_reported_until_it_ends() -> None:
+    """A real RefineService whose job's decode hangs (a stand-in for native code that never returns): stuck once
+    its thread has gone the floor without a step, not stuck once the job has ended (here with an error)."""
+    hang, hanging = threading.Event(), threading.Event()
+
+    def prepare():
+        hanging.set()
+        hang.wait(30)
+        raise ValueError("the decode gave up")
+
+    async def main() -> list[tuple[float, bool]]:
+        service = RefineService(None, RefineLimits(max_jobs=1, max_queue=1), busy=lambda: False)  # type: ignore[arg-type]
+        verdicts: list[tuple[float, bool]] = []
+
+        async def stuck(now: bool) -> None:
+            verdicts.append((time.monotonic() - t0, now))
+
+        assert service.rendering() == (0.0, None)  # nothing running
+        t0 = time.monotonic()
+        watch = asyncio.ensure_future(stalled.watch({"a long job's step": service}, 0.4, stuck))
+        job = asyncio.ensure_future(service.run(prepare, deadline=None, place=service.admit("a")))
+        await asyncio.to_thread(hanging.wait, 10)
+        await asyncio.sleep(1.5)
+        released.append(time.monotonic() - t0)
+        hang.set()
+        try:
+            await job
+        except ValueError:
+            pass
+        await asyncio.sleep(0.5)
+        assert service.rendering() == (0.0, None)
+        watch.cancel()
+        service.close()
+        return verdicts
+
+    released: list[float] = []
+    verdicts = asyncio.run(main())
+    assert [now for _, now in verdicts] == [True, False], verdicts
+    assert 0.4 <= verdicts[0][0] < released[0] <= verdicts[1][0], (verdicts, released)
 
 
 def test_a_server_whose_renders_take_their_usual_time_stays_serving(decoder_path: Path) -> None:
@@ -97,4 +139,4 @@ def test_a_server_whose_renders_take_their_usual_time_stays_serving(decoder_path
     finally:
         assert srv.terminate() == 0
     log = "".join(srv.stderr_lines)
-    assert "render thread has been on one batch" not in log, log
+    assert "health NOT_SERVING until it ends" not in log, log
