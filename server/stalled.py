@@ -29,7 +29,8 @@ class Rendering(Protocol):
 
 
 def limit_s(floor_s: float, expected_s: float | None) -> float:
-    """How long the batch rendering now may take before it counts as stuck."""
+    """How long a render (a batch, a long job's step) expected to take ``expected_s`` may take before it counts as
+    stuck."""
     return max(floor_s, FACTOR * expected_s) if expected_s is not None else floor_s
 
 
@@ -54,5 +55,5 @@ async def watch(sources: dict[str, Rendering], floor_s: float, stuck: Callable[[
         elif was and not over:
             log.warning("the render that was stuck has ended: health SERVING again")
         if bool(over) != was:
-            await stuck(bool(over))
-        was = bool(over)
+            was = bool(over)
+            await stuck(was)
