@@ -4,8 +4,10 @@ and one that ends after all brings it back; a server whose renders take their us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from grpc_health.v1 import health_pb2
@@ -20,10 +22,40 @@ from synth import encoded, synth_image
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+async def _verdicts(source: stalled.Rendering, start: Callable[[], Awaitable[object]], hanging: threading.Event,
+                    hang: threading.Event) -> tuple[list[tuple[float, bool]], float]:
+    """The watch's verdicts on ``source`` (seconds from the watch's start, stuck or not) while the work ``start``
+    begins hangs for 1.5 s (floor 0.4 s) and then ends, and when it was released."""
+    verdicts: list[tuple[float, bool]] = []
+
+    async def stuck(now: bool) -> None:
+        verdicts.append((time.monotonic() - t0, now))
+
+    t0 = time.monotonic()
+    watch = asyncio.ensure_future(stalled.watch({"the work": source}, 0.4, stuck))
+    work = asyncio.ensure_future(start())
+    await asyncio.to_thread(hanging.wait, 10)
+    running_s, expected_s = source.rendering()
+    assert running_s < 0.4 and (expected_s is None or 10 * expected_s < 0.4)  # the floor is the limit
+    await asyncio.sleep(1.5)
+    released = time.monotonic() - t0
+    hang.set()
+    with contextlib.suppress(ValueError):  # (the long job's decode gives up)
+        await work
+    await asyncio.sleep(0.5)
+    watch.cancel()
+    return verdicts, released
+
+
+def _stuck_then_not(verdicts: list[tuple[float, bool]], released: float) -> None:
+    assert [now for _, now in verdicts] == [True, False], verdicts
+    assert 0.4 <= verdicts[0][0] < released <= verdicts[1][0], (verdicts, released)
+
+
 def test_a_batch_past_its_limit_is_reported_stuck_until_it_ends() -> None:
     """A real Batcher whose render hangs (a runtime stuck in native code, here a wait on an event): the watch says
     stuck once the batch passes max(floor, FACTOR x its expected time), and not stuck once it has ended."""
-    timed, hang, hanging = threading.Event(), threading.Event(), threading.Event()
+    hang, hanging = threading.Event(), threading.Event()
 
     def render(batch: list[str]) -> list[str]:
         if batch == ["slow"]:
@@ -31,41 +63,26 @@ def test_a_batch_past_its_limit_is_reported_stuck_until_it_ends() -> None:
             hang.wait(30)
         else:
             time.sleep(0.01)  # ~10 ms for 64 x 64 pixels: the average a pixel the watch expects by
-        timed.set()
         return batch
 
-    async def main() -> list[tuple[float, bool]]:
+    async def main() -> tuple[list[tuple[float, bool]], float]:
         batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=8)
         batcher.start()
-        verdicts: list[tuple[float, bool]] = []
-
-        async def stuck(now: bool) -> None:
-            verdicts.append((time.monotonic() - t0, now))
 
         def send(name: str) -> asyncio.Future:
             return batcher.submit(batcher.admit(), name, key=(64, 64), deadline=None).future
 
         assert batcher.rendering() == (0.0, None)  # idle
         await send("quick")  # times a pixel: a 64 x 64 batch is expected to take ~10 ms
-        t0 = time.monotonic()
-        watch = asyncio.ensure_future(stalled.watch({"the batch": batcher}, 0.4, stuck))
-        slow = send("slow")
+        hung = asyncio.ensure_future(_verdicts(batcher, lambda: send("slow"), hanging, hang))
         await asyncio.to_thread(hanging.wait, 10)
-        running_s, expected_s = batcher.rendering()
-        assert expected_s is not None and 0.005 < expected_s < 0.2 and running_s < 0.4
-        await asyncio.sleep(1.5)  # past the floor (0.4 s), which is past 10x the expected time
-        released.append(time.monotonic() - t0)
-        hang.set()
-        await slow
-        await asyncio.sleep(0.5)
-        watch.cancel()
+        expected_s = batcher.rendering()[1]
+        assert expected_s is not None and 0.005 < expected_s < 0.2
+        result = await hung
         batcher.close(5)
-        return verdicts
+        return result
 
-    released: list[float] = []
-    verdicts = asyncio.run(main())
-    assert [now for _, now in verdicts] == [True, False], verdicts
-    assert 0.4 <= verdicts[0][0] < released[0] <= verdicts[1][0], (verdicts, released)
+    _stuck_then_not(*asyncio.run(main()))
     # the limit: the floor, or FACTOR times the expected time where that is longer (a large batch, a slow CPU)
     assert stalled.limit_s(300, None) == stalled.limit_s(300, 2.0) == 300
     assert stalled.limit_s(300, 60.0) == 60.0 * stalled.FACTOR
@@ -81,35 +98,16 @@ def test_a_long_job_stuck_before_its_next_step_is_reported_until_it_ends() -> No
         hang.wait(30)
         raise ValueError("the decode gave up")
 
-    async def main() -> list[tuple[float, bool]]:
+    async def main() -> tuple[list[tuple[float, bool]], float]:
         service = RefineService(None, RefineLimits(max_jobs=1, max_queue=1), busy=lambda: False)  # type: ignore[arg-type]
-        verdicts: list[tuple[float, bool]] = []
-
-        async def stuck(now: bool) -> None:
-            verdicts.append((time.monotonic() - t0, now))
-
         assert service.rendering() == (0.0, None)  # nothing running
-        t0 = time.monotonic()
-        watch = asyncio.ensure_future(stalled.watch({"a long job's step": service}, 0.4, stuck))
-        job = asyncio.ensure_future(service.run(prepare, deadline=None, place=service.admit("a")))
-        await asyncio.to_thread(hanging.wait, 10)
-        await asyncio.sleep(1.5)
-        released.append(time.monotonic() - t0)
-        hang.set()
-        try:
-            await job
-        except ValueError:
-            pass
-        await asyncio.sleep(0.5)
+        result = await _verdicts(service, lambda: service.run(prepare, deadline=None, place=service.admit("a")),
+                                 hanging, hang)
         assert service.rendering() == (0.0, None)
-        watch.cancel()
         service.close()
-        return verdicts
+        return result
 
-    released: list[float] = []
-    verdicts = asyncio.run(main())
-    assert [now for _, now in verdicts] == [True, False], verdicts
-    assert 0.4 <= verdicts[0][0] < released[0] <= verdicts[1][0], (verdicts, released)
+    _stuck_then_not(*asyncio.run(main()))
 
 
 def test_a_server_whose_renders_take_their_usual_time_stays_serving(decoder_path: Path) -> None:
