@@ -163,11 +163,10 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False) -> Iterator[Path]:
     thousands)."""
     path = _followed(path)
     tmp = create_beside(path)
-    try:
-        held = locked(tmp)  # (every write: one that does not sweep must not be swept by one that does)
-    except OSError:
-        held = None  # (out of descriptors: unlocked, and sweeping nothing)
-    try:
+    held = None
+    try:  # (the lock taken inside: SIGTERM as it was taken, just as the file appeared, left the .part file, in CI)
+        with contextlib.suppress(OSError):  # (out of descriptors: unlocked, and sweeping nothing)
+            held = locked(tmp)  # (every write: one that does not sweep must not be swept by one that does)
         if held is not None and sweep:
             _sweep_parts(path, tmp)
         yield tmp
@@ -222,6 +221,9 @@ def locked(path: Path, folder: bool = False) -> int | None:
         os.close(fd)
         if e.errno in _NOT_LOCKED:
             return None
+        raise
+    except BaseException:  # (a signal's exception as it was taken: the descriptor not left open)
+        os.close(fd)
         raise
     return fd
 
