@@ -292,7 +292,11 @@ def _display_turns(frame: Any) -> list[Image.Transpose]:
     """What a player does to show a frame by its display matrix: a quarter turn, a flip per mirrored axis, or
     a transpose (a quarter turn and a mirror). PyAV's rotation alone read a mirrored clip as a half turn
     (upside down) and a vertically mirrored one as upright."""
-    m = next((bytes(sd) for sd in frame.side_data if str(sd.type).endswith("DISPLAYMATRIX")), b"")
+    from av.sidedata.sidedata import Type
+
+    # (by key: PyAV 19, what Python 3.12 and later install, iterates a frame's side data by type, not by item)
+    found = frame.side_data.get(Type.DISPLAYMATRIX)
+    m = b"" if found is None else bytes(found)
     if len(m) == 36:
         a, b, _u, c, d = struct.unpack("=9i", m)[:5]  # x' = a x + c y, y' = b x + d y (16.16 fixed point)
         if b == c == 0 and a and d:
