@@ -12,6 +12,7 @@ to install where a module of it is missing."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -36,14 +37,48 @@ _signalled: list[int] = []  # the signals the handlers below took: one that land
 # KeyboardInterrupt lost, and was a traceback (exit 1) in 1 of 40 tries
 
 
-def on_sigterm(signum: int, frame: Any) -> None:
+def _signal_exception(e: KeyboardInterrupt, signum: int) -> KeyboardInterrupt:
+    """``e``, marked as a handler's below, for :func:`_redeliver`. Returned, not raised here: nothing may hold it (a
+    frame of its own traceback would, a cycle), for a generator it passes through is closed as soon as it is dropped
+    (a signal as ``atomic_path`` yielded came out of ``contextlib``'s ``__enter__``: its temporary file is removed
+    when the suspended generator is freed)."""
     _signalled.append(signum)
-    raise Terminated(signum)
+    e.adain_signum = signum  # type: ignore[attr-defined]
+    if getattr(sys.unraisablehook, "func", None) is not _redeliver:
+        sys.unraisablehook = functools.partial(_redeliver, sys.unraisablehook)
+    return e
+
+
+def _redeliver(previous: Callable[[Any], object], unraisable: Any) -> None:
+    """A handler's exception raised inside a weakref callback or a ``__del__`` is printed and dropped ("Exception
+    ignored in ... Terminated: 15"), and the command went on as if never signalled (a CLI given SIGTERM waited out
+    its whole clip; seen on Python 3.13 in a test that signals the moment a file appears). The signal is delivered
+    again, a moment later, from a thread of its own, so that the main thread runs the handler where it goes on
+    (inside this hook the handler's exception would be dropped again; threading's start waits, and the handler
+    ran in that wait); dropped again, it is delivered again."""
+    signum = getattr(unraisable.exc_value, "adain_signum", None)
+    if signum is None:
+        previous(unraisable)
+        return
+    import _thread
+
+    _thread.start_new_thread(_deliver_later, (signum,))
+
+
+def _deliver_later(signum: int) -> None:
+    import _thread
+    import time
+
+    time.sleep(0.005)
+    _thread.interrupt_main(signal.Signals(signum))
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise _signal_exception(Terminated(signum), signum)
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
-    _signalled.append(signum)
-    raise KeyboardInterrupt
+    raise _signal_exception(KeyboardInterrupt(), signum)
 
 
 def interrupted_code(e: KeyboardInterrupt) -> int:
