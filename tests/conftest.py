@@ -44,9 +44,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the subprocesses too (servers, training, benchmarks)
-        import torch  # (read at import where it was not imported yet; set here where it was)
-
-        torch.set_num_threads(threads)
+        try:
+            import torch  # (read at import where it was not imported yet; set here where it was)
+        except ImportError:  # (the torch-free parts' tests on another Python: helpers.SERVER_PYTHON)
+            pass
+        else:
+            torch.set_num_threads(threads)
     if "ADAIN_CACHE_DIR" not in os.environ:
         config._adain_cache = os.environ["ADAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="adain-test-cache-")
         os.environ["ADAIN_CACHE_MAX_MB"] = "0"  # this session's own, removed at its end: no bound to convert again for

@@ -27,6 +27,12 @@ LISTEN_RE = re.compile(r"adain-server listening on (\S+):(\d+)")
 # process's first optimiser imports torch._dynamo (~3 s of CPU at each start, on a 2-core machine that the
 # suite's two workers share).
 NO_REFINE = ("--max-refine-steps", "0")
+# The torch-free parts' tests (the client, the CLI) on another Python, which has no torch (this project's CPU torch is
+# for one Python only): that Python runs pytest, this one the servers and writes the test decoder (DEVELOPERS.md)
+SERVER_PYTHON = os.environ.get("TEST_SERVER_PYTHON") or sys.executable
+# a test that runs the model in this Python (--local's server, the library's own functions): skipped in that run
+needs_torch = pytest.mark.skipif(SERVER_PYTHON != sys.executable, reason="runs torch in this Python, which has none "
+                                 "(TEST_SERVER_PYTHON: the torch-free parts' run)")
 
 
 def write_test_decoder(path: Path, seed: int = 0) -> Path:
@@ -36,6 +42,12 @@ def write_test_decoder(path: Path, seed: int = 0) -> Path:
     every input the same flat near-black image and no test could tell two outputs apart. Kaiming
     initialisation keeps the signal; the last layer is then scaled into a visible range around grey.
     """
+    if SERVER_PYTHON != sys.executable:  # (this Python has no torch)
+        code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from helpers import "
+                f"write_test_decoder; write_test_decoder(Path(sys.argv[1]), {seed})")
+        env = {k: v for k, v in os.environ.items() if k != "TEST_SERVER_PYTHON"}
+        subprocess.run([SERVER_PYTHON, "-c", code, str(path)], cwd=REPO, check=True, env=env, timeout=120)
+        return path
     import torch
 
     from adain.decoder import Decoder, save_decoder
@@ -149,7 +161,7 @@ class ServerProcess:
 
     def __init__(self, decoder: Path, *args: str, env: dict[str, str] | None = None, credentials=None) -> None:
         cmd = [
-            sys.executable, "-m", "adain.server", "--port", "0", "--decoder", str(decoder), "--device", "cpu",
+            SERVER_PYTHON, "-m", "adain.server", "--port", "0", "--decoder", str(decoder), "--device", "cpu",
             "--torch-threads", "1", "--log-level", "WARNING", *args,
         ]
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -23,7 +23,16 @@ from PIL import Image
 from adain.client import Preset, StyleRef, StyleTransferClient, StyleTransferError
 from adain.client.cli import CliError, main, parse_style
 from adain.wire import DEFAULT_ADDRESS
-from helpers import NO_REFINE, REPO, ServerProcess, cli_on_a_terminal, free_port, library_stub, make_certificates
+from helpers import (
+    NO_REFINE,
+    REPO,
+    ServerProcess,
+    cli_on_a_terminal,
+    free_port,
+    library_stub,
+    make_certificates,
+    needs_torch,
+)
 from synth import SRGB_D50, band_mask, encoded, icc_rgb, make_image, make_mask, photo_with_exif, pixels
 
 CONTENT = make_image(64, 48, seed=21)
@@ -1051,6 +1060,7 @@ def local_env(decoder_path: Path, tmp_path: Path) -> dict[str, str]:
                 ADAIN_TORCH_THREADS="1", ADAIN_MAX_REFINE_STEPS="0", TMPDIR=str(tmp_path), ADAIN_SERVER="10.0.0.1:1")
 
 
+@needs_torch
 def test_local_stylizes_without_a_running_server(files: dict[str, Path], tmp_path: Path, local_env) -> None:
     """--local starts a server for the command (its settings from ADAIN_* variables; $ADAIN_SERVER is replaced, not
     an error), stylizes, and stops it: nothing is left running or in the temporary folder."""
@@ -1082,6 +1092,7 @@ def test_local_stylizes_without_a_running_server(files: dict[str, Path], tmp_pat
         "(--local's server reads its library from ADAIN_STYLES_DIR=FOLDER, a folder of style images)"), named.stderr
 
 
+@needs_torch
 def test_local_refuses_a_server_and_says_why_its_server_did_not_start(files: dict[str, Path], tmp_path: Path,
                                                                       local_env) -> None:
     args = [sys.executable, "-m", "adain.client.cli", str(files["content.png"]), "-s", str(files["a.png"]),
@@ -1107,6 +1118,7 @@ def test_local_refuses_a_server_and_says_why_its_server_did_not_start(files: dic
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, and the parent-death signal, are Linux's")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@needs_torch
 def test_local_server_stops_with_the_command_however_it_ends(files: dict[str, Path], tmp_path: Path, local_env,
                                                              sig: signal.Signals) -> None:
     """Ctrl-C: the command stops its server (exit 130). SIGKILL, which no handler sees: the kernel sends the server

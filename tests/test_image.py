@@ -22,6 +22,7 @@ from adain.errors import InvalidInputError
 from adain.image import MAX_JPEG_MARKERS, MAX_JPEG_SCANS, encode_image, header_size, load_image
 from adain.photo import exif_to_keep, heif_support
 from adain.wire import Limits
+from helpers import needs_torch
 from synth import P3_D50, SRGB_D50, encoded, icc_rgb, jpeg_scan_bomb, photo_with_exif, synth_image
 
 IMG = synth_image(40, 30, seed=7)
@@ -40,6 +41,7 @@ def test_formats_decode_from_bytes_and_paths(fmt: str, tmp_path) -> None:
     assert load_image(str(path)).size == (40, 30)
 
 
+@needs_torch
 def test_to_image_rounds_and_clamps_each_pixel() -> None:
     """A tensor's bytes, made where the tensor is: clamped to [0, 1], rounded to the nearest level, in RGB
     order, whatever its memory layout (the decoder's is channels_last)."""
@@ -732,7 +734,7 @@ def test_kept_exif_says_srgb() -> None:
     assert Image.open(io.BytesIO(original)).getexif().get_ifd(0xA005) == {1: "R03"}
     kept = Image.open(io.BytesIO(encode_image(IMG, "jpeg", exif=exif_to_keep(original)))).getexif()
     assert kept.get_ifd(0x8769) == {0x9003: "2026:07:14 10:11:12", 0xA001: 1}
-    assert kept.get_ifd(0xA005) == {} and 0xA005 not in kept
+    assert 0xA005 not in kept  # (get_ifd(0xA005) of a file without one raises KeyError in Pillow 12)
 
 
 def test_a_pngs_exif_is_read_without_decoding_it() -> None:
@@ -886,6 +888,10 @@ def test_temporary_names_fit_the_file_systems_limit(tmp_path: Path, monkeypatch:
     made: list[str] = []
     monkeypatch.setattr(os, "open", lambda p, *a, real=os.open: (made.append(os.path.basename(p)), real(p, *a))[1])
     monkeypatch.setattr(os, "mkdir", lambda p, *a, real=os.mkdir: (made.append(os.path.basename(p)), real(p, *a))[1])
+    import pathlib
+
+    if hasattr(pathlib, "_normal_accessor"):  # Python 3.10: Path.mkdir calls its accessor's, not os.mkdir
+        monkeypatch.setattr(pathlib._normal_accessor, "mkdir", os.mkdir, raising=False)
     name = "é" * 68 + ".png"  # 140 bytes
     create_beside(tmp_path / name).unlink()
     check_writable(tmp_path / "new" / name)  # its folder still to be made: a probe folder beside it
@@ -957,6 +963,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_of_its_out
     assert sorted(p.name for p in tmp_path.glob(".clip.mp4.*") if ".gif." not in p.name) == [".clip.mp4.deadbeef.part"]
 
 
+@needs_torch
 def test_to_tensor_copies_the_pixels_without_tobytes_and_gives_the_same_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
     """``np.asarray(img)`` copies the pixels with ``Image.tobytes``, which holds the GIL for the whole copy (0.3-0.4 ms
     in one piece a 512-px image): serial work beside a server's event loop and render thread. to_tensor copies them
@@ -1161,6 +1168,7 @@ def test_an_output_that_cannot_be_written_is_named_as_asked(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+@needs_torch
 def test_the_clients_bytes_of_a_pil_image_with_code_points_read_as_the_library_reads_it(mode: str) -> None:
     """A pixel-correctness tour's: a PIL image whose colours are code points (a HEIF's ``nclx_profile``, no ICC
     profile) was sent as a PNG, which carries none, and the server took its pixels as sRGB: a Display P3 photo 9

@@ -25,7 +25,7 @@ from adain.client.cli import main as cli
 from adain.image import load_image
 from adain.v1 import style_transfer_pb2 as pb
 from adain.v1 import style_transfer_pb2_grpc as pb_grpc
-from helpers import NO_REFINE, ServerProcess, WebProcess, browser_or_skip, wait_for
+from helpers import NO_REFINE, ServerProcess, WebProcess, browser_or_skip, needs_torch, wait_for
 from synth import make_image, make_video, pixels
 
 CONTENT = make_image(64, 48, seed=51)
@@ -549,6 +549,7 @@ def test_a_fault_that_goes_and_comes_back_is_warned_about_again(tmp_path: Path,
 
 
 
+@needs_torch
 def test_the_server_forgets_the_ids_of_styles_the_library_no_longer_has(decoder_path: Path, tmp_path: Path) -> None:
     """The ids whose statistics the server computed ahead kept every version of every style ever seen, for
     the server's life (a folder synced for weeks): now they are the library's ids, and a style removed and

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,7 +195,8 @@ def test_the_asyncio_clients_close_during_the_ask_is_no_cancel_of_the_callers_ta
         return "a result", False
 
     with stand_in_server(SlowInfo("y"), health=True) as address:
-        assert asyncio.run(run()) == ("CANCELLED", False)
+        # (3.10 cannot tell the two apart: there it stays CancelledError, as the README says)
+        assert asyncio.run(run()) == (("CANCELLED", False) if sys.version_info >= (3, 11) else ("CancelledError", True))
 
 
 def _refused(call, feature: str) -> str:

@@ -8,11 +8,13 @@ import runpy
 import shutil
 from pathlib import Path
 
+from helpers import needs_torch
 from synth import synth_image
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@needs_torch
 def test_quality_sweep_on_synthetic_images(tmp_path: Path, decoder_path: Path, capsys) -> None:
     for sub, n, seed in (("content", 2, 0), ("style", 2, 50)):
         (tmp_path / sub).mkdir()

@@ -17,11 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import REPO, free_port
+from helpers import REPO, SERVER_PYTHON, free_port
 
 
 def _run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+    python = SERVER_PYTHON if module == "adain.server" else sys.executable
+    return subprocess.run([python, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120, env=env)
 
 
@@ -139,7 +140,8 @@ def test_no_writable_temporary_folder_is_said_at_start() -> None:
         code = ("import runpy, sys, tempfile; tempfile.tempdir = '/nonexistent/tmp'; "
                 f"sys.argv = {[prog, *args]!r}; "
                 f"runpy.run_module('{module}', run_name='__main__', alter_sys=True)")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+        python = SERVER_PYTHON if module == "adain.server" else sys.executable
+        proc = subprocess.run([python, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith(f"{prog}: error: no writable temporary folder (") and \
             "set TMPDIR to one, or mount one at /tmp (Kubernetes: an emptyDir)" in proc.stderr, proc.stderr
@@ -156,7 +158,7 @@ def test_a_server_whose_stdout_is_full_serves_and_says_where_it_listens(decoder_
     serving = health_pb2.HealthCheckResponse.SERVING
 
     with open("/dev/full", "w") as full:
-        proc = subprocess.Popen([sys.executable, "-m", "adain.server", "--decoder", str(decoder_path), "--port", "0",
+        proc = subprocess.Popen([SERVER_PYTHON, "-m", "adain.server", "--decoder", str(decoder_path), "--port", "0",
                                  "--metrics-port", "0", "--backend", "torch"], cwd=REPO, stdout=full,
                                 stderr=subprocess.PIPE, text=True)
     try:

@@ -30,6 +30,7 @@ from helpers import (
     browser_or_skip,
     exported_metrics,
     free_port,
+    needs_torch,
     open_page_with,
     wait_for,
 )
@@ -2081,6 +2082,7 @@ def test_the_page_on_a_phone(web: WebProcess, browser, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+@needs_torch
 def test_local_serves_the_page_with_a_server_of_its_own(decoder_path: Path, tmp_path: Path) -> None:
     """adain-web --local: one command for the page on one machine. It starts a server for itself (the settings of
     its ADAIN_* variables), serves photos through it, and on SIGTERM stops it (exit 143), its folder removed."""
