@@ -46,14 +46,15 @@ async def watch(sources: dict[str, Rendering], floor_s: float, stuck: Callable[[
             running_s, expected_s = source.rendering()
             if running_s > limit_s(floor_s, expected_s):
                 over.append((what, running_s, expected_s))
-        if over and not was:
+        if bool(over) == was:
+            continue
+        if over:
             what, running_s, expected_s = over[0]
             expected = "unknown" if expected_s is None else f"{expected_s:.1f} s"
             log.error("%s has taken %.0f s (expected %s by the running average; --render-stuck-s %g, and %gx the "
                       "expected): health NOT_SERVING until it ends, so that this replica gets no traffic and a "
                       "liveness probe restarts it", what, running_s, expected, floor_s, FACTOR)
-        elif was and not over:
+        else:
             log.warning("the render that was stuck has ended: health SERVING again")
-        if bool(over) != was:
-            was = bool(over)
-            await stuck(was)
+        was = bool(over)
+        await stuck(was)
