@@ -30,9 +30,10 @@ NO_REFINE = ("--max-refine-steps", "0")
 # The torch-free parts' tests (the client, the CLI) on another Python, which has no torch (this project's CPU torch is
 # for one Python only): that Python runs pytest, this one the servers and writes the test decoder (DEVELOPERS.md)
 SERVER_PYTHON = os.environ.get("TEST_SERVER_PYTHON") or sys.executable
+OTHER_PYTHON = SERVER_PYTHON != sys.executable  # (this Python has no torch)
 # a test that runs the model in this Python (--local's server, the library's own functions): skipped in that run
-needs_torch = pytest.mark.skipif(SERVER_PYTHON != sys.executable, reason="runs torch in this Python, which has none "
-                                 "(TEST_SERVER_PYTHON: the torch-free parts' run)")
+needs_torch = pytest.mark.skipif(OTHER_PYTHON, reason="runs torch in this Python, which has none (TEST_SERVER_PYTHON: "
+                                 "the torch-free parts' run)")
 
 
 def write_test_decoder(path: Path, seed: int = 0) -> Path:
@@ -42,7 +43,7 @@ def write_test_decoder(path: Path, seed: int = 0) -> Path:
     every input the same flat near-black image and no test could tell two outputs apart. Kaiming
     initialisation keeps the signal; the last layer is then scaled into a visible range around grey.
     """
-    if SERVER_PYTHON != sys.executable:  # (this Python has no torch)
+    if OTHER_PYTHON:
         code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from helpers import "
                 f"write_test_decoder; write_test_decoder(Path(sys.argv[1]), {seed})")
         env = {k: v for k, v in os.environ.items() if k != "TEST_SERVER_PYTHON"}
