@@ -16,9 +16,12 @@ VERSION=$("$OTHER" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 VENV=.venv-$VERSION
 [ -x "$VENV/bin/python" ] || "$OTHER" -m venv "$VENV"
 LOG=$VENV/setup.log
-echo "test_other_python: installing adain (editable, video, web, heif) and the test tools into $VENV"
-"$VENV/bin/python" -m pip install --disable-pip-version-check -e ".[video,web,heif]" pytest pytest-xdist \
-  pytest-timeout hypothesis selenium httpx promql-parser pyyaml mypy==2.4.1 grpcio-tools==1.85.1 > "$LOG" 2>&1 \
+# the dev extra's tools (pyproject.toml, read by .venv's Python: 3.10 has no tomllib), without its torch extras
+mapfile -t TOOLS < <(.venv/bin/python -c 'import tomllib
+for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]:
+    print(r) if not r.startswith("adain[") else None')
+echo "test_other_python: installing adain (editable, video, web, heif) and the dev extra's tools into $VENV"
+"$VENV/bin/python" -m pip install --disable-pip-version-check -e ".[video,web,heif]" "${TOOLS[@]}" > "$LOG" 2>&1 \
   || { echo "test_other_python: pip install failed:"; tail -40 "$LOG"; exit 1; }
 "$VENV/bin/python" -c 'import sys, av; print("test_other_python: Python", sys.version.split()[0], "PyAV", av.__version__)'
 # the test files whose imports need no torch (the others test the model, the server's insides or training)
