@@ -878,20 +878,21 @@ def test_sigterm_during_a_video_removes_its_temporary_file(server: ServerProcess
     make_video(clip, frames=120, fps=12)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    # PYTHONFAULTHANDLER: where the CLI was, should it never make its file. Seen about once in four full runs, both
-    # signals' runs in a row: no file in 60 s, its main thread (the only one) inside StyleTransferClient.__init__'s
-    # first lines (a different one each time: a Lock, int(), json.dumps), under load only; not reproduced alone or
-    # beside CPU hogs. Once (12-06) it had sent its first frames and waited for a reply that never came, 0.5 s of CPU
-    # in the 60: so the server's threads are shown too.
+    # PYTHONFAULTHANDLER: where the CLI was, should it never make its file.
     proc = subprocess.Popen(
         [sys.executable, "-m", "adain.client.cli", str(clip), "-s", str(files["a.png"]), "-o", str(out_dir / "k.mp4"),
          "--server", server.target], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
-        deadline = time.monotonic() + 60
-        while not list(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        # The clip's .part file: a name listed twice running. The CLI's check that the folder takes a file makes one
+        # of the same pattern and removes it at once; seen, it was gone when listed again ("found []" about once in
+        # four full runs, the CLI a moment later in StyleTransferClient.__init__ or awaiting its first reply, 1.4 s
+        # into the test: read as a stall until the call's duration was seen).
+        deadline, seen, names = time.monotonic() + 60, None, []
+        while proc.poll() is None and time.monotonic() < deadline and not (names and names == seen):
+            seen, names = names, sorted(p.name for p in out_dir.iterdir())
             time.sleep(0.005)
-        found = [p.suffix for p in out_dir.iterdir()]
+        found = [Path(name).suffix for name in names]
         if found != [".part"]:  # (say what the CLI did: SIGABRT makes faulthandler print every thread's stack)
             native, on_server = _native_stack(proc.pid), _native_stack(server.proc.pid)
             proc.send_signal(signal.SIGABRT)
