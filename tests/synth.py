@@ -14,15 +14,35 @@ from adain.photo import heif_support
 heif_support()  # encoded(img, "HEIF"): an iPhone's HEIC
 
 def synth_image(w: int = 64, h: int = 48, seed: int = 0, kind: str = "mix") -> Image.Image:
-    """An RGB image: a smooth seeded gradient ("gradient"), uniform noise ("noise"), or 70/30 of both."""
+    """An RGB image: a smooth seeded gradient ("gradient"), uniform noise ("noise"), or 70/30 of both.
+
+    Made a band of rows at a time, each operation in place (the same float64 operations in the same order: the
+    same bytes as whole-image arrays): a phone-sized one, six whole temporaries of 500 MB, took 9 s here."""
     rng = np.random.default_rng(seed)
     x = np.linspace(0, 1, w)[None, :, None]
     y = np.linspace(0, 1, h)[:, None, None]
     phase = rng.random(3)[None, None, :]
-    grad = 0.5 + 0.5 * np.sin(2 * np.pi * (x * (1 + 2 * phase) + y * (2 - phase) + phase))
     noise = rng.random((h, w, 3))
-    arr = grad if kind == "gradient" else noise if kind == "noise" else 0.7 * grad + 0.3 * noise
-    return Image.fromarray((arr * 255).astype(np.uint8), "RGB")
+    out = np.empty((h, w, 3), np.uint8)
+    across = x * (1 + 2 * phase)
+    step = max(1, 2**18 // max(w, 1))
+    for top in range(0, h, step):
+        rows = slice(top, top + step)
+        if kind == "noise":
+            out[rows] = noise[rows] * 255
+            continue
+        arr = across + y[rows] * (2 - phase)
+        arr += phase
+        arr *= 2 * np.pi
+        np.sin(arr, out=arr)
+        arr *= 0.5
+        arr += 0.5
+        if kind != "gradient":
+            arr *= 0.7
+            arr += 0.3 * noise[rows]
+        arr *= 255
+        out[rows] = arr  # (a cast toward zero, as astype's)
+    return Image.fromarray(out, "RGB")
 
 
 def encoded(img: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
