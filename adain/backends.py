@@ -47,12 +47,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from adain import diskcache, int8
+from adain import diskcache, int8, stopping
 from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, every_alpha_one, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
-from adain.errors import install_hint, warnings_ignored
+from adain.errors import StoppedError, install_hint, warnings_ignored
 from adain.files import low_space
 from adain.precision import BACKENDS, before_openvino, cpu_has_bf16, cpu_info
 from adain.winograd import WINOGRAD_FORM, winograd
@@ -156,6 +156,8 @@ class ExportedBackend(TorchBackend):
                 failure.call, failure.at = self._calls, now  # this call retries; the others wait a cool-off more
         try:
             y = torch.from_numpy(run(*(t.detach().float().contiguous().numpy() for t in inputs)))
+        except StoppedError:  # its callers gone (adain.stopping): no failure of the runtime's, nothing to run again
+            raise
         except Exception as e:  # the runtime's own errors: no common base class
             self._failed(key, e, started, retry=failure is not None)
             return None
@@ -377,12 +379,31 @@ def _openvino(
             if request is None:
                 request = local.request = compiled.create_infer_request()
         with lock:
-            request.infer(list(arrays))
+            # (a fixed-shape graph's call only: a shape-generic one cancelled part-way failed its next call of
+            # another shape, "the shape of input data conflicts with the reshape pattern", 7 times in 57; new
+            # infer requests did not help. Fixed-shape graphs: 129 cancels, every later call exact)
+            _infer(request, list(arrays), stoppable=static is not None)
             return request.get_output_tensor(0).data.copy()
 
     run.statics = statics  # type: ignore[attr-defined]  # for tests and debugging
     run.entry = folder if in_cache else None  # type: ignore[attr-defined]  # its graph-cache entry (adain.diskcache)
     return run
+
+
+def _infer(request: Any, arrays: list[np.ndarray], stoppable: bool) -> None:
+    """One OpenVINO graph call; where ``stoppable`` and this thread's renders may be stopped (``adain.stopping``),
+    run asynchronously and cancelled (within one layer) once they must, raising StoppedError."""
+    stop = stopping.current() if stoppable else None
+    if stop is None:
+        request.infer(arrays)
+        return
+    request.start_async(arrays)
+    while not request.wait_for(stopping.POLL_MS):
+        if stop():
+            request.cancel()
+            with contextlib.suppress(RuntimeError):  # ("Infer Request was canceled")
+                request.wait()
+            raise StoppedError("cancelled")
 
 
 FIXED_SHAPE_MAX_PIXELS = 1 << 20  # a call over 1 MP (batch included) stays on the generic graph: memory

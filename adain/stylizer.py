@@ -22,6 +22,7 @@ from typing import Any, cast
 import torch
 from PIL import Image
 
+from adain import stopping
 from adain.backends import make_backend
 from adain.batched import per_job, plain_targets, to_images
 from adain.cache import StyleCache
@@ -343,7 +344,9 @@ class Stylizer:
         return torch.cat(maps)
 
     def render(self, jobs: Sequence[Prepared]) -> list[Image.Image]:
-        """Stylize prepared jobs: large ones tile by tile (``adain.tiling``), the rest batched. Order is kept."""
+        """Stylize prepared jobs: large ones tile by tile (``adain.tiling``), the rest batched. Order is kept.
+        Raises StoppedError part-way where this thread's renders are to stop (``adain.stopping``: the server's,
+        once a batch's callers have all gone)."""
         out: list[Image.Image | None] = [None] * len(jobs)
         plain = []
         for i, job in enumerate(jobs):
@@ -373,6 +376,7 @@ class Stylizer:
                     group = self.encoder.encode(contents, run=self.backend.relu4_1)
                 else:
                     group = [feats[i].to(self.device, self.dtype) for i in idx]
+                stopping.check()  # (a batch its callers left: the decoder's half not run)
                 batch = [jobs[i] for i in idx]
                 # the targets as batch ops where the jobs allow, else job by job (adain.batched: why)
                 target = plain_targets(group, batch, (ph // 8, pw // 8))

@@ -194,6 +194,7 @@ class StyleTransferServer:
             # a batch's memory within what one plain render may take (the tiling threshold: a share of memory)
             max_batch_pixels=stylizer.tiling.threshold or None,
             on_batch=self.metrics.observe_batch,
+            on_stopped=self.metrics.renders_stopped.inc,
         )
         # read at each scrape: the render thread frees places too, and a gauge set on events went stale
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)

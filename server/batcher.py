@@ -29,6 +29,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from adain.errors import StoppedError
+from adain.stopping import stop_when
+
 log = logging.getLogger("adain.server.batcher")
 MAX_TURNS_KEPT = 4096  # callers whose last turn is remembered
 
@@ -107,6 +110,7 @@ class Batcher:
         max_per_caller: int | None = None,
         max_batch_pixels: int | None = None,
         on_batch: Callable[[int, float, Sequence[float]], None] | None = None,
+        on_stopped: Callable[[], None] | None = None,
         repeatable: Callable[[Any], bool] = lambda item: getattr(item, "repeatable", True),  # (Prepared's)
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or (max_per_caller is not None and max_per_caller < 1):
@@ -119,6 +123,7 @@ class Batcher:
         self.reserve = max(1, max_queue // 8) if max_queue > 1 else 0  # places for callers with nothing queued
         self.max_batch_pixels = max_batch_pixels
         self._on_batch = on_batch  # (batch size, inference seconds, queue seconds of each)
+        self._on_stopped = on_stopped  # a batch's render stopped part-way: its callers had all gone
         self._repeatable = repeatable  # whether an item may be rendered again alone once its batch failed
         self._cond = threading.Condition()
         self._pending: deque[Item] = deque()
@@ -448,10 +453,19 @@ class Batcher:
         t0 = time.monotonic()
         again: list[Item] = []
         try:
-            outputs = self._render([it.prepared for it in live])
+            # stopped part-way once every caller of the batch has gone (cancelled, past its deadline, a stream
+            # ended): the next batch's callers no longer wait out a render nobody reads
+            with stop_when(lambda: all(it.future.done() for it in live)):
+                outputs = self._render([it.prepared for it in live])
             if len(outputs) != len(live):
                 raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as e:  # every waiter must hear about it
+            if isinstance(e, StoppedError) and all(it.future.done() for it in live):  # (none is left to hear)
+                log.info("a batch of %d stopped after %.1f s: its callers had gone", len(live), time.monotonic() - t0)
+                self._rendered()
+                if self._on_stopped is not None:
+                    self._on_stopped()
+                return
             failed: list[tuple[Item, BaseException]] = []
             if len(live) > 1:
                 for it in live:

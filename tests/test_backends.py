@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -599,3 +600,29 @@ def test_a_cache_entry_that_cannot_be_looked_at_is_converted_again(tmp_path: Pat
     x = ov.opset13.parameter([1, 3], name="x")
     model = ov.Model([ov.opset13.relu(x)], [x], "m")  # (a graph to save)
     assert _save_openvino(ov, model, folder) is False
+
+
+@pytest.mark.parametrize("backend", ["torch", *RUNTIMES])
+def test_a_render_whose_callers_went_away_stops_part_way(backend: str, decoder_path: Path) -> None:
+    """A render stops with StoppedError once its thread's test says so (adain.stopping: the server's batch whose
+    callers all left), OpenVINO inside a fixed-shape graph's call (this size's second render), the others between
+    the encoder and the decoder; nothing is left half-done: the next render (its test saying no) gives the picture
+    it gave before."""
+    from adain import stopping
+    from adain.errors import StoppedError
+    from adain.job import Job
+
+    st = Stylizer(decoder_path, device="cpu", precision="fp32", backend=backend)
+    job = st.prepare(Job(content=synth_image(256, 160, seed=4), styles=[STYLE]))  # (an encoder call over POLL_MS)
+    want = pixels(st.render([job])[0])
+    asked: list[float] = []
+    with stopping.stop_when(lambda: not asked.append(time.monotonic())):  # (True: stop at once)
+        with pytest.raises(StoppedError, match="cancelled") as stopped:
+            st.render([job])
+    frames = [f.f_code.co_name for f, _ in traceback.walk_tb(stopped.value.__traceback__)]
+    if backend == "openvino":  # cancelled inside the encoder's call, its first look at the test
+        assert "_infer" in frames and len(asked) == 1, frames
+    else:
+        assert "_infer" not in frames and len(asked) == 1, frames  # (onnxruntime, torch: after the encoder)
+    with stopping.stop_when(lambda: False):
+        assert np.array_equal(pixels(st.render([job])[0]), want)

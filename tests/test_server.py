@@ -244,9 +244,11 @@ def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient
 @pytest.mark.parametrize("progress", [False, True])
 def test_stop_cancels_a_call_on_the_server(server: ServerProcess, client: StyleTransferClient, progress: bool) -> None:
     """``stop()`` ends a photo call at once, the server's work with it (CANCELLED in its log): a front end's visitor
-    who went away had no way to stop a photo rendered whole, which reports no step (a soak tour's)."""
+    who went away had no way to stop a photo rendered whole, which reports no step (a soak tour's). Its render
+    stops part-way (adain.stopping): it had run its 11 s to the end, the next caller's 64-px photo waiting 9 s."""
     big = make_image(1024, 1024, seed=5, fmt="JPEG")  # seconds on the test server's one thread
     rid = f"stopped-{'progress' if progress else 'unary'}-{time.monotonic_ns()}"
+    stopped = server.metric("adain_renders_stopped_total")
     t0 = time.monotonic()
     err = _expect(grpc.StatusCode.CANCELLED, client.stylize, big, STYLE_A, request_id=rid, timeout=60,
                   stop=lambda: time.monotonic() - t0 > 0.3, on_progress=(lambda p: None) if progress else None)
@@ -257,6 +259,10 @@ def test_stop_cancels_a_call_on_the_server(server: ServerProcess, client: StyleT
         assert time.monotonic() < deadline, "no log line for the stopped call"
         time.sleep(0.05)
     assert "code=CANCELLED" in lines[0], lines
+    # (a render run to its end is never counted, whenever it ends)
+    while server.metric("adain_renders_stopped_total") == stopped:
+        assert time.monotonic() < deadline, "the stopped call's render was not stopped"
+        time.sleep(0.05)
     result = client.stylize(CONTENT, STYLE_A, stop=lambda: False, on_progress=(lambda p: None) if progress else None)
     assert (result.width, result.height) == (64, 48)  # a stop that never says so: the call as without it
     if not progress:  # a stop that raises stops the call, and its error is the caller's (it was lost on its thread)
