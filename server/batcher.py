@@ -452,15 +452,19 @@ class Batcher:
             return
         t0 = time.monotonic()
         again: list[Item] = []
+
+        def callers_gone() -> bool:  # (cancelled, past their deadlines, their streams ended)
+            return all(it.future.done() for it in live)
+
         try:
-            # stopped part-way once every caller of the batch has gone (cancelled, past its deadline, a stream
-            # ended): the next batch's callers no longer wait out a render nobody reads
-            with stop_when(lambda: all(it.future.done() for it in live)):
+            # stopped part-way once every caller of the batch has gone: the next batch's callers no longer wait
+            # out a render nobody reads
+            with stop_when(callers_gone):
                 outputs = self._render([it.prepared for it in live])
             if len(outputs) != len(live):
                 raise RuntimeError(f"render returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as e:  # every waiter must hear about it
-            if isinstance(e, StoppedError) and all(it.future.done() for it in live):  # (none is left to hear)
+            if isinstance(e, StoppedError) and callers_gone():  # (none is left to hear)
                 log.info("a batch of %d stopped after %.1f s: its callers had gone", len(live), time.monotonic() - t0)
                 self._rendered()
                 if self._on_stopped is not None:
