@@ -195,6 +195,21 @@ class Objective:
         return loss
 
 
+class _LBFGS(torch.optim.LBFGS):
+    """torch's L-BFGS, less the ``import torch._dynamo`` that its first ``add_param_group`` and ``zero_grad`` make.
+
+    Why: torch marks those Optimizer methods as never to be compiled, and does it by importing the compiler
+    the first time each is called, for a refine that is never compiled. On the AVX2 EPYC a process's first
+    2-step refine at 64 px took 2.6 s of CPU against 0.5 for the next (now 0.55-0.6), and a server, whose
+    warm-up refines, was SERVING after 5.1-6.1 s (now 3.7-5.3; three starts of each, in turn). The methods
+    are the same functions, called undecorated (``__wrapped__``, which ``functools.wraps`` sets); where a
+    torch has none, its decorated one runs, as before."""
+
+    add_param_group = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__",
+                              torch.optim.Optimizer.add_param_group)
+    zero_grad = getattr(torch.optim.Optimizer.zero_grad, "__wrapped__", torch.optim.Optimizer.zero_grad)
+
+
 def optimize(
     objective: Callable[[torch.Tensor], torch.Tensor],
     start: torch.Tensor,
@@ -242,7 +257,7 @@ def optimize(
 
     stops = sorted({c for c in checkpoints if 0 < c < steps} | {steps})
     if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS([p], lr=1.0, history_size=100, line_search_fn="strong_wolfe", tolerance_change=1e-12)
+        opt = _LBFGS([p], lr=1.0, history_size=100, line_search_fn="strong_wolfe", tolerance_change=1e-12)
         state = opt.state[p]  # its "n_iter" counts the iterations of all calls
 
         def closure() -> torch.Tensor:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +59,18 @@ def test_refine_lowers_the_objective_it_optimises(stylizer: Stylizer) -> None:
     for i, loss in enumerate(losses[1:], 1):
         assert loss <= 1.05 * min(losses[:i]), losses
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_a_refine_imports_no_compiler(decoder_path: Path) -> None:
+    """torch's L-BFGS imported torch._dynamo on its first use (3.0 s of CPU, of a server's 7 s start: its
+    warm-up refines); the optimisation's own L-BFGS subclass does not, in a process of its own."""
+    code = ("import sys; from adain import Stylizer; from synth import synth_image; "
+            "st = Stylizer(sys.argv[1], 'cpu', backend='torch'); image = synth_image(40, 32, seed=1); "
+            "st.stylize(image, [image], refine_steps=2); print('torch._dynamo' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, str(decoder_path)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False", run.stdout
 
 
 def test_adam_lowers_the_objective_too(stylizer: Stylizer) -> None:
