@@ -62,8 +62,8 @@ def test_refine_lowers_the_objective_it_optimises(stylizer: Stylizer) -> None:
 
 
 def test_a_refine_imports_no_compiler(decoder_path: Path) -> None:
-    """torch's L-BFGS imported torch._dynamo on its first use (3.0 s of CPU, of a server's 7 s start: its
-    warm-up refines); the optimisation's own L-BFGS subclass does not, in a process of its own."""
+    """torch's L-BFGS imported torch._dynamo on its first use (a first 2-step refine 2.6 s of CPU against 0.55-0.6
+    without; a server's warm-up refines); the optimisation's own L-BFGS subclass does not, in a process of its own."""
     code = ("import sys; from adain import Stylizer; from synth import synth_image; "
             "st = Stylizer(sys.argv[1], 'cpu', backend='torch'); image = synth_image(40, 32, seed=1); "
             "st.stylize(image, [image], refine_steps=2); print('torch._dynamo' in sys.modules)")

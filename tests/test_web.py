@@ -63,8 +63,9 @@ def web(server: ServerProcess) -> Iterator[WebProcess]:
 
 
 def _post(url: str, files: list[tuple[str, tuple[str, bytes, str]]], data: dict | None = None) -> httpx.Response:
-    return httpx.post(url + "/api/stylize", files=files, data=data or {}, timeout=60, verify=False)  # (helpers
-    # .ServerProcess.metrics_text: plain http, no SSL context made; these three are the file's most called)
+    # verify=False here, in _first_step and in _finished, the file's most called: plain http, no SSL context made
+    # (helpers.ServerProcess.metrics_text says why)
+    return httpx.post(url + "/api/stylize", files=files, data=data or {}, timeout=60, verify=False)
 
 
 def test_a_photo_whose_visitor_went_away_is_cancelled_on_the_server(server: ServerProcess, web: WebProcess) -> None:
