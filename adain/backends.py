@@ -481,9 +481,7 @@ class _StaticShapes:
             self.compiling = shapes
         entry: tuple[object, threading.Lock] | None = None
         try:
-            t0 = time.perf_counter()
             entry = (self.compile(shapes), threading.Lock())
-            log.info("openvino: a fixed-shape graph for %s, compiled in %.2f s", shapes, time.perf_counter() - t0)
         except Exception as e:  # the runtime's own errors
             log.warning("openvino: no fixed-shape graph for %s, the generic one serves it: %s", shapes, e)
         finally:
