@@ -49,6 +49,7 @@ from torch import nn
 
 from adain import diskcache, int8, stopping
 from adain.compiled import DEFAULT_SHAPES, CompiledBackend, Shape
+from adain.compiling import compiling
 from adain.decoder import Decoder, FoldedDecoder, alpha_channel, every_alpha_one, require_image
 from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
@@ -481,7 +482,10 @@ class _StaticShapes:
             self.compiling = shapes
         entry: tuple[object, threading.Lock] | None = None
         try:
-            entry = (self.compile(shapes), threading.Lock())
+            t0 = time.perf_counter()
+            with compiling():  # (the server's stuck watch allows for it: adain.compiling)
+                entry = (self.compile(shapes), threading.Lock())
+            log.info("openvino: a fixed-shape graph for %s, compiled in %.2f s", shapes, time.perf_counter() - t0)
         except Exception as e:  # the runtime's own errors
             log.warning("openvino: no fixed-shape graph for %s, the generic one serves it: %s", shapes, e)
         finally:

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 
+from adain.backends import generic_shapes
 from adain.commands import build_version
 from adain.errors import InvalidInputError
 from adain.image import input_formats
@@ -339,13 +340,17 @@ class StyleTransferServer:
         raise OSError(f"cannot listen on {address} (--health-port): {UNBOUND}")
 
     def _warmup_sync(self) -> None:
+        """The model's first calls, on the shape-generic graphs: seen twice, the warm-up's 64-px images and their
+        8 x 8 features took a fixed-shape OpenVINO graph each (compiled at the start, and holding one of the two
+        places that the sizes callers send then had to win at twice its uses)."""
         content, style = _warmup_images(self.settings.max_pixels)  # within the limits, whatever they are
-        self.stylizer.stylize(content, [style])
-        t0 = time.monotonic()  # once more, warm: a drain's estimate until a batch is timed
-        self.stylizer.stylize(content, [style])
-        self.batcher.seed_unit((time.monotonic() - t0) / (content.width * content.height))
-        if self.settings.max_refine_steps:  # a process's first backward pass is ~10x slower than the next
-            self.stylizer.stylize(content, [style], refine_steps=min(2, self.settings.max_refine_steps))
+        with generic_shapes():
+            self.stylizer.stylize(content, [style])
+            t0 = time.monotonic()  # once more, warm: a drain's estimate until a batch is timed
+            self.stylizer.stylize(content, [style])
+            self.batcher.seed_unit((time.monotonic() - t0) / (content.width * content.height))
+            if self.settings.max_refine_steps:  # a process's first backward pass is ~10x slower than the next
+                self.stylizer.stylize(content, [style], refine_steps=min(2, self.settings.max_refine_steps))
 
     def warm_library(self, strict: bool = False) -> None:
         """Compute the library's style statistics ahead of the first call that names each style (the default

@@ -10,8 +10,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from grpc_health.v1 import health_pb2
 
+from adain import compiling
 from adain.client import StyleTransferClient
 from adain.server import stalled
 from adain.server.batcher import Batcher
@@ -86,7 +88,73 @@ def test_a_batch_past_its_limit_is_reported_stuck_until_it_ends() -> None:
     # the limit: the floor, or FACTOR times the expected time where that is longer (a large batch, a slow CPU)
     assert stalled.limit_s(300, None) == stalled.limit_s(300, 2.0) == 300
     assert stalled.limit_s(300, 60.0) == 60.0 * stalled.FACTOR
+    # a graph compiled meanwhile (a size's own OpenVINO graph) adds its time to the factor's limit, within a bound
+    assert stalled.limit_s(0.05, 0.01, 0.3) == pytest.approx(0.01 * stalled.FACTOR + 0.3)
+    assert stalled.limit_s(0.05, 0.01, 1e6) == pytest.approx(0.01 * stalled.FACTOR + stalled.COMPILE_ALLOWANCE_S)
+    assert stalled.limit_s(0.05, None, 0.3) == 0.05  # no expected time: the floor alone, as before
 
+
+def test_compile_time_is_counted_within_the_window_asked_for() -> None:
+    """adain.compiling: a compile's seconds count from the window's start (or its own), those under way included
+    (another thread's too), and none before the window."""
+    before = time.monotonic()
+    with compiling.compiling():
+        time.sleep(0.1)
+    after = time.monotonic()
+    assert 0.1 <= compiling.seconds_since(before) <= after - before
+    assert compiling.seconds_since(after) == 0.0
+    started, release = threading.Event(), threading.Event()
+
+    def compile_slowly() -> None:
+        with compiling.compiling():
+            started.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=compile_slowly)
+    thread.start()
+    started.wait(10)
+    time.sleep(0.1)
+    assert compiling.seconds_since(after) >= 0.1  # under way, in another thread
+    release.set()
+    thread.join(10)
+    assert 0.1 <= compiling.seconds_since(after) <= time.monotonic() - after
+
+
+
+def test_a_batch_that_compiles_a_graph_is_not_taken_for_stuck() -> None:
+    """A real Batcher whose second batch compiles a graph (as a size's own OpenVINO graph is, inside the call that
+    asked) for 0.6 s, 60x its expected 10 ms and 12x the floor: no verdict; the same time without a compile is one
+    (the test above)."""
+
+    def render(batch: list[str]) -> list[str]:
+        if batch == ["compiles"]:
+            with compiling.compiling():
+                time.sleep(0.6)
+        else:
+            time.sleep(0.01)
+        return batch
+
+    async def main() -> list[bool]:
+        verdicts: list[bool] = []
+
+        async def stuck(now: bool) -> None:
+            verdicts.append(now)
+
+        batcher = Batcher(render, max_batch_size=1, max_delay_s=0, max_queue=8)
+        batcher.start()
+
+        def send(name: str) -> asyncio.Future:
+            return batcher.submit(batcher.admit(), name, key=(64, 64), deadline=None).future
+
+        await send("quick")
+        watch = asyncio.ensure_future(stalled.watch({"the batch": batcher}, 0.05, stuck))
+        await send("compiles")
+        await asyncio.sleep(0.1)
+        watch.cancel()
+        batcher.close(5)
+        return verdicts
+
+    assert asyncio.run(main()) == []
 
 def test_a_long_job_stuck_before_its_next_step_is_reported_until_it_ends() -> None:
     """A real RefineService whose job's decode hangs (a stand-in for native code that never returns): stuck once
