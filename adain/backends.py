@@ -359,7 +359,11 @@ def _openvino(
         except OSError as e:
             log.warning("openvino: no compiled-graph cache in %s: %s", blobs, e)
     try:
-        compiled = core.compile_model(model, "CPU", config)
+        # under the entry's lock while its blobs are used: two processes compiling one graph at once raced in the
+        # blob's file (one read the other's half-written blob, found it bad and removed it; the writer's compile
+        # then failed: "cannot set permissions: No such file or directory"); in turn, the second reads the blob
+        with _one_at_a_time(_lock_file(folder), "compiling") if "CACHE_DIR" in config else contextlib.nullcontext():
+            compiled = core.compile_model(model, "CPU", config)
     except Exception as e:  # noqa: BLE001 - its cache unusable (another user's blobs: "cannot remove: Permission
         if "CACHE_DIR" not in config:  # denied"): compiled without it, as a cache that cannot be made is
             raise
@@ -530,12 +534,13 @@ LOCK_WAIT_S = 300.0  # the longest one process waits for another's conversion be
 
 
 @contextlib.contextmanager
-def _one_at_a_time(path: Path) -> Iterator[bool]:
+def _one_at_a_time(path: Path, doing: str = "converting") -> Iterator[bool]:
     """Processes that start together with an empty cache (replicas sharing a volume, the test suite's two
     workers) take turns at a conversion (5-10 s of CPU each, ~1.5 GB at its peak): the first converts and
-    saves, the others then read its graph. The wait is bounded (a converter that hung: this one converts too,
-    after LOCK_WAIT_S); without fcntl (Windows) or a lockable cache folder each converts, as before. Yields
-    whether this process holds the lock."""
+    saves, the others then read its graph; and at the compile that writes or reads the entry's blobs. The wait is
+    bounded (a converter that hung: this one goes on too, after LOCK_WAIT_S, saying ``doing``); without fcntl
+    (Windows) or a lockable cache folder each goes on at once, as before. Yields whether this process holds the
+    lock."""
     try:
         import fcntl
 
@@ -545,10 +550,10 @@ def _one_at_a_time(path: Path) -> Iterator[bool]:
         yield False
         return
     with lock:
-        yield _wait_for_lock(fcntl, lock, path)  # the lock goes when the file closes
+        yield _wait_for_lock(fcntl, lock, path, doing)  # the lock goes when the file closes
 
 
-def _wait_for_lock(fcntl: object, lock: object, path: Path) -> bool:
+def _wait_for_lock(fcntl: object, lock: object, path: Path, doing: str) -> bool:
     end = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
@@ -556,7 +561,7 @@ def _wait_for_lock(fcntl: object, lock: object, path: Path) -> bool:
             return True
         except BlockingIOError:
             if time.monotonic() > end:
-                log.warning("openvino: %s held over %.0f s; converting here too", path, LOCK_WAIT_S)
+                log.warning("openvino: %s held over %.0f s; %s here too", path, LOCK_WAIT_S, doing)
                 return False
             time.sleep(0.1)
         except OSError:  # a filesystem without locks

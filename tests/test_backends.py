@@ -269,6 +269,36 @@ def test_processes_starting_together_convert_once(tmp_path: Path, monkeypatch: p
     assert np.abs(run(x.numpy()) - want).max() <= 1e-5
 
 
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
+def test_a_compile_that_uses_the_blob_cache_takes_its_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The compile that writes or reads an entry's compiled blobs waits on the entry's lock too: two of the
+    suite's servers compiling one graph at once raced in its blob file (one removed the other's half-written
+    blob, whose compile then failed, "cannot set permissions: No such file or directory", and ran without the
+    cache, which its log said as an exception)."""
+    import fcntl
+    import threading
+
+    monkeypatch.setenv("ADAIN_CACHE_DIR", str(tmp_path))
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    example = (torch.rand(1, 3, 16, 16),)
+    backends._openvino(module, example, False, 1, "", 1)  # converted and saved: later builds read it
+    (folder,) = [p for p in (tmp_path / "openvino").iterdir() if p.is_dir()]  # (beside it: its lock file)
+    got: list = []
+    with open(backends._lock_file(folder), "a") as lock, caplog.at_level(logging.WARNING, "adain.backends"):
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process, compiling this graph into the blobs
+        waiter = threading.Thread(target=lambda: got.append(backends._openvino(module, example, False, 1, "", 1)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not got  # waiting for its turn at the blobs
+    waiter.join(60)
+    assert got and not caplog.text, caplog.text
+    x = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        assert np.abs(got[0](x.numpy()) - module(x).numpy()).max() <= 1e-5
+    assert list((folder / "compiled").glob("*.blob"))
+
+
 def _entry(path: Path, size: int, age_s: float) -> Path:
     """A cache entry made by hand: a folder with a graph of ``size`` bytes, last used ``age_s`` ago."""
     path.mkdir(parents=True)
