@@ -63,14 +63,35 @@ def test_refine_lowers_the_objective_it_optimises(stylizer: Stylizer) -> None:
 
 def test_a_refine_imports_no_compiler(decoder_path: Path) -> None:
     """torch's L-BFGS imported torch._dynamo on its first use (a first 2-step refine 2.6 s of CPU against 0.55-0.6
-    without; a server's warm-up refines); the optimisation's own L-BFGS subclass does not, in a process of its own."""
+    without; a server's warm-up refines), and its Adam on every first step (1.7-2.5 s); the optimisation's own
+    L-BFGS subclass and Adam do not, in a process of its own."""
     code = ("import sys; from adain import Stylizer; from synth import synth_image; "
             "st = Stylizer(sys.argv[1], 'cpu', backend='torch'); image = synth_image(40, 32, seed=1); "
-            "st.stylize(image, [image], refine_steps=2); print('torch._dynamo' in sys.modules)")
+            "st.stylize(image, [image], refine_steps=2); st.stylize(image, [image], refine_steps=2, optimizer='adam'); "
+            "print('torch._dynamo' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code, str(decoder_path)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False", run.stdout
+
+
+def test_adam_is_torchs_adam() -> None:
+    """The optimisation's Adam (adain.optimize._Adam, which imports no compiler) takes torch's steps."""
+    from adain.optimize import _Adam
+
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 8, 8)
+    start = torch.rand(1, 3, 8, 8)
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    mine, torchs = _Adam(ours, lr=0.02), torch.optim.Adam([theirs], lr=0.02)
+    for _ in range(20):
+        for p in (ours, theirs):
+            p.grad = None
+            ((p - target) ** 3).abs().sum().backward()
+        mine.step()
+        torchs.step()
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-6), (ours - theirs).abs().max()
+    assert (ours - start).abs().max() > 0.2  # 20 steps of 0.02: both moved, alike
 
 
 def test_adam_lowers_the_objective_too(stylizer: Stylizer) -> None:
