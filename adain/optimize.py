@@ -212,7 +212,7 @@ class _LBFGS(torch.optim.LBFGS):
 
 class _Adam:
     """Adam (Kingma & Ba, 2015) on one tensor, as torch's ``Adam`` computes it with its defaults and no weight
-    decay. Why not torch's: its ``step`` imports torch._dynamo on every first use (a graph break for the compiler,
+    decay. Why not torch's: its first ``step`` in a process imports torch._dynamo (a graph break for the compiler,
     and its update function disabled for it), 1.7-2.5 s of CPU on the AVX2 EPYC in a server's first Adam refine,
     as its L-BFGS did before ``_LBFGS``."""
 
