@@ -19,7 +19,7 @@ from collections.abc import Iterator
 KEPT = 64  # finished compiles remembered (a render spans a few at most)
 _lock = threading.Lock()
 _done: deque[tuple[float, float]] = deque(maxlen=KEPT)  # (start, end), time.monotonic()
-_running: dict[int, float] = {}  # a token -> its start
+_running: dict[object, float] = {}  # a token -> its start
 
 
 @contextlib.contextmanager
@@ -27,12 +27,12 @@ def compiling() -> Iterator[None]:
     """Marks a compile, for :func:`seconds_since`."""
     token = object()
     with _lock:
-        _running[id(token)] = time.monotonic()
+        _running[token] = time.monotonic()
     try:
         yield
     finally:
         with _lock:
-            _done.append((_running.pop(id(token)), time.monotonic()))
+            _done.append((_running.pop(token), time.monotonic()))
 
 
 def seconds_since(since: float) -> float:

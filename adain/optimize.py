@@ -218,8 +218,7 @@ class _Adam:
 
     def __init__(self, p: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.p, self.lr, self.betas, self.eps, self.steps = p, lr, betas, eps, 0
-        self.mean = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self.square = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self.mean, self.square = torch.zeros_like(p), torch.zeros_like(p)
 
     @torch.no_grad()
     def step(self) -> None:
