@@ -20,7 +20,8 @@ Temporal modes (``adain.wire.TEMPORAL_MODES``), ``strength`` s in [0, 1):
   a target that follows the scene keeps the strokes in place. In pixels, the previous output is warped
   and blended in by ``OUTPUT_SHARE * s`` (soft-edged around occlusions), again with the fresh frame's
   channel mean and std. Elsewhere (occlusions, new areas, a pixel whose grey is not where its flow says it
-  was) each frame is its own, and after a cut (under half the textured pixels' flow consistent) all of it.
+  was) each frame is its own, and after a cut (under half the textured pixels' flow consistent, in the frame and in most
+  of its textured blocks) all of it.
 * ``smooth-flow``: both.
 
 ``benchmarks/video.py`` chose the default (flow, s = 0.95, OUTPUT_SHARE 0.42): on cutBunny it halves the
@@ -52,6 +53,7 @@ from adain.wire import DEFAULT_TEMPORAL, DEFAULT_TEMPORAL_STRENGTH, refuse_unkno
 # Share of a frame's textured pixels whose flow must be consistent (and, warped, the same grey within
 # PHOTO_TOLERANCE) for the scene to go on; under it the frame is a cut (see _Flow.scene_share).
 MIN_CONSISTENT = 0.5
+BLOCKS = 4  # the grid, BLOCKS x BLOCKS, whose blocks' shares _Flow.scene_share also judges by
 PHOTO_TOLERANCE = 24  # grey levels (0-255) a pixel may differ from where its flow says it was
 TEXTURED = 4  # grey levels a pixel (Sobel / 8) above which a pixel is textured: where flow can be told from chance
 SPIKE = 1.5  # how far over a channel's averaged std its own may be before the own one counts (VideoStream._smooth)
@@ -99,14 +101,32 @@ class _Flow:
         return map_x, map_y, consistent & inside & same
 
     def scene_share(self, cur: np.ndarray, consistent: np.ndarray) -> float:
-        """The share of ``cur``'s textured pixels whose flow is ``consistent``; all pixels' where under 1% is
-        textured. Flat areas are consistent in any two frames: two shots sharing a dark backdrop (80% of the
-        frame) had 50-74% of all pixels consistent and were not taken for a cut; over textured pixels cuts
-        measured 0-22% and motion within a scene 92% and up (cutBunny, the evaluation photos)."""
+        """The share of ``cur``'s textured pixels whose flow is ``consistent`` (all pixels' where under 1% is
+        textured), or, where more, the median of that share over the textured blocks of a ``BLOCKS`` grid.
+
+        Flat areas are consistent in any two frames: two shots sharing a dark backdrop (80% of the frame) had
+        50-74% of all pixels consistent and were not taken for a cut; over textured pixels cuts measured 0-22%
+        and motion within a scene 92% and up (cutBunny, the evaluation photos). The blocks are for an object
+        whose texture outweighs the scene's: a checked square crossing a smooth scene (6% of the frame textured,
+        most of it the square's) had 41-51% of the textured pixels consistent, so 3 of its 11 frames were taken
+        for cuts (nothing carried over, the background's strokes jumping twice as much as between the others),
+        while the flow held in every block it did not cover. At a cut the blocks fail as the whole frame does:
+        90 pairs of photos, with and without a shared dark backdrop, 0.11 at most."""
         cv2 = self.cv2
         gx, gy = cv2.Sobel(cur, cv2.CV_32F, 1, 0), cv2.Sobel(cur, cv2.CV_32F, 0, 1)
         textured = gx * gx + gy * gy > (8 * TEXTURED) ** 2
-        return float(consistent[textured].mean() if textured.mean() >= 0.01 else consistent.mean())
+        if textured.mean() < 0.01:
+            return float(consistent.mean())
+        starts = [np.unique(np.linspace(0, n, BLOCKS, endpoint=False).astype(int)) for n in cur.shape]
+        sizes = [np.diff(s, append=n) for s, n in zip(starts, cur.shape)]
+
+        def per_block(a: np.ndarray) -> np.ndarray:  # at most BLOCKS x BLOCKS counts
+            return np.add.reduceat(np.add.reduceat(a, starts[0], axis=0, dtype=np.int32), starts[1], axis=1)
+
+        count, held = per_block(textured), per_block(textured & consistent)
+        judged = count >= 0.02 * np.outer(*sizes)  # a few textured pixels judge nothing
+        shares = held[judged] / count[judged]
+        return float(max(consistent[textured].mean(), np.median(shares) if shares.size else 0.0))
 
     def within_regions(self, warp: tuple[np.ndarray, np.ndarray, np.ndarray],
                        levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
