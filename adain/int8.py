@@ -42,7 +42,7 @@ from adain.encoder import Encoder
 from adain.errors import install_hint
 from adain.image import resize_longest, to_tensor
 from adain.ops import adain, mean_std
-from adain.precision import before_openvino
+from adain.precision import before_openvino, preloaded_malloc
 
 log = logging.getLogger("adain.int8")
 
@@ -65,7 +65,10 @@ def float_parts(part: str, decoder: Decoder) -> tuple[list[str], list[str]]:
 
 
 def available() -> str:
-    """Why int8 cannot run here, or "" where it can (OpenVINO and NNCF installed: the ``int8`` extra)."""
+    """Why int8 cannot run here, or "" where it can (OpenVINO and NNCF installed: the ``int8`` extra; no malloc
+    preloaded that aborts OpenVINO)."""
+    if malloc := preloaded_malloc():
+        return f"OpenVINO aborts its process under a preloaded malloc ({malloc}); start without that LD_PRELOAD"
     try:
         before_openvino()
         import nncf  # noqa: F401

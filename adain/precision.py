@@ -111,6 +111,28 @@ def before_openvino() -> None:
         sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # (None: "import refused")
 
 
+# malloc replacements that crash OpenVINO (checked with Debian's jemalloc 5.3, tcmalloc-minimal 4, mimalloc 2.0)
+FOREIGN_MALLOCS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+def preloaded_malloc() -> str:
+    """The malloc replacement preloaded into this process (``LD_PRELOAD`` or /etc/ld.so.preload), or "". Under
+    one, OpenVINO crashes the whole process as it compiles a graph, even one of a single ReLU (jemalloc: ``free():
+    invalid pointer``, tcmalloc: ``free(): invalid size``, mimalloc: a segmentation fault; torch and ONNX Runtime
+    run): an operator who preloads jemalloc, a common remedy for a Python service's memory, had a server that died
+    at start with that line alone, in a restart loop. The check lets the backend be skipped or refused with a
+    reason before the crash."""
+    import os
+
+    entries = os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+    with contextlib.suppress(OSError):
+        entries += Path("/etc/ld.so.preload").read_text().split()
+    for entry in entries:
+        if any(name in Path(entry).name for name in FOREIGN_MALLOCS):
+            return entry
+    return ""
+
+
 def give_openvino_a_home() -> None:
     """Set HOME to the temporary folder where the process has none (HOME unset and no passwd entry: an arbitrary
     UID, as OpenShift runs pods), before OpenVINO loads: its telemetry asks for the home directory, and OpenVINO

@@ -41,4 +41,12 @@ if ! command -v promtool > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get
       || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }; } \
     >> "$LOG" 2>&1 || echo "setup: could not install prometheus; the alert rule tests will skip (see $LOG)"
 fi
+# A server under a preloaded jemalloc must skip OpenVINO, which aborts there: a test preloads Debian's libjemalloc2.
+if ! ls /usr/lib/*/libjemalloc.so.2 > /dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  echo "setup: installing libjemalloc2 (apt) for the test of a server under a preloaded malloc"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends libjemalloc2 \
+      || { apt-get update -q && apt-get install -y -q --no-install-recommends libjemalloc2; }; } \
+    >> "$LOG" 2>&1 || echo "setup: could not install libjemalloc2; that test will skip (see $LOG)"
+fi
 .venv/bin/python -c "import torch, adain.client, adain.server, adain.train, adain.web; print('setup ok: torch', torch.__version__)"

@@ -656,3 +656,52 @@ def test_a_render_whose_callers_went_away_stops_part_way(backend: str, decoder_p
         assert "_infer" not in frames and len(asked) == 1, frames  # (onnxruntime, torch: after the encoder)
     with stopping.stop_when(lambda: False):
         assert np.array_equal(pixels(st.render([job])[0]), want)
+
+
+JEMALLOC = next(iter(sorted(Path("/usr/lib").glob("*/libjemalloc.so.2"))), None)  # Debian's libjemalloc2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_a_preloaded_malloc_skips_openvino_and_says_why(decoder_path: Path, monkeypatch, caplog) -> None:
+    """Under a preloaded jemalloc or tcmalloc OpenVINO aborted the process as it compiled ('free(): invalid
+    pointer', the server's one line, a restart loop). Now auto runs torch and warns why; openvino asked for by
+    name, and int8, are refused naming the preload. (Here the variable alone: this process preloaded nothing.)"""
+    from adain import int8
+    from adain.precision import preloaded_malloc
+
+    monkeypatch.setenv("LD_PRELOAD", "/opt/lib/libfast.so")
+    assert preloaded_malloc() == ""  # a preload that is no malloc
+    jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    monkeypatch.setenv("LD_PRELOAD", f"/opt/lib/libfast.so:{jemalloc}")
+    assert preloaded_malloc() == jemalloc
+    with caplog.at_level(logging.WARNING, logger="adain.backends"):
+        st = Stylizer(decoder_path, device="cpu", backend="auto", precision="fp32")
+    assert st.info["backend"] == "torch"
+    assert f"openvino not usable (RuntimeError: OpenVINO aborts its process under a preloaded malloc ({jemalloc}" in (
+        caplog.text), caplog.text
+    with pytest.raises(RuntimeError, match=r"backend openvino is not usable here \(RuntimeError: OpenVINO aborts its "
+                                           r"process under a preloaded malloc .*without that LD_PRELOAD"):
+        Stylizer(decoder_path, device="cpu", backend="openvino", precision="fp32")
+    assert int8.available().startswith(f"OpenVINO aborts its process under a preloaded malloc ({jemalloc})")
+    monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
+    assert preloaded_malloc() == "libtcmalloc_minimal.so.4"
+
+
+@pytest.mark.skipif(JEMALLOC is None, reason="jemalloc is not installed (Debian's libjemalloc2; scripts/setup.sh)")
+def test_a_server_under_jemalloc_serves(decoder_path: Path) -> None:
+    """The real preload: the server starts, says why it runs torch, and serves (it aborted before)."""
+    from adain.client import StyleTransferClient
+    from helpers import NO_REFINE, ServerProcess
+
+    srv = ServerProcess(decoder_path, *NO_REFINE, "--log-level", "INFO", env={"LD_PRELOAD": str(JEMALLOC)})
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60) as client:
+            assert client.server_info()["backend"] == "torch"
+            got = client.stylize(encoded(synth_image(40, 32, seed=3)), encoded(synth_image(32, 32, seed=4)))
+            assert (got.width, got.height) == (40, 32)
+    finally:
+        code = srv.terminate()
+    log = "".join(srv.stderr_lines)
+    assert code == 0, log
+    assert f"openvino not usable (RuntimeError: OpenVINO aborts its process under a preloaded malloc ({JEMALLOC}" in log
