@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # itself reads are kept.
     for name in [n for n in os.environ if n.startswith("ADAIN_") and n not in KEPT_VARIABLES]:
         del os.environ[name]
+    # A suite started in the background by a script (`cmd &`, nohup) inherits SIGINT ignored, and so does every
+    # command it starts: the tests of Ctrl-C then failed (10 of them, 2026-12-07), and a command that should have
+    # stopped on it held its port for the next test. The commands get the disposition a terminal gives them.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
