@@ -58,11 +58,14 @@ def encoded(img: Image.Image, fmt: str) -> bytes:
 
 
 def call(client: StyleTransferClient, kind: str, rng: random.Random) -> None:
-    """One call of ``kind``; raises StyleTransferError as the client does."""
-    w, h = rng.randint(48, 768), rng.randint(48, 768)
-    content = encoded(picture(w, h, rng), rng.choice(["PNG", "JPEG", "WEBP"]))
+    """One call of ``kind``; raises StyleTransferError as the client does. A photo of random size is made only
+    for the kinds that send one (refines, clips and cancels send their own: the client's encoding of a photo
+    it never sent took the server's cores)."""
     style = encoded(picture(rng.randint(64, 512), rng.randint(64, 512), rng), "JPEG")
     out = {"format": rng.choice(["png", "jpeg", "webp"])}
+    if kind in ("photo", "blend", "options", "mask", "labels", "bad"):
+        w, h = rng.randint(48, 768), rng.randint(48, 768)
+        content = encoded(picture(w, h, rng), rng.choice(["PNG", "JPEG", "WEBP"]))
     if kind == "photo":
         client.stylize(content, style, **out)
     elif kind == "blend":
