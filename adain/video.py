@@ -12,16 +12,15 @@ Temporal modes (``adain.wire.TEMPORAL_MODES``), ``strength`` s in [0, 1):
   ``stats_t = (1 - s) * own_t + s * stats_{t-1}``, so the normalisation drifts instead of jumping; at a
   scene cut (the frame's own means far from the last frame's, or the flow's judgement below, made on
   frames at most ``CUT_SIDE`` px) it starts again.
-* ``flow`` (the default): the optical flow between the input frames (OpenCV's DIS), where it is
-  consistent forwards and backwards, carries the past forward twice. In feature space, the previous
-  frame's AdaIN target is warped (bicubic, at relu4_1's resolution) and blended in by ``s`` times the
-  share of consistent pixels of each cell (less where the cell's own target changed: a moving object's
-  neighbours), then given back the frame's own channel statistics; decoding
-  a target that follows the scene keeps the strokes in place. In pixels, the previous output is warped
-  and blended in by ``OUTPUT_SHARE * s`` (soft-edged around occlusions), again with the fresh frame's
-  channel mean and std. Elsewhere (occlusions, new areas, a pixel whose grey is not where its flow says it
-  was) each frame is its own, and after a cut (under half the textured pixels' flow consistent, in the frame and in most
-  of its textured blocks) all of it.
+* ``flow`` (the default): the optical flow between the input frames (OpenCV's DIS), where it is consistent
+  forwards and backwards, carries the past forward twice. In feature space, the previous frame's AdaIN
+  target is warped (bicubic, at relu4_1's resolution) and blended in by ``s`` times the share of consistent
+  pixels of each cell (less where the cell's own target changed: a moving object's neighbours), then given
+  back the frame's own channel statistics; decoding a target that follows the scene keeps the strokes in
+  place. In pixels, the previous output is warped and blended in by ``OUTPUT_SHARE * s`` (soft-edged around
+  occlusions), again with the fresh frame's channel mean and std. Elsewhere (occlusions, new areas, a pixel
+  whose grey is not where its flow says it was) each frame is its own, and after a cut (under half the
+  textured pixels' flow consistent, in the frame and in most of its textured blocks) all of it.
 * ``smooth-flow``: both.
 
 ``benchmarks/video.py`` chose the default (flow, s = 0.95, OUTPUT_SHARE 0.42): on cutBunny it halves the
