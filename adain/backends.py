@@ -55,7 +55,7 @@ from adain.eager import TorchBackend, _Relu41
 from adain.encoder import Encoder
 from adain.errors import StoppedError, install_hint, warnings_ignored
 from adain.files import low_space
-from adain.precision import BACKENDS, before_openvino, cpu_has_bf16, cpu_info, preloaded_malloc
+from adain.precision import BACKENDS, before_openvino, cpu_has_bf16, cpu_info, openvino_malloc_problem
 from adain.winograd import WINOGRAD_FORM, winograd
 
 log = logging.getLogger("adain.backends")
@@ -319,9 +319,8 @@ def _openvino(
     """``form``: WINOGRAD_FORM to convert the module's wide convolutions (adain.winograd) first, or "".
     ``scale``: image pixels per pixel of the module's input (bounds the fixed-shape graphs by image size).
     ``quantize``: applied to the converted graph before it is cached (int8)."""
-    if malloc := preloaded_malloc():  # (auto takes torch, saying so; a named openvino is an error that says why)
-        raise RuntimeError(f"OpenVINO aborts its process under a preloaded malloc ({malloc}: it crashes as it "
-                           "compiles a graph); start the server without that LD_PRELOAD to run OpenVINO")
+    if problem := openvino_malloc_problem():  # (auto takes torch, saying so; a named openvino is an error)
+        raise RuntimeError(problem)
     before_openvino()
     import openvino as ov
 

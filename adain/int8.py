@@ -42,7 +42,7 @@ from adain.encoder import Encoder
 from adain.errors import install_hint
 from adain.image import resize_longest, to_tensor
 from adain.ops import adain, mean_std
-from adain.precision import before_openvino, preloaded_malloc
+from adain.precision import before_openvino, openvino_malloc_problem
 
 log = logging.getLogger("adain.int8")
 
@@ -67,8 +67,8 @@ def float_parts(part: str, decoder: Decoder) -> tuple[list[str], list[str]]:
 def available() -> str:
     """Why int8 cannot run here, or "" where it can (OpenVINO and NNCF installed: the ``int8`` extra; no malloc
     preloaded that aborts OpenVINO)."""
-    if malloc := preloaded_malloc():
-        return f"OpenVINO aborts its process under a preloaded malloc ({malloc}); start without that LD_PRELOAD"
+    if problem := openvino_malloc_problem():
+        return problem
     try:
         before_openvino()
         import nncf  # noqa: F401

@@ -133,6 +133,14 @@ def preloaded_malloc() -> str:
     return ""
 
 
+def openvino_malloc_problem() -> str:
+    """Why OpenVINO must not run in this process (a preloaded malloc: ``preloaded_malloc``), or "": the one
+    reason the openvino backend and int8 both give."""
+    malloc = preloaded_malloc()
+    return (f"OpenVINO aborts its process under a preloaded malloc ({malloc}: it crashes as it compiles a graph); "
+            "start the process without that LD_PRELOAD to run OpenVINO") if malloc else ""
+
+
 def give_openvino_a_home() -> None:
     """Set HOME to the temporary folder where the process has none (HOME unset and no passwd entry: an arbitrary
     UID, as OpenShift runs pods), before OpenVINO loads: its telemetry asks for the home directory, and OpenVINO

@@ -682,7 +682,7 @@ def test_a_preloaded_malloc_skips_openvino_and_says_why(decoder_path: Path, monk
     with pytest.raises(RuntimeError, match=r"backend openvino is not usable here \(RuntimeError: OpenVINO aborts its "
                                            r"process under a preloaded malloc .*without that LD_PRELOAD"):
         Stylizer(decoder_path, device="cpu", backend="openvino", precision="fp32")
-    assert int8.available().startswith(f"OpenVINO aborts its process under a preloaded malloc ({jemalloc})")
+    assert int8.available().startswith(f"OpenVINO aborts its process under a preloaded malloc ({jemalloc}: it crashes")
     monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
     assert preloaded_malloc() == "libtcmalloc_minimal.so.4"
 
