@@ -26,27 +26,22 @@ pip_install -e ".[dev]"
 # (containers, our CI) every process compiled them again, ~0.4 s of its start (measured on a 2-core AMD EPYC),
 # and the suite starts ~200 (servers, commands, pages). Compiled once here; Python recompiles a changed file.
 .venv/bin/python -m compileall -q adain server client train web > /dev/null
-# The page's browser tests drive Debian's chromium; install it where we can (root with apt, as on CI).
-if ! command -v chromedriver > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-  echo "setup: installing chromium and chromium-driver (apt) for the browser tests"
+# Debian packages that some tests use, installed where we can (root with apt, as on CI); elsewhere those tests
+# skip, saying why. apt_for_tests "WHICH TESTS" ARGS...: ARGS go to apt-get install as they are.
+apt_for_tests() {
+  local tests=$1
+  shift
+  [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null || return 0
+  echo "setup: apt-get install $* (for $tests)"
   export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; } \
-    >> "$LOG" 2>&1 || echo "setup: could not install chromium; the browser tests will skip (see $LOG)"
-fi
-# deploy/prometheus's alert rules are checked and unit-tested with promtool (Debian's prometheus package).
-if ! command -v promtool > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-  echo "setup: installing prometheus (apt) for promtool, which tests the alert rules"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q --no-install-recommends prometheus \
-      || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }; } \
-    >> "$LOG" 2>&1 || echo "setup: could not install prometheus; the alert rule tests will skip (see $LOG)"
-fi
-# A server under a preloaded jemalloc must skip OpenVINO, which aborts there: a test preloads Debian's libjemalloc2.
-if ! ls /usr/lib/*/libjemalloc.so.2 > /dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-  echo "setup: installing libjemalloc2 (apt) for the test of a server under a preloaded malloc"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q --no-install-recommends libjemalloc2 \
-      || { apt-get update -q && apt-get install -y -q --no-install-recommends libjemalloc2; }; } \
-    >> "$LOG" 2>&1 || echo "setup: could not install libjemalloc2; that test will skip (see $LOG)"
-fi
+  { apt-get install -y -q "$@" || { apt-get update -q && apt-get install -y -q "$@"; }; } \
+    >> "$LOG" 2>&1 || echo "setup: could not install $*; $tests will skip (see $LOG)"
+}
+# the page's browser tests drive Debian's chromium
+command -v chromedriver > /dev/null || apt_for_tests "the browser tests" chromium chromium-driver
+# deploy/prometheus's alert rules are checked and unit-tested with promtool (Debian's prometheus package)
+command -v promtool > /dev/null || apt_for_tests "the alert rule tests" --no-install-recommends prometheus
+# a server under a preloaded jemalloc must skip OpenVINO, which crashes there: a test preloads Debian's libjemalloc2
+ls /usr/lib/*/libjemalloc.so.2 > /dev/null 2>&1 \
+  || apt_for_tests "the test of a server under a preloaded malloc" --no-install-recommends libjemalloc2
 .venv/bin/python -c "import torch, adain.client, adain.server, adain.train, adain.web; print('setup ok: torch', torch.__version__)"
