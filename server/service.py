@@ -107,6 +107,27 @@ async def _call(
     code = grpc.StatusCode.OK
     detail = ""
     work_began.set(False)
+    recorded = False
+
+    def record() -> None:
+        """Its metrics and access-log line, once: before an error status goes out, so that a caller (or a test)
+        that reads /metrics or the log on its status finds the call there (after, a scrape sometimes missed it)."""
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        elapsed = time.perf_counter() - start
+        servicer.metrics.requests.labels(method, code.name).inc()
+        account = caller.split("/", 1)[0] if servicer.tokens is not None else "anonymous"
+        servicer.metrics.caller_requests.labels(account, code.name).inc()
+        if code not in REFUSED or work_began.get():
+            servicer.metrics.request_seconds.labels(method).observe(elapsed)
+        # the callers' own doing (bad input; over a limit or a share, which a bulk caller hits thousands of
+        # times a minute) is INFO, counted in the metrics; the rest WARNING
+        quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        log_fields(log, logging.INFO if quiet else logging.WARNING, request_id=rid, method=method, code=code.name,
+                   ms=round(elapsed * 1000, 1), caller=caller, trace_id=trace, detail=detail or None)
+
     try:
         with servicer.drain.track(context):
             # Refuse before any header goes out: a call that got no response headers is retried on
@@ -122,6 +143,7 @@ async def _call(
         release(e)
         if context.cancelled():  # nobody hears this status: a video stream gRPC cut for a message over the limit
             code, detail = grpc.StatusCode.CANCELLED, _cancelled_detail(servicer, method)  # ends its requests first
+        record()
         await context.abort(e.code, e.message, trailing_metadata=rid_md + status_trailers(e))
     except (asyncio.CancelledError, GeneratorExit):
         remaining = context.time_remaining()
@@ -144,19 +166,10 @@ async def _call(
         log.exception("request %s: %s failed", rid, method)
         release(e)
         detail = f"internal error (request id {rid})"
+        record()
         await context.abort(code, detail, trailing_metadata=rid_md)
     finally:
-        elapsed = time.perf_counter() - start
-        servicer.metrics.requests.labels(method, code.name).inc()
-        account = caller.split("/", 1)[0] if servicer.tokens is not None else "anonymous"
-        servicer.metrics.caller_requests.labels(account, code.name).inc()
-        if code not in REFUSED or work_began.get():
-            servicer.metrics.request_seconds.labels(method).observe(elapsed)
-        # the callers' own doing (bad input; over a limit or a share, which a bulk caller hits thousands of
-        # times a minute) is INFO, counted in the metrics; the rest WARNING
-        quiet = code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
-        log_fields(log, logging.INFO if quiet else logging.WARNING, request_id=rid, method=method, code=code.name,
-                   ms=round(elapsed * 1000, 1), caller=caller, trace_id=trace, detail=detail or None)
+        record()
 
 
 def _cancelled_detail(servicer: StyleTransferServicer, method: str) -> str:
