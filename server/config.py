@@ -198,7 +198,7 @@ _FILE, _FOLDER = _path("file"), _path("folder")
 MAX_THREADS = 1024
 _THREADS = int_in_range(0, MAX_THREADS)
 # Longest --max-batch-delay-ms: 1e9 was taken (a lone request waited 11 days); a batch window is milliseconds (the
-# tests hold batches for 20 s with it).
+# tests hold batches for up to 60 s with it).
 MAX_BATCH_DELAY_MS = 60_000
 MAX_REPLICA_NAME = 128
 
