@@ -642,6 +642,38 @@ def _onnxruntime(
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def run(*arrays: np.ndarray) -> np.ndarray:
-        return session.run(None, dict(zip(names, arrays)))[0]
+        feed = dict(zip(names, arrays))
+        stop = stopping.current()
+        if stop is None:
+            return session.run(None, feed)[0]
+        return _run_stoppable(ort, session, feed, stop)
 
     return run
+
+
+def _run_stoppable(ort: Any, session: Any, feed: dict[str, np.ndarray], stop: Callable[[], bool]) -> np.ndarray:
+    """One ONNX Runtime call that this thread's test (``adain.stopping``) may stop: run on a helper thread while
+    this one looks at the test every POLL_MS, and terminated once it says stop (``RunOptions.terminate``: the run
+    ends at its next node), raising StoppedError. (The test is asked on this thread, as OpenVINO's is.)"""
+    options = ort.RunOptions()
+    done: list[Any] = []
+
+    def call() -> None:
+        try:
+            done.append(session.run(None, feed, options)[0])
+        except Exception as e:  # (handed to the caller's thread below)
+            done.append(e)
+
+    worker = threading.Thread(target=call, name="onnxruntime-call", daemon=True)
+    worker.start()
+    while True:
+        worker.join(stopping.POLL_MS / 1000)
+        if not worker.is_alive():
+            break
+        if stop():
+            options.terminate = True
+            worker.join()
+            raise StoppedError("cancelled")
+    if isinstance(done[0], Exception):
+        raise done[0]
+    return done[0]

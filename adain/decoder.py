@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adain import stopping
 from adain.detail import DetailPath
 from adain.errors import NoDecoderError
 from adain.files import check_writable, saved_whole
@@ -106,6 +107,7 @@ class Decoder(nn.Module):
         x, fixes = _inputs(self, x, alpha, image)
         last = len(self.convs) - 1
         for i, (conv, (_, _, up)) in enumerate(zip(self.convs, _CONVS)):
+            stopping.between_layers()
             x = conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
             if i in fixes:
                 x = x + fixes[i]
@@ -305,6 +307,7 @@ class FoldedDecoder(nn.Module):
         x, fixes = _inputs(self, x, alpha, image)  # the detail path's corrections come after the folded convs
         last = len(self.convs) - 1
         for i, (conv, folded) in enumerate(zip(self.convs, self.folded)):
+            stopping.between_layers()
             if folded:
                 n, _, h, w = x.shape
                 y = conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))  # N x 4C x (h+1) x (w+1)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adain import stopping
 from adain.errors import install_hint
 
 # (name, in, out); a pool comes before block2/3/4's first conv. Only what relu4_1 needs.
@@ -127,6 +128,7 @@ class Encoder(nn.Module):
     def activations(self, x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """(conv name, its ReLU output) for every conv in order; the normalisation scales need them all."""
         for name, conv in self.convs.items():
+            stopping.between_layers()
             if name in POOL_BEFORE:
                 x = F.max_pool2d(x, 2, 2)
             x = F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="reflect")))

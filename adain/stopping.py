@@ -3,9 +3,10 @@
 A render is seconds of graph calls on the server's one render thread (a 1-MP photo: 11 s at one thread on an
 AVX2 EPYC). A call cancelled in its first moment (a visitor gone, a deadline, ``stop()``) was answered at once, but
 its render ran to the end, and the next caller waited behind it (9 s for a 64-px photo). The render thread sets a
-test here for its batch (:func:`stop_when`); the Stylizer checks it between its steps (:func:`check`) and an
-OpenVINO call of a fixed-shape graph is cancelled within one layer (``adain.backends``: not the shape-generic
-one, which a cancel left failing its next call); the render then raises StoppedError.
+test here for its batch (:func:`stop_when`); the render then raises StoppedError within about one layer: eager
+torch looks at it between the network's layers (:func:`between_layers`), an OpenVINO call of a fixed-shape graph
+is cancelled (``adain.backends``: not the shape-generic one, which a cancel left failing its next call), an ONNX
+Runtime call terminated, and the Stylizer looks between its steps (:func:`check`).
 Thread-local: each thread's renders have their own test, and a thread that set none is never stopped.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+
+import torch
 
 from adain.errors import StoppedError
 
@@ -42,3 +45,13 @@ def check() -> None:
     stop = current()
     if stop is not None and stop():
         raise StoppedError("cancelled")
+
+
+def between_layers() -> None:
+    """:func:`check`, from a network's forward between two layers as it runs eagerly (the torch backend, the
+    fallback of the others, a refine's and a tile's encoder): stopped within one layer, where only the step
+    between the encoder and the decoder looked before (half a 1-MP photo's 11 s). Nothing while the network is
+    traced or compiled: an exporter's or torch.compile's graph must not hold a thread's test."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (the ONNX exporter here traces too)
+        return
+    check()

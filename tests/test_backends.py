@@ -635,9 +635,10 @@ def test_a_cache_entry_that_cannot_be_looked_at_is_converted_again(tmp_path: Pat
 @pytest.mark.parametrize("backend", ["torch", *RUNTIMES])
 def test_a_render_whose_callers_went_away_stops_part_way(backend: str, decoder_path: Path) -> None:
     """A render stops with StoppedError once its thread's test says so (adain.stopping: the server's batch whose
-    callers all left), OpenVINO inside a fixed-shape graph's call (this size's second render), the others between
-    the encoder and the decoder; nothing is left half-done: the next render (its test saying no) gives the picture
-    it gave before."""
+    callers all left), within about one layer: OpenVINO inside a fixed-shape graph's call (this size's second
+    render), ONNX Runtime's call terminated, eager torch between two layers (the last two stopped only between
+    the encoder and the decoder: half a render late); nothing is left half-done: the next render (its test saying
+    no) gives the picture it gave before."""
     from adain import stopping
     from adain.errors import StoppedError
     from adain.job import Job
@@ -650,12 +651,38 @@ def test_a_render_whose_callers_went_away_stops_part_way(backend: str, decoder_p
         with pytest.raises(StoppedError, match="cancelled") as stopped:
             st.render([job])
     frames = [f.f_code.co_name for f, _ in traceback.walk_tb(stopped.value.__traceback__)]
-    if backend == "openvino":  # cancelled inside the encoder's call, its first look at the test
-        assert "_infer" in frames and len(asked) == 1, frames
-    else:
-        assert "_infer" not in frames and len(asked) == 1, frames  # (onnxruntime, torch: after the encoder)
+    inside = {"openvino": "_infer", "onnxruntime": "_run_stoppable", "torch": "between_layers"}[backend]
+    assert inside in frames and len(asked) == 1, frames  # stopped in the encoder's call, at its first look
+    if backend == "torch":
+        assert "activations" in frames, frames  # (the encoder's own loop)
     with stopping.stop_when(lambda: False):
         assert np.array_equal(pixels(st.render([job])[0]), want)
+    if backend == "torch":  # the decoder's layers look too: a test that turns after the encoder's 9 and the step's
+        looks: list[int] = []
+        with stopping.stop_when(lambda: not looks.append(1) and len(looks) > 10):
+            with pytest.raises(StoppedError):
+                st.render([job])
+        assert len(looks) == 11  # (the encoder's 9 layers, the Stylizer's look between, the decoder's first)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")  # (the encoder's size test, as the exporters see it)
+def test_a_trace_under_a_stop_test_never_sees_it(decoder_path: Path) -> None:
+    """The eager network's looks at the stop test are not traced: an exporter's trace (TorchScript, as OpenVINO's
+    and ONNX's converters here take it) or torch.compile's, made where a thread's test says stop, neither raises
+    nor holds it."""
+    from adain import stopping
+    from adain.decoder import load_decoder
+    from adain.encoder import Encoder
+
+    decoder, _ = load_decoder(decoder_path)
+    encoder = Encoder()
+    with stopping.stop_when(lambda: True), torch.no_grad():
+        traced = torch.jit.trace(decoder, (torch.rand(1, 512, 4, 4),), check_trace=False)
+        _ = torch.jit.trace(lambda x: encoder(x).relu4_1, (torch.rand(1, 3, 32, 32),), check_trace=False)
+        y = traced(torch.rand(1, 512, 4, 4))  # the graph runs under the test: it holds no look at it
+        # torch.compile (--backend compiled): one graph, no break at each look (CUDA graphs want one)
+        z = torch.compile(decoder, backend="eager", fullgraph=True)(torch.rand(1, 512, 4, 4))
+    assert y.shape == z.shape == (1, 3, 32, 32)
 
 
 JEMALLOC = next(iter(sorted(Path("/usr/lib").glob("*/libjemalloc.so.2"))), None)  # Debian's libjemalloc2
