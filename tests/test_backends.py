@@ -665,7 +665,8 @@ def test_a_render_whose_callers_went_away_stops_part_way(backend: str, decoder_p
         assert len(looks) == 11  # (the encoder's 9 layers, the Stylizer's look between, the decoder's first)
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")  # (the encoder's size test, as the exporters see it)
+# (the encoder's size test, as the exporters see it; torch.jit's deprecation)
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
 def test_a_trace_under_a_stop_test_never_sees_it(decoder_path: Path) -> None:
     """The eager network's looks at the stop test are not traced: an exporter's trace (TorchScript, as OpenVINO's
     and ONNX's converters here take it) or torch.compile's, made where a thread's test says stop, neither raises
