@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -62,7 +63,26 @@ STYLE_ID_PREFIX = "id:"  # "id:<sha256>" names a registered style where a path c
 PRESET_PREFIX = "preset:"  # "preset:<name>" names a preset of the server's library in place of the styles
 # A library style's or preset's name (the server's --styles-dir): a plain file name, no folder and no "..", so
 # that a client may save a style's thumbnail as NAME.jpg; the client checks a server's names against it too.
-LIBRARY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LIBRARY_NAME_RULE = ("1-64 letters or digits of any script, '.', '_' or '-' (no spaces), starting with a letter or "
+                     "digit")
+LIBRARY_NAME_MAX_BYTES = 200  # of UTF-8: NAME.jpeg within a file system's 255-byte file names
+
+
+def library_name(text: str) -> str | None:
+    """``text`` as a library style's or preset's name (LIBRARY_NAME_RULE), or None where it cannot be one. Any
+    script's letters (a tester's "ゴッホ.png" failed the start, and "id:ゴッホ" was refused as no name), in their
+    composed form (NFC): a Mac's folder stores "Mönch" decomposed, as o and a combining mark, and a keyboard types it
+    composed; marks may follow a letter (Devanagari's vowel signs). No separators, spaces, controls or format
+    characters (a right-to-left override would print a name backwards), and not 64 hex digits (a registered id)."""
+    name = unicodedata.normalize("NFC", text)
+    if not 1 <= len(name) <= 64 or len(name.encode("utf-8", "surrogatepass")) > LIBRARY_NAME_MAX_BYTES:
+        return None
+    if not name[0].isalnum() or STYLE_ID_RE.fullmatch(name):
+        return None
+    if not all(c.isalnum() or c in "._-" or unicodedata.category(c) in ("Mn", "Mc") for c in name):
+        return None
+    return name
+
 # one PEM certificate of a file that may hold several (a CA bundle, whose comments between them may be any text)
 PEM_CERTIFICATE_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 STYLE_ID_RE = re.compile(r"[0-9a-f]{64}")  # a registered style's id (sha256 hex): a library name may not look like one

@@ -64,7 +64,7 @@ from adain.wire import (
     FORMAT_SUFFIXES,
     FORMATS,
     INPUT_SUFFIXES,
-    LIBRARY_NAME_RE,
+    LIBRARY_NAME_RULE,
     MIN_FPS,
     PRESET_PREFIX,
     READ_VIDEO_SUFFIXES,
@@ -74,6 +74,7 @@ from adain.wire import (
     VIDEO_SUFFIXES,
     format_from_suffix,
     format_name,
+    library_name,
     plural,
 )
 
@@ -1393,17 +1394,25 @@ def _server_info(args: argparse.Namespace) -> int:
 
 
 def _valid_names(styles: list[LibraryStyle]) -> list[LibraryStyle]:
-    """The styles whose names are library names (adain.wire.LIBRARY_NAME_RE); the others are skipped with a
+    """The styles whose names are library names (adain.wire.library_name); the others are skipped with a
     warning. A name becomes a file name (--thumbnails DIR/NAME.jpg) and is printed: a hostile server, or anyone
     on a plaintext connection, could otherwise send "../x" or "/abs/x" and write outside DIR."""
     valid = []
     for s in styles:
-        if LIBRARY_NAME_RE.fullmatch(s.name):
+        if library_name(s.name) is not None:
             valid.append(s)
         else:  # repr: the name may hold control characters meant for the terminal
             print(f"{PROG}: warning: skipped the style named {s.name[:100]!r} the server listed: a style name is "
-                  "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit", file=sys.stderr)
+                  f"{LIBRARY_NAME_RULE}", file=sys.stderr)
     return valid
+
+
+
+def _cells(name: str) -> int:
+    """The columns a terminal gives ``name``: two for a wide character (CJK), none for a mark drawn on the one
+    before, so that the listing's columns line up with names in any script."""
+    return sum(0 if unicodedata.category(c) in ("Mn", "Me") else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in name)
 
 
 def _list_styles(args: argparse.Namespace) -> int:
@@ -1426,12 +1435,13 @@ def _list_styles(args: argparse.Namespace) -> int:
                 write_whole(path, s.thumbnail)  # (a full disk left one cut short under its name)
         except OSError as e:
             raise CliError(f"--thumbnails {path}: cannot write: {e.strerror or e}") from None
-    width = max(len(s.name) for s in styles)
+    width = max(_cells(s.name) for s in styles)
     for s in styles:
         # the file's digest, labelled: it changes when the file does, and is no id for -s id:... (the name is)
-        print(f"{s.name:<{width}}  {s.width:>5} x {s.height:<5}  sha256:{s.style_id[:12]}")
+        pad = " " * (width - _cells(s.name))
+        print(f"{s.name}{pad}  {s.width:>5} x {s.height:<5}  sha256:{s.style_id[:12]}")
     for p in presets:  # names the server sent: printed as names only (control characters meant for the terminal)
-        if not LIBRARY_NAME_RE.fullmatch(p.name) or not all(LIBRARY_NAME_RE.fullmatch(n) for n, _ in p.styles):
+        if library_name(p.name) is None or any(library_name(n) is None for n, _ in p.styles):
             print(f"{PROG}: warning: skipped the preset named {p.name[:100]!r} the server listed: its name or its "
                   "styles' are no library names", file=sys.stderr)
             continue

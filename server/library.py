@@ -29,6 +29,7 @@ import math
 import os
 import struct
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,14 +40,13 @@ from PIL import Image
 from adain.errors import InvalidInputError
 from adain.files import bytes_written
 from adain.image import KeyedImage, load_image, longest_size
-from adain.wire import COLOR_MODES, INPUT_SUFFIXES, LIBRARY_NAME_RE, STYLE_ID_RE, Limits, style_too_small
+from adain.wire import COLOR_MODES, INPUT_SUFFIXES, LIBRARY_NAME_RULE, Limits, library_name, style_too_small
 
 from .registry import style_id
 
 log = logging.getLogger("adain.server")
 
 SUFFIXES = INPUT_SUFFIXES  # one list with the CLI's folders
-NAME_RE = LIBRARY_NAME_RE  # one rule with the thin client, which saves thumbnails by name
 MAX_STYLES = 1000  # a folder of photos given by mistake fails fast instead of decoding for minutes
 MAX_THUMBNAIL = 512
 RECHECK_S = 1.0
@@ -72,9 +72,10 @@ def read_presets(path: Path) -> dict[str, StylePreset]:
     presets = {}
     for name, spec in data.items():
         where = f"{path}: preset {name!r}"
-        if not NAME_RE.fullmatch(name) or STYLE_ID_RE.fullmatch(name):
-            raise ValueError(f"{where}: a name is 1-64 ASCII letters, digits, '.', '_' or '-', and starts with a "
-                             "letter or digit")
+        named = library_name(name)  # (one rule with the thin client, which saves thumbnails by name)
+        if named is None:
+            raise ValueError(f"{where}: a name is {LIBRARY_NAME_RULE}")
+        name = named  # (composed, as the styles' names are)
         if not isinstance(spec, dict) or set(spec) - {"styles", "alpha", "preserve_color"}:
             raise ValueError(f"{where}: expected an object of styles, alpha and preserve_color")
         styles = spec.get("styles")
@@ -91,7 +92,8 @@ def read_presets(path: Path) -> dict[str, StylePreset]:
         color = spec.get("preserve_color", "none")
         if color not in ("none", *COLOR_MODES):
             raise ValueError(f"{where}: preserve_color must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
-        presets[name] = StylePreset(name, tuple((str(s), _f32(w)) for s, w in styles.items()), _f32(alpha),
+        named_styles = ((library_name(str(s)) or str(s), w) for s, w in styles.items())  # (composed: NFC)
+        presets[name] = StylePreset(name, tuple((s, _f32(w)) for s, w in named_styles), _f32(alpha),
                                     None if color == "none" else color)
     return presets
 
@@ -207,11 +209,10 @@ class StyleLibrary:
             dangling = entry.is_symlink() and not entry.exists()
             if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES or not (entry.is_file() or dangling):
                 continue
-            name = entry.stem
-            if not NAME_RE.fullmatch(name) or STYLE_ID_RE.fullmatch(name):
-                problem = (f"{entry}: a style's name (the file's stem) must be 1-64 ASCII letters, digits, '.', '_' or "
-                           "'-', starting with a letter or digit, and not 64 hex digits (that is a registered "
-                           "style's id)")
+            name = library_name(entry.stem)  # (composed: a Mac's folder holds names decomposed)
+            if name is None:
+                problem = (f"{entry}: a style's name (the file's stem) must be {LIBRARY_NAME_RULE}, and not 64 hex "
+                           "digits (that is a registered style's id)")
                 if strict:
                     raise ValueError(problem)
                 self._fault(("file", str(entry), NO_SIGNATURE), f"{problem} (left out)")
@@ -364,8 +365,9 @@ class StyleLibrary:
             self._fault(("style", style.name, style.signature), f"style {style.path}: {why} ({kept})")
 
     def preset(self, name: str) -> StylePreset | None:
+        """The preset of that name (composed or not: "Mönch" typed on a Mac may come decomposed)."""
         with self._lock:
-            return self._presets.get(name)
+            return self._presets.get(unicodedata.normalize("NFC", name))
 
     def presets(self) -> list[StylePreset]:
         with self._lock:
@@ -379,8 +381,9 @@ class StyleLibrary:
             log.warning(message)
 
     def get(self, name: str) -> LibraryStyle | None:
+        """The style of that name (composed or not, as :meth:`preset`)."""
         with self._lock:
-            return self._styles.get(name)
+            return self._styles.get(unicodedata.normalize("NFC", name))
 
     def styles(self) -> list[LibraryStyle]:
         with self._lock:

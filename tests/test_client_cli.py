@@ -1008,21 +1008,25 @@ def test_list_styles_never_writes_a_thumbnail_outside_its_folder(tmp_path: Path,
 
     outside = tmp_path / "outside"
     outside.mkdir()
-    names = ["../outside/relative", str(outside / "absolute"), "..", "\x1b[2Jclear", "good"]
+    # (a right-to-left override would print the rest of its line backwards; any script's letters are names)
+    names = ["../outside/relative", str(outside / "absolute"), "..", "\x1b[2Jclear", "gpj.\u202eevil", "good",
+             "ゴッホ"]
     hostile = [pb.LibraryStyle(name=name, style_id=f"{i:064x}", width=1, height=1, thumbnail=b"#!/bin/sh\n")
                for i, name in enumerate(names)]
     thumbs = tmp_path / "thumbs"
     with library_stub(hostile) as address:
         assert main(["--list-styles", "--server", address, "--thumbnails", str(thumbs)]) == 0
     assert list(outside.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["outside", "thumbs"]
-    assert [p.name for p in thumbs.iterdir()] == ["good.jpg"]
+    assert sorted(p.name for p in thumbs.iterdir()) == ["good.jpg", "ゴッホ.jpg"]
     out, err = capsys.readouterr()
-    assert [line.split()[0] for line in out.splitlines()] == ["good"]
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["good", "ゴッホ"]
+    assert lines[1].index("1 x 1") == lines[0].index("1 x 1") - 3  # one column on a terminal: 3 characters of 2 cells
     warnings = err.strip().splitlines()
-    assert len(warnings) == 4, err
+    assert len(warnings) == 5, err
     assert all(w.startswith("adain-stylize: warning: skipped the style named ") for w in warnings), err
-    assert "'../outside/relative'" in warnings[0] and "1-64 ASCII letters, digits" in warnings[0]
-    assert "\x1b" not in err  # the name is quoted, its control characters escaped
+    assert "'../outside/relative'" in warnings[0] and "1-64 letters or digits of any script" in warnings[0]
+    assert "\x1b" not in err and "\u202e" not in err  # the name is quoted, its control characters escaped
 
 
 # --- --local: a server of the command's own ---------------------------------------------------------------------

@@ -379,6 +379,65 @@ def test_a_second_file_of_one_name_does_not_displace_the_first(tmp_path: Path) -
     assert [s.name for s in library.styles()] == ["mosaic"]
 
 
+
+MONCH, MONCH_NFD = "M\u00f6nch", "Mo\u0308nch"  # one name: composed (a keyboard's), decomposed (a Mac folder's)
+
+
+def test_names_in_any_script_are_served_composed_or_not(decoder_path: Path, tmp_path: Path, capsys) -> None:
+    """A tester's "ゴッホ.png" failed the start (names were ASCII only) and "id:ゴッホ" was refused as no name. Any
+    script's letters are names now, composed (NFC): a Mac's folder stores "Mönch" decomposed, a keyboard types it
+    composed, and either finds it, in a call, a preset and the CLI."""
+    _put(tmp_path, "ゴッホ.png", DOTS)
+    _put(tmp_path, MONCH_NFD + ".jpg", STRIPES)
+    _put(tmp_path, "हिन्दी.png", make_image(40, 40, seed=59, kind="noise"))  # (vowel signs: marks after letters)
+    (tmp_path / "presets.json").write_text(json.dumps({"夜": {"styles": {"ゴッホ": 1, MONCH_NFD: 1}}}))
+    srv = ServerProcess(decoder_path, "--styles-dir", str(tmp_path), *NO_REFINE)
+    try:
+        srv.wait_serving()
+        with StyleTransferClient(srv.target, timeout=60) as client:
+            assert _names(client) == sorted([MONCH, "ゴッホ", "हिन्दी"])
+            by_bytes = pixels(client.stylize(CONTENT, STRIPES).image)
+            for name in (MONCH, MONCH_NFD):
+                assert np.array_equal(pixels(client.stylize(CONTENT, f"id:{name}").image), by_bytes), name
+            assert np.array_equal(pixels(client.stylize(CONTENT, StyleRef("ゴッホ")).image),
+                                  pixels(client.stylize(CONTENT, DOTS).image))
+            _, presets = client.library()
+            assert [(p.name, p.styles) for p in presets] == [("夜", (("ゴッホ", 1.0), (MONCH, 1.0)))]
+            assert client.stylize(CONTENT, Preset("夜")).width == 64
+        content, out = tmp_path / "photo.png", tmp_path / "out.png"
+        content.write_bytes(CONTENT)
+        capsys.readouterr()
+        assert cli([str(content), "-s", f"id:{MONCH}", "-o", str(out), "--server", srv.target]) == 0
+        assert np.array_equal(pixels(out.read_bytes()), by_bytes)
+        capsys.readouterr()
+        assert cli(["--list-styles", "--server", srv.target]) == 0
+        listed = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in listed] == [*sorted([MONCH, "ゴッホ", "हिन्दी"]), "preset:夜"], listed
+    finally:
+        srv.kill()
+
+
+def test_a_name_given_twice_by_its_two_forms_is_two_files_of_one_name(tmp_path: Path) -> None:
+    """"Mönch.png" composed beside "Mönch.jpg" decomposed: one name (either finds it), so two files of it, as
+    mosaic.png beside mosaic.jpg; a name no script writes (a space, a right-to-left override) is refused."""
+    from adain.server.library import StyleLibrary
+    from web.checks import BadInput, style_name
+
+    _put(tmp_path, MONCH + ".png", DOTS)
+    _put(tmp_path, MONCH_NFD + ".jpg", STRIPES)
+    with pytest.raises(ValueError, match=f"two files give the style name '{MONCH}'"):
+        StyleLibrary(str(tmp_path), 1 << 24)
+    for bad in ("a b.png", "ab\u202egpj.png"):
+        folder = tmp_path / str(len(bad))
+        folder.mkdir()
+        _put(folder, bad, DOTS)
+        with pytest.raises(ValueError, match="a style's name .* must be 1-64 letters or digits of any script"):
+            StyleLibrary(str(folder), 1 << 24)
+    # the web page's form takes the names the library can have (it refused "id:ゴッホ"), composed
+    assert style_name(f"id:{MONCH_NFD}", "styles[0]") == StyleRef(MONCH)
+    with pytest.raises(BadInput, match="no style named 'a b': a style name is 1-64 letters or digits of any script"):
+        style_name("id:a b", "styles[0]")
+
 def test_a_preset_whose_style_goes_is_left_out_until_it_comes_back(tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Presets were checked only when presets.json changed: a style file removed left its preset offered (the page

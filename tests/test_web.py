@@ -919,9 +919,11 @@ BAD_FORMS = {  # (files, data, field, the message's words)
     "format-a-file": ([*BASE, _text_file("format", "png")], {}, "format", "expected a value, got a file"),
     "mask-a-value": (BASE, {"mask": "abc"}, "mask", "mask: expected an image file"),
     "labels-a-value": (BASE, {"labels": "abc", "label": "#e6194b"}, "labels", "labels: expected an image file"),
-    # an id:NAME, of a name no library has (it was told "expected an image file or id:NAME"), in the CLI's words
-    "style-name-not-ascii": (BASE, {"styles": "id:ゴッホ"}, "styles[0]", "styles[0]: no style named 'ゴッホ': a style "
-                             "name is 1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"),
+    # an id:NAME, of a name no library can have (it was told "expected an image file or id:NAME"), in the CLI's
+    # words ("id:ゴッホ" was one: any script's letters are names now)
+    "style-name-spaced": (BASE, {"styles": "id:ゴッホ 夜"}, "styles[0]", "styles[0]: no style named 'ゴッホ 夜': a "
+                          "style name is 1-64 letters or digits of any script, '.', '_' or '-' (no spaces), starting "
+                          "with a letter or digit"),
     "alpha-twice": (BASE, {"alpha": ["0.5", "0.6"]}, "alpha", "alpha: given 2 times; once only"),
     "content-twice": ([*BASE, _png("content", CONTENT)], {}, "content", "content: given 2 times; once only"),
     "refine-steps-past-int32": (BASE, {"refine_steps": "99999999999999999999"}, "refine_steps",

@@ -21,7 +21,19 @@ from adain.client import StyleRef, StyleTransferError
 from adain.errors import InvalidInputError, warnings_ignored
 from adain.image import check_layout, claimed_format, cut_short, longest_size
 from adain.photo import is_heif
-from adain.wire import COLOR_MODES, INPUT_FORMATS, INPUT_NAMES, TEMPORAL_MODES, Limits, plural, style_too_small
+from adain.wire import (
+    COLOR_MODES,
+    INPUT_FORMATS,
+    INPUT_NAMES,
+    LIBRARY_NAME_RULE,
+    STYLE_ID_PREFIX,
+    STYLE_ID_RE,
+    TEMPORAL_MODES,
+    Limits,
+    library_name,
+    plural,
+    style_too_small,
+)
 
 # adain-web reads only images' headers here and compares their size with the server's max_pixels itself, so
 # PIL's own guard (a warning past ~89 MP, DecompressionBombError past ~179 MP) would only turn a huge image's
@@ -35,7 +47,6 @@ MAX_NAME_BYTES = 255
 BROWSER_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}  # what browsers send for these in a multipart file name
 BROWSER_ESCAPE_RE = re.compile("|".join(BROWSER_ESCAPES))
 T = TypeVar("T")
-STYLE_NAME_RE = re.compile(r"id:([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 # What the public is told instead of a failed call's transport details (the backend's address, gRPC's words).
 UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE: "the stylization server is not available right now; try again in a moment",
@@ -231,15 +242,16 @@ def attachment(name: str) -> str:
 
 def style_name(text: Any, field: str) -> StyleRef:
     """"id:NAME", a style of the server's library (the server says whether it has that name)."""
-    found = STYLE_NAME_RE.fullmatch(str(text))
-    if found is None and str(text).startswith("id:"):  # an id:NAME, of no name a library can have ("id:ゴッホ" was
-        # told "expected an image file or id:NAME"): as the CLI says it
-        raise BadInput(field, f"no style named {str(text)[3:83]!r}: a style name is 1-64 ASCII letters, digits, "
-                       "'.', '_' or '-', starting with a letter or digit")
-    if found is None:
-        raise BadInput(field, f"expected an image file or id:NAME (a style of the server's library), "
-                       f"got {str(text)[:80]!r}")
-    return StyleRef(found.group(1))
+    text = str(text)
+    if not text.startswith(STYLE_ID_PREFIX):
+        raise BadInput(field, f"expected an image file or id:NAME (a style of the server's library), got {text[:80]!r}")
+    rest = text[len(STYLE_ID_PREFIX):]
+    if STYLE_ID_RE.fullmatch(rest.lower()):  # a style's id (ListStyles' style_id, or one registered): the server's
+        return StyleRef(rest)
+    name = library_name(rest)
+    if name is None:  # an id:NAME, of no name a library can have: as the CLI says it
+        raise BadInput(field, f"no style named {text[3:83]!r}: a style name is {LIBRARY_NAME_RULE}")
+    return StyleRef(name)
 
 
 def number(text: Any, field: str) -> float:
