@@ -16,8 +16,6 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
-import torch
-
 from adain.errors import StoppedError
 
 POLL_MS = 20  # how often a running graph call looks at the test (a cancel lands within one layer after)
@@ -52,6 +50,8 @@ def between_layers() -> None:
     fallback of the others, a refine's and a tile's encoder): stopped within one layer, where only the step
     between the encoder and the decoder looked before (half a 1-MP photo's 11 s). Nothing while the network is
     traced or compiled: an exporter's or torch.compile's graph must not hold a thread's test."""
+    import torch  # (here, not at the top: the server's request checks import this module and no torch)
+
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (the ONNX exporter here traces too)
         return
     check()
