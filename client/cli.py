@@ -1407,7 +1407,6 @@ def _valid_names(styles: list[LibraryStyle]) -> list[LibraryStyle]:
     return valid
 
 
-
 def _cells(name: str) -> int:
     """The columns a terminal gives ``name``: two for a wide character (CJK), none for a mark drawn on the one
     before, so that the listing's columns line up with names in any script."""

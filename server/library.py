@@ -92,8 +92,8 @@ def read_presets(path: Path) -> dict[str, StylePreset]:
         color = spec.get("preserve_color", "none")
         if color not in ("none", *COLOR_MODES):
             raise ValueError(f"{where}: preserve_color must be one of none, {', '.join(COLOR_MODES)}; got {color!r}")
-        named_styles = ((library_name(str(s)) or str(s), w) for s, w in styles.items())  # (composed: NFC)
-        presets[name] = StylePreset(name, tuple((s, _f32(w)) for s, w in named_styles), _f32(alpha),
+        presets[name] = StylePreset(name, tuple((unicodedata.normalize("NFC", str(s)), _f32(w))  # (composed, as above)
+                                                for s, w in styles.items()), _f32(alpha),
                                     None if color == "none" else color)
     return presets
 
