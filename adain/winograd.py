@@ -1,5 +1,6 @@
-"""Winograd convolutions: the network's wide 3x3 convolutions (and the folded decoder's 2x2 ones) in
-fewer multiply-adds, for the exported CPU runtimes.
+"""Winograd convolutions: the network's wide 3x3 convolutions in fewer multiply-adds, for the exported CPU
+runtimes (2x2 kernels work too: the folded decoder's were, until its upsamplings became transposed
+convolutions, which run faster direct; ``adain.decoder.FoldedDecoder``).
 
 Why: on a CPU without bf16 or int8 units float32 direct convolution is bound by the multiply-add rate
 (``benchmarks/backends.py`` prints the floor). Winograd's minimal filtering F(m x m, r x r) (Lavin & Gray,

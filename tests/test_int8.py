@@ -69,7 +69,9 @@ def test_int8_gives_float32s_picture(quantized: Stylizer, eager: Stylizer) -> No
 
 @needs_int8
 def test_int8_graphs_are_quantized_once(quantized: Stylizer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A second start reads the quantized graphs from the cache: NNCF is not called again."""
+    """A second start reads the quantized graphs from the cache: NNCF is not called again. (Both render a size
+    neither has seen: a size seen before runs on a fixed-shape graph, whose int8 pixels may differ from the
+    shape-generic graph's by a level or two (0.01 level on average, measured), as README's backends section says.)"""
 
     def no_second_quantization(*args: object) -> object:
         raise AssertionError("quantized again: the cached int8 graph was not used")
@@ -77,7 +79,8 @@ def test_int8_graphs_are_quantized_once(quantized: Stylizer, monkeypatch: pytest
     monkeypatch.setattr(int8, "quantize", no_second_quantization)
     again = Stylizer(SHIPPED, device="cpu", precision="int8")
     assert again.info["precision"] == "int8"
-    assert mean_levels(again.stylize(CONTENT, STYLE), quantized.stylize(CONTENT, STYLE)) == 0
+    unseen = synth_image(83, 59, seed=3)
+    assert mean_levels(again.stylize(unseen, STYLE), quantized.stylize(unseen, STYLE)) == 0
 
 
 @needs_int8
