@@ -413,7 +413,8 @@ def _infer(request: Any, arrays: list[np.ndarray], stoppable: bool) -> None:
             raise StoppedError("cancelled")
 
 
-FIXED_SHAPE_MAX_PIXELS = 1 << 20  # a call over 1 MP (batch included) stays on the generic graph: memory
+FIXED_SHAPE_MAX_PIXELS = 1 << 20  # image pixels (batch included) of one network's fixed-shape graphs, all together:
+# memory (a call over it stays on the generic graph; a new graph that would pass it makes way first)
 _generic = threading.local()
 
 
@@ -443,13 +444,14 @@ class _StaticShapes:
     """Graphs compiled for one input shape each: OpenVINO runs a fixed-shape graph 3-15% faster than the
     shape-generic one (same-process A/Bs at 256 and 512 px, encoder and decoder alike), and compiles one
     in 0.2-0.4 s. So a shape seen a second time (a service's usual size, a clip's frames) gets its own,
-    for its later calls; at most ``bound`` are kept (each holds its own buffers, ~0.7 KB an image pixel,
-    +190 MB at 512 px), none for calls over ``FIXED_SHAPE_MAX_PIXELS`` image pixels (batch included: the
-    memory is what bounds them), and a shape that fails to compile stays generic.
+    for its later calls; at most ``bound`` are kept, with ``FIXED_SHAPE_MAX_PIXELS`` image pixels in all (batch
+    included): each holds its own buffers, ~0.7 KB an image pixel (+190 MB at 512 px; a 1-MP content's encoder and
+    decoder graphs took a process from 2.8 to 4.1 GB, and a second 1-MP size to 5.4 GB, when only their number
+    was bounded). A shape that fails to compile stays generic.
 
-    When all places are taken, a shape replaces the least used kept one only once it has been asked for
-    twice as often: three sizes in turn (portrait, landscape, square photos) evicted and compiled one graph
-    on every call, 344 ms a call against 68 ms; now the third stays on the generic graph.
+    When the places or the pixels are taken, a shape replaces the least used kept ones only once it has been
+    asked for twice as often as each: three sizes in turn (portrait, landscape, square photos) evicted and
+    compiled one graph on every call, 344 ms a call against 68 ms; now the third stays on the generic graph.
 
     A graph is compiled outside the lock, one at a time, by the call that asked for it: every other call (any
     thread, this shape too) goes on meanwhile, on its kept graph or the generic one. (Compiling on a thread of
@@ -469,8 +471,7 @@ class _StaticShapes:
 
     def get(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, threading.Lock] | None:
         """The fixed-shape request and its lock for these input shapes, or None (use the generic graph)."""
-        n, _, h, w = shapes[0]
-        if n * h * w * self.scale > FIXED_SHAPE_MAX_PIXELS:
+        if self._pixels(shapes) > FIXED_SHAPE_MAX_PIXELS:
             return None
         with self.lock:
             if len(self.uses) > 256:  # a bound on the bookkeeping: the kept shapes' counts stay
@@ -482,8 +483,7 @@ class _StaticShapes:
                 return self.kept[shapes]
             if shapes in self.failed or self.uses[shapes] < 2 or self.compiling is not None:
                 return None  # (a compile under way: one at a time, each takes all the threads it is given)
-            least = min(self.kept, key=self.uses.__getitem__) if len(self.kept) >= self.bound else None
-            if least is not None and self.uses[shapes] < 2 * self.uses[least]:
+            if any(self.uses[shapes] < 2 * self.uses[other] for other in self._making_way(shapes)):
                 return None  # not worth a compile and an eviction yet
             self.compiling = shapes
         entry: tuple[object, threading.Lock] | None = None
@@ -501,11 +501,26 @@ class _StaticShapes:
                     if len(self.failed) >= 256:  # a bound on the bookkeeping: those shapes may try once more
                         self.failed.clear()
                     self.failed.add(shapes)
-                else:  # the least used one now makes way (the counts moved during the compile; nothing else adds)
-                    if len(self.kept) >= self.bound:
-                        del self.kept[min(self.kept, key=self.uses.__getitem__)]
+                else:  # the least used ones now make way (the counts moved during the compile; nothing else adds)
+                    for other in self._making_way(shapes):
+                        del self.kept[other]
                     self.kept[shapes] = entry
         return entry
+
+    def _pixels(self, shapes: tuple[tuple[int, ...], ...]) -> int:
+        n, _, h, w = shapes[0]
+        return n * h * w * self.scale
+
+    def _making_way(self, shapes: tuple[tuple[int, ...], ...]) -> list[tuple[tuple[int, ...], ...]]:
+        """The kept shapes, least used first, that would go for ``shapes`` to be kept within the bounds."""
+        way: list[tuple[tuple[int, ...], ...]] = []
+        pixels = self._pixels(shapes) + sum(map(self._pixels, self.kept))
+        for other in sorted(self.kept, key=self.uses.__getitem__):
+            if len(self.kept) - len(way) < self.bound and pixels <= FIXED_SHAPE_MAX_PIXELS:
+                break
+            way.append(other)
+            pixels -= self._pixels(other)
+        return way
 
 
 def _cached_model(core: object, xml: Path, quiet: bool = False) -> object | None:

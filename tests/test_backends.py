@@ -493,6 +493,29 @@ def test_fixed_shape_compile_stalls_no_other_call() -> None:
     assert compiled == [kept, slow] and set(statics.kept) == {kept, slow} and statics.compiling is None
 
 
+def test_fixed_shape_graphs_are_bounded_by_their_pixels_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept fixed-shape graphs hold at most FIXED_SHAPE_MAX_PIXELS image pixels together, not only two places (each
+    holds its buffers: two 1-MP sizes took a process from 2.8 to 5.4 GB): a shape that needs the room takes it from
+    the least used ones only once it is asked for twice as often as each, and a decoder's input counts 64 image
+    pixels a pixel (its ``scale``)."""
+    monkeypatch.setattr(backends, "FIXED_SHAPE_MAX_PIXELS", 1000)
+    small, mid, large = ((1, 3, 20, 20),), ((1, 3, 20, 25),), ((1, 3, 30, 30),)  # 400, 500 and 900 pixels
+    statics = backends._StaticShapes(lambda shapes: f"graph for {shapes[0]}", bound=2)
+    for shapes in (small, small, mid, mid):
+        statics.get(shapes)
+    assert set(statics.kept) == {small, mid}  # 900 pixels: both fit
+    for _ in range(3):
+        assert statics.get(large) is None  # it would need both places' pixels, and is asked for less than twice each
+    statics.get(large)  # 4 calls: twice the 2 of each
+    assert set(statics.kept) == {large}  # both made way: 1,300 pixels would pass the bound
+    assert statics.get(((2, 3, 20, 20),)) is None and statics.get(((2, 3, 20, 20),)) is None  # a batch counts
+    assert set(statics.kept) == {large}  # 800 + 900: no room, and not asked for twice as often
+    decoder = backends._StaticShapes(lambda shapes: "graph", scale=64, bound=2)
+    for _ in range(3):
+        decoder.get(((1, 512, 4, 4),))  # 1,024 image pixels: over the bound
+    assert not decoder.kept
+
+
 @pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed (the 'fast' extra)")
 def test_converted_graph_that_cannot_be_saved_costs_only_speed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
