@@ -404,7 +404,9 @@ def test_names_in_any_script_are_served_composed_or_not(decoder_path: Path, tmp_
             _, presets = client.library()
             assert [(p.name, p.styles) for p in presets] == [("夜", (("ゴッホ", 1.0), (MONCH, 1.0)))]
             assert client.stylize(CONTENT, Preset("夜")).width == 64
-        content, out = tmp_path / "photo.png", tmp_path / "out.png"
+        work = tmp_path / "cli"  # not the styles folder: the library rescans it, and a photo there is a style
+        work.mkdir()
+        content, out = work / "photo.png", work / "out.png"
         content.write_bytes(CONTENT)
         capsys.readouterr()
         assert cli([str(content), "-s", f"id:{MONCH}", "-o", str(out), "--server", srv.target]) == 0
