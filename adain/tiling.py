@@ -23,7 +23,6 @@ Stylizer's own render for each tile, so they work as untiled.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import numbers
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from PIL import Image
 from adain.backends import generic_shapes
 from adain.colours import light_missing
 from adain.encoder import padded_size
+from adain.memory import release_freed_memory
 from adain.ops import EPS, mean_std
 from adain.prepared import Prepared, Stats
 from adain.regions import maps_at
@@ -281,28 +281,6 @@ def _rising(n: int) -> np.ndarray:
     return out
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # the process's own C library; glibc only (find_library ran ldconfig)
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Give the pages of freed heap memory back to the system, after each box and tile.
-
-    The runtime reallocates its buffers as the shape changes from box to tile to edge tile, and glibc, once
-    a freed block of a few MB has raised its mmap threshold, serves later ones from the heap and keeps the
-    freed pages: a server's peak over a 1,600 x 1,200 tiled call (OpenVINO, 512-px tiles) was 0.97-1.16 GB
-    over idle on the first call and crept to 1.28 GB over twelve; trimmed here it is 0.89-0.94 GB, flat,
-    at no measurable cost (a call ~10 s either way). No-op where the C library has no malloc_trim."""
-    if _TRIM is not None:
-        _TRIM(0)
-
-
 def tiled_parts(h: int, w: int, tiling: Tiling) -> int:
     """The steps ``render_tiled`` reports for an h x w content: its statistics boxes, then its tiles."""
     return len(stats_boxes(h, w, tiling)) + math.ceil(h / tiling.tile) * math.ceil(w / tiling.tile)
@@ -322,6 +300,10 @@ def render_tiled(
     def step() -> None:
         nonlocal done
         done += 1
+        # The runtime reallocates its buffers as the shape changes from box to tile to edge tile, and glibc keeps
+        # the freed pages: a server's peak over a 1,600 x 1,200 tiled call (OpenVINO, 512-px tiles) was 0.97-1.16
+        # GB over idle on the first call and crept to 1.28 GB over twelve; trimmed after each part it is 0.89-0.94
+        # GB, flat, at no measurable cost (a call ~10 s either way)
         release_freed_memory()
         if on_step is not None:
             on_step(done, parts)

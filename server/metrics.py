@@ -82,6 +82,9 @@ class Metrics(Exporter):
             "adain_render_stuck", "1 while the batch rendering now, or a long job's step, has passed --render-stuck-s "
             "(and 10x its expected time): health says NOT_SERVING meanwhile", registry=r)
         self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
+        self.memory_released = Counter(
+            "adain_memory_released_bytes", "Resident memory given back to the system by the periodic trim of freed "
+            "heap pages (--trim-interval-s)", registry=r)
         self.renders_stopped = Counter(
             "adain_renders_stopped", "Batches whose render was stopped part-way because every call in it had ended "
             "(cancelled, past its deadline, its stream closed): the render thread went on to the next batch instead "

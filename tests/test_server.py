@@ -224,6 +224,26 @@ def test_concurrent_clients_get_their_own_answers(server: ServerProcess, client:
     assert "adain_prepare_seconds_count" in text
 
 
+def test_freed_memory_goes_back_to_the_system(server: ServerProcess, client: StyleTransferClient) -> None:
+    """Every --trim-interval-s (10 s by default) the server gives back the heap pages its calls freed
+    (``adain.memory``): each thread's heap had kept what its largest call freed, so the floor of an 80-minute
+    soak rose in steps as threads came. Calls of a size new to it from several threads, then a trim: counted."""
+    from adain.memory import can_release, resident_bytes
+
+    assert resident_bytes() > 0
+    if not can_release():
+        pytest.skip("this C library has no malloc_trim (not glibc)")
+    before = server.metric("adain_memory_released_bytes_total")
+    with ThreadPoolExecutor(3) as pool:  # the workers that decode, the render thread: each frees in its own heap
+        sizes = [(448 + 16 * i, 336) for i in range(3)]
+        for (w, h), got in zip(sizes, pool.map(lambda wh: client.stylize(make_image(*wh, seed=9), STYLE_A), sizes)):
+            assert (got.width, got.height) == (w, h)
+    end = time.monotonic() + 30  # three intervals: the first may have begun before these calls freed anything
+    while server.metric("adain_memory_released_bytes_total") <= before:
+        assert time.monotonic() < end, "no freed memory given back in 30 s"
+        time.sleep(0.5)
+
+
 def test_request_id_is_echoed(server: ServerProcess, client: StyleTransferClient) -> None:
     assert client.stylize(CONTENT, STYLE_A, request_id="req-123").request_id == "req-123"
     generated = client.stylize(CONTENT, STYLE_A).request_id
