@@ -242,9 +242,9 @@ def test_mid_size_through_the_cli_in_bounded_memory(tiling_server: ServerProcess
     """1,200 x 900 through the CLI and the server with 512-px tiles (six, and their statistics boxes): the
     server's peak memory stays under what the tile size implies plus the image buffers (1.07 GB), far under an
     untiled render's (~1.8 KB/px: 1.9 GB). Measured (AMD EPYC, OpenVINO): 0.76-0.77 GB over idle, 0.98-1.0 GB
-    without the trim of freed pages after each tile (``adain.memory.release_freed_memory``, which adain.tiling calls); a second call
-    added nothing either way at this size (at 1,600 x 1,200, in twice the time, it crept to 1.28 GB over
-    twelve calls without the trim)."""
+    without the trim of freed pages after each tile (``adain.memory.release_freed_memory``, called by
+    adain.tiling); a second call added nothing either way at this size (at 1,600 x 1,200, in twice the time,
+    it crept to 1.28 GB over twelve calls without the trim)."""
     content = tmp_path / "big.jpg"
     synth_image(1200, 900, seed=7).save(content, quality=90)
     style = tmp_path / "style.png"
