@@ -1214,6 +1214,37 @@ def _shown_size(browser, timeout: float = 60) -> list[int]:
         "[i.naturalWidth, i.naturalHeight] : null;"), timeout=timeout)
 
 
+def test_page_names_the_mask_sent_and_it_can_be_taken_back(web: WebProcess, browser, tmp_path: Path) -> None:
+    """The mask is chosen with a button like the page's others, named once chosen, and taken back with Remove the
+    mask: a file input alone offers no way to empty it, and a mask left in it refused every painting ("either a
+    mask or painted regions"). A mask of the wrong size is the server's refusal, said beside it; removed, the
+    same photo and styles are stylized."""
+    from selenium.webdriver.common.by import By
+
+    content, mask = tmp_path / "photo.png", tmp_path / "half.png"
+    content.write_bytes(make_image(96, 64, seed=41))
+    mask.write_bytes(make_mask(8, 8))  # not the photo's size: refused
+    browser.get(web.url + "/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
+    browser.find_element(By.ID, "content").send_keys(str(content))
+    for name in ("mosaic", "waves"):
+        browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    assert not browser.find_element(By.ID, "mask-clear").is_displayed()
+    assert browser.find_element(By.CSS_SELECTOR, 'label[for="mask"]').text == "Choose a mask"
+    browser.find_element(By.ID, "mask").send_keys(str(mask))
+    assert browser.find_element(By.ID, "mask-name").text == "Mask: half.png"
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: "mask" in d.find_element(By.ID, "mask-error").text.lower())
+    browser.find_element(By.ID, "mask-clear").click()
+    assert browser.execute_script("return document.getElementById('mask').files.length") == 0
+    assert browser.find_element(By.ID, "mask-name").text == "" and browser.find_element(By.ID, "mask-error").text == ""
+    assert not browser.find_element(By.ID, "mask-clear").is_displayed()
+    assert browser.switch_to.active_element.get_attribute("id") == "mask"  # where another is chosen
+    browser.find_element(By.ID, "submit").click()
+    assert _shown_size(browser) == [96, 64]
+
+
 def test_page_makes_a_picture_end_to_end(web: WebProcess, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -1697,7 +1728,7 @@ def test_page_makes_a_clip_end_to_end(web: WebProcess, browser, tmp_path: Path) 
     browser.find_element(By.ID, "content").send_keys(str(tmp_path / "holiday.mp4"))
     # a clip's options replace a photo's
     assert browser.find_element(By.ID, "temporal").is_displayed() and browser.find_element(By.ID, "size").is_displayed()
-    assert not browser.find_element(By.ID, "mask").is_displayed()
+    assert not browser.find_element(By.ID, "mask-row").is_displayed()
     assert not browser.find_element(By.ID, "paint").is_displayed()  # regions are painted on photos
     browser.find_element(By.CSS_SELECTOR, '#gallery button[data-name="waves"]').click()
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 1)

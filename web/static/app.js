@@ -617,6 +617,12 @@ function commonForm(content = state.content) {
 
 // What a photo's call (one photo, or each of several) takes beyond the styles: refine steps, its size, the format.
 // The refine steps a photo call asks for (0: none, or refine not offered).
+function showMask() {
+  const mask = $("mask").files[0];
+  $("mask-name").textContent = mask ? `Mask: ${mask.name}` : "";
+  $("mask-clear").hidden = !mask;
+}
+
 function refineSteps() {
   return $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
 }
@@ -730,7 +736,10 @@ async function stylize() {
   let regions;
   try { regions = await labelsImage(); } finally { state.reading = false; }
   if (regions) {
-    if ($("mask").files[0]) { $("labels-error").textContent = "Use either a mask or painted regions, not both."; return; }
+    if ($("mask").files[0]) {
+      $("labels-error").textContent = "Use either a mask or painted regions, not both: remove the mask, or erase the painting.";
+      return;
+    }
     if (regions.missing.length) {
       for (const i of regions.missing) {
         $(`style-error-${i}`).textContent = "Paint where this style goes (its colour is on the brushes), or remove it.";
@@ -1616,6 +1625,14 @@ function init() {
   $("original").addEventListener("error", () => { if ($("original").getAttribute("src")) noPreview(); });
   $("original-video").addEventListener("error", noPreview);
   $("content").addEventListener("change", (e) => setFiles(e.target.files));
+  // the mask chosen is named, and can be taken back (a file input alone offers no way to empty it)
+  $("mask").addEventListener("change", showMask);
+  $("mask-clear").addEventListener("click", () => {
+    $("mask").value = "";
+    showMask();
+    $("mask-error").textContent = $("labels-error").textContent = "";
+    $("mask").focus();  // the button gone, the focus goes to where another mask is chosen
+  });
   $("camera").addEventListener("change", (e) => setFiles(e.target.files));
   $("camcorder").addEventListener("change", (e) => setFiles(e.target.files));
   $("style-upload").addEventListener("change", (e) => {
