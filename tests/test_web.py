@@ -1216,9 +1216,9 @@ def _shown_size(browser, timeout: float = 60) -> list[int]:
 
 def test_page_names_the_mask_sent_and_it_can_be_taken_back(web: WebProcess, browser, tmp_path: Path) -> None:
     """The mask is chosen with a button like the page's others, named once chosen, and taken back with Remove the
-    mask: a file input alone offers no way to empty it, and a mask left in it refused every painting ("either a
-    mask or painted regions"). A mask of the wrong size is the server's refusal, said beside it; removed, the
-    same photo and styles are stylized."""
+    mask: Firefox and Safari offer no way to empty a file input (Chrome empties it on a cancelled dialog), and a
+    mask left in it refused every painting ("either a mask or painted regions"). A mask of the wrong size is the
+    server's refusal, said beside it; removed, the same photo and styles are stylized."""
     from selenium.webdriver.common.by import By
 
     content, mask = tmp_path / "photo.png", tmp_path / "half.png"

@@ -1625,7 +1625,7 @@ function init() {
   $("original").addEventListener("error", () => { if ($("original").getAttribute("src")) noPreview(); });
   $("original-video").addEventListener("error", noPreview);
   $("content").addEventListener("change", (e) => setFiles(e.target.files));
-  // the mask chosen is named, and can be taken back (a file input alone offers no way to empty it)
+  // the mask chosen is named, and can be taken back (Firefox and Safari offer no way to empty a file input)
   $("mask").addEventListener("change", showMask);
   $("mask-clear").addEventListener("click", () => {
     $("mask").value = "";
