@@ -1219,6 +1219,7 @@ def test_page_names_the_mask_sent_and_it_can_be_taken_back(web: WebProcess, brow
     mask: Firefox and Safari offer no way to empty a file input (Chrome empties it on a cancelled dialog), and a
     mask left in it refused every painting ("either a mask or painted regions"). A mask of the wrong size is the
     server's refusal, said beside it; removed, the same photo and styles are stylized."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     content, mask = tmp_path / "photo.png", tmp_path / "half.png"
@@ -1236,9 +1237,19 @@ def test_page_names_the_mask_sent_and_it_can_be_taken_back(web: WebProcess, brow
     assert browser.find_element(By.ID, "mask-name").text == "Mask: half.png"
     browser.find_element(By.ID, "submit").click()
     wait_for(browser, lambda d: "mask" in d.find_element(By.ID, "mask-error").text.lower())
+    # a painting beside it: the page says which to take back, and both ways are on the page
+    browser.find_element(By.ID, "paint").click()
+    canvas = browser.find_element(By.ID, "paint-canvas")
+    wait_for(browser, lambda d: d.execute_script("return arguments[0].width", canvas) == 96)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    ActionChains(browser, duration=0).move_to_element(canvas).click_and_hold().move_by_offset(20, 0).release().perform()
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: "remove the mask, or clear the painting" in d.find_element(By.ID, "labels-error").text)
+    browser.find_element(By.ID, "paint-clear").click()
     browser.find_element(By.ID, "mask-clear").click()
     assert browser.execute_script("return document.getElementById('mask').files.length") == 0
     assert browser.find_element(By.ID, "mask-name").text == "" and browser.find_element(By.ID, "mask-error").text == ""
+    assert browser.find_element(By.ID, "labels-error").text == ""
     assert not browser.find_element(By.ID, "mask-clear").is_displayed()
     assert browser.switch_to.active_element.get_attribute("id") == "mask"  # where another is chosen
     browser.find_element(By.ID, "submit").click()

@@ -737,7 +737,7 @@ async function stylize() {
   try { regions = await labelsImage(); } finally { state.reading = false; }
   if (regions) {
     if ($("mask").files[0]) {
-      $("labels-error").textContent = "Use either a mask or painted regions, not both: remove the mask, or erase the painting.";
+      $("labels-error").textContent = "Use either a mask or painted regions, not both: remove the mask, or clear the painting.";
       return;
     }
     if (regions.missing.length) {
