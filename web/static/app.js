@@ -615,14 +615,15 @@ function commonForm(content = state.content) {
   return data;
 }
 
-// What a photo's call (one photo, or each of several) takes beyond the styles: refine steps, its size, the format.
-// The refine steps a photo call asks for (0: none, or refine not offered).
+// The mask chosen, named beside its button, and the button that takes it back shown while there is one.
 function showMask() {
   const mask = $("mask").files[0];
   $("mask-name").textContent = mask ? `Mask: ${mask.name}` : "";
   $("mask-clear").hidden = !mask;
 }
 
+// What a photo's call (one photo, or each of several) takes beyond the styles: refine steps, its size, the format.
+// The refine steps a photo call asks for (0: none, or refine not offered).
 function refineSteps() {
   return $("refine-row").hidden ? 0 : Number($("refine_steps").value || 0);
 }
