@@ -1225,12 +1225,7 @@ def test_page_names_the_mask_sent_and_it_can_be_taken_back(web: WebProcess, brow
     content, mask = tmp_path / "photo.png", tmp_path / "half.png"
     content.write_bytes(make_image(96, 64, seed=41))
     mask.write_bytes(make_mask(8, 8))  # not the photo's size: refused
-    browser.get(web.url + "/")
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery button")) == 3)
-    browser.find_element(By.ID, "content").send_keys(str(content))
-    for name in ("mosaic", "waves"):
-        browser.find_element(By.CSS_SELECTOR, f'#gallery button[data-name="{name}"]').click()
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#styles li")) == 2)
+    open_page_with(browser, web, content, "mosaic", "waves")
     assert not browser.find_element(By.ID, "mask-clear").is_displayed()
     assert browser.find_element(By.CSS_SELECTOR, 'label[for="mask"]').text == "Choose a mask"
     browser.find_element(By.ID, "mask").send_keys(str(mask))
